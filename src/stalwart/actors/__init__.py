@@ -1,0 +1,19 @@
+"""Run actors, the durable step context, and the worker that hosts them."""
+
+from stalwart.actors._actor import RunActor
+from stalwart.actors._app import AgentSpec, App
+from stalwart.actors._context import RunContext, StepInfo, StepSpec, current_step
+from stalwart.actors._fingerprint import fingerprint
+from stalwart.actors._worker import Worker
+
+__all__ = [
+    "AgentSpec",
+    "App",
+    "RunActor",
+    "RunContext",
+    "StepInfo",
+    "StepSpec",
+    "Worker",
+    "current_step",
+    "fingerprint",
+]

@@ -1,0 +1,164 @@
+"""What agent code sees: ``RunContext`` and its durable ``step``."""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import typing
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio.to_thread
+
+from stalwart.actors._fingerprint import fingerprint
+
+if TYPE_CHECKING:
+    from stalwart.actors._actor import RunActor
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class StepSpec:
+    """How a step is journaled: the hook adapters use to turn framework calls into steps.
+
+    ``key`` must be stable across replays (``model:3``, ``tool:<call id>``); ``fp`` is a
+    fingerprint of the request, compared on replay; ``name`` is what a human reads in the
+    history and in a :class:`~stalwart.errors.NonDeterminismError`.
+    """
+
+    key: str
+    kind: str
+    name: str
+    fp: str
+    result_type: Any = Any
+
+
+@dataclass(frozen=True, slots=True)
+class StepInfo:
+    """The step being executed, readable from inside its body via :func:`current_step`."""
+
+    run_id: str
+    key: str
+    attempt: int
+
+    @property
+    def idempotency_key(self) -> str:
+        """``<run_id>:<step_key>``: the same on every attempt, for external deduplication."""
+        return f"{self.run_id}:{self.key}"
+
+
+_current: contextvars.ContextVar[StepInfo | None] = contextvars.ContextVar(
+    "stalwart_step", default=None
+)
+
+
+def current_step() -> StepInfo | None:
+    """The step whose body is running in this task or thread, or None outside steps."""
+    return _current.get()
+
+
+def _result_type(fn: Callable[..., Any]) -> Any:
+    target = fn.func if isinstance(fn, partial) else fn
+    try:
+        hint = typing.get_type_hints(target).get("return", Any)
+    except Exception:  # unresolvable annotations: decode as plain values
+        return Any
+    if typing.get_origin(hint) is typing.Union or hint is None:
+        return hint if hint is not None else Any
+    origin = typing.get_origin(hint)
+    if origin in (Awaitable, typing.Coroutine) or (
+        origin is not None and getattr(origin, "__name__", "") in ("Coroutine", "Awaitable")
+    ):
+        args = typing.get_args(hint)
+        return args[-1] if args else Any
+    return hint
+
+
+async def invoke(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Call ``fn``: coroutine functions on the loop, plain functions in a thread.
+
+    Blocking code on the event loop would stall lease renewal for every run in the worker,
+    so synchronous step bodies run in a worker thread (the context variables go along).
+    """
+    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "func", None)
+    ):
+        return await fn(*args, **kwargs)
+    result = await anyio.to_thread.run_sync(partial(fn, *args, **kwargs))
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+class RunContext:
+    """Handed to every agent function: identifies the run and makes calls durable.
+
+    Everything that is not deterministic (model calls, tool calls, I/O, clocks, random
+    numbers) belongs in a step: on resume the agent function runs again from the top and
+    each completed step returns its journaled result instead of running again.
+    """
+
+    def __init__(self, actor: RunActor, scope: str = "") -> None:
+        self._actor = actor
+        self._scope = scope
+        self._counts: dict[str, int] = {}
+
+    @property
+    def run_id(self) -> str:
+        """The run's id."""
+        return self._actor.run_id
+
+    @property
+    def agent(self) -> str:
+        """The agent's registered name."""
+        return self._actor.spec.name
+
+    @property
+    def epoch(self) -> int:
+        """The fencing token of the current owner (grows at every failover)."""
+        return self._actor.epoch
+
+    @property
+    def worker_id(self) -> str:
+        """The worker executing this run now."""
+        return self._actor.worker_id
+
+    @property
+    def is_replaying(self) -> bool:
+        """True while journaled steps are still being replayed."""
+        return self._actor.replaying
+
+    def scoped(self, name: str) -> RunContext:
+        """A child context whose step keys live under ``<scope>/<name>/`` (nested agents)."""
+        return RunContext(self._actor, f"{self._scope}{name}/")
+
+    def next_key(self, base: str) -> str:
+        """A step key for ``base`` that is stable on replay: ``base``, ``base#2``, ``base#3``..."""
+        n = self._counts.get(base, 0) + 1
+        self._counts[base] = n
+        return f"{self._scope}{base}" if n == 1 else f"{self._scope}{base}#{n}"
+
+    async def step(self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` as a durable step named ``name`` and return its result.
+
+        The first time, ``fn`` runs and its result (or error) is journaled before this
+        returns; on a resume the journaled result is returned without calling ``fn``. The
+        result is decoded into ``fn``'s return annotation, so live and replayed runs see
+        the same value. A step that raises raises :class:`~stalwart.errors.StepFailed` in
+        both cases. Repeated names get keys ``name``, ``name#2``, ...
+        """
+        spec = StepSpec(
+            key=f"step:{self.next_key(name)}",
+            kind="step",
+            name=name,
+            fp=fingerprint(name, args, kwargs),
+            result_type=_result_type(fn),
+        )
+        return await self._actor.execute(spec, partial(invoke, fn, args, kwargs))
+
+    async def call(self, spec: StepSpec, run: Callable[[], Awaitable[T]]) -> T:
+        """Execute ``run`` as the durable step ``spec`` (the low-level hook for adapters)."""
+        return typing.cast("T", await self._actor.execute(spec, run))

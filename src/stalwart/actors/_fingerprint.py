@@ -1,0 +1,26 @@
+"""Step fingerprints: a stable hash of what a step was asked to do."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import msgspec
+
+
+def _opaque(obj: Any) -> Any:
+    # Objects msgpack cannot encode (clients, sessions, callables) take part by type only:
+    # their repr often carries a memory address, which would differ on every replay.
+    return f"<{type(obj).__module__}.{type(obj).__qualname__}>"
+
+
+_encoder = msgspec.msgpack.Encoder(enc_hook=_opaque, order="deterministic")
+
+
+def fingerprint(name: str, *parts: Any) -> str:
+    """Hash ``name`` and ``parts`` canonically (dict key order and memory addresses ignored)."""
+    digest = hashlib.blake2b(digest_size=12)
+    digest.update(name.encode())
+    digest.update(b"\0")
+    digest.update(_encoder.encode(list(parts)))
+    return digest.hexdigest()

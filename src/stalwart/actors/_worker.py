@@ -1,0 +1,276 @@
+"""The worker process: pulls run requests, places runs, hosts their actors, keeps leases alive."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import structlog
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from stalwart import __version__
+from stalwart._ids import check_run_id
+from stalwart.actors._actor import RunActor
+from stalwart.broker import Broker, WorkerInfo
+from stalwart.checkpoints import CheckpointStore, encode_value
+from stalwart.errors import InvalidRequestError
+from stalwart.messages import EV_REJECTED, RunEvent, RunRequest, decode_request
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+
+    from stalwart.actors._app import AgentSpec, App
+    from stalwart.broker import Lease
+    from stalwart.config import Settings
+
+log = structlog.get_logger("stalwart.worker")
+
+_FETCH_WAIT = 1.0
+
+
+@dataclass(slots=True)
+class _Hosted:
+    actor: RunActor
+    task: asyncio.Task[None]
+
+
+class Worker:
+    """Serves the agents of one :class:`App`.
+
+    Every agent has one durable pull consumer shared by all workers. A fetched request is
+    placed here when this worker wins the run's lease; the request is acked once the epoch
+    is claimed in Redis, and from then on the supervisor, not JetStream redelivery, is
+    responsible for the run if this worker dies.
+    """
+
+    def __init__(self, app: App, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings.with_worker_id()
+        self.worker_id = self.settings.worker_id
+        self.broker: Broker | None = None
+        self.store: CheckpointStore | None = None
+        self.hosted: dict[str, _Hosted] = {}
+        self._placing = 0
+        self._slot_freed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.log = log.bind(worker=self.worker_id)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, register the agents, and start fetching and renewing."""
+        assert self.settings.nats_url and self.settings.redis_url, "resolve server URLs first"
+        self.store = await CheckpointStore.connect(self.settings.redis_url, self.settings.namespace)
+        self.broker = await Broker.connect(
+            self.settings, name=f"stalwart-worker {self.worker_id}", owner=self.worker_id
+        )
+        agents = sorted(self.app.agents)
+        await self.broker.register_agents(agents, self.app.name)
+        for name in agents:
+            sub = await self.broker.pull_subscription(name)
+            self._tasks.append(asyncio.create_task(self._fetch_loop(self.app.get(name), sub)))
+        self._tasks.append(asyncio.create_task(self._keepalive_loop()))
+        await self._heartbeat()
+        self.log.info("worker.started", agents=agents, concurrency=self.settings.concurrency)
+
+    async def run(self) -> None:
+        """Start, then serve until :meth:`stop` is called (for example by SIGTERM)."""
+        await self.start()
+        await self._stopping.wait()
+        await self._shutdown()
+
+    def stop(self) -> None:
+        """Ask the worker to drain: stop fetching, hand runs over at their next step."""
+        self._stopping.set()
+
+    async def _shutdown(self) -> None:
+        assert self.broker is not None and self.store is not None
+        self.log.info("worker.draining", runs=len(self.hosted))
+        for t in self._tasks:
+            t.cancel()
+        for hosted in list(self.hosted.values()):
+            hosted.actor.draining = True
+        pending = [h.task for h in self.hosted.values()]
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=self.settings.drain_timeout)
+            for t in still:
+                t.cancel()
+            if still:
+                await asyncio.wait(still, timeout=5)
+        with contextlib.suppress(Exception):
+            await self.broker.remove_heartbeat(self.worker_id)
+        await self.broker.close()
+        await self.store.close()
+        self.log.info("worker.stopped")
+
+    # -- fetching and placement -------------------------------------------------------------
+
+    def _free(self) -> int:
+        return self.settings.concurrency - len(self.hosted) - self._placing
+
+    async def _fetch_loop(self, spec: AgentSpec, sub: Any) -> None:
+        while not self._stopping.is_set():
+            free = self._free()
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            try:
+                msgs: list[Msg] = await sub.fetch(batch=min(free, 64), timeout=_FETCH_WAIT)
+            except (NatsTimeoutError, asyncio.TimeoutError):
+                continue
+            except Exception as exc:  # disconnected: nats-py reconnects by itself
+                self.log.warning("fetch.failed", agent=spec.name, error=repr(exc))
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                self._placing += 1
+                task = asyncio.create_task(self._place(spec, msg))
+                task.add_done_callback(self._placed)
+
+    def _placed(self, task: asyncio.Task[None]) -> None:
+        self._placing -= 1
+        self._slot_freed.set()
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("place.crashed", error=repr(task.exception()))
+
+    async def _reject(self, spec: AgentSpec, msg: Msg, run_id: str | None, reason: str) -> None:
+        assert self.broker is not None
+        self.log.warning("request.rejected", agent=spec.name, run_id=run_id, reason=reason)
+        event = RunEvent(
+            type=EV_REJECTED,
+            run_id=run_id or "",
+            at=time.time(),
+            worker=self.worker_id,
+            data={"reason": reason, "agent": spec.name},
+        )
+        with contextlib.suppress(Exception):
+            if run_id:
+                await self.broker.events.publish(event)
+            else:
+                await self.broker.events.publish_rejection(spec.name, event)
+        await msg.term()
+
+    def _decode(self, spec: AgentSpec, msg: Msg) -> RunRequest | str:
+        """The request, or the reason it is unusable."""
+        try:
+            req = decode_request(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return f"malformed run request ({len(msg.data)} bytes): {exc}"
+        try:
+            check_run_id(req.run_id)
+        except InvalidRequestError as exc:
+            return str(exc)
+        if req.agent != spec.name:
+            return f"request names agent {req.agent!r} but was sent to {spec.name!r}'s subject"
+        return req
+
+    async def _place(self, spec: AgentSpec, msg: Msg) -> None:
+        assert self.broker is not None and self.store is not None
+        req = self._decode(spec, msg)
+        if isinstance(req, str):
+            header_id = (msg.headers or {}).get("Nats-Msg-Id", "").split(":", 1)[0]
+            try:
+                run_id: str | None = check_run_id(header_id)
+            except InvalidRequestError:
+                run_id = None
+            await self._reject(spec, msg, run_id, req)
+            return
+        lease = await self.broker.leases.acquire(req.run_id)
+        if lease is None:
+            await self._lease_busy(req, msg)
+            return
+        claim = await self.store.claim(
+            req.run_id,
+            agent=spec.name,
+            input=encode_value(req.input),
+            epoch=lease.epoch,
+            worker=self.worker_id,
+            trace=msgspec.json.encode(req.trace).decode() if req.trace else "",
+        )
+        if claim.outcome != "ok":
+            # Ended already (a duplicate submit after completion) or a newer owner exists.
+            await self.broker.leases.release(lease)
+            await msg.ack()
+            self.log.info("request.skipped", run_id=req.run_id, outcome=claim.outcome)
+            return
+        await msg.ack()
+        actor = RunActor(
+            spec=spec,
+            run_id=req.run_id,
+            lease=lease,
+            claim_seq=claim.seq,
+            input=claim.input,
+            cancel=claim.cancel,
+            store=self.store,
+            broker=self.broker,
+            worker_id=self.worker_id,
+        )
+        self._host(actor)
+
+    async def _lease_busy(self, req: RunRequest, msg: Msg) -> None:
+        """Someone else holds the lease: drop the request if they own the run, else retry later."""
+        assert self.store is not None
+        record = await self.store.get_run(req.run_id)
+        if record is not None and (record.terminal or record.epoch > req.epoch):
+            await msg.ack()
+            return
+        # The holder has not claimed yet (or is releasing): ask again after a lease TTL,
+        # by which time the lease is either claimed or expired.
+        await msg.nak(delay=float(self.settings.lease_ttl))
+
+    def _host(self, actor: RunActor) -> None:
+        task = asyncio.create_task(actor.run(), name=f"run:{actor.run_id}")
+        self.hosted[actor.run_id] = _Hosted(actor, task)
+
+        def done(_: asyncio.Task[None]) -> None:
+            hosted = self.hosted.get(actor.run_id)
+            if hosted is not None and hosted.actor is actor:
+                del self.hosted[actor.run_id]
+            self._slot_freed.set()
+
+        task.add_done_callback(done)
+
+    # -- leases and heartbeats ---------------------------------------------------------------
+
+    async def _keepalive_loop(self) -> None:
+        interval = self.settings.lease_ttl / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._renew()
+                await self._heartbeat()
+            except Exception as exc:
+                self.log.warning("keepalive.failed", error=repr(exc))
+
+    async def _renew(self) -> None:
+        assert self.broker is not None
+        leases: list[Lease] = [h.actor.lease for h in self.hosted.values()]
+        for lease in await self.broker.leases.renew(leases):
+            hosted = self.hosted.get(lease.run_id)
+            if hosted is None or hosted.actor.lease is not lease:
+                continue
+            self.log.warning("lease.lost", run_id=lease.run_id, epoch=lease.epoch)
+            hosted.actor.lost = True
+            hosted.task.cancel()
+
+    async def _heartbeat(self) -> None:
+        assert self.broker is not None
+        info = WorkerInfo(
+            worker_id=self.worker_id,
+            agents=sorted(self.app.agents),
+            capacity=self.settings.concurrency,
+            active=len(self.hosted),
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            version=__version__,
+            at=time.time(),
+        )
+        await self.broker.heartbeat(info, ttl=self.settings.lease_ttl)

@@ -1,0 +1,1 @@
+"""Framework adapters (one module per framework) — see the adapter issues."""

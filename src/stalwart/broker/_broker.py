@@ -1,0 +1,177 @@
+"""The NATS side of Stalwart in one object: connection, topology, leases, requests, events."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from nats.js.errors import KeyNotFoundError, NotFoundError
+
+from stalwart.broker._connect import connect
+from stalwart.broker._events import EventPublisher, subscribe_events
+from stalwart.broker._lease import LeaseManager
+from stalwart.broker._names import Names
+from stalwart.broker._setup import ensure_agent_consumer, ensure_topology
+from stalwart.errors import PayloadTooLargeError
+from stalwart.messages import RunEvent, RunRequest, encode_request
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NATS
+    from nats.js import JetStreamContext
+    from nats.js.kv import KeyValue
+
+    from stalwart.config import Settings
+
+
+class WorkerInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A worker's heartbeat: who it is and how loaded it is."""
+
+    worker_id: str
+    agents: list[str]
+    capacity: int
+    active: int
+    pid: int
+    host: str
+    version: str
+    at: float
+
+
+_json = msgspec.json.Encoder()
+
+
+class Broker:
+    """Owns one NATS connection and everything Stalwart does over it."""
+
+    def __init__(self, nc: NATS, settings: Settings, owner: str = "") -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.settings = settings
+        self.names = Names(settings.namespace)
+        self.owner = owner
+        self.leases = LeaseManager(self.js, self.names, settings.lease_ttl, owner)
+        self.events = EventPublisher(nc, self.js, self.names)
+        self._agents_kv: KeyValue | None = None
+
+    @classmethod
+    async def connect(cls, settings: Settings, *, name: str = "stalwart", owner: str = "") -> Broker:
+        """Connect to ``settings.nats_url`` and make sure the topology exists."""
+        assert settings.nats_url, "nats_url must be resolved before connecting"
+        nc = await connect(settings.nats_url, name=name)
+        broker = cls(nc, settings, owner)
+        try:
+            await ensure_topology(broker.js, broker.names, settings)
+        except BaseException:
+            await nc.close()
+            raise
+        return broker
+
+    async def close(self) -> None:
+        """Flush pending events and close the connection."""
+        if not self.nc.is_closed:
+            # close(), not drain(): drain waits on in-flight pull requests for up to its
+            # own timeout, which would hold a shutting-down worker for no benefit.
+            with contextlib.suppress(Exception):
+                await self.events.flush()
+                await self.nc.flush(timeout=2)
+            await self.nc.close()
+
+    # -- run requests -------------------------------------------------------------------
+
+    async def publish_request(self, req: RunRequest, msg_id: str) -> bool:
+        """Publish a run request; False when JetStream dropped it as a duplicate of ``msg_id``."""
+        data = encode_request(req)
+        limit = self.nc.max_payload
+        if len(data) > limit:
+            raise PayloadTooLargeError(
+                f"run {req.run_id!r}: the encoded request is {len(data)} bytes, over the NATS "
+                f"server's max_payload of {limit} bytes; pass large inputs by reference "
+                "(an object store key or URL) instead"
+            )
+        ack = await self.js.publish(
+            self.names.runs_subject(req.agent),
+            data,
+            headers={"Nats-Msg-Id": msg_id},
+        )
+        return not ack.duplicate
+
+    async def pull_subscription(self, agent: str) -> Any:
+        """Bind to the shared durable consumer of ``agent`` (created if missing)."""
+        await ensure_agent_consumer(self.js, self.names, self.settings, agent)
+        return await self.js.pull_subscribe_bind(
+            self.names.consumer(agent), stream=self.names.runs_stream
+        )
+
+    # -- registry and heartbeats ----------------------------------------------------------
+
+    async def _agents(self) -> KeyValue:
+        if self._agents_kv is None:
+            self._agents_kv = await self.js.key_value(self.names.agents_bucket)
+        return self._agents_kv
+
+    async def register_agents(self, agents: list[str], app: str) -> None:
+        """Record that ``agents`` are served, so clients can refuse unknown agent names."""
+        kv = await self._agents()
+        for agent in agents:
+            await kv.put(agent, _json.encode({"app": app, "registered_at": time.time()}))
+
+    async def agent_known(self, agent: str) -> bool:
+        """Whether some worker has ever registered ``agent``."""
+        kv = await self._agents()
+        try:
+            entry = await kv.get(agent)
+        except (KeyNotFoundError, NotFoundError):
+            return False
+        return entry.value is not None
+
+    async def known_agents(self) -> list[str]:
+        """Every registered agent name."""
+        kv = await self._agents()
+        try:
+            return sorted(await kv.keys())
+        except (NotFoundError, KeyNotFoundError):
+            return []
+        except Exception as exc:  # nats-py raises NoKeysError (not exported everywhere)
+            if type(exc).__name__ == "NoKeysError":
+                return []
+            raise
+
+    async def heartbeat(self, info: WorkerInfo, ttl: int) -> None:
+        """Publish the worker's heartbeat; the key vanishes ``ttl`` seconds after the last one."""
+        await self.js.publish(
+            self.names.worker_subject(info.worker_id), _json.encode(info), msg_ttl=ttl
+        )
+
+    async def remove_heartbeat(self, worker_id: str) -> None:
+        """Delete a worker's heartbeat key at once (graceful shutdown)."""
+        await self.js.publish(
+            self.names.worker_subject(worker_id),
+            b"",
+            headers={"KV-Operation": "PURGE", "Nats-Rollup": "sub"},
+            msg_ttl=1,
+        )
+
+    async def workers(self) -> list[WorkerInfo]:
+        """Heartbeats of the workers alive now."""
+        kv = await self.js.key_value(self.names.workers_bucket)
+        out: list[WorkerInfo] = []
+        try:
+            keys = await kv.keys()
+        except Exception:  # NoKeysError when the bucket is empty
+            return out
+        for key in keys:
+            try:
+                entry = await kv.get(key)
+            except (KeyNotFoundError, NotFoundError):
+                continue
+            if entry.value:
+                out.append(msgspec.json.decode(entry.value, type=WorkerInfo))
+        return out
+
+    # -- events -------------------------------------------------------------------------
+
+    def subscribe(self, run_id: str, *, follow: bool = True) -> AsyncIterator[RunEvent]:
+        """A run's events from the first one (see :func:`subscribe_events`)."""
+        return subscribe_events(self.js, self.names, run_id, follow=follow)

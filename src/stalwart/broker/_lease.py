@@ -1,0 +1,142 @@
+"""Run leases in a JetStream KV bucket: one owner per run, expiring when the owner dies.
+
+Every write is a raw CAS publish to the key's subject with ``Nats-TTL`` (the KV API's
+``update`` cannot carry a TTL, and a write without one would make the lease permanent).
+The revision at acquisition is the run's epoch: a fencing token that only grows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from nats.js.errors import APIError, NotFoundError
+
+if TYPE_CHECKING:
+    from nats.js import JetStreamContext
+
+    from stalwart.broker._names import Names
+
+_WRONG_LAST_SEQUENCE = 10071
+_CAS = "Nats-Expected-Last-Subject-Sequence"
+
+
+@dataclass(slots=True)
+class Lease:
+    """A lease this process holds. ``epoch`` is fixed; ``revision`` moves on each renewal."""
+
+    run_id: str
+    epoch: int
+    revision: int
+    renewed_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseState:
+    """What the lease key holds now: the owner's worker id and revision, or free."""
+
+    holder: str | None
+    revision: int
+
+
+def _is_tombstone(headers: dict[str, str] | None) -> bool:
+    # An expired key leaves a marker (Nats-Marker-Reason); a released one a PURGE/DEL.
+    if not headers:
+        return False
+    return "Nats-Marker-Reason" in headers or headers.get("KV-Operation") in ("DEL", "PURGE")
+
+
+class LeaseManager:
+    """Acquire, renew, release and inspect run leases for one worker."""
+
+    def __init__(self, js: JetStreamContext, names: Names, ttl: int, owner: str) -> None:
+        self._js = js
+        self._names = names
+        self.ttl = ttl
+        self.owner = owner
+
+    async def _cas(self, run_id: str, expected: int) -> int:
+        ack = await self._js.publish(
+            self._names.lease_subject(run_id),
+            self.owner.encode(),
+            headers={_CAS: str(expected)},
+            msg_ttl=self.ttl,
+        )
+        return int(ack.seq)
+
+    async def state(self, run_id: str) -> LeaseState:
+        """The current holder of ``run_id``'s lease, or ``holder=None`` when it is free."""
+        try:
+            msg = await self._js.get_msg(
+                self._names.lease_stream, subject=self._names.lease_subject(run_id)
+            )
+        except NotFoundError:
+            return LeaseState(None, 0)
+        if _is_tombstone(msg.headers):
+            return LeaseState(None, int(msg.seq or 0))
+        return LeaseState((msg.data or b"").decode(), int(msg.seq or 0))
+
+    async def acquire(self, run_id: str) -> Lease | None:
+        """Take the lease if nobody holds it (also over an expired or released one)."""
+        expected = 0
+        for _ in range(3):
+            try:
+                rev = await self._cas(run_id, expected)
+                return Lease(run_id=run_id, epoch=rev, revision=rev)
+            except APIError as exc:
+                if exc.err_code != _WRONG_LAST_SEQUENCE:
+                    raise
+            current = await self.state(run_id)
+            if current.holder is not None:
+                return None
+            expected = current.revision  # take over the marker; retry if it moved meanwhile
+        return None
+
+    async def renew(self, leases: list[Lease]) -> list[Lease]:
+        """Renew many leases with pipelined publishes; return the ones that were lost.
+
+        A lease is lost when its key moved (someone else took over after it expired). A
+        lease that could not be renewed for a whole TTL (server unreachable) has surely
+        expired and is reported lost too, so its actor stops working for nothing.
+        """
+        if not leases:
+            return []
+        futures = []
+        for lease in leases:
+            fut = await self._js.publish_async(
+                self._names.lease_subject(lease.run_id),
+                self.owner.encode(),
+                headers={_CAS: str(lease.revision)},
+                msg_ttl=self.ttl,
+            )
+            futures.append(fut)
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        lost: list[Lease] = []
+        now = time.monotonic()
+        for lease, res in zip(leases, results, strict=True):
+            if isinstance(res, BaseException):
+                if isinstance(res, APIError) and res.err_code == _WRONG_LAST_SEQUENCE:
+                    lost.append(lease)
+                elif now - lease.renewed_at > self.ttl:
+                    lost.append(lease)
+            else:
+                lease.revision = int(res.seq)
+                lease.renewed_at = now
+        return lost
+
+    async def release(self, lease: Lease) -> bool:
+        """Give the lease up at once (a PURGE rollup that itself expires); False if not ours."""
+        try:
+            await self._js.publish(
+                self._names.lease_subject(lease.run_id),
+                b"",
+                headers={_CAS: str(lease.revision), "KV-Operation": "PURGE", "Nats-Rollup": "sub"},
+                msg_ttl=1,
+            )
+        except APIError as exc:
+            if exc.err_code == _WRONG_LAST_SEQUENCE:
+                return False
+            raise
+        return True

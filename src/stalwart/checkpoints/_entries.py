@@ -1,0 +1,173 @@
+"""Typed journal entries and the run record, with their msgpack codecs.
+
+A journal is a Redis stream of these entries, one per stream entry, under field ``d``.
+Results are kept as raw msgpack (``msgspec.Raw``) so that reading a journal never decodes
+results nobody asks for, and a replayed step decodes its result into the caller's type.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+RunStatus = Literal["accepted", "running", "completed", "failed", "cancelled"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+
+class ErrorInfo(msgspec.Struct, frozen=True, omit_defaults=True):
+    """An exception as the journal keeps it: its type name and message."""
+
+    type: str
+    message: str
+    retryable: bool = True
+
+
+class Started(msgspec.Struct, frozen=True, tag="started", omit_defaults=True):
+    """A worker took ownership of the run with ``epoch`` (a fencing token)."""
+
+    epoch: int
+    worker: str
+    at: float
+    resumed: bool = False
+
+
+class StepDone(msgspec.Struct, frozen=True, tag="step", omit_defaults=True):
+    """A step completed; ``result`` is its msgpack-encoded return value."""
+
+    key: str
+    kind: str
+    name: str
+    fp: str
+    result: msgspec.Raw
+    epoch: int
+    worker: str
+    at: float
+    duration: float
+    attempt: int = 1
+
+
+class StepError(msgspec.Struct, frozen=True, tag="step_error", omit_defaults=True):
+    """A step raised; a replay raises the same :class:`~stalwart.errors.StepFailed`."""
+
+    key: str
+    kind: str
+    name: str
+    fp: str
+    error: ErrorInfo
+    epoch: int
+    worker: str
+    at: float
+    duration: float
+    attempt: int = 1
+
+
+class Finished(msgspec.Struct, frozen=True, tag="finished", omit_defaults=True):
+    """The run ended. ``result`` is set when completed, ``error`` when failed or cancelled."""
+
+    status: RunStatus
+    epoch: int
+    worker: str
+    at: float
+    result: msgspec.Raw = msgspec.Raw()
+    """Encoded result; empty unless completed (msgspec cannot put Raw in a union)."""
+    error: ErrorInfo | None = None
+
+
+Entry = Started | StepDone | StepError | Finished
+
+
+class JournalEntry(msgspec.Struct, frozen=True):
+    """A journal entry with its position (``seq``: the stream id ``<seq>-0``)."""
+
+    seq: int
+    entry: Entry
+
+
+class RunRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """The run's summary hash in Redis: who owns it, in which epoch, and how it ended."""
+
+    run_id: str
+    agent: str
+    status: RunStatus
+    epoch: int = 0
+    worker: str = ""
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    input: msgspec.Raw | None = None
+    result: msgspec.Raw | None = None
+    error_type: str = ""
+    error: str = ""
+    cancel: str = ""
+    trace: str = ""
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the run has ended (completed, failed or cancelled)."""
+        return self.status in TERMINAL_STATUSES
+
+    def decode_input(self) -> Any:
+        """The run's input as plain Python values."""
+        return decode_value(self.input) if self.input is not None else None
+
+    def decode_result(self, type: Any = Any) -> Any:
+        """The run's result, converted to ``type``."""
+        return decode_value(self.result, type) if self.result is not None else None
+
+
+_entry_encoder = msgspec.msgpack.Encoder()
+_entry_decoder = msgspec.msgpack.Decoder(Entry)
+_value_encoder = msgspec.msgpack.Encoder()
+_any_decoder = msgspec.msgpack.Decoder()
+
+
+def encode_entry(entry: Entry) -> bytes:
+    """Encode one journal entry."""
+    return _entry_encoder.encode(entry)
+
+
+def decode_entry(data: bytes) -> Entry:
+    """Decode one journal entry."""
+    return _entry_decoder.decode(data)
+
+
+def encode_value(value: Any) -> msgspec.Raw:
+    """Encode a step result or run input; raises ``TypeError`` for unsupported types."""
+    return msgspec.Raw(_value_encoder.encode(value))
+
+
+def decode_value(raw: msgspec.Raw | bytes, type: Any = Any) -> Any:
+    """Decode a value encoded by :func:`encode_value`, converted to ``type``."""
+    data = bytes(raw)
+    if type is Any:
+        return _any_decoder.decode(data)
+    return msgspec.msgpack.decode(data, type=type)
+
+
+_STR_FIELDS = ("run_id", "agent", "worker", "error_type", "error", "cancel", "trace")
+_FLOAT_FIELDS = ("created_at", "updated_at")
+
+
+def record_from_hash(raw: dict[bytes, bytes]) -> RunRecord | None:
+    """Build a :class:`RunRecord` from ``HGETALL`` output (None when the hash is empty)."""
+    if not raw:
+        return None
+
+    def text(name: str) -> str:
+        return raw.get(name.encode(), b"").decode()
+
+    def blob(name: str) -> msgspec.Raw | None:
+        value = raw.get(name.encode())
+        return msgspec.Raw(value) if value else None
+
+    status = text("status") or "accepted"
+    if status not in ("accepted", "running", "completed", "failed", "cancelled"):
+        raise ValueError(f"corrupt run record: status {status!r}")
+    return RunRecord(
+        status=status,  # type: ignore[arg-type]  # checked just above
+        epoch=int(text("epoch") or 0),
+        input=blob("input"),
+        result=blob("result"),
+        **{name: text(name) for name in _STR_FIELDS},
+        **{name: float(text(name) or 0.0) for name in _FLOAT_FIELDS},
+    )

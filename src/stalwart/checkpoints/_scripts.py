@@ -1,0 +1,106 @@
+"""Lua scripts run with EVALSHA, so they work on Redis 6.2 (no FUNCTION) and 7.x alike.
+
+Each script touches one run's two keys, ``KEYS[1]`` the run record (hash) and ``KEYS[2]``
+the journal (stream). Both carry the run id as a hash tag, so on Redis Cluster they live in
+the same slot and the scripts are atomic there too.
+"""
+
+from __future__ import annotations
+
+# Shared prelude: the next journal sequence is one past the top stream id. Explicit ids make
+# XADD itself reject a second append at the same position, which is what makes an append
+# retried after a lost reply detectable instead of duplicated.
+_NEXT_SEQ = """
+local function next_seq(journal)
+  local top = redis.call('XREVRANGE', journal, '+', '-', 'COUNT', 1)
+  if #top == 0 then return 1 end
+  return tonumber(string.match(top[1][1], '^(%d+)')) + 1
+end
+local function terminal(status)
+  return status == 'completed' or status == 'failed' or status == 'cancelled'
+end
+"""
+
+# Client submit: create the record unless the run id is already known.
+# ARGV: run_id, agent, input, now, trace
+CREATE_RUN = """
+local f = redis.call('HMGET', KEYS[1], 'status', 'agent')
+if f[1] then return {f[1], f[2] or ''} end
+redis.call('HSET', KEYS[1], 'run_id', ARGV[1], 'agent', ARGV[2], 'input', ARGV[3],
+  'status', 'accepted', 'epoch', '0', 'created_at', ARGV[4], 'updated_at', ARGV[4],
+  'trace', ARGV[5])
+return false
+"""
+
+# Placement: raise the record's epoch to the new lease revision (only upwards), mark the run
+# running, and journal who took it. A stale epoch means a newer owner already claimed it.
+# ARGV: epoch, worker, now, run_id, agent, input, trace, started_entry, resumed_entry
+CLAIM = (
+    _NEXT_SEQ
+    + """
+local f = redis.call('HMGET', KEYS[1], 'status', 'epoch', 'cancel')
+local status = f[1]
+if terminal(status) then return {'terminal', status} end
+local current = tonumber(f[2] or '0')
+if tonumber(ARGV[1]) <= current then return {'stale', tostring(f[2])} end
+if not status then
+  redis.call('HSET', KEYS[1], 'run_id', ARGV[4], 'agent', ARGV[5], 'input', ARGV[6],
+    'created_at', ARGV[3], 'trace', ARGV[7])
+end
+redis.call('HSET', KEYS[1], 'status', 'running', 'epoch', ARGV[1], 'worker', ARGV[2],
+  'updated_at', ARGV[3])
+local seq = next_seq(KEYS[2])
+local entry = ARGV[8]
+if current > 0 then entry = ARGV[9] end
+redis.call('XADD', KEYS[2], seq .. '-0', 'd', entry)
+return {'ok', tostring(seq), f[3] or '', redis.call('HGET', KEYS[1], 'input') or '',
+  redis.call('HGET', KEYS[1], 'trace') or ''}
+"""
+)
+
+# Fenced append: only the owner of the current epoch may write. Returns the cancel flag so
+# the actor learns of a cancellation at its next step boundary without an extra round trip.
+# ARGV: epoch, entry id, entry, now
+APPEND = """
+local f = redis.call('HMGET', KEYS[1], 'epoch', 'cancel')
+if f[1] ~= ARGV[1] then return {'stale', f[1] or ''} end
+local r = redis.pcall('XADD', KEYS[2], ARGV[2], 'd', ARGV[3])
+if type(r) == 'table' and r.err then return {'conflict', r.err} end
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[4])
+return {'ok', f[2] or ''}
+"""
+
+# Fenced final append plus the record's end state.
+# ARGV: epoch, entry id, entry, now, status, result, error_type, error
+FINISH = """
+local f = redis.call('HMGET', KEYS[1], 'epoch')
+if f[1] ~= ARGV[1] then return {'stale', f[1] or ''} end
+local r = redis.pcall('XADD', KEYS[2], ARGV[2], 'd', ARGV[3])
+if type(r) == 'table' and r.err then return {'conflict', r.err} end
+redis.call('HSET', KEYS[1], 'status', ARGV[5], 'updated_at', ARGV[4], 'finished_at', ARGV[4],
+  'error_type', ARGV[7], 'error', ARGV[8])
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[6]) end
+return {'ok', ''}
+"""
+
+# Cancel: a run that was never placed ends here and now (atomically, so a worker that is
+# about to claim it finds it terminal); a placed run gets a flag its owner reads at the
+# next step boundary. ARGV: now, reason, finished_entry
+CANCEL = (
+    _NEXT_SEQ
+    + """
+local f = redis.call('HMGET', KEYS[1], 'status')
+local status = f[1]
+if not status then return {'missing'} end
+if terminal(status) then return {'terminal', status} end
+if status == 'accepted' then
+  local seq = next_seq(KEYS[2])
+  redis.call('XADD', KEYS[2], seq .. '-0', 'd', ARGV[3])
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'updated_at', ARGV[1],
+    'finished_at', ARGV[1], 'error_type', 'RunCancelled', 'error', ARGV[2])
+  return {'cancelled', tostring(seq)}
+end
+redis.call('HSET', KEYS[1], 'cancel', ARGV[2])
+return {'requested'}
+"""
+)

@@ -1,0 +1,277 @@
+"""The Redis side of a run: its record, its journal, and the fenced writes to both."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from stalwart.checkpoints import _scripts
+from stalwart.checkpoints._entries import (
+    Entry,
+    ErrorInfo,
+    Finished,
+    JournalEntry,
+    RunRecord,
+    Started,
+    decode_entry,
+    encode_entry,
+    record_from_hash,
+)
+from stalwart.errors import LeaseLost, ServerUnavailableError, StalwartError
+
+if TYPE_CHECKING:
+    import msgspec
+
+
+class JournalConflict(StalwartError):
+    """An append found its journal position already taken by a different entry."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Outcome of :meth:`CheckpointStore.claim`.
+
+    ``outcome`` is ``ok`` (this epoch now owns the run; ``seq`` is the Started entry),
+    ``terminal`` (the run already ended with ``status``) or ``stale`` (a newer epoch owns it).
+    """
+
+    outcome: Literal["ok", "terminal", "stale"]
+    seq: int = 0
+    status: str = ""
+    cancel: str = ""
+    input: bytes = b""
+    trace: str = ""
+
+
+CancelOutcome = Literal["missing", "terminal", "cancelled", "requested"]
+
+
+class CheckpointStore:
+    """Journal and run record of every run, in one Redis (or one Redis Cluster).
+
+    Keys, with the run id as a hash tag so a run's keys share a cluster slot:
+    ``<ns>:{<run_id>}:run`` (hash), ``<ns>:{<run_id>}:journal`` (stream),
+    ``<ns>:runs`` (sorted set of run ids by creation time) and ``<ns>:active``
+    (set of runs not yet ended, scanned by the supervisor).
+    """
+
+    def __init__(self, client: aioredis.Redis, namespace: str = "stalwart") -> None:
+        self.redis = client
+        self.ns = namespace
+        self._create = client.register_script(_scripts.CREATE_RUN)
+        self._claim = client.register_script(_scripts.CLAIM)
+        self._append = client.register_script(_scripts.APPEND)
+        self._finish = client.register_script(_scripts.FINISH)
+        self._cancel = client.register_script(_scripts.CANCEL)
+
+    @classmethod
+    async def connect(cls, url: str, namespace: str = "stalwart") -> CheckpointStore:
+        """Connect to Redis at ``url`` and check it answers."""
+        client = aioredis.Redis.from_url(url, decode_responses=False)
+        store = cls(client, namespace)
+        try:
+            await client.ping()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            await client.aclose()
+            raise ServerUnavailableError(f"cannot reach Redis at {url}: {exc}") from exc
+        return store
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self.redis.aclose()
+
+    # -- keys ---------------------------------------------------------------------------
+
+    def record_key(self, run_id: str) -> str:
+        """Key of the run record hash."""
+        return f"{self.ns}:{{{run_id}}}:run"
+
+    def journal_key(self, run_id: str) -> str:
+        """Key of the run's journal stream."""
+        return f"{self.ns}:{{{run_id}}}:journal"
+
+    @property
+    def runs_key(self) -> str:
+        """Sorted set of all run ids by creation time."""
+        return f"{self.ns}:runs"
+
+    @property
+    def active_key(self) -> str:
+        """Set of run ids that have not ended."""
+        return f"{self.ns}:active"
+
+    def _keys(self, run_id: str) -> list[str]:
+        return [self.record_key(run_id), self.journal_key(run_id)]
+
+    # -- run records --------------------------------------------------------------------
+
+    async def create_run(
+        self, run_id: str, agent: str, input: msgspec.Raw, *, trace: str = ""
+    ) -> tuple[str, str] | None:
+        """Create the record of a new run. Returns ``(status, agent)`` if it already existed."""
+        now = time.time()
+        existing = await self._create(
+            keys=[self.record_key(run_id)], args=[run_id, agent, bytes(input), repr(now), trace]
+        )
+        if existing:
+            return existing[0].decode(), existing[1].decode()
+        await self._index(run_id, now)
+        return None
+
+    async def _index(self, run_id: str, now: float) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(self.runs_key, {run_id: now}, nx=True)
+            pipe.sadd(self.active_key, run_id)
+            await pipe.execute()
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        """The run's record, or None for an unknown run id."""
+        return record_from_hash(await self.redis.hgetall(self.record_key(run_id)))
+
+    async def list_runs(self, limit: int = 100) -> list[RunRecord]:
+        """The newest ``limit`` runs, newest first."""
+        ids = await self.redis.zrevrange(self.runs_key, 0, limit - 1)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for rid in ids:
+                pipe.hgetall(self.record_key(rid.decode()))
+            rows = await pipe.execute()
+        return [r for r in (record_from_hash(row) for row in rows) if r is not None]
+
+    async def active_runs(self) -> list[str]:
+        """Ids of runs that have not ended (accepted or running)."""
+        return sorted(m.decode() for m in await self.redis.smembers(self.active_key))
+
+    async def mark_inactive(self, run_id: str) -> None:
+        """Drop an ended run from the active set (a separate key: not atomic with finish)."""
+        await self.redis.srem(self.active_key, run_id)
+
+    # -- ownership ----------------------------------------------------------------------
+
+    async def claim(
+        self,
+        run_id: str,
+        *,
+        agent: str,
+        input: msgspec.Raw,
+        epoch: int,
+        worker: str,
+        trace: str = "",
+    ) -> Claim:
+        """Make ``epoch`` the run's owner if it is newer than the current one."""
+        now = time.time()
+        fresh = encode_entry(Started(epoch=epoch, worker=worker, at=now))
+        resumed = encode_entry(Started(epoch=epoch, worker=worker, at=now, resumed=True))
+        reply = await self._claim(
+            keys=self._keys(run_id),
+            args=[epoch, worker, repr(now), run_id, agent, bytes(input), trace, fresh, resumed],
+        )
+        outcome = reply[0].decode()
+        if outcome == "terminal":
+            return Claim("terminal", status=reply[1].decode())
+        if outcome == "stale":
+            return Claim("stale")
+        await self._index(run_id, now)
+        return Claim(
+            "ok",
+            seq=int(reply[1]),
+            cancel=reply[2].decode(),
+            input=bytes(reply[3]),
+            trace=reply[4].decode(),
+        )
+
+    # -- journal ------------------------------------------------------------------------
+
+    async def read_journal(self, run_id: str, after: int = 0) -> list[JournalEntry]:
+        """All journal entries with ``seq > after``, in order."""
+        start = f"({after}-0" if after else "-"
+        rows = await self.redis.xrange(self.journal_key(run_id), min=start, max="+")
+        return [
+            JournalEntry(seq=int(rid.split(b"-", 1)[0]), entry=decode_entry(fields[b"d"]))
+            for rid, fields in rows
+        ]
+
+    async def journal_bytes(self, run_id: str) -> int:
+        """Memory Redis uses for the run's journal (``MEMORY USAGE``), for size reports."""
+        usage = await self.redis.memory_usage(self.journal_key(run_id), samples=0)
+        return int(usage or 0)
+
+    async def append(self, run_id: str, epoch: int, seq: int, entry: Entry) -> str:
+        """Append ``entry`` at ``seq`` if ``epoch`` still owns the run.
+
+        Returns the run's cancel flag ("" when not cancelled). Raises :class:`LeaseLost` when
+        a newer epoch owns the run. An append retried after a lost reply is recognised and
+        not written twice.
+        """
+        data = encode_entry(entry)
+        args = [epoch, f"{seq}-0", data, repr(time.time())]
+        reply = await self._fenced(self._append, run_id, args, seq, data)
+        return reply
+
+    async def finish(self, run_id: str, epoch: int, seq: int, entry: Finished) -> None:
+        """Append the final entry and set the record's end state, fenced by ``epoch``."""
+        data = encode_entry(entry)
+        err = entry.error or ErrorInfo("", "")
+        args = [
+            epoch,
+            f"{seq}-0",
+            data,
+            repr(entry.at),
+            entry.status,
+            bytes(entry.result),
+            err.type,
+            err.message,
+        ]
+        await self._fenced(self._finish, run_id, args, seq, data)
+        await self.mark_inactive(run_id)
+
+    async def _fenced(
+        self, script: object, run_id: str, args: list[object], seq: int, data: bytes
+    ) -> str:
+        try:
+            reply = await script(keys=self._keys(run_id), args=args)  # type: ignore[operator]
+        except (RedisConnectionError, RedisTimeoutError):
+            # The script may have run before the reply was lost; redis-py has reconnected,
+            # so one retry either writes the entry or finds it already there (conflict path).
+            reply = await script(keys=self._keys(run_id), args=args)  # type: ignore[operator]
+        outcome = reply[0].decode()
+        if outcome == "ok":
+            return str(reply[1].decode())
+        if outcome == "stale":
+            raise LeaseLost(
+                f"run {run_id!r}: epoch {args[0]} no longer owns the run "
+                f"(current epoch {reply[1].decode() or 'none'})"
+            )
+        # conflict: our id is taken. It is ours if the stored entry is byte-identical.
+        rows = await self.redis.xrange(self.journal_key(run_id), min=f"{seq}-0", max=f"{seq}-0")
+        if rows and rows[0][1].get(b"d") == data:
+            cancel = await self.redis.hget(self.record_key(run_id), "cancel")
+            return cancel.decode() if cancel else ""
+        raise JournalConflict(
+            f"run {run_id!r}: journal position {seq} is taken by another entry "
+            f"({reply[1].decode()})"
+        )
+
+    # -- cancellation -------------------------------------------------------------------
+
+    async def request_cancel(self, run_id: str, reason: str = "cancelled") -> CancelOutcome:
+        """Cancel a run: at once if it was never placed, else at its owner's next step."""
+        now = time.time()
+        entry = encode_entry(
+            Finished(
+                status="cancelled",
+                epoch=0,
+                worker="",
+                at=now,
+                error=ErrorInfo("RunCancelled", reason, retryable=False),
+            )
+        )
+        reply = await self._cancel(keys=self._keys(run_id), args=[repr(now), reason, entry])
+        outcome: CancelOutcome = reply[0].decode()
+        if outcome == "cancelled":
+            await self.mark_inactive(run_id)
+        return outcome

@@ -1,0 +1,210 @@
+"""The public client: submit runs, wait for results, follow events, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any
+
+from stalwart._ids import check_agent_name, check_run_id, new_run_id
+from stalwart.broker import Broker
+from stalwart.checkpoints import CancelOutcome, CheckpointStore, RunRecord, encode_value
+from stalwart.config import Settings
+from stalwart.errors import (
+    ConfigurationError,
+    InvalidRequestError,
+    RunCancelled,
+    RunFailed,
+    RunRejected,
+    UnknownAgentError,
+)
+from stalwart.messages import (
+    EV_ACCEPTED,
+    EV_CANCELLED,
+    EV_REJECTED,
+    TERMINAL_EVENTS,
+    RunEvent,
+    RunRequest,
+)
+
+
+class RunHandle:
+    """A submitted run. Cheap to create; every method reads the servers afresh."""
+
+    def __init__(self, client: Client, run_id: str, agent: str = "") -> None:
+        self.client = client
+        self.run_id = run_id
+        self.agent = agent
+
+    def __repr__(self) -> str:
+        return f"RunHandle(run_id={self.run_id!r}, agent={self.agent!r})"
+
+    async def status(self) -> RunRecord:
+        """The run's record (status, epoch, owner, timestamps)."""
+        record = await self.client.store.get_run(self.run_id)
+        if record is None:
+            raise InvalidRequestError(f"unknown run {self.run_id!r}")
+        return record
+
+    def events(self, *, follow: bool = True) -> AsyncIterator[RunEvent]:
+        """The run's events from the first one; with ``follow``, live until the run ends."""
+        return self.client.broker.subscribe(self.run_id, follow=follow)
+
+    async def result(self, timeout: float | None = None, *, type: Any = Any) -> Any:
+        """Wait for the run to end and return its result (converted to ``type``).
+
+        Raises :class:`RunFailed`, :class:`RunCancelled` or :class:`RunRejected` when the run
+        did not complete, and ``TimeoutError`` when ``timeout`` passes first.
+        """
+        async with asyncio.timeout(timeout):
+            record = await self.client.store.get_run(self.run_id)
+            if record is None or not record.terminal:
+                async for event in self.events(follow=True):
+                    if event.type == EV_REJECTED:
+                        reason = (event.data or {}).get("reason", "rejected")
+                        raise RunRejected(self.run_id, str(reason))
+                    if event.type in TERMINAL_EVENTS:
+                        break
+                record = await self.status()
+        if record.status == "completed":
+            return record.decode_result(type)
+        if record.status == "cancelled":
+            raise RunCancelled(self.run_id, record.error or "cancelled")
+        raise RunFailed(self.run_id, record.error_type, record.error)
+
+    async def cancel(self, reason: str = "cancelled by client") -> CancelOutcome:
+        """Cancel the run: at once if no worker placed it yet, else at its next step.
+
+        Returns ``cancelled`` (ended now), ``requested`` (its owner stops at the next step
+        boundary), ``terminal`` (it had already ended) or ``missing`` (unknown run id).
+        """
+        outcome = await self.client.store.request_cancel(self.run_id, reason)
+        if outcome == "cancelled":
+            await self.client.broker.events.publish(
+                RunEvent(
+                    type=EV_CANCELLED,
+                    run_id=self.run_id,
+                    at=time.time(),
+                    data={"error": {"type": "RunCancelled", "message": reason}},
+                )
+            )
+        return outcome
+
+
+class Client:
+    """Connects to NATS and Redis to submit and observe runs.
+
+    Use :meth:`connect` (or ``async with await Client.connect(...)``) and :meth:`close`.
+    """
+
+    def __init__(self, broker: Broker, store: CheckpointStore, settings: Settings) -> None:
+        self.broker = broker
+        self.store = store
+        self.settings = settings
+
+    @classmethod
+    async def connect(
+        cls,
+        nats_url: str | None = None,
+        redis_url: str | None = None,
+        *,
+        settings: Settings | None = None,
+    ) -> Client:
+        """Connect with explicit URLs, or ``STALWART_NATS_URL`` / ``STALWART_REDIS_URL``."""
+        settings = settings or Settings.from_env(nats_url=nats_url, redis_url=redis_url)
+        if not settings.nats_url or not settings.redis_url:
+            raise ConfigurationError(
+                "Client.connect needs a NATS URL and a Redis URL (arguments or "
+                "STALWART_NATS_URL / STALWART_REDIS_URL)"
+            )
+        store = await CheckpointStore.connect(settings.redis_url, settings.namespace)
+        try:
+            broker = await Broker.connect(settings, name="stalwart-client")
+        except BaseException:
+            await store.close()
+            raise
+        return cls(broker, store, settings)
+
+    async def close(self) -> None:
+        """Close both connections."""
+        await self.broker.close()
+        await self.store.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def handle(self, run_id: str, agent: str = "") -> RunHandle:
+        """A handle for an existing run."""
+        return RunHandle(self, check_run_id(run_id), agent)
+
+    async def _reject(self, run_id: str, agent: str, reason: str) -> None:
+        await self.broker.events.publish(
+            RunEvent(type=EV_REJECTED, run_id=run_id, at=time.time(), data={"reason": reason, "agent": agent})
+        )
+
+    async def submit(
+        self,
+        agent: str,
+        input: Any = None,
+        *,
+        run_id: str | None = None,
+        require_registered: bool = True,
+    ) -> RunHandle:
+        """Start a run of ``agent`` with ``input`` and return its handle at once.
+
+        Submitting a run id that is already known returns the same run and never starts a
+        second one. With ``require_registered`` (the default) an agent that no worker has
+        ever registered is refused with :class:`UnknownAgentError`; turn it off to queue
+        runs before the first worker of a new agent has started.
+        """
+        check_agent_name(agent)
+        run_id = check_run_id(run_id) if run_id is not None else new_run_id()
+        if require_registered and not await self.broker.agent_known(agent):
+            known = ", ".join(await self.broker.known_agents()) or "none"
+            reason = f"no worker serves agent {agent!r} (registered agents: {known})"
+            await self._reject(run_id, agent, reason)
+            raise UnknownAgentError(reason)
+        try:
+            raw_input = encode_value(input)
+        except TypeError as exc:
+            raise InvalidRequestError(
+                f"run {run_id!r}: input of type {type(input).__qualname__} cannot be encoded "
+                f"({exc}); pass plain data, a msgspec Struct or a dataclass"
+            ) from exc
+        request = RunRequest(run_id=run_id, agent=agent, input=input, submitted_at=time.time())
+        existing = await self.store.create_run(run_id, agent, raw_input)
+        if existing is not None:
+            status, known_agent = existing
+            if known_agent and known_agent != agent:
+                raise InvalidRequestError(
+                    f"run id {run_id!r} already belongs to a run of agent {known_agent!r}"
+                )
+            if status != "accepted":
+                return RunHandle(self, run_id, agent)
+            # Accepted but maybe never published (the submitter died in between): publish
+            # again; JetStream drops it if the first copy is still in the dedup window.
+        else:
+            await self.broker.events.publish(
+                RunEvent(type=EV_ACCEPTED, run_id=run_id, at=time.time(), data={"agent": agent})
+            )
+        try:
+            await self.broker.publish_request(request, msg_id=run_id)
+        except InvalidRequestError as exc:
+            await self.store.request_cancel(run_id, str(exc))
+            await self._reject(run_id, agent, str(exc))
+            raise
+        return RunHandle(self, run_id, agent)
+
+    async def runs(self, limit: int = 100) -> list[RunRecord]:
+        """The newest runs, newest first."""
+        return await self.store.list_runs(limit)

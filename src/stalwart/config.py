@@ -1,0 +1,76 @@
+"""Settings shared by workers, supervisors and clients, read from flags and the environment."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from typing import Any
+
+import msgspec
+
+from stalwart._ids import check_namespace
+from stalwart.errors import ConfigurationError
+
+ENV_PREFIX = "STALWART_"
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Runtime settings. Every field can be set by ``STALWART_<FIELD>`` in the environment.
+
+    Durations are in seconds.
+    """
+
+    nats_url: str | None = None
+    """NATS server URL (needs nats-server >= 2.11 with JetStream). None: embedded server."""
+    redis_url: str | None = None
+    """Redis URL for the journal. None: embedded server."""
+    namespace: str = "stalwart"
+    """Prefix of stream names, subjects and Redis keys; lets several deployments share servers."""
+    lease_ttl: int = 5
+    """Lease time-to-live. A dead worker's runs are resumed about this long after it died."""
+    concurrency: int = 16
+    """Runs one worker process hosts at once."""
+    ack_wait: float = 30.0
+    """How long JetStream waits for a worker to place a run request before redelivering it."""
+    max_deliver: int = 20
+    """Deliveries of one run request before it is given up on."""
+    duplicate_window: float = 120.0
+    """JetStream de-duplication window for run requests (by run id)."""
+    event_max_age: float = 7 * 24 * 3600.0
+    """How long run events are kept in the events stream."""
+    reconcile_interval: float = 2.0
+    """How often the supervisor scans for running runs that have no owner."""
+    drain_timeout: float = 30.0
+    """On SIGTERM, how long a worker waits for in-flight steps before giving its runs up."""
+    worker_id: str = ""
+    """Identity of this worker in leases and the journal; generated when empty."""
+
+    def __post_init__(self) -> None:
+        check_namespace(self.namespace)
+        if self.lease_ttl < 1:
+            # Nats-TTL is whole seconds: a sub-second lease cannot be expressed.
+            raise ConfigurationError(f"lease_ttl must be >= 1 second, got {self.lease_ttl}")
+        if self.concurrency < 1:
+            raise ConfigurationError(f"concurrency must be >= 1, got {self.concurrency}")
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Settings:
+        """Build settings from ``STALWART_*`` variables; non-None ``overrides`` win."""
+        values: dict[str, Any] = {}
+        for field in msgspec.structs.fields(cls):
+            raw = os.environ.get(ENV_PREFIX + field.name.upper())
+            if raw is not None and raw != "":
+                values[field.name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return msgspec.convert(values, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ConfigurationError(f"bad Stalwart setting: {exc}") from exc
+
+    def with_worker_id(self) -> Settings:
+        """Return settings whose ``worker_id`` is set (host-pid-random when it was empty)."""
+        if self.worker_id:
+            return self
+        wid = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        return msgspec.structs.replace(self, worker_id=wid)

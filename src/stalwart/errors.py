@@ -1,0 +1,90 @@
+"""Exceptions raised by Stalwart.
+
+One root, :class:`StalwartError`. Misuse (:class:`ConfigurationError`, :class:`InvalidRequestError`)
+is kept apart from runtime failures of a run (:class:`RunFailed`, :class:`StepFailed`,
+:class:`LeaseLost`, :class:`NonDeterminismError`), so callers can tell "fix your code or
+config" from "this run failed".
+"""
+
+from __future__ import annotations
+
+
+class StalwartError(Exception):
+    """Root of every exception Stalwart raises on purpose."""
+
+
+class ConfigurationError(StalwartError):
+    """Stalwart was set up wrongly (bad URL, missing server, server too old, bad name)."""
+
+
+class ServerVersionError(ConfigurationError):
+    """The NATS server is older than the version Stalwart needs."""
+
+
+class ServerUnavailableError(StalwartError):
+    """NATS or Redis could not be reached."""
+
+
+class InvalidRequestError(StalwartError):
+    """A run request was refused before it started: bad run id, bad input, too large."""
+
+
+class UnknownAgentError(InvalidRequestError):
+    """No worker has registered the requested agent name."""
+
+
+class PayloadTooLargeError(InvalidRequestError):
+    """An encoded payload exceeds what the NATS server accepts in one message."""
+
+
+class LeaseLost(StalwartError):
+    """This worker no longer owns the run: another worker took it over (fencing).
+
+    The actor stops at once; nothing it computes afterwards is recorded.
+    """
+
+
+class NonDeterminismError(StalwartError):
+    """On replay, the agent asked for a step that differs from the journaled one."""
+
+
+class StepFailed(StalwartError):
+    """A step's body raised. Raised both live and on replay, so agent code behaves the same.
+
+    ``error_type`` and ``message`` come from the journal; on the live path ``__cause__`` is the
+    original exception as well.
+    """
+
+    def __init__(self, step_key: str, error_type: str, message: str) -> None:
+        super().__init__(f"step {step_key!r} failed: {error_type}: {message}")
+        self.step_key = step_key
+        self.error_type = error_type
+        self.message = message
+
+
+class RunFailed(StalwartError):
+    """The run ended in failure; raised by :meth:`RunHandle.result`."""
+
+    def __init__(self, run_id: str, error_type: str, message: str) -> None:
+        super().__init__(f"run {run_id!r} failed: {error_type}: {message}")
+        self.run_id = run_id
+        self.error_type = error_type
+        self.message = message
+
+
+class RunCancelled(StalwartError):
+    """The run was cancelled; raised by :meth:`RunHandle.result` and inside the agent."""
+
+    def __init__(self, run_id: str, reason: str = "cancelled") -> None:
+        super().__init__(f"run {run_id!r} was cancelled: {reason}")
+        self.run_id = run_id
+        self.reason = reason
+
+
+class RunRejected(InvalidRequestError):
+    """A worker refused the run request (it could not be decoded or validated)."""
+
+    def __init__(self, run_id: str, reason: str) -> None:
+        super().__init__(f"run {run_id!r} was rejected: {reason}")
+        self.run_id = run_id
+        self.reason = reason

