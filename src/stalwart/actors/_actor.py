@@ -70,6 +70,7 @@ class RunActor:
         claim_seq: int,
         input: bytes,
         cancel: str,
+        fetch_closed: asyncio.Event,
         store: CheckpointStore,
         broker: Broker,
         worker_id: str,
@@ -83,6 +84,7 @@ class RunActor:
         self._broker = broker
         self._input = input
         self._claim_seq = claim_seq
+        self._fetch_closed = fetch_closed
         self.cancel_reason = cancel
         self.draining = False
         self.lost = False
@@ -379,6 +381,7 @@ class RunActor:
         if not released:
             return
         await self._emit(self._event(EV_RELEASED, data={"reason": "worker shutting down"}))
+        await self._fetch_closed.wait()
         await self._broker.publish_request(
             RunRequest(run_id=self.run_id, agent=self.spec.name, kind="resume", epoch=self.epoch),
             msg_id=f"{self.run_id}:resume:{self.epoch}",

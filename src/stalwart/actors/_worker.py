@@ -59,6 +59,10 @@ class Worker:
         self._placing = 0
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
+        # Set once no fetch is outstanding. A draining worker's own pending pull request
+        # would otherwise swallow the resume request it publishes for its runs.
+        self.fetch_closed = asyncio.Event()
+        self._fetchers: list[asyncio.Task[None]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.log = log.bind(worker=self.worker_id)
 
@@ -75,7 +79,7 @@ class Worker:
         await self.broker.register_agents(agents, self.app.name)
         for name in agents:
             sub = await self.broker.pull_subscription(name)
-            self._tasks.append(asyncio.create_task(self._fetch_loop(self.app.get(name), sub)))
+            self._fetchers.append(asyncio.create_task(self._fetch_loop(self.app.get(name), sub)))
         self._tasks.append(asyncio.create_task(self._keepalive_loop()))
         await self._heartbeat()
         self.log.info("worker.started", agents=agents, concurrency=self.settings.concurrency)
@@ -89,14 +93,17 @@ class Worker:
     def stop(self) -> None:
         """Ask the worker to drain: stop fetching, hand runs over at their next step."""
         self._stopping.set()
+        self._slot_freed.set()
 
     async def _shutdown(self) -> None:
         assert self.broker is not None and self.store is not None
         self.log.info("worker.draining", runs=len(self.hosted))
-        for t in self._tasks:
-            t.cancel()
         for hosted in list(self.hosted.values()):
             hosted.actor.draining = True
+        # Fetches end within their wait time; whatever they return is nak'ed for others.
+        if self._fetchers:
+            await asyncio.wait(self._fetchers, timeout=_FETCH_WAIT + 5)
+        self.fetch_closed.set()
         pending = [h.task for h in self.hosted.values()]
         if pending:
             _, still = await asyncio.wait(pending, timeout=self.settings.drain_timeout)
@@ -104,6 +111,8 @@ class Worker:
                 t.cancel()
             if still:
                 await asyncio.wait(still, timeout=5)
+        for t in [*self._tasks, *self._fetchers]:
+            t.cancel()
         with contextlib.suppress(Exception):
             await self.broker.remove_heartbeat(self.worker_id)
         await self.broker.close()
@@ -130,6 +139,10 @@ class Worker:
                 self.log.warning("fetch.failed", agent=spec.name, error=repr(exc))
                 await asyncio.sleep(0.5)
                 continue
+            if self._stopping.is_set():
+                for msg in msgs:
+                    await msg.nak()
+                return
             for msg in msgs:
                 self._placing += 1
                 task = asyncio.create_task(self._place(spec, msg))
@@ -209,6 +222,7 @@ class Worker:
             claim_seq=claim.seq,
             input=claim.input,
             cancel=claim.cancel,
+            fetch_closed=self.fetch_closed,
             store=self.store,
             broker=self.broker,
             worker_id=self.worker_id,

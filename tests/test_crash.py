@@ -1,0 +1,211 @@
+"""Crash tests: real worker processes, real SIGKILL/SIGSTOP/SIGTERM, real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+import redis.asyncio as aioredis
+
+from stalwart import Client, RunCancelled, RunFailed
+from stalwart.checkpoints import Finished, JournalEntry, Started, StepDone, StepError
+from tests.apps import exec_key, gate_key
+from tests.conftest import WorkerFactory, eventually
+
+pytestmark = pytest.mark.slow
+
+
+def rid() -> str:
+    return uuid.uuid4().hex
+
+
+async def journal(client: Client, run_id: str) -> list[JournalEntry]:
+    return await client.store.read_journal(run_id)
+
+
+async def journaled(client: Client, run_id: str, key: str) -> bool:
+    return any(
+        isinstance(je.entry, StepDone) and je.entry.key == key for je in await journal(client, run_id)
+    )
+
+
+async def execs(counters: aioredis.Redis, run_id: str, key: str) -> int:
+    return int(await counters.get(exec_key(run_id, key)) or 0)
+
+
+def check_single_owner(entries: list[JournalEntry]) -> list[int]:
+    """Epochs only grow, and every entry belongs to the epoch of the last Started before it."""
+    epochs: list[int] = []
+    current = 0
+    for je in entries:
+        e = je.entry
+        if isinstance(e, Started):
+            assert e.epoch > current, f"epoch went from {current} to {e.epoch}"
+            current = e.epoch
+            epochs.append(e.epoch)
+        else:
+            assert isinstance(e, StepDone | StepError | Finished)
+            assert e.epoch == current, f"entry {je.seq} from epoch {e.epoch} while {current} owns the run"
+    return epochs
+
+
+async def test_sigkill_after_step5_resumes_on_another_worker(
+    client: Client, workers: WorkerFactory, supervisor, counters: aioredis.Redis
+) -> None:
+    a = await workers("a")
+    run_id = rid()
+    handle = await client.submit("ten", {"pause_after": 5}, run_id=run_id)
+    await eventually(lambda: journaled(client, run_id, "step:s5"))
+    assert (await handle.status()).worker == "a"
+    a.kill()
+    await counters.lpush(gate_key(run_id, "after"), "go")
+    await workers("b")
+
+    assert await handle.result(timeout=30) == sum(i * 10 for i in range(1, 11))
+    for i in range(1, 11):
+        assert await execs(counters, run_id, f"step:s{i}") == 1, f"step s{i} body ran again"
+    entries = await journal(client, run_id)
+    assert len(check_single_owner(entries)) == 2
+    owners = [je.entry.worker for je in entries if isinstance(je.entry, Started)]
+    assert owners == ["a", "b"]
+    assert [je.entry.worker for je in entries if isinstance(je.entry, StepDone)] == ["a"] * 5 + ["b"] * 5
+
+
+async def test_sigkill_inside_step6_runs_step6_again(
+    client: Client, workers: WorkerFactory, supervisor, counters: aioredis.Redis
+) -> None:
+    a = await workers("a")
+    run_id = rid()
+    handle = await client.submit("ten", {"block_in": 6}, run_id=run_id)
+    await eventually(lambda: execs(counters, run_id, "step:s6"))
+    a.kill()
+    await counters.lpush(gate_key(run_id, "in"), "go")
+    await workers("b")
+
+    assert await handle.result(timeout=30) == sum(i * 10 for i in range(1, 11))
+    assert await execs(counters, run_id, "step:s6") == 2  # at-least-once: it was in flight
+    for i in (1, 2, 3, 4, 5, 7, 8, 9, 10):
+        assert await execs(counters, run_id, f"step:s{i}") == 1
+    keys = [je.entry.key for je in await journal(client, run_id) if isinstance(je.entry, StepDone)]
+    assert keys == [f"step:s{i}" for i in range(1, 11)]  # journaled once each
+
+
+async def test_hundred_runs_three_workers_one_killed(
+    client: Client, workers: WorkerFactory, supervisor, counters: aioredis.Redis
+) -> None:
+    procs = [await workers(f"w{i}") for i in range(3)]
+    handles = await asyncio.gather(*(client.submit("fast", i) for i in range(100)))
+
+    async def done_count() -> int:
+        records = await asyncio.gather(*(h.status() for h in handles))
+        return sum(r.status == "completed" for r in records)
+
+    await eventually(lambda: _at_least(done_count, 1), timeout=30)
+    procs[0].kill()  # whatever it had in flight moves to the other two
+
+    results = await asyncio.gather(*(h.result(timeout=60) for h in handles))
+    assert results == [3 * i + 3 for i in range(100)]
+    for h in handles:
+        entries = await journal(client, h.run_id)
+        check_single_owner(entries)
+        keys = [je.entry.key for je in entries if isinstance(je.entry, StepDone)]
+        assert keys == ["step:q", "step:q#2", "step:q#3"], h.run_id
+        assert isinstance(entries[-1].entry, Finished)
+
+
+async def _at_least(count, n: int) -> bool:
+    return await count() >= n
+
+
+async def test_zombie_is_fenced_after_sigstop(
+    client: Client, workers: WorkerFactory, supervisor, counters: aioredis.Redis
+) -> None:
+    a = await workers("a")
+    run_id = rid()
+    handle = await client.submit("ten", {"block_in": 3}, run_id=run_id)
+    await eventually(lambda: execs(counters, run_id, "step:s3"))
+    a.pause()  # frozen inside step 3, lease stops being renewed
+    try:
+        await workers("b")
+
+        async def taken_over() -> bool:
+            r = await handle.status()
+            return r.worker == "b" and await execs(counters, run_id, "step:s3") == 2
+
+        await eventually(taken_over, timeout=20)
+        b_epoch = (await handle.status()).epoch
+        # Two tokens: Redis hands one to A's still-pending BLPOP, one to B's.
+        await counters.lpush(gate_key(run_id, "in"), "1", "2")
+        assert await handle.result(timeout=30) == sum(i * 10 for i in range(1, 11))
+    finally:
+        a.resume()
+
+    # A wakes up as a zombie: its step 3 finishes, its append must be refused.
+    await eventually(lambda: _logged(a, "lease"), timeout=20, message=lambda: a.log_text()[-2000:])
+    entries = await journal(client, run_id)
+    epochs = check_single_owner(entries)
+    assert epochs[-1] == b_epoch
+    b_start = next(je.seq for je in entries if isinstance(je.entry, Started) and je.entry.epoch == b_epoch)
+    assert all(
+        je.entry.epoch == b_epoch for je in entries if je.seq > b_start and not isinstance(je.entry, Started)
+    )
+    assert a.alive(), "the zombie worker should abandon the run, not crash"
+
+
+async def _logged(proc, needle: str) -> bool:
+    return needle in proc.log_text()
+
+
+async def test_graceful_sigterm_hands_the_run_over_without_supervisor(
+    client: Client, workers: WorkerFactory, counters: aioredis.Redis
+) -> None:
+    # No supervisor fixture here: only the draining worker's own resume request can move it.
+    a = await workers("a")
+    run_id = rid()
+    handle = await client.submit("sleepy", 3, run_id=run_id)
+    await eventually(lambda: execs(counters, run_id, "step:wait"))
+    a.proc.terminate()  # SIGTERM: drain
+    await workers("b")
+    await counters.lpush(gate_key(run_id, "in"), "1")  # lets A's in-flight step finish
+    await eventually(lambda: execs(counters, run_id, "step:wait#2"), timeout=20)
+    await counters.lpush(gate_key(run_id, "in"), "2", "3")
+    assert await handle.result(timeout=30) == 3
+    assert a.proc.wait(timeout=10) == 0
+    assert await execs(counters, run_id, "step:wait") == 1  # the drained step was not re-run
+    owners = [je.entry.worker for je in await journal(client, run_id) if isinstance(je.entry, Started)]
+    assert owners == ["a", "b"]
+
+
+async def test_cancel_reaches_a_run_owned_by_another_process(
+    client: Client, workers: WorkerFactory, counters: aioredis.Redis
+) -> None:
+    await workers("a")
+    run_id = rid()
+    handle = await client.submit("sleepy", 3, run_id=run_id)
+    await eventually(lambda: execs(counters, run_id, "step:wait"))
+    assert await handle.cancel("user pressed stop") == "requested"
+    await counters.lpush(gate_key(run_id, "in"), "1")
+    with pytest.raises(RunCancelled, match="user pressed stop"):
+        await handle.result(timeout=20)
+    assert await execs(counters, run_id, "step:wait#2") == 0
+    assert (await handle.status()).status == "cancelled"
+    # Durable: a second cancel sees the ended run.
+    assert await handle.cancel() == "terminal"
+
+
+async def test_code_change_between_crash_and_resume_is_nondeterminism(
+    client: Client, workers: WorkerFactory, supervisor, counters: aioredis.Redis
+) -> None:
+    a = await workers("a", AGENT_VERSION="1")
+    run_id = rid()
+    handle = await client.submit("versioned", None, run_id=run_id)
+    await eventually(lambda: journaled(client, run_id, "step:a"))
+    a.kill()
+    await counters.lpush(gate_key(run_id, "after"), "go")
+    await workers("b", AGENT_VERSION="2")
+    with pytest.raises(RunFailed) as info:
+        await handle.result(timeout=30)
+    assert info.value.error_type == "NonDeterminismError"
+    assert "step:a" in info.value.message and "different arguments" in info.value.message
+    assert await execs(counters, run_id, "step:a") == 1  # not re-run with the new arguments
