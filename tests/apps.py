@@ -136,4 +136,3 @@ async def sleepy(ctx: RunContext, n: int) -> int:
     for i in range(n):
         await ctx.step("wait", blocking, i)
     return n
-

@@ -121,7 +121,9 @@ WorkerFactory = Callable[..., Awaitable[StalwartProcess]]
 
 
 @pytest.fixture
-async def workers(settings: Settings, servers: Servers, client: Client) -> AsyncIterator[WorkerFactory]:
+async def workers(
+    settings: Settings, servers: Servers, client: Client
+) -> AsyncIterator[WorkerFactory]:
     """Start ``stalwart worker tests.apps:app`` processes; waits until each is registered."""
     started: list[StalwartProcess] = []
 

@@ -26,7 +26,8 @@ async def journal(client: Client, run_id: str) -> list[JournalEntry]:
 
 async def journaled(client: Client, run_id: str, key: str) -> bool:
     return any(
-        isinstance(je.entry, StepDone) and je.entry.key == key for je in await journal(client, run_id)
+        isinstance(je.entry, StepDone) and je.entry.key == key
+        for je in await journal(client, run_id)
     )
 
 
@@ -46,7 +47,9 @@ def check_single_owner(entries: list[JournalEntry]) -> list[int]:
             epochs.append(e.epoch)
         else:
             assert isinstance(e, StepDone | StepError | Finished)
-            assert e.epoch == current, f"entry {je.seq} from epoch {e.epoch} while {current} owns the run"
+            assert e.epoch == current, (
+                f"entry {je.seq} from epoch {e.epoch} while {current} owns the run"
+            )
     return epochs
 
 
@@ -69,7 +72,19 @@ async def test_sigkill_after_step5_resumes_on_another_worker(
     assert len(check_single_owner(entries)) == 2
     owners = [je.entry.worker for je in entries if isinstance(je.entry, Started)]
     assert owners == ["a", "b"]
-    assert [je.entry.worker for je in entries if isinstance(je.entry, StepDone)] == ["a"] * 5 + ["b"] * 5
+    assert [je.entry.worker for je in entries if isinstance(je.entry, StepDone)] == ["a"] * 5 + [
+        "b"
+    ] * 5
+
+    # A subscriber attaching now sees every step once, across the crash, with the resume marked.
+    events = [ev async for ev in handle.events(follow=False)]
+    done = [ev.step for ev in events if ev.type == "step.completed"]
+    assert done == [f"step:s{i}" for i in range(1, 11)]
+    resumed = [ev for ev in events if ev.type == "run.resumed"]
+    assert (
+        len(resumed) == 1 and resumed[0].worker == "b" and resumed[0].data == {"journaled_steps": 5}
+    )
+    assert [ev.jseq for ev in events if ev.jseq] == [je.seq for je in entries]
 
 
 async def test_sigkill_inside_step6_runs_step6_again(
@@ -146,9 +161,13 @@ async def test_zombie_is_fenced_after_sigstop(
     entries = await journal(client, run_id)
     epochs = check_single_owner(entries)
     assert epochs[-1] == b_epoch
-    b_start = next(je.seq for je in entries if isinstance(je.entry, Started) and je.entry.epoch == b_epoch)
+    b_start = next(
+        je.seq for je in entries if isinstance(je.entry, Started) and je.entry.epoch == b_epoch
+    )
     assert all(
-        je.entry.epoch == b_epoch for je in entries if je.seq > b_start and not isinstance(je.entry, Started)
+        je.entry.epoch == b_epoch
+        for je in entries
+        if je.seq > b_start and not isinstance(je.entry, Started)
     )
     assert a.alive(), "the zombie worker should abandon the run, not crash"
 
@@ -173,7 +192,9 @@ async def test_graceful_sigterm_hands_the_run_over_without_supervisor(
     assert await handle.result(timeout=30) == 3
     assert a.proc.wait(timeout=10) == 0
     assert await execs(counters, run_id, "step:wait") == 1  # the drained step was not re-run
-    owners = [je.entry.worker for je in await journal(client, run_id) if isinstance(je.entry, Started)]
+    owners = [
+        je.entry.worker for je in await journal(client, run_id) if isinstance(je.entry, Started)
+    ]
     assert owners == ["a", "b"]
 
 

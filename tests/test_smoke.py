@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 from stalwart import Client
-
 from tests.apps import exec_key
 from tests.conftest import WorkerFactory
 
 
-async def test_run_completes_on_a_worker_process(client: Client, workers: WorkerFactory, counters) -> None:
+async def test_run_completes_on_a_worker_process(
+    client: Client, workers: WorkerFactory, counters
+) -> None:
     await workers()
     handle = await client.submit("fast", 10)
     assert await handle.result(timeout=20) == 10 + 11 + 12

@@ -710,8 +710,14 @@ async def test_store_keys_use_namespace_and_hash_tag(
 async def broker(settings: Settings) -> AsyncIterator[Broker]:
     b = await Broker.connect(settings, owner="w1")
     yield b
-    for stream in (b.names.runs_stream, b.names.events_stream, b.names.lease_stream,
-                   b.names.workers_stream, f"KV_{b.names.agents_bucket}"):
+    streams = [
+        b.names.runs_stream,
+        b.names.events_stream,
+        b.names.lease_stream,
+        b.names.workers_stream,
+        f"KV_{b.names.agents_bucket}",
+    ]
+    for stream in streams:
         with contextlib.suppress(Exception):
             await b.js.delete_stream(stream)
     await b.close()
@@ -720,10 +726,10 @@ async def broker(settings: Settings) -> AsyncIterator[Broker]:
 async def _renew(manager: LeaseManager, leases: list[Lease]) -> list[Lease]:
     """``manager.renew`` with a deadline, so a renewal that never answers fails the test."""
     try:
-        return await asyncio.wait_for(manager.renew(leases), timeout=5)
+        return await asyncio.wait_for(manager.renew(leases), timeout=3)
     except TimeoutError:
         raise AssertionError(
-            f"LeaseManager.renew({[lease.run_id for lease in leases]}) did not return within 5 s"
+            f"LeaseManager.renew({[lease.run_id for lease in leases]}) did not return within 3 s"
         ) from None
 
 
@@ -791,6 +797,7 @@ async def test_lease_expires_without_renewal_and_is_taken_over(broker: Broker) -
     assert new is not None
     assert new.epoch > old.epoch
     assert (await w2.state(rid)).holder == "w2"
+    assert await _renew(w2, [new]) == []
+    # The old owner's renewal must report the lease lost, and must not overwrite the new one.
     assert await _renew(w1, [old]) == [old]
     assert (await w2.state(rid)).holder == "w2"
-    assert await _renew(w2, [new]) == []

@@ -55,4 +55,5 @@ __all__ = [
     "UnknownAgentError",
     "Worker",
     "__version__",
+    "current_step",
 ]

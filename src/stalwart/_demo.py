@@ -28,7 +28,9 @@ async def plan(question: str) -> list[str]:
 async def summarize(question: str, notes: list[dict[str, Any]]) -> str:
     """Stands in for the final model call."""
     await asyncio.sleep(STEP_SECONDS)
-    return f"{question}: {len(notes)} topics researched (" + ", ".join(n["topic"] for n in notes) + ")"
+    return (
+        f"{question}: {len(notes)} topics researched (" + ", ".join(n["topic"] for n in notes) + ")"
+    )
 
 
 @app.agent("research")

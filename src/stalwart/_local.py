@@ -8,13 +8,12 @@ import json
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from stalwart.client import Client
-from stalwart.config import Settings
 from stalwart.errors import ConfigurationError
 from stalwart.messages import (
     EV_RESUMED,
@@ -25,6 +24,11 @@ from stalwart.messages import (
 )
 from stalwart.supervisor import Supervisor
 from stalwart.testing import EmbeddedServers, StalwartProcess, worker_process
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from stalwart.config import Settings
 
 
 def _state_file() -> Path:
@@ -67,6 +71,11 @@ async def embedded_if_needed(settings: Settings) -> AsyncIterator[Settings]:
     if settings.nats_url and settings.redis_url:
         yield settings
         return
+    print(
+        "no STALWART_NATS_URL / STALWART_REDIS_URL set: starting private embedded servers "
+        "(for local use only; other processes reach them only through the URLs below)",
+        flush=True,
+    )
     async with EmbeddedServers() as servers:
         resolved = msgspec.structs.replace(
             settings,
@@ -94,7 +103,9 @@ async def dev(app: str, settings: Settings, *, workers: int = 2) -> int:
         assert s.nats_url and s.redis_url
         state = _state_file()
         state.parent.mkdir(parents=True, exist_ok=True)
-        state.write_text(json.dumps({"nats_url": s.nats_url, "redis_url": s.redis_url, "pid": os.getpid()}))
+        state.write_text(
+            json.dumps({"nats_url": s.nats_url, "redis_url": s.redis_url, "pid": os.getpid()})
+        )
         procs = [
             worker_process(
                 app,
@@ -113,8 +124,13 @@ async def dev(app: str, settings: Settings, *, workers: int = 2) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         sup_task = asyncio.create_task(supervisor.run())
-        print(f"{workers} workers serving {app}; logs: " + ", ".join(str(p.log_path) for p in procs))
-        print("try: stalwart submit AGENT '<json input>' --wait    (Ctrl-C stops everything)", flush=True)
+        print(
+            f"{workers} workers serving {app}; logs: " + ", ".join(str(p.log_path) for p in procs)
+        )
+        print(
+            "try: stalwart submit AGENT '<json input>' --wait    (Ctrl-C stops everything)",
+            flush=True,
+        )
         reported: set[int] = set()
         try:
             while not stop.is_set():
@@ -124,7 +140,9 @@ async def dev(app: str, settings: Settings, *, workers: int = 2) -> int:
                     if not p.alive() and i not in reported:
                         reported.add(i)
                         code = p.proc.returncode if p.proc else None
-                        print(f"worker {p.name} {_exit_reason(code)}; log: {p.log_path}", flush=True)
+                        print(
+                            f"worker {p.name} {_exit_reason(code)}; log: {p.log_path}", flush=True
+                        )
         finally:
             for p in procs:
                 p.terminate(timeout=s.drain_timeout)
@@ -143,9 +161,9 @@ async def _wait_for_workers(client: Client, ids: set[str], timeout: float = 30.0
     raise TimeoutError(f"workers {sorted(ids)} did not start within {timeout:.0f}s")
 
 
-async def demo(settings: Settings, *, kill_after: int = 4) -> int:
+async def demo(settings: Settings, *, kill_after: int = 4, lease_ttl_given: bool = False) -> int:
     """Run the demo agent on two workers, SIGKILL the owner mid-run, watch it resume."""
-    if "STALWART_LEASE_TTL" not in os.environ and settings.lease_ttl == Settings().lease_ttl:
+    if not lease_ttl_given and "STALWART_LEASE_TTL" not in os.environ:
         settings = msgspec.structs.replace(settings, lease_ttl=2)  # a snappier demo
     async with embedded_if_needed(settings) as s:
         assert s.nats_url and s.redis_url
@@ -177,7 +195,9 @@ async def demo(settings: Settings, *, kill_after: int = 4) -> int:
 async def _demo_run(
     client: Client, procs: dict[str, StalwartProcess], s: Settings, kill_after: int
 ) -> int:
-    print(f"\nlease TTL {s.lease_ttl}s; workers: {', '.join(procs)}; supervisor running\n", flush=True)
+    print(
+        f"\nlease TTL {s.lease_ttl}s; workers: {', '.join(procs)}; supervisor running\n", flush=True
+    )
     handle = await client.submit("research", "Q4 market trends")
     t0 = time.time()
     killed_at: float | None = None
@@ -206,16 +226,26 @@ async def _demo_run(
                 killed = ev.worker
                 procs[killed].kill()
                 killed_at = time.time()
-                print(f"+{killed_at - t0:5.2f}s  SIGKILL {killed} (pid {procs[killed].pid})", flush=True)
+                print(
+                    f"+{killed_at - t0:5.2f}s  SIGKILL {killed} (pid {procs[killed].pid})",
+                    flush=True,
+                )
         elif ev.type in TERMINAL_EVENTS:
             print(f"{t}  {ev.type} on {ev.worker}", flush=True)
             break
     result = await handle.result(timeout=30)
     print(f"\nresult: {json.dumps(result)}")
     if failover is not None:
-        print(f"failover: {failover:.2f}s from SIGKILL to the first step completed on the new worker")
+        print(
+            f"failover: {failover:.2f}s from SIGKILL to the first step completed on the new worker"
+        )
     rerun = [step for step, workers in started_on.items() if len(workers) > 1]
     if rerun:
-        print(f"re-run after the crash (in flight when it died; at-least-once): {', '.join(sorted(rerun))}")
-    print("every other step ran exactly once; journal: " + f"{len(await client.store.read_journal(handle.run_id))} entries")
+        print(
+            f"re-run after the crash (in flight when it died; at-least-once): {', '.join(sorted(rerun))}"
+        )
+    print(
+        "every other step ran exactly once; journal: "
+        + f"{len(await client.store.read_journal(handle.run_id))} entries"
+    )
     return 0

@@ -12,7 +12,11 @@ import structlog
 def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
     """Configure structlog; ``STALWART_LOG_LEVEL`` / ``STALWART_LOG_FORMAT`` (json|console)."""
     level = (level or os.environ.get("STALWART_LOG_LEVEL", "info")).upper()
-    fmt = fmt or os.environ.get("STALWART_LOG_FORMAT") or ("console" if sys.stderr.isatty() else "json")
+    fmt = (
+        fmt
+        or os.environ.get("STALWART_LOG_FORMAT")
+        or ("console" if sys.stderr.isatty() else "json")
+    )
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
         if fmt == "json"

@@ -8,8 +8,7 @@ import importlib
 import json
 import signal
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -17,8 +16,11 @@ from stalwart._logging import configure_logging
 from stalwart.actors import App, Worker
 from stalwart.client import Client
 from stalwart.config import Settings
-from stalwart.errors import ConfigurationError, StalwartError
+from stalwart.errors import ConfigurationError, InvalidRequestError, StalwartError
 from stalwart.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
 
 
 def load_app(path: str) -> App:
@@ -83,7 +85,11 @@ def _record_view(record: Any) -> dict[str, Any]:
 
 async def cmd_submit(args: argparse.Namespace, client: Client) -> int:
     """``stalwart submit AGENT INPUT_JSON``."""
-    handle = await client.submit(args.agent, json.loads(args.input), run_id=args.run_id)
+    try:
+        value = json.loads(args.input)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequestError(f"INPUT_JSON is not valid JSON ({exc}): {args.input!r}") from None
+    handle = await client.submit(args.agent, value, run_id=args.run_id)
     if not args.wait:
         print(handle.run_id)
         return 0
@@ -124,7 +130,9 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--nats-url", help="NATS URL (env STALWART_NATS_URL)")
     common.add_argument("--redis-url", help="Redis URL (env STALWART_REDIS_URL)")
     common.add_argument("--namespace", help="stream/subject/key prefix (env STALWART_NAMESPACE)")
-    common.add_argument("--lease-ttl", type=int, help="lease TTL in seconds (env STALWART_LEASE_TTL)")
+    common.add_argument(
+        "--lease-ttl", type=int, help="lease TTL in seconds (env STALWART_LEASE_TTL)"
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     w = sub.add_parser("worker", parents=[common], help="serve the agents of APP")
@@ -185,7 +193,9 @@ async def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "dev":
         return await _local.dev(args.app, settings, workers=args.workers)
     if args.command == "demo":
-        return await _local.demo(settings, kill_after=args.kill_after)
+        return await _local.demo(
+            settings, kill_after=args.kill_after, lease_ttl_given=args.lease_ttl is not None
+        )
     handlers = {
         "submit": cmd_submit,
         "status": cmd_status,

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stalwart._ids import check_agent_name, check_run_id, new_run_id
 from stalwart.broker import Broker
@@ -28,6 +26,13 @@ from stalwart.messages import (
     RunEvent,
     RunRequest,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from types import TracebackType
+
+
+_RECHECK_SECONDS = 5.0
 
 
 class RunHandle:
@@ -59,20 +64,30 @@ class RunHandle:
         did not complete, and ``TimeoutError`` when ``timeout`` passes first.
         """
         async with asyncio.timeout(timeout):
-            record = await self.client.store.get_run(self.run_id)
-            if record is None or not record.terminal:
-                async for event in self.events(follow=True):
-                    if event.type == EV_REJECTED:
-                        reason = (event.data or {}).get("reason", "rejected")
-                        raise RunRejected(self.run_id, str(reason))
-                    if event.type in TERMINAL_EVENTS:
-                        break
-                record = await self.status()
+            while True:
+                record = await self.client.store.get_run(self.run_id)
+                if record is not None and record.terminal:
+                    break
+                # The record is the truth; events only wake us early. Re-check it now and
+                # then in case the terminal event was never published (a NATS outage).
+                try:
+                    async with asyncio.timeout(_RECHECK_SECONDS):
+                        await self._terminal_event()
+                except TimeoutError:
+                    continue
         if record.status == "completed":
             return record.decode_result(type)
         if record.status == "cancelled":
             raise RunCancelled(self.run_id, record.error or "cancelled")
         raise RunFailed(self.run_id, record.error_type, record.error)
+
+    async def _terminal_event(self) -> None:
+        async for event in self.events(follow=True):
+            if event.type == EV_REJECTED:
+                reason = (event.data or {}).get("reason", "rejected")
+                raise RunRejected(self.run_id, str(reason))
+            if event.type in TERMINAL_EVENTS:
+                return
 
     async def cancel(self, reason: str = "cancelled by client") -> CancelOutcome:
         """Cancel the run: at once if no worker placed it yet, else at its next step.
@@ -88,7 +103,8 @@ class RunHandle:
                     run_id=self.run_id,
                     at=time.time(),
                     data={"error": {"type": "RunCancelled", "message": reason}},
-                )
+                ),
+                acked=True,
             )
         return outcome
 
@@ -149,7 +165,13 @@ class Client:
 
     async def _reject(self, run_id: str, agent: str, reason: str) -> None:
         await self.broker.events.publish(
-            RunEvent(type=EV_REJECTED, run_id=run_id, at=time.time(), data={"reason": reason, "agent": agent})
+            RunEvent(
+                type=EV_REJECTED,
+                run_id=run_id,
+                at=time.time(),
+                data={"reason": reason, "agent": agent},
+            ),
+            acked=True,
         )
 
     async def submit(
@@ -182,6 +204,11 @@ class Client:
                 f"({exc}); pass plain data, a msgspec Struct or a dataclass"
             ) from exc
         request = RunRequest(run_id=run_id, agent=agent, input=input, submitted_at=time.time())
+        try:
+            self.broker.encode_request(request)
+        except InvalidRequestError as exc:
+            await self._reject(run_id, agent, str(exc))
+            raise
         existing = await self.store.create_run(run_id, agent, raw_input)
         if existing is not None:
             status, known_agent = existing
@@ -195,14 +222,10 @@ class Client:
             # again; JetStream drops it if the first copy is still in the dedup window.
         else:
             await self.broker.events.publish(
-                RunEvent(type=EV_ACCEPTED, run_id=run_id, at=time.time(), data={"agent": agent})
+                RunEvent(type=EV_ACCEPTED, run_id=run_id, at=time.time(), data={"agent": agent}),
+                acked=True,
             )
-        try:
-            await self.broker.publish_request(request, msg_id=run_id)
-        except InvalidRequestError as exc:
-            await self.store.request_cancel(run_id, str(exc))
-            await self._reject(run_id, agent, str(exc))
-            raise
+        await self.broker.publish_request(request, msg_id=run_id)
         return RunHandle(self, run_id, agent)
 
     async def runs(self, limit: int = 100) -> list[RunRecord]:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -21,7 +21,13 @@ from stalwart.checkpoints import (
     decode_value,
     encode_value,
 )
-from stalwart.errors import LeaseLost, NonDeterminismError, RunCancelled, StepFailed
+from stalwart.errors import (
+    LeaseLost,
+    NonDeterminismError,
+    RunCancelled,
+    ServerUnavailableError,
+    StepFailed,
+)
 from stalwart.messages import (
     EV_CANCELLED,
     EV_COMPLETED,
@@ -38,11 +44,17 @@ from stalwart.messages import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from stalwart.actors._app import AgentSpec
     from stalwart.broker import Broker, Lease
     from stalwart.checkpoints import CheckpointStore, Entry
 
 log = structlog.get_logger("stalwart.actor")
+
+# Results up to this size travel in the run.completed event; larger ones only in the record,
+# so an event never exceeds the NATS payload limit.
+_MAX_EVENT_RESULT = 64 * 1024
 
 
 class Drained(Exception):
@@ -88,8 +100,13 @@ class RunActor:
         self.cancel_reason = cancel
         self.draining = False
         self.lost = False
+        self.abandoned = False
+        """Set when the journal is unreachable: the run is given up, never failed for it."""
+        self.holds_lease = True
+        """False once the lease was given up, so the worker stops renewing it."""
         self.replaying = True
         self._journal: dict[str, StepDone | StepError] = {}
+        self._unreplayed: set[str] = set()
         self._next_seq = claim_seq + 1
         self._append_lock = asyncio.Lock()
         self.steps_replayed = 0
@@ -145,7 +162,9 @@ class RunActor:
             )
         status_event = {"completed": EV_COMPLETED, "failed": EV_FAILED}.get(e.status, EV_CANCELLED)
         fin: dict[str, Any] = {}
-        if len(e.result):
+        if len(e.result) > _MAX_EVENT_RESULT:
+            fin["result_bytes"] = len(e.result)  # too big for an event: read the record
+        elif len(e.result):
             fin["result"] = decode_value(e.result)
         if e.error is not None:
             fin["error"] = {"type": e.error.type, "message": e.error.message}
@@ -172,6 +191,9 @@ class RunActor:
             except LeaseLost:
                 self.lost = True
                 raise
+            except ServerUnavailableError:
+                self.abandoned = True
+                raise
             self._next_seq = seq + 1
         if cancel and not self.cancel_reason:
             self.cancel_reason = cancel
@@ -184,6 +206,7 @@ class RunActor:
                 self._journal[je.entry.key] = je.entry
         if entries:
             self._next_seq = entries[-1].seq + 1
+        self._unreplayed = set(self._journal)
         published = await self._broker.events.last_published_jseq(self.run_id)
         for je in entries:
             if je.seq > published:
@@ -192,8 +215,12 @@ class RunActor:
     # -- steps --------------------------------------------------------------------------
 
     def _check_boundary(self) -> None:
+        # Flags, not just exceptions: agent code that swallows an exception with a broad
+        # `except Exception` must still not get to run more steps.
         if self.lost:
             raise LeaseLost(f"run {self.run_id!r}: epoch {self.epoch} lost its lease")
+        if self.abandoned:
+            raise ServerUnavailableError(f"run {self.run_id!r}: the journal is unreachable")
         if self.cancel_reason:
             raise RunCancelled(self.run_id, self.cancel_reason)
         if self.draining:
@@ -217,10 +244,21 @@ class RunActor:
             raise StepFailed(spec.key, entry.error.type, entry.error.message)
         return decode_value(entry.result, spec.result_type)
 
+    def _check_replayed_all(self) -> None:
+        """A journaled step the code never asked for again means the code changed."""
+        if self._unreplayed:
+            missing = ", ".join(sorted(self._unreplayed)[:5])
+            raise NonDeterminismError(
+                f"run {self.run_id!r}: journaled step(s) {missing} were not asked for on "
+                "replay; the agent code changed since this run started (a step was renamed "
+                "or removed)"
+            )
+
     async def execute(self, spec: StepSpec, run: Callable[[], Awaitable[Any]]) -> Any:
         """Return the journaled outcome of step ``spec``, or run it live and journal it."""
         recorded = self._journal.get(spec.key)
         if recorded is not None:
+            self._unreplayed.discard(spec.key)
             return self._replay(spec, recorded)
         self._check_boundary()
         if self.replaying:
@@ -309,6 +347,9 @@ class RunActor:
                 )
                 return
             result = await self.spec.fn(RunContext(self), value)
+            self._check_replayed_all()
+            if self.lost or self.abandoned:
+                raise LeaseLost(f"run {self.run_id!r}: not finishing, the run was given up")
             await self._finish_completed(result)
         except LeaseLost as exc:
             self.lost = True
@@ -316,6 +357,13 @@ class RunActor:
             await self._emit(self._event(EV_LEASE_LOST, data={"reason": str(exc)}))
         except Drained:
             await self._release_for_resume()
+        except ServerUnavailableError as exc:
+            # Failing the run for an outage would be wrong: give it up; the supervisor
+            # re-places it once the servers answer again, and it resumes from its journal.
+            self.log.error("run.abandoned", error=str(exc))
+            self.holds_lease = False
+            with contextlib.suppress(Exception):
+                await self._broker.leases.release(self.lease)
         except asyncio.CancelledError:
             if self.lost:
                 self.log.warning("run.stopped_lease_lost")
@@ -351,13 +399,23 @@ class RunActor:
             return
         await self._finish(
             Finished(
-                status="completed", epoch=self.epoch, worker=self.worker_id, at=time.time(), result=raw
+                status="completed",
+                epoch=self.epoch,
+                worker=self.worker_id,
+                at=time.time(),
+                result=raw,
             )
         )
 
     async def _finish_failed(self, error: ErrorInfo) -> None:
         await self._finish(
-            Finished(status="failed", epoch=self.epoch, worker=self.worker_id, at=time.time(), error=error)
+            Finished(
+                status="failed",
+                epoch=self.epoch,
+                worker=self.worker_id,
+                at=time.time(),
+                error=error,
+            )
         )
 
     async def _finish(self, entry: Finished) -> None:
@@ -372,11 +430,15 @@ class RunActor:
             await self._emit(self._event(EV_LEASE_LOST, data={"reason": str(exc)}))
             return
         await self._emit(self._journal_event(JournalEntry(seq=seq, entry=entry)))
+        self.holds_lease = False
         await self._broker.leases.release(self.lease)
-        self.log.info("run.finished", status=entry.status, live=self.steps_live, replayed=self.steps_replayed)
+        self.log.info(
+            "run.finished", status=entry.status, live=self.steps_live, replayed=self.steps_replayed
+        )
 
     async def _release_for_resume(self) -> None:
         """Give the run up during a graceful shutdown so another worker resumes it at once."""
+        self.holds_lease = False
         released = await self._broker.leases.release(self.lease)
         if not released:
             return

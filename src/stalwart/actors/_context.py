@@ -83,9 +83,7 @@ async def invoke(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str
     Blocking code on the event loop would stall lease renewal for every run in the worker,
     so synchronous step bodies run in a worker thread (the context variables go along).
     """
-    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "func", None)
-    ):
+    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "func", None)):
         return await fn(*args, **kwargs)
     result = await anyio.to_thread.run_sync(partial(fn, *args, **kwargs))
     if inspect.isawaitable(result):
@@ -132,8 +130,12 @@ class RunContext:
         return self._actor.replaying
 
     def scoped(self, name: str) -> RunContext:
-        """A child context whose step keys live under ``<scope>/<name>/`` (nested agents)."""
-        return RunContext(self._actor, f"{self._scope}{name}/")
+        """A child context whose step keys live under ``<name>/`` (``<name>#2/`` the 2nd time).
+
+        For nested agents and sub-tasks: their steps replay inside the outer run.
+        """
+        # Through next_key, so a second scope of the same name gets its own keys.
+        return RunContext(self._actor, f"{self.next_key(name)}/")
 
     def next_key(self, base: str) -> str:
         """A step key for ``base`` that is stable on replay: ``base``, ``base#2``, ``base#3``..."""

@@ -63,6 +63,7 @@ class Worker:
         # would otherwise swallow the resume request it publishes for its runs.
         self.fetch_closed = asyncio.Event()
         self._fetchers: list[asyncio.Task[None]] = []
+        self._subs: list[Any] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.log = log.bind(worker=self.worker_id)
 
@@ -79,6 +80,7 @@ class Worker:
         await self.broker.register_agents(agents, self.app.name)
         for name in agents:
             sub = await self.broker.pull_subscription(name)
+            self._subs.append(sub)
             self._fetchers.append(asyncio.create_task(self._fetch_loop(self.app.get(name), sub)))
         self._tasks.append(asyncio.create_task(self._keepalive_loop()))
         await self._heartbeat()
@@ -103,6 +105,7 @@ class Worker:
         # Fetches end within their wait time; whatever they return is nak'ed for others.
         if self._fetchers:
             await asyncio.wait(self._fetchers, timeout=_FETCH_WAIT + 5)
+        await self._release_undelivered()
         self.fetch_closed.set()
         pending = [h.task for h in self.hosted.values()]
         if pending:
@@ -119,6 +122,22 @@ class Worker:
         await self.store.close()
         self.log.info("worker.stopped")
 
+    async def _release_undelivered(self) -> None:
+        """Give back requests that still reach this worker after its last fetch returned.
+
+        A fetch returns as soon as it has some messages, but its pull request stays open on
+        the server for the rest of its wait, and anything delivered to it lands in the
+        subscription's queue. Once those requests have expired, nak what arrived so other
+        workers get it now rather than after ``ack_wait``.
+        """
+        await asyncio.sleep(_FETCH_WAIT + 0.2)
+        for sub in self._subs:
+            queue = getattr(getattr(sub, "_sub", None), "_pending_queue", None)
+            while queue is not None and not queue.empty():
+                msg = queue.get_nowait()
+                if msg.reply and not (msg.headers or {}).get("Status"):
+                    await msg.nak()
+
     # -- fetching and placement -------------------------------------------------------------
 
     def _free(self) -> int:
@@ -133,7 +152,7 @@ class Worker:
                 continue
             try:
                 msgs: list[Msg] = await sub.fetch(batch=min(free, 64), timeout=_FETCH_WAIT)
-            except (NatsTimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, NatsTimeoutError):
                 continue
             except Exception as exc:  # disconnected: nats-py reconnects by itself
                 self.log.warning("fetch.failed", agent=spec.name, error=repr(exc))
@@ -266,11 +285,11 @@ class Worker:
 
     async def _renew(self) -> None:
         assert self.broker is not None
-        leases: list[Lease] = [h.actor.lease for h in self.hosted.values()]
+        leases: list[Lease] = [h.actor.lease for h in self.hosted.values() if h.actor.holds_lease]
         for lease in await self.broker.leases.renew(leases):
             hosted = self.hosted.get(lease.run_id)
-            if hosted is None or hosted.actor.lease is not lease:
-                continue
+            if hosted is None or hosted.actor.lease is not lease or not hosted.actor.holds_lease:
+                continue  # finished or handed over while the renewal was in flight
             self.log.warning("lease.lost", run_id=lease.run_id, epoch=lease.epoch)
             hosted.actor.lost = True
             hosted.task.cancel()

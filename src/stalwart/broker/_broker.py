@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -19,6 +18,8 @@ from stalwart.errors import PayloadTooLargeError
 from stalwart.messages import RunEvent, RunRequest, encode_request
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from nats.aio.client import Client as NATS
     from nats.js import JetStreamContext
     from nats.js.kv import KeyValue
@@ -56,7 +57,9 @@ class Broker:
         self._agents_kv: KeyValue | None = None
 
     @classmethod
-    async def connect(cls, settings: Settings, *, name: str = "stalwart", owner: str = "") -> Broker:
+    async def connect(
+        cls, settings: Settings, *, name: str = "stalwart", owner: str = ""
+    ) -> Broker:
         """Connect to ``settings.nats_url`` and make sure the topology exists."""
         assert settings.nats_url, "nats_url must be resolved before connecting"
         nc = await connect(settings.nats_url, name=name)
@@ -80,8 +83,8 @@ class Broker:
 
     # -- run requests -------------------------------------------------------------------
 
-    async def publish_request(self, req: RunRequest, msg_id: str) -> bool:
-        """Publish a run request; False when JetStream dropped it as a duplicate of ``msg_id``."""
+    def encode_request(self, req: RunRequest) -> bytes:
+        """Encode ``req``; :class:`PayloadTooLargeError` if the server would refuse it."""
         data = encode_request(req)
         limit = self.nc.max_payload
         if len(data) > limit:
@@ -90,6 +93,11 @@ class Broker:
                 f"server's max_payload of {limit} bytes; pass large inputs by reference "
                 "(an object store key or URL) instead"
             )
+        return data
+
+    async def publish_request(self, req: RunRequest, msg_id: str) -> bool:
+        """Publish a run request; False when JetStream dropped it as a duplicate of ``msg_id``."""
+        data = self.encode_request(req)
         ack = await self.js.publish(
             self.names.runs_subject(req.agent),
             data,

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-import structlog
+from typing import TYPE_CHECKING
+
 import nats
-from nats.aio.client import Client as NATS
+import structlog
 
 from stalwart.errors import ServerUnavailableError, ServerVersionError
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NATS
 
 log = structlog.get_logger("stalwart.broker")
 
@@ -17,7 +21,7 @@ def check_server_version(version: str, url: str = "") -> None:
     """Raise :class:`ServerVersionError` when ``version`` (e.g. ``"2.9.10"``) is below 2.11."""
     parts = version.lstrip("v").split("-", 1)[0].split(".")
     try:
-        found = tuple(int(p) for p in (parts + ["0", "0"])[:3])
+        found = tuple(int(p) for p in ([*parts, "0", "0"])[:3])
     except ValueError:
         raise ServerVersionError(f"cannot parse nats-server version {version!r} at {url}") from None
     if found < MIN_SERVER_VERSION:
@@ -64,7 +68,7 @@ async def connect(url: str, *, name: str = "stalwart", connect_timeout: float = 
     except Exception as exc:  # nats-py raises several unrelated types for "cannot connect"
         raise ServerUnavailableError(f"cannot reach NATS at {url}: {exc!r}") from exc
     holder.append(nc)
-    version = str(nc._server_info.get("version", "0.0.0"))  # noqa: SLF001 - only source of it
+    version = str(nc._server_info.get("version", "0.0.0"))
     try:
         check_server_version(version, url)
     except ServerVersionError:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+import json
 from typing import TYPE_CHECKING
 
 import structlog
@@ -13,7 +14,10 @@ from nats.js.errors import NotFoundError
 from stalwart.messages import TERMINAL_EVENTS, RunEvent, decode_event, encode_event
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from nats.aio.client import Client as NATS
+    from nats.aio.msg import Msg
     from nats.js import JetStreamContext
 
     from stalwart.broker._names import Names
@@ -29,32 +33,68 @@ JSEQ_HEADER = "Stalwart-Jseq"
 class EventPublisher:
     """Publishes run events without putting a round trip on the step path.
 
-    Journaled events (``jseq > 0``) go through JetStream's async publish with a
-    ``Nats-Msg-Id`` of ``<run_id>:j<jseq>``, so a republish after a resume is dropped as a
-    duplicate; their acks are collected in the background. Live-only events (token
-    deltas, ``step.started``) are plain publishes the stream captures. Both go over one
-    connection, so a run's events are stored in the order they were published.
+    Every event is written to the connection in the order :meth:`publish` is called, so a
+    run's events are stored in order. Journaled events (``jseq > 0``) ask for a JetStream
+    ack on a reply subject this publisher owns and carry ``Nats-Msg-Id: <run_id>:j<jseq>``,
+    so a republish after a resume is dropped as a duplicate; acks are counted as they
+    arrive instead of being awaited. (nats-py's own ``publish_async`` is not used: in
+    2.16 a rejected publish never resolves its future.) Live-only events (token deltas,
+    ``step.started``) are plain publishes that the stream captures.
     """
 
     def __init__(self, nc: NATS, js: JetStreamContext, names: Names) -> None:
         self._nc = nc
         self._js = js
         self._names = names
-        self._pending: set[asyncio.Future[object]] = set()
         self._published_jseq: dict[str, int] = {}
+        self._unacked: dict[str, tuple[str, int]] = {}
+        self._acked = asyncio.Event()
+        self._acked.set()
+        self._reply_prefix = ""
+        self._next = 0
 
-    async def publish(self, event: RunEvent) -> None:
-        """Publish ``event`` on its run's subject."""
+    async def _ensure_reply_sub(self) -> None:
+        if not self._reply_prefix:
+            prefix = f"{self._nc.new_inbox()}."
+            await self._nc.subscribe(prefix + "*", cb=self._on_ack)
+            self._reply_prefix = prefix
+
+    async def _on_ack(self, msg: Msg) -> None:
+        token = msg.subject[len(self._reply_prefix) :]
+        pending = self._unacked.pop(token, None)
+        if not self._unacked:
+            self._acked.set()
+        if pending is None:
+            return
+        try:
+            reply = json.loads(msg.data or b"{}")
+        except ValueError:
+            reply = {"error": {"description": f"unreadable ack {msg.data[:80]!r}"}}
+        if "error" in reply:
+            run_id, jseq = pending
+            log.warning("event.publish_failed", run_id=run_id, jseq=jseq, error=reply["error"])
+
+    async def publish(self, event: RunEvent, *, acked: bool = False) -> None:
+        """Publish ``event`` on its run's subject.
+
+        ``acked`` waits until the stream has stored it: for events published by clients,
+        which must be in the stream before the request they announce is published.
+        """
         subject = self._names.events_subject(event.run_id)
         top = max(self._published_jseq.get(event.run_id, 0), event.jseq)
         headers = {JSEQ_HEADER: str(top)}
         data = encode_event(event)
-        if event.jseq:
+        if acked:
+            await self._js.publish(subject, data, headers=headers)
+        elif event.jseq:
+            await self._ensure_reply_sub()
             self._published_jseq[event.run_id] = top
             headers["Nats-Msg-Id"] = f"{event.run_id}:j{event.jseq}"
-            fut = await self._js.publish_async(subject, data, headers=headers)
-            self._pending.add(fut)
-            fut.add_done_callback(self._settled)
+            self._next += 1
+            token = str(self._next)
+            self._unacked[token] = (event.run_id, event.jseq)
+            self._acked.clear()
+            await self._nc.publish(subject, data, reply=self._reply_prefix + token, headers=headers)
         else:
             await self._nc.publish(subject, data, headers=headers)
         if event.type in TERMINAL_EVENTS:
@@ -64,15 +104,15 @@ class EventPublisher:
         """Publish a rejection of a request that has no usable run id."""
         await self._js.publish(self._names.rejected_subject(agent), encode_event(event))
 
-    def _settled(self, fut: asyncio.Future[object]) -> None:
-        self._pending.discard(fut)
-        if not fut.cancelled() and fut.exception() is not None:
-            log.warning("event.publish_failed", error=repr(fut.exception()))
+    @property
+    def unacked(self) -> int:
+        """Journaled events published but not yet acknowledged by the stream."""
+        return len(self._unacked)
 
     async def flush(self, timeout: float = 5.0) -> None:
         """Wait until every journaled event published so far is acknowledged."""
-        if self._pending:
-            await asyncio.wait(list(self._pending), timeout=timeout)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._acked.wait(), timeout)
 
     async def last_published_jseq(self, run_id: str) -> int:
         """The highest journal sequence whose event is in the stream (0 when none)."""

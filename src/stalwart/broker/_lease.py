@@ -103,16 +103,20 @@ class LeaseManager:
         """
         if not leases:
             return []
-        futures = []
-        for lease in leases:
-            fut = await self._js.publish_async(
-                self._names.lease_subject(lease.run_id),
-                self.owner.encode(),
-                headers={_CAS: str(lease.revision)},
-                msg_ttl=self.ttl,
-            )
-            futures.append(fut)
-        results = await asyncio.gather(*futures, return_exceptions=True)
+        # Concurrent requests are pipelined on the one connection. (Not publish_async: in
+        # nats-py 2.16 a rejected async publish never resolves its future.)
+        results = await asyncio.gather(
+            *(
+                self._js.publish(
+                    self._names.lease_subject(lease.run_id),
+                    self.owner.encode(),
+                    headers={_CAS: str(lease.revision)},
+                    msg_ttl=self.ttl,
+                )
+                for lease in leases
+            ),
+            return_exceptions=True,
+        )
         lost: list[Lease] = []
         now = time.monotonic()
         for lease, res in zip(leases, results, strict=True):

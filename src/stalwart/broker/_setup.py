@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import structlog
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
@@ -21,19 +22,33 @@ if TYPE_CHECKING:
     from stalwart.broker._names import Names
     from stalwart.config import Settings
 
-# Expired-lease markers must outlive a supervisor's reconciliation pass so that a takeover
-# can CAS against them; a few seconds past the lease TTL is plenty.
-_MARKER_TTL_FLOOR = 5
+log = structlog.get_logger("stalwart.broker")
+
+# Expiry markers only need to live long enough for every watcher to see them; a takeover
+# CASes against whatever the key's last message is, marker or not. Independent of the
+# lease TTL, so processes configured with different TTLs agree on the bucket.
+_MARKER_TTL = 60
+_EXISTS_DIFFERENTLY = 10058
 
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     try:
         await js.add_stream(config)
     except BadRequestError as exc:
-        # 10058: exists with a different configuration (for example an older max_age).
-        if exc.err_code != 10058:
+        if exc.err_code != _EXISTS_DIFFERENTLY:
             raise
-        await js.update_stream(config)
+        # Another process (or an operator) configured it differently, e.g. another
+        # max_age. Every process starting would otherwise fight over the config: keep it.
+        log.info("stream.exists_with_other_config", stream=config.name)
+
+
+async def _ensure_kv(js: JetStreamContext, config: KeyValueConfig) -> None:
+    try:
+        await js.create_key_value(config)
+    except BadRequestError as exc:
+        if exc.err_code != _EXISTS_DIFFERENTLY:
+            raise
+        log.info("bucket.exists_with_other_config", bucket=config.bucket)
 
 
 async def ensure_topology(js: JetStreamContext, names: Names, settings: Settings) -> None:
@@ -61,32 +76,34 @@ async def ensure_topology(js: JetStreamContext, names: Names, settings: Settings
             allow_direct=True,
         ),
     )
-    marker_ttl = max(_MARKER_TTL_FLOOR, 2 * settings.lease_ttl)
-    await js.create_key_value(
+    await _ensure_kv(
+        js,
         KeyValueConfig(
             bucket=names.lease_bucket,
             history=1,
             storage=StorageType.FILE,
-            limit_marker_ttl=marker_ttl,
+            limit_marker_ttl=_MARKER_TTL,
             description="Stalwart run leases: key run.<run_id>, value owner worker id",
-        )
+        ),
     )
-    await js.create_key_value(
+    await _ensure_kv(
+        js,
         KeyValueConfig(
             bucket=names.workers_bucket,
             history=1,
             storage=StorageType.FILE,
-            limit_marker_ttl=marker_ttl,
+            limit_marker_ttl=_MARKER_TTL,
             description="Stalwart worker heartbeats",
-        )
+        ),
     )
-    await js.create_key_value(
+    await _ensure_kv(
+        js,
         KeyValueConfig(
             bucket=names.agents_bucket,
             history=1,
             storage=StorageType.FILE,
             description="Agent names served by Stalwart workers",
-        )
+        ),
     )
 
 
@@ -94,6 +111,14 @@ async def ensure_agent_consumer(
     js: JetStreamContext, names: Names, settings: Settings, agent: str
 ) -> None:
     """The durable pull consumer all workers of ``agent`` share (work queues allow just one)."""
+    try:
+        await _add_consumer(js, names, settings, agent)
+    except BadRequestError as exc:
+        # Exists with other settings (another worker's ack_wait): share it as it is.
+        log.info("consumer.exists_with_other_config", agent=agent, error=exc.description)
+
+
+async def _add_consumer(js: JetStreamContext, names: Names, settings: Settings, agent: str) -> None:
     await js.add_consumer(
         names.runs_stream,
         ConsumerConfig(

@@ -128,7 +128,8 @@ def encode_entry(entry: Entry) -> bytes:
 
 def decode_entry(data: bytes) -> Entry:
     """Decode one journal entry."""
-    return _entry_decoder.decode(data)
+    entry: Entry = _entry_decoder.decode(data)
+    return entry
 
 
 def encode_value(value: Any) -> msgspec.Raw:
@@ -142,10 +143,6 @@ def decode_value(raw: msgspec.Raw | bytes, type: Any = Any) -> Any:
     if type is Any:
         return _any_decoder.decode(data)
     return msgspec.msgpack.decode(data, type=type)
-
-
-_STR_FIELDS = ("run_id", "agent", "worker", "error_type", "error", "cancel", "trace")
-_FLOAT_FIELDS = ("created_at", "updated_at")
 
 
 def record_from_hash(raw: dict[bytes, bytes]) -> RunRecord | None:
@@ -164,10 +161,17 @@ def record_from_hash(raw: dict[bytes, bytes]) -> RunRecord | None:
     if status not in ("accepted", "running", "completed", "failed", "cancelled"):
         raise ValueError(f"corrupt run record: status {status!r}")
     return RunRecord(
+        run_id=text("run_id"),
+        agent=text("agent"),
         status=status,  # type: ignore[arg-type]  # checked just above
         epoch=int(text("epoch") or 0),
+        worker=text("worker"),
+        created_at=float(text("created_at") or 0.0),
+        updated_at=float(text("updated_at") or 0.0),
         input=blob("input"),
         result=blob("result"),
-        **{name: text(name) for name in _STR_FIELDS},
-        **{name: float(text(name) or 0.0) for name in _FLOAT_FIELDS},
+        error_type=text("error_type"),
+        error=text("error"),
+        cancel=text("cancel"),
+        trace=text("trace"),
     )

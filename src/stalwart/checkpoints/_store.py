@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -60,9 +61,13 @@ class CheckpointStore:
     (set of runs not yet ended, scanned by the supervisor).
     """
 
-    def __init__(self, client: aioredis.Redis, namespace: str = "stalwart") -> None:
+    def __init__(
+        self, client: aioredis.Redis, namespace: str = "stalwart", *, retry_for: float = 30.0
+    ) -> None:
         self.redis = client
         self.ns = namespace
+        self.retry_for = retry_for
+        """How long a journal write keeps retrying through a Redis outage before giving up."""
         self._create = client.register_script(_scripts.CREATE_RUN)
         self._claim = client.register_script(_scripts.CLAIM)
         self._append = client.register_script(_scripts.APPEND)
@@ -131,11 +136,12 @@ class CheckpointStore:
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         """The run's record, or None for an unknown run id."""
-        return record_from_hash(await self.redis.hgetall(self.record_key(run_id)))
+        raw = cast("dict[bytes, bytes]", await self.redis.hgetall(self.record_key(run_id)))
+        return record_from_hash(raw)
 
     async def list_runs(self, limit: int = 100) -> list[RunRecord]:
         """The newest ``limit`` runs, newest first."""
-        ids = await self.redis.zrevrange(self.runs_key, 0, limit - 1)
+        ids = cast("list[bytes]", await self.redis.zrevrange(self.runs_key, 0, limit - 1))
         async with self.redis.pipeline(transaction=False) as pipe:
             for rid in ids:
                 pipe.hgetall(self.record_key(rid.decode()))
@@ -144,7 +150,8 @@ class CheckpointStore:
 
     async def active_runs(self) -> list[str]:
         """Ids of runs that have not ended (accepted or running)."""
-        return sorted(m.decode() for m in await self.redis.smembers(self.active_key))
+        members = cast("set[bytes]", await self.redis.smembers(self.active_key))
+        return sorted(m.decode() for m in members)
 
     async def mark_inactive(self, run_id: str) -> None:
         """Drop an ended run from the active set (a separate key: not atomic with finish)."""
@@ -189,7 +196,10 @@ class CheckpointStore:
     async def read_journal(self, run_id: str, after: int = 0) -> list[JournalEntry]:
         """All journal entries with ``seq > after``, in order."""
         start = f"({after}-0" if after else "-"
-        rows = await self.redis.xrange(self.journal_key(run_id), min=start, max="+")
+        rows = cast(
+            "list[tuple[bytes, dict[bytes, bytes]]]",
+            await self.redis.xrange(self.journal_key(run_id), min=start, max="+"),
+        )
         return [
             JournalEntry(seq=int(rid.split(b"-", 1)[0]), entry=decode_entry(fields[b"d"]))
             for rid, fields in rows
@@ -232,12 +242,7 @@ class CheckpointStore:
     async def _fenced(
         self, script: object, run_id: str, args: list[object], seq: int, data: bytes
     ) -> str:
-        try:
-            reply = await script(keys=self._keys(run_id), args=args)  # type: ignore[operator]
-        except (RedisConnectionError, RedisTimeoutError):
-            # The script may have run before the reply was lost; redis-py has reconnected,
-            # so one retry either writes the entry or finds it already there (conflict path).
-            reply = await script(keys=self._keys(run_id), args=args)  # type: ignore[operator]
+        reply = await self._with_retry(script, run_id, args)
         outcome = reply[0].decode()
         if outcome == "ok":
             return str(reply[1].decode())
@@ -247,14 +252,36 @@ class CheckpointStore:
                 f"(current epoch {reply[1].decode() or 'none'})"
             )
         # conflict: our id is taken. It is ours if the stored entry is byte-identical.
-        rows = await self.redis.xrange(self.journal_key(run_id), min=f"{seq}-0", max=f"{seq}-0")
+        rows = cast(
+            "list[tuple[bytes, dict[bytes, bytes]]]",
+            await self.redis.xrange(self.journal_key(run_id), min=f"{seq}-0", max=f"{seq}-0"),
+        )
         if rows and rows[0][1].get(b"d") == data:
-            cancel = await self.redis.hget(self.record_key(run_id), "cancel")
+            cancel = cast("bytes | None", await self.redis.hget(self.record_key(run_id), "cancel"))
             return cancel.decode() if cancel else ""
         raise JournalConflict(
             f"run {run_id!r}: journal position {seq} is taken by another entry "
             f"({reply[1].decode()})"
         )
+
+    async def _with_retry(self, script: object, run_id: str, args: list[object]) -> Any:
+        """Run a fenced script, riding out a Redis restart for up to ``retry_for`` seconds.
+
+        A script whose reply was lost may have run: the retry then hits its own entry at
+        the same position, which ``_fenced`` recognises (explicit ids make this safe).
+        """
+        deadline = time.monotonic() + self.retry_for
+        delay = 0.05
+        while True:
+            try:
+                return await script(keys=self._keys(run_id), args=args)  # type: ignore[operator]
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise ServerUnavailableError(
+                        f"run {run_id!r}: Redis unreachable for {self.retry_for:.0f}s: {exc}"
+                    ) from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
     # -- cancellation -------------------------------------------------------------------
 

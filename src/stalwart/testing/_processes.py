@@ -8,9 +8,12 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from types import TracebackType
+from typing import TYPE_CHECKING
 
 from stalwart.testing._servers import _make_preexec
+
+if TYPE_CHECKING:
+    from types import TracebackType
 
 
 class StalwartProcess:
@@ -20,7 +23,9 @@ class StalwartProcess:
     freezes, as in a long GC pause or a stalled VM, and then comes back as a zombie).
     """
 
-    def __init__(self, args: list[str], *, env: dict[str, str] | None = None, name: str = "") -> None:
+    def __init__(
+        self, args: list[str], *, env: dict[str, str] | None = None, name: str = ""
+    ) -> None:
         self.args = args
         self.name = name or args[0]
         self.env = {**os.environ, **(env or {})}
