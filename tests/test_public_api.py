@@ -97,9 +97,16 @@ PUBLIC_API: dict[str, list[str]] = {
         "RunContext",
         "StepInfo",
         "StepSpec",
+        "Usage",
         "Worker",
         "current_step",
         "fingerprint",
+    ],
+    "stalwart.adapters": [
+        "DurableRunner",
+        "canonical_fp",
+        "default_app",
+        "text_digest",
     ],
     "stalwart.supervisor": [
         "Supervisor",

@@ -2,7 +2,7 @@
 
 from stalwart.actors._actor import RunActor
 from stalwart.actors._app import AgentSpec, App
-from stalwart.actors._context import RunContext, StepInfo, StepSpec, current_step
+from stalwart.actors._context import RunContext, StepInfo, StepSpec, Usage, current_step
 from stalwart.actors._fingerprint import fingerprint
 from stalwart.actors._worker import Worker
 
@@ -13,6 +13,7 @@ __all__ = [
     "RunContext",
     "StepInfo",
     "StepSpec",
+    "Usage",
     "Worker",
     "current_step",
     "fingerprint",

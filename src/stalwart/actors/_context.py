@@ -21,6 +21,15 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens a model call used, as its provider reported them (for budgets and traces)."""
+
+    model: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class StepSpec:
     """How a step is journaled: the hook adapters use to turn framework calls into steps.
 
@@ -34,6 +43,8 @@ class StepSpec:
     name: str
     fp: str
     result_type: Any = Any
+    usage: Callable[[Any], Usage | None] | None = None
+    """For model steps: extracts token usage from the step's result (live and replayed)."""
 
 
 @dataclass(frozen=True, slots=True)
