@@ -134,6 +134,10 @@ class RunActor:
         except Exception as exc:  # events are best effort; the journal is the truth
             self.log.warning("event.publish_failed", type=event.type, error=repr(exc))
 
+    async def emit_live(self, type: str, data: Any, step: str = "") -> None:
+        """Publish a non-journaled event for this run (see :meth:`RunContext.emit`)."""
+        await self._emit(self._event(type, step=step, data=data))
+
     def _journal_event(self, je: JournalEntry) -> RunEvent:
         e = je.entry
         if isinstance(e, Started):

@@ -172,6 +172,15 @@ class RunContext:
         )
         return await self._actor.execute(spec, partial(invoke, fn, args, kwargs))
 
+    async def emit(self, type: str, data: Any = None, *, step: str = "") -> None:
+        """Publish a live-only event (token deltas, progress) to the run's event stream.
+
+        Not journaled: a subscriber sees it live, a replay does not repeat it. Skipped
+        while replaying, so a resumed run does not emit its history twice.
+        """
+        if not self._actor.replaying:
+            await self._actor.emit_live(type, data, step)
+
     async def call(self, spec: StepSpec, run: Callable[[], Awaitable[T]]) -> T:
         """Execute ``run`` as the durable step ``spec`` (the low-level hook for adapters)."""
         return typing.cast("T", await self._actor.execute(spec, run))
