@@ -7,37 +7,52 @@ whose worker dies resumes on another worker at the step where it stopped.
 __version__ = "0.1.0"
 
 from stalwart.actors import App, RunContext, StepInfo, StepSpec, Worker, current_step
+from stalwart.actors._policy import NO_RETRY, Limits, Policies, RetryPolicy, durable
 from stalwart.checkpoints import RunRecord
 from stalwart.client import Client, RunHandle
 from stalwart.config import Settings
 from stalwart.errors import (
+    BudgetExceeded,
+    CircuitOpenError,
     ConfigurationError,
     InvalidRequestError,
     LeaseLost,
     NonDeterminismError,
+    NonRetryableError,
     PayloadTooLargeError,
     RunCancelled,
+    RunDeadlineExceeded,
     RunFailed,
     RunRejected,
     ServerUnavailableError,
     ServerVersionError,
     StalwartError,
     StepFailed,
+    StepTimeoutError,
+    ToolOutcomeUnknown,
     UnknownAgentError,
 )
 from stalwart.messages import RunEvent, RunRequest
 from stalwart.supervisor import Supervisor
 
 __all__ = [
+    "NO_RETRY",
     "App",
+    "BudgetExceeded",
+    "CircuitOpenError",
     "Client",
     "ConfigurationError",
     "InvalidRequestError",
     "LeaseLost",
+    "Limits",
     "NonDeterminismError",
+    "NonRetryableError",
     "PayloadTooLargeError",
+    "Policies",
+    "RetryPolicy",
     "RunCancelled",
     "RunContext",
+    "RunDeadlineExceeded",
     "RunEvent",
     "RunFailed",
     "RunHandle",
@@ -51,9 +66,12 @@ __all__ = [
     "StepFailed",
     "StepInfo",
     "StepSpec",
+    "StepTimeoutError",
     "Supervisor",
+    "ToolOutcomeUnknown",
     "UnknownAgentError",
     "Worker",
     "__version__",
     "current_step",
+    "durable",
 ]

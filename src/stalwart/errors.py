@@ -88,3 +88,43 @@ class RunRejected(InvalidRequestError):
         super().__init__(f"run {run_id!r} was rejected: {reason}")
         self.run_id = run_id
         self.reason = reason
+
+
+class NonRetryableError(StalwartError):
+    """Raise (or subclass) from a step body to fail the step at once, without retries."""
+
+
+class StepTimeoutError(StalwartError):
+    """A step attempt ran past its start-to-close timeout (retried per policy)."""
+
+
+class RunDeadlineExceeded(StalwartError):
+    """The run ran past its deadline; the deadline holds across crashes and resumes."""
+
+
+class BudgetExceeded(StalwartError):
+    """A run limit was reached: iterations, tokens, cost, or a tool-call loop."""
+
+    def __init__(self, budget: str, limit: float, reached: float, detail: str = "") -> None:
+        super().__init__(
+            f"{budget} budget exceeded: limit {limit:g}, reached {reached:g}"
+            + (f" ({detail})" if detail else "")
+        )
+        self.budget = budget
+        self.limit = limit
+        self.reached = reached
+
+
+class CircuitOpenError(StalwartError):
+    """The circuit breaker for this model endpoint or tool is open: failing fast."""
+
+    def __init__(self, name: str, retry_in: float) -> None:
+        super().__init__(
+            f"circuit for {name!r} is open after repeated failures; retry in {retry_in:.1f}s"
+        )
+        self.name = name
+        self.retry_after = retry_in
+
+
+class ToolOutcomeUnknown(StalwartError):
+    """An at-most-once step was started but its outcome was never journaled (crash mid-call)."""

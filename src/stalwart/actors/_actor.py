@@ -5,29 +5,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
 
-from stalwart.actors._context import RunContext, StepInfo, StepSpec, _current
+from stalwart.actors._context import RunContext
+from stalwart.actors._execute import Drained, StepExecutor, error_info
+from stalwart.actors._policy import Breakers, Policies, RunUsage
 from stalwart.checkpoints import (
     ErrorInfo,
     Finished,
     JournalEntry,
     Started,
+    StepAttempt,
     StepDone,
     StepError,
+    StepIntent,
+    WaitStarted,
     decode_value,
     encode_value,
 )
-from stalwart.errors import (
-    LeaseLost,
-    NonDeterminismError,
-    RunCancelled,
-    ServerUnavailableError,
-    StepFailed,
-)
+from stalwart.errors import LeaseLost, RunCancelled, ServerUnavailableError, StalwartError
 from stalwart.messages import (
     EV_CANCELLED,
     EV_COMPLETED,
@@ -38,36 +38,37 @@ from stalwart.messages import (
     EV_STARTED,
     EV_STEP_COMPLETED,
     EV_STEP_FAILED,
-    EV_STEP_STARTED,
+    EV_STEP_INTENT,
+    EV_STEP_RETRYING,
+    EV_WAIT_STARTED,
     RunEvent,
     RunRequest,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
-
     from stalwart.actors._app import AgentSpec
     from stalwart.broker import Broker, Lease
     from stalwart.checkpoints import CheckpointStore, Entry
 
 log = structlog.get_logger("stalwart.actor")
 
+_DEADLINE = object()  # sentinel: the run's deadline passed
+
+
+class _Fail(Exception):
+    """Ends the run as failed with a given error (not an exception of the agent's)."""
+
+    def __init__(self, info: ErrorInfo) -> None:
+        super().__init__(info.message)
+        self.info = info
+
+
 # Results up to this size travel in the run.completed event; larger ones only in the record,
 # so an event never exceeds the NATS payload limit.
 _MAX_EVENT_RESULT = 64 * 1024
 
 
-class Drained(Exception):
-    """Raised at a step boundary when the worker is shutting down and gives the run up."""
-
-
-def _error_info(exc: BaseException) -> ErrorInfo:
-    if isinstance(exc, StepFailed):
-        return ErrorInfo(exc.error_type, exc.message)
-    return ErrorInfo(type(exc).__name__, str(exc) or repr(exc))
-
-
-class RunActor:
+class RunActor(StepExecutor):
     """Replays a run's journal, runs the agent from the top, and journals every new step.
 
     Created by the worker after it won the run's lease and claimed the epoch in Redis.
@@ -82,6 +83,9 @@ class RunActor:
         claim_seq: int,
         input: bytes,
         cancel: str,
+        deadline: float,
+        policies: Policies,
+        breakers: Breakers,
         fetch_closed: asyncio.Event,
         store: CheckpointStore,
         broker: Broker,
@@ -105,6 +109,14 @@ class RunActor:
         self.holds_lease = True
         """False once the lease was given up, so the worker stops renewing it."""
         self.replaying = True
+        self.deadline = deadline
+        self.policies = policies
+        self.breakers = breakers
+        self.usage = RunUsage()
+        self._fatal: StalwartError | None = None
+        self._wake = asyncio.Event()
+        self._attempts: dict[str, list[StepAttempt]] = {}
+        self._intents: dict[str, StepIntent] = {}
         self._journal: dict[str, StepDone | StepError] = {}
         self._unreplayed: set[str] = set()
         self._next_seq = claim_seq + 1
@@ -164,6 +176,8 @@ class RunActor:
                 step=e.key,
                 data=data,
             )
+        if isinstance(e, StepAttempt | StepIntent | WaitStarted):
+            return self._progress_event(je.seq, e)
         status_event = {"completed": EV_COMPLETED, "failed": EV_FAILED}.get(e.status, EV_CANCELLED)
         fin: dict[str, Any] = {}
         if len(e.result) > _MAX_EVENT_RESULT:
@@ -180,6 +194,29 @@ class RunActor:
             epoch=e.epoch,
             jseq=je.seq,
             data=fin,
+        )
+
+    def _progress_event(self, jseq: int, e: StepAttempt | StepIntent | WaitStarted) -> RunEvent:
+        if isinstance(e, StepAttempt):
+            type_ = EV_STEP_RETRYING
+            data: dict[str, Any] = {
+                "attempt": e.attempt,
+                "delay": e.delay,
+                "error": {"type": e.error.type, "message": e.error.message},
+            }
+        elif isinstance(e, StepIntent):
+            type_, data = EV_STEP_INTENT, {"attempt": e.attempt, "name": e.name}
+        else:
+            type_, data = EV_WAIT_STARTED, {"until": e.until, "signal": e.signal}
+        return RunEvent(
+            type=type_,
+            run_id=self.run_id,
+            at=e.at,
+            worker=e.worker,
+            epoch=e.epoch,
+            jseq=jseq,
+            step=e.key,
+            data=data,
         )
 
     # -- journal ------------------------------------------------------------------------
@@ -206,8 +243,13 @@ class RunActor:
     async def _load(self) -> None:
         entries = await self._store.read_journal(self.run_id)
         for je in entries:
-            if isinstance(je.entry, StepDone | StepError):
-                self._journal[je.entry.key] = je.entry
+            e = je.entry
+            if isinstance(e, StepDone | StepError):
+                self._journal[e.key] = e
+            elif isinstance(e, StepAttempt):
+                self._attempts.setdefault(e.key, []).append(e)
+            elif isinstance(e, StepIntent):
+                self._intents[e.key] = e
         if entries:
             self._next_seq = entries[-1].seq + 1
         self._unreplayed = set(self._journal)
@@ -227,134 +269,29 @@ class RunActor:
             raise ServerUnavailableError(f"run {self.run_id!r}: the journal is unreachable")
         if self.cancel_reason:
             raise RunCancelled(self.run_id, self.cancel_reason)
+        if self._fatal is not None:
+            raise self._fatal
         if self.draining:
             raise Drained(self.run_id)
 
-    def _replay(self, spec: StepSpec, entry: StepDone | StepError) -> Any:
-        if entry.fp != spec.fp or entry.kind != spec.kind:
-            what = (
-                f"{entry.kind} {entry.name!r} was recorded, the code now asks for "
-                f"{spec.kind} {spec.name!r}"
-                if (entry.name, entry.kind) != (spec.name, spec.kind)
-                else f"{spec.kind} {spec.name!r} is called with different arguments"
-            )
-            raise NonDeterminismError(
-                f"run {self.run_id!r}, step {spec.key!r}: {what}. The agent code changed "
-                "since this run started; deploy the change for new runs only, or fork the "
-                "run from an earlier step."
-            )
-        self.steps_replayed += 1
-        if isinstance(entry, StepError):
-            raise StepFailed(spec.key, entry.error.type, entry.error.message)
-        return decode_value(entry.result, spec.result_type)
+    def drain(self) -> None:
+        """Stop at the next step boundary (or now, if waiting out a retry backoff)."""
+        self.draining = True
+        self._wake.set()
 
-    def _check_replayed_all(self) -> None:
-        """A journaled step the code never asked for again means the code changed."""
-        if self._unreplayed:
-            missing = ", ".join(sorted(self._unreplayed)[:5])
-            raise NonDeterminismError(
-                f"run {self.run_id!r}: journaled step(s) {missing} were not asked for on "
-                "replay; the agent code changed since this run started (a step was renamed "
-                "or removed)"
-            )
-
-    async def execute(self, spec: StepSpec, run: Callable[[], Awaitable[Any]]) -> Any:
-        """Return the journaled outcome of step ``spec``, or run it live and journal it."""
-        recorded = self._journal.get(spec.key)
-        if recorded is not None:
-            self._unreplayed.discard(spec.key)
-            return self._replay(spec, recorded)
-        self._check_boundary()
-        if self.replaying:
-            self.replaying = False
-            self.first_live_step_at = time.monotonic()
-        await self._emit(self._event(EV_STEP_STARTED, step=spec.key, data={"kind": spec.kind}))
-        token = _current.set(StepInfo(self.run_id, spec.key, attempt=1))
-        started = time.time()
-        t0 = time.perf_counter()
-        try:
-            value = await run()
-        except (LeaseLost, Drained, asyncio.CancelledError):
-            raise
-        except Exception as exc:
-            await self._record_error(spec, exc, started, time.perf_counter() - t0)
-            raise StepFailed(spec.key, type(exc).__name__, str(exc) or repr(exc)) from exc
-        finally:
-            _current.reset(token)
-        duration = time.perf_counter() - t0
-        try:
-            raw = encode_value(value)
-        except TypeError as exc:
-            err = TypeError(
-                f"step {spec.key!r} returned a {type(value).__qualname__}, which cannot be "
-                f"journaled ({exc}); return plain data, a msgspec Struct or a dataclass"
-            )
-            await self._record_error(spec, err, started, duration)
-            raise StepFailed(spec.key, "TypeError", str(err)) from exc
-        entry = StepDone(
-            key=spec.key,
-            kind=spec.kind,
-            name=spec.name,
-            fp=spec.fp,
-            result=raw,
-            epoch=self.epoch,
-            worker=self.worker_id,
-            at=started,
-            duration=duration,
-        )
-        je = await self._append(entry)
-        self._journal[spec.key] = entry
-        self.steps_live += 1
-        await self._emit(self._journal_event(je))
-        # Decode what was journaled so the live path returns exactly what a replay would.
-        return decode_value(raw, spec.result_type)
-
-    async def _record_error(
-        self, spec: StepSpec, exc: BaseException, started: float, duration: float
-    ) -> None:
-        entry = StepError(
-            key=spec.key,
-            kind=spec.kind,
-            name=spec.name,
-            fp=spec.fp,
-            error=_error_info(exc),
-            epoch=self.epoch,
-            worker=self.worker_id,
-            at=started,
-            duration=duration,
-        )
-        je = await self._append(entry)
-        self._journal[spec.key] = entry
-        await self._emit(self._journal_event(je))
+    def stop_lost(self) -> None:
+        """The lease is gone: no further step may be journaled."""
+        self.lost = True
+        self._wake.set()
 
     # -- lifecycle ----------------------------------------------------------------------
 
     async def run(self) -> None:
         """Drive the run to an end: completed, failed, cancelled, drained, or lease lost."""
         try:
-            await self._load()
-            if self.cancel_reason:
-                raise RunCancelled(self.run_id, self.cancel_reason)
-            try:
-                value = msgspec.convert(
-                    decode_value(self._input) if self._input else None,
-                    self.spec.input_type,
-                    strict=False,
-                )
-            except msgspec.ValidationError as exc:
-                await self._finish_failed(
-                    ErrorInfo(
-                        "InvalidInput",
-                        f"input does not match agent {self.spec.name!r}'s input type: {exc}",
-                        retryable=False,
-                    )
-                )
-                return
-            result = await self.spec.fn(RunContext(self), value)
-            self._check_replayed_all()
-            if self.lost or self.abandoned:
-                raise LeaseLost(f"run {self.run_id!r}: not finishing, the run was given up")
-            await self._finish_completed(result)
+            await self._drive()
+        except _Fail as exc:
+            await self._finish_failed(exc.info)
         except LeaseLost as exc:
             self.lost = True
             self.log.warning("run.lease_lost", error=str(exc))
@@ -384,9 +321,61 @@ class RunActor:
                 )
             )
         except Exception as exc:
-            await self._finish_failed(_error_info(exc))
+            await self._finish_failed(error_info(exc, False))
         finally:
             self._broker.events.forget(self.run_id)
+
+    async def _drive(self) -> None:
+        await self._load()
+        if self.cancel_reason:
+            raise RunCancelled(self.run_id, self.cancel_reason)
+        try:
+            value = msgspec.convert(
+                decode_value(self._input) if self._input else None,
+                self.spec.input_type,
+                strict=False,
+            )
+        except msgspec.ValidationError as exc:
+            raise _Fail(
+                ErrorInfo(
+                    "InvalidInput",
+                    f"input does not match agent {self.spec.name!r}'s input type: {exc}",
+                    retryable=False,
+                )
+            ) from exc
+        result = await self._run_agent(value)
+        if result is _DEADLINE:
+            raise _Fail(self._deadline_error())
+        if self._fatal is not None:
+            raise self._fatal
+        self._check_replayed_all()
+        if self.lost or self.abandoned:
+            raise LeaseLost(f"run {self.run_id!r}: not finishing, the run was given up")
+        await self._finish_completed(result)
+
+    async def _run_agent(self, value: Any) -> Any:
+        """Run the agent function, bounded by the run's deadline (which survives resumes)."""
+        if not self.deadline:
+            return await self.spec.fn(RunContext(self), value)
+        remaining = self.deadline - time.time()
+        if remaining <= 0:
+            return _DEADLINE
+        scope = asyncio.timeout(remaining)
+        try:
+            async with scope:
+                return await self.spec.fn(RunContext(self), value)
+        except TimeoutError:
+            if scope.expired():
+                return _DEADLINE
+            raise
+
+    def _deadline_error(self) -> ErrorInfo:
+        when = datetime.fromtimestamp(self.deadline, tz=UTC).isoformat(timespec="seconds")
+        return ErrorInfo(
+            "RunDeadlineExceeded",
+            f"run {self.run_id!r} passed its deadline {when}",
+            retryable=False,
+        )
 
     async def _finish_completed(self, result: Any) -> None:
         try:

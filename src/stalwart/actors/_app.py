@@ -5,10 +5,11 @@ from __future__ import annotations
 import inspect
 import typing
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from stalwart._ids import check_agent_name
+from stalwart.actors._policy import Policies
 from stalwart.errors import ConfigurationError, UnknownAgentError
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ class AgentSpec:
     fn: AgentFn
     input_type: Any = Any
     result_type: Any = Any
+    policies: Policies = field(default_factory=Policies)
 
 
 def _io_types(fn: AgentFn) -> tuple[Any, Any]:
@@ -45,11 +47,15 @@ def _io_types(fn: AgentFn) -> tuple[Any, Any]:
 class App:
     """A named set of agents that ``stalwart worker module:app`` serves."""
 
-    def __init__(self, name: str = "stalwart") -> None:
+    def __init__(self, name: str = "stalwart", *, policies: Policies | None = None) -> None:
         self.name = name
+        self.policies = policies or Policies()
+        """Default failure handling for the app's agents (retries, timeouts, limits)."""
         self.agents: dict[str, AgentSpec] = {}
 
-    def agent(self, name: str | None = None) -> Callable[[F], F]:
+    def agent(
+        self, name: str | None = None, *, policies: Policies | None = None
+    ) -> Callable[[F], F]:
         """Register an ``async def agent(ctx, input)`` under ``name`` (default: its name).
 
         The input is converted to the annotated type of the second parameter (a msgspec
@@ -58,12 +64,12 @@ class App:
         """
 
         def decorate(fn: F) -> F:
-            self.register(name or fn.__name__, fn)
+            self.register(name or fn.__name__, fn, policies=policies)
             return fn
 
         return decorate
 
-    def register(self, name: str, fn: AgentFn) -> AgentSpec:
+    def register(self, name: str, fn: AgentFn, *, policies: Policies | None = None) -> AgentSpec:
         """Register ``fn`` as agent ``name`` (the non-decorator form)."""
         check_agent_name(name)
         if not inspect.iscoroutinefunction(fn):
@@ -71,7 +77,13 @@ class App:
         if name in self.agents:
             raise ConfigurationError(f"agent {name!r} is registered twice in app {self.name!r}")
         input_type, result_type = _io_types(fn)
-        spec = AgentSpec(name=name, fn=fn, input_type=input_type, result_type=result_type)
+        spec = AgentSpec(
+            name=name,
+            fn=fn,
+            input_type=input_type,
+            result_type=result_type,
+            policies=policies or self.policies,
+        )
         self.agents[name] = spec
         return spec
 

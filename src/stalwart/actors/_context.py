@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio.to_thread
 
 from stalwart.actors._fingerprint import fingerprint
+from stalwart.actors._policy import StepOptions, options_of
 
 if TYPE_CHECKING:
     from stalwart.actors._actor import RunActor
@@ -45,6 +46,10 @@ class StepSpec:
     result_type: Any = Any
     usage: Callable[[Any], Usage | None] | None = None
     """For model steps: extracts token usage from the step's result (live and replayed)."""
+    options: StepOptions | None = None
+    """Retry policy, timeout and at-most-once marking for this step (see ``durable``)."""
+    reconcile: Callable[[], Awaitable[Any]] | None = None
+    """For at-most-once steps: asked for the outcome after a crash mid-call."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,12 +168,19 @@ class RunContext:
         the same value. A step that raises raises :class:`~stalwart.errors.StepFailed` in
         both cases. Repeated names get keys ``name``, ``name#2``, ...
         """
+        key = f"step:{self.next_key(name)}"
+        opts = options_of(fn)
+        reconcile = None
+        if opts is not None and opts.reconcile is not None:
+            reconcile = partial(invoke, opts.reconcile, (f"{self.run_id}:{key}", *args), kwargs)
         spec = StepSpec(
-            key=f"step:{self.next_key(name)}",
+            key=key,
             kind="step",
             name=name,
             fp=fingerprint(name, args, kwargs),
             result_type=_result_type(fn),
+            options=opts,
+            reconcile=reconcile,
         )
         return await self._actor.execute(spec, partial(invoke, fn, args, kwargs))
 

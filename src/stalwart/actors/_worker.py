@@ -17,6 +17,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from stalwart import __version__
 from stalwart._ids import check_run_id
 from stalwart.actors._actor import RunActor
+from stalwart.actors._policy import Breakers
 from stalwart.broker import Broker, WorkerInfo
 from stalwart.checkpoints import CheckpointStore, encode_value
 from stalwart.errors import InvalidRequestError
@@ -64,6 +65,7 @@ class Worker:
         self.fetch_closed = asyncio.Event()
         self._fetchers: list[asyncio.Task[None]] = []
         self._subs: list[Any] = []
+        self.breakers = Breakers()
         self._tasks: list[asyncio.Task[None]] = []
         self.log = log.bind(worker=self.worker_id)
 
@@ -101,7 +103,7 @@ class Worker:
         assert self.broker is not None and self.store is not None
         self.log.info("worker.draining", runs=len(self.hosted))
         for hosted in list(self.hosted.values()):
-            hosted.actor.draining = True
+            hosted.actor.drain()
         # Fetches end within their wait time; whatever they return is nak'ed for others.
         if self._fetchers:
             await asyncio.wait(self._fetchers, timeout=_FETCH_WAIT + 5)
@@ -226,6 +228,7 @@ class Worker:
             epoch=lease.epoch,
             worker=self.worker_id,
             trace=msgspec.json.encode(req.trace).decode() if req.trace else "",
+            run_timeout=spec.policies.run_timeout or 0.0,
         )
         if claim.outcome != "ok":
             # Ended already (a duplicate submit after completion) or a newer owner exists.
@@ -241,6 +244,9 @@ class Worker:
             claim_seq=claim.seq,
             input=claim.input,
             cancel=claim.cancel,
+            deadline=claim.deadline,
+            policies=spec.policies,
+            breakers=self.breakers,
             fetch_closed=self.fetch_closed,
             store=self.store,
             broker=self.broker,
@@ -291,7 +297,7 @@ class Worker:
             if hosted is None or hosted.actor.lease is not lease or not hosted.actor.holds_lease:
                 continue  # finished or handed over while the renewal was in flight
             self.log.warning("lease.lost", run_id=lease.run_id, epoch=lease.epoch)
-            hosted.actor.lost = True
+            hosted.actor.stop_lost()
             hosted.task.cancel()
 
     async def _heartbeat(self) -> None:

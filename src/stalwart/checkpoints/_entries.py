@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import msgspec
 
-RunStatus = Literal["accepted", "running", "completed", "failed", "cancelled"]
+RunStatus = Literal["accepted", "running", "waiting", "completed", "failed", "cancelled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 
@@ -45,6 +45,53 @@ class StepDone(msgspec.Struct, frozen=True, tag="step", omit_defaults=True):
     at: float
     duration: float
     attempt: int = 1
+    model: str = ""
+    """For model steps: the model that answered, and the tokens it reported."""
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+class StepAttempt(msgspec.Struct, frozen=True, tag="attempt", omit_defaults=True):
+    """A failed attempt that will be retried after ``delay`` seconds.
+
+    A resume counts these, so it continues the retry sequence instead of restarting it.
+    """
+
+    key: str
+    kind: str
+    name: str
+    fp: str
+    attempt: int
+    error: ErrorInfo
+    delay: float
+    epoch: int
+    worker: str
+    at: float
+    duration: float
+
+
+class StepIntent(msgspec.Struct, frozen=True, tag="intent", omit_defaults=True):
+    """An at-most-once step is about to be called. Without a later outcome: unknown."""
+
+    key: str
+    kind: str
+    name: str
+    fp: str
+    attempt: int
+    epoch: int
+    worker: str
+    at: float
+
+
+class WaitStarted(msgspec.Struct, frozen=True, tag="wait", omit_defaults=True):
+    """A durable wait (sleep or signal) began; ``until`` is its absolute deadline (or 0)."""
+
+    key: str
+    until: float
+    signal: str
+    epoch: int
+    worker: str
+    at: float
 
 
 class StepError(msgspec.Struct, frozen=True, tag="step_error", omit_defaults=True):
@@ -74,7 +121,7 @@ class Finished(msgspec.Struct, frozen=True, tag="finished", omit_defaults=True):
     error: ErrorInfo | None = None
 
 
-Entry = Started | StepDone | StepError | Finished
+Entry = Started | StepDone | StepError | StepAttempt | StepIntent | WaitStarted | Finished
 
 
 class JournalEntry(msgspec.Struct, frozen=True):
@@ -100,6 +147,12 @@ class RunRecord(msgspec.Struct, frozen=True, kw_only=True):
     error: str = ""
     cancel: str = ""
     trace: str = ""
+    deadline: float = 0.0
+    """Absolute time (epoch seconds) after which the run fails; 0 for none."""
+    wake_at: float = 0.0
+    """For a passivated (``waiting``) run: when its timer fires; 0 for none."""
+    waiting_for: str = ""
+    """For a passivated run: the signal name it waits for."""
 
     @property
     def terminal(self) -> bool:
@@ -158,7 +211,7 @@ def record_from_hash(raw: dict[bytes, bytes]) -> RunRecord | None:
         return msgspec.Raw(value) if value else None
 
     status = text("status") or "accepted"
-    if status not in ("accepted", "running", "completed", "failed", "cancelled"):
+    if status not in ("accepted", "running", "waiting", "completed", "failed", "cancelled"):
         raise ValueError(f"corrupt run record: status {status!r}")
     return RunRecord(
         run_id=text("run_id"),
@@ -174,4 +227,7 @@ def record_from_hash(raw: dict[bytes, bytes]) -> RunRecord | None:
         error=text("error"),
         cancel=text("cancel"),
         trace=text("trace"),
+        deadline=float(text("deadline") or 0.0),
+        wake_at=float(text("wake_at") or 0.0),
+        waiting_for=text("waiting_for"),
     )

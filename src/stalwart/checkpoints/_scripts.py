@@ -34,7 +34,8 @@ return false
 
 # Placement: raise the record's epoch to the new lease revision (only upwards), mark the run
 # running, and journal who took it. A stale epoch means a newer owner already claimed it.
-# ARGV: epoch, worker, now, run_id, agent, input, trace, started_entry, resumed_entry
+# ARGV: epoch, worker, now, run_id, agent, input, trace, started_entry, resumed_entry,
+#       run_timeout (seconds from creation; 0 for none)
 CLAIM = (
     _NEXT_SEQ
     + """
@@ -49,12 +50,18 @@ if not status then
 end
 redis.call('HSET', KEYS[1], 'status', 'running', 'epoch', ARGV[1], 'worker', ARGV[2],
   'updated_at', ARGV[3])
+local deadline = redis.call('HGET', KEYS[1], 'deadline')
+if (not deadline or deadline == '') and tonumber(ARGV[10]) > 0 then
+  local created = tonumber(redis.call('HGET', KEYS[1], 'created_at') or ARGV[3])
+  deadline = string.format('%.3f', created + tonumber(ARGV[10]))
+  redis.call('HSET', KEYS[1], 'deadline', deadline)
+end
 local seq = next_seq(KEYS[2])
 local entry = ARGV[8]
 if current > 0 then entry = ARGV[9] end
 redis.call('XADD', KEYS[2], seq .. '-0', 'd', entry)
 return {'ok', tostring(seq), f[3] or '', redis.call('HGET', KEYS[1], 'input') or '',
-  redis.call('HGET', KEYS[1], 'trace') or ''}
+  redis.call('HGET', KEYS[1], 'trace') or '', deadline or ''}
 """
 )
 

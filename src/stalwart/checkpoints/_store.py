@@ -47,6 +47,7 @@ class Claim:
     cancel: str = ""
     input: bytes = b""
     trace: str = ""
+    deadline: float = 0.0
 
 
 CancelOutcome = Literal["missing", "terminal", "cancelled", "requested"]
@@ -168,6 +169,7 @@ class CheckpointStore:
         epoch: int,
         worker: str,
         trace: str = "",
+        run_timeout: float = 0.0,
     ) -> Claim:
         """Make ``epoch`` the run's owner if it is newer than the current one."""
         now = time.time()
@@ -175,7 +177,18 @@ class CheckpointStore:
         resumed = encode_entry(Started(epoch=epoch, worker=worker, at=now, resumed=True))
         reply = await self._claim(
             keys=self._keys(run_id),
-            args=[epoch, worker, repr(now), run_id, agent, bytes(input), trace, fresh, resumed],
+            args=[
+                epoch,
+                worker,
+                repr(now),
+                run_id,
+                agent,
+                bytes(input),
+                trace,
+                fresh,
+                resumed,
+                repr(run_timeout or 0.0),
+            ],
         )
         outcome = reply[0].decode()
         if outcome == "terminal":
@@ -189,6 +202,7 @@ class CheckpointStore:
             cancel=reply[2].decode(),
             input=bytes(reply[3]),
             trace=reply[4].decode(),
+            deadline=float(reply[5] or 0.0),
         )
 
     # -- journal ------------------------------------------------------------------------

@@ -1,0 +1,191 @@
+"""Temporal (``temporalio``) against the dev server, driven by the harness
+(``python -m bench.peers.temporal_peer``).
+
+The same shapes as ``bench.agents``: trivial activities (and local activities) in a loop,
+a workflow with ``n`` completed activities that then waits (replayed by the ``Replayer``),
+and a model-call loop whose activities take the whole conversation as input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import timedelta
+from importlib.metadata import version
+from typing import Any
+
+from temporalio import activity, workflow
+from temporalio.client import Client, WorkflowHandle
+from temporalio.worker import Replayer, Worker
+
+with workflow.unsafe.imports_passed_through():
+    from bench._text import message
+    from bench.peers._protocol import serve
+
+TASK_QUEUE = "bench"
+_TIMEOUT = timedelta(seconds=60)
+
+
+@activity.defn
+async def stamp(i: int) -> float:
+    """A trivial activity; returns when it ran, so the harness sees the time between steps."""
+    return time.time()
+
+
+@activity.defn
+async def model(turn: int, conversation: list[dict[str, str]]) -> dict[str, str]:
+    """A scripted model call taking the whole conversation as input (as activities do)."""
+    return {"role": "assistant", "content": message(turn)}
+
+
+@workflow.defn
+class StepsWf:
+    @workflow.run
+    async def run(self, n: int, local: bool) -> list[float]:
+        out: list[float] = []
+        for i in range(n):
+            if local:
+                t = await workflow.execute_local_activity(stamp, i, start_to_close_timeout=_TIMEOUT)
+            else:
+                t = await workflow.execute_activity(stamp, i, start_to_close_timeout=_TIMEOUT)
+            out.append(t)
+        return out
+
+
+@workflow.defn
+class HistoryWf:
+    """``n`` completed activities (run ``batch`` at a time to build it quickly), then waits."""
+
+    def __init__(self) -> None:
+        self.done = 0
+        self.released = False
+
+    @workflow.run
+    async def run(self, n: int, batch: int) -> int:
+        while self.done < n:
+            k = min(batch, n - self.done)
+            await asyncio.gather(
+                *(
+                    workflow.execute_activity(stamp, self.done + j, start_to_close_timeout=_TIMEOUT)
+                    for j in range(k)
+                )
+            )
+            self.done += k
+        await workflow.wait_condition(lambda: self.released)
+        return n
+
+    @workflow.query
+    def progress(self) -> int:
+        return self.done
+
+    @workflow.signal
+    def release(self) -> None:
+        self.released = True
+
+
+@workflow.defn
+class ChatWf:
+    @workflow.run
+    async def run(self, calls: int, prompt: str) -> int:
+        conversation = [{"role": "user", "content": prompt}]
+        for turn in range(calls):
+            reply = await workflow.execute_activity(
+                model, args=[turn, conversation], start_to_close_timeout=_TIMEOUT
+            )
+            conversation.append(reply)
+        return len(conversation)
+
+
+class Peer:
+    def __init__(self) -> None:
+        self.client: Client | None = None
+        self.worker: Worker | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.seq = 0
+
+    @property
+    def c(self) -> Client:
+        assert self.client is not None, "init first"
+        return self.client
+
+    def _id(self, kind: str) -> str:
+        self.seq += 1
+        return f"{kind}-{time.time_ns()}-{self.seq}"
+
+    async def init(self, address: str) -> dict[str, Any]:
+        self.client = await Client.connect(address)
+        self.worker = Worker(
+            self.client,
+            task_queue=TASK_QUEUE,
+            workflows=[StepsWf, HistoryWf, ChatWf],
+            activities=[stamp, model],
+        )
+        self.task = asyncio.create_task(self.worker.run())
+        return {"version": version("temporalio")}
+
+    async def overhead(self, n: int, local: bool) -> list[float]:
+        stamps: list[float] = await self.c.execute_workflow(
+            StepsWf.run, args=[n, local], id=self._id("steps"), task_queue=TASK_QUEUE
+        )
+        return stamps
+
+    async def build(self, n: int, batch: int, timeout: float = 1800.0) -> dict[str, Any]:
+        """Start a ``HistoryWf`` and return once ``n`` activities completed."""
+        wf_id = self._id("history")
+        handle = await self.c.start_workflow(
+            HistoryWf.run, args=[n, batch], id=wf_id, task_queue=TASK_QUEUE
+        )
+        deadline = time.monotonic() + timeout
+        while await handle.query(HistoryWf.progress) < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"history of {n} activities not built in {timeout}s")
+            await asyncio.sleep(0.2)
+        history = await handle.fetch_history()
+        return {"wf_id": wf_id, "events": len(history.events)}
+
+    async def replay(self, wf_id: str, reps: int) -> dict[str, Any]:
+        """Fetch the history once (timed), then replay it ``reps`` times (each timed)."""
+        handle: WorkflowHandle[Any, Any] = self.c.get_workflow_handle(wf_id)
+        t0 = time.perf_counter()
+        history = await handle.fetch_history()
+        fetch = time.perf_counter() - t0
+        replayer = Replayer(workflows=[HistoryWf])
+        times: list[float] = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            await replayer.replay_workflow(history)
+            times.append(time.perf_counter() - t0)
+        return {"fetch": fetch, "replay": times, "events": len(history.events)}
+
+    async def terminate(self, wf_id: str) -> None:
+        await self.c.get_workflow_handle(wf_id).terminate("benchmark done")
+
+    async def chat(self, calls: int, prompt: str) -> dict[str, Any]:
+        """Run the model-call loop; return the size of its stored history."""
+        wf_id = self._id("chat")
+        await self.c.execute_workflow(
+            ChatWf.run, args=[calls, prompt], id=wf_id, task_queue=TASK_QUEUE
+        )
+        history = await self.c.get_workflow_handle(wf_id).fetch_history()
+        return {
+            "events": len(history.events),
+            "bytes": sum(e.ByteSize() for e in history.events),
+        }
+
+
+def main() -> None:
+    peer = Peer()
+    serve(
+        {
+            "init": peer.init,
+            "overhead": peer.overhead,
+            "build": peer.build,
+            "replay": peer.replay,
+            "terminate": peer.terminate,
+            "chat": peer.chat,
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,381 @@
+"""Running one step: replay, retries, timeouts, breakers, budgets, at-most-once.
+
+A mixin of :class:`~stalwart.actors._actor.RunActor`, kept apart so the actor's lifecycle
+and the per-step rules can each be read on their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+from stalwart.actors._context import StepInfo, _current
+from stalwart.actors._policy import (
+    Breakers,
+    CircuitOpenError,
+    Policies,
+    RunUsage,
+    StepOptions,
+    StepTimeoutError,
+    ToolOutcomeUnknown,
+    classify,
+)
+from stalwart.checkpoints import (
+    ErrorInfo,
+    JournalEntry,
+    StepAttempt,
+    StepDone,
+    StepError,
+    StepIntent,
+    decode_value,
+    encode_value,
+)
+from stalwart.errors import LeaseLost, NonDeterminismError, StalwartError, StepFailed
+from stalwart.messages import EV_STEP_RETRYING, EV_STEP_STARTED
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    import structlog
+
+    from stalwart.actors._context import StepSpec
+    from stalwart.checkpoints import Entry
+    from stalwart.messages import RunEvent
+
+_BREAKER_KINDS = frozenset({"model", "tool"})
+
+
+class Drained(Exception):
+    """Raised at a step boundary when the worker is shutting down and gives the run up."""
+
+
+def error_info(exc: BaseException, retryable: bool = True) -> ErrorInfo:
+    """How the journal records ``exc``."""
+    if isinstance(exc, StepFailed):
+        return ErrorInfo(exc.error_type, exc.message, retryable)
+    return ErrorInfo(type(exc).__name__, str(exc) or repr(exc), retryable)
+
+
+class StepExecutor:
+    """Per-step rules of a run actor. The actor provides the attributes declared here."""
+
+    run_id: str
+    epoch: int
+    worker_id: str
+    replaying: bool
+    policies: Policies
+    breakers: Breakers
+    usage: RunUsage
+    first_live_step_at: float | None
+    steps_replayed: int
+    steps_live: int
+    log: structlog.typing.FilteringBoundLogger
+    _journal: dict[str, StepDone | StepError]
+    _attempts: dict[str, list[StepAttempt]]
+    _intents: dict[str, StepIntent]
+    _unreplayed: set[str]
+    _fatal: StalwartError | None
+    _wake: asyncio.Event
+
+    async def _append(self, entry: Entry) -> JournalEntry:
+        raise NotImplementedError
+
+    async def _emit(self, event: RunEvent) -> None:
+        raise NotImplementedError
+
+    def _event(self, type: str, *, jseq: int = 0, step: str = "", data: Any = None) -> RunEvent:
+        raise NotImplementedError
+
+    def _journal_event(self, je: JournalEntry) -> RunEvent:
+        raise NotImplementedError
+
+    def _check_boundary(self) -> None:
+        raise NotImplementedError
+
+    # -- replay ---------------------------------------------------------------------------
+
+    def _replay(self, spec: StepSpec, entry: StepDone | StepError) -> Any:
+        if entry.fp != spec.fp or entry.kind != spec.kind:
+            what = (
+                f"{entry.kind} {entry.name!r} was recorded, the code now asks for "
+                f"{spec.kind} {spec.name!r}"
+                if (entry.name, entry.kind) != (spec.name, spec.kind)
+                else f"{spec.kind} {spec.name!r} is called with different arguments"
+            )
+            raise NonDeterminismError(
+                f"run {self.run_id!r}, step {spec.key!r}: {what}. The agent code changed "
+                "since this run started; deploy the change for new runs only, or fork the "
+                "run from an earlier step."
+            )
+        self.steps_replayed += 1
+        if isinstance(entry, StepError):
+            raise StepFailed(spec.key, entry.error.type, entry.error.message)
+        self._account_model(entry)
+        return decode_value(entry.result, spec.result_type)
+
+    def _check_replayed_all(self) -> None:
+        """A journaled step the code never asked for again means the code changed."""
+        if self._unreplayed:
+            missing = ", ".join(sorted(self._unreplayed)[:5])
+            raise NonDeterminismError(
+                f"run {self.run_id!r}: journaled step(s) {missing} were not asked for on "
+                "replay; the agent code changed since this run started (a step was renamed "
+                "or removed)"
+            )
+
+    # -- accounting -------------------------------------------------------------------------
+
+    def _account_model(self, entry: StepDone) -> None:
+        if entry.kind == "model":
+            self.usage.add_model(
+                self.policies.limits, entry.model, entry.input_tokens, entry.output_tokens
+            )
+
+    def _guard(self, spec: StepSpec) -> None:
+        """Budgets and loop detection, checked before a step (replayed or live) goes on."""
+        try:
+            if spec.kind == "model":
+                self.usage.before_model(self.policies.limits)
+            elif spec.kind == "tool":
+                self.usage.add_tool(self.policies.limits, spec.name, spec.fp)
+        except StalwartError as exc:
+            # Remembered, so agent code that swallows it cannot carry on regardless.
+            self._fatal = exc
+            raise
+
+    # -- the step -------------------------------------------------------------------------
+
+    async def execute(self, spec: StepSpec, run: Callable[[], Awaitable[Any]]) -> Any:
+        """Return the journaled outcome of step ``spec``, or run it live and journal it."""
+        recorded = self._journal.get(spec.key)
+        if recorded is not None:
+            self._unreplayed.discard(spec.key)
+            if spec.kind != "model":
+                self._guard(spec)
+            return self._replay(spec, recorded)
+        self._check_boundary()
+        self._guard(spec)
+        if self.replaying:
+            self.replaying = False
+            self.first_live_step_at = time.monotonic()
+        opts = spec.options
+        at_most_once = bool(opts and opts.at_most_once) or spec.name in self.policies.at_most_once
+        intent = self._intents.get(spec.key)
+        if at_most_once and intent is not None:
+            return await self._unknown_outcome(spec, intent)
+        return await self._attempts_loop(spec, run, opts, at_most_once)
+
+    async def _attempts_loop(
+        self,
+        spec: StepSpec,
+        run: Callable[[], Awaitable[Any]],
+        opts: StepOptions | None,
+        at_most_once: bool,
+    ) -> Any:
+        policy = self.policies.retry_for(spec.kind, spec.name, opts)
+        timeout = self.policies.timeout_for(spec.kind, opts)
+        breaker = (
+            self.breakers.get(f"{spec.kind}:{spec.name}") if spec.kind in _BREAKER_KINDS else None
+        )
+        previous = self._attempts.get(spec.key, [])
+        attempt = len(previous) + 1
+        if previous:  # resumed inside a backoff: wait out what is left of it
+            last = previous[-1]
+            await self._pause(last.at + last.duration + last.delay - time.time())
+        while True:
+            self._check_boundary()
+            started = time.time()
+            t0 = time.perf_counter()
+            token = _current.set(StepInfo(self.run_id, spec.key, attempt))
+            try:
+                retry_in = breaker.before_call() if breaker is not None else None
+                if retry_in is not None:
+                    raise CircuitOpenError(spec.name, retry_in)
+                if at_most_once:
+                    await self._append(self._intent(spec, attempt, started))
+                await self._emit(
+                    self._event(
+                        EV_STEP_STARTED, step=spec.key, data={"kind": spec.kind, "attempt": attempt}
+                    )
+                )
+                value = await self._call(spec, run, timeout)
+            except (LeaseLost, Drained, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                duration = time.perf_counter() - t0
+                if breaker is not None and not isinstance(exc, CircuitOpenError):
+                    breaker.record(False)
+                retryable, retry_after = classify(exc, policy)
+                if retryable and attempt < policy.max_attempts:
+                    delay = policy.delay(attempt, retry_after)
+                    await self._record_attempt(spec, exc, attempt, delay, started, duration)
+                    await self._pause(delay)
+                    attempt += 1
+                    continue
+                await self._record_error(spec, exc, started, duration, attempt, retryable)
+                raise StepFailed(spec.key, type(exc).__name__, str(exc) or repr(exc)) from exc
+            finally:
+                _current.reset(token)
+            if breaker is not None:
+                breaker.record(True)
+            return await self._record_done(spec, value, started, time.perf_counter() - t0, attempt)
+
+    async def _call(
+        self, spec: StepSpec, run: Callable[[], Awaitable[Any]], timeout: float | None
+    ) -> Any:
+        if timeout is None:
+            return await run()
+        try:
+            async with asyncio.timeout(timeout):
+                return await run()
+        except TimeoutError as exc:
+            raise StepTimeoutError(
+                f"step {spec.key!r} exceeded its {timeout:g}s start-to-close timeout"
+            ) from exc
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep for a retry backoff, waking early when the run must stop (drain, lease)."""
+        if seconds > 0:
+            try:
+                await asyncio.wait_for(self._wake.wait(), seconds)
+            except TimeoutError:
+                pass
+        self._check_boundary()
+
+    # -- journal writes -------------------------------------------------------------------------
+
+    def _intent(self, spec: StepSpec, attempt: int, at: float) -> StepIntent:
+        return StepIntent(
+            key=spec.key,
+            kind=spec.kind,
+            name=spec.name,
+            fp=spec.fp,
+            attempt=attempt,
+            epoch=self.epoch,
+            worker=self.worker_id,
+            at=at,
+        )
+
+    async def _record_done(
+        self, spec: StepSpec, value: Any, started: float, duration: float, attempt: int
+    ) -> Any:
+        try:
+            raw = encode_value(value)
+        except TypeError as exc:
+            err = TypeError(
+                f"step {spec.key!r} returned a {type(value).__qualname__}, which cannot be "
+                f"journaled ({exc}); return plain data, a msgspec Struct or a dataclass"
+            )
+            await self._record_error(spec, err, started, duration, attempt, False)
+            raise StepFailed(spec.key, "TypeError", str(err)) from exc
+        usage = spec.usage(value) if spec.usage is not None else None
+        entry = StepDone(
+            key=spec.key,
+            kind=spec.kind,
+            name=spec.name,
+            fp=spec.fp,
+            result=raw,
+            epoch=self.epoch,
+            worker=self.worker_id,
+            at=started,
+            duration=duration,
+            attempt=attempt,
+            model=usage.model if usage else "",
+            input_tokens=usage.input_tokens if usage else 0,
+            output_tokens=usage.output_tokens if usage else 0,
+        )
+        je = await self._append(entry)
+        self._journal[spec.key] = entry
+        self.steps_live += 1
+        self._account_model(entry)
+        await self._emit(self._journal_event(je))
+        # Decode what was journaled so the live path returns exactly what a replay would.
+        return decode_value(raw, spec.result_type)
+
+    async def _record_attempt(
+        self,
+        spec: StepSpec,
+        exc: BaseException,
+        attempt: int,
+        delay: float,
+        started: float,
+        duration: float,
+    ) -> None:
+        entry = StepAttempt(
+            key=spec.key,
+            kind=spec.kind,
+            name=spec.name,
+            fp=spec.fp,
+            attempt=attempt,
+            error=error_info(exc),
+            delay=delay,
+            epoch=self.epoch,
+            worker=self.worker_id,
+            at=started,
+            duration=duration,
+        )
+        await self._append(entry)
+        self._attempts.setdefault(spec.key, []).append(entry)
+        self.log.info(
+            "step.retrying", step=spec.key, attempt=attempt, delay=round(delay, 3), error=repr(exc)
+        )
+        await self._emit(
+            self._event(
+                EV_STEP_RETRYING,
+                step=spec.key,
+                data={
+                    "attempt": attempt,
+                    "delay": delay,
+                    "error": {"type": type(exc).__name__, "message": str(exc)},
+                },
+            )
+        )
+
+    async def _record_error(
+        self,
+        spec: StepSpec,
+        exc: BaseException,
+        started: float,
+        duration: float,
+        attempt: int = 1,
+        retryable: bool = False,
+    ) -> None:
+        entry = StepError(
+            key=spec.key,
+            kind=spec.kind,
+            name=spec.name,
+            fp=spec.fp,
+            error=error_info(exc, retryable),
+            epoch=self.epoch,
+            worker=self.worker_id,
+            at=started,
+            duration=duration,
+            attempt=attempt,
+        )
+        je = await self._append(entry)
+        self._journal[spec.key] = entry
+        await self._emit(self._journal_event(je))
+
+    async def _unknown_outcome(self, spec: StepSpec, intent: StepIntent) -> Any:
+        """An at-most-once step started before a crash and never reported back."""
+        started = time.time()
+        if spec.reconcile is not None:
+            token = _current.set(StepInfo(self.run_id, spec.key, intent.attempt))
+            try:
+                value = await spec.reconcile()
+            except (LeaseLost, Drained, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                await self._record_error(spec, exc, started, 0.0, intent.attempt, False)
+                raise StepFailed(spec.key, type(exc).__name__, str(exc)) from exc
+            finally:
+                _current.reset(token)
+            return await self._record_done(spec, value, started, 0.0, intent.attempt)
+        unknown = ToolOutcomeUnknown(
+            f"step {spec.key!r} ({spec.name}) is at-most-once and was running when its worker "
+            f"(epoch {intent.epoch}, {intent.worker}) died; it is not run again. Check its "
+            f"effect with idempotency key {self.run_id}:{spec.key}, or give it a reconcile hook."
+        )
+        await self._record_error(spec, unknown, started, 0.0, intent.attempt, False)
+        raise StepFailed(spec.key, "ToolOutcomeUnknown", str(unknown)) from unknown
