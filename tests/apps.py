@@ -136,3 +136,145 @@ async def sleepy(ctx: RunContext, n: int) -> int:
     for i in range(n):
         await ctx.step("wait", blocking, i)
     return n
+
+
+# -- failure handling (issue: retries, timeouts, budgets, at-most-once) -------------------------
+
+from stalwart import (  # noqa: E402
+    NO_RETRY,
+    Limits,
+    NonRetryableError,
+    Policies,
+    RetryPolicy,
+    StepSpec,
+    durable,
+)
+from stalwart.actors import Usage  # noqa: E402
+
+STEADY_RETRY = RetryPolicy(max_attempts=5, initial_interval=2.0, backoff=1.0, jitter=0.0)
+
+
+@durable(retry=STEADY_RETRY)
+async def flaky(fail_times: int) -> str:
+    """Fails its first ``fail_times`` executions (counted in Redis), then succeeds."""
+    await count_execution()
+    info = current_step()
+    assert info is not None
+    n = int(await counters().get(exec_key(info.run_id, info.key)) or 0)
+    await counters().rpush(
+        f"attempts:{info.run_id}", f"{info.attempt}:{os.environ.get('WORKER_NAME', '')}"
+    )
+    if n <= fail_times:
+        raise ConnectionError(f"flaky failure {n}")
+    return f"ok after {n}"
+
+
+@app.agent("flaky")
+async def flaky_agent(ctx: RunContext, fail_times: int) -> str:
+    return await ctx.step("flaky", flaky, fail_times)
+
+
+async def refuse() -> None:
+    await count_execution()
+    raise NonRetryableError("card declined")
+
+
+@app.agent("nonretryable")
+async def nonretryable_agent(ctx: RunContext, _: None) -> None:
+    await ctx.step("refuse", refuse)
+
+
+@durable(timeout=0.3, retry=RetryPolicy(max_attempts=2, initial_interval=0.05, jitter=0.0))
+async def too_slow() -> None:
+    await count_execution()
+    await wait_gate(current_step().run_id, "never")  # type: ignore[union-attr]
+
+
+@app.agent("slow_step")
+async def slow_step_agent(ctx: RunContext, _: None) -> None:
+    await ctx.step("too_slow", too_slow)
+
+
+@app.agent("deadline", policies=Policies(run_timeout=4.0))
+async def deadline_agent(ctx: RunContext, _: None) -> int:
+    await ctx.step("first", quick, 1)
+    await wait_gate(ctx.run_id, "after")
+    await ctx.step("wait", blocking, 2)  # never released: the deadline ends the run
+    return 0
+
+
+def _usage(value: Any) -> Usage:
+    return Usage(model="gpt-4o", input_tokens=value["in"], output_tokens=value["out"])
+
+
+async def fake_model(n: int) -> dict[str, int]:
+    await count_execution()
+    return {"in": 60, "out": 40, "n": n}
+
+
+@app.agent("chatty", policies=Policies(limits=Limits(max_iterations=3)))
+async def chatty(ctx: RunContext, calls: int) -> int:
+    return await _model_calls(ctx, calls)
+
+
+@app.agent("tokens", policies=Policies(limits=Limits(max_tokens=250)))
+async def tokens_agent(ctx: RunContext, calls: int) -> int:
+    return await _model_calls(ctx, calls)
+
+
+@app.agent("costly", policies=Policies(limits=Limits(max_cost_usd=0.0005)))
+async def costly_agent(ctx: RunContext, calls: int) -> int:
+    return await _model_calls(ctx, calls)
+
+
+async def _model_calls(ctx: RunContext, calls: int) -> int:
+    for n in range(calls):
+        await ctx.call(
+            StepSpec(key=f"model:{n + 1}", kind="model", name="gpt-4o", fp=str(n), usage=_usage),
+            lambda n=n: fake_model(n),
+        )
+    return calls
+
+
+@app.agent("looping")
+async def looping(ctx: RunContext, _: None) -> None:
+    for i in range(10):
+        await ctx.call(
+            StepSpec(key=f"tool:call{i}", kind="tool", name="search", fp="same-args"),
+            lambda: quick(0),
+        )
+
+
+async def charge(amount: int) -> str:
+    """A payment: at-most-once. Records the idempotency key it was called with."""
+    await count_execution()
+    info = current_step()
+    assert info is not None
+    await counters().rpush(f"idem:{info.run_id}", info.idempotency_key)
+    await wait_gate(info.run_id, "in")
+    return f"charged {amount}"
+
+
+charge_once = durable(at_most_once=True, retry=NO_RETRY)(charge)
+
+
+async def check_payment(idempotency_key: str, amount: int) -> str:
+    await counters().rpush(f"reconciled:{idempotency_key.split(':')[0]}", idempotency_key)
+    return f"reconciled {amount}"
+
+
+async def charge2(amount: int) -> str:
+    return await charge(amount)
+
+
+charge_reconciled = durable(at_most_once=True, reconcile=check_payment)(charge2)
+
+
+@app.agent("pay")
+async def pay(ctx: RunContext, amount: int) -> str:
+    return await ctx.step("charge", charge_once, amount)
+
+
+@app.agent("pay_reconciled")
+async def pay_reconciled(ctx: RunContext, amount: int) -> str:
+    return await ctx.step("charge", charge_reconciled, amount)

@@ -43,6 +43,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """How often the supervisor scans for running runs that have no owner."""
     drain_timeout: float = 30.0
     """On SIGTERM, how long a worker waits for in-flight steps before giving its runs up."""
+    breaker_threshold: int = 5
+    """Consecutive failures of a model endpoint or tool that open its circuit breaker."""
+    breaker_cooldown: float = 30.0
+    """How long an open circuit fails fast before letting one trial call through."""
     worker_id: str = ""
     """Identity of this worker in leases and the journal; generated when empty."""
 

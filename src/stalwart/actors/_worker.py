@@ -65,7 +65,7 @@ class Worker:
         self.fetch_closed = asyncio.Event()
         self._fetchers: list[asyncio.Task[None]] = []
         self._subs: list[Any] = []
-        self.breakers = Breakers()
+        self.breakers = Breakers(self.settings.breaker_threshold, self.settings.breaker_cooldown)
         self._tasks: list[asyncio.Task[None]] = []
         self.log = log.bind(worker=self.worker_id)
 
@@ -311,5 +311,6 @@ class Worker:
             host=socket.gethostname(),
             version=__version__,
             at=time.time(),
+            breakers=self.breakers.states(),
         )
         await self.broker.heartbeat(info, ttl=self.settings.lease_ttl)

@@ -38,6 +38,8 @@ class WorkerInfo(msgspec.Struct, frozen=True, kw_only=True):
     host: str
     version: str
     at: float
+    breakers: dict[str, str] = {}
+    """Circuit breakers that are not closed, by ``kind:name``: ``open`` or ``half_open``."""
 
 
 _json = msgspec.json.Encoder()
