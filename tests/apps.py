@@ -278,3 +278,32 @@ async def pay(ctx: RunContext, amount: int) -> str:
 @app.agent("pay_reconciled")
 async def pay_reconciled(ctx: RunContext, amount: int) -> str:
     return await ctx.step("charge", charge_reconciled, amount)
+
+
+# -- signals and durable waits -------------------------------------------------------------------
+
+from stalwart.actors import WaitTimeout  # noqa: E402
+
+
+@app.agent("approval")
+async def approval(ctx: RunContext, amount: int) -> dict[str, Any]:
+    quote = await ctx.step("quote", quick, amount)
+    decision = await ctx.wait_for_signal("approve")
+    return {"quote": quote, "decision": decision}
+
+
+@app.agent("napper")
+async def napper(ctx: RunContext, seconds: float) -> str:
+    await ctx.step("before", quick, 1)
+    await ctx.sleep(seconds)
+    await ctx.step("after", quick, 2)
+    return "rested"
+
+
+@app.agent("impatient")
+async def impatient(ctx: RunContext, _: None) -> str:
+    try:
+        await ctx.wait_for_signal("never", timeout=1.0)
+    except WaitTimeout:
+        return "timed out"
+    return "got it"

@@ -118,6 +118,16 @@ async def cmd_runs(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
+async def cmd_signal(args: argparse.Namespace, client: Client) -> int:
+    """``stalwart signal RUN_ID NAME [PAYLOAD_JSON]``."""
+    try:
+        payload = json.loads(args.payload) if args.payload is not None else None
+    except json.JSONDecodeError as exc:
+        raise InvalidRequestError(f"PAYLOAD_JSON is not valid JSON ({exc})") from None
+    print(await client.handle(args.run_id).signal(args.name, payload))
+    return 0
+
+
 async def cmd_cancel(args: argparse.Namespace, client: Client) -> int:
     """``stalwart cancel RUN_ID``."""
     print(await client.handle(args.run_id).cancel(args.reason))
@@ -157,6 +167,11 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("cancel", parents=[common], help="cancel a run")
     c.add_argument("run_id")
     c.add_argument("--reason", default="cancelled from the CLI")
+
+    sg = sub.add_parser("signal", parents=[common], help="send a signal to a run")
+    sg.add_argument("run_id")
+    sg.add_argument("name")
+    sg.add_argument("payload", nargs="?", help="payload as JSON")
 
     d = sub.add_parser("dev", parents=[common], help="servers + supervisor + workers, locally")
     d.add_argument("app")
@@ -202,6 +217,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
         "events": cmd_events,
         "runs": cmd_runs,
         "cancel": cmd_cancel,
+        "signal": cmd_signal,
     }
     handler = handlers[args.command]
     return await _client_call(args, lambda client: handler(args, client))

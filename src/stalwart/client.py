@@ -22,6 +22,7 @@ from stalwart.messages import (
     EV_ACCEPTED,
     EV_CANCELLED,
     EV_REJECTED,
+    EV_SIGNAL,
     TERMINAL_EVENTS,
     RunEvent,
     RunRequest,
@@ -81,6 +82,42 @@ class RunHandle:
             raise RunCancelled(self.run_id, record.error or "cancelled")
         raise RunFailed(self.run_id, record.error_type, record.error)
 
+    async def signal(self, name: str, payload: Any = None) -> str:
+        """Send signal ``name`` with ``payload`` to the run; it is never lost.
+
+        The signal is stored before anything else happens, so it reaches a wait that
+        starts later, a run whose worker just died, or a passivated run (which is placed
+        again to receive it). Returns ``stored`` or ``woke``.
+        """
+        try:
+            raw = bytes(encode_value(payload))
+        except TypeError as exc:
+            raise InvalidRequestError(f"signal payload cannot be encoded: {exc}") from exc
+        outcome, sid, epoch = await self.client.store.add_signal(self.run_id, name, raw)
+        if outcome == "missing":
+            raise InvalidRequestError(f"unknown run {self.run_id!r}")
+        if outcome == "terminal":
+            raise InvalidRequestError(f"run {self.run_id!r} has ended; signal {name!r} not sent")
+        broker = self.client.broker
+        await broker.nc.publish(broker.names.signals_subject(self.run_id), b"")
+        await broker.events.publish(
+            RunEvent(
+                type=EV_SIGNAL, run_id=self.run_id, at=time.time(), data={"name": name, "sid": sid}
+            ),
+            acked=True,
+        )
+        if outcome == "wake":
+            await self._wake(epoch, f"{self.run_id}:wake:{sid}")
+            return "woke"
+        return "stored"
+
+    async def _wake(self, epoch: int, msg_id: str) -> None:
+        record = await self.status()
+        await self.client.broker.publish_request(
+            RunRequest(run_id=self.run_id, agent=record.agent, kind="resume", epoch=epoch),
+            msg_id=msg_id,
+        )
+
     async def _terminal_event(self) -> None:
         async for event in self.events(follow=True):
             if event.type == EV_REJECTED:
@@ -95,7 +132,13 @@ class RunHandle:
         Returns ``cancelled`` (ended now), ``requested`` (its owner stops at the next step
         boundary), ``terminal`` (it had already ended) or ``missing`` (unknown run id).
         """
-        outcome = await self.client.store.request_cancel(self.run_id, reason)
+        outcome, wake_epoch = await self.client.store.cancel_run(self.run_id, reason)
+        # Poke a live waiter so it notices now; wake a passivated run so it can end.
+        await self.client.broker.nc.publish(
+            self.client.broker.names.signals_subject(self.run_id), b""
+        )
+        if wake_epoch is not None:
+            await self._wake(wake_epoch, f"{self.run_id}:cancel:{wake_epoch}")
         if outcome == "cancelled":
             await self.client.broker.events.publish(
                 RunEvent(

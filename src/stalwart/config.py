@@ -43,6 +43,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """How often the supervisor scans for running runs that have no owner."""
     drain_timeout: float = 30.0
     """On SIGTERM, how long a worker waits for in-flight steps before giving its runs up."""
+    passivate_after: float = 60.0
+    """A durable wait longer than this gives up its worker slot and lease until woken."""
     breaker_threshold: int = 5
     """Consecutive failures of a model endpoint or tool that open its circuit breaker."""
     breaker_cooldown: float = 30.0

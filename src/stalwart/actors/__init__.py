@@ -4,6 +4,7 @@ from stalwart.actors._actor import RunActor
 from stalwart.actors._app import AgentSpec, App
 from stalwart.actors._context import RunContext, StepInfo, StepSpec, Usage, current_step
 from stalwart.actors._fingerprint import fingerprint
+from stalwart.actors._waits import WaitTimeout
 from stalwart.actors._worker import Worker
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "StepInfo",
     "StepSpec",
     "Usage",
+    "WaitTimeout",
     "Worker",
     "current_step",
     "fingerprint",

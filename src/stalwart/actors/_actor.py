@@ -14,6 +14,7 @@ import structlog
 from stalwart.actors._context import RunContext
 from stalwart.actors._execute import Drained, StepExecutor, error_info
 from stalwart.actors._policy import Breakers, Policies, RunUsage
+from stalwart.actors._waits import Passivated, Waits
 from stalwart.checkpoints import (
     ErrorInfo,
     Finished,
@@ -33,6 +34,7 @@ from stalwart.messages import (
     EV_COMPLETED,
     EV_FAILED,
     EV_LEASE_LOST,
+    EV_PASSIVATED,
     EV_RELEASED,
     EV_RESUMED,
     EV_STARTED,
@@ -68,7 +70,7 @@ class _Fail(Exception):
 _MAX_EVENT_RESULT = 64 * 1024
 
 
-class RunActor(StepExecutor):
+class RunActor(StepExecutor, Waits):
     """Replays a run's journal, runs the agent from the top, and journals every new step.
 
     Created by the worker after it won the run's lease and claimed the epoch in Redis.
@@ -87,6 +89,7 @@ class RunActor(StepExecutor):
         policies: Policies,
         breakers: Breakers,
         fetch_closed: asyncio.Event,
+        passivate_after: float = 60.0,
         store: CheckpointStore,
         broker: Broker,
         worker_id: str,
@@ -117,6 +120,9 @@ class RunActor(StepExecutor):
         self._wake = asyncio.Event()
         self._attempts: dict[str, list[StepAttempt]] = {}
         self._intents: dict[str, StepIntent] = {}
+        self.passivate_after = passivate_after
+        self._waits: dict[str, WaitStarted] = {}
+        self._consumed_signals: set[str] = set()
         self._journal: dict[str, StepDone | StepError] = {}
         self._unreplayed: set[str] = set()
         self._next_seq = claim_seq + 1
@@ -250,6 +256,8 @@ class RunActor(StepExecutor):
                 self._attempts.setdefault(e.key, []).append(e)
             elif isinstance(e, StepIntent):
                 self._intents[e.key] = e
+            elif isinstance(e, WaitStarted):
+                self._waits[e.key] = e
         if entries:
             self._next_seq = entries[-1].seq + 1
         self._unreplayed = set(self._journal)
@@ -298,6 +306,8 @@ class RunActor(StepExecutor):
             await self._emit(self._event(EV_LEASE_LOST, data={"reason": str(exc)}))
         except Drained:
             await self._release_for_resume()
+        except Passivated as exc:
+            await self._passivate(exc)
         except ServerUnavailableError as exc:
             # Failing the run for an outage would be wrong: give it up; the supervisor
             # re-places it once the servers answer again, and it resumes from its journal.
@@ -428,6 +438,25 @@ class RunActor(StepExecutor):
         self.log.info(
             "run.finished", status=entry.status, live=self.steps_live, replayed=self.steps_replayed
         )
+
+    async def _passivate(self, exc: Passivated) -> None:
+        """Give the run up while it waits: no slot, no lease, no memory until it is woken."""
+        await self._store.passivate(self.run_id, self.epoch, exc.waiting_for, exc.wake_at)
+        self.holds_lease = False
+        await self._broker.leases.release(self.lease)
+        await self._emit(
+            self._event(EV_PASSIVATED, data={"signal": exc.waiting_for, "wake_at": exc.wake_at})
+        )
+        self.log.info("run.passivated", signal=exc.waiting_for, wake_at=exc.wake_at)
+        # A signal that arrived between our last look and the status change found the run
+        # still running and woke nobody: wake it now (the signal side does the same check).
+        if exc.waiting_for and await self._next_signal(exc.waiting_for) is not None:
+            await self._broker.publish_request(
+                RunRequest(
+                    run_id=self.run_id, agent=self.spec.name, kind="resume", epoch=self.epoch
+                ),
+                msg_id=f"{self.run_id}:wake:{self.epoch}",
+            )
 
     async def _release_for_resume(self) -> None:
         """Give the run up during a graceful shutdown so another worker resumes it at once."""

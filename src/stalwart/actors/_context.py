@@ -193,6 +193,20 @@ class RunContext:
         if not self._actor.replaying:
             await self._actor.emit_live(type, data, step)
 
+    async def wait_for_signal(self, name: str, *, timeout: float | None = None) -> Any:
+        """Wait until signal ``name`` arrives and return its payload. Durable.
+
+        Signals sent before the wait starts are kept and returned in order. The timeout
+        counts from the first time the wait started, across crashes; when it passes,
+        :class:`~stalwart.actors.WaitTimeout` (a ``TimeoutError``) is raised. A long wait
+        frees the worker: the run is passivated and placed again when the signal arrives.
+        """
+        return await self._actor.wait(self.next_key(f"signal:{name}"), name, timeout)
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep durably: a crash or a passivation does not restart the clock."""
+        await self._actor.wait(self.next_key("sleep"), "", seconds)
+
     async def call(self, spec: StepSpec, run: Callable[[], Awaitable[T]]) -> T:
         """Execute ``run`` as the durable step ``spec`` (the low-level hook for adapters)."""
         return typing.cast("T", await self._actor.execute(spec, run))

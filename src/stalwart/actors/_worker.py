@@ -248,6 +248,7 @@ class Worker:
             policies=spec.policies,
             breakers=self.breakers,
             fetch_closed=self.fetch_closed,
+            passivate_after=self.settings.passivate_after,
             store=self.store,
             broker=self.broker,
             worker_id=self.worker_id,

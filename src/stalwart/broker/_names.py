@@ -58,6 +58,10 @@ class Names:
         """Subjects of all runs' events."""
         return f"{self.namespace}.events.>"
 
+    def signals_subject(self, run_id: str) -> str:
+        """Core subject that pokes a live waiting run when a signal (or cancel) arrives."""
+        return f"{self.namespace}.signals.{run_id}"
+
     def rejected_subject(self, agent: str) -> str:
         """Where rejections of requests that carry no usable run id go."""
         return f"{self.namespace}.rejected.{agent}"

@@ -49,7 +49,7 @@ if not status then
     'created_at', ARGV[3], 'trace', ARGV[7])
 end
 redis.call('HSET', KEYS[1], 'status', 'running', 'epoch', ARGV[1], 'worker', ARGV[2],
-  'updated_at', ARGV[3])
+  'updated_at', ARGV[3], 'waiting_for', '', 'wake_at', '0')
 local deadline = redis.call('HGET', KEYS[1], 'deadline')
 if (not deadline or deadline == '') and tonumber(ARGV[10]) > 0 then
   local created = tonumber(redis.call('HGET', KEYS[1], 'created_at') or ARGV[3])
@@ -108,6 +108,33 @@ if status == 'accepted' then
   return {'cancelled', tostring(seq)}
 end
 redis.call('HSET', KEYS[1], 'cancel', ARGV[2])
+if status == 'waiting' then return {'requested', 'wake', redis.call('HGET', KEYS[1], 'epoch')} end
 return {'requested'}
 """
 )
+
+# Signal: store it durably first; report whether the run is passivated waiting for it, so the
+# caller wakes it. KEYS[1] record, KEYS[2] signals stream. ARGV: name, payload, now
+SIGNAL = """
+local f = redis.call('HMGET', KEYS[1], 'status', 'waiting_for', 'epoch')
+local status = f[1]
+if not status then return {'missing'} end
+if status == 'completed' or status == 'failed' or status == 'cancelled' then
+  return {'terminal', status}
+end
+local sid = redis.call('XADD', KEYS[2], '*', 'name', ARGV[1], 'payload', ARGV[2], 'at', ARGV[3])
+if status == 'waiting' and (f[2] == ARGV[1] or f[2] == '*') then
+  return {'wake', sid, f[3] or '0'}
+end
+return {'stored', sid, f[3] or '0'}
+"""
+
+# Passivate: the owner gives the run up while it waits; fenced like an append.
+# KEYS[1] record. ARGV: epoch, waiting_for, wake_at, now
+PASSIVATE = """
+local e = redis.call('HGET', KEYS[1], 'epoch')
+if e ~= ARGV[1] then return {'stale', e or ''} end
+redis.call('HSET', KEYS[1], 'status', 'waiting', 'waiting_for', ARGV[2], 'wake_at', ARGV[3],
+  'updated_at', ARGV[4])
+return {'ok'}
+"""

@@ -74,6 +74,8 @@ class CheckpointStore:
         self._append = client.register_script(_scripts.APPEND)
         self._finish = client.register_script(_scripts.FINISH)
         self._cancel = client.register_script(_scripts.CANCEL)
+        self._signal = client.register_script(_scripts.SIGNAL)
+        self._passivate = client.register_script(_scripts.PASSIVATE)
 
     @classmethod
     async def connect(cls, url: str, namespace: str = "stalwart") -> CheckpointStore:
@@ -100,6 +102,15 @@ class CheckpointStore:
     def journal_key(self, run_id: str) -> str:
         """Key of the run's journal stream."""
         return f"{self.ns}:{{{run_id}}}:journal"
+
+    def signals_key(self, run_id: str) -> str:
+        """Key of the run's signal inbox (a stream)."""
+        return f"{self.ns}:{{{run_id}}}:signals"
+
+    @property
+    def timers_key(self) -> str:
+        """Sorted set of passivated runs by the time their timer fires."""
+        return f"{self.ns}:timers"
 
     @property
     def runs_key(self) -> str:
@@ -301,6 +312,13 @@ class CheckpointStore:
 
     async def request_cancel(self, run_id: str, reason: str = "cancelled") -> CancelOutcome:
         """Cancel a run: at once if it was never placed, else at its owner's next step."""
+        outcome, _ = await self.cancel_run(run_id, reason)
+        return outcome
+
+    async def cancel_run(
+        self, run_id: str, reason: str = "cancelled"
+    ) -> tuple[CancelOutcome, int | None]:
+        """Like :meth:`request_cancel`; also returns the epoch to wake if the run is passivated."""
         now = time.time()
         entry = encode_entry(
             Finished(
@@ -315,4 +333,53 @@ class CheckpointStore:
         outcome: CancelOutcome = reply[0].decode()
         if outcome == "cancelled":
             await self.mark_inactive(run_id)
-        return outcome
+        wake = int(reply[2]) if len(reply) > 2 and reply[1] == b"wake" else None
+        return outcome, wake
+
+    # -- signals and passivation ------------------------------------------------------------
+
+    async def add_signal(self, run_id: str, name: str, payload: bytes) -> tuple[str, str, int]:
+        """Store a signal for the run. Returns (outcome, signal id, epoch).
+
+        ``outcome`` is ``wake`` when the run is passivated waiting for this signal (the
+        caller must have it re-placed), ``stored``, ``terminal`` or ``missing``.
+        """
+        reply = await self._signal(
+            keys=[self.record_key(run_id), self.signals_key(run_id)],
+            args=[name, payload, repr(time.time())],
+        )
+        outcome = reply[0].decode()
+        if outcome in ("wake", "stored"):
+            return outcome, reply[1].decode(), int(reply[2])
+        return outcome, "", 0
+
+    async def read_signals(self, run_id: str) -> list[tuple[str, str, bytes]]:
+        """Every signal sent to the run: (signal id, name, msgpack payload), oldest first."""
+        rows = cast(
+            "list[tuple[bytes, dict[bytes, bytes]]]",
+            await self.redis.xrange(self.signals_key(run_id)),
+        )
+        return [(sid.decode(), f[b"name"].decode(), f.get(b"payload", b"")) for sid, f in rows]
+
+    async def passivate(self, run_id: str, epoch: int, waiting_for: str, wake_at: float) -> None:
+        """Mark the run waiting (fenced by ``epoch``) and arm its timer if it has one."""
+        reply = await self._passivate(
+            keys=[self.record_key(run_id)],
+            args=[epoch, waiting_for, repr(wake_at), repr(time.time())],
+        )
+        if reply[0] != b"ok":
+            raise LeaseLost(f"run {run_id!r}: epoch {epoch} no longer owns the run")
+        if wake_at:
+            await self.redis.zadd(self.timers_key, {run_id: wake_at})
+
+    async def due_timers(self, now: float, limit: int = 500) -> list[str]:
+        """Runs whose timer is due."""
+        ids = cast(
+            "list[bytes]",
+            await self.redis.zrangebyscore(self.timers_key, "-inf", now, start=0, num=limit),
+        )
+        return [i.decode() for i in ids]
+
+    async def remove_timer(self, run_id: str) -> None:
+        """Disarm a run's timer."""
+        await self.redis.zrem(self.timers_key, run_id)

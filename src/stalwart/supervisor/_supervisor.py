@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -119,7 +120,24 @@ class Supervisor:
         for run_id in await self.store.active_runs():
             if await self.check(run_id):
                 count += 1
-        return count
+        return count + await self.fire_timers()
+
+    async def fire_timers(self) -> int:
+        """Wake passivated runs whose durable sleep or wait timeout is due."""
+        assert self.store is not None and self.broker is not None
+        woken = 0
+        for run_id in await self.store.due_timers(time.time()):
+            record = await self.store.get_run(run_id)
+            if record is not None and record.status == "waiting":
+                await self.broker.publish_request(
+                    RunRequest(
+                        run_id=run_id, agent=record.agent, kind="resume", epoch=record.epoch
+                    ),
+                    msg_id=f"{run_id}:timer:{record.epoch}",
+                )
+                woken += 1
+            await self.store.remove_timer(run_id)
+        return woken
 
     async def check(self, run_id: str) -> bool:
         """Re-place ``run_id`` if it is running without an owner; True when it was."""

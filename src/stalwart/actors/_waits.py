@@ -1,0 +1,195 @@
+"""Durable waits: ``ctx.wait_for_signal`` and ``ctx.sleep``, with passivation.
+
+A wait is journaled when it starts (with its absolute deadline) and when it ends (the
+signal consumed, or the timeout), so a resume anywhere continues the same wait. A wait that
+lasts longer than ``passivate_after`` gives up the worker slot and the lease: the run is
+marked ``waiting`` and is placed again when its signal arrives or its timer fires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import TYPE_CHECKING, Any
+
+from stalwart.checkpoints import StepDone, WaitStarted, decode_value, encode_value
+from stalwart.errors import NonDeterminismError, StalwartError
+from stalwart.messages import EV_WAIT_STARTED
+
+if TYPE_CHECKING:
+    from stalwart.broker import Broker
+    from stalwart.checkpoints import CheckpointStore, Entry, JournalEntry, StepError
+    from stalwart.messages import RunEvent
+
+# Even with notifications, look at the inbox now and then: a notification can be lost.
+_RECHECK = 5.0
+
+
+class WaitTimeout(StalwartError, TimeoutError):
+    """A durable wait reached its timeout (also raised on replay of that outcome)."""
+
+
+class Passivated(Exception):
+    """Raised out of the agent to give the run up while it waits (internal)."""
+
+    def __init__(self, waiting_for: str, wake_at: float) -> None:
+        super().__init__(waiting_for)
+        self.waiting_for = waiting_for
+        self.wake_at = wake_at
+
+
+class Waits:
+    """Durable waits of a run actor. The actor provides the attributes declared here."""
+
+    run_id: str
+    epoch: int
+    worker_id: str
+    replaying: bool
+    cancel_reason: str
+    passivate_after: float
+    first_live_step_at: float | None
+    _store: CheckpointStore
+    _broker: Broker
+    _journal: dict[str, StepDone | StepError]
+    _unreplayed: set[str]
+    _waits: dict[str, WaitStarted]
+    _consumed_signals: set[str]
+    _wake: asyncio.Event
+
+    async def _append(self, entry: Entry) -> JournalEntry:
+        raise NotImplementedError
+
+    async def _emit(self, event: RunEvent) -> None:
+        raise NotImplementedError
+
+    def _journal_event(self, je: JournalEntry) -> RunEvent:
+        raise NotImplementedError
+
+    def _check_boundary(self) -> None:
+        raise NotImplementedError
+
+    async def wait(self, key: str, signal: str, timeout: float | None) -> Any:
+        """Wait for ``signal`` (or, with ``signal == ""``, just for ``timeout``)."""
+        kind = "signal" if signal else "sleep"
+        recorded = self._journal.get(key)
+        if recorded is not None:
+            self._unreplayed.discard(key)
+            return self._replayed_wait(key, kind, recorded)
+        self._check_boundary()
+        if self.replaying:
+            self.replaying = False
+            self.first_live_step_at = time.monotonic()
+        started = self._waits.get(key)
+        if started is None:
+            until = time.time() + timeout if timeout is not None else 0.0
+            started = WaitStarted(
+                key=key,
+                until=until,
+                signal=signal,
+                epoch=self.epoch,
+                worker=self.worker_id,
+                at=time.time(),
+            )
+            je = await self._append(started)
+            self._waits[key] = started
+            await self._emit(self._journal_event(je))
+        return await self._wait_live(key, kind, started)
+
+    def _replayed_wait(self, key: str, kind: str, entry: StepDone | StepError) -> Any:
+        if entry.kind != kind:
+            raise NonDeterminismError(
+                f"run {self.run_id!r}, step {key!r}: {entry.kind} {entry.name!r} was recorded, "
+                f"the code now asks for a {kind}"
+            )
+        assert isinstance(entry, StepDone)
+        outcome = decode_value(entry.result)
+        if isinstance(outcome, dict):
+            if outcome.get("timeout"):
+                raise WaitTimeout(f"wait {key!r} timed out")
+            if "sid" in outcome:
+                self._consumed_signals.add(outcome["sid"])
+            return outcome.get("payload")
+        return None
+
+    async def _wait_live(self, key: str, kind: str, started: WaitStarted) -> Any:
+        poke = asyncio.Event()
+
+        async def on_poke(_: Any) -> None:
+            poke.set()
+
+        sub = await self._broker.nc.subscribe(
+            self._broker.names.signals_subject(self.run_id), cb=on_poke
+        )
+        waited_since = time.monotonic()
+        try:
+            while True:
+                self._check_boundary()
+                if started.signal:
+                    found = await self._next_signal(started.signal)
+                    if found is not None:
+                        sid, payload = found
+                        self._consumed_signals.add(sid)
+                        await self._end_wait(key, kind, started, {"sid": sid, "payload": payload})
+                        return payload
+                now = time.time()
+                if started.until and now >= started.until:
+                    await self._end_wait(
+                        key, kind, started, {"timeout": True} if started.signal else None
+                    )
+                    if started.signal:
+                        raise WaitTimeout(f"wait for signal {started.signal!r} timed out")
+                    return None
+                remaining = started.until - now if started.until else float("inf")
+                idle = time.monotonic() - waited_since
+                if idle >= self.passivate_after and remaining > 1.0:
+                    raise Passivated(started.signal, started.until)
+                poke.clear()
+                pause = min(remaining, max(self.passivate_after - idle, 0.0), _RECHECK)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(_first(poke, self._wake), pause)
+                if poke.is_set():
+                    await self._refresh_cancel()
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _next_signal(self, name: str) -> tuple[str, Any] | None:
+        for sid, sig_name, payload in await self._store.read_signals(self.run_id):
+            if sig_name == name and sid not in self._consumed_signals:
+                return sid, decode_value(payload) if payload else None
+        return None
+
+    async def _refresh_cancel(self) -> None:
+        record = await self._store.get_run(self.run_id)
+        if record is not None and record.cancel and not self.cancel_reason:
+            self.cancel_reason = record.cancel
+
+    async def _end_wait(self, key: str, kind: str, started: WaitStarted, outcome: Any) -> None:
+        entry = StepDone(
+            key=key,
+            kind=kind,
+            name=started.signal or "sleep",
+            fp=started.signal,
+            result=encode_value(outcome),
+            epoch=self.epoch,
+            worker=self.worker_id,
+            at=started.at,
+            duration=time.time() - started.at,
+        )
+        je = await self._append(entry)
+        self._journal[key] = entry
+        await self._emit(self._journal_event(je))
+
+
+async def _first(a: asyncio.Event, b: asyncio.Event) -> None:
+    """Return when either event is set."""
+    tasks = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+__all__ = ["EV_WAIT_STARTED", "Passivated", "WaitTimeout", "Waits"]
