@@ -112,6 +112,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "StepInfo",
         "StepSpec",
         "Usage",
+        "WaitTimeout",
         "Worker",
         "current_step",
         "fingerprint",
