@@ -45,6 +45,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """On SIGTERM, how long a worker waits for in-flight steps before giving its runs up."""
     passivate_after: float = 60.0
     """A durable wait longer than this gives up its worker slot and lease until woken."""
+    stuck_after: float = 900.0
+    """A running run whose journal has not moved for this long is reported stuck (0: never)."""
+    stuck_action: str = "report"
+    """``report`` (a ``run.stuck`` event) or ``replace`` (also revoke its lease: re-placed)."""
     breaker_threshold: int = 5
     """Consecutive failures of a model endpoint or tool that open its circuit breaker."""
     breaker_cooldown: float = 30.0

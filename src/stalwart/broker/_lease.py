@@ -51,15 +51,22 @@ def _is_tombstone(headers: dict[str, str] | None) -> bool:
 class LeaseManager:
     """Acquire, renew, release and inspect run leases for one worker."""
 
-    def __init__(self, js: JetStreamContext, names: Names, ttl: int, owner: str) -> None:
+    def __init__(
+        self, js: JetStreamContext, names: Names, ttl: int, owner: str, *, prefix: str = "run."
+    ) -> None:
         self._js = js
         self._names = names
         self.ttl = ttl
         self.owner = owner
+        self._prefix = prefix
+
+    def _subject(self, name: str) -> str:
+        # Run leases are keys run.<run_id>; other users (supervisor election) pick a prefix.
+        return f"$KV.{self._names.lease_bucket}.{self._prefix}{name}"
 
     async def _cas(self, run_id: str, expected: int) -> int:
         ack = await self._js.publish(
-            self._names.lease_subject(run_id),
+            self._subject(run_id),
             self.owner.encode(),
             headers={_CAS: str(expected)},
             msg_ttl=self.ttl,
@@ -69,9 +76,7 @@ class LeaseManager:
     async def state(self, run_id: str) -> LeaseState:
         """The current holder of ``run_id``'s lease, or ``holder=None`` when it is free."""
         try:
-            msg = await self._js.get_msg(
-                self._names.lease_stream, subject=self._names.lease_subject(run_id)
-            )
+            msg = await self._js.get_msg(self._names.lease_stream, subject=self._subject(run_id))
         except NotFoundError:
             return LeaseState(None, 0)
         if _is_tombstone(msg.headers):
@@ -108,7 +113,7 @@ class LeaseManager:
         results = await asyncio.gather(
             *(
                 self._js.publish(
-                    self._names.lease_subject(lease.run_id),
+                    self._subject(lease.run_id),
                     self.owner.encode(),
                     headers={_CAS: str(lease.revision)},
                     msg_ttl=self.ttl,
@@ -130,11 +135,20 @@ class LeaseManager:
                 lease.renewed_at = now
         return lost
 
+    async def revoke(self, run_id: str) -> None:
+        """Take a lease away from whoever holds it (its next renewal fails: it stops)."""
+        await self._js.publish(
+            self._subject(run_id),
+            b"",
+            headers={"KV-Operation": "PURGE", "Nats-Rollup": "sub"},
+            msg_ttl=1,
+        )
+
     async def release(self, lease: Lease) -> bool:
         """Give the lease up at once (a PURGE rollup that itself expires); False if not ours."""
         try:
             await self._js.publish(
-                self._names.lease_subject(lease.run_id),
+                self._subject(lease.run_id),
                 b"",
                 headers={_CAS: str(lease.revision), "KV-Operation": "PURGE", "Nats-Rollup": "sub"},
                 msg_ttl=1,

@@ -43,6 +43,13 @@ local f = redis.call('HMGET', KEYS[1], 'status', 'epoch', 'cancel')
 local status = f[1]
 if terminal(status) then return {'terminal', status} end
 local current = tonumber(f[2] or '0')
+if tonumber(ARGV[1]) == current and redis.call('HGET', KEYS[1], 'worker') == ARGV[2] then
+  -- The same claim again (its reply was lost and the client resent it): same answer.
+  local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+  local seq = top[1] and string.match(top[1][1], '^(%d+)') or '0'
+  return {'ok', seq, f[3] or '', redis.call('HGET', KEYS[1], 'input') or '',
+    redis.call('HGET', KEYS[1], 'trace') or '', redis.call('HGET', KEYS[1], 'deadline') or ''}
+end
 if tonumber(ARGV[1]) <= current then return {'stale', tostring(f[2])} end
 if not status then
   redis.call('HSET', KEYS[1], 'run_id', ARGV[4], 'agent', ARGV[5], 'input', ARGV[6],
@@ -138,3 +145,21 @@ redis.call('HSET', KEYS[1], 'status', 'waiting', 'waiting_for', ARGV[2], 'wake_a
   'updated_at', ARGV[4])
 return {'ok'}
 """
+
+# Dead letter: a request JetStream gave up delivering. Fail the run unless a worker placed
+# it meanwhile. KEYS[1] record, KEYS[2] journal. ARGV: now, reason, finished_entry, run_id, agent
+DEAD_LETTER = (
+    _NEXT_SEQ
+    + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status and status ~= 'accepted' then return {'skipped', status} end
+if not status then
+  redis.call('HSET', KEYS[1], 'run_id', ARGV[4], 'agent', ARGV[5], 'created_at', ARGV[1], 'epoch', '0')
+end
+local seq = next_seq(KEYS[2])
+redis.call('XADD', KEYS[2], seq .. '-0', 'd', ARGV[3])
+redis.call('HSET', KEYS[1], 'status', 'failed', 'updated_at', ARGV[1], 'finished_at', ARGV[1],
+  'error_type', 'DeadLettered', 'error', ARGV[2])
+return {'failed', tostring(seq)}
+"""
+)

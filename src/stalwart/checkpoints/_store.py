@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -76,11 +78,19 @@ class CheckpointStore:
         self._cancel = client.register_script(_scripts.CANCEL)
         self._signal = client.register_script(_scripts.SIGNAL)
         self._passivate = client.register_script(_scripts.PASSIVATE)
+        self._dead_letter = client.register_script(_scripts.DEAD_LETTER)
 
     @classmethod
     async def connect(cls, url: str, namespace: str = "stalwart") -> CheckpointStore:
         """Connect to Redis at ``url`` and check it answers."""
-        client = aioredis.Redis.from_url(url, decode_responses=False)
+        # Every command rides out a short Redis restart. Scripts are safe to resend: appends
+        # use explicit ids (a resent append finds its own entry), claims are idempotent.
+        client = aioredis.Redis.from_url(
+            url,
+            decode_responses=False,
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=30),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        )
         store = cls(client, namespace)
         try:
             await client.ping()
@@ -335,6 +345,26 @@ class CheckpointStore:
             await self.mark_inactive(run_id)
         wake = int(reply[2]) if len(reply) > 2 and reply[1] == b"wake" else None
         return outcome, wake
+
+    async def dead_letter(self, run_id: str, agent: str, reason: str) -> bool:
+        """Fail a run whose request could not be delivered; False if a worker placed it."""
+        now = time.time()
+        entry = encode_entry(
+            Finished(
+                status="failed",
+                epoch=0,
+                worker="",
+                at=now,
+                error=ErrorInfo("DeadLettered", reason, retryable=False),
+            )
+        )
+        reply = await self._dead_letter(
+            keys=self._keys(run_id), args=[repr(now), reason, entry, run_id, agent]
+        )
+        if reply[0] == b"failed":
+            await self.mark_inactive(run_id)
+            return True
+        return False
 
     # -- signals and passivation ------------------------------------------------------------
 

@@ -1,20 +1,29 @@
-"""The supervisor: finds runs whose owner died and has them resumed elsewhere."""
+"""The supervisor: finds runs whose owner died and has them resumed elsewhere.
+
+Several can run; one leads (a lease in the same KV bucket as run leases), the others
+stand by and take over within a lease TTL when the leader dies.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
+import socket
 import time
+import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from stalwart.broker import Broker
+from stalwart.broker import Broker, LeaseManager
 from stalwart.checkpoints import CheckpointStore
-from stalwart.messages import RunRequest
+from stalwart.messages import EV_FAILED, EV_STUCK, RunEvent, RunRequest, decode_request
 
 if TYPE_CHECKING:
+    from stalwart.broker import Lease
     from stalwart.checkpoints import RunRecord
     from stalwart.config import Settings
 
@@ -23,22 +32,34 @@ log = structlog.get_logger("stalwart.supervisor")
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """What to do about one run: nothing, forget it (it ended), or re-place it."""
+    """What to do about one run: nothing, forget it (it ended), re-place it, or flag it stuck."""
 
-    action: str  # "none" | "forget" | "replace"
+    action: str  # "none" | "forget" | "replace" | "stuck"
     epoch: int = 0
 
 
-def judge(record: RunRecord | None, lease_holder: str | None) -> Verdict:
+def judge(
+    record: RunRecord | None,
+    lease_holder: str | None,
+    *,
+    now: float | None = None,
+    stuck_after: float = 0.0,
+) -> Verdict:
     """Decide about one run from its record and its lease holder (None: no lease).
 
     Pure, so the rule is testable without servers. Runs still ``accepted`` are left to
-    JetStream: their request is unacked in the work queue and will be delivered again.
+    JetStream (their request is unacked and will be delivered again); ``waiting`` runs
+    are passivated on purpose and woken by a signal or their timer.
     """
     if record is None or record.terminal:
         return Verdict("forget")
-    if record.status == "running" and lease_holder is None:
+    if record.status != "running":
+        return Verdict("none")
+    if lease_holder is None:
         return Verdict("replace", record.epoch)
+    now = time.time() if now is None else now
+    if stuck_after > 0 and now - record.updated_at > stuck_after:
+        return Verdict("stuck", record.epoch)
     return Verdict("none")
 
 
@@ -51,19 +72,36 @@ class Supervisor:
     worker that released the run itself, publish it once per lost epoch.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, supervisor_id: str = "") -> None:
         self.settings = settings
+        self.supervisor_id = (
+            supervisor_id
+            or f"supervisor-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+        )
         self.broker: Broker | None = None
         self.store: CheckpointStore | None = None
         self.replaced = 0
+        self.dead_lettered = 0
+        self.is_leader = False
+        self._lease: Lease | None = None
+        self._election: LeaseManager | None = None
+        self._reported_stuck: set[tuple[str, int]] = set()
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
+        self.log = log.bind(supervisor=self.supervisor_id)
 
     async def start(self) -> None:
         """Connect to both servers."""
         assert self.settings.nats_url and self.settings.redis_url, "resolve server URLs first"
         self.store = await CheckpointStore.connect(self.settings.redis_url, self.settings.namespace)
-        self.broker = await Broker.connect(self.settings, name="stalwart-supervisor")
+        self.broker = await Broker.connect(self.settings, name=f"stalwart {self.supervisor_id}")
+        self._election = LeaseManager(
+            self.broker.js,
+            self.broker.names,
+            self.settings.lease_ttl,
+            self.supervisor_id,
+            prefix="supervisor.",
+        )
 
     def stop(self) -> None:
         """Ask :meth:`run` to return."""
@@ -71,24 +109,62 @@ class Supervisor:
         self._wake.set()
 
     async def run(self) -> None:
-        """Supervise until :meth:`stop`."""
+        """Supervise until :meth:`stop`: lead when elected, stand by otherwise."""
         if self.broker is None:
             await self.start()
-        watcher = asyncio.create_task(self._watch())
+        leading: list[asyncio.Task[None]] = []
+        tick = min(self.settings.reconcile_interval, self.settings.lease_ttl / 3)
         try:
             while not self._stopping.is_set():
                 try:
-                    await self.reconcile()
+                    await self._elect()
+                    if self.is_leader and not leading:
+                        leading = [
+                            asyncio.create_task(self._watch()),
+                            asyncio.create_task(self._dead_letters()),
+                        ]
+                    elif not self.is_leader and leading:
+                        await _cancel(leading)
+                        leading = []
+                    if self.is_leader:
+                        await self._maybe_reconcile()
                 except Exception as exc:  # keep supervising through server restarts
-                    log.warning("reconcile.failed", error=repr(exc))
+                    self.log.warning("supervise.failed", error=repr(exc))
                 self._wake.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.settings.reconcile_interval)
+                    await asyncio.wait_for(self._wake.wait(), tick)
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await watcher
+            await _cancel(leading)
+            await self._resign()
             await self.close()
+
+    _last_reconcile = 0.0
+
+    async def _maybe_reconcile(self) -> None:
+        if time.monotonic() - self._last_reconcile >= self.settings.reconcile_interval:
+            self._last_reconcile = time.monotonic()
+            await self.reconcile()
+
+    async def _elect(self) -> None:
+        assert self._election is not None
+        if self._lease is None:
+            self._lease = await self._election.acquire("leader")
+            if self._lease is not None:
+                self.is_leader = True
+                self._last_reconcile = 0.0
+                self.log.info("supervisor.leading")
+            return
+        if await self._election.renew([self._lease]):
+            self.log.warning("supervisor.lost_leadership")
+            self._lease = None
+            self.is_leader = False
+
+    async def _resign(self) -> None:
+        if self._lease is not None and self._election is not None:
+            with contextlib.suppress(Exception):
+                await self._election.release(self._lease)
+        self._lease = None
+        self.is_leader = False
 
     async def close(self) -> None:
         """Close both connections."""
@@ -96,6 +172,8 @@ class Supervisor:
             await self.broker.close()
         if self.store is not None:
             await self.store.close()
+
+    # -- detection ------------------------------------------------------------------------
 
     async def _watch(self) -> None:
         assert self.broker is not None
@@ -110,17 +188,74 @@ class Supervisor:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("watch.failed", error=repr(exc))
+                self.log.warning("watch.failed", error=repr(exc))
                 await asyncio.sleep(1.0)
 
     async def reconcile(self) -> int:
-        """Check every run that has not ended; return how many were re-placed."""
+        """Check every run that has not ended, and fire due timers; return runs re-placed."""
         assert self.store is not None
         count = 0
         for run_id in await self.store.active_runs():
             if await self.check(run_id):
                 count += 1
         return count + await self.fire_timers()
+
+    async def check(self, run_id: str) -> bool:
+        """Re-place ``run_id`` if it is running without an owner; True when it was."""
+        assert self.store is not None and self.broker is not None
+        record = await self.store.get_run(run_id)
+        holder = None
+        if record is not None and record.status == "running":
+            holder = (await self.broker.leases.state(run_id)).holder
+        verdict = judge(record, holder, stuck_after=self.settings.stuck_after)
+        if verdict.action == "forget":
+            await self.store.mark_inactive(run_id)
+            return False
+        if verdict.action == "stuck" and record is not None:
+            await self._stuck(record)
+            return False
+        if verdict.action != "replace" or record is None:
+            return False
+        fresh = await self.broker.publish_request(
+            RunRequest(run_id=run_id, agent=record.agent, kind="resume", epoch=verdict.epoch),
+            msg_id=f"{run_id}:resume:{verdict.epoch}",
+        )
+        if fresh:
+            self.replaced += 1
+            self.log.info(
+                "run.replaced", run_id=run_id, lost_epoch=verdict.epoch, owner=record.worker
+            )
+        return fresh
+
+    async def _stuck(self, record: RunRecord) -> None:
+        assert self.broker is not None
+        key = (record.run_id, record.epoch)
+        if key in self._reported_stuck:
+            return
+        self._reported_stuck.add(key)
+        idle = time.time() - record.updated_at
+        action = self.settings.stuck_action
+        self.log.warning(
+            "run.stuck",
+            run_id=record.run_id,
+            owner=record.worker,
+            idle=round(idle, 1),
+            action=action,
+        )
+        await self.broker.events.publish(
+            RunEvent(
+                type=EV_STUCK,
+                run_id=record.run_id,
+                at=time.time(),
+                worker=record.worker,
+                epoch=record.epoch,
+                data={"idle_seconds": round(idle, 3), "action": action},
+            ),
+            acked=True,
+        )
+        if action == "replace":
+            # The owner's next renewal fails and it stops; the next pass re-places the run.
+            await self.broker.leases.revoke(record.run_id)
 
     async def fire_timers(self) -> int:
         """Wake passivated runs whose durable sleep or wait timeout is due."""
@@ -139,24 +274,69 @@ class Supervisor:
             await self.store.remove_timer(run_id)
         return woken
 
-    async def check(self, run_id: str) -> bool:
-        """Re-place ``run_id`` if it is running without an owner; True when it was."""
-        assert self.store is not None and self.broker is not None
-        record = await self.store.get_run(run_id)
-        holder = None
-        if record is not None and record.status == "running":
-            holder = (await self.broker.leases.state(run_id)).holder
-        verdict = judge(record, holder)
-        if verdict.action == "forget":
-            await self.store.mark_inactive(run_id)
-            return False
-        if verdict.action != "replace" or record is None:
-            return False
-        fresh = await self.broker.publish_request(
-            RunRequest(run_id=run_id, agent=record.agent, kind="resume", epoch=verdict.epoch),
-            msg_id=f"{run_id}:resume:{verdict.epoch}",
-        )
-        if fresh:
-            self.replaced += 1
-            log.info("run.replaced", run_id=run_id, lost_epoch=verdict.epoch, owner=record.worker)
-        return fresh
+    # -- dead letters -----------------------------------------------------------------------
+
+    async def _dead_letters(self) -> None:
+        """Take requests that hit max_deliver out of the work queue and fail their runs.
+
+        A work-queue stream keeps such a message forever otherwise; JetStream announces it
+        with a max-deliveries advisory, which is where we pick it up.
+        """
+        assert self.broker is not None
+        subject = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.broker.names.runs_stream}.*"
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def on_advisory(msg: Any) -> None:
+            await queue.put(msg)
+
+        sub = await self.broker.nc.subscribe(subject, cb=on_advisory)
+        try:
+            while True:
+                msg = await queue.get()
+                try:
+                    await self.dead_letter(json.loads(msg.data))
+                except Exception as exc:
+                    self.log.warning("dead_letter.failed", error=repr(exc))
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def dead_letter(self, advisory: dict[str, Any]) -> None:
+        """Handle one max-deliveries advisory."""
+        assert self.broker is not None and self.store is not None
+        stream, seq = advisory["stream"], int(advisory["stream_seq"])
+        deliveries = int(advisory.get("deliveries", 0))
+        try:
+            raw = await self.broker.js.get_msg(stream, seq)
+        except Exception:
+            return  # already gone (acked or deleted by another supervisor)
+        reason = f"request not placed after {deliveries} deliveries (max_deliver); dead-lettered"
+        try:
+            req = decode_request(raw.data or b"")
+        except Exception:
+            req = None
+        with contextlib.suppress(Exception):
+            await self.broker.js.delete_msg(stream, seq)
+        if req is None:
+            self.log.warning("dead_letter.undecodable", stream_seq=seq)
+            return
+        if await self.store.dead_letter(req.run_id, req.agent, reason):
+            self.dead_lettered += 1
+            self.log.warning("run.dead_lettered", run_id=req.run_id, deliveries=deliveries)
+            await self.broker.events.publish(
+                RunEvent(
+                    type=EV_FAILED,
+                    run_id=req.run_id,
+                    at=time.time(),
+                    data={"error": {"type": "DeadLettered", "message": reason}},
+                ),
+                acked=True,
+            )
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for t in tasks:
+        t.cancel()
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await t
