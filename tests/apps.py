@@ -7,6 +7,7 @@ the agent blocks on until the test pushes a token: they hold a run at an exact p
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -307,3 +308,17 @@ async def impatient(ctx: RunContext, _: None) -> str:
     except WaitTimeout:
         return "timed out"
     return "got it"
+
+
+async def paced(i: int) -> int:
+    await count_execution()
+    await asyncio.sleep(0.15)
+    return i
+
+
+@app.agent("steady")
+async def steady(ctx: RunContext, n: int) -> int:
+    """n steps of 150 ms each: runs that are in flight long enough to restart servers under."""
+    for i in range(n):
+        await ctx.step("p", paced, i)
+    return n

@@ -1,0 +1,275 @@
+"""Supervisor hardening: leader election, dead letters, stuck runs, server restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import msgspec
+import pytest
+import redis.asyncio as aioredis
+
+from stalwart import Client, RunFailed, Settings, Supervisor
+from stalwart.actors import App
+from stalwart.broker import LeaseManager
+from stalwart.checkpoints import StepDone
+from stalwart.supervisor import judge
+from stalwart.testing import (
+    EmbeddedServers,
+    NatsServer,
+    RedisServer,
+    StalwartProcess,
+    worker_process,
+)
+from tests.apps import exec_key, gate_key
+from tests.conftest import ROOT, WorkerFactory, eventually
+
+pytestmark = pytest.mark.slow
+
+
+def rid() -> str:
+    return uuid.uuid4().hex
+
+
+def supervisor_process(settings: Settings, name: str) -> StalwartProcess:
+    assert settings.nats_url and settings.redis_url
+    return StalwartProcess(
+        [
+            "supervisor",
+            "--nats-url",
+            settings.nats_url,
+            "--redis-url",
+            settings.redis_url,
+            "--namespace",
+            settings.namespace,
+            "--lease-ttl",
+            str(settings.lease_ttl),
+        ],
+        env={
+            "STALWART_RECONCILE_INTERVAL": "0.5",
+            "STALWART_LOG_FORMAT": "json",
+            "PYTHONPATH": str(ROOT),
+        },
+        name=name,
+    )
+
+
+async def leader(client: Client) -> str | None:
+    election = LeaseManager(
+        client.broker.js, client.broker.names, 2, "observer", prefix="supervisor."
+    )
+    return (await election.state("leader")).holder
+
+
+async def test_standby_supervisor_takes_over_and_resumes_an_orphan(
+    client: Client, settings: Settings, workers: WorkerFactory, counters: aioredis.Redis
+) -> None:
+    sup1 = supervisor_process(settings, "sup1").start()
+    await eventually(lambda: leader(client), timeout=20, message=lambda: sup1.log_text()[-2000:])
+    sup2 = supervisor_process(settings, "sup2").start()
+    try:
+        first = await leader(client)
+        a = await workers("a")
+        run_id = rid()
+        handle = await client.submit("ten", {"pause_after": 3}, run_id=run_id)
+        await eventually(lambda: _journaled(client, run_id, "step:s3"))
+        # Kill the leading supervisor and the worker together.
+        a.kill()
+        leading = sup1 if first and f"-{sup1.pid}-" in first else sup2
+        assert first and f"-{leading.pid}-" in first
+        leading.kill()
+        await counters.lpush(gate_key(run_id, "after"), "go")
+        await workers("b")
+        assert await handle.result(timeout=30) == 550
+        now_leading = await leader(client)
+        assert now_leading is not None and now_leading != first
+        for i in range(1, 4):
+            assert int(await counters.get(exec_key(run_id, f"step:s{i}"))) == 1
+    finally:
+        sup1.kill()
+        sup2.kill()
+
+
+async def _journaled(client: Client, run_id: str, key: str) -> bool:
+    return any(
+        isinstance(je.entry, StepDone) and je.entry.key == key
+        for je in await client.store.read_journal(run_id)
+    )
+
+
+async def test_poison_request_is_dead_lettered_with_its_reason(servers, namespace: str) -> None:
+    settings = Settings(
+        nats_url=servers.nats_url,
+        redis_url=servers.redis_url,
+        namespace=namespace,
+        lease_ttl=1,
+        max_deliver=2,
+        reconcile_interval=0.5,
+    )
+    app = App("poison")
+
+    @app.agent("victim")
+    async def victim(ctx, _: None) -> str:
+        return "never"
+
+    from stalwart import Worker
+
+    client = await Client.connect(settings=settings)
+    worker = Worker(app, settings)
+    sup = Supervisor(settings)
+    await sup.start()
+    sup_task = asyncio.create_task(sup.run())
+    await worker.start()
+    try:
+        run_id = rid()
+        # Someone else holds the run's lease forever: every delivery is nak'ed until
+        # JetStream gives up after max_deliver.
+        squatter = LeaseManager(client.broker.js, client.broker.names, 1, "squatter")
+        lease = await squatter.acquire(run_id)
+        assert lease is not None
+
+        async def hold() -> None:
+            while True:
+                await asyncio.sleep(0.3)
+                await squatter.renew([lease])
+
+        holder = asyncio.create_task(hold())
+        handle = await client.submit("victim", None, run_id=run_id)
+        with pytest.raises(RunFailed) as info:
+            await handle.result(timeout=30)
+        holder.cancel()
+        assert info.value.error_type == "DeadLettered"
+        assert "max_deliver" in info.value.message
+        si = await client.broker.js.stream_info(client.broker.names.runs_stream)
+        assert si.state.messages == 0  # not stuck in the work queue
+        assert sup.dead_lettered == 1
+    finally:
+        worker.stop()
+        await worker._shutdown()
+        sup.stop()
+        await sup_task
+        await client.close()
+
+
+def test_judge_flags_stuck_runs() -> None:
+    from stalwart.checkpoints import RunRecord
+
+    rec = RunRecord(run_id="r", agent="a", status="running", epoch=3, updated_at=100.0)
+    assert judge(rec, "w1", now=150.0, stuck_after=60.0).action == "none"
+    assert judge(rec, "w1", now=200.0, stuck_after=60.0).action == "stuck"
+    assert judge(rec, None, now=200.0, stuck_after=60.0).action == "replace"
+    waiting = msgspec.structs.replace(rec, status="waiting")
+    assert judge(waiting, None).action == "none"
+
+
+async def test_stuck_run_is_reported_and_replaced(
+    client: Client, settings: Settings, workers: WorkerFactory, counters: aioredis.Redis
+) -> None:
+    stuck_settings = msgspec.structs.replace(settings, stuck_after=1.5, stuck_action="replace")
+    sup = Supervisor(stuck_settings)
+    await sup.start()
+    task = asyncio.create_task(sup.run())
+    try:
+        await workers("a")
+        run_id = rid()
+        handle = await client.submit("sleepy", 1, run_id=run_id)
+        events = [e async for e in _until(handle, "run.stuck")]
+        assert events[-1].data["action"] == "replace"
+        first_epoch = events[-1].epoch
+
+        async def replaced() -> bool:
+            return (await handle.status()).epoch > first_epoch
+
+        await eventually(replaced, timeout=20)  # the revoked owner stopped; a new epoch owns it
+        await counters.lpush(gate_key(run_id, "in"), "1", "2")
+        assert await handle.result(timeout=30) == 1
+        epochs = {je.entry.epoch for je in await client.store.read_journal(run_id)}
+        assert len(epochs) == 2  # re-placed once
+    finally:
+        sup.stop()
+        await task
+
+
+async def _until(handle, type_: str) -> AsyncIterator:
+    async for ev in handle.events():
+        yield ev
+        if ev.type == type_:
+            return
+
+
+async def test_runs_survive_nats_and_redis_restarts(namespace: str, tmp_path) -> None:
+    nats = NatsServer(store_dir=tmp_path / "js")
+    redis = RedisServer(data_dir=tmp_path / "redis", appendonly=True, appendfsync="always")
+    async with EmbeddedServers(nats=nats, redis=redis) as servers:
+        settings = Settings(
+            nats_url=servers.nats_url,
+            redis_url=servers.redis_url,
+            namespace=namespace,
+            lease_ttl=2,
+            reconcile_interval=0.5,
+        )
+        env = {
+            "COUNTER_REDIS_URL": servers.redis_url,
+            "PYTHONPATH": str(ROOT),
+            "STALWART_LOG_FORMAT": "json",
+        }
+        procs = [
+            worker_process(
+                "tests.apps:app",
+                nats_url=servers.nats_url,
+                redis_url=servers.redis_url,
+                worker_id=f"r{i}",
+                namespace=namespace,
+                extra_env=env,
+            ).start()
+            for i in range(2)
+        ]
+        sup = Supervisor(settings)
+        await sup.start()
+        sup_task = asyncio.create_task(sup.run())
+        client = await Client.connect(settings=settings)
+        counters = aioredis.Redis.from_url(servers.redis_url)
+        try:
+            await eventually(lambda: _workers_up(client, 2), timeout=30)
+            handles = [await client.submit("steady", 12) for _ in range(20)]
+            await eventually(lambda: _steps_done(client, handles, 40), timeout=30)
+
+            disrupted_at = time.time()
+            nats.kill()
+            nats.restart()
+            await eventually(lambda: _steps_done(client, handles, 80), timeout=60)
+            redis.kill()
+            redis.restart()
+
+            results = await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), 120)
+            assert results == [12] * 20
+            for h in handles:
+                for je in await client.store.read_journal(h.run_id):
+                    e = je.entry
+                    if isinstance(e, StepDone) and e.at + e.duration < disrupted_at:
+                        assert int(await counters.get(exec_key(h.run_id, e.key))) == 1, (
+                            h.run_id,
+                            e.key,
+                        )
+        finally:
+            for p in procs:
+                p.kill()
+            sup.stop()
+            await sup_task
+            await client.close()
+            await counters.aclose()
+
+
+async def _workers_up(client: Client, n: int) -> bool:
+    return len(await client.broker.workers()) >= n
+
+
+async def _steps_done(client: Client, handles, n: int) -> bool:
+    total = 0
+    for h in handles:
+        total += sum(
+            isinstance(je.entry, StepDone) for je in await client.store.read_journal(h.run_id)
+        )
+    return total >= n
