@@ -246,3 +246,52 @@ def test_run_usage_budgets() -> None:
     usage.add_tool(limits, "search", "b")
     with pytest.raises(BudgetExceeded, match="max_repeated_tool_calls"):
         usage.add_tool(limits, "search", "b")
+
+
+async def test_circuit_breaker_opens_shows_in_heartbeat_and_recovers(
+    settings, client: Client
+) -> None:
+    import asyncio
+
+    import msgspec
+
+    from stalwart import NO_RETRY, App, Policies, StepSpec, Worker
+
+    app = App("breaker", policies=Policies(retry={"tool": NO_RETRY}))
+    healthy = asyncio.Event()
+
+    async def flaky_api() -> str:
+        if not healthy.is_set():
+            raise ConnectionError("upstream down")
+        return "up"
+
+    @app.agent("caller")
+    async def caller(ctx, _: None) -> str:
+        return await ctx.call(
+            StepSpec(key="tool:1", kind="tool", name="flaky_api", fp="x"), flaky_api
+        )
+
+    s = msgspec.structs.replace(settings, breaker_threshold=2, breaker_cooldown=1.0)
+    worker = Worker(app, s)
+    await worker.start()
+    try:
+        errors = []
+        for _ in range(3):
+            with pytest.raises(RunFailed) as info:
+                await (await client.submit("caller", None)).result(timeout=20)
+            errors.append(info.value.error_type)
+        assert errors == ["ConnectionError", "ConnectionError", "CircuitOpenError"]
+        await worker._heartbeat()
+        (hb,) = [w for w in await client.broker.workers() if w.worker_id == worker.worker_id]
+        assert hb.breakers == {"tool:flaky_api": "open"}
+        healthy.set()
+
+        async def half_open() -> bool:
+            return worker.breakers.get("tool:flaky_api").state() == "half_open"
+
+        await eventually(half_open, timeout=5)
+        assert await (await client.submit("caller", None)).result(timeout=20) == "up"
+        assert worker.breakers.states() == {}
+    finally:
+        worker.stop()
+        await worker._shutdown()
