@@ -57,6 +57,15 @@ def error_info(exc: BaseException, retryable: bool = True) -> ErrorInfo:
     return ErrorInfo(type(exc).__name__, str(exc) or repr(exc), retryable)
 
 
+def _under_replayed(key: str, journal: dict[str, Any], unreplayed: set[str]) -> bool:
+    parts = key.split("/")
+    for i in range(1, len(parts)):
+        parent = "/".join(parts[:i])
+        if parent in journal and parent not in unreplayed:
+            return True
+    return False
+
+
 class StepExecutor:
     """Per-step rules of a run actor. The actor provides the attributes declared here."""
 
@@ -116,8 +125,13 @@ class StepExecutor:
 
     def _check_replayed_all(self) -> None:
         """A journaled step the code never asked for again means the code changed."""
-        if self._unreplayed:
-            missing = ", ".join(sorted(self._unreplayed)[:5])
+        # Steps nested under a replayed step (``tool:x/...``, a delegated agent's steps)
+        # were not asked for because that step's body did not run again: not a change.
+        unasked = [
+            k for k in self._unreplayed if not _under_replayed(k, self._journal, self._unreplayed)
+        ]
+        if unasked:
+            missing = ", ".join(sorted(unasked)[:5])
             raise NonDeterminismError(
                 f"run {self.run_id!r}: journaled step(s) {missing} were not asked for on "
                 "replay; the agent code changed since this run started (a step was renamed "

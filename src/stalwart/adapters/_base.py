@@ -13,6 +13,7 @@ from stalwart.client import Client
 from stalwart.config import Settings
 
 if TYPE_CHECKING:
+    from stalwart.actors._policy import Policies
     from stalwart.client import RunHandle
 
 default_app = App("stalwart-adapters")
@@ -37,7 +38,14 @@ class DurableRunner:
     Stalwart run with every model and tool call routed through ``ctx.call``.
     """
 
-    def __init__(self, name: str, *, app: App | None = None, client: Client | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        app: App | None = None,
+        client: Client | None = None,
+        policies: Policies | None = None,
+    ) -> None:
         self.name = name
         self.app = app if app is not None else default_app
         self._client = client
@@ -47,7 +55,7 @@ class DurableRunner:
             return await self.execute(ctx, input)
 
         agent.__name__ = name
-        self.app.register(name, agent)
+        self.app.register(name, agent, policies=policies)
 
     async def execute(self, ctx: RunContext, input: Any) -> Any:
         """Run the framework's loop durably and return a msgpack-encodable result."""

@@ -1,0 +1,41 @@
+"""PydanticAI adapter: a Stalwart durability engine on ``pydantic_ai.durable_exec``.
+
+```python
+from pydantic_ai import Agent
+from stalwart.adapters.pydantic_ai import DurableAgentRunner
+
+agent = Agent("openai:gpt-4o", name="support", tools=[lookup_customer, refund])
+runner = DurableAgentRunner(name="support", agent=agent, max_iterations=10)
+result = await runner.run("Where is my refund?")  # or runner.submit(...) -> RunHandle
+```
+
+Serve it with ``stalwart worker <module>:<app>`` (``stalwart.adapters:default_app`` unless
+an ``app=`` was given). Needs the ``stalwart[pydantic-ai]`` extra.
+
+PydanticAI keeps its own agent loop. :class:`StalwartDurability` is a
+``BaseDurabilityCapability`` (the public base of PydanticAI's Temporal, DBOS and Prefect
+engines) whose operation backend runs every model request, tool call, tool-argument
+validator, toolset discovery and capability operation as a step through
+:meth:`stalwart.RunContext.call`.
+
+Step keys: ``model:<n>`` (the n-th model request of an agent run), ``tool:<tool_call_id>``
+(the id comes from the journaled model response, so parallel calls are keyed by id, never by
+arrival order), ``validate:<tool_call_id>``, ``tools:<toolset>:<n>``. An agent run from a
+tool (delegation) whose agent carries :class:`StalwartDurability` runs in the scope
+``tool:<tool_call_id>/<agent name>/``, so its steps replay inside the outer run.
+
+Live events (not journaled, published from inside the live step only): ``model.part_start``,
+``model.delta`` (text and argument chunks), ``model.part_end``, ``model.final_result`` when
+streaming, ``model.response`` (tool calls and text of a response), ``tool.call`` and
+``tool.result``; each carries the step key.
+
+Code that runs outside steps runs again on every resume and must be deterministic: dynamic
+instructions and system prompts, history processors, output validators and output
+functions, hooks. A changed model, tool set, output type or instructions fails the resumed
+run with a :class:`~stalwart.NonDeterminismError` that says what changed.
+"""
+
+from stalwart.adapters.pydantic_ai._capability import StalwartDurability
+from stalwart.adapters.pydantic_ai._runner import AgentRequest, DurableAgentRunner
+
+__all__ = ["AgentRequest", "DurableAgentRunner", "StalwartDurability"]

@@ -1,0 +1,492 @@
+"""PydanticAI adapter: real servers, real ``stalwart worker`` processes, real SIGKILLs.
+
+The agents live in ``tests.adapters.pydantic_apps``; their scripted models log every real
+call and their tools count every execution in Redis, outside the workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+pytest.importorskip("pydantic_ai")
+
+import redis.asyncio as aioredis
+from pydantic_ai import Agent, models
+from pydantic_ai.messages import ModelRequest, ModelResponse, TextPart, ToolCallPart
+from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.models.test import TestModel
+
+from stalwart import App, Client, RunEvent, RunFailed, Settings
+from stalwart.adapters.pydantic_ai import DurableAgentRunner, StalwartDurability
+from stalwart.adapters.pydantic_ai._shape import conversation, shape_difference
+from stalwart.checkpoints import JournalEntry, Started, StepAttempt, StepDone
+from stalwart.testing import StalwartProcess, worker_process
+from tests.adapters.pydantic_apps import (
+    Resolution,
+    Scenario,
+    memo_agent,
+    model_log_key,
+    support_agent,
+)
+from tests.apps import exec_key, gate_key
+from tests.conftest import ROOT, Servers, eventually
+
+# Real model requests stay blocked here; only the loopback OpenAI test's worker allows them.
+models.ALLOW_MODEL_REQUESTS = False
+
+APP = "tests.adapters.pydantic_apps:app"
+
+WorkerFactory = Callable[..., Awaitable[StalwartProcess]]
+
+
+@pytest.fixture
+async def pyd_workers(
+    settings: Settings, servers: Servers, client: Client
+) -> AsyncIterator[WorkerFactory]:
+    """Start ``stalwart worker tests.adapters.pydantic_apps:app``; waits until registered."""
+    started: list[StalwartProcess] = []
+
+    async def start(worker_id: str, **env: str) -> StalwartProcess:
+        assert settings.nats_url and settings.redis_url
+        proc = worker_process(
+            APP,
+            nats_url=settings.nats_url,
+            redis_url=settings.redis_url,
+            worker_id=worker_id,
+            lease_ttl=settings.lease_ttl,
+            namespace=settings.namespace,
+            extra_env={
+                "COUNTER_REDIS_URL": servers.redis_url,
+                "PYTHONPATH": str(ROOT),
+                "STALWART_LOG_FORMAT": "json",
+                **env,
+            },
+        )
+        proc.start()
+        started.append(proc)
+
+        async def registered() -> bool:
+            return worker_id in {w.worker_id for w in await client.broker.workers()}
+
+        await eventually(
+            registered,
+            timeout=30,
+            message=lambda: f"worker {worker_id} did not start:\n{proc.log_text()[-3000:]}",
+        )
+        return proc
+
+    yield start
+    for p in started:
+        p.kill()
+
+
+def rid() -> str:
+    return uuid.uuid4().hex
+
+
+def request(run_id: str, prompt: str = "refund my last order", **scenario: Any) -> dict[str, Any]:
+    return {"prompt": prompt, "deps": asdict(Scenario(run_id=run_id, **scenario))}
+
+
+async def journal(client: Client, run_id: str) -> list[JournalEntry]:
+    return await client.store.read_journal(run_id)
+
+
+async def steps(client: Client, run_id: str, kind: str) -> list[StepDone]:
+    return [
+        je.entry
+        for je in await journal(client, run_id)
+        if isinstance(je.entry, StepDone) and je.entry.kind == kind
+    ]
+
+
+async def model_log(counters: aioredis.Redis, run_id: str) -> list[str]:
+    return [v.decode() for v in await counters.lrange(model_log_key(run_id), 0, -1)]
+
+
+async def execs(counters: aioredis.Redis, run_id: str, key: str) -> int:
+    return int(await counters.get(exec_key(run_id, key)) or 0)
+
+
+async def collect(handle: Any, into: list[RunEvent]) -> None:
+    async for ev in handle.events():
+        into.append(ev)
+
+
+def owners(entries: list[JournalEntry]) -> list[str]:
+    return [je.entry.worker for je in entries if isinstance(je.entry, Started)]
+
+
+# -- pure parts, no servers --------------------------------------------------------------------
+
+
+def test_conversation_fingerprint_ignores_timestamps_and_ids_but_not_content() -> None:
+    def messages(call_id: str, when: str, args: dict[str, Any]) -> list[Any]:
+        return [
+            ModelRequest.user_text_prompt("hi"),
+            ModelResponse(
+                parts=[ToolCallPart("lookup", args, tool_call_id=call_id)],
+                provider_response_id=f"resp-{call_id}",
+                timestamp=datetime.fromisoformat(when),
+            ),
+        ]
+
+    a = conversation(messages("c1", "2026-01-01T00:00:00+00:00", {"id": 1}))
+    b = conversation(messages("c2", "2026-02-02T00:00:00+00:00", {"id": 1}))
+    c = conversation(messages("c1", "2026-01-01T00:00:00+00:00", {"id": 2}))
+    assert a == b  # volatile fields gone
+    assert a != c  # an argument named `id` inside the tool's args is content, kept
+    assert "timestamp" not in json.dumps(a) and "c1" not in json.dumps(a)
+
+
+def test_shape_difference_names_what_changed() -> None:
+    base = {
+        "model": "m",
+        "tools": {"lookup_customer": "1", "get_orders": "2"},
+        "output": {"final_result": "3"},
+        "output_mode": "tool",
+        "output_object": "",
+        "text_output": False,
+        "instructions": "",
+    }
+    assert shape_difference(base, dict(base)) is None
+    renamed = {**base, "tools": {"find_customer": "1", "get_orders": "2"}}
+    diff = shape_difference(base, renamed)
+    assert diff is not None
+    assert "lookup_customer" in diff and "find_customer" in diff and "renamed" in diff
+    changed = shape_difference(base, {**base, "tools": {"lookup_customer": "9", "get_orders": "2"}})
+    assert changed is not None and "lookup_customer take other parameters" in changed
+    assert "output type" in (
+        shape_difference(base, {**base, "output": {"final_result": "4"}}) or ""
+    )
+
+
+async def test_outside_a_run_the_capability_is_transparent() -> None:
+    # No Stalwart run around it: plain pydantic-ai behaviour, not streamed, nothing journaled.
+    def answer(messages: list[Any], info: AgentInfo) -> ModelResponse:
+        return ModelResponse(parts=[TextPart("plain")])
+
+    agent = Agent(FunctionModel(answer), name="plain", capabilities=[StalwartDurability()])
+    assert (await agent.run("hi")).output == "plain"
+    tested = Agent(TestModel(), name="tested", capabilities=[StalwartDurability()])
+    assert (await tested.run("hi")).output == "success (no tool calls)"
+
+
+# -- crash tests with worker processes -----------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_sigkill_after_third_tool_resumes_without_repeating_calls(
+    client: Client, pyd_workers: WorkerFactory, supervisor: Any, counters: aioredis.Redis
+) -> None:
+    a = await pyd_workers("a")
+
+    # The runner API, uninterrupted: the reference result, converted to the output type.
+    runner = DurableAgentRunner("support", support_agent, app=App("client-side"), client=client)
+    ref_id = rid()
+    expected = await runner.run(
+        "refund my last order", run_id=ref_id, deps=Scenario(run_id=ref_id), timeout=30
+    )
+    assert isinstance(expected, Resolution)
+    assert expected.orders == ["c-42-o1", "c-42-o2"] and expected.open_tickets == 2
+
+    run_id = rid()
+    handle = await client.submit("support", request(run_id, pause_before_model=3), run_id=run_id)
+    events: list[RunEvent] = []
+    follower = asyncio.create_task(collect(handle, events))  # follows live across the crash
+
+    async def three_tools() -> bool:
+        return len(await steps(client, run_id, "tool")) >= 3
+
+    await eventually(three_tools, timeout=30)
+    a.kill()  # held before model call 3: nothing is in flight
+    await counters.lpush(gate_key(run_id, "pause_before_model"), "go")
+    await pyd_workers("b")
+
+    result = await handle.result(timeout=60)
+    assert runner.output(result) == expected
+    await asyncio.wait_for(follower, timeout=10)
+
+    # Nothing completed ran twice: the scripted model's log and every tool's counter.
+    assert await model_log(counters, run_id) == ["support:1", "support:2", "support:3"]
+    entries = await journal(client, run_id)
+    done = [je.entry for je in entries if isinstance(je.entry, StepDone)]
+    model_keys = [e.key for e in done if e.kind == "model"]
+    tool_steps = [e for e in done if e.kind == "tool"]
+    assert model_keys == ["model:1", "model:2", "model:3"]
+    assert [e.name for e in tool_steps][:1] == ["lookup_customer"]
+    assert sorted(e.name for e in tool_steps) == sorted(
+        ["lookup_customer", "get_orders", "get_tickets", "refund", "notify"]
+    )
+    for e in tool_steps:
+        assert e.key.startswith("tool:")
+        assert await execs(counters, run_id, e.key) == 1, f"{e.name} ran again"
+    assert owners(entries) == ["a", "b"]
+    assert [e.worker for e in done] == ["a"] * 5 + ["b"] * 3
+    assert all(e.model == "scripted" for e in done if e.kind == "model")
+
+    # The follower saw every model and tool event once, and the resume.
+    resumed = [ev for ev in events if ev.type == "run.resumed"]
+    assert len(resumed) == 1 and resumed[0].worker == "b"
+    for key in model_keys:
+        of_step = [ev.type for ev in events if ev.step == key]
+        assert of_step.count("model.response") == 1, (key, of_step)
+        assert of_step.count("step.completed") == 1
+        assert "model.part_start" in of_step and "model.delta" in of_step
+    for e in tool_steps:
+        of_step = [ev.type for ev in events if ev.step == e.key]
+        assert of_step.count("tool.call") == 1 and of_step.count("tool.result") == 1, of_step
+        assert of_step.count("step.completed") == 1
+    assert events[-1].type == "run.completed"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("pause", "journaled", "delegations"),
+    [
+        # Between the specialist's steps, inside the tool that delegated to it: the tool
+        # was in flight, so it runs again (at-least-once) and the specialist replays in it.
+        ("pause_specialist", "search_kb", 2),
+        # After the delegating tool was journaled: nothing of the delegation runs again.
+        ("pause_before_model", "ask_specialist", 1),
+    ],
+    ids=["inside-delegation", "after-delegation"],
+)
+async def test_delegation_survives_a_crash(
+    client: Client,
+    pyd_workers: WorkerFactory,
+    supervisor: Any,
+    counters: aioredis.Redis,
+    pause: str,
+    journaled: str,
+    delegations: int,
+) -> None:
+    a = await pyd_workers("a")
+    ref_id = rid()
+    reference = await client.submit("triage", request(ref_id, "refund?"), run_id=ref_id)
+    expected = await reference.result(timeout=30)
+    assert expected == {"category": "billing", "answer": "policy says: refunds within 30 days"}
+
+    run_id = rid()
+    handle = await client.submit("triage", request(run_id, "refund?", **{pause: 2}), run_id=run_id)
+
+    async def reached() -> bool:
+        return any(e.name == journaled for e in await steps(client, run_id, "tool"))
+
+    await eventually(reached, timeout=30)
+    a.kill()
+    await counters.lpush(gate_key(run_id, pause), "go")
+    await pyd_workers("b")
+
+    assert await handle.result(timeout=60) == expected
+    assert await model_log(counters, run_id) == [
+        "triage:1",
+        "specialist:1",
+        "specialist:2",
+        "triage:2",
+    ]
+    entries = await journal(client, run_id)
+    assert owners(entries) == ["a", "b"]
+    done = [je.entry for je in entries if isinstance(je.entry, StepDone)]
+    outer = next(e for e in done if e.name == "ask_specialist")
+    assert [e.key for e in done if e.key.startswith(outer.key + "/")] == [
+        f"{outer.key}/specialist/model:1",
+        next(e.key for e in done if e.name == "search_kb"),
+        f"{outer.key}/specialist/model:2",
+    ]
+    search = next(e for e in done if e.name == "search_kb")
+    assert await execs(counters, run_id, search.key) == 1  # journaled before the crash
+    assert await execs(counters, run_id, outer.key) == delegations
+
+
+@pytest.mark.slow
+async def test_tool_renamed_between_crash_and_resume_is_nondeterminism(
+    client: Client, pyd_workers: WorkerFactory, supervisor: Any, counters: aioredis.Redis
+) -> None:
+    a = await pyd_workers("a")
+    run_id = rid()
+    handle = await client.submit("support", request(run_id, pause_before_model=2), run_id=run_id)
+
+    async def first_tool() -> bool:
+        return len(await steps(client, run_id, "tool")) >= 1
+
+    await eventually(first_tool, timeout=30)
+    a.kill()
+    await counters.lpush(gate_key(run_id, "pause_before_model"), "go")
+    await pyd_workers("b", PYD_TOOL_RENAMED="1")  # the agent changed: lookup_customer renamed
+
+    with pytest.raises(RunFailed) as failed:
+        await handle.result(timeout=60)
+    assert failed.value.error_type == "NonDeterminismError"
+    message = failed.value.message
+    assert "'model:1'" in message
+    assert "lookup_customer" in message and "find_customer" in message
+    assert await model_log(counters, run_id) == ["support:1"]  # nothing ran live after
+
+
+@pytest.mark.slow
+async def test_runner_sends_history_and_deps_that_the_worker_rebuilds(
+    client: Client, pyd_workers: WorkerFactory, counters: aioredis.Redis
+) -> None:
+    await pyd_workers("a")
+    runner = DurableAgentRunner("memo", memo_agent, app=App("client-side"), client=client)
+    run_id = rid()
+    history = [ModelRequest.user_text_prompt("earlier"), ModelResponse(parts=[TextPart("hi")])]
+    output = await runner.run(
+        "who are you?",
+        run_id=run_id,
+        deps=Scenario(run_id=run_id, customer="c-7"),
+        message_history=history,
+        timeout=30,
+    )
+    # 2 earlier messages + prompt, tool call, tool return; deps rebuilt by the worker's factory.
+    assert output == "5 messages, I am C-7"
+    assert await model_log(counters, run_id) == ["memo:2", "memo:3"]
+
+
+# -- the real OpenAI client against a loopback server ------------------------------------------
+
+
+class FakeOpenAI:
+    """An OpenAI-compatible chat endpoint: 429, then 500, then a (streamed) completion."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self._server: asyncio.Server | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> FakeOpenAI:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}/v1"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._server.wait_closed(), 2)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.decode().split("\r\n")[1:]:
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value.strip())
+            body = json.loads(await reader.readexactly(length)) if length else {}
+            self.requests.append(body)
+            n = len(self.requests)
+            if n == 1:
+                writer.write(_http(429, {"error": {"message": "slow down"}}))
+            elif n == 2:
+                writer.write(_http(500, {"error": {"message": "boom"}}))
+            elif body.get("stream"):
+                writer.write(_sse(body.get("model", "gpt-4o-mini")))
+            else:
+                writer.write(_http(200, _completion(body.get("model", "gpt-4o-mini"))))
+            await writer.drain()
+        finally:
+            writer.close()
+
+
+def _http(status: int, payload: Any) -> bytes:
+    body = json.dumps(payload).encode()
+    reason = {200: "OK", 429: "Too Many Requests", 500: "Internal Server Error"}[status]
+    return (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nretry-after-ms: 10\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+
+
+def _completion(model: str) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Hello from the fake"},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 4, "total_tokens": 16},
+    }
+
+
+def _sse(model: str) -> bytes:
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+        data = {
+            "id": "chatcmpl-1",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            **extra,
+        }
+        return f"data: {json.dumps(data)}\n\n"
+
+    usage = {"prompt_tokens": 12, "completion_tokens": 4, "total_tokens": 16}
+    body = (
+        chunk({"role": "assistant", "content": "Hello "})
+        + chunk({"content": "from the fake"})
+        + chunk({}, "stop")
+        + "data: "
+        + json.dumps(
+            {
+                "id": "chatcmpl-1",
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "model": model,
+                "choices": [],
+                "usage": usage,
+            }
+        )
+        + "\n\ndata: [DONE]\n\n"
+    )
+    head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+    return head.encode() + body.encode()
+
+
+@pytest.mark.slow
+async def test_openai_model_retries_inside_one_journaled_step(
+    client: Client, pyd_workers: WorkerFactory
+) -> None:
+    async with FakeOpenAI() as server:
+        await pyd_workers("a", FAKE_OPENAI_URL=server.url, PYD_ALLOW_MODEL_REQUESTS="1")
+        run_id = rid()
+        handle = await client.submit("chat", "say hello", run_id=run_id)
+        assert await handle.result(timeout=60) == "Hello from the fake"
+        events = [ev async for ev in handle.events(follow=False)]
+
+    assert len(server.requests) == 3  # 429 and 500 retried by the OpenAI client itself
+    assert server.requests[-1]["stream"] is True
+    entries = await journal(client, run_id)
+    models_done = [
+        je.entry for je in entries if isinstance(je.entry, StepDone) and je.entry.kind == "model"
+    ]
+    assert len(models_done) == 1
+    assert not any(isinstance(je.entry, StepAttempt) for je in entries)
+    step = models_done[0]
+    assert (step.key, step.model, step.input_tokens, step.output_tokens) == (
+        "model:1",
+        "gpt-4o-mini",
+        12,
+        4,
+    )
+    deltas = [
+        ev.data["delta"] for ev in events if ev.type == "model.delta" and ev.step == "model:1"
+    ]
+    assert "".join(deltas) == "Hello from the fake", [ev.type for ev in events]
