@@ -295,3 +295,27 @@ async def test_circuit_breaker_opens_shows_in_heartbeat_and_recovers(
     finally:
         worker.stop()
         await worker._shutdown()
+
+
+async def test_a_journal_write_finishes_even_when_its_task_is_cancelled() -> None:
+    import asyncio
+
+    from stalwart.actors._actor import _uncancellable, _WrittenThenCancelled
+
+    started, release, landed = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def write() -> str:
+        started.set()
+        await release.wait()
+        landed.set()
+        return "ok"
+
+    task = asyncio.create_task(_uncancellable(write()))
+    await started.wait()
+    task.cancel()
+    await asyncio.sleep(0)  # let the cancellation reach the shield
+    release.set()
+    with pytest.raises(asyncio.CancelledError) as info:
+        await task
+    assert landed.is_set()  # the write was not abandoned mid-flight
+    assert isinstance(info.value, _WrittenThenCancelled) and info.value.value == "ok"

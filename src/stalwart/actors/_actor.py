@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import structlog
@@ -47,7 +47,11 @@ from stalwart.messages import (
     RunRequest,
 )
 
+T = TypeVar("T")
+
 if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
     from stalwart.actors._app import AgentSpec
     from stalwart.broker import Broker, Lease
     from stalwart.checkpoints import CheckpointStore, Entry
@@ -55,6 +59,34 @@ if TYPE_CHECKING:
 log = structlog.get_logger("stalwart.actor")
 
 _DEADLINE = object()  # sentinel: the run's deadline passed
+
+
+async def _uncancellable(write: Coroutine[Any, Any, T]) -> T:
+    """Finish a journal write even if the caller is cancelled meanwhile, then re-raise.
+
+    Frameworks cancel their own tasks (a tripped guardrail, a failed sibling tool). A write
+    abandoned mid-flight may still land in Redis; if the position counter did not move with
+    it, the next write would collide with it. So the write always completes (or fails) and
+    its outcome is accounted for before the cancellation goes on.
+    """
+    task = asyncio.ensure_future(write)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():
+            await asyncio.wait({task})
+        if not task.cancelled() and task.exception() is None:
+            # Landed: the caller bumps the position before the cancellation propagates.
+            raise _WrittenThenCancelled(task.result()) from None
+        raise
+
+
+class _WrittenThenCancelled(asyncio.CancelledError):
+    """Cancellation that arrived during a journal write which nonetheless succeeded."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__()
+        self.value = value
 
 
 class _Fail(Exception):
@@ -234,7 +266,12 @@ class RunActor(StepExecutor, Waits):
         async with self._append_lock:
             seq = self._next_seq
             try:
-                cancel = await self._store.append(self.run_id, self.epoch, seq, entry)
+                cancel = await _uncancellable(
+                    self._store.append(self.run_id, self.epoch, seq, entry)
+                )
+            except _WrittenThenCancelled:
+                self._next_seq = seq + 1
+                raise
             except LeaseLost:
                 self.lost = True
                 raise
@@ -281,6 +318,19 @@ class RunActor(StepExecutor, Waits):
             raise self._fatal
         if self.draining:
             raise Drained(self.run_id)
+
+    @property
+    def store(self) -> CheckpointStore:
+        """The checkpoint store this run journals into."""
+        return self._store
+
+    def check_boundary(self) -> None:
+        """Public form of the step-boundary check (see RunContext.check_boundary)."""
+        self._check_boundary()
+
+    def mark_replayed(self, prefix: str) -> None:
+        """Journaled steps under ``prefix`` count as replayed (see RunContext.mark_replayed)."""
+        self._unreplayed = {k for k in self._unreplayed if not k.startswith(prefix)}
 
     def drain(self) -> None:
         """Stop at the next step boundary (or now, if waiting out a retry backoff)."""
@@ -425,7 +475,11 @@ class RunActor(StepExecutor, Waits):
         try:
             async with self._append_lock:
                 seq = self._next_seq
-                await self._store.finish(self.run_id, self.epoch, seq, entry)
+                try:
+                    await _uncancellable(self._store.finish(self.run_id, self.epoch, seq, entry))
+                except _WrittenThenCancelled:
+                    self._next_seq = seq + 1
+                    raise
                 self._next_seq = seq + 1
         except LeaseLost as exc:
             self.lost = True

@@ -17,6 +17,7 @@ from stalwart.actors._policy import StepOptions, options_of
 
 if TYPE_CHECKING:
     from stalwart.actors._actor import RunActor
+    from stalwart.checkpoints import CheckpointStore
 
 T = TypeVar("T")
 
@@ -144,6 +145,28 @@ class RunContext:
     def is_replaying(self) -> bool:
         """True while journaled steps are still being replayed."""
         return self._actor.replaying
+
+    @property
+    def store(self) -> CheckpointStore:
+        """The run's Redis store, for adapters that keep their own fenced data by the run."""
+        return self._actor.store
+
+    def check_boundary(self) -> None:
+        """Raise if the run must stop now (lease lost, cancelled, worker draining).
+
+        For adapters whose framework does work between steps (a graph superstep): calling
+        it there stops the run as promptly as a step boundary would.
+        """
+        self._actor.check_boundary()
+
+    def mark_replayed(self, prefix: str) -> None:
+        """Tell the run that journaled steps under ``prefix`` were skipped on purpose.
+
+        By default a journaled step the code does not ask for again means the code
+        changed (:class:`~stalwart.errors.NonDeterminismError`); an adapter whose framework
+        resumes from its own checkpoint marks the steps that checkpoint already covers.
+        """
+        self._actor.mark_replayed(prefix)
 
     def scoped(self, name: str) -> RunContext:
         """A child context whose step keys live under ``<name>/`` (``<name>#2/`` the 2nd time).

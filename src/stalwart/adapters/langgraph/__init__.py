@@ -1,0 +1,55 @@
+"""LangGraph adapter: durable graph runs, and a Redis checkpointer linear in a run's length.
+
+```python
+from langgraph.prebuilt import create_react_agent
+from stalwart.adapters.langgraph import DurableGraphRunner
+
+graph = create_react_agent(model, [search, write_report])   # or any compiled graph
+runner = DurableGraphRunner("research", graph)
+result = await runner.run({"messages": [("user", "How is our market doing?")]})
+```
+
+Serve it with ``stalwart worker <module>:<app>`` (``stalwart.adapters:default_app`` unless
+an ``app=`` was given). Needs the ``stalwart[langgraph]`` extra.
+
+LangGraph keeps its own loop and its own resume logic. :class:`DurableGraphRunner` binds a
+:class:`StalwartSaver` to each run (thread id = run id) and invokes the graph with
+``durability="sync"``: every finished task's writes and every superstep's checkpoint are in
+Redis before the graph goes on, fenced by the run's epoch (a zombie worker's writes are
+refused with :class:`~stalwart.LeaseLost`). A worker that takes a run over invokes the graph
+again without input and LangGraph skips the stored tasks: nodes, model calls, and tool
+calls (each tool call of ``create_react_agent`` is its own task), in
+subgraphs and in ``@entrypoint``/``@task`` functions alike. A task cut off by the crash runs
+again (at-least-once); work inside one node is not split further.
+
+Journal: each stored task becomes a small step ``lg:<node>:<task id>`` (kind ``node``),
+which is what the run's ``step.completed`` events show and where cancel, drain and a lost
+lease stop the graph; answers to ``interrupt()`` are steps ``lg:resume:<digest>`` (kind
+``interrupt``). Subgraphs must not get a checkpointer of their own (the default inherits).
+
+:class:`StalwartSaver` also works on its own (``StalwartSaver.from_url(url)``, sync and
+async, unfenced) and passes the ``langgraph-checkpoint-conformance`` suite, extended
+capabilities included. It stores each channel version once and a list channel that grew
+(``messages``) as its new elements only, so a thread's size is linear in its length.
+"""
+
+from stalwart.adapters.langgraph._runner import (
+    KIND_INTERRUPT,
+    KIND_NODE,
+    DurableGraphRunner,
+    GraphInterrupted,
+    InterruptHandler,
+    to_builtins,
+)
+from stalwart.adapters.langgraph._saver import StalwartSaver, TaskWritten
+
+__all__ = [
+    "KIND_INTERRUPT",
+    "KIND_NODE",
+    "DurableGraphRunner",
+    "GraphInterrupted",
+    "InterruptHandler",
+    "StalwartSaver",
+    "TaskWritten",
+    "to_builtins",
+]

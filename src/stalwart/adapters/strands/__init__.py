@@ -1,0 +1,43 @@
+"""AWS Strands Agents adapter: keep the agent as written, make every call a durable step.
+
+```python
+from strands import Agent
+from stalwart.adapters.strands import DurableAgentRunner
+
+def build() -> Agent:  # called once per run
+    return Agent(model=..., tools=[search, fetch], system_prompt="...", callback_handler=None)
+
+runner = DurableAgentRunner("research", build, max_iterations=10)
+result = await runner.run("Analyze Q4 market trends")  # or runner.submit(...) -> RunHandle
+```
+
+Serve it with ``stalwart worker <module>:<app>`` (``stalwart.adapters:default_app`` unless an
+``app=`` was given). Needs the ``stalwart[strands]`` extra. A ``Graph`` or ``Swarm`` (or a
+function building one) is served the same way.
+
+Strands keeps its own loop. Every agent gets an ``InvokeModelStage`` and an
+``ExecuteToolStage`` middleware handler that turn its calls into steps through
+:meth:`stalwart.RunContext.call`.
+
+Step keys: ``model:<n>`` (the n-th model call of an agent), ``tool:<toolUseId>`` (the id
+comes from the journaled model response, so parallel calls are keyed by id, never by arrival
+order; a hook-driven retry of the same call is ``tool:<toolUseId>#2``). The agent of a graph
+or swarm node has its keys under ``<node_id>/`` (``writer/model:2``), so a resumed graph
+replays its completed nodes from the journal and goes live at the node that was running
+(Strands' own graph would start again from its entry points).
+"""
+
+from stalwart.adapters.strands._middleware import ToolError, model_middleware, tool_middleware
+from stalwart.adapters.strands._runner import DurableAgentRunner, instrument
+from stalwart.adapters.strands._scripted import ScriptedModel, reply, tool_call
+
+__all__ = [
+    "DurableAgentRunner",
+    "ScriptedModel",
+    "ToolError",
+    "instrument",
+    "model_middleware",
+    "reply",
+    "tool_call",
+    "tool_middleware",
+]

@@ -1,0 +1,370 @@
+"""OpenAI Agents SDK agents that the adapter tests run in real worker processes.
+
+Served as ``tests.adapters.openai_apps:app``. As in ``tests/apps.py``, everything a test
+needs to observe across a SIGKILL lives in Redis (``COUNTER_REDIS_URL``): every real model
+call is logged (``modelcalls:<run_id>``, the step key it ran in), every tool body counts its
+executions (``exec:<run_id>:<step key>``), and a tool whose step key is marked
+``gated:<run_id>:<step key>`` blocks on the list ``gate:<run_id>:<step key>`` before doing
+anything, which holds a run at an exact point.
+
+The scripted models decide their answer from the conversation they are given (how many
+tool results it holds), never from an in-process counter: the process that made the
+previous calls may be dead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from agents import (
+    Agent,
+    GuardrailFunctionOutput,
+    OpenAIChatCompletionsModel,
+    RunConfig,
+    Runner,
+    function_tool,
+    handoff,
+    input_guardrail,
+    output_guardrail,
+)
+from agents.items import ModelResponse, TResponseOutputItem, TResponseStreamEvent
+from agents.models.interface import Model, ModelProvider
+from agents.testing import ScriptedModel, assistant_message, function_call
+from openai import AsyncOpenAI
+from pydantic import BaseModel
+
+from stalwart import App, current_step
+from stalwart.adapters.openai_agents import DurableAgentRunner
+
+app = App("openai-tests")
+
+_redis: aioredis.Redis | None = None
+
+
+def counters() -> aioredis.Redis:
+    global _redis
+    if _redis is None:
+        _redis = aioredis.Redis.from_url(os.environ["COUNTER_REDIS_URL"])
+    return _redis
+
+
+def exec_key(run_id: str, step: str) -> str:
+    return f"exec:{run_id}:{step}"
+
+
+def gated_key(run_id: str, step: str) -> str:
+    return f"gated:{run_id}:{step}"
+
+
+def gate_key(run_id: str, step: str) -> str:
+    return f"gate:{run_id}:{step}"
+
+
+def calls_key(run_id: str) -> str:
+    return f"modelcalls:{run_id}"
+
+
+async def count(label: str = "") -> None:
+    """Count one execution of the step whose body is running (``label`` for sub-parts)."""
+    info = current_step()
+    assert info is not None, "called outside a step"
+    r = counters()
+    key = info.key if not label else f"{info.key}:{label}"
+    if await r.exists(gated_key(info.run_id, key)):
+        got = await r.blpop([gate_key(info.run_id, key)], timeout=60)
+        if got is None:
+            raise TimeoutError(f"gate {key} of {info.run_id} never opened")
+    await r.incr(exec_key(info.run_id, key))
+
+
+# -- a scripted model that survives its process ------------------------------------------
+
+Script = Callable[[list[Any]], list[TResponseOutputItem]]
+
+
+def tool_outputs(items: Any) -> list[str]:
+    if not isinstance(items, list):
+        return []
+    return [
+        str(i.get("output"))
+        for i in items
+        if isinstance(i, dict) and i.get("type") == "function_call_output"
+    ]
+
+
+class RedisScriptedModel(Model):
+    """Answers from a script of the conversation; logs each real call in Redis.
+
+    The answer is built by the SDK's own ``agents.testing.ScriptedModel`` (one step each
+    call), so streaming produces the SDK's exact event sequence.
+    """
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+
+    async def _scripted(self, input: Any) -> ScriptedModel:
+        info = current_step()
+        run_id = info.run_id if info is not None else "none"
+        await counters().rpush(calls_key(run_id), info.key if info is not None else "?")
+        items = input if isinstance(input, list) else [{"role": "user", "content": input}]
+        return ScriptedModel([self.script(items)])
+
+    async def get_response(
+        self, system_instructions: Any, input: Any, *args: Any, **kwargs: Any
+    ) -> ModelResponse:
+        model = await self._scripted(input)
+        return await model.get_response(system_instructions, input, *args, **kwargs)
+
+    async def stream_response(
+        self, system_instructions: Any, input: Any, *args: Any, **kwargs: Any
+    ) -> AsyncIterator[TResponseStreamEvent]:
+        model = await self._scripted(input)
+        async for event in model.stream_response(system_instructions, input, *args, **kwargs):
+            yield event
+
+
+def user_text(items: list[Any]) -> str:
+    for item in items:
+        if isinstance(item, dict) and item.get("role") == "user":
+            return str(item.get("content"))
+    return ""
+
+
+CONFIG = RunConfig(tracing_disabled=True)
+
+
+# -- the market-research agent: 3 model calls, 5 tool calls ------------------------------
+
+
+@function_tool
+async def search(query: str) -> str:
+    """Search the web for market data."""
+    await count()
+    return f"found {len(query)} sources on {query}"
+
+
+@function_tool
+async def analyze(topic: str) -> str:
+    """Analyze a topic."""
+    await count()
+    return f"{topic}: trending up"
+
+
+def research_script(items: list[Any]) -> list[TResponseOutputItem]:
+    outputs = tool_outputs(items)
+    if not outputs:  # two parallel calls in one response
+        return [
+            function_call("search", {"query": "Q4 pricing"}, call_id="c1"),
+            function_call("search", {"query": "Q4 competitors"}, call_id="c2"),
+        ]
+    if len(outputs) == 2:
+        return [
+            function_call("analyze", {"topic": "pricing"}, call_id="c3"),
+            function_call("analyze", {"topic": "competitors"}, call_id="c4"),
+            function_call("search", {"query": "Q4 demand"}, call_id="c5"),
+        ]
+    return [assistant_message(f"{user_text(items)} => " + " | ".join(outputs))]
+
+
+research_agent = Agent(
+    name="research-analyst",
+    instructions="You research markets.",
+    tools=[search, analyze],
+    model=RedisScriptedModel(research_script),
+)
+research = DurableAgentRunner(
+    "oa-research", agent=research_agent, max_iterations=10, run_config=CONFIG, app=app
+)
+research_stream = DurableAgentRunner(
+    "oa-research-stream", agent=research_agent, run_config=CONFIG, stream=True, app=app
+)
+
+
+# -- handoff, guardrails, structured output ----------------------------------------------
+
+
+class Report(BaseModel):
+    summary: str
+    score: int
+
+
+@function_tool
+async def lookup(topic: str) -> str:
+    """Look facts up."""
+    await count()
+    return f"facts about {topic}"
+
+
+guard_agent = Agent(
+    name="topic-guard",
+    instructions="Say whether the request is about markets.",
+    model=RedisScriptedModel(
+        lambda items: [assistant_message("off-topic" if "cooking" in user_text(items) else "ok")]
+    ),
+)
+
+
+@input_guardrail
+async def topic_check(ctx: Any, agent: Agent[Any], input: Any) -> GuardrailFunctionOutput:
+    await count()
+    verdict = await Runner.run(guard_agent, input, run_config=CONFIG)
+    return GuardrailFunctionOutput(
+        output_info={"verdict": verdict.final_output},
+        tripwire_triggered=verdict.final_output == "off-topic",
+    )
+
+
+@output_guardrail
+async def score_check(ctx: Any, agent: Agent[Any], output: Report) -> GuardrailFunctionOutput:
+    await count()
+    return GuardrailFunctionOutput(output_info=None, tripwire_triggered=output.score < 0)
+
+
+def specialist_script(items: list[Any]) -> list[TResponseOutputItem]:
+    outputs = tool_outputs(items)
+    if len(outputs) == 1:  # only the handoff's transfer message so far
+        return [function_call("lookup", {"topic": "Q4"}, call_id="k1")]
+    return [assistant_message(json.dumps({"summary": outputs[-1], "score": len(outputs)}))]
+
+
+specialist = Agent(
+    name="specialist",
+    instructions="You write market reports.",
+    tools=[lookup],
+    model=RedisScriptedModel(specialist_script),
+    output_type=Report,
+    output_guardrails=[score_check],
+)
+
+
+async def on_handoff(ctx: Any) -> None:
+    await count()
+
+
+triage_agent = Agent(
+    name="triage",
+    instructions="Route market questions to the specialist.",
+    handoffs=[handoff(specialist, on_handoff=on_handoff)],
+    model=RedisScriptedModel(
+        lambda items: [function_call("transfer_to_specialist", {}, call_id="h1")]
+    ),
+    input_guardrails=[topic_check],
+)
+triage = DurableAgentRunner("oa-triage", agent=triage_agent, run_config=CONFIG, app=app)
+
+
+# -- an agent used as a tool (nested runs) -----------------------------------------------
+
+
+def writer_script(items: list[Any]) -> list[TResponseOutputItem]:
+    outputs = tool_outputs(items)
+    if not outputs:
+        return [function_call("lookup", {"topic": user_text(items)}, call_id="w1")]
+    return [assistant_message(f"draft on {outputs[0]}")]
+
+
+writer = Agent(
+    name="writer",
+    instructions="Write.",
+    tools=[lookup],
+    model=RedisScriptedModel(writer_script),
+)
+
+
+def editor_script(items: list[Any]) -> list[TResponseOutputItem]:
+    outputs = tool_outputs(items)
+    if not outputs:
+        return [
+            function_call("write", {"input": "pricing"}, call_id="b1"),
+            function_call("write", {"input": "churn"}, call_id="b2"),
+        ]
+    return [assistant_message(" + ".join(outputs))]
+
+
+editor_agent = Agent(
+    name="editor",
+    instructions="Edit.",
+    tools=[writer.as_tool("write", "Write a draft on a topic.")],
+    model=RedisScriptedModel(editor_script),
+)
+editor = DurableAgentRunner("oa-editor", agent=editor_agent, run_config=CONFIG, app=app)
+
+
+# -- an agent whose tool gets renamed between crash and resume ---------------------------
+
+
+@function_tool(name_override=os.environ.get("TOOL_NAME", "search"))
+async def versioned_search(query: str) -> str:
+    """Search."""
+    await count()
+    return f"results for {query}"
+
+
+def versioned_script(items: list[Any]) -> list[TResponseOutputItem]:
+    outputs = tool_outputs(items)
+    if not outputs:
+        return [function_call("search", {"query": "Q4"}, call_id="v1")]
+    if len(outputs) == 1:
+        return [function_call("analyze", {"topic": "Q4"}, call_id="v2")]
+    return [assistant_message("done")]
+
+
+versioned_agent = Agent(
+    name="versioned",
+    instructions="Search, then analyze.",
+    tools=[versioned_search, analyze],
+    model=RedisScriptedModel(versioned_script),
+)
+versioned = DurableAgentRunner("oa-versioned", agent=versioned_agent, run_config=CONFIG, app=app)
+
+
+# -- a tool that needs approval (a durable signal) --------------------------------------
+
+
+@function_tool(needs_approval=True)
+async def send_email(to: str, body: str) -> str:
+    """Send an e-mail."""
+    await count()
+    return f"sent to {to}"
+
+
+def mail_script(items: list[Any]) -> list[TResponseOutputItem]:
+    outputs = tool_outputs(items)
+    if not outputs:
+        return [function_call("send_email", {"to": "cfo@example.com", "body": "Q4"}, call_id="m1")]
+    return [assistant_message(f"done: {outputs[0]}")]
+
+
+mailer_agent = Agent(
+    name="mailer",
+    instructions="Mail the report.",
+    tools=[send_email],
+    model=RedisScriptedModel(mail_script),
+)
+mailer = DurableAgentRunner("oa-mailer", agent=mailer_agent, run_config=CONFIG, app=app)
+
+
+# -- the real OpenAI client against a local fake server ----------------------------------
+
+
+class FakeOpenAIProvider(ModelProvider):
+    """Chat Completions models on ``FAKE_OPENAI_URL`` (read when a model is first asked for)."""
+
+    def get_model(self, model_name: str | None) -> Model:
+        client = AsyncOpenAI(
+            base_url=os.environ["FAKE_OPENAI_URL"], api_key="sk-test", max_retries=3
+        )
+        return OpenAIChatCompletionsModel(model=model_name or "gpt-fake", openai_client=client)
+
+
+http_agent = Agent(name="http", instructions="Greet.", model="gpt-fake")
+http = DurableAgentRunner(
+    "oa-http",
+    agent=http_agent,
+    run_config=RunConfig(model_provider=FakeOpenAIProvider(), tracing_disabled=True),
+    app=app,
+)

@@ -1,0 +1,513 @@
+"""LangGraph adapter: the saver (conformance, storage growth, fencing) and durable graph runs
+in real worker processes, SIGKILLed mid-run and resumed by another worker."""
+
+from __future__ import annotations
+
+import operator
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from typing import Annotated, Any, TypedDict, cast
+
+import pytest
+
+pytest.importorskip("langgraph")
+
+import redis.asyncio as aioredis
+from langgraph.checkpoint.conformance import checkpointer_test, validate
+from langgraph.graph import END, START, StateGraph
+
+from stalwart import Client, RunCancelled, RunFailed, Settings
+from stalwart.adapters.langgraph import KIND_NODE, StalwartSaver, _codec
+from stalwart.checkpoints import Finished, JournalEntry, Started, StepDone
+from stalwart.errors import LeaseLost
+from stalwart.testing import StalwartProcess, worker_process
+from tests.adapters.langgraph_apps import arm_key, exec_key, gate_key
+from tests.conftest import ROOT, Servers, WorkerFactory, eventually
+
+
+def rid() -> str:
+    return uuid.uuid4().hex
+
+
+# -- codec -----------------------------------------------------------------------------------
+
+
+def test_list_deltas_round_trip() -> None:
+    import ormsgpack
+
+    first = ormsgpack.packb(["a" * 10, {"b": 1}])
+    blob1, state1 = _codec.encode_blob(("msgpack", first), None, "v1")
+    grown = ormsgpack.packb(["a" * 10, {"b": 1}, *range(20)])  # crosses the fixarray limit
+    blob2, state2 = _codec.encode_blob(("msgpack", grown), state1, "v2")
+    assert _codec.blob_base(blob2) == "v1"
+    assert len(blob2) < len(grown)  # only the 20 new elements
+    typed, state = _codec.decode_chain([blob2, blob1], "v2")
+    assert typed == ("msgpack", grown) and state == state2
+    # A list that does not extend the previous one is stored whole.
+    other = ormsgpack.packb(["z"])
+    blob3, _ = _codec.encode_blob(("msgpack", other), state2, "v3")
+    assert _codec.blob_base(blob3) == ""
+    assert _codec.decode_chain([blob3], "v3")[0] == ("msgpack", other)
+    # Anything else is stored as it is.
+    blob4, state4 = _codec.encode_blob(("msgpack", ormsgpack.packb({"k": 1})), state2, "v4")
+    assert state4 is None and _codec.decode_chain([blob4], "v4")[0] == (
+        "msgpack",
+        ormsgpack.packb({"k": 1}),
+    )
+    assert _codec.decode_chain([_codec.encode_blob(None, None, "v5")[0]], "v5")[0] is None
+
+
+# -- the saver on its own --------------------------------------------------------------------
+
+
+@pytest.fixture
+async def saver(servers: Servers, namespace: str) -> AsyncIterator[StalwartSaver]:
+    s = StalwartSaver.from_url(servers.redis_url, namespace=namespace)
+    yield s
+    await s.aclose()
+
+
+async def test_conformance_suite(servers: Servers) -> None:
+
+    @checkpointer_test(name="StalwartSaver")
+    async def factory() -> AsyncIterator[StalwartSaver]:
+        s = StalwartSaver.from_url(servers.redis_url, namespace="conf" + uuid.uuid4().hex[:8])
+        yield s
+        await s.aclose()
+
+    report = await validate(factory)
+    failures = {cap: r.failures for cap, r in report.results.items() if not r.passed}
+    assert not failures, failures
+    # Every capability, the extended ones (delete_for_runs, copy_thread, prune) included.
+    assert len(report.results) == 8
+    assert sum(r.tests_passed for r in report.results.values()) == 81
+
+
+class Counter(TypedDict):
+    items: Annotated[list[str], operator.add]
+    n: int
+
+
+def _counting_graph(limit: int) -> Any:
+    def step(state: Counter) -> dict[str, Any]:
+        return {"items": [f"item {state['n']}"], "n": state["n"] + 1}
+
+    b = StateGraph(Counter)
+    b.add_node("step", step)
+    b.add_edge(START, "step")
+    b.add_conditional_edges("step", lambda s: END if s["n"] >= limit else "step")
+    return b
+
+
+async def test_sync_invoke_history_and_delete(saver: StalwartSaver) -> None:
+    graph = _counting_graph(5).compile(checkpointer=saver)
+    config: Any = {"configurable": {"thread_id": "t-sync"}}
+    out = graph.invoke({"items": [], "n": 0}, config, durability="sync")
+    assert out == {"items": [f"item {i}" for i in range(5)], "n": 5}
+    history = [s.values for s in graph.get_state_history(config)]
+    assert history[0] == out and len(history) == 7  # input, 5 steps, the __start__ step
+    assert [s.values async for s in graph.aget_state_history(config)] == history
+    await saver.adelete_thread("t-sync")
+    assert graph.get_state(config).values == {}
+
+
+async def test_prune_keeps_the_latest_state_whole(
+    saver: StalwartSaver, counters: aioredis.Redis
+) -> None:
+    graph = _counting_graph(4).compile(checkpointer=saver)
+    config: Any = {"configurable": {"thread_id": "t-prune"}}
+    final = await graph.ainvoke({"items": [], "n": 0}, config, durability="sync")
+    keys = _codec.Keys(saver.namespace, "t-prune")
+    assert await counters.hlen(keys.blobs("")) > 10  # one per changed channel per step
+    await saver.aprune(["t-prune"])
+    assert [s.values async for s in graph.aget_state_history(config)] == [final]
+    assert await counters.hlen(keys.blobs("")) <= 5  # the latest values, each stored whole
+    # The pruned thread goes on: the next run extends the list from its new base.
+    more = (
+        await _counting_graph(6)
+        .compile(checkpointer=saver)
+        .ainvoke({"items": [], "n": 4}, config, durability="sync")
+    )
+    assert more["items"] == [f"item {i}" for i in range(6)]
+
+
+async def test_fenced_saver_refuses_a_stale_epoch(servers: Servers, namespace: str) -> None:
+    r = aioredis.Redis.from_url(servers.redis_url)
+    run_id = rid()
+    await r.hset(f"{namespace}:{{{run_id}}}:run", mapping={"epoch": "7"})
+    owner = StalwartSaver(r, namespace=namespace, fence_epoch=7)
+    zombie = StalwartSaver(r, namespace=namespace, fence_epoch=3)
+    config: Any = {"configurable": {"thread_id": run_id}, "recursion_limit": 50}
+    assert await _counting_graph(3).compile(checkpointer=owner).ainvoke(
+        {"items": [], "n": 0}, config, durability="sync"
+    ) == {"items": ["item 0", "item 1", "item 2"], "n": 3}
+    before = await owner.aget_tuple(config)
+    with pytest.raises(LeaseLost, match="epoch 3 no longer owns"):
+        await (
+            _counting_graph(6)
+            .compile(checkpointer=zombie)
+            .ainvoke({"items": [], "n": 0}, config, durability="sync")
+        )
+    after = await owner.aget_tuple(config)
+    assert before is not None and after is not None
+    assert after.checkpoint["id"] == before.checkpoint["id"]  # nothing of the zombie's
+    await r.aclose()
+
+
+# -- durable runs in worker processes --------------------------------------------------------
+
+
+@pytest.fixture
+async def lg_workers(
+    settings: Settings, servers: Servers, client: Client
+) -> AsyncIterator[WorkerFactory]:
+    """Start ``stalwart worker tests.adapters.langgraph_apps:app`` processes."""
+    started: list[StalwartProcess] = []
+
+    async def start(worker_id: str = "", **env: str) -> StalwartProcess:
+        wid = worker_id or f"lg{len(started) + 1}-{uuid.uuid4().hex[:4]}"
+        assert settings.nats_url and settings.redis_url
+        proc = worker_process(
+            "tests.adapters.langgraph_apps:app",
+            nats_url=settings.nats_url,
+            redis_url=settings.redis_url,
+            worker_id=wid,
+            lease_ttl=settings.lease_ttl,
+            namespace=settings.namespace,
+            extra_env={
+                "COUNTER_REDIS_URL": servers.redis_url,
+                "PYTHONPATH": str(ROOT),
+                "STALWART_LOG_FORMAT": "json",
+                **env,
+            },
+        )
+        proc.start()
+        started.append(proc)
+
+        async def registered() -> bool:
+            return wid in {w.worker_id for w in await client.broker.workers()}
+
+        await eventually(
+            registered,
+            timeout=60,
+            message=lambda: f"worker {wid} did not start:\n{proc.log_text()[-3000:]}",
+        )
+        return proc
+
+    yield start
+    for p in started:
+        p.kill()
+
+
+async def execs(counters: aioredis.Redis, run_id: str, call: str) -> int:
+    return int(await counters.get(exec_key(run_id, call)) or 0)
+
+
+async def journal(client: Client, run_id: str) -> list[JournalEntry]:
+    return await client.store.read_journal(run_id)
+
+
+async def tasks_done(client: Client, run_id: str, name: str) -> int:
+    return sum(
+        isinstance(je.entry, StepDone) and je.entry.kind == KIND_NODE and je.entry.name == name
+        for je in await journal(client, run_id)
+    )
+
+
+async def _at_least(count: Awaitable[int], n: int) -> bool:
+    return await count >= n
+
+
+def owners(entries: list[JournalEntry]) -> list[str]:
+    return [je.entry.worker for je in entries if isinstance(je.entry, Started)]
+
+
+def _agent_calls() -> list[str]:
+    return [
+        "model:0",
+        "lookup:pricing",
+        "lookup:competitors",
+        "lookup:churn",
+        "model:1",
+        "summarize:market",
+        "model:2",
+    ]
+
+
+@pytest.mark.slow
+async def test_agent_sigkilled_during_parallel_tool_calls_resumes_elsewhere(
+    client: Client, lg_workers: WorkerFactory, supervisor: Any, counters: aioredis.Redis
+) -> None:
+    a = await lg_workers("a")
+    question = {"messages": [{"role": "user", "content": "research the market"}]}
+    run_id = rid()
+    # lookup:churn blocks inside the tool; the other two parallel calls finish.
+    await counters.set(arm_key(run_id, "lookup:churn"), 1)
+    handle = await client.submit("lg-agent", question, run_id=run_id)
+
+    async def two_tools_stored() -> bool:
+        return await tasks_done(client, run_id, "tools") == 2
+
+    await eventually(two_tools_stored, timeout=30)
+    assert await execs(counters, run_id, "lookup:churn") == 1  # in flight
+    a.kill()
+    await counters.lpush(gate_key(run_id, "lookup:churn"), "go")  # for the next attempt
+    b = await lg_workers("b")
+    result = await handle.result(timeout=60)
+
+    # The same conversation as an uninterrupted run of the same agent.
+    baseline = await client.submit("lg-agent", question)
+    assert await baseline.result(timeout=60) == result
+    assert result[-1] == ["ai", "final: pricing, competitors and churn summarized", [], None]
+    assert [c for c in result[1][2]] == ["lookup:call-a", "lookup:call-b", "lookup:call-c"]
+
+    # Every completed model and tool call ran once; only the call in flight ran again.
+    for call in _agent_calls():
+        expected = 2 if call == "lookup:churn" else 1
+        assert await execs(counters, run_id, call) == expected, call
+    entries = await journal(client, run_id)
+    assert owners(entries) == ["a", "b"]
+    assert isinstance(entries[-1].entry, Finished)
+    by_worker = [
+        (je.entry.name, je.entry.worker) for je in entries if isinstance(je.entry, StepDone)
+    ]
+    assert by_worker == [
+        ("agent", "a"),
+        ("tools", "a"),
+        ("tools", "a"),
+        ("tools", "b"),
+        ("agent", "b"),
+        ("tools", "b"),
+        ("agent", "b"),
+    ]
+    events = [ev async for ev in handle.events(follow=False)]
+    resumed = [ev for ev in events if ev.type == "run.resumed"]
+    assert len(resumed) == 1 and resumed[0].data == {"journaled_steps": 3}
+    assert sum(ev.type == "step.completed" for ev in events) == 7
+    assert b.alive()
+
+
+@pytest.mark.slow
+async def test_frozen_worker_comes_back_as_a_zombie_and_stores_nothing(
+    client: Client, lg_workers: WorkerFactory, supervisor: Any, counters: aioredis.Redis
+) -> None:
+    a = await lg_workers("a")
+    question = {"messages": [("user", "go")]}
+    run_id = rid()
+    await counters.set(arm_key(run_id, "lookup:churn"), 1)
+    handle = await client.submit("lg-agent", question, run_id=run_id)
+    await eventually(lambda: execs(counters, run_id, "lookup:churn"), timeout=30)
+    a.pause()  # SIGSTOP inside the tool call: its lease expires, B takes the run over
+    try:
+        await lg_workers("b")
+
+        async def taken_over() -> bool:
+            record = await handle.status()
+            return record.worker == "b" and await execs(counters, run_id, "lookup:churn") == 2
+
+        await eventually(taken_over, timeout=30)
+        # Two tokens: Redis hands one to A's still-pending BLPOP, one to B's.
+        await counters.lpush(gate_key(run_id, "lookup:churn"), "1", "2")
+        result = await handle.result(timeout=60)
+    finally:
+        a.resume()
+    await eventually(lambda: _logged(a, "lease"), timeout=30, message=lambda: a.log_text()[-3000:])
+    assert a.alive(), "the zombie worker should give the run up, not crash"
+
+    baseline = await client.submit("lg-agent", question)
+    assert await baseline.result(timeout=60) == result
+    # A zombie checkpoint would be one more than an undisturbed run of the same graph has.
+    root = _codec.Keys(client.store.ns, run_id).ids("")
+    assert await counters.zcard(root) == await counters.zcard(
+        _codec.Keys(client.store.ns, baseline.run_id).ids("")
+    )
+    entries = await journal(client, run_id)
+    b_epoch = next(
+        je.entry.epoch for je in entries if isinstance(je.entry, Started) and je.entry.worker == "b"
+    )
+    b_start = next(
+        je.seq for je in entries if isinstance(je.entry, Started) and je.entry.worker == "b"
+    )
+    assert all(je.entry.epoch == b_epoch for je in entries if je.seq > b_start), (
+        "an entry from the zombie's epoch after the takeover"
+    )
+
+
+async def _logged(proc: StalwartProcess, needle: str) -> bool:
+    return needle in proc.log_text()
+
+
+@pytest.mark.slow
+async def test_sigterm_hands_the_graph_over_after_the_running_tool(
+    client: Client, lg_workers: WorkerFactory, counters: aioredis.Redis
+) -> None:
+    # No supervisor: only the draining worker's own resume request can move the run.
+    a = await lg_workers("a")
+    run_id = rid()
+    await counters.set(arm_key(run_id, "lookup:churn"), 1)
+    handle = await client.submit("lg-agent", {"messages": [("user", "go")]}, run_id=run_id)
+    await eventually(lambda: execs(counters, run_id, "lookup:churn"), timeout=30)
+    await eventually(lambda: _at_least(tasks_done(client, run_id, "tools"), 2), timeout=30)
+    assert a.proc is not None
+    a.proc.terminate()  # SIGTERM: drain; the tool in flight may finish and is kept
+    await lg_workers("b")
+    await counters.lpush(gate_key(run_id, "lookup:churn"), "go")
+    result = await handle.result(timeout=60)
+    assert result[-1][1] == "final: pricing, competitors and churn summarized"
+    assert a.proc.wait(timeout=20) == 0
+    for call in _agent_calls():
+        assert await execs(counters, run_id, call) == 1, call
+    entries = await journal(client, run_id)
+    assert owners(entries) == ["a", "b"]
+    # The tool that finished during the drain was stored by A; A stopped at that task's
+    # journal step, so B journals it (late) before going on.
+    done = [je.entry for je in entries if isinstance(je.entry, StepDone)]
+    assert [(e.name, e.worker) for e in done] == [
+        ("agent", "a"),
+        ("tools", "a"),
+        ("tools", "a"),
+        ("tools", "b"),
+        ("agent", "b"),
+        ("tools", "b"),
+        ("agent", "b"),
+    ]
+
+
+@pytest.mark.slow
+async def test_subgraph_sigkilled_mid_way_resumes_from_its_last_node(
+    client: Client, lg_workers: WorkerFactory, supervisor: Any, counters: aioredis.Redis
+) -> None:
+    a = await lg_workers("a")
+    run_id = rid()
+    await counters.set(arm_key(run_id, "sub:search"), 1)
+    handle = await client.submit("lg-team", {"topic": "batteries"}, run_id=run_id)
+    await eventually(lambda: execs(counters, run_id, "sub:search"), timeout=30)
+    assert await tasks_done(client, run_id, "plan") == 1
+    a.kill()
+    await counters.lpush(gate_key(run_id, "sub:search"), "go")
+    await lg_workers("b")
+
+    result = await handle.result(timeout=60)
+    assert result == {
+        "topic": "batteries",
+        "notes": [
+            "brief: batteries",
+            "reviewed: plan for batteries | 3 sources on batteries | draft on batteries",
+        ],
+        "findings": ["plan for batteries", "3 sources on batteries", "draft on batteries"],
+    }
+    ran = {c: await execs(counters, run_id, c) for c in ("parent:brief", "sub:plan", "sub:write")}
+    assert ran == {"parent:brief": 1, "sub:plan": 1, "sub:write": 1}
+    assert await execs(counters, run_id, "sub:search") == 2  # it was in flight
+    assert await execs(counters, run_id, "parent:review") == 1
+    steps = [
+        (je.entry.name, je.entry.worker)
+        for je in await journal(client, run_id)
+        if isinstance(je.entry, StepDone)
+    ]
+    assert steps == [
+        ("brief", "a"),
+        ("plan", "a"),
+        ("search", "b"),
+        ("write", "b"),
+        ("researcher", "b"),
+        ("review", "b"),
+    ]
+
+
+@pytest.mark.slow
+async def test_functional_api_tasks_survive_a_sigkill(
+    client: Client, lg_workers: WorkerFactory, supervisor: Any, counters: aioredis.Redis
+) -> None:
+    a = await lg_workers("a")
+    run_id = rid()
+    await counters.set(arm_key(run_id, "combine"), 1)
+    handle = await client.submit("lg-func", ["x", "y", "z"], run_id=run_id)
+    await eventually(lambda: execs(counters, run_id, "combine"), timeout=30)
+    assert await tasks_done(client, run_id, "fetch") == 3
+    a.kill()
+    await counters.lpush(gate_key(run_id, "combine"), "go")
+    await lg_workers("b")
+    assert await handle.result(timeout=60) == "x-data + y-data + z-data"
+    for source in ("x", "y", "z"):
+        assert await execs(counters, run_id, f"fetch:{source}") == 1
+    assert await execs(counters, run_id, "combine") == 2
+
+
+async def test_interrupt_ends_the_run_clearly_or_is_answered(
+    client: Client, lg_workers: WorkerFactory, counters: aioredis.Redis
+) -> None:
+    await lg_workers()
+    plain = await client.submit("lg-approval", {"request": "refund"})
+    with pytest.raises(RunFailed) as info:
+        await plain.result(timeout=30)
+    assert info.value.error_type == "GraphInterrupted"
+    assert "approve refund?" in info.value.message and "on_interrupt" in info.value.message
+    assert await execs(counters, plain.run_id, "approved") == 0
+
+    answered = await client.submit("lg-approval-auto", {"request": "refund"})
+    result = await answered.result(timeout=30)
+    assert result == {"request": "refund", "decision": "yes to approve refund?"}
+    entries = await journal(client, answered.run_id)
+    assert [je.entry.kind for je in entries if isinstance(je.entry, StepDone)] == [
+        "interrupt",
+        KIND_NODE,
+    ]
+
+
+async def test_cancel_stops_a_graph_at_its_next_task(
+    client: Client, lg_workers: WorkerFactory, counters: aioredis.Redis
+) -> None:
+    await lg_workers()
+    run_id = rid()
+    await counters.set(arm_key(run_id, "sub:plan"), 1)
+    handle = await client.submit("lg-team", {"topic": "x"}, run_id=run_id)
+    await eventually(lambda: execs(counters, run_id, "sub:plan"), timeout=30)
+    assert await handle.cancel("enough") == "requested"
+    await counters.lpush(gate_key(run_id, "sub:plan"), "go")
+    with pytest.raises(RunCancelled, match="enough"):
+        await handle.result(timeout=30)
+    assert await execs(counters, run_id, "sub:search") == 0
+
+
+async def _thread_bytes(client: Client, run_id: str) -> tuple[int, int]:
+    """(MEMORY USAGE, summed key + value lengths) of the run's LangGraph keys and journal."""
+    r = client.store.redis
+    usage = await client.store.journal_bytes(run_id)
+    lengths = 0
+    rows = cast(
+        "list[tuple[bytes, dict[bytes, bytes]]]", await r.xrange(client.store.journal_key(run_id))
+    )
+    for _, fields in rows:
+        lengths += sum(len(k) + len(v) for k, v in fields.items())
+    async for key in r.scan_iter(match=f"{client.store.ns}:{{{run_id}}}:lg:*", count=1000):
+        usage += int(await r.memory_usage(key, samples=0) or 0)
+        kind = await r.type(key)
+        if kind == b"hash":
+            lengths += sum(len(k) + len(v) for k, v in (await r.hgetall(key)).items())
+        elif kind == b"zset":
+            lengths += sum(len(m) for m in await r.zrange(key, 0, -1))
+        elif kind == b"set":
+            lengths += sum(len(m) for m in await r.smembers(key))
+    return usage, lengths
+
+
+@pytest.mark.slow
+async def test_storage_grows_linearly_with_steps(client: Client, lg_workers: WorkerFactory) -> None:
+    await lg_workers()
+    sizes: dict[int, tuple[int, int]] = {}
+    for steps in (10, 100, 1000):
+        handle = await client.submit("lg-loop", {"messages": [], "n": 0, "limit": steps})
+        assert await handle.result(timeout=120) == {"n": steps, "messages": steps}
+        sizes[steps] = await _thread_bytes(client, handle.run_id)
+    print("\nLangGraph run storage (MEMORY USAGE, payload bytes):")
+    for steps, (usage, payload) in sizes.items():
+        print(
+            f"  {steps:5d} steps: {usage:9d} B ({usage / steps:7.0f}/step), payload {payload:9d} B"
+        )
+    for i in (0, 1):  # usage and payload
+        per_step_low = (sizes[100][i] - sizes[10][i]) / 90
+        per_step_high = (sizes[1000][i] - sizes[100][i]) / 900
+        # Linear: each step adds about the same; the whole state each step would add ~10x more
+        # per step between 100 and 1000 steps than between 10 and 100.
+        assert 0.7 < per_step_high / per_step_low < 1.4, (per_step_low, per_step_high)

@@ -1,0 +1,523 @@
+"""OpenAI Agents SDK adapter: real servers, real worker processes, real SIGKILLs.
+
+The agents live in ``tests/adapters/openai_apps.py``. Every crash test kills the worker that
+owns a run at a known point (a tool held by a Redis gate), lets another worker process
+resume it, and checks from Redis (outside both workers) that no model call and no completed
+tool call ran twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import json
+import threading
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("agents")
+
+import redis.asyncio as aioredis
+from agents.items import ModelResponse
+from agents.testing import assistant_message, function_call
+from agents.usage import Usage
+from openai.types.responses import ResponseOutputMessage
+
+import stalwart.adapters.openai_agents as oa
+from stalwart import Client, RunEvent, RunFailed, RunHandle, Settings
+from stalwart.adapters.openai_agents._codec import (
+    dump_response,
+    dump_tool_output,
+    load_response,
+    without_volatile,
+)
+from stalwart.checkpoints import JournalEntry, Started, StepDone, StepError, WaitStarted
+from stalwart.testing import StalwartProcess, worker_process
+from tests.adapters.openai_apps import calls_key, exec_key, gate_key, gated_key
+from tests.conftest import ROOT, Servers, WorkerFactory, eventually
+
+APP = "tests.adapters.openai_apps:app"
+
+
+# -- fixtures and helpers -----------------------------------------------------------------
+
+
+@pytest.fixture
+async def oa_workers(
+    settings: Settings, servers: Servers, client: Client
+) -> AsyncIterator[WorkerFactory]:
+    """Start ``stalwart worker tests.adapters.openai_apps:app`` processes."""
+    started: list[StalwartProcess] = []
+
+    async def start(worker_id: str, **env: str) -> StalwartProcess:
+        assert settings.nats_url and settings.redis_url
+        proc = worker_process(
+            APP,
+            nats_url=settings.nats_url,
+            redis_url=settings.redis_url,
+            worker_id=worker_id,
+            lease_ttl=settings.lease_ttl,
+            namespace=settings.namespace,
+            extra_env={
+                "COUNTER_REDIS_URL": servers.redis_url,
+                "PYTHONPATH": str(ROOT),
+                "STALWART_LOG_FORMAT": "json",
+                "OPENAI_AGENTS_DISABLE_TRACING": "1",
+                **env,
+            },
+        )
+        proc.start()
+        started.append(proc)
+
+        async def registered() -> bool:
+            return worker_id in {w.worker_id for w in await client.broker.workers()}
+
+        await eventually(
+            registered,
+            timeout=30,
+            message=lambda: f"worker {worker_id} did not start:\n{proc.log_text()[-3000:]}",
+        )
+        return proc
+
+    yield start
+    for p in started:
+        p.kill()
+
+
+def rid() -> str:
+    return uuid.uuid4().hex
+
+
+async def journal(client: Client, run_id: str) -> list[JournalEntry]:
+    return await client.store.read_journal(run_id)
+
+
+async def done_keys(client: Client, run_id: str) -> list[str]:
+    return [je.entry.key for je in await journal(client, run_id) if isinstance(je.entry, StepDone)]
+
+
+async def tool_steps_done(client: Client, run_id: str) -> int:
+    return sum(
+        isinstance(je.entry, StepDone) and je.entry.kind == "tool"
+        for je in await journal(client, run_id)
+    )
+
+
+async def model_log(counters: aioredis.Redis, run_id: str) -> list[str]:
+    return [k.decode() for k in await counters.lrange(calls_key(run_id), 0, -1)]
+
+
+async def execs(counters: aioredis.Redis, run_id: str, key: str) -> int:
+    return int(await counters.get(exec_key(run_id, key)) or 0)
+
+
+async def gate(counters: aioredis.Redis, run_id: str, *keys: str) -> None:
+    for key in keys:
+        await counters.set(gated_key(run_id, key), 1)
+
+
+async def open_gates(counters: aioredis.Redis, run_id: str, *keys: str) -> None:
+    for key in keys:
+        await counters.lpush(gate_key(run_id, key), "go")
+
+
+def owners(entries: list[JournalEntry]) -> dict[str, str]:
+    return {je.entry.key: je.entry.worker for je in entries if isinstance(je.entry, StepDone)}
+
+
+async def has_all(client: Client, run_id: str, *keys: str) -> bool:
+    return set(keys) <= set(await done_keys(client, run_id))
+
+
+async def outcome(handle: RunHandle, *procs: StalwartProcess, timeout: float = 30) -> Any:
+    """The run's result; on a timeout, fail with the workers' logs."""
+    try:
+        return await handle.result(timeout=timeout)
+    except TimeoutError:
+        logs = "\n".join(f"--- {p.name}\n{p.log_text()[-4000:]}" for p in procs)
+        raise AssertionError(f"run {handle.run_id} did not end in {timeout}s\n{logs}") from None
+
+
+# -- the acceptance run: 3 model calls, 5 tool calls, a SIGKILL after the 3rd tool --------
+
+RESEARCH_STEPS = ["model:1", "model:2", "model:3"] + [f"tool:c{i}" for i in range(1, 6)]
+
+
+@pytest.mark.slow
+async def test_sigkill_after_third_tool_call_resumes_without_repeating_calls(
+    client: Client, oa_workers: WorkerFactory, supervisor: Any, counters: aioredis.Redis
+) -> None:
+    a = await oa_workers("a")
+    baseline = await client.submit("oa-research", "Analyze Q4 market trends")
+    expected = await baseline.result(timeout=30)
+    assert expected == (
+        "Analyze Q4 market trends => found 10 sources on Q4 pricing | found 14 sources on "
+        "Q4 competitors | pricing: trending up | competitors: trending up | found 9 sources "
+        "on Q4 demand"
+    )
+
+    run_id = rid()
+    await gate(counters, run_id, "tool:c4", "tool:c5")  # hold the run after the 3rd tool
+    handle = await client.submit("oa-research", "Analyze Q4 market trends", run_id=run_id)
+    await eventually(lambda: _at_least(tool_steps_done(client, run_id), 3), timeout=30)
+    assert await has_all(client, run_id, "tool:c1", "tool:c2", "tool:c3")
+    a.kill()
+    b = await oa_workers("b")
+    await open_gates(counters, run_id, "tool:c4", "tool:c5")
+
+    assert await outcome(handle, b) == expected
+    assert await model_log(counters, run_id) == ["model:1", "model:2", "model:3"]
+    for i in range(1, 6):
+        assert await execs(counters, run_id, f"tool:c{i}") == 1, f"tool c{i} ran again"
+    entries = await journal(client, run_id)
+    keys = [je.entry.key for je in entries if isinstance(je.entry, StepDone | StepError)]
+    assert sorted(keys) == sorted(RESEARCH_STEPS)  # each journaled once, nothing failed
+    who = owners(entries)
+    assert {k for k, w in who.items() if w == "a"} == {
+        "model:1",
+        "model:2",
+        "tool:c1",
+        "tool:c2",
+        "tool:c3",
+    }
+    assert {k for k, w in who.items() if w == "b"} == {"tool:c4", "tool:c5", "model:3"}
+    assert [je.entry.worker for je in entries if isinstance(je.entry, Started)] == ["a", "b"]
+    model_steps = [je.entry for je in entries if isinstance(je.entry, StepDone)]
+    assert all(e.name == "RedisScriptedModel" for e in model_steps if e.kind == "model")
+
+
+async def _at_least(value: Any, n: int) -> bool:
+    return await value >= n
+
+
+# -- streaming across a crash ------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_streamed_run_events_followed_across_a_crash(
+    client: Client, oa_workers: WorkerFactory, supervisor: Any, counters: aioredis.Redis
+) -> None:
+    a = await oa_workers("a")
+    run_id = rid()
+    await gate(counters, run_id, "tool:c4", "tool:c5")
+    handle = await client.submit("oa-research-stream", "Analyze Q4 market trends", run_id=run_id)
+    follower = asyncio.create_task(_collect(handle.events()))
+    await eventually(lambda: _at_least(tool_steps_done(client, run_id), 3), timeout=30)
+    a.kill()
+    b = await oa_workers("b")
+    await open_gates(counters, run_id, "tool:c4", "tool:c5")
+    result = await outcome(handle, b)
+    events = await asyncio.wait_for(follower, timeout=30)
+
+    assert result.startswith("Analyze Q4 market trends => found 10 sources")
+    assert await model_log(counters, run_id) == ["model:1", "model:2", "model:3"]
+    completed = Counter(ev.step for ev in events if ev.type == "step.completed")
+    assert completed == Counter(RESEARCH_STEPS)  # every model and tool event exactly once
+    resumed = [ev for ev in events if ev.type == "run.resumed"]
+    assert len(resumed) == 1 and resumed[0].worker == "b"
+    assert resumed[0].data == {"journaled_steps": 5}
+    # Deltas are live only: each model call's deltas come from the worker that made the call,
+    # and the replay on b did not stream model:1 and model:2 again.
+    step_worker = {ev.step: ev.worker for ev in events if ev.type == "step.completed"}
+    deltas = [ev for ev in events if ev.type == "model.delta"]
+    assert {ev.step for ev in deltas} == {"model:1", "model:2", "model:3"}
+    assert all(ev.worker == step_worker[ev.step] for ev in deltas)
+    assert Counter(ev.step for ev in deltas) == Counter(
+        {"model:1": 2, "model:2": 3, "model:3": 1}  # one delta per call argument / message
+    )
+    final = next(ev for ev in deltas if ev.step == "model:3")
+    assert final.data["delta"] == result
+    assert events[-1].type == "run.completed"
+    assert events.index(resumed[0]) > max(
+        events.index(ev) for ev in events if ev.worker == "a" and ev.type == "step.completed"
+    )
+
+
+async def _collect(events: AsyncIterator[RunEvent]) -> list[RunEvent]:
+    return [ev async for ev in events]
+
+
+# -- handoff, guardrails and structured output across a crash ----------------------------
+
+
+@pytest.mark.slow
+async def test_handoff_guardrails_and_structured_output_survive_a_crash(
+    client: Client, oa_workers: WorkerFactory, supervisor: Any, counters: aioredis.Redis
+) -> None:
+    a = await oa_workers("a")
+    run_id = rid()
+    await gate(counters, run_id, "tool:k1")  # the specialist's tool, after the handoff
+    handle = await client.submit("oa-triage", "How did Q4 go?", run_id=run_id)
+    await eventually(
+        lambda: has_all(client, run_id, "model:1", "guardrail:topic_check", "handoff:1", "model:2"),
+        timeout=30,
+    )
+    a.kill()
+    b = await oa_workers("b")
+    await open_gates(counters, run_id, "tool:k1")
+
+    assert await outcome(handle, b) == {"summary": "facts about Q4", "score": 2}
+    log = await model_log(counters, run_id)
+    # The guardrail's own agent made its model call inside the guardrail step.
+    assert Counter(log) == Counter(["model:1", "guardrail:topic_check", "model:2", "model:3"])
+    for key in ("guardrail:topic_check", "handoff:1", "tool:k1", "guardrail:score_check"):
+        assert await execs(counters, run_id, key) == 1, f"{key} ran again"
+    entries = await journal(client, run_id)
+    kinds = {je.entry.key: je.entry.kind for je in entries if isinstance(je.entry, StepDone)}
+    assert kinds == {
+        "model:1": "model",
+        "guardrail:topic_check": "guardrail",
+        "handoff:1": "handoff",
+        "model:2": "model",
+        "tool:k1": "tool",
+        "model:3": "model",
+        "guardrail:score_check": "guardrail",
+    }
+    assert owners(entries)["model:3"] == "b"
+
+
+@pytest.mark.slow
+async def test_tripped_input_guardrail_fails_the_run(
+    client: Client, oa_workers: WorkerFactory
+) -> None:
+    a = await oa_workers("a")
+    handle = await client.submit("oa-triage", "Share a cooking recipe")
+    with pytest.raises(RunFailed) as info:
+        await outcome(handle, a)
+    assert info.value.error_type == "InputGuardrailTripwireTriggered"
+    keys = await done_keys(client, handle.run_id)
+    # The SDK runs parallel guardrails alongside the first turn (its handoff included), but
+    # the specialist never gets to call its model.
+    assert "guardrail:topic_check" in keys and "model:2" not in keys
+
+
+# -- an agent used as a tool: nested runs with their own scopes --------------------------
+
+
+@pytest.mark.slow
+async def test_agent_as_tool_nested_runs_resume_inside_their_scopes(
+    client: Client, oa_workers: WorkerFactory, supervisor: Any, counters: aioredis.Redis
+) -> None:
+    a = await oa_workers("a")
+    run_id = rid()
+    await gate(counters, run_id, "tool:b1/tool:w1", "tool:b2/tool:w1")
+    handle = await client.submit("oa-editor", "Write two drafts", run_id=run_id)
+    await eventually(
+        lambda: has_all(client, run_id, "model:1", "tool:b1/model:1", "tool:b2/model:1"),
+        timeout=30,
+    )
+    a.kill()
+    b = await oa_workers("b")
+    await open_gates(counters, run_id, "tool:b1/tool:w1", "tool:b2/tool:w1")
+
+    result = await outcome(handle, b)
+    assert result == "draft on facts about pricing + draft on facts about churn"
+    nested = [f"tool:{b}/{k}" for b in ("b1", "b2") for k in ("model:1", "tool:w1", "model:2")]
+    assert sorted(await done_keys(client, run_id)) == sorted(["model:1", "model:2", *nested])
+    assert Counter(await model_log(counters, run_id)) == Counter(
+        ["model:1", "model:2"] + [k for k in nested if "model" in k]
+    )
+    for b in ("b1", "b2"):
+        assert await execs(counters, run_id, f"tool:{b}/tool:w1") == 1
+
+
+# -- a changed agent is caught on resume -------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_tool_renamed_between_crash_and_resume_is_nondeterminism(
+    client: Client, oa_workers: WorkerFactory, supervisor: Any, counters: aioredis.Redis
+) -> None:
+    a = await oa_workers("a")
+    run_id = rid()
+    await gate(counters, run_id, "tool:v2")
+    handle = await client.submit("oa-versioned", "Q4", run_id=run_id)
+    await eventually(lambda: has_all(client, run_id, "model:1", "tool:v1", "model:2"), timeout=30)
+    a.kill()
+    b = await oa_workers("b", TOOL_NAME="web_search")  # the new deployment renamed the tool
+    await open_gates(counters, run_id, "tool:v2")
+
+    with pytest.raises(RunFailed) as info:
+        await outcome(handle, b)
+    assert info.value.error_type == "NonDeterminismError"
+    message = info.value.message
+    assert "'model:1'" in message
+    assert "'search' no longer offered" in message and "'web_search' newly offered" in message
+    assert await execs(counters, run_id, "tool:v1") == 1
+
+
+# -- tool approval: an interruption becomes a durable wait for a signal -----------------
+
+
+async def waiting(client: Client, run_id: str) -> bool:
+    return any(isinstance(je.entry, WaitStarted) for je in await journal(client, run_id))
+
+
+@pytest.mark.slow
+async def test_tool_approval_waits_for_a_signal_across_a_crash(
+    client: Client, oa_workers: WorkerFactory, supervisor: Any, counters: aioredis.Redis
+) -> None:
+    a = await oa_workers("a")
+    handle = await client.submit("oa-mailer", "Mail the Q4 report")
+    await eventually(lambda: waiting(client, handle.run_id), timeout=30)
+    assert await execs(counters, handle.run_id, "tool:m1") == 0  # not before approval
+    a.kill()
+    b = await oa_workers("b")
+    await handle.signal("approval:m1", True)
+
+    assert await outcome(handle, b) == "done: sent to cfo@example.com"
+    assert await model_log(counters, handle.run_id) == ["model:1", "model:2"]
+    assert await execs(counters, handle.run_id, "tool:m1") == 1
+    events = [ev async for ev in handle.events(follow=False)]
+    requested = [ev for ev in events if ev.type == "approval.requested"]
+    assert [ev.data["signal"] for ev in requested] == ["approval:m1"]
+    assert requested[0].data["tool"] == "send_email"
+
+
+@pytest.mark.slow
+async def test_tool_rejection_sends_the_message_to_the_model(
+    client: Client, oa_workers: WorkerFactory, counters: aioredis.Redis
+) -> None:
+    a = await oa_workers("a")
+    handle = await client.submit("oa-mailer", "Mail the Q4 report")
+    await handle.signal("approval:m1", {"approved": False, "message": "not to the CFO"})
+    assert await outcome(handle, a) == "done: not to the CFO"
+    assert await execs(counters, handle.run_id, "tool:m1") == 0
+
+
+# -- the real OpenAI client: HTTP retries inside one journaled model step ----------------
+
+
+class _FakeOpenAI(http.server.ThreadingHTTPServer):
+    """Chat Completions on loopback: 429, then 500, then a completion."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _FakeOpenAIHandler)
+        self.requests: list[str] = []
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+
+class _FakeOpenAIHandler(http.server.BaseHTTPRequestHandler):
+    server: _FakeOpenAI
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        with self.server.lock:
+            self.server.requests.append(self.path)
+            n = len(self.server.requests)
+        assert json.loads(body)["model"] == "gpt-fake"
+        if n == 1:
+            self._reply(429, {"error": {"message": "slow down", "type": "rate_limit"}})
+        elif n == 2:
+            self._reply(500, {"error": {"message": "boom", "type": "server_error"}})
+        else:
+            self._reply(
+                200,
+                {
+                    "id": "chatcmpl-1",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": "gpt-fake",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": "hello from a fake"},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15},
+                },
+            )
+
+    def _reply(self, status: int, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("retry-after-ms", "20")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_openai() -> Iterator[_FakeOpenAI]:
+    server = _FakeOpenAI()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+@pytest.mark.slow
+async def test_openai_client_retries_inside_one_journaled_model_step(
+    client: Client, oa_workers: WorkerFactory, fake_openai: _FakeOpenAI
+) -> None:
+    a = await oa_workers("a", FAKE_OPENAI_URL=fake_openai.url)
+    handle = await client.submit("oa-http", "Hi")
+    assert await outcome(handle, a) == "hello from a fake"
+    assert fake_openai.requests == ["/v1/chat/completions"] * 3
+    steps = [
+        je.entry
+        for je in await journal(client, handle.run_id)
+        if isinstance(je.entry, StepDone | StepError)
+    ]
+    assert [(s.key, s.kind, s.name) for s in steps] == [("model:1", "model", "gpt-fake")]
+    assert isinstance(steps[0], StepDone)
+    assert (steps[0].input_tokens, steps[0].output_tokens) == (11, 4)
+
+
+# -- pure parts (no servers) -------------------------------------------------------------
+
+
+def test_exports() -> None:
+    assert oa.__all__ == [
+        "DurableAgentRunner",
+        "DurableModel",
+        "DurableModelProvider",
+        "durable_run_config",
+    ]
+
+
+def test_model_response_round_trip_keeps_the_next_turn_input() -> None:
+    response = ModelResponse(
+        output=[
+            function_call("search", {"query": "Q4"}, call_id="c1"),
+            assistant_message("done", item_id="msg_1"),
+        ],
+        usage=Usage(requests=1, input_tokens=7, output_tokens=3, total_tokens=10),
+        response_id="resp_1",
+    )
+    rebuilt = load_response(dump_response(response))
+    assert rebuilt.to_input_items() == response.to_input_items()
+    assert isinstance(rebuilt.output[1], ResponseOutputMessage)
+    assert rebuilt.usage == response.usage and rebuilt.response_id == "resp_1"
+
+
+def test_fingerprint_input_ignores_volatile_fields() -> None:
+    a = [{"role": "user", "content": "hi", "id": "msg_a"}, {"type": "x", "created_at": 1}]
+    b = [{"role": "user", "content": "hi", "id": "msg_b"}, {"type": "x", "created_at": 2}]
+    assert without_volatile(a) == without_volatile(b)
+
+
+def test_tool_outputs_keep_what_the_model_sees() -> None:
+    class Thing:
+        def __str__(self) -> str:
+            return "a thing"
+
+    assert dump_tool_output("x", typed=False) == "x"
+    assert dump_tool_output({"a": 1}, typed=False) == {"a": 1}
+    assert dump_tool_output(Thing(), typed=False) == "a thing"
+    assert dump_tool_output((1, 2), typed=False) == "(1, 2)"
