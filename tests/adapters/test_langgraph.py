@@ -424,7 +424,12 @@ async def test_functional_api_tasks_survive_a_sigkill(
     await counters.set(arm_key(run_id, "combine"), 1)
     handle = await client.submit("lg-func", ["x", "y", "z"], run_id=run_id)
     await eventually(lambda: execs(counters, run_id, "combine"), timeout=30)
-    assert await tasks_done(client, run_id, "fetch") == 3
+
+    async def fetches_journaled() -> bool:
+        # The journal mirror of finished tasks is written beside LangGraph's own checkpoint.
+        return await tasks_done(client, run_id, "fetch") == 3
+
+    await eventually(fetches_journaled, timeout=10)
     a.kill()
     await counters.lpush(gate_key(run_id, "combine"), "go")
     await lg_workers("b")
