@@ -270,7 +270,8 @@ def auto_approve(interrupts: Sequence[Interrupt]) -> dict[str, Any]:
     return {i.id: f"yes to {i.value['question']}" for i in interrupts}
 
 
-DurableGraphRunner("lg-approval", _approval(), app=app)
+DurableGraphRunner("lg-approval", _approval(), app=app, interrupts="fail")
+DurableGraphRunner("lg-approval-signal", _approval(), app=app)
 DurableGraphRunner("lg-approval-auto", _approval(), app=app, on_interrupt=auto_approve)
 
 

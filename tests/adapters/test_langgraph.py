@@ -460,6 +460,35 @@ async def test_interrupt_ends_the_run_clearly_or_is_answered(
     ]
 
 
+async def test_interrupt_waits_for_a_durable_signal_across_a_crash(
+    client: Client, lg_workers: WorkerFactory, supervisor: Any, counters: aioredis.Redis
+) -> None:
+    a = await lg_workers("a", STALWART_PASSIVATE_AFTER="60")
+    run_id = rid()
+    handle = await client.submit("lg-approval-signal", {"request": "refund"}, run_id=run_id)
+
+    async def asked() -> Any:
+        async for ev in handle.events(follow=False):
+            if ev.type == "graph.interrupted":
+                return ev
+        return None
+
+    ev = await eventually(asked, timeout=30)
+    (question,) = ev.data["interrupts"]
+    assert question["value"] == {"question": "approve refund?"}
+    a.kill()  # waiting for the answer when the worker dies
+    await lg_workers("b", STALWART_PASSIVATE_AFTER="0.5")
+
+    async def passivated() -> bool:
+        return (await handle.status()).status == "waiting"
+
+    await eventually(passivated, timeout=30)
+    assert await handle.signal(question["signal"], "approved by ana") == "woke"
+    result = await handle.result(timeout=30)
+    assert result == {"request": "refund", "decision": "approved by ana"}
+    assert await execs(counters, run_id, "approved") == 1
+
+
 async def test_cancel_stops_a_graph_at_its_next_task(
     client: Client, lg_workers: WorkerFactory, counters: aioredis.Redis
 ) -> None:

@@ -207,13 +207,16 @@ class RunContext:
         )
         return await self._actor.execute(spec, partial(invoke, fn, args, kwargs))
 
-    async def emit(self, type: str, data: Any = None, *, step: str = "") -> None:
+    async def emit(
+        self, type: str, data: Any = None, *, step: str = "", always: bool = False
+    ) -> None:
         """Publish a live-only event (token deltas, progress) to the run's event stream.
 
         Not journaled: a subscriber sees it live, a replay does not repeat it. Skipped
-        while replaying, so a resumed run does not emit its history twice.
+        while replaying, so a resumed run does not emit its history twice, unless
+        ``always`` (for state a resumed run announces again, such as "waiting for input").
         """
-        if not self._actor.replaying:
+        if always or not self._actor.replaying:
             await self._actor.emit_live(type, data, step)
 
     async def wait_for_signal(self, name: str, *, timeout: float | None = None) -> Any:

@@ -29,7 +29,7 @@ import dataclasses
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 from langchain_core.callbacks import BaseCallbackHandler
@@ -209,9 +209,20 @@ class _Journal:
         await self.ctx.call(spec, done)
 
     async def resume(
-        self, run_id: str, interrupts: Sequence[Interrupt], handler: InterruptHandler | None
+        self,
+        run_id: str,
+        interrupts: Sequence[Interrupt],
+        handler: InterruptHandler | None,
+        mode: str = "signal",
     ) -> Any:
-        """The journaled answer to ``interrupts`` (asked of ``handler`` the first time)."""
+        """The journaled answer to ``interrupts`` (asked of ``handler`` the first time).
+
+        Without a handler, each interrupt waits for the durable signal
+        ``interrupt:<id>`` (the run passivates while nobody answers), or, with
+        ``mode="fail"``, the run fails with :class:`GraphInterrupted`.
+        """
+        if handler is None and mode == "signal":
+            return await self._wait_for_answers(interrupts)
         if handler is None:
             raise GraphInterrupted(run_id, interrupts)
         ids = sorted(i.id for i in interrupts)
@@ -229,6 +240,20 @@ class _Journal:
             return {str(k): to_builtins(v) for k, v in dict(reply).items()}
 
         return await self.ctx.call(spec, answer)
+
+    async def _wait_for_answers(self, interrupts: Sequence[Interrupt]) -> dict[str, Any]:
+        pending = sorted(interrupts, key=lambda i: i.id)
+        await self.ctx.emit(
+            "graph.interrupted",
+            {
+                "interrupts": [
+                    {"id": i.id, "value": to_builtins(i.value), "signal": f"interrupt:{i.id}"}
+                    for i in pending
+                ]
+            },
+            always=True,
+        )
+        return {i.id: await self.ctx.wait_for_signal(f"interrupt:{i.id}") for i in pending}
 
 
 def _task_key(name: str, task_id: str) -> str:
@@ -269,6 +294,7 @@ class DurableGraphRunner(DurableRunner):
         input_fn: Callable[[Any], Any] | None = None,
         output_fn: Callable[[Any], Any] | None = None,
         on_interrupt: InterruptHandler | None = None,
+        interrupts: Literal["signal", "fail"] = "signal",
     ) -> None:
         self.graph = graph
         self.config = config
@@ -276,6 +302,7 @@ class DurableGraphRunner(DurableRunner):
         self.input_fn = input_fn
         self.output_fn = output_fn
         self.on_interrupt = on_interrupt
+        self.interrupts = interrupts
         super().__init__(name, app=app, client=client)
 
     def _run_config(self, run_id: str, names: _TaskNames) -> RunnableConfig:
@@ -321,7 +348,9 @@ class DurableGraphRunner(DurableRunner):
                     raise saver.stop_reason
                 if not out.interrupts:
                     break
-                answer = await journal.resume(ctx.run_id, out.interrupts, self.on_interrupt)
+                answer = await journal.resume(
+                    ctx.run_id, out.interrupts, self.on_interrupt, self.interrupts
+                )
                 payload = Command(resume=answer)
         except Exception as exc:
             # A lost lease, a cancel or a drain seen by a write LangGraph ran in the
