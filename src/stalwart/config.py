@@ -61,6 +61,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if self.lease_ttl < 1:
             # Nats-TTL is whole seconds: a sub-second lease cannot be expressed.
             raise ConfigurationError(f"lease_ttl must be >= 1 second, got {self.lease_ttl}")
+        if self.stuck_action not in ("report", "replace"):
+            raise ConfigurationError(
+                f"stuck_action must be 'report' or 'replace', got {self.stuck_action!r}"
+            )
         if self.concurrency < 1:
             raise ConfigurationError(f"concurrency must be >= 1, got {self.concurrency}")
 

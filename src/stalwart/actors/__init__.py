@@ -4,6 +4,7 @@ from stalwart.actors._actor import RunActor
 from stalwart.actors._app import AgentSpec, App
 from stalwart.actors._context import RunContext, StepInfo, StepSpec, Usage, current_step
 from stalwart.actors._fingerprint import fingerprint
+from stalwart.actors._policy import StepOptions, options_of
 from stalwart.actors._waits import WaitTimeout
 from stalwart.actors._worker import Worker
 
@@ -13,10 +14,12 @@ __all__ = [
     "RunActor",
     "RunContext",
     "StepInfo",
+    "StepOptions",
     "StepSpec",
     "Usage",
     "WaitTimeout",
     "Worker",
     "current_step",
     "fingerprint",
+    "options_of",
 ]

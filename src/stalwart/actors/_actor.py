@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stalwart.actors._context import RunContext
 from stalwart.actors._execute import Drained, StepExecutor, error_info
@@ -46,6 +48,7 @@ from stalwart.messages import (
     RunEvent,
     RunRequest,
 )
+from stalwart.observability import _hooks as obs
 
 T = TypeVar("T")
 
@@ -125,6 +128,7 @@ class RunActor(StepExecutor, Waits):
         store: CheckpointStore,
         broker: Broker,
         worker_id: str,
+        trace_parent: obs.TraceParent = obs.NO_PARENT,
     ) -> None:
         self.spec = spec
         self.run_id = run_id
@@ -162,6 +166,8 @@ class RunActor(StepExecutor, Waits):
         self.steps_replayed = 0
         self.steps_live = 0
         self.first_live_step_at: float | None = None
+        self.trace_parent = trace_parent
+        """The trace this placement continues (the submitter's, from the run record)."""
         self.log = log.bind(run_id=run_id, agent=spec.name, epoch=self.epoch, worker=worker_id)
 
     # -- events -------------------------------------------------------------------------
@@ -267,7 +273,7 @@ class RunActor(StepExecutor, Waits):
             seq = self._next_seq
             try:
                 cancel = await _uncancellable(
-                    self._store.append(self.run_id, self.epoch, seq, entry)
+                    obs.timed_append(self._store.append(self.run_id, self.epoch, seq, entry))
                 )
             except _WrittenThenCancelled:
                 self._next_seq = seq + 1
@@ -285,6 +291,7 @@ class RunActor(StepExecutor, Waits):
 
     async def _load(self) -> None:
         entries = await self._store.read_journal(self.run_id)
+        obs.run_loaded(self, entries)
         for je in entries:
             e = je.entry
             if isinstance(e, StepDone | StepError):
@@ -346,6 +353,10 @@ class RunActor(StepExecutor, Waits):
 
     async def run(self) -> None:
         """Drive the run to an end: completed, failed, cancelled, drained, or lease lost."""
+        with obs.run_scope(self):
+            await self._run()
+
+    async def _run(self) -> None:
         try:
             await self._drive()
         except _Fail as exc:
@@ -358,7 +369,7 @@ class RunActor(StepExecutor, Waits):
             await self._release_for_resume()
         except Passivated as exc:
             await self._passivate(exc)
-        except ServerUnavailableError as exc:
+        except (ServerUnavailableError, RedisConnectionError, RedisTimeoutError) as exc:
             # Failing the run for an outage would be wrong: give it up; the supervisor
             # re-places it once the servers answer again, and it resumes from its journal.
             self.log.error("run.abandoned", error=str(exc))
@@ -486,6 +497,7 @@ class RunActor(StepExecutor, Waits):
             self.log.warning("run.finish_fenced", error=str(exc))
             await self._emit(self._event(EV_LEASE_LOST, data={"reason": str(exc)}))
             return
+        obs.run_finished(self, entry)
         await self._emit(self._journal_event(JournalEntry(seq=seq, entry=entry)))
         self.holds_lease = False
         await self._broker.leases.release(self.lease)
@@ -495,8 +507,13 @@ class RunActor(StepExecutor, Waits):
 
     async def _passivate(self, exc: Passivated) -> None:
         """Give the run up while it waits: no slot, no lease, no memory until it is woken."""
-        await self._store.passivate(self.run_id, self.epoch, exc.waiting_for, exc.wake_at)
+        # The run's deadline must still fire while nobody hosts it: wake it by then.
+        wakes = [t for t in (exc.wake_at, self.deadline) if t]
+        await self._store.passivate(
+            self.run_id, self.epoch, exc.waiting_for, min(wakes, default=0.0)
+        )
         self.holds_lease = False
+        obs.run_passivated(self)
         await self._broker.leases.release(self.lease)
         await self._emit(
             self._event(EV_PASSIVATED, data={"signal": exc.waiting_for, "wake_at": exc.wake_at})

@@ -33,6 +33,7 @@ from stalwart.checkpoints import (
 )
 from stalwart.errors import LeaseLost, NonDeterminismError, StalwartError, StepFailed
 from stalwart.messages import EV_STEP_RETRYING, EV_STEP_STARTED
+from stalwart.observability import _hooks as obs
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -175,10 +176,14 @@ class StepExecutor:
             self.first_live_step_at = time.monotonic()
         opts = spec.options
         at_most_once = bool(opts and opts.at_most_once) or spec.name in self.policies.at_most_once
-        intent = self._intents.get(spec.key)
-        if at_most_once and intent is not None:
-            return await self._unknown_outcome(spec, intent)
-        return await self._attempts_loop(spec, run, opts, at_most_once)
+        with obs.step_scope(self, spec):
+            intent = self._intents.get(spec.key)
+            tried = self._attempts.get(spec.key, [])
+            known = bool(tried) and intent is not None and tried[-1].attempt >= intent.attempt
+            if at_most_once and intent is not None and not known:
+                # Started and never reported back (a failed attempt would be journaled).
+                return await self._unknown_outcome(spec, intent)
+            return await self._attempts_loop(spec, run, opts, at_most_once)
 
     async def _attempts_loop(
         self,
@@ -187,7 +192,7 @@ class StepExecutor:
         opts: StepOptions | None,
         at_most_once: bool,
     ) -> Any:
-        policy = self.policies.retry_for(spec.kind, spec.name, opts)
+        policy = self.policies.retry_for(spec.kind, spec.name, opts, at_most_once=at_most_once)
         timeout = self.policies.timeout_for(spec.kind, opts)
         breaker = (
             self.breakers.get(f"{spec.kind}:{spec.name}") if spec.kind in _BREAKER_KINDS else None
@@ -215,12 +220,19 @@ class StepExecutor:
                 )
                 value = await self._call(spec, run, timeout)
             except (LeaseLost, Drained, asyncio.CancelledError):
+                if breaker is not None:
+                    breaker.abandon()  # an interrupted half-open trial must not wedge it
                 raise
             except Exception as exc:
                 duration = time.perf_counter() - t0
-                if breaker is not None and not isinstance(exc, CircuitOpenError):
-                    breaker.record(False)
                 retryable, retry_after = classify(exc, policy)
+                if breaker is not None and not isinstance(exc, CircuitOpenError):
+                    # Only failures that say "the other side is unwell" count; a declined
+                    # card or a 4xx is an answer, not an outage.
+                    if retryable:
+                        breaker.record(False)
+                    else:
+                        breaker.abandon()
                 if retryable and attempt < policy.max_attempts:
                     delay = policy.delay(attempt, retry_after)
                     await self._record_attempt(spec, exc, attempt, delay, started, duration)
@@ -303,6 +315,7 @@ class StepExecutor:
         self._journal[spec.key] = entry
         self.steps_live += 1
         self._account_model(entry)
+        obs.step_journaled(self, entry)
         await self._emit(self._journal_event(je))
         # Decode what was journaled so the live path returns exactly what a replay would.
         return decode_value(raw, spec.result_type)
@@ -331,6 +344,7 @@ class StepExecutor:
         )
         await self._append(entry)
         self._attempts.setdefault(spec.key, []).append(entry)
+        obs.step_retried(entry)
         self.log.info(
             "step.retrying", step=spec.key, attempt=attempt, delay=round(delay, 3), error=repr(exc)
         )
@@ -369,6 +383,7 @@ class StepExecutor:
         )
         je = await self._append(entry)
         self._journal[spec.key] = entry
+        obs.step_journaled(self, entry)
         await self._emit(self._journal_event(je))
 
     async def _unknown_outcome(self, spec: StepSpec, intent: StepIntent) -> Any:

@@ -25,6 +25,7 @@ from stalwart.errors import (
 
 __all__ = [
     "DEFAULT_PRICES",
+    "DEFAULT_RETRY",
     "NO_RETRY",
     "Breakers",
     "BudgetExceeded",
@@ -64,7 +65,11 @@ class RetryPolicy:
     def delay(
         self, attempt: int, retry_after: float | None = None, rand: float | None = None
     ) -> float:
-        """Seconds to wait after failed ``attempt`` (1-based); ``retry_after`` wins if longer."""
+        """Seconds to wait after failed ``attempt`` (1-based).
+
+        A ``retry_after`` the server sent is used as given, shorter or longer than the
+        backoff: the server knows when it will take the request again.
+        """
         base = min(self.initial_interval * self.backoff ** (attempt - 1), self.max_interval)
         r = random.random() if rand is None else rand
         jittered = base * (1 + self.jitter * (2 * r - 1))
@@ -212,8 +217,10 @@ class Limits:
         """USD for one call; models missing from the table cost 0 (and say so in no error)."""
         price = self.prices.get(model)
         if price is None:
-            # Provider-prefixed or dated names ("openai:gpt-4o", "gpt-4o-2024-08-06").
-            price = next((p for name, p in self.prices.items() if name in model), None)
+            # Provider-prefixed or dated names ("openai:gpt-4o", "gpt-4o-mini-2024-07-18"):
+            # the longest known name inside it, so gpt-4o-mini is not priced as gpt-4o.
+            known = sorted((n for n in self.prices if n in model), key=len, reverse=True)
+            price = self.prices[known[0]] if known else None
         if price is None:
             return 0.0
         return (input_tokens * price[0] + output_tokens * price[1]) / 1_000_000
@@ -291,6 +298,10 @@ class CircuitBreaker:
         assert self.opened_at is not None
         return max(self.cooldown - (now - self.opened_at), 0.1)
 
+    def abandon(self) -> None:
+        """A call ended without a verdict on the endpoint (interrupted, or a business error)."""
+        self.trial_running = False
+
     def record(self, ok: bool, now: float | None = None) -> None:
         """Count a call's outcome."""
         self.trial_running = False
@@ -323,18 +334,20 @@ class Breakers:
         return {n: b.state() for n, b in self._by_name.items() if b.state() != "closed"}
 
 
+DEFAULT_RETRY: Mapping[str, RetryPolicy] = {
+    "model": RetryPolicy(max_attempts=5, initial_interval=1.0, max_interval=30.0),
+    "tool": RetryPolicy(max_attempts=3, initial_interval=1.0),
+    "step": RetryPolicy(max_attempts=3, initial_interval=1.0),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Policies:
     """An agent's failure handling: retries by step kind and by name, timeouts, limits."""
 
-    retry: Mapping[str, RetryPolicy] = field(
-        default_factory=lambda: {
-            "model": RetryPolicy(max_attempts=5, initial_interval=1.0, max_interval=30.0),
-            "tool": RetryPolicy(max_attempts=3, initial_interval=1.0),
-            "step": RetryPolicy(max_attempts=3, initial_interval=1.0),
-        }
-    )
-    """Default policy per step kind (``model``, ``tool``, ``step``, or any kind adapters use)."""
+    retry: Mapping[str, RetryPolicy] = field(default_factory=lambda: dict(DEFAULT_RETRY))
+    """Policy per step kind (``model``, ``tool``, ``step``, or any kind adapters use); kinds
+    left out keep their default from ``DEFAULT_RETRY``."""
     retry_by_name: Mapping[str, RetryPolicy] = field(default_factory=dict)
     """Overrides by step/tool name (e.g. ``{"charge_card": NO_RETRY}``)."""
     step_timeout: Mapping[str, float] = field(default_factory=dict)
@@ -345,11 +358,21 @@ class Policies:
     at_most_once: frozenset[str] = frozenset()
     """Step/tool names that are at-most-once (besides those marked with :func:`durable`)."""
 
-    def retry_for(self, kind: str, name: str, opts: StepOptions | None) -> RetryPolicy:
-        """The policy that applies to one step."""
+    def retry_for(
+        self, kind: str, name: str, opts: StepOptions | None, *, at_most_once: bool = False
+    ) -> RetryPolicy:
+        """The policy that applies to one step.
+
+        At-most-once steps are not retried unless a policy is given for them explicitly: an
+        exception does not prove the effect did not happen.
+        """
         if opts is not None and opts.retry is not None:
             return opts.retry
-        return self.retry_by_name.get(name) or self.retry.get(kind) or RetryPolicy()
+        if name in self.retry_by_name:
+            return self.retry_by_name[name]
+        if at_most_once:
+            return NO_RETRY
+        return self.retry.get(kind) or DEFAULT_RETRY.get(kind) or RetryPolicy()
 
     def timeout_for(self, kind: str, opts: StepOptions | None) -> float | None:
         """The start-to-close timeout of one attempt, if any."""

@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 from stalwart.checkpoints import StepDone, WaitStarted, decode_value, encode_value
 from stalwart.errors import NonDeterminismError, StalwartError
 from stalwart.messages import EV_WAIT_STARTED
+from stalwart.observability import _hooks as obs
 
 if TYPE_CHECKING:
+    from stalwart.actors._policy import Policies
     from stalwart.broker import Broker
     from stalwart.checkpoints import CheckpointStore, Entry, JournalEntry, StepError
     from stalwart.messages import RunEvent
@@ -48,6 +50,7 @@ class Waits:
     replaying: bool
     cancel_reason: str
     passivate_after: float
+    policies: Policies
     first_live_step_at: float | None
     _store: CheckpointStore
     _broker: Broker
@@ -94,7 +97,8 @@ class Waits:
             je = await self._append(started)
             self._waits[key] = started
             await self._emit(self._journal_event(je))
-        return await self._wait_live(key, kind, started)
+        with obs.wait_scope(self, key, signal):
+            return await self._wait_live(key, kind, started)
 
     def _replayed_wait(self, key: str, kind: str, entry: StepDone | StepError) -> Any:
         if entry.kind != kind:
@@ -179,6 +183,7 @@ class Waits:
         )
         je = await self._append(entry)
         self._journal[key] = entry
+        obs.step_journaled(self, entry)
         await self._emit(self._journal_event(je))
 
 

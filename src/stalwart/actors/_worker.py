@@ -22,6 +22,7 @@ from stalwart.broker import Broker, WorkerInfo
 from stalwart.checkpoints import CheckpointStore, encode_value
 from stalwart.errors import InvalidRequestError
 from stalwart.messages import EV_REJECTED, RunEvent, RunRequest, decode_request
+from stalwart.observability import _hooks as obs
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -85,6 +86,7 @@ class Worker:
             self._subs.append(sub)
             self._fetchers.append(asyncio.create_task(self._fetch_loop(self.app.get(name), sub)))
         self._tasks.append(asyncio.create_task(self._keepalive_loop()))
+        obs.watch_worker(self)
         await self._heartbeat()
         self.log.info("worker.started", agents=agents, concurrency=self.settings.concurrency)
 
@@ -252,6 +254,7 @@ class Worker:
             store=self.store,
             broker=self.broker,
             worker_id=self.worker_id,
+            trace_parent=obs.trace_parent(claim.trace, msg.headers),
         )
         self._host(actor)
 
@@ -293,7 +296,7 @@ class Worker:
     async def _renew(self) -> None:
         assert self.broker is not None
         leases: list[Lease] = [h.actor.lease for h in self.hosted.values() if h.actor.holds_lease]
-        for lease in await self.broker.leases.renew(leases):
+        for lease in await obs.timed_renewal(self.broker.leases.renew(leases), len(leases)):
             hosted = self.hosted.get(lease.run_id)
             if hosted is None or hosted.actor.lease is not lease or not hosted.actor.holds_lease:
                 continue  # finished or handed over while the renewal was in flight

@@ -25,9 +25,21 @@ order; a hook-driven retry of the same call is ``tool:<toolUseId>#2``). The agen
 or swarm node has its keys under ``<node_id>/`` (``writer/model:2``), so a resumed graph
 replays its completed nodes from the journal and goes live at the node that was running
 (Strands' own graph would start again from its entry points).
+
+Tools: inside a tool, ``stalwart.current_step().idempotency_key`` is ``<run_id>:<step key>``,
+the same on every attempt. ``@tool`` over ``@stalwart.durable(...)`` gives a tool its retry
+policy, timeout, or at-most-once semantics (with a ``reconcile`` hook, called as
+``reconcile(idempotency_key, **tool_input)``); an at-most-once tool found in flight after a
+crash without a hook fails the run rather than hand the model an error it could retry. A tool
+whose effect is only on in-process state (``agent.state``) belongs in ``local_tools``: it
+runs again on replay instead of being journaled.
+
+Not supported yet: Strands interrupts (the run fails with a clear error), background tool
+tasks, and graph nodes that are neither ``Agent``, ``Graph`` nor ``Swarm``. An agent used as
+a tool is one step (its inner calls are not journaled one by one).
 """
 
-from stalwart.adapters.strands._middleware import ToolError, model_middleware, tool_middleware
+from stalwart.adapters.strands._middleware import ToolError
 from stalwart.adapters.strands._runner import DurableAgentRunner, instrument
 from stalwart.adapters.strands._scripted import ScriptedModel, reply, tool_call
 
@@ -36,8 +48,6 @@ __all__ = [
     "ScriptedModel",
     "ToolError",
     "instrument",
-    "model_middleware",
     "reply",
     "tool_call",
-    "tool_middleware",
 ]

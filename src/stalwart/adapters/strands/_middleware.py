@@ -17,17 +17,22 @@ Journal shapes (plain data, msgpack-encodable):
 
 from __future__ import annotations
 
+import inspect
+import json
 from typing import TYPE_CHECKING, Any
 
+from strands.interrupt import InterruptException
 from strands.middleware import ModelStopReason, ToolResultEvent
+from strands.tools.structured_output.structured_output_tool import StructuredOutputTool
 
 from stalwart.actors import StepSpec, Usage
+from stalwart.actors._policy import options_of
 from stalwart.adapters._base import canonical_fp
 from stalwart.adapters.strands._scope import RunScope, active, stream_step
 from stalwart.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Callable
+    from collections.abc import AsyncGenerator, Awaitable, Callable
 
     from strands.middleware import (
         ExecuteToolContext,
@@ -38,6 +43,8 @@ if TYPE_CHECKING:
     )
     from strands.models.model import Model
     from strands.types.content import Messages
+
+    from stalwart.actors._policy import StepOptions
 
     ModelNext = MiddlewareNext[InvokeModelContext, TypedEvent]
     ToolNext = MiddlewareNext[ExecuteToolContext, TypedEvent]
@@ -203,30 +210,39 @@ def _model_body(run: RunScope, key: str, context: InvokeModelContext, next_fn: M
 
 
 def tool_middleware(
-    prefix: str, local: tuple[object, ...] = ()
+    prefix: str, local: Callable[[ExecuteToolContext], bool] | None = None
 ) -> MiddlewareHandler[ExecuteToolContext, TypedEvent]:
     """An ``ExecuteToolStage`` handler: each tool call is the step ``<prefix>tool:<toolUseId>``.
 
-    Tools in ``local`` (by identity) are not journaled: they are the orchestrator's own
-    bookkeeping (a swarm's ``handoff_to_agent`` sets who runs next) and must run again on
-    replay for the orchestrator to reach the same state.
+    Calls for which ``local(context)`` is true are not journaled and run again on every
+    replay: tools whose only effect is on in-process state that replay must rebuild (a
+    swarm's ``handoff_to_agent`` sets who runs next). Strands' structured output tool, which
+    hands the validated output to the agent loop, is always local.
     """
 
     async def durable_tool(
         context: ExecuteToolContext, next_fn: ToolNext
     ) -> AsyncGenerator[TypedEvent, None]:
         run = active()
-        if run is None or any(context.tool is tool for tool in local):
+        if (
+            run is None
+            or isinstance(context.tool, StructuredOutputTool)
+            or (local is not None and local(context))
+        ):
             async for event in next_fn(context):
                 yield event
             return
         tool_use = context.tool_use
         name = str(tool_use["name"])
+        key = run.tool_key(prefix, str(tool_use["toolUseId"]))
+        opts = options_of(getattr(context.tool, "_tool_func", context.tool))
         spec = StepSpec(
-            key=run.tool_key(prefix, str(tool_use["toolUseId"])),
+            key=key,
             kind="tool",
             name=name,
             fp=canonical_fp(name, tool_use.get("input")),
+            options=opts,
+            reconcile=_reconciler(run, key, tool_use, opts),
         )
         out: list[Any] = []
         async for event in stream_step(run, spec, _tool_body(run, spec.key, context, next_fn), out):
@@ -236,22 +252,55 @@ def tool_middleware(
     return durable_tool
 
 
+def _reconciler(
+    run: RunScope, key: str, tool_use: Any, opts: StepOptions | None
+) -> Callable[[], Awaitable[Any]] | None:
+    """For an at-most-once tool with a ``reconcile`` hook: its answer as a tool step result.
+
+    ``durable(reconcile=fn)`` on a tool's function: after a crash in the middle of the call,
+    ``fn(idempotency_key, **tool_input)`` says what the call did; its return value becomes
+    the successful result the model sees (an exception, the error result).
+    """
+    if opts is None or opts.reconcile is None:
+        return None
+    hook = opts.reconcile
+    use_id = str(tool_use["toolUseId"])
+    arguments = tool_use.get("input") or {}
+
+    async def reconcile() -> dict[str, Any]:
+        value = hook(f"{run.ctx.run_id}:{key}", **arguments)
+        if inspect.isawaitable(value):
+            value = await value
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        return {
+            "result": {"toolUseId": use_id, "status": "success", "content": [{"text": text}]},
+            "error": None,
+        }
+
+    return reconcile
+
+
 def _tool_body(run: RunScope, key: str, context: ExecuteToolContext, next_fn: ToolNext) -> Any:
+    def refuse() -> ConfigurationError:
+        error = ConfigurationError(
+            f"step {key!r}: tool {context.tool_use['name']!r} raised a Strands interrupt; "
+            "interrupts are not supported in durable runs yet"
+        )
+        run.fatal = run.fatal or error
+        return error
+
     async def body(forward: Callable[[Any], None]) -> dict[str, Any]:
         result: ToolResultEvent | None = None
-        async for event in next_fn(context):
-            if isinstance(event, ToolResultEvent):
-                result = event
-                continue
-            if isinstance(event, dict) and "tool_interrupt_event" in event:
-                error = ConfigurationError(
-                    f"step {key!r}: tool {context.tool_use['name']!r} raised a Strands interrupt; "
-                    "interrupts are not supported in durable runs yet (use a tool that waits on "
-                    "RunContext.wait_for_signal instead)"
-                )
-                run.fatal = run.fatal or error
-                raise error
-            forward(event)
+        try:
+            async for event in next_fn(context):
+                if isinstance(event, ToolResultEvent):
+                    result = event
+                    continue
+                if isinstance(event, dict) and "tool_interrupt_event" in event:
+                    raise refuse()
+                forward(event)
+        except InterruptException as exc:
+            raise refuse() from exc
         if result is None:
             raise RuntimeError(f"step {key!r}: the tool call ended without a ToolResultEvent")
         return dump_tool_result(result)

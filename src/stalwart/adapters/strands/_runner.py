@@ -17,9 +17,10 @@ from stalwart.adapters.strands._scope import RunScope, enter, leave
 from stalwart.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
     from strands.agent import AgentResult
+    from strands.middleware import ExecuteToolContext
     from strands.types._snapshot import Snapshot
 
     from stalwart.actors import App, RunContext
@@ -32,16 +33,25 @@ _MARK = "_stalwart_scope"
 _SWARM_TOOLS = ("handoff_to_agent",)
 
 
-def instrument(target: Target, prefix: str = "") -> None:
+def instrument(target: Target, *, local_tools: Iterable[str] = ()) -> None:
     """Add the durable model and tool middleware to every agent of ``target``.
 
     A lone agent's keys have no prefix (``model:1``, ``tool:<id>``); the agent of a graph or
     swarm node lives under ``<node_id>/``, a nested graph's under ``<outer>/<inner>/``. So a
     resumed graph replays each completed node's calls from the journal and goes live at the
     first call that had not completed. Instrumenting the same object twice is a no-op.
+
+    Tools named in ``local_tools`` are not journaled and run again on every replay: for
+    tools whose only effect is on in-process state (``agent.state``, a swarm's shared
+    context) that a resumed run must rebuild. A swarm's ``handoff_to_agent`` and Strands'
+    structured output tool are always treated so.
     """
+    _instrument(target, "", frozenset(local_tools))
+
+
+def _instrument(target: Target, prefix: str, names: frozenset[str]) -> None:
     if isinstance(target, Agent):
-        _instrument_agent(target, prefix, ())
+        _instrument_agent(target, prefix, names, ())
     elif isinstance(target, Graph):
         if not isinstance(target.edges, _OrderedEdges):
             target.edges = _OrderedEdges(target.edges)
@@ -52,13 +62,13 @@ def instrument(target: Target, prefix: str = "") -> None:
                     f"graph node {node_id!r} runs a {type(executor).__name__}, whose model and "
                     "tool calls Stalwart cannot journal; use a strands Agent, Graph or Swarm"
                 )
-            instrument(executor, f"{prefix}{node_id}/")
+            _instrument(executor, f"{prefix}{node_id}/", names)
     elif isinstance(target, Swarm):
         for node_id, swarm_node in target.nodes.items():
             agent = swarm_node.executor
             registry = agent.tool_registry.registry
-            local = tuple(registry[name] for name in _SWARM_TOOLS if name in registry)
-            _instrument_agent(agent, f"{prefix}{node_id}/", local)
+            own = tuple(registry[name] for name in _SWARM_TOOLS if name in registry)
+            _instrument_agent(agent, f"{prefix}{node_id}/", names, own)
     else:
         raise ConfigurationError(
             f"cannot make a {type(target).__name__} durable; give a strands Agent, Graph or Swarm"
@@ -80,7 +90,9 @@ class _OrderedEdges(set[GraphEdge]):
         return iter(edges)
 
 
-def _instrument_agent(agent: Agent, prefix: str, local: tuple[object, ...]) -> None:
+def _instrument_agent(
+    agent: Agent, prefix: str, names: frozenset[str], own: tuple[object, ...]
+) -> None:
     seen = getattr(agent, _MARK, None)
     if seen == prefix:
         return
@@ -95,6 +107,10 @@ def _instrument_agent(agent: Agent, prefix: str, local: tuple[object, ...]) -> N
             "Stalwart cannot journal yet; turn background tasks off for durable runs"
         )
     agent.add_middleware(InvokeModelStage, model_middleware(prefix))
+
+    def local(context: ExecuteToolContext) -> bool:
+        return context.tool_use["name"] in names or any(context.tool is t for t in own)
+
     agent.add_middleware(ExecuteToolStage, tool_middleware(prefix, local))
     setattr(agent, _MARK, prefix)
 
@@ -151,7 +167,9 @@ class DurableAgentRunner(DurableRunner):
     ``agent`` is a zero-argument callable that builds the agent, graph or swarm (called once
     per run: recommended, runs of one worker then run side by side), or the object itself
     (its runs in a worker then take turns, each starting from the state it had here).
-    ``max_iterations`` caps a lone agent's turns (``Limits(turns=...)``).
+    ``max_iterations`` caps a lone agent's turns (``Limits(turns=...)``). Tools named in
+    ``local_tools`` are not journaled but run again on every replay, for tools whose only
+    effect is on in-process state a resumed run must rebuild (see :func:`instrument`).
 
     The run's input is a prompt string or a list of content blocks. Its result is plain
     data: for an agent, its structured output as a dict if it has one, else the final
@@ -165,16 +183,18 @@ class DurableAgentRunner(DurableRunner):
         agent: Target | Callable[[], Target],
         *,
         max_iterations: int | None = None,
+        local_tools: Iterable[str] = (),
         app: App | None = None,
         client: Client | None = None,
     ) -> None:
         if max_iterations is not None and max_iterations < 1:
             raise ConfigurationError(f"max_iterations must be at least 1, got {max_iterations}")
         self.max_iterations = max_iterations
+        self.local_tools = frozenset(local_tools)
         self._factory: Callable[[], Target] | None = None
         self._shared: _Resettable | None = None
         if isinstance(agent, Agent | MultiAgentBase):
-            instrument(agent)
+            instrument(agent, local_tools=self.local_tools)
             self._check_limits(agent)
             self._shared = _Resettable(agent)
         elif callable(agent):
@@ -201,7 +221,7 @@ class DurableAgentRunner(DurableRunner):
         try:
             if self._factory is not None:
                 target = self._factory()
-                instrument(target)
+                instrument(target, local_tools=self.local_tools)
                 self._check_limits(target)
                 result = await self._invoke(target, prompt)
             else:

@@ -104,6 +104,10 @@ async def call_step(run: RunScope, spec: StepSpec, body: Callable[[], Awaitable[
     the step to settle before re-raising. Anything but :class:`StepFailed` is a run-level stop
     and is remembered in ``run.fatal``.
     """
+    if run.fatal is not None:
+        # The run must stop; Strands carried on after swallowing the error (a tool error
+        # result, a failed swarm node). Nothing more may run, live or replayed.
+        raise run.fatal
     bodies: list[asyncio.Future[Any]] = []
 
     async def guarded() -> T:
@@ -123,7 +127,11 @@ async def call_step(run: RunScope, spec: StepSpec, body: Callable[[], Awaitable[
         elif not step.cancelled():
             step.exception()  # retrieved: the caller is cancelled, nobody else will look
         raise
-    except StepFailed:
+    except StepFailed as exc:
+        if exc.error_type == "ToolOutcomeUnknown":
+            # An at-most-once tool died mid-call. As an error result the model could simply
+            # call it again (a second payment): the run stops instead.
+            run.fatal = run.fatal or exc
         raise
     except Exception as exc:
         if run.fatal is None:
