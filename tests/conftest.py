@@ -120,18 +120,21 @@ async def supervisor(settings: Settings) -> AsyncIterator[Supervisor]:
 WorkerFactory = Callable[..., Awaitable[StalwartProcess]]
 
 
-@pytest.fixture
-async def workers(
-    settings: Settings, servers: Servers, client: Client
+@contextlib.asynccontextmanager
+async def worker_pool(
+    app: str, settings: Settings, servers: Servers, client: Client, **base_env: str
 ) -> AsyncIterator[WorkerFactory]:
-    """Start ``stalwart worker tests.apps:app`` processes; waits until each is registered."""
+    """Start ``stalwart worker APP`` processes on demand; kill them all on exit.
+
+    ``start(worker_id="", *, wait=True, **env)`` returns once the worker has registered.
+    """
     started: list[StalwartProcess] = []
 
     async def start(worker_id: str = "", *, wait: bool = True, **env: str) -> StalwartProcess:
         wid = worker_id or f"w{len(started) + 1}-{uuid.uuid4().hex[:4]}"
         assert settings.nats_url and settings.redis_url
         proc = worker_process(
-            "tests.apps:app",
+            app,
             nats_url=settings.nats_url,
             redis_url=settings.redis_url,
             worker_id=wid,
@@ -141,6 +144,7 @@ async def workers(
                 "COUNTER_REDIS_URL": servers.redis_url,
                 "PYTHONPATH": str(ROOT),
                 "STALWART_LOG_FORMAT": "json",
+                **base_env,
                 **env,
             },
         )
@@ -154,9 +158,20 @@ async def workers(
             )
         return proc
 
-    yield start
-    for p in started:
-        p.kill()
+    try:
+        yield start
+    finally:
+        for p in started:
+            p.kill()
+
+
+@pytest.fixture
+async def workers(
+    settings: Settings, servers: Servers, client: Client
+) -> AsyncIterator[WorkerFactory]:
+    """Worker processes serving ``tests.apps:app``."""
+    async with worker_pool("tests.apps:app", settings, servers, client) as start:
+        yield start
 
 
 async def _registered(client: Client, worker_id: str) -> bool:

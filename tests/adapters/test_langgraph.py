@@ -20,9 +20,9 @@ from stalwart import Client, RunCancelled, RunFailed, Settings
 from stalwart.adapters.langgraph import KIND_NODE, StalwartSaver, _codec
 from stalwart.checkpoints import Finished, JournalEntry, Started, StepDone
 from stalwart.errors import LeaseLost
-from stalwart.testing import StalwartProcess, worker_process
+from stalwart.testing import StalwartProcess
 from tests.adapters.langgraph_apps import arm_key, exec_key, gate_key
-from tests.conftest import ROOT, Servers, WorkerFactory, eventually
+from tests.conftest import Servers, WorkerFactory, eventually, worker_pool
 
 
 def rid() -> str:
@@ -161,42 +161,9 @@ async def test_fenced_saver_refuses_a_stale_epoch(servers: Servers, namespace: s
 async def lg_workers(
     settings: Settings, servers: Servers, client: Client
 ) -> AsyncIterator[WorkerFactory]:
-    """Start ``stalwart worker tests.adapters.langgraph_apps:app`` processes."""
-    started: list[StalwartProcess] = []
-
-    async def start(worker_id: str = "", **env: str) -> StalwartProcess:
-        wid = worker_id or f"lg{len(started) + 1}-{uuid.uuid4().hex[:4]}"
-        assert settings.nats_url and settings.redis_url
-        proc = worker_process(
-            "tests.adapters.langgraph_apps:app",
-            nats_url=settings.nats_url,
-            redis_url=settings.redis_url,
-            worker_id=wid,
-            lease_ttl=settings.lease_ttl,
-            namespace=settings.namespace,
-            extra_env={
-                "COUNTER_REDIS_URL": servers.redis_url,
-                "PYTHONPATH": str(ROOT),
-                "STALWART_LOG_FORMAT": "json",
-                **env,
-            },
-        )
-        proc.start()
-        started.append(proc)
-
-        async def registered() -> bool:
-            return wid in {w.worker_id for w in await client.broker.workers()}
-
-        await eventually(
-            registered,
-            timeout=60,
-            message=lambda: f"worker {wid} did not start:\n{proc.log_text()[-3000:]}",
-        )
-        return proc
-
-    yield start
-    for p in started:
-        p.kill()
+    """Worker processes serving ``tests.adapters.langgraph_apps:app``."""
+    async with worker_pool("tests.adapters.langgraph_apps:app", settings, servers, client) as start:
+        yield start
 
 
 async def execs(counters: aioredis.Redis, run_id: str, call: str) -> int:

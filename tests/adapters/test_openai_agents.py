@@ -36,9 +36,9 @@ from stalwart.adapters.openai_agents._codec import (
     without_volatile,
 )
 from stalwart.checkpoints import JournalEntry, Started, StepDone, StepError, WaitStarted
-from stalwart.testing import StalwartProcess, worker_process
+from stalwart.testing import StalwartProcess
 from tests.adapters.openai_apps import calls_key, exec_key, gate_key, gated_key
-from tests.conftest import ROOT, Servers, WorkerFactory, eventually
+from tests.conftest import Servers, WorkerFactory, eventually, worker_pool
 
 APP = "tests.adapters.openai_apps:app"
 
@@ -50,42 +50,11 @@ APP = "tests.adapters.openai_apps:app"
 async def oa_workers(
     settings: Settings, servers: Servers, client: Client
 ) -> AsyncIterator[WorkerFactory]:
-    """Start ``stalwart worker tests.adapters.openai_apps:app`` processes."""
-    started: list[StalwartProcess] = []
-
-    async def start(worker_id: str, **env: str) -> StalwartProcess:
-        assert settings.nats_url and settings.redis_url
-        proc = worker_process(
-            APP,
-            nats_url=settings.nats_url,
-            redis_url=settings.redis_url,
-            worker_id=worker_id,
-            lease_ttl=settings.lease_ttl,
-            namespace=settings.namespace,
-            extra_env={
-                "COUNTER_REDIS_URL": servers.redis_url,
-                "PYTHONPATH": str(ROOT),
-                "STALWART_LOG_FORMAT": "json",
-                "OPENAI_AGENTS_DISABLE_TRACING": "1",
-                **env,
-            },
-        )
-        proc.start()
-        started.append(proc)
-
-        async def registered() -> bool:
-            return worker_id in {w.worker_id for w in await client.broker.workers()}
-
-        await eventually(
-            registered,
-            timeout=30,
-            message=lambda: f"worker {worker_id} did not start:\n{proc.log_text()[-3000:]}",
-        )
-        return proc
-
-    yield start
-    for p in started:
-        p.kill()
+    """Worker processes serving ``APP``."""
+    async with worker_pool(
+        APP, settings, servers, client, OPENAI_AGENTS_DISABLE_TRACING="1"
+    ) as start:
+        yield start
 
 
 def rid() -> str:

@@ -29,7 +29,7 @@ from stalwart import App, Client, RunEvent, RunFailed, Settings
 from stalwart.adapters.pydantic_ai import DurableAgentRunner, StalwartDurability
 from stalwart.adapters.pydantic_ai._shape import conversation, shape_difference
 from stalwart.checkpoints import JournalEntry, Started, StepAttempt, StepDone
-from stalwart.testing import StalwartProcess, worker_process
+from stalwart.testing import StalwartProcess
 from tests.adapters.pydantic_apps import (
     Resolution,
     Scenario,
@@ -38,7 +38,7 @@ from tests.adapters.pydantic_apps import (
     support_agent,
 )
 from tests.apps import exec_key, gate_key
-from tests.conftest import ROOT, Servers, eventually
+from tests.conftest import Servers, eventually, worker_pool
 
 # Real model requests stay blocked here; only the loopback OpenAI test's worker allows them.
 models.ALLOW_MODEL_REQUESTS = False
@@ -52,41 +52,9 @@ WorkerFactory = Callable[..., Awaitable[StalwartProcess]]
 async def pyd_workers(
     settings: Settings, servers: Servers, client: Client
 ) -> AsyncIterator[WorkerFactory]:
-    """Start ``stalwart worker tests.adapters.pydantic_apps:app``; waits until registered."""
-    started: list[StalwartProcess] = []
-
-    async def start(worker_id: str, **env: str) -> StalwartProcess:
-        assert settings.nats_url and settings.redis_url
-        proc = worker_process(
-            APP,
-            nats_url=settings.nats_url,
-            redis_url=settings.redis_url,
-            worker_id=worker_id,
-            lease_ttl=settings.lease_ttl,
-            namespace=settings.namespace,
-            extra_env={
-                "COUNTER_REDIS_URL": servers.redis_url,
-                "PYTHONPATH": str(ROOT),
-                "STALWART_LOG_FORMAT": "json",
-                **env,
-            },
-        )
-        proc.start()
-        started.append(proc)
-
-        async def registered() -> bool:
-            return worker_id in {w.worker_id for w in await client.broker.workers()}
-
-        await eventually(
-            registered,
-            timeout=30,
-            message=lambda: f"worker {worker_id} did not start:\n{proc.log_text()[-3000:]}",
-        )
-        return proc
-
-    yield start
-    for p in started:
-        p.kill()
+    """Worker processes serving ``APP``."""
+    async with worker_pool(APP, settings, servers, client) as start:
+        yield start
 
 
 def rid() -> str:

@@ -34,9 +34,9 @@ from stalwart.adapters.strands._middleware import (
 )
 from stalwart.checkpoints import JournalEntry, Started, StepDone, StepError
 from stalwart.errors import ConfigurationError
-from stalwart.testing import StalwartProcess, worker_process
+from stalwart.testing import StalwartProcess
 from tests.adapters.strands_apps import calls_key, exec_key, gate_key, gated_key
-from tests.conftest import ROOT, Servers, WorkerFactory, eventually
+from tests.conftest import Servers, WorkerFactory, eventually, worker_pool
 
 APP = "tests.adapters.strands_apps:app"
 
@@ -48,45 +48,15 @@ APP = "tests.adapters.strands_apps:app"
 async def st_workers(
     settings: Settings, servers: Servers, client: Client
 ) -> AsyncIterator[WorkerFactory]:
-    """Start ``stalwart worker tests.adapters.strands_apps:app`` processes."""
-    started: list[StalwartProcess] = []
-
-    async def start(worker_id: str, **env: str) -> StalwartProcess:
-        assert settings.nats_url and settings.redis_url
-        proc = worker_process(
-            APP,
-            nats_url=settings.nats_url,
-            redis_url=settings.redis_url,
-            worker_id=worker_id,
-            lease_ttl=settings.lease_ttl,
-            namespace=settings.namespace,
-            extra_env={
-                "COUNTER_REDIS_URL": servers.redis_url,
-                "PYTHONPATH": str(ROOT),
-                "STALWART_LOG_FORMAT": "json",
-                # Strands only exports traces when OpenTelemetry is configured; make sure.
-                "OTEL_SDK_DISABLED": "true",
-                "OTEL_TRACES_EXPORTER": "none",
-                "OTEL_METRICS_EXPORTER": "none",
-                **env,
-            },
-        )
-        proc.start()
-        started.append(proc)
-
-        async def registered() -> bool:
-            return worker_id in {w.worker_id for w in await client.broker.workers()}
-
-        await eventually(
-            registered,
-            timeout=30,
-            message=lambda: f"worker {worker_id} did not start:\n{proc.log_text()[-3000:]}",
-        )
-        return proc
-
-    yield start
-    for p in started:
-        p.kill()
+    """Worker processes serving ``tests.adapters.strands_apps:app``."""
+    # Strands only exports traces when OpenTelemetry is configured; make sure it is not.
+    telemetry_off = {
+        "OTEL_SDK_DISABLED": "true",
+        "OTEL_TRACES_EXPORTER": "none",
+        "OTEL_METRICS_EXPORTER": "none",
+    }
+    async with worker_pool(APP, settings, servers, client, **telemetry_off) as start:
+        yield start
 
 
 def rid() -> str:
