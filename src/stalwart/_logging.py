@@ -1,4 +1,11 @@
-"""structlog set-up: JSON lines in production, readable lines in a terminal."""
+"""structlog set-up: JSON lines in production, readable lines in a terminal.
+
+Every line a run produces carries its run id, agent, worker and epoch (and the step key
+inside a step), bound as context variables by the actor (``stalwart.observability``), plus
+the trace and span ids when tracing is on. Payloads are left out unless
+``STALWART_LOG_PAYLOADS=1``; secrets are masked always. Standard-library loggers (nats-py,
+redis-py, OpenTelemetry) go through the same renderer, so a JSON log stays one object a line.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,8 @@ import os
 import sys
 
 import structlog
+
+from stalwart.observability import add_trace_ids, redact
 
 
 def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
@@ -22,14 +31,40 @@ def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
+    shared: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_trace_ids,
+        redact,
+    ]
+    numeric = getattr(logging, level, logging.INFO)
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *shared,
+            # Tracebacks as data, without local variables: those hold payloads and secrets.
+            *(
+                [
+                    structlog.processors.ExceptionRenderer(
+                        structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+                    )
+                ]
+                if fmt == "json"
+                else []
+            ),
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level, logging.INFO)),
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(max(numeric, logging.INFO))  # libraries' debug output is not ours to show

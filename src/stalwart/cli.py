@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from stalwart import observability
 from stalwart._logging import configure_logging
 from stalwart.actors import App, Worker
 from stalwart.client import Client
@@ -118,6 +119,34 @@ async def cmd_runs(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
+async def cmd_history(args: argparse.Namespace, client: Client) -> int:
+    """``stalwart history RUN_ID [--json]``."""
+    history = await client.handle(args.run_id).history()
+    if args.json:
+        print(json.dumps(observability.history_json(history)))
+    else:
+        print(observability.format_history(history))
+    return 0
+
+
+async def cmd_replay(args: argparse.Namespace, client: Client) -> int:
+    """``stalwart replay RUN_ID APP``: exit 0 when the code matches the journal, 1 if not."""
+    app = load_app(args.app)
+    report = await client.handle(args.run_id).replay(app, timeout=args.timeout)
+    print(json.dumps(msgspec.to_builtins(report)) if args.json else report.render())
+    return 0 if report.matched else 1
+
+
+async def cmd_fork(args: argparse.Namespace, client: Client) -> int:
+    """``stalwart fork RUN_ID --at STEP``."""
+    handle = await client.fork(args.run_id, at=args.at, new_id=args.new_run_id)
+    if not args.wait:
+        print(handle.run_id)
+        return 0
+    _print({"run_id": handle.run_id, "result": await handle.result(timeout=args.timeout)})
+    return 0
+
+
 async def cmd_signal(args: argparse.Namespace, client: Client) -> int:
     """``stalwart signal RUN_ID NAME [PAYLOAD_JSON]``."""
     try:
@@ -149,7 +178,16 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("app", help="module:attribute of a stalwart.App")
     w.add_argument("--concurrency", type=int, help="runs hosted at once (default 16)")
     w.add_argument("--worker-id", help="worker identity (default host-pid-random)")
-    sub.add_parser("supervisor", parents=[common], help="re-place runs whose worker died")
+    sv = sub.add_parser("supervisor", parents=[common], help="re-place runs whose worker died")
+    for service in (w, sv):
+        service.add_argument(
+            "--metrics-port",
+            type=int,
+            help="serve Prometheus metrics on this port (env STALWART_METRICS_PORT; 0: off)",
+        )
+        service.add_argument(
+            "--metrics-addr", help="address of the metrics endpoint (default 127.0.0.1)"
+        )
 
     s = sub.add_parser("submit", parents=[common], help="start a run")
     s.add_argument("agent")
@@ -167,6 +205,25 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("cancel", parents=[common], help="cancel a run")
     c.add_argument("run_id")
     c.add_argument("--reason", default="cancelled from the CLI")
+
+    h = sub.add_parser("history", parents=[common], help="a run's timeline from its journal")
+    h.add_argument("run_id")
+    h.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    rp = sub.add_parser(
+        "replay", parents=[common], help="check new agent code against a run's journal, offline"
+    )
+    rp.add_argument("run_id")
+    rp.add_argument("app", help="module:attribute of a stalwart.App (the code to check)")
+    rp.add_argument("--json", action="store_true", help="print the report as JSON")
+    rp.add_argument("--timeout", type=float, default=60.0, help="seconds the replay may take")
+    fk = sub.add_parser(
+        "fork", parents=[common], help="start a new run from a run's journal up to a step"
+    )
+    fk.add_argument("run_id")
+    fk.add_argument("--at", required=True, help="step key (step:plan, model:3) or step name")
+    fk.add_argument("--run-id", dest="new_run_id", help="id of the new run (default random)")
+    fk.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    fk.add_argument("--timeout", type=float, default=None)
 
     sg = sub.add_parser("signal", parents=[common], help="send a signal to a run")
     sg.add_argument("run_id")
@@ -186,12 +243,27 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_logging()
     try:
+        _configure_observability(args)
         return asyncio.run(_dispatch(args))
     except KeyboardInterrupt:
         return 130
     except StalwartError as exc:
         print(f"stalwart: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+    finally:
+        observability.shutdown()
+
+
+def _configure_observability(args: argparse.Namespace) -> None:
+    """Tracing from ``STALWART_TRACING`` everywhere; metrics for workers and supervisors."""
+    if args.command in ("worker", "supervisor"):
+        observability.configure(
+            f"stalwart-{args.command}",
+            metrics_port=args.metrics_port,
+            metrics_addr=args.metrics_addr,
+        )
+    elif args.command not in ("dev", "demo"):  # those start processes that configure themselves
+        observability.configure_tracing("stalwart-cli")
 
 
 async def _dispatch(args: argparse.Namespace) -> int:
@@ -218,6 +290,9 @@ async def _dispatch(args: argparse.Namespace) -> int:
         "runs": cmd_runs,
         "cancel": cmd_cancel,
         "signal": cmd_signal,
+        "history": cmd_history,
+        "replay": cmd_replay,
+        "fork": cmd_fork,
     }
     handler = handlers[args.command]
     return await _client_call(args, lambda client: handler(args, client))

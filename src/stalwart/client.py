@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 from stalwart._ids import check_agent_name, check_run_id, new_run_id
 from stalwart.broker import Broker
-from stalwart.checkpoints import CancelOutcome, CheckpointStore, RunRecord, encode_value
+from stalwart.checkpoints import (
+    CancelOutcome,
+    CheckpointStore,
+    RunRecord,
+    StepDone,
+    StepError,
+    encode_value,
+)
 from stalwart.config import Settings
 from stalwart.errors import (
     ConfigurationError,
@@ -27,10 +34,16 @@ from stalwart.messages import (
     RunEvent,
     RunRequest,
 )
+from stalwart.observability import _hooks as obs
+from stalwart.observability._history import History, build_history
+from stalwart.observability._tracing import carrier_json
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from types import TracebackType
+
+    from stalwart.actors import App
+    from stalwart.actors._replay import ReplayReport
 
 
 _RECHECK_SECONDS = 5.0
@@ -110,6 +123,27 @@ class RunHandle:
             await self._wake(epoch, f"{self.run_id}:wake:{sid}")
             return "woke"
         return "stored"
+
+    async def history(self) -> History:
+        """The run's timeline from its journal (see :func:`stalwart.observability.build_history`)."""
+        record = await self.client.store.get_run(self.run_id)
+        entries = await self.client.store.read_journal(self.run_id)
+        if record is None and not entries:
+            raise InvalidRequestError(f"unknown run {self.run_id!r}")
+        return build_history(self.run_id, entries, record)
+
+    async def replay(self, app: App, *, timeout: float = 60.0) -> ReplayReport:
+        """Run ``app``'s current code for this run against its journal, offline.
+
+        No step body, model or tool is called; the report says whether the code still asks
+        for the journaled steps with the same arguments and ends the same way (see
+        :func:`stalwart.observability.replay_run`).
+        """
+        from stalwart.actors._replay import replay_run
+
+        record = await self.status()
+        entries = await self.client.store.read_journal(self.run_id)
+        return await replay_run(app, record, entries, timeout=timeout)
 
     async def _wake(self, epoch: int, msg_id: str) -> None:
         record = await self.status()
@@ -234,6 +268,19 @@ class Client:
         """
         check_agent_name(agent)
         run_id = check_run_id(run_id) if run_id is not None else new_run_id()
+        subject = self.broker.names.runs_subject(agent)
+        # The submit span is the parent of the run's spans on every worker that places it.
+        with obs.producer_span("submit", agent, run_id, subject) as trace:
+            return await self._submit(agent, input, run_id, require_registered, trace)
+
+    async def _submit(
+        self,
+        agent: str,
+        input: Any,
+        run_id: str,
+        require_registered: bool,
+        trace: dict[str, str],
+    ) -> RunHandle:
         if require_registered and not await self.broker.agent_known(agent):
             known = ", ".join(await self.broker.known_agents()) or "none"
             reason = f"no worker serves agent {agent!r} (registered agents: {known})"
@@ -246,13 +293,15 @@ class Client:
                 f"run {run_id!r}: input of type {type(input).__qualname__} cannot be encoded "
                 f"({exc}); pass plain data, a msgspec Struct or a dataclass"
             ) from exc
-        request = RunRequest(run_id=run_id, agent=agent, input=input, submitted_at=time.time())
+        request = RunRequest(
+            run_id=run_id, agent=agent, input=input, submitted_at=time.time(), trace=trace
+        )
         try:
             self.broker.encode_request(request)
         except InvalidRequestError as exc:
             await self._reject(run_id, agent, str(exc))
             raise
-        existing = await self.store.create_run(run_id, agent, raw_input)
+        existing = await self.store.create_run(run_id, agent, raw_input, trace=carrier_json(trace))
         if existing is not None:
             status, known_agent = existing
             if known_agent and known_agent != agent:
@@ -270,6 +319,58 @@ class Client:
             )
         await self.broker.publish_request(request, msg_id=run_id)
         return RunHandle(self, run_id, agent)
+
+    async def fork(self, run_id: str, *, at: str, new_id: str | None = None) -> RunHandle:
+        """Start a new run that reuses ``run_id``'s journal up to step ``at`` and goes on live.
+
+        The new run (``new_id``, random by default) has the same agent and input. Its
+        journal starts as a copy of the source's entries up to and including step ``at`` (a
+        step key such as ``step:plan`` or ``model:3``; a plain step name ``plan`` is read as
+        ``step:plan``), so a worker replays those steps and runs every step after them
+        live: retry a run from a step with new code, a fixed tool, or another model answer.
+        Raises :class:`InvalidRequestError` for an unknown run or step, or a taken id.
+        """
+        run_id = check_run_id(run_id)
+        dst = check_run_id(new_id) if new_id is not None else new_run_id()
+        record = await self.store.get_run(run_id)
+        if record is None:
+            raise InvalidRequestError(f"unknown run {run_id!r}")
+        key = await self._step_key(run_id, at)
+        subject = self.broker.names.runs_subject(record.agent)
+        attrs = {"stalwart.forked_from": run_id, "stalwart.fork_step": key}
+        with obs.producer_span("fork", record.agent, dst, subject, **attrs) as trace:
+            record = await self.store.fork_run(run_id, dst, key, trace=carrier_json(trace))
+            await self.broker.events.publish(
+                RunEvent(
+                    type=EV_ACCEPTED,
+                    run_id=dst,
+                    at=time.time(),
+                    data={"agent": record.agent, "forked_from": run_id, "at": key},
+                ),
+                acked=True,
+            )
+            await self.broker.publish_request(
+                RunRequest(
+                    run_id=dst,
+                    agent=record.agent,
+                    input=record.decode_input(),
+                    submitted_at=time.time(),
+                    trace=trace,
+                ),
+                msg_id=dst,
+            )
+        return RunHandle(self, dst, record.agent)
+
+    async def _step_key(self, run_id: str, at: str) -> str:
+        """``at`` as a journaled step key of ``run_id`` (``plan`` finds ``step:plan``)."""
+        if ":" in at:
+            return at
+        keys = {
+            je.entry.key
+            for je in await self.store.read_journal(run_id)
+            if isinstance(je.entry, StepDone | StepError)
+        }
+        return f"step:{at}" if f"step:{at}" in keys and at not in keys else at
 
     async def runs(self, limit: int = 100) -> list[RunRecord]:
         """The newest runs, newest first."""

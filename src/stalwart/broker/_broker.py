@@ -16,6 +16,7 @@ from stalwart.broker._names import Names
 from stalwart.broker._setup import ensure_agent_consumer, ensure_topology
 from stalwart.errors import PayloadTooLargeError
 from stalwart.messages import RunEvent, RunRequest, encode_request
+from stalwart.observability._tracing import inject_headers
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -103,7 +104,8 @@ class Broker:
         ack = await self.js.publish(
             self.names.runs_subject(req.agent),
             data,
-            headers={"Nats-Msg-Id": msg_id},
+            # The current trace context (the submit or resume span) travels with the request.
+            headers=inject_headers({"Nats-Msg-Id": msg_id}),
         )
         return not ack.duplicate
 

@@ -12,6 +12,7 @@ from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from stalwart.messages import TERMINAL_EVENTS, RunEvent, decode_event, encode_event
+from stalwart.observability._tracing import inject_headers
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -82,7 +83,8 @@ class EventPublisher:
         """
         subject = self._names.events_subject(event.run_id)
         top = max(self._published_jseq.get(event.run_id, 0), event.jseq)
-        headers = {JSEQ_HEADER: str(top)}
+        # Subscribers can join the trace of the step or run that published the event.
+        headers = inject_headers({JSEQ_HEADER: str(top)})
         data = encode_event(event)
         if acked:
             await self._js.publish(subject, data, headers=headers)

@@ -163,3 +163,20 @@ redis.call('HSET', KEYS[1], 'status', 'failed', 'updated_at', ARGV[1], 'finished
 return {'failed', tostring(seq)}
 """
 )
+
+# Fork: a new run whose journal starts as a copy of another run's prefix. Both keys are the
+# new run's (one slot); the source was read before. Refuses an existing run id.
+# KEYS[1] record, KEYS[2] journal. ARGV: run_id, agent, input, now, trace, forked_from,
+# then the entries, journaled at 1-0, 2-0, ...
+FORK_RUN = """
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then
+  return 'exists'
+end
+for i = 7, #ARGV do
+  redis.call('XADD', KEYS[2], (i - 6) .. '-0', 'd', ARGV[i])
+end
+redis.call('HSET', KEYS[1], 'run_id', ARGV[1], 'agent', ARGV[2], 'input', ARGV[3],
+  'status', 'accepted', 'epoch', '0', 'created_at', ARGV[4], 'updated_at', ARGV[4],
+  'trace', ARGV[5], 'forked_from', ARGV[6])
+return 'ok'
+"""

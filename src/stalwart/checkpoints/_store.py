@@ -21,11 +21,16 @@ from stalwart.checkpoints._entries import (
     JournalEntry,
     RunRecord,
     Started,
+    StepAttempt,
+    StepDone,
+    StepError,
+    StepIntent,
+    WaitStarted,
     decode_entry,
     encode_entry,
     record_from_hash,
 )
-from stalwart.errors import LeaseLost, ServerUnavailableError, StalwartError
+from stalwart.errors import InvalidRequestError, LeaseLost, ServerUnavailableError, StalwartError
 
 if TYPE_CHECKING:
     import msgspec
@@ -55,6 +60,34 @@ class Claim:
 CancelOutcome = Literal["missing", "terminal", "cancelled", "requested"]
 
 
+def fork_entries(entries: list[JournalEntry], upto_key: str) -> list[Entry] | None:
+    """The entries a fork at step ``upto_key`` keeps (None when the step is not journaled).
+
+    Everything journaled up to and including the step's outcome, except what belongs to
+    placements (``Started``, ``Finished``) and what would leave a step half done in the fork:
+    attempts, at-most-once intents and waits of steps whose outcome came later (those steps
+    run live in the fork, from their first attempt).
+    """
+    end = next(
+        (
+            je.seq
+            for je in entries
+            if isinstance(je.entry, StepDone | StepError) and je.entry.key == upto_key
+        ),
+        None,
+    )
+    if end is None:
+        return None
+    prefix = [je.entry for je in entries if je.seq <= end]
+    done = {e.key for e in prefix if isinstance(e, StepDone | StepError)}
+    return [
+        e
+        for e in prefix
+        if isinstance(e, StepDone | StepError)
+        or (isinstance(e, StepAttempt | StepIntent | WaitStarted) and e.key in done)
+    ]
+
+
 class CheckpointStore:
     """Journal and run record of every run, in one Redis (or one Redis Cluster).
 
@@ -79,6 +112,7 @@ class CheckpointStore:
         self._signal = client.register_script(_scripts.SIGNAL)
         self._passivate = client.register_script(_scripts.PASSIVATE)
         self._dead_letter = client.register_script(_scripts.DEAD_LETTER)
+        self._fork = client.register_script(_scripts.FORK_RUN)
 
     @classmethod
     async def connect(cls, url: str, namespace: str = "stalwart") -> CheckpointStore:
@@ -149,6 +183,52 @@ class CheckpointStore:
             return existing[0].decode(), existing[1].decode()
         await self._index(run_id, now)
         return None
+
+    async def fork_run(self, src: str, dst: str, upto_key: str, *, trace: str = "") -> RunRecord:
+        """Create run ``dst`` from ``src``'s journal up to and including step ``upto_key``.
+
+        The new run has the source's agent and input, status ``accepted`` and a journal that
+        starts with a ``Started`` marker (epoch 0, worker ``fork:<src>@<step>``) followed by
+        the kept entries (:func:`fork_entries`), so when it is placed it replays them and
+        goes live after the step. Returns the source's record. Raises
+        :class:`InvalidRequestError` for an unknown source or step, or an existing ``dst``.
+
+        Not atomic across the two runs (their keys live in different cluster slots): the
+        source is read first, then the new run's record and journal are written by one
+        script. That is enough: journals only grow, so the prefix read cannot change, and
+        nothing knows of the new run until its request is published after this returns.
+        """
+        record = await self.get_run(src)
+        if record is None:
+            raise InvalidRequestError(f"unknown run {src!r}")
+        entries = await self.read_journal(src)
+        kept = fork_entries(entries, upto_key)
+        if kept is None:
+            keys = [je.entry.key for je in entries if isinstance(je.entry, StepDone | StepError)]
+            shown = ", ".join(keys[:20]) + (", ..." if len(keys) > 20 else "")
+            raise InvalidRequestError(
+                f"run {src!r} has no completed or failed step {upto_key!r} "
+                f"(journaled steps: {shown or 'none'})"
+            )
+        now = time.time()
+        marker = Started(epoch=0, worker=f"fork:{src}@{upto_key}", at=now)
+        reply = await self._fork(
+            keys=self._keys(dst),
+            args=[
+                dst,
+                record.agent,
+                bytes(record.input or b""),
+                repr(now),
+                trace,
+                f"{src}@{upto_key}",
+                encode_entry(marker),
+                *(encode_entry(e) for e in kept),
+            ],
+        )
+        if reply != b"ok":
+            raise InvalidRequestError(f"run id {dst!r} is already taken; fork to another id")
+        await self._index(dst, now)
+        return record
 
     async def _index(self, run_id: str, now: float) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -21,6 +21,7 @@ import structlog
 from stalwart.broker import Broker, LeaseManager
 from stalwart.checkpoints import CheckpointStore
 from stalwart.messages import EV_FAILED, EV_STUCK, RunEvent, RunRequest, decode_request
+from stalwart.observability import _hooks as obs
 
 if TYPE_CHECKING:
     from stalwart.broker import Lease
@@ -102,6 +103,7 @@ class Supervisor:
             self.supervisor_id,
             prefix="supervisor.",
         )
+        obs.watch_supervisor(self)
 
     def stop(self) -> None:
         """Ask :meth:`run` to return."""
@@ -195,7 +197,9 @@ class Supervisor:
         """Check every run that has not ended, and fire due timers; return runs re-placed."""
         assert self.store is not None
         count = 0
-        for run_id in await self.store.active_runs():
+        run_ids = await self.store.active_runs()
+        obs.supervisor_pass(self, run_ids)
+        for run_id in run_ids:
             if await self.check(run_id):
                 count += 1
         return count + await self.fire_timers()
@@ -204,6 +208,7 @@ class Supervisor:
         """Re-place ``run_id`` if it is running without an owner; True when it was."""
         assert self.store is not None and self.broker is not None
         record = await self.store.get_run(run_id)
+        obs.run_seen(self, run_id, record)
         holder = None
         if record is not None and record.status == "running":
             holder = (await self.broker.leases.state(run_id)).holder
@@ -216,11 +221,13 @@ class Supervisor:
             return False
         if verdict.action != "replace" or record is None:
             return False
-        fresh = await self.broker.publish_request(
-            RunRequest(run_id=run_id, agent=record.agent, kind="resume", epoch=verdict.epoch),
-            msg_id=f"{run_id}:resume:{verdict.epoch}",
-        )
+        with obs.resume_span(record, self.broker.names.runs_subject(record.agent), verdict.epoch):
+            fresh = await self.broker.publish_request(
+                RunRequest(run_id=run_id, agent=record.agent, kind="resume", epoch=verdict.epoch),
+                msg_id=f"{run_id}:resume:{verdict.epoch}",
+            )
         if fresh:
+            obs.failover(record.agent)
             self.replaced += 1
             self.log.info(
                 "run.replaced", run_id=run_id, lost_epoch=verdict.epoch, owner=record.worker
@@ -321,6 +328,7 @@ class Supervisor:
             self.log.warning("dead_letter.undecodable", stream_seq=seq)
             return
         if await self.store.dead_letter(req.run_id, req.agent, reason):
+            obs.dead_lettered(req.agent)
             self.dead_lettered += 1
             self.log.warning("run.dead_lettered", run_id=req.run_id, deliveries=deliveries)
             await self.broker.events.publish(

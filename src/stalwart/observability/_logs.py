@@ -1,0 +1,70 @@
+"""structlog processors: trace ids on every line, payloads and secrets kept out of the logs.
+
+Payloads (step inputs and results, tool arguments, model prompts and answers) are left out
+of every log line unless debug payload logging is on (``STALWART_LOG_PAYLOADS=1``): logs are
+shipped to places with wider access than the journal. Values under secret-looking keys, and
+passwords inside URLs, are masked always.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import trace
+
+if TYPE_CHECKING:
+    from structlog.typing import EventDict, WrappedLogger
+
+PAYLOADS_ENV = "STALWART_LOG_PAYLOADS"
+
+PAYLOAD_KEYS = frozenset(
+    {"input", "result", "args", "kwargs", "payload", "output", "messages", "prompt", "response"}
+)
+"""Log keys that carry payloads: dropped unless payload logging is on."""
+
+_SECRET_KEY = re.compile(
+    r"(^|_)(password|passwd|secret|api_?key|token|authorization|credentials?|cookie)$", re.I
+)
+_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]*):[^/\s@]+@", re.I)
+_HIDDEN = "[hidden: set STALWART_LOG_PAYLOADS=1 to log payloads]"
+_MASK = "***"
+
+
+def payloads_enabled() -> bool:
+    """Whether debug payload logging is on (``STALWART_LOG_PAYLOADS``)."""
+    return os.environ.get(PAYLOADS_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def preview(value: Any, limit: int = 500) -> str:
+    """A bounded text form of a payload, for debug logs and span attributes."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
+
+
+def scrub(text: str) -> str:
+    """``text`` with passwords in URLs (``redis://:pw@host``) masked."""
+    return _URL_PASSWORD.sub(rf"\1:{_MASK}@", text) if "://" in text else text
+
+
+def redact(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: mask secrets always, hide payloads unless payload logging is on."""
+    show_payloads = payloads_enabled()
+    for key, value in list(event_dict.items()):
+        if _SECRET_KEY.search(key):
+            event_dict[key] = _MASK
+        elif key in PAYLOAD_KEYS and not show_payloads:
+            event_dict[key] = _HIDDEN
+        elif isinstance(value, str):
+            event_dict[key] = scrub(value)
+    return event_dict
+
+
+def add_trace_ids(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: the current span's ``trace_id`` / ``span_id``, to find the trace."""
+    ctx = trace.get_current_span().get_span_context()
+    if ctx.is_valid:
+        event_dict.setdefault("trace_id", f"{ctx.trace_id:032x}")
+        event_dict.setdefault("span_id", f"{ctx.span_id:016x}")
+    return event_dict
