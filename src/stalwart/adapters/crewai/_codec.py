@@ -1,0 +1,127 @@
+"""Journaling CrewAI values: model responses, tool results, and request fingerprints.
+
+A model call returns text, a list of provider tool-call objects (OpenAI, Anthropic, Gemini
+pydantic models, or dicts), or a pydantic model (structured output); a tool returns anything.
+They are journaled as plain data, pydantic models tagged with their class so that a replay
+(and the live path, which returns what was journaled) gets the same types back.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
+
+from stalwart.adapters._base import canonical_fp, text_digest
+
+_MODEL_TAG = "__pydantic__"
+
+
+def encode(value: Any) -> Any:
+    """``value`` as msgpack-encodable plain data; pydantic models keep their class."""
+    if value is None or isinstance(value, str | bool | int | float | bytes):
+        return value
+    if isinstance(value, BaseModel):
+        cls = type(value)
+        return {
+            _MODEL_TAG: f"{cls.__module__}:{cls.__qualname__}",
+            "data": value.model_dump(mode="json"),
+        }
+    if isinstance(value, list | tuple):
+        return [encode(v) for v in value]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: encode(v) for k, v in value.items()}
+    raise TypeError(
+        f"a {type(value).__module__}.{type(value).__qualname__} cannot be journaled; "
+        "return text, plain data or a pydantic model from models and tools"
+    )
+
+
+def _model_class(path: str, hint: Any) -> type[BaseModel]:
+    module, _, qualname = path.partition(":")
+    if isinstance(hint, type) and issubclass(hint, BaseModel) and hint.__qualname__ == qualname:
+        return hint  # dynamically created models (a task's output model) are not importable
+    target: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    if not (isinstance(target, type) and issubclass(target, BaseModel)):
+        raise TypeError(f"journaled value of type {path} is not a pydantic model")
+    return target
+
+
+def decode(data: Any, hint: Any = None) -> Any:
+    """The value :func:`encode` turned into ``data``; ``hint`` is the expected model class."""
+    if isinstance(data, list):
+        return [decode(v, hint) for v in data]
+    if isinstance(data, dict):
+        path = data.get(_MODEL_TAG)
+        if isinstance(path, str) and len(data) == 2 and "data" in data:
+            return _model_class(path, hint).model_validate(data["data"])
+        return {k: decode(v, hint) for k, v in data.items()}
+    return data
+
+
+def _opaque(obj: Any) -> str:
+    # Files, raw provider parts: they take part by type, never by repr (memory addresses).
+    return f"<{type(obj).__qualname__}>"
+
+
+def conversation(messages: Any) -> list[Any]:
+    """Messages reduced to what is stable across executions, for fingerprints.
+
+    Tool-call ids are renumbered in order of appearance: some providers' ids are the
+    memory address of the call object (``call_<id()>``), new on every execution.
+    """
+    if isinstance(messages, str):
+        return [{"role": "user", "content": messages}]
+    ids: dict[str, str] = {}
+
+    def renumber(call_id: Any) -> str:
+        return ids.setdefault(str(call_id), f"#{len(ids) + 1}")
+
+    out: list[Any] = []
+    for message in messages:
+        if not isinstance(message, dict):
+            out.append(_opaque(message))
+            continue
+        m = {k: v for k, v in message.items() if k not in ("raw_tool_call_parts", "files")}
+        if isinstance(m.get("tool_calls"), list):
+            m["tool_calls"] = [
+                {**tc, "id": renumber(tc.get("id"))} if isinstance(tc, dict) else _opaque(tc)
+                for tc in m["tool_calls"]
+            ]
+        if "tool_call_id" in m:
+            m["tool_call_id"] = renumber(m["tool_call_id"])
+        out.append(m)
+    return out
+
+
+def canonical_json(value: Any) -> str:
+    """Deterministic JSON (sorted keys; objects by type name)."""
+    plain = to_jsonable_python(value, fallback=_opaque)
+    return json.dumps(plain, sort_keys=True, default=_opaque, ensure_ascii=False)
+
+
+def model_fp(model: str, messages: Any, tools: Any, response_model: Any) -> str:
+    """Fingerprint of a model request: model, conversation, offered tools, output type."""
+    names = sorted(
+        str(t.get("function", {}).get("name", t.get("name", "")))
+        for t in tools or []
+        if isinstance(t, dict)
+    )
+    output = getattr(response_model, "__qualname__", None) if response_model else None
+    digest = text_digest(canonical_json(conversation(messages)))
+    return canonical_fp("crewai.model", [model, digest, names, output])
+
+
+def tool_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """A tool call's arguments as JSON-compatible data (for fingerprints and keys)."""
+    return json.loads(canonical_json([list(args), kwargs]))
+
+
+def tool_fp(name: str, args: Any) -> str:
+    """Fingerprint of a tool call: its name and canonical arguments."""
+    return canonical_fp("crewai.tool", [name, args])

@@ -1,0 +1,557 @@
+"""CrewAI adapter: real servers, real ``stalwart worker`` processes, real SIGKILLs.
+
+The crews live in ``tests.adapters.crewai_apps``; their scripted models and their tools count
+every real execution in Redis under its step key, outside the workers. CrewAI has its own
+environment (it pins ``openai<3``): these tests are skipped where it is not installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import msgspec
+import pytest
+import redis.asyncio as aioredis
+
+from stalwart import Client, RunCancelled, RunFailed, Settings, StepFailed
+from stalwart.checkpoints import JournalEntry, Started, StepDone, StepError
+from tests.apps import exec_key, gate_key
+from tests.conftest import Servers, WorkerFactory, eventually, worker_pool
+
+APP = "tests.adapters.crewai_apps:app"
+# Before CrewAI is imported, here and in the workers: no telemetry, no tracing.
+QUIET = {
+    "CREWAI_DISABLE_TELEMETRY": "true",
+    "OTEL_SDK_DISABLED": "true",
+    "CREWAI_TRACING_ENABLED": "false",
+}
+os.environ.update(QUIET)
+
+# CrewAI warns about its own deprecated fields from inside its own code: not ours to fix.
+_CREWAI_NOISE = (
+    "ignore::DeprecationWarning:crewai",
+    "ignore:Cannot set an attribute on 'crewai:ImportWarning",
+)
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="crewai")
+    warnings.filterwarnings("ignore", "Cannot set an attribute on 'crewai", ImportWarning)
+    pytest.importorskip("crewai")
+    from crewai import Agent, Crew, Task
+    from crewai.tools import BaseTool
+    from crewai.tools import tool as crewai_tool
+    from openai.types.chat import ChatCompletionMessageToolCall
+
+    from stalwart.adapters.crewai import (
+        CrewResult,
+        ScriptedLLM,
+        ToolCallFailed,
+        crew_result,
+        install,
+        text,
+        tool_call,
+        tool_results,
+    )
+    from stalwart.adapters.crewai._codec import conversation, decode, encode, model_fp
+    from stalwart.adapters.crewai._scope import CrewRun, Frame
+    from tests.adapters.crewai_apps import block_key, order_key
+
+pytestmark = [pytest.mark.filterwarnings(f) for f in _CREWAI_NOISE]
+
+
+@pytest.fixture
+async def crew_workers(
+    settings: Settings, servers: Servers, client: Client
+) -> AsyncIterator[WorkerFactory]:
+    """Worker processes serving ``tests.adapters.crewai_apps:app``, telemetry off."""
+    async with worker_pool(APP, settings, servers, client, **QUIET) as start:
+        yield start
+
+
+def rid() -> str:
+    return uuid.uuid4().hex
+
+
+async def journal(client: Client, run_id: str) -> list[JournalEntry]:
+    return await client.store.read_journal(run_id)
+
+
+async def done_keys(client: Client, run_id: str) -> list[str]:
+    return [je.entry.key for je in await journal(client, run_id) if isinstance(je.entry, StepDone)]
+
+
+async def execs(counters: aioredis.Redis, run_id: str, key: str) -> int:
+    return int(await counters.get(exec_key(run_id, key)) or 0)
+
+
+async def exec_counts(counters: aioredis.Redis, run_id: str) -> dict[str, int]:
+    order = [k.decode() for k in await counters.lrange(order_key(run_id), 0, -1)]
+    return {k: order.count(k) for k in order}
+
+
+def owners(entries: list[JournalEntry]) -> list[str]:
+    return [je.entry.worker for je in entries if isinstance(je.entry, Started)]
+
+
+RESEARCH_KEYS = [
+    "task:0/model:1",
+    "task:0/tool:call_1a",
+    "task:0/tool:call_1b",
+    "task:0/tool:call_1c",
+    "task:0/model:2",
+    "task:0/tool:call_2a",
+    "task:0/tool:call_2b",
+    "task:0/model:3",
+    "task:1/model:1",
+]
+
+DELEGATION_KEYS = [
+    "task:0/model:1",
+    "task:0/tool:call_m1/model:1",
+    "task:0/tool:call_m1/tool:call_1a",
+    "task:0/tool:call_m1/tool:call_1b",
+    "task:0/tool:call_m1/tool:call_1c",
+    "task:0/tool:call_m1/model:2",
+    "task:0/tool:call_m1/tool:call_2a",
+    "task:0/tool:call_m1/tool:call_2b",
+    "task:0/tool:call_m1/model:3",
+    "task:0/tool:call_m1",
+    "task:0/model:2",
+    "task:1/model:1",
+    "task:1/tool:call_m1/model:1",
+    "task:1/tool:call_m1",
+    "task:1/model:2",
+]
+
+# Delegation tools run no code of their own that counts: their coworkers' calls do.
+COUNTED = [k for k in DELEGATION_KEYS if not k.endswith("/tool:call_m1")]
+
+
+# -- pure parts, no servers --------------------------------------------------------------------
+
+
+def test_provider_tool_calls_and_models_round_trip_through_the_journal_codec() -> None:
+    call = ChatCompletionMessageToolCall.model_validate(
+        {"id": "call_9", "type": "function", "function": {"name": "search", "arguments": "{}"}}
+    )
+    value = ["text", call, {"k": (1, 2)}, None]
+    back = decode(encode(value))
+    assert back == ["text", call, {"k": [1, 2]}, None]
+    assert type(back[1]) is ChatCompletionMessageToolCall
+    with pytest.raises(TypeError, match="cannot be journaled"):
+        encode(object())
+
+
+def test_model_fingerprint_ignores_volatile_call_ids_but_not_content() -> None:
+    def messages(call_id: str, result: str) -> list[dict[str, Any]]:
+        return [
+            {"role": "user", "content": "go"},
+            {"role": "assistant", "content": None, "tool_calls": [tool_call("s", {}, call_id)]},
+            {"role": "tool", "tool_call_id": call_id, "name": "s", "content": result},
+        ]
+
+    assert conversation(messages("call_140234", "r"))[2]["tool_call_id"] == "#1"
+    fp = model_fp("m", messages("call_1", "r"), None, None)
+    assert model_fp("m", messages("call_140234", "r"), None, None) == fp
+    assert model_fp("m", messages("call_1", "other"), None, None) != fp
+    assert model_fp("other", messages("call_1", "r"), None, None) != fp
+
+
+def test_frame_keys_repeat_with_suffixes() -> None:
+    frame = Frame("task:0/")
+    assert [frame.key("tool:x"), frame.key("tool:x"), frame.key("tool:y")] == [
+        "task:0/tool:x",
+        "task:0/tool:x#2",
+        "task:0/tool:y",
+    ]
+
+
+class MemoryContext:
+    """What ``CrewRun`` uses of a ``RunContext``, over a journal in memory: in-process tests."""
+
+    def __init__(self, journal: dict[str, tuple[str, Any]]) -> None:
+        self.journal = journal
+        self.live: list[str] = []
+
+    async def call(self, spec: Any, run: Callable[[], Awaitable[Any]]) -> Any:
+        if spec.key in self.journal:
+            fp, value = self.journal[spec.key]
+            assert fp == spec.fp, f"{spec.key} asked with another request"
+            return value
+        value = msgspec.msgpack.decode(msgspec.msgpack.encode(await run()))
+        self.journal[spec.key] = (spec.fp, value)
+        self.live.append(spec.key)
+        return value
+
+    async def emit(self, type: str, data: Any = None, *, step: str = "") -> None:
+        pass
+
+
+async def kickoff(build: Callable[[], Crew], journal: dict[str, tuple[str, Any]]) -> Any:
+    crew, ctx = build(), MemoryContext(journal)
+    output = await CrewRun(ctx, asyncio.get_running_loop(), crew.tasks).drive(crew.kickoff)
+    return crew_result(output), ctx.live
+
+
+def _counting_script(calls: list[str]) -> Any:
+    def script(messages: list[dict[str, Any]], tools: list[str]) -> Any:
+        body = text(messages)
+        if "summar" in body.lower() and not tools:
+            calls.append("summary")
+            return "<summary>earlier steps: additions</summary>"
+        calls.append("model")
+        done = tool_results(messages)
+        if "add" in tools and len(done) < 3:
+            return [tool_call("add", {"a": len(done), "b": 1}, f"call_{len(done)}")]
+        return f"answered after {len(done)} results"
+
+    return script
+
+
+def _adding_crew(calls: list[str], *, window: int = 1_000_000, parallel: bool = False) -> Crew:
+    @crewai_tool("add")
+    def add(a: int, b: int) -> int:
+        """Add two numbers."""
+        calls.append(f"add {a} {b}")
+        return a + b
+
+    agents = [
+        Agent(
+            role=f"Adder {i}",
+            goal="add",
+            backstory="b",
+            llm=ScriptedLLM(_counting_script(calls), context_window=window),
+            tools=[add],
+        )
+        for i in range(2 if parallel else 1)
+    ]
+    tasks = [
+        Task(
+            description=f"Add {'y' * 2000}",
+            expected_output="sum",
+            agent=a,
+            async_execution=parallel,
+        )
+        for a in agents
+    ]
+    if parallel:
+        tasks.append(
+            Task(description="Sum up", expected_output="sum", agent=agents[0], context=tasks)
+        )
+    return Crew(agents=agents, tasks=tasks)
+
+
+async def test_async_tasks_run_concurrently_with_keys_of_their_own_and_replay() -> None:
+    install()
+    journal: dict[str, tuple[str, Any]] = {}
+    calls: list[str] = []
+    first, live = await kickoff(lambda: _adding_crew(calls, parallel=True), journal)
+    assert {k.split("/")[0] for k in live} == {"task:0", "task:1", "task:2"}
+    assert [k for k in live if k.startswith("task:1/")] == [
+        "task:1/model:1",
+        "task:1/tool:call_0",
+        "task:1/model:2",
+        "task:1/tool:call_1",
+        "task:1/model:3",
+        "task:1/tool:call_2",
+        "task:1/model:4",
+    ]
+    calls.clear()
+    again, live = await kickoff(lambda: _adding_crew(calls, parallel=True), journal)
+    assert (again, live, calls) == (first, [], [])
+
+
+async def test_context_summaries_are_concurrent_acalls_journaled_in_start_order() -> None:
+    install()
+    journal: dict[str, tuple[str, Any]] = {}
+    calls: list[str] = []
+    first, live = await kickoff(lambda: _adding_crew(calls, window=400), journal)
+    summaries = calls.count("summary")
+    assert summaries >= 3  # CrewAI summarized the conversation in concurrent chunks
+    assert live[:3] == ["task:0/model:1", "task:0/tool:call_0", "task:0/model:2"]
+    # A crash after the second summary: the rest runs live, the result is the same.
+    for key in live[live.index("task:0/model:3") + 1 :]:
+        del journal[key]
+    calls.clear()
+    again, live = await kickoff(lambda: _adding_crew(calls, window=400), journal)
+    assert again == first
+    assert live[0] == "task:0/model:4" and calls.count("summary") == summaries - 2
+
+
+def test_model_and_tool_classes_defined_after_install_are_wrapped_too() -> None:
+    install()
+
+    class LateModel(ScriptedLLM):
+        def call(self, messages: Any, *args: Any, **kwargs: Any) -> Any:
+            return "late"
+
+    class LateTool(BaseTool):
+        name: str = "late"
+        description: str = "A tool defined after install()."
+
+        def _run(self, x: int) -> int:
+            return x
+
+    assert getattr(LateModel.call, "__stalwart_crewai__", False)
+    assert getattr(LateTool._run, "__stalwart_crewai__", False)
+    assert LateModel(lambda m, t: "").call("hi") == "late" and LateTool().run(x=3) == 3
+
+
+def test_wrappers_are_inert_outside_a_durable_run() -> None:
+    install()
+    install()  # idempotent
+    llm = ScriptedLLM(lambda messages, tools: "plain answer")
+    agent = Agent(role="Solo", goal="g", backstory="b", llm=llm)
+    crew = Crew(agents=[agent], tasks=[Task(description="d", expected_output="o", agent=agent)])
+    assert crew.kickoff().raw == "plain answer"
+
+
+# -- with servers and worker processes ---------------------------------------------------------
+
+
+async def test_crew_run_journals_every_call_once_under_its_task(
+    client: Client, crew_workers: WorkerFactory, counters: aioredis.Redis
+) -> None:
+    await crew_workers("a")
+    run_id = rid()
+    handle = await client.submit("research", {"topic": "ev"}, run_id=run_id)
+    result = msgspec.convert(await handle.result(timeout=60), CrewResult)
+
+    assert result.raw.startswith("REPORT on ev: 5 findings; results for ev pricing")
+    assert [t.agent for t in result.tasks] == ["Researcher", "Writer"]
+    keys = await done_keys(client, run_id)
+    assert sorted(keys) == sorted(RESEARCH_KEYS)
+    assert await exec_counts(counters, run_id) == dict.fromkeys(RESEARCH_KEYS, 1)
+    # Parallel calls are journaled by call id: their results reached the model in call order.
+    assert "results for ev pricing | results for ev competitors" in result.raw
+    # Token usage is journaled with each model call and is the run's own (copied LLMs).
+    models = [
+        je.entry
+        for je in await journal(client, run_id)
+        if isinstance(je.entry, StepDone) and je.entry.kind == "model"
+    ]
+    assert {m.model for m in models} == {"researcher-model", "writer-model"}
+    assert all(m.input_tokens > 0 and m.output_tokens > 0 for m in models)
+    tokens = sum(m.input_tokens + m.output_tokens for m in models)
+    assert result.token_usage["total_tokens"] == tokens
+    assert result.token_usage["successful_requests"] == len(models)
+
+
+async def test_sigkill_during_a_parallel_tool_batch_resumes_without_repeating_calls(
+    client: Client, crew_workers: WorkerFactory, supervisor, counters: aioredis.Redis
+) -> None:
+    a = await crew_workers("a")
+    run_id = rid()
+    in_flight = "task:0/tool:call_2a"
+    await counters.set(block_key(run_id), in_flight)
+    handle = await client.submit("research", {"topic": "solar"}, run_id=run_id)
+    await eventually(lambda: execs(counters, run_id, in_flight), timeout=60)
+    # Its sibling in the same parallel batch completes while call_2a is held.
+    await eventually(lambda: _journaled(client, run_id, "task:0/tool:call_2b"), timeout=30)
+    a.kill()
+    await counters.lpush(gate_key(run_id, "in"), "go")
+    await crew_workers("b")
+    result = await handle.result(timeout=60)
+
+    counts = await exec_counts(counters, run_id)
+    assert counts.pop(in_flight) == 2  # at-least-once: it was running when the worker died
+    assert counts == {k: 1 for k in RESEARCH_KEYS if k != in_flight}
+    assert sorted(await done_keys(client, run_id)) == sorted(RESEARCH_KEYS)
+    assert owners(await journal(client, run_id)) == ["a", "b"]
+
+    # The same crew, uninterrupted, ends with the same result (token usage included: the
+    # replayed model calls count their journaled usage again).
+    uninterrupted = await client.submit("research", {"topic": "solar"})
+    assert result == await uninterrupted.result(timeout=60)
+
+
+async def _journaled(client: Client, run_id: str, key: str) -> bool:
+    return key in await done_keys(client, run_id)
+
+
+async def test_hierarchical_crew_dies_inside_a_delegation_and_resumes_there(
+    client: Client, crew_workers: WorkerFactory, supervisor, counters: aioredis.Redis
+) -> None:
+    a = await crew_workers("a")
+    run_id = rid()
+    # Task 1's manager has delegated to the Writer; the Writer's model call is held.
+    held = "task:1/tool:call_m1/model:1"
+    await counters.set(block_key(run_id), held)
+    handle = await client.submit("delegation", {"topic": "wind"}, run_id=run_id)
+    await eventually(lambda: _journaled(client, run_id, "task:1/model:1"), timeout=60)
+    before = await exec_counts(counters, run_id)
+    assert set(before) == set(COUNTED[: COUNTED.index(held)])
+    a.kill()
+    await counters.lpush(gate_key(run_id, "in"), "go")
+    await crew_workers("b")
+    result = msgspec.convert(await handle.result(timeout=60), CrewResult)
+
+    assert result.raw.startswith("MANAGER: REPORT on wind: 5 findings")
+    assert [t.raw.split(":")[0] for t in result.tasks] == ["MANAGER", "MANAGER"]
+    # Nothing ran twice: the held call had not started, everything before it replayed.
+    assert await exec_counts(counters, run_id) == dict.fromkeys(COUNTED, 1)
+    assert sorted(await done_keys(client, run_id)) == sorted(DELEGATION_KEYS)
+    entries = await journal(client, run_id)
+    assert owners(entries) == ["a", "b"]
+    resumed_at = next(
+        i
+        for i, je in enumerate(entries)
+        if isinstance(je.entry, Started) and je.entry.worker == "b"
+    )
+    assert [je.entry.key for je in entries[resumed_at:] if isinstance(je.entry, StepDone)] == [
+        "task:1/tool:call_m1/model:1",
+        "task:1/tool:call_m1",
+        "task:1/model:2",
+    ]
+
+
+async def test_text_tool_calling_agent_keys_calls_by_tool_and_arguments(
+    client: Client, crew_workers: WorkerFactory, counters: aioredis.Redis
+) -> None:
+    await crew_workers("a")
+    run_id = rid()
+    handle = await client.submit("react", "Look up TOPIC=tidal", run_id=run_id)
+    result = await handle.result(timeout=60)
+
+    assert result["raw"] == "results for tidal pricing + results for tidal outlook"
+    keys = await done_keys(client, run_id)
+    assert keys[0] == "model:1" and keys[-1] == "model:3"
+    tools = [k for k in keys if k.startswith("tool:")]
+    assert len(tools) == 2 and all(k.startswith("tool:search:") for k in tools)
+    assert set((await exec_counts(counters, run_id)).values()) == {1}
+
+
+async def test_a_budget_stops_the_crew_even_though_crewai_retries_failed_tasks(
+    client: Client, crew_workers: WorkerFactory, counters: aioredis.Redis
+) -> None:
+    await crew_workers("a")
+    run_id = rid()
+    handle = await client.submit("research_budget", {"topic": "hydro"}, run_id=run_id)
+    with pytest.raises(RunFailed) as failed:
+        await handle.result(timeout=60)
+    assert failed.value.error_type == "BudgetExceeded"
+    models = [k for k in await done_keys(client, run_id) if "model" in k]
+    assert models == ["task:0/model:1", "task:0/model:2"]
+
+
+async def test_sigterm_drains_the_crew_at_its_next_call_and_another_worker_resumes_it(
+    client: Client, crew_workers: WorkerFactory, counters: aioredis.Redis
+) -> None:
+    # No supervisor: only the draining worker's own resume request can move the run.
+    a = await crew_workers("a")
+    run_id = rid()
+    held = "task:0/tool:call_2a"
+    await counters.set(block_key(run_id), held)
+    handle = await client.submit("research", {"topic": "tidal"}, run_id=run_id)
+    await eventually(lambda: execs(counters, run_id, held), timeout=60)
+    a.proc.terminate()  # SIGTERM: the held tool finishes, the next model call hands over
+    await counters.lpush(gate_key(run_id, "in"), "go")
+    assert a.proc.wait(timeout=20) == 0
+    await crew_workers("b")
+    result = msgspec.convert(await handle.result(timeout=60), CrewResult)
+
+    assert result.raw.startswith("REPORT on tidal: 5 findings")
+    assert await exec_counts(counters, run_id) == dict.fromkeys(RESEARCH_KEYS, 1)
+    entries = await journal(client, run_id)
+    assert owners(entries) == ["a", "b"]
+    by_worker = {je.entry.key: je.entry.worker for je in entries if isinstance(je.entry, StepDone)}
+    assert by_worker[held] == "a" and by_worker["task:0/model:3"] == "b"
+
+
+async def test_cancel_stops_the_crew_at_its_next_call(
+    client: Client, crew_workers: WorkerFactory, counters: aioredis.Redis
+) -> None:
+    await crew_workers("a")
+    run_id = rid()
+    held = "task:0/tool:call_2a"
+    await counters.set(block_key(run_id), held)
+    handle = await client.submit("research", {"topic": "geo"}, run_id=run_id)
+    await eventually(lambda: execs(counters, run_id, held), timeout=60)
+    assert await handle.cancel("enough") == "requested"
+    await counters.lpush(gate_key(run_id, "in"), "go")
+    with pytest.raises(RunCancelled):
+        await handle.result(timeout=30)
+    keys = await done_keys(client, run_id)
+    assert held in keys and "task:0/model:3" not in keys
+    assert (await handle.status()).status == "cancelled"
+
+
+async def test_a_failed_tool_is_journaled_and_replayed_as_the_same_error(
+    client: Client, crew_workers: WorkerFactory, supervisor, counters: aioredis.Redis
+) -> None:
+    a = await crew_workers("a")
+    run_id = rid()
+    held = "task:0/model:2"  # the model call that reads the tool's error
+    await counters.set(block_key(run_id), held)
+    handle = await client.submit("fragile", {"topic": "x"}, run_id=run_id)
+    await eventually(lambda: _failed(client, run_id, "task:0/tool:call_x"), timeout=60)
+    a.kill()
+    await counters.lpush(gate_key(run_id, "in"), "go")
+    await crew_workers("b")
+    result = msgspec.convert(await handle.result(timeout=60), CrewResult)
+
+    # What the model read, live on A and replayed on B: the tool's own message.
+    assert result.raw == "GOT: Error executing tool: backend down for x"
+    assert await exec_counts(counters, run_id) == {
+        "task:0/model:1": 1,
+        "task:0/tool:call_x": 2,  # two attempts (its retry policy), never a third
+        "task:0/model:2": 1,
+    }
+    errors = [je.entry for je in await journal(client, run_id) if isinstance(je.entry, StepError)]
+    assert [(e.key, e.error.type, e.attempt) for e in errors] == [
+        ("task:0/tool:call_x", "ConnectionError", 2)
+    ]
+
+
+async def _failed(client: Client, run_id: str, key: str) -> bool:
+    return any(
+        isinstance(je.entry, StepError) and je.entry.key == key
+        for je in await journal(client, run_id)
+    )
+
+
+def test_a_failed_tool_reads_as_its_own_message() -> None:
+    exc = ToolCallFailed("task:0/tool:call_x", "ConnectionError", "backend down")
+    assert str(exc) == "backend down" and isinstance(exc, StepFailed)
+
+
+def test_exports() -> None:
+    import stalwart.adapters.crewai as adapter
+
+    assert adapter.__all__ == [
+        "AgentResult",
+        "CrewResult",
+        "DurableAgentRunner",
+        "DurableCrewRunner",
+        "ScriptedLLM",
+        "TaskResult",
+        "ToolCallFailed",
+        "crew_result",
+        "install",
+        "text",
+        "tool_call",
+        "tool_results",
+    ]
+
+
+async def test_an_at_most_once_tool_in_flight_at_the_crash_fails_the_run_instead_of_repeating(
+    client: Client, crew_workers: WorkerFactory, supervisor, counters: aioredis.Redis
+) -> None:
+    a = await crew_workers("a")
+    run_id = rid()
+    held = "task:0/tool:call_pay"
+    await counters.set(block_key(run_id), held)
+    handle = await client.submit("payment", {"topic": "order-7"}, run_id=run_id)
+    await eventually(lambda: execs(counters, run_id, held), timeout=60)
+    a.kill()
+    await crew_workers("b")
+    with pytest.raises(RunFailed) as failed:
+        await handle.result(timeout=60)
+    # CrewAI would have shown the model an error and let it charge again: the run stops.
+    assert failed.value.error_type == "ToolOutcomeUnknown"
+    assert await execs(counters, run_id, held) == 1
+    assert "task:0/model:2" not in await exec_counts(counters, run_id)
