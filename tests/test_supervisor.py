@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
@@ -175,9 +174,9 @@ async def test_stuck_run_is_reported_and_replaced(
         await workers("a")
         run_id = rid()
         handle = await client.submit("sleepy", 1, run_id=run_id)
-        events = [e async for e in _until(handle, "run.stuck")]
-        assert events[-1].data["action"] == "replace"
-        first_epoch = events[-1].epoch
+        stuck = await eventually(lambda: _event_of(handle, "run.stuck"), timeout=30)
+        assert stuck.data["action"] == "replace"
+        first_epoch = stuck.epoch
 
         async def replaced() -> bool:
             return (await handle.status()).epoch > first_epoch
@@ -192,11 +191,13 @@ async def test_stuck_run_is_reported_and_replaced(
         await task
 
 
-async def _until(handle, type_: str) -> AsyncIterator:
-    async for ev in handle.events():
-        yield ev
+async def _event_of(handle, type_: str):
+    # Polls the stored events rather than following live: a test should not hang on a
+    # subscription, it should fail with a message.
+    async for ev in handle.events(follow=False):
         if ev.type == type_:
-            return
+            return ev
+    return None
 
 
 async def test_runs_survive_nats_and_redis_restarts(namespace: str, tmp_path) -> None:
