@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 default_app = App("stalwart-adapters")
 """The app adapters register into when none is given; serve it with
-``stalwart worker stalwart.adapters:default_app`` (or pass your own ``App``)."""
+``stalwart worker <your module>:default_app`` after importing it there (or pass your own ``App``)."""
 
 
 def canonical_fp(name: str, payload: Any) -> str:

@@ -9,7 +9,7 @@ runner = DurableCrewRunner("market-research", crew)  # or a function that builds
 result = await runner.run({"topic": "Q4 market trends"})  # or runner.submit(...) -> RunHandle
 ```
 
-Serve it with ``stalwart worker <module>:<app>`` (``stalwart.adapters:default_app`` unless an
+Serve it with ``stalwart worker <module>:<app>`` (``<module>:default_app`` unless an
 ``app=`` was given). Needs the ``stalwart[crewai]`` extra, in an environment of its own:
 CrewAI pins ``openai<3`` and ``pydantic<2.13``, which the OpenAI Agents SDK cannot share. Turn
 CrewAI's telemetry off where you do not want it (``CREWAI_DISABLE_TELEMETRY=true``,

@@ -9,7 +9,7 @@ runner = DurableGraphRunner("research", graph)
 result = await runner.run({"messages": [("user", "How is our market doing?")]})
 ```
 
-Serve it with ``stalwart worker <module>:<app>`` (``stalwart.adapters:default_app`` unless
+Serve it with ``stalwart worker <module>:<app>`` (``<module>:default_app`` unless
 an ``app=`` was given). Needs the ``stalwart[langgraph]`` extra.
 
 LangGraph keeps its own loop and its own resume logic. :class:`DurableGraphRunner` binds a

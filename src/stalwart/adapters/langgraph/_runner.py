@@ -15,12 +15,12 @@ is where it stops: it is stored first, so the next owner continues from it.
 ``interrupt()``: LangGraph stores the interrupt and returns it from the invocation. With an
 ``on_interrupt`` handler, its answer is journaled as a step (kind ``interrupt``, keyed by
 the interrupt ids) and the graph is invoked again with ``Command(resume=answer)``; after a
-crash the journaled answer is replayed, never asked twice. Without a handler the run fails
-with :class:`GraphInterrupted` and keeps its checkpoints. The planned mapping onto durable
-signals: the default handler becomes ``await ctx.wait_for_signal(f"interrupt:{id}")`` per
-interrupt (the run passivates, status ``waiting``, its lease released), a client answers
-with ``handle.signal(f"interrupt:{id}", value)``, and the run resumes on any worker with the
-journaled value.
+crash the journaled answer is replayed, never asked twice. Without a handler (the default,
+``interrupts="signal"``) each interrupt waits for the durable signal ``interrupt:<id>``:
+a ``graph.interrupted`` event names it, the run passivates while nobody answers (status
+``waiting``, lease released), a client answers with ``handle.signal(f"interrupt:{id}",
+value)``, and the run resumes on any worker. With ``interrupts="fail"`` the run fails with
+:class:`GraphInterrupted` and keeps its checkpoints.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from langgraph.pregel import Pregel
 
     from stalwart.actors import App, RunContext
+    from stalwart.actors._policy import Policies
     from stalwart.client import Client
 
 KIND_NODE = "node"
@@ -63,10 +64,9 @@ InterruptHandler = Callable[[Sequence[Interrupt]], Mapping[str, Any] | Awaitable
 
 
 class GraphInterrupted(StalwartError):
-    """The graph called ``interrupt()`` and no ``on_interrupt`` handler answers it.
+    """The graph called ``interrupt()`` under ``interrupts="fail"`` and no handler answers it.
 
-    The run ends failed with this error type; its checkpoints stay in Redis. Durable
-    signals, planned in the core, will let a run wait for the answer instead.
+    The run ends failed with this error type; its checkpoints stay in Redis.
     """
 
     def __init__(self, run_id: str, interrupts: Sequence[Interrupt]) -> None:
@@ -75,8 +75,9 @@ class GraphInterrupted(StalwartError):
             shown = shown[:_MAX_MESSAGE] + "..."
         super().__init__(
             f"run {run_id!r}: the graph is interrupted, waiting for input ({shown}). "
-            "Stalwart has no durable signals yet, so the run ends here with its checkpoints "
-            "kept; pass on_interrupt= to DurableGraphRunner to answer interrupts from code."
+            "The runner was built with interrupts='fail', so the run ends here with its "
+            "checkpoints kept; use on_interrupt= to answer interrupts from code, or the "
+            "default interrupts='signal' to wait for a durable signal."
         )
         self.run_id = run_id
         self.interrupts = [(i.id, to_builtins(i.value)) for i in interrupts]
@@ -289,6 +290,7 @@ class DurableGraphRunner(DurableRunner):
         *,
         app: App | None = None,
         client: Client | None = None,
+        policies: Policies | None = None,
         config: RunnableConfig | None = None,
         recursion_limit: int | None = None,
         input_fn: Callable[[Any], Any] | None = None,
@@ -303,7 +305,7 @@ class DurableGraphRunner(DurableRunner):
         self.output_fn = output_fn
         self.on_interrupt = on_interrupt
         self.interrupts = interrupts
-        super().__init__(name, app=app, client=client)
+        super().__init__(name, app=app, client=client, policies=policies)
 
     def _run_config(self, run_id: str, names: _TaskNames) -> RunnableConfig:
         base: dict[str, Any] = dict(self.config or {})

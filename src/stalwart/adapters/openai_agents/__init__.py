@@ -9,7 +9,7 @@ runner = DurableAgentRunner(name="market-research", agent=agent, max_iterations=
 result = await runner.run("Analyze Q4 market trends")  # or runner.submit(...) -> RunHandle
 ```
 
-Serve it with ``stalwart worker <module>:<app>`` (``stalwart.adapters:default_app`` unless
+Serve it with ``stalwart worker <module>:<app>`` (``<module>:default_app`` unless
 an ``app=`` was given). Needs the ``stalwart[openai-agents]`` extra.
 
 Step keys: ``model:<n>`` (n-th model call of its scope), ``tool:<tool_call_id>``,

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from agents.run_state import RunState
 
     from stalwart.actors import App, RunContext
+    from stalwart.actors._policy import Policies
     from stalwart.client import Client
 
 
@@ -98,6 +99,7 @@ class DurableAgentRunner(DurableRunner):
         context: Any = None,
         app: App | None = None,
         client: Client | None = None,
+        policies: Policies | None = None,
     ) -> None:
         if max_iterations < 1:
             raise ConfigurationError(f"max_iterations must be at least 1, got {max_iterations}")
@@ -110,7 +112,7 @@ class DurableAgentRunner(DurableRunner):
         self.durable_agent = self._graph.agent(agent)
         """The durable twin of ``agent`` that runs on the workers."""
         self.run_config = durable_run_config(run_config)
-        super().__init__(name, app=app, client=client)
+        super().__init__(name, app=app, client=client, policies=policies)
 
     async def execute(self, ctx: RunContext, input: Any) -> Any:
         """Run the SDK's loop on the durable agent and return its final output as plain data."""

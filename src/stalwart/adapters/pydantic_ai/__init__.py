@@ -9,7 +9,7 @@ runner = DurableAgentRunner(name="support", agent=agent, max_iterations=10)
 result = await runner.run("Where is my refund?")  # or runner.submit(...) -> RunHandle
 ```
 
-Serve it with ``stalwart worker <module>:<app>`` (``stalwart.adapters:default_app`` unless
+Serve it with ``stalwart worker <module>:<app>`` (``<module>:default_app`` unless
 an ``app=`` was given). Needs the ``stalwart[pydantic-ai]`` extra.
 
 PydanticAI keeps its own agent loop. :class:`StalwartDurability` is a

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from pydantic_ai.messages import ModelMessage
 
     from stalwart.actors import App, RunContext
+    from stalwart.actors._policy import Policies
     from stalwart.client import Client, RunHandle
 
 
@@ -67,6 +68,7 @@ class DurableAgentRunner(DurableRunner):
         stream: bool = True,
         app: App | None = None,
         client: Client | None = None,
+        policies: Policies | None = None,
     ) -> None:
         if max_iterations is not None and max_iterations < 1:
             raise ConfigurationError(f"max_iterations must be at least 1, got {max_iterations}")
@@ -80,7 +82,7 @@ class DurableAgentRunner(DurableRunner):
         self._capabilities: list[AbstractCapability[Any]] = (
             [] if own is not None else [StalwartDurability(name=name, stream=stream)]
         )
-        super().__init__(name, app=app, client=client)
+        super().__init__(name, app=app, client=client, policies=policies)
 
     async def execute(self, ctx: RunContext, input: Any) -> Any:
         """Run the agent's own loop inside the Stalwart run; return its output as plain data."""

@@ -11,7 +11,7 @@ runner = DurableAgentRunner("research", build, max_iterations=10)
 result = await runner.run("Analyze Q4 market trends")  # or runner.submit(...) -> RunHandle
 ```
 
-Serve it with ``stalwart worker <module>:<app>`` (``stalwart.adapters:default_app`` unless an
+Serve it with ``stalwart worker <module>:<app>`` (``<module>:default_app`` unless an
 ``app=`` was given). Needs the ``stalwart[strands]`` extra. A ``Graph`` or ``Swarm`` (or a
 function building one) is served the same way.
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from strands.types._snapshot import Snapshot
 
     from stalwart.actors import App, RunContext
+    from stalwart.actors._policy import Policies
     from stalwart.client import Client
 
 Target = Agent | MultiAgentBase
@@ -186,6 +187,7 @@ class DurableAgentRunner(DurableRunner):
         local_tools: Iterable[str] = (),
         app: App | None = None,
         client: Client | None = None,
+        policies: Policies | None = None,
     ) -> None:
         if max_iterations is not None and max_iterations < 1:
             raise ConfigurationError(f"max_iterations must be at least 1, got {max_iterations}")
@@ -204,7 +206,7 @@ class DurableAgentRunner(DurableRunner):
                 f"agent must be a strands Agent, Graph or Swarm, or a function building one; "
                 f"got {type(agent).__name__}"
             )
-        super().__init__(name, app=app, client=client)
+        super().__init__(name, app=app, client=client, policies=policies)
 
     def _check_limits(self, target: Target) -> None:
         if self.max_iterations is not None and not isinstance(target, Agent):
