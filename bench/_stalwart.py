@@ -6,15 +6,21 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
+from bench._util import bench_env
 from stalwart import Client, Settings
 from stalwart.testing import StalwartProcess, worker_process
-
-from bench._util import bench_env
 
 if TYPE_CHECKING:
     from stalwart import RunHandle, RunRecord
 
 APP = "bench.agents:app"
+
+
+def supervisor_process(cl: Cluster) -> StalwartProcess:
+    """A started ``stalwart supervisor`` process for the cluster's namespace."""
+    args = ["supervisor", "--nats-url", cl.nats_url, "--redis-url", cl.redis_url,
+            "--namespace", cl.ns, "--lease-ttl", str(cl.lease_ttl)]  # fmt: skip
+    return StalwartProcess(args, env=bench_env(), name="supervisor").start()
 
 
 class Cluster:

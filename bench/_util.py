@@ -10,9 +10,14 @@ import signal
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+DASH = "\u2013"
+"""En dash, for ``min-max`` ranges."""
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 """The repository root (``bench/`` is directly below it)."""
@@ -48,14 +53,14 @@ def percentile(values: Sequence[float], p: float) -> float:
 
 
 def fmt(s: dict[str, Any] | None, scale: float = 1.0, digits: int = 2, unit: str = "") -> str:
-    """``median [min–max]`` of a summary, multiplied by ``scale``."""
+    """``median [min-max]`` (en dash) of a summary, multiplied by ``scale``."""
     if not s or not s.get("n"):
         return "n/a"
     f = f"{{:.{digits}f}}"
     med, lo, hi = (f.format(s[k] * scale) for k in ("median", "min", "max"))
     if s["n"] == 1:
-        return f"{med}{unit} (1 run)"
-    return f"{med}{unit} [{lo}–{hi}]"
+        return f"{med}{unit} (n=1)"
+    return f"{med}{unit} [{lo}{DASH}{hi}]"
 
 
 def ratio_summary(num: Sequence[float], den: Sequence[float]) -> dict[str, Any]:
@@ -77,6 +82,16 @@ def cpu_seconds(pid: int) -> float:
     ticks = os.sysconf("SC_CLK_TCK")
     # After the ")" the fields start at field 3 (state): utime is field 14, stime 15.
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, all cores (``/proc/stat``)."""
+    with open("/proc/stat") as f:
+        vals = [int(v) for v in f.readline().split()[1:]]
+    ticks = os.sysconf("SC_CLK_TCK")
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)  # idle + iowait
+    total = sum(vals[:8])
+    return (total - idle) / ticks, total / ticks
 
 
 def rss_bytes(pid: int) -> int:

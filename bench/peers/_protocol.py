@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import os
 import sys
 import tempfile
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,9 @@ def _reply(obj: dict[str, Any]) -> None:
 def serve(handlers: dict[str, Handler]) -> None:
     """The peer side: answer commands until stdin closes.
 
-    Handlers may be coroutines. The event loop keeps running between commands (stdin is
-    read in a thread), so background tasks such as a Temporal worker keep polling.
+    Coroutine handlers run on the event loop, which keeps running between commands (stdin
+    is read in a thread), so background tasks such as a Temporal worker keep polling.
+    Plain handlers run in a thread.
     """
     asyncio.run(_serve(handlers))
 
@@ -49,10 +51,12 @@ async def _serve(handlers: dict[str, Handler]) -> None:
             continue
         msg = json.loads(line)
         name = msg.pop("cmd")
+        handler = handlers[name]
         try:
-            result = handlers[name](**msg)
-            if isinstance(result, Awaitable):
-                result = await result
+            if inspect.iscoroutinefunction(handler):
+                result = await handler(**msg)
+            else:  # in a thread: sync libraries (DBOS) refuse to run under an event loop
+                result = await asyncio.to_thread(handler, **msg)
             _reply({"ok": result})
         except Exception:
             _reply({"error": traceback.format_exc()})

@@ -22,9 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stalwart.testing import free_port
-
 from bench._util import die_with_parent
+from stalwart.testing import free_port
 
 _LIVE: list[Any] = []
 
@@ -161,7 +160,9 @@ class TemporalDevServer:
         return f"127.0.0.1:{self.port}"
 
     def version(self) -> str:
-        out = subprocess.run([self.binary, "--version"], capture_output=True, text=True, check=False)
+        out = subprocess.run(
+            [self.binary, "--version"], capture_output=True, text=True, check=False
+        )
         return out.stdout.strip()
 
     def start(self, timeout: float = 60.0) -> TemporalDevServer:

@@ -15,7 +15,7 @@ from importlib.metadata import version
 from typing import Any
 
 from temporalio import activity, workflow
-from temporalio.client import Client, WorkflowHandle, WorkflowHistory
+from temporalio.client import Client, WorkflowHistory
 from temporalio.worker import Replayer, Worker
 
 with workflow.unsafe.imports_passed_through():
@@ -132,7 +132,7 @@ def synthesize(real: WorkflowHistory, n: int) -> WorkflowHistory:
             c.CopyFrom(e)
             c.event_id = base + k + 1
             copies.append(c)
-        sched, started, done, wft_s, wft_st, wft_c = copies
+        sched, started, done, _wft_sched, wft_st, wft_c = copies
         a = sched.activity_task_scheduled_event_attributes
         a.activity_id = str(i + 1)
         a.input.payloads[0].data = f"{i}".encode()
@@ -152,6 +152,7 @@ class Peer:
         self.worker: Worker | None = None
         self.task: asyncio.Task[None] | None = None
         self.seq = 0
+        self.histories: dict[str, WorkflowHistory] = {}
 
     @property
     def c(self) -> Client:
@@ -179,9 +180,10 @@ class Peer:
         )
         return stamps
 
-    async def build(self, n: int, batch: int, timeout: float = 1800.0) -> dict[str, Any]:
-        """Start a ``HistoryWf`` and return once ``n`` activities completed."""
+    async def build(self, n: int, batch: int = 1, timeout: float = 1800.0) -> dict[str, Any]:
+        """Start a ``HistoryWf``; once ``n`` activities completed, fetch its history (timed)."""
         wf_id = self._id("history")
+        t0 = time.perf_counter()
         handle = await self.c.start_workflow(
             HistoryWf.run, args=[n, batch], id=wf_id, task_queue=TASK_QUEUE
         )
@@ -190,25 +192,31 @@ class Peer:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"history of {n} activities not built in {timeout}s")
             await asyncio.sleep(0.2)
-        history = await handle.fetch_history()
-        return {"wf_id": wf_id, "events": len(history.events)}
-
-    async def replay(self, wf_id: str, reps: int) -> dict[str, Any]:
-        """Fetch the history once (timed), then replay it ``reps`` times (each timed)."""
-        handle: WorkflowHandle[Any, Any] = self.c.get_workflow_handle(wf_id)
+        built = time.perf_counter() - t0
         t0 = time.perf_counter()
-        history = await handle.fetch_history()
+        self.histories[wf_id] = await handle.fetch_history()
         fetch = time.perf_counter() - t0
+        return {"key": wf_id, "events": len(self.histories[wf_id].events), "build": built,
+                "fetch": fetch}  # fmt: skip
+
+    def synth(self, source: str, n: int) -> dict[str, Any]:
+        """Store a synthetic sequential history of ``n`` activities made from ``source``."""
+        key = f"synthetic-{n}"
+        self.histories[key] = synthesize(self.histories[source], n)
+        return {"key": key, "events": len(self.histories[key].events)}
+
+    async def replay(self, key: str, reps: int) -> list[float]:
+        """Replay a stored history ``reps`` times with the ``Replayer``; seconds for each."""
         replayer = Replayer(workflows=[HistoryWf])
         times: list[float] = []
         for _ in range(reps):
             t0 = time.perf_counter()
-            await replayer.replay_workflow(history)
+            await replayer.replay_workflow(self.histories[key])
             times.append(time.perf_counter() - t0)
-        return {"fetch": fetch, "replay": times, "events": len(history.events)}
+        return times
 
-    async def terminate(self, wf_id: str) -> None:
-        await self.c.get_workflow_handle(wf_id).terminate("benchmark done")
+    async def terminate(self, key: str) -> None:
+        await self.c.get_workflow_handle(key).terminate("benchmark done")
 
     async def chat(self, calls: int, prompt: str) -> dict[str, Any]:
         """Run the model-call loop; return the size of its stored history."""
@@ -230,6 +238,7 @@ def main() -> None:
             "init": peer.init,
             "overhead": peer.overhead,
             "build": peer.build,
+            "synth": peer.synth,
             "replay": peer.replay,
             "terminate": peer.terminate,
             "chat": peer.chat,

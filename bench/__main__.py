@@ -1,0 +1,5 @@
+"""``python -m bench [--quick] [--only NAMES] [--no-peers] [--report RESULTS.json]``."""
+
+from bench.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,196 @@
+"""PNG plots of the curves (matplotlib, Agg backend); nothing is drawn without matplotlib."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+PREFIX = "bench-"
+COLORS = {"stalwart": "#1f6feb", "dbos": "#d1242f", "temporal": "#8250df", "floor": "#57606a"}
+
+
+def _err(s: dict[str, Any], scale: float = 1.0) -> tuple[float, list[float]]:
+    med = s["median"] * scale
+    return med, [med - s["min"] * scale, s["max"] * scale - med]
+
+
+def _overhead(plt: Any, r: dict[str, Any], path: Path) -> None:
+    names, vals, errs, colors = [], [], [], []
+    for name, d in r["systems"].items():
+        kind = name.split("/")[0]
+        names.append(name.replace("/", " · AOF ").replace("_", " "))
+        med, e = _err(d["overhead"], 1e6)
+        vals.append(max(med, 0.1))
+        errs.append(e)
+        colors.append(
+            COLORS["stalwart"]
+            if kind == "stalwart"
+            else COLORS["dbos"]
+            if kind == "dbos"
+            else COLORS["temporal"]
+            if kind.startswith("temporal")
+            else COLORS["floor"]
+        )
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(names) + 1.2))
+    ys = range(len(names))
+    ax.barh(list(ys), vals, xerr=list(zip(*errs, strict=True)), color=colors, capsize=2)
+    ax.set_yticks(list(ys), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("overhead per step, µs (log scale; median, bars min\u2013max)")
+    ax.set_title(f"Step overhead, N = {r['n']} trivial steps")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _failover(plt: Any, r: dict[str, Any], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (ttl, d) in enumerate(r["ttls"].items()):
+        vals = sorted(d["raw"]["to_step_completed"])
+        ys = [(k + 1) / len(vals) for k in range(len(vals))]
+        color = ["#1f6feb", "#bf8700", "#1a7f37"][i % 3]
+        ax.step(vals, ys, where="post", label=f"lease TTL {ttl} s", color=color)
+        ax.axvline(d["target_p50"], color=color, ls=":", lw=1)
+        ax.axvline(d["target_p99"], color=color, ls="--", lw=1)
+    ax.set_xlabel("seconds from SIGKILL to the first step completed on another worker")
+    ax.set_ylabel("fraction of kills")
+    ax.set_title("Failover (dotted: p50 target TTL+0.5 s; dashed: p99 target TTL+1.5 s)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _resume(plt: Any, r: dict[str, Any], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+
+    def line(data: dict[str, Any], key: str, label: str, color: str, ls: str = "-") -> None:
+        xs, ys, lo, hi = [], [], [], []
+        for n in r["sizes"]:
+            s = data.get(str(n), {}).get(key)
+            if s and s.get("n"):
+                xs.append(n)
+                med, (el, eh) = _err(s)
+                ys.append(med)
+                lo.append(el)
+                hi.append(eh)
+        if xs:
+            ax.errorbar(
+                xs, ys, yerr=[lo, hi], label=label, color=color, ls=ls, marker="o", capsize=3
+            )
+
+    line(
+        r["stalwart"],
+        "placement_to_live",
+        "Stalwart: placement → first live step",
+        COLORS["stalwart"],
+    )
+    line(r.get("dbos", {}), "launch_to_live", "DBOS: launch → first live step", COLORS["dbos"])
+    line(r.get("dbos", {}), "replay", "DBOS: replay part", COLORS["dbos"], "--")
+    line(r.get("temporal", {}), "replay", "Temporal: Replayer", COLORS["temporal"])
+    for n, limit in r["targets"].items():
+        ax.plot([int(n)], [limit], marker="_", ms=18, color="black")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("completed steps in the history")
+    ax.set_ylabel("seconds (log)")
+    ax.set_title("Resume cost vs history (black ticks: targets)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _throughput(plt: Any, r: dict[str, Any], path: Path) -> None:
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.8))
+    ws = [int(w) for w in r["configs"]]
+    for ax, key, title in (
+        (a1, "steps_per_s", "durable steps/s"),
+        (a2, "runs_per_s", "started runs/s"),
+    ):
+        meds, errs = zip(*(_err(r["configs"][str(w)][key]) for w in ws), strict=True)
+        ax.errorbar(
+            ws,
+            meds,
+            yerr=list(zip(*errs, strict=True)),
+            marker="o",
+            capsize=3,
+            color=COLORS["stalwart"],
+        )
+        ax.set_xticks(ws)
+        ax.set_xlabel("worker processes")
+        ax.set_title(title)
+        ax.set_ylim(bottom=0)
+    fig.suptitle(f"Throughput on {r.get('nproc', '?')} cores")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _journal(plt: Any, r: dict[str, Any], path: Path) -> None:
+    calls = sorted(int(k) for k in r["calls"])
+    mib = 1024 * 1024
+    fig, ax = plt.subplots(figsize=(7, 4))
+
+    def series(key: str) -> list[float]:
+        return [r["calls"][str(c)].get(key, float("nan")) / mib for c in calls]
+
+    ax.plot(
+        calls,
+        series("stalwart_memory"),
+        "o-",
+        color=COLORS["stalwart"],
+        label="Stalwart journal (linear)",
+    )
+    ax.plot(
+        calls,
+        series("inputs_memory"),
+        "o-",
+        color=COLORS["floor"],
+        label="store the inputs (quadratic)",
+    )
+    if all("temporal_history" in r["calls"][str(c)] for c in calls):
+        ax.plot(
+            calls,
+            series("temporal_history"),
+            "s--",
+            color=COLORS["temporal"],
+            label="Temporal history (activity inputs)",
+        )
+    ax.set_xlabel("model calls (each adds ~2 KB to the conversation)")
+    ax.set_ylabel("MiB stored for the run")
+    ax.set_title("Journal size")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+_PLOTS = {
+    "overhead": _overhead,
+    "failover": _failover,
+    "resume": _resume,
+    "throughput": _throughput,
+    "journal_size": _journal,
+}
+
+
+def draw(results: dict[str, Any], out_dir: Path) -> dict[str, str]:
+    """Draw every plot whose section has results; returns section -> file name."""
+    if importlib.util.find_spec("matplotlib") is None:
+        return {}
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done: dict[str, str] = {}
+    for key, fn in _PLOTS.items():
+        section = results.get(key)
+        if not section or "error" in section:
+            continue
+        name = f"{PREFIX}{key.replace('_', '-')}.png"
+        fn(plt, section, out_dir / name)
+        plt.close("all")
+        done[key] = name
+    return done

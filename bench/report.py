@@ -1,0 +1,658 @@
+"""Turns a results dict into ``docs/benchmarks.md`` (full mode) and PNG plots.
+
+Quick mode writes the same report under ``bench/results/`` so CI exercises this code
+without touching the docs. Plots need matplotlib; without it the report says so.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from bench import plots
+from bench._util import DASH, ROOT, fmt
+
+Table = list[list[str]]
+
+OVERHEAD_LABELS = {
+    "stalwart": "Stalwart `ctx.step`",
+    "floor_store": "floor: `CheckpointStore.append` alone",
+    "floor_async": "floor: raw `EVALSHA` fenced append, redis.asyncio",
+    "floor_sync": "floor: raw `EVALSHA` fenced append, blocking redis-py",
+}
+AOF_LABELS = {"off": "AOF off", "everysec": "AOF everysec", "always": "AOF always"}
+
+
+def _table(headers: list[str], rows: Table) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _us(s: dict[str, Any] | None, digits: int = 0) -> str:
+    return fmt(s, 1e6, digits, " µs")
+
+
+def _ms(s: dict[str, Any] | None, digits: int = 1) -> str:
+    return fmt(s, 1e3, digits, " ms")
+
+
+def _sec(s: dict[str, Any] | None, digits: int = 2) -> str:
+    return fmt(s, 1.0, digits, " s")
+
+
+def _x(s: dict[str, Any] | None, digits: int = 1) -> str:
+    return fmt(s, 1.0, digits, "\u00d7")
+
+
+def _ok(flag: bool | None) -> str:
+    return "n/a" if flag is None else ("**met**" if flag else "**missed**")
+
+
+def _kb(n: float) -> str:
+    return f"{n / 1024:,.0f} KiB" if n < 1024 * 1024 * 10 else f"{n / 1024 / 1024:,.1f} MiB"
+
+
+def _err(section: dict[str, Any] | None) -> str | None:
+    if section is None:
+        return "not run"
+    if "error" in section:
+        return "failed:\n\n```\n" + section["error"][-3000:] + "\n```"
+    return None
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _overhead(r: dict[str, Any], img: str | None) -> tuple[str, list[list[str]]]:
+    sysd, rat = r["systems"], r["ratios"]
+    rows: Table = []
+    for aof, label in AOF_LABELS.items():
+        for kind, klabel in OVERHEAD_LABELS.items():
+            s = sysd.get(f"{kind}/{aof}")
+            if s is None:
+                continue
+            ratio = "—" if kind == "stalwart" else _x(rat.get(f"{aof}/{kind}"))
+            rows.append(
+                [label, klabel, _us(s["per_step"]), _us(s.get("mean")), _us(s["overhead"]), ratio]
+            )
+    peers = {
+        "dbos": "DBOS step (PostgreSQL, default fsync)",
+        "temporal_activity": "Temporal activity (dev server, SQLite)",
+        "temporal_local": "Temporal local activity (dev server, SQLite)",
+    }
+    for key, label in peers.items():
+        if key in sysd:
+            s = sysd[key]
+            rows.append(
+                ["peer", label, _us(s["per_step"]), _us(s.get("mean")), _us(s["overhead"]), "—"]
+            )
+    text = [
+        f"A run of N = {r['n']} trivial steps; each step timed inside the run (queueing "
+        "and placement excluded; Temporal: the time between consecutive activities, from "
+        "their own timestamps). 'Time per step' is the median step of a run, 'mean' the "
+        "run's average (preempted steps on this shared machine move the mean, rarely the "
+        "median); overhead is the median step minus one plain call of the same function. "
+        f"{r['reps']} rounds after one warm-up round; each round runs every system once, "
+        "so ratios are paired within a round. The right-hand column is Stalwart's overhead "
+        "divided by the floor's on the same Redis (paired by round).",
+        "",
+        _table(
+            ["Redis", "what", "time per step", "mean", "overhead per step", "Stalwart ÷ this"],
+            rows,
+        ),
+        "",
+    ]
+    ratio_rows: Table = []
+    for aof, label in AOF_LABELS.items():
+        for peer, plabel in (
+            ("dbos", "DBOS"),
+            ("temporal_activity", "Temporal activity"),
+            ("temporal_local", "Temporal local activity"),
+        ):
+            if f"{peer}/{aof}" in rat:
+                ratio_rows.append([f"{plabel} ÷ Stalwart ({label})", _x(rat[f"{peer}/{aof}"])])
+    if ratio_rows:
+        text += ["Peers' overhead per step divided by Stalwart's (paired by round):", ""]
+        text += [_table(["ratio", "median [min\u2013max]"], ratio_rows), ""]
+    if img:
+        text += [f"![step overhead]({img})", ""]
+    text += _overhead_parts(r)
+    return "\n".join(text), _overhead_targets(rat)
+
+
+def _profile_tables(p: dict[str, Any], what: str) -> list[str]:
+    if not p:
+        return []
+    if not p.get("samples"):
+        return [f"py-spy ({what}): {p.get('error', 'no samples')}", ""]
+    return [
+        f"py-spy profile of the worker {what} ({p['samples']} samples):",
+        "",
+        _table(
+            ["where the worker's time goes (inclusive)", "share of samples"],
+            [[k, f"{v * 100:.0f} %"] for k, v in p.get("phases", [])],
+        ),
+        "",
+        _table(
+            ["library (self time)", "share of samples"],
+            [[k, f"{v * 100:.0f} %"] for k, v in p.get("areas", [])],
+        ),
+        "",
+    ]
+
+
+def _overhead_parts(r: dict[str, Any]) -> list[str]:
+    """What Stalwart's overhead is made of: micro costs, and a profile of a serial run."""
+    out = ["### What the overhead is made of", ""]
+    micro = r.get("micro") or {}
+    if micro:
+        rows = [["`fingerprint(name, args, kwargs)`", f"{micro['fingerprint'] * 1e6:.1f} µs"]]
+        if "result_type" in micro:
+            rows.append(
+                [
+                    "`_result_type(fn)` (`typing.get_type_hints` on every call)",
+                    f"{micro['result_type'] * 1e6:.1f} µs",
+                ]
+            )
+        out += [
+            "Pure-Python pieces every `ctx.step` call runs, live and on replay (timed in "
+            "the harness process):",
+            "",
+            _table(["per `ctx.step` call", "cost"], rows),
+            "",
+        ]
+    out += _profile_tables(
+        r.get("profile") or {}, "while one run executes trivial steps back to back (AOF everysec)"
+    )
+    return out
+
+
+def _overhead_targets(rat: dict[str, Any]) -> list[list[str]]:
+    targets: list[list[str]] = []
+    for aof, label in AOF_LABELS.items():
+        fl = rat.get(f"{aof}/floor_async")
+        if fl and fl.get("n"):
+            targets.append(
+                [
+                    f"overhead within 2\u00d7 of the fenced-XADD floor ({label})",
+                    _x(fl),
+                    _ok(fl["median"] <= 2.0),
+                ]
+            )
+    for aof, label in AOF_LABELS.items():
+        d = rat.get(f"dbos/{aof}")
+        if d and d.get("n"):
+            targets.append(
+                [f"\u2265 10\u00d7 below DBOS ({label})", _x(d), _ok(d["median"] >= 10.0)]
+            )
+    return targets
+
+
+def _failover(r: dict[str, Any], img: str | None) -> tuple[str, list[list[str]]]:
+    rows: Table = []
+    targets: list[list[str]] = []
+    for ttl, d in r["ttls"].items():
+        c = d["to_step_completed"]
+        s = d["to_step_started"]
+        rows.append(
+            [
+                f"{ttl} s",
+                str(c["n"]),
+                f"{s['median']:.2f} s",
+                f"{c['median']:.2f} s",
+                f"{c['p90']:.2f} s",
+                f"{c['p99']:.2f} s",
+                f"{c['min']:.2f}{DASH}{c['max']:.2f} s",
+            ]
+        )
+        targets.append(
+            [
+                f"failover p50 ≤ TTL + 0.5 s (TTL {ttl} s)",
+                f"{c['median']:.2f} s",
+                _ok(c["median"] <= d["target_p50"]),
+            ]
+        )
+        targets.append(
+            [
+                f"failover p99 ≤ TTL + 1.5 s (TTL {ttl} s)",
+                f"{c['p99']:.2f} s",
+                _ok(c["p99"] <= d["target_p99"]),
+            ]
+        )
+    text = [
+        f"Two worker processes and a `stalwart supervisor` process; one long run of "
+        f"{r['step_seconds'] * 1000:.0f} ms steps. {r['kills']} SIGKILLs of the run's owner "
+        "per lease TTL, each 0.5\u20131.5 s (random) after the previous failover, the killed "
+        "worker restarted under a new id each time. Time from the SIGKILL to the first "
+        "`step.started` and the first `step.completed` event from the other worker (event "
+        "timestamps are the workers' wall clocks, on this same machine).",
+        "",
+        _table(
+            [
+                "lease TTL",
+                "kills",
+                "to step started (p50)",
+                "to step completed (p50)",
+                "p90",
+                "p99",
+                "min\u2013max",
+            ],
+            rows,
+        ),
+        "",
+        "A lease expires between 2/3 TTL and one TTL after the dead worker's last renewal "
+        "(renewals every TTL/3), so failover can be shorter than the TTL. p99 over "
+        f"{r['kills']} kills is interpolated between the two largest values.",
+        "",
+    ]
+    if img:
+        text += [f"![failover]({img})", ""]
+    return "\n".join(text), targets
+
+
+def _resume(r: dict[str, Any], img: str | None) -> tuple[str, list[list[str]]]:
+    st, dbos, tmp = r["stalwart"], r.get("dbos", {}), r.get("temporal", {})
+    rows: Table = []
+    for n in r["sizes"]:
+        k = str(n)
+        s = st.get(k, {})
+        d = dbos.get(k, {})
+        t = tmp.get(k, {})
+        tcell = _sec(t.get("replay")) if t else "—"
+        if t and t.get("history") == "synthetic":
+            tcell += " (synthetic history)"
+        rows.append(
+            [
+                f"{n:,}",
+                _ms(s.get("placement_to_live")),
+                _ms(s.get("publish_to_live")),
+                _sec(d.get("launch_to_live")) if d else "—",
+                _sec(d.get("replay")) if d else "—",
+                tcell,
+            ]
+        )
+    text = [
+        "A run that already has N completed steps is resumed on a standby worker. "
+        "Stalwart: from placement (the claim's `Started` entry) to the first live step's "
+        "`step.started`, and from the publish of the resume request; "
+        f"{st.get(str(r['sizes'][0]), {}).get('placement_to_live', {}).get('n', 0)} "
+        "resumes per size. DBOS: a fresh process's `DBOS.launch()` recovers the workflow "
+        "(SIGKILLed in its gate step) until the gate step runs again, and the part of it "
+        "spent replaying (from the recovered workflow body's first line). Temporal: "
+        "`Replayer.replay_workflow` on the workflow's history (N sequential activities).",
+        "",
+        _table(
+            [
+                "completed steps",
+                "Stalwart placement → live",
+                "Stalwart resume publish → live",
+                "DBOS launch → live",
+                "DBOS replay part",
+                "Temporal replay",
+            ],
+            rows,
+        ),
+        "",
+    ]
+    extra = [
+        f"`{k}`: {_sec(v.get('replay'))} ({v.get('history')}, {v.get('events'):,} events)"
+        for k, v in tmp.items()
+        if "-" in k
+    ]
+    if tmp:
+        text += [
+            "Temporal histories of up to 1,000 activities were built on the dev server "
+            "(~45 ms per sequential activity); the 10,000-activity history is synthetic: "
+            "the real 100-activity history's six-event blocks repeated with renumbered "
+            "ids (building it for real would take ~8 minutes). A synthetic 1,000-activity "
+            "history replayed beside the real one checks the method: "
+            + ("; ".join(extra) if extra else "not run")
+            + ". A real workflow cannot reach 10,000 sequential activities at all: that is "
+            "60,004 events, past Temporal's default limit of 51,200 events per history "
+            "(it would need Continue-As-New).",
+            "",
+        ]
+    per_step = _replay_cost(r)
+    if per_step is not None:
+        text += [
+            f"Marginal cost of a replayed step (Stalwart, from the {r['sizes'][0]:,}- and "
+            f"{r['sizes'][-1]:,}-step medians): {per_step * 1e6:.1f} µs.",
+            "",
+        ]
+    big = st.get(str(r["sizes"][-1]), {}).get("profile")
+    if big:
+        text += _profile_tables(
+            big,
+            f"that resumed the {r['sizes'][-1]:,}-step run (one extra resume, sampled at 1 kHz)",
+        )
+    for key in ("dbos_error", "temporal_error"):
+        if key in r:
+            text += [f"{key.split('_')[0]} failed: `{r[key]}`", ""]
+    if img:
+        text += [f"![resume]({img})", ""]
+    targets = []
+    for n, limit in r["targets"].items():
+        s = st.get(n, {}).get("placement_to_live")
+        if s and s.get("n"):
+            targets.append(
+                [
+                    f"resume {int(n):,} steps < {limit * 1000:.0f} ms",
+                    _ms(s),
+                    _ok(s["median"] < limit),
+                ]
+            )
+    return "\n".join(text), targets
+
+
+def _replay_cost(r: dict[str, Any]) -> float | None:
+    st = r["stalwart"]
+    lo, hi = r["sizes"][0], r["sizes"][-1]
+    a = st.get(str(lo), {}).get("placement_to_live")
+    b = st.get(str(hi), {}).get("placement_to_live")
+    if not a or not b or hi == lo or not a.get("n") or not b.get("n"):
+        return None
+    return float((b["median"] - a["median"]) / (hi - lo))
+
+
+def _throughput(r: dict[str, Any], img: str | None) -> tuple[str, list[list[str]]]:
+    rows: Table = []
+    for w, c in r["configs"].items():
+        cpu = c["cpu_us_per_step"]
+        rows.append(
+            [
+                w,
+                fmt(c["steps_per_s"], 1, 0),
+                fmt(c["runs_per_s"], 1, 0),
+                _cpu(cpu, "workers"),
+                _cpu(cpu, "redis"),
+                _cpu(cpu, "nats"),
+                fmt(c["cpu_util_steps"], 100, 0, " %"),
+                fmt(c["others_util"], 100, 0, " %"),
+            ]
+        )
+    text = [
+        f"Worker processes with `--concurrency {r.get('concurrency', '?')}` each, Redis with "
+        "AOF everysec. Steps: a batch of runs of 40 trivial steps each submitted while the "
+        "workers are SIGSTOPped, then released together; runs: a batch of single-step "
+        "runs, the same way. Rates over the middle 80 % of the journal's own timestamps. "
+        "CPU per step is user+system CPU from `/proc` over the batch divided by its "
+        "steps; 'machine used' is all the benchmark's processes (workers, Redis, NATS, "
+        "harness) against the machine's "
+        f"{r.get('nproc', '?')} cores; 'others' is CPU used by processes outside the "
+        "benchmark during the batches (this machine is shared).",
+        "",
+        _table(
+            [
+                "workers",
+                "durable steps/s",
+                "started runs/s",
+                "worker CPU / step",
+                "Redis CPU / step",
+                "NATS CPU / step",
+                "machine used",
+                "others",
+            ],
+            rows,
+        ),
+        "",
+    ]
+    if img:
+        text += [f"![throughput]({img})", ""]
+    text += _bottleneck(r)
+    return "\n".join(text), []
+
+
+def _cpu(cpu: dict[str, Any], role: str) -> str:
+    return fmt(cpu.get(role), 1, 0, " µs")
+
+
+def _bottleneck(r: dict[str, Any]) -> list[str]:
+    out = ["### What bounds it", ""]
+    one = r["configs"].get("1")
+    prof = (one or {}).get("profile") or {}
+    last = list(r["configs"].values())[-1]
+    cpu = last["cpu_us_per_step"]
+    total = sum(cpu[k]["median"] for k in ("workers", "redis", "nats") if k in cpu)
+    if total:
+        cores = r.get("nproc") or 1
+        ours = last["cpu_util_steps"]["median"]
+        others = last["others_util"]["median"]
+        verdict = (
+            "The machine's CPU is saturated: the figure is bound by CPU"
+            if ours + others >= 0.85
+            else "The machine's CPU is not saturated: the bound is latency, not CPU"
+        )
+        out += [
+            f"With {last['workers']} worker process(es) the benchmark's processes used "
+            f"{ours * 100:.0f} % of the machine's {cores} cores during the steps batches "
+            f"(others on this shared machine: {others * 100:.0f} %). One durable step costs "
+            f"about {total:.0f} µs of CPU in total ({cpu['workers']['median']:.0f} µs in "
+            f"the worker, {cpu['redis']['median']:.0f} µs in Redis, "
+            f"{cpu['nats']['median']:.0f} µs in NATS), so {cores} cores cannot do more than "
+            f"about {cores * 1e6 / total:,.0f} steps/s. {verdict}; "
+            f"{cpu['workers']['median'] / total * 100:.0f} % of that CPU is the worker's "
+            "Python.",
+            "",
+        ]
+        run_cpu = last["cpu_ms_per_run"]
+        run_total = sum(run_cpu[k]["median"] for k in ("workers", "redis", "nats") if k in run_cpu)
+        if run_total:
+            out += [
+                f"A single-step run costs about {run_total:.2f} ms of CPU from request to "
+                f"finish ({run_cpu['workers']['median']:.2f} ms worker, "
+                f"{run_cpu['redis']['median']:.2f} ms Redis, "
+                f"{run_cpu['nats']['median']:.2f} ms NATS): at most about "
+                f"{cores * 1e3 / run_total:,.0f} runs/s on {cores} cores.",
+                "",
+            ]
+    for name in ("steps", "runs"):
+        out += _profile_tables(prof.get(name) or {}, f"during a {name} batch (1 worker)")
+    probe = r.get("pool_probe")
+    if probe:
+        out += [
+            "Why 64 runs per worker: redis-py's asyncio pool allows 100 connections and "
+            "raises `MaxConnectionsError` (a `ConnectionError`) at once past that. One "
+            f"worker with `--concurrency {probe['concurrency']}` and a supervisor, a batch "
+            f"of {probe['runs']} runs of {probe['steps_per_run']} steps: it took "
+            f"{probe['wall']:.1f} s; the worker logged {probe['place_crashed']} "
+            f"`place.crashed` and {probe.get('abandoned', 0)} `run.abandoned` (the actor took "
+            "the pool error for a Redis outage and gave the run up, for the supervisor to "
+            f"re-place); {probe['runs_started_after_5s']} runs started more than 5 s after "
+            "the batch, when JetStream redelivered their request (`ack_wait`, 30 s; last "
+            f"start {probe['last_start']:.1f} s after the batch).",
+            "",
+        ]
+    return out
+
+
+def _journal(r: dict[str, Any], img: str | None) -> tuple[str, list[list[str]]]:
+    rows: Table = []
+    calls = sorted(r["calls"], key=int)
+    for k in calls:
+        c = r["calls"][k]
+        rows.append(
+            [
+                k,
+                _kb(c["content"]),
+                _kb(c["stalwart_entries"]),
+                _kb(c["stalwart_memory"]),
+                _kb(c["inputs_entries"]),
+                _kb(c["inputs_memory"]),
+                f"{c['inputs_memory'] / max(c['stalwart_memory'], 1):.1f}\u00d7",
+                _kb(c["temporal_history"]) if "temporal_history" in c else "—",
+            ]
+        )
+    slope_s = _slope([int(k) for k in calls], [r["calls"][k]["stalwart_memory"] for k in calls])
+    slope_i = _slope([int(k) for k in calls], [r["calls"][k]["inputs_memory"] for k in calls])
+    text = [
+        f"An agent loop whose conversation starts with a {r['prompt_bytes']}-byte prompt and "
+        f"grows by {r['message_bytes']} bytes per model call. Stalwart journals each model "
+        "call's response; 'store the inputs' keeps, per call, the full input conversation "
+        "and the response (what a design that records step inputs stores), in the same "
+        "Redis. Sizes are the msgpack bytes written and Redis's `MEMORY USAGE` of the "
+        "stream.",
+        "",
+        _table(
+            [
+                "model calls",
+                "new content",
+                "Stalwart journal (bytes written)",
+                "Stalwart journal (Redis memory)",
+                "store the inputs (bytes written)",
+                "store the inputs (Redis memory)",
+                "inputs ÷ Stalwart",
+                "Temporal history",
+            ],
+            rows,
+        ),
+        "",
+        f"Growth exponent (log-log slope over {calls[0]}\u2013{calls[-1]} calls): Stalwart "
+        f"{slope_s:.2f} (linear), store-the-inputs {slope_i:.2f} (quadratic).",
+        "",
+    ]
+    if img:
+        text += [f"![journal size]({img})", ""]
+    targets = [
+        [
+            "journal grows linearly, store-the-inputs quadratically",
+            f"slopes {slope_s:.2f} vs {slope_i:.2f}",
+            _ok(slope_s < 1.2 and slope_i > 1.5),
+        ]
+    ]
+    return "\n".join(text), targets
+
+
+def _slope(xs: list[int], ys: list[float]) -> float:
+    pts = [(math.log(x), math.log(y)) for x, y in zip(xs, ys, strict=True) if x > 0 and y > 0]
+    if len(pts) < 2:
+        return math.nan
+    mx = sum(p[0] for p in pts) / len(pts)
+    my = sum(p[1] for p in pts) / len(pts)
+    num = sum((x - mx) * (y - my) for x, y in pts)
+    den = sum((x - mx) ** 2 for x, _ in pts)
+    return num / den if den else math.nan
+
+
+def _memory(r: dict[str, Any], img: str | None) -> tuple[str, list[list[str]]]:
+    mib = 1024 * 1024
+    rows = [
+        [
+            f"{r['runs']:,} active runs (each in flight in one step)",
+            fmt(r["idle_rss"], 1 / mib, 1, " MiB"),
+            fmt(r["active_rss"], 1 / mib, 1, " MiB"),
+            fmt(r["per_run"], 1 / 1024, 1, " KiB"),
+            fmt(r["cpu_idle_hosting"], 100, 1, " % of a core"),
+        ],
+        ["10,000 passivated runs", "—", "—", "—", "not built yet"],
+    ]
+    text = [
+        "RSS of one worker process (`VmRSS`), warmed up with 20 short runs; then runs of "
+        "an agent whose one step stays in flight. 'CPU while hosting' is the worker's CPU "
+        "while it does nothing but keep those runs' leases alive (renewals every TTL/3, "
+        "TTL 5 s).",
+        "",
+        _table(["worker hosting", "idle RSS", "RSS", "per run", "CPU while hosting"], rows),
+        "",
+        f"Passivated runs: {r['passivated']}.",
+        "",
+    ]
+    return "\n".join(text), []
+
+
+SECTIONS = [
+    ("overhead", "1. Step overhead", _overhead),
+    ("failover", "2. Failover after SIGKILL", _failover),
+    ("resume", "3. Resume cost vs history", _resume),
+    ("throughput", "4. Throughput", _throughput),
+    ("journal_size", "5. Journal size", _journal),
+    ("memory", "6. Memory", _memory),
+]
+
+
+def _header(meta: dict[str, Any]) -> list[str]:
+    m, v = meta["machine"], meta["versions"]
+    vrows = [[k, f"`{val}`"] for k, val in v.items()]
+    peers = meta.get("peer_errors") or {}
+    load0 = ", ".join(f"{x:.2f}" for x in m.get("loadavg_start", []))
+    load1 = ", ".join(f"{x:.2f}" for x in m.get("loadavg_end", []))
+    out = [
+        "Produced by the command below on the machine described here; every figure is "
+        "the median [min\u2013max] over the repetitions of this one run, and every ratio "
+        "compares figures measured in the same run (paired by repetition where they are "
+        "interleaved). The machine is small and shared: absolute numbers move from run to "
+        "run, ratios much less.",
+        "",
+        "```",
+        meta["command"],
+        "```",
+        "",
+        f"Run started {meta['started']}, took {meta.get('seconds', 0) / 60:.1f} minutes. "
+        "`bench/run --quick` is the CI smoke test (a few seconds per measurement, no peers, "
+        "no timing assertions); raw results of every run are saved as JSON under "
+        "`bench/results/` and `python -m bench --report FILE` re-renders them.",
+        "",
+        "## Machine and versions",
+        "",
+        _table(
+            ["machine", ""],
+            [
+                ["CPU", f"{m['cpu']} ({m['nproc']} cores)"],
+                ["memory", m["memory"]],
+                ["kernel", m["kernel"]],
+                ["load average (1, 5, 15 min) at start / end", f"{load0} / {load1}"],
+            ],
+        ),
+        "",
+        _table(["component", "version"], vrows),
+        "",
+    ]
+    if peers:
+        out += ["Peers not measured in this run:", ""]
+        out += [f"- {k}: {val}" for k, val in peers.items()]
+        out += [""]
+    return out
+
+
+def render(results: dict[str, Any], img_dir: Path | None, img_prefix: str) -> str:
+    meta = results["meta"]
+    images = plots.draw(results, img_dir) if img_dir is not None else {}
+    body: list[str] = []
+    targets: list[list[str]] = []
+    for key, title, fn in SECTIONS:
+        body += [f"## {title}", ""]
+        err = _err(results.get(key))
+        if err:
+            body += [err, ""]
+            continue
+        img = images.get(key)
+        text, t = fn(results[key], f"{img_prefix}{img}" if img else None)
+        body += [text, ""]
+        targets += t
+    if img_dir is not None and not images:
+        body += ["(No plots: matplotlib is not installed.)", ""]
+    mode = "quick smoke test" if meta["quick"] else "full run"
+    out = [f"# Benchmarks ({mode})", ""]
+    out += _header(meta)
+    out += ["## Targets", "", _table(["target (issue #6)", "measured", ""], targets), ""]
+    out += body
+    return "\n".join(out).rstrip() + "\n"
+
+
+def write(results: dict[str, Any], docs: bool) -> Path:
+    """Write the report; ``docs``: into docs/ (full mode), else under bench/results/."""
+    root = Path(ROOT)
+    if docs:
+        md, img_dir, prefix = root / "docs" / "benchmarks.md", root / "docs" / "img", "img/"
+    else:
+        base = root / "bench" / "results"
+        md, img_dir, prefix = base / "report.md", base / "img", "img/"
+    md.parent.mkdir(parents=True, exist_ok=True)
+    md.write_text(render(results, img_dir, prefix))
+    return md
+
+
+def summary_text(results: dict[str, Any]) -> str:
+    """The report's text without images, for the terminal and CI logs."""
+    return render(results, None, "")
