@@ -106,6 +106,7 @@ async def test_sigkill_inside_step6_runs_step6_again(
     assert keys == [f"step:s{i}" for i in range(1, 11)]  # journaled once each
 
 
+@pytest.mark.timeout(300)  # 100 runs and three worker processes on a 2-core machine
 async def test_hundred_runs_three_workers_one_killed(
     client: Client, workers: WorkerFactory, supervisor, counters: aioredis.Redis
 ) -> None:

@@ -8,6 +8,7 @@ environment (it pins ``openai<3``): these tests are skipped where it is not inst
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import uuid
 import warnings
@@ -30,7 +31,10 @@ QUIET = {
     "OTEL_SDK_DISABLED": "true",
     "CREWAI_TRACING_ENABLED": "false",
 }
-os.environ.update(QUIET)
+# Only where CrewAI is installed (its own environment): in the main environment this module
+# is skipped, and must not switch OpenTelemetry off for every other test in the process.
+if importlib.util.find_spec("crewai") is not None:
+    os.environ.update(QUIET)
 
 # CrewAI warns about its own deprecated fields from inside its own code: not ours to fix.
 _CREWAI_NOISE = (

@@ -139,6 +139,27 @@ async def _last_stream_seq(js: JetStreamContext, names: Names, run_id: str) -> i
     return int(msg.seq or 0)
 
 
+async def stored_events(js: JetStreamContext, names: Names, run_id: str) -> AsyncIterator[RunEvent]:
+    """Yield the events stored for a run now, oldest first, then stop.
+
+    One direct get per event (``next_by_subj``): no consumer to create, nothing that can
+    stall, every request bounded by the client's timeout.
+    """
+    stop_at = await _last_stream_seq(js, names, run_id)
+    subject = names.events_subject(run_id)
+    cursor = 1
+    while 0 < cursor <= stop_at:
+        try:
+            msg = await js.get_msg(names.events_stream, seq=cursor, subject=subject, next=True)
+        except NotFoundError:
+            return
+        seq = int(msg.seq or 0)
+        if seq == 0 or seq > stop_at:
+            return
+        yield decode_event(msg.data or b"")
+        cursor = seq + 1
+
+
 async def subscribe_events(
     js: JetStreamContext, names: Names, run_id: str, *, follow: bool = True
 ) -> AsyncIterator[RunEvent]:
@@ -147,8 +168,9 @@ async def subscribe_events(
     With ``follow`` the iterator keeps going live and ends after the run's terminal event;
     without it, it ends at the event that was last when it started.
     """
-    stop_at = 0 if follow else await _last_stream_seq(js, names, run_id)
-    if not follow and stop_at == 0:
+    if not follow:
+        async for event in stored_events(js, names, run_id):
+            yield event
         return
     sub = await js.subscribe(
         names.events_subject(run_id), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
@@ -157,9 +179,7 @@ async def subscribe_events(
         async for msg in sub.messages:
             event = decode_event(msg.data)
             yield event
-            if follow and event.type in TERMINAL_EVENTS:
-                return
-            if not follow and msg.metadata.sequence.stream >= stop_at:
+            if event.type in TERMINAL_EVENTS:
                 return
     finally:
         await sub.unsubscribe()
