@@ -56,7 +56,12 @@ class Cluster:
         return self.client
 
     def start_worker(
-        self, worker_id: str, *, concurrency: int = 16, lease_ttl: int | None = None
+        self,
+        worker_id: str,
+        *,
+        concurrency: int = 16,
+        lease_ttl: int | None = None,
+        env: dict[str, str] | None = None,
     ) -> StalwartProcess:
         proc = worker_process(
             APP,
@@ -66,7 +71,7 @@ class Cluster:
             lease_ttl=lease_ttl or self.lease_ttl,
             concurrency=concurrency,
             namespace=self.ns,
-            extra_env=bench_env(),
+            extra_env={**bench_env(), **(env or {})},
         ).start()
         self.workers[worker_id] = proc
         return proc
@@ -87,9 +92,16 @@ class Cluster:
             await asyncio.sleep(0.05)
 
     async def start_workers(
-        self, ids: list[str], *, concurrency: int = 16, lease_ttl: int | None = None
+        self,
+        ids: list[str],
+        *,
+        concurrency: int = 16,
+        lease_ttl: int | None = None,
+        env: dict[str, str] | None = None,
     ) -> list[StalwartProcess]:
-        procs = [self.start_worker(w, concurrency=concurrency, lease_ttl=lease_ttl) for w in ids]
+        procs = [
+            self.start_worker(w, concurrency=concurrency, lease_ttl=lease_ttl, env=env) for w in ids
+        ]
         await self.wait_workers(ids)
         return procs
 

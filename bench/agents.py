@@ -104,6 +104,13 @@ async def blocked(ctx: RunContext, seconds: float) -> bool:
     return result
 
 
+@app.agent("waiter")
+async def waiter(ctx: RunContext, _: None) -> Any:
+    """One step, then a durable wait for signal ``go``: passivated once the wait is long."""
+    await ctx.step("s", noop, 0)
+    return await ctx.wait_for_signal("go")
+
+
 @app.agent("chat")
 async def chat(ctx: RunContext, calls: int) -> int:
     """An agent loop: ``calls`` model calls over a conversation that grows ~2 KB per call."""

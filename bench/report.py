@@ -148,12 +148,12 @@ def _overhead_parts(r: dict[str, Any]) -> list[str]:
     out = ["### What the overhead is made of", ""]
     micro = r.get("micro") or {}
     if micro:
-        rows = [["`fingerprint(name, args, kwargs)`", f"{micro['fingerprint'] * 1e6:.1f} µs"]]
+        rows = [["`fingerprint(name, args, kwargs)`", f"{micro['fingerprint'] * 1e6:.2f} µs"]]
         if "result_type" in micro:
             rows.append(
                 [
-                    "`_result_type(fn)` (`typing.get_type_hints` on every call)",
-                    f"{micro['result_type'] * 1e6:.1f} µs",
+                    "`_result_type(fn)` (the step function's return annotation)",
+                    f"{micro['result_type'] * 1e6:.2f} µs",
                 ]
             )
         out += [
@@ -453,15 +453,18 @@ def _bottleneck(r: dict[str, Any]) -> list[str]:
     if probe:
         out += [
             "Why 64 runs per worker: redis-py's asyncio pool allows 100 connections and "
-            "raises `MaxConnectionsError` (a `ConnectionError`) at once past that. One "
-            f"worker with `--concurrency {probe['concurrency']}` and a supervisor, a batch "
-            f"of {probe['runs']} runs of {probe['steps_per_run']} steps: it took "
-            f"{probe['wall']:.1f} s; the worker logged {probe['place_crashed']} "
+            "raises `MaxConnectionsError` (a `ConnectionError`) at once past that. Journal "
+            "appends retry it with backoff; placement and journal reads do not. Probe: one "
+            f"worker with `--concurrency {probe['concurrency']}` and a supervisor, up to 3 "
+            f"batches of {probe['runs']} runs of {probe['steps_per_run']} steps (stopping at "
+            f"the first failure); {probe.get('batches', 1)} batch(es) ran, the slowest took "
+            f"{probe['wall']:.1f} s. The worker logged {probe['place_crashed']} "
             f"`place.crashed` and {probe.get('abandoned', 0)} `run.abandoned` (the actor took "
             "the pool error for a Redis outage and gave the run up, for the supervisor to "
             f"re-place); {probe['runs_started_after_5s']} runs started more than 5 s after "
-            "the batch, when JetStream redelivered their request (`ack_wait`, 30 s; last "
-            f"start {probe['last_start']:.1f} s after the batch).",
+            "the first batch was released (a crashed placement waits for JetStream to "
+            "redeliver its request after `ack_wait`, 30 s). Whether a burst hits the limit "
+            "depends on timing, so a run may see none.",
             "",
         ]
     return out
@@ -544,18 +547,43 @@ def _memory(r: dict[str, Any], img: str | None) -> tuple[str, list[list[str]]]:
             fmt(r["active_rss"], 1 / mib, 1, " MiB"),
             fmt(r["per_run"], 1 / 1024, 1, " KiB"),
             fmt(r["cpu_idle_hosting"], 100, 1, " % of a core"),
-        ],
-        ["10,000 passivated runs", "—", "—", "—", "not built yet"],
+        ]
     ]
+    pas = r.get("passivated")
     text = [
-        "RSS of one worker process (`VmRSS`), warmed up with 20 short runs; then runs of "
-        "an agent whose one step stays in flight. 'CPU while hosting' is the worker's CPU "
-        "while it does nothing but keep those runs' leases alive (renewals every TTL/3, "
-        "TTL 5 s).",
+        "RSS of one worker process (`VmRSS`), warmed up with 20 short runs. Active runs: "
+        "each is in flight in one step; 'CPU while hosting' is the worker's CPU while it "
+        "does nothing but keep those runs' leases alive (renewals every TTL/3, TTL 5 s).",
         "",
+    ]
+    if isinstance(pas, dict) and "error" not in pas:
+        rows.append(
+            [
+                f"{pas['runs']:,} passivated runs (one step, then `ctx.wait_for_signal`)",
+                f"{pas['idle'] / mib:.1f} MiB",
+                f"{pas['after'] / mib:.1f} MiB",
+                f"{pas['per_run']:.0f} B in the worker, {pas['redis_per_run'] / 1024:.1f} KiB "
+                "in Redis",
+                "—",
+            ]
+        )
+        text += [
+            "Passivated runs: the worker runs with `STALWART_PASSIVATE_AFTER=0.05` and "
+            "`--concurrency 64`; each run takes one step, starts a durable wait for a signal "
+            "that never comes, and gives up its slot and lease (record `waiting`). 'RSS' is "
+            f"the worker's after all {pas['runs']:,} passed through it "
+            f"({pas['passivated_per_s']:,.0f} runs/s placed, stepped and passivated); Redis "
+            "memory per run is `used_memory` growth divided by the runs (record, journal, "
+            "index entries). One measurement (n=1).",
+            "",
+        ]
+    elif isinstance(pas, dict):
+        rows.append([f"{pas['runs']:,} passivated runs", "—", "—", "—", "failed"])
+        text += [f"Passivation measurement failed: `{pas['error']}`", ""]
+    else:
+        rows.append(["10,000 passivated runs", "—", "—", "—", "not built yet"])
+    text[2:2] = [
         _table(["worker hosting", "idle RSS", "RSS", "per run", "CPU while hosting"], rows),
-        "",
-        f"Passivated runs: {r['passivated']}.",
         "",
     ]
     return "\n".join(text), []

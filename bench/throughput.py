@@ -206,7 +206,11 @@ async def _pool_probe(ctx: Any) -> dict[str, Any]:
                 [proc] = await cl.start_workers(["tppool-0"], concurrency=512)
                 batch = _Batch(cl, pids)
                 t0 = time.time()
-                res = await batch.run("load", runs, steps, timeout=240)
+                walls: list[float] = []
+                for _ in range(3):  # the failure is timing-dependent: up to 3 batches
+                    walls.append((await batch.run("load", runs, steps, timeout=240))["wall"])
+                    if '"place.crashed"' in proc.log_text():
+                        break
                 log_text = proc.log_text()
                 starts = await _journal_stamps(cl, await _run_ids(cl))
             finally:
@@ -217,7 +221,8 @@ async def _pool_probe(ctx: Any) -> dict[str, Any]:
         "concurrency": 512,
         "runs": runs,
         "steps_per_run": steps,
-        "wall": res["wall"],
+        "batches": len(walls),
+        "wall": max(walls),
         "place_crashed": log_text.count('"place.crashed"'),
         "max_connections_errors": log_text.count("MaxConnectionsError"),
         "abandoned": log_text.count('"run.abandoned"'),
