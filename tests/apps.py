@@ -322,3 +322,15 @@ async def steady(ctx: RunContext, n: int) -> int:
     for i in range(n):
         await ctx.step("p", paced, i)
     return n
+
+
+async def charge3(amount: int) -> str:
+    return await charge(amount)
+
+
+charge_ask_human = durable(at_most_once=True, on_unknown="signal")(charge3)
+
+
+@app.agent("pay_ask_human")
+async def pay_ask_human(ctx: RunContext, amount: int) -> str:
+    return await ctx.step("charge", charge_ask_human, amount)

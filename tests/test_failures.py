@@ -319,3 +319,26 @@ async def test_a_journal_write_finishes_even_when_its_task_is_cancelled() -> Non
         await task
     assert landed.is_set()  # the write was not abandoned mid-flight
     assert isinstance(info.value, _WrittenThenCancelled) and info.value.value == "ok"
+
+
+async def test_at_most_once_step_can_wait_for_a_human_to_say_what_happened(
+    client: Client, workers: WorkerFactory, supervisor, counters: aioredis.Redis
+) -> None:
+    a = await workers("a")
+    run_id = rid()
+    handle = await client.submit("pay_ask_human", 5, run_id=run_id)
+    await eventually(lambda: counters.get(exec_key(run_id, "step:charge")))
+    a.kill()  # mid-call: nobody knows whether the card was charged
+    await workers("b")
+
+    async def asked() -> dict | None:
+        async for ev in handle.events(follow=False):
+            if ev.type == "step.outcome_unknown":
+                return ev.data
+        return None
+
+    question = await eventually(asked, timeout=30)
+    assert question == {"signal": "outcome:step:charge", "idempotency_key": f"{run_id}:step:charge"}
+    await handle.signal(question["signal"], "charged 5 (checked in the PSP dashboard)")
+    assert await handle.result(timeout=30) == "charged 5 (checked in the PSP dashboard)"
+    assert int(await counters.get(exec_key(run_id, "step:charge"))) == 1  # never re-run

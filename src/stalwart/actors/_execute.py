@@ -32,7 +32,7 @@ from stalwart.checkpoints import (
     encode_value,
 )
 from stalwart.errors import LeaseLost, NonDeterminismError, StalwartError, StepFailed
-from stalwart.messages import EV_STEP_RETRYING, EV_STEP_STARTED
+from stalwart.messages import EV_OUTCOME_UNKNOWN, EV_STEP_RETRYING, EV_STEP_STARTED
 from stalwart.observability import _hooks as obs
 
 if TYPE_CHECKING:
@@ -102,6 +102,10 @@ class StepExecutor:
 
     def _check_boundary(self) -> None:
         raise NotImplementedError
+
+    if TYPE_CHECKING:  # provided by the Waits mixin; a stub here would shadow it (MRO)
+
+        async def wait(self, key: str, signal: str, timeout: float | None) -> Any: ...
 
     # -- replay ---------------------------------------------------------------------------
 
@@ -389,6 +393,18 @@ class StepExecutor:
     async def _unknown_outcome(self, spec: StepSpec, intent: StepIntent) -> Any:
         """An at-most-once step started before a crash and never reported back."""
         started = time.time()
+        if spec.options is not None and spec.options.on_unknown == "signal":
+            signal = f"outcome:{spec.key}"
+            await self._emit(
+                self._event(
+                    EV_OUTCOME_UNKNOWN,
+                    step=spec.key,
+                    data={"signal": signal, "idempotency_key": f"{self.run_id}:{spec.key}"},
+                )
+            )
+            # The wait is journaled under the step's own key, so it replays with it.
+            value = await self.wait(f"{spec.key}/outcome", signal, None)
+            return await self._record_done(spec, value, started, 0.0, intent.attempt)
         if spec.reconcile is not None:
             token = _current.set(StepInfo(self.run_id, spec.key, intent.attempt))
             try:

@@ -133,7 +133,7 @@ def classify(exc: BaseException, policy: RetryPolicy) -> tuple[bool, float | Non
 
 # -- step options -----------------------------------------------------------------------------
 
-OnUnknown = Literal["fail", "reconcile"]
+OnUnknown = Literal["fail", "reconcile", "signal"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,18 +156,22 @@ def durable(
     timeout: float | None = None,
     at_most_once: bool = False,
     reconcile: Callable[..., Any] | None = None,
+    on_unknown: OnUnknown | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Attach step options to a function used with ``ctx.step``.
 
     ``at_most_once=True`` journals an intent before each call; if the worker dies before
-    the outcome is journaled, the call is never silently repeated: with ``reconcile`` the
-    hook decides the outcome, otherwise the step raises :class:`ToolOutcomeUnknown`.
+    the outcome is journaled, the call is never silently repeated. What happens instead is
+    ``on_unknown``: ``"reconcile"`` (the default when a ``reconcile`` hook is given) asks
+    the hook; ``"signal"`` waits, durably, for a human to send the signal
+    ``outcome:<step key>`` whose payload becomes the step's result; ``"fail"`` (otherwise
+    the default) raises :class:`ToolOutcomeUnknown`.
     """
     opts = StepOptions(
         retry=retry,
         timeout=timeout,
         at_most_once=at_most_once,
-        on_unknown="reconcile" if reconcile is not None else "fail",
+        on_unknown=on_unknown or ("reconcile" if reconcile is not None else "fail"),
         reconcile=reconcile,
     )
 
