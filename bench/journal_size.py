@@ -11,7 +11,7 @@ history events).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 
@@ -40,7 +40,10 @@ async def _stalwart(cl: Cluster, calls: int) -> dict[str, int]:
     handle = await cl.submit("chat", calls)
     await cl.result(handle, timeout=120)
     store = cl.c.store
-    rows = await store.redis.xrange(store.journal_key(handle.run_id))
+    rows = cast(
+        "list[tuple[bytes, dict[bytes, bytes]]]",
+        await store.redis.xrange(store.journal_key(handle.run_id)),
+    )
     entries = sum(len(f[b"d"]) for _, f in rows)
     memory = await store.journal_bytes(handle.run_id)
     # The store-the-inputs design, in the same Redis: one stream entry per model call with

@@ -42,7 +42,7 @@ _AREAS = [
     ("redis-py (client, pool, parser)", ("redis/",)),
     ("nats-py (publish, flusher, parser)", ("nats/",)),
     ("asyncio + sockets (event loop, I/O)", ("asyncio/", "selectors", "socket", "ssl")),
-    ("typing (get_type_hints per step)", ("typing",)),
+    ("typing (type-hint resolution)", ("typing",)),
     ("msgspec / json (codecs)", ("msgspec", "json/")),
     ("structlog (logging)", ("structlog",)),
     ("stalwart", ("stalwart/",)),

@@ -58,7 +58,7 @@ def _err(section: dict[str, Any] | None) -> str | None:
     if section is None:
         return "not run"
     if "error" in section:
-        return "failed:\n\n```\n" + section["error"][-3000:] + "\n```"
+        return "failed:\n\n```\n" + str(section["error"])[-3000:] + "\n```"
     return None
 
 

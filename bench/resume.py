@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from nats.js.errors import NotFoundError
 
@@ -47,7 +47,7 @@ async def _last_event(cl: Cluster, run_id: str) -> RunEvent | None:
         )
     except NotFoundError:
         return None
-    return decode_event(msg.data)
+    return decode_event(msg.data or b"")
 
 
 async def _wait_gate(cl: Cluster, run_id: str, worker: str, timeout: float) -> RunEvent:
@@ -65,7 +65,10 @@ async def _wait_gate(cl: Cluster, run_id: str, worker: str, timeout: float) -> R
 
 async def _started_at(cl: Cluster, run_id: str) -> float:
     """``at`` of the journal's newest ``Started`` entry: when the claim placed the run."""
-    rows = await cl.c.store.redis.xrevrange(cl.c.store.journal_key(run_id), count=5)
+    rows = cast(
+        "list[tuple[bytes, dict[bytes, bytes]]]",
+        await cl.c.store.redis.xrevrange(cl.c.store.journal_key(run_id), count=5),
+    )
     for _, fields in rows:
         entry = decode_entry(fields[b"d"])
         if isinstance(entry, Started):

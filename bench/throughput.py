@@ -16,7 +16,7 @@ import asyncio
 import os
 import signal
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from bench import profile
 from bench._stalwart import Cluster, supervisor_process
@@ -232,7 +232,7 @@ async def _pool_probe(ctx: Any) -> dict[str, Any]:
 
 
 async def _run_ids(cl: Cluster) -> list[str]:
-    ids = await cl.c.store.redis.zrange(cl.c.store.runs_key, 0, -1)
+    ids = cast("list[bytes]", await cl.c.store.redis.zrange(cl.c.store.runs_key, 0, -1))
     return [i.decode() for i in ids]
 
 
