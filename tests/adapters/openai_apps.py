@@ -19,7 +19,6 @@ import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import redis.asyncio as aioredis
 from agents import (
     Agent,
     GuardrailFunctionOutput,
@@ -39,29 +38,13 @@ from pydantic import BaseModel
 
 from stalwart import App, current_step
 from stalwart.adapters.openai_agents import DurableAgentRunner
+from tests.apps import counters, exec_key, gate_key
 
 app = App("openai-tests")
-
-_redis: aioredis.Redis | None = None
-
-
-def counters() -> aioredis.Redis:
-    global _redis
-    if _redis is None:
-        _redis = aioredis.Redis.from_url(os.environ["COUNTER_REDIS_URL"])
-    return _redis
-
-
-def exec_key(run_id: str, step: str) -> str:
-    return f"exec:{run_id}:{step}"
 
 
 def gated_key(run_id: str, step: str) -> str:
     return f"gated:{run_id}:{step}"
-
-
-def gate_key(run_id: str, step: str) -> str:
-    return f"gate:{run_id}:{step}"
 
 
 def calls_key(run_id: str) -> str:

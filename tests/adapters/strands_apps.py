@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import redis.asyncio as aioredis
 from pydantic import BaseModel
 from strands import Agent, ToolContext, tool
 from strands.multiagent import Swarm
@@ -26,29 +25,13 @@ from strands.types.content import Messages
 
 from stalwart import NO_RETRY, App, current_step, durable
 from stalwart.adapters.strands import DurableAgentRunner, ScriptedModel, reply, tool_call
+from tests.apps import counters, exec_key, gate_key
 
 app = App("strands-tests")
-
-_redis: aioredis.Redis | None = None
-
-
-def counters() -> aioredis.Redis:
-    global _redis
-    if _redis is None:
-        _redis = aioredis.Redis.from_url(os.environ["COUNTER_REDIS_URL"])
-    return _redis
-
-
-def exec_key(run_id: str, step: str) -> str:
-    return f"exec:{run_id}:{step}"
 
 
 def gated_key(run_id: str, step: str) -> str:
     return f"gated:{run_id}:{step}"
-
-
-def gate_key(run_id: str, step: str) -> str:
-    return f"gate:{run_id}:{step}"
 
 
 def calls_key(run_id: str) -> str:
