@@ -64,23 +64,24 @@ log = structlog.get_logger("stalwart.actor")
 _DEADLINE = object()  # sentinel: the run's deadline passed
 
 
-async def _uncancellable(write: Coroutine[Any, Any, T]) -> T:
+async def _uncancellable(write: Coroutine[Any, Any, T] | asyncio.Future[T]) -> T:
     """Finish a journal write even if the caller is cancelled meanwhile, then re-raise.
 
     Frameworks cancel their own tasks (a tripped guardrail, a failed sibling tool). A write
     abandoned mid-flight may still land in Redis; if the position counter did not move with
     it, the next write would collide with it. So the write always completes (or fails) and
-    its outcome is accounted for before the cancellation goes on.
+    its outcome is accounted for before the cancellation goes on. A write that is already a
+    future (``CheckpointStore.append_future``) needs no task of its own.
     """
-    task = asyncio.ensure_future(write)
+    fut = asyncio.ensure_future(write)
     try:
-        return await asyncio.shield(task)
+        return await asyncio.shield(fut)
     except asyncio.CancelledError:
-        if not task.done():
-            await asyncio.wait({task})
-        if not task.cancelled() and task.exception() is None:
+        if not fut.done():
+            await asyncio.wait({fut})
+        if not fut.cancelled() and fut.exception() is None:
             # Landed: the caller bumps the position before the cancellation propagates.
-            raise _WrittenThenCancelled(task.result()) from None
+            raise _WrittenThenCancelled(fut.result()) from None
         raise
 
 
@@ -271,9 +272,10 @@ class RunActor(StepExecutor, Waits):
             raise LeaseLost(f"run {self.run_id!r}: epoch {self.epoch} lost its lease")
         async with self._append_lock:
             seq = self._next_seq
+            t0 = time.perf_counter()
             try:
                 cancel = await _uncancellable(
-                    obs.timed_append(self._store.append(self.run_id, self.epoch, seq, entry))
+                    self._store.append_future(self.run_id, self.epoch, seq, entry)
                 )
             except _WrittenThenCancelled:
                 self._next_seq = seq + 1
@@ -285,6 +287,7 @@ class RunActor(StepExecutor, Waits):
                 self.abandoned = True
                 raise
             self._next_seq = seq + 1
+            obs.journal_appended(time.perf_counter() - t0)
         if cancel and not self.cancel_reason:
             self.cancel_reason = cancel
         return JournalEntry(seq=seq, entry=entry)

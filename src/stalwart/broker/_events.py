@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from typing import TYPE_CHECKING
 
 import structlog
@@ -35,13 +36,19 @@ class EventPublisher:
     """Publishes run events without putting a round trip on the step path.
 
     Every event is written to the connection in the order :meth:`publish` is called, so a
-    run's events are stored in order. Journaled events (``jseq > 0``) ask for a JetStream
-    ack on a reply subject this publisher owns and carry ``Nats-Msg-Id: <run_id>:j<jseq>``,
-    so a republish after a resume is dropped as a duplicate; acks are counted as they
-    arrive instead of being awaited. (nats-py's own ``publish_async`` is not used: in
-    2.16 a rejected publish never resolves its future.) Live-only events (token deltas,
-    ``step.started``) are plain publishes that the stream captures.
+    run's events are stored in order. Journaled events (``jseq > 0``) carry
+    ``Nats-Msg-Id: <run_id>:j<jseq>``, so a republish after a resume is dropped as a
+    duplicate. Acks are sampled, not awaited: a run's terminal event and at most one other
+    journaled event per ``ACK_INTERVAL`` ask for a JetStream ack on a reply subject this
+    publisher owns, so a stream that refuses events is logged without a reply message per
+    step. (nats-py's own ``publish_async`` is not used: in 2.16 a rejected publish never
+    resolves its future.) No event needs its ack for correctness: the journal is the
+    truth, and a resumed actor republishes what the stream lacks (``Stalwart-Jseq``).
+    Live-only events (token deltas, ``step.started``) are plain publishes.
     """
+
+    ACK_INTERVAL = 0.1
+    """Seconds between sampled acks of ordinary journaled events."""
 
     def __init__(self, nc: NATS, js: JetStreamContext, names: Names) -> None:
         self._nc = nc
@@ -53,6 +60,7 @@ class EventPublisher:
         self._acked.set()
         self._reply_prefix = ""
         self._next = 0
+        self._next_ack_at = 0.0
 
     async def _ensure_reply_sub(self) -> None:
         if not self._reply_prefix:
@@ -89,9 +97,14 @@ class EventPublisher:
         if acked:
             await self._js.publish(subject, data, headers=headers)
         elif event.jseq:
-            await self._ensure_reply_sub()
             self._published_jseq[event.run_id] = top
             headers["Nats-Msg-Id"] = f"{event.run_id}:j{event.jseq}"
+            now = time.monotonic()
+            if event.type not in TERMINAL_EVENTS and (self._unacked or now < self._next_ack_at):
+                await self._nc.publish(subject, data, headers=headers)
+                return
+            self._next_ack_at = now + self.ACK_INTERVAL
+            await self._ensure_reply_sub()
             self._next += 1
             token = str(self._next)
             self._unacked[token] = (event.run_id, event.jseq)

@@ -30,10 +30,22 @@ from stalwart.checkpoints._entries import (
     encode_entry,
     record_from_hash,
 )
+from stalwart.checkpoints._pipe import ScriptPipe
 from stalwart.errors import InvalidRequestError, LeaseLost, ServerUnavailableError, StalwartError
 
 if TYPE_CHECKING:
     import msgspec
+
+
+def _chain(src: asyncio.Future[Any], dst: asyncio.Future[Any]) -> None:
+    if dst.done():
+        return
+    if src.cancelled():
+        dst.cancel()
+    elif (exc := src.exception()) is not None:
+        dst.set_exception(exc)
+    else:
+        dst.set_result(src.result())
 
 
 class JournalConflict(StalwartError):
@@ -113,6 +125,8 @@ class CheckpointStore:
         self._passivate = client.register_script(_scripts.PASSIVATE)
         self._dead_letter = client.register_script(_scripts.DEAD_LETTER)
         self._fork = client.register_script(_scripts.FORK_RUN)
+        self._pipe: ScriptPipe | None = None
+        """Auto-pipelined connection for journal appends (see ``_pipe``), when the URL allows."""
 
     @classmethod
     async def connect(cls, url: str, namespace: str = "stalwart") -> CheckpointStore:
@@ -126,15 +140,21 @@ class CheckpointStore:
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
         store = cls(client, namespace)
+        if ScriptPipe.supports(url):
+            store._pipe = ScriptPipe(url)
         try:
             await client.ping()
+            # Appends go out as EVALSHA on the pipe: make sure Redis knows the script.
+            await client.script_load(_scripts.APPEND)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             await client.aclose()
             raise ServerUnavailableError(f"cannot reach Redis at {url}: {exc}") from exc
         return store
 
     async def close(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pool (and the append pipe)."""
+        if self._pipe is not None:
+            await self._pipe.close()
         await self.redis.aclose()
 
     # -- keys ---------------------------------------------------------------------------
@@ -337,6 +357,39 @@ class CheckpointStore:
         reply = await self._fenced(self._append, run_id, args, seq, data)
         return reply
 
+    def append_future(self, run_id: str, epoch: int, seq: int, entry: Entry) -> asyncio.Future[str]:
+        """:meth:`append` as a future that is already under way and settles on its own.
+
+        The caller can stop waiting (be cancelled) without abandoning the write, and no
+        task is created on the fast path: the append goes down the shared pipe, and only a
+        lost connection, an error reply or a taken position falls back to :meth:`append`'s
+        retrying path (which recognises an entry the first try already wrote).
+        """
+        data = encode_entry(entry)
+        args: list[object] = [epoch, f"{seq}-0", data, repr(time.time())]
+        if self._pipe is None:
+            return asyncio.ensure_future(self._fenced(self._append, run_id, args, seq, data))
+        loop = asyncio.get_running_loop()
+        out: asyncio.Future[str] = loop.create_future()
+        first = self._pipe.call(
+            "EVALSHA", self._append.sha, 2, *self._keys(run_id), epoch, f"{seq}-0", data, args[3]
+        )
+
+        def settle(f: asyncio.Future[Any]) -> None:
+            reply = None if f.exception() is not None else f.result()
+            if isinstance(reply, list) and reply[0] in (b"ok", b"stale"):
+                try:
+                    out.set_result(self._fenced_reply(run_id, args, reply))
+                except LeaseLost as exc:
+                    out.set_exception(exc)
+                return
+            # Lost connection, error reply (NOSCRIPT after a restart) or a taken position.
+            slow = loop.create_task(self._fenced(self._append, run_id, args, seq, data))
+            slow.add_done_callback(lambda t: _chain(t, out))
+
+        first.add_done_callback(settle)
+        return out
+
     async def finish(self, run_id: str, epoch: int, seq: int, entry: Finished) -> None:
         """Append the final entry and set the record's end state, fenced by ``epoch``."""
         data = encode_entry(entry)
@@ -358,14 +411,8 @@ class CheckpointStore:
         self, script: object, run_id: str, args: list[object], seq: int, data: bytes
     ) -> str:
         reply = await self._with_retry(script, run_id, args)
-        outcome = reply[0].decode()
-        if outcome == "ok":
-            return str(reply[1].decode())
-        if outcome == "stale":
-            raise LeaseLost(
-                f"run {run_id!r}: epoch {args[0]} no longer owns the run "
-                f"(current epoch {reply[1].decode() or 'none'})"
-            )
+        if reply[0] in (b"ok", b"stale"):
+            return self._fenced_reply(run_id, args, reply)
         # conflict: our id is taken. It is ours if the stored entry is byte-identical.
         rows = cast(
             "list[tuple[bytes, dict[bytes, bytes]]]",
@@ -377,6 +424,16 @@ class CheckpointStore:
         raise JournalConflict(
             f"run {run_id!r}: journal position {seq} is taken by another entry "
             f"({reply[1].decode()})"
+        )
+
+    @staticmethod
+    def _fenced_reply(run_id: str, args: list[object], reply: list[bytes]) -> str:
+        """The cancel flag from an ``ok`` reply; :class:`LeaseLost` from a ``stale`` one."""
+        if reply[0] == b"ok":
+            return reply[1].decode()
+        raise LeaseLost(
+            f"run {run_id!r}: epoch {args[0]} no longer owns the run "
+            f"(current epoch {reply[1].decode() or 'none'})"
         )
 
     async def _with_retry(self, script: object, run_id: str, args: list[object]) -> Any:

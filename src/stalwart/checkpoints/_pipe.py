@@ -1,0 +1,267 @@
+"""Auto-pipelined script calls: every actor of a worker shares one Redis connection.
+
+The journal append is the one Redis call on every step. Through a pooled redis-py client
+each append checks a connection out, writes, waits and checks it back in, and concurrent
+runs each pay a socket write and a read. Here all appends of a process go down one
+connection in the order they are made: while replies are outstanding, new commands are
+buffered and written together once per event-loop turn, and one read can carry many
+replies (Redis answers a connection's commands in order). A run that steps alone gets its
+command written at once, so the single-run latency gains as well (no pool, no per-call
+retry wrapper).
+
+This client knows only what the hot path needs: plain TCP or a Unix socket, optional TLS,
+``AUTH`` and ``SELECT`` from the URL. Any failure (connection lost, no reply within
+``request_timeout``, an error reply) is handed to the caller, which falls back to the
+redis-py client and its retries; explicit journal ids make that resend safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+import time
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import hiredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import InvalidResponse, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+_SCHEMES = frozenset({"redis", "rediss", "unix"})
+
+
+def _encode(arg: bytes | str | int | float) -> bytes:
+    if isinstance(arg, bytes):
+        return arg
+    return str(arg).encode() if not isinstance(arg, float) else repr(arg).encode()
+
+
+def pack(args: tuple[bytes | str | int | float, ...]) -> bytes:
+    """One command in RESP."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        b = _encode(arg)
+        parts.append(b"$%d\r\n" % len(b))
+        parts.append(b)
+        parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, pipe: ScriptPipe) -> None:
+        self._pipe = pipe
+        self._reader = hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError)
+        self.transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def _fail(self, exc: Exception) -> None:
+        # A connection that was already replaced must not tear down its successor.
+        if self.transport is not None and self._pipe._transport is self.transport:
+            self._pipe._lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        pending = self._pipe._pending
+        while True:
+            try:
+                reply = self._reader.gets()
+            except InvalidResponse as exc:
+                self._fail(RedisConnectionError(f"unreadable reply from Redis: {exc}"))
+                return
+            if reply is False:
+                return
+            if not pending:  # a reply nobody asked for: the stream is out of step
+                self._fail(RedisConnectionError("unexpected reply from Redis"))
+                return
+            fut, _ = pending.popleft()
+            if not fut.done():
+                fut.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(RedisConnectionError(f"connection to Redis lost: {exc or 'closed'}"))
+
+
+class ScriptPipe:
+    """One auto-pipelined connection to the Redis at ``url`` (see the module docstring).
+
+    :meth:`call` returns a future of the raw reply: bytes, ints and lists as hiredis
+    parses them, an error reply as a :class:`ResponseError` *value*. The future fails
+    with a redis-py ``ConnectionError`` or ``TimeoutError`` when the command may or may
+    not have run.
+    """
+
+    def __init__(
+        self, url: str, *, request_timeout: float = 10.0, connect_timeout: float = 5.0
+    ) -> None:
+        u = urlparse(url)
+        if u.scheme not in _SCHEMES:
+            raise ValueError(f"unsupported Redis URL scheme {u.scheme!r}")
+        self._path = u.path if u.scheme == "unix" else ""
+        self._host = u.hostname or "localhost"
+        self._port = u.port or 6379
+        self._ssl = ssl.create_default_context() if u.scheme == "rediss" else None
+        self._username = unquote(u.username) if u.username else ""
+        self._password = unquote(u.password) if u.password else ""
+        db = ""
+        if u.scheme != "unix" and u.path.strip("/"):
+            db = u.path.strip("/")
+        for part in u.query.split("&"):
+            if part.startswith("db="):
+                db = part[3:]
+        self._db = int(db) if db else 0
+        self.request_timeout = request_timeout
+        self.connect_timeout = connect_timeout
+        self._transport: asyncio.Transport | None = None
+        self._pending: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
+        self._queued: list[tuple[bytes, asyncio.Future[Any]]] = []
+        self._out: list[bytes] = []
+        self._flush_at_turn_end = False
+        self._connecting: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    @staticmethod
+    def supports(url: str) -> bool:
+        """Whether ``url`` is a plain Redis URL this client can serve."""
+        return urlparse(url).scheme in _SCHEMES
+
+    # -- calls --------------------------------------------------------------------------
+
+    def call(self, *args: bytes | str | int | float) -> asyncio.Future[Any]:
+        """Send one command; the future resolves with its reply (see the class docstring)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        if self._closed:
+            fut.set_exception(RedisConnectionError("the Redis pipe is closed"))
+            return fut
+        data = pack(args)
+        transport = self._transport
+        if transport is None:
+            self._queued.append((data, fut))
+            if self._connecting is None:
+                self._connecting = loop.create_task(self._connect())
+            return fut
+        self._pending.append((fut, time.monotonic()))
+        if len(self._pending) == 1 and not self._out:
+            transport.write(data)  # nothing outstanding: no reason to wait for company
+        else:
+            self._out.append(data)
+            if not self._flush_at_turn_end:
+                self._flush_at_turn_end = True
+                loop.call_soon(self._flush)
+        return fut
+
+    def _flush(self) -> None:
+        self._flush_at_turn_end = False
+        if self._out and self._transport is not None:
+            self._transport.write(b"".join(self._out))
+        self._out.clear()
+
+    # -- connection ---------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                if self._path:
+                    transport, _ = await loop.create_unix_connection(
+                        lambda: _Protocol(self), self._path, ssl=self._ssl
+                    )
+                else:
+                    transport, _ = await loop.create_connection(
+                        lambda: _Protocol(self),
+                        self._host,
+                        self._port,
+                        ssl=self._ssl,
+                        server_hostname=self._host if self._ssl else None,
+                    )
+                self._transport = transport
+                for setup in self._setup_commands():
+                    fut: asyncio.Future[Any] = loop.create_future()
+                    self._pending.append((fut, time.monotonic()))
+                    transport.write(pack(setup))
+                    reply = await fut
+                    if isinstance(reply, ResponseError):
+                        raise RedisConnectionError(f"Redis refused {setup[0]}: {reply}")
+        except (OSError, TimeoutError, RedisConnectionError) as exc:
+            err = (
+                exc
+                if isinstance(exc, RedisConnectionError)
+                else RedisConnectionError(f"cannot connect to Redis: {exc!r}")
+            )
+            self._drop_transport()
+            self._fail_queued(err)
+            return
+        finally:
+            self._connecting = None
+        queued, self._queued = self._queued, []
+        now = time.monotonic()
+        for data, qfut in queued:
+            self._pending.append((qfut, now))
+            self._out.append(data)
+        self._flush()
+        self._arm_watchdog()
+
+    def _setup_commands(self) -> list[tuple[bytes | str | int | float, ...]]:
+        cmds: list[tuple[bytes | str | int | float, ...]] = []
+        if self._password:
+            cmds.append(
+                ("AUTH", self._username, self._password)
+                if self._username
+                else ("AUTH", self._password)
+            )
+        if self._db:
+            cmds.append(("SELECT", self._db))
+        return cmds
+
+    def _arm_watchdog(self) -> None:
+        if self._watchdog is None and not self._closed:
+            loop = asyncio.get_running_loop()
+            self._watchdog = loop.call_later(min(1.0, self.request_timeout), self._check_stuck)
+
+    def _check_stuck(self) -> None:
+        # One timer for the connection instead of one per request: the oldest outstanding
+        # request tells whether Redis stopped answering.
+        self._watchdog = None
+        if self._transport is None:
+            return
+        if self._pending and time.monotonic() - self._pending[0][1] > self.request_timeout:
+            self._lost(RedisTimeoutError(f"no reply from Redis within {self.request_timeout:g}s"))
+            return
+        self._arm_watchdog()
+
+    def _lost(self, exc: Exception) -> None:
+        self._drop_transport()
+        pending, self._pending = self._pending, collections.deque()
+        self._out.clear()
+        for fut, _ in pending:
+            if not fut.done():
+                fut.set_exception(exc)
+        if self._queued and not self._closed and self._connecting is None:
+            self._connecting = asyncio.get_running_loop().create_task(self._connect())
+
+    def _drop_transport(self) -> None:
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.abort()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    def _fail_queued(self, exc: Exception) -> None:
+        queued, self._queued = self._queued, []
+        for _, fut in queued:
+            if not fut.done():
+                fut.set_exception(exc)
+
+    async def close(self) -> None:
+        """Close the connection; outstanding calls fail with ``ConnectionError``."""
+        self._closed = True
+        if self._connecting is not None:
+            self._connecting.cancel()
+        self._lost(RedisConnectionError("the Redis pipe is closed"))
+        self._fail_queued(RedisConnectionError("the Redis pipe is closed"))
