@@ -40,7 +40,10 @@ def _overhead(plt: Any, r: dict[str, Any], path: Path) -> None:
     ax.set_yticks(list(ys), names, fontsize=8)
     ax.invert_yaxis()
     ax.set_xscale("log")
-    ax.set_xlabel("overhead per step, µs (log scale; median, bars min\u2013max)")
+    ax.set_xlabel(
+        "overhead per step: mean step minus a plain call, µs\n"
+        "(log scale; median of rounds, bars min\u2013max)"
+    )
     ax.set_title(f"Step overhead, N = {r['n']} trivial steps")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

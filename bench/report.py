@@ -91,15 +91,17 @@ def _overhead(r: dict[str, Any], img: str | None) -> tuple[str, list[list[str]]]
     text = [
         f"A run of N = {r['n']} trivial steps; each step timed inside the run (queueing "
         "and placement excluded; Temporal: the time between consecutive activities, from "
-        "their own timestamps). 'Time per step' is the median step of a run, 'mean' the "
-        "run's average (preempted steps on this shared machine move the mean, rarely the "
-        "median); overhead is the median step minus one plain call of the same function. "
+        "their own timestamps). 'Mean' is the run's time divided by its steps, 'median "
+        "step' the median of its steps; overhead is the mean minus one plain call of the "
+        "same function. The mean is the headline because Stalwart sends run events in "
+        "batches (every 2 ms): a few steps of each run carry a batch, and the median step "
+        "alone would flatter it. "
         f"{r['reps']} rounds after one warm-up round; each round runs every system once, "
         "so ratios are paired within a round. The right-hand column is Stalwart's overhead "
         "divided by the floor's on the same Redis (paired by round).",
         "",
         _table(
-            ["Redis", "what", "time per step", "mean", "overhead per step", "Stalwart ÷ this"],
+            ["Redis", "what", "median step", "mean", "overhead per step", "Stalwart ÷ this"],
             rows,
         ),
         "",
@@ -451,20 +453,23 @@ def _bottleneck(r: dict[str, Any]) -> list[str]:
         out += _profile_tables(prof.get(name) or {}, f"during a {name} batch (1 worker)")
     probe = r.get("pool_probe")
     if probe:
+        clean = not (probe["place_crashed"] or probe.get("abandoned", 0))
         out += [
-            "Why 64 runs per worker: redis-py's asyncio pool allows 100 connections and "
-            "raises `MaxConnectionsError` (a `ConnectionError`) at once past that. Journal "
-            "appends retry it with backoff; placement and journal reads do not. Probe: one "
-            f"worker with `--concurrency {probe['concurrency']}` and a supervisor, up to 3 "
-            f"batches of {probe['runs']} runs of {probe['steps_per_run']} steps (stopping at "
-            f"the first failure); {probe.get('batches', 1)} batch(es) ran, the slowest took "
-            f"{probe['wall']:.1f} s. The worker logged {probe['place_crashed']} "
-            f"`place.crashed` and {probe.get('abandoned', 0)} `run.abandoned` (the actor took "
-            "the pool error for a Redis outage and gave the run up, for the supervisor to "
-            f"re-place); {probe['runs_started_after_5s']} runs started more than 5 s after "
-            "the first batch was released (a crashed placement waits for JetStream to "
-            "redeliver its request after `ack_wait`, 30 s). Whether a burst hits the limit "
-            "depends on timing, so a run may see none.",
+            f"High concurrency: one worker with `--concurrency {probe['concurrency']}` and a "
+            f"supervisor, {probe.get('batches', 1)} batch(es) of {probe['runs']} runs of "
+            f"{probe['steps_per_run']} steps; the slowest batch took {probe['wall']:.1f} s. "
+            "Journal appends share the worker's one pipelined Redis connection and other "
+            "Redis calls wait for a connection of a bounded blocking pool, so a burst queues "
+            "instead of failing: the worker logged "
+            f"{probe['place_crashed']} `place.crashed` and {probe.get('abandoned', 0)} "
+            f"`run.abandoned`, and {probe['runs_started_after_5s']} runs started more than "
+            "5 s after the batch was released"
+            + (
+                "."
+                if clean
+                else " (a failed placement is nak'ed and retried after a second; see the "
+                "worker log)."
+            ),
             "",
         ]
     return out

@@ -119,6 +119,7 @@ class RunActor(StepExecutor, Waits):
         run_id: str,
         lease: Lease,
         claim_seq: int,
+        claimed_at: float = 0.0,
         input: bytes,
         cancel: str,
         deadline: float,
@@ -140,6 +141,7 @@ class RunActor(StepExecutor, Waits):
         self._broker = broker
         self._input = input
         self._claim_seq = claim_seq
+        self._claimed_at = claimed_at or time.time()
         self._fetch_closed = fetch_closed
         self.cancel_reason = cancel
         self.draining = False
@@ -293,6 +295,15 @@ class RunActor(StepExecutor, Waits):
         return JournalEntry(seq=seq, entry=entry)
 
     async def _load(self) -> None:
+        if self._claim_seq == 1:
+            # A first placement: the journal holds just the Started entry the claim wrote,
+            # and no journaled event can be in the stream yet. Two round trips saved.
+            started = Started(epoch=self.epoch, worker=self.worker_id, at=self._claimed_at)
+            entries = [JournalEntry(seq=1, entry=started)]
+            obs.run_loaded(self, entries)
+            self._next_seq = 2
+            await self._emit(self._journal_event(entries[0]))
+            return
         entries = await self._store.read_journal(self.run_id)
         obs.run_loaded(self, entries)
         for je in entries:
@@ -503,7 +514,8 @@ class RunActor(StepExecutor, Waits):
         obs.run_finished(self, entry)
         await self._emit(self._journal_event(JournalEntry(seq=seq, entry=entry)))
         self.holds_lease = False
-        await self._broker.leases.release(self.lease)
+        with contextlib.suppress(Exception):  # the lease runs out by itself otherwise
+            await self._broker.leases.release_nowait(self.lease)
         self.log.info(
             "run.finished", status=entry.status, live=self.steps_live, replayed=self.steps_replayed
         )

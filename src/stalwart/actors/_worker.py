@@ -244,6 +244,7 @@ class Worker:
             run_id=req.run_id,
             lease=lease,
             claim_seq=claim.seq,
+            claimed_at=claim.at,
             input=claim.input,
             cancel=claim.cancel,
             deadline=claim.deadline,

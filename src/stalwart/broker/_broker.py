@@ -101,6 +101,8 @@ class Broker:
     async def publish_request(self, req: RunRequest, msg_id: str) -> bool:
         """Publish a run request; False when JetStream dropped it as a duplicate of ``msg_id``."""
         data = self.encode_request(req)
+        # Events queued before this request (a released run's last ones) go first.
+        await self.events.send_queued()
         ack = await self.js.publish(
             self.names.runs_subject(req.agent),
             data,

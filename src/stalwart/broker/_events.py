@@ -33,10 +33,12 @@ JSEQ_HEADER = "Stalwart-Jseq"
 
 
 class EventPublisher:
-    """Publishes run events without putting a round trip on the step path.
+    """Publishes run events without putting a round trip, or a socket write, on the step path.
 
-    Every event is written to the connection in the order :meth:`publish` is called, so a
-    run's events are stored in order. Journaled events (``jseq > 0``) carry
+    Events are queued in the order :meth:`publish` is called and handed to the connection
+    together ``BATCH_DELAY`` after the first of a batch, so a run stepping quickly costs
+    the NATS connection one write per batch instead of one per event, and a run's events
+    are stored in order. Journaled events (``jseq > 0``) carry
     ``Nats-Msg-Id: <run_id>:j<jseq>``, so a republish after a resume is dropped as a
     duplicate. Acks are sampled, not awaited: a run's terminal event and at most one other
     journaled event per ``ACK_INTERVAL`` ask for a JetStream ack on a reply subject this
@@ -49,6 +51,8 @@ class EventPublisher:
 
     ACK_INTERVAL = 0.1
     """Seconds between sampled acks of ordinary journaled events."""
+    BATCH_DELAY = 0.002
+    """Seconds a queued event waits for company before the batch goes to the connection."""
 
     def __init__(self, nc: NATS, js: JetStreamContext, names: Names) -> None:
         self._nc = nc
@@ -61,6 +65,9 @@ class EventPublisher:
         self._reply_prefix = ""
         self._next = 0
         self._next_ack_at = 0.0
+        self._batch: list[tuple[str, bytes, dict[str, str], str]] = []
+        self._batch_task: asyncio.Task[None] | None = None
+        self._send_lock = asyncio.Lock()
 
     async def _ensure_reply_sub(self) -> None:
         if not self._reply_prefix:
@@ -84,10 +91,11 @@ class EventPublisher:
             log.warning("event.publish_failed", run_id=run_id, jseq=jseq, error=reply["error"])
 
     async def publish(self, event: RunEvent, *, acked: bool = False) -> None:
-        """Publish ``event`` on its run's subject.
+        """Queue ``event`` for its run's subject (see the class docstring).
 
-        ``acked`` waits until the stream has stored it: for events published by clients,
-        which must be in the stream before the request they announce is published.
+        ``acked`` sends it now and waits until the stream has stored it: for events
+        published by clients, which must be in the stream before the request they
+        announce is published.
         """
         subject = self._names.events_subject(event.run_id)
         top = max(self._published_jseq.get(event.run_id, 0), event.jseq)
@@ -95,25 +103,45 @@ class EventPublisher:
         headers = inject_headers({JSEQ_HEADER: str(top)})
         data = encode_event(event)
         if acked:
+            await self.send_queued()
             await self._js.publish(subject, data, headers=headers)
-        elif event.jseq:
+            return
+        reply = ""
+        if event.jseq:
             self._published_jseq[event.run_id] = top
             headers["Nats-Msg-Id"] = f"{event.run_id}:j{event.jseq}"
+            terminal = event.type in TERMINAL_EVENTS
             now = time.monotonic()
-            if event.type not in TERMINAL_EVENTS and (self._unacked or now < self._next_ack_at):
-                await self._nc.publish(subject, data, headers=headers)
-                return
-            self._next_ack_at = now + self.ACK_INTERVAL
-            await self._ensure_reply_sub()
-            self._next += 1
-            token = str(self._next)
-            self._unacked[token] = (event.run_id, event.jseq)
-            self._acked.clear()
-            await self._nc.publish(subject, data, reply=self._reply_prefix + token, headers=headers)
-        else:
-            await self._nc.publish(subject, data, headers=headers)
-        if event.type in TERMINAL_EVENTS:
-            self._published_jseq.pop(event.run_id, None)
+            if terminal or (not self._unacked and now >= self._next_ack_at):
+                self._next_ack_at = now + self.ACK_INTERVAL
+                await self._ensure_reply_sub()
+                self._next += 1
+                token = str(self._next)
+                self._unacked[token] = (event.run_id, event.jseq)
+                self._acked.clear()
+                reply = self._reply_prefix + token
+            if terminal:
+                self._published_jseq.pop(event.run_id, None)
+        self._batch.append((subject, data, headers, reply))
+        if self._batch_task is None:
+            self._batch_task = asyncio.get_running_loop().create_task(self._send_later())
+
+    async def _send_later(self) -> None:
+        try:
+            await asyncio.sleep(self.BATCH_DELAY)
+        finally:
+            self._batch_task = None
+        await self.send_queued()
+
+    async def send_queued(self) -> None:
+        """Hand every queued event to the connection now (before a message that must follow)."""
+        async with self._send_lock:  # a batch that suspends must not be overtaken
+            batch, self._batch = self._batch, []
+            for subject, data, headers, reply in batch:
+                try:
+                    await self._nc.publish(subject, data, reply=reply, headers=headers)
+                except Exception as exc:  # best effort: the journal is the truth
+                    log.warning("event.publish_failed", subject=subject, error=repr(exc))
 
     async def publish_rejection(self, agent: str, event: RunEvent) -> None:
         """Publish a rejection of a request that has no usable run id."""
@@ -125,7 +153,11 @@ class EventPublisher:
         return len(self._unacked)
 
     async def flush(self, timeout: float = 5.0) -> None:
-        """Wait until every journaled event published so far is acknowledged."""
+        """Send what is queued, then wait until every sampled ack asked for so far is in."""
+        if self._batch_task is not None:
+            self._batch_task.cancel()
+            self._batch_task = None
+        await self.send_queued()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._acked.wait(), timeout)
 

@@ -144,6 +144,23 @@ class LeaseManager:
             msg_ttl=1,
         )
 
+    async def release_nowait(self, lease: Lease) -> None:
+        """Give the lease up without waiting for the server's answer (a finished run's).
+
+        If the release is lost or refused, the lease runs out at its TTL: nothing waits
+        on it, since the run record already says the run ended.
+        """
+        await self._js._nc.publish(
+            self._subject(lease.run_id),
+            b"",
+            headers={
+                _CAS: str(lease.revision),
+                "KV-Operation": "PURGE",
+                "Nats-Rollup": "sub",
+                "Nats-TTL": "1",
+            },
+        )
+
     async def release(self, lease: Lease) -> bool:
         """Give the lease up at once (a PURGE rollup that itself expires); False if not ours."""
         try:

@@ -123,6 +123,8 @@ class ScriptPipe:
         self._connecting: asyncio.Task[None] | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._closed = False
+        self.writes = 0
+        """Socket writes so far (each carries one or more commands)."""
 
     @staticmethod
     def supports(url: str) -> bool:
@@ -148,6 +150,7 @@ class ScriptPipe:
         self._pending.append((fut, time.monotonic()))
         if len(self._pending) == 1 and not self._out:
             transport.write(data)  # nothing outstanding: no reason to wait for company
+            self.writes += 1
         else:
             self._out.append(data)
             if not self._flush_at_turn_end:
@@ -159,6 +162,7 @@ class ScriptPipe:
         self._flush_at_turn_end = False
         if self._out and self._transport is not None:
             self._transport.write(b"".join(self._out))
+            self.writes += 1
         self._out.clear()
 
     # -- connection ---------------------------------------------------------------------
@@ -186,7 +190,7 @@ class ScriptPipe:
                     transport.write(pack(setup))
                     reply = await fut
                     if isinstance(reply, ResponseError):
-                        raise RedisConnectionError(f"Redis refused {setup[0]}: {reply}")
+                        raise RedisConnectionError(f"Redis refused {setup[0]!s}: {reply}")
         except (OSError, TimeoutError, RedisConnectionError) as exc:
             err = (
                 exc

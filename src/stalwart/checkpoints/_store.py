@@ -48,6 +48,11 @@ def _chain(src: asyncio.Future[Any], dst: asyncio.Future[Any]) -> None:
         dst.set_result(src.result())
 
 
+def _settled_quietly(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()  # retrieved: a fire-and-forget call's failure is not an error
+
+
 class JournalConflict(StalwartError):
     """An append found its journal position already taken by a different entry."""
 
@@ -67,6 +72,8 @@ class Claim:
     input: bytes = b""
     trace: str = ""
     deadline: float = 0.0
+    at: float = 0.0
+    """When the claim was made (the ``Started`` entry's time)."""
 
 
 CancelOutcome = Literal["missing", "terminal", "cancelled", "requested"]
@@ -324,6 +331,7 @@ class CheckpointStore:
             input=bytes(reply[3]),
             trace=reply[4].decode(),
             deadline=float(reply[5] or 0.0),
+            at=now,
         )
 
     # -- journal ------------------------------------------------------------------------
@@ -366,13 +374,14 @@ class CheckpointStore:
         retrying path (which recognises an entry the first try already wrote).
         """
         data = encode_entry(entry)
-        args: list[object] = [epoch, f"{seq}-0", data, repr(time.time())]
+        now = repr(time.time())
+        args: list[object] = [epoch, f"{seq}-0", data, now]
         if self._pipe is None:
             return asyncio.ensure_future(self._fenced(self._append, run_id, args, seq, data))
         loop = asyncio.get_running_loop()
         out: asyncio.Future[str] = loop.create_future()
         first = self._pipe.call(
-            "EVALSHA", self._append.sha, 2, *self._keys(run_id), epoch, f"{seq}-0", data, args[3]
+            "EVALSHA", self._append.sha, 2, *self._keys(run_id), epoch, f"{seq}-0", data, now
         )
 
         def settle(f: asyncio.Future[Any]) -> None:
@@ -405,7 +414,12 @@ class CheckpointStore:
             err.message,
         ]
         await self._fenced(self._finish, run_id, args, seq, data)
-        await self.mark_inactive(run_id)
+        if self._pipe is None:
+            await self.mark_inactive(run_id)
+            return
+        # Not waited for: the run has ended in its record, and a supervisor drops ended runs
+        # it still finds in the active set, so a lost SREM costs nothing but a later one.
+        self._pipe.call("SREM", self.active_key, run_id).add_done_callback(_settled_quietly)
 
     async def _fenced(
         self, script: object, run_id: str, args: list[object], seq: int, data: bytes
