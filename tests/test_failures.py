@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
 import redis.asyncio as aioredis
 
-from stalwart import Client, RunFailed
+from stalwart import Client, RunFailed, RunHandle
 from stalwart.actors._policy import (
     CircuitBreaker,
     Limits,
@@ -17,6 +18,7 @@ from stalwart.actors._policy import (
 )
 from stalwart.checkpoints import StepAttempt, StepDone, StepError, StepIntent
 from stalwart.errors import BudgetExceeded, NonRetryableError
+from stalwart.messages import RunRequest
 from tests.apps import exec_key, gate_key
 from tests.conftest import WorkerFactory, eventually
 
@@ -342,3 +344,34 @@ async def test_at_most_once_step_can_wait_for_a_human_to_say_what_happened(
     await handle.signal(question["signal"], "charged 5 (checked in the PSP dashboard)")
     assert await handle.result(timeout=30) == "charged 5 (checked in the PSP dashboard)"
     assert int(await counters.get(exec_key(run_id, "step:charge"))) == 1  # never re-run
+
+
+async def test_a_placement_that_fails_on_redis_hands_back_lease_and_request_at_once(
+    client: Client, workers: WorkerFactory
+) -> None:
+    """A claim that raises (here: the record key holds the wrong type) must not leave the
+    lease held or the request waiting out ack_wait (30 s): both are handed back, and the
+    run is placed as soon as Redis can take the claim."""
+    proc = await workers()
+    rid = f"r-{uuid.uuid4().hex[:10]}"
+    record_key = client.store.record_key(rid)
+    await client.store.redis.set(record_key, b"not a hash")  # CLAIM now fails: WRONGTYPE
+    await client.broker.publish_request(
+        RunRequest(run_id=rid, agent="fast", input=2, submitted_at=time.time()), msg_id=rid
+    )
+    await eventually(
+        lambda: _log_has(proc.log_text(), '"place.crashed"'),
+        message=lambda: f"no failed placement:\n{proc.log_text()[-2000:]}",
+    )
+    state = await client.broker.leases.state(rid)
+    assert state.holder is None, "the failed placement kept the lease"
+    await client.store.redis.delete(record_key)  # Redis can take the claim again
+    t0 = time.monotonic()
+    assert await RunHandle(client, rid, "fast").result(timeout=20) == 2 + 3 + 4
+    # Redelivered after the nak's delay (1 s, doubling), not after ack_wait (30 s).
+    assert time.monotonic() - t0 < 10
+    assert proc.log_text().count('"place.crashed"') >= 1
+
+
+async def _log_has(text: str, needle: str) -> bool:
+    return needle in text

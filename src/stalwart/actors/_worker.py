@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("stalwart.worker")
 
 _FETCH_WAIT = 1.0
+_PLACE_RETRY_DELAY = 1.0
+"""Seconds before a request whose placement failed on a server error is first redelivered."""
 
 
 @dataclass(slots=True)
@@ -75,7 +77,12 @@ class Worker:
     async def start(self) -> None:
         """Connect, register the agents, and start fetching and renewing."""
         assert self.settings.nats_url and self.settings.redis_url, "resolve server URLs first"
-        self.store = await CheckpointStore.connect(self.settings.redis_url, self.settings.namespace)
+        self.store = await CheckpointStore.connect(
+            self.settings.redis_url,
+            self.settings.namespace,
+            # Every hosted run may read at once (placement, signals); appends do not count.
+            max_connections=min(max(32, self.settings.concurrency + 8), 256),
+        )
         self.broker = await Broker.connect(
             self.settings, name=f"stalwart-worker {self.worker_id}", owner=self.worker_id
         )
@@ -219,19 +226,32 @@ class Worker:
                 run_id = None
             await self._reject(spec, msg, run_id, req)
             return
-        lease = await self.broker.leases.acquire(req.run_id)
+        try:
+            lease = await self.broker.leases.acquire(req.run_id)
+        except Exception:
+            await self._retry_later(msg)
+            raise
         if lease is None:
             await self._lease_busy(req, msg)
             return
-        claim = await self.store.claim(
-            req.run_id,
-            agent=spec.name,
-            input=encode_value(req.input),
-            epoch=lease.epoch,
-            worker=self.worker_id,
-            trace=msgspec.json.encode(req.trace).decode() if req.trace else "",
-            run_timeout=spec.policies.run_timeout or 0.0,
-        )
+        try:
+            claim = await self.store.claim(
+                req.run_id,
+                agent=spec.name,
+                input=encode_value(req.input),
+                epoch=lease.epoch,
+                worker=self.worker_id,
+                trace=msgspec.json.encode(req.trace).decode() if req.trace else "",
+                run_timeout=spec.policies.run_timeout or 0.0,
+            )
+        except Exception:
+            # The claim may or may not have landed: a later placement with a newer epoch
+            # claims over it either way. Hand back the lease and the request now, so the
+            # run does not wait out the lease TTL and ack_wait.
+            with contextlib.suppress(Exception):
+                await self.broker.leases.release(lease)
+            await self._retry_later(msg)
+            raise
         if claim.outcome != "ok":
             # Ended already (a duplicate submit after completion) or a newer owner exists.
             await self.broker.leases.release(lease)
@@ -258,6 +278,20 @@ class Worker:
             trace_parent=obs.trace_parent(claim.trace, msg.headers),
         )
         self._host(actor)
+
+    async def _retry_later(self, msg: Msg) -> None:
+        """A placement failed half way (a server error): have the request redelivered soon.
+
+        The delay doubles with every delivery up to ``ack_wait``, so an outage does not use
+        up ``max_deliver`` (and dead-letter the run) faster than unacked deliveries would.
+        """
+        try:
+            delivered = msg.metadata.num_delivered or 1
+        except Exception:  # not a JetStream message: nothing to count
+            delivered = 1
+        delay = min(_PLACE_RETRY_DELAY * 2 ** (delivered - 1), self.settings.ack_wait)
+        with contextlib.suppress(Exception):
+            await msg.nak(delay=delay)
 
     async def _lease_busy(self, req: RunRequest, msg: Msg) -> None:
         """Someone else holds the lease: drop the request if they own the run, else retry later."""

@@ -136,16 +136,27 @@ class CheckpointStore:
         """Auto-pipelined connection for journal appends (see ``_pipe``), when the URL allows."""
 
     @classmethod
-    async def connect(cls, url: str, namespace: str = "stalwart") -> CheckpointStore:
-        """Connect to Redis at ``url`` and check it answers."""
+    async def connect(
+        cls, url: str, namespace: str = "stalwart", *, max_connections: int = 64
+    ) -> CheckpointStore:
+        """Connect to Redis at ``url`` and check it answers.
+
+        ``max_connections`` bounds the pool for everything but journal appends (which share
+        one pipelined connection); callers past it wait for a connection.
+        """
         # Every command rides out a short Redis restart. Scripts are safe to resend: appends
         # use explicit ids (a resent append finds its own entry), claims are idempotent.
-        client = aioredis.Redis.from_url(
+        # A blocking pool: a burst of placements past the pool's size waits for a free
+        # connection instead of failing (redis-py's default pool raises at its limit).
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections,
+            timeout=30,
             decode_responses=False,
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=30),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
+        client = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
         store = cls(client, namespace)
         if ScriptPipe.supports(url):
             store._pipe = ScriptPipe(url)
