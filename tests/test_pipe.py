@@ -88,6 +88,14 @@ async def test_auth_and_db_come_from_the_url(own_redis: RedisServer) -> None:
     for url in (f"redis://bob:s3cret@{base}/3", f"redis://:topsecret@{base}/3"):
         p = ScriptPipe(url)
         try:
+            # Calls made while AUTH and SELECT are under way wait behind them.
+            calls = [p.call("INCR", f"n:{url}")]
+            # Spin turn by turn: the window is one round trip, an event would be too late.
+            while p._transport is None:  # noqa: ASYNC110
+                # connected, setup commands not yet answered
+                await asyncio.sleep(0)
+            calls += [p.call("INCR", f"n:{url}") for _ in range(19)]
+            assert await asyncio.gather(*calls) == list(range(1, 21))
             assert await p.call("SET", "who", url.encode()) == b"OK"
         finally:
             await p.close()

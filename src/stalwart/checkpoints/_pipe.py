@@ -142,7 +142,8 @@ class ScriptPipe:
             return fut
         data = pack(args)
         transport = self._transport
-        if transport is None:
+        if transport is None or self._connecting is not None:
+            # Not connected, or AUTH/SELECT still under way: wait behind them.
             self._queued.append((data, fut))
             if self._connecting is None:
                 self._connecting = loop.create_task(self._connect())
