@@ -49,8 +49,10 @@ _AREAS = [
 ]
 
 _PHASES = [
-    ("journal append (CheckpointStore.append)", "CheckpointStore.append "),
-    ("event publish (EventPublisher.publish)", "EventPublisher.publish "),
+    ("journal append (RunActor._append)", "RunActor._append "),
+    ("journal pipe replies (_Protocol.data_received)", "_Protocol.data_received "),
+    ("event queued (EventPublisher.publish)", "EventPublisher.publish "),
+    ("event batch sent (EventPublisher.send_queued)", "EventPublisher.send_queued "),
     ("event acks (EventPublisher._on_ack)", "EventPublisher._on_ack "),
     ("step result type (_result_type)", "_result_type "),
     ("fingerprint", "fingerprint "),

@@ -205,3 +205,29 @@ async def test_append_future_survives_a_script_cache_flush(servers: Servers) -> 
         assert [je.seq for je in await store.read_journal(rid)] == [1, 2]
     finally:
         await store.close()
+
+
+async def test_a_pipelined_append_lands_even_when_its_waiter_is_cancelled(
+    servers: Servers,
+) -> None:
+    """The step task is cancelled while its append is in flight: the append is not
+    abandoned, and the cancellation arrives with the outcome so the position moves on."""
+    from stalwart.actors._actor import _uncancellable, _WrittenThenCancelled
+
+    store = await CheckpointStore.connect(servers.redis_url, f"t{uuid.uuid4().hex[:8]}")
+    try:
+        rid = f"r-{uuid.uuid4().hex[:8]}"
+        await store.create_run(rid, "a", encode_value(None))
+        await store.claim(rid, agent="a", input=encode_value(None), epoch=1, worker="w1")
+        fut = store.append_future(rid, 1, 2, _done("s", 2))
+        task = asyncio.create_task(_uncancellable(fut))
+        await asyncio.sleep(0)  # the task now waits on the append
+        assert not fut.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError) as info:
+            await task
+        assert fut.done() and not fut.cancelled()  # settled, not abandoned
+        assert isinstance(info.value, _WrittenThenCancelled) and info.value.value == ""
+        assert [je.seq for je in await store.read_journal(rid)] == [1, 2]
+    finally:
+        await store.close()

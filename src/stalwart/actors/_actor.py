@@ -30,6 +30,7 @@ from stalwart.checkpoints import (
     decode_value,
     encode_value,
 )
+from stalwart.checkpoints._store import SettlingFuture
 from stalwart.errors import LeaseLost, RunCancelled, ServerUnavailableError, StalwartError
 from stalwart.messages import (
     EV_CANCELLED,
@@ -75,6 +76,8 @@ async def _uncancellable(write: Coroutine[Any, Any, T] | asyncio.Future[T]) -> T
     """
     fut = asyncio.ensure_future(write)
     try:
+        if isinstance(fut, SettlingFuture):  # refuses cancellation itself: no shield needed
+            return await fut
         return await asyncio.shield(fut)
     except asyncio.CancelledError:
         if not fut.done():
