@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stalwart.checkpoints import _scripts
@@ -282,6 +283,18 @@ class CheckpointStore:
         return record
 
     async def _index(self, run_id: str, now: float) -> None:
+        if self._pipe is not None:
+            # Both go out in one write; Redis answers in order, so the second settles last.
+            first = self._pipe.call("ZADD", self.runs_key, "NX", repr(now), run_id)
+            second = self._pipe.call("SADD", self.active_key, run_id)
+            first.add_done_callback(_settled_quietly)
+            try:
+                replies = (await second, await first)
+            except (RedisConnectionError, RedisTimeoutError):
+                pass
+            else:
+                if not any(isinstance(r, ResponseError) for r in replies):
+                    return
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zadd(self.runs_key, {run_id: now}, nx=True)
             pipe.sadd(self.active_key, run_id)
@@ -327,9 +340,10 @@ class CheckpointStore:
         now = time.time()
         fresh = encode_entry(Started(epoch=epoch, worker=worker, at=now))
         resumed = encode_entry(Started(epoch=epoch, worker=worker, at=now, resumed=True))
-        reply = await self._claim(
-            keys=self._keys(run_id),
-            args=[
+        reply = await self._with_retry(
+            self._claim,
+            run_id,
+            [
                 epoch,
                 worker,
                 repr(now),
@@ -480,6 +494,22 @@ class CheckpointStore:
         A script whose reply was lost may have run: the retry then hits its own entry at
         the same position, which ``_fenced`` recognises (explicit ids make this safe).
         """
+        if self._pipe is not None:
+            # First down the shared pipe; an error reply (NOSCRIPT after a Redis restart) or
+            # a lost connection falls through to redis-py, which loads scripts and retries.
+            try:
+                reply = await self._pipe.call(
+                    "EVALSHA",
+                    script.sha,  # type: ignore[attr-defined]
+                    2,
+                    *self._keys(run_id),
+                    *args,  # type: ignore[arg-type]
+                )
+            except (RedisConnectionError, RedisTimeoutError):
+                pass
+            else:
+                if not isinstance(reply, ResponseError):
+                    return reply
         deadline = time.monotonic() + self.retry_for
         delay = 0.05
         while True:
