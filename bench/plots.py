@@ -21,7 +21,8 @@ def _overhead(plt: Any, r: dict[str, Any], path: Path) -> None:
     names, vals, errs, colors = [], [], [], []
     for name, d in r["systems"].items():
         kind = name.split("/")[0]
-        names.append(name.replace("/", " · AOF ").replace("_", " "))
+        label = name.replace("floor_store", "pipe append alone").replace("floor_", "floor ")
+        names.append(label.replace("/", " · AOF ").replace("_", " "))
         med, e = _err(d["overhead"], 1e6)
         vals.append(max(med, 0.1))
         errs.append(e)
