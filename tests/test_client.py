@@ -15,10 +15,12 @@ from stalwart import (
     PayloadTooLargeError,
     RunEvent,
     RunFailed,
+    RunHandle,
+    RunRejected,
     UnknownAgentError,
 )
-from stalwart.checkpoints import Started, StepError
-from stalwart.messages import decode_event
+from stalwart.checkpoints import Started, StepError, encode_value
+from stalwart.messages import RunRequest, decode_event
 from tests.apps import exec_key
 from tests.conftest import WorkerFactory, eventually
 
@@ -188,3 +190,39 @@ async def test_a_step_still_running_when_its_batch_leaves_is_announced_by_step_s
     # 150 ms steps: each start leaves long before the step ends, and comes first.
     keys = ["step:p", "step:p#2", "step:p#3"]
     assert steps == [(t, k) for k in keys for t in ("step.started", "step.completed")]
+
+
+async def test_result_reports_a_rejection_made_before_and_after_it_started_waiting(
+    client: Client, workers: WorkerFactory
+) -> None:
+    await workers()
+
+    async def rejected_request(run_id: str) -> None:
+        # A request on fast's subject that names another agent: the worker rejects it.
+        data = client.broker.encode_request(RunRequest(run_id=run_id, agent="typed", input=1))
+        await client.broker.js.publish(
+            client.broker.names.runs_subject("fast"), data, headers={"Nats-Msg-Id": run_id}
+        )
+
+    early, late = rid(), rid()
+    for run_id in (early, late):
+        await client.store.create_run(run_id, "fast", encode_value(1))
+    await rejected_request(early)
+    await eventually(
+        lambda: _last_is_rejection(client, early), message="the early request was not rejected"
+    )
+    with pytest.raises(RunRejected, match="names agent 'typed'"):
+        await RunHandle(client, early, "fast").result(timeout=10)
+    waiting = asyncio.create_task(RunHandle(client, late, "fast").result(timeout=10))
+    # No public signal tells that the waiter has subscribed: give it a moment, so the
+    # rejection below is (most likely) heard live rather than found by the first look.
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+    await rejected_request(late)
+    with pytest.raises(RunRejected, match="names agent 'typed'"):
+        await waiting
+
+
+async def _last_is_rejection(client: Client, run_id: str) -> bool:
+    last = await client.broker.last_event(run_id)
+    return last is not None and last.type == "request.rejected"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,7 @@ from stalwart.messages import (
     TERMINAL_EVENTS,
     RunEvent,
     RunRequest,
+    decode_event,
 )
 from stalwart.observability import _hooks as obs
 from stalwart.observability._history import History, build_history
@@ -42,11 +44,33 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from types import TracebackType
 
+    from nats.aio.msg import Msg
+
     from stalwart.actors import App
     from stalwart.actors._replay import ReplayReport
 
 
 _RECHECK_SECONDS = 5.0
+
+
+class _EndWatch:
+    """What a waiter for a run's end has heard on the run's event subject."""
+
+    def __init__(self) -> None:
+        self.woken = asyncio.Event()
+        self.rejected = ""
+
+    def note(self, event: RunEvent) -> None:
+        if event.type == EV_REJECTED:
+            self.rejected = str((event.data or {}).get("reason", "rejected"))
+        if event.type in TERMINAL_EVENTS:
+            self.woken.set()
+
+    async def seen(self, msg: Msg) -> None:
+        try:
+            self.note(decode_event(msg.data))
+        except Exception:  # not ours to judge here: the record decides
+            return
 
 
 class RunHandle:
@@ -77,23 +101,47 @@ class RunHandle:
         Raises :class:`RunFailed`, :class:`RunCancelled` or :class:`RunRejected` when the run
         did not complete, and ``TimeoutError`` when ``timeout`` passes first.
         """
-        async with asyncio.timeout(timeout):
-            while True:
-                record = await self.client.store.get_run(self.run_id)
-                if record is not None and record.terminal:
-                    break
-                # The record is the truth; events only wake us early. Re-check it now and
-                # then in case the terminal event was never published (a NATS outage).
-                try:
-                    async with asyncio.timeout(_RECHECK_SECONDS):
-                        await self._terminal_event()
-                except TimeoutError:
-                    continue
+        record = await self._wait_ended(timeout)
         if record.status == "completed":
             return record.decode_result(type)
         if record.status == "cancelled":
             raise RunCancelled(self.run_id, record.error or "cancelled")
         raise RunFailed(self.run_id, record.error_type, record.error)
+
+    async def _wait_ended(self, timeout: float | None) -> RunRecord:
+        # A plain subscription (no JetStream consumer): the terminal event only wakes us,
+        # the record is the truth. Subscribed before the first look, so nothing slips by.
+        broker = self.client.broker
+        watch = _EndWatch()
+        sub = await broker.nc.subscribe(broker.names.events_subject(self.run_id), cb=watch.seen)
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._poll_record(watch)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _poll_record(self, watch: _EndWatch) -> RunRecord:
+        first = True
+        while True:
+            record = await self.client.store.get_run(self.run_id)
+            if record is not None and record.terminal:
+                return record
+            if first:  # rejected before we subscribed: its event is the run's last one
+                first = False
+                last = await self.client.broker.last_event(self.run_id)
+                if last is not None:
+                    watch.note(last)
+            if watch.rejected:
+                raise RunRejected(self.run_id, watch.rejected)
+            # Re-read the record now and then in case the terminal event was never
+            # published (a NATS outage).
+            try:
+                async with asyncio.timeout(_RECHECK_SECONDS):
+                    await watch.woken.wait()
+            except TimeoutError:
+                continue
+            watch.woken.clear()
 
     async def signal(self, name: str, payload: Any = None) -> str:
         """Send signal ``name`` with ``payload`` to the run; it is never lost.
@@ -151,14 +199,6 @@ class RunHandle:
             RunRequest(run_id=self.run_id, agent=record.agent, kind="resume", epoch=epoch),
             msg_id=msg_id,
         )
-
-    async def _terminal_event(self) -> None:
-        async for event in self.events(follow=True):
-            if event.type == EV_REJECTED:
-                reason = (event.data or {}).get("reason", "rejected")
-                raise RunRejected(self.run_id, str(reason))
-            if event.type in TERMINAL_EVENTS:
-                return
 
     async def cancel(self, reason: str = "cancelled by client") -> CancelOutcome:
         """Cancel the run: at once if no worker placed it yet, else at its next step.

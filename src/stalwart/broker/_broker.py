@@ -10,7 +10,7 @@ import msgspec
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from stalwart.broker._connect import connect
-from stalwart.broker._events import EventPublisher, subscribe_events
+from stalwart.broker._events import EventPublisher, last_event, subscribe_events
 from stalwart.broker._lease import LeaseManager
 from stalwart.broker._names import Names
 from stalwart.broker._setup import ensure_agent_consumer, ensure_topology
@@ -185,6 +185,10 @@ class Broker:
         return out
 
     # -- events -------------------------------------------------------------------------
+
+    async def last_event(self, run_id: str) -> RunEvent | None:
+        """The run's newest stored event, or None (see :func:`last_event`)."""
+        return await last_event(self.js, self.names, run_id)
 
     def subscribe(self, run_id: str, *, follow: bool = True) -> AsyncIterator[RunEvent]:
         """A run's events from the first one (see :func:`subscribe_events`)."""

@@ -202,6 +202,15 @@ class EventPublisher:
         self._published_jseq.pop(run_id, None)
 
 
+async def last_event(js: JetStreamContext, names: Names, run_id: str) -> RunEvent | None:
+    """The run's newest stored event (one direct get), or None when it has none."""
+    try:
+        msg = await js.get_msg(names.events_stream, subject=names.events_subject(run_id))
+    except NotFoundError:
+        return None
+    return decode_event(msg.data or b"")
+
+
 async def _last_stream_seq(js: JetStreamContext, names: Names, run_id: str) -> int:
     try:
         msg = await js.get_msg(names.events_stream, subject=names.events_subject(run_id))
