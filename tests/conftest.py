@@ -21,6 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from stalwart import Client, Settings, Supervisor
+from stalwart.checkpoints import StepDone, encode_value
 from stalwart.testing import EmbeddedServers, StalwartProcess, worker_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -194,3 +195,18 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(message() if callable(message) else message)
         await asyncio.sleep(interval)
+
+
+def step_done(key: str, value: Any, epoch: int = 5) -> StepDone:
+    """A journal entry of a completed trivial step, for store-level tests."""
+    return StepDone(
+        key=key,
+        kind="step",
+        name=key,
+        fp="fp",
+        result=encode_value(value),
+        epoch=epoch,
+        worker="w1",
+        at=1.0,
+        duration=0.1,
+    )

@@ -14,11 +14,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from stalwart.checkpoints import CheckpointStore, Started, StepDone, encode_value
+from stalwart.checkpoints import CheckpointStore, Started, encode_value
 from stalwart.checkpoints._pipe import ScriptPipe
 from stalwart.errors import LeaseLost
 from stalwart.testing import RedisServer
-from tests.conftest import eventually
+from tests.conftest import eventually, step_done
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -44,20 +44,6 @@ async def pipe(servers: Servers) -> AsyncIterator[ScriptPipe]:
         yield p
     finally:
         await p.close()
-
-
-def _done(key: str, seq: int) -> StepDone:
-    return StepDone(
-        key=key,
-        kind="step",
-        name=key,
-        fp="fp",
-        result=encode_value(seq),
-        epoch=1,
-        worker="w1",
-        at=1.0,
-        duration=0.1,
-    )
 
 
 async def test_concurrent_calls_get_their_own_replies_in_few_writes(pipe: ScriptPipe) -> None:
@@ -172,7 +158,7 @@ async def test_append_future_fencing_and_resend_through_the_pipe(servers: Server
         await store.create_run(rid, "a", encode_value(None))
         claim = await store.claim(rid, agent="a", input=encode_value(None), epoch=1, worker="w1")
         assert claim.outcome == "ok" and claim.seq == 1
-        entry = _done("s", 2)
+        entry = step_done("s", 2, epoch=1)
         assert await store.append_future(rid, 1, 2, entry) == ""
         # The same entry at the same position (a resend after a lost reply) is recognised.
         assert await store.append_future(rid, 1, 2, entry) == ""
@@ -185,10 +171,10 @@ async def test_append_future_fencing_and_resend_through_the_pipe(servers: Server
             await store.claim(rid, agent="a", input=encode_value(None), epoch=2, worker="w2")
         ).outcome == "ok"
         with pytest.raises(LeaseLost, match="epoch 1 no longer owns"):
-            await store.append_future(rid, 1, 4, _done("t", 4))
+            await store.append_future(rid, 1, 4, step_done("t", 4, epoch=1))
         # A cancellation is reported on the next append of the owner.
         assert await store.request_cancel(rid, "stop") == "requested"
-        assert await store.append_future(rid, 2, 4, _done("t", 4)) == "stop"
+        assert await store.append_future(rid, 2, 4, step_done("t", 4, epoch=1)) == "stop"
     finally:
         await store.close()
 
@@ -201,7 +187,7 @@ async def test_append_future_survives_a_script_cache_flush(servers: Servers) -> 
         await store.create_run(rid, "a", encode_value(None))
         await store.claim(rid, agent="a", input=encode_value(None), epoch=1, worker="w1")
         await store.redis.script_flush()
-        assert await store.append_future(rid, 1, 2, _done("s", 2)) == ""
+        assert await store.append_future(rid, 1, 2, step_done("s", 2, epoch=1)) == ""
         assert [je.seq for je in await store.read_journal(rid)] == [1, 2]
     finally:
         await store.close()
@@ -219,7 +205,7 @@ async def test_a_pipelined_append_lands_even_when_its_waiter_is_cancelled(
         rid = f"r-{uuid.uuid4().hex[:8]}"
         await store.create_run(rid, "a", encode_value(None))
         await store.claim(rid, agent="a", input=encode_value(None), epoch=1, worker="w1")
-        fut = store.append_future(rid, 1, 2, _done("s", 2))
+        fut = store.append_future(rid, 1, 2, step_done("s", 2, epoch=1))
         task = asyncio.create_task(_uncancellable(fut))
         await asyncio.sleep(0)  # the task now waits on the append
         assert not fut.done()

@@ -37,7 +37,7 @@ from stalwart.errors import (
     UnknownAgentError,
 )
 from stalwart.supervisor import Verdict, judge
-from tests.conftest import Servers, eventually
+from tests.conftest import Servers, eventually, step_done
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -549,20 +549,6 @@ async def store(servers: Servers, namespace: str) -> AsyncIterator[CheckpointSto
     await s.close()
 
 
-def _step(key: str, value: Any, epoch: int = 5) -> StepDone:
-    return StepDone(
-        key=key,
-        kind="step",
-        name=key,
-        fp="fp",
-        result=encode_value(value),
-        epoch=epoch,
-        worker="w1",
-        at=1.0,
-        duration=0.1,
-    )
-
-
 async def test_store_create_run_twice_returns_existing(store: CheckpointStore) -> None:
     rid = uuid.uuid4().hex
     assert await store.create_run(rid, "fast", encode_value(5)) is None
@@ -592,14 +578,14 @@ async def test_store_claim_append_fencing_and_finish(store: CheckpointStore) -> 
     rec = await store.get_run(rid)
     assert rec is not None and (rec.epoch, rec.worker) == (5, "w1")
 
-    step = _step("step:q", 5)
+    step = step_done("step:q", 5)
     assert await store.append(rid, 5, 2, step) == ""
 
     with pytest.raises(LeaseLost, match="epoch 4"):
-        await store.append(rid, 4, 3, _step("step:q#2", 6, epoch=4))
+        await store.append(rid, 4, 3, step_done("step:q#2", 6, epoch=4))
 
     with pytest.raises(JournalConflict):
-        await store.append(rid, 5, 2, _step("step:other", 99))
+        await store.append(rid, 5, 2, step_done("step:other", 99))
 
     # A retry of the same append after a lost reply: recognised, not written twice.
     assert await store.append(rid, 5, 2, step) == ""
@@ -609,7 +595,7 @@ async def test_store_claim_append_fencing_and_finish(store: CheckpointStore) -> 
     assert journal[0].entry.epoch == 5 and not journal[0].entry.resumed
     assert journal[1].entry == step
 
-    assert await store.append(rid, 5, 3, _step("step:q#2", 6)) == ""
+    assert await store.append(rid, 5, 3, step_done("step:q#2", 6)) == ""
     later = await store.read_journal(rid, after=1)
     assert [je.seq for je in later] == [2, 3]
     assert [je.seq for je in await store.read_journal(rid, after=3)] == []
@@ -634,7 +620,7 @@ async def test_store_claim_by_newer_epoch_resumes(store: CheckpointStore) -> Non
     rid = uuid.uuid4().hex
     await store.create_run(rid, "fast", encode_value(1))
     await store.claim(rid, agent="fast", input=encode_value(1), epoch=5, worker="w1")
-    await store.append(rid, 5, 2, _step("step:q", 1))
+    await store.append(rid, 5, 2, step_done("step:q", 1))
     claim = await store.claim(rid, agent="fast", input=encode_value(1), epoch=8, worker="w2")
     assert claim.outcome == "ok" and claim.seq == 3
     journal = await store.read_journal(rid)
@@ -643,7 +629,7 @@ async def test_store_claim_by_newer_epoch_resumes(store: CheckpointStore) -> Non
     assert resumed.resumed and resumed.epoch == 8 and resumed.worker == "w2"
     # The old owner is fenced out from now on.
     with pytest.raises(LeaseLost):
-        await store.append(rid, 5, 4, _step("step:q#2", 2))
+        await store.append(rid, 5, 4, step_done("step:q#2", 2))
 
 
 async def test_store_finish_with_stale_epoch_raises(store: CheckpointStore) -> None:
@@ -681,7 +667,7 @@ async def test_store_cancel_running_run_flags_next_append(store: CheckpointStore
     assert await store.request_cancel(rid, "stop please") == "requested"
     rec = await store.get_run(rid)
     assert rec is not None and rec.status == "running" and rec.cancel == "stop please"
-    assert await store.append(rid, 5, 2, _step("step:q", 1)) == "stop please"
+    assert await store.append(rid, 5, 2, step_done("step:q", 1)) == "stop please"
     # A new owner learns of the cancellation from its claim.
     claim = await store.claim(rid, agent="fast", input=encode_value(1), epoch=6, worker="w2")
     assert claim.outcome == "ok" and claim.cancel == "stop please"
