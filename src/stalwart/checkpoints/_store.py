@@ -122,9 +122,10 @@ def fork_entries(entries: list[JournalEntry], upto_key: str) -> list[Entry] | No
 
 
 class CheckpointStore:
-    """Journal and run record of every run, in one Redis (or one Redis Cluster).
+    """Journal and run record of every run, in one Redis primary.
 
-    Keys, with the run id as a hash tag so a run's keys share a cluster slot:
+    Keys, with the run id as a hash tag so a run's keys would share a cluster slot (the
+    clients are not cluster-aware yet):
     ``<ns>:{<run_id>}:run`` (hash), ``<ns>:{<run_id>}:journal`` (stream),
     ``<ns>:runs`` (sorted set of run ids by creation time) and ``<ns>:active``
     (set of runs not yet ended, scanned by the supervisor).
