@@ -30,7 +30,6 @@ os.environ.setdefault("OTEL_SDK_DISABLED", "true")
 os.environ.setdefault("CREWAI_TRACING_ENABLED", "false")
 
 import asyncio
-import contextlib
 import json
 import re
 import sys
@@ -42,7 +41,7 @@ import msgspec
 from crewai import LLM, Agent, Crew, Task
 from crewai.tools import tool
 
-from stalwart import App, Client, Settings, Supervisor, current_step
+from stalwart import App, current_step
 from stalwart.adapters.crewai import (
     CrewResult,
     DurableCrewRunner,
@@ -54,6 +53,8 @@ from stalwart.adapters.crewai import (
 
 if TYPE_CHECKING:
     from crewai.llms.base_llm import BaseLLM
+
+    from stalwart.testing import CrashStage
 
 HERE = Path(__file__).resolve().parent
 REAL_MODEL = "gpt-4o-mini" if os.environ.get("OPENAI_API_KEY") else None
@@ -148,66 +149,28 @@ runner = DurableCrewRunner("research-crew", build_crew, app=app)
 
 
 async def main(crash: bool) -> None:
-    from stalwart.testing import EmbeddedServers, StalwartProcess, worker_process
+    from stalwart.testing import crash_stage
 
-    settings = Settings.from_env()
-    async with contextlib.AsyncExitStack() as stack:
-        if settings.nats_url and settings.redis_url:
-            nats_url, redis_url = settings.nats_url, settings.redis_url
-        else:
-            servers = await stack.enter_async_context(EmbeddedServers())
-            nats_url, redis_url = servers.nats_url, servers.redis_url
-        # The runner connects its client from the STALWART_* settings.
-        os.environ.update(STALWART_NATS_URL=nats_url, STALWART_REDIS_URL=redis_url)
-        settings = Settings.from_env()
-        workers: dict[str, StalwartProcess] = {
-            wid: worker_process(
-                f"{Path(__file__).stem}:app",
-                nats_url=nats_url,
-                redis_url=redis_url,
-                worker_id=wid,
-                namespace=settings.namespace,
-                extra_env={
-                    "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
-                },
-            ).start()
-            for wid in ("worker-a", "worker-b")
-        }
-        supervisor = Supervisor(settings)
-        supervisor_task = asyncio.create_task(supervisor.run())
-        client = await Client.connect(settings=settings)
+    async with crash_stage(f"{Path(__file__).stem}:app", path=HERE) as stage:
         try:
-            await wait_for_workers(client, set(workers))
-            print(f"model: {REAL_MODEL or 'scripted (offline)'}; workers: {', '.join(workers)}")
+            print(
+                f"model: {REAL_MODEL or 'scripted (offline)'}; workers: {', '.join(stage.workers)}"
+            )
             handle = await runner.submit({"market": "coffee gear"})
-            await follow(handle, workers if crash else {})
+            await follow(handle, stage, crash)
             result = msgspec.convert(await handle.result(timeout=120), CrewResult)
             print("\nresult:")
             for task in result.tasks:
                 print(f"  [{task.agent}] {task.raw}")
         finally:
-            await client.close()
             await runner.aclose()
-            for proc in workers.values():
-                proc.terminate(timeout=10)
-            supervisor.stop()
-            await supervisor_task
 
 
-async def wait_for_workers(client: Client, ids: set[str]) -> None:
-    """Until every worker process has registered (importing CrewAI takes a few seconds)."""
-    for _ in range(600):
-        if ids <= {w.worker_id for w in await client.broker.workers()}:
-            return
-        await asyncio.sleep(0.1)
-    raise TimeoutError(f"workers {sorted(ids)} did not start")
-
-
-async def follow(handle: Any, workers: dict[str, Any]) -> None:
+async def follow(handle: Any, stage: CrashStage, crash: bool) -> None:
     """Print the run's events as they happen; SIGKILL the owner after its 4th tool call."""
-    t0, tools_done = time.time(), 0
+    tools_done = 0
     async for ev in handle.events():
-        stamp = f"+{ev.at - t0:5.2f}s"
+        stamp = stage.stamp(ev.at)
         if ev.type in ("run.started", "run.resumed"):
             replay = f", {ev.data['journaled_steps']} steps to replay" if ev.data else ""
             print(f"{stamp}  {ev.type} on {ev.worker}{replay}")
@@ -217,9 +180,8 @@ async def follow(handle: Any, workers: dict[str, Any]) -> None:
             print(f"{stamp}  {ev.step} done on {ev.worker}")
             if ev.data and ev.data.get("kind") == "tool":
                 tools_done += 1
-                if tools_done == 4 and ev.worker in workers:
-                    workers[ev.worker].kill()
-                    print(f"+{time.time() - t0:5.2f}s  SIGKILL {ev.worker}")
+                if tools_done == 4 and crash:
+                    stage.kill(ev.worker)
         elif ev.type in ("run.completed", "run.failed", "run.cancelled"):
             print(f"{stamp}  {ev.type}")
             return

@@ -17,13 +17,10 @@ real one. Needs ``pip install 'stalwart[langgraph]'``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import sys
-import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
@@ -31,8 +28,11 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import tool
 from langgraph.warnings import LangGraphDeprecatedSinceV10
 
-from stalwart import App, Client, Settings, Supervisor
+from stalwart import App
 from stalwart.adapters.langgraph import DurableGraphRunner, StalwartSaver
+
+if TYPE_CHECKING:
+    from stalwart.testing import CrashStage
 
 TOPICS = ["pricing", "competitors", "churn"]
 HERE = str(Path(__file__).resolve().parent)
@@ -109,60 +109,29 @@ runner = DurableGraphRunner(
 
 
 async def main(crash: bool) -> None:
-    from stalwart.testing import EmbeddedServers, StalwartProcess, worker_process
+    from stalwart.testing import crash_stage
 
-    settings = Settings.from_env()
-    async with contextlib.AsyncExitStack() as stack:
-        if settings.nats_url and settings.redis_url:
-            nats_url, redis_url = settings.nats_url, settings.redis_url
-        else:
-            servers = await stack.enter_async_context(EmbeddedServers())
-            nats_url, redis_url = servers.nats_url, servers.redis_url
-        # The runner connects its client from the STALWART_* settings.
-        os.environ.update(STALWART_NATS_URL=nats_url, STALWART_REDIS_URL=redis_url)
-        settings = Settings.from_env()
-        workers: dict[str, StalwartProcess] = {
-            wid: worker_process(
-                f"{Path(__file__).stem}:app",
-                nats_url=nats_url,
-                redis_url=redis_url,
-                worker_id=wid,
-                namespace=settings.namespace,
-                extra_env={"PYTHONPATH": os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")])},
-            ).start()
-            for wid in ("worker-a", "worker-b")
-        }
-        supervisor = Supervisor(settings)
-        supervisor_task = asyncio.create_task(supervisor.run())
-        client = await Client.connect(settings=settings)
+    async with crash_stage(f"{Path(__file__).stem}:app", path=HERE) as stage:
         try:
-            for _ in range(300):  # until both workers registered (60 s at most)
-                if not set(workers) - {w.worker_id for w in await client.broker.workers()}:
-                    break
-                await asyncio.sleep(0.2)
-            print(f"workers: {', '.join(workers)}")
+            print(f"workers: {', '.join(stage.workers)}")
             question = {"messages": [("user", "How is our market doing?")]}
             handle = await runner.submit(question)
-            await follow(handle, workers if crash else {})
+            await follow(handle, stage, crash)
             print(f"\nresult: {await handle.result(timeout=120)}")
-            journal = await client.store.journal_bytes(handle.run_id)
-            saver = StalwartSaver(client.store.redis, namespace=settings.namespace)
+            store = stage.client.store
+            journal = await store.journal_bytes(handle.run_id)
+            saver = StalwartSaver(store.redis, namespace=store.ns)
             checkpoints = await saver.thread_bytes(handle.run_id)
             print(f"Redis: journal {journal} bytes, LangGraph checkpoints {checkpoints} bytes")
         finally:
-            await client.close()
             await runner.aclose()
-            for proc in workers.values():
-                proc.terminate(timeout=10)
-            supervisor.stop()
-            await supervisor_task
 
 
-async def follow(handle: Any, workers: dict[str, Any]) -> None:
+async def follow(handle: Any, stage: CrashStage, crash: bool) -> None:
     """Print the run's events as they happen; SIGKILL the owner after its 2nd search."""
-    t0, searches = time.time(), 0
+    searches = 0
     async for ev in handle.events():
-        stamp = f"+{max(ev.at - t0, 0.0):5.2f}s"
+        stamp = stage.stamp(ev.at)
         if ev.type in ("run.started", "run.resumed"):
             replay = f", {ev.data['journaled_steps']} tasks stored" if ev.data else ""
             print(f"{stamp}  {ev.type} on {ev.worker}{replay}")
@@ -170,9 +139,8 @@ async def follow(handle: Any, workers: dict[str, Any]) -> None:
             print(f"{stamp}  {ev.data['name']:<6} done on {ev.worker}  ({ev.step})")
             if ev.data["name"] == "tools":
                 searches += 1
-                if searches == 2 and ev.worker in workers:
-                    workers[ev.worker].kill()
-                    print(f"+{time.time() - t0:5.2f}s  SIGKILL {ev.worker} (a search in flight)")
+                if searches == 2 and crash:
+                    stage.kill(ev.worker)  # a search is in flight
         elif ev.type in ("run.completed", "run.failed", "run.cancelled"):
             print(f"{stamp}  {ev.type}")
             return

@@ -30,7 +30,6 @@ import asyncio
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -161,59 +160,30 @@ runner = DurableAgentRunner(
 
 
 async def demo(question: str, kill_after: int) -> None:
-    from stalwart import Supervisor
-    from stalwart.config import Settings
-    from stalwart.testing import EmbeddedServers, worker_process
+    from stalwart.testing import crash_stage
 
-    async with EmbeddedServers() as servers:
-        os.environ["STALWART_NATS_URL"] = servers.nats_url  # for runner.submit()
-        os.environ["STALWART_REDIS_URL"] = servers.redis_url
-        env = {"PYTHONPATH": str(HERE)}
-        procs = {
-            wid: worker_process(
-                "openai_market_research:app",
-                nats_url=servers.nats_url,
-                redis_url=servers.redis_url,
-                worker_id=wid,
-                extra_env=env,
-            ).start()
-            for wid in ("worker-a", "worker-b")
-        }
-        supervisor = Supervisor(
-            Settings(nats_url=servers.nats_url, redis_url=servers.redis_url, lease_ttl=2)
-        )
-        await supervisor.start()
-        sup_task = asyncio.create_task(supervisor.run())
+    async with crash_stage("openai_market_research:app", path=HERE) as stage:
         try:
-            client = await runner.client()
-            for _ in range(150):  # until both workers have registered (at most 30 s)
-                if {w.worker_id for w in await client.broker.workers()} >= set(procs):
-                    break
-                await asyncio.sleep(0.2)
-            print(f"model: {REAL_MODEL or 'scripted (offline)'}; workers: {', '.join(procs)}\n")
+            print(
+                f"model: {REAL_MODEL or 'scripted (offline)'}; workers: {', '.join(stage.workers)}\n"
+            )
             handle = await runner.submit(question)
-            t0 = time.time()
             done = 0
             async for ev in handle.events():
-                t = f"+{ev.at - t0:5.2f}s"
+                t = stage.stamp(ev.at)
                 if ev.type in ("run.started", "run.resumed"):
                     print(f"{t}  {ev.type:<13} on {ev.worker} (epoch {ev.epoch})")
                 elif ev.type == "step.completed":
                     done += 1
                     print(f"{t}  {ev.step:<28} {ev.data['kind']:<8} done on {ev.worker}")
-                    if done == kill_after and len(procs) == 2:
-                        procs.pop(ev.worker).kill()
-                        print(f"+{time.time() - t0:5.2f}s  SIGKILL {ev.worker}")
+                    if done == kill_after and len(stage.workers) == 2:
+                        stage.kill(ev.worker)
                 elif ev.type in ("run.completed", "run.failed", "run.cancelled"):
                     print(f"{t}  {ev.type} on {ev.worker}")
                     break
             print("\nresult:", json.dumps(await handle.result(timeout=60), indent=2))
         finally:
             await runner.aclose()
-            for p in procs.values():
-                p.terminate(timeout=10)
-            supervisor.stop()
-            await sup_task
 
 
 def main() -> int:

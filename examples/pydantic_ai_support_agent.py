@@ -16,11 +16,9 @@ replayed, nothing completed runs again. Needs ``pip install 'stalwart[pydantic-a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,11 +28,13 @@ from pydantic_ai import Agent, RunContext
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, FunctionModel
 
-from stalwart import App, Client, Settings, Supervisor, current_step
+from stalwart import App, current_step
 from stalwart.adapters.pydantic_ai import DurableAgentRunner, StalwartDurability
 
 if TYPE_CHECKING:
     from pydantic_ai.models import Model
+
+    from stalwart.testing import CrashStage
 
 HERE = Path(__file__).resolve().parent
 REAL_MODEL = "openai:gpt-4o-mini" if os.environ.get("OPENAI_API_KEY") else None
@@ -164,67 +164,29 @@ runner = DurableAgentRunner(name="support", agent=support_agent, app=app, max_it
 
 
 async def main(crash: bool) -> None:
-    from stalwart.testing import EmbeddedServers, StalwartProcess, worker_process
+    from stalwart.testing import crash_stage
 
-    settings = Settings.from_env()
-    async with contextlib.AsyncExitStack() as stack:
-        if settings.nats_url and settings.redis_url:
-            nats_url, redis_url = settings.nats_url, settings.redis_url
-        else:
-            servers = await stack.enter_async_context(EmbeddedServers())
-            nats_url, redis_url = servers.nats_url, servers.redis_url
-        # The runner connects its client from the STALWART_* settings.
-        os.environ.update(STALWART_NATS_URL=nats_url, STALWART_REDIS_URL=redis_url)
-        settings = Settings.from_env()
-        workers: dict[str, StalwartProcess] = {
-            wid: worker_process(
-                f"{Path(__file__).stem}:app",
-                nats_url=nats_url,
-                redis_url=redis_url,
-                worker_id=wid,
-                namespace=settings.namespace,
-                extra_env={
-                    "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
-                },
-            ).start()
-            for wid in ("worker-a", "worker-b")
-        }
-        supervisor = Supervisor(settings)
-        supervisor_task = asyncio.create_task(supervisor.run())
-        client = await Client.connect(settings=settings)
+    async with crash_stage(f"{Path(__file__).stem}:app", path=HERE) as stage:
         try:
-            await wait_for_workers(client, set(workers))
-            print(f"model: {REAL_MODEL or 'scripted (offline)'}; workers: {', '.join(workers)}")
+            print(
+                f"model: {REAL_MODEL or 'scripted (offline)'}; workers: {', '.join(stage.workers)}"
+            )
             handle = await runner.submit(
                 "My espresso machine (order A-1001) arrived broken. Can I get my money back?",
                 deps=Customer(customer_id="c-42"),
             )
-            await follow(handle, workers if crash else {})
+            await follow(handle, stage, crash)
             resolution = runner.output(await handle.result(timeout=120))
             print(f"\nresult: {resolution.model_dump_json(indent=2)}")
         finally:
-            await client.close()
             await runner.aclose()
-            for proc in workers.values():
-                proc.terminate(timeout=10)
-            supervisor.stop()
-            await supervisor_task
 
 
-async def wait_for_workers(client: Client, ids: set[str]) -> None:
-    """Until every worker process has registered (they take a second or two to start)."""
-    for _ in range(300):
-        if ids <= {w.worker_id for w in await client.broker.workers()}:
-            return
-        await asyncio.sleep(0.1)
-    raise TimeoutError(f"workers {sorted(ids)} did not start")
-
-
-async def follow(handle: Any, workers: dict[str, Any]) -> None:
+async def follow(handle: Any, stage: CrashStage, crash: bool) -> None:
     """Print the run's events as they happen; SIGKILL the owner after its 2nd tool call."""
-    t0, tools_done, streaming = time.time(), 0, False
+    tools_done, streaming = 0, False
     async for ev in handle.events():
-        stamp = f"+{ev.at - t0:5.2f}s"
+        stamp = stage.stamp(ev.at)
         if ev.type == "model.delta" and ev.data.get("type") == "text":
             print(("" if streaming else "          ") + ev.data["delta"], end="", flush=True)
             streaming = True
@@ -241,9 +203,8 @@ async def follow(handle: Any, workers: dict[str, Any]) -> None:
             print(f"{stamp}  {ev.step} done on {ev.worker}")
             if ev.data and ev.data.get("kind") == "tool":
                 tools_done += 1
-                if tools_done == 2 and ev.worker in workers:
-                    workers[ev.worker].kill()
-                    print(f"+{time.time() - t0:5.2f}s  SIGKILL {ev.worker}")
+                if tools_done == 2 and crash:
+                    stage.kill(ev.worker)
         elif ev.type in ("run.completed", "run.failed", "run.cancelled"):
             print(f"{stamp}  {ev.type}")
             return

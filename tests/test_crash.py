@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from stalwart import Client, RunCancelled, RunFailed
 from stalwart.checkpoints import Finished, JournalEntry, Started, StepDone, StepError
 from tests.apps import exec_key, gate_key
-from tests.conftest import WorkerFactory, eventually
+from tests.conftest import ROOT, Servers, WorkerFactory, eventually
 
 pytestmark = pytest.mark.slow
 
@@ -231,3 +231,28 @@ async def test_code_change_between_crash_and_resume_is_nondeterminism(
     assert info.value.error_type == "NonDeterminismError"
     assert "step:a" in info.value.message and "different arguments" in info.value.message
     assert await execs(counters, run_id, "step:a") == 1  # not re-run with the new arguments
+
+
+async def test_crash_stage_sets_up_workers_and_a_supervisor_that_resume_a_killed_run(
+    servers: Servers, counters: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The examples' harness: it finds the servers from the environment, and a run whose
+    owner it kills is re-placed by its supervisor on the other worker."""
+    from stalwart.testing import crash_stage
+
+    monkeypatch.setenv("STALWART_NATS_URL", servers.nats_url)
+    monkeypatch.setenv("STALWART_REDIS_URL", servers.redis_url)
+    monkeypatch.setenv("STALWART_NAMESPACE", f"t{uuid.uuid4().hex[:10]}")
+    env = {"COUNTER_REDIS_URL": servers.redis_url, "STALWART_LOG_FORMAT": "json"}
+    async with crash_stage("tests.apps:app", path=ROOT, env=env) as stage:
+        assert set(stage.workers) == {"worker-a", "worker-b"}
+        run_id = rid()
+        handle = await stage.client.submit("ten", {"pause_after": 5}, run_id=run_id)
+        await eventually(lambda: journaled(stage.client, run_id, "step:s5"))
+        owner = (await handle.status()).worker
+        assert stage.kill(owner) and not stage.kill(owner)  # killed once
+        await counters.lpush(gate_key(run_id, "after"), "go")
+        assert await handle.result(timeout=30) == sum(i * 10 for i in range(1, 11))
+        assert (await handle.status()).worker == next(iter(stage.workers))
+        for i in range(1, 11):
+            assert await execs(counters, run_id, f"step:s{i}") == 1

