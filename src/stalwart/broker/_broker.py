@@ -142,15 +142,15 @@ class Broker:
 
     async def known_agents(self) -> list[str]:
         """Every registered agent name."""
-        kv = await self._agents()
+        # One stream-info request listing the bucket's subjects: deterministic, where
+        # KeyValue.keys() builds a watcher that can come back empty on a busy server.
+        bucket = self.names.agents_bucket
         try:
-            return sorted(await kv.keys())
-        except (NotFoundError, KeyNotFoundError):
+            info = await self.js.stream_info(f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.>")
+        except NotFoundError:
             return []
-        except Exception as exc:  # nats-py raises NoKeysError (not exported everywhere)
-            if type(exc).__name__ == "NoKeysError":
-                return []
-            raise
+        prefix = f"$KV.{bucket}."
+        return sorted(s.removeprefix(prefix) for s in (info.state.subjects or {}))
 
     async def heartbeat(self, info: WorkerInfo, ttl: int) -> None:
         """Publish the worker's heartbeat; the key vanishes ``ttl`` seconds after the last one."""
