@@ -115,7 +115,15 @@ async def supervisor(settings: Settings) -> AsyncIterator[Supervisor]:
     task = asyncio.create_task(sup.run())
     yield sup
     sup.stop()
-    await task
+    done, _ = await asyncio.wait({task}, timeout=60)
+    if not done:  # say where it is stuck instead of hanging until pytest-timeout
+        import sys
+
+        for t in asyncio.all_tasks():
+            print(f"--- {t!r}", file=sys.stderr)
+            t.print_stack(limit=20, file=sys.stderr)
+        raise AssertionError("the supervisor did not stop within 60 s (task stacks above)")
+    task.result()
 
 
 WorkerFactory = Callable[..., Awaitable[StalwartProcess]]

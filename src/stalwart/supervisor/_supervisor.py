@@ -114,6 +114,24 @@ class Supervisor:
         """Supervise until :meth:`stop`: lead when elected, stand by otherwise."""
         if self.broker is None:
             await self.start()
+        work = asyncio.create_task(self._supervise())
+        stopped = asyncio.create_task(self._stopping.wait())
+        try:
+            await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # A pass in flight is cancelled, not waited for, and every step of the shutdown
+            # is bounded: a slow or silent server must not keep a stopping supervisor alive.
+            work.cancel()
+            stopped.cancel()
+            await asyncio.wait({work, stopped}, timeout=_STOP_TIMEOUT)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._resign(), _STOP_TIMEOUT)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.close(), _STOP_TIMEOUT)
+        if work.done() and not work.cancelled():
+            work.result()  # an error that ended supervising is the caller's to see
+
+    async def _supervise(self) -> None:
         leading: list[asyncio.Task[None]] = []
         tick = min(self.settings.reconcile_interval, self.settings.lease_ttl / 3)
         try:
@@ -137,8 +155,6 @@ class Supervisor:
                     await asyncio.wait_for(self._wake.wait(), tick)
         finally:
             await _cancel(leading)
-            await self._resign()
-            await self.close()
 
     _last_reconcile = 0.0
 
@@ -340,6 +356,10 @@ class Supervisor:
                 ),
                 acked=True,
             )
+
+
+_STOP_TIMEOUT = 10.0
+"""Seconds each step of a supervisor's shutdown may take."""
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
