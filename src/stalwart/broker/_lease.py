@@ -150,15 +150,9 @@ class LeaseManager:
         If the release is lost or refused, the lease runs out at its TTL: nothing waits
         on it, since the run record already says the run ended.
         """
+        # A plain publish (no reply asked for) of the same message :meth:`release` sends.
         await self._js._nc.publish(
-            self._subject(lease.run_id),
-            b"",
-            headers={
-                _CAS: str(lease.revision),
-                "KV-Operation": "PURGE",
-                "Nats-Rollup": "sub",
-                "Nats-TTL": "1",
-            },
+            self._subject(lease.run_id), b"", headers={**_purge(lease), "Nats-TTL": "1"}
         )
 
     async def release(self, lease: Lease) -> bool:
@@ -167,7 +161,7 @@ class LeaseManager:
             await self._js.publish(
                 self._subject(lease.run_id),
                 b"",
-                headers={_CAS: str(lease.revision), "KV-Operation": "PURGE", "Nats-Rollup": "sub"},
+                headers=_purge(lease),
                 msg_ttl=1,
             )
         except APIError as exc:
@@ -175,3 +169,8 @@ class LeaseManager:
                 return False
             raise
         return True
+
+
+def _purge(lease: Lease) -> dict[str, str]:
+    """Headers of a release: a PURGE rollup of the key, only if ``lease`` still holds it."""
+    return {_CAS: str(lease.revision), "KV-Operation": "PURGE", "Nats-Rollup": "sub"}

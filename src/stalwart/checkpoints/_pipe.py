@@ -22,9 +22,10 @@ import collections
 import ssl
 import time
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
 import hiredis
+from redis.asyncio.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -35,7 +36,7 @@ _SCHEMES = frozenset({"redis", "rediss", "unix"})
 def _encode(arg: bytes | str | int | float) -> bytes:
     if isinstance(arg, bytes):
         return arg
-    return str(arg).encode() if not isinstance(arg, float) else repr(arg).encode()
+    return str(arg).encode()  # str() of a float is its shortest round-trip repr
 
 
 def pack(args: tuple[bytes | str | int | float, ...]) -> bytes:
@@ -97,22 +98,18 @@ class ScriptPipe:
     def __init__(
         self, url: str, *, request_timeout: float = 10.0, connect_timeout: float = 5.0
     ) -> None:
-        u = urlparse(url)
-        if u.scheme not in _SCHEMES:
-            raise ValueError(f"unsupported Redis URL scheme {u.scheme!r}")
-        self._path = u.path if u.scheme == "unix" else ""
-        self._host = u.hostname or "localhost"
-        self._port = u.port or 6379
-        self._ssl = ssl.create_default_context() if u.scheme == "rediss" else None
-        self._username = unquote(u.username) if u.username else ""
-        self._password = unquote(u.password) if u.password else ""
-        db = ""
-        if u.scheme != "unix" and u.path.strip("/"):
-            db = u.path.strip("/")
-        for part in u.query.split("&"):
-            if part.startswith("db="):
-                db = part[3:]
-        self._db = int(db) if db else 0
+        scheme = urlparse(url).scheme
+        if scheme not in _SCHEMES:
+            raise ValueError(f"unsupported Redis URL scheme {scheme!r}")
+        # redis-py's own reading of the URL, so both clients agree on what it says.
+        kw = parse_url(url)
+        self._path = str(kw.get("path") or "")
+        self._host = str(kw.get("host") or "localhost")
+        self._port = int(kw.get("port") or 6379)
+        self._ssl = ssl.create_default_context() if scheme == "rediss" else None
+        self._username = str(kw.get("username") or "")
+        self._password = str(kw.get("password") or "")
+        self._db = int(kw.get("db") or 0)
         self.request_timeout = request_timeout
         self.connect_timeout = connect_timeout
         self._transport: asyncio.Transport | None = None

@@ -399,10 +399,7 @@ class CheckpointStore:
         a newer epoch owns the run. An append retried after a lost reply is recognised and
         not written twice.
         """
-        data = encode_entry(entry)
-        args = [epoch, f"{seq}-0", data, repr(time.time())]
-        reply = await self._fenced(self._append, run_id, args, seq, data)
-        return reply
+        return await self.append_future(run_id, epoch, seq, entry)
 
     def append_future(self, run_id: str, epoch: int, seq: int, entry: Entry) -> asyncio.Future[str]:
         """:meth:`append` as a future that is already under way and settles on its own.
@@ -413,15 +410,12 @@ class CheckpointStore:
         retrying path (which recognises an entry the first try already wrote).
         """
         data = encode_entry(entry)
-        now = repr(time.time())
-        args: list[object] = [epoch, f"{seq}-0", data, now]
+        args: list[object] = [epoch, f"{seq}-0", data, repr(time.time())]
         if self._pipe is None:
             return asyncio.ensure_future(self._fenced(self._append, run_id, args, seq, data))
         loop = asyncio.get_running_loop()
         out: asyncio.Future[str] = SettlingFuture(loop=loop)
-        first = self._pipe.call(
-            "EVALSHA", self._append.sha, 2, *self._keys(run_id), epoch, f"{seq}-0", data, now
-        )
+        first = self._evalsha(self._pipe, self._append, run_id, args)
 
         def settle(f: asyncio.Future[Any]) -> None:
             reply = None if f.exception() is not None else f.result()
@@ -431,8 +425,11 @@ class CheckpointStore:
                 except LeaseLost as exc:
                     out.set_exception(exc)
                 return
-            # Lost connection, error reply (NOSCRIPT after a restart) or a taken position.
-            slow = loop.create_task(self._fenced(self._append, run_id, args, seq, data))
+            # Lost connection, error reply (NOSCRIPT after a restart) or a taken position:
+            # the redis-py path, without trying the pipe a second time.
+            slow = loop.create_task(
+                self._fenced(self._append, run_id, args, seq, data, via_pipe=False)
+            )
             slow.add_done_callback(lambda t: _chain(t, out))
 
         first.add_done_callback(settle)
@@ -461,9 +458,16 @@ class CheckpointStore:
         self._pipe.call("SREM", self.active_key, run_id).add_done_callback(_settled_quietly)
 
     async def _fenced(
-        self, script: object, run_id: str, args: list[object], seq: int, data: bytes
+        self,
+        script: object,
+        run_id: str,
+        args: list[object],
+        seq: int,
+        data: bytes,
+        *,
+        via_pipe: bool = True,
     ) -> str:
-        reply = await self._with_retry(script, run_id, args)
+        reply = await self._with_retry(script, run_id, args, via_pipe=via_pipe)
         if reply[0] in (b"ok", b"stale"):
             return self._fenced_reply(run_id, args, reply)
         # conflict: our id is taken. It is ours if the stored entry is byte-identical.
@@ -489,23 +493,26 @@ class CheckpointStore:
             f"(current epoch {reply[1].decode() or 'none'})"
         )
 
-    async def _with_retry(self, script: object, run_id: str, args: list[object]) -> Any:
+    def _evalsha(
+        self, pipe: ScriptPipe, script: object, run_id: str, args: list[object]
+    ) -> asyncio.Future[Any]:
+        """``script`` on the run's two keys, sent down the shared pipe."""
+        sha: str = script.sha  # type: ignore[attr-defined]
+        return pipe.call("EVALSHA", sha, 2, *self._keys(run_id), *args)  # type: ignore[arg-type]
+
+    async def _with_retry(
+        self, script: object, run_id: str, args: list[object], *, via_pipe: bool = True
+    ) -> Any:
         """Run a fenced script, riding out a Redis restart for up to ``retry_for`` seconds.
 
         A script whose reply was lost may have run: the retry then hits its own entry at
         the same position, which ``_fenced`` recognises (explicit ids make this safe).
         """
-        if self._pipe is not None:
+        if self._pipe is not None and via_pipe:
             # First down the shared pipe; an error reply (NOSCRIPT after a Redis restart) or
             # a lost connection falls through to redis-py, which loads scripts and retries.
             try:
-                reply = await self._pipe.call(
-                    "EVALSHA",
-                    script.sha,  # type: ignore[attr-defined]
-                    2,
-                    *self._keys(run_id),
-                    *args,  # type: ignore[arg-type]
-                )
+                reply = await self._evalsha(self._pipe, script, run_id, args)
             except (RedisConnectionError, RedisTimeoutError):
                 pass
             else:
