@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import msgspec
@@ -226,3 +227,29 @@ async def test_result_reports_a_rejection_made_before_and_after_it_started_waiti
 async def _last_is_rejection(client: Client, run_id: str) -> bool:
     last = await client.broker.last_event(run_id)
     return last is not None and last.type == "request.rejected"
+
+
+async def test_a_step_start_is_dropped_only_when_its_end_is_in_the_same_batch(
+    client: Client,
+) -> None:
+    events = client.broker.events
+    run_id = rid()
+
+    def ev(type: str, step: str, jseq: int = 0) -> RunEvent:
+        return RunEvent(type=type, run_id=run_id, at=time.time(), step=step, jseq=jseq)
+
+    # Same batch: the start of step a never leaves.
+    await events.publish(ev("step.started", "step:a"))
+    await events.publish(ev("step.completed", "step:a", jseq=1))
+    await events.send_queued()
+    # Separate batches: the start of step b has already left when it ends.
+    await events.publish(ev("step.started", "step:b"))
+    await events.send_queued()
+    await events.publish(ev("step.completed", "step:b", jseq=2))
+    await events.flush()
+    stored = [(e.type, e.step) for e in await collect(client, run_id, follow=False)]
+    assert stored == [
+        ("step.completed", "step:a"),
+        ("step.started", "step:b"),
+        ("step.completed", "step:b"),
+    ]

@@ -274,3 +274,23 @@ async def _steps_done(client: Client, handles, n: int) -> bool:
             isinstance(je.entry, StepDone) for je in await client.store.read_journal(h.run_id)
         )
     return total >= n
+
+
+async def test_stop_returns_even_when_a_supervising_pass_never_ends(settings: Settings) -> None:
+    """A pass stuck on a silent server must not keep a stopping supervisor alive."""
+    sup = Supervisor(settings)
+    await sup.start()
+    entered = asyncio.Event()
+
+    async def stuck_pass() -> int:
+        entered.set()
+        await asyncio.Event().wait()  # never set: a reply that never comes
+        return 0
+
+    sup.reconcile = stuck_pass  # type: ignore[method-assign]
+    task = asyncio.create_task(sup.run())
+    await asyncio.wait_for(entered.wait(), 20)  # elected and inside the pass
+    sup.stop()
+    done, _ = await asyncio.wait({task}, timeout=30)
+    assert done, "the supervisor did not stop while a pass hung"
+    task.result()
