@@ -41,8 +41,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """How long run events are kept in the events stream."""
     reconcile_interval: float = 2.0
     """How often the supervisor scans for running runs that have no owner."""
-    drain_timeout: float = 30.0
-    """On SIGTERM, how long a worker waits for in-flight steps before giving its runs up."""
+    drain_timeout: float = 20.0
+    """On SIGTERM, how long a worker lets in-flight steps run before handing their runs over.
+
+    Counted from the signal. Keep the orchestrator's grace period (Kubernetes'
+    ``terminationGracePeriodSeconds``, 30 s by default) at least 10 s above it."""
     passivate_after: float = 60.0
     """A durable wait longer than this gives up its worker slot and lease until woken."""
     stuck_after: float = 900.0
@@ -55,6 +58,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """How long an open circuit fails fast before letting one trial call through."""
     worker_id: str = ""
     """Identity of this worker in leases and the journal; generated when empty."""
+    # -- h1: freezes, slow servers and graceful drain
+    lease_margin: float = 0.0
+    """Seconds of a lease's TTL a worker never counts on (0: half of ``lease_ttl``).
+
+    User code (a step body, a tool or model call, a reconcile hook, the code after a durable
+    wait) starts without asking the server only if the last confirmed renewal was sent less
+    than ``lease_ttl - lease_margin`` ago; otherwise the worker renews that lease first."""
+    lease_confirm_retry: float = 0.25
+    """Pause between attempts to confirm a lease with an unreachable server (up to a TTL)."""
+
+    @property
+    def effective_lease_margin(self) -> float:
+        """``lease_margin``, or its default (half the TTL) when it is 0."""
+        return self.lease_margin or self.lease_ttl / 2
 
     def __post_init__(self) -> None:
         check_namespace(self.namespace)
@@ -64,6 +81,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if self.stuck_action not in ("report", "replace"):
             raise ConfigurationError(
                 f"stuck_action must be 'report' or 'replace', got {self.stuck_action!r}"
+            )
+        if not 0 <= self.lease_margin < self.lease_ttl:
+            raise ConfigurationError(
+                f"lease_margin must be >= 0 and below lease_ttl ({self.lease_ttl} s), "
+                f"got {self.lease_margin}"
+            )
+        if self.drain_timeout < 0:
+            raise ConfigurationError(f"drain_timeout must be >= 0, got {self.drain_timeout}")
+        if self.lease_confirm_retry <= 0:
+            raise ConfigurationError(
+                f"lease_confirm_retry must be > 0, got {self.lease_confirm_retry}"
             )
         if self.concurrency < 1:
             raise ConfigurationError(f"concurrency must be >= 1, got {self.concurrency}")

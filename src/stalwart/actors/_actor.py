@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import structlog
+from nats.errors import Error as NatsError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -130,6 +131,7 @@ class RunActor(StepExecutor, Waits):
         breakers: Breakers,
         fetch_closed: asyncio.Event,
         passivate_after: float = 60.0,
+        confirm_retry: float = 0.25,
         store: CheckpointStore,
         broker: Broker,
         worker_id: str,
@@ -148,6 +150,10 @@ class RunActor(StepExecutor, Waits):
         self._fetch_closed = fetch_closed
         self.cancel_reason = cancel
         self.draining = False
+        self._handing_over = False
+        self.handover = ""
+        """How a draining worker gave the run up: ``released`` at a step boundary, or
+        ``cancelled`` in a step body when the drain budget ended; empty otherwise."""
         self.lost = False
         self.abandoned = False
         """Set when the journal is unreachable: the run is given up, never failed for it."""
@@ -163,6 +169,7 @@ class RunActor(StepExecutor, Waits):
         self._attempts: dict[str, list[StepAttempt]] = {}
         self._intents: dict[str, StepIntent] = {}
         self.passivate_after = passivate_after
+        self._confirm_retry = confirm_retry
         self._waits: dict[str, WaitStarted] = {}
         self._consumed_signals: set[str] = set()
         self._journal: dict[str, StepDone | StepError] = {}
@@ -343,6 +350,42 @@ class RunActor(StepExecutor, Waits):
         if self.draining:
             raise Drained(self.run_id)
 
+    async def _ensure_lease(self) -> None:
+        """Before user code starts: the step-boundary check, then :meth:`_confirm_owner`."""
+        self._check_boundary()
+        await self._confirm_owner()
+
+    async def _confirm_owner(self) -> None:
+        """Return only once the lease is known to be ours; raise :class:`LeaseLost` if not.
+
+        The flags alone are not enough: a worker frozen (SIGSTOP, a stalled VM, a long GC)
+        wakes with ``lost`` unset while another worker may already have taken the run over
+        and journaled the very step it is about to start. So unless the last confirmed
+        renewal is recent (one clock read, see ``lease_margin``), the lease is renewed now,
+        and no user code starts until the server said yes. A server that cannot be asked is
+        retried until the lease has surely expired; then the run is given up (the supervisor
+        re-places it). Raises nothing but ``LeaseLost``, so a step can call it inside the
+        ``try`` that records the body's own errors.
+        """
+        if self.lost:
+            raise LeaseLost(f"run {self.run_id!r}: epoch {self.epoch} lost its lease")
+        leases = self._broker.leases
+        if leases.fresh(self.lease):
+            return
+        while True:
+            try:
+                if await leases.confirm(self.lease):
+                    return
+                why = "was taken over (found when confirming it before user code)"
+            except (OSError, NatsError) as exc:
+                if not leases.expired(self.lease):
+                    self.log.warning("lease.confirm_failed", error=repr(exc))
+                    await asyncio.sleep(self._confirm_retry)
+                    continue
+                why = "could not be confirmed within its TTL (server unreachable)"
+            self.lost = True
+            raise LeaseLost(f"run {self.run_id!r}: the lease of epoch {self.epoch} {why}")
+
     @property
     def store(self) -> CheckpointStore:
         """The checkpoint store this run journals into."""
@@ -360,6 +403,13 @@ class RunActor(StepExecutor, Waits):
         """Stop at the next step boundary (or now, if waiting out a retry backoff)."""
         self.draining = True
         self._wake.set()
+
+    def hand_over(self) -> None:
+        """The drain budget ended: the worker cancels this run's task, which then hands the
+        run over (releases the lease and publishes the resume request) instead of leaving
+        it to lease expiry and the supervisor."""
+        self.draining = True
+        self._handing_over = True
 
     def stop_lost(self) -> None:
         """The lease is gone: no further step may be journaled."""
@@ -383,7 +433,7 @@ class RunActor(StepExecutor, Waits):
             self.log.warning("run.lease_lost", error=str(exc))
             await self._emit(self._event(EV_LEASE_LOST, data={"reason": str(exc)}))
         except Drained:
-            await self._release_for_resume()
+            await self._release_for_resume("released")
         except Passivated as exc:
             await self._passivate(exc)
         except (ServerUnavailableError, RedisConnectionError, RedisTimeoutError) as exc:
@@ -396,6 +446,11 @@ class RunActor(StepExecutor, Waits):
         except asyncio.CancelledError:
             if self.lost:
                 self.log.warning("run.stopped_lease_lost")
+                return
+            if self._handing_over and self.holds_lease:
+                # Our own cancel at the end of the drain budget: hand over now. The cancel
+                # request was delivered, so these awaits run normally.
+                await self._release_for_resume("cancelled")
                 return
             raise
         except RunCancelled as exc:
@@ -443,6 +498,7 @@ class RunActor(StepExecutor, Waits):
 
     async def _run_agent(self, value: Any) -> Any:
         """Run the agent function, bounded by the run's deadline (which survives resumes)."""
+        await self._confirm_owner()  # the agent function is user code too
         if not self.deadline:
             return await self.spec.fn(RunContext(self), value)
         remaining = self.deadline - time.time()
@@ -501,6 +557,8 @@ class RunActor(StepExecutor, Waits):
 
     async def _finish(self, entry: Finished) -> None:
         try:
+            # A frozen worker must not end a run another worker owns by now.
+            await self._confirm_owner()
             async with self._append_lock:
                 seq = self._next_seq
                 try:
@@ -547,16 +605,25 @@ class RunActor(StepExecutor, Waits):
                 msg_id=f"{self.run_id}:wake:{self.epoch}",
             )
 
-    async def _release_for_resume(self) -> None:
-        """Give the run up during a graceful shutdown so another worker resumes it at once."""
+    async def _release_for_resume(self, how: str) -> None:
+        """Give the run up during a graceful shutdown so another worker resumes it at once.
+
+        ``how`` is ``released`` (at a step boundary) or ``cancelled`` (the drain budget ended
+        inside a step body, which the next owner runs again).
+        """
         self.holds_lease = False
         released = await self._broker.leases.release(self.lease)
         if not released:
+            self.log.warning("run.handover_skipped", reason="the lease is no longer ours")
             return
-        await self._emit(self._event(EV_RELEASED, data={"reason": "worker shutting down"}))
+        self.handover = how
+        reason = "worker shutting down"
+        if how == "cancelled":
+            reason += ": drain budget ended inside a step, which runs again on the next owner"
+        await self._emit(self._event(EV_RELEASED, data={"reason": reason}))
         await self._fetch_closed.wait()
         await self._broker.publish_request(
             RunRequest(run_id=self.run_id, agent=self.spec.name, kind="resume", epoch=self.epoch),
             msg_id=f"{self.run_id}:resume:{self.epoch}",
         )
-        self.log.info("run.released")
+        self.log.info("run.handed_over", how=how, reason=reason)

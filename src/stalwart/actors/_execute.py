@@ -103,6 +103,12 @@ class StepExecutor:
     def _check_boundary(self) -> None:
         raise NotImplementedError
 
+    async def _ensure_lease(self) -> None:
+        raise NotImplementedError
+
+    async def _confirm_owner(self) -> None:
+        raise NotImplementedError
+
     if TYPE_CHECKING:  # provided by the Waits mixin; a stub here would shadow it (MRO)
 
         async def wait(self, key: str, signal: str, timeout: float | None) -> Any: ...
@@ -222,6 +228,9 @@ class StepExecutor:
                         EV_STEP_STARTED, step=spec.key, data={"kind": spec.kind, "attempt": attempt}
                     )
                 )
+                # Last thing before the body: the lease must still be ours (a frozen worker's
+                # flags say nothing). Costs one clock read while renewals are on time.
+                await self._confirm_owner()
                 value = await self._call(spec, run, timeout)
             except (LeaseLost, Drained, asyncio.CancelledError):
                 if breaker is not None:
@@ -406,6 +415,7 @@ class StepExecutor:
             value = await self.wait(f"{spec.key}/outcome", signal, None)
             return await self._record_done(spec, value, started, 0.0, intent.attempt)
         if spec.reconcile is not None:
+            await self._ensure_lease()
             token = _current.set(StepInfo(self.run_id, spec.key, intent.attempt))
             try:
                 value = await spec.reconcile()

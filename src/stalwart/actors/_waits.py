@@ -72,6 +72,9 @@ class Waits:
     def _check_boundary(self) -> None:
         raise NotImplementedError
 
+    async def _ensure_lease(self) -> None:
+        raise NotImplementedError
+
     async def wait(self, key: str, signal: str, timeout: float | None) -> Any:
         """Wait for ``signal`` (or, with ``signal == ""``, just for ``timeout``)."""
         kind = "signal" if signal else "sleep"
@@ -128,7 +131,8 @@ class Waits:
         waited_since = time.monotonic()
         try:
             while True:
-                self._check_boundary()
+                # A wake-up hands control back to user code: only while the lease is ours.
+                await self._ensure_lease()
                 if started.signal:
                     found = await self._next_signal(started.signal)
                     if found is not None:

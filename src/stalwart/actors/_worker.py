@@ -61,6 +61,8 @@ class Worker:
         self.store: CheckpointStore | None = None
         self.hosted: dict[str, _Hosted] = {}
         self._placing = 0
+        self._placing_leases: list[Lease] = []
+        """Leases taken by placements not yet hosted: renewed like hosted runs' leases."""
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         # Set once no fetch is outstanding. A draining worker's own pending pull request
@@ -110,7 +112,11 @@ class Worker:
 
     async def _shutdown(self) -> None:
         assert self.broker is not None and self.store is not None
-        self.log.info("worker.draining", runs=len(self.hosted))
+        # The budget counts from the signal, as the orchestrator's grace period does.
+        budget_end = time.monotonic() + self.settings.drain_timeout
+        self.log.info(
+            "worker.draining", runs=sorted(self.hosted), drain_timeout=self.settings.drain_timeout
+        )
         for hosted in list(self.hosted.values()):
             hosted.actor.drain()
         # Fetches end within their wait time; whatever they return is nak'ed for others.
@@ -118,13 +124,7 @@ class Worker:
             await asyncio.wait(self._fetchers, timeout=_FETCH_WAIT + 5)
         await self._release_undelivered()
         self.fetch_closed.set()
-        pending = [h.task for h in self.hosted.values()]
-        if pending:
-            _, still = await asyncio.wait(pending, timeout=self.settings.drain_timeout)
-            for t in still:
-                t.cancel()
-            if still:
-                await asyncio.wait(still, timeout=5)
+        await self._drain_runs(budget_end)
         for t in [*self._tasks, *self._fetchers]:
             t.cancel()
         with contextlib.suppress(Exception):
@@ -132,6 +132,49 @@ class Worker:
         await self.broker.close()
         await self.store.close()
         self.log.info("worker.stopped")
+
+    async def _drain_runs(self, budget_end: float) -> None:
+        """Let hosted runs reach a step boundary until ``budget_end``, then hand the rest over.
+
+        A run between steps, in a retry backoff or in a durable wait is handed over at once
+        (its actor raises ``Drained``). A run inside a step body gets what is left of the
+        budget; then its body is cancelled, its lease released and its resume request
+        published at once, so another worker starts the step again within moments instead
+        of after the lease TTL and a supervisor pass.
+        """
+        seen: dict[str, RunActor] = {}
+        while True:
+            seen.update((h.actor.run_id, h.actor) for h in self.hosted.values())
+            remaining = budget_end - time.monotonic()
+            if (not self.hosted and not self._placing) or remaining <= 0:
+                break
+            # Wake when a run ends or a placement in flight finishes (it may host a run).
+            self._slot_freed.clear()
+            freed = asyncio.ensure_future(self._slot_freed.wait())
+            try:
+                await asyncio.wait(
+                    [freed, *(h.task for h in self.hosted.values())],
+                    timeout=remaining,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                freed.cancel()
+        still = [h for h in self.hosted.values() if not h.task.done()]
+        for hosted in still:
+            hosted.actor.hand_over()
+            hosted.task.cancel()
+        if still:
+            await asyncio.wait([h.task for h in still], timeout=5)
+        outcomes: dict[str, list[str]] = {}
+        for run_id, actor in sorted(seen.items()):
+            outcomes.setdefault(actor.handover or "ended", []).append(run_id)
+        self.log.info(
+            "worker.drained",
+            released=outcomes.get("released", []),
+            cancelled=outcomes.get("cancelled", []),
+            ended=outcomes.get("ended", []),
+            over_budget=round(max(time.monotonic() - budget_end, 0.0), 3),
+        )
 
     async def _release_undelivered(self) -> None:
         """Give back requests that still reach this worker after its last fetch returned.
@@ -234,6 +277,19 @@ class Worker:
         if lease is None:
             await self._lease_busy(req, msg)
             return
+        # From here the keep-alive loop renews the lease too: a claim can outlast the TTL
+        # (it rides out a Redis restart for up to 30 s), and a lease that ran out meanwhile
+        # would hand the run to a second worker while this one starts it.
+        self._placing_leases.append(lease)
+        try:
+            await self._claim_and_host(spec, req, msg, lease)
+        finally:
+            self._placing_leases = [x for x in self._placing_leases if x is not lease]
+
+    async def _claim_and_host(
+        self, spec: AgentSpec, req: RunRequest, msg: Msg, lease: Lease
+    ) -> None:
+        assert self.broker is not None and self.store is not None
         try:
             claim = await self.store.claim(
                 req.run_id,
@@ -258,6 +314,13 @@ class Worker:
             await msg.ack()
             self.log.info("request.skipped", run_id=req.run_id, outcome=claim.outcome)
             return
+        if lease.lost:
+            # The lease ran out or was taken while the claim was under way: this placement
+            # must not start the run. Redeliver the request now; whoever places it next
+            # claims over this epoch (or finds the new owner's lease and drops it).
+            self.log.warning("place.lease_lost", run_id=req.run_id, epoch=lease.epoch)
+            await msg.nak()
+            return
         await msg.ack()
         actor = RunActor(
             spec=spec,
@@ -272,6 +335,7 @@ class Worker:
             breakers=self.breakers,
             fetch_closed=self.fetch_closed,
             passivate_after=self.settings.passivate_after,
+            confirm_retry=self.settings.lease_confirm_retry,
             store=self.store,
             broker=self.broker,
             worker_id=self.worker_id,
@@ -305,6 +369,8 @@ class Worker:
         await msg.nak(delay=float(self.settings.lease_ttl))
 
     def _host(self, actor: RunActor) -> None:
+        if self._stopping.is_set():
+            actor.drain()  # placed while draining: hand it over at its first step boundary
         task = asyncio.create_task(actor.run(), name=f"run:{actor.run_id}")
         self.hosted[actor.run_id] = _Hosted(actor, task)
 
@@ -331,7 +397,11 @@ class Worker:
     async def _renew(self) -> None:
         assert self.broker is not None
         leases: list[Lease] = [h.actor.lease for h in self.hosted.values() if h.actor.holds_lease]
+        # The same lease twice in one batch would be refused once and look lost.
+        leases += [p for p in self._placing_leases if not any(p is x for x in leases)]
         for lease in await obs.timed_renewal(self.broker.leases.renew(leases), len(leases)):
+            if any(lease is p for p in self._placing_leases):
+                continue  # its placement sees ``lease.lost`` once the claim returns
             hosted = self.hosted.get(lease.run_id)
             if hosted is None or hosted.actor.lease is not lease or not hosted.actor.holds_lease:
                 continue  # finished or handed over while the renewal was in flight

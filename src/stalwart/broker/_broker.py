@@ -56,6 +56,7 @@ class Broker:
         self.names = Names(settings.namespace)
         self.owner = owner
         self.leases = LeaseManager(self.js, self.names, settings.lease_ttl, owner)
+        self.leases.margin = settings.effective_lease_margin
         self.events = EventPublisher(nc, self.js, self.names)
         self._agents_kv: KeyValue | None = None
 

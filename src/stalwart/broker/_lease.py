@@ -23,14 +23,56 @@ _WRONG_LAST_SEQUENCE = 10071
 _CAS = "Nats-Expected-Last-Subject-Sequence"
 
 
+def lease_clock() -> float:
+    """Seconds on the clock lease ages are measured with.
+
+    Monotonic, and on Linux ``CLOCK_BOOTTIME``, which also advances while the machine is
+    suspended (``CLOCK_MONOTONIC`` does not): a worker whose whole VM was frozen must see its
+    lease as old when it wakes, as it must after a SIGSTOP (which both clocks count).
+    """
+    if _BOOTTIME is not None:
+        return time.clock_gettime(_BOOTTIME)
+    return time.monotonic()
+
+
+_BOOTTIME: int | None = getattr(time, "CLOCK_BOOTTIME", None)
+
+
 @dataclass(slots=True)
 class Lease:
-    """A lease this process holds. ``epoch`` is fixed; ``revision`` moves on each renewal."""
+    """A lease this process holds. ``epoch`` is fixed; ``revision`` moves on each renewal.
+
+    ``renewed_at`` (:func:`lease_clock`) is when the write the server last confirmed was
+    *sent*: the server stored it later, so the lease lasts at least until
+    ``renewed_at + ttl``. ``lost`` is set once a renewal proved someone else holds the key.
+    """
 
     run_id: str
     epoch: int
     revision: int
-    renewed_at: float = field(default_factory=time.monotonic)
+    renewed_at: float = field(default_factory=lease_clock)
+    lost: bool = False
+
+
+def lease_fresh(renewed_at: float, now: float, ttl: float, margin: float) -> bool:
+    """Whether a lease last confirmed at ``renewed_at`` is surely still held at ``now``.
+
+    The server keeps the lease at least ``ttl`` after ``renewed_at``; ``margin`` is the part
+    of it we never count on (clock rate differences, a stall between this check and the code
+    it guards). A clock that went backwards proves nothing either: not fresh.
+    """
+    age = now - renewed_at
+    return 0.0 <= age < ttl - margin
+
+
+def default_margin(ttl: float) -> float:
+    """The safety margin used when ``lease_margin`` is 0: half the TTL.
+
+    Renewals go out every TTL/3, so a healthy worker's lease is always younger than TTL/2
+    and the check before a step costs one clock read; a worker that missed a renewal (a
+    freeze, a slow server) asks the server before it starts any more user code.
+    """
+    return ttl / 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +101,11 @@ class LeaseManager:
         self.ttl = ttl
         self.owner = owner
         self._prefix = prefix
+        self.margin = default_margin(ttl)
+        """Seconds of a lease's TTL never counted on (see :func:`lease_fresh`)."""
+        # Renewals of one lease must not overlap: two CAS writes against the same revision
+        # would see the second refused, and a lease that is ours would look lost.
+        self._renewing = asyncio.Lock()
 
     def _subject(self, name: str) -> str:
         # Run leases are keys run.<run_id>; other users (supervisor election) pick a prefix.
@@ -87,9 +134,10 @@ class LeaseManager:
         """Take the lease if nobody holds it (also over an expired or released one)."""
         expected = 0
         for _ in range(3):
+            sent = lease_clock()
             try:
                 rev = await self._cas(run_id, expected)
-                return Lease(run_id=run_id, epoch=rev, revision=rev)
+                return Lease(run_id=run_id, epoch=rev, revision=rev, renewed_at=sent)
             except APIError as exc:
                 if exc.err_code != _WRONG_LAST_SEQUENCE:
                     raise
@@ -106,34 +154,73 @@ class LeaseManager:
         lease that could not be renewed for a whole TTL (server unreachable) has surely
         expired and is reported lost too, so its actor stops working for nothing.
         """
+        leases = [lease for lease in leases if not lease.lost]
         if not leases:
             return []
-        # Concurrent requests are pipelined on the one connection. (Not publish_async: in
-        # nats-py 2.16 a rejected async publish never resolves its future.)
-        results = await asyncio.gather(
-            *(
-                self._js.publish(
-                    self._subject(lease.run_id),
-                    self.owner.encode(),
-                    headers={_CAS: str(lease.revision)},
-                    msg_ttl=self.ttl,
-                )
-                for lease in leases
-            ),
-            return_exceptions=True,
+        async with self._renewing:
+            sent = lease_clock()
+            # Concurrent requests are pipelined on the one connection. (Not publish_async:
+            # in nats-py 2.16 a rejected async publish never resolves its future.)
+            results = await asyncio.gather(
+                *(
+                    self._js.publish(
+                        self._subject(lease.run_id),
+                        self.owner.encode(),
+                        headers={_CAS: str(lease.revision)},
+                        msg_ttl=self.ttl,
+                    )
+                    for lease in leases
+                ),
+                return_exceptions=True,
+            )
+            lost: list[Lease] = []
+            now = lease_clock()
+            for lease, res in zip(leases, results, strict=True):
+                if isinstance(res, BaseException):
+                    if isinstance(res, APIError) and res.err_code == _WRONG_LAST_SEQUENCE:
+                        lease.lost = True
+                        lost.append(lease)
+                    elif now - lease.renewed_at > self.ttl:
+                        lease.lost = True
+                        lost.append(lease)
+                else:
+                    lease.revision = int(res.seq)
+                    lease.renewed_at = sent
+            return lost
+
+    def fresh(self, lease: Lease) -> bool:
+        """Whether ``lease`` is surely still ours without asking the server (one clock read)."""
+        return not lease.lost and lease_fresh(
+            lease.renewed_at, lease_clock(), self.ttl, self.margin
         )
-        lost: list[Lease] = []
-        now = time.monotonic()
-        for lease, res in zip(leases, results, strict=True):
-            if isinstance(res, BaseException):
-                if isinstance(res, APIError) and res.err_code == _WRONG_LAST_SEQUENCE:
-                    lost.append(lease)
-                elif now - lease.renewed_at > self.ttl:
-                    lost.append(lease)
-            else:
-                lease.revision = int(res.seq)
-                lease.renewed_at = now
-        return lost
+
+    def expired(self, lease: Lease) -> bool:
+        """Whether ``lease`` has surely run out (no renewal confirmed for a whole TTL)."""
+        return lease.lost or lease_clock() - lease.renewed_at >= self.ttl
+
+    async def confirm(self, lease: Lease) -> bool:
+        """Prove ``lease`` is still ours by renewing it now (one CAS write).
+
+        True: it is ours and extended by a TTL. False: it moved (someone took it over, or it
+        expired and its marker sits on the key). Raises when the server could not be asked;
+        the caller decides how long to retry (at most until :meth:`expired`).
+        """
+        if lease.lost:
+            return False
+        async with self._renewing:
+            if self.fresh(lease):  # a batch renewal landed while we waited for it
+                return True
+            sent = lease_clock()
+            try:
+                seq = await self._cas(lease.run_id, lease.revision)
+            except APIError as exc:
+                if exc.err_code == _WRONG_LAST_SEQUENCE:
+                    lease.lost = True
+                    return False
+                raise
+            lease.revision = seq
+            lease.renewed_at = sent
+            return True
 
     async def revoke(self, run_id: str) -> None:
         """Take a lease away from whoever holds it (its next renewal fails: it stops)."""
@@ -158,12 +245,14 @@ class LeaseManager:
     async def release(self, lease: Lease) -> bool:
         """Give the lease up at once (a PURGE rollup that itself expires); False if not ours."""
         try:
-            await self._js.publish(
-                self._subject(lease.run_id),
-                b"",
-                headers=_purge(lease),
-                msg_ttl=1,
-            )
+            # After any renewal in flight: it moves the revision this CAS must name.
+            async with self._renewing:
+                await self._js.publish(
+                    self._subject(lease.run_id),
+                    b"",
+                    headers=_purge(lease),
+                    msg_ttl=1,
+                )
         except APIError as exc:
             if exc.err_code == _WRONG_LAST_SEQUENCE:
                 return False
