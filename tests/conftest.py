@@ -151,7 +151,10 @@ async def worker_pool(
             namespace=settings.namespace,
             extra_env={
                 "COUNTER_REDIS_URL": servers.redis_url,
-                "PYTHONPATH": str(ROOT),
+                # Keep the caller's path (a worktree's src/ first) ahead of the installed copy.
+                "PYTHONPATH": os.pathsep.join(
+                    p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
+                ),
                 "STALWART_LOG_FORMAT": "json",
                 **base_env,
                 **env,

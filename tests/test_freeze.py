@@ -1,0 +1,260 @@
+"""Freezes, slow servers and graceful drain (issue #12, h1): real processes, real signals.
+
+A worker frozen by SIGSTOP, a Redis that stops answering during a claim, a SIGTERM during a
+long step: in each case a journaled step's body must not run again, and a run must move
+only when it has to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+import msgspec
+import pytest
+import redis.asyncio as aioredis
+
+from stalwart import Client, Settings, Supervisor
+from stalwart.broker._lease import lease_fresh
+from stalwart.checkpoints import Started, StepDone
+from stalwart.messages import RunRequest
+from stalwart.testing import RedisServer
+from tests.apps import exec_key, gate_key
+from tests.conftest import Servers, eventually, worker_pool
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+
+    from stalwart.testing import StalwartProcess
+
+
+def rid() -> str:
+    return uuid.uuid4().hex
+
+
+# ------------------------------------------------------------------- the freshness rule
+
+
+def test_lease_freshness_rule() -> None:
+    ttl, margin = 6.0, 3.0
+    # Fresh only while less than ttl - margin has passed since the renewal was sent.
+    assert lease_fresh(100.0, 100.0, ttl, margin)
+    assert lease_fresh(100.0, 102.999, ttl, margin)
+    assert not lease_fresh(100.0, 103.0, ttl, margin)
+    assert not lease_fresh(100.0, 160.0, ttl, margin)  # woke from a long freeze
+    # A clock that went backwards proves nothing.
+    assert not lease_fresh(100.0, 99.0, ttl, margin)
+    # No margin: up to (not including) the TTL itself.
+    assert lease_fresh(100.0, 105.9, ttl, 0.0)
+    assert not lease_fresh(100.0, 106.0, ttl, 0.0)
+
+
+def test_lease_margin_defaults_to_half_the_ttl_and_is_checked() -> None:
+    from stalwart.errors import ConfigurationError
+
+    assert Settings(lease_ttl=6).effective_lease_margin == 3.0
+    assert Settings(lease_ttl=6, lease_margin=1.5).effective_lease_margin == 1.5
+    for bad in (-1.0, 6.0, 7.0):
+        with pytest.raises(ConfigurationError, match="lease_margin"):
+            Settings(lease_ttl=6, lease_margin=bad)
+    with pytest.raises(ConfigurationError, match="drain_timeout"):
+        Settings(drain_timeout=-1)
+    # Fits Kubernetes' default grace period (30 s) with room to hand runs over and exit.
+    assert Settings().drain_timeout <= 20.0
+
+
+# ------------------------------------------------------------- real processes and servers
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server of this test alone: it gets paused."""
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.pid is not None:
+            os.kill(server.pid, signal.SIGCONT)
+        server.stop()
+
+
+@pytest.fixture
+def settings(servers: Servers, namespace: str, own_redis: RedisServer) -> Settings:
+    return Settings(
+        nats_url=servers.nats_url,
+        redis_url=own_redis.url,
+        namespace=namespace,
+        lease_ttl=2,
+        reconcile_interval=0.5,
+        drain_timeout=10.0,
+    )
+
+
+@pytest.fixture
+async def counters(own_redis: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    r = aioredis.Redis.from_url(own_redis.url)
+    yield r
+    await r.aclose()
+
+
+async def execs(counters: aioredis.Redis, run_id: str, key: str) -> int:
+    return int(await counters.get(exec_key(run_id, key)) or 0)
+
+
+async def _logged(proc: StalwartProcess, needle: str) -> bool:
+    return needle in proc.log_text()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+async def test_worker_resumed_after_sigstop_starts_no_journaled_step_again(
+    settings: Settings,
+    servers: Servers,
+    own_redis: RedisServer,
+    client: Client,
+    supervisor: Supervisor,
+    counters: aioredis.Redis,
+) -> None:
+    """A: frozen between steps; another worker takes over, journals and completes the run;
+    the frozen one wakes and must not start the next step's body."""
+    ours = Servers(servers.nats_url, own_redis.url)
+    async with worker_pool("tests.apps:app", settings, ours, client) as start:
+        a = await start("a")
+        run_id = rid()
+        handle = await client.submit("ten", {"pause_after": 3}, run_id=run_id)
+        await eventually(lambda: _journaled(client, run_id, "step:s3"))
+        # Now in agent code between s3 and s4 (blocked on the 'after' gate): freeze it.
+        a.pause()
+        try:
+            await start("b")
+            await eventually(lambda: _owner_is(handle, "b"), timeout=20)
+            # Two tokens: Redis hands one to A's pending BLPOP (read when A wakes), one to B.
+            await counters.lpush(gate_key(run_id, "after"), "1", "2")
+            assert await handle.result(timeout=30) == sum(i * 10 for i in range(1, 11))
+        finally:
+            a.resume()
+        # A wakes with its BLPOP answered and goes straight for step s4: it must find out
+        # that its lease is gone before the body starts.
+        await eventually(
+            lambda: _logged(a, "lease_lost"), timeout=20, message=lambda: a.log_text()[-3000:]
+        )
+        for i in range(1, 11):
+            n = await execs(counters, run_id, f"step:s{i}")
+            assert n == 1, f"step s{i} body ran {n} times:\n{a.log_text()[-3000:]}"
+        assert a.alive(), "the woken worker should give the run up, not crash"
+        entries = await client.store.read_journal(run_id)
+        assert [je.entry.worker for je in entries if isinstance(je.entry, Started)] == ["a", "b"]
+
+
+async def _journaled(client: Client, run_id: str, key: str) -> bool:
+    return any(
+        isinstance(je.entry, StepDone) and je.entry.key == key
+        for je in await client.store.read_journal(run_id)
+    )
+
+
+async def _owner_is(handle, worker: str) -> bool:  # type: ignore[no-untyped-def]
+    return bool((await handle.status()).worker == worker)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+async def test_claim_slower_than_the_lease_ttl_keeps_the_run_on_its_worker(
+    settings: Settings,
+    servers: Servers,
+    own_redis: RedisServer,
+    client: Client,
+    supervisor: Supervisor,
+    counters: aioredis.Redis,
+) -> None:
+    """B: Redis stops answering while a worker claims a run, for longer than the lease TTL.
+
+    The placing worker keeps renewing the lease, so once Redis answers the run starts there,
+    once: one epoch, no re-placement, no step body twice.
+    """
+    ours = Servers(servers.nats_url, own_redis.url)
+    async with worker_pool("tests.apps:app", settings, ours, client) as start:
+        await start("a")
+        run_id = rid()
+        assert own_redis.pid is not None
+        os.kill(own_redis.pid, signal.SIGSTOP)
+        try:
+            # Published straight to NATS (a submit writes Redis first): the claim creates
+            # the record, and hangs until Redis answers again.
+            await client.broker.publish_request(
+                RunRequest(run_id=run_id, agent="ten", input={}), msg_id=run_id
+            )
+            first = await eventually(lambda: _lease_of(client, run_id, "a"), timeout=10)
+            # The outage itself: it must outlast the lease TTL by a good margin.
+            await asyncio.sleep(2 * settings.lease_ttl + 1)
+            state = await client.broker.leases.state(run_id)
+            assert state.holder == "a", "the placing worker let its lease run out"
+            assert state.revision > first, "the lease was not renewed during the claim"
+        finally:
+            os.kill(own_redis.pid, signal.SIGCONT)
+        handle = client.handle(run_id)
+        assert await handle.result(timeout=30) == sum(i * 10 for i in range(1, 11))
+        entries = await client.store.read_journal(run_id)
+        started = [je.entry for je in entries if isinstance(je.entry, Started)]
+        assert [(s.worker, s.resumed) for s in started] == [("a", False)], started
+        assert started[0].epoch == first
+        for i in range(1, 11):
+            assert await execs(counters, run_id, f"step:s{i}") == 1, f"step s{i} body ran again"
+        assert supervisor.replaced == 0
+
+
+async def _lease_of(client: Client, run_id: str, worker: str) -> int:
+    state = await client.broker.leases.state(run_id)
+    return state.revision if state.holder == worker else 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+async def test_sigterm_during_a_long_step_hands_the_run_over_at_the_drain_budget(
+    settings: Settings,
+    servers: Servers,
+    own_redis: RedisServer,
+    client: Client,
+    counters: aioredis.Redis,
+) -> None:
+    """16: the step outlasts the drain budget. At the budget's end the worker cancels it,
+    releases the lease and publishes the resume request itself: another worker starts the
+    step again right away, not after the lease TTL (10 s here) and a supervisor pass
+    (there is no supervisor in this test)."""
+    drain = 2.0
+    slow_ttl = msgspec.structs.replace(settings, lease_ttl=10)
+    ours = Servers(servers.nats_url, own_redis.url)
+    async with worker_pool("tests.apps:app", slow_ttl, ours, client) as start:
+        a = await start("a", STALWART_DRAIN_TIMEOUT=str(drain))
+        await start("b")
+        run_id = rid()
+        handle = await client.submit("ten", {"block_in": 2}, run_id=run_id)
+        await eventually(lambda: execs(counters, run_id, "step:s2"))
+        assert (await handle.status()).worker == "a"
+        t0 = time.monotonic()
+        a.proc.terminate()  # type: ignore[union-attr]  # SIGTERM: drain
+        await eventually(lambda: _at_least(counters, run_id, "step:s2", 2), timeout=20)
+        moved_after = time.monotonic() - t0
+        # The drain budget, plus fetch shutdown and the new owner's placement: well under
+        # the lease TTL that expiry-based recovery would have to wait out.
+        assert moved_after < drain + 4.0, f"resumed {moved_after:.1f} s after SIGTERM"
+        assert (await handle.status()).worker == "b"
+        await counters.lpush(gate_key(run_id, "in"), "1", "2")
+        assert await handle.result(timeout=30) == sum(i * 10 for i in range(1, 11))
+        assert a.proc.wait(timeout=10) == 0  # type: ignore[union-attr]
+        log = a.log_text()
+        handed = [
+            line for line in log.splitlines() if "run.handed_over" in line and run_id in line
+        ]
+        assert len(handed) == 1 and '"cancelled"' in handed[0], log[-3000:]
+        summary = [line for line in log.splitlines() if "worker.drained" in line]
+        assert len(summary) == 1 and run_id in summary[0], log[-3000:]
+
+
+async def _at_least(counters: aioredis.Redis, run_id: str, key: str, n: int) -> bool:
+    return await execs(counters, run_id, key) >= n
