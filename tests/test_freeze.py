@@ -248,9 +248,7 @@ async def test_sigterm_during_a_long_step_hands_the_run_over_at_the_drain_budget
         assert await handle.result(timeout=30) == sum(i * 10 for i in range(1, 11))
         assert a.proc.wait(timeout=10) == 0  # type: ignore[union-attr]
         log = a.log_text()
-        handed = [
-            line for line in log.splitlines() if "run.handed_over" in line and run_id in line
-        ]
+        handed = [line for line in log.splitlines() if "run.handed_over" in line and run_id in line]
         assert len(handed) == 1 and '"cancelled"' in handed[0], log[-3000:]
         summary = [line for line in log.splitlines() if "worker.drained" in line]
         assert len(summary) == 1 and run_id in summary[0], log[-3000:]

@@ -145,7 +145,8 @@ async def dev(app: str, settings: Settings, *, workers: int = 2) -> int:
                         )
         finally:
             for p in procs:
-                p.terminate(timeout=s.drain_timeout)
+                # The drain budget, then the hand-over of cancelled steps and the shutdown.
+                p.terminate(timeout=s.drain_timeout + 10)
             supervisor.stop()
             await sup_task
             state.unlink(missing_ok=True)
