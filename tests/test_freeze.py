@@ -256,3 +256,39 @@ async def test_sigterm_during_a_long_step_hands_the_run_over_at_the_drain_budget
 
 async def _at_least(counters: aioredis.Redis, run_id: str, key: str, n: int) -> bool:
     return await execs(counters, run_id, key) >= n
+
+
+# ------------------------------------------------------------ confirm against a real server
+
+
+async def test_confirm_proves_ownership_and_detects_takeover_and_expiry(client: Client) -> None:
+    leases = client.broker.leases
+    lease = await leases.acquire(rid())
+    assert lease is not None
+    # Concurrent batch renewals and confirmations never refuse each other: no false loss.
+    lease.renewed_at -= leases.ttl  # looks stale: confirm must ask the server
+    results = await asyncio.gather(
+        *(leases.confirm(lease) for _ in range(5)), *(leases.renew([lease]) for _ in range(5))
+    )
+    assert results[:5] == [True] * 5 and results[5:] == [[]] * 5
+    assert leases.fresh(lease) and not lease.lost
+    assert (await leases.state(lease.run_id)).revision == lease.revision
+
+    # Revoked (as the supervisor does for a stuck run): refused, and remembered.
+    await leases.revoke(lease.run_id)
+    lease.renewed_at -= leases.ttl
+    assert await leases.confirm(lease) is False
+    assert lease.lost and not leases.fresh(lease) and leases.expired(lease)
+
+    # Expired while nobody renewed it: the key carries the expiry marker; refused too.
+    other = await leases.acquire(rid())
+    assert other is not None
+    await eventually(
+        lambda: _free(client, other.run_id), timeout=leases.ttl + 5, interval=0.1
+    )
+    other.renewed_at -= leases.ttl
+    assert await leases.confirm(other) is False
+
+
+async def _free(client: Client, run_id: str) -> bool:
+    return (await client.broker.leases.state(run_id)).holder is None
