@@ -22,7 +22,7 @@ from stalwart import Client, Settings, Supervisor
 from stalwart.broker._lease import lease_fresh
 from stalwart.checkpoints import Started, StepDone
 from stalwart.messages import RunRequest
-from stalwart.testing import RedisServer
+from stalwart.testing import NatsServer, RedisServer
 from tests.apps import exec_key, gate_key
 from tests.conftest import Servers, eventually, worker_pool
 
@@ -258,6 +258,52 @@ async def _at_least(counters: aioredis.Redis, run_id: str, key: str, n: int) -> 
     return await execs(counters, run_id, key) >= n
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+async def test_a_lease_nats_cannot_confirm_starts_no_step_body(
+    namespace: str, own_redis: RedisServer, counters: aioredis.Redis
+) -> None:
+    """A, server unreachable: NATS stops answering while the agent is between steps. The
+    next step's body must not start (the lease cannot be confirmed); once a TTL has passed
+    without a confirmed renewal the run is given up, and the supervisor re-places it later.
+    """
+    nats = NatsServer()
+    nats.start()
+    try:
+        assert nats.pid is not None
+        ours = Servers(nats.url, own_redis.url)
+        s = Settings(nats_url=nats.url, redis_url=own_redis.url, namespace=namespace, lease_ttl=2)
+        client = await Client.connect(settings=s)
+        try:
+            async with worker_pool("tests.apps:app", s, ours, client) as start:
+                a = await start("a")
+                run_id = rid()
+                await client.submit("ten", {"pause_after": 3}, run_id=run_id)
+                await eventually(lambda: _journaled(client, run_id, "step:s3"))
+                os.kill(nats.pid, signal.SIGSTOP)
+                try:
+                    # Let the lease age past its fresh window (a renewal was at most a
+                    # third of the TTL ago; renewals fail now), then let the agent go on.
+                    await asyncio.sleep(s.lease_ttl * 0.7)
+                    await counters.lpush(gate_key(run_id, "after"), "go")  # on to s4
+                    await eventually(
+                        lambda: _logged(a, "run.lease_lost"),
+                        timeout=15,
+                        message=lambda: a.log_text()[-3000:],
+                    )
+                    assert await execs(counters, run_id, "step:s4") == 0
+                    assert "could not be confirmed" in a.log_text()
+                finally:
+                    os.kill(nats.pid, signal.SIGCONT)
+                assert a.alive()
+        finally:
+            await client.close()
+    finally:
+        if nats.pid is not None:
+            os.kill(nats.pid, signal.SIGCONT)
+        nats.stop()
+
+
 # ------------------------------------------------------------ confirm against a real server
 
 
@@ -283,9 +329,7 @@ async def test_confirm_proves_ownership_and_detects_takeover_and_expiry(client: 
     # Expired while nobody renewed it: the key carries the expiry marker; refused too.
     other = await leases.acquire(rid())
     assert other is not None
-    await eventually(
-        lambda: _free(client, other.run_id), timeout=leases.ttl + 5, interval=0.1
-    )
+    await eventually(lambda: _free(client, other.run_id), timeout=leases.ttl + 5, interval=0.1)
     other.renewed_at -= leases.ttl
     assert await leases.confirm(other) is False
 

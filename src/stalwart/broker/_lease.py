@@ -202,12 +202,15 @@ class LeaseManager:
         """Prove ``lease`` is still ours by renewing it now (one CAS write).
 
         True: it is ours and extended by a TTL. False: it moved (someone took it over, or it
-        expired and its marker sits on the key). Raises when the server could not be asked;
-        the caller decides how long to retry (at most until :meth:`expired`).
+        expired and its marker sits on the key). Raises ``TimeoutError`` (or a NATS error)
+        when the server could not be asked within what is left of the lease's TTL; the
+        caller decides whether to try again (at most until :meth:`expired`).
         """
         if lease.lost:
             return False
-        async with self._renewing:
+        # Waiting longer than the lease can still live would be pointless: by then it is gone.
+        budget = max(lease.renewed_at + self.ttl - lease_clock(), 0.1)
+        async with asyncio.timeout(budget), self._renewing:
             if self.fresh(lease):  # a batch renewal landed while we waited for it
                 return True
             sent = lease_clock()
