@@ -208,6 +208,42 @@ async def test_claim_slower_than_the_lease_ttl_keeps_the_run_on_its_worker(
         assert supervisor.replaced == 0
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+async def test_a_placement_whose_lease_is_lost_during_the_claim_is_abandoned(
+    settings: Settings,
+    servers: Servers,
+    own_redis: RedisServer,
+    client: Client,
+    counters: aioredis.Redis,
+) -> None:
+    """B, the other branch: the lease is taken away while the claim hangs. The placement
+    must not start the run; the request is redelivered at once and placed again."""
+    ours = Servers(servers.nats_url, own_redis.url)
+    async with worker_pool("tests.apps:app", settings, ours, client) as start:
+        a = await start("a")
+        run_id = rid()
+        assert own_redis.pid is not None
+        os.kill(own_redis.pid, signal.SIGSTOP)
+        try:
+            await client.broker.publish_request(
+                RunRequest(run_id=run_id, agent="ten", input={}), msg_id=run_id
+            )
+            first = await eventually(lambda: _lease_of(client, run_id, "a"), timeout=10)
+            await client.broker.leases.revoke(run_id)  # as for a stuck run
+            # The placing worker's next renewal finds the lease gone.
+            await eventually(lambda: _logged(a, '"placing": true'), timeout=10)
+        finally:
+            os.kill(own_redis.pid, signal.SIGCONT)
+        assert await client.handle(run_id).result(timeout=30) == sum(i * 10 for i in range(1, 11))
+        await eventually(lambda: _logged(a, "place.lease_lost"), timeout=5)
+        entries = await client.store.read_journal(run_id)
+        epochs = {je.entry.epoch for je in entries if isinstance(je.entry, StepDone)}
+        assert len(epochs) == 1 and first not in epochs, "the abandoned placement ran steps"
+        for i in range(1, 11):
+            assert await execs(counters, run_id, f"step:s{i}") == 1, f"step s{i} body ran again"
+
+
 async def _lease_of(client: Client, run_id: str, worker: str) -> int:
     state = await client.broker.leases.state(run_id)
     return state.revision if state.holder == worker else 0

@@ -401,7 +401,9 @@ class Worker:
         leases += [p for p in self._placing_leases if not any(p is x for x in leases)]
         for lease in await obs.timed_renewal(self.broker.leases.renew(leases), len(leases)):
             if any(lease is p for p in self._placing_leases):
-                continue  # its placement sees ``lease.lost`` once the claim returns
+                # Its placement sees ``lease.lost`` once the claim returns, and stops there.
+                self.log.warning("lease.lost", run_id=lease.run_id, epoch=lease.epoch, placing=True)
+                continue
             hosted = self.hosted.get(lease.run_id)
             if hosted is None or hosted.actor.lease is not lease or not hosted.actor.holds_lease:
                 continue  # finished or handed over while the renewal was in flight
