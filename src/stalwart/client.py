@@ -245,14 +245,25 @@ class Client:
         *,
         settings: Settings | None = None,
     ) -> Client:
-        """Connect with explicit URLs, or ``STALWART_NATS_URL`` / ``STALWART_REDIS_URL``."""
-        settings = settings or Settings.from_env(nats_url=nats_url, redis_url=redis_url)
+        """Connect with explicit URLs, or ``STALWART_NATS_URL`` / ``STALWART_REDIS_URL``.
+
+        Each server must answer within ``settings.connect_timeout`` seconds
+        (``STALWART_CONNECT_TIMEOUT``, default 10), else :class:`ServerUnavailableError`
+        names the URL (credentials masked) and the reason; a URL that is not a Redis or NATS
+        URL raises :class:`ConfigurationError`. Worker-only settings in the environment are
+        not read.
+        """
+        settings = settings or Settings.from_env(
+            role="client", nats_url=nats_url, redis_url=redis_url
+        )
         if not settings.nats_url or not settings.redis_url:
             raise ConfigurationError(
                 "Client.connect needs a NATS URL and a Redis URL (arguments or "
                 "STALWART_NATS_URL / STALWART_REDIS_URL)"
             )
-        store = await CheckpointStore.connect(settings.redis_url, settings.namespace)
+        store = await CheckpointStore.connect(
+            settings.redis_url, settings.namespace, connect_timeout=settings.connect_timeout
+        )
         try:
             broker = await Broker.connect(settings, name="stalwart-client")
         except BaseException:

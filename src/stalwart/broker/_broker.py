@@ -65,7 +65,7 @@ class Broker:
     ) -> Broker:
         """Connect to ``settings.nats_url`` and make sure the topology exists."""
         assert settings.nats_url, "nats_url must be resolved before connecting"
-        nc = await connect(settings.nats_url, name=name)
+        nc = await connect(settings.nats_url, name=name, connect_timeout=settings.connect_timeout)
         broker = cls(nc, settings, owner)
         try:
             await ensure_topology(broker.js, broker.names, settings)
