@@ -99,8 +99,9 @@ class Worker:
         self.log.info("worker.started", agents=agents, concurrency=self.settings.concurrency)
 
     async def run(self) -> None:
-        """Start, then serve until :meth:`stop` is called (for example by SIGTERM)."""
-        await self.start()
+        """Start (unless :meth:`start` was awaited already), then serve until :meth:`stop`."""
+        if self.broker is None:
+            await self.start()
         await self._stopping.wait()
         await self._shutdown()
 

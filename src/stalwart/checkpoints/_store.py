@@ -33,7 +33,13 @@ from stalwart.checkpoints._entries import (
 )
 from stalwart.checkpoints._pipe import ScriptPipe
 from stalwart.checkpoints._reach import first_contact
-from stalwart.errors import InvalidRequestError, LeaseLost, ServerUnavailableError, StalwartError
+from stalwart.errors import (
+    InvalidRequestError,
+    LeaseLost,
+    RunNotFoundError,
+    ServerUnavailableError,
+    StalwartError,
+)
 
 if TYPE_CHECKING:
     import msgspec
@@ -258,7 +264,7 @@ class CheckpointStore:
         """
         record = await self.get_run(src)
         if record is None:
-            raise InvalidRequestError(f"unknown run {src!r}")
+            raise RunNotFoundError(src)
         entries = await self.read_journal(src)
         kept = fork_entries(entries, upto_key)
         if kept is None:
