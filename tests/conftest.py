@@ -151,7 +151,8 @@ async def worker_pool(
             namespace=settings.namespace,
             extra_env={
                 "COUNTER_REDIS_URL": servers.redis_url,
-                "PYTHONPATH": str(ROOT),
+                # src first: the workers must run this tree's code, not an installed copy.
+                "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
                 "STALWART_LOG_FORMAT": "json",
                 **base_env,
                 **env,

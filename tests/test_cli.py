@@ -75,10 +75,7 @@ def cli(settings: Settings, tmp_path: Path) -> Any:
         settings.redis_url,
         "--namespace",
         settings.namespace,
-        # The workers use the fixture's lease TTL; so does the CLI here (see
-        # test_client_with_another_lease_ttl_than_the_workers for the CLI's default).
-        "--lease-ttl",
-        str(settings.lease_ttl),
+        # No --lease-ttl: client commands do not take it (they hold no leases).
     ]
     env = _env(tmp_path)
 
@@ -194,7 +191,7 @@ async def test_cancel_outcomes(cli: Any, workers: WorkerFactory, client: Client)
     assert res.out.strip() == "terminal"
 
     missing = await cli("cancel", "no-such-run")
-    assert missing.code == 0, missing
+    assert missing.code == 4, missing  # EXIT_NOT_FOUND
     assert missing.out.strip() == "missing"
 
     # A run no worker serves stays accepted: cancelling it ends it at once.
@@ -209,8 +206,8 @@ async def test_cancel_outcomes(cli: Any, workers: WorkerFactory, client: Client)
 
 async def test_status_of_unknown_run_fails(cli: Any, client: Client) -> None:
     res = await cli("status", "no-such-run")
-    assert res.code != 0, res
-    assert "InvalidRequestError" in res.err
+    assert res.code == 4, res  # EXIT_NOT_FOUND
+    assert "RunNotFoundError" in res.err
     assert "no-such-run" in res.err
     assert "Traceback" not in res.err
 

@@ -188,6 +188,7 @@ async def _serve(settings: Settings, make: Callable[[Settings], Any]) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
+        log.info("service.starting", service=type(service).__name__)
         start = asyncio.create_task(service.start())
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({start, stopping}, return_when=asyncio.FIRST_COMPLETED)

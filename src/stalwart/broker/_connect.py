@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import nats
 import structlog
 from nats import errors as nats_errors
+from nats.aio.client import Client as NATSClient
 
 from stalwart._secrets import mask_urls
 from stalwart.errors import ConfigurationError, ServerUnavailableError, ServerVersionError
@@ -121,12 +122,13 @@ async def _first_connection(
     """Try to connect until ``within`` seconds have passed; None when it never worked."""
     deadline = time.monotonic() + within
     while (remaining := deadline - time.monotonic()) > 0:
+        nc = NATSClient()
         try:
             # No reconnects while connecting: nats-py would otherwise retry the first
             # connection too (forever with max_reconnect_attempts=-1), so a wrong URL or a
             # server that is down would hang every command. This loop bounds the whole.
             async with asyncio.timeout(remaining):
-                return await nats.connect(
+                await nc.connect(
                     url,
                     connect_timeout=remaining,
                     allow_reconnect=False,
@@ -134,7 +136,10 @@ async def _first_connection(
                     reconnect_time_wait=0.0,
                     **options,
                 )
+            return nc
         except Exception as exc:  # nats-py raises several unrelated types for "cannot connect"
+            # A failed connect can leave its socket open (bad credentials): close it.
+            await _discard(nc)
             # NoServersError only says every attempt failed; the cause went to error_cb.
             cause = errors[-1] if isinstance(exc, nats_errors.NoServersError) and errors else exc
             errors.append(cause)
@@ -142,6 +147,16 @@ async def _first_connection(
                 return None
             await asyncio.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
     return None
+
+
+async def _discard(nc: NATS) -> None:
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(1.0):
+            await nc.close()
+    transport = getattr(nc, "_transport", None)
+    if transport is not None:
+        with contextlib.suppress(Exception):
+            transport.close()
 
 
 async def _failure(url: str, errors: list[BaseException], within: float) -> str:
