@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import socket
 import ssl
 import time
@@ -130,10 +131,10 @@ async def _first_connection(
             async with asyncio.timeout(remaining):
                 await nc.connect(
                     url,
-                    connect_timeout=remaining,
+                    connect_timeout=math.ceil(remaining),  # the timeout above is exact
                     allow_reconnect=False,
                     max_reconnect_attempts=1,
-                    reconnect_time_wait=0.0,
+                    reconnect_time_wait=0,
                     **options,
                 )
             return nc
