@@ -165,10 +165,12 @@ async def test_events_prints_the_run_history(
     assert events[-1]["data"]["result"] == 9
 
 
-async def test_events_of_unknown_run_prints_nothing(cli: Any, client: Client) -> None:
+async def test_events_of_unknown_run_is_not_found(cli: Any, client: Client) -> None:
+    # Issue #12: this used to exit 0 printing nothing (and wait forever with --follow).
     res = await cli("events", "never-submitted")
-    assert res.code == 0, res
+    assert res.code == 4, res  # EXIT_NOT_FOUND
     assert res.out.strip() == ""
+    assert "RunNotFoundError" in res.err and "Traceback" not in res.err, res
 
 
 async def test_runs_lists_the_run(cli: Any, workers: WorkerFactory, client: Client) -> None:
