@@ -30,7 +30,7 @@ from stalwart.cli import (
     EXIT_USAGE,
 )
 from stalwart.errors import ConfigurationError
-from stalwart.testing import free_port
+from stalwart.testing import NatsServer, free_port
 from stalwart.testing._servers import find_nats_server
 from tests.conftest import ROOT, eventually
 from tests.test_cli import _env, run_cli
@@ -281,6 +281,42 @@ async def test_worker_started_with_nats_down_stops_on_sigterm(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+@pytest.mark.slow
+async def test_worker_that_lost_nats_stops_on_sigterm(servers: Servers, tmp_path: Path) -> None:
+    """An established connection is retried without limit, but SIGTERM still ends the worker."""
+    nats = NatsServer()
+    nats.start()
+    env = _env(tmp_path, PYTHONPATH=f"{ROOT / 'src'}:{ROOT}")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "stalwart", "worker", "tests.apps:app",
+        "--nats-url", nats.url, "--redis-url", servers.redis_url,
+        "--namespace", f"lost{uuid.uuid4().hex[:8]}",
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE, env=env, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    try:
+        async with asyncio.timeout(30):
+            while b"worker.started" not in await proc.stderr.readline():
+                pass
+        nats.kill()
+        async with asyncio.timeout(15):  # it is retrying: a reconnect attempt failed
+            while b"nats.error" not in await proc.stderr.readline():
+                pass
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(15):
+            rest = (await proc.stderr.read()).decode()
+            code = await proc.wait()
+        assert code == 0, rest
+        assert "Traceback" not in rest, rest
+        assert "worker.stopped" in rest, rest
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        nats.stop()
 
 
 # --------------------------------------------------------------------------- 2. secrets
