@@ -23,6 +23,7 @@ from redis.exceptions import (
     RedisError,
     ResponseError,
 )
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stalwart._secrets import mask_urls
 from stalwart.errors import ConfigurationError, ServerUnavailableError
@@ -95,6 +96,10 @@ async def first_contact(url: str, within: float, scripts: tuple[str, ...] = ()) 
             await probe.aclose()
         await asyncio.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
     reason = _reason(last)
+    if last is None or isinstance(last, TimeoutError | RedisTimeoutError):
+        reason = "no answer"
+        if url.lower().startswith("rediss://"):
+            reason += " (a TLS handshake that never completed: does the server speak TLS?)"
     if last is None or not _permanent(last):
         reason += f" (gave up after {within:g}s)"
     raise ServerUnavailableError(f"cannot reach Redis at {mask_urls(url)}: {reason}") from last
