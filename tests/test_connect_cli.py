@@ -22,6 +22,7 @@ import structlog
 
 from stalwart import Client, RunNotFoundError, ServerUnavailableError, Settings
 from stalwart.broker._connect import connect
+from stalwart.checkpoints import CheckpointStore
 from stalwart.cli import (
     EXIT_NOT_FOUND,
     EXIT_RUN_FAILED,
@@ -253,6 +254,13 @@ async def test_client_connect_is_bounded_and_names_the_reason(
     assert "nope" not in str(info.value)
     with pytest.raises(ConfigurationError, match="not a NATS URL"):
         await connect("http://127.0.0.1:4222")
+    # tls:// to a server without TLS: refused before the password is sent in plain text.
+    with pytest.raises(ServerUnavailableError, match="TLS failure") as info:
+        await connect(f"tls://bob:s3cret-pw@{auth_nats}", connect_timeout=5)
+    assert "s3cret-pw" not in str(info.value)
+    rediss = servers.redis_url.replace("redis://", "rediss://", 1)
+    with pytest.raises(ServerUnavailableError, match="TLS"):
+        await CheckpointStore.connect(rediss, connect_timeout=1.0)
 
 
 @pytest.mark.slow
