@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -482,6 +483,30 @@ async def test_cli_bad_arguments_are_usage_errors(cli: Any) -> None:
         assert res.code == EXIT_USAGE, (args, res)
         assert expected in res.err, (args, res)
         assert "Traceback" not in res.err, res
+
+
+@pytest.mark.slow
+async def test_cli_output_to_a_closed_pipe_is_not_a_traceback(
+    settings: Settings, client: Client, tmp_path: Path
+) -> None:
+    handle = await client.submit("ghost", 1, require_registered=False)
+    assert settings.nats_url and settings.redis_url
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is written (`| head -0`)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "stalwart", "status", handle.run_id,
+            "--nats-url", settings.nats_url, "--redis-url", settings.redis_url,
+            "--namespace", settings.namespace,
+            stdin=asyncio.subprocess.DEVNULL, stdout=write_end,
+            stderr=asyncio.subprocess.PIPE, env=_env(tmp_path), cwd=ROOT,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    async with asyncio.timeout(30):
+        _, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()
 
 
 async def test_client_runs_limit_must_be_positive(client: Client) -> None:
