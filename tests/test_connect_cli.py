@@ -541,6 +541,7 @@ async def test_worker_only_settings_do_not_break_client_commands(cli: Any) -> No
         (["worker", "tests.apps:app"], "STALWART_CONCURRENCY", "0", ">= 1"),
         (["runs"], "STALWART_LOG_LEVEL", "verbose", "debug, info, warning, error"),
         (["runs"], "STALWART_LOG_FORMAT", "jsn", "json, console"),
+        (["runs"], "STALWART_LOG_PAYLOADS", "ture", "1, true, yes, on"),
         (["runs"], "STALWART_CONNECT_TIMEOUT", "-1", "seconds > 0"),
     ],
 )

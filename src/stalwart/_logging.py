@@ -20,6 +20,7 @@ from stalwart.observability import add_trace_ids, redact
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "console")
+LOG_PAYLOADS_VALUES = ("1", "true", "yes", "on", "0", "false", "no", "off")
 
 
 def _choice(value: str | None, env: str, accepted: tuple[str, ...]) -> str | None:
@@ -40,6 +41,8 @@ def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
     values (before changing anything).
     """
     level = (_choice(level, "STALWART_LOG_LEVEL", LOG_LEVELS) or "info").upper()
+    # Checked here, once: a misspelt "ture" would otherwise silently mean off.
+    _choice(None, "STALWART_LOG_PAYLOADS", LOG_PAYLOADS_VALUES)
     fmt = _choice(fmt, "STALWART_LOG_FORMAT", LOG_FORMATS) or (
         "console" if sys.stderr.isatty() else "json"
     )
