@@ -17,6 +17,7 @@ import contextlib
 import importlib
 import json
 import math
+import os
 import signal
 import sys
 from typing import TYPE_CHECKING, Any
@@ -403,6 +404,12 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_dispatch(args))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`stalwart events ... | head`): not an error. Point stdout at
+        # /dev/null so the interpreter's final flush does not complain again.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except Exception as exc:
         code = exit_code_for(exc)
         if code is None:

@@ -172,6 +172,35 @@ async def _failure(url: str, errors: list[BaseException], within: float) -> str:
     return f"{reason} (gave up after {within:g}s)"
 
 
+async def _tls_refused(url: str, within: float) -> str | None:
+    """For ``tls://`` URLs: the reason to refuse a server that does not require TLS.
+
+    nats-py upgrades to TLS only when the server's INFO says ``tls_required``; otherwise it
+    sends CONNECT, with the URL's credentials, in plain text even for a ``tls://`` URL. The
+    INFO greeting is read here first, before any credentials are sent.
+    """
+    for part in url.split(","):
+        parsed = urlsplit(part.strip())
+        if parsed.scheme.lower() != "tls" or parsed.hostname is None:
+            continue
+        try:
+            async with asyncio.timeout(within):
+                reader, writer = await asyncio.open_connection(parsed.hostname, parsed.port or 4222)
+                try:
+                    line = await reader.readline()
+                finally:
+                    writer.close()
+        except (OSError, TimeoutError):
+            continue  # unreachable: the connection attempts report it
+        if line.startswith(b"INFO ") and b'"tls_required":true' not in line.replace(b" ", b""):
+            return (
+                f"TLS failure: the URL asks for TLS (tls://) but the server at "
+                f"{parsed.hostname}:{parsed.port or 4222} does not require TLS; refusing to "
+                "send credentials in plain text (use nats:// or enable TLS on the server)"
+            )
+    return None
+
+
 async def connect(url: str, *, name: str = "stalwart", connect_timeout: float = 10.0) -> NATS:
     """Connect to ``url``, check the server version, and reconnect forever afterwards.
 
@@ -183,6 +212,9 @@ async def connect(url: str, *, name: str = "stalwart", connect_timeout: float = 
     """
     _check_urls(url)
     shown = mask_urls(url)
+    tls_refused = await _tls_refused(url, min(connect_timeout, 2.0))
+    if tls_refused:
+        raise ServerUnavailableError(f"cannot reach NATS at {shown}: {tls_refused}")
     holder: list[NATS] = []
     errors: list[BaseException] = []
 
