@@ -47,7 +47,8 @@ FIELD_ROLES: dict[str, frozenset[Role]] = {
     "connect_timeout": _ALL,
 }
 """Which processes read each field. Settings a process does not read are not taken from its
-environment, so a worker-only value can never break a client command."""
+environment, so a worker-only value can never break a client command. A field missing here
+counts as read by all."""
 
 OTHER_VARIABLES = frozenset(
     {
@@ -177,7 +178,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         except msgspec.ValidationError as exc:
             # "Expected `int`, got `float` - at `$.lease_ttl`": name the setting instead.
             name = str(exc).rpartition("$.")[2].rstrip("`")
-            if name in FIELD_ROLES:
+            if name in cls.__struct_fields__:
                 raise ConfigurationError(
                     f"{_describe(name)} must be {_accepted(name, None)}, got {values.get(name)!r}"
                 ) from None
@@ -209,7 +210,8 @@ def warn_unknown_variables() -> list[str]:
     Returns the warnings. Variables that resemble no known one are left alone (they may be
     the user's own).
     """
-    known = {f.upper() for f in FIELD_ROLES} | OTHER_VARIABLES
+    # Every field, also those without an entry in FIELD_ROLES.
+    known = {f.upper() for f in Settings.__struct_fields__} | OTHER_VARIABLES
     warnings = []
     for var in sorted(os.environ):
         if not var.startswith(ENV_PREFIX) or var[len(ENV_PREFIX) :] in known:
