@@ -587,3 +587,20 @@ async def test_non_finite_results_are_faithful_json(
 
     value = (await client.handle(out["run_id"]).result(timeout=5))["value"]
     assert math.isnan(value) if which == "nan" else value == float(which)
+
+
+def test_settings_from_env_reads_only_the_roles_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stalwart.config import warn_unknown_variables
+
+    monkeypatch.setenv("STALWART_CONCURRENCY", "0")
+    monkeypatch.setenv("STALWART_STUCK_ACTION", "bogus")
+    assert Settings.from_env(role="client").concurrency == 16
+    with pytest.raises(ConfigurationError, match="STALWART_CONCURRENCY"):
+        Settings.from_env(role="worker")
+    with pytest.raises(ConfigurationError, match="STALWART_STUCK_ACTION .* 'report' or"):
+        Settings.from_env(role="supervisor")
+    monkeypatch.setenv("STALWART_LEASE_TIL", "3")
+    monkeypatch.setenv("STALWART_MY_OWN_THING", "x")
+    warnings = warn_unknown_variables()
+    assert any("STALWART_LEASE_TIL" in w and "STALWART_LEASE_TTL" in w for w in warnings)
+    assert not any("MY_OWN_THING" in w for w in warnings)
