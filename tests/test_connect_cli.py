@@ -597,7 +597,7 @@ def test_settings_from_env_reads_only_the_roles_settings(monkeypatch: pytest.Mon
     assert Settings.from_env(role="client").concurrency == 16
     with pytest.raises(ConfigurationError, match="STALWART_CONCURRENCY"):
         Settings.from_env(role="worker")
-    with pytest.raises(ConfigurationError, match="STALWART_STUCK_ACTION .* 'report' or"):
+    with pytest.raises(ConfigurationError, match=r"STALWART_STUCK_ACTION .* 'report' or"):
         Settings.from_env(role="supervisor")
     monkeypatch.setenv("STALWART_LEASE_TIL", "3")
     monkeypatch.setenv("STALWART_MY_OWN_THING", "x")
