@@ -212,6 +212,11 @@ async def _serve(settings: Settings, make: Callable[[Settings], Any]) -> None:
 async def _client_call(args: argparse.Namespace, fn: Callable[[Client], Awaitable[int]]) -> int:
     from stalwart._local import resolve_client_settings
 
+    if getattr(args, "ignored_lease_ttl", None) is not None:
+        log.warning(
+            "cli.option_ignored", option="--lease-ttl", reason="client commands hold no leases"
+        )
+
     client = await Client.connect(settings=resolve_client_settings(_settings(args)))
     try:
         return await fn(client)
@@ -322,11 +327,18 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--nats-url", help="NATS URL (env STALWART_NATS_URL)")
     common.add_argument("--redis-url", help="Redis URL (env STALWART_REDIS_URL)")
     common.add_argument("--namespace", help="stream/subject/key prefix (env STALWART_NAMESPACE)")
-    # Only processes that hold leases take --lease-ttl; client commands have no use for it.
+    # Only processes that hold leases offer --lease-ttl. Client commands hold none: they
+    # still accept the flag (scripts pass it to every command) but hide it, ignore it and
+    # warn, see _client_call.
     leases = argparse.ArgumentParser(add_help=False, parents=[common])
     leases.add_argument(
         "--lease-ttl", type=_positive_int, help="lease TTL in seconds (env STALWART_LEASE_TTL)"
     )
+    client_common = argparse.ArgumentParser(add_help=False, parents=[common])
+    client_common.add_argument(
+        "--lease-ttl", dest="ignored_lease_ttl", type=_positive_int, help=argparse.SUPPRESS
+    )
+    common = client_common  # the client commands below
     sub = p.add_subparsers(dest="command", required=True)
 
     w = sub.add_parser("worker", parents=[leases], help="serve the agents of APP")
