@@ -615,3 +615,10 @@ def test_settings_from_env_reads_only_the_roles_settings(monkeypatch: pytest.Mon
     warnings = warn_unknown_variables()
     assert any("STALWART_LEASE_TIL" in w and "STALWART_LEASE_TTL" in w for w in warnings)
     assert not any("MY_OWN_THING" in w for w in warnings)
+
+
+def test_payload_previews_mask_nested_secrets() -> None:
+    from stalwart.observability._logs import preview
+
+    text = preview({"req": {"headers": {"Authorization": "Bearer PV1"}}, "u": "redis://:PV2@h"})
+    assert "PV1" not in text and "PV2" not in text, text

@@ -35,7 +35,8 @@ def payloads_enabled() -> bool:
 
 def preview(value: Any, limit: int = 500) -> str:
     """A bounded text form of a payload, for debug logs and span attributes."""
-    text = value if isinstance(value, str) else repr(value)
+    # Secrets masked here too: previews go to span attributes and debug lines.
+    text = mask_urls(value) if isinstance(value, str) else repr(mask_secrets(value))
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
 
 
