@@ -570,6 +570,7 @@ async def test_misspelt_setting_warns(cli: Any) -> None:
     res = await cli("runs", env_extra={"STALWART_LEASE_TIL": "3"})
     assert res.code == 0, res
     assert "STALWART_LEASE_TIL" in res.err and "STALWART_LEASE_TTL" in res.err, res
+    assert res.err.count("settings.unknown_variable") == 1, res
 
 
 # --------------------------------------------------------------------------- 12. NaN

@@ -209,7 +209,9 @@ async def _serve(settings: Settings, make: Callable[[Settings], Any]) -> None:
         await service.run()
 
 
-async def _client_call(args: argparse.Namespace, fn: Callable[[Client], Awaitable[int]]) -> int:
+async def _client_call(
+    args: argparse.Namespace, settings: Settings, fn: Callable[[Client], Awaitable[int]]
+) -> int:
     from stalwart._local import resolve_client_settings
 
     if getattr(args, "ignored_lease_ttl", None) is not None:
@@ -217,7 +219,7 @@ async def _client_call(args: argparse.Namespace, fn: Callable[[Client], Awaitabl
             "cli.option_ignored", option="--lease-ttl", reason="client commands hold no leases"
         )
 
-    client = await Client.connect(settings=resolve_client_settings(_settings(args)))
+    client = await Client.connect(settings=resolve_client_settings(settings))
     try:
         return await fn(client)
     finally:
@@ -473,4 +475,4 @@ async def _dispatch(args: argparse.Namespace) -> int:
         "fork": cmd_fork,
     }
     handler = handlers[args.command]
-    return await _client_call(args, lambda client: handler(args, client))
+    return await _client_call(args, settings, lambda client: handler(args, client))
