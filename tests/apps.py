@@ -334,3 +334,17 @@ charge_ask_human = durable(at_most_once=True, on_unknown="signal")(charge3)
 @app.agent("pay_ask_human")
 async def pay_ask_human(ctx: RunContext, amount: int) -> str:
     return await ctx.step("charge", charge_ask_human, amount)
+
+
+# -- h2: non-finite floats in step and run results ------------------------------------------
+
+
+async def non_finite(which: str) -> float:
+    return float(which)
+
+
+@app.agent("non_finite")
+async def non_finite_agent(ctx: RunContext, which: str) -> dict[str, Any]:
+    """A step result and a run result that are NaN or an infinity (``which``: nan, inf, -inf)."""
+    value = await ctx.step("f", non_finite, which)
+    return {"value": value, "nested": [value, 1.5]}

@@ -75,10 +75,7 @@ def cli(settings: Settings, tmp_path: Path) -> Any:
         settings.redis_url,
         "--namespace",
         settings.namespace,
-        # The workers use the fixture's lease TTL; so does the CLI here (see
-        # test_client_with_another_lease_ttl_than_the_workers for the CLI's default).
-        "--lease-ttl",
-        str(settings.lease_ttl),
+        # No --lease-ttl: client commands do not take it (they hold no leases).
     ]
     env = _env(tmp_path)
 
@@ -168,10 +165,12 @@ async def test_events_prints_the_run_history(
     assert events[-1]["data"]["result"] == 9
 
 
-async def test_events_of_unknown_run_prints_nothing(cli: Any, client: Client) -> None:
+async def test_events_of_unknown_run_is_not_found(cli: Any, client: Client) -> None:
+    # Issue #12: this used to exit 0 printing nothing (and wait forever with --follow).
     res = await cli("events", "never-submitted")
-    assert res.code == 0, res
+    assert res.code == 4, res  # EXIT_NOT_FOUND
     assert res.out.strip() == ""
+    assert "RunNotFoundError" in res.err and "Traceback" not in res.err, res
 
 
 async def test_runs_lists_the_run(cli: Any, workers: WorkerFactory, client: Client) -> None:
@@ -194,7 +193,7 @@ async def test_cancel_outcomes(cli: Any, workers: WorkerFactory, client: Client)
     assert res.out.strip() == "terminal"
 
     missing = await cli("cancel", "no-such-run")
-    assert missing.code == 0, missing
+    assert missing.code == 4, missing  # EXIT_NOT_FOUND
     assert missing.out.strip() == "missing"
 
     # A run no worker serves stays accepted: cancelling it ends it at once.
@@ -209,8 +208,8 @@ async def test_cancel_outcomes(cli: Any, workers: WorkerFactory, client: Client)
 
 async def test_status_of_unknown_run_fails(cli: Any, client: Client) -> None:
     res = await cli("status", "no-such-run")
-    assert res.code != 0, res
-    assert "InvalidRequestError" in res.err
+    assert res.code == 4, res  # EXIT_NOT_FOUND
+    assert "RunNotFoundError" in res.err
     assert "no-such-run" in res.err
     assert "Traceback" not in res.err
 

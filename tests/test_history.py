@@ -409,7 +409,7 @@ async def test_history_cli_shows_the_crash_the_retries_and_the_tokens(
     assert retried["attempts"] == 2 and retried["errors"][0]["type"] == "ConnectionError"
 
     missing = await cli("history", "no-such-run")
-    assert missing.code == 2 and "unknown run" in missing.err and "Traceback" not in missing.err
+    assert missing.code == 4 and "unknown run" in missing.err and "Traceback" not in missing.err
 
 
 async def _journaled(client: Client, run_id: str, key: str) -> bool:
@@ -484,4 +484,4 @@ async def test_fork_cli_reuses_the_journal_up_to_the_step_and_goes_live(
     taken = await cli("fork", src.run_id, "--at", "step:s1", "--run-id", new)
     assert taken.code == 2 and "already taken" in taken.err, taken
     unknown = await cli("fork", "no-such-run", "--at", "step:s1")
-    assert unknown.code == 2 and "unknown run" in unknown.err, unknown
+    assert unknown.code == 4 and "unknown run" in unknown.err, unknown

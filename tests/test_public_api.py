@@ -31,6 +31,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "RunEvent",
         "RunFailed",
         "RunHandle",
+        "RunNotFoundError",
         "RunRecord",
         "RunRejected",
         "RunRequest",

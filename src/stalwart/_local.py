@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from stalwart._secrets import mask_urls
 from stalwart.client import Client
 from stalwart.errors import ConfigurationError
 from stalwart.messages import (
@@ -82,8 +83,8 @@ async def embedded_if_needed(settings: Settings) -> AsyncIterator[Settings]:
             nats_url=settings.nats_url or servers.nats_url,
             redis_url=settings.redis_url or servers.redis_url,
         )
-        print(f"embedded nats-server: {resolved.nats_url}", flush=True)
-        print(f"embedded redis-server: {resolved.redis_url}", flush=True)
+        print(f"embedded nats-server: {mask_urls(resolved.nats_url or '')}", flush=True)
+        print(f"embedded redis-server: {mask_urls(resolved.redis_url or '')}", flush=True)
         yield resolved
 
 

@@ -15,16 +15,36 @@ import sys
 
 import structlog
 
+from stalwart.errors import ConfigurationError
 from stalwart.observability import add_trace_ids, redact
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("json", "console")
+LOG_PAYLOADS_VALUES = ("1", "true", "yes", "on", "0", "false", "no", "off")
+
+
+def _choice(value: str | None, env: str, accepted: tuple[str, ...]) -> str | None:
+    """``value`` (else ``env``'s value), lowercased; a value not in ``accepted`` is an error."""
+    raw = value if value is not None else os.environ.get(env, "")
+    if not raw.strip():
+        return None
+    if raw.strip().lower() not in accepted:
+        # A misspelt level or format used to be ignored silently: say so instead.
+        raise ConfigurationError(f"{env}={raw!r} is not one of {', '.join(accepted)}")
+    return raw.strip().lower()
 
 
 def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
-    """Configure structlog; ``STALWART_LOG_LEVEL`` / ``STALWART_LOG_FORMAT`` (json|console)."""
-    level = (level or os.environ.get("STALWART_LOG_LEVEL", "info")).upper()
-    fmt = (
-        fmt
-        or os.environ.get("STALWART_LOG_FORMAT")
-        or ("console" if sys.stderr.isatty() else "json")
+    """Configure structlog; ``STALWART_LOG_LEVEL`` / ``STALWART_LOG_FORMAT`` (json|console).
+
+    Raises :class:`ConfigurationError` for a level or format that is not one of the accepted
+    values (before changing anything).
+    """
+    level = (_choice(level, "STALWART_LOG_LEVEL", LOG_LEVELS) or "info").upper()
+    # Checked here, once: a misspelt "ture" would otherwise silently mean off.
+    _choice(None, "STALWART_LOG_PAYLOADS", LOG_PAYLOADS_VALUES)
+    fmt = _choice(fmt, "STALWART_LOG_FORMAT", LOG_FORMATS) or (
+        "console" if sys.stderr.isatty() else "json"
     )
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
@@ -52,6 +72,7 @@ def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
                 if fmt == "json"
                 else []
             ),
+            redact,  # again: a rendered traceback's messages may carry URLs with passwords
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),

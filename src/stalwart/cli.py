@@ -1,27 +1,142 @@
-"""The ``stalwart`` command. It parses arguments and calls library functions."""
+"""The ``stalwart`` command. It parses arguments and calls library functions.
+
+Exit codes (also in docs/configuration.md): :data:`EXIT_OK` 0, :data:`EXIT_DIVERGED` 1
+(``replay`` found a divergence), :data:`EXIT_USAGE` 2 (bad arguments, settings or request),
+:data:`EXIT_RUN_FAILED` 3 (the run failed, was cancelled or rejected), :data:`EXIT_NOT_FOUND`
+4 (unknown run or agent), :data:`EXIT_UNAVAILABLE` 5 (NATS or Redis unreachable),
+:data:`EXIT_TIMEOUT` 6 (``--timeout`` passed first), :data:`EXIT_INTERRUPTED` 130 (Ctrl-C).
+A user error prints one ``stalwart: ...`` line on stderr, never a traceback; an unexpected
+error (a bug) still shows its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import json
+import math
+import os
 import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+import structlog
 
 from stalwart import observability
+from stalwart._json import dumps
 from stalwart._logging import configure_logging
+from stalwart._secrets import mask_urls
 from stalwart.actors import App, Worker
 from stalwart.client import Client
-from stalwart.config import Settings
-from stalwart.errors import ConfigurationError, InvalidRequestError, StalwartError
+from stalwart.config import Role, Settings
+from stalwart.errors import (
+    ConfigurationError,
+    InvalidRequestError,
+    RunCancelled,
+    RunFailed,
+    RunNotFoundError,
+    RunRejected,
+    ServerUnavailableError,
+    StalwartError,
+    UnknownAgentError,
+)
 from stalwart.supervisor import Supervisor
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+
+log = structlog.get_logger("stalwart.cli")
+
+EXIT_OK = 0
+"""Success."""
+EXIT_DIVERGED = 1
+"""``stalwart replay``: the code diverges from the journal."""
+EXIT_USAGE = 2
+"""Bad arguments, settings, URLs or request (argparse uses 2 as well)."""
+EXIT_RUN_FAILED = 3
+"""The run failed, was cancelled or was rejected (``--wait``)."""
+EXIT_NOT_FOUND = 4
+"""No run with that id (or no worker for that agent)."""
+EXIT_UNAVAILABLE = 5
+"""NATS or Redis could not be reached within ``STALWART_CONNECT_TIMEOUT``."""
+EXIT_TIMEOUT = 6
+"""``--timeout`` passed before the run (or the replay) ended; the run goes on."""
+EXIT_INTERRUPTED = 130
+"""Ctrl-C."""
+
+_CLIENT_COMMANDS = ("submit", "status", "events", "runs", "cancel", "signal", "history")
+_ROLES: dict[str, Role] = {"worker": "worker", "supervisor": "supervisor"}
+
+
+def exit_code_for(exc: BaseException) -> int | None:
+    """The exit code for a user-facing error, or None for an unexpected one (a bug)."""
+    if isinstance(exc, RunNotFoundError | UnknownAgentError):
+        return EXIT_NOT_FOUND
+    if isinstance(exc, RunFailed | RunCancelled | RunRejected):
+        return EXIT_RUN_FAILED
+    if isinstance(exc, ServerUnavailableError):
+        return EXIT_UNAVAILABLE
+    if isinstance(exc, TimeoutError):
+        return EXIT_TIMEOUT
+    if isinstance(exc, StalwartError):
+        return EXIT_USAGE
+    return None
+
+
+def error_message(exc: BaseException) -> str:
+    """One line for stderr, credentials masked. Never raises."""
+    try:
+        if isinstance(exc, TimeoutError):
+            text = str(exc) or "timed out"
+        else:
+            text = f"{type(exc).__name__}: {exc}"
+        return "stalwart: " + mask_urls(text)
+    except Exception:  # an exception whose str() raises: still say something
+        return f"stalwart: {type(exc).__name__}"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 0-65535 (0: off), got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _parse_json(text: str, what: str) -> Any:
+    """``text`` as JSON, or an :class:`InvalidRequestError` that says why not."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise InvalidRequestError(f"{what} is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, and int strings past Python's digit limit
+        shown = text if len(text) <= 200 else text[:200] + "..."
+        raise InvalidRequestError(f"{what} is not valid JSON ({exc}): {shown!r}") from None
 
 
 def load_app(path: str) -> App:
@@ -41,32 +156,70 @@ def load_app(path: str) -> App:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    # Client commands read only the settings clients use: a worker-only variable in the
+    # environment (STALWART_CONCURRENCY=0) must not break them. dev and demo read all.
+    role: Role | None = "client" if args.command in _CLIENT_COMMANDS else None
     return Settings.from_env(
+        role=_ROLES.get(args.command, role),
         nats_url=args.nats_url,
         redis_url=args.redis_url,
         namespace=args.namespace,
-        lease_ttl=args.lease_ttl,
+        lease_ttl=getattr(args, "lease_ttl", None),
         concurrency=getattr(args, "concurrency", None),
         worker_id=getattr(args, "worker_id", None),
     )
 
 
 async def _serve(settings: Settings, make: Callable[[Settings], Any]) -> None:
-    """Run a worker or supervisor until SIGTERM/SIGINT, starting embedded servers if needed."""
+    """Run a worker or supervisor until SIGTERM/SIGINT, starting embedded servers if needed.
+
+    A signal during start-up (still connecting, say to a NATS that is down) cancels the
+    start-up at once; after it, the service drains as usual.
+    """
     from stalwart._local import embedded_if_needed
 
     async with embedded_if_needed(settings) as resolved:
         service = make(resolved)
+        stop = asyncio.Event()
+
+        def on_signal() -> None:
+            stop.set()
+            service.stop()
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, service.stop)
+            loop.add_signal_handler(sig, on_signal)
+        log.info("service.starting", service=type(service).__name__)
+        start = asyncio.create_task(service.start())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({start, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not start.done():
+            start.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(start, 5.0)
+            # Whatever start() had opened before it was cancelled.
+            for opened in (getattr(service, "broker", None), getattr(service, "store", None)):
+                if opened is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(opened.close(), 5.0)
+            log.info("service.stopped_during_startup")
+            return
+        start.result()  # start-up errors (ServerUnavailableError, ...) are the caller's
         await service.run()
 
 
-async def _client_call(args: argparse.Namespace, fn: Callable[[Client], Awaitable[int]]) -> int:
+async def _client_call(
+    args: argparse.Namespace, settings: Settings, fn: Callable[[Client], Awaitable[int]]
+) -> int:
     from stalwart._local import resolve_client_settings
 
-    client = await Client.connect(settings=resolve_client_settings(_settings(args)))
+    if getattr(args, "ignored_lease_ttl", None) is not None:
+        log.warning(
+            "cli.option_ignored", option="--lease-ttl", reason="client commands hold no leases"
+        )
+
+    client = await Client.connect(settings=resolve_client_settings(settings))
     try:
         return await fn(client)
     finally:
@@ -74,7 +227,8 @@ async def _client_call(args: argparse.Namespace, fn: Callable[[Client], Awaitabl
 
 
 def _print(obj: Any) -> None:
-    print(json.dumps(msgspec.to_builtins(obj), default=str))
+    # Always valid JSON: NaN and infinities as "NaN", "Infinity", "-Infinity" (stalwart._json).
+    print(dumps(obj))
 
 
 def _record_view(record: Any) -> dict[str, Any]:
@@ -86,55 +240,64 @@ def _record_view(record: Any) -> dict[str, Any]:
 
 async def cmd_submit(args: argparse.Namespace, client: Client) -> int:
     """``stalwart submit AGENT INPUT_JSON``."""
-    try:
-        value = json.loads(args.input)
-    except json.JSONDecodeError as exc:
-        raise InvalidRequestError(f"INPUT_JSON is not valid JSON ({exc}): {args.input!r}") from None
+    value = _parse_json(args.input, "INPUT_JSON")
     handle = await client.submit(args.agent, value, run_id=args.run_id)
     if not args.wait:
         print(handle.run_id)
-        return 0
-    result = await handle.result(timeout=args.timeout)
+        return EXIT_OK
+    return await _wait_and_print(handle, args.timeout)
+
+
+async def _wait_and_print(handle: Any, timeout: float | None) -> int:
+    try:
+        result = await handle.result(timeout=timeout)
+    except TimeoutError:
+        raise TimeoutError(
+            f"run {handle.run_id} did not end within {timeout:g}s; it goes on "
+            f"(see `stalwart status {handle.run_id}`)"
+        ) from None
     _print({"run_id": handle.run_id, "result": result})
-    return 0
+    return EXIT_OK
 
 
 async def cmd_status(args: argparse.Namespace, client: Client) -> int:
     """``stalwart status RUN_ID``."""
     _print(_record_view(await client.handle(args.run_id).status()))
-    return 0
+    return EXIT_OK
 
 
 async def cmd_events(args: argparse.Namespace, client: Client) -> int:
     """``stalwart events RUN_ID [--follow]``."""
-    async for event in client.handle(args.run_id).events(follow=args.follow):
+    handle = client.handle(args.run_id)
+    await handle.status()  # an unknown run is an error, not an empty (or endless) stream
+    async for event in handle.events(follow=args.follow):
         _print(event)
-    return 0
+    return EXIT_OK
 
 
 async def cmd_runs(args: argparse.Namespace, client: Client) -> int:
     """``stalwart runs``."""
     for r in await client.runs(args.limit):
         print(f"{r.run_id}  {r.agent:<20} {r.status:<10} epoch={r.epoch} worker={r.worker}")
-    return 0
+    return EXIT_OK
 
 
 async def cmd_history(args: argparse.Namespace, client: Client) -> int:
     """``stalwart history RUN_ID [--json]``."""
     history = await client.handle(args.run_id).history()
     if args.json:
-        print(json.dumps(observability.history_json(history)))
+        print(dumps(observability.history_json(history)))
     else:
         print(observability.format_history(history))
-    return 0
+    return EXIT_OK
 
 
 async def cmd_replay(args: argparse.Namespace, client: Client) -> int:
     """``stalwart replay RUN_ID APP``: exit 0 when the code matches the journal, 1 if not."""
     app = load_app(args.app)
     report = await client.handle(args.run_id).replay(app, timeout=args.timeout)
-    print(json.dumps(msgspec.to_builtins(report)) if args.json else report.render())
-    return 0 if report.matched else 1
+    print(dumps(report) if args.json else report.render())
+    return EXIT_OK if report.matched else EXIT_DIVERGED
 
 
 async def cmd_fork(args: argparse.Namespace, client: Client) -> int:
@@ -142,25 +305,22 @@ async def cmd_fork(args: argparse.Namespace, client: Client) -> int:
     handle = await client.fork(args.run_id, at=args.at, new_id=args.new_run_id)
     if not args.wait:
         print(handle.run_id)
-        return 0
-    _print({"run_id": handle.run_id, "result": await handle.result(timeout=args.timeout)})
-    return 0
+        return EXIT_OK
+    return await _wait_and_print(handle, args.timeout)
 
 
 async def cmd_signal(args: argparse.Namespace, client: Client) -> int:
     """``stalwart signal RUN_ID NAME [PAYLOAD_JSON]``."""
-    try:
-        payload = json.loads(args.payload) if args.payload is not None else None
-    except json.JSONDecodeError as exc:
-        raise InvalidRequestError(f"PAYLOAD_JSON is not valid JSON ({exc})") from None
+    payload = _parse_json(args.payload, "PAYLOAD_JSON") if args.payload is not None else None
     print(await client.handle(args.run_id).signal(args.name, payload))
-    return 0
+    return EXIT_OK
 
 
 async def cmd_cancel(args: argparse.Namespace, client: Client) -> int:
-    """``stalwart cancel RUN_ID``."""
-    print(await client.handle(args.run_id).cancel(args.reason))
-    return 0
+    """``stalwart cancel RUN_ID``: prints the outcome; ``missing`` exits 4."""
+    outcome = await client.handle(args.run_id).cancel(args.reason)
+    print(outcome)
+    return EXIT_NOT_FOUND if outcome == "missing" else EXIT_OK
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -169,20 +329,29 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--nats-url", help="NATS URL (env STALWART_NATS_URL)")
     common.add_argument("--redis-url", help="Redis URL (env STALWART_REDIS_URL)")
     common.add_argument("--namespace", help="stream/subject/key prefix (env STALWART_NAMESPACE)")
-    common.add_argument(
-        "--lease-ttl", type=int, help="lease TTL in seconds (env STALWART_LEASE_TTL)"
+    # Only processes that hold leases offer --lease-ttl. Client commands hold none: they
+    # still accept the flag (scripts pass it to every command) but hide it, ignore it and
+    # warn, see _client_call.
+    leases = argparse.ArgumentParser(add_help=False, parents=[common])
+    leases.add_argument(
+        "--lease-ttl", type=_positive_int, help="lease TTL in seconds (env STALWART_LEASE_TTL)"
     )
+    client_common = argparse.ArgumentParser(add_help=False, parents=[common])
+    client_common.add_argument(
+        "--lease-ttl", dest="ignored_lease_ttl", type=_positive_int, help=argparse.SUPPRESS
+    )
+    common = client_common  # the client commands below
     sub = p.add_subparsers(dest="command", required=True)
 
-    w = sub.add_parser("worker", parents=[common], help="serve the agents of APP")
+    w = sub.add_parser("worker", parents=[leases], help="serve the agents of APP")
     w.add_argument("app", help="module:attribute of a stalwart.App")
-    w.add_argument("--concurrency", type=int, help="runs hosted at once (default 16)")
+    w.add_argument("--concurrency", type=_positive_int, help="runs hosted at once (default 16)")
     w.add_argument("--worker-id", help="worker identity (default host-pid-random)")
-    sv = sub.add_parser("supervisor", parents=[common], help="re-place runs whose worker died")
+    sv = sub.add_parser("supervisor", parents=[leases], help="re-place runs whose worker died")
     for service in (w, sv):
         service.add_argument(
             "--metrics-port",
-            type=int,
+            type=_port,
             help="serve Prometheus metrics on this port (env STALWART_METRICS_PORT; 0: off)",
         )
         service.add_argument(
@@ -194,14 +363,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("input", help="input as JSON")
     s.add_argument("--run-id")
     s.add_argument("--wait", action="store_true", help="wait for the result and print it")
-    s.add_argument("--timeout", type=float, default=None)
+    s.add_argument("--timeout", type=_seconds, default=None, help="seconds --wait waits")
     st = sub.add_parser("status", parents=[common], help="show a run's record")
     st.add_argument("run_id")
     ev = sub.add_parser("events", parents=[common], help="print a run's events")
     ev.add_argument("run_id")
     ev.add_argument("--follow", action="store_true", help="keep following until the run ends")
     r = sub.add_parser("runs", parents=[common], help="list runs, newest first")
-    r.add_argument("--limit", type=int, default=50)
+    r.add_argument("--limit", type=_positive_int, default=50, help="runs listed (default 50)")
     c = sub.add_parser("cancel", parents=[common], help="cancel a run")
     c.add_argument("run_id")
     c.add_argument("--reason", default="cancelled from the CLI")
@@ -215,7 +384,7 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("run_id")
     rp.add_argument("app", help="module:attribute of a stalwart.App (the code to check)")
     rp.add_argument("--json", action="store_true", help="print the report as JSON")
-    rp.add_argument("--timeout", type=float, default=60.0, help="seconds the replay may take")
+    rp.add_argument("--timeout", type=_seconds, default=60.0, help="seconds the replay may take")
     fk = sub.add_parser(
         "fork", parents=[common], help="start a new run from a run's journal up to a step"
     )
@@ -223,33 +392,44 @@ def _parser() -> argparse.ArgumentParser:
     fk.add_argument("--at", required=True, help="step key (step:plan, model:3) or step name")
     fk.add_argument("--run-id", dest="new_run_id", help="id of the new run (default random)")
     fk.add_argument("--wait", action="store_true", help="wait for the result and print it")
-    fk.add_argument("--timeout", type=float, default=None)
+    fk.add_argument("--timeout", type=_seconds, default=None, help="seconds --wait waits")
 
     sg = sub.add_parser("signal", parents=[common], help="send a signal to a run")
     sg.add_argument("run_id")
     sg.add_argument("name")
     sg.add_argument("payload", nargs="?", help="payload as JSON")
 
-    d = sub.add_parser("dev", parents=[common], help="servers + supervisor + workers, locally")
+    d = sub.add_parser("dev", parents=[leases], help="servers + supervisor + workers, locally")
     d.add_argument("app")
-    d.add_argument("--workers", type=int, default=2)
-    demo = sub.add_parser("demo", parents=[common], help="watch a run survive a SIGKILLed worker")
-    demo.add_argument("--kill-after", type=int, default=4, help="steps before the SIGKILL")
+    d.add_argument("--workers", type=_positive_int, default=2)
+    demo = sub.add_parser("demo", parents=[leases], help="watch a run survive a SIGKILLed worker")
+    demo.add_argument(
+        "--kill-after", type=_positive_int, default=4, help="steps before the SIGKILL"
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``stalwart`` command."""
-    args = _parser().parse_args(argv)
-    configure_logging()
+    args = _parser().parse_args(argv)  # a usage error exits 2 (EXIT_USAGE) here
     try:
+        configure_logging()
         _configure_observability(args)
         return asyncio.run(_dispatch(args))
     except KeyboardInterrupt:
-        return 130
-    except StalwartError as exc:
-        print(f"stalwart: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`stalwart events ... | head`): not an error. Point stdout at
+        # /dev/null so the interpreter's final flush does not complain again.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except Exception as exc:
+        code = exit_code_for(exc)
+        if code is None:
+            raise  # a bug: its traceback is what a bug report needs
+        print(error_message(exc), file=sys.stderr)
+        return code
     finally:
         observability.shutdown()
 
@@ -273,10 +453,10 @@ async def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "worker":
         app = load_app(args.app)
         await _serve(settings, lambda s: Worker(app, s))
-        return 0
+        return EXIT_OK
     if args.command == "supervisor":
         await _serve(settings, Supervisor)
-        return 0
+        return EXIT_OK
     if args.command == "dev":
         return await _local.dev(args.app, settings, workers=args.workers)
     if args.command == "demo":
@@ -295,4 +475,4 @@ async def _dispatch(args: argparse.Namespace) -> int:
         "fork": cmd_fork,
     }
     handler = handlers[args.command]
-    return await _client_call(args, lambda client: handler(args, client))
+    return await _client_call(args, settings, lambda client: handler(args, client))

@@ -23,6 +23,7 @@ from stalwart.errors import (
     InvalidRequestError,
     RunCancelled,
     RunFailed,
+    RunNotFoundError,
     RunRejected,
     UnknownAgentError,
 )
@@ -88,7 +89,7 @@ class RunHandle:
         """The run's record (status, epoch, owner, timestamps)."""
         record = await self.client.store.get_run(self.run_id)
         if record is None:
-            raise InvalidRequestError(f"unknown run {self.run_id!r}")
+            raise RunNotFoundError(self.run_id)
         return record
 
     def events(self, *, follow: bool = True) -> AsyncIterator[RunEvent]:
@@ -156,7 +157,7 @@ class RunHandle:
             raise InvalidRequestError(f"signal payload cannot be encoded: {exc}") from exc
         outcome, sid, epoch = await self.client.store.add_signal(self.run_id, name, raw)
         if outcome == "missing":
-            raise InvalidRequestError(f"unknown run {self.run_id!r}")
+            raise RunNotFoundError(self.run_id)
         if outcome == "terminal":
             raise InvalidRequestError(f"run {self.run_id!r} has ended; signal {name!r} not sent")
         broker = self.client.broker
@@ -177,7 +178,7 @@ class RunHandle:
         record = await self.client.store.get_run(self.run_id)
         entries = await self.client.store.read_journal(self.run_id)
         if record is None and not entries:
-            raise InvalidRequestError(f"unknown run {self.run_id!r}")
+            raise RunNotFoundError(self.run_id)
         return build_history(self.run_id, entries, record)
 
     async def replay(self, app: App, *, timeout: float = 60.0) -> ReplayReport:
@@ -245,14 +246,25 @@ class Client:
         *,
         settings: Settings | None = None,
     ) -> Client:
-        """Connect with explicit URLs, or ``STALWART_NATS_URL`` / ``STALWART_REDIS_URL``."""
-        settings = settings or Settings.from_env(nats_url=nats_url, redis_url=redis_url)
+        """Connect with explicit URLs, or ``STALWART_NATS_URL`` / ``STALWART_REDIS_URL``.
+
+        Each server must answer within ``settings.connect_timeout`` seconds
+        (``STALWART_CONNECT_TIMEOUT``, default 10), else :class:`ServerUnavailableError`
+        names the URL (credentials masked) and the reason; a URL that is not a Redis or NATS
+        URL raises :class:`ConfigurationError`. Worker-only settings in the environment are
+        not read.
+        """
+        settings = settings or Settings.from_env(
+            role="client", nats_url=nats_url, redis_url=redis_url
+        )
         if not settings.nats_url or not settings.redis_url:
             raise ConfigurationError(
                 "Client.connect needs a NATS URL and a Redis URL (arguments or "
                 "STALWART_NATS_URL / STALWART_REDIS_URL)"
             )
-        store = await CheckpointStore.connect(settings.redis_url, settings.namespace)
+        store = await CheckpointStore.connect(
+            settings.redis_url, settings.namespace, connect_timeout=settings.connect_timeout
+        )
         try:
             broker = await Broker.connect(settings, name="stalwart-client")
         except BaseException:
@@ -374,7 +386,7 @@ class Client:
         dst = check_run_id(new_id) if new_id is not None else new_run_id()
         record = await self.store.get_run(run_id)
         if record is None:
-            raise InvalidRequestError(f"unknown run {run_id!r}")
+            raise RunNotFoundError(run_id)
         key = await self._step_key(run_id, at)
         subject = self.broker.names.runs_subject(record.agent)
         attrs = {"stalwart.forked_from": run_id, "stalwart.fork_step": key}
@@ -413,5 +425,8 @@ class Client:
         return f"step:{at}" if f"step:{at}" in keys and at not in keys else at
 
     async def runs(self, limit: int = 100) -> list[RunRecord]:
-        """The newest runs, newest first."""
+        """The newest runs, newest first; ``limit`` must be >= 1."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            # 0 used to list every run and -1 all but one (a slice bound).
+            raise InvalidRequestError(f"limit must be a whole number >= 1, got {limit!r}")
         return await self.store.list_runs(limit)

@@ -2,17 +2,106 @@
 
 from __future__ import annotations
 
+import difflib
+import math
 import os
 import socket
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
+import structlog
 
 from stalwart._ids import check_namespace
 from stalwart.errors import ConfigurationError
 
 ENV_PREFIX = "STALWART_"
+
+Role = Literal["client", "worker", "supervisor"]
+"""Who reads a setting: client commands, workers, supervisors."""
+
+_ALL: frozenset[Role] = frozenset({"client", "worker", "supervisor"})
+_WORKER: frozenset[Role] = frozenset({"worker"})
+_SUPERVISOR: frozenset[Role] = frozenset({"supervisor"})
+_SERVICES: frozenset[Role] = frozenset({"worker", "supervisor"})
+
+FIELD_ROLES: dict[str, frozenset[Role]] = {
+    "nats_url": _ALL,
+    "redis_url": _ALL,
+    "namespace": _ALL,
+    "lease_ttl": _SERVICES,
+    "concurrency": _WORKER,
+    "ack_wait": _WORKER,
+    "max_deliver": _WORKER,
+    # Any process may be the first of a namespace and create the streams with these.
+    "duplicate_window": _ALL,
+    "event_max_age": _ALL,
+    "reconcile_interval": _SUPERVISOR,
+    "drain_timeout": _WORKER,
+    "passivate_after": _WORKER,
+    "stuck_after": _SUPERVISOR,
+    "stuck_action": _SUPERVISOR,
+    "breaker_threshold": _WORKER,
+    "breaker_cooldown": _WORKER,
+    "worker_id": _WORKER,
+    "connect_timeout": _ALL,
+    "lease_margin": _WORKER,
+    "lease_confirm_retry": _WORKER,
+}
+"""Which processes read each field. Settings a process does not read are not taken from its
+environment, so a worker-only value can never break a client command. A field missing here
+counts as read by all."""
+
+OTHER_VARIABLES = frozenset(
+    {
+        "LOG_LEVEL",
+        "LOG_FORMAT",
+        "LOG_PAYLOADS",
+        "TRACING",
+        "METRICS_PORT",
+        "METRICS_ADDR",
+        "STATE_DIR",
+        "NATS_SERVER",
+        "REDIS_SERVER",
+        "TEST_NATS_URL",
+        "TEST_REDIS_URL",
+    }
+)
+"""``STALWART_*`` variables read outside :class:`Settings` (see docs/configuration.md)."""
+
+_log = structlog.get_logger("stalwart.config")
+
+_POSITIVE = "a number of seconds > 0"
+_NON_NEGATIVE = "a number of seconds >= 0"
+_CHECKS: dict[str, tuple[Any, str]] = {
+    "lease_ttl": (lambda v: v >= 1, "a whole number of seconds >= 1"),
+    "concurrency": (lambda v: v >= 1, "a whole number >= 1"),
+    "ack_wait": (lambda v: v > 0, _POSITIVE),
+    "max_deliver": (lambda v: v >= 1, "a whole number >= 1"),
+    "duplicate_window": (lambda v: v > 0, _POSITIVE),
+    "event_max_age": (lambda v: v > 0, _POSITIVE),
+    "reconcile_interval": (lambda v: v > 0, _POSITIVE),
+    "drain_timeout": (lambda v: v >= 0, _NON_NEGATIVE),
+    "passivate_after": (lambda v: v > 0, _POSITIVE),
+    "stuck_after": (lambda v: v >= 0, _NON_NEGATIVE + " (0: never)"),
+    "stuck_action": (lambda v: v in ("report", "replace"), "'report' or 'replace'"),
+    "breaker_threshold": (lambda v: v >= 1, "a whole number >= 1"),
+    "breaker_cooldown": (lambda v: v >= 0, _NON_NEGATIVE),
+    "connect_timeout": (lambda v: v > 0, _POSITIVE),
+    "lease_margin": (lambda v: v >= 0, _NON_NEGATIVE + ", below lease_ttl (0: half of it)"),
+    "lease_confirm_retry": (lambda v: v > 0, _POSITIVE),
+}
+"""Per field: the check a value must pass, and the accepted values said in words."""
+
+
+def _describe(name: str) -> str:
+    return f"{ENV_PREFIX}{name.upper()} ({name})"
+
+
+def _accepted(name: str, type_: Any) -> str:
+    if name in _CHECKS:
+        return _CHECKS[name][1]
+    return {int: "a whole number", float: "a number"}.get(type_, "a string")
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -73,42 +162,54 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         """``lease_margin``, or its default (half the TTL) when it is 0."""
         return self.lease_margin or self.lease_ttl / 2
 
+    # -- h2: connection bounds
+    connect_timeout: float = 10.0
+    """How long the first connection to NATS or to Redis may take before the process fails
+    with ``ServerUnavailableError`` (refused connections are retried within it). An
+    established connection is retried without limit."""
+
     def __post_init__(self) -> None:
         check_namespace(self.namespace)
-        if self.lease_ttl < 1:
-            # Nats-TTL is whole seconds: a sub-second lease cannot be expressed.
-            raise ConfigurationError(f"lease_ttl must be >= 1 second, got {self.lease_ttl}")
-        if self.stuck_action not in ("report", "replace"):
+        for name, (check, accepted) in _CHECKS.items():
+            value = getattr(self, name)
+            # NaN passes no comparison; infinity would make every deadline meaningless.
+            bad_float = isinstance(value, float) and not math.isfinite(value)
+            if bad_float or not check(value):
+                raise ConfigurationError(f"{_describe(name)} must be {accepted}, got {value!r}")
+        if self.lease_margin >= self.lease_ttl:
             raise ConfigurationError(
-                f"stuck_action must be 'report' or 'replace', got {self.stuck_action!r}"
+                f"{_describe('lease_margin')} must be below lease_ttl ({self.lease_ttl} s), "
+                f"got {self.lease_margin!r}"
             )
-        if not 0 <= self.lease_margin < self.lease_ttl:
-            raise ConfigurationError(
-                f"lease_margin must be >= 0 and below lease_ttl ({self.lease_ttl} s), "
-                f"got {self.lease_margin}"
-            )
-        if self.drain_timeout < 0:
-            raise ConfigurationError(f"drain_timeout must be >= 0, got {self.drain_timeout}")
-        if self.lease_confirm_retry <= 0:
-            raise ConfigurationError(
-                f"lease_confirm_retry must be > 0, got {self.lease_confirm_retry}"
-            )
-        if self.concurrency < 1:
-            raise ConfigurationError(f"concurrency must be >= 1, got {self.concurrency}")
 
     @classmethod
-    def from_env(cls, **overrides: Any) -> Settings:
-        """Build settings from ``STALWART_*`` variables; non-None ``overrides`` win."""
+    def from_env(cls, *, role: Role | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``STALWART_*`` variables; non-None ``overrides`` win.
+
+        With ``role``, variables of fields that role does not read are ignored (a client
+        command must not fail on a worker-only setting). A value that does not convert
+        raises :class:`ConfigurationError` naming the variable and the accepted values; an
+        unknown ``STALWART_*`` variable that looks like a misspelt one is logged as a warning.
+        """
         values: dict[str, Any] = {}
         for field in msgspec.structs.fields(cls):
+            if role is not None and role not in FIELD_ROLES.get(field.name, _ALL):
+                continue
             raw = os.environ.get(ENV_PREFIX + field.name.upper())
-            if raw is not None and raw != "":
-                values[field.name] = raw
+            if raw is not None and raw.strip() != "":
+                values[field.name] = _convert(field.name, field.type, raw.strip())
         values.update({k: v for k, v in overrides.items() if v is not None})
+        warn_unknown_variables()
         try:
             return msgspec.convert(values, cls, strict=False)
         except msgspec.ValidationError as exc:
-            raise ConfigurationError(f"bad Stalwart setting: {exc}") from exc
+            # "Expected `int`, got `float` - at `$.lease_ttl`": name the setting instead.
+            name = str(exc).rpartition("$.")[2].rstrip("`")
+            if name in cls.__struct_fields__:
+                raise ConfigurationError(
+                    f"{_describe(name)} must be {_accepted(name, None)}, got {values.get(name)!r}"
+                ) from None
+            raise ConfigurationError(f"bad Stalwart setting: {exc}") from None
 
     def with_worker_id(self) -> Settings:
         """Return settings whose ``worker_id`` is set (host-pid-random when it was empty)."""
@@ -116,3 +217,38 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             return self
         wid = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         return msgspec.structs.replace(self, worker_id=wid)
+
+
+def _convert(name: str, type_: Any, raw: str) -> Any:
+    """``raw`` (text from the environment) as the field's type, or a ConfigurationError."""
+    if type_ not in (int, float):
+        return raw
+    try:
+        return int(raw) if type_ is int else float(raw)
+    except ValueError:
+        raise ConfigurationError(
+            f"{_describe(name)}={raw!r}: expected {_accepted(name, type_)}"
+        ) from None
+
+
+def warn_unknown_variables() -> list[str]:
+    """Warn about ``STALWART_*`` variables that look like misspellings of known ones.
+
+    Returns the warnings. Variables that resemble no known one are left alone (they may be
+    the user's own).
+    """
+    # Every field, also those without an entry in FIELD_ROLES.
+    known = {f.upper() for f in Settings.__struct_fields__} | OTHER_VARIABLES
+    warnings = []
+    for var in sorted(os.environ):
+        if not var.startswith(ENV_PREFIX) or var[len(ENV_PREFIX) :] in known:
+            continue
+        close = difflib.get_close_matches(var[len(ENV_PREFIX) :], known, n=1, cutoff=0.8)
+        if close:
+            warnings.append(
+                f"{var} is not a Stalwart setting; did you mean {ENV_PREFIX}{close[0]}?"
+            )
+            _log.warning(
+                "settings.unknown_variable", variable=var, suggestion=ENV_PREFIX + close[0]
+            )
+    return warnings

@@ -128,3 +128,14 @@ class CircuitOpenError(StalwartError):
 
 class ToolOutcomeUnknown(StalwartError):
     """An at-most-once step was started but its outcome was never journaled (crash mid-call)."""
+
+
+# -- h2
+
+
+class RunNotFoundError(InvalidRequestError):
+    """No run has this id (its record does not exist, or has expired)."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"unknown run {run_id!r}")
+        self.run_id = run_id

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from stalwart._json import json_safe
+
 RequestKind = Literal["start", "resume"]
 
 
@@ -87,7 +89,12 @@ def decode_request(data: bytes) -> RunRequest:
 
 
 def encode_event(ev: RunEvent) -> bytes:
-    """Encode a run event as JSON."""
+    """Encode a run event as JSON; NaN and infinities become ``"NaN"``, ``"Infinity"``...
+
+    (msgspec would write ``null``, losing the value; see ``stalwart._json``.)
+    """
+    if ev.data is not None:
+        ev = msgspec.structs.replace(ev, data=json_safe(ev.data))
     return _event_encoder.encode(ev)
 
 

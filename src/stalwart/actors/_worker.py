@@ -84,6 +84,7 @@ class Worker:
             self.settings.namespace,
             # Every hosted run may read at once (placement, signals); appends do not count.
             max_connections=min(max(32, self.settings.concurrency + 8), 256),
+            connect_timeout=self.settings.connect_timeout,
         )
         self.broker = await Broker.connect(
             self.settings, name=f"stalwart-worker {self.worker_id}", owner=self.worker_id
@@ -100,8 +101,9 @@ class Worker:
         self.log.info("worker.started", agents=agents, concurrency=self.settings.concurrency)
 
     async def run(self) -> None:
-        """Start, then serve until :meth:`stop` is called (for example by SIGTERM)."""
-        await self.start()
+        """Start (unless :meth:`start` was awaited already), then serve until :meth:`stop`."""
+        if self.broker is None:
+            await self.start()
         await self._stopping.wait()
         await self._shutdown()
 

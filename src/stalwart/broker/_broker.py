@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+import structlog
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from stalwart.broker._connect import connect
@@ -44,6 +46,7 @@ class WorkerInfo(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _json = msgspec.json.Encoder()
+log = structlog.get_logger("stalwart.broker")
 
 
 class Broker:
@@ -66,7 +69,7 @@ class Broker:
     ) -> Broker:
         """Connect to ``settings.nats_url`` and make sure the topology exists."""
         assert settings.nats_url, "nats_url must be resolved before connecting"
-        nc = await connect(settings.nats_url, name=name)
+        nc = await connect(settings.nats_url, name=name, connect_timeout=settings.connect_timeout)
         broker = cls(nc, settings, owner)
         try:
             await ensure_topology(broker.js, broker.names, settings)
@@ -83,7 +86,13 @@ class Broker:
             with contextlib.suppress(Exception):
                 await self.events.flush()
                 await self.nc.flush(timeout=2)
-            await self.nc.close()
+            try:
+                async with asyncio.timeout(5):
+                    await self.nc.close()
+            except (OSError, TimeoutError):
+                # The server is gone (a NATS outage during shutdown): nats-py's close()
+                # flushes into the dead socket and raises; there is nothing left to close.
+                log.info("nats.close_failed", reason="connection lost")
 
     # -- run requests -------------------------------------------------------------------
 

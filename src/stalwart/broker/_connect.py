@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+import contextlib
+import math
+import socket
+import ssl
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
-import nats
 import structlog
+from nats import errors as nats_errors
+from nats.aio.client import Client as NATSClient
 
-from stalwart.errors import ServerUnavailableError, ServerVersionError
+from stalwart._secrets import mask_urls
+from stalwart.errors import ConfigurationError, ServerUnavailableError, ServerVersionError
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
@@ -33,44 +42,217 @@ def check_server_version(version: str, url: str = "") -> None:
         )
 
 
-async def connect(url: str, *, name: str = "stalwart", connect_timeout: float = 5.0) -> NATS:
+NATS_SCHEMES = ("nats", "tls", "ws", "wss")
+
+
+def _check_urls(url: str) -> None:
+    """Refuse what is not a NATS URL (``http://``, a bare word) before trying to connect."""
+    for part in url.split(","):
+        scheme, sep, rest = part.strip().partition("://")
+        if not sep or scheme.lower() not in NATS_SCHEMES or not rest:
+            raise ConfigurationError(
+                f"{mask_urls(part.strip())!r} is not a NATS URL: expected "
+                f"{' or '.join(s + '://host:port' for s in NATS_SCHEMES[:2])} "
+                "(a comma-separated list for a cluster)"
+            )
+
+
+def _is_permanent(exc: BaseException) -> bool:
+    """Whether retrying cannot help: bad credentials, TLS, a bad URL."""
+    text = str(exc).lower()
+    return (
+        isinstance(exc, ssl.SSLError | nats_errors.AuthorizationError)
+        or "authorization" in text
+        or "authentication" in text
+        or "tls" in text
+        or "invalid connect url" in text
+    )
+
+
+def _reason(exc: BaseException | None) -> str:
+    """A short human reason for a failed first connection."""
+    if exc is None:
+        return "no answer"
+    text = str(exc)
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is nats-server running there?)"
+    if isinstance(exc, socket.gaierror):
+        return f"unknown host ({text})"
+    if isinstance(exc, nats_errors.AuthorizationError) or "authorization" in text.lower():
+        return "authentication failed: check the user and password or token in the URL"
+    if isinstance(exc, ssl.SSLError) or "tls" in text.lower():
+        return f"TLS failure: {text or type(exc).__name__}"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def _probe(url: str, within: float) -> str | None:
+    """After a timeout, tell "something else listens there" from "nothing answers".
+
+    A NATS server greets every client with ``INFO``; a server that stays silent is sent a
+    line, and whatever it answers (an HTTP error, a Redis reply) is quoted.
+    """
+    first = url.split(",")[0].strip()
+    parsed = urlsplit(first)
+    if parsed.scheme.lower() not in ("nats", "tls") or parsed.hostname is None:
+        return None
+    try:
+        async with asyncio.timeout(within):
+            reader, writer = await asyncio.open_connection(parsed.hostname, parsed.port or 4222)
+            try:
+                try:
+                    async with asyncio.timeout(within / 2):
+                        greeting = await reader.read(64)
+                except TimeoutError:
+                    writer.write(b"PING\r\n\r\n")
+                    greeting = await reader.read(64)
+            finally:
+                writer.close()
+    except (OSError, TimeoutError):
+        return None
+    if greeting.startswith(b"INFO"):
+        return None
+    said = greeting.decode("ascii", "replace").splitlines()[0][:60] if greeting else ""
+    return "a server answers there but it is not NATS (wrong port or protocol?)" + (
+        f": it said {said!r}" if said else ""
+    )
+
+
+async def _first_connection(
+    url: str, within: float, errors: list[BaseException], **options: Any
+) -> NATS | None:
+    """Try to connect until ``within`` seconds have passed; None when it never worked."""
+    deadline = time.monotonic() + within
+    while (remaining := deadline - time.monotonic()) > 0:
+        nc = NATSClient()
+        try:
+            # No reconnects while connecting: nats-py would otherwise retry the first
+            # connection too (forever with max_reconnect_attempts=-1), so a wrong URL or a
+            # server that is down would hang every command. This loop bounds the whole.
+            async with asyncio.timeout(remaining):
+                await nc.connect(
+                    url,
+                    connect_timeout=math.ceil(remaining),  # the timeout above is exact
+                    allow_reconnect=False,
+                    max_reconnect_attempts=1,
+                    reconnect_time_wait=0,
+                    **options,
+                )
+            return nc
+        except Exception as exc:  # nats-py raises several unrelated types for "cannot connect"
+            # A failed connect can leave its socket open (bad credentials): close it.
+            await _discard(nc)
+            # NoServersError only says every attempt failed; the cause went to error_cb.
+            cause = errors[-1] if isinstance(exc, nats_errors.NoServersError) and errors else exc
+            errors.append(cause)
+            if _is_permanent(cause):
+                return None
+            await asyncio.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+    return None
+
+
+async def _discard(nc: NATS) -> None:
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(1.0):
+            await nc.close()
+    transport = getattr(nc, "_transport", None)
+    if transport is not None:
+        with contextlib.suppress(Exception):
+            transport.close()
+
+
+async def _failure(url: str, errors: list[BaseException], within: float) -> str:
+    """The reason the first connection failed, for the error message."""
+    last = errors[-1] if errors else None
+    if last is not None and _is_permanent(last):
+        return _reason(last)
+    if last is None or isinstance(last, TimeoutError):
+        reason = await _probe(url, 1.0) or "no NATS answer"
+    else:
+        reason = _reason(last)
+    return f"{reason} (gave up after {within:g}s)"
+
+
+async def _tls_refused(url: str, within: float) -> str | None:
+    """For ``tls://`` URLs: the reason to refuse a server that does not require TLS.
+
+    nats-py upgrades to TLS only when the server's INFO says ``tls_required``; otherwise it
+    sends CONNECT, with the URL's credentials, in plain text even for a ``tls://`` URL. The
+    INFO greeting is read here first, before any credentials are sent.
+    """
+    for part in url.split(","):
+        parsed = urlsplit(part.strip())
+        if parsed.scheme.lower() != "tls" or parsed.hostname is None:
+            continue
+        try:
+            async with asyncio.timeout(within):
+                reader, writer = await asyncio.open_connection(parsed.hostname, parsed.port or 4222)
+                try:
+                    line = await reader.readline()
+                finally:
+                    writer.close()
+        except (OSError, TimeoutError):
+            continue  # unreachable: the connection attempts report it
+        if line.startswith(b"INFO ") and b'"tls_required":true' not in line.replace(b" ", b""):
+            return (
+                f"TLS failure: the URL asks for TLS (tls://) but the server at "
+                f"{parsed.hostname}:{parsed.port or 4222} does not require TLS; refusing to "
+                "send credentials in plain text (use nats:// or enable TLS on the server)"
+            )
+    return None
+
+
+async def connect(url: str, *, name: str = "stalwart", connect_timeout: float = 10.0) -> NATS:
     """Connect to ``url``, check the server version, and reconnect forever afterwards.
 
     A worker must outlive a NATS restart, so the client reconnects without limit once it
-    has connected; the first connection fails fast with :class:`ServerUnavailableError`.
+    has connected. The first connection is bounded: refused connections are retried for up
+    to ``connect_timeout`` seconds, then (or at once for bad credentials, a TLS failure or a
+    URL that is not a NATS URL) it fails with :class:`ServerUnavailableError` or
+    :class:`ConfigurationError`, naming the URL with its credentials masked and the reason.
     """
+    _check_urls(url)
+    shown = mask_urls(url)
+    tls_refused = await _tls_refused(url, min(connect_timeout, 2.0))
+    if tls_refused:
+        raise ServerUnavailableError(f"cannot reach NATS at {shown}: {tls_refused}")
+    holder: list[NATS] = []
+    errors: list[BaseException] = []
 
     async def _on_error(exc: Exception) -> None:
-        log.warning("nats.error", error=str(exc), url=url)
-
-    holder: list[NATS] = []
+        if holder:  # while connecting, errors are collected and reported once, below
+            log.warning("nats.error", error=mask_urls(str(exc)), url=shown)
+        else:
+            errors.append(exc)
 
     async def _on_disconnect() -> None:
         # nats-py reports a deliberate close as a disconnect too; only warn about real ones.
         if holder and not (holder[0].is_closed or holder[0].is_draining):
-            log.warning("nats.disconnected", url=url)
+            log.warning("nats.disconnected", url=shown)
 
     async def _on_reconnect() -> None:
-        log.info("nats.reconnected", url=url)
+        log.info("nats.reconnected", url=shown)
 
-    try:
-        nc = await nats.connect(
-            url,
-            name=name,
-            connect_timeout=connect_timeout,
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            error_cb=_on_error,
-            disconnected_cb=_on_disconnect,
-            reconnected_cb=_on_reconnect,
-        )
-    except Exception as exc:  # nats-py raises several unrelated types for "cannot connect"
-        raise ServerUnavailableError(f"cannot reach NATS at {url}: {exc!r}") from exc
+    nc = await _first_connection(
+        url,
+        connect_timeout,
+        errors,
+        name=name,
+        error_cb=_on_error,
+        disconnected_cb=_on_disconnect,
+        reconnected_cb=_on_reconnect,
+    )
+    if nc is None:
+        raise ServerUnavailableError(
+            f"cannot reach NATS at {shown}: {await _failure(url, errors, connect_timeout)}"
+        ) from (errors[-1] if errors else None)
+    # Connected: from now on ride out server restarts without limit.
+    nc.options["allow_reconnect"] = True
+    nc.options["max_reconnect_attempts"] = -1
+    nc.options["reconnect_time_wait"] = 0.5
     holder.append(nc)
     version = str(nc._server_info.get("version", "0.0.0"))
     try:
-        check_server_version(version, url)
+        check_server_version(version, shown)
     except ServerVersionError:
         await nc.close()
         raise

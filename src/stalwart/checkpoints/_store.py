@@ -32,7 +32,14 @@ from stalwart.checkpoints._entries import (
     record_from_hash,
 )
 from stalwart.checkpoints._pipe import ScriptPipe
-from stalwart.errors import InvalidRequestError, LeaseLost, ServerUnavailableError, StalwartError
+from stalwart.checkpoints._reach import first_contact
+from stalwart.errors import (
+    InvalidRequestError,
+    LeaseLost,
+    RunNotFoundError,
+    ServerUnavailableError,
+    StalwartError,
+)
 
 if TYPE_CHECKING:
     import msgspec
@@ -152,13 +159,24 @@ class CheckpointStore:
 
     @classmethod
     async def connect(
-        cls, url: str, namespace: str = "stalwart", *, max_connections: int = 64
+        cls,
+        url: str,
+        namespace: str = "stalwart",
+        *,
+        max_connections: int = 64,
+        connect_timeout: float = 10.0,
     ) -> CheckpointStore:
-        """Connect to Redis at ``url`` and check it answers.
+        """Connect to Redis at ``url`` and check it answers within ``connect_timeout`` s.
 
         ``max_connections`` bounds the pool for everything but journal appends (which share
-        one pipelined connection); callers past it wait for a connection.
+        one pipelined connection); callers past it wait for a connection. Raises
+        :class:`ConfigurationError` for a URL that is not a Redis URL and
+        :class:`ServerUnavailableError` (URL with credentials masked, and the reason) when
+        Redis does not answer in time, refuses the credentials or is not Redis.
         """
+        # First contact without retries, bounded: the pool below retries for ~25 s.
+        # Appends go out as EVALSHA on the pipe: make sure Redis knows the script.
+        await first_contact(url, connect_timeout, (_scripts.APPEND,))
         # Every command rides out a short Redis restart. Scripts are safe to resend: appends
         # use explicit ids (a resent append finds its own entry), claims are idempotent.
         # A blocking pool: a burst of placements past the pool's size waits for a free
@@ -175,13 +193,6 @@ class CheckpointStore:
         store = cls(client, namespace)
         if ScriptPipe.supports(url):
             store._pipe = ScriptPipe(url)
-        try:
-            await client.ping()
-            # Appends go out as EVALSHA on the pipe: make sure Redis knows the script.
-            await client.script_load(_scripts.APPEND)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            await client.aclose()
-            raise ServerUnavailableError(f"cannot reach Redis at {url}: {exc}") from exc
         return store
 
     async def close(self) -> None:
@@ -253,7 +264,7 @@ class CheckpointStore:
         """
         record = await self.get_run(src)
         if record is None:
-            raise InvalidRequestError(f"unknown run {src!r}")
+            raise RunNotFoundError(src)
         entries = await self.read_journal(src)
         kept = fork_entries(entries, upto_key)
         if kept is None:

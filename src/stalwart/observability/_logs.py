@@ -9,10 +9,11 @@ passwords inside URLs, are masked always.
 from __future__ import annotations
 
 import os
-import re
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
+
+from stalwart._secrets import MASK, is_secret_key, mask_secrets, mask_urls
 
 if TYPE_CHECKING:
     from structlog.typing import EventDict, WrappedLogger
@@ -24,12 +25,7 @@ PAYLOAD_KEYS = frozenset(
 )
 """Log keys that carry payloads: dropped unless payload logging is on."""
 
-_SECRET_KEY = re.compile(
-    r"(^|_)(password|passwd|secret|api_?key|token|authorization|credentials?|cookie)$", re.I
-)
-_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]*):[^/\s@]+@", re.I)
 _HIDDEN = "[hidden: set STALWART_LOG_PAYLOADS=1 to log payloads]"
-_MASK = "***"
 
 
 def payloads_enabled() -> bool:
@@ -39,25 +35,30 @@ def payloads_enabled() -> bool:
 
 def preview(value: Any, limit: int = 500) -> str:
     """A bounded text form of a payload, for debug logs and span attributes."""
-    text = value if isinstance(value, str) else repr(value)
+    # Secrets masked here too: previews go to span attributes and debug lines.
+    text = mask_urls(value) if isinstance(value, str) else repr(mask_secrets(value))
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
 
 
 def scrub(text: str) -> str:
-    """``text`` with passwords in URLs (``redis://:pw@host``) masked."""
-    return _URL_PASSWORD.sub(rf"\1:{_MASK}@", text) if "://" in text else text
+    """``text`` with the credentials of every URL in it masked (``redis://:***@host``)."""
+    return mask_urls(text)
 
 
 def redact(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-    """structlog processor: mask secrets always, hide payloads unless payload logging is on."""
+    """structlog processor: mask secrets always, hide payloads unless payload logging is on.
+
+    Secret-looking keys are masked at any depth of the logged values (a payload's nested
+    ``api_key``, a header list's ``Authorization``), and URL credentials in every string.
+    """
     show_payloads = payloads_enabled()
     for key, value in list(event_dict.items()):
-        if _SECRET_KEY.search(key):
-            event_dict[key] = _MASK
+        if is_secret_key(key):
+            event_dict[key] = MASK
         elif key in PAYLOAD_KEYS and not show_payloads:
             event_dict[key] = _HIDDEN
-        elif isinstance(value, str):
-            event_dict[key] = scrub(value)
+        else:
+            event_dict[key] = mask_secrets(value)
     return event_dict
 
 

@@ -94,7 +94,11 @@ class Supervisor:
     async def start(self) -> None:
         """Connect to both servers."""
         assert self.settings.nats_url and self.settings.redis_url, "resolve server URLs first"
-        self.store = await CheckpointStore.connect(self.settings.redis_url, self.settings.namespace)
+        self.store = await CheckpointStore.connect(
+            self.settings.redis_url,
+            self.settings.namespace,
+            connect_timeout=self.settings.connect_timeout,
+        )
         self.broker = await Broker.connect(self.settings, name=f"stalwart {self.supervisor_id}")
         self._election = LeaseManager(
             self.broker.js,

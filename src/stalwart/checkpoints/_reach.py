@@ -1,0 +1,105 @@
+"""The first contact with Redis: bounded in time, with a reason when it fails.
+
+The store's own pool retries every command for about 25 s through a Redis restart, which is
+right for an established deployment but made a process started against a wrong or dead
+Redis wait that long before saying anything. The first contact is made here instead, on a
+connection without retries, within ``connect_timeout``: refused connections are retried
+inside the bound, bad credentials, TLS failures and non-Redis servers fail at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import (
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    AuthorizationError,
+    InvalidResponse,
+    RedisError,
+    ResponseError,
+)
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from stalwart._secrets import mask_urls
+from stalwart.errors import ConfigurationError, ServerUnavailableError
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def parse_redis_url(url: str) -> None:
+    """Raise :class:`ConfigurationError` when ``url`` is not a Redis URL redis-py accepts."""
+    try:
+        aioredis.connection.parse_url(url)
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(
+            f"{mask_urls(url)!r} is not a Redis URL ({mask_urls(str(exc))}); expected "
+            "redis://[user:password@]host:port/db, rediss:// (TLS) or unix:///path"
+        ) from None
+
+
+def _permanent(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return (
+        isinstance(exc, AuthenticationError | AuthorizationError | InvalidResponse)
+        or isinstance(exc, AuthenticationWrongNumberOfArgsError | ResponseError)
+        or "ssl" in text
+        or "tls" in text
+    )
+
+
+def _reason(exc: BaseException | None) -> str:
+    if exc is None:
+        return "no answer"
+    text = mask_urls(str(exc))
+    if isinstance(exc, AuthenticationError | AuthenticationWrongNumberOfArgsError):
+        return f"authentication failed: check the user and password in the URL ({text})"
+    if isinstance(exc, InvalidResponse):
+        return f"a server answers there but it is not Redis (wrong port or protocol?): {text}"
+    if "ssl" in text.lower() or "tls" in text.lower():
+        return f"TLS failure: {text}"
+    if "refused" in text.lower() or "error 111 " in text.lower():
+        return f"connection refused (is redis-server running there?): {text}"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def first_contact(url: str, within: float, scripts: tuple[str, ...] = ()) -> None:
+    """PING Redis at ``url`` (and load ``scripts``) within ``within`` seconds, or raise.
+
+    Raises :class:`ServerUnavailableError` naming the URL (credentials masked) and the reason.
+    """
+    parse_redis_url(url)
+    deadline = time.monotonic() + within
+    last: BaseException | None = None
+    while (remaining := deadline - time.monotonic()) > 0:
+        probe = aioredis.Redis.from_url(
+            url,
+            socket_connect_timeout=remaining,
+            socket_timeout=remaining,
+            retry=Retry(NoBackoff(), 0),
+        )
+        try:
+            async with asyncio.timeout(remaining):
+                await probe.ping()
+                for script in scripts:
+                    await probe.script_load(script)
+            return
+        except (RedisError, OSError, TimeoutError) as exc:
+            last = exc
+            if _permanent(exc):
+                break
+        finally:
+            await probe.aclose()
+        await asyncio.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+    reason = _reason(last)
+    if last is None or isinstance(last, TimeoutError | RedisTimeoutError):
+        reason = "no answer"
+        if url.lower().startswith("rediss://"):
+            reason += " (a TLS handshake that never completed: does the server speak TLS?)"
+    if last is None or not _permanent(last):
+        reason += f" (gave up after {within:g}s)"
+    raise ServerUnavailableError(f"cannot reach Redis at {mask_urls(url)}: {reason}") from last
