@@ -55,6 +55,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """How long an open circuit fails fast before letting one trial call through."""
     worker_id: str = ""
     """Identity of this worker in leases and the journal; generated when empty."""
+    # -- h3: bounds on run requests, run events and placements
+    max_nesting: int = 100
+    """Deepest nesting of lists/dicts accepted in a run input or signal payload."""
+    event_text_limit: int = 4096
+    """Longest string (characters) in a published run event; longer ones are cut."""
+    max_placements: int = 20
+    """Placements in a row without journal progress before a run is failed (0: no limit)."""
 
     def __post_init__(self) -> None:
         check_namespace(self.namespace)
@@ -67,6 +74,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             )
         if self.concurrency < 1:
             raise ConfigurationError(f"concurrency must be >= 1, got {self.concurrency}")
+        if self.max_nesting < 1 or self.event_text_limit < 256 or self.max_placements < 0:
+            raise ConfigurationError(
+                "max_nesting must be >= 1, event_text_limit >= 256 and max_placements >= 0, "
+                f"got {self.max_nesting}, {self.event_text_limit}, {self.max_placements}"
+            )
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
