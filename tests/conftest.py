@@ -151,7 +151,8 @@ async def worker_pool(
             namespace=settings.namespace,
             extra_env={
                 "COUNTER_REDIS_URL": servers.redis_url,
-                "PYTHONPATH": str(ROOT),
+                # src first: the checkout under test, not whatever copy the venv installed.
+                "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
                 "STALWART_LOG_FORMAT": "json",
                 **base_env,
                 **env,
