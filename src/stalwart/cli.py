@@ -88,8 +88,10 @@ async def cmd_submit(args: argparse.Namespace, client: Client) -> int:
     """``stalwart submit AGENT INPUT_JSON``."""
     try:
         value = json.loads(args.input)
-    except json.JSONDecodeError as exc:
-        raise InvalidRequestError(f"INPUT_JSON is not valid JSON ({exc}): {args.input!r}") from None
+    except (json.JSONDecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
+        raise InvalidRequestError(
+            f"INPUT_JSON is not valid JSON ({exc}): {args.input[:200]!r}"
+        ) from None
     handle = await client.submit(args.agent, value, run_id=args.run_id)
     if not args.wait:
         print(handle.run_id)
@@ -151,7 +153,7 @@ async def cmd_signal(args: argparse.Namespace, client: Client) -> int:
     """``stalwart signal RUN_ID NAME [PAYLOAD_JSON]``."""
     try:
         payload = json.loads(args.payload) if args.payload is not None else None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise InvalidRequestError(f"PAYLOAD_JSON is not valid JSON ({exc})") from None
     print(await client.handle(args.run_id).signal(args.name, payload))
     return 0
