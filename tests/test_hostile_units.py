@@ -13,6 +13,7 @@ from stalwart._text import (
     ERROR_TEXT_LIMIT,
     clip,
     exception_text,
+    msgpack_may_nest_deeper,
     nesting_depth_exceeds,
     type_name,
 )
@@ -161,3 +162,15 @@ def test_new_limits_are_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     for bad in ({"max_nesting": 0}, {"event_text_limit": 10}, {"max_placements": -1}):
         with pytest.raises(ConfigurationError):
             Settings(**bad)
+
+
+def test_a_short_count_of_container_bytes_rules_deep_nesting_out() -> None:
+    value: Any = 1
+    for _ in range(150):
+        value = [value]
+    assert msgpack_may_nest_deeper(msgspec.msgpack.encode(value), 149)
+    assert not msgpack_may_nest_deeper(msgspec.msgpack.encode(value), 150)
+    flat = msgspec.msgpack.encode({"text": "x" * 100_000, "n": [1, 2, 3] * 1000})
+    assert not msgpack_may_nest_deeper(flat, 100)
+    # Container-like bytes inside strings only make it look: the full check decides.
+    assert msgpack_may_nest_deeper(msgspec.msgpack.encode("\x90" * 200), 100)

@@ -72,18 +72,36 @@ def clip(text: str, limit: int) -> str:
 def nesting_depth_exceeds(value: Any, limit: int) -> bool:
     """Whether ``value`` nests lists, tuples, sets or dicts more than ``limit`` levels deep.
 
-    Iterative, so it cannot itself run out of stack on the values it is meant to refuse.
+    Level by level, not recursive, so it cannot itself run out of stack on the values it is
+    meant to refuse; each level is gathered by C-level ``extend`` calls. For decoded values
+    (exact built-in types).
     """
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list | tuple | set | frozenset):
-            children = item
-        else:
-            continue
+    level: list[Any] = [value]
+    depth = 0
+    while True:
+        level = [item for item in level if type(item) in _CONTAINERS]
+        if not level:
+            return False
+        depth += 1
         if depth > limit:
             return True
-        stack.extend((child, depth + 1) for child in children)
-    return False
+        children: list[Any] = []
+        for item in level:
+            children.extend(item.values() if type(item) is dict else item)
+        level = children
+
+
+_CONTAINERS = frozenset({dict, list, tuple, set, frozenset})
+# msgpack bytes that can start a map or an array (fixmap, fixarray, map/array 16 and 32).
+_MSGPACK_CONTAINER_BYTES = bytes([*range(0x80, 0xA0), 0xDC, 0xDD, 0xDE, 0xDF])
+_NOT_CONTAINER_BYTES = bytes(b for b in range(256) if b not in _MSGPACK_CONTAINER_BYTES)
+
+
+def msgpack_may_nest_deeper(data: bytes, limit: int) -> bool:
+    """False when msgpack ``data`` certainly nests at most ``limit`` levels deep.
+
+    Each level starts with one of a few header bytes, so fewer such bytes than ``limit``
+    (counted in one C-level pass) rules deep nesting out without decoding: the common case.
+    True means "decode and check" (:func:`nesting_depth_exceeds`).
+    """
+    return len(data) > limit and len(data.translate(None, _NOT_CONTAINER_BYTES)) > limit

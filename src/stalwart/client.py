@@ -11,6 +11,7 @@ from stalwart._ids import check_agent_name, check_run_id, new_run_id
 from stalwart._text import (
     ERROR_TEXT_LIMIT,
     clip,
+    msgpack_may_nest_deeper,
     nesting_depth_exceeds,
     safe_text,
     type_name,
@@ -351,7 +352,10 @@ class Client:
         limit = self.settings.max_nesting
         try:
             raw = encode_value(value)
-            deep = nesting_depth_exceeds(decode_value(raw), limit)
+            # Every level takes at least one byte: a short encoding cannot be too deep.
+            deep = msgpack_may_nest_deeper(bytes(raw), limit) and nesting_depth_exceeds(
+                decode_value(raw), limit
+            )
         except RecursionError:
             deep = True
         except Exception as exc:

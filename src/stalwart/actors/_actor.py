@@ -13,7 +13,7 @@ import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from stalwart._text import clip, exception_text, safe_text, type_name
+from stalwart._text import ERROR_TEXT_LIMIT, clip, exception_text, safe_text, type_name
 from stalwart.actors._context import RunContext
 from stalwart.actors._execute import Drained, StepExecutor, error_info
 from stalwart.actors._policy import Breakers, Policies, RunUsage
@@ -413,7 +413,11 @@ class RunActor(StepExecutor, Waits):
                     epoch=self.epoch,
                     worker=self.worker_id,
                     at=time.time(),
-                    error=ErrorInfo("RunCancelled", exc.reason, retryable=False),
+                    error=ErrorInfo(
+                        "RunCancelled",
+                        clip(safe_text(exc.reason), ERROR_TEXT_LIMIT),
+                        retryable=False,
+                    ),
                 )
             )
         except Exception as exc:

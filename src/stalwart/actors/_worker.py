@@ -16,7 +16,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from stalwart import __version__
 from stalwart._ids import check_run_id
-from stalwart._text import clip, nesting_depth_exceeds, safe_text
+from stalwart._text import clip, msgpack_may_nest_deeper, nesting_depth_exceeds, safe_text
 from stalwart.actors._actor import RunActor
 from stalwart.actors._policy import Breakers
 from stalwart.broker import Broker, WorkerInfo
@@ -252,8 +252,9 @@ class Worker:
             return f"request for run {req.run_id!r} carries message id of run {header_id!r}"
         if req.kind == "start" and req.epoch:
             return f"a start request carries no epoch (got {req.epoch})"
-        if nesting_depth_exceeds(req.input, self.settings.max_nesting):
-            return f"input nested deeper than max_nesting ({self.settings.max_nesting} levels)"
+        limit = self.settings.max_nesting
+        if msgpack_may_nest_deeper(msg.data, limit) and nesting_depth_exceeds(req.input, limit):
+            return f"input nested deeper than max_nesting ({limit} levels)"
         return req
 
     async def _place(self, spec: AgentSpec, msg: Msg) -> None:
