@@ -30,6 +30,7 @@ from stalwart import (
     RunRejected,
     Settings,
     Supervisor,
+    UnknownAgentError,
 )
 from stalwart._text import ERROR_TEXT_LIMIT
 from stalwart.checkpoints import Finished, Started, encode_value
@@ -195,6 +196,9 @@ async def test_a_malformed_request_naming_a_live_run_does_not_end_it(
     async def three_refused() -> bool:
         return len([e for e in await rejections(client, "gated") if e.run_id == run_id]) >= 3
 
+    # A refused submit that reuses the live run's id is not announced on its subject either.
+    with pytest.raises(UnknownAgentError):
+        await client.submit("nosuch", 1, run_id=run_id)
     await eventually(three_refused, message="the three requests were not rejected")
     await asyncio.sleep(0.3)  # give a wrongly ending reader the time to end
     assert not waiting.done() and not follow.done()

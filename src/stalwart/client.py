@@ -309,6 +309,13 @@ class Client:
         return RunHandle(self, check_run_id(run_id), agent)
 
     async def _reject(self, run_id: str, agent: str, reason: str) -> None:
+        """Announce a refused submission on the run's subject, unless the id is a known run's.
+
+        A refused request is not that run's end: an id that already names a run (another
+        submit of it, or a mistaken reuse) must not get a ``request.rejected`` in its stream.
+        """
+        if await self.store.get_run(run_id) is not None:
+            return
         await self.broker.events.publish(
             RunEvent(
                 type=EV_REJECTED,
