@@ -331,7 +331,7 @@ class Worker:
         # The run's own submission is published with its bare run id as message id.
         headers = msg.headers or {}
         own = bool(run_id) and headers.get("Nats-Msg-Id") == run_id
-        own = own and (req is None or req.kind == "start")
+        own = own and (req is None or (req.kind == "start" and req.run_id == run_id))
         await self._reject(spec, msg, run_id or None, reason, own=own)
 
     async def _not_placed(self, spec: AgentSpec, msg: Msg, req: RunRequest, claim: Claim) -> None:
