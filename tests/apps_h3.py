@@ -47,7 +47,7 @@ class _NamelessMeta(type):
 
 
 class Unprintable(Exception, metaclass=_NamelessMeta):
-    """An exception whose str(), repr() and class name all raise."""
+    """An exception whose str(), repr(), class name, cause and attributes all raise."""
 
     def __str__(self) -> str:
         raise RuntimeError("str() of this exception raises")
@@ -58,6 +58,10 @@ class Unprintable(Exception, metaclass=_NamelessMeta):
     @property
     def retry_after(self) -> float:
         raise RuntimeError("attribute access raises too")
+
+    @property  # type: ignore[override]
+    def __cause__(self) -> BaseException | None:
+        raise RuntimeError("so does its cause")
 
 
 @durable(retry=NO_RETRY)
