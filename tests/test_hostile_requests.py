@@ -286,6 +286,11 @@ async def test_garbage_on_the_event_subject_is_skipped_by_every_reader(
         printed = [json.loads(line) for line in out.splitlines()]
         assert printed[-1]["type"] == "run.cancelled"
 
+    # Garbage in the heartbeat bucket is not a worker, and does not hide the real ones.
+    junk = client.broker.names.worker_subject("junk")
+    await client.broker.js.publish(junk, b"\xff not a heartbeat")
+    assert len(await client.broker.workers()) == 1
+
 
 # -- 7: huge texts ---------------------------------------------------------------------------------
 

@@ -180,8 +180,12 @@ class Broker:
                 entry = await kv.get(key)
             except (KeyNotFoundError, NotFoundError):
                 continue
-            if entry.value:
+            if not entry.value:
+                continue
+            try:
                 out.append(msgspec.json.decode(entry.value, type=WorkerInfo))
+            except Exception:  # not a heartbeat (anyone can publish there): not a worker
+                continue
         return out
 
     # -- events -------------------------------------------------------------------------
