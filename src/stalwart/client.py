@@ -8,6 +8,14 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from stalwart._ids import check_agent_name, check_run_id, new_run_id
+from stalwart._text import (
+    ERROR_TEXT_LIMIT,
+    clip,
+    msgpack_may_nest_deeper,
+    nesting_depth_exceeds,
+    safe_text,
+    type_name,
+)
 from stalwart.broker import Broker
 from stalwart.checkpoints import (
     CancelOutcome,
@@ -15,8 +23,10 @@ from stalwart.checkpoints import (
     RunRecord,
     StepDone,
     StepError,
+    decode_value,
     encode_value,
 )
+from stalwart.checkpoints._store import REJECTED_ERROR
 from stalwart.config import Settings
 from stalwart.errors import (
     ConfigurationError,
@@ -35,7 +45,7 @@ from stalwart.messages import (
     TERMINAL_EVENTS,
     RunEvent,
     RunRequest,
-    decode_event,
+    read_event,
 )
 from stalwart.observability import _hooks as obs
 from stalwart.observability._history import History, build_history
@@ -55,7 +65,11 @@ _RECHECK_SECONDS = 5.0
 
 
 class _EndWatch:
-    """What a waiter for a run's end has heard on the run's event subject."""
+    """What a waiter for a run's end has heard on the run's event subject.
+
+    Events only wake the waiter; the run record decides. A rejection is the answer only
+    for a run id that has no record (the request was refused before anything was stored).
+    """
 
     def __init__(self) -> None:
         self.woken = asyncio.Event()
@@ -63,15 +77,15 @@ class _EndWatch:
 
     def note(self, event: RunEvent) -> None:
         if event.type == EV_REJECTED:
-            self.rejected = str((event.data or {}).get("reason", "rejected"))
+            data = event.data if isinstance(event.data, dict) else {}
+            self.rejected = safe_text(data.get("reason", "rejected"))
         if event.type in TERMINAL_EVENTS:
             self.woken.set()
 
     async def seen(self, msg: Msg) -> None:
-        try:
-            self.note(decode_event(msg.data))
-        except Exception:  # not ours to judge here: the record decides
-            return
+        event = read_event(msg.data, msg.subject)
+        if event is not None:  # garbage on the subject is skipped (and logged once)
+            self.note(event)
 
 
 class RunHandle:
@@ -93,8 +107,20 @@ class RunHandle:
         return record
 
     def events(self, *, follow: bool = True) -> AsyncIterator[RunEvent]:
-        """The run's events from the first one; with ``follow``, live until the run ends."""
-        return self.client.broker.subscribe(self.run_id, follow=follow)
+        """The run's events from the first one; with ``follow``, live until the run ends.
+
+        Messages on the run's subject that are not events are skipped. A terminal-looking
+        event ends the iteration only when the run record agrees that the run has ended
+        (or there is no record to ask): a stray ``request.rejected`` for a live run does not.
+        """
+        return self.client.broker.subscribe(self.run_id, follow=follow, ends=self._has_ended)
+
+    async def _has_ended(self, event: RunEvent) -> bool:
+        try:
+            record = await self.client.store.get_run(self.run_id)
+        except Exception:  # Redis unreachable: the event is all there is to go by
+            return True
+        return record is None or record.terminal
 
     async def result(self, timeout: float | None = None, *, type: Any = Any) -> Any:
         """Wait for the run to end and return its result (converted to ``type``).
@@ -107,6 +133,8 @@ class RunHandle:
             return record.decode_result(type)
         if record.status == "cancelled":
             raise RunCancelled(self.run_id, record.error or "cancelled")
+        if record.error_type == REJECTED_ERROR:
+            raise RunRejected(self.run_id, record.error)
         raise RunFailed(self.run_id, record.error_type, record.error)
 
     async def _wait_ended(self, timeout: float | None) -> RunRecord:
@@ -128,13 +156,14 @@ class RunHandle:
             record = await self.client.store.get_run(self.run_id)
             if record is not None and record.terminal:
                 return record
-            if first:  # rejected before we subscribed: its event is the run's last one
-                first = False
-                last = await self.client.broker.last_event(self.run_id)
-                if last is not None:
-                    watch.note(last)
-            if watch.rejected:
-                raise RunRejected(self.run_id, watch.rejected)
+            if record is None:
+                if first:  # rejected before we subscribed: its event is the run's last one
+                    first = False
+                    last = await self.client.broker.last_event(self.run_id)
+                    if last is not None:
+                        watch.note(last)
+                if watch.rejected:
+                    raise RunRejected(self.run_id, watch.rejected)
             # Re-read the record now and then in case the terminal event was never
             # published (a NATS outage).
             try:
@@ -151,10 +180,7 @@ class RunHandle:
         starts later, a run whose worker just died, or a passivated run (which is placed
         again to receive it). Returns ``stored`` or ``woke``.
         """
-        try:
-            raw = bytes(encode_value(payload))
-        except TypeError as exc:
-            raise InvalidRequestError(f"signal payload cannot be encoded: {exc}") from exc
+        raw = bytes(self.client._encode_checked(payload, f"signal {name!r} payload"))
         outcome, sid, epoch = await self.client.store.add_signal(self.run_id, name, raw)
         if outcome == "missing":
             raise RunNotFoundError(self.run_id)
@@ -207,6 +233,8 @@ class RunHandle:
         Returns ``cancelled`` (ended now), ``requested`` (its owner stops at the next step
         boundary), ``terminal`` (it had already ended) or ``missing`` (unknown run id).
         """
+        # Bounded like an error message: the journal and record keep it, events cut it.
+        reason = clip(safe_text(reason), ERROR_TEXT_LIMIT)
         outcome, wake_epoch = await self.client.store.cancel_run(self.run_id, reason)
         # Poke a live waiter so it notices now; wake a passivated run so it can end.
         await self.client.broker.nc.publish(
@@ -293,6 +321,13 @@ class Client:
         return RunHandle(self, check_run_id(run_id), agent)
 
     async def _reject(self, run_id: str, agent: str, reason: str) -> None:
+        """Announce a refused submission on the run's subject, unless the id is a known run's.
+
+        A refused request is not that run's end: an id that already names a run (another
+        submit of it, or a mistaken reuse) must not get a ``request.rejected`` in its stream.
+        """
+        if await self.store.get_run(run_id) is not None:
+            return
         await self.broker.events.publish(
             RunEvent(
                 type=EV_REJECTED,
@@ -325,6 +360,34 @@ class Client:
         with obs.producer_span("submit", agent, run_id, subject) as trace:
             return await self._submit(agent, input, run_id, require_registered, trace)
 
+    def _encode_checked(self, value: Any, what: str) -> Any:
+        """``value`` encoded for the wire, or :class:`InvalidRequestError` saying why not.
+
+        Refuses what a worker could not decode: values nested deeper than ``max_nesting``
+        (checked on the encoded form, so Structs and dataclasses count too) and values
+        msgspec cannot encode at all (unsupported types, nesting past the interpreter's
+        recursion limit).
+        """
+        limit = self.settings.max_nesting
+        try:
+            raw = encode_value(value)
+            # Every level takes at least one byte: a short encoding cannot be too deep.
+            deep = msgpack_may_nest_deeper(bytes(raw), limit) and nesting_depth_exceeds(
+                decode_value(raw), limit
+            )
+        except RecursionError:
+            deep = True
+        except Exception as exc:
+            raise InvalidRequestError(
+                f"{what} of type {type_name(value)} cannot be encoded "
+                f"({clip(safe_text(exc), 300)}); pass plain data, a msgspec Struct or a dataclass"
+            ) from None
+        if deep:
+            raise InvalidRequestError(
+                f"{what} is nested more than max_nesting ({limit}) levels deep"
+            )
+        return raw
+
     async def _submit(
         self,
         agent: str,
@@ -338,13 +401,7 @@ class Client:
             reason = f"no worker serves agent {agent!r} (registered agents: {known})"
             await self._reject(run_id, agent, reason)
             raise UnknownAgentError(reason)
-        try:
-            raw_input = encode_value(input)
-        except TypeError as exc:
-            raise InvalidRequestError(
-                f"run {run_id!r}: input of type {type(input).__qualname__} cannot be encoded "
-                f"({exc}); pass plain data, a msgspec Struct or a dataclass"
-            ) from exc
+        raw_input = self._encode_checked(input, f"run {run_id!r}: input")
         request = RunRequest(
             run_id=run_id, agent=agent, input=input, submitted_at=time.time(), trace=trace
         )
@@ -353,6 +410,10 @@ class Client:
         except InvalidRequestError as exc:
             await self._reject(run_id, agent, str(exc))
             raise
+        except Exception as exc:  # what encode_value accepted must encode here too
+            raise InvalidRequestError(
+                f"run {run_id!r}: the request cannot be encoded ({clip(safe_text(exc), 300)})"
+            ) from None
         existing = await self.store.create_run(run_id, agent, raw_input, trace=carrier_json(trace))
         if existing is not None:
             status, known_agent = existing

@@ -47,6 +47,10 @@ FIELD_ROLES: dict[str, frozenset[Role]] = {
     "connect_timeout": _ALL,
     "lease_margin": _WORKER,
     "lease_confirm_retry": _WORKER,
+    # Clients refuse what workers would reject, so both read the nesting bound.
+    "max_nesting": _ALL,
+    "event_text_limit": _ALL,
+    "max_placements": _WORKER,
 }
 """Which processes read each field. Settings a process does not read are not taken from its
 environment, so a worker-only value can never break a client command. A field missing here
@@ -90,6 +94,9 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "connect_timeout": (lambda v: v > 0, _POSITIVE),
     "lease_margin": (lambda v: v >= 0, _NON_NEGATIVE + ", below lease_ttl (0: half of it)"),
     "lease_confirm_retry": (lambda v: v > 0, _POSITIVE),
+    "max_nesting": (lambda v: v >= 1, "a whole number >= 1"),
+    "event_text_limit": (lambda v: v >= 256, "a whole number of characters >= 256"),
+    "max_placements": (lambda v: v >= 0, "a whole number >= 0 (0: no limit)"),
 }
 """Per field: the check a value must pass, and the accepted values said in words."""
 
@@ -167,6 +174,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """How long the first connection to NATS or to Redis may take before the process fails
     with ``ServerUnavailableError`` (refused connections are retried within it). An
     established connection is retried without limit."""
+    # -- h3: bounds on run requests, run events and placements
+    max_nesting: int = 100
+    """Deepest nesting of lists/dicts accepted in a run input or signal payload."""
+    event_text_limit: int = 4096
+    """Longest string (characters) in a published run event; longer ones are cut."""
+    max_placements: int = 20
+    """Placements in a row without journal progress before a run is failed (0: no limit)."""
 
     def __post_init__(self) -> None:
         check_namespace(self.namespace)

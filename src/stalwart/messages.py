@@ -6,9 +6,10 @@ tool (``nats sub``, a dashboard in another language) can read a run's event stre
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
+import structlog
 
 from stalwart._json import json_safe
 
@@ -25,7 +26,7 @@ class RunRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     agent: str
     input: Any = None
     kind: RequestKind = "start"
-    epoch: int = 0
+    epoch: Annotated[int, msgspec.Meta(ge=0)] = 0
     """For a resume: the epoch of the owner that was lost (used to skip stale resumes)."""
     submitted_at: float = 0.0
     trace: dict[str, str] = {}
@@ -84,7 +85,11 @@ def encode_request(req: RunRequest) -> bytes:
 
 
 def decode_request(data: bytes) -> RunRequest:
-    """Decode a run request; raises ``msgspec.DecodeError`` / ``ValidationError`` on bad data."""
+    """Decode a run request.
+
+    Raises ``msgspec.DecodeError`` / ``ValidationError`` on bad data, and ``RecursionError``
+    on data nested too deeply for the decoder; callers treat any exception as "unusable".
+    """
     return _request_decoder.decode(data)
 
 
@@ -99,5 +104,31 @@ def encode_event(ev: RunEvent) -> bytes:
 
 
 def decode_event(data: bytes) -> RunEvent:
-    """Decode a run event."""
+    """Decode a run event; raises on anything that is not one (see :func:`read_event`)."""
     return _event_decoder.decode(data)
+
+
+_log = structlog.get_logger("stalwart.events")
+_skipped_logged = False
+
+
+def read_event(data: bytes | None, subject: str = "") -> RunEvent | None:
+    """Decode a run event, or None for anything that is not one.
+
+    Anyone who can publish on a run's subject can put garbage there; every reader of event
+    streams goes through this so that such a message is skipped, not fatal. The first one
+    skipped in a process is logged (once: a flood of garbage must not flood the log too).
+    """
+    global _skipped_logged
+    try:
+        return _event_decoder.decode(data or b"")
+    except Exception as exc:
+        if not _skipped_logged:
+            _skipped_logged = True
+            _log.warning(
+                "event.undecodable_skipped",
+                subject=subject,
+                bytes=len(data or b""),
+                error=type(exc).__name__,
+            )
+        return None

@@ -14,6 +14,7 @@ from nats.errors import Error as NatsError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from stalwart._text import ERROR_TEXT_LIMIT, clip, exception_text, safe_text, type_name
 from stalwart.actors._context import RunContext
 from stalwart.actors._execute import Drained, StepExecutor, error_info
 from stalwart.actors._policy import Breakers, Policies, RunUsage
@@ -240,7 +241,10 @@ class RunActor(StepExecutor, Waits):
         if len(e.result) > _MAX_EVENT_RESULT:
             fin["result_bytes"] = len(e.result)  # too big for an event: read the record
         elif len(e.result):
-            fin["result"] = decode_value(e.result)
+            try:
+                fin["result"] = decode_value(e.result)
+            except Exception:  # too deep to decode here: the record has it
+                fin["result_bytes"] = len(e.result)
         if e.error is not None:
             fin["error"] = {"type": e.error.type, "message": e.error.message}
         return RunEvent(
@@ -329,7 +333,11 @@ class RunActor(StepExecutor, Waits):
         if entries:
             self._next_seq = entries[-1].seq + 1
         self._unreplayed = set(self._journal)
-        published = await self._broker.events.last_published_jseq(self.run_id)
+        try:
+            published = await self._broker.events.last_published_jseq(self.run_id)
+        except Exception as exc:  # events are best effort: republish (dropped as duplicates)
+            self.log.warning("event.last_published_unknown", error=safe_text(exc))
+            published = 0
         for je in entries:
             if je.seq > published:
                 await self._emit(self._journal_event(je))
@@ -460,7 +468,11 @@ class RunActor(StepExecutor, Waits):
                     epoch=self.epoch,
                     worker=self.worker_id,
                     at=time.time(),
-                    error=ErrorInfo("RunCancelled", exc.reason, retryable=False),
+                    error=ErrorInfo(
+                        "RunCancelled",
+                        clip(safe_text(exc.reason), ERROR_TEXT_LIMIT),
+                        retryable=False,
+                    ),
                 )
             )
         except Exception as exc:
@@ -478,14 +490,15 @@ class RunActor(StepExecutor, Waits):
                 self.spec.input_type,
                 strict=False,
             )
-        except msgspec.ValidationError as exc:
+        except Exception as exc:  # ValidationError, or a decode error / RecursionError
             raise _Fail(
                 ErrorInfo(
                     "InvalidInput",
-                    f"input does not match agent {self.spec.name!r}'s input type: {exc}",
+                    f"input does not match agent {self.spec.name!r}'s input type: "
+                    f"{clip(exception_text(exc), 2000)}",
                     retryable=False,
                 )
-            ) from exc
+            ) from None
         result = await self._run_agent(value)
         if result is _DEADLINE:
             raise _Fail(self._deadline_error())
@@ -524,12 +537,12 @@ class RunActor(StepExecutor, Waits):
     async def _finish_completed(self, result: Any) -> None:
         try:
             raw = encode_value(result)
-        except TypeError as exc:
+        except Exception as exc:  # TypeError, or RecursionError for a too deeply nested value
             await self._finish_failed(
                 ErrorInfo(
                     "TypeError",
-                    f"agent {self.spec.name!r} returned a {type(result).__qualname__}, which "
-                    f"cannot be stored ({exc})",
+                    f"agent {self.spec.name!r} returned a {type_name(result)}, which "
+                    f"cannot be stored ({clip(exception_text(exc), 300)})",
                     retryable=False,
                 )
             )

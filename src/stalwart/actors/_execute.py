@@ -10,11 +10,13 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
+from stalwart._text import ERROR_TEXT_LIMIT, clip, exception_text, safe_text, type_name
 from stalwart.actors._context import StepInfo, _current
 from stalwart.actors._policy import (
     Breakers,
     CircuitOpenError,
     Policies,
+    RetryPolicy,
     RunUsage,
     StepOptions,
     StepTimeoutError,
@@ -52,10 +54,37 @@ class Drained(Exception):
 
 
 def error_info(exc: BaseException, retryable: bool = True) -> ErrorInfo:
-    """How the journal records ``exc``."""
-    if isinstance(exc, StepFailed):
-        return ErrorInfo(exc.error_type, exc.message, retryable)
-    return ErrorInfo(type(exc).__name__, str(exc) or repr(exc), retryable)
+    """How the journal records ``exc``. Never raises, whatever ``exc`` does.
+
+    It runs in the handlers that record a failure: an exception whose ``str()``, ``repr()``
+    or class name raises must still be recorded, or the actor's task would die and the run
+    be placed again and again. The message is cut to ``ERROR_TEXT_LIMIT`` characters.
+    """
+    try:
+        if type(exc) is StepFailed or _is_step_failed(exc):
+            error_type = clip(safe_text(exc.error_type), 200)  # type: ignore[attr-defined]
+            message = safe_text(exc.message)  # type: ignore[attr-defined]
+        else:
+            error_type, message = type_name(exc), exception_text(exc)
+        return ErrorInfo(error_type, clip(message, ERROR_TEXT_LIMIT), bool(retryable))
+    except Exception:
+        return ErrorInfo(type_name(exc), "<the exception could not be rendered>", bool(retryable))
+
+
+def _is_step_failed(exc: BaseException) -> bool:
+    # By the real type: isinstance() may consult a hostile __class__ or metaclass.
+    try:
+        return issubclass(type(exc), StepFailed)
+    except Exception:
+        return False
+
+
+def _classify(exc: BaseException, policy: RetryPolicy) -> tuple[bool, float | None]:
+    """:func:`classify`, treating an exception whose attributes raise as not retryable."""
+    try:
+        return classify(exc, policy)
+    except Exception:
+        return False, None
 
 
 def _under_replayed(key: str, journal: dict[str, Any], unreplayed: set[str]) -> bool:
@@ -238,7 +267,7 @@ class StepExecutor:
                 raise
             except Exception as exc:
                 duration = time.perf_counter() - t0
-                retryable, retry_after = classify(exc, policy)
+                retryable, retry_after = _classify(exc, policy)
                 if breaker is not None and not isinstance(exc, CircuitOpenError):
                     # Only failures that say "the other side is unwell" count; a declined
                     # card or a 4xx is an answer, not an outage.
@@ -252,8 +281,8 @@ class StepExecutor:
                     await self._pause(delay)
                     attempt += 1
                     continue
-                await self._record_error(spec, exc, started, duration, attempt, retryable)
-                raise StepFailed(spec.key, type(exc).__name__, str(exc) or repr(exc)) from exc
+                info = await self._record_error(spec, exc, started, duration, attempt, retryable)
+                raise StepFailed(spec.key, info.type, info.message) from exc
             finally:
                 _current.reset(token)
             if breaker is not None:
@@ -301,10 +330,11 @@ class StepExecutor:
     ) -> Any:
         try:
             raw = encode_value(value)
-        except TypeError as exc:
+        except Exception as exc:  # TypeError, or RecursionError for a too deeply nested value
             err = TypeError(
-                f"step {spec.key!r} returned a {type(value).__qualname__}, which cannot be "
-                f"journaled ({exc}); return plain data, a msgspec Struct or a dataclass"
+                f"step {spec.key!r} returned a {type_name(value)}, which cannot be "
+                f"journaled ({clip(exception_text(exc), 300)}); return plain data, a "
+                "msgspec Struct or a dataclass, nested less than a few hundred levels"
             )
             await self._record_error(spec, err, started, duration, attempt, False)
             raise StepFailed(spec.key, "TypeError", str(err)) from exc
@@ -342,13 +372,14 @@ class StepExecutor:
         started: float,
         duration: float,
     ) -> None:
+        info = error_info(exc)
         entry = StepAttempt(
             key=spec.key,
             kind=spec.kind,
             name=spec.name,
             fp=spec.fp,
             attempt=attempt,
-            error=error_info(exc),
+            error=info,
             delay=delay,
             epoch=self.epoch,
             worker=self.worker_id,
@@ -359,7 +390,11 @@ class StepExecutor:
         self._attempts.setdefault(spec.key, []).append(entry)
         obs.step_retried(entry)
         self.log.info(
-            "step.retrying", step=spec.key, attempt=attempt, delay=round(delay, 3), error=repr(exc)
+            "step.retrying",
+            step=spec.key,
+            attempt=attempt,
+            delay=round(delay, 3),
+            error=f"{info.type}: {clip(info.message, 500)}",
         )
         await self._emit(
             self._event(
@@ -368,7 +403,7 @@ class StepExecutor:
                 data={
                     "attempt": attempt,
                     "delay": delay,
-                    "error": {"type": type(exc).__name__, "message": str(exc)},
+                    "error": {"type": info.type, "message": info.message},
                 },
             )
         )
@@ -381,13 +416,14 @@ class StepExecutor:
         duration: float,
         attempt: int = 1,
         retryable: bool = False,
-    ) -> None:
+    ) -> ErrorInfo:
+        info = error_info(exc, retryable)
         entry = StepError(
             key=spec.key,
             kind=spec.kind,
             name=spec.name,
             fp=spec.fp,
-            error=error_info(exc, retryable),
+            error=info,
             epoch=self.epoch,
             worker=self.worker_id,
             at=started,
@@ -398,6 +434,7 @@ class StepExecutor:
         self._journal[spec.key] = entry
         obs.step_journaled(self, entry)
         await self._emit(self._journal_event(je))
+        return info
 
     async def _unknown_outcome(self, spec: StepSpec, intent: StepIntent) -> Any:
         """An at-most-once step started before a crash and never reported back."""
@@ -422,8 +459,8 @@ class StepExecutor:
             except (LeaseLost, Drained, asyncio.CancelledError):
                 raise
             except Exception as exc:
-                await self._record_error(spec, exc, started, 0.0, intent.attempt, False)
-                raise StepFailed(spec.key, type(exc).__name__, str(exc)) from exc
+                info = await self._record_error(spec, exc, started, 0.0, intent.attempt, False)
+                raise StepFailed(spec.key, info.type, info.message) from exc
             finally:
                 _current.reset(token)
             return await self._record_done(spec, value, started, 0.0, intent.attempt)

@@ -21,7 +21,7 @@ from stalwart.messages import RunEvent, RunRequest, encode_request
 from stalwart.observability._tracing import inject_headers
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     from nats.aio.client import Client as NATS
     from nats.js import JetStreamContext
@@ -60,7 +60,7 @@ class Broker:
         self.owner = owner
         self.leases = LeaseManager(self.js, self.names, settings.lease_ttl, owner)
         self.leases.margin = settings.effective_lease_margin
-        self.events = EventPublisher(nc, self.js, self.names)
+        self.events = EventPublisher(nc, self.js, self.names, text_limit=settings.event_text_limit)
         self._agents_kv: KeyValue | None = None
 
     @classmethod
@@ -190,8 +190,12 @@ class Broker:
                 entry = await kv.get(key)
             except (KeyNotFoundError, NotFoundError):
                 continue
-            if entry.value:
+            if not entry.value:
+                continue
+            try:
                 out.append(msgspec.json.decode(entry.value, type=WorkerInfo))
+            except Exception:  # not a heartbeat (anyone can publish there): not a worker
+                continue
         return out
 
     # -- events -------------------------------------------------------------------------
@@ -200,6 +204,12 @@ class Broker:
         """The run's newest stored event, or None (see :func:`last_event`)."""
         return await last_event(self.js, self.names, run_id)
 
-    def subscribe(self, run_id: str, *, follow: bool = True) -> AsyncIterator[RunEvent]:
+    def subscribe(
+        self,
+        run_id: str,
+        *,
+        follow: bool = True,
+        ends: Callable[[RunEvent], Awaitable[bool]] | None = None,
+    ) -> AsyncIterator[RunEvent]:
         """A run's events from the first one (see :func:`subscribe_events`)."""
-        return subscribe_events(self.js, self.names, run_id, follow=follow)
+        return subscribe_events(self.js, self.names, run_id, follow=follow, ends=ends)

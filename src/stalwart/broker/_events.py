@@ -6,25 +6,27 @@ import asyncio
 import contextlib
 import json
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import msgspec
 import structlog
 from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from stalwart._text import clip, safe_text
 from stalwart.messages import (
     EV_STEP_COMPLETED,
     EV_STEP_FAILED,
     EV_STEP_STARTED,
     TERMINAL_EVENTS,
     RunEvent,
-    decode_event,
     encode_event,
+    read_event,
 )
 from stalwart.observability._tracing import inject_headers
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     from nats.aio.client import Client as NATS
     from nats.aio.msg import Msg
@@ -40,6 +42,80 @@ log = structlog.get_logger("stalwart.events")
 JSEQ_HEADER = "Stalwart-Jseq"
 
 _STEP_ENDS = frozenset({EV_STEP_COMPLETED, EV_STEP_FAILED})
+
+_HEADER_ROOM = 4096
+"""Bytes of a message's payload budget left for its headers (msg id, jseq, trace context)."""
+_MAX_DATA_DEPTH = 32
+"""Nesting kept when an event's data is cut down; deeper values are replaced by a marker."""
+
+
+def _clip_value(value: Any, limit: int, depth: int = 0) -> Any:
+    """``value`` with every string (keys too) cut to ``limit`` characters."""
+    if isinstance(value, str):
+        return clip(value, limit)
+    if depth >= _MAX_DATA_DEPTH:
+        return "<nested too deeply for an event>"
+    if isinstance(value, dict):
+        return {
+            clip(safe_text(k), limit): _clip_value(v, limit, depth + 1) for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_clip_value(v, limit, depth + 1) for v in value]
+    return value
+
+
+def bounded_event(event: RunEvent, text_limit: int, max_bytes: int) -> bytes:
+    """``event`` encoded so that it always fits in ``max_bytes``.
+
+    Strings longer than ``text_limit`` (error messages, cancel reasons, step keys, worker
+    ids, emitted data) are cut; a ``result`` is kept whole or, when the event would not
+    fit, replaced by its size; what still does not fit (or cannot be encoded at all) is
+    replaced by a marker, keeping the event's type, run, epoch and journal sequence. The
+    full texts stay in the journal and the run record; events only announce.
+    """
+    try:
+        data = encode_event(event)
+    except Exception:  # data that cannot be encoded (too deep, odd types): cut it down
+        data = b""
+    if data and len(data) <= min(text_limit, max_bytes):
+        return data  # the common case: no string in it can be over the limit
+    limit = max(min(text_limit, max_bytes // 4), 16)
+    payload = event.data
+    result = payload.get("result", None) if isinstance(payload, dict) else None
+    if isinstance(payload, dict):
+        payload = {k: v for k, v in payload.items() if k != "result"}
+    cut = msgspec.structs.replace(
+        event,
+        type=clip(event.type, 64),
+        step=clip(event.step, limit),
+        worker=clip(event.worker, limit),
+        data=_clip_value(payload, limit),
+    )
+    if result is not None and isinstance(cut.data, dict):
+        try:
+            whole = encode_event(msgspec.structs.replace(cut, data={**cut.data, "result": result}))
+            if len(whole) <= max_bytes:
+                return whole
+        except Exception:
+            pass
+        cut = msgspec.structs.replace(cut, data={**cut.data, "result_omitted": True})
+    try:
+        data = encode_event(cut)
+        if len(data) <= max_bytes:
+            return data
+    except Exception:
+        pass
+    marker = RunEvent(
+        type=cut.type,
+        run_id=event.run_id,
+        at=event.at,
+        worker=clip(cut.worker, 64),
+        epoch=event.epoch,
+        jseq=event.jseq,
+        step=clip(cut.step, 64),
+        data={"truncated": "event data too large or not encodable; see the run's journal"},
+    )
+    return encode_event(marker)
 
 
 class EventPublisher:
@@ -67,8 +143,11 @@ class EventPublisher:
     BATCH_DELAY = 0.002
     """Seconds a queued event waits for company before the batch goes to the connection."""
 
-    def __init__(self, nc: NATS, js: JetStreamContext, names: Names) -> None:
+    def __init__(
+        self, nc: NATS, js: JetStreamContext, names: Names, *, text_limit: int = 4096
+    ) -> None:
         self._nc = nc
+        self._text_limit = text_limit
         self._js = js
         self._names = names
         self._published_jseq: dict[str, int] = {}
@@ -116,7 +195,7 @@ class EventPublisher:
         top = max(self._published_jseq.get(event.run_id, 0), event.jseq)
         # Subscribers can join the trace of the step or run that published the event.
         headers = inject_headers({JSEQ_HEADER: str(top)})
-        data = encode_event(event)
+        data = self.encode(event)
         if acked:
             await self.send_queued()
             await self._js.publish(subject, data, headers=headers)
@@ -169,9 +248,14 @@ class EventPublisher:
                 except Exception as exc:  # best effort: the journal is the truth
                     log.warning("event.publish_failed", subject=subject, error=repr(exc))
 
+    def encode(self, event: RunEvent) -> bytes:
+        """``event`` encoded within the text limit and the server's payload limit."""
+        budget = max(self._nc.max_payload - _HEADER_ROOM, 1024)
+        return bounded_event(event, self._text_limit, budget)
+
     async def publish_rejection(self, agent: str, event: RunEvent) -> None:
-        """Publish a rejection of a request that has no usable run id."""
-        await self._js.publish(self._names.rejected_subject(agent), encode_event(event))
+        """Publish a rejection of a request that concerns no run (see ``Worker._reject``)."""
+        await self._js.publish(self._names.rejected_subject(agent), self.encode(event))
 
     @property
     def unacked(self) -> int:
@@ -195,7 +279,17 @@ class EventPublisher:
             )
         except NotFoundError:
             return 0
-        return int((msg.headers or {}).get(JSEQ_HEADER, "0"))
+        raw = (msg.headers or {}).get(JSEQ_HEADER, "0")
+        try:
+            jseq = int(raw)
+        except (TypeError, ValueError):
+            jseq = -1
+        if jseq < 0:
+            # Not ours (anyone may publish on the subject): republish every journaled event;
+            # the stream drops those it still has by their message ids.
+            log.warning("event.bad_jseq_header", run_id=run_id, header=clip(safe_text(raw), 80))
+            return 0
+        return jseq
 
     def forget(self, run_id: str) -> None:
         """Drop per-run state once this process no longer hosts the run."""
@@ -208,7 +302,7 @@ async def last_event(js: JetStreamContext, names: Names, run_id: str) -> RunEven
         msg = await js.get_msg(names.events_stream, subject=names.events_subject(run_id))
     except NotFoundError:
         return None
-    return decode_event(msg.data or b"")
+    return read_event(msg.data, names.events_subject(run_id))
 
 
 async def _last_stream_seq(js: JetStreamContext, names: Names, run_id: str) -> int:
@@ -236,30 +330,41 @@ async def stored_events(js: JetStreamContext, names: Names, run_id: str) -> Asyn
         seq = int(msg.seq or 0)
         if seq == 0 or seq > stop_at:
             return
-        yield decode_event(msg.data or b"")
+        event = read_event(msg.data, subject)
+        if event is not None and event.run_id == run_id:
+            yield event
         cursor = seq + 1
 
 
 async def subscribe_events(
-    js: JetStreamContext, names: Names, run_id: str, *, follow: bool = True
+    js: JetStreamContext,
+    names: Names,
+    run_id: str,
+    *,
+    follow: bool = True,
+    ends: Callable[[RunEvent], Awaitable[bool]] | None = None,
 ) -> AsyncIterator[RunEvent]:
     """Yield a run's events from the first one, in order.
 
-    With ``follow`` the iterator keeps going live and ends after the run's terminal event;
-    without it, it ends at the event that was last when it started.
+    With ``follow`` the iterator keeps going live and ends after the run's terminal event
+    (one for which ``ends`` says yes, when given: a reader that can check the run record
+    does not take an event's word for the run's end); without it, it ends at the event that
+    was last when it started. Messages that are not events of this run are skipped.
     """
     if not follow:
-        async for event in stored_events(js, names, run_id):
-            yield event
+        async for stored in stored_events(js, names, run_id):
+            yield stored
         return
     sub = await js.subscribe(
         names.events_subject(run_id), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
     )
     try:
         async for msg in sub.messages:
-            event = decode_event(msg.data)
-            yield event
-            if event.type in TERMINAL_EVENTS:
+            live = read_event(msg.data, msg.subject)
+            if live is None or live.run_id != run_id:
+                continue
+            yield live
+            if live.type in TERMINAL_EVENTS and (ends is None or await ends(live)):
                 return
     finally:
         await sub.unsubscribe()

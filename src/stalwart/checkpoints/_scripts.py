@@ -34,14 +34,22 @@ return false
 
 # Placement: raise the record's epoch to the new lease revision (only upwards), mark the run
 # running, and journal who took it. A stale epoch means a newer owner already claimed it.
+# Refused: a run of another agent (a request on the wrong agent's subject must not run this
+# agent's code on that run's input) and a resume of a run that does not exist.
+# Placements in a row that journaled nothing after their Started entry are counted
+# ('placements', with 'placed_seq' the last Started entry's seq); past max_placements the
+# run fails here with poison_entry (an actor that dies on every placement, for ever).
 # ARGV: epoch, worker, now, run_id, agent, input, trace, started_entry, resumed_entry,
-#       run_timeout (seconds from creation; 0 for none)
+#       run_timeout (seconds from creation; 0 for none), kind, max_placements (0: none),
+#       poison_entry, poison_error
 CLAIM = (
     _NEXT_SEQ
     + """
-local f = redis.call('HMGET', KEYS[1], 'status', 'epoch', 'cancel')
+local f = redis.call('HMGET', KEYS[1], 'status', 'epoch', 'cancel', 'agent')
 local status = f[1]
+if status and f[4] ~= ARGV[5] then return {'wrong_agent', f[4] or ''} end
 if terminal(status) then return {'terminal', status} end
+if not status and ARGV[11] == 'resume' then return {'missing'} end
 local current = tonumber(f[2] or '0')
 if tonumber(ARGV[1]) == current and redis.call('HGET', KEYS[1], 'worker') == ARGV[2] then
   -- The same claim again (its reply was lost and the client resent it): same answer.
@@ -64,11 +72,41 @@ if (not deadline or deadline == '') and tonumber(ARGV[10]) > 0 then
   redis.call('HSET', KEYS[1], 'deadline', deadline)
 end
 local seq = next_seq(KEYS[2])
+local placements = 1
+if tonumber(redis.call('HGET', KEYS[1], 'placed_seq') or '-1') == seq - 1 then
+  placements = tonumber(redis.call('HGET', KEYS[1], 'placements') or '0') + 1
+end
+redis.call('HSET', KEYS[1], 'placements', placements, 'placed_seq', seq)
+local maxp = tonumber(ARGV[12] or '0')
+if maxp > 0 and placements > maxp then
+  redis.call('XADD', KEYS[2], seq .. '-0', 'd', ARGV[13])
+  redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[3],
+    'error_type', 'PlacementLimitExceeded', 'error', ARGV[14])
+  return {'poisoned', tostring(seq)}
+end
 local entry = ARGV[8]
 if current > 0 then entry = ARGV[9] end
 redis.call('XADD', KEYS[2], seq .. '-0', 'd', entry)
 return {'ok', tostring(seq), f[3] or '', redis.call('HGET', KEYS[1], 'input') or '',
   redis.call('HGET', KEYS[1], 'trace') or '', deadline or ''}
+"""
+)
+
+# Rejection of an unusable request that names this run. It ends the run only when the
+# request is the run's own submission (its message id is the bare run id) and the run was
+# never placed; otherwise the run (live, ended, or another agent's) is none of its business.
+# ARGV: now, reason, finished_entry, agent, own ('1' or '0')
+REJECT = (
+    _NEXT_SEQ
+    + """
+local f = redis.call('HMGET', KEYS[1], 'status', 'agent')
+if not f[1] then return {'missing'} end
+if f[1] ~= 'accepted' or f[2] ~= ARGV[4] or ARGV[5] ~= '1' then return {'unrelated', f[1]} end
+local seq = next_seq(KEYS[2])
+redis.call('XADD', KEYS[2], seq .. '-0', 'd', ARGV[3])
+redis.call('HSET', KEYS[1], 'status', 'failed', 'updated_at', ARGV[1], 'finished_at', ARGV[1],
+  'error_type', 'RequestRejected', 'error', ARGV[2])
+return {'rejected', tostring(seq)}
 """
 )
 
@@ -143,6 +181,8 @@ local e = redis.call('HGET', KEYS[1], 'epoch')
 if e ~= ARGV[1] then return {'stale', e or ''} end
 redis.call('HSET', KEYS[1], 'status', 'waiting', 'waiting_for', ARGV[2], 'wake_at', ARGV[3],
   'updated_at', ARGV[4])
+-- Giving the run up on purpose is progress: the wake-up starts a new count of placements.
+redis.call('HDEL', KEYS[1], 'placed_seq')
 return {'ok'}
 """
 

@@ -83,10 +83,13 @@ class Claim:
     """Outcome of :meth:`CheckpointStore.claim`.
 
     ``outcome`` is ``ok`` (this epoch now owns the run; ``seq`` is the Started entry),
-    ``terminal`` (the run already ended with ``status``) or ``stale`` (a newer epoch owns it).
+    ``terminal`` (the run already ended with ``status``), ``stale`` (a newer epoch owns it),
+    ``wrong_agent`` (the run belongs to agent ``status``), ``missing`` (a resume of a run
+    that does not exist) or ``poisoned`` (the run failed here with ``PlacementLimitExceeded``;
+    ``seq`` is its Finished entry, ``status`` the error message).
     """
 
-    outcome: Literal["ok", "terminal", "stale"]
+    outcome: Literal["ok", "terminal", "stale", "wrong_agent", "missing", "poisoned"]
     seq: int = 0
     status: str = ""
     cancel: str = ""
@@ -98,6 +101,12 @@ class Claim:
 
 
 CancelOutcome = Literal["missing", "terminal", "cancelled", "requested"]
+RejectOutcome = Literal["missing", "unrelated", "rejected"]
+
+REJECTED_ERROR = "RequestRejected"
+"""``error_type`` of a run ended by the rejection of its own submission."""
+POISONED_ERROR = "PlacementLimitExceeded"
+"""``error_type`` of a run failed by the ``max_placements`` limit."""
 
 
 def fork_entries(entries: list[JournalEntry], upto_key: str) -> list[Entry] | None:
@@ -154,6 +163,7 @@ class CheckpointStore:
         self._passivate = client.register_script(_scripts.PASSIVATE)
         self._dead_letter = client.register_script(_scripts.DEAD_LETTER)
         self._fork = client.register_script(_scripts.FORK_RUN)
+        self._reject = client.register_script(_scripts.REJECT)
         self._pipe: ScriptPipe | None = None
         """Auto-pipelined connection for journal appends (see ``_pipe``), when the URL allows."""
 
@@ -347,11 +357,32 @@ class CheckpointStore:
         worker: str,
         trace: str = "",
         run_timeout: float = 0.0,
+        kind: str = "start",
+        max_placements: int = 0,
     ) -> Claim:
-        """Make ``epoch`` the run's owner if it is newer than the current one."""
+        """Make ``epoch`` the run's owner if it is newer than the current one.
+
+        Refuses a run of another agent and a resume of an unknown run; fails the run when
+        this is its ``max_placements + 1``-th placement in a row without journal progress.
+        """
         now = time.time()
         fresh = encode_entry(Started(epoch=epoch, worker=worker, at=now))
         resumed = encode_entry(Started(epoch=epoch, worker=worker, at=now, resumed=True))
+        poison_error = (
+            f"run {run_id!r} was placed {max_placements + 1} times in a row without "
+            f"journaling anything (max_placements={max_placements}): its actor or worker "
+            "dies on every placement (a crash, an exception that escapes the run, a step "
+            "that kills its process). It is failed instead of being placed again."
+        )
+        poison = encode_entry(
+            Finished(
+                status="failed",
+                epoch=epoch,
+                worker=worker,
+                at=now,
+                error=ErrorInfo(POISONED_ERROR, poison_error, retryable=False),
+            )
+        )
         reply = await self._with_retry(
             self._claim,
             run_id,
@@ -366,13 +397,20 @@ class CheckpointStore:
                 fresh,
                 resumed,
                 repr(run_timeout or 0.0),
+                kind,
+                max_placements,
+                poison,
+                poison_error,
             ],
         )
         outcome = reply[0].decode()
-        if outcome == "terminal":
-            return Claim("terminal", status=reply[1].decode())
-        if outcome == "stale":
-            return Claim("stale")
+        if outcome in ("terminal", "wrong_agent"):
+            return Claim(outcome, status=reply[1].decode())
+        if outcome in ("stale", "missing"):
+            return Claim(outcome)
+        if outcome == "poisoned":
+            await self.mark_inactive(run_id)
+            return Claim("poisoned", seq=int(reply[1]), status=poison_error, at=now)
         await self._index(run_id, now)
         return Claim(
             "ok",
@@ -569,6 +607,35 @@ class CheckpointStore:
             await self.mark_inactive(run_id)
         wake = int(reply[2]) if len(reply) > 2 and reply[1] == b"wake" else None
         return outcome, wake
+
+    async def reject_request(
+        self, run_id: str, agent: str, reason: str, *, own: bool
+    ) -> tuple[RejectOutcome, int]:
+        """Record the rejection of an unusable request naming ``run_id`` (sent to ``agent``).
+
+        Ends the run (``rejected``, with the seq of its Finished entry) only when ``own``
+        (the request is the run's own submission) and the run of ``agent`` was never placed.
+        ``missing``: no such run; ``unrelated``: the run is live, ended or another agent's,
+        and the rejection is not about it.
+        """
+        now = time.time()
+        entry = encode_entry(
+            Finished(
+                status="failed",
+                epoch=0,
+                worker="",
+                at=now,
+                error=ErrorInfo(REJECTED_ERROR, reason, retryable=False),
+            )
+        )
+        reply = await self._reject(
+            keys=self._keys(run_id), args=[repr(now), reason, entry, agent, "1" if own else "0"]
+        )
+        outcome: RejectOutcome = reply[0].decode()
+        if outcome == "rejected":
+            await self.mark_inactive(run_id)
+            return outcome, int(reply[1])
+        return outcome, 0
 
     async def dead_letter(self, run_id: str, agent: str, reason: str) -> bool:
         """Fail a run whose request could not be delivered; False if a worker placed it."""
