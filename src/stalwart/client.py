@@ -357,7 +357,12 @@ class Client:
                 RunEvent(type=EV_ACCEPTED, run_id=run_id, at=time.time(), data={"agent": agent}),
                 acked=True,
             )
-        await self.broker.publish_request(request, msg_id=run_id)
+        try:
+            await self.broker.publish_request(request, msg_id=run_id)
+        except InvalidRequestError as exc:  # the runs stream refused it (full, too large)
+            if await self.store.reject(run_id, str(exc)) != "skipped":
+                await self._reject(run_id, agent, str(exc))
+            raise
         return RunHandle(self, run_id, agent)
 
     async def fork(self, run_id: str, *, at: str, new_id: str | None = None) -> RunHandle:

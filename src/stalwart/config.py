@@ -55,6 +55,29 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """How long an open circuit fails fast before letting one trial call through."""
     worker_id: str = ""
     """Identity of this worker in leases and the journal; generated when empty."""
+    # -- h4: unserved requests, stream limits, signal limits
+    unserved_after: float = 300.0
+    """A run request that no consumer serves (no worker ever served its agent) is rejected
+    after waiting this long in the runs stream (0: never)."""
+    runs_max_msgs: int = 1_000_000
+    """Run requests the runs stream holds at most; when full, new requests are refused."""
+    runs_max_bytes: int = -1
+    """Bytes the runs stream holds at most (-1: no limit). JetStream reserves this much
+    storage up front when the stream is created."""
+    request_max_bytes: int = 1_048_576
+    """Largest encoded run request the runs stream accepts (also capped by the server's
+    max_payload)."""
+    events_max_msgs: int = 10_000_000
+    """Events the events stream keeps at most; the oldest are dropped first."""
+    events_max_bytes: int = -1
+    """Bytes the events stream keeps at most (-1: no limit; reserved up front like
+    ``runs_max_bytes``); the oldest events are dropped first."""
+    signal_max_bytes: int = 262_144
+    """Largest encoded signal payload ``RunHandle.signal`` accepts."""
+    signal_name_max: int = 256
+    """Longest signal name, in characters."""
+    signal_max_pending: int = 1000
+    """Signals a run may hold unconsumed at once; more are refused until it consumes some."""
 
     def __post_init__(self) -> None:
         check_namespace(self.namespace)
@@ -67,6 +90,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             )
         if self.concurrency < 1:
             raise ConfigurationError(f"concurrency must be >= 1, got {self.concurrency}")
+        for name in ("signal_max_bytes", "signal_name_max", "signal_max_pending"):
+            if getattr(self, name) < 1:
+                raise ConfigurationError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.unserved_after < 0:
+            raise ConfigurationError(f"unserved_after must be >= 0, got {self.unserved_after}")
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:

@@ -128,3 +128,14 @@ class CircuitOpenError(StalwartError):
 
 class ToolOutcomeUnknown(StalwartError):
     """An at-most-once step was started but its outcome was never journaled (crash mid-call)."""
+
+
+# -- h4: refusals at the limits of the runs stream and of signals
+
+
+class QueueFullError(InvalidRequestError):
+    """The runs stream is full (``runs_max_msgs`` / ``runs_max_bytes``): nothing was queued."""
+
+
+class SignalRefusedError(InvalidRequestError):
+    """A signal broke a limit (payload size, name length, pending count): nothing was stored."""

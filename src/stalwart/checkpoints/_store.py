@@ -147,6 +147,7 @@ class CheckpointStore:
         self._passivate = client.register_script(_scripts.PASSIVATE)
         self._dead_letter = client.register_script(_scripts.DEAD_LETTER)
         self._fork = client.register_script(_scripts.FORK_RUN)
+        self._reject = client.register_script(_scripts.REJECT)
         self._pipe: ScriptPipe | None = None
         """Auto-pipelined connection for journal appends (see ``_pipe``), when the URL allows."""
 
@@ -578,6 +579,28 @@ class CheckpointStore:
             await self.mark_inactive(run_id)
             return True
         return False
+
+    async def reject(self, run_id: str, reason: str) -> str:
+        """End a run that was never placed as rejected (``RunRejected``).
+
+        Returns ``rejected``, ``missing`` (no record: nothing to end) or ``skipped`` (a
+        worker placed it meanwhile, or it has ended).
+        """
+        now = time.time()
+        entry = encode_entry(
+            Finished(
+                status="failed",
+                epoch=0,
+                worker="",
+                at=now,
+                error=ErrorInfo("RunRejected", reason, retryable=False),
+            )
+        )
+        reply = await self._reject(keys=self._keys(run_id), args=[repr(now), reason, entry])
+        outcome = cast("bytes", reply[0]).decode()
+        if outcome == "rejected":
+            await self.mark_inactive(run_id)
+        return outcome
 
     # -- signals and passivation ------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from stalwart.checkpoints import CheckpointStore
 from stalwart.messages import EV_FAILED, EV_STUCK, RunEvent, RunRequest
 from stalwart.observability import _hooks as obs
 from stalwart.supervisor._advisories import Refused, verify_advisory
+from stalwart.supervisor._unserved import reject_unserved
 
 if TYPE_CHECKING:
     from stalwart.broker import Lease
@@ -85,6 +86,8 @@ class Supervisor:
         self.replaced = 0
         self.dead_lettered = 0
         self.advisories_ignored = 0
+        self.unserved_rejected = 0
+        """Requests rejected because no consumer served their agent (``unserved_after``)."""
         """Max-deliveries advisories that did not check out (forged or stale)."""
         self.is_leader = False
         self._lease: Lease | None = None
@@ -165,6 +168,14 @@ class Supervisor:
         if time.monotonic() - self._last_reconcile >= self.settings.reconcile_interval:
             self._last_reconcile = time.monotonic()
             await self.reconcile()
+            await self.reject_unserved()
+
+    async def reject_unserved(self) -> int:
+        """Reject requests nothing consumes after ``unserved_after`` (see :mod:`._unserved`)."""
+        assert self.store is not None and self.broker is not None
+        count = await reject_unserved(self.broker, self.store, self.settings.unserved_after)
+        self.unserved_rejected += count
+        return count
 
     async def _elect(self) -> None:
         assert self._election is not None
