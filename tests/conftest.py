@@ -151,7 +151,8 @@ async def worker_pool(
             namespace=settings.namespace,
             extra_env={
                 "COUNTER_REDIS_URL": servers.redis_url,
-                "PYTHONPATH": str(ROOT),
+                # This checkout's sources first: the venv may have another checkout installed.
+                "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
                 "STALWART_LOG_FORMAT": "json",
                 **base_env,
                 **env,

@@ -24,6 +24,7 @@ from stalwart.errors import (
     RunCancelled,
     RunFailed,
     RunRejected,
+    SignalRefusedError,
     UnknownAgentError,
 )
 from stalwart.messages import (
@@ -148,29 +149,36 @@ class RunHandle:
 
         The signal is stored before anything else happens, so it reaches a wait that
         starts later, a run whose worker just died, or a passivated run (which is placed
-        again to receive it). Returns ``stored`` or ``woke``.
+        again to receive it). Returns ``stored`` or ``woke``. A signal over a limit
+        (``signal_name_max``, ``signal_max_bytes``, ``signal_max_pending``) raises
+        :class:`~stalwart.errors.SignalRefusedError` and stores nothing.
         """
-        try:
-            raw = bytes(encode_value(payload))
-        except TypeError as exc:
-            raise InvalidRequestError(f"signal payload cannot be encoded: {exc}") from exc
-        outcome, sid, epoch = await self.client.store.add_signal(self.run_id, name, raw)
+        settings = self.client.settings
+        raw = _signal_payload(name, payload, settings)
+        outcome, sid, epoch = await self.client.store.add_signal(
+            self.run_id, name, raw, max_pending=settings.signal_max_pending
+        )
         if outcome == "missing":
             raise InvalidRequestError(f"unknown run {self.run_id!r}")
         if outcome == "terminal":
             raise InvalidRequestError(f"run {self.run_id!r} has ended; signal {name!r} not sent")
+        if outcome == "full":
+            raise SignalRefusedError(
+                f"run {self.run_id!r} already holds {epoch} unconsumed signals "
+                f"(signal_max_pending={settings.signal_max_pending}); signal {name!r} not stored"
+            )
         broker = self.client.broker
+        # Stored: wake the run before anything that could fail on the way (the event).
         await broker.nc.publish(broker.names.signals_subject(self.run_id), b"")
+        if outcome == "wake":
+            await self._wake(epoch, f"{self.run_id}:wake:{sid}")
         await broker.events.publish(
             RunEvent(
                 type=EV_SIGNAL, run_id=self.run_id, at=time.time(), data={"name": name, "sid": sid}
             ),
             acked=True,
         )
-        if outcome == "wake":
-            await self._wake(epoch, f"{self.run_id}:wake:{sid}")
-            return "woke"
-        return "stored"
+        return "woke" if outcome == "wake" else "stored"
 
     async def history(self) -> History:
         """The run's timeline from its journal (see :func:`stalwart.observability.build_history`)."""
@@ -224,6 +232,27 @@ class RunHandle:
                 acked=True,
             )
         return outcome
+
+
+def _signal_payload(name: Any, payload: Any, settings: Settings) -> bytes:
+    """``payload`` encoded, once ``name`` and it are within the signal limits."""
+    if not isinstance(name, str) or not name:
+        raise SignalRefusedError(f"signal name must be a non-empty string, got {type(name)!r}")
+    if len(name) > settings.signal_name_max:
+        raise SignalRefusedError(
+            f"signal name is {len(name)} characters, over signal_name_max "
+            f"({settings.signal_name_max}): {name[:40]!r}..."
+        )
+    try:
+        raw = bytes(encode_value(payload))
+    except TypeError as exc:
+        raise InvalidRequestError(f"signal payload cannot be encoded: {exc}") from exc
+    if len(raw) > settings.signal_max_bytes:
+        raise SignalRefusedError(
+            f"signal {name!r}: the encoded payload is {len(raw)} bytes, over signal_max_bytes "
+            f"({settings.signal_max_bytes}); pass large data by reference"
+        )
+    return raw
 
 
 class Client:

@@ -121,13 +121,19 @@ return {'requested'}
 )
 
 # Signal: store it durably first; report whether the run is passivated waiting for it, so the
-# caller wakes it. KEYS[1] record, KEYS[2] signals stream. ARGV: name, payload, now
+# caller wakes it. Refused, storing nothing, when the inbox already holds max_pending
+# signals (consumed ones are deleted by the run, so the inbox holds the unconsumed ones).
+# KEYS[1] record, KEYS[2] signals stream. ARGV: name, payload, now, max_pending (0: none)
 SIGNAL = """
 local f = redis.call('HMGET', KEYS[1], 'status', 'waiting_for', 'epoch')
 local status = f[1]
 if not status then return {'missing'} end
 if status == 'completed' or status == 'failed' or status == 'cancelled' then
   return {'terminal', status}
+end
+local pending = redis.call('XLEN', KEYS[2])
+if tonumber(ARGV[4]) > 0 and pending >= tonumber(ARGV[4]) then
+  return {'full', '', tostring(pending)}
 end
 local sid = redis.call('XADD', KEYS[2], '*', 'name', ARGV[1], 'payload', ARGV[2], 'at', ARGV[3])
 if status == 'waiting' and (f[2] == ARGV[1] or f[2] == '*') then
