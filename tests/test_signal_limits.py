@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 
 from stalwart import Client, Settings
 from stalwart.checkpoints import WaitStarted
-from stalwart.errors import SignalRefusedError
+from stalwart.errors import InvalidRequestError, SignalRefusedError
 from tests.conftest import WorkerFactory, eventually
 
 pytestmark = pytest.mark.slow
@@ -97,3 +97,13 @@ async def test_many_pokes_do_not_reread_the_inbox(
     assert await handle.result(timeout=20) == {"quote": 7, "decision": "ok"}
     # 300 pokes and the wake-up: a few short reads each, not 8 MB each.
     assert await sent_bytes() - before_pokes < 1_000_000
+
+
+async def test_overlong_cancel_reason_is_refused_before_anything_is_stored(
+    client: Client,
+) -> None:
+    handle = await client.submit("approval", 1, run_id=rid(), require_registered=False)
+    with pytest.raises(InvalidRequestError, match="cancel_reason_max"):
+        await handle.cancel("r" * 5_000_000)
+    assert (await handle.status()).status == "accepted"
+    assert await handle.cancel("changed my mind") == "cancelled"

@@ -214,6 +214,13 @@ class RunHandle:
         Returns ``cancelled`` (ended now), ``requested`` (its owner stops at the next step
         boundary), ``terminal`` (it had already ended) or ``missing`` (unknown run id).
         """
+        limit = self.client.settings.cancel_reason_max
+        if not isinstance(reason, str) or len(reason) > limit:
+            # Checked before anything is stored: the reason goes into the record and into
+            # the run.cancelled event, which must fit one NATS message.
+            raise InvalidRequestError(
+                f"cancel reason must be a string of at most {limit} characters (cancel_reason_max)"
+            )
         outcome, wake_epoch = await self.client.store.cancel_run(self.run_id, reason)
         # Poke a live waiter so it notices now; wake a passivated run so it can end.
         await self.client.broker.nc.publish(
@@ -386,13 +393,20 @@ class Client:
                 RunEvent(type=EV_ACCEPTED, run_id=run_id, at=time.time(), data={"agent": agent}),
                 acked=True,
             )
-        try:
-            await self.broker.publish_request(request, msg_id=run_id)
-        except InvalidRequestError as exc:  # the runs stream refused it (full, too large)
-            if await self.store.reject(run_id, str(exc)) != "skipped":
-                await self._reject(run_id, agent, str(exc))
-            raise
+        await self._publish_new(request)
         return RunHandle(self, run_id, agent)
+
+    async def _publish_new(self, request: RunRequest) -> None:
+        """Publish a new run's request; if the runs stream refuses it, end the run rejected.
+
+        The run was recorded ``accepted`` just before; left so, nothing would ever end it.
+        """
+        try:
+            await self.broker.publish_request(request, msg_id=request.run_id)
+        except InvalidRequestError as exc:  # the runs stream refused it (full, too large)
+            if await self.store.reject(request.run_id, str(exc)) != "skipped":
+                await self._reject(request.run_id, request.agent, str(exc))
+            raise
 
     async def fork(self, run_id: str, *, at: str, new_id: str | None = None) -> RunHandle:
         """Start a new run that reuses ``run_id``'s journal up to step ``at`` and goes on live.
@@ -423,15 +437,14 @@ class Client:
                 ),
                 acked=True,
             )
-            await self.broker.publish_request(
+            await self._publish_new(
                 RunRequest(
                     run_id=dst,
                     agent=record.agent,
                     input=record.decode_input(),
                     submitted_at=time.time(),
                     trace=trace,
-                ),
-                msg_id=dst,
+                )
             )
         return RunHandle(self, dst, record.agent)
 

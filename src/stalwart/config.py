@@ -78,6 +78,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Longest signal name, in characters."""
     signal_max_pending: int = 1000
     """Signals a run may hold unconsumed at once; more are refused until it consumes some."""
+    cancel_reason_max: int = 1000
+    """Longest reason ``RunHandle.cancel`` accepts, in characters."""
 
     def __post_init__(self) -> None:
         check_namespace(self.namespace)
@@ -90,7 +92,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             )
         if self.concurrency < 1:
             raise ConfigurationError(f"concurrency must be >= 1, got {self.concurrency}")
-        for name in ("signal_max_bytes", "signal_name_max", "signal_max_pending"):
+        for name in (
+            "signal_max_bytes",
+            "signal_name_max",
+            "signal_max_pending",
+            "cancel_reason_max",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.unserved_after < 0:

@@ -167,8 +167,13 @@ class Supervisor:
     async def _maybe_reconcile(self) -> None:
         if time.monotonic() - self._last_reconcile >= self.settings.reconcile_interval:
             self._last_reconcile = time.monotonic()
-            await self.reconcile()
-            await self.reject_unserved()
+            # Independent: a pass that fails (a resume the full runs stream refuses) must
+            # not keep unserved requests, which take room in that stream, from going.
+            for step in (self.reconcile, self.reject_unserved):
+                try:
+                    await step()
+                except Exception as exc:
+                    self.log.warning("supervise.step_failed", step=step.__name__, error=repr(exc))
 
     async def reject_unserved(self) -> int:
         """Reject requests nothing consumes after ``unserved_after`` (see :mod:`._unserved`)."""
