@@ -16,6 +16,7 @@ from stalwart.broker._names import Names
 from stalwart.broker._setup import ensure_agent_consumer
 from stalwart.errors import QueueFullError
 from stalwart.messages import EV_REJECTED, RunRequest, decode_event
+from tests.conftest import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -138,3 +139,31 @@ async def test_existing_streams_get_missing_limits_and_keep_chosen_ones(
         assert events.max_msgs == 777  # chosen by someone: kept
     finally:
         await nc.close()
+
+
+async def test_requests_of_every_consumer_are_served_past_one_listing_page(
+    settings: Settings,
+) -> None:
+    # The server lists consumers 256 at a time: the 257th must count as a consumer too.
+    settings = msgspec.structs.replace(settings, unserved_after=0.5)
+    client = await Client.connect(settings=settings)
+    sup = Supervisor(settings)
+    await sup.start()
+    try:
+        names, js = client.broker.names, client.broker.js
+        agents = [f"a{i}" for i in range(300)]
+        for agent in agents:
+            await ensure_agent_consumer(js, names, settings, agent)
+            await client.broker.publish_request(RunRequest(run_id=rid(), agent=agent), rid())
+        lost = rid()
+        await client.broker.publish_request(RunRequest(run_id=lost, agent="nobody"), lost)
+
+        async def swept() -> int:
+            return await sup.reject_unserved()
+
+        assert await eventually(swept, timeout=10) == 1
+        info = await js.stream_info(names.runs_stream)
+        assert info.state.messages == len(agents)
+    finally:
+        await sup.close()
+        await client.close()

@@ -20,7 +20,7 @@ from stalwart._ids import check_run_id
 from stalwart.messages import EV_REJECTED, RunEvent, decode_request
 
 if TYPE_CHECKING:
-    from nats.js.api import RawStreamMsg
+    from nats.js.api import ConsumerInfo, RawStreamMsg
 
     from stalwart.broker import Broker
     from stalwart.checkpoints import CheckpointStore
@@ -43,7 +43,7 @@ async def reject_unserved(broker: Broker, store: CheckpointStore, unserved_after
     subjects = sorted((info.state.subjects or {}).keys())
     if not subjects:
         return 0
-    filters = [f for c in await js.consumers_info(names.runs_stream) for f in _filters(c)]
+    filters = [f for c in await _consumers(broker) for f in _filters(c)]
     cutoff = time.time() - unserved_after
     rejected = 0
     for subject in subjects:
@@ -95,10 +95,19 @@ async def _reject(
     return True
 
 
-def _filters(consumer: object) -> list[str]:
-    config = getattr(consumer, "config", None)
-    one = getattr(config, "filter_subject", None)
-    many = getattr(config, "filter_subjects", None) or []
+async def _consumers(broker: Broker) -> list[ConsumerInfo]:
+    """Every consumer of the runs stream (the server lists them in pages of 256)."""
+    found: list[ConsumerInfo] = []
+    while True:
+        page = await broker.js.consumers_info(broker.names.runs_stream, offset=len(found))
+        if not page:
+            return found
+        found.extend(page)
+
+
+def _filters(consumer: ConsumerInfo) -> list[str]:
+    one = consumer.config.filter_subject
+    many = consumer.config.filter_subjects or []
     if not one and not many:
         return [">"]  # a consumer without a filter consumes every subject
     return [f for f in [one, *many] if f]
