@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import urllib.request
 import uuid
@@ -344,7 +345,7 @@ def _supervisor_process(settings: Settings, port: int) -> StalwartProcess:
         env={
             "STALWART_RECONCILE_INTERVAL": "0.5",
             "STALWART_LOG_FORMAT": "json",
-            "PYTHONPATH": str(ROOT),
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
         },
         name="sup-metrics",
     )

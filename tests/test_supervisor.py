@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 
@@ -49,7 +50,7 @@ def supervisor_process(settings: Settings, name: str) -> StalwartProcess:
         env={
             "STALWART_RECONCILE_INTERVAL": "0.5",
             "STALWART_LOG_FORMAT": "json",
-            "PYTHONPATH": str(ROOT),
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
         },
         name=name,
     )
@@ -213,7 +214,7 @@ async def test_runs_survive_nats_and_redis_restarts(namespace: str, tmp_path) ->
         )
         env = {
             "COUNTER_REDIS_URL": servers.redis_url,
-            "PYTHONPATH": str(ROOT),
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
             "STALWART_LOG_FORMAT": "json",
         }
         procs = [

@@ -86,9 +86,9 @@ class Supervisor:
         self.replaced = 0
         self.dead_lettered = 0
         self.advisories_ignored = 0
+        """Max-deliveries advisories that did not check out (forged or stale)."""
         self.unserved_rejected = 0
         """Requests rejected because no consumer served their agent (``unserved_after``)."""
-        """Max-deliveries advisories that did not check out (forged or stale)."""
         self.is_leader = False
         self._lease: Lease | None = None
         self._election: LeaseManager | None = None
