@@ -100,6 +100,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         ):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("runs_max_msgs", "runs_max_bytes", "events_max_msgs", "events_max_bytes"):
+            value = getattr(self, name)
+            if value == 0 or value < -1:  # JetStream: -1 is "no limit"
+                raise ConfigurationError(f"{name} must be -1 (no limit) or >= 1, got {value}")
+        if self.request_max_bytes < 1:
+            raise ConfigurationError(
+                f"request_max_bytes must be >= 1, got {self.request_max_bytes}"
+            )
         if self.unserved_after < 0:
             raise ConfigurationError(f"unserved_after must be >= 0, got {self.unserved_after}")
 
