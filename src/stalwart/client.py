@@ -340,7 +340,9 @@ class Client:
         Submitting a run id that is already known returns the same run and never starts a
         second one. With ``require_registered`` (the default) an agent that no worker has
         ever registered is refused with :class:`UnknownAgentError`; turn it off to queue
-        runs before the first worker of a new agent has started.
+        runs before the first worker of a new agent has started (a request nothing consumes
+        is rejected after ``unserved_after``). A full runs stream raises
+        :class:`~stalwart.errors.QueueFullError` and ends the run rejected.
         """
         check_agent_name(agent)
         run_id = check_run_id(run_id) if run_id is not None else new_run_id()
