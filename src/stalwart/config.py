@@ -74,8 +74,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ``runs_max_bytes``); the oldest events are dropped first."""
     signal_max_bytes: int = 262_144
     """Largest encoded signal payload ``RunHandle.signal`` accepts."""
-    signal_name_max: int = 256
-    """Longest signal name, in characters."""
+    signal_name_max: int = 1024
+    """Longest signal name, in characters (``outcome:<step key>`` names of nested steps are long)."""
     signal_max_pending: int = 1000
     """Signals a run may hold unconsumed at once; more are refused until it consumes some."""
     cancel_reason_max: int = 1000
