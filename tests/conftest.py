@@ -154,9 +154,7 @@ async def worker_pool(
                 # src first: the workers must run this tree's code, not an installed copy;
                 # the caller's path (a worktree's src/) is kept behind it.
                 "PYTHONPATH": os.pathsep.join(
-                    p
-                    for p in (str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", ""))
-                    if p
+                    p for p in (str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")) if p
                 ),
                 "STALWART_LOG_FORMAT": "json",
                 **base_env,

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 from stalwart._ids import check_agent_name, check_run_id, new_run_id
 from stalwart._text import (
-    ERROR_TEXT_LIMIT,
     clip,
     msgpack_may_nest_deeper,
     nesting_depth_exceeds,
@@ -35,6 +34,7 @@ from stalwart.errors import (
     RunFailed,
     RunNotFoundError,
     RunRejected,
+    SignalRefusedError,
     UnknownAgentError,
 )
 from stalwart.messages import (
@@ -178,26 +178,38 @@ class RunHandle:
 
         The signal is stored before anything else happens, so it reaches a wait that
         starts later, a run whose worker just died, or a passivated run (which is placed
-        again to receive it). Returns ``stored`` or ``woke``.
+        again to receive it). Returns ``stored`` or ``woke``. A signal over a limit
+        (``signal_name_max``, ``signal_max_bytes``, ``signal_max_pending``) raises
+        :class:`~stalwart.errors.SignalRefusedError` and stores nothing.
         """
-        raw = bytes(self.client._encode_checked(payload, f"signal {name!r} payload"))
-        outcome, sid, epoch = await self.client.store.add_signal(self.run_id, name, raw)
+        settings = self.client.settings
+        raw = _signal_payload(name, payload, settings)
+        # Also refuse what a worker could not decode (nesting past max_nesting).
+        self.client._encode_checked(payload, f"signal {name!r} payload")
+        outcome, sid, epoch = await self.client.store.add_signal(
+            self.run_id, name, raw, max_pending=settings.signal_max_pending
+        )
         if outcome == "missing":
             raise RunNotFoundError(self.run_id)
         if outcome == "terminal":
             raise InvalidRequestError(f"run {self.run_id!r} has ended; signal {name!r} not sent")
+        if outcome == "full":
+            raise SignalRefusedError(
+                f"run {self.run_id!r} already holds {epoch} unconsumed signals "
+                f"(signal_max_pending={settings.signal_max_pending}); signal {name!r} not stored"
+            )
         broker = self.client.broker
+        # Stored: wake the run before anything that could fail on the way (the event).
         await broker.nc.publish(broker.names.signals_subject(self.run_id), b"")
+        if outcome == "wake":
+            await self._wake(epoch, f"{self.run_id}:wake:{sid}")
         await broker.events.publish(
             RunEvent(
                 type=EV_SIGNAL, run_id=self.run_id, at=time.time(), data={"name": name, "sid": sid}
             ),
             acked=True,
         )
-        if outcome == "wake":
-            await self._wake(epoch, f"{self.run_id}:wake:{sid}")
-            return "woke"
-        return "stored"
+        return "woke" if outcome == "wake" else "stored"
 
     async def history(self) -> History:
         """The run's timeline from its journal (see :func:`stalwart.observability.build_history`)."""
@@ -233,8 +245,13 @@ class RunHandle:
         Returns ``cancelled`` (ended now), ``requested`` (its owner stops at the next step
         boundary), ``terminal`` (it had already ended) or ``missing`` (unknown run id).
         """
-        # Bounded like an error message: the journal and record keep it, events cut it.
-        reason = clip(safe_text(reason), ERROR_TEXT_LIMIT)
+        limit = self.client.settings.cancel_reason_max
+        if not isinstance(reason, str) or len(reason) > limit:
+            # Checked before anything is stored: the reason goes into the record and into
+            # the run.cancelled event, which must fit one NATS message.
+            raise InvalidRequestError(
+                f"cancel reason must be a string of at most {limit} characters (cancel_reason_max)"
+            )
         outcome, wake_epoch = await self.client.store.cancel_run(self.run_id, reason)
         # Poke a live waiter so it notices now; wake a passivated run so it can end.
         await self.client.broker.nc.publish(
@@ -253,6 +270,27 @@ class RunHandle:
                 acked=True,
             )
         return outcome
+
+
+def _signal_payload(name: Any, payload: Any, settings: Settings) -> bytes:
+    """``payload`` encoded, once ``name`` and it are within the signal limits."""
+    if not isinstance(name, str) or not name:
+        raise SignalRefusedError(f"signal name must be a non-empty string, got {type(name)!r}")
+    if len(name) > settings.signal_name_max:
+        raise SignalRefusedError(
+            f"signal name is {len(name)} characters, over signal_name_max "
+            f"({settings.signal_name_max}): {name[:40]!r}..."
+        )
+    try:
+        raw = bytes(encode_value(payload))
+    except TypeError as exc:
+        raise InvalidRequestError(f"signal payload cannot be encoded: {exc}") from exc
+    if len(raw) > settings.signal_max_bytes:
+        raise SignalRefusedError(
+            f"signal {name!r}: the encoded payload is {len(raw)} bytes, over signal_max_bytes "
+            f"({settings.signal_max_bytes}); pass large data by reference"
+        )
+    return raw
 
 
 class Client:
@@ -351,7 +389,9 @@ class Client:
         Submitting a run id that is already known returns the same run and never starts a
         second one. With ``require_registered`` (the default) an agent that no worker has
         ever registered is refused with :class:`UnknownAgentError`; turn it off to queue
-        runs before the first worker of a new agent has started.
+        runs before the first worker of a new agent has started (a request nothing consumes
+        is rejected after ``unserved_after``). A full runs stream raises
+        :class:`~stalwart.errors.QueueFullError` and ends the run rejected.
         """
         check_agent_name(agent)
         run_id = check_run_id(run_id) if run_id is not None else new_run_id()
@@ -430,8 +470,20 @@ class Client:
                 RunEvent(type=EV_ACCEPTED, run_id=run_id, at=time.time(), data={"agent": agent}),
                 acked=True,
             )
-        await self.broker.publish_request(request, msg_id=run_id)
+        await self._publish_new(request)
         return RunHandle(self, run_id, agent)
+
+    async def _publish_new(self, request: RunRequest) -> None:
+        """Publish a new run's request; if the runs stream refuses it, end the run rejected.
+
+        The run was recorded ``accepted`` just before; left so, nothing would ever end it.
+        """
+        try:
+            await self.broker.publish_request(request, msg_id=request.run_id)
+        except InvalidRequestError as exc:  # the runs stream refused it (full, too large)
+            if await self.store.reject(request.run_id, str(exc)) != "skipped":
+                await self._reject(request.run_id, request.agent, str(exc))
+            raise
 
     async def fork(self, run_id: str, *, at: str, new_id: str | None = None) -> RunHandle:
         """Start a new run that reuses ``run_id``'s journal up to step ``at`` and goes on live.
@@ -462,15 +514,14 @@ class Client:
                 ),
                 acked=True,
             )
-            await self.broker.publish_request(
+            await self._publish_new(
                 RunRequest(
                     run_id=dst,
                     agent=record.agent,
                     input=record.decode_input(),
                     submitted_at=time.time(),
                     trace=trace,
-                ),
-                msg_id=dst,
+                )
             )
         return RunHandle(self, dst, record.agent)
 

@@ -51,6 +51,18 @@ FIELD_ROLES: dict[str, frozenset[Role]] = {
     "max_nesting": _ALL,
     "event_text_limit": _ALL,
     "max_placements": _WORKER,
+    "unserved_after": _SUPERVISOR,
+    # Stream limits are applied by whichever process creates or updates the topology.
+    "runs_max_msgs": _ALL,
+    "runs_max_bytes": _ALL,
+    "events_max_msgs": _ALL,
+    "events_max_bytes": _ALL,
+    "request_max_bytes": _ALL,
+    # Limits checked by the sender (client) before anything is stored.
+    "signal_max_bytes": _ALL,
+    "signal_name_max": _ALL,
+    "signal_max_pending": _ALL,
+    "cancel_reason_max": _ALL,
 }
 """Which processes read each field. Settings a process does not read are not taken from its
 environment, so a worker-only value can never break a client command. A field missing here
@@ -77,6 +89,13 @@ _log = structlog.get_logger("stalwart.config")
 
 _POSITIVE = "a number of seconds > 0"
 _NON_NEGATIVE = "a number of seconds >= 0"
+_STREAM_LIMIT = "-1 (no limit) or a whole number >= 1"
+
+
+def _stream_limit(v: int) -> bool:
+    return v == -1 or v >= 1  # JetStream: -1 is "no limit", 0 is refused
+
+
 _CHECKS: dict[str, tuple[Any, str]] = {
     "lease_ttl": (lambda v: v >= 1, "a whole number of seconds >= 1"),
     "concurrency": (lambda v: v >= 1, "a whole number >= 1"),
@@ -97,6 +116,16 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "max_nesting": (lambda v: v >= 1, "a whole number >= 1"),
     "event_text_limit": (lambda v: v >= 256, "a whole number of characters >= 256"),
     "max_placements": (lambda v: v >= 0, "a whole number >= 0 (0: no limit)"),
+    "unserved_after": (lambda v: v >= 0, _NON_NEGATIVE + " (0: never)"),
+    "runs_max_msgs": (_stream_limit, _STREAM_LIMIT),
+    "runs_max_bytes": (_stream_limit, _STREAM_LIMIT),
+    "events_max_msgs": (_stream_limit, _STREAM_LIMIT),
+    "events_max_bytes": (_stream_limit, _STREAM_LIMIT),
+    "request_max_bytes": (lambda v: v >= 1, "a whole number of bytes >= 1"),
+    "signal_max_bytes": (lambda v: v >= 1, "a whole number of bytes >= 1"),
+    "signal_name_max": (lambda v: v >= 1, "a whole number of characters >= 1"),
+    "signal_max_pending": (lambda v: v >= 1, "a whole number >= 1"),
+    "cancel_reason_max": (lambda v: v >= 1, "a whole number of characters >= 1"),
 }
 """Per field: the check a value must pass, and the accepted values said in words."""
 
@@ -181,6 +210,31 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Longest string (characters) in a published run event; longer ones are cut."""
     max_placements: int = 20
     """Placements in a row without journal progress before a run is failed (0: no limit)."""
+    # -- h4: unserved requests, stream limits, signal limits
+    unserved_after: float = 300.0
+    """A run request that no consumer serves (no worker ever served its agent) is rejected
+    after waiting this long in the runs stream (0: never)."""
+    runs_max_msgs: int = 1_000_000
+    """Run requests the runs stream holds at most; when full, new requests are refused."""
+    runs_max_bytes: int = -1
+    """Bytes the runs stream holds at most (-1: no limit). JetStream reserves this much
+    storage up front when the stream is created."""
+    request_max_bytes: int = 1_048_576
+    """Largest encoded run request the runs stream accepts (also capped by the server's
+    max_payload)."""
+    events_max_msgs: int = 10_000_000
+    """Events the events stream keeps at most; the oldest are dropped first."""
+    events_max_bytes: int = -1
+    """Bytes the events stream keeps at most (-1: no limit; reserved up front like
+    ``runs_max_bytes``); the oldest events are dropped first."""
+    signal_max_bytes: int = 262_144
+    """Largest encoded signal payload ``RunHandle.signal`` accepts."""
+    signal_name_max: int = 1024
+    """Longest signal name, in characters (``outcome:<step key>`` names of nested steps are long)."""
+    signal_max_pending: int = 1000
+    """Signals a run may hold unconsumed at once; more are refused until it consumes some."""
+    cancel_reason_max: int = 1000
+    """Longest reason ``RunHandle.cancel`` accepts, in characters."""
 
     def __post_init__(self) -> None:
         check_namespace(self.namespace)

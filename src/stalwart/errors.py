@@ -139,3 +139,14 @@ class RunNotFoundError(InvalidRequestError):
     def __init__(self, run_id: str) -> None:
         super().__init__(f"unknown run {run_id!r}")
         self.run_id = run_id
+
+
+# -- h4: refusals at the limits of the runs stream and of signals
+
+
+class QueueFullError(InvalidRequestError):
+    """The runs stream is full (``runs_max_msgs`` / ``runs_max_bytes``): nothing was queued."""
+
+
+class SignalRefusedError(InvalidRequestError):
+    """A signal broke a limit (payload size, name length, pending count): nothing was stored."""

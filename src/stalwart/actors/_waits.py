@@ -13,6 +13,7 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
+from stalwart.actors._inbox import Inbox
 from stalwart.checkpoints import StepDone, WaitStarted, decode_value, encode_value
 from stalwart.errors import NonDeterminismError, StalwartError
 from stalwart.messages import EV_WAIT_STARTED
@@ -139,6 +140,10 @@ class Waits:
                         sid, payload = found
                         self._consumed_signals.add(sid)
                         await self._end_wait(key, kind, started, {"sid": sid, "payload": payload})
+                        # Journaled: the inbox need not keep it (it counts against the
+                        # run's pending-signal limit). A failure only leaves it for later.
+                        with contextlib.suppress(Exception):
+                            await self._signal_inbox().consumed(started.signal, sid)
                         return payload
                 now = time.time()
                 if started.until and now >= started.until:
@@ -162,16 +167,22 @@ class Waits:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
+    _inbox: Inbox | None = None
+
+    def _signal_inbox(self) -> Inbox:
+        if self._inbox is None:
+            self._inbox = Inbox(self._store, self.run_id)
+        return self._inbox
+
     async def _next_signal(self, name: str) -> tuple[str, Any] | None:
-        for sid, sig_name, payload in await self._store.read_signals(self.run_id):
-            if sig_name == name and sid not in self._consumed_signals:
-                return sid, decode_value(payload) if payload else None
-        return None
+        # Incremental: a poke costs one short read when nothing new has arrived.
+        return await self._signal_inbox().take(name, self._consumed_signals)
 
     async def _refresh_cancel(self) -> None:
-        record = await self._store.get_run(self.run_id)
-        if record is not None and record.cancel and not self.cancel_reason:
-            self.cancel_reason = record.cancel
+        # One field, not the whole record (which carries the run's input): pokes are cheap.
+        reason = await self._store.cancel_flag(self.run_id)
+        if reason and not self.cancel_reason:
+            self.cancel_reason = reason
 
     async def _end_wait(self, key: str, kind: str, started: WaitStarted, outcome: Any) -> None:
         entry = StepDone(

@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
-from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.errors import APIError, KeyNotFoundError, NotFoundError
 
 from stalwart.broker._connect import connect
 from stalwart.broker._events import EventPublisher, last_event, subscribe_events
 from stalwart.broker._lease import LeaseManager
 from stalwart.broker._names import Names
 from stalwart.broker._setup import ensure_agent_consumer, ensure_topology
-from stalwart.errors import PayloadTooLargeError
+from stalwart.errors import PayloadTooLargeError, QueueFullError
 from stalwart.messages import RunEvent, RunRequest, encode_request
 from stalwart.observability._tracing import inject_headers
 
@@ -47,6 +47,22 @@ class WorkerInfo(msgspec.Struct, frozen=True, kw_only=True):
 
 _json = msgspec.json.Encoder()
 log = structlog.get_logger("stalwart.broker")
+
+_STREAM_FULL = 10077  # JetStream: store failed, "maximum messages/bytes exceeded"
+_MSG_TOO_BIG = 10054  # JetStream: "message size exceeds maximum allowed"
+
+
+def _refusal(req: RunRequest, exc: APIError) -> Exception:
+    """The error a submitter sees when the runs stream refuses ``req`` (else ``exc``)."""
+    text = exc.description or ""
+    if exc.err_code == _STREAM_FULL and "maximum" in text:
+        return QueueFullError(
+            f"run {req.run_id!r}: the runs stream is full ({text}; see runs_max_msgs and "
+            "runs_max_bytes); nothing was queued, submit again later"
+        )
+    if exc.err_code == _MSG_TOO_BIG:
+        return PayloadTooLargeError(f"run {req.run_id!r}: the runs stream refused it: {text}")
+    return exc
 
 
 class Broker:
@@ -106,6 +122,12 @@ class Broker:
                 f"server's max_payload of {limit} bytes; pass large inputs by reference "
                 "(an object store key or URL) instead"
             )
+        if 0 <= self.settings.request_max_bytes < len(data):
+            raise PayloadTooLargeError(
+                f"run {req.run_id!r}: the encoded request is {len(data)} bytes, over "
+                f"request_max_bytes ({self.settings.request_max_bytes}); pass large inputs by "
+                "reference (an object store key or URL) instead"
+            )
         return data
 
     async def publish_request(self, req: RunRequest, msg_id: str) -> bool:
@@ -113,12 +135,15 @@ class Broker:
         data = self.encode_request(req)
         # Events queued before this request (a released run's last ones) go first.
         await self.events.send_queued()
-        ack = await self.js.publish(
-            self.names.runs_subject(req.agent),
-            data,
-            # The current trace context (the submit or resume span) travels with the request.
-            headers=inject_headers({"Nats-Msg-Id": msg_id}),
-        )
+        try:
+            ack = await self.js.publish(
+                self.names.runs_subject(req.agent),
+                data,
+                # The current trace context (the submit or resume span) travels with the request.
+                headers=inject_headers({"Nats-Msg-Id": msg_id}),
+            )
+        except APIError as exc:
+            raise _refusal(req, exc) from exc
         return not ack.duplicate
 
     async def pull_subscription(self, agent: str) -> Any:

@@ -31,6 +31,11 @@ _MARKER_TTL = 60
 _EXISTS_DIFFERENTLY = 10058
 
 
+# Limit fields a process fills in on an existing stream that has none of its own (a stream
+# created before Stalwart set limits): an unlimited value means nobody chose one.
+_LIMIT_FIELDS = ("max_msgs", "max_bytes", "max_msg_size")
+
+
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     try:
         await js.add_stream(config)
@@ -38,8 +43,35 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
         if exc.err_code != _EXISTS_DIFFERENTLY:
             raise
         # Another process (or an operator) configured it differently, e.g. another
-        # max_age. Every process starting would otherwise fight over the config: keep it.
-        log.info("stream.exists_with_other_config", stream=config.name)
+        # max_age. Every process starting would otherwise fight over the config: keep it,
+        # except for limits it does not have at all, which are added (see _add_limits).
+        await _add_limits(js, config)
+
+
+async def _add_limits(js: JetStreamContext, wanted: StreamConfig) -> None:
+    """Give an existing stream the limits it lacks and ``wanted``'s discard policy.
+
+    Limits someone set (another value than unlimited) are kept; so is everything else.
+    A server that refuses the update leaves the stream as it was: logged, never fatal.
+    """
+    assert wanted.name is not None
+    current = (await js.stream_info(wanted.name)).config
+    changes: dict[str, object] = {}
+    for field in _LIMIT_FIELDS:
+        have, want = getattr(current, field), getattr(wanted, field)
+        if (have is None or have < 0) and want is not None and want >= 0:
+            changes[field] = want
+    if changes and current.discard != wanted.discard:
+        changes["discard"] = wanted.discard  # a new limit must not drop stored requests
+    if not changes:
+        log.info("stream.exists_with_other_config", stream=wanted.name, kept=True)
+        return
+    try:
+        await js.update_stream(current.evolve(**changes))
+    except Exception as exc:
+        log.warning("stream.limits_not_updated", stream=wanted.name, error=repr(exc))
+        return
+    log.info("stream.limits_updated", stream=wanted.name, **{k: str(v) for k, v in changes.items()})
 
 
 async def _ensure_kv(js: JetStreamContext, config: KeyValueConfig) -> None:
@@ -61,7 +93,12 @@ async def ensure_topology(js: JetStreamContext, names: Names, settings: Settings
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
             duplicate_window=settings.duplicate_window,
-            discard=DiscardPolicy.OLD,
+            # Full: refuse new requests (the submitter gets an error) rather than drop the
+            # oldest, which are accepted runs somebody is waiting for.
+            discard=DiscardPolicy.NEW,
+            max_msgs=settings.runs_max_msgs,
+            max_bytes=settings.runs_max_bytes,
+            max_msg_size=settings.request_max_bytes,
         ),
     )
     await _ensure_stream(
@@ -72,6 +109,10 @@ async def ensure_topology(js: JetStreamContext, names: Names, settings: Settings
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
             max_age=settings.event_max_age,
+            # Events are history (the run record is the truth): when full, drop the oldest.
+            discard=DiscardPolicy.OLD,
+            max_msgs=settings.events_max_msgs,
+            max_bytes=settings.events_max_bytes,
             duplicate_window=settings.duplicate_window,
             allow_direct=True,
         ),

@@ -159,13 +159,19 @@ return {'requested'}
 )
 
 # Signal: store it durably first; report whether the run is passivated waiting for it, so the
-# caller wakes it. KEYS[1] record, KEYS[2] signals stream. ARGV: name, payload, now
+# caller wakes it. Refused, storing nothing, when the inbox already holds max_pending
+# signals (consumed ones are deleted by the run, so the inbox holds the unconsumed ones).
+# KEYS[1] record, KEYS[2] signals stream. ARGV: name, payload, now, max_pending (0: none)
 SIGNAL = """
 local f = redis.call('HMGET', KEYS[1], 'status', 'waiting_for', 'epoch')
 local status = f[1]
 if not status then return {'missing'} end
 if status == 'completed' or status == 'failed' or status == 'cancelled' then
   return {'terminal', status}
+end
+local pending = redis.call('XLEN', KEYS[2])
+if tonumber(ARGV[4]) > 0 and pending >= tonumber(ARGV[4]) then
+  return {'full', '', tostring(pending)}
 end
 local sid = redis.call('XADD', KEYS[2], '*', 'name', ARGV[1], 'payload', ARGV[2], 'at', ARGV[3])
 if status == 'waiting' and (f[2] == ARGV[1] or f[2] == '*') then
@@ -220,3 +226,22 @@ redis.call('HSET', KEYS[1], 'run_id', ARGV[1], 'agent', ARGV[2], 'input', ARGV[3
   'trace', ARGV[5], 'forked_from', ARGV[6])
 return 'ok'
 """
+
+# -- h4 ----------------------------------------------------------------------------------
+
+# Reject: a request that will never be served (no worker serves its agent, or the runs
+# stream refused it). Ends the run only while no worker placed it, like a dead letter, but
+# never creates a record. KEYS[1] record, KEYS[2] journal. ARGV: now, reason, finished_entry
+REJECT = (
+    _NEXT_SEQ
+    + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'missing'} end
+if status ~= 'accepted' then return {'skipped', status} end
+local seq = next_seq(KEYS[2])
+redis.call('XADD', KEYS[2], seq .. '-0', 'd', ARGV[3])
+redis.call('HSET', KEYS[1], 'status', 'failed', 'updated_at', ARGV[1], 'finished_at', ARGV[1],
+  'error_type', 'RunRejected', 'error', ARGV[2])
+return {'rejected', tostring(seq)}
+"""
+)

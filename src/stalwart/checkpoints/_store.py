@@ -657,30 +657,81 @@ class CheckpointStore:
             return True
         return False
 
+    async def reject(self, run_id: str, reason: str) -> str:
+        """End a run that was never placed as rejected (``RunRejected``).
+
+        Returns ``rejected``, ``missing`` (no record: nothing to end) or ``skipped`` (a
+        worker placed it meanwhile, or it has ended).
+        """
+        now = time.time()
+        entry = encode_entry(
+            Finished(
+                status="failed",
+                epoch=0,
+                worker="",
+                at=now,
+                error=ErrorInfo("RunRejected", reason, retryable=False),
+            )
+        )
+        reply = await self._reject(keys=self._keys(run_id), args=[repr(now), reason, entry])
+        outcome = cast("bytes", reply[0]).decode()
+        if outcome == "rejected":
+            await self.mark_inactive(run_id)
+        return outcome
+
     # -- signals and passivation ------------------------------------------------------------
 
-    async def add_signal(self, run_id: str, name: str, payload: bytes) -> tuple[str, str, int]:
+    async def add_signal(
+        self, run_id: str, name: str, payload: bytes, *, max_pending: int = 0
+    ) -> tuple[str, str, int]:
         """Store a signal for the run. Returns (outcome, signal id, epoch).
 
         ``outcome`` is ``wake`` when the run is passivated waiting for this signal (the
-        caller must have it re-placed), ``stored``, ``terminal`` or ``missing``.
+        caller must have it re-placed), ``stored``, ``terminal``, ``missing``, or ``full``
+        when the run already holds ``max_pending`` unconsumed signals (then the third
+        item is how many; nothing was stored). ``max_pending`` 0 means no limit.
         """
         reply = await self._signal(
             keys=[self.record_key(run_id), self.signals_key(run_id)],
-            args=[name, payload, repr(time.time())],
+            args=[name, payload, repr(time.time()), max_pending],
         )
         outcome = reply[0].decode()
-        if outcome in ("wake", "stored"):
+        if outcome in ("wake", "stored", "full"):
             return outcome, reply[1].decode(), int(reply[2])
         return outcome, "", 0
 
-    async def read_signals(self, run_id: str) -> list[tuple[str, str, bytes]]:
-        """Every signal sent to the run: (signal id, name, msgpack payload), oldest first."""
+    async def read_signals(
+        self, run_id: str, *, after: str = "", count: int | None = None
+    ) -> list[tuple[str, str, bytes]]:
+        """Signals sent to the run and not yet deleted: (signal id, name, msgpack payload).
+
+        Oldest first; only those after signal id ``after`` when given, at most ``count``.
+        """
         rows = cast(
             "list[tuple[bytes, dict[bytes, bytes]]]",
-            await self.redis.xrange(self.signals_key(run_id)),
+            await self.redis.xrange(
+                self.signals_key(run_id), min=f"({after}" if after else "-", count=count
+            ),
         )
         return [(sid.decode(), f[b"name"].decode(), f.get(b"payload", b"")) for sid, f in rows]
+
+    async def read_signal(self, run_id: str, sid: str) -> bytes | None:
+        """One signal's payload, or None when it is gone."""
+        found = cast(
+            "list[tuple[bytes, dict[bytes, bytes]]]",
+            await self.redis.xrange(self.signals_key(run_id), min=sid, max=sid),
+        )
+        return found[0][1].get(b"payload", b"") if found else None
+
+    async def delete_signals(self, run_id: str, sids: list[str]) -> None:
+        """Drop consumed signals from the inbox (their consumption is in the journal)."""
+        if sids:
+            await self.redis.xdel(self.signals_key(run_id), *sids)
+
+    async def cancel_flag(self, run_id: str) -> str:
+        """The run's pending cancellation reason ("" for none), without reading the record."""
+        raw = await self.redis.hget(self.record_key(run_id), "cancel")
+        return raw.decode() if isinstance(raw, bytes) else ""
 
     async def passivate(self, run_id: str, epoch: int, waiting_for: str, wake_at: float) -> None:
         """Mark the run waiting (fenced by ``epoch``) and arm its timer if it has one."""

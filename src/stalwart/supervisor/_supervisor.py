@@ -20,8 +20,10 @@ import structlog
 
 from stalwart.broker import Broker, LeaseManager
 from stalwart.checkpoints import CheckpointStore
-from stalwart.messages import EV_FAILED, EV_STUCK, RunEvent, RunRequest, decode_request
+from stalwart.messages import EV_FAILED, EV_STUCK, RunEvent, RunRequest
 from stalwart.observability import _hooks as obs
+from stalwart.supervisor._advisories import Refused, verify_advisory
+from stalwart.supervisor._unserved import reject_unserved
 
 if TYPE_CHECKING:
     from stalwart.broker import Lease
@@ -83,6 +85,10 @@ class Supervisor:
         self.store: CheckpointStore | None = None
         self.replaced = 0
         self.dead_lettered = 0
+        self.advisories_ignored = 0
+        """Max-deliveries advisories that did not check out (forged or stale)."""
+        self.unserved_rejected = 0
+        """Requests rejected because no consumer served their agent (``unserved_after``)."""
         self.is_leader = False
         self._lease: Lease | None = None
         self._election: LeaseManager | None = None
@@ -165,7 +171,20 @@ class Supervisor:
     async def _maybe_reconcile(self) -> None:
         if time.monotonic() - self._last_reconcile >= self.settings.reconcile_interval:
             self._last_reconcile = time.monotonic()
-            await self.reconcile()
+            # Independent: a pass that fails (a resume the full runs stream refuses) must
+            # not keep unserved requests, which take room in that stream, from going.
+            for step in (self.reconcile, self.reject_unserved):
+                try:
+                    await step()
+                except Exception as exc:
+                    self.log.warning("supervise.step_failed", step=step.__name__, error=repr(exc))
+
+    async def reject_unserved(self) -> int:
+        """Reject requests nothing consumes after ``unserved_after`` (see :mod:`._unserved`)."""
+        assert self.store is not None and self.broker is not None
+        count = await reject_unserved(self.broker, self.store, self.settings.unserved_after)
+        self.unserved_rejected += count
+        return count
 
     async def _elect(self) -> None:
         assert self._election is not None
@@ -321,32 +340,40 @@ class Supervisor:
             while True:
                 msg = await queue.get()
                 try:
-                    await self.dead_letter(json.loads(msg.data))
+                    advisory = json.loads(msg.data)
+                except ValueError:
+                    advisory = None  # refused by dead_letter like any other bad advisory
+                try:
+                    await self.dead_letter(advisory)
                 except Exception as exc:
                     self.log.warning("dead_letter.failed", error=repr(exc))
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
-    async def dead_letter(self, advisory: dict[str, Any]) -> None:
-        """Handle one max-deliveries advisory."""
+    async def dead_letter(self, advisory: Any) -> bool:
+        """Handle one max-deliveries advisory; True when it dead-lettered a request.
+
+        The advisory is only a hint: it is checked against the stream and the consumer
+        first (see :func:`verify_advisory`), and anything that does not hold is logged
+        and ignored, so a forged advisory deletes nothing.
+        """
         assert self.broker is not None and self.store is not None
-        stream, seq = advisory["stream"], int(advisory["stream_seq"])
-        deliveries = int(advisory.get("deliveries", 0))
         try:
-            raw = await self.broker.js.get_msg(stream, seq)
-        except Exception:
-            return  # already gone (acked or deleted by another supervisor)
+            found = await verify_advisory(self.broker, advisory)
+        except Refused as exc:
+            self.advisories_ignored += 1
+            self.log.warning("dead_letter.advisory_ignored", reason=str(exc))
+            return False
+        req, seq, deliveries = found.request, found.seq, found.deliveries
         reason = f"request not placed after {deliveries} deliveries (max_deliver); dead-lettered"
         try:
-            req = decode_request(raw.data or b"")
+            await self.broker.js.delete_msg(self.broker.names.runs_stream, seq)
         except Exception:
-            req = None
-        with contextlib.suppress(Exception):
-            await self.broker.js.delete_msg(stream, seq)
-        if req is None:
+            return False  # gone meanwhile (placed at the last moment, or another supervisor)
+        if not req.run_id:
             self.log.warning("dead_letter.undecodable", stream_seq=seq)
-            return
+            return True
         if await self.store.dead_letter(req.run_id, req.agent, reason):
             obs.dead_lettered(req.agent)
             self.dead_lettered += 1
@@ -360,6 +387,7 @@ class Supervisor:
                 ),
                 acked=True,
             )
+        return True
 
 
 _STOP_TIMEOUT = 10.0
