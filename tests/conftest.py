@@ -151,7 +151,9 @@ async def worker_pool(
             namespace=settings.namespace,
             extra_env={
                 "COUNTER_REDIS_URL": servers.redis_url,
-                "PYTHONPATH": str(ROOT),
+                # This checkout's sources first: an installed (or editable elsewhere)
+                # stalwart must not stand in for the code under test in the workers.
+                "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
                 "STALWART_LOG_FORMAT": "json",
                 **base_env,
                 **env,
