@@ -110,7 +110,7 @@ class DisallowedTypeError(NonRetryableError):
         shown = type_name if len(type_name) <= 200 else type_name[:200] + "..."
         super().__init__(
             f"refused to rebuild a value of type {shown!r} from stored data: the type is "
-            f"not on the decoder's allow-list. If the type is yours and the data genuine, {allow}"
+            f"not on the decoder's allow-list; {allow}"
         )
         self.type_name = shown
         self.allow = allow

@@ -33,7 +33,7 @@ _MODEL_TAG = "__pydantic__"
 PROVIDER_PACKAGES = ("openai.types.", "anthropic.types.", "google.genai.types.")
 
 _ALLOW_HOW = (
-    "pass it to the runner: DurableCrewRunner(..., allowed_types=[YourModel]) "
+    "if the type is yours and the data genuine, pass it to the runner: DurableCrewRunner(..., allowed_types=[YourModel]) "
     "(or DurableAgentRunner)"
 )
 
