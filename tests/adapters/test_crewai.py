@@ -65,7 +65,13 @@ with warnings.catch_warnings():
         tool_call,
         tool_results,
     )
-    from stalwart.adapters.crewai._codec import conversation, decode, encode, model_fp
+    from stalwart.adapters.crewai._codec import (
+        conversation,
+        decode,
+        encode,
+        model_fp,
+        returned_models,
+    )
     from stalwart.adapters.crewai._scope import CrewRun, Frame
     from tests.adapters.crewai_apps import block_key, order_key
 
@@ -603,6 +609,24 @@ def test_allowed_types_and_the_expected_model_are_rebuilt() -> None:
     encoded = encode([Report(title="t")])
     assert decode(encoded, None, allow_map([Report])) == [Report(title="t")]
     assert decode(encoded, Report) == [Report(title="t")]  # the model the call expects
+
+
+def test_models_that_tools_declare_they_return_are_allowed() -> None:
+    @crewai_tool("report")
+    def report(title: str) -> Report:
+        """Write a report."""
+        return Report(title=title)
+
+    class Reports(BaseTool):
+        name: str = "reports"
+        description: str = "Many reports."
+
+        def _run(self, n: int) -> list[Report] | None:
+            return [Report(title=str(i)) for i in range(n)]
+
+    assert returned_models([report]) == [Report]
+    assert returned_models([Reports()]) == [Report]
+    assert returned_models([]) == []
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ the model providers' SDKs that are already imported. Any other name fails the ru
 from __future__ import annotations
 
 import json
+import typing
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -24,7 +25,7 @@ from stalwart.adapters._base import canonical_fp, text_digest
 from stalwart.errors import DisallowedTypeError
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterable, Mapping
 
 _MODEL_TAG = "__pydantic__"
 
@@ -65,6 +66,32 @@ def _model_class(path: str, hint: Any, allowed: Mapping[str, type]) -> type[Base
     if not (isinstance(target, type) and issubclass(target, BaseModel)):
         raise DisallowedTypeError(path, _ALLOW_HOW)
     return target
+
+
+def returned_models(tools: Iterable[Any]) -> list[type[BaseModel]]:
+    """The pydantic models that ``tools`` declare they return (``-> Model``, ``-> list[Model]``).
+
+    A tool's result is journaled with its class; the classes its code declares are allowed
+    to be rebuilt without being listed in ``allowed_types``.
+    """
+    found: list[type[BaseModel]] = []
+    for tool in tools:
+        for fn in (getattr(tool, "func", None), getattr(type(tool), "_run", None)):
+            if fn is None:
+                continue
+            try:
+                returned = typing.get_type_hints(fn).get("return")
+            except Exception:  # unresolvable annotations: nothing declared that we can use
+                continue
+            _models_in(returned, found)
+    return found
+
+
+def _models_in(tp: Any, found: list[type[BaseModel]]) -> None:
+    for arg in typing.get_args(tp):
+        _models_in(arg, found)
+    if isinstance(tp, type) and issubclass(tp, BaseModel) and tp not in found:
+        found.append(tp)
 
 
 def decode(data: Any, hint: Any = None, allowed: Mapping[str, type] | None = None) -> Any:

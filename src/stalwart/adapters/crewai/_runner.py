@@ -12,6 +12,7 @@ from crewai.llms.base_llm import BaseLLM
 from crewai.types.streaming import CrewStreamingOutput
 
 from stalwart.adapters._base import DurableRunner
+from stalwart.adapters.crewai._codec import returned_models
 from stalwart.adapters.crewai._hooks import install
 from stalwart.adapters.crewai._scope import CrewRun
 from stalwart.errors import ConfigurationError
@@ -136,9 +137,10 @@ class DurableCrewRunner(DurableRunner):
     The run's input is the crew's kickoff ``inputs`` (a dict, or None); its result is a
     :class:`CrewResult` (plain data from the client; :meth:`run` returns a ``CrewResult``).
 
-    ``allowed_types``: the pydantic models your tools return. Journaled values are rebuilt
-    only as the model a call expects (a task's output model), the providers' tool-call types
-    and these; a journal entry naming any other class fails the run with
+    ``allowed_types``: pydantic models your tools return without declaring it. Journaled
+    values are rebuilt only as the model a call expects (a task's output model), the
+    providers' tool-call types, the models the crew's tools declare as their return type
+    (``-> Report``) and these; a journal entry naming any other class fails the run with
     :class:`~stalwart.errors.DisallowedTypeError` (nothing is imported because Redis says so).
     """
 
@@ -175,7 +177,11 @@ class DurableCrewRunner(DurableRunner):
         crew = self.build()
         if crew.stream:
             raise ConfigurationError(f"crew {self.name!r}: stream=True is not supported")
-        run = CrewRun(ctx, asyncio.get_running_loop(), crew.tasks, self.allowed_types)
+        agents = [*crew.agents, crew.manager_agent]
+        tools = [t for a in agents if a is not None for t in a.tools or []]
+        tools += [t for task in crew.tasks for t in task.tools or []]
+        allowed = (*self.allowed_types, *returned_models(tools))
+        run = CrewRun(ctx, asyncio.get_running_loop(), crew.tasks, allowed)
         output = await run.drive(partial(crew.kickoff, inputs=input))
         if isinstance(output, CrewStreamingOutput):  # pragma: no cover - refused above
             raise ConfigurationError(f"crew {self.name!r}: stream=True is not supported")
@@ -231,7 +237,8 @@ class DurableAgentRunner(DurableRunner):
                 f"not {type(input).__name__}"
             )
         agent = self.build()
-        run = CrewRun(ctx, asyncio.get_running_loop(), (), self.allowed_types)
+        allowed = (*self.allowed_types, *returned_models(agent.tools or []))
+        run = CrewRun(ctx, asyncio.get_running_loop(), (), allowed)
         output: LiteAgentOutput = await run.drive(
             partial(agent.kickoff, input, response_format=self.response_format)
         )
