@@ -583,6 +583,12 @@ def test_safe_serializer_rebuilds_allowed_types_and_refuses_the_rest(tmp_path: A
     assert "allowed_types" in str(refused.value)
     assert not pwned.exists()
     assert set(sys.modules) - loaded == set()
+    # An object that cannot be read is refused too: what follows it would go unchecked.
+    import ormsgpack
+
+    broken = ormsgpack.packb([ormsgpack.Ext(2, b"\xc1"), _ext(1, "os", "system", ["x"])])
+    with pytest.raises(DisallowedTypeError, match="undecodable"):
+        serde.loads_typed(("msgpack", broken))
     # A model nobody allowed is refused too, not handed back as its raw fields.
     with pytest.raises(DisallowedTypeError, match="Report"):
         SafeSerializer().loads_typed(serde.dumps_typed(Report(title="t", findings=[])))

@@ -109,7 +109,14 @@ class SafeSerializer(JsonPlusSerializer):
         def check(code: int, data: bytes) -> None:
             if code not in _NAMED and code != _DELTA:
                 return None
-            inner = ormsgpack.unpackb(data, ext_hook=check, option=ormsgpack.OPT_NON_STR_KEYS)
+            try:
+                inner = ormsgpack.unpackb(data, ext_hook=check, option=ormsgpack.OPT_NON_STR_KEYS)
+            except Exception:
+                # Refused deeper down, or undecodable: LangGraph's loader would skip such an
+                # object silently and build what follows it unchecked, so the value goes.
+                if not refused:
+                    refused.append(f"<undecodable msgpack extension {code}>")
+                raise _Refused from None
             if code == _DELTA:
                 return None
             if not self._allows(code, inner):
