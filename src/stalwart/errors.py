@@ -94,6 +94,28 @@ class NonRetryableError(StalwartError):
     """Raise (or subclass) from a step body to fail the step at once, without retries."""
 
 
+class DisallowedTypeError(NonRetryableError):
+    """Stored data names a type that its decoder is not allowed to construct.
+
+    Journaled step results and LangGraph checkpoints come back from Redis, and anyone who
+    can write Redis can write them. A decoder therefore only rebuilds the types on its
+    allow-list (its framework's own data types, the types the agent declares, and those
+    passed as ``allowed_types``): it never imports a module or builds a type because the
+    data names it. The run (or step) fails with this error instead; ``type_name`` is the
+    name the data gave, ``allow`` says how to put a genuine type on the allow-list.
+    """
+
+    def __init__(self, type_name: str, allow: str) -> None:
+        # Stored data chose the name: bound it, so a crafted one cannot flood events and logs.
+        shown = type_name if len(type_name) <= 200 else type_name[:200] + "..."
+        super().__init__(
+            f"refused to rebuild a value of type {shown!r} from stored data: the type is "
+            f"not on the decoder's allow-list; {allow}"
+        )
+        self.type_name = shown
+        self.allow = allow
+
+
 class StepTimeoutError(StalwartError):
     """A step attempt ran past its start-to-close timeout (retried per policy)."""
 

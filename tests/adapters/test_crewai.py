@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
+import sys
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,9 +19,13 @@ from typing import Any
 import msgspec
 import pytest
 import redis.asyncio as aioredis
+from pydantic import BaseModel
 
-from stalwart import Client, RunCancelled, RunFailed, Settings, StepFailed
+from stalwart import Client, NonRetryableError, RunCancelled, RunFailed, Settings, StepFailed
+from stalwart.adapters._allowed import allow_map
 from stalwart.checkpoints import JournalEntry, Started, StepDone, StepError
+from stalwart.errors import DisallowedTypeError
+from tests.adapters.tampering import MARKER_ENV, MARKER_MODULE, tamper_step
 from tests.apps import exec_key, gate_key
 from tests.conftest import Servers, WorkerFactory, eventually, worker_pool
 
@@ -60,7 +65,13 @@ with warnings.catch_warnings():
         tool_call,
         tool_results,
     )
-    from stalwart.adapters.crewai._codec import conversation, decode, encode, model_fp
+    from stalwart.adapters.crewai._codec import (
+        conversation,
+        decode,
+        encode,
+        model_fp,
+        returned_models,
+    )
     from stalwart.adapters.crewai._scope import CrewRun, Frame
     from tests.adapters.crewai_apps import block_key, order_key
 
@@ -559,3 +570,91 @@ async def test_an_at_most_once_tool_in_flight_at_the_crash_fails_the_run_instead
     assert failed.value.error_type == "ToolOutcomeUnknown"
     assert await execs(counters, run_id, held) == 1
     assert "task:0/model:2" not in await exec_counts(counters, run_id)
+
+
+# -- deserialization safety: a journal entry never makes a worker import or build a type ------
+
+
+class Report(BaseModel):
+    """A model a tool returns: rebuilt only once it is on the allow-list."""
+
+    title: str
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"{MARKER_MODULE}:Evil",  # importing it would run its top-level code
+        "antigravity:X",
+        "os:system",
+        "subprocess:Popen",
+        "builtins:eval",
+        "openai.types.chat:os",  # a module a trusted package imported, not a data type
+        "openai.types.chat.chat_completion_message_tool_call:TypeAdapter",
+        f"{__name__}:Report",  # a genuine model, but nobody allowed it
+    ],
+)
+def test_a_journaled_value_naming_a_type_off_the_allow_list_is_refused(path: str) -> None:
+    loaded = set(sys.modules)
+    crafted = {"__pydantic__": path, "data": {"args": ["touch /tmp/pwned"], "x": 1}}
+    with pytest.raises(DisallowedTypeError) as refused:
+        decode(["text", crafted])
+    assert refused.value.type_name == path
+    assert "allowed_types=[YourModel]" in str(refused.value)
+    assert isinstance(refused.value, NonRetryableError)
+    assert set(sys.modules) - loaded == set()  # nothing was imported on the data's say-so
+
+
+def test_allowed_types_and_the_expected_model_are_rebuilt() -> None:
+    encoded = encode([Report(title="t")])
+    assert decode(encoded, None, allow_map([Report])) == [Report(title="t")]
+    assert decode(encoded, Report) == [Report(title="t")]  # the model the call expects
+
+
+def test_models_that_tools_declare_they_return_are_allowed() -> None:
+    @crewai_tool("report")
+    def report(title: str) -> Report:
+        """Write a report."""
+        return Report(title=title)
+
+    class Reports(BaseTool):
+        name: str = "reports"
+        description: str = "Many reports."
+
+        def _run(self, n: int) -> list[Report] | None:
+            return [Report(title=str(i)) for i in range(n)]
+
+    assert returned_models([report]) == [Report]
+    assert returned_models([Reports()]) == [Report]
+    assert returned_models([]) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("step", "crafted"),
+    [
+        ("task:0/tool:call_1a", {"__pydantic__": f"{MARKER_MODULE}:Evil", "data": {"x": 1}}),
+        (
+            "task:0/model:1",
+            {"response": [{"__pydantic__": f"{MARKER_MODULE}:Evil", "data": {"x": 1}}]},
+        ),
+    ],
+)
+async def test_a_crafted_journal_entry_fails_the_resumed_run_without_importing_anything(
+    client: Client, crew_workers: WorkerFactory, tmp_path: Any, step: str, crafted: Any
+) -> None:
+    marker = tmp_path / "imported"
+    await crew_workers("a", **{MARKER_ENV: str(marker)})
+    run_id = rid()
+    handle = await client.submit("research", {"topic": "ev"}, run_id=run_id)
+    await handle.result(timeout=60)
+    # Someone who can write Redis replaces the step's journaled result; a worker replays it.
+    await tamper_step(client, run_id, step, crafted)
+    forked = await client.fork(run_id, at=step)
+    with pytest.raises(RunFailed) as failed:
+        await forked.result(timeout=60)
+
+    assert failed.value.error_type == "DisallowedTypeError"
+    assert f"{MARKER_MODULE}:Evil" in failed.value.message
+    assert "allowed_types" in failed.value.message
+    assert not marker.exists(), marker.read_text()

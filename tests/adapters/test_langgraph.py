@@ -3,7 +3,10 @@ in real worker processes, SIGKILLed mid-run and resumed by another worker."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import operator
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from typing import Annotated, Any, TypedDict, cast
@@ -12,16 +15,20 @@ import pytest
 
 pytest.importorskip("langgraph")
 
+import redis
 import redis.asyncio as aioredis
 from langgraph.checkpoint.conformance import checkpointer_test, validate
 from langgraph.graph import END, START, StateGraph
+from pydantic import BaseModel
 
 from stalwart import Client, RunCancelled, RunFailed, Settings
 from stalwart.adapters.langgraph import KIND_NODE, StalwartSaver, _codec
+from stalwart.adapters.langgraph._serde import SafeSerializer, declared_types, type_key
 from stalwart.checkpoints import Finished, JournalEntry, Started, StepDone
-from stalwart.errors import LeaseLost
+from stalwart.errors import DisallowedTypeError, LeaseLost
 from stalwart.testing import StalwartProcess
 from tests.adapters.langgraph_apps import arm_key, exec_key, gate_key
+from tests.adapters.tampering import MARKER_ENV, MARKER_MODULE
 from tests.conftest import Servers, WorkerFactory, eventually, worker_pool
 
 
@@ -512,3 +519,135 @@ async def test_storage_grows_linearly_with_steps(client: Client, lg_workers: Wor
         # Linear: each step adds about the same; the whole state each step would add ~10x more
         # per step between 100 and 1000 steps than between 10 and 100.
         assert 0.7 < per_step_high / per_step_low < 1.4, (per_step_low, per_step_high)
+
+
+# -- deserialization safety: a checkpoint never makes a worker import or call what it names ----
+
+
+def _ext(code: int, *parts: Any) -> Any:
+    import ormsgpack
+
+    return ormsgpack.Ext(code, ormsgpack.packb(list(parts)))
+
+
+def _crafted(command: str) -> bytes:
+    """A msgpack value LangGraph's default serializer would turn into ``os.system(command)``
+    and an import of the marker module, nested in an ordinary dict and list."""
+    import ormsgpack
+
+    return ormsgpack.packb(
+        {
+            "ok": [1, "two"],
+            "run": [_ext(1, "os", "system", [command])],  # positional-args constructor
+            "mod": _ext(2, MARKER_MODULE, "EvilState", {"x": 1}),  # keyword constructor
+        }
+    )
+
+
+class Finding(BaseModel):
+    text: str
+
+
+class Report(BaseModel):
+    title: str
+    findings: list[Finding]
+
+
+@dataclasses.dataclass
+class Note:
+    body: str
+
+
+def test_safe_serializer_rebuilds_allowed_types_and_refuses_the_rest(tmp_path: Any) -> None:
+    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+    from langgraph.types import Command, Interrupt, Send
+
+    serde = SafeSerializer([Report, Finding, Note])
+    values = [
+        [HumanMessage("hi", id="1"), AIMessage("yo", id="2"), ToolMessage("r", tool_call_id="c")],
+        Command(goto="x", update={"k": 1}),
+        Send("node", {"a": 1}),
+        Interrupt(value={"q": "?"}, id="i1"),
+        Report(title="t", findings=[Finding(text="f")]),
+        Note(body="b"),
+        {"when": datetime.datetime(2026, 1, 2), "ids": {uuid.UUID(int=1)}},
+    ]
+    for value in values:
+        assert serde.loads_typed(serde.dumps_typed(value)) == value
+
+    pwned = tmp_path / "pwned"
+    loaded = set(sys.modules)
+    with pytest.raises(DisallowedTypeError) as refused:
+        serde.loads_typed(("msgpack", _crafted(f"touch {pwned}")))
+    assert refused.value.type_name == "os.system"
+    assert "allowed_types" in str(refused.value)
+    assert not pwned.exists()
+    assert set(sys.modules) - loaded == set()
+    # An object that cannot be read is refused too: what follows it would go unchecked.
+    import ormsgpack
+
+    broken = ormsgpack.packb([ormsgpack.Ext(2, b"\xc1"), _ext(1, "os", "system", ["x"])])
+    with pytest.raises(DisallowedTypeError, match="undecodable"):
+        serde.loads_typed(("msgpack", broken))
+    # A model nobody allowed is refused too, not handed back as its raw fields.
+    with pytest.raises(DisallowedTypeError, match="Report"):
+        SafeSerializer().loads_typed(serde.dumps_typed(Report(title="t", findings=[])))
+    # Formats the saver never writes are refused outright.
+    for kind in ("pickle", "json"):
+        with pytest.raises(DisallowedTypeError):
+            serde.loads_typed((kind, b"\x80\x04N."))
+    # LangGraph's strict-mode compile adds a graph's types to a copy.
+    wider = SafeSerializer().with_msgpack_allowlist([Report, Finding])
+    assert wider.loads_typed(serde.dumps_typed(Report(title="t", findings=[])))
+
+
+class DeclaredState(BaseModel):
+    report: Report | None = None
+    notes: Annotated[list[Note], operator.add] = []
+
+
+def test_a_graph_allows_the_types_its_state_declares() -> None:
+    b = StateGraph(DeclaredState)
+    b.add_node("n", lambda s: {})
+    b.add_edge(START, "n")
+    found = declared_types(b.compile())
+    assert {type_key(t) for t in (DeclaredState, Report, Finding, Note)} <= found
+    saver = StalwartSaver(sync_client=redis.Redis(), allowed_types=[Note])  # never connects
+    assert isinstance(saver.serde, SafeSerializer) and type_key(Note) in saver.serde.allowed
+
+
+@pytest.mark.slow
+async def test_a_crafted_checkpoint_fails_the_resumed_run_without_running_anything(
+    client: Client, lg_workers: WorkerFactory, tmp_path: Any
+) -> None:
+    marker, pwned = tmp_path / "imported", tmp_path / "pwned"
+    await lg_workers("a", STALWART_PASSIVATE_AFTER="0.5", **{MARKER_ENV: str(marker)})
+    run_id = rid()
+    handle = await client.submit("lg-approval-signal", {"request": "refund"}, run_id=run_id)
+
+    async def asked() -> Any:
+        async for ev in handle.events(follow=False):
+            if ev.type == "graph.interrupted":
+                return ev
+        return None
+
+    (question,) = (await eventually(asked, timeout=30)).data["interrupts"]
+
+    async def passivated() -> bool:
+        return (await handle.status()).status == "waiting"
+
+    await eventually(passivated, timeout=30)
+    # Someone who can write Redis replaces the stored state channel with a crafted value.
+    blobs = _codec.Keys(client.store.ns, run_id).blobs("")
+    crafted = _codec.encode_blob(("msgpack", _crafted(f"touch {pwned}")), None, "v")[0]
+    fields = [f for f in await client.store.redis.hkeys(blobs) if f.startswith(b"request\0")]
+    assert fields
+    await client.store.redis.hset(blobs, mapping=dict.fromkeys(fields, crafted))
+
+    assert await handle.signal(question["signal"], "approved") == "woke"
+    with pytest.raises(RunFailed) as failed:
+        await handle.result(timeout=30)
+    assert failed.value.error_type == "DisallowedTypeError"
+    assert "'os.system'" in failed.value.message and "allowed_types" in failed.value.message
+    assert not pwned.exists()
+    assert not marker.exists()

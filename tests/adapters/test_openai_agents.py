@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import http.server
 import json
+import sys
 import threading
 import uuid
 from collections import Counter
@@ -35,9 +36,18 @@ from stalwart.adapters.openai_agents._codec import (
     load_response,
     without_volatile,
 )
-from stalwart.checkpoints import JournalEntry, Started, StepDone, StepError, WaitStarted
+from stalwart.checkpoints import (
+    JournalEntry,
+    Started,
+    StepDone,
+    StepError,
+    WaitStarted,
+    decode_value,
+)
+from stalwart.errors import DisallowedTypeError
 from stalwart.testing import StalwartProcess
 from tests.adapters.openai_apps import calls_key, exec_key, gate_key, gated_key
+from tests.adapters.tampering import MARKER_ENV, MARKER_MODULE, tamper_step
 from tests.conftest import Servers, WorkerFactory, eventually, worker_pool
 
 APP = "tests.adapters.openai_apps:app"
@@ -490,3 +500,61 @@ def test_tool_outputs_keep_what_the_model_sees() -> None:
     assert dump_tool_output({"a": 1}, typed=False) == {"a": 1}
     assert dump_tool_output(Thing(), typed=False) == "a thing"
     assert dump_tool_output((1, 2), typed=False) == "(1, 2)"
+
+
+# -- deserialization safety: a journal entry never makes a worker import or build a type ------
+
+
+def _crafted_response(path: str) -> dict[str, Any]:
+    item = assistant_message("pwned", item_id="msg_1")
+    data = dump_response(ModelResponse(output=[item], usage=Usage(), response_id=None))
+    data["output"][0]["t"] = path
+    return data
+
+
+@pytest.mark.parametrize(
+    "path",
+    [f"{MARKER_MODULE}:Evil", "os:system", "subprocess:Popen", "antigravity:X", "builtins:eval"],
+)
+def test_an_output_item_naming_a_type_off_the_allow_list_is_refused(path: str) -> None:
+    loaded = set(sys.modules)
+    with pytest.raises(DisallowedTypeError) as refused:
+        load_response(_crafted_response(path))
+    assert refused.value.type_name == path
+    assert "not written by Stalwart" in str(refused.value)
+    assert set(sys.modules) - loaded == set()
+
+
+def test_an_unknown_sdk_class_name_is_rebuilt_from_its_data_without_an_import() -> None:
+    # Modules of the trusted packages that a worker has not imported: naming one must not
+    # import it (its top-level code would run); the item is rebuilt by its "type" field.
+    for module in ("agents.realtime", "openai.types.beta.realtime"):
+        assert module not in sys.modules
+        rebuilt = load_response(_crafted_response(f"{module}:Anything"))
+        assert module not in sys.modules
+        assert isinstance(rebuilt.output[0], ResponseOutputMessage)
+
+
+@pytest.mark.slow
+async def test_a_crafted_model_step_fails_the_resumed_run_without_importing_anything(
+    client: Client, oa_workers: WorkerFactory, tmp_path: Any
+) -> None:
+    marker = tmp_path / "imported"
+    await oa_workers("a", **{MARKER_ENV: str(marker)})
+    run_id = rid()
+    await (await client.submit("oa-research", "Analyze Q4", run_id=run_id)).result(timeout=30)
+    entry = next(
+        je.entry
+        for je in await journal(client, run_id)
+        if isinstance(je.entry, StepDone) and je.entry.key == "model:1"
+    )
+    result = decode_value(entry.result)
+    result["response"]["output"][0]["t"] = "os:system"
+    # Someone who can write Redis rewrites the model step; a worker replays it.
+    await tamper_step(client, run_id, "model:1", result)
+    with pytest.raises(RunFailed) as failed:
+        await (await client.fork(run_id, at="model:1")).result(timeout=30)
+
+    assert failed.value.error_type == "DisallowedTypeError"
+    assert "'os:system'" in failed.value.message
+    assert not marker.exists()

@@ -4,20 +4,39 @@ A model call returns text, a list of provider tool-call objects (OpenAI, Anthrop
 pydantic models, or dicts), or a pydantic model (structured output); a tool returns anything.
 They are journaled as plain data, pydantic models tagged with their class so that a replay
 (and the live path, which returns what was journaled) gets the same types back.
+
+The tag is only a choice among trusted classes (see ``stalwart.adapters._allowed``): the
+model class the call expects, the runner's ``allowed_types``, and the pydantic data types of
+the model providers' SDKs that are already imported. Any other name fails the run with
+:class:`~stalwart.errors.DisallowedTypeError`; nothing is imported because the journal names it.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
-from typing import Any
+import typing
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
+from stalwart.adapters._allowed import loaded_class, type_path
 from stalwart.adapters._base import canonical_fp, text_digest
+from stalwart.errors import DisallowedTypeError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
 
 _MODEL_TAG = "__pydantic__"
+
+# Provider SDK packages whose pydantic data types (tool calls in model responses) a
+# journaled value may name, once the provider has imported them. Data classes only.
+PROVIDER_PACKAGES = ("openai.types.", "anthropic.types.", "google.genai.types.")
+
+_ALLOW_HOW = (
+    "if the type is yours and the data genuine, pass it to the runner: DurableCrewRunner(..., allowed_types=[YourModel]) "
+    "(or DurableAgentRunner)"
+)
 
 
 def encode(value: Any) -> Any:
@@ -25,9 +44,8 @@ def encode(value: Any) -> Any:
     if value is None or isinstance(value, str | bool | int | float | bytes):
         return value
     if isinstance(value, BaseModel):
-        cls = type(value)
         return {
-            _MODEL_TAG: f"{cls.__module__}:{cls.__qualname__}",
+            _MODEL_TAG: type_path(type(value)),
             "data": value.model_dump(mode="json"),
         }
     if isinstance(value, list | tuple):
@@ -40,27 +58,56 @@ def encode(value: Any) -> Any:
     )
 
 
-def _model_class(path: str, hint: Any) -> type[BaseModel]:
-    module, _, qualname = path.partition(":")
+def _model_class(path: str, hint: Any, allowed: Mapping[str, type]) -> type[BaseModel]:
+    _, _, qualname = path.partition(":")
     if isinstance(hint, type) and issubclass(hint, BaseModel) and hint.__qualname__ == qualname:
         return hint  # dynamically created models (a task's output model) are not importable
-    target: Any = importlib.import_module(module)
-    for part in qualname.split("."):
-        target = getattr(target, part)
+    target = allowed.get(path) or loaded_class(path, PROVIDER_PACKAGES)
     if not (isinstance(target, type) and issubclass(target, BaseModel)):
-        raise TypeError(f"journaled value of type {path} is not a pydantic model")
+        raise DisallowedTypeError(path, _ALLOW_HOW)
     return target
 
 
-def decode(data: Any, hint: Any = None) -> Any:
-    """The value :func:`encode` turned into ``data``; ``hint`` is the expected model class."""
+def returned_models(tools: Iterable[Any]) -> list[type[BaseModel]]:
+    """The pydantic models that ``tools`` declare they return (``-> Model``, ``-> list[Model]``).
+
+    A tool's result is journaled with its class; the classes its code declares are allowed
+    to be rebuilt without being listed in ``allowed_types``.
+    """
+    found: list[type[BaseModel]] = []
+    for tool in tools:
+        for fn in (getattr(tool, "func", None), getattr(type(tool), "_run", None)):
+            if fn is None:
+                continue
+            try:
+                returned = typing.get_type_hints(fn).get("return")
+            except Exception:  # unresolvable annotations: nothing declared that we can use
+                continue
+            _models_in(returned, found)
+    return found
+
+
+def _models_in(tp: Any, found: list[type[BaseModel]]) -> None:
+    for arg in typing.get_args(tp):
+        _models_in(arg, found)
+    if isinstance(tp, type) and issubclass(tp, BaseModel) and tp not in found:
+        found.append(tp)
+
+
+def decode(data: Any, hint: Any = None, allowed: Mapping[str, type] | None = None) -> Any:
+    """The value :func:`encode` turned into ``data``; ``hint`` is the expected model class.
+
+    ``allowed``: further model classes a tagged value may be rebuilt as, by
+    :func:`~stalwart.adapters._allowed.type_path`. Raises
+    :class:`~stalwart.errors.DisallowedTypeError` for a tag naming any other class.
+    """
     if isinstance(data, list):
-        return [decode(v, hint) for v in data]
+        return [decode(v, hint, allowed) for v in data]
     if isinstance(data, dict):
         path = data.get(_MODEL_TAG)
         if isinstance(path, str) and len(data) == 2 and "data" in data:
-            return _model_class(path, hint).model_validate(data["data"])
-        return {k: decode(v, hint) for k, v in data.items()}
+            return _model_class(path, hint, allowed or {}).model_validate(data["data"])
+        return {k: decode(v, hint, allowed) for k, v in data.items()}
     return data
 
 

@@ -37,7 +37,6 @@ from stalwart.actors import StepSpec, Usage
 from stalwart.adapters._base import text_digest
 from stalwart.adapters.crewai._codec import (
     canonical_json,
-    decode,
     encode,
     model_fp,
     tool_args,
@@ -192,7 +191,7 @@ class _ModelCall:
     def result(self, recorded: dict[str, Any]) -> Any:
         if not self.ran and recorded.get("usage"):
             _replay_usage(self.llm, recorded["usage"])
-        response = decode(recorded["response"], self.response_model)
+        response = self.run.decode(recorded["response"], self.response_model)
         if isinstance(response, list):
             for i, tool_call in enumerate(response):
                 info = extract_tool_call_info(tool_call)
@@ -295,7 +294,7 @@ def _tool_step(
         return recorded
 
     try:
-        return decode(run.call(spec, body))
+        return run.decode(run.call(spec, body))
     except StepFailed as exc:
         if exc.error_type == "ToolOutcomeUnknown":
             # An at-most-once tool that may have run: CrewAI would show the model an error

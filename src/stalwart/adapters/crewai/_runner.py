@@ -12,12 +12,13 @@ from crewai.llms.base_llm import BaseLLM
 from crewai.types.streaming import CrewStreamingOutput
 
 from stalwart.adapters._base import DurableRunner
+from stalwart.adapters.crewai._codec import returned_models
 from stalwart.adapters.crewai._hooks import install
 from stalwart.adapters.crewai._scope import CrewRun
 from stalwart.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
     from crewai.crews.crew_output import CrewOutput
     from crewai.lite_agent_output import LiteAgentOutput
@@ -135,6 +136,12 @@ class DurableCrewRunner(DurableRunner):
 
     The run's input is the crew's kickoff ``inputs`` (a dict, or None); its result is a
     :class:`CrewResult` (plain data from the client; :meth:`run` returns a ``CrewResult``).
+
+    ``allowed_types``: pydantic models your tools return without declaring it. Journaled
+    values are rebuilt only as the model a call expects (a task's output model), the
+    providers' tool-call types, the models the crew's tools declare as their return type
+    (``-> Report``) and these; a journal entry naming any other class fails the run with
+    :class:`~stalwart.errors.DisallowedTypeError` (nothing is imported because Redis says so).
     """
 
     def __init__(
@@ -145,12 +152,14 @@ class DurableCrewRunner(DurableRunner):
         app: App | None = None,
         client: Client | None = None,
         policies: Policies | None = None,
+        allowed_types: Iterable[type[BaseModel]] = (),
     ) -> None:
         if not (isinstance(crew, Crew) or callable(crew)):
             raise ConfigurationError(
                 f"crew must be a Crew or a function returning one, not {crew!r}"
             )
         self.crew = crew
+        self.allowed_types = tuple(allowed_types)
         install()
         super().__init__(name, app=app, client=client, policies=policies)
 
@@ -168,7 +177,11 @@ class DurableCrewRunner(DurableRunner):
         crew = self.build()
         if crew.stream:
             raise ConfigurationError(f"crew {self.name!r}: stream=True is not supported")
-        run = CrewRun(ctx, asyncio.get_running_loop(), crew.tasks)
+        agents = [*crew.agents, crew.manager_agent]
+        tools = [t for a in agents if a is not None for t in a.tools or []]
+        tools += [t for task in crew.tasks for t in task.tools or []]
+        allowed = (*self.allowed_types, *returned_models(tools))
+        run = CrewRun(ctx, asyncio.get_running_loop(), crew.tasks, allowed)
         output = await run.drive(partial(crew.kickoff, inputs=input))
         if isinstance(output, CrewStreamingOutput):  # pragma: no cover - refused above
             raise ConfigurationError(f"crew {self.name!r}: stream=True is not supported")
@@ -188,7 +201,7 @@ class DurableAgentRunner(DurableRunner):
     Like :class:`DurableCrewRunner` without a crew: each run works on ``agent.copy()`` (or
     what ``agent()`` returns) and calls ``kickoff`` in a thread, with ``response_format``
     when given. The input is a prompt string or a list of messages; the result is an
-    :class:`AgentResult`.
+    :class:`AgentResult`. ``allowed_types``: as for :class:`DurableCrewRunner`.
     """
 
     def __init__(
@@ -200,6 +213,7 @@ class DurableAgentRunner(DurableRunner):
         app: App | None = None,
         client: Client | None = None,
         policies: Policies | None = None,
+        allowed_types: Iterable[type[BaseModel]] = (),
     ) -> None:
         if not (isinstance(agent, Agent) or callable(agent)):
             raise ConfigurationError(
@@ -207,6 +221,7 @@ class DurableAgentRunner(DurableRunner):
             )
         self.agent = agent
         self.response_format = response_format
+        self.allowed_types = tuple(allowed_types)
         install()
         super().__init__(name, app=app, client=client, policies=policies)
 
@@ -222,7 +237,8 @@ class DurableAgentRunner(DurableRunner):
                 f"not {type(input).__name__}"
             )
         agent = self.build()
-        run = CrewRun(ctx, asyncio.get_running_loop())
+        allowed = (*self.allowed_types, *returned_models(agent.tools or []))
+        run = CrewRun(ctx, asyncio.get_running_loop(), (), allowed)
         output: LiteAgentOutput = await run.drive(
             partial(agent.kickoff, input, response_format=self.response_format)
         )

@@ -31,12 +31,14 @@ from crewai.context import get_current_task_id
 
 from stalwart.actors import current_step
 from stalwart.actors._context import _current
+from stalwart.adapters._allowed import allow_map
 from stalwart.adapters._base import text_digest
-from stalwart.errors import StepFailed
+from stalwart.adapters.crewai._codec import decode
+from stalwart.errors import DisallowedTypeError, StepFailed
 
 if TYPE_CHECKING:
     import concurrent.futures
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Awaitable, Callable, Iterable, Sequence
 
     from stalwart.actors import RunContext, StepInfo, StepSpec
 
@@ -105,9 +107,17 @@ def _settle(done: asyncio.Future[Any], ok: bool, value: Any) -> None:
 class CrewRun:
     """One durable run of a crew or agent: its context, its loop, its frames."""
 
-    def __init__(self, ctx: RunContext, loop: asyncio.AbstractEventLoop, tasks: Sequence[Any] = ()):
+    def __init__(
+        self,
+        ctx: RunContext,
+        loop: asyncio.AbstractEventLoop,
+        tasks: Sequence[Any] = (),
+        allowed_types: Iterable[type] = (),
+    ):
         self.ctx = ctx
         self.loop = loop
+        self.allowed = allow_map(allowed_types)
+        """Classes journaled values may be rebuilt as, besides the expected one."""
         self.root = Frame("")
         self.fatal: BaseException | None = None
         self._task_index = {str(task.id): i for i, task in enumerate(tasks)}
@@ -260,6 +270,14 @@ class CrewRun:
         finally:
             with self._lock:
                 self._inflight.discard(future)
+
+    def decode(self, data: Any, hint: Any = None) -> Any:
+        """A journaled value (:func:`_codec.decode`); a refused type ends the run."""
+        try:
+            return decode(data, hint, self.allowed)
+        except DisallowedTypeError as exc:
+            # Not an error CrewAI may feed back to the model or retry: the journal is suspect.
+            raise _Stop(self.fail(exc)) from None
 
     def emit(self, type: str, data: Any, step: str) -> None:
         """Publish a live-only event from a CrewAI thread, without waiting for it."""

@@ -31,6 +31,11 @@ lease stop the graph; answers to ``interrupt()`` are steps ``lg:resume:<digest>`
 async, unfenced) and passes the ``langgraph-checkpoint-conformance`` suite, extended
 capabilities included. It stores each channel version once and a list channel that grew
 (``messages``) as its new elements only, so a thread's size is linear in its length.
+
+Checkpoints are rebuilt only as allow-listed types (:class:`SafeSerializer`): LangGraph's
+safe types, the types the graph's schemas declare, and ``allowed_types=`` (on the runner or
+the saver). A checkpoint naming anything else fails with
+:class:`~stalwart.errors.DisallowedTypeError`; nothing it names is imported or called.
 """
 
 from stalwart.adapters.langgraph._runner import (
@@ -42,6 +47,7 @@ from stalwart.adapters.langgraph._runner import (
     to_builtins,
 )
 from stalwart.adapters.langgraph._saver import StalwartSaver, TaskWritten
+from stalwart.adapters.langgraph._serde import SafeSerializer
 
 __all__ = [
     "KIND_INTERRUPT",
@@ -49,6 +55,7 @@ __all__ = [
     "DurableGraphRunner",
     "GraphInterrupted",
     "InterruptHandler",
+    "SafeSerializer",
     "StalwartSaver",
     "TaskWritten",
     "to_builtins",

@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
@@ -38,6 +38,7 @@ from langgraph.types import Command, Interrupt
 from stalwart.actors import StepSpec
 from stalwart.adapters._base import DurableRunner, canonical_fp, text_digest
 from stalwart.adapters.langgraph._saver import StalwartSaver, TaskWritten
+from stalwart.adapters.langgraph._serde import AllowedType, declared_types, type_key
 from stalwart.checkpoints import CheckpointStore, StepDone, StepError
 from stalwart.errors import ConfigurationError, StalwartError
 
@@ -281,6 +282,14 @@ class DurableGraphRunner(DurableRunner):
 
     ``interrupt()``: with ``on_interrupt``, its answer is journaled and the graph resumes
     with ``Command(resume=...)``; without it the run fails with :class:`GraphInterrupted`.
+
+    Checkpoints are rebuilt only as allow-listed types: LangGraph's safe types (messages,
+    documents, ``Send``/``Command``/``Interrupt``, datetimes...), the pydantic models,
+    dataclasses and enums the graph's schemas and channels declare (subgraphs included),
+    and ``allowed_types`` (classes, or ``(module, name)`` pairs) for the rest: values only
+    known at run time, such as an ``interrupt()`` payload or an ``@entrypoint``'s state. A
+    checkpoint naming another type fails the run with
+    :class:`~stalwart.errors.DisallowedTypeError`; nothing it names is imported.
     """
 
     def __init__(
@@ -297,8 +306,13 @@ class DurableGraphRunner(DurableRunner):
         output_fn: Callable[[Any], Any] | None = None,
         on_interrupt: InterruptHandler | None = None,
         interrupts: Literal["signal", "fail"] = "signal",
+        allowed_types: Iterable[AllowedType] = (),
     ) -> None:
         self.graph = graph
+        self.allowed_types: frozenset[tuple[str, str]] = frozenset(
+            declared_types(graph) | {type_key(t) for t in allowed_types}
+        )
+        """Types the run's checkpoints may be rebuilt as, besides LangGraph's safe types."""
         self.config = config
         self.recursion_limit = recursion_limit
         self.input_fn = input_fn
@@ -335,6 +349,7 @@ class DurableGraphRunner(DurableRunner):
             task_name=journal.task_name,
             on_task_written=journal.task_written,
             retry_for=store.retry_for,
+            allowed_types=self.allowed_types,
         )
         await journal.replay(store, saver)
         graph = self.graph.copy(update={"checkpointer": saver})

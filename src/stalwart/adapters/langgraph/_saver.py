@@ -11,7 +11,15 @@ since its previous version, and one hash of pending writes per checkpoint.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -30,6 +38,7 @@ from langgraph.checkpoint.base import (
 
 from stalwart.adapters.langgraph import _codec, _maintenance
 from stalwart.adapters.langgraph._driver import Cmd, Driver, Plan, call, script, text
+from stalwart.adapters.langgraph._serde import AllowedType, SafeSerializer
 from stalwart.errors import ConfigurationError, LeaseLost, RunCancelled
 
 if TYPE_CHECKING:
@@ -101,6 +110,11 @@ class StalwartSaver(BaseCheckpointSaver[str]):
     channels it changed; a list channel that grew (``messages``) stores only the new
     elements. Pass ``sync_client`` for ``invoke``/``stream``, ``client`` for
     ``ainvoke``/``astream`` (``from_url`` makes both).
+
+    Loading rebuilds only allow-listed types (:class:`SafeSerializer`: LangGraph's safe
+    types, messages, ``Send``/``Command``/``Interrupt``, plus ``allowed_types``); a checkpoint
+    naming any other type fails with :class:`~stalwart.errors.DisallowedTypeError`. A
+    ``serde`` of your own replaces this check (and ``allowed_types`` is then unused).
     """
 
     def __init__(
@@ -114,8 +128,11 @@ class StalwartSaver(BaseCheckpointSaver[str]):
         on_task_written: Callable[[TaskWritten], Awaitable[None]] | None = None,
         retry_for: float = 0.0,
         serde: SerializerProtocol | None = None,
+        allowed_types: Iterable[AllowedType] = (),
     ) -> None:
-        super().__init__(serde=serde)
+        # Checkpoints come back from Redis: by default only allow-listed types are rebuilt
+        # (LangGraph's default serializer would import and call whatever a checkpoint names).
+        super().__init__(serde=serde if serde is not None else SafeSerializer(allowed_types))
         self.namespace = namespace
         self.fence_epoch = fence_epoch
         self._driver = Driver(client, sync_client, retry_for=retry_for)

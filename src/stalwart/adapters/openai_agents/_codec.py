@@ -7,9 +7,9 @@ guardrail outputs and final outputs.
 
 from __future__ import annotations
 
-import functools
-import importlib
 import json
+import types
+import typing
 from typing import TYPE_CHECKING, Any
 
 from agents.guardrail import GuardrailFunctionOutput
@@ -20,7 +20,9 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic_core import to_jsonable_python
 
 from stalwart.actors import Usage as StepUsage
+from stalwart.adapters._allowed import allow_map
 from stalwart.adapters._base import text_digest
+from stalwart.errors import DisallowedTypeError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -36,27 +38,41 @@ _USAGE: TypeAdapter[Usage] = TypeAdapter(Usage)
 # clocks. They are left out of model-call fingerprints.
 VOLATILE_FIELDS = frozenset({"id", "created_at", "timestamp"})
 
-# Output items are rebuilt with their own class; only these packages are imported by name.
-_TRUSTED_MODULES = ("openai.", "agents.")
-
 _STRUCTURED_TOOL_OUTPUTS = (ToolOutputText, ToolOutputImage, ToolOutputFileContent)
 
 
 # -- model responses ----------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=256)
+def _members(tp: Any) -> list[type]:
+    """The classes of a (possibly annotated) union type."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _members(typing.get_args(tp)[0])
+    if origin is typing.Union or origin is types.UnionType:
+        return [cls for arg in typing.get_args(tp) for cls in _members(arg)]
+    return [tp] if isinstance(tp, type) else []
+
+
+# Output items are rebuilt with their own class, chosen by name among the classes of the
+# output item union only: the journal never makes a worker import anything. A name from the
+# SDK's packages that is not a member (a class renamed by another SDK version) is rebuilt
+# from its data by the union's discriminator; any other name is refused.
+_ITEM_CLASSES = allow_map(_members(TResponseOutputItem))
+_SDK_PACKAGES = ("openai.", "agents.")
+
+
 def _item_class(path: str) -> type[BaseModel] | None:
-    module, _, qualname = path.partition(":")
-    if not module.startswith(_TRUSTED_MODULES):
+    cls = _ITEM_CLASSES.get(path)
+    if cls is not None and issubclass(cls, BaseModel):
+        return cls
+    if path.startswith(_SDK_PACKAGES):
         return None
-    try:
-        obj: Any = importlib.import_module(module)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError):
-        return None
-    return obj if isinstance(obj, type) and issubclass(obj, BaseModel) else None
+    raise DisallowedTypeError(
+        path,
+        "model output items are OpenAI's output item types only: this journal entry was not "
+        "written by Stalwart",
+    )
 
 
 def dump_item(item: Any) -> dict[str, Any]:
@@ -77,7 +93,8 @@ def dump_item(item: Any) -> dict[str, Any]:
 
 def load_item(raw: Mapping[str, Any]) -> TResponseOutputItem:
     """Rebuild an output item recorded by :func:`dump_item`."""
-    cls = _item_class(raw["t"]) if raw.get("t") else None
+    path = raw.get("t")
+    cls = _item_class(str(path)) if path else None
     if cls is not None:
         return cls.model_validate(raw["d"])  # type: ignore[return-value]
     return _OUTPUT_ITEM.validate_python(raw["d"])
