@@ -322,13 +322,19 @@ async def test_huge_texts_are_cut_in_events_and_every_terminal_event_is_publishe
             assert shown.startswith("e" * 100) and "more characters" in shown
         assert len(message) == min(size, ERROR_TEXT_LIMIT)  # the record keeps the full text
 
-    # A cancel reason far over the payload limit, for a placed and a never-placed run.
+    # A cancel reason far over the payload limit, for a placed and a never-placed run: the
+    # client refuses it by default (cancel_reason_max); a sender configured otherwise gets
+    # it stored, and the event must still be publishable.
+    with pytest.raises(InvalidRequestError, match="cancel_reason_max"):
+        await client.handle(rid()).cancel("r" * (2 * payload))
+    lax = msgspec.structs.replace(client.settings, cancel_reason_max=10 * payload)
+    lax_client = Client(client.broker, client.store, lax)
     waiter = await client.submit("waiter", None)
     await eventually(lambda: status_is(client, waiter.run_id, "running"))
     never = await client.submit("nobody_serves_this", None, require_registered=False)
     for handle in (waiter, never):
         follow = asyncio.create_task(collect(client, handle.run_id))
-        await handle.cancel("r" * (2 * payload))
+        await lax_client.handle(handle.run_id).cancel("r" * (2 * payload))
         with pytest.raises(RunCancelled):
             await handle.result(timeout=20)
         events = await asyncio.wait_for(follow, 20)

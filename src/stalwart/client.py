@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from stalwart._ids import check_agent_name, check_run_id, new_run_id
 from stalwart._text import (
+    ERROR_TEXT_LIMIT,
     clip,
     msgpack_may_nest_deeper,
     nesting_depth_exceeds,
@@ -183,9 +184,10 @@ class RunHandle:
         :class:`~stalwart.errors.SignalRefusedError` and stores nothing.
         """
         settings = self.client.settings
-        raw = _signal_payload(name, payload, settings)
-        # Also refuse what a worker could not decode (nesting past max_nesting).
-        self.client._encode_checked(payload, f"signal {name!r} payload")
+        _check_signal(name, None, settings)
+        # Refuses what a worker could not decode too (nesting past max_nesting).
+        raw = bytes(self.client._encode_checked(payload, f"signal {name!r} payload"))
+        _check_signal(name, raw, settings)
         outcome, sid, epoch = await self.client.store.add_signal(
             self.run_id, name, raw, max_pending=settings.signal_max_pending
         )
@@ -252,6 +254,9 @@ class RunHandle:
             raise InvalidRequestError(
                 f"cancel reason must be a string of at most {limit} characters (cancel_reason_max)"
             )
+        # A sender configured with a larger limit is still bounded like an error message:
+        # the record keeps up to ERROR_TEXT_LIMIT, events cut it further.
+        reason = clip(safe_text(reason), ERROR_TEXT_LIMIT)
         outcome, wake_epoch = await self.client.store.cancel_run(self.run_id, reason)
         # Poke a live waiter so it notices now; wake a passivated run so it can end.
         await self.client.broker.nc.publish(
@@ -272,8 +277,8 @@ class RunHandle:
         return outcome
 
 
-def _signal_payload(name: Any, payload: Any, settings: Settings) -> bytes:
-    """``payload`` encoded, once ``name`` and it are within the signal limits."""
+def _check_signal(name: Any, raw: bytes | None, settings: Settings) -> None:
+    """Refuse a signal name (and encoded payload, when given) outside the signal limits."""
     if not isinstance(name, str) or not name:
         raise SignalRefusedError(f"signal name must be a non-empty string, got {type(name)!r}")
     if len(name) > settings.signal_name_max:
@@ -281,16 +286,11 @@ def _signal_payload(name: Any, payload: Any, settings: Settings) -> bytes:
             f"signal name is {len(name)} characters, over signal_name_max "
             f"({settings.signal_name_max}): {name[:40]!r}..."
         )
-    try:
-        raw = bytes(encode_value(payload))
-    except TypeError as exc:
-        raise InvalidRequestError(f"signal payload cannot be encoded: {exc}") from exc
-    if len(raw) > settings.signal_max_bytes:
+    if raw is not None and len(raw) > settings.signal_max_bytes:
         raise SignalRefusedError(
             f"signal {name!r}: the encoded payload is {len(raw)} bytes, over signal_max_bytes "
             f"({settings.signal_max_bytes}); pass large data by reference"
         )
-    return raw
 
 
 class Client:
@@ -358,13 +358,14 @@ class Client:
         """A handle for an existing run."""
         return RunHandle(self, check_run_id(run_id), agent)
 
-    async def _reject(self, run_id: str, agent: str, reason: str) -> None:
+    async def _reject(self, run_id: str, agent: str, reason: str, *, ended: bool = False) -> None:
         """Announce a refused submission on the run's subject, unless the id is a known run's.
 
         A refused request is not that run's end: an id that already names a run (another
         submit of it, or a mistaken reuse) must not get a ``request.rejected`` in its stream.
+        ``ended``: the rejection did end this run (its record was just ended rejected).
         """
-        if await self.store.get_run(run_id) is not None:
+        if not ended and await self.store.get_run(run_id) is not None:
             return
         await self.broker.events.publish(
             RunEvent(
@@ -481,8 +482,11 @@ class Client:
         try:
             await self.broker.publish_request(request, msg_id=request.run_id)
         except InvalidRequestError as exc:  # the runs stream refused it (full, too large)
-            if await self.store.reject(request.run_id, str(exc)) != "skipped":
-                await self._reject(request.run_id, request.agent, str(exc))
+            outcome = await self.store.reject(request.run_id, request.agent, str(exc))
+            if outcome != "skipped":
+                await self._reject(
+                    request.run_id, request.agent, str(exc), ended=outcome == "rejected"
+                )
             raise
 
     async def fork(self, run_id: str, *, at: str, new_id: str | None = None) -> RunHandle:

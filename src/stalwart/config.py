@@ -233,7 +233,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Longest signal name, in characters (``outcome:<step key>`` names of nested steps are long)."""
     signal_max_pending: int = 1000
     """Signals a run may hold unconsumed at once; more are refused until it consumes some."""
-    cancel_reason_max: int = 1000
+    cancel_reason_max: int = 65_536
     """Longest reason ``RunHandle.cancel`` accepts, in characters."""
 
     def __post_init__(self) -> None:

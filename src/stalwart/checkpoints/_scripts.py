@@ -226,22 +226,3 @@ redis.call('HSET', KEYS[1], 'run_id', ARGV[1], 'agent', ARGV[2], 'input', ARGV[3
   'trace', ARGV[5], 'forked_from', ARGV[6])
 return 'ok'
 """
-
-# -- h4 ----------------------------------------------------------------------------------
-
-# Reject: a request that will never be served (no worker serves its agent, or the runs
-# stream refused it). Ends the run only while no worker placed it, like a dead letter, but
-# never creates a record. KEYS[1] record, KEYS[2] journal. ARGV: now, reason, finished_entry
-REJECT = (
-    _NEXT_SEQ
-    + """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return {'missing'} end
-if status ~= 'accepted' then return {'skipped', status} end
-local seq = next_seq(KEYS[2])
-redis.call('XADD', KEYS[2], seq .. '-0', 'd', ARGV[3])
-redis.call('HSET', KEYS[1], 'status', 'failed', 'updated_at', ARGV[1], 'finished_at', ARGV[1],
-  'error_type', 'RunRejected', 'error', ARGV[2])
-return {'rejected', tostring(seq)}
-"""
-)

@@ -657,27 +657,16 @@ class CheckpointStore:
             return True
         return False
 
-    async def reject(self, run_id: str, reason: str) -> str:
-        """End a run that was never placed as rejected (``RunRejected``).
+    async def reject(self, run_id: str, agent: str, reason: str) -> str:
+        """End ``agent``'s run that was never placed as rejected (``RunRejected`` to readers).
 
+        For a request that will never be served (no worker serves its agent, or the runs
+        stream refused it): the run's own request, so :meth:`reject_request` with ``own``.
         Returns ``rejected``, ``missing`` (no record: nothing to end) or ``skipped`` (a
-        worker placed it meanwhile, or it has ended).
+        worker placed it meanwhile, it has ended, or it is another agent's run).
         """
-        now = time.time()
-        entry = encode_entry(
-            Finished(
-                status="failed",
-                epoch=0,
-                worker="",
-                at=now,
-                error=ErrorInfo("RunRejected", reason, retryable=False),
-            )
-        )
-        reply = await self._reject(keys=self._keys(run_id), args=[repr(now), reason, entry])
-        outcome = cast("bytes", reply[0]).decode()
-        if outcome == "rejected":
-            await self.mark_inactive(run_id)
-        return outcome
+        outcome, _ = await self.reject_request(run_id, agent, reason, own=True)
+        return "skipped" if outcome == "unrelated" else outcome
 
     # -- signals and passivation ------------------------------------------------------------
 

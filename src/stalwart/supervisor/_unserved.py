@@ -5,7 +5,7 @@ JetStream never delivers it, so it never reaches ``max_deliver`` and never produ
 advisory. The supervisor finds such subjects, and rejects their requests once they have
 waited ``unserved_after`` seconds, the way ``Client.submit`` refuses an unknown agent: a
 ``request.rejected`` event on the run's subject, the run (if it has a record and no worker
-placed it) ended as ``RunRejected``, and the message removed.
+placed it) ended rejected (``RequestRejected``; ``result()`` raises ``RunRejected``), and the message removed.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ async def _reject(
         log.warning("request.unserved_undecodable", agent=agent, stream_seq=raw.seq)
         await broker.events.publish_rejection(agent, event)
         return True
-    if await store.reject(run_id, reason) == "skipped":
+    if await store.reject(run_id, agent, reason) == "skipped":
         return True  # a worker placed it after all, or it ended: nothing to reject
     log.warning("request.unserved", run_id=run_id, agent=agent, reason=reason)
     await broker.events.publish(event, acked=True)
