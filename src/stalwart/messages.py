@@ -6,6 +6,7 @@ tool (``nats sub``, a dashboard in another language) can read a run's event stre
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -93,13 +94,48 @@ def decode_request(data: bytes) -> RunRequest:
     return _request_decoder.decode(data)
 
 
+_STALWART_DATA = frozenset(
+    {
+        EV_ACCEPTED,
+        EV_STARTED,
+        EV_RESUMED,
+        EV_STEP_STARTED,
+        EV_STEP_COMPLETED,
+        EV_STEP_FAILED,
+        EV_STEP_RETRYING,
+        EV_STEP_INTENT,
+        EV_WAIT_STARTED,
+        EV_SIGNAL,
+        EV_PASSIVATED,
+        EV_STUCK,
+        EV_OUTCOME_UNKNOWN,
+        EV_FAILED,
+        EV_CANCELLED,
+        EV_REJECTED,
+        EV_LEASE_LOST,
+        EV_RELEASED,
+    }
+)
+"""Event types whose data Stalwart builds itself (no user value inside; see encode_event)."""
+
+
 def encode_event(ev: RunEvent) -> bytes:
     """Encode a run event as JSON; NaN and infinities become ``"NaN"``, ``"Infinity"``...
 
     (msgspec would write ``null``, losing the value; see ``stalwart._json``.)
     """
-    if ev.data is not None:
-        ev = msgspec.structs.replace(ev, data=json_safe(ev.data))
+    data = ev.data
+    if data is None:
+        return _event_encoder.encode(ev)
+    if ev.type in _STALWART_DATA and isinstance(data, dict):
+        # Built by Stalwart from journal metadata: only top-level numbers, no user values.
+        # A shallow look instead of a walk keeps this off the per-step cost.
+        if any(isinstance(v, float) and not math.isfinite(v) for v in data.values()):
+            ev = msgspec.structs.replace(ev, data=json_safe(data))
+    elif ev.type == EV_COMPLETED and isinstance(data, dict) and "result" in data:
+        ev = msgspec.structs.replace(ev, data={**data, "result": json_safe(data["result"])})
+    else:  # events emitted by agent code carry its values at any depth
+        ev = msgspec.structs.replace(ev, data=json_safe(data))
     return _event_encoder.encode(ev)
 
 
