@@ -336,7 +336,7 @@ async def pay_ask_human(ctx: RunContext, amount: int) -> str:
     return await ctx.step("charge", charge_ask_human, amount)
 
 
-# -- h2: non-finite floats in step and run results ------------------------------------------
+# -- non-finite floats in step and run results ------------------------------------------
 
 
 async def non_finite(which: str) -> float:

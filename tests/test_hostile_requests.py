@@ -45,8 +45,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture
 async def workers(settings: Settings, servers: Servers, client: Client) -> AsyncIterator[Any]:
-    """Worker processes serving ``tests.apps_h3:app``."""
-    async with worker_pool("tests.apps_h3:app", settings, servers, client) as start:
+    """Worker processes serving ``tests.hostile_apps:app``."""
+    async with worker_pool("tests.hostile_apps:app", settings, servers, client) as start:
         yield start
 
 

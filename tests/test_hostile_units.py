@@ -20,7 +20,7 @@ from stalwart._text import (
 from stalwart.actors._execute import error_info
 from stalwart.broker._events import bounded_event
 from stalwart.messages import RunEvent, decode_request, encode_event, read_event
-from tests.apps_h3 import Unprintable
+from tests.hostile_apps import Unprintable
 
 
 class _StrNotText(Exception):

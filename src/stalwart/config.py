@@ -183,7 +183,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """How long an open circuit fails fast before letting one trial call through."""
     worker_id: str = ""
     """Identity of this worker in leases and the journal; generated when empty."""
-    # -- h1: freezes, slow servers and graceful drain
+    # -- freezes, slow servers and graceful drain
     lease_margin: float = 0.0
     """Seconds of a lease's TTL a worker never counts on (0: half of ``lease_ttl``).
 
@@ -198,19 +198,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         """``lease_margin``, or its default (half the TTL) when it is 0."""
         return self.lease_margin or self.lease_ttl / 2
 
-    # -- h2: connection bounds
+    # -- connection bounds
     connect_timeout: float = 10.0
     """How long the first connection to NATS or to Redis may take before the process fails
     with ``ServerUnavailableError`` (refused connections are retried within it). An
     established connection is retried without limit."""
-    # -- h3: bounds on run requests, run events and placements
+    # -- bounds on run requests, run events and placements
     max_nesting: int = 100
     """Deepest nesting of lists/dicts accepted in a run input or signal payload."""
     event_text_limit: int = 4096
     """Longest string (characters) in a published run event; longer ones are cut."""
     max_placements: int = 20
     """Placements in a row without journal progress before a run is failed (0: no limit)."""
-    # -- h4: unserved requests, stream limits, signal limits
+    # -- unserved requests, stream limits, signal limits
     unserved_after: float = 300.0
     """A run request that no consumer serves (no worker ever served its agent) is rejected
     after waiting this long in the runs stream (0: never)."""

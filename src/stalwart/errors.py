@@ -152,7 +152,7 @@ class ToolOutcomeUnknown(StalwartError):
     """An at-most-once step was started but its outcome was never journaled (crash mid-call)."""
 
 
-# -- h2
+# -- lookups
 
 
 class RunNotFoundError(InvalidRequestError):
@@ -163,7 +163,7 @@ class RunNotFoundError(InvalidRequestError):
         self.run_id = run_id
 
 
-# -- h4: refusals at the limits of the runs stream and of signals
+# -- refusals at the limits of the runs stream and of signals
 
 
 class QueueFullError(InvalidRequestError):

@@ -1,4 +1,4 @@
-"""Agents for the hostile-input tests (``tests.apps_h3:app``): bad requests, odd exceptions,
+"""Agents for the hostile-input tests (``tests.hostile_apps:app``): bad requests, odd exceptions,
 huge texts, runs that crash their actor on every placement.
 
 Executions are counted in Redis (``COUNTER_REDIS_URL``) like in ``tests.apps``.
