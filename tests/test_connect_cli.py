@@ -190,6 +190,13 @@ async def test_cli_http_url_for_nats_is_a_usage_error(servers: Servers, tmp_path
     assert res.code == EXIT_USAGE, res
     assert "is not a NATS URL" in res.err, res
     _assert_clean(res)
+    # Reported before anything is connected: a Redis that is down is not waited for first.
+    res, took = await _timed_cli(
+        "runs", "--nats-url", "http://127.0.0.1:8222", "--redis-url", "redis://127.0.0.1:1",
+        env=_env_bound(tmp_path),
+    )  # fmt: skip
+    assert res.code == EXIT_USAGE and "is not a NATS URL" in res.err, res
+    assert took < BOUND + 5, took
 
 
 @pytest.mark.slow

@@ -328,6 +328,7 @@ class Client:
                 "Client.connect needs a NATS URL and a Redis URL (arguments or "
                 "STALWART_NATS_URL / STALWART_REDIS_URL)"
             )
+        Broker.check_url(settings.nats_url)
         store = await CheckpointStore.connect(
             settings.redis_url, settings.namespace, connect_timeout=settings.connect_timeout
         )

@@ -90,6 +90,7 @@ class Worker:
     async def start(self) -> None:
         """Connect, register the agents, and start fetching and renewing."""
         assert self.settings.nats_url and self.settings.redis_url, "resolve server URLs first"
+        Broker.check_url(self.settings.nats_url)
         self.store = await CheckpointStore.connect(
             self.settings.redis_url,
             self.settings.namespace,

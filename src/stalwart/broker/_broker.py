@@ -11,7 +11,7 @@ import msgspec
 import structlog
 from nats.js.errors import APIError, KeyNotFoundError, NotFoundError
 
-from stalwart.broker._connect import connect
+from stalwart.broker._connect import check_nats_url, connect
 from stalwart.broker._events import EventPublisher, last_event, subscribe_events
 from stalwart.broker._lease import LeaseManager
 from stalwart.broker._names import Names
@@ -78,6 +78,15 @@ class Broker:
         self.leases.margin = settings.effective_lease_margin
         self.events = EventPublisher(nc, self.js, self.names, text_limit=settings.event_text_limit)
         self._agents_kv: KeyValue | None = None
+
+    @staticmethod
+    def check_url(url: str) -> None:
+        """Raise :class:`ConfigurationError` if ``url`` is not a NATS URL (or list of them).
+
+        Processes call this before connecting to anything, so a misspelt NATS URL is
+        reported at once rather than after waiting for the other server.
+        """
+        check_nats_url(url)
 
     @classmethod
     async def connect(

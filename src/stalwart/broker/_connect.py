@@ -45,7 +45,7 @@ def check_server_version(version: str, url: str = "") -> None:
 NATS_SCHEMES = ("nats", "tls", "ws", "wss")
 
 
-def _check_urls(url: str) -> None:
+def check_nats_url(url: str) -> None:
     """Refuse what is not a NATS URL (``http://``, a bare word) before trying to connect."""
     for part in url.split(","):
         scheme, sep, rest = part.strip().partition("://")
@@ -210,7 +210,7 @@ async def connect(url: str, *, name: str = "stalwart", connect_timeout: float = 
     URL that is not a NATS URL) it fails with :class:`ServerUnavailableError` or
     :class:`ConfigurationError`, naming the URL with its credentials masked and the reason.
     """
-    _check_urls(url)
+    check_nats_url(url)
     shown = mask_urls(url)
     tls_refused = await _tls_refused(url, min(connect_timeout, 2.0))
     if tls_refused:

@@ -100,6 +100,7 @@ class Supervisor:
     async def start(self) -> None:
         """Connect to both servers."""
         assert self.settings.nats_url and self.settings.redis_url, "resolve server URLs first"
+        Broker.check_url(self.settings.nats_url)
         self.store = await CheckpointStore.connect(
             self.settings.redis_url,
             self.settings.namespace,
