@@ -15,6 +15,7 @@ from stalwart import Client, RunFailed, Settings, Supervisor
 from stalwart.actors import App
 from stalwart.broker import LeaseManager
 from stalwart.checkpoints import StepDone
+from stalwart.errors import CorruptRecordError
 from stalwart.supervisor import judge
 from stalwart.testing import (
     EmbeddedServers,
@@ -295,3 +296,36 @@ async def test_stop_returns_even_when_a_supervising_pass_never_ends(settings: Se
     done, _ = await asyncio.wait({task}, timeout=30)
     assert done, "the supervisor did not stop while a pass hung"
     task.result()
+
+
+async def test_a_corrupt_run_record_does_not_stop_the_others_being_supervised(
+    settings: Settings, client: Client
+) -> None:
+    """A record no Stalwart script wrote is reported; the rest of the pass and listing go on."""
+    store = client.store
+    corrupt, orphan = rid(), rid()
+    # Sorted before the orphan in the pass, so without isolation the pass stops at it.
+    corrupt = "0" + corrupt[1:]
+    orphan = "z" + orphan[1:]
+    await store.redis.hset(
+        store.record_key(corrupt),
+        mapping={"run_id": corrupt, "agent": "fast", "status": "running", "epoch": "abc"},
+    )
+    await store.redis.sadd(store.active_key, corrupt)
+    await store.redis.zadd(store.runs_key, {corrupt: time.time()})
+    # An orphan: running at epoch 7, nobody holds its lease.
+    await store.create_run(orphan, "fast", msgspec.Raw(msgspec.msgpack.encode(1)))
+    await store.redis.hset(store.record_key(orphan), mapping={"status": "running", "epoch": "7"})
+    await store.redis.sadd(store.active_key, orphan)
+
+    sup = Supervisor(settings)
+    await sup.start()
+    try:
+        assert await sup.reconcile() == 1  # the orphan was re-placed despite the corrupt run
+        assert sup.replaced == 1
+    finally:
+        await sup.close()
+    listed = {r.run_id for r in await client.runs(limit=10)}
+    assert orphan in listed and corrupt not in listed
+    with pytest.raises(CorruptRecordError, match="epoch"):
+        await client.handle(corrupt).status()

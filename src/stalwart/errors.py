@@ -172,3 +172,7 @@ class QueueFullError(InvalidRequestError):
 
 class SignalRefusedError(InvalidRequestError):
     """A signal broke a limit (payload size, name length, pending count): nothing was stored."""
+
+
+class CorruptRecordError(StalwartError):
+    """A run record in Redis that Stalwart cannot read (written by something other than it)."""

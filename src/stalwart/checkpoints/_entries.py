@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from stalwart.errors import CorruptRecordError
+
 RunStatus = Literal["accepted", "running", "waiting", "completed", "failed", "cancelled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
@@ -199,10 +201,29 @@ def decode_value(raw: msgspec.Raw | bytes, type: Any = Any) -> Any:
 
 
 def record_from_hash(raw: dict[bytes, bytes]) -> RunRecord | None:
-    """Build a :class:`RunRecord` from ``HGETALL`` output (None when the hash is empty)."""
+    """Build a :class:`RunRecord` from ``HGETALL`` output (None when the hash is empty).
+
+    Raises :class:`CorruptRecordError` (naming the run and the field) for a hash that no
+    Stalwart script wrote, never a bare ``ValueError``.
+    """
     if not raw:
         return None
+    try:
+        return _record(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        run_id = raw.get(b"run_id", b"?").decode(errors="replace")[:200]
+        raise CorruptRecordError(f"corrupt run record of run {run_id!r}: {exc}") from None
 
+
+def _number(raw: dict[bytes, bytes], name: str, kind: type[int] | type[float]) -> Any:
+    value = raw.get(name.encode(), b"")
+    try:
+        return kind(value.decode()) if value else kind()
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError(f"field {name!r} is {value[:50]!r}, not a number") from None
+
+
+def _record(raw: dict[bytes, bytes]) -> RunRecord:
     def text(name: str) -> str:
         return raw.get(name.encode(), b"").decode()
 
@@ -217,17 +238,17 @@ def record_from_hash(raw: dict[bytes, bytes]) -> RunRecord | None:
         run_id=text("run_id"),
         agent=text("agent"),
         status=status,  # type: ignore[arg-type]  # checked just above
-        epoch=int(text("epoch") or 0),
+        epoch=_number(raw, "epoch", int),
         worker=text("worker"),
-        created_at=float(text("created_at") or 0.0),
-        updated_at=float(text("updated_at") or 0.0),
+        created_at=_number(raw, "created_at", float),
+        updated_at=_number(raw, "updated_at", float),
         input=blob("input"),
         result=blob("result"),
         error_type=text("error_type"),
         error=text("error"),
         cancel=text("cancel"),
         trace=text("trace"),
-        deadline=float(text("deadline") or 0.0),
-        wake_at=float(text("wake_at") or 0.0),
+        deadline=_number(raw, "deadline", float),
+        wake_at=_number(raw, "wake_at", float),
         waiting_for=text("waiting_for"),
     )

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import redis.asyncio as aioredis
+import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -34,12 +35,15 @@ from stalwart.checkpoints._entries import (
 from stalwart.checkpoints._pipe import ScriptPipe
 from stalwart.checkpoints._reach import first_contact
 from stalwart.errors import (
+    CorruptRecordError,
     InvalidRequestError,
     LeaseLost,
     RunNotFoundError,
     ServerUnavailableError,
     StalwartError,
 )
+
+_log = structlog.get_logger("stalwart.checkpoints")
 
 if TYPE_CHECKING:
     import msgspec
@@ -334,7 +338,16 @@ class CheckpointStore:
             for rid in ids:
                 pipe.hgetall(self.record_key(rid.decode()))
             rows = await pipe.execute()
-        return [r for r in (record_from_hash(row) for row in rows) if r is not None]
+        records: list[RunRecord] = []
+        for row in rows:
+            try:
+                record = record_from_hash(row)
+            except CorruptRecordError as exc:  # one bad hash must not hide every other run
+                _log.warning("run.record_corrupt", error=str(exc))
+                continue
+            if record is not None:
+                records.append(record)
+        return records
 
     async def active_runs(self) -> list[str]:
         """Ids of runs that have not ended (accepted or running)."""

@@ -240,8 +240,12 @@ class Supervisor:
         run_ids = await self.store.active_runs()
         obs.supervisor_pass(self, run_ids)
         for run_id in run_ids:
-            if await self.check(run_id):
-                count += 1
+            try:
+                if await self.check(run_id):
+                    count += 1
+            except Exception as exc:  # one bad run (corrupt record, refused publish) must
+                # not leave every run after it in the pass unsupervised
+                self.log.warning("reconcile.run_failed", run_id=run_id, error=repr(exc))
         return count + await self.fire_timers()
 
     async def check(self, run_id: str) -> bool:
@@ -309,7 +313,11 @@ class Supervisor:
         assert self.store is not None and self.broker is not None
         woken = 0
         for run_id in await self.store.due_timers(time.time()):
-            record = await self.store.get_run(run_id)
+            try:
+                record = await self.store.get_run(run_id)
+            except Exception as exc:  # a corrupt record: the other timers still fire
+                self.log.warning("timer.run_failed", run_id=run_id, error=repr(exc))
+                continue
             if record is not None and record.status == "waiting":
                 await self.broker.publish_request(
                     RunRequest(
