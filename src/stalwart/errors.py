@@ -174,5 +174,5 @@ class SignalRefusedError(InvalidRequestError):
     """A signal broke a limit (payload size, name length, pending count): nothing was stored."""
 
 
-class CorruptRecordError(StalwartError):
+class CorruptRecordError(StalwartError, ValueError):
     """A run record in Redis that Stalwart cannot read (written by something other than it)."""

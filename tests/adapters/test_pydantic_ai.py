@@ -173,7 +173,10 @@ async def test_sigkill_after_third_tool_resumes_without_repeating_calls(
     follower = asyncio.create_task(collect(handle, events))  # follows live across the crash
 
     async def three_tools() -> bool:
-        return len(await steps(client, run_id, "tool")) >= 3
+        # Journaled, and their live events out too: the run is then held before model call
+        # 3 (the journal entry alone can be seen before the tool's `tool.result` is sent).
+        results = sum(1 for ev in events if ev.type == "tool.result")
+        return results >= 3 and len(await steps(client, run_id, "tool")) >= 3
 
     await eventually(three_tools, timeout=30)
     a.kill()  # held before model call 3: nothing is in flight

@@ -233,7 +233,7 @@ def _record(raw: dict[bytes, bytes]) -> RunRecord:
 
     status = text("status") or "accepted"
     if status not in ("accepted", "running", "waiting", "completed", "failed", "cancelled"):
-        raise ValueError(f"corrupt run record: status {status!r}")
+        raise ValueError(f"status {status!r} is not a run status")
     return RunRecord(
         run_id=text("run_id"),
         agent=text("agent"),
