@@ -184,10 +184,10 @@ class RunHandle:
         :class:`~stalwart.errors.SignalRefusedError` and stores nothing.
         """
         settings = self.client.settings
-        _check_signal(name, None, settings)
+        _check_signal_name(name, settings)
         # Refuses what a worker could not decode too (nesting past max_nesting).
         raw = bytes(self.client._encode_checked(payload, f"signal {name!r} payload"))
-        _check_signal(name, raw, settings)
+        _check_signal_size(name, raw, settings)
         outcome, sid, epoch = await self.client.store.add_signal(
             self.run_id, name, raw, max_pending=settings.signal_max_pending
         )
@@ -277,8 +277,8 @@ class RunHandle:
         return outcome
 
 
-def _check_signal(name: Any, raw: bytes | None, settings: Settings) -> None:
-    """Refuse a signal name (and encoded payload, when given) outside the signal limits."""
+def _check_signal_name(name: Any, settings: Settings) -> None:
+    """Refuse a signal name outside the signal limits (before the payload is encoded)."""
     if not isinstance(name, str) or not name:
         raise SignalRefusedError(f"signal name must be a non-empty string, got {type(name)!r}")
     if len(name) > settings.signal_name_max:
@@ -286,7 +286,11 @@ def _check_signal(name: Any, raw: bytes | None, settings: Settings) -> None:
             f"signal name is {len(name)} characters, over signal_name_max "
             f"({settings.signal_name_max}): {name[:40]!r}..."
         )
-    if raw is not None and len(raw) > settings.signal_max_bytes:
+
+
+def _check_signal_size(name: str, raw: bytes, settings: Settings) -> None:
+    """Refuse an encoded signal payload over ``signal_max_bytes``."""
+    if len(raw) > settings.signal_max_bytes:
         raise SignalRefusedError(
             f"signal {name!r}: the encoded payload is {len(raw)} bytes, over signal_max_bytes "
             f"({settings.signal_max_bytes}); pass large data by reference"

@@ -22,6 +22,7 @@ from stalwart.checkpoints._entries import (
     Finished,
     JournalEntry,
     RunRecord,
+    RunStatus,
     Started,
     StepAttempt,
     StepDone,
@@ -47,6 +48,19 @@ _log = structlog.get_logger("stalwart.checkpoints")
 
 if TYPE_CHECKING:
     import msgspec
+
+
+def _unplaced_end(now: float, status: RunStatus, error_type: str, reason: str) -> bytes:
+    """The Finished entry that ends a run no worker holds (cancel, reject, dead letter)."""
+    return encode_entry(
+        Finished(
+            status=status,
+            epoch=0,
+            worker="",
+            at=now,
+            error=ErrorInfo(error_type, reason, retryable=False),
+        )
+    )
 
 
 class SettlingFuture(asyncio.Future[Any]):
@@ -605,15 +619,7 @@ class CheckpointStore:
     ) -> tuple[CancelOutcome, int | None]:
         """Like :meth:`request_cancel`; also returns the epoch to wake if the run is passivated."""
         now = time.time()
-        entry = encode_entry(
-            Finished(
-                status="cancelled",
-                epoch=0,
-                worker="",
-                at=now,
-                error=ErrorInfo("RunCancelled", reason, retryable=False),
-            )
-        )
+        entry = _unplaced_end(now, "cancelled", "RunCancelled", reason)
         reply = await self._cancel(keys=self._keys(run_id), args=[repr(now), reason, entry])
         outcome: CancelOutcome = reply[0].decode()
         if outcome == "cancelled":
@@ -632,15 +638,7 @@ class CheckpointStore:
         and the rejection is not about it.
         """
         now = time.time()
-        entry = encode_entry(
-            Finished(
-                status="failed",
-                epoch=0,
-                worker="",
-                at=now,
-                error=ErrorInfo(REJECTED_ERROR, reason, retryable=False),
-            )
-        )
+        entry = _unplaced_end(now, "failed", REJECTED_ERROR, reason)
         reply = await self._reject(
             keys=self._keys(run_id), args=[repr(now), reason, entry, agent, "1" if own else "0"]
         )
@@ -653,15 +651,7 @@ class CheckpointStore:
     async def dead_letter(self, run_id: str, agent: str, reason: str) -> bool:
         """Fail a run whose request could not be delivered; False if a worker placed it."""
         now = time.time()
-        entry = encode_entry(
-            Finished(
-                status="failed",
-                epoch=0,
-                worker="",
-                at=now,
-                error=ErrorInfo("DeadLettered", reason, retryable=False),
-            )
-        )
+        entry = _unplaced_end(now, "failed", "DeadLettered", reason)
         reply = await self._dead_letter(
             keys=self._keys(run_id), args=[repr(now), reason, entry, run_id, agent]
         )
