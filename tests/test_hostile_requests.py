@@ -33,7 +33,7 @@ from stalwart import (
     UnknownAgentError,
 )
 from stalwart._text import ERROR_TEXT_LIMIT
-from stalwart.checkpoints import Finished, Started, encode_value
+from stalwart.checkpoints import Finished, Started, WaitStarted, encode_value
 from stalwart.messages import RunRequest, encode_request, read_event
 from tests.apps import exec_key, gate_key
 from tests.conftest import Servers, WorkerFactory, eventually, worker_pool
@@ -85,6 +85,14 @@ async def rejections(client: Client, agent: str) -> list[RunEvent]:
 async def status_is(client: Client, run_id: str, status: str) -> bool:
     record = await client.store.get_run(run_id)
     return record is not None and record.status == status
+
+
+async def waiting_live(client: Client, run_id: str) -> bool:
+    """The run journaled the start of a wait and is still held by its worker."""
+    entries = await client.store.read_journal(run_id)
+    record = await client.store.get_run(run_id)
+    started = any(isinstance(je.entry, WaitStarted) for je in entries)
+    return started and record is not None and record.status == "running"
 
 
 async def cli(settings: Settings, *args: str) -> tuple[int, str, str]:
@@ -362,6 +370,22 @@ async def test_huge_texts_are_cut_in_events_and_every_terminal_event_is_publishe
 
 
 # -- 8: exceptions that cannot be rendered; runs that crash their actor ---------------------------
+
+
+async def test_a_cancel_whose_poke_is_lost_still_ends_a_live_wait(
+    client: Client, workers: WorkerFactory
+) -> None:
+    """A cancel's poke is a core NATS message: it reaches no one when it lands between the
+    wait's journal entry and its subscription, and it can be dropped. The stored cancel must
+    still end a live wait within one inbox recheck, not at passivation (60 s later)."""
+    await workers()
+    handle = await client.submit("waiter", None)
+    await eventually(lambda: waiting_live(client, handle.run_id))
+    # The store's cancel alone: the flag is stored, no poke is sent.
+    outcome, wake = await client.store.cancel_run(handle.run_id, "poke lost")
+    assert (outcome, wake) == ("requested", None)
+    with pytest.raises(RunCancelled, match="poke lost"):
+        await handle.result(timeout=20)
 
 
 async def test_an_exception_whose_str_repr_and_name_raise_fails_the_run_cleanly(

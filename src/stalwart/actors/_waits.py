@@ -130,6 +130,9 @@ class Waits:
             self._broker.names.signals_subject(self.run_id), cb=on_poke
         )
         waited_since = time.monotonic()
+        # A cancel stored after this run's last step but before the subscription above
+        # poked nobody: read the flag once now (any later cancel pokes the subscription).
+        await self._refresh_cancel()
         try:
             while True:
                 # A wake-up hands control back to user code: only while the lease is ours.
@@ -161,8 +164,9 @@ class Waits:
                 pause = min(remaining, max(self.passivate_after - idle, 0.0), _RECHECK)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(_first(poke, self._wake), pause)
-                if poke.is_set():
-                    await self._refresh_cancel()
+                # On a poke, and on every recheck too: a poke is a core NATS message and can
+                # be lost, and a cancel must not wait for passivation to be noticed.
+                await self._refresh_cancel()
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
