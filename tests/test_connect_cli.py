@@ -626,7 +626,7 @@ def test_settings_from_env_reads_only_the_roles_settings(monkeypatch: pytest.Mon
 
 
 def test_payload_previews_mask_nested_secrets() -> None:
-    from stalwart.observability._logs import preview
+    from stalwart.telemetry import preview
 
     text = preview({"req": {"headers": {"Authorization": "Bearer PV1"}}, "u": "redis://:PV2@h"})
     assert "PV1" not in text and "PV2" not in text, text

@@ -29,8 +29,8 @@ from opentelemetry.trace import SpanKind
 from stalwart import Client, RunFailed, Settings, observability
 from stalwart.checkpoints import StepDone
 from stalwart.errors import ConfigurationError
-from stalwart.observability import _hooks, _logs
-from stalwart.observability._tracing import carrier_json, context_from, span_record
+from stalwart.telemetry import _hooks, _logs, _tracing
+from stalwart.telemetry._tracing import carrier_json, context_from, span_record
 from stalwart.testing import StalwartProcess, free_port
 from tests.apps import exec_key, gate_key
 from tests.conftest import ROOT, WorkerFactory, eventually
@@ -246,14 +246,14 @@ def test_tracing_off_by_default_records_nothing(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv("STALWART_TRACING", raising=False)
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
-    assert observability._tracing.tracing_spec() == "off"
+    assert _tracing.tracing_spec() == "off"
     assert observability.configure_tracing("t") is False
     with _hooks.producer_span("submit", "agent", "r1", "ns.runs.agent") as carrier:
         assert carrier == {}  # nothing to store, nothing on the wire
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
-    assert observability._tracing.tracing_spec() == "otlp"
+    assert _tracing.tracing_spec() == "otlp"
     monkeypatch.setenv("STALWART_TRACING", "off")
-    assert observability._tracing.tracing_spec() == "off"
+    assert _tracing.tracing_spec() == "off"
     with pytest.raises(ConfigurationError, match="STALWART_TRACING"):
         observability.configure_tracing("t", "jaeger")
 

@@ -4,8 +4,7 @@ Wrap an agent, and every model call, tool call and step becomes a checkpointed s
 whose worker dies resumes on another worker at the step where it stopped.
 """
 
-__version__ = "0.1.0"
-
+from stalwart._version import __version__
 from stalwart.actors import App, RunContext, StepInfo, StepSpec, Worker, current_step
 from stalwart.actors._policy import NO_RETRY, Limits, Policies, RetryPolicy, durable
 from stalwart.checkpoints import RunRecord

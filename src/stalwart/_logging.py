@@ -16,7 +16,7 @@ import sys
 import structlog
 
 from stalwart.errors import ConfigurationError
-from stalwart.observability import add_trace_ids, redact
+from stalwart.telemetry import add_trace_ids, redact
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "console")

@@ -7,6 +7,7 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
+from stalwart import telemetry as obs
 from stalwart._ids import check_agent_name, check_run_id, new_run_id
 from stalwart._text import (
     ERROR_TEXT_LIMIT,
@@ -48,9 +49,8 @@ from stalwart.messages import (
     RunRequest,
     read_event,
 )
-from stalwart.observability import _hooks as obs
 from stalwart.observability._history import History, build_history
-from stalwart.observability._tracing import carrier_json
+from stalwart.telemetry import carrier_json
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

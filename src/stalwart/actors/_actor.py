@@ -15,6 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stalwart._text import ERROR_TEXT_LIMIT, clip, exception_text, safe_text, type_name
+from stalwart.actors import _telemetry as obs
 from stalwart.actors._context import RunContext
 from stalwart.actors._execute import Drained, StepExecutor, error_info
 from stalwart.actors._policy import Breakers, Policies, RunUsage
@@ -51,7 +52,6 @@ from stalwart.messages import (
     RunEvent,
     RunRequest,
 )
-from stalwart.observability import _hooks as obs
 
 T = TypeVar("T")
 

@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from stalwart._text import ERROR_TEXT_LIMIT, clip, exception_text, safe_text, type_name
+from stalwart.actors import _telemetry as obs
 from stalwart.actors._context import StepInfo, _current
 from stalwart.actors._policy import (
     Breakers,
@@ -35,7 +36,6 @@ from stalwart.checkpoints import (
 )
 from stalwart.errors import LeaseLost, NonDeterminismError, StalwartError, StepFailed
 from stalwart.messages import EV_OUTCOME_UNKNOWN, EV_STEP_RETRYING, EV_STEP_STARTED
-from stalwart.observability import _hooks as obs
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
+from stalwart import _pricing
+from stalwart._pricing import DEFAULT_PRICES
 from stalwart.errors import (
     BudgetExceeded,
     CircuitOpenError,
@@ -191,18 +193,6 @@ def options_of(fn: Any) -> StepOptions | None:
 
 # -- limits -----------------------------------------------------------------------------------
 
-# USD per million tokens (input, output), from the providers' public price lists (2026).
-DEFAULT_PRICES: dict[str, tuple[float, float]] = {
-    "gpt-4o": (2.50, 10.00),
-    "gpt-4o-mini": (0.15, 0.60),
-    "gpt-4.1": (2.00, 8.00),
-    "gpt-4.1-mini": (0.40, 1.60),
-    "o3": (2.00, 8.00),
-    "o4-mini": (1.10, 4.40),
-    "claude-sonnet-4": (3.00, 15.00),
-    "claude-haiku-4": (1.00, 5.00),
-}
-
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -219,15 +209,7 @@ class Limits:
 
     def cost(self, model: str, input_tokens: int, output_tokens: int) -> float:
         """USD for one call; models missing from the table cost 0 (and say so in no error)."""
-        price = self.prices.get(model)
-        if price is None:
-            # Provider-prefixed or dated names ("openai:gpt-4o", "gpt-4o-mini-2024-07-18"):
-            # the longest known name inside it, so gpt-4o-mini is not priced as gpt-4o.
-            known = sorted((n for n in self.prices if n in model), key=len, reverse=True)
-            price = self.prices[known[0]] if known else None
-        if price is None:
-            return 0.0
-        return (input_tokens * price[0] + output_tokens * price[1]) / 1_000_000
+        return _pricing.cost(self.prices, model, input_tokens, output_tokens)
 
 
 @dataclass(slots=True)

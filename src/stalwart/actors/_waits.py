@@ -13,11 +13,11 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
+from stalwart.actors import _telemetry as obs
 from stalwart.actors._inbox import Inbox
 from stalwart.checkpoints import StepDone, WaitStarted, decode_value, encode_value
 from stalwart.errors import NonDeterminismError, StalwartError
 from stalwart.messages import EV_WAIT_STARTED
-from stalwart.observability import _hooks as obs
 
 if TYPE_CHECKING:
     from stalwart.actors._policy import Policies

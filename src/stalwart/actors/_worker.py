@@ -14,9 +14,10 @@ import msgspec
 import structlog
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from stalwart import __version__
 from stalwart._ids import check_run_id
 from stalwart._text import clip, msgpack_may_nest_deeper, nesting_depth_exceeds, safe_text
+from stalwart._version import __version__
+from stalwart.actors import _telemetry as obs
 from stalwart.actors._actor import RunActor
 from stalwart.actors._policy import Breakers
 from stalwart.broker import Broker, WorkerInfo
@@ -24,7 +25,6 @@ from stalwart.checkpoints import CheckpointStore, encode_value
 from stalwart.checkpoints._store import POISONED_ERROR
 from stalwart.errors import InvalidRequestError
 from stalwart.messages import EV_FAILED, EV_REJECTED, RunEvent, RunRequest, decode_request
-from stalwart.observability import _hooks as obs
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg

@@ -18,7 +18,7 @@ from stalwart.broker._names import Names
 from stalwart.broker._setup import ensure_agent_consumer, ensure_topology
 from stalwart.errors import PayloadTooLargeError, QueueFullError
 from stalwart.messages import RunEvent, RunRequest, encode_request
-from stalwart.observability._tracing import inject_headers
+from stalwart.telemetry import inject_headers
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable

@@ -23,7 +23,7 @@ from stalwart.messages import (
     encode_event,
     read_event,
 )
-from stalwart.observability._tracing import inject_headers
+from stalwart.telemetry import inject_headers
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable

@@ -10,12 +10,15 @@
   and payloads kept out unless ``STALWART_LOG_PAYLOADS=1``.
 - **History and replay**: :func:`build_history` (``stalwart history``) and
   :func:`replay_run` (``stalwart replay``), an offline determinism check of new agent code.
+
+This package is the read side, above the runtime: history reads journals, replay drives an
+actor. What the runtime reports as it works is :mod:`stalwart.telemetry`, a leaf below it;
+its set-up functions are re-exported here, where users have always found them.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+from stalwart.actors._replay import ReplayReport, replay_run
 from stalwart.observability._history import (
     AttemptError,
     History,
@@ -25,59 +28,23 @@ from stalwart.observability._history import (
     format_history,
     history_json,
 )
-from stalwart.observability._logs import PAYLOADS_ENV, add_trace_ids, payloads_enabled, redact
-from stalwart.observability._metrics import (
+from stalwart.telemetry import (
     METRICS_ADDR_ENV,
     METRICS_PORT_ENV,
-    configure_metrics,
-    metrics_port,
-    shutdown_metrics,
-)
-from stalwart.observability._tracing import (
+    PAYLOADS_ENV,
     TRACING_ENV,
     JsonLinesSpanExporter,
+    add_trace_ids,
+    configure,
+    configure_metrics,
     configure_tracing,
+    metrics_port,
+    payloads_enabled,
     read_span_file,
+    redact,
     set_tracer_provider,
-    shutdown_tracing,
+    shutdown,
 )
-
-if TYPE_CHECKING:
-    from stalwart.actors._replay import ReplayReport, replay_run
-
-
-def configure(
-    service: str,
-    *,
-    tracing: str | None = None,
-    metrics_port: int | None = None,
-    metrics_addr: str | None = None,
-) -> None:
-    """Turn on what the settings and environment ask for: tracing and the metrics endpoint.
-
-    ``service`` names this process in traces (``OTEL_SERVICE_NAME`` wins). Both are off by
-    default; see :func:`configure_tracing` and :func:`configure_metrics`.
-    """
-    from stalwart.observability._metrics import metrics_port as _port
-
-    configure_tracing(service, tracing)
-    configure_metrics(service, _port(metrics_port), metrics_addr)
-
-
-def shutdown() -> None:
-    """Flush spans and stop the metrics endpoint (at process exit)."""
-    shutdown_tracing()
-    shutdown_metrics()
-
-
-def __getattr__(name: str) -> Any:
-    # Replay drives an actor, and the actors call into this package: import it on first use.
-    if name in ("ReplayReport", "replay_run"):
-        from stalwart.actors import _replay
-
-        return getattr(_replay, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 __all__ = [
     "METRICS_ADDR_ENV",

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from stalwart import _pricing
 from stalwart.checkpoints import (
     Finished,
     Started,
@@ -95,13 +96,6 @@ class History(msgspec.Struct, kw_only=True):
     journal_entries: int = 0
 
 
-def _cost(prices: Mapping[str, tuple[float, float]] | None, model: str, i: int, o: int) -> float:
-    from stalwart.actors._policy import Limits  # runtime import: actors imports this package
-
-    limits = Limits() if prices is None else Limits(prices=dict(prices))
-    return limits.cost(model, i, o)
-
-
 def _row(rows: dict[str, StepRow], seq: int, e: Any, kind: str, name: str) -> StepRow:
     r = rows.get(e.key)
     if r is None:
@@ -150,7 +144,7 @@ def _apply(
         if e.kind == "model":
             r.model = e.model or e.name
             r.input_tokens, r.output_tokens = e.input_tokens, e.output_tokens
-            r.cost_usd = _cost(prices, r.model, e.input_tokens, e.output_tokens)
+            r.cost_usd = _pricing.cost(prices, r.model, e.input_tokens, e.output_tokens)
 
 
 def build_history(
@@ -163,7 +157,7 @@ def build_history(
     """The timeline of run ``run_id`` from its journal ``entries`` (and record, if known).
 
     ``prices`` (USD per million input/output tokens by model) default to
-    :data:`stalwart.actors._policy.DEFAULT_PRICES`.
+    :data:`stalwart._pricing.DEFAULT_PRICES`.
     """
     placements: list[Placement] = []
     rows: dict[str, StepRow] = {}

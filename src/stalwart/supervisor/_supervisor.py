@@ -21,7 +21,7 @@ import structlog
 from stalwart.broker import Broker, LeaseManager
 from stalwart.checkpoints import CheckpointStore
 from stalwart.messages import EV_FAILED, EV_STUCK, RunEvent, RunRequest
-from stalwart.observability import _hooks as obs
+from stalwart.supervisor import _telemetry as obs
 from stalwart.supervisor._advisories import Refused, verify_advisory
 from stalwart.supervisor._unserved import reject_unserved
 

@@ -6,28 +6,32 @@ command installs one with a Prometheus reader when ``--metrics-port`` /
 ``STALWART_METRICS_PORT`` is set (:func:`configure_metrics`); an application that embeds a
 worker can install its own provider instead, and the same instruments report there.
 
-Gauges read live objects (the workers and supervisors of this process) when scraped.
+Gauges ask the workers and supervisors of this process for a snapshot (a plain record) when
+scraped: each registers a function that returns one, or None once it is gone.
 """
 
 from __future__ import annotations
 
 import os
-import weakref
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from stalwart import __version__
+from stalwart._version import __version__
 from stalwart.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
     from opentelemetry.sdk.metrics import MeterProvider
 
-    from stalwart.actors import Worker
-    from stalwart.supervisor import Supervisor
+    from stalwart.telemetry._records import (
+        ReconcilePass,
+        RunSeen,
+        SupervisorSnapshot,
+        WorkerSnapshot,
+    )
 
 METRICS_PORT_ENV = "STALWART_METRICS_PORT"
 METRICS_ADDR_ENV = "STALWART_METRICS_ADDR"
@@ -113,24 +117,30 @@ journal_append_duration = _meter.create_histogram(
     explicit_bucket_boundaries_advisory=_LATENCY_BUCKETS,
 )
 
-# -- gauges over live objects ---------------------------------------------------------------------
+# -- gauges over snapshots ------------------------------------------------------------------------
 
-_workers: weakref.WeakSet[Worker] = weakref.WeakSet()
-_supervisors: weakref.WeakSet[Supervisor] = weakref.WeakSet()
+_workers: dict[str, Callable[[], WorkerSnapshot | None]] = {}
+_supervisors: dict[str, Callable[[], SupervisorSnapshot | None]] = {}
+"""The snapshot sources of this process's workers and supervisors, by id."""
 _breaker_names: set[str] = set()
 """Breakers this process has used (``kind:name``), so closed ones report 0 instead of vanishing."""
-_run_status: weakref.WeakKeyDictionary[Supervisor, dict[str, str]] = weakref.WeakKeyDictionary()
+_run_status: dict[str, dict[str, str]] = {}
+"""By supervisor id: the status of each active run as of its last reconcile pass."""
 
 
-def watch_worker(worker: Worker) -> None:
-    """Report ``worker``'s hosted runs and circuit breakers in the gauges."""
-    _workers.add(worker)
+def watch_worker(source: Callable[[], WorkerSnapshot | None]) -> None:
+    """Report a worker in the gauges: ``source`` describes it, or returns None once it is gone."""
+    snapshot = source()
+    if snapshot is not None:
+        _workers[snapshot.worker_id] = source
 
 
-def watch_supervisor(supervisor: Supervisor) -> None:
-    """Report what ``supervisor`` sees on its reconcile passes in the gauges."""
-    _supervisors.add(supervisor)
-    _run_status.setdefault(supervisor, {})
+def watch_supervisor(source: Callable[[], SupervisorSnapshot | None]) -> None:
+    """Report a supervisor in the gauges, as :func:`watch_worker` does a worker."""
+    snapshot = source()
+    if snapshot is not None:
+        _supervisors[snapshot.supervisor_id] = source
+        _run_status.setdefault(snapshot.supervisor_id, {})
 
 
 def breaker_used(name: str) -> None:
@@ -138,45 +148,70 @@ def breaker_used(name: str) -> None:
     _breaker_names.add(name)
 
 
-def active_set(supervisor: Supervisor, run_ids: Iterable[str]) -> None:
+def active_set(event: ReconcilePass) -> None:
     """A reconcile pass starts: forget runs that have left the active set."""
-    seen = _run_status.setdefault(supervisor, {})
-    keep = set(run_ids)
+    seen = _run_status.setdefault(event.supervisor_id, {})
+    keep = set(event.run_ids)
     for run_id in [r for r in seen if r not in keep]:
         del seen[run_id]
 
 
-def run_status(supervisor: Supervisor, run_id: str, status: str | None) -> None:
-    """The supervisor read ``run_id``'s record (None: it is gone)."""
-    seen = _run_status.setdefault(supervisor, {})
-    if status is None:
-        seen.pop(run_id, None)
+def run_status(event: RunSeen) -> None:
+    """A supervisor read a run's record."""
+    seen = _run_status.setdefault(event.supervisor_id, {})
+    if event.status is None:
+        seen.pop(event.run_id, None)
     else:
-        seen[run_id] = status
+        seen[event.run_id] = event.status
+
+
+def _worker_snapshots() -> list[WorkerSnapshot]:
+    # Called from the exporter's thread: iterate over a copy, drop the ones that are gone.
+    out = []
+    for worker_id, source in list(_workers.items()):
+        snapshot = source()
+        if snapshot is None:
+            _workers.pop(worker_id, None)
+        else:
+            out.append(snapshot)
+    return out
+
+
+def _supervisor_snapshots() -> list[SupervisorSnapshot]:
+    out = []
+    for supervisor_id, source in list(_supervisors.items()):
+        snapshot = source()
+        if snapshot is None:
+            _supervisors.pop(supervisor_id, None)
+            _run_status.pop(supervisor_id, None)
+        else:
+            out.append(snapshot)
+    return out
 
 
 def _active_runs(_: CallbackOptions) -> Iterable[Observation]:
-    for w in list(_workers):
-        yield Observation(len(w.hosted), {"worker": w.worker_id})
+    for w in _worker_snapshots():
+        yield Observation(w.active_runs, {"worker": w.worker_id})
 
 
 def _passivated_runs(_: CallbackOptions) -> Iterable[Observation]:
-    for sup, seen in list(_run_status.items()):
-        waiting = sum(1 for status in seen.values() if status == "waiting")
+    for sup in _supervisor_snapshots():
+        seen = _run_status.get(sup.supervisor_id, {})
+        waiting = sum(1 for status in list(seen.values()) if status == "waiting")
         yield Observation(waiting, {"supervisor": sup.supervisor_id})
 
 
 def _breaker_state(_: CallbackOptions) -> Iterable[Observation]:
-    for w in list(_workers):
-        states = w.breakers.states()  # only the ones that are not closed
+    for w in _worker_snapshots():
+        states = w.breakers  # only the ones that are not closed
         for name in sorted(_breaker_names | set(states)):
             value = BREAKER_STATES.get(states.get(name, "closed"), 0)
             yield Observation(value, {"worker": w.worker_id, "breaker": name})
 
 
 def _leader(_: CallbackOptions) -> Iterable[Observation]:
-    for sup in list(_supervisors):
-        yield Observation(1 if sup.is_leader else 0, {"supervisor": sup.supervisor_id})
+    for sup in _supervisor_snapshots():
+        yield Observation(1 if sup.leader else 0, {"supervisor": sup.supervisor_id})
 
 
 _meter.create_observable_gauge(
@@ -233,7 +268,7 @@ def configure_metrics(service: str, port: int, addr: str | None = None) -> int:
     from opentelemetry.sdk.metrics import MeterProvider
     from prometheus_client import start_http_server
 
-    from stalwart.observability._tracing import _resource
+    from stalwart.telemetry._tracing import _resource
 
     if isinstance(metrics.get_meter_provider(), MeterProvider):
         return 0  # the application installed its own provider: it gets the measurements

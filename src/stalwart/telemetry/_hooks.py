@@ -1,7 +1,8 @@
 """What the runtime calls at the points worth a span, a metric or a log line.
 
-Each hook is one call from the runtime (actor, worker, supervisor, client, broker), so the
-runtime's code reads as before and everything about telemetry lives here. Spans:
+Each hook is one call from the runtime (actor, worker, supervisor, client, broker) with one
+small frozen record (:mod:`stalwart.telemetry._records`) or plain values, so everything about
+telemetry lives here and nothing here knows the runtime's classes. Spans:
 
 - ``submit <agent>`` / ``fork <agent>`` (PRODUCER) in the client; its context travels in the
   request's NATS headers and in the run record;
@@ -28,43 +29,38 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from stalwart.checkpoints import Started, StepDone, StepError, decode_value
-from stalwart.observability import _metrics as m
-from stalwart.observability._logs import payloads_enabled, preview
-from stalwart.observability._tracing import context_from, current_carrier, tracer, tracing_active
+from stalwart.telemetry import _metrics as m
+from stalwart.telemetry._logs import payloads_enabled, preview
+from stalwart.telemetry._records import NO_PARENT, TraceParent
+from stalwart.telemetry._tracing import context_from, current_carrier, tracer, tracing_active
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Iterator, Mapping
+    from collections.abc import Awaitable, Callable, Iterator, Mapping
     from types import TracebackType
 
-    from opentelemetry.context import Context
-
-    from stalwart.actors import Worker
-    from stalwart.actors._actor import RunActor
-    from stalwart.actors._context import StepSpec
-    from stalwart.actors._execute import StepExecutor
-    from stalwart.actors._waits import Waits
-    from stalwart.checkpoints import Finished, JournalEntry, RunRecord, StepAttempt
-    from stalwart.supervisor import Supervisor
+    from stalwart.telemetry._records import (
+        ReconcilePass,
+        RunEnded,
+        RunLeft,
+        RunLoaded,
+        RunPlaced,
+        RunResumed,
+        RunSeen,
+        StepJournaled,
+        StepRetried,
+        StepStarted,
+        SupervisorSnapshot,
+        WorkerSnapshot,
+    )
 
 T = TypeVar("T")
 
 log = structlog.get_logger("stalwart.steps")
 
 _TOOL_CALL_ID = re.compile(r"(?:^|/)tool:([^/]+)$")
-_PAYLOADS = payloads_enabled()
-"""Debug payload logging (``STALWART_LOG_PAYLOADS``), read once: the step hooks are hot."""
-
-
-@dataclass(frozen=True, slots=True)
-class TraceParent:
-    """Where a placed run's span hangs: the submitter's context, and links to the request."""
-
-    context: Context | None = None
-    links: tuple[Link, ...] = ()
-
-
-NO_PARENT: TraceParent = TraceParent()
+LOG_PAYLOADS = payloads_enabled()
+"""Debug payload logging (``STALWART_LOG_PAYLOADS``), read once: the step hooks are hot. The
+runtime reads it too, to build a step's result preview only when it will be logged."""
 
 
 @dataclass(slots=True)
@@ -112,44 +108,44 @@ def producer_span(
 
 
 @contextmanager
-def resume_span(record: RunRecord, subject: str, lost_epoch: int) -> Iterator[None]:
-    """The supervisor re-places ``record``'s run: a PRODUCER span in the run's own trace."""
+def resume_span(event: RunResumed) -> Iterator[None]:
+    """The supervisor re-places a run: a PRODUCER span in the run's own trace."""
     with tracer().start_as_current_span(
-        f"resume {record.agent}",
-        context=context_from(record.trace),
+        f"resume {event.agent}",
+        context=context_from(event.trace),
         kind=SpanKind.PRODUCER,
         attributes={
             "messaging.system": "nats",
             "messaging.operation.type": "send",
             "messaging.operation.name": "resume",
-            "messaging.destination.name": subject,
-            "stalwart.run_id": record.run_id,
-            "stalwart.agent": record.agent,
-            "stalwart.epoch": lost_epoch,
-            "stalwart.worker": record.worker,
+            "messaging.destination.name": event.subject,
+            "stalwart.run_id": event.run_id,
+            "stalwart.agent": event.agent,
+            "stalwart.epoch": event.lost_epoch,
+            "stalwart.worker": event.worker,
         },
     ):
         yield
 
 
-def watch_worker(worker: Worker) -> None:
-    """A worker started: report its hosted runs and circuit breakers in the gauges."""
-    m.watch_worker(worker)
+def watch_worker(snapshot: Callable[[], WorkerSnapshot | None]) -> None:
+    """A worker started: report it in the gauges (``snapshot`` returns None once it is gone)."""
+    m.watch_worker(snapshot)
 
 
-def watch_supervisor(supervisor: Supervisor) -> None:
-    """A supervisor started: report what its reconcile passes see in the gauges."""
-    m.watch_supervisor(supervisor)
+def watch_supervisor(snapshot: Callable[[], SupervisorSnapshot | None]) -> None:
+    """A supervisor started: report it and what its reconcile passes see in the gauges."""
+    m.watch_supervisor(snapshot)
 
 
-def supervisor_pass(supervisor: Supervisor, run_ids: list[str]) -> None:
-    """A reconcile pass starts over the active set ``run_ids``."""
-    m.active_set(supervisor, run_ids)
+def supervisor_pass(event: ReconcilePass) -> None:
+    """A reconcile pass starts over the active set."""
+    m.active_set(event)
 
 
-def run_seen(supervisor: Supervisor, run_id: str, record: RunRecord | None) -> None:
+def run_seen(event: RunSeen) -> None:
     """The supervisor read a run's record (for the passivated-runs gauge)."""
-    m.run_status(supervisor, run_id, record.status if record is not None else None)
+    m.run_status(event)
 
 
 def failover(agent: str) -> None:
@@ -182,94 +178,88 @@ def trace_parent(stored: str, headers: Mapping[str, str] | None) -> TraceParent:
 
 
 @contextmanager
-def run_scope(actor: RunActor) -> Iterator[None]:
-    """Around one placement of a run: the run span, the log context, the run metrics."""
-    state = _RunState(agent=actor.spec.name)
+def run_scope(placed: RunPlaced, left: Callable[[], RunLeft]) -> Iterator[None]:
+    """Around one placement of a run: the run span, the log context, the run metrics.
+
+    ``left`` is asked once, as the placement ends, how it ended and what it did.
+    """
+    state = _RunState(agent=placed.agent)
     token = _run.set(state)
-    parent = actor.trace_parent
+    parent = placed.parent
     try:
         with (
             structlog.contextvars.bound_contextvars(
-                run_id=actor.run_id,
-                agent=actor.spec.name,
-                worker=actor.worker_id,
-                epoch=actor.epoch,
+                run_id=placed.run_id,
+                agent=placed.agent,
+                worker=placed.worker,
+                epoch=placed.epoch,
             ),
             tracer().start_as_current_span(
-                f"run {actor.spec.name}",
+                f"run {placed.agent}",
                 context=parent.context,
                 kind=SpanKind.CONSUMER,
                 links=parent.links,
                 attributes={
                     "messaging.system": "nats",
                     "messaging.operation.type": "process",
-                    "stalwart.run_id": actor.run_id,
-                    "stalwart.agent": actor.spec.name,
-                    "stalwart.epoch": actor.epoch,
-                    "stalwart.worker": actor.worker_id,
+                    "stalwart.run_id": placed.run_id,
+                    "stalwart.agent": placed.agent,
+                    "stalwart.epoch": placed.epoch,
+                    "stalwart.worker": placed.worker,
                 },
             ) as span,
         ):
             try:
                 yield
             finally:
-                outcome = state.outcome or (
-                    "lease_lost"
-                    if actor.lost
-                    else "abandoned"
-                    if actor.abandoned
-                    else "released"
-                    if actor.draining
-                    else "stopped"
-                )
+                end = left()
                 span.set_attributes(
                     {
-                        "stalwart.outcome": outcome,
-                        "stalwart.steps.replayed": actor.steps_replayed,
-                        "stalwart.steps.live": actor.steps_live,
+                        "stalwart.outcome": state.outcome or end.reason,
+                        "stalwart.steps.replayed": end.steps_replayed,
+                        "stalwart.steps.live": end.steps_live,
                     }
                 )
-                if actor.steps_replayed:
-                    m.steps_replayed.add(actor.steps_replayed, {"agent": state.agent})
+                if end.steps_replayed:
+                    m.steps_replayed.add(end.steps_replayed, {"agent": state.agent})
     finally:
         _run.reset(token)
 
 
-def run_loaded(actor: RunActor, entries: list[JournalEntry]) -> None:
+def run_loaded(event: RunLoaded) -> None:
     """The actor read the journal: count the placement, note what it will replay."""
-    started = next((je.entry for je in reversed(entries) if isinstance(je.entry, Started)), None)
-    resumed = bool(started is not None and started.resumed)
-    m.runs_started.add(1, {"agent": actor.spec.name, "resumed": resumed})
+    m.runs_started.add(1, {"agent": event.agent, "resumed": event.resumed})
     span = trace.get_current_span()
     if span.is_recording():
-        span.set_attributes({"stalwart.resumed": resumed, "stalwart.journal.entries": len(entries)})
+        span.set_attributes(
+            {"stalwart.resumed": event.resumed, "stalwart.journal.entries": event.entries}
+        )
 
 
-def run_finished(actor: RunActor, entry: Finished) -> None:
+def run_finished(event: RunEnded) -> None:
     """The run's end is journaled."""
     state = _run.get()
     if state is not None:
-        state.outcome = entry.status
-    attrs = {"agent": actor.spec.name}
-    if entry.status == "completed":
+        state.outcome = event.status
+    attrs = {"agent": event.agent}
+    if event.status == "completed":
         m.runs_completed.add(1, attrs)
-    elif entry.status == "failed":
-        error_type = entry.error.type if entry.error else ""
-        m.runs_failed.add(1, {**attrs, "error_type": error_type})
+    elif event.status == "failed":
+        m.runs_failed.add(1, {**attrs, "error_type": event.error_type})
     else:
         m.runs_cancelled.add(1, attrs)
     span = trace.get_current_span()
-    if span.is_recording() and entry.status == "failed" and entry.error is not None:
-        span.set_attribute("error.type", entry.error.type)
-        span.set_status(Status(StatusCode.ERROR, f"{entry.error.type}: {entry.error.message}"))
+    if span.is_recording() and event.status == "failed" and event.error_type:
+        span.set_attribute("error.type", event.error_type)
+        span.set_status(Status(StatusCode.ERROR, f"{event.error_type}: {event.error_message}"))
 
 
-def run_passivated(actor: RunActor) -> None:
+def run_passivated(agent: str) -> None:
     """The run gave up its slot and lease to wait durably."""
     state = _run.get()
     if state is not None:
         state.outcome = "passivated"
-    m.passivations.add(1, {"agent": actor.spec.name})
+    m.passivations.add(1, {"agent": agent})
 
 
 def journal_appended(seconds: float) -> None:
@@ -300,14 +290,15 @@ def _step_span_name(kind: str, name: str) -> str:
     return f"{kind} {name}"
 
 
-def _step_attributes(actor: StepExecutor | Waits, key: str, kind: str, name: str) -> dict[str, Any]:
+def _step_attributes(step: StepStarted) -> dict[str, Any]:
+    kind, name, key = step.kind, step.name, step.key
     attrs: dict[str, Any] = {
-        "stalwart.run_id": actor.run_id,
+        "stalwart.run_id": step.run_id,
         "stalwart.step_key": key,
         "stalwart.step_kind": kind,
         "stalwart.step_name": name,
-        "stalwart.epoch": actor.epoch,
-        "stalwart.worker": actor.worker_id,
+        "stalwart.epoch": step.epoch,
+        "stalwart.worker": step.worker,
         "stalwart.replayed": False,
     }
     # OpenTelemetry GenAI semantic conventions where they apply.
@@ -323,38 +314,29 @@ def _step_attributes(actor: StepExecutor | Waits, key: str, kind: str, name: str
     return attrs
 
 
-class _StepScope:
-    """Around a live step on this worker: its span (when tracing is on) and log context.
+class StepScope:
+    """Around a live step (all its attempts) or durable wait: its span and its log context.
 
     A class rather than a generator: it is entered for every step, and with tracing off it
     only binds the step key for the log lines.
     """
 
-    __slots__ = (
-        "_actor",
-        "_ctx_token",
-        "_key",
-        "_kind",
-        "_log_tokens",
-        "_name",
-        "_span",
-        "_state",
-        "_state_token",
-    )
+    __slots__ = ("_ctx_token", "_log_tokens", "_span", "_state", "_state_token", "_step")
 
-    def __init__(self, actor: StepExecutor | Waits, key: str, kind: str, name: str) -> None:
-        self._actor, self._key, self._kind, self._name = actor, key, kind, name
+    def __init__(self, step: StepStarted) -> None:
+        self._step = step
         self._span: trace.Span | None = None
 
     def __enter__(self) -> None:
-        self._log_tokens = structlog.contextvars.bind_contextvars(step=self._key)
+        step = self._step
+        self._log_tokens = structlog.contextvars.bind_contextvars(step=step.key)
         self._state = _StepState()
         self._state_token = _step.set(self._state)
         if tracing_active():
             self._span = tracer().start_span(
-                _step_span_name(self._kind, self._name),
-                kind=SpanKind.CLIENT if self._kind == "model" else SpanKind.INTERNAL,
-                attributes=_step_attributes(self._actor, self._key, self._kind, self._name),
+                _step_span_name(step.kind, step.name),
+                kind=SpanKind.CLIENT if step.kind == "model" else SpanKind.INTERNAL,
+                attributes=_step_attributes(step),
             )
             self._ctx_token = otel_context.attach(trace.set_span_in_context(self._span))
 
@@ -378,77 +360,65 @@ class _StepScope:
             structlog.contextvars.reset_contextvars(**self._log_tokens)
 
 
-def step_scope(actor: StepExecutor | Waits, spec: StepSpec) -> _StepScope:
-    """Around a live step (all its attempts): its span and its log context."""
-    return _StepScope(actor, spec.key, spec.kind, spec.name)
-
-
-def wait_scope(actor: StepExecutor | Waits, key: str, signal: str) -> _StepScope:
-    """Around a live durable wait on this worker: its span and its log context."""
-    return _StepScope(actor, key, "signal" if signal else "sleep", signal or "sleep")
-
-
-def step_journaled(actor: StepExecutor | Waits, entry: StepDone | StepError) -> None:
+def step_journaled(event: StepJournaled) -> None:
     """A live step's outcome is journaled: its latency, tokens and outcome."""
-    ok = isinstance(entry, StepDone)
-    m.step_duration.record(entry.duration, {"kind": entry.kind, "outcome": "ok" if ok else "error"})
-    if entry.kind in ("model", "tool"):
-        m.breaker_used(f"{entry.kind}:{entry.name}")
+    ok = event.ok
+    m.step_duration.record(event.duration, {"kind": event.kind, "outcome": "ok" if ok else "error"})
+    if event.kind in ("model", "tool"):
+        m.breaker_used(f"{event.kind}:{event.name}")
     fields: dict[str, Any] = {
-        "kind": entry.kind,
-        "name": entry.name,
-        "attempt": entry.attempt,
-        "duration": round(entry.duration, 6),
+        "kind": event.kind,
+        "name": event.name,
+        "attempt": event.attempt,
+        "duration": round(event.duration, 6),
     }
-    attrs: dict[str, Any] = {"stalwart.attempt": entry.attempt}
-    if isinstance(entry, StepDone):
+    attrs: dict[str, Any] = {"stalwart.attempt": event.attempt}
+    if ok:
         attrs["stalwart.outcome"] = "completed"
-        if entry.kind == "model" and (entry.model or entry.input_tokens or entry.output_tokens):
-            model = entry.model or entry.name
-            m.model_tokens.add(entry.input_tokens, {"model": model, "type": "input"})
-            m.model_tokens.add(entry.output_tokens, {"model": model, "type": "output"})
-            cost = actor.policies.limits.cost(model, entry.input_tokens, entry.output_tokens)
+        if event.kind == "model" and (event.model or event.input_tokens or event.output_tokens):
+            model = event.model or event.name
+            m.model_tokens.add(event.input_tokens, {"model": model, "type": "input"})
+            m.model_tokens.add(event.output_tokens, {"model": model, "type": "output"})
             attrs.update(
                 {
                     "gen_ai.response.model": model,
-                    "gen_ai.usage.input_tokens": entry.input_tokens,
-                    "gen_ai.usage.output_tokens": entry.output_tokens,
-                    "stalwart.cost_usd": cost,
+                    "gen_ai.usage.input_tokens": event.input_tokens,
+                    "gen_ai.usage.output_tokens": event.output_tokens,
+                    "stalwart.cost_usd": event.cost_usd,
                 }
             )
-            fields.update(input_tokens=entry.input_tokens, output_tokens=entry.output_tokens)
-        if _PAYLOADS:
-            result = preview(decode_value(entry.result))
-            attrs["stalwart.step.result"] = result
-            fields["result"] = result
+            fields.update(input_tokens=event.input_tokens, output_tokens=event.output_tokens)
+        if event.result is not None:
+            attrs["stalwart.step.result"] = event.result
+            fields["result"] = event.result
     else:
-        attrs.update({"stalwart.outcome": "failed", "error.type": entry.error.type})
-        fields["error"] = f"{entry.error.type}: {preview(entry.error.message, 200)}"
+        attrs.update({"stalwart.outcome": "failed", "error.type": event.error_type})
+        fields["error"] = f"{event.error_type}: {preview(event.error_message, 200)}"
     state = _step.get()
     if state is not None:
         state.outcome = attrs["stalwart.outcome"]
     span = trace.get_current_span() if tracing_active() else trace.INVALID_SPAN
     if span.is_recording():
         span.set_attributes(attrs)
-        if isinstance(entry, StepError):
+        if not ok:
             span.set_status(
-                Status(StatusCode.ERROR, f"{entry.error.type}: {preview(entry.error.message)}")
+                Status(StatusCode.ERROR, f"{event.error_type}: {preview(event.error_message)}")
             )
     if structlog.is_configured():  # unconfigured structlog prints every level: no per-step noise
         log.debug("step.completed" if ok else "step.failed", **fields)
 
 
-def step_retried(entry: StepAttempt) -> None:
+def step_retried(event: StepRetried) -> None:
     """A step attempt failed and will be retried."""
-    m.step_retries.add(1, {"kind": entry.kind})
+    m.step_retries.add(1, {"kind": event.kind})
     span = trace.get_current_span() if tracing_active() else trace.INVALID_SPAN
     if span.is_recording():
         span.add_event(
             "stalwart.step.retry",
             {
-                "stalwart.attempt": entry.attempt,
-                "stalwart.retry_delay": entry.delay,
-                "error.type": entry.error.type,
-                "error.message": preview(entry.error.message),
+                "stalwart.attempt": event.attempt,
+                "stalwart.retry_delay": event.delay,
+                "error.type": event.error_type,
+                "error.message": preview(event.error_message),
             },
         )

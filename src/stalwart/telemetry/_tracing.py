@@ -32,7 +32,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExportResult,
 )
 
-from stalwart import __version__
+from stalwart._version import __version__
 from stalwart.errors import ConfigurationError
 
 if TYPE_CHECKING:
