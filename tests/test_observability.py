@@ -8,6 +8,7 @@ collects its own spans with an in-memory exporter.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import re
@@ -15,7 +16,9 @@ import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -26,10 +29,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from stalwart import Client, RunFailed, Settings, observability
-from stalwart.checkpoints import StepDone
+from stalwart import Client, RunFailed, Settings, observability, telemetry
+from stalwart.actors import _telemetry as actor_telemetry
+from stalwart.actors._policy import Policies
+from stalwart.checkpoints import ErrorInfo, Finished, StepAttempt, StepDone, StepError, encode_value
 from stalwart.errors import ConfigurationError
-from stalwart.telemetry import _hooks, _logs, _tracing
+from stalwart.supervisor import _telemetry as supervisor_telemetry
+from stalwart.telemetry import _hooks, _logs, _metrics, _tracing
 from stalwart.telemetry._tracing import carrier_json, context_from, span_record
 from stalwart.testing import StalwartProcess, free_port
 from tests.apps import exec_key, gate_key
@@ -512,6 +518,152 @@ async def test_json_logs_are_one_object_per_line_with_the_run_bound(
         )
 
     assert (await eventually(result_logged, timeout=10))["result"] == "3"
+
+
+# --------------------------------------------------------------------------- records
+# The runtime hands telemetry plain records; these pin the conversion (actors/_telemetry.py,
+# supervisor/_telemetry.py) and what the hooks make of it, without servers.
+
+
+@dataclass
+class _FakeActor:
+    """An actor by shape: what the conversion reads, nothing more."""
+
+    run_id: str = "r1"
+    epoch: int = 3
+    worker_id: str = "w1"
+    spec: Any = field(default_factory=lambda: SimpleNamespace(name="agent"))
+    policies: Policies = field(default_factory=Policies)
+    trace_parent: telemetry.TraceParent = telemetry.NO_PARENT
+    lost: bool = False
+    abandoned: bool = False
+    draining: bool = False
+    steps_replayed: int = 0
+    steps_live: int = 0
+
+
+def _step_done(kind: str, name: str, **kw: Any) -> StepDone:
+    return StepDone(
+        key=f"{kind}:{name}/1", kind=kind, name=name, fp="f", result=encode_value({"a": 1}),
+        epoch=3, worker="w1", at=0.0, duration=0.25, **kw,
+    )  # fmt: skip
+
+
+def test_a_live_model_step_becomes_one_span_with_usage_and_cost(
+    memory_spans: InMemorySpanExporter,
+) -> None:
+    actor = _FakeActor()
+    spec = SimpleNamespace(key="model:gpt-4o/1", kind="model", name="gpt-4o")
+    entry = _step_done("model", "gpt-4o", model="gpt-4o-2024", input_tokens=1000, output_tokens=10)
+    with actor_telemetry.step_scope(actor, spec):
+        actor_telemetry.step_journaled(actor, entry)
+    (span,) = memory_spans.get_finished_spans()
+    assert span.name == "chat gpt-4o" and span.kind == SpanKind.CLIENT
+    attrs = dict(span.attributes or {})
+    assert attrs["stalwart.run_id"] == "r1" and attrs["stalwart.epoch"] == 3
+    assert attrs["stalwart.worker"] == "w1" and attrs["stalwart.outcome"] == "completed"
+    assert attrs["gen_ai.response.model"] == "gpt-4o-2024"
+    assert attrs["gen_ai.usage.input_tokens"] == 1000
+    # Priced from the run's limits: "gpt-4o-2024" takes the listed "gpt-4o".
+    assert attrs["stalwart.cost_usd"] == pytest.approx((1000 * 2.50 + 10 * 10.00) / 1e6)
+    assert "stalwart.step.result" not in attrs  # payloads stay out unless asked for
+
+
+def test_a_failed_step_and_a_retry_mark_the_span(memory_spans: InMemorySpanExporter) -> None:
+    actor = _FakeActor()
+    error = ErrorInfo("ValueError", "bad input")
+    attempt = StepAttempt(
+        key="tool:lookup/1", kind="tool", name="lookup", fp="f", attempt=1, error=error,
+        delay=0.5, epoch=3, worker="w1", at=0.0, duration=0.1,
+    )  # fmt: skip
+    failed = StepError(
+        key="tool:lookup/1", kind="tool", name="lookup", fp="f", error=error, epoch=3,
+        worker="w1", at=0.0, duration=0.1, attempt=2,
+    )  # fmt: skip
+    with actor_telemetry.wait_scope(actor, "signal:approve", "approve"):
+        pass
+    with actor_telemetry.step_scope(
+        actor, SimpleNamespace(key="tool:lookup/1", kind="tool", name="lookup")
+    ):
+        actor_telemetry.step_retried(attempt)
+        actor_telemetry.step_journaled(actor, failed)
+    wait, tool = memory_spans.get_finished_spans()
+    assert (
+        wait.name == "wait approve"
+        and dict(wait.attributes or {})["stalwart.step_kind"] == "signal"
+    )
+    assert tool.name == "execute_tool lookup"
+    assert dict(tool.attributes or {})["error.type"] == "ValueError"
+    assert tool.status.status_code.name == "ERROR"
+    (retry,) = tool.events
+    assert retry.name == "stalwart.step.retry"
+    assert dict(retry.attributes or {})["stalwart.retry_delay"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("state", "reason"),
+    [
+        ({}, "stopped"),
+        ({"draining": True}, "released"),
+        ({"abandoned": True, "draining": True}, "abandoned"),
+        ({"lost": True, "abandoned": True}, "lease_lost"),
+    ],
+)
+def test_a_placement_that_neither_finished_nor_passivated_says_why(
+    memory_spans: InMemorySpanExporter, state: dict[str, bool], reason: str
+) -> None:
+    actor = _FakeActor(steps_replayed=4, steps_live=2)
+    with actor_telemetry.run_scope(actor):
+        for name, flag in state.items():
+            setattr(actor, name, flag)  # read when the placement ends, not when it starts
+    (span,) = memory_spans.get_finished_spans()
+    assert span.name == "run agent"
+    attrs = dict(span.attributes or {})
+    assert attrs["stalwart.outcome"] == reason
+    assert (attrs["stalwart.steps.replayed"], attrs["stalwart.steps.live"]) == (4, 2)
+
+
+def test_a_finished_run_outcome_wins_over_how_the_placement_left(
+    memory_spans: InMemorySpanExporter,
+) -> None:
+    actor = _FakeActor(lost=True)
+    finished = Finished(
+        status="failed", epoch=3, worker="w1", at=0.0, error=ErrorInfo("Boom", "it broke")
+    )
+    with actor_telemetry.run_scope(actor):
+        actor_telemetry.run_finished(actor, finished)
+    (span,) = memory_spans.get_finished_spans()
+    assert dict(span.attributes or {})["stalwart.outcome"] == "failed"
+    assert span.status.description == "Boom: it broke"
+
+
+def test_the_gauges_read_snapshots_while_their_owner_lives() -> None:
+    class Worker:
+        worker_id = "gauge-w"
+        hosted = ("r1", "r2")
+        breakers = SimpleNamespace(states=lambda: {"tool:x": "open"})
+
+    class Supervisor:
+        supervisor_id = "gauge-s"
+        is_leader = True
+
+    worker, sup = Worker(), Supervisor()
+    actor_telemetry.watch_worker(worker)
+    supervisor_telemetry.watch_supervisor(sup)
+    supervisor_telemetry.supervisor_pass(sup, ["r1", "r2"])
+    record = SimpleNamespace(status="waiting")
+    supervisor_telemetry.run_seen(sup, "r1", record)  # type: ignore[arg-type]
+    supervisor_telemetry.run_seen(sup, "r2", None)
+    workers = {w.worker_id: w for w in _metrics._worker_snapshots()}
+    assert workers["gauge-w"] == telemetry.WorkerSnapshot("gauge-w", 2, {"tool:x": "open"})
+    sups = {s.supervisor_id: s for s in _metrics._supervisor_snapshots()}
+    assert sups["gauge-s"].leader is True
+    assert _metrics._run_status["gauge-s"] == {"r1": "waiting"}
+    del worker, sup
+    gc.collect()
+    assert "gauge-w" not in {w.worker_id for w in _metrics._worker_snapshots()}
+    assert "gauge-s" not in {s.supervisor_id for s in _metrics._supervisor_snapshots()}
+    assert "gauge-s" not in _metrics._run_status
 
 
 # --------------------------------------------------------------------------- API

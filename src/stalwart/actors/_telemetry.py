@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from collections.abc import Sized
     from contextlib import AbstractContextManager
 
-    from stalwart.actors._context import StepSpec
     from stalwart.actors._policy import Breakers, Policies
     from stalwart.checkpoints import Finished, JournalEntry, StepAttempt, StepError
 
@@ -50,6 +49,14 @@ __all__ = [
 class _Named(Protocol):
     @property
     def name(self) -> str: ...
+
+
+class _Step(_Named, Protocol):
+    # A StepSpec, by shape: importing it would tie this module into the actor's own imports.
+    @property
+    def key(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
 
 
 class _Placed(Protocol):
@@ -146,7 +153,7 @@ def run_passivated(actor: _Actor) -> None:
 # -- steps ------------------------------------------------------------------------------------
 
 
-def step_scope(actor: _Placed, spec: StepSpec) -> tm.StepScope:
+def step_scope(actor: _Placed, spec: _Step) -> tm.StepScope:
     """Around a live step (all its attempts)."""
     return tm.StepScope(
         tm.StepStarted(actor.run_id, actor.worker_id, actor.epoch, spec.key, spec.kind, spec.name)
