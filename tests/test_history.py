@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from stalwart import Client, Settings
+from stalwart import Client, Limits, Settings, _pricing
 from stalwart.actors import App, RunContext, fingerprint
 from stalwart.checkpoints import (
     ErrorInfo,
@@ -485,3 +485,25 @@ async def test_fork_cli_reuses_the_journal_up_to_the_step_and_goes_live(
     assert taken.code == 2 and "already taken" in taken.err, taken
     unknown = await cli("fork", "no-such-run", "--at", "step:s1")
     assert unknown.code == 4 and "unknown run" in unknown.err, unknown
+
+
+# -- pricing --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("prices", "model", "expected"),
+    [
+        (None, "gpt-4o", (1000 * 2.50 + 100 * 10.00) / 1e6),
+        (None, "openai:gpt-4o-mini", (1000 * 0.15 + 100 * 0.60) / 1e6),  # longest name inside
+        (None, "gpt-4o-2024-08-06", (1000 * 2.50 + 100 * 10.00) / 1e6),
+        (None, "acme-large", 0.0),  # unlisted: free, silently
+        ({"acme-large": (3.0, 15.0)}, "acme-large", (1000 * 3.0 + 100 * 15.0) / 1e6),
+        ({"acme-large": (3.0, 15.0)}, "gpt-4o", 0.0),  # a table replaces the defaults
+    ],
+)
+def test_one_price_rule_for_limits_and_history(
+    prices: dict[str, tuple[float, float]] | None, model: str, expected: float
+) -> None:
+    assert _pricing.cost(prices, model, 1000, 100) == pytest.approx(expected)
+    limits = Limits() if prices is None else Limits(prices=prices)
+    assert limits.cost(model, 1000, 100) == pytest.approx(expected)
