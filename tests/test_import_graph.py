@@ -17,7 +17,7 @@ everything) is the unit ``stalwart``. The rules:
 2. ``broker`` and ``checkpoints`` never import each other nor anything above them: only the
    foundation leaves (:data:`FOUNDATION`) and the telemetry leaf;
 3. the ``telemetry`` leaf imports nothing of Stalwart's runtime (only :data:`TELEMETRY_MAY_USE`)
-   and no third-party package but OpenTelemetry, structlog and the Prometheus client;
+   and no third-party package but OpenTelemetry, structlog, the Prometheus client and msgspec;
 4. ``supervisor`` never imports ``actors``;
 5. ``adapters`` import only public core API: the ``stalwart`` facade and modules whose dotted
    path has no ``_``-prefixed part (``stalwart.errors``, ``stalwart.checkpoints``), never
@@ -49,7 +49,7 @@ FOUNDATION = frozenset(
 """Top-level modules that import no Stalwart package: anything may use them."""
 
 TELEMETRY_MAY_USE = frozenset({"telemetry", "errors", "_text", "_secrets", "_version"})
-TELEMETRY_THIRD_PARTY = frozenset({"opentelemetry", "structlog", "prometheus_client"})
+TELEMETRY_THIRD_PARTY = frozenset({"opentelemetry", "structlog", "prometheus_client", "msgspec"})
 PACKAGES_OF_ISSUE_11 = ("broker", "checkpoints", "actors", "supervisor", "telemetry")
 
 

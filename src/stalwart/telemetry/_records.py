@@ -1,5 +1,8 @@
 """What the runtime tells telemetry: one small frozen record per event, plain fields only.
 
+msgspec Structs rather than frozen dataclasses: one is built for every step, and a Struct is
+built about ten times faster (no per-field ``object.__setattr__``).
+
 The runtime (actors, worker, supervisor) builds these from its own state (see the thin
 ``_telemetry`` modules next to each caller); telemetry never sees a live actor, worker,
 supervisor or journal entry, so it imports none of them and can sit below them all.
@@ -7,8 +10,9 @@ supervisor or journal entry, so it imports none of them and can sit below them a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+import msgspec
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -17,8 +21,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Link
 
 
-@dataclass(frozen=True, slots=True)
-class TraceParent:
+class TraceParent(msgspec.Struct, frozen=True):
     """Where a placed run's span hangs: the submitter's context, and links to the request."""
 
     context: Context | None = None
@@ -31,8 +34,7 @@ NO_PARENT: TraceParent = TraceParent()
 # -- a run on a worker ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class RunPlaced:
+class RunPlaced(msgspec.Struct, frozen=True):
     """A worker took a run: what its span and log lines are bound to."""
 
     run_id: str
@@ -42,8 +44,7 @@ class RunPlaced:
     parent: TraceParent = NO_PARENT
 
 
-@dataclass(frozen=True, slots=True)
-class RunLoaded:
+class RunLoaded(msgspec.Struct, frozen=True):
     """The actor read the run's journal."""
 
     agent: str
@@ -52,8 +53,7 @@ class RunLoaded:
     entries: int
 
 
-@dataclass(frozen=True, slots=True)
-class RunLeft:
+class RunLeft(msgspec.Struct, frozen=True):
     """How a placement ended, when the run did not finish or passivate on it."""
 
     reason: str
@@ -62,8 +62,7 @@ class RunLeft:
     steps_live: int
 
 
-@dataclass(frozen=True, slots=True)
-class RunEnded:
+class RunEnded(msgspec.Struct, frozen=True):
     """The run's end is journaled (``Finished``)."""
 
     agent: str
@@ -76,8 +75,7 @@ class RunEnded:
 # -- steps ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class StepStarted:
+class StepStarted(msgspec.Struct, frozen=True):
     """A live step (or durable wait) starts on this worker."""
 
     run_id: str
@@ -89,8 +87,7 @@ class StepStarted:
     name: str
 
 
-@dataclass(frozen=True, slots=True)
-class StepJournaled:
+class StepJournaled(msgspec.Struct, frozen=True):
     """A live step's outcome is journaled (``StepDone`` / ``StepError``)."""
 
     kind: str
@@ -109,8 +106,7 @@ class StepJournaled:
     error_message: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class StepRetried:
+class StepRetried(msgspec.Struct, frozen=True):
     """A step attempt failed and will be retried after ``delay`` seconds."""
 
     kind: str
@@ -123,8 +119,7 @@ class StepRetried:
 # -- supervisor and worker ------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class RunResumed:
+class RunResumed(msgspec.Struct, frozen=True):
     """The supervisor re-places a run whose owner lost its lease."""
 
     run_id: str
@@ -137,16 +132,14 @@ class RunResumed:
     lost_epoch: int
 
 
-@dataclass(frozen=True, slots=True)
-class ReconcilePass:
+class ReconcilePass(msgspec.Struct, frozen=True):
     """A supervisor's reconcile pass starts over the active set ``run_ids``."""
 
     supervisor_id: str
     run_ids: Sequence[str]
 
 
-@dataclass(frozen=True, slots=True)
-class RunSeen:
+class RunSeen(msgspec.Struct, frozen=True):
     """A supervisor read a run's record (``status`` None: the record is gone)."""
 
     supervisor_id: str
@@ -154,18 +147,16 @@ class RunSeen:
     status: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class WorkerSnapshot:
+class WorkerSnapshot(msgspec.Struct, frozen=True):
     """A worker as the gauges see it when scraped."""
 
     worker_id: str
     active_runs: int
-    breakers: Mapping[str, str] = field(default_factory=dict)
+    breakers: Mapping[str, str] = msgspec.field(default_factory=dict)
     """Circuit breakers that are not closed, by ``kind:name``."""
 
 
-@dataclass(frozen=True, slots=True)
-class SupervisorSnapshot:
+class SupervisorSnapshot(msgspec.Struct, frozen=True):
     """A supervisor as the gauges see it when scraped."""
 
     supervisor_id: str
