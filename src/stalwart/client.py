@@ -49,7 +49,7 @@ from stalwart.messages import (
     RunRequest,
     read_event,
 )
-from stalwart.observability._history import History, build_history
+from stalwart.observability import History, build_history, replay_run
 from stalwart.telemetry import carrier_json
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
     from stalwart.actors import App
-    from stalwart.actors._replay import ReplayReport
+    from stalwart.observability import ReplayReport
 
 
 _RECHECK_SECONDS = 5.0
@@ -228,8 +228,6 @@ class RunHandle:
         for the journaled steps with the same arguments and ends the same way (see
         :func:`stalwart.observability.replay_run`).
         """
-        from stalwart.actors._replay import replay_run
-
         record = await self.status()
         entries = await self.client.store.read_journal(self.run_id)
         return await replay_run(app, record, entries, timeout=timeout)

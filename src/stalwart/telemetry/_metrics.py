@@ -20,6 +20,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from stalwart._version import __version__
 from stalwart.errors import ConfigurationError
+from stalwart.telemetry._tracing import service_resource
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -268,11 +269,11 @@ def configure_metrics(service: str, port: int, addr: str | None = None) -> int:
     from opentelemetry.sdk.metrics import MeterProvider
     from prometheus_client import start_http_server
 
-    from stalwart.telemetry._tracing import _resource
-
     if isinstance(metrics.get_meter_provider(), MeterProvider):
         return 0  # the application installed its own provider: it gets the measurements
-    provider = MeterProvider(metric_readers=[PrometheusMetricReader()], resource=_resource(service))
+    provider = MeterProvider(
+        metric_readers=[PrometheusMetricReader()], resource=service_resource(service)
+    )
     metrics.set_meter_provider(provider)
     if metrics.get_meter_provider() is not provider:  # someone else's (non-SDK) provider
         provider.shutdown()

@@ -97,8 +97,11 @@ def set_tracer_provider(provider: trace.TracerProvider | None) -> None:
     _changed()
 
 
-def _resource(service: str) -> Resource:
-    # OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES win over the default service name.
+def service_resource(service: str) -> Resource:
+    """This process as traces and metrics name it (shared by both providers).
+
+    ``OTEL_SERVICE_NAME`` / ``OTEL_RESOURCE_ATTRIBUTES`` win over the default ``service``.
+    """
     attrs: dict[str, Any] = {"service.version": __version__}
     if not os.environ.get("OTEL_SERVICE_NAME"):
         attrs["service.name"] = service
@@ -154,7 +157,7 @@ def configure_tracing(service: str, spec: str | None = None) -> bool:
     if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
         processor.shutdown()
         return True  # the application's own provider is in charge
-    provider = TracerProvider(resource=_resource(service))
+    provider = TracerProvider(resource=service_resource(service))
     provider.add_span_processor(processor)
     trace.set_tracer_provider(provider)
     _installed = provider
