@@ -23,7 +23,9 @@ everything) is the unit ``stalwart``. The rules:
    path has no ``_``-prefixed part (``stalwart.errors``, ``stalwart.checkpoints``), never
    ``stalwart.actors._context`` and the like (their own ``stalwart.adapters._x`` are theirs).
 
-And one check at run time: importing ``stalwart.broker`` (or ``stalwart.telemetry``) loads
+No module defines a module-level ``__getattr__`` (an import on first use hides a dependency
+from this reader; it is how the old actors/observability cycle was papered over). And one
+check at run time: importing ``stalwart.broker`` (or ``stalwart.telemetry``) loads
 neither the checkpoint store nor anything above it.
 """
 
@@ -303,6 +305,20 @@ def test_adapters_import_only_public_core_api() -> None:
         if unit(i.source) == "adapters" and unit(i.target) != "adapters" and not _public(i.target)
     ]
     assert private == []
+
+
+def test_no_module_hides_imports_behind_a_module_getattr() -> None:
+    # A module ``__getattr__`` that imports on first use is how the old cycle was papered
+    # over; it also hides the dependency from this reader.
+    lazy = [
+        name
+        for name, path in modules().items()
+        if any(
+            isinstance(node, ast.FunctionDef) and node.name == "__getattr__"
+            for node in ast.parse(path.read_text(encoding="utf-8")).body
+        )
+    ]
+    assert lazy == []
 
 
 # -- at run time ----------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """The actors' side of telemetry: their state and journal entries turned into plain records.
 
-The actor, its step executor and the worker call these with themselves (same names and
-arguments as the telemetry hooks had), and each builds the small frozen record that
-:mod:`stalwart.telemetry` takes; telemetry never sees an actor or a journal entry. The actor
+The actor, its step executor and the worker call these with themselves (``obs.step_journaled(
+self, entry)``), and each builds the small frozen record that :mod:`stalwart.telemetry`
+takes; telemetry never sees an actor or a journal entry. The actor
 shapes are structural (protocols), so this module follows the attributes, not the classes.
 """
 

@@ -1,7 +1,7 @@
 """The supervisor's side of telemetry: its state and the run records it reads, as plain records.
 
-The supervisor calls these with itself (same names and arguments as the telemetry hooks had),
-and each builds the small frozen record that :mod:`stalwart.telemetry` takes.
+The supervisor calls these with itself or the record it read (``obs.run_seen(self, run_id,
+record)``), and each builds the small frozen record that :mod:`stalwart.telemetry` takes.
 """
 
 from __future__ import annotations
