@@ -35,7 +35,7 @@ from stalwart.actors._policy import Policies
 from stalwart.checkpoints import ErrorInfo, Finished, StepAttempt, StepDone, StepError, encode_value
 from stalwart.errors import ConfigurationError
 from stalwart.supervisor import _telemetry as supervisor_telemetry
-from stalwart.telemetry import _hooks, _logs, _metrics, _tracing
+from stalwart.telemetry import _metrics, _tracing
 from stalwart.telemetry._tracing import carrier_json, context_from, span_record
 from stalwart.testing import StalwartProcess, free_port
 from tests.apps import exec_key, gate_key
@@ -235,15 +235,15 @@ def test_trace_parent_prefers_the_record_and_links_the_request() -> None:
     with tracer.start_as_current_span("resume") as resume:
         headers = {"Nats-Msg-Id": "x"}
         propagate.inject(headers)
-    parent = _hooks.trace_parent(stored, headers)
+    parent = telemetry.trace_parent(stored, headers)
     assert parent.context is not None
     sc = trace.get_current_span(parent.context).get_span_context()
     assert sc.span_id == submit.get_span_context().span_id
     assert [link.context.span_id for link in parent.links] == [resume.get_span_context().span_id]
     # Only one of them: no link; neither (tracing off): no parent at all.
-    assert _hooks.trace_parent("", headers).links == ()
-    assert _hooks.trace_parent(stored, {"Nats-Msg-Id": "x"}).links == ()
-    assert _hooks.trace_parent("", None) is _hooks.NO_PARENT
+    assert telemetry.trace_parent("", headers).links == ()
+    assert telemetry.trace_parent(stored, {"Nats-Msg-Id": "x"}).links == ()
+    assert telemetry.trace_parent("", None) is telemetry.NO_PARENT
     assert context_from("not json") is None and context_from('{"a": "b"}') is None
     provider.shutdown()
 
@@ -254,7 +254,7 @@ def test_tracing_off_by_default_records_nothing(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
     assert _tracing.tracing_spec() == "off"
     assert observability.configure_tracing("t") is False
-    with _hooks.producer_span("submit", "agent", "r1", "ns.runs.agent") as carrier:
+    with telemetry.producer_span("submit", "agent", "r1", "ns.runs.agent") as carrier:
         assert carrier == {}  # nothing to store, nothing on the wire
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
     assert _tracing.tracing_spec() == "otlp"
@@ -443,7 +443,7 @@ async def test_metrics_endpoints_move_as_runs_complete(
 
 
 def test_redact_masks_secrets_and_hides_payloads(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(_logs.PAYLOADS_ENV, raising=False)
+    monkeypatch.delenv(telemetry.PAYLOADS_ENV, raising=False)
     event = {
         "event": "x",
         "result": {"card": "4242"},
@@ -451,13 +451,13 @@ def test_redact_masks_secrets_and_hides_payloads(monkeypatch: pytest.MonkeyPatch
         "url": "redis://user:hunter2@redis:6379/0",
         "input_tokens": 10,
     }
-    out = _logs.redact(None, "info", dict(event))
+    out = telemetry.redact(None, "info", dict(event))
     assert out["api_key"] == "***"
     assert "4242" not in json.dumps(out)
     assert out["url"] == "redis://user:***@redis:6379/0"
     assert out["input_tokens"] == 10
-    monkeypatch.setenv(_logs.PAYLOADS_ENV, "1")
-    shown = _logs.redact(None, "info", dict(event))
+    monkeypatch.setenv(telemetry.PAYLOADS_ENV, "1")
+    shown = telemetry.redact(None, "info", dict(event))
     assert shown["result"] == {"card": "4242"} and shown["api_key"] == "***"
 
 
