@@ -150,7 +150,11 @@ class Broker:
         return data
 
     async def publish_request(self, req: RunRequest, msg_id: str) -> bool:
-        """Publish a run request; False when JetStream dropped it as a duplicate of ``msg_id``."""
+        """Publish a run request; False when JetStream dropped it as a duplicate of ``msg_id``.
+
+        The raw form: Stalwart itself publishes through :meth:`submit` and
+        :meth:`request_resume`, whose message ids are the protocol's (see ``_names``).
+        """
         data = self.encode_request(req)
         # Events queued before this request (a released run's last ones) go first.
         await self.events.send_queued()
