@@ -188,6 +188,10 @@ class Broker:
             msg_id=resume_msg_id(run_id, cause, epoch),
         )
 
+    async def drop_request(self, seq: int) -> None:
+        """Delete the request at stream sequence ``seq`` from the runs stream (a dead letter)."""
+        await self.js.delete_msg(self.names.runs_stream, seq)
+
     async def poke(self, run_id: str) -> None:
         """Tell a live run waiting for a signal (or a cancel) to look at its inbox now.
 

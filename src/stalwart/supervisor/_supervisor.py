@@ -369,7 +369,7 @@ class Supervisor:
         req, seq, deliveries = found.request, found.seq, found.deliveries
         reason = f"request not placed after {deliveries} deliveries (max_deliver); dead-lettered"
         try:
-            await self.broker.js.delete_msg(self.broker.names.runs_stream, seq)
+            await self.broker.drop_request(seq)
         except Exception:
             return False  # gone meanwhile (placed at the last moment, or another supervisor)
         if not req.run_id:
