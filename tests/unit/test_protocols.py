@@ -106,6 +106,11 @@ def test_key_schema(built: str, expected: str) -> None:
     assert built == expected
 
 
+def test_script_keys_are_the_run_keys() -> None:
+    run = KeySchema("ns").run("r1")
+    assert KeySchema("ns").script_keys("r1") == [run.record, run.journal]
+
+
 def test_store_keys_are_the_schema() -> None:
     store = CheckpointStore(aioredis.Redis(), "ns")  # no I/O until a command is sent
     run = RunKeys("ns", "r1")

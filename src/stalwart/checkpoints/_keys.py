@@ -9,6 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+_RECORD = "run"
+_JOURNAL = "journal"
+_SIGNALS = "signals"
+
+
+def run_tag(namespace: str, run_id: str) -> str:
+    """``<ns>:{<run_id>}``: the prefix of every key of a run, hash tag included."""
+    return f"{namespace}:{{{run_id}}}"
+
 
 @dataclass(frozen=True, slots=True)
 class RunKeys:
@@ -20,22 +29,22 @@ class RunKeys:
     @property
     def tag(self) -> str:
         """``<ns>:{<run_id>}``: the prefix of every key of the run, hash tag included."""
-        return f"{self.namespace}:{{{self.run_id}}}"
+        return run_tag(self.namespace, self.run_id)
 
     @property
     def record(self) -> str:
         """Hash: the run record (status, epoch, owner, cancel flag ...); fences every write."""
-        return f"{self.tag}:run"
+        return f"{self.tag}:{_RECORD}"
 
     @property
     def journal(self) -> str:
         """Stream: the run's journal, entry ids ``<seq>-0``."""
-        return f"{self.tag}:journal"
+        return f"{self.tag}:{_JOURNAL}"
 
     @property
     def signals(self) -> str:
         """Stream: the run's signal inbox (unconsumed signals)."""
-        return f"{self.tag}:signals"
+        return f"{self.tag}:{_SIGNALS}"
 
     def own(self, suffix: str) -> str:
         """A key of the run's for data of one's own (an adapter's), in the run's slot."""
@@ -51,6 +60,12 @@ class KeySchema:
     def run(self, run_id: str) -> RunKeys:
         """The keys of ``run_id``."""
         return RunKeys(self.namespace, run_id)
+
+    def script_keys(self, run_id: str) -> list[str]:
+        """``[record, journal]``, the keys of every run script, without building a
+        :class:`RunKeys` (this is on every journal append)."""
+        tag = run_tag(self.namespace, run_id)
+        return [f"{tag}:{_RECORD}", f"{tag}:{_JOURNAL}"]
 
     @property
     def runs(self) -> str:

@@ -72,8 +72,7 @@ class ScriptRunner:
 
     def run_keys(self, run_id: str) -> list[str]:
         """The two keys every run script takes: the record, the journal."""
-        run = self.keys.run(run_id)
-        return [run.record, run.journal]
+        return self.keys.script_keys(run_id)
 
     def evalsha(self, script: object, run_id: str, args: list[object]) -> asyncio.Future[Any]:
         """``script`` on the run's two keys, sent down the shared pipe."""
