@@ -50,7 +50,6 @@ from stalwart.messages import (
     EV_STEP_RETRYING,
     EV_WAIT_STARTED,
     RunEvent,
-    RunRequest,
 )
 
 T = TypeVar("T")
@@ -611,12 +610,7 @@ class RunActor(StepExecutor, Waits):
         # A signal that arrived between our last look and the status change found the run
         # still running and woke nobody: wake it now (the signal side does the same check).
         if exc.waiting_for and await self._next_signal(exc.waiting_for) is not None:
-            await self._broker.publish_request(
-                RunRequest(
-                    run_id=self.run_id, agent=self.spec.name, kind="resume", epoch=self.epoch
-                ),
-                msg_id=f"{self.run_id}:wake:{self.epoch}",
-            )
+            await self._broker.request_resume(self.run_id, self.spec.name, self.epoch, "wake")
 
     async def _release_for_resume(self, how: str) -> None:
         """Give the run up during a graceful shutdown so another worker resumes it at once.
@@ -635,8 +629,5 @@ class RunActor(StepExecutor, Waits):
             reason += ": drain budget ended inside a step, which runs again on the next owner"
         await self._emit(self._event(EV_RELEASED, data={"reason": reason}))
         await self._fetch_closed.wait()
-        await self._broker.publish_request(
-            RunRequest(run_id=self.run_id, agent=self.spec.name, kind="resume", epoch=self.epoch),
-            msg_id=f"{self.run_id}:resume:{self.epoch}",
-        )
+        await self._broker.request_resume(self.run_id, self.spec.name, self.epoch, "resume")
         self.log.info("run.handed_over", how=how, reason=reason)

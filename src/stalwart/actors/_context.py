@@ -15,10 +15,10 @@ import anyio.to_thread
 
 from stalwart.actors._fingerprint import fingerprint
 from stalwart.actors._policy import StepOptions, options_of
+from stalwart.checkpoints import RunStore
 
 if TYPE_CHECKING:
     from stalwart.actors._actor import RunActor
-    from stalwart.checkpoints import CheckpointStore
 
 T = TypeVar("T")
 
@@ -161,9 +161,10 @@ class RunContext:
         return self._actor.replaying
 
     @property
-    def store(self) -> CheckpointStore:
-        """The run's Redis store, for adapters that keep their own fenced data by the run."""
-        return self._actor.store
+    def store(self) -> RunStore:
+        """The run's part of the Redis store (its journal, its keys, its epoch fence), for
+        adapters that keep their own fenced data by the run."""
+        return RunStore(self._actor.store, self.run_id, self.epoch)
 
     def check_boundary(self) -> None:
         """Raise if the run must stop now (lease lost, cancelled, worker draining).

@@ -21,6 +21,7 @@ from stalwart.actors import _telemetry as obs
 from stalwart.actors._actor import RunActor
 from stalwart.actors._policy import Breakers
 from stalwart.broker import Broker, WorkerInfo
+from stalwart.broker._names import msg_id_run, submit_msg_id
 from stalwart.checkpoints import CheckpointStore, encode_value
 from stalwart.checkpoints._store import POISONED_ERROR
 from stalwart.errors import InvalidRequestError
@@ -44,7 +45,7 @@ _PLACE_RETRY_DELAY = 1.0
 def _header_run_id(msg: Msg) -> str:
     """The run id part of a request's ``Nats-Msg-Id`` (``<run_id>[:<suffix>]``), or ""."""
     try:
-        return str((msg.headers or {}).get("Nats-Msg-Id", "")).split(":", 1)[0]
+        return msg_id_run(str((msg.headers or {}).get("Nats-Msg-Id", "")))
     except Exception:
         return ""
 
@@ -397,7 +398,7 @@ class Worker:
             run_id = ""
         # The run's own submission is published with its bare run id as message id.
         headers = msg.headers or {}
-        own = bool(run_id) and headers.get("Nats-Msg-Id") == run_id
+        own = bool(run_id) and headers.get("Nats-Msg-Id") == submit_msg_id(run_id)
         own = own and (req is None or (req.kind == "start" and req.run_id == run_id))
         await self._reject(spec, msg, run_id or None, reason, own=own)
 

@@ -14,16 +14,26 @@ from nats.js.errors import APIError, KeyNotFoundError, NotFoundError
 from stalwart.broker._connect import check_nats_url, connect
 from stalwart.broker._events import EventPublisher, last_event, subscribe_events
 from stalwart.broker._lease import LeaseManager
-from stalwart.broker._names import Names
+from stalwart.broker._names import Names, ResumeCause, resume_msg_id, submit_msg_id
 from stalwart.broker._setup import ensure_agent_consumer, ensure_topology
 from stalwart.errors import PayloadTooLargeError, QueueFullError
-from stalwart.messages import RunEvent, RunRequest, encode_request
+from stalwart.messages import (
+    EV_ACCEPTED,
+    EV_CANCELLED,
+    EV_REJECTED,
+    EV_SIGNAL,
+    RunEvent,
+    RunRequest,
+    encode_request,
+)
 from stalwart.telemetry import inject_headers
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
     from nats.aio.client import Client as NATS
+    from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription
     from nats.js import JetStreamContext
     from nats.js.kv import KeyValue
 
@@ -140,7 +150,11 @@ class Broker:
         return data
 
     async def publish_request(self, req: RunRequest, msg_id: str) -> bool:
-        """Publish a run request; False when JetStream dropped it as a duplicate of ``msg_id``."""
+        """Publish a run request; False when JetStream dropped it as a duplicate of ``msg_id``.
+
+        The raw form: Stalwart itself publishes through :meth:`submit` and
+        :meth:`request_resume`, whose message ids are the protocol's (see ``_names``).
+        """
         data = self.encode_request(req)
         # Events queued before this request (a released run's last ones) go first.
         await self.events.send_queued()
@@ -154,6 +168,77 @@ class Broker:
         except APIError as exc:
             raise _refusal(req, exc) from exc
         return not ack.duplicate
+
+    async def submit(self, req: RunRequest) -> bool:
+        """Publish a new run's own request (message id :func:`submit_msg_id`).
+
+        False when JetStream dropped it as a resend of a submission still in the window.
+        """
+        return await self.publish_request(req, msg_id=submit_msg_id(req.run_id))
+
+    async def request_resume(self, run_id: str, agent: str, epoch: int, cause: ResumeCause) -> bool:
+        """Ask for ``run_id`` (of ``agent``), given up at ``epoch``, to be placed again.
+
+        The only way Stalwart publishes a resume request: its message id is
+        :func:`resume_msg_id`, so JetStream drops a second one for the same cause and epoch.
+        False when it was dropped so.
+        """
+        return await self.publish_request(
+            RunRequest(run_id=run_id, agent=agent, kind="resume", epoch=epoch),
+            msg_id=resume_msg_id(run_id, cause, epoch),
+        )
+
+    async def drop_request(self, seq: int) -> None:
+        """Delete the request at stream sequence ``seq`` from the runs stream (a dead letter)."""
+        await self.js.delete_msg(self.names.runs_stream, seq)
+
+    async def poke(self, run_id: str) -> None:
+        """Tell a live run waiting for a signal (or a cancel) to look at its inbox now.
+
+        Core NATS, at most once: the signal or cancel is stored before, and a waiter that
+        misses the poke finds it at its next recheck.
+        """
+        await self.nc.publish(self.names.signals_subject(run_id), b"")
+
+    # -- what a client announces ----------------------------------------------------------
+
+    async def _announce(self, run_id: str, type: str, data: dict[str, Any]) -> None:
+        # Acked: a client's event must be in the stream before anything it announces.
+        await self.events.publish(
+            RunEvent(type=type, run_id=run_id, at=time.time(), data=data), acked=True
+        )
+
+    async def announce_accepted(self, run_id: str, agent: str, **extra: Any) -> None:
+        """``run.accepted``: a new run (``extra``: a fork's source and step) was stored."""
+        await self._announce(run_id, EV_ACCEPTED, {"agent": agent, **extra})
+
+    async def announce_rejected(self, run_id: str, agent: str, reason: str) -> None:
+        """``request.rejected``: a submission of ``run_id`` was refused."""
+        await self._announce(run_id, EV_REJECTED, {"reason": reason, "agent": agent})
+
+    async def signal_stored(
+        self, run_id: str, name: str, sid: str, wake: tuple[str, int] | None = None
+    ) -> None:
+        """After a signal was stored: poke a live waiter, resume the run if ``wake`` (its
+        ``(agent, passivated epoch)``), and announce ``signal.received``."""
+        # Poked first, before anything that could fail on the way (the event).
+        await self.poke(run_id)
+        if wake is not None:
+            await self.request_resume(run_id, wake[0], wake[1], "signal")
+        await self._announce(run_id, EV_SIGNAL, {"name": name, "sid": sid})
+
+    async def cancel_stored(
+        self, run_id: str, reason: str, *, ended: bool, wake: tuple[str, int] | None = None
+    ) -> None:
+        """After a cancel was stored: poke a live waiter so it notices now, resume a
+        passivated run (``wake``: its agent and epoch) so it can end, and announce
+        ``run.cancelled`` when the cancel ``ended`` a run nobody had placed."""
+        await self.poke(run_id)
+        if wake is not None:
+            await self.request_resume(run_id, wake[0], wake[1], "cancel")
+        if ended:
+            error = {"type": "RunCancelled", "message": reason}
+            await self._announce(run_id, EV_CANCELLED, {"error": error})
 
     async def pull_subscription(self, agent: str) -> Any:
         """Bind to the shared durable consumer of ``agent`` (created if missing)."""
@@ -190,10 +275,12 @@ class Broker:
         # KeyValue.keys() builds a watcher that can come back empty on a busy server.
         bucket = self.names.agents_bucket
         try:
-            info = await self.js.stream_info(f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.>")
+            info = await self.js.stream_info(
+                Names.kv_stream(bucket), subjects_filter=Names.kv_subject(bucket)
+            )
         except NotFoundError:
             return []
-        prefix = f"$KV.{bucket}."
+        prefix = Names.kv_subject(bucket, "")
         return sorted(s.removeprefix(prefix) for s in (info.state.subjects or {}))
 
     async def heartbeat(self, info: WorkerInfo, ttl: int) -> None:
@@ -237,6 +324,10 @@ class Broker:
     async def last_event(self, run_id: str) -> RunEvent | None:
         """The run's newest stored event, or None (see :func:`last_event`)."""
         return await last_event(self.js, self.names, run_id)
+
+    async def watch_events(self, run_id: str, cb: Callable[[Msg], Awaitable[None]]) -> Subscription:
+        """A plain (core) subscription to a run's live events: no replay, no consumer."""
+        return await self.nc.subscribe(self.names.events_subject(run_id), cb=cb)
 
     def subscribe(
         self,

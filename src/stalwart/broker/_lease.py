@@ -109,7 +109,7 @@ class LeaseManager:
 
     def _subject(self, name: str) -> str:
         # Run leases are keys run.<run_id>; other users (supervisor election) pick a prefix.
-        return f"$KV.{self._names.lease_bucket}.{self._prefix}{name}"
+        return self._names.lease_subject(name, self._prefix)
 
     async def _cas(self, run_id: str, expected: int) -> int:
         ack = await self._js.publish(

@@ -1,8 +1,57 @@
-"""Names of streams, buckets, subjects and consumers, all derived from one namespace."""
+"""Names of streams, buckets, subjects, consumers and message ids, all derived from one namespace.
+
+Every NATS name and every ``Nats-Msg-Id`` Stalwart uses is spelled here and nowhere else.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
+
+ResumeCause = Literal["resume", "timer", "wake", "signal", "cancel"]
+"""Why a resume request is published (see :func:`resume_msg_id`).
+
+``resume``: the epoch's owner is gone (its lease expired, or it handed the run over while
+draining); ``timer``: a passivated run's timer is due; ``wake``: the owner that just
+passivated the run found a signal that raced it; ``signal``: a signal found the run
+passivated waiting for it; ``cancel``: a cancel found the run passivated.
+"""
+
+RESUME_CAUSES: tuple[ResumeCause, ...] = get_args(ResumeCause)
+
+
+def submit_msg_id(run_id: str) -> str:
+    """``Nats-Msg-Id`` of a run's own submission: the bare run id.
+
+    A submission resent by a submitter that died between storing the run and publishing it
+    is dropped as a duplicate within the duplicate window; a worker tells the run's own
+    request (which may end the run when it is refused) from any other by this id.
+    """
+    return run_id
+
+
+def resume_msg_id(run_id: str, cause: ResumeCause, epoch: int) -> str:
+    """``Nats-Msg-Id`` of a resume request: ``<run_id>:<cause>:<epoch>``.
+
+    ``epoch`` is the epoch the run was given up at (the lost owner's, or the passivated
+    one's). One scheme for every publisher, and the duplicate window drops exactly this:
+    a second request for the same cause and epoch. Any resume request for epoch E ends in a
+    placement with an epoch above E (or finds the run ended, or a newer owner): a worker
+    that cannot place it yet (the lease is still held) has it redelivered, never drops it.
+    So one per epoch suffices, and that is what lets any number of supervisors and a
+    draining worker (all ``resume``) publish the failover of an epoch once. Causes do not
+    suppress each other: a request of one cause may be waiting out a lease TTL (published
+    while the passivating owner still held the lease) when another cause can place the run
+    at once (``wake``, published by that owner right after it let the lease go).
+    """
+    if cause not in RESUME_CAUSES:
+        raise ValueError(f"unknown resume cause {cause!r}: one of {', '.join(RESUME_CAUSES)}")
+    return f"{run_id}:{cause}:{epoch}"
+
+
+def msg_id_run(msg_id: str) -> str:
+    """The run id part of a request's ``Nats-Msg-Id`` (``<run_id>[:<cause>:<epoch>]``)."""
+    return msg_id.split(":", 1)[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,24 +124,40 @@ class Names:
         """Durable pull consumer shared by every worker that serves ``agent``."""
         return f"agent_{agent}"
 
-    def lease_key(self, run_id: str) -> str:
-        """KV key of a run's lease."""
-        return f"run.{run_id}"
+    def lease_key(self, name: str, prefix: str = "run.") -> str:
+        """KV key of a lease: ``run.<run_id>`` for a run, another ``prefix`` for other
+        holders of the bucket (the supervisors' election)."""
+        return f"{prefix}{name}"
 
-    def lease_subject(self, run_id: str) -> str:
-        """Raw stream subject of a run's lease (for CAS publishes with a TTL)."""
-        return f"$KV.{self.lease_bucket}.{self.lease_key(run_id)}"
+    def lease_subject(self, name: str, prefix: str = "run.") -> str:
+        """Raw stream subject of a lease key (for CAS publishes with a TTL)."""
+        return self.kv_subject(self.lease_bucket, self.lease_key(name, prefix))
 
     def worker_subject(self, worker_id: str) -> str:
         """Raw stream subject of a worker's heartbeat key."""
-        return f"$KV.{self.workers_bucket}.{worker_id}"
+        return self.kv_subject(self.workers_bucket, worker_id)
+
+    @staticmethod
+    def kv_subject(bucket: str, key: str = ">") -> str:
+        """Raw stream subject of ``key`` in KV ``bucket`` (all keys by default)."""
+        return f"$KV.{bucket}.{key}"
+
+    @staticmethod
+    def kv_stream(bucket: str) -> str:
+        """Stream that backs KV ``bucket``."""
+        return f"KV_{bucket}"
+
+    @property
+    def max_deliveries_advisories(self) -> str:
+        """Advisories JetStream sends when a request of the runs stream hit max_deliver."""
+        return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.runs_stream}.*"
 
     @property
     def lease_stream(self) -> str:
         """Stream that backs the lease bucket."""
-        return f"KV_{self.lease_bucket}"
+        return self.kv_stream(self.lease_bucket)
 
     @property
     def workers_stream(self) -> str:
         """Stream that backs the workers bucket."""
-        return f"KV_{self.workers_bucket}"
+        return self.kv_stream(self.workers_bucket)

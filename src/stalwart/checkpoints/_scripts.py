@@ -1,11 +1,14 @@
 """Lua scripts run with EVALSHA, so they work on Redis 6.2 (no FUNCTION) and 7.x alike.
 
-Each script touches one run's two keys, ``KEYS[1]`` the run record (hash) and ``KEYS[2]``
-the journal (stream). Both carry the run id as a hash tag, so on Redis Cluster they live in
-the same slot and the scripts are atomic there too.
+Each script touches one run's keys (see ``_keys``), ``KEYS[1]`` the run record (hash) and
+``KEYS[2]`` the journal (stream) or signal inbox. All carry the run id as a hash tag, so on
+Redis Cluster they live in the same slot and the scripts are atomic there too. The fenced
+writes share one fence (``_fence.FENCE``); an epoch of '' never reaches them from the store.
 """
 
 from __future__ import annotations
+
+from stalwart.checkpoints._fence import fenced
 
 # Shared prelude: the next journal sequence is one past the top stream id. Explicit ids make
 # XADD itself reject a second append at the same position, which is what makes an append
@@ -113,27 +116,23 @@ return {'rejected', tostring(seq)}
 # Fenced append: only the owner of the current epoch may write. Returns the cancel flag so
 # the actor learns of a cancellation at its next step boundary without an extra round trip.
 # ARGV: epoch, entry id, entry, now
-APPEND = """
-local f = redis.call('HMGET', KEYS[1], 'epoch', 'cancel')
-if f[1] ~= ARGV[1] then return {'stale', f[1] or ''} end
+APPEND = fenced("""
 local r = redis.pcall('XADD', KEYS[2], ARGV[2], 'd', ARGV[3])
 if type(r) == 'table' and r.err then return {'conflict', r.err} end
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[4])
-return {'ok', f[2] or ''}
-"""
+return {'ok', cancel}
+""")
 
 # Fenced final append plus the record's end state.
 # ARGV: epoch, entry id, entry, now, status, result, error_type, error
-FINISH = """
-local f = redis.call('HMGET', KEYS[1], 'epoch')
-if f[1] ~= ARGV[1] then return {'stale', f[1] or ''} end
+FINISH = fenced("""
 local r = redis.pcall('XADD', KEYS[2], ARGV[2], 'd', ARGV[3])
 if type(r) == 'table' and r.err then return {'conflict', r.err} end
 redis.call('HSET', KEYS[1], 'status', ARGV[5], 'updated_at', ARGV[4], 'finished_at', ARGV[4],
   'error_type', ARGV[7], 'error', ARGV[8])
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[6]) end
 return {'ok', ''}
-"""
+""")
 
 # Cancel: a run that was never placed ends here and now (atomically, so a worker that is
 # about to claim it finds it terminal); a placed run gets a flag its owner reads at the
@@ -182,15 +181,13 @@ return {'stored', sid, f[3] or '0'}
 
 # Passivate: the owner gives the run up while it waits; fenced like an append.
 # KEYS[1] record. ARGV: epoch, waiting_for, wake_at, now
-PASSIVATE = """
-local e = redis.call('HGET', KEYS[1], 'epoch')
-if e ~= ARGV[1] then return {'stale', e or ''} end
+PASSIVATE = fenced("""
 redis.call('HSET', KEYS[1], 'status', 'waiting', 'waiting_for', ARGV[2], 'wake_at', ARGV[3],
   'updated_at', ARGV[4])
 -- Giving the run up on purpose is progress: the wake-up starts a new count of placements.
 redis.call('HDEL', KEYS[1], 'placed_seq')
 return {'ok'}
-"""
+""")
 
 # Dead letter: a request JetStream gave up delivering. Fail the run unless a worker placed
 # it meanwhile. KEYS[1] record, KEYS[2] journal. ARGV: now, reason, finished_entry, run_id, agent

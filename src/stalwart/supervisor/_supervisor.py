@@ -20,7 +20,7 @@ import structlog
 
 from stalwart.broker import Broker, LeaseManager
 from stalwart.checkpoints import CheckpointStore
-from stalwart.messages import EV_FAILED, EV_STUCK, RunEvent, RunRequest
+from stalwart.messages import EV_FAILED, EV_STUCK, RunEvent
 from stalwart.supervisor import _telemetry as obs
 from stalwart.supervisor._advisories import Refused, verify_advisory
 from stalwart.supervisor._unserved import reject_unserved
@@ -70,9 +70,9 @@ class Supervisor:
     """Watches lease expiry and periodically reconciles running runs against their leases.
 
     Watching gives fast detection; the periodic scan catches what no watch saw (runs that
-    expired while no supervisor was up). Re-placement publishes a resume request with
-    ``Nats-Msg-Id: <run_id>:resume:<epoch>``, so any number of supervisors, and a draining
-    worker that released the run itself, publish it once per lost epoch.
+    expired while no supervisor was up). Re-placement publishes a ``resume`` request
+    (:meth:`Broker.request_resume`, deduplicated per lost epoch), so any number of
+    supervisors, and a draining worker that released the run itself, publish it once.
     """
 
     def __init__(self, settings: Settings, *, supervisor_id: str = "") -> None:
@@ -266,10 +266,7 @@ class Supervisor:
         if verdict.action != "replace" or record is None:
             return False
         with obs.resume_span(record, self.broker.names.runs_subject(record.agent), verdict.epoch):
-            fresh = await self.broker.publish_request(
-                RunRequest(run_id=run_id, agent=record.agent, kind="resume", epoch=verdict.epoch),
-                msg_id=f"{run_id}:resume:{verdict.epoch}",
-            )
+            fresh = await self.broker.request_resume(run_id, record.agent, verdict.epoch, "resume")
         if fresh:
             obs.failover(record.agent)
             self.replaced += 1
@@ -319,12 +316,7 @@ class Supervisor:
                 self.log.warning("timer.run_failed", run_id=run_id, error=repr(exc))
                 continue
             if record is not None and record.status == "waiting":
-                await self.broker.publish_request(
-                    RunRequest(
-                        run_id=run_id, agent=record.agent, kind="resume", epoch=record.epoch
-                    ),
-                    msg_id=f"{run_id}:timer:{record.epoch}",
-                )
+                await self.broker.request_resume(run_id, record.agent, record.epoch, "timer")
                 woken += 1
             await self.store.remove_timer(run_id)
         return woken
@@ -338,7 +330,7 @@ class Supervisor:
         with a max-deliveries advisory, which is where we pick it up.
         """
         assert self.broker is not None
-        subject = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.broker.names.runs_stream}.*"
+        subject = self.broker.names.max_deliveries_advisories
         queue: asyncio.Queue[Any] = asyncio.Queue()
 
         async def on_advisory(msg: Any) -> None:
@@ -377,7 +369,7 @@ class Supervisor:
         req, seq, deliveries = found.request, found.seq, found.deliveries
         reason = f"request not placed after {deliveries} deliveries (max_deliver); dead-lettered"
         try:
-            await self.broker.js.delete_msg(self.broker.names.runs_stream, seq)
+            await self.broker.drop_request(seq)
         except Exception:
             return False  # gone meanwhile (placed at the last moment, or another supervisor)
         if not req.run_id:

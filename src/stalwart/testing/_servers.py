@@ -41,6 +41,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 import anyio
 import anyio.to_thread
 
+from stalwart.broker import MIN_SERVER_VERSION
+
 if TYPE_CHECKING:
     from collections.abc import Callable
     from types import TracebackType
@@ -59,8 +61,8 @@ __all__ = [
     "nats_server_version",
 ]
 
-MIN_NATS_VERSION: tuple[int, int, int] = (2, 11, 0)
-"""Oldest nats-server Stalwart runs on: per-message TTL arrived in 2.11."""
+MIN_NATS_VERSION: tuple[int, int, int] = MIN_SERVER_VERSION
+"""Oldest nats-server Stalwart runs on (the broker's ``MIN_SERVER_VERSION``)."""
 
 _LOOPBACK = "127.0.0.1"
 _PR_SET_PDEATHSIG = 1

@@ -39,7 +39,7 @@ from stalwart.actors import StepSpec
 from stalwart.adapters._base import DurableRunner, canonical_fp, text_digest
 from stalwart.adapters.langgraph._saver import StalwartSaver, TaskWritten
 from stalwart.adapters.langgraph._serde import AllowedType, declared_types, type_key
-from stalwart.checkpoints import CheckpointStore, StepDone, StepError
+from stalwart.checkpoints import RunStore, StepDone, StepError
 from stalwart.errors import ConfigurationError, StalwartError
 
 if TYPE_CHECKING:
@@ -104,11 +104,11 @@ def to_builtins(value: Any) -> Any:
         return repr(value)
 
 
-def _store_of(ctx: RunContext) -> CheckpointStore:
+def _store_of(ctx: RunContext) -> RunStore:
     store = ctx.store
-    if not isinstance(store, CheckpointStore):
+    if not isinstance(store, RunStore):
         raise ConfigurationError(
-            "DurableGraphRunner needs the run's CheckpointStore; run it in a Stalwart worker"
+            "DurableGraphRunner needs the run's store (RunStore); run it in a Stalwart worker"
         )
     return store
 
@@ -157,7 +157,7 @@ class _Journal:
         self.ctx = ctx
         self.names = names
 
-    async def replay(self, store: CheckpointStore, saver: StalwartSaver) -> None:
+    async def replay(self, store: RunStore, saver: StalwartSaver) -> None:
         """Account for the tasks earlier owners stored, before the graph runs again.
 
         LangGraph skips a stored task instead of running it: every mirror step journaled

@@ -1,35 +1,29 @@
 """Lua scripts of the LangGraph saver (EVALSHA, so Redis 6.2 and 7.x alike).
 
 Every key a script touches carries the thread id as its hash tag. A durable run's thread id
-is its run id, so ``KEYS[1]``, the run record ``<ns>:{<run_id>}:run``, is in the same slot:
-the writes are fenced exactly like ``APPEND`` in ``stalwart.checkpoints._scripts``: only if
-the record's ``epoch`` equals the writer's. ``ARGV[1]`` is that epoch, or '' for a saver
-used on its own (no fencing). A stale writer gets ``{'stale', <current epoch>}``.
+is its run id, so ``KEYS[1]``, the run record, is in the same slot: the writes run under the
+run's epoch fence (:func:`stalwart.checkpoints.fenced`, the one the journal's appends use).
+``ARGV[1]`` is the epoch, or '' for a saver used on its own (no fencing). A stale writer gets
+``{'stale', <current epoch>}``.
 """
 
 from __future__ import annotations
 
-_FENCE = """
-if ARGV[1] ~= '' then
-  local e = redis.call('HGET', KEYS[1], 'epoch')
-  if e ~= ARGV[1] then return {'stale', e or ''} end
-end
-"""
+from stalwart.checkpoints import fenced
 
 # Store a checkpoint: its new channel blobs and its record, in one step. Returns the run's
 # cancel flag, so a cancelled run stops before its next superstep starts.
 # KEYS: record, ids, checkpoints, blobs, namespaces
 # ARGV: epoch, checkpoint_ns, checkpoint_id, record, then blob field/value pairs
-PUT = (
-    _FENCE
-    + """
+PUT = fenced(
+    """
 for i = 5, #ARGV, 2 do
   redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1])
 end
 redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
 redis.call('ZADD', KEYS[2], 0, ARGV[3])
 redis.call('SADD', KEYS[5], ARGV[2])
-return {'ok', redis.call('HGET', KEYS[1], 'cancel') or ''}
+return {'ok', cancel}
 """
 )
 
@@ -41,9 +35,8 @@ return {'ok', redis.call('HGET', KEYS[1], 'cancel') or ''}
 # KEYS: record, writes, ids, orphans, namespaces, tasks
 # ARGV: epoch, upsert ('1' or '0'), checkpoint_id, checkpoint_ns, task entry, then
 #       field/value pairs
-PUT_WRITES = (
-    _FENCE
-    + """
+PUT_WRITES = fenced(
+    """
 local new = 0
 for i = 6, #ARGV, 2 do
   if ARGV[2] == '1' then

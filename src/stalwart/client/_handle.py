@@ -1,0 +1,235 @@
+"""``RunHandle``: one submitted run, read and steered through the client's two servers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+from stalwart._text import ERROR_TEXT_LIMIT, clip, safe_text
+from stalwart.checkpoints._store import REJECTED_ERROR
+from stalwart.errors import (
+    InvalidRequestError,
+    RunCancelled,
+    RunFailed,
+    RunNotFoundError,
+    RunRejected,
+    SignalRefusedError,
+)
+from stalwart.messages import EV_REJECTED, TERMINAL_EVENTS, RunEvent, read_event
+from stalwart.observability import History, build_history, replay_run
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from nats.aio.msg import Msg
+
+    from stalwart.actors import App
+    from stalwart.checkpoints import CancelOutcome, RunRecord
+    from stalwart.client._client import Client
+    from stalwart.config import Settings
+    from stalwart.observability import ReplayReport
+
+
+_RECHECK_SECONDS = 5.0
+
+
+class _EndWatch:
+    """What a waiter for a run's end has heard on the run's event subject.
+
+    Events only wake the waiter; the run record decides. A rejection is the answer only
+    for a run id that has no record (the request was refused before anything was stored).
+    """
+
+    def __init__(self) -> None:
+        self.woken = asyncio.Event()
+        self.rejected = ""
+
+    def note(self, event: RunEvent) -> None:
+        if event.type == EV_REJECTED:
+            data = event.data if isinstance(event.data, dict) else {}
+            self.rejected = safe_text(data.get("reason", "rejected"))
+        if event.type in TERMINAL_EVENTS:
+            self.woken.set()
+
+    async def seen(self, msg: Msg) -> None:
+        event = read_event(msg.data, msg.subject)
+        if event is not None:  # garbage on the subject is skipped (and logged once)
+            self.note(event)
+
+
+class RunHandle:
+    """A submitted run. Cheap to create; every method reads the servers afresh."""
+
+    def __init__(self, client: Client, run_id: str, agent: str = "") -> None:
+        self.client = client
+        self.run_id = run_id
+        self.agent = agent
+
+    def __repr__(self) -> str:
+        return f"RunHandle(run_id={self.run_id!r}, agent={self.agent!r})"
+
+    async def status(self) -> RunRecord:
+        """The run's record (status, epoch, owner, timestamps)."""
+        record = await self.client.store.get_run(self.run_id)
+        if record is None:
+            raise RunNotFoundError(self.run_id)
+        return record
+
+    def events(self, *, follow: bool = True) -> AsyncIterator[RunEvent]:
+        """The run's events from the first one; with ``follow``, live until the run ends.
+
+        Messages on the run's subject that are not events are skipped. A terminal-looking
+        event ends the iteration only when the run record agrees that the run has ended
+        (or there is no record to ask): a stray ``request.rejected`` for a live run does not.
+        """
+        return self.client.broker.subscribe(self.run_id, follow=follow, ends=self._has_ended)
+
+    async def _has_ended(self, event: RunEvent) -> bool:
+        try:
+            record = await self.client.store.get_run(self.run_id)
+        except Exception:  # Redis unreachable: the event is all there is to go by
+            return True
+        return record is None or record.terminal
+
+    async def result(self, timeout: float | None = None, *, type: Any = Any) -> Any:
+        """Wait for the run to end and return its result (converted to ``type``).
+
+        Raises :class:`RunFailed`, :class:`RunCancelled` or :class:`RunRejected` when the run
+        did not complete, and ``TimeoutError`` when ``timeout`` passes first.
+        """
+        record = await self._wait_ended(timeout)
+        if record.status == "completed":
+            return record.decode_result(type)
+        if record.status == "cancelled":
+            raise RunCancelled(self.run_id, record.error or "cancelled")
+        if record.error_type == REJECTED_ERROR:
+            raise RunRejected(self.run_id, record.error)
+        raise RunFailed(self.run_id, record.error_type, record.error)
+
+    async def _wait_ended(self, timeout: float | None) -> RunRecord:
+        # A plain subscription (no JetStream consumer): the terminal event only wakes us,
+        # the record is the truth. Subscribed before the first look, so nothing slips by.
+        watch = _EndWatch()
+        sub = await self.client.broker.watch_events(self.run_id, watch.seen)
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._poll_record(watch)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _poll_record(self, watch: _EndWatch) -> RunRecord:
+        first = True
+        while True:
+            record = await self.client.store.get_run(self.run_id)
+            if record is not None and record.terminal:
+                return record
+            if record is None:
+                if first:  # rejected before we subscribed: its event is the run's last one
+                    first = False
+                    last = await self.client.broker.last_event(self.run_id)
+                    if last is not None:
+                        watch.note(last)
+                if watch.rejected:
+                    raise RunRejected(self.run_id, watch.rejected)
+            # Re-read the record now and then in case the terminal event was never
+            # published (a NATS outage).
+            try:
+                async with asyncio.timeout(_RECHECK_SECONDS):
+                    await watch.woken.wait()
+            except TimeoutError:
+                continue
+            watch.woken.clear()
+
+    async def signal(self, name: str, payload: Any = None) -> str:
+        """Send signal ``name`` with ``payload`` to the run; it is never lost.
+
+        The signal is stored before anything else happens, so it reaches a wait that
+        starts later, a run whose worker just died, or a passivated run (which is placed
+        again to receive it). Returns ``stored`` or ``woke``. A signal over a limit
+        (``signal_name_max``, ``signal_max_bytes``, ``signal_max_pending``) raises
+        :class:`~stalwart.errors.SignalRefusedError` and stores nothing.
+        """
+        settings = self.client.settings
+        _check_signal_name(name, settings)
+        # Refuses what a worker could not decode too (nesting past max_nesting).
+        raw = bytes(self.client._encode_checked(payload, f"signal {name!r} payload"))
+        _check_signal_size(name, raw, settings)
+        outcome, sid, epoch = await self.client.store.add_signal(
+            self.run_id, name, raw, max_pending=settings.signal_max_pending
+        )
+        if outcome == "missing":
+            raise RunNotFoundError(self.run_id)
+        if outcome == "terminal":
+            raise InvalidRequestError(f"run {self.run_id!r} has ended; signal {name!r} not sent")
+        if outcome == "full":
+            raise SignalRefusedError(
+                f"run {self.run_id!r} already holds {epoch} unconsumed signals "
+                f"(signal_max_pending={settings.signal_max_pending}); signal {name!r} not stored"
+            )
+        wake = ((await self.status()).agent, epoch) if outcome == "wake" else None
+        await self.client.broker.signal_stored(self.run_id, name, sid, wake)
+        return "woke" if outcome == "wake" else "stored"
+
+    async def history(self) -> History:
+        """The run's timeline from its journal (see :func:`stalwart.observability.build_history`)."""
+        record = await self.client.store.get_run(self.run_id)
+        entries = await self.client.store.read_journal(self.run_id)
+        if record is None and not entries:
+            raise RunNotFoundError(self.run_id)
+        return build_history(self.run_id, entries, record)
+
+    async def replay(self, app: App, *, timeout: float = 60.0) -> ReplayReport:
+        """Run ``app``'s current code for this run against its journal, offline.
+
+        No step body, model or tool is called; the report says whether the code still asks
+        for the journaled steps with the same arguments and ends the same way (see
+        :func:`stalwart.observability.replay_run`).
+        """
+        record = await self.status()
+        entries = await self.client.store.read_journal(self.run_id)
+        return await replay_run(app, record, entries, timeout=timeout)
+
+    async def cancel(self, reason: str = "cancelled by client") -> CancelOutcome:
+        """Cancel the run: at once if no worker placed it yet, else at its next step.
+
+        Returns ``cancelled`` (ended now), ``requested`` (its owner stops at the next step
+        boundary), ``terminal`` (it had already ended) or ``missing`` (unknown run id).
+        """
+        limit = self.client.settings.cancel_reason_max
+        if not isinstance(reason, str) or len(reason) > limit:
+            # Checked before anything is stored: the reason goes into the record and into
+            # the run.cancelled event, which must fit one NATS message.
+            raise InvalidRequestError(
+                f"cancel reason must be a string of at most {limit} characters (cancel_reason_max)"
+            )
+        # A sender configured with a larger limit is still bounded like an error message:
+        # the record keeps up to ERROR_TEXT_LIMIT, events cut it further.
+        reason = clip(safe_text(reason), ERROR_TEXT_LIMIT)
+        outcome, wake_epoch = await self.client.store.cancel_run(self.run_id, reason)
+        wake = None if wake_epoch is None else ((await self.status()).agent, wake_epoch)
+        await self.client.broker.cancel_stored(
+            self.run_id, reason, ended=outcome == "cancelled", wake=wake
+        )
+        return outcome
+
+
+def _check_signal_name(name: Any, settings: Settings) -> None:
+    """Refuse a signal name outside the signal limits (before the payload is encoded)."""
+    if not isinstance(name, str) or not name:
+        raise SignalRefusedError(f"signal name must be a non-empty string, got {type(name)!r}")
+    if len(name) > settings.signal_name_max:
+        raise SignalRefusedError(
+            f"signal name is {len(name)} characters, over signal_name_max "
+            f"({settings.signal_name_max}): {name[:40]!r}..."
+        )
+
+
+def _check_signal_size(name: str, raw: bytes, settings: Settings) -> None:
+    """Refuse an encoded signal payload over ``signal_max_bytes``."""
+    if len(raw) > settings.signal_max_bytes:
+        raise SignalRefusedError(
+            f"signal {name!r}: the encoded payload is {len(raw)} bytes, over signal_max_bytes "
+            f"({settings.signal_max_bytes}); pass large data by reference"
+        )
