@@ -34,7 +34,6 @@ from crewai.utilities.agent_utils import extract_tool_call_info
 from crewai.utilities.string_utils import sanitize_tool_name
 
 from stalwart.actors import StepSpec, Usage
-from stalwart.adapters._base import text_digest
 from stalwart.adapters.crewai._codec import (
     canonical_json,
     encode,
@@ -51,6 +50,7 @@ from stalwart.adapters.crewai._scope import (
     current_run,
 )
 from stalwart.errors import StepFailed
+from stalwart.kit import text_digest
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -11,11 +11,11 @@ from crewai import Agent, Crew
 from crewai.llms.base_llm import BaseLLM
 from crewai.types.streaming import CrewStreamingOutput
 
-from stalwart.adapters._base import DurableRunner
 from stalwart.adapters.crewai._codec import returned_models
 from stalwart.adapters.crewai._hooks import install
 from stalwart.adapters.crewai._scope import CrewRun
 from stalwart.errors import ConfigurationError
+from stalwart.kit import DurableRunner
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     from crewai.tasks.task_output import TaskOutput
     from pydantic import BaseModel
 
+    from stalwart import Policies
     from stalwart.actors import App, RunContext
-    from stalwart.actors._policy import Policies
     from stalwart.client import Client
 
 T = TypeVar("T")

@@ -30,11 +30,9 @@ import anyio.to_thread
 from crewai.context import get_current_task_id
 
 from stalwart.actors import current_step
-from stalwart.actors._context import _current
-from stalwart.adapters._allowed import allow_map
-from stalwart.adapters._base import text_digest
 from stalwart.adapters.crewai._codec import decode
 from stalwart.errors import DisallowedTypeError, StepFailed
+from stalwart.kit import allow_map, in_step, text_digest
 
 if TYPE_CHECKING:
     import concurrent.futures
@@ -198,15 +196,13 @@ class CrewRun:
         try:
             while (request := requests.get()) is not None:
                 info, done = request
-                token = _current.set(info)
-                try:
-                    value = body()
-                except Exception as exc:
-                    self.loop.call_soon_threadsafe(_settle, done, False, exc)
-                else:
-                    self.loop.call_soon_threadsafe(_settle, done, True, value)
-                finally:
-                    _current.reset(token)
+                with in_step(info):
+                    try:
+                        value = body()
+                    except Exception as exc:
+                        self.loop.call_soon_threadsafe(_settle, done, False, exc)
+                    else:
+                        self.loop.call_soon_threadsafe(_settle, done, True, value)
             return future.result()
         except StepFailed:
             raise
@@ -249,15 +245,13 @@ class CrewRun:
         try:
             while (request := await requests.get()) is not None:
                 info, done = request
-                token = _current.set(info)
-                try:
-                    value = await body()
-                except Exception as exc:
-                    self.loop.call_soon_threadsafe(_settle, done, False, exc)
-                else:
-                    self.loop.call_soon_threadsafe(_settle, done, True, value)
-                finally:
-                    _current.reset(token)
+                with in_step(info):
+                    try:
+                        value = await body()
+                    except Exception as exc:
+                        self.loop.call_soon_threadsafe(_settle, done, False, exc)
+                    else:
+                        self.loop.call_soon_threadsafe(_settle, done, True, value)
             return await asyncio.wrap_future(future)
         except (StepFailed, asyncio.CancelledError):
             future.cancel()  # CrewAI gave up on this call (a timeout): so does the step

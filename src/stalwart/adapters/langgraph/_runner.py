@@ -36,11 +36,11 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langgraph.types import Command, Interrupt
 
 from stalwart.actors import StepSpec
-from stalwart.adapters._base import DurableRunner, canonical_fp, text_digest
 from stalwart.adapters.langgraph._saver import StalwartSaver, TaskWritten
 from stalwart.adapters.langgraph._serde import AllowedType, declared_types, type_key
 from stalwart.checkpoints import CheckpointStore, StepDone, StepError
 from stalwart.errors import ConfigurationError, StalwartError
+from stalwart.kit import DurableRunner, canonical_fp, text_digest
 
 if TYPE_CHECKING:
     from uuid import UUID
@@ -48,8 +48,8 @@ if TYPE_CHECKING:
     from langchain_core.runnables import RunnableConfig
     from langgraph.pregel import Pregel
 
+    from stalwart import Policies
     from stalwart.actors import App, RunContext
-    from stalwart.actors._policy import Policies
     from stalwart.client import Client
 
 KIND_NODE = "node"

@@ -20,9 +20,8 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic_core import to_jsonable_python
 
 from stalwart.actors import Usage as StepUsage
-from stalwart.adapters._allowed import allow_map
-from stalwart.adapters._base import text_digest
 from stalwart.errors import DisallowedTypeError
+from stalwart.kit import allow_map, text_digest
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence

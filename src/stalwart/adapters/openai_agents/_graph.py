@@ -40,7 +40,6 @@ from agents.tool import (
 )
 
 from stalwart.actors import StepSpec
-from stalwart.adapters._base import canonical_fp
 from stalwart.adapters.openai_agents._codec import (
     canonical_args,
     dump_guardrail_output,
@@ -51,6 +50,7 @@ from stalwart.adapters.openai_agents._codec import (
 from stalwart.adapters.openai_agents._model import DurableModel
 from stalwart.adapters.openai_agents._scope import active_scope, call_step, enter, leave
 from stalwart.errors import ConfigurationError
+from stalwart.kit import canonical_fp
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

@@ -24,7 +24,6 @@ from openai.types.responses import (
 )
 
 from stalwart.actors import StepSpec
-from stalwart.adapters._base import canonical_fp
 from stalwart.adapters.openai_agents._codec import (
     dump_response,
     load_response,
@@ -35,6 +34,7 @@ from stalwart.adapters.openai_agents._codec import (
 )
 from stalwart.adapters.openai_agents._scope import Scope, active_scope, call_step
 from stalwart.errors import NonDeterminismError
+from stalwart.kit import canonical_fp
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

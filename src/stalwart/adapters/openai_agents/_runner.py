@@ -9,7 +9,6 @@ from agents import Agent, RunConfig, Runner
 from agents.models.interface import Model
 from agents.stream_events import AgentUpdatedStreamEvent
 
-from stalwart.adapters._base import DurableRunner
 from stalwart.adapters.openai_agents._codec import plain_output
 from stalwart.adapters.openai_agents._graph import (
     AgentGraph,
@@ -19,14 +18,15 @@ from stalwart.adapters.openai_agents._graph import (
 from stalwart.adapters.openai_agents._model import DurableModel, DurableModelProvider
 from stalwart.adapters.openai_agents._scope import Scope, enter, leave
 from stalwart.errors import ConfigurationError
+from stalwart.kit import DurableRunner
 
 if TYPE_CHECKING:
     from agents.items import ToolApprovalItem
     from agents.result import RunResult, RunResultStreaming
     from agents.run_state import RunState
 
+    from stalwart import Policies
     from stalwart.actors import App, RunContext
-    from stalwart.actors._policy import Policies
     from stalwart.client import Client
 
 

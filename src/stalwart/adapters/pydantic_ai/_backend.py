@@ -34,7 +34,6 @@ from pydantic_ai.durable_exec import (
 from pydantic_core import to_jsonable_python
 
 from stalwart.actors import StepSpec
-from stalwart.adapters._base import canonical_fp, text_digest
 from stalwart.adapters.pydantic_ai import _scope
 from stalwart.adapters.pydantic_ai._shape import (
     conversation,
@@ -44,6 +43,7 @@ from stalwart.adapters.pydantic_ai._shape import (
     shape_difference,
 )
 from stalwart.errors import NonDeterminismError, StepFailed
+from stalwart.kit import canonical_fp, text_digest
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence

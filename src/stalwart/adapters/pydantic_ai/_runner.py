@@ -12,10 +12,10 @@ from pydantic_ai.messages import ModelMessagesTypeAdapter
 from pydantic_ai.usage import UsageLimits
 from pydantic_core import to_jsonable_python
 
-from stalwart.adapters._base import DurableRunner
 from stalwart.adapters.pydantic_ai import _scope
 from stalwart.adapters.pydantic_ai._capability import StalwartDurability
 from stalwart.errors import ConfigurationError
+from stalwart.kit import DurableRunner
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from pydantic_ai.capabilities import AbstractCapability
     from pydantic_ai.messages import ModelMessage
 
+    from stalwart import Policies
     from stalwart.actors import App, RunContext
-    from stalwart.actors._policy import Policies
     from stalwart.client import Client, RunHandle
 
 

@@ -14,7 +14,7 @@ import msgspec
 from pydantic_ai.messages import ModelMessagesTypeAdapter
 
 from stalwart.actors import Usage
-from stalwart.adapters._base import text_digest
+from stalwart.kit import text_digest
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence

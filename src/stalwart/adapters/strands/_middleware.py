@@ -25,11 +25,10 @@ from strands.interrupt import InterruptException
 from strands.middleware import ModelStopReason, ToolResultEvent
 from strands.tools.structured_output.structured_output_tool import StructuredOutputTool
 
-from stalwart.actors import StepSpec, Usage
-from stalwart.actors._policy import options_of
-from stalwart.adapters._base import canonical_fp
+from stalwart.actors import StepSpec, Usage, options_of
 from stalwart.adapters.strands._scope import RunScope, active, stream_step
 from stalwart.errors import ConfigurationError
+from stalwart.kit import canonical_fp
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -44,7 +43,7 @@ if TYPE_CHECKING:
     from strands.models.model import Model
     from strands.types.content import Messages
 
-    from stalwart.actors._policy import StepOptions
+    from stalwart.actors import StepOptions
 
     ModelNext = MiddlewareNext[InvokeModelContext, TypedEvent]
     ToolNext = MiddlewareNext[ExecuteToolContext, TypedEvent]

@@ -11,10 +11,10 @@ from strands.multiagent import MultiAgentBase, MultiAgentResult, Swarm
 from strands.multiagent.graph import Graph, GraphEdge
 from strands.types.agent import Limits
 
-from stalwart.adapters._base import DurableRunner
 from stalwart.adapters.strands._middleware import model_middleware, tool_middleware
 from stalwart.adapters.strands._scope import RunScope, enter, leave
 from stalwart.errors import ConfigurationError
+from stalwart.kit import DurableRunner
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from strands.middleware import ExecuteToolContext
     from strands.types._snapshot import Snapshot
 
+    from stalwart import Policies
     from stalwart.actors import App, RunContext
-    from stalwart.actors._policy import Policies
     from stalwart.client import Client
 
 Target = Agent | MultiAgentBase
