@@ -10,15 +10,14 @@ from agents.models.interface import Model
 from agents.stream_events import AgentUpdatedStreamEvent
 
 from stalwart.adapters.openai_agents._codec import plain_output
-from stalwart.adapters.openai_agents._graph import (
+from stalwart.adapters.openai_agents._model import SCOPE, DurableModel, DurableModelProvider
+from stalwart.adapters.openai_agents._tools import (
     AgentGraph,
     durable_input_guardrail,
     durable_output_guardrail,
 )
-from stalwart.adapters.openai_agents._model import DurableModel, DurableModelProvider
-from stalwart.adapters.openai_agents._scope import Scope, enter, leave
 from stalwart.errors import ConfigurationError
-from stalwart.kit import DurableRunner
+from stalwart.kit import DurableRunner, DurableScope
 
 if TYPE_CHECKING:
     from agents.items import ToolApprovalItem
@@ -122,16 +121,13 @@ class DurableAgentRunner(DurableRunner):
                 f"not {type(input).__name__}"
             )
         # One scope for the whole run: a run resumed after approvals continues its counters.
-        token = enter(Scope(ctx))
-        try:
+        with SCOPE.using(DurableScope(ctx)):
             result = await self._loop(ctx, input)
             while result.interruptions:
                 state = result.to_state()
                 for item in result.interruptions:
                     await self._decide(ctx, state, item)
                 result = await self._loop(ctx, state)
-        finally:
-            leave(token)
         return plain_output(result.final_output)
 
     async def _loop(self, ctx: RunContext, input: Any) -> RunResult | RunResultStreaming:
