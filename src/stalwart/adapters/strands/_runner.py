@@ -11,10 +11,10 @@ from strands.multiagent import MultiAgentBase, MultiAgentResult, Swarm
 from strands.multiagent.graph import Graph, GraphEdge
 from strands.types.agent import Limits
 
-from stalwart.adapters.strands._middleware import model_middleware, tool_middleware
-from stalwart.adapters.strands._scope import RunScope, enter, leave
+from stalwart.adapters.strands._model import SCOPE, model_middleware
+from stalwart.adapters.strands._tools import tool_middleware
 from stalwart.errors import ConfigurationError
-from stalwart.kit import DurableRunner
+from stalwart.kit import DurableRunner, DurableScope
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
@@ -218,28 +218,24 @@ class DurableAgentRunner(DurableRunner):
     async def execute(self, ctx: RunContext, input: Any) -> Any:
         """Run the framework's own loop inside the Stalwart run; return its result as plain data."""
         prompt = _prompt(self.name, input)
-        run = RunScope(ctx)
-        token = enter(run)
+        run = DurableScope(ctx)
         try:
-            if self._factory is not None:
-                target = self._factory()
-                instrument(target, local_tools=self.local_tools)
-                self._check_limits(target)
-                result = await self._invoke(target, prompt)
-            else:
-                assert self._shared is not None
-                async with self._shared.lock:
-                    self._shared.reset()
-                    result = await self._invoke(self._shared.target, prompt)
+            with SCOPE.using(run):
+                if self._factory is not None:
+                    target = self._factory()
+                    instrument(target, local_tools=self.local_tools)
+                    self._check_limits(target)
+                    result = await self._invoke(target, prompt)
+                else:
+                    assert self._shared is not None
+                    async with self._shared.lock:
+                        self._shared.reset()
+                        result = await self._invoke(self._shared.target, prompt)
         except Exception as exc:
             # Strands may wrap or swallow what a step raised; the run-level stop wins.
-            if run.fatal is not None and run.fatal is not exc:
-                raise run.fatal from exc
+            run.finish(exc)
             raise
-        finally:
-            leave(token)
-        if run.fatal is not None:
-            raise run.fatal
+        run.finish()
         return result
 
     async def _invoke(self, target: Target, prompt: Any) -> Any:
