@@ -97,7 +97,7 @@ class DurableAgentRunner(DurableRunner):
             if request.message_history
             else None
         )
-        token = _scope.enter(_scope.root(ctx))
+        token = _scope.FRAME.enter(_scope.root(ctx))
         try:
             result = await self.agent.run(
                 request.prompt,
@@ -107,7 +107,7 @@ class DurableAgentRunner(DurableRunner):
                 capabilities=self._capabilities,
             )
         finally:
-            _scope.leave(token)
+            _scope.FRAME.leave(token)
         return to_jsonable_python(result.output)
 
     async def _deps(self, data: Any) -> Any:
