@@ -72,7 +72,7 @@ with warnings.catch_warnings():
         model_fp,
         returned_models,
     )
-    from stalwart.adapters.crewai._scope import CrewRun, Frame
+    from stalwart.adapters.crewai._threads import CrewRun, Frame
     from tests.adapters.crewai_apps import block_key, order_key
 
 pytestmark = [pytest.mark.filterwarnings(f) for f in _CREWAI_NOISE]

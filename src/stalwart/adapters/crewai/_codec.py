@@ -18,10 +18,9 @@ import typing
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
-from pydantic_core import to_jsonable_python
 
 from stalwart.errors import DisallowedTypeError
-from stalwart.kit import canonical_fp, loaded_class, text_digest, type_path
+from stalwart.kit import canonical_fp, canonical_json, loaded_class, text_digest, type_path
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -143,12 +142,6 @@ def conversation(messages: Any) -> list[Any]:
             m["tool_call_id"] = renumber(m["tool_call_id"])
         out.append(m)
     return out
-
-
-def canonical_json(value: Any) -> str:
-    """Deterministic JSON (sorted keys; objects by type name)."""
-    plain = to_jsonable_python(value, fallback=_opaque)
-    return json.dumps(plain, sort_keys=True, default=_opaque, ensure_ascii=False)
 
 
 def model_fp(model: str, messages: Any, tools: Any, response_model: Any) -> str:

@@ -12,8 +12,8 @@ from crewai.llms.base_llm import BaseLLM
 from crewai.types.streaming import CrewStreamingOutput
 
 from stalwart.adapters.crewai._codec import returned_models
-from stalwart.adapters.crewai._hooks import install
-from stalwart.adapters.crewai._scope import CrewRun
+from stalwart.adapters.crewai._install import install
+from stalwart.adapters.crewai._threads import CrewRun
 from stalwart.errors import ConfigurationError
 from stalwart.kit import DurableRunner
 
