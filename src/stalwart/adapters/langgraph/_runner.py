@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
+from langgraph.pregel import Pregel
 from langgraph.types import Command
 
 from stalwart.adapters.langgraph._saver import StalwartSaver
@@ -34,13 +35,12 @@ from stalwart.adapters.langgraph._serde import AllowedType, declared_types, type
 from stalwart.adapters.langgraph._tools import TaskJournal, TaskNames, to_builtins
 from stalwart.checkpoints import CheckpointStore
 from stalwart.errors import ConfigurationError
-from stalwart.kit import DurableRunner
+from stalwart.kit import DurableRunner, build, check_max_iterations, check_source
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
     from langchain_core.runnables import RunnableConfig
-    from langgraph.pregel import Pregel
 
     from stalwart import Policies
     from stalwart.actors import App, RunContext
@@ -62,7 +62,10 @@ class DurableGraphRunner(DurableRunner):
 
     ``graph`` is anything LangGraph compiles: a ``StateGraph(...).compile()``,
     ``create_react_agent(...)`` or langchain's ``create_agent(...)``, an ``@entrypoint``
-    function. Registered as agent ``name`` in ``app``; the run's input is the graph's input
+    function; or a zero-argument function building one (called once per run).
+    ``max_iterations`` is LangGraph's ``recursion_limit`` (supersteps per invocation; None:
+    LangGraph's default; ``recursion_limit=`` is accepted as its older name). ``stream``
+    must stay unset: streaming graph runs are not supported yet. Registered as agent ``name`` in ``app``; the run's input is the graph's input
     (``input_fn`` converts it first) and its result is the final state as plain data
     (``output_fn`` picks something else from the state first).
 
@@ -86,8 +89,10 @@ class DurableGraphRunner(DurableRunner):
     def __init__(
         self,
         name: str,
-        graph: Pregel[Any, Any, Any, Any],
+        graph: Pregel[Any, Any, Any, Any] | Callable[[], Pregel[Any, Any, Any, Any]],
         *,
+        max_iterations: int | None = None,
+        stream: bool | None = None,
         app: App | None = None,
         client: Client | None = None,
         policies: Policies | None = None,
@@ -99,18 +104,38 @@ class DurableGraphRunner(DurableRunner):
         interrupts: Literal["signal", "fail"] = "signal",
         allowed_types: Iterable[AllowedType] = (),
     ) -> None:
+        check_source(graph, Pregel, "compiled LangGraph graph")
+        if stream:
+            raise ConfigurationError(
+                f"runner {name!r}: stream=True is not supported for LangGraph yet; leave it unset"
+            )
+        if max_iterations is not None and recursion_limit is not None:
+            raise ConfigurationError(
+                "give max_iterations or recursion_limit (its older name), not both"
+            )
         self.graph = graph
-        self.allowed_types: frozenset[tuple[str, str]] = frozenset(
-            declared_types(graph) | {type_key(t) for t in allowed_types}
+        self._extra_types = frozenset(type_key(t) for t in allowed_types)
+        self.allowed_types: frozenset[tuple[str, str]] = (
+            self._extra_types | declared_types(graph)
+            if isinstance(graph, Pregel)
+            else self._extra_types
         )
-        """Types the run's checkpoints may be rebuilt as, besides LangGraph's safe types."""
+        """Types the run's checkpoints may be rebuilt as, besides LangGraph's safe types
+        (with a factory, each run adds the types its graph declares)."""
         self.config = config
-        self.recursion_limit = recursion_limit
+        self.max_iterations = check_max_iterations(
+            max_iterations if max_iterations is not None else recursion_limit
+        )
         self.input_fn = input_fn
         self.output_fn = output_fn
         self.on_interrupt = on_interrupt
         self.interrupts = interrupts
         super().__init__(name, app=app, client=client, policies=policies)
+
+    @property
+    def recursion_limit(self) -> int | None:
+        """Deprecated name of :attr:`max_iterations` (LangGraph's ``recursion_limit``)."""
+        return self.max_iterations
 
     def _run_config(self, run_id: str, names: TaskNames) -> RunnableConfig:
         base: dict[str, Any] = dict(self.config or {})
@@ -124,13 +149,17 @@ class DurableGraphRunner(DurableRunner):
             callbacks.add_handler(names, inherit=True)
         base["callbacks"] = callbacks
         base["configurable"] = {**base.get("configurable", {}), "thread_id": run_id}
-        if self.recursion_limit is not None:
-            base["recursion_limit"] = self.recursion_limit
+        if self.max_iterations is not None:
+            base["recursion_limit"] = self.max_iterations
         return base  # type: ignore[return-value]
 
     async def execute(self, ctx: RunContext, input: Any) -> Any:
         """Invoke the graph on the run's thread; resume it when a checkpoint exists."""
         store = _store_of(ctx)
+        source = build(self.graph, Pregel, "compiled LangGraph graph")
+        allowed = self.allowed_types
+        if source is not self.graph:  # built by the factory: allow what this graph declares
+            allowed = allowed | declared_types(source)
         names = TaskNames()
         journal = TaskJournal(ctx, names)
         saver = StalwartSaver(
@@ -140,10 +169,10 @@ class DurableGraphRunner(DurableRunner):
             task_name=journal.task_name,
             on_task_written=journal.task_written,
             retry_for=store.retry_for,
-            allowed_types=self.allowed_types,
+            allowed_types=allowed,
         )
         await journal.replay(store, saver)
-        graph = self.graph.copy(update={"checkpointer": saver})
+        graph = source.copy(update={"checkpointer": saver})
         config = self._run_config(ctx.run_id, names)
         resuming = await saver.aget_tuple(config) is not None
         payload: Any = None

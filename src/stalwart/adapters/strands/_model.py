@@ -47,6 +47,9 @@ fatal error is a run-level stop a step raised: Strands turns exceptions in tools
 results, and a swarm turns a failing node into a failed result; the runner raises it after
 the framework returns, so a run that must stop does stop."""
 
+STREAM: ScopeVar[bool] = ScopeVar("stalwart_strands_stream")
+"""Whether the run publishes its models' text deltas live (the runner's ``stream``)."""
+
 
 def model_middleware(prefix: str) -> MiddlewareHandler[InvokeModelContext, TypedEvent]:
     """An ``InvokeModelStage`` handler: each model call of the agent is the step ``<prefix>model:<n>``."""
@@ -86,7 +89,7 @@ def _model_body(
             if isinstance(event, ModelStopReason):
                 stop = event  # the last one wins, as in Strands' own chain
                 continue
-            text = delta_text(event)
+            text = delta_text(event) if STREAM.get() is not False else None
             if text is not None:
                 # Live only: a replayed response does not emit its deltas again.
                 await run.ctx.emit("model.delta", {"text": text}, step=key)
