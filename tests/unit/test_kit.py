@@ -317,3 +317,23 @@ def test_exports_are_sorted_and_documented() -> None:
         obj = getattr(kit, name)
         if callable(obj) and name not in ("Outcome", "StepCall"):  # type aliases
             assert obj.__doc__, name
+
+
+async def test_stream_step_stops_the_step_when_the_framework_stops_reading() -> None:
+    ctx = FakeContext()
+    cancelled = asyncio.Event()
+
+    async def body(forward: Callable[[Any], None]) -> str:
+        forward("first")
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "never"
+
+    out: list[Any] = []
+    events = kit.stream_step(kit.DurableScope(ctx).step, spec(), body, out)  # type: ignore[arg-type]
+    assert await events.__anext__() == "first"
+    await events.aclose()
+    assert cancelled.is_set() and out == [] and "model:1" not in ctx.journaled

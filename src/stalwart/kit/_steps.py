@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
@@ -83,9 +82,8 @@ async def stream_step(
                 getter.cancel()
         out.append(task.result())
     finally:
-        if not task.done():
+        if not task.done():  # the framework stopped reading: stop the step, let it settle
             task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-        elif not task.cancelled():
+            await asyncio.wait({task})
+        if not task.cancelled():
             task.exception()  # retrieved here, whether or not it was raised above
