@@ -148,8 +148,8 @@ agent = Agent(
 
 # The one line that makes it durable; `stalwart worker openai_market_research:app` serves it.
 runner = DurableAgentRunner(
-    name="market-research",
-    agent=agent,
+    "market-research",
+    agent,
     max_iterations=10,
     run_config=RunConfig(tracing_disabled=REAL_MODEL is None),
     app=app,

@@ -157,7 +157,7 @@ support_agent = Agent(
 # -- made durable: one line ------------------------------------------------------------------
 
 app = App("pydantic-support")
-runner = DurableAgentRunner(name="support", agent=support_agent, app=app, max_iterations=10)
+runner = DurableAgentRunner("support", support_agent, app=app, max_iterations=10)
 
 
 # -- the demonstration -----------------------------------------------------------------------

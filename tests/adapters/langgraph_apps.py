@@ -217,7 +217,7 @@ def _team() -> Any:
     return b.compile()
 
 
-team_runner = DurableGraphRunner("lg-team", _team(), app=app)
+team_runner = DurableGraphRunner("lg-team", _team, app=app)  # a factory: a graph per run
 
 
 # -- the functional API ------------------------------------------------------------------

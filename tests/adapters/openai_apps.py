@@ -322,13 +322,17 @@ def mail_script(items: list[Any]) -> list[TResponseOutputItem]:
     return [assistant_message(f"done: {outputs[0]}")]
 
 
-mailer_agent = Agent(
-    name="mailer",
-    instructions="Mail the report.",
-    tools=[send_email],
-    model=RedisScriptedModel(mail_script),
-)
-mailer = DurableAgentRunner("oa-mailer", agent=mailer_agent, run_config=CONFIG, app=app)
+def build_mailer() -> Agent[Any]:
+    """A factory: each run of ``oa-mailer`` gets an agent (and a durable twin) of its own."""
+    return Agent(
+        name="mailer",
+        instructions="Mail the report.",
+        tools=[send_email],
+        model=RedisScriptedModel(mail_script),
+    )
+
+
+mailer = DurableAgentRunner("oa-mailer", build_mailer, run_config=CONFIG, app=app)
 
 
 # -- the real OpenAI client against a local fake server ----------------------------------

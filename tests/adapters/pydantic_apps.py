@@ -270,21 +270,25 @@ triage = DurableAgentRunner(name="triage", agent=triage_agent, app=app, stream=F
 
 # -- chat: PydanticAI's OpenAI model against the test's loopback server ---------------------------
 
-chat_agent = Agent(
-    OpenAIChatModel(
-        "gpt-4o-mini",
-        provider=OpenAIProvider(
-            openai_client=AsyncOpenAI(
-                base_url=os.environ.get("FAKE_OPENAI_URL", "http://127.0.0.1:9/v1"),
-                api_key="test-key",
-                max_retries=3,  # the SDK's own retries, inside the one model step
-            )
-        ),
-    ),
-    name="chat",
-)
 
-chat = DurableAgentRunner(name="chat", agent=chat_agent, app=app)
+def build_chat() -> Agent[None, str]:
+    """A factory: each run of ``chat`` gets an agent of its own."""
+    return Agent(
+        OpenAIChatModel(
+            "gpt-4o-mini",
+            provider=OpenAIProvider(
+                openai_client=AsyncOpenAI(
+                    base_url=os.environ.get("FAKE_OPENAI_URL", "http://127.0.0.1:9/v1"),
+                    api_key="test-key",
+                    max_retries=3,  # the SDK's own retries, inside the one model step
+                )
+            ),
+        ),
+        name="chat",
+    )
+
+
+chat = DurableAgentRunner("chat", build_chat, app=app)
 
 
 # -- memo: message history in, deps built in the worker -------------------------------------------

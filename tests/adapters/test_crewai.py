@@ -22,9 +22,9 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 from stalwart import Client, NonRetryableError, RunCancelled, RunFailed, Settings, StepFailed
-from stalwart.adapters._allowed import allow_map
 from stalwart.checkpoints import JournalEntry, Started, StepDone, StepError
 from stalwart.errors import DisallowedTypeError
+from stalwart.kit import allow_map
 from tests.adapters.tampering import MARKER_ENV, MARKER_MODULE, tamper_step
 from tests.apps import exec_key, gate_key
 from tests.conftest import Servers, WorkerFactory, eventually, worker_pool
@@ -72,7 +72,7 @@ with warnings.catch_warnings():
         model_fp,
         returned_models,
     )
-    from stalwart.adapters.crewai._scope import CrewRun, Frame
+    from stalwart.adapters.crewai._threads import CrewRun, Frame
     from tests.adapters.crewai_apps import block_key, order_key
 
 pytestmark = [pytest.mark.filterwarnings(f) for f in _CREWAI_NOISE]

@@ -33,7 +33,7 @@ def test_the_journal_decoder_leaves_extension_types_inert() -> None:
 
 def test_strands_journal_forms_name_no_types() -> None:
     pytest.importorskip("strands")
-    from stalwart.adapters.strands._middleware import load_stop, load_tool_result
+    from stalwart.adapters.strands._codec import load_stop, load_tool_result
 
     loaded = set(sys.modules)
     event = load_tool_result(

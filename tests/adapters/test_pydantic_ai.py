@@ -27,8 +27,9 @@ from pydantic_ai.models.test import TestModel
 
 from stalwart import App, Client, RunEvent, RunFailed, Settings
 from stalwart.adapters.pydantic_ai import DurableAgentRunner, StalwartDurability
-from stalwart.adapters.pydantic_ai._shape import conversation, shape_difference
+from stalwart.adapters.pydantic_ai._codec import conversation
 from stalwart.checkpoints import JournalEntry, Started, StepAttempt, StepDone
+from stalwart.kit import shape_changes
 from stalwart.testing import StalwartProcess
 from tests.adapters.pydantic_apps import (
     Resolution,
@@ -126,16 +127,15 @@ def test_shape_difference_names_what_changed() -> None:
         "text_output": False,
         "instructions": "",
     }
-    assert shape_difference(base, dict(base)) is None
+    assert shape_changes(base, dict(base)) == []
     renamed = {**base, "tools": {"find_customer": "1", "get_orders": "2"}}
-    diff = shape_difference(base, renamed)
-    assert diff is not None
+    diff = "; ".join(shape_changes(base, renamed))
     assert "lookup_customer" in diff and "find_customer" in diff and "renamed" in diff
-    changed = shape_difference(base, {**base, "tools": {"lookup_customer": "9", "get_orders": "2"}})
-    assert changed is not None and "lookup_customer take other parameters" in changed
-    assert "output type" in (
-        shape_difference(base, {**base, "output": {"final_result": "4"}}) or ""
-    )
+    changed = shape_changes(base, {**base, "tools": {"lookup_customer": "9", "get_orders": "2"}})
+    assert changed == ["the tools: lookup_customer take other parameters now"]
+    assert shape_changes(base, {**base, "output": {"final_result": "4"}}) == [
+        "the output type: final_result take other parameters now"
+    ]
 
 
 async def test_outside_a_run_the_capability_is_transparent() -> None:

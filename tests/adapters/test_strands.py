@@ -25,7 +25,7 @@ from strands.multiagent.graph import GraphBuilder
 
 import stalwart.adapters.strands as st
 from stalwart import Client, RunEvent, RunFailed, RunHandle, Settings
-from stalwart.adapters.strands._middleware import (
+from stalwart.adapters.strands._codec import (
     dump_stop,
     dump_tool_result,
     load_stop,

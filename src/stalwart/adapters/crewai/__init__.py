@@ -49,7 +49,7 @@ Semantics and limits:
   in CrewAI itself and may not replay.
 """
 
-from stalwart.adapters.crewai._hooks import ToolCallFailed, install
+from stalwart.adapters.crewai._install import install
 from stalwart.adapters.crewai._runner import (
     AgentResult,
     CrewResult,
@@ -59,6 +59,7 @@ from stalwart.adapters.crewai._runner import (
     crew_result,
 )
 from stalwart.adapters.crewai._scripted import ScriptedLLM, text, tool_call, tool_results
+from stalwart.kit import ToolCallFailed
 
 __all__ = [
     "AgentResult",

@@ -5,7 +5,7 @@ pydantic models, or dicts), or a pydantic model (structured output); a tool retu
 They are journaled as plain data, pydantic models tagged with their class so that a replay
 (and the live path, which returns what was journaled) gets the same types back.
 
-The tag is only a choice among trusted classes (see ``stalwart.adapters._allowed``): the
+The tag is only a choice among trusted classes (see ``stalwart.kit``): the
 model class the call expects, the runner's ``allowed_types``, and the pydantic data types of
 the model providers' SDKs that are already imported. Any other name fails the run with
 :class:`~stalwart.errors.DisallowedTypeError`; nothing is imported because the journal names it.
@@ -18,11 +18,9 @@ import typing
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
-from pydantic_core import to_jsonable_python
 
-from stalwart.adapters._allowed import loaded_class, type_path
-from stalwart.adapters._base import canonical_fp, text_digest
 from stalwart.errors import DisallowedTypeError
+from stalwart.kit import canonical_fp, canonical_json, loaded_class, text_digest, type_path
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -98,7 +96,7 @@ def decode(data: Any, hint: Any = None, allowed: Mapping[str, type] | None = Non
     """The value :func:`encode` turned into ``data``; ``hint`` is the expected model class.
 
     ``allowed``: further model classes a tagged value may be rebuilt as, by
-    :func:`~stalwart.adapters._allowed.type_path`. Raises
+    :func:`~stalwart.kit.type_path`. Raises
     :class:`~stalwart.errors.DisallowedTypeError` for a tag naming any other class.
     """
     if isinstance(data, list):
@@ -144,12 +142,6 @@ def conversation(messages: Any) -> list[Any]:
             m["tool_call_id"] = renumber(m["tool_call_id"])
         out.append(m)
     return out
-
-
-def canonical_json(value: Any) -> str:
-    """Deterministic JSON (sorted keys; objects by type name)."""
-    plain = to_jsonable_python(value, fallback=_opaque)
-    return json.dumps(plain, sort_keys=True, default=_opaque, ensure_ascii=False)
 
 
 def model_fp(model: str, messages: Any, tools: Any, response_model: Any) -> str:

@@ -11,11 +11,11 @@ from crewai import Agent, Crew
 from crewai.llms.base_llm import BaseLLM
 from crewai.types.streaming import CrewStreamingOutput
 
-from stalwart.adapters._base import DurableRunner
 from stalwart.adapters.crewai._codec import returned_models
-from stalwart.adapters.crewai._hooks import install
-from stalwart.adapters.crewai._scope import CrewRun
+from stalwart.adapters.crewai._install import install
+from stalwart.adapters.crewai._threads import CrewRun
 from stalwart.errors import ConfigurationError
+from stalwart.kit import DurableRunner, check_max_iterations, check_source
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     from crewai.tasks.task_output import TaskOutput
     from pydantic import BaseModel
 
+    from stalwart import Policies
     from stalwart.actors import App, RunContext
-    from stalwart.actors._policy import Policies
     from stalwart.client import Client
 
 T = TypeVar("T")
@@ -121,6 +121,22 @@ def _copy_agent(agent: Agent) -> Agent:
     return copied
 
 
+def _refuse_stream(name: str, stream: bool | None) -> None:
+    if stream:
+        raise ConfigurationError(
+            f"runner {name!r}: stream=True is not supported for CrewAI (runs use the sync "
+            "kickoff); leave stream unset"
+        )
+
+
+def _cap_iterations(agents: list[Any], max_iterations: int | None) -> None:
+    # Each CrewAI agent has its own cap (``max_iter``); the runner's applies to all of them.
+    if max_iterations is not None:
+        for agent in agents:
+            if agent is not None:
+                agent.max_iter = max_iterations
+
+
 class DurableCrewRunner(DurableRunner):
     """Serves a CrewAI ``Crew`` as the Stalwart agent ``name``: every model and tool call a step.
 
@@ -133,6 +149,9 @@ class DurableCrewRunner(DurableRunner):
     run after a crash kicks the crew off again from the top: journaled model responses and
     tool results are fed back without calling anything, and the run goes live at the first
     call that had not completed, inside whatever task or delegation it was in.
+
+    ``max_iterations`` sets every agent's ``max_iter`` (None: as the agents say). ``stream``
+    must stay unset (or False): streaming crews are not supported.
 
     The run's input is the crew's kickoff ``inputs`` (a dict, or None); its result is a
     :class:`CrewResult` (plain data from the client; :meth:`run` returns a ``CrewResult``).
@@ -149,23 +168,26 @@ class DurableCrewRunner(DurableRunner):
         name: str,
         crew: Crew | Callable[[], Crew],
         *,
+        max_iterations: int | None = None,
+        stream: bool | None = None,
         app: App | None = None,
         client: Client | None = None,
         policies: Policies | None = None,
         allowed_types: Iterable[type[BaseModel]] = (),
     ) -> None:
-        if not (isinstance(crew, Crew) or callable(crew)):
-            raise ConfigurationError(
-                f"crew must be a Crew or a function returning one, not {crew!r}"
-            )
+        check_source(crew, Crew, "crewai Crew")
+        _refuse_stream(name, stream)
         self.crew = crew
+        self.max_iterations = check_max_iterations(max_iterations)
         self.allowed_types = tuple(allowed_types)
         install()
         super().__init__(name, app=app, client=client, policies=policies)
 
     def build(self) -> Crew:
         """The crew one run works on."""
-        return _build(self.crew, Crew, _copy_crew)
+        crew = _build(self.crew, Crew, _copy_crew)
+        _cap_iterations([*crew.agents, crew.manager_agent], self.max_iterations)
+        return crew
 
     async def execute(self, ctx: RunContext, input: Any) -> CrewResult:
         """Kick the crew off inside the Stalwart run; return its output as plain data."""
@@ -200,7 +222,8 @@ class DurableAgentRunner(DurableRunner):
 
     Like :class:`DurableCrewRunner` without a crew: each run works on ``agent.copy()`` (or
     what ``agent()`` returns) and calls ``kickoff`` in a thread, with ``response_format``
-    when given. The input is a prompt string or a list of messages; the result is an
+    when given, and ``max_iterations`` as the agent's ``max_iter``. The input is a prompt
+    string or a list of messages; the result is an
     :class:`AgentResult`. ``allowed_types``: as for :class:`DurableCrewRunner`.
     """
 
@@ -209,17 +232,18 @@ class DurableAgentRunner(DurableRunner):
         name: str,
         agent: Agent | Callable[[], Agent],
         *,
+        max_iterations: int | None = None,
+        stream: bool | None = None,
         response_format: type[BaseModel] | None = None,
         app: App | None = None,
         client: Client | None = None,
         policies: Policies | None = None,
         allowed_types: Iterable[type[BaseModel]] = (),
     ) -> None:
-        if not (isinstance(agent, Agent) or callable(agent)):
-            raise ConfigurationError(
-                f"agent must be an Agent or a function returning one, not {agent!r}"
-            )
+        check_source(agent, Agent, "crewai Agent")
+        _refuse_stream(name, stream)
         self.agent = agent
+        self.max_iterations = check_max_iterations(max_iterations)
         self.response_format = response_format
         self.allowed_types = tuple(allowed_types)
         install()
@@ -227,7 +251,9 @@ class DurableAgentRunner(DurableRunner):
 
     def build(self) -> Agent:
         """The agent one run works on."""
-        return _build(self.agent, Agent, _copy_agent)
+        agent = _build(self.agent, Agent, _copy_agent)
+        _cap_iterations([agent], self.max_iterations)
+        return agent
 
     async def execute(self, ctx: RunContext, input: Any) -> AgentResult:
         """Run ``agent.kickoff`` inside the Stalwart run; return its output as plain data."""

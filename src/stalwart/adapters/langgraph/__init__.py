@@ -38,16 +38,16 @@ the saver). A checkpoint naming anything else fails with
 :class:`~stalwart.errors.DisallowedTypeError`; nothing it names is imported or called.
 """
 
-from stalwart.adapters.langgraph._runner import (
+from stalwart.adapters.langgraph._runner import DurableGraphRunner
+from stalwart.adapters.langgraph._saver import StalwartSaver, TaskWritten
+from stalwart.adapters.langgraph._serde import SafeSerializer
+from stalwart.adapters.langgraph._tools import (
     KIND_INTERRUPT,
     KIND_NODE,
-    DurableGraphRunner,
     GraphInterrupted,
     InterruptHandler,
     to_builtins,
 )
-from stalwart.adapters.langgraph._saver import StalwartSaver, TaskWritten
-from stalwart.adapters.langgraph._serde import SafeSerializer
 
 __all__ = [
     "KIND_INTERRUPT",

@@ -5,7 +5,7 @@ from agents import Agent
 from stalwart.adapters.openai_agents import DurableAgentRunner
 
 agent = Agent(name="research-analyst", instructions="...", tools=[search, analyze])
-runner = DurableAgentRunner(name="market-research", agent=agent, max_iterations=10)
+runner = DurableAgentRunner("market-research", agent, max_iterations=10)
 result = await runner.run("Analyze Q4 market trends")  # or runner.submit(...) -> RunHandle
 ```
 

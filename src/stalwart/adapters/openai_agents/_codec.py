@@ -20,9 +20,8 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic_core import to_jsonable_python
 
 from stalwart.actors import Usage as StepUsage
-from stalwart.adapters._allowed import allow_map
-from stalwart.adapters._base import text_digest
 from stalwart.errors import DisallowedTypeError
+from stalwart.kit import allow_map, text_digest
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -160,7 +159,7 @@ def request_shape(
     """What a model call offers the model, apart from the conversation itself.
 
     Stored with the model step's result (a few names, not the conversation), compared on
-    replay by :func:`shape_diff`, so a changed agent fails with a message that says what
+    replay by :func:`stalwart.kit.model_step`, so a changed agent fails with a message that says what
     changed.
     """
     return {
@@ -170,33 +169,6 @@ def request_shape(
         "handoffs": sorted(h.tool_name for h in handoffs),
         "output": output_schema.name() if output_schema is not None else "str",
     }
-
-
-def _names_diff(what: str, recorded: Sequence[str], current: Sequence[str]) -> list[str]:
-    gone = [n for n in recorded if n not in current]
-    new = [n for n in current if n not in recorded]
-    out: list[str] = []
-    if gone:
-        out.append(f"{what} {', '.join(repr(n) for n in gone)} no longer offered")
-    if new:
-        out.append(f"{what} {', '.join(repr(n) for n in new)} newly offered")
-    return out
-
-
-def shape_diff(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """Human-readable differences between two :func:`request_shape` results."""
-    diffs: list[str] = []
-    if recorded.get("model") != current.get("model"):
-        diffs.append(f"model {recorded.get('model')!r} was recorded, now {current.get('model')!r}")
-    if recorded.get("instructions") != current.get("instructions"):
-        diffs.append("the system instructions changed")
-    diffs += _names_diff("tool(s)", recorded.get("tools", []), current.get("tools", []))
-    diffs += _names_diff("handoff(s)", recorded.get("handoffs", []), current.get("handoffs", []))
-    if recorded.get("output") != current.get("output"):
-        diffs.append(
-            f"output type {recorded.get('output')!r} was recorded, now {current.get('output')!r}"
-        )
-    return diffs
 
 
 def without_volatile(value: Any) -> Any:

@@ -8,7 +8,7 @@ re-streamed) without calling anything.
 
 from __future__ import annotations
 
-import asyncio
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from agents.exceptions import ModelBehaviorError
@@ -24,20 +24,26 @@ from openai.types.responses import (
 )
 
 from stalwart.actors import StepSpec
-from stalwart.adapters._base import canonical_fp
 from stalwart.adapters.openai_agents._codec import (
     dump_response,
     load_response,
     request_shape,
-    shape_diff,
     usage_extractor,
     without_volatile,
 )
-from stalwart.adapters.openai_agents._scope import Scope, active_scope, call_step
-from stalwart.errors import NonDeterminismError
+from stalwart.kit import (
+    DurableScope,
+    ScopeVar,
+    call_step,
+    canonical_fp,
+    model_record,
+    model_response,
+    model_step,
+    stream_step,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
     from agents.agent_output import AgentOutputSchemaBase
     from agents.handoffs import Handoff
@@ -46,6 +52,11 @@ if TYPE_CHECKING:
     from agents.retry import ModelRetryAdvice, ModelRetryAdviceRequest
     from agents.tool import Tool
     from openai.types.responses.response_prompt_param import ResponsePromptParam
+
+SCOPE: ScopeVar[DurableScope] = ScopeVar("stalwart_openai_agents_scope")
+"""The run scope of the current task: set by the runner around ``Runner.run``, and by an
+agent-as-tool wrapper around its nested run (tasks copy it when they are created, so the
+nested run's tasks see the nested scope and siblings keep theirs)."""
 
 _TERMINAL_FAILURES = frozenset(
     {"response.failed", "response.incomplete", "error", "response.error"}
@@ -75,7 +86,7 @@ class DurableModel(Model):
 
     def _spec(
         self,
-        scope: Scope,
+        scope: DurableScope,
         system_instructions: str | None,
         input: str | list[TResponseInputItem],
         tools: list[Tool],
@@ -94,17 +105,6 @@ class DurableModel(Model):
             usage=usage_extractor(self.name),
         )
         return spec, shape
-
-    @staticmethod
-    def _loaded(scope: Scope, key: str, shape: dict[str, Any], result: Any) -> ModelResponse:
-        diffs = shape_diff(result["request"], shape)
-        if diffs:
-            raise NonDeterminismError(
-                f"run {scope.ctx.run_id!r}, step {key!r}: the agent changed since this run "
-                f"started: {'; '.join(diffs)}. Deploy the change for new runs only, or fork "
-                "the run from an earlier step."
-            )
-        return load_response(result["response"])
 
     # -- Model interface ---------------------------------------------------------------
 
@@ -138,18 +138,16 @@ class DurableModel(Model):
                 prompt=prompt,
             )
 
-        scope = active_scope()
+        scope = SCOPE.active()
         if scope is None:
             response: ModelResponse = await call()
             return response
         spec, shape = self._spec(scope, system_instructions, input, tools, output_schema, handoffs)
 
         async def body() -> dict[str, Any]:
-            response: ModelResponse = await call()
-            return {"response": dump_response(response), "request": shape}
+            return dump_response(await call())
 
-        result = await call_step(scope.ctx, spec, body)
-        return self._loaded(scope, spec.key, shape, result)
+        return load_response(await model_step(scope.ctx, spec, shape, body))
 
     async def stream_response(
         self,
@@ -186,43 +184,24 @@ class DurableModel(Model):
                 prompt=prompt,
             )
 
-        scope = active_scope()
+        scope = SCOPE.active()
         if scope is None:
             async for event in stream():
                 yield event
             return
         spec, shape = self._spec(scope, system_instructions, input, tools, output_schema, handoffs)
-        queue: asyncio.Queue[TResponseStreamEvent] = asyncio.Queue()
         ran_live = False
 
-        async def body() -> dict[str, Any]:
+        async def body(forward: Callable[[Any], None]) -> dict[str, Any]:
             nonlocal ran_live
             ran_live = True
-            response = await _consume(stream(), queue, scope, spec.key)
-            return {"response": dump_response(response), "request": shape}
+            response = await _consume(stream(), forward, scope, spec.key)
+            return model_record(dump_response(response), shape)
 
-        task = asyncio.ensure_future(call_step(scope.ctx, spec, body))
-        try:
-            while True:
-                if not queue.empty():
-                    yield queue.get_nowait()
-                    continue
-                if task.done():
-                    break
-                getter = asyncio.ensure_future(queue.get())
-                done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-                if getter in done:
-                    yield getter.result()
-                else:
-                    getter.cancel()
-            result = task.result()
-        finally:
-            if not task.done():  # the SDK stopped reading: stop the step, let it settle
-                task.cancel()
-                await asyncio.wait({task})
-            if not task.cancelled():
-                task.exception()  # retrieved here, whether or not it is raised above
-        response = self._loaded(scope, spec.key, shape, result)
+        out: list[Any] = []
+        async for event in stream_step(partial(call_step, scope.ctx), spec, body, out):
+            yield event
+        response = load_response(model_response(scope.ctx.run_id, spec, shape, out[0]))
         for event in replay_events(response, self.name, items=not ran_live):
             yield event
 
@@ -240,11 +219,11 @@ class DurableModel(Model):
 
 async def _consume(
     events: AsyncIterator[TResponseStreamEvent],
-    queue: asyncio.Queue[TResponseStreamEvent],
-    scope: Scope,
+    forward: Callable[[TResponseStreamEvent], None],
+    scope: DurableScope,
     key: str,
 ) -> ModelResponse:
-    """Forward a live model stream into ``queue`` and return its final response."""
+    """Forward a live model stream's events and return its final response."""
     final: Response | None = None
     done_items: list[Any] = []
     try:
@@ -261,7 +240,7 @@ async def _consume(
             if isinstance(delta, str) and delta:
                 # Live only: a replayed response does not emit its deltas again.
                 await scope.ctx.emit("model.delta", {"type": kind, "delta": delta}, step=key)
-            queue.put_nowait(event)
+            forward(event)
     finally:
         aclose = getattr(events, "aclose", None)
         if aclose is not None:

@@ -7,26 +7,27 @@ from typing import TYPE_CHECKING, Any
 
 from agents import Agent, RunConfig, Runner
 from agents.models.interface import Model
+from agents.run import DEFAULT_MAX_TURNS
 from agents.stream_events import AgentUpdatedStreamEvent
 
-from stalwart.adapters._base import DurableRunner
 from stalwart.adapters.openai_agents._codec import plain_output
-from stalwart.adapters.openai_agents._graph import (
+from stalwart.adapters.openai_agents._model import SCOPE, DurableModel, DurableModelProvider
+from stalwart.adapters.openai_agents._tools import (
     AgentGraph,
     durable_input_guardrail,
     durable_output_guardrail,
 )
-from stalwart.adapters.openai_agents._model import DurableModel, DurableModelProvider
-from stalwart.adapters.openai_agents._scope import Scope, enter, leave
-from stalwart.errors import ConfigurationError
+from stalwart.kit import DurableRunner, DurableScope, build, check_max_iterations, check_source
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from agents.items import ToolApprovalItem
     from agents.result import RunResult, RunResultStreaming
     from agents.run_state import RunState
 
+    from stalwart import Policies
     from stalwart.actors import App, RunContext
-    from stalwart.actors._policy import Policies
     from stalwart.client import Client
 
 
@@ -69,10 +70,12 @@ class DurableAgentRunner(DurableRunner):
     resumes the run after a crash re-runs that loop from the top, fed from the journal, and
     continues live at the first call that had not completed.
 
-    ``max_iterations`` is the SDK's ``max_turns``. ``run_config`` is used as given, with its
+    ``agent`` is the agent, or a zero-argument function building one (called once per run).
+    ``max_iterations`` is the SDK's ``max_turns`` (None: the SDK's default, 10). ``run_config`` is used as given, with its
     model provider (default: the SDK's ``MultiProvider``) wrapped in a
     :class:`DurableModelProvider`. With ``stream=True``, text and argument deltas are
-    published live to the run's events as ``model.delta`` (not journaled).
+    published live to the run's events as ``model.delta`` (not journaled); ``stream=None``
+    (the default) is ``False`` here.
 
     Tool calls that need approval (``needs_approval``) become durable waits for the signal
     ``approval:<tool_call_id>``: send ``True`` / ``False``, or ``{"approved": bool,
@@ -90,27 +93,29 @@ class DurableAgentRunner(DurableRunner):
     def __init__(
         self,
         name: str,
+        agent: Agent[Any] | Callable[[], Agent[Any]],
         *,
-        agent: Agent[Any],
-        max_iterations: int = 10,
+        max_iterations: int | None = None,
+        stream: bool | None = None,
         run_config: RunConfig | None = None,
-        stream: bool = False,
         approval_timeout: float | None = None,
         context: Any = None,
         app: App | None = None,
         client: Client | None = None,
         policies: Policies | None = None,
     ) -> None:
-        if max_iterations < 1:
-            raise ConfigurationError(f"max_iterations must be at least 1, got {max_iterations}")
+        check_source(agent, Agent, "agents.Agent")
         self.agent = agent
-        self.max_iterations = max_iterations
-        self.stream = stream
+        self.max_iterations = check_max_iterations(max_iterations)
+        self.stream = bool(stream)
         self.approval_timeout = approval_timeout
         self.context = context
-        self._graph = AgentGraph()
-        self.durable_agent = self._graph.agent(agent)
-        """The durable twin of ``agent`` that runs on the workers."""
+        self.durable_agent: Agent[Any] | None = None
+        """The durable twin of ``agent`` that runs on the workers (None with a factory: each
+        run builds its own)."""
+        self._graph = AgentGraph()  # holds the clones that handoffs refer to weakly
+        if isinstance(agent, Agent):
+            self.durable_agent = self._graph.agent(agent)
         self.run_config = durable_run_config(run_config)
         super().__init__(name, app=app, client=client, policies=policies)
 
@@ -121,28 +126,32 @@ class DurableAgentRunner(DurableRunner):
                 f"agent {self.name!r} takes a string or a list of input items, "
                 f"not {type(input).__name__}"
             )
+        graph, agent = self._graph, self.durable_agent
+        if agent is None:  # a factory: this run's own agents, in a graph that lives as long
+            graph = AgentGraph()
+            agent = graph.agent(build(self.agent, Agent, "agents.Agent"))
         # One scope for the whole run: a run resumed after approvals continues its counters.
-        token = enter(Scope(ctx))
-        try:
-            result = await self._loop(ctx, input)
+        with SCOPE.using(DurableScope(ctx)):
+            result = await self._loop(ctx, agent, input)
             while result.interruptions:
                 state = result.to_state()
                 for item in result.interruptions:
                     await self._decide(ctx, state, item)
-                result = await self._loop(ctx, state)
-        finally:
-            leave(token)
+                result = await self._loop(ctx, agent, state)
+        del graph  # kept alive until here
         return plain_output(result.final_output)
 
-    async def _loop(self, ctx: RunContext, input: Any) -> RunResult | RunResultStreaming:
+    async def _loop(
+        self, ctx: RunContext, agent: Agent[Any], input: Any
+    ) -> RunResult | RunResultStreaming:
         if self.stream:
-            return await self._streamed(ctx, input)
+            return await self._streamed(ctx, agent, input)
         return await Runner.run(
-            self.durable_agent,
+            agent,
             input,
             context=self.context,
             run_config=self.run_config,
-            max_turns=self.max_iterations,
+            max_turns=self.max_iterations or DEFAULT_MAX_TURNS,
         )
 
     async def _decide(self, ctx: RunContext, state: RunState[Any], item: ToolApprovalItem) -> None:
@@ -159,13 +168,13 @@ class DurableAgentRunner(DurableRunner):
         else:
             state.reject(item, rejection_message=message)
 
-    async def _streamed(self, ctx: RunContext, input: Any) -> RunResultStreaming:
+    async def _streamed(self, ctx: RunContext, agent: Agent[Any], input: Any) -> RunResultStreaming:
         result = Runner.run_streamed(
-            self.durable_agent,
+            agent,
             input,
             context=self.context,
             run_config=self.run_config,
-            max_turns=self.max_iterations,
+            max_turns=self.max_iterations or DEFAULT_MAX_TURNS,
         )
         async for event in result.stream_events():
             if isinstance(event, AgentUpdatedStreamEvent):

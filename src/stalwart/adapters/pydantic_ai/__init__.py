@@ -5,7 +5,7 @@ from pydantic_ai import Agent
 from stalwart.adapters.pydantic_ai import DurableAgentRunner
 
 agent = Agent("openai:gpt-4o", name="support", tools=[lookup_customer, refund])
-runner = DurableAgentRunner(name="support", agent=agent, max_iterations=10)
+runner = DurableAgentRunner("support", agent, max_iterations=10)
 result = await runner.run("Where is my refund?")  # or runner.submit(...) -> RunHandle
 ```
 

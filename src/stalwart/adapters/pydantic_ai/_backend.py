@@ -10,11 +10,9 @@ journals), and the result is decoded with the same codec, live and on replay ali
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-import msgspec
 from pydantic_ai.durable_exec import (
     BoundDurableOperation,
     CapabilityOperationId,
@@ -34,23 +32,16 @@ from pydantic_ai.durable_exec import (
 from pydantic_core import to_jsonable_python
 
 from stalwart.actors import StepSpec
-from stalwart.adapters._base import canonical_fp, text_digest
-from stalwart.adapters.pydantic_ai import _scope
-from stalwart.adapters.pydantic_ai._shape import (
-    conversation,
-    model_usage,
-    request_shape,
-    response_summary,
-    shape_difference,
-)
-from stalwart.errors import NonDeterminismError, StepFailed
+from stalwart.adapters.pydantic_ai._codec import conversation, model_usage, request_shape
+from stalwart.adapters.pydantic_ai._model import model_call
+from stalwart.adapters.pydantic_ai._scope import FRAME, journaled
+from stalwart.adapters.pydantic_ai._tools import tool_call
+from stalwart.kit import canonical_fp, tool_key
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from stalwart.adapters.pydantic_ai._scope import Frame
-
-_EVENT_RESULT_LIMIT = 8192
 
 
 @dataclass(frozen=True)
@@ -91,9 +82,8 @@ def plan(operation_id: Any, params: Any, frame: Frame) -> Step | None:
         case ToolsetCallToolId() | ToolsetValidateToolArgumentsId():
             calling = isinstance(operation_id, ToolsetCallToolId)
             args = to_jsonable_python(params.tool_args, fallback=repr)
-            call_id = params.ctx.tool_call_id
             # Without an id from the model, the call is identified by its arguments.
-            ident = call_id if call_id is not None else f"{params.name}:{text_digest(repr(args))}"
+            ident = tool_key(params.ctx.tool_call_id, params.name, args).removeprefix("tool:")
             return Step(
                 StepSpec(
                     key=frame.ctx.next_key(f"{'tool' if calling else 'validate'}:{ident}"),
@@ -133,7 +123,7 @@ class BoundStep(BoundDurableOperation[Any, Any, Any]):
 
     async def __call__(self, params: Any, *, config: object | None = None) -> Any:
         op = self._operation
-        frame = _scope.current()
+        frame = FRAME.get()
         if frame is None or frame.kind == "tool":
             # Outside a run, or inside a tool step's body, whose own result is journaled.
             with durable_unit_scope():
@@ -142,92 +132,15 @@ class BoundStep(BoundDurableOperation[Any, Any, Any]):
         if step is None:
             return None
         if step.model is not None:
-            return await self._model(frame, step, params)
+            return await model_call(frame, step.spec, step.model, op, params)
         if step.tool_call_id is not None:
-            return await self._tool(frame, step, params)
+            return await tool_call(frame, step.spec, step.tool_call_id, op, params)
 
         async def body() -> Any:
             with durable_unit_scope():
                 return op.result_codec.dump(await op.handler(params))
 
-        return op.result_codec.load(await _journaled(frame, step.spec, body))
-
-    async def _model(self, frame: Frame, step: Step, params: Any) -> Any:
-        op, shape, key = self._operation, step.model, step.spec.key
-        assert shape is not None
-
-        async def body() -> dict[str, Any]:
-            with durable_unit_scope():
-                response = await op.handler(params)
-            payload = op.result_codec.dump(response)
-            await frame.ctx.emit("model.response", response_summary(payload), step=key)
-            # The response, not the request: replay rebuilds the request (O(N) journal).
-            return {"response": payload, "request": shape}
-
-        result = await _journaled(frame, step.spec, body)
-        if (diff := shape_difference(result["request"], shape)) is not None:
-            raise NonDeterminismError(
-                f"run {frame.root.run_id!r}, step {key!r} (model {shape['model']!r}): the agent "
-                f"changed since this run started: {diff}. Deploy the change for new runs only, "
-                "or fork the run from an earlier step."
-            )
-        return op.result_codec.load(result["response"])
-
-    async def _tool(self, frame: Frame, step: Step, params: Any) -> Any:
-        op, key = self._operation, step.spec.key
-        head = {"tool": step.spec.name, "tool_call_id": step.tool_call_id}
-        ran = False
-
-        async def body() -> dict[str, Any]:
-            nonlocal ran
-            ran = True
-            args = to_jsonable_python(params.tool_args, fallback=repr)
-            await frame.ctx.emit("tool.call", {**head, "args": args}, step=key)
-            nested: _scope.Nested = []
-            token = _scope.enter(frame.in_tool(key, nested))  # agent runs nest under `key`
-            try:
-                with durable_unit_scope():
-                    payload = op.result_codec.dump(await op.handler(params))
-            finally:
-                _scope.leave(token)
-            size = len(msgspec.json.encode(payload))
-            shown = {"result": payload} if size <= _EVENT_RESULT_LIMIT else {"result_bytes": size}
-            await frame.ctx.emit("tool.result", {**head, **shown}, step=key)
-            return {"result": payload, "nested": nested} if nested else {"result": payload}
-
-        recorded = await _journaled(frame, step.spec, body)
-        if not ran and recorded.get("nested"):
-            await _replay_nested(frame, recorded["nested"])
-        return op.result_codec.load(recorded["result"])
-
-
-async def _journaled(frame: Frame, spec: StepSpec, body: Callable[[], Awaitable[Any]]) -> Any:
-    """``ctx.call``, noting the step in the tool steps this frame is nested in."""
-    try:
-        result = await frame.ctx.call(spec, body)
-    except StepFailed:
-        frame.record(spec)  # journaled as a failure: still nested in the tool step
-        raise
-    frame.record(spec)
-    return result
-
-
-async def _never() -> Any:
-    raise AssertionError("a nested step of a journaled tool call is not in the journal")
-
-
-async def _replay_nested(frame: Frame, nested: list[list[str]]) -> None:
-    """Replay the steps journaled inside a tool call that itself replayed from the journal.
-
-    Its body did not run, so neither did the agent runs it started; their steps are asked
-    for here, as a full replay would have, so the run's check that every journaled step
-    was asked for again holds (and their usage counts against the run's budgets again).
-    """
-    for key, kind, name, fp in nested:
-        spec = StepSpec(key=key, kind=kind, name=name, fp=fp)
-        with contextlib.suppress(StepFailed):
-            await frame.root.call(spec, _never)
-        frame.record(spec)  # a tool call around this one lists them too
+        return op.result_codec.load(await journaled(frame, step.spec, body))
 
 
 class StalwartOperationBackend(DurableOperationBackend[Any]):

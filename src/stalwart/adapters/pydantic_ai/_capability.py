@@ -75,7 +75,7 @@ class StalwartDurability(BaseDurabilityCapability[Any]):
 
     @property
     def in_durable_context(self) -> bool:
-        return _scope.current() is not None
+        return _scope.FRAME.get() is not None
 
     @property
     def has_wrap_run_event_stream(self) -> bool:
@@ -86,7 +86,7 @@ class StalwartDurability(BaseDurabilityCapability[Any]):
         return self._backend
 
     def get_default_run_id(self) -> str | None:
-        frame = _scope.current()
+        frame = _scope.FRAME.get()
         if frame is not None and frame.kind == "root" and not frame.claimed:
             return frame.root.run_id  # the runner's agent run is the Stalwart run
         return None
@@ -97,15 +97,15 @@ class StalwartDurability(BaseDurabilityCapability[Any]):
     async def wrap_run(
         self, ctx: AgentRunContext[Any], *, handler: WrapRunHandler
     ) -> AgentRunResult[Any]:
-        parent = _scope.current()
+        parent = _scope.FRAME.get()
         if parent is None:
             return await super().wrap_run(ctx, handler=handler)
         # Set here, the frame reaches the run's body and tasks through the run lifecycle.
-        token = _scope.enter(parent.nested_run(self.name or "agent"))
+        token = _scope.FRAME.enter(parent.nested_run(self.name or "agent"))
         try:
             return await super().wrap_run(ctx, handler=handler)
         finally:
-            _scope.leave(token)
+            _scope.FRAME.leave(token)
 
 
 def event_data(event: AgentStreamEvent) -> list[tuple[str, Any]]:
@@ -145,7 +145,7 @@ async def publish_model_events(
     ctx: AgentRunContext[Any], events: AsyncIterable[AgentStreamEvent]
 ) -> None:
     """Publish a model stream to the run's events; runs live, inside its model step."""
-    frame, step = _scope.current(), current_step()
+    frame, step = _scope.FRAME.get(), current_step()
     async for event in events:
         if frame is not None and step is not None:
             for type_, data in event_data(event):

@@ -8,24 +8,23 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 from pydantic import TypeAdapter
+from pydantic_ai.agent import AbstractAgent
 from pydantic_ai.messages import ModelMessagesTypeAdapter
 from pydantic_ai.usage import UsageLimits
 from pydantic_core import to_jsonable_python
 
-from stalwart.adapters._base import DurableRunner
 from stalwart.adapters.pydantic_ai import _scope
 from stalwart.adapters.pydantic_ai._capability import StalwartDurability
-from stalwart.errors import ConfigurationError
+from stalwart.kit import DurableRunner, build, check_max_iterations, check_source
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from pydantic_ai.agent import AbstractAgent
     from pydantic_ai.capabilities import AbstractCapability
     from pydantic_ai.messages import ModelMessage
 
+    from stalwart import Policies
     from stalwart.actors import App, RunContext
-    from stalwart.actors._policy import Policies
     from stalwart.client import Client, RunHandle
 
 
@@ -42,7 +41,8 @@ class AgentRequest(msgspec.Struct, omit_defaults=True):
 class DurableAgentRunner(DurableRunner):
     """Serves ``agent`` as the Stalwart agent ``name``: every model and tool call a step.
 
-    The agent stays as written. Each run calls ``agent.run`` (PydanticAI's own loop) with a
+    ``agent`` is the agent, or a zero-argument function building one (called once per run,
+    and once more for its ``deps_type`` and ``output_type``). The agent stays as written. Each run calls ``agent.run`` (PydanticAI's own loop) with a
     :class:`StalwartDurability` capability added, unless the agent already carries one. A
     worker that resumes the run after a crash runs it again from the top: journaled model
     responses and tool results are fed back without calling anything, and the run continues
@@ -53,36 +53,46 @@ class DurableAgentRunner(DurableRunner):
     run's deps in the worker from the plain data submitted with it (sync or async, for
     clients and connections that cannot travel); without it the data is validated into the
     agent's ``deps_type``. ``stream`` streams model requests and publishes their events live
-    (see :class:`StalwartDurability`). The run's result is the agent's output as plain data;
+    (see :class:`StalwartDurability`); ``stream=None`` (the default) is ``True`` here. The run's result is the agent's output as plain data;
     :meth:`run` converts it back to the agent's ``output_type``.
     """
 
     def __init__(
         self,
         name: str,
-        agent: AbstractAgent[Any, Any],
+        agent: AbstractAgent[Any, Any] | Callable[[], AbstractAgent[Any, Any]],
         *,
         max_iterations: int | None = None,
+        stream: bool | None = None,
         usage_limits: UsageLimits | None = None,
         deps: Callable[[Any], Any] | None = None,
-        stream: bool = True,
         app: App | None = None,
         client: Client | None = None,
         policies: Policies | None = None,
     ) -> None:
-        if max_iterations is not None and max_iterations < 1:
-            raise ConfigurationError(f"max_iterations must be at least 1, got {max_iterations}")
+        check_source(agent, AbstractAgent, "pydantic_ai Agent")
         self.agent = agent
         self.deps_factory = deps
         limits = usage_limits if usage_limits is not None else UsageLimits()
-        if max_iterations is not None:
+        if check_max_iterations(max_iterations) is not None:
             limits = dataclasses.replace(limits, request_limit=max_iterations)
         self.usage_limits = limits
-        own = StalwartDurability.from_agent(agent)
-        self._capabilities: list[AbstractCapability[Any]] = (
-            [] if own is not None else [StalwartDurability(name=name, stream=stream)]
+        self.stream = True if stream is None else stream
+        self._durability = StalwartDurability(name=name, stream=self.stream)
+        self._template: AbstractAgent[Any, Any] | None = (
+            agent if isinstance(agent, AbstractAgent) else None
         )
         super().__init__(name, app=app, client=client, policies=policies)
+
+    def template(self) -> AbstractAgent[Any, Any]:
+        """The agent, or one the factory built, for its ``deps_type`` and ``output_type``."""
+        if self._template is None:
+            self._template = build(self.agent, AbstractAgent, "pydantic_ai Agent")
+        return self._template
+
+    def _capabilities(self, agent: AbstractAgent[Any, Any]) -> list[AbstractCapability[Any]]:
+        own = StalwartDurability.from_agent(agent)
+        return [] if own is not None else [self._durability]
 
     async def execute(self, ctx: RunContext, input: Any) -> Any:
         """Run the agent's own loop inside the Stalwart run; return its output as plain data."""
@@ -97,24 +107,22 @@ class DurableAgentRunner(DurableRunner):
             if request.message_history
             else None
         )
-        token = _scope.enter(_scope.root(ctx))
-        try:
-            result = await self.agent.run(
+        agent = build(self.agent, AbstractAgent, "pydantic_ai Agent")
+        with _scope.FRAME.using(_scope.root(ctx)):
+            result = await agent.run(
                 request.prompt,
                 deps=deps,
                 message_history=history,
                 usage_limits=self.usage_limits,
-                capabilities=self._capabilities,
+                capabilities=self._capabilities(agent),
             )
-        finally:
-            _scope.leave(token)
         return to_jsonable_python(result.output)
 
     async def _deps(self, data: Any) -> Any:
         if self.deps_factory is not None:
             deps = self.deps_factory(data)
             return await deps if inspect.isawaitable(deps) else deps
-        deps_type = self.agent.deps_type
+        deps_type = self.template().deps_type
         if data is None or deps_type in (object, type(None)):
             return data
         return TypeAdapter(deps_type).validate_python(data)
@@ -163,7 +171,7 @@ class DurableAgentRunner(DurableRunner):
 
     def output(self, result: Any) -> Any:
         """A run's result as the agent's ``output_type`` when that is a class (else as is)."""
-        output_type = self.agent.output_type
+        output_type = self.template().output_type
         if isinstance(output_type, type) and output_type not in (str, object):
             return TypeAdapter(output_type).validate_python(result)
         return result

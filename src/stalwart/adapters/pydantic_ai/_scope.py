@@ -8,11 +8,15 @@ tasks), and by a tool step around its body, so an agent run from a tool nests un
 
 from __future__ import annotations
 
-from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+from stalwart.errors import StepFailed
+from stalwart.kit import ScopeVar
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from stalwart.actors import RunContext, StepSpec
 
 Nested = list[list[str]]
@@ -70,24 +74,21 @@ class Frame:
             nested.append([spec.key, spec.kind, spec.name, spec.fp])
 
 
-_frame: ContextVar[Frame | None] = ContextVar("stalwart_pydantic_ai_frame", default=None)
-
-
-def current() -> Frame | None:
-    """The frame of this task, or None outside a durable run."""
-    return _frame.get()
-
-
-def enter(frame: Frame) -> Token[Frame | None]:
-    """Make ``frame`` current for this task and the tasks it creates."""
-    return _frame.set(frame)
-
-
-def leave(token: Token[Frame | None]) -> None:
-    """Undo :func:`enter`."""
-    _frame.reset(token)
+FRAME: ScopeVar[Frame] = ScopeVar("stalwart_pydantic_ai_frame")
+"""The frame of this task, or None outside a durable run."""
 
 
 def root(ctx: RunContext) -> Frame:
     """The frame the runner opens around its agent's run."""
     return Frame("root", ctx, ctx)
+
+
+async def journaled(frame: Frame, spec: StepSpec, body: Callable[[], Awaitable[Any]]) -> Any:
+    """``ctx.call``, noting the step in the tool steps this frame is nested in."""
+    try:
+        result = await frame.ctx.call(spec, body)
+    except StepFailed:
+        frame.record(spec)  # journaled as a failure: still nested in the tool step
+        raise
+    frame.record(spec)
+    return result

@@ -39,9 +39,9 @@ tasks, and graph nodes that are neither ``Agent``, ``Graph`` nor ``Swarm``. An a
 a tool is one step (its inner calls are not journaled one by one).
 """
 
-from stalwart.adapters.strands._middleware import ToolError
 from stalwart.adapters.strands._runner import DurableAgentRunner, instrument
 from stalwart.adapters.strands._scripted import ScriptedModel, reply, tool_call
+from stalwart.adapters.strands._tools import ToolError
 
 __all__ = [
     "DurableAgentRunner",

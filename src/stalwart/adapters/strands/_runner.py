@@ -11,10 +11,10 @@ from strands.multiagent import MultiAgentBase, MultiAgentResult, Swarm
 from strands.multiagent.graph import Graph, GraphEdge
 from strands.types.agent import Limits
 
-from stalwart.adapters._base import DurableRunner
-from stalwart.adapters.strands._middleware import model_middleware, tool_middleware
-from stalwart.adapters.strands._scope import RunScope, enter, leave
+from stalwart.adapters.strands._model import SCOPE, STREAM, model_middleware
+from stalwart.adapters.strands._tools import tool_middleware
 from stalwart.errors import ConfigurationError
+from stalwart.kit import DurableRunner, DurableScope, check_max_iterations, check_source
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from strands.middleware import ExecuteToolContext
     from strands.types._snapshot import Snapshot
 
+    from stalwart import Policies
     from stalwart.actors import App, RunContext
-    from stalwart.actors._policy import Policies
     from stalwart.client import Client
 
 Target = Agent | MultiAgentBase
@@ -168,7 +168,9 @@ class DurableAgentRunner(DurableRunner):
     ``agent`` is a zero-argument callable that builds the agent, graph or swarm (called once
     per run: recommended, runs of one worker then run side by side), or the object itself
     (its runs in a worker then take turns, each starting from the state it had here).
-    ``max_iterations`` caps a lone agent's turns (``Limits(turns=...)``). Tools named in
+    ``max_iterations`` caps a lone agent's turns (``Limits(turns=...)``; None: no cap).
+    ``stream`` (None, the default, is ``True`` here) publishes the models' text deltas live
+    as ``model.delta`` events (not journaled). Tools named in
     ``local_tools`` are not journaled but run again on every replay, for tools whose only
     effect is on in-process state a resumed run must rebuild (see :func:`instrument`).
 
@@ -184,28 +186,24 @@ class DurableAgentRunner(DurableRunner):
         agent: Target | Callable[[], Target],
         *,
         max_iterations: int | None = None,
+        stream: bool | None = None,
         local_tools: Iterable[str] = (),
         app: App | None = None,
         client: Client | None = None,
         policies: Policies | None = None,
     ) -> None:
-        if max_iterations is not None and max_iterations < 1:
-            raise ConfigurationError(f"max_iterations must be at least 1, got {max_iterations}")
-        self.max_iterations = max_iterations
+        self.max_iterations = check_max_iterations(max_iterations)
+        self.stream = True if stream is None else stream
         self.local_tools = frozenset(local_tools)
         self._factory: Callable[[], Target] | None = None
         self._shared: _Resettable | None = None
+        check_source(agent, (Agent, MultiAgentBase), "strands Agent, Graph or Swarm")
         if isinstance(agent, Agent | MultiAgentBase):
             instrument(agent, local_tools=self.local_tools)
             self._check_limits(agent)
             self._shared = _Resettable(agent)
-        elif callable(agent):
-            self._factory = agent
         else:
-            raise ConfigurationError(
-                f"agent must be a strands Agent, Graph or Swarm, or a function building one; "
-                f"got {type(agent).__name__}"
-            )
+            self._factory = agent
         super().__init__(name, app=app, client=client, policies=policies)
 
     def _check_limits(self, target: Target) -> None:
@@ -218,28 +216,24 @@ class DurableAgentRunner(DurableRunner):
     async def execute(self, ctx: RunContext, input: Any) -> Any:
         """Run the framework's own loop inside the Stalwart run; return its result as plain data."""
         prompt = _prompt(self.name, input)
-        run = RunScope(ctx)
-        token = enter(run)
+        run = DurableScope(ctx)
         try:
-            if self._factory is not None:
-                target = self._factory()
-                instrument(target, local_tools=self.local_tools)
-                self._check_limits(target)
-                result = await self._invoke(target, prompt)
-            else:
-                assert self._shared is not None
-                async with self._shared.lock:
-                    self._shared.reset()
-                    result = await self._invoke(self._shared.target, prompt)
+            with SCOPE.using(run), STREAM.using(self.stream):
+                if self._factory is not None:
+                    target = self._factory()
+                    instrument(target, local_tools=self.local_tools)
+                    self._check_limits(target)
+                    result = await self._invoke(target, prompt)
+                else:
+                    assert self._shared is not None
+                    async with self._shared.lock:
+                        self._shared.reset()
+                        result = await self._invoke(self._shared.target, prompt)
         except Exception as exc:
             # Strands may wrap or swallow what a step raised; the run-level stop wins.
-            if run.fatal is not None and run.fatal is not exc:
-                raise run.fatal from exc
+            run.finish(exc)
             raise
-        finally:
-            leave(token)
-        if run.fatal is not None:
-            raise run.fatal
+        run.finish()
         return result
 
     async def _invoke(self, target: Target, prompt: Any) -> Any:

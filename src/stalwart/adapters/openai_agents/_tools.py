@@ -1,4 +1,4 @@
-"""The durable twin of an agent graph: the same agents with their calls routed through steps.
+"""Tool, handoff and guardrail calls as durable steps, on a durable twin of the agent graph.
 
 The user's agents are never modified. :class:`AgentGraph` clones each agent reachable from
 the starting one (handoff targets, agents used as tools) and swaps in wrappers:
@@ -40,7 +40,6 @@ from agents.tool import (
 )
 
 from stalwart.actors import StepSpec
-from stalwart.adapters._base import canonical_fp
 from stalwart.adapters.openai_agents._codec import (
     canonical_args,
     dump_guardrail_output,
@@ -48,9 +47,9 @@ from stalwart.adapters.openai_agents._codec import (
     load_guardrail_output,
     without_volatile,
 )
-from stalwart.adapters.openai_agents._model import DurableModel
-from stalwart.adapters.openai_agents._scope import active_scope, call_step, enter, leave
+from stalwart.adapters.openai_agents._model import SCOPE, DurableModel
 from stalwart.errors import ConfigurationError
+from stalwart.kit import call_step, canonical_fp, tool_key
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -160,7 +159,7 @@ class AgentGraph:
         invoke = original.on_invoke_handoff
 
         async def on_invoke_handoff(context: RunContextWrapper[Any], input_json: str) -> Agent[Any]:
-            scope = active_scope()
+            scope = SCOPE.active()
             if scope is None:
                 return self.agent(await invoke(context, input_json))
             spec = StepSpec(
@@ -220,17 +219,14 @@ def _durable_invoke(tool: FunctionTool) -> Callable[[ToolContext[Any], str], Awa
     typed = tool.output_json_schema is not None or tool._output_type_adapter is not None
 
     async def on_invoke_tool(context: ToolContext[Any], arguments: str) -> Any:
-        scope = active_scope()
+        scope = SCOPE.active()
         if scope is None:
             return await invoke(context, arguments)
         args = canonical_args(arguments)
         call_id = context.tool_call_id
-        key = (
-            scope.key(f"tool:{call_id}")
-            if call_id
-            # The Model interface requires call ids; without one, fall back to name + args.
-            else scope.next_named(f"tool:{tool.name}:{canonical_fp('args', args)}")
-        )
+        base = tool_key(call_id, tool.name, args)
+        # The Model interface requires call ids; one without is known by name + arguments.
+        key = scope.key(base) if call_id else scope.next_named(base)
         spec = StepSpec(key=key, kind="tool", name=tool.name, fp=canonical_fp(tool.name, args))
 
         async def body() -> Any:
@@ -246,14 +242,11 @@ def _nested_invoke(tool: FunctionTool) -> Callable[[ToolContext[Any], str], Awai
     invoke = tool.on_invoke_tool
 
     async def on_invoke_tool(context: ToolContext[Any], arguments: str) -> Any:
-        scope = active_scope()
+        scope = SCOPE.active()
         if scope is None:
             return await invoke(context, arguments)
-        token = enter(scope.child(f"tool:{context.tool_call_id}/"))
-        try:
+        with SCOPE.using(scope.child(f"tool:{context.tool_call_id}")):
             return await invoke(context, arguments)
-        finally:
-            leave(token)
 
     return on_invoke_tool
 
@@ -270,7 +263,7 @@ def _durable_guardrail_function(
                 result = await result
             return cast("GuardrailFunctionOutput", result)
 
-        scope = active_scope()
+        scope = SCOPE.active()
         if scope is None:
             return await call()
         spec = StepSpec(

@@ -30,11 +30,9 @@ import anyio.to_thread
 from crewai.context import get_current_task_id
 
 from stalwart.actors import current_step
-from stalwart.actors._context import _current
-from stalwart.adapters._allowed import allow_map
-from stalwart.adapters._base import text_digest
 from stalwart.adapters.crewai._codec import decode
 from stalwart.errors import DisallowedTypeError, StepFailed
+from stalwart.kit import DurableScope, ScopeVar, allow_map, in_step, text_digest
 
 if TYPE_CHECKING:
     import concurrent.futures
@@ -70,7 +68,7 @@ class Frame:
 
 OPAQUE = Frame("", opaque=True)
 
-_run: ContextVar[CrewRun | None] = ContextVar("stalwart_crewai_run", default=None)
+RUN: ScopeVar[CrewRun] = ScopeVar("stalwart_crewai_run")
 _frame: ContextVar[Frame | None] = ContextVar("stalwart_crewai_frame", default=None)
 _native_call: ContextVar[tuple[str, str] | None] = ContextVar(
     "stalwart_crewai_native_call", default=None
@@ -80,7 +78,22 @@ _native_call: ContextVar[tuple[str, str] | None] = ContextVar(
 
 def current_run() -> CrewRun | None:
     """The durable run this thread works for, or None outside one."""
-    return _run.get()
+    return RUN.get()
+
+
+MARK = "__stalwart_crewai__"
+"""Set on every wrapper the adapter puts on CrewAI's classes (so nothing is wrapped twice)."""
+
+
+def marked(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn``, marked as one of the adapter's wrappers."""
+    setattr(fn, MARK, True)
+    return fn
+
+
+def arg(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str) -> Any:
+    """Argument ``name`` of a wrapped call, given by position ``index`` or by keyword."""
+    return args[index] if len(args) > index else kwargs.get(name)
 
 
 class _Stop(BaseException):
@@ -119,7 +132,8 @@ class CrewRun:
         self.allowed = allow_map(allowed_types)
         """Classes journaled values may be rebuilt as, besides the expected one."""
         self.root = Frame("")
-        self.fatal: BaseException | None = None
+        self.scope = DurableScope(ctx)
+        """Holds the error that ends the run (shared by every thread of the run)."""
         self._task_index = {str(task.id): i for i, task in enumerate(tasks)}
         self._task_frames: dict[str, Frame] = {}
         self._aliases: dict[int, str] = {}
@@ -198,15 +212,13 @@ class CrewRun:
         try:
             while (request := requests.get()) is not None:
                 info, done = request
-                token = _current.set(info)
-                try:
-                    value = body()
-                except Exception as exc:
-                    self.loop.call_soon_threadsafe(_settle, done, False, exc)
-                else:
-                    self.loop.call_soon_threadsafe(_settle, done, True, value)
-                finally:
-                    _current.reset(token)
+                with in_step(info):
+                    try:
+                        value = body()
+                    except Exception as exc:
+                        self.loop.call_soon_threadsafe(_settle, done, False, exc)
+                    else:
+                        self.loop.call_soon_threadsafe(_settle, done, True, value)
             return future.result()
         except StepFailed:
             raise
@@ -249,15 +261,13 @@ class CrewRun:
         try:
             while (request := await requests.get()) is not None:
                 info, done = request
-                token = _current.set(info)
-                try:
-                    value = await body()
-                except Exception as exc:
-                    self.loop.call_soon_threadsafe(_settle, done, False, exc)
-                else:
-                    self.loop.call_soon_threadsafe(_settle, done, True, value)
-                finally:
-                    _current.reset(token)
+                with in_step(info):
+                    try:
+                        value = await body()
+                    except Exception as exc:
+                        self.loop.call_soon_threadsafe(_settle, done, False, exc)
+                    else:
+                        self.loop.call_soon_threadsafe(_settle, done, True, value)
             return await asyncio.wrap_future(future)
         except (StepFailed, asyncio.CancelledError):
             future.cancel()  # CrewAI gave up on this call (a timeout): so does the step
@@ -284,16 +294,18 @@ class CrewRun:
         with contextlib.suppress(RuntimeError):  # the loop is closing: events are best effort
             asyncio.run_coroutine_threadsafe(self.ctx.emit(type, data, step=step), self.loop)
 
+    @property
+    def fatal(self) -> BaseException | None:
+        """The first error that ends the run, once one was raised."""
+        return self.scope.fatal
+
     def fail(self, exc: BaseException) -> BaseException:
         """Remember the first error that ends the run; return it."""
-        with self._lock:
-            if self.fatal is None:
-                self.fatal = exc
-            return self.fatal
+        return self.scope.fail(exc)
 
     async def drive(self, fn: Callable[[], Any]) -> Any:
         """Run blocking ``fn`` (a kickoff) in a thread of its own, inside this run."""
-        token = _run.set(self)
+        token = RUN.enter(self)
         try:
             # A limiter of its own: the kickoff holds its thread for the whole run and must
             # neither wait for nor starve the shared pool that step bodies use.
@@ -310,7 +322,7 @@ class CrewRun:
             self._cancel_inflight()
             raise
         finally:
-            _run.reset(token)
+            RUN.leave(token)
         if self.fatal is not None:  # swallowed by the framework on the way out
             raise self.fatal
         return result

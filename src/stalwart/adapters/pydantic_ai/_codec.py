@@ -2,8 +2,9 @@
 
 Two checks guard a replayed model step. The step fingerprint covers the model and the
 conversation (without timestamps, random ids and provider bookkeeping); the request shape
-(model, tools, output type, instructions) is journaled with the response and compared here,
-so a changed agent fails with a message that says what changed.
+(model, tools, output type, instructions) is journaled with the response and compared by
+:func:`stalwart.kit.model_step`, so a changed agent fails with a message that says what
+changed.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import msgspec
 from pydantic_ai.messages import ModelMessagesTypeAdapter
 
 from stalwart.actors import Usage
-from stalwart.adapters._base import text_digest
+from stalwart.kit import text_digest
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Sequence
 
     from pydantic_ai.messages import ModelMessage
     from pydantic_ai.models import ModelRequestParameters
@@ -73,44 +74,6 @@ def request_shape(
         "text_output": params.allow_text_output,
         "instructions": text_digest(instructions) if instructions else "",
     }
-
-
-def _names(tools: Mapping[str, Any]) -> str:
-    return ", ".join(sorted(tools)) or "none"
-
-
-def _tools_difference(old: Mapping[str, str], new: Mapping[str, str]) -> str | None:
-    if set(old) != set(new):
-        gone, added = sorted(set(old) - set(new)), sorted(set(new) - set(old))
-        what = ", ".join(
-            part
-            for part in (
-                f"{', '.join(gone)} missing now" if gone else "",
-                f"{', '.join(added)} new" if added else "",
-            )
-            if part
-        )
-        return f"were [{_names(old)}], now [{_names(new)}] ({what}: renamed, removed or added)"
-    changed = sorted(n for n in old if old[n] != new[n])
-    return f"{', '.join(changed)} take other parameters now" if changed else None
-
-
-def shape_difference(recorded: Mapping[str, Any], now: Mapping[str, Any]) -> str | None:
-    """How request shape ``now`` differs from the ``recorded`` one, in words; None if equal."""
-    diffs: list[str] = []
-    if recorded.get("model") != now.get("model"):
-        diffs.append(f"the model was {recorded.get('model')!r}, now {now.get('model')!r}")
-    if tools := _tools_difference(recorded.get("tools") or {}, now.get("tools") or {}):
-        diffs.append(f"the tools {tools}")
-    if output := _tools_difference(recorded.get("output") or {}, now.get("output") or {}):
-        diffs.append(f"the output type changed (output tools {output})")
-    elif any(
-        recorded.get(k) != now.get(k) for k in ("output_mode", "output_object", "text_output")
-    ):
-        diffs.append("the output type changed")
-    if recorded.get("instructions") != now.get("instructions"):
-        diffs.append("the instructions changed")
-    return "; ".join(diffs) or None
 
 
 def model_usage(result: Any) -> Usage | None:

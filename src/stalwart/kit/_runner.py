@@ -1,41 +1,64 @@
-"""What every framework adapter shares: registering an agent and submitting runs of it."""
+"""What every runner shares: registering one agent, submitting runs, the common arguments."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from stalwart.actors import App, RunContext, StepSpec, fingerprint
+from stalwart.actors import App, RunContext
 from stalwart.client import Client
 from stalwart.config import Settings
+from stalwart.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from stalwart.actors._policy import Policies
+    from collections.abc import Callable
+
+    from stalwart import Policies
     from stalwart.client import RunHandle
+
+T = TypeVar("T")
 
 default_app = App("stalwart-adapters")
 """The app adapters register into when none is given; serve it with
 ``stalwart worker <your module>:default_app`` after importing it there (or pass your own ``App``)."""
 
 
-def canonical_fp(name: str, payload: Any) -> str:
-    """Fingerprint a framework request already reduced to plain data."""
-    return fingerprint(name, payload)
+def check_max_iterations(max_iterations: int | None) -> int | None:
+    """The runners' common ``max_iterations`` rule: None (the framework's default) or >= 1."""
+    if max_iterations is not None and max_iterations < 1:
+        raise ConfigurationError(f"max_iterations must be at least 1, got {max_iterations}")
+    return max_iterations
 
 
-def text_digest(text: str) -> str:
-    """A short stable digest, for fingerprinting large strings without storing them."""
-    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+def build(source: T | Callable[[], T], kind: type[T] | tuple[type, ...], what: str) -> T:
+    """The framework object one run works on: ``source`` itself, or what the factory returns.
+
+    Every runner accepts its framework object or a zero-argument factory building one;
+    a factory is called once per run (each run then has objects of its own).
+    """
+    built = source if isinstance(source, kind) else source()  # type: ignore[operator]
+    if not isinstance(built, kind):
+        raise ConfigurationError(f"the factory must return a {what}, got {type(built).__name__}")
+    return built  # type: ignore[return-value]
+
+
+def check_source(source: Any, kind: type | tuple[type, ...], what: str) -> None:
+    """Refuse a runner's framework object that is neither a ``kind`` nor a factory."""
+    if not (isinstance(source, kind) or callable(source)):
+        raise ConfigurationError(
+            f"expected a {what} or a function returning one, got {type(source).__name__}"
+        )
 
 
 class DurableRunner:
-    """Base of the ``DurableAgentRunner`` classes: one agent, registered under ``name``.
+    """Base of every adapter's runner: one agent, registered under ``name``.
 
     Subclasses implement :meth:`execute`, which runs the framework's own loop inside a
-    Stalwart run with every model and tool call routed through ``ctx.call``.
+    Stalwart run with every model and tool call routed through ``ctx.call``. Every runner
+    takes the same leading arguments: ``Runner(name, <framework object or factory>, *,
+    max_iterations=None, stream=..., app=None, client=None, policies=None, ...)``.
     """
 
     def __init__(
@@ -99,6 +122,3 @@ class DurableRunner:
             await self._client.close()
             self._client = None
             self._owns_client = False
-
-
-__all__ = ["DurableRunner", "StepSpec", "canonical_fp", "default_app", "text_digest"]

@@ -1,0 +1,238 @@
+"""LangGraph's tasks as durable steps: every task LangGraph stores is mirrored into the journal.
+
+LangGraph runs nodes, model calls and tool calls (``create_react_agent`` makes each tool call
+its own task) as tasks, and resumes by skipping the tasks whose writes are stored. So the
+adapter does not wrap model or tool calls; the saver reports each task's first stored writes
+and :class:`TaskJournal` journals it as a small step ``lg:<node>:<task id>`` (kind ``node``),
+which gives the run its ``step.completed`` events and the step boundaries where a cancel, a
+drain or a lost lease stops the graph. Answers to ``interrupt()`` are steps
+``lg:resume:<digest>`` (kind ``interrupt``), or durable waits for ``interrupt:<id>`` signals.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from langchain_core.callbacks import BaseCallbackHandler
+from langgraph.types import Interrupt
+
+from stalwart.actors import StepSpec
+from stalwart.checkpoints import StepDone, StepError
+from stalwart.errors import StalwartError
+from stalwart.kit import canonical_fp, text_digest
+
+if TYPE_CHECKING:
+    from uuid import UUID
+
+    from stalwart.actors import RunContext
+    from stalwart.adapters.langgraph._saver import StalwartSaver, TaskWritten
+    from stalwart.checkpoints import RunStore
+
+KIND_NODE = "node"
+"""Step kind of a mirrored LangGraph task in the run's journal."""
+KIND_INTERRUPT = "interrupt"
+"""Step kind of an answer to a LangGraph ``interrupt()``."""
+
+_PULL_PREFIX = "~__pregel_pull, "
+_MAX_MESSAGE = 2000
+
+InterruptHandler = Callable[[Sequence[Interrupt]], Mapping[str, Any] | Awaitable[Mapping[str, Any]]]
+"""Answers interrupts: gets them, returns ``{interrupt id: resume value}``."""
+
+
+class GraphInterrupted(StalwartError):
+    """The graph called ``interrupt()`` under ``interrupts="fail"`` and no handler answers it.
+
+    The run ends failed with this error type; its checkpoints stay in Redis.
+    """
+
+    def __init__(self, run_id: str, interrupts: Sequence[Interrupt]) -> None:
+        shown = "; ".join(f"{i.id}: {to_builtins(i.value)!r}" for i in interrupts)
+        if len(shown) > _MAX_MESSAGE:
+            shown = shown[:_MAX_MESSAGE] + "..."
+        super().__init__(
+            f"run {run_id!r}: the graph is interrupted, waiting for input ({shown}). "
+            "The runner was built with interrupts='fail', so the run ends here with its "
+            "checkpoints kept; use on_interrupt= to answer interrupts from code, or the "
+            "default interrupts='signal' to wait for a durable signal."
+        )
+        self.run_id = run_id
+        self.interrupts = [(i.id, to_builtins(i.value)) for i in interrupts]
+
+
+def to_builtins(value: Any) -> Any:
+    """Graph state as msgpack-encodable plain data (messages and other pydantic models as
+    their ``model_dump(mode="json")``, dataclasses as dicts)."""
+    if value is None or isinstance(value, str | int | float | bool | bytes):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): to_builtins(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [to_builtins(v) for v in value]
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        return to_builtins(dump(mode="json"))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_builtins({f.name: getattr(value, f.name) for f in dataclasses.fields(value)})
+    try:
+        return msgspec.to_builtins(value)
+    except TypeError:
+        return repr(value)
+
+
+class TaskNames(BaseCallbackHandler):
+    """Learns each task's node name and start time from LangGraph's run metadata, so the
+    journal says ``tools`` rather than a task id (``put_writes`` only gets the id)."""
+
+    run_inline = True
+
+    def __init__(self) -> None:
+        self.names: dict[str, str] = {}
+        self.started: dict[str, float] = {}
+
+    def on_chain_start(
+        self,
+        serialized: dict[str, Any] | None,
+        inputs: dict[str, Any] | Any,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        ns = (metadata or {}).get("langgraph_checkpoint_ns")
+        if not isinstance(ns, str) or not ns:
+            return
+        name, _, task_id = ns.rpartition("|")[2].rpartition(":")
+        if task_id and task_id not in self.names:
+            self.names[task_id] = name
+            self.started[task_id] = time.monotonic()
+
+    def name(self, task_id: str, task_path: str) -> str | None:
+        if task_id in self.names:
+            return self.names[task_id]
+        if task_path.startswith(_PULL_PREFIX):
+            return task_path[len(_PULL_PREFIX) :].split(", ", 1)[0]
+        return None
+
+
+class TaskJournal:
+    """Mirrors LangGraph's stored tasks into the run's journal, and replays the mirror."""
+
+    def __init__(self, ctx: RunContext, names: TaskNames) -> None:
+        self.ctx = ctx
+        self.names = names
+
+    async def replay(self, store: RunStore, saver: StalwartSaver) -> None:
+        """Account for the tasks earlier owners stored, before the graph runs again.
+
+        LangGraph skips a stored task instead of running it: every mirror step journaled
+        before is asked for again here (a replay, from the journal's own entries), and a
+        stored task whose mirror step never made it to the journal (its worker died or was
+        drained between the two writes) is journaled now.
+        """
+        journaled: set[str] = set()
+        for je in await store.read_journal(self.ctx.run_id):
+            e = je.entry
+            if isinstance(e, StepDone | StepError) and e.key.startswith("lg:"):
+                journaled.add(e.key)
+                spec = StepSpec(key=e.key, kind=e.kind, name=e.name, fp=e.fp)
+                try:
+                    await self.ctx.call(spec, _never)
+                except StalwartError:
+                    pass  # a replayed StepError re-raises; only the accounting matters here
+        for task_id, name, ns in await saver.astored_tasks(self.ctx.run_id):
+            if _task_key(name, task_id) not in journaled:
+                await self._mirror(task_id, name, {"node": name, "ns": ns, "late": True})
+
+    def task_name(self, task_id: str, task_path: str) -> str | None:
+        """The saver's ``task_name``: tasks with a name are journaled, the others are not."""
+        name = self.names.name(task_id, task_path)
+        if name is None or name.startswith("__"):
+            return None  # graph input, a state update, or LangGraph's own __start__ node
+        return name
+
+    async def task_written(self, written: TaskWritten) -> None:
+        """The saver's ``on_task_written``: journal a finished task (its data is stored)."""
+        started = self.names.started.pop(written.task_id, None)
+        summary = {
+            "node": written.name,
+            "ns": written.checkpoint_ns,
+            "writes": list(written.channels),
+            "seconds": round(time.monotonic() - started, 6) if started is not None else None,
+        }
+        await self._mirror(written.task_id, written.name, summary)
+
+    async def _mirror(self, task_id: str, name: str, summary: dict[str, Any]) -> None:
+        spec = StepSpec(
+            key=_task_key(name, task_id),
+            kind=KIND_NODE,
+            name=name,
+            fp=canonical_fp("langgraph.task", task_id),
+        )
+
+        async def done() -> dict[str, Any]:
+            return summary
+
+        await self.ctx.call(spec, done)
+
+    async def resume(
+        self,
+        run_id: str,
+        interrupts: Sequence[Interrupt],
+        handler: InterruptHandler | None,
+        mode: str = "signal",
+    ) -> Any:
+        """The journaled answer to ``interrupts`` (asked of ``handler`` the first time).
+
+        Without a handler, each interrupt waits for the durable signal
+        ``interrupt:<id>`` (the run passivates while nobody answers), or, with
+        ``mode="fail"``, the run fails with :class:`GraphInterrupted`.
+        """
+        if handler is None and mode == "signal":
+            return await self._wait_for_answers(interrupts)
+        if handler is None:
+            raise GraphInterrupted(run_id, interrupts)
+        ids = sorted(i.id for i in interrupts)
+        spec = StepSpec(
+            key=f"lg:resume:{text_digest(','.join(ids))}",
+            kind=KIND_INTERRUPT,
+            name="resume",
+            fp=canonical_fp("langgraph.resume", ids),
+        )
+
+        async def answer() -> dict[str, Any]:
+            reply = handler(interrupts)
+            if inspect.isawaitable(reply):
+                reply = await reply
+            return {str(k): to_builtins(v) for k, v in dict(reply).items()}
+
+        return await self.ctx.call(spec, answer)
+
+    async def _wait_for_answers(self, interrupts: Sequence[Interrupt]) -> dict[str, Any]:
+        pending = sorted(interrupts, key=lambda i: i.id)
+        await self.ctx.emit(
+            "graph.interrupted",
+            {
+                "interrupts": [
+                    {"id": i.id, "value": to_builtins(i.value), "signal": f"interrupt:{i.id}"}
+                    for i in pending
+                ]
+            },
+            always=True,
+        )
+        return {i.id: await self.ctx.wait_for_signal(f"interrupt:{i.id}") for i in pending}
+
+
+def _task_key(name: str, task_id: str) -> str:
+    return f"lg:{name}:{task_id}"
+
+
+async def _never() -> None:
+    raise AssertionError("a journaled LangGraph step was asked to run again")

@@ -1,0 +1,80 @@
+"""Tool calls as durable steps: the tool operation of the Stalwart backend.
+
+The step ``tool:<tool_call_id>`` (:func:`stalwart.kit.tool_key`) runs the tool and journals
+its result; ``tool.call`` and ``tool.result`` events come from inside the live step. An
+agent run the tool starts (delegation) runs in the frame of the tool step, so its steps are
+journaled under the tool call and listed with its result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from pydantic_ai.durable_exec import durable_unit_scope
+from pydantic_core import to_jsonable_python
+
+from stalwart.actors import StepSpec
+from stalwart.adapters.pydantic_ai._scope import FRAME, Nested, journaled
+from stalwart.errors import StepFailed
+
+if TYPE_CHECKING:
+    from pydantic_ai.durable_exec import DurableOperation
+
+    from stalwart.adapters.pydantic_ai._scope import Frame
+
+_EVENT_RESULT_LIMIT = 8192
+
+
+async def tool_call(
+    frame: Frame,
+    spec: StepSpec,
+    call_id: str,
+    op: DurableOperation[Any, Any, Any],
+    params: Any,
+) -> Any:
+    """Run a bound tool operation as the step ``spec``; return its decoded result.
+
+    Agent runs the tool starts nest under the step (``<key>/<agent>/...``); when the step
+    replays, their journaled steps are asked for again (:func:`_replay_nested`).
+    """
+    key = spec.key
+    head = {"tool": spec.name, "tool_call_id": call_id}
+    ran = False
+
+    async def body() -> dict[str, Any]:
+        nonlocal ran
+        ran = True
+        args = to_jsonable_python(params.tool_args, fallback=repr)
+        await frame.ctx.emit("tool.call", {**head, "args": args}, step=key)
+        nested: Nested = []
+        with FRAME.using(frame.in_tool(key, nested)), durable_unit_scope():  # runs nest under key
+            payload = op.result_codec.dump(await op.handler(params))
+        size = len(msgspec.json.encode(payload))
+        shown = {"result": payload} if size <= _EVENT_RESULT_LIMIT else {"result_bytes": size}
+        await frame.ctx.emit("tool.result", {**head, **shown}, step=key)
+        return {"result": payload, "nested": nested} if nested else {"result": payload}
+
+    recorded = await journaled(frame, spec, body)
+    if not ran and recorded.get("nested"):
+        await _replay_nested(frame, recorded["nested"])
+    return op.result_codec.load(recorded["result"])
+
+
+async def _never() -> Any:
+    raise AssertionError("a nested step of a journaled tool call is not in the journal")
+
+
+async def _replay_nested(frame: Frame, nested: list[list[str]]) -> None:
+    """Replay the steps journaled inside a tool call that itself replayed from the journal.
+
+    Its body did not run, so neither did the agent runs it started; their steps are asked
+    for here, as a full replay would have, so the run's check that every journaled step
+    was asked for again holds (and their usage counts against the run's budgets again).
+    """
+    for key, kind, name, fp in nested:
+        spec = StepSpec(key=key, kind=kind, name=name, fp=fp)
+        with contextlib.suppress(StepFailed):
+            await frame.root.call(spec, _never)
+        frame.record(spec)  # a tool call around this one lists them too
