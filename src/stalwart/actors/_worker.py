@@ -17,7 +17,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from stalwart import __version__
 from stalwart._ids import check_run_id
 from stalwart._text import clip, msgpack_may_nest_deeper, nesting_depth_exceeds, safe_text
-from stalwart.actors._actor import RunActor
+from stalwart.actors._actor import ActorDeps, Placement, RunActor
 from stalwart.actors._policy import Breakers
 from stalwart.broker import Broker, WorkerInfo
 from stalwart.checkpoints import CheckpointStore, encode_value
@@ -83,6 +83,7 @@ class Worker:
         self._subs: list[Any] = []
         self.breakers = Breakers(self.settings.breaker_threshold, self.settings.breaker_cooldown)
         self._tasks: list[asyncio.Task[None]] = []
+        self._deps: ActorDeps | None = None
         self.log = log.bind(worker=self.worker_id)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -362,25 +363,18 @@ class Worker:
             await msg.nak()
             return
         await msg.ack()
-        actor = RunActor(
+        placement = Placement(
             spec=spec,
             run_id=req.run_id,
             lease=lease,
             claim_seq=claim.seq,
-            claimed_at=claim.at,
             input=claim.input,
             cancel=claim.cancel,
             deadline=claim.deadline,
-            policies=spec.policies,
-            breakers=self.breakers,
-            fetch_closed=self.fetch_closed,
-            passivate_after=self.settings.passivate_after,
-            confirm_retry=self.settings.lease_confirm_retry,
-            store=self.store,
-            broker=self.broker,
-            worker_id=self.worker_id,
+            claimed_at=claim.at,
             trace_parent=obs.trace_parent(claim.trace, msg.headers),
         )
+        actor = RunActor(placement, self._actor_deps())
         self._host(actor)
 
     async def _refuse(self, spec: AgentSpec, msg: Msg, reason: str) -> None:
@@ -457,6 +451,20 @@ class Worker:
         # The holder has not claimed yet (or is releasing): ask again after a lease TTL,
         # by which time the lease is either claimed or expired.
         await msg.nak(delay=float(self.settings.lease_ttl))
+
+    def _actor_deps(self) -> ActorDeps:
+        assert self.broker is not None and self.store is not None
+        if self._deps is None:
+            self._deps = ActorDeps(
+                store=self.store,
+                broker=self.broker,
+                worker_id=self.worker_id,
+                breakers=self.breakers,
+                fetch_closed=self.fetch_closed,
+                passivate_after=self.settings.passivate_after,
+                confirm_retry=self.settings.lease_confirm_retry,
+            )
+        return self._deps
 
     def _host(self, actor: RunActor) -> None:
         if self._stopping.is_set():
