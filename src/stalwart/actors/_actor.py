@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -49,9 +48,8 @@ from stalwart.messages import EV_LEASE_LOST, EV_PASSIVATED, EV_RELEASED, RunRequ
 from stalwart.observability import _hooks as obs
 
 if TYPE_CHECKING:
-    from stalwart.actors._app import AgentSpec
-    from stalwart.actors._policy import Breakers, Policies
-    from stalwart.broker import Broker, Lease
+    from stalwart.actors._placement import ActorDeps, Placement
+    from stalwart.actors._policy import Policies
     from stalwart.checkpoints import CheckpointStore
 
 log = structlog.get_logger("stalwart.actor")
@@ -65,39 +63,6 @@ class _Fail(Exception):
     def __init__(self, info: ErrorInfo) -> None:
         super().__init__(info.message)
         self.info = info
-
-
-@dataclass(frozen=True, slots=True)
-class Placement:
-    """One placement of a run, as the worker won it: the lease and what the claim returned."""
-
-    spec: AgentSpec
-    run_id: str
-    lease: Lease
-    claim_seq: int
-    """The journal position of the ``Started`` entry the claim wrote."""
-    input: bytes
-    cancel: str = ""
-    """The cancel reason stored before the claim, if any."""
-    deadline: float = 0.0
-    """The run's absolute deadline (0: none); it holds across resumes."""
-    claimed_at: float = 0.0
-    trace_parent: obs.TraceParent = obs.NO_PARENT
-    """The trace this placement continues (the submitter's, from the run record)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ActorDeps:
-    """What every run actor of a worker shares: servers, breakers, settings."""
-
-    store: CheckpointStore
-    broker: Broker
-    worker_id: str
-    breakers: Breakers
-    fetch_closed: asyncio.Event
-    """Set once the worker has no fetch outstanding (a hand-over publishes after it)."""
-    passivate_after: float = 60.0
-    confirm_retry: float = 0.25
 
 
 class RunActor:
