@@ -91,13 +91,14 @@ class Worker:
         self.broker = await Broker.connect(
             self.settings, name=f"stalwart-worker {self.worker_id}", owner=self.worker_id
         )
+        # Before the first fetch: a placement may need it at once.
+        self._intake = Intake(self.broker, self.store, self.settings, self.worker_id, self.log)
         agents = sorted(self.app.agents)
         await self.broker.register_agents(agents, self.app.name)
         for name in agents:
             sub = await self.broker.pull_subscription(name)
             self._subs.append(sub)
             self._fetchers.append(asyncio.create_task(self._fetch_loop(self.app.get(name), sub)))
-        self._intake = Intake(self.broker, self.store, self.settings, self.worker_id, self.log)
         self._tasks.append(asyncio.create_task(self._keepalive_loop()))
         obs.watch_worker(self)
         await self._heartbeat()
