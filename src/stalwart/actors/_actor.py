@@ -34,6 +34,7 @@ from stalwart.actors._rules import (
     divergence_error,
     unasked_error,
 )
+from stalwart.actors._view import JournalView
 from stalwart.actors._waits import Passivated, Waits
 from stalwart.checkpoints import (
     ErrorInfo,
@@ -269,9 +270,7 @@ class RunActor:
             return
         entries = await self.journal.read()
         obs.run_loaded(self, entries)
-        for je in entries:
-            state.view.add(je.entry)
-        state.view.unreplayed = set(state.view.done)
+        state.view = JournalView.of(entries)
         try:
             published = await self._deps.broker.events.last_published_jseq(self.run_id)
         except Exception as exc:  # events are best effort: republish (dropped as duplicates)
