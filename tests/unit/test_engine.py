@@ -467,12 +467,10 @@ def test_offline_replay_never_runs_a_step(
 
 def test_view_of_a_journal() -> None:
     fin = Finished(status="completed", epoch=1, worker="w", at=3.0)
-    view = JournalView.of(
-        JournalEntry(seq=i + 1, entry=e)
-        for i, e in enumerate(
-            [Started(epoch=1, worker="w", at=0.0), intent(1), tried(1), done(), waiting(), fin]
-        )
-    )
+    journal: list[Entry] = [
+        Started(epoch=1, worker="w", at=0.0), intent(1), tried(1), done(), waiting(), fin
+    ]  # fmt: skip
+    view = JournalView.of(JournalEntry(seq=i + 1, entry=e) for i, e in enumerate(journal))
     assert set(view.done) == {"step:a"} and view.unreplayed == {"step:a"}
     assert [a.attempt for a in view.attempts["step:a"]] == [1]
     assert view.intents["step:a"].attempt == 1 and "signal:go" in view.waits
@@ -489,9 +487,11 @@ class _Memory:
     entries: list[Entry] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
     confirmed: int = 0
+    appended: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def append(self, entry: Entry) -> JournalEntry:
         self.entries.append(entry)
+        self.appended.set()
         return JournalEntry(seq=len(self.entries), entry=entry)
 
     async def finish(self, entry: Finished) -> JournalEntry:
@@ -513,8 +513,8 @@ class _Memory:
         self.confirmed += 1
 
 
-def _executor(st: RunState, mem: _Memory) -> StepExecutor:
-    wake = asyncio.Event()
+def _executor(st: RunState, mem: _Memory, wake: asyncio.Event | None = None) -> StepExecutor:
+    wake = wake or asyncio.Event()
     waits = Waits(st, mem, mem, mem, wake)
     log = structlog.get_logger("test")
     return StepExecutor(st, mem, mem, mem, Breakers(), waits, wake, log)
@@ -616,3 +616,35 @@ async def test_executor_replays_without_calling_the_body() -> None:
     with pytest.raises(NonDeterminismError):
         await _executor(st, mem).execute(spec("step:a", fp="other"), body)
     assert mem.entries == [] and st.divergence is not None
+
+
+async def test_executor_backoff_wakes_early_for_a_drain() -> None:
+    slow = Policies(retry={"step": RetryPolicy(max_attempts=3, initial_interval=60.0)})
+    st, mem = state_of(policies=slow), _Memory()
+    wake = asyncio.Event()
+    engine = _executor(st, mem, wake)
+
+    async def body() -> None:
+        raise ValueError("down")
+
+    task = asyncio.create_task(engine.execute(spec(), body))
+    await mem.appended.wait()  # the first attempt failed and its backoff began
+    st.draining = True
+    wake.set()  # what RunActor.drain does
+    with pytest.raises(Drained):
+        await asyncio.wait_for(task, 5)
+    assert [type(e).__name__ for e in mem.entries] == ["StepAttempt"]
+
+
+async def test_executor_refuses_a_step_over_budget_and_remembers_it() -> None:
+    st, mem = state_of(policies=Policies(limits=Limits(max_iterations=0))), _Memory()
+
+    async def body() -> None:
+        raise AssertionError("over budget: never called")
+
+    with pytest.raises(BudgetExceeded):
+        await _executor(st, mem).execute(spec("model:1", kind="model", name="m"), body)
+    # Swallowed by agent code, it still stops the next step of any kind.
+    with pytest.raises(BudgetExceeded):
+        await _executor(st, mem).execute(spec("step:b", name="b"), body)
+    assert mem.entries == [] and st.replaying
