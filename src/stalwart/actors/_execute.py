@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 from stalwart._text import ERROR_TEXT_LIMIT, clip, exception_text, safe_text, type_name
 from stalwart.actors._context import StepInfo, _current
-from stalwart.actors._policy import StepTimeoutError, ToolOutcomeUnknown
 from stalwart.actors._rules import (
     Attempt,
     Diverged,
@@ -39,7 +38,7 @@ from stalwart.checkpoints import (
     decode_value,
     encode_value,
 )
-from stalwart.errors import LeaseLost, StepFailed
+from stalwart.errors import LeaseLost, StepFailed, StepTimeoutError, ToolOutcomeUnknown
 from stalwart.messages import EV_OUTCOME_UNKNOWN, EV_STEP_RETRYING, EV_STEP_STARTED
 from stalwart.observability import _hooks as obs
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from stalwart.actors._policy import CircuitOpenError, RetryPolicy, classify
+from stalwart.actors._policy import RetryPolicy, classify
 from stalwart.actors._view import JournalView
 from stalwart.checkpoints import StepDone, StepError, StepIntent
 from stalwart.errors import (
+    CircuitOpenError,
     LeaseLost,
     NonDeterminismError,
     RunCancelled,
