@@ -49,7 +49,7 @@ _AREAS = [
 ]
 
 _PHASES = [
-    ("journal append (RunActor._append)", "RunActor._append "),
+    ("journal append (RunJournal.append)", "RunJournal.append "),
     ("journal pipe replies (_Protocol.data_received)", "_Protocol.data_received "),
     ("event queued (EventPublisher.publish)", "EventPublisher.publish "),
     ("event batch sent (EventPublisher.send_queued)", "EventPublisher.send_queued "),

@@ -302,7 +302,7 @@ async def test_circuit_breaker_opens_shows_in_heartbeat_and_recovers(
 async def test_a_journal_write_finishes_even_when_its_task_is_cancelled() -> None:
     import asyncio
 
-    from stalwart.actors._actor import _uncancellable, _WrittenThenCancelled
+    from stalwart.actors._journal import _uncancellable, _WrittenThenCancelled
 
     started, release, landed = asyncio.Event(), asyncio.Event(), asyncio.Event()
 

@@ -198,7 +198,7 @@ async def test_a_pipelined_append_lands_even_when_its_waiter_is_cancelled(
 ) -> None:
     """The step task is cancelled while its append is in flight: the append is not
     abandoned, and the cancellation arrives with the outcome so the position moves on."""
-    from stalwart.actors._actor import _uncancellable, _WrittenThenCancelled
+    from stalwart.actors._journal import _uncancellable, _WrittenThenCancelled
 
     store = await CheckpointStore.connect(servers.redis_url, f"t{uuid.uuid4().hex[:8]}")
     try:

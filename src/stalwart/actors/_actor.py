@@ -1,4 +1,11 @@
-"""``RunActor``: one run's life on the worker that holds its lease."""
+"""``RunActor``: one run's life on the worker that holds its lease.
+
+The actor owns the lifecycle (load, drive the agent, finish, passivate, hand over); the
+steps are the step engine's: a :class:`~stalwart.actors._execute.StepExecutor` and a
+:class:`~stalwart.actors._waits.Waits` over the run's
+:class:`~stalwart.actors._journal.RunJournal`, sharing one
+:class:`~stalwart.actors._rules.RunState`.
+"""
 
 from __future__ import annotations
 
@@ -6,95 +13,49 @@ import asyncio
 import contextlib
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 import structlog
-from nats.errors import Error as NatsError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stalwart._text import ERROR_TEXT_LIMIT, clip, exception_text, safe_text, type_name
 from stalwart.actors import _telemetry as obs
 from stalwart.actors._context import RunContext
-from stalwart.actors._execute import Drained, StepExecutor, error_info
-from stalwart.actors._policy import Breakers, Policies, RunUsage
+from stalwart.actors._events import RunEvents
+from stalwart.actors._execute import StepExecutor, error_info
+from stalwart.actors._journal import RunJournal
+from stalwart.actors._owner import LeaseOwner
+from stalwart.actors._policy import RunUsage
+from stalwart.actors._rules import (
+    Drained,
+    RunState,
+    boundary_error,
+    divergence_error,
+    unasked_error,
+)
+from stalwart.actors._view import JournalView
 from stalwart.actors._waits import Passivated, Waits
 from stalwart.checkpoints import (
     ErrorInfo,
     Finished,
     JournalEntry,
     Started,
-    StepAttempt,
-    StepDone,
-    StepError,
-    StepIntent,
-    WaitStarted,
     decode_value,
     encode_value,
 )
-from stalwart.checkpoints._store import SettlingFuture
-from stalwart.errors import LeaseLost, RunCancelled, ServerUnavailableError, StalwartError
-from stalwart.messages import (
-    EV_CANCELLED,
-    EV_COMPLETED,
-    EV_FAILED,
-    EV_LEASE_LOST,
-    EV_PASSIVATED,
-    EV_RELEASED,
-    EV_RESUMED,
-    EV_STARTED,
-    EV_STEP_COMPLETED,
-    EV_STEP_FAILED,
-    EV_STEP_INTENT,
-    EV_STEP_RETRYING,
-    EV_WAIT_STARTED,
-    RunEvent,
-)
-
-T = TypeVar("T")
+from stalwart.errors import LeaseLost, RunCancelled, ServerUnavailableError
+from stalwart.messages import EV_LEASE_LOST, EV_PASSIVATED, EV_RELEASED
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine
-
-    from stalwart.actors._app import AgentSpec
-    from stalwart.broker import Broker, Lease
-    from stalwart.checkpoints import CheckpointStore, Entry
+    from stalwart.actors._placement import ActorDeps, Placement
+    from stalwart.actors._policy import Policies
+    from stalwart.checkpoints import CheckpointStore
 
 log = structlog.get_logger("stalwart.actor")
 
 _DEADLINE = object()  # sentinel: the run's deadline passed
-
-
-async def _uncancellable(write: Coroutine[Any, Any, T] | asyncio.Future[T]) -> T:
-    """Finish a journal write even if the caller is cancelled meanwhile, then re-raise.
-
-    Frameworks cancel their own tasks (a tripped guardrail, a failed sibling tool). A write
-    abandoned mid-flight may still land in Redis; if the position counter did not move with
-    it, the next write would collide with it. So the write always completes (or fails) and
-    its outcome is accounted for before the cancellation goes on. A write that is already a
-    future (``CheckpointStore.append_future``) needs no task of its own.
-    """
-    fut = asyncio.ensure_future(write)
-    try:
-        if isinstance(fut, SettlingFuture):  # refuses cancellation itself: no shield needed
-            return await fut
-        return await asyncio.shield(fut)
-    except asyncio.CancelledError:
-        if not fut.done():
-            await asyncio.wait({fut})
-        if not fut.cancelled() and fut.exception() is None:
-            # Landed: the caller bumps the position before the cancellation propagates.
-            raise _WrittenThenCancelled(fut.result()) from None
-        raise
-
-
-class _WrittenThenCancelled(asyncio.CancelledError):
-    """Cancellation that arrived during a journal write which nonetheless succeeded."""
-
-    def __init__(self, value: Any) -> None:
-        super().__init__()
-        self.value = value
 
 
 class _Fail(Exception):
@@ -105,322 +66,148 @@ class _Fail(Exception):
         self.info = info
 
 
-# Results up to this size travel in the run.completed event; larger ones only in the record,
-# so an event never exceeds the NATS payload limit.
-_MAX_EVENT_RESULT = 64 * 1024
-
-
-class RunActor(StepExecutor, Waits):
+class RunActor:
     """Replays a run's journal, runs the agent from the top, and journals every new step.
 
     Created by the worker after it won the run's lease and claimed the epoch in Redis.
     """
 
-    def __init__(
-        self,
-        *,
-        spec: AgentSpec,
-        run_id: str,
-        lease: Lease,
-        claim_seq: int,
-        claimed_at: float = 0.0,
-        input: bytes,
-        cancel: str,
-        deadline: float,
-        policies: Policies,
-        breakers: Breakers,
-        fetch_closed: asyncio.Event,
-        passivate_after: float = 60.0,
-        confirm_retry: float = 0.25,
-        store: CheckpointStore,
-        broker: Broker,
-        worker_id: str,
-        trace_parent: obs.TraceParent = obs.NO_PARENT,
-    ) -> None:
-        self.spec = spec
-        self.run_id = run_id
-        self.lease = lease
-        self.epoch = lease.epoch
-        self.worker_id = worker_id
-        self._store = store
-        self._broker = broker
-        self._input = input
-        self._claim_seq = claim_seq
-        self._claimed_at = claimed_at or time.time()
-        self._fetch_closed = fetch_closed
-        self.cancel_reason = cancel
-        self.draining = False
+    def __init__(self, placement: Placement, deps: ActorDeps) -> None:
+        p = placement
+        self.spec = p.spec
+        self.run_id = p.run_id
+        self.lease = p.lease
+        self.epoch = p.lease.epoch
+        self.worker_id = deps.worker_id
+        self.deadline = p.deadline
+        self.trace_parent = p.trace_parent
+        self._placement = p
+        self._deps = deps
+        self._claimed_at = p.claimed_at or time.time()
+        self.log = log.bind(
+            run_id=p.run_id, agent=p.spec.name, epoch=self.epoch, worker=deps.worker_id
+        )
+        self.state = RunState(p.run_id, self.epoch, deps.worker_id, p.spec.policies, RunUsage())
+        self.state.cancel_reason = p.cancel
         self._handing_over = False
         self.handover = ""
         """How a draining worker gave the run up: ``released`` at a step boundary, or
         ``cancelled`` in a step body when the drain budget ended; empty otherwise."""
-        self.lost = False
-        self.abandoned = False
-        """Set when the journal is unreachable: the run is given up, never failed for it."""
         self.holds_lease = True
         """False once the lease was given up, so the worker stops renewing it."""
-        self.replaying = True
-        self.deadline = deadline
-        self.policies = policies
-        self.breakers = breakers
-        self.usage = RunUsage()
-        self._fatal: StalwartError | None = None
         self._wake = asyncio.Event()
-        self._attempts: dict[str, list[StepAttempt]] = {}
-        self._intents: dict[str, StepIntent] = {}
-        self.passivate_after = passivate_after
-        self._confirm_retry = confirm_retry
-        self._waits: dict[str, WaitStarted] = {}
-        self._consumed_signals: set[str] = set()
-        self._journal: dict[str, StepDone | StepError] = {}
-        self._unreplayed: set[str] = set()
-        self._next_seq = claim_seq + 1
-        self._append_lock = asyncio.Lock()
-        self.steps_replayed = 0
-        self.steps_live = 0
-        self.first_live_step_at: float | None = None
-        self.trace_parent = trace_parent
-        """The trace this placement continues (the submitter's, from the run record)."""
-        self.log = log.bind(run_id=run_id, agent=spec.name, epoch=self.epoch, worker=worker_id)
-
-    # -- events -------------------------------------------------------------------------
-
-    def _event(self, type: str, *, jseq: int = 0, step: str = "", data: Any = None) -> RunEvent:
-        return RunEvent(
-            type=type,
-            run_id=self.run_id,
-            at=time.time(),
-            worker=self.worker_id,
-            epoch=self.epoch,
-            jseq=jseq,
-            step=step,
-            data=data,
+        self.journal = RunJournal(deps.store, self.state, p.claim_seq + 1)
+        self.events = RunEvents(deps.broker, self.state, self.log)
+        self.owner = LeaseOwner(
+            deps.broker.leases, p.lease, self.state, self.log, deps.confirm_retry
         )
-
-    async def _emit(self, event: RunEvent) -> None:
-        try:
-            await self._broker.events.publish(event)
-        except Exception as exc:  # events are best effort; the journal is the truth
-            self.log.warning("event.publish_failed", type=event.type, error=repr(exc))
-
-    async def emit_live(self, type: str, data: Any, step: str = "") -> None:
-        """Publish a non-journaled event for this run (see :meth:`RunContext.emit`)."""
-        await self._emit(self._event(type, step=step, data=data))
-
-    def _journal_event(self, je: JournalEntry) -> RunEvent:
-        e = je.entry
-        if isinstance(e, Started):
-            return RunEvent(
-                type=EV_RESUMED if e.resumed else EV_STARTED,
-                run_id=self.run_id,
-                at=e.at,
-                worker=e.worker,
-                epoch=e.epoch,
-                jseq=je.seq,
-                data={"journaled_steps": len(self._journal)} if e.resumed else None,
-            )
-        if isinstance(e, StepDone | StepError):
-            data: dict[str, Any] = {"kind": e.kind, "name": e.name, "duration": e.duration}
-            if isinstance(e, StepError):
-                data["error"] = {"type": e.error.type, "message": e.error.message}
-            return RunEvent(
-                type=EV_STEP_COMPLETED if isinstance(e, StepDone) else EV_STEP_FAILED,
-                run_id=self.run_id,
-                at=e.at + e.duration,
-                worker=e.worker,
-                epoch=e.epoch,
-                jseq=je.seq,
-                step=e.key,
-                data=data,
-            )
-        if isinstance(e, StepAttempt | StepIntent | WaitStarted):
-            return self._progress_event(je.seq, e)
-        status_event = {"completed": EV_COMPLETED, "failed": EV_FAILED}.get(e.status, EV_CANCELLED)
-        fin: dict[str, Any] = {}
-        if len(e.result) > _MAX_EVENT_RESULT:
-            fin["result_bytes"] = len(e.result)  # too big for an event: read the record
-        elif len(e.result):
-            try:
-                fin["result"] = decode_value(e.result)
-            except Exception:  # too deep to decode here: the record has it
-                fin["result_bytes"] = len(e.result)
-        if e.error is not None:
-            fin["error"] = {"type": e.error.type, "message": e.error.message}
-        return RunEvent(
-            type=status_event,
-            run_id=self.run_id,
-            at=e.at,
-            worker=e.worker,
-            epoch=e.epoch,
-            jseq=je.seq,
-            data=fin,
+        self.waits = Waits(
+            self.state,
+            self.journal,
+            self.events,
+            self.owner,
+            self._wake,
+            broker=deps.broker,
+            store=deps.store,
+            passivate_after=deps.passivate_after,
         )
-
-    def _progress_event(self, jseq: int, e: StepAttempt | StepIntent | WaitStarted) -> RunEvent:
-        if isinstance(e, StepAttempt):
-            type_ = EV_STEP_RETRYING
-            data: dict[str, Any] = {
-                "attempt": e.attempt,
-                "delay": e.delay,
-                "error": {"type": e.error.type, "message": e.error.message},
-            }
-        elif isinstance(e, StepIntent):
-            type_, data = EV_STEP_INTENT, {"attempt": e.attempt, "name": e.name}
-        else:
-            type_, data = EV_WAIT_STARTED, {"until": e.until, "signal": e.signal}
-        return RunEvent(
-            type=type_,
-            run_id=self.run_id,
-            at=e.at,
-            worker=e.worker,
-            epoch=e.epoch,
-            jseq=jseq,
-            step=e.key,
-            data=data,
+        self.engine = StepExecutor(
+            self.state,
+            self.journal,
+            self.events,
+            self.owner,
+            deps.breakers,
+            self.waits,
+            self._wake,
+            self.log,
         )
+        # Bound once: RunContext calls these for every step, through no extra frame.
+        self.execute = self.engine.execute
+        self.wait = self.waits.wait
 
-    # -- journal ------------------------------------------------------------------------
+    # -- what RunContext and the telemetry read -------------------------------------------
 
-    async def _append(self, entry: Entry) -> JournalEntry:
-        """Fenced append at the next position; raises LeaseLost if a newer epoch owns the run."""
-        if self.lost:
-            raise LeaseLost(f"run {self.run_id!r}: epoch {self.epoch} lost its lease")
-        async with self._append_lock:
-            seq = self._next_seq
-            t0 = time.perf_counter()
-            try:
-                cancel = await _uncancellable(
-                    self._store.append_future(self.run_id, self.epoch, seq, entry)
-                )
-            except _WrittenThenCancelled:
-                self._next_seq = seq + 1
-                raise
-            except LeaseLost:
-                self.lost = True
-                raise
-            except ServerUnavailableError:
-                self.abandoned = True
-                raise
-            self._next_seq = seq + 1
-            obs.journal_appended(time.perf_counter() - t0)
-        if cancel and not self.cancel_reason:
-            self.cancel_reason = cancel
-        return JournalEntry(seq=seq, entry=entry)
+    @property
+    def agent(self) -> str:
+        """The agent's registered name."""
+        return self.spec.name
 
-    async def _load(self) -> None:
-        if self._claim_seq == 1:
-            # A first placement: the journal holds just the Started entry the claim wrote,
-            # and no journaled event can be in the stream yet. Two round trips saved.
-            started = Started(epoch=self.epoch, worker=self.worker_id, at=self._claimed_at)
-            entries = [JournalEntry(seq=1, entry=started)]
-            obs.run_loaded(self, entries)
-            self._next_seq = 2
-            await self._emit(self._journal_event(entries[0]))
-            return
-        entries = await self._store.read_journal(self.run_id)
-        obs.run_loaded(self, entries)
-        for je in entries:
-            e = je.entry
-            if isinstance(e, StepDone | StepError):
-                self._journal[e.key] = e
-            elif isinstance(e, StepAttempt):
-                self._attempts.setdefault(e.key, []).append(e)
-            elif isinstance(e, StepIntent):
-                self._intents[e.key] = e
-            elif isinstance(e, WaitStarted):
-                self._waits[e.key] = e
-        if entries:
-            self._next_seq = entries[-1].seq + 1
-        self._unreplayed = set(self._journal)
-        try:
-            published = await self._broker.events.last_published_jseq(self.run_id)
-        except Exception as exc:  # events are best effort: republish (dropped as duplicates)
-            self.log.warning("event.last_published_unknown", error=safe_text(exc))
-            published = 0
-        for je in entries:
-            if je.seq > published:
-                await self._emit(self._journal_event(je))
+    @property
+    def policies(self) -> Policies:
+        """The agent's failure handling."""
+        return self.state.policies
 
-    # -- steps --------------------------------------------------------------------------
+    @property
+    def replaying(self) -> bool:
+        """True until the first step that is not in the journal."""
+        return self.state.replaying
 
-    def _check_boundary(self) -> None:
-        # Flags, not just exceptions: agent code that swallows an exception with a broad
-        # `except Exception` must still not get to run more steps.
-        if self.lost:
-            raise LeaseLost(f"run {self.run_id!r}: epoch {self.epoch} lost its lease")
-        if self.abandoned:
-            raise ServerUnavailableError(f"run {self.run_id!r}: the journal is unreachable")
-        if self.cancel_reason:
-            raise RunCancelled(self.run_id, self.cancel_reason)
-        if self._fatal is not None:
-            raise self._fatal
-        if self.draining:
-            raise Drained(self.run_id)
+    @property
+    def lost(self) -> bool:
+        """The lease is gone: no further step may be journaled."""
+        return self.state.lost
 
-    async def _ensure_lease(self) -> None:
-        """Before user code starts: the step-boundary check, then :meth:`_confirm_owner`."""
-        self._check_boundary()
-        await self._confirm_owner()
+    @property
+    def abandoned(self) -> bool:
+        """The journal was unreachable: the run is given up, never failed for it."""
+        return self.state.abandoned
 
-    async def _confirm_owner(self) -> None:
-        """Return only once the lease is known to be ours; raise :class:`LeaseLost` if not.
+    @property
+    def draining(self) -> bool:
+        """The worker is shutting down: the run stops at its next step boundary."""
+        return self.state.draining
 
-        The flags alone are not enough: a worker frozen (SIGSTOP, a stalled VM, a long GC)
-        wakes with ``lost`` unset while another worker may already have taken the run over
-        and journaled the very step it is about to start. So unless the last confirmed
-        renewal is recent (one clock read, see ``lease_margin``), the lease is renewed now,
-        and no user code starts until the server said yes. A server that cannot be asked is
-        retried until the lease has surely expired; then the run is given up (the supervisor
-        re-places it). Raises nothing but ``LeaseLost``, so a step can call it inside the
-        ``try`` that records the body's own errors.
-        """
-        if self.lost:
-            raise LeaseLost(f"run {self.run_id!r}: epoch {self.epoch} lost its lease")
-        leases = self._broker.leases
-        if leases.fresh(self.lease):
-            return
-        while True:
-            try:
-                if await leases.confirm(self.lease):
-                    return
-                why = "was taken over (found when confirming it before user code)"
-            except (OSError, NatsError) as exc:
-                if not leases.expired(self.lease):
-                    self.log.warning("lease.confirm_failed", error=repr(exc))
-                    await asyncio.sleep(self._confirm_retry)
-                    continue
-                why = "could not be confirmed within its TTL (server unreachable)"
-            self.lost = True
-            raise LeaseLost(f"run {self.run_id!r}: the lease of epoch {self.epoch} {why}")
+    @property
+    def cancel_reason(self) -> str:
+        """Why the run was cancelled (empty while it is not)."""
+        return self.state.cancel_reason
+
+    @property
+    def steps_replayed(self) -> int:
+        """Steps answered from the journal in this placement."""
+        return self.state.steps_replayed
+
+    @property
+    def steps_live(self) -> int:
+        """Steps run and journaled in this placement."""
+        return self.state.steps_live
 
     @property
     def store(self) -> CheckpointStore:
         """The checkpoint store this run journals into."""
-        return self._store
+        return self._deps.store
 
     def check_boundary(self) -> None:
-        """Public form of the step-boundary check (see RunContext.check_boundary)."""
-        self._check_boundary()
+        """Raise if the run must stop now (see RunContext.check_boundary)."""
+        stop = boundary_error(self.state)
+        if stop is not None:
+            raise stop
 
     def mark_replayed(self, prefix: str) -> None:
         """Journaled steps under ``prefix`` count as replayed (see RunContext.mark_replayed)."""
-        self._unreplayed = {k for k in self._unreplayed if not k.startswith(prefix)}
+        self.state.view.mark_replayed(prefix)
+
+    async def emit_live(self, type: str, data: Any, step: str = "") -> None:
+        """Publish a non-journaled event for this run (see :meth:`RunContext.emit`)."""
+        await self.events.emit(type, step=step, data=data)
+
+    # -- what the worker asks ---------------------------------------------------------------
 
     def drain(self) -> None:
         """Stop at the next step boundary (or now, if waiting out a retry backoff)."""
-        self.draining = True
+        self.state.draining = True
         self._wake.set()
 
     def hand_over(self) -> None:
         """The drain budget ended: the worker cancels this run's task, which then hands the
         run over (releases the lease and publishes the resume request) instead of leaving
         it to lease expiry and the supervisor."""
-        self.draining = True
+        self.state.draining = True
         self._handing_over = True
 
     def stop_lost(self) -> None:
         """The lease is gone: no further step may be journaled."""
-        self.lost = True
+        self.state.lost = True
         self._wake.set()
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -431,14 +218,15 @@ class RunActor(StepExecutor, Waits):
             await self._run()
 
     async def _run(self) -> None:
+        broker = self._deps.broker
         try:
             await self._drive()
         except _Fail as exc:
             await self._finish_failed(exc.info)
         except LeaseLost as exc:
-            self.lost = True
+            self.state.lost = True
             self.log.warning("run.lease_lost", error=str(exc))
-            await self._emit(self._event(EV_LEASE_LOST, data={"reason": str(exc)}))
+            await self.events.emit(EV_LEASE_LOST, data={"reason": str(exc)})
         except Drained:
             await self._release_for_resume("released")
         except Passivated as exc:
@@ -449,9 +237,9 @@ class RunActor(StepExecutor, Waits):
             self.log.error("run.abandoned", error=str(exc))
             self.holds_lease = False
             with contextlib.suppress(Exception):
-                await self._broker.leases.release(self.lease)
+                await broker.leases.release(self.lease)
         except asyncio.CancelledError:
-            if self.lost:
+            if self.state.lost:
                 self.log.warning("run.stopped_lease_lost")
                 return
             if self._handing_over and self.holds_lease:
@@ -461,31 +249,46 @@ class RunActor(StepExecutor, Waits):
                 return
             raise
         except RunCancelled as exc:
+            reason = clip(safe_text(exc.reason), ERROR_TEXT_LIMIT)
             await self._finish(
-                Finished(
-                    status="cancelled",
-                    epoch=self.epoch,
-                    worker=self.worker_id,
-                    at=time.time(),
-                    error=ErrorInfo(
-                        "RunCancelled",
-                        clip(safe_text(exc.reason), ERROR_TEXT_LIMIT),
-                        retryable=False,
-                    ),
-                )
+                self._finished("cancelled", ErrorInfo("RunCancelled", reason, retryable=False))
             )
         except Exception as exc:
             await self._finish_failed(error_info(exc, False))
         finally:
-            self._broker.events.forget(self.run_id)
+            broker.events.forget(self.run_id)
+
+    async def _load(self) -> None:
+        state = self.state
+        if self._placement.claim_seq == 1:
+            # A first placement: the journal holds just the Started entry the claim wrote,
+            # and no journaled event can be in the stream yet. Two round trips saved.
+            started = Started(epoch=self.epoch, worker=self.worker_id, at=self._claimed_at)
+            entries = [JournalEntry(seq=1, entry=started)]
+            obs.run_loaded(self, entries)
+            await self.events.journaled(entries[0])
+            return
+        entries = await self.journal.read()
+        obs.run_loaded(self, entries)
+        state.view = JournalView.of(entries)
+        try:
+            published = await self._deps.broker.events.last_published_jseq(self.run_id)
+        except Exception as exc:  # events are best effort: republish (dropped as duplicates)
+            self.log.warning("event.last_published_unknown", error=safe_text(exc))
+            published = 0
+        for je in entries:
+            if je.seq > published:
+                await self.events.journaled(je)
 
     async def _drive(self) -> None:
+        state = self.state
         await self._load()
-        if self.cancel_reason:
-            raise RunCancelled(self.run_id, self.cancel_reason)
+        if state.cancel_reason:
+            raise RunCancelled(self.run_id, state.cancel_reason)
+        raw_input = self._placement.input
         try:
             value = msgspec.convert(
-                decode_value(self._input) if self._input else None,
+                decode_value(raw_input) if raw_input else None,
                 self.spec.input_type,
                 strict=False,
             )
@@ -501,16 +304,18 @@ class RunActor(StepExecutor, Waits):
         result = await self._run_agent(value)
         if result is _DEADLINE:
             raise _Fail(self._deadline_error())
-        if self._fatal is not None:
-            raise self._fatal
-        self._check_replayed_all()
-        if self.lost or self.abandoned:
+        if state.fatal is not None:
+            raise state.fatal
+        unasked = unasked_error(state)
+        if unasked is not None:
+            raise divergence_error(state, unasked)
+        if state.lost or state.abandoned:
             raise LeaseLost(f"run {self.run_id!r}: not finishing, the run was given up")
         await self._finish_completed(result)
 
     async def _run_agent(self, value: Any) -> Any:
         """Run the agent function, bounded by the run's deadline (which survives resumes)."""
-        await self._confirm_owner()  # the agent function is user code too
+        await self.owner.confirm()  # the agent function is user code too
         if not self.deadline:
             return await self.spec.fn(RunContext(self), value)
         remaining = self.deadline - time.time()
@@ -531,6 +336,13 @@ class RunActor(StepExecutor, Waits):
             "RunDeadlineExceeded",
             f"run {self.run_id!r} passed its deadline {when}",
             retryable=False,
+        )
+
+    # -- ends -------------------------------------------------------------------------------
+
+    def _finished(self, status: Literal["failed", "cancelled"], error: ErrorInfo) -> Finished:
+        return Finished(
+            status=status, epoch=self.epoch, worker=self.worker_id, at=time.time(), error=error
         )
 
     async def _finish_completed(self, result: Any) -> None:
@@ -557,60 +369,47 @@ class RunActor(StepExecutor, Waits):
         )
 
     async def _finish_failed(self, error: ErrorInfo) -> None:
-        await self._finish(
-            Finished(
-                status="failed",
-                epoch=self.epoch,
-                worker=self.worker_id,
-                at=time.time(),
-                error=error,
-            )
-        )
+        await self._finish(self._finished("failed", error))
 
     async def _finish(self, entry: Finished) -> None:
+        broker = self._deps.broker
         try:
             # A frozen worker must not end a run another worker owns by now.
-            await self._confirm_owner()
-            async with self._append_lock:
-                seq = self._next_seq
-                try:
-                    await _uncancellable(self._store.finish(self.run_id, self.epoch, seq, entry))
-                except _WrittenThenCancelled:
-                    self._next_seq = seq + 1
-                    raise
-                self._next_seq = seq + 1
+            await self.owner.confirm()
+            je = await self.journal.finish(entry)
         except LeaseLost as exc:
-            self.lost = True
+            self.state.lost = True
             self.log.warning("run.finish_fenced", error=str(exc))
-            await self._emit(self._event(EV_LEASE_LOST, data={"reason": str(exc)}))
+            await self.events.emit(EV_LEASE_LOST, data={"reason": str(exc)})
             return
         obs.run_finished(self, entry)
-        await self._emit(self._journal_event(JournalEntry(seq=seq, entry=entry)))
+        await self.events.journaled(je)
         self.holds_lease = False
         with contextlib.suppress(Exception):  # the lease runs out by itself otherwise
-            await self._broker.leases.release_nowait(self.lease)
+            await broker.leases.release_nowait(self.lease)
         self.log.info(
             "run.finished", status=entry.status, live=self.steps_live, replayed=self.steps_replayed
         )
 
     async def _passivate(self, exc: Passivated) -> None:
         """Give the run up while it waits: no slot, no lease, no memory until it is woken."""
+        broker = self._deps.broker
         # The run's deadline must still fire while nobody hosts it: wake it by then.
         wakes = [t for t in (exc.wake_at, self.deadline) if t]
-        await self._store.passivate(
+        await self._deps.store.passivate(
             self.run_id, self.epoch, exc.waiting_for, min(wakes, default=0.0)
         )
         self.holds_lease = False
         obs.run_passivated(self)
-        await self._broker.leases.release(self.lease)
-        await self._emit(
-            self._event(EV_PASSIVATED, data={"signal": exc.waiting_for, "wake_at": exc.wake_at})
+        await broker.leases.release(self.lease)
+        await self.events.emit(
+            EV_PASSIVATED, data={"signal": exc.waiting_for, "wake_at": exc.wake_at}
         )
         self.log.info("run.passivated", signal=exc.waiting_for, wake_at=exc.wake_at)
         # A signal that arrived between our last look and the status change found the run
         # still running and woke nobody: wake it now (the signal side does the same check).
-        if exc.waiting_for and await self._next_signal(exc.waiting_for) is not None:
-            await self._broker.request_resume(self.run_id, self.spec.name, self.epoch, "wake")
+        if exc.waiting_for and await self.waits.next_signal(exc.waiting_for) is not None:
+            await broker.request_resume(self.run_id, self.spec.name, self.epoch, "wake")
 
     async def _release_for_resume(self, how: str) -> None:
         """Give the run up during a graceful shutdown so another worker resumes it at once.
@@ -618,8 +417,9 @@ class RunActor(StepExecutor, Waits):
         ``how`` is ``released`` (at a step boundary) or ``cancelled`` (the drain budget ended
         inside a step body, which the next owner runs again).
         """
+        broker = self._deps.broker
         self.holds_lease = False
-        released = await self._broker.leases.release(self.lease)
+        released = await broker.leases.release(self.lease)
         if not released:
             self.log.warning("run.handover_skipped", reason="the lease is no longer ours")
             return
@@ -627,7 +427,7 @@ class RunActor(StepExecutor, Waits):
         reason = "worker shutting down"
         if how == "cancelled":
             reason += ": drain budget ended inside a step, which runs again on the next owner"
-        await self._emit(self._event(EV_RELEASED, data={"reason": reason}))
-        await self._fetch_closed.wait()
-        await self._broker.request_resume(self.run_id, self.spec.name, self.epoch, "resume")
+        await self.events.emit(EV_RELEASED, data={"reason": reason})
+        await self._deps.fetch_closed.wait()
+        await broker.request_resume(self.run_id, self.spec.name, self.epoch, "resume")
         self.log.info("run.handed_over", how=how, reason=reason)

@@ -18,7 +18,7 @@ from stalwart.actors._policy import StepOptions, options_of
 from stalwart.checkpoints import RunStore
 
 if TYPE_CHECKING:
-    from stalwart.actors._actor import RunActor
+    from stalwart.actors._ports import RunHost
 
 T = TypeVar("T")
 
@@ -130,7 +130,7 @@ class RunContext:
     each completed step returns its journaled result instead of running again.
     """
 
-    def __init__(self, actor: RunActor, scope: str = "") -> None:
+    def __init__(self, actor: RunHost, scope: str = "") -> None:
         self._actor = actor
         self._scope = scope
         self._counts: dict[str, int] = {}
@@ -143,7 +143,7 @@ class RunContext:
     @property
     def agent(self) -> str:
         """The agent's registered name."""
-        return self._actor.spec.name
+        return self._actor.agent
 
     @property
     def epoch(self) -> int:

@@ -1,7 +1,9 @@
-"""Running one step: replay, retries, timeouts, breakers, budgets, at-most-once.
+"""Carrying out the step rules: the one async part of the step engine.
 
-A mixin of :class:`~stalwart.actors._actor.RunActor`, kept apart so the actor's lifecycle
-and the per-step rules can each be read on their own.
+``_rules`` decides what a step does next; :class:`StepExecutor` does it against a
+:class:`~stalwart.actors._ports.Journal`, an :class:`~stalwart.actors._ports.EventSink` and
+an :class:`~stalwart.actors._ports.Owner`: the body, its timeout, journal writes, events and
+backoff sleeps. Offline replay runs the same executor over a read-only journal.
 """
 
 from __future__ import annotations
@@ -13,20 +15,23 @@ from typing import TYPE_CHECKING, Any
 from stalwart._text import ERROR_TEXT_LIMIT, clip, exception_text, safe_text, type_name
 from stalwart.actors import _telemetry as obs
 from stalwart.actors._context import StepInfo, _current
-from stalwart.actors._policy import (
-    Breakers,
-    CircuitOpenError,
-    Policies,
-    RetryPolicy,
-    RunUsage,
-    StepOptions,
-    StepTimeoutError,
-    ToolOutcomeUnknown,
-    classify,
+from stalwart.actors._rules import (
+    Attempt,
+    Diverged,
+    Drained,
+    GiveUp,
+    OverBudget,
+    Stop,
+    Unknown,
+    account,
+    boundary_error,
+    breaker_gate,
+    decide_failure,
+    decide_step,
+    divergence_error,
 )
 from stalwart.checkpoints import (
     ErrorInfo,
-    JournalEntry,
     StepAttempt,
     StepDone,
     StepError,
@@ -34,7 +39,7 @@ from stalwart.checkpoints import (
     decode_value,
     encode_value,
 )
-from stalwart.errors import LeaseLost, NonDeterminismError, StalwartError, StepFailed
+from stalwart.errors import LeaseLost, StepFailed, StepTimeoutError, ToolOutcomeUnknown
 from stalwart.messages import EV_OUTCOME_UNKNOWN, EV_STEP_RETRYING, EV_STEP_STARTED
 
 if TYPE_CHECKING:
@@ -43,14 +48,12 @@ if TYPE_CHECKING:
     import structlog
 
     from stalwart.actors._context import StepSpec
-    from stalwart.checkpoints import Entry
-    from stalwart.messages import RunEvent
+    from stalwart.actors._policy import Breakers, CircuitBreaker, Policies
+    from stalwart.actors._ports import EventSink, Journal, Owner
+    from stalwart.actors._rules import RunState
+    from stalwart.actors._waits import Waits
 
-_BREAKER_KINDS = frozenset({"model", "tool"})
-
-
-class Drained(Exception):
-    """Raised at a step boundary when the worker is shutting down and gives the run up."""
+__all__ = ["Drained", "StepExecutor", "error_info"]
 
 
 def error_info(exc: BaseException, retryable: bool = True) -> ErrorInfo:
@@ -79,210 +82,124 @@ def _is_step_failed(exc: BaseException) -> bool:
         return False
 
 
-def _classify(exc: BaseException, policy: RetryPolicy) -> tuple[bool, float | None]:
-    """:func:`classify`, treating an exception whose attributes raise as not retryable."""
-    try:
-        return classify(exc, policy)
-    except Exception:
-        return False, None
-
-
-def _under_replayed(key: str, journal: dict[str, Any], unreplayed: set[str]) -> bool:
-    parts = key.split("/")
-    for i in range(1, len(parts)):
-        parent = "/".join(parts[:i])
-        if parent in journal and parent not in unreplayed:
-            return True
-    return False
-
-
 class StepExecutor:
-    """Per-step rules of a run actor. The actor provides the attributes declared here."""
+    """Runs one step at a time as ``_rules`` decides, journaling what the rules require.
 
-    run_id: str
-    epoch: int
-    worker_id: str
-    replaying: bool
-    policies: Policies
-    breakers: Breakers
-    usage: RunUsage
-    first_live_step_at: float | None
-    steps_replayed: int
-    steps_live: int
-    log: structlog.typing.FilteringBoundLogger
-    _journal: dict[str, StepDone | StepError]
-    _attempts: dict[str, list[StepAttempt]]
-    _intents: dict[str, StepIntent]
-    _unreplayed: set[str]
-    _fatal: StalwartError | None
-    _wake: asyncio.Event
+    ``unjournaled`` makes it a read-only replay: a step the journal lacks is never run, the
+    exception it returns is raised instead.
+    """
 
-    async def _append(self, entry: Entry) -> JournalEntry:
-        raise NotImplementedError
+    def __init__(
+        self,
+        state: RunState,
+        journal: Journal,
+        events: EventSink,
+        owner: Owner,
+        breakers: Breakers,
+        waits: Waits,
+        wake: asyncio.Event,
+        log: structlog.typing.FilteringBoundLogger,
+        unjournaled: Callable[[str, str], BaseException] | None = None,
+    ) -> None:
+        self.state = state
+        self._journal = journal
+        self._events = events
+        self._owner = owner
+        self._breakers = breakers
+        self._waits = waits
+        self._wake = wake
+        self._log = log
+        self._unjournaled = unjournaled
+        self._live = unjournaled is None
 
-    async def _emit(self, event: RunEvent) -> None:
-        raise NotImplementedError
+    # What the telemetry hooks read about the run.
+    @property
+    def run_id(self) -> str:
+        """The run's id."""
+        return self.state.run_id
 
-    def _event(self, type: str, *, jseq: int = 0, step: str = "", data: Any = None) -> RunEvent:
-        raise NotImplementedError
+    @property
+    def epoch(self) -> int:
+        """The owner's epoch."""
+        return self.state.epoch
 
-    def _journal_event(self, je: JournalEntry) -> RunEvent:
-        raise NotImplementedError
+    @property
+    def worker_id(self) -> str:
+        """The worker running the step."""
+        return self.state.worker_id
 
-    def _check_boundary(self) -> None:
-        raise NotImplementedError
-
-    async def _ensure_lease(self) -> None:
-        raise NotImplementedError
-
-    async def _confirm_owner(self) -> None:
-        raise NotImplementedError
-
-    if TYPE_CHECKING:  # provided by the Waits mixin; a stub here would shadow it (MRO)
-
-        async def wait(self, key: str, signal: str, timeout: float | None) -> Any: ...
-
-    # -- replay ---------------------------------------------------------------------------
-
-    def _replay(self, spec: StepSpec, entry: StepDone | StepError) -> Any:
-        if entry.fp != spec.fp or entry.kind != spec.kind:
-            what = (
-                f"{entry.kind} {entry.name!r} was recorded, the code now asks for "
-                f"{spec.kind} {spec.name!r}"
-                if (entry.name, entry.kind) != (spec.name, spec.kind)
-                else f"{spec.kind} {spec.name!r} is called with different arguments"
-            )
-            raise NonDeterminismError(
-                f"run {self.run_id!r}, step {spec.key!r}: {what}. The agent code changed "
-                "since this run started; deploy the change for new runs only, or fork the "
-                "run from an earlier step."
-            )
-        self.steps_replayed += 1
-        if isinstance(entry, StepError):
-            raise StepFailed(spec.key, entry.error.type, entry.error.message)
-        self._account_model(entry)
-        return decode_value(entry.result, spec.result_type)
-
-    def _check_replayed_all(self) -> None:
-        """A journaled step the code never asked for again means the code changed."""
-        # Steps nested under a replayed step (``tool:x/...``, a delegated agent's steps)
-        # were not asked for because that step's body did not run again: not a change.
-        unasked = [
-            k for k in self._unreplayed if not _under_replayed(k, self._journal, self._unreplayed)
-        ]
-        if unasked:
-            missing = ", ".join(sorted(unasked)[:5])
-            raise NonDeterminismError(
-                f"run {self.run_id!r}: journaled step(s) {missing} were not asked for on "
-                "replay; the agent code changed since this run started (a step was renamed "
-                "or removed)"
-            )
-
-    # -- accounting -------------------------------------------------------------------------
-
-    def _account_model(self, entry: StepDone) -> None:
-        if entry.kind == "model":
-            self.usage.add_model(
-                self.policies.limits, entry.model, entry.input_tokens, entry.output_tokens
-            )
-
-    def _guard(self, spec: StepSpec) -> None:
-        """Budgets and loop detection, checked before a step (replayed or live) goes on."""
-        try:
-            if spec.kind == "model":
-                self.usage.before_model(self.policies.limits)
-            elif spec.kind == "tool":
-                self.usage.add_tool(self.policies.limits, spec.name, spec.fp)
-        except StalwartError as exc:
-            # Remembered, so agent code that swallows it cannot carry on regardless.
-            self._fatal = exc
-            raise
+    @property
+    def policies(self) -> Policies:
+        """The agent's failure handling."""
+        return self.state.policies
 
     # -- the step -------------------------------------------------------------------------
 
     async def execute(self, spec: StepSpec, run: Callable[[], Awaitable[Any]]) -> Any:
         """Return the journaled outcome of step ``spec``, or run it live and journal it."""
-        recorded = self._journal.get(spec.key)
-        if recorded is not None:
-            self._unreplayed.discard(spec.key)
-            if spec.kind != "model":
-                self._guard(spec)
-            return self._replay(spec, recorded)
-        self._check_boundary()
-        self._guard(spec)
-        if self.replaying:
-            self.replaying = False
-            self.first_live_step_at = time.monotonic()
-        opts = spec.options
-        at_most_once = bool(opts and opts.at_most_once) or spec.name in self.policies.at_most_once
-        with obs.step_scope(self, spec):
-            intent = self._intents.get(spec.key)
-            tried = self._attempts.get(spec.key, [])
-            known = bool(tried) and intent is not None and tried[-1].attempt >= intent.attempt
-            if at_most_once and intent is not None and not known:
-                # Started and never reported back (a failed attempt would be journaled).
-                return await self._unknown_outcome(spec, intent)
-            return await self._attempts_loop(spec, run, opts, at_most_once)
+        state = self.state
+        d = decide_step(state, spec, live=self._live)
+        if isinstance(d, StepDone):
+            return decode_value(d.result, spec.result_type)
+        if isinstance(d, StepError):
+            raise StepFailed(spec.key, d.error.type, d.error.message)
+        if isinstance(d, Attempt | Unknown):
+            if state.replaying:
+                state.replaying = False
+                state.first_live_step_at = time.monotonic()
+            with obs.step_scope(self, spec):
+                if isinstance(d, Unknown):
+                    return await self._unknown_outcome(spec, d)
+                return await self._attempts(spec, run, d)
+        if isinstance(d, Stop | OverBudget):
+            raise d.error
+        if isinstance(d, Diverged):
+            raise divergence_error(state, d)
+        assert self._unjournaled is not None
+        raise self._unjournaled(d.key, d.what)
 
-    async def _attempts_loop(
-        self,
-        spec: StepSpec,
-        run: Callable[[], Awaitable[Any]],
-        opts: StepOptions | None,
-        at_most_once: bool,
-    ) -> Any:
-        policy = self.policies.retry_for(spec.kind, spec.name, opts, at_most_once=at_most_once)
-        timeout = self.policies.timeout_for(spec.kind, opts)
-        breaker = (
-            self.breakers.get(f"{spec.kind}:{spec.name}") if spec.kind in _BREAKER_KINDS else None
-        )
-        previous = self._attempts.get(spec.key, [])
-        attempt = len(previous) + 1
-        if previous:  # resumed inside a backoff: wait out what is left of it
-            last = previous[-1]
-            await self._pause(last.at + last.duration + last.delay - time.time())
+    async def _attempts(self, spec: StepSpec, run: Callable[[], Awaitable[Any]], d: Attempt) -> Any:
+        state = self.state
+        policy = d.policy
+        breaker: CircuitBreaker | None = self._breakers.get(d.breaker) if d.breaker else None
+        attempt = d.attempt
+        if d.resume_at:
+            await self._pause(d.resume_at - time.time())
         while True:
-            self._check_boundary()
+            stop = boundary_error(state)
+            if stop is not None:
+                raise stop
             started = time.time()
             t0 = time.perf_counter()
-            token = _current.set(StepInfo(self.run_id, spec.key, attempt))
+            token = _current.set(StepInfo(state.run_id, spec.key, attempt))
             try:
-                retry_in = breaker.before_call() if breaker is not None else None
-                if retry_in is not None:
-                    raise CircuitOpenError(spec.name, retry_in)
-                if at_most_once:
-                    await self._append(self._intent(spec, attempt, started))
-                await self._emit(
-                    self._event(
-                        EV_STEP_STARTED, step=spec.key, data={"kind": spec.kind, "attempt": attempt}
-                    )
+                if breaker is not None and (shut := breaker_gate(breaker, spec.name)):
+                    raise shut
+                if d.at_most_once:
+                    await self._journal.append(self._intent(spec, attempt, started))
+                await self._events.emit(
+                    EV_STEP_STARTED, step=spec.key, data={"kind": spec.kind, "attempt": attempt}
                 )
                 # Last thing before the body: the lease must still be ours (a frozen worker's
                 # flags say nothing). Costs one clock read while renewals are on time.
-                await self._confirm_owner()
-                value = await self._call(spec, run, timeout)
+                await self._owner.confirm()
+                value = await self._call(spec, run, d.timeout)
             except (LeaseLost, Drained, asyncio.CancelledError):
                 if breaker is not None:
                     breaker.abandon()  # an interrupted half-open trial must not wedge it
                 raise
             except Exception as exc:
                 duration = time.perf_counter() - t0
-                retryable, retry_after = _classify(exc, policy)
-                if breaker is not None and not isinstance(exc, CircuitOpenError):
-                    # Only failures that say "the other side is unwell" count; a declined
-                    # card or a 4xx is an answer, not an outage.
-                    if retryable:
-                        breaker.record(False)
-                    else:
-                        breaker.abandon()
-                if retryable and attempt < policy.max_attempts:
-                    delay = policy.delay(attempt, retry_after)
-                    await self._record_attempt(spec, exc, attempt, delay, started, duration)
-                    await self._pause(delay)
-                    attempt += 1
-                    continue
-                info = await self._record_error(spec, exc, started, duration, attempt, retryable)
-                raise StepFailed(spec.key, info.type, info.message) from exc
+                after = decide_failure(exc, attempt, policy, breaker)
+                if isinstance(after, GiveUp):
+                    info = await self._record_error(
+                        spec, exc, started, duration, attempt, after.retryable
+                    )
+                    raise StepFailed(spec.key, info.type, info.message) from exc
+                await self._record_attempt(spec, exc, attempt, after.delay, started, duration)
+                await self._pause(after.delay)
+                attempt += 1
+                continue
             finally:
                 _current.reset(token)
             if breaker is not None:
@@ -309,7 +226,9 @@ class StepExecutor:
                 await asyncio.wait_for(self._wake.wait(), seconds)
             except TimeoutError:
                 pass
-        self._check_boundary()
+        stop = boundary_error(self.state)
+        if stop is not None:
+            raise stop
 
     # -- journal writes -------------------------------------------------------------------------
 
@@ -320,14 +239,15 @@ class StepExecutor:
             name=spec.name,
             fp=spec.fp,
             attempt=attempt,
-            epoch=self.epoch,
-            worker=self.worker_id,
+            epoch=self.state.epoch,
+            worker=self.state.worker_id,
             at=at,
         )
 
     async def _record_done(
         self, spec: StepSpec, value: Any, started: float, duration: float, attempt: int
     ) -> Any:
+        state = self.state
         try:
             raw = encode_value(value)
         except Exception as exc:  # TypeError, or RecursionError for a too deeply nested value
@@ -345,8 +265,8 @@ class StepExecutor:
             name=spec.name,
             fp=spec.fp,
             result=raw,
-            epoch=self.epoch,
-            worker=self.worker_id,
+            epoch=state.epoch,
+            worker=state.worker_id,
             at=started,
             duration=duration,
             attempt=attempt,
@@ -354,12 +274,12 @@ class StepExecutor:
             input_tokens=usage.input_tokens if usage else 0,
             output_tokens=usage.output_tokens if usage else 0,
         )
-        je = await self._append(entry)
-        self._journal[spec.key] = entry
-        self.steps_live += 1
-        self._account_model(entry)
+        je = await self._journal.append(entry)
+        state.view.done[spec.key] = entry
+        state.steps_live += 1
+        account(state, entry)
         obs.step_journaled(self, entry)
-        await self._emit(self._journal_event(je))
+        await self._events.journaled(je)
         # Decode what was journaled so the live path returns exactly what a replay would.
         return decode_value(raw, spec.result_type)
 
@@ -381,31 +301,29 @@ class StepExecutor:
             attempt=attempt,
             error=info,
             delay=delay,
-            epoch=self.epoch,
-            worker=self.worker_id,
+            epoch=self.state.epoch,
+            worker=self.state.worker_id,
             at=started,
             duration=duration,
         )
-        await self._append(entry)
-        self._attempts.setdefault(spec.key, []).append(entry)
+        await self._journal.append(entry)
+        self.state.view.add(entry)
         obs.step_retried(entry)
-        self.log.info(
+        self._log.info(
             "step.retrying",
             step=spec.key,
             attempt=attempt,
             delay=round(delay, 3),
             error=f"{info.type}: {clip(info.message, 500)}",
         )
-        await self._emit(
-            self._event(
-                EV_STEP_RETRYING,
-                step=spec.key,
-                data={
-                    "attempt": attempt,
-                    "delay": delay,
-                    "error": {"type": info.type, "message": info.message},
-                },
-            )
+        await self._events.emit(
+            EV_STEP_RETRYING,
+            step=spec.key,
+            data={
+                "attempt": attempt,
+                "delay": delay,
+                "error": {"type": info.type, "message": info.message},
+            },
         )
 
     async def _record_error(
@@ -424,36 +342,36 @@ class StepExecutor:
             name=spec.name,
             fp=spec.fp,
             error=info,
-            epoch=self.epoch,
-            worker=self.worker_id,
+            epoch=self.state.epoch,
+            worker=self.state.worker_id,
             at=started,
             duration=duration,
             attempt=attempt,
         )
-        je = await self._append(entry)
-        self._journal[spec.key] = entry
+        je = await self._journal.append(entry)
+        self.state.view.done[spec.key] = entry
         obs.step_journaled(self, entry)
-        await self._emit(self._journal_event(je))
+        await self._events.journaled(je)
         return info
 
-    async def _unknown_outcome(self, spec: StepSpec, intent: StepIntent) -> Any:
+    async def _unknown_outcome(self, spec: StepSpec, d: Unknown) -> Any:
         """An at-most-once step started before a crash and never reported back."""
         started = time.time()
-        if spec.options is not None and spec.options.on_unknown == "signal":
+        run_id, intent = self.state.run_id, d.intent
+        if d.how == "signal":
             signal = f"outcome:{spec.key}"
-            await self._emit(
-                self._event(
-                    EV_OUTCOME_UNKNOWN,
-                    step=spec.key,
-                    data={"signal": signal, "idempotency_key": f"{self.run_id}:{spec.key}"},
-                )
+            await self._events.emit(
+                EV_OUTCOME_UNKNOWN,
+                step=spec.key,
+                data={"signal": signal, "idempotency_key": f"{run_id}:{spec.key}"},
             )
             # The wait is journaled under the step's own key, so it replays with it.
-            value = await self.wait(f"{spec.key}/outcome", signal, None)
+            value = await self._waits.wait(f"{spec.key}/outcome", signal, None)
             return await self._record_done(spec, value, started, 0.0, intent.attempt)
-        if spec.reconcile is not None:
-            await self._ensure_lease()
-            token = _current.set(StepInfo(self.run_id, spec.key, intent.attempt))
+        if d.how == "reconcile":
+            assert spec.reconcile is not None
+            await self._owner.ensure()
+            token = _current.set(StepInfo(run_id, spec.key, intent.attempt))
             try:
                 value = await spec.reconcile()
             except (LeaseLost, Drained, asyncio.CancelledError):
@@ -467,7 +385,7 @@ class StepExecutor:
         unknown = ToolOutcomeUnknown(
             f"step {spec.key!r} ({spec.name}) is at-most-once and was running when its worker "
             f"(epoch {intent.epoch}, {intent.worker}) died; it is not run again. Check its "
-            f"effect with idempotency key {self.run_id}:{spec.key}, or give it a reconcile hook."
+            f"effect with idempotency key {run_id}:{spec.key}, or give it a reconcile hook."
         )
         await self._record_error(spec, unknown, started, 0.0, intent.attempt, False)
         raise StepFailed(spec.key, "ToolOutcomeUnknown", str(unknown)) from unknown

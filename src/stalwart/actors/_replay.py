@@ -10,35 +10,25 @@ ends differently, the code would break the run on resume: the report says where 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
 
 from stalwart.actors._context import RunContext
-from stalwart.actors._execute import StepExecutor, _under_replayed, error_info
+from stalwart.actors._execute import StepExecutor, error_info
 from stalwart.actors._policy import Breakers, RunUsage
+from stalwart.actors._rules import Diverged, RunState, divergence_error
+from stalwart.actors._view import JournalView
 from stalwart.actors._waits import Waits
-from stalwart.checkpoints import (
-    ErrorInfo,
-    Finished,
-    StepAttempt,
-    StepDone,
-    StepError,
-    StepIntent,
-    WaitStarted,
-    decode_value,
-    encode_value,
-)
-from stalwart.errors import NonDeterminismError
+from stalwart.checkpoints import ErrorInfo, decode_value, encode_value
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from stalwart.actors._actor import RunActor
     from stalwart.actors._app import AgentSpec, App
     from stalwart.actors._context import StepSpec
-    from stalwart.checkpoints import CheckpointStore, JournalEntry, RunRecord
+    from stalwart.checkpoints import CheckpointStore, Entry, Finished, JournalEntry, RunRecord
 
 # Failures the runtime imposes at a step boundary, from outside the agent's code: a replay
 # that reaches the point where the original stopped for one of these has matched.
@@ -93,12 +83,46 @@ def _describe(info: ErrorInfo) -> str:
     return f"failed: {info.type}: {info.message}"
 
 
-class ReplayActor(StepExecutor, Waits):
+class _ReadOnly:
+    """The journal, event sink and owner of an offline replay: reads, never writes.
+
+    The executor never gets as far as writing: every step the journal lacks is
+    ``NotJournaled``, which the replay turns into a stop or a divergence.
+    """
+
+    def __init__(self, entries: list[JournalEntry]) -> None:
+        self._entries = entries
+
+    async def append(self, entry: Entry) -> JournalEntry:
+        """Refused: a replay writes nothing."""
+        raise NotImplementedError("_ReadOnly journal: an offline replay writes nothing")
+
+    async def finish(self, entry: Finished) -> JournalEntry:
+        """Refused: a replay writes nothing."""
+        raise NotImplementedError("_ReadOnly journal: an offline replay writes nothing")
+
+    async def read(self) -> list[JournalEntry]:
+        """The journal as it was read."""
+        return self._entries
+
+    async def emit(self, type: str, *, step: str = "", data: Any = None) -> None:
+        """Events are not replayed."""
+
+    async def journaled(self, je: JournalEntry) -> None:
+        """Events are not replayed."""
+
+    async def confirm(self) -> None:
+        """Nothing to own: a replay holds no lease."""
+
+    async def ensure(self) -> None:
+        """Nothing stops a replay from outside."""
+
+
+class ReplayActor:
     """Answers a run's steps from its journal only; never calls a step body, never writes.
 
-    Provides what :class:`~stalwart.actors.RunContext` uses (``run_id``, ``spec``, ``epoch``,
-    ``worker_id``, ``replaying``, ``execute``, ``wait``, ``emit_live``) and reuses the live
-    actor's replay rules (fingerprints, kinds, budgets, waits).
+    The live actor's step engine (``StepExecutor`` and ``Waits`` over the same rules) on a
+    read-only journal; it is the :class:`~stalwart.actors._ports.RunHost` of the context.
     """
 
     def __init__(self, spec: AgentSpec, record: RunRecord, entries: list[JournalEntry]) -> None:
@@ -106,34 +130,36 @@ class ReplayActor(StepExecutor, Waits):
         self.run_id = record.run_id
         self.epoch = record.epoch
         self.worker_id = "replay"
-        self.replaying = True
-        self.cancel_reason = ""
-        self.passivate_after = float("inf")
-        self.policies = spec.policies
-        self.breakers = Breakers()
-        self.usage = RunUsage()
-        self.first_live_step_at = None
-        self.steps_replayed = 0
-        self.steps_live = 0
-        self.log = structlog.get_logger("stalwart.replay").bind(run_id=record.run_id)
-        self._fatal = None
-        self._wake = asyncio.Event()
-        self._journal: dict[str, StepDone | StepError] = {}
-        self._attempts: dict[str, list[StepAttempt]] = {}
-        self._intents: dict[str, StepIntent] = {}
-        self._waits: dict[str, WaitStarted] = {}
-        self._consumed_signals: set[str] = set()
-        self.finished: Finished | None = None
-        for je in entries:
-            e = je.entry
-            if isinstance(e, StepDone | StepError):
-                self._journal[e.key] = e
-            elif isinstance(e, Finished):
-                self.finished = e
-        self._unreplayed = set(self._journal)
-        self.divergence = ""
-        self.diverged_at = ""
+        view = JournalView.of(entries)
+        self.finished = view.finished
+        self.state = RunState(
+            record.run_id, record.epoch, "replay", spec.policies, RunUsage(), view
+        )
+        io = _ReadOnly(entries)
+        wake = asyncio.Event()
+        self.waits = Waits(self.state, io, io, io, wake, unjournaled=self._missing)
+        self.engine = StepExecutor(
+            self.state,
+            io,
+            io,
+            io,
+            Breakers(),
+            self.waits,
+            wake,
+            structlog.get_logger("stalwart.replay").bind(run_id=record.run_id),
+            unjournaled=self._missing,
+        )
         self.stopped_at = ""
+
+    @property
+    def agent(self) -> str:
+        """The agent's registered name."""
+        return self.spec.name
+
+    @property
+    def replaying(self) -> bool:
+        """Always: a replay runs no step live."""
+        return self.state.replaying
 
     @property
     def stops_early(self) -> bool:
@@ -147,57 +173,31 @@ class ReplayActor(StepExecutor, Waits):
             and (fin.error.type in _STOPPED_FROM_OUTSIDE)
         )
 
-    def _diverge(self, key: str, message: str) -> NonDeterminismError:
-        # Kept here as well as raised: agent code may swallow the exception.
-        if not self.divergence:
-            self.divergence, self.diverged_at = message, key
-        return NonDeterminismError(message)
-
-    def _unasked(self) -> list[str]:
-        # As the live actor judges it: steps nested under a replayed step do not count.
-        return sorted(
-            k for k in self._unreplayed if not _under_replayed(k, self._journal, self._unreplayed)
-        )
-
     def _missing(self, key: str, what: str) -> Exception:
-        if not self._unasked() and self.stops_early:
+        unasked = self.state.view.unasked()
+        if not unasked and self.stops_early:
             self.stopped_at = key
             return _Stop(key)
-        return self._diverge(
-            key,
-            f"the code asks for {what} ({key}), which the original run never executed"
-            + (
-                f"; journaled step(s) not asked for yet: {', '.join(self._unasked()[:5])}"
-                if self._unasked()
-                else ""
+        return divergence_error(
+            self.state,
+            Diverged(
+                key,
+                f"the code asks for {what} ({key}), which the original run never executed"
+                + (
+                    f"; journaled step(s) not asked for yet: {', '.join(unasked[:5])}"
+                    if unasked
+                    else ""
+                ),
             ),
         )
 
     async def execute(self, spec: StepSpec, run: Callable[[], Awaitable[Any]]) -> Any:
         """The journaled outcome of ``spec``; ``run`` is never called."""
-        recorded = self._journal.get(spec.key)
-        if recorded is None:
-            self._guard(spec)  # a budget that stopped the original here stops the replay too
-            raise self._missing(spec.key, f"{spec.kind} {spec.name!r}")
-        self._unreplayed.discard(spec.key)
-        if spec.kind != "model":
-            self._guard(spec)
-        try:
-            return self._replay(spec, recorded)
-        except NonDeterminismError as exc:
-            raise self._diverge(spec.key, str(exc)) from None
+        return await self.engine.execute(spec, run)
 
     async def wait(self, key: str, signal: str, timeout: float | None) -> Any:
         """The journaled outcome of a durable wait."""
-        kind = "signal" if signal else "sleep"
-        recorded = self._journal.get(key)
-        if recorded is None:
-            raise self._missing(key, f"a {kind} wait {signal!r}" if signal else "a sleep")
-        self._unreplayed.discard(key)
-        try:
-            return self._replayed_wait(key, kind, recorded)
-        except NonDeterminismError as exc:
-            raise self._diverge(key, str(exc)) from None
+        return await self.waits.wait(key, signal, timeout)
 
     async def emit_live(self, type: str, data: Any, step: str = "") -> None:
         """Live events are not replayed."""
@@ -215,7 +215,7 @@ class ReplayActor(StepExecutor, Waits):
 
     def mark_replayed(self, prefix: str) -> None:
         """Journaled steps under ``prefix`` count as replayed (as in the live actor)."""
-        self._unreplayed = {k for k in self._unreplayed if not k.startswith(prefix)}
+        self.state.view.mark_replayed(prefix)
 
     # -- the verdict ---------------------------------------------------------------------------
 
@@ -235,8 +235,8 @@ class ReplayActor(StepExecutor, Waits):
             agent=self.spec.name,
             status=original.split(":", 1)[0],
             matched=False,
-            steps_journaled=len(self._journal),
-            steps_replayed=self.steps_replayed,
+            steps_journaled=len(self.state.view.done),
+            steps_replayed=self.state.steps_replayed,
             original=original,
             replayed=replayed,
             partial=self.stops_early,
@@ -250,15 +250,16 @@ class ReplayActor(StepExecutor, Waits):
 
     def _verdict(self, ended: str, value: Any, info: ErrorInfo | None) -> tuple[str, str] | None:
         """None when the replay matches, else (what differs, step key or "")."""
-        if self.divergence:
-            return self.divergence, self.diverged_at
+        if self.state.divergence is not None:
+            key, message = self.state.divergence
+            return message, key
         if ended == "timeout":
             return (
                 "the agent did not finish on replay: code outside steps is waiting for "
                 "something (I/O, a lock, a clock); put it in a step",
                 "",
             )
-        unasked = self._unasked()
+        unasked = self.state.view.unasked()
         if unasked:
             missing = ", ".join(unasked[:5])
             return (
@@ -304,8 +305,7 @@ async def replay_run(
         )
     except msgspec.ValidationError as exc:
         return actor.report("failed", None, ErrorInfo("InvalidInput", str(exc), False))
-    # RunContext needs only what ReplayActor provides (see its docstring).
-    ctx = RunContext(cast("RunActor", actor))
+    ctx = RunContext(actor)
     scope = asyncio.timeout(timeout)
     try:
         async with scope:
@@ -318,6 +318,6 @@ async def replay_run(
         return actor.report("failed", None, error_info(exc, False))
     if actor.stopped_at:
         return actor.report("stopped", None, None)
-    if actor._fatal is not None:  # a budget the agent swallowed still ends the run
-        return actor.report("failed", None, error_info(actor._fatal, False))
+    if actor.state.fatal is not None:  # a budget the agent swallowed still ends the run
+        return actor.report("failed", None, error_info(actor.state.fatal, False))
     return actor.report("completed", result, None)

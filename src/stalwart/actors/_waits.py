@@ -15,15 +15,18 @@ from typing import TYPE_CHECKING, Any
 
 from stalwart.actors import _telemetry as obs
 from stalwart.actors._inbox import Inbox
-from stalwart.checkpoints import StepDone, WaitStarted, decode_value, encode_value
-from stalwart.errors import NonDeterminismError, StalwartError
-from stalwart.messages import EV_WAIT_STARTED
+from stalwart.actors._rules import Diverged, NotJournaled, Stop, decide_wait, divergence_error
+from stalwart.checkpoints import StepDone, StepError, WaitStarted, decode_value, encode_value
+from stalwart.errors import StalwartError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from stalwart.actors._policy import Policies
+    from stalwart.actors._ports import EventSink, Journal, Owner
+    from stalwart.actors._rules import RunState
     from stalwart.broker import Broker
-    from stalwart.checkpoints import CheckpointStore, Entry, JournalEntry, StepError
-    from stalwart.messages import RunEvent
+    from stalwart.checkpoints import CheckpointStore
 
 # Even with notifications, look at the inbox now and then: a notification can be lost.
 _RECHECK = 5.0
@@ -43,91 +46,110 @@ class Passivated(Exception):
 
 
 class Waits:
-    """Durable waits of a run actor. The actor provides the attributes declared here."""
+    """Durable waits of one run, carried out as ``_rules.decide_wait`` decides.
 
-    run_id: str
-    epoch: int
-    worker_id: str
-    replaying: bool
-    cancel_reason: str
-    passivate_after: float
-    policies: Policies
-    first_live_step_at: float | None
-    _store: CheckpointStore
-    _broker: Broker
-    _journal: dict[str, StepDone | StepError]
-    _unreplayed: set[str]
-    _waits: dict[str, WaitStarted]
-    _consumed_signals: set[str]
-    _wake: asyncio.Event
+    ``broker`` and ``store`` serve live waits only; offline replay (``unjournaled`` given)
+    answers every wait from the journal and has neither.
+    """
 
-    async def _append(self, entry: Entry) -> JournalEntry:
-        raise NotImplementedError
+    def __init__(
+        self,
+        state: RunState,
+        journal: Journal,
+        events: EventSink,
+        owner: Owner,
+        wake: asyncio.Event,
+        *,
+        broker: Broker | None = None,
+        store: CheckpointStore | None = None,
+        passivate_after: float = 60.0,
+        unjournaled: Callable[[str, str], BaseException] | None = None,
+    ) -> None:
+        self.state = state
+        self._journal = journal
+        self._events = events
+        self._owner = owner
+        self._wake = wake
+        self._broker = broker
+        self._store = store
+        self.passivate_after = passivate_after
+        self._unjournaled = unjournaled
+        self._inbox: Inbox | None = None
 
-    async def _emit(self, event: RunEvent) -> None:
-        raise NotImplementedError
+    # What the telemetry hooks read about the run.
+    @property
+    def run_id(self) -> str:
+        """The run's id."""
+        return self.state.run_id
 
-    def _journal_event(self, je: JournalEntry) -> RunEvent:
-        raise NotImplementedError
+    @property
+    def epoch(self) -> int:
+        """The owner's epoch."""
+        return self.state.epoch
 
-    def _check_boundary(self) -> None:
-        raise NotImplementedError
+    @property
+    def worker_id(self) -> str:
+        """The worker running the wait."""
+        return self.state.worker_id
 
-    async def _ensure_lease(self) -> None:
-        raise NotImplementedError
+    @property
+    def policies(self) -> Policies:
+        """The agent's failure handling."""
+        return self.state.policies
 
     async def wait(self, key: str, signal: str, timeout: float | None) -> Any:
         """Wait for ``signal`` (or, with ``signal == ""``, just for ``timeout``)."""
-        kind = "signal" if signal else "sleep"
-        recorded = self._journal.get(key)
-        if recorded is not None:
-            self._unreplayed.discard(key)
-            return self._replayed_wait(key, kind, recorded)
-        self._check_boundary()
-        if self.replaying:
-            self.replaying = False
-            self.first_live_step_at = time.monotonic()
-        started = self._waits.get(key)
+        state = self.state
+        d = decide_wait(state, key, signal, live=self._unjournaled is None)
+        if isinstance(d, StepDone | StepError):
+            return self._replayed_wait(key, d)
+        if isinstance(d, Stop):
+            raise d.error
+        if isinstance(d, Diverged):
+            raise divergence_error(state, d)
+        if isinstance(d, NotJournaled):
+            assert self._unjournaled is not None
+            raise self._unjournaled(d.key, d.what)
+        if state.replaying:
+            state.replaying = False
+            state.first_live_step_at = time.monotonic()
+        started = d.started
         if started is None:
             until = time.time() + timeout if timeout is not None else 0.0
             started = WaitStarted(
                 key=key,
                 until=until,
                 signal=signal,
-                epoch=self.epoch,
-                worker=self.worker_id,
+                epoch=state.epoch,
+                worker=state.worker_id,
                 at=time.time(),
             )
-            je = await self._append(started)
-            self._waits[key] = started
-            await self._emit(self._journal_event(je))
+            je = await self._journal.append(started)
+            state.view.waits[key] = started
+            await self._events.journaled(je)
         with obs.wait_scope(self, key, signal):
-            return await self._wait_live(key, kind, started)
+            return await self._wait_live(key, "signal" if signal else "sleep", started)
 
-    def _replayed_wait(self, key: str, kind: str, entry: StepDone | StepError) -> Any:
-        if entry.kind != kind:
-            raise NonDeterminismError(
-                f"run {self.run_id!r}, step {key!r}: {entry.kind} {entry.name!r} was recorded, "
-                f"the code now asks for a {kind}"
-            )
+    def _replayed_wait(self, key: str, entry: StepDone | StepError) -> Any:
         assert isinstance(entry, StepDone)
         outcome = decode_value(entry.result)
         if isinstance(outcome, dict):
             if outcome.get("timeout"):
                 raise WaitTimeout(f"wait {key!r} timed out")
             if "sid" in outcome:
-                self._consumed_signals.add(outcome["sid"])
+                self.state.consumed_signals.add(outcome["sid"])
             return outcome.get("payload")
         return None
 
     async def _wait_live(self, key: str, kind: str, started: WaitStarted) -> Any:
+        assert self._broker is not None
         poke = asyncio.Event()
 
         async def on_poke(_: Any) -> None:
             poke.set()
 
         sub = await self._broker.nc.subscribe(
-            self._broker.names.signals_subject(self.run_id), cb=on_poke
+            self._broker.names.signals_subject(self.state.run_id), cb=on_poke
         )
         waited_since = time.monotonic()
         # A cancel stored after this run's last step but before the subscription above
@@ -136,12 +158,12 @@ class Waits:
         try:
             while True:
                 # A wake-up hands control back to user code: only while the lease is ours.
-                await self._ensure_lease()
+                await self._owner.ensure()
                 if started.signal:
-                    found = await self._next_signal(started.signal)
+                    found = await self.next_signal(started.signal)
                     if found is not None:
                         sid, payload = found
-                        self._consumed_signals.add(sid)
+                        self.state.consumed_signals.add(sid)
                         await self._end_wait(key, kind, started, {"sid": sid, "payload": payload})
                         # Journaled: the inbox need not keep it (it counts against the
                         # run's pending-signal limit). A failure only leaves it for later.
@@ -171,39 +193,41 @@ class Waits:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
-    _inbox: Inbox | None = None
-
     def _signal_inbox(self) -> Inbox:
         if self._inbox is None:
-            self._inbox = Inbox(self._store, self.run_id)
+            assert self._store is not None
+            self._inbox = Inbox(self._store, self.state.run_id)
         return self._inbox
 
-    async def _next_signal(self, name: str) -> tuple[str, Any] | None:
+    async def next_signal(self, name: str) -> tuple[str, Any] | None:
+        """The oldest signal ``name`` this run has not consumed: (id, payload), or None."""
         # Incremental: a poke costs one short read when nothing new has arrived.
-        return await self._signal_inbox().take(name, self._consumed_signals)
+        return await self._signal_inbox().take(name, self.state.consumed_signals)
 
     async def _refresh_cancel(self) -> None:
+        assert self._store is not None
         # One field, not the whole record (which carries the run's input): pokes are cheap.
-        reason = await self._store.cancel_flag(self.run_id)
-        if reason and not self.cancel_reason:
-            self.cancel_reason = reason
+        reason = await self._store.cancel_flag(self.state.run_id)
+        if reason and not self.state.cancel_reason:
+            self.state.cancel_reason = reason
 
     async def _end_wait(self, key: str, kind: str, started: WaitStarted, outcome: Any) -> None:
+        state = self.state
         entry = StepDone(
             key=key,
             kind=kind,
             name=started.signal or "sleep",
             fp=started.signal,
             result=encode_value(outcome),
-            epoch=self.epoch,
-            worker=self.worker_id,
+            epoch=state.epoch,
+            worker=state.worker_id,
             at=started.at,
             duration=time.time() - started.at,
         )
-        je = await self._append(entry)
-        self._journal[key] = entry
+        je = await self._journal.append(entry)
+        state.view.done[key] = entry
         obs.step_journaled(self, entry)
-        await self._emit(self._journal_event(je))
+        await self._events.journaled(je)
 
 
 async def _first(a: asyncio.Event, b: asyncio.Event) -> None:
@@ -216,4 +240,4 @@ async def _first(a: asyncio.Event, b: asyncio.Event) -> None:
             t.cancel()
 
 
-__all__ = ["EV_WAIT_STARTED", "Passivated", "WaitTimeout", "Waits"]
+__all__ = ["Passivated", "WaitTimeout", "Waits"]

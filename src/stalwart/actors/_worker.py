@@ -14,40 +14,27 @@ import msgspec
 import structlog
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from stalwart._ids import check_run_id
-from stalwart._text import clip, msgpack_may_nest_deeper, nesting_depth_exceeds, safe_text
+from stalwart._text import safe_text
 from stalwart._version import __version__
 from stalwart.actors import _telemetry as obs
 from stalwart.actors._actor import RunActor
+from stalwart.actors._intake import Intake
+from stalwart.actors._placement import ActorDeps, Placement
 from stalwart.actors._policy import Breakers
 from stalwart.broker import Broker, WorkerInfo
-from stalwart.broker._names import msg_id_run, submit_msg_id
 from stalwart.checkpoints import CheckpointStore, encode_value
-from stalwart.checkpoints._store import POISONED_ERROR
-from stalwart.errors import InvalidRequestError
-from stalwart.messages import EV_FAILED, EV_REJECTED, RunEvent, RunRequest, decode_request
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
     from stalwart.actors._app import AgentSpec, App
     from stalwart.broker import Lease
-    from stalwart.checkpoints import Claim
     from stalwart.config import Settings
+    from stalwart.messages import RunRequest
 
 log = structlog.get_logger("stalwart.worker")
 
 _FETCH_WAIT = 1.0
-_PLACE_RETRY_DELAY = 1.0
-"""Seconds before a request whose placement failed on a server error is first redelivered."""
-
-
-def _header_run_id(msg: Msg) -> str:
-    """The run id part of a request's ``Nats-Msg-Id`` (``<run_id>[:<suffix>]``), or ""."""
-    try:
-        return msg_id_run(str((msg.headers or {}).get("Nats-Msg-Id", "")))
-    except Exception:
-        return ""
 
 
 @dataclass(slots=True)
@@ -84,6 +71,8 @@ class Worker:
         self._subs: list[Any] = []
         self.breakers = Breakers(self.settings.breaker_threshold, self.settings.breaker_cooldown)
         self._tasks: list[asyncio.Task[None]] = []
+        self._deps: ActorDeps | None = None
+        self._intake: Intake  # once started: what happens to requests not hosted here
         self.log = log.bind(worker=self.worker_id)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -102,6 +91,8 @@ class Worker:
         self.broker = await Broker.connect(
             self.settings, name=f"stalwart-worker {self.worker_id}", owner=self.worker_id
         )
+        # Before the first fetch: a placement may need it at once.
+        self._intake = Intake(self.broker, self.store, self.settings, self.worker_id, self.log)
         agents = sorted(self.app.agents)
         await self.broker.register_agents(agents, self.app.name)
         for name in agents:
@@ -242,81 +233,19 @@ class Worker:
         if not task.cancelled() and task.exception() is not None:
             self.log.error("place.crashed", error=safe_text(task.exception()))
 
-    async def _reject(
-        self, spec: AgentSpec, msg: Msg, run_id: str | None, reason: str, *, own: bool
-    ) -> None:
-        """Refuse a request, and end the run it names only if it was that run's own request.
-
-        A rejection must never be taken for the end of another run: a malformed message
-        whose id names a live (or ended, or another agent's) run leaves that run alone, and
-        its rejection goes to the agent's rejected subject, not the run's event stream.
-        """
-        assert self.broker is not None and self.store is not None
-        reason = clip(reason, 2000)
-        outcome, seq = "missing", 0
-        if run_id:
-            try:
-                outcome, seq = await self.store.reject_request(run_id, spec.name, reason, own=own)
-            except Exception as exc:  # Redis trouble: decide later, on a redelivery
-                self.log.warning("request.reject_failed", run_id=run_id, error=safe_text(exc))
-                await self._retry_later(msg)
-                return
-        self.log.warning(
-            "request.rejected", agent=spec.name, run_id=run_id, reason=reason, outcome=outcome
-        )
-        event = RunEvent(
-            type=EV_REJECTED,
-            run_id=run_id or "",
-            at=time.time(),
-            worker=self.worker_id,
-            jseq=seq,
-            data={"reason": reason, "agent": spec.name},
-        )
-        with contextlib.suppress(Exception):
-            if run_id and outcome in ("missing", "rejected"):
-                await self.broker.events.publish(event)
-            else:
-                await self.broker.events.publish_rejection(spec.name, event)
-        with contextlib.suppress(Exception):
-            await msg.term()
-
-    def _decode(self, spec: AgentSpec, msg: Msg) -> RunRequest | str:
-        """The request, or the reason it is unusable. Never raises: whatever the bytes."""
-        try:
-            req = decode_request(msg.data)
-        except RecursionError:
-            return f"malformed run request ({len(msg.data)} bytes): nested too deeply to decode"
-        except Exception as exc:
-            return f"malformed run request ({len(msg.data)} bytes): {clip(safe_text(exc), 500)}"
-        try:
-            check_run_id(req.run_id)
-        except InvalidRequestError as exc:
-            return str(exc)
-        if req.agent != spec.name:
-            return f"request names agent {req.agent!r} but was sent to {spec.name!r}'s subject"
-        header_id = _header_run_id(msg)
-        if header_id and header_id != req.run_id:
-            return f"request for run {req.run_id!r} carries message id of run {header_id!r}"
-        if req.kind == "start" and req.epoch:
-            return f"a start request carries no epoch (got {req.epoch})"
-        limit = self.settings.max_nesting
-        if msgpack_may_nest_deeper(msg.data, limit) and nesting_depth_exceeds(req.input, limit):
-            return f"input nested deeper than max_nesting ({limit} levels)"
-        return req
-
     async def _place(self, spec: AgentSpec, msg: Msg) -> None:
         assert self.broker is not None and self.store is not None
-        req = self._decode(spec, msg)
+        req = self._intake.decode(spec, msg)
         if isinstance(req, str):
-            await self._refuse(spec, msg, req)
+            await self._intake.refuse(spec, msg, req)
             return
         try:
             lease = await self.broker.leases.acquire(req.run_id)
         except Exception:
-            await self._retry_later(msg)
+            await self._intake.retry_later(msg)
             raise
         if lease is None:
-            await self._lease_busy(req, msg)
+            await self._intake.lease_busy(req, msg)
             return
         # From here the keep-alive loop renews the lease too: a claim can outlast the TTL
         # (it rides out a Redis restart for up to 30 s), and a lease that ran out meanwhile
@@ -349,11 +278,11 @@ class Worker:
             # run does not wait out the lease TTL and ack_wait.
             with contextlib.suppress(Exception):
                 await self.broker.leases.release(lease)
-            await self._retry_later(msg)
+            await self._intake.retry_later(msg)
             raise
         if claim.outcome != "ok":
             await self.broker.leases.release(lease)
-            await self._not_placed(spec, msg, req, claim)
+            await self._intake.not_placed(spec, msg, req, claim)
             return
         if lease.lost:
             # The lease ran out or was taken while the claim was under way: this placement
@@ -363,101 +292,33 @@ class Worker:
             await msg.nak()
             return
         await msg.ack()
-        actor = RunActor(
+        placement = Placement(
             spec=spec,
             run_id=req.run_id,
             lease=lease,
             claim_seq=claim.seq,
-            claimed_at=claim.at,
             input=claim.input,
             cancel=claim.cancel,
             deadline=claim.deadline,
-            policies=spec.policies,
-            breakers=self.breakers,
-            fetch_closed=self.fetch_closed,
-            passivate_after=self.settings.passivate_after,
-            confirm_retry=self.settings.lease_confirm_retry,
-            store=self.store,
-            broker=self.broker,
-            worker_id=self.worker_id,
+            claimed_at=claim.at,
             trace_parent=obs.trace_parent(claim.trace, msg.headers),
         )
+        actor = RunActor(placement, self._actor_deps())
         self._host(actor)
 
-    async def _refuse(self, spec: AgentSpec, msg: Msg, reason: str) -> None:
-        """Reject an undecodable or invalid request (see :meth:`_reject` for whose end it is)."""
-        header_id = _header_run_id(msg)
-        try:
-            req: RunRequest | None = decode_request(msg.data)
-        except Exception:
-            req = None
-        run_id = header_id or (req.run_id if req is not None else "")
-        try:
-            run_id = check_run_id(run_id)
-        except InvalidRequestError:
-            run_id = ""
-        # The run's own submission is published with its bare run id as message id.
-        headers = msg.headers or {}
-        own = bool(run_id) and headers.get("Nats-Msg-Id") == submit_msg_id(run_id)
-        own = own and (req is None or (req.kind == "start" and req.run_id == run_id))
-        await self._reject(spec, msg, run_id or None, reason, own=own)
-
-    async def _not_placed(self, spec: AgentSpec, msg: Msg, req: RunRequest, claim: Claim) -> None:
-        """The claim refused the placement: skip, refuse or (poisoned) announce the failure."""
-        assert self.broker is not None
-        if claim.outcome == "wrong_agent":
-            reason = (
-                f"run {req.run_id!r} belongs to agent {claim.status!r}; a request for it on "
-                f"{spec.name!r}'s subject is refused"
+    def _actor_deps(self) -> ActorDeps:
+        assert self.broker is not None and self.store is not None
+        if self._deps is None:
+            self._deps = ActorDeps(
+                store=self.store,
+                broker=self.broker,
+                worker_id=self.worker_id,
+                breakers=self.breakers,
+                fetch_closed=self.fetch_closed,
+                passivate_after=self.settings.passivate_after,
+                confirm_retry=self.settings.lease_confirm_retry,
             )
-            await self._reject(spec, msg, req.run_id, reason, own=False)
-            return
-        if claim.outcome == "missing":
-            reason = f"resume request for run {req.run_id!r}, which does not exist"
-            await self._reject(spec, msg, req.run_id, reason, own=False)
-            return
-        await msg.ack()
-        if claim.outcome == "poisoned":
-            self.log.error("run.poisoned", run_id=req.run_id, reason=claim.status)
-            with contextlib.suppress(Exception):
-                await self.broker.events.publish(
-                    RunEvent(
-                        type=EV_FAILED,
-                        run_id=req.run_id,
-                        at=claim.at,
-                        worker=self.worker_id,
-                        jseq=claim.seq,
-                        data={"error": {"type": POISONED_ERROR, "message": claim.status}},
-                    )
-                )
-            return
-        # Ended already (a duplicate submit after completion) or a newer owner exists.
-        self.log.info("request.skipped", run_id=req.run_id, outcome=claim.outcome)
-
-    async def _retry_later(self, msg: Msg) -> None:
-        """A placement failed half way (a server error): have the request redelivered soon.
-
-        The delay doubles with every delivery up to ``ack_wait``, so an outage does not use
-        up ``max_deliver`` (and dead-letter the run) faster than unacked deliveries would.
-        """
-        try:
-            delivered = msg.metadata.num_delivered or 1
-        except Exception:  # not a JetStream message: nothing to count
-            delivered = 1
-        delay = min(_PLACE_RETRY_DELAY * 2 ** (delivered - 1), self.settings.ack_wait)
-        with contextlib.suppress(Exception):
-            await msg.nak(delay=delay)
-
-    async def _lease_busy(self, req: RunRequest, msg: Msg) -> None:
-        """Someone else holds the lease: drop the request if they own the run, else retry later."""
-        assert self.store is not None
-        record = await self.store.get_run(req.run_id)
-        if record is not None and (record.terminal or record.epoch > req.epoch):
-            await msg.ack()
-            return
-        # The holder has not claimed yet (or is releasing): ask again after a lease TTL,
-        # by which time the lease is either claimed or expired.
-        await msg.nak(delay=float(self.settings.lease_ttl))
+        return self._deps
 
     def _host(self, actor: RunActor) -> None:
         if self._stopping.is_set():

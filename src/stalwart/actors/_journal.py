@@ -1,0 +1,113 @@
+"""A live run's journal: fenced appends at the next position, safe against cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from stalwart.actors import _telemetry as obs
+from stalwart.checkpoints import JournalEntry
+from stalwart.checkpoints._store import SettlingFuture
+from stalwart.errors import LeaseLost, ServerUnavailableError
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
+    from stalwart.actors._rules import RunState
+    from stalwart.checkpoints import CheckpointStore, Entry, Finished
+
+T = TypeVar("T")
+
+
+async def _uncancellable(write: Coroutine[Any, Any, T] | asyncio.Future[T]) -> T:
+    """Finish a journal write even if the caller is cancelled meanwhile, then re-raise.
+
+    Frameworks cancel their own tasks (a tripped guardrail, a failed sibling tool). A write
+    abandoned mid-flight may still land in Redis; if the position counter did not move with
+    it, the next write would collide with it. So the write always completes (or fails) and
+    its outcome is accounted for before the cancellation goes on. A write that is already a
+    future (``CheckpointStore.append_future``) needs no task of its own.
+    """
+    fut = asyncio.ensure_future(write)
+    try:
+        if isinstance(fut, SettlingFuture):  # refuses cancellation itself: no shield needed
+            return await fut
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        if not fut.done():
+            await asyncio.wait({fut})
+        if not fut.cancelled() and fut.exception() is None:
+            # Landed: the caller bumps the position before the cancellation propagates.
+            raise _WrittenThenCancelled(fut.result()) from None
+        raise
+
+
+class _WrittenThenCancelled(asyncio.CancelledError):
+    """Cancellation that arrived during a journal write which nonetheless succeeded."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__()
+        self.value = value
+
+
+class RunJournal:
+    """The :class:`~stalwart.actors._ports.Journal` of a run this worker owns, by epoch.
+
+    Sets the run's flags from what the store answers: ``lost`` when a newer epoch fenced a
+    write, ``abandoned`` when Redis is unreachable, ``cancel_reason`` when a cancel is stored.
+    """
+
+    def __init__(self, store: CheckpointStore, state: RunState, next_seq: int) -> None:
+        self._store = store
+        self._state = state
+        self.next_seq = next_seq
+        """Where the next entry goes (the claim wrote the one before)."""
+        self._lock = asyncio.Lock()
+
+    async def append(self, entry: Entry) -> JournalEntry:
+        """Fenced append at the next position; raises LeaseLost if a newer epoch owns the run."""
+        state = self._state
+        if state.lost:
+            raise LeaseLost(f"run {state.run_id!r}: epoch {state.epoch} lost its lease")
+        async with self._lock:
+            seq = self.next_seq
+            t0 = time.perf_counter()
+            try:
+                cancel = await _uncancellable(
+                    self._store.append_future(state.run_id, state.epoch, seq, entry)
+                )
+            except _WrittenThenCancelled:
+                self.next_seq = seq + 1
+                raise
+            except LeaseLost:
+                state.lost = True
+                raise
+            except ServerUnavailableError:
+                state.abandoned = True
+                raise
+            self.next_seq = seq + 1
+            obs.journal_appended(time.perf_counter() - t0)
+        if cancel and not state.cancel_reason:
+            state.cancel_reason = cancel
+        return JournalEntry(seq=seq, entry=entry)
+
+    async def finish(self, entry: Finished) -> JournalEntry:
+        """Journal the run's end and end its record (fenced like :meth:`append`)."""
+        state = self._state
+        async with self._lock:
+            seq = self.next_seq
+            try:
+                await _uncancellable(self._store.finish(state.run_id, state.epoch, seq, entry))
+            except _WrittenThenCancelled:
+                self.next_seq = seq + 1
+                raise
+            self.next_seq = seq + 1
+        return JournalEntry(seq=seq, entry=entry)
+
+    async def read(self) -> list[JournalEntry]:
+        """The whole journal; the next append goes after its last entry."""
+        entries = await self._store.read_journal(self._state.run_id)
+        if entries:
+            self.next_seq = entries[-1].seq + 1
+        return entries

@@ -1,0 +1,98 @@
+"""The small interfaces between the step engine and what it runs against.
+
+``StepExecutor`` and ``Waits`` carry the decisions of ``_rules`` out against a
+:class:`Journal`, an :class:`EventSink` and an :class:`Owner`; ``RunContext`` talks to a
+:class:`RunHost`. The live actor and offline replay each provide their own.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from stalwart.actors._context import StepSpec
+    from stalwart.checkpoints import CheckpointStore, Entry, Finished, JournalEntry
+
+
+class Journal(Protocol):
+    """A run's journal: fenced appends at the next position, the final entry, a full read."""
+
+    async def append(self, entry: Entry) -> JournalEntry:
+        """Append ``entry``; raise ``LeaseLost`` if a newer epoch owns the run."""
+        ...
+
+    async def finish(self, entry: Finished) -> JournalEntry:
+        """Append the run's last entry and end the run's record with it."""
+        ...
+
+    async def read(self) -> list[JournalEntry]:
+        """Every entry, in order."""
+        ...
+
+
+class EventSink(Protocol):
+    """Where a run's events go (best effort: the journal is the truth)."""
+
+    async def emit(self, type: str, *, step: str = "", data: Any = None) -> None:
+        """Publish a non-journaled event of the run."""
+        ...
+
+    async def journaled(self, je: JournalEntry) -> None:
+        """Publish the event that tells of journal entry ``je``."""
+        ...
+
+
+class Owner(Protocol):
+    """The run's claim to go on: user code starts only while it holds."""
+
+    async def confirm(self) -> None:
+        """Return once the lease is known to be ours; raise ``LeaseLost`` if it is not."""
+        ...
+
+    async def ensure(self) -> None:
+        """The step-boundary check, then :meth:`confirm`."""
+        ...
+
+
+class RunHost(Protocol):
+    """What a :class:`~stalwart.actors.RunContext` needs from the run it serves."""
+
+    @property
+    def run_id(self) -> str: ...
+
+    @property
+    def agent(self) -> str: ...
+
+    @property
+    def epoch(self) -> int: ...
+
+    @property
+    def worker_id(self) -> str: ...
+
+    @property
+    def replaying(self) -> bool: ...
+
+    @property
+    def store(self) -> CheckpointStore: ...
+
+    def check_boundary(self) -> None:
+        """Raise if the run must stop now."""
+        ...
+
+    def mark_replayed(self, prefix: str) -> None:
+        """Journaled steps under ``prefix`` count as replayed."""
+        ...
+
+    def execute(self, spec: StepSpec, run: Callable[[], Awaitable[Any]]) -> Awaitable[Any]:
+        """The outcome of step ``spec``: replayed, or ``run`` live and journaled."""
+        ...
+
+    def wait(self, key: str, signal: str, timeout: float | None) -> Awaitable[Any]:
+        """A durable wait for ``signal`` (or a sleep, with ``signal == ""``)."""
+        ...
+
+    async def emit_live(self, type: str, data: Any, step: str = "") -> None:
+        """Publish a non-journaled event."""
+        ...
