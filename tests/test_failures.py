@@ -9,16 +9,16 @@ import pytest
 import redis.asyncio as aioredis
 
 from stalwart import Client, RunFailed, RunHandle
-from stalwart.actors._policy import (
+from stalwart.checkpoints import StepAttempt, StepDone, StepError, StepIntent
+from stalwart.errors import BudgetExceeded, NonRetryableError
+from stalwart.messages import RunRequest
+from stalwart.policies import (
     CircuitBreaker,
     Limits,
     RetryPolicy,
     RunUsage,
     classify,
 )
-from stalwart.checkpoints import StepAttempt, StepDone, StepError, StepIntent
-from stalwart.errors import BudgetExceeded, NonRetryableError
-from stalwart.messages import RunRequest
 from tests.apps import exec_key, gate_key
 from tests.conftest import WorkerFactory, eventually
 

@@ -17,7 +17,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from stalwart._text import ERROR_TEXT_LIMIT, clip, exception_text, safe_text, type_name
 from stalwart.actors._context import RunContext
 from stalwart.actors._execute import Drained, StepExecutor, error_info
-from stalwart.actors._policy import Breakers, Policies, RunUsage
 from stalwart.actors._waits import Passivated, Waits
 from stalwart.checkpoints import (
     ErrorInfo,
@@ -52,6 +51,7 @@ from stalwart.messages import (
     RunRequest,
 )
 from stalwart.observability import _hooks as obs
+from stalwart.policies import Breakers, Policies, RunUsage
 
 T = TypeVar("T")
 

@@ -12,17 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 from stalwart._text import ERROR_TEXT_LIMIT, clip, exception_text, safe_text, type_name
 from stalwart.actors._context import StepInfo, _current
-from stalwart.actors._policy import (
-    Breakers,
-    CircuitOpenError,
-    Policies,
-    RetryPolicy,
-    RunUsage,
-    StepOptions,
-    StepTimeoutError,
-    ToolOutcomeUnknown,
-    classify,
-)
 from stalwart.checkpoints import (
     ErrorInfo,
     JournalEntry,
@@ -33,9 +22,18 @@ from stalwart.checkpoints import (
     decode_value,
     encode_value,
 )
-from stalwart.errors import LeaseLost, NonDeterminismError, StalwartError, StepFailed
+from stalwart.errors import (
+    CircuitOpenError,
+    LeaseLost,
+    NonDeterminismError,
+    StalwartError,
+    StepFailed,
+    StepTimeoutError,
+    ToolOutcomeUnknown,
+)
 from stalwart.messages import EV_OUTCOME_UNKNOWN, EV_STEP_RETRYING, EV_STEP_STARTED
 from stalwart.observability import _hooks as obs
+from stalwart.policies import Breakers, Policies, RetryPolicy, RunUsage, StepOptions, classify
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

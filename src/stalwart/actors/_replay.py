@@ -17,7 +17,6 @@ import structlog
 
 from stalwart.actors._context import RunContext
 from stalwart.actors._execute import StepExecutor, _under_replayed, error_info
-from stalwart.actors._policy import Breakers, RunUsage
 from stalwart.actors._waits import Waits
 from stalwart.checkpoints import (
     ErrorInfo,
@@ -31,6 +30,7 @@ from stalwart.checkpoints import (
     encode_value,
 )
 from stalwart.errors import NonDeterminismError
+from stalwart.policies import Breakers, RunUsage
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

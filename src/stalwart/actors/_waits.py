@@ -20,10 +20,10 @@ from stalwart.messages import EV_WAIT_STARTED
 from stalwart.observability import _hooks as obs
 
 if TYPE_CHECKING:
-    from stalwart.actors._policy import Policies
     from stalwart.broker import Broker
     from stalwart.checkpoints import CheckpointStore, Entry, JournalEntry, StepError
     from stalwart.messages import RunEvent
+    from stalwart.policies import Policies
 
 # Even with notifications, look at the inbox now and then: a notification can be lost.
 _RECHECK = 5.0

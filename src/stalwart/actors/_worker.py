@@ -18,13 +18,13 @@ from stalwart import __version__
 from stalwart._ids import check_run_id
 from stalwart._text import clip, msgpack_may_nest_deeper, nesting_depth_exceeds, safe_text
 from stalwart.actors._actor import RunActor
-from stalwart.actors._policy import Breakers
 from stalwart.broker import Broker, WorkerInfo
 from stalwart.checkpoints import CheckpointStore, encode_value
 from stalwart.checkpoints._store import POISONED_ERROR
 from stalwart.errors import InvalidRequestError
 from stalwart.messages import EV_FAILED, EV_REJECTED, RunEvent, RunRequest, decode_request
 from stalwart.observability import _hooks as obs
+from stalwart.policies import Breakers
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg

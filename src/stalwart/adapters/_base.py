@@ -13,8 +13,8 @@ from stalwart.client import Client
 from stalwart.config import Settings
 
 if TYPE_CHECKING:
-    from stalwart.actors._policy import Policies
     from stalwart.client import RunHandle
+    from stalwart.policies import Policies
 
 default_app = App("stalwart-adapters")
 """The app adapters register into when none is given; serve it with

@@ -96,7 +96,7 @@ class History(msgspec.Struct, kw_only=True):
 
 
 def _cost(prices: Mapping[str, tuple[float, float]] | None, model: str, i: int, o: int) -> float:
-    from stalwart.actors._policy import Limits  # runtime import: actors imports this package
+    from stalwart.policies import Limits  # runtime import: actors imports this package
 
     limits = Limits() if prices is None else Limits(prices=dict(prices))
     return limits.cost(model, i, o)
@@ -163,7 +163,7 @@ def build_history(
     """The timeline of run ``run_id`` from its journal ``entries`` (and record, if known).
 
     ``prices`` (USD per million input/output tokens by model) default to
-    :data:`stalwart.actors._policy.DEFAULT_PRICES`.
+    :data:`stalwart.policies.DEFAULT_PRICES`.
     """
     placements: list[Placement] = []
     rows: dict[str, StepRow] = {}

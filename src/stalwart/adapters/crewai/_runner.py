@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from stalwart.actors import App, RunContext
-    from stalwart.actors._policy import Policies
     from stalwart.client import Client
+    from stalwart.policies import Policies
 
 T = TypeVar("T")
 

@@ -49,8 +49,8 @@ if TYPE_CHECKING:
     from langgraph.pregel import Pregel
 
     from stalwart.actors import App, RunContext
-    from stalwart.actors._policy import Policies
     from stalwart.client import Client
+    from stalwart.policies import Policies
 
 KIND_NODE = "node"
 """Step kind of a mirrored LangGraph task in the run's journal."""

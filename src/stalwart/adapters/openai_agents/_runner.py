@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from agents.run_state import RunState
 
     from stalwart.actors import App, RunContext
-    from stalwart.actors._policy import Policies
     from stalwart.client import Client
+    from stalwart.policies import Policies
 
 
 def durable_run_config(config: RunConfig | None = None) -> RunConfig:

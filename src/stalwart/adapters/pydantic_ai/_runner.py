@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     from pydantic_ai.messages import ModelMessage
 
     from stalwart.actors import App, RunContext
-    from stalwart.actors._policy import Policies
     from stalwart.client import Client, RunHandle
+    from stalwart.policies import Policies
 
 
 class AgentRequest(msgspec.Struct, omit_defaults=True):

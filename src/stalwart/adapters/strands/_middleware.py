@@ -26,10 +26,10 @@ from strands.middleware import ModelStopReason, ToolResultEvent
 from strands.tools.structured_output.structured_output_tool import StructuredOutputTool
 
 from stalwart.actors import StepSpec, Usage
-from stalwart.actors._policy import options_of
 from stalwart.adapters._base import canonical_fp
 from stalwart.adapters.strands._scope import RunScope, active, stream_step
 from stalwart.errors import ConfigurationError
+from stalwart.policies import options_of
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from strands.models.model import Model
     from strands.types.content import Messages
 
-    from stalwart.actors._policy import StepOptions
+    from stalwart.policies import StepOptions
 
     ModelNext = MiddlewareNext[InvokeModelContext, TypedEvent]
     ToolNext = MiddlewareNext[ExecuteToolContext, TypedEvent]

@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from strands.types._snapshot import Snapshot
 
     from stalwart.actors import App, RunContext
-    from stalwart.actors._policy import Policies
     from stalwart.client import Client
+    from stalwart.policies import Policies
 
 Target = Agent | MultiAgentBase
 """What a runner serves: an ``Agent``, a ``Graph`` or a ``Swarm`` (nested ones included)."""
