@@ -11,18 +11,19 @@ import asyncio
 import contextlib
 import os
 import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
 from stalwart import Client, Settings, Supervisor
-from stalwart.checkpoints import StepDone, encode_value
 from stalwart.testing import EmbeddedServers, StalwartProcess, worker_process
+
+# Re-exported: test files that predate tests.helpers import these from here.
+from tests.helpers import eventually as eventually
+from tests.helpers import step_done as step_done
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -189,36 +190,3 @@ async def workers(
 
 async def _registered(client: Client, worker_id: str) -> bool:
     return worker_id in {w.worker_id for w in await client.broker.workers()}
-
-
-async def eventually(
-    predicate: Callable[[], Awaitable[Any]],
-    *,
-    timeout: float = 20.0,
-    interval: float = 0.02,
-    message: Callable[[], str] | str = "condition not met",
-) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(message() if callable(message) else message)
-        await asyncio.sleep(interval)
-
-
-def step_done(key: str, value: Any, epoch: int = 5) -> StepDone:
-    """A journal entry of a completed trivial step, for store-level tests."""
-    return StepDone(
-        key=key,
-        kind="step",
-        name=key,
-        fp="fp",
-        result=encode_value(value),
-        epoch=epoch,
-        worker="w1",
-        at=1.0,
-        duration=0.1,
-    )

@@ -10,29 +10,10 @@ import redis.asyncio as aioredis
 
 from stalwart import Client, RunCancelled, RunFailed
 from stalwart.checkpoints import Finished, JournalEntry, Started, StepDone, StepError
-from tests.apps import exec_key, gate_key
-from tests.conftest import ROOT, Servers, WorkerFactory, eventually
+from tests.conftest import ROOT, Servers, WorkerFactory
+from tests.helpers import eventually, execs, gate_key, journal, journaled, owners, rid
 
 pytestmark = pytest.mark.slow
-
-
-def rid() -> str:
-    return uuid.uuid4().hex
-
-
-async def journal(client: Client, run_id: str) -> list[JournalEntry]:
-    return await client.store.read_journal(run_id)
-
-
-async def journaled(client: Client, run_id: str, key: str) -> bool:
-    return any(
-        isinstance(je.entry, StepDone) and je.entry.key == key
-        for je in await journal(client, run_id)
-    )
-
-
-async def execs(counters: aioredis.Redis, run_id: str, key: str) -> int:
-    return int(await counters.get(exec_key(run_id, key)) or 0)
 
 
 def check_single_owner(entries: list[JournalEntry]) -> list[int]:
@@ -70,8 +51,7 @@ async def test_sigkill_after_step5_resumes_on_another_worker(
         assert await execs(counters, run_id, f"step:s{i}") == 1, f"step s{i} body ran again"
     entries = await journal(client, run_id)
     assert len(check_single_owner(entries)) == 2
-    owners = [je.entry.worker for je in entries if isinstance(je.entry, Started)]
-    assert owners == ["a", "b"]
+    assert owners(entries) == ["a", "b"]
     assert [je.entry.worker for je in entries if isinstance(je.entry, StepDone)] == ["a"] * 5 + [
         "b"
     ] * 5

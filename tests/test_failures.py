@@ -19,20 +19,10 @@ from stalwart.policies import (
     RunUsage,
     classify,
 )
-from tests.apps import exec_key, gate_key
-from tests.conftest import WorkerFactory, eventually
+from tests.conftest import WorkerFactory
+from tests.helpers import entries_of, eventually, exec_key, execs, gate_key, rid
 
 pytestmark = pytest.mark.slow
-
-
-def rid() -> str:
-    return uuid.uuid4().hex
-
-
-async def entries(client: Client, run_id: str, kind: type) -> list:
-    return [
-        je.entry for je in await client.store.read_journal(run_id) if isinstance(je.entry, kind)
-    ]
 
 
 async def test_flaky_step_resumes_its_retry_sequence_after_a_crash(
@@ -42,20 +32,20 @@ async def test_flaky_step_resumes_its_retry_sequence_after_a_crash(
     run_id = rid()
     handle = await client.submit("flaky", 2, run_id=run_id)
     # Attempt 1 failed and is journaled; the worker dies during the 2 s backoff.
-    await eventually(lambda: entries(client, run_id, StepAttempt))
+    await eventually(lambda: entries_of(client, run_id, StepAttempt))
     a.kill()
     await workers("b", WORKER_NAME="b")
     assert await handle.result(timeout=30) == "ok after 3"
 
-    attempts = await entries(client, run_id, StepAttempt)
+    attempts = await entries_of(client, run_id, StepAttempt)
     assert [(e.attempt, e.error.type) for e in attempts] == [
         (1, "ConnectionError"),
         (2, "ConnectionError"),
     ]
     assert [e.worker for e in attempts] == ["a", "b"]
-    (done,) = await entries(client, run_id, StepDone)
+    (done,) = await entries_of(client, run_id, StepDone)
     assert done.attempt == 3
-    assert int(await counters.get(exec_key(run_id, "step:flaky"))) == 3  # not restarted at 1
+    assert await execs(counters, run_id, "step:flaky") == 3  # not restarted at 1
     assert await counters.lrange(f"attempts:{run_id}", 0, -1) == [b"1:a", b"2:b", b"3:b"]
 
 
@@ -67,8 +57,8 @@ async def test_non_retryable_error_fails_on_the_first_attempt(
     with pytest.raises(RunFailed) as info:
         await handle.result(timeout=20)
     assert (info.value.error_type, info.value.message) == ("NonRetryableError", "card declined")
-    assert int(await counters.get(exec_key(handle.run_id, "step:refuse"))) == 1
-    (err,) = await entries(client, handle.run_id, StepError)
+    assert await execs(counters, handle.run_id, "step:refuse") == 1
+    (err,) = await entries_of(client, handle.run_id, StepError)
     assert err.attempt == 1 and not err.error.retryable
 
 
@@ -81,8 +71,8 @@ async def test_step_timeout_is_retried_then_fails(
         await handle.result(timeout=20)
     assert info.value.error_type == "StepTimeoutError"
     assert "0.3s start-to-close timeout" in info.value.message
-    assert int(await counters.get(exec_key(handle.run_id, "step:too_slow"))) == 2
-    assert [e.error.type for e in await entries(client, handle.run_id, StepAttempt)] == [
+    assert await execs(counters, handle.run_id, "step:too_slow") == 2
+    assert [e.error.type for e in await entries_of(client, handle.run_id, StepAttempt)] == [
         "StepTimeoutError"
     ]
 
@@ -93,7 +83,7 @@ async def test_run_deadline_holds_across_a_crash(
     a = await workers("a")
     run_id = rid()
     handle = await client.submit("deadline", None, run_id=run_id)
-    await eventually(lambda: entries(client, run_id, StepDone))
+    await eventually(lambda: entries_of(client, run_id, StepDone))
     a.kill()
     await counters.lpush(gate_key(run_id, "after"), "go")
     await workers("b")
@@ -127,7 +117,7 @@ async def test_budgets_end_the_run_naming_the_budget(
         await handle.result(timeout=20)
     assert info.value.error_type == "BudgetExceeded"
     assert budget in info.value.message and figure in info.value.message
-    assert len(await entries(client, handle.run_id, StepDone)) < 10
+    assert len(await entries_of(client, handle.run_id, StepDone)) < 10
 
 
 async def test_loop_detection_ends_the_run(client: Client, workers: WorkerFactory) -> None:
@@ -137,7 +127,7 @@ async def test_loop_detection_ends_the_run(client: Client, workers: WorkerFactor
         await handle.result(timeout=20)
     assert info.value.error_type == "BudgetExceeded"
     assert "max_repeated_tool_calls" in info.value.message and "'search'" in info.value.message
-    assert len(await entries(client, handle.run_id, StepDone)) == 4  # the 5th repeat is refused
+    assert len(await entries_of(client, handle.run_id, StepDone)) == 4  # the 5th repeat is refused
 
 
 async def test_at_most_once_step_is_not_rerun_after_a_crash_mid_call(
@@ -154,8 +144,8 @@ async def test_at_most_once_step_is_not_rerun_after_a_crash_mid_call(
         await handle.result(timeout=30)
     assert info.value.error_type == "ToolOutcomeUnknown"
     assert f"{run_id}:step:charge" in info.value.message
-    assert int(await counters.get(exec_key(run_id, "step:charge"))) == 1
-    assert [e.attempt for e in await entries(client, run_id, StepIntent)] == [1]
+    assert await execs(counters, run_id, "step:charge") == 1
+    assert [e.attempt for e in await entries_of(client, run_id, StepIntent)] == [1]
 
 
 async def test_at_most_once_step_with_reconcile_hook_sees_the_same_idempotency_key(
@@ -171,7 +161,7 @@ async def test_at_most_once_step_with_reconcile_hook_sees_the_same_idempotency_k
     called_with = await counters.lrange(f"idem:{run_id}", 0, -1)
     reconciled_with = await counters.lrange(f"reconciled:{run_id}", 0, -1)
     assert called_with == reconciled_with == [f"{run_id}:step:charge".encode()]
-    assert int(await counters.get(exec_key(run_id, "step:charge"))) == 1
+    assert await execs(counters, run_id, "step:charge") == 1
 
 
 # -- pure policy logic ------------------------------------------------------------------------
@@ -343,7 +333,7 @@ async def test_at_most_once_step_can_wait_for_a_human_to_say_what_happened(
     assert question == {"signal": "outcome:step:charge", "idempotency_key": f"{run_id}:step:charge"}
     await handle.signal(question["signal"], "charged 5 (checked in the PSP dashboard)")
     assert await handle.result(timeout=30) == "charged 5 (checked in the PSP dashboard)"
-    assert int(await counters.get(exec_key(run_id, "step:charge"))) == 1  # never re-run
+    assert await execs(counters, run_id, "step:charge") == 1  # never re-run
 
 
 async def test_a_placement_that_fails_on_redis_hands_back_lease_and_request_at_once(

@@ -15,8 +15,8 @@ import nats
 import pytest
 import redis.asyncio as aioredis
 
-import stalwart.testing._servers as servers_module
-from stalwart.testing._servers import (
+import stalwart.servers as servers_module
+from stalwart.servers import (
     MIN_NATS_VERSION,
     EmbeddedServers,
     NatsServer,
@@ -201,7 +201,7 @@ def test_no_orphans_when_parent_is_sigkilled(tmp_path: Path) -> None:
     code = textwrap.dedent(
         """
         import time
-        from stalwart.testing._servers import EmbeddedServers
+        from stalwart.servers import EmbeddedServers
 
         servers = EmbeddedServers().start()
         print(servers.nats.pid, servers.redis.pid, flush=True)
@@ -239,7 +239,7 @@ def test_atexit_stops_servers_and_removes_temp_dirs(tmp_path: Path) -> None:
     env["TMPDIR"] = str(tmp_path)
     code = textwrap.dedent(
         """
-        from stalwart.testing._servers import EmbeddedServers
+        from stalwart.servers import EmbeddedServers
 
         servers = EmbeddedServers().start()
         print(servers.nats.pid, servers.redis.pid, flush=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-import uuid
 
 import msgspec
 import pytest
@@ -24,14 +23,10 @@ from stalwart.testing import (
     StalwartProcess,
     worker_process,
 )
-from tests.apps import exec_key, gate_key
-from tests.conftest import ROOT, WorkerFactory, eventually
+from tests.conftest import ROOT, WorkerFactory
+from tests.helpers import eventually, execs, gate_key, journaled, rid
 
 pytestmark = pytest.mark.slow
-
-
-def rid() -> str:
-    return uuid.uuid4().hex
 
 
 def supervisor_process(settings: Settings, name: str) -> StalwartProcess:
@@ -75,7 +70,7 @@ async def test_standby_supervisor_takes_over_and_resumes_an_orphan(
         a = await workers("a")
         run_id = rid()
         handle = await client.submit("ten", {"pause_after": 3}, run_id=run_id)
-        await eventually(lambda: _journaled(client, run_id, "step:s3"))
+        await eventually(lambda: journaled(client, run_id, "step:s3"))
         # Kill the leading supervisor and the worker together.
         a.kill()
         leading = sup1 if first and f"-{sup1.pid}-" in first else sup2
@@ -87,17 +82,10 @@ async def test_standby_supervisor_takes_over_and_resumes_an_orphan(
         now_leading = await leader(client)
         assert now_leading is not None and now_leading != first
         for i in range(1, 4):
-            assert int(await counters.get(exec_key(run_id, f"step:s{i}"))) == 1
+            assert await execs(counters, run_id, f"step:s{i}") == 1
     finally:
         sup1.kill()
         sup2.kill()
-
-
-async def _journaled(client: Client, run_id: str, key: str) -> bool:
-    return any(
-        isinstance(je.entry, StepDone) and je.entry.key == key
-        for je in await client.store.read_journal(run_id)
-    )
 
 
 async def test_poison_request_is_dead_lettered_with_its_reason(servers, namespace: str) -> None:
@@ -252,7 +240,7 @@ async def test_runs_survive_nats_and_redis_restarts(namespace: str, tmp_path) ->
                 for je in await client.store.read_journal(h.run_id):
                     e = je.entry
                     if isinstance(e, StepDone) and e.at + e.duration < disrupted_at:
-                        assert int(await counters.get(exec_key(h.run_id, e.key))) == 1, (
+                        assert await execs(counters, h.run_id, e.key) == 1, (
                             h.run_id,
                             e.key,
                         )

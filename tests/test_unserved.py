@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import msgspec
 import pytest
@@ -18,12 +17,9 @@ from stalwart.checkpoints._store import REJECTED_ERROR
 from stalwart.errors import QueueFullError
 from stalwart.messages import EV_REJECTED, RunRequest, decode_event
 from tests.conftest import eventually
+from tests.helpers import rid
 
 pytestmark = pytest.mark.slow
-
-
-def rid() -> str:
-    return uuid.uuid4().hex
 
 
 async def _subject_count(client: Client, subject: str) -> int:

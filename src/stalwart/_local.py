@@ -23,8 +23,9 @@ from stalwart.messages import (
     EV_STEP_STARTED,
     TERMINAL_EVENTS,
 )
+from stalwart.servers import EmbeddedServers
 from stalwart.supervisor import Supervisor
-from stalwart.testing import EmbeddedServers, StalwartProcess, worker_process
+from stalwart.testing import StalwartProcess, worker_process
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -171,7 +172,7 @@ async def demo(settings: Settings, *, kill_after: int = 4, lease_ttl_given: bool
         assert s.nats_url and s.redis_url
         procs: dict[str, StalwartProcess] = {
             wid: worker_process(
-                "stalwart._demo:app",
+                "stalwart._demo_agent:app",
                 nats_url=s.nats_url,
                 redis_url=s.redis_url,
                 worker_id=wid,

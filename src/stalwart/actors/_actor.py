@@ -14,6 +14,7 @@ from nats.errors import Error as NatsError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from stalwart._journal_events import entry_event
 from stalwart._text import ERROR_TEXT_LIMIT, clip, exception_text, safe_text, type_name
 from stalwart.actors._context import RunContext
 from stalwart.actors._execute import Drained, StepExecutor, error_info
@@ -34,19 +35,9 @@ from stalwart.checkpoints import (
 from stalwart.checkpoints._store import SettlingFuture
 from stalwart.errors import LeaseLost, RunCancelled, ServerUnavailableError, StalwartError
 from stalwart.messages import (
-    EV_CANCELLED,
-    EV_COMPLETED,
-    EV_FAILED,
     EV_LEASE_LOST,
     EV_PASSIVATED,
     EV_RELEASED,
-    EV_RESUMED,
-    EV_STARTED,
-    EV_STEP_COMPLETED,
-    EV_STEP_FAILED,
-    EV_STEP_INTENT,
-    EV_STEP_RETRYING,
-    EV_WAIT_STARTED,
     RunEvent,
     RunRequest,
 )
@@ -104,11 +95,6 @@ class _Fail(Exception):
     def __init__(self, info: ErrorInfo) -> None:
         super().__init__(info.message)
         self.info = info
-
-
-# Results up to this size travel in the run.completed event; larger ones only in the record,
-# so an event never exceeds the NATS payload limit.
-_MAX_EVENT_RESULT = 64 * 1024
 
 
 class RunActor(StepExecutor, Waits):
@@ -209,76 +195,7 @@ class RunActor(StepExecutor, Waits):
         await self._emit(self._event(type, step=step, data=data))
 
     def _journal_event(self, je: JournalEntry) -> RunEvent:
-        e = je.entry
-        if isinstance(e, Started):
-            return RunEvent(
-                type=EV_RESUMED if e.resumed else EV_STARTED,
-                run_id=self.run_id,
-                at=e.at,
-                worker=e.worker,
-                epoch=e.epoch,
-                jseq=je.seq,
-                data={"journaled_steps": len(self._journal)} if e.resumed else None,
-            )
-        if isinstance(e, StepDone | StepError):
-            data: dict[str, Any] = {"kind": e.kind, "name": e.name, "duration": e.duration}
-            if isinstance(e, StepError):
-                data["error"] = {"type": e.error.type, "message": e.error.message}
-            return RunEvent(
-                type=EV_STEP_COMPLETED if isinstance(e, StepDone) else EV_STEP_FAILED,
-                run_id=self.run_id,
-                at=e.at + e.duration,
-                worker=e.worker,
-                epoch=e.epoch,
-                jseq=je.seq,
-                step=e.key,
-                data=data,
-            )
-        if isinstance(e, StepAttempt | StepIntent | WaitStarted):
-            return self._progress_event(je.seq, e)
-        status_event = {"completed": EV_COMPLETED, "failed": EV_FAILED}.get(e.status, EV_CANCELLED)
-        fin: dict[str, Any] = {}
-        if len(e.result) > _MAX_EVENT_RESULT:
-            fin["result_bytes"] = len(e.result)  # too big for an event: read the record
-        elif len(e.result):
-            try:
-                fin["result"] = decode_value(e.result)
-            except Exception:  # too deep to decode here: the record has it
-                fin["result_bytes"] = len(e.result)
-        if e.error is not None:
-            fin["error"] = {"type": e.error.type, "message": e.error.message}
-        return RunEvent(
-            type=status_event,
-            run_id=self.run_id,
-            at=e.at,
-            worker=e.worker,
-            epoch=e.epoch,
-            jseq=je.seq,
-            data=fin,
-        )
-
-    def _progress_event(self, jseq: int, e: StepAttempt | StepIntent | WaitStarted) -> RunEvent:
-        if isinstance(e, StepAttempt):
-            type_ = EV_STEP_RETRYING
-            data: dict[str, Any] = {
-                "attempt": e.attempt,
-                "delay": e.delay,
-                "error": {"type": e.error.type, "message": e.error.message},
-            }
-        elif isinstance(e, StepIntent):
-            type_, data = EV_STEP_INTENT, {"attempt": e.attempt, "name": e.name}
-        else:
-            type_, data = EV_WAIT_STARTED, {"until": e.until, "signal": e.signal}
-        return RunEvent(
-            type=type_,
-            run_id=self.run_id,
-            at=e.at,
-            worker=e.worker,
-            epoch=e.epoch,
-            jseq=jseq,
-            step=e.key,
-            data=data,
-        )
+        return entry_event(self.run_id, je, journaled_steps=len(self._journal))
 
     # -- journal ------------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ from stalwart.errors import (
     StepTimeoutError,
     ToolOutcomeUnknown,
 )
-from stalwart.messages import EV_OUTCOME_UNKNOWN, EV_STEP_RETRYING, EV_STEP_STARTED
+from stalwart.messages import EV_OUTCOME_UNKNOWN, EV_STEP_STARTED
 from stalwart.observability import _hooks as obs
 from stalwart.policies import Breakers, Policies, RetryPolicy, RunUsage, StepOptions, classify
 
@@ -384,7 +384,7 @@ class StepExecutor:
             at=started,
             duration=duration,
         )
-        await self._append(entry)
+        je = await self._append(entry)
         self._attempts.setdefault(spec.key, []).append(entry)
         obs.step_retried(entry)
         self.log.info(
@@ -394,17 +394,7 @@ class StepExecutor:
             delay=round(delay, 3),
             error=f"{info.type}: {clip(info.message, 500)}",
         )
-        await self._emit(
-            self._event(
-                EV_STEP_RETRYING,
-                step=spec.key,
-                data={
-                    "attempt": attempt,
-                    "delay": delay,
-                    "error": {"type": info.type, "message": info.message},
-                },
-            )
-        )
+        await self._emit(self._journal_event(je))
 
     async def _record_error(
         self,

@@ -5,9 +5,7 @@ real ``redis-server`` on free loopback ports; ``worker_process`` runs a real wor
 SIGKILL; ``crash_stage`` sets both up, with a supervisor, for a crash demonstration.
 """
 
-from stalwart.testing._demo import CrashStage, crash_stage
-from stalwart.testing._processes import StalwartProcess, worker_process
-from stalwart.testing._servers import (
+from stalwart.servers import (
     MIN_NATS_VERSION,
     EmbeddedServers,
     NatsServer,
@@ -20,6 +18,8 @@ from stalwart.testing._servers import (
     free_port,
     nats_server_version,
 )
+from stalwart.testing._crash_stage import CrashStage, crash_stage
+from stalwart.testing._processes import StalwartProcess, worker_process
 
 __all__ = [
     "MIN_NATS_VERSION",

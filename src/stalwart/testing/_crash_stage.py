@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 
 from stalwart.client import Client
 from stalwart.config import Settings
+from stalwart.servers import EmbeddedServers
 from stalwart.supervisor import Supervisor
 from stalwart.testing._processes import StalwartProcess, worker_process
-from stalwart.testing._servers import EmbeddedServers
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

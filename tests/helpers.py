@@ -1,0 +1,155 @@
+"""Helpers shared by the test files and the test apps: one copy of each.
+
+Two sides meet in Redis. The apps (run inside worker processes) count each execution of a
+step body under :func:`exec_key` and block on gates (Redis lists under :func:`gate_key`)
+until the test pushes a token; the tests read the counts with :func:`execs` and open gates,
+so they can prove which bodies ran how often across SIGKILLs. The journal readers
+(:func:`journal`, :func:`journaled`, :func:`entries_of`, :func:`owners`) read what the
+worker recorded, through the client's store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import redis.asyncio as aioredis
+
+from stalwart import current_step
+from stalwart.checkpoints import JournalEntry, Started, StepDone, encode_value
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from stalwart import Client
+
+E = TypeVar("E")
+
+COUNTER_ENV = "COUNTER_REDIS_URL"
+"""Environment variable naming the Redis that apps count executions in (set by the tests)."""
+
+# -- keys: the one spelling of each, for apps and tests alike ---------------------------------
+
+
+def exec_key(run_id: str, step: str) -> str:
+    """Counter of the executions of step ``step``'s body in run ``run_id``."""
+    return f"exec:{run_id}:{step}"
+
+
+def gate_key(run_id: str, name: str) -> str:
+    """List a body (or agent code) blocks on until the test pushes a token."""
+    return f"gate:{run_id}:{name}"
+
+
+def gated_key(run_id: str, step: str) -> str:
+    """Flag that makes step ``step`` wait on its gate before doing anything."""
+    return f"gated:{run_id}:{step}"
+
+
+# -- the apps' side (inside worker processes) ---------------------------------------------------
+
+_redis: aioredis.Redis | None = None
+
+
+def counters() -> aioredis.Redis:
+    """The worker process's connection to the counters' Redis (``COUNTER_REDIS_URL``)."""
+    global _redis
+    if _redis is None:
+        _redis = aioredis.Redis.from_url(os.environ[COUNTER_ENV])
+    return _redis
+
+
+async def count_execution() -> None:
+    """Count one execution of the step body this is called from."""
+    info = current_step()
+    assert info is not None, "count_execution() outside a step body"
+    await counters().incr(exec_key(info.run_id, info.key))
+
+
+async def wait_gate(run_id: str, name: str, timeout: int = 60) -> None:
+    """Block until the test opens gate ``name`` of ``run_id`` (one token per pass)."""
+    got = await counters().blpop([gate_key(run_id, name)], timeout=timeout)
+    if got is None:
+        raise TimeoutError(f"gate {name} of {run_id} never opened")
+
+
+# -- the tests' side -----------------------------------------------------------------------------
+
+
+def rid() -> str:
+    """A fresh run id."""
+    return uuid.uuid4().hex
+
+
+async def execs(counters: aioredis.Redis, run_id: str, key: str) -> int:
+    """How often step ``key``'s body ran in ``run_id`` (0 if never)."""
+    return int(await counters.get(exec_key(run_id, key)) or 0)
+
+
+async def open_gate(counters: aioredis.Redis, run_id: str, name: str) -> None:
+    """Let one waiter through gate ``name`` of ``run_id``."""
+    await counters.lpush(gate_key(run_id, name), "go")
+
+
+async def journal(client: Client, run_id: str) -> list[JournalEntry]:
+    """The run's whole journal."""
+    return await client.store.read_journal(run_id)
+
+
+async def journaled(client: Client, run_id: str, key: str) -> bool:
+    """Whether step ``key`` of ``run_id`` has a ``StepDone`` in the journal."""
+    return any(
+        isinstance(je.entry, StepDone) and je.entry.key == key
+        for je in await journal(client, run_id)
+    )
+
+
+async def entries_of(client: Client, run_id: str, kind: type[E]) -> list[E]:
+    """The journal entries of one type (``StepDone``, ``StepAttempt``...), in order."""
+    return [je.entry for je in await journal(client, run_id) if isinstance(je.entry, kind)]
+
+
+def owners(entries: list[JournalEntry]) -> list[str]:
+    """The worker of each placement (each ``Started`` entry), in order."""
+    return [je.entry.worker for je in entries if isinstance(je.entry, Started)]
+
+
+def step_owners(entries: list[JournalEntry]) -> dict[str, str]:
+    """Which worker journaled each completed step, by step key."""
+    return {je.entry.key: je.entry.worker for je in entries if isinstance(je.entry, StepDone)}
+
+
+async def eventually(
+    predicate: Callable[[], Awaitable[Any]],
+    *,
+    timeout: float = 20.0,
+    interval: float = 0.02,
+    message: Callable[[], str] | str = "condition not met",
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(message() if callable(message) else message)
+        await asyncio.sleep(interval)
+
+
+def step_done(key: str, value: Any, epoch: int = 5) -> StepDone:
+    """A journal entry of a completed trivial step, for store-level tests."""
+    return StepDone(
+        key=key,
+        kind="step",
+        name=key,
+        fp="fp",
+        result=encode_value(value),
+        epoch=epoch,
+        worker="w1",
+        at=1.0,
+        duration=0.1,
+    )
