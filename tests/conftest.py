@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import subprocess
 import uuid
@@ -20,12 +21,56 @@ import redis.asyncio as aioredis
 
 from stalwart import Client, Settings, Supervisor
 from stalwart.testing import EmbeddedServers, StalwartProcess, worker_process
+from tests.helpers import LoopWatchdog
 
 # Re-exported: test files that predate tests.helpers import these from here.
 from tests.helpers import eventually as eventually
 from tests.helpers import step_done as step_done
 
 ROOT = Path(__file__).resolve().parent.parent
+
+LOOP_BLOCK_LIMIT = float(os.environ.get("STALWART_TEST_LOOP_BLOCK_LIMIT", "0.3"))
+"""Seconds the event loop may go without running callbacks during an async test (0: off).
+
+A blocking call in a coroutine (``time.sleep``, a sync socket, a big ``subprocess.run``)
+stalls every run the worker hosts; the suite fails a test that does it. 0.3 s catches a
+``time.sleep(0.5)`` and stays above what a loaded 2-core CI machine shows on its own (the
+worst lag measured over the crash, failure, client and CLI tests was under 0.1 s).
+"""
+
+
+def _append_line(path: str, line: str) -> None:
+    with open(path, "a") as f:
+        f.write(line + "\n")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "blocks_loop: the test blocks the event loop on purpose (no loop watchdog)"
+    )
+
+
+@pytest.fixture(autouse=True)
+async def _loop_watchdog(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Fail an async test during which the event loop was blocked past LOOP_BLOCK_LIMIT."""
+    if (
+        LOOP_BLOCK_LIMIT <= 0
+        or not inspect.iscoroutinefunction(getattr(request.node, "obj", None))
+        or request.node.get_closest_marker("blocks_loop") is not None
+    ):
+        yield
+        return
+    dog = LoopWatchdog(LOOP_BLOCK_LIMIT)
+    dog.start()
+    yield
+    await dog.stop()
+    log = os.environ.get("STALWART_TEST_LOOP_LAG_LOG")
+    if (
+        log
+    ):  # for tuning the limit on a machine: one line per test (written once the watchdog stopped)
+        _append_line(log, f"{dog.max_lag:.4f} {request.node.nodeid}")
+    if dog.blocked:
+        pytest.fail(dog.report(), pytrace=False)
 
 
 class Servers:

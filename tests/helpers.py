@@ -11,8 +11,12 @@ worker recorded, through the client's store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import sys
+import threading
 import time
+import traceback
 import uuid
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -153,3 +157,75 @@ def step_done(key: str, value: Any, epoch: int = 5) -> StepDone:
         at=1.0,
         duration=0.1,
     )
+
+
+# -- a blocked event loop fails the test ---------------------------------------------------------
+
+
+class LoopWatchdog:
+    """Notices when the event loop stops running callbacks for longer than ``threshold``.
+
+    A task on the loop wakes every ``interval`` seconds and measures how late it woke (the
+    loop's lag); a thread beside it takes the loop thread's stack when a wake-up is overdue,
+    so a failure can say which call blocked. Costs one short task wake-up per ``interval``.
+    """
+
+    def __init__(self, threshold: float, interval: float = 0.05) -> None:
+        self.threshold = threshold
+        self.interval = interval
+        self.max_lag = 0.0
+        """The longest stretch, beyond ``interval``, that the loop left the task waiting."""
+        self.stack = ""
+        """Where the loop thread was when it was first seen blocked past ``threshold``."""
+        self._last = time.monotonic()
+        self._stop = threading.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def blocked(self) -> bool:
+        """Whether the loop was blocked for longer than ``threshold``."""
+        return self.max_lag > self.threshold
+
+    async def _beat(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t0 = loop.time()
+            self._last = time.monotonic()
+            await asyncio.sleep(self.interval)
+            self.max_lag = max(self.max_lag, loop.time() - t0 - self.interval)
+
+    def _watch(self, loop_thread: int) -> None:
+        while not self._stop.wait(self.interval):
+            if self.stack or time.monotonic() - self._last <= self.threshold + self.interval:
+                continue
+            frame = sys._current_frames().get(loop_thread)
+            if frame is not None:
+                self.stack = "".join(traceback.format_stack(frame, limit=12))
+
+    def start(self) -> None:
+        """Start watching the running loop (call from a coroutine on it)."""
+        self._task = asyncio.get_running_loop().create_task(self._beat(), name="loop-watchdog")
+        self._thread = threading.Thread(
+            target=self._watch, args=(threading.get_ident(),), daemon=True, name="loop-watchdog"
+        )
+        self._thread.start()
+
+    async def stop(self) -> None:
+        """Stop watching; :attr:`max_lag` and :attr:`stack` keep what was seen."""
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._thread is not None:
+            self._thread.join()
+
+    def report(self) -> str:
+        """What a failing test says about the block."""
+        where = f"\nThe loop thread was at:\n{self.stack}" if self.stack else ""
+        return (
+            f"the event loop was blocked for {self.max_lag:.3f} s (limit {self.threshold} s): "
+            "a blocking call runs in a coroutine (use anyio.to_thread.run_sync or an async "
+            "API), or mark the test @pytest.mark.blocks_loop if it must block." + where
+        )

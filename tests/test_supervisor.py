@@ -15,7 +15,6 @@ from stalwart.actors import App
 from stalwart.broker import LeaseManager
 from stalwart.checkpoints import StepDone
 from stalwart.errors import CorruptRecordError
-from stalwart.supervisor import judge
 from stalwart.testing import (
     EmbeddedServers,
     NatsServer,
@@ -140,17 +139,6 @@ async def test_poison_request_is_dead_lettered_with_its_reason(servers, namespac
         sup.stop()
         await sup_task
         await client.close()
-
-
-def test_judge_flags_stuck_runs() -> None:
-    from stalwart.checkpoints import RunRecord
-
-    rec = RunRecord(run_id="r", agent="a", status="running", epoch=3, updated_at=100.0)
-    assert judge(rec, "w1", now=150.0, stuck_after=60.0).action == "none"
-    assert judge(rec, "w1", now=200.0, stuck_after=60.0).action == "stuck"
-    assert judge(rec, None, now=200.0, stuck_after=60.0).action == "replace"
-    waiting = msgspec.structs.replace(rec, status="waiting")
-    assert judge(waiting, None).action == "none"
 
 
 async def test_stuck_run_is_reported_and_replaced(
