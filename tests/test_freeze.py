@@ -266,7 +266,7 @@ async def test_sigterm_during_a_long_step_hands_the_run_over_at_the_drain_budget
         assert (await handle.status()).worker == "b"
         await counters.lpush(gate_key(run_id, "in"), "1", "2")
         assert await handle.result(timeout=30) == sum(i * 10 for i in range(1, 11))
-        assert a.proc.wait(timeout=10) == 0  # type: ignore[union-attr]
+        assert await asyncio.to_thread(a.proc.wait, 10) == 0  # type: ignore[union-attr]
         log = a.log_text()
         handed = [line for line in log.splitlines() if "run.handed_over" in line and run_id in line]
         assert len(handed) == 1 and '"cancelled"' in handed[0], log[-3000:]
@@ -280,6 +280,7 @@ async def _at_least(counters: aioredis.Redis, run_id: str, key: str, n: int) -> 
 
 @pytest.mark.slow
 @pytest.mark.timeout(60)
+@pytest.mark.blocks_loop  # starts and kills its own NATS with the servers' blocking API
 async def test_a_lease_nats_cannot_confirm_starts_no_step_body(
     namespace: str, own_redis: RedisServer, counters: aioredis.Redis
 ) -> None:

@@ -84,6 +84,7 @@ def test_find_binaries_honour_env(monkeypatch: pytest.MonkeyPatch) -> None:
         find_redis_server()
 
 
+@pytest.mark.blocks_loop  # drives the servers' blocking (sync) API from the test
 async def test_nats_server_jetstream_and_stop() -> None:
     server = NatsServer()
     assert server.port not in SHARED_PORTS
@@ -106,6 +107,7 @@ async def test_nats_server_jetstream_and_stop() -> None:
     server.stop()  # idempotent
 
 
+@pytest.mark.blocks_loop  # drives the servers' blocking (sync) API from the test
 async def test_redis_aof_survives_kill() -> None:
     server = RedisServer(appendonly=True, appendfsync="always")
     assert server.url == f"redis://127.0.0.1:{server.port}/0"
@@ -133,6 +135,7 @@ async def test_redis_aof_survives_kill() -> None:
     assert server.pid is None
 
 
+@pytest.mark.blocks_loop  # drives the servers' blocking (sync) API from the test
 async def test_nats_restart_keeps_jetstream_stream(tmp_path: Path) -> None:
     server = NatsServer(store_dir=tmp_path / "js")
     server.start()

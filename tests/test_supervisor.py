@@ -178,6 +178,7 @@ async def _event_of(handle, type_: str):
     return None
 
 
+@pytest.mark.blocks_loop  # kills and restarts the servers with their blocking API, on purpose
 async def test_runs_survive_nats_and_redis_restarts(namespace: str, tmp_path) -> None:
     nats = NatsServer(store_dir=tmp_path / "js")
     redis = RedisServer(data_dir=tmp_path / "redis", appendonly=True, appendfsync="always")

