@@ -39,6 +39,10 @@ async def test_flaky_step_resumes_its_retry_sequence_after_a_crash(
     assert done.attempt == 3
     assert await execs(counters, run_id, "step:flaky") == 3  # not restarted at 1
     assert await counters.lrange(f"attempts:{run_id}", 0, -1) == [b"1:a", b"2:b", b"3:b"]
+    # Each failed attempt is announced once across the crash: a new owner's republish of
+    # attempt 1's event is the same event (same jseq, same message id) and is dropped.
+    events = [ev async for ev in handle.events(follow=False)]
+    assert [ev.data["attempt"] for ev in events if ev.type == "step.retrying"] == [1, 2]
 
 
 async def test_non_retryable_error_fails_on_the_first_attempt(
