@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 
 from stalwart import Client, RunCancelled, RunFailed
 from stalwart.checkpoints import Finished, JournalEntry, Started, StepDone, StepError
+from stalwart.messages import event_data
 from tests.conftest import ROOT, Servers, WorkerFactory
 from tests.helpers import eventually, execs, gate_key, journal, journaled, owners, rid
 
@@ -65,6 +66,11 @@ async def test_sigkill_after_step5_resumes_on_another_worker(
         len(resumed) == 1 and resumed[0].worker == "b" and resumed[0].data == {"journaled_steps": 5}
     )
     assert [ev.jseq for ev in events if ev.jseq] == [je.seq for je in entries]
+    # Every event's data has the shape of its type's struct (raises where it does not).
+    types = {ev.type for ev in events}
+    assert {"run.accepted", "run.started", "run.resumed", "run.completed"} <= types
+    for ev in events:
+        assert (event_data(ev) is None) == (ev.type == "run.started"), ev
 
 
 async def test_sigkill_inside_step6_runs_step6_again(
