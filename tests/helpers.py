@@ -168,6 +168,11 @@ class LoopWatchdog:
     A task on the loop wakes every ``interval`` seconds and measures how late it woke (the
     loop's lag); a thread beside it takes the loop thread's stack when a wake-up is overdue,
     so a failure can say which call blocked. Costs one short task wake-up per ``interval``.
+
+    Between a test's fixtures and its body pytest stops the loop and runs plain code (sync
+    fixtures, its own bookkeeping): the loop is then not blocked, just not running. The thread
+    notices that (``loop.is_running()`` is false) and the wake-up after such a gap is not
+    counted.
     """
 
     def __init__(self, threshold: float, interval: float = 0.05) -> None:
@@ -178,6 +183,7 @@ class LoopWatchdog:
         self.stack = ""
         """Where the loop thread was when it was first seen blocked past ``threshold``."""
         self._last = time.monotonic()
+        self._gap = False
         self._stop = threading.Event()
         self._task: asyncio.Task[None] | None = None
         self._thread: threading.Thread | None = None
@@ -193,10 +199,17 @@ class LoopWatchdog:
             t0 = loop.time()
             self._last = time.monotonic()
             await asyncio.sleep(self.interval)
+            if self._gap:  # the loop was stopped meanwhile: that wait says nothing
+                self._gap = False
+                continue
             self.max_lag = max(self.max_lag, loop.time() - t0 - self.interval)
 
-    def _watch(self, loop_thread: int) -> None:
+    def _watch(self, loop: asyncio.AbstractEventLoop, loop_thread: int) -> None:
         while not self._stop.wait(self.interval):
+            if not loop.is_running():
+                self._gap = True
+                self._last = time.monotonic()  # nothing is overdue while the loop is stopped
+                continue
             if self.stack or time.monotonic() - self._last <= self.threshold + self.interval:
                 continue
             frame = sys._current_frames().get(loop_thread)
@@ -205,9 +218,13 @@ class LoopWatchdog:
 
     def start(self) -> None:
         """Start watching the running loop (call from a coroutine on it)."""
-        self._task = asyncio.get_running_loop().create_task(self._beat(), name="loop-watchdog")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._beat(), name="loop-watchdog")
         self._thread = threading.Thread(
-            target=self._watch, args=(threading.get_ident(),), daemon=True, name="loop-watchdog"
+            target=self._watch,
+            args=(loop, threading.get_ident()),
+            daemon=True,
+            name="loop-watchdog",
         )
         self._thread.start()
 

@@ -38,6 +38,27 @@ async def test_watchdog_is_quiet_while_the_loop_only_waits() -> None:
     assert dog.stack == ""
 
 
+def test_watchdog_ignores_the_time_the_loop_is_stopped() -> None:
+    # Between fixtures and the test body pytest stops the loop and runs plain code (a sync
+    # fixture that stops a server, say): the loop is not blocked then, just not running.
+    loop = asyncio.new_event_loop()
+    try:
+        dog = LoopWatchdog(threshold=0.4)
+
+        async def begin() -> None:
+            dog.start()
+            await asyncio.sleep(0.1)
+
+        loop.run_until_complete(begin())
+        time.sleep(0.6)  # the loop is stopped: nothing runs on it
+        loop.run_until_complete(asyncio.sleep(0.2))
+        loop.run_until_complete(dog.stop())
+        assert not dog.blocked, dog.report()
+        assert dog.stack == ""
+    finally:
+        loop.close()
+
+
 async def blocks_on_purpose() -> None:
     """Collected only by the test below, in a pytest of its own."""
     time.sleep(0.5)  # noqa: ASYNC251 - on purpose
