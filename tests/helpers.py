@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import sys
 import threading
@@ -172,7 +173,9 @@ class LoopWatchdog:
     Between a test's fixtures and its body pytest stops the loop and runs plain code (sync
     fixtures, its own bookkeeping): the loop is then not blocked, just not running. The thread
     notices that (``loop.is_running()`` is false) and the wake-up after such a gap is not
-    counted.
+    counted. Garbage collection is not counted either: a full collection of a test process
+    that has imported every framework can pause it for a few hundred ms under load, and no
+    coroutine can help that.
     """
 
     def __init__(self, threshold: float, interval: float = 0.05) -> None:
@@ -184,6 +187,8 @@ class LoopWatchdog:
         """Where the loop thread was when it was first seen blocked past ``threshold``."""
         self._last = time.monotonic()
         self._gap = False
+        self._gc_total = 0.0
+        self._gc_began: float | None = None
         self._stop = threading.Event()
         self._task: asyncio.Task[None] | None = None
         self._thread: threading.Thread | None = None
@@ -196,13 +201,21 @@ class LoopWatchdog:
     async def _beat(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            t0 = loop.time()
+            t0, gc0 = loop.time(), self._gc_total
             self._last = time.monotonic()
             await asyncio.sleep(self.interval)
             if self._gap:  # the loop was stopped meanwhile: that wait says nothing
                 self._gap = False
                 continue
-            self.max_lag = max(self.max_lag, loop.time() - t0 - self.interval)
+            lag = loop.time() - t0 - self.interval - (self._gc_total - gc0)
+            self.max_lag = max(self.max_lag, lag)
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_began = time.perf_counter()
+        elif self._gc_began is not None:
+            self._gc_total += time.perf_counter() - self._gc_began
+            self._gc_began = None
 
     def _watch(self, loop: asyncio.AbstractEventLoop, loop_thread: int) -> None:
         while not self._stop.wait(self.interval):
@@ -210,7 +223,9 @@ class LoopWatchdog:
                 self._gap = True
                 self._last = time.monotonic()  # nothing is overdue while the loop is stopped
                 continue
-            if self.stack or time.monotonic() - self._last <= self.threshold + self.interval:
+            if self.stack or self._gc_began is not None:
+                continue
+            if time.monotonic() - self._last <= self.threshold + self.interval + self._gc_total:
                 continue
             frame = sys._current_frames().get(loop_thread)
             if frame is not None:
@@ -219,6 +234,7 @@ class LoopWatchdog:
     def start(self) -> None:
         """Start watching the running loop (call from a coroutine on it)."""
         loop = asyncio.get_running_loop()
+        gc.callbacks.append(self._on_gc)
         self._task = loop.create_task(self._beat(), name="loop-watchdog")
         self._thread = threading.Thread(
             target=self._watch,
@@ -231,6 +247,8 @@ class LoopWatchdog:
     async def stop(self) -> None:
         """Stop watching; :attr:`max_lag` and :attr:`stack` keep what was seen."""
         self._stop.set()
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self._on_gc)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import subprocess
 import sys
@@ -57,6 +58,23 @@ def test_watchdog_ignores_the_time_the_loop_is_stopped() -> None:
         assert dog.stack == ""
     finally:
         loop.close()
+
+
+async def test_watchdog_does_not_count_garbage_collection() -> None:
+    # A full collection of a process that imported every framework can pause it for a few
+    # hundred ms on a loaded machine; that is no blocking call a test could avoid.
+    junk = [[i] for i in range(1_000_000)]  # containers the collector has to walk
+    dog = LoopWatchdog(threshold=0.4)
+    dog.start()
+    await asyncio.sleep(0.1)
+    t0 = time.perf_counter()
+    gc.collect()
+    took = time.perf_counter() - t0
+    await asyncio.sleep(0.1)
+    await dog.stop()
+    del junk
+    assert took > 0.02, "the collection was too short to tell anything"
+    assert dog.max_lag < took / 2, (dog.max_lag, took)
 
 
 async def blocks_on_purpose() -> None:
