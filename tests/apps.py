@@ -12,40 +12,14 @@ import os
 from typing import Any
 
 import msgspec
-import redis.asyncio as aioredis
 
 from stalwart import App, RunContext, current_step
+from tests.helpers import count_execution, counters, exec_key, gate_key, wait_gate
+
+# counters, exec_key and gate_key are imported from here by the adapter test apps.
+__all__ = ["app", "count_execution", "counters", "exec_key", "gate_key", "wait_gate"]
 
 app = App("tests")
-
-_redis: aioredis.Redis | None = None
-
-
-def counters() -> aioredis.Redis:
-    global _redis
-    if _redis is None:
-        _redis = aioredis.Redis.from_url(os.environ["COUNTER_REDIS_URL"])
-    return _redis
-
-
-def exec_key(run_id: str, step: str) -> str:
-    return f"exec:{run_id}:{step}"
-
-
-def gate_key(run_id: str, name: str) -> str:
-    return f"gate:{run_id}:{name}"
-
-
-async def count_execution() -> None:
-    info = current_step()
-    assert info is not None
-    await counters().incr(exec_key(info.run_id, info.key))
-
-
-async def wait_gate(run_id: str, name: str) -> None:
-    got = await counters().blpop([gate_key(run_id, name)], timeout=60)
-    if got is None:
-        raise TimeoutError(f"gate {name} of {run_id} never opened")
 
 
 class TenSteps(msgspec.Struct):

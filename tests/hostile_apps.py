@@ -1,7 +1,7 @@
 """Agents for the hostile-input tests (``tests.hostile_apps:app``): bad requests, odd exceptions,
 huge texts, runs that crash their actor on every placement.
 
-Executions are counted in Redis (``COUNTER_REDIS_URL``) like in ``tests.apps``.
+Executions are counted in Redis (``COUNTER_REDIS_URL``) (``tests.helpers``).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from stalwart import NO_RETRY, App, RetryPolicy, RunContext, durable
-from tests.apps import count_execution, counters, wait_gate
+from tests.helpers import count_execution, counters, wait_gate
 
 app = App("h3")
 

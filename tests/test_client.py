@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 
 import msgspec
 import pytest
@@ -22,12 +21,8 @@ from stalwart import (
 )
 from stalwart.checkpoints import Started, StepError, encode_value
 from stalwart.messages import RunRequest, decode_event
-from tests.apps import exec_key
 from tests.conftest import WorkerFactory, eventually
-
-
-def rid() -> str:
-    return uuid.uuid4().hex
+from tests.helpers import execs, rid
 
 
 async def collect(client: Client, run_id: str, *, follow: bool = True) -> list[RunEvent]:
@@ -47,7 +42,7 @@ async def test_duplicate_submit_is_one_run(
     assert await again.result(timeout=5) == 6
     journal = await client.store.read_journal(run_id)
     assert sum(isinstance(je.entry, Started) for je in journal) == 1
-    assert int(await counters.get(exec_key(run_id, "step:q")) or 0) == 1
+    assert await execs(counters, run_id, "step:q") == 1
     assert [r.run_id for r in await client.runs()].count(run_id) == 1
 
 

@@ -32,8 +32,8 @@ from stalwart.cli import (
     EXIT_USAGE,
 )
 from stalwart.errors import ConfigurationError
+from stalwart.servers import find_nats_server
 from stalwart.testing import NatsServer, free_port
-from stalwart.testing._servers import find_nats_server
 from tests.conftest import ROOT, eventually
 from tests.test_cli import _env, run_cli
 

@@ -10,29 +10,11 @@ import redis.asyncio as aioredis
 
 from stalwart import Client, RunCancelled, RunFailed
 from stalwart.checkpoints import Finished, JournalEntry, Started, StepDone, StepError
-from tests.apps import exec_key, gate_key
-from tests.conftest import ROOT, Servers, WorkerFactory, eventually
+from stalwart.messages import event_data
+from tests.conftest import ROOT, Servers, WorkerFactory
+from tests.helpers import eventually, execs, gate_key, journal, journaled, owners, rid
 
 pytestmark = pytest.mark.slow
-
-
-def rid() -> str:
-    return uuid.uuid4().hex
-
-
-async def journal(client: Client, run_id: str) -> list[JournalEntry]:
-    return await client.store.read_journal(run_id)
-
-
-async def journaled(client: Client, run_id: str, key: str) -> bool:
-    return any(
-        isinstance(je.entry, StepDone) and je.entry.key == key
-        for je in await journal(client, run_id)
-    )
-
-
-async def execs(counters: aioredis.Redis, run_id: str, key: str) -> int:
-    return int(await counters.get(exec_key(run_id, key)) or 0)
 
 
 def check_single_owner(entries: list[JournalEntry]) -> list[int]:
@@ -70,8 +52,7 @@ async def test_sigkill_after_step5_resumes_on_another_worker(
         assert await execs(counters, run_id, f"step:s{i}") == 1, f"step s{i} body ran again"
     entries = await journal(client, run_id)
     assert len(check_single_owner(entries)) == 2
-    owners = [je.entry.worker for je in entries if isinstance(je.entry, Started)]
-    assert owners == ["a", "b"]
+    assert owners(entries) == ["a", "b"]
     assert [je.entry.worker for je in entries if isinstance(je.entry, StepDone)] == ["a"] * 5 + [
         "b"
     ] * 5
@@ -85,6 +66,11 @@ async def test_sigkill_after_step5_resumes_on_another_worker(
         len(resumed) == 1 and resumed[0].worker == "b" and resumed[0].data == {"journaled_steps": 5}
     )
     assert [ev.jseq for ev in events if ev.jseq] == [je.seq for je in entries]
+    # Every event's data has the shape of its type's struct (raises where it does not).
+    types = {ev.type for ev in events}
+    assert {"run.accepted", "run.started", "run.resumed", "run.completed"} <= types
+    for ev in events:
+        assert (event_data(ev) is None) == (ev.type == "run.started"), ev
 
 
 async def test_sigkill_inside_step6_runs_step6_again(
@@ -191,12 +177,9 @@ async def test_graceful_sigterm_hands_the_run_over_without_supervisor(
     await eventually(lambda: execs(counters, run_id, "step:wait#2"), timeout=20)
     await counters.lpush(gate_key(run_id, "in"), "2", "3")
     assert await handle.result(timeout=30) == 3
-    assert a.proc.wait(timeout=10) == 0
+    assert await asyncio.to_thread(a.proc.wait, 10) == 0
     assert await execs(counters, run_id, "step:wait") == 1  # the drained step was not re-run
-    owners = [
-        je.entry.worker for je in await journal(client, run_id) if isinstance(je.entry, Started)
-    ]
-    assert owners == ["a", "b"]
+    assert owners(await journal(client, run_id)) == ["a", "b"]
 
 
 async def test_cancel_reaches_a_run_owned_by_another_process(

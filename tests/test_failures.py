@@ -9,30 +9,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from stalwart import Client, RunFailed, RunHandle
-from stalwart.actors._policy import (
-    CircuitBreaker,
-    Limits,
-    RetryPolicy,
-    RunUsage,
-    classify,
-)
 from stalwart.checkpoints import StepAttempt, StepDone, StepError, StepIntent
-from stalwart.errors import BudgetExceeded, NonRetryableError
 from stalwart.messages import RunRequest
-from tests.apps import exec_key, gate_key
-from tests.conftest import WorkerFactory, eventually
+from tests.conftest import WorkerFactory
+from tests.helpers import entries_of, eventually, exec_key, execs, gate_key, rid
 
 pytestmark = pytest.mark.slow
-
-
-def rid() -> str:
-    return uuid.uuid4().hex
-
-
-async def entries(client: Client, run_id: str, kind: type) -> list:
-    return [
-        je.entry for je in await client.store.read_journal(run_id) if isinstance(je.entry, kind)
-    ]
 
 
 async def test_flaky_step_resumes_its_retry_sequence_after_a_crash(
@@ -42,21 +24,25 @@ async def test_flaky_step_resumes_its_retry_sequence_after_a_crash(
     run_id = rid()
     handle = await client.submit("flaky", 2, run_id=run_id)
     # Attempt 1 failed and is journaled; the worker dies during the 2 s backoff.
-    await eventually(lambda: entries(client, run_id, StepAttempt))
+    await eventually(lambda: entries_of(client, run_id, StepAttempt))
     a.kill()
     await workers("b", WORKER_NAME="b")
     assert await handle.result(timeout=30) == "ok after 3"
 
-    attempts = await entries(client, run_id, StepAttempt)
+    attempts = await entries_of(client, run_id, StepAttempt)
     assert [(e.attempt, e.error.type) for e in attempts] == [
         (1, "ConnectionError"),
         (2, "ConnectionError"),
     ]
     assert [e.worker for e in attempts] == ["a", "b"]
-    (done,) = await entries(client, run_id, StepDone)
+    (done,) = await entries_of(client, run_id, StepDone)
     assert done.attempt == 3
-    assert int(await counters.get(exec_key(run_id, "step:flaky"))) == 3  # not restarted at 1
+    assert await execs(counters, run_id, "step:flaky") == 3  # not restarted at 1
     assert await counters.lrange(f"attempts:{run_id}", 0, -1) == [b"1:a", b"2:b", b"3:b"]
+    # Each failed attempt is announced once across the crash: a new owner's republish of
+    # attempt 1's event is the same event (same jseq, same message id) and is dropped.
+    events = [ev async for ev in handle.events(follow=False)]
+    assert [ev.data["attempt"] for ev in events if ev.type == "step.retrying"] == [1, 2]
 
 
 async def test_non_retryable_error_fails_on_the_first_attempt(
@@ -67,8 +53,8 @@ async def test_non_retryable_error_fails_on_the_first_attempt(
     with pytest.raises(RunFailed) as info:
         await handle.result(timeout=20)
     assert (info.value.error_type, info.value.message) == ("NonRetryableError", "card declined")
-    assert int(await counters.get(exec_key(handle.run_id, "step:refuse"))) == 1
-    (err,) = await entries(client, handle.run_id, StepError)
+    assert await execs(counters, handle.run_id, "step:refuse") == 1
+    (err,) = await entries_of(client, handle.run_id, StepError)
     assert err.attempt == 1 and not err.error.retryable
 
 
@@ -81,8 +67,8 @@ async def test_step_timeout_is_retried_then_fails(
         await handle.result(timeout=20)
     assert info.value.error_type == "StepTimeoutError"
     assert "0.3s start-to-close timeout" in info.value.message
-    assert int(await counters.get(exec_key(handle.run_id, "step:too_slow"))) == 2
-    assert [e.error.type for e in await entries(client, handle.run_id, StepAttempt)] == [
+    assert await execs(counters, handle.run_id, "step:too_slow") == 2
+    assert [e.error.type for e in await entries_of(client, handle.run_id, StepAttempt)] == [
         "StepTimeoutError"
     ]
 
@@ -93,7 +79,7 @@ async def test_run_deadline_holds_across_a_crash(
     a = await workers("a")
     run_id = rid()
     handle = await client.submit("deadline", None, run_id=run_id)
-    await eventually(lambda: entries(client, run_id, StepDone))
+    await eventually(lambda: entries_of(client, run_id, StepDone))
     a.kill()
     await counters.lpush(gate_key(run_id, "after"), "go")
     await workers("b")
@@ -127,7 +113,7 @@ async def test_budgets_end_the_run_naming_the_budget(
         await handle.result(timeout=20)
     assert info.value.error_type == "BudgetExceeded"
     assert budget in info.value.message and figure in info.value.message
-    assert len(await entries(client, handle.run_id, StepDone)) < 10
+    assert len(await entries_of(client, handle.run_id, StepDone)) < 10
 
 
 async def test_loop_detection_ends_the_run(client: Client, workers: WorkerFactory) -> None:
@@ -137,7 +123,7 @@ async def test_loop_detection_ends_the_run(client: Client, workers: WorkerFactor
         await handle.result(timeout=20)
     assert info.value.error_type == "BudgetExceeded"
     assert "max_repeated_tool_calls" in info.value.message and "'search'" in info.value.message
-    assert len(await entries(client, handle.run_id, StepDone)) == 4  # the 5th repeat is refused
+    assert len(await entries_of(client, handle.run_id, StepDone)) == 4  # the 5th repeat is refused
 
 
 async def test_at_most_once_step_is_not_rerun_after_a_crash_mid_call(
@@ -154,8 +140,8 @@ async def test_at_most_once_step_is_not_rerun_after_a_crash_mid_call(
         await handle.result(timeout=30)
     assert info.value.error_type == "ToolOutcomeUnknown"
     assert f"{run_id}:step:charge" in info.value.message
-    assert int(await counters.get(exec_key(run_id, "step:charge"))) == 1
-    assert [e.attempt for e in await entries(client, run_id, StepIntent)] == [1]
+    assert await execs(counters, run_id, "step:charge") == 1
+    assert [e.attempt for e in await entries_of(client, run_id, StepIntent)] == [1]
 
 
 async def test_at_most_once_step_with_reconcile_hook_sees_the_same_idempotency_key(
@@ -171,83 +157,10 @@ async def test_at_most_once_step_with_reconcile_hook_sees_the_same_idempotency_k
     called_with = await counters.lrange(f"idem:{run_id}", 0, -1)
     reconciled_with = await counters.lrange(f"reconciled:{run_id}", 0, -1)
     assert called_with == reconciled_with == [f"{run_id}:step:charge".encode()]
-    assert int(await counters.get(exec_key(run_id, "step:charge"))) == 1
+    assert await execs(counters, run_id, "step:charge") == 1
 
 
 # -- pure policy logic ------------------------------------------------------------------------
-
-
-class HTTPError(Exception):
-    def __init__(self, status: int, retry_after: str | None = None) -> None:
-        super().__init__(f"HTTP {status}")
-        self.status_code = status
-        self.response = type(
-            "R", (), {"headers": {"retry-after": retry_after} if retry_after else {}}
-        )()
-
-
-@pytest.mark.parametrize(
-    ("status", "retryable"),
-    [
-        (408, True),
-        (409, True),
-        (429, True),
-        (500, True),
-        (503, True),
-        (400, False),
-        (401, False),
-        (404, False),
-        (422, False),
-    ],
-)
-def test_http_errors_are_classified_like_apis_mean_them(status: int, retryable: bool) -> None:
-    assert classify(HTTPError(status), RetryPolicy())[0] is retryable
-
-
-def test_retry_after_is_honoured_and_backoff_grows_to_its_cap() -> None:
-    ok, after = classify(HTTPError(429, "7"), RetryPolicy())
-    assert ok and after == 7.0
-    policy = RetryPolicy(initial_interval=1.0, backoff=2.0, max_interval=5.0, jitter=0.0)
-    assert [policy.delay(n) for n in (1, 2, 3, 4)] == [1.0, 2.0, 4.0, 5.0]
-    assert policy.delay(1, retry_after=7.0) == 7.0
-    jittered = RetryPolicy(initial_interval=10.0, jitter=0.2)
-    assert jittered.delay(1, rand=0.0) == 8.0 and jittered.delay(1, rand=1.0) == 12.0
-    assert classify(NonRetryableError("no"), RetryPolicy())[0] is False
-    assert classify(KeyError("x"), RetryPolicy(non_retryable=(KeyError,)))[0] is False
-
-
-def test_circuit_breaker_opens_fails_fast_and_recovers_after_cooldown() -> None:
-    b = CircuitBreaker(threshold=3, cooldown=10.0)
-    for _ in range(3):
-        assert b.before_call(now=0.0) is None
-        b.record(False, now=0.0)
-    assert b.state(now=1.0) == "open"
-    assert b.before_call(now=1.0) == pytest.approx(9.0)  # fails fast
-    assert b.state(now=10.5) == "half_open"
-    assert b.before_call(now=10.5) is None  # one trial
-    assert b.before_call(now=10.6) is not None  # others still fail fast
-    b.record(False, now=10.7)
-    assert b.state(now=11.0) == "open"  # the trial failed: open again
-    assert b.before_call(now=21.0) is None
-    b.record(True, now=21.0)
-    assert b.state(now=21.0) == "closed"
-
-
-def test_run_usage_budgets() -> None:
-    limits = Limits(max_iterations=2, max_tokens=1000, max_repeated_tool_calls=3)
-    usage = RunUsage()
-    usage.before_model(limits)
-    usage.add_model(limits, "gpt-4o-2024-08-06", 1_000_000, 0)
-    assert usage.cost_usd == pytest.approx(2.5)  # dated model names find their price
-    with pytest.raises(
-        BudgetExceeded, match="max_tokens budget exceeded: limit 1000, reached 1e\\+06"
-    ):
-        usage.before_model(limits)
-    usage.add_tool(limits, "search", "a")
-    usage.add_tool(limits, "search", "b")
-    usage.add_tool(limits, "search", "b")
-    with pytest.raises(BudgetExceeded, match="max_repeated_tool_calls"):
-        usage.add_tool(limits, "search", "b")
 
 
 async def test_circuit_breaker_opens_shows_in_heartbeat_and_recovers(
@@ -343,7 +256,7 @@ async def test_at_most_once_step_can_wait_for_a_human_to_say_what_happened(
     assert question == {"signal": "outcome:step:charge", "idempotency_key": f"{run_id}:step:charge"}
     await handle.signal(question["signal"], "charged 5 (checked in the PSP dashboard)")
     assert await handle.result(timeout=30) == "charged 5 (checked in the PSP dashboard)"
-    assert int(await counters.get(exec_key(run_id, "step:charge"))) == 1  # never re-run
+    assert await execs(counters, run_id, "step:charge") == 1  # never re-run
 
 
 async def test_a_placement_that_fails_on_redis_hands_back_lease_and_request_at_once(

@@ -11,7 +11,6 @@ import asyncio
 import os
 import signal
 import time
-import uuid
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -23,17 +22,13 @@ from stalwart.broker._lease import lease_fresh
 from stalwart.checkpoints import Started, StepDone
 from stalwart.messages import RunRequest
 from stalwart.testing import NatsServer, RedisServer
-from tests.apps import exec_key, gate_key
-from tests.conftest import Servers, eventually, worker_pool
+from tests.conftest import Servers, worker_pool
+from tests.helpers import eventually, execs, gate_key, journaled, owners, rid
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
     from stalwart.testing import StalwartProcess
-
-
-def rid() -> str:
-    return uuid.uuid4().hex
 
 
 # ------------------------------------------------------------------- the freshness rule
@@ -102,10 +97,6 @@ async def counters(own_redis: RedisServer) -> AsyncIterator[aioredis.Redis]:
     await r.aclose()
 
 
-async def execs(counters: aioredis.Redis, run_id: str, key: str) -> int:
-    return int(await counters.get(exec_key(run_id, key)) or 0)
-
-
 async def _logged(proc: StalwartProcess, needle: str) -> bool:
     return needle in proc.log_text()
 
@@ -127,7 +118,7 @@ async def test_worker_resumed_after_sigstop_starts_no_journaled_step_again(
         a = await start("a")
         run_id = rid()
         handle = await client.submit("ten", {"pause_after": 3}, run_id=run_id)
-        await eventually(lambda: _journaled(client, run_id, "step:s3"))
+        await eventually(lambda: journaled(client, run_id, "step:s3"))
         # Now in agent code between s3 and s4 (blocked on the 'after' gate): freeze it.
         a.pause()
         try:
@@ -148,14 +139,7 @@ async def test_worker_resumed_after_sigstop_starts_no_journaled_step_again(
             assert n == 1, f"step s{i} body ran {n} times:\n{a.log_text()[-3000:]}"
         assert a.alive(), "the woken worker should give the run up, not crash"
         entries = await client.store.read_journal(run_id)
-        assert [je.entry.worker for je in entries if isinstance(je.entry, Started)] == ["a", "b"]
-
-
-async def _journaled(client: Client, run_id: str, key: str) -> bool:
-    return any(
-        isinstance(je.entry, StepDone) and je.entry.key == key
-        for je in await client.store.read_journal(run_id)
-    )
+        assert owners(entries) == ["a", "b"]
 
 
 async def _owner_is(handle, worker: str) -> bool:  # type: ignore[no-untyped-def]
@@ -282,7 +266,7 @@ async def test_sigterm_during_a_long_step_hands_the_run_over_at_the_drain_budget
         assert (await handle.status()).worker == "b"
         await counters.lpush(gate_key(run_id, "in"), "1", "2")
         assert await handle.result(timeout=30) == sum(i * 10 for i in range(1, 11))
-        assert a.proc.wait(timeout=10) == 0  # type: ignore[union-attr]
+        assert await asyncio.to_thread(a.proc.wait, 10) == 0  # type: ignore[union-attr]
         log = a.log_text()
         handed = [line for line in log.splitlines() if "run.handed_over" in line and run_id in line]
         assert len(handed) == 1 and '"cancelled"' in handed[0], log[-3000:]
@@ -296,6 +280,7 @@ async def _at_least(counters: aioredis.Redis, run_id: str, key: str, n: int) -> 
 
 @pytest.mark.slow
 @pytest.mark.timeout(60)
+@pytest.mark.blocks_loop  # starts and kills its own NATS with the servers' blocking API
 async def test_a_lease_nats_cannot_confirm_starts_no_step_body(
     namespace: str, own_redis: RedisServer, counters: aioredis.Redis
 ) -> None:
@@ -315,7 +300,7 @@ async def test_a_lease_nats_cannot_confirm_starts_no_step_body(
                 a = await start("a")
                 run_id = rid()
                 await client.submit("ten", {"pause_after": 3}, run_id=run_id)
-                await eventually(lambda: _journaled(client, run_id, "step:s3"))
+                await eventually(lambda: journaled(client, run_id, "step:s3"))
                 os.kill(nats.pid, signal.SIGSTOP)
                 try:
                     # Let the lease age past its fresh window (a renewal was at most a

@@ -12,7 +12,6 @@ import json
 import os
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -35,8 +34,8 @@ from stalwart import (
 from stalwart._text import ERROR_TEXT_LIMIT
 from stalwart.checkpoints import Finished, Started, WaitStarted, encode_value
 from stalwart.messages import RunRequest, encode_request, read_event
-from tests.apps import exec_key, gate_key
 from tests.conftest import Servers, WorkerFactory, eventually, worker_pool
+from tests.helpers import exec_key, gate_key, rid
 
 pytestmark = pytest.mark.slow
 
@@ -48,10 +47,6 @@ async def workers(settings: Settings, servers: Servers, client: Client) -> Async
     """Worker processes serving ``tests.hostile_apps:app``."""
     async with worker_pool("tests.hostile_apps:app", settings, servers, client) as start:
         yield start
-
-
-def rid() -> str:
-    return uuid.uuid4().hex
 
 
 def deep(n: int) -> Any:

@@ -31,9 +31,9 @@ from opentelemetry.trace import SpanKind
 
 from stalwart import Client, RunFailed, Settings, observability, telemetry
 from stalwart.actors import _telemetry as actor_telemetry
-from stalwart.actors._policy import Policies
 from stalwart.checkpoints import ErrorInfo, Finished, StepAttempt, StepDone, StepError, encode_value
 from stalwart.errors import ConfigurationError
+from stalwart.policies import Policies
 from stalwart.supervisor import _telemetry as supervisor_telemetry
 from stalwart.telemetry import _metrics, _tracing
 from stalwart.telemetry._tracing import carrier_json, context_from, span_record

@@ -15,8 +15,8 @@ import nats
 import pytest
 import redis.asyncio as aioredis
 
-import stalwart.testing._servers as servers_module
-from stalwart.testing._servers import (
+import stalwart.servers as servers_module
+from stalwart.servers import (
     MIN_NATS_VERSION,
     EmbeddedServers,
     NatsServer,
@@ -84,6 +84,7 @@ def test_find_binaries_honour_env(monkeypatch: pytest.MonkeyPatch) -> None:
         find_redis_server()
 
 
+@pytest.mark.blocks_loop  # drives the servers' blocking (sync) API from the test
 async def test_nats_server_jetstream_and_stop() -> None:
     server = NatsServer()
     assert server.port not in SHARED_PORTS
@@ -106,6 +107,7 @@ async def test_nats_server_jetstream_and_stop() -> None:
     server.stop()  # idempotent
 
 
+@pytest.mark.blocks_loop  # drives the servers' blocking (sync) API from the test
 async def test_redis_aof_survives_kill() -> None:
     server = RedisServer(appendonly=True, appendfsync="always")
     assert server.url == f"redis://127.0.0.1:{server.port}/0"
@@ -133,6 +135,7 @@ async def test_redis_aof_survives_kill() -> None:
     assert server.pid is None
 
 
+@pytest.mark.blocks_loop  # drives the servers' blocking (sync) API from the test
 async def test_nats_restart_keeps_jetstream_stream(tmp_path: Path) -> None:
     server = NatsServer(store_dir=tmp_path / "js")
     server.start()
@@ -201,7 +204,7 @@ def test_no_orphans_when_parent_is_sigkilled(tmp_path: Path) -> None:
     code = textwrap.dedent(
         """
         import time
-        from stalwart.testing._servers import EmbeddedServers
+        from stalwart.servers import EmbeddedServers
 
         servers = EmbeddedServers().start()
         print(servers.nats.pid, servers.redis.pid, flush=True)
@@ -239,7 +242,7 @@ def test_atexit_stops_servers_and_removes_temp_dirs(tmp_path: Path) -> None:
     env["TMPDIR"] = str(tmp_path)
     code = textwrap.dedent(
         """
-        from stalwart.testing._servers import EmbeddedServers
+        from stalwart.servers import EmbeddedServers
 
         servers = EmbeddedServers().start()
         print(servers.nats.pid, servers.redis.pid, flush=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 
 import msgspec
 import pytest
@@ -13,12 +12,9 @@ from stalwart import Client, Settings
 from stalwart.checkpoints import WaitStarted
 from stalwart.errors import InvalidRequestError, SignalRefusedError
 from tests.conftest import WorkerFactory, eventually
+from tests.helpers import rid
 
 pytestmark = pytest.mark.slow
-
-
-def rid() -> str:
-    return uuid.uuid4().hex
 
 
 async def _waiting(client: Client, run_id: str) -> bool:

@@ -3,27 +3,16 @@
 from __future__ import annotations
 
 import time
-import uuid
 
 import pytest
 import redis.asyncio as aioredis
 
 from stalwart import Client, RunCancelled
 from stalwart.checkpoints import StepDone, WaitStarted
-from tests.apps import exec_key
-from tests.conftest import WorkerFactory, eventually
+from tests.conftest import WorkerFactory
+from tests.helpers import entries_of, eventually, execs, rid
 
 pytestmark = pytest.mark.slow
-
-
-def rid() -> str:
-    return uuid.uuid4().hex
-
-
-async def entries(client: Client, run_id: str, kind: type) -> list:
-    return [
-        je.entry for je in await client.store.read_journal(run_id) if isinstance(je.entry, kind)
-    ]
 
 
 async def status_is(client: Client, run_id: str, status: str) -> bool:
@@ -47,7 +36,7 @@ async def test_wait_survives_sigkill_passivates_and_wakes_on_signal(
     a = await workers("a", STALWART_PASSIVATE_AFTER="1.5")
     run_id = rid()
     handle = await client.submit("approval", 9, run_id=run_id)
-    await eventually(lambda: entries(client, run_id, WaitStarted))
+    await eventually(lambda: entries_of(client, run_id, WaitStarted))
     a.kill()  # inside the wait, before passivation
     await workers("b", STALWART_PASSIVATE_AFTER="0.5")
 
@@ -61,8 +50,8 @@ async def test_wait_survives_sigkill_passivates_and_wakes_on_signal(
     await eventually(b_idle, timeout=10)  # passivated: no slot held
     assert await handle.signal("approve", "yes") == "woke"
     assert await handle.result(timeout=20) == {"quote": 9, "decision": "yes"}
-    assert int(await counters.get(exec_key(run_id, "step:quote"))) == 1
-    assert len(await entries(client, run_id, WaitStarted)) == 1  # one wait, continued
+    assert await execs(counters, run_id, "step:quote") == 1
+    assert len(await entries_of(client, run_id, WaitStarted)) == 1  # one wait, continued
     types = [e.type async for e in handle.events(follow=False)]
     assert "run.passivated" in types and "signal.received" in types
 
@@ -78,16 +67,16 @@ async def test_durable_sleep_passivates_and_the_timer_wakes_it(
     assert (await handle.status()).wake_at == pytest.approx(t0 + 2.5, abs=1.0)
     assert await handle.result(timeout=20) == "rested"
     assert time.time() - t0 >= 2.5
-    done = [e.key for e in await entries(client, run_id, StepDone)]
+    done = [e.key for e in await entries_of(client, run_id, StepDone)]
     assert done == ["step:before", "sleep", "step:after"]
-    assert int(await counters.get(exec_key(run_id, "step:before"))) == 1
+    assert await execs(counters, run_id, "step:before") == 1
 
 
 async def test_wait_timeout_is_journaled_and_raised(client: Client, workers: WorkerFactory) -> None:
     await workers()
     handle = await client.submit("impatient", None)
     assert await handle.result(timeout=20) == "timed out"
-    (wait,) = [e for e in await entries(client, handle.run_id, StepDone) if e.kind == "signal"]
+    (wait,) = [e for e in await entries_of(client, handle.run_id, StepDone) if e.kind == "signal"]
     assert wait.key == "signal:never"
 
 

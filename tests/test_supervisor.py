@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-import uuid
 
 import msgspec
 import pytest
@@ -16,7 +15,6 @@ from stalwart.actors import App
 from stalwart.broker import LeaseManager
 from stalwart.checkpoints import StepDone
 from stalwart.errors import CorruptRecordError
-from stalwart.supervisor import judge
 from stalwart.testing import (
     EmbeddedServers,
     NatsServer,
@@ -24,14 +22,10 @@ from stalwart.testing import (
     StalwartProcess,
     worker_process,
 )
-from tests.apps import exec_key, gate_key
-from tests.conftest import ROOT, WorkerFactory, eventually
+from tests.conftest import ROOT, WorkerFactory
+from tests.helpers import eventually, execs, gate_key, journaled, rid
 
 pytestmark = pytest.mark.slow
-
-
-def rid() -> str:
-    return uuid.uuid4().hex
 
 
 def supervisor_process(settings: Settings, name: str) -> StalwartProcess:
@@ -75,7 +69,7 @@ async def test_standby_supervisor_takes_over_and_resumes_an_orphan(
         a = await workers("a")
         run_id = rid()
         handle = await client.submit("ten", {"pause_after": 3}, run_id=run_id)
-        await eventually(lambda: _journaled(client, run_id, "step:s3"))
+        await eventually(lambda: journaled(client, run_id, "step:s3"))
         # Kill the leading supervisor and the worker together.
         a.kill()
         leading = sup1 if first and f"-{sup1.pid}-" in first else sup2
@@ -87,17 +81,10 @@ async def test_standby_supervisor_takes_over_and_resumes_an_orphan(
         now_leading = await leader(client)
         assert now_leading is not None and now_leading != first
         for i in range(1, 4):
-            assert int(await counters.get(exec_key(run_id, f"step:s{i}"))) == 1
+            assert await execs(counters, run_id, f"step:s{i}") == 1
     finally:
         sup1.kill()
         sup2.kill()
-
-
-async def _journaled(client: Client, run_id: str, key: str) -> bool:
-    return any(
-        isinstance(je.entry, StepDone) and je.entry.key == key
-        for je in await client.store.read_journal(run_id)
-    )
 
 
 async def test_poison_request_is_dead_lettered_with_its_reason(servers, namespace: str) -> None:
@@ -154,17 +141,6 @@ async def test_poison_request_is_dead_lettered_with_its_reason(servers, namespac
         await client.close()
 
 
-def test_judge_flags_stuck_runs() -> None:
-    from stalwart.checkpoints import RunRecord
-
-    rec = RunRecord(run_id="r", agent="a", status="running", epoch=3, updated_at=100.0)
-    assert judge(rec, "w1", now=150.0, stuck_after=60.0).action == "none"
-    assert judge(rec, "w1", now=200.0, stuck_after=60.0).action == "stuck"
-    assert judge(rec, None, now=200.0, stuck_after=60.0).action == "replace"
-    waiting = msgspec.structs.replace(rec, status="waiting")
-    assert judge(waiting, None).action == "none"
-
-
 async def test_stuck_run_is_reported_and_replaced(
     client: Client, settings: Settings, workers: WorkerFactory, counters: aioredis.Redis
 ) -> None:
@@ -202,6 +178,7 @@ async def _event_of(handle, type_: str):
     return None
 
 
+@pytest.mark.blocks_loop  # kills and restarts the servers with their blocking API, on purpose
 async def test_runs_survive_nats_and_redis_restarts(namespace: str, tmp_path) -> None:
     nats = NatsServer(store_dir=tmp_path / "js")
     redis = RedisServer(data_dir=tmp_path / "redis", appendonly=True, appendfsync="always")
@@ -252,7 +229,7 @@ async def test_runs_survive_nats_and_redis_restarts(namespace: str, tmp_path) ->
                 for je in await client.store.read_journal(h.run_id):
                     e = je.entry
                     if isinstance(e, StepDone) and e.at + e.duration < disrupted_at:
-                        assert int(await counters.get(exec_key(h.run_id, e.key))) == 1, (
+                        assert await execs(counters, h.run_id, e.key) == 1, (
                             h.run_id,
                             e.key,
                         )

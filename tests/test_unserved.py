@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import msgspec
 import pytest
@@ -18,12 +17,9 @@ from stalwart.checkpoints._store import REJECTED_ERROR
 from stalwart.errors import QueueFullError
 from stalwart.messages import EV_REJECTED, RunRequest, decode_event
 from tests.conftest import eventually
+from tests.helpers import rid
 
 pytestmark = pytest.mark.slow
-
-
-def rid() -> str:
-    return uuid.uuid4().hex
 
 
 async def _subject_count(client: Client, subject: str) -> int:
@@ -166,27 +162,3 @@ async def test_requests_of_every_consumer_are_served_past_one_listing_page(
     finally:
         await sup.close()
         await client.close()
-
-
-@pytest.mark.parametrize(
-    ("field", "value"),
-    [
-        ("runs_max_msgs", 0),
-        ("runs_max_bytes", -2),
-        ("events_max_msgs", 0),
-        ("events_max_bytes", 0),
-        ("request_max_bytes", 0),
-        ("unserved_after", -1),
-        ("signal_max_bytes", 0),
-        ("signal_name_max", 0),
-        ("signal_max_pending", 0),
-        ("cancel_reason_max", 0),
-    ],
-)
-def test_limit_settings_are_checked(field: str, value: int) -> None:
-    from stalwart.errors import ConfigurationError
-
-    with pytest.raises(ConfigurationError, match=field):
-        Settings(**{field: value})
-    with pytest.raises(ConfigurationError, match=field):
-        Settings.from_env(**{field: str(value)})

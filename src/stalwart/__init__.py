@@ -6,7 +6,6 @@ whose worker dies resumes on another worker at the step where it stopped.
 
 from stalwart._version import __version__
 from stalwart.actors import App, RunContext, StepInfo, StepSpec, Worker, current_step
-from stalwart.actors._policy import NO_RETRY, Limits, Policies, RetryPolicy, durable
 from stalwart.checkpoints import RunRecord
 from stalwart.client import Client, RunHandle
 from stalwart.config import Settings
@@ -36,6 +35,7 @@ from stalwart.errors import (
     UnknownAgentError,
 )
 from stalwart.messages import RunEvent, RunRequest
+from stalwart.policies import NO_RETRY, Limits, Policies, RetryPolicy, durable
 from stalwart.supervisor import Supervisor
 
 __all__ = [

@@ -22,9 +22,15 @@ from stalwart.messages import (
     EV_STEP_COMPLETED,
     EV_STEP_STARTED,
     TERMINAL_EVENTS,
+    EventData,
+    RunEvent,
+    RunResumedData,
+    StepEndedData,
+    event_data,
 )
+from stalwart.servers import EmbeddedServers
 from stalwart.supervisor import Supervisor
-from stalwart.testing import EmbeddedServers, StalwartProcess, worker_process
+from stalwart.testing import StalwartProcess, worker_process
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -171,7 +177,7 @@ async def demo(settings: Settings, *, kill_after: int = 4, lease_ttl_given: bool
         assert s.nats_url and s.redis_url
         procs: dict[str, StalwartProcess] = {
             wid: worker_process(
-                "stalwart._demo:app",
+                "stalwart._demo_agent:app",
                 nats_url=s.nats_url,
                 redis_url=s.redis_url,
                 worker_id=wid,
@@ -194,6 +200,14 @@ async def demo(settings: Settings, *, kill_after: int = 4, lease_ttl_given: bool
             await sup_task
 
 
+def _typed(event: RunEvent) -> EventData | None:
+    """The event's typed data; None where it has none or another shape (events are input)."""
+    try:
+        return event_data(event)
+    except (msgspec.ValidationError, TypeError):
+        return None
+
+
 async def _demo_run(
     client: Client, procs: dict[str, StalwartProcess], s: Settings, kill_after: int
 ) -> int:
@@ -209,10 +223,11 @@ async def _demo_run(
     failover: float | None = None
     async for ev in handle.events():
         t = f"+{ev.at - t0:5.2f}s"
+        data = _typed(ev)
         if ev.type in (EV_STARTED, EV_RESUMED):
             extra = (
-                f", {ev.data.get('journaled_steps', 0)} steps to replay"
-                if ev.type == EV_RESUMED and ev.data
+                f", {data.journaled_steps} steps to replay"
+                if isinstance(data, RunResumedData)
                 else ""
             )
             print(f"{t}  {ev.type:<14} on {ev.worker} (epoch {ev.epoch}{extra})", flush=True)
@@ -220,7 +235,7 @@ async def _demo_run(
             started_on.setdefault(ev.step, set()).add(ev.worker)
         elif ev.type == EV_STEP_COMPLETED:
             completed += 1
-            ms = ev.data["duration"] * 1000 if ev.data else 0.0
+            ms = data.duration * 1000 if isinstance(data, StepEndedData) else 0.0
             print(f"{t}  step {ev.step:<16} done on {ev.worker:<9} in {ms:4.0f} ms", flush=True)
             if killed_at and failover is None and ev.worker != killed:
                 failover = ev.at - killed_at

@@ -8,6 +8,33 @@ config" from "this run failed".
 
 from __future__ import annotations
 
+__all__ = [
+    "BudgetExceeded",
+    "CircuitOpenError",
+    "ConfigurationError",
+    "CorruptRecordError",
+    "DisallowedTypeError",
+    "InvalidRequestError",
+    "LeaseLost",
+    "NonDeterminismError",
+    "NonRetryableError",
+    "PayloadTooLargeError",
+    "QueueFullError",
+    "RunCancelled",
+    "RunDeadlineExceeded",
+    "RunFailed",
+    "RunNotFoundError",
+    "RunRejected",
+    "ServerUnavailableError",
+    "ServerVersionError",
+    "SignalRefusedError",
+    "StalwartError",
+    "StepFailed",
+    "StepTimeoutError",
+    "ToolOutcomeUnknown",
+    "UnknownAgentError",
+]
+
 
 class StalwartError(Exception):
     """Root of every exception Stalwart raises on purpose."""

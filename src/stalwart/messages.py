@@ -7,12 +7,67 @@ tool (``nats sub``, a dashboard in another language) can read a run's event stre
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 import msgspec
 import structlog
 
 from stalwart._json import json_safe
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = [
+    "EVENT_DATA",
+    "EV_ACCEPTED",
+    "EV_CANCELLED",
+    "EV_COMPLETED",
+    "EV_FAILED",
+    "EV_LEASE_LOST",
+    "EV_OUTCOME_UNKNOWN",
+    "EV_PASSIVATED",
+    "EV_REJECTED",
+    "EV_RELEASED",
+    "EV_RESUMED",
+    "EV_SIGNAL",
+    "EV_STARTED",
+    "EV_STEP_COMPLETED",
+    "EV_STEP_FAILED",
+    "EV_STEP_INTENT",
+    "EV_STEP_RETRYING",
+    "EV_STEP_STARTED",
+    "EV_STUCK",
+    "EV_WAIT_STARTED",
+    "TERMINAL_EVENTS",
+    "ErrorData",
+    "EventData",
+    "EventType",
+    "OutcomeUnknownData",
+    "ReasonData",
+    "RequestKind",
+    "RequestRejectedData",
+    "RunAcceptedData",
+    "RunEndedData",
+    "RunEvent",
+    "RunPassivatedData",
+    "RunRequest",
+    "RunResumedData",
+    "RunStuckData",
+    "SignalReceivedData",
+    "StepEndedData",
+    "StepIntentData",
+    "StepKind",
+    "StepRetryingData",
+    "StepStartedData",
+    "WaitStartedData",
+    "data_dict",
+    "decode_event",
+    "decode_request",
+    "encode_event",
+    "encode_request",
+    "event_data",
+    "read_event",
+]
 
 RequestKind = Literal["start", "resume"]
 
@@ -37,7 +92,9 @@ class RunRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 class RunEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """One event in a run's life, published to ``<namespace>.events.<run_id>``.
 
-    ``type`` is one of the ``EV_*`` constants below. ``jseq`` is the journal sequence the
+    ``type`` is an :data:`EventType` (the ``EV_*`` constants below) or a type agent code
+    passed to ``ctx.emit``; :func:`event_data` reads the ``data`` of Stalwart's own types as
+    their typed structs (:data:`EventData`). ``jseq`` is the journal sequence the
     event reflects (0 for events that are not journaled, such as ``step.started``); a
     resumed actor uses it to publish whatever a crash kept from being published.
     """
@@ -52,25 +109,247 @@ class RunEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     data: Any = None
 
 
-EV_ACCEPTED = "run.accepted"
-EV_STARTED = "run.started"
-EV_RESUMED = "run.resumed"
-EV_STEP_STARTED = "step.started"
-EV_STEP_COMPLETED = "step.completed"
-EV_STEP_FAILED = "step.failed"
-EV_STEP_RETRYING = "step.retrying"
-EV_STEP_INTENT = "step.intent"
-EV_WAIT_STARTED = "wait.started"
-EV_SIGNAL = "signal.received"
-EV_PASSIVATED = "run.passivated"
-EV_STUCK = "run.stuck"
-EV_OUTCOME_UNKNOWN = "step.outcome_unknown"
-EV_COMPLETED = "run.completed"
-EV_FAILED = "run.failed"
-EV_CANCELLED = "run.cancelled"
-EV_REJECTED = "request.rejected"
-EV_LEASE_LOST = "run.lease_lost"
-EV_RELEASED = "run.released"
+EventType = Literal[
+    "run.accepted",
+    "run.started",
+    "run.resumed",
+    "step.started",
+    "step.completed",
+    "step.failed",
+    "step.retrying",
+    "step.intent",
+    "wait.started",
+    "signal.received",
+    "run.passivated",
+    "run.stuck",
+    "step.outcome_unknown",
+    "run.completed",
+    "run.failed",
+    "run.cancelled",
+    "request.rejected",
+    "run.lease_lost",
+    "run.released",
+]
+"""The event types Stalwart publishes; ``ctx.emit`` may publish any other type."""
+
+EV_ACCEPTED: Final = "run.accepted"
+EV_STARTED: Final = "run.started"
+EV_RESUMED: Final = "run.resumed"
+EV_STEP_STARTED: Final = "step.started"
+EV_STEP_COMPLETED: Final = "step.completed"
+EV_STEP_FAILED: Final = "step.failed"
+EV_STEP_RETRYING: Final = "step.retrying"
+EV_STEP_INTENT: Final = "step.intent"
+EV_WAIT_STARTED: Final = "wait.started"
+EV_SIGNAL: Final = "signal.received"
+EV_PASSIVATED: Final = "run.passivated"
+EV_STUCK: Final = "run.stuck"
+EV_OUTCOME_UNKNOWN: Final = "step.outcome_unknown"
+EV_COMPLETED: Final = "run.completed"
+EV_FAILED: Final = "run.failed"
+EV_CANCELLED: Final = "run.cancelled"
+EV_REJECTED: Final = "request.rejected"
+EV_LEASE_LOST: Final = "run.lease_lost"
+EV_RELEASED: Final = "run.released"
+
+StepKind = Literal["step", "model", "tool", "signal", "sleep"]
+"""The step kinds Stalwart journals itself: ``ctx.step``, model and tool calls, and the two
+durable waits. Adapters may journal kinds of their own (``handoff``, ``node``...), so the
+``kind`` of an event or entry is typed ``str``."""
+
+# -- typed event data ---------------------------------------------------------------------------
+# One struct per event type Stalwart publishes. On the wire ``data`` is the struct's JSON
+# object; ``RunEvent.data`` keeps plain dicts so that readers of decoded events (and the
+# size bounding of events) see what they always saw. ``event_data`` gives the typed view.
+
+
+class _Data(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Base of the typed event data: frozen, keyword-only, unset fields left out."""
+
+
+class ErrorData(_Data, frozen=True, kw_only=True, omit_defaults=True):
+    """An error as events carry it: the exception's type name and its (bounded) message."""
+
+    type: str
+    message: str
+
+
+class RunAcceptedData(_Data, frozen=True, kw_only=True, omit_defaults=True):
+    """``run.accepted``: the client stored the run and is about to queue it."""
+
+    agent: str
+
+
+class RunResumedData(_Data, frozen=True, kw_only=True, omit_defaults=True):
+    """``run.resumed``: a new owner took the run over; it replays this many steps first."""
+
+    journaled_steps: int
+
+
+class StepStartedData(_Data, frozen=True, kw_only=True, omit_defaults=True):
+    """``step.started``: an attempt of a live step body begins (not journaled)."""
+
+    kind: str
+    attempt: int
+
+
+class StepEndedData(_Data, frozen=True, kw_only=True, omit_defaults=True):
+    """``step.completed`` and ``step.failed`` (with ``error``): a step's journaled outcome."""
+
+    kind: str
+    name: str
+    duration: float
+    error: ErrorData | msgspec.UnsetType = msgspec.UNSET
+
+
+class StepRetryingData(_Data, frozen=True, kw_only=True, omit_defaults=True):
+    """``step.retrying``: attempt ``attempt`` failed; the next one starts after ``delay`` s."""
+
+    attempt: int
+    delay: float
+    error: ErrorData
+
+
+class StepIntentData(_Data, frozen=True, kw_only=True, omit_defaults=True):
+    """``step.intent``: an at-most-once attempt was about to call its function."""
+
+    attempt: int
+    name: str
+
+
+class WaitStartedData(_Data, frozen=True, kw_only=True, omit_defaults=True):
+    """``wait.started``: a durable wait began (``until`` 0: no deadline; ``signal`` "": sleep)."""
+
+    until: float
+    signal: str
+
+
+class SignalReceivedData(_Data, frozen=True, kw_only=True, omit_defaults=True):
+    """``signal.received``: a signal was stored in the run's inbox under id ``sid``."""
+
+    name: str
+    sid: str
+
+
+class RunPassivatedData(_Data, frozen=True, kw_only=True, omit_defaults=True):
+    """``run.passivated``: the run left its worker while it waits (``wake_at`` 0: no timer)."""
+
+    signal: str
+    wake_at: float
+
+
+class RunStuckData(_Data, frozen=True, kw_only=True, omit_defaults=True):
+    """``run.stuck``: the run made no progress for ``idle_seconds``; what the supervisor did."""
+
+    idle_seconds: float
+    action: str
+
+
+class OutcomeUnknownData(_Data, frozen=True, kw_only=True, omit_defaults=True):
+    """``step.outcome_unknown``: an at-most-once step's outcome is awaited as a signal."""
+
+    signal: str
+    idempotency_key: str
+
+
+class RunEndedData(_Data, frozen=True, kw_only=True, omit_defaults=True):
+    """``run.completed``, ``run.failed``, ``run.cancelled``: how the run ended.
+
+    ``result`` when it completed with a result small enough for an event (else
+    ``result_bytes``, its encoded size: read the record); ``error`` when it failed or was
+    cancelled.
+    """
+
+    result: Any = msgspec.UNSET
+    result_bytes: int | msgspec.UnsetType = msgspec.UNSET
+    error: ErrorData | msgspec.UnsetType = msgspec.UNSET
+
+
+class RequestRejectedData(_Data, frozen=True, kw_only=True, omit_defaults=True):
+    """``request.rejected``: a run request was refused before the run started."""
+
+    reason: str
+    agent: str = ""
+    stream_seq: int | msgspec.UnsetType = msgspec.UNSET
+
+
+class ReasonData(_Data, frozen=True, kw_only=True, omit_defaults=True):
+    """``run.lease_lost`` and ``run.released``: why the worker let go of the run."""
+
+    reason: str
+
+
+EventData = (
+    RunAcceptedData
+    | RunResumedData
+    | StepStartedData
+    | StepEndedData
+    | StepRetryingData
+    | StepIntentData
+    | WaitStartedData
+    | SignalReceivedData
+    | RunPassivatedData
+    | RunStuckData
+    | OutcomeUnknownData
+    | RunEndedData
+    | RequestRejectedData
+    | ReasonData
+)
+"""The typed data of Stalwart's events, told apart by the event's ``type``."""
+
+EVENT_DATA: Mapping[str, type[EventData] | None] = {
+    EV_ACCEPTED: RunAcceptedData,
+    EV_STARTED: None,
+    EV_RESUMED: RunResumedData,
+    EV_STEP_STARTED: StepStartedData,
+    EV_STEP_COMPLETED: StepEndedData,
+    EV_STEP_FAILED: StepEndedData,
+    EV_STEP_RETRYING: StepRetryingData,
+    EV_STEP_INTENT: StepIntentData,
+    EV_WAIT_STARTED: WaitStartedData,
+    EV_SIGNAL: SignalReceivedData,
+    EV_PASSIVATED: RunPassivatedData,
+    EV_STUCK: RunStuckData,
+    EV_OUTCOME_UNKNOWN: OutcomeUnknownData,
+    EV_COMPLETED: RunEndedData,
+    EV_FAILED: RunEndedData,
+    EV_CANCELLED: RunEndedData,
+    EV_REJECTED: RequestRejectedData,
+    EV_LEASE_LOST: ReasonData,
+    EV_RELEASED: ReasonData,
+}
+"""The data struct of each :data:`EventType` (None: the event carries no data)."""
+
+
+def event_data(event: RunEvent) -> EventData | None:
+    """The typed data of one of Stalwart's own events; None for ``run.started`` and for
+    types agent code emitted.
+
+    Raises ``msgspec.ValidationError`` when the data does not have the type's shape (an
+    event cut down to fit the payload limit, or one someone else published).
+    """
+    struct = EVENT_DATA.get(event.type)
+    if struct is None:
+        return None
+    if isinstance(event.data, struct):
+        return event.data
+    return msgspec.convert(event.data, struct)
+
+
+def data_dict(data: EventData) -> dict[str, Any]:
+    """``data`` as the plain dict a :class:`RunEvent` carries (unset fields left out).
+
+    Shallow on purpose: a ``result`` is the agent's value, passed through as it is (the
+    encoder makes it JSON-safe).
+    """
+    out: dict[str, Any] = {}
+    for name in data.__struct_fields__:
+        value = getattr(data, name)
+        if value is msgspec.UNSET:
+            continue
+        out[name] = msgspec.structs.asdict(value) if isinstance(value, ErrorData) else value
+    return out
+
 
 TERMINAL_EVENTS = frozenset({EV_COMPLETED, EV_FAILED, EV_CANCELLED, EV_REJECTED})
 
@@ -94,28 +373,7 @@ def decode_request(data: bytes) -> RunRequest:
     return _request_decoder.decode(data)
 
 
-_STALWART_DATA = frozenset(
-    {
-        EV_ACCEPTED,
-        EV_STARTED,
-        EV_RESUMED,
-        EV_STEP_STARTED,
-        EV_STEP_COMPLETED,
-        EV_STEP_FAILED,
-        EV_STEP_RETRYING,
-        EV_STEP_INTENT,
-        EV_WAIT_STARTED,
-        EV_SIGNAL,
-        EV_PASSIVATED,
-        EV_STUCK,
-        EV_OUTCOME_UNKNOWN,
-        EV_FAILED,
-        EV_CANCELLED,
-        EV_REJECTED,
-        EV_LEASE_LOST,
-        EV_RELEASED,
-    }
-)
+_STALWART_DATA = frozenset(EVENT_DATA) - {EV_COMPLETED}
 """Event types whose data Stalwart builds itself (no user value inside; see encode_event)."""
 
 

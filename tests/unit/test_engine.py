@@ -15,21 +15,6 @@ import structlog
 
 from stalwart.actors._context import StepSpec, current_step
 from stalwart.actors._execute import StepExecutor
-from stalwart.actors._policy import (
-    NO_RETRY,
-    Breakers,
-    BudgetExceeded,
-    CircuitBreaker,
-    CircuitOpenError,
-    Limits,
-    NonRetryableError,
-    Policies,
-    RetryPolicy,
-    RunUsage,
-    StepOptions,
-    StepTimeoutError,
-    ToolOutcomeUnknown,
-)
 from stalwart.actors._rules import (
     Attempt,
     Diverged,
@@ -65,11 +50,26 @@ from stalwart.checkpoints import (
     encode_value,
 )
 from stalwart.errors import (
+    BudgetExceeded,
+    CircuitOpenError,
     LeaseLost,
     NonDeterminismError,
+    NonRetryableError,
     RunCancelled,
     ServerUnavailableError,
     StepFailed,
+    StepTimeoutError,
+    ToolOutcomeUnknown,
+)
+from stalwart.policies import (
+    NO_RETRY,
+    Breakers,
+    CircuitBreaker,
+    Limits,
+    Policies,
+    RetryPolicy,
+    RunUsage,
+    StepOptions,
 )
 
 # -- journal entries --------------------------------------------------------------------------

@@ -4,9 +4,9 @@ from stalwart.actors._actor import RunActor
 from stalwart.actors._app import AgentSpec, App
 from stalwart.actors._context import RunContext, StepInfo, StepSpec, Usage, current_step
 from stalwart.actors._fingerprint import fingerprint
-from stalwart.actors._policy import StepOptions, options_of
 from stalwart.actors._waits import WaitTimeout
 from stalwart.actors._worker import Worker
+from stalwart.policies import StepOptions, options_of
 
 __all__ = [
     "AgentSpec",

@@ -27,7 +27,6 @@ from stalwart.actors._events import RunEvents
 from stalwart.actors._execute import StepExecutor, error_info
 from stalwart.actors._journal import RunJournal
 from stalwart.actors._owner import LeaseOwner
-from stalwart.actors._policy import RunUsage
 from stalwart.actors._rules import (
     Drained,
     RunState,
@@ -47,11 +46,12 @@ from stalwart.checkpoints import (
 )
 from stalwart.errors import LeaseLost, RunCancelled, ServerUnavailableError
 from stalwart.messages import EV_LEASE_LOST, EV_PASSIVATED, EV_RELEASED
+from stalwart.policies import RunUsage
 
 if TYPE_CHECKING:
     from stalwart.actors._placement import ActorDeps, Placement
-    from stalwart.actors._policy import Policies
     from stalwart.checkpoints import CheckpointStore
+    from stalwart.policies import Policies
 
 log = structlog.get_logger("stalwart.actor")
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from stalwart._ids import check_agent_name
-from stalwart.actors._policy import Policies
 from stalwart.errors import ConfigurationError, UnknownAgentError
+from stalwart.policies import Policies
 
 if TYPE_CHECKING:
     from stalwart.actors._context import RunContext

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio.to_thread
 
 from stalwart.actors._fingerprint import fingerprint
-from stalwart.actors._policy import StepOptions, options_of
 from stalwart.checkpoints import RunStore
+from stalwart.policies import StepOptions, options_of
 
 if TYPE_CHECKING:
     from stalwart.actors._ports import RunHost

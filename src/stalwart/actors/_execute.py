@@ -40,7 +40,7 @@ from stalwart.checkpoints import (
     encode_value,
 )
 from stalwart.errors import LeaseLost, StepFailed, StepTimeoutError, ToolOutcomeUnknown
-from stalwart.messages import EV_OUTCOME_UNKNOWN, EV_STEP_RETRYING, EV_STEP_STARTED
+from stalwart.messages import EV_OUTCOME_UNKNOWN, EV_STEP_STARTED
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -48,10 +48,10 @@ if TYPE_CHECKING:
     import structlog
 
     from stalwart.actors._context import StepSpec
-    from stalwart.actors._policy import Breakers, CircuitBreaker, Policies
     from stalwart.actors._ports import EventSink, Journal, Owner
     from stalwart.actors._rules import RunState
     from stalwart.actors._waits import Waits
+    from stalwart.policies import Breakers, CircuitBreaker, Policies
 
 __all__ = ["Drained", "StepExecutor", "error_info"]
 
@@ -306,7 +306,7 @@ class StepExecutor:
             at=started,
             duration=duration,
         )
-        await self._journal.append(entry)
+        je = await self._journal.append(entry)
         self.state.view.add(entry)
         obs.step_retried(entry)
         self._log.info(
@@ -316,15 +316,9 @@ class StepExecutor:
             delay=round(delay, 3),
             error=f"{info.type}: {clip(info.message, 500)}",
         )
-        await self._events.emit(
-            EV_STEP_RETRYING,
-            step=spec.key,
-            data={
-                "attempt": attempt,
-                "delay": delay,
-                "error": {"type": info.type, "message": info.message},
-            },
-        )
+        # The journaled event (with its jseq): a new owner that republishes it after a
+        # crash publishes the same message, which the stream drops as a duplicate.
+        await self._events.journaled(je)
 
     async def _record_error(
         self,

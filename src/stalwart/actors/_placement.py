@@ -11,9 +11,9 @@ if TYPE_CHECKING:
     import asyncio
 
     from stalwart.actors._app import AgentSpec
-    from stalwart.actors._policy import Breakers
     from stalwart.broker import Broker, Lease
     from stalwart.checkpoints import CheckpointStore
+    from stalwart.policies import Breakers
 
 
 @dataclass(frozen=True, slots=True)

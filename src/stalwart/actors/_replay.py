@@ -17,11 +17,11 @@ import structlog
 
 from stalwart.actors._context import RunContext
 from stalwart.actors._execute import StepExecutor, error_info
-from stalwart.actors._policy import Breakers, RunUsage
 from stalwart.actors._rules import Diverged, RunState, divergence_error
 from stalwart.actors._view import JournalView
 from stalwart.actors._waits import Waits
 from stalwart.checkpoints import ErrorInfo, decode_value, encode_value
+from stalwart.policies import Breakers, RunUsage
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

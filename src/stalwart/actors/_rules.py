@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from stalwart.actors._policy import RetryPolicy, classify
 from stalwart.actors._view import JournalView
 from stalwart.checkpoints import StepDone, StepError, StepIntent
 from stalwart.errors import (
@@ -27,11 +26,12 @@ from stalwart.errors import (
     ServerUnavailableError,
     StalwartError,
 )
+from stalwart.policies import RetryPolicy, classify
 
 if TYPE_CHECKING:
     from stalwart.actors._context import StepSpec
-    from stalwart.actors._policy import CircuitBreaker, Policies, RunUsage
     from stalwart.checkpoints import WaitStarted
+    from stalwart.policies import CircuitBreaker, Policies, RunUsage
 
 _BREAKER_KINDS = frozenset({"model", "tool"})
 

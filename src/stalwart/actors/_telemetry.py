@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     from collections.abc import Sized
     from contextlib import AbstractContextManager
 
-    from stalwart.actors._policy import Breakers, Policies
     from stalwart.checkpoints import Finished, JournalEntry, StepAttempt, StepError
+    from stalwart.policies import Breakers, Policies
 
 __all__ = [
     "NO_PARENT",

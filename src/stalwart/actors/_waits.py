@@ -22,11 +22,11 @@ from stalwart.errors import StalwartError
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from stalwart.actors._policy import Policies
     from stalwart.actors._ports import EventSink, Journal, Owner
     from stalwart.actors._rules import RunState
     from stalwart.broker import Broker
     from stalwart.checkpoints import CheckpointStore
+    from stalwart.policies import Policies
 
 # Even with notifications, look at the inbox now and then: a notification can be lost.
 _RECHECK = 5.0

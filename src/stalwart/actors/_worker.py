@@ -20,9 +20,9 @@ from stalwart.actors import _telemetry as obs
 from stalwart.actors._actor import RunActor
 from stalwart.actors._intake import Intake
 from stalwart.actors._placement import ActorDeps, Placement
-from stalwart.actors._policy import Breakers
 from stalwart.broker import Broker, WorkerInfo
 from stalwart.checkpoints import CheckpointStore, encode_value
+from stalwart.policies import Breakers
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg

@@ -15,8 +15,8 @@ from stalwart.errors import ConfigurationError
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from stalwart import Policies
     from stalwart.client import RunHandle
+    from stalwart.policies import Policies
 
 T = TypeVar("T")
 

@@ -14,7 +14,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 
@@ -33,11 +33,14 @@ if TYPE_CHECKING:
 log = structlog.get_logger("stalwart.supervisor")
 
 
+Action = Literal["none", "forget", "replace", "stuck"]
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """What to do about one run: nothing, forget it (it ended), re-place it, or flag it stuck."""
 
-    action: str  # "none" | "forget" | "replace" | "stuck"
+    action: Action
     epoch: int = 0
 
 

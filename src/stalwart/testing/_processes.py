@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stalwart.testing._servers import _make_preexec
+from stalwart.servers._process import die_with_parent
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -42,7 +42,7 @@ class StalwartProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self.env,
-                preexec_fn=_make_preexec(os.getpid()),
+                preexec_fn=die_with_parent(os.getpid()),
                 start_new_session=True,
             )
         return self

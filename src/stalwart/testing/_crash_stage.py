@@ -9,11 +9,13 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import anyio.to_thread
+
 from stalwart.client import Client
 from stalwart.config import Settings
+from stalwart.servers import EmbeddedServers
 from stalwart.supervisor import Supervisor
 from stalwart.testing._processes import StalwartProcess, worker_process
-from stalwart.testing._servers import EmbeddedServers
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -84,7 +86,7 @@ async def crash_stage(
             ).start()
             for wid in worker_ids
         }
-        stack.callback(_terminate, workers)
+        stack.push_async_callback(_terminate, workers)
         supervisor = Supervisor(settings)
         supervisor_task = asyncio.create_task(supervisor.run())
         stack.push_async_callback(_stop, supervisor, supervisor_task)
@@ -103,9 +105,14 @@ async def _registered(client: Client, ids: set[str], timeout: float) -> None:
         await asyncio.sleep(0.1)
 
 
-def _terminate(workers: dict[str, StalwartProcess]) -> None:
-    for proc in workers.values():
-        proc.terminate(timeout=10)
+async def _terminate(workers: dict[str, StalwartProcess]) -> None:
+    # Waiting for a drained worker to exit takes seconds: in a thread, so the event loop
+    # (the supervisor, the client, the caller's tasks) keeps running meanwhile.
+    def terminate_all() -> None:
+        for proc in workers.values():
+            proc.terminate(timeout=10)
+
+    await anyio.to_thread.run_sync(terminate_all)
 
 
 async def _stop(supervisor: Supervisor, task: asyncio.Task[None]) -> None:

@@ -1,6 +1,9 @@
-"""Retry policies, error classification, circuit breakers and run limits.
+"""Failure handling of a run: retry policies, step options, run limits, circuit breakers.
 
-Pure decisions over plain data; the actor does the waiting and the I/O.
+The public home of these types (``from stalwart.policies import RetryPolicy, NO_RETRY``);
+the most used ones are re-exported from :mod:`stalwart` too. Pure decisions over plain data;
+the actor does the waiting and the I/O. The errors these rules raise live in
+:mod:`stalwart.errors`.
 """
 
 from __future__ import annotations
@@ -16,32 +19,20 @@ if TYPE_CHECKING:
 
 from stalwart import _pricing
 from stalwart._pricing import DEFAULT_PRICES
-from stalwart.errors import (
-    BudgetExceeded,
-    CircuitOpenError,
-    NonRetryableError,
-    RunDeadlineExceeded,
-    StepTimeoutError,
-    ToolOutcomeUnknown,
-)
+from stalwart.errors import BudgetExceeded, NonRetryableError, ToolOutcomeUnknown
 
 __all__ = [
     "DEFAULT_PRICES",
     "DEFAULT_RETRY",
     "NO_RETRY",
     "Breakers",
-    "BudgetExceeded",
     "CircuitBreaker",
-    "CircuitOpenError",
     "Limits",
-    "NonRetryableError",
+    "OnUnknown",
     "Policies",
     "RetryPolicy",
-    "RunDeadlineExceeded",
     "RunUsage",
     "StepOptions",
-    "StepTimeoutError",
-    "ToolOutcomeUnknown",
     "classify",
     "durable",
     "options_of",

@@ -1,0 +1,113 @@
+"""The run event of a journal entry: built here, and only here.
+
+A journal entry's event is published live, right after its append, and again by the next
+owner of the run when a crash kept it from reaching the stream; both go through
+:func:`entry_event`, so the two copies are the same event and the second is dropped as a
+duplicate (same ``jseq``, same message id). Pure: no clock, no I/O.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from stalwart.checkpoints import (
+    Finished,
+    StepAttempt,
+    StepDone,
+    StepError,
+    StepIntent,
+    WaitStarted,
+    decode_value,
+)
+from stalwart.messages import (
+    EV_CANCELLED,
+    EV_COMPLETED,
+    EV_FAILED,
+    EV_RESUMED,
+    EV_STARTED,
+    EV_STEP_COMPLETED,
+    EV_STEP_FAILED,
+    EV_STEP_INTENT,
+    EV_STEP_RETRYING,
+    EV_WAIT_STARTED,
+    ErrorData,
+    EventData,
+    RunEndedData,
+    RunEvent,
+    RunResumedData,
+    StepEndedData,
+    StepIntentData,
+    StepRetryingData,
+    WaitStartedData,
+    data_dict,
+)
+
+if TYPE_CHECKING:
+    from stalwart.checkpoints import ErrorInfo, JournalEntry
+
+__all__ = ["MAX_EVENT_RESULT", "entry_event"]
+
+MAX_EVENT_RESULT = 64 * 1024
+"""Results up to this many encoded bytes travel in ``run.completed``; larger ones only in
+the run record, so an event never exceeds the NATS payload limit."""
+
+
+def _error(info: ErrorInfo) -> ErrorData:
+    return ErrorData(type=info.type, message=info.message)
+
+
+def _ended(e: Finished) -> RunEndedData:
+    size = len(e.result)
+    error = _error(e.error) if e.error is not None else msgspec.UNSET
+    if size == 0:
+        return RunEndedData(error=error)
+    if size <= MAX_EVENT_RESULT:
+        try:
+            return RunEndedData(result=decode_value(e.result), error=error)
+        except Exception:  # too deep to decode here: the record has it
+            pass
+    return RunEndedData(result_bytes=size, error=error)  # read the record for the value
+
+
+def entry_event(run_id: str, je: JournalEntry, *, journaled_steps: int = 0) -> RunEvent:
+    """The event that announces journal entry ``je`` of run ``run_id``.
+
+    ``journaled_steps`` is what a ``run.resumed`` reports: the steps the new owner replays.
+    The event's ``at`` is the entry's own time (a step's end for ``step.completed`` /
+    ``step.failed``), so a republished event says when it happened, not when it was resent.
+    """
+    e = je.entry
+    step = ""
+    data: EventData | None
+    if isinstance(e, StepDone | StepError):
+        type_ = EV_STEP_COMPLETED if isinstance(e, StepDone) else EV_STEP_FAILED
+        step, at = e.key, e.at + e.duration
+        error = _error(e.error) if isinstance(e, StepError) else msgspec.UNSET
+        data = StepEndedData(kind=e.kind, name=e.name, duration=e.duration, error=error)
+    elif isinstance(e, StepAttempt):
+        type_, step, at = EV_STEP_RETRYING, e.key, e.at
+        data = StepRetryingData(attempt=e.attempt, delay=e.delay, error=_error(e.error))
+    elif isinstance(e, StepIntent):
+        type_, step, at = EV_STEP_INTENT, e.key, e.at
+        data = StepIntentData(attempt=e.attempt, name=e.name)
+    elif isinstance(e, WaitStarted):
+        type_, step, at = EV_WAIT_STARTED, e.key, e.at
+        data = WaitStartedData(until=e.until, signal=e.signal)
+    elif isinstance(e, Finished):
+        type_ = {"completed": EV_COMPLETED, "failed": EV_FAILED}.get(e.status, EV_CANCELLED)
+        at, data = e.at, _ended(e)
+    else:  # Started
+        type_, at = (EV_RESUMED, e.at) if e.resumed else (EV_STARTED, e.at)
+        data = RunResumedData(journaled_steps=journaled_steps) if e.resumed else None
+    return RunEvent(
+        type=type_,
+        run_id=run_id,
+        at=at,
+        worker=e.worker,
+        epoch=e.epoch,
+        jseq=je.seq,
+        step=step,
+        data=data_dict(data) if data is not None else None,
+    )
