@@ -14,88 +14,67 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
-import json
 import math
 import os
 import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 import structlog
 
 from stalwart import observability
-from stalwart._json import dumps
+from stalwart._cli_commands import (
+    cmd_cancel,
+    cmd_events,
+    cmd_fork,
+    cmd_history,
+    cmd_replay,
+    cmd_runs,
+    cmd_signal,
+    cmd_status,
+    cmd_submit,
+    load_app,
+)
+from stalwart._exit_codes import (
+    EXIT_DIVERGED,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_RUN_FAILED,
+    EXIT_TIMEOUT,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    error_message,
+    exit_code_for,
+)
 from stalwart._logging import configure_logging
-from stalwart._secrets import mask_urls
-from stalwart.actors import App, Worker
+from stalwart.actors import Worker
 from stalwart.client import Client
 from stalwart.config import Role, Settings
-from stalwart.errors import (
-    ConfigurationError,
-    InvalidRequestError,
-    RunCancelled,
-    RunFailed,
-    RunNotFoundError,
-    RunRejected,
-    ServerUnavailableError,
-    StalwartError,
-    UnknownAgentError,
-)
 from stalwart.supervisor import Supervisor
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-log = structlog.get_logger("stalwart.cli")
+__all__ = [
+    "EXIT_DIVERGED",
+    "EXIT_INTERRUPTED",
+    "EXIT_NOT_FOUND",
+    "EXIT_OK",
+    "EXIT_RUN_FAILED",
+    "EXIT_TIMEOUT",
+    "EXIT_UNAVAILABLE",
+    "EXIT_USAGE",
+    "error_message",
+    "exit_code_for",
+    "load_app",
+    "main",
+]
 
-EXIT_OK = 0
-"""Success."""
-EXIT_DIVERGED = 1
-"""``stalwart replay``: the code diverges from the journal."""
-EXIT_USAGE = 2
-"""Bad arguments, settings, URLs or request (argparse uses 2 as well)."""
-EXIT_RUN_FAILED = 3
-"""The run failed, was cancelled or was rejected (``--wait``)."""
-EXIT_NOT_FOUND = 4
-"""No run with that id (or no worker for that agent)."""
-EXIT_UNAVAILABLE = 5
-"""NATS or Redis could not be reached within ``STALWART_CONNECT_TIMEOUT``."""
-EXIT_TIMEOUT = 6
-"""``--timeout`` passed before the run (or the replay) ended; the run goes on."""
-EXIT_INTERRUPTED = 130
-"""Ctrl-C."""
+log = structlog.get_logger("stalwart.cli")
 
 _CLIENT_COMMANDS = ("submit", "status", "events", "runs", "cancel", "signal", "history")
 _ROLES: dict[str, Role] = {"worker": "worker", "supervisor": "supervisor"}
-
-
-def exit_code_for(exc: BaseException) -> int | None:
-    """The exit code for a user-facing error, or None for an unexpected one (a bug)."""
-    if isinstance(exc, RunNotFoundError | UnknownAgentError):
-        return EXIT_NOT_FOUND
-    if isinstance(exc, RunFailed | RunCancelled | RunRejected):
-        return EXIT_RUN_FAILED
-    if isinstance(exc, ServerUnavailableError):
-        return EXIT_UNAVAILABLE
-    if isinstance(exc, TimeoutError):
-        return EXIT_TIMEOUT
-    if isinstance(exc, StalwartError):
-        return EXIT_USAGE
-    return None
-
-
-def error_message(exc: BaseException) -> str:
-    """One line for stderr, credentials masked. Never raises."""
-    try:
-        if isinstance(exc, TimeoutError):
-            text = str(exc) or "timed out"
-        else:
-            text = f"{type(exc).__name__}: {exc}"
-        return "stalwart: " + mask_urls(text)
-    except Exception:  # an exception whose str() raises: still say something
-        return f"stalwart: {type(exc).__name__}"
 
 
 def _positive_int(text: str) -> int:
@@ -126,33 +105,6 @@ def _seconds(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
     return value
-
-
-def _parse_json(text: str, what: str) -> Any:
-    """``text`` as JSON, or an :class:`InvalidRequestError` that says why not."""
-    try:
-        return json.loads(text)
-    except RecursionError:
-        raise InvalidRequestError(f"{what} is nested too deeply") from None
-    except ValueError as exc:  # JSONDecodeError, and int strings past Python's digit limit
-        shown = text if len(text) <= 200 else text[:200] + "..."
-        raise InvalidRequestError(f"{what} is not valid JSON ({exc}): {shown!r}") from None
-
-
-def load_app(path: str) -> App:
-    """Import ``module:attribute`` and return the :class:`App` it names."""
-    module_name, _, attr = path.partition(":")
-    if not module_name or not attr:
-        raise ConfigurationError(f"APP must look like 'package.module:app', got {path!r}")
-    sys.path.insert(0, ".")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigurationError(f"cannot import {module_name!r}: {exc}") from exc
-    app = getattr(module, attr, None)
-    if not isinstance(app, App):
-        raise ConfigurationError(f"{path!r} is not a stalwart.App (got {type(app).__name__})")
-    return app
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -224,103 +176,6 @@ async def _client_call(
         return await fn(client)
     finally:
         await client.close()
-
-
-def _print(obj: Any) -> None:
-    # Always valid JSON: NaN and infinities as "NaN", "Infinity", "-Infinity" (stalwart._json).
-    print(dumps(obj))
-
-
-def _record_view(record: Any) -> dict[str, Any]:
-    out = msgspec.structs.asdict(record)
-    out.pop("input", None)
-    out["result"] = record.decode_result()
-    return out
-
-
-async def cmd_submit(args: argparse.Namespace, client: Client) -> int:
-    """``stalwart submit AGENT INPUT_JSON``."""
-    value = _parse_json(args.input, "INPUT_JSON")
-    handle = await client.submit(args.agent, value, run_id=args.run_id)
-    if not args.wait:
-        print(handle.run_id)
-        return EXIT_OK
-    return await _wait_and_print(handle, args.timeout)
-
-
-async def _wait_and_print(handle: Any, timeout: float | None) -> int:
-    try:
-        result = await handle.result(timeout=timeout)
-    except TimeoutError:
-        raise TimeoutError(
-            f"run {handle.run_id} did not end within {timeout:g}s; it goes on "
-            f"(see `stalwart status {handle.run_id}`)"
-        ) from None
-    _print({"run_id": handle.run_id, "result": result})
-    return EXIT_OK
-
-
-async def cmd_status(args: argparse.Namespace, client: Client) -> int:
-    """``stalwart status RUN_ID``."""
-    _print(_record_view(await client.handle(args.run_id).status()))
-    return EXIT_OK
-
-
-async def cmd_events(args: argparse.Namespace, client: Client) -> int:
-    """``stalwart events RUN_ID [--follow]``."""
-    handle = client.handle(args.run_id)
-    await handle.status()  # an unknown run is an error, not an empty (or endless) stream
-    async for event in handle.events(follow=args.follow):
-        _print(event)
-    return EXIT_OK
-
-
-async def cmd_runs(args: argparse.Namespace, client: Client) -> int:
-    """``stalwart runs``."""
-    for r in await client.runs(args.limit):
-        print(f"{r.run_id}  {r.agent:<20} {r.status:<10} epoch={r.epoch} worker={r.worker}")
-    return EXIT_OK
-
-
-async def cmd_history(args: argparse.Namespace, client: Client) -> int:
-    """``stalwart history RUN_ID [--json]``."""
-    history = await client.handle(args.run_id).history()
-    if args.json:
-        print(dumps(observability.history_json(history)))
-    else:
-        print(observability.format_history(history))
-    return EXIT_OK
-
-
-async def cmd_replay(args: argparse.Namespace, client: Client) -> int:
-    """``stalwart replay RUN_ID APP``: exit 0 when the code matches the journal, 1 if not."""
-    app = load_app(args.app)
-    report = await client.handle(args.run_id).replay(app, timeout=args.timeout)
-    print(dumps(report) if args.json else report.render())
-    return EXIT_OK if report.matched else EXIT_DIVERGED
-
-
-async def cmd_fork(args: argparse.Namespace, client: Client) -> int:
-    """``stalwart fork RUN_ID --at STEP``."""
-    handle = await client.fork(args.run_id, at=args.at, new_id=args.new_run_id)
-    if not args.wait:
-        print(handle.run_id)
-        return EXIT_OK
-    return await _wait_and_print(handle, args.timeout)
-
-
-async def cmd_signal(args: argparse.Namespace, client: Client) -> int:
-    """``stalwart signal RUN_ID NAME [PAYLOAD_JSON]``."""
-    payload = _parse_json(args.payload, "PAYLOAD_JSON") if args.payload is not None else None
-    print(await client.handle(args.run_id).signal(args.name, payload))
-    return EXIT_OK
-
-
-async def cmd_cancel(args: argparse.Namespace, client: Client) -> int:
-    """``stalwart cancel RUN_ID``: prints the outcome; ``missing`` exits 4."""
-    outcome = await client.handle(args.run_id).cancel(args.reason)
-    print(outcome)
-    return EXIT_NOT_FOUND if outcome == "missing" else EXIT_OK
 
 
 def _parser() -> argparse.ArgumentParser:
