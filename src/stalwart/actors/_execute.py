@@ -20,6 +20,7 @@ from stalwart.actors._rules import (
     Diverged,
     Drained,
     GiveUp,
+    OnRun,
     OverBudget,
     Stop,
     Unknown,
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
     from stalwart.actors._ports import EventSink, Journal, Owner
     from stalwart.actors._rules import RunState
     from stalwart.actors._waits import Waits
-    from stalwart.policies import Breakers, CircuitBreaker, Policies
+    from stalwart.policies import Breakers, CircuitBreaker
 
 __all__ = ["Drained", "StepExecutor", "error_info"]
 
@@ -82,7 +83,7 @@ def _is_step_failed(exc: BaseException) -> bool:
         return False
 
 
-class StepExecutor:
+class StepExecutor(OnRun):
     """Runs one step at a time as ``_rules`` decides, journaling what the rules require.
 
     ``unjournaled`` makes it a read-only replay: a step the journal lacks is never run, the
@@ -111,27 +112,6 @@ class StepExecutor:
         self._log = log
         self._unjournaled = unjournaled
         self._live = unjournaled is None
-
-    # What the telemetry hooks read about the run.
-    @property
-    def run_id(self) -> str:
-        """The run's id."""
-        return self.state.run_id
-
-    @property
-    def epoch(self) -> int:
-        """The owner's epoch."""
-        return self.state.epoch
-
-    @property
-    def worker_id(self) -> str:
-        """The worker running the step."""
-        return self.state.worker_id
-
-    @property
-    def policies(self) -> Policies:
-        """The agent's failure handling."""
-        return self.state.policies
 
     # -- the step -------------------------------------------------------------------------
 

@@ -94,6 +94,37 @@ class RunState:
         self.consumed_signals: set[str] = set()
 
 
+class OnRun:
+    """A part of a run (its step executor, its waits) that works on the run's :class:`RunState`.
+
+    It names the run the way the telemetry hooks read it (``run_id``, ``epoch``, ``worker_id``,
+    ``policies``), so each part can be handed to them as it is.
+    """
+
+    __slots__ = ()
+    state: RunState
+
+    @property
+    def run_id(self) -> str:
+        """The run's id."""
+        return self.state.run_id
+
+    @property
+    def epoch(self) -> int:
+        """The owner's epoch."""
+        return self.state.epoch
+
+    @property
+    def worker_id(self) -> str:
+        """The worker running this part of the run."""
+        return self.state.worker_id
+
+    @property
+    def policies(self) -> Policies:
+        """The agent's failure handling."""
+        return self.state.policies
+
+
 # -- decisions -------------------------------------------------------------------------------
 
 

@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 from stalwart.actors import _telemetry as obs
 from stalwart.actors._inbox import Inbox
-from stalwart.actors._rules import Diverged, NotJournaled, Stop, decide_wait, divergence_error
+from stalwart.actors._rules import (
+    Diverged,
+    NotJournaled,
+    OnRun,
+    Stop,
+    decide_wait,
+    divergence_error,
+)
 from stalwart.checkpoints import StepDone, StepError, WaitStarted, decode_value, encode_value
 from stalwart.errors import StalwartError
 
@@ -26,7 +33,6 @@ if TYPE_CHECKING:
     from stalwart.actors._rules import RunState
     from stalwart.broker import Broker
     from stalwart.checkpoints import CheckpointStore
-    from stalwart.policies import Policies
 
 # Even with notifications, look at the inbox now and then: a notification can be lost.
 _RECHECK = 5.0
@@ -45,7 +51,7 @@ class Passivated(Exception):
         self.wake_at = wake_at
 
 
-class Waits:
+class Waits(OnRun):
     """Durable waits of one run, carried out as ``_rules.decide_wait`` decides.
 
     ``broker`` and ``store`` serve live waits only; offline replay (``unjournaled`` given)
@@ -75,27 +81,6 @@ class Waits:
         self.passivate_after = passivate_after
         self._unjournaled = unjournaled
         self._inbox: Inbox | None = None
-
-    # What the telemetry hooks read about the run.
-    @property
-    def run_id(self) -> str:
-        """The run's id."""
-        return self.state.run_id
-
-    @property
-    def epoch(self) -> int:
-        """The owner's epoch."""
-        return self.state.epoch
-
-    @property
-    def worker_id(self) -> str:
-        """The worker running the wait."""
-        return self.state.worker_id
-
-    @property
-    def policies(self) -> Policies:
-        """The agent's failure handling."""
-        return self.state.policies
 
     async def wait(self, key: str, signal: str, timeout: float | None) -> Any:
         """Wait for ``signal`` (or, with ``signal == ""``, just for ``timeout``)."""
