@@ -21,11 +21,7 @@ import redis.asyncio as aioredis
 
 from stalwart import Client, Settings, Supervisor
 from stalwart.testing import EmbeddedServers, StalwartProcess, worker_process
-from tests.helpers import LoopWatchdog
-
-# Re-exported: test files that predate tests.helpers import these from here.
-from tests.helpers import eventually as eventually
-from tests.helpers import step_done as step_done
+from tests.helpers import LoopWatchdog, eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 
