@@ -14,10 +14,7 @@ from typing import Any
 import msgspec
 
 from stalwart import App, RunContext, current_step
-from tests.helpers import count_execution, counters, exec_key, gate_key, wait_gate
-
-# counters, exec_key and gate_key are imported from here by the adapter test apps.
-__all__ = ["app", "count_execution", "counters", "exec_key", "gate_key", "wait_gate"]
+from tests.helpers import count_execution, counters, exec_key, wait_gate
 
 app = App("tests")
 

@@ -21,11 +21,7 @@ import redis.asyncio as aioredis
 
 from stalwart import Client, Settings, Supervisor
 from stalwart.testing import EmbeddedServers, StalwartProcess, worker_process
-from tests.helpers import LoopWatchdog
-
-# Re-exported: test files that predate tests.helpers import these from here.
-from tests.helpers import eventually as eventually
-from tests.helpers import step_done as step_done
+from tests.helpers import LoopWatchdog, eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,20 +36,6 @@ load average 3-5 most tests lag under 0.1 s once garbage collection and the time
 the loop stopped are left out (see LoopWatchdog), but a quick file-system call (the temp file
 of a worker's log) was once stalled 0.55 s by disk contention, and 0.4 s failed on that.
 """
-
-
-BLOCKING_ON_PURPOSE = frozenset(
-    {
-        # Block in files whose owners have not moved the wait into a thread yet (each waits
-        # for a SIGTERMed worker with Popen.wait, or starts a server with its sync API).
-        # Prefer @pytest.mark.blocks_loop, or better, `await asyncio.to_thread(...)`.
-        "tests/test_connect_cli.py::test_worker_that_lost_nats_stops_on_sigterm",
-        "tests/adapters/test_crewai.py::"
-        "test_sigterm_drains_the_crew_at_its_next_call_and_another_worker_resumes_it",
-        "tests/adapters/test_langgraph.py::test_sigterm_hands_the_graph_over_after_the_running_tool",
-    }
-)
-"""Tests the loop watchdog leaves alone, like those marked ``blocks_loop``."""
 
 
 def _append_line(path: str, line: str) -> None:
@@ -74,7 +56,6 @@ async def _loop_watchdog(request: pytest.FixtureRequest) -> AsyncIterator[None]:
         LOOP_BLOCK_LIMIT <= 0
         or not inspect.iscoroutinefunction(getattr(request.node, "obj", None))
         or request.node.get_closest_marker("blocks_loop") is not None
-        or request.node.nodeid.split("[")[0] in BLOCKING_ON_PURPOSE
     ):
         yield
         return

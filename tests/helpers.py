@@ -1,11 +1,14 @@
 """Helpers shared by the test files and the test apps: one copy of each.
 
-Two sides meet in Redis. The apps (run inside worker processes) count each execution of a
-step body under :func:`exec_key` and block on gates (Redis lists under :func:`gate_key`)
-until the test pushes a token; the tests read the counts with :func:`execs` and open gates,
-so they can prove which bodies ran how often across SIGKILLs. The journal readers
-(:func:`journal`, :func:`journaled`, :func:`entries_of`, :func:`owners`) read what the
-worker recorded, through the client's store.
+Two sides meet in Redis. The apps (run inside worker processes, the adapter apps too) count
+each execution of a step body under :func:`exec_key`, log model calls under :func:`calls_key`
+and block on gates (Redis lists under :func:`gate_key`) until the test pushes a token; a test
+holds a given step with :func:`mark_gated` (the app checks :func:`wait_if_gated`). The tests
+read the counts with :func:`execs` and :func:`model_log` and open gates with
+:func:`open_gate`, so they can prove which bodies ran how often across SIGKILLs. The journal
+readers (:func:`journal`, :func:`journaled`, :func:`done_keys`, :func:`entries_of`,
+:func:`owners`, :func:`step_owners`) read what the worker recorded, through the client's
+store.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ from stalwart import current_step
 from stalwart.checkpoints import JournalEntry, Started, StepDone, encode_value
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
-    from stalwart import Client
+    from stalwart import Client, RunEvent, RunHandle
+    from stalwart.testing import NatsServer, RedisServer, StalwartProcess
 
 E = TypeVar("E")
 
@@ -50,21 +54,30 @@ def gate_key(run_id: str, name: str) -> str:
 
 
 def gated_key(run_id: str, step: str) -> str:
-    """Flag that makes step ``step`` wait on its gate before doing anything."""
+    """Flag that makes step ``step`` wait on its gate (see :func:`wait_if_gated`)."""
     return f"gated:{run_id}:{step}"
+
+
+def calls_key(run_id: str) -> str:
+    """List of the model calls a scripted model really made in ``run_id``, in order."""
+    return f"modelcalls:{run_id}"
 
 
 # -- the apps' side (inside worker processes) ---------------------------------------------------
 
-_redis: aioredis.Redis | None = None
+_redis: dict[int, aioredis.Redis] = {}
 
 
 def counters() -> aioredis.Redis:
-    """The worker process's connection to the counters' Redis (``COUNTER_REDIS_URL``)."""
-    global _redis
-    if _redis is None:
-        _redis = aioredis.Redis.from_url(os.environ[COUNTER_ENV])
-    return _redis
+    """This process's connection to the counters' Redis (``COUNTER_REDIS_URL``).
+
+    One per event loop: a worker has one loop, but a test that runs an app's code in the test
+    process may do so on another loop than the suite's.
+    """
+    loop = id(asyncio.get_running_loop())
+    if loop not in _redis:
+        _redis[loop] = aioredis.Redis.from_url(os.environ[COUNTER_ENV])
+    return _redis[loop]
 
 
 async def count_execution() -> None:
@@ -81,6 +94,12 @@ async def wait_gate(run_id: str, name: str, timeout: int = 60) -> None:
         raise TimeoutError(f"gate {name} of {run_id} never opened")
 
 
+async def wait_if_gated(run_id: str, key: str) -> None:
+    """Wait on gate ``key`` if the test marked it with :func:`mark_gated`."""
+    if await counters().exists(gated_key(run_id, key)):
+        await wait_gate(run_id, key)
+
+
 # -- the tests' side -----------------------------------------------------------------------------
 
 
@@ -94,9 +113,30 @@ async def execs(counters: aioredis.Redis, run_id: str, key: str) -> int:
     return int(await counters.get(exec_key(run_id, key)) or 0)
 
 
-async def open_gate(counters: aioredis.Redis, run_id: str, name: str) -> None:
-    """Let one waiter through gate ``name`` of ``run_id``."""
-    await counters.lpush(gate_key(run_id, name), "go")
+async def open_gate(counters: aioredis.Redis, run_id: str, *names: str) -> None:
+    """Let one waiter through each gate in ``names`` of ``run_id``."""
+    for name in names:
+        await counters.lpush(gate_key(run_id, name), "go")
+
+
+async def mark_gated(counters: aioredis.Redis, run_id: str, *keys: str) -> None:
+    """Make each step in ``keys`` wait on its gate (apps check with :func:`wait_if_gated`)."""
+    for key in keys:
+        await counters.set(gated_key(run_id, key), 1)
+
+
+async def model_log(counters: aioredis.Redis, run_id: str) -> list[str]:
+    """The model calls logged under :func:`calls_key`, in order."""
+    return [v.decode() for v in await counters.lrange(calls_key(run_id), 0, -1)]
+
+
+async def start_server(server: NatsServer | RedisServer) -> None:
+    """Start an embedded server without blocking the loop: its health wait runs in a thread.
+
+    Not ``asyncio.to_thread(server.start)``: the server gets SIGKILLed when the thread that
+    spawned it exits, so the spawn stays on the loop thread (as ``EmbeddedServers`` does it).
+    """
+    await server._start_async()
 
 
 async def journal(client: Client, run_id: str) -> list[JournalEntry]:
@@ -110,6 +150,16 @@ async def journaled(client: Client, run_id: str, key: str) -> bool:
         isinstance(je.entry, StepDone) and je.entry.key == key
         for je in await journal(client, run_id)
     )
+
+
+async def done_keys(client: Client, run_id: str) -> list[str]:
+    """The keys of the steps ``run_id`` journaled as done, in order."""
+    return [je.entry.key for je in await journal(client, run_id) if isinstance(je.entry, StepDone)]
+
+
+async def has_all(client: Client, run_id: str, *keys: str) -> bool:
+    """Whether every step in ``keys`` of ``run_id`` is journaled as done."""
+    return set(keys) <= set(await done_keys(client, run_id))
 
 
 async def entries_of(client: Client, run_id: str, kind: type[E]) -> list[E]:
@@ -143,6 +193,25 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(message() if callable(message) else message)
         await asyncio.sleep(interval)
+
+
+async def at_least(count: Awaitable[int], n: int) -> bool:
+    """Whether ``count`` comes to ``n`` or more (a predicate for :func:`eventually`)."""
+    return await count >= n
+
+
+async def outcome(handle: RunHandle, *procs: StalwartProcess, timeout: float = 30) -> Any:
+    """The run's result; on a timeout, fail with the logs of the worker processes ``procs``."""
+    try:
+        return await handle.result(timeout=timeout)
+    except TimeoutError:
+        logs = "\n".join(f"--- {p.name}\n{p.log_text()[-4000:]}" for p in procs)
+        raise AssertionError(f"run {handle.run_id} did not end in {timeout}s\n{logs}") from None
+
+
+async def collect_events(events: AsyncIterator[RunEvent]) -> list[RunEvent]:
+    """Every event of an event stream, until it ends."""
+    return [ev async for ev in events]
 
 
 def step_done(key: str, value: Any, epoch: int = 5) -> StepDone:

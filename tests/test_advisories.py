@@ -9,7 +9,7 @@ import pytest
 
 from stalwart import Client, Supervisor
 from stalwart.broker._setup import ensure_agent_consumer
-from tests.conftest import eventually
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.conftest import ROOT, eventually
+from tests.conftest import ROOT
+from tests.helpers import eventually
 
 if TYPE_CHECKING:
     from stalwart import Client, Settings

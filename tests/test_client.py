@@ -21,8 +21,8 @@ from stalwart import (
 )
 from stalwart.checkpoints import Started, StepError, encode_value
 from stalwart.messages import RunRequest, decode_event
-from tests.conftest import WorkerFactory, eventually
-from tests.helpers import execs, rid
+from tests.conftest import WorkerFactory
+from tests.helpers import eventually, execs, rid
 
 
 async def collect(client: Client, run_id: str, *, follow: bool = True) -> list[RunEvent]:

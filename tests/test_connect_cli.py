@@ -34,7 +34,8 @@ from stalwart.cli import (
 from stalwart.errors import ConfigurationError
 from stalwart.servers import find_nats_server
 from stalwart.testing import NatsServer, free_port
-from tests.conftest import ROOT, eventually
+from tests.conftest import ROOT
+from tests.helpers import eventually, start_server
 from tests.test_cli import _env, run_cli
 
 if TYPE_CHECKING:
@@ -303,7 +304,7 @@ async def test_worker_started_with_nats_down_stops_on_sigterm(
 async def test_worker_that_lost_nats_stops_on_sigterm(servers: Servers, tmp_path: Path) -> None:
     """An established connection is retried without limit, but SIGTERM still ends the worker."""
     nats = NatsServer()
-    nats.start()
+    await start_server(nats)
     env = _env(tmp_path, PYTHONPATH=f"{ROOT / 'src'}:{ROOT}")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "stalwart", "worker", "tests.apps:app",
@@ -317,7 +318,7 @@ async def test_worker_that_lost_nats_stops_on_sigterm(servers: Servers, tmp_path
         async with asyncio.timeout(30):
             while b"worker.started" not in await proc.stderr.readline():
                 pass
-        nats.kill()
+        await asyncio.to_thread(nats.kill)
         async with asyncio.timeout(15):  # it is retrying: a reconnect attempt failed
             while b"nats.error" not in await proc.stderr.readline():
                 pass
@@ -332,7 +333,7 @@ async def test_worker_that_lost_nats_stops_on_sigterm(servers: Servers, tmp_path
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-        nats.stop()
+        await asyncio.to_thread(nats.stop)
 
 
 # --------------------------------------------------------------------------- 2. secrets

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +26,9 @@ from stalwart.checkpoints import (
 )
 from stalwart.checkpoints._store import fork_entries
 from stalwart.observability import build_history, format_history, history_json, replay_run
-from tests.apps import exec_key, gate_key
-from tests.conftest import WorkerFactory, eventually
+from tests.conftest import WorkerFactory
+from tests.helpers import eventually, execs, gate_key, journal, journaled, open_gate, rid
 from tests.test_cli import Result, _env, run_cli
-
-
-def rid() -> str:
-    return uuid.uuid4().hex
-
 
 # --------------------------------------------------------------------------- journals by hand
 
@@ -364,13 +358,10 @@ async def test_history_cli_shows_the_crash_the_retries_and_the_tokens(
     a = await workers("a")
     crashed = await client.submit("ten", {"pause_after": 3})
 
-    async def step3() -> bool:
-        return bool(await counters.get(exec_key(crashed.run_id, "step:s3")))
-
-    await eventually(step3)
-    await eventually(lambda: _journaled(client, crashed.run_id, "step:s3"))
+    await eventually(lambda: execs(counters, crashed.run_id, "step:s3"))
+    await eventually(lambda: journaled(client, crashed.run_id, "step:s3"))
     a.kill()
-    await counters.lpush(gate_key(crashed.run_id, "after"), "go")
+    await open_gate(counters, crashed.run_id, "after")
     await workers("b")
     await crashed.result(timeout=30)
     chat = await client.submit("chatty", 2)
@@ -412,13 +403,6 @@ async def test_history_cli_shows_the_crash_the_retries_and_the_tokens(
     assert missing.code == 4 and "unknown run" in missing.err and "Traceback" not in missing.err
 
 
-async def _journaled(client: Client, run_id: str, key: str) -> bool:
-    return any(
-        isinstance(je.entry, StepDone) and je.entry.key == key
-        for je in await client.store.read_journal(run_id)
-    )
-
-
 async def test_replay_cli_matches_the_same_code_and_catches_a_change(
     cli: Any, client: Client, workers: WorkerFactory, counters: aioredis.Redis
 ) -> None:
@@ -426,7 +410,7 @@ async def test_replay_cli_matches_the_same_code_and_catches_a_change(
     fast = await client.submit("fast", 4)
     assert await fast.result(timeout=20) == 15
     versioned = await client.submit("versioned", None)
-    await counters.lpush(gate_key(versioned.run_id, "after"), "go")
+    await open_gate(counters, versioned.run_id, "after")
     assert await versioned.result(timeout=20) == 2
 
     same = await cli("replay", fast.run_id, "tests.apps:app")
@@ -445,8 +429,8 @@ async def test_replay_cli_matches_the_same_code_and_catches_a_change(
     text = await cli("replay", versioned.run_id, "tests.apps:app", AGENT_VERSION="2")
     assert text.code == 1 and "DIVERGED at step step:a" in text.out, text
     # Nothing ran: the step bodies count their executions, and replay called none.
-    assert int(await counters.get(exec_key(fast.run_id, "step:q")) or 0) == 1
-    assert int(await counters.get(exec_key(versioned.run_id, "step:a")) or 0) == 1
+    assert await execs(counters, fast.run_id, "step:q") == 1
+    assert await execs(counters, versioned.run_id, "step:a") == 1
 
     bad_app = await cli("replay", fast.run_id, "tests.no_such_module:app")
     assert bad_app.code == 2 and "cannot import" in bad_app.err, bad_app
@@ -465,8 +449,8 @@ async def test_fork_cli_reuses_the_journal_up_to_the_step_and_goes_live(
     new = out["run_id"]
     assert new.startswith("forked-") and out["result"] == 550
     for i in range(1, 11):  # steps 1-5 came from the journal, 6-10 ran in the new run
-        assert int(await counters.get(exec_key(new, f"step:s{i}")) or 0) == (i > 5), i
-    entries = await client.store.read_journal(new)
+        assert await execs(counters, new, f"step:s{i}") == (i > 5), i
+    entries = await journal(client, new)
     marker = entries[0].entry
     assert isinstance(marker, Started) and marker.worker == f"fork:{src.run_id}@step:s5"
     assert [type(je.entry).__name__ for je in entries] == (

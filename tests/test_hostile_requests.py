@@ -34,8 +34,8 @@ from stalwart import (
 from stalwart._text import ERROR_TEXT_LIMIT
 from stalwart.checkpoints import Finished, Started, WaitStarted, encode_value
 from stalwart.messages import RunRequest, encode_request, read_event
-from tests.conftest import Servers, WorkerFactory, eventually, worker_pool
-from tests.helpers import exec_key, gate_key, rid
+from tests.conftest import Servers, WorkerFactory, worker_pool
+from tests.helpers import eventually, exec_key, gate_key, rid
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import urllib.request
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -38,12 +37,8 @@ from stalwart.supervisor import _telemetry as supervisor_telemetry
 from stalwart.telemetry import _metrics, _tracing
 from stalwart.telemetry._tracing import carrier_json, context_from, span_record
 from stalwart.testing import StalwartProcess, free_port
-from tests.apps import exec_key, gate_key
-from tests.conftest import ROOT, WorkerFactory, eventually
-
-
-def rid() -> str:
-    return uuid.uuid4().hex
+from tests.conftest import ROOT, WorkerFactory
+from tests.helpers import eventually, execs, gate_key, journaled, open_gate, rid
 
 
 @pytest.fixture
@@ -60,13 +55,6 @@ def memory_spans() -> Iterator[InMemorySpanExporter]:
 
 def _hex(value: int, width: int) -> str:
     return f"{value:0{width}x}"
-
-
-async def _journaled(client: Client, run_id: str, key: str) -> bool:
-    return any(
-        isinstance(je.entry, StepDone) and je.entry.key == key
-        for je in await client.store.read_journal(run_id)
-    )
 
 
 # --------------------------------------------------------------------------- tracing
@@ -86,9 +74,9 @@ async def test_one_trace_across_client_two_workers_and_a_sigkill(
     a = await workers("a", **tracing)
     run_id = rid()
     handle = await client.submit("ten", {"pause_after": 5}, run_id=run_id)
-    await eventually(lambda: _journaled(client, run_id, "step:s5"))
+    await eventually(lambda: journaled(client, run_id, "step:s5"))
     a.kill()  # SIGKILL while the run waits between step 5 and step 6
-    await counters.lpush(gate_key(run_id, "after"), "go")
+    await open_gate(counters, run_id, "after")
     await workers("b", **tracing)
     assert await handle.result(timeout=30) == sum(i * 10 for i in range(1, 11))
 
@@ -377,7 +365,7 @@ async def test_metrics_endpoints_move_as_runs_complete(
         doomed = await workers("m2")
         run_id = rid()
         held = await client.submit("sleepy", 1, run_id=run_id)
-        await eventually(lambda: counters.get(exec_key(run_id, "step:wait")))
+        await eventually(lambda: execs(counters, run_id, "step:wait"))
         await workers("m1", STALWART_METRICS_PORT=str(wport), STALWART_PASSIVATE_AFTER="0.5")
         await eventually(lambda: _serving(wport), timeout=10)
         doomed.kill()

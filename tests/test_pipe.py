@@ -18,7 +18,7 @@ from stalwart.checkpoints import CheckpointStore, Started, encode_value
 from stalwart.checkpoints._pipe import ScriptPipe
 from stalwart.errors import LeaseLost
 from stalwart.testing import RedisServer
-from tests.conftest import eventually, step_done
+from tests.helpers import eventually, step_done
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator

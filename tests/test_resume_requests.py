@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import uuid
-
 from stalwart import Client
 from stalwart.messages import RunRequest, decode_request
-
-
-def rid() -> str:
-    return "r" + uuid.uuid4().hex[:12]
+from tests.helpers import rid
 
 
 async def test_one_resume_per_cause_and_epoch(client: Client) -> None:

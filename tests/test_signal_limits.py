@@ -11,8 +11,8 @@ import redis.asyncio as aioredis
 from stalwart import Client, Settings
 from stalwart.checkpoints import WaitStarted
 from stalwart.errors import InvalidRequestError, SignalRefusedError
-from tests.conftest import WorkerFactory, eventually
-from tests.helpers import rid
+from tests.conftest import WorkerFactory
+from tests.helpers import eventually, rid
 
 pytestmark = pytest.mark.slow
 

@@ -16,8 +16,7 @@ from stalwart.broker._setup import ensure_agent_consumer
 from stalwart.checkpoints._store import REJECTED_ERROR
 from stalwart.errors import QueueFullError
 from stalwart.messages import EV_REJECTED, RunRequest, decode_event
-from tests.conftest import eventually
-from tests.helpers import rid
+from tests.helpers import eventually, rid
 
 pytestmark = pytest.mark.slow
 

@@ -34,7 +34,7 @@ from stalwart.adapters.crewai import (
     tool_call,
     tool_results,
 )
-from tests.apps import exec_key, gate_key
+from tests.helpers import COUNTER_ENV, exec_key, gate_key
 
 app = App("crewai-tests")
 
@@ -42,9 +42,11 @@ _redis: redis.Redis | None = None
 
 
 def counters() -> redis.Redis:
+    # Not tests.helpers.counters(): CrewAI calls tools and models in threads with no event
+    # loop, so this is a blocking client.
     global _redis
     if _redis is None:
-        _redis = redis.Redis.from_url(os.environ["COUNTER_REDIS_URL"])
+        _redis = redis.Redis.from_url(os.environ[COUNTER_ENV])
     return _redis
 
 

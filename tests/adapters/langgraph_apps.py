@@ -1,21 +1,20 @@
 """LangGraph graphs the LangGraph adapter tests run in real worker processes.
 
 Served as ``tests.adapters.langgraph_apps:app``. Model calls and tool calls count their
-executions in Redis (``COUNTER_REDIS_URL``), outside the worker, so a test can prove which
-ran how often across a SIGKILL. A call blocks on a Redis gate (BLPOP) when the test armed it
-for the run, which holds the run at an exact point for the kill.
+executions in Redis (``COUNTER_REDIS_URL``, keys from ``tests.helpers``), outside the worker,
+so a test can prove which ran how often across a SIGKILL. A call blocks on a Redis gate
+(BLPOP) when the test marked it gated for the run, which holds the run at an exact point for
+the kill.
 """
 
 from __future__ import annotations
 
 import asyncio
 import operator
-import os
 import warnings
 from collections.abc import Sequence
 from typing import Annotated, Any, TypedDict
 
-import redis.asyncio as aioredis
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
@@ -28,30 +27,9 @@ from langgraph.warnings import LangGraphDeprecatedSinceV10
 
 from stalwart import App
 from stalwart.adapters.langgraph import DurableGraphRunner
+from tests.helpers import counters, exec_key, wait_if_gated
 
 app = App("langgraph-tests")
-
-_redis: dict[int, aioredis.Redis] = {}
-
-
-def counters() -> aioredis.Redis:
-    # One client per event loop (the worker has one; a test may build graphs in its own).
-    loop = id(asyncio.get_running_loop())
-    if loop not in _redis:
-        _redis[loop] = aioredis.Redis.from_url(os.environ["COUNTER_REDIS_URL"])
-    return _redis[loop]
-
-
-def exec_key(run_id: str, call: str) -> str:
-    return f"lgexec:{run_id}:{call}"
-
-
-def arm_key(run_id: str, call: str) -> str:
-    return f"lgarm:{run_id}:{call}"
-
-
-def gate_key(run_id: str, call: str) -> str:
-    return f"lggate:{run_id}:{call}"
 
 
 def run_id() -> str:
@@ -59,15 +37,10 @@ def run_id() -> str:
 
 
 async def called(call: str) -> None:
-    """Count one execution of ``call``; block on its gate if the test armed it."""
+    """Count one execution of ``call``; then block on its gate if the test marked it gated."""
     rid = run_id()
-    r = counters()
-    await r.incr(exec_key(rid, call))
-    await r.rpush(f"lglog:{rid}", call)
-    if await r.exists(arm_key(rid, call)):
-        got = await r.blpop([gate_key(rid, call)], timeout=60)
-        if got is None:
-            raise TimeoutError(f"gate {call} of {rid} never opened")
+    await counters().incr(exec_key(rid, call))
+    await wait_if_gated(rid, call)
 
 
 # -- a tool-calling agent with a scripted model ------------------------------------------

@@ -38,30 +38,21 @@ from pydantic import BaseModel
 
 from stalwart import App, current_step
 from stalwart.adapters.openai_agents import DurableAgentRunner
-from tests.apps import counters, exec_key, gate_key
+from tests.helpers import calls_key, counters, exec_key, wait_if_gated
 
 app = App("openai-tests")
 
 
-def gated_key(run_id: str, step: str) -> str:
-    return f"gated:{run_id}:{step}"
-
-
-def calls_key(run_id: str) -> str:
-    return f"modelcalls:{run_id}"
-
-
 async def count(label: str = "") -> None:
-    """Count one execution of the step whose body is running (``label`` for sub-parts)."""
+    """Count one execution of the step whose body is running (``label`` for sub-parts).
+
+    A gated step waits before it counts (the Strands apps count first).
+    """
     info = current_step()
     assert info is not None, "called outside a step"
-    r = counters()
     key = info.key if not label else f"{info.key}:{label}"
-    if await r.exists(gated_key(info.run_id, key)):
-        got = await r.blpop([gate_key(info.run_id, key)], timeout=60)
-        if got is None:
-            raise TimeoutError(f"gate {key} of {info.run_id} never opened")
-    await r.incr(exec_key(info.run_id, key))
+    await wait_if_gated(info.run_id, key)
+    await counters().incr(exec_key(info.run_id, key))
 
 
 # -- a scripted model that survives its process ------------------------------------------

@@ -4,7 +4,7 @@ Served with ``stalwart worker tests.adapters.pydantic_apps:app``. Scripted model
 from the messages they receive (never from an in-process counter: the worker dies) and log
 every real call in Redis (``COUNTER_REDIS_URL``); tools count their executions there too, so
 a test can prove across a SIGKILL which calls ran how often. Gates (Redis lists, as in
-``tests.apps``) hold a run in agent code, outside any step, until the test opens them.
+``tests.helpers``) hold a run in agent code, outside any step, until the test opens them.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pydantic_ai.providers.openai import OpenAIProvider
 
 from stalwart import App, current_step
 from stalwart.adapters.pydantic_ai import DurableAgentRunner, StalwartDurability
-from tests.apps import counters, exec_key, wait_gate
+from tests.helpers import calls_key, count_execution, counters, wait_gate
 
 # Real model requests are blocked, except in the worker a test points at its loopback server.
 models.ALLOW_MODEL_REQUESTS = os.environ.get("PYD_ALLOW_MODEL_REQUESTS") == "1"
@@ -34,20 +34,10 @@ models.ALLOW_MODEL_REQUESTS = os.environ.get("PYD_ALLOW_MODEL_REQUESTS") == "1"
 app = App("pydantic-tests")
 
 
-def model_log_key(run_id: str) -> str:
-    return f"pyd:models:{run_id}"
-
-
 async def log_model_call(label: str, messages: list[ModelMessage]) -> None:
     info = current_step()
     assert info is not None, "model calls must run inside a step"
-    await counters().rpush(model_log_key(info.run_id), f"{label}:{responses(messages) + 1}")
-
-
-async def count_tool() -> None:
-    info = current_step()
-    assert info is not None, "tool calls must run inside a step"
-    await counters().incr(exec_key(info.run_id, info.key))
+    await counters().rpush(calls_key(info.run_id), f"{label}:{responses(messages) + 1}")
 
 
 def responses(messages: list[ModelMessage]) -> int:
@@ -162,29 +152,29 @@ async def support_model_stream(
 
 
 async def lookup_customer(customer: str) -> str:
-    await count_tool()
+    await count_execution()
     return f"Ada ({customer})"
 
 
 async def get_orders(ctx: RunContext[Scenario], customer: str) -> list[str]:
-    await count_tool()
+    await count_execution()
     return [f"{ctx.deps.customer}-o1", f"{ctx.deps.customer}-o2"]
 
 
 async def get_tickets(customer: str) -> int:
-    await count_tool()
+    await count_execution()
     return 2
 
 
 async def refund(order_id: str) -> str:
-    await count_tool()
+    await count_execution()
     info = current_step()
     assert info is not None
     return f"refund:{order_id}:{info.idempotency_key}"
 
 
 async def notify(customer: str, text: str) -> str:
-    await count_tool()
+    await count_execution()
     return "sent"
 
 
@@ -224,7 +214,7 @@ async def specialist_model(messages: list[ModelMessage], info: AgentInfo) -> Mod
 
 
 async def search_kb(query: str) -> str:
-    await count_tool()
+    await count_execution()
     return "refunds within 30 days"
 
 
@@ -251,7 +241,7 @@ async def triage_model(messages: list[ModelMessage], info: AgentInfo) -> ModelRe
 
 
 async def ask_specialist(ctx: RunContext[Scenario], question: str) -> str:
-    await count_tool()
+    await count_execution()
     result = await specialist_agent.run(question, deps=ctx.deps, usage=ctx.usage)
     return result.output
 
@@ -303,7 +293,7 @@ async def memo_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResp
 
 
 async def whoami(ctx: RunContext[Scenario]) -> str:
-    await count_tool()
+    await count_execution()
     return ctx.deps.customer
 
 

@@ -25,29 +25,20 @@ from strands.types.content import Messages
 
 from stalwart import NO_RETRY, App, current_step, durable
 from stalwart.adapters.strands import DurableAgentRunner, ScriptedModel, reply, tool_call
-from tests.apps import counters, exec_key, gate_key
+from tests.helpers import calls_key, count_execution, counters, wait_if_gated
 
 app = App("strands-tests")
 
 
-def gated_key(run_id: str, step: str) -> str:
-    return f"gated:{run_id}:{step}"
-
-
-def calls_key(run_id: str) -> str:
-    return f"modelcalls:{run_id}"
-
-
 async def count() -> None:
-    """Count one execution of the step whose body is running; wait at its gate if it has one."""
+    """Count one execution of the running step, then wait at its gate if it has one.
+
+    Counted first: a held body is in flight (the OpenAI apps wait before counting).
+    """
     info = current_step()
     assert info is not None, "called outside a step"
-    r = counters()
-    await r.incr(exec_key(info.run_id, info.key))
-    if await r.exists(gated_key(info.run_id, info.key)):
-        got = await r.blpop([gate_key(info.run_id, info.key)], timeout=60)
-        if got is None:
-            raise TimeoutError(f"gate {info.key} of {info.run_id} never opened")
+    await count_execution()
+    await wait_if_gated(info.run_id, info.key)
 
 
 async def log_model_call(messages: Messages) -> None:

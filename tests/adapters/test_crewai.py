@@ -11,7 +11,6 @@ import asyncio
 import importlib.util
 import os
 import sys
-import uuid
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -22,12 +21,22 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 from stalwart import Client, NonRetryableError, RunCancelled, RunFailed, Settings, StepFailed
-from stalwart.checkpoints import JournalEntry, Started, StepDone, StepError
+from stalwart.checkpoints import Started, StepDone, StepError
 from stalwart.errors import DisallowedTypeError
 from stalwart.kit import allow_map
 from tests.adapters.tampering import MARKER_ENV, MARKER_MODULE, tamper_step
-from tests.apps import exec_key, gate_key
-from tests.conftest import Servers, WorkerFactory, eventually, worker_pool
+from tests.conftest import Servers, WorkerFactory, worker_pool
+from tests.helpers import (
+    done_keys,
+    eventually,
+    execs,
+    journal,
+    journaled,
+    open_gate,
+    owners,
+    rid,
+    step_owners,
+)
 
 APP = "tests.adapters.crewai_apps:app"
 # Before CrewAI is imported, here and in the workers: no telemetry, no tracing.
@@ -87,29 +96,9 @@ async def crew_workers(
         yield start
 
 
-def rid() -> str:
-    return uuid.uuid4().hex
-
-
-async def journal(client: Client, run_id: str) -> list[JournalEntry]:
-    return await client.store.read_journal(run_id)
-
-
-async def done_keys(client: Client, run_id: str) -> list[str]:
-    return [je.entry.key for je in await journal(client, run_id) if isinstance(je.entry, StepDone)]
-
-
-async def execs(counters: aioredis.Redis, run_id: str, key: str) -> int:
-    return int(await counters.get(exec_key(run_id, key)) or 0)
-
-
 async def exec_counts(counters: aioredis.Redis, run_id: str) -> dict[str, int]:
     order = [k.decode() for k in await counters.lrange(order_key(run_id), 0, -1)]
     return {k: order.count(k) for k in order}
-
-
-def owners(entries: list[JournalEntry]) -> list[str]:
-    return [je.entry.worker for je in entries if isinstance(je.entry, Started)]
 
 
 RESEARCH_KEYS = [
@@ -366,9 +355,9 @@ async def test_sigkill_during_a_parallel_tool_batch_resumes_without_repeating_ca
     handle = await client.submit("research", {"topic": "solar"}, run_id=run_id)
     await eventually(lambda: execs(counters, run_id, in_flight), timeout=60)
     # Its sibling in the same parallel batch completes while call_2a is held.
-    await eventually(lambda: _journaled(client, run_id, "task:0/tool:call_2b"), timeout=30)
+    await eventually(lambda: journaled(client, run_id, "task:0/tool:call_2b"), timeout=30)
     a.kill()
-    await counters.lpush(gate_key(run_id, "in"), "go")
+    await open_gate(counters, run_id, "in")
     await crew_workers("b")
     result = await handle.result(timeout=60)
 
@@ -384,10 +373,6 @@ async def test_sigkill_during_a_parallel_tool_batch_resumes_without_repeating_ca
     assert result == await uninterrupted.result(timeout=60)
 
 
-async def _journaled(client: Client, run_id: str, key: str) -> bool:
-    return key in await done_keys(client, run_id)
-
-
 async def test_hierarchical_crew_dies_inside_a_delegation_and_resumes_there(
     client: Client, crew_workers: WorkerFactory, supervisor, counters: aioredis.Redis
 ) -> None:
@@ -397,11 +382,11 @@ async def test_hierarchical_crew_dies_inside_a_delegation_and_resumes_there(
     held = "task:1/tool:call_m1/model:1"
     await counters.set(block_key(run_id), held)
     handle = await client.submit("delegation", {"topic": "wind"}, run_id=run_id)
-    await eventually(lambda: _journaled(client, run_id, "task:1/model:1"), timeout=60)
+    await eventually(lambda: journaled(client, run_id, "task:1/model:1"), timeout=60)
     before = await exec_counts(counters, run_id)
     assert set(before) == set(COUNTED[: COUNTED.index(held)])
     a.kill()
-    await counters.lpush(gate_key(run_id, "in"), "go")
+    await open_gate(counters, run_id, "in")
     await crew_workers("b")
     result = msgspec.convert(await handle.result(timeout=60), CrewResult)
 
@@ -464,8 +449,8 @@ async def test_sigterm_drains_the_crew_at_its_next_call_and_another_worker_resum
     handle = await client.submit("research", {"topic": "tidal"}, run_id=run_id)
     await eventually(lambda: execs(counters, run_id, held), timeout=60)
     a.proc.terminate()  # SIGTERM: the held tool finishes, the next model call hands over
-    await counters.lpush(gate_key(run_id, "in"), "go")
-    assert a.proc.wait(timeout=20) == 0
+    await open_gate(counters, run_id, "in")
+    assert await asyncio.to_thread(a.proc.wait, 20) == 0
     await crew_workers("b")
     result = msgspec.convert(await handle.result(timeout=60), CrewResult)
 
@@ -473,7 +458,7 @@ async def test_sigterm_drains_the_crew_at_its_next_call_and_another_worker_resum
     assert await exec_counts(counters, run_id) == dict.fromkeys(RESEARCH_KEYS, 1)
     entries = await journal(client, run_id)
     assert owners(entries) == ["a", "b"]
-    by_worker = {je.entry.key: je.entry.worker for je in entries if isinstance(je.entry, StepDone)}
+    by_worker = step_owners(entries)
     assert by_worker[held] == "a" and by_worker["task:0/model:3"] == "b"
 
 
@@ -487,7 +472,7 @@ async def test_cancel_stops_the_crew_at_its_next_call(
     handle = await client.submit("research", {"topic": "geo"}, run_id=run_id)
     await eventually(lambda: execs(counters, run_id, held), timeout=60)
     assert await handle.cancel("enough") == "requested"
-    await counters.lpush(gate_key(run_id, "in"), "go")
+    await open_gate(counters, run_id, "in")
     with pytest.raises(RunCancelled):
         await handle.result(timeout=30)
     keys = await done_keys(client, run_id)
@@ -505,7 +490,7 @@ async def test_a_failed_tool_is_journaled_and_replayed_as_the_same_error(
     handle = await client.submit("fragile", {"topic": "x"}, run_id=run_id)
     await eventually(lambda: _failed(client, run_id, "task:0/tool:call_x"), timeout=60)
     a.kill()
-    await counters.lpush(gate_key(run_id, "in"), "go")
+    await open_gate(counters, run_id, "in")
     await crew_workers("b")
     result = msgspec.convert(await handle.result(timeout=60), CrewResult)
 

@@ -3,12 +3,13 @@ in real worker processes, SIGKILLed mid-run and resumed by another worker."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import operator
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, TypedDict, cast
 
 import pytest
@@ -24,17 +25,22 @@ from pydantic import BaseModel
 from stalwart import Client, RunCancelled, RunFailed, Settings
 from stalwart.adapters.langgraph import KIND_NODE, StalwartSaver, _codec
 from stalwart.adapters.langgraph._serde import SafeSerializer, declared_types, type_key
-from stalwart.checkpoints import Finished, JournalEntry, Started, StepDone
+from stalwart.checkpoints import Finished, Started, StepDone
 from stalwart.errors import DisallowedTypeError, LeaseLost
 from stalwart.testing import StalwartProcess
-from tests.adapters.langgraph_apps import arm_key, exec_key, gate_key
 from tests.adapters.tampering import MARKER_ENV, MARKER_MODULE
-from tests.conftest import Servers, WorkerFactory, eventually, worker_pool
-
-
-def rid() -> str:
-    return uuid.uuid4().hex
-
+from tests.conftest import Servers, WorkerFactory, worker_pool
+from tests.helpers import (
+    at_least,
+    eventually,
+    execs,
+    gate_key,
+    journal,
+    mark_gated,
+    open_gate,
+    owners,
+    rid,
+)
 
 # -- codec -----------------------------------------------------------------------------------
 
@@ -173,27 +179,11 @@ async def lg_workers(
         yield start
 
 
-async def execs(counters: aioredis.Redis, run_id: str, call: str) -> int:
-    return int(await counters.get(exec_key(run_id, call)) or 0)
-
-
-async def journal(client: Client, run_id: str) -> list[JournalEntry]:
-    return await client.store.read_journal(run_id)
-
-
 async def tasks_done(client: Client, run_id: str, name: str) -> int:
     return sum(
         isinstance(je.entry, StepDone) and je.entry.kind == KIND_NODE and je.entry.name == name
         for je in await journal(client, run_id)
     )
-
-
-async def _at_least(count: Awaitable[int], n: int) -> bool:
-    return await count >= n
-
-
-def owners(entries: list[JournalEntry]) -> list[str]:
-    return [je.entry.worker for je in entries if isinstance(je.entry, Started)]
 
 
 def _agent_calls() -> list[str]:
@@ -216,7 +206,7 @@ async def test_agent_sigkilled_during_parallel_tool_calls_resumes_elsewhere(
     question = {"messages": [{"role": "user", "content": "research the market"}]}
     run_id = rid()
     # lookup:churn blocks inside the tool; the other two parallel calls finish.
-    await counters.set(arm_key(run_id, "lookup:churn"), 1)
+    await mark_gated(counters, run_id, "lookup:churn")
     handle = await client.submit("lg-agent", question, run_id=run_id)
 
     async def two_tools_stored() -> bool:
@@ -225,7 +215,7 @@ async def test_agent_sigkilled_during_parallel_tool_calls_resumes_elsewhere(
     await eventually(two_tools_stored, timeout=30)
     assert await execs(counters, run_id, "lookup:churn") == 1  # in flight
     a.kill()
-    await counters.lpush(gate_key(run_id, "lookup:churn"), "go")  # for the next attempt
+    await open_gate(counters, run_id, "lookup:churn")  # for the next attempt
     b = await lg_workers("b")
     result = await handle.result(timeout=60)
 
@@ -268,7 +258,7 @@ async def test_frozen_worker_comes_back_as_a_zombie_and_stores_nothing(
     a = await lg_workers("a")
     question = {"messages": [("user", "go")]}
     run_id = rid()
-    await counters.set(arm_key(run_id, "lookup:churn"), 1)
+    await mark_gated(counters, run_id, "lookup:churn")
     handle = await client.submit("lg-agent", question, run_id=run_id)
     await eventually(lambda: execs(counters, run_id, "lookup:churn"), timeout=30)
     a.pause()  # SIGSTOP inside the tool call: its lease expires, B takes the run over
@@ -318,17 +308,17 @@ async def test_sigterm_hands_the_graph_over_after_the_running_tool(
     # No supervisor: only the draining worker's own resume request can move the run.
     a = await lg_workers("a")
     run_id = rid()
-    await counters.set(arm_key(run_id, "lookup:churn"), 1)
+    await mark_gated(counters, run_id, "lookup:churn")
     handle = await client.submit("lg-agent", {"messages": [("user", "go")]}, run_id=run_id)
     await eventually(lambda: execs(counters, run_id, "lookup:churn"), timeout=30)
-    await eventually(lambda: _at_least(tasks_done(client, run_id, "tools"), 2), timeout=30)
+    await eventually(lambda: at_least(tasks_done(client, run_id, "tools"), 2), timeout=30)
     assert a.proc is not None
     a.proc.terminate()  # SIGTERM: drain; the tool in flight may finish and is kept
     await lg_workers("b")
-    await counters.lpush(gate_key(run_id, "lookup:churn"), "go")
+    await open_gate(counters, run_id, "lookup:churn")
     result = await handle.result(timeout=60)
     assert result[-1][1] == "final: pricing, competitors and churn summarized"
-    assert a.proc.wait(timeout=20) == 0
+    assert await asyncio.to_thread(a.proc.wait, 20) == 0
     for call in _agent_calls():
         assert await execs(counters, run_id, call) == 1, call
     entries = await journal(client, run_id)
@@ -353,12 +343,12 @@ async def test_subgraph_sigkilled_mid_way_resumes_from_its_last_node(
 ) -> None:
     a = await lg_workers("a")
     run_id = rid()
-    await counters.set(arm_key(run_id, "sub:search"), 1)
+    await mark_gated(counters, run_id, "sub:search")
     handle = await client.submit("lg-team", {"topic": "batteries"}, run_id=run_id)
     await eventually(lambda: execs(counters, run_id, "sub:search"), timeout=30)
     assert await tasks_done(client, run_id, "plan") == 1
     a.kill()
-    await counters.lpush(gate_key(run_id, "sub:search"), "go")
+    await open_gate(counters, run_id, "sub:search")
     await lg_workers("b")
 
     result = await handle.result(timeout=60)
@@ -395,7 +385,7 @@ async def test_functional_api_tasks_survive_a_sigkill(
 ) -> None:
     a = await lg_workers("a")
     run_id = rid()
-    await counters.set(arm_key(run_id, "combine"), 1)
+    await mark_gated(counters, run_id, "combine")
     handle = await client.submit("lg-func", ["x", "y", "z"], run_id=run_id)
     await eventually(lambda: execs(counters, run_id, "combine"), timeout=30)
 
@@ -405,7 +395,7 @@ async def test_functional_api_tasks_survive_a_sigkill(
 
     await eventually(fetches_journaled, timeout=10)
     a.kill()
-    await counters.lpush(gate_key(run_id, "combine"), "go")
+    await open_gate(counters, run_id, "combine")
     await lg_workers("b")
     assert await handle.result(timeout=60) == "x-data + y-data + z-data"
     for source in ("x", "y", "z"):
@@ -468,11 +458,11 @@ async def test_cancel_stops_a_graph_at_its_next_task(
 ) -> None:
     await lg_workers()
     run_id = rid()
-    await counters.set(arm_key(run_id, "sub:plan"), 1)
+    await mark_gated(counters, run_id, "sub:plan")
     handle = await client.submit("lg-team", {"topic": "x"}, run_id=run_id)
     await eventually(lambda: execs(counters, run_id, "sub:plan"), timeout=30)
     assert await handle.cancel("enough") == "requested"
-    await counters.lpush(gate_key(run_id, "sub:plan"), "go")
+    await open_gate(counters, run_id, "sub:plan")
     with pytest.raises(RunCancelled, match="enough"):
         await handle.result(timeout=30)
     assert await execs(counters, run_id, "sub:search") == 0

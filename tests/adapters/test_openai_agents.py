@@ -13,7 +13,6 @@ import http.server
 import json
 import sys
 import threading
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -29,7 +28,7 @@ from agents.usage import Usage
 from openai.types.responses import ResponseOutputMessage
 
 import stalwart.adapters.openai_agents as oa
-from stalwart import Client, RunEvent, RunFailed, RunHandle, Settings
+from stalwart import Client, RunFailed, Settings
 from stalwart.adapters.openai_agents._codec import (
     dump_response,
     dump_tool_output,
@@ -37,18 +36,30 @@ from stalwart.adapters.openai_agents._codec import (
     without_volatile,
 )
 from stalwart.checkpoints import (
-    JournalEntry,
-    Started,
     StepDone,
     StepError,
     WaitStarted,
     decode_value,
 )
 from stalwart.errors import DisallowedTypeError
-from stalwart.testing import StalwartProcess
-from tests.adapters.openai_apps import calls_key, exec_key, gate_key, gated_key
 from tests.adapters.tampering import MARKER_ENV, MARKER_MODULE, tamper_step
-from tests.conftest import Servers, WorkerFactory, eventually, worker_pool
+from tests.conftest import Servers, WorkerFactory, worker_pool
+from tests.helpers import (
+    at_least,
+    collect_events,
+    done_keys,
+    eventually,
+    execs,
+    has_all,
+    journal,
+    mark_gated,
+    model_log,
+    open_gate,
+    outcome,
+    owners,
+    rid,
+    step_owners,
+)
 
 APP = "tests.adapters.openai_apps:app"
 
@@ -67,58 +78,11 @@ async def oa_workers(
         yield start
 
 
-def rid() -> str:
-    return uuid.uuid4().hex
-
-
-async def journal(client: Client, run_id: str) -> list[JournalEntry]:
-    return await client.store.read_journal(run_id)
-
-
-async def done_keys(client: Client, run_id: str) -> list[str]:
-    return [je.entry.key for je in await journal(client, run_id) if isinstance(je.entry, StepDone)]
-
-
 async def tool_steps_done(client: Client, run_id: str) -> int:
     return sum(
         isinstance(je.entry, StepDone) and je.entry.kind == "tool"
         for je in await journal(client, run_id)
     )
-
-
-async def model_log(counters: aioredis.Redis, run_id: str) -> list[str]:
-    return [k.decode() for k in await counters.lrange(calls_key(run_id), 0, -1)]
-
-
-async def execs(counters: aioredis.Redis, run_id: str, key: str) -> int:
-    return int(await counters.get(exec_key(run_id, key)) or 0)
-
-
-async def gate(counters: aioredis.Redis, run_id: str, *keys: str) -> None:
-    for key in keys:
-        await counters.set(gated_key(run_id, key), 1)
-
-
-async def open_gates(counters: aioredis.Redis, run_id: str, *keys: str) -> None:
-    for key in keys:
-        await counters.lpush(gate_key(run_id, key), "go")
-
-
-def owners(entries: list[JournalEntry]) -> dict[str, str]:
-    return {je.entry.key: je.entry.worker for je in entries if isinstance(je.entry, StepDone)}
-
-
-async def has_all(client: Client, run_id: str, *keys: str) -> bool:
-    return set(keys) <= set(await done_keys(client, run_id))
-
-
-async def outcome(handle: RunHandle, *procs: StalwartProcess, timeout: float = 30) -> Any:
-    """The run's result; on a timeout, fail with the workers' logs."""
-    try:
-        return await handle.result(timeout=timeout)
-    except TimeoutError:
-        logs = "\n".join(f"--- {p.name}\n{p.log_text()[-4000:]}" for p in procs)
-        raise AssertionError(f"run {handle.run_id} did not end in {timeout}s\n{logs}") from None
 
 
 # -- the acceptance run: 3 model calls, 5 tool calls, a SIGKILL after the 3rd tool --------
@@ -140,13 +104,13 @@ async def test_sigkill_after_third_tool_call_resumes_without_repeating_calls(
     )
 
     run_id = rid()
-    await gate(counters, run_id, "tool:c4", "tool:c5")  # hold the run after the 3rd tool
+    await mark_gated(counters, run_id, "tool:c4", "tool:c5")  # hold the run after the 3rd tool
     handle = await client.submit("oa-research", "Analyze Q4 market trends", run_id=run_id)
-    await eventually(lambda: _at_least(tool_steps_done(client, run_id), 3), timeout=30)
+    await eventually(lambda: at_least(tool_steps_done(client, run_id), 3), timeout=30)
     assert await has_all(client, run_id, "tool:c1", "tool:c2", "tool:c3")
     a.kill()
     b = await oa_workers("b")
-    await open_gates(counters, run_id, "tool:c4", "tool:c5")
+    await open_gate(counters, run_id, "tool:c4", "tool:c5")
 
     assert await outcome(handle, b) == expected
     assert await model_log(counters, run_id) == ["model:1", "model:2", "model:3"]
@@ -155,7 +119,7 @@ async def test_sigkill_after_third_tool_call_resumes_without_repeating_calls(
     entries = await journal(client, run_id)
     keys = [je.entry.key for je in entries if isinstance(je.entry, StepDone | StepError)]
     assert sorted(keys) == sorted(RESEARCH_STEPS)  # each journaled once, nothing failed
-    who = owners(entries)
+    who = step_owners(entries)
     assert {k for k, w in who.items() if w == "a"} == {
         "model:1",
         "model:2",
@@ -164,13 +128,9 @@ async def test_sigkill_after_third_tool_call_resumes_without_repeating_calls(
         "tool:c3",
     }
     assert {k for k, w in who.items() if w == "b"} == {"tool:c4", "tool:c5", "model:3"}
-    assert [je.entry.worker for je in entries if isinstance(je.entry, Started)] == ["a", "b"]
+    assert owners(entries) == ["a", "b"]
     model_steps = [je.entry for je in entries if isinstance(je.entry, StepDone)]
     assert all(e.name == "RedisScriptedModel" for e in model_steps if e.kind == "model")
-
-
-async def _at_least(value: Any, n: int) -> bool:
-    return await value >= n
 
 
 # -- streaming across a crash ------------------------------------------------------------
@@ -182,13 +142,13 @@ async def test_streamed_run_events_followed_across_a_crash(
 ) -> None:
     a = await oa_workers("a")
     run_id = rid()
-    await gate(counters, run_id, "tool:c4", "tool:c5")
+    await mark_gated(counters, run_id, "tool:c4", "tool:c5")
     handle = await client.submit("oa-research-stream", "Analyze Q4 market trends", run_id=run_id)
-    follower = asyncio.create_task(_collect(handle.events()))
-    await eventually(lambda: _at_least(tool_steps_done(client, run_id), 3), timeout=30)
+    follower = asyncio.create_task(collect_events(handle.events()))
+    await eventually(lambda: at_least(tool_steps_done(client, run_id), 3), timeout=30)
     a.kill()
     b = await oa_workers("b")
-    await open_gates(counters, run_id, "tool:c4", "tool:c5")
+    await open_gate(counters, run_id, "tool:c4", "tool:c5")
     result = await outcome(handle, b)
     events = await asyncio.wait_for(follower, timeout=30)
 
@@ -216,10 +176,6 @@ async def test_streamed_run_events_followed_across_a_crash(
     )
 
 
-async def _collect(events: AsyncIterator[RunEvent]) -> list[RunEvent]:
-    return [ev async for ev in events]
-
-
 # -- handoff, guardrails and structured output across a crash ----------------------------
 
 
@@ -229,7 +185,7 @@ async def test_handoff_guardrails_and_structured_output_survive_a_crash(
 ) -> None:
     a = await oa_workers("a")
     run_id = rid()
-    await gate(counters, run_id, "tool:k1")  # the specialist's tool, after the handoff
+    await mark_gated(counters, run_id, "tool:k1")  # the specialist's tool, after the handoff
     handle = await client.submit("oa-triage", "How did Q4 go?", run_id=run_id)
     await eventually(
         lambda: has_all(client, run_id, "model:1", "guardrail:topic_check", "handoff:1", "model:2"),
@@ -237,7 +193,7 @@ async def test_handoff_guardrails_and_structured_output_survive_a_crash(
     )
     a.kill()
     b = await oa_workers("b")
-    await open_gates(counters, run_id, "tool:k1")
+    await open_gate(counters, run_id, "tool:k1")
 
     assert await outcome(handle, b) == {"summary": "facts about Q4", "score": 2}
     log = await model_log(counters, run_id)
@@ -256,7 +212,7 @@ async def test_handoff_guardrails_and_structured_output_survive_a_crash(
         "model:3": "model",
         "guardrail:score_check": "guardrail",
     }
-    assert owners(entries)["model:3"] == "b"
+    assert step_owners(entries)["model:3"] == "b"
 
 
 @pytest.mark.slow
@@ -283,7 +239,7 @@ async def test_agent_as_tool_nested_runs_resume_inside_their_scopes(
 ) -> None:
     a = await oa_workers("a")
     run_id = rid()
-    await gate(counters, run_id, "tool:b1/tool:w1", "tool:b2/tool:w1")
+    await mark_gated(counters, run_id, "tool:b1/tool:w1", "tool:b2/tool:w1")
     handle = await client.submit("oa-editor", "Write two drafts", run_id=run_id)
     await eventually(
         lambda: has_all(client, run_id, "model:1", "tool:b1/model:1", "tool:b2/model:1"),
@@ -291,7 +247,7 @@ async def test_agent_as_tool_nested_runs_resume_inside_their_scopes(
     )
     a.kill()
     b = await oa_workers("b")
-    await open_gates(counters, run_id, "tool:b1/tool:w1", "tool:b2/tool:w1")
+    await open_gate(counters, run_id, "tool:b1/tool:w1", "tool:b2/tool:w1")
 
     result = await outcome(handle, b)
     assert result == "draft on facts about pricing + draft on facts about churn"
@@ -313,12 +269,12 @@ async def test_tool_renamed_between_crash_and_resume_is_nondeterminism(
 ) -> None:
     a = await oa_workers("a")
     run_id = rid()
-    await gate(counters, run_id, "tool:v2")
+    await mark_gated(counters, run_id, "tool:v2")
     handle = await client.submit("oa-versioned", "Q4", run_id=run_id)
     await eventually(lambda: has_all(client, run_id, "model:1", "tool:v1", "model:2"), timeout=30)
     a.kill()
     b = await oa_workers("b", TOOL_NAME="web_search")  # the new deployment renamed the tool
-    await open_gates(counters, run_id, "tool:v2")
+    await open_gate(counters, run_id, "tool:v2")
 
     with pytest.raises(RunFailed) as info:
         await outcome(handle, b)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
 from datetime import datetime
@@ -28,18 +27,17 @@ from pydantic_ai.models.test import TestModel
 from stalwart import App, Client, RunEvent, RunFailed, Settings
 from stalwart.adapters.pydantic_ai import DurableAgentRunner, StalwartDurability
 from stalwart.adapters.pydantic_ai._codec import conversation
-from stalwart.checkpoints import JournalEntry, Started, StepAttempt, StepDone
+from stalwart.checkpoints import StepAttempt, StepDone
 from stalwart.kit import shape_changes
 from stalwart.testing import StalwartProcess
 from tests.adapters.pydantic_apps import (
     Resolution,
     Scenario,
     memo_agent,
-    model_log_key,
     support_agent,
 )
-from tests.apps import exec_key, gate_key
-from tests.conftest import Servers, eventually, worker_pool
+from tests.conftest import Servers, worker_pool
+from tests.helpers import eventually, execs, journal, model_log, open_gate, owners, rid
 
 # Real model requests stay blocked here; only the loopback OpenAI test's worker allows them.
 models.ALLOW_MODEL_REQUESTS = False
@@ -58,16 +56,8 @@ async def pyd_workers(
         yield start
 
 
-def rid() -> str:
-    return uuid.uuid4().hex
-
-
 def request(run_id: str, prompt: str = "refund my last order", **scenario: Any) -> dict[str, Any]:
     return {"prompt": prompt, "deps": asdict(Scenario(run_id=run_id, **scenario))}
-
-
-async def journal(client: Client, run_id: str) -> list[JournalEntry]:
-    return await client.store.read_journal(run_id)
 
 
 async def steps(client: Client, run_id: str, kind: str) -> list[StepDone]:
@@ -78,21 +68,9 @@ async def steps(client: Client, run_id: str, kind: str) -> list[StepDone]:
     ]
 
 
-async def model_log(counters: aioredis.Redis, run_id: str) -> list[str]:
-    return [v.decode() for v in await counters.lrange(model_log_key(run_id), 0, -1)]
-
-
-async def execs(counters: aioredis.Redis, run_id: str, key: str) -> int:
-    return int(await counters.get(exec_key(run_id, key)) or 0)
-
-
 async def collect(handle: Any, into: list[RunEvent]) -> None:
     async for ev in handle.events():
         into.append(ev)
-
-
-def owners(entries: list[JournalEntry]) -> list[str]:
-    return [je.entry.worker for je in entries if isinstance(je.entry, Started)]
 
 
 # -- pure parts, no servers --------------------------------------------------------------------
@@ -180,7 +158,7 @@ async def test_sigkill_after_third_tool_resumes_without_repeating_calls(
 
     await eventually(three_tools, timeout=30)
     a.kill()  # held before model call 3: nothing is in flight
-    await counters.lpush(gate_key(run_id, "pause_before_model"), "go")
+    await open_gate(counters, run_id, "pause_before_model")
     await pyd_workers("b")
 
     result = await handle.result(timeout=60)
@@ -255,7 +233,7 @@ async def test_delegation_survives_a_crash(
 
     await eventually(reached, timeout=30)
     a.kill()
-    await counters.lpush(gate_key(run_id, pause), "go")
+    await open_gate(counters, run_id, pause)
     await pyd_workers("b")
 
     assert await handle.result(timeout=60) == expected
@@ -292,7 +270,7 @@ async def test_tool_renamed_between_crash_and_resume_is_nondeterminism(
 
     await eventually(first_tool, timeout=30)
     a.kill()
-    await counters.lpush(gate_key(run_id, "pause_before_model"), "go")
+    await open_gate(counters, run_id, "pause_before_model")
     await pyd_workers("b", PYD_TOOL_RENAMED="1")  # the agent changed: lookup_customer renamed
 
     with pytest.raises(RunFailed) as failed:

@@ -9,7 +9,6 @@ and no completed tool call ran twice.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,7 +23,7 @@ from strands.middleware import ModelStopReason, ToolResultEvent
 from strands.multiagent.graph import GraphBuilder
 
 import stalwart.adapters.strands as st
-from stalwart import Client, RunEvent, RunFailed, RunHandle, Settings
+from stalwart import Client, RunFailed, RunHandle, Settings
 from stalwart.adapters.strands._codec import (
     dump_stop,
     dump_tool_result,
@@ -32,11 +31,24 @@ from stalwart.adapters.strands._codec import (
     load_tool_result,
     plain_messages,
 )
-from stalwart.checkpoints import JournalEntry, Started, StepDone, StepError
+from stalwart.checkpoints import StepDone, StepError
 from stalwart.errors import ConfigurationError
-from stalwart.testing import StalwartProcess
-from tests.adapters.strands_apps import calls_key, exec_key, gate_key, gated_key
-from tests.conftest import Servers, WorkerFactory, eventually, worker_pool
+from tests.conftest import Servers, WorkerFactory, worker_pool
+from tests.helpers import (
+    collect_events,
+    done_keys,
+    eventually,
+    execs,
+    has_all,
+    journal,
+    mark_gated,
+    model_log,
+    open_gate,
+    outcome,
+    owners,
+    rid,
+    step_owners,
+)
 
 APP = "tests.adapters.strands_apps:app"
 
@@ -59,57 +71,6 @@ async def st_workers(
         yield start
 
 
-def rid() -> str:
-    return uuid.uuid4().hex
-
-
-async def journal(client: Client, run_id: str) -> list[JournalEntry]:
-    return await client.store.read_journal(run_id)
-
-
-async def done_keys(client: Client, run_id: str) -> list[str]:
-    return [je.entry.key for je in await journal(client, run_id) if isinstance(je.entry, StepDone)]
-
-
-async def has_all(client: Client, run_id: str, *keys: str) -> bool:
-    return set(keys) <= set(await done_keys(client, run_id))
-
-
-async def model_log(counters: aioredis.Redis, run_id: str) -> list[str]:
-    return [k.decode() for k in await counters.lrange(calls_key(run_id), 0, -1)]
-
-
-async def execs(counters: aioredis.Redis, run_id: str, key: str) -> int:
-    return int(await counters.get(exec_key(run_id, key)) or 0)
-
-
-async def gate(counters: aioredis.Redis, run_id: str, *keys: str) -> None:
-    for key in keys:
-        await counters.set(gated_key(run_id, key), 1)
-
-
-async def open_gates(counters: aioredis.Redis, run_id: str, *keys: str) -> None:
-    for key in keys:
-        await counters.lpush(gate_key(run_id, key), "go")
-
-
-def owners(entries: list[JournalEntry]) -> dict[str, str]:
-    return {je.entry.key: je.entry.worker for je in entries if isinstance(je.entry, StepDone)}
-
-
-async def outcome(handle: RunHandle, *procs: StalwartProcess, timeout: float = 30) -> Any:
-    """The run's result; on a timeout, fail with the workers' logs."""
-    try:
-        return await handle.result(timeout=timeout)
-    except TimeoutError:
-        logs = "\n".join(f"--- {p.name}\n{p.log_text()[-4000:]}" for p in procs)
-        raise AssertionError(f"run {handle.run_id} did not end in {timeout}s\n{logs}") from None
-
-
-async def _collect(events: AsyncIterator[RunEvent]) -> list[RunEvent]:
-    return [ev async for ev in events]
-
-
 # -- the acceptance run: 4 model calls, 6 tool calls (parallel ones included) -------------
 
 RESEARCH_TOOLS = ["tool:s1", "tool:s2", "tool:s3", "tool:f1", "tool:f2", "tool:sum"]
@@ -129,14 +90,16 @@ async def test_sigkill_between_parallel_tool_calls_resumes_without_repeating_cal
     assert await outcome(baseline, a) == RESEARCH_RESULT
 
     run_id = rid()
-    await gate(counters, run_id, "tool:f2")  # one of two parallel calls: f1 completes, f2 hangs
+    await mark_gated(
+        counters, run_id, "tool:f2"
+    )  # one of two parallel calls: f1 completes, f2 hangs
     handle = await client.submit("st-research", "Analyze Q4", run_id=run_id)
-    follower = asyncio.create_task(_collect(handle.events()))
+    follower = asyncio.create_task(collect_events(handle.events()))
     await eventually(lambda: has_all(client, run_id, "tool:f1"), timeout=30)
     await eventually(lambda: execs(counters, run_id, "tool:f2"), timeout=10)
     a.kill()
     b = await st_workers("b")
-    await open_gates(counters, run_id, "tool:f2")
+    await open_gate(counters, run_id, "tool:f2")
 
     assert await outcome(handle, b) == RESEARCH_RESULT
     # Every model call ran once, across both workers (the log lives outside them).
@@ -147,7 +110,7 @@ async def test_sigkill_between_parallel_tool_calls_resumes_without_repeating_cal
     entries = await journal(client, run_id)
     keys = [je.entry.key for je in entries if isinstance(je.entry, StepDone | StepError)]
     assert sorted(keys) == sorted(RESEARCH_MODELS + RESEARCH_TOOLS)  # journaled once each
-    who = owners(entries)
+    who = step_owners(entries)
     assert {k for k, w in who.items() if w == "a"} == {
         "model:1",
         "model:2",
@@ -157,7 +120,7 @@ async def test_sigkill_between_parallel_tool_calls_resumes_without_repeating_cal
         "tool:f1",
     }
     assert {k for k, w in who.items() if w == "b"} == {"tool:f2", "model:3", "tool:sum", "model:4"}
-    assert [je.entry.worker for je in entries if isinstance(je.entry, Started)] == ["a", "b"]
+    assert owners(entries) == ["a", "b"]
     model_steps = [je.entry for je in entries if isinstance(je.entry, StepDone)]
     assert {e.model for e in model_steps if e.kind == "model"} == {"scripted-research"}
     assert all(e.input_tokens > 0 and e.output_tokens > 0 for e in model_steps if e.kind == "model")
@@ -182,12 +145,12 @@ async def test_sigkill_during_a_model_call_reruns_only_that_call(
 ) -> None:
     a = await st_workers("a")
     run_id = rid()
-    await gate(counters, run_id, "model:3")
+    await mark_gated(counters, run_id, "model:3")
     handle = await client.submit("st-research", "Analyze Q4", run_id=run_id)
     await eventually(lambda: execs(counters, run_id, "model:3"), timeout=30)
     a.kill()
     b = await st_workers("b")
-    await open_gates(counters, run_id, "model:3")
+    await open_gate(counters, run_id, "model:3")
 
     assert await outcome(handle, b) == RESEARCH_RESULT
     assert Counter(await model_log(counters, run_id)) == Counter(
@@ -226,12 +189,12 @@ async def test_graph_resumes_from_its_last_completed_node(
     assert _graph_view(await outcome(baseline, a)) == GRAPH_RESULT
 
     run_id = rid()
-    await gate(counters, run_id, "analyst/tool:analyst-1")
+    await mark_gated(counters, run_id, "analyst/tool:analyst-1")
     handle = await client.submit("st-graph", "Q4 market", run_id=run_id)
     await eventually(lambda: execs(counters, run_id, "analyst/tool:analyst-1"), timeout=30)
     a.kill()
     b = await st_workers("b")
-    await open_gates(counters, run_id, "analyst/tool:analyst-1")
+    await open_gate(counters, run_id, "analyst/tool:analyst-1")
 
     assert _graph_view(await outcome(handle, b)) == GRAPH_RESULT
     nodes = ("scout_a", "scout_b", "analyst", "writer")
@@ -240,7 +203,7 @@ async def test_graph_resumes_from_its_last_completed_node(
     for n in ("scout_a", "scout_b", "writer"):
         assert await execs(counters, run_id, f"{n}/tool:{n}-1") == 1
     assert await execs(counters, run_id, "analyst/tool:analyst-1") == 2  # in flight
-    who = owners(await journal(client, run_id))
+    who = step_owners(await journal(client, run_id))
     # The scouts completed on a and were replayed on b, not run again; b went live in the
     # analyst, at the call that had not completed.
     assert {k for k, w in who.items() if w == "a"} == {
@@ -283,12 +246,12 @@ async def test_swarm_resumes_at_the_agent_that_was_running(
     assert await outcome(baseline, a) == SWARM_RESULT
 
     run_id = rid()
-    await gate(counters, run_id, "writer/tool:w-1")
+    await mark_gated(counters, run_id, "writer/tool:w-1")
     handle = await client.submit("st-swarm", "Q4 market", run_id=run_id)
     await eventually(lambda: execs(counters, run_id, "writer/tool:w-1"), timeout=30)
     a.kill()
     b = await st_workers("b")
-    await open_gates(counters, run_id, "writer/tool:w-1")
+    await open_gate(counters, run_id, "writer/tool:w-1")
 
     assert await outcome(handle, b) == SWARM_RESULT
     models = ["triage/model:1", "triage/model:2", "researcher/model:1", "researcher/model:2"]
@@ -299,7 +262,7 @@ async def test_swarm_resumes_at_the_agent_that_was_running(
     keys = await done_keys(client, run_id)
     # Handoffs are the swarm's own bookkeeping: run again on replay, never journaled.
     assert not [k for k in keys if k.endswith(("t-1", "r-3"))]
-    assert owners(await journal(client, run_id))["writer/model:2"] == "b"
+    assert step_owners(await journal(client, run_id))["writer/model:2"] == "b"
 
 
 # -- structured output and local tools across a crash -------------------------------------
@@ -311,12 +274,12 @@ async def test_structured_output_survives_a_crash(
 ) -> None:
     a = await st_workers("a")
     run_id = rid()
-    await gate(counters, run_id, "model:2")  # the call that answers with the output tool
+    await mark_gated(counters, run_id, "model:2")  # the call that answers with the output tool
     handle = await client.submit("st-brief", "Brief me", run_id=run_id)
     await eventually(lambda: execs(counters, run_id, "model:2"), timeout=30)
     a.kill()
     b = await st_workers("b")
-    await open_gates(counters, run_id, "model:2")
+    await open_gate(counters, run_id, "model:2")
 
     assert await outcome(handle, b) == {"topic": "pricing", "sources": 14}
     assert await execs(counters, run_id, "tool:b1") == 1
@@ -330,12 +293,12 @@ async def test_local_tool_runs_again_on_replay_to_rebuild_agent_state(
 ) -> None:
     a = await st_workers("a")
     run_id = rid()
-    await gate(counters, run_id, "tool:m2")
+    await mark_gated(counters, run_id, "tool:m2")
     handle = await client.submit("st-memory", "Remember and recall", run_id=run_id)
     await eventually(lambda: execs(counters, run_id, "tool:m2"), timeout=30)
     a.kill()
     b = await st_workers("b")
-    await open_gates(counters, run_id, "tool:m2")
+    await open_gate(counters, run_id, "tool:m2")
 
     # On b, model:1 and model:2 replay; `remember` runs again and sets agent.state, so the
     # live `recall` finds the fact.
@@ -349,7 +312,7 @@ async def test_at_most_once_tool_in_flight_at_a_crash_fails_the_run(
 ) -> None:
     a = await st_workers("a")
     run_id = rid()
-    await gate(counters, run_id, "tool:p1")
+    await mark_gated(counters, run_id, "tool:p1")
     handle = await client.submit("st-pay", "Pay the invoice", run_id=run_id)
     await eventually(lambda: execs(counters, run_id, "tool:p1"), timeout=30)
     a.kill()
@@ -369,7 +332,7 @@ async def test_at_most_once_tool_with_reconcile_hook_asks_it_after_a_crash(
 ) -> None:
     a = await st_workers("a")
     run_id = rid()
-    await gate(counters, run_id, "tool:p1")
+    await mark_gated(counters, run_id, "tool:p1")
     handle = await client.submit("st-pay-checked", "Pay the invoice", run_id=run_id)
     await eventually(lambda: execs(counters, run_id, "tool:p1"), timeout=30)
     a.kill()
@@ -420,12 +383,12 @@ async def test_prompt_changed_between_crash_and_resume_is_nondeterminism(
 ) -> None:
     a = await st_workers("a")
     run_id = rid()
-    await gate(counters, run_id, "tool:f2")
+    await mark_gated(counters, run_id, "tool:f2")
     handle = await client.submit("st-research", "Analyze Q4", run_id=run_id)
     await eventually(lambda: execs(counters, run_id, "tool:f2"), timeout=30)
     a.kill()
     b = await st_workers("b", RESEARCH_PROMPT="You research markets, briefly.")
-    await open_gates(counters, run_id, "tool:f2")
+    await open_gate(counters, run_id, "tool:f2")
 
     with pytest.raises(RunFailed) as info:
         await outcome(handle, b)
@@ -440,11 +403,11 @@ async def test_cancel_stops_a_swarm_that_swallows_node_errors(
 ) -> None:
     await st_workers("a")
     run_id = rid()
-    await gate(counters, run_id, "researcher/tool:r-1")
+    await mark_gated(counters, run_id, "researcher/tool:r-1")
     handle = await client.submit("st-swarm", "Q4 market", run_id=run_id)
     await eventually(lambda: execs(counters, run_id, "researcher/tool:r-1"), timeout=30)
     assert await handle.cancel("enough") == "requested"
-    await open_gates(counters, run_id, "researcher/tool:r-1")
+    await open_gate(counters, run_id, "researcher/tool:r-1")
     # The swarm turns a failing node into a failed result; the run is still cancelled.
     await eventually(lambda: _status(handle, "cancelled"), timeout=20)
     assert "writer/model:1" not in await model_log(counters, run_id)
