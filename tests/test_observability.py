@@ -654,40 +654,4 @@ def test_the_gauges_read_snapshots_while_their_owner_lives() -> None:
     assert "gauge-s" not in _metrics._run_status
 
 
-# --------------------------------------------------------------------------- API
-
-
-def test_observability_exports_are_pinned() -> None:
-    assert sorted(observability.__all__) == [
-        "AttemptError",
-        "History",
-        "JsonLinesSpanExporter",
-        "METRICS_ADDR_ENV",
-        "METRICS_PORT_ENV",
-        "PAYLOADS_ENV",
-        "Placement",
-        "ReplayReport",
-        "StepRow",
-        "TRACING_ENV",
-        "add_trace_ids",
-        "build_history",
-        "configure",
-        "configure_metrics",
-        "configure_tracing",
-        "format_history",
-        "history_json",
-        "metrics_port",
-        "payloads_enabled",
-        "read_span_file",
-        "redact",
-        "replay_run",
-        "set_tracer_provider",
-        "shutdown",
-    ]
-    scope: dict[str, Any] = {}
-    exec("from stalwart.observability import *", scope)
-    for name in observability.__all__:
-        assert scope[name] is getattr(observability, name)
-        obj = getattr(observability, name)
-        if callable(obj):
-            assert obj.__doc__, f"stalwart.observability.{name} has no docstring"
+# The observability API (its __all__, star import, docstrings) is pinned in test_public_api.py.
