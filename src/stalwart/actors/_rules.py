@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+import msgspec
+
 from stalwart.actors._view import JournalView
 from stalwart.checkpoints import StepDone, StepError, StepIntent
 from stalwart.errors import (
@@ -169,9 +171,11 @@ class Unknown:
     how: Literal["signal", "reconcile", "fail"]
 
 
-@dataclass(frozen=True, slots=True)
-class Attempt:
+class Attempt(msgspec.Struct, frozen=True, gc=False):
     """Run the step live, starting with attempt ``attempt``.
+
+    A msgspec Struct, not a frozen dataclass like the other decisions: one is built for
+    every live step, and a frozen dataclass costs ~1.6 us to build against ~0.2 us.
 
     ``resume_at`` (a wall-clock time, 0 for none) is when the backoff of an earlier owner's
     failed attempt ends: the attempt waits until then.
