@@ -12,7 +12,17 @@ from stalwart import Client, RunCancelled, RunFailed
 from stalwart.checkpoints import Finished, JournalEntry, Started, StepDone, StepError
 from stalwart.messages import event_data
 from tests.conftest import ROOT, Servers, WorkerFactory
-from tests.helpers import eventually, execs, gate_key, journal, journaled, owners, rid
+from tests.helpers import (
+    at_least,
+    eventually,
+    execs,
+    gate_key,
+    journal,
+    journaled,
+    open_gate,
+    owners,
+    rid,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +54,7 @@ async def test_sigkill_after_step5_resumes_on_another_worker(
     await eventually(lambda: journaled(client, run_id, "step:s5"))
     assert (await handle.status()).worker == "a"
     a.kill()
-    await counters.lpush(gate_key(run_id, "after"), "go")
+    await open_gate(counters, run_id, "after")
     await workers("b")
 
     assert await handle.result(timeout=30) == sum(i * 10 for i in range(1, 11))
@@ -81,7 +91,7 @@ async def test_sigkill_inside_step6_runs_step6_again(
     handle = await client.submit("ten", {"block_in": 6}, run_id=run_id)
     await eventually(lambda: execs(counters, run_id, "step:s6"))
     a.kill()
-    await counters.lpush(gate_key(run_id, "in"), "go")
+    await open_gate(counters, run_id, "in")
     await workers("b")
 
     assert await handle.result(timeout=30) == sum(i * 10 for i in range(1, 11))
@@ -103,7 +113,7 @@ async def test_hundred_runs_three_workers_one_killed(
         records = await asyncio.gather(*(h.status() for h in handles))
         return sum(r.status == "completed" for r in records)
 
-    await eventually(lambda: _at_least(done_count, 1), timeout=30)
+    await eventually(lambda: at_least(done_count(), 1), timeout=30)
     procs[0].kill()  # whatever it had in flight moves to the other two
 
     results = await asyncio.gather(*(h.result(timeout=60) for h in handles))
@@ -114,10 +124,6 @@ async def test_hundred_runs_three_workers_one_killed(
         keys = [je.entry.key for je in entries if isinstance(je.entry, StepDone)]
         assert keys == ["step:q", "step:q#2", "step:q#3"], h.run_id
         assert isinstance(entries[-1].entry, Finished)
-
-
-async def _at_least(count, n: int) -> bool:
-    return await count() >= n
 
 
 async def test_zombie_is_fenced_after_sigstop(
@@ -190,7 +196,7 @@ async def test_cancel_reaches_a_run_owned_by_another_process(
     handle = await client.submit("sleepy", 3, run_id=run_id)
     await eventually(lambda: execs(counters, run_id, "step:wait"))
     assert await handle.cancel("user pressed stop") == "requested"
-    await counters.lpush(gate_key(run_id, "in"), "1")
+    await open_gate(counters, run_id, "in")
     with pytest.raises(RunCancelled, match="user pressed stop"):
         await handle.result(timeout=20)
     assert await execs(counters, run_id, "step:wait#2") == 0
@@ -207,7 +213,7 @@ async def test_code_change_between_crash_and_resume_is_nondeterminism(
     handle = await client.submit("versioned", None, run_id=run_id)
     await eventually(lambda: journaled(client, run_id, "step:a"))
     a.kill()
-    await counters.lpush(gate_key(run_id, "after"), "go")
+    await open_gate(counters, run_id, "after")
     await workers("b", AGENT_VERSION="2")
     with pytest.raises(RunFailed) as info:
         await handle.result(timeout=30)
@@ -234,7 +240,7 @@ async def test_crash_stage_sets_up_workers_and_a_supervisor_that_resume_a_killed
         await eventually(lambda: journaled(stage.client, run_id, "step:s5"))
         owner = (await handle.status()).worker
         assert stage.kill(owner) and not stage.kill(owner)  # killed once
-        await counters.lpush(gate_key(run_id, "after"), "go")
+        await open_gate(counters, run_id, "after")
         assert await handle.result(timeout=30) == sum(i * 10 for i in range(1, 11))
         assert (await handle.status()).worker == next(iter(stage.workers))
         for i in range(1, 11):

@@ -12,7 +12,7 @@ from stalwart import Client, RunFailed, RunHandle
 from stalwart.checkpoints import StepAttempt, StepDone, StepError, StepIntent
 from stalwart.messages import RunRequest
 from tests.conftest import WorkerFactory
-from tests.helpers import entries_of, eventually, exec_key, execs, gate_key, rid
+from tests.helpers import entries_of, eventually, execs, open_gate, rid
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +81,7 @@ async def test_run_deadline_holds_across_a_crash(
     handle = await client.submit("deadline", None, run_id=run_id)
     await eventually(lambda: entries_of(client, run_id, StepDone))
     a.kill()
-    await counters.lpush(gate_key(run_id, "after"), "go")
+    await open_gate(counters, run_id, "after")
     await workers("b")
     with pytest.raises(RunFailed) as info:
         await handle.result(timeout=30)
@@ -132,9 +132,9 @@ async def test_at_most_once_step_is_not_rerun_after_a_crash_mid_call(
     a = await workers("a")
     run_id = rid()
     handle = await client.submit("pay", 42, run_id=run_id)
-    await eventually(lambda: counters.get(exec_key(run_id, "step:charge")))
+    await eventually(lambda: execs(counters, run_id, "step:charge"))
     a.kill()  # mid-call: the outcome of the charge is unknown
-    await counters.lpush(gate_key(run_id, "in"), "go")
+    await open_gate(counters, run_id, "in")
     await workers("b")
     with pytest.raises(RunFailed) as info:
         await handle.result(timeout=30)
@@ -150,7 +150,7 @@ async def test_at_most_once_step_with_reconcile_hook_sees_the_same_idempotency_k
     a = await workers("a")
     run_id = rid()
     handle = await client.submit("pay_reconciled", 7, run_id=run_id)
-    await eventually(lambda: counters.get(exec_key(run_id, "step:charge")))
+    await eventually(lambda: execs(counters, run_id, "step:charge"))
     a.kill()
     await workers("b")
     assert await handle.result(timeout=30) == "reconciled 7"
@@ -242,7 +242,7 @@ async def test_at_most_once_step_can_wait_for_a_human_to_say_what_happened(
     a = await workers("a")
     run_id = rid()
     handle = await client.submit("pay_ask_human", 5, run_id=run_id)
-    await eventually(lambda: counters.get(exec_key(run_id, "step:charge")))
+    await eventually(lambda: execs(counters, run_id, "step:charge"))
     a.kill()  # mid-call: nobody knows whether the card was charged
     await workers("b")
 

@@ -23,7 +23,7 @@ from stalwart.checkpoints import Started, StepDone
 from stalwart.messages import RunRequest
 from stalwart.testing import NatsServer, RedisServer
 from tests.conftest import Servers, worker_pool
-from tests.helpers import eventually, execs, gate_key, journaled, owners, rid
+from tests.helpers import at_least, eventually, execs, gate_key, journaled, open_gate, owners, rid
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -258,7 +258,7 @@ async def test_sigterm_during_a_long_step_hands_the_run_over_at_the_drain_budget
         assert (await handle.status()).worker == "a"
         t0 = time.monotonic()
         a.proc.terminate()  # type: ignore[union-attr]  # SIGTERM: drain
-        await eventually(lambda: _at_least(counters, run_id, "step:s2", 2), timeout=20)
+        await eventually(lambda: at_least(execs(counters, run_id, "step:s2"), 2), timeout=20)
         moved_after = time.monotonic() - t0
         # The drain budget, plus fetch shutdown and the new owner's placement: well under
         # the lease TTL that expiry-based recovery would have to wait out.
@@ -272,10 +272,6 @@ async def test_sigterm_during_a_long_step_hands_the_run_over_at_the_drain_budget
         assert len(handed) == 1 and '"cancelled"' in handed[0], log[-3000:]
         summary = [line for line in log.splitlines() if "worker.drained" in line]
         assert len(summary) == 1 and run_id in summary[0], log[-3000:]
-
-
-async def _at_least(counters: aioredis.Redis, run_id: str, key: str, n: int) -> bool:
-    return await execs(counters, run_id, key) >= n
 
 
 @pytest.mark.slow
@@ -306,7 +302,7 @@ async def test_a_lease_nats_cannot_confirm_starts_no_step_body(
                     # Let the lease age past its fresh window (a renewal was at most a
                     # third of the TTL ago; renewals fail now), then let the agent go on.
                     await asyncio.sleep(s.lease_ttl * 0.7)
-                    await counters.lpush(gate_key(run_id, "after"), "go")  # on to s4
+                    await open_gate(counters, run_id, "after")  # on to s4
                     await eventually(
                         lambda: _logged(a, "run.lease_lost"),
                         timeout=15,

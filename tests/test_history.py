@@ -27,7 +27,16 @@ from stalwart.checkpoints import (
 from stalwart.checkpoints._store import fork_entries
 from stalwart.observability import build_history, format_history, history_json, replay_run
 from tests.conftest import WorkerFactory
-from tests.helpers import eventually, execs, gate_key, journal, journaled, open_gate, rid
+from tests.helpers import (
+    collect_events,
+    eventually,
+    execs,
+    gate_key,
+    journal,
+    journaled,
+    open_gate,
+    rid,
+)
 from tests.test_cli import Result, _env, run_cli
 
 # --------------------------------------------------------------------------- journals by hand
@@ -461,6 +470,11 @@ async def test_fork_cli_reuses_the_journal_up_to_the_step_and_goes_live(
     history = json.loads((await cli("history", new, "--json")).out)
     assert [s["key"] for s in history["steps"]] == [f"step:s{i}" for i in range(1, 11)]
     assert " run.forked " in (await cli("history", new)).out
+    accepted = (await collect_events(client.handle(new).events(follow=False)))[0]
+    assert (accepted.type, accepted.data) == (
+        "run.accepted",
+        {"agent": "ten", "forked_from": src.run_id, "at": "step:s5"},
+    )
 
     nothing = await cli("fork", src.run_id, "--at", "step:nope")
     assert nothing.code == 2, nothing

@@ -23,7 +23,7 @@ from stalwart.testing import (
     worker_process,
 )
 from tests.conftest import ROOT, WorkerFactory
-from tests.helpers import eventually, execs, gate_key, journaled, rid
+from tests.helpers import eventually, execs, gate_key, journaled, open_gate, rid
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +75,7 @@ async def test_standby_supervisor_takes_over_and_resumes_an_orphan(
         leading = sup1 if first and f"-{sup1.pid}-" in first else sup2
         assert first and f"-{leading.pid}-" in first
         leading.kill()
-        await counters.lpush(gate_key(run_id, "after"), "go")
+        await open_gate(counters, run_id, "after")
         await workers("b")
         assert await handle.result(timeout=30) == 550
         now_leading = await leader(client)

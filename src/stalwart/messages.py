@@ -175,9 +175,12 @@ class ErrorData(_Data, frozen=True, kw_only=True, omit_defaults=True):
 
 
 class RunAcceptedData(_Data, frozen=True, kw_only=True, omit_defaults=True):
-    """``run.accepted``: the client stored the run and is about to queue it."""
+    """``run.accepted``: the client stored the run and is about to queue it (a fork: of run
+    ``forked_from``, at its step ``at``)."""
 
     agent: str
+    forked_from: str | msgspec.UnsetType = msgspec.UNSET
+    at: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class RunResumedData(_Data, frozen=True, kw_only=True, omit_defaults=True):

@@ -1,4 +1,5 @@
-"""The event of each journal entry (``entry_event``) and the typed data of every event type."""
+"""The event of each journal entry (``entry_event``), the wire data of the events Stalwart
+builds elsewhere, and the typed data of every event type."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from stalwart._journal_events import MAX_EVENT_RESULT, entry_event
+from stalwart._journal_events import MAX_EVENT_RESULT, entry_event, step_started_data
 from stalwart.checkpoints import (
     Entry,
     ErrorInfo,
@@ -26,11 +27,21 @@ from stalwart.messages import (
     EVENT_DATA,
     TERMINAL_EVENTS,
     ErrorData,
+    EventData,
     EventType,
+    OutcomeUnknownData,
+    ReasonData,
+    RequestRejectedData,
+    RunAcceptedData,
     RunEndedData,
     RunEvent,
+    RunPassivatedData,
+    RunStuckData,
+    SignalReceivedData,
     StepEndedData,
     StepRetryingData,
+    StepStartedData,
+    data_dict,
     decode_event,
     encode_event,
     event_data,
@@ -218,3 +229,76 @@ def test_event_data_refuses_data_of_the_wrong_shape() -> None:
     cut = RunEvent(type="step.retrying", run_id="r", at=1.0, data={"truncated": "too large"})
     with pytest.raises(msgspec.ValidationError):
         event_data(cut)
+
+
+# -- events not built from a journal entry ----------------------------------------------------
+# Their call sites (broker, intake, actor, executor, supervisor) build the data as
+# ``data_dict(<struct>)``. These are the exact wire shapes those structs give: a field that
+# was always sent (``agent`` "", ``wake_at`` 0) stays sent; only unset ones are left out.
+
+FAILED = ErrorData(type="DeadLettered", message="too many deliveries")
+
+# (event type, the struct a call site builds, the data on the wire)
+BUILT: list[tuple[str, EventData, dict[str, Any]]] = [
+    ("run.accepted", RunAcceptedData(agent="a"), {"agent": "a"}),
+    (
+        "run.accepted",
+        RunAcceptedData(agent="a", forked_from="r0", at="step:s5"),
+        {"agent": "a", "forked_from": "r0", "at": "step:s5"},
+    ),
+    (
+        "request.rejected",
+        RequestRejectedData(reason="bad", agent=""),
+        {"reason": "bad", "agent": ""},
+    ),
+    (
+        "request.rejected",
+        RequestRejectedData(reason="bad", agent="a", stream_seq=0),
+        {"reason": "bad", "agent": "a", "stream_seq": 0},
+    ),
+    ("signal.received", SignalReceivedData(name="go", sid="s1"), {"name": "go", "sid": "s1"}),
+    (
+        "run.cancelled",
+        RunEndedData(error=ErrorData(type="RunCancelled", message="")),
+        {"error": {"type": "RunCancelled", "message": ""}},
+    ),
+    (
+        "run.failed",
+        RunEndedData(error=FAILED),
+        {"error": {"type": "DeadLettered", "message": "too many deliveries"}},
+    ),
+    ("run.stuck", RunStuckData(idle_seconds=0.0, action=""), {"idle_seconds": 0.0, "action": ""}),
+    ("run.passivated", RunPassivatedData(signal="", wake_at=0.0), {"signal": "", "wake_at": 0.0}),
+    ("run.lease_lost", ReasonData(reason="fenced"), {"reason": "fenced"}),
+    ("run.released", ReasonData(reason=""), {"reason": ""}),
+    (
+        "step.outcome_unknown",
+        OutcomeUnknownData(signal="outcome:step:pay", idempotency_key="r:step:pay"),
+        {"signal": "outcome:step:pay", "idempotency_key": "r:step:pay"},
+    ),
+    ("step.started", StepStartedData(kind="tool", attempt=1), {"kind": "tool", "attempt": 1}),
+]
+
+
+@pytest.mark.parametrize(("type_", "struct", "wire"), BUILT, ids=[c[0] for c in BUILT])
+def test_built_event_data_has_its_wire_shape(
+    type_: str, struct: EventData, wire: dict[str, Any]
+) -> None:
+    assert isinstance(struct, EVENT_DATA[type_] or type(None))
+    assert data_dict(struct) == wire
+    ev = RunEvent(type=type_, run_id="r", at=1.0, data=data_dict(struct))
+    back = decode_event(encode_event(ev))
+    assert back.data == wire
+    assert event_data(back) == struct
+
+
+def test_every_event_type_not_from_a_journal_entry_is_covered() -> None:
+    journaled = {case[2] for case in CASES}
+    assert set(EVENT_DATA) <= journaled | {t for t, _, _ in BUILT}
+
+
+@pytest.mark.parametrize(("kind", "attempt"), [("tool", 1), ("model", 3), ("", 0), ("k", 99)])
+def test_step_started_data_is_its_struct_as_a_dict(kind: str, attempt: int) -> None:
+    got = step_started_data(kind, attempt)
+    assert got == data_dict(StepStartedData(kind=kind, attempt=attempt))
+    assert list(got) == list(StepStartedData.__struct_fields__)  # same keys, same order

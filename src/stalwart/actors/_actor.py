@@ -45,7 +45,14 @@ from stalwart.checkpoints import (
     encode_value,
 )
 from stalwart.errors import LeaseLost, RunCancelled, ServerUnavailableError
-from stalwart.messages import EV_LEASE_LOST, EV_PASSIVATED, EV_RELEASED
+from stalwart.messages import (
+    EV_LEASE_LOST,
+    EV_PASSIVATED,
+    EV_RELEASED,
+    ReasonData,
+    RunPassivatedData,
+    data_dict,
+)
 from stalwart.policies import RunUsage
 
 if TYPE_CHECKING:
@@ -226,7 +233,7 @@ class RunActor:
         except LeaseLost as exc:
             self.state.lost = True
             self.log.warning("run.lease_lost", error=str(exc))
-            await self.events.emit(EV_LEASE_LOST, data={"reason": str(exc)})
+            await self.events.emit(EV_LEASE_LOST, data=data_dict(ReasonData(reason=str(exc))))
         except Drained:
             await self._release_for_resume("released")
         except Passivated as exc:
@@ -380,7 +387,7 @@ class RunActor:
         except LeaseLost as exc:
             self.state.lost = True
             self.log.warning("run.finish_fenced", error=str(exc))
-            await self.events.emit(EV_LEASE_LOST, data={"reason": str(exc)})
+            await self.events.emit(EV_LEASE_LOST, data=data_dict(ReasonData(reason=str(exc))))
             return
         obs.run_finished(self, entry)
         await self.events.journaled(je)
@@ -403,7 +410,8 @@ class RunActor:
         obs.run_passivated(self)
         await broker.leases.release(self.lease)
         await self.events.emit(
-            EV_PASSIVATED, data={"signal": exc.waiting_for, "wake_at": exc.wake_at}
+            EV_PASSIVATED,
+            data=data_dict(RunPassivatedData(signal=exc.waiting_for, wake_at=exc.wake_at)),
         )
         self.log.info("run.passivated", signal=exc.waiting_for, wake_at=exc.wake_at)
         # A signal that arrived between our last look and the status change found the run
@@ -427,7 +435,7 @@ class RunActor:
         reason = "worker shutting down"
         if how == "cancelled":
             reason += ": drain budget ended inside a step, which runs again on the next owner"
-        await self.events.emit(EV_RELEASED, data={"reason": reason})
+        await self.events.emit(EV_RELEASED, data=data_dict(ReasonData(reason=reason)))
         await self._deps.fetch_closed.wait()
         await broker.request_resume(self.run_id, self.spec.name, self.epoch, "resume")
         self.log.info("run.handed_over", how=how, reason=reason)

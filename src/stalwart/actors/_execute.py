@@ -12,6 +12,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
+from stalwart._journal_events import step_started_data
 from stalwart._text import ERROR_TEXT_LIMIT, clip, exception_text, safe_text, type_name
 from stalwart.actors import _telemetry as obs
 from stalwart.actors._context import StepInfo, _current
@@ -41,7 +42,7 @@ from stalwart.checkpoints import (
     encode_value,
 )
 from stalwart.errors import LeaseLost, StepFailed, StepTimeoutError, ToolOutcomeUnknown
-from stalwart.messages import EV_OUTCOME_UNKNOWN, EV_STEP_STARTED
+from stalwart.messages import EV_OUTCOME_UNKNOWN, EV_STEP_STARTED, OutcomeUnknownData, data_dict
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -158,7 +159,7 @@ class StepExecutor(OnRun):
                 if d.at_most_once:
                     await self._journal.append(self._intent(spec, attempt, started))
                 await self._events.emit(
-                    EV_STEP_STARTED, step=spec.key, data={"kind": spec.kind, "attempt": attempt}
+                    EV_STEP_STARTED, step=spec.key, data=step_started_data(spec.kind, attempt)
                 )
                 # Last thing before the body: the lease must still be ours (a frozen worker's
                 # flags say nothing). Costs one clock read while renewals are on time.
@@ -337,7 +338,9 @@ class StepExecutor(OnRun):
             await self._events.emit(
                 EV_OUTCOME_UNKNOWN,
                 step=spec.key,
-                data={"signal": signal, "idempotency_key": f"{run_id}:{spec.key}"},
+                data=data_dict(
+                    OutcomeUnknownData(signal=signal, idempotency_key=f"{run_id}:{spec.key}")
+                ),
             )
             # The wait is journaled under the step's own key, so it replays with it.
             value = await self._waits.wait(f"{spec.key}/outcome", signal, None)

@@ -16,7 +16,17 @@ from stalwart._text import clip, msgpack_may_nest_deeper, nesting_depth_exceeds,
 from stalwart.broker._names import msg_id_run, submit_msg_id
 from stalwart.checkpoints._store import POISONED_ERROR
 from stalwart.errors import InvalidRequestError
-from stalwart.messages import EV_FAILED, EV_REJECTED, RunEvent, RunRequest, decode_request
+from stalwart.messages import (
+    EV_FAILED,
+    EV_REJECTED,
+    ErrorData,
+    RequestRejectedData,
+    RunEndedData,
+    RunEvent,
+    RunRequest,
+    data_dict,
+    decode_request,
+)
 
 if TYPE_CHECKING:
     import structlog
@@ -83,7 +93,7 @@ class Intake:
             at=time.time(),
             worker=self._worker_id,
             jseq=seq,
-            data={"reason": reason, "agent": spec.name},
+            data=data_dict(RequestRejectedData(reason=reason, agent=spec.name)),
         )
         with contextlib.suppress(Exception):
             if run_id and outcome in ("missing", "rejected"):
@@ -159,7 +169,9 @@ class Intake:
                         at=claim.at,
                         worker=self._worker_id,
                         jseq=claim.seq,
-                        data={"error": {"type": POISONED_ERROR, "message": claim.status}},
+                        data=data_dict(
+                            RunEndedData(error=ErrorData(type=POISONED_ERROR, message=claim.status))
+                        ),
                     )
                 )
             return

@@ -22,8 +22,14 @@ from stalwart.messages import (
     EV_CANCELLED,
     EV_REJECTED,
     EV_SIGNAL,
+    ErrorData,
+    RequestRejectedData,
+    RunAcceptedData,
+    RunEndedData,
     RunEvent,
     RunRequest,
+    SignalReceivedData,
+    data_dict,
     encode_request,
 )
 from stalwart.telemetry import inject_headers
@@ -208,13 +214,21 @@ class Broker:
             RunEvent(type=type, run_id=run_id, at=time.time(), data=data), acked=True
         )
 
-    async def announce_accepted(self, run_id: str, agent: str, **extra: Any) -> None:
-        """``run.accepted``: a new run (``extra``: a fork's source and step) was stored."""
-        await self._announce(run_id, EV_ACCEPTED, {"agent": agent, **extra})
+    async def announce_accepted(
+        self, run_id: str, agent: str, *, forked_from: str = "", at: str = ""
+    ) -> None:
+        """``run.accepted``: a new run (a fork: of run ``forked_from`` at step ``at``) was
+        stored."""
+        data = RunAcceptedData(
+            agent=agent, forked_from=forked_from or msgspec.UNSET, at=at or msgspec.UNSET
+        )
+        await self._announce(run_id, EV_ACCEPTED, data_dict(data))
 
     async def announce_rejected(self, run_id: str, agent: str, reason: str) -> None:
         """``request.rejected``: a submission of ``run_id`` was refused."""
-        await self._announce(run_id, EV_REJECTED, {"reason": reason, "agent": agent})
+        await self._announce(
+            run_id, EV_REJECTED, data_dict(RequestRejectedData(reason=reason, agent=agent))
+        )
 
     async def signal_stored(
         self, run_id: str, name: str, sid: str, wake: tuple[str, int] | None = None
@@ -225,7 +239,7 @@ class Broker:
         await self.poke(run_id)
         if wake is not None:
             await self.request_resume(run_id, wake[0], wake[1], "signal")
-        await self._announce(run_id, EV_SIGNAL, {"name": name, "sid": sid})
+        await self._announce(run_id, EV_SIGNAL, data_dict(SignalReceivedData(name=name, sid=sid)))
 
     async def cancel_stored(
         self, run_id: str, reason: str, *, ended: bool, wake: tuple[str, int] | None = None
@@ -237,8 +251,8 @@ class Broker:
         if wake is not None:
             await self.request_resume(run_id, wake[0], wake[1], "cancel")
         if ended:
-            error = {"type": "RunCancelled", "message": reason}
-            await self._announce(run_id, EV_CANCELLED, {"error": error})
+            error = ErrorData(type="RunCancelled", message=reason)
+            await self._announce(run_id, EV_CANCELLED, data_dict(RunEndedData(error=error)))
 
     async def pull_subscription(self, agent: str) -> Any:
         """Bind to the shared durable consumer of ``agent`` (created if missing)."""

@@ -20,7 +20,15 @@ import structlog
 
 from stalwart.broker import Broker, LeaseManager
 from stalwart.checkpoints import CheckpointStore
-from stalwart.messages import EV_FAILED, EV_STUCK, RunEvent
+from stalwart.messages import (
+    EV_FAILED,
+    EV_STUCK,
+    ErrorData,
+    RunEndedData,
+    RunEvent,
+    RunStuckData,
+    data_dict,
+)
 from stalwart.supervisor import _telemetry as obs
 from stalwart.supervisor._advisories import Refused, verify_advisory
 from stalwart.supervisor._unserved import reject_unserved
@@ -300,7 +308,7 @@ class Supervisor:
                 at=time.time(),
                 worker=record.worker,
                 epoch=record.epoch,
-                data={"idle_seconds": round(idle, 3), "action": action},
+                data=data_dict(RunStuckData(idle_seconds=round(idle, 3), action=action)),
             ),
             acked=True,
         )
@@ -387,7 +395,9 @@ class Supervisor:
                     type=EV_FAILED,
                     run_id=req.run_id,
                     at=time.time(),
-                    data={"error": {"type": "DeadLettered", "message": reason}},
+                    data=data_dict(
+                        RunEndedData(error=ErrorData(type="DeadLettered", message=reason))
+                    ),
                 ),
                 acked=True,
             )

@@ -17,7 +17,13 @@ import structlog
 from nats.js.errors import NotFoundError
 
 from stalwart._ids import check_run_id
-from stalwart.messages import EV_REJECTED, RunEvent, decode_request
+from stalwart.messages import (
+    EV_REJECTED,
+    RequestRejectedData,
+    RunEvent,
+    data_dict,
+    decode_request,
+)
 
 if TYPE_CHECKING:
     from nats.js.api import ConsumerInfo, RawStreamMsg
@@ -82,7 +88,7 @@ async def _reject(
         type=EV_REJECTED,
         run_id=run_id,
         at=time.time(),
-        data={"reason": reason, "agent": agent, "stream_seq": raw.seq},
+        data=data_dict(RequestRejectedData(reason=reason, agent=agent, stream_seq=raw.seq)),
     )
     if not run_id:
         log.warning("request.unserved_undecodable", agent=agent, stream_seq=raw.seq)
