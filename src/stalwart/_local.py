@@ -122,6 +122,7 @@ async def dev(app: str, settings: Settings, *, workers: int = 2) -> int:
                 lease_ttl=s.lease_ttl,
                 concurrency=s.concurrency,
                 namespace=s.namespace,
+                keep_log=True,  # printed below, for the user to read
             ).start()
             for i in range(workers)
         ]

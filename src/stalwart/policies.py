@@ -313,7 +313,10 @@ class Breakers:
 
 DEFAULT_RETRY: Mapping[str, RetryPolicy] = {
     "model": RetryPolicy(max_attempts=5, initial_interval=1.0, max_interval=30.0),
-    "tool": RetryPolicy(max_attempts=3, initial_interval=1.0),
+    # A tool's error goes back to the framework, which does what it does without Stalwart
+    # (shows it to the model, or raises): retrying a tool is the user's choice, per tool
+    # (``retry_by_name``, ``@durable(retry=...)``) or for every tool (``retry={"tool": ...}``).
+    "tool": RetryPolicy(max_attempts=1, initial_interval=1.0),
     "step": RetryPolicy(max_attempts=3, initial_interval=1.0),
 }
 

@@ -91,26 +91,66 @@ class DurableRunner:
             self._owns_client = True
         return self._client
 
-    async def submit(self, input: Any, *, run_id: str | None = None) -> RunHandle:
-        """Start a durable run of this agent and return its handle at once."""
+    def request(self, input: Any, **options: Any) -> Any:
+        """The run input that travels to the workers for ``input`` and per-run ``options``.
+
+        The base takes no options and sends ``input`` as plain data. Adapters override it to
+        accept their framework's own per-run inputs (a context, deps, message history, a
+        thread id...) and encode them into one request that :meth:`execute` decodes.
+        """
+        if options:
+            raise TypeError(
+                f"{type(self).__name__} takes no per-run option(s) {', '.join(sorted(options))}"
+            )
+        return msgspec.to_builtins(input)
+
+    def decode_result(self, data: Any) -> Any:
+        """The caller's result rebuilt from a run's result data (the base: the data as is).
+
+        Adapters override it to return their framework's own result type (or a documented
+        equivalent) from what :meth:`execute` returned on the worker.
+        """
+        return data
+
+    async def submit(self, input: Any, *, run_id: str | None = None, **options: Any) -> RunHandle:
+        """Start a durable run of this agent and return its handle at once.
+
+        ``options`` are the adapter's per-run inputs (see :meth:`request`).
+        """
+        payload = self.request(input, **options)
         client = await self.client()
-        return await client.submit(self.name, msgspec.to_builtins(input), run_id=run_id)
+        return await client.submit(self.name, payload, run_id=run_id)
+
+    async def result(self, run: RunHandle | str, *, timeout: float | None = None) -> Any:
+        """Wait for a run of this agent (a handle or a run id) and return its decoded result."""
+        handle = run if not isinstance(run, str) else (await self.client()).handle(run, self.name)
+        return self.decode_result(await handle.result(timeout=timeout))
 
     async def run(
-        self, input: Any, *, run_id: str | None = None, timeout: float | None = None
+        self,
+        input: Any,
+        *,
+        run_id: str | None = None,
+        timeout: float | None = None,
+        **options: Any,
     ) -> Any:
-        """Submit a run and wait for its result."""
-        handle = await self.submit(input, run_id=run_id)
-        return await handle.result(timeout=timeout)
+        """Submit a run, wait for it, and return its result (see :meth:`decode_result`)."""
+        handle = await self.submit(input, run_id=run_id, **options)
+        return await self.result(handle, timeout=timeout)
 
     def run_sync(
-        self, input: Any, *, run_id: str | None = None, timeout: float | None = None
+        self,
+        input: Any,
+        *,
+        run_id: str | None = None,
+        timeout: float | None = None,
+        **options: Any,
     ) -> Any:
         """Blocking :meth:`run` for scripts (not from inside an event loop)."""
 
         async def main() -> Any:
             try:
-                return await self.run(input, run_id=run_id, timeout=timeout)
+                return await self.run(input, run_id=run_id, timeout=timeout, **options)
             finally:
                 await self.aclose()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import subprocess
@@ -16,15 +17,39 @@ if TYPE_CHECKING:
     from types import TracebackType
 
 
+# Logs of processes started here that nobody asked to keep: removed when this (the test or
+# demo) process exits, so a day of test runs does not leave hundreds of files in /tmp.
+_TEMPORARY_LOGS: set[Path] = set()
+
+
+@atexit.register
+def _remove_temporary_logs() -> None:
+    if os.environ.get("STALWART_KEEP_LOGS"):
+        return
+    for path in list(_TEMPORARY_LOGS):
+        path.unlink(missing_ok=True)
+    _TEMPORARY_LOGS.clear()
+
+
 class StalwartProcess:
     """A ``python -m stalwart <args>`` child process that dies with its parent.
 
     ``kill()`` is a real SIGKILL, ``pause()``/``resume()`` are SIGSTOP/SIGCONT (a worker that
     freezes, as in a long GC pause or a stalled VM, and then comes back as a zombie).
+
+    Its output goes to a temporary file, :attr:`log_path`, readable until :meth:`close`
+    (or the end of this process) removes it; ``keep_log=True`` keeps it (as ``stalwart dev``
+    does, which prints the paths), and so does the environment variable
+    ``STALWART_KEEP_LOGS=1`` for every process, to read them after a failed test run.
     """
 
     def __init__(
-        self, args: list[str], *, env: dict[str, str] | None = None, name: str = ""
+        self,
+        args: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        name: str = "",
+        keep_log: bool = False,
     ) -> None:
         self.args = args
         self.name = name or args[0]
@@ -33,6 +58,8 @@ class StalwartProcess:
         fd, path = tempfile.mkstemp(prefix=f"stalwart-{self.name}-", suffix=".log")
         os.close(fd)
         self.log_path = Path(path)
+        if not keep_log:
+            _TEMPORARY_LOGS.add(self.log_path)
 
     def start(self) -> StalwartProcess:
         """Spawn the process; its output goes to :attr:`log_path`."""
@@ -85,8 +112,18 @@ class StalwartProcess:
         return self.proc.wait()
 
     def log_text(self) -> str:
-        """Everything the process printed so far."""
-        return self.log_path.read_text(errors="replace")
+        """Everything the process printed so far ("" once :meth:`close` removed the log)."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def close(self) -> None:
+        """SIGKILL the process if it still runs, and remove its log unless it is kept."""
+        self.kill()
+        if self.log_path in _TEMPORARY_LOGS and not os.environ.get("STALWART_KEEP_LOGS"):
+            _TEMPORARY_LOGS.discard(self.log_path)
+            self.log_path.unlink(missing_ok=True)
 
     def __enter__(self) -> StalwartProcess:
         return self.start()
@@ -97,7 +134,7 @@ class StalwartProcess:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.kill()
+        self.close()
 
 
 def worker_process(
@@ -110,6 +147,7 @@ def worker_process(
     concurrency: int = 16,
     namespace: str = "stalwart",
     extra_env: dict[str, str] | None = None,
+    keep_log: bool = False,
 ) -> StalwartProcess:
     """A ``stalwart worker APP`` process (not started yet)."""
     args = [
@@ -128,4 +166,4 @@ def worker_process(
         "--namespace",
         namespace,
     ]
-    return StalwartProcess(args, env=extra_env, name=worker_id)
+    return StalwartProcess(args, env=extra_env, name=worker_id, keep_log=keep_log)
