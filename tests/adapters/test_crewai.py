@@ -180,19 +180,33 @@ class MemoryContext:
     def __init__(self, journal: dict[str, tuple[str, Any]]) -> None:
         self.journal = journal
         self.live: list[str] = []
+        self.events: list[tuple[str, Any]] = []
+        self.answers: list[Any] = []
+        """What a human answers, in order (signals)."""
 
     async def call(self, spec: Any, run: Callable[[], Awaitable[Any]]) -> Any:
-        if spec.key in self.journal:
-            fp, value = self.journal[spec.key]
-            assert fp == spec.fp, f"{spec.key} asked with another request"
-            return value
-        value = msgspec.msgpack.decode(msgspec.msgpack.encode(await run()))
-        self.journal[spec.key] = (spec.fp, value)
-        self.live.append(spec.key)
+        if spec.key not in self.journal:
+            try:
+                value = msgspec.msgpack.decode(msgspec.msgpack.encode(await run()))
+            except Exception as exc:  # journaled as the step's error, as the engine does
+                value = StepFailed(spec.key, type(exc).__name__, str(exc))
+            self.journal[spec.key] = (spec.fp, value)
+            self.live.append(spec.key)
+        fp, value = self.journal[spec.key]
+        assert fp == spec.fp, f"{spec.key} asked with another request"
+        if isinstance(value, StepFailed):
+            raise value
         return value
 
     async def emit(self, type: str, data: Any = None, *, step: str = "") -> None:
-        pass
+        self.events.append((type, data))
+
+    async def wait_for_signal(self, name: str, *, timeout: float | None = None) -> Any:
+        key = f"signal:{name}"
+        if key not in self.journal:
+            self.journal[key] = ("", self.answers.pop(0))
+            self.live.append(key)
+        return self.journal[key][1]
 
 
 async def kickoff(build: Callable[[], Crew], journal: dict[str, tuple[str, Any]]) -> Any:

@@ -50,14 +50,8 @@ Semantics and limits:
 """
 
 from stalwart.adapters.crewai._install import install
-from stalwart.adapters.crewai._runner import (
-    AgentResult,
-    CrewResult,
-    DurableAgentRunner,
-    DurableCrewRunner,
-    TaskResult,
-    crew_result,
-)
+from stalwart.adapters.crewai._results import AgentResult, CrewResult, TaskResult, crew_result
+from stalwart.adapters.crewai._runner import DurableAgentRunner, DurableCrewRunner
 from stalwart.adapters.crewai._scripted import ScriptedLLM, text, tool_call, tool_results
 from stalwart.kit import ToolCallFailed
 
