@@ -657,3 +657,109 @@ async def test_a_crafted_journal_entry_fails_the_resumed_run_without_importing_a
     assert f"{MARKER_MODULE}:Evil" in failed.value.message
     assert "allowed_types" in failed.value.message
     assert not marker.exists(), marker.read_text()
+
+
+# -- per-run inputs, the result type, failed tools and human feedback (issue #13) ------------
+
+
+class Verdict(BaseModel):
+    """A task's output model: the rebuilt ``CrewOutput`` holds it as this class again."""
+
+    ok: bool
+
+
+def _judging_crew() -> Crew:
+    llm = ScriptedLLM(lambda messages, tools: '{"ok": true}')
+    agent = Agent(role="Judge", goal="judge", backstory="b", llm=llm)
+    task = Task(
+        description="Judge {what}",
+        expected_output="a verdict",
+        agent=agent,
+        output_pydantic=Verdict,
+    )
+    return Crew(agents=[agent], tasks=[task])
+
+
+def test_kickoff_inputs_travel_as_the_run_input_and_nothing_else_is_taken() -> None:
+    from stalwart import App
+    from stalwart.adapters.crewai import DurableCrewRunner
+
+    runner = DurableCrewRunner("judge", _judging_crew, app=App("inputs"))
+    assert runner.request(inputs={"what": "x"}) == {"what": "x"}
+    assert runner.request({"what": "x"}) == {"what": "x"}  # the dict as the input, as before
+    assert runner.request() is None
+    with pytest.raises(TypeError, match="once"):
+        runner.request({"what": "x"}, inputs={"what": "y"})
+    with pytest.raises(TypeError, match="a dict"):
+        runner.request(inputs=["x"])
+    with pytest.raises(TypeError, match="session"):
+        runner.request(inputs={"what": "x"}, session="s")
+
+
+async def test_the_runner_returns_crewais_own_output_rebuilt_from_the_run_result() -> None:
+    from stalwart import App
+    from stalwart.adapters.crewai import DurableCrewRunner
+
+    install()
+    plain = await asyncio.to_thread(_judging_crew().kickoff)
+    durable, _ = await kickoff(lambda: _judging_crew(), {})
+    runner = DurableCrewRunner("judge", _judging_crew, app=App("results"))
+    # What a worker returns (plain data on the wire), back as a CrewOutput.
+    data = msgspec.msgpack.decode(msgspec.msgpack.encode(durable))
+    output = runner.decode_result(data)
+    assert type(output).__name__ == "CrewOutput" and output.pydantic == Verdict(ok=True)
+    assert output.tasks_output[0].pydantic == Verdict(ok=True)
+    assert output.token_usage == plain.token_usage and output.raw == plain.raw
+    assert [(t.raw, t.agent, t.description) for t in output.tasks_output] == [
+        (t.raw, t.agent, t.description) for t in plain.tasks_output
+    ]
+    # The result names the class; only the crew's own output models are built from it.
+    forged = msgspec.to_builtins(durable)
+    forged["pydantic_type"] = "os:system"
+    with pytest.raises(DisallowedTypeError):
+        runner.decode_result(forged)
+
+
+def test_a_failed_tool_reaches_crewai_under_its_own_exception_name() -> None:
+    from crewai.tools.tool_failure import failure_from_exception
+
+    from stalwart.adapters.crewai._tools import tool_error
+
+    error = tool_error(StepFailed("task:0/tool:c", "ConnectionError", "backend down"))
+    assert isinstance(error, ToolCallFailed) and str(error) == "backend down"
+    # What CrewAI records in TaskOutput.tool_failures, as for the tool's own exception.
+    failure = failure_from_exception(error)
+    assert (failure.message, failure.code) == ("backend down", "ConnectionError")
+    silent = failure_from_exception(tool_error(StepFailed("k", "TimeoutError", "")))
+    assert silent.message == "TimeoutError"
+    assert type(tool_error(StepFailed("k", "not a name", "m"))).__name__ == "ToolCallFailed"
+
+
+def _reviewed_crew(calls: list[str]) -> Crew:
+    def script(messages: list[dict[str, Any]], tools: list[str]) -> Any:
+        calls.append("model")
+        return f"draft {sum('shorter' in str(m.get('content')) for m in messages) + 1}"
+
+    agent = Agent(role="Drafter", goal="g", backstory="b", llm=ScriptedLLM(script))
+    task = Task(description="Draft it", expected_output="a draft", agent=agent, human_input=True)
+    return Crew(agents=[agent], tasks=[task])
+
+
+async def test_human_feedback_is_a_durable_signal_and_a_replay_does_not_ask_again() -> None:
+    install()
+    calls: list[str] = []
+    crew, journal = _reviewed_crew(calls), {}
+    ctx = MemoryContext(journal)
+    ctx.answers = ["make it shorter", ""]
+    output = await CrewRun(ctx, asyncio.get_running_loop(), crew.tasks).drive(crew.kickoff)
+    assert output.raw == "draft 2" and calls == ["model", "model"]
+    asked = [data for kind, data in ctx.events if kind == "crew.human_input"]
+    assert [(a["signal"], a["agent"], a["output"]) for a in asked] == [
+        ("human:task:0/1", "Drafter", "draft 1"),
+        ("human:task:0/2", "Drafter", "draft 2"),
+    ]
+    # A resumed run replays the answers from the journal: nobody is asked, nothing runs.
+    calls.clear()
+    crew, again = _reviewed_crew(calls), MemoryContext(journal)
+    output = await CrewRun(again, asyncio.get_running_loop(), crew.tasks).drive(crew.kickoff)
+    assert (output.raw, calls, again.live) == ("draft 2", [], [])
