@@ -763,3 +763,45 @@ async def test_human_feedback_is_a_durable_signal_and_a_replay_does_not_ask_agai
     crew, again = _reviewed_crew(calls), MemoryContext(journal)
     output = await CrewRun(again, asyncio.get_running_loop(), crew.tasks).drive(crew.kickoff)
     assert (output.raw, calls, again.live) == ("draft 2", [], [])
+
+
+def _looking_up_crew(calls: list[str]) -> Crew:
+    @crewai_tool("lookup")
+    def lookup(key: str) -> str:
+        """Look a key up."""
+        calls.append(key)
+        raise KeyError(f"no such key {key}")
+
+    def script(messages: list[dict[str, Any]], tools: list[str]) -> Any:
+        seen = [m for m in messages if m.get("role") != "system" and "no such key" in text([m])]
+        if not seen:
+            return 'Thought: look it up\nAction: lookup\nAction Input: {"key": "a"}'
+        return "Thought: done\nFinal Answer: " + text(seen)[-120:]
+
+    llm = ScriptedLLM(script, function_calling=False)
+    agent = Agent(role="Reader", goal="g", backstory="b", llm=llm, tools=[lookup])
+    return Crew(agents=[agent], tasks=[Task(description="d", expected_output="o", agent=agent)])
+
+
+async def test_a_failing_tool_runs_as_often_as_crewai_runs_it_plainly_and_never_again() -> None:
+    # CrewAI's text tool calling tries a raising tool again on its own (two calls per
+    # attempt, three attempts): the durable run makes the same calls, each a step, with no
+    # retries of Stalwart's, and a replay makes none.
+    install()
+    calls: list[str] = []
+    plain = await asyncio.to_thread(_looking_up_crew(calls).kickoff)
+    plainly = list(calls)
+    calls.clear()
+    journal: dict[str, tuple[str, Any]] = {}
+    crew = _looking_up_crew(calls)
+    durable = await CrewRun(MemoryContext(journal), asyncio.get_running_loop(), crew.tasks).drive(
+        crew.kickoff
+    )
+    assert calls == plainly and len(plainly) > 1
+    assert (durable.raw, durable.tasks_output[0].tool_failures[0].failure) == (
+        plain.raw,
+        plain.tasks_output[0].tool_failures[0].failure,
+    )
+    calls.clear()
+    again, live = await kickoff(lambda: _looking_up_crew(calls), journal)
+    assert (again.raw, calls, live) == (plain.raw, [], [])
