@@ -805,3 +805,39 @@ async def test_a_failing_tool_runs_as_often_as_crewai_runs_it_plainly_and_never_
     calls.clear()
     again, live = await kickoff(lambda: _looking_up_crew(calls), journal)
     assert (again.raw, calls, live) == (plain.raw, [], [])
+
+
+def _strict_crew() -> Crew:
+    @crewai_tool("lookup")
+    def lookup(key: str) -> str:
+        """Look a key up."""
+        raise KeyError(f"no such key {key}")
+
+    def script(messages: list[dict[str, Any]], tools: list[str]) -> Any:
+        return "done" if tool_results(messages) else [tool_call("lookup", {"key": "a"}, "c1")]
+
+    agent = Agent(
+        role="Strict",
+        goal="g",
+        backstory="b",
+        llm=ScriptedLLM(script),
+        tools=[lookup],
+        tool_failure_policy="raise",
+    )
+    return Crew(agents=[agent], tasks=[Task(description="d", expected_output="o", agent=agent)])
+
+
+async def test_a_crew_that_raises_on_a_tool_failure_raises_the_same_error_live_and_replayed() -> (
+    None
+):
+    from crewai.tools.tool_failure import ToolExecutionFailedError
+
+    install()
+    with pytest.raises(ToolExecutionFailedError) as plainly:
+        await asyncio.to_thread(_strict_crew().kickoff)
+    journal: dict[str, tuple[str, Any]] = {}
+    for _ in range(2):  # live, then replayed from the journal
+        with pytest.raises(ToolExecutionFailedError) as durably:
+            await kickoff(_strict_crew, journal)
+        assert str(durably.value) == str(plainly.value)
+        assert str(plainly.value).endswith("'no such key a' (code: KeyError)")
