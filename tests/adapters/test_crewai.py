@@ -841,3 +841,28 @@ async def test_a_crew_that_raises_on_a_tool_failure_raises_the_same_error_live_a
             await kickoff(_strict_crew, journal)
         assert str(durably.value) == str(plainly.value)
         assert str(plainly.value).endswith("'no such key a' (code: KeyError)")
+
+
+def test_an_agent_runner_returns_crewais_lite_agent_output() -> None:
+    from crewai.lite_agent_output import LiteAgentOutput
+
+    from stalwart import App
+    from stalwart.adapters.crewai import DurableAgentRunner
+    from stalwart.adapters.crewai._results import agent_result
+
+    runner = DurableAgentRunner(
+        "judge", lambda: _judging_crew().agents[0], response_format=Verdict, app=App("lite")
+    )
+    usage = {"total_tokens": 3, "prompt_tokens": 2, "completion_tokens": 1}
+    output = LiteAgentOutput(
+        raw='{"ok": true}', pydantic=Verdict(ok=True), agent_role="Judge", usage_metrics=usage
+    )
+    data = msgspec.to_builtins(agent_result(output))
+    back = runner.decode_result(data)
+    assert isinstance(back, LiteAgentOutput)
+    assert (back.raw, back.pydantic, back.agent_role, back.usage_metrics) == (
+        '{"ok": true}',
+        Verdict(ok=True),
+        "Judge",
+        usage,
+    )
