@@ -22,6 +22,7 @@ import json
 import os
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -30,6 +31,7 @@ import redis.asyncio as aioredis
 
 from stalwart import Client, RunHandle, Settings
 from stalwart.checkpoints import StepDone, WaitStarted
+from stalwart.testing import StalwartProcess
 from tests.adapters.fake_llm import FakeLLM, Request, comparable, fake_llm
 from tests.conftest import Servers, WorkerFactory, worker_pool
 from tests.helpers import eventually, journal, owners
@@ -73,14 +75,43 @@ def fake(fake_llm: FakeLLM, monkeypatch: pytest.MonkeyPatch) -> FakeLLM:
     return fake_llm
 
 
+class Pool:
+    """Worker processes started together, and SIGKILLed by whoever owns the run at the time.
+
+    Started at once and waited for with a long timeout: importing CrewAI takes a loaded
+    machine tens of seconds. After each kill, the supervisor places the run on another one.
+    """
+
+    def __init__(self, start: WorkerFactory, client: Client) -> None:
+        self.start, self.client = start, client
+        self.procs: dict[str, StalwartProcess] = {}
+
+    async def up(self, n: int, **env: str) -> None:
+        names = [f"w{len(self.procs) + i}" for i in range(n)]
+        for name in names:
+            self.procs[name] = await self.start(name, wait=False, **env)
+        for name in names:
+            log = self.procs[name].log_text
+            await eventually(partial(self.registered, name), timeout=180, message=log)
+
+    async def registered(self, name: str) -> bool:
+        return name in {w.worker_id for w in await self.client.broker.workers()}
+
+    async def kill_owner(self, run_id: str) -> str:
+        """SIGKILL the worker that owns ``run_id`` now; its id."""
+        owner = owners(await journal(self.client, run_id))[-1]
+        self.procs.pop(owner).kill()
+        return owner
+
+
 @pytest.fixture
-async def fidelity_workers(
+async def pool(
     settings: Settings, servers: Servers, client: Client, fake: FakeLLM, counters: aioredis.Redis
-) -> AsyncIterator[WorkerFactory]:
+) -> AsyncIterator[Pool]:
     env = {**QUIET, apps.URL_ENV: fake.url, "FIDELITY_WORKER": "1"}
     await counters.delete(apps.HOLD, apps.AT, apps.GATE)
     async with worker_pool(APP, settings, servers, client, **env) as start:
-        yield start
+        yield Pool(start, client)
 
 
 # -- what is compared ---------------------------------------------------------------------------
@@ -166,7 +197,7 @@ def model_call(model: str, match: Callable[[Request], bool]) -> Callable[[Reques
 
 async def test_a_delegating_crew_killed_at_a_tool_between_tasks_and_in_a_delegation_ends_as_plainly(
     client: Client,
-    fidelity_workers: WorkerFactory,
+    pool: Pool,
     supervisor: Any,
     counters: aioredis.Redis,
     fake: FakeLLM,
@@ -174,27 +205,24 @@ async def test_a_delegating_crew_killed_at_a_tool_between_tasks_and_in_a_delegat
     plain, plain_requests, plain_execs = await asyncio.to_thread(run_plainly, fake, "blog")
     assert plain.tasks_output[0].tool_failures  # the pricing backend is down, plainly too
 
+    await pool.up(4)
     # (b) a tool in flight: the research task's search.
     search = 'tool:search {"query": "solar trends"}'
     await hold_at(counters, search)
-    a = await fidelity_workers("a")
     runner, handle = await submit(client, "blog")
     await reached(counters, search)
     # (c) between two calls: the research task's callback, after its last model call.
     await hold_at(counters, "callback:research")
-    b = await fidelity_workers("b")
-    a.kill()
+    killed = [await pool.kill_owner(handle.run_id)]
     await reached(counters, "callback:research")
     # (a) a model call in flight inside the delegation: the coworker's first call.
     asked = model_call("fake-researcher", lambda r: "QUESTION:" in r.last_user_text())
     in_flight = fake.hold(lambda r: asked(r) and not r.tool_results())
-    c = await fidelity_workers("c")
-    b.kill()
-    held = await in_flight.arrived(timeout=60)
-    await fidelity_workers("d")
-    c.kill()
+    killed.append(await pool.kill_owner(handle.run_id))
+    held = await in_flight.arrived(timeout=90)
+    killed.append(await pool.kill_owner(handle.run_id))
     in_flight.release()
-    output = runner.decode_result(await handle.result(timeout=90))
+    output = runner.decode_result(await handle.result(timeout=120))
 
     assert isinstance(output, CrewOutput)
     assert meaningful(output) == meaningful(plain)
@@ -204,12 +232,13 @@ async def test_a_delegating_crew_killed_at_a_tool_between_tasks_and_in_a_delegat
     assert execs.pop(search.removeprefix("tool:")) == 2  # at-least-once: it was running
     assert execs == {k: v for k, v in plain_execs.items() if k != search.removeprefix("tool:")}
     assert await journal_tokens(client, handle.run_id) == plain.token_usage.total_tokens
-    assert owners(await journal(client, handle.run_id)) == ["a", "b", "c", "d"]
+    placed = owners(await journal(client, handle.run_id))
+    assert placed[:3] == killed and len(set(placed)) == 4  # each kill moved it on
 
 
 async def test_a_hierarchical_crew_killed_while_its_manager_and_a_coworker_work_ends_as_plainly(
     client: Client,
-    fidelity_workers: WorkerFactory,
+    pool: Pool,
     supervisor: Any,
     counters: aioredis.Redis,
     fake: FakeLLM,
@@ -217,21 +246,19 @@ async def test_a_hierarchical_crew_killed_while_its_manager_and_a_coworker_work_
     plain, plain_requests, plain_execs = await asyncio.to_thread(run_plainly, fake, "briefing")
     assert isinstance(plain.pydantic, apps.Briefing)
 
+    await pool.up(3)
     # (b) inside the first delegation: the researcher's search; then (a) the manager's
     # second call, after the delegation came back.
     search = 'tool:search {"query": "solar trends"}'
     await hold_at(counters, search)
-    a = await fidelity_workers("a")
     runner, handle = await submit(client, "briefing")
     await reached(counters, search)
     second = fake.hold(model_call("fake-manager", lambda r: len(r.tool_results()) == 1))
-    b = await fidelity_workers("b")
-    a.kill()
-    held = await second.arrived(timeout=60)
-    await fidelity_workers("c")
-    b.kill()
+    await pool.kill_owner(handle.run_id)
+    held = await second.arrived(timeout=90)
+    await pool.kill_owner(handle.run_id)
     second.release()
-    output = runner.decode_result(await handle.result(timeout=90))
+    output = runner.decode_result(await handle.result(timeout=120))
 
     assert isinstance(output.pydantic, apps.Briefing)
     assert meaningful(output) == meaningful(plain)
@@ -244,7 +271,7 @@ async def test_a_hierarchical_crew_killed_while_its_manager_and_a_coworker_work_
 
 async def test_human_feedback_is_a_durable_signal_answered_once_across_a_crash(
     client: Client,
-    fidelity_workers: WorkerFactory,
+    pool: Pool,
     supervisor: Any,
     counters: aioredis.Redis,
     fake: FakeLLM,
@@ -255,9 +282,10 @@ async def test_human_feedback_is_a_durable_signal_answered_once_across_a_crash(
     )
     assert plain.raw.startswith("HEADLINE v2")
 
-    a = await fidelity_workers("a")
+    # Workers that give a run up while nobody answers (passivate it) after half a second.
+    await pool.up(2, STALWART_PASSIVATE_AFTER="0.5")
     runner, handle = await submit(client, "headline")
-    first = await eventually(lambda: _asked(handle, 1), timeout=60)
+    first = await eventually(lambda: _asked(handle, 1), timeout=90)
     assert first == {
         "signal": "human:task:0/1",
         "task": "Write a headline on TOPIC=solar.",
@@ -267,16 +295,14 @@ async def test_human_feedback_is_a_durable_signal_answered_once_across_a_crash(
     # (d) killed after the human answered, while the agent revises on the feedback.
     revising = fake.hold(model_call("fake-editor", lambda r: feedback in json.dumps(r.body)))
     await handle.signal(first["signal"], feedback)
-    held = await revising.arrived(timeout=60)
-    # The next owner gives the worker up while nobody answers (passivates the run).
-    await fidelity_workers("b", STALWART_PASSIVATE_AFTER="0.5")
-    a.kill()
+    held = await revising.arrived(timeout=90)
+    await pool.kill_owner(handle.run_id)
     revising.release()
-    second = await eventually(lambda: _asked(handle, 2), timeout=60)
+    second = await eventually(lambda: _asked(handle, 2), timeout=90)
     assert (second["signal"], second["output"]) == ("human:task:0/2", "HEADLINE v2 for solar")
-    await eventually(lambda: _status(handle, "waiting"), timeout=30)
+    await eventually(lambda: _status(handle, "waiting"), timeout=60)
     assert await handle.signal(second["signal"], "") == "woke"
-    output = runner.decode_result(await handle.result(timeout=60))
+    output = runner.decode_result(await handle.result(timeout=90))
 
     assert meaningful(output) == meaningful(plain)
     assert comparable(fake.requests()) == with_resent(plain_requests, *comparable([held]))
