@@ -866,3 +866,70 @@ def test_an_agent_runner_returns_crewais_lite_agent_output() -> None:
         "Judge",
         usage,
     )
+
+
+def _approving_crew(calls: list[str]) -> Crew:
+    @crewai_tool("refund")
+    def refund(amount: int) -> str:
+        """Refund the customer."""
+        calls.append(f"refund {amount}")
+        return f"refunded {amount}"
+
+    def script(messages: list[dict[str, Any]], tools: list[str]) -> Any:
+        if not tool_results(messages):
+            return [
+                tool_call("refund", {"amount": 5}, "c1"),
+                tool_call("refund", {"amount": 7}, "c2"),
+            ]
+        return " / ".join(tool_results(messages))
+
+    agent = Agent(role="Clerk", goal="g", backstory="b", llm=ScriptedLLM(script), tools=[refund])
+    return Crew(
+        agents=[agent], tasks=[Task(description="Refund", expected_output="o", agent=agent)]
+    )
+
+
+async def test_a_tool_hook_asking_a_human_waits_for_a_signal_named_by_the_tool_call() -> None:
+    from crewai.hooks import (
+        ToolCallHookContext,
+        register_before_tool_call_hook,
+        unregister_before_tool_call_hook,
+    )
+
+    def approval(context: ToolCallHookContext) -> bool | None:
+        answer = context.request_human_input(prompt=f"Refund {context.tool_input['amount']}?")
+        return None if answer == "approve" else False
+
+    install()
+    register_before_tool_call_hook(approval)
+    try:
+        calls: list[str] = []
+        journal: dict[str, tuple[str, Any]] = {}
+        crew, ctx = _approving_crew(calls), MemoryContext(journal)
+        # Parallel calls ask in any order: each answer goes to the call its signal names.
+        answers = {"human:task:0/approval:c1": "approve", "human:task:0/approval:c2": "no"}
+        ctx.wait_for_signal = lambda name, timeout=None: _answer(ctx, answers, name)  # type: ignore[method-assign]
+        output = await CrewRun(ctx, asyncio.get_running_loop(), crew.tasks).drive(crew.kickoff)
+        assert calls == ["refund 5"]
+        assert output.raw == "refunded 5 / Tool execution blocked by hook. Tool: refund"
+        asked = sorted(
+            (d["signal"], d["prompt"]) for kind, d in ctx.events if kind == "crew.human_input"
+        )
+        assert asked == [
+            ("human:task:0/approval:c1", "Refund 5?"),
+            ("human:task:0/approval:c2", "Refund 7?"),
+        ]
+        # Replayed: the answers come from the journal; nobody is asked, nothing runs again.
+        calls.clear()
+        again, live = await kickoff(lambda: _approving_crew(calls), journal)
+        assert (again.raw, calls, live) == (output.raw, [], [])
+    finally:
+        unregister_before_tool_call_hook(approval)
+
+
+async def _answer(ctx: MemoryContext, answers: dict[str, str], name: str) -> Any:
+    key = f"signal:{name}"
+    if key not in ctx.journal:
+        ctx.journal[key] = ("", answers[name])
+        ctx.live.append(key)
+    return ctx.journal[key][1]
