@@ -933,3 +933,34 @@ async def _answer(ctx: MemoryContext, answers: dict[str, str], name: str) -> Any
         ctx.journal[key] = ("", answers[name])
         ctx.live.append(key)
     return ctx.journal[key][1]
+
+
+def _declaring_crew() -> Crew:
+    from crewai.tools.tool_failure import ToolFailure
+
+    @crewai_tool("post")
+    def post(text: str):  # type: ignore[no-untyped-def]  # undeclared, as CrewAI's docs show
+        """Post a message."""
+        return ToolFailure(message="channel_not_found", code="404")
+
+    def script(messages: list[dict[str, Any]], tools: list[str]) -> Any:
+        done = tool_results(messages)
+        return f"got {done[0]}" if done else [tool_call("post", {"text": "hi"}, "p1")]
+
+    agent = Agent(role="Poster", goal="g", backstory="b", llm=ScriptedLLM(script), tools=[post])
+    return Crew(agents=[agent], tasks=[Task(description="Post", expected_output="o", agent=agent)])
+
+
+async def test_a_tool_that_returns_crewais_tool_failure_reads_as_it_does_plainly() -> None:
+    install()
+    plain = await asyncio.to_thread(_declaring_crew().kickoff)
+    journal: dict[str, tuple[str, Any]] = {}
+    for _ in range(2):  # live, then replayed
+        durable, _live = await kickoff(_declaring_crew, journal)
+        assert durable.raw == plain.raw
+        failures = [t["tool_failures"] for t in msgspec.to_builtins(durable)["tasks"]]
+        expected = [t.model_dump(mode="json")["tool_failures"] for t in plain.tasks_output]
+        for task in [*failures, *expected]:
+            for failure in task:
+                failure.pop("task_id")
+        assert failures == expected and failures[0]

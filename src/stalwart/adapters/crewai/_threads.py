@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 from crewai.context import get_current_task_id
+from crewai.tools.tool_failure import ToolFailure
 
 from stalwart.actors import current_step
 from stalwart.adapters.crewai._codec import decode
@@ -150,7 +151,8 @@ class CrewRun:
         self.ctx = ctx
         self._llms = llms
         self.loop = loop
-        self.allowed = allow_map(allowed_types)
+        # CrewAI's own result type for a tool that reports a failure without raising.
+        self.allowed = allow_map([*allowed_types, ToolFailure])
         """Classes journaled values may be rebuilt as, besides the expected one."""
         self.root = Frame("")
         self.scope = DurableScope(ctx)
