@@ -964,3 +964,36 @@ async def test_a_tool_that_returns_crewais_tool_failure_reads_as_it_does_plainly
             for failure in task:
                 failure.pop("task_id")
         assert failures == expected and failures[0]
+
+
+def _dated_crew() -> Crew:
+    import datetime
+    from dataclasses import dataclass
+
+    @dataclass
+    class Slot:
+        day: datetime.date
+
+    @crewai_tool("next_slot")
+    def next_slot(after: str) -> Slot:
+        """The next free slot."""
+        return Slot(datetime.date(2026, 12, 24))
+
+    def script(messages: list[dict[str, Any]], tools: list[str]) -> Any:
+        done = tool_results(messages)
+        return f"booked {done[0]}" if done else [tool_call("next_slot", {"after": "now"}, "s1")]
+
+    agent = Agent(
+        role="Booker", goal="g", backstory="b", llm=ScriptedLLM(script), tools=[next_slot]
+    )
+    return Crew(agents=[agent], tasks=[Task(description="Book", expected_output="o", agent=agent)])
+
+
+async def test_a_tool_result_that_is_not_plain_data_reaches_the_model_as_it_does_plainly() -> None:
+    install()
+    plain = await asyncio.to_thread(_dated_crew().kickoff)
+    assert "datetime.date(2026, 12, 24)" in plain.raw
+    journal: dict[str, tuple[str, Any]] = {}
+    for _ in range(2):  # live, then replayed
+        durable, _live = await kickoff(_dated_crew, journal)
+        assert durable.raw == plain.raw

@@ -106,7 +106,12 @@ def _tool_step(
                 outer.extend(failures)
             _native_call.reset(n_token)
             _frame.reset(f_token)
-        recorded = encode(value)
+        try:
+            recorded = encode(value)
+        except TypeError:
+            # Neither plain data nor a pydantic model (a dataclass, a datetime): journaled as
+            # the text CrewAI shows the model for it (``str(value)``), live and replayed.
+            recorded = str(value)
         size = len(msgspec.json.encode(recorded))
         shown = {"result": recorded} if size <= _EVENT_RESULT_LIMIT else {"result_bytes": size}
         run.emit("tool.result", {**head, **shown}, key)
