@@ -327,6 +327,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "to_builtins",
     ],
     "stalwart.adapters.strands": [
+        "DurableAgentResult",
         "DurableAgentRunner",
         "ScriptedModel",
         "ToolError",

@@ -71,6 +71,15 @@ async def st_workers(
         yield start
 
 
+async def output(handle: RunHandle, *procs: Any) -> Any:
+    """A run's output: a lone agent's ``output`` (its final text or structured output), a
+    graph's or swarm's whole result."""
+    result = await outcome(handle, *procs)
+    if isinstance(result, dict) and "stop_reason" in result:
+        return result["output"]
+    return result
+
+
 # -- the acceptance run: 4 model calls, 6 tool calls (parallel ones included) -------------
 
 RESEARCH_TOOLS = ["tool:s1", "tool:s2", "tool:s3", "tool:f1", "tool:f2", "tool:sum"]
@@ -87,7 +96,7 @@ async def test_sigkill_between_parallel_tool_calls_resumes_without_repeating_cal
 ) -> None:
     a = await st_workers("a")
     baseline = await client.submit("st-research", "Analyze Q4")
-    assert await outcome(baseline, a) == RESEARCH_RESULT
+    assert await output(baseline, a) == RESEARCH_RESULT
 
     run_id = rid()
     await mark_gated(
@@ -101,7 +110,7 @@ async def test_sigkill_between_parallel_tool_calls_resumes_without_repeating_cal
     b = await st_workers("b")
     await open_gate(counters, run_id, "tool:f2")
 
-    assert await outcome(handle, b) == RESEARCH_RESULT
+    assert await output(handle, b) == RESEARCH_RESULT
     # Every model call ran once, across both workers (the log lives outside them).
     assert await model_log(counters, run_id) == RESEARCH_MODELS
     for key in RESEARCH_TOOLS:
@@ -152,7 +161,7 @@ async def test_sigkill_during_a_model_call_reruns_only_that_call(
     b = await st_workers("b")
     await open_gate(counters, run_id, "model:3")
 
-    assert await outcome(handle, b) == RESEARCH_RESULT
+    assert await output(handle, b) == RESEARCH_RESULT
     assert Counter(await model_log(counters, run_id)) == Counter(
         ["model:1", "model:2", "model:3", "model:3", "model:4"]
     )
@@ -186,7 +195,7 @@ async def test_graph_resumes_from_its_last_completed_node(
 ) -> None:
     a = await st_workers("a")
     baseline = await client.submit("st-graph", "Q4 market")
-    assert _graph_view(await outcome(baseline, a)) == GRAPH_RESULT
+    assert _graph_view(await output(baseline, a)) == GRAPH_RESULT
 
     run_id = rid()
     await mark_gated(counters, run_id, "analyst/tool:analyst-1")
@@ -196,7 +205,7 @@ async def test_graph_resumes_from_its_last_completed_node(
     b = await st_workers("b")
     await open_gate(counters, run_id, "analyst/tool:analyst-1")
 
-    assert _graph_view(await outcome(handle, b)) == GRAPH_RESULT
+    assert _graph_view(await output(handle, b)) == GRAPH_RESULT
     nodes = ("scout_a", "scout_b", "analyst", "writer")
     models = [f"{n}/model:{i}" for n in nodes for i in (1, 2)]
     assert Counter(await model_log(counters, run_id)) == Counter(models)  # none ran twice
@@ -243,7 +252,7 @@ async def test_swarm_resumes_at_the_agent_that_was_running(
 ) -> None:
     a = await st_workers("a")
     baseline = await client.submit("st-swarm", "Q4 market")
-    assert await outcome(baseline, a) == SWARM_RESULT
+    assert await output(baseline, a) == SWARM_RESULT
 
     run_id = rid()
     await mark_gated(counters, run_id, "writer/tool:w-1")
@@ -253,7 +262,7 @@ async def test_swarm_resumes_at_the_agent_that_was_running(
     b = await st_workers("b")
     await open_gate(counters, run_id, "writer/tool:w-1")
 
-    assert await outcome(handle, b) == SWARM_RESULT
+    assert await output(handle, b) == SWARM_RESULT
     models = ["triage/model:1", "triage/model:2", "researcher/model:1", "researcher/model:2"]
     models += ["researcher/model:3", "writer/model:1", "writer/model:2"]
     assert Counter(await model_log(counters, run_id)) == Counter(models)
@@ -281,7 +290,7 @@ async def test_structured_output_survives_a_crash(
     b = await st_workers("b")
     await open_gate(counters, run_id, "model:2")
 
-    assert await outcome(handle, b) == {"topic": "pricing", "sources": 14}
+    assert await output(handle, b) == {"topic": "pricing", "sources": 14}
     assert await execs(counters, run_id, "tool:b1") == 1
     # Strands' structured output tool hands the output to the loop: it runs, unjournaled.
     assert sorted(await done_keys(client, run_id)) == ["model:1", "model:2", "tool:b1"]
@@ -302,7 +311,7 @@ async def test_local_tool_runs_again_on_replay_to_rebuild_agent_state(
 
     # On b, model:1 and model:2 replay; `remember` runs again and sets agent.state, so the
     # live `recall` finds the fact.
-    assert await outcome(handle, b) == "recalled Q4 is up"
+    assert await output(handle, b) == "recalled Q4 is up"
     assert sorted(await done_keys(client, run_id)) == ["model:1", "model:2", "model:3", "tool:m2"]
 
 
@@ -319,7 +328,7 @@ async def test_at_most_once_tool_in_flight_at_a_crash_fails_the_run(
     b = await st_workers("b")
 
     with pytest.raises(RunFailed) as info:
-        await outcome(handle, b)
+        await output(handle, b)
     # Not an error result the model could answer by charging again: the run stops.
     assert info.value.error_type == "ToolOutcomeUnknown"
     assert await execs(counters, run_id, "tool:p1") == 1
@@ -338,7 +347,7 @@ async def test_at_most_once_tool_with_reconcile_hook_asks_it_after_a_crash(
     a.kill()
     b = await st_workers("b")
 
-    assert await outcome(handle, b) == "payment: already charged 42"
+    assert await output(handle, b) == "payment: already charged 42"
     assert await execs(counters, run_id, "tool:p1") == 1
     asked = [k.decode() for k in await counters.lrange(f"reconciled:{run_id}", 0, -1)]
     assert asked == [f"{run_id}:tool:p1"]  # the idempotency key of the call
@@ -353,7 +362,7 @@ async def test_tool_error_is_journaled_as_the_result_the_model_saw(
 ) -> None:
     a = await st_workers("a")
     handle = await client.submit("st-flaky", "look it up")
-    assert await outcome(handle, a) == "gave up: Error: no record for k-1"
+    assert await output(handle, a) == "gave up: Error: no record for k-1"
     entries = await journal(client, handle.run_id)
     tool = next(
         je.entry for je in entries if isinstance(je.entry, StepDone) and je.entry.kind == "tool"
@@ -370,8 +379,8 @@ async def test_agent_object_runs_start_fresh_each_time(
         client.submit("st-research-shared", "Analyze Q4"),
         client.submit("st-research-shared", "Analyze Q4"),
     )
-    assert await outcome(first, a) == RESEARCH_RESULT
-    assert await outcome(second, a) == RESEARCH_RESULT  # not the first run's conversation
+    assert await output(first, a) == RESEARCH_RESULT
+    assert await output(second, a) == RESEARCH_RESULT  # not the first run's conversation
     assert sorted(await done_keys(client, second.run_id)) == sorted(
         RESEARCH_MODELS + RESEARCH_TOOLS
     )
@@ -391,7 +400,7 @@ async def test_prompt_changed_between_crash_and_resume_is_nondeterminism(
     await open_gate(counters, run_id, "tool:f2")
 
     with pytest.raises(RunFailed) as info:
-        await outcome(handle, b)
+        await output(handle, b)
     assert info.value.error_type == "NonDeterminismError"
     assert "'model:1'" in info.value.message
     assert await execs(counters, run_id, "tool:s1") == 1
@@ -422,6 +431,7 @@ async def _status(handle: RunHandle, status: str) -> bool:
 
 def test_exports() -> None:
     assert st.__all__ == [
+        "DurableAgentResult",
         "DurableAgentRunner",
         "ScriptedModel",
         "ToolError",

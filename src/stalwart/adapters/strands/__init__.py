@@ -39,11 +39,13 @@ tasks, and graph nodes that are neither ``Agent``, ``Graph`` nor ``Swarm``. An a
 a tool is one step (its inner calls are not journaled one by one).
 """
 
+from stalwart.adapters.strands._result import DurableAgentResult
 from stalwart.adapters.strands._runner import DurableAgentRunner, instrument
 from stalwart.adapters.strands._scripted import ScriptedModel, reply, tool_call
 from stalwart.adapters.strands._tools import ToolError
 
 __all__ = [
+    "DurableAgentResult",
     "DurableAgentRunner",
     "ScriptedModel",
     "ToolError",
