@@ -23,7 +23,7 @@ from strands.multiagent import Swarm
 from strands.multiagent.graph import Graph, GraphBuilder
 from strands.types.content import Messages
 
-from stalwart import NO_RETRY, App, current_step, durable
+from stalwart import NO_RETRY, App, RetryPolicy, current_step, durable
 from stalwart.adapters.strands import DurableAgentRunner, ScriptedModel, reply, tool_call
 from tests.helpers import calls_key, count_execution, counters, wait_if_gated
 
@@ -361,3 +361,74 @@ def build_swarm() -> Swarm:
 
 
 DurableAgentRunner("st-swarm", build_swarm, app=app)
+
+
+# -- a tool whose errors the user asked to retry ------------------------------------------
+
+
+@tool
+@durable(retry=RetryPolicy(max_attempts=3, initial_interval=0.01))
+async def shaky_lookup(key: str) -> str:
+    """A lookup that fails twice, then answers (its retry policy allows three attempts)."""
+    await count()
+    info = current_step()
+    assert info is not None
+    if info.attempt < 3:
+        raise ConnectionError(f"lookup of {key} timed out (attempt {info.attempt})")
+    return f"record {key}"
+
+
+def shaky_script(messages: Messages) -> Any:
+    done = results(messages)
+    if not done:
+        return reply(tool_call("shaky_lookup", {"key": "k-2"}, id="y1"))
+    return f"found: {done[0]}"
+
+
+DurableAgentRunner(
+    "st-shaky",
+    lambda: Agent(
+        model=model(shaky_script, "scripted-shaky"), tools=[shaky_lookup], callback_handler=None
+    ),
+    app=app,
+)
+
+
+# -- per-run structured output ---------------------------------------------------------------
+
+
+DurableAgentRunner(
+    "st-brief-per-run",
+    lambda: Agent(
+        model=model(brief_script, "scripted-brief"), tools=[search], callback_handler=None
+    ),
+    output_models=[Brief],
+    app=app,
+)
+
+
+# -- a tool that asks a human (tool_context.interrupt) --------------------------------------
+
+
+@tool(context=True)
+async def refund(amount: int, tool_context: ToolContext) -> str:
+    """Refund the customer, once a manager approved it."""
+    await count()
+    answer = tool_context.interrupt("manager_approval", reason={"amount": amount})
+    return f"refunded {amount}" if answer == "yes" else f"refund refused ({answer})"
+
+
+def refund_script(messages: Messages) -> Any:
+    done = results(messages)
+    if not done:
+        return reply(tool_call("refund", {"amount": 30}, id="i1"))
+    return f"done: {done[0]}"
+
+
+DurableAgentRunner(
+    "st-refund",
+    lambda: Agent(
+        model=model(refund_script, "scripted-refund"), tools=[refund], callback_handler=None
+    ),
+    app=app,
+)

@@ -19,6 +19,7 @@ pytest.importorskip("strands")
 
 import redis.asyncio as aioredis
 from strands import Agent, tool
+from strands.agent import AgentResult
 from strands.middleware import ModelStopReason, ToolResultEvent
 from strands.multiagent.graph import GraphBuilder
 
@@ -31,7 +32,7 @@ from stalwart.adapters.strands._codec import (
     load_tool_result,
     plain_messages,
 )
-from stalwart.checkpoints import StepDone, StepError
+from stalwart.checkpoints import StepAttempt, StepDone, StepError
 from stalwart.errors import ConfigurationError
 from tests.conftest import Servers, WorkerFactory, worker_pool
 from tests.helpers import (
@@ -424,6 +425,121 @@ async def test_cancel_stops_a_swarm_that_swallows_node_errors(
 
 async def _status(handle: RunHandle, status: str) -> bool:
     return (await handle.status()).status == status
+
+
+# -- tool errors, interrupts, per-run inputs ----------------------------------------------
+
+
+@pytest.mark.slow
+async def test_a_tool_error_is_retried_only_when_its_policy_asks(
+    client: Client, st_workers: WorkerFactory, counters: aioredis.Redis
+) -> None:
+    a = await st_workers("a")
+    # Default: no retries, as Strands itself: the error goes to the model after one run.
+    flaky = await client.submit("st-flaky", "look it up")
+    assert await output(flaky, a) == "gave up: Error: no record for k-1"
+    assert await execs(counters, flaky.run_id, "tool:x1") == 1
+    # @durable(retry=...) on the tool: Strands turns the exception into an error result
+    # inside its chain, yet the step still sees it and retries; the model sees the answer.
+    shaky = await client.submit("st-shaky", "look it up")
+    assert await output(shaky, a) == "found: record k-2"
+    assert await execs(counters, shaky.run_id, "tool:y1") == 3
+    entries = await journal(client, shaky.run_id)
+    assert [je.entry.attempt for je in entries if isinstance(je.entry, StepAttempt)] == [1, 2]
+
+
+@pytest.mark.slow
+async def test_tool_interrupt_waits_for_a_signal_and_a_crash_after_the_answer_asks_nobody(
+    client: Client, st_workers: WorkerFactory, supervisor: Any, counters: aioredis.Redis
+) -> None:
+    a = await st_workers("a")
+    run_id = rid()
+    await mark_gated(counters, run_id, "model:2")  # the call after the approved refund
+    handle = await client.submit("st-refund", "refund order 7", run_id=run_id)
+    follower = asyncio.create_task(collect_events(handle.events()))
+
+    async def asked() -> list[Any]:
+        events = await collect_events(handle.events(follow=False))
+        return [ev for ev in events if ev.type == "agent.interrupted"]
+
+    await eventually(asked, timeout=30)
+    (item,) = (await asked())[0].data["interrupts"]
+    assert item["name"] == "manager_approval" and item["reason"] == {"amount": 30}
+    assert item["signal"] == f"interrupt:{item['id']}"
+    await handle.signal(item["signal"], "yes")
+    await eventually(lambda: execs(counters, run_id, "model:2"), timeout=30)
+    a.kill()
+    b = await st_workers("b")
+    await open_gate(counters, run_id, "model:2")
+
+    assert await output(handle, b) == "done: refunded 30"
+    # The tool ran once to ask and once with the answer, as without Stalwart; the replay on
+    # b ran neither again and asked nobody again.
+    assert await execs(counters, run_id, "tool:i1") == 1
+    assert await execs(counters, run_id, "tool:i1#2") == 1
+    events = await asyncio.wait_for(follower, timeout=30)
+    assert [ev.type for ev in events].count("agent.interrupted") == 1
+
+
+@pytest.mark.slow
+async def test_per_run_structured_output_model_comes_back_as_the_model(
+    client: Client, st_workers: WorkerFactory
+) -> None:
+    from tests.adapters.strands_apps import Brief
+
+    a = await st_workers("a")
+    runner = st.DurableAgentRunner("st-brief-per-run", _agent("unused"), app=st_app())
+    payload = runner.request("Brief me", structured_output_model=Brief)
+    data = await outcome(await client.submit("st-brief-per-run", payload), a)
+    result = runner.decode_result(data)
+    assert result.structured_output == Brief(topic="pricing", sources=14)
+
+
+def test_per_run_options_that_cannot_reach_a_worker_are_refused() -> None:
+    import threading
+
+    runner = st.DurableAgentRunner("opts", _agent("opts"), app=st_app())
+    with pytest.raises(TypeError, match=r"handle\.cancel\(\)"):
+        runner.request("hi", cancel_signal=threading.Event())
+    with pytest.raises(TypeError, match="run_id="):
+        runner.request("hi", idempotency_token="t")
+    with pytest.raises(TypeError, match="unknown per-run option 'context'"):
+        runner.request("hi", context={})
+    with pytest.raises(TypeError, match=r"invocation_state.*plain data"):
+        runner.request("hi", invocation_state={"db": threading.Lock()})
+    wire = runner.request("hi", messages=[{"role": "user", "content": [{"text": "x"}]}])
+    assert wire["prompt"] == "hi" and wire["messages"][0]["content"] == [{"text": "x"}]
+    assert runner.request("hi") == "hi"  # no options: the prompt alone, as before
+
+
+def test_a_result_rebuilds_strands_agent_result() -> None:
+    from tests.adapters.strands_apps import Brief
+
+    runner = st.DurableAgentRunner("res", _agent("res"), output_models=[Brief], app=st_app())
+    data = {
+        "output": {"topic": "t", "sources": 2},
+        "stop_reason": "end_turn",
+        "message": {"role": "assistant", "content": [{"text": "ok"}]},
+        "usage": {"inputTokens": 3, "outputTokens": 4, "totalTokens": 7},
+        "metrics": {"latencyMs": 5},
+        "cycles": 2,
+        "invocation_usage": {"inputTokens": 3, "outputTokens": 4, "totalTokens": 7},
+        "structured_output": {
+            "type": f"{Brief.__module__}:Brief",
+            "data": {"topic": "t", "sources": 2},
+        },
+        "messages": [{"role": "user", "content": [{"text": "hi"}]}],
+        "state": {"k": 1},
+    }
+    result = runner.decode_result(data)
+    assert isinstance(result, AgentResult) and isinstance(result, st.DurableAgentResult)
+    assert result.structured_output == Brief(topic="t", sources=2)
+    assert str(result) == Brief(topic="t", sources=2).model_dump_json()
+    assert result.metrics.accumulated_usage["totalTokens"] == 7
+    assert result.metrics.cycle_count == 2
+    assert result.messages == data["messages"] and result.agent_state == {"k": 1}
+    # A graph's or swarm's result stays plain data.
+    assert runner.decode_result({"status": "completed"}) == {"status": "completed"}
 
 
 # -- pure parts, in process ---------------------------------------------------------------
