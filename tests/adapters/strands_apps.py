@@ -19,9 +19,11 @@ from typing import Any
 
 from pydantic import BaseModel
 from strands import Agent, ToolContext, tool
+from strands.agent.conversation_manager import SlidingWindowConversationManager
 from strands.multiagent import Swarm
 from strands.multiagent.graph import Graph, GraphBuilder
 from strands.types.content import Messages
+from strands.types.exceptions import ContextWindowOverflowException
 
 from stalwart import NO_RETRY, App, RetryPolicy, current_step, durable
 from stalwart.adapters.strands import DurableAgentRunner, ScriptedModel, reply, tool_call
@@ -432,3 +434,41 @@ DurableAgentRunner(
     ),
     app=app,
 )
+
+
+# -- a conversation that outgrows the model's window: Strands trims it and calls again -------
+
+WINDOW = 6
+"""The scripted model refuses a conversation of more messages than this."""
+
+
+@tool
+async def lookup(n: int) -> str:
+    """Look up page n of the report."""
+    if current_step() is not None:  # counted in durable runs; the plain run has no step
+        await count()
+    return f"page {n}"
+
+
+def long_script(messages: Messages) -> Any:
+    """Reads page after page; decides from the last message only, so a trimmed history
+    gets the same answer."""
+    if len(messages) > WINDOW:
+        raise ContextWindowOverflowException(f"{len(messages)} messages do not fit")
+    last = results(messages[-1:])
+    page = int(last[0].split()[-1]) if last else 0
+    if page < 4:
+        return reply(tool_call("lookup", {"n": page + 1}, id=f"l{page + 1}"))
+    return "seen: " + " | ".join(results(messages))
+
+
+def build_long(script_model: Any = None) -> Agent:
+    return Agent(
+        model=script_model or model(long_script, "scripted-long"),
+        tools=[lookup],
+        conversation_manager=SlidingWindowConversationManager(window_size=40),
+        callback_handler=None,
+    )
+
+
+DurableAgentRunner("st-long", build_long, app=app)

@@ -495,6 +495,38 @@ async def test_per_run_structured_output_model_comes_back_as_the_model(
     assert result.structured_output == Brief(topic="pricing", sources=14)
 
 
+@pytest.mark.slow
+async def test_context_overflow_reaches_strands_which_trims_and_calls_again(
+    client: Client, st_workers: WorkerFactory, supervisor: Any, counters: aioredis.Redis
+) -> None:
+    from tests.adapters import strands_apps as sa
+
+    sizes: list[int] = []
+
+    def script(messages: Any) -> Any:
+        sizes.append(len(messages))
+        return sa.long_script(messages)
+
+    plain = await sa.build_long(st.ScriptedModel(script)).invoke_async("Read the report")
+    assert any(n > sa.WINDOW for n in sizes)  # the plain run overflowed once, and recovered
+
+    a = await st_workers("a")
+    run_id = rid()
+    last = f"model:{len(sizes)}"
+    # Killed after the overflow and the trim: the replay must trim the same way.
+    await mark_gated(counters, run_id, last)
+    handle = await client.submit("st-long", "Read the report", run_id=run_id)
+    await eventually(lambda: execs(counters, run_id, last), timeout=30)
+    a.kill()
+    b = await st_workers("b")
+    await open_gate(counters, run_id, last)
+    assert await output(handle, b) == str(plain).strip()
+    # The overflowing call was the model's answer, journaled once: not retried as a failure
+    # (only the call in flight at the kill ran twice).
+    expected = [f"model:{n}" for n in range(1, len(sizes) + 1)] + [last]
+    assert Counter(await model_log(counters, run_id)) == Counter(expected)
+
+
 def test_per_run_options_that_cannot_reach_a_worker_are_refused() -> None:
     import threading
 

@@ -7,6 +7,8 @@ Journal shapes (plain data, msgpack-encodable):
 - tool step: ``{"result": ToolResult, "error": [type, message] | None}``, the
   ``ToolResultEvent`` that ends the tool call (``error`` is the exception behind an error
   result, rebuilt as a :class:`~stalwart.kit.ToolCallFailed`);
+- a model call the provider refused as too long: ``{"overflow": message}``, raised again as
+  ``ContextWindowOverflowException`` (Strands' conversation manager then trims the history);
 - a model or tool call that stopped on a Strands interrupt instead:
   ``{"interrupts": [{"id", "name", "reason"}], "raised": bool}``.
 """

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from strands.interrupt import InterruptException
 from strands.middleware import ModelStopReason
+from strands.types.exceptions import ContextWindowOverflowException
 
 from stalwart.actors import StepSpec
 from stalwart.adapters.strands._codec import (
@@ -85,6 +86,8 @@ def model_middleware(prefix: str) -> MiddlewareHandler[InvokeModelContext, Typed
             run.step, spec, _model_body(run, spec.key, context, next_fn), out
         ):
             yield event
+        if "overflow" in out[0]:
+            raise ContextWindowOverflowException(out[0]["overflow"])
         if is_interrupt(out[0]):
             # A middleware after ours asked a human before the model answered: the same
             # stop on replay, and Strands re-enters this call once it has the answer.
@@ -112,6 +115,11 @@ def _model_body(
                     forward(event)
         except InterruptException as exc:
             return dump_interrupts([exc.interrupt], raised=True)
+        except ContextWindowOverflowException as exc:
+            # The model's answer to this conversation, not a failure to retry: journaled,
+            # and raised to Strands, whose conversation manager trims the history and
+            # calls again (the next step), live and on replay alike.
+            return {"overflow": str(exc)}
         if stop is None:
             raise RuntimeError(f"step {key!r}: the model stream ended without a ModelStopReason")
         return dump_stop(stop)
