@@ -472,3 +472,37 @@ def build_long(script_model: Any = None) -> Agent:
 
 
 DurableAgentRunner("st-long", build_long, app=app)
+
+
+# -- an agent used as a tool by another --------------------------------------------------------
+
+
+def assistant_script(messages: Messages) -> Any:
+    done = results(messages)
+    if not done:
+        return reply(tool_call("search", {"topic": prompt(messages)}, id="r1"))
+    return f"assistant found {done[0]}"
+
+
+def orchestrator_script(messages: Messages) -> Any:
+    done = results(messages)
+    if not done:
+        return reply(tool_call("research_assistant", {"input": "pricing"}, id="o1"))
+    return f"orchestrated: {done[0]}"
+
+
+def build_orchestrator() -> Agent:
+    assistant = Agent(
+        name="research_assistant",
+        model=model(assistant_script, "scripted-assistant"),
+        tools=[search],
+        callback_handler=None,
+    )
+    return Agent(
+        model=model(orchestrator_script, "scripted-orchestrator"),
+        tools=[assistant.as_tool(name="research_assistant", description="Researches a topic.")],
+        callback_handler=None,
+    )
+
+
+DurableAgentRunner("st-orchestrator", build_orchestrator, app=app)

@@ -527,6 +527,31 @@ async def test_context_overflow_reaches_strands_which_trims_and_calls_again(
     assert Counter(await model_log(counters, run_id)) == Counter(expected)
 
 
+@pytest.mark.slow
+async def test_an_agent_used_as_a_tool_resumes_inside_the_nested_agent(
+    client: Client, st_workers: WorkerFactory, supervisor: Any, counters: aioredis.Redis
+) -> None:
+    a = await st_workers("a")
+    run_id = rid()
+    await mark_gated(counters, run_id, "tool:o1/tool:r1")
+    handle = await client.submit("st-orchestrator", "Research pricing", run_id=run_id)
+    await eventually(lambda: execs(counters, run_id, "tool:o1/tool:r1"), timeout=30)
+    a.kill()
+    b = await st_workers("b")
+    await open_gate(counters, run_id, "tool:o1/tool:r1")
+
+    assert await output(handle, b) == "orchestrated: assistant found 14 sources on pricing"
+    # The nested agent's model calls are steps of the run, under the calling tool's key:
+    # the one made before the crash was replayed, not made again.
+    assert Counter(await model_log(counters, run_id)) == Counter(
+        ["model:1", "tool:o1/model:1", "tool:o1/model:2", "model:2"]
+    )
+    assert await execs(counters, run_id, "tool:o1/tool:r1") == 2  # in flight at the kill
+    who = step_owners(await journal(client, run_id))
+    assert who["tool:o1/model:1"] == "a" and who["tool:o1/model:2"] == "b"
+    assert "tool:o1" not in who  # no step of its own: its result is rebuilt by the replay
+
+
 def test_per_run_options_that_cannot_reach_a_worker_are_refused() -> None:
     import threading
 

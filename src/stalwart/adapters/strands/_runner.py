@@ -22,7 +22,8 @@ from stalwart.adapters.strands._result import (
     rebuild_result,
     result_data,
 )
-from stalwart.adapters.strands._tools import tool_middleware
+from stalwart.adapters.strands._tools import MARK as _MARK
+from stalwart.adapters.strands._tools import agent_of_tool, tool_middleware
 from stalwart.errors import ConfigurationError
 from stalwart.kit import (
     DurableRunner,
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
 Target = Agent | MultiAgentBase
 """What a runner serves: an ``Agent``, a ``Graph`` or a ``Swarm`` (nested ones included)."""
 
-_MARK = "_stalwart_scope"
 _SWARM_TOOLS = ("handoff_to_agent",)
 
 
@@ -131,6 +131,12 @@ def _instrument_agent(
 
     agent.add_middleware(ExecuteToolStage, tool_middleware(prefix, local))
     setattr(agent, _MARK, prefix)
+    # An agent used as a tool: its calls are steps of their own, under the calling tool's
+    # key (``tool:<id>/model:1``); the tool middleware opens that scope for each call.
+    for tool in list(agent.tool_registry.registry.values()):
+        inner = agent_of_tool(tool)
+        if inner is not None and inner is not agent:
+            _instrument_agent(inner, "", names, ())
 
 
 class _Resettable:

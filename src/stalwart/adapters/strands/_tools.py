@@ -12,6 +12,7 @@ import inspect
 import json
 from typing import TYPE_CHECKING, Any
 
+from strands import Agent
 from strands.interrupt import InterruptException
 from strands.middleware import ToolResultEvent
 from strands.tools.structured_output.structured_output_tool import StructuredOutputTool
@@ -51,6 +52,16 @@ tool-failure error of every adapter, :class:`stalwart.kit.ToolCallFailed` (this 
 for code that imports it from ``stalwart.adapters.strands``)."""
 
 
+MARK = "_stalwart_scope"
+"""The attribute an instrumented agent carries (the key prefix it was instrumented with)."""
+
+
+def agent_of_tool(tool: object) -> Agent | None:
+    """The agent behind an agent-as-tool (``agent.as_tool()``, or an agent in ``tools=``)."""
+    inner = getattr(tool, "agent", None) if getattr(tool, "tool_type", None) == "agent" else None
+    return inner if isinstance(inner, Agent) else None
+
+
 def tool_middleware(
     prefix: str, local: Callable[[ExecuteToolContext], bool] | None = None
 ) -> MiddlewareHandler[ExecuteToolContext, TypedEvent]:
@@ -77,6 +88,13 @@ def tool_middleware(
         tool_use = context.tool_use
         name = str(tool_use["name"])
         key = run.next_named(prefix + tool_key(str(tool_use["toolUseId"]), name, None))
+        inner = agent_of_tool(context.tool)
+        if inner is not None and getattr(inner, MARK, None) is not None:
+            # No step of its own: the nested agent's calls are journaled one by one under
+            # this call's key, so a crash inside it resumes inside it.
+            async for event in _nested(run, key, context, next_fn):
+                yield event
+            return
         opts = options_of(getattr(context.tool, "_tool_func", context.tool))
         spec = StepSpec(
             key=key,
@@ -100,6 +118,19 @@ def tool_middleware(
         yield load_tool_result(out[0], key)
 
     return durable_tool
+
+
+async def _nested(
+    run: DurableScope, key: str, context: ExecuteToolContext, next_fn: ToolNext
+) -> AsyncGenerator[TypedEvent, None]:
+    token = SCOPE.enter(run.child(key[len(run.prefix) :]))
+    try:
+        async with contextlib.aclosing(next_fn(context)) as events:
+            async for event in events:
+                yield event
+    finally:
+        with contextlib.suppress(ValueError):  # closed from another context: nothing to undo
+            SCOPE.leave(token)
 
 
 def _reconciler(
