@@ -20,6 +20,7 @@ pytest.importorskip("strands")
 import redis.asyncio as aioredis
 from strands import Agent, tool
 from strands.agent import AgentResult
+from strands.agent.state import AgentState
 from strands.middleware import ModelStopReason, ToolResultEvent
 from strands.multiagent.graph import GraphBuilder
 
@@ -566,6 +567,8 @@ def test_per_run_options_that_cannot_reach_a_worker_are_refused() -> None:
         runner.request("hi", invocation_state={"db": threading.Lock()})
     wire = runner.request("hi", messages=[{"role": "user", "content": [{"text": "x"}]}])
     assert wire["prompt"] == "hi" and wire["messages"][0]["content"] == [{"text": "x"}]
+    assert runner.request("hi", state={"k": 1})["state"] == {"k": 1}
+    assert runner.request("hi", state=AgentState({"k": 2}))["state"] == {"k": 2}
     assert runner.request("hi") == "hi"  # no options: the prompt alone, as before
 
 

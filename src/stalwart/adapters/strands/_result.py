@@ -82,7 +82,8 @@ def encode_request(prompt: Any, options: Mapping[str, Any]) -> Any:
                 raise TypeError("structured_output_model must be a pydantic BaseModel class")
             wire[name] = type_path(value)
         elif name == "state":
-            wire[name] = _plain(name, value.get() if hasattr(value, "get") else value)
+            # Strands' AgentState (a JSON dict behind get()) or a plain dict.
+            wire[name] = _plain(name, value if isinstance(value, dict) else value.get())
         else:
             wire[name] = _plain(name, value)
     return wire
