@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 import msgspec
 from pydantic import BaseModel
 from strands.agent import AgentResult
+from strands.multiagent import MultiAgentResult
 from strands.telemetry.metrics import AgentInvocation, EventLoopMetrics
 
 from stalwart.errors import ConfigurationError
@@ -185,7 +186,15 @@ class DurableAgentResult(AgentResult):
 
 
 def rebuild_result(data: Any, models: Mapping[str, type[BaseModel]]) -> Any:
-    """The caller's result from a run's result data (a graph's or swarm's stays as it is)."""
+    """The caller's result from a run's result data.
+
+    A graph's or swarm's is Strands' ``MultiAgentResult.from_dict`` of what it persisted
+    (node results as ``AgentResult.from_dict`` makes them: message and stop reason; the
+    usage per node and in total).
+    """
+    if isinstance(data, dict) and isinstance(data.get("result"), dict):
+        if data["result"].get("type") == "multiagent_result":
+            return MultiAgentResult.from_dict(data["result"])
     if not (isinstance(data, dict) and "stop_reason" in data and "message" in data):
         return data
     metrics = EventLoopMetrics()

@@ -6,6 +6,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
 from strands import Agent
 from strands.agent.state import AgentState
 from strands.middleware import ExecuteToolStage, InvokeModelStage
@@ -272,7 +273,7 @@ class DurableAgentRunner(DurableRunner):
         return encode_request(input, options)
 
     def decode_result(self, data: Any) -> Any:
-        """A lone agent's :class:`DurableAgentResult`; a graph's or swarm's plain result."""
+        """A lone agent's :class:`DurableAgentResult`; a graph's or swarm's ``MultiAgentResult``."""
         return rebuild_result(data, _Models(self._models, self._factory))
 
     # -- the run -------------------------------------------------------------------------
@@ -360,10 +361,12 @@ class _Models(dict[str, type[BaseModel]]):
 
 
 def multi_output(result: MultiAgentResult) -> dict[str, Any]:
-    """A graph's or swarm's result as plain data."""
+    """A graph's or swarm's result as plain data (its ``to_dict()`` under ``result``)."""
     order = getattr(result, "execution_order", None) or getattr(result, "node_history", None) or []
     return {
         "status": result.status.value,
         "order": [node.node_id for node in order],
         "outputs": {node_id: str(r).strip() for node_id, r in result.results.items()},
+        # Strands' own persisted form, which the caller's MultiAgentResult is rebuilt from.
+        "result": to_jsonable_python(result.to_dict(), fallback=repr),
     }
