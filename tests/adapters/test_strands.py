@@ -34,7 +34,7 @@ from stalwart.adapters.strands._codec import (
     load_tool_result,
     plain_messages,
 )
-from stalwart.checkpoints import StepAttempt, StepDone, StepError
+from stalwart.checkpoints import StepAttempt, StepDone, StepError, WaitStarted
 from stalwart.errors import ConfigurationError
 from tests.conftest import Servers, WorkerFactory, worker_pool
 from tests.helpers import (
@@ -433,6 +433,10 @@ async def test_cancel_stops_a_swarm_that_swallows_node_errors(
     assert "writer/model:1" not in await model_log(counters, run_id)
 
 
+async def owners_are(client: Client, run_id: str, workers: list[str]) -> bool:
+    return owners(await journal(client, run_id)) == workers
+
+
 async def _status(handle: RunHandle, status: str) -> bool:
     return (await handle.status()).status == status
 
@@ -459,7 +463,7 @@ async def test_a_tool_error_is_retried_only_when_its_policy_asks(
 
 
 @pytest.mark.slow
-async def test_tool_interrupt_waits_for_a_signal_and_a_crash_after_the_answer_asks_nobody(
+async def test_tool_interrupt_waits_for_its_signal_across_crashes_and_asks_nobody_again(
     client: Client, st_workers: WorkerFactory, supervisor: Any, counters: aioredis.Redis
 ) -> None:
     a = await st_workers("a")
@@ -476,15 +480,27 @@ async def test_tool_interrupt_waits_for_a_signal_and_a_crash_after_the_answer_as
     (item,) = (await asked())[0].data["interrupts"]
     assert item["name"] == "manager_approval" and item["reason"] == {"amount": 30}
     assert item["signal"] == f"interrupt:{item['id']}"
-    await handle.signal(item["signal"], "yes")
-    await eventually(lambda: execs(counters, run_id, "model:2"), timeout=30)
+
+    async def waiting_on(worker: str) -> bool:
+        entries = await journal(client, run_id)
+        waits = [je for je in entries if isinstance(je.entry, WaitStarted)]
+        return owners(entries)[-1] == worker and bool(waits)
+
+    # Killed while waiting for the answer: b takes the run over and waits in its place.
+    await eventually(lambda: waiting_on("a"), timeout=30)
     a.kill()
     b = await st_workers("b")
+    await eventually(lambda: owners_are(client, run_id, ["a", "b"]), timeout=30)
+    await handle.signal(item["signal"], "yes")
+    # Answered; killed while the model call after the approved refund is in flight.
+    await eventually(lambda: execs(counters, run_id, "model:2"), timeout=30)
+    b.kill()
+    c = await st_workers("c")
     await open_gate(counters, run_id, "model:2")
 
-    assert await output(handle, b) == "done: refunded 30"
-    # The tool ran once to ask and once with the answer, as without Stalwart; the replay on
-    # b ran neither again and asked nobody again.
+    assert await output(handle, c) == "done: refunded 30"
+    # The tool ran once to ask and once with the answer, as without Stalwart; the replays on
+    # b and c ran neither again, and nobody was asked again.
     assert await execs(counters, run_id, "tool:i1") == 1
     assert await execs(counters, run_id, "tool:i1#2") == 1
     events = await asyncio.wait_for(follower, timeout=30)
