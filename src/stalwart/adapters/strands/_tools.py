@@ -77,10 +77,14 @@ def tool_middleware(
         context: ExecuteToolContext, next_fn: ToolNext
     ) -> AsyncGenerator[TypedEvent, None]:
         run = SCOPE.active()
-        if (
-            run is None
-            or isinstance(context.tool, StructuredOutputTool)
-            or (local is not None and local(context))
+        inner = agent_of_tool(context.tool)
+        nested = inner is not None and getattr(inner, MARK, None) is not None
+        if run is None or (
+            not nested
+            and (
+                isinstance(context.tool, StructuredOutputTool)
+                or (local is not None and local(context))
+            )
         ):
             async for event in next_fn(context):
                 yield event
@@ -88,10 +92,9 @@ def tool_middleware(
         tool_use = context.tool_use
         name = str(tool_use["name"])
         key = run.next_named(prefix + tool_key(str(tool_use["toolUseId"]), name, None))
-        inner = agent_of_tool(context.tool)
-        if inner is not None and getattr(inner, MARK, None) is not None:
+        if nested:
             # No step of its own: the nested agent's calls are journaled one by one under
-            # this call's key, so a crash inside it resumes inside it.
+            # this call's key (local_tools or not), so a crash inside it resumes inside it.
             async for event in _nested(run, key, context, next_fn):
                 yield event
             return
