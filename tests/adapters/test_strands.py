@@ -706,6 +706,18 @@ def test_an_agent_object_cannot_sit_in_two_places() -> None:
         st.instrument(builder.build())
 
 
+def test_an_agent_with_a_session_manager_is_refused(tmp_path: Any) -> None:
+    from strands.session import FileSessionManager
+
+    agent = Agent(
+        model=st.ScriptedModel(lambda m: "ok"),
+        session_manager=FileSessionManager(session_id="s1", storage_dir=str(tmp_path)),
+        callback_handler=None,
+    )
+    with pytest.raises(ConfigurationError, match=r"messages=previous\.messages"):
+        st.instrument(agent)
+
+
 def test_graph_edges_iterate_in_a_fixed_order() -> None:
     builder = GraphBuilder()
     for name in ("z", "m", "a", "out"):

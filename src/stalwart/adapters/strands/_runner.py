@@ -120,6 +120,13 @@ def _instrument_agent(
             f"agent {agent.name!r} is used both as {seen or 'the top agent'!r} and as "
             f"{prefix or 'the top agent'!r}; give each node its own Agent object"
         )
+    if getattr(agent, "_session_manager", None) is not None:
+        raise ConfigurationError(
+            f"agent {agent.name!r} has a session manager: a run resumed after a crash would "
+            "restore the conversation the crashed attempt had already advanced and ask the "
+            "model something else; pass the conversation per run instead "
+            "(runner.run(prompt, messages=previous.messages))"
+        )
     if getattr(agent, "_background_tasks", None) is not None:
         raise ConfigurationError(
             f"agent {agent.name!r} runs tools in the background (background_tasks=...), which "
