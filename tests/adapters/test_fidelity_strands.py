@@ -32,6 +32,7 @@ from tests.conftest import Servers, WorkerFactory, worker_pool
 from tests.helpers import (
     collect_events,
     eventually,
+    has_all,
     journal,
     mark_gated,
     open_gate,
@@ -179,6 +180,10 @@ async def test_quickstart_agent_killed_at_every_kind_of_point_equals_the_plain_r
     run_b = rid()
     await mark_gated(counters, run_b, f"tool:{calculator}")
     handle_b = await client.submit("fq-quickstart", fa.QUICKSTART_PROMPT, run_id=run_b)
+    # The calculator is held; its two sibling calls (run concurrently) complete first.
+    siblings = [f"tool:{tool_ids(plain_agent, 'current_time')[0]}"]
+    siblings.append(f"tool:{tool_ids(plain_agent, 'letter_counter')[0]}")
+    await eventually(lambda: has_all(client, run_b, *siblings), timeout=30)
     await eventually(lambda: _execs(counters, run_b, f"tool:{calculator}"), timeout=30)
     worker.kill()
     worker = await fq_workers("c")
