@@ -1,10 +1,24 @@
 """The Redis journal: fenced appends, replay reads, run records and their codecs.
 
+Payload encryption lives here too: :class:`PayloadCodec` (the hook for a codec of your own,
+such as a KMS), :class:`AesGcmCodec` (the shipped one), :func:`set_payload_codec`, and
+:func:`seal_bytes` / :func:`open_bytes` for adapters that store payloads of their own.
+
 Also the Redis key schema (:class:`KeySchema`, :class:`RunKeys`) and the epoch fence
 (:func:`fenced`, :class:`Fence`) for adapters that keep data of their own by a run, and
 :class:`RunStore`, the part of the store a run's own code sees (``RunContext.store``).
 """
 
+from stalwart.checkpoints._codec import (
+    AesGcmCodec,
+    PayloadCodec,
+    envelope_header,
+    envelope_key_id,
+    open_bytes,
+    payload_codec,
+    seal_bytes,
+    set_payload_codec,
+)
 from stalwart.checkpoints._entries import (
     TERMINAL_STATUSES,
     Entry,
@@ -33,6 +47,7 @@ from stalwart.checkpoints._writer import JournalConflict
 
 __all__ = [
     "TERMINAL_STATUSES",
+    "AesGcmCodec",
     "CancelOutcome",
     "CheckpointStore",
     "Claim",
@@ -43,6 +58,7 @@ __all__ = [
     "JournalConflict",
     "JournalEntry",
     "KeySchema",
+    "PayloadCodec",
     "RunKeys",
     "RunRecord",
     "RunStatus",
@@ -57,5 +73,11 @@ __all__ = [
     "decode_value",
     "encode_entry",
     "encode_value",
+    "envelope_header",
+    "envelope_key_id",
     "fenced",
+    "open_bytes",
+    "payload_codec",
+    "seal_bytes",
+    "set_payload_codec",
 ]
