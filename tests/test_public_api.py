@@ -121,6 +121,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "fenced",
         "open_bytes",
         "payload_codec",
+        "read_envelope_header",
         "seal_bytes",
         "set_payload_codec",
     ],

@@ -16,6 +16,7 @@ from stalwart.checkpoints._codec import (
     envelope_key_id,
     open_bytes,
     payload_codec,
+    read_envelope_header,
     seal_bytes,
     set_payload_codec,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "fenced",
     "open_bytes",
     "payload_codec",
+    "read_envelope_header",
     "seal_bytes",
     "set_payload_codec",
 ]
