@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 
 from bench import profile
 from bench._stalwart import Cluster
-from bench._util import log, ratio_summary, summary
+from bench._util import cpu_seconds, log, ratio_summary, summary
 from stalwart.actors import fingerprint
 from stalwart.checkpoints import (
     AesGcmCodec,
@@ -154,18 +154,24 @@ async def _encrypted_round(cluster: Cluster, n: int) -> tuple[float, float, floa
 
 async def _encryption_pairs(
     series: _Series, plain: Cluster, enc: Cluster, n: int, pairs: int
-) -> None:
+) -> dict[str, float]:
     """More back-to-back pairs of the plain and the encrypted run (order alternating, so a
     drift of the machine's load favours neither): on a shared machine the rounds above are
-    too few for a ratio of two close figures."""
+    too few for a ratio of two close figures. Returns each worker's CPU seconds per step
+    over all pairs, which the machine's load does not inflate the way it does wall time."""
+    cpu = {"plain": 0.0, "aesgcm": 0.0}
     for i in range(pairs):
         first, second = ("plain", "aesgcm") if i % 2 == 0 else ("aesgcm", "plain")
         got = {}
         for which in (first, second):
             cl, run = (plain, _stalwart_round) if which == "plain" else (enc, _encrypted_round)
+            pid = next(iter(cl.workers.values())).pid
+            before = cpu_seconds(pid)
             got[which] = await run(cl, n)
+            cpu[which] += cpu_seconds(pid) - before
         series.add(f"pair_plain/{ENCRYPTED_ON}", *got["plain"])
         series.add(f"pair_aesgcm/{ENCRYPTED_ON}", *got["aesgcm"])
+    return {which: total / (pairs * n) for which, total in cpu.items()}
 
 
 async def _dbos_round(peer: PeerProcess, n: int) -> tuple[float, float, float]:
@@ -288,10 +294,11 @@ async def measure(ctx: Ctx) -> dict[str, Any]:
             if temporal is not None:
                 rec.add("temporal_activity", *await _temporal_round(temporal, n, local=False))
                 rec.add("temporal_local", *await _temporal_round(temporal, n, local=True))
-        await _encryption_pairs(series, clusters[ENCRYPTED_ON], enc, n, ctx.pick(2, 40))
+        enc_cpu = await _encryption_pairs(series, clusters[ENCRYPTED_ON], enc, n, ctx.pick(2, 40))
         prof = None if ctx.quick else await _serial_profile(clusters["everysec"])
     out: dict[str, Any] = {"n": n, "reps": reps, "notes": notes, "systems": {}, "ratios": {}}
     out["micro"] = micro_costs()
+    out["encryption_worker_cpu_per_step"] = enc_cpu
     out["profile"] = prof
     return _summarise(series, out)
 
