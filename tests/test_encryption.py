@@ -215,6 +215,21 @@ def test_sealed_entries_keep_metadata_clear_and_payloads_hidden(no_codec: None) 
     assert open_event_data({"result": text, "kind": "step"})["kind"] == "step"
 
 
+def test_events_keep_sealed_texts_whole_when_they_are_cut_down(no_codec: None) -> None:
+    from stalwart.broker._events import bounded_event
+    from stalwart.messages import RunEvent, decode_event
+
+    set_payload_codec(AesGcmCodec({"k1": b"\x01" * 32}, "k1"))
+    message = seal_text("x" * 2000)
+    event = RunEvent(
+        type="step.failed", run_id="r", at=1.0, step="s" * 600,
+        data={"kind": "step", "error": {"type": "E", "message": message}, "note": "y" * 600},
+    )  # fmt: skip
+    back = decode_event(bounded_event(event, text_limit=256, max_bytes=1 << 20))
+    assert len(back.step) < 600 and len(back.data["note"]) < 600  # clear texts are cut
+    assert open_event_data(back.data)["error"]["message"] == "x" * 2000  # the sealed one not
+
+
 # -- the servers: encrypted runs leave no plaintext anywhere ------------------------------------
 
 
@@ -233,7 +248,6 @@ def enc_settings(own_servers: EmbeddedServers) -> Settings:
         namespace="e" + uuid.uuid4().hex[:10],
         lease_ttl=2,
         reconcile_interval=0.5,
-        max_placements=1000,  # a worker without the key takes the run back again and again
     )
 
 
@@ -406,6 +420,17 @@ async def test_a_run_written_under_k1_resumes_under_k2(
         await open_gate(r, run_id, "after")
         assert await handle.result(timeout=40) == [f"echo {SECRET}", f"echo {SECRET}-2"]
         assert await execs(r, run_id, "step:first") == 1
+    finally:
+        await r.aclose()
+    # Forking needs no key: the sealed entries and input are copied as they are.
+    set_payload_codec(None)
+    fork = await client.fork(run_id, at="first")
+    set_payload_codec(AesGcmCodec({"k1": b"\x01" * 32, "k2": b"\x02" * 32}, "k1"))
+    r = aioredis.Redis.from_url(own_servers.redis_url)
+    try:
+        await open_gate(r, fork.run_id, "after")
+        assert await fork.result(timeout=40) == [f"echo {SECRET}", f"echo {SECRET}-2"]
+        assert await execs(r, fork.run_id, "step:first") == 0  # replayed from the copy
     finally:
         await r.aclose()
     used = {
