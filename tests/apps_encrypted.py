@@ -9,9 +9,12 @@ keep anything.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from stalwart import App, RetryPolicy, RunContext, StepFailed, current_step, durable
+from stalwart.checkpoints import envelope_header, read_envelope_header
+from stalwart.errors import PayloadKeyError
 from tests.helpers import count_execution, wait_gate
 
 app = App("encrypted")
@@ -70,3 +73,41 @@ async def rotating(ctx: RunContext, secret: str) -> list[str]:
     await wait_gate(ctx.run_id, "after")
     second = await ctx.step("second", echo, secret + "-2")
     return [first, second]
+
+
+class ToyKmsCodec:
+    """A codec of one's own, as a KMS-backed one would be shaped: each payload gets a fresh
+    data key, stored in the envelope wrapped (encrypted) by a master key the "KMS" holds.
+    Not for use: the master key is a constant."""
+
+    KEY_ID = "kms-1"
+
+    def __init__(self) -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        self._aead = AESGCM
+        self._master = AESGCM(b"\x07" * 32)  # what a KMS would hold
+
+    def encode(self, data: bytes) -> bytes:
+        header = envelope_header(self.KEY_ID)
+        data_key, n1, n2 = os.urandom(32), os.urandom(12), os.urandom(12)
+        wrapped = n1 + self._master.encrypt(n1, data_key, header)  # the KMS "wraps" it
+        return header + wrapped + n2 + self._aead(data_key).encrypt(n2, data, header)
+
+    def decode(self, data: bytes) -> bytes:
+        from cryptography.exceptions import InvalidTag
+
+        kid, start = read_envelope_header(data)
+        if kid != self.KEY_ID:
+            raise PayloadKeyError(f"payload is sealed with {kid!r}, not {self.KEY_ID!r}", kid)
+        header, body = data[:start], data[start:]
+        try:
+            data_key = self._master.decrypt(body[:12], body[12:60], header)
+            return self._aead(data_key).decrypt(body[60:72], body[72:], header)  # type: ignore[no-any-return]
+        except InvalidTag:
+            raise PayloadKeyError("payload failed authentication", kid) from None
+
+
+def toy_kms() -> ToyKmsCodec:
+    """The factory ``STALWART_ENCRYPTION_CODEC=tests.apps_encrypted:toy_kms`` names."""
+    return ToyKmsCodec()

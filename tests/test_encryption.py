@@ -51,6 +51,7 @@ from stalwart.checkpoints._codec import (
 from stalwart.checkpoints._entries import seal_entry
 from stalwart.errors import ConfigurationError, PayloadKeyError
 from stalwart.testing import EmbeddedServers
+from tests.apps_encrypted import ToyKmsCodec
 from tests.conftest import ROOT, Servers, worker_pool
 from tests.helpers import eventually, execs, journaled, open_gate, rid
 
@@ -139,6 +140,19 @@ def test_keyrings_from_files_and_the_environment(tmp_path: Path) -> None:
     assert K1 not in repr(Settings(encryption_key=f"k1:{K1}"))
     with pytest.raises(ConfigurationError, match="not both"):
         codec_from_settings(Settings(encryption_key=K1, encryption_keys_file=path))
+
+
+def test_a_codec_of_ones_own_is_named_by_a_setting(no_codec: None) -> None:
+    codec = codec_from_settings(Settings(encryption_codec="tests.apps_encrypted:toy_kms"))
+    assert isinstance(codec, ToyKmsCodec)
+    set_payload_codec(codec)
+    sealed = seal_bytes(bytes(encode_value({"a": SECRET})))
+    assert SECRET.encode() not in sealed and describe_sealed(sealed) == "<encrypted: key kms-1>"
+    assert decode_value(sealed) == {"a": SECRET}
+    with pytest.raises(ConfigurationError, match=r"package\.module:factory"):
+        codec_from_settings(Settings(encryption_codec="tests.apps_encrypted:nothing"))
+    with pytest.raises(ConfigurationError, match="no encode/decode"):
+        codec_from_settings(Settings(encryption_codec="builtins:object"))
 
 
 @pytest.mark.parametrize(
@@ -524,6 +538,24 @@ async def _cli_lines(env: dict[str, str], *argv: str) -> list[dict[str, Any]]:
 async def _cli(env: dict[str, str], *argv: str) -> dict[str, Any]:
     (doc,) = await _cli_lines(env, *argv)
     return doc
+
+
+async def test_workers_use_a_kms_codec_named_by_the_setting(
+    enc_client: Client, enc_workers: Any
+) -> None:
+    set_payload_codec(ToyKmsCodec())
+    await enc_workers("kms", STALWART_ENCRYPTION_CODEC="tests.apps_encrypted:toy_kms")
+    handle = await enc_client.submit("vault_fails", SECRET)
+    with pytest.raises(RunFailed, match=f"the run fails and leaks {SECRET}"):
+        await handle.result(timeout=30)
+    (done,) = [
+        je.entry
+        for je in await enc_client.store.read_journal(handle.run_id)
+        if isinstance(je.entry, StepDone)
+    ]
+    blob = sealed_blob(bytes(done.result))
+    assert blob is not None and envelope_key_id(blob) == "kms-1"
+    assert decode_value(done.result) == f"echo {SECRET}"
 
 
 # -- the control: the same search finds plaintext when nothing is encrypted ---------------------

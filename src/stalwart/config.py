@@ -66,6 +66,7 @@ FIELD_ROLES: dict[str, frozenset[Role]] = {
     # -- payload encryption (docs/security-encryption.md): whoever reads or writes payloads.
     "encryption_key": _ALL,
     "encryption_keys_file": _ALL,
+    "encryption_codec": _ALL,
 }
 """Which processes read each field. Settings a process does not read are not taken from its
 environment, so a worker-only value can never break a client command. A field missing here
@@ -248,6 +249,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ``{"current": "k2", "keys": {"k1": "<base64>", "k2": "<base64>"}}``. New payloads use
     ``current``; old runs are read with the key their payloads name. Not with
     ``encryption_key``."""
+    encryption_codec: str = ""
+    """A payload codec of your own (a KMS): ``package.module:factory``, a callable taking no
+    arguments that returns a ``PayloadCodec``. Instead of the two settings above; lets the
+    ``stalwart`` command and workers use it without code of yours calling
+    ``set_payload_codec``."""
 
     def __repr__(self) -> str:
         # The key must not reach a log line or a traceback through a repr of the settings.

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import importlib
 import json
 import os
 import re
@@ -253,17 +254,44 @@ def payload_codec() -> PayloadCodec | None:
 
 
 def codec_from_settings(settings: Settings) -> PayloadCodec | None:
-    """The :class:`AesGcmCodec` the settings ask for, or None when they name no key."""
-    if settings.encryption_key and settings.encryption_keys_file:
+    """The codec the settings ask for, or None when they name none: an
+    :class:`AesGcmCodec` from a key or a keyring file, or the factory ``encryption_codec``
+    names (``package.module:factory``) called with no arguments."""
+    named = [
+        n
+        for n in ("encryption_key", "encryption_keys_file", "encryption_codec")
+        if getattr(settings, n)
+    ]
+    if len(named) > 1:
         raise ConfigurationError(
-            "set STALWART_ENCRYPTION_KEY or STALWART_ENCRYPTION_KEYS_FILE, not both "
+            f"set one of STALWART_ENCRYPTION_KEY, STALWART_ENCRYPTION_KEYS_FILE and "
+            f"STALWART_ENCRYPTION_CODEC, not both {' and '.join(named)} "
             "(a keyring file holds several keys)"
         )
+    if settings.encryption_codec:
+        return _codec_factory(settings.encryption_codec)
     if settings.encryption_keys_file:
         return AesGcmCodec.from_keyring_file(settings.encryption_keys_file)
     if settings.encryption_key:
         return AesGcmCodec.from_key(settings.encryption_key)
     return None
+
+
+def _codec_factory(spec: str) -> PayloadCodec:
+    module_name, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigurationError(
+            f"STALWART_ENCRYPTION_CODEC={spec!r}: expected package.module:factory ({exc})"
+        ) from None
+    codec = factory()
+    if not isinstance(codec, PayloadCodec):
+        raise ConfigurationError(
+            f"STALWART_ENCRYPTION_CODEC={spec!r} returned {type(codec).__name__}, "
+            "which has no encode/decode methods"
+        )
+    return codec
 
 
 def install_codec(settings: Settings) -> None:
