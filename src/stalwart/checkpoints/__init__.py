@@ -9,17 +9,8 @@ Also the Redis key schema (:class:`KeySchema`, :class:`RunKeys`) and the epoch f
 :class:`RunStore`, the part of the store a run's own code sees (``RunContext.store``).
 """
 
-from stalwart.checkpoints._codec import (
-    AesGcmCodec,
-    PayloadCodec,
-    envelope_header,
-    envelope_key_id,
-    open_bytes,
-    payload_codec,
-    read_envelope_header,
-    seal_bytes,
-    set_payload_codec,
-)
+from stalwart.checkpoints._aesgcm import AesGcmCodec
+from stalwart.checkpoints._codec import open_bytes, payload_codec, seal_bytes, set_payload_codec
 from stalwart.checkpoints._entries import (
     TERMINAL_STATUSES,
     Entry,
@@ -38,6 +29,12 @@ from stalwart.checkpoints._entries import (
     decode_value,
     encode_entry,
     encode_value,
+)
+from stalwart.checkpoints._envelope import (
+    PayloadCodec,
+    envelope_header,
+    envelope_key_id,
+    read_envelope_header,
 )
 from stalwart.checkpoints._fence import Fence, fenced
 from stalwart.checkpoints._keys import KeySchema, RunKeys
