@@ -314,6 +314,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "AgentRequest",
         "DurableAgentRunner",
         "StalwartDurability",
+        "ToolResultNotSerializable",
     ],
     "stalwart.adapters.langgraph": [
         "DurableGraphRunner",

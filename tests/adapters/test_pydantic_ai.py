@@ -139,9 +139,10 @@ async def test_sigkill_after_third_tool_resumes_without_repeating_calls(
     # The runner API, uninterrupted: the reference result, converted to the output type.
     runner = DurableAgentRunner("support", support_agent, app=App("client-side"), client=client)
     ref_id = rid()
-    expected = await runner.run(
+    reference = await runner.run(
         "refund my last order", run_id=ref_id, deps=Scenario(run_id=ref_id), timeout=30
     )
+    expected = reference.output
     assert isinstance(expected, Resolution)
     assert expected.orders == ["c-42-o1", "c-42-o2"] and expected.open_tickets == 2
 
@@ -222,7 +223,7 @@ async def test_delegation_survives_a_crash(
     a = await pyd_workers("a")
     ref_id = rid()
     reference = await client.submit("triage", request(ref_id, "refund?"), run_id=ref_id)
-    expected = await reference.result(timeout=30)
+    expected = (await reference.result(timeout=30))["output"]  # AgentRunResult's shape
     assert expected == {"category": "billing", "answer": "policy says: refunds within 30 days"}
 
     run_id = rid()
@@ -236,7 +237,7 @@ async def test_delegation_survives_a_crash(
     await open_gate(counters, run_id, pause)
     await pyd_workers("b")
 
-    assert await handle.result(timeout=60) == expected
+    assert (await handle.result(timeout=60))["output"] == expected
     assert await model_log(counters, run_id) == [
         "triage:1",
         "specialist:1",
@@ -290,7 +291,7 @@ async def test_runner_sends_history_and_deps_that_the_worker_rebuilds(
     runner = DurableAgentRunner("memo", memo_agent, app=App("client-side"), client=client)
     run_id = rid()
     history = [ModelRequest.user_text_prompt("earlier"), ModelResponse(parts=[TextPart("hi")])]
-    output = await runner.run(
+    result = await runner.run(
         "who are you?",
         run_id=run_id,
         deps=Scenario(run_id=run_id, customer="c-7"),
@@ -298,7 +299,7 @@ async def test_runner_sends_history_and_deps_that_the_worker_rebuilds(
         timeout=30,
     )
     # 2 earlier messages + prompt, tool call, tool return; deps rebuilt by the worker's factory.
-    assert output == "5 messages, I am C-7"
+    assert result.output == "5 messages, I am C-7"
     assert await model_log(counters, run_id) == ["memo:2", "memo:3"]
 
 
@@ -417,7 +418,7 @@ async def test_openai_model_retries_inside_one_journaled_step(
         await pyd_workers("a", FAKE_OPENAI_URL=server.url, PYD_ALLOW_MODEL_REQUESTS="1")
         run_id = rid()
         handle = await client.submit("chat", "say hello", run_id=run_id)
-        assert await handle.result(timeout=60) == "Hello from the fake"
+        assert (await handle.result(timeout=60))["output"] == "Hello from the fake"
         events = [ev async for ev in handle.events(follow=False)]
 
     assert len(server.requests) == 3  # 429 and 500 retried by the OpenAI client itself

@@ -17,7 +17,7 @@ from pydantic_core import to_jsonable_python
 
 from stalwart.actors import StepSpec
 from stalwart.adapters.pydantic_ai._scope import FRAME, Nested, journaled
-from stalwart.errors import StepFailed
+from stalwart.errors import NonRetryableError, StepFailed
 
 if TYPE_CHECKING:
     from pydantic_ai.durable_exec import DurableOperation
@@ -50,7 +50,8 @@ async def tool_call(
         await frame.ctx.emit("tool.call", {**head, "args": args}, step=key)
         nested: Nested = []
         with FRAME.using(frame.in_tool(key, nested)), durable_unit_scope():  # runs nest under key
-            payload = op.result_codec.dump(await op.handler(params))
+            result = await op.handler(params)
+        payload = encode_result(spec.name, op, result)
         size = len(msgspec.json.encode(payload))
         shown = {"result": payload} if size <= _EVENT_RESULT_LIMIT else {"result_bytes": size}
         await frame.ctx.emit("tool.result", {**head, **shown}, step=key)
@@ -60,6 +61,35 @@ async def tool_call(
     if not ran and recorded.get("nested"):
         await _replay_nested(frame, recorded["nested"])
     return op.result_codec.load(recorded["result"])
+
+
+class ToolResultNotSerializable(NonRetryableError):
+    """A tool returned a value that cannot be journaled (nor sent to a model as JSON).
+
+    Deterministic, so never retried. The message names the tool, the type and what to
+    return instead; ``__cause__`` is PydanticAI's serialization error.
+    """
+
+
+def _returned(result: Any) -> Any:
+    """The value a tool returned, out of PydanticAI's recorded-result wrapper."""
+    return getattr(result, "result", result)
+
+
+def encode_result(tool: str, op: DurableOperation[Any, Any, Any], result: Any) -> Any:
+    """A tool call's result as journal data, or an error naming the tool and the type."""
+    try:
+        return op.result_codec.dump(result)
+    except NonRetryableError as exc:  # the capability's mapping of a serialization failure
+        cause = exc.__cause__ or exc
+        value = _returned(result)
+        kind = f"{type(value).__module__}.{type(value).__qualname__}"
+        raise ToolResultNotSerializable(
+            f"tool {tool!r} returned a {kind}, which cannot be journaled ({cause}). A tool's "
+            "return value goes to the model as JSON: return plain data (str, numbers, "
+            "lists, dicts) or a pydantic model or dataclass of those, e.g. str(value) or "
+            "the fields the model needs"
+        ) from cause
 
 
 async def _never() -> Any:
