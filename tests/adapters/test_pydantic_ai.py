@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
+import msgspec
 import pytest
 
 pytest.importorskip("pydantic_ai")
@@ -23,16 +25,20 @@ from pydantic_ai import Agent, models
 from pydantic_ai.messages import ModelRequest, ModelResponse, TextPart, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.models.test import TestModel
+from pydantic_ai.run import AgentRunResult
 
-from stalwart import App, Client, RunEvent, RunFailed, Settings
+from stalwart import App, Client, Policies, RetryPolicy, RunEvent, RunFailed, Settings
 from stalwart.adapters.pydantic_ai import DurableAgentRunner, StalwartDurability
 from stalwart.adapters.pydantic_ai._codec import conversation
+from stalwart.adapters.pydantic_ai._request import result_data as runner_result_data
 from stalwart.checkpoints import StepAttempt, StepDone
 from stalwart.kit import shape_changes
 from stalwart.testing import StalwartProcess
 from tests.adapters.pydantic_apps import (
+    PLAIN_EXECUTIONS,
     Resolution,
     Scenario,
+    errors_agent,
     memo_agent,
     support_agent,
 )
@@ -54,6 +60,10 @@ async def pyd_workers(
     """Worker processes serving ``APP``."""
     async with worker_pool(APP, settings, servers, client) as start:
         yield start
+
+
+def replace_output(result: AgentRunResult[Any], output: Any) -> AgentRunResult[Any]:
+    return dataclasses.replace(result, output=output)
 
 
 def request(run_id: str, prompt: str = "refund my last order", **scenario: Any) -> dict[str, Any]:
@@ -301,6 +311,96 @@ async def test_runner_sends_history_and_deps_that_the_worker_rebuilds(
     # 2 earlier messages + prompt, tool call, tool return; deps rebuilt by the worker's factory.
     assert result.output == "5 messages, I am C-7"
     assert await model_log(counters, run_id) == ["memo:2", "memo:3"]
+
+
+@pytest.mark.slow
+async def test_a_tools_error_does_what_pydantic_ai_does_plainly(
+    client: Client, pyd_workers: WorkerFactory, counters: aioredis.Redis
+) -> None:
+    await pyd_workers("a")
+    runner = DurableAgentRunner("errors", errors_agent, app=App("client-side"), client=client)
+
+    async def executions(run_id: str) -> dict[str, int]:
+        keys = await counters.keys(f"exec:{run_id}:*")
+        return {k.decode().rsplit(":", 1)[1]: int(await counters.get(k)) for k in keys}
+
+    # A plain exception fails the run once (no retries); ModelRetry is PydanticAI's: sent back
+    # to the model up to the tool's max_retries, then UnexpectedModelBehavior; an argument
+    # validator's exception fails the run once too.
+    for tool, ran in [
+        ("explode", "explode"),
+        ("always_retry", "always_retry"),
+        ("validated", "reject"),
+    ]:
+        PLAIN_EXECUTIONS.clear()
+        with pytest.raises(Exception) as plain:
+            await errors_agent.run(f"call {tool}")
+        run_id = rid()
+        with pytest.raises(RunFailed) as durable:
+            await runner.run(f"call {tool}", run_id=run_id, timeout=30)
+        assert durable.value.error_type == type(plain.value).__name__, tool
+        assert durable.value.message == str(plain.value), tool
+        assert await executions(run_id) == PLAIN_EXECUTIONS == {ran: 3 if "retry" in tool else 1}
+
+    # A result that cannot be journaled (nor sent to a model) says which tool, what type and
+    # what to return instead; it is not retried.
+    run_id = rid()
+    with pytest.raises(RunFailed) as failed:
+        await runner.run("call open_socket", run_id=run_id, timeout=30)
+    assert failed.value.error_type == "ToolResultNotSerializable"
+    for said in ("tool 'open_socket'", "socket.socket", "return plain data"):
+        assert said in failed.value.message
+    assert await executions(run_id) == {"open_socket": 1}
+
+
+def test_per_run_inputs_that_cannot_travel_say_what_to_pass() -> None:
+    class Connection:
+        pass
+
+    runner = DurableAgentRunner("memo", memo_agent, app=App("client-side"))
+    with pytest.raises(TypeError, match=r"deps\.customer is a .*Connection.*with a factory"):
+        runner.request("hi", deps=Scenario(run_id="r", customer=Connection()))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"toolsets: add them to the agent"):
+        runner.request("hi", toolsets=[])
+    assert runner.request("hi") == "hi"  # a prompt alone travels as it is
+
+
+def test_operations_pydantic_ai_does_not_retry_take_the_tool_policy_unless_set() -> None:
+    app = App("client-side")
+    DurableAgentRunner("memo", memo_agent, app=app)
+    retry = app.get("memo").policies.retry
+    assert retry["validate"] == retry["discovery"] == retry["capability"] == retry["tool"]
+    assert retry["tool"].max_attempts == 1 and retry["model"].max_attempts > 1
+    four, two = RetryPolicy(max_attempts=4), RetryPolicy(max_attempts=2)
+    DurableAgentRunner(
+        "memo2", memo_agent, app=app, policies=Policies(retry={"tool": four, "discovery": two})
+    )
+    retry = app.get("memo2").policies.retry
+    assert (retry["validate"], retry["discovery"]) == (four, two)
+
+
+async def test_the_result_is_pydantic_ais_own_and_continues_a_conversation() -> None:
+    def answer(messages: list[Any], info: AgentInfo) -> ModelResponse:
+        return ModelResponse(parts=[TextPart(f"{len(messages)} messages")])
+
+    agent = Agent(FunctionModel(answer), name="counter", output_type=str)
+    runner = DurableAgentRunner("counter", agent, app=App("client-side"))
+    first = await agent.run("one")
+    # What a worker returns, and what the client rebuilds from it after the msgpack trip.
+    data = msgspec.msgpack.decode(msgspec.msgpack.encode(runner_result_data(first)))
+    rebuilt = runner.decode_result(data)
+    assert rebuilt.output == first.output and rebuilt.usage == first.usage
+    assert rebuilt.all_messages() == first.all_messages()
+    assert rebuilt.new_messages() == first.new_messages()
+    assert rebuilt.all_messages_json() == first.all_messages_json()
+    second = await agent.run("two", message_history=rebuilt.all_messages())
+    assert second.output == "3 messages"
+    # Structured outputs come back as the agent's output type.
+    triage = DurableAgentRunner("t", support_agent, app=App("client-side"))
+    made = Resolution(customer="c", orders=["o"], open_tickets=1, summary="s")
+    typed = triage.decode_result(runner_result_data(replace_output(first, made)))
+    assert typed.output == made and isinstance(typed.output, Resolution)
+    assert triage.output(runner_result_data(replace_output(first, made))) == made
 
 
 # -- the real OpenAI client against a loopback server ------------------------------------------
