@@ -233,8 +233,11 @@ async def test_delegation_survives_a_crash(
     a = await pyd_workers("a")
     ref_id = rid()
     reference = await client.submit("triage", request(ref_id, "refund?"), run_id=ref_id)
-    expected = (await reference.result(timeout=30))["output"]  # AgentRunResult's shape
+    reference_data = await reference.result(timeout=30)  # AgentRunResult's serialized shape
+    expected = reference_data["output"]
     assert expected == {"category": "billing", "answer": "policy says: refunds within 30 days"}
+    # The specialist runs with usage=ctx.usage: its requests count in the outer run's usage.
+    assert reference_data["usage"]["requests"] == 4
 
     run_id = rid()
     handle = await client.submit("triage", request(run_id, "refund?", **{pause: 2}), run_id=run_id)
@@ -247,7 +250,9 @@ async def test_delegation_survives_a_crash(
     await open_gate(counters, run_id, pause)
     await pyd_workers("b")
 
-    assert (await handle.result(timeout=60))["output"] == expected
+    data = await handle.result(timeout=60)
+    assert data["output"] == expected
+    assert data["usage"] == reference_data["usage"]  # replayed delegation: its usage too
     assert await model_log(counters, run_id) == [
         "triage:1",
         "specialist:1",
