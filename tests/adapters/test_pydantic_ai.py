@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
 from datetime import datetime
@@ -30,6 +31,7 @@ from pydantic_ai.run import AgentRunResult
 from stalwart import App, Client, Policies, RetryPolicy, RunEvent, RunFailed, Settings
 from stalwart.adapters.pydantic_ai import DurableAgentRunner, StalwartDurability
 from stalwart.adapters.pydantic_ai._codec import conversation
+from stalwart.adapters.pydantic_ai._request import OutputNotSerializable
 from stalwart.adapters.pydantic_ai._request import result_data as runner_result_data
 from stalwart.checkpoints import StepAttempt, StepDone
 from stalwart.kit import shape_changes
@@ -368,6 +370,16 @@ def test_per_run_inputs_that_cannot_travel_say_what_to_pass() -> None:
     with pytest.raises(TypeError, match=r"toolsets: add them to the agent"):
         runner.request("hi", toolsets=[])
     assert runner.request("hi") == "hi"  # a prompt alone travels as it is
+
+
+async def test_an_output_that_cannot_travel_back_says_so() -> None:
+    def opened(x: int) -> object:
+        return socket.socket()
+
+    result = await Agent(TestModel(), output_type=opened).run("x")
+    with pytest.raises(OutputNotSerializable, match=r"socket\.socket.*output_type of plain"):
+        runner_result_data(result)
+    result.output.close()
 
 
 def test_operations_pydantic_ai_does_not_retry_take_the_tool_policy_unless_set() -> None:

@@ -22,6 +22,8 @@ from pydantic_ai.tools import DeferredToolResults
 from pydantic_ai.usage import UsageLimits
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
+from stalwart.errors import NonRetryableError
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -190,9 +192,21 @@ def run_options(request: AgentRequest, limits: UsageLimits) -> dict[str, Any]:
     }
 
 
+class OutputNotSerializable(NonRetryableError, TypeError):
+    """The agent's output cannot be sent back to the caller as data."""
+
+
 def result_data(result: AgentRunResult[Any]) -> Any:
     """An ``AgentRunResult`` as PydanticAI serializes it (JSON mode), for the run's result."""
-    return TypeAdapter(AgentRunResult[Any]).dump_python(result, mode="json")
+    try:
+        return TypeAdapter(AgentRunResult[Any]).dump_python(result, mode="json")
+    except (PydanticSerializationError, TypeError, ValueError) as exc:
+        kind = f"{type(result.output).__module__}.{type(result.output).__qualname__}"
+        raise OutputNotSerializable(
+            f"the agent's output is a {kind}, which cannot be sent back to the caller ({exc}): "
+            "give the agent an output_type of plain data (str, a pydantic model, a dataclass "
+            "or TypedDict of plain values), or have the output function return one"
+        ) from exc
 
 
 def is_result_data(data: Any) -> bool:
