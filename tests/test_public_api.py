@@ -313,6 +313,7 @@ PUBLIC_API: dict[str, list[str]] = {
     "stalwart.adapters.pydantic_ai": [
         "AgentRequest",
         "DurableAgentRunner",
+        "OutputNotSerializable",
         "StalwartDurability",
         "ToolResultNotSerializable",
     ],

@@ -37,8 +37,14 @@ run with a :class:`~stalwart.NonDeterminismError` that says what changed.
 """
 
 from stalwart.adapters.pydantic_ai._capability import StalwartDurability
-from stalwart.adapters.pydantic_ai._request import AgentRequest
+from stalwart.adapters.pydantic_ai._request import AgentRequest, OutputNotSerializable
 from stalwart.adapters.pydantic_ai._runner import DurableAgentRunner
 from stalwart.adapters.pydantic_ai._tools import ToolResultNotSerializable
 
-__all__ = ["AgentRequest", "DurableAgentRunner", "StalwartDurability", "ToolResultNotSerializable"]
+__all__ = [
+    "AgentRequest",
+    "DurableAgentRunner",
+    "OutputNotSerializable",
+    "StalwartDurability",
+    "ToolResultNotSerializable",
+]
