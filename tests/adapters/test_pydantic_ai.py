@@ -14,6 +14,7 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -27,11 +28,16 @@ from pydantic_ai.messages import ModelRequest, ModelResponse, TextPart, ToolCall
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.models.test import TestModel
 from pydantic_ai.run import AgentRunResult
+from pydantic_ai.usage import UsageLimits
 
 from stalwart import App, Client, Policies, RetryPolicy, RunEvent, RunFailed, Settings
 from stalwart.adapters.pydantic_ai import DurableAgentRunner, StalwartDurability
 from stalwart.adapters.pydantic_ai._codec import conversation
-from stalwart.adapters.pydantic_ai._request import OutputNotSerializable
+from stalwart.adapters.pydantic_ai._request import (
+    OutputNotSerializable,
+    decode_request,
+    run_options,
+)
 from stalwart.adapters.pydantic_ai._request import result_data as runner_result_data
 from stalwart.checkpoints import StepAttempt, StepDone
 from stalwart.kit import shape_changes
@@ -380,6 +386,27 @@ async def test_an_output_that_cannot_travel_back_says_so() -> None:
     with pytest.raises(OutputNotSerializable, match=r"socket\.socket.*output_type of plain"):
         runner_result_data(result)
     result.output.close()
+
+
+def test_per_run_options_arrive_in_the_worker_as_agent_run_takes_them() -> None:
+    limits = UsageLimits(request_limit=3, total_tokens_limit=100, cost_limit=Decimal("0.5"))
+    history = [ModelRequest.user_text_prompt("earlier"), ModelResponse(parts=[TextPart("hi")])]
+    sent = DurableAgentRunner("memo", memo_agent, app=App("client-side")).request(
+        "hi",
+        usage_limits=limits,
+        model_settings={"temperature": 0.2},
+        metadata={"tenant": "t1"},
+        message_history=history,
+    )
+    wire = msgspec.msgpack.decode(msgspec.msgpack.encode(sent))
+    request = decode_request(wire)
+    options = run_options(request, UsageLimits())
+    assert request.prompt == "hi"
+    assert options["usage_limits"] == limits
+    assert options["model_settings"] == {"temperature": 0.2}
+    assert options["metadata"] == {"tenant": "t1"}
+    assert options["message_history"] == history
+    assert run_options(decode_request("hi"), limits)["usage_limits"] is limits
 
 
 def test_operations_pydantic_ai_does_not_retry_take_the_tool_policy_unless_set() -> None:

@@ -158,7 +158,11 @@ def encode_request(prompt: Any, options: Mapping[str, Any], *, factory: bool = F
         model_settings=to_jsonable_python(values["model_settings"])
         if "model_settings" in values
         else None,
-        usage_limits=to_jsonable_python(limits) if limits is not None else None,
+        usage_limits=(
+            TypeAdapter(UsageLimits).dump_python(limits, mode="json")
+            if limits is not None
+            else None
+        ),
         metadata=to_jsonable_python(values["metadata"]) if "metadata" in values else None,
     )
     return msgspec.to_builtins(request)
@@ -186,7 +190,9 @@ def run_options(request: AgentRequest, limits: UsageLimits) -> dict[str, Any]:
         ),
         "model_settings": request.model_settings,
         "usage_limits": (
-            UsageLimits(**request.usage_limits) if request.usage_limits is not None else limits
+            TypeAdapter(UsageLimits).validate_python(request.usage_limits)
+            if request.usage_limits is not None
+            else limits
         ),
         "metadata": request.metadata,
     }
