@@ -55,17 +55,18 @@ class DurableAgentRunner(DurableRunner):
     """Serves ``agent`` as the Stalwart agent ``name``: every model and tool call a step.
 
     ``agent`` is the agent, or a zero-argument function building one (called once per run,
-    and once more for its ``deps_type`` and ``output_type``). The agent stays as written. Each run calls ``agent.run`` (PydanticAI's own loop) with a
+    and once more for its ``deps_type`` and ``output_type``). The agent stays as written.
+    Each run calls ``agent.run`` (PydanticAI's own loop) with a
     :class:`StalwartDurability` capability added, unless the agent already carries one. A
     worker that resumes the run after a crash runs it again from the top: journaled model
     responses and tool results are fed back without calling anything, and the run continues
     live at the first call that had not completed.
 
     ``max_iterations`` caps the model requests of a run (PydanticAI's
-    ``UsageLimits.request_limit``; ``usage_limits`` sets the others). ``deps`` builds the
-    run's deps in the worker from the plain data submitted with it (sync or async, for
-    clients and connections that cannot travel); without it the data is validated into the
-    agent's ``deps_type``. ``stream`` streams model requests and publishes their events live
+    ``UsageLimits.request_limit``; ``usage_limits`` sets the others; a run's own
+    ``usage_limits=`` replaces them). ``deps`` builds the run's deps in the worker from the
+    plain data the caller passed as ``deps=`` (sync or async, for clients and connections
+    that cannot travel); without it the data is validated into the agent's ``deps_type``. ``stream`` streams model requests and publishes their events live
     (see :class:`StalwartDurability`); ``stream=None`` (the default) is ``True`` here.
 
     ``run``/``submit``/``run_sync`` take ``agent.run``'s per-run inputs (:meth:`request`);
