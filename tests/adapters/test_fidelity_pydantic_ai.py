@@ -198,7 +198,7 @@ async def test_bank_support_agent_survives_a_kill_at_every_point(
         worker.kill()
         if held is not None:
             held.release()
-        worker = await pool()
+        worker = await pool(wait=False)  # it takes the run over once it is up
         await open_gate(counters, run_id, "customer_balance", "before-model-2")
         return run_id, mark, await bank.result(handle, timeout=60)
 
@@ -340,7 +340,7 @@ async def test_approval_agent_survives_kills_before_and_after_the_human_answer(
     await eventually(approval_journaled, timeout=30)
     worker.kill()
     await open_gate(counters, run_id, "update_file:README.md")
-    worker = await pool()
+    worker = await pool(wait=False)
     durable_1 = await files.result(handle, timeout=60)
     assert_same_result(durable_1, plain_1)
     assert_same_requests(since(fake, mark), first_requests)
@@ -362,7 +362,7 @@ async def test_approval_agent_survives_kills_before_and_after_the_human_answer(
     await eventually(lambda: _at_least(counters, run_id, "update_file:.env", 1), timeout=30)
     worker.kill()
     await open_gate(counters, run_id, "update_file:.env")
-    worker = await pool()
+    worker = await pool(wait=False)
     durable_2 = await files.result(handle, timeout=60)
     assert_same_result(durable_2, plain_2)
     assert_same_requests(since(fake, mark), second_requests)
@@ -386,7 +386,7 @@ async def test_approval_agent_survives_kills_before_and_after_the_human_answer(
     await eventually(backup_journaled, timeout=30)
     worker.kill()
     await open_gate(counters, run_id, "before-model-3")
-    await pool()
+    await pool(wait=False)
     durable_3 = await files.result(handle, timeout=60)
     assert_same_result(durable_3, plain_2)
     assert_same_requests(since(fake, mark), second_requests)

@@ -12,6 +12,7 @@ client validates back into an ``AgentRunResult``: ``all_messages()``, ``new_mess
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import TYPE_CHECKING, Any, Union
 
 import msgspec
@@ -151,7 +152,7 @@ def encode_request(prompt: Any, options: Mapping[str, Any], *, factory: bool = F
             ModelMessagesTypeAdapter.dump_python(list(history), mode="json") if history else None
         ),
         deferred_tool_results=(
-            TypeAdapter(DeferredToolResults).dump_python(deferred, mode="json")
+            adapter(DeferredToolResults).dump_python(deferred, mode="json")
             if deferred is not None
             else None
         ),
@@ -159,9 +160,7 @@ def encode_request(prompt: Any, options: Mapping[str, Any], *, factory: bool = F
         if "model_settings" in values
         else None,
         usage_limits=(
-            TypeAdapter(UsageLimits).dump_python(limits, mode="json")
-            if limits is not None
-            else None
+            adapter(UsageLimits).dump_python(limits, mode="json") if limits is not None else None
         ),
         metadata=to_jsonable_python(values["metadata"]) if "metadata" in values else None,
     )
@@ -184,13 +183,13 @@ def run_options(request: AgentRequest, limits: UsageLimits) -> dict[str, Any]:
             else None
         ),
         "deferred_tool_results": (
-            TypeAdapter(DeferredToolResults).validate_python(request.deferred_tool_results)
+            adapter(DeferredToolResults).validate_python(request.deferred_tool_results)
             if request.deferred_tool_results is not None
             else None
         ),
         "model_settings": request.model_settings,
         "usage_limits": (
-            TypeAdapter(UsageLimits).validate_python(request.usage_limits)
+            adapter(UsageLimits).validate_python(request.usage_limits)
             if request.usage_limits is not None
             else limits
         ),
@@ -202,10 +201,28 @@ class OutputNotSerializable(NonRetryableError, TypeError):
     """The agent's output cannot be sent back to the caller as data."""
 
 
+@functools.lru_cache(maxsize=64)
+def _cached_adapter(tp: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(tp)
+
+
+def adapter(tp: Any) -> TypeAdapter[Any]:
+    """A type adapter for ``tp``, built once per type (building one can take 0.2 s)."""
+    try:
+        return _cached_adapter(tp)
+    except TypeError:  # an unhashable type form: built every time
+        return TypeAdapter(tp)
+
+
+def _result_adapter(output_type: Any) -> TypeAdapter[Any]:
+    generic: Any = AgentRunResult  # parameterized with a type known at run time only
+    return adapter(generic[output_type])
+
+
 def result_data(result: AgentRunResult[Any]) -> Any:
     """An ``AgentRunResult`` as PydanticAI serializes it (JSON mode), for the run's result."""
     try:
-        return TypeAdapter(AgentRunResult[Any]).dump_python(result, mode="json")
+        return _result_adapter(Any).dump_python(result, mode="json")
     except (PydanticSerializationError, TypeError, ValueError) as exc:
         kind = f"{type(result.output).__module__}.{type(result.output).__qualname__}"
         raise OutputNotSerializable(
@@ -233,8 +250,5 @@ def output_type_of(output_spec: Any) -> Any:
 
 def decode_result(data: Any, output_spec: Any) -> AgentRunResult[Any]:
     """Rebuild the ``AgentRunResult`` a worker serialized, its output as the agent's type."""
-    generic: Any = AgentRunResult  # parameterized with a type known at run time only
-    result: AgentRunResult[Any] = TypeAdapter(generic[output_type_of(output_spec)]).validate_python(
-        data
-    )
+    result: AgentRunResult[Any] = _result_adapter(output_type_of(output_spec)).validate_python(data)
     return result

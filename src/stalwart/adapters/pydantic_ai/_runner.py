@@ -6,13 +6,13 @@ import dataclasses
 import inspect
 from typing import TYPE_CHECKING, Any
 
-from pydantic import TypeAdapter
 from pydantic_ai.agent import AbstractAgent
 from pydantic_ai.usage import UsageLimits
 
 from stalwart.adapters.pydantic_ai import _scope
 from stalwart.adapters.pydantic_ai._capability import StalwartDurability
 from stalwart.adapters.pydantic_ai._request import (
+    adapter,
     decode_request,
     decode_result,
     encode_request,
@@ -135,7 +135,7 @@ class DurableAgentRunner(DurableRunner):
         deps_type = self.template().deps_type
         if data is None or deps_type in (object, type(None)):
             return data
-        return TypeAdapter(deps_type).validate_python(data)
+        return adapter(deps_type).validate_python(data)
 
     def request(self, input: Any, **options: Any) -> Any:
         """The run input for prompt ``input`` and ``agent.run``'s per-run keyword arguments.
@@ -170,5 +170,5 @@ class DurableAgentRunner(DurableRunner):
     def _output(self, result: Any) -> Any:
         output_type = self.template().output_type
         if isinstance(output_type, type) and output_type not in (str, object):
-            return TypeAdapter(output_type).validate_python(result)
+            return adapter(output_type).validate_python(result)
         return result
