@@ -17,6 +17,9 @@ from typing import TYPE_CHECKING, Any, Union
 
 import msgspec
 from pydantic import BaseModel, TypeAdapter
+
+# The types an output spec produces: the helper PydanticAI's own `output_json_schema` uses.
+from pydantic_ai._output import types_from_output_spec
 from pydantic_ai.messages import ModelMessagesTypeAdapter
 from pydantic_ai.run import AgentRunResult
 from pydantic_ai.tools import DeferredToolResults
@@ -27,9 +30,6 @@ from stalwart.errors import NonRetryableError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
-
-# The types an output spec produces: the helper PydanticAI's own `output_json_schema` uses.
-from pydantic_ai._output import types_from_output_spec
 
 
 class AgentRequest(msgspec.Struct, omit_defaults=True):
