@@ -370,6 +370,26 @@ async def test_approval_agent_survives_kills_before_and_after_the_human_answer(
     assert await execs(counters, run_id, "update_file:README.md.bak") == 1
     assert await execs(counters, run_id, "delete_file:__init__.py") == 0  # denied
 
+    # (d) again, while the model call after the answer is in flight: sent again, nothing of
+    # the answer (the approved call) runs again.
+    run_id, mark = rid(), len(fake.requests())
+    held = fake.hold(lambda r: r.model == "gpt-5" and r.turn() == 1)
+    handle = await files.submit(
+        BACKUP,
+        message_history=durable_1.all_messages(),
+        deferred_tool_results=decision,
+        run_id=run_id,
+    )
+    await held.arrived()
+    worker.kill()
+    held.release()
+    worker = await pool(wait=False)
+    durable_in_flight = await files.result(handle, timeout=60)
+    assert_same_result(durable_in_flight, plain_2)
+    assert_same_requests(since(fake, mark), second_requests, killed_in_flight=0)
+    assert await execs(counters, run_id, "update_file:.env") == 1
+    assert await execs(counters, run_id, "update_file:README.md.bak") == 1
+
     # (d) again, between calls after the answer: the backup written, the last call not asked.
     run_id, mark = rid(), len(fake.requests())
     await mark_gated(counters, run_id, "before-model-3")
