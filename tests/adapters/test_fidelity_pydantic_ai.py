@@ -13,7 +13,7 @@ killed request sent again), and no completed model call or tool may run again.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -21,7 +21,14 @@ import pytest
 pytest.importorskip("pydantic_ai")
 
 import redis.asyncio as aioredis
-from pydantic_ai import Agent, DeferredToolRequests, DeferredToolResults, ToolDenied, models
+from pydantic_ai import (
+    Agent,
+    DeferredToolRequests,
+    DeferredToolResults,
+    RunContext,
+    ToolDenied,
+    models,
+)
 from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter
 from pydantic_ai.run import AgentRunResult
 
@@ -264,12 +271,12 @@ async def _at_least(counters: aioredis.Redis, run_id: str, key: str, n: int) -> 
     return await execs(counters, run_id, key) >= n
 
 
-async def test_bank_support_usage_counts_against_stalwart_limits_and_streaming_differs_only_by_flag(
+async def test_bank_support_tokens_count_against_stalwart_limits_and_streaming_is_pydantic_ais(
     client: Client, pool: WorkerFactory, fake: FakeLLM
 ) -> None:
     deps = SupportDependencies(customer_id=123, db=DatabaseConn())
     async with plain_model(support_agent, "gpt-4o", fake):
-        plain = await support_agent.run(BALANCE, deps=deps)
+        await support_agent.run(BALANCE, deps=deps)
     plain_requests = fake.requests()
     await pool()
 
@@ -281,12 +288,25 @@ async def test_bank_support_usage_counts_against_stalwart_limits_and_streaming_d
     assert failed.value.error_type == "BudgetExceeded" and "tokens" in failed.value.message
     assert len(since(fake, mark)) == 1
 
-    # stream=True (the runner's default): streamed requests, otherwise the plain run's.
+    # stream=True (the runner's default) streams model requests, as a plain run with an
+    # event_stream_handler does: the same bodies and result as that plain run; against the
+    # plain run without one, the bodies differ by the stream flags only.
+    async def handle_events(ctx: RunContext[Any], events: AsyncIterable[Any]) -> None:
+        async for _ in events:
+            pass
+
+    mark = len(fake.requests())
+    async with plain_model(support_agent, "gpt-4o", fake):
+        plain_streamed = await support_agent.run(
+            BALANCE, deps=deps, event_stream_handler=handle_events
+        )
+    streamed_requests = since(fake, mark)
     streamed = runner("bank-streamed", support_agent, client, deps=support_deps)
     mark = len(fake.requests())
     result = await streamed.run(BALANCE, deps={"customer_id": 123}, timeout=30)
-    assert result.output == plain.output and result.usage == plain.usage
-    sent = comparable(since(fake, mark))
+    assert_same_result(result, plain_streamed)
+    assert_same_requests(since(fake, mark), streamed_requests)
+    sent = comparable(streamed_requests)
     assert all(b.pop("stream") is True and b.pop("stream_options") for b in sent)
     assert sent == [
         {k: v for k, v in b.items() if k != "stream"} for b in comparable(plain_requests)
