@@ -452,6 +452,18 @@ async def test_a_budget_stops_the_crew_even_though_crewai_retries_failed_tasks(
     assert models == ["task:0/model:1", "task:0/model:2"]
 
 
+async def test_a_token_budget_sees_the_tokens_crewais_model_calls_used(
+    client: Client, crew_workers: WorkerFactory
+) -> None:
+    await crew_workers("a")
+    run_id = rid()
+    handle = await client.submit("research_tokens", {"topic": "hydro"}, run_id=run_id)
+    with pytest.raises(RunFailed) as failed:
+        await handle.result(timeout=60)
+    assert failed.value.error_type == "BudgetExceeded" and "max_tokens" in failed.value.message
+    assert [k for k in await done_keys(client, run_id) if "model" in k] == ["task:0/model:1"]
+
+
 async def test_sigterm_drains_the_crew_at_its_next_call_and_another_worker_resumes_it(
     client: Client, crew_workers: WorkerFactory, counters: aioredis.Redis
 ) -> None:
