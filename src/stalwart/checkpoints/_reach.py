@@ -26,6 +26,7 @@ from redis.exceptions import (
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stalwart._secrets import mask_urls
+from stalwart._transport import RedisTarget, redis_target
 from stalwart.errors import ConfigurationError, ServerUnavailableError
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -40,6 +41,10 @@ def parse_redis_url(url: str) -> None:
             f"{mask_urls(url)!r} is not a Redis URL ({mask_urls(str(exc))}); expected "
             "redis://[user:password@]host:port/db, rediss:// (TLS) or unix:///path"
         ) from None
+
+
+_CLOSED = "closed by server"
+"""How redis-py says the server hung up: a TLS port sent plain text does that."""
 
 
 def _permanent(exc: BaseException) -> bool:
@@ -60,27 +65,60 @@ def _reason(exc: BaseException | None) -> str:
         return f"authentication failed: check the user and password in the URL ({text})"
     if isinstance(exc, InvalidResponse):
         return f"a server answers there but it is not Redis (wrong port or protocol?): {text}"
-    if "ssl" in text.lower() or "tls" in text.lower():
+    low = text.lower()
+    if "certificate_verify_failed" in low:
+        return (
+            f"TLS failure: the server's certificate was not accepted ({text}): set "
+            "STALWART_REDIS_TLS_CA (--redis-tls-ca) or ssl_ca_certs in the URL to the CA "
+            "that signed it"
+        )
+    if "certificate required" in low or "certificate_required" in low:
+        return (
+            f"TLS failure: the server requires a client certificate (mutual TLS): set "
+            f"STALWART_REDIS_TLS_CERT and STALWART_REDIS_TLS_KEY ({text})"
+        )
+    if "wrong_version_number" in low or "wrong version number" in low:
+        return (
+            f"TLS failure: the server does not speak TLS there (use redis:// for a plain "
+            f"port) ({text})"
+        )
+    if "ssl" in low or "tls" in low:
         return f"TLS failure: {text}"
+    if _CLOSED in low:
+        return (
+            "the server closed the connection without answering: is it a TLS port? "
+            "(use rediss:// and the TLS settings)"
+        )
     if "refused" in text.lower() or "error 111 " in text.lower():
         return f"connection refused (is redis-server running there?): {text}"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-async def first_contact(url: str, within: float, scripts: tuple[str, ...] = ()) -> None:
+async def first_contact(
+    url: str,
+    within: float,
+    scripts: tuple[str, ...] = (),
+    *,
+    target: RedisTarget | None = None,
+) -> None:
     """PING Redis at ``url`` (and load ``scripts``) within ``within`` seconds, or raise.
 
-    Raises :class:`ServerUnavailableError` naming the URL (credentials masked) and the reason.
+    ``target`` carries the TLS context (default: what ``url`` says). Raises
+    :class:`ServerUnavailableError` naming the URL (credentials masked) and the reason.
     """
     parse_redis_url(url)
+    target = target or redis_target(url)
     deadline = time.monotonic() + within
     last: BaseException | None = None
+    hang_ups = 0
     while (remaining := deadline - time.monotonic()) > 0:
-        probe = aioredis.Redis.from_url(
-            url,
-            socket_connect_timeout=remaining,
-            socket_timeout=remaining,
-            retry=Retry(NoBackoff(), 0),
+        probe = aioredis.Redis.from_pool(
+            aioredis.ConnectionPool(
+                **target.pool_kwargs(),
+                socket_connect_timeout=remaining,
+                socket_timeout=remaining,
+                retry=Retry(NoBackoff(), 0),
+            )
         )
         try:
             async with asyncio.timeout(remaining):
@@ -90,7 +128,10 @@ async def first_contact(url: str, within: float, scripts: tuple[str, ...] = ()) 
             return
         except (RedisError, OSError, TimeoutError) as exc:
             last = exc
-            if _permanent(exc):
+            # A server that hangs up on a PING twice in a row is not restarting: it is a
+            # TLS port spoken to in plain text (Redis itself answers even when it refuses).
+            hang_ups = hang_ups + 1 if _CLOSED in str(exc).lower() else 0
+            if _permanent(exc) or hang_ups >= 2:
                 break
         finally:
             await probe.aclose()
@@ -100,6 +141,6 @@ async def first_contact(url: str, within: float, scripts: tuple[str, ...] = ()) 
         reason = "no answer"
         if url.lower().startswith("rediss://"):
             reason += " (a TLS handshake that never completed: does the server speak TLS?)"
-    if last is None or not _permanent(last):
+    if last is None or not (_permanent(last) or hang_ups >= 2):
         reason += f" (gave up after {within:g}s)"
     raise ServerUnavailableError(f"cannot reach Redis at {mask_urls(url)}: {reason}") from last

@@ -75,7 +75,10 @@ class Client:
             )
         Broker.check_url(settings.nats_url)
         store = await CheckpointStore.connect(
-            settings.redis_url, settings.namespace, connect_timeout=settings.connect_timeout
+            settings.redis_url,
+            settings.namespace,
+            connect_timeout=settings.connect_timeout,
+            settings=settings,
         )
         try:
             broker = await Broker.connect(settings, name="stalwart-client")
