@@ -136,6 +136,17 @@ class NatsSecurity:
             creds=settings.nats_creds,
         )
 
+    def describe(self) -> str:
+        """What this client presents, for error messages (paths, never contents)."""
+        parts = []
+        if self.tls_cert:
+            parts.append(f"client certificate {self.tls_cert!r}")
+        if self.nkey_seed:
+            parts.append(f"nkey seed {self.nkey_seed!r}")
+        if self.creds:
+            parts.append(f"creds {self.creds!r}")
+        return ", ".join(parts)
+
     @property
     def tls(self) -> bool:
         """Whether TLS options are set (so TLS is required of the server)."""
@@ -160,7 +171,8 @@ class NatsSecurity:
                 key=("STALWART_NATS_TLS_KEY", self.tls_key) if self.tls_key else None,
             )
         if self.nkey_seed:
-            _check_seed(_read_text("nats_nkey_seed", self.nkey_seed).strip(), "nats_nkey_seed")
+            seed = _read_text("nats_nkey_seed", self.nkey_seed).strip()
+            _check_seed(seed, "nats_nkey_seed", f"({self.nkey_seed!r})")
             # A path, not the seed: nats-py reads it at each (re)connect, so a rotated file
             # is picked up, and the seed does not sit in the client's options.
             options["nkeys_seed"] = self.nkey_seed
@@ -194,13 +206,13 @@ def _check_seed(seed: str, name: str, where: str = "") -> str:
     kp.wipe()
     if not public.startswith("U"):
         raise ConfigurationError(
-            f"NATS: {shown} is the seed of a {_ROLES.get(public[:1], 'non-user')} key, not of "
+            f"NATS: {shown} is the seed of {_ROLES.get(public[:1], 'a non-user')} key, not of "
             "a user: connect with a user seed (SU...)"
         )
     return public
 
 
-_ROLES = {"O": "operator", "A": "account", "N": "server", "C": "cluster"}
+_ROLES = {"O": "an operator", "A": "an account", "N": "a server", "C": "a cluster"}
 
 
 def _block(lines: list[str], marker: str) -> str | None:
@@ -218,7 +230,7 @@ def _check_creds(path: str) -> None:
     jwt = _block(lines, "BEGIN NATS USER JWT")
     seed = _block(lines, "BEGIN USER NKEY SEED")
     if not jwt or seed is None:
-        missing = "a user JWT" if not jwt else "a user nkey seed"
+        missing = "user JWT" if not jwt else "user nkey seed"
         raise ConfigurationError(
             f"NATS: {_option(name)}={path!r} is not a .creds file: it has no {missing} block "
             "(-----BEGIN NATS USER JWT----- / -----BEGIN USER NKEY SEED-----, as nsc writes it)"

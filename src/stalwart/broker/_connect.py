@@ -97,6 +97,11 @@ def _reason(exc: BaseException | None) -> str:
             "TLS failure: the server requires a client certificate (mutual TLS): set "
             f"STALWART_NATS_TLS_CERT and STALWART_NATS_TLS_KEY ({text})"
         )
+    if isinstance(exc, ssl.SSLError) and ("BAD_CERTIFICATE" in text or "UNKNOWN_CA" in text):
+        return (
+            "TLS failure: the server refused the client certificate (is it signed by a CA the "
+            f"server trusts, and meant for clients?) ({text})"
+        )
     if isinstance(exc, ssl.SSLError) or "tls" in text.lower():
         return f"TLS failure: {text or type(exc).__name__}"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -276,8 +281,11 @@ async def connect(
         **secure_options,
     )
     if nc is None:
+        presented = security.describe()
+        with_what = f" with {presented}" if presented else ""
         raise ServerUnavailableError(
-            f"cannot reach NATS at {shown}: {await _failure(url, errors, connect_timeout)}"
+            f"cannot reach NATS at {shown}{with_what}: "
+            f"{await _failure(url, errors, connect_timeout)}"
         ) from (errors[-1] if errors else None)
     # Connected: from now on ride out server restarts without limit.
     nc.options["allow_reconnect"] = True

@@ -43,8 +43,32 @@ def parse_redis_url(url: str) -> None:
         ) from None
 
 
-_CLOSED = "closed by server"
-"""How redis-py says the server hung up: a TLS port sent plain text does that."""
+_HANG_UPS = ("closed by server", "connection reset by peer")
+"""How redis-py says the server hung up: a TLS port spoken to in plain text does that."""
+
+
+def _hung_up(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(h in text for h in _HANG_UPS)
+
+
+async def _plain_answer(host: str, port: int, within: float) -> bool:
+    """Whether the server at ``host:port`` answers a plain-text PING (so it has no TLS there).
+
+    A TLS client sent to a plain port would wait for a handshake answer that never comes;
+    asking in plain text first tells at once. A TLS port hangs up on the plain PING.
+    """
+    try:
+        async with asyncio.timeout(within):
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                writer.write(b"PING\r\n")
+                line = await reader.readline()
+            finally:
+                writer.close()
+    except (OSError, TimeoutError):
+        return False
+    return line[:1] in (b"+", b"-") and line.endswith(b"\r\n")
 
 
 def _permanent(exc: BaseException) -> bool:
@@ -77,6 +101,11 @@ def _reason(exc: BaseException | None) -> str:
             f"TLS failure: the server requires a client certificate (mutual TLS): set "
             f"STALWART_REDIS_TLS_CERT and STALWART_REDIS_TLS_KEY ({text})"
         )
+    if any(w in low for w in ("bad_certificate", "unknown_ca", "unsupported_certificate")):
+        return (
+            "TLS failure: the server refused the client certificate (is it signed by a CA the "
+            f"server trusts?) ({text})"
+        )
     if "wrong_version_number" in low or "wrong version number" in low:
         return (
             f"TLS failure: the server does not speak TLS there (use redis:// for a plain "
@@ -84,7 +113,7 @@ def _reason(exc: BaseException | None) -> str:
         )
     if "ssl" in low or "tls" in low:
         return f"TLS failure: {text}"
-    if _CLOSED in low:
+    if any(h in low for h in _HANG_UPS):
         return (
             "the server closed the connection without answering: is it a TLS port? "
             "(use rediss:// and the TLS settings)"
@@ -108,6 +137,15 @@ async def first_contact(
     """
     parse_redis_url(url)
     target = target or redis_target(url)
+    if target.ssl_context is not None:
+        kw = target.pool_kwargs()
+        host, port = str(kw.get("host") or "localhost"), int(kw.get("port") or 6379)
+        if await _plain_answer(host, port, min(within, 2.0)):
+            raise ServerUnavailableError(
+                f"cannot reach Redis at {target.shown}: TLS failure: the URL asks for TLS "
+                f"(rediss://) but the server at {host}:{port} answers in plain text: it has no "
+                "TLS there (use its TLS port, or redis:// for a plain one)"
+            )
     deadline = time.monotonic() + within
     last: BaseException | None = None
     hang_ups = 0
@@ -130,7 +168,7 @@ async def first_contact(
             last = exc
             # A server that hangs up on a PING twice in a row is not restarting: it is a
             # TLS port spoken to in plain text (Redis itself answers even when it refuses).
-            hang_ups = hang_ups + 1 if _CLOSED in str(exc).lower() else 0
+            hang_ups = hang_ups + 1 if _hung_up(exc) else 0
             if _permanent(exc) or hang_ups >= 2:
                 break
         finally:
