@@ -52,6 +52,22 @@ def _hung_up(exc: BaseException) -> bool:
     return any(h in text for h in _HANG_UPS)
 
 
+def _hang_up_hint(target: RedisTarget) -> str:
+    """Why a server hangs up on a PING: TLS expected, or a client certificate refused.
+
+    With TLS 1.3 the server checks the client certificate after the client's side of the
+    handshake is done, so a refusal can arrive as a bare hang-up on the first command.
+    """
+    if target.tls is None:
+        return ": is it a TLS port? (use rediss:// and the TLS settings)"
+    if not target.tls.certfile:
+        return (
+            ": does it require a client certificate (mutual TLS)? Set STALWART_REDIS_TLS_CERT "
+            "and STALWART_REDIS_TLS_KEY (or ssl_certfile/ssl_keyfile in the URL)"
+        )
+    return ": it may have refused the client certificate (is it signed by a CA it trusts?)"
+
+
 async def _plain_answer(host: str, port: int, within: float) -> bool:
     """Whether the server at ``host:port`` answers a plain-text PING (so it has no TLS there).
 
@@ -114,10 +130,7 @@ def _reason(exc: BaseException | None) -> str:
     if "ssl" in low or "tls" in low:
         return f"TLS failure: {text}"
     if any(h in low for h in _HANG_UPS):
-        return (
-            "the server closed the connection without answering: is it a TLS port? "
-            "(use rediss:// and the TLS settings)"
-        )
+        return "the server closed the connection without answering"
     if "refused" in text.lower() or "error 111 " in text.lower():
         return f"connection refused (is redis-server running there?): {text}"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -175,6 +188,8 @@ async def first_contact(
             await probe.aclose()
         await asyncio.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
     reason = _reason(last)
+    if last is not None and _hung_up(last):
+        reason += _hang_up_hint(target)
     if last is None or isinstance(last, TimeoutError | RedisTimeoutError):
         reason = "no answer"
         if url.lower().startswith("rediss://"):
