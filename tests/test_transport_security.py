@@ -22,6 +22,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from stalwart import Client, Settings, Supervisor
+from stalwart._local import transport_env
 from stalwart._transport import redis_target
 from stalwart.actors import Worker
 from stalwart.cli import EXIT_UNAVAILABLE, EXIT_USAGE
@@ -30,7 +31,7 @@ from stalwart.errors import ConfigurationError, ServerUnavailableError
 from stalwart.testing import NatsServer, RedisServer, ServerTLS, worker_process
 from tests.apps import app as test_app
 from tests.conftest import ROOT
-from tests.helpers import eventually
+from tests.helpers import eventually, start_server
 from tests.test_cli import _env, run_cli
 from tests.transport_material import Material, make_material
 
@@ -144,7 +145,10 @@ async def _worker(
     """A ``stalwart worker`` process configured by ``env`` alone (the TLS settings)."""
     assert settings.nats_url and settings.redis_url
     wid = f"tls-{uuid.uuid4().hex[:6]}"
-    proc = worker_process(
+    # Built in a thread (a temp file), started on the loop thread: a child dies with the
+    # thread that spawned it.
+    proc = await asyncio.to_thread(
+        worker_process,
         "tests.apps:app",
         nats_url=settings.nats_url,
         redis_url=settings.redis_url,
@@ -160,7 +164,7 @@ async def _worker(
             "STALWART_LOG_FORMAT": "json",
         },
     )
-    await asyncio.to_thread(proc.start)
+    proc.start()
     try:
 
         async def registered() -> bool:
@@ -501,3 +505,56 @@ def test_one_context_for_redis_py_and_the_pipe(material: Material) -> None:
     loose = redis_target("rediss://127.0.0.1:6390/0?ssl_cert_reqs=none")
     assert loose.ssl_context is not None
     assert loose.ssl_context.check_hostname is False
+
+
+def test_dev_and_demo_hand_the_transport_settings_to_their_workers() -> None:
+    s = Settings(nats_tls_ca="/etc/s/ca.pem", nats_creds="/run/w.creds", redis_tls_key="/k.pem")
+    assert transport_env(s) == {
+        "STALWART_NATS_CREDS": "/run/w.creds",
+        "STALWART_NATS_TLS_CA": "/etc/s/ca.pem",
+        "STALWART_REDIS_TLS_KEY": "/k.pem",
+    }
+
+
+async def test_reconnects_after_a_nats_restart_with_the_same_credentials(
+    material: Material, servers: Servers, namespace: str
+) -> None:
+    """Mutual TLS and an nkey together; after a restart the client presents both again."""
+    p = material.path
+    mtls = ServerTLS(
+        p("server.pem"),
+        p("server.key"),
+        p("ca.pem"),
+        verify_clients=True,
+        client_cert_file=p("client.pem"),
+        client_key_file=p("client.key"),
+    )
+    server = NatsServer(tls=mtls, config=material.nkey_config)
+    await start_server(server)
+    try:
+        settings = Settings(
+            nats_url=server.url,
+            redis_url=servers.redis_url,
+            namespace=namespace,
+            connect_timeout=CONNECT_TIMEOUT,
+            nats_tls_ca=p("ca.pem"),
+            nats_tls_cert=p("client.pem"),
+            nats_tls_key=p("client.key"),
+            nats_nkey_seed=p("user.nk"),
+        )
+        client = await Client.connect(settings=settings)
+        try:
+            nc = client.broker.nc
+            server.kill()
+            await start_server(server)  # same port, same configuration
+
+            async def reconnected() -> bool:
+                return bool(nc.is_connected) and nc.stats["reconnects"] >= 1
+
+            await eventually(reconnected, timeout=20)
+            await client.broker.js.account_info()  # JetStream answers on the new connection
+        finally:
+            await client.close()
+    finally:
+        server.kill()  # at once, then only the files are left to remove
+        server.stop()
