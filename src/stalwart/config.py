@@ -153,9 +153,11 @@ def _accepted(name: str, type_: Any) -> str:
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
-    """Runtime settings. Every field can be set by ``STALWART_<FIELD>`` in the environment.
+    """Runtime settings. Every field can be set by ``STALWART_<FIELD>`` in the environment,
+    or by a key of the TOML config file (``STALWART_CONFIG``, see :meth:`from_env`).
 
-    Durations are in seconds.
+    Durations are in seconds. The transport-security fields (``nats_tls_*``,
+    ``nats_nkey_seed``, ``nats_creds``, ``redis_tls_*``) name files; see docs/security.md.
     """
 
     nats_url: str | None = None

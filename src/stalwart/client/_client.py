@@ -62,8 +62,9 @@ class Client:
         Each server must answer within ``settings.connect_timeout`` seconds
         (``STALWART_CONNECT_TIMEOUT``, default 10), else :class:`ServerUnavailableError`
         names the URL (credentials masked) and the reason; a URL that is not a Redis or NATS
-        URL raises :class:`ConfigurationError`. Worker-only settings in the environment are
-        not read.
+        URL raises :class:`ConfigurationError`, and so does a TLS, nkey or ``.creds`` setting
+        whose file cannot be used (see docs/security.md). Worker-only settings in the
+        environment are not read.
         """
         settings = settings or Settings.from_env(
             role="client", nats_url=nats_url, redis_url=redis_url
