@@ -250,6 +250,7 @@ async def test_appends_go_down_the_pipe_over_mutual_tls(
     """In process, where the pipe can be asked: one TLS connection, no failed handshake."""
     monkeypatch.setenv("COUNTER_REDIS_URL", servers.redis_url)  # the app counts its steps
     settings, _ = _settings("mtls", "mtls-env", secured, material, namespace)
+    refused_before = _failed_handshakes(secured["redis-mtls"])
     client = await Client.connect(settings=settings)
     worker = Worker(test_app, settings)
     await worker.start()
@@ -260,6 +261,9 @@ async def test_appends_go_down_the_pipe_over_mutual_tls(
         assert pipe is not None
         assert (pipe.connects, pipe.failed_connects) == (1, 0)
         assert pipe.writes >= 10  # the ten appends at least, down this one connection
+        # Nothing along the way (first contacts included) made the server log a failed
+        # handshake: no plain-text probing of a TLS port that answers.
+        assert _failed_handshakes(secured["redis-mtls"]) == refused_before
     finally:
         worker.stop()
         await worker._shutdown()

@@ -52,6 +52,22 @@ def _hung_up(exc: BaseException) -> bool:
     return any(h in text for h in _HANG_UPS)
 
 
+_HANDSHAKE_BOUND = 1.0
+"""Seconds the first TLS handshake may take before the port is checked for plain Redis."""
+
+
+async def _refuse_plain_port(target: RedisTarget, within: float) -> None:
+    """Raise when the server of a ``rediss://`` URL turns out to answer in plain text."""
+    kw = target.pool_kwargs()
+    host, port = str(kw.get("host") or "localhost"), int(kw.get("port") or 6379)
+    if await _plain_answer(host, port, within):
+        raise ServerUnavailableError(
+            f"cannot reach Redis at {target.shown}: TLS failure: the URL asks for TLS "
+            f"(rediss://) but the server at {host}:{port} answers in plain text: it has no "
+            "TLS there (use its TLS port, or redis:// for a plain one)"
+        )
+
+
 def _hang_up_hint(target: RedisTarget) -> str:
     """Why a server hangs up on a PING: TLS expected, or a client certificate refused.
 
@@ -150,23 +166,21 @@ async def first_contact(
     """
     parse_redis_url(url)
     target = target or redis_target(url)
-    if target.ssl_context is not None:
-        kw = target.pool_kwargs()
-        host, port = str(kw.get("host") or "localhost"), int(kw.get("port") or 6379)
-        if await _plain_answer(host, port, min(within, 2.0)):
-            raise ServerUnavailableError(
-                f"cannot reach Redis at {target.shown}: TLS failure: the URL asks for TLS "
-                f"(rediss://) but the server at {host}:{port} answers in plain text: it has no "
-                "TLS there (use its TLS port, or redis:// for a plain one)"
-            )
     deadline = time.monotonic() + within
     last: BaseException | None = None
     hang_ups = 0
+    first = True
     while (remaining := deadline - time.monotonic()) > 0:
+        # The first TLS attempt gets a short handshake bound: a plain port never answers a
+        # TLS handshake, and telling that at once beats waiting out the whole timeout.
+        # (Nothing in plain text is sent to a TLS server that answers: it would log an error.)
+        short = first and target.ssl_context is not None
+        connect_within = min(remaining, _HANDSHAKE_BOUND) if short else remaining
+        first = False
         probe = aioredis.Redis.from_pool(
             aioredis.ConnectionPool(
                 **target.pool_kwargs(),
-                socket_connect_timeout=remaining,
+                socket_connect_timeout=connect_within,
                 socket_timeout=remaining,
                 retry=Retry(NoBackoff(), 0),
             )
@@ -179,6 +193,8 @@ async def first_contact(
             return
         except (RedisError, OSError, TimeoutError) as exc:
             last = exc
+            if short and isinstance(exc, TimeoutError | RedisTimeoutError):
+                await _refuse_plain_port(target, min(remaining, _HANDSHAKE_BOUND))
             # A server that hangs up on a PING twice in a row is not restarting: it is a
             # TLS port spoken to in plain text (Redis itself answers even when it refuses).
             hang_ups = hang_ups + 1 if _hung_up(exc) else 0
