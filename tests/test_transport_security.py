@@ -134,6 +134,10 @@ def _failed_handshakes(server: RedisServer) -> int:
     return server.log_file.read_text().count("Error accepting a client connection")
 
 
+def _nats_failed_handshakes(server: NatsServer) -> int:
+    return server.log_file.read_text().count("TLS handshake error")
+
+
 def _pool(url: str, settings: Settings) -> dict[str, Any]:
     return redis_target(url, settings).pool_kwargs()
 
@@ -251,6 +255,7 @@ async def test_appends_go_down_the_pipe_over_mutual_tls(
     monkeypatch.setenv("COUNTER_REDIS_URL", servers.redis_url)  # the app counts its steps
     settings, _ = _settings("mtls", "mtls-env", secured, material, namespace)
     refused_before = _failed_handshakes(secured["redis-mtls"])
+    nats_refused_before = _nats_failed_handshakes(secured["nats-mtls"])
     client = await Client.connect(settings=settings)
     worker = Worker(test_app, settings)
     await worker.start()
@@ -264,6 +269,7 @@ async def test_appends_go_down_the_pipe_over_mutual_tls(
         # Nothing along the way (first contacts included) made the server log a failed
         # handshake: no plain-text probing of a TLS port that answers.
         assert _failed_handshakes(secured["redis-mtls"]) == refused_before
+        assert _nats_failed_handshakes(secured["nats-mtls"]) == nats_refused_before
     finally:
         worker.stop()
         await worker._shutdown()

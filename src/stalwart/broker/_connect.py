@@ -194,24 +194,31 @@ async def _failure(url: str, errors: list[BaseException], within: float) -> str:
     return f"{reason} (gave up after {within:g}s)"
 
 
-async def _tls_refused(url: str, within: float, *, tls_options: bool = False) -> str | None:
-    """For ``tls://`` URLs (or any URL when TLS options are set): the reason to refuse a
-    server that does not require TLS.
+async def _tls_refused(url: str, within: float, *, tls: ssl.SSLContext | None = None) -> str | None:
+    """For ``tls://`` URLs (or any URL when a TLS context ``tls`` is given): the reason to
+    refuse a server that does not require TLS.
 
     nats-py upgrades to TLS only when the server's INFO says ``tls_required``; otherwise it
     sends CONNECT, with the URL's credentials, in plain text even for a ``tls://`` URL. The
-    INFO greeting is read here first, before any credentials are sent.
+    INFO greeting is read here first, before any credentials are sent. A server that does
+    require TLS is then given its handshake before the connection is closed: a client that
+    hung up instead would be logged by nats-server as a TLS handshake error.
     """
     for part in url.split(","):
         parsed = urlsplit(part.strip())
-        wants_tls = tls_options or parsed.scheme.lower() == "tls"
-        if not wants_tls or parsed.hostname is None:
+        if parsed.hostname is None or not (tls or parsed.scheme.lower() == "tls"):
             continue
         try:
             async with asyncio.timeout(within):
                 reader, writer = await asyncio.open_connection(parsed.hostname, parsed.port or 4222)
                 try:
                     line = await reader.readline()
+                    if b'"tls_required":true' in line.replace(b" ", b""):
+                        with contextlib.suppress(OSError, ssl.SSLError):
+                            await writer.start_tls(
+                                tls or ssl.create_default_context(),
+                                server_hostname=parsed.hostname,
+                            )
                 finally:
                     writer.close()
         except (OSError, TimeoutError):
@@ -250,7 +257,7 @@ async def connect(
     security = security or NatsSecurity()
     secure_options = security.connect_options()
     shown = mask_urls(url)
-    tls_refused = await _tls_refused(url, min(connect_timeout, 2.0), tls_options=security.tls)
+    tls_refused = await _tls_refused(url, min(connect_timeout, 2.0), tls=secure_options.get("tls"))
     if tls_refused:
         raise ServerUnavailableError(f"cannot reach NATS at {shown}: {tls_refused}")
     holder: list[NATS] = []
