@@ -25,7 +25,7 @@ class NatsServer(_ServerProcess):
 
     ``tls`` makes the client port TLS-only (mutual TLS with ``verify_clients``); ``config``
     is extra nats-server configuration text (an ``authorization`` block with nkeys, an
-    ``operator`` with a resolver), written to a file next to the store.
+    ``operator`` with a resolver), written to a file in the server's temp dir (:attr:`config_file`).
     """
 
     _kind = "nats-server"
