@@ -22,7 +22,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from stalwart import Client, Settings, Supervisor
-from stalwart._local import transport_env
+from stalwart._local import file_settings_env
 from stalwart._transport import redis_target
 from stalwart.actors import Worker
 from stalwart.cli import EXIT_UNAVAILABLE, EXIT_USAGE
@@ -519,7 +519,7 @@ def test_one_context_for_redis_py_and_the_pipe(material: Material) -> None:
 
 def test_dev_and_demo_hand_the_transport_settings_to_their_workers() -> None:
     s = Settings(nats_tls_ca="/etc/s/ca.pem", nats_creds="/run/w.creds", redis_tls_key="/k.pem")
-    assert transport_env(s) == {
+    assert file_settings_env(s) == {
         "STALWART_NATS_CREDS": "/run/w.creds",
         "STALWART_NATS_TLS_CA": "/etc/s/ca.pem",
         "STALWART_REDIS_TLS_KEY": "/k.pem",

@@ -54,11 +54,11 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def transport_env(settings: Settings) -> dict[str, str]:
-    """The transport-security settings as ``STALWART_*`` variables, for child workers.
+def file_settings_env(settings: Settings) -> dict[str, str]:
+    """The settings that name files (TLS, nkey, creds, keyring) as ``STALWART_*`` variables.
 
-    ``dev`` and ``demo`` may have them from flags or a config file, which the worker
-    processes they start would not see.
+    For the worker processes of ``dev`` and ``demo``: those may have them from flags, which
+    the workers would not see (a ``--config`` file reaches them as ``STALWART_CONFIG``).
     """
     return {
         f"STALWART_{name.upper()}": str(getattr(settings, name))
@@ -136,7 +136,7 @@ async def dev(app: str, settings: Settings, *, workers: int = 2) -> int:
                 lease_ttl=s.lease_ttl,
                 concurrency=s.concurrency,
                 namespace=s.namespace,
-                extra_env=transport_env(s),
+                extra_env=file_settings_env(s),
                 keep_log=True,  # printed below, for the user to read
             ).start()
             for i in range(workers)
@@ -199,7 +199,7 @@ async def demo(settings: Settings, *, kill_after: int = 4, lease_ttl_given: bool
                 worker_id=wid,
                 lease_ttl=s.lease_ttl,
                 namespace=s.namespace,
-                extra_env=transport_env(s),
+                extra_env=file_settings_env(s),
             ).start()
             for wid in ("worker-a", "worker-b")
         }

@@ -293,6 +293,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``stalwart`` command."""
     args = _parser().parse_args(argv)  # a usage error exits 2 (EXIT_USAGE) here
+    if args.command in ("dev", "demo") and args.config:
+        # Their worker processes read the same file (their flags and environment still win).
+        os.environ["STALWART_CONFIG"] = os.path.abspath(args.config)
     try:
         configure_logging()
         _configure_observability(args)

@@ -363,6 +363,7 @@ PATH_FIELDS = frozenset(
         "redis_tls_ca",
         "redis_tls_cert",
         "redis_tls_key",
+        "encryption_keys_file",
     }
 )
 """Settings that name files: relative paths in a config file are relative to that file."""
