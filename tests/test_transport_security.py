@@ -568,3 +568,16 @@ async def test_reconnects_after_a_nats_restart_with_the_same_credentials(
     finally:
         server.kill()  # at once, then only the files are left to remove
         server.stop()
+
+
+def test_secrets_stay_out_of_transport_messages(material: Material) -> None:
+    url = "rediss://:pw-s3cret@127.0.0.1:6390/0?ssl_ca_certs=/nowhere/ca.pem&ssl_password=k3y"
+    with pytest.raises(ConfigurationError) as info:
+        redis_target(url)
+    message = str(info.value)
+    assert "'/nowhere/ca.pem' (ssl_ca_certs in the URL)" in message and "no such file" in message
+    assert "pw-s3cret" not in message and "k3y" not in message
+    target = redis_target(
+        f"rediss://:pw-s3cret@127.0.0.1:6390/0?ssl_ca_certs={material.path('ca.pem')}"
+    )
+    assert "pw-s3cret" not in repr(target)

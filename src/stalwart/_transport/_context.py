@@ -40,7 +40,7 @@ def client_context(
         try:
             ctx.load_cert_chain(cert[1], key[1] if key else None, password=key_password)
         except (OSError, ssl.SSLError, ValueError) as exc:
-            named = f"{cert[0]}={cert[1]!r}" + (f" / {key[0]}={key[1]!r}" if key else "")
+            named = f"{cert[1]!r} ({cert[0]})" + (f" / {key[1]!r} ({key[0]})" if key else "")
             raise ConfigurationError(
                 f"{what}: cannot load the client certificate and key {named}: {why(exc)}"
             ) from None
@@ -48,7 +48,7 @@ def client_context(
         try:
             ctx.load_verify_locations(cafile=ca[1] if ca else None, capath=ca_path or None)
         except (OSError, ssl.SSLError, ValueError) as exc:
-            named = f"{ca[0]}={ca[1]!r}" if ca else f"ssl_ca_path={ca_path!r}"
+            named = f"{ca[1]!r} ({ca[0]})" if ca else f"{ca_path!r} (ssl_ca_path in the URL)"
             raise ConfigurationError(
                 f"{what}: cannot load the CA certificates {named}: {why(exc)}"
             ) from None

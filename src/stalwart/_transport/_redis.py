@@ -89,7 +89,7 @@ class _ContextSSLConnection(SSLConnection):
 class RedisTarget:
     """A Redis URL without its TLS query options, and the one TLS context for it."""
 
-    url: str
+    url: str = field(repr=False)  # it may hold a password
     """The URL both clients parse (TLS query options removed)."""
     shown: str
     """The URL as given, credentials masked: for messages."""
