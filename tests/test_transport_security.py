@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from stalwart.testing import StalwartProcess
     from tests.conftest import Servers
 
-CONNECT_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 10.0
 """STALWART_CONNECT_TIMEOUT of every process here: a failure must come well before it."""
 
 TEN = 10 * 11 // 2 * 10
