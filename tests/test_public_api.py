@@ -325,7 +325,9 @@ PUBLIC_API: dict[str, list[str]] = {
     "stalwart.adapters.pydantic_ai": [
         "AgentRequest",
         "DurableAgentRunner",
+        "OutputNotSerializable",
         "StalwartDurability",
+        "ToolResultNotSerializable",
     ],
     "stalwart.adapters.langgraph": [
         "DurableGraphRunner",
