@@ -236,8 +236,9 @@ async def test_worker_supervisor_and_client_complete_runs(
             opened = await _connections(settings.redis_url, settings) - before
             refused = _failed_handshakes(redis_server) - refused_before
         assert refused == 0, f"{refused} failed TLS handshakes: the pipe cannot connect"
-        # The pipe's connection, a pool connection or two, and our own INFO connection.
-        assert opened <= 5, f"{opened} connections for 30 appends"
+        # The pipe's, the pools' of the worker, the supervisor and the client as they grow
+        # under load, our INFO connection: a handful, not one per append.
+        assert opened < 15, f"{opened} connections for 30 appends"
     finally:
         supervisor.stop()
         await asyncio.wait_for(sup_task, 30)
