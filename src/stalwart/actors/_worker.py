@@ -90,6 +90,7 @@ class Worker:
             # Every hosted run may read at once (placement, signals); appends do not count.
             max_connections=min(max(32, self.settings.concurrency + 8), 256),
             connect_timeout=self.settings.connect_timeout,
+            settings=self.settings,
         )
         self.broker = await Broker.connect(
             self.settings, name=f"stalwart-worker {self.worker_id}", owner=self.worker_id

@@ -66,9 +66,10 @@ class Client:
         Each server must answer within ``settings.connect_timeout`` seconds
         (``STALWART_CONNECT_TIMEOUT``, default 10), else :class:`ServerUnavailableError`
         names the URL (credentials masked) and the reason; a URL that is not a Redis or NATS
-        URL raises :class:`ConfigurationError`. Worker-only settings in the environment are
-        not read. Settings that name an encryption key install the payload codec
-        (``encryption_key`` / ``encryption_keys_file``).
+        URL raises :class:`ConfigurationError`, and so does a TLS, nkey or ``.creds`` setting
+        whose file cannot be used (see docs/security.md). Worker-only settings in the
+        environment are not read. Settings that name an encryption key install the payload
+        codec (``encryption_key`` / ``encryption_keys_file``).
         """
         settings = settings or Settings.from_env(
             role="client", nats_url=nats_url, redis_url=redis_url
@@ -81,7 +82,10 @@ class Client:
             )
         Broker.check_url(settings.nats_url)
         store = await CheckpointStore.connect(
-            settings.redis_url, settings.namespace, connect_timeout=settings.connect_timeout
+            settings.redis_url,
+            settings.namespace,
+            connect_timeout=settings.connect_timeout,
+            settings=settings,
         )
         try:
             broker = await Broker.connect(settings, name="stalwart-client")
