@@ -74,7 +74,7 @@ FIELD_ROLES: dict[str, frozenset[Role]] = {
     "signal_name_max": _ALL,
     "signal_max_pending": _ALL,
     "cancel_reason_max": _ALL,
-    # -- payload encryption (docs/security-encryption.md): whoever reads or writes payloads.
+    # -- payload encryption (docs/security.md#payload-encryption): whoever reads or writes payloads.
     "encryption_key": _ALL,
     "encryption_keys_file": _ALL,
     "encryption_codec": _ALL,
@@ -271,7 +271,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Signals a run may hold unconsumed at once; more are refused until it consumes some."""
     cancel_reason_max: int = 65_536
     """Longest reason ``RunHandle.cancel`` accepts, in characters."""
-    # -- payload encryption (one block; see docs/security-encryption.md)
+    # -- payload encryption (one block; see docs/security.md#payload-encryption)
     encryption_key: str = ""
     """One AES-256 key for payload encryption: ``<key id>:<base64 of 32 bytes>`` (or just
     the base64, key id ``default``). Empty (and no keys file): payloads are not encrypted.
