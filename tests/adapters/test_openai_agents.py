@@ -78,6 +78,12 @@ async def oa_workers(
         yield start
 
 
+def final(data: Any) -> Any:
+    """The final output in a run's result data (the runner's ``RunResult`` is rebuilt from it)."""
+    assert isinstance(data, dict) and "state" in data, data
+    return data["final_output"]
+
+
 async def tool_steps_done(client: Client, run_id: str) -> int:
     return sum(
         isinstance(je.entry, StepDone) and je.entry.kind == "tool"
@@ -96,7 +102,7 @@ async def test_sigkill_after_third_tool_call_resumes_without_repeating_calls(
 ) -> None:
     a = await oa_workers("a")
     baseline = await client.submit("oa-research", "Analyze Q4 market trends")
-    expected = await baseline.result(timeout=30)
+    expected = final(await baseline.result(timeout=30))
     assert expected == (
         "Analyze Q4 market trends => found 10 sources on Q4 pricing | found 14 sources on "
         "Q4 competitors | pricing: trending up | competitors: trending up | found 9 sources "
@@ -112,7 +118,7 @@ async def test_sigkill_after_third_tool_call_resumes_without_repeating_calls(
     b = await oa_workers("b")
     await open_gate(counters, run_id, "tool:c4", "tool:c5")
 
-    assert await outcome(handle, b) == expected
+    assert final(await outcome(handle, b)) == expected
     assert await model_log(counters, run_id) == ["model:1", "model:2", "model:3"]
     for i in range(1, 6):
         assert await execs(counters, run_id, f"tool:c{i}") == 1, f"tool c{i} ran again"
@@ -149,7 +155,7 @@ async def test_streamed_run_events_followed_across_a_crash(
     a.kill()
     b = await oa_workers("b")
     await open_gate(counters, run_id, "tool:c4", "tool:c5")
-    result = await outcome(handle, b)
+    result = final(await outcome(handle, b))
     events = await asyncio.wait_for(follower, timeout=30)
 
     assert result.startswith("Analyze Q4 market trends => found 10 sources")
@@ -168,8 +174,8 @@ async def test_streamed_run_events_followed_across_a_crash(
     assert Counter(ev.step for ev in deltas) == Counter(
         {"model:1": 2, "model:2": 3, "model:3": 1}  # one delta per call argument / message
     )
-    final = next(ev for ev in deltas if ev.step == "model:3")
-    assert final.data["delta"] == result
+    last = next(ev for ev in deltas if ev.step == "model:3")
+    assert last.data["delta"] == result
     assert events[-1].type == "run.completed"
     assert events.index(resumed[0]) > max(
         events.index(ev) for ev in events if ev.worker == "a" and ev.type == "step.completed"
@@ -195,7 +201,7 @@ async def test_handoff_guardrails_and_structured_output_survive_a_crash(
     b = await oa_workers("b")
     await open_gate(counters, run_id, "tool:k1")
 
-    assert await outcome(handle, b) == {"summary": "facts about Q4", "score": 2}
+    assert final(await outcome(handle, b)) == {"summary": "facts about Q4", "score": 2}
     log = await model_log(counters, run_id)
     # The guardrail's own agent made its model call inside the guardrail step.
     assert Counter(log) == Counter(["model:1", "guardrail:topic_check", "model:2", "model:3"])
@@ -249,7 +255,7 @@ async def test_agent_as_tool_nested_runs_resume_inside_their_scopes(
     b = await oa_workers("b")
     await open_gate(counters, run_id, "tool:b1/tool:w1", "tool:b2/tool:w1")
 
-    result = await outcome(handle, b)
+    result = final(await outcome(handle, b))
     assert result == "draft on facts about pricing + draft on facts about churn"
     nested = [f"tool:{b}/{k}" for b in ("b1", "b2") for k in ("model:1", "tool:w1", "model:2")]
     assert sorted(await done_keys(client, run_id)) == sorted(["model:1", "model:2", *nested])
@@ -304,7 +310,7 @@ async def test_tool_approval_waits_for_a_signal_across_a_crash(
     b = await oa_workers("b")
     await handle.signal("approval:m1", True)
 
-    assert await outcome(handle, b) == "done: sent to cfo@example.com"
+    assert final(await outcome(handle, b)) == "done: sent to cfo@example.com"
     assert await model_log(counters, handle.run_id) == ["model:1", "model:2"]
     assert await execs(counters, handle.run_id, "tool:m1") == 1
     events = [ev async for ev in handle.events(follow=False)]
@@ -320,7 +326,7 @@ async def test_tool_rejection_sends_the_message_to_the_model(
     a = await oa_workers("a")
     handle = await client.submit("oa-mailer", "Mail the Q4 report")
     await handle.signal("approval:m1", {"approved": False, "message": "not to the CFO"})
-    assert await outcome(handle, a) == "done: not to the CFO"
+    assert final(await outcome(handle, a)) == "done: not to the CFO"
     assert await execs(counters, handle.run_id, "tool:m1") == 0
 
 
@@ -402,7 +408,7 @@ async def test_openai_client_retries_inside_one_journaled_model_step(
 ) -> None:
     a = await oa_workers("a", FAKE_OPENAI_URL=fake_openai.url)
     handle = await client.submit("oa-http", "Hi")
-    assert await outcome(handle, a) == "hello from a fake"
+    assert final(await outcome(handle, a)) == "hello from a fake"
     assert fake_openai.requests == ["/v1/chat/completions"] * 3
     steps = [
         je.entry

@@ -47,9 +47,16 @@ from stalwart.adapters.openai_agents._codec import (
     load_guardrail_output,
     without_volatile,
 )
+from stalwart.adapters.openai_agents._context import restore, snapshot
 from stalwart.adapters.openai_agents._model import SCOPE, DurableModel
-from stalwart.errors import ConfigurationError
-from stalwart.kit import call_step, canonical_fp, tool_key
+from stalwart.adapters.openai_agents._stepdata import (
+    counting_usage,
+    inner_usage,
+    mark_replayed,
+    merged_usage,
+)
+from stalwart.errors import ConfigurationError, StepFailed
+from stalwart.kit import ToolCallFailed, call_step, canonical_fp, failure_outcome, tool_key
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -167,24 +174,52 @@ class AgentGraph:
                 kind="handoff",
                 name=original.tool_name,
                 fp=canonical_fp(original.tool_name, canonical_args(input_json)),
+                usage=inner_usage,
             )
             live: list[Agent[Any]] = []
 
-            async def body() -> str:
-                target = await invoke(context, input_json)
+            async def body() -> dict[str, Any]:
+                with counting_usage() as used:
+                    target = await invoke(context, input_json)
                 live.append(target)
-                return str(target.name)
+                # on_handoff may change the context: its state is journaled with the step.
+                return step_record(
+                    target=str(target.name), context=snapshot(context.context), usage=used
+                )
 
-            await call_step(scope.ctx, spec, body)
-            if live:
-                return self.agent(live[0])
-            if isinstance(ref, Agent):
-                return self.agent(ref)
-            # Replayed, and the handoff keeps no reference to its target: ask it again (its
-            # on_handoff callback, if any, runs again).
-            return self.agent(await invoke(context, input_json))
+            record = await call_step(scope.ctx, spec, body)
+            if not live:
+                restore(context.context, _field(record, "context"))
+                mark_replayed("handoff", spec.key, handoff=original.tool_name)
+                if isinstance(ref, Agent):
+                    return self.agent(ref)
+                # Replayed, and the handoff keeps no reference to its target: ask it again
+                # (its on_handoff callback, if any, runs again).
+                return self.agent(await invoke(context, input_json))
+            return self.agent(live[0])
 
         return on_invoke_handoff
+
+
+_RECORD = "stalwart.step"
+
+
+def step_record(*, context: Any, usage: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
+    """A tool, handoff or guardrail step's journal form: its result fields, the context's
+    state when it finished, and the usage of agents it ran itself."""
+    record: dict[str, Any] = {_RECORD: 1, **fields, "context": context}
+    merged = merged_usage(usage)
+    if merged is not None:
+        record["usage"] = merged
+    return record
+
+
+def _is_record(value: Any) -> bool:
+    return isinstance(value, dict) and value.get(_RECORD) == 1
+
+
+def _field(record: Any, name: str) -> Any:
+    return record.get(name) if _is_record(record) else None
 
 
 def _mark(tool: FunctionTool) -> FunctionTool:
@@ -227,12 +262,41 @@ def _durable_invoke(tool: FunctionTool) -> Callable[[ToolContext[Any], str], Awa
         base = tool_key(call_id, tool.name, args)
         # The Model interface requires call ids; one without is known by name + arguments.
         key = scope.key(base) if call_id else scope.next_named(base)
-        spec = StepSpec(key=key, kind="tool", name=tool.name, fp=canonical_fp(tool.name, args))
+        spec = StepSpec(
+            key=key,
+            kind="tool",
+            name=tool.name,
+            fp=canonical_fp(tool.name, args),
+            usage=inner_usage,
+        )
+        ran = False
 
-        async def body() -> Any:
-            return dump_tool_output(await invoke(context, arguments), typed=typed)
+        async def body() -> dict[str, Any]:
+            nonlocal ran
+            ran = True
+            with counting_usage() as used:
+                output = await invoke(context, arguments)
+            # The tool may have changed the context: its state is journaled with the output.
+            return step_record(
+                output=dump_tool_output(output, typed=typed),
+                context=snapshot(context.context),
+                usage=used,
+            )
 
-        return await call_step(scope.ctx, spec, body)
+        try:
+            record = await call_step(scope.ctx, spec, body)
+        except StepFailed as failed:
+            if not ran:
+                mark_replayed("tool", spec.key, tool=tool.name, failed=True)
+            if failure_outcome(failed) != "tool_error":
+                raise
+            # The tool's own error (failure_error_function=None): it reads as the tool's
+            # message, so the SDK raises the same UserError as without Stalwart.
+            raise ToolCallFailed.of(failed) from failed
+        if not ran:
+            restore(context.context, _field(record, "context"))
+            mark_replayed("tool", spec.key, tool=tool.name)
+        return _field(record, "output") if _is_record(record) else record
 
     return on_invoke_tool
 
@@ -271,12 +335,28 @@ def _durable_guardrail_function(
             kind="guardrail",
             name=f"{kind} guardrail {name}",
             fp=canonical_fp(f"guardrail:{kind}:{name}", without_volatile(value)),
+            usage=inner_usage,
         )
+        ran = False
 
         async def body() -> dict[str, Any]:
-            return dump_guardrail_output(await call())
+            nonlocal ran
+            ran = True
+            # A guardrail that runs an agent of its own: its model calls count in this step.
+            with counting_usage() as used:
+                verdict = await call()
+            return step_record(
+                verdict=dump_guardrail_output(verdict),
+                context=snapshot(context.context),
+                usage=used,
+            )
 
-        return load_guardrail_output(await call_step(scope.ctx, spec, body))
+        record = await call_step(scope.ctx, spec, body)
+        if not ran:
+            restore(context.context, _field(record, "context"))
+            mark_replayed("guardrail", spec.key, guardrail=name)
+        verdict = _field(record, "verdict") if _is_record(record) else record
+        return load_guardrail_output(verdict)
 
     return guardrail_function
 
