@@ -60,7 +60,7 @@ def rebuild_result(agent: Agent[Any], data: dict[str, Any], context_type: type |
     last = state._current_agent or agent
     return RunResult(
         input=state._original_input,
-        new_items=list(state._generated_items),
+        new_items=_new_items(state),
         raw_responses=list(state._model_responses),
         final_output=_final_output(last, data.get("final_output")),
         input_guardrail_results=list(state._input_guardrail_results),
@@ -71,6 +71,17 @@ def rebuild_result(agent: Agent[Any], data: dict[str, Any], context_type: type |
         _last_agent=last,
         max_turns=state._max_turns,
     )
+
+
+def _new_items(state: RunState[Any]) -> list[Any]:
+    """The result's ``new_items``: the state's session items when it has them.
+
+    The state's generated items leave out tool approval items, which a plain result of a run
+    resumed after approvals keeps in ``new_items``; its session items are that list.
+    """
+    session = list(getattr(state, "_session_items", None) or [])
+    generated = list(state._generated_items)
+    return session if len(session) >= len(generated) else generated
 
 
 def _final_output(agent: Agent[Any], value: Any) -> Any:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from agents import Agent, ItemHelpers, RunConfig, Runner
 from agents.models.interface import Model
+from agents.result import RunResult
 from agents.run import DEFAULT_MAX_TURNS
 from agents.stream_events import AgentUpdatedStreamEvent
 
@@ -18,6 +19,7 @@ from stalwart.adapters.openai_agents._context import (
     dump_context,
     fresh_context,
     load_context,
+    restore_in_place,
 )
 from stalwart.adapters.openai_agents._model import SCOPE, DurableModel, DurableModelProvider
 from stalwart.adapters.openai_agents._result import rebuild_result, result_data, sdk_error
@@ -36,7 +38,7 @@ if TYPE_CHECKING:
     from agents.items import ToolApprovalItem
     from agents.lifecycle import RunHooks
     from agents.memory import Session
-    from agents.result import RunResult, RunResultStreaming
+    from agents.result import RunResultStreaming
     from agents.run_state import RunState
 
     from stalwart import Policies
@@ -156,8 +158,9 @@ class DurableAgentRunner(DurableRunner):
         """The run's wire input: ``input`` and the SDK's per-run inputs that can travel.
 
         ``context=`` (a pydantic model, a dataclass or a dict: sent as data, rebuilt on the
-        worker as ``context_type``), ``max_turns=``, ``previous_response_id=``,
-        ``conversation_id=``. ``session=`` is taken by :meth:`run` only; run ``hooks`` are
+        worker as ``context_type``), ``agent=`` (the agent to start at, e.g. the previous
+        result's ``last_agent``: one reachable from the runner's agent, sent by name),
+        ``max_turns=``, ``previous_response_id=``, ``conversation_id=``. ``session=`` is taken by :meth:`run` only; run ``hooks`` are
         given to the runner.
         """
         if "hooks" in options:
@@ -186,6 +189,11 @@ class DurableAgentRunner(DurableRunner):
                 wire[key] = options[key]
         if options.get("context") is not None:
             wire["context"] = self._context_data(options["context"])
+        agent = options.get("agent")
+        if agent is not None:
+            # The starting agent travels by name: the SDK's multi-turn loop starts the next
+            # turn at result.last_agent, one of the agents reachable from the runner's agent.
+            wire["agent"] = agent.name if isinstance(agent, Agent) else str(agent)
         return wire
 
     def _context_data(self, context: Any) -> Any:
@@ -247,17 +255,24 @@ class DurableAgentRunner(DurableRunner):
     ) -> Any:
         """Submit a run, wait for it, and return its ``RunResult`` (see :meth:`decode_result`).
 
+        A ``context=`` object given here is updated in place with the run's final context
+        (and is the result's ``context_wrapper.context``), as after a plain run.
         ``session`` is an SDK ``Session``: it stays in this process. Its history is read
         before the run and put before ``input`` (the run's input is then the whole list, as
         with a plain run), and the new input and the run's new items are added to it after
         the run, as the SDK does. Other options: see :meth:`request`.
         """
-        if session is None:
-            return await super().run(input, run_id=run_id, timeout=timeout, **options)
-        history = await session.get_items()
-        combined = [*history, *ItemHelpers.input_to_new_input_list(input)]
-        result = await super().run(combined, run_id=run_id, timeout=timeout, **options)
-        await session.add_items(result.to_input_list()[len(history) :])
+        history = await session.get_items() if session is not None else []
+        if session is not None:  # as the SDK does: the history, then the new input, as a list
+            input = [*history, *ItemHelpers.input_to_new_input_list(input)]
+        result = await super().run(input, run_id=run_id, timeout=timeout, **options)
+        if session is not None:
+            await session.add_items(result.to_input_list()[len(history) :])
+        given = options.get("context")
+        if given is not None and isinstance(result, RunResult):
+            # As with a plain run, the caller's context object ends up with the run's changes.
+            restore_in_place(given, dump_context(result.context_wrapper.context))
+            result.context_wrapper.context = given
         return result
 
     # -- the worker's side -------------------------------------------------------------
@@ -281,6 +296,8 @@ class DurableAgentRunner(DurableRunner):
         if agent is None:  # a factory: this run's own agents, in a graph that lives as long
             graph = AgentGraph()
             agent = graph.agent(build(self.agent, Agent, "agents.Agent"))
+        if options.get("agent") is not None:
+            agent = graph.find(str(options["agent"]))
         run = _RunInputs(
             context=context,
             max_turns=options.get("max_turns") or self.max_iterations or DEFAULT_MAX_TURNS,
@@ -351,7 +368,9 @@ class DurableAgentRunner(DurableRunner):
         return result
 
 
-_RUN_OPTIONS = frozenset({"context", "max_turns", "previous_response_id", "conversation_id"})
+_RUN_OPTIONS = frozenset(
+    {"agent", "context", "max_turns", "previous_response_id", "conversation_id"}
+)
 
 
 @dataclasses.dataclass(frozen=True)

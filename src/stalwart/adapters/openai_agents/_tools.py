@@ -100,6 +100,17 @@ class AgentGraph:
             clone.model = DurableModel(agent.model)
         return clone
 
+    def find(self, name: str) -> Agent[Any]:
+        """The durable clone of the agent called ``name`` (a run's starting agent by name)."""
+        for clone in self._clones.values():
+            if clone.name == name:
+                return clone
+        known = sorted({c.name for c in self._clones.values()})
+        raise ConfigurationError(
+            f"no agent {name!r} is reachable from this runner's agent (through handoffs or "
+            f"agents used as tools); known: {', '.join(map(repr, known))}"
+        )
+
     def tool(self, tool: Tool) -> Tool:
         """The durable version of one tool (hosted tools run inside the model call: kept)."""
         if not isinstance(tool, FunctionTool) or getattr(tool, "_stalwart_durable", False):
