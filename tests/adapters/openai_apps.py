@@ -24,6 +24,7 @@ from agents import (
     GuardrailFunctionOutput,
     OpenAIChatCompletionsModel,
     RunConfig,
+    RunContextWrapper,
     Runner,
     function_tool,
     handoff,
@@ -345,4 +346,34 @@ http = DurableAgentRunner(
     agent=http_agent,
     run_config=RunConfig(model_provider=FakeOpenAIProvider(), tracing_disabled=True),
     app=app,
+)
+
+
+# -- one context per run: a tool that records each visit in the run context --------------
+
+
+@function_tool
+async def visit(ctx: RunContextWrapper[dict[str, Any]], name: str) -> str:
+    """Record a visit in the run context."""
+    ctx.context.setdefault("visits", []).append(name)
+    return json.dumps(ctx.context["visits"])
+
+
+def visits_script(items: list[Any]) -> list[TResponseOutputItem]:
+    outputs = tool_outputs(items)
+    if not outputs:
+        return [function_call("visit", {"name": "visit1"}, call_id="v1")]
+    return [assistant_message(outputs[-1])]
+
+
+visits_agent = Agent(
+    name="visits",
+    instructions="Record the visit.",
+    tools=[visit],
+    model=RedisScriptedModel(visits_script),
+)
+# A template context: every run gets a copy of its own, as every plain Runner.run gets the
+# context it is given.
+visits = DurableAgentRunner(
+    "oa-visits", visits_agent, context={"visits": []}, run_config=CONFIG, app=app
 )

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 import redis
@@ -49,7 +50,7 @@ from pydantic import BaseModel
 from stalwart import App
 from stalwart.adapters.openai_agents import DurableAgentRunner
 from stalwart.adapters.openai_agents._model import SCOPE
-from tests.helpers import COUNTER_ENV, counters, exec_key, gate_key, gated_key, wait_gate
+from tests.helpers import COUNTER_ENV, counters, exec_key, gate_key, gated_key
 
 app = App("openai-fidelity")
 
@@ -89,9 +90,19 @@ async def hold_once(run_id: str, point: str) -> None:
     """If the test gated ``point``, say it arrived and wait for the gate, the first time only
     (the resumed worker passes the same point again)."""
     r = counters()
-    if await r.exists(gated_key(run_id, point)) and await r.setnx(f"passed:{run_id}:{point}", 1):
-        await r.rpush(gate_key(run_id, f"{point}:arrived"), 1)
-        await wait_gate(run_id, point)
+    if not (
+        await r.exists(gated_key(run_id, point))
+        and await r.setnx(f"passed:{run_id}:{point}", 1)
+    ):
+        return
+    await r.rpush(gate_key(run_id, f"{point}:arrived"), 1)
+    # Short blocking reads: one longer than the connection's socket timeout would fail the
+    # tool while the test is still starting the next worker on a loaded machine.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if await r.blpop([gate_key(run_id, point)], timeout=1):
+            return
+    raise TimeoutError(f"gate {point} of {run_id} never opened")
 
 
 async def count(name: str) -> None:

@@ -26,7 +26,7 @@ import pytest
 pytest.importorskip("agents")
 
 import redis.asyncio as aioredis
-from agents import Runner, UserError
+from agents import Runner, SQLiteSession, UserError
 from agents.result import RunResult
 from agents.tracing import get_trace_provider, set_trace_processors
 
@@ -255,8 +255,10 @@ async def test_customer_service_survives_kills_as_the_plain_run(
     workers: list[StalwartProcess] = [await fid_workers("w0", SPAN_WORKER="w0")]
 
     async def kill_and_resume(name: str) -> StalwartProcess:
-        workers[-1].kill()
+        # The next worker first (a loaded machine can take long to start one), then the kill:
+        # the run is on the old worker, and only the new one is left to resume it.
         proc = await fid_workers(name, SPAN_WORKER=name)
+        workers[-1].kill()
         workers.append(proc)
         return proc
 
@@ -403,8 +405,8 @@ async def test_approval_flow_survives_a_kill_after_the_answer(
     requested = await eventually(lambda: _approval_signal(handle), timeout=30)
     await handle.signal(requested, True)
     await eventually(lambda: arrived(counters, run_id, "get_temperature"), timeout=30)
-    a.kill()
     b = await fid_workers("b", SPAN_WORKER="b")
+    a.kill()
     await open_gate(counters, run_id, "get_temperature")
     durable = await finished(apps.weather, handle, a, b)
 
@@ -448,3 +450,31 @@ async def test_tool_errors_behave_as_the_sdk_does(
     assert_same_result(refund, plain_refund)
     assert "An error occurred while running the tool" in str(refund.to_input_list())
     assert bodies(since.requests()) == plain_bodies
+
+
+# -- a session: the history stays in the caller's process ----------------------------------
+
+
+@pytest.mark.slow
+async def test_a_session_keeps_the_conversation_as_with_a_plain_run(
+    fid_workers: WorkerFactory, fake: FakeLLM
+) -> None:
+    plain_session, context = SQLiteSession("plain"), apps.AirlineAgentContext()
+    first = await Runner.run(apps.triage_agent, TURN_1, session=plain_session, context=context)
+    second = await Runner.run(first.last_agent, TURN_2, session=plain_session, context=context)
+    plain_bodies = bodies(fake.requests())
+    await fid_workers("a", SPAN_WORKER="a")
+
+    since = Since(fake)
+    session, durable_context = SQLiteSession("durable"), apps.AirlineAgentContext()
+    one = await apps.airline.run(TURN_1, session=session, context=durable_context)
+    two = await apps.airline.run(
+        TURN_2, session=session, context=durable_context, agent=one.last_agent
+    )
+    assert_same_result(one, first)
+    assert_same_result(two, second)
+    assert await session.get_items() == await plain_session.get_items()
+    assert durable_context == context
+    assert bodies(since.requests()) == plain_bodies
+    session.close()
+    plain_session.close()

@@ -9,6 +9,7 @@ tool call ran twice.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import http.server
 import json
 import sys
@@ -520,3 +521,101 @@ async def test_a_crafted_model_step_fails_the_resumed_run_without_importing_anyt
     assert failed.value.error_type == "DisallowedTypeError"
     assert "'os:system'" in failed.value.message
     assert not marker.exists()
+
+
+# -- one context per run ----------------------------------------------------------------
+
+
+@pytest.fixture
+def visits_runner(client: Client) -> Iterator[oa.DurableAgentRunner]:
+    from tests.adapters.openai_apps import visits
+
+    visits._client = client
+    yield visits
+    visits._client = None
+
+
+@pytest.mark.slow
+async def test_each_run_gets_a_context_of_its_own(
+    client: Client, oa_workers: WorkerFactory, visits_runner: oa.DurableAgentRunner
+) -> None:
+    await oa_workers("a")
+    # Plain runs given the same template each see it fresh; so must durable ones.
+    seen = [(await visits_runner.run("go")).final_output for _ in range(3)]
+    assert seen == ['["visit1"]'] * 3
+
+    # A per-run context travels as data; the caller's object gets the run's changes, as a
+    # plain run's context does.
+    mine: dict[str, Any] = {"visits": ["earlier"]}
+    result = await visits_runner.run("go", context=mine)
+    assert result.final_output == '["earlier", "visit1"]'
+    assert mine == {"visits": ["earlier", "visit1"]}
+    assert result.context_wrapper.context is mine
+
+
+def test_per_run_inputs_that_cannot_travel_are_refused_with_what_to_do() -> None:
+    from agents import Agent, RunHooks
+
+    from stalwart import App
+
+    @dataclasses.dataclass
+    class Deps:
+        lock: Any
+        visits: list[str] = dataclasses.field(default_factory=list)
+
+    runner = oa.DurableAgentRunner("t-refused", Agent(name="t"), context=Deps, app=App("t"))
+    with pytest.raises(TypeError, match=r"DurableAgentRunner\(\.\.\., hooks=\.\.\.\)"):
+        runner.request("hi", hooks=RunHooks())
+    with pytest.raises(TypeError, match=r"session= is taken by DurableAgentRunner\.run"):
+        runner.request("hi", session=object())
+    with pytest.raises(TypeError, match="must be a Deps"):
+        runner.request("hi", context={"visits": []})
+    with pytest.raises(TypeError, match="context factory"):
+        runner.request("hi", context=Deps(lock=threading.Lock()))
+    wire = runner.request("hi", context=Deps(lock=None, visits=["a"]), max_turns=3)
+    assert wire == {"input": "hi", "max_turns": 3, "context": {"lock": None, "visits": ["a"]}}
+    plain = oa.DurableAgentRunner("t-plain", Agent(name="t"), app=App("t2"))
+    with pytest.raises(TypeError, match="context_type="):
+        plain.request("hi", context=Deps(lock=None))
+
+
+def test_context_snapshots_restore_in_place_and_the_newest_wins() -> None:
+    from pydantic import BaseModel
+
+    from stalwart.adapters.openai_agents._context import ContextJournal
+
+    class Airline(BaseModel):
+        flight_number: str | None = None
+        seat_number: str | None = None
+
+    @dataclasses.dataclass
+    class Cart:
+        items: list[str] = dataclasses.field(default_factory=list)
+
+    for live, changed, blank in (
+        (Airline(), lambda c: setattr(c, "flight_number", "FLT-1"), Airline()),
+        (Cart(), lambda c: c.items.append("x"), Cart()),
+        ({}, lambda c: c.update(k=1), {}),
+    ):
+        journal = ContextJournal()
+        first = journal.snapshot(live)
+        changed(live)
+        second = journal.snapshot(live)
+        replay = ContextJournal()
+        target = blank
+        replay.restore(target, second)
+        replay.restore(target, first)  # older: a parallel sibling replayed later
+        assert target == live and target is blank
+
+
+def test_sdk_errors_keep_their_type_and_message() -> None:
+    from agents.exceptions import MaxTurnsExceeded, UserError
+
+    from stalwart.adapters.openai_agents._result import sdk_error
+
+    error = sdk_error(RunFailed("r1", "UserError", "Error running tool x: boom"))
+    assert isinstance(error, UserError) and isinstance(error, RunFailed)
+    assert str(error) == "Error running tool x: boom" and error.run_id == "r1"
+    assert isinstance(sdk_error(RunFailed("r1", "MaxTurnsExceeded", "m")), MaxTurnsExceeded)
+    other = RunFailed("r1", "ValueError", "v")
+    assert sdk_error(other) is other

@@ -206,8 +206,8 @@ class DurableAgentRunner(DurableRunner):
             )
         if expected is not None and not isinstance(context, expected):
             raise TypeError(
-                f"context= must be a {expected.__qualname__} (the runner's context type), "
-                f"got {type(context).__qualname__}"
+                f"context= must be a {expected.__name__} (the runner's context type), "
+                f"got {type(context).__name__}"
             )
         try:
             return dump_context(context)
