@@ -91,8 +91,7 @@ async def hold_once(run_id: str, point: str) -> None:
     (the resumed worker passes the same point again)."""
     r = counters()
     if not (
-        await r.exists(gated_key(run_id, point))
-        and await r.setnx(f"passed:{run_id}:{point}", 1)
+        await r.exists(gated_key(run_id, point)) and await r.setnx(f"passed:{run_id}:{point}", 1)
     ):
         return
     await r.rpush(gate_key(run_id, f"{point}:arrived"), 1)
