@@ -1,5 +1,10 @@
 """What a tool, handoff or guardrail step journals besides its own result, and replay marks.
 
+- **The record.** Such a step journals ``{"stalwart.step": 1, <its result fields>,
+  "context": <the run context's state when it finished>, "usage": <its inner runs' tokens>}``
+  (:func:`step_record`); an entry without the marker (journaled by an older version) is the
+  bare result (:func:`record_field`).
+
 - **Inner usage.** A guardrail (or a tool) may run an agent of its own with ``Runner.run``
   (the customer-service example's relevance guardrail does). Those model calls run inside the
   step, not as steps of their own, so their tokens are counted into the step: the SDK's
@@ -26,7 +31,7 @@ from agents.tracing import custom_span, get_current_trace
 from stalwart.actors import Usage as StepUsage
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
 
     from agents.result import RunResult, RunResultStreaming
 
@@ -69,6 +74,25 @@ def inner_usage(record: Any) -> StepUsage | None:
         input_tokens=int(usage.get("input_tokens", 0)),
         output_tokens=int(usage.get("output_tokens", 0)),
     )
+
+
+_RECORD = "stalwart.step"
+
+
+def step_record(*, context: Any, usage: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
+    """A tool, handoff or guardrail step's journal form (see the module docs)."""
+    record: dict[str, Any] = {_RECORD: 1, **fields, "context": context}
+    merged = merged_usage(usage)
+    if merged is not None:
+        record["usage"] = merged
+    return record
+
+
+def record_field(record: Any, name: str, bare: Any = None) -> Any:
+    """Field ``name`` of a :func:`step_record`; ``bare`` for an entry of the older bare form."""
+    if isinstance(record, dict) and record.get(_RECORD) == 1:
+        return record.get(name)
+    return bare
 
 
 def _model_name(result: RunResult) -> str:
@@ -122,12 +146,3 @@ def mark_replayed(kind: str, key: str, **data: Any) -> None:
         return
     with custom_span(REPLAYED_SPAN, {"stalwart.replayed": True, "kind": kind, "step": key, **data}):
         pass
-
-
-def replay_marker(kind: str, key: str) -> Callable[..., None]:
-    """:func:`mark_replayed` bound to one step."""
-
-    def mark(**data: Any) -> None:
-        mark_replayed(kind, key, **data)
-
-    return mark

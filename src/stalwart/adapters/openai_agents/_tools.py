@@ -53,7 +53,8 @@ from stalwart.adapters.openai_agents._stepdata import (
     counting_usage,
     inner_usage,
     mark_replayed,
-    merged_usage,
+    record_field,
+    step_record,
 )
 from stalwart.errors import ConfigurationError, StepFailed
 from stalwart.kit import ToolCallFailed, call_step, canonical_fp, failure_outcome, tool_key
@@ -200,7 +201,7 @@ class AgentGraph:
 
             record = await call_step(scope.ctx, spec, body)
             if not live:
-                restore(context.context, _field(record, "context"))
+                restore(context.context, record_field(record, "context"))
                 mark_replayed("handoff", spec.key, handoff=original.tool_name)
                 if isinstance(ref, Agent):
                     return self.agent(ref)
@@ -210,27 +211,6 @@ class AgentGraph:
             return self.agent(live[0])
 
         return on_invoke_handoff
-
-
-_RECORD = "stalwart.step"
-
-
-def step_record(*, context: Any, usage: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
-    """A tool, handoff or guardrail step's journal form: its result fields, the context's
-    state when it finished, and the usage of agents it ran itself."""
-    record: dict[str, Any] = {_RECORD: 1, **fields, "context": context}
-    merged = merged_usage(usage)
-    if merged is not None:
-        record["usage"] = merged
-    return record
-
-
-def _is_record(value: Any) -> bool:
-    return isinstance(value, dict) and value.get(_RECORD) == 1
-
-
-def _field(record: Any, name: str) -> Any:
-    return record.get(name) if _is_record(record) else None
 
 
 def _mark(tool: FunctionTool) -> FunctionTool:
@@ -305,9 +285,9 @@ def _durable_invoke(tool: FunctionTool) -> Callable[[ToolContext[Any], str], Awa
             # message, so the SDK raises the same UserError as without Stalwart.
             raise ToolCallFailed.of(failed) from failed
         if not ran:
-            restore(context.context, _field(record, "context"))
+            restore(context.context, record_field(record, "context"))
             mark_replayed("tool", spec.key, tool=tool.name)
-        return _field(record, "output") if _is_record(record) else record
+        return record_field(record, "output", record)
 
     return on_invoke_tool
 
@@ -364,9 +344,9 @@ def _durable_guardrail_function(
 
         record = await call_step(scope.ctx, spec, body)
         if not ran:
-            restore(context.context, _field(record, "context"))
+            restore(context.context, record_field(record, "context"))
             mark_replayed("guardrail", spec.key, guardrail=name)
-        verdict = _field(record, "verdict") if _is_record(record) else record
+        verdict = record_field(record, "verdict", record)
         return load_guardrail_output(verdict)
 
     return guardrail_function
