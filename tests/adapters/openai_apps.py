@@ -26,10 +26,15 @@ from agents import (
     RunConfig,
     RunContextWrapper,
     Runner,
+    ToolGuardrailFunctionOutput,
+    ToolInputGuardrailData,
+    ToolOutputGuardrailData,
     function_tool,
     handoff,
     input_guardrail,
     output_guardrail,
+    tool_input_guardrail,
+    tool_output_guardrail,
 )
 from agents.items import ModelResponse, TResponseOutputItem, TResponseStreamEvent
 from agents.models.interface import Model, ModelProvider
@@ -377,3 +382,49 @@ visits_agent = Agent(
 visits = DurableAgentRunner(
     "oa-visits", visits_agent, context={"visits": []}, run_config=CONFIG, app=app
 )
+
+
+# -- tool guardrails: the SDK runs them around the tool call ----------------------------
+
+
+@tool_input_guardrail
+async def no_secrets(data: ToolInputGuardrailData) -> ToolGuardrailFunctionOutput:
+    await count()
+    item = json.loads(data.context.tool_arguments or "{}").get("item", "")
+    if "secret" in item:
+        return ToolGuardrailFunctionOutput.reject_content("not allowed", output_info={"item": item})
+    return ToolGuardrailFunctionOutput.allow(output_info={"item": item})
+
+
+@tool_output_guardrail
+async def price_sane(data: ToolOutputGuardrailData) -> ToolGuardrailFunctionOutput:
+    await count()
+    return ToolGuardrailFunctionOutput.allow(output_info={"output": str(data.output)})
+
+
+@function_tool(tool_input_guardrails=[no_secrets], tool_output_guardrails=[price_sane])
+async def price(item: str) -> str:
+    """Look a price up."""
+    await count()
+    return f"{item}: $10"
+
+
+def prices_script(items: list[Any]) -> list[TResponseOutputItem]:
+    outputs = tool_outputs(items)
+    if not outputs:
+        return [
+            function_call("price", {"item": "apples"}, call_id="p1"),
+            function_call("price", {"item": "secret sauce"}, call_id="p2"),
+        ]
+    if len(outputs) == 2:
+        return [function_call("price", {"item": "pears"}, call_id="p3")]
+    return [assistant_message(" | ".join(outputs))]
+
+
+prices_agent = Agent(
+    name="prices",
+    instructions="Look prices up.",
+    tools=[price],
+    model=RedisScriptedModel(prices_script),
+)
+prices = DurableAgentRunner("oa-prices", prices_agent, run_config=CONFIG, app=app)

@@ -49,6 +49,7 @@ from tests.helpers import (
     at_least,
     collect_events,
     done_keys,
+    entries_of,
     eventually,
     execs,
     has_all,
@@ -619,3 +620,38 @@ def test_sdk_errors_keep_their_type_and_message() -> None:
     assert isinstance(sdk_error(RunFailed("r1", "MaxTurnsExceeded", "m")), MaxTurnsExceeded)
     other = RunFailed("r1", "ValueError", "v")
     assert sdk_error(other) is other
+
+
+# -- tool guardrails run once, their verdicts replayed ----------------------------------
+
+
+@pytest.mark.slow
+async def test_tool_guardrails_are_steps_and_do_not_run_again(
+    client: Client, oa_workers: WorkerFactory, supervisor: Any, counters: aioredis.Redis
+) -> None:
+    a = await oa_workers("a")
+    run_id = rid()
+    await mark_gated(counters, run_id, "tool:p3")
+    handle = await client.submit("oa-prices", "Price apples and the secret sauce", run_id=run_id)
+    await eventually(lambda: has_all(client, run_id, "model:2", "tool:p3:input:no_secrets"))
+    a.kill()
+    b = await oa_workers("b")
+    await open_gate(counters, run_id, "tool:p3")
+
+    # The rejected call's message reached the model, from the journal on the resumed worker.
+    assert final(await outcome(handle, b)) == "apples: $10 | not allowed | pears: $10"
+    assert await model_log(counters, run_id) == ["model:1", "model:2", "model:3"]
+    for key in (
+        "tool:p1:input:no_secrets",
+        "tool:p1",
+        "tool:p1:output:price_sane",
+        "tool:p2:input:no_secrets",
+        "tool:p3:input:no_secrets",
+        "tool:p3",
+        "tool:p3:output:price_sane",
+    ):
+        assert await execs(counters, run_id, key) == 1, f"{key} ran again"
+    assert await execs(counters, run_id, "tool:p2") == 0  # rejected: never ran
+    kinds = {e.key: e.kind for e in await entries_of(client, run_id, StepDone)}
+    assert kinds["tool:p2:input:no_secrets"] == "guardrail"
+    assert step_owners(await journal(client, run_id))["tool:p3:input:no_secrets"] == "a"

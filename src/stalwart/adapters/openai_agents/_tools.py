@@ -38,6 +38,8 @@ from agents.tool import (
     ShellTool,
     _FailureHandlingFunctionToolInvoker,
 )
+from agents.tool_guardrails import ToolGuardrailFunctionOutput
+from pydantic_core import to_jsonable_python
 
 from stalwart.actors import StepSpec
 from stalwart.adapters.openai_agents._codec import (
@@ -120,7 +122,11 @@ class AgentGraph:
             nested = self._agent_tool(tool)
             if nested is not None:
                 return nested
-        return _mark(dataclasses.replace(tool, on_invoke_tool=_durable_invoke(tool)))
+        return _mark(
+            dataclasses.replace(
+                tool, on_invoke_tool=_durable_invoke(tool), **durable_tool_guardrails(tool)
+            )
+        )
 
     def _agent_tool(self, tool: FunctionTool) -> FunctionTool | None:
         """``Agent.as_tool``: the nested run re-runs on replay, in the scope ``tool:<id>/``.
@@ -158,7 +164,11 @@ class AgentGraph:
         new_invoker._function_tool = None
         # replace() binds the copied invoker to the new tool (its failure handling).
         bound = dataclasses.replace(tool, on_invoke_tool=new_invoker, _agent_instance=clone)
-        return _mark(dataclasses.replace(bound, on_invoke_tool=_nested_invoke(bound)))
+        return _mark(
+            dataclasses.replace(
+                bound, on_invoke_tool=_nested_invoke(bound), **durable_tool_guardrails(bound)
+            )
+        )
 
     def handoff(self, target: Agent[Any] | Handoff[Any, Any]) -> Handoff[Any, Any]:
         """A handoff whose target is the durable clone, invoked as the step ``handoff:<n>``."""
@@ -364,3 +374,79 @@ def durable_output_guardrail(guardrail: OutputGuardrail[Any]) -> OutputGuardrail
     name = guardrail.get_name()
     fn = _durable_guardrail_function("output", name, guardrail.guardrail_function)
     return dataclasses.replace(guardrail, guardrail_function=fn, name=name)
+
+
+# -- tool guardrails: the SDK runs them around the tool call, outside on_invoke_tool -------
+
+
+def durable_tool_guardrails(tool: FunctionTool) -> dict[str, Any]:
+    """``tool_input_guardrails`` / ``tool_output_guardrails`` whose verdicts are steps.
+
+    The SDK runs them around ``on_invoke_tool``, so the tool's own step does not cover them:
+    each becomes the step ``<tool step key>:input:<name>`` (or ``:output:``), journaling its
+    verdict (and the context's state), so a resumed run does not run it, or an agent it
+    runs, again.
+    """
+    fields: dict[str, Any] = {}
+    for kind in ("input", "output"):
+        guardrails = getattr(tool, f"tool_{kind}_guardrails", None)
+        if guardrails:
+            fields[f"tool_{kind}_guardrails"] = [
+                dataclasses.replace(g, guardrail_function=_tool_guardrail(kind, tool, g))
+                for g in guardrails
+            ]
+    return fields
+
+
+def _tool_guardrail(
+    kind: str, tool: FunctionTool, guardrail: Any
+) -> Callable[[Any], Awaitable[ToolGuardrailFunctionOutput]]:
+    name = guardrail.get_name()
+    fn = guardrail.guardrail_function
+
+    async def guardrail_function(data: Any) -> ToolGuardrailFunctionOutput:
+        async def call() -> ToolGuardrailFunctionOutput:
+            result = fn(data)
+            if inspect.isawaitable(result):
+                result = await result
+            return cast("ToolGuardrailFunctionOutput", result)
+
+        scope = SCOPE.active()
+        context = data.context
+        if scope is None:
+            return await call()
+        args = canonical_args(context.tool_arguments or "")
+        base = tool_key(context.tool_call_id, tool.name, args)
+        payload = without_volatile(getattr(data, "output", None)) if kind == "output" else args
+        key = f"{base}:{kind}:{name}"
+        spec = StepSpec(
+            key=scope.key(key) if context.tool_call_id else scope.next_named(key),
+            kind="guardrail",
+            name=f"tool {kind} guardrail {name}",
+            fp=canonical_fp(f"guardrail:tool_{kind}:{name}", payload),
+            usage=inner_usage,
+        )
+        ran = False
+
+        async def body() -> dict[str, Any]:
+            nonlocal ran
+            ran = True
+            with counting_usage() as used:
+                verdict = await call()
+            return step_record(
+                output_info=to_jsonable_python(verdict.output_info, fallback=str),
+                behavior=dict(verdict.behavior),
+                context=snapshot(context.context),
+                usage=used,
+            )
+
+        record = await call_step(scope.ctx, spec, body)
+        if not ran:
+            restore(context.context, record_field(record, "context"))
+            mark_replayed("guardrail", spec.key, guardrail=name)
+        return ToolGuardrailFunctionOutput(
+            output_info=record_field(record, "output_info"),
+            behavior=cast("Any", record_field(record, "behavior") or {"type": "allow"}),
+        )
+
+    return guardrail_function
