@@ -89,6 +89,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "subscribe_events",
     ],
     "stalwart.checkpoints": [
+        "AesGcmCodec",
         "CancelOutcome",
         "CheckpointStore",
         "Claim",
@@ -99,6 +100,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "JournalConflict",
         "JournalEntry",
         "KeySchema",
+        "PayloadCodec",
         "RunKeys",
         "RunRecord",
         "RunStatus",
@@ -114,7 +116,14 @@ PUBLIC_API: dict[str, list[str]] = {
         "decode_value",
         "encode_entry",
         "encode_value",
+        "envelope_header",
+        "envelope_key_id",
         "fenced",
+        "open_bytes",
+        "payload_codec",
+        "read_envelope_header",
+        "seal_bytes",
+        "set_payload_codec",
     ],
     "stalwart.actors": [
         "AgentSpec",
@@ -152,6 +161,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "LeaseLost",
         "NonDeterminismError",
         "NonRetryableError",
+        "PayloadKeyError",
         "PayloadTooLargeError",
         "QueueFullError",
         "RunCancelled",
@@ -313,7 +323,9 @@ PUBLIC_API: dict[str, list[str]] = {
     "stalwart.adapters.pydantic_ai": [
         "AgentRequest",
         "DurableAgentRunner",
+        "OutputNotSerializable",
         "StalwartDurability",
+        "ToolResultNotSerializable",
     ],
     "stalwart.adapters.langgraph": [
         "DurableGraphRunner",
@@ -327,6 +339,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "to_builtins",
     ],
     "stalwart.adapters.strands": [
+        "DurableAgentResult",
         "DurableAgentRunner",
         "ScriptedModel",
         "ToolError",

@@ -63,6 +63,10 @@ FIELD_ROLES: dict[str, frozenset[Role]] = {
     "signal_name_max": _ALL,
     "signal_max_pending": _ALL,
     "cancel_reason_max": _ALL,
+    # -- payload encryption (docs/security-encryption.md): whoever reads or writes payloads.
+    "encryption_key": _ALL,
+    "encryption_keys_file": _ALL,
+    "encryption_codec": _ALL,
 }
 """Which processes read each field. Settings a process does not read are not taken from its
 environment, so a worker-only value can never break a client command. A field missing here
@@ -235,6 +239,29 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Signals a run may hold unconsumed at once; more are refused until it consumes some."""
     cancel_reason_max: int = 65_536
     """Longest reason ``RunHandle.cancel`` accepts, in characters."""
+    # -- payload encryption (one block; see docs/security-encryption.md)
+    encryption_key: str = ""
+    """One AES-256 key for payload encryption: ``<key id>:<base64 of 32 bytes>`` (or just
+    the base64, key id ``default``). Empty (and no keys file): payloads are not encrypted.
+    A secret: set it from a secret store, never on a command line."""
+    encryption_keys_file: str = ""
+    """Path of a keyring file (JSON, or TOML by its ``.toml`` suffix):
+    ``{"current": "k2", "keys": {"k1": "<base64>", "k2": "<base64>"}}``. New payloads use
+    ``current``; old runs are read with the key their payloads name. Not with
+    ``encryption_key``."""
+    encryption_codec: str = ""
+    """A payload codec of your own (a KMS): ``package.module:factory``, a callable taking no
+    arguments that returns a ``PayloadCodec``. Instead of the two settings above; lets the
+    ``stalwart`` command and workers use it without code of yours calling
+    ``set_payload_codec``."""
+
+    def __repr__(self) -> str:
+        # The key must not reach a log line or a traceback through a repr of the settings.
+        fields = ", ".join(
+            f"{name}={'<hidden>' if name == 'encryption_key' and value else repr(value)}"
+            for name, value in msgspec.structs.asdict(self).items()
+        )
+        return f"Settings({fields})"
 
     def __post_init__(self) -> None:
         check_namespace(self.namespace)

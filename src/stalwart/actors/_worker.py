@@ -23,6 +23,7 @@ from stalwart.actors._intake import Intake
 from stalwart.actors._placement import ActorDeps, Placement
 from stalwart.broker import Broker, WorkerInfo
 from stalwart.checkpoints import CheckpointStore, encode_value
+from stalwart.checkpoints._codec import install_codec
 from stalwart.policies import Breakers
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ class Worker:
         """Connect, register the agents, and start fetching and renewing."""
         assert self.settings.nats_url and self.settings.redis_url, "resolve server URLs first"
         Broker.check_url(self.settings.nats_url)
+        install_codec(self.settings)  # payload encryption, when the settings name a key
         self.store = await CheckpointStore.connect(
             self.settings.redis_url,
             self.settings.namespace,

@@ -20,6 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stalwart.checkpoints import _scripts
+from stalwart.checkpoints._codec import seal_bytes
 from stalwart.checkpoints._control import RunControl
 from stalwart.checkpoints._entries import (
     Entry,
@@ -33,6 +34,7 @@ from stalwart.checkpoints._entries import (
     decode_entry,
     encode_entry,
     record_from_hash,
+    seal_entry,
 )
 from stalwart.checkpoints._keys import KeySchema
 from stalwart.checkpoints._pipe import ScriptPipe
@@ -184,10 +186,14 @@ class CheckpointStore(RunControl):
     async def create_run(
         self, run_id: str, agent: str, input: msgspec.Raw, *, trace: str = ""
     ) -> tuple[str, str] | None:
-        """Create the record of a new run. Returns ``(status, agent)`` if it already existed."""
+        """Create the record of a new run. Returns ``(status, agent)`` if it already existed.
+
+        ``input`` is sealed here if the caller did not seal it already (payload encryption).
+        """
         now = time.time()
         existing = await self._create(
-            keys=[self.record_key(run_id)], args=[run_id, agent, bytes(input), repr(now), trace]
+            keys=[self.record_key(run_id)],
+            args=[run_id, agent, seal_bytes(bytes(input)), repr(now), trace],
         )
         if existing:
             return existing[0].decode(), existing[1].decode()
@@ -304,7 +310,7 @@ class CheckpointStore(RunControl):
                 repr(now),
                 run_id,
                 agent,
-                bytes(input),
+                seal_bytes(bytes(input)),
                 trace,
                 fresh,
                 resumed,
@@ -356,12 +362,13 @@ class CheckpointStore(RunControl):
         The caller can stop waiting (be cancelled) without abandoning the write, and no
         task is created on the fast path (see :meth:`ScriptRunner.write_future`).
         """
-        data = encode_entry(entry)
+        data = encode_entry(seal_entry(entry))
         args: list[object] = [epoch, f"{seq}-0", data, repr(time.time())]
         return self._runner.write_future(self._append, run_id, args, seq, data)
 
     async def finish(self, run_id: str, epoch: int, seq: int, entry: Finished) -> None:
         """Append the final entry and set the record's end state, fenced by ``epoch``."""
+        entry = seal_entry(entry)  # the record gets the same sealed result and message
         data = encode_entry(entry)
         err = entry.error or ErrorInfo("", "")
         args = [
