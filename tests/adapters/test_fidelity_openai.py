@@ -360,11 +360,12 @@ async def _assert_replays_marked(counters: aioredis.Redis, run_id: str, worker: 
 
 
 async def _assert_guardrail_usage_counted(client: Client, run_id: str, fake: FakeLLM) -> None:
+    """The relevance guardrail's own agent call is a model step with its tokens."""
     done = {e.key: e for e in await entries_of(client, run_id, StepDone)}
-    step = done["guardrail:Relevance Guardrail"]
+    step = done["guardrail:Relevance Guardrail/model:1"]
     guard_req = next(r for r in fake.requests("gpt-guard") if r.last_user_text() == TURN_1)
-    assert step.input_tokens > 0 and step.output_tokens > 0
-    assert step.input_tokens == _tokens(guard_req)[0]
+    assert (step.kind, step.model) == ("model", "gpt-guard")
+    assert (step.input_tokens, step.output_tokens) == _tokens(guard_req)
 
 
 def _tokens(req: Request) -> tuple[int, int]:

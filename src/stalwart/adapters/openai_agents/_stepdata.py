@@ -10,8 +10,9 @@
   step, not as steps of their own, so their tokens are counted into the step: the SDK's
   default agent runner is wrapped once (:func:`install_usage_counter`) so that a
   ``Runner.run`` finishing inside a step body reports its ``context_wrapper.usage`` to that
-  step (:func:`counting_usage`), and the step's usage extractor reads it back from the
-  journal, so usage limits and costs apply to them, live and replayed.
+  step (:func:`counting_usage`), which keeps it in its record; each inner run then becomes
+  a model step ``<step key>/model:<n>`` carrying its tokens (:func:`account_inner_usage`),
+  so budgets, costs and metrics count them as they count every model call.
 - **Replay marks.** The SDK opens a function span around every tool call, replayed or not; a
   replayed model call opens no response span (nothing is sent). :func:`mark_replayed` adds a
   ``stalwart.replayed`` custom span under the current span, so a trace shows which work was
@@ -28,12 +29,16 @@ from agents.models.interface import Model
 from agents.run import AgentRunner, get_default_agent_runner, set_default_agent_runner
 from agents.tracing import custom_span, get_current_trace
 
+from stalwart.actors import StepSpec
 from stalwart.actors import Usage as StepUsage
+from stalwart.kit import call_step, canonical_fp
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from agents.result import RunResult, RunResultStreaming
+
+    from stalwart.actors import RunContext
 
 REPLAYED_SPAN = "stalwart.replayed"
 """Name of the custom span that marks work replayed from the journal in the SDK's trace."""
@@ -52,28 +57,45 @@ def counting_usage() -> Iterator[list[dict[str, Any]]]:
         _SINK.reset(token)
 
 
-def merged_usage(sink: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The usage a step journals for the runs counted in ``sink`` (None when there were none)."""
-    if not sink:
+def _inner_usage(result: Any) -> StepUsage | None:
+    """``StepSpec.usage`` of an inner-usage step: the tokens of one inner agent run."""
+    try:
+        return StepUsage(
+            model=str(result["model"]),
+            input_tokens=int(result["input_tokens"]),
+            output_tokens=int(result["output_tokens"]),
+        )
+    except (KeyError, TypeError, ValueError):
         return None
-    return {
-        "model": sink[0]["model"],
-        "requests": sum(int(u["requests"]) for u in sink),
-        "input_tokens": sum(int(u["input_tokens"]) for u in sink),
-        "output_tokens": sum(int(u["output_tokens"]) for u in sink),
-    }
 
 
-def inner_usage(record: Any) -> StepUsage | None:
-    """``StepSpec.usage`` for tool, handoff and guardrail steps: their inner runs' tokens."""
-    usage = record.get("usage") if isinstance(record, dict) else None
-    if not isinstance(usage, dict):
-        return None
-    return StepUsage(
-        model=str(usage.get("model", "")),
-        input_tokens=int(usage.get("input_tokens", 0)),
-        output_tokens=int(usage.get("output_tokens", 0)),
-    )
+async def account_inner_usage(ctx: RunContext, key: str, record: Any) -> None:
+    """Journal the tokens of the agents a step ran itself as model steps ``<key>/model:<n>``.
+
+    Stalwart counts usage (budgets, costs, history, metrics) on model steps; the step that
+    ran those agents is a tool, handoff or guardrail step. So each inner run's usage, kept in
+    the step's record, becomes a model step of its own right after it (replayed, like any
+    step, on resume; a budget already spent stops the run here, as before a model call).
+    """
+    usage = record_field(record, "usage")
+    if not isinstance(usage, list):
+        return
+    for n, used in enumerate(usage, 1):
+        if not isinstance(used, dict):
+            continue
+        model = str(used.get("model", ""))
+        spec = StepSpec(
+            key=f"{key}/model:{n}",
+            kind="model",
+            name=model,
+            fp=canonical_fp("inner-usage", {"model": model}),
+            usage=_inner_usage,
+        )
+
+        async def body(used: dict[str, Any] = used) -> dict[str, Any]:
+            return used
+
+        await call_step(ctx, spec, body)
 
 
 _RECORD = "stalwart.step"
@@ -82,9 +104,8 @@ _RECORD = "stalwart.step"
 def step_record(*, context: Any, usage: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
     """A tool, handoff or guardrail step's journal form (see the module docs)."""
     record: dict[str, Any] = {_RECORD: 1, **fields, "context": context}
-    merged = merged_usage(usage)
-    if merged is not None:
-        record["usage"] = merged
+    if usage:
+        record["usage"] = list(usage)
     return record
 
 
@@ -114,8 +135,9 @@ class _UsageCountingRunner(AgentRunner):
     async def run(self, starting_agent: Any, input: Any, **kwargs: Any) -> RunResult:
         result = await self.inner.run(starting_agent, input, **kwargs)
         sink = _SINK.get()
-        if sink is not None:
-            usage = result.context_wrapper.usage
+        usage = result.context_wrapper.usage
+        # A run that used no tokens (a scripted model) has nothing to count.
+        if sink is not None and (usage.input_tokens or usage.output_tokens):
             sink.append(
                 {
                     "model": _model_name(result),

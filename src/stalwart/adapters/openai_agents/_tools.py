@@ -52,8 +52,8 @@ from stalwart.adapters.openai_agents._codec import (
 from stalwart.adapters.openai_agents._context import restore, snapshot
 from stalwart.adapters.openai_agents._model import SCOPE, DurableModel
 from stalwart.adapters.openai_agents._stepdata import (
+    account_inner_usage,
     counting_usage,
-    inner_usage,
     mark_replayed,
     record_field,
     step_record,
@@ -196,7 +196,6 @@ class AgentGraph:
                 kind="handoff",
                 name=original.tool_name,
                 fp=canonical_fp(original.tool_name, canonical_args(input_json)),
-                usage=inner_usage,
             )
             live: list[Agent[Any]] = []
 
@@ -210,6 +209,7 @@ class AgentGraph:
                 )
 
             record = await call_step(scope.ctx, spec, body)
+            await account_inner_usage(scope.ctx, spec.key, record)
             if not live:
                 restore(context.context, record_field(record, "context"))
                 mark_replayed("handoff", spec.key, handoff=original.tool_name)
@@ -268,7 +268,6 @@ def _durable_invoke(tool: FunctionTool) -> Callable[[ToolContext[Any], str], Awa
             kind="tool",
             name=tool.name,
             fp=canonical_fp(tool.name, args),
-            usage=inner_usage,
         )
         ran = False
 
@@ -294,6 +293,7 @@ def _durable_invoke(tool: FunctionTool) -> Callable[[ToolContext[Any], str], Awa
             # The tool's own error (failure_error_function=None): it reads as the tool's
             # message, so the SDK raises the same UserError as without Stalwart.
             raise ToolCallFailed.of(failed) from failed
+        await account_inner_usage(scope.ctx, spec.key, record)
         if not ran:
             restore(context.context, record_field(record, "context"))
             mark_replayed("tool", spec.key, tool=tool.name)
@@ -336,7 +336,6 @@ def _durable_guardrail_function(
             kind="guardrail",
             name=f"{kind} guardrail {name}",
             fp=canonical_fp(f"guardrail:{kind}:{name}", without_volatile(value)),
-            usage=inner_usage,
         )
         ran = False
 
@@ -353,6 +352,7 @@ def _durable_guardrail_function(
             )
 
         record = await call_step(scope.ctx, spec, body)
+        await account_inner_usage(scope.ctx, spec.key, record)
         if not ran:
             restore(context.context, record_field(record, "context"))
             mark_replayed("guardrail", spec.key, guardrail=name)
@@ -424,7 +424,6 @@ def _tool_guardrail(
             kind="guardrail",
             name=f"tool {kind} guardrail {name}",
             fp=canonical_fp(f"guardrail:tool_{kind}:{name}", payload),
-            usage=inner_usage,
         )
         ran = False
 
@@ -441,6 +440,7 @@ def _tool_guardrail(
             )
 
         record = await call_step(scope.ctx, spec, body)
+        await account_inner_usage(scope.ctx, spec.key, record)
         if not ran:
             restore(context.context, record_field(record, "context"))
             mark_replayed("guardrail", spec.key, guardrail=name)
