@@ -47,7 +47,7 @@ from agents.tracing import Span, Trace, TracingProcessor, set_trace_processors
 from openai import AsyncOpenAI
 from pydantic import BaseModel
 
-from stalwart import App
+from stalwart import App, Limits, Policies
 from stalwart.adapters.openai_agents import DurableAgentRunner
 from stalwart.adapters.openai_agents._model import SCOPE
 from tests.helpers import COUNTER_ENV, counters, exec_key, gate_key, gated_key
@@ -319,6 +319,16 @@ seat_booking_agent.handoffs.append(triage_agent)
 
 airline = DurableAgentRunner(
     "fid-airline", triage_agent, context=AirlineAgentContext, hooks=GateHooks(), app=app
+)
+# The same agent under a token budget (set per worker by the test that needs it).
+airline_budget = DurableAgentRunner(
+    "fid-airline-budget",
+    triage_agent,
+    context=AirlineAgentContext,
+    policies=Policies(
+        limits=Limits(max_tokens=int(os.environ.get("AIRLINE_MAX_TOKENS", "0")) or None)
+    ),
+    app=app,
 )
 
 

@@ -31,7 +31,7 @@ from agents.result import RunResult
 from agents.tracing import get_trace_provider, set_trace_processors
 
 import tests.adapters.openai_fidelity_apps as apps
-from stalwart import Client, Settings
+from stalwart import Client, RunFailed, Settings
 from stalwart.checkpoints import StepDone, StepError
 from stalwart.testing import StalwartProcess
 from tests.adapters.fake_llm import FakeLLM, Reply, Request, ToolCall, comparable, fake_llm
@@ -154,7 +154,7 @@ def no_trace_export() -> Iterator[None]:
 async def fid_workers(
     settings: Settings, servers: Servers, client: Client, fake: FakeLLM
 ) -> AsyncIterator[WorkerFactory]:
-    runners = (apps.airline, apps.weather, apps.billing)
+    runners = (apps.airline, apps.airline_budget, apps.weather, apps.billing)
     for runner in runners:  # the module's runners submit through this test's client
         runner._client = client
     try:
@@ -457,14 +457,17 @@ async def test_tool_errors_behave_as_the_sdk_does(
 
 
 @pytest.mark.slow
-async def test_a_session_keeps_the_conversation_as_with_a_plain_run(
+async def test_a_session_keeps_the_conversation_and_inner_agents_count_in_budgets(
     fid_workers: WorkerFactory, fake: FakeLLM
 ) -> None:
     plain_session, context = SQLiteSession("plain"), apps.AirlineAgentContext()
     first = await Runner.run(apps.triage_agent, TURN_1, session=plain_session, context=context)
     second = await Runner.run(first.last_agent, TURN_2, session=plain_session, context=context)
     plain_bodies = bodies(fake.requests())
-    await fid_workers("a", SPAN_WORKER="a")
+    # Enough tokens for the calls before the seat agent's last one, not counting the
+    # guardrail's agent; counting it (as budgets must), that last call is refused.
+    budget = sum(r.usage.input_tokens + r.usage.output_tokens for r in first.raw_responses[:-1])
+    await fid_workers("a", SPAN_WORKER="a", AIRLINE_MAX_TOKENS=str(budget + 1))
 
     since = Since(fake)
     session, durable_context = SQLiteSession("durable"), apps.AirlineAgentContext()
@@ -479,3 +482,7 @@ async def test_a_session_keeps_the_conversation_as_with_a_plain_run(
     assert bodies(since.requests()) == plain_bodies
     session.close()
     plain_session.close()
+
+    with pytest.raises(RunFailed) as over:
+        await apps.airline_budget.run(TURN_1)
+    assert over.value.error_type == "BudgetExceeded" and "max_tokens" in over.value.message
