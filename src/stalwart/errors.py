@@ -9,6 +9,7 @@ config" from "this run failed".
 from __future__ import annotations
 
 __all__ = [
+    "ApprovalRefusedError",
     "BudgetExceeded",
     "CircuitOpenError",
     "ConfigurationError",
@@ -200,6 +201,23 @@ class QueueFullError(InvalidRequestError):
 
 class SignalRefusedError(InvalidRequestError):
     """A signal broke a limit (payload size, name length, pending count): nothing was stored."""
+
+
+class ApprovalRefusedError(InvalidRequestError):
+    """An approval was refused: it does not match the pending tool call, or came too late.
+
+    ``reason`` says why: ``unknown_call`` (no pending approval request has this call id),
+    ``wrong_call``, ``wrong_tool``, ``wrong_hash`` (it approves another call, tool or
+    arguments than the pending one), ``expired`` (the request expired first), ``unbound``
+    (a bare ``True`` approves nothing in particular), ``malformed``. Raised by
+    ``RunHandle.approve`` / ``reject`` before anything is sent; a run that receives such an
+    approval publishes ``approval.refused`` with the same reason and keeps waiting.
+    """
+
+    def __init__(self, message: str, *, reason: str, call_id: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.call_id = call_id
 
 
 class CorruptRecordError(StalwartError, ValueError):

@@ -194,6 +194,10 @@ class RunActor:
         """Journaled steps under ``prefix`` count as replayed (see RunContext.mark_replayed)."""
         self.state.view.mark_replayed(prefix)
 
+    def signal_id(self, key: str) -> str | None:
+        """The id of the signal that the finished wait ``key`` took (None: none)."""
+        return self.waits.signal_ids.get(key)
+
     async def emit_live(self, type: str, data: Any, step: str = "") -> None:
         """Publish a non-journaled event for this run (see :meth:`RunContext.emit`)."""
         await self.events.emit_user(type, step=step, data=data)

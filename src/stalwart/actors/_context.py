@@ -68,6 +68,18 @@ class StepInfo:
         return f"{self.run_id}:{self.key}"
 
 
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """A signal a durable wait took: its payload and its id in the run's inbox.
+
+    ``id`` is the inbox's Redis stream id (``<ms>-<n>``, the Redis server's clock when the
+    signal was stored); it is journaled with the wait, so it is the same on every replay.
+    """
+
+    payload: Any
+    id: str | None
+
+
 _current: contextvars.ContextVar[StepInfo | None] = contextvars.ContextVar(
     "stalwart_step", default=None
 )
@@ -243,6 +255,16 @@ class RunContext:
         frees the worker: the run is passivated and placed again when the signal arrives.
         """
         return await self._actor.wait(self.next_key(f"signal:{name}"), name, timeout)
+
+    async def receive_signal(self, name: str, *, timeout: float | None = None) -> Signal:
+        """:meth:`wait_for_signal`, returning the payload with the signal's inbox id.
+
+        For code that must judge a signal by when it arrived (an approval that came after its
+        request expired), the same way on every replay.
+        """
+        key = self.next_key(f"signal:{name}")
+        payload = await self._actor.wait(key, name, timeout)
+        return Signal(payload, self._actor.signal_id(key))
 
     async def sleep(self, seconds: float) -> None:
         """Sleep durably: a crash or a passivation does not restart the clock."""

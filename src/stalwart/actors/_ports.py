@@ -93,6 +93,10 @@ class RunHost(Protocol):
         """A durable wait for ``signal`` (or a sleep, with ``signal == ""``)."""
         ...
 
+    def signal_id(self, key: str) -> str | None:
+        """The id of the signal that the finished wait ``key`` took (None: none)."""
+        ...
+
     async def emit_live(self, type: str, data: Any, step: str = "") -> None:
         """Publish a non-journaled event."""
         ...

@@ -200,6 +200,10 @@ class ReplayActor:
         """The journaled outcome of a durable wait."""
         return await self.waits.wait(key, signal, timeout)
 
+    def signal_id(self, key: str) -> str | None:
+        """The id of the signal that the finished wait ``key`` took (None: none)."""
+        return self.waits.signal_ids.get(key)
+
     async def emit_live(self, type: str, data: Any, step: str = "") -> None:
         """Live events are not replayed."""
 

@@ -81,6 +81,8 @@ class Waits(OnRun):
         self.passivate_after = passivate_after
         self._unjournaled = unjournaled
         self._inbox: Inbox | None = None
+        self.signal_ids: dict[str, str] = {}
+        """The id of the signal each finished wait took (by wait key), replayed or live."""
 
     async def wait(self, key: str, signal: str, timeout: float | None) -> Any:
         """Wait for ``signal`` (or, with ``signal == ""``, just for ``timeout``)."""
@@ -127,6 +129,7 @@ class Waits(OnRun):
                 raise WaitTimeout(f"wait {key!r} timed out")
             if "sid" in outcome:
                 self.state.consumed_signals.add(outcome["sid"])
+                self.signal_ids[key] = outcome["sid"]
             return outcome.get("payload")
         return None
 
@@ -153,6 +156,7 @@ class Waits(OnRun):
                     if found is not None:
                         sid, payload = found
                         self.state.consumed_signals.add(sid)
+                        self.signal_ids[key] = sid
                         await self._end_wait(key, kind, started, {"sid": sid, "payload": payload})
                         # Journaled: the inbox need not keep it (it counts against the
                         # run's pending-signal limit). A failure only leaves it for later.

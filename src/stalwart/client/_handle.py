@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from stalwart._text import ERROR_TEXT_LIMIT, clip, safe_text
+from stalwart.approvals import ApprovalRequest, approval_payload, pending_approvals
 from stalwart.checkpoints._codec import open_event_data, open_text
 from stalwart.checkpoints._store import REJECTED_ERROR
 from stalwart.errors import (
+    ApprovalRefusedError,
     InvalidRequestError,
     RunCancelled,
     RunFailed,
@@ -178,6 +180,91 @@ class RunHandle:
         wake = ((await self.status()).agent, epoch) if outcome == "wake" else None
         await self.client.broker.signal_stored(self.run_id, name, sid, wake)
         return "woke" if outcome == "wake" else "stored"
+
+    async def pending_approvals(self) -> list[ApprovalRequest]:
+        """The run's tool calls waiting for a human's approval, oldest first.
+
+        Read from the run's journal: each request names the call id, the tool, the hash of
+        its arguments (and the arguments), the signal and ``expires_at``. Empty once the run
+        has ended. See :mod:`stalwart.approvals`.
+        """
+        record = await self.client.store.get_run(self.run_id)
+        entries = await self.client.store.read_journal(self.run_id)
+        if record is None and not entries:
+            raise RunNotFoundError(self.run_id)
+        return pending_approvals(entries, ended=record is not None and record.terminal)
+
+    async def approve(
+        self,
+        call_id: str,
+        *,
+        tool: str | None = None,
+        args_hash: str | None = None,
+        message: str | None = None,
+    ) -> str:
+        """Approve the pending tool call ``call_id``, bound to its tool and arguments.
+
+        The approval carries the call id, the tool and the hash of the arguments of the
+        request the run journaled, so it can only approve that call. Give ``tool`` /
+        ``args_hash`` as the human saw them (from ``approval.requested`` or
+        :meth:`pending_approvals`) to make sure the run still asks for the same thing.
+        Raises :class:`~stalwart.errors.ApprovalRefusedError` and sends nothing when no
+        request for ``call_id`` is pending (``unknown_call``), it has expired (``expired``),
+        or it differs from ``tool`` / ``args_hash`` (``wrong_tool`` / ``wrong_hash``).
+        Returns what :meth:`signal` returns.
+        """
+        return await self._answer(call_id, True, tool, args_hash, message)
+
+    async def reject(
+        self,
+        call_id: str,
+        message: str | None = None,
+        *,
+        tool: str | None = None,
+        args_hash: str | None = None,
+    ) -> str:
+        """Reject the pending tool call ``call_id``; ``message`` goes to the model.
+
+        Checked and bound like :meth:`approve`.
+        """
+        return await self._answer(call_id, False, tool, args_hash, message)
+
+    async def _answer(
+        self,
+        call_id: str,
+        approved: bool,
+        tool: str | None,
+        args_hash: str | None,
+        message: str | None,
+    ) -> str:
+        pending = {r.call_id: r for r in await self.pending_approvals()}
+        request = pending.get(call_id)
+        if request is None:
+            raise ApprovalRefusedError(
+                f"run {self.run_id!r} has no pending approval request for call {call_id!r}"
+                + (f" (pending: {', '.join(sorted(pending))})" if pending else ""),
+                reason="unknown_call",
+                call_id=call_id,
+            )
+        for field, given, want in (
+            ("tool", tool, request.tool),
+            ("args_hash", args_hash, request.args_hash),
+        ):
+            if given is not None and given != want:
+                raise ApprovalRefusedError(
+                    f"call {call_id!r} of run {self.run_id!r} now asks for {field} {want!r}, "
+                    f"not {given!r}: read the request again before answering",
+                    reason="wrong_hash" if field == "args_hash" else "wrong_tool",
+                    call_id=call_id,
+                )
+        if request.expired():
+            raise ApprovalRefusedError(
+                f"the approval request for {request.tool!r} (call {call_id!r}) of run "
+                f"{self.run_id!r} expired at {request.expires_at}",
+                reason="expired",
+                call_id=call_id,
+            )
+        return await self.signal(request.signal, approval_payload(request, approved, message))
 
     async def history(self) -> History:
         """The run's timeline from its journal (see :func:`stalwart.observability.build_history`)."""

@@ -20,11 +20,15 @@ adapter (Stalwart's five, and yours) is built the same way and imports only this
   :func:`canonical_fp`, :func:`canonical_json`, :func:`text_digest`.
 - **Failures.** :func:`failure_outcome` tells a tool's own error (shown to the model) from a
   run-level stop; :class:`ToolCallFailed` is the one tool-failure error.
+- **Approvals.** :func:`await_approval` asks a human to approve one tool call, bound to
+  its tool and the hash of its arguments (:func:`args_hash`), with an expiry, under an
+  :class:`ApprovalPolicy`; it returns an :class:`ApprovalDecision`.
 - **Allow-lists.** :func:`type_path`, :func:`allow_map`, :func:`loaded_class`: how codecs
   rebuild classes a journal names without importing anything.
 """
 
 from stalwart.kit._allowed import allow_map, loaded_class, type_path
+from stalwart.kit._approvals import ApprovalDecision, ApprovalPolicy, args_hash, await_approval
 from stalwart.kit._failures import Outcome, ToolCallFailed, failure_outcome
 from stalwart.kit._keys import canonical_fp, canonical_json, text_digest, tool_key
 from stalwart.kit._model import (
@@ -48,6 +52,8 @@ from stalwart.kit._steps import SETTLE_SECONDS, StepCall, call_step, stream_step
 __all__ = [
     "DIGEST_FIELDS",
     "SETTLE_SECONDS",
+    "ApprovalDecision",
+    "ApprovalPolicy",
     "DurableRunner",
     "DurableScope",
     "Outcome",
@@ -55,6 +61,8 @@ __all__ = [
     "StepCall",
     "ToolCallFailed",
     "allow_map",
+    "args_hash",
+    "await_approval",
     "build",
     "call_step",
     "canonical_fp",

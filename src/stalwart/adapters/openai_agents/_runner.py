@@ -29,8 +29,16 @@ from stalwart.adapters.openai_agents._tools import (
     durable_input_guardrail,
     durable_output_guardrail,
 )
-from stalwart.errors import RunFailed
-from stalwart.kit import DurableRunner, DurableScope, build, check_max_iterations, check_source
+from stalwart.errors import ConfigurationError, RunFailed
+from stalwart.kit import (
+    ApprovalPolicy,
+    DurableRunner,
+    DurableScope,
+    await_approval,
+    build,
+    check_max_iterations,
+    check_source,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -104,11 +112,16 @@ class DurableAgentRunner(DurableRunner):
     ``hooks`` are the SDK's ``RunHooks`` for every run (code stays on the workers: they cannot
     be given per run). They run as the SDK calls them, on replay too.
 
-    Tool calls that need approval (``needs_approval``) become durable waits for the signal
-    ``approval:<tool_call_id>``: send ``True`` / ``False``, or ``{"approved": bool,
-    "message": str}`` (the message goes to the model on rejection), with
-    ``RunHandle.signal``. The request is announced live as an ``approval.requested`` event;
-    ``approval_timeout`` (seconds, default none) fails the run when nobody answers.
+    Tool calls that need approval (``needs_approval``, evaluated by the SDK on every replay
+    too) become approval requests bound to the call (see :mod:`stalwart.approvals`): the
+    tool, the hash of its arguments and an expiry are journaled and announced as
+    ``approval.requested``; answer with ``RunHandle.approve(call_id)`` /
+    ``RunHandle.reject(call_id, message)`` (the message goes to the model). An answer for
+    another call, tool or arguments, a late one or a bare ``True`` is refused
+    (``approval.refused``) and the run keeps waiting. ``approvals`` is the
+    :class:`~stalwart.kit.ApprovalPolicy` (expiry ``ttl``, what expiry does, whether bare
+    ``True`` is accepted); ``approval_timeout`` (deprecated) is ``ApprovalPolicy(ttl=...,
+    on_expiry="fail")``, its behaviour before approvals were bound.
 
     The run's input is a string or a list of Responses input items. :meth:`run` and
     :meth:`result` return the SDK's own ``RunResult``, rebuilt in the caller's process from
@@ -125,6 +138,7 @@ class DurableAgentRunner(DurableRunner):
         max_iterations: int | None = None,
         stream: bool | None = None,
         run_config: RunConfig | None = None,
+        approvals: ApprovalPolicy | None = None,
         approval_timeout: float | None = None,
         context: Any = None,
         context_type: type | None = None,
@@ -137,7 +151,7 @@ class DurableAgentRunner(DurableRunner):
         self.agent = agent
         self.max_iterations = check_max_iterations(max_iterations)
         self.stream = bool(stream)
-        self.approval_timeout = approval_timeout
+        self.approvals = approval_policy(approvals, approval_timeout)
         self.context = context
         self.context_type = context_type_of(context, context_type)
         self.hooks = hooks
@@ -336,18 +350,18 @@ class DurableAgentRunner(DurableRunner):
         )
 
     async def _decide(self, ctx: RunContext, state: RunState[Any], item: ToolApprovalItem) -> None:
-        """Wait durably for the approval signal of one interrupted tool call, then apply it."""
-        signal = f"approval:{item.call_id or item.name}"
-        await ctx.emit(
-            "approval.requested",
-            {"signal": signal, "tool": item.qualified_name, "arguments": item.arguments},
+        """Ask for an approval of one interrupted tool call, durably, then apply the answer."""
+        decision = await await_approval(
+            ctx,
+            call_id=item.call_id or item.name or "",
+            tool=item.qualified_name or item.name or "",
+            arguments=item.arguments,
+            policy=self.approvals,
         )
-        decision = await ctx.wait_for_signal(signal, timeout=self.approval_timeout)
-        approved, message = _decision(signal, decision)
-        if approved:
+        if decision.approved:
             state.approve(item)
         else:
-            state.reject(item, rejection_message=message)
+            state.reject(item, rejection_message=decision.message)
 
     async def _streamed(
         self, ctx: RunContext, agent: Agent[Any], input: Any, run: _RunInputs
@@ -383,13 +397,13 @@ class _RunInputs:
     conversation_id: str | None
 
 
-def _decision(signal: str, payload: Any) -> tuple[bool, str | None]:
-    if isinstance(payload, bool):
-        return payload, None
-    if isinstance(payload, dict) and isinstance(payload.get("approved"), bool):
-        message = payload.get("message")
-        return payload["approved"], message if isinstance(message, str) else None
-    raise ValueError(
-        f"signal {signal!r} carried {payload!r}; send True, False or "
-        '{"approved": bool, "message": str}'
-    )
+def approval_policy(policy: ApprovalPolicy | None, timeout: float | None) -> ApprovalPolicy:
+    """The runner's approval policy from ``approvals=`` or the older ``approval_timeout=``."""
+    if timeout is None:
+        return policy if policy is not None else ApprovalPolicy()
+    if policy is not None:
+        raise ConfigurationError(
+            "give approvals=ApprovalPolicy(ttl=...) or approval_timeout=, not both"
+        )
+    # Its meaning before approvals were bound: nobody answered in time, the run fails.
+    return ApprovalPolicy(ttl=timeout, on_expiry="fail")
