@@ -44,6 +44,7 @@ from pydantic import BaseModel
 
 from stalwart import App, current_step
 from stalwart.adapters.openai_agents import DurableAgentRunner
+from stalwart.kit import ApprovalPolicy
 from tests.helpers import calls_key, counters, exec_key, wait_if_gated
 
 app = App("openai-tests")
@@ -330,6 +331,14 @@ def build_mailer() -> Agent[Any]:
 
 
 mailer = DurableAgentRunner("oa-mailer", build_mailer, run_config=CONFIG, app=app)
+# The same agent whose approval requests expire after 2 s (the call is then rejected).
+mailer_ttl = DurableAgentRunner(
+    "oa-mailer-ttl",
+    build_mailer,
+    run_config=CONFIG,
+    approvals=ApprovalPolicy(ttl=2.0),
+    app=app,
+)
 
 
 # -- the real OpenAI client against a local fake server ----------------------------------

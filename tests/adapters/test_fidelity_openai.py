@@ -403,8 +403,9 @@ async def test_approval_flow_survives_a_kill_after_the_answer(
     run_id = rid()
     await mark_gated(counters, run_id, "get_temperature")
     handle = await apps.weather.submit(WEATHER, run_id=run_id)
-    requested = await eventually(lambda: _approval_signal(handle), timeout=30)
-    await handle.signal(requested, True)
+    [request] = await eventually(handle.pending_approvals, timeout=30)
+    assert request.tool == "get_temperature"
+    await handle.approve(request.call_id, args_hash=request.args_hash)
     await eventually(lambda: arrived(counters, run_id, "get_temperature"), timeout=30)
     b = await fid_workers("b", SPAN_WORKER="b")
     a.kill()
@@ -415,13 +416,6 @@ async def test_approval_flow_survives_a_kill_after_the_answer(
     assert bodies(since.requests()) == plain_bodies
     for name in ("get_weather", "get_temperature"):
         assert await execs(counters, run_id, name) == 1, name
-
-
-async def _approval_signal(handle: Any) -> str | None:
-    async for ev in handle.events(follow=False):
-        if ev.type == "approval.requested":
-            return str(ev.data["signal"])
-    return None
 
 
 # -- tools that raise: as the SDK does, once --------------------------------------------

@@ -36,13 +36,15 @@ from stalwart.adapters.openai_agents._codec import (
     load_response,
     without_volatile,
 )
+from stalwart.approvals import approval_payload
 from stalwart.checkpoints import (
     StepDone,
     StepError,
     WaitStarted,
     decode_value,
 )
-from stalwart.errors import DisallowedTypeError
+from stalwart.errors import ApprovalRefusedError, DisallowedTypeError
+from stalwart.kit import args_hash
 from tests.adapters.tampering import MARKER_ENV, MARKER_MODULE, tamper_step
 from tests.conftest import Servers, WorkerFactory, worker_pool
 from tests.helpers import (
@@ -307,10 +309,17 @@ async def test_tool_approval_waits_for_a_signal_across_a_crash(
     a = await oa_workers("a")
     handle = await client.submit("oa-mailer", "Mail the Q4 report")
     await eventually(lambda: waiting(client, handle.run_id), timeout=30)
+    # Live events leave in batches: a kill at once could drop the announcement (the
+    # journaled request, which pending_approvals() reads, is never lost).
+    await eventually(lambda: _announced(handle), timeout=30)
     assert await execs(counters, handle.run_id, "tool:m1") == 0  # not before approval
     a.kill()
     b = await oa_workers("b")
-    await handle.signal("approval:m1", True)
+    [request] = await handle.pending_approvals()
+    args = {"to": "cfo@example.com", "body": "Q4"}
+    assert (request.call_id, request.tool, request.arguments) == ("m1", "send_email", args)
+    assert request.args_hash == args_hash(args)
+    await handle.approve("m1", tool="send_email", args_hash=request.args_hash)
 
     assert final(await outcome(handle, b)) == "done: sent to cfo@example.com"
     assert await model_log(counters, handle.run_id) == ["model:1", "model:2"]
@@ -319,6 +328,8 @@ async def test_tool_approval_waits_for_a_signal_across_a_crash(
     requested = [ev for ev in events if ev.type == "approval.requested"]
     assert [ev.data["signal"] for ev in requested] == ["approval:m1"]
     assert requested[0].data["tool"] == "send_email"
+    assert requested[0].data["args_hash"] == request.args_hash
+    assert requested[0].data["expires_at"] is None
 
 
 @pytest.mark.slow
@@ -327,9 +338,67 @@ async def test_tool_rejection_sends_the_message_to_the_model(
 ) -> None:
     a = await oa_workers("a")
     handle = await client.submit("oa-mailer", "Mail the Q4 report")
-    await handle.signal("approval:m1", {"approved": False, "message": "not to the CFO"})
+    await eventually(handle.pending_approvals, timeout=30)
+    await handle.reject("m1", "not to the CFO")
     assert final(await outcome(handle, a)) == "done: not to the CFO"
     assert await execs(counters, handle.run_id, "tool:m1") == 0
+
+
+@pytest.mark.slow
+async def test_an_unbound_or_mismatched_approval_is_refused_and_the_run_waits_on(
+    client: Client, oa_workers: WorkerFactory, counters: aioredis.Redis
+) -> None:
+    a = await oa_workers("a")
+    handle = await client.submit("oa-mailer", "Mail the Q4 report")
+    [request] = await eventually(handle.pending_approvals, timeout=30)
+    stale = args_hash({"to": "ceo@example.com", "body": "Q4"})
+    with pytest.raises(ApprovalRefusedError) as info:
+        await handle.approve("m1", args_hash=stale)
+    assert info.value.reason == "wrong_hash"
+    with pytest.raises(ApprovalRefusedError) as info:
+        await handle.approve("m2")
+    assert info.value.reason == "unknown_call"
+
+    await handle.signal("approval:m1", True)  # the old, unbound form
+    await handle.signal("approval:m1", {**approval_payload(request, True), "args_hash": stale})
+    refused = await eventually(lambda: _refused(handle, 2), timeout=30)
+    assert refused == ["unbound", "wrong_hash"]
+    assert await handle.pending_approvals() == [request]
+    assert await execs(counters, handle.run_id, "tool:m1") == 0
+
+    await handle.approve("m1")
+    assert final(await outcome(handle, a)) == "done: sent to cfo@example.com"
+    assert await execs(counters, handle.run_id, "tool:m1") == 1
+
+
+@pytest.mark.slow
+async def test_an_expired_approval_request_rejects_the_call_for_the_model(
+    client: Client, oa_workers: WorkerFactory, counters: aioredis.Redis
+) -> None:
+    a = await oa_workers("a")
+    handle = await client.submit("oa-mailer-ttl", "Mail the Q4 report")
+    [request] = await eventually(handle.pending_approvals, timeout=30)
+    assert request.expires_at == pytest.approx(request.requested_at + 2.0)
+    assert final(await outcome(handle, a)) == (
+        "done: Not run: the approval request for 'send_email' expired before anyone approved it."
+    )
+    assert await execs(counters, handle.run_id, "tool:m1") == 0
+    with pytest.raises(ApprovalRefusedError) as info:
+        await handle.approve("m1")
+    assert info.value.reason == "unknown_call"  # nothing is pending any more
+
+
+async def _announced(handle: Any) -> bool:
+    return any([ev async for ev in handle.events(follow=False) if ev.type == "approval.requested"])
+
+
+async def _refused(handle: Any, n: int) -> list[str] | None:
+    reasons = [
+        ev.data["reason"]
+        async for ev in handle.events(follow=False)
+        if ev.type == "approval.refused"
+    ]
+    return reasons if len(reasons) >= n else None
 
 
 # -- the real OpenAI client: HTTP retries inside one journaled model step ----------------
