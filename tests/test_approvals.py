@@ -12,6 +12,7 @@ approval journaled for the old call and asks again.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -40,8 +41,10 @@ from tests.helpers import (
     outcome,
     rid,
 )
+from tests.test_cli import cli as cli_fixture
 
 APP = "tests.approval_apps:app"
+cli = cli_fixture  # the `stalwart` command with this test's servers (tests/test_cli.py)
 ORDER = {"to": "ana", "amount": 5}
 
 
@@ -312,3 +315,21 @@ async def test_changed_code_refuses_the_approval_given_for_the_old_call(
 
 async def _has(client: Client, run_id: str, key: str) -> bool:
     return key in await done_steps(client, run_id)
+
+
+@pytest.mark.slow
+async def test_the_cli_lists_and_answers_pending_approvals(
+    client: Client, ap_workers: WorkerFactory, cli: Any
+) -> None:
+    a = await ap_workers("a")
+    handle = await client.submit("refund", ORDER)
+    [request] = await eventually(lambda: pending(handle), timeout=30)
+    listed = await cli("approve", handle.run_id)
+    assert listed.code == 0, listed
+    assert [json.loads(line) for line in listed.out.splitlines()] == [request.event()]
+
+    stale = await cli("approve", handle.run_id, "c1", "--args-hash", "sha256:00")
+    assert stale.code == 2 and "ApprovalRefusedError" in stale.err, stale
+    answered = await cli("approve", handle.run_id, "c1", "--args-hash", request.args_hash)
+    assert answered.code == 0 and answered.out.strip() in ("stored", "woke"), answered
+    assert await outcome(handle, a) == {"approved": True, "paid": "paid 5 to ana"}

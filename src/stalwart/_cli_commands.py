@@ -148,6 +148,26 @@ async def cmd_signal(args: argparse.Namespace, client: Client) -> int:
     return EXIT_OK
 
 
+async def cmd_approve(args: argparse.Namespace, client: Client) -> int:
+    """``stalwart approve RUN_ID [CALL_ID] [--reject] [--message M]``.
+
+    Without CALL_ID: the pending approval requests, one JSON object a line. With it: the
+    bound approval (or rejection) is sent, and the signal outcome printed; a call that is
+    not pending, has expired or differs from ``--tool`` / ``--args-hash`` is refused
+    (``ApprovalRefusedError``, exit 2) and nothing is sent.
+    """
+    handle = client.handle(args.run_id)
+    if args.call_id is None:
+        for request in await handle.pending_approvals():
+            print(dumps(request))
+        return EXIT_OK
+    answer = handle.reject if args.reject else handle.approve
+    print(
+        await answer(args.call_id, message=args.message, tool=args.tool, args_hash=args.args_hash)
+    )
+    return EXIT_OK
+
+
 async def cmd_cancel(args: argparse.Namespace, client: Client) -> int:
     """``stalwart cancel RUN_ID``: prints the outcome; ``missing`` exits 4."""
     outcome = await client.handle(args.run_id).cancel(args.reason)

@@ -24,6 +24,7 @@ import structlog
 
 from stalwart import observability
 from stalwart._cli_commands import (
+    cmd_approve,
     cmd_cancel,
     cmd_events,
     cmd_fork,
@@ -73,7 +74,9 @@ __all__ = [
 
 log = structlog.get_logger("stalwart.cli")
 
-_CLIENT_COMMANDS = ("submit", "status", "events", "runs", "cancel", "signal", "history")
+_CLIENT_COMMANDS = (
+    "submit", "status", "events", "runs", "cancel", "signal", "approve", "history",
+)  # fmt: skip
 _ROLES: dict[str, Role] = {"worker": "worker", "supervisor": "supervisor"}
 
 
@@ -280,6 +283,18 @@ def _parser() -> argparse.ArgumentParser:
     sg.add_argument("name")
     sg.add_argument("payload", nargs="?", help="payload as JSON")
 
+    ap = sub.add_parser(
+        "approve",
+        parents=[common],
+        help="list a run's pending tool approvals, or approve/reject one (bound to the call)",
+    )
+    ap.add_argument("run_id")
+    ap.add_argument("call_id", nargs="?", help="the call to answer (omit to list the pending)")
+    ap.add_argument("--reject", action="store_true", help="reject the call instead")
+    ap.add_argument("--message", help="what the model is told (on a rejection)")
+    ap.add_argument("--args-hash", help="refuse unless the pending call has this args_hash")
+    ap.add_argument("--tool", help="refuse unless the pending call is of this tool")
+
     d = sub.add_parser("dev", parents=[leases], help="servers + supervisor + workers, locally")
     d.add_argument("app")
     d.add_argument("--workers", type=_positive_int, default=2)
@@ -354,6 +369,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
         "runs": cmd_runs,
         "cancel": cmd_cancel,
         "signal": cmd_signal,
+        "approve": cmd_approve,
         "history": cmd_history,
         "replay": cmd_replay,
         "fork": cmd_fork,
