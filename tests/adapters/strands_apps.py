@@ -27,6 +27,7 @@ from strands.types.exceptions import ContextWindowOverflowException
 
 from stalwart import NO_RETRY, App, RetryPolicy, current_step, durable
 from stalwart.adapters.strands import DurableAgentRunner, ScriptedModel, reply, tool_call
+from stalwart.kit import ApprovalPolicy
 from tests.helpers import calls_key, count_execution, counters, wait_if_gated
 
 app = App("strands-tests")
@@ -432,6 +433,38 @@ DurableAgentRunner(
     lambda: Agent(
         model=model(refund_script, "scripted-refund"), tools=[refund], callback_handler=None
     ),
+    app=app,
+)
+
+
+# -- the same, its interrupt bound to the call (approvals=ApprovalPolicy) -------------------
+
+
+@tool(context=True)
+async def bound_refund(amount: int, tool_context: ToolContext) -> str:
+    """Refund the customer, once a manager approved this very refund."""
+    await count()
+    answer = tool_context.interrupt("manager_approval", reason={"amount": amount})
+    if answer["approved"]:
+        return f"refunded {amount}"
+    return f"refund refused ({answer['message']})"
+
+
+def bound_refund_script(messages: Messages) -> Any:
+    done = results(messages)
+    if not done:
+        return reply(tool_call("bound_refund", {"amount": 30}, id="i1"))
+    return f"done: {done[0]}"
+
+
+DurableAgentRunner(
+    "st-refund-bound",
+    lambda: Agent(
+        model=model(bound_refund_script, "scripted-bound-refund"),
+        tools=[bound_refund],
+        callback_handler=None,
+    ),
+    approvals=ApprovalPolicy(),
     app=app,
 )
 

@@ -34,8 +34,10 @@ from stalwart.adapters.strands._codec import (
     load_tool_result,
     plain_messages,
 )
+from stalwart.approvals import approval_payload
 from stalwart.checkpoints import StepAttempt, StepDone, StepError, WaitStarted
 from stalwart.errors import ConfigurationError
+from stalwart.kit import args_hash
 from tests.conftest import Servers, WorkerFactory, worker_pool
 from tests.helpers import (
     collect_events,
@@ -505,6 +507,50 @@ async def test_tool_interrupt_waits_for_its_signal_across_crashes_and_asks_nobod
     assert await execs(counters, run_id, "tool:i1#2") == 1
     events = await asyncio.wait_for(follower, timeout=30)
     assert [ev.type for ev in events].count("agent.interrupted") == 1
+
+
+@pytest.mark.slow
+async def test_a_bound_tool_interrupt_takes_only_an_approval_of_that_call(
+    client: Client, st_workers: WorkerFactory, supervisor: Any, counters: aioredis.Redis
+) -> None:
+    a = await st_workers("a")
+    run_id = rid()
+    handle = await client.submit("st-refund-bound", "refund order 7", run_id=run_id)
+    [request] = await eventually(handle.pending_approvals, timeout=30)
+    assert request.call_id.startswith("v1:tool_call:i1:")
+    assert (request.tool, request.arguments) == ("bound_refund", {"amount": 30})
+    assert request.signal == f"interrupt:{request.call_id}"
+
+    await handle.signal(request.signal, "yes")  # the unbound answer of the plain interrupt
+    stale = approval_payload(request, True) | {"args_hash": args_hash({"amount": 3000})}
+    await handle.signal(request.signal, stale)
+
+    async def refused() -> list[str] | None:
+        events = await collect_events(handle.events(follow=False))
+        reasons = [ev.data["reason"] for ev in events if ev.type == "approval.refused"]
+        return reasons if len(reasons) >= 2 else None
+
+    assert await eventually(refused, timeout=30) == ["malformed", "wrong_hash"]
+    # Killed while waiting: b takes the run over, still bound to the same call.
+    a.kill()
+    b = await st_workers("b")
+    await handle.approve(request.call_id, args_hash=args_hash({"amount": 30}))
+    assert await output(handle, b) == "done: refunded 30"
+    assert await execs(counters, run_id, "tool:i1") == 1
+    assert await execs(counters, run_id, "tool:i1#2") == 1
+
+
+def test_a_tool_interrupt_is_traced_to_its_call() -> None:
+    from stalwart.adapters.strands._interrupts import tool_call_of
+
+    messages = [
+        {"role": "user", "content": [{"text": "go"}]},
+        {"role": "assistant", "content": [{"toolUse": {"toolUseId": "t:1", "name": "pay", "input": {"n": 1}}}]},
+    ]  # fmt: skip
+    assert tool_call_of("v1:before_tool_call:t:1:3f1c", messages) == ("pay", {"n": 1})
+    assert tool_call_of("v1:tool_call:t:1:3f1c", messages) == ("pay", {"n": 1})
+    assert tool_call_of("v1:before_tools:3f1c", messages) is None
+    assert tool_call_of("v1:tool_call:t:2:3f1c", messages) is None
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ from stalwart.adapters.strands._tools import MARK as _MARK
 from stalwart.adapters.strands._tools import agent_of_tool, tool_middleware
 from stalwart.errors import ConfigurationError
 from stalwart.kit import (
+    ApprovalPolicy,
     DurableRunner,
     DurableScope,
     allow_map,
@@ -214,8 +215,12 @@ class DurableAgentRunner(DurableRunner):
     run). A Strands interrupt (``tool_context.interrupt(...)``, a hook's
     ``event.interrupt(...)``) pauses the run durably: the run publishes ``agent.interrupted``
     and waits for the signal ``interrupt:<id>`` of each interrupt, whose payload is the
-    response; Strands then resumes with the responses, as a caller's own loop would. A
-    graph or swarm returns ``{"status", "order", "outputs"}``.
+    response; Strands then resumes with the responses, as a caller's own loop would. With
+    ``approvals`` (an :class:`~stalwart.kit.ApprovalPolicy`), the interrupts of a tool call
+    are approvals bound to the call (its tool and the hash of its input, with an expiry):
+    answer them with ``RunHandle.approve`` / ``reject``; the interrupt's response is then
+    ``{"approved": bool, "message": str | None, "expired": bool}``. A graph or swarm
+    returns ``{"status", "order", "outputs"}``.
     """
 
     def __init__(
@@ -228,6 +233,7 @@ class DurableAgentRunner(DurableRunner):
         local_tools: Iterable[str] = (),
         output_models: Iterable[type[BaseModel]] = (),
         interrupt_timeout: float | None = None,
+        approvals: ApprovalPolicy | None = None,
         app: App | None = None,
         client: Client | None = None,
         policies: Policies | None = None,
@@ -236,6 +242,7 @@ class DurableAgentRunner(DurableRunner):
         self.stream = True if stream is None else stream
         self.local_tools = frozenset(local_tools)
         self.interrupt_timeout = interrupt_timeout
+        self.approvals = approvals
         self._models: dict[str, type[BaseModel]] = allow_map(output_models)
         self._factory: Callable[[], Target] | None = None
         self._shared: _Resettable | None = None
@@ -340,7 +347,13 @@ class DurableAgentRunner(DurableRunner):
         result = await agent.invoke_async(request.prompt, **kwargs)
         # What a caller's own loop does: answer the interrupts, invoke again with the answers.
         while result.stop_reason == "interrupt" and result.interrupts:
-            answers = await wait_for_answers(ctx, result.interrupts, self.interrupt_timeout)
+            answers = await wait_for_answers(
+                ctx,
+                result.interrupts,
+                self.interrupt_timeout,
+                messages=agent.messages,
+                approvals=self.approvals,
+            )
             result = await agent.invoke_async(answers, **kwargs)
         return result_data(agent, result)
 
