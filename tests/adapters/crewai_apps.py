@@ -22,6 +22,7 @@ from typing import Any
 
 import redis
 from crewai import Agent, Crew, Process, Task
+from crewai.hooks import ToolCallHookContext, register_before_tool_call_hook
 from crewai.tools import BaseTool, tool
 from pydantic import BaseModel, Field
 
@@ -34,6 +35,7 @@ from stalwart.adapters.crewai import (
     tool_call,
     tool_results,
 )
+from stalwart.kit import ApprovalPolicy
 from tests.helpers import COUNTER_ENV, exec_key, gate_key
 
 app = App("crewai-tests")
@@ -306,3 +308,46 @@ def paying_crew() -> Crew:
 payment = DurableCrewRunner(
     "payment", paying_crew, app=app, policies=Policies(at_most_once=frozenset({"charge"}))
 )
+
+
+# -- a refund each manager approval is bound to (a tool hook asks; approvals=ApprovalPolicy) -----
+
+
+@tool("bound_refund")
+def bound_refund(amount: int) -> str:
+    """Refund the customer."""
+    executed()
+    return f"refunded {amount}"
+
+
+def _refund_gate(context: ToolCallHookContext) -> bool | None:
+    """CrewAI's approval-gate pattern, for this one tool (the hook is process-wide)."""
+    if context.tool_name != "bound_refund":
+        return None
+    answer = context.request_human_input(prompt=f"Refund {context.tool_input['amount']}?")
+    return None if answer == "approve" else False
+
+
+register_before_tool_call_hook(_refund_gate)
+
+
+def refunder_script(messages: list[dict[str, Any]], tools: list[str]) -> Any:
+    results = tool_results(messages)
+    if not results:
+        return [tool_call("bound_refund", {"amount": 30}, "call_refund")]
+    return "DONE: " + results[0]
+
+
+def refunding_crew() -> Crew:
+    agent = Agent(
+        role="Clerk",
+        goal="Refund",
+        backstory="Asks first.",
+        llm=ScriptedLLM(refunder_script, model="clerk-model"),
+        tools=[bound_refund],
+    )
+    task = Task(description="Refund order {order}.", expected_output="Receipt", agent=agent)
+    return Crew(agents=[agent], tasks=[task])
+
+
+refunds = DurableCrewRunner("bound-refund", refunding_crew, app=app, approvals=ApprovalPolicy())

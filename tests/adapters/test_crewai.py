@@ -11,6 +11,7 @@ import asyncio
 import importlib.util
 import os
 import sys
+import types
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -21,9 +22,10 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 from stalwart import Client, NonRetryableError, RunCancelled, RunFailed, Settings, StepFailed
+from stalwart.approvals import ApprovalRequest, approval_payload
 from stalwart.checkpoints import Started, StepDone, StepError
 from stalwart.errors import DisallowedTypeError
-from stalwart.kit import allow_map
+from stalwart.kit import ApprovalPolicy, allow_map, args_hash
 from tests.adapters.tampering import MARKER_ENV, MARKER_MODULE, tamper_step
 from tests.conftest import Servers, WorkerFactory, worker_pool
 from tests.helpers import (
@@ -183,6 +185,9 @@ class MemoryContext:
         self.events: list[tuple[str, Any]] = []
         self.answers: list[Any] = []
         """What a human answers, in order (signals)."""
+        self.queued: dict[str, list[Any]] = {}
+        """What arrives on each signal, in order (for ``receive_signal``)."""
+        self._counts: dict[str, int] = {}
 
     async def call(self, spec: Any, run: Callable[[], Awaitable[Any]]) -> Any:
         if spec.key not in self.journal:
@@ -207,6 +212,17 @@ class MemoryContext:
             self.journal[key] = ("", self.answers.pop(0))
             self.live.append(key)
         return self.journal[key][1]
+
+    def next_key(self, base: str) -> str:
+        self._counts[base] = n = self._counts.get(base, 0) + 1
+        return base if n == 1 else f"{base}#{n}"
+
+    async def receive_signal(self, name: str, *, timeout: float | None = None) -> Any:
+        key = self.next_key(f"signal:{name}")
+        if key not in self.journal:
+            self.journal[key] = ("", self.queued[name].pop(0))
+            self.live.append(key)
+        return types.SimpleNamespace(payload=self.journal[key][1], id=None)
 
 
 async def kickoff(build: Callable[[], Crew], journal: dict[str, tuple[str, Any]]) -> Any:
@@ -583,6 +599,37 @@ async def test_an_at_most_once_tool_in_flight_at_the_crash_fails_the_run_instead
     assert "task:0/model:2" not in await exec_counts(counters, run_id)
 
 
+@pytest.mark.slow
+async def test_a_bound_tool_hook_approval_survives_a_crash_and_refuses_a_free_text_answer(
+    client: Client, crew_workers: WorkerFactory, supervisor: Any, counters: aioredis.Redis
+) -> None:
+    a = await crew_workers("a")
+    handle = await client.submit("bound-refund", {"order": "7"})
+    [request] = await eventually(handle.pending_approvals, timeout=60)
+    assert request.call_id == "task:0/approval:call_refund"
+    assert request.signal == "human:task:0/approval:call_refund"
+    assert (request.tool, request.arguments) == ("bound_refund", {"amount": 30})
+    assert request.args_hash == args_hash({"amount": 30})
+
+    await handle.signal(request.signal, "approve")  # what the unbound gate took
+
+    async def refused() -> list[str]:
+        return [
+            ev.data["reason"]
+            async for ev in handle.events(follow=False)
+            if ev.type == "approval.refused"
+        ]
+
+    assert await eventually(refused, timeout=60) == ["malformed"]
+    a.kill()  # waiting: b takes over the same bound request
+    b = await crew_workers("b")
+    await handle.approve(request.call_id, args_hash=request.args_hash)
+    data = await handle.result(timeout=60)
+    assert data["raw"] == "DONE: refunded 30", data
+    assert await execs(counters, handle.run_id, "task:0/tool:call_refund") == 1
+    del b
+
+
 # -- deserialization safety: a journal entry never makes a worker import or build a type ------
 
 
@@ -935,6 +982,61 @@ async def test_a_tool_hook_asking_a_human_waits_for_a_signal_named_by_the_tool_c
         calls.clear()
         again, live = await kickoff(lambda: _approving_crew(calls), journal)
         assert (again.raw, calls, live) == (output.raw, [], [])
+    finally:
+        unregister_before_tool_call_hook(approval)
+
+
+async def test_bound_tool_hook_approvals_take_only_an_answer_for_their_call() -> None:
+    from crewai.hooks import (
+        ToolCallHookContext,
+        register_before_tool_call_hook,
+        unregister_before_tool_call_hook,
+    )
+
+    def approval(context: ToolCallHookContext) -> bool | None:
+        answer = context.request_human_input(prompt=f"Refund {context.tool_input['amount']}?")
+        asked.append(answer)
+        return None if answer == "approve" else False
+
+    def request(call: str, amount: int) -> ApprovalRequest:
+        return ApprovalRequest(
+            call_id=f"task:0/approval:{call}",
+            tool="refund",
+            args_hash=args_hash({"amount": amount}),
+            signal=f"human:task:0/approval:{call}",
+            requested_at=0.0,
+        )
+
+    install()
+    register_before_tool_call_hook(approval)
+    try:
+        calls: list[str] = []
+        asked: list[str] = []
+        journal: dict[str, tuple[str, Any]] = {}
+        crew, ctx = _approving_crew(calls), MemoryContext(journal)
+        c1, c2 = request("c1", 5), request("c2", 7)
+        ctx.queued = {
+            c1.signal: [True, approval_payload(c2, True), approval_payload(c1, True)],
+            c2.signal: [approval_payload(c2, False, "too much")],
+        }
+        run = CrewRun(ctx, asyncio.get_running_loop(), crew.tasks, approvals=ApprovalPolicy())
+        output = await run.drive(crew.kickoff)
+        assert calls == ["refund 5"]
+        assert sorted(asked) == ["approve", "reject: too much"]
+        assert output.raw == "refunded 5 / Tool execution blocked by hook. Tool: refund"
+        requested = {d["call_id"]: d for kind, d in ctx.events if kind == "approval.requested"}
+        assert requested[c1.call_id]["args_hash"] == c1.args_hash
+        assert requested[c2.call_id]["tool"] == "refund"
+        refused = [d["reason"] for kind, d in ctx.events if kind == "approval.refused"]
+        assert refused == ["unbound", "wrong_call"]
+        # Replayed: the journaled answers are checked again, the same way; nothing runs.
+        calls.clear()
+        again_ctx = MemoryContext(journal)
+        again_crew = _approving_crew(calls)
+        again = await CrewRun(
+            again_ctx, asyncio.get_running_loop(), again_crew.tasks, approvals=ApprovalPolicy()
+        ).drive(again_crew.kickoff)
+        assert (again.raw, calls, again_ctx.live) == (output.raw, [], [])
     finally:
         unregister_before_tool_call_hook(approval)
 

@@ -21,6 +21,12 @@ publishes ``crew.human_input`` (``signal``, ``prompt``, ``tool``, ``arguments``,
 ``task``) and waits for ``human:<frame>approval:<call id>`` (``...:after`` from an after hook;
 without a call id, the tool's name and a digest of its arguments), named by the tool call so
 that parallel calls never take each other's answers. The answer is the text the hook gets.
+
+Bound approvals. With the runner's ``approvals=ApprovalPolicy(...)``, such a request is an
+approval bound to the tool call (its tool and the hash of its arguments, with an expiry; see
+:mod:`stalwart.approvals`): its ``call_id`` is the signal's name without ``human:``
+(``task:0/approval:<call id>``), answers are checked, and the hook gets ``"approve"`` (the
+word of CrewAI's own approval-gate example) or ``"reject"`` / ``"reject: <message>"``.
 """
 
 from __future__ import annotations
@@ -32,6 +38,11 @@ from crewai.context import get_current_task_id
 
 from stalwart.adapters.crewai._threads import _native_call, current_run, marked
 from stalwart.kit import canonical_json, text_digest
+
+APPROVED = "approve"
+"""What a tool hook's ``request_human_input`` returns for a bound approval."""
+REJECTED = "reject"
+"""... and for a bound rejection (followed by ``: <message>`` when it has one)."""
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -95,6 +106,17 @@ def durable_approval(ask: Callable[..., str]) -> Callable[..., str]:
             "agent": getattr(self.agent, "role", None),
             "task": getattr(self.task, "description", None),
         }
+        if run.approvals is not None:
+            decision = run.approve(
+                event,
+                call_id=signal.removeprefix("human:"),
+                tool=self.tool_name,
+                arguments=self.tool_input,
+                signal=signal,
+            )
+            if decision.approved:
+                return APPROVED
+            return f"{REJECTED}: {decision.message}" if decision.message else REJECTED
         answer = run.wait_for_signal(signal, event)
         return "" if answer is None else str(answer).strip()
 

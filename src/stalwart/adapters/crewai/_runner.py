@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from stalwart import Policies
     from stalwart.actors import App, RunContext
     from stalwart.client import Client, RunHandle
+    from stalwart.kit import ApprovalPolicy
 
 T = TypeVar("T")
 
@@ -116,6 +117,11 @@ class DurableCrewRunner(DurableRunner):
     rebuilt as the tasks' ``output_pydantic`` classes (a factory is called once, on the
     first such result, to learn them) or ``allowed_types``.
 
+    ``approvals``: an :class:`~stalwart.kit.ApprovalPolicy` binds the approvals that tool
+    hooks ask for with ``context.request_human_input`` to their tool call (see
+    :mod:`stalwart.adapters.crewai._human`); the hook then gets ``"approve"`` or
+    ``"reject[: message]"``. None (the default): the answer is the free text sent.
+
     ``allowed_types``: pydantic models your tools return without declaring it. Journaled
     values are rebuilt only as the model a call expects (a task's output model), the
     providers' tool-call types, the models the crew's tools declare as their return type
@@ -134,8 +140,10 @@ class DurableCrewRunner(DurableRunner):
         client: Client | None = None,
         policies: Policies | None = None,
         allowed_types: Iterable[type[BaseModel]] = (),
+        approvals: ApprovalPolicy | None = None,
     ) -> None:
         check_source(crew, Crew, "crewai Crew")
+        self.approvals = approvals
         _refuse_stream(name, stream)
         self.crew = crew
         self.max_iterations = check_max_iterations(max_iterations)
@@ -217,7 +225,14 @@ class DurableCrewRunner(DurableRunner):
         tools = [t for a in agents if a is not None for t in a.tools or []]
         tools += [t for task in crew.tasks for t in task.tools or []]
         allowed = (*self.allowed_types, *returned_models(tools))
-        run = CrewRun(ctx, asyncio.get_running_loop(), crew.tasks, allowed, partial(_llms, crew))
+        run = CrewRun(
+            ctx,
+            asyncio.get_running_loop(),
+            crew.tasks,
+            allowed,
+            partial(_llms, crew),
+            approvals=self.approvals,
+        )
         output = await run.drive(partial(crew.kickoff, inputs=input))
         if isinstance(output, CrewStreamingOutput):  # pragma: no cover - refused above
             raise ConfigurationError(f"crew {self.name!r}: stream=True is not supported")
@@ -247,8 +262,10 @@ class DurableAgentRunner(DurableRunner):
         client: Client | None = None,
         policies: Policies | None = None,
         allowed_types: Iterable[type[BaseModel]] = (),
+        approvals: ApprovalPolicy | None = None,
     ) -> None:
         check_source(agent, Agent, "crewai Agent")
+        self.approvals = approvals
         _refuse_stream(name, stream)
         self.agent = agent
         self.max_iterations = check_max_iterations(max_iterations)
@@ -272,7 +289,14 @@ class DurableAgentRunner(DurableRunner):
             )
         agent = self.build()
         allowed = (*self.allowed_types, *returned_models(agent.tools or []))
-        run = CrewRun(ctx, asyncio.get_running_loop(), (), allowed, lambda: [agent.llm])
+        run = CrewRun(
+            ctx,
+            asyncio.get_running_loop(),
+            (),
+            allowed,
+            lambda: [agent.llm],
+            approvals=self.approvals,
+        )
         output: LiteAgentOutput = await run.drive(
             partial(agent.kickoff, input, response_format=self.response_format)
         )

@@ -23,7 +23,7 @@ import queue
 import threading
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import anyio.to_thread
@@ -33,11 +33,20 @@ from crewai.tools.tool_failure import ToolFailure
 from stalwart.actors import current_step
 from stalwart.adapters.crewai._codec import decode
 from stalwart.errors import DisallowedTypeError, StepFailed
-from stalwart.kit import DurableScope, ScopeVar, allow_map, in_step, text_digest
+from stalwart.kit import (
+    ApprovalDecision,
+    ApprovalPolicy,
+    DurableScope,
+    ScopeVar,
+    allow_map,
+    await_approval,
+    in_step,
+    text_digest,
+)
 
 if TYPE_CHECKING:
     import concurrent.futures
-    from collections.abc import Awaitable, Callable, Iterable, Sequence
+    from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 
     from stalwart.actors import RunContext, StepInfo, StepSpec
 
@@ -147,8 +156,11 @@ class CrewRun:
         tasks: Sequence[Any] = (),
         allowed_types: Iterable[type] = (),
         llms: Callable[[], Sequence[Any]] = tuple,
+        approvals: ApprovalPolicy | None = None,
     ):
         self.ctx = ctx
+        self.approvals = approvals
+        """Bind tool-hook approvals to their call (None: free-text answers, as CrewAI's)."""
         self._llms = llms
         self.loop = loop
         # CrewAI's own result type for a tool that reports a failure without raising.
@@ -215,14 +227,19 @@ class CrewRun:
         From a CrewAI thread. A journaled answer is returned at once on replay; a wait that
         passivates the run, times out or is cancelled ends the run (past CrewAI's handlers).
         """
-        if self.fatal is not None:
-            raise _Stop(self.fatal)
 
         async def wait() -> Any:
             await self.ctx.emit("crew.human_input", event, step=f"signal:{name}")
             return await self.ctx.wait_for_signal(name)
 
-        future = asyncio.run_coroutine_threadsafe(wait(), self.loop)
+        return self._on_loop(wait())
+
+    def _on_loop(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """Run ``coro`` (a durable wait) on the run's loop from a CrewAI thread."""
+        if self.fatal is not None:
+            coro.close()
+            raise _Stop(self.fatal)
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         with self._lock:
             self._inflight.add(future)
         try:
@@ -235,6 +252,18 @@ class CrewRun:
         finally:
             with self._lock:
                 self._inflight.discard(future)
+
+    def approve(self, event: dict[str, Any], **request: Any) -> ApprovalDecision:
+        """Publish ``event`` and ask for an approval bound to one tool call, from a CrewAI
+        thread (``request``: :func:`~stalwart.kit.await_approval`'s keywords)."""
+        policy = self.approvals
+        assert policy is not None
+
+        async def ask() -> ApprovalDecision:
+            await self.ctx.emit("crew.human_input", event, step=f"signal:{request['signal']}")
+            return await await_approval(self.ctx, policy=policy, **request)
+
+        return cast("ApprovalDecision", self._on_loop(ask()))
 
     def call(self, spec: StepSpec, body: Callable[[], Any]) -> Any:
         """Run ``body`` as the durable step ``spec``, from a CrewAI thread; return its result.
