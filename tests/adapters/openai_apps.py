@@ -331,6 +331,29 @@ def build_mailer() -> Agent[Any]:
 
 
 mailer = DurableAgentRunner("oa-mailer", build_mailer, run_config=CONFIG, app=app)
+
+
+def two_mails_script(items: list[Any]) -> list[TResponseOutputItem]:
+    outputs = tool_outputs(items)
+    if not outputs:
+        return [
+            function_call("send_email", {"to": "cfo@example.com", "body": "Q4"}, call_id="m1"),
+            function_call("send_email", {"to": "ceo@example.com", "body": "Q4"}, call_id="m2"),
+        ]
+    return [assistant_message("done: " + " | ".join(sorted(outputs)))]
+
+
+two_mails = DurableAgentRunner(
+    "oa-two-mails",
+    lambda: Agent(
+        name="mailer",
+        instructions="Mail the report twice.",
+        tools=[send_email],
+        model=RedisScriptedModel(two_mails_script),
+    ),
+    run_config=CONFIG,
+    app=app,
+)
 # The same agent whose approval requests expire after 2 s (the call is then rejected).
 mailer_ttl = DurableAgentRunner(
     "oa-mailer-ttl",

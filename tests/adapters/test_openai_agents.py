@@ -388,6 +388,25 @@ async def test_an_expired_approval_request_rejects_the_call_for_the_model(
     assert info.value.reason == "unknown_call"  # nothing is pending any more
 
 
+@pytest.mark.slow
+async def test_parallel_calls_needing_approval_are_all_pending_at_once(
+    client: Client, oa_workers: WorkerFactory, counters: aioredis.Redis
+) -> None:
+    a = await oa_workers("a")
+    handle = await client.submit("oa-two-mails", "Mail the Q4 report twice")
+
+    async def both() -> list[str] | None:
+        ids = [r.call_id for r in await handle.pending_approvals()]
+        return ids if len(ids) == 2 else None
+
+    assert await eventually(both, timeout=30) == ["m1", "m2"]
+    await handle.reject("m2", "not the CEO")  # answered in any order
+    await handle.approve("m1")
+    assert final(await outcome(handle, a)) == "done: not the CEO | sent to cfo@example.com"
+    assert await execs(counters, handle.run_id, "tool:m1") == 1
+    assert await execs(counters, handle.run_id, "tool:m2") == 0
+
+
 async def _announced(handle: Any) -> bool:
     return any([ev async for ev in handle.events(follow=False) if ev.type == "approval.requested"])
 

@@ -22,13 +22,21 @@ adapter (Stalwart's five, and yours) is built the same way and imports only this
   run-level stop; :class:`ToolCallFailed` is the one tool-failure error.
 - **Approvals.** :func:`await_approval` asks a human to approve one tool call, bound to
   its tool and the hash of its arguments (:func:`args_hash`), with an expiry, under an
-  :class:`ApprovalPolicy`; it returns an :class:`ApprovalDecision`.
+  :class:`ApprovalPolicy`; it returns an :class:`ApprovalDecision` (:func:`request_approval`
+  and :func:`decide_approval` are its two halves, for several calls at once).
 - **Allow-lists.** :func:`type_path`, :func:`allow_map`, :func:`loaded_class`: how codecs
   rebuild classes a journal names without importing anything.
 """
 
 from stalwart.kit._allowed import allow_map, loaded_class, type_path
-from stalwart.kit._approvals import ApprovalDecision, ApprovalPolicy, args_hash, await_approval
+from stalwart.kit._approvals import (
+    ApprovalDecision,
+    ApprovalPolicy,
+    args_hash,
+    await_approval,
+    decide_approval,
+    request_approval,
+)
 from stalwart.kit._failures import Outcome, ToolCallFailed, failure_outcome
 from stalwart.kit._keys import canonical_fp, canonical_json, text_digest, tool_key
 from stalwart.kit._model import (
@@ -69,6 +77,7 @@ __all__ = [
     "canonical_json",
     "check_max_iterations",
     "check_source",
+    "decide_approval",
     "default_app",
     "failure_outcome",
     "in_step",
@@ -77,6 +86,7 @@ __all__ = [
     "model_response",
     "model_step",
     "nondeterminism",
+    "request_approval",
     "shape_changes",
     "stream_step",
     "text_digest",

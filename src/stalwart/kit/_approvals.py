@@ -87,13 +87,32 @@ async def await_approval(
 ) -> ApprovalDecision:
     """Ask for a human's approval of one tool call, durably, and return the decision.
 
+    :func:`request_approval`, then :func:`decide_approval`. (Code with several calls to
+    approve at once requests them all first, so the human sees every pending request.)
+    """
+    request = await request_approval(
+        ctx, call_id=call_id, tool=tool, arguments=arguments, policy=policy, signal=signal
+    )
+    return await decide_approval(ctx, request, policy)
+
+
+async def request_approval(
+    ctx: RunContext,
+    *,
+    call_id: str,
+    tool: str,
+    arguments: Any,
+    policy: ApprovalPolicy,
+    signal: str | None = None,
+) -> ApprovalRequest:
+    """Journal and announce the approval request of one tool call (``approval.requested``).
+
     The request (``call_id``, ``tool``, the hash of ``arguments``, ``expires_at``) is a
-    journaled step, announced as ``approval.requested``. Every answer on ``signal`` (default
-    ``approval:<call_id>``) is checked against this call; a refused one is published as
-    ``approval.refused`` and the wait goes on until ``expires_at``. On replay the journaled
-    request is compared with the call the code makes now: if the tool or the arguments
-    changed, it is refused (``approval.refused``, reason ``changed``) and a new request is
-    made, so an approval given for the old call is never applied to the new one.
+    journaled step, so it is the same on every replay. On replay it is compared with the call
+    the code makes now: if the tool or the arguments changed, it is refused
+    (``approval.refused``, reason ``changed``) and a new request is made, so an approval given
+    for the old call is never applied to the new one. ``signal`` defaults to
+    ``approval:<call_id>``.
     """
     signal = signal or f"approval:{call_id}"
     digest = args_hash(arguments)
@@ -115,9 +134,21 @@ async def await_approval(
         )
         request = await _request(ctx, call_id, tool, arguments, digest, signal, policy)
     await ctx.emit("approval.requested", request.event())
+    return request
+
+
+async def decide_approval(
+    ctx: RunContext, request: ApprovalRequest, policy: ApprovalPolicy
+) -> ApprovalDecision:
+    """Wait durably for an answer to ``request`` that passes the check, and return it.
+
+    Every answer on the request's signal is checked (:func:`~stalwart.approvals.check_approval`);
+    a refused one is published as ``approval.refused`` and the wait goes on until
+    ``expires_at``, when the policy's ``on_expiry`` decides.
+    """
     while True:
         try:
-            got = await ctx.receive_signal(signal, timeout=_remaining(request))
+            got = await ctx.receive_signal(request.signal, timeout=_remaining(request))
         except WaitTimeout:
             return await _expired(ctx, request, policy)
         verdict = check_approval(
@@ -126,14 +157,14 @@ async def await_approval(
         if verdict.accepted:
             await ctx.emit(
                 "approval.approved" if verdict.approved else "approval.rejected",
-                {"call_id": call_id, "tool": tool, "args_hash": digest},
+                {"call_id": request.call_id, "tool": request.tool, "args_hash": request.args_hash},
             )
             return ApprovalDecision(verdict.approved, verdict.message)
         await ctx.emit(
             "approval.refused",
             {
-                "call_id": call_id,
-                "signal": signal,
+                "call_id": request.call_id,
+                "signal": request.signal,
                 "reason": verdict.reason,
                 "error": verdict.error,
             },

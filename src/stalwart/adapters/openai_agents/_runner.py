@@ -34,10 +34,11 @@ from stalwart.kit import (
     ApprovalPolicy,
     DurableRunner,
     DurableScope,
-    await_approval,
     build,
     check_max_iterations,
     check_source,
+    decide_approval,
+    request_approval,
 )
 
 if TYPE_CHECKING:
@@ -325,8 +326,7 @@ class DurableAgentRunner(DurableRunner):
                 result = await self._loop(ctx, agent, input, run)
                 while result.interruptions:
                     state = result.to_state()
-                    for item in result.interruptions:
-                        await self._decide(ctx, state, item)
+                    await self._decide(ctx, state, result.interruptions)
                     result = await self._loop(ctx, agent, state, run)
         finally:
             CONTEXTS.reset(journal_token)
@@ -349,19 +349,30 @@ class DurableAgentRunner(DurableRunner):
             conversation_id=run.conversation_id,
         )
 
-    async def _decide(self, ctx: RunContext, state: RunState[Any], item: ToolApprovalItem) -> None:
-        """Ask for an approval of one interrupted tool call, durably, then apply the answer."""
-        decision = await await_approval(
-            ctx,
-            call_id=item.call_id or item.name or "",
-            tool=item.qualified_name or item.name or "",
-            arguments=item.arguments,
-            policy=self.approvals,
-        )
-        if decision.approved:
-            state.approve(item)
-        else:
-            state.reject(item, rejection_message=decision.message)
+    async def _decide(
+        self, ctx: RunContext, state: RunState[Any], items: list[ToolApprovalItem]
+    ) -> None:
+        """Ask for the approval of each interrupted tool call, durably, and apply the answers.
+
+        Every request is journaled and announced before the first wait, so the human sees
+        all the calls that wait (answered in any order: each has its own signal).
+        """
+        requests = [
+            await request_approval(
+                ctx,
+                call_id=item.call_id or item.name or "",
+                tool=item.qualified_name or item.name or "",
+                arguments=item.arguments,
+                policy=self.approvals,
+            )
+            for item in items
+        ]
+        for item, request in zip(items, requests, strict=True):
+            decision = await decide_approval(ctx, request, self.approvals)
+            if decision.approved:
+                state.approve(item)
+            else:
+                state.reject(item, rejection_message=decision.message)
 
     async def _streamed(
         self, ctx: RunContext, agent: Agent[Any], input: Any, run: _RunInputs

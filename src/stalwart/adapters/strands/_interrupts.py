@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic_core import to_jsonable_python
 
-from stalwart.kit import await_approval
+from stalwart.kit import decide_approval, request_approval
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from strands.types.interrupt import InterruptResponseContent
 
     from stalwart.actors import RunContext
+    from stalwart.approvals import ApprovalRequest
     from stalwart.kit import ApprovalPolicy
 
 EVENT = "agent.interrupted"
@@ -68,12 +69,13 @@ async def wait_for_answers(
             ]
         },
     )
-    answers: list[InterruptResponseContent] = []
+    # Bound requests are all journaled and announced before the first wait, so the human
+    # sees every call that waits.
+    requests: dict[str, ApprovalRequest] = {}
     for interrupt in interrupts:
         call = tool_call_of(interrupt.id, messages) if approvals is not None else None
-        response: Any
         if call is not None and approvals is not None:
-            decision = await await_approval(
+            requests[interrupt.id] = await request_approval(
                 ctx,
                 call_id=interrupt.id,
                 tool=call[0],
@@ -81,6 +83,12 @@ async def wait_for_answers(
                 policy=approvals,
                 signal=signal_name(interrupt),
             )
+    answers: list[InterruptResponseContent] = []
+    for interrupt in interrupts:
+        request = requests.get(interrupt.id)
+        response: Any
+        if request is not None and approvals is not None:
+            decision = await decide_approval(ctx, request, approvals)
             response = {
                 "approved": decision.approved,
                 "message": decision.message,
