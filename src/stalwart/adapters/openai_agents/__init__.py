@@ -19,8 +19,10 @@ an ``app=`` was given). Needs the ``stalwart[openai-agents]`` extra.
 
 Step keys: ``model:<n>`` (n-th model call of its scope), ``tool:<tool_call_id>``,
 ``handoff:<n>``, ``guardrail:<name>``; an agent used as a tool runs its nested loop in the
-scope ``tool:<tool_call_id>/``. A tool call that needs approval waits durably for the
-signal ``approval:<tool_call_id>``.
+scope ``tool:<tool_call_id>/``. A tool call that needs approval journals an approval request
+(``approval:<tool_call_id>``: the tool, the hash of its arguments, an expiry) and waits
+durably for an approval bound to it on the signal ``approval:<tool_call_id>`` (see
+:mod:`stalwart.approvals`; ``RunHandle.approve`` / ``reject``).
 """
 
 from stalwart.adapters.openai_agents._model import DurableModel, DurableModelProvider
