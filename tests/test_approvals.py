@@ -31,6 +31,7 @@ from stalwart.approvals import (
 from stalwart.checkpoints import JournalEntry, StepDone, encode_value
 from stalwart.errors import ApprovalRefusedError
 from stalwart.kit import ApprovalPolicy, args_hash
+from tests import approval_apps
 from tests.conftest import Servers, WorkerFactory, worker_pool
 from tests.helpers import (
     eventually,
@@ -169,6 +170,9 @@ async def test_a_bound_approval_applies(
     )  # fmt: skip
     assert len(await events_of(handle, "approval.approved")) == 1
     assert await handle.pending_approvals() == []
+    # Offline replay answers the request and the wait from the journal, lateness included.
+    report = await handle.replay(approval_apps.app)
+    assert report.matched, report
 
 
 @pytest.mark.slow
