@@ -236,18 +236,21 @@ async def test_agent_sigkilled_during_parallel_tool_calls_resumes_elsewhere(
         (je.entry.name, je.entry.worker) for je in entries if isinstance(je.entry, StepDone)
     ]
     assert by_worker == [
+        ("model", "a"),  # each model call's usage, journaled with the task that made it
         ("agent", "a"),
         ("tools", "a"),
         ("tools", "a"),
         ("tools", "b"),
+        ("model", "b"),
         ("agent", "b"),
         ("tools", "b"),
+        ("model", "b"),
         ("agent", "b"),
     ]
     events = [ev async for ev in handle.events(follow=False)]
     resumed = [ev for ev in events if ev.type == "run.resumed"]
-    assert len(resumed) == 1 and resumed[0].data == {"journaled_steps": 3}
-    assert sum(ev.type == "step.completed" for ev in events) == 7
+    assert len(resumed) == 1 and resumed[0].data == {"journaled_steps": 4}
+    assert sum(ev.type == "step.completed" for ev in events) == 10
     assert b.alive()
 
 
@@ -327,12 +330,15 @@ async def test_sigterm_hands_the_graph_over_after_the_running_tool(
     # journal step, so B journals it (late) before going on.
     done = [je.entry for je in entries if isinstance(je.entry, StepDone)]
     assert [(e.name, e.worker) for e in done] == [
+        ("model", "a"),  # each model call's usage, journaled with the task that made it
         ("agent", "a"),
         ("tools", "a"),
         ("tools", "a"),
         ("tools", "b"),
+        ("model", "b"),
         ("agent", "b"),
         ("tools", "b"),
+        ("model", "b"),
         ("agent", "b"),
     ]
 

@@ -39,6 +39,7 @@ class Keys:
     the writes) lives in one slot and the Lua scripts stay atomic."""
 
     def __init__(self, namespace: str, thread_id: str) -> None:
+        self.thread_id = thread_id
         self.prefix = f"{namespace}:{{{thread_id}}}:lg"
         self.record = f"{namespace}:{{{thread_id}}}:run"
         """The Stalwart run record: its ``epoch`` field fences the writes of a durable run."""
@@ -48,6 +49,12 @@ class Keys:
         """Writes keys of checkpoints never stored (kept so delete_thread finds them)."""
         self.tasks = f"{self.prefix}:tasks"
         """List of the tasks a durable run stored, in order (see ``encode_task``)."""
+        self.owner = f"{self.prefix}:owner"
+        """Hash: the durable run that holds a thread of the user's, and its fence token."""
+
+    def tasks_of(self, run_id: str) -> str:
+        """The task list of durable run ``run_id`` on this thread (``tasks`` on its own)."""
+        return self.tasks if run_id == self.thread_id else f"{self.tasks}:{run_id}"
 
     def ids(self, ns: str) -> str:
         """Sorted set (all scores 0, ordered by member) of the namespace's checkpoint ids."""

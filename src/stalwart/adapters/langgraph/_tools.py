@@ -22,7 +22,8 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langgraph.types import Interrupt
 
 from stalwart.actors import StepSpec
-from stalwart.checkpoints import StepDone, StepError
+from stalwart.adapters.langgraph._model import KIND_MODEL, ModelCall, ModelCalls, model_spec
+from stalwart.checkpoints import StepDone, StepError, decode_value
 from stalwart.errors import StalwartError
 from stalwart.kit import canonical_fp, text_digest
 
@@ -39,6 +40,7 @@ KIND_INTERRUPT = "interrupt"
 """Step kind of an answer to a LangGraph ``interrupt()``."""
 
 _PULL_PREFIX = "~__pregel_pull, "
+_SIGNAL_PREFIX = "signal:interrupt:"
 _MAX_MESSAGE = 2000
 
 InterruptHandler = Callable[[Sequence[Interrupt]], Mapping[str, Any] | Awaitable[Mapping[str, Any]]]
@@ -123,31 +125,48 @@ class TaskNames(BaseCallbackHandler):
 
 
 class TaskJournal:
-    """Mirrors LangGraph's stored tasks into the run's journal, and replays the mirror."""
+    """Mirrors LangGraph's stored tasks into the run's journal, and replays the mirror.
 
-    def __init__(self, ctx: RunContext, names: TaskNames) -> None:
+    It also keeps the run's answers to ``interrupt()`` (``{interrupt id: value}``), from
+    the journal and as they come: a graph invoked again after a crash gets them all back
+    (``Command(resume=answers)``), so an answered interrupt is neither raised, announced
+    nor asked again, whether or not LangGraph had stored the answer before the crash.
+    """
+
+    def __init__(self, ctx: RunContext, names: TaskNames, models: ModelCalls) -> None:
         self.ctx = ctx
         self.names = names
+        self.models = models
+        self.answers: dict[str, Any] = {}
 
-    async def replay(self, store: RunStore, saver: StalwartSaver) -> None:
+    async def replay(self, store: RunStore, saver: StalwartSaver, thread_id: str) -> None:
         """Account for the tasks earlier owners stored, before the graph runs again.
 
         LangGraph skips a stored task instead of running it: every mirror step journaled
         before is asked for again here (a replay, from the journal's own entries), and a
         stored task whose mirror step never made it to the journal (its worker died or was
-        drained between the two writes) is journaled now.
+        drained between the two writes) is journaled now. Answered interrupts are taken
+        back into :attr:`answers`; their signal waits count as replayed, since LangGraph
+        does not raise an interrupt again once its answer reached the graph.
         """
         journaled: set[str] = set()
         for je in await store.read_journal(self.ctx.run_id):
             e = je.entry
+            if isinstance(e, StepDone) and e.key.startswith(_SIGNAL_PREFIX) and "#" not in e.key:
+                self.answers[e.key[len(_SIGNAL_PREFIX) :]] = decode_value(e.result)
             if isinstance(e, StepDone | StepError) and e.key.startswith("lg:"):
                 journaled.add(e.key)
                 spec = StepSpec(key=e.key, kind=e.kind, name=e.name, fp=e.fp)
                 try:
-                    await self.ctx.call(spec, _never)
+                    value = await self.ctx.call(spec, _never)
                 except StalwartError:
-                    pass  # a replayed StepError re-raises; only the accounting matters here
-        for task_id, name, ns in await saver.astored_tasks(self.ctx.run_id):
+                    continue  # a replayed StepError re-raises; only the accounting matters
+                if e.kind == KIND_MODEL and isinstance(e, StepDone):
+                    self.models.count(ModelCall(e.model, e.input_tokens, e.output_tokens))
+                elif e.kind == KIND_INTERRUPT and isinstance(value, dict):
+                    self.answers.update(value)
+        self.ctx.mark_replayed(_SIGNAL_PREFIX)
+        for task_id, name, ns in await saver.astored_tasks(thread_id):
             if _task_key(name, task_id) not in journaled:
                 await self._mirror(task_id, name, {"node": name, "ns": ns, "late": True})
 
@@ -159,8 +178,18 @@ class TaskJournal:
         return name
 
     async def task_written(self, written: TaskWritten) -> None:
-        """The saver's ``on_task_written``: journal a finished task (its data is stored)."""
+        """The saver's ``on_task_written``: journal a finished task (its data is stored),
+        after one model step per chat model call the task made (their usage)."""
         started = self.names.started.pop(written.task_id, None)
+        key = _task_key(written.name, written.task_id)
+        for n, call in enumerate(self.models.done.pop(written.task_id, ()), start=1):
+            spec = model_spec(f"{key}/model:{n}", written.task_id, n, call)
+
+            async def usage(call: ModelCall = call) -> dict[str, Any]:
+                return call.data()
+
+            await self.ctx.call(spec, usage)
+            self.models.count(call)
         summary = {
             "node": written.name,
             "ns": written.checkpoint_ns,
@@ -188,18 +217,23 @@ class TaskJournal:
         interrupts: Sequence[Interrupt],
         handler: InterruptHandler | None,
         mode: str = "signal",
-    ) -> Any:
-        """The journaled answer to ``interrupts`` (asked of ``handler`` the first time).
+    ) -> dict[str, Any]:
+        """The answers to ``interrupts``, ``{id: value}``, journaled (asked of ``handler``
+        the first time), plus every earlier answer of the run.
 
-        Without a handler, each interrupt waits for the durable signal
+        Without a handler, each interrupt not answered yet waits for the durable signal
         ``interrupt:<id>`` (the run passivates while nobody answers), or, with
         ``mode="fail"``, the run fails with :class:`GraphInterrupted`.
         """
+        pending = [i for i in interrupts if i.id not in self.answers]
+        if not pending:
+            return dict(self.answers)
         if handler is None and mode == "signal":
-            return await self._wait_for_answers(interrupts)
+            self.answers.update(await self._wait_for_answers(pending))
+            return dict(self.answers)
         if handler is None:
-            raise GraphInterrupted(run_id, interrupts)
-        ids = sorted(i.id for i in interrupts)
+            raise GraphInterrupted(run_id, pending)
+        ids = sorted(i.id for i in pending)
         spec = StepSpec(
             key=f"lg:resume:{text_digest(','.join(ids))}",
             kind=KIND_INTERRUPT,
@@ -208,15 +242,16 @@ class TaskJournal:
         )
 
         async def answer() -> dict[str, Any]:
-            reply = handler(interrupts)
+            reply = handler(pending)
             if inspect.isawaitable(reply):
                 reply = await reply
             return {str(k): to_builtins(v) for k, v in dict(reply).items()}
 
-        return await self.ctx.call(spec, answer)
+        self.answers.update(await self.ctx.call(spec, answer))
+        return dict(self.answers)
 
-    async def _wait_for_answers(self, interrupts: Sequence[Interrupt]) -> dict[str, Any]:
-        pending = sorted(interrupts, key=lambda i: i.id)
+    async def _wait_for_answers(self, pending: Sequence[Interrupt]) -> dict[str, Any]:
+        pending = sorted(pending, key=lambda i: i.id)
         await self.ctx.emit(
             "graph.interrupted",
             {
@@ -234,5 +269,5 @@ def _task_key(name: str, task_id: str) -> str:
     return f"lg:{name}:{task_id}"
 
 
-async def _never() -> None:
+async def _never() -> Any:
     raise AssertionError("a journaled LangGraph step was asked to run again")
