@@ -243,7 +243,27 @@ def auto_approve(interrupts: Sequence[Interrupt]) -> dict[str, Any]:
     return {i.id: f"yes to {i.value['question']}" for i in interrupts}
 
 
+class ApprovalThen(Approval):
+    done: bool
+
+
+async def after(state: ApprovalThen) -> dict[str, Any]:
+    await called("after")
+    return {"done": True}
+
+
+def _approval_then() -> Any:
+    b = StateGraph(ApprovalThen)
+    b.add_node("ask", ask)
+    b.add_node("after", after)
+    b.add_edge(START, "ask")
+    b.add_edge("ask", "after")
+    b.add_edge("after", END)
+    return b.compile()
+
+
 DurableGraphRunner("lg-approval", _approval(), app=app, interrupts="fail")
+DurableGraphRunner("lg-approval-then", _approval_then(), app=app)
 DurableGraphRunner("lg-approval-signal", _approval(), app=app)
 DurableGraphRunner("lg-approval-auto", _approval(), app=app, on_interrupt=auto_approve)
 

@@ -647,3 +647,56 @@ async def test_a_crafted_checkpoint_fails_the_resumed_run_without_running_anythi
     assert "'os.system'" in failed.value.message and "allowed_types" in failed.value.message
     assert not pwned.exists()
     assert not marker.exists()
+
+
+async def _interrupted_events(handle: Any) -> list[Any]:
+    return [ev async for ev in handle.events(follow=False) if ev.type == "graph.interrupted"]
+
+
+@pytest.mark.slow
+async def test_a_crash_after_an_answered_interrupt_neither_asks_nor_fails(
+    client: Client, lg_workers: WorkerFactory, supervisor: Any, counters: aioredis.Redis
+) -> None:
+    # Killed in the node that resumed after the answer: LangGraph had not stored the answer
+    # (a resume by interrupt id lives in the invocation's config), so the new owner's graph
+    # raises the interrupt again. The journaled answer is given back to it; the interrupt is
+    # not announced again, and the journaled signal wait is no divergence.
+    a = await lg_workers("a")
+    run_id = rid()
+    await mark_gated(counters, run_id, "approved")
+    handle = await client.submit("lg-approval-signal", {"request": "refund"}, run_id=run_id)
+    (first,) = await eventually(lambda: _interrupted_events(handle), timeout=30)
+    (question,) = first.data["interrupts"]
+    await handle.signal(question["signal"], "approved by ana")
+    await eventually(lambda: execs(counters, run_id, "approved"), timeout=30)
+    a.kill()
+    await open_gate(counters, run_id, "approved")
+    await lg_workers("b")
+    result = await handle.result(timeout=60)
+    assert result == {"request": "refund", "decision": "approved by ana"}
+    assert await execs(counters, run_id, "approved") == 2  # in flight at the kill
+    assert len(await _interrupted_events(handle)) == 1
+    assert owners(await journal(client, run_id)) == ["a", "b"]
+
+
+@pytest.mark.slow
+async def test_a_crash_after_the_answered_node_finished_is_no_divergence(
+    client: Client, lg_workers: WorkerFactory, supervisor: Any, counters: aioredis.Redis
+) -> None:
+    # The neighbour: the resumed node's writes are stored, so LangGraph does not raise the
+    # interrupt again at all and the signal wait is never asked for on replay.
+    a = await lg_workers("a")
+    run_id = rid()
+    await mark_gated(counters, run_id, "after")
+    handle = await client.submit("lg-approval-then", {"request": "refund"}, run_id=run_id)
+    (first,) = await eventually(lambda: _interrupted_events(handle), timeout=30)
+    (question,) = first.data["interrupts"]
+    await handle.signal(question["signal"], "yes")
+    await eventually(lambda: execs(counters, run_id, "after"), timeout=30)
+    a.kill()
+    await open_gate(counters, run_id, "after")
+    await lg_workers("b")
+    result = await handle.result(timeout=60)
+    assert result == {"request": "refund", "decision": "yes", "done": True}
+    assert await execs(counters, run_id, "approved") == 1
+    assert len(await _interrupted_events(handle)) == 1

@@ -23,7 +23,7 @@ from langgraph.types import Interrupt
 
 from stalwart.actors import StepSpec
 from stalwart.adapters.langgraph._model import KIND_MODEL, ModelCall, ModelCalls, model_spec
-from stalwart.checkpoints import StepDone, StepError, decode_value
+from stalwart.checkpoints import StepDone, StepError
 from stalwart.errors import StalwartError
 from stalwart.kit import canonical_fp, text_digest
 
@@ -146,14 +146,18 @@ class TaskJournal:
         before is asked for again here (a replay, from the journal's own entries), and a
         stored task whose mirror step never made it to the journal (its worker died or was
         drained between the two writes) is journaled now. Answered interrupts are taken
-        back into :attr:`answers`; their signal waits count as replayed, since LangGraph
-        does not raise an interrupt again once its answer reached the graph.
+        back into :attr:`answers`, their signal waits asked for here (LangGraph does not
+        raise an interrupt again once its answer reached the graph).
         """
         journaled: set[str] = set()
         for je in await store.read_journal(self.ctx.run_id):
             e = je.entry
             if isinstance(e, StepDone) and e.key.startswith(_SIGNAL_PREFIX) and "#" not in e.key:
-                self.answers[e.key[len(_SIGNAL_PREFIX) :]] = decode_value(e.result)
+                # Asked for again here: it returns the journaled answer at once.
+                interrupt_id = e.key[len(_SIGNAL_PREFIX) :]
+                self.answers[interrupt_id] = await self.ctx.wait_for_signal(
+                    f"interrupt:{interrupt_id}"
+                )
             if isinstance(e, StepDone | StepError) and e.key.startswith("lg:"):
                 journaled.add(e.key)
                 spec = StepSpec(key=e.key, kind=e.kind, name=e.name, fp=e.fp)
@@ -165,7 +169,6 @@ class TaskJournal:
                     self.models.count(ModelCall(e.model, e.input_tokens, e.output_tokens))
                 elif e.kind == KIND_INTERRUPT and isinstance(value, dict):
                     self.answers.update(value)
-        self.ctx.mark_replayed(_SIGNAL_PREFIX)
         for task_id, name, ns in await saver.astored_tasks(thread_id):
             if _task_key(name, task_id) not in journaled:
                 await self._mirror(task_id, name, {"node": name, "ns": ns, "late": True})
