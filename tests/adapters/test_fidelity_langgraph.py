@@ -248,7 +248,7 @@ async def test_a_thread_remembers_across_runs_and_is_held_by_one_run_at_a_time(
     client: Client, workers: WorkerFactory, counters: aioredis.Redis, fake: FakeLLM
 ) -> None:
     await workers()
-    lg = runner(client, "lg-chatbot", apps.chatbot_graph, interrupts="return")
+    lg = runner(client, "lg-chatbot", lambda: apps.chatbot_graph(fake.url), interrupts="return")
     tid = f"busy-{uuid.uuid4().hex[:8]}"
     config: Any = {"configurable": {"thread_id": tid}}
     await mark_gated(counters, tid, "search:LangGraph")
@@ -264,6 +264,11 @@ async def test_a_thread_remembers_across_runs_and_is_held_by_one_run_at_a_time(
     assert [i.value for i in interrupted["__interrupt__"]] == [
         {"query": "How should I build an agent with LangGraph?"}
     ]
+    # The tutorial's get_state, on the durable thread.
+    snapshot = await lg.aget_state(config)
+    assert snapshot.next == ("tools",)
+    assert [i.value for i in snapshot.interrupts] == [i.value for i in interrupted["__interrupt__"]]
+    assert snapshot.values["messages"] == interrupted["messages"]
     # The next run on the thread starts from the first one's state (its interrupt pending).
     final = await lg.run(Command(resume={"data": ANSWER}), config=config, timeout=30)
     assert [m.type for m in final["messages"]] == ["human", "ai", "tool", "ai", "tool", "ai"]

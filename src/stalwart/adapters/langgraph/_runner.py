@@ -29,7 +29,7 @@ crash the run's answers are given back to the graph (never asked or announced tw
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from langgraph.pregel import Pregel
 from langgraph.types import Command
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
     from langchain_core.runnables import RunnableConfig
+    from langgraph.types import StateSnapshot
 
     from stalwart import Policies
     from stalwart.actors import App, RunContext
@@ -182,6 +183,25 @@ class DurableGraphRunner(DurableRunner):
         objects and, when the graph stopped at an interrupt, ``__interrupt__`` as
         ``Interrupt`` objects (``output_fn``'s result is returned as it is)."""
         return data if self.output_fn is not None else _request.rebuild(data)
+
+    async def aget_state(
+        self, config: RunnableConfig | Mapping[str, Any], *, subgraphs: bool = False
+    ) -> StateSnapshot:
+        """``graph.aget_state(config)`` on the durable thread ``config`` names, from Redis.
+
+        The tutorial's ``snapshot = graph.get_state(config)`` (``snapshot.next``,
+        ``snapshot.values``, ``snapshot.interrupts``) for a thread that runs of this runner
+        wrote; read-only, from any process with the runner's client.
+        """
+        client = await self.client()
+        source = build(self.graph, Pregel, "compiled LangGraph graph")
+        saver = StalwartSaver(
+            client.store.redis,
+            namespace=client.store.ns,
+            allowed_types=self.allowed_types | declared_types(source),
+        )
+        graph = source.copy(update={"checkpointer": saver})
+        return await graph.aget_state(cast("RunnableConfig", config), subgraphs=subgraphs)
 
     def _run_config(
         self, run_id: str, thread_id: str, req: _request.Request, handlers: list[Any]
