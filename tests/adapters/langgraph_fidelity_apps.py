@@ -118,6 +118,7 @@ def chatbot_graph(base_url: str | None = None) -> Any:
 chatbot_runner = DurableGraphRunner(
     "lg-chatbot", lambda: chatbot_graph(), app=app, interrupts="return"
 )
+DurableGraphRunner("lg-chatbot-signal", lambda: chatbot_graph(), app=app)  # waits durably
 DurableGraphRunner(
     "lg-chatbot-budget",
     lambda: chatbot_graph(),

@@ -137,13 +137,24 @@ def plain_usage(usage: dict[str, Any], calls: int) -> dict[str, int]:
     }
 
 
+async def node_journaled(client: Client, run_id: str, node: str) -> bool:
+    return any(
+        isinstance(je.entry, StepDone) and je.entry.kind == "node" and je.entry.name == node
+        for je in await journal(client, run_id)
+    )
+
+
 async def owner_dies(
     proc: StalwartProcess, workers: WorkerFactory, *, then: Callable[[], None] = lambda: None
 ) -> StalwartProcess:
-    """SIGKILL the owner, let whatever it held go, start the worker that takes over."""
+    """SIGKILL the owner, let whatever it held go, start the worker that takes over.
+
+    Not waiting for its heartbeat: the run finishing on it is the proof it started (a dead
+    worker's expired heartbeat can hide the live ones from the registry listing a while).
+    """
     proc.kill()
     then()
-    return await workers()
+    return await workers(wait=False)
 
 
 # -- the chatbot tutorial ---------------------------------------------------------------------------
@@ -277,6 +288,28 @@ async def test_a_thread_remembers_across_runs_and_is_held_by_one_run_at_a_time(
         await lg.submit({"messages": []}, config={"callbacks": []})
 
 
+async def test_command_resume_answers_a_run_that_waits_durably(
+    client: Client, workers: WorkerFactory, fake: FakeLLM
+) -> None:
+    # interrupts="signal": the run waits (passivated when long) instead of returning;
+    # the tutorial's Command(resume=...) on the thread answers it through its signal.
+    _, final_plain, _, _ = await asyncio.to_thread(plain_chatbot, fake)
+    await workers()
+    lg = runner(client, "lg-chatbot-signal", apps.chatbot_graph)
+    config: Any = {"configurable": {"thread_id": f"signal-{uuid.uuid4().hex[:8]}"}}
+    handle = await lg.submit({"messages": [{"role": "user", "content": QUESTION}]}, config=config)
+
+    async def waiting() -> list[Any]:
+        return [ev async for ev in handle.events(follow=False) if ev.type == "graph.interrupted"]
+
+    await eventually(waiting, timeout=30)
+    with pytest.raises(ValueError, match="does not wait on"):
+        await lg.submit(Command(resume={"0" * 32: "?"}), config=config)
+    final = await lg.run(Command(resume={"data": ANSWER}), config=config, timeout=30)
+    assert meaningful(final) == meaningful(final_plain)
+    assert await lg.result(handle, timeout=5) == final  # the waiting run's own result
+
+
 async def test_budgets_count_the_usage_the_model_reported(
     client: Client, workers: WorkerFactory, fake: FakeLLM
 ) -> None:
@@ -323,14 +356,7 @@ async def test_parallel_branches_are_the_same_durably_whatever_the_crash(
     hold = fake.hold(lambda r: r.system() == "engineer")
     handle = await lg.submit({"topic": TOPIC, "notes": []})
     await hold.arrived()
-
-    async def market_journaled() -> bool:
-        return any(
-            isinstance(je.entry, StepDone) and je.entry.name == "market"
-            for je in await journal(client, handle.run_id)
-        )
-
-    await eventually(market_journaled, timeout=30)
+    await eventually(lambda: node_journaled(client, handle.run_id, "market"), timeout=30)
     owner = await owner_dies(owner, workers, then=hold.release)
     assert meaningful(await lg.result(handle, timeout=60)) == meaningful(plain_out)
     assert hold.request is not None
@@ -349,3 +375,26 @@ async def test_parallel_branches_are_the_same_durably_whatever_the_crash(
     assert sorted(bodies(fake), key=key) == plain  # no model call was sent again
     assert await execs(counters, run_id, "merge") == 2  # the node in flight ran again
     assert await journaled_usage(client, run_id) == usage_plain
+
+    # SIGTERM: the drain stops the graph at the first journal write after the held model
+    # call returns, before its usage is journaled; the usage was stored with the task's
+    # writes, and the next owner journals it.
+    fake.clear()
+    hold = fake.hold(lambda r: r.system() == "engineer")
+    handle = await lg.submit({"topic": TOPIC, "notes": []})
+    await hold.arrived()
+    await eventually(lambda: node_journaled(client, handle.run_id, "market"), timeout=30)
+    assert owner.proc is not None
+    await workers(wait=False)  # takes the run over when the drain hands it back
+    owner.proc.terminate()
+    hold.release()
+    assert meaningful(await lg.result(handle, timeout=60)) == meaningful(plain_out)
+    assert await asyncio.to_thread(owner.proc.wait, 20) == 0
+    by = {
+        je.entry.key.split(":")[1]: je.entry.worker  # node name: who journaled its model call
+        for je in await journal(client, handle.run_id)
+        if isinstance(je.entry, StepDone) and je.entry.kind == KIND_MODEL
+    }
+    assert by["tech"] != by["market"], by  # journaled by the next owner, from the saver
+    assert sorted(bodies(fake), key=key) == plain  # the held call finished on the old owner
+    assert await journaled_usage(client, handle.run_id) == usage_plain

@@ -30,7 +30,7 @@ _record_encoder = msgspec.msgpack.Encoder()
 _record_decoder = msgspec.msgpack.Decoder(tuple[str, bytes, str, bytes, str])
 _write_decoder = msgspec.msgpack.Decoder(tuple[str, str, bytes, str])
 _full_decoder = msgspec.msgpack.Decoder(tuple[str, bytes])
-_task_decoder = msgspec.msgpack.Decoder(tuple[str, str, str])
+_task_decoder = msgspec.msgpack.Decoder(list[Any])
 
 
 class Keys:
@@ -240,11 +240,20 @@ def decode_writes(raw: list[Any]) -> list[tuple[str, int, str, tuple[str, bytes]
     return out
 
 
-def encode_task(task_id: str, name: str, ns: str) -> bytes:
-    """An entry of a durable run's task list: the task, its node name, its namespace."""
-    return _record_encoder.encode((task_id, name, ns))
+def encode_task(
+    task_id: str, name: str, ns: str, models: list[tuple[str, int, int]] | None = None
+) -> bytes:
+    """An entry of a durable run's task list: the task, its node name, its namespace, and
+    the usage of the model calls it made (``(model, input tokens, output tokens)`` each),
+    stored with the task's writes so a later owner can journal them if its worker could not.
+    """
+    if not models:
+        return _record_encoder.encode((task_id, name, ns))
+    return _record_encoder.encode((task_id, name, ns, [list(m) for m in models]))
 
 
-def decode_task(raw: bytes) -> tuple[str, str, str]:
-    """Inverse of :func:`encode_task`: ``(task_id, name, checkpoint_ns)``."""
-    return _task_decoder.decode(raw)
+def decode_task(raw: bytes) -> tuple[str, str, str, list[tuple[str, int, int]]]:
+    """Inverse of :func:`encode_task`: ``(task_id, name, checkpoint_ns, models)``."""
+    fields = _task_decoder.decode(raw)
+    models = [(str(m), int(i), int(o)) for m, i, o in (fields[3] if len(fields) > 3 else [])]
+    return str(fields[0]), str(fields[1]), str(fields[2]), models

@@ -99,10 +99,12 @@ class Plans:
         shared: Shared,
         task_name: Callable[[str, str], str | None] | None,
         run_id: str | None = None,
+        task_models: Callable[[str], list[tuple[str, int, int]]] | None = None,
     ) -> None:
         self.namespace = namespace
         self.fence_epoch = fence_epoch
         self.run_id = run_id
+        self.task_models = task_models
         self.serde = serde
         self.shared = shared
         self.task_name = task_name
@@ -218,7 +220,8 @@ class Plans:
         name = None
         if not special and self.task_name is not None:
             name = self.task_name(task_id, task_path)
-        entry = _codec.encode_task(task_id, name, ns) if name else b""
+        models = self.task_models(task_id) if name and self.task_models is not None else None
+        entry = _codec.encode_task(task_id, name, ns, models) if name else b""
         fence = self.fence(thread_id)
         args: list[str | bytes] = fence.args("1" if special else "0", checkpoint_id, ns, entry)
         for idx, (channel, value) in enumerate(writes):
@@ -243,7 +246,9 @@ class Plans:
         channels = tuple(channel for channel, _ in writes if channel not in WRITES_IDX_MAP)
         return TaskWritten(thread_id, ns, checkpoint_id, task_id, task_path, name, channels)
 
-    def tasks_plan(self, thread_id: str) -> Plan[list[tuple[str, str, str]]]:
+    def tasks_plan(
+        self, thread_id: str
+    ) -> Plan[list[tuple[str, str, str, list[tuple[str, int, int]]]]]:
         raw = yield call("lrange", self.tasks_key(_codec.Keys(self.namespace, thread_id)), 0, -1)
         return [_codec.decode_task(r) for r in raw]
 

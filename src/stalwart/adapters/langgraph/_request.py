@@ -153,6 +153,25 @@ def is_resume_map(resume: Any) -> bool:
     )
 
 
+def answers_for(resume: Any, waiting: Sequence[str]) -> dict[str, Any]:
+    """``Command(resume=...)`` as answers to the interrupts a run waits on, as LangGraph reads
+    it: a map of interrupt ids to values, or the value of the one interrupt pending."""
+    if isinstance(resume, Mapping) and is_resume_map(dict(resume)):
+        unknown = sorted(set(resume) - set(waiting))
+        if unknown:
+            raise ValueError(
+                f"Command(resume=...) names interrupt {unknown[0]!r}, which the run on this "
+                f"thread does not wait on (it waits on {', '.join(waiting)})"
+            )
+        return dict(resume)
+    if len(waiting) > 1:
+        raise ValueError(
+            "When there are multiple pending interrupts, you must specify the interrupt id "
+            f"when resuming: Command(resume={{id: value}}) with ids from {', '.join(waiting)}"
+        )
+    return {waiting[0]: resume}
+
+
 def _message(value: Mapping[str, Any]) -> BaseMessage | None:
     cls = _MESSAGES.get(str(value.get("type")))
     if cls is None or "content" not in value or "additional_kwargs" not in value:

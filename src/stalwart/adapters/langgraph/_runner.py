@@ -29,6 +29,7 @@ crash the run's answers are given back to the graph (never asked or announced tw
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from langgraph.pregel import Pregel
@@ -38,7 +39,7 @@ from stalwart.adapters.langgraph import _codec, _request
 from stalwart.adapters.langgraph._model import ModelCalls
 from stalwart.adapters.langgraph._saver import StalwartSaver
 from stalwart.adapters.langgraph._serde import AllowedType, declared_types, type_key
-from stalwart.adapters.langgraph._thread import ThreadFence
+from stalwart.adapters.langgraph._thread import ThreadFence, waiting_run
 from stalwart.adapters.langgraph._tools import TaskJournal, TaskNames, to_builtins
 from stalwart.checkpoints import RunStore
 from stalwart.errors import ConfigurationError, NonDeterminismError
@@ -53,7 +54,7 @@ if TYPE_CHECKING:
     from stalwart import Policies
     from stalwart.actors import App, RunContext
     from stalwart.adapters.langgraph._tools import InterruptHandler
-    from stalwart.client import Client
+    from stalwart.client import Client, RunHandle
 
 
 _RUN_KEY = "stalwart_run_id"
@@ -178,6 +179,35 @@ class DurableGraphRunner(DurableRunner):
             )
         return _request.encode(input, config)
 
+    async def submit(
+        self,
+        input: Any,
+        *,
+        run_id: str | None = None,
+        config: RunnableConfig | Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> RunHandle:
+        """Start a run (see :meth:`request`) and return its handle at once.
+
+        ``Command(resume=...)`` with the ``config`` of a thread whose run waits on
+        interrupts (``interrupts="signal"``) answers that run instead: each interrupt's
+        signal ``interrupt:<id>`` gets its value (``resume`` maps interrupt ids to values,
+        or is the value of the one interrupt waiting) and the waiting run's handle is
+        returned, so ``runner.run(Command(resume=...), config=config)`` returns the state
+        the graph ends with, as in LangGraph's own loop.
+        """
+        payload = self.request(input, config=config, **options)
+        client = await self.client()
+        thread_id = _request.decode(payload).thread_id
+        if isinstance(input, Command) and input.resume is not None and thread_id is not None:
+            found = await waiting_run(client.store.redis, client.store.ns, thread_id)
+            if found is not None:
+                handle = client.handle(found[0], self.name)
+                for interrupt_id, value in _request.answers_for(input.resume, found[1]).items():
+                    await handle.signal(f"interrupt:{interrupt_id}", to_builtins(value))
+                return handle
+        return await client.submit(self.name, payload, run_id=run_id)
+
     def decode_result(self, data: Any) -> Any:
         """What ``graph.invoke`` returns: the final state, LangChain messages as message
         objects and, when the graph stopped at an interrupt, ``__interrupt__`` as
@@ -204,8 +234,17 @@ class DurableGraphRunner(DurableRunner):
         return await graph.aget_state(cast("RunnableConfig", config), subgraphs=subgraphs)
 
     def _run_config(
-        self, run_id: str, thread_id: str, req: _request.Request, handlers: list[Any]
+        self,
+        run_id: str,
+        handlers: list[Any] | None,
+        thread_id: str | None = None,
+        req: _request.Request | None = None,
     ) -> RunnableConfig:
+        """The graph's config: the runner's, the run's own (``req``), the handlers that
+        journal tasks and model calls, and the thread (the run id unless ``thread_id``)."""
+        req = req if req is not None else _request.Request()
+        thread_id = thread_id or run_id
+        handlers = handlers or []
         base: dict[str, Any] = dict(self.config or {})
         for key, value in req.config.items():
             if key == "configurable":
@@ -244,23 +283,25 @@ class DurableGraphRunner(DurableRunner):
         allowed = self.allowed_types
         if source is not self.graph:  # built by the factory: allow what this graph declares
             allowed = allowed | declared_types(source)
+        fence = None
+        if thread_id != ctx.run_id:
+            fence = ThreadFence(store.ns, thread_id, ctx.run_id, ctx.epoch)
+            await fence.claim(store.redis)
         names = TaskNames()
         models = ModelCalls(self.app.get(self.name).policies.limits)
-        journal = TaskJournal(ctx, names, models)
+        on_waiting = partial(fence.waiting, store.redis) if fence is not None else None
+        journal = TaskJournal(ctx, names, models, on_waiting)
         saver = StalwartSaver(
             store.redis,
             namespace=store.ns,
             fence_epoch=ctx.epoch,
             task_name=journal.task_name,
+            task_models=journal.task_models,
             on_task_written=journal.task_written,
             retry_for=store.retry_for,
             allowed_types=allowed,
             run_id=ctx.run_id,
         )
-        fence = None
-        if thread_id != ctx.run_id:
-            fence = ThreadFence(store.ns, thread_id, ctx.run_id, ctx.epoch)
-            await fence.claim(store.redis)
         result = await self._invoke(ctx, req, source, saver, journal, thread_id)
         if fence is not None:
             # Given back when the run ends here; a run that fails, is cancelled or waits
@@ -280,7 +321,7 @@ class DurableGraphRunner(DurableRunner):
     ) -> Any:
         await journal.replay(_store_of(ctx), saver, thread_id)
         graph = source.copy(update={"checkpointer": saver})
-        config = self._run_config(ctx.run_id, thread_id, req, [journal.names, journal.models])
+        config = self._run_config(ctx.run_id, [journal.names, journal.models], thread_id, req)
         resume = req.command.resume if req.command is not None else None
         if isinstance(resume, dict) and _request.is_resume_map(resume):
             journal.answers.update(resume)

@@ -74,6 +74,7 @@ class StalwartSaver(BaseCheckpointSaver[str]):
         serde: SerializerProtocol | None = None,
         allowed_types: Iterable[AllowedType] = (),
         run_id: str | None = None,
+        task_models: Callable[[str], list[tuple[str, int, int]]] | None = None,
     ) -> None:
         # Checkpoints come back from Redis: by default only allow-listed types are rebuilt
         # (LangGraph's default serializer would import and call whatever a checkpoint names).
@@ -87,6 +88,7 @@ class StalwartSaver(BaseCheckpointSaver[str]):
                 "ainvoke/astream"
             )
         self._task_name = task_name
+        self._task_models = task_models
         self.run_id = run_id
         """The durable run the saver is bound to (its writes to a thread other than the
         run's own are fenced by the run's claim on that thread)."""
@@ -126,6 +128,7 @@ class StalwartSaver(BaseCheckpointSaver[str]):
             self._shared,
             self._task_name,
             self.run_id,
+            self._task_models,
         )
 
     # -- BaseCheckpointSaver ----------------------------------------------------------------
@@ -246,9 +249,12 @@ class StalwartSaver(BaseCheckpointSaver[str]):
                 self._shared.stop = exc
             raise
 
-    async def astored_tasks(self, thread_id: str) -> Sequence[tuple[str, str, str]]:
-        """The tasks the durable run stored on ``thread_id``, in order:
-        ``(task_id, name, checkpoint_ns)``."""
+    async def astored_tasks(
+        self, thread_id: str
+    ) -> Sequence[tuple[str, str, str, Sequence[tuple[str, int, int]]]]:
+        """The tasks the durable run stored on ``thread_id``, in order: ``(task_id, name,
+        checkpoint_ns, models)``, ``models`` what ``task_models`` said of the task's model
+        calls (``(model, input tokens, output tokens)`` each) when its writes were stored."""
         return await self._driver.run_async(self._plans().tasks_plan(thread_id))
 
     def _forget(self, thread_id: str) -> None:

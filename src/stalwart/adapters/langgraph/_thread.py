@@ -36,6 +36,15 @@ redis.call('HSET', KEYS[1], 'run', ARGV[1], 'n', ARGV[3], 'epoch', ARGV[2])
 return {'ok', ''}
 """
 
+# Say which interrupts the run waits on (ARGV[2], comma-separated; '' when none), if the
+# claim is still this owner's: a client resuming the thread with Command(resume=...) reads it.
+WAITING = """
+if redis.call('HGET', KEYS[1], 'epoch') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'waiting', ARGV[2])
+end
+return 1
+"""
+
 # Give the thread back at the end of the run, if the claim is still this owner's.
 RELEASE = """
 if redis.call('HGET', KEYS[1], 'epoch') == ARGV[1] then redis.call('DEL', KEYS[1]) end
@@ -112,9 +121,22 @@ class ThreadFence:
                 raise ThreadBusy(self.thread_id, self.run_id, other, status)
             finished = other
 
+    async def waiting(self, redis: aioredis.Redis, interrupt_ids: list[str]) -> None:
+        """Record the interrupts the run waits on now (none: ``[]``)."""
+        await redis.eval(WAITING, 1, self.owner_key, self.token, ",".join(interrupt_ids))
+
     async def release(self, redis: aioredis.Redis) -> None:
         """Give the thread back (only if this owner still holds it)."""
         await redis.eval(RELEASE, 1, self.owner_key, self.token)
+
+
+async def waiting_run(
+    redis: aioredis.Redis, namespace: str, thread_id: str
+) -> tuple[str, list[str]] | None:
+    """The run holding ``thread_id`` and the interrupts it waits on, if it waits on any."""
+    run, waiting = await redis.hmget(_codec.Keys(namespace, thread_id).owner, ["run", "waiting"])
+    ids = [i for i in _text(waiting).split(",") if i]
+    return (_text(run), ids) if run and ids else None
 
 
 def _text(raw: Any) -> str:

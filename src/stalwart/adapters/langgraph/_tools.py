@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -133,10 +133,18 @@ class TaskJournal:
     nor asked again, whether or not LangGraph had stored the answer before the crash.
     """
 
-    def __init__(self, ctx: RunContext, names: TaskNames, models: ModelCalls) -> None:
+    def __init__(
+        self,
+        ctx: RunContext,
+        names: TaskNames,
+        models: ModelCalls,
+        on_waiting: Callable[[list[str]], Awaitable[None]] | None = None,
+    ) -> None:
         self.ctx = ctx
         self.names = names
         self.models = models
+        self.on_waiting = on_waiting
+        """Told which interrupts the run waits on for a signal (``[]`` once answered)."""
         self.answers: dict[str, Any] = {}
 
     async def replay(self, store: RunStore, saver: StalwartSaver, thread_id: str) -> None:
@@ -169,9 +177,37 @@ class TaskJournal:
                     self.models.count(ModelCall(e.model, e.input_tokens, e.output_tokens))
                 elif e.kind == KIND_INTERRUPT and isinstance(value, dict):
                     self.answers.update(value)
-        for task_id, name, ns in await saver.astored_tasks(thread_id):
-            if _task_key(name, task_id) not in journaled:
+        for task_id, name, ns, models in await saver.astored_tasks(thread_id):
+            key = _task_key(name, task_id)
+            if key not in journaled:
+                calls = [ModelCall(*m) for m in models]
+                await self._models(key, task_id, calls, skip=journaled)
                 await self._mirror(task_id, name, {"node": name, "ns": ns, "late": True})
+
+    def task_models(self, task_id: str) -> list[tuple[str, int, int]]:
+        """The saver's ``task_models``: the usage of the task's model calls, stored with its
+        writes (a later owner journals it if this worker stops before it does)."""
+        return [
+            (c.model, c.input_tokens, c.output_tokens) for c in self.models.done.get(task_id, ())
+        ]
+
+    async def _models(
+        self,
+        key: str,
+        task_id: str,
+        calls: Sequence[ModelCall],
+        skip: Collection[str] = (),
+    ) -> None:
+        for n, call in enumerate(calls, start=1):
+            spec = model_spec(f"{key}/model:{n}", task_id, n, call)
+            if spec.key in skip:
+                continue  # journaled (and replayed) already
+
+            async def usage(call: ModelCall = call) -> dict[str, Any]:
+                return call.data()
+
+            await self.ctx.call(spec, usage)
+            self.models.count(call)
 
     def task_name(self, task_id: str, task_path: str) -> str | None:
         """The saver's ``task_name``: tasks with a name are journaled, the others are not."""
@@ -184,15 +220,8 @@ class TaskJournal:
         """The saver's ``on_task_written``: journal a finished task (its data is stored),
         after one model step per chat model call the task made (their usage)."""
         started = self.names.started.pop(written.task_id, None)
-        key = _task_key(written.name, written.task_id)
-        for n, call in enumerate(self.models.done.pop(written.task_id, ()), start=1):
-            spec = model_spec(f"{key}/model:{n}", written.task_id, n, call)
-
-            async def usage(call: ModelCall = call) -> dict[str, Any]:
-                return call.data()
-
-            await self.ctx.call(spec, usage)
-            self.models.count(call)
+        calls = self.models.done.pop(written.task_id, [])
+        await self._models(_task_key(written.name, written.task_id), written.task_id, calls)
         summary = {
             "node": written.name,
             "ns": written.checkpoint_ns,
@@ -255,6 +284,8 @@ class TaskJournal:
 
     async def _wait_for_answers(self, pending: Sequence[Interrupt]) -> dict[str, Any]:
         pending = sorted(pending, key=lambda i: i.id)
+        if self.on_waiting is not None:
+            await self.on_waiting([i.id for i in pending])
         await self.ctx.emit(
             "graph.interrupted",
             {
@@ -265,7 +296,10 @@ class TaskJournal:
             },
             always=True,
         )
-        return {i.id: await self.ctx.wait_for_signal(f"interrupt:{i.id}") for i in pending}
+        answers = {i.id: await self.ctx.wait_for_signal(f"interrupt:{i.id}") for i in pending}
+        if self.on_waiting is not None:
+            await self.on_waiting([])
+        return answers
 
 
 def _task_key(name: str, task_id: str) -> str:
