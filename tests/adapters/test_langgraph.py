@@ -36,6 +36,7 @@ from tests.helpers import (
     execs,
     gate_key,
     journal,
+    journaled,
     mark_gated,
     open_gate,
     owners,
@@ -700,3 +701,44 @@ async def test_a_crash_after_the_answered_node_finished_is_no_divergence(
     assert result == {"request": "refund", "decision": "yes", "done": True}
     assert await execs(counters, run_id, "approved") == 1
     assert len(await _interrupted_events(handle)) == 1
+
+
+@pytest.mark.slow
+async def test_parallel_and_subgraph_interrupts_answered_one_by_one_across_crashes(
+    client: Client, lg_workers: WorkerFactory, supervisor: Any, counters: aioredis.Redis
+) -> None:
+    # Neighbours: two interrupts at once, one in a parallel branch, one in a subgraph. The
+    # first is answered, then the owner dies (waiting for the second): the next owner gives
+    # the answer back to the graph and announces only the one still open. Its answer comes,
+    # and its node is killed while it runs: the last owner asks and announces nothing.
+    # Owners that keep the waiting run (no passivation), so each placement is one owner's.
+    a = await lg_workers("a", STALWART_PASSIVATE_AFTER="60")
+    run_id = rid()
+    handle = await client.submit("lg-approval-pair", {"request": "refund"}, run_id=run_id)
+    (first,) = await eventually(lambda: _interrupted_events(handle), timeout=30)
+    # Answered in the order the run waits for them (by interrupt id).
+    one, other = sorted(first.data["interrupts"], key=lambda i: i["id"])
+    node = {"legal: refund?": "legal", "finance: refund?": "finance"}
+    one_node, other_node = node[one["value"]["question"]], node[other["value"]["question"]]
+    await handle.signal(one["signal"], "yes")
+    await eventually(lambda: journaled(client, run_id, f"signal:{one['signal']}"), timeout=30)
+    a.kill()
+    b = await lg_workers("b", STALWART_PASSIVATE_AFTER="60")
+
+    async def announced_again() -> list[Any]:
+        events = await _interrupted_events(handle)
+        return events if len(events) == 2 else []
+
+    again = (await eventually(announced_again, timeout=30))[1]
+    assert [i["id"] for i in again.data["interrupts"]] == [other["id"]]
+    await mark_gated(counters, run_id, other_node)
+    await handle.signal(other["signal"], "yes")
+    await eventually(lambda: execs(counters, run_id, other_node), timeout=30)
+    b.kill()
+    await open_gate(counters, run_id, other_node)
+    await lg_workers("c")
+    result = await handle.result(timeout=60)
+    assert sorted(result["answers"]) == ["finance yes", "legal yes"]
+    assert len(await _interrupted_events(handle)) == 2
+    assert await execs(counters, run_id, one_node) == 1
+    assert await execs(counters, run_id, other_node) == 2  # in flight at the second kill
