@@ -458,6 +458,8 @@ async def test_interrupt_waits_for_a_durable_signal_across_a_crash(
     result = await handle.result(timeout=30)
     assert result == {"request": "refund", "decision": "approved by ana"}
     assert await execs(counters, run_id, "approved") == 1
+    # Announced by A, and again by B (still open then); not by the owner the answer woke.
+    assert len(await _interrupted_events(handle)) == 2
 
 
 async def test_cancel_stops_a_graph_at_its_next_task(

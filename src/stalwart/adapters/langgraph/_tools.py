@@ -286,20 +286,35 @@ class TaskJournal:
         pending = sorted(pending, key=lambda i: i.id)
         if self.on_waiting is not None:
             await self.on_waiting([i.id for i in pending])
-        await self.ctx.emit(
-            "graph.interrupted",
-            {
-                "interrupts": [
-                    {"id": i.id, "value": to_builtins(i.value), "signal": f"interrupt:{i.id}"}
-                    for i in pending
-                ]
-            },
-            always=True,
-        )
+        # A run placed again because its answer arrived (after a passivation or a crash)
+        # finds the answer in its inbox: that interrupt is answered, not announced again.
+        sent = await self._signals_sent()
+        unanswered = [i for i in pending if f"interrupt:{i.id}" not in sent]
+        if unanswered:
+            await self.ctx.emit(
+                "graph.interrupted",
+                {
+                    "interrupts": [
+                        {"id": i.id, "value": to_builtins(i.value), "signal": f"interrupt:{i.id}"}
+                        for i in unanswered
+                    ]
+                },
+                always=True,
+            )
         answers = {i.id: await self.ctx.wait_for_signal(f"interrupt:{i.id}") for i in pending}
         if self.on_waiting is not None:
             await self.on_waiting([])
         return answers
+
+    async def _signals_sent(self) -> set[str]:
+        """Names of the signals in the run's inbox not consumed yet."""
+        store = self.ctx.store
+        rows = await store.redis.xrange(store.keys.signals)
+        return {_text((fields or {}).get(b"name", b"")) for _, fields in rows or ()}
+
+
+def _text(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 def _task_key(name: str, task_id: str) -> str:
