@@ -8,6 +8,8 @@ graphs in the test process for the plain run. The model is the real
   ``StateGraph`` of ``messages`` with ``add_messages``, ``ChatOpenAI(...).bind_tools``,
   ``ToolNode``, ``tools_condition``, a ``human_assistance`` tool that calls ``interrupt()``,
   resumed with ``Command(resume=...)`` on the same thread).
+- ``react``: LangGraph's prebuilt ReAct agent (``create_react_agent``) whose model asks
+  for two tools at once (each tool call is a task of its own).
 - ``research``: a multi-node graph whose two researcher branches run in parallel, then a
   plain merge node, then a writer.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import operator
 import os
+import warnings
 from typing import Annotated, Any
 
 import redis
@@ -126,6 +129,30 @@ DurableGraphRunner(
     interrupts="return",
     policies=Policies(limits=Limits(max_tokens=1)),
 )
+
+
+# -- the prebuilt ReAct agent ----------------------------------------------------------------------
+
+
+@tool
+def get_weather(city: str) -> str:
+    """Get the weather for a city."""
+    count(f"weather:{city}")
+    return f"It's always sunny in {city}!"
+
+
+def react_graph(base_url: str | None = None) -> Any:
+    from langgraph.prebuilt import create_react_agent
+    from langgraph.warnings import LangGraphDeprecatedSinceV10
+
+    with warnings.catch_warnings():  # deprecated for langchain's create_agent (not installed)
+        warnings.simplefilter("ignore", LangGraphDeprecatedSinceV10)
+        return create_react_agent(
+            llm(base_url), [get_weather], prompt="You are a helpful weather assistant."
+        )
+
+
+react_runner = DurableGraphRunner("lg-react", lambda: react_graph(), app=app)
 
 
 # -- a multi-node graph with parallel branches --------------------------------------------------

@@ -48,7 +48,12 @@ TOPIC = "durable agents"
 
 
 def script(req: Request) -> Reply:
-    """One model for both agents; decides from the request alone."""
+    """One model for the three agents; decides from the request alone."""
+    if "get_weather" in req.tool_names():  # the ReAct agent: two tools at once, then text
+        if not req.tool_results():
+            cities = ("sf", "nyc")
+            return Reply(tool_calls=tuple(ToolCall("get_weather", {"city": c}) for c in cities))
+        return Reply(text="Sunny in both: " + " / ".join(req.tool_results()))
     if req.tool_names():  # the chatbot
         results = req.tool_results()
         if not results:
@@ -398,3 +403,47 @@ async def test_parallel_branches_are_the_same_durably_whatever_the_crash(
     assert by["tech"] != by["market"], by  # journaled by the next owner, from the saver
     assert sorted(bodies(fake), key=key) == plain  # the held call finished on the old owner
     assert await journaled_usage(client, handle.run_id) == usage_plain
+
+
+# -- the prebuilt ReAct agent, two tools at once -------------------------------------------------
+
+
+async def test_react_agent_with_parallel_tools_is_the_same_durably(
+    client: Client,
+    workers: WorkerFactory,
+    supervisor: Any,
+    counters: aioredis.Redis,
+    fake: FakeLLM,
+) -> None:
+    question = {"messages": [{"role": "user", "content": "What's the weather in sf and nyc?"}]}
+    tid = f"plain-{uuid.uuid4().hex}"
+    with get_usage_metadata_callback() as cb:
+        plain_out = await asyncio.to_thread(
+            apps.react_graph(fake.url).invoke, question, {"configurable": {"thread_id": tid}}
+        )
+    usage_plain = plain_usage(cb.usage_metadata, 2)
+    assert plain_out["messages"][-1].content.startswith("Sunny in both")
+    plain = bodies(fake)
+    assert len(plain) == 2
+    lg = runner(client, "lg-react", apps.react_graph)
+    owner = await workers("a")
+
+    # (b) One of the two parallel tool calls is running when the owner dies; the other
+    # finished (its task is journaled): only the one in flight runs again.
+    fake.clear()
+    run_id = uuid.uuid4().hex
+    await mark_gated(counters, run_id, "weather:nyc")
+    handle = await lg.submit(question, run_id=run_id)
+    await eventually(lambda: execs(counters, run_id, "weather:nyc"), timeout=30)
+
+    async def one_tool_journaled() -> bool:
+        return await node_journaled(client, run_id, "tools")
+
+    await eventually(one_tool_journaled, timeout=30)
+    await owner_dies(owner, workers)
+    await open_gate(counters, run_id, "weather:nyc")
+    assert meaningful(await lg.result(handle, timeout=60)) == meaningful(plain_out)
+    assert bodies(fake) == plain
+    assert await execs(counters, run_id, "weather:sf") == 1
+    assert await execs(counters, run_id, "weather:nyc") == 2
+    assert await journaled_usage(client, run_id) == usage_plain
