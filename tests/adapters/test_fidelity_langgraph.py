@@ -1,7 +1,8 @@
 """Fidelity: upstream-style LangGraph agents run plainly and durably behave the same.
 
 Each agent (``tests.adapters.langgraph_fidelity_apps``: LangGraph's chatbot tutorial with
-tools and human-in-the-loop, and a graph with parallel branches) runs first plainly in the
+tools and human-in-the-loop, the prebuilt ReAct agent calling two tools at once, and a graph
+with parallel branches) runs first plainly in the
 test process, as LangGraph's docs run it (``graph.invoke`` on a thread, then
 ``Command(resume=...)``), and then durably on worker processes, SIGKILLed at one point per
 scenario: a model call in flight, a tool in flight, between calls, after the human's answer.
