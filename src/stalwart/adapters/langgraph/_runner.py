@@ -304,9 +304,9 @@ class DurableGraphRunner(DurableRunner):
         )
         result = await self._invoke(ctx, req, source, saver, journal, thread_id)
         if fence is not None:
-            # Given back when the run ends here; a run that fails, is cancelled or waits
-            # keeps it, and the next run takes it once this one's record says it ended.
-            await fence.release(store.redis)
+            # The claim stays: the next run takes the thread once this run's record says it
+            # ended (given back here, a crash before the run's end is journaled would let
+            # another run in before this one resumes). Its task list is no longer needed.
             await store.redis.delete(_codec.Keys(store.ns, thread_id).tasks_of(ctx.run_id))
         return result
 

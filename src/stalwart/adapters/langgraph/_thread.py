@@ -5,7 +5,8 @@ the caller names, so a second run on the thread starts from the first one's stat
 across runs, as with any LangGraph checkpointer). Runs on one thread must not overlap, or
 two graphs would write one history; so a run claims the thread (a small owner record in the
 thread's hash slot) before its graph starts, and while another unfinished run holds it the
-new run is refused with :class:`ThreadBusy`. The claim also fences the run's checkpoint
+new run is refused with :class:`ThreadBusy`; once the holder's record says it ended, the
+next run takes the thread over. The claim also fences the run's checkpoint
 writes: they carry ``<run id>/<epoch>``, and a worker that lost the run (an older epoch) or
 a run that lost the thread is refused with :class:`~stalwart.LeaseLost`, as on a run's own
 thread.
@@ -42,12 +43,6 @@ WAITING = """
 if redis.call('HGET', KEYS[1], 'epoch') == ARGV[1] then
   redis.call('HSET', KEYS[1], 'waiting', ARGV[2])
 end
-return 1
-"""
-
-# Give the thread back at the end of the run, if the claim is still this owner's.
-RELEASE = """
-if redis.call('HGET', KEYS[1], 'epoch') == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 """
 
@@ -125,10 +120,6 @@ class ThreadFence:
         """Record the interrupts the run waits on now (none: ``[]``)."""
         await redis.eval(WAITING, 1, self.owner_key, self.token, ",".join(interrupt_ids))
 
-    async def release(self, redis: aioredis.Redis) -> None:
-        """Give the thread back (only if this owner still holds it)."""
-        await redis.eval(RELEASE, 1, self.owner_key, self.token)
-
 
 async def waiting_run(
     redis: aioredis.Redis, namespace: str, thread_id: str
@@ -136,7 +127,10 @@ async def waiting_run(
     """The run holding ``thread_id`` and the interrupts it waits on, if it waits on any."""
     run, waiting = await redis.hmget(_codec.Keys(namespace, thread_id).owner, ["run", "waiting"])
     ids = [i for i in _text(waiting).split(",") if i]
-    return (_text(run), ids) if run and ids else None
+    if not (run and ids):
+        return None
+    status = _text(await redis.hget(RunKeys(namespace, _text(run)).record, "status"))
+    return None if status in TERMINAL_STATUSES else (_text(run), ids)  # ended: not waiting
 
 
 def _text(raw: Any) -> str:
