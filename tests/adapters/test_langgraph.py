@@ -744,3 +744,48 @@ async def test_parallel_and_subgraph_interrupts_answered_one_by_one_across_crash
     assert len(await _interrupted_events(handle)) == 2
     assert await execs(counters, run_id, one_node) == 1
     assert await execs(counters, run_id, other_node) == 2  # in flight at the second kill
+
+
+def test_requests_carry_langgraph_inputs_and_refuse_what_cannot_travel() -> None:
+    from langchain_core.messages import AIMessage, HumanMessage
+    from langgraph.types import Command, Interrupt, Send
+
+    from stalwart.adapters.langgraph import _request
+
+    # A bare input stays what any client sends; messages travel as plain data.
+    assert _request.encode({"n": 1}, None) == {"n": 1}
+    sent = _request.encode({"messages": [HumanMessage("hi")]}, None)
+    assert sent["messages"][0]["type"] == "human"
+    # A Command and a config travel together, and come back as LangGraph's own.
+    config = {"configurable": {"thread_id": "t1", "user": "ana"}, "recursion_limit": 9}
+    wire = _request.encode(Command(resume={"data": "ok"}, goto="review"), config)
+    req = _request.decode(wire)
+    assert req.command == Command(resume={"data": "ok"}, goto="review")
+    assert req.thread_id == "t1" and req.config == config
+    for bad, says in [
+        (({"callbacks": []},), "give it to the runner"),
+        (({"configurable": {"checkpoint_id": "x"}},), "cannot be given per run"),
+        (({"configurable": {"thread_id": object()}},), "plain data"),
+        (({"checkpointer": 1},), "not a per-run option"),
+    ]:
+        with pytest.raises(TypeError, match=says):
+            _request.encode({}, *bad)
+    with pytest.raises(TypeError, match="node names"):
+        _request.encode(Command(goto=Send("n", {})), None)
+    # Results: messages and interrupts are objects again, other data stays as it is.
+    state = {
+        "messages": [HumanMessage("hi", id="1"), AIMessage("yo", id="2")],
+        "__interrupt__": [Interrupt(value={"q": "?"}, id="i1")],
+        "other": {"type": "ai", "k": 1},
+    }
+    from stalwart.adapters.langgraph import to_builtins
+
+    assert _request.rebuild(to_builtins(state)) == state
+    # Command(resume=...) as answers to the interrupts a run waits on.
+    ids = ["a" * 32, "b" * 32]
+    assert _request.answers_for("v", ids[:1]) == {ids[0]: "v"}
+    assert _request.answers_for({ids[1]: "w"}, ids) == {ids[1]: "w"}
+    with pytest.raises(ValueError, match="multiple pending interrupts"):
+        _request.answers_for("v", ids)
+    with pytest.raises(ValueError, match="does not wait on"):
+        _request.answers_for({"c" * 32: 1}, ids)

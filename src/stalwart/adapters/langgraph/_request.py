@@ -37,8 +37,10 @@ MARK = "__langgraph__"
 _HEX = frozenset("0123456789abcdef")
 
 # Config keys that are plain data and mean the same on any worker.
-_PLAIN_CONFIG = frozenset({"configurable", "recursion_limit", "tags", "metadata", "run_name"})
-_LIVE_CONFIG = frozenset({"callbacks", "max_concurrency", "run_id"})
+_PLAIN_CONFIG = frozenset(
+    {"configurable", "recursion_limit", "tags", "metadata", "run_name", "max_concurrency"}
+)
+_LIVE_CONFIG = frozenset({"callbacks"})
 # configurable keys the runner owns: a checkpoint position would restart the run from it
 # on every resume, and a checkpointer cannot travel.
 _OWNED = frozenset({"checkpoint_id", "checkpoint_ns", "__pregel_checkpointer"})
@@ -107,6 +109,8 @@ def _command(cmd: Command[Any]) -> dict[str, Any]:
     goto: Any = cmd.goto
     if isinstance(goto, str):
         goto = [goto]
+    elif not isinstance(goto, list | tuple):
+        goto = [goto]  # a single Send
     if not all(isinstance(g, str) for g in goto):
         raise TypeError(
             "Command(goto=Send(...)) cannot travel to the worker as a run's input: give node "
