@@ -16,7 +16,7 @@ $(BIN)/stalwart: pyproject.toml
 
 # Test tools and every framework adapter that shares one environment.
 $(VENV)/.dev-installed: $(BIN)/stalwart
-	$(BIN)/python -m pip install -q -e '.[dev,adapters,langgraph-conformance]'
+	$(BIN)/python -m pip install -q -e '.[dev,adapters,encryption,langgraph-conformance]'
 	touch $@
 
 install: $(VENV)/.dev-installed

@@ -6,11 +6,16 @@ placement are excluded. Beside it, in the same rounds: the physical floor on eac
 (``CheckpointStore.append`` alone, and a raw ``EVALSHA`` of the same fenced-append script
 through redis-py, async and sync), DBOS on PostgreSQL and Temporal (activity and local
 activity). Rounds interleave the systems so that noise on the shared machine hits all.
+
+Payload encryption (issue #14): on the ``everysec`` Redis a second worker runs the same
+agent with an AES-256-GCM keyring (``stalwart_aesgcm/everysec``), interleaved with the
+plain one, and the ratio of their step overheads is reported (``aesgcm/everysec``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import statistics
 import time
@@ -22,9 +27,17 @@ import redis.asyncio as aioredis
 
 from bench import profile
 from bench._stalwart import Cluster
-from bench._util import log, ratio_summary, summary
+from bench._util import cpu_seconds, log, ratio_summary, summary
 from stalwart.actors import fingerprint
-from stalwart.checkpoints import CheckpointStore, StepDone, encode_entry, encode_value
+from stalwart.checkpoints import (
+    AesGcmCodec,
+    CheckpointStore,
+    StepDone,
+    encode_entry,
+    encode_value,
+    set_payload_codec,
+)
+from stalwart.checkpoints._entries import seal_entry
 from stalwart.testing import NatsServer, RedisServer
 
 if TYPE_CHECKING:
@@ -32,6 +45,9 @@ if TYPE_CHECKING:
     from bench.peers._protocol import PeerProcess
 
 AOF = {"off": (False, "everysec"), "everysec": (True, "everysec"), "always": (True, "always")}
+ENCRYPTED_ON = "everysec"
+"""The Redis the encrypted variant runs against, beside the plain run on the same server."""
+_BENCH_KEY = bytes(range(32))  # a fixed AES-256 key: the measurement needs no secrecy
 
 # The fenced append, as in stalwart.checkpoints._scripts.APPEND: epoch check, XADD with an
 # explicit id, touch the record. ARGV: epoch, entry id, entry, now.
@@ -126,6 +142,38 @@ async def _stalwart_round(cluster: Cluster, n: int) -> tuple[float, float, float
     return res["steps"] / n, res["median"], res["plain"] / n
 
 
+async def _encrypted_round(cluster: Cluster, n: int) -> tuple[float, float, float]:
+    """:func:`_stalwart_round` with the bench process's codec set for its submit and result
+    (the codec is per process, and the plain clusters' clients must not seal)."""
+    set_payload_codec(AesGcmCodec({"bench": _BENCH_KEY}, "bench"))
+    try:
+        return await _stalwart_round(cluster, n)
+    finally:
+        set_payload_codec(None)
+
+
+async def _encryption_pairs(
+    series: _Series, plain: Cluster, enc: Cluster, n: int, pairs: int
+) -> dict[str, float]:
+    """More back-to-back pairs of the plain and the encrypted run (order alternating, so a
+    drift of the machine's load favours neither): on a shared machine the rounds above are
+    too few for a ratio of two close figures. Returns each worker's CPU seconds per step
+    over all pairs, which the machine's load does not inflate the way it does wall time."""
+    cpu = {"plain": 0.0, "aesgcm": 0.0}
+    for i in range(pairs):
+        first, second = ("plain", "aesgcm") if i % 2 == 0 else ("aesgcm", "plain")
+        got = {}
+        for which in (first, second):
+            cl, run = (plain, _stalwart_round) if which == "plain" else (enc, _encrypted_round)
+            pid = next(iter(cl.workers.values())).pid
+            before = cpu_seconds(pid)
+            got[which] = await run(cl, n)
+            cpu[which] += cpu_seconds(pid) - before
+        series.add(f"pair_plain/{ENCRYPTED_ON}", *got["plain"])
+        series.add(f"pair_aesgcm/{ENCRYPTED_ON}", *got["aesgcm"])
+    return {which: total / (pairs * n) for which, total in cpu.items()}
+
+
 async def _dbos_round(peer: PeerProcess, n: int) -> tuple[float, float, float]:
     res = await peer.call("overhead", n=n)
     return res["steps"] / n, res["median"], res["plain"] / n
@@ -166,6 +214,20 @@ def micro_costs(reps: int = 20000) -> dict[str, float]:
     for i in range(reps):
         fingerprint("s", (i,), {})
     out["fingerprint"] = (time.perf_counter() - t0) / reps
+    # What AES-GCM adds to a step's journal write: sealing its result before encoding.
+    entry = _entry(7)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        encode_entry(seal_entry(entry))
+    plain = time.perf_counter() - t0
+    set_payload_codec(AesGcmCodec({"bench": _BENCH_KEY}, "bench"))
+    try:
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            encode_entry(seal_entry(entry))
+        out["seal_step_entry"] = (time.perf_counter() - t0 - plain) / reps
+    finally:
+        set_payload_codec(None)
     try:
         from stalwart.actors._context import _result_type
     except ImportError:
@@ -207,8 +269,13 @@ async def measure(ctx: Ctx) -> dict[str, Any]:
             clusters[name] = cl
             floors[name] = await Floor(rs.url).start()
             stack.push_async_callback(floors[name].close)
+            if name == ENCRYPTED_ON:
+                enc = await stack.enter_async_context(Cluster(nats.url, rs.url, "ovhaesgcm"))
+                key = "bench:" + base64.b64encode(_BENCH_KEY).decode()
+                enc.start_worker("ovh-aesgcm", concurrency=1, env={"STALWART_ENCRYPTION_KEY": key})
         for name, cl in clusters.items():
             await cl.wait_workers([f"ovh-{name}"])
+        await enc.wait_workers(["ovh-aesgcm"])
         dbos = await stack.enter_async_context(ctx.dbos())
         temporal = await stack.enter_async_context(ctx.temporal_peer())
         for r in range(reps + 1):  # round 0 warms up every system and is not recorded
@@ -216,6 +283,8 @@ async def measure(ctx: Ctx) -> dict[str, Any]:
             rec = _Series() if r == 0 else series
             for name, cl in clusters.items():
                 rec.add(f"stalwart/{name}", *await _stalwart_round(cl, n))
+                if name == ENCRYPTED_ON:
+                    rec.add(f"stalwart_aesgcm/{name}", *await _encrypted_round(enc, n))
                 fl = floors[name]
                 rec.add(f"floor_store/{name}", *await fl.store_append(n))
                 rec.add(f"floor_async/{name}", *await fl.raw_async(n))
@@ -225,10 +294,17 @@ async def measure(ctx: Ctx) -> dict[str, Any]:
             if temporal is not None:
                 rec.add("temporal_activity", *await _temporal_round(temporal, n, local=False))
                 rec.add("temporal_local", *await _temporal_round(temporal, n, local=True))
+        enc_cpu = await _encryption_pairs(series, clusters[ENCRYPTED_ON], enc, n, ctx.pick(2, 40))
         prof = None if ctx.quick else await _serial_profile(clusters["everysec"])
     out: dict[str, Any] = {"n": n, "reps": reps, "notes": notes, "systems": {}, "ratios": {}}
     out["micro"] = micro_costs()
+    out["encryption_worker_cpu_per_step"] = enc_cpu
     out["profile"] = prof
+    return _summarise(series, out)
+
+
+def _summarise(series: _Series, out: dict[str, Any]) -> dict[str, Any]:
+    """``out`` with every system's summaries and the ratios between systems."""
     for name, d in series.data.items():
         out["systems"][name] = {
             "per_step": summary(d["per_step"]),
@@ -236,6 +312,11 @@ async def measure(ctx: Ctx) -> dict[str, Any]:
             "overhead": summary(d["overhead"]),
         }
     ov = {name: d["overhead"] for name, d in series.data.items()}
+    # > 1: how much more a durable step costs with AES-GCM sealing than without, same run
+    # (the rounds' pairs and the extra pairs together).
+    enc_ov = ov[f"stalwart_aesgcm/{ENCRYPTED_ON}"] + ov[f"pair_aesgcm/{ENCRYPTED_ON}"]
+    plain_ov = ov[f"stalwart/{ENCRYPTED_ON}"] + ov[f"pair_plain/{ENCRYPTED_ON}"]
+    out["ratios"][f"aesgcm/{ENCRYPTED_ON}"] = ratio_summary(enc_ov, plain_ov)
     for name in AOF:
         st = ov[f"stalwart/{name}"]
         out["ratios"][f"{name}/floor_async"] = ratio_summary(st, ov[f"floor_async/{name}"])

@@ -46,7 +46,18 @@ SRC = ROOT / "src"
 PKG = SRC / "stalwart"
 
 FOUNDATION = frozenset(
-    {"errors", "messages", "config", "_text", "_json", "_ids", "_secrets", "_version", "_pricing"}
+    {
+        "errors",
+        "messages",
+        "config",
+        "_text",
+        "_json",
+        "_ids",
+        "_secrets",
+        "_version",
+        "_pricing",
+        "_transport",
+    }
 )
 """Top-level modules that import no Stalwart package: anything may use them."""
 

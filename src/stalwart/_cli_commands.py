@@ -16,7 +16,8 @@ from stalwart import observability
 from stalwart._exit_codes import EXIT_DIVERGED, EXIT_NOT_FOUND, EXIT_OK
 from stalwart._json import dumps
 from stalwart.actors import App
-from stalwart.errors import ConfigurationError, InvalidRequestError
+from stalwart.checkpoints._codec import describe_sealed, open_text
+from stalwart.errors import ConfigurationError, InvalidRequestError, PayloadKeyError
 
 if TYPE_CHECKING:
     import argparse
@@ -59,7 +60,13 @@ def _print(obj: Any) -> None:
 def _record_view(record: Any) -> dict[str, Any]:
     out = msgspec.structs.asdict(record)
     out.pop("input", None)
-    out["result"] = record.decode_result()
+    # Encrypted payloads are shown when this process has the key, else as which key they
+    # need: the metadata around them is always readable.
+    try:
+        out["result"] = record.decode_result()
+    except PayloadKeyError:
+        out["result"] = describe_sealed(record.result)
+    out["error"] = open_text(record.error)
     return out
 
 

@@ -3,7 +3,9 @@
 A journal entry's event is published live, right after its append, and again by the next
 owner of the run when a crash kept it from reaching the stream; both go through
 :func:`entry_event`, so the two copies are the same event and the second is dropped as a
-duplicate (same ``jseq``, same message id). Pure: no clock, no I/O.
+duplicate (same ``jseq``, same message id). Pure: no clock, no I/O (with a payload codec,
+sealing a result or message draws a random nonce; the two copies then differ in their
+ciphertext only).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from stalwart._text import SEALED_TEXT_PREFIX, clip
 from stalwart.checkpoints import (
     Finished,
     StepAttempt,
@@ -21,6 +24,7 @@ from stalwart.checkpoints import (
     WaitStarted,
     decode_value,
 )
+from stalwart.checkpoints._codec import payload_codec, seal_text, seal_value_text
 from stalwart.messages import (
     EV_CANCELLED,
     EV_COMPLETED,
@@ -54,8 +58,16 @@ MAX_EVENT_RESULT = 64 * 1024
 the run record, so an event never exceeds the NATS payload limit."""
 
 
+SEALED_EVENT_TEXT = 2048
+"""With payload encryption, characters of an error message an event carries (sealed): an
+encrypted text cannot be cut afterwards, so it is cut before (the journal has it whole)."""
+
+
 def _error(info: ErrorInfo) -> ErrorData:
-    return ErrorData(type=info.type, message=info.message)
+    message = info.message
+    if payload_codec() is not None and not message.startswith(SEALED_TEXT_PREFIX):
+        message = seal_text(clip(message, SEALED_EVENT_TEXT))
+    return ErrorData(type=info.type, message=message)
 
 
 def _ended(e: Finished) -> RunEndedData:
@@ -63,6 +75,11 @@ def _ended(e: Finished) -> RunEndedData:
     error = _error(e.error) if e.error is not None else msgspec.UNSET
     if size == 0:
         return RunEndedData(error=error)
+    # Encrypted (a sealed journal entry, or a codec is set): the event carries the
+    # envelope as text, never the value; nothing is decrypted here.
+    sealed = seal_value_text(bytes(e.result)) if size <= MAX_EVENT_RESULT else None
+    if sealed is not None:
+        return RunEndedData(result=sealed, error=error)
     if size <= MAX_EVENT_RESULT:
         try:
             return RunEndedData(result=decode_value(e.result), error=error)

@@ -15,6 +15,7 @@ import msgspec
 
 from stalwart._secrets import mask_urls
 from stalwart.client import Client
+from stalwart.config import PATH_FIELDS
 from stalwart.errors import ConfigurationError
 from stalwart.messages import (
     EV_RESUMED,
@@ -51,6 +52,19 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def file_settings_env(settings: Settings) -> dict[str, str]:
+    """The settings that name files (TLS, nkey, creds, keyring) as ``STALWART_*`` variables.
+
+    For the worker processes of ``dev`` and ``demo``: those may have them from flags, which
+    the workers would not see (a ``--config`` file reaches them as ``STALWART_CONFIG``).
+    """
+    return {
+        f"STALWART_{name.upper()}": str(getattr(settings, name))
+        for name in sorted(PATH_FIELDS)
+        if getattr(settings, name)
+    }
 
 
 def resolve_client_settings(settings: Settings) -> Settings:
@@ -122,6 +136,7 @@ async def dev(app: str, settings: Settings, *, workers: int = 2) -> int:
                 lease_ttl=s.lease_ttl,
                 concurrency=s.concurrency,
                 namespace=s.namespace,
+                extra_env=file_settings_env(s),
                 keep_log=True,  # printed below, for the user to read
             ).start()
             for i in range(workers)
@@ -184,6 +199,7 @@ async def demo(settings: Settings, *, kill_after: int = 4, lease_ttl_given: bool
                 worker_id=wid,
                 lease_ttl=s.lease_ttl,
                 namespace=s.namespace,
+                extra_env=file_settings_env(s),
             ).start()
             for wid in ("worker-a", "worker-b")
         }

@@ -14,6 +14,12 @@ ERROR_TEXT_LIMIT = 1024 * 1024
 Generous (the full text of any sane message), but bounded, so a pathological ``str(exc)``
 cannot make a journal write fail or hold megabytes per entry."""
 
+SEALED_TEXT_PREFIX = "stalwart-sealed:"
+"""Start of an encrypted payload carried as text (an event's result or error message, a
+journaled error message): the prefix, then the codec's envelope in base64. Defined here, a
+leaf, because the broker keeps such strings whole when it cuts an event down (a cut one
+could never be decrypted); ``stalwart.checkpoints._codec`` makes and reads them."""
+
 _UNRENDERABLE = "<unprintable exception>"
 # type.__name__'s own descriptor: a metaclass can shadow ``__name__`` with a property that
 # raises, but it cannot change what the base descriptor returns.

@@ -107,12 +107,27 @@ def _seconds(text: str) -> float:
     return value
 
 
+_TRANSPORT_FLAGS = {
+    "nats_tls_ca": "CA certificate file (PEM) of the NATS server; turns TLS on",
+    "nats_tls_cert": "client certificate file for NATS mutual TLS",
+    "nats_tls_key": "private key file of --nats-tls-cert",
+    "nats_nkey_seed": "file with the NATS user's nkey seed (SU...)",
+    "nats_creds": "NATS .creds file (user JWT and nkey seed)",
+    "redis_tls_ca": "CA certificate file (PEM) of the Redis server (rediss:// URL)",
+    "redis_tls_cert": "client certificate file for Redis mutual TLS",
+    "redis_tls_key": "private key file of --redis-tls-cert",
+}
+"""Transport-security flags every command takes (docs/security.md): setting -> help."""
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     # Client commands read only the settings clients use: a worker-only variable in the
     # environment (STALWART_CONCURRENCY=0) must not break them. dev and demo read all.
     role: Role | None = "client" if args.command in _CLIENT_COMMANDS else None
     return Settings.from_env(
         role=_ROLES.get(args.command, role),
+        config=args.config,
+        **{name: getattr(args, name) for name in _TRANSPORT_FLAGS},
         nats_url=args.nats_url,
         redis_url=args.redis_url,
         namespace=args.namespace,
@@ -184,6 +199,17 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--nats-url", help="NATS URL (env STALWART_NATS_URL)")
     common.add_argument("--redis-url", help="Redis URL (env STALWART_REDIS_URL)")
     common.add_argument("--namespace", help="stream/subject/key prefix (env STALWART_NAMESPACE)")
+    common.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML file of settings (env STALWART_CONFIG); environment and flags override it",
+    )
+    for name, text in _TRANSPORT_FLAGS.items():
+        common.add_argument(
+            "--" + name.replace("_", "-"),
+            metavar="FILE",
+            help=f"{text} (env STALWART_{name.upper()})",
+        )
     # Only processes that hold leases offer --lease-ttl. Client commands hold none: they
     # still accept the flag (scripts pass it to every command) but hide it, ignore it and
     # warn, see _client_call.
@@ -267,6 +293,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``stalwart`` command."""
     args = _parser().parse_args(argv)  # a usage error exits 2 (EXIT_USAGE) here
+    if args.command in ("dev", "demo") and args.config:
+        # Their worker processes read the same file (their flags and environment still win).
+        os.environ["STALWART_CONFIG"] = os.path.abspath(args.config)
     try:
         configure_logging()
         _configure_observability(args)

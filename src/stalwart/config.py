@@ -6,7 +6,9 @@ import difflib
 import math
 import os
 import socket
+import tomllib
 import uuid
+from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
@@ -28,6 +30,15 @@ _SERVICES: frozenset[Role] = frozenset({"worker", "supervisor"})
 FIELD_ROLES: dict[str, frozenset[Role]] = {
     "nats_url": _ALL,
     "redis_url": _ALL,
+    # Transport security: every process connects to both servers.
+    "nats_tls_ca": _ALL,
+    "nats_tls_cert": _ALL,
+    "nats_tls_key": _ALL,
+    "nats_nkey_seed": _ALL,
+    "nats_creds": _ALL,
+    "redis_tls_ca": _ALL,
+    "redis_tls_cert": _ALL,
+    "redis_tls_key": _ALL,
     "namespace": _ALL,
     "lease_ttl": _SERVICES,
     "concurrency": _WORKER,
@@ -63,6 +74,10 @@ FIELD_ROLES: dict[str, frozenset[Role]] = {
     "signal_name_max": _ALL,
     "signal_max_pending": _ALL,
     "cancel_reason_max": _ALL,
+    # -- payload encryption (docs/security.md#payload-encryption): whoever reads or writes payloads.
+    "encryption_key": _ALL,
+    "encryption_keys_file": _ALL,
+    "encryption_codec": _ALL,
 }
 """Which processes read each field. Settings a process does not read are not taken from its
 environment, so a worker-only value can never break a client command. A field missing here
@@ -81,6 +96,7 @@ OTHER_VARIABLES = frozenset(
         "REDIS_SERVER",
         "TEST_NATS_URL",
         "TEST_REDIS_URL",
+        "CONFIG",
     }
 )
 """``STALWART_*`` variables read outside :class:`Settings` (see docs/configuration.md)."""
@@ -141,15 +157,35 @@ def _accepted(name: str, type_: Any) -> str:
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
-    """Runtime settings. Every field can be set by ``STALWART_<FIELD>`` in the environment.
+    """Runtime settings. Every field can be set by ``STALWART_<FIELD>`` in the environment,
+    or by a key of the TOML config file (``STALWART_CONFIG``, see :meth:`from_env`).
 
-    Durations are in seconds.
+    Durations are in seconds. The transport-security fields (``nats_tls_*``,
+    ``nats_nkey_seed``, ``nats_creds``, ``redis_tls_*``) name files; see docs/security.md.
     """
 
     nats_url: str | None = None
     """NATS server URL (needs nats-server >= 2.11 with JetStream). None: embedded server."""
     redis_url: str | None = None
     """Redis URL for the journal. None: embedded server."""
+    # -- transport security (docs/security.md): paths of PEM, nkey seed and .creds files
+    nats_tls_ca: str = ""
+    """CA certificate(s) that signed the NATS server's certificate; any ``nats_tls_*``
+    turns TLS on and refuses a server that does not require it."""
+    nats_tls_cert: str = ""
+    """Client certificate for NATS mutual TLS (its key in ``nats_tls_key``, or in the file)."""
+    nats_tls_key: str = ""
+    """Private key of ``nats_tls_cert``."""
+    nats_nkey_seed: str = ""
+    """File holding a NATS user nkey seed (``SU...``): nkey authentication."""
+    nats_creds: str = ""
+    """NATS ``.creds`` file (user JWT and nkey seed, as nsc writes it): JWT authentication."""
+    redis_tls_ca: str = ""
+    """CA certificate(s) for a ``rediss://`` URL (the URL's ``ssl_ca_certs``)."""
+    redis_tls_cert: str = ""
+    """Client certificate for Redis mutual TLS (the URL's ``ssl_certfile``)."""
+    redis_tls_key: str = ""
+    """Private key of ``redis_tls_cert`` (the URL's ``ssl_keyfile``)."""
     namespace: str = "stalwart"
     """Prefix of stream names, subjects and Redis keys; lets several deployments share servers."""
     lease_ttl: int = 5
@@ -235,6 +271,29 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Signals a run may hold unconsumed at once; more are refused until it consumes some."""
     cancel_reason_max: int = 65_536
     """Longest reason ``RunHandle.cancel`` accepts, in characters."""
+    # -- payload encryption (one block; see docs/security.md#payload-encryption)
+    encryption_key: str = ""
+    """One AES-256 key for payload encryption: ``<key id>:<base64 of 32 bytes>`` (or just
+    the base64, key id ``default``). Empty (and no keys file): payloads are not encrypted.
+    A secret: set it from a secret store, never on a command line."""
+    encryption_keys_file: str = ""
+    """Path of a keyring file (JSON, or TOML by its ``.toml`` suffix):
+    ``{"current": "k2", "keys": {"k1": "<base64>", "k2": "<base64>"}}``. New payloads use
+    ``current``; old runs are read with the key their payloads name. Not with
+    ``encryption_key``."""
+    encryption_codec: str = ""
+    """A payload codec of your own (a KMS): ``package.module:factory``, a callable taking no
+    arguments that returns a ``PayloadCodec``. Instead of the two settings above; lets the
+    ``stalwart`` command and workers use it without code of yours calling
+    ``set_payload_codec``."""
+
+    def __repr__(self) -> str:
+        # The key must not reach a log line or a traceback through a repr of the settings.
+        fields = ", ".join(
+            f"{name}={'<hidden>' if name == 'encryption_key' and value else repr(value)}"
+            for name, value in msgspec.structs.asdict(self).items()
+        )
+        return f"Settings({fields})"
 
     def __post_init__(self) -> None:
         check_namespace(self.namespace)
@@ -251,15 +310,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             )
 
     @classmethod
-    def from_env(cls, *, role: Role | None = None, **overrides: Any) -> Settings:
+    def from_env(
+        cls, *, role: Role | None = None, config: str | None = None, **overrides: Any
+    ) -> Settings:
         """Build settings from ``STALWART_*`` variables; non-None ``overrides`` win.
+
+        ``config`` (else ``STALWART_CONFIG``) names a TOML file whose keys are the field
+        names (see :func:`load_config_file`); the environment overrides it, and ``overrides``
+        (command-line flags) override both.
 
         With ``role``, variables of fields that role does not read are ignored (a client
         command must not fail on a worker-only setting). A value that does not convert
         raises :class:`ConfigurationError` naming the variable and the accepted values; an
         unknown ``STALWART_*`` variable that looks like a misspelt one is logged as a warning.
         """
-        values: dict[str, Any] = {}
+        path = config or os.environ.get(ENV_PREFIX + "CONFIG", "").strip()
+        values: dict[str, Any] = load_config_file(path, role=role) if path else {}
         for field in msgspec.structs.fields(cls):
             if role is not None and role not in FIELD_ROLES.get(field.name, _ALL):
                 continue
@@ -285,6 +351,59 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             return self
         wid = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         return msgspec.structs.replace(self, worker_id=wid)
+
+
+PATH_FIELDS = frozenset(
+    {
+        "nats_tls_ca",
+        "nats_tls_cert",
+        "nats_tls_key",
+        "nats_nkey_seed",
+        "nats_creds",
+        "redis_tls_ca",
+        "redis_tls_cert",
+        "redis_tls_key",
+        "encryption_keys_file",
+    }
+)
+"""Settings that name files: relative paths in a config file are relative to that file."""
+
+
+def load_config_file(path: str, *, role: Role | None = None) -> dict[str, Any]:
+    """The settings in TOML file ``path``: top-level keys named like the fields.
+
+    ``nats_url = "tls://nats:4222"``, ``lease_ttl = 5``, ``nats_tls_ca = "certs/ca.pem"``
+    (relative file paths are taken relative to the file). With ``role``, keys of fields the
+    role does not read are left out, as for the environment. An unknown key (a typo) or a
+    table is a :class:`ConfigurationError`: a setting that silently does nothing would be
+    worse in a file meant for security settings.
+    """
+    shown = f"config file {path!r} ({ENV_PREFIX}CONFIG / --config)"
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {shown}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"{shown} is not valid TOML: {exc}") from None
+    fields = Settings.__struct_fields__
+    base = Path(path).resolve().parent
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1, cutoff=0.8)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigurationError(f"{shown}: unknown setting {key!r}{hint}")
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ConfigurationError(
+                f"{shown}: {key} must be a string or a number, got {type(value).__name__}"
+            )
+        if role is not None and role not in FIELD_ROLES.get(key, _ALL):
+            continue
+        if key in PATH_FIELDS and isinstance(value, str) and value:
+            value = str(base / Path(value).expanduser())  # an absolute path stays as it is
+        values[key] = value
+    return values
 
 
 def _convert(name: str, type_: Any, raw: str) -> Any:

@@ -18,6 +18,7 @@ __all__ = [
     "LeaseLost",
     "NonDeterminismError",
     "NonRetryableError",
+    "PayloadKeyError",
     "PayloadTooLargeError",
     "QueueFullError",
     "RunCancelled",
@@ -203,3 +204,16 @@ class SignalRefusedError(InvalidRequestError):
 
 class CorruptRecordError(StalwartError, ValueError):
     """A run record in Redis that Stalwart cannot read (written by something other than it)."""
+
+
+class PayloadKeyError(StalwartError):
+    """An encrypted payload cannot be decrypted here: its key id is not in this process's
+    keyring, no payload codec is configured, or the payload fails authentication (wrong key
+    material under that id, or tampering). ``key_id`` names the key the payload asks for.
+
+    The payload itself is untouched: a process that has the key reads it.
+    """
+
+    def __init__(self, message: str, key_id: str = "") -> None:
+        super().__init__(message)
+        self.key_id = key_id

@@ -256,6 +256,12 @@ budget = DurableCrewRunner(
     app=app,
     policies=Policies(limits=Limits(max_iterations=2)),
 )
+tokens_budget = DurableCrewRunner(
+    "research_tokens",
+    research_crew,
+    app=app,
+    policies=Policies(limits=Limits(max_tokens=1)),
+)
 react = DurableAgentRunner(
     "react",
     lambda: _researcher(react_script, function_calling=False),

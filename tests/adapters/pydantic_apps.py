@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from openai import AsyncOpenAI
 from pydantic import BaseModel
-from pydantic_ai import Agent, RunContext, Tool, models
+from pydantic_ai import Agent, ModelRetry, RunContext, Tool, models
 from pydantic_ai.capabilities import Hooks
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
 from pydantic_ai.models import ModelRequestContext
@@ -311,3 +312,73 @@ def build_deps(data: dict[str, str]) -> Scenario:
 
 
 memo = DurableAgentRunner(name="memo", agent=memo_agent, app=app, deps=build_deps, stream=False)
+
+
+# -- errors: what a tool's error does, plainly and durably -----------------------------------------
+
+PLAIN_EXECUTIONS: dict[str, int] = {}
+"""Executions in plain runs (the test process): there is no step to count them under."""
+
+
+async def executed(name: str) -> None:
+    """Count one execution of ``name``: in Redis inside a durable step, else in this process."""
+    info = current_step()
+    if info is None:
+        PLAIN_EXECUTIONS[name] = PLAIN_EXECUTIONS.get(name, 0) + 1
+        return
+    await counters().incr(f"exec:{info.run_id}:{name}")
+
+
+def errors_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    """Calls the tool the prompt names, again after each retry prompt; then answers."""
+    prompt = next(
+        str(p.content)
+        for m in messages
+        for p in getattr(m, "parts", [])
+        if getattr(p, "part_kind", "") == "user-prompt"
+    )
+    tool = prompt.removeprefix("call ")
+    last = messages[-1]
+    retried = any(getattr(p, "outcome", None) == "retried" for p in last.parts)
+    if responses(messages) == 0 or retried:
+        return ModelResponse(parts=[ToolCallPart(tool, {"x": 1})])
+    return ModelResponse(parts=[TextPart(f"done: {tool_returns(messages)}")])
+
+
+async def explode(x: int) -> str:
+    await executed("explode")
+    raise ValueError(f"bad x: {x}")
+
+
+async def always_retry(x: int) -> str:
+    await executed("always_retry")
+    raise ModelRetry(f"try another x than {x}")
+
+
+async def validated(x: int) -> str:
+    await executed("validated")
+    return "ran"
+
+
+async def reject(ctx: RunContext[None], x: int) -> None:
+    await executed("reject")
+    raise ValueError(f"x={x} is not allowed")
+
+
+async def open_socket(x: int) -> object:
+    await executed("open_socket")
+    return socket.socket()
+
+
+errors_agent = Agent(
+    FunctionModel(errors_model, model_name="errors-model"),
+    name="errors",
+    tools=[
+        explode,
+        Tool(always_retry, max_retries=2),
+        Tool(validated, args_validator=reject),
+        open_socket,
+    ],
+)
+
+errors = DurableAgentRunner("errors", errors_agent, app=app, stream=False)

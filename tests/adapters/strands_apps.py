@@ -19,11 +19,13 @@ from typing import Any
 
 from pydantic import BaseModel
 from strands import Agent, ToolContext, tool
+from strands.agent.conversation_manager import SlidingWindowConversationManager
 from strands.multiagent import Swarm
 from strands.multiagent.graph import Graph, GraphBuilder
 from strands.types.content import Messages
+from strands.types.exceptions import ContextWindowOverflowException
 
-from stalwart import NO_RETRY, App, current_step, durable
+from stalwart import NO_RETRY, App, RetryPolicy, current_step, durable
 from stalwart.adapters.strands import DurableAgentRunner, ScriptedModel, reply, tool_call
 from tests.helpers import calls_key, count_execution, counters, wait_if_gated
 
@@ -361,3 +363,146 @@ def build_swarm() -> Swarm:
 
 
 DurableAgentRunner("st-swarm", build_swarm, app=app)
+
+
+# -- a tool whose errors the user asked to retry ------------------------------------------
+
+
+@tool
+@durable(retry=RetryPolicy(max_attempts=3, initial_interval=0.01))
+async def shaky_lookup(key: str) -> str:
+    """A lookup that fails twice, then answers (its retry policy allows three attempts)."""
+    await count()
+    info = current_step()
+    assert info is not None
+    if info.attempt < 3:
+        raise ConnectionError(f"lookup of {key} timed out (attempt {info.attempt})")
+    return f"record {key}"
+
+
+def shaky_script(messages: Messages) -> Any:
+    done = results(messages)
+    if not done:
+        return reply(tool_call("shaky_lookup", {"key": "k-2"}, id="y1"))
+    return f"found: {done[0]}"
+
+
+DurableAgentRunner(
+    "st-shaky",
+    lambda: Agent(
+        model=model(shaky_script, "scripted-shaky"), tools=[shaky_lookup], callback_handler=None
+    ),
+    app=app,
+)
+
+
+# -- per-run structured output ---------------------------------------------------------------
+
+
+DurableAgentRunner(
+    "st-brief-per-run",
+    lambda: Agent(
+        model=model(brief_script, "scripted-brief"), tools=[search], callback_handler=None
+    ),
+    output_models=[Brief],
+    app=app,
+)
+
+
+# -- a tool that asks a human (tool_context.interrupt) --------------------------------------
+
+
+@tool(context=True)
+async def refund(amount: int, tool_context: ToolContext) -> str:
+    """Refund the customer, once a manager approved it."""
+    await count()
+    answer = tool_context.interrupt("manager_approval", reason={"amount": amount})
+    return f"refunded {amount}" if answer == "yes" else f"refund refused ({answer})"
+
+
+def refund_script(messages: Messages) -> Any:
+    done = results(messages)
+    if not done:
+        return reply(tool_call("refund", {"amount": 30}, id="i1"))
+    return f"done: {done[0]}"
+
+
+DurableAgentRunner(
+    "st-refund",
+    lambda: Agent(
+        model=model(refund_script, "scripted-refund"), tools=[refund], callback_handler=None
+    ),
+    app=app,
+)
+
+
+# -- a conversation that outgrows the model's window: Strands trims it and calls again -------
+
+WINDOW = 6
+"""The scripted model refuses a conversation of more messages than this."""
+
+
+@tool
+async def lookup(n: int) -> str:
+    """Look up page n of the report."""
+    if current_step() is not None:  # counted in durable runs; the plain run has no step
+        await count()
+    return f"page {n}"
+
+
+def long_script(messages: Messages) -> Any:
+    """Reads page after page; decides from the last message only, so a trimmed history
+    gets the same answer."""
+    if len(messages) > WINDOW:
+        raise ContextWindowOverflowException(f"{len(messages)} messages do not fit")
+    last = results(messages[-1:])
+    page = int(last[0].split()[-1]) if last else 0
+    if page < 4:
+        return reply(tool_call("lookup", {"n": page + 1}, id=f"l{page + 1}"))
+    return "seen: " + " | ".join(results(messages))
+
+
+def build_long(script_model: Any = None) -> Agent:
+    return Agent(
+        model=script_model or model(long_script, "scripted-long"),
+        tools=[lookup],
+        conversation_manager=SlidingWindowConversationManager(window_size=40),
+        callback_handler=None,
+    )
+
+
+DurableAgentRunner("st-long", build_long, app=app)
+
+
+# -- an agent used as a tool by another --------------------------------------------------------
+
+
+def assistant_script(messages: Messages) -> Any:
+    done = results(messages)
+    if not done:
+        return reply(tool_call("search", {"topic": prompt(messages)}, id="r1"))
+    return f"assistant found {done[0]}"
+
+
+def orchestrator_script(messages: Messages) -> Any:
+    done = results(messages)
+    if not done:
+        return reply(tool_call("research_assistant", {"input": "pricing"}, id="o1"))
+    return f"orchestrated: {done[0]}"
+
+
+def build_orchestrator() -> Agent:
+    assistant = Agent(
+        name="research_assistant",
+        model=model(assistant_script, "scripted-assistant"),
+        tools=[search],
+        callback_handler=None,
+    )
+    return Agent(
+        model=model(orchestrator_script, "scripted-orchestrator"),
+        tools=[assistant.as_tool(name="research_assistant", description="Researches a topic.")],
+        callback_handler=None,
+    )
+
+
+DurableAgentRunner("st-orchestrator", build_orchestrator, app=app)

@@ -180,19 +180,33 @@ class MemoryContext:
     def __init__(self, journal: dict[str, tuple[str, Any]]) -> None:
         self.journal = journal
         self.live: list[str] = []
+        self.events: list[tuple[str, Any]] = []
+        self.answers: list[Any] = []
+        """What a human answers, in order (signals)."""
 
     async def call(self, spec: Any, run: Callable[[], Awaitable[Any]]) -> Any:
-        if spec.key in self.journal:
-            fp, value = self.journal[spec.key]
-            assert fp == spec.fp, f"{spec.key} asked with another request"
-            return value
-        value = msgspec.msgpack.decode(msgspec.msgpack.encode(await run()))
-        self.journal[spec.key] = (spec.fp, value)
-        self.live.append(spec.key)
+        if spec.key not in self.journal:
+            try:
+                value = msgspec.msgpack.decode(msgspec.msgpack.encode(await run()))
+            except Exception as exc:  # journaled as the step's error, as the engine does
+                value = StepFailed(spec.key, type(exc).__name__, str(exc))
+            self.journal[spec.key] = (spec.fp, value)
+            self.live.append(spec.key)
+        fp, value = self.journal[spec.key]
+        assert fp == spec.fp, f"{spec.key} asked with another request"
+        if isinstance(value, StepFailed):
+            raise value
         return value
 
     async def emit(self, type: str, data: Any = None, *, step: str = "") -> None:
-        pass
+        self.events.append((type, data))
+
+    async def wait_for_signal(self, name: str, *, timeout: float | None = None) -> Any:
+        key = f"signal:{name}"
+        if key not in self.journal:
+            self.journal[key] = ("", self.answers.pop(0))
+            self.live.append(key)
+        return self.journal[key][1]
 
 
 async def kickoff(build: Callable[[], Crew], journal: dict[str, tuple[str, Any]]) -> Any:
@@ -438,6 +452,18 @@ async def test_a_budget_stops_the_crew_even_though_crewai_retries_failed_tasks(
     assert models == ["task:0/model:1", "task:0/model:2"]
 
 
+async def test_a_token_budget_sees_the_tokens_crewais_model_calls_used(
+    client: Client, crew_workers: WorkerFactory
+) -> None:
+    await crew_workers("a")
+    run_id = rid()
+    handle = await client.submit("research_tokens", {"topic": "hydro"}, run_id=run_id)
+    with pytest.raises(RunFailed) as failed:
+        await handle.result(timeout=60)
+    assert failed.value.error_type == "BudgetExceeded" and "max_tokens" in failed.value.message
+    assert [k for k in await done_keys(client, run_id) if "model" in k] == ["task:0/model:1"]
+
+
 async def test_sigterm_drains_the_crew_at_its_next_call_and_another_worker_resumes_it(
     client: Client, crew_workers: WorkerFactory, counters: aioredis.Redis
 ) -> None:
@@ -643,3 +669,343 @@ async def test_a_crafted_journal_entry_fails_the_resumed_run_without_importing_a
     assert f"{MARKER_MODULE}:Evil" in failed.value.message
     assert "allowed_types" in failed.value.message
     assert not marker.exists(), marker.read_text()
+
+
+# -- per-run inputs, the result type, failed tools and human feedback (issue #13) ------------
+
+
+class Verdict(BaseModel):
+    """A task's output model: the rebuilt ``CrewOutput`` holds it as this class again."""
+
+    ok: bool
+
+
+def _judging_crew() -> Crew:
+    llm = ScriptedLLM(lambda messages, tools: '{"ok": true}')
+    agent = Agent(role="Judge", goal="judge", backstory="b", llm=llm)
+    task = Task(
+        description="Judge {what}",
+        expected_output="a verdict",
+        agent=agent,
+        output_pydantic=Verdict,
+    )
+    return Crew(agents=[agent], tasks=[task])
+
+
+def test_kickoff_inputs_travel_as_the_run_input_and_nothing_else_is_taken() -> None:
+    from stalwart import App
+    from stalwart.adapters.crewai import DurableCrewRunner
+
+    runner = DurableCrewRunner("judge", _judging_crew, app=App("inputs"))
+    assert runner.request(inputs={"what": "x"}) == {"what": "x"}
+    assert runner.request({"what": "x"}) == {"what": "x"}  # the dict as the input, as before
+    assert runner.request() is None
+    with pytest.raises(TypeError, match="once"):
+        runner.request({"what": "x"}, inputs={"what": "y"})
+    with pytest.raises(TypeError, match="a dict"):
+        runner.request(inputs=["x"])
+    with pytest.raises(TypeError, match="session"):
+        runner.request(inputs={"what": "x"}, session="s")
+
+
+async def test_the_runner_returns_crewais_own_output_rebuilt_from_the_run_result() -> None:
+    from stalwart import App
+    from stalwart.adapters.crewai import DurableCrewRunner
+
+    install()
+    plain = await asyncio.to_thread(_judging_crew().kickoff)
+    durable, _ = await kickoff(lambda: _judging_crew(), {})
+    runner = DurableCrewRunner("judge", _judging_crew, app=App("results"))
+    # What a worker returns (plain data on the wire), back as a CrewOutput.
+    data = msgspec.msgpack.decode(msgspec.msgpack.encode(durable))
+    output = runner.decode_result(data)
+    assert type(output).__name__ == "CrewOutput" and output.pydantic == Verdict(ok=True)
+    assert output.tasks_output[0].pydantic == Verdict(ok=True)
+    assert output.token_usage == plain.token_usage and output.raw == plain.raw
+    assert [(t.raw, t.agent, t.description) for t in output.tasks_output] == [
+        (t.raw, t.agent, t.description) for t in plain.tasks_output
+    ]
+    # The result names the class; only the crew's own output models are built from it.
+    forged = msgspec.to_builtins(durable)
+    forged["pydantic_type"] = "os:system"
+    with pytest.raises(DisallowedTypeError):
+        runner.decode_result(forged)
+
+
+def test_a_failed_tool_reaches_crewai_under_its_own_exception_name() -> None:
+    from crewai.tools.tool_failure import failure_from_exception
+
+    from stalwart.adapters.crewai._tools import tool_error
+
+    error = tool_error(StepFailed("task:0/tool:c", "ConnectionError", "backend down"))
+    assert isinstance(error, ToolCallFailed) and str(error) == "backend down"
+    # What CrewAI records in TaskOutput.tool_failures, as for the tool's own exception.
+    failure = failure_from_exception(error)
+    assert (failure.message, failure.code) == ("backend down", "ConnectionError")
+    silent = failure_from_exception(tool_error(StepFailed("k", "TimeoutError", "")))
+    assert silent.message == "TimeoutError"
+    assert type(tool_error(StepFailed("k", "not a name", "m"))).__name__ == "ToolCallFailed"
+
+
+def _reviewed_crew(calls: list[str]) -> Crew:
+    def script(messages: list[dict[str, Any]], tools: list[str]) -> Any:
+        calls.append("model")
+        return f"draft {sum('shorter' in str(m.get('content')) for m in messages) + 1}"
+
+    agent = Agent(role="Drafter", goal="g", backstory="b", llm=ScriptedLLM(script))
+    task = Task(description="Draft it", expected_output="a draft", agent=agent, human_input=True)
+    return Crew(agents=[agent], tasks=[task])
+
+
+async def test_human_feedback_is_a_durable_signal_and_a_replay_does_not_ask_again() -> None:
+    install()
+    calls: list[str] = []
+    crew, journal = _reviewed_crew(calls), {}
+    ctx = MemoryContext(journal)
+    ctx.answers = ["make it shorter", ""]
+    output = await CrewRun(ctx, asyncio.get_running_loop(), crew.tasks).drive(crew.kickoff)
+    assert output.raw == "draft 2" and calls == ["model", "model"]
+    asked = [data for kind, data in ctx.events if kind == "crew.human_input"]
+    assert [(a["signal"], a["agent"], a["output"]) for a in asked] == [
+        ("human:task:0/1", "Drafter", "draft 1"),
+        ("human:task:0/2", "Drafter", "draft 2"),
+    ]
+    # A resumed run replays the answers from the journal: nobody is asked, nothing runs.
+    calls.clear()
+    crew, again = _reviewed_crew(calls), MemoryContext(journal)
+    output = await CrewRun(again, asyncio.get_running_loop(), crew.tasks).drive(crew.kickoff)
+    assert (output.raw, calls, again.live) == ("draft 2", [], [])
+
+
+def _looking_up_crew(calls: list[str]) -> Crew:
+    @crewai_tool("lookup")
+    def lookup(key: str) -> str:
+        """Look a key up."""
+        calls.append(key)
+        raise KeyError(f"no such key {key}")
+
+    def script(messages: list[dict[str, Any]], tools: list[str]) -> Any:
+        seen = [m for m in messages if m.get("role") != "system" and "no such key" in text([m])]
+        if not seen:
+            return 'Thought: look it up\nAction: lookup\nAction Input: {"key": "a"}'
+        return "Thought: done\nFinal Answer: " + text(seen)[-120:]
+
+    llm = ScriptedLLM(script, function_calling=False)
+    agent = Agent(role="Reader", goal="g", backstory="b", llm=llm, tools=[lookup])
+    return Crew(agents=[agent], tasks=[Task(description="d", expected_output="o", agent=agent)])
+
+
+async def test_a_failing_tool_runs_as_often_as_crewai_runs_it_plainly_and_never_again() -> None:
+    # CrewAI's text tool calling tries a raising tool again on its own (two calls per
+    # attempt, three attempts): the durable run makes the same calls, each a step, with no
+    # retries of Stalwart's, and a replay makes none.
+    install()
+    calls: list[str] = []
+    plain = await asyncio.to_thread(_looking_up_crew(calls).kickoff)
+    plainly = list(calls)
+    calls.clear()
+    journal: dict[str, tuple[str, Any]] = {}
+    crew = _looking_up_crew(calls)
+    durable = await CrewRun(MemoryContext(journal), asyncio.get_running_loop(), crew.tasks).drive(
+        crew.kickoff
+    )
+    assert calls == plainly and len(plainly) > 1
+    assert (durable.raw, durable.tasks_output[0].tool_failures[0].failure) == (
+        plain.raw,
+        plain.tasks_output[0].tool_failures[0].failure,
+    )
+    calls.clear()
+    again, live = await kickoff(lambda: _looking_up_crew(calls), journal)
+    assert (again.raw, calls, live) == (plain.raw, [], [])
+
+
+def _strict_crew() -> Crew:
+    @crewai_tool("lookup")
+    def lookup(key: str) -> str:
+        """Look a key up."""
+        raise KeyError(f"no such key {key}")
+
+    def script(messages: list[dict[str, Any]], tools: list[str]) -> Any:
+        return "done" if tool_results(messages) else [tool_call("lookup", {"key": "a"}, "c1")]
+
+    agent = Agent(
+        role="Strict",
+        goal="g",
+        backstory="b",
+        llm=ScriptedLLM(script),
+        tools=[lookup],
+        tool_failure_policy="raise",
+    )
+    return Crew(agents=[agent], tasks=[Task(description="d", expected_output="o", agent=agent)])
+
+
+async def test_a_crew_that_raises_on_a_tool_failure_raises_the_same_error_live_and_replayed() -> (
+    None
+):
+    from crewai.tools.tool_failure import ToolExecutionFailedError
+
+    install()
+    with pytest.raises(ToolExecutionFailedError) as plainly:
+        await asyncio.to_thread(_strict_crew().kickoff)
+    journal: dict[str, tuple[str, Any]] = {}
+    for _ in range(2):  # live, then replayed from the journal
+        with pytest.raises(ToolExecutionFailedError) as durably:
+            await kickoff(_strict_crew, journal)
+        assert str(durably.value) == str(plainly.value)
+        assert str(plainly.value).endswith("'no such key a' (code: KeyError)")
+
+
+def test_an_agent_runner_returns_crewais_lite_agent_output() -> None:
+    from crewai.lite_agent_output import LiteAgentOutput
+
+    from stalwart import App
+    from stalwart.adapters.crewai import DurableAgentRunner
+    from stalwart.adapters.crewai._results import agent_result
+
+    runner = DurableAgentRunner(
+        "judge", lambda: _judging_crew().agents[0], response_format=Verdict, app=App("lite")
+    )
+    usage = {"total_tokens": 3, "prompt_tokens": 2, "completion_tokens": 1}
+    output = LiteAgentOutput(
+        raw='{"ok": true}', pydantic=Verdict(ok=True), agent_role="Judge", usage_metrics=usage
+    )
+    data = msgspec.to_builtins(agent_result(output))
+    back = runner.decode_result(data)
+    assert isinstance(back, LiteAgentOutput)
+    assert (back.raw, back.pydantic, back.agent_role, back.usage_metrics) == (
+        '{"ok": true}',
+        Verdict(ok=True),
+        "Judge",
+        usage,
+    )
+
+
+def _approving_crew(calls: list[str]) -> Crew:
+    @crewai_tool("refund")
+    def refund(amount: int) -> str:
+        """Refund the customer."""
+        calls.append(f"refund {amount}")
+        return f"refunded {amount}"
+
+    def script(messages: list[dict[str, Any]], tools: list[str]) -> Any:
+        if not tool_results(messages):
+            return [
+                tool_call("refund", {"amount": 5}, "c1"),
+                tool_call("refund", {"amount": 7}, "c2"),
+            ]
+        return " / ".join(tool_results(messages))
+
+    agent = Agent(role="Clerk", goal="g", backstory="b", llm=ScriptedLLM(script), tools=[refund])
+    return Crew(
+        agents=[agent], tasks=[Task(description="Refund", expected_output="o", agent=agent)]
+    )
+
+
+async def test_a_tool_hook_asking_a_human_waits_for_a_signal_named_by_the_tool_call() -> None:
+    from crewai.hooks import (
+        ToolCallHookContext,
+        register_before_tool_call_hook,
+        unregister_before_tool_call_hook,
+    )
+
+    def approval(context: ToolCallHookContext) -> bool | None:
+        answer = context.request_human_input(prompt=f"Refund {context.tool_input['amount']}?")
+        return None if answer == "approve" else False
+
+    install()
+    register_before_tool_call_hook(approval)
+    try:
+        calls: list[str] = []
+        journal: dict[str, tuple[str, Any]] = {}
+        crew, ctx = _approving_crew(calls), MemoryContext(journal)
+        # Parallel calls ask in any order: each answer goes to the call its signal names.
+        answers = {"human:task:0/approval:c1": "approve", "human:task:0/approval:c2": "no"}
+        ctx.wait_for_signal = lambda name, timeout=None: _answer(ctx, answers, name)  # type: ignore[method-assign]
+        output = await CrewRun(ctx, asyncio.get_running_loop(), crew.tasks).drive(crew.kickoff)
+        assert calls == ["refund 5"]
+        assert output.raw == "refunded 5 / Tool execution blocked by hook. Tool: refund"
+        asked = sorted(
+            (d["signal"], d["prompt"]) for kind, d in ctx.events if kind == "crew.human_input"
+        )
+        assert asked == [
+            ("human:task:0/approval:c1", "Refund 5?"),
+            ("human:task:0/approval:c2", "Refund 7?"),
+        ]
+        # Replayed: the answers come from the journal; nobody is asked, nothing runs again.
+        calls.clear()
+        again, live = await kickoff(lambda: _approving_crew(calls), journal)
+        assert (again.raw, calls, live) == (output.raw, [], [])
+    finally:
+        unregister_before_tool_call_hook(approval)
+
+
+async def _answer(ctx: MemoryContext, answers: dict[str, str], name: str) -> Any:
+    key = f"signal:{name}"
+    if key not in ctx.journal:
+        ctx.journal[key] = ("", answers[name])
+        ctx.live.append(key)
+    return ctx.journal[key][1]
+
+
+def _declaring_crew() -> Crew:
+    from crewai.tools.tool_failure import ToolFailure
+
+    @crewai_tool("post")
+    def post(text: str):  # type: ignore[no-untyped-def]  # undeclared, as CrewAI's docs show
+        """Post a message."""
+        return ToolFailure(message="channel_not_found", code="404")
+
+    def script(messages: list[dict[str, Any]], tools: list[str]) -> Any:
+        done = tool_results(messages)
+        return f"got {done[0]}" if done else [tool_call("post", {"text": "hi"}, "p1")]
+
+    agent = Agent(role="Poster", goal="g", backstory="b", llm=ScriptedLLM(script), tools=[post])
+    return Crew(agents=[agent], tasks=[Task(description="Post", expected_output="o", agent=agent)])
+
+
+async def test_a_tool_that_returns_crewais_tool_failure_reads_as_it_does_plainly() -> None:
+    install()
+    plain = await asyncio.to_thread(_declaring_crew().kickoff)
+    journal: dict[str, tuple[str, Any]] = {}
+    for _ in range(2):  # live, then replayed
+        durable, _live = await kickoff(_declaring_crew, journal)
+        assert durable.raw == plain.raw
+        failures = [t["tool_failures"] for t in msgspec.to_builtins(durable)["tasks"]]
+        expected = [t.model_dump(mode="json")["tool_failures"] for t in plain.tasks_output]
+        for task in [*failures, *expected]:
+            for failure in task:
+                failure.pop("task_id")
+        assert failures == expected and failures[0]
+
+
+def _dated_crew() -> Crew:
+    import datetime
+    from dataclasses import dataclass
+
+    @dataclass
+    class Slot:
+        day: datetime.date
+
+    @crewai_tool("next_slot")
+    def next_slot(after: str) -> Slot:
+        """The next free slot."""
+        return Slot(datetime.date(2026, 12, 24))
+
+    def script(messages: list[dict[str, Any]], tools: list[str]) -> Any:
+        done = tool_results(messages)
+        return f"booked {done[0]}" if done else [tool_call("next_slot", {"after": "now"}, "s1")]
+
+    agent = Agent(
+        role="Booker", goal="g", backstory="b", llm=ScriptedLLM(script), tools=[next_slot]
+    )
+    return Crew(agents=[agent], tasks=[Task(description="Book", expected_output="o", agent=agent)])
+
+
+async def test_a_tool_result_that_is_not_plain_data_reaches_the_model_as_it_does_plainly() -> None:
+    install()
+    plain = await asyncio.to_thread(_dated_crew().kickoff)
+    assert "datetime.date(2026, 12, 24)" in plain.raw
+    journal: dict[str, tuple[str, Any]] = {}
+    for _ in range(2):  # live, then replayed
+        durable, _live = await kickoff(_dated_crew, journal)
+        assert durable.raw == plain.raw

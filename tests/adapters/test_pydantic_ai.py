@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
+import msgspec
 import pytest
 
 pytest.importorskip("pydantic_ai")
@@ -23,16 +27,26 @@ from pydantic_ai import Agent, models
 from pydantic_ai.messages import ModelRequest, ModelResponse, TextPart, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.models.test import TestModel
+from pydantic_ai.run import AgentRunResult
+from pydantic_ai.usage import UsageLimits
 
-from stalwart import App, Client, RunEvent, RunFailed, Settings
+from stalwart import App, Client, Policies, RetryPolicy, RunEvent, RunFailed, Settings
 from stalwart.adapters.pydantic_ai import DurableAgentRunner, StalwartDurability
 from stalwart.adapters.pydantic_ai._codec import conversation
+from stalwart.adapters.pydantic_ai._request import (
+    OutputNotSerializable,
+    decode_request,
+    run_options,
+)
+from stalwart.adapters.pydantic_ai._request import result_data as runner_result_data
 from stalwart.checkpoints import StepAttempt, StepDone
 from stalwart.kit import shape_changes
 from stalwart.testing import StalwartProcess
 from tests.adapters.pydantic_apps import (
+    PLAIN_EXECUTIONS,
     Resolution,
     Scenario,
+    errors_agent,
     memo_agent,
     support_agent,
 )
@@ -54,6 +68,10 @@ async def pyd_workers(
     """Worker processes serving ``APP``."""
     async with worker_pool(APP, settings, servers, client) as start:
         yield start
+
+
+def replace_output(result: AgentRunResult[Any], output: Any) -> AgentRunResult[Any]:
+    return dataclasses.replace(result, output=output)
 
 
 def request(run_id: str, prompt: str = "refund my last order", **scenario: Any) -> dict[str, Any]:
@@ -139,9 +157,10 @@ async def test_sigkill_after_third_tool_resumes_without_repeating_calls(
     # The runner API, uninterrupted: the reference result, converted to the output type.
     runner = DurableAgentRunner("support", support_agent, app=App("client-side"), client=client)
     ref_id = rid()
-    expected = await runner.run(
+    reference = await runner.run(
         "refund my last order", run_id=ref_id, deps=Scenario(run_id=ref_id), timeout=30
     )
+    expected = reference.output
     assert isinstance(expected, Resolution)
     assert expected.orders == ["c-42-o1", "c-42-o2"] and expected.open_tickets == 2
 
@@ -222,8 +241,11 @@ async def test_delegation_survives_a_crash(
     a = await pyd_workers("a")
     ref_id = rid()
     reference = await client.submit("triage", request(ref_id, "refund?"), run_id=ref_id)
-    expected = await reference.result(timeout=30)
+    reference_data = await reference.result(timeout=30)  # AgentRunResult's serialized shape
+    expected = reference_data["output"]
     assert expected == {"category": "billing", "answer": "policy says: refunds within 30 days"}
+    # The specialist runs with usage=ctx.usage: its requests count in the outer run's usage.
+    assert reference_data["usage"]["requests"] == 4
 
     run_id = rid()
     handle = await client.submit("triage", request(run_id, "refund?", **{pause: 2}), run_id=run_id)
@@ -236,7 +258,9 @@ async def test_delegation_survives_a_crash(
     await open_gate(counters, run_id, pause)
     await pyd_workers("b")
 
-    assert await handle.result(timeout=60) == expected
+    data = await handle.result(timeout=60)
+    assert data["output"] == expected
+    assert data["usage"] == reference_data["usage"]  # replayed delegation: its usage too
     assert await model_log(counters, run_id) == [
         "triage:1",
         "specialist:1",
@@ -290,7 +314,7 @@ async def test_runner_sends_history_and_deps_that_the_worker_rebuilds(
     runner = DurableAgentRunner("memo", memo_agent, app=App("client-side"), client=client)
     run_id = rid()
     history = [ModelRequest.user_text_prompt("earlier"), ModelResponse(parts=[TextPart("hi")])]
-    output = await runner.run(
+    result = await runner.run(
         "who are you?",
         run_id=run_id,
         deps=Scenario(run_id=run_id, customer="c-7"),
@@ -298,8 +322,129 @@ async def test_runner_sends_history_and_deps_that_the_worker_rebuilds(
         timeout=30,
     )
     # 2 earlier messages + prompt, tool call, tool return; deps rebuilt by the worker's factory.
-    assert output == "5 messages, I am C-7"
+    assert result.output == "5 messages, I am C-7"
     assert await model_log(counters, run_id) == ["memo:2", "memo:3"]
+
+
+@pytest.mark.slow
+async def test_a_tools_error_does_what_pydantic_ai_does_plainly(
+    client: Client, pyd_workers: WorkerFactory, counters: aioredis.Redis
+) -> None:
+    await pyd_workers("a")
+    runner = DurableAgentRunner("errors", errors_agent, app=App("client-side"), client=client)
+
+    async def executions(run_id: str) -> dict[str, int]:
+        keys = await counters.keys(f"exec:{run_id}:*")
+        return {k.decode().rsplit(":", 1)[1]: int(await counters.get(k)) for k in keys}
+
+    # A plain exception fails the run once (no retries); ModelRetry is PydanticAI's: sent back
+    # to the model up to the tool's max_retries, then UnexpectedModelBehavior; an argument
+    # validator's exception fails the run once too.
+    for tool, ran in [
+        ("explode", "explode"),
+        ("always_retry", "always_retry"),
+        ("validated", "reject"),
+    ]:
+        PLAIN_EXECUTIONS.clear()
+        with pytest.raises(Exception) as plain:
+            await errors_agent.run(f"call {tool}")
+        run_id = rid()
+        with pytest.raises(RunFailed) as durable:
+            await runner.run(f"call {tool}", run_id=run_id, timeout=30)
+        assert durable.value.error_type == type(plain.value).__name__, tool
+        assert durable.value.message == str(plain.value), tool
+        assert await executions(run_id) == PLAIN_EXECUTIONS == {ran: 3 if "retry" in tool else 1}
+
+    # A result that cannot be journaled (nor sent to a model) says which tool, what type and
+    # what to return instead; it is not retried.
+    run_id = rid()
+    with pytest.raises(RunFailed) as failed:
+        await runner.run("call open_socket", run_id=run_id, timeout=30)
+    assert failed.value.error_type == "ToolResultNotSerializable"
+    for said in ("tool 'open_socket'", "socket.socket", "return plain data"):
+        assert said in failed.value.message
+    assert await executions(run_id) == {"open_socket": 1}
+
+
+def test_per_run_inputs_that_cannot_travel_say_what_to_pass() -> None:
+    class Connection:
+        pass
+
+    runner = DurableAgentRunner("memo", memo_agent, app=App("client-side"))
+    with pytest.raises(TypeError, match=r"deps\.customer is a .*Connection.*with a factory"):
+        runner.request("hi", deps=Scenario(run_id="r", customer=Connection()))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"toolsets: add them to the agent"):
+        runner.request("hi", toolsets=[])
+    assert runner.request("hi") == "hi"  # a prompt alone travels as it is
+
+
+async def test_an_output_that_cannot_travel_back_says_so() -> None:
+    def opened(x: int) -> object:
+        return socket.socket()
+
+    result = await Agent(TestModel(), output_type=opened).run("x")
+    with pytest.raises(OutputNotSerializable, match=r"socket\.socket.*output_type of plain"):
+        runner_result_data(result)
+    result.output.close()
+
+
+def test_per_run_options_arrive_in_the_worker_as_agent_run_takes_them() -> None:
+    limits = UsageLimits(request_limit=3, total_tokens_limit=100, cost_limit=Decimal("0.5"))
+    history = [ModelRequest.user_text_prompt("earlier"), ModelResponse(parts=[TextPart("hi")])]
+    sent = DurableAgentRunner("memo", memo_agent, app=App("client-side")).request(
+        "hi",
+        usage_limits=limits,
+        model_settings={"temperature": 0.2},
+        metadata={"tenant": "t1"},
+        message_history=history,
+    )
+    wire = msgspec.msgpack.decode(msgspec.msgpack.encode(sent))
+    request = decode_request(wire)
+    options = run_options(request, UsageLimits())
+    assert request.prompt == "hi"
+    assert options["usage_limits"] == limits
+    assert options["model_settings"] == {"temperature": 0.2}
+    assert options["metadata"] == {"tenant": "t1"}
+    assert options["message_history"] == history
+    assert run_options(decode_request("hi"), limits)["usage_limits"] is limits
+
+
+def test_operations_pydantic_ai_does_not_retry_take_the_tool_policy_unless_set() -> None:
+    app = App("client-side")
+    DurableAgentRunner("memo", memo_agent, app=app)
+    retry = app.get("memo").policies.retry
+    assert retry["validate"] == retry["discovery"] == retry["capability"] == retry["tool"]
+    assert retry["tool"].max_attempts == 1 and retry["model"].max_attempts > 1
+    four, two = RetryPolicy(max_attempts=4), RetryPolicy(max_attempts=2)
+    DurableAgentRunner(
+        "memo2", memo_agent, app=app, policies=Policies(retry={"tool": four, "discovery": two})
+    )
+    retry = app.get("memo2").policies.retry
+    assert (retry["validate"], retry["discovery"]) == (four, two)
+
+
+async def test_the_result_is_pydantic_ais_own_and_continues_a_conversation() -> None:
+    def answer(messages: list[Any], info: AgentInfo) -> ModelResponse:
+        return ModelResponse(parts=[TextPart(f"{len(messages)} messages")])
+
+    agent = Agent(FunctionModel(answer), name="counter", output_type=str)
+    runner = DurableAgentRunner("counter", agent, app=App("client-side"))
+    first = await agent.run("one")
+    # What a worker returns, and what the client rebuilds from it after the msgpack trip.
+    data = msgspec.msgpack.decode(msgspec.msgpack.encode(runner_result_data(first)))
+    rebuilt = runner.decode_result(data)
+    assert rebuilt.output == first.output and rebuilt.usage == first.usage
+    assert rebuilt.all_messages() == first.all_messages()
+    assert rebuilt.new_messages() == first.new_messages()
+    assert rebuilt.all_messages_json() == first.all_messages_json()
+    second = await agent.run("two", message_history=rebuilt.all_messages())
+    assert second.output == "3 messages"
+    # Structured outputs come back as the agent's output type.
+    triage = DurableAgentRunner("t", support_agent, app=App("client-side"))
+    made = Resolution(customer="c", orders=["o"], open_tickets=1, summary="s")
+    typed = triage.decode_result(runner_result_data(replace_output(first, made)))
+    assert typed.output == made and isinstance(typed.output, Resolution)
+    assert triage.output(runner_result_data(replace_output(first, made))) == made
 
 
 # -- the real OpenAI client against a loopback server ------------------------------------------
@@ -417,7 +562,7 @@ async def test_openai_model_retries_inside_one_journaled_step(
         await pyd_workers("a", FAKE_OPENAI_URL=server.url, PYD_ALLOW_MODEL_REQUESTS="1")
         run_id = rid()
         handle = await client.submit("chat", "say hello", run_id=run_id)
-        assert await handle.result(timeout=60) == "Hello from the fake"
+        assert (await handle.result(timeout=60))["output"] == "Hello from the fake"
         events = [ev async for ev in handle.events(follow=False)]
 
     assert len(server.requests) == 3  # 429 and 500 retried by the OpenAI client itself

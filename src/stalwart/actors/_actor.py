@@ -44,7 +44,7 @@ from stalwart.checkpoints import (
     decode_value,
     encode_value,
 )
-from stalwart.errors import LeaseLost, RunCancelled, ServerUnavailableError
+from stalwart.errors import LeaseLost, PayloadKeyError, RunCancelled, ServerUnavailableError
 from stalwart.messages import (
     EV_LEASE_LOST,
     EV_PASSIVATED,
@@ -196,7 +196,7 @@ class RunActor:
 
     async def emit_live(self, type: str, data: Any, step: str = "") -> None:
         """Publish a non-journaled event for this run (see :meth:`RunContext.emit`)."""
-        await self.events.emit(type, step=step, data=data)
+        await self.events.emit_user(type, step=step, data=data)
 
     # -- what the worker asks ---------------------------------------------------------------
 
@@ -255,6 +255,8 @@ class RunActor:
                 await self._release_for_resume("cancelled")
                 return
             raise
+        except PayloadKeyError as exc:
+            await self._give_up_for_key(exc)
         except RunCancelled as exc:
             reason = clip(safe_text(exc.reason), ERROR_TEXT_LIMIT)
             await self._finish(
@@ -299,6 +301,8 @@ class RunActor:
                 self.spec.input_type,
                 strict=False,
             )
+        except PayloadKeyError:
+            raise  # encrypted with a key this worker lacks: not the input's fault
         except Exception as exc:  # ValidationError, or a decode error / RecursionError
             raise _Fail(
                 ErrorInfo(
@@ -418,6 +422,20 @@ class RunActor:
         # still running and woke nobody: wake it now (the signal side does the same check).
         if exc.waiting_for and await self.waits.next_signal(exc.waiting_for) is not None:
             await broker.request_resume(self.run_id, self.spec.name, self.epoch, "wake")
+
+    async def _give_up_for_key(self, exc: PayloadKeyError) -> None:
+        """A payload of the run is encrypted with a key this worker does not have.
+
+        Failing the run would throw away a journal that a worker with the key can continue,
+        so the run is left as it is: the lease is no longer renewed (not released, so the
+        run is placed again only after a lease TTL, which paces a worker that keeps taking
+        it back), the supervisor re-places it, and ``max_placements`` ends it if no worker
+        with the key ever comes.
+        """
+        self.holds_lease = False
+        reason = f"payload key unavailable on this worker: {safe_text(exc)}"
+        self.log.error("run.payload_key_missing", key_id=exc.key_id, error=safe_text(exc))
+        await self.events.emit(EV_RELEASED, data=data_dict(ReasonData(reason=reason)))
 
     async def _release_for_resume(self, how: str) -> None:
         """Give the run up during a graceful shutdown so another worker resumes it at once.

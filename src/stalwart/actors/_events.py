@@ -7,6 +7,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from stalwart._journal_events import entry_event
+from stalwart.checkpoints import encode_value, payload_codec
+from stalwart.checkpoints._codec import seal_value_text
 from stalwart.messages import RunEvent
 
 if TYPE_CHECKING:
@@ -57,6 +59,16 @@ class RunEvents:
             await self._broker.events.publish(event)
         except Exception as exc:
             self._log.warning("event.publish_failed", type=event.type, error=repr(exc))
+
+    async def emit_user(self, type: str, *, step: str = "", data: Any = None) -> None:
+        """Publish an event agent code emitted (``ctx.emit``): its data is the agent's, so
+        with a payload codec it is sealed whole (an encrypted text in place of ``data``)."""
+        if data is not None and payload_codec() is not None:
+            try:
+                data = seal_value_text(bytes(encode_value(data)))
+            except Exception:  # not msgpack-encodable: never send it in the clear instead
+                data = "<event data could not be encrypted>"
+        await self.emit(type, step=step, data=data)
 
     async def journaled(self, je: JournalEntry) -> None:
         """Publish the event of journal entry ``je``."""

@@ -41,7 +41,14 @@ from stalwart.checkpoints import (
     decode_value,
     encode_value,
 )
-from stalwart.errors import LeaseLost, StepFailed, StepTimeoutError, ToolOutcomeUnknown
+from stalwart.checkpoints._codec import open_text
+from stalwart.errors import (
+    LeaseLost,
+    PayloadKeyError,
+    StepFailed,
+    StepTimeoutError,
+    ToolOutcomeUnknown,
+)
 from stalwart.messages import EV_OUTCOME_UNKNOWN, EV_STEP_STARTED, OutcomeUnknownData, data_dict
 
 if TYPE_CHECKING:
@@ -121,9 +128,15 @@ class StepExecutor(OnRun):
         state = self.state
         d = decide_step(state, spec, live=self._live)
         if isinstance(d, StepDone):
-            return decode_value(d.result, spec.result_type)
+            try:
+                return decode_value(d.result, spec.result_type)
+            except PayloadKeyError as exc:
+                # Encrypted with a key this worker lacks: the run must not go on (agent code
+                # that catches it cannot run further steps), and nothing is lost by stopping.
+                state.fatal = exc
+                raise
         if isinstance(d, StepError):
-            raise StepFailed(spec.key, d.error.type, d.error.message)
+            raise StepFailed(spec.key, d.error.type, open_text(d.error.message))
         if isinstance(d, Attempt | Unknown):
             if state.replaying:
                 state.replaying = False

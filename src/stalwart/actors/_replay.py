@@ -21,6 +21,7 @@ from stalwart.actors._rules import Diverged, RunState, divergence_error
 from stalwart.actors._view import JournalView
 from stalwart.actors._waits import Waits
 from stalwart.checkpoints import ErrorInfo, decode_value, encode_value
+from stalwart.checkpoints._codec import open_text
 from stalwart.policies import Breakers, RunUsage
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ class _Stop(Exception):
 
 
 def _describe(info: ErrorInfo) -> str:
-    return f"failed: {info.type}: {info.message}"
+    return f"failed: {info.type}: {open_text(info.message)}"
 
 
 class _ReadOnly:

@@ -24,7 +24,7 @@ from stalwart.actors._rules import (
     divergence_error,
 )
 from stalwart.checkpoints import StepDone, StepError, WaitStarted, decode_value, encode_value
-from stalwart.errors import StalwartError
+from stalwart.errors import PayloadKeyError, StalwartError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -117,7 +117,11 @@ class Waits(OnRun):
 
     def _replayed_wait(self, key: str, entry: StepDone | StepError) -> Any:
         assert isinstance(entry, StepDone)
-        outcome = decode_value(entry.result)
+        try:
+            outcome = decode_value(entry.result)
+        except PayloadKeyError as exc:  # see StepExecutor.execute
+            self.state.fatal = exc
+            raise
         if isinstance(outcome, dict):
             if outcome.get("timeout"):
                 raise WaitTimeout(f"wait {key!r} timed out")

@@ -23,6 +23,7 @@ from stalwart.actors._intake import Intake
 from stalwart.actors._placement import ActorDeps, Placement
 from stalwart.broker import Broker, WorkerInfo
 from stalwart.checkpoints import CheckpointStore, encode_value
+from stalwart.checkpoints._codec import install_codec
 from stalwart.policies import Breakers
 
 if TYPE_CHECKING:
@@ -82,12 +83,14 @@ class Worker:
         """Connect, register the agents, and start fetching and renewing."""
         assert self.settings.nats_url and self.settings.redis_url, "resolve server URLs first"
         Broker.check_url(self.settings.nats_url)
+        install_codec(self.settings)  # payload encryption, when the settings name a key
         self.store = await CheckpointStore.connect(
             self.settings.redis_url,
             self.settings.namespace,
             # Every hosted run may read at once (placement, signals); appends do not count.
             max_connections=min(max(32, self.settings.concurrency + 8), 256),
             connect_timeout=self.settings.connect_timeout,
+            settings=self.settings,
         )
         self.broker = await Broker.connect(
             self.settings, name=f"stalwart-worker {self.worker_id}", owner=self.worker_id

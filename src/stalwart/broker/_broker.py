@@ -11,6 +11,7 @@ import msgspec
 import structlog
 from nats.js.errors import APIError, KeyNotFoundError, NotFoundError
 
+from stalwart._transport import NatsSecurity
 from stalwart.broker._connect import check_nats_url, connect
 from stalwart.broker._events import EventPublisher, last_event, subscribe_events
 from stalwart.broker._lease import LeaseManager
@@ -110,7 +111,12 @@ class Broker:
     ) -> Broker:
         """Connect to ``settings.nats_url`` and make sure the topology exists."""
         assert settings.nats_url, "nats_url must be resolved before connecting"
-        nc = await connect(settings.nats_url, name=name, connect_timeout=settings.connect_timeout)
+        nc = await connect(
+            settings.nats_url,
+            name=name,
+            connect_timeout=settings.connect_timeout,
+            security=NatsSecurity.from_settings(settings),
+        )
         broker = cls(nc, settings, owner)
         try:
             await ensure_topology(broker.js, broker.names, settings)

@@ -16,6 +16,7 @@ from nats import errors as nats_errors
 from nats.aio.client import Client as NATSClient
 
 from stalwart._secrets import mask_urls
+from stalwart._transport import NatsSecurity
 from stalwart.errors import ConfigurationError, ServerUnavailableError, ServerVersionError
 
 if TYPE_CHECKING:
@@ -81,7 +82,26 @@ def _reason(exc: BaseException | None) -> str:
     if isinstance(exc, socket.gaierror):
         return f"unknown host ({text})"
     if isinstance(exc, nats_errors.AuthorizationError) or "authorization" in text.lower():
-        return "authentication failed: check the user and password or token in the URL"
+        return (
+            "authentication failed: check the credentials (user and password or token in the "
+            "URL, STALWART_NATS_NKEY_SEED, STALWART_NATS_CREDS)"
+        )
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        why = exc.verify_message or exc.reason
+        return (
+            f"TLS failure: the server's certificate was not accepted ({why}): set "
+            "STALWART_NATS_TLS_CA (--nats-tls-ca) to the CA that signed it"
+        )
+    if isinstance(exc, ssl.SSLError) and "CERTIFICATE_REQUIRED" in text.upper():
+        return (
+            "TLS failure: the server requires a client certificate (mutual TLS): set "
+            f"STALWART_NATS_TLS_CERT and STALWART_NATS_TLS_KEY ({text})"
+        )
+    if isinstance(exc, ssl.SSLError) and ("BAD_CERTIFICATE" in text or "UNKNOWN_CA" in text):
+        return (
+            "TLS failure: the server refused the client certificate (is it signed by a CA the "
+            f"server trusts, and meant for clients?) ({text})"
+        )
     if isinstance(exc, ssl.SSLError) or "tls" in text.lower():
         return f"TLS failure: {text or type(exc).__name__}"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -174,37 +194,58 @@ async def _failure(url: str, errors: list[BaseException], within: float) -> str:
     return f"{reason} (gave up after {within:g}s)"
 
 
-async def _tls_refused(url: str, within: float) -> str | None:
-    """For ``tls://`` URLs: the reason to refuse a server that does not require TLS.
+async def _tls_refused(url: str, within: float, *, tls: ssl.SSLContext | None = None) -> str | None:
+    """For ``tls://`` URLs (or any URL when a TLS context ``tls`` is given): the reason to
+    refuse a server that does not require TLS.
 
     nats-py upgrades to TLS only when the server's INFO says ``tls_required``; otherwise it
     sends CONNECT, with the URL's credentials, in plain text even for a ``tls://`` URL. The
-    INFO greeting is read here first, before any credentials are sent.
+    INFO greeting is read here first, before any credentials are sent. A server that does
+    require TLS is then given its handshake before the connection is closed: a client that
+    hung up instead would be logged by nats-server as a TLS handshake error.
     """
     for part in url.split(","):
         parsed = urlsplit(part.strip())
-        if parsed.scheme.lower() != "tls" or parsed.hostname is None:
+        if parsed.hostname is None or not (tls or parsed.scheme.lower() == "tls"):
             continue
         try:
             async with asyncio.timeout(within):
                 reader, writer = await asyncio.open_connection(parsed.hostname, parsed.port or 4222)
                 try:
                     line = await reader.readline()
+                    if b'"tls_required":true' in line.replace(b" ", b""):
+                        with contextlib.suppress(OSError, ssl.SSLError):
+                            await writer.start_tls(
+                                tls or ssl.create_default_context(),
+                                server_hostname=parsed.hostname,
+                            )
                 finally:
                     writer.close()
         except (OSError, TimeoutError):
             continue  # unreachable: the connection attempts report it
         if line.startswith(b"INFO ") and b'"tls_required":true' not in line.replace(b" ", b""):
+            asked = "the URL asks" if parsed.scheme.lower() == "tls" else "TLS options ask"
             return (
-                f"TLS failure: the URL asks for TLS (tls://) but the server at "
+                f"TLS failure: {asked} for TLS but the server at "
                 f"{parsed.hostname}:{parsed.port or 4222} does not require TLS; refusing to "
-                "send credentials in plain text (use nats:// or enable TLS on the server)"
+                "send credentials in plain text (enable TLS on the server, or drop the TLS "
+                "options and use nats://)"
             )
     return None
 
 
-async def connect(url: str, *, name: str = "stalwart", connect_timeout: float = 10.0) -> NATS:
+async def connect(
+    url: str,
+    *,
+    name: str = "stalwart",
+    connect_timeout: float = 10.0,
+    security: NatsSecurity | None = None,
+) -> NATS:
     """Connect to ``url``, check the server version, and reconnect forever afterwards.
+
+    ``security`` adds TLS (a CA, a client certificate for mutual TLS) and nkey or ``.creds``
+    authentication; its files are checked before anything is sent, and a bad one raises
+    :class:`ConfigurationError` naming the setting and the cause.
 
     A worker must outlive a NATS restart, so the client reconnects without limit once it
     has connected. The first connection is bounded: refused connections are retried for up
@@ -213,8 +254,10 @@ async def connect(url: str, *, name: str = "stalwart", connect_timeout: float = 
     :class:`ConfigurationError`, naming the URL with its credentials masked and the reason.
     """
     check_nats_url(url)
+    security = security or NatsSecurity()
+    secure_options = security.connect_options()
     shown = mask_urls(url)
-    tls_refused = await _tls_refused(url, min(connect_timeout, 2.0))
+    tls_refused = await _tls_refused(url, min(connect_timeout, 2.0), tls=secure_options.get("tls"))
     if tls_refused:
         raise ServerUnavailableError(f"cannot reach NATS at {shown}: {tls_refused}")
     holder: list[NATS] = []
@@ -242,10 +285,14 @@ async def connect(url: str, *, name: str = "stalwart", connect_timeout: float = 
         error_cb=_on_error,
         disconnected_cb=_on_disconnect,
         reconnected_cb=_on_reconnect,
+        **secure_options,
     )
     if nc is None:
+        presented = security.describe()
+        with_what = f" with {presented}" if presented else ""
         raise ServerUnavailableError(
-            f"cannot reach NATS at {shown}: {await _failure(url, errors, connect_timeout)}"
+            f"cannot reach NATS at {shown}{with_what}: "
+            f"{await _failure(url, errors, connect_timeout)}"
         ) from (errors[-1] if errors else None)
     # Connected: from now on ride out server restarts without limit.
     nc.options["allow_reconnect"] = True

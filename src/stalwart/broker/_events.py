@@ -13,7 +13,7 @@ import structlog
 from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from stalwart._text import clip, safe_text
+from stalwart._text import SEALED_TEXT_PREFIX, clip, safe_text
 from stalwart.messages import (
     EV_STEP_COMPLETED,
     EV_STEP_FAILED,
@@ -50,9 +50,10 @@ _MAX_DATA_DEPTH = 32
 
 
 def _clip_value(value: Any, limit: int, depth: int = 0) -> Any:
-    """``value`` with every string (keys too) cut to ``limit`` characters."""
+    """``value`` with every string (keys too) cut to ``limit`` characters, except encrypted
+    payloads: a cut one could never be decrypted (the event size bound still applies)."""
     if isinstance(value, str):
-        return clip(value, limit)
+        return value if value.startswith(SEALED_TEXT_PREFIX) else clip(value, limit)
     if depth >= _MAX_DATA_DEPTH:
         return "<nested too deeply for an event>"
     if isinstance(value, dict):

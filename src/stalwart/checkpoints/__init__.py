@@ -1,10 +1,16 @@
 """The Redis journal: fenced appends, replay reads, run records and their codecs.
 
+Payload encryption lives here too: :class:`PayloadCodec` (the hook for a codec of your own,
+such as a KMS), :class:`AesGcmCodec` (the shipped one), :func:`set_payload_codec`, and
+:func:`seal_bytes` / :func:`open_bytes` for adapters that store payloads of their own.
+
 Also the Redis key schema (:class:`KeySchema`, :class:`RunKeys`) and the epoch fence
 (:func:`fenced`, :class:`Fence`) for adapters that keep data of their own by a run, and
 :class:`RunStore`, the part of the store a run's own code sees (``RunContext.store``).
 """
 
+from stalwart.checkpoints._aesgcm import AesGcmCodec
+from stalwart.checkpoints._codec import open_bytes, payload_codec, seal_bytes, set_payload_codec
 from stalwart.checkpoints._entries import (
     TERMINAL_STATUSES,
     Entry,
@@ -24,6 +30,12 @@ from stalwart.checkpoints._entries import (
     encode_entry,
     encode_value,
 )
+from stalwart.checkpoints._envelope import (
+    PayloadCodec,
+    envelope_header,
+    envelope_key_id,
+    read_envelope_header,
+)
 from stalwart.checkpoints._fence import Fence, fenced
 from stalwart.checkpoints._keys import KeySchema, RunKeys
 from stalwart.checkpoints._runs import CancelOutcome, Claim
@@ -33,6 +45,7 @@ from stalwart.checkpoints._writer import JournalConflict
 
 __all__ = [
     "TERMINAL_STATUSES",
+    "AesGcmCodec",
     "CancelOutcome",
     "CheckpointStore",
     "Claim",
@@ -43,6 +56,7 @@ __all__ = [
     "JournalConflict",
     "JournalEntry",
     "KeySchema",
+    "PayloadCodec",
     "RunKeys",
     "RunRecord",
     "RunStatus",
@@ -57,5 +71,12 @@ __all__ = [
     "decode_value",
     "encode_entry",
     "encode_value",
+    "envelope_header",
+    "envelope_key_id",
     "fenced",
+    "open_bytes",
+    "payload_codec",
+    "read_envelope_header",
+    "seal_bytes",
+    "set_payload_codec",
 ]

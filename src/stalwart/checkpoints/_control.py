@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING, cast
 
 from stalwart.checkpoints import _scripts
+from stalwart.checkpoints._codec import seal_bytes
 from stalwart.checkpoints._fence import stale_error
 from stalwart.checkpoints._runs import REJECTED_ERROR, CancelOutcome, RejectOutcome, unplaced_end
 
@@ -107,12 +108,13 @@ class RunControl:
         ``outcome`` is ``wake`` when the run is passivated waiting for this signal (the
         caller must have it re-placed), ``stored``, ``terminal``, ``missing``, or ``full``
         when the run already holds ``max_pending`` unconsumed signals (then the third
-        item is how many; nothing was stored). ``max_pending`` 0 means no limit.
+        item is how many; nothing was stored). ``max_pending`` 0 means no limit. The payload
+        is sealed here when a payload codec is set (and it is not sealed already).
         """
         run = self._runner.keys.run(run_id)
         reply = await self._signal(
             keys=[run.record, run.signals],
-            args=[name, payload, repr(time.time()), max_pending],
+            args=[name, seal_bytes(payload), repr(time.time()), max_pending],
         )
         outcome = reply[0].decode()
         if outcome in ("wake", "stored", "full"):

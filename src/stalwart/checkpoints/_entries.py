@@ -7,10 +7,17 @@ results nobody asks for, and a replayed step decodes its result into the caller'
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
+from stalwart.checkpoints._codec import (
+    decrypt_blob,
+    payload_codec,
+    seal_bytes,
+    seal_text,
+    sealed_blob,
+)
 from stalwart.errors import CorruptRecordError
 
 RunStatus = Literal["accepted", "running", "waiting", "completed", "failed", "cancelled"]
@@ -193,11 +200,50 @@ def encode_value(value: Any) -> msgspec.Raw:
 
 
 def decode_value(raw: msgspec.Raw | bytes, type: Any = Any) -> Any:
-    """Decode a value encoded by :func:`encode_value`, converted to ``type``."""
+    """Decode a value encoded by :func:`encode_value`, converted to ``type``.
+
+    A sealed value (payload encryption) is decrypted first; one this process has no key
+    for raises :class:`~stalwart.errors.PayloadKeyError` naming the key id.
+    """
     data = bytes(raw)
+    if data[:1] in _EXT_HEADS:
+        blob = sealed_blob(data)
+        if blob is not None:
+            data = decrypt_blob(blob)
     if type is Any:
         return _any_decoder.decode(data)
     return msgspec.msgpack.decode(data, type=type)
+
+
+_EXT_HEADS = (b"\xc7", b"\xc8", b"\xc9")
+_E = TypeVar("_E", bound=Entry)
+
+
+def _sealed_error(error: ErrorInfo) -> ErrorInfo:
+    return ErrorInfo(error.type, seal_text(error.message), error.retryable)
+
+
+def seal_entry(entry: _E) -> _E:
+    """``entry`` as it is stored: with a payload codec, its payloads sealed (a step's or the
+    run's result, error messages); every other field, and the entry with no codec, as it is.
+
+    Entries that were read back sealed stay sealed (sealing is idempotent), and readers
+    never need to know: :func:`decode_value` and ``open_text`` take either form.
+    """
+    if payload_codec() is None:
+        return entry
+    if isinstance(entry, StepDone):
+        return msgspec.structs.replace(entry, result=msgspec.Raw(seal_bytes(bytes(entry.result))))
+    if isinstance(entry, StepError | StepAttempt):
+        return msgspec.structs.replace(entry, error=_sealed_error(entry.error))
+    if isinstance(entry, Finished):
+        result = bytes(entry.result)
+        return msgspec.structs.replace(
+            entry,
+            result=msgspec.Raw(seal_bytes(result)) if result else entry.result,
+            error=_sealed_error(entry.error) if entry.error is not None else None,
+        )
+    return entry
 
 
 def record_from_hash(raw: dict[bytes, bytes]) -> RunRecord | None:

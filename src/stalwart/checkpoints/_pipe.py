@@ -9,8 +9,9 @@ replies (Redis answers a connection's commands in order). A run that steps alone
 command written at once, so the single-run latency gains as well (no pool, no per-call
 retry wrapper).
 
-This client knows only what the hot path needs: plain TCP or a Unix socket, optional TLS,
-``AUTH`` and ``SELECT`` from the URL. Any failure (connection lost, no reply within
+This client knows only what the hot path needs: plain TCP or a Unix socket, optional TLS
+(with the context redis-py's pool uses: the URL's ``ssl_*`` options and the settings, parsed
+once by :func:`stalwart._transport.redis_target`), ``AUTH`` and ``SELECT`` from the URL. Any failure (connection lost, no reply within
 ``request_timeout``, an error reply) is handed to the caller, which falls back to the
 redis-py client and its retries; explicit journal ids make that resend safe.
 """
@@ -19,9 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ssl
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import hiredis
@@ -29,6 +29,11 @@ from redis.asyncio.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from stalwart._transport import redis_target
+
+if TYPE_CHECKING:
+    import ssl
 
 _SCHEMES = frozenset({"redis", "rediss", "unix"})
 
@@ -96,17 +101,27 @@ class ScriptPipe:
     """
 
     def __init__(
-        self, url: str, *, request_timeout: float = 10.0, connect_timeout: float = 5.0
+        self,
+        url: str,
+        *,
+        request_timeout: float = 10.0,
+        connect_timeout: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         scheme = urlparse(url).scheme
         if scheme not in _SCHEMES:
             raise ValueError(f"unsupported Redis URL scheme {scheme!r}")
+        if scheme == "rediss" and ssl_context is None:
+            # On its own (no context handed over by the store): the URL's options, read
+            # exactly as the store reads them.
+            target = redis_target(url)
+            url, ssl_context = target.url, target.ssl_context
         # redis-py's own reading of the URL, so both clients agree on what it says.
         kw = parse_url(url)
         self._path = str(kw.get("path") or "")
         self._host = str(kw.get("host") or "localhost")
         self._port = int(kw.get("port") or 6379)
-        self._ssl = ssl.create_default_context() if scheme == "rediss" else None
+        self._ssl = ssl_context if scheme == "rediss" else None
         self._username = str(kw.get("username") or "")
         self._password = str(kw.get("password") or "")
         self._db = int(kw.get("db") or 0)
@@ -122,6 +137,10 @@ class ScriptPipe:
         self._closed = False
         self.writes = 0
         """Socket writes so far (each carries one or more commands)."""
+        self.connects = 0
+        """Connections made so far that completed the handshake and set-up."""
+        self.failed_connects = 0
+        """Connection attempts that failed (refused, TLS handshake, AUTH)."""
 
     @staticmethod
     def supports(url: str) -> bool:
@@ -195,11 +214,13 @@ class ScriptPipe:
                 if isinstance(exc, RedisConnectionError)
                 else RedisConnectionError(f"cannot connect to Redis: {exc!r}")
             )
+            self.failed_connects += 1
             self._drop_transport()
             self._fail_queued(err)
             return
         finally:
             self._connecting = None
+        self.connects += 1
         queued, self._queued = self._queued, []
         now = time.monotonic()
         for data, qfut in queued:

@@ -19,7 +19,9 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from stalwart._transport import redis_target
 from stalwart.checkpoints import _scripts
+from stalwart.checkpoints._codec import seal_bytes
 from stalwart.checkpoints._control import RunControl
 from stalwart.checkpoints._entries import (
     Entry,
@@ -33,10 +35,11 @@ from stalwart.checkpoints._entries import (
     decode_entry,
     encode_entry,
     record_from_hash,
+    seal_entry,
 )
 from stalwart.checkpoints._keys import KeySchema
 from stalwart.checkpoints._pipe import ScriptPipe
-from stalwart.checkpoints._reach import first_contact
+from stalwart.checkpoints._reach import first_contact, parse_redis_url
 from stalwart.checkpoints._runs import (
     POISONED_ERROR,
     REJECTED_ERROR,
@@ -55,6 +58,8 @@ if TYPE_CHECKING:
     import asyncio
 
     import msgspec
+
+    from stalwart.config import Settings
 
 # Private names other modules import from here (kept where they were).
 __all__ = [
@@ -114,24 +119,30 @@ class CheckpointStore(RunControl):
         *,
         max_connections: int = 64,
         connect_timeout: float = 10.0,
+        settings: Settings | None = None,
     ) -> CheckpointStore:
         """Connect to Redis at ``url`` and check it answers within ``connect_timeout`` s.
 
         ``max_connections`` bounds the pool for everything but journal appends (which share
-        one pipelined connection); callers past it wait for a connection. Raises
-        :class:`ConfigurationError` for a URL that is not a Redis URL and
-        :class:`ServerUnavailableError` (URL with credentials masked, and the reason) when
-        Redis does not answer in time, refuses the credentials or is not Redis.
+        one pipelined connection); callers past it wait for a connection. TLS comes from a
+        ``rediss://`` URL's ``ssl_*`` options and ``settings``' ``redis_tls_*`` files: one
+        context serves the pool and the append pipe. Raises :class:`ConfigurationError` for
+        a URL that is not a Redis URL or TLS options that cannot be used (naming the option
+        and the file), and :class:`ServerUnavailableError` (URL with credentials masked,
+        and the reason) when Redis does not answer in time, refuses the credentials or the
+        TLS handshake, or is not Redis.
         """
+        parse_redis_url(url)
+        target = redis_target(url, settings)
         # First contact without retries, bounded: the pool below retries for ~25 s.
         # Appends go out as EVALSHA on the pipe: make sure Redis knows the script.
-        await first_contact(url, connect_timeout, (_scripts.APPEND,))
+        await first_contact(url, connect_timeout, (_scripts.APPEND,), target=target)
         # Every command rides out a short Redis restart. Scripts are safe to resend: appends
         # use explicit ids (a resent append finds its own entry), claims are idempotent.
         # A blocking pool: a burst of placements past the pool's size waits for a free
         # connection instead of failing (redis-py's default pool raises at its limit).
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
+        pool = aioredis.BlockingConnectionPool(
+            **target.pool_kwargs(),
             max_connections=max_connections,
             timeout=30,
             decode_responses=False,
@@ -141,7 +152,7 @@ class CheckpointStore(RunControl):
         client = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
         store = cls(client, namespace)
         if ScriptPipe.supports(url):
-            store._runner.pipe = ScriptPipe(url)
+            store._runner.pipe = ScriptPipe(target.url, ssl_context=target.ssl_context)
         return store
 
     async def close(self) -> None:
@@ -184,10 +195,14 @@ class CheckpointStore(RunControl):
     async def create_run(
         self, run_id: str, agent: str, input: msgspec.Raw, *, trace: str = ""
     ) -> tuple[str, str] | None:
-        """Create the record of a new run. Returns ``(status, agent)`` if it already existed."""
+        """Create the record of a new run. Returns ``(status, agent)`` if it already existed.
+
+        ``input`` is sealed here if the caller did not seal it already (payload encryption).
+        """
         now = time.time()
         existing = await self._create(
-            keys=[self.record_key(run_id)], args=[run_id, agent, bytes(input), repr(now), trace]
+            keys=[self.record_key(run_id)],
+            args=[run_id, agent, seal_bytes(bytes(input)), repr(now), trace],
         )
         if existing:
             return existing[0].decode(), existing[1].decode()
@@ -304,7 +319,7 @@ class CheckpointStore(RunControl):
                 repr(now),
                 run_id,
                 agent,
-                bytes(input),
+                seal_bytes(bytes(input)),
                 trace,
                 fresh,
                 resumed,
@@ -356,12 +371,13 @@ class CheckpointStore(RunControl):
         The caller can stop waiting (be cancelled) without abandoning the write, and no
         task is created on the fast path (see :meth:`ScriptRunner.write_future`).
         """
-        data = encode_entry(entry)
+        data = encode_entry(seal_entry(entry))
         args: list[object] = [epoch, f"{seq}-0", data, repr(time.time())]
         return self._runner.write_future(self._append, run_id, args, seq, data)
 
     async def finish(self, run_id: str, epoch: int, seq: int, entry: Finished) -> None:
         """Append the final entry and set the record's end state, fenced by ``epoch``."""
+        entry = seal_entry(entry)  # the record gets the same sealed result and message
         data = encode_entry(entry)
         err = entry.error or ErrorInfo("", "")
         args = [

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from stalwart import telemetry as obs
 from stalwart._ids import check_agent_name, check_run_id, new_run_id
 from stalwart._text import (
@@ -22,7 +24,9 @@ from stalwart.checkpoints import (
     StepError,
     decode_value,
     encode_value,
+    seal_bytes,
 )
+from stalwart.checkpoints._codec import install_codec, is_sealed
 from stalwart.client._handle import RunHandle
 from stalwart.config import Settings
 from stalwart.errors import (
@@ -62,12 +66,15 @@ class Client:
         Each server must answer within ``settings.connect_timeout`` seconds
         (``STALWART_CONNECT_TIMEOUT``, default 10), else :class:`ServerUnavailableError`
         names the URL (credentials masked) and the reason; a URL that is not a Redis or NATS
-        URL raises :class:`ConfigurationError`. Worker-only settings in the environment are
-        not read.
+        URL raises :class:`ConfigurationError`, and so does a TLS, nkey or ``.creds`` setting
+        whose file cannot be used (see docs/security.md). Worker-only settings in the
+        environment are not read. Settings that name an encryption key install the payload
+        codec (``encryption_key`` / ``encryption_keys_file``).
         """
         settings = settings or Settings.from_env(
             role="client", nats_url=nats_url, redis_url=redis_url
         )
+        install_codec(settings)
         if not settings.nats_url or not settings.redis_url:
             raise ConfigurationError(
                 "Client.connect needs a NATS URL and a Redis URL (arguments or "
@@ -75,7 +82,10 @@ class Client:
             )
         Broker.check_url(settings.nats_url)
         store = await CheckpointStore.connect(
-            settings.redis_url, settings.namespace, connect_timeout=settings.connect_timeout
+            settings.redis_url,
+            settings.namespace,
+            connect_timeout=settings.connect_timeout,
+            settings=settings,
         )
         try:
             broker = await Broker.connect(settings, name="stalwart-client")
@@ -181,8 +191,13 @@ class Client:
             await self._reject(run_id, agent, reason)
             raise UnknownAgentError(reason)
         raw_input = self._encode_checked(input, f"run {run_id!r}: input")
+        # With a payload codec the input travels and is stored sealed (the same envelope in
+        # the request and the record); without one, both are exactly what they always were.
+        plain = bytes(raw_input)
+        sealed = seal_bytes(plain)
+        wire_input = input if sealed is plain else msgspec.Raw(sealed)
         request = RunRequest(
-            run_id=run_id, agent=agent, input=input, submitted_at=time.time(), trace=trace
+            run_id=run_id, agent=agent, input=wire_input, submitted_at=time.time(), trace=trace
         )
         try:
             self.broker.encode_request(request)
@@ -193,7 +208,9 @@ class Client:
             raise InvalidRequestError(
                 f"run {run_id!r}: the request cannot be encoded ({clip(safe_text(exc), 300)})"
             ) from None
-        existing = await self.store.create_run(run_id, agent, raw_input, trace=carrier_json(trace))
+        existing = await self.store.create_run(
+            run_id, agent, msgspec.Raw(sealed), trace=carrier_json(trace)
+        )
         if existing is not None:
             status, known_agent = existing
             if known_agent and known_agent != agent:
@@ -249,7 +266,10 @@ class Client:
                 RunRequest(
                     run_id=dst,
                     agent=record.agent,
-                    input=record.decode_input(),
+                    # A sealed input is passed on as it is: forking needs no key.
+                    input=record.input
+                    if record.input is not None and is_sealed(record.input)
+                    else record.decode_input(),
                     submitted_at=time.time(),
                     trace=trace,
                 )

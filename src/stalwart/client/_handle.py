@@ -6,7 +6,10 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from stalwart._text import ERROR_TEXT_LIMIT, clip, safe_text
+from stalwart.checkpoints._codec import open_event_data, open_text
 from stalwart.checkpoints._store import REJECTED_ERROR
 from stalwart.errors import (
     InvalidRequestError,
@@ -82,8 +85,11 @@ class RunHandle:
         Messages on the run's subject that are not events are skipped. A terminal-looking
         event ends the iteration only when the run record agrees that the run has ended
         (or there is no record to ask): a stray ``request.rejected`` for a live run does not.
+        Encrypted payloads in the events (results, error messages, emitted data) are
+        decrypted when this process has the key, else shown as ``<encrypted: key ...>``.
         """
-        return self.client.broker.subscribe(self.run_id, follow=follow, ends=self._has_ended)
+        events = self.client.broker.subscribe(self.run_id, follow=follow, ends=self._has_ended)
+        return _opened(events)
 
     async def _has_ended(self, event: RunEvent) -> bool:
         try:
@@ -101,11 +107,12 @@ class RunHandle:
         record = await self._wait_ended(timeout)
         if record.status == "completed":
             return record.decode_result(type)
+        error = open_text(record.error)  # an encrypted message, or its key's marker
         if record.status == "cancelled":
-            raise RunCancelled(self.run_id, record.error or "cancelled")
+            raise RunCancelled(self.run_id, error or "cancelled")
         if record.error_type == REJECTED_ERROR:
-            raise RunRejected(self.run_id, record.error)
-        raise RunFailed(self.run_id, record.error_type, record.error)
+            raise RunRejected(self.run_id, error)
+        raise RunFailed(self.run_id, record.error_type, error)
 
     async def _wait_ended(self, timeout: float | None) -> RunRecord:
         # A plain subscription (no JetStream consumer): the terminal event only wakes us,
@@ -213,6 +220,19 @@ class RunHandle:
             self.run_id, reason, ended=outcome == "cancelled", wake=wake
         )
         return outcome
+
+
+async def _opened(events: AsyncIterator[RunEvent]) -> AsyncIterator[RunEvent]:
+    """``events`` with their encrypted payloads opened (a reader that stops early closes
+    the subscription underneath too)."""
+    try:
+        async for event in events:
+            data = open_event_data(event.data)
+            yield event if data is event.data else msgspec.structs.replace(event, data=data)
+    finally:
+        close = getattr(events, "aclose", None)
+        if close is not None:
+            await close()
 
 
 def _check_signal_name(name: Any, settings: Settings) -> None:

@@ -20,6 +20,7 @@ from stalwart.checkpoints import (
     StepIntent,
     WaitStarted,
 )
+from stalwart.checkpoints._codec import open_text
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -129,14 +130,16 @@ def _apply(
         return
     r = _row(rows, seq, e, e.kind, e.name)
     if isinstance(e, StepAttempt):
-        r.errors.append(AttemptError(e.attempt, e.error.type, e.error.message, e.worker, e.epoch))
+        r.errors.append(
+            AttemptError(e.attempt, e.error.type, open_text(e.error.message), e.worker, e.epoch)
+        )
         r.attempts, r.duration, r.outcome = e.attempt, e.duration, "retrying"
     elif isinstance(e, StepIntent):
         r.attempts, r.outcome = e.attempt, "unknown"
     elif isinstance(e, StepError):
         r.kind, r.name, r.duration = e.kind, e.name, e.duration
         r.attempts = max(e.attempt, r.attempts, 1)
-        r.outcome, r.error = "failed", f"{e.error.type}: {e.error.message}"
+        r.outcome, r.error = "failed", f"{e.error.type}: {open_text(e.error.message)}"
     else:
         r.kind, r.name, r.duration = e.kind, e.name, e.duration
         r.attempts = max(e.attempt, r.attempts, 1)
@@ -190,7 +193,7 @@ def build_history(
         finished_at=finished.at if finished is not None else 0.0,
         finished_seq=finished_seq,
         error_type=error.type if error else (record.error_type if record else ""),
-        error=error.message if error else (record.error if record else ""),
+        error=open_text(error.message if error else (record.error if record else "")),
         input_tokens=sum(s.input_tokens for s in steps),
         output_tokens=sum(s.output_tokens for s in steps),
         cost_usd=sum(s.cost_usd for s in steps),

@@ -25,6 +25,7 @@ from stalwart.servers._errors import ServerError, ServerNotFound, ServerStartErr
 from stalwart.servers._nats import NatsServer
 from stalwart.servers._process import free_port
 from stalwart.servers._redis import RedisServer
+from stalwart.servers._tls import ServerTLS
 
 __all__ = [
     "MIN_NATS_VERSION",
@@ -34,6 +35,7 @@ __all__ = [
     "ServerError",
     "ServerNotFound",
     "ServerStartError",
+    "ServerTLS",
     "find_nats_server",
     "find_redis_server",
     "free_port",

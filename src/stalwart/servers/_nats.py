@@ -7,9 +7,13 @@ import secrets
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stalwart.servers._binaries import find_nats_server
 from stalwart.servers._process import LOOPBACK, _ServerProcess, free_port
+
+if TYPE_CHECKING:
+    from stalwart.servers._tls import ServerTLS
 
 
 class NatsServer(_ServerProcess):
@@ -18,6 +22,10 @@ class NatsServer(_ServerProcess):
     ``store_dir`` defaults to a temp dir that is deleted on :meth:`stop` (kept across
     :meth:`restart`). The health check uses a private monitoring port and waits until
     JetStream is ready.
+
+    ``tls`` makes the client port TLS-only (mutual TLS with ``verify_clients``); ``config``
+    is extra nats-server configuration text (an ``authorization`` block with nkeys, an
+    ``operator`` with a resolver), written to a file in the server's temp dir (:attr:`config_file`).
     """
 
     _kind = "nats-server"
@@ -28,8 +36,12 @@ class NatsServer(_ServerProcess):
         port: int | None = None,
         store_dir: str | Path | None = None,
         binary: str | None = None,
+        tls: ServerTLS | None = None,
+        config: str = "",
     ) -> None:
         super().__init__(port=port, binary=binary or find_nats_server())
+        self.tls = tls
+        self.config = config
         self._owns_store = store_dir is None
         self.store_dir = Path(store_dir) if store_dir is not None else self._default_store()
         self.monitor_port = free_port()
@@ -42,21 +54,43 @@ class NatsServer(_ServerProcess):
 
     @property
     def url(self) -> str:
-        """Client URL, ``nats://127.0.0.1:<port>``."""
-        return f"nats://{LOOPBACK}:{self.port}"
+        """Client URL, ``nats://127.0.0.1:<port>`` (``tls://`` when serving TLS)."""
+        return f"{'tls' if self.tls else 'nats'}://{LOOPBACK}:{self.port}"
+
+    @property
+    def config_file(self) -> Path:
+        """Where the ``tls`` block and ``config`` text are written for ``-c``."""
+        return self._own_tmp_dir() / "nats-server.conf"
+
+    def _config_text(self) -> str:
+        lines = [self.config]
+        if self.tls is not None:
+            t = self.tls
+            block = [f"cert_file: {json.dumps(t.cert_file)}", f"key_file: {json.dumps(t.key_file)}"]
+            if t.ca_file:
+                block.append(f"ca_file: {json.dumps(t.ca_file)}")
+            if t.verify_clients:
+                block.append("verify: true")
+            lines.append("tls {\n  " + "\n  ".join(block) + "\n}")
+        return "\n".join(lines) + "\n"
 
     def _prepare(self) -> None:
         if self._owns_store and not self.store_dir.parent.exists():
             # stop() removed our temp dir; a fresh start gets a fresh one.
             self.store_dir = self._default_store()
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        if self.tls is not None or self.config:
+            self.config_file.write_text(self._config_text())
 
     def _repick_ports(self) -> None:
         self.monitor_port = free_port()
 
     def _command(self) -> list[str]:
+        # The config file first: the flags below win over whatever it says.
+        conf = ["-c", str(self.config_file)] if self.tls is not None or self.config else []
         return [
             self.binary,
+            *conf,
             "-a", LOOPBACK,
             "-p", str(self.port),
             "-m", str(self.monitor_port),

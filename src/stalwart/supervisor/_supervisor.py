@@ -116,6 +116,7 @@ class Supervisor:
             self.settings.redis_url,
             self.settings.namespace,
             connect_timeout=self.settings.connect_timeout,
+            settings=self.settings,
         )
         self.broker = await Broker.connect(self.settings, name=f"stalwart {self.supervisor_id}")
         self._election = LeaseManager(

@@ -6,7 +6,7 @@ from stalwart.adapters.crewai import DurableCrewRunner
 
 crew = Crew(agents=[researcher, writer], tasks=[research, report], process=Process.sequential)
 runner = DurableCrewRunner("market-research", crew)  # or a function that builds the crew
-result = await runner.run({"topic": "Q4 market trends"})  # or runner.submit(...) -> RunHandle
+output = await runner.run(inputs={"topic": "Q4 market trends"})  # CrewAI's CrewOutput
 ```
 
 Serve it with ``stalwart worker <module>:<app>`` (``<module>:default_app`` unless an
@@ -38,26 +38,26 @@ Semantics and limits:
   prompts deterministic (``inject_date`` changes at midnight).
 - Tools run at least once (a call in flight when the worker died runs again): hand
   ``current_step().idempotency_key`` to APIs that deduplicate, or mark a tool at-most-once by
-  name with ``Policies(at_most_once=...)``. Stalwart's retry policy for ``tool`` steps applies
-  to tools that raise (``Policies(retry_by_name={"tool name": NO_RETRY})`` to turn it off);
-  what is left becomes :class:`ToolCallFailed`, which CrewAI shows the model as the tool's
-  error, as it would without Stalwart.
-- Only model and tool calls are journaled: CrewAI memory and knowledge, task callbacks,
-  ``human_input`` and output files run again on a resume.
+  name with ``Policies(at_most_once=...)``. A tool that raises is not retried unless a retry
+  policy asks for it; the error CrewAI gets is :class:`ToolCallFailed`, named as the tool's
+  own exception, so CrewAI shows the model and records the same as without Stalwart.
+- A delegation replayed whole brings back the tokens its coworker used and the tool failures
+  it recorded, so ``CrewOutput.token_usage`` and ``tool_failures`` are the plain run's.
+- ``Task(human_input=True)``: each prompt is a durable signal (``crew.human_input`` event,
+  signal ``human:<frame><n>``), not a read from the terminal; see ``_human``.
+- Runners return CrewAI's own ``CrewOutput`` / ``LiteAgentOutput``, rebuilt from the plain
+  :class:`CrewResult` / :class:`AgentResult` a worker returns; ``run(inputs={...})`` is
+  ``kickoff(inputs=...)``.
+- Only model calls, tool calls and human feedback are journaled: CrewAI memory and
+  knowledge, task callbacks and output files run again on a resume.
 - Runs use the sync ``kickoff``; ``akickoff`` and streaming crews are not supported. A crew
   that runs one agent object twice at once (parallel delegations to the same coworker) races
   in CrewAI itself and may not replay.
 """
 
 from stalwart.adapters.crewai._install import install
-from stalwart.adapters.crewai._runner import (
-    AgentResult,
-    CrewResult,
-    DurableAgentRunner,
-    DurableCrewRunner,
-    TaskResult,
-    crew_result,
-)
+from stalwart.adapters.crewai._results import AgentResult, CrewResult, TaskResult, crew_result
+from stalwart.adapters.crewai._runner import DurableAgentRunner, DurableCrewRunner
 from stalwart.adapters.crewai._scripted import ScriptedLLM, text, tool_call, tool_results
 from stalwart.kit import ToolCallFailed
 

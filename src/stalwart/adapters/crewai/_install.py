@@ -13,9 +13,12 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from crewai.agents.agent_executor import AgentExecutor
+from crewai.core.providers.human_input import SyncHumanInputProvider
+from crewai.hooks.tool_hooks import ToolCallHookContext
 from crewai.llms.base_llm import BaseLLM
 from crewai.tools.base_tool import BaseTool, Tool
 
+from stalwart.adapters.crewai._human import durable_approval, durable_prompt
 from stalwart.adapters.crewai._model import _durable_acall, _durable_call
 from stalwart.adapters.crewai._threads import MARK
 from stalwart.adapters.crewai._tools import _durable_run, _native_tool_call, _routed_tool_run
@@ -91,6 +94,12 @@ def install() -> None:
             return
         _wrap(AgentExecutor, "_execute_single_native_tool_call", _native_tool_call)
         _wrap(Tool, "run", _routed_tool_run)
+        _wrap(ToolCallHookContext, "request_human_input", durable_approval)
+        prompt = SyncHumanInputProvider.__dict__["_prompt_input"]
+        if not getattr(prompt.__func__, MARK, False):
+            # A static method (called as self._prompt_input(crew)): it stays one.
+            wrapped = staticmethod(durable_prompt(prompt.__func__))
+            setattr(SyncHumanInputProvider, "_prompt_input", wrapped)  # noqa: B010
         _chain_init_subclass(BaseLLM, _wrap_model)
         _chain_init_subclass(BaseTool, _wrap_tool)
         for cls in _subclasses(BaseLLM):

@@ -52,7 +52,7 @@ def _usage_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int
     return {k: v for k, v in delta.items() if v}
 
 
-def _replay_usage(llm: BaseLLM, delta: dict[str, int]) -> None:
+def replay_usage(llm: BaseLLM, delta: dict[str, int]) -> None:
     """Count a replayed call's tokens again, so the crew's usage metrics stay whole."""
     counters = getattr(llm, "_token_usage", None)
     if isinstance(counters, dict):
@@ -83,7 +83,7 @@ class _ModelCall:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> None:
-        self.run, self.llm = run, llm
+        self.run, self.llm, self.frame = run, llm, frame
         self.messages, self.args, self.kwargs = messages, args, kwargs
         # Model calls of one frame are sequential, and concurrent ones (CrewAI summarizing
         # chunks with asyncio.gather) take their numbers in the order they are started.
@@ -131,9 +131,16 @@ class _ModelCall:
         return self._recorded(response)
 
     def result(self, recorded: dict[str, Any]) -> Any:
-        if not self.ran and recorded.get("usage"):
-            _replay_usage(self.llm, recorded["usage"])
+        usage = recorded.get("usage")
+        if usage:
+            if not self.ran:
+                replay_usage(self.llm, usage)
+            slot = self.run.llm_slot(self.llm)
+            if slot is not None:  # a model CrewAI counts: tool steps around it journal it
+                self.frame.note_usage(slot, usage)
         response = self.run.decode(recorded["response"], self.response_model)
+        if isinstance(response, str):
+            self.frame.answer = response
         if isinstance(response, list):
             for i, tool_call in enumerate(response):
                 info = extract_tool_call_info(tool_call)

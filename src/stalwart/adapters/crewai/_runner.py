@@ -13,80 +13,34 @@ from crewai.types.streaming import CrewStreamingOutput
 
 from stalwart.adapters.crewai._codec import returned_models
 from stalwart.adapters.crewai._install import install
+from stalwart.adapters.crewai._results import (
+    AgentResult,
+    CrewResult,
+    agent_result,
+    crew_result,
+)
 from stalwart.adapters.crewai._threads import CrewRun
 from stalwart.errors import ConfigurationError
-from stalwart.kit import DurableRunner, check_max_iterations, check_source
+from stalwart.kit import DurableRunner, allow_map, check_max_iterations, check_source
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
     from crewai.crews.crew_output import CrewOutput
     from crewai.lite_agent_output import LiteAgentOutput
-    from crewai.tasks.task_output import TaskOutput
     from pydantic import BaseModel
 
     from stalwart import Policies
     from stalwart.actors import App, RunContext
-    from stalwart.client import Client
+    from stalwart.client import Client, RunHandle
 
 T = TypeVar("T")
 
 
-class TaskResult(msgspec.Struct, omit_defaults=True):
-    """One task's output in a :class:`CrewResult`."""
-
-    description: str
-    agent: str
-    raw: str
-    name: str | None = None
-    json_dict: dict[str, Any] | None = None
-    pydantic: dict[str, Any] | None = None
-    """A pydantic output, dumped to JSON-mode data."""
-
-
-class CrewResult(msgspec.Struct, omit_defaults=True):
-    """A crew run's result: CrewAI's ``CrewOutput`` as plain data."""
-
-    raw: str
-    tasks: list[TaskResult] = []
-    json_dict: dict[str, Any] | None = None
-    pydantic: dict[str, Any] | None = None
-    token_usage: dict[str, Any] = {}
-
-
-class AgentResult(msgspec.Struct, omit_defaults=True):
-    """An agent run's result: CrewAI's ``LiteAgentOutput`` as plain data."""
-
-    raw: str
-    agent: str = ""
-    pydantic: dict[str, Any] | None = None
-    usage: dict[str, Any] | None = None
-
-
-def _dump(model: BaseModel | None) -> dict[str, Any] | None:
-    return model.model_dump(mode="json") if model is not None else None
-
-
-def _task_result(output: TaskOutput) -> TaskResult:
-    return TaskResult(
-        description=output.description,
-        agent=output.agent,
-        raw=output.raw,
-        name=output.name,
-        json_dict=output.json_dict,
-        pydantic=_dump(output.pydantic),
-    )
-
-
-def crew_result(output: CrewOutput) -> CrewResult:
-    """A ``CrewOutput`` as a :class:`CrewResult` (what a crew run returns)."""
-    return CrewResult(
-        raw=output.raw,
-        tasks=[_task_result(t) for t in output.tasks_output],
-        json_dict=output.json_dict,
-        pydantic=_dump(output.pydantic),
-        token_usage=output.token_usage.model_dump(mode="json"),
-    )
+def _llms(crew: Crew) -> list[Any]:
+    """The models whose usage CrewAI counts in ``CrewOutput.token_usage``, in a stable order."""
+    manager = crew.manager_agent
+    return [*(a.llm for a in crew.agents), manager.llm if manager is not None else None]
 
 
 def _build(source: T | Callable[[], T], kind: type[T], copy: Callable[[T], T]) -> T:
@@ -153,8 +107,14 @@ class DurableCrewRunner(DurableRunner):
     ``max_iterations`` sets every agent's ``max_iter`` (None: as the agents say). ``stream``
     must stay unset (or False): streaming crews are not supported.
 
-    The run's input is the crew's kickoff ``inputs`` (a dict, or None); its result is a
-    :class:`CrewResult` (plain data from the client; :meth:`run` returns a ``CrewResult``).
+    Per run, ``run(inputs={...})`` (or ``submit``/``run_sync``) takes the crew's kickoff
+    ``inputs``, interpolated into agents and tasks as ``crew.kickoff(inputs=...)`` does (a dict
+    given as the input itself works too). :meth:`run` and :meth:`result` return CrewAI's own
+    ``CrewOutput`` (``raw``, ``tasks_output``, ``json_dict``, ``pydantic``, ``token_usage``),
+    rebuilt from the run's result: a :class:`CrewResult`, the plain data a client that
+    submits by name (``client.submit(name, inputs)``) receives. Pydantic outputs are
+    rebuilt as the tasks' ``output_pydantic`` classes (a factory is called once, on the
+    first such result, to learn them) or ``allowed_types``.
 
     ``allowed_types``: pydantic models your tools return without declaring it. Journaled
     values are rebuilt only as the model a call expects (a task's output model), the
@@ -180,6 +140,7 @@ class DurableCrewRunner(DurableRunner):
         self.crew = crew
         self.max_iterations = check_max_iterations(max_iterations)
         self.allowed_types = tuple(allowed_types)
+        self._models: dict[str, type[BaseModel]] | None = None
         install()
         super().__init__(name, app=app, client=client, policies=policies)
 
@@ -188,6 +149,59 @@ class DurableCrewRunner(DurableRunner):
         crew = _build(self.crew, Crew, _copy_crew)
         _cap_iterations([*crew.agents, crew.manager_agent], self.max_iterations)
         return crew
+
+    def request(self, input: Any = None, **options: Any) -> Any:
+        """The run's input: the kickoff ``inputs`` (``inputs=`` or the input itself)."""
+        inputs = options.pop("inputs", None)
+        if options:
+            return super().request(input, **options)  # refuses them, naming them
+        if input is not None and inputs is not None:
+            raise TypeError("give the crew's kickoff inputs once: run(inputs={...})")
+        value = inputs if inputs is not None else input
+        if value is not None and not isinstance(value, dict):
+            raise TypeError(f"the crew's kickoff inputs are a dict, not {type(value).__name__}")
+        return super().request(value)
+
+    def decode_result(self, data: Any) -> CrewOutput:
+        """CrewAI's ``CrewOutput``, rebuilt from a run's :class:`CrewResult` data."""
+        result = msgspec.convert(data, CrewResult)
+        needs_models = result.pydantic_type or any(t.pydantic_type for t in result.tasks)
+        return result.crew_output(self._output_models() if needs_models else None)
+
+    def _output_models(self) -> dict[str, type[BaseModel]]:
+        if self._models is None:
+            crew = self.crew if isinstance(self.crew, Crew) else self.crew()
+            declared = [t.output_pydantic for t in crew.tasks if t.output_pydantic is not None]
+            self._models = allow_map([*declared, *self.allowed_types])
+        return self._models
+
+    async def submit(
+        self, input: Any = None, *, run_id: str | None = None, **options: Any
+    ) -> RunHandle:
+        """Start a run (kickoff ``inputs=``) and return its handle at once."""
+        return await super().submit(input, run_id=run_id, **options)
+
+    async def run(
+        self,
+        input: Any = None,
+        *,
+        run_id: str | None = None,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> CrewOutput:
+        """Run the crew durably (kickoff ``inputs=``) and return its ``CrewOutput``."""
+        return await super().run(input, run_id=run_id, timeout=timeout, **options)  # type: ignore[no-any-return]
+
+    def run_sync(
+        self,
+        input: Any = None,
+        *,
+        run_id: str | None = None,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> CrewOutput:
+        """Blocking :meth:`run` for scripts."""
+        return super().run_sync(input, run_id=run_id, timeout=timeout, **options)  # type: ignore[no-any-return]
 
     async def execute(self, ctx: RunContext, input: Any) -> CrewResult:
         """Kick the crew off inside the Stalwart run; return its output as plain data."""
@@ -203,18 +217,11 @@ class DurableCrewRunner(DurableRunner):
         tools = [t for a in agents if a is not None for t in a.tools or []]
         tools += [t for task in crew.tasks for t in task.tools or []]
         allowed = (*self.allowed_types, *returned_models(tools))
-        run = CrewRun(ctx, asyncio.get_running_loop(), crew.tasks, allowed)
+        run = CrewRun(ctx, asyncio.get_running_loop(), crew.tasks, allowed, partial(_llms, crew))
         output = await run.drive(partial(crew.kickoff, inputs=input))
         if isinstance(output, CrewStreamingOutput):  # pragma: no cover - refused above
             raise ConfigurationError(f"crew {self.name!r}: stream=True is not supported")
         return crew_result(output)
-
-    async def run(
-        self, input: Any = None, *, run_id: str | None = None, timeout: float | None = None
-    ) -> CrewResult:
-        """Submit a run with kickoff ``inputs`` and wait for its :class:`CrewResult`."""
-        handle = await self.submit(input, run_id=run_id)
-        return msgspec.convert(await handle.result(timeout=timeout), CrewResult)
 
 
 class DurableAgentRunner(DurableRunner):
@@ -223,7 +230,8 @@ class DurableAgentRunner(DurableRunner):
     Like :class:`DurableCrewRunner` without a crew: each run works on ``agent.copy()`` (or
     what ``agent()`` returns) and calls ``kickoff`` in a thread, with ``response_format``
     when given, and ``max_iterations`` as the agent's ``max_iter``. The input is a prompt
-    string or a list of messages; the result is an
+    string or a list of messages; :meth:`run` returns CrewAI's ``LiteAgentOutput`` (``raw``,
+    ``pydantic``, ``agent_role``, ``usage_metrics``), rebuilt from the run's
     :class:`AgentResult`. ``allowed_types``: as for :class:`DurableCrewRunner`.
     """
 
@@ -264,20 +272,14 @@ class DurableAgentRunner(DurableRunner):
             )
         agent = self.build()
         allowed = (*self.allowed_types, *returned_models(agent.tools or []))
-        run = CrewRun(ctx, asyncio.get_running_loop(), (), allowed)
+        run = CrewRun(ctx, asyncio.get_running_loop(), (), allowed, lambda: [agent.llm])
         output: LiteAgentOutput = await run.drive(
             partial(agent.kickoff, input, response_format=self.response_format)
         )
-        return AgentResult(
-            raw=output.raw,
-            agent=output.agent_role,
-            pydantic=_dump(output.pydantic),
-            usage=output.usage_metrics,
-        )
+        return agent_result(output)
 
-    async def run(
-        self, input: Any, *, run_id: str | None = None, timeout: float | None = None
-    ) -> AgentResult:
-        """Submit a run and wait for its :class:`AgentResult`."""
-        handle = await self.submit(input, run_id=run_id)
-        return msgspec.convert(await handle.result(timeout=timeout), AgentResult)
+    def decode_result(self, data: Any) -> LiteAgentOutput:
+        """CrewAI's ``LiteAgentOutput``, rebuilt from a run's :class:`AgentResult` data."""
+        models = [self.response_format] if self.response_format is not None else []
+        result = msgspec.convert(data, AgentResult)
+        return result.agent_output(allow_map([*models, *self.allowed_types]))

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 from crewai.context import get_current_task_id
+from crewai.tools.tool_failure import ToolFailure
 
 from stalwart.actors import current_step
 from stalwart.adapters.crewai._codec import decode
@@ -50,6 +51,12 @@ class Frame:
     """Inside a model step's body: nested calls are part of that step, not steps."""
     owner: object | None = None
     """The tool whose step body this frame is (its own ``super()._run`` is not a new step)."""
+    parent: Frame | None = None
+    """The frame the tool step of this frame was made in."""
+    usage: list[tuple[int, dict[str, int]]] | None = None
+    """A tool step's frame: the tokens the model calls inside it used, by LLM slot."""
+    answer: str = ""
+    """The last text a model answered in this frame (what a human is asked to review)."""
     _counts: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -64,6 +71,19 @@ class Frame:
         """``<path><base>``, then ``<path><base>#2``, ``#3``... for repeats."""
         n = self.next(base)
         return f"{self.path}{base}" if n == 1 else f"{self.path}{base}#{n}"
+
+    def note_usage(self, slot: int, delta: dict[str, int]) -> None:
+        """Count a model call's tokens in this frame and every enclosing tool step's frame.
+
+        A tool step journals what the calls inside it used: when it replays whole, nothing
+        inside it runs, and its tokens are counted again from there (see ``_tools``).
+        """
+        frame: Frame | None = self
+        while frame is not None:
+            if frame.usage is not None:
+                with frame._lock:
+                    frame.usage.append((slot, delta))
+            frame = frame.parent
 
 
 OPAQUE = Frame("", opaque=True)
@@ -126,10 +146,13 @@ class CrewRun:
         loop: asyncio.AbstractEventLoop,
         tasks: Sequence[Any] = (),
         allowed_types: Iterable[type] = (),
+        llms: Callable[[], Sequence[Any]] = tuple,
     ):
         self.ctx = ctx
+        self._llms = llms
         self.loop = loop
-        self.allowed = allow_map(allowed_types)
+        # CrewAI's own result type for a tool that reports a failure without raising.
+        self.allowed = allow_map([*allowed_types, ToolFailure])
         """Classes journaled values may be rebuilt as, besides the expected one."""
         self.root = Frame("")
         self.scope = DurableScope(ctx)
@@ -175,7 +198,43 @@ class CrewRun:
         with self._lock:
             return self._aliases.get(id(tool_call))
 
+    def llm_slot(self, llm: object) -> int | None:
+        """Where ``llm`` sits among the crew's models (those CrewAI counts usage of), or None."""
+        return next((i for i, m in enumerate(self._llms()) if m is llm), None)
+
+    def llm_at(self, slot: int) -> Any:
+        """The crew's model at ``slot`` (:meth:`llm_slot`), or None."""
+        llms = self._llms()
+        return llms[slot] if 0 <= slot < len(llms) else None
+
     # -- the bridge ---------------------------------------------------------------------
+
+    def wait_for_signal(self, name: str, event: dict[str, Any]) -> Any:
+        """Publish ``event`` (``crew.human_input``) and wait durably for signal ``name``.
+
+        From a CrewAI thread. A journaled answer is returned at once on replay; a wait that
+        passivates the run, times out or is cancelled ends the run (past CrewAI's handlers).
+        """
+        if self.fatal is not None:
+            raise _Stop(self.fatal)
+
+        async def wait() -> Any:
+            await self.ctx.emit("crew.human_input", event, step=f"signal:{name}")
+            return await self.ctx.wait_for_signal(name)
+
+        future = asyncio.run_coroutine_threadsafe(wait(), self.loop)
+        with self._lock:
+            self._inflight.add(future)
+        try:
+            return future.result()
+        except BaseException as exc:
+            future.cancel()
+            if isinstance(exc, _Stop):
+                raise
+            raise _Stop(self.fail(exc)) from None
+        finally:
+            with self._lock:
+                self._inflight.discard(future)
 
     def call(self, spec: StepSpec, body: Callable[[], Any]) -> Any:
         """Run ``body`` as the durable step ``spec``, from a CrewAI thread; return its result.

@@ -17,15 +17,22 @@ import concurrent.futures
 import contextvars
 import functools
 import inspect
+import threading
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 from crewai.tools.base_tool import BaseTool, Tool
+from crewai.tools.tool_failure import (
+    ToolFailureRecord,
+    active_tool_failures,
+    tool_failure_collector,
+)
 from crewai.utilities.agent_utils import extract_tool_call_info
 from crewai.utilities.string_utils import sanitize_tool_name
 
 from stalwart.actors import StepSpec
 from stalwart.adapters.crewai._codec import encode, tool_args, tool_fp
+from stalwart.adapters.crewai._model import replay_usage
 from stalwart.adapters.crewai._threads import (
     Frame,
     _frame,
@@ -77,33 +84,105 @@ def _tool_step(
     positional, named = plain_args
     shown_args = {"args": positional, **named} if positional else named
 
+    inner = Frame(f"{key}/", owner=tool, parent=frame, usage=[])
+    ran = False
+
     def body() -> Any:
+        nonlocal ran
+        ran = True
         run.emit("tool.call", {**head, "args": shown_args}, key)
         # Calls the tool makes (a delegated coworker's model and tool calls) are steps
         # under this one, keyed by their place in it.
-        f_token = _frame.set(Frame(f"{key}/", owner=tool))
+        f_token = _frame.set(inner)
         n_token = _native_call.set(None)
+        outer = active_tool_failures()
         try:
-            value = run_tool(tool, *args, **kwargs)
-            if inspect.iscoroutine(value):
-                value = _run_coroutine(value)
+            with tool_failure_collector() as failures:
+                value = run_tool(tool, *args, **kwargs)
+                if inspect.iscoroutine(value):
+                    value = _run_coroutine(value)
         finally:
+            if outer is not None:  # where CrewAI put them: the task's own collector
+                outer.extend(failures)
             _native_call.reset(n_token)
             _frame.reset(f_token)
-        recorded = encode(value)
+        try:
+            recorded = encode(value)
+        except TypeError:
+            # Neither plain data nor a pydantic model (a dataclass, a datetime): journaled as
+            # the text CrewAI shows the model for it (``str(value)``), live and replayed.
+            recorded = str(value)
         size = len(msgspec.json.encode(recorded))
         shown = {"result": recorded} if size <= _EVENT_RESULT_LIMIT else {"result_bytes": size}
         run.emit("tool.result", {**head, **shown}, key)
-        return recorded
+        return _envelope(recorded, inner, failures)
 
     try:
-        return run.decode(run.call(spec, body))
+        recorded = run.call(spec, body)
     except StepFailed as exc:
         if failure_outcome(exc) == "stop":
             # An at-most-once tool that may have run: CrewAI would show the model an error
             # and let it call the tool again under a new id. The run stops instead.
             raise _Stop(run.fail(exc)) from None
-        raise ToolCallFailed.of(exc) from exc
+        raise tool_error(exc) from exc
+    value, usage, failures = _unwrap(recorded)
+    if not ran:
+        _replay_nested(run, frame, usage, failures)
+    return run.decode(value)
+
+
+# A tool step whose body ran model calls (a delegation) journals what CrewAI keeps of them
+# outside the tool's return value: the tokens each model used, the tool failures recorded
+# for the task. Replayed whole, the step brings them back; nothing inside it runs again.
+_ENVELOPE = "__crewai_tool__"
+
+
+def _envelope(value: Any, inner: Frame, failures: list[ToolFailureRecord]) -> Any:
+    if not inner.usage and not failures:
+        return value
+    return {
+        _ENVELOPE: value,
+        "usage": [[slot, delta] for slot, delta in inner.usage or []],
+        "failures": [f.model_dump(mode="json") for f in failures],
+    }
+
+
+def _unwrap(recorded: Any) -> tuple[Any, list[Any], list[Any]]:
+    if isinstance(recorded, dict) and _ENVELOPE in recorded:
+        return recorded[_ENVELOPE], recorded.get("usage") or [], recorded.get("failures") or []
+    return recorded, [], []
+
+
+def _replay_nested(run: CrewRun, frame: Frame, usage: list[Any], failures: list[Any]) -> None:
+    for slot, delta in usage:
+        llm = run.llm_at(int(slot))
+        if llm is not None:
+            replay_usage(llm, delta)
+            frame.note_usage(int(slot), delta)
+    records = active_tool_failures()
+    if records is not None:
+        records.extend(ToolFailureRecord.model_validate(f) for f in failures)
+
+
+_ERROR_TYPES: dict[str, type[ToolCallFailed]] = {}
+_ERROR_TYPES_LOCK = threading.Lock()
+
+
+def tool_error(failed: StepFailed) -> ToolCallFailed:
+    """The error CrewAI gets for a failed tool step, live or replayed.
+
+    A :class:`~stalwart.kit.ToolCallFailed` whose class is named as the tool's own
+    exception was (``ConnectionError``): CrewAI shows the model ``str(error)`` and records
+    the class name as the failure's ``code`` (``TaskOutput.tool_failures``), so both read
+    as they would without Stalwart.
+    """
+    name = failed.error_type if failed.error_type.isidentifier() else ToolCallFailed.__name__
+    with _ERROR_TYPES_LOCK:
+        cls = _ERROR_TYPES.get(name)
+        if cls is None:
+            cls = type(name, (ToolCallFailed,), {"__module__": __name__, "__qualname__": name})
+            _ERROR_TYPES[name] = cls
+    return cls(failed.step_key, failed.error_type, failed.message)
 
 
 def _durable_run(run_tool: Callable[..., Any]) -> Callable[..., Any]:

@@ -6,7 +6,8 @@ from stalwart.adapters.pydantic_ai import DurableAgentRunner
 
 agent = Agent("openai:gpt-4o", name="support", tools=[lookup_customer, refund])
 runner = DurableAgentRunner("support", agent, max_iterations=10)
-result = await runner.run("Where is my refund?")  # or runner.submit(...) -> RunHandle
+result = await runner.run("Where is my refund?", deps=..., message_history=...)
+result.output, result.all_messages(), result.usage  # PydanticAI's own AgentRunResult
 ```
 
 Serve it with ``stalwart worker <module>:<app>`` (``<module>:default_app`` unless
@@ -36,6 +37,14 @@ run with a :class:`~stalwart.NonDeterminismError` that says what changed.
 """
 
 from stalwart.adapters.pydantic_ai._capability import StalwartDurability
-from stalwart.adapters.pydantic_ai._runner import AgentRequest, DurableAgentRunner
+from stalwart.adapters.pydantic_ai._request import AgentRequest, OutputNotSerializable
+from stalwart.adapters.pydantic_ai._runner import DurableAgentRunner
+from stalwart.adapters.pydantic_ai._tools import ToolResultNotSerializable
 
-__all__ = ["AgentRequest", "DurableAgentRunner", "StalwartDurability"]
+__all__ = [
+    "AgentRequest",
+    "DurableAgentRunner",
+    "OutputNotSerializable",
+    "StalwartDurability",
+    "ToolResultNotSerializable",
+]

@@ -6,55 +6,76 @@ import dataclasses
 import inspect
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-from pydantic import TypeAdapter
 from pydantic_ai.agent import AbstractAgent
-from pydantic_ai.messages import ModelMessagesTypeAdapter
 from pydantic_ai.usage import UsageLimits
-from pydantic_core import to_jsonable_python
 
 from stalwart.adapters.pydantic_ai import _scope
 from stalwart.adapters.pydantic_ai._capability import StalwartDurability
-from stalwart.kit import DurableRunner, build, check_max_iterations, check_source
+from stalwart.adapters.pydantic_ai._request import (
+    adapter,
+    decode_request,
+    decode_result,
+    encode_request,
+    is_result_data,
+    result_data,
+    run_options,
+)
+from stalwart.kit import DurableRunner, build, check_max_iterations, check_source, default_app
+from stalwart.policies import DEFAULT_RETRY
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable
 
     from pydantic_ai.capabilities import AbstractCapability
-    from pydantic_ai.messages import ModelMessage
 
-    from stalwart import Policies
     from stalwart.actors import App, RunContext
-    from stalwart.client import Client, RunHandle
+    from stalwart.client import Client
+    from stalwart.policies import Policies
 
 
-class AgentRequest(msgspec.Struct, omit_defaults=True):
-    """The input of a :class:`DurableAgentRunner` run (a plain prompt string also works)."""
+_NOT_RETRIED_PLAINLY = ("validate", "discovery", "capability", "operation", "model_cancel")
+"""Step kinds of PydanticAI operations that, like tools, raise once when run plainly."""
 
-    prompt: str | None = None
-    deps: Any = None
-    """Plain data the worker turns into the agent's deps."""
-    message_history: list[Any] | None = None
-    """Earlier messages, as ``ModelMessagesTypeAdapter`` dumps them in JSON mode."""
+
+def _plain_retries(policies: Policies) -> Policies:
+    """``policies`` with the tool retry policy for kinds that had none of their own.
+
+    Tool-argument validators, toolset discovery and capability operations are user code (or
+    an MCP server) that PydanticAI calls once and lets raise, as it does tools: by default
+    they are not retried (the tool default), unless the user set a policy for their kind.
+    """
+    tool = policies.retry.get("tool") or DEFAULT_RETRY["tool"]
+    missing = {kind: tool for kind in _NOT_RETRIED_PLAINLY if kind not in policies.retry}
+    if not missing:
+        return policies
+    return dataclasses.replace(policies, retry={**policies.retry, **missing})
 
 
 class DurableAgentRunner(DurableRunner):
     """Serves ``agent`` as the Stalwart agent ``name``: every model and tool call a step.
 
     ``agent`` is the agent, or a zero-argument function building one (called once per run,
-    and once more for its ``deps_type`` and ``output_type``). The agent stays as written. Each run calls ``agent.run`` (PydanticAI's own loop) with a
+    and once more for its ``deps_type`` and ``output_type``). The agent stays as written.
+    Each run calls ``agent.run`` (PydanticAI's own loop) with a
     :class:`StalwartDurability` capability added, unless the agent already carries one. A
     worker that resumes the run after a crash runs it again from the top: journaled model
     responses and tool results are fed back without calling anything, and the run continues
     live at the first call that had not completed.
 
     ``max_iterations`` caps the model requests of a run (PydanticAI's
-    ``UsageLimits.request_limit``; ``usage_limits`` sets the others). ``deps`` builds the
-    run's deps in the worker from the plain data submitted with it (sync or async, for
-    clients and connections that cannot travel); without it the data is validated into the
-    agent's ``deps_type``. ``stream`` streams model requests and publishes their events live
-    (see :class:`StalwartDurability`); ``stream=None`` (the default) is ``True`` here. The run's result is the agent's output as plain data;
-    :meth:`run` converts it back to the agent's ``output_type``.
+    ``UsageLimits.request_limit``; ``usage_limits`` sets the others; a run's own
+    ``usage_limits=`` replaces them). ``deps`` builds the run's deps in the worker from the
+    plain data the caller passed as ``deps=`` (sync or async, for clients and connections
+    that cannot travel); without it the data is validated into the agent's ``deps_type``. ``stream`` streams model requests and publishes their events live
+    (see :class:`StalwartDurability`); ``stream=None`` (the default) is ``True`` here.
+
+    ``run``/``submit``/``run_sync`` take ``agent.run``'s per-run inputs (:meth:`request`);
+    ``run`` and ``result`` return PydanticAI's ``AgentRunResult`` (:meth:`decode_result`).
+    The run's result data is that ``AgentRunResult`` in PydanticAI's serialized shape.
+    A tool's error is PydanticAI's to handle, as without Stalwart: ``ModelRetry`` goes back
+    to the model (journaled as the tool's result), any other exception fails the run with
+    its own type and message; tools and the other non-model operations are not retried
+    unless ``policies`` say so.
     """
 
     def __init__(
@@ -82,7 +103,8 @@ class DurableAgentRunner(DurableRunner):
         self._template: AbstractAgent[Any, Any] | None = (
             agent if isinstance(agent, AbstractAgent) else None
         )
-        super().__init__(name, app=app, client=client, policies=policies)
+        own = policies or (app if app is not None else default_app).policies
+        super().__init__(name, app=app, client=client, policies=_plain_retries(own))
 
     def template(self) -> AbstractAgent[Any, Any]:
         """The agent, or one the factory built, for its ``deps_type`` and ``output_type``."""
@@ -95,28 +117,16 @@ class DurableAgentRunner(DurableRunner):
         return [] if own is not None else [self._durability]
 
     async def execute(self, ctx: RunContext, input: Any) -> Any:
-        """Run the agent's own loop inside the Stalwart run; return its output as plain data."""
-        request = (
-            AgentRequest(prompt=input)
-            if input is None or isinstance(input, str)
-            else msgspec.convert(input, AgentRequest)
-        )
+        """Run the agent's own loop inside the Stalwart run; return its serialized result."""
+        request = decode_request(input)
         deps = await self._deps(request.deps)
-        history = (
-            ModelMessagesTypeAdapter.validate_python(request.message_history)
-            if request.message_history
-            else None
-        )
+        options = run_options(request, self.usage_limits)
         agent = build(self.agent, AbstractAgent, "pydantic_ai Agent")
         with _scope.FRAME.using(_scope.root(ctx)):
             result = await agent.run(
-                request.prompt,
-                deps=deps,
-                message_history=history,
-                usage_limits=self.usage_limits,
-                capabilities=self._capabilities(agent),
+                request.prompt, deps=deps, capabilities=self._capabilities(agent), **options
             )
-        return to_jsonable_python(result.output)
+        return result_data(result)
 
     async def _deps(self, data: Any) -> Any:
         if self.deps_factory is not None:
@@ -125,53 +135,40 @@ class DurableAgentRunner(DurableRunner):
         deps_type = self.template().deps_type
         if data is None or deps_type in (object, type(None)):
             return data
-        return TypeAdapter(deps_type).validate_python(data)
+        return adapter(deps_type).validate_python(data)
 
-    async def submit(
-        self,
-        input: Any,
-        *,
-        run_id: str | None = None,
-        deps: Any = None,
-        message_history: Sequence[ModelMessage] | None = None,
-    ) -> RunHandle:
-        """Start a durable run with prompt ``input`` and return its handle at once.
+    def request(self, input: Any, **options: Any) -> Any:
+        """The run input for prompt ``input`` and ``agent.run``'s per-run keyword arguments.
 
-        ``deps`` travels as plain data (a dataclass or pydantic model is dumped to JSON-mode
-        data); the worker rebuilds the agent's deps from it.
+        Accepted: ``deps``, ``message_history``, ``deferred_tool_results``,
+        ``model_settings``, ``usage_limits`` (replaces the runner's for this run) and
+        ``metadata``. They travel as plain data. ``deps`` is dumped to JSON-mode data (a
+        dataclass or pydantic model of plain values works); with a ``deps`` factory the
+        factory receives that data in the worker. Deps holding a client or connection cannot
+        travel: a ``TypeError`` names the field and says to pass plain data and build the
+        rest with the factory.
         """
-        payload: Any = input
-        if deps is not None or message_history:
-            payload = msgspec.to_builtins(
-                AgentRequest(
-                    prompt=input,
-                    deps=to_jsonable_python(deps) if deps is not None else None,
-                    message_history=(
-                        ModelMessagesTypeAdapter.dump_python(list(message_history), mode="json")
-                        if message_history
-                        else None
-                    ),
-                )
-            )
-        client = await self.client()
-        return await client.submit(self.name, payload, run_id=run_id)
+        return encode_request(input, options, factory=self.deps_factory is not None)
 
-    async def run(
-        self,
-        input: Any,
-        *,
-        run_id: str | None = None,
-        timeout: float | None = None,
-        deps: Any = None,
-        message_history: Sequence[ModelMessage] | None = None,
-    ) -> Any:
-        """Submit a run, wait for it, and return the agent's output (see :meth:`output`)."""
-        handle = await self.submit(input, run_id=run_id, deps=deps, message_history=message_history)
-        return self.output(await handle.result(timeout=timeout))
+    def decode_result(self, data: Any) -> Any:
+        """The run's ``AgentRunResult``, rebuilt from what the worker returned.
+
+        PydanticAI's own class and serialized shape: ``output`` (validated as the agent's
+        output type), ``all_messages()``, ``new_messages()``, ``all_messages_json()``,
+        ``usage``; continue the conversation with ``message_history=result.all_messages()``.
+        """
+        if not is_result_data(data):
+            return self._output(data)  # a run of an earlier version: its output only
+        return decode_result(data, self.template().output_type)
 
     def output(self, result: Any) -> Any:
-        """A run's result as the agent's ``output_type`` when that is a class (else as is)."""
+        """The agent's output from a run's result data (``handle.result()``), typed."""
+        if is_result_data(result):
+            return decode_result(result, self.template().output_type).output
+        return self._output(result)
+
+    def _output(self, result: Any) -> Any:
         output_type = self.template().output_type
         if isinstance(output_type, type) and output_type not in (str, object):
-            return TypeAdapter(output_type).validate_python(result)
+            return adapter(output_type).validate_python(result)
         return result

@@ -8,7 +8,8 @@ def build() -> Agent:  # called once per run
     return Agent(model=..., tools=[search, fetch], system_prompt="...", callback_handler=None)
 
 runner = DurableAgentRunner("research", build, max_iterations=10)
-result = await runner.run("Analyze Q4 market trends")  # or runner.submit(...) -> RunHandle
+result = await runner.run("Analyze Q4 market trends")  # an AgentResult; or runner.submit(...)
+later = await runner.run("And Q1?", messages=result.messages)  # the next turn
 ```
 
 Serve it with ``stalwart worker <module>:<app>`` (``<module>:default_app`` unless an
@@ -34,16 +35,24 @@ crash without a hook fails the run rather than hand the model an error it could 
 whose effect is only on in-process state (``agent.state``) belongs in ``local_tools``: it
 runs again on replay instead of being journaled.
 
-Not supported yet: Strands interrupts (the run fails with a clear error), background tool
-tasks, and graph nodes that are neither ``Agent``, ``Graph`` nor ``Swarm``. An agent used as
-a tool is one step (its inner calls are not journaled one by one).
+A lone agent's run takes Strands' per-call options (``messages=``, ``state=``,
+``invocation_state=``, ``limits=``, ``structured_output_model=``...) and returns a
+:class:`DurableAgentResult`, Strands' ``AgentResult`` plus the conversation after the run. A
+Strands interrupt pauses the run durably: it publishes ``agent.interrupted`` and waits for the
+signal ``interrupt:<id>`` (the answer); a run resumed after the answer asks nobody again. An
+agent used as a tool has its calls journaled under ``tool:<toolUseId>/``.
+
+Not supported yet: interrupts in a graph or swarm, background tool tasks, and graph nodes
+that are neither ``Agent``, ``Graph`` nor ``Swarm``.
 """
 
+from stalwart.adapters.strands._result import DurableAgentResult
 from stalwart.adapters.strands._runner import DurableAgentRunner, instrument
 from stalwart.adapters.strands._scripted import ScriptedModel, reply, tool_call
 from stalwart.adapters.strands._tools import ToolError
 
 __all__ = [
+    "DurableAgentResult",
     "DurableAgentRunner",
     "ScriptedModel",
     "ToolError",

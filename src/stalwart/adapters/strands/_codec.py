@@ -6,13 +6,19 @@ Journal shapes (plain data, msgpack-encodable):
   fields of the ``ModelStopReason`` that ends the model stream;
 - tool step: ``{"result": ToolResult, "error": [type, message] | None}``, the
   ``ToolResultEvent`` that ends the tool call (``error`` is the exception behind an error
-  result, rebuilt as a :class:`~stalwart.kit.ToolCallFailed`).
+  result, rebuilt as a :class:`~stalwart.kit.ToolCallFailed`);
+- a model call the provider refused as too long: ``{"overflow": message}``, raised again as
+  ``ContextWindowOverflowException`` (Strands' conversation manager then trims the history);
+- a model or tool call that stopped on a Strands interrupt instead:
+  ``{"interrupts": [{"id", "name", "reason"}], "raised": bool}``.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from pydantic_core import to_jsonable_python
+from strands.interrupt import Interrupt
 from strands.middleware import ModelStopReason, ToolResultEvent
 
 from stalwart.actors import Usage
@@ -122,3 +128,32 @@ def delta_text(event: Any) -> str | None:
     delta = event.get("delta") if isinstance(event, dict) else None
     text = delta.get("text") if isinstance(delta, dict) else None
     return text if isinstance(text, str) and text else None
+
+
+# -- interrupts ----------------------------------------------------------------------------
+
+
+def dump_interrupts(interrupts: list[Interrupt], *, raised: bool) -> dict[str, Any]:
+    """The journal form of a call that stopped on interrupts instead of returning a result.
+
+    ``raised``: the interrupt came as an ``InterruptException`` (a middleware's
+    ``context.interrupt()``), not as a tool's interrupt event; replay raises it again.
+    A reason that is not plain data is kept as its text.
+    """
+    return {
+        "interrupts": [
+            {"id": i.id, "name": i.name, "reason": to_jsonable_python(i.reason, fallback=repr)}
+            for i in interrupts
+        ],
+        "raised": raised,
+    }
+
+
+def is_interrupt(data: Any) -> bool:
+    """Whether journaled call data is an interrupt record (see :func:`dump_interrupts`)."""
+    return isinstance(data, dict) and "interrupts" in data
+
+
+def load_interrupts(data: dict[str, Any]) -> list[Interrupt]:
+    """The interrupts of an interrupt record, as Strands raised them (without responses)."""
+    return [Interrupt(i["id"], i["name"], i.get("reason")) for i in data["interrupts"]]

@@ -11,14 +11,20 @@ conversation, tools), so a changed agent fails as a fingerprint mismatch.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
+from strands.interrupt import InterruptException
 from strands.middleware import ModelStopReason
+from strands.types.exceptions import ContextWindowOverflowException
 
 from stalwart.actors import StepSpec
 from stalwart.adapters.strands._codec import (
     delta_text,
+    dump_interrupts,
     dump_stop,
+    is_interrupt,
+    load_interrupts,
     load_stop,
     model_label,
     request_shape,
@@ -36,6 +42,8 @@ if TYPE_CHECKING:
         TypedEvent,
     )
 
+    from stalwart.policies import Policies
+
     ModelNext = MiddlewareNext[InvokeModelContext, TypedEvent]
 
 SCOPE: ScopeVar[DurableScope] = ScopeVar("stalwart_strands_run")
@@ -49,6 +57,9 @@ the framework returns, so a run that must stop does stop."""
 
 STREAM: ScopeVar[bool] = ScopeVar("stalwart_strands_stream")
 """Whether the run publishes its models' text deltas live (the runner's ``stream``)."""
+
+POLICIES: ScopeVar[Policies] = ScopeVar("stalwart_strands_policies")
+"""The run's policies: the tool middleware asks them whether a tool's error is retried."""
 
 
 def model_middleware(prefix: str) -> MiddlewareHandler[InvokeModelContext, TypedEvent]:
@@ -75,6 +86,12 @@ def model_middleware(prefix: str) -> MiddlewareHandler[InvokeModelContext, Typed
             run.step, spec, _model_body(run, spec.key, context, next_fn), out
         ):
             yield event
+        if "overflow" in out[0]:
+            raise ContextWindowOverflowException(out[0]["overflow"])
+        if is_interrupt(out[0]):
+            # A middleware after ours asked a human before the model answered: the same
+            # stop on replay, and Strands re-enters this call once it has the answer.
+            raise InterruptException(load_interrupts(out[0])[0])
         yield load_stop(out[0])
 
     return durable_model
@@ -85,15 +102,24 @@ def _model_body(
 ) -> Any:
     async def body(forward: Callable[[Any], None]) -> dict[str, Any]:
         stop: ModelStopReason | None = None
-        async for event in next_fn(context):
-            if isinstance(event, ModelStopReason):
-                stop = event  # the last one wins, as in Strands' own chain
-                continue
-            text = delta_text(event) if STREAM.get() is not False else None
-            if text is not None:
-                # Live only: a replayed response does not emit its deltas again.
-                await run.ctx.emit("model.delta", {"text": text}, step=key)
-            forward(event)
+        try:
+            async with contextlib.aclosing(next_fn(context)) as events:
+                async for event in events:
+                    if isinstance(event, ModelStopReason):
+                        stop = event  # the last one wins, as in Strands' own chain
+                        continue
+                    text = delta_text(event) if STREAM.get() is not False else None
+                    if text is not None:
+                        # Live only: a replayed response does not emit its deltas again.
+                        await run.ctx.emit("model.delta", {"text": text}, step=key)
+                    forward(event)
+        except InterruptException as exc:
+            return dump_interrupts([exc.interrupt], raised=True)
+        except ContextWindowOverflowException as exc:
+            # The model's answer to this conversation, not a failure to retry: journaled,
+            # and raised to Strands, whose conversation manager trims the history and
+            # calls again (the next step), live and on replay alike.
+            return {"overflow": str(exc)}
         if stop is None:
             raise RuntimeError(f"step {key!r}: the model stream ended without a ModelStopReason")
         return dump_stop(stop)

@@ -5,21 +5,40 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
 from strands import Agent
+from strands.agent.state import AgentState
 from strands.middleware import ExecuteToolStage, InvokeModelStage
 from strands.multiagent import MultiAgentBase, MultiAgentResult, Swarm
 from strands.multiagent.graph import Graph, GraphEdge
 from strands.types.agent import Limits
 
-from stalwart.adapters.strands._model import SCOPE, STREAM, model_middleware
-from stalwart.adapters.strands._tools import tool_middleware
+from stalwart.adapters.strands._interrupts import wait_for_answers
+from stalwart.adapters.strands._model import POLICIES, SCOPE, STREAM, model_middleware
+from stalwart.adapters.strands._result import (
+    RunRequest,
+    decode_request,
+    encode_request,
+    rebuild_result,
+    result_data,
+)
+from stalwart.adapters.strands._tools import MARK as _MARK
+from stalwart.adapters.strands._tools import agent_of_tool, tool_middleware
 from stalwart.errors import ConfigurationError
-from stalwart.kit import DurableRunner, DurableScope, check_max_iterations, check_source
+from stalwart.kit import (
+    DurableRunner,
+    DurableScope,
+    allow_map,
+    check_max_iterations,
+    check_source,
+    loaded_class,
+    type_path,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
 
-    from strands.agent import AgentResult
     from strands.middleware import ExecuteToolContext
     from strands.types._snapshot import Snapshot
 
@@ -30,7 +49,6 @@ if TYPE_CHECKING:
 Target = Agent | MultiAgentBase
 """What a runner serves: an ``Agent``, a ``Graph`` or a ``Swarm`` (nested ones included)."""
 
-_MARK = "_stalwart_scope"
 _SWARM_TOOLS = ("handoff_to_agent",)
 
 
@@ -102,6 +120,13 @@ def _instrument_agent(
             f"agent {agent.name!r} is used both as {seen or 'the top agent'!r} and as "
             f"{prefix or 'the top agent'!r}; give each node its own Agent object"
         )
+    if getattr(agent, "_session_manager", None) is not None:
+        raise ConfigurationError(
+            f"agent {agent.name!r} has a session manager: a run resumed after a crash would "
+            "restore the conversation the crashed attempt had already advanced and ask the "
+            "model something else; pass the conversation per run instead "
+            "(runner.run(prompt, messages=previous.messages))"
+        )
     if getattr(agent, "_background_tasks", None) is not None:
         raise ConfigurationError(
             f"agent {agent.name!r} runs tools in the background (background_tasks=...), which "
@@ -114,6 +139,12 @@ def _instrument_agent(
 
     agent.add_middleware(ExecuteToolStage, tool_middleware(prefix, local))
     setattr(agent, _MARK, prefix)
+    # An agent used as a tool: its calls are steps of their own, under the calling tool's
+    # key (``tool:<id>/model:1``); the tool middleware opens that scope for each call.
+    for tool in list(agent.tool_registry.registry.values()):
+        inner = agent_of_tool(tool)
+        if inner is not None and inner is not agent:
+            _instrument_agent(inner, "", names, ())
 
 
 class _Resettable:
@@ -170,14 +201,21 @@ class DurableAgentRunner(DurableRunner):
     (its runs in a worker then take turns, each starting from the state it had here).
     ``max_iterations`` caps a lone agent's turns (``Limits(turns=...)``; None: no cap).
     ``stream`` (None, the default, is ``True`` here) publishes the models' text deltas live
-    as ``model.delta`` events (not journaled). Tools named in
-    ``local_tools`` are not journaled but run again on every replay, for tools whose only
-    effect is on in-process state a resumed run must rebuild (see :func:`instrument`).
+    as ``model.delta`` events (not journaled). Tools named in ``local_tools`` are not
+    journaled but run again on every replay, for tools whose only effect is on in-process
+    state a resumed run must rebuild (see :func:`instrument`). ``output_models`` lists the
+    pydantic models a run may ask for as ``structured_output_model=`` (the agent's own is
+    always known). ``interrupt_timeout`` (seconds) fails a run whose interrupt nobody
+    answers in time with ``WaitTimeout``.
 
-    The run's input is a prompt string or a list of content blocks. Its result is plain
-    data: for an agent, its structured output as a dict if it has one, else the final
-    message's text; for a graph or swarm, ``{"status", "order", "outputs"}`` (the node ids in
-    the order they ran, and each node's final text).
+    A lone agent's run takes a prompt (string, content blocks or messages) and Strands'
+    per-call options as keywords (see :meth:`request`), and returns a
+    :class:`DurableAgentResult` (Strands' ``AgentResult`` plus the conversation after the
+    run). A Strands interrupt (``tool_context.interrupt(...)``, a hook's
+    ``event.interrupt(...)``) pauses the run durably: the run publishes ``agent.interrupted``
+    and waits for the signal ``interrupt:<id>`` of each interrupt, whose payload is the
+    response; Strands then resumes with the responses, as a caller's own loop would. A
+    graph or swarm returns ``{"status", "order", "outputs"}``.
     """
 
     def __init__(
@@ -188,6 +226,8 @@ class DurableAgentRunner(DurableRunner):
         max_iterations: int | None = None,
         stream: bool | None = None,
         local_tools: Iterable[str] = (),
+        output_models: Iterable[type[BaseModel]] = (),
+        interrupt_timeout: float | None = None,
         app: App | None = None,
         client: Client | None = None,
         policies: Policies | None = None,
@@ -195,6 +235,8 @@ class DurableAgentRunner(DurableRunner):
         self.max_iterations = check_max_iterations(max_iterations)
         self.stream = True if stream is None else stream
         self.local_tools = frozenset(local_tools)
+        self.interrupt_timeout = interrupt_timeout
+        self._models: dict[str, type[BaseModel]] = allow_map(output_models)
         self._factory: Callable[[], Target] | None = None
         self._shared: _Resettable | None = None
         check_source(agent, (Agent, MultiAgentBase), "strands Agent, Graph or Swarm")
@@ -202,6 +244,7 @@ class DurableAgentRunner(DurableRunner):
             instrument(agent, local_tools=self.local_tools)
             self._check_limits(agent)
             self._shared = _Resettable(agent)
+            self._know(agent)
         else:
             self._factory = agent
         super().__init__(name, app=app, client=client, policies=policies)
@@ -213,22 +256,52 @@ class DurableAgentRunner(DurableRunner):
                 "Swarm max_iterations of their own"
             )
 
+    def _know(self, target: Target) -> None:
+        model = getattr(target, "_default_structured_output_model", None)
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            self._models.setdefault(type_path(model), model)
+
+    # -- per-run inputs and the result ---------------------------------------------------
+
+    def request(self, input: Any, **options: Any) -> Any:
+        """The run input for a prompt and Strands' per-call options.
+
+        ``input`` is what ``agent(...)`` takes: a string, content blocks, messages, or None
+        (continue ``messages``). Options: ``messages`` (the conversation so far, e.g.
+        ``previous.messages``), ``state`` (the agent's state as a dict), ``invocation_state``
+        (plain data), ``limits`` (Strands' ``Limits``), ``structured_output_model`` (a class
+        in ``output_models``, or the agent's own), ``structured_output_prompt``. They travel
+        as plain data; ``cancel_signal`` and ``idempotency_token`` are refused (use
+        ``handle.cancel()`` and ``run_id=``).
+        """
+        model = options.get("structured_output_model")
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            self._models.setdefault(type_path(model), model)
+        return encode_request(input, options)
+
+    def decode_result(self, data: Any) -> Any:
+        """A lone agent's :class:`DurableAgentResult`; a graph's or swarm's ``MultiAgentResult``."""
+        return rebuild_result(data, _Models(self._models, self._factory))
+
+    # -- the run -------------------------------------------------------------------------
+
     async def execute(self, ctx: RunContext, input: Any) -> Any:
         """Run the framework's own loop inside the Stalwart run; return its result as plain data."""
-        prompt = _prompt(self.name, input)
+        request = decode_request(self.name, input, self._models)
         run = DurableScope(ctx)
+        policies = self.app.get(self.name).policies
         try:
-            with SCOPE.using(run), STREAM.using(self.stream):
+            with SCOPE.using(run), STREAM.using(self.stream), POLICIES.using(policies):
                 if self._factory is not None:
                     target = self._factory()
                     instrument(target, local_tools=self.local_tools)
                     self._check_limits(target)
-                    result = await self._invoke(target, prompt)
+                    result = await self._invoke(ctx, target, request)
                 else:
                     assert self._shared is not None
                     async with self._shared.lock:
                         self._shared.reset()
-                        result = await self._invoke(self._shared.target, prompt)
+                        result = await self._invoke(ctx, self._shared.target, request)
         except Exception as exc:
             # Strands may wrap or swallow what a step raised; the run-level stop wins.
             run.finish(exc)
@@ -236,48 +309,71 @@ class DurableAgentRunner(DurableRunner):
         run.finish()
         return result
 
-    async def _invoke(self, target: Target, prompt: Any) -> Any:
+    async def _invoke(self, ctx: RunContext, target: Target, request: RunRequest) -> Any:
         if isinstance(target, Agent):
-            limits = Limits(turns=self.max_iterations) if self.max_iterations else None
-            agent_result = await target.invoke_async(prompt, limits=limits)
-            _refuse_interrupts(self.name, agent_result.stop_reason)
-            return agent_output(agent_result)
-        multi = await target.invoke_async(prompt)
-        _refuse_interrupts(self.name, "interrupt" if multi.interrupts else "")
+            return await self._invoke_agent(ctx, target, request)
+        if (
+            request.messages is not None
+            or request.state is not None
+            or request.invocation.keys() - {"invocation_state"}
+        ):
+            raise TypeError(
+                f"agent {self.name!r} is a {type(target).__name__}: it takes a prompt and "
+                "invocation_state only"
+            )
+        multi = await target.invoke_async(request.prompt, **request.invocation)
+        if multi.interrupts:
+            raise ConfigurationError(
+                f"agent {self.name!r} stopped on a Strands interrupt in a "
+                f"{type(target).__name__}; interrupts are supported in a lone Agent only"
+            )
         return multi_output(multi)
 
-
-def _prompt(name: str, input: Any) -> Any:
-    if isinstance(input, str) or (
-        isinstance(input, list) and all(isinstance(item, dict) for item in input)
-    ):
-        return input
-    raise TypeError(
-        f"agent {name!r} takes a prompt string or a list of content blocks, "
-        f"not {type(input).__name__}"
-    )
-
-
-def _refuse_interrupts(name: str, stop_reason: str) -> None:
-    if stop_reason == "interrupt":
-        raise ConfigurationError(
-            f"agent {name!r} stopped on a Strands interrupt; interrupts are not supported in "
-            "durable runs yet (wait for a human with RunContext.wait_for_signal instead)"
-        )
+    async def _invoke_agent(self, ctx: RunContext, agent: Agent, request: RunRequest) -> Any:
+        if request.messages is not None:
+            agent.messages = [dict(m) for m in request.messages]  # type: ignore[misc]
+        if request.state is not None:
+            agent.state = AgentState(request.state)
+        kwargs = dict(request.invocation)
+        if self.max_iterations and "limits" not in kwargs:
+            kwargs["limits"] = Limits(turns=self.max_iterations)
+        result = await agent.invoke_async(request.prompt, **kwargs)
+        # What a caller's own loop does: answer the interrupts, invoke again with the answers.
+        while result.stop_reason == "interrupt" and result.interrupts:
+            answers = await wait_for_answers(ctx, result.interrupts, self.interrupt_timeout)
+            result = await agent.invoke_async(answers, **kwargs)
+        return result_data(agent, result)
 
 
-def agent_output(result: AgentResult) -> Any:
-    """An agent's result as plain data: its structured output, else its final text."""
-    if result.structured_output is not None:
-        return result.structured_output.model_dump(mode="json")
-    return str(result).strip()
+class _Models(dict[str, type[BaseModel]]):
+    """The structured output models a result may name: the runner's, then the factory module's.
+
+    A factory's agent may have a model of its own the client never saw; it is found among
+    the classes already imported from the factory's module (nothing is imported).
+    """
+
+    def __init__(
+        self, known: dict[str, type[BaseModel]], factory: Callable[[], Target] | None
+    ) -> None:
+        super().__init__(known)
+        self._module = getattr(factory, "__module__", None)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        found = super().get(key)
+        if found is None and self._module:
+            cls = loaded_class(key, (f"{self._module}.",))
+            if isinstance(cls, type) and issubclass(cls, BaseModel):
+                return cls
+        return found if found is not None else default
 
 
 def multi_output(result: MultiAgentResult) -> dict[str, Any]:
-    """A graph's or swarm's result as plain data."""
+    """A graph's or swarm's result as plain data (its ``to_dict()`` under ``result``)."""
     order = getattr(result, "execution_order", None) or getattr(result, "node_history", None) or []
     return {
         "status": result.status.value,
         "order": [node.node_id for node in order],
         "outputs": {node_id: str(r).strip() for node_id, r in result.results.items()},
+        # Strands' own persisted form, which the caller's MultiAgentResult is rebuilt from.
+        "result": to_jsonable_python(result.to_dict(), fallback=repr),
     }

@@ -7,19 +7,30 @@ step and forwards the tool's events; on replay it yields the journaled ``ToolRes
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 from typing import TYPE_CHECKING, Any
 
+from strands import Agent
 from strands.interrupt import InterruptException
 from strands.middleware import ToolResultEvent
 from strands.tools.structured_output.structured_output_tool import StructuredOutputTool
 
-from stalwart.actors import StepSpec, options_of
-from stalwart.adapters.strands._codec import dump_tool_result, load_tool_result
-from stalwart.adapters.strands._model import SCOPE
-from stalwart.errors import ConfigurationError
+# Not exported publicly; the tool executor itself recognises a tool's interrupt by this class.
+from strands.types._events import ToolInterruptEvent
+
+from stalwart.actors import StepSpec, current_step, options_of
+from stalwart.adapters.strands._codec import (
+    dump_interrupts,
+    dump_tool_result,
+    is_interrupt,
+    load_interrupts,
+    load_tool_result,
+)
+from stalwart.adapters.strands._model import POLICIES, SCOPE
 from stalwart.kit import DurableScope, ToolCallFailed, canonical_fp, stream_step, tool_key
+from stalwart.policies import classify
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -41,6 +52,16 @@ tool-failure error of every adapter, :class:`stalwart.kit.ToolCallFailed` (this 
 for code that imports it from ``stalwart.adapters.strands``)."""
 
 
+MARK = "_stalwart_scope"
+"""The attribute an instrumented agent carries (the key prefix it was instrumented with)."""
+
+
+def agent_of_tool(tool: object) -> Agent | None:
+    """The agent behind an agent-as-tool (``agent.as_tool()``, or an agent in ``tools=``)."""
+    inner = getattr(tool, "agent", None) if getattr(tool, "tool_type", None) == "agent" else None
+    return inner if isinstance(inner, Agent) else None
+
+
 def tool_middleware(
     prefix: str, local: Callable[[ExecuteToolContext], bool] | None = None
 ) -> MiddlewareHandler[ExecuteToolContext, TypedEvent]:
@@ -56,10 +77,14 @@ def tool_middleware(
         context: ExecuteToolContext, next_fn: ToolNext
     ) -> AsyncGenerator[TypedEvent, None]:
         run = SCOPE.active()
-        if (
-            run is None
-            or isinstance(context.tool, StructuredOutputTool)
-            or (local is not None and local(context))
+        inner = agent_of_tool(context.tool)
+        nested = inner is not None and getattr(inner, MARK, None) is not None
+        if run is None or (
+            not nested
+            and (
+                isinstance(context.tool, StructuredOutputTool)
+                or (local is not None and local(context))
+            )
         ):
             async for event in next_fn(context):
                 yield event
@@ -67,6 +92,12 @@ def tool_middleware(
         tool_use = context.tool_use
         name = str(tool_use["name"])
         key = run.next_named(prefix + tool_key(str(tool_use["toolUseId"]), name, None))
+        if nested:
+            # No step of its own: the nested agent's calls are journaled one by one under
+            # this call's key (local_tools or not), so a crash inside it resumes inside it.
+            async for event in _nested(run, key, context, next_fn):
+                yield event
+            return
         opts = options_of(getattr(context.tool, "_tool_func", context.tool))
         spec = StepSpec(
             key=key,
@@ -81,9 +112,28 @@ def tool_middleware(
             run.step, spec, _tool_body(run, spec.key, context, next_fn), out
         ):
             yield event
+        if is_interrupt(out[0]):
+            interrupts = load_interrupts(out[0])
+            if out[0].get("raised"):
+                raise InterruptException(interrupts[0])
+            yield ToolInterruptEvent(tool_use, interrupts)
+            return
         yield load_tool_result(out[0], key)
 
     return durable_tool
+
+
+async def _nested(
+    run: DurableScope, key: str, context: ExecuteToolContext, next_fn: ToolNext
+) -> AsyncGenerator[TypedEvent, None]:
+    token = SCOPE.enter(run.child(key[len(run.prefix) :]))
+    try:
+        async with contextlib.aclosing(next_fn(context)) as events:
+            async for event in events:
+                yield event
+    finally:
+        with contextlib.suppress(ValueError):  # closed from another context: nothing to undo
+            SCOPE.leave(token)
 
 
 def _reconciler(
@@ -115,28 +165,47 @@ def _reconciler(
 
 
 def _tool_body(run: DurableScope, key: str, context: ExecuteToolContext, next_fn: ToolNext) -> Any:
-    def refuse() -> ConfigurationError:
-        error = ConfigurationError(
-            f"step {key!r}: tool {context.tool_use['name']!r} raised a Strands interrupt; "
-            "interrupts are not supported in durable runs yet"
-        )
-        run.fail(error)
-        return error
-
     async def body(forward: Callable[[Any], None]) -> dict[str, Any]:
         result: ToolResultEvent | None = None
         try:
-            async for event in next_fn(context):
-                if isinstance(event, ToolResultEvent):
-                    result = event
-                    continue
-                if isinstance(event, dict) and "tool_interrupt_event" in event:
-                    raise refuse()
-                forward(event)
-        except InterruptException as exc:
-            raise refuse() from exc
+            async with contextlib.aclosing(next_fn(context)) as events:
+                async for event in events:
+                    if isinstance(event, ToolResultEvent):
+                        result = event
+                        continue
+                    if isinstance(event, ToolInterruptEvent):
+                        # The tool asked a human (tool_context.interrupt): journaled, so a
+                        # replay stops at the same point without running the tool again.
+                        return dump_interrupts(event.interrupts, raised=False)
+                    forward(event)
+        except InterruptException as exc:  # a middleware registered after ours asked
+            return dump_interrupts([exc.interrupt], raised=True)
         if result is None:
             raise RuntimeError(f"step {key!r}: the tool call ended without a ToolResultEvent")
+        _raise_to_retry(context, result)
         return dump_tool_result(result)
 
     return body
+
+
+def _raise_to_retry(context: ExecuteToolContext, result: ToolResultEvent) -> None:
+    """Raise the tool's exception when the step's retry policy would retry it.
+
+    Strands turns a tool's exception into an error result inside the chain, so the step
+    would never see it fail. A tool whose policy allows another attempt (``@durable(retry=
+    ...)``, ``retry_by_name``, ``Policies(retry={"tool": ...})``) gets it raised to the
+    step, which retries; the last attempt journals the error result the model then sees,
+    exactly as Strands made it. Without a retry policy (the default) nothing is raised.
+    """
+    exc = result.exception
+    info = current_step()
+    policies = POLICIES.get()
+    if exc is None or info is None or policies is None or isinstance(exc, ToolCallFailed):
+        return
+    name = str(context.tool_use["name"])
+    opts = options_of(getattr(context.tool, "_tool_func", context.tool))
+    once = (opts is not None and opts.at_most_once) or name in policies.at_most_once
+    policy = policies.retry_for("tool", name, opts, at_most_once=once)
+    retryable, _ = classify(exc, policy)
+    if retryable and info.attempt < policy.max_attempts:
+        raise exc
