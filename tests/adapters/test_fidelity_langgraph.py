@@ -101,7 +101,7 @@ def meaningful(value: Any) -> Any:
         return {"interrupt": value.value}
     if isinstance(value, dict):
         return {k: meaningful(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return [meaningful(v) for v in value]
     return value
 
@@ -314,6 +314,30 @@ async def test_command_resume_answers_a_run_that_waits_durably(
     final = await lg.run(Command(resume={"data": ANSWER}), config=config, timeout=30)
     assert meaningful(final) == meaningful(final_plain)
     assert await lg.result(handle, timeout=5) == final  # the waiting run's own result
+
+
+async def test_the_tutorials_stream_loop_yields_what_graph_stream_yields(
+    client: Client, workers: WorkerFactory, fake: FakeLLM
+) -> None:
+    graph = apps.chatbot_graph(fake.url)
+    config: Any = {"configurable": {"thread_id": f"plain-{uuid.uuid4().hex[:8]}"}}
+    question = {"messages": [{"role": "user", "content": QUESTION}]}
+
+    def plain() -> list[list[Any]]:
+        return [
+            list(graph.stream(question, config, stream_mode="values")),
+            list(graph.stream(Command(resume={"data": ANSWER}), config, stream_mode="values")),
+        ]
+
+    plain_first, plain_final = await asyncio.to_thread(plain)
+    assert len(plain_first) == 5 and "__interrupt__" in plain_first[-1]
+    await workers()
+    lg = runner(client, "lg-chatbot", lambda: apps.chatbot_graph(fake.url), interrupts="return")
+    config = {"configurable": {"thread_id": f"stream-{uuid.uuid4().hex[:8]}"}}
+    first = [event async for event in lg.astream(question, config=config)]
+    final = [event async for event in lg.astream(Command(resume={"data": ANSWER}), config=config)]
+    assert meaningful(first) == meaningful(plain_first)
+    assert meaningful(final) == meaningful(plain_final)
 
 
 async def test_budgets_count_the_usage_the_model_reported(

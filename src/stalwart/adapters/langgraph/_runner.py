@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 from langgraph.pregel import Pregel
 from langgraph.types import Command
 
-from stalwart.adapters.langgraph import _codec, _request
+from stalwart.adapters.langgraph import _codec, _request, _stream
 from stalwart.adapters.langgraph._model import ModelCalls
 from stalwart.adapters.langgraph._saver import StalwartSaver
 from stalwart.adapters.langgraph._serde import AllowedType, declared_types, type_key
@@ -46,7 +46,7 @@ from stalwart.errors import ConfigurationError, NonDeterminismError
 from stalwart.kit import DurableRunner, build, check_max_iterations, check_source
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 
     from langchain_core.runnables import RunnableConfig
     from langgraph.types import StateSnapshot
@@ -232,6 +232,47 @@ class DurableGraphRunner(DurableRunner):
         )
         graph = source.copy(update={"checkpointer": saver})
         return await graph.aget_state(cast("RunnableConfig", config), subgraphs=subgraphs)
+
+    async def astream(
+        self,
+        input: Any,
+        *,
+        config: RunnableConfig | Mapping[str, Any] | None = None,
+        stream_mode: str = "values",
+        run_id: str | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """``graph.astream(input, config, stream_mode="values")`` as a durable run.
+
+        Submits the run (as :meth:`submit`) and yields the state after each superstep the
+        run stores, then, when the graph stops at an interrupt, the state with
+        ``__interrupt__``: the tutorial's ``for event in graph.stream(...)`` loop. Values
+        come from the stored checkpoints, once each is stored. Only ``"values"`` is offered.
+        """
+        if stream_mode != "values":
+            raise ValueError(
+                f"stream_mode={stream_mode!r}: a durable run streams its stored states only "
+                "(stream_mode='values'); token and update streams are not journaled"
+            )
+        handle = await self.submit(input, run_id=run_id, config=config)
+        client = await self.client()
+        source = build(self.graph, Pregel, "compiled LangGraph graph")
+        saver = StalwartSaver(
+            client.store.redis,
+            namespace=client.store.ns,
+            allowed_types=self.allowed_types | declared_types(source),
+        )
+        channels = source.output_channels
+        keys = [channels] if isinstance(channels, str) else list(channels)
+        thread_id = _request.decode(self.request(input, config=config)).thread_id
+        async for state in _stream.values(
+            handle,
+            saver,
+            thread_id or handle.run_id,
+            _RUN_KEY,
+            resumes=isinstance(input, Command),
+            keys=keys,
+        ):
+            yield state
 
     def _run_config(
         self,
