@@ -772,6 +772,8 @@ def test_requests_carry_langgraph_inputs_and_refuse_what_cannot_travel() -> None
             _request.encode({}, *bad)
     with pytest.raises(TypeError, match="node names"):
         _request.encode(Command(goto=Send("n", {})), None)
+    with pytest.raises(TypeError, match=r"a object cannot travel.*input_fn"):
+        _request.encode({"doc": object()}, None)
     # Results: messages and interrupts are objects again, other data stays as it is.
     state = {
         "messages": [HumanMessage("hi", id="1"), AIMessage("yo", id="2")],

@@ -116,18 +116,22 @@ def _command(cmd: Command[Any]) -> dict[str, Any]:
             "Command(goto=Send(...)) cannot travel to the worker as a run's input: give node "
             "names (goto='node' or a list of them), or send from a node of the graph"
         )
-    return {"resume": to_builtins(cmd.resume), "update": to_builtins(cmd.update), "goto": goto}
+    return {
+        "resume": to_builtins(cmd.resume, strict=True),
+        "update": to_builtins(cmd.update, strict=True),
+        "goto": goto,
+    }
 
 
 def encode(input: Any, config: Mapping[str, Any] | None) -> Any:
     """The wire form of a run's input (or ``Command``) and per-run ``config``."""
     if config is None and not isinstance(input, Command):
-        return to_builtins(input)
+        return to_builtins(input, strict=True)
     out: dict[str, Any] = {MARK: 1, "config": _check_config(config or {})}
     if isinstance(input, Command):
         out["command"] = _command(input)
     else:
-        out["input"] = to_builtins(input)
+        out["input"] = to_builtins(input, strict=True)
     return out
 
 

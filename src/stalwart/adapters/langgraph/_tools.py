@@ -67,23 +67,34 @@ class GraphInterrupted(StalwartError):
         self.interrupts = [(i.id, to_builtins(i.value)) for i in interrupts]
 
 
-def to_builtins(value: Any) -> Any:
+def to_builtins(value: Any, *, strict: bool = False) -> Any:
     """Graph state as msgpack-encodable plain data (messages and other pydantic models as
-    their ``model_dump(mode="json")``, dataclasses as dicts)."""
+    their ``model_dump(mode="json")``, dataclasses as dicts).
+
+    Anything else is shown by its ``repr``, or, with ``strict``, refused with a
+    ``TypeError`` (for what must travel to a worker as it is: a run's input).
+    """
     if value is None or isinstance(value, str | int | float | bool | bytes):
         return value
     if isinstance(value, Mapping):
-        return {str(k): to_builtins(v) for k, v in value.items()}
+        return {str(k): to_builtins(v, strict=strict) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
-        return [to_builtins(v) for v in value]
+        return [to_builtins(v, strict=strict) for v in value]
     dump = getattr(value, "model_dump", None)
     if callable(dump):
-        return to_builtins(dump(mode="json"))
+        return to_builtins(dump(mode="json"), strict=strict)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return to_builtins({f.name: getattr(value, f.name) for f in dataclasses.fields(value)})
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        return to_builtins(fields, strict=strict)
     try:
         return msgspec.to_builtins(value)
     except TypeError:
+        if strict:
+            raise TypeError(
+                f"a {type(value).__name__} cannot travel to the worker that runs the graph: "
+                "give plain data, pydantic models, dataclasses or LangChain messages (build "
+                "other objects on the worker, with the runner's input_fn=)"
+            ) from None
         return repr(value)
 
 
