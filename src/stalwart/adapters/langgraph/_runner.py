@@ -82,7 +82,9 @@ class DurableGraphRunner(DurableRunner):
     or a ``Command``, with LangGraph's per-run ``config`` (``runner.run(input,
     config={"configurable": {"thread_id": "t1"}})``; see :meth:`request`). Its result is
     the final state (``output_fn`` picks something else from the state first), which
-    :meth:`run` returns as ``graph.invoke`` would (:meth:`decode_result`).
+    :meth:`run` returns as ``graph.invoke`` would (:meth:`decode_result`); :meth:`astream`
+    is ``graph.astream(..., stream_mode="values")`` and :meth:`aget_state` is
+    ``graph.aget_state(config)`` for durable runs.
 
     Every task's writes and every superstep's checkpoint go to Redis before the graph goes
     on (``durability="sync"``), fenced by the run's epoch. When the worker dies, another one
