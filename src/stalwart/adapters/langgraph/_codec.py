@@ -30,7 +30,7 @@ _record_encoder = msgspec.msgpack.Encoder()
 _record_decoder = msgspec.msgpack.Decoder(tuple[str, bytes, str, bytes, str])
 _write_decoder = msgspec.msgpack.Decoder(tuple[str, str, bytes, str])
 _full_decoder = msgspec.msgpack.Decoder(tuple[str, bytes])
-_task_decoder = msgspec.msgpack.Decoder(tuple[str, str, str])
+_task_decoder = msgspec.msgpack.Decoder(list[Any])
 
 
 class Keys:
@@ -39,6 +39,7 @@ class Keys:
     the writes) lives in one slot and the Lua scripts stay atomic."""
 
     def __init__(self, namespace: str, thread_id: str) -> None:
+        self.thread_id = thread_id
         self.prefix = f"{namespace}:{{{thread_id}}}:lg"
         self.record = f"{namespace}:{{{thread_id}}}:run"
         """The Stalwart run record: its ``epoch`` field fences the writes of a durable run."""
@@ -48,6 +49,12 @@ class Keys:
         """Writes keys of checkpoints never stored (kept so delete_thread finds them)."""
         self.tasks = f"{self.prefix}:tasks"
         """List of the tasks a durable run stored, in order (see ``encode_task``)."""
+        self.owner = f"{self.prefix}:owner"
+        """Hash: the durable run that holds a thread of the user's, and its fence token."""
+
+    def tasks_of(self, run_id: str) -> str:
+        """The task list of durable run ``run_id`` on this thread (``tasks`` on its own)."""
+        return self.tasks if run_id == self.thread_id else f"{self.tasks}:{run_id}"
 
     def ids(self, ns: str) -> str:
         """Sorted set (all scores 0, ordered by member) of the namespace's checkpoint ids."""
@@ -233,11 +240,20 @@ def decode_writes(raw: list[Any]) -> list[tuple[str, int, str, tuple[str, bytes]
     return out
 
 
-def encode_task(task_id: str, name: str, ns: str) -> bytes:
-    """An entry of a durable run's task list: the task, its node name, its namespace."""
-    return _record_encoder.encode((task_id, name, ns))
+def encode_task(
+    task_id: str, name: str, ns: str, models: list[tuple[str, int, int]] | None = None
+) -> bytes:
+    """An entry of a durable run's task list: the task, its node name, its namespace, and
+    the usage of the model calls it made (``(model, input tokens, output tokens)`` each),
+    stored with the task's writes so a later owner can journal them if its worker could not.
+    """
+    if not models:
+        return _record_encoder.encode((task_id, name, ns))
+    return _record_encoder.encode((task_id, name, ns, [list(m) for m in models]))
 
 
-def decode_task(raw: bytes) -> tuple[str, str, str]:
-    """Inverse of :func:`encode_task`: ``(task_id, name, checkpoint_ns)``."""
-    return _task_decoder.decode(raw)
+def decode_task(raw: bytes) -> tuple[str, str, str, list[tuple[str, int, int]]]:
+    """Inverse of :func:`encode_task`: ``(task_id, name, checkpoint_ns, models)``."""
+    fields = _task_decoder.decode(raw)
+    models = [(str(m), int(i), int(o)) for m, i, o in (fields[3] if len(fields) > 3 else [])]
+    return str(fields[0]), str(fields[1]), str(fields[2]), models
