@@ -16,6 +16,8 @@ from typing import Any
 
 import msgspec
 
+from stalwart.checkpoints import open_bytes, seal_bytes
+
 # Blob values: one tag byte, then the payload.
 #   F<msgpack [type, data]>          the whole value, serialised by the saver's serde
 #   E                                the channel has a version but no value
@@ -151,7 +153,7 @@ def encode_blob(
     type_, data = typed
     parts = split_array(data) if type_ == "msgpack" else None
     if parts is None:
-        return TAG_FULL + _record_encoder.encode((type_, data)), None
+        return TAG_FULL + _record_encoder.encode((type_, _seal(data))), None
     count, body = parts
     state = ListState(version, count, body)
     if (
@@ -162,8 +164,19 @@ def encode_blob(
     ):
         tail = body[len(previous.body) :]
         header = f"{previous.version}\0{count - previous.count}\0".encode()
-        return TAG_DELTA + header + tail, state
-    return TAG_DELTA + f"\0{count}\0".encode() + body, state
+        return TAG_DELTA + header + _seal(tail), state
+    return TAG_DELTA + f"\0{count}\0".encode() + _seal(body), state
+
+
+# With payload encryption on (docs/security.md), what a blob holds of the user's values is
+# sealed here, after the delta is cut from the clear bytes (sealing first would make every
+# version differ and store every list whole); the headers stay clear, as the journal's do.
+def _seal(data: bytes) -> bytes:
+    return seal_bytes(data) if data else data
+
+
+def _open(data: bytes) -> bytes:
+    return open_bytes(data) if data else data
 
 
 def blob_base(blob: bytes) -> str:
@@ -187,7 +200,7 @@ def decode_chain(
         return None, None
     if head.startswith(TAG_FULL):
         type_, data = _full_decoder.decode(head[1:])
-        return (type_, data), None
+        return (type_, _open(data)), None
     total = 0
     bodies: list[bytes] = []
     for blob in chain:
@@ -196,7 +209,7 @@ def decode_chain(
         first = blob.index(b"\0", 1)
         second = blob.index(b"\0", first + 1)
         total += int(blob[first + 1 : second])
-        bodies.append(blob[second + 1 :])
+        bodies.append(_open(blob[second + 1 :]))
     if blob_base(chain[-1]):
         raise ValueError(f"blob chain of version {version!r} ends at a missing base version")
     body = b"".join(reversed(bodies))

@@ -27,6 +27,7 @@ from langgraph.checkpoint.base import (
 
 from stalwart.adapters.langgraph import _codec
 from stalwart.adapters.langgraph._driver import Cmd, Plan, call, script, text
+from stalwart.adapters.langgraph._sealed import SealedSerde
 from stalwart.adapters.langgraph._thread import ThreadFence
 from stalwart.checkpoints import Fence
 
@@ -105,7 +106,10 @@ class Plans:
         self.fence_epoch = fence_epoch
         self.run_id = run_id
         self.task_models = task_models
-        self.serde = serde
+        # Records, metadata and pending writes are sealed whole (payload encryption); channel
+        # values are sealed by the blob encoding, after the delta is cut (see _codec).
+        self.serde = SealedSerde(serde)
+        self.values = serde
         self.shared = shared
         self.task_name = task_name
 
@@ -153,7 +157,7 @@ class Plans:
             if warm:
                 self.remember((thread_id, ns, channel), state)
             if typed is not None:
-                values[channel] = self.serde.loads_typed(typed)
+                values[channel] = self.values.loads_typed(typed)
         writes = [
             (task_id, channel, self.serde.loads_typed(typed))
             for task_id, _, channel, typed, _ in _codec.decode_writes(list(reply[-1]))
@@ -186,7 +190,7 @@ class Plans:
         args: list[str | bytes] = fence.args(ns, checkpoint["id"], record)
         states: dict[str, _codec.ListState | None] = {}
         for channel, version in new_versions.items():
-            typed = self.serde.dumps_typed(values[channel]) if channel in values else None
+            typed = self.values.dumps_typed(values[channel]) if channel in values else None
             previous = self.shared.lists.get((thread_id, ns, channel))
             blob, states[channel] = _codec.encode_blob(typed, previous, str(version))
             args += [_codec.blob_field(channel, version), blob]

@@ -23,6 +23,7 @@ from langgraph.checkpoint.base import (
 from stalwart.adapters.langgraph import _codec, _maintenance
 from stalwart.adapters.langgraph._driver import Driver, Plan
 from stalwart.adapters.langgraph._plans import Out, Plans, Shared, TaskWritten, conf
+from stalwart.adapters.langgraph._sealed import SealedSerde
 from stalwart.adapters.langgraph._serde import AllowedType, SafeSerializer
 from stalwart.errors import ConfigurationError, RunCancelled
 
@@ -303,17 +304,19 @@ class StalwartSaver(BaseCheckpointSaver[str]):
             self._shared.registered.discard(thread_id)
             return _maintenance.delete_thread(self.namespace, thread_id)
         if strategy == "keep_latest":
-            return _maintenance.prune_to_latest(self.namespace, thread_id, self.serde)
+            return _maintenance.prune_to_latest(self.namespace, thread_id, SealedSerde(self.serde))
         raise ValueError(f"unknown prune strategy {strategy!r}: use 'keep_latest' or 'delete'")
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Delete the checkpoints whose metadata ``run_id`` (LangGraph's) is in ``run_ids``."""
-        self._driver.run_sync(_maintenance.delete_for_runs(self.namespace, run_ids, self.serde))
+        self._driver.run_sync(
+            _maintenance.delete_for_runs(self.namespace, run_ids, SealedSerde(self.serde))
+        )
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Async :meth:`delete_for_runs`."""
         await self._driver.run_async(
-            _maintenance.delete_for_runs(self.namespace, run_ids, self.serde)
+            _maintenance.delete_for_runs(self.namespace, run_ids, SealedSerde(self.serde))
         )
 
     async def thread_bytes(self, thread_id: str) -> int:
