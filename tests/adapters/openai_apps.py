@@ -354,6 +354,38 @@ two_mails = DurableAgentRunner(
     run_config=CONFIG,
     app=app,
 )
+
+
+async def _memo_needs_approval(_ctx: Any, params: dict[str, Any], _call_id: str) -> bool:
+    """The approval policy of ``send_memo``: a deploy turns it on with MEMO_APPROVAL=on."""
+    return os.environ.get("MEMO_APPROVAL") == "on"
+
+
+@function_tool(needs_approval=_memo_needs_approval)
+async def send_memo(to: str) -> str:
+    """Send a memo."""
+    await count()
+    return f"memo to {to}"
+
+
+def memo_script(items: list[Any]) -> list[TResponseOutputItem]:
+    outputs = tool_outputs(items)
+    if not outputs:
+        return [function_call("send_memo", {"to": "board@example.com"}, call_id="n1")]
+    return [assistant_message(f"done: {outputs[0]}")]
+
+
+memo = DurableAgentRunner(
+    "oa-memo",
+    lambda: Agent(
+        name="memo",
+        instructions="Send the memo.",
+        tools=[send_memo],
+        model=RedisScriptedModel(memo_script),
+    ),
+    run_config=CONFIG,
+    app=app,
+)
 # The same agent whose approval requests expire after 2 s (the call is then rejected).
 mailer_ttl = DurableAgentRunner(
     "oa-mailer-ttl",

@@ -407,6 +407,28 @@ async def test_parallel_calls_needing_approval_are_all_pending_at_once(
     assert await execs(counters, handle.run_id, "tool:m2") == 0
 
 
+@pytest.mark.slow
+async def test_a_resume_evaluates_needs_approval_again_under_the_new_policy(
+    client: Client, oa_workers: WorkerFactory, supervisor: Any, counters: aioredis.Redis
+) -> None:
+    a = await oa_workers("a")  # no approval needed here: the tool starts at once
+    run_id = rid()
+    await mark_gated(counters, run_id, "tool:n1")
+    handle = await client.submit("oa-memo", "Send the memo", run_id=run_id)
+    await eventually(lambda: has_all(client, run_id, "model:1"), timeout=30)
+    a.kill()  # the call was made without approval; the tool (gated) never finished
+
+    # A deploy that requires approval for the tool: the resumed run asks before running it.
+    b = await oa_workers("b", MEMO_APPROVAL="on")
+    [request] = await eventually(handle.pending_approvals, timeout=30)
+    assert (request.call_id, request.tool) == ("n1", "send_memo")
+    assert await execs(counters, run_id, "tool:n1") == 0
+    await handle.approve("n1")
+    await open_gate(counters, run_id, "tool:n1")
+    assert final(await outcome(handle, b)) == "done: memo to board@example.com"
+    assert await execs(counters, run_id, "tool:n1") == 1
+
+
 async def _announced(handle: Any) -> bool:
     return any([ev async for ev in handle.events(follow=False) if ev.type == "approval.requested"])
 
