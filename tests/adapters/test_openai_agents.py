@@ -429,6 +429,20 @@ async def test_a_resume_evaluates_needs_approval_again_under_the_new_policy(
     assert await execs(counters, run_id, "tool:n1") == 1
 
 
+@pytest.mark.slow
+async def test_a_resume_under_a_policy_that_dropped_the_approval_runs_the_call(
+    client: Client, oa_workers: WorkerFactory, supervisor: Any, counters: aioredis.Redis
+) -> None:
+    a = await oa_workers("a", MEMO_APPROVAL="on")
+    handle = await client.submit("oa-memo", "Send the memo")
+    await eventually(handle.pending_approvals, timeout=30)
+    a.kill()
+    b = await oa_workers("b")  # the deploy no longer asks for approval of send_memo
+    # The policy of the code that runs now decides: the journaled request is obsolete.
+    assert final(await outcome(handle, b)) == "done: memo to board@example.com"
+    assert await execs(counters, handle.run_id, "tool:n1") == 1
+
+
 async def _announced(handle: Any) -> bool:
     return any([ev async for ev in handle.events(follow=False) if ev.type == "approval.requested"])
 

@@ -328,6 +328,11 @@ class DurableAgentRunner(DurableRunner):
                     state = result.to_state()
                     await self._decide(ctx, state, result.interruptions)
                     result = await self._loop(ctx, agent, state, run)
+                # The policy of the code running now decides (the SDK evaluated needs_approval
+                # again): approvals journaled for calls it no longer asks about are obsolete,
+                # not a sign of changed code.
+                ctx.mark_replayed("approval:")
+                ctx.mark_replayed("signal:approval:")
         finally:
             CONTEXTS.reset(journal_token)
         del graph  # kept alive until here
