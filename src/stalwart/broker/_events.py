@@ -356,8 +356,13 @@ async def subscribe_events(
         async for stored in stored_events(js, names, run_id):
             yield stored
         return
+    # The stream named: else nats-py asks for every stream name of the account (a right
+    # least-privilege roles do not have, and other tenants' names).
     sub = await js.subscribe(
-        names.events_subject(run_id), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+        names.events_subject(run_id),
+        stream=names.events_stream,
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.ALL,
     )
     try:
         async for msg in sub.messages:

@@ -89,6 +89,15 @@ class Names:
         """KV bucket of agent names that some worker serves."""
         return f"{self._upper}_AGENTS"
 
+    @property
+    def inbox_prefix(self) -> str:
+        """Prefix of the reply subjects of the namespace's processes: ``_INBOX_<ns>``.
+
+        Per namespace, so NATS permissions can let each namespace's users read only their
+        own replies (``_INBOX_<ns>.>``).
+        """
+        return f"_INBOX_{self.namespace}"
+
     def runs_subject(self, agent: str) -> str:
         """Subject that run requests for ``agent`` are published to."""
         return f"{self.namespace}.runs.{agent}"

@@ -1,0 +1,389 @@
+"""Issue #14 items 2 and 4: least-privilege roles and tenant isolation, on real servers.
+
+One nats-server whose users have exactly the permissions ``stalwart security
+nats-permissions`` prints (pasted into its config), and one redis-server whose ACL users are
+made from the lines ``stalwart security redis-acl`` prints. Namespace ``ta`` (tenant A) has a
+user per role; namespace ``tb`` (tenant B) a client. The admin provisions ``ta`` with
+``stalwart provision``; then a worker process, a supervisor, a client and a viewer, each with
+only its role's rights (and ``STALWART_PROVISION=off``), run runs end to end, and every
+refusal the roles promise is tried and asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import nats
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import NoPermissionError
+
+from stalwart import Client, Settings, Supervisor
+from stalwart.checkpoints import _scripts
+from stalwart.errors import ConfigurationError, RunCancelled, RunNotFoundError
+from stalwart.roles import ROLES, render_nats_permissions, render_redis_acl
+from stalwart.testing import NatsServer, RedisServer, worker_process
+from tests.conftest import ROOT
+from tests.helpers import eventually
+from tests.test_cli import _env, run_cli
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+
+    from stalwart.testing import StalwartProcess
+
+A, B, C = "ta", "tb", "tc"
+USERS = {
+    **{f"{A}_{role}": (A, role) for role in ROLES},
+    f"{B}_admin": (B, "admin"),
+    f"{B}_client": (B, "client"),
+    f"{C}_client": (C, "client"),
+}
+"""User name -> (namespace, role); the password is ``pw-<user>``."""
+TEN = 10 * 11 // 2 * 10
+
+
+def _nats_config() -> str:
+    blocks = [render_nats_permissions(role, ns) for ns, role in set(USERS.values())]
+    users = ",\n".join(
+        f'  {{ user: "{u}", password: "pw-{u}", permissions: '
+        f"$STALWART_{ns.upper()}_{role.upper()} }}"
+        for u, (ns, role) in USERS.items()
+    )
+    return "\n".join(blocks) + f"\nauthorization {{\n users = [\n{users}\n ]\n}}\n"
+
+
+@pytest.fixture(scope="module")
+def role_servers() -> Iterator[tuple[NatsServer, RedisServer]]:
+    nats_server = NatsServer(config=_nats_config())
+    redis_server = RedisServer()
+    nats_server.start()
+    redis_server.start()
+    try:
+        yield nats_server, redis_server
+    finally:
+        nats_server.stop()
+        redis_server.stop()
+
+
+async def _acl_users(redis_server: RedisServer) -> None:
+    admin = aioredis.Redis.from_url(redis_server.url)
+    try:
+        for user, (ns, role) in USERS.items():
+            line = render_redis_acl(role, ns, user)
+            await admin.execute_command(*shlex.split(line), f">pw-{user}")
+    finally:
+        await admin.aclose()
+
+
+def _urls(user: str, servers: tuple[NatsServer, RedisServer]) -> tuple[str, str]:
+    nats_server, redis_server = servers
+    nats_url = nats_server.url.replace("nats://", f"nats://{user}:pw-{user}@")
+    redis_url = redis_server.url.replace("redis://", f"redis://{user}:pw-{user}@")
+    return nats_url, redis_url
+
+
+def _settings(user: str, servers: tuple[NatsServer, RedisServer], **extra: Any) -> Settings:
+    nats_url, redis_url = _urls(user, servers)
+    ns = USERS[user][0]
+    return Settings(
+        nats_url=nats_url,
+        redis_url=redis_url,
+        namespace=ns,
+        lease_ttl=2,
+        reconcile_interval=0.5,
+        connect_timeout=10.0,
+        **extra,
+    )
+
+
+@pytest.fixture(scope="module")
+async def provisioned(
+    role_servers: tuple[NatsServer, RedisServer], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[NatsServer, RedisServer]:
+    await _acl_users(role_servers[1])
+    nats_url, redis_url = _urls(f"{A}_admin", role_servers)
+    env = _env(tmp_path_factory.mktemp("provision"))
+    args = ("provision", "--app", "tests.apps:app", "--nats-url", nats_url, "--namespace", A)
+    first = await run_cli(*args, "--redis-url", redis_url, env=env)
+    assert first.code == 0, first
+    assert f"stream {A.upper()}_RUNS: created" in first.out
+    assert f"consumer {A.upper()}_RUNS/agent_ten: created" in first.out
+    again = await run_cli(*args, "--redis-url", redis_url, env=env)
+    assert again.code == 0, again
+    assert "created" not in again.out and "updated" not in again.out, again.out
+    return role_servers
+
+
+class Violations:
+    """A raw NATS connection of one user that collects the server's permission errors."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.nc: Any = None
+
+    async def connect(self, url: str) -> Violations:
+        async def on_error(exc: Exception) -> None:
+            self.errors.append(str(exc))
+
+        self.nc = await nats.connect(url, error_cb=on_error, allow_reconnect=False)
+        return self
+
+    async def refused(self, action: str, subject: str) -> None:
+        """``action`` ("publish"/"subscribe") on ``subject`` is refused by the server."""
+        before = len(self.errors)
+        if action == "publish":
+            await self.nc.publish(subject, b"forged")
+        else:
+            await self.nc.subscribe(subject)
+        await self.nc.flush()
+        verb = "publish" if action == "publish" else "subscription"
+        wanted = f'permissions violation for {verb} to "{subject}"'.lower()
+
+        async def seen() -> bool:
+            return any(wanted in e.lower() for e in self.errors[before:])
+
+        await eventually(
+            seen,
+            timeout=5,
+            message=lambda: f"{action} {subject} was not refused: {self.errors[before:]}",
+        )
+
+
+@contextlib.asynccontextmanager
+async def _worker(
+    servers: tuple[NatsServer, RedisServer], client: Client
+) -> AsyncIterator[StalwartProcess]:
+    nats_url, redis_url = _urls(f"{A}_worker", servers)
+    wid = f"role-{uuid.uuid4().hex[:6]}"
+    proc = await asyncio.to_thread(
+        worker_process,
+        "tests.apps:app",
+        nats_url=nats_url,
+        redis_url=redis_url,
+        worker_id=wid,
+        namespace=A,
+        extra_env={
+            "STALWART_PROVISION": "off",
+            "COUNTER_REDIS_URL": servers[1].url,  # the test app's own counters
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")) if p
+            ),
+        },
+    )
+    proc.start()
+    try:
+
+        async def registered() -> bool:
+            return wid in {w.worker_id for w in await client.broker.workers()}
+
+        await eventually(
+            registered, timeout=30, message=lambda: f"worker did not start:\n{proc.log_text()}"
+        )
+        yield proc
+    finally:
+        proc.kill()
+
+
+def test_committed_files_are_what_the_command_prints() -> None:
+    for role in ROLES:
+        nats_file = ROOT / "deploy" / "security" / f"nats-{role}.conf"
+        redis_file = ROOT / "deploy" / "security" / f"redis-{role}.acl"
+        assert nats_file.read_text() == render_nats_permissions(role, "stalwart"), nats_file
+        assert redis_file.read_text() == render_redis_acl(role, "stalwart", f"stalwart-{role}"), (
+            redis_file
+        )
+
+
+async def test_an_unprovisioned_namespace_fails_clearly_without_rights(
+    role_servers: tuple[NatsServer, RedisServer],
+) -> None:
+    await _acl_users(role_servers[1])
+    # Namespace C was never provisioned and its client may not create anything.
+    started = time.monotonic()
+    with pytest.raises(ConfigurationError, match="stalwart provision"):
+        await Client.connect(settings=_settings(f"{C}_client", role_servers, provision="off"))
+    assert time.monotonic() - started < 3, "provision=off must not wait for anything"
+    # With the default (auto) it tries to create, is refused, and says so within the
+    # JetStream request timeout rather than hanging.
+    started = time.monotonic()
+    with pytest.raises(ConfigurationError, match=r"not allowed.*stalwart provision"):
+        await Client.connect(settings=_settings(f"{C}_client", role_servers))
+    assert time.monotonic() - started < 9
+
+
+async def test_each_role_with_only_its_rights_runs_runs_end_to_end(
+    provisioned: tuple[NatsServer, RedisServer],
+) -> None:
+    servers = provisioned
+    client = await Client.connect(settings=_settings(f"{A}_client", servers, provision="off"))
+    viewer = await Client.connect(settings=_settings(f"{A}_viewer", servers, provision="off"))
+    supervisor = Supervisor(_settings(f"{A}_supervisor", servers, provision="off"))
+    await supervisor.start()
+    sup_task = asyncio.create_task(supervisor.run())
+    try:
+        async with _worker(servers, client):
+            done = await client.submit("ten", {})
+            assert await done.result(timeout=30) == TEN
+            waiting = await client.submit("approval", 7)
+            await eventually(
+                lambda: _status_is(waiting, "running", "waiting"), timeout=20, message="no wait"
+            )
+            assert await waiting.signal("approve", {"ok": True}) in ("stored", "woke")
+            assert (await waiting.result(timeout=30))["decision"] == {"ok": True}
+            to_cancel = await client.submit("approval", 8)
+            await eventually(
+                lambda: _journaled(client, to_cancel.run_id, 3), timeout=20, message="no step"
+            )
+            await to_cancel.cancel("changed my mind")
+            with pytest.raises(RunCancelled):
+                await to_cancel.result(timeout=30)
+            types = [e.type async for e in client.handle(done.run_id).events(follow=False)]
+            assert types[0] == "run.accepted" and types[-1] == "run.completed"
+
+            # The viewer reads everything of its namespace...
+            seen = viewer.handle(done.run_id)
+            assert (await seen.status()).status == "completed"
+            assert len((await seen.history()).steps) == 10
+            assert [e.type async for e in seen.events(follow=True)][-1] == "run.completed"
+            assert done.run_id in {r.run_id for r in await viewer.runs()}
+            # ...and changes nothing: Redis refuses its writes.
+            with pytest.raises(NoPermissionError):
+                await viewer.submit("ten", {})
+            with pytest.raises(NoPermissionError):
+                await viewer.handle(waiting.run_id).cancel()
+            with pytest.raises(NoPermissionError):
+                await viewer.handle(to_cancel.run_id).signal("approve", 1)
+    finally:
+        supervisor.stop()
+        await asyncio.wait_for(sup_task, 30)
+        await viewer.close()
+        await client.close()
+
+
+async def _status_is(handle: Any, *statuses: str) -> bool:
+    return (await handle.status()).status in statuses
+
+
+async def _journaled(client: Client, run_id: str, at_least: int) -> bool:
+    return len(await client.store.read_journal(run_id)) >= at_least
+
+
+async def test_a_client_cannot_write_leases_forge_advisories_or_touch_another_namespace(
+    provisioned: tuple[NatsServer, RedisServer],
+) -> None:
+    servers = provisioned
+    nats_url, redis_url = _urls(f"{A}_client", servers)
+    v = await Violations().connect(nats_url)
+    r = aioredis.Redis.from_url(redis_url)
+    try:
+        # NATS: leases, heartbeats, the agent registry, advisories, the topology.
+        await v.refused("publish", f"$KV.{A.upper()}_LEASES.run.someone")
+        await v.refused("publish", f"$KV.{A.upper()}_LEASES.supervisor.leader")
+        await v.refused("publish", f"$KV.{A.upper()}_WORKERS.fake-worker")
+        await v.refused("publish", f"$KV.{A.upper()}_AGENTS.fake")
+        advisory = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{A.upper()}_RUNS.agent_ten"
+        await v.refused("publish", advisory)
+        await v.refused("subscribe", advisory)
+        await v.refused("publish", f"{A}.rejected.ten")
+        await v.refused("publish", f"$JS.API.STREAM.DELETE.{A.upper()}_RUNS")
+        await v.refused("publish", f"$JS.API.STREAM.CREATE.{A.upper()}_RUNS")
+        await v.refused("publish", f"$JS.API.CONSUMER.DELETE.{A.upper()}_RUNS.agent_ten")
+        await v.refused("publish", f"$JS.API.CONSUMER.MSG.NEXT.{A.upper()}_RUNS.agent_ten")
+        await v.refused("publish", f"$JS.API.STREAM.MSG.DELETE.{A.upper()}_RUNS")
+        await v.refused("subscribe", f"{A}.signals.>")
+        await v.refused("subscribe", "_INBOX.>")
+        # Namespace B, on NATS.
+        await v.refused("publish", f"{B}.runs.ten")
+        await v.refused("publish", f"{B}.events.x")
+        await v.refused("publish", f"$JS.API.STREAM.INFO.{B.upper()}_RUNS")
+        await v.refused("subscribe", f"{B}.events.>")
+        await v.refused("subscribe", f"_INBOX_{B}.>")
+        # Redis: what only workers and supervisors write, and anything of namespace B.
+        run = f"{A}:{{r1}}"
+        for forbidden in (
+            ("DEL", f"{run}:journal"),
+            ("XDEL", f"{run}:journal", "1-0"),
+            ("XDEL", f"{run}:signals", "1-0"),
+            ("HDEL", f"{run}:run", "worker"),
+            ("ZADD", f"{A}:timers", "1", "r1"),
+            ("HSET", f"{run}:lg:checkpoint", "k", "v"),
+            ("HGETALL", f"{B}:{{r1}}:run"),
+            ("HSET", f"{B}:{{r1}}:run", "status", "x"),
+            ("XADD", f"{B}:{{r1}}:journal", "*", "d", "x"),
+            ("FLUSHDB",),
+            ("KEYS", "*"),
+            ("SCAN", "0"),
+        ):
+            with pytest.raises(NoPermissionError):
+                await r.execute_command(*forbidden)
+    finally:
+        await v.nc.close()
+        await r.aclose()
+
+
+async def test_tenant_b_cannot_read_cancel_signal_or_fork_tenant_a_runs(
+    provisioned: tuple[NatsServer, RedisServer],
+) -> None:
+    servers = provisioned
+    a = await Client.connect(settings=_settings(f"{A}_client", servers, provision="off"))
+    try:
+        # A run of tenant A that no worker takes: it stays accepted, easy to cancel.
+        victim = await a.submit("approval", 1)
+        a_keys = [f"{A}:{{{victim.run_id}}}:run", f"{A}:{{{victim.run_id}}}:journal"]
+        a_signals = [a_keys[0], f"{A}:{{{victim.run_id}}}:signals"]
+        nats_url, redis_url = _urls(f"{B}_client", servers)
+        b = aioredis.Redis.from_url(redis_url)
+        v = await Violations().connect(nats_url)
+        try:
+            # Tenant B's admin connects with the default provision=auto: with its rights
+            # that creates B's streams and buckets (zero set-up still works).
+            await (await Client.connect(settings=_settings(f"{B}_admin", servers))).close()
+            # Through the API, B's client lives in namespace B: A's runs do not exist there.
+            b_settings = _settings(f"{B}_client", servers, provision="off")
+            b_client = await Client.connect(settings=b_settings)
+            try:
+                with pytest.raises(RunNotFoundError):
+                    await b_client.handle(victim.run_id).status()
+                assert (await b_client.handle(victim.run_id).cancel()) == "missing"
+                with pytest.raises(RunNotFoundError):
+                    await b_client.handle(victim.run_id).signal("approve", 1)
+                with pytest.raises(RunNotFoundError):
+                    await b_client.fork(victim.run_id, at="step:quote")
+            finally:
+                await b_client.close()
+            # Pointed at namespace A, B's credentials cannot even look it up.
+            with pytest.raises(ConfigurationError, match="not allowed"):
+                await Client.connect(settings=msgspec.structs.replace(b_settings, namespace=A))
+            # Directly on the servers: read, cancel, signal, fork (read the journal).
+            for attempt in (
+                ("HGETALL", a_keys[0]),
+                ("XRANGE", a_keys[1], "-", "+"),
+                ("EVAL", _scripts.CANCEL, 2, *a_keys, time.time(), "by B", b"x"),
+                ("EVAL", _scripts.SIGNAL, 2, *a_signals, "approve", b"1", time.time(), 0),
+                ("ZREVRANGE", f"{A}:runs", 0, -1),
+            ):
+                with pytest.raises(NoPermissionError):
+                    await b.execute_command(*attempt)
+            await v.refused("publish", f"{A}.signals.{victim.run_id}")
+            await v.refused("publish", f"{A}.runs.approval")
+            await v.refused("publish", f"$JS.API.STREAM.MSG.GET.{A.upper()}_EVENTS")
+            await v.refused("publish", f"$JS.API.DIRECT.GET.{A.upper()}_EVENTS")
+            await v.refused("publish", f"$JS.API.CONSUMER.CREATE.{A.upper()}_EVENTS")
+            await v.refused("subscribe", f"{A}.events.{victim.run_id}")
+            await v.refused("subscribe", f"_INBOX_{A}.>")
+        finally:
+            await v.nc.close()
+            await b.aclose()
+        # Tenant A's run is untouched.
+        assert (await victim.status()).status == "accepted"
+        assert (await victim.cancel()) == "cancelled"
+    finally:
+        await a.close()
