@@ -31,7 +31,7 @@ from stalwart.errors import ConfigurationError, RunCancelled, RunNotFoundError
 from stalwart.roles import ROLES, render_nats_permissions, render_redis_acl
 from stalwart.testing import NatsServer, RedisServer, worker_process
 from tests.conftest import ROOT
-from tests.helpers import eventually
+from tests.helpers import eventually, execs, owners
 from tests.test_cli import _env, run_cli
 
 if TYPE_CHECKING:
@@ -217,19 +217,22 @@ async def test_an_unprovisioned_namespace_fails_clearly_without_rights(
     with pytest.raises(ConfigurationError, match=r"not allowed.*stalwart provision"):
         await Client.connect(settings=_settings(f"{C}_client", role_servers))
     assert time.monotonic() - started < 9
+    # The server logged the refusal (the end-to-end test below asserts there is none).
+    assert any("violation" in line.lower() for line in _nats_log(role_servers[0]))
 
 
 async def test_each_role_with_only_its_rights_runs_runs_end_to_end(
     provisioned: tuple[NatsServer, RedisServer],
 ) -> None:
     servers = provisioned
+    log_before = len(_nats_log(servers[0]))
     client = await Client.connect(settings=_settings(f"{A}_client", servers, provision="off"))
     viewer = await Client.connect(settings=_settings(f"{A}_viewer", servers, provision="off"))
     supervisor = Supervisor(_settings(f"{A}_supervisor", servers, provision="off"))
     await supervisor.start()
     sup_task = asyncio.create_task(supervisor.run())
     try:
-        async with _worker(servers, client):
+        async with _worker(servers, client) as first:
             done = await client.submit("ten", {})
             assert await done.result(timeout=30) == TEN
             waiting = await client.submit("approval", 7)
@@ -247,6 +250,27 @@ async def test_each_role_with_only_its_rights_runs_runs_end_to_end(
                 await to_cancel.result(timeout=30)
             types = [e.type async for e in client.handle(done.run_id).events(follow=False)]
             assert types[0] == "run.accepted" and types[-1] == "run.completed"
+
+            # A SIGKILLed worker's run is re-placed (by a supervisor with only its rights)
+            # on another worker, which replays the journaled step rather than running it.
+            survivor = await client.submit("approval", 9)
+            await eventually(
+                lambda: _journaled(client, survivor.run_id, 3), timeout=20, message="no wait"
+            )
+            first.kill()
+            async with _worker(servers, client) as second:
+                await eventually(
+                    lambda: _placements(client, survivor.run_id, 2),
+                    timeout=30,
+                    message=lambda: f"not re-placed:\n{second.log_text()}",
+                )
+                await survivor.signal("approve", "after the kill")
+                assert (await survivor.result(timeout=30))["decision"] == "after the kill"
+            counters = aioredis.Redis.from_url(servers[1].url)
+            try:
+                assert await execs(counters, survivor.run_id, "step:quote") == 1
+            finally:
+                await counters.aclose()
 
             # The viewer reads everything of its namespace...
             seen = viewer.handle(done.run_id)
@@ -266,6 +290,17 @@ async def test_each_role_with_only_its_rights_runs_runs_end_to_end(
         await asyncio.wait_for(sup_task, 30)
         await viewer.close()
         await client.close()
+    # Nobody was refused anything along the way: the roles' permissions are enough.
+    refused = [line for line in _nats_log(servers[0])[log_before:] if "violation" in line.lower()]
+    assert not refused, refused
+
+
+def _nats_log(server: NatsServer) -> list[str]:
+    return server.log_file.read_text(errors="replace").splitlines()
+
+
+async def _placements(client: Client, run_id: str, n: int) -> bool:
+    return len(owners(await client.store.read_journal(run_id))) >= n
 
 
 async def _status_is(handle: Any, *statuses: str) -> bool:
