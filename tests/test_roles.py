@@ -3,16 +3,18 @@
 One nats-server whose users have exactly the permissions ``stalwart security
 nats-permissions`` prints (pasted into its config), and one redis-server whose ACL users are
 made from the lines ``stalwart security redis-acl`` prints. Namespace ``ta`` (tenant A) has a
-user per role; namespace ``tb`` (tenant B) a client. The admin provisions ``ta`` with
-``stalwart provision``; then a worker process, a supervisor, a client and a viewer, each with
-only its role's rights (and ``STALWART_PROVISION=off``), run runs end to end, and every
-refusal the roles promise is tried and asserted.
+user per role, ``tb`` (tenant B) an admin and a client, ``tc`` a client and is never
+provisioned. The admin provisions ``ta`` with ``stalwart provision``; then a worker process, a
+supervisor, a client and a viewer, each with only its role's rights (and
+``STALWART_PROVISION=off``), run runs end to end, and every refusal the roles promise is
+tried and asserted: by the server (a permissions violation, ``NOPERM``), not by Stalwart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shlex
 import time
@@ -248,8 +250,16 @@ async def test_each_role_with_only_its_rights_runs_runs_end_to_end(
             await to_cancel.cancel("changed my mind")
             with pytest.raises(RunCancelled):
                 await to_cancel.result(timeout=30)
+            # A client may announce on a run's client subject, but an event only workers
+            # publish is a forgery there: every reader skips it.
+            forged = {"type": "run.failed", "run_id": done.run_id, "at": time.time()}
+            await client.broker.js.publish(
+                client.broker.names.events_subject(done.run_id, "client"),
+                json.dumps(forged).encode(),
+            )
             types = [e.type async for e in client.handle(done.run_id).events(follow=False)]
             assert types[0] == "run.accepted" and types[-1] == "run.completed"
+            assert "run.failed" not in types
 
             # A SIGKILLed worker's run is re-placed (by a supervisor with only its rights)
             # on another worker, which replays the journaled step rather than running it.
@@ -328,6 +338,8 @@ async def test_a_client_cannot_write_leases_forge_advisories_or_touch_another_na
         await v.refused("publish", advisory)
         await v.refused("subscribe", advisory)
         await v.refused("publish", f"{A}.rejected.ten")
+        # Events only workers and supervisors publish (step.*, run.completed...).
+        await v.refused("publish", f"{A}.events.r1.sys")
         await v.refused("publish", f"$JS.API.STREAM.DELETE.{A.upper()}_RUNS")
         await v.refused("publish", f"$JS.API.STREAM.CREATE.{A.upper()}_RUNS")
         await v.refused("publish", f"$JS.API.CONSUMER.DELETE.{A.upper()}_RUNS.agent_ten")

@@ -218,8 +218,11 @@ class Broker:
 
     async def _announce(self, run_id: str, type: str, data: dict[str, Any]) -> None:
         # Acked: a client's event must be in the stream before anything it announces.
+        # On the run's client subject: clients may not publish where workers do.
         await self.events.publish(
-            RunEvent(type=type, run_id=run_id, at=time.time(), data=data), acked=True
+            RunEvent(type=type, run_id=run_id, at=time.time(), data=data),
+            acked=True,
+            source="client",
         )
 
     async def announce_accepted(
@@ -350,7 +353,7 @@ class Broker:
 
     async def watch_events(self, run_id: str, cb: Callable[[Msg], Awaitable[None]]) -> Subscription:
         """A plain (core) subscription to a run's live events: no replay, no consumer."""
-        return await self.nc.subscribe(self.names.events_subject(run_id), cb=cb)
+        return await self.nc.subscribe(self.names.run_events(run_id), cb=cb)
 
     def subscribe(
         self,

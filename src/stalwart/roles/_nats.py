@@ -77,7 +77,10 @@ def _pieces(n: Names) -> dict[str, list[str]]:
             f"$JS.FC.{workers}.>",
         ],
         "submit": [n.runs_wildcard],
-        "announce": [n.events_wildcard],
+        # Workers' and supervisors' events, and clients' announcements, on separate
+        # subjects: a client cannot publish where workers do.
+        "announce": [n.events_from("sys")],
+        "client_announce": [n.events_from("client")],
         "poke": [f"{ns}.signals.>"],
         "reject": [n.rejected_wildcard],
         # A worker pulls from its agents' durable consumers and acks what it got.
@@ -138,7 +141,7 @@ def nats_permissions(role: RoleName, namespace: str) -> NatsPermissions:
     reader = ["lookup", "read_events", "follow_events", "read_agents", "read_workers"]
     pub: dict[RoleName, list[str]] = {
         "viewer": reader,
-        "client": [*reader, "submit", "announce", "poke"],
+        "client": [*reader, "submit", "client_announce", "poke"],
         "worker": [
             "lookup",
             "read_events",
