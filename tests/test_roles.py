@@ -19,6 +19,7 @@ import os
 import shlex
 import time
 import uuid
+from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -28,9 +29,16 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoPermissionError
 
 from stalwart import Client, Settings, Supervisor
+from stalwart.broker import Names
 from stalwart.checkpoints import _scripts
 from stalwart.errors import ConfigurationError, RunCancelled, RunNotFoundError
-from stalwart.roles import ROLES, render_nats_permissions, render_redis_acl
+from stalwart.roles import (
+    ROLES,
+    nats_permissions,
+    redis_acl_rules,
+    render_nats_permissions,
+    render_redis_acl,
+)
 from stalwart.testing import NatsServer, RedisServer, worker_process
 from tests.conftest import ROOT
 from tests.helpers import eventually, execs, owners
@@ -434,3 +442,67 @@ async def test_tenant_b_cannot_read_cancel_signal_or_fork_tenant_a_runs(
         assert (await victim.cancel()) == "cancelled"
     finally:
         await a.close()
+
+
+# -- the permission sets themselves (no server) -------------------------------------------------
+
+
+def _matches(pattern: str, subject: str) -> bool:
+    """NATS wildcard match of ``subject`` (which may itself hold wildcards) by ``pattern``."""
+    p, s = pattern.split("."), subject.split(".")
+    for i, token in enumerate(p):
+        if token == ">":
+            return len(s) > i
+        if i >= len(s) or (token != "*" and token != s[i]):
+            return False
+    return len(p) == len(s)
+
+
+def test_only_the_admin_may_create_update_or_delete() -> None:
+    changes = ("CREATE", "UPDATE", "DELETE", "PURGE")
+    for role in ROLES:
+        perms = nats_permissions(role, "acme")
+        topology = [
+            s
+            for s in perms.publish
+            if s.startswith("$JS.API.STREAM.") and s.split(".")[3] in changes
+        ] + [s for s in perms.publish if "_RUNS" in s and ".CONSUMER.DELETE." in s]
+        assert bool(topology) == (role == "admin"), (role, topology)
+
+
+def test_no_role_of_one_namespace_reaches_another() -> None:
+    for role in ROLES:
+        a, b = nats_permissions(role, "acme"), nats_permissions(role, "acme_b")
+        # The one exception: the admin's $JS.API.INFO (account totals, no names; nats-py asks
+        # for it before making a KV bucket). docs/security.md#tenant-isolation says so.
+        shared = {"$JS.API.INFO"} if role == "admin" else set()
+        for pattern in {*a.publish, *a.subscribe} - shared:
+            for other in (*b.publish, *b.subscribe):
+                assert not _matches(pattern, other), (role, pattern, other)
+        key_patterns = [r.split("~", 1)[1] for r in redis_acl_rules(role, "acme") if "~" in r]
+        assert key_patterns and all(fnmatchcase("acme:{r1}:run", k) for k in key_patterns[:1])
+        for key in ("acme_b:{r1}:run", "acme_b:runs", "acmeb:{r1}:journal", "other:x"):
+            assert not any(fnmatchcase(key, k) for k in key_patterns), (role, key)
+
+
+def test_clients_and_viewers_cannot_write_what_workers_write() -> None:
+    ns = Names("acme")
+    worker_only = [
+        ns.lease_subject("r1"),
+        ns.lease_subject("leader", prefix="supervisor."),
+        ns.worker_subject("w1"),
+        ns.kv_subject(ns.agents_bucket, "a"),
+        ns.events_subject("r1", "sys"),
+        ns.rejected_subject("a"),
+        ns.max_deliveries_advisories.replace("*", "agent_a"),
+        f"$JS.ACK.{ns.runs_stream}.agent_a.1.1.1.1.0",
+    ]
+    for role in ("client", "viewer"):
+        publish = nats_permissions(role, "acme").publish
+        for subject in worker_only:
+            assert not any(_matches(p, subject) for p in publish), (role, subject)
+    assert not any(
+        _matches(p, ns.runs_subject("a")) or p.endswith(".client")
+        for p in nats_permissions("viewer", "acme").publish
+    )
+    assert "+evalsha" not in redis_acl_rules("viewer", "acme")
