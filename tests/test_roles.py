@@ -129,6 +129,13 @@ async def provisioned(
     again = await run_cli(*args, "--redis-url", redis_url, env=env)
     assert again.code == 0, again
     assert "created" not in again.out and "updated" not in again.out, again.out
+    # Changed settings are brought to the existing streams and consumers.
+    env_changed = {**env, "STALWART_EVENT_MAX_AGE": "1209600", "STALWART_ACK_WAIT": "45"}
+    changed = await run_cli(*args, "--redis-url", redis_url, env=env_changed)
+    assert changed.code == 0, changed
+    assert f"stream {A.upper()}_EVENTS: updated (max_age 604800.0 -> 1209600.0)" in changed.out
+    assert f"consumer {A.upper()}_RUNS/agent_ten: updated (ack_wait 30.0 -> 45.0)" in changed.out
+    assert f"stream {A.upper()}_RUNS: unchanged" in changed.out
     return role_servers
 
 
