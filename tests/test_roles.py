@@ -46,6 +46,7 @@ from tests.test_cli import _env, run_cli
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
+    from pathlib import Path
 
     from stalwart.testing import StalwartProcess
 
@@ -513,3 +514,21 @@ def test_clients_and_viewers_cannot_write_what_workers_write() -> None:
         for p in nats_permissions("viewer", "acme").publish
     )
     assert "+evalsha" not in redis_acl_rules("viewer", "acme")
+
+
+async def test_the_security_commands_print_the_sets_and_refuse_bad_names(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    printed = await run_cli("security", "nats-permissions", "--role", "client", env=env)
+    assert (printed.code, printed.out) == (0, render_nats_permissions("client", "stalwart"))
+    acl = ("security", "redis-acl", "--role", "viewer", "--namespace", "acme", "--user")
+    printed = await run_cli(*acl, "acme-dash", "--password-sha256", "ab" * 32, env=env)
+    assert printed.code == 0, printed
+    assert printed.out.startswith(f"ACL SETUSER acme-dash reset on #{'ab' * 32} %R~acme:* ")
+    for bad in (
+        (*acl, "two words"),
+        (*acl, "u", "--password-sha256", "not-hex"),
+        ("security", "nats-permissions", "--role", "worker", "--namespace", "Acme"),
+    ):
+        refused = await run_cli(*bad, env=env)
+        assert refused.code == 2 and refused.err.startswith("stalwart: ConfigurationError"), refused
+        assert "Traceback" not in refused.err

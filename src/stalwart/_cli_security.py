@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from stalwart._exit_codes import EXIT_OK
+from stalwart.errors import ConfigurationError
 from stalwart.roles import ROLES, render_nats_permissions, render_redis_acl
 
 if TYPE_CHECKING:
@@ -47,15 +48,16 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
 
 def cmd_security(args: argparse.Namespace) -> int:
     """Print the permissions or ACL line asked for (no server is contacted)."""
-    if args.security_command == "nats-permissions":
-        print(render_nats_permissions(args.role, args.namespace), end="")
-    else:
-        print(
-            render_redis_acl(
+    try:
+        if args.security_command == "nats-permissions":
+            text = render_nats_permissions(args.role, args.namespace)
+        else:
+            text = render_redis_acl(
                 args.role, args.namespace, args.user, password_sha256=args.password_sha256
-            ),
-            end="",
-        )
+            )
+    except ValueError as exc:  # a bad user name or password hash: a usage error
+        raise ConfigurationError(str(exc)) from None
+    print(text, end="")
     return EXIT_OK
 
 

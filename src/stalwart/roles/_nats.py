@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+from stalwart._ids import check_namespace
 from stalwart.broker._names import Names
 
 RoleName = Literal["admin", "supervisor", "worker", "client", "viewer"]
@@ -132,6 +133,7 @@ def nats_permissions(role: RoleName, namespace: str) -> NatsPermissions:
     """The permissions of ``role`` in ``namespace`` (see docs/security.md)."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
+    check_namespace(namespace)
     n = Names(namespace)
     p = _pieces(n)
     inbox = [f"{inbox_prefix(namespace)}.>"]

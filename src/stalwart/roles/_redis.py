@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 
+from stalwart._ids import check_namespace
 from stalwart.roles._nats import ROLES, RoleName
 
 _CONNECT = ["+ping", "+hello", "+auth", "+select", "+client|setname"]
@@ -67,6 +68,7 @@ def redis_acl_rules(role: RoleName, namespace: str) -> list[str]:
     """The ``ACL SETUSER`` rules of ``role`` in ``namespace`` (after ``reset on``)."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
+    check_namespace(namespace)
     write_keys, write_commands = _writes(role, namespace)
     # Written keys get ``~`` (read and write), not ``%W~``: Redis needs one pattern to grant
     # all a command needs for a key, and counts a script's keys as read *and* written.
