@@ -181,7 +181,8 @@ async def demo(question: str, kill_after: int) -> None:
                 elif ev.type in ("run.completed", "run.failed", "run.cancelled"):
                     print(f"{t}  {ev.type} on {ev.worker}")
                     break
-            print("\nresult:", json.dumps(await handle.result(timeout=60), indent=2))
+            result = await runner.result(handle, timeout=60)  # the SDK's RunResult
+            print("\nresult:", json.dumps(result.final_output, indent=2))
         finally:
             await runner.aclose()
 

@@ -76,7 +76,8 @@ def counters() -> aioredis.Redis:
     """
     loop = id(asyncio.get_running_loop())
     if loop not in _redis:
-        _redis[loop] = aioredis.Redis.from_url(os.environ[COUNTER_ENV])
+        # No read timeout (redis-py >= 8 defaults to 5 s): gates block on BLPOP.
+        _redis[loop] = aioredis.Redis.from_url(os.environ[COUNTER_ENV], socket_timeout=None)
     return _redis[loop]
 
 
@@ -89,9 +90,12 @@ async def count_execution() -> None:
 
 async def wait_gate(run_id: str, name: str, timeout: int = 60) -> None:
     """Block until the test opens gate ``name`` of ``run_id`` (one token per pass)."""
-    got = await counters().blpop([gate_key(run_id, name)], timeout=timeout)
-    if got is None:
-        raise TimeoutError(f"gate {name} of {run_id} never opened")
+    # BLPOP in 1 s slices: redis-py >= 8 reads with a 5 s socket timeout by default, so one
+    # long BLPOP would fail with "Timeout reading from ..." while the test holds the gate.
+    for _ in range(max(timeout, 1)):
+        if await counters().blpop([gate_key(run_id, name)], timeout=1) is not None:
+            return
+    raise TimeoutError(f"gate {name} of {run_id} never opened")
 
 
 async def wait_if_gated(run_id: str, key: str) -> None:

@@ -334,10 +334,12 @@ PUBLIC_API: dict[str, list[str]] = {
         "GraphInterrupted",
         "InterruptHandler",
         "KIND_INTERRUPT",
+        "KIND_MODEL",
         "KIND_NODE",
         "SafeSerializer",
         "StalwartSaver",
         "TaskWritten",
+        "ThreadBusy",
         "to_builtins",
     ],
     "stalwart.adapters.strands": [

@@ -46,7 +46,7 @@ def counters() -> redis.Redis:
     # loop, so this is a blocking client.
     global _redis
     if _redis is None:
-        _redis = redis.Redis.from_url(os.environ[COUNTER_ENV])
+        _redis = redis.Redis.from_url(os.environ[COUNTER_ENV], socket_timeout=None)
     return _redis
 
 

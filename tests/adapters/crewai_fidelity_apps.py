@@ -58,7 +58,7 @@ _redis: redis.Redis | None = None
 def _counters() -> redis.Redis | None:
     global _redis
     if _redis is None and os.environ.get(COUNTER_ENV):
-        _redis = redis.Redis.from_url(os.environ[COUNTER_ENV])
+        _redis = redis.Redis.from_url(os.environ[COUNTER_ENV], socket_timeout=None)
     return _redis
 
 

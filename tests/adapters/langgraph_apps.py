@@ -243,7 +243,64 @@ def auto_approve(interrupts: Sequence[Interrupt]) -> dict[str, Any]:
     return {i.id: f"yes to {i.value['question']}" for i in interrupts}
 
 
+class ApprovalThen(Approval):
+    done: bool
+
+
+async def after(state: ApprovalThen) -> dict[str, Any]:
+    await called("after")
+    return {"done": True}
+
+
+def _approval_then() -> Any:
+    b = StateGraph(ApprovalThen)
+    b.add_node("ask", ask)
+    b.add_node("after", after)
+    b.add_edge(START, "ask")
+    b.add_edge("ask", "after")
+    b.add_edge("after", END)
+    return b.compile()
+
+
+class Pair(TypedDict):
+    request: str
+    answers: Annotated[list[str], operator.add]
+
+
+async def ask_legal(state: Pair) -> dict[str, Any]:
+    answer = interrupt({"question": f"legal: {state['request']}?"})
+    await called("legal")
+    return {"answers": [f"legal {answer}"]}
+
+
+async def ask_finance(state: Pair) -> dict[str, Any]:
+    answer = interrupt({"question": f"finance: {state['request']}?"})
+    await called("finance")
+    return {"answers": [f"finance {answer}"]}
+
+
+def _sub_approval() -> Any:
+    b = StateGraph(Pair)
+    b.add_node("legal", ask_legal)
+    b.add_edge(START, "legal")
+    b.add_edge("legal", END)
+    return b.compile()
+
+
+def _pair() -> Any:
+    # Two interrupts at once: one in a parallel branch, one inside a subgraph.
+    b = StateGraph(Pair)
+    b.add_node("finance", ask_finance)
+    b.add_node("review", _sub_approval())
+    b.add_edge(START, "finance")
+    b.add_edge(START, "review")
+    b.add_edge(["finance", "review"], END)
+    return b.compile()
+
+
 DurableGraphRunner("lg-approval", _approval(), app=app, interrupts="fail")
+DurableGraphRunner("lg-approval-pair", _pair(), app=app)
+DurableGraphRunner("lg-approval-then", _approval_then(), app=app)
 DurableGraphRunner("lg-approval-signal", _approval(), app=app)
 DurableGraphRunner("lg-approval-auto", _approval(), app=app, on_interrupt=auto_approve)
 

@@ -24,11 +24,17 @@ from agents import (
     GuardrailFunctionOutput,
     OpenAIChatCompletionsModel,
     RunConfig,
+    RunContextWrapper,
     Runner,
+    ToolGuardrailFunctionOutput,
+    ToolInputGuardrailData,
+    ToolOutputGuardrailData,
     function_tool,
     handoff,
     input_guardrail,
     output_guardrail,
+    tool_input_guardrail,
+    tool_output_guardrail,
 )
 from agents.items import ModelResponse, TResponseOutputItem, TResponseStreamEvent
 from agents.models.interface import Model, ModelProvider
@@ -346,3 +352,79 @@ http = DurableAgentRunner(
     run_config=RunConfig(model_provider=FakeOpenAIProvider(), tracing_disabled=True),
     app=app,
 )
+
+
+# -- one context per run: a tool that records each visit in the run context --------------
+
+
+@function_tool
+async def visit(ctx: RunContextWrapper[dict[str, Any]], name: str) -> str:
+    """Record a visit in the run context."""
+    ctx.context.setdefault("visits", []).append(name)
+    return json.dumps(ctx.context["visits"])
+
+
+def visits_script(items: list[Any]) -> list[TResponseOutputItem]:
+    outputs = tool_outputs(items)
+    if not outputs:
+        return [function_call("visit", {"name": "visit1"}, call_id="v1")]
+    return [assistant_message(outputs[-1])]
+
+
+visits_agent = Agent(
+    name="visits",
+    instructions="Record the visit.",
+    tools=[visit],
+    model=RedisScriptedModel(visits_script),
+)
+# A template context: every run gets a copy of its own, as every plain Runner.run gets the
+# context it is given.
+visits = DurableAgentRunner(
+    "oa-visits", visits_agent, context={"visits": []}, run_config=CONFIG, app=app
+)
+
+
+# -- tool guardrails: the SDK runs them around the tool call ----------------------------
+
+
+@tool_input_guardrail
+async def no_secrets(data: ToolInputGuardrailData) -> ToolGuardrailFunctionOutput:
+    await count()
+    item = json.loads(data.context.tool_arguments or "{}").get("item", "")
+    if "secret" in item:
+        return ToolGuardrailFunctionOutput.reject_content("not allowed", output_info={"item": item})
+    return ToolGuardrailFunctionOutput.allow(output_info={"item": item})
+
+
+@tool_output_guardrail
+async def price_sane(data: ToolOutputGuardrailData) -> ToolGuardrailFunctionOutput:
+    await count()
+    return ToolGuardrailFunctionOutput.allow(output_info={"output": str(data.output)})
+
+
+@function_tool(tool_input_guardrails=[no_secrets], tool_output_guardrails=[price_sane])
+async def price(item: str) -> str:
+    """Look a price up."""
+    await count()
+    return f"{item}: $10"
+
+
+def prices_script(items: list[Any]) -> list[TResponseOutputItem]:
+    outputs = tool_outputs(items)
+    if not outputs:
+        return [
+            function_call("price", {"item": "apples"}, call_id="p1"),
+            function_call("price", {"item": "secret sauce"}, call_id="p2"),
+        ]
+    if len(outputs) == 2:
+        return [function_call("price", {"item": "pears"}, call_id="p3")]
+    return [assistant_message(" | ".join(outputs))]
+
+
+prices_agent = Agent(
+    name="prices",
+    instructions="Look prices up.",
+    tools=[price],
+    model=RedisScriptedModel(prices_script),
+)
+prices = DurableAgentRunner("oa-prices", prices_agent, run_config=CONFIG, app=app)

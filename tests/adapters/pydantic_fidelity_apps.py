@@ -70,7 +70,7 @@ def step_checkpoint_sync(gate: str) -> None:
     info = current_step()
     if info is None:
         return
-    r = redis.Redis.from_url(os.environ[COUNTER_ENV])
+    r = redis.Redis.from_url(os.environ[COUNTER_ENV], socket_timeout=None)
     try:
         r.incr(exec_key(info.run_id, gate))
         if r.exists(gated_key(info.run_id, gate)):

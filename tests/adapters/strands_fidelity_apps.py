@@ -36,7 +36,7 @@ APPROVAL_MODEL = "gpt-4o-mini"
 
 
 def _redis() -> redis.Redis:
-    return redis.Redis.from_url(os.environ["COUNTER_REDIS_URL"])
+    return redis.Redis.from_url(os.environ["COUNTER_REDIS_URL"], socket_timeout=None)
 
 
 def probe() -> None:
@@ -143,7 +143,7 @@ class PauseBeforeModel(HookProvider):
             return
         import redis.asyncio as aioredis
 
-        r = aioredis.from_url(os.environ["COUNTER_REDIS_URL"])
+        r = aioredis.from_url(os.environ["COUNTER_REDIS_URL"], socket_timeout=None)
         try:
             if await r.set(f"paused:{token}", 1, nx=True):
                 await r.blpop([f"resume:{token}"], timeout=60)

@@ -36,6 +36,7 @@ from tests.helpers import (
     execs,
     gate_key,
     journal,
+    journaled,
     mark_gated,
     open_gate,
     owners,
@@ -236,18 +237,21 @@ async def test_agent_sigkilled_during_parallel_tool_calls_resumes_elsewhere(
         (je.entry.name, je.entry.worker) for je in entries if isinstance(je.entry, StepDone)
     ]
     assert by_worker == [
+        ("model", "a"),  # each model call's usage, journaled with the task that made it
         ("agent", "a"),
         ("tools", "a"),
         ("tools", "a"),
         ("tools", "b"),
+        ("model", "b"),
         ("agent", "b"),
         ("tools", "b"),
+        ("model", "b"),
         ("agent", "b"),
     ]
     events = [ev async for ev in handle.events(follow=False)]
     resumed = [ev for ev in events if ev.type == "run.resumed"]
-    assert len(resumed) == 1 and resumed[0].data == {"journaled_steps": 3}
-    assert sum(ev.type == "step.completed" for ev in events) == 7
+    assert len(resumed) == 1 and resumed[0].data == {"journaled_steps": 4}
+    assert sum(ev.type == "step.completed" for ev in events) == 10
     assert b.alive()
 
 
@@ -327,12 +331,15 @@ async def test_sigterm_hands_the_graph_over_after_the_running_tool(
     # journal step, so B journals it (late) before going on.
     done = [je.entry for je in entries if isinstance(je.entry, StepDone)]
     assert [(e.name, e.worker) for e in done] == [
+        ("model", "a"),  # each model call's usage, journaled with the task that made it
         ("agent", "a"),
         ("tools", "a"),
         ("tools", "a"),
         ("tools", "b"),
+        ("model", "b"),
         ("agent", "b"),
         ("tools", "b"),
+        ("model", "b"),
         ("agent", "b"),
     ]
 
@@ -451,6 +458,8 @@ async def test_interrupt_waits_for_a_durable_signal_across_a_crash(
     result = await handle.result(timeout=30)
     assert result == {"request": "refund", "decision": "approved by ana"}
     assert await execs(counters, run_id, "approved") == 1
+    # Announced by A, and again by B (still open then); not by the owner the answer woke.
+    assert len(await _interrupted_events(handle)) == 2
 
 
 async def test_cancel_stops_a_graph_at_its_next_task(
@@ -641,3 +650,144 @@ async def test_a_crafted_checkpoint_fails_the_resumed_run_without_running_anythi
     assert "'os.system'" in failed.value.message and "allowed_types" in failed.value.message
     assert not pwned.exists()
     assert not marker.exists()
+
+
+async def _interrupted_events(handle: Any) -> list[Any]:
+    return [ev async for ev in handle.events(follow=False) if ev.type == "graph.interrupted"]
+
+
+@pytest.mark.slow
+async def test_a_crash_after_an_answered_interrupt_neither_asks_nor_fails(
+    client: Client, lg_workers: WorkerFactory, supervisor: Any, counters: aioredis.Redis
+) -> None:
+    # Killed in the node that resumed after the answer: LangGraph had not stored the answer
+    # (a resume by interrupt id lives in the invocation's config), so the new owner's graph
+    # raises the interrupt again. The journaled answer is given back to it; the interrupt is
+    # not announced again, and the journaled signal wait is no divergence.
+    a = await lg_workers("a")
+    run_id = rid()
+    await mark_gated(counters, run_id, "approved")
+    handle = await client.submit("lg-approval-signal", {"request": "refund"}, run_id=run_id)
+    (first,) = await eventually(lambda: _interrupted_events(handle), timeout=30)
+    (question,) = first.data["interrupts"]
+    await handle.signal(question["signal"], "approved by ana")
+    await eventually(lambda: execs(counters, run_id, "approved"), timeout=30)
+    a.kill()
+    await open_gate(counters, run_id, "approved")
+    await lg_workers("b")
+    result = await handle.result(timeout=60)
+    assert result == {"request": "refund", "decision": "approved by ana"}
+    assert await execs(counters, run_id, "approved") == 2  # in flight at the kill
+    assert len(await _interrupted_events(handle)) == 1
+    assert owners(await journal(client, run_id)) == ["a", "b"]
+
+
+@pytest.mark.slow
+async def test_a_crash_after_the_answered_node_finished_is_no_divergence(
+    client: Client, lg_workers: WorkerFactory, supervisor: Any, counters: aioredis.Redis
+) -> None:
+    # The neighbour: the resumed node's writes are stored, so LangGraph does not raise the
+    # interrupt again at all and the signal wait is never asked for on replay.
+    a = await lg_workers("a")
+    run_id = rid()
+    await mark_gated(counters, run_id, "after")
+    handle = await client.submit("lg-approval-then", {"request": "refund"}, run_id=run_id)
+    (first,) = await eventually(lambda: _interrupted_events(handle), timeout=30)
+    (question,) = first.data["interrupts"]
+    await handle.signal(question["signal"], "yes")
+    await eventually(lambda: execs(counters, run_id, "after"), timeout=30)
+    a.kill()
+    await open_gate(counters, run_id, "after")
+    await lg_workers("b")
+    result = await handle.result(timeout=60)
+    assert result == {"request": "refund", "decision": "yes", "done": True}
+    assert await execs(counters, run_id, "approved") == 1
+    assert len(await _interrupted_events(handle)) == 1
+
+
+@pytest.mark.slow
+async def test_parallel_and_subgraph_interrupts_answered_one_by_one_across_crashes(
+    client: Client, lg_workers: WorkerFactory, supervisor: Any, counters: aioredis.Redis
+) -> None:
+    # Neighbours: two interrupts at once, one in a parallel branch, one in a subgraph. The
+    # first is answered, then the owner dies (waiting for the second): the next owner gives
+    # the answer back to the graph and announces only the one still open. Its answer comes,
+    # and its node is killed while it runs: the last owner asks and announces nothing.
+    # Owners that keep the waiting run (no passivation), so each placement is one owner's.
+    a = await lg_workers("a", STALWART_PASSIVATE_AFTER="60")
+    run_id = rid()
+    handle = await client.submit("lg-approval-pair", {"request": "refund"}, run_id=run_id)
+    (first,) = await eventually(lambda: _interrupted_events(handle), timeout=30)
+    # Answered in the order the run waits for them (by interrupt id).
+    one, other = sorted(first.data["interrupts"], key=lambda i: i["id"])
+    node = {"legal: refund?": "legal", "finance: refund?": "finance"}
+    one_node, other_node = node[one["value"]["question"]], node[other["value"]["question"]]
+    await handle.signal(one["signal"], "yes")
+    await eventually(lambda: journaled(client, run_id, f"signal:{one['signal']}"), timeout=30)
+    a.kill()
+    b = await lg_workers("b", STALWART_PASSIVATE_AFTER="60")
+
+    async def announced_again() -> list[Any]:
+        events = await _interrupted_events(handle)
+        return events if len(events) == 2 else []
+
+    again = (await eventually(announced_again, timeout=30))[1]
+    assert [i["id"] for i in again.data["interrupts"]] == [other["id"]]
+    await mark_gated(counters, run_id, other_node)
+    await handle.signal(other["signal"], "yes")
+    await eventually(lambda: execs(counters, run_id, other_node), timeout=30)
+    b.kill()
+    await open_gate(counters, run_id, other_node)
+    await lg_workers("c")
+    result = await handle.result(timeout=60)
+    assert sorted(result["answers"]) == ["finance yes", "legal yes"]
+    assert len(await _interrupted_events(handle)) == 2
+    assert await execs(counters, run_id, one_node) == 1
+    assert await execs(counters, run_id, other_node) == 2  # in flight at the second kill
+
+
+def test_requests_carry_langgraph_inputs_and_refuse_what_cannot_travel() -> None:
+    from langchain_core.messages import AIMessage, HumanMessage
+    from langgraph.types import Command, Interrupt, Send
+
+    from stalwart.adapters.langgraph import _request
+
+    # A bare input stays what any client sends; messages travel as plain data.
+    assert _request.encode({"n": 1}, None) == {"n": 1}
+    sent = _request.encode({"messages": [HumanMessage("hi")]}, None)
+    assert sent["messages"][0]["type"] == "human"
+    # A Command and a config travel together, and come back as LangGraph's own.
+    config = {"configurable": {"thread_id": "t1", "user": "ana"}, "recursion_limit": 9}
+    wire = _request.encode(Command(resume={"data": "ok"}, goto="review"), config)
+    req = _request.decode(wire)
+    assert req.command == Command(resume={"data": "ok"}, goto="review")
+    assert req.thread_id == "t1" and req.config == config
+    for bad, says in [
+        (({"callbacks": []},), "give it to the runner"),
+        (({"configurable": {"checkpoint_id": "x"}},), "cannot be given per run"),
+        (({"configurable": {"thread_id": object()}},), "plain data"),
+        (({"checkpointer": 1},), "not a per-run option"),
+    ]:
+        with pytest.raises(TypeError, match=says):
+            _request.encode({}, *bad)
+    with pytest.raises(TypeError, match="node names"):
+        _request.encode(Command(goto=Send("n", {})), None)
+    with pytest.raises(TypeError, match=r"a object cannot travel.*input_fn"):
+        _request.encode({"doc": object()}, None)
+    # Results: messages and interrupts are objects again, other data stays as it is.
+    state = {
+        "messages": [HumanMessage("hi", id="1"), AIMessage("yo", id="2")],
+        "__interrupt__": [Interrupt(value={"q": "?"}, id="i1")],
+        "other": {"type": "ai", "k": 1},
+    }
+    from stalwart.adapters.langgraph import to_builtins
+
+    assert _request.rebuild(to_builtins(state)) == state
+    # Command(resume=...) as answers to the interrupts a run waits on.
+    ids = ["a" * 32, "b" * 32]
+    assert _request.answers_for("v", ids[:1]) == {ids[0]: "v"}
+    assert _request.answers_for({ids[1]: "w"}, ids) == {ids[1]: "w"}
+    with pytest.raises(ValueError, match="multiple pending interrupts"):
+        _request.answers_for("v", ids)
+    with pytest.raises(ValueError, match="does not wait on"):
+        _request.answers_for({"c" * 32: 1}, ids)

@@ -9,6 +9,7 @@ tool call ran twice.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import http.server
 import json
 import sys
@@ -48,6 +49,7 @@ from tests.helpers import (
     at_least,
     collect_events,
     done_keys,
+    entries_of,
     eventually,
     execs,
     has_all,
@@ -78,6 +80,12 @@ async def oa_workers(
         yield start
 
 
+def final(data: Any) -> Any:
+    """The final output in a run's result data (the runner's ``RunResult`` is rebuilt from it)."""
+    assert isinstance(data, dict) and "state" in data, data
+    return data["final_output"]
+
+
 async def tool_steps_done(client: Client, run_id: str) -> int:
     return sum(
         isinstance(je.entry, StepDone) and je.entry.kind == "tool"
@@ -96,7 +104,7 @@ async def test_sigkill_after_third_tool_call_resumes_without_repeating_calls(
 ) -> None:
     a = await oa_workers("a")
     baseline = await client.submit("oa-research", "Analyze Q4 market trends")
-    expected = await baseline.result(timeout=30)
+    expected = final(await baseline.result(timeout=30))
     assert expected == (
         "Analyze Q4 market trends => found 10 sources on Q4 pricing | found 14 sources on "
         "Q4 competitors | pricing: trending up | competitors: trending up | found 9 sources "
@@ -112,7 +120,7 @@ async def test_sigkill_after_third_tool_call_resumes_without_repeating_calls(
     b = await oa_workers("b")
     await open_gate(counters, run_id, "tool:c4", "tool:c5")
 
-    assert await outcome(handle, b) == expected
+    assert final(await outcome(handle, b)) == expected
     assert await model_log(counters, run_id) == ["model:1", "model:2", "model:3"]
     for i in range(1, 6):
         assert await execs(counters, run_id, f"tool:c{i}") == 1, f"tool c{i} ran again"
@@ -149,7 +157,7 @@ async def test_streamed_run_events_followed_across_a_crash(
     a.kill()
     b = await oa_workers("b")
     await open_gate(counters, run_id, "tool:c4", "tool:c5")
-    result = await outcome(handle, b)
+    result = final(await outcome(handle, b))
     events = await asyncio.wait_for(follower, timeout=30)
 
     assert result.startswith("Analyze Q4 market trends => found 10 sources")
@@ -168,8 +176,8 @@ async def test_streamed_run_events_followed_across_a_crash(
     assert Counter(ev.step for ev in deltas) == Counter(
         {"model:1": 2, "model:2": 3, "model:3": 1}  # one delta per call argument / message
     )
-    final = next(ev for ev in deltas if ev.step == "model:3")
-    assert final.data["delta"] == result
+    last = next(ev for ev in deltas if ev.step == "model:3")
+    assert last.data["delta"] == result
     assert events[-1].type == "run.completed"
     assert events.index(resumed[0]) > max(
         events.index(ev) for ev in events if ev.worker == "a" and ev.type == "step.completed"
@@ -195,7 +203,7 @@ async def test_handoff_guardrails_and_structured_output_survive_a_crash(
     b = await oa_workers("b")
     await open_gate(counters, run_id, "tool:k1")
 
-    assert await outcome(handle, b) == {"summary": "facts about Q4", "score": 2}
+    assert final(await outcome(handle, b)) == {"summary": "facts about Q4", "score": 2}
     log = await model_log(counters, run_id)
     # The guardrail's own agent made its model call inside the guardrail step.
     assert Counter(log) == Counter(["model:1", "guardrail:topic_check", "model:2", "model:3"])
@@ -249,7 +257,7 @@ async def test_agent_as_tool_nested_runs_resume_inside_their_scopes(
     b = await oa_workers("b")
     await open_gate(counters, run_id, "tool:b1/tool:w1", "tool:b2/tool:w1")
 
-    result = await outcome(handle, b)
+    result = final(await outcome(handle, b))
     assert result == "draft on facts about pricing + draft on facts about churn"
     nested = [f"tool:{b}/{k}" for b in ("b1", "b2") for k in ("model:1", "tool:w1", "model:2")]
     assert sorted(await done_keys(client, run_id)) == sorted(["model:1", "model:2", *nested])
@@ -304,7 +312,7 @@ async def test_tool_approval_waits_for_a_signal_across_a_crash(
     b = await oa_workers("b")
     await handle.signal("approval:m1", True)
 
-    assert await outcome(handle, b) == "done: sent to cfo@example.com"
+    assert final(await outcome(handle, b)) == "done: sent to cfo@example.com"
     assert await model_log(counters, handle.run_id) == ["model:1", "model:2"]
     assert await execs(counters, handle.run_id, "tool:m1") == 1
     events = [ev async for ev in handle.events(follow=False)]
@@ -320,7 +328,7 @@ async def test_tool_rejection_sends_the_message_to_the_model(
     a = await oa_workers("a")
     handle = await client.submit("oa-mailer", "Mail the Q4 report")
     await handle.signal("approval:m1", {"approved": False, "message": "not to the CFO"})
-    assert await outcome(handle, a) == "done: not to the CFO"
+    assert final(await outcome(handle, a)) == "done: not to the CFO"
     assert await execs(counters, handle.run_id, "tool:m1") == 0
 
 
@@ -402,7 +410,7 @@ async def test_openai_client_retries_inside_one_journaled_model_step(
 ) -> None:
     a = await oa_workers("a", FAKE_OPENAI_URL=fake_openai.url)
     handle = await client.submit("oa-http", "Hi")
-    assert await outcome(handle, a) == "hello from a fake"
+    assert final(await outcome(handle, a)) == "hello from a fake"
     assert fake_openai.requests == ["/v1/chat/completions"] * 3
     steps = [
         je.entry
@@ -514,3 +522,136 @@ async def test_a_crafted_model_step_fails_the_resumed_run_without_importing_anyt
     assert failed.value.error_type == "DisallowedTypeError"
     assert "'os:system'" in failed.value.message
     assert not marker.exists()
+
+
+# -- one context per run ----------------------------------------------------------------
+
+
+@pytest.fixture
+def visits_runner(client: Client) -> Iterator[oa.DurableAgentRunner]:
+    from tests.adapters.openai_apps import visits
+
+    visits._client = client
+    yield visits
+    visits._client = None
+
+
+@pytest.mark.slow
+async def test_each_run_gets_a_context_of_its_own(
+    client: Client, oa_workers: WorkerFactory, visits_runner: oa.DurableAgentRunner
+) -> None:
+    await oa_workers("a")
+    # Plain runs given the same template each see it fresh; so must durable ones.
+    seen = [(await visits_runner.run("go")).final_output for _ in range(3)]
+    assert seen == ['["visit1"]'] * 3
+
+    # A per-run context travels as data; the caller's object gets the run's changes, as a
+    # plain run's context does.
+    mine: dict[str, Any] = {"visits": ["earlier"]}
+    result = await visits_runner.run("go", context=mine)
+    assert result.final_output == '["earlier", "visit1"]'
+    assert mine == {"visits": ["earlier", "visit1"]}
+    assert result.context_wrapper.context is mine
+
+
+def test_per_run_inputs_that_cannot_travel_are_refused_with_what_to_do() -> None:
+    from agents import Agent, RunHooks
+
+    from stalwart import App
+
+    @dataclasses.dataclass
+    class Deps:
+        lock: Any
+        visits: list[str] = dataclasses.field(default_factory=list)
+
+    runner = oa.DurableAgentRunner("t-refused", Agent(name="t"), context=Deps, app=App("t"))
+    with pytest.raises(TypeError, match=r"DurableAgentRunner\(\.\.\., hooks=\.\.\.\)"):
+        runner.request("hi", hooks=RunHooks())
+    with pytest.raises(TypeError, match=r"session= is taken by DurableAgentRunner\.run"):
+        runner.request("hi", session=object())
+    with pytest.raises(TypeError, match="must be a Deps"):
+        runner.request("hi", context={"visits": []})
+    with pytest.raises(TypeError, match="context factory"):
+        runner.request("hi", context=Deps(lock=threading.Lock()))
+    wire = runner.request("hi", context=Deps(lock=None, visits=["a"]), max_turns=3)
+    assert wire == {"input": "hi", "max_turns": 3, "context": {"lock": None, "visits": ["a"]}}
+    plain = oa.DurableAgentRunner("t-plain", Agent(name="t"), app=App("t2"))
+    with pytest.raises(TypeError, match="context_type="):
+        plain.request("hi", context=Deps(lock=None))
+
+
+def test_context_snapshots_restore_in_place_and_the_newest_wins() -> None:
+    from pydantic import BaseModel
+
+    from stalwart.adapters.openai_agents._context import ContextJournal
+
+    class Airline(BaseModel):
+        flight_number: str | None = None
+        seat_number: str | None = None
+
+    @dataclasses.dataclass
+    class Cart:
+        items: list[str] = dataclasses.field(default_factory=list)
+
+    for live, changed, blank in (
+        (Airline(), lambda c: setattr(c, "flight_number", "FLT-1"), Airline()),
+        (Cart(), lambda c: c.items.append("x"), Cart()),
+        ({}, lambda c: c.update(k=1), {}),
+    ):
+        journal = ContextJournal()
+        first = journal.snapshot(live)
+        changed(live)
+        second = journal.snapshot(live)
+        replay = ContextJournal()
+        target = blank
+        replay.restore(target, second)
+        replay.restore(target, first)  # older: a parallel sibling replayed later
+        assert target == live and target is blank
+
+
+def test_sdk_errors_keep_their_type_and_message() -> None:
+    from agents.exceptions import MaxTurnsExceeded, UserError
+
+    from stalwart.adapters.openai_agents._result import sdk_error
+
+    error = sdk_error(RunFailed("r1", "UserError", "Error running tool x: boom"))
+    assert isinstance(error, UserError) and isinstance(error, RunFailed)
+    assert str(error) == "Error running tool x: boom" and error.run_id == "r1"
+    assert isinstance(sdk_error(RunFailed("r1", "MaxTurnsExceeded", "m")), MaxTurnsExceeded)
+    other = RunFailed("r1", "ValueError", "v")
+    assert sdk_error(other) is other
+
+
+# -- tool guardrails run once, their verdicts replayed ----------------------------------
+
+
+@pytest.mark.slow
+async def test_tool_guardrails_are_steps_and_do_not_run_again(
+    client: Client, oa_workers: WorkerFactory, supervisor: Any, counters: aioredis.Redis
+) -> None:
+    a = await oa_workers("a")
+    run_id = rid()
+    await mark_gated(counters, run_id, "tool:p3")
+    handle = await client.submit("oa-prices", "Price apples and the secret sauce", run_id=run_id)
+    await eventually(lambda: has_all(client, run_id, "model:2", "tool:p3:input:no_secrets"))
+    a.kill()
+    b = await oa_workers("b")
+    await open_gate(counters, run_id, "tool:p3")
+
+    # The rejected call's message reached the model, from the journal on the resumed worker.
+    assert final(await outcome(handle, b)) == "apples: $10 | not allowed | pears: $10"
+    assert await model_log(counters, run_id) == ["model:1", "model:2", "model:3"]
+    for key in (
+        "tool:p1:input:no_secrets",
+        "tool:p1",
+        "tool:p1:output:price_sane",
+        "tool:p2:input:no_secrets",
+        "tool:p3:input:no_secrets",
+        "tool:p3",
+        "tool:p3:output:price_sane",
+    ):
+        assert await execs(counters, run_id, key) == 1, f"{key} ran again"
+    assert await execs(counters, run_id, "tool:p2") == 0  # rejected: never ran
+    kinds = {e.key: e.kind for e in await entries_of(client, run_id, StepDone)}
+    assert kinds["tool:p2:input:no_secrets"] == "guardrail"
+    assert step_owners(await journal(client, run_id))["tool:p3:input:no_secrets"] == "a"

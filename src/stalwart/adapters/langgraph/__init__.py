@@ -6,14 +6,16 @@ from stalwart.adapters.langgraph import DurableGraphRunner
 
 graph = create_react_agent(model, [search, write_report])   # or any compiled graph
 runner = DurableGraphRunner("research", graph)
-result = await runner.run({"messages": [("user", "How is our market doing?")]})
+config = {"configurable": {"thread_id": "customer-42"}}      # optional: memory across runs
+result = await runner.run({"messages": [("user", "How is our market doing?")]}, config=config)
 ```
 
 Serve it with ``stalwart worker <module>:<app>`` (``<module>:default_app`` unless
 an ``app=`` was given). Needs the ``stalwart[langgraph]`` extra.
 
 LangGraph keeps its own loop and its own resume logic. :class:`DurableGraphRunner` binds a
-:class:`StalwartSaver` to each run (thread id = run id) and invokes the graph with
+:class:`StalwartSaver` to each run (on the run's own thread, or the ``thread_id`` of its
+``config``, which one run at a time holds) and invokes the graph with
 ``durability="sync"``: every finished task's writes and every superstep's checkpoint are in
 Redis before the graph goes on, fenced by the run's epoch (a zombie worker's writes are
 refused with :class:`~stalwart.LeaseLost`). A worker that takes a run over invokes the graph
@@ -23,6 +25,8 @@ subgraphs and in ``@entrypoint``/``@task`` functions alike. A task cut off by th
 again (at-least-once); work inside one node is not split further.
 
 Journal: each stored task becomes a small step ``lg:<node>:<task id>`` (kind ``node``),
+after one step ``lg:<node>:<task id>/model:<n>`` (kind ``model``, with the model's reported
+token usage) per chat model call the task made,
 which is what the run's ``step.completed`` events show and where cancel, drain and a lost
 lease stop the graph; answers to ``interrupt()`` are steps ``lg:resume:<digest>`` (kind
 ``interrupt``). Subgraphs must not get a checkpointer of their own (the default inherits).
@@ -38,9 +42,11 @@ the saver). A checkpoint naming anything else fails with
 :class:`~stalwart.errors.DisallowedTypeError`; nothing it names is imported or called.
 """
 
+from stalwart.adapters.langgraph._model import KIND_MODEL
 from stalwart.adapters.langgraph._runner import DurableGraphRunner
 from stalwart.adapters.langgraph._saver import StalwartSaver, TaskWritten
 from stalwart.adapters.langgraph._serde import SafeSerializer
+from stalwart.adapters.langgraph._thread import ThreadBusy
 from stalwart.adapters.langgraph._tools import (
     KIND_INTERRUPT,
     KIND_NODE,
@@ -51,6 +57,7 @@ from stalwart.adapters.langgraph._tools import (
 
 __all__ = [
     "KIND_INTERRUPT",
+    "KIND_MODEL",
     "KIND_NODE",
     "DurableGraphRunner",
     "GraphInterrupted",
@@ -58,5 +65,6 @@ __all__ = [
     "SafeSerializer",
     "StalwartSaver",
     "TaskWritten",
+    "ThreadBusy",
     "to_builtins",
 ]

@@ -16,6 +16,8 @@ from typing import Any
 
 import msgspec
 
+from stalwart.checkpoints import open_bytes, seal_bytes
+
 # Blob values: one tag byte, then the payload.
 #   F<msgpack [type, data]>          the whole value, serialised by the saver's serde
 #   E                                the channel has a version but no value
@@ -30,7 +32,7 @@ _record_encoder = msgspec.msgpack.Encoder()
 _record_decoder = msgspec.msgpack.Decoder(tuple[str, bytes, str, bytes, str])
 _write_decoder = msgspec.msgpack.Decoder(tuple[str, str, bytes, str])
 _full_decoder = msgspec.msgpack.Decoder(tuple[str, bytes])
-_task_decoder = msgspec.msgpack.Decoder(tuple[str, str, str])
+_task_decoder = msgspec.msgpack.Decoder(list[Any])
 
 
 class Keys:
@@ -39,6 +41,7 @@ class Keys:
     the writes) lives in one slot and the Lua scripts stay atomic."""
 
     def __init__(self, namespace: str, thread_id: str) -> None:
+        self.thread_id = thread_id
         self.prefix = f"{namespace}:{{{thread_id}}}:lg"
         self.record = f"{namespace}:{{{thread_id}}}:run"
         """The Stalwart run record: its ``epoch`` field fences the writes of a durable run."""
@@ -48,6 +51,12 @@ class Keys:
         """Writes keys of checkpoints never stored (kept so delete_thread finds them)."""
         self.tasks = f"{self.prefix}:tasks"
         """List of the tasks a durable run stored, in order (see ``encode_task``)."""
+        self.owner = f"{self.prefix}:owner"
+        """Hash: the durable run that holds a thread of the user's, and its fence token."""
+
+    def tasks_of(self, run_id: str) -> str:
+        """The task list of durable run ``run_id`` on this thread (``tasks`` on its own)."""
+        return self.tasks if run_id == self.thread_id else f"{self.tasks}:{run_id}"
 
     def ids(self, ns: str) -> str:
         """Sorted set (all scores 0, ordered by member) of the namespace's checkpoint ids."""
@@ -144,7 +153,7 @@ def encode_blob(
     type_, data = typed
     parts = split_array(data) if type_ == "msgpack" else None
     if parts is None:
-        return TAG_FULL + _record_encoder.encode((type_, data)), None
+        return TAG_FULL + _record_encoder.encode((type_, _seal(data))), None
     count, body = parts
     state = ListState(version, count, body)
     if (
@@ -155,8 +164,19 @@ def encode_blob(
     ):
         tail = body[len(previous.body) :]
         header = f"{previous.version}\0{count - previous.count}\0".encode()
-        return TAG_DELTA + header + tail, state
-    return TAG_DELTA + f"\0{count}\0".encode() + body, state
+        return TAG_DELTA + header + _seal(tail), state
+    return TAG_DELTA + f"\0{count}\0".encode() + _seal(body), state
+
+
+# With payload encryption on (docs/security.md), what a blob holds of the user's values is
+# sealed here, after the delta is cut from the clear bytes (sealing first would make every
+# version differ and store every list whole); the headers stay clear, as the journal's do.
+def _seal(data: bytes) -> bytes:
+    return seal_bytes(data) if data else data
+
+
+def _open(data: bytes) -> bytes:
+    return open_bytes(data) if data else data
 
 
 def blob_base(blob: bytes) -> str:
@@ -180,7 +200,7 @@ def decode_chain(
         return None, None
     if head.startswith(TAG_FULL):
         type_, data = _full_decoder.decode(head[1:])
-        return (type_, data), None
+        return (type_, _open(data)), None
     total = 0
     bodies: list[bytes] = []
     for blob in chain:
@@ -189,7 +209,7 @@ def decode_chain(
         first = blob.index(b"\0", 1)
         second = blob.index(b"\0", first + 1)
         total += int(blob[first + 1 : second])
-        bodies.append(blob[second + 1 :])
+        bodies.append(_open(blob[second + 1 :]))
     if blob_base(chain[-1]):
         raise ValueError(f"blob chain of version {version!r} ends at a missing base version")
     body = b"".join(reversed(bodies))
@@ -233,11 +253,20 @@ def decode_writes(raw: list[Any]) -> list[tuple[str, int, str, tuple[str, bytes]
     return out
 
 
-def encode_task(task_id: str, name: str, ns: str) -> bytes:
-    """An entry of a durable run's task list: the task, its node name, its namespace."""
-    return _record_encoder.encode((task_id, name, ns))
+def encode_task(
+    task_id: str, name: str, ns: str, models: list[tuple[str, int, int]] | None = None
+) -> bytes:
+    """An entry of a durable run's task list: the task, its node name, its namespace, and
+    the usage of the model calls it made (``(model, input tokens, output tokens)`` each),
+    stored with the task's writes so a later owner can journal them if its worker could not.
+    """
+    if not models:
+        return _record_encoder.encode((task_id, name, ns))
+    return _record_encoder.encode((task_id, name, ns, [list(m) for m in models]))
 
 
-def decode_task(raw: bytes) -> tuple[str, str, str]:
-    """Inverse of :func:`encode_task`: ``(task_id, name, checkpoint_ns)``."""
-    return _task_decoder.decode(raw)
+def decode_task(raw: bytes) -> tuple[str, str, str, list[tuple[str, int, int]]]:
+    """Inverse of :func:`encode_task`: ``(task_id, name, checkpoint_ns, models)``."""
+    fields = _task_decoder.decode(raw)
+    models = [(str(m), int(i), int(o)) for m, i, o in (fields[3] if len(fields) > 3 else [])]
+    return str(fields[0]), str(fields[1]), str(fields[2]), models

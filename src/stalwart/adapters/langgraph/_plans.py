@@ -27,6 +27,8 @@ from langgraph.checkpoint.base import (
 
 from stalwart.adapters.langgraph import _codec
 from stalwart.adapters.langgraph._driver import Cmd, Plan, call, script, text
+from stalwart.adapters.langgraph._sealed import SealedSerde
+from stalwart.adapters.langgraph._thread import ThreadFence
 from stalwart.checkpoints import Fence
 
 if TYPE_CHECKING:
@@ -97,16 +99,29 @@ class Plans:
         serde: SerializerProtocol,
         shared: Shared,
         task_name: Callable[[str, str], str | None] | None,
+        run_id: str | None = None,
+        task_models: Callable[[str], list[tuple[str, int, int]]] | None = None,
     ) -> None:
         self.namespace = namespace
         self.fence_epoch = fence_epoch
-        self.serde = serde
+        self.run_id = run_id
+        self.task_models = task_models
+        # Records, metadata and pending writes are sealed whole (payload encryption); channel
+        # values are sealed by the blob encoding, after the delta is cut (see _codec).
+        self.serde = SealedSerde(serde)
+        self.values = serde
         self.shared = shared
         self.task_name = task_name
 
-    def fence(self, thread_id: str) -> Fence:
-        # A durable run's thread id is its run id: its writes are fenced by the run record.
+    def fence(self, thread_id: str) -> Fence | ThreadFence:
+        # On its own thread (the default) a durable run's writes are fenced by its run
+        # record; on a thread of the user's, by the claim it holds on that thread.
+        if self.run_id is not None and self.fence_epoch is not None and thread_id != self.run_id:
+            return ThreadFence(self.namespace, thread_id, self.run_id, self.fence_epoch)
         return Fence.of(self.namespace, thread_id, self.fence_epoch)
+
+    def tasks_key(self, keys: _codec.Keys) -> str:
+        return keys.tasks_of(self.run_id) if self.run_id is not None else keys.tasks
 
     def remember(self, key: tuple[str, str, str], state: _codec.ListState | None) -> None:
         lists = self.shared.lists
@@ -142,7 +157,7 @@ class Plans:
             if warm:
                 self.remember((thread_id, ns, channel), state)
             if typed is not None:
-                values[channel] = self.serde.loads_typed(typed)
+                values[channel] = self.values.loads_typed(typed)
         writes = [
             (task_id, channel, self.serde.loads_typed(typed))
             for task_id, _, channel, typed, _ in _codec.decode_writes(list(reply[-1]))
@@ -175,7 +190,7 @@ class Plans:
         args: list[str | bytes] = fence.args(ns, checkpoint["id"], record)
         states: dict[str, _codec.ListState | None] = {}
         for channel, version in new_versions.items():
-            typed = self.serde.dumps_typed(values[channel]) if channel in values else None
+            typed = self.values.dumps_typed(values[channel]) if channel in values else None
             previous = self.shared.lists.get((thread_id, ns, channel))
             blob, states[channel] = _codec.encode_blob(typed, previous, str(version))
             args += [_codec.blob_field(channel, version), blob]
@@ -209,7 +224,8 @@ class Plans:
         name = None
         if not special and self.task_name is not None:
             name = self.task_name(task_id, task_path)
-        entry = _codec.encode_task(task_id, name, ns) if name else b""
+        models = self.task_models(task_id) if name and self.task_models is not None else None
+        entry = _codec.encode_task(task_id, name, ns, models) if name else b""
         fence = self.fence(thread_id)
         args: list[str | bytes] = fence.args("1" if special else "0", checkpoint_id, ns, entry)
         for idx, (channel, value) in enumerate(writes):
@@ -224,7 +240,7 @@ class Plans:
                 keys.ids(ns),
                 keys.orphans,
                 keys.namespaces,
-                keys.tasks,
+                self.tasks_key(keys),
             ),
             args,
         )
@@ -234,8 +250,10 @@ class Plans:
         channels = tuple(channel for channel, _ in writes if channel not in WRITES_IDX_MAP)
         return TaskWritten(thread_id, ns, checkpoint_id, task_id, task_path, name, channels)
 
-    def tasks_plan(self, thread_id: str) -> Plan[list[tuple[str, str, str]]]:
-        raw = yield call("lrange", _codec.Keys(self.namespace, thread_id).tasks, 0, -1)
+    def tasks_plan(
+        self, thread_id: str
+    ) -> Plan[list[tuple[str, str, str, list[tuple[str, int, int]]]]]:
+        raw = yield call("lrange", self.tasks_key(_codec.Keys(self.namespace, thread_id)), 0, -1)
         return [_codec.decode_task(r) for r in raw]
 
     def list_plan(

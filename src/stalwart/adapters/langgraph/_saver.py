@@ -23,6 +23,7 @@ from langgraph.checkpoint.base import (
 from stalwart.adapters.langgraph import _codec, _maintenance
 from stalwart.adapters.langgraph._driver import Driver, Plan
 from stalwart.adapters.langgraph._plans import Out, Plans, Shared, TaskWritten, conf
+from stalwart.adapters.langgraph._sealed import SealedSerde
 from stalwart.adapters.langgraph._serde import AllowedType, SafeSerializer
 from stalwart.errors import ConfigurationError, RunCancelled
 
@@ -73,6 +74,8 @@ class StalwartSaver(BaseCheckpointSaver[str]):
         retry_for: float = 0.0,
         serde: SerializerProtocol | None = None,
         allowed_types: Iterable[AllowedType] = (),
+        run_id: str | None = None,
+        task_models: Callable[[str], list[tuple[str, int, int]]] | None = None,
     ) -> None:
         # Checkpoints come back from Redis: by default only allow-listed types are rebuilt
         # (LangGraph's default serializer would import and call whatever a checkpoint names).
@@ -86,6 +89,10 @@ class StalwartSaver(BaseCheckpointSaver[str]):
                 "ainvoke/astream"
             )
         self._task_name = task_name
+        self._task_models = task_models
+        self.run_id = run_id
+        """The durable run the saver is bound to (its writes to a thread other than the
+        run's own are fenced by the run's claim on that thread)."""
         self._on_task_written = on_task_written
         self._shared = Shared()
 
@@ -115,7 +122,15 @@ class StalwartSaver(BaseCheckpointSaver[str]):
 
     def _plans(self) -> Plans:
         # Built per operation: a copy LangGraph makes of the saver may carry another serde.
-        return Plans(self.namespace, self.fence_epoch, self.serde, self._shared, self._task_name)
+        return Plans(
+            self.namespace,
+            self.fence_epoch,
+            self.serde,
+            self._shared,
+            self._task_name,
+            self.run_id,
+            self._task_models,
+        )
 
     # -- BaseCheckpointSaver ----------------------------------------------------------------
 
@@ -235,8 +250,12 @@ class StalwartSaver(BaseCheckpointSaver[str]):
                 self._shared.stop = exc
             raise
 
-    async def astored_tasks(self, thread_id: str) -> Sequence[tuple[str, str, str]]:
-        """The tasks a durable run stored, in order: ``(task_id, name, checkpoint_ns)``."""
+    async def astored_tasks(
+        self, thread_id: str
+    ) -> Sequence[tuple[str, str, str, Sequence[tuple[str, int, int]]]]:
+        """The tasks the durable run stored on ``thread_id``, in order: ``(task_id, name,
+        checkpoint_ns, models)``, ``models`` what ``task_models`` said of the task's model
+        calls (``(model, input tokens, output tokens)`` each) when its writes were stored."""
         return await self._driver.run_async(self._plans().tasks_plan(thread_id))
 
     def _forget(self, thread_id: str) -> None:
@@ -285,17 +304,19 @@ class StalwartSaver(BaseCheckpointSaver[str]):
             self._shared.registered.discard(thread_id)
             return _maintenance.delete_thread(self.namespace, thread_id)
         if strategy == "keep_latest":
-            return _maintenance.prune_to_latest(self.namespace, thread_id, self.serde)
+            return _maintenance.prune_to_latest(self.namespace, thread_id, SealedSerde(self.serde))
         raise ValueError(f"unknown prune strategy {strategy!r}: use 'keep_latest' or 'delete'")
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Delete the checkpoints whose metadata ``run_id`` (LangGraph's) is in ``run_ids``."""
-        self._driver.run_sync(_maintenance.delete_for_runs(self.namespace, run_ids, self.serde))
+        self._driver.run_sync(
+            _maintenance.delete_for_runs(self.namespace, run_ids, SealedSerde(self.serde))
+        )
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Async :meth:`delete_for_runs`."""
         await self._driver.run_async(
-            _maintenance.delete_for_runs(self.namespace, run_ids, self.serde)
+            _maintenance.delete_for_runs(self.namespace, run_ids, SealedSerde(self.serde))
         )
 
     async def thread_bytes(self, thread_id: str) -> int:

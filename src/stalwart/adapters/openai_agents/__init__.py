@@ -6,8 +6,13 @@ from stalwart.adapters.openai_agents import DurableAgentRunner
 
 agent = Agent(name="research-analyst", instructions="...", tools=[search, analyze])
 runner = DurableAgentRunner("market-research", agent, max_iterations=10)
-result = await runner.run("Analyze Q4 market trends")  # or runner.submit(...) -> RunHandle
+result = await runner.run("Analyze Q4 market trends")  # the SDK's RunResult
 ```
+
+Per run, as with ``Runner.run``: ``context=`` (plain data: a pydantic model, a dataclass or a
+dict), ``agent=`` (where to start), ``session=``, ``max_turns=``. Each run has a context of its
+own, whose state is journaled with every tool, handoff and guardrail step, so a resumed run
+sees the context the crashed one had.
 
 Serve it with ``stalwart worker <module>:<app>`` (``<module>:default_app`` unless
 an ``app=`` was given). Needs the ``stalwart[openai-agents]`` extra.

@@ -31,6 +31,7 @@ from stalwart.adapters.openai_agents._codec import (
     usage_extractor,
     without_volatile,
 )
+from stalwart.adapters.openai_agents._stepdata import mark_replayed
 from stalwart.kit import (
     DurableScope,
     ScopeVar,
@@ -143,11 +144,17 @@ class DurableModel(Model):
             response: ModelResponse = await call()
             return response
         spec, shape = self._spec(scope, system_instructions, input, tools, output_schema, handoffs)
+        ran = False
 
         async def body() -> dict[str, Any]:
+            nonlocal ran
+            ran = True
             return dump_response(await call())
 
-        return load_response(await model_step(scope.ctx, spec, shape, body))
+        response = load_response(await model_step(scope.ctx, spec, shape, body))
+        if not ran:
+            self._mark_replayed(spec.key, response)
+        return response
 
     async def stream_response(
         self,
@@ -202,8 +209,24 @@ class DurableModel(Model):
         async for event in stream_step(partial(call_step, scope.ctx), spec, body, out):
             yield event
         response = load_response(model_response(scope.ctx.run_id, spec, shape, out[0]))
+        if not ran_live:
+            self._mark_replayed(spec.key, response)
         for event in replay_events(response, self.name, items=not ran_live):
             yield event
+
+    def _mark_replayed(self, key: str, response: ModelResponse) -> None:
+        # Nothing was sent, so the wrapped model opened no response span: say what was replayed.
+        mark_replayed(
+            "model",
+            key,
+            model=self.name,
+            response_id=response.response_id,
+            usage={
+                "requests": response.usage.requests,
+                "input_tokens": response.usage.input_tokens,
+                "output_tokens": response.usage.output_tokens,
+            },
+        )
 
     def get_retry_advice(self, request: ModelRetryAdviceRequest) -> ModelRetryAdvice | None:
         """The wrapped model's advice (an error replayed from the journal gets none)."""

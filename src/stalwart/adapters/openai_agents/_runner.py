@@ -5,30 +5,45 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from agents import Agent, RunConfig, Runner
+from agents import Agent, ItemHelpers, RunConfig, Runner
 from agents.models.interface import Model
+from agents.result import RunResult
 from agents.run import DEFAULT_MAX_TURNS
 from agents.stream_events import AgentUpdatedStreamEvent
 
-from stalwart.adapters.openai_agents._codec import plain_output
+from stalwart.adapters.openai_agents._context import (
+    CONTEXTS,
+    ContextJournal,
+    NotPlainData,
+    context_type_of,
+    dump_context,
+    fresh_context,
+    load_context,
+    restore_in_place,
+)
 from stalwart.adapters.openai_agents._model import SCOPE, DurableModel, DurableModelProvider
+from stalwart.adapters.openai_agents._result import rebuild_result, result_data, sdk_error
+from stalwart.adapters.openai_agents._stepdata import install_usage_counter
 from stalwart.adapters.openai_agents._tools import (
     AgentGraph,
     durable_input_guardrail,
     durable_output_guardrail,
 )
+from stalwart.errors import RunFailed
 from stalwart.kit import DurableRunner, DurableScope, build, check_max_iterations, check_source
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from agents.items import ToolApprovalItem
-    from agents.result import RunResult, RunResultStreaming
+    from agents.lifecycle import RunHooks
+    from agents.memory import Session
+    from agents.result import RunResultStreaming
     from agents.run_state import RunState
 
     from stalwart import Policies
     from stalwart.actors import App, RunContext
-    from stalwart.client import Client
+    from stalwart.client import Client, RunHandle
 
 
 def durable_run_config(config: RunConfig | None = None) -> RunConfig:
@@ -71,11 +86,23 @@ class DurableAgentRunner(DurableRunner):
     continues live at the first call that had not completed.
 
     ``agent`` is the agent, or a zero-argument function building one (called once per run).
-    ``max_iterations`` is the SDK's ``max_turns`` (None: the SDK's default, 10). ``run_config`` is used as given, with its
-    model provider (default: the SDK's ``MultiProvider``) wrapped in a
-    :class:`DurableModelProvider`. With ``stream=True``, text and argument deltas are
+    ``max_iterations`` is the SDK's ``max_turns`` (None: the SDK's default, 10). ``run_config``
+    is used as given, with its model provider (default: the SDK's ``MultiProvider``) wrapped in
+    a :class:`DurableModelProvider`. With ``stream=True``, text and argument deltas are
     published live to the run's events as ``model.delta`` (not journaled); ``stream=None``
     (the default) is ``False`` here.
+
+    **Context.** Every run gets a run context of its own, as every plain ``Runner.run`` does:
+    the ``context=`` given to :meth:`run` / :meth:`submit` (it travels to the worker as data
+    and is rebuilt there as ``context_type``), else one made by the runner's ``context``: a
+    zero-argument function or class called once per run, or an object each run gets a deep
+    copy of. A context that is plain data (a pydantic model, a dataclass or a dict of
+    JSON-compatible values) has its state journaled with every tool, handoff and guardrail
+    step, so a resumed run sees exactly the context the crashed run had at that point; any
+    other context works, but what the completed steps changed in it is not restored on resume.
+
+    ``hooks`` are the SDK's ``RunHooks`` for every run (code stays on the workers: they cannot
+    be given per run). They run as the SDK calls them, on replay too.
 
     Tool calls that need approval (``needs_approval``) become durable waits for the signal
     ``approval:<tool_call_id>``: send ``True`` / ``False``, or ``{"approved": bool,
@@ -83,11 +110,11 @@ class DurableAgentRunner(DurableRunner):
     ``RunHandle.signal``. The request is announced live as an ``approval.requested`` event;
     ``approval_timeout`` (seconds, default none) fails the run when nobody answers.
 
-    ``context`` is the SDK's run context object (dependencies for tools and instructions),
-    passed to every run this runner executes, so it must be safe to share between runs.
-
-    The run's input is a string or a list of Responses input items; its result is the
-    final output as plain data (a pydantic ``output_type`` becomes a dict).
+    The run's input is a string or a list of Responses input items. :meth:`run` and
+    :meth:`result` return the SDK's own ``RunResult``, rebuilt in the caller's process from
+    the run's state (see :meth:`decode_result`); the run's raw result data (what
+    ``RunHandle.result`` returns) is ``{"final_output": <plain data>, "state": <the SDK's
+    RunState JSON>, "context": <the final context's state>}``.
     """
 
     def __init__(
@@ -100,6 +127,8 @@ class DurableAgentRunner(DurableRunner):
         run_config: RunConfig | None = None,
         approval_timeout: float | None = None,
         context: Any = None,
+        context_type: type | None = None,
+        hooks: RunHooks[Any] | None = None,
         app: App | None = None,
         client: Client | None = None,
         policies: Policies | None = None,
@@ -110,48 +139,200 @@ class DurableAgentRunner(DurableRunner):
         self.stream = bool(stream)
         self.approval_timeout = approval_timeout
         self.context = context
+        self.context_type = context_type_of(context, context_type)
+        self.hooks = hooks
         self.durable_agent: Agent[Any] | None = None
         """The durable twin of ``agent`` that runs on the workers (None with a factory: each
         run builds its own)."""
         self._graph = AgentGraph()  # holds the clones that handoffs refer to weakly
         if isinstance(agent, Agent):
             self.durable_agent = self._graph.agent(agent)
+        self._client_agent: Agent[Any] | None = agent if isinstance(agent, Agent) else None
         self.run_config = durable_run_config(run_config)
+        install_usage_counter()
         super().__init__(name, app=app, client=client, policies=policies)
 
+    # -- the caller's side -------------------------------------------------------------
+
+    def request(self, input: Any, **options: Any) -> Any:
+        """The run's wire input: ``input`` and the SDK's per-run inputs that can travel.
+
+        ``context=`` (a pydantic model, a dataclass or a dict: sent as data, rebuilt on the
+        worker as ``context_type``), ``agent=`` (the agent to start at, e.g. the previous
+        result's ``last_agent``: one reachable from the runner's agent, sent by name),
+        ``max_turns=``, ``previous_response_id=``, ``conversation_id=``. ``session=`` is taken by :meth:`run` only; run ``hooks`` are
+        given to the runner.
+        """
+        if "hooks" in options:
+            raise TypeError(
+                "run hooks are code and cannot travel with a run to another process: give "
+                "them to DurableAgentRunner(..., hooks=...), which every worker builds"
+            )
+        if "session" in options:
+            raise TypeError(
+                "session= is taken by DurableAgentRunner.run(), which reads the history "
+                "before the run and saves the new items after it, in your process; with "
+                "submit(), pass the history in the input and save the items yourself"
+            )
+        unknown = set(options) - _RUN_OPTIONS
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__} takes no per-run option(s) {', '.join(sorted(unknown))}"
+                f" (it takes {', '.join(sorted(_RUN_OPTIONS))})"
+            )
+        plain_input = super().request(input)
+        if not options:
+            return plain_input
+        wire: dict[str, Any] = {"input": plain_input}
+        for key in ("max_turns", "previous_response_id", "conversation_id"):
+            if options.get(key) is not None:
+                wire[key] = options[key]
+        if options.get("context") is not None:
+            wire["context"] = self._context_data(options["context"])
+        agent = options.get("agent")
+        if agent is not None:
+            # The starting agent travels by name: the SDK's multi-turn loop starts the next
+            # turn at result.last_agent, one of the agents reachable from the runner's agent.
+            wire["agent"] = agent.name if isinstance(agent, Agent) else str(agent)
+        return wire
+
+    def _context_data(self, context: Any) -> Any:
+        expected = self.context_type
+        if expected is None and not isinstance(context, dict):
+            raise TypeError(
+                f"context= of type {type(context).__qualname__} cannot be rebuilt on the "
+                "workers: give the runner context_type= (or context=<the class>), so every "
+                "process knows what to rebuild it as"
+            )
+        if expected is not None and not isinstance(context, expected):
+            raise TypeError(
+                f"context= must be a {expected.__name__} (the runner's context type), "
+                f"got {type(context).__name__}"
+            )
+        try:
+            return dump_context(context)
+        except NotPlainData as exc:
+            raise TypeError(
+                f"context= travels to the worker as data: {exc}. Dependencies that cannot "
+                "travel (clients, connections) belong in the runner's context factory "
+                "(DurableAgentRunner(..., context=lambda: ...)), built on each worker"
+            ) from exc
+
+    def decode_result(self, data: Any) -> Any:
+        """The SDK's ``RunResult`` of a finished run, rebuilt from its result data.
+
+        Built with the SDK's own ``RunState.from_json`` on the caller's agent graph (agents
+        are matched by name): ``final_output`` (an ``output_type`` rebuilt as that type),
+        ``new_items``, ``raw_responses``, ``input``, ``last_agent``, the guardrail results,
+        and ``context_wrapper`` (``.usage``, and ``.context`` rebuilt as ``context_type``).
+        ``to_input_list()`` works as after a plain run.
+        """
+        if not (isinstance(data, dict) and "state" in data):
+            return data  # not written by this runner's execute (an older run): as it is
+        if self._client_agent is None:
+            self._client_agent = build(self.agent, Agent, "agents.Agent")
+        return rebuild_result(self._client_agent, data, self.context_type)
+
+    async def result(self, run: RunHandle | str, *, timeout: float | None = None) -> Any:
+        """Wait for a run and return its ``RunResult``; a run that failed with one of the SDK's
+        own errors (``UserError``...) raises it, as a plain run would (see ``sdk_error``)."""
+        try:
+            return await super().result(run, timeout=timeout)
+        except RunFailed as failed:
+            error = sdk_error(failed)
+            if error is failed:
+                raise
+            raise error from failed
+
+    async def run(
+        self,
+        input: Any,
+        *,
+        run_id: str | None = None,
+        timeout: float | None = None,
+        session: Session | None = None,
+        **options: Any,
+    ) -> Any:
+        """Submit a run, wait for it, and return its ``RunResult`` (see :meth:`decode_result`).
+
+        A ``context=`` object given here is updated in place with the run's final context
+        (and is the result's ``context_wrapper.context``), as after a plain run.
+        ``session`` is an SDK ``Session``: it stays in this process. Its history is read
+        before the run and put before ``input`` (the run's input is then the whole list, as
+        with a plain run), and the new input and the run's new items are added to it after
+        the run, as the SDK does. Other options: see :meth:`request`.
+        """
+        history = await session.get_items() if session is not None else []
+        if session is not None:  # as the SDK does: the history, then the new input, as a list
+            input = [*history, *ItemHelpers.input_to_new_input_list(input)]
+        result = await super().run(input, run_id=run_id, timeout=timeout, **options)
+        if session is not None:
+            await session.add_items(result.to_input_list()[len(history) :])
+        given = options.get("context")
+        if given is not None and isinstance(result, RunResult):
+            # As with a plain run, the caller's context object ends up with the run's changes.
+            restore_in_place(given, dump_context(result.context_wrapper.context))
+            result.context_wrapper.context = given
+        return result
+
+    # -- the worker's side -------------------------------------------------------------
+
     async def execute(self, ctx: RunContext, input: Any) -> Any:
-        """Run the SDK's loop on the durable agent and return its final output as plain data."""
+        """Run the SDK's loop on the durable agent; return its final output and state."""
+        options: dict[str, Any] = {}
+        if isinstance(input, dict) and "input" in input:
+            options = input
+            input = options["input"]
         if not isinstance(input, str | list):
             raise TypeError(
                 f"agent {self.name!r} takes a string or a list of input items, "
                 f"not {type(input).__name__}"
             )
+        if options.get("context") is not None:
+            context = load_context(self.context_type, options["context"])
+        else:
+            context = fresh_context(self.context)
         graph, agent = self._graph, self.durable_agent
         if agent is None:  # a factory: this run's own agents, in a graph that lives as long
             graph = AgentGraph()
             agent = graph.agent(build(self.agent, Agent, "agents.Agent"))
+        if options.get("agent") is not None:
+            agent = graph.find(str(options["agent"]))
+        run = _RunInputs(
+            context=context,
+            max_turns=options.get("max_turns") or self.max_iterations or DEFAULT_MAX_TURNS,
+            previous_response_id=options.get("previous_response_id"),
+            conversation_id=options.get("conversation_id"),
+        )
         # One scope for the whole run: a run resumed after approvals continues its counters.
-        with SCOPE.using(DurableScope(ctx)):
-            result = await self._loop(ctx, agent, input)
-            while result.interruptions:
-                state = result.to_state()
-                for item in result.interruptions:
-                    await self._decide(ctx, state, item)
-                result = await self._loop(ctx, agent, state)
+        journal_token = CONTEXTS.set(ContextJournal())
+        try:
+            with SCOPE.using(DurableScope(ctx)):
+                result = await self._loop(ctx, agent, input, run)
+                while result.interruptions:
+                    state = result.to_state()
+                    for item in result.interruptions:
+                        await self._decide(ctx, state, item)
+                    result = await self._loop(ctx, agent, state, run)
+        finally:
+            CONTEXTS.reset(journal_token)
         del graph  # kept alive until here
-        return plain_output(result.final_output)
+        return result_data(result)
 
     async def _loop(
-        self, ctx: RunContext, agent: Agent[Any], input: Any
+        self, ctx: RunContext, agent: Agent[Any], input: Any, run: _RunInputs
     ) -> RunResult | RunResultStreaming:
         if self.stream:
-            return await self._streamed(ctx, agent, input)
+            return await self._streamed(ctx, agent, input, run)
         return await Runner.run(
             agent,
             input,
-            context=self.context,
+            context=run.context,
+            hooks=self.hooks,
             run_config=self.run_config,
-            max_turns=self.max_iterations or DEFAULT_MAX_TURNS,
+            max_turns=run.max_turns,
+            previous_response_id=run.previous_response_id,
+            conversation_id=run.conversation_id,
         )
 
     async def _decide(self, ctx: RunContext, state: RunState[Any], item: ToolApprovalItem) -> None:
@@ -168,18 +349,38 @@ class DurableAgentRunner(DurableRunner):
         else:
             state.reject(item, rejection_message=message)
 
-    async def _streamed(self, ctx: RunContext, agent: Agent[Any], input: Any) -> RunResultStreaming:
+    async def _streamed(
+        self, ctx: RunContext, agent: Agent[Any], input: Any, run: _RunInputs
+    ) -> RunResultStreaming:
         result = Runner.run_streamed(
             agent,
             input,
-            context=self.context,
+            context=run.context,
+            hooks=self.hooks,
             run_config=self.run_config,
-            max_turns=self.max_iterations or DEFAULT_MAX_TURNS,
+            max_turns=run.max_turns,
+            previous_response_id=run.previous_response_id,
+            conversation_id=run.conversation_id,
         )
         async for event in result.stream_events():
             if isinstance(event, AgentUpdatedStreamEvent):
                 await ctx.emit("agent.updated", {"agent": event.new_agent.name})
         return result
+
+
+_RUN_OPTIONS = frozenset(
+    {"agent", "context", "max_turns", "previous_response_id", "conversation_id"}
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class _RunInputs:
+    """The SDK's per-run inputs of one run, as the worker rebuilt them."""
+
+    context: Any
+    max_turns: int
+    previous_response_id: str | None
+    conversation_id: str | None
 
 
 def _decision(signal: str, payload: Any) -> tuple[bool, str | None]:

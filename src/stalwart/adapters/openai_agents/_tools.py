@@ -38,6 +38,8 @@ from agents.tool import (
     ShellTool,
     _FailureHandlingFunctionToolInvoker,
 )
+from agents.tool_guardrails import ToolGuardrailFunctionOutput
+from pydantic_core import to_jsonable_python
 
 from stalwart.actors import StepSpec
 from stalwart.adapters.openai_agents._codec import (
@@ -47,9 +49,17 @@ from stalwart.adapters.openai_agents._codec import (
     load_guardrail_output,
     without_volatile,
 )
+from stalwart.adapters.openai_agents._context import restore, snapshot
 from stalwart.adapters.openai_agents._model import SCOPE, DurableModel
-from stalwart.errors import ConfigurationError
-from stalwart.kit import call_step, canonical_fp, tool_key
+from stalwart.adapters.openai_agents._stepdata import (
+    account_inner_usage,
+    counting_usage,
+    mark_replayed,
+    record_field,
+    step_record,
+)
+from stalwart.errors import ConfigurationError, StepFailed
+from stalwart.kit import ToolCallFailed, call_step, canonical_fp, failure_outcome, tool_key
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -93,6 +103,17 @@ class AgentGraph:
             clone.model = DurableModel(agent.model)
         return clone
 
+    def find(self, name: str) -> Agent[Any]:
+        """The durable clone of the agent called ``name`` (a run's starting agent by name)."""
+        for clone in self._clones.values():
+            if clone.name == name:
+                return clone
+        known = sorted({c.name for c in self._clones.values()})
+        raise ConfigurationError(
+            f"no agent {name!r} is reachable from this runner's agent (through handoffs or "
+            f"agents used as tools); known: {', '.join(map(repr, known))}"
+        )
+
     def tool(self, tool: Tool) -> Tool:
         """The durable version of one tool (hosted tools run inside the model call: kept)."""
         if not isinstance(tool, FunctionTool) or getattr(tool, "_stalwart_durable", False):
@@ -101,7 +122,11 @@ class AgentGraph:
             nested = self._agent_tool(tool)
             if nested is not None:
                 return nested
-        return _mark(dataclasses.replace(tool, on_invoke_tool=_durable_invoke(tool)))
+        return _mark(
+            dataclasses.replace(
+                tool, on_invoke_tool=_durable_invoke(tool), **durable_tool_guardrails(tool)
+            )
+        )
 
     def _agent_tool(self, tool: FunctionTool) -> FunctionTool | None:
         """``Agent.as_tool``: the nested run re-runs on replay, in the scope ``tool:<id>/``.
@@ -139,7 +164,11 @@ class AgentGraph:
         new_invoker._function_tool = None
         # replace() binds the copied invoker to the new tool (its failure handling).
         bound = dataclasses.replace(tool, on_invoke_tool=new_invoker, _agent_instance=clone)
-        return _mark(dataclasses.replace(bound, on_invoke_tool=_nested_invoke(bound)))
+        return _mark(
+            dataclasses.replace(
+                bound, on_invoke_tool=_nested_invoke(bound), **durable_tool_guardrails(bound)
+            )
+        )
 
     def handoff(self, target: Agent[Any] | Handoff[Any, Any]) -> Handoff[Any, Any]:
         """A handoff whose target is the durable clone, invoked as the step ``handoff:<n>``."""
@@ -170,19 +199,26 @@ class AgentGraph:
             )
             live: list[Agent[Any]] = []
 
-            async def body() -> str:
-                target = await invoke(context, input_json)
+            async def body() -> dict[str, Any]:
+                with counting_usage() as used:
+                    target = await invoke(context, input_json)
                 live.append(target)
-                return str(target.name)
+                # on_handoff may change the context: its state is journaled with the step.
+                return step_record(
+                    target=str(target.name), context=snapshot(context.context), usage=used
+                )
 
-            await call_step(scope.ctx, spec, body)
-            if live:
-                return self.agent(live[0])
-            if isinstance(ref, Agent):
-                return self.agent(ref)
-            # Replayed, and the handoff keeps no reference to its target: ask it again (its
-            # on_handoff callback, if any, runs again).
-            return self.agent(await invoke(context, input_json))
+            record = await call_step(scope.ctx, spec, body)
+            await account_inner_usage(scope.ctx, spec.key, record)
+            if not live:
+                restore(context.context, record_field(record, "context"))
+                mark_replayed("handoff", spec.key, handoff=original.tool_name)
+                if isinstance(ref, Agent):
+                    return self.agent(ref)
+                # Replayed, and the handoff keeps no reference to its target: ask it again
+                # (its on_handoff callback, if any, runs again).
+                return self.agent(await invoke(context, input_json))
+            return self.agent(live[0])
 
         return on_invoke_handoff
 
@@ -227,12 +263,41 @@ def _durable_invoke(tool: FunctionTool) -> Callable[[ToolContext[Any], str], Awa
         base = tool_key(call_id, tool.name, args)
         # The Model interface requires call ids; one without is known by name + arguments.
         key = scope.key(base) if call_id else scope.next_named(base)
-        spec = StepSpec(key=key, kind="tool", name=tool.name, fp=canonical_fp(tool.name, args))
+        spec = StepSpec(
+            key=key,
+            kind="tool",
+            name=tool.name,
+            fp=canonical_fp(tool.name, args),
+        )
+        ran = False
 
-        async def body() -> Any:
-            return dump_tool_output(await invoke(context, arguments), typed=typed)
+        async def body() -> dict[str, Any]:
+            nonlocal ran
+            ran = True
+            with counting_usage() as used:
+                output = await invoke(context, arguments)
+            # The tool may have changed the context: its state is journaled with the output.
+            return step_record(
+                output=dump_tool_output(output, typed=typed),
+                context=snapshot(context.context),
+                usage=used,
+            )
 
-        return await call_step(scope.ctx, spec, body)
+        try:
+            record = await call_step(scope.ctx, spec, body)
+        except StepFailed as failed:
+            if not ran:
+                mark_replayed("tool", spec.key, tool=tool.name, failed=True)
+            if failure_outcome(failed) != "tool_error":
+                raise
+            # The tool's own error (failure_error_function=None): it reads as the tool's
+            # message, so the SDK raises the same UserError as without Stalwart.
+            raise ToolCallFailed.of(failed) from failed
+        await account_inner_usage(scope.ctx, spec.key, record)
+        if not ran:
+            restore(context.context, record_field(record, "context"))
+            mark_replayed("tool", spec.key, tool=tool.name)
+        return record_field(record, "output", record)
 
     return on_invoke_tool
 
@@ -272,11 +337,27 @@ def _durable_guardrail_function(
             name=f"{kind} guardrail {name}",
             fp=canonical_fp(f"guardrail:{kind}:{name}", without_volatile(value)),
         )
+        ran = False
 
         async def body() -> dict[str, Any]:
-            return dump_guardrail_output(await call())
+            nonlocal ran
+            ran = True
+            # A guardrail that runs an agent of its own: its model calls count in this step.
+            with counting_usage() as used:
+                verdict = await call()
+            return step_record(
+                verdict=dump_guardrail_output(verdict),
+                context=snapshot(context.context),
+                usage=used,
+            )
 
-        return load_guardrail_output(await call_step(scope.ctx, spec, body))
+        record = await call_step(scope.ctx, spec, body)
+        await account_inner_usage(scope.ctx, spec.key, record)
+        if not ran:
+            restore(context.context, record_field(record, "context"))
+            mark_replayed("guardrail", spec.key, guardrail=name)
+        verdict = record_field(record, "verdict", record)
+        return load_guardrail_output(verdict)
 
     return guardrail_function
 
@@ -293,3 +374,79 @@ def durable_output_guardrail(guardrail: OutputGuardrail[Any]) -> OutputGuardrail
     name = guardrail.get_name()
     fn = _durable_guardrail_function("output", name, guardrail.guardrail_function)
     return dataclasses.replace(guardrail, guardrail_function=fn, name=name)
+
+
+# -- tool guardrails: the SDK runs them around the tool call, outside on_invoke_tool -------
+
+
+def durable_tool_guardrails(tool: FunctionTool) -> dict[str, Any]:
+    """``tool_input_guardrails`` / ``tool_output_guardrails`` whose verdicts are steps.
+
+    The SDK runs them around ``on_invoke_tool``, so the tool's own step does not cover them:
+    each becomes the step ``<tool step key>:input:<name>`` (or ``:output:``), journaling its
+    verdict (and the context's state), so a resumed run does not run it, or an agent it
+    runs, again.
+    """
+    fields: dict[str, Any] = {}
+    for kind in ("input", "output"):
+        guardrails = getattr(tool, f"tool_{kind}_guardrails", None)
+        if guardrails:
+            fields[f"tool_{kind}_guardrails"] = [
+                dataclasses.replace(g, guardrail_function=_tool_guardrail(kind, tool, g))
+                for g in guardrails
+            ]
+    return fields
+
+
+def _tool_guardrail(
+    kind: str, tool: FunctionTool, guardrail: Any
+) -> Callable[[Any], Awaitable[ToolGuardrailFunctionOutput]]:
+    name = guardrail.get_name()
+    fn = guardrail.guardrail_function
+
+    async def guardrail_function(data: Any) -> ToolGuardrailFunctionOutput:
+        async def call() -> ToolGuardrailFunctionOutput:
+            result = fn(data)
+            if inspect.isawaitable(result):
+                result = await result
+            return cast("ToolGuardrailFunctionOutput", result)
+
+        scope = SCOPE.active()
+        context = data.context
+        if scope is None:
+            return await call()
+        args = canonical_args(context.tool_arguments or "")
+        base = tool_key(context.tool_call_id, tool.name, args)
+        payload = without_volatile(getattr(data, "output", None)) if kind == "output" else args
+        key = f"{base}:{kind}:{name}"
+        spec = StepSpec(
+            key=scope.key(key) if context.tool_call_id else scope.next_named(key),
+            kind="guardrail",
+            name=f"tool {kind} guardrail {name}",
+            fp=canonical_fp(f"guardrail:tool_{kind}:{name}", payload),
+        )
+        ran = False
+
+        async def body() -> dict[str, Any]:
+            nonlocal ran
+            ran = True
+            with counting_usage() as used:
+                verdict = await call()
+            return step_record(
+                output_info=to_jsonable_python(verdict.output_info, fallback=str),
+                behavior=dict(verdict.behavior),
+                context=snapshot(context.context),
+                usage=used,
+            )
+
+        record = await call_step(scope.ctx, spec, body)
+        await account_inner_usage(scope.ctx, spec.key, record)
+        if not ran:
+            restore(context.context, record_field(record, "context"))
+            mark_replayed("guardrail", spec.key, guardrail=name)
+        return ToolGuardrailFunctionOutput(
+            output_info=record_field(record, "output_info"),
+            behavior=cast("Any", record_field(record, "behavior") or {"type": "allow"}),
+        )
+
+    return guardrail_function
