@@ -55,9 +55,11 @@ def _writes(role: RoleName, ns: str) -> tuple[list[str], list[str]]:
         keys = [f"{run}:run", f"{run}:journal", f"{ns}:runs", f"{ns}:active", f"{ns}:timers"]
         return keys, ["+hset", "+xadd", "+zadd", "+zrem", "+sadd", "+srem"]
     if role == "worker":
-        # Everything of the runs it hosts, adapters' own keys included.
+        # Everything of the runs it hosts, adapters' own keys included (the LangGraph
+        # saver's scripts also use HSETNX, RPUSH and ZREVRANGEBYLEX).
         commands = ["+hset", "+hdel", "+xadd", "+xdel", "+zadd", "+zrem", "+sadd", "+srem"]
-        return [f"{ns}:*"], [*commands, "+del", "+unlink", "+pexpire", "+expire"]
+        langgraph = ["+hsetnx", "+rpush", "+zrevrangebylex"]
+        return [f"{ns}:*"], [*commands, *langgraph, "+del", "+unlink", "+pexpire", "+expire"]
     if role == "admin":
         commands = ["+hset", "+hdel", "+xadd", "+xdel", "+xtrim", "+zadd", "+zrem", "+sadd"]
         return [f"{ns}:*"], [*commands, "+srem", "+del", "+unlink", "+pexpire", "+expire"]
