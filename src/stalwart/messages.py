@@ -90,7 +90,8 @@ class RunRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 
 class RunEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """One event in a run's life, published to ``<namespace>.events.<run_id>``.
+    """One event in a run's life, published to ``<namespace>.events.<run_id>.sys`` (by
+    workers and supervisors) or ``.client`` (what clients announce).
 
     ``type`` is an :data:`EventType` (the ``EV_*`` constants below) or a type agent code
     passed to ``ctx.emit``; :func:`event_data` reads the ``data`` of Stalwart's own types as
