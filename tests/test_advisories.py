@@ -30,7 +30,7 @@ async def test_forged_advisories_are_ignored(client: Client, supervisor: Supervi
         await ensure_agent_consumer(js, names, client.settings, agent)
     other_seq = await _seq_of(client, names.runs_stream, names.runs_subject("ghost2"))
     queued_seq = await _seq_of(client, names.runs_stream, names.runs_subject("ghost"))
-    event_seq = await _seq_of(client, names.events_stream, names.events_subject(queued.run_id))
+    event_seq = await _seq_of(client, names.events_stream, names.run_events(queued.run_id))
     sub = await js.pull_subscribe_bind(names.consumer("ghost"), stream=names.runs_stream)
     [delivered] = await sub.fetch(1, timeout=5)
     await delivered.nak(delay=60)  # delivered once; the consumer's delivered seq passes it

@@ -35,7 +35,7 @@ from stalwart.errors import ConfigurationError
 from stalwart.servers import find_nats_server
 from stalwart.testing import NatsServer, free_port
 from tests.conftest import ROOT
-from tests.helpers import eventually, start_server
+from tests.helpers import eventually, open_gate, start_server
 from tests.test_cli import _env, run_cli
 
 if TYPE_CHECKING:
@@ -429,7 +429,7 @@ async def _async(value: Any) -> Any:
 
 @pytest.mark.slow
 async def test_cli_exit_codes_for_run_outcomes(
-    cli: Any, workers: WorkerFactory, client: Client
+    cli: Any, workers: WorkerFactory, client: Client, counters: Any
 ) -> None:
     await workers()
     timed_out = await cli("submit", "sleepy", "1", "--wait", "--timeout", "1")
@@ -444,10 +444,13 @@ async def test_cli_exit_codes_for_run_outcomes(
 
     run_id = uuid.uuid4().hex
     waiting = asyncio.create_task(
-        cli("submit", "sleepy", "1", "--run-id", run_id, "--wait", "--timeout", "20")
+        cli("submit", "sleepy", "2", "--run-id", run_id, "--wait", "--timeout", "20")
     )
     await eventually(lambda: _exists(client, run_id))
     await client.handle(run_id).cancel("test")
+    # A cancel takes effect at the next step boundary: let the first step finish (the run
+    # then stops before its second).
+    await open_gate(counters, run_id, "in")
     cancelled = await waiting
     assert cancelled.code == EXIT_RUN_FAILED, cancelled
     assert "RunCancelled" in cancelled.err, cancelled

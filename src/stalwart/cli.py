@@ -36,6 +36,8 @@ from stalwart._cli_commands import (
     cmd_submit,
     load_app,
 )
+from stalwart._cli_security import add_parsers as add_security_parsers
+from stalwart._cli_security import cmd_provision, cmd_security
 from stalwart._exit_codes import (
     EXIT_DIVERGED,
     EXIT_INTERRUPTED,
@@ -295,6 +297,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--args-hash", help="refuse unless the pending call has this args_hash")
     ap.add_argument("--tool", help="refuse unless the pending call is of this tool")
 
+    add_security_parsers(sub, common)
+
     d = sub.add_parser("dev", parents=[leases], help="servers + supervisor + workers, locally")
     d.add_argument("app")
     d.add_argument("--workers", type=_positive_int, default=2)
@@ -348,7 +352,11 @@ def _configure_observability(args: argparse.Namespace) -> None:
 async def _dispatch(args: argparse.Namespace) -> int:
     from stalwart import _local
 
+    if args.command == "security":
+        return cmd_security(args)
     settings = _settings(args)
+    if args.command == "provision":
+        return await cmd_provision(args, settings)
     if args.command == "worker":
         app = load_app(args.app)
         await _serve(settings, lambda s: Worker(app, s))

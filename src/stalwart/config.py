@@ -47,6 +47,8 @@ FIELD_ROLES: dict[str, frozenset[Role]] = {
     # Any process may be the first of a namespace and create the streams with these.
     "duplicate_window": _ALL,
     "event_max_age": _ALL,
+    # Any process may find the topology missing (docs/security.md#least-privilege-roles).
+    "provision": _ALL,
     "reconcile_interval": _SUPERVISOR,
     "drain_timeout": _WORKER,
     "passivate_after": _WORKER,
@@ -124,6 +126,7 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "passivate_after": (lambda v: v > 0, _POSITIVE),
     "stuck_after": (lambda v: v >= 0, _NON_NEGATIVE + " (0: never)"),
     "stuck_action": (lambda v: v in ("report", "replace"), "'report' or 'replace'"),
+    "provision": (lambda v: v in ("auto", "off"), "'auto' or 'off'"),
     "breaker_threshold": (lambda v: v >= 1, "a whole number >= 1"),
     "breaker_cooldown": (lambda v: v >= 0, _NON_NEGATIVE),
     "connect_timeout": (lambda v: v > 0, _POSITIVE),
@@ -200,6 +203,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """JetStream de-duplication window for run requests (by run id)."""
     event_max_age: float = 7 * 24 * 3600.0
     """How long run events are kept in the events stream."""
+    provision: str = "auto"
+    """``auto``: a process that finds a stream, KV bucket or consumer missing creates it
+    (zero setup; the NATS user needs the right to). ``off``: it only looks them up, and a
+    missing one is a ``ConfigurationError`` saying to run ``stalwart provision`` with admin
+    rights (least-privilege deployments). Either way, what exists is never re-created."""
     reconcile_interval: float = 2.0
     """How often the supervisor scans for running runs that have no owner."""
     drain_timeout: float = 20.0

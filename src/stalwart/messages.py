@@ -90,7 +90,8 @@ class RunRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 
 class RunEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """One event in a run's life, published to ``<namespace>.events.<run_id>``.
+    """One event in a run's life, published to ``<namespace>.events.<run_id>.sys`` (by
+    workers and supervisors) or ``.client`` (what clients announce).
 
     ``type`` is an :data:`EventType` (the ``EV_*`` constants below) or a type agent code
     passed to ``ctx.emit``; :func:`event_data` reads the ``data`` of Stalwart's own types as
@@ -409,16 +410,25 @@ _log = structlog.get_logger("stalwart.events")
 _skipped_logged = False
 
 
+CLIENT_EVENTS = frozenset({EV_ACCEPTED, EV_REJECTED, EV_SIGNAL, EV_CANCELLED})
+"""The event types clients announce, on a run's ``client`` subject (``<ns>.events.<run>.client``)."""
+
+
 def read_event(data: bytes | None, subject: str = "") -> RunEvent | None:
     """Decode a run event, or None for anything that is not one.
 
     Anyone who can publish on a run's subject can put garbage there; every reader of event
     streams goes through this so that such a message is skipped, not fatal. The first one
     skipped in a process is logged (once: a flood of garbage must not flood the log too).
+    An event on a run's ``client`` subject whose type clients never announce (a
+    ``step.completed``, a ``run.completed``) is a client's forgery and skipped too.
     """
     global _skipped_logged
     try:
-        return _event_decoder.decode(data or b"")
+        event = _event_decoder.decode(data or b"")
+        if subject.endswith(".client") and event.type not in CLIENT_EVENTS:
+            raise ValueError(f"{event.type} is not a client event")
+        return event
     except Exception as exc:
         if not _skipped_logged:
             _skipped_logged = True

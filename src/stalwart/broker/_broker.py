@@ -109,13 +109,15 @@ class Broker:
     async def connect(
         cls, settings: Settings, *, name: str = "stalwart", owner: str = ""
     ) -> Broker:
-        """Connect to ``settings.nats_url`` and make sure the topology exists."""
+        """Connect to ``settings.nats_url`` and make sure the topology exists (it is looked up;
+        what is missing is created only with ``settings.provision == "auto"``)."""
         assert settings.nats_url, "nats_url must be resolved before connecting"
         nc = await connect(
             settings.nats_url,
             name=name,
             connect_timeout=settings.connect_timeout,
             security=NatsSecurity.from_settings(settings),
+            inbox_prefix=Names(settings.namespace).inbox_prefix,
         )
         broker = cls(nc, settings, owner)
         try:
@@ -216,8 +218,11 @@ class Broker:
 
     async def _announce(self, run_id: str, type: str, data: dict[str, Any]) -> None:
         # Acked: a client's event must be in the stream before anything it announces.
+        # On the run's client subject: clients may not publish where workers do.
         await self.events.publish(
-            RunEvent(type=type, run_id=run_id, at=time.time(), data=data), acked=True
+            RunEvent(type=type, run_id=run_id, at=time.time(), data=data),
+            acked=True,
+            source="client",
         )
 
     async def announce_accepted(
@@ -261,7 +266,8 @@ class Broker:
             await self._announce(run_id, EV_CANCELLED, data_dict(RunEndedData(error=error)))
 
     async def pull_subscription(self, agent: str) -> Any:
-        """Bind to the shared durable consumer of ``agent`` (created if missing)."""
+        """Bind to the shared durable consumer of ``agent`` (looked up; created if missing
+        and ``settings.provision`` allows)."""
         await ensure_agent_consumer(self.js, self.names, self.settings, agent)
         return await self.js.pull_subscribe_bind(
             self.names.consumer(agent), stream=self.names.runs_stream
@@ -347,7 +353,7 @@ class Broker:
 
     async def watch_events(self, run_id: str, cb: Callable[[Msg], Awaitable[None]]) -> Subscription:
         """A plain (core) subscription to a run's live events: no replay, no consumer."""
-        return await self.nc.subscribe(self.names.events_subject(run_id), cb=cb)
+        return await self.nc.subscribe(self.names.run_events(run_id), cb=cb)
 
     def subscribe(
         self,

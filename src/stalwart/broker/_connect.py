@@ -240,6 +240,7 @@ async def connect(
     name: str = "stalwart",
     connect_timeout: float = 10.0,
     security: NatsSecurity | None = None,
+    inbox_prefix: str = "_INBOX",
 ) -> NATS:
     """Connect to ``url``, check the server version, and reconnect forever afterwards.
 
@@ -252,6 +253,10 @@ async def connect(
     to ``connect_timeout`` seconds, then (or at once for bad credentials, a TLS failure or a
     URL that is not a NATS URL) it fails with :class:`ServerUnavailableError` or
     :class:`ConfigurationError`, naming the URL with its credentials masked and the reason.
+
+    Replies (to requests, JetStream API calls) come on subjects under ``inbox_prefix``: a
+    namespace's own prefix lets NATS permissions keep other namespaces' users from reading
+    them (docs/security.md#tenant-isolation).
     """
     check_nats_url(url)
     security = security or NatsSecurity()
@@ -282,6 +287,7 @@ async def connect(
         connect_timeout,
         errors,
         name=name,
+        inbox_prefix=inbox_prefix,
         error_cb=_on_error,
         disconnected_cb=_on_disconnect,
         reconnected_cb=_on_reconnect,

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from nats.aio.msg import Msg
     from nats.js import JetStreamContext
 
-    from stalwart.broker._names import Names
+    from stalwart.broker._names import EventSource, Names
 
 log = structlog.get_logger("stalwart.events")
 
@@ -185,14 +185,16 @@ class EventPublisher:
             run_id, jseq = pending
             log.warning("event.publish_failed", run_id=run_id, jseq=jseq, error=reply["error"])
 
-    async def publish(self, event: RunEvent, *, acked: bool = False) -> None:
+    async def publish(
+        self, event: RunEvent, *, acked: bool = False, source: EventSource = "sys"
+    ) -> None:
         """Queue ``event`` for its run's subject (see the class docstring).
 
         ``acked`` sends it now and waits until the stream has stored it: for events
         published by clients, which must be in the stream before the request they
         announce is published.
         """
-        subject = self._names.events_subject(event.run_id)
+        subject = self._names.events_subject(event.run_id, source)
         top = max(self._published_jseq.get(event.run_id, 0), event.jseq)
         # Subscribers can join the trace of the step or run that published the event.
         headers = inject_headers({JSEQ_HEADER: str(top)})
@@ -300,15 +302,15 @@ class EventPublisher:
 async def last_event(js: JetStreamContext, names: Names, run_id: str) -> RunEvent | None:
     """The run's newest stored event (one direct get), or None when it has none."""
     try:
-        msg = await js.get_msg(names.events_stream, subject=names.events_subject(run_id))
+        msg = await js.get_msg(names.events_stream, subject=names.run_events(run_id))
     except NotFoundError:
         return None
-    return read_event(msg.data, names.events_subject(run_id))
+    return read_event(msg.data, msg.subject or "")
 
 
 async def _last_stream_seq(js: JetStreamContext, names: Names, run_id: str) -> int:
     try:
-        msg = await js.get_msg(names.events_stream, subject=names.events_subject(run_id))
+        msg = await js.get_msg(names.events_stream, subject=names.run_events(run_id))
     except NotFoundError:
         return 0
     return int(msg.seq or 0)
@@ -321,7 +323,7 @@ async def stored_events(js: JetStreamContext, names: Names, run_id: str) -> Asyn
     stall, every request bounded by the client's timeout.
     """
     stop_at = await _last_stream_seq(js, names, run_id)
-    subject = names.events_subject(run_id)
+    subject = names.run_events(run_id)
     cursor = 1
     while 0 < cursor <= stop_at:
         try:
@@ -331,7 +333,7 @@ async def stored_events(js: JetStreamContext, names: Names, run_id: str) -> Asyn
         seq = int(msg.seq or 0)
         if seq == 0 or seq > stop_at:
             return
-        event = read_event(msg.data, subject)
+        event = read_event(msg.data, msg.subject or subject)
         if event is not None and event.run_id == run_id:
             yield event
         cursor = seq + 1
@@ -356,8 +358,13 @@ async def subscribe_events(
         async for stored in stored_events(js, names, run_id):
             yield stored
         return
+    # The stream named: else nats-py asks for every stream name of the account (a right
+    # least-privilege roles do not have, and other tenants' names).
     sub = await js.subscribe(
-        names.events_subject(run_id), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+        names.run_events(run_id),
+        stream=names.events_stream,
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.ALL,
     )
     try:
         async for msg in sub.messages:

@@ -19,6 +19,9 @@ passivated waiting for it; ``cancel``: a cancel found the run passivated.
 
 RESUME_CAUSES: tuple[ResumeCause, ...] = get_args(ResumeCause)
 
+EventSource = Literal["sys", "client"]
+"""Who published a run event: a worker or supervisor (``sys``) or a client (``client``)."""
+
 
 def submit_msg_id(run_id: str) -> str:
     """``Nats-Msg-Id`` of a run's own submission: the bare run id.
@@ -89,6 +92,15 @@ class Names:
         """KV bucket of agent names that some worker serves."""
         return f"{self._upper}_AGENTS"
 
+    @property
+    def inbox_prefix(self) -> str:
+        """Prefix of the reply subjects of the namespace's processes: ``_INBOX_<ns>``.
+
+        Per namespace, so NATS permissions can let each namespace's users read only their
+        own replies (``_INBOX_<ns>.>``).
+        """
+        return f"_INBOX_{self.namespace}"
+
     def runs_subject(self, agent: str) -> str:
         """Subject that run requests for ``agent`` are published to."""
         return f"{self.namespace}.runs.{agent}"
@@ -98,9 +110,23 @@ class Names:
         """Subjects captured by the runs stream."""
         return f"{self.namespace}.runs.>"
 
-    def events_subject(self, run_id: str) -> str:
-        """Subject of one run's events."""
-        return f"{self.namespace}.events.{run_id}"
+    def events_subject(self, run_id: str, source: EventSource = "sys") -> str:
+        """Subject of one run's events from ``source``: ``<ns>.events.<run_id>.<source>``.
+
+        Workers and supervisors publish on ``sys``, clients their announcements on
+        ``client``, so NATS permissions can keep clients off the subjects of the events
+        only workers publish (docs/security.md#least-privilege-roles), and readers skip an
+        event of another type on ``client`` (:func:`stalwart.messages.read_event`).
+        """
+        return f"{self.namespace}.events.{run_id}.{source}"
+
+    def run_events(self, run_id: str) -> str:
+        """Filter subject of all of one run's events, whoever published them."""
+        return f"{self.namespace}.events.{run_id}.*"
+
+    def events_from(self, source: EventSource) -> str:
+        """Subjects of every run's events from ``source`` (for permissions)."""
+        return f"{self.namespace}.events.*.{source}"
 
     @property
     def events_wildcard(self) -> str:

@@ -1,10 +1,11 @@
-"""Idempotent creation of the streams, KV buckets and consumers Stalwart uses."""
+"""Looking up (and, where allowed, creating) the streams, KV buckets and consumers Stalwart uses."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 import structlog
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
@@ -14,9 +15,13 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
+
+from stalwart.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from nats.js import JetStreamContext
 
     from stalwart.broker._names import Names
@@ -36,57 +41,48 @@ _EXISTS_DIFFERENTLY = 10058
 _LIMIT_FIELDS = ("max_msgs", "max_bytes", "max_msg_size")
 
 
-async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+PROVISION_HINT = (
+    "run `stalwart provision` with admin rights (docs/security.md#least-privilege-roles)"
+)
+
+
+def _no_answer(what: str, names: Names) -> ConfigurationError:
+    # nats-server drops a request its user may not publish (it logs a permissions
+    # violation and tells the client asynchronously), so the only answer is a timeout.
+    return ConfigurationError(
+        f"NATS did not answer the request to {what} (namespace {names.namespace!r}): this NATS "
+        "user is probably not allowed to (a permissions violation gets no reply). Check its "
+        f"permissions for the namespace, or {PROVISION_HINT}"
+    )
+
+
+def _missing(what: str, names: Names) -> ConfigurationError:
+    return ConfigurationError(
+        f"{what} of namespace {names.namespace!r} does not exist and this process does not "
+        f"create it (STALWART_PROVISION=off): {PROVISION_HINT}"
+    )
+
+
+async def lookup_stream(js: JetStreamContext, name: str, names: Names) -> StreamConfig | None:
+    """The config of stream ``name``, or None when it does not exist."""
     try:
-        await js.add_stream(config)
-    except BadRequestError as exc:
-        if exc.err_code != _EXISTS_DIFFERENTLY:
-            raise
-        # Another process (or an operator) configured it differently, e.g. another
-        # max_age. Every process starting would otherwise fight over the config: keep it,
-        # except for limits it does not have at all, which are added (see _add_limits).
-        await _add_limits(js, config)
+        return (await js.stream_info(name)).config
+    except NotFoundError:
+        return None
+    except NatsTimeoutError:
+        raise _no_answer(f"look up stream {name}", names) from None
 
 
-async def _add_limits(js: JetStreamContext, wanted: StreamConfig) -> None:
-    """Give an existing stream the limits it lacks and ``wanted``'s discard policy.
-
-    Limits someone set (another value than unlimited) are kept; so is everything else.
-    A server that refuses the update leaves the stream as it was: logged, never fatal.
-    """
-    assert wanted.name is not None
-    current = (await js.stream_info(wanted.name)).config
-    changes: dict[str, object] = {}
-    for field in _LIMIT_FIELDS:
-        have, want = getattr(current, field), getattr(wanted, field)
-        if (have is None or have < 0) and want is not None and want >= 0:
-            changes[field] = want
-    if changes and current.discard != wanted.discard:
-        changes["discard"] = wanted.discard  # a new limit must not drop stored requests
-    if not changes:
-        log.info("stream.exists_with_other_config", stream=wanted.name, kept=True)
-        return
+async def _create(what: str, names: Names, call: Awaitable[object]) -> None:
     try:
-        await js.update_stream(current.evolve(**changes))
-    except Exception as exc:
-        log.warning("stream.limits_not_updated", stream=wanted.name, error=repr(exc))
-        return
-    log.info("stream.limits_updated", stream=wanted.name, **{k: str(v) for k, v in changes.items()})
+        await call
+    except NatsTimeoutError:
+        raise _no_answer(f"create {what}", names) from None
 
 
-async def _ensure_kv(js: JetStreamContext, config: KeyValueConfig) -> None:
-    try:
-        await js.create_key_value(config)
-    except BadRequestError as exc:
-        if exc.err_code != _EXISTS_DIFFERENTLY:
-            raise
-        log.info("bucket.exists_with_other_config", bucket=config.bucket)
-
-
-async def ensure_topology(js: JetStreamContext, names: Names, settings: Settings) -> None:
-    """Create (or update) every stream and bucket; safe to call from every process at start."""
-    await _ensure_stream(
-        js,
+def stream_configs(names: Names, settings: Settings) -> list[StreamConfig]:
+    """The streams of a namespace, as ``settings`` want them."""
+    return [
         StreamConfig(
             name=names.runs_stream,
             subjects=[names.runs_wildcard],
@@ -100,9 +96,6 @@ async def ensure_topology(js: JetStreamContext, names: Names, settings: Settings
             max_bytes=settings.runs_max_bytes,
             max_msg_size=settings.request_max_bytes,
         ),
-    )
-    await _ensure_stream(
-        js,
         StreamConfig(
             name=names.events_stream,
             subjects=[names.events_wildcard, names.rejected_wildcard],
@@ -116,9 +109,12 @@ async def ensure_topology(js: JetStreamContext, names: Names, settings: Settings
             duplicate_window=settings.duplicate_window,
             allow_direct=True,
         ),
-    )
-    await _ensure_kv(
-        js,
+    ]
+
+
+def kv_configs(names: Names) -> list[KeyValueConfig]:
+    """The KV buckets of a namespace."""
+    return [
         KeyValueConfig(
             bucket=names.lease_bucket,
             history=1,
@@ -126,9 +122,6 @@ async def ensure_topology(js: JetStreamContext, names: Names, settings: Settings
             limit_marker_ttl=_MARKER_TTL,
             description="Stalwart run leases: key run.<run_id>, value owner worker id",
         ),
-    )
-    await _ensure_kv(
-        js,
         KeyValueConfig(
             bucket=names.workers_bucket,
             history=1,
@@ -136,38 +129,133 @@ async def ensure_topology(js: JetStreamContext, names: Names, settings: Settings
             limit_marker_ttl=_MARKER_TTL,
             description="Stalwart worker heartbeats",
         ),
-    )
-    await _ensure_kv(
-        js,
         KeyValueConfig(
             bucket=names.agents_bucket,
             history=1,
             storage=StorageType.FILE,
             description="Agent names served by Stalwart workers",
         ),
+    ]
+
+
+def consumer_config(names: Names, settings: Settings, agent: str) -> ConsumerConfig:
+    """The durable pull consumer all workers of ``agent`` share."""
+    return ConsumerConfig(
+        durable_name=names.consumer(agent),
+        filter_subject=names.runs_subject(agent),
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=settings.ack_wait,
+        max_deliver=settings.max_deliver,
+        max_ack_pending=-1,
     )
+
+
+async def _ensure_stream(
+    js: JetStreamContext, names: Names, config: StreamConfig, create: bool
+) -> None:
+    assert config.name is not None
+    current = await lookup_stream(js, config.name, names)
+    if current is not None:
+        if create:  # only a process allowed to create may also fill in missing limits
+            await _add_limits(js, current, config)
+        return
+    if not create:
+        raise _missing(f"stream {config.name}", names)
+    try:
+        await _create(f"stream {config.name}", names, js.add_stream(config))
+    except BadRequestError as exc:
+        if exc.err_code != _EXISTS_DIFFERENTLY:
+            raise
+        # Another process created it meanwhile, configured differently (e.g. another
+        # max_age). Keep it, except for limits it does not have at all (see _add_limits).
+        current = await lookup_stream(js, config.name, names)
+        if current is not None:
+            await _add_limits(js, current, config)
+
+
+def limit_changes(current: StreamConfig, wanted: StreamConfig) -> dict[str, object]:
+    """The limits ``current`` lacks that ``wanted`` sets (with ``wanted``'s discard policy)."""
+    changes: dict[str, object] = {}
+    for field in _LIMIT_FIELDS:
+        have, want = getattr(current, field), getattr(wanted, field)
+        if (have is None or have < 0) and want is not None and want >= 0:
+            changes[field] = want
+    if changes and current.discard != wanted.discard:
+        changes["discard"] = wanted.discard  # a new limit must not drop stored requests
+    return changes
+
+
+async def _add_limits(js: JetStreamContext, current: StreamConfig, wanted: StreamConfig) -> None:
+    """Give an existing stream the limits it lacks and ``wanted``'s discard policy.
+
+    Limits someone set (another value than unlimited) are kept; so is everything else.
+    A server that refuses the update leaves the stream as it was: logged, never fatal.
+    """
+    changes = limit_changes(current, wanted)
+    if not changes:
+        return
+    try:
+        await js.update_stream(current.evolve(**changes))
+    except Exception as exc:
+        log.warning("stream.limits_not_updated", stream=wanted.name, error=repr(exc))
+        return
+    log.info("stream.limits_updated", stream=wanted.name, **{k: str(v) for k, v in changes.items()})
+
+
+async def _ensure_kv(
+    js: JetStreamContext, names: Names, config: KeyValueConfig, create: bool
+) -> None:
+    stream = names.kv_stream(config.bucket)
+    if await lookup_stream(js, stream, names) is not None:
+        return
+    if not create:
+        raise _missing(f"KV bucket {config.bucket}", names)
+    try:
+        await _create(f"KV bucket {config.bucket}", names, js.create_key_value(config))
+    except BadRequestError as exc:
+        if exc.err_code != _EXISTS_DIFFERENTLY:
+            raise
+        log.info("bucket.exists_with_other_config", bucket=config.bucket)
+
+
+async def ensure_topology(js: JetStreamContext, names: Names, settings: Settings) -> None:
+    """Make sure every stream and bucket of the namespace exists; safe from every process.
+
+    Each is looked up first (a right every role has), so a process connecting to a
+    provisioned namespace creates nothing and needs no create rights. What is missing is
+    created when ``settings.provision`` is ``auto`` (the default), and is an error saying
+    to run ``stalwart provision`` when it is ``off``.
+    """
+    create = settings.provision == "auto"
+    for stream in stream_configs(names, settings):
+        await _ensure_stream(js, names, stream, create)
+    for kv in kv_configs(names):
+        await _ensure_kv(js, names, kv, create)
 
 
 async def ensure_agent_consumer(
     js: JetStreamContext, names: Names, settings: Settings, agent: str
 ) -> None:
-    """The durable pull consumer all workers of ``agent`` share (work queues allow just one)."""
+    """The durable pull consumer all workers of ``agent`` share (work queues allow just one).
+
+    Looked up first, like the streams (see :func:`ensure_topology`).
+    """
+    durable = names.consumer(agent)
     try:
-        await _add_consumer(js, names, settings, agent)
+        await js.consumer_info(names.runs_stream, durable)
+        return
+    except NotFoundError:
+        pass
+    except NatsTimeoutError:
+        raise _no_answer(f"look up consumer {durable}", names) from None
+    if settings.provision != "auto":
+        raise _missing(f"consumer {durable} (agent {agent!r})", names)
+    try:
+        await _create(f"consumer {durable}", names, _add_consumer(js, names, settings, agent))
     except BadRequestError as exc:
         # Exists with other settings (another worker's ack_wait): share it as it is.
         log.info("consumer.exists_with_other_config", agent=agent, error=exc.description)
 
 
 async def _add_consumer(js: JetStreamContext, names: Names, settings: Settings, agent: str) -> None:
-    await js.add_consumer(
-        names.runs_stream,
-        ConsumerConfig(
-            durable_name=names.consumer(agent),
-            filter_subject=names.runs_subject(agent),
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=settings.ack_wait,
-            max_deliver=settings.max_deliver,
-            max_ack_pending=-1,
-        ),
-    )
+    await js.add_consumer(names.runs_stream, consumer_config(names, settings, agent))
