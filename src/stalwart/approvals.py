@@ -162,7 +162,8 @@ def check_approval(
             what = field.removesuffix("_id")
             return _refused(
                 f"wrong_{'hash' if field == 'args_hash' else what}",
-                f"{how}: the answer is for {field} {got!r}, but the pending call {request.call_id!r} "
+                f"{how}: the answer is for {field} {repr(got)[:80]}, but the pending call "
+                f"{request.call_id!r} "
                 f"has {field} {want!r}; read the pending request again "
                 "(RunHandle.pending_approvals()) and approve what it shows",
             )
