@@ -327,7 +327,10 @@ async def nats_dump(client: Client, only: str = "") -> list[bytes]:
     buckets included."""
     js = client.broker.js
     out: list[bytes] = []
-    for info in await js.streams_info():
+    infos: list[Any] = []
+    while page := await js.streams_info(offset=len(infos)):  # the server pages the list (256)
+        infos += page
+    for info in infos:
         name, state = info.config.name, info.state
         if only not in name:
             continue
