@@ -44,7 +44,9 @@ if TYPE_CHECKING:
 SEALED_EXT = 83
 """msgpack extension type code of a sealed value (``S``)."""
 
-_EXT_HEADS = frozenset({0xC7, 0xC8, 0xC9})  # ext 8/16/32 (an envelope is never a fixext size)
+SEALED_HEADS = frozenset({0xC7, 0xC8, 0xC9})
+"""First bytes a sealed value can start with: msgpack ext 8/16/32 (an envelope is never a
+fixext size). A cheap test before :func:`sealed_blob` on hot paths."""
 
 
 # -- the process's codec ------------------------------------------------------------------------
@@ -124,7 +126,7 @@ def install_codec(settings: Settings) -> None:
 
 def sealed_blob(data: bytes) -> bytes | None:
     """The envelope inside a sealed value, or None when ``data`` is not one."""
-    if len(data) < 3 or data[0] not in _EXT_HEADS:
+    if len(data) < 3 or data[0] not in SEALED_HEADS:
         return None
     head = data[0]
     if head == 0xC7:

@@ -12,11 +12,11 @@ from typing import Any, Literal, TypeVar
 import msgspec
 
 from stalwart.checkpoints._codec import (
-    decrypt_blob,
+    SEALED_HEADS,
+    open_bytes,
     payload_codec,
     seal_bytes,
     seal_text,
-    sealed_blob,
 )
 from stalwart.errors import CorruptRecordError
 
@@ -206,16 +206,13 @@ def decode_value(raw: msgspec.Raw | bytes, type: Any = Any) -> Any:
     for raises :class:`~stalwart.errors.PayloadKeyError` naming the key id.
     """
     data = bytes(raw)
-    if data[:1] in _EXT_HEADS:
-        blob = sealed_blob(data)
-        if blob is not None:
-            data = decrypt_blob(blob)
+    if data and data[0] in SEALED_HEADS:  # most values are not sealed: test the head first
+        data = open_bytes(data)
     if type is Any:
         return _any_decoder.decode(data)
     return msgspec.msgpack.decode(data, type=type)
 
 
-_EXT_HEADS = (b"\xc7", b"\xc8", b"\xc9")
 _E = TypeVar("_E", bound=Entry)
 
 
