@@ -50,6 +50,7 @@ from stalwart._exit_codes import (
     error_message,
     exit_code_for,
 )
+from stalwart._health import HealthServer, connection_checks
 from stalwart._logging import configure_logging
 from stalwart.actors import Worker
 from stalwart.client import Client
@@ -139,6 +140,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         lease_ttl=getattr(args, "lease_ttl", None),
         concurrency=getattr(args, "concurrency", None),
         worker_id=getattr(args, "worker_id", None),
+        health_port=getattr(args, "health_port", None),
+        health_addr=getattr(args, "health_addr", None),
     )
 
 
@@ -152,33 +155,59 @@ async def _serve(settings: Settings, make: Callable[[Settings], Any]) -> None:
 
     async with embedded_if_needed(settings) as resolved:
         service = make(resolved)
-        stop = asyncio.Event()
+        health = await _start_health(resolved, service)
+        try:
+            await _run_service(service, health)
+        finally:
+            if health is not None:
+                await health.close()
 
-        def on_signal() -> None:
-            stop.set()
-            service.stop()
 
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal)
-        log.info("service.starting", service=type(service).__name__)
-        start = asyncio.create_task(service.start())
-        stopping = asyncio.create_task(stop.wait())
-        await asyncio.wait({start, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        if not start.done():
-            start.cancel()
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(start, 5.0)
-            # Whatever start() had opened before it was cancelled.
-            for opened in (getattr(service, "broker", None), getattr(service, "store", None)):
-                if opened is not None:
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(opened.close(), 5.0)
-            log.info("service.stopped_during_startup")
-            return
-        start.result()  # start-up errors (ServerUnavailableError, ...) are the caller's
-        await service.run()
+async def _run_service(service: Any, health: HealthServer | None) -> None:
+    stop = asyncio.Event()
+
+    def on_signal() -> None:
+        stop.set()
+        if health is not None:
+            health.set_draining()  # before the service stops fetching: no new traffic
+        service.stop()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    log.info("service.starting", service=type(service).__name__)
+    start = asyncio.create_task(service.start())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({start, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not start.done():
+        start.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(start, 5.0)
+        # Whatever start() had opened before it was cancelled.
+        for opened in (getattr(service, "broker", None), getattr(service, "store", None)):
+            if opened is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(opened.close(), 5.0)
+        log.info("service.stopped_during_startup")
+        return
+    start.result()  # start-up errors (ServerUnavailableError, ...) are the caller's
+    if health is not None:
+        health.set_started()
+    await service.run()
+
+
+async def _start_health(settings: Settings, service: Any) -> HealthServer | None:
+    """The health endpoints of ``service`` when ``health_port`` is set, listening already.
+
+    Started before the service connects, so ``/livez`` answers during a long start-up
+    (connecting to a NATS that is still electing a leader) and the process is not killed.
+    """
+    if not settings.health_port:
+        return None
+    health = HealthServer(connection_checks(service), timeout=settings.health_timeout)
+    await health.start(settings.health_addr, settings.health_port)
+    return health
 
 
 async def _client_call(
@@ -242,6 +271,14 @@ def _parser() -> argparse.ArgumentParser:
         )
         service.add_argument(
             "--metrics-addr", help="address of the metrics endpoint (default 127.0.0.1)"
+        )
+        service.add_argument(
+            "--health-port",
+            type=_port,
+            help="serve /livez and /readyz on this port (env STALWART_HEALTH_PORT; 0: off)",
+        )
+        service.add_argument(
+            "--health-addr", help="address of the health endpoints (default 0.0.0.0)"
         )
 
     s = sub.add_parser("submit", parents=[common], help="start a run")

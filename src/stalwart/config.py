@@ -57,6 +57,9 @@ FIELD_ROLES: dict[str, frozenset[Role]] = {
     "breaker_threshold": _WORKER,
     "breaker_cooldown": _WORKER,
     "worker_id": _WORKER,
+    "health_port": _SERVICES,
+    "health_addr": _SERVICES,
+    "health_timeout": _SERVICES,
     "connect_timeout": _ALL,
     "lease_margin": _WORKER,
     "lease_confirm_retry": _WORKER,
@@ -130,6 +133,8 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "breaker_threshold": (lambda v: v >= 1, "a whole number >= 1"),
     "breaker_cooldown": (lambda v: v >= 0, _NON_NEGATIVE),
     "connect_timeout": (lambda v: v > 0, _POSITIVE),
+    "health_port": (lambda v: 0 <= v <= 65535, "a port 0-65535 (0: off)"),
+    "health_timeout": (lambda v: v > 0, _POSITIVE),
     "lease_margin": (lambda v: v >= 0, _NON_NEGATIVE + ", below lease_ttl (0: half of it)"),
     "lease_confirm_retry": (lambda v: v > 0, _POSITIVE),
     "max_nesting": (lambda v: v >= 1, "a whole number >= 1"),
@@ -227,6 +232,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """How long an open circuit fails fast before letting one trial call through."""
     worker_id: str = ""
     """Identity of this worker in leases and the journal; generated when empty."""
+    # -- health endpoints for orchestrators' probes (src/stalwart/_health.py)
+    health_port: int = 0
+    """Port of the ``/livez`` and ``/readyz`` endpoints of ``stalwart worker`` and
+    ``stalwart supervisor`` (0: off). ``/livez``: the event loop answers. ``/readyz``:
+    started, not draining, NATS connected with JetStream answering, Redis answering PING."""
+    health_addr: str = "0.0.0.0"
+    """Address the health endpoints listen on. All interfaces by default, unlike metrics:
+    the only callers are probes from outside the process (the kubelet dials the pod's IP),
+    and the answers say no more than ready or not and which server is unreachable."""
+    health_timeout: float = 2.0
+    """How long each ``/readyz`` check (NATS, Redis) may take before it counts as failed.
+    Keep the probe's own timeout (``timeoutSeconds``) above it."""
     # -- freezes, slow servers and graceful drain
     lease_margin: float = 0.0
     """Seconds of a lease's TTL a worker never counts on (0: half of ``lease_ttl``).
