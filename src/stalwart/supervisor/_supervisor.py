@@ -31,6 +31,7 @@ from stalwart.messages import (
 )
 from stalwart.supervisor import _telemetry as obs
 from stalwart.supervisor._advisories import Refused, verify_advisory
+from stalwart.supervisor._pending import pending_by_agent
 from stalwart.supervisor._unserved import reject_unserved
 
 if TYPE_CHECKING:
@@ -100,6 +101,8 @@ class Supervisor:
         """Max-deliveries advisories that did not check out (forged or stale)."""
         self.unserved_rejected = 0
         """Requests rejected because no consumer served their agent (``unserved_after``)."""
+        self.pending_requests: dict[str, int] = {}
+        """Run requests waiting per agent as of the last pass led here (see :mod:`._pending`)."""
         self.is_leader = False
         self._lease: Lease | None = None
         self._election: LeaseManager | None = None
@@ -186,7 +189,7 @@ class Supervisor:
             self._last_reconcile = time.monotonic()
             # Independent: a pass that fails (a resume the full runs stream refuses) must
             # not keep unserved requests, which take room in that stream, from going.
-            for step in (self.reconcile, self.reject_unserved):
+            for step in (self.reconcile, self.reject_unserved, self.read_pending):
                 try:
                     await step()
                 except Exception as exc:
@@ -198,6 +201,12 @@ class Supervisor:
         count = await reject_unserved(self.broker, self.store, self.settings.unserved_after)
         self.unserved_rejected += count
         return count
+
+    async def read_pending(self) -> dict[str, int]:
+        """Read the run requests waiting per agent (the ``stalwart.requests.pending`` gauge)."""
+        assert self.broker is not None
+        self.pending_requests = await pending_by_agent(self.broker)
+        return self.pending_requests
 
     async def _elect(self) -> None:
         assert self._election is not None

@@ -32,6 +32,8 @@ class _Supervisor(Protocol):
     def supervisor_id(self) -> str: ...
     @property
     def is_leader(self) -> bool: ...
+    @property
+    def pending_requests(self) -> dict[str, int]: ...
 
 
 def watch_supervisor(supervisor: _Supervisor) -> None:
@@ -40,7 +42,10 @@ def watch_supervisor(supervisor: _Supervisor) -> None:
 
     def snapshot() -> tm.SupervisorSnapshot | None:
         s = ref()
-        return None if s is None else tm.SupervisorSnapshot(s.supervisor_id, s.is_leader)
+        if s is None:
+            return None
+        pending = dict(s.pending_requests) if s.is_leader else {}
+        return tm.SupervisorSnapshot(s.supervisor_id, s.is_leader, pending)
 
     tm.watch_supervisor(snapshot)
 

@@ -215,6 +215,22 @@ def _leader(_: CallbackOptions) -> Iterable[Observation]:
         yield Observation(1 if sup.leader else 0, {"supervisor": sup.supervisor_id})
 
 
+def _pending_requests(_: CallbackOptions) -> Iterable[Observation]:
+    # Only the leader reads the consumers: one series per agent across all supervisors, so
+    # an HPA summing the metric does not count a standby's stale copy.
+    for sup in _supervisor_snapshots():
+        if sup.leader:
+            for agent, pending in sorted(sup.pending.items()):
+                yield Observation(pending, {"agent": agent})
+
+
+_meter.create_observable_gauge(
+    "stalwart.requests.pending",
+    callbacks=[_pending_requests],
+    unit="{request}",
+    description="Run requests waiting for a worker per agent (num_pending + num_ack_pending of "
+    "the agent's consumer), as of the leading supervisor's last pass; for autoscaling",
+)
 _meter.create_observable_gauge(
     "stalwart.runs.active",
     callbacks=[_active_runs],

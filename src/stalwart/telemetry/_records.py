@@ -161,3 +161,6 @@ class SupervisorSnapshot(msgspec.Struct, frozen=True):
 
     supervisor_id: str
     leader: bool
+    pending: dict[str, int] = msgspec.field(default_factory=dict)
+    """Run requests waiting per agent (``num_pending + num_ack_pending`` of its consumer),
+    as of the leader's last pass; empty on a standby, so the gauge is reported once."""
