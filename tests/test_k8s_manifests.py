@@ -228,6 +228,12 @@ def test_probes_and_ports_match_the_settings(target: str) -> None:
         # The probe must wait longer than the checks inside /readyz may take.
         assert c["readinessProbe"]["timeoutSeconds"] > float(env["STALWART_HEALTH_TIMEOUT"])
         assert port_number(c, "metrics") == metrics
+        # $(VAR) in args is expanded from the container's environment; an unknown one stays
+        # literally "$(VAR)" and the worker would try to import it.
+        for var in re.findall(r"\$\((\w+)\)", " ".join(c.get("args", []))):
+            assert var in env, f"{c['name']}: args use $({var}), which nothing sets"
+        if component(deployment) == "worker":
+            assert c["args"][0] == "worker" and ":" in env["AGENT_APP"]
         annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
         assert annotations.get("prometheus.io/port") == str(metrics)
 
