@@ -114,6 +114,22 @@ async def test_a_check_that_hangs_fails_within_the_timeout() -> None:
         await health.close()
 
 
+async def test_a_failing_check_is_named_without_the_password_of_a_url() -> None:
+    async def refused() -> None:
+        raise ConnectionError("cannot reach redis://:hunter2@redis.internal:6379/0")
+
+    health = HealthServer({"redis": refused})
+    health.set_started()
+    port = await health.start("127.0.0.1", 0)
+    try:
+        status, body = await get(port, "/readyz")
+        assert status == 503
+        assert "redis.internal" in body["checks"]["redis"]
+        assert "hunter2" not in json.dumps(body)
+    finally:
+        await health.close()
+
+
 async def test_a_port_in_use_is_a_configuration_error() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

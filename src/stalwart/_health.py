@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
+from stalwart._secrets import mask_urls
+from stalwart._text import safe_text
 from stalwart.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -48,8 +50,13 @@ _MAX_REQUEST = 8192
 """Bytes of request line and headers read at most; a probe sends a few hundred."""
 _READ_TIMEOUT = 5.0
 """Seconds a client may take to send its request before the connection is dropped."""
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
-_REASONS[503] = "Service Unavailable"
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    503: "Service Unavailable",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +198,8 @@ class HealthServer:
         except TimeoutError:
             return CheckResult(name, f"no answer within {self.timeout:g}s")
         except Exception as exc:
-            return CheckResult(name, str(exc) or type(exc).__name__)
+            # The body is for whoever can reach the port: no password of a URL in it.
+            return CheckResult(name, mask_urls(safe_text(exc)) or type(exc).__name__)
         log.debug("health.check", check=name, seconds=round(time.monotonic() - began, 4))
         return CheckResult(name)
 
