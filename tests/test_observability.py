@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import redis.asyncio as aioredis
@@ -634,6 +634,7 @@ def test_the_gauges_read_snapshots_while_their_owner_lives() -> None:
     class Supervisor:
         supervisor_id = "gauge-s"
         is_leader = True
+        pending_requests: ClassVar[dict[str, int]] = {"gauge-agent": 3}
 
     worker, sup = Worker(), Supervisor()
     actor_telemetry.watch_worker(worker)
@@ -646,6 +647,7 @@ def test_the_gauges_read_snapshots_while_their_owner_lives() -> None:
     assert workers["gauge-w"] == telemetry.WorkerSnapshot("gauge-w", 2, {"tool:x": "open"})
     sups = {s.supervisor_id: s for s in _metrics._supervisor_snapshots()}
     assert sups["gauge-s"].leader is True
+    assert sups["gauge-s"].pending == {"gauge-agent": 3}
     assert _metrics._run_status["gauge-s"] == {"r1": "waiting"}
     del worker, sup
     gc.collect()
