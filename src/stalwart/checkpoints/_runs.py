@@ -31,14 +31,32 @@ POISONED_ERROR = "PlacementLimitExceeded"
 
 
 @dataclass(frozen=True, slots=True)
+class LeasePosition:
+    """Where a lease stands: its bucket's ``generation`` and its ``revision`` in that bucket.
+
+    Claims are ordered by it (generation first): see ``_scripts.CLAIM``. ``generation`` 0
+    is a record's position before any claim recorded one.
+    """
+
+    generation: int
+    revision: int
+
+    def __post_init__(self) -> None:
+        if self.generation < 0 or self.revision < 0:
+            raise ValueError(f"a lease position is never negative (got {self})")
+
+
+@dataclass(frozen=True, slots=True)
 class Claim:
     """Outcome of :meth:`CheckpointStore.claim`.
 
-    ``outcome`` is ``ok`` (this epoch now owns the run; ``seq`` is the Started entry),
-    ``terminal`` (the run already ended with ``status``), ``stale`` (a newer epoch owns it),
-    ``wrong_agent`` (the run belongs to agent ``status``), ``missing`` (a resume of a run
-    that does not exist) or ``poisoned`` (the run failed here with ``PlacementLimitExceeded``;
-    ``seq`` is its Finished entry, ``status`` the error message).
+    ``outcome`` is ``ok`` (the run is now owned by ``epoch``, assigned by the claim, which
+    fences every later write; ``seq`` is the Started entry), ``terminal`` (the run already
+    ended with ``status``), ``stale`` (the record holds a newer lease position,
+    ``position``, owned by ``epoch``), ``wrong_agent`` (the run belongs to agent
+    ``status``), ``missing`` (a resume of a run that does not exist) or ``poisoned`` (the
+    run failed here with ``PlacementLimitExceeded``; ``seq`` is its Finished entry,
+    ``status`` the error message).
     """
 
     outcome: Literal["ok", "terminal", "stale", "wrong_agent", "missing", "poisoned"]
@@ -50,6 +68,9 @@ class Claim:
     deadline: float = 0.0
     at: float = 0.0
     """When the claim was made (the ``Started`` entry's time)."""
+    epoch: int = 0
+    position: LeasePosition | None = None
+    """For ``stale``: the lease position the record holds (None from an older script)."""
 
 
 def unplaced_end(now: float, status: RunStatus, error_type: str, reason: str) -> bytes:
@@ -92,15 +113,21 @@ def claim_entries(epoch: int, worker: str, now: float, poison: str) -> tuple[byt
     )
 
 
-def read_claim(reply: list[bytes], now: float, poison: str) -> Claim:
-    """The CLAIM script's reply as a :class:`Claim`."""
+def read_claim(reply: list[bytes], now: float, poison: str, epoch: int = 0) -> Claim:
+    """The CLAIM script's reply as a :class:`Claim` (``epoch``: the one the claim asked for,
+    used when an ``ok`` reply does not name it)."""
     outcome = reply[0].decode()
     if outcome in ("terminal", "wrong_agent"):
         return Claim(outcome, status=reply[1].decode())  # type: ignore[arg-type]
-    if outcome in ("stale", "missing"):
-        return Claim(outcome)  # type: ignore[arg-type]
+    if outcome == "missing":
+        return Claim("missing")
+    if outcome == "stale":
+        position = None
+        if len(reply) >= 4:
+            position = LeasePosition(int(reply[2] or 0), int(reply[3] or 0))
+        return Claim("stale", epoch=int(reply[1] or 0), position=position)
     if outcome == "poisoned":
-        return Claim("poisoned", seq=int(reply[1]), status=poison, at=now)
+        return Claim("poisoned", seq=int(reply[1]), status=poison, at=now, epoch=epoch)
     return Claim(
         "ok",
         seq=int(reply[1]),
@@ -109,6 +136,7 @@ def read_claim(reply: list[bytes], now: float, poison: str) -> Claim:
         trace=reply[4].decode(),
         deadline=float(reply[5] or 0.0),
         at=now,
+        epoch=int(reply[6]) if len(reply) > 6 else epoch,
     )
 
 
