@@ -7,7 +7,11 @@ import uuid
 from typing import TYPE_CHECKING
 
 import pytest
+import structlog
 
+from stalwart import Settings
+from stalwart.actors._generation import LeaseGenerations
+from stalwart.broker import Broker
 from stalwart.checkpoints import CheckpointStore, Started, encode_value
 from stalwart.checkpoints._generations import generation_of, newest_generation, renumber
 from stalwart.errors import LeaseLost
@@ -127,3 +131,45 @@ async def test_generations_number_identities_in_order_of_first_sight(
     assert await newest_generation(r, ns) == 3
     with pytest.raises(ValueError, match="not a lease bucket identity"):
         await generation_of(r, ns, "")
+
+
+async def test_worker_generation_follows_a_rewound_bucket(
+    servers: Servers, namespace: str, store: CheckpointStore
+) -> None:
+    settings = Settings(nats_url=servers.nats_url, redis_url=servers.redis_url, namespace=namespace)
+    broker = await Broker.connect(settings, owner="w")
+    try:
+        gens = LeaseGenerations(broker, store, structlog.get_logger("test"))
+        first = await gens.current()
+        assert first >= 1 and await gens.current() == first  # read once
+
+        # A record claimed at a revision this bucket never reached: the bucket was restored
+        # from a backup older than the record.
+        rid = await _run(store)
+        await store.claim(
+            rid, agent="fast", input=encode_value(1), revision=10**6, generation=first, worker="a"
+        )
+        lease = await broker.leases.acquire(rid)
+        assert lease is not None
+        refused = await store.claim(
+            rid, agent="fast", input=encode_value(1), revision=lease.revision,
+            generation=first, worker="b",
+        )  # fmt: skip
+        assert refused.outcome == "stale"
+        newer = await gens.after_stale(first, refused)
+        assert newer is not None and newer > first and gens.generation == newer
+        placed = await store.claim(
+            rid, agent="fast", input=encode_value(1), revision=lease.revision,
+            generation=newer, worker="b",
+        )  # fmt: skip
+        assert (placed.outcome, placed.epoch) == ("ok", 10**6 + 1)
+
+        # A late claim (the record's revision is one this bucket has reached) stays refused.
+        late = await store.claim(
+            rid, agent="fast", input=encode_value(1), revision=lease.revision,
+            generation=newer, worker="c",
+        )  # fmt: skip
+        assert late.outcome == "stale"
+        assert await gens.after_stale(newer, late) is None
+    finally:
+        await broker.close()
