@@ -50,7 +50,7 @@ async def test_store_claim_append_fencing_and_finish(store: CheckpointStore) -> 
     rid = uuid.uuid4().hex
     await store.create_run(rid, "fast", encode_value(5))
 
-    claim = await store.claim(rid, agent="fast", input=encode_value(5), revision=5, worker="w1")
+    claim = await store.claim(rid, agent="fast", input=encode_value(5), epoch=5, worker="w1")
     assert claim.outcome == "ok"
     assert claim.seq == 1
     assert decode_value(claim.input) == 5
@@ -58,7 +58,7 @@ async def test_store_claim_append_fencing_and_finish(store: CheckpointStore) -> 
     rec = await store.get_run(rid)
     assert rec is not None and (rec.status, rec.epoch, rec.worker) == ("running", 5, "w1")
 
-    stale = await store.claim(rid, agent="fast", input=encode_value(5), revision=3, worker="w2")
+    stale = await store.claim(rid, agent="fast", input=encode_value(5), epoch=3, worker="w2")
     assert stale.outcome == "stale"
     rec = await store.get_run(rid)
     assert rec is not None and (rec.epoch, rec.worker) == (5, "w1")
@@ -94,7 +94,7 @@ async def test_store_claim_append_fencing_and_finish(store: CheckpointStore) -> 
     assert rid not in await store.active_runs()
     assert (await store.read_journal(rid))[-1].entry == fin
 
-    after = await store.claim(rid, agent="fast", input=encode_value(5), revision=9, worker="w2")
+    after = await store.claim(rid, agent="fast", input=encode_value(5), epoch=9, worker="w2")
     assert after.outcome == "terminal"
     assert after.status == "completed"
     assert len(await store.read_journal(rid)) == 4
@@ -104,9 +104,9 @@ async def test_store_claim_append_fencing_and_finish(store: CheckpointStore) -> 
 async def test_store_claim_by_newer_epoch_resumes(store: CheckpointStore) -> None:
     rid = uuid.uuid4().hex
     await store.create_run(rid, "fast", encode_value(1))
-    await store.claim(rid, agent="fast", input=encode_value(1), revision=5, worker="w1")
+    await store.claim(rid, agent="fast", input=encode_value(1), epoch=5, worker="w1")
     await store.append(rid, 5, 2, step_done("step:q", 1))
-    claim = await store.claim(rid, agent="fast", input=encode_value(1), revision=8, worker="w2")
+    claim = await store.claim(rid, agent="fast", input=encode_value(1), epoch=8, worker="w2")
     assert claim.outcome == "ok" and claim.seq == 3
     journal = await store.read_journal(rid)
     resumed = journal[-1].entry
@@ -120,7 +120,7 @@ async def test_store_claim_by_newer_epoch_resumes(store: CheckpointStore) -> Non
 async def test_store_finish_with_stale_epoch_raises(store: CheckpointStore) -> None:
     rid = uuid.uuid4().hex
     await store.create_run(rid, "fast", encode_value(1))
-    await store.claim(rid, agent="fast", input=encode_value(1), revision=5, worker="w1")
+    await store.claim(rid, agent="fast", input=encode_value(1), epoch=5, worker="w1")
     with pytest.raises(LeaseLost):
         await store.finish(rid, 4, 2, Finished(status="completed", epoch=4, worker="w0", at=1.0))
     rec = await store.get_run(rid)
@@ -141,20 +141,20 @@ async def test_store_cancel_accepted_run_ends_it(store: CheckpointStore) -> None
     assert len(journal) == 1
     assert isinstance(journal[0].entry, Finished) and journal[0].entry.status == "cancelled"
     # A worker that fetches the request afterwards finds it terminal.
-    claim = await store.claim(rid, agent="fast", input=encode_value(1), revision=2, worker="w1")
+    claim = await store.claim(rid, agent="fast", input=encode_value(1), epoch=2, worker="w1")
     assert (claim.outcome, claim.status) == ("terminal", "cancelled")
 
 
 async def test_store_cancel_running_run_flags_next_append(store: CheckpointStore) -> None:
     rid = uuid.uuid4().hex
     await store.create_run(rid, "fast", encode_value(1))
-    await store.claim(rid, agent="fast", input=encode_value(1), revision=5, worker="w1")
+    await store.claim(rid, agent="fast", input=encode_value(1), epoch=5, worker="w1")
     assert await store.request_cancel(rid, "stop please") == "requested"
     rec = await store.get_run(rid)
     assert rec is not None and rec.status == "running" and rec.cancel == "stop please"
     assert await store.append(rid, 5, 2, step_done("step:q", 1)) == "stop please"
     # A new owner learns of the cancellation from its claim.
-    claim = await store.claim(rid, agent="fast", input=encode_value(1), revision=6, worker="w2")
+    claim = await store.claim(rid, agent="fast", input=encode_value(1), epoch=6, worker="w2")
     assert claim.outcome == "ok" and claim.cancel == "stop please"
 
 

@@ -156,7 +156,7 @@ async def test_append_future_fencing_and_resend_through_the_pipe(servers: Server
     try:
         rid = f"r-{uuid.uuid4().hex[:8]}"
         await store.create_run(rid, "a", encode_value(None))
-        claim = await store.claim(rid, agent="a", input=encode_value(None), revision=1, worker="w1")
+        claim = await store.claim(rid, agent="a", input=encode_value(None), epoch=1, worker="w1")
         assert claim.outcome == "ok" and claim.seq == 1
         entry = step_done("s", 2, epoch=1)
         assert await store.append_future(rid, 1, 2, entry) == ""
@@ -168,7 +168,7 @@ async def test_append_future_fencing_and_resend_through_the_pipe(servers: Server
         assert journal[1].entry == entry
         # A newer epoch fences the old owner out.
         assert (
-            await store.claim(rid, agent="a", input=encode_value(None), revision=2, worker="w2")
+            await store.claim(rid, agent="a", input=encode_value(None), epoch=2, worker="w2")
         ).outcome == "ok"
         with pytest.raises(LeaseLost, match="epoch 1 no longer owns"):
             await store.append_future(rid, 1, 4, step_done("t", 4, epoch=1))
@@ -185,7 +185,7 @@ async def test_append_future_survives_a_script_cache_flush(servers: Servers) -> 
     try:
         rid = f"r-{uuid.uuid4().hex[:8]}"
         await store.create_run(rid, "a", encode_value(None))
-        await store.claim(rid, agent="a", input=encode_value(None), revision=1, worker="w1")
+        await store.claim(rid, agent="a", input=encode_value(None), epoch=1, worker="w1")
         await store.redis.script_flush()
         assert await store.append_future(rid, 1, 2, step_done("s", 2, epoch=1)) == ""
         assert [je.seq for je in await store.read_journal(rid)] == [1, 2]
@@ -204,7 +204,7 @@ async def test_a_pipelined_append_lands_even_when_its_waiter_is_cancelled(
     try:
         rid = f"r-{uuid.uuid4().hex[:8]}"
         await store.create_run(rid, "a", encode_value(None))
-        await store.claim(rid, agent="a", input=encode_value(None), revision=1, worker="w1")
+        await store.claim(rid, agent="a", input=encode_value(None), epoch=1, worker="w1")
         fut = store.append_future(rid, 1, 2, step_done("s", 2, epoch=1))
         task = asyncio.create_task(_uncancellable(fut))
         await asyncio.sleep(0)  # the task now waits on the append

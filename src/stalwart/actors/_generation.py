@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from stalwart.broker._generation import lease_bucket_state
 from stalwart.checkpoints._generations import generation_of, renumber
+from stalwart.checkpoints._runs import LeasePosition
 
 if TYPE_CHECKING:
     import structlog
@@ -66,8 +67,8 @@ class LeaseGenerations:
         state = await self.refresh()
         if self.generation != used:
             return self.generation
-        pos = claim.position
-        if pos is None or pos.generation != used or pos.revision <= state.last_seq:
+        pos = LeasePosition.of_epoch(claim.epoch)
+        if pos.generation != used or pos.revision <= state.last_seq:
             return None
         generation = await renumber(self._store.redis, self._store.ns, state.identity, used)
         self._log.warning(

@@ -25,6 +25,7 @@ from stalwart.actors._placement import ActorDeps, Placement
 from stalwart.broker import Broker, WorkerInfo
 from stalwart.checkpoints import CheckpointStore, encode_value
 from stalwart.checkpoints._codec import install_codec
+from stalwart.checkpoints._runs import LeasePosition
 from stalwart.policies import Breakers
 
 if TYPE_CHECKING:
@@ -326,9 +327,9 @@ class Worker:
             req.run_id,
             agent=spec.name,
             input=encode_value(req.input),
-            revision=lease.revision,
-            generation=generation,
-            prior_epoch=req.epoch,
+            # The position of the lease (its revision at acquisition) in this bucket instance:
+            # a bare revision only compares with revisions of the same instance.
+            epoch=LeasePosition(generation, lease.epoch).epoch,
             worker=self.worker_id,
             trace=msgspec.json.encode(req.trace).decode() if req.trace else "",
             run_timeout=spec.policies.run_timeout or 0.0,

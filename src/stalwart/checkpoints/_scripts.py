@@ -35,18 +35,10 @@ redis.call('HSET', KEYS[1], 'run_id', ARGV[1], 'agent', ARGV[2], 'input', ARGV[3
 return false
 """
 
-# Placement: make a new epoch the run's owner, mark the run running, and journal who took it.
-# The claim is ordered by the claimant's lease position (generation, revision): generation
-# numbers the lease bucket instance (see _generations), revision is the lease's revision in
-# it. A claim not newer than the last accepted position is refused as stale: that is a late
-# claim by a worker whose lease expired and was taken over in the same bucket. A newer
-# bucket instance (a new NATS, a recreated or restored bucket) has a higher generation, so
-# its revisions may start anywhere. A record without a position (never placed, or written
-# before positions existed) takes any claim.
-# The epoch, the fencing token of every later write, is assigned here: one above the
-# record's and at least the lease revision (so a bucket keeps epochs unique across a Redis
-# that lost writes). The caller encodes its entries with the epoch it expects (ARGV[1]); a
-# mismatch answers {'epoch', <the right one>} and writes nothing, and the caller resends.
+# Placement: raise the record's epoch to the claimant's (only upwards), mark the run running,
+# and journal who took it. The epoch encodes the claimant's lease position, generation of the
+# lease bucket then revision (_runs.LeasePosition), so a stale epoch is a claim by an older
+# lease: a newer owner already claimed the run.
 # Refused: a run of another agent (a request on the wrong agent's subject must not run this
 # agent's code on that run's input) and a resume of a run that does not exist.
 # Placements in a row that journaled nothing after their Started entry are counted
@@ -54,39 +46,30 @@ return false
 # run fails here with poison_entry (an actor that dies on every placement, for ever).
 # ARGV: epoch, worker, now, run_id, agent, input, trace, started_entry, resumed_entry,
 #       run_timeout (seconds from creation; 0 for none), kind, max_placements (0: none),
-#       poison_entry, poison_error, generation, revision
+#       poison_entry, poison_error
 CLAIM = (
     _NEXT_SEQ
     + """
-local f = redis.call('HMGET', KEYS[1], 'status', 'epoch', 'cancel', 'agent', 'lease_gen',
-  'lease_rev', 'worker')
+local f = redis.call('HMGET', KEYS[1], 'status', 'epoch', 'cancel', 'agent')
 local status = f[1]
 if status and f[4] ~= ARGV[5] then return {'wrong_agent', f[4] or ''} end
 if terminal(status) then return {'terminal', status} end
 if not status and ARGV[11] == 'resume' then return {'missing'} end
 local current = tonumber(f[2] or '0')
-local gen, rev = tonumber(ARGV[15]), tonumber(ARGV[16])
-local rgen, rrev = tonumber(f[5] or '0'), tonumber(f[6] or '0')
-if status == 'running' and gen == rgen and rev == rrev and f[7] == ARGV[2] then
+if tonumber(ARGV[1]) == current and redis.call('HGET', KEYS[1], 'worker') == ARGV[2] then
   -- The same claim again (its reply was lost and the client resent it): same answer.
   local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
   local seq = top[1] and string.match(top[1][1], '^(%d+)') or '0'
   return {'ok', seq, f[3] or '', redis.call('HGET', KEYS[1], 'input') or '',
-    redis.call('HGET', KEYS[1], 'trace') or '', redis.call('HGET', KEYS[1], 'deadline') or '',
-    f[2]}
+    redis.call('HGET', KEYS[1], 'trace') or '', redis.call('HGET', KEYS[1], 'deadline') or ''}
 end
-if gen < rgen or (gen == rgen and rev <= rrev) then
-  return {'stale', f[2] or '0', f[5] or '0', f[6] or '0'}
-end
-local epoch = string.format('%d', math.max(current + 1, rev))
-if epoch ~= ARGV[1] then return {'epoch', epoch} end
+if tonumber(ARGV[1]) <= current then return {'stale', tostring(f[2])} end
 if not status then
   redis.call('HSET', KEYS[1], 'run_id', ARGV[4], 'agent', ARGV[5], 'input', ARGV[6],
     'created_at', ARGV[3], 'trace', ARGV[7])
 end
-redis.call('HSET', KEYS[1], 'status', 'running', 'epoch', epoch, 'worker', ARGV[2],
-  'updated_at', ARGV[3], 'waiting_for', '', 'wake_at', '0', 'lease_gen', ARGV[15],
-  'lease_rev', ARGV[16])
+redis.call('HSET', KEYS[1], 'status', 'running', 'epoch', ARGV[1], 'worker', ARGV[2],
+  'updated_at', ARGV[3], 'waiting_for', '', 'wake_at', '0')
 local deadline = redis.call('HGET', KEYS[1], 'deadline')
 if (not deadline or deadline == '') and tonumber(ARGV[10]) > 0 then
   local created = tonumber(redis.call('HGET', KEYS[1], 'created_at') or ARGV[3])
@@ -110,7 +93,7 @@ local entry = ARGV[8]
 if current > 0 then entry = ARGV[9] end
 redis.call('XADD', KEYS[2], seq .. '-0', 'd', entry)
 return {'ok', tostring(seq), f[3] or '', redis.call('HGET', KEYS[1], 'input') or '',
-  redis.call('HGET', KEYS[1], 'trace') or '', deadline or '', epoch}
+  redis.call('HGET', KEYS[1], 'trace') or '', deadline or ''}
 """
 )
 

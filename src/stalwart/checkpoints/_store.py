@@ -76,9 +76,6 @@ __all__ = [
 
 _log = structlog.get_logger("stalwart.checkpoints")
 
-_CLAIM_TRIES = 4
-"""Claims sent for one placement at most when the record's epoch keeps moving under it."""
-
 
 class CheckpointStore(RunControl):
     """Journal and run record of every run, in one Redis primary.
@@ -298,65 +295,42 @@ class CheckpointStore(RunControl):
         *,
         agent: str,
         input: msgspec.Raw,
-        revision: int,
+        epoch: int,
         worker: str,
-        generation: int = 1,
-        prior_epoch: int = 0,
         trace: str = "",
         run_timeout: float = 0.0,
         kind: str = "start",
         max_placements: int = 0,
     ) -> Claim:
-        """Make a new epoch the run's owner if the lease at ``(generation, revision)`` is
-        newer than the last one that claimed it (see ``_scripts.CLAIM``).
+        """Make ``epoch`` the run's owner if it is newer than the current one.
 
-        The epoch is assigned by the claim (``Claim.epoch``): the fencing token of every
-        later write of this placement. ``prior_epoch`` is the record's epoch as the caller
-        believes it (a resume request's lost epoch): right, it saves a round trip.
-        Refuses a run of another agent and a resume of an unknown run; fails the run when
-        this is its ``max_placements + 1``-th placement in a row without journal progress.
+        A worker's epoch is its lease's position, :attr:`LeasePosition.epoch`. Refuses a run
+        of another agent and a resume of an unknown run; fails the run when this is its
+        ``max_placements + 1``-th placement in a row without journal progress.
         """
-        if generation < 1 or revision < 1:
-            raise ValueError(
-                f"run {run_id!r}: a claim needs a lease generation and revision >= 1 "
-                f"(got generation {generation}, revision {revision})"
-            )
         now = time.time()
         poison = poison_error(run_id, max_placements)
-        epoch = max(prior_epoch + 1, revision)
-        for _ in range(_CLAIM_TRIES):
-            fresh, resumed, poisoned = claim_entries(epoch, worker, now, poison)
-            reply = await self._runner.call(
-                self._claim,
+        fresh, resumed, poisoned = claim_entries(epoch, worker, now, poison)
+        reply = await self._runner.call(
+            self._claim,
+            run_id,
+            [
+                epoch,
+                worker,
+                repr(now),
                 run_id,
-                [
-                    epoch,
-                    worker,
-                    repr(now),
-                    run_id,
-                    agent,
-                    seal_bytes(bytes(input)),
-                    trace,
-                    fresh,
-                    resumed,
-                    repr(run_timeout or 0.0),
-                    kind,
-                    max_placements,
-                    poisoned,
-                    poison,
-                    generation,
-                    revision,
-                ],
-            )
-            if reply[0] == b"epoch":
-                # The record's epoch was not the one expected: the entries name the epoch,
-                # so they are encoded again with the one the script assigns.
-                epoch = int(reply[1])
-                continue
-            break
-        else:
-            # Every try met a different epoch: other claims keep landing, all newer.
-            return Claim("stale")
+                agent,
+                seal_bytes(bytes(input)),
+                trace,
+                fresh,
+                resumed,
+                repr(run_timeout or 0.0),
+                kind,
+                max_placements,
+                poisoned,
+                poison,
+            ],
+        )
         claim = read_claim(reply, now, poison, epoch)
         if claim.outcome == "poisoned":
             await self.mark_inactive(run_id)
