@@ -26,6 +26,7 @@ import redis.asyncio as aioredis
 
 from stalwart import Client, Settings, Supervisor
 from stalwart.checkpoints import CheckpointStore, StepDone
+from stalwart.checkpoints._runs import LeasePosition
 from stalwart.testing import EmbeddedServers, NatsServer, StalwartProcess, worker_process
 from tests.conftest import ROOT, Servers
 from tests.helpers import eventually, exec_key, open_gate
@@ -185,8 +186,9 @@ async def test_new_nats_same_redis_replaces_running_runs_at_once(
         try:
             before = {r: await store.get_run(r) for r in run_ids}
             assert all(rec is not None and rec.status == "running" for rec in before.values())
-            # Above anything the new bucket's revisions start from.
-            assert min(rec.epoch for rec in before.values() if rec is not None) > 100
+            # Lease revisions above anything the new bucket's revisions start from.
+            old_positions = [LeasePosition.of_epoch(rec.epoch) for rec in before.values() if rec]
+            assert min(p.revision for p in old_positions) > 100
             await new._start_async()  # a fresh server: a new, empty lease bucket
             started = time.monotonic()
             b = _settings(new.url, servers.redis_url, namespace)
@@ -197,6 +199,9 @@ async def test_new_nats_same_redis_replaces_running_runs_at_once(
                 old_epoch = before[r].epoch  # type: ignore[union-attr]
                 assert record is not None and record.decode_result() == _RESULT
                 assert record.epoch > old_epoch
+                # Claimed from the new bucket: a newer generation, a lower revision.
+                now, then = LeasePosition.of_epoch(record.epoch), LeasePosition.of_epoch(old_epoch)
+                assert now.generation > then.generation and now.revision < then.revision
                 runs = await _executions(counters, r)
                 assert runs == dict.fromkeys(_STEPS, 1), (r, runs)
             print(
