@@ -264,8 +264,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """An ``accepted`` run older than this whose request is surely gone from the runs stream
     (the stream is younger than the run, or holds nothing for its agent: a new NATS, a
     recreated or purged stream, a submitter that died before publishing) has its request
-    published again by the supervisor (0: never). A duplicate is harmless: a request for a
-    run that is placed already is dropped."""
+    published again by the supervisor; so is the timer wake-up of a ``waiting`` run still
+    waiting this long after its timer fired (0: never). A duplicate is harmless: a request
+    for a run that is placed already is dropped."""
     runs_max_msgs: int = 1_000_000
     """Run requests the runs stream holds at most; when full, new requests are refused."""
     runs_max_bytes: int = -1

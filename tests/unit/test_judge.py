@@ -55,3 +55,12 @@ def test_judge_requeues_accepted_runs_after_the_bound() -> None:
     for status in ("running", "waiting"):
         other = msgspec.structs.replace(_record(status, epoch=3), created_at=100.0)
         assert judge(other, "w1", now=111.0, requeue_after=10.0).action == "none"
+
+
+def test_judge_rewakes_waiting_runs_long_past_their_timer() -> None:
+    rec = msgspec.structs.replace(_record("waiting", epoch=4), wake_at=100.0)
+    assert judge(rec, None, now=105.0, requeue_after=10.0).action == "none"
+    assert judge(rec, None, now=111.0, requeue_after=10.0) == Verdict("rewake", 4)
+    assert judge(rec, None, now=10_000.0).action == "none"  # 0: never
+    no_timer = _record("waiting", epoch=4)  # waits for a signal only
+    assert judge(no_timer, None, now=10_000.0, requeue_after=10.0).action == "none"

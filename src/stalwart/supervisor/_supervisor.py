@@ -42,13 +42,14 @@ if TYPE_CHECKING:
 log = structlog.get_logger("stalwart.supervisor")
 
 
-Action = Literal["none", "forget", "replace", "stuck", "requeue"]
+Action = Literal["none", "forget", "replace", "stuck", "requeue", "rewake"]
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """What to do about one run: nothing, forget it (it ended), re-place it, flag it stuck,
-    or publish its request again if it was lost (``requeue``)."""
+    publish its request again if it was lost (``requeue``), or its timer's wake-up
+    (``rewake``)."""
 
     action: Action
     epoch: int = 0
@@ -68,7 +69,8 @@ def judge(
     JetStream (their request is unacked and will be delivered again) until they are older
     than ``requeue_after`` (0: for ever): then ``requeue``, and the caller publishes their
     request again if it is surely gone from the runs stream. ``waiting`` runs are
-    passivated on purpose and woken by a signal or their timer.
+    passivated on purpose and woken by a signal or their timer; one still waiting
+    ``requeue_after`` past its timer lost its wake-up request (``rewake``).
     """
     if record is None or record.terminal:
         return Verdict("forget")
@@ -77,6 +79,9 @@ def judge(
         if requeue_after > 0 and now - record.created_at > requeue_after:
             return Verdict("requeue", record.epoch)
         return Verdict("none")
+    if record.status == "waiting":
+        overdue = record.wake_at > 0 and now - record.wake_at > requeue_after
+        return Verdict("rewake", record.epoch) if requeue_after > 0 and overdue else Verdict("none")
     if record.status != "running":
         return Verdict("none")
     if lease_holder is None:
@@ -288,6 +293,14 @@ class Supervisor:
         )
         if verdict.action == "requeue" and record is not None:
             return await self._requeue(record)
+        if verdict.action == "rewake" and record is not None:
+            # Same message id as the timer's own wake-up: dropped while that one is still
+            # in the stream's duplicate window, published when it was lost with its stream.
+            fresh = await self.broker.request_resume(run_id, record.agent, record.epoch, "timer")
+            if fresh:
+                self.requeued += 1
+                self.log.warning("run.rewoken", run_id=run_id, wake_at=record.wake_at)
+            return fresh
         if verdict.action == "forget":
             await self.store.mark_inactive(run_id)
             return False
