@@ -25,7 +25,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from stalwart import Client, Settings, Supervisor
-from stalwart.checkpoints import CheckpointStore, StepDone
+from stalwart.checkpoints import CheckpointStore, Started, StepDone, encode_value
 from stalwart.checkpoints._runs import LeasePosition
 from stalwart.testing import EmbeddedServers, NatsServer, StalwartProcess, worker_process
 from tests.conftest import ROOT, Servers
@@ -282,3 +282,38 @@ async def _running(store: CheckpointStore, run_ids: list[str], n: int) -> bool:
 
 
 pytestmark = pytest.mark.timeout(120)
+
+
+async def test_lost_requests_are_published_again_and_duplicates_dropped(
+    servers: Servers, namespace: str, counters: aioredis.Redis
+) -> None:
+    settings = _settings(servers.nats_url, servers.redis_url, namespace)
+    async with (
+        _supervising(settings) as sup,
+        _region(settings, servers.redis_url, "w") as (client, worker),
+    ):
+        # A run stored but never published (its submitter died in between): nothing queued.
+        orphan = f"or-{uuid.uuid4().hex[:8]}"
+        assert await client.store.create_run(orphan, "ten", encode_value({})) is None
+        # A placed run that gets a second request (a requeue racing its placement).
+        placed = f"pl-{uuid.uuid4().hex[:8]}"
+        await client.submit("ten", {"pause_after": 3}, run_id=placed)
+        await eventually(_paused_after_three(counters, [placed]), timeout=30)
+        assert await client.broker.request_resume(placed, "ten", 0, "resume")
+        await open_gate(counters, placed, "after")
+        for run_id in (orphan, placed):
+            assert await client.handle(run_id).result(timeout=30) == _RESULT
+        assert sup.requeued == 1  # the orphan only: the placed run had its request queued
+        for run_id in (orphan, placed):
+            journal = await client.store.read_journal(run_id)
+            starts = [je.entry.worker for je in journal if isinstance(je.entry, Started)]
+            assert starts == [worker.name], journal
+            assert await _executions(counters, run_id) == dict.fromkeys(_STEPS, 1)
+
+        async def queue_empty() -> bool:
+            info = await client.broker.js.stream_info(
+                client.broker.names.runs_stream, subjects_filter=client.broker.names.runs_wildcard
+            )
+            return not info.state.subjects
+
+        await eventually(queue_empty, timeout=10, message="the duplicate request stayed queued")
