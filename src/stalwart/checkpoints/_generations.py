@@ -26,8 +26,8 @@ _COUNTER = "#last"
 _NUMBER = """
 local n = redis.call('HGET', KEYS[1], ARGV[1])
 if n then return tonumber(n) end
-n = redis.call('HINCRBY', KEYS[1], '#last', 1)
-redis.call('HSET', KEYS[1], ARGV[1], n)
+n = tonumber(redis.call('HGET', KEYS[1], '#last') or '0') + 1
+redis.call('HSET', KEYS[1], '#last', n, ARGV[1], n)
 return n
 """
 
@@ -37,8 +37,8 @@ return n
 _RENUMBER = """
 local n = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
 if n ~= tonumber(ARGV[2]) then return n end
-n = redis.call('HINCRBY', KEYS[1], '#last', 1)
-redis.call('HSET', KEYS[1], ARGV[1], n)
+n = tonumber(redis.call('HGET', KEYS[1], '#last') or '0') + 1
+redis.call('HSET', KEYS[1], '#last', n, ARGV[1], n)
 return n
 """
 
@@ -56,7 +56,9 @@ def _check_identity(identity: str) -> None:
 async def generation_of(redis: aioredis.Redis, namespace: str, identity: str) -> int:
     """The generation of the lease bucket instance ``identity`` (numbered on first sight)."""
     _check_identity(identity)
-    reply = await redis.eval(_NUMBER, 1, generations_key(namespace), identity)
+    # A registered script (EVALSHA, loaded on first use): the worker's ACL role has no EVAL.
+    number = redis.register_script(_NUMBER)
+    reply = await number(keys=[generations_key(namespace)], args=[identity])
     return int(reply)
 
 
@@ -68,7 +70,8 @@ async def renumber(redis: aioredis.Redis, namespace: str, identity: str, stale: 
     be refused. Returns the identity's generation after the call.
     """
     _check_identity(identity)
-    reply = await redis.eval(_RENUMBER, 1, generations_key(namespace), identity, str(stale))
+    again = redis.register_script(_RENUMBER)
+    reply = await again(keys=[generations_key(namespace)], args=[identity, str(stale)])
     return int(reply)
 
 
