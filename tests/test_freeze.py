@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from stalwart import Client, Settings, Supervisor
 from stalwart.broker._lease import lease_fresh
 from stalwart.checkpoints import Started, StepDone
+from stalwart.checkpoints._runs import LeasePosition
 from stalwart.messages import RunRequest
 from stalwart.testing import NatsServer, RedisServer
 from tests.conftest import Servers, worker_pool
@@ -186,7 +187,8 @@ async def test_claim_slower_than_the_lease_ttl_keeps_the_run_on_its_worker(
         entries = await client.store.read_journal(run_id)
         started = [je.entry for je in entries if isinstance(je.entry, Started)]
         assert [(s.worker, s.resumed) for s in started] == [("a", False)], started
-        assert started[0].epoch == first
+        # The epoch is the lease's position: its revision at acquisition, in this bucket.
+        assert LeasePosition.of_epoch(started[0].epoch).revision == first
         for i in range(1, 11):
             assert await execs(counters, run_id, f"step:s{i}") == 1, f"step s{i} body ran again"
         assert supervisor.replaced == 0
@@ -223,7 +225,8 @@ async def test_a_placement_whose_lease_is_lost_during_the_claim_is_abandoned(
         await eventually(lambda: _logged(a, "place.lease_lost"), timeout=5)
         entries = await client.store.read_journal(run_id)
         epochs = {je.entry.epoch for je in entries if isinstance(je.entry, StepDone)}
-        assert len(epochs) == 1 and first not in epochs, "the abandoned placement ran steps"
+        revisions = {LeasePosition.of_epoch(e).revision for e in epochs}
+        assert len(epochs) == 1 and first not in revisions, "the abandoned placement ran steps"
         for i in range(1, 11):
             assert await execs(counters, run_id, f"step:s{i}") == 1, f"step s{i} body ran again"
 

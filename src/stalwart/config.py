@@ -68,6 +68,7 @@ FIELD_ROLES: dict[str, frozenset[Role]] = {
     "event_text_limit": _ALL,
     "max_placements": _WORKER,
     "unserved_after": _SUPERVISOR,
+    "requeue_after": _SUPERVISOR,
     # Stream limits are applied by whichever process creates or updates the topology.
     "runs_max_msgs": _ALL,
     "runs_max_bytes": _ALL,
@@ -141,6 +142,7 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "event_text_limit": (lambda v: v >= 256, "a whole number of characters >= 256"),
     "max_placements": (lambda v: v >= 0, "a whole number >= 0 (0: no limit)"),
     "unserved_after": (lambda v: v >= 0, _NON_NEGATIVE + " (0: never)"),
+    "requeue_after": (lambda v: v >= 0, _NON_NEGATIVE + " (0: never)"),
     "runs_max_msgs": (_stream_limit, _STREAM_LIMIT),
     "runs_max_bytes": (_stream_limit, _STREAM_LIMIT),
     "events_max_msgs": (_stream_limit, _STREAM_LIMIT),
@@ -275,6 +277,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     unserved_after: float = 300.0
     """A run request that no consumer serves (no worker ever served its agent) is rejected
     after waiting this long in the runs stream (0: never)."""
+    requeue_after: float = 10.0
+    """An ``accepted`` run older than this whose request is surely gone from the runs stream
+    (the stream is younger than the run, or holds nothing for its agent: a new NATS, a
+    recreated or purged stream, a submitter that died before publishing) has its request
+    published again by the supervisor; so is the timer wake-up of a ``waiting`` run still
+    waiting this long after its timer fired (0: never). A duplicate is harmless: a request
+    for a run that is placed already is dropped."""
     runs_max_msgs: int = 1_000_000
     """Run requests the runs stream holds at most; when full, new requests are refused."""
     runs_max_bytes: int = -1

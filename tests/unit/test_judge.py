@@ -44,3 +44,23 @@ def test_judge_flags_stuck_runs() -> None:
     assert judge(rec, None, now=200.0, stuck_after=60.0).action == "replace"
     waiting = msgspec.structs.replace(rec, status="waiting")
     assert judge(waiting, None).action == "none"
+
+
+def test_judge_requeues_accepted_runs_after_the_bound() -> None:
+    rec = msgspec.structs.replace(_record("accepted", epoch=0), created_at=100.0)
+    assert judge(rec, None, now=105.0, requeue_after=10.0).action == "none"
+    assert judge(rec, None, now=111.0, requeue_after=10.0) == Verdict("requeue", 0)
+    assert judge(rec, None, now=10_000.0).action == "none"  # 0: never
+    # Only accepted runs: a running or waiting run's request is not the one that got lost.
+    for status in ("running", "waiting"):
+        other = msgspec.structs.replace(_record(status, epoch=3), created_at=100.0)
+        assert judge(other, "w1", now=111.0, requeue_after=10.0).action == "none"
+
+
+def test_judge_rewakes_waiting_runs_long_past_their_timer() -> None:
+    rec = msgspec.structs.replace(_record("waiting", epoch=4), wake_at=100.0)
+    assert judge(rec, None, now=105.0, requeue_after=10.0).action == "none"
+    assert judge(rec, None, now=111.0, requeue_after=10.0) == Verdict("rewake", 4)
+    assert judge(rec, None, now=10_000.0).action == "none"  # 0: never
+    no_timer = _record("waiting", epoch=4)  # waits for a signal only
+    assert judge(no_timer, None, now=10_000.0, requeue_after=10.0).action == "none"

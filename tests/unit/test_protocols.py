@@ -167,8 +167,10 @@ def test_fence_check() -> None:
     ],
 )
 def test_read_claim(reply: list[bytes], outcome: str, seq: int, status: str) -> None:
-    claim = read_claim(reply, 1.0, "why")
+    claim = read_claim(reply, 1.0, "why", 4)
     assert (claim.outcome, claim.seq, claim.status) == (outcome, seq, status)
+    # ok: the epoch claimed with; stale: the record's.
+    assert claim.epoch == {"ok": 4, "stale": 9, "poisoned": 4}.get(outcome, 0)
 
 
 # -- what agent code sees -------------------------------------------------------------------

@@ -84,7 +84,7 @@ class RunActor:
         self.spec = p.spec
         self.run_id = p.run_id
         self.lease = p.lease
-        self.epoch = p.lease.epoch
+        self.epoch = p.epoch
         self.worker_id = deps.worker_id
         self.deadline = p.deadline
         self.trace_parent = p.trace_parent

@@ -23,6 +23,8 @@ class Placement:
     spec: AgentSpec
     run_id: str
     lease: Lease
+    epoch: int
+    """The run's epoch, assigned by the claim: the fencing token of every write."""
     claim_seq: int
     """The journal position of the ``Started`` entry the claim wrote."""
     input: bytes

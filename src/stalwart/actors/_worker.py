@@ -19,11 +19,13 @@ from stalwart._text import safe_text
 from stalwart._version import __version__
 from stalwart.actors import _telemetry as obs
 from stalwart.actors._actor import RunActor
+from stalwart.actors._generation import LeaseGenerations
 from stalwart.actors._intake import Intake
 from stalwart.actors._placement import ActorDeps, Placement
 from stalwart.broker import Broker, WorkerInfo
 from stalwart.checkpoints import CheckpointStore, encode_value
 from stalwart.checkpoints._codec import install_codec
+from stalwart.checkpoints._runs import LeasePosition
 from stalwart.policies import Breakers
 
 if TYPE_CHECKING:
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 
     from stalwart.actors._app import AgentSpec, App
     from stalwart.broker import Lease
+    from stalwart.checkpoints import Claim
     from stalwart.config import Settings
     from stalwart.messages import RunRequest
 
@@ -74,6 +77,7 @@ class Worker:
         self.breakers = Breakers(self.settings.breaker_threshold, self.settings.breaker_cooldown)
         self._tasks: list[asyncio.Task[None]] = []
         self._deps: ActorDeps | None = None
+        self._generations: LeaseGenerations | None = None
         self._intake: Intake  # once started: what happens to requests not hosted here
         self.log = log.bind(worker=self.worker_id)
 
@@ -271,19 +275,17 @@ class Worker:
     ) -> None:
         assert self.broker is not None and self.store is not None
         try:
-            claim = await self.store.claim(
-                req.run_id,
-                agent=spec.name,
-                input=encode_value(req.input),
-                epoch=lease.epoch,
-                worker=self.worker_id,
-                trace=msgspec.json.encode(req.trace).decode() if req.trace else "",
-                run_timeout=spec.policies.run_timeout or 0.0,
-                kind=req.kind,
-                max_placements=self.settings.max_placements,
-            )
+            generations = self._lease_generations()
+            generation = await generations.current()
+            claim = await self._claim(spec, req, lease, generation)
+            if claim.outcome == "stale":
+                # Refused: a late claim (another lease of this bucket claimed since), or this
+                # bucket is not the one the record knows (a new NATS, a restored bucket).
+                newer = await generations.after_stale(generation, claim)
+                if newer is not None:
+                    claim = await self._claim(spec, req, lease, newer)
         except Exception:
-            # The claim may or may not have landed: a later placement with a newer epoch
+            # The claim may or may not have landed: a later placement with a newer lease
             # claims over it either way. Hand back the lease and the request now, so the
             # run does not wait out the lease TTL and ack_wait.
             with contextlib.suppress(Exception):
@@ -298,7 +300,7 @@ class Worker:
             # The lease ran out or was taken while the claim was under way: this placement
             # must not start the run. Redeliver the request now; whoever places it next
             # claims over this epoch (or finds the new owner's lease and drops it).
-            self.log.warning("place.lease_lost", run_id=req.run_id, epoch=lease.epoch)
+            self.log.warning("place.lease_lost", run_id=req.run_id, epoch=claim.epoch)
             await msg.nak()
             return
         await msg.ack()
@@ -306,6 +308,7 @@ class Worker:
             spec=spec,
             run_id=req.run_id,
             lease=lease,
+            epoch=claim.epoch,
             claim_seq=claim.seq,
             input=claim.input,
             cancel=claim.cancel,
@@ -315,6 +318,30 @@ class Worker:
         )
         actor = RunActor(placement, self._actor_deps())
         self._host(actor)
+
+    async def _claim(
+        self, spec: AgentSpec, req: RunRequest, lease: Lease, generation: int
+    ) -> Claim:
+        assert self.store is not None
+        return await self.store.claim(
+            req.run_id,
+            agent=spec.name,
+            input=encode_value(req.input),
+            # The position of the lease (its revision at acquisition) in this bucket instance:
+            # a bare revision only compares with revisions of the same instance.
+            epoch=LeasePosition(generation, lease.epoch).epoch,
+            worker=self.worker_id,
+            trace=msgspec.json.encode(req.trace).decode() if req.trace else "",
+            run_timeout=spec.policies.run_timeout or 0.0,
+            kind=req.kind,
+            max_placements=self.settings.max_placements,
+        )
+
+    def _lease_generations(self) -> LeaseGenerations:
+        assert self.broker is not None and self.store is not None
+        if self._generations is None:
+            self._generations = LeaseGenerations(self.broker, self.store, self.log)
+        return self._generations
 
     def _actor_deps(self) -> ActorDeps:
         assert self.broker is not None and self.store is not None
@@ -364,12 +391,14 @@ class Worker:
         for lease in await obs.timed_renewal(self.broker.leases.renew(leases), len(leases)):
             if any(lease is p for p in self._placing_leases):
                 # Its placement sees ``lease.lost`` once the claim returns, and stops there.
-                self.log.warning("lease.lost", run_id=lease.run_id, epoch=lease.epoch, placing=True)
+                self.log.warning(
+                    "lease.lost", run_id=lease.run_id, revision=lease.revision, placing=True
+                )
                 continue
             hosted = self.hosted.get(lease.run_id)
             if hosted is None or hosted.actor.lease is not lease or not hosted.actor.holds_lease:
                 continue  # finished or handed over while the renewal was in flight
-            self.log.warning("lease.lost", run_id=lease.run_id, epoch=lease.epoch)
+            self.log.warning("lease.lost", run_id=lease.run_id, epoch=hosted.actor.epoch)
             hosted.actor.stop_lost()
             hosted.task.cancel()
 

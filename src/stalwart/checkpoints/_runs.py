@@ -30,15 +30,60 @@ POISONED_ERROR = "PlacementLimitExceeded"
 """``error_type`` of a run failed by the ``max_placements`` limit."""
 
 
+REVISION_BITS = 40
+"""Bits of an epoch that hold the lease revision; the generation sits above them."""
+_MAX_GENERATION = (1 << (53 - REVISION_BITS)) - 1
+"""Epochs stay below 2**53: Lua (Redis scripts) compares them as doubles."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeasePosition:
+    """Where a lease stands: its bucket's ``generation`` and its ``revision`` in that bucket.
+
+    A run's epoch is its claimant's position packed into one number,
+    ``generation * 2**40 + revision`` (:attr:`epoch`), so epochs order claims by
+    generation first, then revision, and two acquisitions of a lease never share an epoch:
+    revisions are unique within a bucket instance and generations number the instances
+    (``_generations``). A late claim by an expired lease of the same bucket has a lower
+    epoch and is refused; a claim from a newer bucket (a new NATS, a restored bucket) has a
+    higher one whatever its revision. An epoch written before positions existed (a bare
+    revision) decodes as generation 0, below every claim made now.
+    """
+
+    generation: int
+    revision: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.generation <= _MAX_GENERATION:
+            raise ValueError(f"lease generation {self.generation} is outside 0..{_MAX_GENERATION}")
+        if not 0 <= self.revision < 1 << REVISION_BITS:
+            raise ValueError(
+                f"lease revision {self.revision} is outside 0..2**{REVISION_BITS}-1: the "
+                "lease bucket has used up its revisions; recreate it (a new bucket is a new "
+                "generation and starts again from 1)"
+            )
+
+    @property
+    def epoch(self) -> int:
+        """The epoch a claim at this position takes."""
+        return (self.generation << REVISION_BITS) | self.revision
+
+    @classmethod
+    def of_epoch(cls, epoch: int) -> LeasePosition:
+        """The position an epoch was claimed at."""
+        return cls(epoch >> REVISION_BITS, epoch & ((1 << REVISION_BITS) - 1))
+
+
 @dataclass(frozen=True, slots=True)
 class Claim:
     """Outcome of :meth:`CheckpointStore.claim`.
 
     ``outcome`` is ``ok`` (this epoch now owns the run; ``seq`` is the Started entry),
-    ``terminal`` (the run already ended with ``status``), ``stale`` (a newer epoch owns it),
-    ``wrong_agent`` (the run belongs to agent ``status``), ``missing`` (a resume of a run
-    that does not exist) or ``poisoned`` (the run failed here with ``PlacementLimitExceeded``;
-    ``seq`` is its Finished entry, ``status`` the error message).
+    ``terminal`` (the run already ended with ``status``), ``stale`` (a newer epoch owns it:
+    ``epoch`` is that one), ``wrong_agent`` (the run belongs to agent ``status``),
+    ``missing`` (a resume of a run that does not exist) or ``poisoned`` (the run failed
+    here with ``PlacementLimitExceeded``; ``seq`` is its Finished entry, ``status`` the
+    error message).
     """
 
     outcome: Literal["ok", "terminal", "stale", "wrong_agent", "missing", "poisoned"]
@@ -50,6 +95,8 @@ class Claim:
     deadline: float = 0.0
     at: float = 0.0
     """When the claim was made (the ``Started`` entry's time)."""
+    epoch: int = 0
+    """``ok``, ``poisoned``: the claim's epoch; ``stale``: the record's (0 if unknown)."""
 
 
 def unplaced_end(now: float, status: RunStatus, error_type: str, reason: str) -> bytes:
@@ -92,15 +139,18 @@ def claim_entries(epoch: int, worker: str, now: float, poison: str) -> tuple[byt
     )
 
 
-def read_claim(reply: list[bytes], now: float, poison: str) -> Claim:
-    """The CLAIM script's reply as a :class:`Claim`."""
+def read_claim(reply: list[bytes], now: float, poison: str, epoch: int = 0) -> Claim:
+    """The CLAIM script's reply as a :class:`Claim` (``epoch``: the one claimed with)."""
     outcome = reply[0].decode()
     if outcome in ("terminal", "wrong_agent"):
         return Claim(outcome, status=reply[1].decode())  # type: ignore[arg-type]
-    if outcome in ("stale", "missing"):
-        return Claim(outcome)  # type: ignore[arg-type]
+    if outcome == "missing":
+        return Claim("missing")
+    if outcome == "stale":
+        current = reply[1].decode() if len(reply) > 1 else ""
+        return Claim("stale", epoch=int(current) if current.isdigit() else 0)
     if outcome == "poisoned":
-        return Claim("poisoned", seq=int(reply[1]), status=poison, at=now)
+        return Claim("poisoned", seq=int(reply[1]), status=poison, at=now, epoch=epoch)
     return Claim(
         "ok",
         seq=int(reply[1]),
@@ -109,6 +159,7 @@ def read_claim(reply: list[bytes], now: float, poison: str) -> Claim:
         trace=reply[4].decode(),
         deadline=float(reply[5] or 0.0),
         at=now,
+        epoch=epoch,
     )
 
 

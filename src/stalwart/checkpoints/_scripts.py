@@ -35,8 +35,10 @@ redis.call('HSET', KEYS[1], 'run_id', ARGV[1], 'agent', ARGV[2], 'input', ARGV[3
 return false
 """
 
-# Placement: raise the record's epoch to the new lease revision (only upwards), mark the run
-# running, and journal who took it. A stale epoch means a newer owner already claimed it.
+# Placement: raise the record's epoch to the claimant's (only upwards), mark the run running,
+# and journal who took it. The epoch encodes the claimant's lease position, generation of the
+# lease bucket then revision (_runs.LeasePosition), so a stale epoch is a claim by an older
+# lease: a newer owner already claimed the run.
 # Refused: a run of another agent (a request on the wrong agent's subject must not run this
 # agent's code on that run's input) and a resume of a run that does not exist.
 # Placements in a row that journaled nothing after their Started entry are counted

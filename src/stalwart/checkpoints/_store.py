@@ -304,8 +304,9 @@ class CheckpointStore(RunControl):
     ) -> Claim:
         """Make ``epoch`` the run's owner if it is newer than the current one.
 
-        Refuses a run of another agent and a resume of an unknown run; fails the run when
-        this is its ``max_placements + 1``-th placement in a row without journal progress.
+        A worker's epoch is its lease's position, :attr:`LeasePosition.epoch`. Refuses a run
+        of another agent and a resume of an unknown run; fails the run when this is its
+        ``max_placements + 1``-th placement in a row without journal progress.
         """
         now = time.time()
         poison = poison_error(run_id, max_placements)
@@ -330,7 +331,7 @@ class CheckpointStore(RunControl):
                 poison,
             ],
         )
-        claim = read_claim(reply, now, poison)
+        claim = read_claim(reply, now, poison, epoch)
         if claim.outcome == "poisoned":
             await self.mark_inactive(run_id)
         elif claim.outcome == "ok":

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
+from nats.js.errors import NotFoundError
 
 from stalwart.broker import Broker, LeaseManager
 from stalwart.checkpoints import CheckpointStore
@@ -42,12 +43,14 @@ if TYPE_CHECKING:
 log = structlog.get_logger("stalwart.supervisor")
 
 
-Action = Literal["none", "forget", "replace", "stuck"]
+Action = Literal["none", "forget", "replace", "stuck", "requeue", "rewake"]
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """What to do about one run: nothing, forget it (it ended), re-place it, or flag it stuck."""
+    """What to do about one run: nothing, forget it (it ended), re-place it, flag it stuck,
+    publish its request again if it was lost (``requeue``), or its timer's wake-up
+    (``rewake``)."""
 
     action: Action
     epoch: int = 0
@@ -59,20 +62,31 @@ def judge(
     *,
     now: float | None = None,
     stuck_after: float = 0.0,
+    requeue_after: float = 0.0,
 ) -> Verdict:
     """Decide about one run from its record and its lease holder (None: no lease).
 
     Pure, so the rule is testable without servers. Runs still ``accepted`` are left to
-    JetStream (their request is unacked and will be delivered again); ``waiting`` runs
-    are passivated on purpose and woken by a signal or their timer.
+    JetStream (their request is unacked and will be delivered again) until they are older
+    than ``requeue_after`` (0: for ever): then ``requeue``, and the caller publishes their
+    request again if it is surely gone from the runs stream. ``waiting`` runs are
+    passivated on purpose and woken by a signal or their timer; one still waiting
+    ``requeue_after`` past its timer lost its wake-up request (``rewake``).
     """
     if record is None or record.terminal:
         return Verdict("forget")
+    now = time.time() if now is None else now
+    if record.status == "accepted":
+        if requeue_after > 0 and now - record.created_at > requeue_after:
+            return Verdict("requeue", record.epoch)
+        return Verdict("none")
+    if record.status == "waiting":
+        overdue = record.wake_at > 0 and now - record.wake_at > requeue_after
+        return Verdict("rewake", record.epoch) if requeue_after > 0 and overdue else Verdict("none")
     if record.status != "running":
         return Verdict("none")
     if lease_holder is None:
         return Verdict("replace", record.epoch)
-    now = time.time() if now is None else now
     if stuck_after > 0 and now - record.updated_at > stuck_after:
         return Verdict("stuck", record.epoch)
     return Verdict("none")
@@ -103,6 +117,9 @@ class Supervisor:
         """Requests rejected because no consumer served their agent (``unserved_after``)."""
         self.pending_requests: dict[str, int] = {}
         """Run requests waiting per agent as of the last pass led here (see :mod:`._pending`)."""
+        self.requeued = 0
+        """Requests of ``accepted`` runs published again because theirs was lost."""
+        self._runs_info: tuple[float, tuple[float, dict[str, int]]] | None = None
         self.is_leader = False
         self._lease: Lease | None = None
         self._election: LeaseManager | None = None
@@ -277,7 +294,22 @@ class Supervisor:
         holder = None
         if record is not None and record.status == "running":
             holder = (await self.broker.leases.state(run_id)).holder
-        verdict = judge(record, holder, stuck_after=self.settings.stuck_after)
+        verdict = judge(
+            record,
+            holder,
+            stuck_after=self.settings.stuck_after,
+            requeue_after=self.settings.requeue_after,
+        )
+        if verdict.action == "requeue" and record is not None:
+            return await self._requeue(record)
+        if verdict.action == "rewake" and record is not None:
+            # Same message id as the timer's own wake-up: dropped while that one is still
+            # in the stream's duplicate window, published when it was lost with its stream.
+            fresh = await self.broker.request_resume(run_id, record.agent, record.epoch, "timer")
+            if fresh:
+                self.requeued += 1
+                self.log.warning("run.rewoken", run_id=run_id, wake_at=record.wake_at)
+            return fresh
         if verdict.action == "forget":
             await self.store.mark_inactive(run_id)
             return False
@@ -295,6 +327,61 @@ class Supervisor:
                 "run.replaced", run_id=run_id, lost_epoch=verdict.epoch, owner=record.worker
             )
         return fresh
+
+    async def _requeue(self, record: RunRecord) -> bool:
+        """Publish an ``accepted`` run's request again if it is surely gone; True if it was.
+
+        Gone: the runs stream was created after the run (its request went into another
+        stream: a new NATS, a recreated stream), or the stream holds no request at all for
+        the run's agent (purged, or never published). A run whose agent has requests queued
+        is left alone (its own may be among them), unless the stream is younger than it.
+        The request is a resume at the record's epoch (0: never placed), so repeated passes
+        and several supervisors publish it once per duplicate window; a copy that meets the
+        run placed already is dropped by the worker (lease held, or a newer epoch).
+        """
+        assert self.broker is not None
+        runs = await self._runs_stream()
+        if runs is None:
+            return False
+        created, queued = runs
+        subject = self.broker.names.runs_subject(record.agent)
+        younger = created > record.created_at
+        if not younger and queued.get(subject, 0) > 0:
+            return False
+        fresh = await self.broker.request_resume(
+            record.run_id, record.agent, record.epoch, "resume"
+        )
+        if fresh:
+            self.requeued += 1
+            self.log.warning(
+                "run.requeued",
+                run_id=record.run_id,
+                agent=record.agent,
+                accepted_for=round(time.time() - record.created_at, 3),
+                reason="runs stream younger than the run" if younger else "no request queued",
+            )
+        return fresh
+
+    async def _runs_stream(self) -> tuple[float, dict[str, int]] | None:
+        """The runs stream's creation time and requests per subject (None: no stream).
+
+        Read at most once a second: one pass asks once however many runs wait.
+        """
+        assert self.broker is not None
+        now = time.monotonic()
+        if self._runs_info is not None and now - self._runs_info[0] < 1.0:
+            return self._runs_info[1]
+        names = self.broker.names
+        try:
+            info = await self.broker.js.stream_info(
+                names.runs_stream, subjects_filter=names.runs_wildcard
+            )
+        except NotFoundError:
+            return None
+        created = info.created.timestamp() if info.created is not None else 0.0
+        found = (created, dict(info.state.subjects or {}))
+        self._runs_info = (now, found)
+        return found
 
     async def _stuck(self, record: RunRecord) -> None:
         assert self.broker is not None
