@@ -254,11 +254,12 @@ async def test_sigterm_during_a_long_step_hands_the_run_over_at_the_drain_budget
     ours = Servers(servers.nats_url, own_redis.url)
     async with worker_pool("tests.apps:app", slow_ttl, ours, client) as start:
         a = await start("a", STALWART_DRAIN_TIMEOUT=str(drain))
-        await start("b")
         run_id = rid()
         handle = await client.submit("ten", {"block_in": 2}, run_id=run_id)
         await eventually(lambda: execs(counters, run_id, "step:s2"))
         assert (await handle.status()).worker == "a"
+        # Only now the worker that takes over: started with "a", it could have won the run.
+        await start("b")
         t0 = time.monotonic()
         a.proc.terminate()  # type: ignore[union-attr]  # SIGTERM: drain
         await eventually(lambda: at_least(execs(counters, run_id, "step:s2"), 2), timeout=20)
