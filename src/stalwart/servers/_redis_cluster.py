@@ -74,8 +74,10 @@ class ClusterNode(RedisServer):
 
     def info_field(self, section: str, field: str) -> str:
         """One field of ``CLUSTER INFO`` (``section`` "cluster") or of ``INFO <section>``."""
-        raw = self.command("CLUSTER", "INFO") if section == "cluster" else self.command(
-            "INFO", section
+        raw = (
+            self.command("CLUSTER", "INFO")
+            if section == "cluster"
+            else self.command("INFO", section)
         )
         match = re.search(rf"^{re.escape(field)}:(\S*)", raw.decode(), re.MULTILINE)
         return match[1] if match else ""
