@@ -259,8 +259,11 @@ async def _none_active(store: CheckpointStore | None, ids: set[str]) -> bool:
 
 async def test_a_master_killed_under_running_runs(servers: Servers, namespace: str) -> None:
     """Its replica is promoted; every run completes with a contiguous journal."""
-    with RedisClusterServer(masters=3, replicas=1, node_timeout_ms=1000) as cluster:
-        settings = _settings(servers, cluster.url, namespace)
+    async with RedisClusterServer(masters=3, replicas=1, node_timeout_ms=1000) as cluster:
+        # Room for every run at once, so all are mid-way when the master dies.
+        settings = msgspec.structs.replace(
+            _settings(servers, cluster.url, namespace), concurrency=32
+        )
         worker = Worker(app, settings)
         sup = Supervisor(settings)
         await worker.start()
@@ -279,15 +282,20 @@ async def test_a_master_killed_under_running_runs(servers: Servers, namespace: s
                     return True
 
                 await eventually(all_started, timeout=20)
+                running = [(await store.get_run(h.run_id)) for h in handles]
+                unfinished = sum(1 for r in running if r is not None and r.status == "running")
                 # The master holding the most of these runs.
                 by_port: dict[int, int] = {}
+                views = await asyncio.to_thread(cluster.view)
                 for h in handles:
-                    port = cluster.master_of(store.record_key(h.run_id)).port
+                    slot = key_slot(store.record_key(h.run_id).encode())
+                    port = next(v.port for v in views if v.owns(slot) and not v.failed)
                     by_port[port] = by_port.get(port, 0) + 1
                 victim = cluster.node_at(max(by_port, key=lambda p: by_port[p]))
                 await asyncio.to_thread(cluster.kill, victim)
                 promoted = await asyncio.to_thread(cluster.wait_failover, victim, 20)
                 assert promoted.port != victim.port
+                assert unfinished >= 15, [r and r.status for r in running]
                 results = await asyncio.wait_for(
                     asyncio.gather(*(h.result(timeout=50) for h in handles)), 55
                 )
@@ -300,7 +308,7 @@ async def test_a_master_killed_under_running_runs(servers: Servers, namespace: s
                         for je in await store.read_journal(h.run_id)
                         if isinstance(je.entry, StepDone)
                     }
-                    assert done == {f"s{i}" for i in range(30)}
+                    assert done == {f"step:s{i}" for i in range(30)}
         finally:
             worker.stop()
             await asyncio.wait_for(task, 30)

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
+import anyio
+import anyio.to_thread
 from redis.crc import key_slot
 
 from stalwart.servers._errors import ServerNotFound, ServerStartError
@@ -64,6 +66,9 @@ class ClusterNode(RedisServer):
             "--cluster-node-timeout", str(self.node_timeout_ms),
             # A replica with a stale link still takes over: the tests kill masters outright.
             "--cluster-replica-validity-factor", "0",
+            # A new replica's full sync starts at once (the default waits 5 s for company),
+            # so a cluster is replicated as soon as it is ok.
+            "--repl-diskless-sync-delay", "0",
         ]  # fmt: skip
 
     def command(self, *args: str, timeout: float = 2.0) -> bytes:
@@ -128,8 +133,9 @@ class RedisClusterServer:
     """``masters`` masters with ``replicas`` replicas each, on loopback ports.
 
     ``node_timeout_ms`` is ``cluster-node-timeout``: how long a master may be unreachable
-    before its replica is promoted (low by default, for tests). Use as a context manager or
-    call :meth:`start` / :meth:`stop`; drive it from one thread that outlives the nodes.
+    before its replica is promoted (low by default, for tests). Use as a context manager
+    (``async with`` from an event loop) or call :meth:`start` / :meth:`stop`; drive it from
+    one thread that outlives the nodes.
     """
 
     def __init__(
@@ -167,24 +173,41 @@ class RedisClusterServer:
         try:
             for node in self.nodes:
                 node.start(max(1.0, deadline - time.monotonic()))
-            addrs = [f"{LOOPBACK}:{n.port}" for n in self.nodes]
-            done = subprocess.run(
-                [self._cli, "--cluster", "create", *addrs,
-                 "--cluster-replicas", str(self.replicas), "--cluster-yes"],
-                capture_output=True,
-                timeout=max(1.0, deadline - time.monotonic()),
-                check=False,
-            )  # fmt: skip
-            if done.returncode != 0:
-                raise ServerStartError(
-                    "redis-cli --cluster create failed: "
-                    + (done.stdout + done.stderr).decode(errors="replace")[-2000:]
-                )
-            self.wait_ok(max(1.0, deadline - time.monotonic()))
+            self._create(deadline)
         except BaseException:
             self.stop()
             raise
         return self
+
+    async def start_async(self, timeout: float = 30.0) -> Self:
+        """:meth:`start` from an event loop: the nodes are spawned on the loop thread (their
+        death signal is tied to it), the waits run in worker threads."""
+        deadline = time.monotonic() + timeout
+        try:
+            for node in self.nodes:
+                await node._start_async(max(1.0, deadline - time.monotonic()))
+            await anyio.to_thread.run_sync(self._create, deadline)
+        except BaseException:
+            await anyio.to_thread.run_sync(self.stop)
+            raise
+        return self
+
+    def _create(self, deadline: float) -> None:
+        """``redis-cli --cluster create`` over the started nodes, then :meth:`wait_ok`."""
+        addrs = [f"{LOOPBACK}:{n.port}" for n in self.nodes]
+        done = subprocess.run(
+            [self._cli, "--cluster", "create", *addrs,
+             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+            capture_output=True,
+            timeout=max(1.0, deadline - time.monotonic()),
+            check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise ServerStartError(
+                "redis-cli --cluster create failed: "
+                + (done.stdout + done.stderr).decode(errors="replace")[-2000:]
+            )
+        self.wait_ok(max(1.0, deadline - time.monotonic()))
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop every node and remove their data dirs; idempotent."""
@@ -195,13 +218,18 @@ class RedisClusterServer:
         return [n for n in self.nodes if n.running]
 
     def wait_ok(self, timeout: float = 30.0) -> None:
-        """Wait until every running node reports ``cluster_state:ok`` and agrees on one
-        master per slot range (all slots served by live masters)."""
+        """Wait until every running node reports ``cluster_state:ok``, all slots are served
+        by live masters and every live replica's link to its master is up (synced)."""
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
             try:
                 states = {n.port: n.info_field("cluster", "cluster_state") for n in self._live()}
+                links = {
+                    n.port: n.info_field("replication", "master_link_status")
+                    for n in self._live()
+                    if n.info_field("replication", "role") == "slave"
+                }
                 views = self.view()
             except (OSError, ValueError) as exc:
                 last = repr(exc)
@@ -210,9 +238,10 @@ class RedisClusterServer:
                 served = sum(
                     hi - lo + 1 for v in views if v.master and v.port in live for lo, hi in v.slots
                 )
-                if all(s == "ok" for s in states.values()) and served == 16384:
+                synced = all(link == "up" for link in links.values())
+                if all(s == "ok" for s in states.values()) and served == 16384 and synced:
                     return
-                last = f"states {states}, {served} slots on live masters"
+                last = f"states {states}, {served} slots on live masters, replica links {links}"
             time.sleep(0.05)
         raise ServerStartError(f"Redis Cluster not ok after {timeout:g}s: {last}")
 
@@ -283,6 +312,17 @@ class RedisClusterServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    async def __aenter__(self) -> Self:
+        return await self.start_async()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await anyio.to_thread.run_sync(self.stop)
 
     def __repr__(self) -> str:
         return f"<RedisClusterServer {self.url}>"
