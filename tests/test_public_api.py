@@ -124,6 +124,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "open_bytes",
         "payload_codec",
         "read_envelope_header",
+        "redis_clients",
         "seal_bytes",
         "set_payload_codec",
     ],

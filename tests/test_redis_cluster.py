@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import msgspec
@@ -20,6 +21,13 @@ from stalwart.errors import ConfigurationError
 from stalwart.testing import RedisClusterServer
 from tests.conftest import Servers
 from tests.helpers import eventually, rid, step_done
+
+try:  # imported here, not in the test: a first import of langgraph blocks the loop for 1 s
+    from langgraph.checkpoint.conformance import checkpointer_test, validate
+
+    from stalwart.adapters.langgraph import StalwartSaver
+except ImportError:
+    StalwartSaver = None  # type: ignore[assignment,misc]
 
 pytestmark = pytest.mark.slow
 
@@ -314,3 +322,19 @@ async def test_a_master_killed_under_running_runs(servers: Servers, namespace: s
             await asyncio.wait_for(task, 30)
             sup.stop()
             await asyncio.wait_for(sup_task, 30)  # closes its connections
+
+
+@pytest.mark.skipif(StalwartSaver is None, reason="needs langgraph")
+async def test_the_langgraph_saver_passes_its_conformance_suite_on_a_cluster(
+    cluster: RedisClusterServer,
+) -> None:
+    @checkpointer_test(name="StalwartSaver on a cluster")
+    async def factory() -> AsyncIterator[StalwartSaver]:
+        s = StalwartSaver.from_url(cluster.url, namespace="conf" + uuid.uuid4().hex[:8])
+        yield s
+        await s.aclose()
+
+    report = await validate(factory)
+    failures = {cap: r.failures for cap, r in report.results.items() if not r.passed}
+    assert not failures, failures
+    assert sum(r.tests_passed for r in report.results.values()) == 81

@@ -17,12 +17,15 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
+import redis
+import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.cluster import ClusterNode as SyncClusterNode
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -122,8 +125,6 @@ async def cluster_enabled(target: RedisTarget, within: float) -> bool:
     Asked once at connect, after the first contact succeeded; a server that refuses ``INFO``
     (an ACL without it) is taken as a single Redis.
     """
-    import redis.asyncio as aioredis
-
     probe = aioredis.Redis.from_pool(
         aioredis.ConnectionPool(**target.pool_kwargs(), socket_timeout=within)
     )
@@ -153,6 +154,40 @@ def _tls_kwargs(target: RedisTarget) -> dict[str, Any]:
         "ssl_min_version": tls.min_version,
         "ssl_ciphers": tls.ciphers or None,
     }
+
+
+def client_kwargs(ct: ClusterTarget) -> dict[str, Any]:
+    """Credentials and TLS of ``ct`` as keyword arguments of redis-py's cluster clients
+    (asyncio and sync alike; the seeds go in ``startup_nodes``)."""
+    kw = ct.target.pool_kwargs()
+    return {
+        "username": kw.get("username"),
+        "password": kw.get("password"),
+        **_tls_kwargs(ct.target),
+    }
+
+
+def redis_clients(url: str) -> tuple[aioredis.Redis, redis.Redis]:
+    """An asyncio and a sync redis-py client for ``url``, for adapters that keep data of
+    their own in Redis: plain clients for ``redis://``, ``rediss://`` and ``unix://``,
+    cluster clients (seeds, credentials and TLS from the URL) for ``redis+cluster://``.
+
+    The cluster clients take every single-slot command and script a plain one does; they
+    are typed as ``Redis`` so callers keep one client type. Nothing is contacted yet.
+    """
+    if not is_cluster_url(url):
+        return aioredis.Redis.from_url(url), redis.Redis.from_url(url)
+    ct = parse_cluster_url(url)
+    kw = client_kwargs(ct)
+    async_client = aioredis.RedisCluster(
+        startup_nodes=[ClusterNode(h, p) for h, p in ct.seeds], **kw
+    )
+    sync_client = redis.RedisCluster(
+        # redis-py's sync ClusterNode has no annotations.
+        startup_nodes=[SyncClusterNode(h, p) for h, p in ct.seeds],  # type: ignore[no-untyped-call]
+        **kw,
+    )
+    return cast("aioredis.Redis", async_client), cast("redis.Redis", sync_client)
 
 
 async def connect_cluster(
@@ -185,18 +220,15 @@ async def connect_cluster(
     else:
         assert last is not None
         raise last
-    kw = ct.target.pool_kwargs()
     client = RedisCluster(
         startup_nodes=[ClusterNode(h, p) for h, p in ct.seeds],
-        username=kw.get("username"),
-        password=kw.get("password"),
         max_connections=max_connections,
         # Rides out a failover (a master's replica is promoted after cluster-node-timeout):
         # redis-py refreshes its slot map on MOVED and on a lost connection, and retries.
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=30),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         decode_responses=False,
-        **_tls_kwargs(ct.target),
+        **client_kwargs(ct),
     )
     try:
         async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
