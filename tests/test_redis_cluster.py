@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Iterator
 
 import msgspec
@@ -17,6 +18,7 @@ from stalwart.actors import App, RunContext
 from stalwart.checkpoints import CheckpointStore, Finished, StepDone
 from stalwart.checkpoints._cluster import parse_cluster_url
 from stalwart.checkpoints._cluster_pipe import ClusterPipe
+from stalwart.checkpoints._keys import KeySchema
 from stalwart.errors import ConfigurationError
 from stalwart.testing import RedisClusterServer
 from tests.conftest import Servers
@@ -338,3 +340,21 @@ async def test_the_langgraph_saver_passes_its_conformance_suite_on_a_cluster(
     failures = {cap: r.failures for cap, r in report.results.items() if not r.passed}
     assert not failures, failures
     assert sum(r.tests_passed for r in report.results.values()) == 81
+
+
+def test_the_key_schema_splits_indexes_only_when_asked() -> None:
+    one = KeySchema("ns")
+    assert (one.runs, one.active, one.timers) == ("ns:runs", "ns:active", "ns:timers")
+    assert one.runs_of("r1") == "ns:runs" and one.active_shards == ["ns:active"]
+    many = KeySchema("ns", 16)
+    assert many.active_of("r1") == f"ns:{{idx.{zlib.crc32(b'r1') % 16}}}:active"
+    assert len(set(many.timers_shards)) == 16
+    # Every shard key has its own hash tag, so the shards spread over the slots.
+    assert len({key_slot(k.encode()) for k in many.runs_shards}) == 16
+    with pytest.raises(ValueError, match="split into 16 shards"):
+        _ = many.runs
+    for bad in (0, 1025, True, "4"):
+        with pytest.raises(ValueError, match="index shards must be an integer from 1 to 1024"):
+            KeySchema("ns", bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="redis_index_shards"):
+        Settings(redis_index_shards=-1)

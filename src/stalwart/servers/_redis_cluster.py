@@ -49,8 +49,10 @@ class ClusterNode(RedisServer):
 
     _kind = "redis-cluster-node"
 
-    def __init__(self, *, node_timeout_ms: int, binary: str | None = None) -> None:
-        super().__init__(binary=binary)
+    def __init__(
+        self, *, node_timeout_ms: int, binary: str | None = None, appendonly: bool = False
+    ) -> None:
+        super().__init__(binary=binary, appendonly=appendonly)
         self.node_timeout_ms = node_timeout_ms
         self.bus_port = free_port()
 
@@ -133,7 +135,8 @@ class RedisClusterServer:
     """``masters`` masters with ``replicas`` replicas each, on loopback ports.
 
     ``node_timeout_ms`` is ``cluster-node-timeout``: how long a master may be unreachable
-    before its replica is promoted (low by default, for tests). Use as a context manager
+    before its replica is promoted (low by default, for tests); ``appendonly`` turns on each
+    node's AOF (``appendfsync everysec``). Use as a context manager
     (``async with`` from an event loop) or call :meth:`start` / :meth:`stop`; drive it from
     one thread that outlives the nodes.
     """
@@ -145,6 +148,7 @@ class RedisClusterServer:
         replicas: int = 1,
         node_timeout_ms: int = 1500,
         binary: str | None = None,
+        appendonly: bool = False,
     ) -> None:
         if masters < 3:
             raise ValueError(f"a Redis Cluster needs at least 3 masters, not {masters}")
@@ -153,7 +157,7 @@ class RedisClusterServer:
         self.masters = masters
         self.replicas = replicas
         self.nodes = [
-            ClusterNode(node_timeout_ms=node_timeout_ms, binary=binary)
+            ClusterNode(node_timeout_ms=node_timeout_ms, binary=binary, appendonly=appendonly)
             for _ in range(masters * (1 + replicas))
         ]
         self._cli = find_redis_cli(self.nodes[0].binary)
