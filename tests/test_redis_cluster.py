@@ -358,3 +358,30 @@ def test_the_key_schema_splits_indexes_only_when_asked() -> None:
             KeySchema("ns", bad)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="redis_index_shards"):
         Settings(redis_index_shards=-1)
+
+
+async def test_a_client_role_user_works_on_a_cluster(
+    cluster: RedisClusterServer, namespace: str
+) -> None:
+    """The ACL rules of ``stalwart security`` are enough for the cluster client, and the
+    plain URL of a node with them is still detected as a cluster."""
+    from stalwart.roles import redis_acl_rules
+
+    user, password = f"client-{namespace}", uuid.uuid4().hex
+    rules = " ".join(redis_acl_rules("client", namespace))
+    for node in cluster.nodes:
+        assert node.command(f"ACL SETUSER {user} reset on >{password} {rules}") == b"+OK"
+    node = cluster.nodes[1]
+    url = f"redis://{user}:{password}@127.0.0.1:{node.port}"
+    s = await CheckpointStore.connect(url, namespace, connect_timeout=10)
+    try:
+        assert isinstance(s._runner.pipe, ClusterPipe)
+        ids = [rid() for _ in range(6)]
+        for run_id in ids:
+            assert await s.create_run(run_id, "count", msgspec.Raw(b"\x01")) is None
+        assert [r.run_id for r in await s.list_runs()] == list(reversed(ids))
+        outcome, _, _ = await s.add_signal(ids[0], "go", b"x")
+        assert outcome == "stored"
+        assert await s.request_cancel(ids[1]) == "cancelled"  # never placed: ends at once
+    finally:
+        await s.close()

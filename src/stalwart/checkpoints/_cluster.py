@@ -120,22 +120,23 @@ def single_as_cluster(url: str, settings: Settings | None = None) -> ClusterTarg
 
 
 async def cluster_enabled(target: RedisTarget, within: float) -> bool:
-    """Whether the server of ``target`` runs in cluster mode (``INFO cluster``).
+    """Whether the server of ``target`` runs in cluster mode.
 
-    Asked once at connect, after the first contact succeeded; a server that refuses ``INFO``
-    (an ACL without it) is taken as a single Redis.
+    Asked once at connect, after the first contact succeeded: ``CLUSTER INFO`` answers on a
+    cluster node and is refused by a single Redis (so is anything a user's ACL forbids:
+    such a server is taken as a single Redis).
     """
     probe = aioredis.Redis.from_pool(
         aioredis.ConnectionPool(**target.pool_kwargs(), socket_timeout=within)
     )
     try:
         async with asyncio.timeout(within):
-            info = await probe.info("cluster")
+            await probe.cluster("INFO")
     except (RedisError, OSError, TimeoutError):
         return False
     finally:
         await probe.aclose()
-    return str(info.get("cluster_enabled", 0)) == "1"
+    return True
 
 
 def _tls_kwargs(target: RedisTarget) -> dict[str, Any]:

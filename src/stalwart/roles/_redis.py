@@ -21,6 +21,11 @@ _CONNECT = ["+ping", "+hello", "+auth", "+select", "+client|setname"]
 """What every connection sends: the handshake, and ``SELECT`` for a database number. Not
 ``CLIENT SETINFO``: Redis 7.0 does not know it (``ACL SETUSER`` would fail), and redis-py
 ignores its refusal on 7.2+."""
+_CLUSTER = ["+cluster|info", "+cluster|slots", "+command", "+asking"]
+"""What a cluster client sends besides the commands of its role: the test that tells a
+cluster node from a single Redis, the slot map, the command table redis-py reads at connect
+(key positions), and ``ASKING`` before a command on a slot being migrated. A single Redis
+never gets them (``CLUSTER INFO`` is refused there, which is the answer)."""
 _SCRIPTS = ["+script|load", "+evalsha"]
 """The journal scripts: loaded at connect, run by SHA."""
 _READ = [
@@ -82,7 +87,16 @@ def redis_acl_rules(role: RoleName, namespace: str) -> list[str]:
     # all a command needs for a key, and counts a script's keys as read *and* written.
     keys = [f"%R~{namespace}:*", *(f"~{k}" for k in write_keys)]
     scripts = _SCRIPTS if role != "viewer" else ["+script|load"]
-    return [*keys, "resetchannels", "-@all", *_CONNECT, *scripts, *_READ, *write_commands]
+    return [
+        *keys,
+        "resetchannels",
+        "-@all",
+        *_CONNECT,
+        *_CLUSTER,
+        *scripts,
+        *_READ,
+        *write_commands,
+    ]
 
 
 _USER = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
