@@ -5,9 +5,9 @@ Two ways in, both ending in the same client:
 - explicit: ``redis+cluster://[user:password@]host:port[,host:port...]`` (``rediss+cluster://``
   with TLS, the same ``ssl_*`` options and ``redis_tls_*`` settings as ``rediss://``). Every
   listed node is a seed: the client needs one of them to answer, then learns the rest.
-- detected: a plain ``redis://`` / ``rediss://`` URL whose server says ``cluster_enabled:1``
-  (``INFO cluster``) at first contact is used as the seed of a cluster client. Pointing
-  Stalwart at any one node of a cluster therefore just works.
+- detected: a plain ``redis://`` / ``rediss://`` URL whose server answers ``CLUSTER INFO``
+  at first contact (a single Redis refuses it) is used as the seed of a cluster client.
+  Pointing Stalwart at any one node of a cluster therefore just works.
 
 Cluster mode has no database number (``/0`` only) and no Unix sockets.
 """

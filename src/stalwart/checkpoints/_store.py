@@ -156,7 +156,7 @@ class CheckpointStore(RunControl):
 
         A Redis Cluster is used through a cluster-aware client and one append pipe per
         master: named by a ``redis+cluster://host:port[,host:port...]`` URL, or detected
-        (``INFO cluster``) behind a plain ``redis://`` URL of any of its nodes (see
+        (``CLUSTER INFO``) behind a plain ``redis://`` URL of any of its nodes (see
         ``_cluster``). ``settings.redis_index_shards`` splits the shared indexes (0: 1 on a
         single Redis, :data:`CLUSTER_INDEX_SHARDS` on a cluster).
         """
