@@ -310,6 +310,12 @@ async def test_a_master_killed_under_running_runs(servers: Servers, namespace: s
                     asyncio.gather(*(h.result(timeout=50) for h in handles)), 55
                 )
                 assert results == [30] * 20
+                # After the failover the worker's appends went down a pipe to the promoted
+                # replica (the slot map was refreshed), not only through the fallback.
+                pipe = worker.store._runner.pipe if worker.store is not None else None
+                assert isinstance(pipe, ClusterPipe)
+                promoted_pipe = pipe.pipes.get(("127.0.0.1", promoted.port))
+                assert promoted_pipe is not None and promoted_pipe.writes > 0
                 for h in handles:
                     seqs = [je.seq for je in await store.read_journal(h.run_id)]
                     assert seqs == list(range(1, len(seqs) + 1)), (h.run_id, seqs)

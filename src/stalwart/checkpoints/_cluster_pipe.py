@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from redis.crc import key_slot
@@ -37,6 +38,10 @@ _KEY_AT = {b"EVALSHA": 3, b"EVAL": 3, b"FCALL": 3}
 
 MAX_REDIRECTS = 5
 """MOVED/ASK hops one call may take before its last error reply is handed back."""
+
+REFRESH_INTERVAL = 0.25
+"""Seconds between two slot-map refreshes: while a dead master is not replaced yet, every
+call to it fails, and one refresh per failure would only load the surviving nodes."""
 
 
 class CommandPipe(Protocol):
@@ -87,6 +92,7 @@ class ClusterPipe:
         self._moved: dict[int, tuple[str, int]] = {}
         """Slots a MOVED reply re-routed since the last refresh of redis-py's map."""
         self._refreshing: asyncio.Task[None] | None = None
+        self._refreshed_at = -REFRESH_INTERVAL
         self.max_redirects = max_redirects
         self.redirects = 0
         """MOVED/ASK replies followed so far."""
@@ -164,9 +170,14 @@ class ClusterPipe:
         inner.add_done_callback(settle)
 
     def _refresh(self) -> None:
-        """Re-read the slot map in the background (one refresh at a time)."""
+        """Re-read the slot map in the background (one at a time, and not more often than
+        every :data:`REFRESH_INTERVAL`: the next failure asks again)."""
         if self._closed or (self._refreshing is not None and not self._refreshing.done()):
             return
+        now = time.monotonic()
+        if now - self._refreshed_at < REFRESH_INTERVAL:
+            return
+        self._refreshed_at = now
         self.refreshes += 1
         self._refreshing = asyncio.get_running_loop().create_task(self._do_refresh())
 
