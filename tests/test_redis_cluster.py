@@ -19,8 +19,8 @@ from stalwart.checkpoints import CheckpointStore, Finished, StepDone
 from stalwart.checkpoints._cluster import parse_cluster_url
 from stalwart.checkpoints._cluster_pipe import ClusterPipe
 from stalwart.checkpoints._keys import KeySchema
-from stalwart.errors import ConfigurationError
-from stalwart.testing import RedisClusterServer
+from stalwart.errors import ConfigurationError, ServerUnavailableError
+from stalwart.testing import RedisClusterServer, free_port
 from tests.conftest import Servers
 from tests.helpers import eventually, rid, step_done
 
@@ -391,3 +391,13 @@ async def test_a_client_role_user_works_on_a_cluster(
         assert await s.request_cancel(ids[1]) == "cancelled"  # never placed: ends at once
     finally:
         await s.close()
+
+
+async def test_a_cluster_url_that_cannot_be_used_says_why(servers: Servers, namespace: str) -> None:
+    dead = f"redis+cluster://127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
+    with pytest.raises(ServerUnavailableError, match="connection refused"):
+        await CheckpointStore.connect(dead, namespace, connect_timeout=1)
+    # A single Redis named as a cluster: refused with the reason, not a traceback.
+    single = servers.redis_url.replace("redis://", "redis+cluster://").removesuffix("/0")
+    with pytest.raises(ServerUnavailableError, match=r"(?i)cluster"):
+        await CheckpointStore.connect(single, namespace, connect_timeout=5)

@@ -27,7 +27,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.cluster import ClusterNode as SyncClusterNode
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stalwart._secrets import mask_urls
@@ -236,7 +236,9 @@ async def connect_cluster(
             await client.initialize()
             for script in scripts:
                 await client.script_load(script)  # redis-py sends it to every master
-    except (RedisError, OSError, TimeoutError) as exc:
+    # RedisClusterException is not a RedisError: it says "cluster mode is not enabled" for a
+    # single Redis named as a cluster, and "not all slots are covered" for a broken one.
+    except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
         await client.aclose()
         raise ServerUnavailableError(
             f"cannot use the Redis Cluster at {ct.shown}: {type(exc).__name__}: "
