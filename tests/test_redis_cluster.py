@@ -401,3 +401,47 @@ async def test_a_cluster_url_that_cannot_be_used_says_why(servers: Servers, name
     single = servers.redis_url.replace("redis://", "redis+cluster://").removesuffix("/0")
     with pytest.raises(ServerUnavailableError, match=r"(?i)cluster"):
         await CheckpointStore.connect(single, namespace, connect_timeout=5)
+
+
+async def test_a_tls_cluster(
+    tmp_path_factory: pytest.TempPathFactory, servers: Servers, namespace: str
+) -> None:
+    """rediss+cluster:// with the CA from the settings: the cluster client and every
+    master's pipe speak TLS."""
+    from stalwart.testing import ServerTLS
+    from tests.transport_material import make_material
+
+    material = make_material(tmp_path_factory.mktemp("cluster-tls"))
+    p = material.path
+    # The nodes present the client certificate to each other on the cluster bus; clients
+    # need none (no mutual TLS on the client port).
+    tls = ServerTLS(
+        p("server.pem"),
+        p("server.key"),
+        p("ca.pem"),
+        client_cert_file=p("client.pem"),
+        client_key_file=p("client.key"),
+    )
+    async with RedisClusterServer(masters=3, replicas=0, tls=tls) as cluster:
+        assert cluster.url.startswith("rediss+cluster://")
+        settings = msgspec.structs.replace(
+            _settings(servers, cluster.url, namespace), redis_tls_ca=p("ca.pem")
+        )
+        s = await CheckpointStore.connect(cluster.url, namespace, settings=settings)
+        try:
+            raw = msgspec.Raw(msgspec.msgpack.encode(1))
+            ids = [rid() for _ in range(9)]
+            for run_id in ids:
+                assert await s.create_run(run_id, "count", raw) is None
+                claim = await s.claim(run_id, agent="count", input=raw, epoch=3, worker="w")
+                assert claim.outcome == "ok"
+                assert await s.append(run_id, 3, 2, step_done("s0", 1, 3)) == ""
+            pipe = s._runner.pipe
+            assert isinstance(pipe, ClusterPipe)
+            assert len(pipe.pipes) == 3 and all(x.connects == 1 for x in pipe.pipes.values())
+            assert [r.run_id for r in await s.list_runs()] == list(reversed(ids))
+        finally:
+            await s.close()
+        # Without the CA the server's certificate is refused, and the message says so.
+        with pytest.raises(ServerUnavailableError, match="certificate"):
+            await CheckpointStore.connect(cluster.url, namespace, connect_timeout=3)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import re
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -31,6 +30,8 @@ from stalwart.servers._redis import RedisServer, _read_reply
 
 if TYPE_CHECKING:
     from types import TracebackType
+
+    from stalwart.servers._tls import ServerTLS
 
 
 def find_redis_cli(redis_server: str) -> str:
@@ -50,9 +51,14 @@ class ClusterNode(RedisServer):
     _kind = "redis-cluster-node"
 
     def __init__(
-        self, *, node_timeout_ms: int, binary: str | None = None, appendonly: bool = False
+        self,
+        *,
+        node_timeout_ms: int,
+        binary: str | None = None,
+        appendonly: bool = False,
+        tls: ServerTLS | None = None,
     ) -> None:
-        super().__init__(binary=binary, appendonly=appendonly)
+        super().__init__(binary=binary, appendonly=appendonly, tls=tls)
         self.node_timeout_ms = node_timeout_ms
         self.bus_port = free_port()
 
@@ -71,11 +77,26 @@ class ClusterNode(RedisServer):
             # A new replica's full sync starts at once (the default waits 5 s for company),
             # so a cluster is replicated as soon as it is ok.
             "--repl-diskless-sync-delay", "0",
+            *self._bus_tls_args(),
         ]  # fmt: skip
+
+    def _bus_tls_args(self) -> list[str]:
+        """With TLS the cluster bus and replication speak it too (the port is TLS-only).
+        Nodes always check each other's certificate on the bus, so a node presents
+        ``client_cert_file`` there when given (a server-only certificate is refused)."""
+        t = self.tls
+        if t is None:
+            return []
+        args = ["--tls-cluster", "yes", "--tls-replication", "yes"]
+        if t.client_cert_file:
+            args += ["--tls-client-cert-file", t.client_cert_file,
+                     "--tls-client-key-file", t.client_key_file or t.client_cert_file]  # fmt: skip
+        return args
 
     def command(self, *args: str, timeout: float = 2.0) -> bytes:
         """Send one command (inline) and return its reply line or bulk payload."""
-        with socket.create_connection((LOOPBACK, self.port), timeout=timeout) as sock:
+        with self._connect() as sock:  # TLS when the node serves TLS
+            sock.settimeout(timeout)
             sock.sendall(" ".join(args).encode() + b"\r\n")
             return _read_reply(sock)
 
@@ -136,7 +157,9 @@ class RedisClusterServer:
 
     ``node_timeout_ms`` is ``cluster-node-timeout``: how long a master may be unreachable
     before its replica is promoted (low by default, for tests); ``appendonly`` turns on each
-    node's AOF (``appendfsync everysec``). Use as a context manager
+    node's AOF (``appendfsync everysec``); ``tls`` serves TLS only, on the client port, the
+    cluster bus and replication (give it a ``client_cert_file`` signed by its CA: the nodes
+    present it to each other on the bus). Use as a context manager
     (``async with`` from an event loop) or call :meth:`start` / :meth:`stop`; drive it from
     one thread that outlives the nodes.
     """
@@ -149,6 +172,7 @@ class RedisClusterServer:
         node_timeout_ms: int = 1500,
         binary: str | None = None,
         appendonly: bool = False,
+        tls: ServerTLS | None = None,
     ) -> None:
         if masters < 3:
             raise ValueError(f"a Redis Cluster needs at least 3 masters, not {masters}")
@@ -157,19 +181,34 @@ class RedisClusterServer:
         self.masters = masters
         self.replicas = replicas
         self.nodes = [
-            ClusterNode(node_timeout_ms=node_timeout_ms, binary=binary, appendonly=appendonly)
+            ClusterNode(
+                node_timeout_ms=node_timeout_ms, binary=binary, appendonly=appendonly, tls=tls
+            )
             for _ in range(masters * (1 + replicas))
         ]
+        self.tls = tls
         self._cli = find_redis_cli(self.nodes[0].binary)
 
     @property
     def url(self) -> str:
-        """``redis+cluster://127.0.0.1:<p1>,127.0.0.1:<p2>,...``: every node as a seed."""
-        return "redis+cluster://" + ",".join(f"{LOOPBACK}:{n.port}" for n in self.nodes)
+        """``redis+cluster://127.0.0.1:<p1>,127.0.0.1:<p2>,...``: every node as a seed
+        (``rediss+cluster://`` when serving TLS)."""
+        scheme = "rediss+cluster" if self.tls else "redis+cluster"
+        return f"{scheme}://" + ",".join(f"{LOOPBACK}:{n.port}" for n in self.nodes)
 
     def node_url(self, node: ClusterNode) -> str:
-        """``redis://127.0.0.1:<port>``: one node, for auto-detection."""
-        return f"redis://{LOOPBACK}:{node.port}"
+        """``redis://127.0.0.1:<port>`` (``rediss://`` with TLS): one node, for
+        auto-detection."""
+        return f"{'rediss' if self.tls else 'redis'}://{LOOPBACK}:{node.port}"
+
+    def _cli_tls(self) -> list[str]:
+        t = self.tls
+        if t is None:
+            return []
+        args = ["--tls", *(["--cacert", t.ca_file] if t.ca_file else [])]
+        if t.client_cert_file:
+            args += ["--cert", t.client_cert_file, "--key", t.client_key_file]
+        return args
 
     def start(self, timeout: float = 30.0) -> Self:
         """Start every node, create the cluster and wait until every node says it is ok."""
@@ -200,7 +239,7 @@ class RedisClusterServer:
         """``redis-cli --cluster create`` over the started nodes, then :meth:`wait_ok`."""
         addrs = [f"{LOOPBACK}:{n.port}" for n in self.nodes]
         done = subprocess.run(
-            [self._cli, "--cluster", "create", *addrs,
+            [self._cli, *self._cli_tls(), "--cluster", "create", *addrs,
              "--cluster-replicas", str(self.replicas), "--cluster-yes"],
             capture_output=True,
             timeout=max(1.0, deadline - time.monotonic()),
