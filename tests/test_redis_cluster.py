@@ -61,6 +61,13 @@ async def slow_count(ctx: RunContext, n: int) -> int:
     return total
 
 
+@app.agent("napper")
+async def napper(ctx: RunContext, seconds: float) -> int:
+    first = await ctx.step("before", _bump, 0)
+    await ctx.sleep(seconds)  # passivated past passivate_after: the timer wakes it
+    return await ctx.step("after", _bump, first)
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RedisClusterServer]:
     with RedisClusterServer(masters=3, replicas=1, node_timeout_ms=1500) as c:
@@ -445,3 +452,35 @@ async def test_a_tls_cluster(
         # Without the CA the server's certificate is refused, and the message says so.
         with pytest.raises(ServerUnavailableError, match="certificate"):
             await CheckpointStore.connect(cluster.url, namespace, connect_timeout=3)
+
+
+async def test_passivated_runs_are_woken_by_their_timers_on_a_cluster(
+    cluster: RedisClusterServer, servers: Servers, namespace: str
+) -> None:
+    settings = msgspec.structs.replace(
+        _settings(servers, cluster.url, namespace), passivate_after=0.2
+    )
+    worker = Worker(app, settings)
+    sup = Supervisor(settings)
+    await worker.start()
+    task = asyncio.create_task(worker.run())
+    sup_task = asyncio.create_task(sup.run())
+    try:
+        async with await Client.connect(settings=settings) as client:
+            handles = [await client.submit("napper", 1.5) for _ in range(8)]
+            store = client.store
+
+            async def armed() -> bool:  # every run waits on a timer, spread over the shards
+                return len(await store.due_timers(time.time() + 60)) == 8
+
+            await eventually(armed, timeout=10)
+            results = await asyncio.wait_for(
+                asyncio.gather(*(h.result(timeout=30) for h in handles)), 35
+            )
+            assert results == [2] * 8
+            assert await store.due_timers(time.time() + 60) == []  # fired and removed
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 30)
+        sup.stop()
+        await asyncio.wait_for(sup_task, 30)
