@@ -4,7 +4,8 @@ benchmarks.
 Each node is a :class:`RedisServer` started with ``--cluster-enabled yes``, its own
 ``nodes.conf`` in its data dir and an explicit ``--cluster-port`` (the default bus port,
 ``port + 10000``, can fall outside the port range for the high ports the OS hands out).
-``redis-cli --cluster create`` then assigns the slots and pairs the replicas. A killed node
+The cluster is then formed with plain cluster commands (slots assigned in equal ranges,
+``CLUSTER MEET``, ``CLUSTER REPLICATE``), so no ``redis-cli`` is needed. A killed node
 keeps its data dir and ``nodes.conf``, so :meth:`RedisClusterServer.restart` brings it back
 into the same cluster (as a replica, when its replica was promoted meanwhile).
 """
@@ -13,36 +14,23 @@ from __future__ import annotations
 
 import contextlib
 import re
-import shutil
-import subprocess
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
 import anyio
 import anyio.to_thread
 from redis.crc import key_slot
 
-from stalwart.servers._errors import ServerNotFound, ServerStartError
+from stalwart.servers._errors import ServerStartError
 from stalwart.servers._process import LOOPBACK, free_port
 from stalwart.servers._redis import RedisServer, _read_reply
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from types import TracebackType
 
     from stalwart.servers._tls import ServerTLS
-
-
-def find_redis_cli(redis_server: str) -> str:
-    """``redis-cli`` next to ``redis_server``, else on ``PATH``; :class:`ServerNotFound`."""
-    beside = Path(redis_server).with_name("redis-cli")
-    if beside.is_file():
-        return str(beside)
-    found = shutil.which("redis-cli")
-    if found is None:
-        raise ServerNotFound("redis-cli not found (needed to create a Redis Cluster)")
-    return found
 
 
 class ClusterNode(RedisServer):
@@ -187,7 +175,6 @@ class RedisClusterServer:
             for _ in range(masters * (1 + replicas))
         ]
         self.tls = tls
-        self._cli = find_redis_cli(self.nodes[0].binary)
 
     @property
     def url(self) -> str:
@@ -200,15 +187,6 @@ class RedisClusterServer:
         """``redis://127.0.0.1:<port>`` (``rediss://`` with TLS): one node, for
         auto-detection."""
         return f"{'rediss' if self.tls else 'redis'}://{LOOPBACK}:{node.port}"
-
-    def _cli_tls(self) -> list[str]:
-        t = self.tls
-        if t is None:
-            return []
-        args = ["--tls", *(["--cacert", t.ca_file] if t.ca_file else [])]
-        if t.client_cert_file:
-            args += ["--cert", t.client_cert_file, "--key", t.client_key_file]
-        return args
 
     def start(self, timeout: float = 30.0) -> Self:
         """Start every node, create the cluster and wait until every node says it is ok."""
@@ -236,21 +214,47 @@ class RedisClusterServer:
         return self
 
     def _create(self, deadline: float) -> None:
-        """``redis-cli --cluster create`` over the started nodes, then :meth:`wait_ok`."""
-        addrs = [f"{LOOPBACK}:{n.port}" for n in self.nodes]
-        done = subprocess.run(
-            [self._cli, *self._cli_tls(), "--cluster", "create", *addrs,
-             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
-            capture_output=True,
-            timeout=max(1.0, deadline - time.monotonic()),
-            check=False,
-        )  # fmt: skip
-        if done.returncode != 0:
-            raise ServerStartError(
-                "redis-cli --cluster create failed: "
-                + (done.stdout + done.stderr).decode(errors="replace")[-2000:]
-            )
+        """Assign the slots, introduce the nodes and pair the replicas with plain cluster
+        commands (what ``redis-cli --cluster create`` does, without needing redis-cli),
+        then :meth:`wait_ok`."""
+        masters = self.nodes[: self.masters]
+        per = 16384 // self.masters
+        for i, node in enumerate(masters):
+            lo, hi = i * per, 16383 if i == self.masters - 1 else (i + 1) * per - 1
+            self._ok(node, "CLUSTER", "ADDSLOTSRANGE", str(lo), str(hi))
+        for i, node in enumerate(self.nodes):
+            # Distinct epochs up front: no collision to resolve before the cluster is ok.
+            self._ok(node, "CLUSTER", "SET-CONFIG-EPOCH", str(i + 1))
+        first = self.nodes[0]
+        for node in self.nodes[1:]:
+            self._ok(first, "CLUSTER", "MEET", LOOPBACK, str(node.port), str(node.bus_port))
+        ids = {n.port: n.command("CLUSTER", "MYID").decode() for n in self.nodes}
+        self._wait(deadline, "every node knows every other", lambda: self._all_met(ids))
+        for k, replica in enumerate(self.nodes[self.masters :]):
+            master = masters[k % self.masters]
+            self._ok(replica, "CLUSTER", "REPLICATE", ids[master.port])
         self.wait_ok(max(1.0, deadline - time.monotonic()))
+
+    @staticmethod
+    def _ok(node: ClusterNode, *args: str) -> None:
+        reply = node.command(*args)
+        if not reply.startswith(b"+OK"):
+            raise ServerStartError(f"{' '.join(args)} on port {node.port}: {reply!r}")
+
+    def _all_met(self, ids: dict[int, str]) -> bool:
+        for node in self.nodes:
+            known = node.command("CLUSTER", "NODES").decode()
+            # A node still in handshake is listed under a temporary id: wait for the real ones.
+            if any(node_id not in known for node_id in ids.values()) or "handshake" in known:
+                return False
+        return True
+
+    @staticmethod
+    def _wait(deadline: float, what: str, check: Callable[[], bool]) -> None:
+        while not check():
+            if time.monotonic() > deadline:
+                raise ServerStartError(f"Redis Cluster: timed out waiting until {what}")
+            time.sleep(0.02)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop every node and remove their data dirs; idempotent."""
