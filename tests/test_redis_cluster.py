@@ -467,11 +467,14 @@ async def test_passivated_runs_are_woken_by_their_timers_on_a_cluster(
     sup_task = asyncio.create_task(sup.run())
     try:
         async with await Client.connect(settings=settings) as client:
-            handles = [await client.submit("napper", 1.5) for _ in range(8)]
+            handles = [await client.submit("napper", 2.0) for _ in range(8)]
             store = client.store
 
-            async def armed() -> bool:  # every run waits on a timer, spread over the shards
-                return len(await store.due_timers(time.time() + 60)) == 8
+            seen: set[str] = set()
+
+            async def armed() -> bool:  # every run waited on a timer, spread over the shards
+                seen.update(await store.due_timers(time.time() + 60))
+                return seen >= {h.run_id for h in handles}
 
             await eventually(armed, timeout=10)
             results = await asyncio.wait_for(
