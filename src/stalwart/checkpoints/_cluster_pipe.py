@@ -150,6 +150,9 @@ class ClusterPipe:
         def settle(f: asyncio.Future[Any]) -> None:
             if out.done():
                 return
+            if f.cancelled():  # not done by the pipe itself; passed on all the same
+                out.cancel()
+                return
             exc = f.exception()
             if exc is not None:
                 self._refresh()  # a master may be gone: learn who serves its slots now
