@@ -19,7 +19,15 @@ from bench import machine, report
 from bench._context import Ctx
 from bench._util import ROOT, log
 
-MEASUREMENTS = ["overhead", "failover", "resume", "throughput", "journal_size", "memory"]
+MEASUREMENTS = [
+    "overhead",
+    "failover",
+    "resume",
+    "throughput",
+    "journal_size",
+    "memory",
+    "redis_cluster",
+]
 
 
 def _parser() -> argparse.ArgumentParser:

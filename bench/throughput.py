@@ -103,8 +103,8 @@ class _Batch:
             self._signal(signal.SIGCONT)
         side = asyncio.create_task(during()) if during is not None else None
         store = self.cl.c.store
-        while True:  # every run ended: the active set is empty
-            left = await store.redis.scard(store.active_key)
+        while True:  # every run ended: the active set (each of its shards) is empty
+            left = sum([await store.redis.scard(k) for k in store.keys.active_shards])
             if not left:
                 break
             if time.time() - t0 > timeout:
@@ -231,7 +231,10 @@ async def _pool_probe(ctx: Any) -> dict[str, Any]:
 
 
 async def _run_ids(cl: Cluster) -> list[str]:
-    ids = cast("list[bytes]", await cl.c.store.redis.zrange(cl.c.store.runs_key, 0, -1))
+    store = cl.c.store
+    ids: list[bytes] = []
+    for key in store.keys.runs_shards:
+        ids += cast("list[bytes]", await store.redis.zrange(key, 0, -1))
     return [i.decode() for i in ids]
 
 

@@ -39,6 +39,8 @@ FIELD_ROLES: dict[str, frozenset[Role]] = {
     "redis_tls_ca": _ALL,
     "redis_tls_cert": _ALL,
     "redis_tls_key": _ALL,
+    # Every process reads and writes the shared indexes: all must split them alike.
+    "redis_index_shards": _ALL,
     "namespace": _ALL,
     "lease_ttl": _SERVICES,
     "concurrency": _WORKER,
@@ -123,6 +125,7 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "concurrency": (lambda v: v >= 1, "a whole number >= 1"),
     "ack_wait": (lambda v: v > 0, _POSITIVE),
     "max_deliver": (lambda v: v >= 1, "a whole number >= 1"),
+    "redis_index_shards": (lambda v: 0 <= v <= 1024, "a whole number from 0 to 1024"),
     "duplicate_window": (lambda v: v > 0, _POSITIVE),
     "event_max_age": (lambda v: v > 0, _POSITIVE),
     "reconcile_interval": (lambda v: v > 0, _POSITIVE),
@@ -196,6 +199,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Client certificate for Redis mutual TLS (the URL's ``ssl_certfile``)."""
     redis_tls_key: str = ""
     """Private key of ``redis_tls_cert`` (the URL's ``ssl_keyfile``)."""
+    redis_index_shards: int = 0
+    """Keys each shared Redis index (runs, active runs, timers) is split into, with its own
+    hash tag each, so no Redis Cluster master holds them all. 0: automatic, 1 (the keys
+    ``<ns>:runs``, ``<ns>:active``, ``<ns>:timers``) on a single Redis, 16 on a cluster.
+    Every process of a deployment must use the same value; changing it on a deployment with
+    runs orphans their index entries (see docs/deployment.md)."""
     namespace: str = "stalwart"
     """Prefix of stream names, subjects and Redis keys; lets several deployments share servers."""
     lease_ttl: int = 5

@@ -10,6 +10,7 @@ Also the Redis key schema (:class:`KeySchema`, :class:`RunKeys`) and the epoch f
 """
 
 from stalwart.checkpoints._aesgcm import AesGcmCodec
+from stalwart.checkpoints._cluster import redis_clients
 from stalwart.checkpoints._codec import open_bytes, payload_codec, seal_bytes, set_payload_codec
 from stalwart.checkpoints._entries import (
     TERMINAL_STATUSES,
@@ -77,6 +78,7 @@ __all__ = [
     "open_bytes",
     "payload_codec",
     "read_envelope_header",
+    "redis_clients",
     "seal_bytes",
     "set_payload_codec",
 ]

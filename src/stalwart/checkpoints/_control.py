@@ -167,18 +167,23 @@ class RunControl:
         if reply[0] != b"ok":
             raise stale_error(run_id, epoch, reply[1].decode())
         if wake_at:
-            await self._runner.redis.zadd(self._runner.keys.timers, {run_id: wake_at})
+            await self._runner.redis.zadd(self._runner.keys.timers_of(run_id), {run_id: wake_at})
 
     async def due_timers(self, now: float, limit: int = 500) -> list[str]:
-        """Runs whose timer is due."""
-        ids = cast(
-            "list[bytes]",
-            await self._runner.redis.zrangebyscore(
-                self._runner.keys.timers, "-inf", now, start=0, num=limit
-            ),
-        )
-        return [i.decode() for i in ids]
+        """Runs whose timer is due, earliest first (at most ``limit``, across every shard)."""
+        due: list[tuple[float, str]] = []
+        # One read per shard (each its own slot on a cluster), merged here by due time.
+        for key in self._runner.keys.timers_shards:
+            rows = cast(
+                "list[tuple[bytes, float]]",
+                await self._runner.redis.zrangebyscore(
+                    key, "-inf", now, start=0, num=limit, withscores=True
+                ),
+            )
+            due.extend((score, rid.decode()) for rid, score in rows)
+        due.sort()
+        return [rid for _, rid in due[:limit]]
 
     async def remove_timer(self, run_id: str) -> None:
         """Disarm a run's timer."""
-        await self._runner.redis.zrem(self._runner.keys.timers, run_id)
+        await self._runner.redis.zrem(self._runner.keys.timers_of(run_id), run_id)

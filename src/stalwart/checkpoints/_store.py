@@ -21,6 +21,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stalwart._transport import redis_target
 from stalwart.checkpoints import _scripts
+from stalwart.checkpoints._cluster import (
+    cluster_enabled,
+    connect_cluster,
+    is_cluster_url,
+    parse_cluster_url,
+    single_as_cluster,
+)
+from stalwart.checkpoints._cluster_pipe import ClusterPipe
 from stalwart.checkpoints._codec import seal_bytes
 from stalwart.checkpoints._control import RunControl
 from stalwart.checkpoints._entries import (
@@ -76,24 +84,38 @@ __all__ = [
 
 _log = structlog.get_logger("stalwart.checkpoints")
 
+CLUSTER_INDEX_SHARDS = 16
+"""Index shards on a Redis Cluster when ``redis_index_shards`` is 0 (auto): enough to spread
+submits and finishes over the masters of a typical cluster, few enough that a reader's one
+read per shard stays cheap."""
+
+if TYPE_CHECKING:
+    from stalwart.checkpoints._cluster import ClusterTarget
+
 
 class CheckpointStore(RunControl):
-    """Journal and run record of every run, in one Redis primary.
+    """Journal and run record of every run, in one Redis primary or a Redis Cluster.
 
-    Keys (see :class:`KeySchema`), with the run id as a hash tag so a run's keys would share
-    a cluster slot (the clients are not cluster-aware yet):
-    ``<ns>:{<run_id>}:run`` (hash), ``<ns>:{<run_id>}:journal`` (stream),
-    ``<ns>:runs`` (sorted set of run ids by creation time) and ``<ns>:active``
-    (set of runs not yet ended, scanned by the supervisor). Cancels, signals and timers
-    come from :class:`RunControl`.
+    Keys (see :class:`KeySchema`), with the run id as a hash tag so a run's keys share a
+    cluster slot: ``<ns>:{<run_id>}:run`` (hash), ``<ns>:{<run_id>}:journal`` (stream),
+    the runs index (sorted set of run ids by creation time) and the active set (runs not
+    yet ended, scanned by the supervisor), each one key or ``index_shards`` keys. Cancels,
+    signals and timers come from :class:`RunControl`.
     """
 
     def __init__(
-        self, client: aioredis.Redis, namespace: str = "stalwart", *, retry_for: float = 30.0
+        self,
+        client: aioredis.Redis,
+        namespace: str = "stalwart",
+        *,
+        retry_for: float = 30.0,
+        index_shards: int = 1,
     ) -> None:
         self.redis = client
+        """The redis-py client (on a cluster a ``RedisCluster``, which takes the same
+        single-key commands and scripts)."""
         self.ns = namespace
-        self.keys = KeySchema(namespace)
+        self.keys = KeySchema(namespace, index_shards)
         """Every key this store uses."""
         super().__init__(ScriptRunner(client, self.keys, retry_for))
         self._create = client.register_script(_scripts.CREATE_RUN)
@@ -131,12 +153,36 @@ class CheckpointStore(RunControl):
         and the file), and :class:`ServerUnavailableError` (URL with credentials masked,
         and the reason) when Redis does not answer in time, refuses the credentials or the
         TLS handshake, or is not Redis.
+
+        A Redis Cluster is used through a cluster-aware client and one append pipe per
+        master: named by a ``redis+cluster://host:port[,host:port...]`` URL, or detected
+        (``CLUSTER INFO``) behind a plain ``redis://`` URL of any of its nodes (see
+        ``_cluster``). ``settings.redis_index_shards`` splits the shared indexes (0: 1 on a
+        single Redis, :data:`CLUSTER_INDEX_SHARDS` on a cluster).
         """
+        shards = settings.redis_index_shards if settings is not None else 0
+        if is_cluster_url(url):
+            return await cls._connect_cluster(
+                parse_cluster_url(url, settings),
+                namespace,
+                max_connections,
+                connect_timeout,
+                shards,
+            )
         parse_redis_url(url)
         target = redis_target(url, settings)
         # First contact without retries, bounded: the pool below retries for ~25 s.
         # Appends go out as EVALSHA on the pipe: make sure Redis knows the script.
         await first_contact(url, connect_timeout, (_scripts.APPEND,), target=target)
+        if ScriptPipe.supports(url) and not url.lower().startswith("unix"):
+            if await cluster_enabled(target, connect_timeout):
+                return await cls._connect_cluster(
+                    single_as_cluster(url, settings),
+                    namespace,
+                    max_connections,
+                    connect_timeout,
+                    shards,
+                )
         # Every command rides out a short Redis restart. Scripts are safe to resend: appends
         # use explicit ids (a resent append finds its own entry), claims are idempotent.
         # A blocking pool: a burst of placements past the pool's size waits for a free
@@ -150,9 +196,37 @@ class CheckpointStore(RunControl):
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
         client = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
-        store = cls(client, namespace)
+        store = cls(client, namespace, index_shards=shards or 1)
         if ScriptPipe.supports(url):
             store._runner.pipe = ScriptPipe(target.url, ssl_context=target.ssl_context)
+        return store
+
+    @classmethod
+    async def _connect_cluster(
+        cls,
+        ct: ClusterTarget,
+        namespace: str,
+        max_connections: int,
+        connect_timeout: float,
+        shards: int,
+    ) -> CheckpointStore:
+        """The store on a Redis Cluster: cluster client, scripts on every master, and an
+        append pipe per master (:class:`ClusterPipe`)."""
+        scripts = (_scripts.APPEND, _scripts.FINISH, _scripts.CLAIM)
+        client = await connect_cluster(
+            ct, max_connections=max_connections, connect_timeout=connect_timeout, scripts=scripts
+        )
+        # RedisCluster has every command the store sends (one key each, or a script on one
+        # run's slot); typed as Redis so the store and its users keep one client type.
+        store = cls(
+            cast("aioredis.Redis", client),
+            namespace,
+            index_shards=shards or CLUSTER_INDEX_SHARDS,
+        )
+        ssl_context = ct.target.ssl_context
+        store._runner.pipe = ClusterPipe(
+            client, lambda host, port: ScriptPipe(ct.node_url(host, port), ssl_context=ssl_context)
+        )
         return store
 
     async def close(self) -> None:
@@ -177,17 +251,18 @@ class CheckpointStore(RunControl):
 
     @property
     def timers_key(self) -> str:
-        """Sorted set of passivated runs by the time their timer fires."""
+        """Sorted set of passivated runs by their timer (unsharded indexes only; see
+        :attr:`KeySchema.timers_shards`)."""
         return self.keys.timers
 
     @property
     def runs_key(self) -> str:
-        """Sorted set of all run ids by creation time."""
+        """Sorted set of all run ids by creation time (unsharded indexes only)."""
         return self.keys.runs
 
     @property
     def active_key(self) -> str:
-        """Set of run ids that have not ended."""
+        """Set of run ids that have not ended (unsharded indexes only)."""
         return self.keys.active
 
     # -- run records --------------------------------------------------------------------
@@ -262,11 +337,11 @@ class CheckpointStore(RunControl):
 
     async def list_runs(self, limit: int = 100) -> list[RunRecord]:
         """The newest ``limit`` runs, newest first."""
-        ids = cast("list[bytes]", await self.redis.zrevrange(self.runs_key, 0, limit - 1))
+        ids = await self.newest_run_ids(limit)
         async with self.redis.pipeline(transaction=False) as pipe:
             for rid in ids:
-                pipe.hgetall(self.record_key(rid.decode()))
-            rows = await pipe.execute()
+                pipe.hgetall(self.record_key(rid))
+            rows = await pipe.execute() if ids else []
         records: list[RunRecord] = []
         for row in rows:
             try:
@@ -278,10 +353,29 @@ class CheckpointStore(RunControl):
                 records.append(record)
         return records
 
+    async def newest_run_ids(self, limit: int = 100) -> list[str]:
+        """Ids of the newest ``limit`` runs, newest first (merged across index shards)."""
+        if limit <= 0:
+            return []
+        newest: list[tuple[float, str]] = []
+        # One read per shard (each its own slot on a cluster): the newest ``limit`` of the
+        # union are among the newest ``limit`` of each shard.
+        for key in self.keys.runs_shards:
+            rows = cast(
+                "list[tuple[bytes, float]]",
+                await self.redis.zrevrange(key, 0, limit - 1, withscores=True),
+            )
+            newest.extend((score, rid.decode()) for rid, score in rows)
+        newest.sort(reverse=True)  # as ZREVRANGE orders: score, then id, descending
+        return [rid for _, rid in newest[:limit]]
+
     async def active_runs(self) -> list[str]:
-        """Ids of runs that have not ended (accepted or running)."""
-        members = cast("set[bytes]", await self.redis.smembers(self.active_key))
-        return sorted(m.decode() for m in members)
+        """Ids of runs that have not ended (accepted or running), from every shard."""
+        found: set[str] = set()
+        for key in self.keys.active_shards:
+            members = cast("set[bytes]", await self.redis.smembers(key))
+            found.update(m.decode() for m in members)
+        return sorted(found)
 
     async def mark_inactive(self, run_id: str) -> None:
         """Drop an ended run from the active set (a separate key: not atomic with finish)."""

@@ -21,8 +21,8 @@ from stalwart.errors import LeaseLost, ServerUnavailableError, StalwartError
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
+    from stalwart.checkpoints._cluster_pipe import CommandPipe
     from stalwart.checkpoints._keys import KeySchema
-    from stalwart.checkpoints._pipe import ScriptPipe
 
 
 class JournalConflict(StalwartError):
@@ -67,8 +67,9 @@ class ScriptRunner:
         self.keys = keys
         self.retry_for = retry_for
         """How long a call keeps retrying through a Redis outage before giving up."""
-        self.pipe: ScriptPipe | None = None
-        """Auto-pipelined connection for fenced writes (see ``_pipe``), when the URL allows."""
+        self.pipe: CommandPipe | None = None
+        """Auto-pipelined connection(s) for fenced writes (see ``_pipe``; on a cluster one
+        per master, ``_cluster_pipe``), when the URL allows."""
 
     def run_keys(self, run_id: str) -> list[str]:
         """The two keys every run script takes: the record, the journal."""
@@ -186,8 +187,8 @@ class ScriptRunner:
         """Add a run to the runs index and the active set."""
         if self.pipe is not None:
             # Both go out in one write; Redis answers in order, so the second settles last.
-            first = self.pipe.call("ZADD", self.keys.runs, "NX", repr(now), run_id)
-            second = self.pipe.call("SADD", self.keys.active, run_id)
+            first = self.pipe.call("ZADD", self.keys.runs_of(run_id), "NX", repr(now), run_id)
+            second = self.pipe.call("SADD", self.keys.active_of(run_id), run_id)
             first.add_done_callback(settled_quietly)
             try:
                 replies = (await second, await first)
@@ -197,13 +198,15 @@ class ScriptRunner:
                 if not any(isinstance(r, ResponseError) for r in replies):
                     return
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(self.keys.runs, {run_id: now}, nx=True)
-            pipe.sadd(self.keys.active, run_id)
+            pipe.zadd(self.keys.runs_of(run_id), {run_id: now}, nx=True)
+            pipe.sadd(self.keys.active_of(run_id), run_id)
             await pipe.execute()
 
     async def mark_inactive(self, run_id: str, *, wait: bool = True) -> None:
         """Drop an ended run from the active set; without ``wait``, down the pipe unawaited."""
         if wait or self.pipe is None:
-            await self.redis.srem(self.keys.active, run_id)
+            await self.redis.srem(self.keys.active_of(run_id), run_id)
             return
-        self.pipe.call("SREM", self.keys.active, run_id).add_done_callback(settled_quietly)
+        self.pipe.call("SREM", self.keys.active_of(run_id), run_id).add_done_callback(
+            settled_quietly
+        )

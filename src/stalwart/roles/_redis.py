@@ -2,7 +2,8 @@
 
 Every key of a namespace starts with ``<ns>:`` (see ``checkpoints/_keys``): a run's keys are
 ``<ns>:{<run_id>}:run`` (record), ``:journal``, ``:signals`` and an adapter's own
-``:<suffix>``; the shared ones ``<ns>:runs``, ``<ns>:active``, ``<ns>:timers``. Namespaces
+``:<suffix>``; the shared ones ``<ns>:runs``, ``<ns>:active``, ``<ns>:timers`` (or their
+shards ``<ns>:{idx.<k>}:runs`` ... with ``redis_index_shards`` > 1). Namespaces
 match ``[a-z][a-z0-9_]*``, so ``<ns>:*`` never matches another namespace's keys.
 
 Commands run by a Lua script (``EVALSHA``) are checked against the caller's rules one by one,
@@ -20,6 +21,11 @@ _CONNECT = ["+ping", "+hello", "+auth", "+select", "+client|setname"]
 """What every connection sends: the handshake, and ``SELECT`` for a database number. Not
 ``CLIENT SETINFO``: Redis 7.0 does not know it (``ACL SETUSER`` would fail), and redis-py
 ignores its refusal on 7.2+."""
+_CLUSTER = ["+cluster|info", "+cluster|slots", "+command", "+asking"]
+"""What a cluster client sends besides the commands of its role: the test that tells a
+cluster node from a single Redis, the slot map, the command table redis-py reads at connect
+(key positions), and ``ASKING`` before a command on a slot being migrated. A single Redis
+never gets them (``CLUSTER INFO`` is refused there, which is the answer)."""
 _SCRIPTS = ["+script|load", "+evalsha"]
 """The journal scripts: loaded at connect, run by SHA."""
 _READ = [
@@ -42,17 +48,22 @@ _READ = [
 the key names of every namespace."""
 
 
+def _index(ns: str, *names: str) -> list[str]:
+    """The patterns of shared indexes ``names``: the one key and its shards."""
+    return [p for name in names for p in (f"{ns}:{name}", f"{ns}:{{idx.*}}:{name}")]
+
+
 def _writes(role: RoleName, ns: str) -> tuple[list[str], list[str]]:
     """(key patterns it may write, write commands) of ``role``."""
     run = f"{ns}:{{*}}"
     if role == "client":
         # submit (record, indexes), cancel (the cancel flag; a run nobody placed yet is
         # ended with a journal entry), signal (inbox), fork (a new run's record and journal).
-        keys = [f"{run}:run", f"{run}:journal", f"{run}:signals", f"{ns}:runs", f"{ns}:active"]
+        keys = [f"{run}:run", f"{run}:journal", f"{run}:signals", *_index(ns, "runs", "active")]
         return keys, ["+hset", "+xadd", "+zadd", "+sadd", "+srem"]
     if role == "supervisor":
         # dead letters and rejections fail runs (record + journal); timers; the active set.
-        keys = [f"{run}:run", f"{run}:journal", f"{ns}:runs", f"{ns}:active", f"{ns}:timers"]
+        keys = [f"{run}:run", f"{run}:journal", *_index(ns, "runs", "active", "timers")]
         return keys, ["+hset", "+xadd", "+zadd", "+zrem", "+sadd", "+srem"]
     if role == "worker":
         # Everything of the runs it hosts, adapters' own keys included (the LangGraph
@@ -76,7 +87,16 @@ def redis_acl_rules(role: RoleName, namespace: str) -> list[str]:
     # all a command needs for a key, and counts a script's keys as read *and* written.
     keys = [f"%R~{namespace}:*", *(f"~{k}" for k in write_keys)]
     scripts = _SCRIPTS if role != "viewer" else ["+script|load"]
-    return [*keys, "resetchannels", "-@all", *_CONNECT, *scripts, *_READ, *write_commands]
+    return [
+        *keys,
+        "resetchannels",
+        "-@all",
+        *_CONNECT,
+        *_CLUSTER,
+        *scripts,
+        *_READ,
+        *write_commands,
+    ]
 
 
 _USER = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")

@@ -25,12 +25,14 @@ from stalwart.servers._errors import ServerError, ServerNotFound, ServerStartErr
 from stalwart.servers._nats import NatsServer
 from stalwart.servers._process import free_port
 from stalwart.servers._redis import RedisServer
+from stalwart.servers._redis_cluster import RedisClusterServer
 from stalwart.servers._tls import ServerTLS
 
 __all__ = [
     "MIN_NATS_VERSION",
     "EmbeddedServers",
     "NatsServer",
+    "RedisClusterServer",
     "RedisServer",
     "ServerError",
     "ServerNotFound",

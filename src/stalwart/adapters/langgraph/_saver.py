@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import redis
-import redis.asyncio as aioredis
 from langgraph.checkpoint.base import (
     BaseCheckpointSaver,
     ChannelVersions,
@@ -25,6 +23,7 @@ from stalwart.adapters.langgraph._driver import Driver, Plan
 from stalwart.adapters.langgraph._plans import Out, Plans, Shared, TaskWritten, conf
 from stalwart.adapters.langgraph._sealed import SealedSerde
 from stalwart.adapters.langgraph._serde import AllowedType, SafeSerializer
+from stalwart.checkpoints import redis_clients
 from stalwart.errors import ConfigurationError, RunCancelled
 
 __all__ = ["StalwartSaver", "TaskWritten"]
@@ -39,6 +38,8 @@ if TYPE_CHECKING:
         Sequence,
     )
 
+    import redis
+    import redis.asyncio as aioredis
     from langchain_core.runnables import RunnableConfig
     from langgraph.checkpoint.serde.base import SerializerProtocol
 
@@ -98,13 +99,13 @@ class StalwartSaver(BaseCheckpointSaver[str]):
 
     @classmethod
     def from_url(cls, url: str, *, namespace: str = "stalwart", **kwargs: Any) -> StalwartSaver:
-        """A saver with both a synchronous and an asynchronous client for ``url``."""
-        return cls(
-            aioredis.Redis.from_url(url),
-            sync_client=redis.Redis.from_url(url),
-            namespace=namespace,
-            **kwargs,
-        )
+        """A saver with both a synchronous and an asynchronous client for ``url``.
+
+        A ``redis+cluster://host:port[,host:port...]`` URL gives cluster clients (every key
+        of a thread shares its slot, so the saver's scripts work on a Redis Cluster).
+        """
+        client, sync_client = redis_clients(url)
+        return cls(client, sync_client=sync_client, namespace=namespace, **kwargs)
 
     async def aclose(self) -> None:
         """Close the clients."""
