@@ -81,18 +81,29 @@ _T = TypeVar("_T")
 
 
 async def retry_transient(
-    what: str, call: Callable[[], Awaitable[_T]], within: float, *, pause: float = 0.1
+    what: str,
+    call: Callable[[], Awaitable[_T]],
+    within: float,
+    *,
+    pause: float = 0.1,
+    timeouts: bool = False,
 ) -> _T:
     """``await call()``, again after :data:`TRANSIENT_ERRORS` for up to ``within`` seconds.
 
     A cluster that lost a stream's leader answers "no responders" for the seconds an
     election takes (4-5 s measured on loopback); a process starting then must wait it out
     rather than exit. Past ``within``, :class:`ServerUnavailableError` names ``what``.
+    With ``timeouts``, a request nobody answered is retried too (within the same bound):
+    a JetStream cluster electing its meta leader answers API requests not at all.
     """
     deadline = time.monotonic() + within
     while True:
         try:
             return await call()
+        except NatsTimeoutError:
+            if not timeouts or time.monotonic() >= deadline:
+                raise
+            log.info("jetstream.no_answer_retrying", what=what)
         except TRANSIENT_ERRORS as exc:
             if time.monotonic() >= deadline:
                 raise ServerUnavailableError(
@@ -331,11 +342,20 @@ async def _ensure_stream(
     return info
 
 
+def clustered(js: JetStreamContext) -> bool:
+    """Whether the server this client is connected to is part of a NATS cluster."""
+    return bool(js._nc._server_info.get("cluster"))
+
+
 async def _stream_info(
     js: JetStreamContext, name: str, names: Names, within: float
 ) -> StreamInfo | None:
     try:
-        return await retry_transient(f"look up stream {name}", lambda: js.stream_info(name), within)
+        # On a cluster, silence may be a meta leader election: asked again within the bound
+        # (a permissions violation then takes connect_timeout to be reported, not one request).
+        return await retry_transient(
+            f"look up stream {name}", lambda: js.stream_info(name), within, timeouts=clustered(js)
+        )
     except NotFoundError:
         return None
     except NatsTimeoutError:
@@ -375,14 +395,14 @@ async def _ensure_replication(
 
 
 def _leader_and_peers(info: StreamInfo) -> tuple[bool, bool]:
-    """Whether ``info``'s stream has a leader, and whether all its replicas are current."""
+    """Whether ``info``'s stream has a leader, and whether a majority of its replicas
+    (the leader counts) is current: enough to lose any one of them without losing data.
+    Not all of them: with a node down (the reason for replicas) that would never happen."""
     cluster = info.cluster
     if cluster is None:  # a server outside any cluster: it is the stream
         return True, True
-    replicas = cluster.replicas or []
-    want_peers = (info.config.num_replicas or 1) - 1
-    current = len(replicas) >= want_peers and all(r.current for r in replicas)
-    return bool(cluster.leader), current
+    current = 1 + sum(bool(r.current) for r in cluster.replicas or [])
+    return bool(cluster.leader), current > (info.config.num_replicas or 1) // 2
 
 
 async def _wait_ready(
@@ -499,7 +519,14 @@ async def ensure_agent_consumer(
     """
     durable = names.consumer(agent)
     try:
-        await js.consumer_info(names.runs_stream, durable)
+        # A cluster's meta leader, busy creating many replicated consumers at once (workers
+        # starting together), may let one lookup go unanswered: asked again, bounded.
+        await retry_transient(
+            f"look up consumer {durable}",
+            lambda: js.consumer_info(names.runs_stream, durable),
+            settings.connect_timeout,
+            timeouts=clustered(js),
+        )
         return
     except NotFoundError:
         pass

@@ -150,6 +150,24 @@ class NatsCluster:
         """Block until ``stream`` has a leader; its index."""
         return self._wait(lambda: self.stream_leader(stream), timeout, f"a leader of {stream}")
 
+    def healthy(self, index: int) -> bool:
+        """Whether node ``index`` is fully healthy: running, in the cluster, every stream and
+        consumer it replicates caught up (nats-server's ``/healthz`` without options)."""
+        node = self.nodes[index]
+        return node.running and node._get("/healthz")[0] == 200
+
+    def wait_healthy(self, index: int, timeout: float = 30.0) -> int:
+        """Block until node ``index`` is :meth:`healthy` (after a restart: caught up); index."""
+        return self._wait(
+            lambda: index if self.healthy(index) else None,
+            timeout,
+            f"healthy node {self.nodes[index].server_name}",
+        )
+
+    async def await_healthy(self, index: int, timeout: float = 30.0) -> int:
+        """:meth:`wait_healthy` without blocking the event loop."""
+        return await anyio.to_thread.run_sync(self.wait_healthy, index, timeout)
+
     async def await_meta_leader(self, timeout: float = 15.0) -> int:
         """:meth:`wait_meta_leader` without blocking the event loop."""
         return await anyio.to_thread.run_sync(self.wait_meta_leader, timeout)
