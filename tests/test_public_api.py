@@ -59,6 +59,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "CrashStage",
         "EmbeddedServers",
         "MIN_NATS_VERSION",
+        "NatsCluster",
         "NatsServer",
         "RedisServer",
         "ServerError",
@@ -295,6 +296,7 @@ PUBLIC_API: dict[str, list[str]] = {
     "stalwart.servers": [
         "EmbeddedServers",
         "MIN_NATS_VERSION",
+        "NatsCluster",
         "NatsServer",
         "RedisServer",
         "ServerError",
