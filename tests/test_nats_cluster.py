@@ -12,6 +12,7 @@ import pytest
 
 from stalwart import Settings
 from stalwart.broker import Broker
+from stalwart.broker._provision import provision
 from stalwart.checkpoints import Started
 from stalwart.errors import ConfigurationError
 from stalwart.servers import NatsCluster
@@ -235,5 +236,20 @@ async def test_lease_outlives_a_lease_stream_leader_election(
         assert not lease.lost
         assert (await b.leases.state("r1")).holder == "w1"
         assert await b.leases.confirm(lease) is True
+    finally:
+        await b.close()
+
+
+async def test_provision_brings_replicas_to_the_settings(settings: Settings) -> None:
+    """``stalwart provision`` (the admin's tool) sets the replicas of every stream and bucket
+    to the settings' value, both ways, and says so."""
+    b = await Broker.connect(_with(settings, nats_replicas=1))
+    try:
+        lines = await provision(b.js, b.names, settings, ["a"])
+        updated = [line for line in lines if "num_replicas 1 -> 3" in line]
+        assert len(updated) == 5, lines
+        assert await _replicas(b) == dict.fromkeys(_streams(b), 3)
+        again = await provision(b.js, b.names, settings, ["a"])
+        assert all(line.endswith("unchanged") for line in again), again
     finally:
         await b.close()

@@ -19,6 +19,7 @@ from stalwart.broker._setup import (
     placement,
     replication_changes,
     stream_configs,
+    wait_ready,
 )
 
 if TYPE_CHECKING:
@@ -145,6 +146,15 @@ async def provision(
             f"{f} {_show(getattr(current, f))} -> {_show(v)}" for f, v in changes.items()
         )
         lines.append(f"KV bucket {kv.bucket}: updated ({said})")
+    # A stream just created or scaled up has no leader (or too few current replicas) for a
+    # moment, and a consumer created on it then is refused ("insufficient resources").
+    await wait_ready(
+        js,
+        names,
+        settings,
+        [s.name for s in stream_configs(names, settings)]
+        + [names.kv_stream(kv.bucket) for kv in kv_configs(names, settings)],
+    )
     for agent in agents:
         lines += await _consumer(js, names, settings, agent)
     return lines

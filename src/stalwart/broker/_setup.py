@@ -466,6 +466,19 @@ async def _add_limits(js: JetStreamContext, current: StreamConfig, wanted: Strea
     log.info("stream.limits_updated", stream=wanted.name, **{k: str(v) for k, v in changes.items()})
 
 
+async def wait_ready(
+    js: JetStreamContext, names: Names, settings: Settings, streams: list[str | None]
+) -> None:
+    """Wait (up to ``connect_timeout`` in all) until each of ``streams`` has a leader and a
+    majority of current replicas (see :func:`_wait_ready`)."""
+    deadline = time.monotonic() + settings.connect_timeout
+    for name in streams:
+        assert name is not None
+        info = await _stream_info(js, name, names, settings.connect_timeout)
+        if info is not None:
+            await _wait_ready(js, names, info, settings, deadline)
+
+
 async def _ensure_kv(
     js: JetStreamContext, names: Names, config: KeyValueConfig, settings: Settings
 ) -> StreamInfo:
