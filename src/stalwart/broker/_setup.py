@@ -160,6 +160,37 @@ async def _create(
         raise
 
 
+_NO_PEERS = 10005  # "no suitable peers for placement"
+_INSUFFICIENT = 10023  # "insufficient resources"
+
+
+async def _create_replicated(
+    what: str, names: Names, make: Callable[[], Awaitable[object]], settings: Settings
+) -> None:
+    """:func:`_create`, retried while the cluster cannot place the replicas yet.
+
+    A cluster that just started (or just lost a node) may not count enough peers for a
+    moment, and refuses a replicated stream it will accept a second later. Retried until
+    ``connect_timeout``; then the refusal is reported with its advice.
+    """
+    deadline = time.monotonic() + settings.connect_timeout
+    while True:
+        try:
+            await retry_transient(
+                f"create {what}",
+                lambda: _create(what, names, make(), settings),
+                settings.connect_timeout,
+            )
+            return
+        except ConfigurationError as exc:
+            cause = exc.__cause__
+            placing = isinstance(cause, APIError) and cause.err_code in (_NO_PEERS, _INSUFFICIENT)
+            if not placing or time.monotonic() >= deadline:
+                raise
+            log.info("stream.placement_retrying", what=what, error=str(cause))
+            await asyncio.sleep(0.25)
+
+
 def _is_replication_refusal(exc: APIError, settings: Settings) -> bool:
     # "insufficient resources", "replicas > 1 not supported in non-clustered mode", "no
     # suitable peers for placement": the server cannot place as many replicas as asked.
@@ -327,7 +358,7 @@ async def _ensure_stream(
         if not create:
             raise _missing(what, names)
         try:
-            await _create(what, names, js.add_stream(config), settings)
+            await _create_replicated(what, names, lambda: js.add_stream(config), settings)
         except BadRequestError as exc:
             if exc.err_code != _EXISTS_DIFFERENTLY:
                 raise
@@ -347,14 +378,28 @@ def clustered(js: JetStreamContext) -> bool:
     return bool(js._nc._server_info.get("cluster"))
 
 
+_QUICK_ASK = 1.5
+"""Seconds a start-up lookup waits on a cluster before asking again. A request sent while a
+stream has no leader is dropped, not queued: with nats-py's 5 s, one sent just before an
+election ends would wait out its full timeout though the answer is there a moment later."""
+
+
+def _asker(js: JetStreamContext) -> JetStreamContext:
+    """``js``, or on a cluster the same context with :data:`_QUICK_ASK` as its timeout."""
+    if not clustered(js):
+        return js
+    return js._nc.jetstream(prefix=js._prefix, timeout=min(_QUICK_ASK, js._timeout))
+
+
 async def _stream_info(
     js: JetStreamContext, name: str, names: Names, within: float
 ) -> StreamInfo | None:
     try:
         # On a cluster, silence may be a meta leader election: asked again within the bound
         # (a permissions violation then takes connect_timeout to be reported, not one request).
+        ask = _asker(js)
         return await retry_transient(
-            f"look up stream {name}", lambda: js.stream_info(name), within, timeouts=clustered(js)
+            f"look up stream {name}", lambda: ask.stream_info(name), within, timeouts=ask is not js
         )
     except NotFoundError:
         return None
@@ -489,7 +534,7 @@ async def _ensure_kv(
         if settings.provision != "auto":
             raise _missing(what, names)
         try:
-            await _create(what, names, js.create_key_value(config), settings)
+            await _create_replicated(what, names, lambda: js.create_key_value(config), settings)
         except BadRequestError as exc:
             if exc.err_code != _EXISTS_DIFFERENTLY:
                 raise
@@ -534,11 +579,12 @@ async def ensure_agent_consumer(
     try:
         # A cluster's meta leader, busy creating many replicated consumers at once (workers
         # starting together), may let one lookup go unanswered: asked again, bounded.
+        ask = _asker(js)
         await retry_transient(
             f"look up consumer {durable}",
-            lambda: js.consumer_info(names.runs_stream, durable),
+            lambda: ask.consumer_info(names.runs_stream, durable),
             settings.connect_timeout,
-            timeouts=clustered(js),
+            timeouts=ask is not js,
         )
         return
     except NotFoundError:

@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from stalwart.servers._binaries import find_nats_server
 from stalwart.servers._process import LOOPBACK, _ServerProcess, free_port
@@ -133,7 +133,7 @@ class NatsServer(_ServerProcess):
             "-sd", str(self.store_dir),
         ]  # fmt: skip
 
-    def monitor(self, path: str) -> dict[str, object] | None:
+    def monitor(self, path: str) -> dict[str, Any] | None:
         """The JSON of monitoring endpoint ``path`` (``/jsz``, ``/varz``), None if no answer."""
         status, body = self._get(path)
         if status != 200:

@@ -27,7 +27,8 @@ class NatsCluster:
     :attr:`urls` is the comma-separated client URL list Stalwart accepts as ``nats_url``.
 
     :meth:`start` returns once every node is healthy and the cluster has elected a meta
-    leader (before that, creating a stream fails). Leaders are read from each node's
+    leader that counts every node as a current peer (before that, creating a replicated
+    stream fails). Leaders are read from each node's
     monitoring endpoint (``/jsz``): :meth:`meta_leader`, :meth:`stream_leader`.
 
     Like the servers it is made of, it is not thread-safe; start it (and restart nodes) from
@@ -64,19 +65,19 @@ class NatsCluster:
     # -- lifecycle
 
     def start(self, timeout: float = 30.0) -> None:
-        """Start every node, then wait (up to ``timeout`` in all) for a meta leader."""
+        """Start every node, then wait (up to ``timeout`` in all) for :meth:`meta_ready`."""
         deadline = time.monotonic() + timeout
         for node in self.nodes:
             # Pinned ports (the routes name them) never move, so a bind race is an error.
             node.start(timeout=max(deadline - time.monotonic(), 1.0))
-        self.wait_meta_leader(max(deadline - time.monotonic(), 1.0))
+        self.wait_meta_ready(max(deadline - time.monotonic(), 1.0))
 
     async def astart(self, timeout: float = 30.0) -> None:
         """:meth:`start` for an event loop: spawns on this thread, waits in a worker thread."""
         deadline = time.monotonic() + timeout
         for node in self.nodes:
             await node._start_async(max(deadline - time.monotonic(), 1.0))
-        await anyio.to_thread.run_sync(self.wait_meta_leader, max(deadline - time.monotonic(), 1.0))
+        await anyio.to_thread.run_sync(self.wait_meta_ready, max(deadline - time.monotonic(), 1.0))
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop every node and remove their temp dirs (idempotent)."""
@@ -141,6 +142,27 @@ class NatsCluster:
                         if self.nodes[i].running:
                             return i
         return None
+
+    def meta_ready(self) -> int | None:
+        """The meta leader's index once it counts every node as a current peer, else None.
+
+        Until then it may refuse a replicated stream ("no suitable peers for placement"):
+        what :meth:`start` waits for.
+        """
+        leader = self.meta_leader()
+        if leader is None:
+            return None
+        data = self.nodes[leader].monitor("/jsz") or {}
+        meta = data.get("meta_cluster") or {}
+        peers = [r for r in meta.get("replicas") or [] if r.get("name") != meta.get("leader")]
+        running = sum(node.running for node in self.nodes)
+        if len(peers) + 1 >= running and all(p.get("current") for p in peers):
+            return leader
+        return None
+
+    def wait_meta_ready(self, timeout: float = 15.0) -> int:
+        """Block until :meth:`meta_ready`; the meta leader's index."""
+        return self._wait(self.meta_ready, timeout, "meta leader with every node current")
 
     def wait_meta_leader(self, timeout: float = 15.0) -> int:
         """Block until a meta leader is elected; its index. :class:`ServerStartError` on timeout."""
