@@ -168,6 +168,23 @@ async def test_an_unanswered_renewal_that_was_stored_is_adopted_not_lost(broker:
     assert await _renew(broker.leases, [mine]) == [mine]
     assert mine.lost
 
+    # This worker's own new lease on a run whose old lease ran out is not the old one's
+    # write: the old lease is lost, not adopted (two actors would run the same run).
+    w1 = LeaseManager(broker.js, broker.names, 1, "w1")
+    run = uuid.uuid4().hex
+    old = await w1.acquire(run)
+    assert old is not None
+
+    async def expired() -> bool:
+        return (await w1.state(run)).holder is None
+
+    await eventually(expired, timeout=5, message="a 1 s lease did not expire within 5 s")
+    new = await w1.acquire(run)
+    assert new is not None and new.epoch > old.epoch
+    old.unsure = True
+    assert await _renew(w1, [old]) == [old]
+    assert old.lost and (await w1.state(run)).revision == new.revision
+
 
 @pytest.mark.timeout(60)
 async def test_a_silent_server_loses_no_lease(namespace: str) -> None:

@@ -172,7 +172,7 @@ async def test_twenty_runs_survive_killing_the_stream_and_meta_leaders(
     async with worker_pool(
         "tests.apps:app", settings, servers, client, STALWART_NATS_REPLICAS="3"
     ) as start:
-        await asyncio.gather(start("w1"), start("w2"))
+        procs = await asyncio.gather(start("w1"), start("w2"))
         handles = [await client.submit("steady", STEPS) for _ in range(20)]
 
         async def all_stepping() -> bool:
@@ -203,6 +203,20 @@ async def test_twenty_runs_survive_killing_the_stream_and_meta_leaders(
             sum(isinstance(je.entry, Started) for je in await journal(client, h.run_id))
             for h in handles
         ]
+        for h, x in zip(handles, extra, strict=True):
+            if x > 1:  # what happened to it, for the failure below
+                keys = [k async for k in counters.scan_iter(match=f"exec:{h.run_id}:*")]
+                twice = [k for k in keys if int(await counters.get(k) or 0) > 1]
+                starts = [
+                    (je.entry.epoch, je.entry.worker, je.seq)
+                    for je in await journal(client, h.run_id)
+                    if isinstance(je.entry, Started)
+                ]
+                print(f"\nrun {h.run_id}: steps run twice {twice}; placements {starts}")
+                for proc in procs:
+                    for line in proc.log_text().splitlines():
+                        if h.run_id in line:
+                            print(f"  {line[:300]}")
     took = time.monotonic() - began
     print(
         f"\nnew leader after SIGKILL (s): {outages}; extra step executions per run: {extra}; "

@@ -203,19 +203,31 @@ class LeaseManager:
 
         A renewal whose answer was lost (a timeout during an election, a reconnect) may
         have been stored; the next one then names a stale revision and is refused although
-        nobody else wrote. If the key's last message is this owner's, that write is adopted
-        and the lease renewed once more (its TTL counts from an unknown moment). Only for a
-        lease with such a write outstanding (``unsure``): otherwise a refusal means lost.
+        nobody else wrote. That write is recognised exactly: this owner's value, stored
+        with the CAS header naming this lease's revision (a write of another lease, even
+        this worker's own new lease on the same run after this one expired, names the
+        marker's or no revision). It is adopted and the lease renewed once more (its TTL
+        counts from an unknown moment). Only for a lease with such a write outstanding
+        (``unsure``): otherwise a refusal means lost.
         """
         if not lease.unsure:
             return False
         try:
-            state = await self.state(lease.run_id)
-            if state.holder != self.owner or state.revision <= lease.revision:
+            msg = await self._js.get_msg(
+                self._names.lease_stream, subject=self._subject(lease.run_id)
+            )
+            headers = msg.headers or {}
+            ours = (
+                not _is_tombstone(headers)
+                and (msg.data or b"") == self.owner.encode()
+                and headers.get(_CAS) == str(lease.revision)
+                and int(msg.seq or 0) > lease.revision
+            )
+            if not ours:
                 return False
             sent = lease_clock()
-            seq = await self._cas(lease.run_id, state.revision)
-        except APIError:
+            seq = await self._cas(lease.run_id, int(msg.seq or 0))
+        except APIError:  # NotFoundError included: the key is gone, so is the lease
             return False
         except Exception:  # still no answer: keep it unsure, try again at the next pass
             return True
