@@ -12,6 +12,7 @@ import pytest
 
 from stalwart import Settings
 from stalwart.broker import Broker
+from stalwart.broker._connect import check_nats_url, server_list
 from stalwart.broker._provision import provision
 from stalwart.checkpoints import Started
 from stalwart.errors import ConfigurationError
@@ -276,3 +277,12 @@ async def test_provision_brings_replicas_to_the_settings(settings: Settings) -> 
         assert all(line.endswith("unchanged") for line in again), again
     finally:
         await b.close()
+
+
+def test_url_lists_are_split_into_servers_and_checked_each() -> None:
+    assert server_list(" nats://a:4222, nats://b:4222 ,") == ["nats://a:4222", "nats://b:4222"]
+    assert server_list("tls://u:p@a:4222,tls://b:4222") == ["tls://u:p@a:4222", "tls://b:4222"]
+    check_nats_url("nats://a:4222,nats://b:4222")
+    check_nats_url("tls://a:4222, tls://b:4222")
+    with pytest.raises(ConfigurationError, match="'http://b:8222' is not a NATS URL"):
+        check_nats_url("nats://a:4222,http://b:8222")
