@@ -268,20 +268,10 @@ class Broker:
 
     async def pull_subscription(self, agent: str) -> Any:
         """Bind to the shared durable consumer of ``agent`` (looked up; created if missing
-        and ``settings.provision`` allows).
-
-        Retried for up to ``connect_timeout`` while JetStream is unavailable (a cluster
-        electing the runs stream's leader), so a worker starting then waits instead of exiting.
-        """
-
-        async def bind() -> Any:
-            await ensure_agent_consumer(self.js, self.names, self.settings, agent)
-            return await self.js.pull_subscribe_bind(
-                self.names.consumer(agent), stream=self.names.runs_stream
-            )
-
-        return await retry_transient(
-            f"bind the consumer of agent {agent!r}", bind, self.settings.connect_timeout
+        and ``settings.provision`` allows)."""
+        await ensure_agent_consumer(self.js, self.names, self.settings, agent)
+        return await self.js.pull_subscribe_bind(
+            self.names.consumer(agent), stream=self.names.runs_stream
         )
 
     # -- registry and heartbeats ----------------------------------------------------------
