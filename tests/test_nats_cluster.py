@@ -6,11 +6,12 @@ import asyncio
 import contextlib
 import os
 import time
+import uuid
 from typing import TYPE_CHECKING
 
 import pytest
 
-from stalwart import Settings
+from stalwart import Client, Settings
 from stalwart.broker import Broker
 from stalwart.broker._connect import check_nats_url, server_list
 from stalwart.broker._provision import provision
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 
     import redis.asyncio as aioredis
 
-    from stalwart import Client
     from tests.conftest import Servers
 
 pytestmark = pytest.mark.slow
@@ -141,14 +141,30 @@ async def test_fewer_replicas_than_asked_is_refused_or_scaled_up(settings: Setti
 async def test_workers_starting_on_new_replicated_buckets_do_not_exit(
     settings: Settings, servers: Servers, client: Client
 ) -> None:
-    # The client created the topology a moment ago; three workers start at once and each
-    # registers its agents and binds consumers while the streams' raft groups settle.
+    # A namespace nobody created: three workers start at once, create its replicated streams
+    # and buckets, and register their agents and bind consumers while the new raft groups
+    # elect leaders (before, a worker exited at start in 2 of 3 tries: NoStreamResponseError).
+    fresh = _with(settings, namespace="n" + uuid.uuid4().hex[:10])
     async with worker_pool(
-        "tests.apps:app", settings, servers, client, STALWART_NATS_REPLICAS="3"
+        "tests.apps:app", fresh, servers, client, STALWART_NATS_REPLICAS="3"
     ) as start:
-        procs = await asyncio.gather(*(start(f"w{i}") for i in range(3)))
-        await asyncio.sleep(1)  # a worker that was going to exit at start has by now
-        assert all(p.alive() for p in procs), [p.log_text()[-2000:] for p in procs]
+        procs = await asyncio.gather(*(start(f"w{i}", wait=False) for i in range(3)))
+        watcher = await Client.connect(settings=fresh)
+        try:
+
+            async def all_registered() -> bool:
+                up = {w.worker_id for w in await watcher.broker.workers()}
+                return up >= {"w0", "w1", "w2"}
+
+            await eventually(
+                all_registered,
+                timeout=45,
+                message=lambda: "\n".join(p.log_text()[-1500:] for p in procs),
+            )
+            assert all(p.alive() for p in procs), [p.log_text()[-2000:] for p in procs]
+            assert await _replicas(watcher.broker) == dict.fromkeys(_streams(watcher.broker), 3)
+        finally:
+            await watcher.close()
 
 
 STEPS = 250
