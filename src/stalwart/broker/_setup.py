@@ -543,6 +543,8 @@ async def _ensure_kv(
         if info is None:
             raise ServerUnavailableError(f"{what} vanished right after it was created")
     # A bucket is a stream (KV_<bucket>): replicas and placement change the same way.
+    # (nats-py's create_key_value drops the config's placement: a bucket created here is
+    # moved to the wanted placement by this same check, right after it was created.)
     return await _ensure_replication(js, names, what, info, settings)
 
 
