@@ -17,12 +17,14 @@ from stalwart.broker._connect import check_nats_url, server_list
 from stalwart.broker._provision import provision
 from stalwart.checkpoints import Started
 from stalwart.errors import ConfigurationError
-from stalwart.servers import NatsCluster
+from stalwart.servers import NatsCluster, NatsServer, ServerTLS, free_port
 from tests.conftest import worker_pool
-from tests.helpers import eventually, journal
+from tests.helpers import eventually, journal, start_server
+from tests.transport_material import make_material
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+    from pathlib import Path
 
     import redis.asyncio as aioredis
 
@@ -302,3 +304,34 @@ def test_url_lists_are_split_into_servers_and_checked_each() -> None:
     check_nats_url("tls://a:4222, tls://b:4222")
     with pytest.raises(ConfigurationError, match="'http://b:8222' is not a NATS URL"):
         check_nats_url("nats://a:4222,http://b:8222")
+
+
+async def test_tls_url_list_with_a_dead_server_first(
+    tmp_path: Path, servers: Servers, namespace: str
+) -> None:
+    """``tls://`` lists work like ``nats://`` ones: each listed server that answers is
+    checked to require TLS before credentials go out, and the dead one is skipped."""
+    material = make_material(tmp_path)
+    tls = ServerTLS(
+        material.path("server.pem"), material.path("server.key"), material.path("ca.pem")
+    )
+    nats = NatsServer(tls=tls)
+    await start_server(nats)
+    try:
+        dead = f"tls://127.0.0.1:{free_port()}"
+        s = Settings(
+            nats_url=f"{dead}, {nats.url}",
+            redis_url=servers.redis_url,
+            namespace=namespace,
+            nats_tls_ca=material.path("ca.pem"),
+        )
+        b = await Broker.connect(s)
+        try:
+            assert b.nc.connected_url is not None
+            assert b.nc.connected_url.port == nats.port
+            await b.register_agents(["a"], "app")
+            assert await b.known_agents() == ["a"]
+        finally:
+            await b.close()
+    finally:
+        await asyncio.to_thread(nats.stop)
