@@ -222,8 +222,8 @@ async def test_twenty_runs_survive_killing_the_stream_and_meta_leaders(
             sum(isinstance(je.entry, Started) for je in await journal(client, h.run_id))
             for h in handles
         ]
-        for h, x in zip(handles, extra, strict=True):
-            if x > 1:  # what happened to it, for the failure below
+        for h, x, p in zip(handles, extra, placements, strict=True):
+            if x > 1 or p > 1:  # what happened to it (for a failure below, or the figures)
                 keys = [k async for k in counters.scan_iter(match=f"exec:{h.run_id}:*")]
                 twice = [k for k in keys if int(await counters.get(k) or 0) > 1]
                 starts = [
