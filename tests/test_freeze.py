@@ -285,8 +285,13 @@ async def test_a_lease_nats_cannot_confirm_starts_no_step_body(
     namespace: str, own_redis: RedisServer, counters: aioredis.Redis
 ) -> None:
     """A, server unreachable: NATS stops answering while the agent is between steps. The
-    next step's body must not start (the lease cannot be confirmed); once a TTL has passed
-    without a confirmed renewal the run is given up, and the supervisor re-places it later.
+    next step's body must not start (the lease cannot be confirmed), however long NATS is
+    silent: no answer proves nothing, so the run is kept, not given up (a NATS cluster
+    electing a leader is silent for seconds; dropping every run then re-placed them all).
+    Once NATS answers, it decides: a lease it expired meanwhile is refused (its key carries
+    the expiry marker: tests/test_leases.py) and the run given up, to be re-placed later.
+
+    (Before issue #15 this test encoded the old rule: given up after one TTL of silence.)
     """
     nats = NatsServer()
     nats.start()
@@ -308,14 +313,28 @@ async def test_a_lease_nats_cannot_confirm_starts_no_step_body(
                     await asyncio.sleep(s.lease_ttl * 0.7)
                     await open_gate(counters, run_id, "after")  # on to s4
                     await eventually(
-                        lambda: _logged(a, "run.lease_lost"),
+                        lambda: _logged(a, "lease.confirm_failed"),
                         timeout=15,
                         message=lambda: a.log_text()[-3000:],
                     )
+                    # Well past the TTL: still waiting for an answer, no body started.
+                    await asyncio.sleep(s.lease_ttl * 1.5)
                     assert await execs(counters, run_id, "step:s4") == 0
-                    assert "could not be confirmed" in a.log_text()
+                    assert "run.lease_lost" not in a.log_text(), a.log_text()[-3000:]
                 finally:
                     os.kill(nats.pid, signal.SIGCONT)
+
+                # NATS answers again and decides. The lease outlived its TTL while the
+                # server was stopped, but whether the server expired it (renewal refused:
+                # the run is given up, s4 never started here) or took the queued renewal
+                # first (nobody else could have taken the key: the run goes on, s4 runs
+                # once) is the server's race. Either way one answer, never both.
+                async def decided() -> bool:
+                    return await _logged(a, "run.lease_lost") or await _logged(a, "run.finished")
+
+                await eventually(decided, timeout=15, message=lambda: a.log_text()[-3000:])
+                lost = await _logged(a, "run.lease_lost")
+                assert await execs(counters, run_id, "step:s4") == (0 if lost else 1)
                 assert a.alive()
         finally:
             await client.close()

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import uuid
 from typing import TYPE_CHECKING
 
 import pytest
 
 from stalwart.broker import Broker, Lease, LeaseManager
+from stalwart.broker._lease import LeaseState
 from stalwart.config import Settings
-from tests.helpers import eventually
+from stalwart.servers import NatsServer
+from tests.helpers import eventually, start_server
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -112,3 +116,105 @@ async def test_lease_expires_without_renewal_and_is_taken_over(broker: Broker) -
     # The old owner's renewal must report the lease lost, and must not overwrite the new one.
     assert await _renew(w1, [old]) == [old]
     assert (await w2.state(rid)).holder == "w2"
+
+
+# -- a lease is lost only when the server refuses its renewal (issue #15) ------------------
+# The old rule also counted a lease lost after one TTL without an answered renewal; a NATS
+# cluster electing the lease stream's leader (silent for 3-6 s) then dropped every run of
+# every worker. Now silence proves nothing: the epoch fence stops zombies, the pre-step
+# confirm keeps user code from starting, and a lease that really ran out is refused once
+# the server answers (the tests below).
+
+
+async def test_renewal_of_an_expired_lease_is_refused_by_its_marker(broker: Broker) -> None:
+    """Nobody took the run over, but the lease ran out: the key's last message is the expiry
+    marker, so the renewal is refused (lost), as a takeover's would be."""
+    rid = uuid.uuid4().hex
+    w1 = LeaseManager(broker.js, broker.names, 1, "w1")
+    lease = await w1.acquire(rid)
+    assert lease is not None
+
+    async def expired() -> bool:
+        return (await w1.state(rid)).holder is None
+
+    await eventually(expired, timeout=5, message="a 1 s lease did not expire within 5 s")
+    assert await _renew(w1, [lease]) == [lease]
+    assert lease.lost
+    assert (await w1.state(rid)).holder is None  # the refused write changed nothing
+
+
+async def test_an_unanswered_renewal_that_was_stored_is_adopted_not_lost(broker: Broker) -> None:
+    """A renewal whose answer was lost (a timeout in an election) may have been stored: the
+    next renewal names a stale revision and is refused although the key is still ours.
+    With the unanswered write outstanding (``unsure``) it is adopted; without, lost."""
+    rid = uuid.uuid4().hex
+    lease = await broker.leases.acquire(rid)
+    assert lease is not None
+    stale = lease.revision
+    await broker.leases._cas(rid, stale)  # stored, its answer "lost"
+    lease.unsure = True
+    assert await _renew(broker.leases, [lease]) == []
+    assert not lease.lost and not lease.unsure
+    assert lease.revision > stale
+    assert (await broker.leases.state(rid)).revision == lease.revision
+
+    # Another owner's write since then is a refusal, unsure or not.
+    other = uuid.uuid4().hex
+    mine = await broker.leases.acquire(other)
+    assert mine is not None
+    w2 = LeaseManager(broker.js, broker.names, broker.settings.lease_ttl, "w2")
+    await w2._cas(other, mine.revision)  # w2 took the key over
+    mine.unsure = True
+    assert await _renew(broker.leases, [mine]) == [mine]
+    assert mine.lost
+
+    # This worker's own new lease on a run whose old lease ran out is not the old one's
+    # write: the old lease is lost, not adopted (two actors would run the same run).
+    w1 = LeaseManager(broker.js, broker.names, 1, "w1")
+    run = uuid.uuid4().hex
+    old = await w1.acquire(run)
+    assert old is not None
+
+    async def expired() -> bool:
+        return (await w1.state(run)).holder is None
+
+    await eventually(expired, timeout=5, message="a 1 s lease did not expire within 5 s")
+    new = await w1.acquire(run)
+    assert new is not None and new.epoch > old.epoch
+    old.unsure = True
+    assert await _renew(w1, [old]) == [old]
+    assert old.lost and (await w1.state(run)).revision == new.revision
+
+
+@pytest.mark.timeout(60)
+async def test_a_silent_server_loses_no_lease(namespace: str) -> None:
+    """NATS stops answering (SIGSTOP) for longer than a renewal waits: the renewal fails
+    without an answer and the lease is kept; once NATS answers, the next renewal renews it
+    (adopting the unanswered write that was stored meanwhile)."""
+    nats = NatsServer()
+    await start_server(nats)
+    b = await Broker.connect(
+        Settings(nats_url=nats.url, redis_url="redis://unused", namespace=namespace, lease_ttl=30)
+    )
+    try:
+        leases = LeaseManager(b.js, b.names, 30, "w1")
+        lease = await leases.acquire(uuid.uuid4().hex)
+        assert lease is not None
+        before = lease.renewed_at
+        assert nats.pid is not None
+        os.kill(nats.pid, signal.SIGSTOP)
+        try:
+            # nats-py gives a JetStream publish 5 s: the renewal ends without an answer.
+            assert await asyncio.wait_for(leases.renew([lease]), timeout=15) == []
+            assert not lease.lost and lease.unsure and lease.renewed_at == before
+        finally:
+            os.kill(nats.pid, signal.SIGCONT)
+        assert await _renew(leases, [lease]) == []
+        assert not lease.lost and not lease.unsure and lease.renewed_at > before
+        assert (await leases.state(lease.run_id)) == LeaseState("w1", lease.revision)
+        assert await leases.confirm(lease) is True
+    finally:
+        await b.close()
+        if nats.pid is not None:
+            os.kill(nats.pid, signal.SIGCONT)
+        await asyncio.to_thread(nats.stop)

@@ -59,6 +59,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "CrashStage",
         "EmbeddedServers",
         "MIN_NATS_VERSION",
+        "NatsCluster",
         "NatsServer",
         "RedisClusterServer",
         "RedisServer",
@@ -297,6 +298,7 @@ PUBLIC_API: dict[str, list[str]] = {
     "stalwart.servers": [
         "EmbeddedServers",
         "MIN_NATS_VERSION",
+        "NatsCluster",
         "NatsServer",
         "RedisClusterServer",
         "RedisServer",

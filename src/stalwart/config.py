@@ -51,6 +51,10 @@ FIELD_ROLES: dict[str, frozenset[Role]] = {
     "event_max_age": _ALL,
     # Any process may find the topology missing (docs/security.md#least-privilege-roles).
     "provision": _ALL,
+    # Replicas and placement of every stream and bucket: whoever creates or checks them.
+    "nats_replicas": _ALL,
+    "nats_placement_cluster": _ALL,
+    "nats_placement_tags": _ALL,
     "reconcile_interval": _SUPERVISOR,
     "drain_timeout": _WORKER,
     "passivate_after": _WORKER,
@@ -134,6 +138,11 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "stuck_after": (lambda v: v >= 0, _NON_NEGATIVE + " (0: never)"),
     "stuck_action": (lambda v: v in ("report", "replace"), "'report' or 'replace'"),
     "provision": (lambda v: v in ("auto", "off"), "'auto' or 'off'"),
+    "nats_replicas": (lambda v: 1 <= v <= 5, "a whole number from 1 to 5 (JetStream's limit)"),
+    "nats_placement_tags": (
+        lambda v: all(t.strip() for t in v.split(",")) if v else True,
+        "a comma-separated list of server tags without empty items (e.g. 'az:a,ssd')",
+    ),
     "breaker_threshold": (lambda v: v >= 1, "a whole number >= 1"),
     "breaker_cooldown": (lambda v: v >= 0, _NON_NEGATIVE),
     "connect_timeout": (lambda v: v > 0, _POSITIVE),
@@ -224,6 +233,25 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     (zero setup; the NATS user needs the right to). ``off``: it only looks them up, and a
     missing one is a ``ConfigurationError`` saying to run ``stalwart provision`` with admin
     rights (least-privilege deployments). Either way, what exists is never re-created."""
+    # -- NATS cluster (docs/deployment.md#nats-cluster)
+    nats_replicas: int = 1
+    """Replicas of every stream and KV bucket Stalwart creates (1 to 5; at most the number of
+    JetStream servers). 3 on a 3-node cluster survives the loss of any one node. An
+    existing stream or bucket with fewer replicas (or another placement) is scaled up in
+    place when ``provision`` is ``auto`` and refused with the fix to run when it is ``off``;
+    one with more replicas than asked is kept as it is."""
+    nats_placement_cluster: str = ""
+    """Name of the NATS cluster (of a super-cluster) the streams and buckets are placed in;
+    empty: wherever the server places them."""
+    nats_placement_tags: str = ""
+    """Comma-separated server tags (``server_tags`` in nats-server's config) every replica's
+    server must have, e.g. ``region:eu``; empty: no constraint."""
+
+    @property
+    def placement_tags(self) -> list[str]:
+        """``nats_placement_tags`` as a list (empty when unset)."""
+        return [t.strip() for t in self.nats_placement_tags.split(",") if t.strip()]
+
     reconcile_interval: float = 2.0
     """How often the supervisor scans for running runs that have no owner."""
     drain_timeout: float = 20.0
@@ -263,7 +291,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     wait) starts without asking the server only if the last confirmed renewal was sent less
     than ``lease_ttl - lease_margin`` ago; otherwise the worker renews that lease first."""
     lease_confirm_retry: float = 0.25
-    """Pause between attempts to confirm a lease with an unreachable server (up to a TTL)."""
+    """Pause between attempts to confirm a lease with a server that does not answer (kept up
+    until it answers: only a refusal loses the lease)."""
 
     @property
     def effective_lease_margin(self) -> float:

@@ -48,10 +48,15 @@ class LeaseOwner:
         wakes with ``lost`` unset while another worker may already have taken the run over
         and journaled the very step it is about to start. So unless the last confirmed
         renewal is recent (one clock read, see ``lease_margin``), the lease is renewed now,
-        and no user code starts until the server said yes. A server that cannot be asked is
-        retried until the lease has surely expired; then the run is given up (the supervisor
-        re-places it). Raises nothing but ``LeaseLost``, so a step can call it inside the
-        ``try`` that records the body's own errors.
+        and no user code starts until the server said yes.
+
+        A server that does not answer (down, slow, or a NATS cluster electing the lease
+        stream's leader, which takes seconds) is asked again every ``retry`` seconds for as
+        long as it takes: no answer proves nothing, and giving the run up would only have it
+        re-placed, its current step run twice. Once the server answers, a lease that ran out
+        meanwhile is refused (its key moved: another owner, or the expiry marker) and the
+        run is given up then. Raises nothing but ``LeaseLost``, so a step can call it inside
+        the ``try`` that records the body's own errors.
         """
         state = self._state
         if state.lost:
@@ -59,16 +64,26 @@ class LeaseOwner:
         leases, lease = self._leases, self._lease
         if leases.fresh(lease):
             return
+        failures = 0
         while True:
             try:
                 if await leases.confirm(lease):
+                    if failures:
+                        self._log.info("lease.confirmed_after_retries", attempts=failures + 1)
                     return
-                why = "was taken over (found when confirming it before user code)"
+                break
             except (OSError, NatsError) as exc:
-                if not leases.expired(lease):
-                    self._log.warning("lease.confirm_failed", error=repr(exc))
-                    await asyncio.sleep(self._retry)
-                    continue
-                why = "could not be confirmed within its TTL (server unreachable)"
-            state.lost = True
-            raise LeaseLost(f"run {state.run_id!r}: the lease of epoch {state.epoch} {why}")
+                failures += 1
+                if failures == 1 or failures % 20 == 0:  # one line, then a reminder now and then
+                    self._log.warning(
+                        "lease.confirm_failed",
+                        error=repr(exc),
+                        attempts=failures,
+                        expired=leases.expired(lease),
+                    )
+                await asyncio.sleep(self._retry)
+        state.lost = True
+        raise LeaseLost(
+            f"run {state.run_id!r}: the lease of epoch {state.epoch} was taken over or ran "
+            "out (found when confirming it before user code)"
+        )

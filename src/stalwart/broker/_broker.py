@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +17,7 @@ from stalwart.broker._connect import check_nats_url, connect
 from stalwart.broker._events import EventPublisher, last_event, subscribe_events
 from stalwart.broker._lease import LeaseManager
 from stalwart.broker._names import Names, ResumeCause, resume_msg_id, submit_msg_id
-from stalwart.broker._setup import ensure_agent_consumer, ensure_topology
+from stalwart.broker._setup import ensure_agent_consumer, ensure_topology, retry_transient
 from stalwart.errors import PayloadTooLargeError, QueueFullError
 from stalwart.messages import (
     EV_ACCEPTED,
@@ -281,10 +282,21 @@ class Broker:
         return self._agents_kv
 
     async def register_agents(self, agents: list[str], app: str) -> None:
-        """Record that ``agents`` are served, so clients can refuse unknown agent names."""
-        kv = await self._agents()
+        """Record that ``agents`` are served, so clients can refuse unknown agent names.
+
+        Retried for up to ``connect_timeout`` while JetStream is unavailable: a replicated
+        bucket just created, or losing its leader, answers "no responders" for a moment.
+        """
+        kv = await retry_transient(
+            "open the agents bucket", self._agents, self.settings.connect_timeout
+        )
         for agent in agents:
-            await kv.put(agent, _json.encode({"app": app, "registered_at": time.time()}))
+            value = _json.encode({"app": app, "registered_at": time.time()})
+            await retry_transient(
+                f"register agent {agent!r}",
+                functools.partial(kv.put, agent, value),
+                self.settings.connect_timeout,
+            )
 
     async def agent_known(self, agent: str) -> bool:
         """Whether some worker has ever registered ``agent``."""

@@ -60,6 +60,15 @@ def check_nats_url(url: str) -> None:
             )
 
 
+def server_list(url: str) -> list[str]:
+    """The URLs of a comma-separated list (``nats://a:4222,nats://b:4222``), one per server.
+
+    nats-py takes a list as ``servers=[...]``; a single string holding commas is one
+    unparsable URL to it ("invalid connect url option").
+    """
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
 def _is_permanent(exc: BaseException) -> bool:
     """Whether retrying cannot help: bad credentials, TLS, a bad URL."""
     text = str(exc).lower()
@@ -147,12 +156,14 @@ async def _first_connection(
     while (remaining := deadline - time.monotonic()) > 0:
         nc = NATSClient()
         try:
+            # A list: nats-py tries each server of a cluster in turn (and learns the rest
+            # from the one it reaches).
             # No reconnects while connecting: nats-py would otherwise retry the first
             # connection too (forever with max_reconnect_attempts=-1), so a wrong URL or a
             # server that is down would hang every command. This loop bounds the whole.
             async with asyncio.timeout(remaining):
                 await nc.connect(
-                    url,
+                    server_list(url),
                     connect_timeout=math.ceil(remaining),  # the timeout above is exact
                     allow_reconnect=False,
                     max_reconnect_attempts=1,

@@ -45,6 +45,8 @@ class Lease:
     ``renewed_at`` (:func:`lease_clock`) is when the write the server last confirmed was
     *sent*: the server stored it later, so the lease lasts at least until
     ``renewed_at + ttl``. ``lost`` is set once a renewal proved someone else holds the key.
+    ``unsure`` is set while a renewal's outcome is unknown (it timed out or the connection
+    dropped: it may have been stored), so a later refusal is checked against the key.
     """
 
     run_id: str
@@ -52,6 +54,7 @@ class Lease:
     revision: int
     renewed_at: float = field(default_factory=lease_clock)
     lost: bool = False
+    unsure: bool = False
 
 
 def lease_fresh(renewed_at: float, now: float, ttl: float, margin: float) -> bool:
@@ -150,9 +153,16 @@ class LeaseManager:
     async def renew(self, leases: list[Lease]) -> list[Lease]:
         """Renew many leases with pipelined publishes; return the ones that were lost.
 
-        A lease is lost when its key moved (someone else took over after it expired). A
-        lease that could not be renewed for a whole TTL (server unreachable) has surely
-        expired and is reported lost too, so its actor stops working for nothing.
+        A lease is lost only when the server refuses its compare-and-set: the key moved
+        (someone took it over after it expired, or it expired and the expiry marker now sits
+        on the key, or it was revoked). A renewal that gets no answer (the server is slow,
+        unreachable, or a JetStream cluster is electing the stream's leader) proves nothing,
+        so the lease is kept and renewed at the next pass: if it ran out meanwhile, that
+        renewal is refused and the lease is lost then. Until a renewal is confirmed, the
+        actor's pre-step check (:meth:`fresh`, :meth:`confirm`) keeps user code from
+        starting, and the epoch fence in Redis stops a step whose lease was taken over.
+        (Before, a TTL without an answer counted as lost: a 5 s leader election then dropped
+        every run of every worker.)
         """
         leases = [lease for lease in leases if not lease.lost]
         if not leases:
@@ -174,19 +184,55 @@ class LeaseManager:
                 return_exceptions=True,
             )
             lost: list[Lease] = []
-            now = lease_clock()
             for lease, res in zip(leases, results, strict=True):
-                if isinstance(res, BaseException):
-                    if isinstance(res, APIError) and res.err_code == _WRONG_LAST_SEQUENCE:
-                        lease.lost = True
-                        lost.append(lease)
-                    elif now - lease.renewed_at > self.ttl:
-                        lease.lost = True
-                        lost.append(lease)
-                else:
+                if not isinstance(res, BaseException):
                     lease.revision = int(res.seq)
                     lease.renewed_at = sent
+                    lease.unsure = False
+                elif isinstance(res, APIError) and res.err_code == _WRONG_LAST_SEQUENCE:
+                    if not await self._adopt_unsure(lease):
+                        lease.lost = True
+                        lost.append(lease)
+                elif not isinstance(res, APIError):
+                    # No answer: the write may have been stored (see _adopt_unsure).
+                    lease.unsure = True
             return lost
+
+    async def _adopt_unsure(self, lease: Lease) -> bool:
+        """After a refused CAS: whether the key's last write is our own unanswered renewal.
+
+        A renewal whose answer was lost (a timeout during an election, a reconnect) may
+        have been stored; the next one then names a stale revision and is refused although
+        nobody else wrote. That write is recognised exactly: this owner's value, stored
+        with the CAS header naming this lease's revision (a write of another lease, even
+        this worker's own new lease on the same run after this one expired, names the
+        marker's or no revision). It is adopted and the lease renewed once more (its TTL
+        counts from an unknown moment). Only for a lease with such a write outstanding
+        (``unsure``): otherwise a refusal means lost.
+        """
+        if not lease.unsure:
+            return False
+        try:
+            msg = await self._js.get_msg(
+                self._names.lease_stream, subject=self._subject(lease.run_id)
+            )
+            headers = msg.headers or {}
+            ours = (
+                not _is_tombstone(headers)
+                and (msg.data or b"") == self.owner.encode()
+                and headers.get(_CAS) == str(lease.revision)
+                and int(msg.seq or 0) > lease.revision
+            )
+            if not ours:
+                return False
+            sent = lease_clock()
+            seq = await self._cas(lease.run_id, int(msg.seq or 0))
+        except APIError:  # NotFoundError included: the key is gone, so is the lease
+            return False
+        except Exception:  # still no answer: keep it unsure, try again at the next pass
+            return True
+        lease.revision, lease.renewed_at, lease.unsure = seq, sent, False
+        return True
 
     def fresh(self, lease: Lease) -> bool:
         """Whether ``lease`` is surely still ours without asking the server (one clock read)."""
@@ -203,14 +249,15 @@ class LeaseManager:
 
         True: it is ours and extended by a TTL. False: it moved (someone took it over, or it
         expired and its marker sits on the key). Raises ``TimeoutError`` (or a NATS error)
-        when the server could not be asked within what is left of the lease's TTL; the
-        caller decides whether to try again (at most until :meth:`expired`).
+        when the server did not answer within a TTL (or at once, "no responders" while a
+        cluster elects the stream's leader); the caller tries again: only a refusal is an
+        answer, since a lease that ran out meanwhile is refused once the server answers.
         """
         if lease.lost:
             return False
-        # Waiting longer than the lease can still live would be pointless: by then it is gone.
-        budget = max(lease.renewed_at + self.ttl - lease_clock(), 0.1)
-        async with asyncio.timeout(budget), self._renewing:
+        # One attempt waits at most a TTL (for a batch renewal holding the lock, or for the
+        # server); the caller decides how long to keep trying.
+        async with asyncio.timeout(max(float(self.ttl), 1.0)), self._renewing:
             if self.fresh(lease):  # a batch renewal landed while we waited for it
                 return True
             sent = lease_clock()
@@ -218,11 +265,21 @@ class LeaseManager:
                 seq = await self._cas(lease.run_id, lease.revision)
             except APIError as exc:
                 if exc.err_code == _WRONG_LAST_SEQUENCE:
+                    if await self._adopt_unsure(lease):
+                        if lease.unsure:  # the check itself got no answer: ask again
+                            raise TimeoutError(
+                                "no answer while checking an unanswered renewal"
+                            ) from exc
+                        return True
                     lease.lost = True
                     return False
                 raise
+            except BaseException:
+                lease.unsure = True  # it may have been stored (see _adopt_unsure)
+                raise
             lease.revision = seq
             lease.renewed_at = sent
+            lease.unsure = False
             return True
 
     async def revoke(self, run_id: str) -> None:

@@ -16,7 +16,10 @@ from stalwart.broker._setup import (
     consumer_config,
     kv_configs,
     lookup_stream,
+    placement,
+    replication_changes,
     stream_configs,
+    wait_ready,
 )
 
 if TYPE_CHECKING:
@@ -35,8 +38,12 @@ _UPDATABLE = (
     "discard",
     "duplicate_window",
     "allow_direct",
+    "num_replicas",
 )
-"""Stream fields provisioning brings to the settings' values (JetStream can change them)."""
+"""Stream fields provisioning brings to the settings' values (JetStream can change them).
+
+``num_replicas`` both ways: the admin's settings are the wanted redundancy (a worker only
+ever scales up). A placement is brought to the settings' only when they name one."""
 _FIXED = ("retention", "storage")
 """Fields JetStream cannot change on an existing stream: reported, never touched."""
 
@@ -54,7 +61,9 @@ def _show(value: object) -> str:
     return str(getattr(value, "value", value))
 
 
-async def _stream(js: JetStreamContext, names: Names, wanted: StreamConfig) -> list[str]:
+async def _stream(
+    js: JetStreamContext, names: Names, wanted: StreamConfig, settings: Settings
+) -> list[str]:
     assert wanted.name is not None
     current = await lookup_stream(js, wanted.name, names)
     if current is None:
@@ -73,6 +82,8 @@ async def _stream(js: JetStreamContext, names: Names, wanted: StreamConfig) -> l
         for f in _UPDATABLE
         if getattr(wanted, f) is not None and not _same(getattr(current, f), getattr(wanted, f))
     }
+    if wanted.placement is not None and "placement" in replication_changes(current, settings):
+        changes["placement"] = wanted.placement
     if not changes:
         return [*lines, f"stream {wanted.name}: unchanged"]
     await js.update_stream(current.evolve(**changes))
@@ -114,13 +125,36 @@ async def provision(
         check_agent_name(agent)
     lines: list[str] = []
     for stream in stream_configs(names, settings):
-        lines += await _stream(js, names, stream)
-    for kv in kv_configs(names):
-        if await lookup_stream(js, names.kv_stream(kv.bucket), names) is None:
+        lines += await _stream(js, names, stream, settings)
+    for kv in kv_configs(names, settings):
+        current = await lookup_stream(js, names.kv_stream(kv.bucket), names)
+        if current is None:
             await js.create_key_value(kv)
             lines.append(f"KV bucket {kv.bucket}: created")
-        else:
+            continue
+        # A bucket is a stream: its replicas and placement change like a stream's.
+        changes: dict[str, object] = {}
+        if (current.num_replicas or 1) != settings.nats_replicas:
+            changes["num_replicas"] = settings.nats_replicas
+        if "placement" in replication_changes(current, settings):
+            changes["placement"] = placement(settings)
+        if not changes:
             lines.append(f"KV bucket {kv.bucket}: unchanged")
+            continue
+        await js.update_stream(current.evolve(**changes))
+        said = ", ".join(
+            f"{f} {_show(getattr(current, f))} -> {_show(v)}" for f, v in changes.items()
+        )
+        lines.append(f"KV bucket {kv.bucket}: updated ({said})")
+    # A stream just created or scaled up has no leader (or too few current replicas) for a
+    # moment, and a consumer created on it then is refused ("insufficient resources").
+    await wait_ready(
+        js,
+        names,
+        settings,
+        [s.name for s in stream_configs(names, settings)]
+        + [names.kv_stream(kv.bucket) for kv in kv_configs(names, settings)],
+    )
     for agent in agents:
         lines += await _consumer(js, names, settings, agent)
     return lines

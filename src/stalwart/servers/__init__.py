@@ -23,6 +23,7 @@ from stalwart.servers._binaries import (
 from stalwart.servers._embedded import EmbeddedServers
 from stalwart.servers._errors import ServerError, ServerNotFound, ServerStartError
 from stalwart.servers._nats import NatsServer
+from stalwart.servers._nats_cluster import NatsCluster
 from stalwart.servers._process import free_port
 from stalwart.servers._redis import RedisServer
 from stalwart.servers._redis_cluster import RedisClusterServer
@@ -31,6 +32,7 @@ from stalwart.servers._tls import ServerTLS
 __all__ = [
     "MIN_NATS_VERSION",
     "EmbeddedServers",
+    "NatsCluster",
     "NatsServer",
     "RedisClusterServer",
     "RedisServer",

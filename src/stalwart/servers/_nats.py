@@ -6,14 +6,35 @@ import json
 import secrets
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from stalwart.servers._binaries import find_nats_server
 from stalwart.servers._process import LOOPBACK, _ServerProcess, free_port
 
 if TYPE_CHECKING:
     from stalwart.servers._tls import ServerTLS
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterRoutes:
+    """The ``cluster`` block of one node: its cluster name, route port and peers' routes."""
+
+    name: str
+    port: int
+    routes: tuple[str, ...]
+
+    def block(self) -> str:
+        """The block as nats-server configuration text."""
+        routes = ", ".join(json.dumps(r) for r in self.routes)
+        return (
+            "cluster {\n"
+            f"  name: {json.dumps(self.name)}\n"
+            f"  listen: {json.dumps(f'{LOOPBACK}:{self.port}')}\n"
+            f"  routes: [{routes}]\n"
+            "}"
+        )
 
 
 class NatsServer(_ServerProcess):
@@ -26,6 +47,10 @@ class NatsServer(_ServerProcess):
     ``tls`` makes the client port TLS-only (mutual TLS with ``verify_clients``); ``config``
     is extra nats-server configuration text (an ``authorization`` block with nkeys, an
     ``operator`` with a resolver), written to a file in the server's temp dir (:attr:`config_file`).
+
+    ``cluster`` makes it one node of a JetStream cluster (see :class:`NatsCluster`, which
+    builds these): its route port and the other nodes' routes. The server name is then
+    fixed by the caller, since JetStream's peers know each other by name across restarts.
     """
 
     _kind = "nats-server"
@@ -38,15 +63,18 @@ class NatsServer(_ServerProcess):
         binary: str | None = None,
         tls: ServerTLS | None = None,
         config: str = "",
+        cluster: ClusterRoutes | None = None,
+        server_name: str | None = None,
     ) -> None:
         super().__init__(port=port, binary=binary or find_nats_server())
         self.tls = tls
         self.config = config
+        self.cluster = cluster
         self._owns_store = store_dir is None
         self.store_dir = Path(store_dir) if store_dir is not None else self._default_store()
         self.monitor_port = free_port()
         # A unique name lets the health check tell our server from one that grabbed the port.
-        self.server_name = f"stalwart-{secrets.token_hex(6)}"
+        self.server_name = server_name or f"stalwart-{secrets.token_hex(6)}"
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     def _default_store(self) -> Path:
@@ -62,8 +90,14 @@ class NatsServer(_ServerProcess):
         """Where the ``tls`` block and ``config`` text are written for ``-c``."""
         return self._own_tmp_dir() / "nats-server.conf"
 
+    @property
+    def _needs_config_file(self) -> bool:
+        return self.tls is not None or bool(self.config) or self.cluster is not None
+
     def _config_text(self) -> str:
         lines = [self.config]
+        if self.cluster is not None:
+            lines.append(self.cluster.block())
         if self.tls is not None:
             t = self.tls
             block = [f"cert_file: {json.dumps(t.cert_file)}", f"key_file: {json.dumps(t.key_file)}"]
@@ -79,7 +113,7 @@ class NatsServer(_ServerProcess):
             # stop() removed our temp dir; a fresh start gets a fresh one.
             self.store_dir = self._default_store()
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        if self.tls is not None or self.config:
+        if self._needs_config_file:
             self.config_file.write_text(self._config_text())
 
     def _repick_ports(self) -> None:
@@ -87,7 +121,7 @@ class NatsServer(_ServerProcess):
 
     def _command(self) -> list[str]:
         # The config file first: the flags below win over whatever it says.
-        conf = ["-c", str(self.config_file)] if self.tls is not None or self.config else []
+        conf = ["-c", str(self.config_file)] if self._needs_config_file else []
         return [
             self.binary,
             *conf,
@@ -98,6 +132,17 @@ class NatsServer(_ServerProcess):
             "-js",
             "-sd", str(self.store_dir),
         ]  # fmt: skip
+
+    def monitor(self, path: str) -> dict[str, Any] | None:
+        """The JSON of monitoring endpoint ``path`` (``/jsz``, ``/varz``), None if no answer."""
+        status, body = self._get(path)
+        if status != 200:
+            return None
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
 
     def _get(self, path: str) -> tuple[int, bytes]:
         url = f"http://{LOOPBACK}:{self.monitor_port}{path}"

@@ -9,6 +9,7 @@ servers live in :mod:`stalwart.servers`; they are re-exported here unchanged.
 from stalwart.servers import (
     MIN_NATS_VERSION,
     EmbeddedServers,
+    NatsCluster,
     NatsServer,
     RedisClusterServer,
     RedisServer,
@@ -28,6 +29,7 @@ __all__ = [
     "MIN_NATS_VERSION",
     "CrashStage",
     "EmbeddedServers",
+    "NatsCluster",
     "NatsServer",
     "RedisClusterServer",
     "RedisServer",
