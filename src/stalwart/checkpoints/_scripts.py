@@ -113,26 +113,60 @@ return {'rejected', tostring(seq)}
 """
 )
 
-# Fenced append: only the owner of the current epoch may write. Returns the cancel flag so
-# the actor learns of a cancellation at its next step boundary without an extra round trip.
-# ARGV: epoch, entry id, entry, now
-APPEND = fenced("""
-local r = redis.pcall('XADD', KEYS[2], ARGV[2], 'd', ARGV[3])
-if type(r) == 'table' and r.err then return {'conflict', r.err} end
-redis.call('HSET', KEYS[1], 'updated_at', ARGV[4])
-return {'ok', cancel}
-""")
+# Journal continuity, shared by APPEND and FINISH (after the fence): the entry goes at
+# ARGV[2] = '<seq>-0' only if the journal's top is seq - 1, the writer's previous position.
+# First a write to the record, so a replica (a demoted primary) fails here with READONLY
+# before a stale read of its journal could look like a hole. Then:
+#   top = seq - 1  -> go on (the caller's XADD);
+#   top < seq - 1  -> {'gap', top}: entries below seq are missing (a failover lost them),
+#                     nothing is written to the journal;
+#   top >= seq     -> the entry at seq is this very entry (a resend after a lost reply):
+#                     {'ok', cancel}, having written (so a WAIT after it covers it); else
+#                     {'conflict', ...}.
+# `continuity(now)` returns nil to go on, or the reply to return.
+_CONTINUITY = """
+local function continuity(now)
+  redis.call('HSET', KEYS[1], 'updated_at', now)
+  local seq = tonumber(string.match(ARGV[2], '^(%d+)'))
+  local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+  local at = 0
+  if top[1] then at = tonumber(string.match(top[1][1], '^(%d+)')) end
+  if at == seq - 1 then return nil end
+  if at < seq - 1 then return {'gap', tostring(at)} end
+  local mine = redis.call('XRANGE', KEYS[2], ARGV[2], ARGV[2])
+  if mine[1] and mine[1][2][2] == ARGV[3] then return {'ok', cancel} end
+  return {'conflict', 'position ' .. seq .. ' holds another entry'}
+end
+"""
 
-# Fenced final append plus the record's end state.
+# Fenced append: only the owner of the current epoch may write, at the position after its
+# previous one (see _CONTINUITY). Returns the cancel flag so the actor learns of a
+# cancellation at its next step boundary without an extra round trip.
+# ARGV: epoch, entry id, entry, now
+APPEND = fenced(
+    _CONTINUITY
+    + """
+local stop = continuity(ARGV[4])
+if stop then return stop end
+redis.call('XADD', KEYS[2], ARGV[2], 'd', ARGV[3])
+return {'ok', cancel}
+"""
+)
+
+# Fenced final append plus the record's end state (continuity as APPEND).
 # ARGV: epoch, entry id, entry, now, status, result, error_type, error
-FINISH = fenced("""
-local r = redis.pcall('XADD', KEYS[2], ARGV[2], 'd', ARGV[3])
-if type(r) == 'table' and r.err then return {'conflict', r.err} end
+FINISH = fenced(
+    _CONTINUITY
+    + """
+local stop = continuity(ARGV[4])
+if stop then return stop end
+redis.call('XADD', KEYS[2], ARGV[2], 'd', ARGV[3])
 redis.call('HSET', KEYS[1], 'status', ARGV[5], 'updated_at', ARGV[4], 'finished_at', ARGV[4],
   'error_type', ARGV[7], 'error', ARGV[8])
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[6]) end
 return {'ok', ''}
-""")
+"""
+)
 
 # Cancel: a run that was never placed ends here and now (atomically, so a worker that is
 # about to claim it finds it terminal); a placed run gets a flag its owner reads at the

@@ -25,13 +25,16 @@ from stalwart.servers._errors import ServerError, ServerNotFound, ServerStartErr
 from stalwart.servers._nats import NatsServer
 from stalwart.servers._process import free_port
 from stalwart.servers._redis import RedisServer
+from stalwart.servers._redis_ha import RedisHA, SentinelServer
 from stalwart.servers._tls import ServerTLS
 
 __all__ = [
     "MIN_NATS_VERSION",
     "EmbeddedServers",
     "NatsServer",
+    "RedisHA",
     "RedisServer",
+    "SentinelServer",
     "ServerError",
     "ServerNotFound",
     "ServerStartError",
