@@ -113,20 +113,25 @@ return {'rejected', tostring(seq)}
 """
 )
 
+# A write before anything is read: a replica (a demoted primary, or a node a client still
+# takes for the primary) refuses it with READONLY, a retryable error, before the fence or the
+# continuity check could read its stale copy and answer 'stale' or 'gap'. Deleting a field
+# that never exists changes nothing (and replicates nothing).
+_WRITABLE = """
+redis.call('HDEL', KEYS[1], '~')
+"""
+
 # Journal continuity, shared by APPEND and FINISH (after the fence): the entry goes at
-# ARGV[2] = '<seq>-0' only if the journal's top is seq - 1, the writer's previous position.
-# First a write to the record, so a replica (a demoted primary) fails here with READONLY
-# before a stale read of its journal could look like a hole. Then:
+# ARGV[2] = '<seq>-0' only if the journal's top is seq - 1, the writer's previous position:
 #   top = seq - 1  -> go on (the caller's XADD);
 #   top < seq - 1  -> {'gap', top}: entries below seq are missing (a failover lost them),
-#                     nothing is written to the journal;
+#                     nothing is written;
 #   top >= seq     -> the entry at seq is this very entry (a resend after a lost reply):
-#                     {'ok', cancel}, having written (so a WAIT after it covers it); else
-#                     {'conflict', ...}.
+#                     {'ok', cancel}, after a write to the record (so a WAIT after it covers
+#                     the entry); else {'conflict', ...}.
 # `continuity(now)` returns nil to go on, or the reply to return.
 _CONTINUITY = """
 local function continuity(now)
-  redis.call('HSET', KEYS[1], 'updated_at', now)
   local seq = tonumber(string.match(ARGV[2], '^(%d+)'))
   local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
   local at = 0
@@ -134,7 +139,10 @@ local function continuity(now)
   if at == seq - 1 then return nil end
   if at < seq - 1 then return {'gap', tostring(at)} end
   local mine = redis.call('XRANGE', KEYS[2], ARGV[2], ARGV[2])
-  if mine[1] and mine[1][2][2] == ARGV[3] then return {'ok', cancel} end
+  if mine[1] and mine[1][2][2] == ARGV[3] then
+    redis.call('HSET', KEYS[1], 'updated_at', now)
+    return {'ok', cancel}
+  end
   return {'conflict', 'position ' .. seq .. ' holds another entry'}
 end
 """
@@ -143,19 +151,20 @@ end
 # previous one (see _CONTINUITY). Returns the cancel flag so the actor learns of a
 # cancellation at its next step boundary without an extra round trip.
 # ARGV: epoch, entry id, entry, now
-APPEND = fenced(
+APPEND = _WRITABLE + fenced(
     _CONTINUITY
     + """
 local stop = continuity(ARGV[4])
 if stop then return stop end
 redis.call('XADD', KEYS[2], ARGV[2], 'd', ARGV[3])
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[4])
 return {'ok', cancel}
 """
 )
 
 # Fenced final append plus the record's end state (continuity as APPEND).
 # ARGV: epoch, entry id, entry, now, status, result, error_type, error
-FINISH = fenced(
+FINISH = _WRITABLE + fenced(
     _CONTINUITY
     + """
 local stop = continuity(ARGV[4])

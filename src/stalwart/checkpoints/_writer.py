@@ -302,7 +302,7 @@ class ScriptRunner:
             if isinstance(reply, list) and reply[0] in (b"ok", b"stale"):
                 try:
                     out.set_result(self.reply(run_id, args, reply))
-                except LeaseLost as exc:
+                except (LeaseLost, JournalGap) as exc:
                     out.set_exception(exc)
                 return
             # Lost connection, error reply (NOSCRIPT after a restart, READONLY), a taken

@@ -18,10 +18,11 @@ import signal
 import time
 from typing import TYPE_CHECKING, Self
 
+import anyio.to_thread
 import redis
 
 from stalwart.servers._errors import ServerStartError
-from stalwart.servers._process import LOOPBACK
+from stalwart.servers._process import LOOPBACK, free_port
 from stalwart.servers._redis import RedisServer
 
 if TYPE_CHECKING:
@@ -148,6 +149,23 @@ class RedisHA:
             self._wait_sentinels_ready(deadline)
         except BaseException:
             self.stop()
+            raise
+
+    async def start_async(self, timeout: float = 20.0) -> None:
+        """Like :meth:`start`, without blocking the event loop: the processes are spawned on
+        the loop's thread (so they die with it) and the waits run in worker threads."""
+        deadline = time.monotonic() + timeout
+        try:
+            for node in self.nodes:
+                await node._start_async(max(1.0, deadline - time.monotonic()))
+            await anyio.to_thread.run_sync(
+                lambda: self.wait_in_sync(timeout=max(1.0, deadline - time.monotonic()))
+            )
+            for s in self.sentinels:
+                await s._start_async(max(1.0, deadline - time.monotonic()))
+            await anyio.to_thread.run_sync(self._wait_sentinels_ready, deadline)
+        except BaseException:
+            await anyio.to_thread.run_sync(self.stop)
             raise
 
     def stop(self) -> None:
@@ -296,9 +314,22 @@ class RedisHA:
         node.kill()
         return node
 
+    def cut_replication(self, node: RedisServer) -> None:
+        """Make replica ``node`` stop receiving writes but keep what it has (it is pointed
+        at a port nobody listens on): the lag grows with every write until a failover
+        promotes it, which then loses those writes.
+
+        This, not :meth:`pause`, is how to lose writes on loopback: a SIGSTOPped replica's
+        kernel buffers what the primary sends, and it catches up on SIGCONT even if the
+        primary died meanwhile. A Sentinel fixes the replica's configuration only after a
+        ``failover_timeout`` without failover, later than the tests need.
+        """
+        self._ask(node.port, "REPLICAOF", LOOPBACK, str(free_port()))
+
     @staticmethod
     def pause(node: RedisServer) -> None:
-        """SIGSTOP ``node``: a paused replica falls behind (replication lag on demand)."""
+        """SIGSTOP ``node``: it stops answering (clients and Sentinels time out on it); as a
+        replica it falls behind, but see :meth:`cut_replication`."""
         if node.pid is not None:
             os.kill(node.pid, signal.SIGSTOP)
 
