@@ -350,6 +350,8 @@ async def _failover_scenario(
                 after = [await counters.llen(acks_key(r)) for r in ids]
                 if not wait_replicas:
                     assert sum(after) > sum(before), "no step was acknowledged while cut"
+            in_flight = [await counters.llen(acks_key(r)) for r in ids]
+            assert max(in_flight) < steps, "a run ended before the primary was killed"
             old = await asyncio.to_thread(ha.kill_primary)
             await asyncio.to_thread(ha.wait_failover, old, 30.0)
             results = [await outcome(h, *procs, timeout=40) for h in handles]

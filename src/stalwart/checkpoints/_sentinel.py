@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from redis.asyncio.connection import BlockingConnectionPool
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
 from stalwart._secrets import mask_urls
 from stalwart.errors import ConfigurationError
@@ -96,7 +96,43 @@ class SentinelURL:
 
     def pool(self, sentinel: Sentinel, **kwargs: Any) -> SentinelConnectionPool:
         """A blocking connection pool to the current primary (re-asked on every connect)."""
-        return BlockingSentinelPool(self.service, sentinel, **self.node_kwargs(), **kwargs)  # type: ignore[no-untyped-call]
+        return BlockingSentinelPool(
+            self.service,
+            sentinel,
+            connection_class=PrimaryConnection,
+            **self.node_kwargs(),
+            **kwargs,
+        )  # type: ignore[no-untyped-call]
+
+
+class PrimaryConnection(SentinelManagedConnection):
+    """A Sentinel-managed connection that asks for the primary on *every* (re)connection.
+
+    redis-py's own asks only when the pool hands a connection out; a command retried after a
+    lost connection reconnects from inside the send (``connect_check_health``) to the
+    address it had, so through a failover every retry went to the dead primary until the
+    pool's retries ran out (measured: 25 s of stalled writes after a 2.5 s failover).
+    """
+
+    async def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        if not self.is_connected and self.connection_pool.is_master:
+            self.host, self.port = await self.connection_pool.get_master_address()
+        await super().connect_check_health(
+            check_health=check_health, retry_socket_connect=retry_socket_connect
+        )
+
+    async def _connect_retry(self) -> None:
+        if self.is_connected:
+            return
+        if self.connection_pool.is_master:
+            # connect_check_health asks for the primary: once is enough.
+            await self.connect_check_health(
+                check_health=self.connection_pool.check_connection, retry_socket_connect=False
+            )
+            return
+        await super()._connect_retry()  # type: ignore[no-untyped-call]
 
 
 class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):

@@ -25,7 +25,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stalwart.checkpoints._fence import stale_error
@@ -208,16 +208,28 @@ class ScriptRunner:
         keys = self.run_keys(run_id)
         if not self.wait_replicas:
             return await script(keys=keys, args=args)  # type: ignore[operator]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            await script(keys=keys, args=args, client=pipe)  # type: ignore[operator]
-            pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
-            reply, acked = await pipe.execute()
+        try:
+            reply, acked = await self._script_and_wait(script, keys, args)
+        except NoScriptError:
+            # The pipeline checked the script on the old primary, then reconnected to a new
+            # one (a failover) that never saw it: load it there and go again.
+            await self.redis.script_load(script.script)  # type: ignore[attr-defined]
+            reply, acked = await self._script_and_wait(script, keys, args)
         if int(acked) < self.wait_replicas:
             raise NotReplicated(
                 f"WAIT: {acked} of {self.wait_replicas} replica(s) acknowledged within "
                 f"{self.wait_timeout_ms} ms"
             )
         return reply
+
+    async def _script_and_wait(
+        self, script: object, keys: list[str], args: list[object]
+    ) -> tuple[Any, Any]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await script(keys=keys, args=args, client=pipe)  # type: ignore[operator]
+            pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+            reply, acked = await pipe.execute()
+        return reply, acked
 
     async def write(
         self,
