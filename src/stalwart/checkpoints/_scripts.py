@@ -122,28 +122,41 @@ redis.call('HDEL', KEYS[1], '~')
 """
 
 # Journal continuity, shared by APPEND and FINISH (after the fence): the entry goes at
-# ARGV[2] = '<seq>-0' only if the journal's top is seq - 1, the writer's previous position:
-#   top = seq - 1  -> go on (the caller's XADD);
+# ARGV[2] = '<seq>-0' only if the journal's top is seq - 1, the writer's previous position.
+# Fast path: the record's 'journal_top' is the position this script wrote last; it changes
+# with the journal in one atomic script, and a replica applies a script's writes as one
+# transaction, so after a failover the two still agree. When it says seq - 1 the XADD
+# goes ahead (a claim, cancel, rejection or dead letter writes entries without moving it,
+# but above it, so XADD itself refuses a taken position). Otherwise, or when XADD refuses,
+# the journal's real top decides:
 #   top < seq - 1  -> {'gap', top}: entries below seq are missing (a failover lost them),
 #                     nothing is written;
 #   top >= seq     -> the entry at seq is this very entry (a resend after a lost reply):
 #                     {'ok', cancel}, after a write to the record (so a WAIT after it covers
-#                     the entry); else {'conflict', ...}.
-# `continuity(now)` returns nil to go on, or the reply to return.
+#                     the entry); else {'conflict', ...};
+#   top = seq - 1  -> write.
+# `append_entry(now)` returns nil once the entry is written, or the reply to return.
 _CONTINUITY = """
-local function continuity(now)
+local function append_entry(now)
   local seq = tonumber(string.match(ARGV[2], '^(%d+)'))
-  local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
-  local at = 0
-  if top[1] then at = tonumber(string.match(top[1][1], '^(%d+)')) end
-  if at == seq - 1 then return nil end
-  if at < seq - 1 then return {'gap', tostring(at)} end
-  local mine = redis.call('XRANGE', KEYS[2], ARGV[2], ARGV[2])
-  if mine[1] and mine[1][2][2] == ARGV[3] then
-    redis.call('HSET', KEYS[1], 'updated_at', now)
-    return {'ok', cancel}
+  local known = redis.call('HGET', KEYS[1], 'journal_top')
+  if known ~= tostring(seq - 1) or redis.pcall('XADD', KEYS[2], ARGV[2], 'd', ARGV[3]).err then
+    local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+    local at = 0
+    if top[1] then at = tonumber(string.match(top[1][1], '^(%d+)')) end
+    if at < seq - 1 then return {'gap', tostring(at)} end
+    if at >= seq then
+      local mine = redis.call('XRANGE', KEYS[2], ARGV[2], ARGV[2])
+      if mine[1] and mine[1][2][2] == ARGV[3] then
+        redis.call('HSET', KEYS[1], 'updated_at', now)
+        return {'ok', cancel}
+      end
+      return {'conflict', 'position ' .. seq .. ' holds another entry'}
+    end
+    redis.call('XADD', KEYS[2], ARGV[2], 'd', ARGV[3])
   end
-  return {'conflict', 'position ' .. seq .. ' holds another entry'}
+  redis.call('HSET', KEYS[1], 'updated_at', now, 'journal_top', seq)
+  return nil
 end
 """
 
@@ -154,10 +167,8 @@ end
 APPEND = _WRITABLE + fenced(
     _CONTINUITY
     + """
-local stop = continuity(ARGV[4])
+local stop = append_entry(ARGV[4])
 if stop then return stop end
-redis.call('XADD', KEYS[2], ARGV[2], 'd', ARGV[3])
-redis.call('HSET', KEYS[1], 'updated_at', ARGV[4])
 return {'ok', cancel}
 """
 )
@@ -167,10 +178,9 @@ return {'ok', cancel}
 FINISH = _WRITABLE + fenced(
     _CONTINUITY
     + """
-local stop = continuity(ARGV[4])
+local stop = append_entry(ARGV[4])
 if stop then return stop end
-redis.call('XADD', KEYS[2], ARGV[2], 'd', ARGV[3])
-redis.call('HSET', KEYS[1], 'status', ARGV[5], 'updated_at', ARGV[4], 'finished_at', ARGV[4],
+redis.call('HSET', KEYS[1], 'status', ARGV[5], 'finished_at', ARGV[4],
   'error_type', ARGV[7], 'error', ARGV[8])
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[6]) end
 return {'ok', ''}
