@@ -368,10 +368,10 @@ async def _failover_scenario(
 async def test_sentinel_failover_during_runs_leaves_no_hole(
     servers: Servers, counters: aioredis.Redis, ha: RedisHA
 ) -> None:
-    client, ids, _ = await _failover_scenario(servers, counters, ha, runs=6, steps=12, cut=False)
+    client, ids, _ = await _failover_scenario(servers, counters, ha, runs=6, steps=30, cut=False)
     try:
         for r in ids:
-            check_contiguous(r, await client.store.read_journal(r), 12)
+            check_contiguous(r, await client.store.read_journal(r), 30)
     finally:
         await client.close()
 
@@ -381,11 +381,11 @@ async def test_with_wait_no_acknowledged_step_is_lost(
     servers: Servers, counters: aioredis.Redis, ha2: RedisHA
 ) -> None:
     client, ids, _ = await _failover_scenario(
-        servers, counters, ha2, runs=4, steps=12, cut=True, wait_replicas=1
+        servers, counters, ha2, runs=4, steps=30, cut=True, wait_replicas=1
     )
     try:
         for r in ids:
-            check_contiguous(r, await client.store.read_journal(r), 12)
+            check_contiguous(r, await client.store.read_journal(r), 30)
             assert await _acked_lost(client, counters, r) == [], f"run {r} lost acked steps"
     finally:
         await client.close()
@@ -395,12 +395,12 @@ async def test_with_wait_no_acknowledged_step_is_lost(
 async def test_without_wait_a_lost_suffix_is_detected_and_replayed(
     servers: Servers, counters: aioredis.Redis, ha: RedisHA
 ) -> None:
-    client, ids, logs = await _failover_scenario(servers, counters, ha, runs=4, steps=14, cut=True)
+    client, ids, logs = await _failover_scenario(servers, counters, ha, runs=4, steps=30, cut=True)
     try:
         lost = 0
         for r in ids:
             entries = await client.store.read_journal(r)
-            check_contiguous(r, entries, 14)
+            check_contiguous(r, entries, 30)
             lost += len(await _acked_lost(client, counters, r))
         # The failover did lose acknowledged steps (without WAIT it can), and the owners
         # saw the hole instead of writing above it: they gave the runs up to be replayed.
