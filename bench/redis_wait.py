@@ -11,7 +11,9 @@ Two figures per setting, per round:
 - serial step latency: the ``steps`` agent's own timing of ``--steps`` trivial steps of one
   run (mean per step and median step): every step pays one append + WAIT round trip;
 - throughput: ``--runs`` runs of ``--steps`` steps submitted at once to one worker: steps
-  per second (concurrent appends share a pipe flush, and so one WAIT).
+  per second (concurrent appends share a pipe flush, and so one WAIT);
+- the append alone: ``CheckpointStore.append`` of one run, ``--steps`` times in a row, in
+  this process (no worker, no events): the median append, the least noisy figure.
 
 Run: ``PYTHONPATH=src python -m bench.redis_wait [--rounds 5] [--steps 100] [--runs 32]``.
 Prints a table and the JSON of every sample.
@@ -27,11 +29,32 @@ import time
 import uuid
 from typing import Any
 
+import msgspec
+
 from bench._stalwart import Cluster
 from bench._util import log
+from stalwart import Settings
+from stalwart.checkpoints import CheckpointStore, StepDone, encode_value
 from stalwart.testing import NatsServer, RedisServer
 
 SETTINGS = {"off": "0", "wait1": "1"}
+
+
+async def _appends(store: CheckpointStore, n: int) -> float:
+    """Median µs of ``n`` sequential appends of a fresh run."""
+    run_id = uuid.uuid4().hex
+    claim = await store.claim(run_id, agent="a", input=msgspec.Raw(b"null"), epoch=1, worker="b")
+    assert claim.outcome == "ok", claim
+    times = []
+    for seq in range(2, n + 2):
+        entry = StepDone(
+            key=f"step:s#{seq}", kind="step", name="s", fp="fp", result=encode_value(seq),
+            epoch=1, worker="b", at=time.time(), duration=1e-6,
+        )  # fmt: skip
+        t0 = time.perf_counter()
+        await store.append(run_id, 1, seq, entry)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e6
 
 
 async def _serial(cl: Cluster, steps: int) -> dict[str, float]:
@@ -56,7 +79,7 @@ async def main(rounds: int, steps: int, runs: int, wait_timeout: int) -> dict[st
     nats = NatsServer()
     await nats._start_async()
     samples: dict[str, dict[str, list[float]]] = {
-        k: {"mean_ms": [], "median_ms": [], "steps_per_s": []} for k in SETTINGS
+        k: {"mean_ms": [], "median_ms": [], "steps_per_s": [], "append_us": []} for k in SETTINGS
     }
     try:
         clusters: dict[str, Cluster] = {}
@@ -87,6 +110,20 @@ async def main(rounds: int, steps: int, runs: int, wait_timeout: int) -> dict[st
             log(f"round {r + 1}/{rounds} done")
         for cl in clusters.values():
             await cl.__aexit__(None, None, None)
+        stores = {
+            name: await CheckpointStore.connect(
+                primary.url,
+                f"ba{name}",
+                settings=Settings(redis_wait_replicas=int(n), redis_wait_timeout=wait_timeout),
+            )
+            for name, n in SETTINGS.items()
+        }
+        for r in range(rounds):
+            order = list(SETTINGS) if r % 2 == 0 else list(reversed(SETTINGS))
+            for name in order:
+                samples[name]["append_us"].append(await _appends(stores[name], steps))
+        for store in stores.values():
+            await store.close()
     finally:
         for server in (nats, replica, primary):
             await asyncio.to_thread(server.stop)
@@ -97,8 +134,8 @@ def _table(samples: dict[str, dict[str, list[float]]], args: argparse.Namespace)
     lines = [
         f"WAIT cost: primary + 1 replica (loopback), {args.rounds} rounds; serial: 1 run of "
         f"{args.steps} steps; throughput: {args.runs} runs x {args.steps} steps, 1 worker",
-        "| setting | mean per step (ms) | median step (ms) | steps/s |",
-        "|---|---|---|---|",
+        "| setting | mean per step (ms) | median step (ms) | steps/s | append alone (µs) |",
+        "|---|---|---|---|---|",
     ]
     for name, s in samples.items():
         label = "WAIT off" if name == "off" else f"WAIT 1 ({args.wait_timeout} ms timeout)"
@@ -108,9 +145,11 @@ def _table(samples: dict[str, dict[str, list[float]]], args: argparse.Namespace)
             return f"{statistics.median(v):.3f} [{min(v):.3f}-{max(v):.3f}]"
 
         steps_s = s["steps_per_s"]
+        ap = s["append_us"]
         lines.append(
             f"| {label} | {med('mean_ms')} | {med('median_ms')} | "
-            f"{statistics.median(steps_s):.0f} [{min(steps_s):.0f}-{max(steps_s):.0f}] |"
+            f"{statistics.median(steps_s):.0f} [{min(steps_s):.0f}-{max(steps_s):.0f}] | "
+            f"{statistics.median(ap):.0f} [{min(ap):.0f}-{max(ap):.0f}] |"
         )
     return "\n".join(lines)
 
