@@ -266,6 +266,33 @@ async def test_wait_acknowledges_only_replicated_writes(ha: RedisHA) -> None:
         await store.close()
 
 
+async def test_store_follows_a_manual_failover(ha: RedisHA) -> None:
+    """A graceful Sentinel failover: the old primary lives on as a replica (it answers
+    READONLY); the pool and the append pipe both end up on the new primary."""
+    store = await CheckpointStore.connect(ha.url, "mf")
+    try:
+        run_id = await _claimed(store)
+        await store.append(run_id, 5, 2, step_done("a", 1))
+        old = await asyncio.to_thread(ha.primary)
+        await asyncio.to_thread(ha._ask, ha.sentinels[0].port, "SENTINEL", "FAILOVER", ha.service)
+        new = await asyncio.to_thread(ha.wait_failover, old, 30.0)
+
+        async def demoted() -> bool:
+            return await asyncio.to_thread(ha._role, old) == "slave"
+
+        # Until a Sentinel converts it, the old primary still takes writes (which a later
+        # resync would drop: the journal check catches that, see the failover tests).
+        await eventually(demoted, timeout=20, interval=0.1, message="old primary not demoted")
+        async with asyncio.timeout(30):
+            await store.append(run_id, 5, 3, step_done("b", 2))
+            await store.append(run_id, 5, 4, step_done("c", 3))
+        pipe = store._runner.pipe
+        assert pipe is not None and pipe._port == new.port
+        assert [je.seq for je in await store.read_journal(run_id)] == [1, 2, 3, 4]
+    finally:
+        await store.close()
+
+
 # -- failover with running runs ---------------------------------------------------------------------
 
 
