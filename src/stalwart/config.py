@@ -67,6 +67,9 @@ FIELD_ROLES: dict[str, frozenset[Role]] = {
     "health_addr": _SERVICES,
     "health_timeout": _SERVICES,
     "connect_timeout": _ALL,
+    # Every process writes runs' records (clients submit, workers journal, supervisors fail).
+    "redis_wait_replicas": _ALL,
+    "redis_wait_timeout": _ALL,
     "lease_margin": _WORKER,
     "lease_confirm_retry": _WORKER,
     # Clients refuse what workers would reject, so both read the nesting bound.
@@ -148,6 +151,8 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "connect_timeout": (lambda v: v > 0, _POSITIVE),
     "health_port": (lambda v: 0 <= v <= 65535, "a port 0-65535 (0: off)"),
     "health_timeout": (lambda v: v > 0, _POSITIVE),
+    "redis_wait_replicas": (lambda v: v >= 0, "a whole number >= 0 (0: off)"),
+    "redis_wait_timeout": (lambda v: v >= 1, "a whole number of milliseconds >= 1"),
     "lease_margin": (lambda v: v >= 0, _NON_NEGATIVE + ", below lease_ttl (0: half of it)"),
     "lease_confirm_retry": (lambda v: v > 0, _POSITIVE),
     "max_nesting": (lambda v: v >= 1, "a whole number >= 1"),
@@ -304,6 +309,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """How long the first connection to NATS or to Redis may take before the process fails
     with ``ServerUnavailableError`` (refused connections are retried within it). An
     established connection is retried without limit."""
+    redis_wait_replicas: int = 0
+    """Replicas that must acknowledge each journal and record write of a run (Redis
+    ``WAIT``, once per batch of pipelined writes) before a step counts as durable; fewer
+    within ``redis_wait_timeout`` and the write is retried, not acknowledged. 0: off (a
+    failover can lose the last writes; the journal's continuity check then re-places the
+    run, see docs/deployment.md)."""
+    redis_wait_timeout: int = 100
+    """Milliseconds each ``WAIT`` waits for ``redis_wait_replicas`` acknowledgements."""
     # -- bounds on run requests, run events and placements
     max_nesting: int = 100
     """Deepest nesting of lists/dicts accepted in a run input or signal payload."""

@@ -40,6 +40,7 @@ from stalwart.checkpoints import (
     ErrorInfo,
     Finished,
     JournalEntry,
+    JournalGap,
     Started,
     decode_value,
     encode_value,
@@ -294,6 +295,12 @@ class RunActor:
                 await self.events.journaled(je)
 
     async def _drive(self) -> None:
+        try:
+            await self._drive_run()
+        except JournalGap as exc:
+            await self._replace_after_gap(exc)
+
+    async def _drive_run(self) -> None:
         state = self.state
         await self._load()
         if state.cancel_reason:
@@ -392,6 +399,9 @@ class RunActor:
             # A frozen worker must not end a run another worker owns by now.
             await self.owner.confirm()
             je = await self.journal.finish(entry)
+        except JournalGap as exc:
+            await self._replace_after_gap(exc)
+            return
         except LeaseLost as exc:
             self.state.lost = True
             self.log.warning("run.finish_fenced", error=str(exc))
@@ -405,6 +415,19 @@ class RunActor:
         self.log.info(
             "run.finished", status=entry.status, live=self.steps_live, replayed=self.steps_replayed
         )
+
+    async def _replace_after_gap(self, exc: JournalGap) -> None:
+        """The journal lost entries this owner had written (a Redis failover without WAIT):
+        going on would journal above a hole. Give the run up and ask for it to be placed
+        again at once; the next owner replays what the journal really holds (steps whose
+        entries were lost run again)."""
+        broker = self._deps.broker
+        self.holds_lease = False
+        self.log.error("run.journal_gap", error=str(exc))
+        with contextlib.suppress(Exception):
+            await broker.leases.release(self.lease)
+        with contextlib.suppress(Exception):  # else the supervisor re-places it
+            await broker.request_resume(self.run_id, self.spec.name, self.epoch, "resume")
 
     async def _passivate(self, exc: Passivated) -> None:
         """Give the run up while it waits: no slot, no lease, no memory until it is woken."""

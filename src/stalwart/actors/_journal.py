@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from stalwart.actors import _telemetry as obs
 from stalwart.checkpoints import JournalEntry
 from stalwart.checkpoints._store import SettlingFuture
+from stalwart.checkpoints._writer import JournalGap
 from stalwart.errors import LeaseLost, ServerUnavailableError
 
 if TYPE_CHECKING:
@@ -85,6 +86,10 @@ class RunJournal:
                 raise
             except ServerUnavailableError:
                 state.abandoned = True
+                raise
+            except JournalGap as exc:
+                # No further step may run above the hole, even if agent code swallows this.
+                state.fatal = exc
                 raise
             self.next_seq = seq + 1
             obs.journal_appended(time.perf_counter() - t0)

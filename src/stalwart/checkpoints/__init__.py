@@ -42,7 +42,7 @@ from stalwart.checkpoints._keys import KeySchema, RunKeys
 from stalwart.checkpoints._runs import CancelOutcome, Claim
 from stalwart.checkpoints._scoped import RunStore
 from stalwart.checkpoints._store import CheckpointStore
-from stalwart.checkpoints._writer import JournalConflict
+from stalwart.checkpoints._writer import JournalConflict, JournalGap
 
 __all__ = [
     "TERMINAL_STATUSES",
@@ -56,6 +56,7 @@ __all__ = [
     "Finished",
     "JournalConflict",
     "JournalEntry",
+    "JournalGap",
     "KeySchema",
     "PayloadCodec",
     "RunKeys",

@@ -14,6 +14,16 @@ This client knows only what the hot path needs: plain TCP or a Unix socket, opti
 once by :func:`stalwart._transport.redis_target`), ``AUTH`` and ``SELECT`` from the URL. Any failure (connection lost, no reply within
 ``request_timeout``, an error reply) is handed to the caller, which falls back to the
 redis-py client and its retries; explicit journal ids make that resend safe.
+
+Behind Sentinel the pipe is given a ``resolve`` coroutine: every (re)connection asks it
+where the primary is now, and a ``READONLY`` reply (a primary demoted to a replica) drops
+the connection so the next command reconnects to the new primary.
+
+With ``wait_replicas`` > 0 every socket write ends with one ``WAIT n timeout``: the
+replies of the commands in that write are held until WAIT answers, and settle only when at
+least ``n`` replicas acknowledged them; fewer acknowledgements fail them all with
+:class:`NotReplicated` (a ``ConnectionError``: the caller resends, which explicit ids make
+safe). One WAIT per write, not per command, so its cost is shared by a whole batch.
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import urlparse
 
 import hiredis
@@ -34,8 +44,26 @@ from stalwart._transport import redis_target
 
 if TYPE_CHECKING:
     import ssl
+    from collections.abc import Awaitable, Callable
 
 _SCHEMES = frozenset({"redis", "rediss", "unix"})
+
+_Pending: TypeAlias = tuple["asyncio.Future[Any] | None", float, bool]
+"""An outstanding reply: its future (None: the WAIT closing a write), when it was sent, and
+whether its reply is held until that WAIT answers."""
+
+
+class NotReplicated(RedisConnectionError):
+    """Fewer replicas than asked acknowledged a write within the WAIT timeout (or WAIT
+    failed): the write happened on the primary but is not known to be durable, so it is
+    not acknowledged; resending it is safe (explicit journal ids)."""
+
+
+def is_readonly(reply: object) -> bool:
+    """Whether ``reply`` is a READONLY error (the node is a replica: not the primary)."""
+    return isinstance(reply, ResponseError) and str(reply).startswith(
+        ("READONLY", "You can't write against a read only replica")
+    )
 
 
 def _encode(arg: bytes | str | int | float) -> bytes:
@@ -83,9 +111,17 @@ class _Protocol(asyncio.Protocol):
             if not pending:  # a reply nobody asked for: the stream is out of step
                 self._fail(RedisConnectionError("unexpected reply from Redis"))
                 return
-            fut, _ = pending.popleft()
-            if not fut.done():
+            fut, _, held = pending.popleft()
+            if fut is None:
+                self._pipe._settle_held(reply)
+            elif held:
+                self._pipe._held.append((fut, reply))
+            elif not fut.done():
                 fut.set_result(reply)
+            if self._pipe._resolve is not None and is_readonly(reply):
+                # A demoted primary: reconnect (asking the Sentinels) for what comes next.
+                self._fail(RedisConnectionError("Redis node is a replica now (READONLY)"))
+                return
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(RedisConnectionError(f"connection to Redis lost: {exc or 'closed'}"))
@@ -107,7 +143,15 @@ class ScriptPipe:
         request_timeout: float = 10.0,
         connect_timeout: float = 5.0,
         ssl_context: ssl.SSLContext | None = None,
+        resolve: Callable[[], Awaitable[tuple[str, int]]] | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 100,
     ) -> None:
+        if wait_replicas < 0 or wait_timeout_ms < 0:
+            raise ValueError(
+                f"wait_replicas ({wait_replicas}) and wait_timeout_ms ({wait_timeout_ms}) "
+                "must be >= 0"
+            )
         scheme = urlparse(url).scheme
         if scheme not in _SCHEMES:
             raise ValueError(f"unsupported Redis URL scheme {scheme!r}")
@@ -128,7 +172,14 @@ class ScriptPipe:
         self.request_timeout = request_timeout
         self.connect_timeout = connect_timeout
         self._transport: asyncio.Transport | None = None
-        self._pending: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
+        self._resolve = resolve
+        self.wait_replicas = wait_replicas
+        """Replicas that must acknowledge each write (0: no WAIT)."""
+        self.wait_timeout_ms = wait_timeout_ms
+        """How long each WAIT waits for them, in milliseconds (0 would wait for ever)."""
+        self._wait_cmd = pack(("WAIT", wait_replicas, wait_timeout_ms)) if wait_replicas else b""
+        self._pending: collections.deque[_Pending] = collections.deque()
+        self._held: list[tuple[asyncio.Future[Any], Any]] = []
         self._queued: list[tuple[bytes, asyncio.Future[Any]]] = []
         self._out: list[bytes] = []
         self._flush_at_turn_end = False
@@ -164,9 +215,14 @@ class ScriptPipe:
             if self._connecting is None:
                 self._connecting = loop.create_task(self._connect())
             return fut
-        self._pending.append((fut, time.monotonic()))
+        self._pending.append((fut, time.monotonic(), bool(self.wait_replicas)))
         if len(self._pending) == 1 and not self._out:
-            transport.write(data)  # nothing outstanding: no reason to wait for company
+            # Nothing outstanding: no reason to wait for company.
+            if self.wait_replicas:
+                transport.write(data + self._wait_cmd)
+                self._pending.append((None, time.monotonic(), False))
+            else:
+                transport.write(data)
             self.writes += 1
         else:
             self._out.append(data)
@@ -178,9 +234,30 @@ class ScriptPipe:
     def _flush(self) -> None:
         self._flush_at_turn_end = False
         if self._out and self._transport is not None:
+            if self.wait_replicas:
+                self._out.append(self._wait_cmd)
+                self._pending.append((None, time.monotonic(), False))
             self._transport.write(b"".join(self._out))
             self.writes += 1
         self._out.clear()
+
+    def _settle_held(self, reply: Any) -> None:
+        """WAIT answered: settle the replies of the write it closed."""
+        held, self._held = self._held, []
+        if isinstance(reply, int) and reply >= self.wait_replicas:
+            for fut, value in held:
+                if not fut.done():
+                    fut.set_result(value)
+            return
+        exc = NotReplicated(
+            f"WAIT: {reply} of {self.wait_replicas} replica(s) acknowledged within "
+            f"{self.wait_timeout_ms} ms"
+            if isinstance(reply, int)
+            else f"WAIT failed: {reply}"
+        )
+        for fut, _ in held:
+            if not fut.done():
+                fut.set_exception(exc)
 
     # -- connection ---------------------------------------------------------------------
 
@@ -188,6 +265,8 @@ class ScriptPipe:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout):
+                if self._resolve is not None:
+                    self._host, self._port = await self._resolve()
                 if self._path:
                     transport, _ = await loop.create_unix_connection(
                         lambda: _Protocol(self), self._path, ssl=self._ssl
@@ -203,12 +282,12 @@ class ScriptPipe:
                 self._transport = transport
                 for setup in self._setup_commands():
                     fut: asyncio.Future[Any] = loop.create_future()
-                    self._pending.append((fut, time.monotonic()))
+                    self._pending.append((fut, time.monotonic(), False))
                     transport.write(pack(setup))
                     reply = await fut
                     if isinstance(reply, ResponseError):
                         raise RedisConnectionError(f"Redis refused {setup[0]!s}: {reply}")
-        except (OSError, TimeoutError, RedisConnectionError) as exc:
+        except (OSError, TimeoutError, RedisConnectionError, RedisTimeoutError) as exc:
             err = (
                 exc
                 if isinstance(exc, RedisConnectionError)
@@ -223,8 +302,9 @@ class ScriptPipe:
         self.connects += 1
         queued, self._queued = self._queued, []
         now = time.monotonic()
+        held = bool(self.wait_replicas)
         for data, qfut in queued:
-            self._pending.append((qfut, now))
+            self._pending.append((qfut, now, held))
             self._out.append(data)
         self._flush()
         self._arm_watchdog()
@@ -260,9 +340,13 @@ class ScriptPipe:
     def _lost(self, exc: Exception) -> None:
         self._drop_transport()
         pending, self._pending = self._pending, collections.deque()
+        held, self._held = self._held, []
         self._out.clear()
-        for fut, _ in pending:
-            if not fut.done():
+        for hfut, _ in held:
+            if not hfut.done():
+                hfut.set_exception(exc)
+        for fut, _, _ in pending:
+            if fut is not None and not fut.done():
                 fut.set_exception(exc)
         if self._queued and not self._closed and self._connecting is None:
             self._connecting = asyncio.get_running_loop().create_task(self._connect())

@@ -27,19 +27,31 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stalwart._secrets import mask_urls
 from stalwart._transport import RedisTarget, redis_target
+from stalwart.checkpoints._sentinel import FORM as SENTINEL_FORM
+from stalwart.checkpoints._sentinel import (
+    SENTINEL_SCHEMES,
+    is_sentinel_url,
+    parse_sentinel_url,
+    resolve_primary,
+)
 from stalwart.errors import ConfigurationError, ServerUnavailableError
 
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+REDIS_SCHEMES = ("redis", "rediss", "unix", *SENTINEL_SCHEMES)
 
 
 def parse_redis_url(url: str) -> None:
-    """Raise :class:`ConfigurationError` when ``url`` is not a Redis URL redis-py accepts."""
+    """Raise :class:`ConfigurationError` when ``url`` is not a Redis URL Stalwart accepts:
+    one redis-py accepts, or a ``redis+sentinel://`` URL (see ``_sentinel``)."""
+    if is_sentinel_url(url):
+        parse_sentinel_url(url)
+        return
     try:
         aioredis.connection.parse_url(url)
     except (ValueError, TypeError) as exc:
         raise ConfigurationError(
             f"{mask_urls(url)!r} is not a Redis URL ({mask_urls(str(exc))}); expected "
-            "redis://[user:password@]host:port/db, rediss:// (TLS) or unix:///path"
+            "redis://[user:password@]host:port/db, rediss:// (TLS), unix:///path or "
+            f"{SENTINEL_FORM}"
         ) from None
 
 
@@ -163,8 +175,15 @@ async def first_contact(
 
     ``target`` carries the TLS context (default: what ``url`` says). Raises
     :class:`ServerUnavailableError` naming the URL (credentials masked) and the reason.
+    A ``redis+sentinel://`` URL is first resolved to its primary through the Sentinels
+    (within the same bound), then that primary is reached the same way.
     """
     parse_redis_url(url)
+    if is_sentinel_url(url):
+        started = time.monotonic()
+        url = await _sentinel_primary_url(url, within)
+        within = max(0.5, within - (time.monotonic() - started))
+        target = redis_target(url)
     target = target or redis_target(url)
     deadline = time.monotonic() + within
     last: BaseException | None = None
@@ -213,3 +232,27 @@ async def first_contact(
     if last is None or not (_permanent(last) or hang_ups >= 2):
         reason += f" (gave up after {within:g}s)"
     raise ServerUnavailableError(f"cannot reach Redis at {mask_urls(url)}: {reason}") from last
+
+
+async def _sentinel_primary_url(url: str, within: float) -> str:
+    """The plain URL of the primary the Sentinels of ``url`` name, asked within ``within``."""
+    parsed = parse_sentinel_url(url)
+    sentinel = parsed.sentinel(socket_timeout=min(within, 2.0), socket_connect_timeout=1.0)
+    deadline = time.monotonic() + within
+    last: BaseException | None = None
+    try:
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                async with asyncio.timeout(remaining):
+                    host, port = await resolve_primary(sentinel, parsed.service)
+                return parsed.node_url(host, port)
+            except (RedisError, OSError, TimeoutError) as exc:
+                last = exc
+            await asyncio.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+    finally:
+        for s in sentinel.sentinels:
+            await s.aclose()
+    raise ServerUnavailableError(
+        f"cannot reach Redis at {parsed.shown}: no Sentinel named a primary for service "
+        f"{parsed.service!r} within {within:g}s ({_reason(last)})"
+    ) from last

@@ -115,26 +115,79 @@ return {'rejected', tostring(seq)}
 """
 )
 
-# Fenced append: only the owner of the current epoch may write. Returns the cancel flag so
-# the actor learns of a cancellation at its next step boundary without an extra round trip.
-# ARGV: epoch, entry id, entry, now
-APPEND = fenced("""
-local r = redis.pcall('XADD', KEYS[2], ARGV[2], 'd', ARGV[3])
-if type(r) == 'table' and r.err then return {'conflict', r.err} end
-redis.call('HSET', KEYS[1], 'updated_at', ARGV[4])
-return {'ok', cancel}
-""")
+# A write before anything is read: a replica (a demoted primary, or a node a client still
+# takes for the primary) refuses it with READONLY, a retryable error, before the fence or the
+# continuity check could read its stale copy and answer 'stale' or 'gap'. Deleting a field
+# that never exists changes nothing (and replicates nothing).
+_WRITABLE = """
+redis.call('HDEL', KEYS[1], '~')
+"""
 
-# Fenced final append plus the record's end state.
+# Journal continuity, shared by APPEND and FINISH (after the fence): the entry goes at
+# ARGV[2] = '<seq>-0' only if the journal's top is seq - 1, the writer's previous position.
+# Fast path: the record's 'journal_top' is the position this script wrote last; it changes
+# with the journal in one atomic script, and a replica applies a script's writes as one
+# transaction, so after a failover the two still agree. When it says seq - 1 the XADD
+# goes ahead (a claim, cancel, rejection or dead letter writes entries without moving it,
+# but above it, so XADD itself refuses a taken position). Otherwise, or when XADD refuses,
+# the journal's real top decides:
+#   top < seq - 1  -> {'gap', top}: entries below seq are missing (a failover lost them),
+#                     nothing is written;
+#   top >= seq     -> the entry at seq is this very entry (a resend after a lost reply):
+#                     {'ok', cancel}, after a write to the record (so a WAIT after it covers
+#                     the entry); else {'conflict', ...};
+#   top = seq - 1  -> write.
+# `append_entry(now)` returns nil once the entry is written, or the reply to return.
+_CONTINUITY = """
+local function append_entry(now)
+  local seq = tonumber(string.match(ARGV[2], '^(%d+)'))
+  local known = redis.call('HGET', KEYS[1], 'journal_top')
+  if known ~= tostring(seq - 1) or redis.pcall('XADD', KEYS[2], ARGV[2], 'd', ARGV[3]).err then
+    local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+    local at = 0
+    if top[1] then at = tonumber(string.match(top[1][1], '^(%d+)')) end
+    if at < seq - 1 then return {'gap', tostring(at)} end
+    if at >= seq then
+      local mine = redis.call('XRANGE', KEYS[2], ARGV[2], ARGV[2])
+      if mine[1] and mine[1][2][2] == ARGV[3] then
+        redis.call('HSET', KEYS[1], 'updated_at', now)
+        return {'ok', cancel}
+      end
+      return {'conflict', 'position ' .. seq .. ' holds another entry'}
+    end
+    redis.call('XADD', KEYS[2], ARGV[2], 'd', ARGV[3])
+  end
+  redis.call('HSET', KEYS[1], 'updated_at', now, 'journal_top', seq)
+  return nil
+end
+"""
+
+# Fenced append: only the owner of the current epoch may write, at the position after its
+# previous one (see _CONTINUITY). Returns the cancel flag so the actor learns of a
+# cancellation at its next step boundary without an extra round trip.
+# ARGV: epoch, entry id, entry, now
+APPEND = _WRITABLE + fenced(
+    _CONTINUITY
+    + """
+local stop = append_entry(ARGV[4])
+if stop then return stop end
+return {'ok', cancel}
+"""
+)
+
+# Fenced final append plus the record's end state (continuity as APPEND).
 # ARGV: epoch, entry id, entry, now, status, result, error_type, error
-FINISH = fenced("""
-local r = redis.pcall('XADD', KEYS[2], ARGV[2], 'd', ARGV[3])
-if type(r) == 'table' and r.err then return {'conflict', r.err} end
-redis.call('HSET', KEYS[1], 'status', ARGV[5], 'updated_at', ARGV[4], 'finished_at', ARGV[4],
+FINISH = _WRITABLE + fenced(
+    _CONTINUITY
+    + """
+local stop = append_entry(ARGV[4])
+if stop then return stop end
+redis.call('HSET', KEYS[1], 'status', ARGV[5], 'finished_at', ARGV[4],
   'error_type', ARGV[7], 'error', ARGV[8])
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[6]) end
 return {'ok', ''}
-""")
+"""
+)
 
 # Cancel: a run that was never placed ends here and now (atomically, so a worker that is
 # about to claim it finds it terminal); a placed run gets a flag its owner reads at the

@@ -16,6 +16,10 @@ import redis.asyncio as aioredis
 import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import (
+    BusyLoadingError,
+    ReadOnlyError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -59,13 +63,20 @@ from stalwart.checkpoints._runs import (
     poison_error,
     read_claim,
 )
+from stalwart.checkpoints._sentinel import is_sentinel_url, parse_sentinel_url, resolve_primary
 from stalwart.checkpoints._writer import JournalConflict, ScriptRunner, SettlingFuture
-from stalwart.errors import CorruptRecordError, InvalidRequestError, RunNotFoundError
+from stalwart.errors import (
+    ConfigurationError,
+    CorruptRecordError,
+    InvalidRequestError,
+    RunNotFoundError,
+)
 
 if TYPE_CHECKING:
     import asyncio
 
     import msgspec
+    from redis.asyncio.sentinel import Sentinel
 
     from stalwart.config import Settings
 
@@ -123,6 +134,7 @@ class CheckpointStore(RunControl):
         self._append = client.register_script(_scripts.APPEND)
         self._finish = client.register_script(_scripts.FINISH)
         self._fork = client.register_script(_scripts.FORK_RUN)
+        self._sentinel: Sentinel | None = None
 
     @property
     def retry_for(self) -> float:
@@ -159,6 +171,10 @@ class CheckpointStore(RunControl):
         (``CLUSTER INFO``) behind a plain ``redis://`` URL of any of its nodes (see
         ``_cluster``). ``settings.redis_index_shards`` splits the shared indexes (0: 1 on a
         single Redis, :data:`CLUSTER_INDEX_SHARDS` on a cluster).
+
+        A ``redis+sentinel://`` URL (see ``_sentinel``) connects to the primary the
+        Sentinels name, and asks them again on every reconnection (pool and pipe alike).
+        ``settings``' ``redis_wait_replicas`` makes every run write wait for replicas.
         """
         shards = settings.redis_index_shards if settings is not None else 0
         if is_cluster_url(url):
@@ -170,11 +186,21 @@ class CheckpointStore(RunControl):
                 shards,
             )
         parse_redis_url(url)
-        target = redis_target(url, settings)
+        sentinel = is_sentinel_url(url)
+        if (
+            sentinel
+            and settings
+            and (settings.redis_tls_ca or settings.redis_tls_cert or settings.redis_tls_key)
+        ):
+            raise ConfigurationError(
+                "Redis: TLS settings (redis_tls_*) are set but TLS through Sentinel is not "
+                "supported yet: unset them for a redis+sentinel:// URL"
+            )
+        target = None if sentinel else redis_target(url, settings)
         # First contact without retries, bounded: the pool below retries for ~25 s.
         # Appends go out as EVALSHA on the pipe: make sure Redis knows the script.
         await first_contact(url, connect_timeout, (_scripts.APPEND,), target=target)
-        if ScriptPipe.supports(url) and not url.lower().startswith("unix"):
+        if target is not None and ScriptPipe.supports(url) and not url.lower().startswith("unix"):
             if await cluster_enabled(target, connect_timeout):
                 return await cls._connect_cluster(
                     single_as_cluster(url, settings),
@@ -183,22 +209,56 @@ class CheckpointStore(RunControl):
                     connect_timeout,
                     shards,
                 )
-        # Every command rides out a short Redis restart. Scripts are safe to resend: appends
-        # use explicit ids (a resent append finds its own entry), claims are idempotent.
-        # A blocking pool: a burst of placements past the pool's size waits for a free
-        # connection instead of failing (redis-py's default pool raises at its limit).
-        pool = aioredis.BlockingConnectionPool(
-            **target.pool_kwargs(),
-            max_connections=max_connections,
-            timeout=30,
-            decode_responses=False,
-            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=30),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        )
+        # Every command rides out a short Redis restart or failover. Scripts are safe to
+        # resend: appends use explicit ids (a resent append finds its own entry), claims are
+        # idempotent. A blocking pool: a burst of placements past the pool's size waits for
+        # a free connection instead of failing (redis-py's default pool raises at its limit).
+        common: dict[str, object] = {
+            "max_connections": max_connections,
+            "timeout": 30,
+            "decode_responses": False,
+            "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=30),
+            # READONLY and LOADING: a demoted primary or one still loading its data.
+            "retry_on_error": [
+                RedisConnectionError,
+                RedisTimeoutError,
+                ReadOnlyError,
+                BusyLoadingError,
+            ],
+        }
+        wait = (settings.redis_wait_replicas, settings.redis_wait_timeout) if settings else (0, 100)
+        pipe: ScriptPipe | None = None
+        manager = None
+        if sentinel:
+            parsed = parse_sentinel_url(url)
+            manager = parsed.sentinel(socket_timeout=5.0, socket_connect_timeout=2.0)
+            pool: aioredis.ConnectionPool = parsed.pool(manager, **common)
+
+            async def resolve() -> tuple[str, int]:
+                return await resolve_primary(manager, parsed.service)
+
+            host, port = await resolve()
+            pipe = ScriptPipe(
+                parsed.node_url(host, port),
+                resolve=resolve,
+                wait_replicas=wait[0],
+                wait_timeout_ms=wait[1],
+            )
+        else:
+            assert target is not None
+            pool = aioredis.BlockingConnectionPool(**target.pool_kwargs(), **common)  # type: ignore[arg-type]
+            if ScriptPipe.supports(url):
+                pipe = ScriptPipe(
+                    target.url,
+                    ssl_context=target.ssl_context,
+                    wait_replicas=wait[0],
+                    wait_timeout_ms=wait[1],
+                )
         client = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
         store = cls(client, namespace, index_shards=shards or 1)
-        if ScriptPipe.supports(url):
-            store._runner.pipe = ScriptPipe(target.url, ssl_context=target.ssl_context)
+        store._runner.wait_replicas, store._runner.wait_timeout_ms = wait
+        store._runner.pipe = pipe
+        store._sentinel = manager
         return store
 
     @classmethod
@@ -230,10 +290,12 @@ class CheckpointStore(RunControl):
         return store
 
     async def close(self) -> None:
-        """Close the connection pool (and the append pipe)."""
+        """Close the connection pool (and the append pipe, and the Sentinel connections)."""
         if self._runner.pipe is not None:
             await self._runner.pipe.close()
         await self.redis.aclose()
+        if self._sentinel is not None:
+            await self._sentinel.aclose()
 
     # -- keys (see KeySchema) -------------------------------------------------------------
 

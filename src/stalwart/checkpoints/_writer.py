@@ -1,5 +1,18 @@
-"""Running a run's scripts: down the shared pipe first, riding out a Redis restart, and
-recognising a fenced write that a lost reply made the caller send twice.
+"""Running a run's scripts: down the shared pipe first, riding out a Redis restart or
+failover, and recognising a fenced write that a lost reply made the caller send twice.
+
+Retryable (within ``retry_for``): a lost connection or a timeout, and the error replies of
+a node that cannot take the write *now* but will (or another node will): READONLY (a
+replica, e.g. a demoted primary), LOADING, MASTERDOWN, and Cluster's MOVED, ASK, TRYAGAIN
+and CLUSTERDOWN. Any other error reply is a real error. With ``wait_replicas`` set, a write
+that fewer replicas acknowledged is retried too (see ``_pipe.NotReplicated``).
+
+Journal continuity: APPEND and FINISH refuse to write above a hole (``{'gap', top}``). A gap
+behind an earlier append of the same run that this writer still has in flight is not a hole
+(a resend can overtake it): the later write waits for the earlier ones and is sent again.
+Any other gap means acknowledged entries were lost (a failover to a replica that had not
+received them): :class:`JournalGap`, which makes the owner give the run up so it is placed
+again and replays what the journal really holds.
 
 This is the one place a script reaches Redis for a run (a cluster-aware client would route
 it here by the run's hash tag).
@@ -9,13 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stalwart.checkpoints._fence import stale_error
+from stalwart.checkpoints._pipe import NotReplicated
 from stalwart.errors import LeaseLost, ServerUnavailableError, StalwartError
 
 if TYPE_CHECKING:
@@ -27,6 +41,60 @@ if TYPE_CHECKING:
 
 class JournalConflict(StalwartError):
     """An append found its journal position already taken by a different entry."""
+
+
+class JournalGap(StalwartError):
+    """The run's journal lost entries this writer had been told were written.
+
+    Raised by a fenced journal write that finds the journal's top below its own previous
+    position (or the run's record at an epoch older than the writer's own claim) with no
+    earlier write of this writer still in flight: a Redis failover lost acknowledged writes.
+    The owner must stop and have the run placed again, to replay what the journal holds.
+    """
+
+    def __init__(self, run_id: str, seq: int, top: int | None, detail: str = "") -> None:
+        self.run_id = run_id
+        self.seq = seq
+        """The position this writer was about to write."""
+        self.top = top
+        """The journal's top position as found (None when the record itself regressed)."""
+        where = f"its journal ends at {top}" if top is not None else detail
+        super().__init__(
+            f"run {run_id!r}: journal entries were lost (a Redis failover?): writing at "
+            f"{seq} but {where}; the run is given up and placed again to replay from what "
+            "the journal holds"
+        )
+
+
+RETRYABLE_REPLIES = (
+    "READONLY",
+    "LOADING",
+    "MASTERDOWN",
+    "MOVED",
+    "ASK",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "You can't write against a read only replica",
+)
+"""Error replies of a node that cannot take a write now but will, or another node will."""
+
+
+def retryable_error(exc: BaseException | object) -> bool:
+    """Whether ``exc`` (an exception, or an error reply as the pipe hands it) is worth
+    retrying: a lost connection, a timeout, or one of :data:`RETRYABLE_REPLIES`.
+
+    redis-py reports some of these as their own ``ResponseError`` subclasses (``ReadOnlyError``,
+    ``BusyLoadingError``, ...) without the code in the message, so the class counts too.
+    """
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
+        return True
+    if not isinstance(exc, ResponseError):
+        return False
+    names = {"ReadOnlyError", "BusyLoadingError", "MasterDownError", "MovedError", "AskError",
+             "TryAgainError", "ClusterDownError"}  # fmt: skip
+    if any(cls.__name__ in names for cls in type(exc).__mro__):
+        return True
+    return str(exc).lstrip().startswith(RETRYABLE_REPLIES)
 
 
 class SettlingFuture(asyncio.Future[Any]):
@@ -62,7 +130,15 @@ def settled_quietly(fut: asyncio.Future[Any]) -> None:
 class ScriptRunner:
     """Runs scripts on a run's record and journal (``KEYS[1]``, ``KEYS[2]``)."""
 
-    def __init__(self, client: aioredis.Redis, keys: KeySchema, retry_for: float) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        keys: KeySchema,
+        retry_for: float,
+        *,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 100,
+    ) -> None:
         self.redis = client
         self.keys = keys
         self.retry_for = retry_for
@@ -70,6 +146,13 @@ class ScriptRunner:
         self.pipe: CommandPipe | None = None
         """Auto-pipelined connection(s) for fenced writes (see ``_pipe``; on a cluster one
         per master, ``_cluster_pipe``), when the URL allows."""
+        self.wait_replicas = wait_replicas
+        """Replicas that must acknowledge a script's writes before it counts (0: no WAIT)."""
+        self.wait_timeout_ms = wait_timeout_ms
+        """How long each WAIT waits for them (ms)."""
+        # Journal writes under way, per run and position: a gap behind one of them is not a
+        # hole (see the module docstring).
+        self._unsettled: dict[str, dict[int, asyncio.Future[Any]]] = {}
 
     def run_keys(self, run_id: str) -> list[str]:
         """The two keys every run script takes: the record, the journal."""
@@ -90,8 +173,9 @@ class ScriptRunner:
         the same position, which :meth:`write` recognises (explicit ids make this safe).
         """
         if self.pipe is not None and via_pipe:
-            # First down the shared pipe; an error reply (NOSCRIPT after a Redis restart) or
-            # a lost connection falls through to redis-py, which loads scripts and retries.
+            # First down the shared pipe; an error reply (NOSCRIPT after a Redis restart,
+            # READONLY from a demoted primary) or a lost connection falls through to
+            # redis-py, which loads scripts and retries.
             try:
                 reply = await self.evalsha(script, run_id, args)
             except (RedisConnectionError, RedisTimeoutError):
@@ -103,14 +187,50 @@ class ScriptRunner:
         delay = 0.05
         while True:
             try:
-                return await script(keys=self.run_keys(run_id), args=args)  # type: ignore[operator]
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                return await self._run_script(script, run_id, args)
+            except (ResponseError, RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                if not retryable_error(exc):
+                    raise
                 if time.monotonic() + delay > deadline:
+                    what = (
+                        "not acknowledged by replicas"
+                        if isinstance(exc, NotReplicated)
+                        else ("unreachable or not writable")
+                    )
                     raise ServerUnavailableError(
-                        f"run {run_id!r}: Redis unreachable for {self.retry_for:.0f}s: {exc}"
+                        f"run {run_id!r}: Redis {what} for {self.retry_for:.0f}s: {exc}"
                     ) from exc
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
+
+    async def _run_script(self, script: object, run_id: str, args: list[object]) -> Any:
+        """One try through redis-py's pool; with ``wait_replicas``, followed by WAIT on the
+        same connection (WAIT covers that connection's writes)."""
+        keys = self.run_keys(run_id)
+        if not self.wait_replicas:
+            return await script(keys=keys, args=args)  # type: ignore[operator]
+        try:
+            reply, acked = await self._script_and_wait(script, keys, args)
+        except NoScriptError:
+            # The pipeline checked the script on the old primary, then reconnected to a new
+            # one (a failover) that never saw it: load it there and go again.
+            await self.redis.script_load(script.script)  # type: ignore[attr-defined]
+            reply, acked = await self._script_and_wait(script, keys, args)
+        if int(acked) < self.wait_replicas:
+            raise NotReplicated(
+                f"WAIT: {acked} of {self.wait_replicas} replica(s) acknowledged within "
+                f"{self.wait_timeout_ms} ms"
+            )
+        return reply
+
+    async def _script_and_wait(
+        self, script: object, keys: list[str], args: list[object]
+    ) -> tuple[Any, Any]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await script(keys=keys, args=args, client=pipe)  # type: ignore[operator]
+            pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+            reply, acked = await pipe.execute()
+        return reply, acked
 
     async def write(
         self,
@@ -124,25 +244,53 @@ class ScriptRunner:
     ) -> str:
         """A fenced journal write of ``data`` at ``seq``; returns the run's cancel flag.
 
-        Raises :class:`LeaseLost` when the fence refused it and :class:`JournalConflict`
+        Raises :class:`LeaseLost` when the fence refused it, :class:`JournalConflict`
         when the position holds another entry (one that is byte-identical is ours, from a
-        first try whose reply was lost).
+        first try whose reply was lost: the script answers ``ok`` for it) and
+        :class:`JournalGap` when the journal lost entries below ``seq``.
         """
-        reply = await self.call(script, run_id, args, via_pipe=via_pipe)
+        tracked = self._track(run_id, seq, asyncio.current_task())
+        try:
+            while True:
+                reply = await self.call(script, run_id, args, via_pipe=via_pipe)
+                if reply[0] != b"gap":
+                    break
+                earlier = self._earlier(run_id, seq)
+                if not earlier:
+                    raise JournalGap(run_id, seq, int(reply[1]))
+                # Overtaken by our own later resend: let the earlier writes land, then again.
+                await asyncio.wait(earlier, timeout=self.retry_for)
+                via_pipe = False
+        finally:
+            if tracked:
+                self._untrack(run_id, seq)
         if reply[0] in (b"ok", b"stale"):
             return self.reply(run_id, args, reply)
-        run = self.keys.run(run_id)
-        rows = cast(
-            "list[tuple[bytes, dict[bytes, bytes]]]",
-            await self.redis.xrange(run.journal, min=f"{seq}-0", max=f"{seq}-0"),
-        )
-        if rows and rows[0][1].get(b"d") == data:
-            cancel = cast("bytes | None", await self.redis.hget(run.record, "cancel"))
-            return cancel.decode() if cancel else ""
+        detail = reply[1].decode() if len(reply) > 1 else ""
         raise JournalConflict(
-            f"run {run_id!r}: journal position {seq} is taken by another entry "
-            f"({reply[1].decode()})"
+            f"run {run_id!r}: journal position {seq} is taken by another entry ({detail})"
         )
+
+    def _track(self, run_id: str, seq: int, fut: asyncio.Future[Any] | None) -> bool:
+        if fut is None:
+            return False
+        by_seq = self._unsettled.setdefault(run_id, {})
+        if seq in by_seq:
+            return False  # already tracked by write_future's own future
+        by_seq[seq] = fut
+        return True
+
+    def _untrack(self, run_id: str, seq: int) -> None:
+        by_seq = self._unsettled.get(run_id)
+        if by_seq is not None:
+            by_seq.pop(seq, None)
+            if not by_seq:
+                del self._unsettled[run_id]
+
+    def _earlier(self, run_id: str, seq: int) -> set[asyncio.Future[Any]]:
+        """This writer's unsettled journal writes of ``run_id`` below ``seq``."""
+        by_seq = self._unsettled.get(run_id, {})
+        return {f for s, f in by_seq.items() if s < seq and not f.done()}
 
     def write_future(
         self, script: object, run_id: str, args: list[object], seq: int, data: bytes
@@ -158,6 +306,8 @@ class ScriptRunner:
             return asyncio.ensure_future(self.write(script, run_id, args, seq, data))
         loop = asyncio.get_running_loop()
         out: asyncio.Future[str] = SettlingFuture(loop=loop)
+        if self._track(run_id, seq, out):
+            out.add_done_callback(lambda _: self._untrack(run_id, seq))
         first = self.evalsha(script, run_id, args)
 
         def settle(f: asyncio.Future[Any]) -> None:
@@ -165,11 +315,11 @@ class ScriptRunner:
             if isinstance(reply, list) and reply[0] in (b"ok", b"stale"):
                 try:
                     out.set_result(self.reply(run_id, args, reply))
-                except LeaseLost as exc:
+                except (LeaseLost, JournalGap) as exc:
                     out.set_exception(exc)
                 return
-            # Lost connection, error reply (NOSCRIPT after a restart) or a taken position:
-            # the redis-py path, without trying the pipe a second time.
+            # Lost connection, error reply (NOSCRIPT after a restart, READONLY), a taken
+            # position or a gap: the redis-py path, without trying the pipe a second time.
             slow = loop.create_task(self.write(script, run_id, args, seq, data, via_pipe=False))
             slow.add_done_callback(lambda t: _chain(t, out))
 
@@ -178,10 +328,25 @@ class ScriptRunner:
 
     @staticmethod
     def reply(run_id: str, args: list[object], reply: list[bytes]) -> str:
-        """The cancel flag from an ``ok`` reply; :class:`LeaseLost` from a ``stale`` one."""
+        """The cancel flag from an ``ok`` reply; :class:`LeaseLost` from a ``stale`` one.
+
+        A ``stale`` reply naming an epoch *older* than the writer's own (or none) cannot come
+        from a newer owner: the record lost the writer's claim (a failover), which is a
+        :class:`JournalGap`.
+        """
         if reply[0] == b"ok":
             return reply[1].decode()
-        raise stale_error(run_id, args[0], reply[1].decode())
+        current = reply[1].decode()
+        mine = str(args[0])
+        if mine.isdigit() and (not current.isdigit() or int(current) < int(mine)):
+            raise JournalGap(
+                run_id,
+                int(str(args[1]).split("-", 1)[0]),
+                None,
+                f"the run's record is back at epoch {current or 'none'}, before this "
+                f"writer's claim at {mine}",
+            )
+        raise stale_error(run_id, args[0], current)
 
     async def index(self, run_id: str, now: float) -> None:
         """Add a run to the runs index and the active set."""

@@ -27,6 +27,7 @@ from stalwart.servers._nats_cluster import NatsCluster
 from stalwart.servers._process import free_port
 from stalwart.servers._redis import RedisServer
 from stalwart.servers._redis_cluster import RedisClusterServer
+from stalwart.servers._redis_ha import RedisHA, SentinelServer
 from stalwart.servers._tls import ServerTLS
 
 __all__ = [
@@ -35,7 +36,9 @@ __all__ = [
     "NatsCluster",
     "NatsServer",
     "RedisClusterServer",
+    "RedisHA",
     "RedisServer",
+    "SentinelServer",
     "ServerError",
     "ServerNotFound",
     "ServerStartError",

@@ -11,6 +11,8 @@ from stalwart.servers._binaries import find_redis_server
 from stalwart.servers._process import LOOPBACK, _ServerProcess
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from stalwart.servers._tls import ServerTLS
 
 
@@ -42,6 +44,9 @@ class RedisServer(_ServerProcess):
 
     ``tls`` makes the port TLS-only (``--port 0 --tls-port``; mutual TLS with
     ``verify_clients``); the health check then speaks TLS too.
+
+    ``extra_args`` go on the command line after Stalwart's own (``--replicaof host port``,
+    ``--cluster-enabled yes``, ...): a later option overrides an earlier one in Redis.
     """
 
     _kind = "redis-server"
@@ -55,6 +60,7 @@ class RedisServer(_ServerProcess):
         appendfsync: str = "everysec",
         binary: str | None = None,
         tls: ServerTLS | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         if appendfsync not in ("always", "everysec", "no"):
             raise ValueError(f"appendfsync must be always, everysec or no, not {appendfsync!r}")
@@ -64,6 +70,8 @@ class RedisServer(_ServerProcess):
         self.appendonly = appendonly
         self.appendfsync = appendfsync
         self.tls = tls
+        self.extra_args = list(extra_args)
+        """Options added after the defaults (see the class docstring)."""
 
     def _default_data(self) -> Path:
         return self._own_tmp_dir() / "data"
@@ -102,6 +110,7 @@ class RedisServer(_ServerProcess):
             "--appendfsync", self.appendfsync,
             "--daemonize", "no",
             "--logfile", str(self.log_file),
+            *self.extra_args,
         ]  # fmt: skip
 
     def _connect(self) -> socket.socket:
