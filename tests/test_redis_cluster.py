@@ -176,6 +176,19 @@ async def test_a_plain_url_of_any_node_is_detected_as_a_cluster(
         await s.close()
 
 
+async def test_wait_for_replicas_is_refused_on_a_cluster(
+    cluster: RedisClusterServer, servers: Servers, namespace: str
+) -> None:
+    """WAIT acknowledges one connection's writes; a cluster's go to several masters, so the
+    setting is refused with the reason instead of silently not waiting (both URL forms)."""
+    waiting = msgspec.structs.replace(
+        _settings(servers, cluster.url, namespace), redis_wait_replicas=1
+    )
+    for url in (cluster.url, cluster.node_url(cluster.nodes[0])):
+        with pytest.raises(ConfigurationError, match="not supported on a Redis Cluster"):
+            await CheckpointStore.connect(url, namespace, settings=waiting, connect_timeout=10)
+
+
 async def test_index_shards_setting_and_bad_cluster_urls(
     cluster: RedisClusterServer, servers: Servers, namespace: str
 ) -> None:

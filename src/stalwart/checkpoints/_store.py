@@ -95,6 +95,12 @@ __all__ = [
 
 _log = structlog.get_logger("stalwart.checkpoints")
 
+_WAIT_ON_CLUSTER = (
+    "redis_wait_replicas is not supported on a Redis Cluster yet (WAIT is per connection and "
+    "a cluster's writes go to several masters): set it to 0, or use a primary with replicas "
+    "behind Sentinel (docs/deployment.md)"
+)
+
 CLUSTER_INDEX_SHARDS = 16
 """Index shards on a Redis Cluster when ``redis_index_shards`` is 0 (auto): enough to spread
 submits and finishes over the masters of a typical cluster, few enough that a reader's one
@@ -177,6 +183,8 @@ class CheckpointStore(RunControl):
         ``settings``' ``redis_wait_replicas`` makes every run write wait for replicas.
         """
         shards = settings.redis_index_shards if settings is not None else 0
+        if settings is not None and settings.redis_wait_replicas and is_cluster_url(url):
+            raise ConfigurationError(_WAIT_ON_CLUSTER)
         if is_cluster_url(url):
             return await cls._connect_cluster(
                 parse_cluster_url(url, settings),
@@ -202,6 +210,8 @@ class CheckpointStore(RunControl):
         await first_contact(url, connect_timeout, (_scripts.APPEND,), target=target)
         if target is not None and ScriptPipe.supports(url) and not url.lower().startswith("unix"):
             if await cluster_enabled(target, connect_timeout):
+                if settings is not None and settings.redis_wait_replicas:
+                    raise ConfigurationError(_WAIT_ON_CLUSTER)
                 return await cls._connect_cluster(
                     single_as_cluster(url, settings),
                     namespace,
