@@ -44,6 +44,7 @@ FIELD_ROLES: dict[str, frozenset[Role]] = {
     "concurrency": _WORKER,
     "ack_wait": _WORKER,
     "max_deliver": _WORKER,
+    "pull_expires": _WORKER,
     # Any process may be the first of a namespace and create the streams with these.
     "duplicate_window": _ALL,
     "event_max_age": _ALL,
@@ -119,6 +120,7 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "concurrency": (lambda v: v >= 1, "a whole number >= 1"),
     "ack_wait": (lambda v: v > 0, _POSITIVE),
     "max_deliver": (lambda v: v >= 1, "a whole number >= 1"),
+    "pull_expires": (lambda v: 1 <= v <= 300, "a number of seconds from 1 to 300"),
     "duplicate_window": (lambda v: v > 0, _POSITIVE),
     "event_max_age": (lambda v: v > 0, _POSITIVE),
     "reconcile_interval": (lambda v: v > 0, _POSITIVE),
@@ -199,6 +201,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """How long JetStream waits for a worker to place a run request before redelivering it."""
     max_deliver: int = 20
     """Deliveries of one run request before it is given up on."""
+    pull_expires: float = 30.0
+    """How long a worker's pull request for run requests stays open on the server.
+
+    A worker asks only for the slots it has free, so a long request holds no request back
+    from other workers; it only sets the idle traffic: per agent and worker, one pull request
+    and its expiry per ``pull_expires``, and an idle heartbeat every ``min(5,
+    pull_expires / 4)`` seconds (a lost request is noticed after two missed heartbeats)."""
     duplicate_window: float = 120.0
     """JetStream de-duplication window for run requests (by run id)."""
     event_max_age: float = 7 * 24 * 3600.0

@@ -16,6 +16,7 @@ from stalwart.broker._connect import check_nats_url, connect
 from stalwart.broker._events import EventPublisher, last_event, subscribe_events
 from stalwart.broker._lease import LeaseManager
 from stalwart.broker._names import Names, ResumeCause, resume_msg_id, submit_msg_id
+from stalwart.broker._pull import PullFeed
 from stalwart.broker._setup import ensure_agent_consumer, ensure_topology
 from stalwart.errors import PayloadTooLargeError, QueueFullError
 from stalwart.messages import (
@@ -265,13 +266,23 @@ class Broker:
             error = ErrorData(type="RunCancelled", message=reason)
             await self._announce(run_id, EV_CANCELLED, data_dict(RunEndedData(error=error)))
 
-    async def pull_subscription(self, agent: str) -> Any:
-        """Bind to the shared durable consumer of ``agent`` (looked up; created if missing
-        and ``settings.provision`` allows)."""
+    async def pull_feed(
+        self, agent: str, *, deliver: Callable[[Msg], None], changed: Callable[[], None]
+    ) -> PullFeed:
+        """A started :class:`PullFeed` on the shared durable consumer of ``agent`` (looked up;
+        created if missing and ``settings.provision`` allows). It pulls nothing until asked."""
         await ensure_agent_consumer(self.js, self.names, self.settings, agent)
-        return await self.js.pull_subscribe_bind(
-            self.names.consumer(agent), stream=self.names.runs_stream
+        feed = PullFeed(
+            self.nc,
+            self.names.runs_stream,
+            self.names.consumer(agent),
+            expires=self.settings.pull_expires,
+            deliver=deliver,
+            changed=changed,
+            label=agent,
         )
+        await feed.start()
+        return feed
 
     # -- registry and heartbeats ----------------------------------------------------------
 
