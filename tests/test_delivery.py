@@ -1,0 +1,193 @@
+"""Delivery of run requests across workers (issue #15): no request waits in a busy worker's
+buffer while another worker has free slots, and an idle worker sends almost nothing.
+
+In-process workers on the suite's real servers: the agents below block on events the test
+holds, so the test decides which slots are busy and sees at once when a run starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import msgspec
+import pytest
+
+from stalwart import App, Client, RunContext, Settings, Worker
+from stalwart.broker._pull import allot, heartbeat_for
+from stalwart.errors import ConfigurationError
+from tests.helpers import eventually
+
+app = App("delivery")
+started: dict[str, float] = {}
+"""Run id -> monotonic time its agent code started (every worker of this process)."""
+gates: dict[str, asyncio.Event] = {}
+
+
+def gate(run_id: str) -> asyncio.Event:
+    return gates.setdefault(run_id, asyncio.Event())
+
+
+@app.agent("hold")
+async def hold(ctx: RunContext, _: int) -> int:
+    started[ctx.run_id] = time.monotonic()
+    await gate(ctx.run_id).wait()
+    return 1
+
+
+@app.agent("other")
+async def other(ctx: RunContext, _: int) -> int:
+    started[ctx.run_id] = time.monotonic()
+    await gate(ctx.run_id).wait()
+    return 2
+
+
+@contextlib.asynccontextmanager
+async def workers(settings: Settings, *concurrency: int) -> AsyncIterator[list[Worker]]:
+    """In-process workers with these concurrencies, started one after the other."""
+    ws: list[Worker] = []
+    try:
+        for i, n in enumerate(concurrency):
+            w = Worker(app, msgspec.structs.replace(settings, concurrency=n, worker_id=f"w{i}"))
+            await w.start()
+            ws.append(w)
+        yield ws
+    finally:
+        for ev in gates.values():
+            ev.set()
+        running = [w for w in ws if not w.fetch_closed.is_set()]  # not drained by the test
+        for w in running:
+            w.stop()
+        await asyncio.wait_for(asyncio.gather(*(w._shutdown() for w in running)), timeout=30)
+
+
+async def start_time(client: Client, agent: str, limit: float = 10.0) -> tuple[str, float]:
+    """Submit a run of ``agent``; its id and the seconds until its agent code started."""
+    t0 = time.monotonic()
+    handle = await client.submit(agent, 0)
+    await eventually(
+        lambda: asyncio.sleep(0, handle.run_id in started),
+        timeout=limit,
+        interval=0.005,
+        message=f"run {handle.run_id} did not start within {limit} s",
+    )
+    return handle.run_id, started[handle.run_id] - t0
+
+
+# -- the credit split, without servers ----------------------------------------------------------
+
+
+def test_allot_asks_only_for_free_slots_and_keeps_every_feed_reachable() -> None:
+    assert allot(8, [0], 2) == [8]  # one feed: all free slots
+    assert allot(8, [8], 2) == [0]  # already asked for
+    assert allot(8, [7], 2) == [0]  # one freed slot: not worth a pull request yet...
+    assert allot(8, [0, 0], 2) == [4, 4]  # ...split evenly across agents
+    assert allot(8, [6], 2) == [2]  # ...until threshold slots have gathered
+    assert allot(0, [0, 0], 1) == [0, 0]  # full: nothing
+    # One free slot, two agents: both stay reachable (one over-ask, given back if used).
+    assert allot(1, [0, 0], 1) == [1, 1]
+    assert allot(1, [1, 0], 1) == [0, 1]
+    assert allot(3, [3, 3], 1) == [0, 0]
+    assert sum(allot(16, [0, 0, 0], 4)) == 16
+
+
+def test_pull_expires_is_bounded_and_sets_the_heartbeat() -> None:
+    assert heartbeat_for(30.0) == 5.0
+    assert heartbeat_for(2.0) == 0.5
+    with pytest.raises(ConfigurationError, match="pull_expires"):
+        Settings(pull_expires=0.5)
+    with pytest.raises(ConfigurationError, match="pull_expires"):
+        Settings(pull_expires=301)
+
+
+# -- real servers ----------------------------------------------------------------------------
+
+
+async def test_a_request_never_waits_in_a_busy_workers_buffer(
+    settings: Settings, client: Client
+) -> None:
+    """A (3 slots, one busy) and B (8 free) idle across several pull cycles; bursts of 3
+    requests each start within 0.5 s. Before the pull feeds, a request could land in a pull
+    request nats-py's fetch had left open and wait there for A's next fetch (0.2-0.8 s
+    here), and without bound when A was full."""
+    async with workers(settings, 3) as (a,):
+        busy, _ = await start_time(client, "hold")
+        async with workers(settings, 8) as (b,):
+            for burst in range(8):
+                # Gaps that sample the old 1 s fetch cycle at different phases (a 408 that
+                # came after the client's own timeout opened the second request).
+                await asyncio.sleep(1.0 + 0.23 * burst)
+                times = [await start_time(client, "hold") for _ in range(3)]
+                slow = [(run, round(t, 3)) for run, t in times if t > 0.5]
+                assert not slow, f"burst {burst}: started late {slow}"
+                for run, _ in times:
+                    gate(run).set()
+                await eventually(
+                    lambda: asyncio.sleep(0, len(a.hosted) + len(b.hosted) == 1),
+                    message="the burst's runs did not end",
+                )
+            assert busy in a.hosted
+
+
+async def test_a_full_worker_holds_no_request_while_another_has_slots(
+    settings: Settings, client: Client
+) -> None:
+    """A full (both slots busy) never takes a request: B places every one at once and
+    JetStream delivered each once (A asked for nothing, so nothing was given back)."""
+    async with workers(settings, 2) as (a,):
+        for _ in range(2):
+            await start_time(client, "hold")
+        assert len(a.hosted) == 2
+        async with workers(settings, 4) as (b,):
+            for _ in range(3):
+                run, took = await start_time(client, "hold")
+                assert took < 0.5 and run in b.hosted
+        info = await client.broker.js.consumer_info(
+            client.broker.names.runs_stream, client.broker.names.consumer("hold")
+        )
+        assert info.num_redelivered == 0
+
+
+async def test_a_worker_full_with_one_agent_gives_back_anothers_request(
+    settings: Settings, client: Client
+) -> None:
+    """A (1 slot, two agents) keeps one credit per agent; once its slot is taken by `hold`,
+    an `other` request that reaches it is given back at once and B places it."""
+    async with workers(settings, 1) as (a,):
+        await start_time(client, "hold")
+        async with workers(settings, 2) as (b,):
+            run, took = await start_time(client, "other")
+            assert took < 0.5 and run in b.hosted
+            assert len(a.hosted) == 1
+
+
+async def test_an_idle_worker_sends_one_pull_request_per_expiry(
+    settings: Settings, client: Client
+) -> None:
+    """Idle traffic: over 2 s an idle worker sent its first pull request per agent and no
+    more (pull_expires 30 s), and that request covers all its slots."""
+    async with workers(settings, 5) as (w,):
+        before = [f.pulls for f in w._subs]
+        await asyncio.sleep(2.0)  # nothing to await: the point is that nothing happens
+        assert [f.pulls for f in w._subs] == before == [1, 1]
+        assert sorted(f.outstanding for f in w._subs) == [2, 3]  # 5 slots over two agents
+        run, took = await start_time(client, "hold")  # and it still answers at once
+        assert took < 0.5 and run in w.hosted
+
+
+async def test_a_draining_worker_takes_no_request_published_after_it_stopped_pulling(
+    settings: Settings, client: Client
+) -> None:
+    """Closing a feed unsubscribes its inbox and the server drops its open pull requests:
+    a request published after A drained goes straight to B, delivered once."""
+    async with workers(settings, 4, 4) as (a, b):
+        a.stop()
+        await asyncio.wait_for(a._shutdown(), timeout=15)
+        run, took = await start_time(client, "hold")
+        assert took < 0.5 and run in b.hosted
+        info = await client.broker.js.consumer_info(
+            client.broker.names.runs_stream, client.broker.names.consumer("hold")
+        )
+        assert info.num_redelivered == 0
