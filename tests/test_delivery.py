@@ -45,12 +45,17 @@ async def other(ctx: RunContext, _: int) -> int:
 
 
 @contextlib.asynccontextmanager
-async def workers(settings: Settings, *concurrency: int) -> AsyncIterator[list[Worker]]:
+async def workers(
+    settings: Settings, *concurrency: int, **overrides: float
+) -> AsyncIterator[list[Worker]]:
     """In-process workers with these concurrencies, started one after the other."""
     ws: list[Worker] = []
     try:
         for i, n in enumerate(concurrency):
-            w = Worker(app, msgspec.structs.replace(settings, concurrency=n, worker_id=f"w{i}"))
+            w = Worker(
+                app,
+                msgspec.structs.replace(settings, concurrency=n, worker_id=f"w{i}", **overrides),
+            )
             await w.start()
             ws.append(w)
         yield ws
@@ -95,7 +100,10 @@ def test_allot_asks_only_for_free_slots_and_keeps_every_feed_reachable() -> None
 
 def test_pull_expires_is_bounded_and_sets_the_heartbeat() -> None:
     assert heartbeat_for(30.0) == 5.0
-    assert heartbeat_for(2.0) == 0.5
+    assert heartbeat_for(2.5) == 0.0  # lapses before a lost request would be noticed
+    assert Settings(lease_ttl=5).effective_pull_expires == 2.5
+    assert Settings(lease_ttl=1).effective_pull_expires == 1.0
+    assert Settings(pull_expires=30).effective_pull_expires == 30.0
     with pytest.raises(ConfigurationError, match="pull_expires"):
         Settings(pull_expires=0.5)
     with pytest.raises(ConfigurationError, match="pull_expires"):
@@ -168,7 +176,7 @@ async def test_an_idle_worker_sends_one_pull_request_per_expiry(
 ) -> None:
     """Idle traffic: over 2 s an idle worker sent its first pull request per agent and no
     more (pull_expires 30 s), and that request covers all its slots."""
-    async with workers(settings, 5) as (w,):
+    async with workers(settings, 5, pull_expires=30.0) as (w,):
         before = [f.pulls for f in w._subs]
         await asyncio.sleep(2.0)  # nothing to await: the point is that nothing happens
         assert [f.pulls for f in w._subs] == before == [1, 1]

@@ -120,7 +120,10 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "concurrency": (lambda v: v >= 1, "a whole number >= 1"),
     "ack_wait": (lambda v: v > 0, _POSITIVE),
     "max_deliver": (lambda v: v >= 1, "a whole number >= 1"),
-    "pull_expires": (lambda v: 1 <= v <= 300, "a number of seconds from 1 to 300"),
+    "pull_expires": (
+        lambda v: v == 0 or 1 <= v <= 300,
+        "0 (half of lease_ttl) or a number of seconds from 1 to 300",
+    ),
     "duplicate_window": (lambda v: v > 0, _POSITIVE),
     "event_max_age": (lambda v: v > 0, _POSITIVE),
     "reconcile_interval": (lambda v: v > 0, _POSITIVE),
@@ -201,13 +204,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """How long JetStream waits for a worker to place a run request before redelivering it."""
     max_deliver: int = 20
     """Deliveries of one run request before it is given up on."""
-    pull_expires: float = 30.0
-    """How long a worker's pull request for run requests stays open on the server.
+    pull_expires: float = 0.0
+    """How long a worker's pull request for run requests stays open on the server (0: half
+    of ``lease_ttl``, at least 1 s).
 
-    A worker asks only for the slots it has free, so a long request holds no request back
-    from other workers; it only sets the idle traffic: per agent and worker, one pull request
-    and its expiry per ``pull_expires``, and an idle heartbeat every ``min(5,
-    pull_expires / 4)`` seconds (a lost request is noticed after two missed heartbeats)."""
+    A worker asks only for the slots it has free, so an open request holds nothing back from
+    other workers while the worker is alive. Longer requests cut idle traffic (per agent and
+    worker: one request and its expiry per ``pull_expires``), but a frozen worker's open
+    requests take run requests that then wait ``ack_wait``: below the lease TTL, they lapse
+    before the worker's runs are resumed elsewhere."""
+
+    @property
+    def effective_pull_expires(self) -> float:
+        """``pull_expires``, or its default (half the lease TTL, at least 1 s) when it is 0."""
+        return self.pull_expires or max(1.0, self.lease_ttl / 2)
+
     duplicate_window: float = 120.0
     """JetStream de-duplication window for run requests (by run id)."""
     event_max_age: float = 7 * 24 * 3600.0

@@ -276,7 +276,7 @@ class Broker:
             self.nc,
             self.names.runs_stream,
             self.names.consumer(agent),
-            expires=self.settings.pull_expires,
+            expires=self.settings.effective_pull_expires,
             deliver=deliver,
             changed=changed,
             label=agent,

@@ -13,10 +13,16 @@ A :class:`PullFeed` keeps its own account instead. Every pull request it sends i
 with its batch (its *credits*); a delivered request spends one, a ``408``/``409`` ends one
 request and returns its unspent credits. Its owner asks for credits only for slots it has free
 (see :func:`allot`), and a request arriving when no slot is free after all is given back at
-once (nak), so no request ever waits in a worker's buffer. Requests stay open for ``expires``
-(long: little idle traffic) with idle heartbeats, so requests lost with a server or a
-connection are noticed; closing the feed unsubscribes its inbox, and the server drops pull
-requests whose reply subject nobody listens to any more.
+once (nak), so no request ever waits in a worker's buffer. Closing the feed unsubscribes its
+inbox, and the server drops pull requests whose reply subject nobody listens to any more.
+
+How long a request stays open is a trade-off. Longer means less idle traffic (one request and
+its expiry per ``expires``). But an open request is a promise of capacity the server keeps
+even when the process behind it froze (SIGSTOP, a paused VM, a partition): what it delivers
+there waits for ``ack_wait``. Requests that lapse within half a lease TTL (the default) are
+gone before anyone takes the frozen worker for dead, so the resume requests for its runs go
+to live workers. Long requests (20 s and more) carry idle heartbeats, so requests lost with a
+server are noticed before they expire.
 """
 
 from __future__ import annotations
@@ -50,12 +56,13 @@ _CLOSE_MARK = "Stalwart-Pull-Closed"
 
 
 def heartbeat_for(expires: float) -> float:
-    """Idle heartbeat interval of pull requests open for ``expires`` seconds.
+    """Idle heartbeat interval of pull requests open for ``expires`` seconds (0: none).
 
-    A quarter of the expiry, at most 5 s: frequent enough that a lost request is noticed
-    within about 10 s, rare enough that heartbeats do not make the traffic expiry saves.
+    Requests shorter than 20 s go without: a lost one is forgotten at its expiry anyway,
+    and heartbeats would cost more traffic than the expiry saves. Longer ones get one every
+    5 s, so a lost request is noticed within about 11 s.
     """
-    return min(5.0, expires / 4)
+    return 5.0 if expires >= 20 else 0.0
 
 
 def allot(free: int, outstanding: list[int], threshold: int) -> list[int]:
@@ -152,16 +159,14 @@ class PullFeed:
         now = time.monotonic()
         if batch <= 0 or self.closed or now < self._quiet_until:
             return
-        body = {
-            "batch": batch,
-            "expires": int(self.expires * 1e9),
-            "idle_heartbeat": int(self.heartbeat * 1e9),
-        }
+        body = {"batch": batch, "expires": int(self.expires * 1e9)}
+        if self.heartbeat:
+            body["idle_heartbeat"] = int(self.heartbeat * 1e9)
         if not self._requests:
             self._seen = now  # heartbeats are due from now on
         # A request the server never saw (lost with the connection) must not hold credits
         # forever: past its expiry (and a margin for a slow 408) it is forgotten.
-        self._requests.append(_Request(batch, now + self.expires + 2.0))
+        self._requests.append(_Request(batch, now + self.expires + 1.0))
         self.pulls += 1
         await self.nc.publish(self._subject, json.dumps(body).encode(), reply=self._inbox)
 
@@ -169,9 +174,9 @@ class PullFeed:
         """Forget requests the server has surely dropped; True if some were.
 
         Call it now and then (the owner's loop does, about once a second). Requests are lost
-        with a server restart or a reconnect (noticed by the connection's reconnect count) or
-        when heartbeats stop (two missed, plus a second); requests past their expiry are
-        gone whatever happened.
+        with a server restart or a reconnect (noticed by the connection's reconnect count) or,
+        for requests with heartbeats, when heartbeats stop (two missed, plus a second);
+        requests past their expiry are gone whatever happened.
         """
         now = time.monotonic()
         lost = ""
@@ -179,7 +184,7 @@ class PullFeed:
         if reconnects != self._reconnects:
             self._reconnects = reconnects
             lost = "reconnected"
-        elif self._requests and now - self._seen > 2 * self.heartbeat + 1.0:
+        elif self.heartbeat and self._requests and now - self._seen > 2 * self.heartbeat + 1.0:
             lost = "no heartbeat"
         if lost:
             if self._requests:
