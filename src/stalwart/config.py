@@ -14,7 +14,7 @@ from typing import Any, Literal
 import msgspec
 import structlog
 
-from stalwart._ids import check_namespace
+from stalwart._ids import check_namespace, parse_lanes
 from stalwart.errors import ConfigurationError
 
 ENV_PREFIX = "STALWART_"
@@ -45,6 +45,7 @@ FIELD_ROLES: dict[str, frozenset[Role]] = {
     "ack_wait": _WORKER,
     "max_deliver": _WORKER,
     "pull_expires": _WORKER,
+    "lanes": _WORKER,
     # Any process may be the first of a namespace and create the streams with these.
     "duplicate_window": _ALL,
     "event_max_age": _ALL,
@@ -111,6 +112,14 @@ _NON_NEGATIVE = "a number of seconds >= 0"
 _STREAM_LIMIT = "-1 (no limit) or a whole number >= 1"
 
 
+def _lanes_ok(v: str) -> bool:
+    try:
+        parse_lanes(v)
+    except ConfigurationError:
+        return False
+    return True
+
+
 def _stream_limit(v: int) -> bool:
     return v == -1 or v >= 1  # JetStream: -1 is "no limit", 0 is refused
 
@@ -120,6 +129,7 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "concurrency": (lambda v: v >= 1, "a whole number >= 1"),
     "ack_wait": (lambda v: v > 0, _POSITIVE),
     "max_deliver": (lambda v: v >= 1, "a whole number >= 1"),
+    "lanes": (_lanes_ok, "comma-separated lane names (a-z 0-9 _ -; 'default': the default lane)"),
     "pull_expires": (
         lambda v: v == 0 or 1 <= v <= 300,
         "0 (half of lease_ttl) or a number of seconds from 1 to 300",
@@ -213,6 +223,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     worker: one request and its expiry per ``pull_expires``), but a frozen worker's open
     requests take run requests that then wait ``ack_wait``: below the lease TTL, they lapse
     before the worker's runs are resumed elsewhere."""
+
+    lanes: str = "default"
+    """Lanes this worker serves, comma-separated: ``default`` (runs submitted without a
+    lane) and/or named lanes (``Client.submit(..., lane="hi")``). Each lane of each agent
+    is its own consumer, so workers of one lane never take another lane's runs."""
+
+    @property
+    def lane_list(self) -> list[str]:
+        """:attr:`lanes` as lane names, "" for the default lane."""
+        return parse_lanes(self.lanes)
 
     @property
     def effective_pull_expires(self) -> float:

@@ -208,16 +208,19 @@ class Worker:
         return self.settings.concurrency - len(self.hosted) - self._placing
 
     async def _open_feeds(self, agents: list[str]) -> None:
-        """One pull feed per agent, and the loop that keeps them asking for free slots."""
+        """One pull feed per agent and lane, and the loop that keeps them asking for free
+        slots (shared by all: a lane is a way in, not a reservation)."""
         assert self.broker is not None
         for name in agents:
             spec = self.app.get(name)
-            feed = await self.broker.pull_feed(
-                name,
-                deliver=functools.partial(self._deliver, spec),
-                changed=self._slot_freed.set,
-            )
-            self._subs.append(feed)
+            for lane in self.settings.lane_list:
+                feed = await self.broker.pull_feed(
+                    name,
+                    deliver=functools.partial(self._deliver, spec),
+                    changed=self._slot_freed.set,
+                    lane=lane,
+                )
+                self._subs.append(feed)
         self._fetchers.append(asyncio.create_task(self._fetch_loop()))
 
     async def _fetch_loop(self) -> None:
@@ -340,6 +343,7 @@ class Worker:
             deadline=claim.deadline,
             claimed_at=claim.at,
             trace_parent=obs.trace_parent(claim.trace, msg.headers),
+            lane=self.broker.names.agent_lane(msg.subject)[1],
         )
         actor = RunActor(placement, self._actor_deps())
         self._host(actor)

@@ -164,8 +164,9 @@ class Broker:
             )
         return data
 
-    async def publish_request(self, req: RunRequest, msg_id: str) -> bool:
-        """Publish a run request; False when JetStream dropped it as a duplicate of ``msg_id``.
+    async def publish_request(self, req: RunRequest, msg_id: str, lane: str = "") -> bool:
+        """Publish a run request (to ``lane``'s subject; "" is the default lane); False when
+        JetStream dropped it as a duplicate of ``msg_id``.
 
         The raw form: Stalwart itself publishes through :meth:`submit` and
         :meth:`request_resume`, whose message ids are the protocol's (see ``_names``).
@@ -175,7 +176,7 @@ class Broker:
         await self.events.send_queued()
         try:
             ack = await self.js.publish(
-                self.names.runs_subject(req.agent),
+                self.names.runs_subject(req.agent, lane),
                 data,
                 # The current trace context (the submit or resume span) travels with the request.
                 headers=inject_headers({"Nats-Msg-Id": msg_id}),
@@ -184,23 +185,28 @@ class Broker:
             raise _refusal(req, exc) from exc
         return not ack.duplicate
 
-    async def submit(self, req: RunRequest) -> bool:
-        """Publish a new run's own request (message id :func:`submit_msg_id`).
+    async def submit(self, req: RunRequest, lane: str = "") -> bool:
+        """Publish a new run's own request (message id :func:`submit_msg_id`) in ``lane``.
 
         False when JetStream dropped it as a resend of a submission still in the window.
         """
-        return await self.publish_request(req, msg_id=submit_msg_id(req.run_id))
+        return await self.publish_request(req, msg_id=submit_msg_id(req.run_id), lane=lane)
 
-    async def request_resume(self, run_id: str, agent: str, epoch: int, cause: ResumeCause) -> bool:
-        """Ask for ``run_id`` (of ``agent``), given up at ``epoch``, to be placed again.
+    async def request_resume(
+        self, run_id: str, agent: str, epoch: int, cause: ResumeCause, lane: str = ""
+    ) -> bool:
+        """Ask for ``run_id`` (of ``agent``, in ``lane``), given up at ``epoch``, to be placed
+        again.
 
         The only way Stalwart publishes a resume request: its message id is
         :func:`resume_msg_id`, so JetStream drops a second one for the same cause and epoch.
-        False when it was dropped so.
+        False when it was dropped so. ``lane`` is the run's (its record's): a run stays in
+        the lane it was submitted to.
         """
         return await self.publish_request(
             RunRequest(run_id=run_id, agent=agent, kind="resume", epoch=epoch),
             msg_id=resume_msg_id(run_id, cause, epoch),
+            lane=lane,
         )
 
     async def drop_request(self, seq: int) -> None:
@@ -243,43 +249,49 @@ class Broker:
         )
 
     async def signal_stored(
-        self, run_id: str, name: str, sid: str, wake: tuple[str, int] | None = None
+        self, run_id: str, name: str, sid: str, wake: tuple[str, int, str] | None = None
     ) -> None:
         """After a signal was stored: poke a live waiter, resume the run if ``wake`` (its
-        ``(agent, passivated epoch)``), and announce ``signal.received``."""
+        ``(agent, passivated epoch, lane)``), and announce ``signal.received``."""
         # Poked first, before anything that could fail on the way (the event).
         await self.poke(run_id)
         if wake is not None:
-            await self.request_resume(run_id, wake[0], wake[1], "signal")
+            await self.request_resume(run_id, wake[0], wake[1], "signal", lane=wake[2])
         await self._announce(run_id, EV_SIGNAL, data_dict(SignalReceivedData(name=name, sid=sid)))
 
     async def cancel_stored(
-        self, run_id: str, reason: str, *, ended: bool, wake: tuple[str, int] | None = None
+        self, run_id: str, reason: str, *, ended: bool, wake: tuple[str, int, str] | None = None
     ) -> None:
         """After a cancel was stored: poke a live waiter so it notices now, resume a
-        passivated run (``wake``: its agent and epoch) so it can end, and announce
+        passivated run (``wake``: its agent, epoch and lane) so it can end, and announce
         ``run.cancelled`` when the cancel ``ended`` a run nobody had placed."""
         await self.poke(run_id)
         if wake is not None:
-            await self.request_resume(run_id, wake[0], wake[1], "cancel")
+            await self.request_resume(run_id, wake[0], wake[1], "cancel", lane=wake[2])
         if ended:
             error = ErrorData(type="RunCancelled", message=reason)
             await self._announce(run_id, EV_CANCELLED, data_dict(RunEndedData(error=error)))
 
     async def pull_feed(
-        self, agent: str, *, deliver: Callable[[Msg], None], changed: Callable[[], None]
+        self,
+        agent: str,
+        *,
+        deliver: Callable[[Msg], None],
+        changed: Callable[[], None],
+        lane: str = "",
     ) -> PullFeed:
-        """A started :class:`PullFeed` on the shared durable consumer of ``agent`` (looked up;
-        created if missing and ``settings.provision`` allows). It pulls nothing until asked."""
-        await ensure_agent_consumer(self.js, self.names, self.settings, agent)
+        """A started :class:`PullFeed` on the shared durable consumer of ``agent`` in ``lane``
+        (looked up; created if missing and ``settings.provision`` allows). It pulls nothing
+        until asked."""
+        await ensure_agent_consumer(self.js, self.names, self.settings, agent, lane)
         feed = PullFeed(
             self.nc,
             self.names.runs_stream,
-            self.names.consumer(agent),
+            self.names.consumer(agent, lane),
             expires=self.settings.effective_pull_expires,
             deliver=deliver,
             changed=changed,
-            label=agent,
+            label=f"{agent}@{lane}" if lane else agent,
         )
         await feed.start()
         return feed
@@ -305,6 +317,14 @@ class Broker:
         except (KeyNotFoundError, NotFoundError):
             return False
         return entry.value is not None
+
+    async def lane_known(self, agent: str, lane: str) -> bool:
+        """Whether ``agent``'s consumer for ``lane`` exists (a worker has served the lane)."""
+        try:
+            await self.js.consumer_info(self.names.runs_stream, self.names.consumer(agent, lane))
+        except NotFoundError:
+            return False
+        return True
 
     async def known_agents(self) -> list[str]:
         """Every registered agent name."""

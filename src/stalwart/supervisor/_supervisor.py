@@ -277,8 +277,11 @@ class Supervisor:
             return False
         if verdict.action != "replace" or record is None:
             return False
-        with obs.resume_span(record, self.broker.names.runs_subject(record.agent), verdict.epoch):
-            fresh = await self.broker.request_resume(run_id, record.agent, verdict.epoch, "resume")
+        subject = self.broker.names.runs_subject(record.agent, record.lane)
+        with obs.resume_span(record, subject, verdict.epoch):
+            fresh = await self.broker.request_resume(
+                run_id, record.agent, verdict.epoch, "resume", lane=record.lane
+            )
         if fresh:
             obs.failover(record.agent)
             self.replaced += 1
@@ -328,7 +331,9 @@ class Supervisor:
                 self.log.warning("timer.run_failed", run_id=run_id, error=repr(exc))
                 continue
             if record is not None and record.status == "waiting":
-                await self.broker.request_resume(run_id, record.agent, record.epoch, "timer")
+                await self.broker.request_resume(
+                    run_id, record.agent, record.epoch, "timer", lane=record.lane
+                )
                 woken += 1
             await self.store.remove_timer(run_id)
         return woken
