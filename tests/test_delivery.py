@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import AsyncIterator
 
@@ -16,14 +17,18 @@ import msgspec
 import pytest
 
 from stalwart import App, Client, RunContext, Settings, Worker
+from stalwart._ids import check_lane
+from stalwart.broker import Names
 from stalwart.broker._pull import allot, heartbeat_for
-from stalwart.errors import ConfigurationError
+from stalwart.errors import ConfigurationError, UnknownAgentError
 from tests.helpers import eventually
 
 app = App("delivery")
 started: dict[str, float] = {}
 """Run id -> monotonic time its agent code started (every worker of this process)."""
 gates: dict[str, asyncio.Event] = {}
+_ids = itertools.count()
+"""Worker ids: unique in the process (a worker id is a lease owner)."""
 
 
 def gate(run_id: str) -> asyncio.Event:
@@ -44,14 +49,30 @@ async def other(ctx: RunContext, _: int) -> int:
     return 2
 
 
+async def opened(run_id: str) -> bool:
+    return gate(run_id).is_set()
+
+
+@app.agent("ticker")
+async def ticker(ctx: RunContext, _: int) -> int:
+    """Steps until its gate opens: a draining worker hands it over at the next step."""
+    started[ctx.run_id] = time.monotonic()
+    n = 0
+    while not await ctx.step("check", opened, ctx.run_id):  # journaled: replays the same
+        n += 1
+        await asyncio.sleep(0.02)
+    return n
+
+
 @contextlib.asynccontextmanager
 async def workers(
-    settings: Settings, *concurrency: int, **overrides: float
+    settings: Settings, *concurrency: int, **overrides: float | str
 ) -> AsyncIterator[list[Worker]]:
     """In-process workers with these concurrencies, started one after the other."""
     ws: list[Worker] = []
     try:
-        for i, n in enumerate(concurrency):
+        for n in concurrency:
+            i = next(_ids)
             w = Worker(
                 app,
                 msgspec.structs.replace(settings, concurrency=n, worker_id=f"w{i}", **overrides),
@@ -68,10 +89,12 @@ async def workers(
         await asyncio.wait_for(asyncio.gather(*(w._shutdown() for w in running)), timeout=30)
 
 
-async def start_time(client: Client, agent: str, limit: float = 10.0) -> tuple[str, float]:
+async def start_time(
+    client: Client, agent: str, limit: float = 10.0, lane: str = ""
+) -> tuple[str, float]:
     """Submit a run of ``agent``; its id and the seconds until its agent code started."""
     t0 = time.monotonic()
-    handle = await client.submit(agent, 0)
+    handle = await client.submit(agent, 0, lane=lane)
     await eventually(
         lambda: asyncio.sleep(0, handle.run_id in started),
         timeout=limit,
@@ -179,8 +202,9 @@ async def test_an_idle_worker_sends_one_pull_request_per_expiry(
     async with workers(settings, 5, pull_expires=30.0) as (w,):
         before = [f.pulls for f in w._subs]
         await asyncio.sleep(2.0)  # nothing to await: the point is that nothing happens
-        assert [f.pulls for f in w._subs] == before == [1, 1]
-        assert sorted(f.outstanding for f in w._subs) == [2, 3]  # 5 slots over two agents
+        assert [f.pulls for f in w._subs] == before == [1] * len(app.agents)
+        credits = [f.outstanding for f in w._subs]
+        assert sum(credits) == 5 and min(credits) >= 1  # 5 slots over the agents
         run, took = await start_time(client, "hold")  # and it still answers at once
         assert took < 0.5 and run in w.hosted
 
@@ -199,3 +223,60 @@ async def test_a_draining_worker_takes_no_request_published_after_it_stopped_pul
             client.broker.names.runs_stream, client.broker.names.consumer("hold")
         )
         assert info.num_redelivered == 0
+
+
+# -- lanes ---------------------------------------------------------------------------------
+
+
+def test_lane_names_subjects_and_consumers() -> None:
+    names = Names("ns")
+    assert names.runs_subject("a") == "ns.runs.a"
+    assert names.runs_subject("a", "hi") == "ns.runs.a.hi"
+    assert names.agent_lane("ns.runs.a.hi") == ("a", "hi")
+    assert names.agent_lane("ns.runs.a") == ("a", "")
+    assert names.consumer("a", "hi") == "agent_a@hi"
+    assert Names.consumer_lane("agent_a@hi") == ("agent_a", "hi")
+    assert Settings(lanes="default, hi,hi").lane_list == ["", "hi"]
+    for bad in ("Hi", "a.b", "", "x,,y", "default2!"):
+        with pytest.raises(ConfigurationError, match="lanes"):
+            Settings(lanes=bad)
+    with pytest.raises(ConfigurationError, match="invalid lane"):
+        check_lane("default")  # the default lane is ""
+
+
+async def test_lanes_keep_their_runs_apart(settings: Settings, client: Client) -> None:
+    """A worker serving lane "hi" takes no default-lane run and the default lane's worker
+    no "hi" run, whoever has slots free; the run record keeps the lane."""
+    async with workers(settings, 4) as (plain,):
+        with pytest.raises(UnknownAgentError, match="lane 'hi'"):
+            await client.submit("hold", 0, lane="hi")  # no worker has served the lane yet
+        async with workers(settings, 4, lanes="hi") as (hi,):
+            for _ in range(3):
+                run, took = await start_time(client, "hold", lane="hi")
+                assert took < 0.5 and run in hi.hosted
+                assert (await client.handle(run).status()).lane == "hi"
+                run, took = await start_time(client, "hold")
+                assert took < 0.5 and run in plain.hosted
+                assert (await client.handle(run).status()).lane == ""
+
+
+async def test_a_runs_resume_requests_stay_in_its_lane(settings: Settings, client: Client) -> None:
+    """A draining "hi" worker hands its run over with a resume request in lane "hi": the
+    other "hi" worker resumes it, never the idle default-lane worker."""
+    async with (
+        workers(settings, 4) as (plain,),
+        workers(settings, 4, lanes="hi") as (first,),
+    ):
+        run, _ = await start_time(client, "ticker", lane="hi")
+        assert run in first.hosted
+        async with workers(settings, 4, lanes="default,hi") as (second,):
+            first.stop()
+            await asyncio.wait_for(first._shutdown(), timeout=15)
+            await eventually(
+                lambda: asyncio.sleep(0, run in second.hosted),
+                timeout=10,
+                message=lambda: f"not resumed in lane hi (default worker has {plain.hosted})",
+            )
+            assert run not in plain.hosted
+            gate(run).set()
+            assert await client.handle(run).result(timeout=10) >= 1
