@@ -284,6 +284,9 @@ class Broker:
         (looked up; created if missing and ``settings.provision`` allows). It pulls nothing
         until asked."""
         await ensure_agent_consumer(self.js, self.names, self.settings, agent, lane)
+        if lane:
+            kv = await self._agents()
+            await kv.put(f"{agent}.{lane}", _json.encode({"lane": lane, "at": time.time()}))
         feed = PullFeed(
             self.nc,
             self.names.runs_stream,
@@ -319,12 +322,10 @@ class Broker:
         return entry.value is not None
 
     async def lane_known(self, agent: str, lane: str) -> bool:
-        """Whether ``agent``'s consumer for ``lane`` exists (a worker has served the lane)."""
-        try:
-            await self.js.consumer_info(self.names.runs_stream, self.names.consumer(agent, lane))
-        except NotFoundError:
-            return False
-        return True
+        """Whether some worker has ever served ``agent`` in ``lane`` (registered by
+        :meth:`pull_feed` as key ``<agent>.<lane>`` of the agents bucket, which clients may
+        read; agent names have no dots, so it is no agent's key)."""
+        return await self.agent_known(f"{agent}.{lane}")
 
     async def known_agents(self) -> list[str]:
         """Every registered agent name."""
@@ -338,7 +339,8 @@ class Broker:
         except NotFoundError:
             return []
         prefix = Names.kv_subject(bucket, "")
-        return sorted(s.removeprefix(prefix) for s in (info.state.subjects or {}))
+        keys = (s.removeprefix(prefix) for s in (info.state.subjects or {}))
+        return sorted(k for k in keys if "." not in k)  # <agent>.<lane> keys are lanes
 
     async def heartbeat(self, info: WorkerInfo, ttl: int) -> None:
         """Publish the worker's heartbeat; the key vanishes ``ttl`` seconds after the last one."""
