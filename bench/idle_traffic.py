@@ -1,6 +1,7 @@
 """Idle NATS traffic of A agents x W workers (issue #15): messages/s through the server.
 
-``python -m bench.idle_traffic [--agents 20] [--workers 3] [--seconds 35] [--settle 3]``
+``python -m bench.idle_traffic [--agents 20] [--workers 3] [--seconds 35] [--settle 3]
+[--pull-expires S]``
 
 Starts its own nats-server and redis-server, W in-process workers serving the same A agents,
 nothing submitted; after ``--settle`` seconds it reads the server's ``/varz`` twice,
@@ -43,12 +44,19 @@ def _varz(port: int) -> dict[str, Any]:
     return data
 
 
-async def measure(agents: int, workers: int, seconds: float, settle: float) -> dict[str, float]:
+async def measure(
+    agents: int, workers: int, seconds: float, settle: float, pull_expires: float | None = None
+) -> dict[str, float]:
     """Messages per second through an idle server with ``agents`` x ``workers``."""
     app = _app(agents)
     async with EmbeddedServers() as emb:
+        extra = {} if pull_expires is None else {"pull_expires": pull_expires}
         settings = Settings(
-            nats_url=emb.nats_url, redis_url=emb.redis_url, namespace="idle", concurrency=16
+            nats_url=emb.nats_url,
+            redis_url=emb.redis_url,
+            namespace="idle",
+            concurrency=16,
+            **extra,  # type: ignore[arg-type]  # absent from sources before the pull feeds
         )
         ws = []
         for i in range(workers):
@@ -87,10 +95,12 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=3)
     p.add_argument("--seconds", type=float, default=35.0)
     p.add_argument("--settle", type=float, default=3.0)
+    p.add_argument("--pull-expires", type=float, default=None, help="default: the setting's")
     a = p.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    result = asyncio.run(measure(a.agents, a.workers, a.seconds, a.settle))
-    print(json.dumps({"agents": a.agents, "workers": a.workers, **result}))
+    result = asyncio.run(measure(a.agents, a.workers, a.seconds, a.settle, a.pull_expires))
+    shown = {"pull_expires": a.pull_expires} if a.pull_expires is not None else {}
+    print(json.dumps({"agents": a.agents, "workers": a.workers, **shown, **result}))
 
 
 if __name__ == "__main__":
