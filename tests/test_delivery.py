@@ -19,6 +19,7 @@ import pytest
 from stalwart import App, Client, RunContext, Settings, Worker
 from stalwart._ids import check_lane
 from stalwart.broker import Names
+from stalwart.broker._provision import provision
 from stalwart.broker._pull import allot, heartbeat_for
 from stalwart.errors import ConfigurationError, UnknownAgentError
 from tests.helpers import eventually
@@ -280,3 +281,16 @@ async def test_a_runs_resume_requests_stay_in_its_lane(settings: Settings, clien
             assert run not in plain.hosted
             gate(run).set()
             assert await client.handle(run).result(timeout=10) >= 1
+
+
+async def test_provision_creates_the_consumers_of_the_lanes(
+    settings: Settings, client: Client
+) -> None:
+    """`stalwart provision` with STALWART_LANES=default,hi: both consumers, no overlap."""
+    names = client.broker.names
+    lanes = msgspec.structs.replace(settings, lanes="default,hi")
+    lines = await provision(client.broker.js, names, lanes, ["hold"])
+    assert any(f"{names.consumer('hold', 'hi')}: created" in line for line in lines), lines
+    for lane in ("", "hi"):
+        info = await client.broker.js.consumer_info(names.runs_stream, names.consumer("hold", lane))
+        assert info.config.filter_subject == names.runs_subject("hold", lane)
