@@ -11,18 +11,21 @@ import asyncio
 import contextlib
 import itertools
 import time
+import uuid
 from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
+import redis.asyncio as aioredis
 
-from stalwart import App, Client, RunContext, Settings, Worker
+from stalwart import App, Client, RunContext, Settings, Supervisor, Worker
 from stalwart._ids import check_lane
 from stalwart.broker import Names
 from stalwart.broker._provision import provision
 from stalwart.broker._pull import allot, heartbeat_for
 from stalwart.errors import ConfigurationError, UnknownAgentError
-from tests.helpers import eventually
+from tests.conftest import WorkerFactory
+from tests.helpers import eventually, journal, journaled, open_gate, outcome, owners
 
 app = App("delivery")
 started: dict[str, float] = {}
@@ -66,7 +69,7 @@ async def ticker(ctx: RunContext, _: int) -> int:
 
 
 @contextlib.asynccontextmanager
-async def workers(
+async def in_process(
     settings: Settings, *concurrency: int, **overrides: float | str
 ) -> AsyncIterator[list[Worker]]:
     """In-process workers with these concurrencies, started one after the other."""
@@ -144,9 +147,9 @@ async def test_a_request_never_waits_in_a_busy_workers_buffer(
     requests each start within 0.5 s. Before the pull feeds, a request could land in a pull
     request nats-py's fetch had left open and wait there for A's next fetch (0.2-0.8 s
     here), and without bound when A was full."""
-    async with workers(settings, 3) as (a,):
+    async with in_process(settings, 3) as (a,):
         busy, _ = await start_time(client, "hold")
-        async with workers(settings, 8) as (b,):
+        async with in_process(settings, 8) as (b,):
             for burst in range(8):
                 # Gaps that sample the old 1 s fetch cycle at different phases (a 408 that
                 # came after the client's own timeout opened the second request).
@@ -168,11 +171,11 @@ async def test_a_full_worker_holds_no_request_while_another_has_slots(
 ) -> None:
     """A full (both slots busy) never takes a request: B places every one at once and
     JetStream delivered each once (A asked for nothing, so nothing was given back)."""
-    async with workers(settings, 2) as (a,):
+    async with in_process(settings, 2) as (a,):
         for _ in range(2):
             await start_time(client, "hold")
         assert len(a.hosted) == 2
-        async with workers(settings, 4) as (b,):
+        async with in_process(settings, 4) as (b,):
             for _ in range(3):
                 run, took = await start_time(client, "hold")
                 assert took < 0.5 and run in b.hosted
@@ -187,9 +190,9 @@ async def test_a_worker_full_with_one_agent_gives_back_anothers_request(
 ) -> None:
     """A (1 slot, two agents) keeps one credit per agent; once its slot is taken by `hold`,
     an `other` request that reaches it is given back at once and B places it."""
-    async with workers(settings, 1) as (a,):
+    async with in_process(settings, 1) as (a,):
         await start_time(client, "hold")
-        async with workers(settings, 2) as (b,):
+        async with in_process(settings, 2) as (b,):
             run, took = await start_time(client, "other")
             assert took < 0.5 and run in b.hosted
             assert len(a.hosted) == 1
@@ -200,7 +203,7 @@ async def test_an_idle_worker_sends_one_pull_request_per_expiry(
 ) -> None:
     """Idle traffic: over 2 s an idle worker sent its first pull request per agent and no
     more (pull_expires 30 s), and that request covers all its slots."""
-    async with workers(settings, 5, pull_expires=30.0) as (w,):
+    async with in_process(settings, 5, pull_expires=30.0) as (w,):
         before = [f.pulls for f in w._subs]
         await asyncio.sleep(2.0)  # nothing to await: the point is that nothing happens
         assert [f.pulls for f in w._subs] == before == [1] * len(app.agents)
@@ -215,7 +218,7 @@ async def test_a_draining_worker_takes_no_request_published_after_it_stopped_pul
 ) -> None:
     """Closing a feed unsubscribes its inbox and the server drops its open pull requests:
     a request published after A drained goes straight to B, delivered once."""
-    async with workers(settings, 4, 4) as (a, b):
+    async with in_process(settings, 4, 4) as (a, b):
         a.stop()
         await asyncio.wait_for(a._shutdown(), timeout=15)
         run, took = await start_time(client, "hold")
@@ -248,10 +251,10 @@ def test_lane_names_subjects_and_consumers() -> None:
 async def test_lanes_keep_their_runs_apart(settings: Settings, client: Client) -> None:
     """A worker serving lane "hi" takes no default-lane run and the default lane's worker
     no "hi" run, whoever has slots free; the run record keeps the lane."""
-    async with workers(settings, 4) as (plain,):
+    async with in_process(settings, 4) as (plain,):
         with pytest.raises(UnknownAgentError, match="lane 'hi'"):
             await client.submit("hold", 0, lane="hi")  # no worker has served the lane yet
-        async with workers(settings, 4, lanes="hi") as (hi,):
+        async with in_process(settings, 4, lanes="hi") as (hi,):
             for _ in range(3):
                 run, took = await start_time(client, "hold", lane="hi")
                 assert took < 0.5 and run in hi.hosted
@@ -265,12 +268,12 @@ async def test_a_runs_resume_requests_stay_in_its_lane(settings: Settings, clien
     """A draining "hi" worker hands its run over with a resume request in lane "hi": the
     other "hi" worker resumes it, never the idle default-lane worker."""
     async with (
-        workers(settings, 4) as (plain,),
-        workers(settings, 4, lanes="hi") as (first,),
+        in_process(settings, 4) as (plain,),
+        in_process(settings, 4, lanes="hi") as (first,),
     ):
         run, _ = await start_time(client, "ticker", lane="hi")
         assert run in first.hosted
-        async with workers(settings, 4, lanes="default,hi") as (second,):
+        async with in_process(settings, 4, lanes="default,hi") as (second,):
             first.stop()
             await asyncio.wait_for(first._shutdown(), timeout=15)
             await eventually(
@@ -294,3 +297,20 @@ async def test_provision_creates_the_consumers_of_the_lanes(
     for lane in ("", "hi"):
         info = await client.broker.js.consumer_info(names.runs_stream, names.consumer("hold", lane))
         assert info.config.filter_subject == names.runs_subject("hold", lane)
+
+
+async def test_the_supervisor_resumes_a_killed_workers_run_in_its_lane(
+    client: Client, workers: WorkerFactory, supervisor: Supervisor, counters: aioredis.Redis
+) -> None:
+    """SIGKILL the "hi" worker holding a run: the supervisor's resume request (lane from the
+    run record) goes to the other "hi" worker, never to the idle default-lane worker."""
+    plain = await workers("plain")
+    a = await workers("a", STALWART_LANES="hi")
+    handle = await client.submit("ten", {"pause_after": 3}, run_id=uuid.uuid4().hex, lane="hi")
+    await eventually(lambda: journaled(client, handle.run_id, "step:s3"))
+    assert (await handle.status()).worker == "a"
+    a.kill()
+    await open_gate(counters, handle.run_id, "after")
+    b = await workers("b", STALWART_LANES="hi")
+    assert await outcome(handle, plain, a, b) == sum(i * 10 for i in range(1, 11))
+    assert owners(await journal(client, handle.run_id)) == ["a", "b"]
