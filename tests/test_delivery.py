@@ -24,7 +24,8 @@ from stalwart.broker import Names
 from stalwart.broker._provision import provision
 from stalwart.broker._pull import allot, heartbeat_for
 from stalwart.errors import ConfigurationError, UnknownAgentError
-from tests.conftest import WorkerFactory
+from stalwart.testing import NatsServer
+from tests.conftest import Servers, WorkerFactory
 from tests.helpers import eventually, journal, journaled, open_gate, outcome, owners
 
 app = App("delivery")
@@ -314,3 +315,28 @@ async def test_the_supervisor_resumes_a_killed_workers_run_in_its_lane(
     b = await workers("b", STALWART_LANES="hi")
     assert await outcome(handle, plain, a, b) == sum(i * 10 for i in range(1, 11))
     assert owners(await journal(client, handle.run_id)) == ["a", "b"]
+
+
+async def test_pull_requests_lost_with_a_nats_restart_are_sent_again(
+    servers: Servers, namespace: str
+) -> None:
+    """A NATS crash loses every open pull request without a word to the worker: it notices
+    the reconnect and asks again at once, not after two missed heartbeats (11 s) or its 30 s
+    requests' expiry."""
+    nats = NatsServer()
+    await asyncio.to_thread(nats.start)
+    try:
+        s = Settings(nats_url=nats.url, redis_url=servers.redis_url, namespace=namespace)
+        client = await Client.connect(settings=s)
+        try:
+            async with in_process(s, 2, pull_expires=30.0) as (w,):
+                nats.kill()  # a crash: no 409 tells the worker its requests are gone
+                await asyncio.to_thread(nats.restart)
+                # The client reconnects too; its submit waits for that.
+                run, took = await start_time(client, "hold", limit=15)
+                assert took < 8 and run in w.hosted
+                assert all(f.pulls >= 2 for f in w._subs)  # each feed asked again
+        finally:
+            await client.close()
+    finally:
+        await asyncio.to_thread(nats.stop)
