@@ -232,6 +232,9 @@ class Worker:
         feeds: list[PullFeed] = self._subs
         threshold = max(1, self.settings.concurrency // 4)
         while not self._stopping.is_set():
+            # Cleared before looking: a slot freed while the pulls below are sent wakes the
+            # wait at once instead of a second later.
+            self._slot_freed.clear()
             for feed in feeds:
                 feed.check()
             asks = allot(self._free(), [f.outstanding for f in feeds], threshold)
@@ -240,7 +243,6 @@ class Worker:
                     await feed.pull(ask)
             except Exception as exc:  # disconnected: nats-py reconnects by itself
                 self.log.warning("fetch.failed", error=repr(exc))
-            self._slot_freed.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
                     await self._slot_freed.wait()
