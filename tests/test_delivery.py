@@ -199,6 +199,21 @@ async def test_a_worker_full_with_one_agent_gives_back_anothers_request(
             assert len(a.hosted) == 1
 
 
+async def test_a_request_is_given_back_once_at_most(settings: Settings, client: Client) -> None:
+    """Every give-back costs a delivery (of max_deliver): the second full worker that gets
+    an `other` request (its reachability credit) places it beyond its concurrency instead
+    of handing it on again."""
+    async with in_process(settings, 1, pull_expires=30.0) as (a,):
+        await start_time(client, "hold")
+        async with in_process(settings, 1, pull_expires=30.0) as (b,):
+            await start_time(client, "hold")
+            assert len(a.hosted) == len(b.hosted) == 1  # both full
+            # A (older request first) gives it back; B, full too, keeps it.
+            run, took = await start_time(client, "other")
+            assert took < 0.5 and run in b.hosted and len(b.hosted) == 2
+            assert run not in a.hosted
+
+
 async def test_an_idle_worker_sends_one_pull_request_per_expiry(
     settings: Settings, client: Client
 ) -> None:

@@ -40,6 +40,14 @@ log = structlog.get_logger("stalwart.worker")
 _FETCH_WAIT = 1.0
 
 
+def _first_delivery(msg: Msg) -> bool:
+    """Whether JetStream delivers ``msg`` for the first time (its ack subject says)."""
+    try:
+        return int(msg.metadata.num_delivered) <= 1
+    except Exception:  # no JetStream metadata: treat it as new
+        return True
+
+
 @dataclass(slots=True)
 class _Hosted:
     actor: RunActor
@@ -252,9 +260,13 @@ class Worker:
 
         A slot is normally free (feeds ask only for free slots); not when a feed kept one
         credit for reachability (see :func:`allot`) or the worker is stopping. Given back
-        (nak), the request goes straight to another worker's open pull request.
+        (nak), the request goes straight to another worker's open pull request. Only on its
+        first delivery, though: every nak costs one of its ``max_deliver`` deliveries, and
+        under a long backlog a request could be handed from full worker to full worker until
+        dead-lettered. A request given back once is placed here even without a free slot,
+        so a worker hosts at most one run per feed (agent and lane) beyond ``concurrency``.
         """
-        if self._stopping.is_set() or self._free() <= 0:
+        if self._stopping.is_set() or (self._free() <= 0 and _first_delivery(msg)):
             back = asyncio.ensure_future(self._give_back(spec, msg))
             self._returning.add(back)  # held until done: the loop keeps only weak references
             back.add_done_callback(self._returning.discard)
