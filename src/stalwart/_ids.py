@@ -42,3 +42,34 @@ def check_namespace(ns: str) -> str:
             f"invalid namespace {ns!r}: use 1-32 lowercase letters, digits or _, starting with a letter"
         )
     return ns
+
+
+DEFAULT_LANE = "default"
+"""The name of the default lane in ``--lanes`` (its subject and consumer carry no lane)."""
+
+_LANE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
+def check_lane(lane: str) -> str:
+    """Return ``lane`` if it is a usable lane name ("" is the default lane), else raise
+    :class:`ConfigurationError`."""
+    if lane == "" or (isinstance(lane, str) and _LANE.match(lane) and lane != DEFAULT_LANE):
+        return lane
+    raise ConfigurationError(
+        f"invalid lane {lane!r}: use 1-32 characters from a-z 0-9 _ -, starting with a letter "
+        f'or digit ({DEFAULT_LANE!r} names the default lane, which is passed as "")'
+    )
+
+
+def parse_lanes(text: str) -> list[str]:
+    """The lanes of a ``--lanes`` value: comma-separated, ``default`` for the default lane
+    (returned as ""), in the given order without repeats."""
+    lanes: list[str] = []
+    for part in text.split(","):
+        name = part.strip()
+        lane = "" if name == DEFAULT_LANE else check_lane(name) if name else None
+        if lane is None:
+            raise ConfigurationError(f"invalid lanes {text!r}: an empty name between commas")
+        if lane not in lanes:
+            lanes.append(lane)
+    return lanes

@@ -139,6 +139,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         namespace=args.namespace,
         lease_ttl=getattr(args, "lease_ttl", None),
         concurrency=getattr(args, "concurrency", None),
+        lanes=getattr(args, "lanes", None),
         worker_id=getattr(args, "worker_id", None),
         health_port=getattr(args, "health_port", None),
         health_addr=getattr(args, "health_addr", None),
@@ -262,6 +263,11 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("app", help="module:attribute of a stalwart.App")
     w.add_argument("--concurrency", type=_positive_int, help="runs hosted at once (default 16)")
     w.add_argument("--worker-id", help="worker identity (default host-pid-random)")
+    w.add_argument(
+        "--lanes",
+        help="lanes served, comma-separated: 'default' and/or names given to "
+        "submit(..., lane=...) (default: 'default')",
+    )
     sv = sub.add_parser("supervisor", parents=[leases], help="re-place runs whose worker died")
     for service in (w, sv):
         service.add_argument(

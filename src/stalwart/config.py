@@ -14,7 +14,7 @@ from typing import Any, Literal
 import msgspec
 import structlog
 
-from stalwart._ids import check_namespace
+from stalwart._ids import check_namespace, parse_lanes
 from stalwart.errors import ConfigurationError
 
 ENV_PREFIX = "STALWART_"
@@ -46,6 +46,8 @@ FIELD_ROLES: dict[str, frozenset[Role]] = {
     "concurrency": _WORKER,
     "ack_wait": _WORKER,
     "max_deliver": _WORKER,
+    "pull_expires": _WORKER,
+    "lanes": _WORKER,
     # Any process may be the first of a namespace and create the streams with these.
     "duplicate_window": _ALL,
     "event_max_age": _ALL,
@@ -123,6 +125,14 @@ _NON_NEGATIVE = "a number of seconds >= 0"
 _STREAM_LIMIT = "-1 (no limit) or a whole number >= 1"
 
 
+def _lanes_ok(v: str) -> bool:
+    try:
+        parse_lanes(v)
+    except ConfigurationError:
+        return False
+    return True
+
+
 def _stream_limit(v: int) -> bool:
     return v == -1 or v >= 1  # JetStream: -1 is "no limit", 0 is refused
 
@@ -133,6 +143,11 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "ack_wait": (lambda v: v > 0, _POSITIVE),
     "max_deliver": (lambda v: v >= 1, "a whole number >= 1"),
     "redis_index_shards": (lambda v: 0 <= v <= 1024, "a whole number from 0 to 1024"),
+    "lanes": (_lanes_ok, "comma-separated lane names (a-z 0-9 _ -; 'default': the default lane)"),
+    "pull_expires": (
+        lambda v: v == 0 or 1 <= v <= 300,
+        "0 (half of lease_ttl) or a number of seconds from 1 to 300",
+    ),
     "duplicate_window": (lambda v: v > 0, _POSITIVE),
     "event_max_age": (lambda v: v > 0, _POSITIVE),
     "reconcile_interval": (lambda v: v > 0, _POSITIVE),
@@ -229,6 +244,31 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """How long JetStream waits for a worker to place a run request before redelivering it."""
     max_deliver: int = 20
     """Deliveries of one run request before it is given up on."""
+    pull_expires: float = 0.0
+    """How long a worker's pull request for run requests stays open on the server (0: half
+    of ``lease_ttl``, at least 1 s).
+
+    A worker asks only for the slots it has free, so an open request holds nothing back from
+    other workers while the worker is alive. Longer requests cut idle traffic (per agent and
+    worker: one request and its expiry per ``pull_expires``), but a frozen worker's open
+    requests take run requests that then wait ``ack_wait``: below the lease TTL, they lapse
+    before the worker's runs are resumed elsewhere."""
+
+    lanes: str = "default"
+    """Lanes this worker serves, comma-separated: ``default`` (runs submitted without a
+    lane) and/or named lanes (``Client.submit(..., lane="hi")``). Each lane of each agent
+    is its own consumer, so workers of one lane never take another lane's runs."""
+
+    @property
+    def lane_list(self) -> list[str]:
+        """:attr:`lanes` as lane names, "" for the default lane."""
+        return parse_lanes(self.lanes)
+
+    @property
+    def effective_pull_expires(self) -> float:
+        """``pull_expires``, or its default (half the lease TTL, at least 1 s) when it is 0."""
+        return self.pull_expires or max(1.0, self.lease_ttl / 2)
+
     duplicate_window: float = 120.0
     """JetStream de-duplication window for run requests (by run id)."""
     event_max_age: float = 7 * 24 * 3600.0

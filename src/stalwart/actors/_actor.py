@@ -448,7 +448,9 @@ class RunActor:
         # A signal that arrived between our last look and the status change found the run
         # still running and woke nobody: wake it now (the signal side does the same check).
         if exc.waiting_for and await self.waits.next_signal(exc.waiting_for) is not None:
-            await broker.request_resume(self.run_id, self.spec.name, self.epoch, "wake")
+            await broker.request_resume(
+                self.run_id, self.spec.name, self.epoch, "wake", lane=self._placement.lane
+            )
 
     async def _give_up_for_key(self, exc: PayloadKeyError) -> None:
         """A payload of the run is encrypted with a key this worker does not have.
@@ -482,5 +484,7 @@ class RunActor:
             reason += ": drain budget ended inside a step, which runs again on the next owner"
         await self.events.emit(EV_RELEASED, data=data_dict(ReasonData(reason=reason)))
         await self._deps.fetch_closed.wait()
-        await broker.request_resume(self.run_id, self.spec.name, self.epoch, "resume")
+        await broker.request_resume(
+            self.run_id, self.spec.name, self.epoch, "resume", lane=self._placement.lane
+        )
         self.log.info("run.handed_over", how=how, reason=reason)

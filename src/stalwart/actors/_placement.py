@@ -35,6 +35,9 @@ class Placement:
     claimed_at: float = 0.0
     trace_parent: obs.TraceParent = obs.NO_PARENT
     """The trace this placement continues (the submitter's, from the run record)."""
+    lane: str = ""
+    """The lane the request came through ("": default): where this worker's own resume
+    requests for the run go."""
 
 
 @dataclass(frozen=True, slots=True)

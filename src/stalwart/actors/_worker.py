@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import os
 import socket
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 import structlog
-from nats.errors import TimeoutError as NatsTimeoutError
 
 from stalwart._text import safe_text
 from stalwart._version import __version__
@@ -23,6 +23,7 @@ from stalwart.actors._generation import LeaseGenerations
 from stalwart.actors._intake import Intake
 from stalwart.actors._placement import ActorDeps, Placement
 from stalwart.broker import Broker, WorkerInfo
+from stalwart.broker._pull import PullFeed, allot
 from stalwart.checkpoints import CheckpointStore, encode_value
 from stalwart.checkpoints._codec import install_codec
 from stalwart.checkpoints._runs import LeasePosition
@@ -40,6 +41,14 @@ if TYPE_CHECKING:
 log = structlog.get_logger("stalwart.worker")
 
 _FETCH_WAIT = 1.0
+
+
+def _first_delivery(msg: Msg) -> bool:
+    """Whether JetStream delivers ``msg`` for the first time (its ack subject says)."""
+    try:
+        return int(msg.metadata.num_delivered) <= 1
+    except Exception:  # no JetStream metadata: treat it as new
+        return True
 
 
 @dataclass(slots=True)
@@ -73,7 +82,8 @@ class Worker:
         # would otherwise swallow the resume request it publishes for its runs.
         self.fetch_closed = asyncio.Event()
         self._fetchers: list[asyncio.Task[None]] = []
-        self._subs: list[Any] = []
+        self._subs: list[PullFeed] = []
+        self._returning: set[asyncio.Future[None]] = set()
         self.breakers = Breakers(self.settings.breaker_threshold, self.settings.breaker_cooldown)
         self._tasks: list[asyncio.Task[None]] = []
         self._deps: ActorDeps | None = None
@@ -103,10 +113,7 @@ class Worker:
         self._intake = Intake(self.broker, self.store, self.settings, self.worker_id, self.log)
         agents = sorted(self.app.agents)
         await self.broker.register_agents(agents, self.app.name)
-        for name in agents:
-            sub = await self.broker.pull_subscription(name)
-            self._subs.append(sub)
-            self._fetchers.append(asyncio.create_task(self._fetch_loop(self.app.get(name), sub)))
+        await self._open_feeds(agents)
         self._tasks.append(asyncio.create_task(self._keepalive_loop()))
         # Everything alive now (modules, the app, the frameworks an adapter imported, the
         # connections) lives as long as the worker: move it out of the collector's reach.
@@ -197,49 +204,87 @@ class Worker:
         )
 
     async def _release_undelivered(self) -> None:
-        """Give back requests that still reach this worker after its last fetch returned.
+        """Close the pull feeds, so no request reaches this worker any more.
 
-        A fetch returns as soon as it has some messages, but its pull request stays open on
-        the server for the rest of its wait, and anything delivered to it lands in the
-        subscription's queue. Once those requests have expired, nak what arrived so other
-        workers get it now rather than after ``ack_wait``.
+        Closing unsubscribes each feed's inbox, and the server drops pull requests nobody
+        listens for, so requests published from now on (this worker's own hand-over resume
+        requests among them) go to other workers. A request that was already on its way is
+        given back by :meth:`_deliver` (the worker is stopping).
         """
-        await asyncio.sleep(_FETCH_WAIT + 0.2)
-        for sub in self._subs:
-            queue = getattr(getattr(sub, "_sub", None), "_pending_queue", None)
-            while queue is not None and not queue.empty():
-                msg = queue.get_nowait()
-                if msg.reply and not (msg.headers or {}).get("Status"):
-                    await msg.nak()
+        for feed in self._subs:
+            await feed.close()
 
     # -- fetching and placement -------------------------------------------------------------
 
     def _free(self) -> int:
         return self.settings.concurrency - len(self.hosted) - self._placing
 
-    async def _fetch_loop(self, spec: AgentSpec, sub: Any) -> None:
+    async def _open_feeds(self, agents: list[str]) -> None:
+        """One pull feed per agent and lane, and the loop that keeps them asking for free
+        slots (shared by all: a lane is a way in, not a reservation)."""
+        assert self.broker is not None
+        for name in agents:
+            spec = self.app.get(name)
+            for lane in self.settings.lane_list:
+                feed = await self.broker.pull_feed(
+                    name,
+                    deliver=functools.partial(self._deliver, spec),
+                    changed=self._slot_freed.set,
+                    lane=lane,
+                )
+                self._subs.append(feed)
+        self._fetchers.append(asyncio.create_task(self._fetch_loop()))
+
+    async def _fetch_loop(self) -> None:
+        """Keep pull requests open for the free slots (see :func:`allot`), until stopped.
+
+        Woken when a slot frees or a feed's request ended; once a second anyway, so feeds
+        notice requests lost with the server (:meth:`PullFeed.check`).
+        """
+        feeds: list[PullFeed] = self._subs
+        threshold = max(1, self.settings.concurrency // 4)
         while not self._stopping.is_set():
-            free = self._free()
-            if free <= 0:
-                self._slot_freed.clear()
-                await self._slot_freed.wait()
-                continue
+            # Cleared before looking: a slot freed while the pulls below are sent wakes the
+            # wait at once instead of a second later.
+            self._slot_freed.clear()
+            for feed in feeds:
+                feed.check()
+            asks = allot(self._free(), [f.outstanding for f in feeds], threshold)
             try:
-                msgs: list[Msg] = await sub.fetch(batch=min(free, 64), timeout=_FETCH_WAIT)
-            except (TimeoutError, NatsTimeoutError):
-                continue
+                for feed, ask in zip(feeds, asks, strict=True):
+                    await feed.pull(ask)
             except Exception as exc:  # disconnected: nats-py reconnects by itself
-                self.log.warning("fetch.failed", agent=spec.name, error=repr(exc))
-                await asyncio.sleep(0.5)
-                continue
-            if self._stopping.is_set():
-                for msg in msgs:
-                    await msg.nak()
-                return
-            for msg in msgs:
-                self._placing += 1
-                task = asyncio.create_task(self._place(spec, msg))
-                task.add_done_callback(self._placed)
+                self.log.warning("fetch.failed", error=repr(exc))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._slot_freed.wait()
+
+    def _deliver(self, spec: AgentSpec, msg: Msg) -> None:
+        """Place a delivered request, or give it back at once if no slot is free for it.
+
+        A slot is normally free (feeds ask only for free slots); not when a feed kept one
+        credit for reachability (see :func:`allot`) or the worker is stopping. Given back
+        (nak), the request goes straight to another worker's open pull request. Only on its
+        first delivery, though: every nak costs one of its ``max_deliver`` deliveries, and
+        under a long backlog a request could be handed from full worker to full worker until
+        dead-lettered. A request given back once is placed here even without a free slot,
+        so a worker hosts at most one run per feed (agent and lane) beyond ``concurrency``.
+        """
+        if self._stopping.is_set() or (self._free() <= 0 and _first_delivery(msg)):
+            back = asyncio.ensure_future(self._give_back(spec, msg))
+            self._returning.add(back)  # held until done: the loop keeps only weak references
+            back.add_done_callback(self._returning.discard)
+            return
+        self._placing += 1
+        task = asyncio.create_task(self._place(spec, msg))
+        task.add_done_callback(self._placed)
+
+    async def _give_back(self, spec: AgentSpec, msg: Msg) -> None:
+        try:
+            await msg.nak()
+        except Exception as exc:  # redelivered after ack_wait anyway
+            self.log.warning("request.give_back_failed", agent=spec.name, error=repr(exc))
+        self.log.debug("request.given_back", agent=spec.name, stopping=self._stopping.is_set())
 
     def _placed(self, task: asyncio.Task[None]) -> None:
         self._placing -= 1
@@ -315,6 +360,7 @@ class Worker:
             deadline=claim.deadline,
             claimed_at=claim.at,
             trace_parent=obs.trace_parent(claim.trace, msg.headers),
+            lane=self.broker.names.agent_lane(msg.subject)[1],
         )
         actor = RunActor(placement, self._actor_deps())
         self._host(actor)

@@ -17,6 +17,7 @@ from stalwart.broker._connect import check_nats_url, connect
 from stalwart.broker._events import EventPublisher, last_event, subscribe_events
 from stalwart.broker._lease import LeaseManager
 from stalwart.broker._names import Names, ResumeCause, resume_msg_id, submit_msg_id
+from stalwart.broker._pull import PullFeed
 from stalwart.broker._setup import ensure_agent_consumer, ensure_topology, retry_transient
 from stalwart.errors import PayloadTooLargeError, QueueFullError
 from stalwart.messages import (
@@ -164,8 +165,9 @@ class Broker:
             )
         return data
 
-    async def publish_request(self, req: RunRequest, msg_id: str) -> bool:
-        """Publish a run request; False when JetStream dropped it as a duplicate of ``msg_id``.
+    async def publish_request(self, req: RunRequest, msg_id: str, lane: str = "") -> bool:
+        """Publish a run request (to ``lane``'s subject; "" is the default lane); False when
+        JetStream dropped it as a duplicate of ``msg_id``.
 
         The raw form: Stalwart itself publishes through :meth:`submit` and
         :meth:`request_resume`, whose message ids are the protocol's (see ``_names``).
@@ -175,7 +177,7 @@ class Broker:
         await self.events.send_queued()
         try:
             ack = await self.js.publish(
-                self.names.runs_subject(req.agent),
+                self.names.runs_subject(req.agent, lane),
                 data,
                 # The current trace context (the submit or resume span) travels with the request.
                 headers=inject_headers({"Nats-Msg-Id": msg_id}),
@@ -184,23 +186,28 @@ class Broker:
             raise _refusal(req, exc) from exc
         return not ack.duplicate
 
-    async def submit(self, req: RunRequest) -> bool:
-        """Publish a new run's own request (message id :func:`submit_msg_id`).
+    async def submit(self, req: RunRequest, lane: str = "") -> bool:
+        """Publish a new run's own request (message id :func:`submit_msg_id`) in ``lane``.
 
         False when JetStream dropped it as a resend of a submission still in the window.
         """
-        return await self.publish_request(req, msg_id=submit_msg_id(req.run_id))
+        return await self.publish_request(req, msg_id=submit_msg_id(req.run_id), lane=lane)
 
-    async def request_resume(self, run_id: str, agent: str, epoch: int, cause: ResumeCause) -> bool:
-        """Ask for ``run_id`` (of ``agent``), given up at ``epoch``, to be placed again.
+    async def request_resume(
+        self, run_id: str, agent: str, epoch: int, cause: ResumeCause, lane: str = ""
+    ) -> bool:
+        """Ask for ``run_id`` (of ``agent``, in ``lane``), given up at ``epoch``, to be placed
+        again.
 
         The only way Stalwart publishes a resume request: its message id is
         :func:`resume_msg_id`, so JetStream drops a second one for the same cause and epoch.
-        False when it was dropped so.
+        False when it was dropped so. ``lane`` is the run's (its record's): a run stays in
+        the lane it was submitted to.
         """
         return await self.publish_request(
             RunRequest(run_id=run_id, agent=agent, kind="resume", epoch=epoch),
             msg_id=resume_msg_id(run_id, cause, epoch),
+            lane=lane,
         )
 
     async def drop_request(self, seq: int) -> None:
@@ -243,36 +250,67 @@ class Broker:
         )
 
     async def signal_stored(
-        self, run_id: str, name: str, sid: str, wake: tuple[str, int] | None = None
+        self, run_id: str, name: str, sid: str, wake: tuple[str, int, str] | None = None
     ) -> None:
         """After a signal was stored: poke a live waiter, resume the run if ``wake`` (its
-        ``(agent, passivated epoch)``), and announce ``signal.received``."""
+        ``(agent, passivated epoch, lane)``), and announce ``signal.received``."""
         # Poked first, before anything that could fail on the way (the event).
         await self.poke(run_id)
         if wake is not None:
-            await self.request_resume(run_id, wake[0], wake[1], "signal")
+            await self.request_resume(run_id, wake[0], wake[1], "signal", lane=wake[2])
         await self._announce(run_id, EV_SIGNAL, data_dict(SignalReceivedData(name=name, sid=sid)))
 
     async def cancel_stored(
-        self, run_id: str, reason: str, *, ended: bool, wake: tuple[str, int] | None = None
+        self, run_id: str, reason: str, *, ended: bool, wake: tuple[str, int, str] | None = None
     ) -> None:
         """After a cancel was stored: poke a live waiter so it notices now, resume a
-        passivated run (``wake``: its agent and epoch) so it can end, and announce
+        passivated run (``wake``: its agent, epoch and lane) so it can end, and announce
         ``run.cancelled`` when the cancel ``ended`` a run nobody had placed."""
         await self.poke(run_id)
         if wake is not None:
-            await self.request_resume(run_id, wake[0], wake[1], "cancel")
+            await self.request_resume(run_id, wake[0], wake[1], "cancel", lane=wake[2])
         if ended:
             error = ErrorData(type="RunCancelled", message=reason)
             await self._announce(run_id, EV_CANCELLED, data_dict(RunEndedData(error=error)))
 
-    async def pull_subscription(self, agent: str) -> Any:
-        """Bind to the shared durable consumer of ``agent`` (looked up; created if missing
-        and ``settings.provision`` allows)."""
-        await ensure_agent_consumer(self.js, self.names, self.settings, agent)
+    async def pull_subscription(self, agent: str, lane: str = "") -> Any:
+        """A nats-py pull subscription bound to the shared durable consumer of ``agent`` in
+        ``lane`` (looked up; created if missing and ``settings.provision`` allows).
+
+        For tools and tests that want the consumer or a plain ``fetch``; workers use
+        :meth:`pull_feed`, which never asks for more than they can place.
+        """
+        await ensure_agent_consumer(self.js, self.names, self.settings, agent, lane)
         return await self.js.pull_subscribe_bind(
-            self.names.consumer(agent), stream=self.names.runs_stream
+            self.names.consumer(agent, lane), stream=self.names.runs_stream
         )
+
+    async def pull_feed(
+        self,
+        agent: str,
+        *,
+        deliver: Callable[[Msg], None],
+        changed: Callable[[], None],
+        lane: str = "",
+    ) -> PullFeed:
+        """A started :class:`PullFeed` on the shared durable consumer of ``agent`` in ``lane``
+        (looked up; created if missing and ``settings.provision`` allows). It pulls nothing
+        until asked."""
+        await ensure_agent_consumer(self.js, self.names, self.settings, agent, lane)
+        if lane:
+            kv = await self._agents()
+            await kv.put(f"{agent}.{lane}", _json.encode({"lane": lane, "at": time.time()}))
+        feed = PullFeed(
+            self.nc,
+            self.names.runs_stream,
+            self.names.consumer(agent, lane),
+            expires=self.settings.effective_pull_expires,
+            deliver=deliver,
+            changed=changed,
+            label=f"{agent}@{lane}" if lane else agent,
+        )
+        await feed.start()
+        return feed
 
     # -- registry and heartbeats ----------------------------------------------------------
 
@@ -307,6 +345,12 @@ class Broker:
             return False
         return entry.value is not None
 
+    async def lane_known(self, agent: str, lane: str) -> bool:
+        """Whether some worker has ever served ``agent`` in ``lane`` (registered by
+        :meth:`pull_feed` as key ``<agent>.<lane>`` of the agents bucket, which clients may
+        read; agent names have no dots, so it is no agent's key)."""
+        return await self.agent_known(f"{agent}.{lane}")
+
     async def known_agents(self) -> list[str]:
         """Every registered agent name."""
         # One stream-info request listing the bucket's subjects: deterministic, where
@@ -319,7 +363,8 @@ class Broker:
         except NotFoundError:
             return []
         prefix = Names.kv_subject(bucket, "")
-        return sorted(s.removeprefix(prefix) for s in (info.state.subjects or {}))
+        keys = (s.removeprefix(prefix) for s in (info.state.subjects or {}))
+        return sorted(k for k in keys if "." not in k)  # <agent>.<lane> keys are lanes
 
     async def heartbeat(self, info: WorkerInfo, ttl: int) -> None:
         """Publish the worker's heartbeat; the key vanishes ``ttl`` seconds after the last one."""

@@ -101,9 +101,21 @@ class Names:
         """
         return f"_INBOX_{self.namespace}"
 
-    def runs_subject(self, agent: str) -> str:
-        """Subject that run requests for ``agent`` are published to."""
-        return f"{self.namespace}.runs.{agent}"
+    def runs_subject(self, agent: str, lane: str = "") -> str:
+        """Subject that run requests for ``agent`` are published to: ``<ns>.runs.<agent>``
+        for the default lane, ``<ns>.runs.<agent>.<lane>`` for another lane.
+
+        The default lane's consumer filters the exact two-token subject, so it never
+        overlaps a lane's (which a work-queue stream would refuse).
+        """
+        base = f"{self.namespace}.runs.{agent}"
+        return f"{base}.{lane}" if lane else base
+
+    def agent_lane(self, subject: str) -> tuple[str, str]:
+        """``(agent, lane)`` of a runs subject (see :meth:`runs_subject`)."""
+        rest = subject.removeprefix(f"{self.namespace}.runs.")
+        agent, _, lane = rest.partition(".")
+        return agent, lane
 
     @property
     def runs_wildcard(self) -> str:
@@ -146,9 +158,16 @@ class Names:
         """Subjects of all rejections."""
         return f"{self.namespace}.rejected.>"
 
-    def consumer(self, agent: str) -> str:
-        """Durable pull consumer shared by every worker that serves ``agent``."""
-        return f"agent_{agent}"
+    def consumer(self, agent: str, lane: str = "") -> str:
+        """Durable pull consumer shared by every worker that serves ``agent`` (in ``lane``):
+        ``agent_<agent>``, ``agent_<agent>@<lane>`` for another lane."""
+        return f"agent_{agent}@{lane}" if lane else f"agent_{agent}"
+
+    @staticmethod
+    def consumer_lane(name: str) -> tuple[str, str]:
+        """``(agent part, lane)`` of a consumer name made by :meth:`consumer`."""
+        head, _, lane = name.partition("@")  # no agent name has one
+        return head, lane
 
     def lease_key(self, name: str, prefix: str = "run.") -> str:
         """KV key of a lease: ``run.<run_id>`` for a run, another ``prefix`` for other

@@ -92,10 +92,10 @@ async def _stream(
 
 
 async def _consumer(
-    js: JetStreamContext, names: Names, settings: Settings, agent: str
+    js: JetStreamContext, names: Names, settings: Settings, agent: str, lane: str = ""
 ) -> list[str]:
-    wanted = consumer_config(names, settings, agent)
-    durable = names.consumer(agent)
+    wanted = consumer_config(names, settings, agent, lane)
+    durable = names.consumer(agent, lane)
     try:
         current = (await js.consumer_info(names.runs_stream, durable)).config
     except NotFoundError:
@@ -119,8 +119,9 @@ async def _consumer(
 async def provision(
     js: JetStreamContext, names: Names, settings: Settings, agents: list[str]
 ) -> list[str]:
-    """Create or update every stream, KV bucket and (for ``agents``) consumer of the
-    namespace with ``settings``' limits; one line per object saying what was done."""
+    """Create or update every stream, KV bucket and (for ``agents``, in each of
+    ``settings.lanes``) consumer of the namespace with ``settings``' limits; one line per
+    object saying what was done."""
     for agent in agents:
         check_agent_name(agent)
     lines: list[str] = []
@@ -156,5 +157,6 @@ async def provision(
         + [names.kv_stream(kv.bucket) for kv in kv_configs(names, settings)],
     )
     for agent in agents:
-        lines += await _consumer(js, names, settings, agent)
+        for lane in settings.lane_list:
+            lines += await _consumer(js, names, settings, agent, lane)
     return lines

@@ -335,11 +335,11 @@ def kv_configs(names: Names, settings: Settings) -> list[KeyValueConfig]:
     return buckets
 
 
-def consumer_config(names: Names, settings: Settings, agent: str) -> ConsumerConfig:
-    """The durable pull consumer all workers of ``agent`` share."""
+def consumer_config(names: Names, settings: Settings, agent: str, lane: str = "") -> ConsumerConfig:
+    """The durable pull consumer all workers of ``agent`` (in ``lane``) share."""
     return ConsumerConfig(
-        durable_name=names.consumer(agent),
-        filter_subject=names.runs_subject(agent),
+        durable_name=names.consumer(agent, lane),
+        filter_subject=names.runs_subject(agent, lane),
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=settings.ack_wait,
         max_deliver=settings.max_deliver,
@@ -571,13 +571,14 @@ async def ensure_topology(js: JetStreamContext, names: Names, settings: Settings
 
 
 async def ensure_agent_consumer(
-    js: JetStreamContext, names: Names, settings: Settings, agent: str
+    js: JetStreamContext, names: Names, settings: Settings, agent: str, lane: str = ""
 ) -> None:
-    """The durable pull consumer all workers of ``agent`` share (work queues allow just one).
+    """The durable pull consumer all workers of ``agent`` in ``lane`` share (a work queue
+    allows one consumer per subject; each lane has its own subject).
 
     Looked up first, like the streams (see :func:`ensure_topology`).
     """
-    durable = names.consumer(agent)
+    durable = names.consumer(agent, lane)
     try:
         # A cluster's meta leader, busy creating many replicated consumers at once (workers
         # starting together), may let one lookup go unanswered: asked again, bounded.
@@ -594,13 +595,15 @@ async def ensure_agent_consumer(
     except NatsTimeoutError:
         raise _no_answer(f"look up consumer {durable}", names) from None
     if settings.provision != "auto":
-        raise _missing(f"consumer {durable} (agent {agent!r})", names)
+        raise _missing(f"consumer {durable} (agent {agent!r}, lane {lane or 'default'})", names)
     try:
-        await _create(f"consumer {durable}", names, _add_consumer(js, names, settings, agent))
+        await _create(f"consumer {durable}", names, _add_consumer(js, names, settings, agent, lane))
     except BadRequestError as exc:
         # Exists with other settings (another worker's ack_wait): share it as it is.
         log.info("consumer.exists_with_other_config", agent=agent, error=exc.description)
 
 
-async def _add_consumer(js: JetStreamContext, names: Names, settings: Settings, agent: str) -> None:
-    await js.add_consumer(names.runs_stream, consumer_config(names, settings, agent))
+async def _add_consumer(
+    js: JetStreamContext, names: Names, settings: Settings, agent: str, lane: str
+) -> None:
+    await js.add_consumer(names.runs_stream, consumer_config(names, settings, agent, lane))

@@ -162,6 +162,9 @@ class RunRecord(msgspec.Struct, frozen=True, kw_only=True):
     """For a passivated (``waiting``) run: when its timer fires; 0 for none."""
     waiting_for: str = ""
     """For a passivated run: the signal name it waits for."""
+    lane: str = ""
+    """The lane the run was submitted to ("": the default lane); its resume requests go
+    there too."""
 
     @property
     def terminal(self) -> bool:
@@ -294,4 +297,5 @@ def _record(raw: dict[bytes, bytes]) -> RunRecord:
         deadline=_number(raw, "deadline", float),
         wake_at=_number(raw, "wake_at", float),
         waiting_for=text("waiting_for"),
+        lane=text("lane"),
     )

@@ -25,13 +25,14 @@ end
 """
 
 # Client submit: create the record unless the run id is already known.
-# ARGV: run_id, agent, input, now, trace
+# ARGV: run_id, agent, input, now, trace[, lane (only when not the default lane)]
 CREATE_RUN = """
 local f = redis.call('HMGET', KEYS[1], 'status', 'agent')
 if f[1] then return {f[1], f[2] or ''} end
 redis.call('HSET', KEYS[1], 'run_id', ARGV[1], 'agent', ARGV[2], 'input', ARGV[3],
   'status', 'accepted', 'epoch', '0', 'created_at', ARGV[4], 'updated_at', ARGV[4],
   'trace', ARGV[5])
+if ARGV[6] and ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'lane', ARGV[6]) end
 return false
 """
 

@@ -340,17 +340,18 @@ class CheckpointStore(RunControl):
     # -- run records --------------------------------------------------------------------
 
     async def create_run(
-        self, run_id: str, agent: str, input: msgspec.Raw, *, trace: str = ""
+        self, run_id: str, agent: str, input: msgspec.Raw, *, trace: str = "", lane: str = ""
     ) -> tuple[str, str] | None:
-        """Create the record of a new run. Returns ``(status, agent)`` if it already existed.
+        """Create the record of a new run (in ``lane``; "" is the default lane). Returns
+        ``(status, agent)`` if it already existed.
 
         ``input`` is sealed here if the caller did not seal it already (payload encryption).
         """
         now = time.time()
-        existing = await self._create(
-            keys=[self.record_key(run_id)],
-            args=[run_id, agent, seal_bytes(bytes(input)), repr(now), trace],
-        )
+        args: list[str | bytes] = [run_id, agent, seal_bytes(bytes(input)), repr(now), trace]
+        if lane:
+            args.append(lane)
+        existing = await self._create(keys=[self.record_key(run_id)], args=args)
         if existing:
             return existing[0].decode(), existing[1].decode()
         await self._runner.index(run_id, now)

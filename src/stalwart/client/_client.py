@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from stalwart import telemetry as obs
-from stalwart._ids import check_agent_name, check_run_id, new_run_id
+from stalwart._ids import check_agent_name, check_lane, check_run_id, new_run_id
 from stalwart._text import (
     clip,
     msgpack_may_nest_deeper,
@@ -132,8 +132,14 @@ class Client:
         *,
         run_id: str | None = None,
         require_registered: bool = True,
+        lane: str = "",
     ) -> RunHandle:
         """Start a run of ``agent`` with ``input`` and return its handle at once.
+
+        ``lane`` (a-z 0-9 _ -, up to 32 characters; "" is the default lane) sends the run to
+        the workers started with that lane in ``--lanes`` (a priority, build or region
+        lane): only they place it, also when it is resumed. With ``require_registered`` a
+        lane no worker has ever served is refused like an unknown agent.
 
         Submitting a run id that is already known returns the same run and never starts a
         second one. With ``require_registered`` (the default) an agent that no worker has
@@ -143,11 +149,12 @@ class Client:
         :class:`~stalwart.errors.QueueFullError` and ends the run rejected.
         """
         check_agent_name(agent)
+        check_lane(lane)
         run_id = check_run_id(run_id) if run_id is not None else new_run_id()
-        subject = self.broker.names.runs_subject(agent)
+        subject = self.broker.names.runs_subject(agent, lane)
         # The submit span is the parent of the run's spans on every worker that places it.
         with obs.producer_span("submit", agent, run_id, subject) as trace:
-            return await self._submit(agent, input, run_id, require_registered, trace)
+            return await self._submit(agent, input, run_id, require_registered, trace, lane)
 
     def _encode_checked(self, value: Any, what: str) -> Any:
         """``value`` encoded for the wire, or :class:`InvalidRequestError` saying why not.
@@ -184,10 +191,15 @@ class Client:
         run_id: str,
         require_registered: bool,
         trace: dict[str, str],
+        lane: str = "",
     ) -> RunHandle:
         if require_registered and not await self.broker.agent_known(agent):
             known = ", ".join(await self.broker.known_agents()) or "none"
             reason = f"no worker serves agent {agent!r} (registered agents: {known})"
+            await self._reject(run_id, agent, reason)
+            raise UnknownAgentError(reason)
+        if require_registered and lane and not await self.broker.lane_known(agent, lane):
+            reason = f"no worker has served agent {agent!r} in lane {lane!r}"
             await self._reject(run_id, agent, reason)
             raise UnknownAgentError(reason)
         raw_input = self._encode_checked(input, f"run {run_id!r}: input")
@@ -209,7 +221,7 @@ class Client:
                 f"run {run_id!r}: the request cannot be encoded ({clip(safe_text(exc), 300)})"
             ) from None
         existing = await self.store.create_run(
-            run_id, agent, msgspec.Raw(sealed), trace=carrier_json(trace)
+            run_id, agent, msgspec.Raw(sealed), trace=carrier_json(trace), lane=lane
         )
         if existing is not None:
             status, known_agent = existing
@@ -223,16 +235,16 @@ class Client:
             # again; JetStream drops it if the first copy is still in the dedup window.
         else:
             await self.broker.announce_accepted(run_id, agent)
-        await self._publish_new(request)
+        await self._publish_new(request, lane)
         return RunHandle(self, run_id, agent)
 
-    async def _publish_new(self, request: RunRequest) -> None:
+    async def _publish_new(self, request: RunRequest, lane: str = "") -> None:
         """Publish a new run's request; if the runs stream refuses it, end the run rejected.
 
         The run was recorded ``accepted`` just before; left so, nothing would ever end it.
         """
         try:
-            await self.broker.submit(request)
+            await self.broker.submit(request, lane)
         except InvalidRequestError as exc:  # the runs stream refused it (full, too large)
             outcome = await self.store.reject(request.run_id, request.agent, str(exc))
             if outcome != "skipped":

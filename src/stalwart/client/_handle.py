@@ -177,7 +177,10 @@ class RunHandle:
                 f"run {self.run_id!r} already holds {epoch} unconsumed signals "
                 f"(signal_max_pending={settings.signal_max_pending}); signal {name!r} not stored"
             )
-        wake = ((await self.status()).agent, epoch) if outcome == "wake" else None
+        wake = None
+        if outcome == "wake":
+            record = await self.status()
+            wake = (record.agent, epoch, record.lane)  # resumed in the run's own lane
         await self.client.broker.signal_stored(self.run_id, name, sid, wake)
         return "woke" if outcome == "wake" else "stored"
 
@@ -302,7 +305,10 @@ class RunHandle:
         # the record keeps up to ERROR_TEXT_LIMIT, events cut it further.
         reason = clip(safe_text(reason), ERROR_TEXT_LIMIT)
         outcome, wake_epoch = await self.client.store.cancel_run(self.run_id, reason)
-        wake = None if wake_epoch is None else ((await self.status()).agent, wake_epoch)
+        wake = None
+        if wake_epoch is not None:
+            record = await self.status()
+            wake = (record.agent, wake_epoch, record.lane)
         await self.client.broker.cancel_stored(
             self.run_id, reason, ended=outcome == "cancelled", wake=wake
         )

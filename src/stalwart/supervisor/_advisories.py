@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from stalwart._ids import check_agent_name
+from stalwart._ids import check_agent_name, check_lane
+from stalwart.broker._names import Names
 from stalwart.messages import RunRequest, decode_request
 
 if TYPE_CHECKING:
@@ -34,9 +35,10 @@ class Refused(Exception):
 
 async def verify_advisory(broker: Broker, advisory: Any) -> Verified:
     """Return what the advisory names once the servers confirm it; raise :class:`Refused`."""
-    agent, seq, deliveries = _parse(broker, advisory)
+    agent, lane, seq, deliveries = _parse(broker, advisory)
     names = broker.names
-    stream, consumer, subject = names.runs_stream, names.consumer(agent), names.runs_subject(agent)
+    stream = names.runs_stream
+    consumer, subject = names.consumer(agent, lane), names.runs_subject(agent, lane)
     try:
         info = await broker.js.consumer_info(stream, consumer)
     except Exception as exc:
@@ -66,20 +68,30 @@ async def verify_advisory(broker: Broker, advisory: Any) -> Verified:
     return Verified(seq, deliveries, request)
 
 
-def _parse(broker: Broker, advisory: Any) -> tuple[str, int, int]:
-    """(agent, stream_seq, deliveries) from the advisory's body, checked for shape only."""
+def _parse(broker: Broker, advisory: Any) -> tuple[str, str, int, int]:
+    """(agent, lane, stream_seq, deliveries) from the advisory's body, checked for shape
+    only."""
     if not isinstance(advisory, dict):
         raise Refused("advisory is not a JSON object")
     stream, consumer = advisory.get("stream"), advisory.get("consumer")
     seq, deliveries = advisory.get("stream_seq"), advisory.get("deliveries")
     if stream != broker.names.runs_stream:
         raise Refused(f"advisory names stream {stream!r}, not {broker.names.runs_stream!r}")
-    agent = _agent_of(broker.names.consumer, consumer)
-    if agent is None:
+    head, lane = Names.consumer_lane(consumer) if isinstance(consumer, str) else ("", "")
+    agent = _agent_of(broker.names.consumer, head)
+    if agent is None or (lane and not _lane_ok(lane)):
         raise Refused(f"consumer {consumer!r} is not a Stalwart agent consumer")
     if type(seq) is not int or type(deliveries) is not int or seq < 1:
         raise Refused(f"bad stream_seq {seq!r} or deliveries {deliveries!r}")
-    return agent, seq, deliveries
+    return agent, lane, seq, deliveries
+
+
+def _lane_ok(lane: str) -> bool:
+    try:
+        check_lane(lane)
+    except Exception:
+        return False
+    return True
 
 
 def _agent_of(consumer_name: Any, consumer: Any) -> str | None:

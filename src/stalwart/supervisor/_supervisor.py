@@ -305,7 +305,9 @@ class Supervisor:
         if verdict.action == "rewake" and record is not None:
             # Same message id as the timer's own wake-up: dropped while that one is still
             # in the stream's duplicate window, published when it was lost with its stream.
-            fresh = await self.broker.request_resume(run_id, record.agent, record.epoch, "timer")
+            fresh = await self.broker.request_resume(
+                run_id, record.agent, record.epoch, "timer", lane=record.lane
+            )
             if fresh:
                 self.requeued += 1
                 self.log.warning("run.rewoken", run_id=run_id, wake_at=record.wake_at)
@@ -318,8 +320,11 @@ class Supervisor:
             return False
         if verdict.action != "replace" or record is None:
             return False
-        with obs.resume_span(record, self.broker.names.runs_subject(record.agent), verdict.epoch):
-            fresh = await self.broker.request_resume(run_id, record.agent, verdict.epoch, "resume")
+        subject = self.broker.names.runs_subject(record.agent, record.lane)
+        with obs.resume_span(record, subject, verdict.epoch):
+            fresh = await self.broker.request_resume(
+                run_id, record.agent, verdict.epoch, "resume", lane=record.lane
+            )
         if fresh:
             obs.failover(record.agent)
             self.replaced += 1
@@ -344,12 +349,12 @@ class Supervisor:
         if runs is None:
             return False
         created, queued = runs
-        subject = self.broker.names.runs_subject(record.agent)
+        subject = self.broker.names.runs_subject(record.agent, record.lane)
         younger = created > record.created_at
         if not younger and queued.get(subject, 0) > 0:
             return False
         fresh = await self.broker.request_resume(
-            record.run_id, record.agent, record.epoch, "resume"
+            record.run_id, record.agent, record.epoch, "resume", lane=record.lane
         )
         if fresh:
             self.requeued += 1
@@ -424,7 +429,9 @@ class Supervisor:
                 self.log.warning("timer.run_failed", run_id=run_id, error=repr(exc))
                 continue
             if record is not None and record.status == "waiting":
-                await self.broker.request_resume(run_id, record.agent, record.epoch, "timer")
+                await self.broker.request_resume(
+                    run_id, record.agent, record.epoch, "timer", lane=record.lane
+                )
                 woken += 1
             await self.store.remove_timer(run_id)
         return woken

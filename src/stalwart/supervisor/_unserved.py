@@ -71,7 +71,7 @@ async def _reject(
     broker: Broker, store: CheckpointStore, subject: str, raw: RawStreamMsg, after: float
 ) -> bool:
     names = broker.names
-    agent = subject.removeprefix(names.runs_subject(""))
+    agent, _ = names.agent_lane(subject)
     reason = f"no worker serves agent {agent!r}: nothing consumed its request for {after:g}s"
     assert raw.seq is not None
     try:
