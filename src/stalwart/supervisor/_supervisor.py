@@ -31,6 +31,7 @@ from stalwart.messages import (
 )
 from stalwart.supervisor import _telemetry as obs
 from stalwart.supervisor._advisories import Refused, verify_advisory
+from stalwart.supervisor._liveness import Liveness
 from stalwart.supervisor._unserved import reject_unserved
 
 if TYPE_CHECKING:
@@ -101,6 +102,8 @@ class Supervisor:
         self.unserved_rejected = 0
         """Requests rejected because no consumer served their agent (``unserved_after``)."""
         self.is_leader = False
+        self.liveness: Liveness | None = None
+        """Fast failure detection while leading (``liveness_interval`` > 0), else None."""
         self._lease: Lease | None = None
         self._election: LeaseManager | None = None
         self._reported_stuck: set[tuple[str, int]] = set()
@@ -166,6 +169,9 @@ class Supervisor:
                             asyncio.create_task(self._watch()),
                             asyncio.create_task(self._dead_letters()),
                         ]
+                        if self.settings.liveness_interval > 0:
+                            self.liveness = Liveness(self, self.settings.liveness_interval)
+                            leading.append(asyncio.create_task(self.liveness.run()))
                     elif not self.is_leader and leading:
                         await _cancel(leading)
                         leading = []
