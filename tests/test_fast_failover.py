@@ -24,8 +24,9 @@ from tests.test_crash import check_single_owner
 
 pytestmark = pytest.mark.slow
 
-STEPS = 16
-"""Steps of each ``steady`` run (150 ms each): long enough to be killed in the middle."""
+STEPS = 48
+"""Steps of each ``steady`` run (150 ms each, 7 s): long enough to start another worker
+process and then kill the first one in the middle, even on a loaded machine."""
 
 MOVE_BOUND = 1.5
 """Seconds from the kill to a step completed on the other worker: generous for a loaded CI
@@ -89,6 +90,7 @@ async def test_sigkilled_worker_runs_move_within_moments(
         lambda: _true(supervisor.liveness is not None and "a" in supervisor.liveness.seen),
         timeout=10,
     )
+    assert all([(await h.status()).status == "running" for h in handles])
     a.kill()
     killed = time.monotonic()
 
@@ -165,7 +167,7 @@ async def test_worker_wrongly_declared_dead_is_fenced(
     in_process_worker: Worker,
 ) -> None:
     x = in_process_worker
-    steps = 3 * STEPS  # 7 s: time to start the other worker while "x" has it
+    steps = STEPS
     handle = await client.submit("steady", steps, run_id=rid())
     await eventually(lambda: _at_least_steps(client, handle.run_id, "x", 2), timeout=20)
     await workers("b")
@@ -200,3 +202,31 @@ async def test_worker_wrongly_declared_dead_is_fenced(
 
 async def _at_least_steps(client: Client, run_id: str, worker: str, n: int) -> bool:
     return len(await _steps_by(client, run_id, worker)) >= n
+
+
+async def test_without_a_supervisor_at_the_kill_the_lease_ttl_still_recovers(
+    settings: Settings,
+    client: Client,
+    workers: WorkerFactory,
+    counters: aioredis.Redis,
+) -> None:
+    a = await workers("a")
+    handle = await client.submit("steady", STEPS, run_id=rid())
+    await eventually(lambda: _at_least_steps(client, handle.run_id, "a", 2), timeout=20)
+    await workers("b")
+    assert (await handle.status()).status == "running"
+    a.kill()  # nobody probes now; a supervisor starting later never saw "a" answer
+    sup = Supervisor(settings)
+    await sup.start()
+    task = asyncio.create_task(sup.run())
+    try:
+        await eventually(lambda: _at_least_steps(client, handle.run_id, "b", 1), timeout=15)
+        assert await handle.result(timeout=30) == STEPS
+        # Moved by the lease expiry, not by a probe: the probes never declare dead a worker
+        # that did not answer them first.
+        assert sup.liveness is not None and sup.liveness.dead == []
+        assert sup.replaced == 1
+        assert await _check_executions(counters, client, handle.run_id) <= 1
+    finally:
+        sup.stop()
+        await asyncio.wait_for(task, 30)
