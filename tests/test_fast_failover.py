@@ -16,7 +16,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from stalwart import Client, Settings, Supervisor, Worker
+from stalwart.broker import Names
+from stalwart.broker._names import worker_token
 from stalwart.checkpoints import StepDone
+from stalwart.errors import ConfigurationError
 from tests.apps import app as test_app
 from tests.conftest import Servers, WorkerFactory
 from tests.helpers import COUNTER_ENV, eventually, exec_key, journal, rid
@@ -230,3 +233,22 @@ async def test_without_a_supervisor_at_the_kill_the_lease_ttl_still_recovers(
     finally:
         sup.stop()
         await asyncio.wait_for(task, 30)
+
+
+def test_alive_subjects_are_one_token_per_worker_id() -> None:
+    names = Names("acme")
+    assert names.alive_subject("w1-abc_D") == "acme.alive.w1-abc_D"
+    # Host names with dots, and anything else, become one token (hashed, deterministic).
+    ids = ["host.example.com-12-ab", "a b", "x>", "*", "é", "host.example.com-12-ac"]
+    tokens = [worker_token(w) for w in ids]
+    assert all(t.startswith("~") and len(t.split(".")) == 1 for t in tokens)
+    assert not any(c in t for t in tokens for c in " *>")
+    assert len(set(tokens)) == len(ids)
+    assert tokens == [worker_token(w) for w in ids]
+
+
+@pytest.mark.parametrize("bad", [-1.0, 0.001, 61.0])
+def test_liveness_interval_is_checked(bad: float) -> None:
+    with pytest.raises(ConfigurationError, match="liveness_interval"):
+        Settings(liveness_interval=bad)
+    assert Settings(liveness_interval=0).liveness_interval == 0

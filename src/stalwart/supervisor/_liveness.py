@@ -46,6 +46,9 @@ lost subscription's round trip to the server, short next to the failover it gate
 _MIN_TIMEOUT = 0.05
 """Shortest wait for an answer (a probe's timeout is the interval, at least this)."""
 
+_DEAD_KEPT = 1000
+"""Workers declared dead that :attr:`Liveness.dead` remembers (the latest)."""
+
 _REVOKE_PARALLEL = 64
 """Revocations and resume requests of one dead worker in flight at once."""
 
@@ -67,7 +70,7 @@ class Liveness:
         self.seen: set[str] = set()
         """Workers that answered since this supervisor's connection was last (re)made."""
         self.dead: list[str] = []
-        """Workers declared dead, in order (for tests and logs)."""
+        """Workers declared dead, in order, the latest ``_DEAD_KEPT`` (for tests and logs)."""
         self.revoked = 0
         """Leases revoked because their holder was dead."""
         self._reconnects = -1
@@ -168,6 +171,8 @@ class Liveness:
             self.seen.clear()
             self._reconnects = epoch
         holders = list(self.owned)
+        # Forget workers that hold nothing now: worker ids come and go, the set must not grow.
+        self.seen &= set(holders)
         if not holders:
             return []
         first = await asyncio.gather(*(self.probe(w) for w in holders))
@@ -189,6 +194,7 @@ class Liveness:
         for worker_id in dead:
             self.seen.discard(worker_id)
             self.dead.append(worker_id)
+            del self.dead[:-_DEAD_KEPT]
             await self.take_over(worker_id)
         return dead
 
