@@ -8,6 +8,7 @@ Everything here runs at the default lease TTL (5 s), where waiting for the lease
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 
@@ -20,8 +21,9 @@ from stalwart.broker import Names
 from stalwart.broker._names import worker_token
 from stalwart.checkpoints import StepDone
 from stalwart.errors import ConfigurationError
+from stalwart.testing import EmbeddedServers, NatsServer, worker_process
 from tests.apps import app as test_app
-from tests.conftest import Servers, WorkerFactory
+from tests.conftest import ROOT, Servers, WorkerFactory
 from tests.helpers import COUNTER_ENV, eventually, exec_key, journal, rid
 from tests.test_crash import check_single_owner
 
@@ -252,3 +254,66 @@ def test_liveness_interval_is_checked(bad: float) -> None:
     with pytest.raises(ConfigurationError, match="liveness_interval"):
         Settings(liveness_interval=bad)
     assert Settings(liveness_interval=0).liveness_interval == 0
+
+
+@pytest.mark.blocks_loop  # restarts the server with its blocking API, on purpose
+async def test_a_nats_restart_declares_no_worker_dead(namespace: str, tmp_path) -> None:
+    # Everyone's subscriptions vanish with the server; the supervisor reconnects and must
+    # wait for each worker to answer again rather than read their absence as death.
+    nats = NatsServer(store_dir=tmp_path / "js")
+    async with EmbeddedServers(nats=nats) as servers:
+        settings = Settings(
+            nats_url=servers.nats_url,
+            redis_url=servers.redis_url,
+            namespace=namespace,
+            reconcile_interval=0.5,
+        )
+        env = {
+            COUNTER_ENV: servers.redis_url,
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
+        }
+        procs = [
+            worker_process(
+                "tests.apps:app",
+                nats_url=servers.nats_url,
+                redis_url=servers.redis_url,
+                worker_id=f"r{i}",
+                lease_ttl=settings.lease_ttl,
+                namespace=namespace,
+                extra_env=env,
+            ).start()
+            for i in range(2)
+        ]
+        sup = Supervisor(settings)
+        await sup.start()
+        task = asyncio.create_task(sup.run())
+        client = await Client.connect(settings=settings)
+        try:
+            both = {"r0", "r1"}
+
+            async def registered() -> bool:
+                return both <= {w.worker_id for w in await client.broker.workers()}
+
+            await eventually(registered, timeout=30)
+            handles = [await client.submit("steady", STEPS, run_id=rid()) for _ in range(6)]
+            await eventually(
+                lambda: _true(sup.liveness is not None and both <= sup.liveness.seen),
+                timeout=30,
+            )
+            nats.kill()
+            nats.restart()
+            # Probing again after the restart: both answered the reconnected supervisor.
+            await eventually(
+                lambda: _true(sup.liveness is not None and both <= sup.liveness.seen),
+                timeout=30,
+            )
+            results = await asyncio.gather(*(h.result(timeout=60) for h in handles))
+            assert results == [STEPS] * len(handles)
+            assert sup.liveness is not None
+            assert sup.liveness.dead == [] and sup.liveness.revoked == 0
+        finally:
+            for p in procs:
+                p.kill()
+            sup.stop()
+            await asyncio.wait_for(task, 30)
+            await client.close()
