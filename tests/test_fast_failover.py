@@ -11,13 +11,14 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import msgspec
 import pytest
 import redis.asyncio as aioredis
 
 from stalwart import Client, Settings, Supervisor, Worker
-from stalwart.broker import Names
+from stalwart.broker import LeaseManager, Names
 from stalwart.broker._names import worker_token
 from stalwart.checkpoints import StepDone
 from stalwart.errors import ConfigurationError
@@ -26,6 +27,9 @@ from tests.apps import app as test_app
 from tests.conftest import ROOT, Servers, WorkerFactory
 from tests.helpers import COUNTER_ENV, eventually, exec_key, journal, rid
 from tests.test_crash import check_single_owner
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
 
 pytestmark = pytest.mark.slow
 
@@ -317,3 +321,30 @@ async def test_a_nats_restart_declares_no_worker_dead(namespace: str, tmp_path) 
             sup.stop()
             await asyncio.wait_for(task, 30)
             await client.close()
+
+
+async def test_a_holder_that_never_answered_is_asked_about_once_a_second(
+    settings: Settings, client: Client, supervisor: Supervisor
+) -> None:
+    # A lease holder that hears the probes but never answers (an older worker, or one
+    # whose NATS user may not reply): its silence counts for nothing, so it is not asked
+    # every round.
+    squatter = LeaseManager(client.broker.js, client.broker.names, settings.lease_ttl, "mute")
+    lease = await squatter.acquire(rid())
+    assert lease is not None
+    heard: list[float] = []
+
+    async def listen(msg: Msg) -> None:
+        heard.append(time.monotonic())
+
+    sub = await client.broker.nc.subscribe(client.broker.names.alive_subject("mute"), cb=listen)
+    try:
+        await eventually(lambda: _true(len(heard) >= 1), timeout=10)
+        await asyncio.sleep(3.0)
+        # About one a second (the first at once): far from the 30 a 0.1 s round would send.
+        assert 3 <= len(heard) <= 6, [round(t - heard[0], 2) for t in heard]
+        assert supervisor.liveness is not None and "mute" not in supervisor.liveness.seen
+        assert supervisor.liveness.dead == []
+    finally:
+        await sub.unsubscribe()
+        await squatter.release(lease)

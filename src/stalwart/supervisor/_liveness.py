@@ -46,6 +46,12 @@ lost subscription's round trip to the server, short next to the failover it gate
 _MIN_TIMEOUT = 0.05
 """Shortest wait for an answer (a probe's timeout is the interval, at least this)."""
 
+_UNSEEN_EVERY = 1.0
+"""Seconds between probes of a lease holder that has not answered yet. Its silence counts
+for nothing, so it is asked just often enough to notice when it starts answering, without a
+request every round to a worker that cannot answer (an older one without the responder), or
+a permissions violation logged every round when the supervisor may not ask (old role files)."""
+
 _DEAD_KEPT = 1000
 """Workers declared dead that :attr:`Liveness.dead` remembers (the latest)."""
 
@@ -73,6 +79,8 @@ class Liveness:
         """Workers declared dead, in order, the latest ``_DEAD_KEPT`` (for tests and logs)."""
         self.revoked = 0
         """Leases revoked because their holder was dead."""
+        self._unseen_next: dict[str, float] = {}
+        """When each holder that has not answered yet is asked next (monotonic clock)."""
         self._reconnects = -1
         self.log = supervisor.log
 
@@ -170,15 +178,20 @@ class Liveness:
             # after our reconnect makes its later silence mean something.
             self.seen.clear()
             self._reconnects = epoch
-        holders = list(self.owned)
-        # Forget workers that hold nothing now: worker ids come and go, the set must not grow.
-        self.seen &= set(holders)
+        # Forget workers that hold nothing now: worker ids come and go, nothing may grow.
+        self.seen &= self.owned.keys()
+        self._unseen_next = {w: t for w, t in self._unseen_next.items() if w in self.owned}
+        now = time.monotonic()
+        holders = [w for w in self.owned if w in self.seen or self._unseen_next.get(w, 0) <= now]
         if not holders:
             return []
         first = await asyncio.gather(*(self.probe(w) for w in holders))
         for worker_id, result in zip(holders, first, strict=True):
             if result == "alive":
                 self.seen.add(worker_id)
+                self._unseen_next.pop(worker_id, None)
+            elif worker_id not in self.seen:
+                self._unseen_next[worker_id] = now + _UNSEEN_EVERY
         suspects = [
             w for w, r in zip(holders, first, strict=True) if r == "gone" and w in self.seen
         ]
