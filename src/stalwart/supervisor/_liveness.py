@@ -52,6 +52,9 @@ for nothing, so it is asked just often enough to notice when it starts answering
 request every round to a worker that cannot answer (an older one without the responder), or
 a permissions violation logged every round when the supervisor may not ask (old role files)."""
 
+_SEEN_KEPT = 10_000
+"""Workers remembered as having answered, beyond which those holding no lease are forgotten."""
+
 _DEAD_KEPT = 1000
 """Workers declared dead that :attr:`Liveness.dead` remembers (the latest)."""
 
@@ -178,8 +181,12 @@ class Liveness:
             # after our reconnect makes its later silence mean something.
             self.seen.clear()
             self._reconnects = epoch
-        # Forget workers that hold nothing now: worker ids come and go, nothing may grow.
-        self.seen &= self.owned.keys()
+        # Worker ids come and go; what is kept about them must not grow without bound. A
+        # worker keeps its "answered" mark between leases (one that holds nothing for a
+        # moment and then dies right after its next placement is still seen dead), unless
+        # the set grows past a bound: then only the current holders keep theirs.
+        if len(self.seen) > _SEEN_KEPT:
+            self.seen &= self.owned.keys()
         self._unseen_next = {w: t for w, t in self._unseen_next.items() if w in self.owned}
         now = time.monotonic()
         holders = [w for w in self.owned if w in self.seen or self._unseen_next.get(w, 0) <= now]
