@@ -283,6 +283,12 @@ async def test_each_role_with_only_its_rights_runs_runs_end_to_end(
             await eventually(
                 lambda: _journaled(client, survivor.run_id, 3), timeout=20, message="no wait"
             )
+            # The probes count a worker's silence only once it has answered them.
+            await eventually(
+                lambda: _seen(supervisor, first.name),
+                timeout=10,
+                message=lambda: f"{first.name} never answered a probe",
+            )
             first.kill()
             async with _worker(servers, client) as second:
                 await eventually(
@@ -292,7 +298,7 @@ async def test_each_role_with_only_its_rights_runs_runs_end_to_end(
                 )
                 # Found dead by the liveness probe (a publish only supervisors may make,
                 # answered on a subject only workers may subscribe to), not by the TTL.
-                assert supervisor.liveness is not None and len(supervisor.liveness.dead) == 1
+                assert supervisor.liveness is not None and supervisor.liveness.dead == [first.name]
                 await survivor.signal("approve", "after the kill")
                 assert (await survivor.result(timeout=30))["decision"] == "after the kill"
             counters = aioredis.Redis.from_url(servers[1].url)
@@ -326,6 +332,10 @@ async def test_each_role_with_only_its_rights_runs_runs_end_to_end(
 
 def _nats_log(server: NatsServer) -> list[str]:
     return server.log_file.read_text(errors="replace").splitlines()
+
+
+async def _seen(supervisor: Supervisor, worker_id: str) -> bool:
+    return supervisor.liveness is not None and worker_id in supervisor.liveness.seen
 
 
 async def _placements(client: Client, run_id: str, n: int) -> bool:

@@ -52,6 +52,9 @@ for nothing, so it is asked just often enough to notice when it starts answering
 request every round to a worker that cannot answer (an older one without the responder), or
 a permissions violation logged every round when the supervisor may not ask (old role files)."""
 
+_UNSEEN_TIMEOUT = 1.0
+"""How long the probe of a holder that has not answered yet waits for its answer."""
+
 _SEEN_KEPT = 10_000
 """Workers remembered as having answered, beyond which those holding no lease are forgotten."""
 
@@ -84,6 +87,8 @@ class Liveness:
         """Leases revoked because their holder was dead."""
         self._unseen_next: dict[str, float] = {}
         """When each holder that has not answered yet is asked next (monotonic clock)."""
+        self._unseen_probes: dict[str, asyncio.Task[None]] = {}
+        """Probes of holders that have not answered yet, in flight (outside the rounds)."""
         self._reconnects = -1
         self.log = supervisor.log
 
@@ -105,9 +110,12 @@ class Liveness:
                     self.log.warning("liveness.round_failed", error=repr(exc))
                 await asyncio.sleep(max(self.interval - (time.monotonic() - started), 0.0))
         finally:
-            watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await watch
+            tasks = [watch, *self._unseen_probes.values()]
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     # -- who holds what ---------------------------------------------------------------------
 
@@ -159,11 +167,12 @@ class Liveness:
             return None
         return int(nc.stats.get("reconnects", 0))
 
-    async def probe(self, worker_id: str) -> Probe:
+    async def probe(self, worker_id: str, timeout: float | None = None) -> Probe:
         """Ask ``worker_id`` once: answered, no responders (gone), or anything else."""
         nc = self._broker.nc
+        subject = self._broker.names.alive_subject(worker_id)
         try:
-            await nc.request(self._broker.names.alive_subject(worker_id), b"", timeout=self.timeout)
+            await nc.request(subject, b"", timeout=timeout or self.timeout)
         except NoRespondersError:
             return "gone"
         except Exception:  # a timeout, a reconnect in progress: proves nothing
@@ -189,16 +198,18 @@ class Liveness:
             self.seen &= self.owned.keys()
         self._unseen_next = {w: t for w, t in self._unseen_next.items() if w in self.owned}
         now = time.monotonic()
-        holders = [w for w in self.owned if w in self.seen or self._unseen_next.get(w, 0) <= now]
+        for worker_id in self.owned:
+            if (
+                worker_id not in self.seen
+                and worker_id not in self._unseen_probes
+                and self._unseen_next.get(worker_id, 0) <= now
+            ):
+                self._unseen_next[worker_id] = now + _UNSEEN_EVERY
+                self._start_unseen_probe(worker_id, epoch)
+        holders = [w for w in self.owned if w in self.seen]
         if not holders:
             return []
         first = await asyncio.gather(*(self.probe(w) for w in holders))
-        for worker_id, result in zip(holders, first, strict=True):
-            if result == "alive":
-                self.seen.add(worker_id)
-                self._unseen_next.pop(worker_id, None)
-            elif worker_id not in self.seen:
-                self._unseen_next[worker_id] = now + _UNSEEN_EVERY
         suspects = [
             w for w, r in zip(holders, first, strict=True) if r == "gone" and w in self.seen
         ]
@@ -217,6 +228,24 @@ class Liveness:
             del self.dead[:-_DEAD_KEPT]
             await self.take_over(worker_id)
         return dead
+
+    def _start_unseen_probe(self, worker_id: str, epoch: int) -> None:
+        """Ask a holder that has not answered yet, with a generous timeout, off the round.
+
+        Its answer only marks it seen; a busy worker or a loaded machine may take longer
+        than a round's short timeout, and must not stay unseen (its death then waiting for
+        the TTL) for that, nor hold up the rounds that watch the workers already seen.
+        """
+
+        async def ask() -> None:
+            result = await self.probe(worker_id, timeout=_UNSEEN_TIMEOUT)
+            if result == "alive" and self._connection_epoch() == epoch:
+                self.seen.add(worker_id)
+                self._unseen_next.pop(worker_id, None)
+
+        task = asyncio.create_task(ask())
+        self._unseen_probes[worker_id] = task
+        task.add_done_callback(lambda _: self._unseen_probes.pop(worker_id, None))
 
     # -- taking over ------------------------------------------------------------------------
 
