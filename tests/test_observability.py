@@ -127,11 +127,18 @@ async def test_one_trace_across_client_two_workers_and_a_sigkill(
     )
 
     # The supervisor's resume request is in the same trace, and the run span links to it.
-    resume = mine["resume ten"]
-    assert resume.kind == SpanKind.PRODUCER
-    assert resume.context is not None and _hex(resume.context.trace_id, 32) == trace_id
-    assert resume.parent is not None and _hex(resume.parent.span_id, 16) == submit_id
-    assert [link["span_id"] for link in run_b["links"]] == [_hex(resume.context.span_id, 16)]
+    # There can be several: the supervisor re-checks an orphan until it is placed (its
+    # liveness probe, its lease watch, every reconcile pass), and each check traces the
+    # request it publishes, though JetStream keeps only the first of an epoch.
+    resumes = [s for s in memory_spans.get_finished_spans() if s.name == "resume ten"]
+    assert resumes
+    for resume in resumes:
+        assert resume.kind == SpanKind.PRODUCER
+        assert resume.context is not None and _hex(resume.context.trace_id, 32) == trace_id
+        assert resume.parent is not None and _hex(resume.parent.span_id, 16) == submit_id
+    links = [link["span_id"] for link in run_b["links"]]
+    assert len(links) == 1
+    assert links[0] in {_hex(r.context.span_id, 16) for r in resumes if r.context is not None}
 
 
 async def test_step_spans_follow_genai_conventions(

@@ -279,5 +279,8 @@ class Liveness:
                 return False
         self.revoked += 1
         self.log.info("lease.revoked", run_id=run_id, owner=worker_id, reason="owner_dead")
+        # The lease watch will see the PURGE and check the run too; checking here as well
+        # does not wait on that watch (which may be re-subscribing), and the second resume
+        # request of the epoch is dropped by JetStream's de-duplication.
         await self.supervisor.check(run_id)
         return True
