@@ -283,6 +283,12 @@ async def test_each_role_with_only_its_rights_runs_runs_end_to_end(
             await eventually(
                 lambda: _journaled(client, survivor.run_id, 3), timeout=20, message="no wait"
             )
+            # The probes count a worker's silence only once it has answered them.
+            await eventually(
+                lambda: _seen(supervisor, first.name),
+                timeout=10,
+                message=lambda: f"{first.name} never answered a probe",
+            )
             first.kill()
             async with _worker(servers, client) as second:
                 await eventually(
@@ -290,6 +296,9 @@ async def test_each_role_with_only_its_rights_runs_runs_end_to_end(
                     timeout=30,
                     message=lambda: f"not re-placed:\n{second.log_text()}",
                 )
+                # Found dead by the liveness probe (a publish only supervisors may make,
+                # answered on a subject only workers may subscribe to), not by the TTL.
+                assert supervisor.liveness is not None and supervisor.liveness.dead == [first.name]
                 await survivor.signal("approve", "after the kill")
                 assert (await survivor.result(timeout=30))["decision"] == "after the kill"
             counters = aioredis.Redis.from_url(servers[1].url)
@@ -323,6 +332,10 @@ async def test_each_role_with_only_its_rights_runs_runs_end_to_end(
 
 def _nats_log(server: NatsServer) -> list[str]:
     return server.log_file.read_text(errors="replace").splitlines()
+
+
+async def _seen(supervisor: Supervisor, worker_id: str) -> bool:
+    return supervisor.liveness is not None and worker_id in supervisor.liveness.seen
 
 
 async def _placements(client: Client, run_id: str, n: int) -> bool:
@@ -362,6 +375,9 @@ async def test_a_client_cannot_write_leases_forge_advisories_or_touch_another_na
         await v.refused("publish", f"$JS.API.CONSUMER.MSG.NEXT.{A.upper()}_RUNS.agent_ten")
         await v.refused("publish", f"$JS.API.STREAM.MSG.DELETE.{A.upper()}_RUNS")
         await v.refused("subscribe", f"{A}.signals.>")
+        # Nor answer liveness probes for a worker (a dead one would look alive), nor probe.
+        await v.refused("subscribe", Names(A).alive_subject("some-worker"))
+        await v.refused("publish", Names(A).alive_subject("some-worker"))
         await v.refused("subscribe", "_INBOX.>")
         # Namespace B, on NATS.
         await v.refused("publish", f"{B}.runs.ten")
@@ -509,6 +525,14 @@ def test_clients_and_viewers_cannot_write_what_workers_write() -> None:
         publish = nats_permissions(role, "acme").publish
         for subject in worker_only:
             assert not any(_matches(p, subject) for p in publish), (role, subject)
+    # Liveness: workers answer on their alive subject, only the supervisor asks.
+    alive = ns.alive_subject("host.example-1")
+    for role in ROLES:
+        perms = nats_permissions(role, "acme")
+        answers = any(_matches(p, alive) for p in perms.subscribe)
+        asks = any(_matches(p, alive) for p in perms.publish)
+        assert answers == (role in ("worker", "admin")), role
+        assert asks == (role in ("supervisor", "admin")), role
     assert not any(
         _matches(p, ns.runs_subject("a")) or p.endswith(".client")
         for p in nats_permissions("viewer", "acme").publish

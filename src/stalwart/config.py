@@ -58,6 +58,7 @@ FIELD_ROLES: dict[str, frozenset[Role]] = {
     "nats_placement_cluster": _ALL,
     "nats_placement_tags": _ALL,
     "reconcile_interval": _SUPERVISOR,
+    "liveness_interval": _SUPERVISOR,
     "drain_timeout": _WORKER,
     "passivate_after": _WORKER,
     "stuck_after": _SUPERVISOR,
@@ -151,6 +152,10 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "duplicate_window": (lambda v: v > 0, _POSITIVE),
     "event_max_age": (lambda v: v > 0, _POSITIVE),
     "reconcile_interval": (lambda v: v > 0, _POSITIVE),
+    "liveness_interval": (
+        lambda v: v == 0 or 0.01 <= v <= 60,
+        "0 (off) or a number of seconds from 0.01 to 60",
+    ),
     "drain_timeout": (lambda v: v >= 0, _NON_NEGATIVE),
     "passivate_after": (lambda v: v > 0, _POSITIVE),
     "stuck_after": (lambda v: v >= 0, _NON_NEGATIVE + " (0: never)"),
@@ -299,6 +304,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     reconcile_interval: float = 2.0
     """How often the supervisor scans for running runs that have no owner."""
+    liveness_interval: float = 0.1
+    """How often the supervisor leader asks each worker that holds run leases whether its
+    process is still connected (0: never; a dead worker's runs then wait for its leases to
+    expire, up to ``lease_ttl``). A worker the NATS server twice reports has no connection
+    ("no responders") has its leases revoked and its runs re-placed at once; one that is
+    slow to answer is left to the lease TTL. Costs one tiny request per lease-holding
+    worker per interval."""
     drain_timeout: float = 20.0
     """On SIGTERM, how long a worker lets in-flight steps run before handing their runs over.
 

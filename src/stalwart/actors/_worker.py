@@ -84,6 +84,8 @@ class Worker:
         self._fetchers: list[asyncio.Task[None]] = []
         self._subs: list[PullFeed] = []
         self._returning: set[asyncio.Future[None]] = set()
+        self._alive_sub: Any = None
+        """The subscription that answers the supervisor's liveness probes (see :meth:`start`)."""
         self.breakers = Breakers(self.settings.breaker_threshold, self.settings.breaker_cooldown)
         self._tasks: list[asyncio.Task[None]] = []
         self._deps: ActorDeps | None = None
@@ -111,6 +113,14 @@ class Worker:
         )
         # Before the first fetch: a placement may need it at once.
         self._intake = Intake(self.broker, self.store, self.settings, self.worker_id, self.log)
+        # Answer liveness probes before taking any lease: the subscription is sent ahead of
+        # the JetStream requests below on the one connection, so the server knows it before
+        # this worker can hold a lease. It lives exactly as long as the connection: a killed
+        # process's subject has no responder at once, and the supervisor re-places its runs
+        # without waiting for their leases to expire (supervisor/_liveness.py).
+        self._alive_sub = await self.broker.nc.subscribe(
+            self.broker.names.alive_subject(self.worker_id), cb=self._answer_alive
+        )
         agents = sorted(self.app.agents)
         await self.broker.register_agents(agents, self.app.name)
         await self._open_feeds(agents)
@@ -124,6 +134,13 @@ class Worker:
         obs.watch_worker(self)
         await self._heartbeat()
         self.log.info("worker.started", agents=agents, concurrency=self.settings.concurrency)
+
+    async def _answer_alive(self, msg: Msg) -> None:
+        # Empty: the answer itself is the news. Answered from the event loop, so a loop
+        # blocked by a step body answers late, which the prober leaves to the lease TTL.
+        if msg.reply:
+            with contextlib.suppress(Exception):
+                await msg.respond(b"")
 
     async def run(self) -> None:
         """Start (unless :meth:`start` was awaited already), then serve until :meth:`stop`."""

@@ -319,6 +319,28 @@ class LeaseManager:
             raise
         return True
 
+    async def revoke_at(self, run_id: str, revision: int) -> bool:
+        """Take ``run_id``'s lease away only if its key is still at ``revision``.
+
+        For a lease whose holder is known to be dead: the caller read the key at
+        ``revision`` (holder and all), and the CAS makes sure the key has not moved since,
+        so a lease that someone else took meanwhile (or that its holder renewed, proving it
+        alive) is never revoked. True when revoked, False when the key moved. The holder,
+        if it was alive after all, loses its next renewal and stops; its writes are fenced.
+        """
+        try:
+            await self._js.publish(
+                self._subject(run_id),
+                b"",
+                headers={_CAS: str(revision), "KV-Operation": "PURGE", "Nats-Rollup": "sub"},
+                msg_ttl=1,
+            )
+        except APIError as exc:
+            if exc.err_code == _WRONG_LAST_SEQUENCE:
+                return False
+            raise
+        return True
+
 
 def _purge(lease: Lease) -> dict[str, str]:
     """Headers of a release: a PURGE rollup of the key, only if ``lease`` still holds it."""

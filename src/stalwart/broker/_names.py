@@ -5,6 +5,8 @@ Every NATS name and every ``Nats-Msg-Id`` Stalwart uses is spelled here and nowh
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -55,6 +57,21 @@ def resume_msg_id(run_id: str, cause: ResumeCause, epoch: int) -> str:
 def msg_id_run(msg_id: str) -> str:
     """The run id part of a request's ``Nats-Msg-Id`` (``<run_id>[:<cause>:<epoch>]``)."""
     return msg_id.split(":", 1)[0]
+
+
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+def worker_token(worker_id: str) -> str:
+    """``worker_id`` as one subject token: itself when it is plain, else ``~<hash>``.
+
+    Worker ids are free text (a host name may hold dots, a user may pass anything); a
+    subject token may not hold dots, spaces or wildcards. Both sides (the worker that
+    answers, the supervisor that asks) derive the token from the id the same way.
+    """
+    if _TOKEN.fullmatch(worker_id):
+        return worker_id
+    return "~" + hashlib.sha256(worker_id.encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +198,21 @@ class Names:
     def worker_subject(self, worker_id: str) -> str:
         """Raw stream subject of a worker's heartbeat key."""
         return self.kv_subject(self.workers_bucket, worker_id)
+
+    def alive_subject(self, worker_id: str) -> str:
+        """Core subject only worker ``worker_id`` answers on: ``<ns>.alive.<token>``.
+
+        The supervisor leader asks it to tell a dead worker from a live one: while the
+        worker's connection is open the request is answered; once the process is gone the
+        server has no subscriber and says "no responders" at once (see
+        ``supervisor/_liveness.py``). The token is :func:`worker_token`.
+        """
+        return f"{self.namespace}.alive.{worker_token(worker_id)}"
+
+    @property
+    def alive_wildcard(self) -> str:
+        """Every worker's alive subject (for permissions)."""
+        return f"{self.namespace}.alive.*"
 
     @staticmethod
     def kv_subject(bucket: str, key: str = ">") -> str:

@@ -33,6 +33,10 @@ class NatsPermissions:
 
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
+    allow_responses: bool = False
+    """Whether the user may answer a request it received (one reply to its reply subject,
+    whatever that is): how a worker answers the supervisor's liveness probe without the
+    right to publish into other processes' inboxes."""
 
 
 def _unique(*groups: list[str]) -> tuple[str, ...]:
@@ -105,6 +109,9 @@ def _pieces(n: Names) -> dict[str, list[str]]:
             f"$JS.FC.{leases}.>",
         ],
         "register": [n.kv_subject(n.workers_bucket), n.kv_subject(n.agents_bucket)],
+        # Liveness probes: the supervisor asks each lease holder on its own subject
+        # (a dead worker's runs are re-placed before its leases expire).
+        "probe_workers": [n.alive_wildcard],
         # Dead letters: the supervisor reads a request JetStream gave up on and deletes it;
         # it lists consumers to find requests no worker serves.
         "dead_letters": [
@@ -140,6 +147,11 @@ def nats_permissions(role: RoleName, namespace: str) -> NatsPermissions:
     live_events = [n.events_wildcard]
     advisories = [n.max_deliveries_advisories]
     signals = [f"{namespace}.signals.>"]
+    # A worker answers the supervisor's liveness probes on its own subject. Any worker may
+    # subscribe to any worker's (the subject is derived from the worker id, which the
+    # server cannot check); one answering for a dead peer only delays that peer's failover
+    # to its lease TTL, and workers are trusted with the leases anyway.
+    alive = [n.alive_wildcard]
     reader = ["lookup", "read_events", "follow_events", "read_agents", "read_workers"]
     pub: dict[RoleName, list[str]] = {
         "viewer": reader,
@@ -168,12 +180,13 @@ def nats_permissions(role: RoleName, namespace: str) -> NatsPermissions:
             "run_leases",
             "all_leases",
             "watch_leases",
+            "probe_workers",
         ],
     }
     sub: dict[RoleName, list[str]] = {
         "viewer": [*inbox, *live_events],
         "client": [*inbox, *live_events],
-        "worker": [*inbox, *signals],
+        "worker": [*inbox, *signals, *alive],
         "supervisor": [*inbox, *advisories],
     }
     if role == "admin":
@@ -182,9 +195,12 @@ def nats_permissions(role: RoleName, namespace: str) -> NatsPermissions:
         return NatsPermissions(
             publish=_unique(*(p[g] for g in order)),
             subscribe=_unique(*sub.values()),
+            allow_responses=True,
         )
     return NatsPermissions(
-        publish=_unique(*(p[g] for g in pub[role])), subscribe=_unique(sub[role])
+        publish=_unique(*(p[g] for g in pub[role])),
+        subscribe=_unique(sub[role]),
+        allow_responses=role == "worker",
     )
 
 
@@ -208,5 +224,6 @@ def render_nats_permissions(role: RoleName, namespace: str) -> str:
         f"{var} = {{\n"
         f"  publish = {{\n    allow = [\n{block(perms.publish)}\n    ]\n  }}\n"
         f"  subscribe = {{\n    allow = [\n{block(perms.subscribe)}\n    ]\n  }}\n"
-        "}\n"
+        + ("  allow_responses = true\n" if perms.allow_responses else "")
+        + "}\n"
     )

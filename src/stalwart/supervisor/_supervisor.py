@@ -32,6 +32,7 @@ from stalwart.messages import (
 )
 from stalwart.supervisor import _telemetry as obs
 from stalwart.supervisor._advisories import Refused, verify_advisory
+from stalwart.supervisor._liveness import Liveness
 from stalwart.supervisor._pending import pending_by_agent
 from stalwart.supervisor._unserved import reject_unserved
 
@@ -121,6 +122,8 @@ class Supervisor:
         """Requests of ``accepted`` runs published again because theirs was lost."""
         self._runs_info: tuple[float, tuple[float, dict[str, int]]] | None = None
         self.is_leader = False
+        self.liveness: Liveness | None = None
+        """Fast failure detection while leading (``liveness_interval`` > 0), else None."""
         self._lease: Lease | None = None
         self._election: LeaseManager | None = None
         self._reported_stuck: set[tuple[str, int]] = set()
@@ -186,6 +189,9 @@ class Supervisor:
                             asyncio.create_task(self._watch()),
                             asyncio.create_task(self._dead_letters()),
                         ]
+                        if self.settings.liveness_interval > 0:
+                            self.liveness = Liveness(self, self.settings.liveness_interval)
+                            leading.append(asyncio.create_task(self.liveness.run()))
                     elif not self.is_leader and leading:
                         await _cancel(leading)
                         leading = []
