@@ -31,6 +31,7 @@ from stalwart.policies import Breakers
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription
 
     from stalwart.actors._app import AgentSpec, App
     from stalwart.broker import Lease
@@ -84,7 +85,7 @@ class Worker:
         self._fetchers: list[asyncio.Task[None]] = []
         self._subs: list[PullFeed] = []
         self._returning: set[asyncio.Future[None]] = set()
-        self._alive_sub: Any = None
+        self._alive_sub: Subscription | None = None
         """The subscription that answers the supervisor's liveness probes (see :meth:`start`)."""
         self.breakers = Breakers(self.settings.breaker_threshold, self.settings.breaker_cooldown)
         self._tasks: list[asyncio.Task[None]] = []
