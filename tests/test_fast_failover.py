@@ -191,7 +191,7 @@ async def test_worker_wrongly_declared_dead_is_fenced(
 
     async def placed_again() -> bool:
         return any(
-            isinstance(je.entry, StepDone) and je.entry.epoch > old.lease.epoch
+            isinstance(je.entry, StepDone) and je.entry.epoch > old.epoch
             for je in await journal(client, handle.run_id)
         )
 

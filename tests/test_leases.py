@@ -54,7 +54,7 @@ async def test_lease_acquire_is_exclusive(broker: Broker) -> None:
     lease = await broker.leases.acquire(rid)
     assert isinstance(lease, Lease)
     assert lease.run_id == rid
-    assert lease.epoch == lease.revision > 0
+    assert lease.acquired == lease.revision > 0
     assert await w2.acquire(rid) is None
     assert await broker.leases.acquire(rid) is None  # not re-entrant either
     state = await broker.leases.state(rid)
@@ -65,10 +65,10 @@ async def test_lease_renew_moves_revision_keeps_epoch(broker: Broker) -> None:
     rid = uuid.uuid4().hex
     lease = await broker.leases.acquire(rid)
     assert lease is not None
-    epoch, rev = lease.epoch, lease.revision
+    epoch, rev = lease.acquired, lease.revision
     assert await _renew(broker.leases, [lease]) == []
     assert lease.revision > rev
-    assert lease.epoch == epoch
+    assert lease.acquired == epoch
     state = await broker.leases.state(rid)
     assert (state.holder, state.revision) == ("w1", lease.revision)
     assert await _renew(broker.leases, []) == []
@@ -83,7 +83,7 @@ async def test_lease_release_and_reacquire(broker: Broker) -> None:
     assert (await broker.leases.state(rid)).holder is None
     taken = await w2.acquire(rid)
     assert taken is not None
-    assert taken.epoch > lease.epoch
+    assert taken.acquired > lease.acquired
     assert (await w2.state(rid)).holder == "w2"
     # The old lease is no longer ours: neither release nor renew may touch it.
     assert await broker.leases.release(lease) is False
@@ -110,7 +110,7 @@ async def test_lease_expires_without_renewal_and_is_taken_over(broker: Broker) -
     await eventually(expired, timeout=5, message="a 1 s lease did not expire within 5 s")
     new = await w2.acquire(rid)
     assert new is not None
-    assert new.epoch > old.epoch
+    assert new.acquired > old.acquired
     assert (await w2.state(rid)).holder == "w2"
     assert await _renew(w2, [new]) == []
     # The old owner's renewal must report the lease lost, and must not overwrite the new one.
@@ -180,7 +180,7 @@ async def test_an_unanswered_renewal_that_was_stored_is_adopted_not_lost(broker:
 
     await eventually(expired, timeout=5, message="a 1 s lease did not expire within 5 s")
     new = await w1.acquire(run)
-    assert new is not None and new.epoch > old.epoch
+    assert new is not None and new.acquired > old.acquired
     old.unsure = True
     assert await _renew(w1, [old]) == [old]
     assert old.lost and (await w1.state(run)).revision == new.revision

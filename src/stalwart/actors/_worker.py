@@ -393,7 +393,7 @@ class Worker:
             input=encode_value(req.input),
             # The position of the lease (its revision at acquisition) in this bucket instance:
             # a bare revision only compares with revisions of the same instance.
-            epoch=LeasePosition(generation, lease.epoch).epoch,
+            epoch=LeasePosition(generation, lease.acquired).epoch,
             worker=self.worker_id,
             trace=msgspec.json.encode(req.trace).decode() if req.trace else "",
             run_timeout=spec.policies.run_timeout or 0.0,

@@ -2,7 +2,9 @@
 
 Every write is a raw CAS publish to the key's subject with ``Nats-TTL`` (the KV API's
 ``update`` cannot carry a TTL, and a write without one would make the lease permanent).
-The revision at acquisition is the run's epoch: a fencing token that only grows.
+The revision at acquisition (``Lease.acquired``) orders the claims of one bucket: the worker
+packs it with the bucket's generation into the run's epoch (a fencing token that only grows;
+see ``stalwart.checkpoints.LeasePosition``).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ _BOOTTIME: int | None = getattr(time, "CLOCK_BOOTTIME", None)
 
 @dataclass(slots=True)
 class Lease:
-    """A lease this process holds. ``epoch`` is fixed; ``revision`` moves on each renewal.
+    """A lease this process holds. ``acquired`` is fixed; ``revision`` moves on each renewal.
 
     ``renewed_at`` (:func:`lease_clock`) is when the write the server last confirmed was
     *sent*: the server stored it later, so the lease lasts at least until
@@ -50,7 +52,9 @@ class Lease:
     """
 
     run_id: str
-    epoch: int
+    acquired: int
+    """The key's revision when this lease was taken: the claim's position in its bucket (the
+    run's epoch is this packed with the bucket's generation, not this number alone)."""
     revision: int
     renewed_at: float = field(default_factory=lease_clock)
     lost: bool = False
@@ -140,7 +144,7 @@ class LeaseManager:
             sent = lease_clock()
             try:
                 rev = await self._cas(run_id, expected)
-                return Lease(run_id=run_id, epoch=rev, revision=rev, renewed_at=sent)
+                return Lease(run_id=run_id, acquired=rev, revision=rev, renewed_at=sent)
             except APIError as exc:
                 if exc.err_code != _WRONG_LAST_SEQUENCE:
                     raise
