@@ -17,6 +17,7 @@ from stalwart._exit_codes import EXIT_DIVERGED, EXIT_NOT_FOUND, EXIT_OK
 from stalwart._json import dumps
 from stalwart.actors import App
 from stalwart.checkpoints._codec import describe_sealed, open_text
+from stalwart.checkpoints._runs import describe_epoch
 from stalwart.errors import ConfigurationError, InvalidRequestError, PayloadKeyError
 
 if TYPE_CHECKING:
@@ -110,7 +111,9 @@ async def cmd_events(args: argparse.Namespace, client: Client) -> int:
 async def cmd_runs(args: argparse.Namespace, client: Client) -> int:
     """``stalwart runs``."""
     for r in await client.runs(args.limit):
-        print(f"{r.run_id}  {r.agent:<20} {r.status:<10} epoch={r.epoch} worker={r.worker}")
+        print(
+            f"{r.run_id}  {r.agent:<20} {r.status:<10} epoch={describe_epoch(r.epoch)} worker={r.worker}"
+        )
     return EXIT_OK
 
 

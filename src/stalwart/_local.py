@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from stalwart._secrets import mask_urls
+from stalwart.checkpoints._runs import describe_epoch
 from stalwart.client import Client
 from stalwart.config import PATH_FIELDS
 from stalwart.errors import ConfigurationError
@@ -247,7 +248,10 @@ async def _demo_run(
                 if isinstance(data, RunResumedData)
                 else ""
             )
-            print(f"{t}  {ev.type:<14} on {ev.worker} (epoch {ev.epoch}{extra})", flush=True)
+            print(
+                f"{t}  {ev.type:<14} on {ev.worker} (epoch {describe_epoch(ev.epoch)}{extra})",
+                flush=True,
+            )
         elif ev.type == EV_STEP_STARTED:
             started_on.setdefault(ev.step, set()).add(ev.worker)
         elif ev.type == EV_STEP_COMPLETED:

@@ -74,6 +74,15 @@ class LeasePosition:
         return cls(epoch >> REVISION_BITS, epoch & ((1 << REVISION_BITS) - 1))
 
 
+def describe_epoch(epoch: int) -> str:
+    """An epoch as people read it: ``<generation>.<revision>`` (``1.5``: the fifth lease
+    revision of the first lease bucket this Redis saw). The number itself stays the API's."""
+    if epoch < 0:
+        return str(epoch)
+    pos = LeasePosition.of_epoch(epoch)
+    return f"{pos.generation}.{pos.revision}"
+
+
 @dataclass(frozen=True, slots=True)
 class Claim:
     """Outcome of :meth:`CheckpointStore.claim`.
