@@ -8,13 +8,14 @@ import anyio
 import anyio.to_thread
 
 from stalwart.servers._nats import NatsServer
+from stalwart.servers._process import Managed
 from stalwart.servers._redis import RedisServer
 
 if TYPE_CHECKING:
     from types import TracebackType
 
 
-class EmbeddedServers:
+class EmbeddedServers(Managed):
     """A NATS and a Redis server started and stopped together.
 
     Use as a context manager, or ``async with`` from an event loop: the async form spawns
@@ -62,18 +63,6 @@ class EmbeddedServers:
             self.redis.stop(timeout)
         finally:
             self.nats.stop(timeout)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     async def __aenter__(self) -> Self:
         try:

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any
 
 import anyio.to_thread
 
 from stalwart.servers._errors import ServerError, ServerStartError
 from stalwart.servers._nats import ClusterRoutes, NatsServer
-from stalwart.servers._process import LOOPBACK, free_port
-
-if TYPE_CHECKING:
-    from types import TracebackType
+from stalwart.servers._process import LOOPBACK, Managed, free_port
 
 _POLL = 0.05
 
 
-class NatsCluster:
+class NatsCluster(Managed):
     """``size`` JetStream ``nats-server`` nodes on free loopback ports, routed to each other.
 
     Each node is a :class:`NatsServer` (same lifecycle: no orphans, logs, temp store dirs)
@@ -210,18 +207,6 @@ class NatsCluster:
                     f"cluster {self.name!r} has no {what} after {timeout:g}s; node logs:\n{logs}"
                 )
             time.sleep(_POLL)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"<NatsCluster {self.name} nodes={self.nodes!r}>"

@@ -107,7 +107,30 @@ def _stop_all_at_exit() -> None:
 atexit.register(_stop_all_at_exit)
 
 
-class _ServerProcess:
+class Managed:
+    """A server, or a group of servers, used as ``with X() as x``: started on entry, stopped
+    on exit (whatever happened inside)."""
+
+    def start(self) -> object:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class _ServerProcess(Managed):
     """Shared lifecycle: spawn, wait for health, stop, kill, restart, temp-dir ownership."""
 
     _kind: ClassVar[str] = "server"
@@ -339,18 +362,6 @@ class _ServerProcess:
         if not lines:
             return "(log is empty)"
         return "last log lines:\n" + "\n".join(f"  {line}" for line in lines)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} port={self.port} pid={self.pid}>"

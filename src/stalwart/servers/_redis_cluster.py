@@ -23,7 +23,7 @@ import anyio.to_thread
 from redis.crc import key_slot
 
 from stalwart.servers._errors import ServerStartError
-from stalwart.servers._process import LOOPBACK, free_port
+from stalwart.servers._process import LOOPBACK, Managed, free_port
 from stalwart.servers._redis import RedisServer, _read_reply
 
 if TYPE_CHECKING:
@@ -140,7 +140,7 @@ def _parse_nodes(text: str) -> list[NodeView]:
     return views
 
 
-class RedisClusterServer:
+class RedisClusterServer(Managed):
     """``masters`` masters with ``replicas`` replicas each, on loopback ports.
 
     ``node_timeout_ms`` is ``cluster-node-timeout``: how long a master may be unreachable
@@ -348,17 +348,6 @@ class RedisClusterServer:
                     return self.node_at(v.port)
             time.sleep(0.05)
         raise ServerStartError(f"no replica took over from port {killed.port} in {timeout:g}s")
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     async def __aenter__(self) -> Self:
         return await self.start_async()

@@ -16,18 +16,17 @@ import contextlib
 import os
 import signal
 import time
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
 import anyio.to_thread
 import redis
 
 from stalwart.servers._errors import ServerStartError
-from stalwart.servers._process import LOOPBACK, free_port
+from stalwart.servers._process import LOOPBACK, Managed, free_port
 from stalwart.servers._redis import RedisServer
 
 if TYPE_CHECKING:
     from pathlib import Path
-    from types import TracebackType
 
 
 class SentinelServer(RedisServer):
@@ -83,7 +82,7 @@ class SentinelServer(RedisServer):
         return [self.binary, str(self.conf_file), "--sentinel"]
 
 
-class RedisHA:
+class RedisHA(Managed):
     """A primary, its replicas and the Sentinels that fail it over (see the module docstring).
 
     ``url`` is the ``redis+sentinel://`` URL of the set. Use as a (sync) context manager or
@@ -175,18 +174,6 @@ class RedisHA:
         for server in [*self.sentinels, *self.nodes]:
             with contextlib.suppress(Exception):
                 server.stop(timeout=5.0)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- asking the processes -------------------------------------------------------------
 
