@@ -19,7 +19,14 @@ from stalwart.errors import LeaseLost
 # {'stale', <current epoch>} and nothing is written; otherwise the script goes on with
 # `cancel` set to the run's pending cancellation reason ('' for none), read in the same
 # round trip so a writer learns of a cancel without asking.
+#
+# It starts with a write before anything is read: a replica (a demoted primary, or a node a
+# client still takes for the primary) refuses it with READONLY, a retryable error, before the
+# fence (or a script's own checks, such as the journal's continuity) could read its stale
+# copy and answer 'stale' or 'gap'. Deleting a field that never exists changes nothing (and
+# replicates nothing).
 FENCE = """
+redis.call('HDEL', KEYS[1], '~')
 local fence = redis.call('HMGET', KEYS[1], 'epoch', 'cancel')
 if ARGV[1] ~= '' and fence[1] ~= ARGV[1] then return {'stale', fence[1] or ''} end
 local cancel = fence[2] or ''

@@ -116,14 +116,6 @@ return {'rejected', tostring(seq)}
 """
 )
 
-# A write before anything is read: a replica (a demoted primary, or a node a client still
-# takes for the primary) refuses it with READONLY, a retryable error, before the fence or the
-# continuity check could read its stale copy and answer 'stale' or 'gap'. Deleting a field
-# that never exists changes nothing (and replicates nothing).
-_WRITABLE = """
-redis.call('HDEL', KEYS[1], '~')
-"""
-
 # Journal continuity, shared by APPEND and FINISH (after the fence): the entry goes at
 # ARGV[2] = '<seq>-0' only if the journal's top is seq - 1, the writer's previous position.
 # Fast path: the record's 'journal_top' is the position this script wrote last; it changes
@@ -167,7 +159,7 @@ end
 # previous one (see _CONTINUITY). Returns the cancel flag so the actor learns of a
 # cancellation at its next step boundary without an extra round trip.
 # ARGV: epoch, entry id, entry, now
-APPEND = _WRITABLE + fenced(
+APPEND = fenced(
     _CONTINUITY
     + """
 local stop = append_entry(ARGV[4])
@@ -178,7 +170,7 @@ return {'ok', cancel}
 
 # Fenced final append plus the record's end state (continuity as APPEND).
 # ARGV: epoch, entry id, entry, now, status, result, error_type, error
-FINISH = _WRITABLE + fenced(
+FINISH = fenced(
     _CONTINUITY
     + """
 local stop = append_entry(ARGV[4])
