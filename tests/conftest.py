@@ -20,6 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from stalwart import Client, Settings, Supervisor
+from stalwart.checkpoints import CheckpointStore
 from stalwart.testing import EmbeddedServers, StalwartProcess, worker_process
 from tests.helpers import LoopWatchdog, eventually
 
@@ -125,6 +126,18 @@ def servers() -> Iterator[Servers]:
 def namespace() -> str:
     # Every test gets its own streams, buckets and keys on the shared servers.
     return "t" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+async def store(servers: Servers, namespace: str) -> AsyncIterator[CheckpointStore]:
+    """A :class:`CheckpointStore` on the shared Redis, its namespace's keys deleted after."""
+    assert servers.redis_url
+    s = await CheckpointStore.connect(servers.redis_url, namespace)
+    yield s
+    keys = [k async for k in s.redis.scan_iter(match=f"{namespace}:*")]
+    if keys:
+        await s.redis.delete(*keys)
+    await s.close()
 
 
 @pytest.fixture

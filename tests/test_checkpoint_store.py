@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING
 
 import pytest
 
@@ -16,22 +15,7 @@ from stalwart.checkpoints import (
     encode_value,
 )
 from stalwart.errors import LeaseLost
-from tests.conftest import Servers
 from tests.helpers import step_done
-
-if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
-
-@pytest.fixture
-async def store(servers: Servers, namespace: str) -> AsyncIterator[CheckpointStore]:
-    assert servers.redis_url
-    s = await CheckpointStore.connect(servers.redis_url, namespace)
-    yield s
-    keys = [k async for k in s.redis.scan_iter(match=f"{namespace}:*")]
-    if keys:
-        await s.redis.delete(*keys)
-    await s.close()
 
 
 async def test_store_create_run_twice_returns_existing(store: CheckpointStore) -> None:

@@ -4,7 +4,6 @@ the generations of lease-bucket instances, against a real Redis."""
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING
 
 import pytest
 import structlog
@@ -18,20 +17,6 @@ from stalwart.checkpoints._runs import LeasePosition
 from stalwart.errors import LeaseLost
 from tests.conftest import Servers
 from tests.helpers import step_done
-
-if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
-
-@pytest.fixture
-async def store(servers: Servers, namespace: str) -> AsyncIterator[CheckpointStore]:
-    assert servers.redis_url
-    s = await CheckpointStore.connect(servers.redis_url, namespace)
-    yield s
-    keys = [k async for k in s.redis.scan_iter(match=f"{namespace}:*")]
-    if keys:
-        await s.redis.delete(*keys)
-    await s.close()
 
 
 async def _run(store: CheckpointStore) -> str:
