@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from nats.js.api import ConsumerConfig, ConsumerInfo
 
 from stalwart.broker import Broker
+from stalwart.broker._setup import ensure_agent_consumer
 from stalwart.supervisor import _telemetry as supervisor_telemetry
 from stalwart.supervisor._pending import count_pending
 from stalwart.telemetry import _metrics
@@ -79,7 +80,7 @@ async def test_pending_requests_are_exported_and_fall_as_a_worker_takes_them(
     broker = await Broker.connect(settings)
     try:
         await broker.register_agents(["ten"], "tests.apps:app")
-        await broker.pull_subscription("ten")
+        await ensure_agent_consumer(broker.js, broker.names, settings, "ten")
     finally:
         await broker.close()
     for i in range(3):

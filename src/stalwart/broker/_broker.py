@@ -273,18 +273,6 @@ class Broker:
             error = ErrorData(type="RunCancelled", message=reason)
             await self._announce(run_id, EV_CANCELLED, data_dict(RunEndedData(error=error)))
 
-    async def pull_subscription(self, agent: str, lane: str = "") -> Any:
-        """A nats-py pull subscription bound to the shared durable consumer of ``agent`` in
-        ``lane`` (looked up; created if missing and ``settings.provision`` allows).
-
-        For tools and tests that want the consumer or a plain ``fetch``; workers use
-        :meth:`pull_feed`, which never asks for more than they can place.
-        """
-        await ensure_agent_consumer(self.js, self.names, self.settings, agent, lane)
-        return await self.js.pull_subscribe_bind(
-            self.names.consumer(agent, lane), stream=self.names.runs_stream
-        )
-
     async def pull_feed(
         self,
         agent: str,
