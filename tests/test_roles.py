@@ -313,6 +313,13 @@ async def test_each_role_with_only_its_rights_runs_runs_end_to_end(
             assert len((await seen.history()).steps) == 10
             assert [e.type async for e in seen.events(follow=True)][-1] == "run.completed"
             assert done.run_id in {r.run_id for r in await viewer.runs()}
+            everything = [e async for e in viewer.events(follow=False)]
+            assert {e.run_id for e in everything} >= {done.run_id, survivor.run_id}
+            last_ten = [e for e in everything if e.agent == "ten"][-1]
+            followed = viewer.events(agent="ten", after=last_ten.seq - 1)
+            first = await asyncio.wait_for(anext(followed), 10)  # type: ignore[arg-type]
+            assert first == last_ten
+            await followed.aclose()  # type: ignore[attr-defined]
             # ...and changes nothing: Redis refuses its writes.
             with pytest.raises(NoPermissionError):
                 await viewer.submit("ten", {})
