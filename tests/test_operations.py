@@ -90,7 +90,9 @@ async def test_filters_paging_and_bounded_scans(client: Client) -> None:
         (RunQuery(cursor="MS41fA"), "invalid cursor"),  # "1.5|": no run id
         (RunQuery(status=["runing"]), "unknown run status 'runing'"),
         (RunQuery(limit=0), "limit must be"),
-        (RunQuery(limit=10, max_scan=5), "max_scan"),
+        (RunQuery(limit=10, max_scan=5), "max_scan must be between limit"),
+        (RunQuery(max_scan=10**9), "max_scan must be between limit"),
+        (RunQuery(since=10.0, until=5.0), "since .* is after until"),
     ],
 )
 async def test_bad_queries_are_refused_clearly(
