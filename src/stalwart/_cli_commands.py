@@ -21,6 +21,7 @@ from stalwart._exit_codes import EXIT_DIVERGED, EXIT_NOT_FOUND, EXIT_OK
 from stalwart._json import dumps
 from stalwart.actors import App
 from stalwart.checkpoints._codec import describe_sealed, open_text
+from stalwart.checkpoints._runs import describe_epoch
 from stalwart.errors import ConfigurationError, InvalidRequestError, PayloadKeyError
 from stalwart.operations._owners import lease_holders, placement_of
 
@@ -115,8 +116,10 @@ async def cmd_status(args: argparse.Namespace, client: Client) -> int:
         rows: list[list[Cell]] = []
         for key, value in view.items():
             text = value if isinstance(value, str) else dumps(value)
-            if key.endswith("_at") and isinstance(value, float) and value:
-                text = f"{iso(value)} ({ago(value, now)})"
+            if key.endswith("_at") or key in ("deadline", "wake_at"):
+                text = f"{iso(value)} ({ago(value, now)})" if value else "-"
+            elif key == "epoch":
+                text = f"{describe_epoch(value)} ({value})"
             rows.append([key, (text, record.status if key == "status" else "")])
         print(table(["FIELD", "VALUE"], rows, color=color))
     else:  # json and jsonl alike: one object on one line, as status always printed it

@@ -99,7 +99,7 @@ def render_runs(runs: list[RunSummary]) -> str:
             f"{r.agent}@{r.lane}" if r.lane else r.agent,
             (r.status, r.status),
             _owner(r),
-            r.epoch_text,
+            r.epoch_text if r.epoch else "-",
             ago(r.created_at, now),
             span(r.duration) if r.created_at else "-",
             str(r.journal_entries),
@@ -146,12 +146,18 @@ def render_workers(views: list[operations.WorkerView]) -> str:
             [
                 w.worker_id, w.host, str(w.pid), state, str(w.capacity), str(w.active),
                 str(w.free), age, w.version + (f" ({w.build})" if w.build else ""),
-                ",".join(w.agents), (breakers or "-", "open" if breakers else "dim"),
+                _agents_cell(w.agents), (breakers or "-", "open" if breakers else "dim"),
             ]
         )  # fmt: skip
     headers = ["WORKER", "HOST", "PID", "STATE", "CAPACITY", "ACTIVE", "FREE", "HEARTBEAT"]
     headers += ["VERSION", "AGENTS", "BREAKERS"]
     return table(headers, rows, right=(2, 4, 5, 6, 7), color=color)
+
+
+def _agents_cell(agents: list[str]) -> str:
+    # A worker may serve dozens of agents: the table says how many (json lists them).
+    text = ",".join(agents)
+    return text if len(text) <= 40 else f"{len(agents)} agents"
 
 
 async def cmd_workers(args: argparse.Namespace, client: Client) -> int:
