@@ -272,9 +272,12 @@ async def test_a_drained_run_is_not_shown_on_its_old_worker(
     status = json.loads((await cli("status", run_id)).out)
     assert status["status"] == "running" and status["worker"] == "a"  # the record's word
     assert status["owner"] == "" and status["placement"] == "awaiting_worker"  # the truth
-    table = await cli("runs")
+    table, stuck = await asyncio.gather(
+        cli("runs"), cli("runs", "--placement", "awaiting_worker", "-o", "jsonl")
+    )
     (line,) = [row for row in table.out.splitlines() if run_id in row]
     assert "- (awaiting worker)" in line, table
+    assert [r["run_id"] for r in _json_lines(stuck.out)] == [run_id], stuck
 
     await workers("b")
     await counters.lpush(gate_key(run_id, "in"), "2")

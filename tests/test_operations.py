@@ -89,6 +89,7 @@ async def test_filters_paging_and_bounded_scans(client: Client) -> None:
         (RunQuery(cursor="garbage!"), "invalid cursor"),
         (RunQuery(cursor="MS41fA"), "invalid cursor"),  # "1.5|": no run id
         (RunQuery(status=["runing"]), "unknown run status 'runing'"),
+        (RunQuery(placement=["stuck"]), "unknown placement 'stuck'"),
         (RunQuery(limit=0), "limit must be"),
         (RunQuery(limit=10, max_scan=5), "max_scan must be between limit"),
         (RunQuery(max_scan=10**9), "max_scan must be between limit"),
@@ -127,6 +128,9 @@ async def test_owner_failover_epochs_and_fleet(
 
     shown = await eventually(orphaned, timeout=15, message="the dead owner was still shown")
     assert (shown.status, shown.owner, shown.worker) == ("running", "", "a")
+    stuck = await list_runs(client, RunQuery(placement=["awaiting_worker"]))
+    assert [r.run_id for r in stuck.runs] == [run_id]
+    assert (await list_runs(client, RunQuery(placement=["owned", "queued"]))).runs == []
 
     await open_gate(counters, run_id, "after")
     await workers("b")

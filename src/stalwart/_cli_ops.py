@@ -54,6 +54,13 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     r.add_argument("--since", type=_time, help="created at or after (10m, 2h, 1d, ISO-8601)")
     r.add_argument("--until", type=_time, help="created at or before (10m, 2h, 1d, ISO-8601)")
     r.add_argument("--search", help="only run ids that contain this text")
+    r.add_argument(
+        "--placement",
+        action="append",
+        type=_status_list,
+        help="only runs standing so with the workers now (repeat or comma-separate): "
+        "owned, awaiting_worker, queued, passivated, ended",
+    )
     r.add_argument("--limit", type=positive_int, default=50, help="runs listed (default 50)")
     r.add_argument("--cursor", help="go on after a previous page (its next cursor)")
     r.add_argument(
@@ -122,6 +129,7 @@ async def cmd_runs(args: argparse.Namespace, client: Client) -> int:
             since=args.since,
             until=args.until,
             search=args.search,
+            placement=[p for group in args.placement or [] for p in group] or None,
             limit=args.limit,
             cursor=args.cursor,
             max_scan=max(args.max_scan, args.limit),

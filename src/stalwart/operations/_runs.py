@@ -24,6 +24,8 @@ _log = structlog.get_logger("stalwart.operations")
 
 STATUSES: tuple[str, ...] = get_args(RunStatus)
 """Every run status a record can hold."""
+PLACEMENTS: tuple[str, ...] = get_args(RunPlacement)
+"""Every placement a run can have (see :data:`RunPlacement`)."""
 MAX_LIMIT = 1000
 """Most runs one page may ask for."""
 MAX_SCAN = 100_000
@@ -36,7 +38,9 @@ class RunQuery(msgspec.Struct, kw_only=True):
     """What :func:`list_runs` lists: every filter is optional and they all apply together.
 
     ``since`` / ``until`` bound the creation time (epoch seconds, inclusive); ``search``
-    keeps run ids that contain it; ``cursor`` is a previous page's ``next_cursor``.
+    keeps run ids that contain it; ``placement`` keeps runs that stand so with the workers
+    now (``awaiting_worker``: the runs no worker holds although they were placed; see
+    :data:`RunPlacement`); ``cursor`` is a previous page's ``next_cursor``.
     ``max_scan`` caps the index entries one call reads, so a filter that rarely matches
     returns a short (even empty) page and a cursor instead of reading every run at once.
     """
@@ -46,6 +50,7 @@ class RunQuery(msgspec.Struct, kw_only=True):
     since: float | None = None
     until: float | None = None
     search: str | None = None
+    placement: list[str] | None = None
     limit: int = 50
     cursor: str | None = None
     max_scan: int = 2000
@@ -105,6 +110,11 @@ def check_query(query: RunQuery) -> None:
             raise InvalidRequestError(
                 f"unknown run status {status!r} (statuses: {', '.join(STATUSES)})"
             )
+    for placement in query.placement or []:
+        if placement not in PLACEMENTS:
+            raise InvalidRequestError(
+                f"unknown placement {placement!r} (placements: {', '.join(PLACEMENTS)})"
+            )
     for name, value in (("since", query.since), ("until", query.until)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
             raise InvalidRequestError(f"{name} must be epoch seconds, got {value!r}")
@@ -128,6 +138,7 @@ async def list_runs(client: Client, query: RunQuery | None = None) -> RunPage:
     wanted = set(query.status or [])
     position: Position | None = decode_cursor(query.cursor) if query.cursor else None
     found: list[RunRecord] = []
+    owners: dict[str, str] = {}
     scanned = 0
     exhausted = False
     while len(found) < query.limit and scanned < query.max_scan:
@@ -135,18 +146,27 @@ async def list_runs(client: Client, query: RunQuery | None = None) -> RunPage:
         rows = await index_page(client.store, position, query.since, query.until, want)
         candidates = [p for p in rows if not query.search or query.search in p[1]]
         records = await load_records(client, [rid for _, rid in candidates])
+        records = {rid: r for rid, r in records.items() if _matches(r, query, wanted)}
+        if query.placement:  # the leases of this batch's live candidates, in one go
+            live = [rid for rid, r in records.items() if not r.terminal]
+            owners.update(await lease_holders(client.broker, live))
+            records = {
+                rid: r
+                for rid, r in records.items()
+                if placement_of(r, owners.get(rid, "")) in query.placement
+            }
         for score, rid in rows:
             scanned += 1
             position = (score, rid)
             record = records.get(rid)
-            if record is not None and _matches(record, query, wanted):
+            if record is not None:
                 found.append(record)
                 if len(found) == query.limit:
                     break
         if len(rows) < want and (not rows or position == rows[-1]):
             exhausted = True  # every older entry has been read
             break
-    summaries = await summarize(client, found)
+    summaries = await summarize(client, found, owners if query.placement else None)
     cursor = encode_cursor(position) if position is not None and not exhausted else None
     return RunPage(runs=summaries, next_cursor=cursor, scanned=scanned)
 
@@ -178,8 +198,11 @@ async def load_records(client: Client, run_ids: list[str]) -> dict[str, RunRecor
     return out
 
 
-async def summarize(client: Client, records: list[RunRecord]) -> list[RunSummary]:
-    """Summaries of ``records``: their journal lengths and current owners are read here."""
+async def summarize(
+    client: Client, records: list[RunRecord], owners: dict[str, str] | None = None
+) -> list[RunSummary]:
+    """Summaries of ``records``: their journal lengths are read here, and their current
+    owners unless ``owners`` (the lease holders of all of them, looked up already) is given."""
     if not records:
         return []
     store = client.store
@@ -187,7 +210,8 @@ async def summarize(client: Client, records: list[RunRecord]) -> list[RunSummary
         for r in records:
             pipe.xlen(store.journal_key(r.run_id))
         lengths = await pipe.execute()
-    owners = await lease_holders(client.broker, [r.run_id for r in records if not r.terminal])
+    if owners is None:
+        owners = await lease_holders(client.broker, [r.run_id for r in records if not r.terminal])
     now = time.time()
     return [
         summary(r, owners.get(r.run_id, ""), int(n), now)
