@@ -98,7 +98,7 @@ async def test_runs_filters_paging_and_formats(cli: Any, client: Client) -> None
 async def test_every_read_command_takes_output(
     cli: Any, client: Client, workers: WorkerFactory
 ) -> None:
-    await workers("w1")
+    await workers("w1", STALWART_LANES="default,hi")
     handle = await client.submit("fast", 1)
     assert await handle.result(timeout=20) == 6
     run_id = handle.run_id
@@ -136,8 +136,10 @@ async def test_every_read_command_takes_output(
     (w,) = json.loads(out["workers", "json"])
     assert w["worker_id"] == "w1" and w["free"] == w["capacity"] - w["active"]
     assert out["workers", "table"].splitlines()[1].startswith("w1 ")
-    agents = {a["agent"]: a for a in json.loads(out["agents", "json"])}
-    assert agents["fast"]["workers"] == ["w1"] and agents["fast"]["completed"] == 1
+    agents = {(a["agent"], a["lane"]): a for a in json.loads(out["agents", "json"])}
+    assert agents["fast", ""]["workers"] == ["w1"] and agents["fast", ""]["completed"] == 1
+    hi = agents["fast", "hi"]  # the lane's own consumer, served by the same worker
+    assert (hi["consumer"], hi["workers"], hi["pending"]) == ("agent_fast@hi", ["w1"], 0)
     # --json stays an alias of -o json where it existed.
     alias, events = await asyncio.gather(
         cli("history", run_id, "--json"), cli("events", run_id, "-o", "table")
