@@ -94,6 +94,7 @@ async def test_filters_paging_and_bounded_scans(client: Client) -> None:
         (RunQuery(limit=10, max_scan=5), "max_scan must be between limit"),
         (RunQuery(max_scan=10**9), "max_scan must be between limit"),
         (RunQuery(since=10.0, until=5.0), "since .* is after until"),
+        (RunQuery(until=float("nan")), "until must be epoch seconds"),
     ],
 )
 async def test_bad_queries_are_refused_clearly(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING, get_args
 
@@ -116,7 +117,11 @@ def check_query(query: RunQuery) -> None:
                 f"unknown placement {placement!r} (placements: {', '.join(PLACEMENTS)})"
             )
     for name, value in (("since", query.since), ("until", query.until)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        if value is not None and (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
             raise InvalidRequestError(f"{name} must be epoch seconds, got {value!r}")
     if query.since is not None and query.until is not None and query.since > query.until:
         raise InvalidRequestError(f"since ({query.since}) is after until ({query.until})")
