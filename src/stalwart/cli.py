@@ -36,6 +36,9 @@ from stalwart._cli_commands import (
     cmd_submit,
     load_app,
 )
+from stalwart._cli_console import COMMANDS as CONSOLE_COMMANDS
+from stalwart._cli_console import add_parsers as add_console_parsers
+from stalwart._cli_console import dispatch as dispatch_console
 from stalwart._cli_security import add_parsers as add_security_parsers
 from stalwart._cli_security import cmd_provision, cmd_security
 from stalwart._exit_codes import (
@@ -79,6 +82,7 @@ log = structlog.get_logger("stalwart.cli")
 
 _CLIENT_COMMANDS = (
     "submit", "status", "events", "runs", "cancel", "signal", "approve", "history",
+    *CONSOLE_COMMANDS,
 )  # fmt: skip
 _ROLES: dict[str, Role] = {"worker": "worker", "supervisor": "supervisor"}
 
@@ -341,6 +345,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--tool", help="refuse unless the pending call is of this tool")
 
     add_security_parsers(sub, common)
+    add_console_parsers(sub, common)
 
     d = sub.add_parser("dev", parents=[leases], help="servers + supervisor + workers, locally")
     d.add_argument("app")
@@ -400,6 +405,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.command == "provision":
         return await cmd_provision(args, settings)
+    if args.command in CONSOLE_COMMANDS:
+        return await dispatch_console(args, settings, _client_call)
     if args.command == "worker":
         app = load_app(args.app)
         await _serve(settings, lambda s: Worker(app, s))
