@@ -10,7 +10,7 @@ export function h(tag, attrs = {}, ...children) {
     else if (key === "class") el.className = value;
     else el.setAttribute(key, value === true ? "" : String(value));
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === undefined || child === null || child === false) continue;
     el.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -18,7 +18,7 @@ export function h(tag, attrs = {}, ...children) {
 }
 
 export function replace(parent, ...children) {
-  parent.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined));
+  parent.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined));
 }
 
 export function ago(ts) {

@@ -40,7 +40,7 @@ function steps(d) {
       ["Started", (s) => iso(s.started_at)],
       ["Duration", (s) => secs(s.duration)],
       ["Attempts", (s) => s.attempts],
-      ["Worker", (s) => `${s.worker} (epoch ${s.epoch})`],
+      ["Worker", (s) => s.worker],
       ["Tokens", (s) => (s.input_tokens || s.output_tokens ? `${s.input_tokens}/${s.output_tokens}` : "")],
       ["Cost", (s) => (s.cost_usd ? `$${s.cost_usd.toFixed(4)}` : "")],
       ["Error", (s) => h("span", { class: "error-text" }, [s.error, ...(s.errors || []).map((e) => json(e))].filter(Boolean).join("\n"))],
