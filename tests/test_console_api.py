@@ -22,6 +22,7 @@ from tests.helpers import rid
 TOKEN = "s3cret-console-token-0123456789"
 ORIGIN = "http://127.0.0.1:8750"
 
+
 @pytest.fixture
 def console(client: Client) -> Callable[..., object]:
     @asynccontextmanager
@@ -52,12 +53,20 @@ def test_loopback_names() -> None:
 
 def test_host_check_refuses_rebound_names_on_loopback() -> None:
     g = unit_guard()
-    assert g.host_allowed("127.0.0.1:8750") and g.host_allowed("localhost:1") and g.host_allowed("[::1]:8")
+    assert (
+        g.host_allowed("127.0.0.1:8750")
+        and g.host_allowed("localhost:1")
+        and g.host_allowed("[::1]:8")
+    )
     assert not g.host_allowed("attacker.example:8750")  # DNS rebinding to 127.0.0.1
-    assert unit_guard(allowed_hosts=frozenset({"console.internal"})).host_allowed("console.internal")
+    assert unit_guard(allowed_hosts=frozenset({"console.internal"})).host_allowed(
+        "console.internal"
+    )
     # On a public bind the token is the defence; a list of names narrows it further.
     assert unit_guard(bind="0.0.0.0").host_allowed("anything.example")
-    assert not unit_guard(bind="0.0.0.0", allowed_hosts=frozenset({"a.example"})).host_allowed("b.example")
+    assert not unit_guard(bind="0.0.0.0", allowed_hosts=frozenset({"a.example"})).host_allowed(
+        "b.example"
+    )
 
 
 def test_token_cookie_and_csrf_decisions() -> None:
@@ -130,7 +139,11 @@ async def test_actions_need_same_origin_and_the_csrf_token(console, client: Clie
         plain = await http.post(path, json={}, headers=bearer())
         assert plain.status_code == 403 and "CSRF" in plain.json()["error"]
         # A bearer a proxy injects is as ambient as a cookie: CSRF is checked for it too.
-        foreign = {**bearer(), "origin": "https://evil.example", "x-stalwart-csrf": guard.csrf_token}
+        foreign = {
+            **bearer(),
+            "origin": "https://evil.example",
+            "x-stalwart-csrf": guard.csrf_token,
+        }
         assert (await http.post(path, json={}, headers=foreign)).status_code == 403
         wrong = {**bearer(), "origin": ORIGIN, "x-stalwart-csrf": "guess"}
         assert (await http.post(path, json={}, headers=wrong)).status_code == 403
@@ -149,9 +162,7 @@ async def test_actions_need_same_origin_and_the_csrf_token(console, client: Clie
         assert bad_id.status_code == 400 and "invalid run id" in bad_id.json()["error"]
         junk = await http.post(path.replace("cancel", "signal"), json={"bogus": 1}, headers=ok)
         assert junk.status_code == 400
-        huge = await http.post(
-            path.replace("cancel", "signal"), content=b"x" * 300_000, headers=ok
-        )
+        huge = await http.post(path.replace("cancel", "signal"), content=b"x" * 300_000, headers=ok)
         assert huge.status_code == 400 and "body over" in huge.json()["error"]
 
 
@@ -213,4 +224,3 @@ async def test_retry_starts_a_dead_lettered_run_again(
         await client.retry(rid())
     with pytest.raises(InvalidRequestError, match="taken"):
         await client.retry(dead.run_id, new_id=again.run_id)
-

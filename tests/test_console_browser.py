@@ -17,13 +17,12 @@ import shutil
 import signal
 import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from stalwart import Client, Settings
 from tests.conftest import ROOT, WorkerFactory
-from tests.helpers import journaled, open_gate, rid
+from tests.helpers import eventually, journaled, open_gate, rid
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +51,9 @@ async def console_url(settings: Settings) -> AsyncIterator[str]:
     assert settings.nats_url and settings.redis_url
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join(
+            [str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")]
+        ),
         "STALWART_CONSOLE_TOKEN": TOKEN,
     }
     proc = await asyncio.create_subprocess_exec(
@@ -100,7 +101,7 @@ async def test_console_in_a_browser_shows_failover_cancels_and_filters(
     a = await workers("worker-a")
     survivor = rid()
     handle = await client.submit("ten", {"pause_after": 5}, run_id=survivor)
-    await asyncio.wait_for(_until(lambda: journaled(client, survivor, "step:s5")), 30)
+    await eventually(lambda: journaled(client, survivor, "step:s5"), timeout=30)
     dead = await client.submit("nobody", HOSTILE, require_registered=False)
     await client.store.dead_letter(dead.run_id, "nobody", f"undeliverable {HOSTILE}")
 
@@ -159,6 +160,14 @@ async def test_console_in_a_browser_shows_failover_cancels_and_filters(
             assert await rows.first.get_attribute("data-run") == survivor
             await page.goto(f"{console_url}#/runs")
             await expect(rows).to_have_count(3)
+            # Live: a new run shows up without a reload, pushed by the all-runs event stream.
+            await expect(page.locator("#live")).to_have_text("· live")
+            late = await client.submit("ten", {}, run_id=rid())
+            await expect(page.locator(f'tr[data-run="{late.run_id}"]')).to_be_visible()
+            await late.result(timeout=30)
+            await expect(page.locator(f'tr[data-run="{late.run_id}"] .badge')).to_have_text(
+                "completed"
+            )
             await _shot(page, "runs")
 
             # Hostile text in a run is text: no element made, nothing run.
@@ -170,7 +179,9 @@ async def test_console_in_a_browser_shows_failover_cancels_and_filters(
 
             await page.goto(f"{console_url}#/workers")
             await expect(page.locator('tr[data-worker="worker-b"]')).to_be_visible()
-            await expect(page.locator('tr[data-worker="worker-a"]')).to_have_count(0, timeout=WAIT_MS)
+            await expect(page.locator('tr[data-worker="worker-a"]')).to_have_count(
+                0, timeout=WAIT_MS
+            )
             await _shot(page, "workers")
             await page.goto(f"{console_url}#/agents")
             await expect(page.locator('tr[data-agent="ten"]')).to_be_visible()
@@ -178,8 +189,3 @@ async def test_console_in_a_browser_shows_failover_cancels_and_filters(
             assert errors == []
         finally:
             await browser.close()
-
-
-async def _until(check) -> None:
-    while not await check():
-        await asyncio.sleep(0.05)

@@ -38,12 +38,10 @@ class EventStreams:
         """The events of ``run_id`` from its first one, live until it ends."""
         return self._respond(lambda: self.client.handle(run_id).events(follow=True))
 
-    def all(self, agent: str | None, after: int) -> Response:
-        """Every run's events (of ``agent`` when given) after stream sequence ``after``."""
-        events = getattr(self.client, "events", None)
-        if events is None:  # a client without the all-runs stream: the page polls instead
-            return error(501, "this deployment's client has no all-runs event stream")
-        return self._respond(lambda: events(agent=agent, after=after, follow=True))
+    def all(self, agent: str | None, after: int | None) -> Response:
+        """Every run's events (of ``agent`` when given) after stream sequence ``after``;
+        from now on when ``after`` is None (a page wants what happens next, not history)."""
+        return self._respond(lambda: _live(self.client, agent, after))
 
     def _respond(self, open_events: Any) -> Response:
         if len(self._open) >= MAX_STREAMS:
@@ -64,6 +62,14 @@ class EventStreams:
         for task in list(self._open):
             with contextlib.suppress(BaseException):
                 await task
+
+
+async def _live(client: Client, agent: str | None, after: int | None) -> AsyncIterator[Any]:
+    if after is None:
+        broker = client.broker
+        after = int((await broker.js.stream_info(broker.names.events_stream)).state.last_seq)
+    async for event in client.events(agent=agent, after=after, follow=True):
+        yield event
 
 
 async def _pump(open_events: Any, queue: asyncio.Queue[Any]) -> None:

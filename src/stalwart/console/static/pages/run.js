@@ -177,6 +177,7 @@ export async function render(main, runId, params) {
   let source = null;
   let pending = null;
   let ended = false;
+  const seen = new Set();
 
   async function refresh() {
     const d = await get(`/api/runs/${encodeURIComponent(runId)}`);
@@ -205,6 +206,11 @@ export async function render(main, runId, params) {
       ev = JSON.parse(msg.data);
     } catch {
       return;
+    }
+    // A reconnecting EventSource reads the run's events from the start again.
+    if (ev.seq) {
+      if (seen.has(ev.seq)) return;
+      seen.add(ev.seq);
     }
     eventList.append(
       h("li", { "data-type": ev.type }, h("span", { class: "mono" }, iso(ev.at)), " ", h("strong", {}, ev.type),
