@@ -224,3 +224,58 @@ async def test_retry_starts_a_dead_lettered_run_again(
         await client.retry(rid())
     with pytest.raises(InvalidRequestError, match="taken"):
         await client.retry(dead.run_id, new_id=again.run_id)
+
+
+# -- the commands ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--host", "0.0.0.0"], "needs an access token"),
+        (["--host", "0.0.0.0", "--no-token"], "only allowed on a loopback address"),
+        (["--token-file", "/nonexistent/token"], "--token-file"),
+    ],
+)
+def test_console_refuses_to_serve_unprotected(
+    flags: list[str], said: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stalwart.cli import main
+
+    monkeypatch.delenv("STALWART_CONSOLE_TOKEN", raising=False)
+    assert main(["console", *flags]) == 2
+    assert said in capsys.readouterr().err
+
+
+def test_console_refuses_a_short_token(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stalwart.cli import main
+
+    monkeypatch.setenv("STALWART_CONSOLE_TOKEN", "short")
+    assert main(["console"]) == 2
+    assert "at least 16 characters" in capsys.readouterr().err
+
+
+async def test_retry_command_prints_the_new_run(client: Client, settings) -> None:
+    import asyncio
+    import os
+    import sys
+
+    from tests.conftest import ROOT
+
+    dead = await client.submit("nobody", [1, 2], require_registered=False)
+    await client.store.dead_letter(dead.run_id, "nobody", "undeliverable")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "stalwart", "retry", dead.run_id, "--new-run-id", "again-1",
+        "--nats-url", settings.nats_url, "--redis-url", settings.redis_url,
+        "--namespace", settings.namespace,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().strip() == "again-1"
+    record = await client.handle("again-1").status()
+    assert record.agent == "nobody" and record.decode_input() == [1, 2]
+    assert record.status == "accepted"
