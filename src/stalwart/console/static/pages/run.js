@@ -26,8 +26,9 @@ function summary(d) {
   ];
   if (d.waiting_for) rows.push(["Waiting for", d.waiting_for]);
   if (d.cancel_requested) rows.push(["Cancel requested", d.cancel_requested]);
-  if (d.error) rows.push(["Error", h("pre", { class: "error-text", id: "run-error" }, (r.error_type ? r.error_type + ": " : "") + d.error)]);
-  return h("dl", { class: "record" }, rows.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
+  const record = h("dl", { class: "record" }, rows.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
+  if (!d.error) return record;
+  return [record, h("pre", { class: "error-text", id: "run-error" }, (r.error_type ? r.error_type + ": " : "") + d.error)];
 }
 
 function steps(d) {
@@ -184,9 +185,9 @@ export async function render(main, runId, params) {
     replace(
       body,
       summary(d),
+      section("Epochs", "epoch-section", epochs(d)),
       actions(d, runId, status, () => soon()),
       section("Timeline", "timeline", steps(d)),
-      section("Epochs", "epoch-section", epochs(d)),
       section("Waits and signals", "waits", waitsAndSignals(d)),
       section("Result", "result-section", result(d)),
     );
