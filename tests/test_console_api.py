@@ -166,6 +166,20 @@ async def test_actions_need_same_origin_and_the_csrf_token(console, client: Clie
         assert huge.status_code == 400 and "body over" in huge.json()["error"]
 
 
+async def test_behind_a_tls_proxy_the_public_origin_is_the_one_checked(
+    console, client: Client
+) -> None:
+    handle = await client.submit("nobody", None, require_registered=False)
+    public = "https://console.example.com"
+    async with console(public_origin=public) as (http, guard):
+        path = f"/api/runs/{handle.run_id}/cancel"
+        csrf = {**bearer(), "x-stalwart-csrf": guard.csrf_token}
+        hop = await http.post(path, json={}, headers={**csrf, "origin": ORIGIN})
+        assert hop.status_code == 403  # the plain-HTTP hop's origin is not the browser's
+        ok = await http.post(path, json={}, headers={**csrf, "origin": public})
+        assert ok.status_code == 200 and ok.json() == {"outcome": "cancelled"}
+
+
 async def test_read_only_refuses_every_action(console, client: Client) -> None:
     handle = await client.submit("nobody", None, require_registered=False)
     async with console(read_only=True) as (http, guard):
@@ -235,6 +249,7 @@ async def test_retry_starts_a_dead_lettered_run_again(
         (["--host", "0.0.0.0"], "needs an access token"),
         (["--host", "0.0.0.0", "--no-token"], "only allowed on a loopback address"),
         (["--token-file", "/nonexistent/token"], "--token-file"),
+        (["--no-token", "--public-origin", "console.example.com"], "--public-origin must be"),
     ],
 )
 def test_console_refuses_to_serve_unprotected(

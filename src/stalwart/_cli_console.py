@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from stalwart._exit_codes import EXIT_OK
 from stalwart.errors import ConfigurationError
@@ -50,6 +51,11 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         default=[],
         metavar="NAME",
         help="a Host name to answer for besides loopback names (a proxy's; repeatable)",
+    )
+    c.add_argument(
+        "--public-origin",
+        metavar="URL",
+        help="the origin browsers use when a TLS proxy is in front (https://console.example.com)",
     )
     r = sub.add_parser(
         "retry", parents=[common], help="start a failed, rejected or dead-lettered run again"
@@ -106,6 +112,18 @@ def _token(args: argparse.Namespace) -> tuple[str, bool]:
     return new_token(), True
 
 
+def _origin(url: str | None) -> str:
+    """``scheme://host[:port]`` of ``url`` ("" for none), or a usage error."""
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+        raise ConfigurationError(
+            f"--public-origin must be like https://console.example.com, not {url!r}"
+        )
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 async def cmd_console(args: argparse.Namespace, settings: Settings, client_call: ClientCall) -> int:
     """``stalwart console``: serve until SIGINT/SIGTERM."""
     try:
@@ -121,6 +139,7 @@ async def cmd_console(args: argparse.Namespace, settings: Settings, client_call:
         bind=args.host,
         read_only=args.read_only,
         allowed_hosts=frozenset(h.lower() for h in args.allowed_host),
+        public_origin=_origin(args.public_origin),
     )
 
     def ready(port: int) -> None:

@@ -142,7 +142,7 @@ def _action(guard: Guard, name: str, fn: Callable[[str, Body], Awaitable[Any]]) 
 
 
 async def _login(guard: Guard, request: Request) -> Response:
-    if not _same_origin(request):
+    if not _same_origin(guard, request):
         return error(403, "cross-site login refused")
     if not guard.auth_required:
         return json_response({"ok": True})
@@ -179,19 +179,23 @@ def _authenticated(guard: Guard, request: Request) -> bool:
     )
 
 
-def _own_origin(request: Request) -> str:
-    return f"{request.url.scheme}://{request.headers.get('host', '')}"
+def _own_origin(guard: Guard, request: Request) -> str:
+    # Behind a proxy that terminates TLS the browser's origin is the proxy's (public_origin).
+    return guard.public_origin or f"{request.url.scheme}://{request.headers.get('host', '')}"
 
 
-def _same_origin(request: Request) -> bool:
+def _same_origin(guard: Guard, request: Request) -> bool:
     origin = request.headers.get("origin", "")
-    return bool(origin) and origin == _own_origin(request)
+    return bool(origin) and origin == _own_origin(guard, request)
 
 
 def _csrf_ok(guard: Guard, request: Request) -> bool:
     h = request.headers
     return guard.csrf_ok(
-        h.get("origin", ""), h.get("referer", ""), h.get(CSRF_HEADER, ""), _own_origin(request)
+        h.get("origin", ""),
+        h.get("referer", ""),
+        h.get(CSRF_HEADER, ""),
+        _own_origin(guard, request),
     )
 
 

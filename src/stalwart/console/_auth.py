@@ -57,13 +57,15 @@ class Guard:
     ``token``: the access token ("" for none: only allowed on a loopback bind).
     ``bind``: the address the server listens on. ``allowed_hosts``: extra ``Host`` names to
     serve on a loopback bind (a name a local proxy forwards with). ``read_only``: every
-    mutating route answers 403.
+    mutating route answers 403. ``public_origin``: the origin browsers see when a proxy in
+    front terminates TLS (``https://console.example.com``); "" for the request's own.
     """
 
     token: str
     bind: str
     read_only: bool = False
     allowed_hosts: frozenset[str] = frozenset()
+    public_origin: str = ""
     csrf_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     _failures: list[float] = field(default_factory=list)
 
