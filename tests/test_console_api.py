@@ -211,6 +211,43 @@ async def test_run_data_is_served_as_json_never_as_markup(console, client: Clien
         assert listed.status_code == 200 and listed.json()["runs"] == []
 
 
+async def test_signal_fork_and_approve_through_the_console(
+    client: Client, workers: WorkerFactory, console
+) -> None:
+    await workers("w1")
+    handle = await client.submit("approval", 7)
+    async with console() as (http, guard):
+        ok = {**bearer(), "origin": ORIGIN, "x-stalwart-csrf": guard.csrf_token}
+        base = f"/api/runs/{handle.run_id}"
+        nameless = await http.post(f"{base}/signal", json={"payload": 1}, headers=ok)
+        assert nameless.status_code == 400 and "needs a name" in nameless.json()["error"]
+        sent = await http.post(
+            f"{base}/signal", json={"name": "approve", "payload": {"ok": True}}, headers=ok
+        )
+        assert sent.status_code == 200 and sent.json()["outcome"] in ("stored", "woke")
+        assert await handle.result(timeout=30) == {"quote": 7, "decision": {"ok": True}}
+
+        nothing = await http.post(f"{base}/approve", json={"call_id": "c9"}, headers=ok)
+        assert nothing.status_code == 400
+        assert "no pending approval request" in nothing.json()["error"]
+        stepless = await http.post(f"{base}/fork", json={}, headers=ok)
+        assert stepless.status_code == 400
+        forked = await http.post(f"{base}/fork", json={"at": "quote"}, headers=ok)
+        assert forked.status_code == 200, forked.text
+        fork = client.handle(forked.json()["run_id"])
+        assert (await fork.status()).agent == "approval"
+        await fork.cancel()
+
+        detail = (await http.get(base, headers=bearer())).json()
+        assert detail["run"]["status"] == "completed"
+        assert detail["result"] == {"quote": 7, "decision": {"ok": True}}
+        assert [s["key"] for s in detail["steps"]][:1] == ["step:quote"]
+        unknown = await http.get(f"/api/runs/{rid()}/events", headers=bearer())
+        assert unknown.status_code == 404
+        bad_agent = await http.get("/api/events?agent=a.b", headers=bearer())
+        assert bad_agent.status_code == 400
+
+
 async def test_retry_starts_a_dead_lettered_run_again(
     client: Client, workers: WorkerFactory, console
 ) -> None:
@@ -270,6 +307,20 @@ def test_console_refuses_a_short_token(
     monkeypatch.setenv("STALWART_CONSOLE_TOKEN", "short")
     assert main(["console"]) == 2
     assert "at least 16 characters" in capsys.readouterr().err
+
+
+def test_console_says_how_to_install_what_it_needs(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from stalwart.cli import main
+
+    for name in [m for m in sys.modules if m.startswith(("stalwart.console", "starlette"))]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "starlette", None)
+    assert main(["console", "--no-token"]) == 2
+    assert "pip install 'stalwart[console]'" in capsys.readouterr().err
 
 
 async def test_retry_command_prints_the_new_run(client: Client, settings) -> None:

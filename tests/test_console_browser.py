@@ -158,6 +158,10 @@ async def test_console_in_a_browser_shows_failover_cancels_and_filters(
             rows = page.locator("#runs tbody tr")
             await expect(rows).to_have_count(1)
             assert await rows.first.get_attribute("data-run") == napper.run_id
+            await page.goto(f"{console_url}#/runs?to=2001-01-01T00:00")
+            await expect(page.locator("#no-runs")).to_be_visible()
+            await page.goto(f"{console_url}#/runs?from=2001-01-01T00:00&agent=napper")
+            await expect(rows).to_have_count(1)
             await page.goto(f"{console_url}#/runs")
             await page.fill("#f-search", survivor)
             await page.click("#f-apply")

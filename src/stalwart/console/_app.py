@@ -17,13 +17,13 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from stalwart._ids import check_run_id
+from stalwart._ids import check_agent_name, check_run_id
 from stalwart._version import __version__
 from stalwart.console._auth import COOKIE, CSRF_HEADER, Guard
 from stalwart.console._http import MAX_BODY, SecurityHeaders, error, error_for, json_response
 from stalwart.console._routes import Actions, Body, Reads, decode_body, number
 from stalwart.console._stream import EventStreams
-from stalwart.errors import InvalidRequestError
+from stalwart.errors import InvalidRequestError, RunNotFoundError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -53,11 +53,19 @@ def create_app(client: Client, guard: Guard) -> Starlette:
             "namespace": client.settings.namespace,
         }
 
+    async def run_events(request: Request) -> Response:
+        rid = run_id(request)
+        # An unknown id would hold a stream open waiting for a run that never comes.
+        if await client.store.get_run(rid) is None:
+            raise RunNotFoundError(rid)
+        return streams.run(rid)
+
     async def all_events(request: Request) -> Response:
         # EventSource sends the last ``id:`` it saw when it reconnects: resume there.
         after = request.headers.get("last-event-id") or request.query_params.get("after")
         start = None if after is None else int(number(after, "after") or 0)
-        return streams.all(request.query_params.get("agent") or None, start)
+        agent = request.query_params.get("agent") or None
+        return streams.all(check_agent_name(agent) if agent else None, start)
 
     async def index(request: Request) -> Response:
         return FileResponse(STATIC / "index.html")
@@ -76,10 +84,7 @@ def create_app(client: Client, guard: Guard) -> Starlette:
         Route("/api/runs", _reader(guard, lambda r: reads.runs(r.query_params))),
         Route("/api/events", _reader(guard, all_events)),
         Route("/api/runs/{run_id}", _reader(guard, lambda r: reads.run(run_id(r)))),
-        Route(
-            "/api/runs/{run_id}/events",
-            _reader(guard, lambda r: _now(streams.run(run_id(r)))),
-        ),
+        Route("/api/runs/{run_id}/events", _reader(guard, run_events)),
         Route("/api/workers", _reader(guard, lambda r: reads.workers())),
         Route("/api/agents", _reader(guard, lambda r: reads.agents())),
     ]
@@ -96,10 +101,6 @@ def create_app(client: Client, guard: Guard) -> Starlette:
     app = Starlette(routes=routes, lifespan=lifespan)
     app.add_middleware(SecurityHeaders, guard=guard)
     return app
-
-
-async def _now(value: Any) -> Any:
-    return value
 
 
 def _reader(guard: Guard, fn: Callable[[Request], Awaitable[Any]]) -> Handler:

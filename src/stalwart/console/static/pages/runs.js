@@ -29,7 +29,7 @@ function filtersForm(params) {
         const q = new URLSearchParams();
         const statuses = data.getAll("status");
         if (statuses.length) q.set("status", statuses.join(","));
-        for (const key of ["agent", "search", "range"]) {
+        for (const key of ["agent", "search", "range", "from", "to"]) {
           const v = String(data.get(key) || "").trim();
           if (v) q.set(key, v);
         }
@@ -40,9 +40,17 @@ function filtersForm(params) {
     h("label", {}, "Agent ", h("input", { name: "agent", id: "f-agent", value: params.get("agent") || "", size: 14 })),
     h("label", {}, "Run id ", h("input", { name: "search", id: "f-search", value: params.get("search") || "", size: 24, placeholder: "prefix or part" })),
     h("label", {}, "Created ", range),
+    h("label", {}, "from ", h("input", { type: "datetime-local", name: "from", id: "f-from", value: params.get("from") || "" })),
+    h("label", {}, "to ", h("input", { type: "datetime-local", name: "to", id: "f-to", value: params.get("to") || "" })),
     h("button", { type: "submit", id: "f-apply" }, "Apply"),
   );
   return form;
+}
+
+// A datetime-local value (local time) as epoch seconds, or undefined.
+function epoch(text) {
+  const ms = text ? new Date(text).getTime() : NaN;
+  return Number.isFinite(ms) ? String(ms / 1000) : undefined;
 }
 
 function query(params, cursor) {
@@ -51,7 +59,8 @@ function query(params, cursor) {
     status: params.get("status") || undefined,
     agent: params.get("agent") || undefined,
     search: params.get("search") || undefined,
-    since: range ? String(Date.now() / 1000 - range) : undefined,
+    since: epoch(params.get("from")) || (range ? String(Date.now() / 1000 - range) : undefined),
+    until: epoch(params.get("to")),
     limit: params.get("limit") || 25,
     cursor: cursor || undefined,
   };
