@@ -6,6 +6,8 @@ test_console_browser.py, runs the real ``stalwart console`` process).
 
 from __future__ import annotations
 
+import argparse
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -13,9 +15,10 @@ import httpx
 import pytest
 
 from stalwart import Client
+from stalwart._exit_codes import exit_code_for
 from stalwart.console import Guard, create_app
 from stalwart.console._auth import COOKIE, LOGIN_FAILURES_PER_MINUTE, is_loopback
-from stalwart.errors import InvalidRequestError, RunNotFoundError
+from stalwart.errors import ConfigurationError, InvalidRequestError, RunNotFoundError
 from tests.conftest import WorkerFactory
 from tests.helpers import rid
 
@@ -280,47 +283,66 @@ async def test_retry_starts_a_dead_lettered_run_again(
 # -- the commands ----------------------------------------------------------------------------
 
 
+# Parsed and checked in-process without ``main()``: main configures logging for the process,
+# which would leave structlog writing to pytest's captured (later closed) stdout.
+
+
+def _console_args(*flags: str) -> argparse.Namespace:
+    from stalwart.cli import _parser
+
+    return _parser().parse_args(["console", *flags])
+
+
 @pytest.mark.parametrize(
     ("flags", "said"),
     [
         (["--host", "0.0.0.0"], "needs an access token"),
         (["--host", "0.0.0.0", "--no-token"], "only allowed on a loopback address"),
         (["--token-file", "/nonexistent/token"], "--token-file"),
-        (["--no-token", "--public-origin", "console.example.com"], "--public-origin must be"),
     ],
 )
 def test_console_refuses_to_serve_unprotected(
-    flags: list[str], said: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    flags: list[str], said: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from stalwart.cli import main
+    from stalwart._cli_console import _token
 
     monkeypatch.delenv("STALWART_CONSOLE_TOKEN", raising=False)
-    assert main(["console", *flags]) == 2
-    assert said in capsys.readouterr().err
+    with pytest.raises(ConfigurationError, match=re.escape(said)):
+        _token(_console_args(*flags))
+    assert exit_code_for(ConfigurationError("x")) == 2
 
 
-def test_console_refuses_a_short_token(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from stalwart.cli import main
+def test_console_tokens(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from stalwart._cli_console import _origin, _token
 
     monkeypatch.setenv("STALWART_CONSOLE_TOKEN", "short")
-    assert main(["console"]) == 2
-    assert "at least 16 characters" in capsys.readouterr().err
+    with pytest.raises(ConfigurationError, match="at least 16 characters"):
+        _token(_console_args())
+    monkeypatch.setenv("STALWART_CONSOLE_TOKEN", TOKEN)
+    assert _token(_console_args("--host", "0.0.0.0")) == (TOKEN, False)
+    (tmp_path / "t").write_text(TOKEN[::-1] + "\n")
+    assert _token(_console_args("--token-file", str(tmp_path / "t"))) == (TOKEN[::-1], False)
+    monkeypatch.delenv("STALWART_CONSOLE_TOKEN")
+    made, fresh = _token(_console_args())
+    assert fresh and len(made) >= 16  # loopback without a token: one is made
+    assert _token(_console_args("--no-token")) == ("", False)
+    assert _origin("https://console.example.com/") == "https://console.example.com"
+    with pytest.raises(ConfigurationError, match="--public-origin must be"):
+        _origin("console.example.com")
 
 
-def test_console_says_how_to_install_what_it_needs(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+async def test_console_says_how_to_install_what_it_needs(
+    monkeypatch: pytest.MonkeyPatch, settings
 ) -> None:
     import sys
 
-    from stalwart.cli import main
+    from stalwart._cli_console import cmd_console
 
     for name in [m for m in sys.modules if m.startswith(("stalwart.console", "starlette"))]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "starlette", None)
-    assert main(["console", "--no-token"]) == 2
-    assert "pip install 'stalwart[console]'" in capsys.readouterr().err
+    with pytest.raises(ConfigurationError, match=re.escape("pip install 'stalwart[console]'")):
+        await cmd_console(_console_args("--no-token"), settings, None)  # type: ignore[arg-type]
 
 
 async def test_retry_command_prints_the_new_run(client: Client, settings) -> None:
