@@ -11,6 +11,7 @@ Under ``CI=true`` a missing browser fails the test instead of skipping it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -45,25 +46,26 @@ def _chromium() -> str:
     return path
 
 
-@pytest.fixture
-async def console_url(settings: Settings) -> AsyncIterator[str]:
-    """A ``stalwart console`` process on a free port; its URL."""
+@contextlib.asynccontextmanager
+async def _console(settings: Settings, *flags: str, token: str = "") -> AsyncIterator[str]:
+    """A ``stalwart console`` process on a free port; the URL it printed."""
     assert settings.nats_url and settings.redis_url
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(
             [str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")]
         ),
-        "STALWART_CONSOLE_TOKEN": TOKEN,
+        "STALWART_CONSOLE_TOKEN": token,
     }
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "stalwart", "console", "--port", "0",
+        sys.executable, "-m", "stalwart", "console", "--port", "0", *flags,
         "--nats-url", settings.nats_url, "--redis-url", settings.redis_url,
         "--namespace", settings.namespace,
         env=env, stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     assert proc.stderr is not None
     seen = b""
+    drain = None
     try:
         async with asyncio.timeout(30):
             while b"stalwart console" not in seen:
@@ -73,7 +75,9 @@ async def console_url(settings: Settings) -> AsyncIterator[str]:
                 seen += line
         url = re.search(rb"http://\S+", seen.split(b"stalwart console")[-1])
         assert url, seen
-        yield url.group().decode().split("#")[0]
+        # Keep reading its stderr: a full pipe would stall the console.
+        drain = asyncio.create_task(proc.stderr.read())
+        yield url.group().decode()
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
@@ -82,6 +86,15 @@ async def console_url(settings: Settings) -> AsyncIterator[str]:
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+        if drain is not None:
+            await drain
+
+
+@pytest.fixture
+async def console_url(settings: Settings) -> AsyncIterator[str]:
+    async with _console(settings, token=TOKEN) as url:
+        assert "#token=" not in url  # a token of the operator's is never printed
+        yield url
 
 
 async def _shot(page, name: str) -> None:
@@ -195,6 +208,18 @@ async def test_console_in_a_browser_shows_failover_cancels_and_filters(
             await page.goto(f"{console_url}#/agents")
             await expect(page.locator('tr[data-agent="ten"]')).to_be_visible()
             await _shot(page, "agents")
+            assert errors == []
+
+            # Read-only, with the token the console made: the printed URL logs in by its
+            # fragment, and the actions are hidden (the API refuses them: test_console_api).
+            async with _console(client.settings, "--read-only") as login_url:
+                assert "#token=" in login_url
+                await page.goto(login_url)
+                await expect(page.locator("#mode")).to_contain_text("read-only")
+                assert "token" not in page.url  # the fragment is dropped at once
+                await page.goto(login_url.split("#")[0] + f"#/runs/{napper.run_id}")
+                await expect(page.locator("#epoch-section")).to_be_visible()
+                assert await page.locator("#actions, #cancel, #retry, #fork").count() == 0
             assert errors == []
         finally:
             await browser.close()

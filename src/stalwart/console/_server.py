@@ -27,6 +27,9 @@ async def serve(
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((guard.bind, port))
+    # Listening before the URL is printed: a browser opened at once queues in the backlog.
+    sock.listen(128)
+    sock.setblocking(False)
     bound = sock.getsockname()[1]
     config = uvicorn.Config(
         create_app(client, guard),
