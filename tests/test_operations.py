@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from stalwart import operations
-from stalwart.errors import InvalidRequestError
+from stalwart.errors import InvalidRequestError, RunNotFoundError
 from stalwart.operations import RunQuery, list_runs, run_detail
 from tests.helpers import eventually, journaled, open_gate, rid
 
@@ -90,7 +90,9 @@ async def test_filters_paging_and_bounded_scans(client: Client) -> None:
         (RunQuery(cursor="MS41fA"), "invalid cursor"),  # "1.5|": no run id
         (RunQuery(status=["runing"]), "unknown run status 'runing'"),
         (RunQuery(limit=0), "limit must be"),
-        (RunQuery(limit=10, max_scan=5), "max_scan"),
+        (RunQuery(limit=10, max_scan=5), "max_scan must be between limit"),
+        (RunQuery(max_scan=10**9), "max_scan must be between limit"),
+        (RunQuery(since=10.0, until=5.0), "since .* is after until"),
     ],
 )
 async def test_bad_queries_are_refused_clearly(
@@ -155,3 +157,31 @@ async def test_owner_failover_epochs_and_fleet(
     assert ten.consumer == "agent_ten"
     assert ten.completed == 1 and ten.in_flight == {} and ten.throughput > 0
     assert ten.pending == 0
+
+
+async def test_detail_of_waits_signals_and_results(client: Client, workers: WorkerFactory) -> None:
+    await workers("w")
+    handle = await client.submit("approval", 7)
+
+    async def waiting() -> operations.RunDetail | None:
+        d = await run_detail(client, handle.run_id)
+        return d if d.waits else None
+
+    detail = await eventually(waiting, timeout=15, message="the run never waited")
+    (wait,) = detail.waits
+    assert (wait.signal, wait.resolved_at, wait.deadline) == ("approve", 0.0, 0.0)
+    assert detail.run.status in ("running", "waiting") and detail.result is None
+    assert await handle.signal("other", {"x": 1}) in ("stored", "woke")
+    (pending,) = (await run_detail(client, handle.run_id)).signals
+    assert pending.name == "other" and pending.payload_bytes > 0 and pending.sent_at > 0
+
+    await handle.signal("approve", "yes")
+    assert (await handle.result(timeout=20))["decision"] == "yes"
+    done = await run_detail(client, handle.run_id)
+    assert done.result == {"quote": 7, "decision": "yes"} and done.result_note == ""
+    assert done.waits[0].resolved_at >= done.waits[0].started_at > 0
+    assert [e.cause for e in done.epochs] == ["first"]  # placed once (passivate_after: 60 s)
+    clipped = await run_detail(client, handle.run_id, max_result_bytes=4)
+    assert clipped.result is None and f"{clipped.result_bytes} bytes" in clipped.result_note
+    with pytest.raises(RunNotFoundError):
+        await run_detail(client, "never-submitted")

@@ -28,7 +28,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import NoPermissionError
 
-from stalwart import Client, Settings, Supervisor
+from stalwart import Client, Settings, Supervisor, operations
 from stalwart.broker import Names
 from stalwart.checkpoints import _scripts
 from stalwart.errors import ConfigurationError, RunCancelled, RunNotFoundError
@@ -313,6 +313,12 @@ async def test_each_role_with_only_its_rights_runs_runs_end_to_end(
             assert len((await seen.history()).steps) == 10
             assert [e.type async for e in seen.events(follow=True)][-1] == "run.completed"
             assert done.run_id in {r.run_id for r in await viewer.runs()}
+            # ...the operations read model too (owners from the leases, consumers' backlog)
+            page = await operations.list_runs(viewer, operations.RunQuery(limit=100))
+            assert done.run_id in {r.run_id for r in page.runs}
+            assert (await operations.run_detail(viewer, done.run_id)).result == TEN
+            assert {"ten", "approval"} <= {a.agent for a in await operations.agents(viewer)}
+            await operations.workers(viewer)
             # ...and changes nothing: Redis refuses its writes.
             with pytest.raises(NoPermissionError):
                 await viewer.submit("ten", {})

@@ -133,7 +133,7 @@ async def cmd_events(args: argparse.Namespace, client: Client) -> int:
     if not args.all and (args.agent is not None or args.after):
         raise InvalidRequestError("--agent and --after go with --all")
     if args.all:
-        stream = _all_events(client, args.agent, args.after, args.follow)
+        stream = client.events(agent=args.agent, after=args.after, follow=args.follow)
     else:
         handle = client.handle(args.run_id)
         await handle.status()  # an unknown run is an error, not an empty (or endless) stream
@@ -145,13 +145,6 @@ async def cmd_events(args: argparse.Namespace, client: Client) -> int:
         else:
             print(dumps(event), flush=True)
     return EXIT_OK
-
-
-def _all_events(client: Client, agent: str | None, after: int, follow: bool) -> Any:
-    events = getattr(client, "events", None)  # Client.events: the all-runs event stream
-    if events is None:
-        raise ConfigurationError("this version of Stalwart has no all-runs event stream")
-    return events(agent=agent, after=after, follow=follow)
 
 
 def _event_line(event: Any, color: bool) -> str:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from stalwart import operations
 from stalwart._cli_output import OUTPUTS, Cell, ago, emit, parse_time, span, table, use_color
+from stalwart._cli_types import positive_int, seconds
 from stalwart._exit_codes import EXIT_OK
 from stalwart.operations import RunQuery, RunSummary
 
@@ -53,11 +54,11 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     r.add_argument("--since", type=_time, help="created at or after (10m, 2h, 1d, ISO-8601)")
     r.add_argument("--until", type=_time, help="created at or before (10m, 2h, 1d, ISO-8601)")
     r.add_argument("--search", help="only run ids that contain this text")
-    r.add_argument("--limit", type=_limit, default=50, help="runs listed (default 50)")
+    r.add_argument("--limit", type=positive_int, default=50, help="runs listed (default 50)")
     r.add_argument("--cursor", help="go on after a previous page (its next cursor)")
     r.add_argument(
         "--max-scan",
-        type=_limit,
+        type=positive_int,
         default=2000,
         help="most runs read per call when filters match rarely (default 2000)",
     )
@@ -68,7 +69,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "agents", parents=[common], help="agents: pending requests, workers, runs in flight"
     )
     a.add_argument(
-        "--window", type=_seconds, default=300.0, help="seconds throughput is counted over"
+        "--window", type=seconds, default=300.0, help="seconds throughput is counted over"
     )
     add_output(a, "table")
 
@@ -78,26 +79,6 @@ def _time(text: str) -> float:
         return parse_time(text)
     except Exception as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _limit(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
-    return value
 
 
 def _owner(r: RunSummary) -> tuple[str, str]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import math
 import os
 import signal
 import sys
@@ -44,6 +43,10 @@ from stalwart._cli_ops import READ_COMMANDS, add_output, cmd_agents, cmd_runs, c
 from stalwart._cli_ops import add_parsers as add_ops_parsers
 from stalwart._cli_security import add_parsers as add_security_parsers
 from stalwart._cli_security import cmd_provision, cmd_security
+from stalwart._cli_types import non_negative_int as _non_negative_int
+from stalwart._cli_types import port as _port
+from stalwart._cli_types import positive_int as _positive_int
+from stalwart._cli_types import seconds as _seconds
 from stalwart._exit_codes import (
     EXIT_DIVERGED,
     EXIT_INTERRUPTED,
@@ -89,46 +92,6 @@ _CLIENT_COMMANDS = (
     *CONSOLE_COMMANDS,
 )  # fmt: skip
 _ROLES: dict[str, Role] = {"worker": "worker", "supervisor": "supervisor"}
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port 0-65535 (0: off), got {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
-    return value
 
 
 _TRANSPORT_FLAGS = {

@@ -155,7 +155,10 @@ async def run_detail(
         else ""
     )
     history = build_history(run_id, entries, record)
-    causes = await _event_causes(client, run_id)
+    # Only a re-placement needs telling apart (hand-over, wake, failover): reading the
+    # events costs one request per event, so a run placed once skips it.
+    replaced = sum(not p.worker.startswith("fork:") for p in history.placements) > 1
+    causes = await _event_causes(client, run_id) if replaced else {}
     result, size, note = _result(record, max_result_bytes)
     return RunDetail(
         run=summary(record, owner, len(entries), time.time()),

@@ -41,6 +41,7 @@ class _Heartbeat(msgspec.Struct, kw_only=True):
     lanes: list[str] = []
     started_at: float = 0.0
     draining: bool = False
+    free: int | None = None
     build: str = ""
 
 
@@ -57,6 +58,7 @@ class WorkerView(msgspec.Struct, kw_only=True):
     capacity: int
     active: int
     free: int
+    """Runs it would take now (0 while draining)."""
     draining: bool
     breakers: dict[str, str]
     """Circuit breakers that are not closed, by ``kind:name``: ``open`` or ``half_open``."""
@@ -129,7 +131,7 @@ async def workers(client: Client) -> list[WorkerView]:
                 lanes=hb.lanes,
                 capacity=hb.capacity,
                 active=hb.active,
-                free=max(hb.capacity - hb.active, 0),
+                free=hb.free if hb.free is not None else _free(hb),
                 draining=hb.draining,
                 breakers=hb.breakers,
                 heartbeat_at=hb.at,
@@ -138,6 +140,11 @@ async def workers(client: Client) -> list[WorkerView]:
             )
         )
     return out
+
+
+def _free(hb: _Heartbeat) -> int:
+    # A heartbeat from before workers sent ``free``.
+    return 0 if hb.draining else max(hb.capacity - hb.active, 0)
 
 
 async def agents(client: Client, *, window: float = THROUGHPUT_WINDOW) -> list[AgentView]:

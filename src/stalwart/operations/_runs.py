@@ -26,6 +26,8 @@ STATUSES: tuple[str, ...] = get_args(RunStatus)
 """Every run status a record can hold."""
 MAX_LIMIT = 1000
 """Most runs one page may ask for."""
+MAX_SCAN = 100_000
+"""Most index entries one call may be allowed to read (``RunQuery.max_scan``)."""
 ERROR_SUMMARY_CHARS = 200
 """Characters of a run's error message kept in its summary (the detail has all of it)."""
 
@@ -94,8 +96,10 @@ def check_query(query: RunQuery) -> None:
         raise InvalidRequestError(f"limit must be a whole number 1-{MAX_LIMIT}, got {limit!r}")
     if isinstance(query.max_scan, bool) or not isinstance(query.max_scan, int):
         raise InvalidRequestError(f"max_scan must be a whole number, got {query.max_scan!r}")
-    if query.max_scan < limit:
-        raise InvalidRequestError(f"max_scan ({query.max_scan}) must be >= limit ({limit})")
+    if not limit <= query.max_scan <= MAX_SCAN:
+        raise InvalidRequestError(
+            f"max_scan must be between limit ({limit}) and {MAX_SCAN}, got {query.max_scan}"
+        )
     for status in query.status or []:
         if status not in STATUSES:
             raise InvalidRequestError(
@@ -104,6 +108,8 @@ def check_query(query: RunQuery) -> None:
     for name, value in (("since", query.since), ("until", query.until)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
             raise InvalidRequestError(f"{name} must be epoch seconds, got {value!r}")
+    if query.since is not None and query.until is not None and query.since > query.until:
+        raise InvalidRequestError(f"since ({query.since}) is after until ({query.until})")
     if query.cursor is not None:
         decode_cursor(query.cursor)
 

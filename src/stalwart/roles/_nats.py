@@ -81,6 +81,15 @@ def _pieces(n: Names) -> dict[str, list[str]]:
             f"{_API}.CONSUMER.DELETE.{workers}.*",
             f"$JS.FC.{workers}.>",
         ],
+        # Who owns each run now and how many requests wait per agent (stalwart.operations):
+        # reads of the lease keys and of the runs stream's consumers, nothing written.
+        "read_fleet": [
+            f"{_API}.STREAM.MSG.GET.{leases}",
+            f"{_API}.DIRECT.GET.{leases}.>",
+            f"{_API}.CONSUMER.INFO.{runs}.*",
+            f"{_API}.CONSUMER.LIST.{runs}",
+            f"{_API}.CONSUMER.NAMES.{runs}",
+        ],
         "submit": [n.runs_wildcard],
         # Workers' and supervisors' events, and clients' announcements, on separate
         # subjects: a client cannot publish where workers do.
@@ -152,7 +161,7 @@ def nats_permissions(role: RoleName, namespace: str) -> NatsPermissions:
     # server cannot check); one answering for a dead peer only delays that peer's failover
     # to its lease TTL, and workers are trusted with the leases anyway.
     alive = [n.alive_wildcard]
-    reader = ["lookup", "read_events", "follow_events", "read_agents", "read_workers"]
+    reader = ["lookup", "read_events", "follow_events", "read_agents", "read_workers", "read_fleet"]
     pub: dict[RoleName, list[str]] = {
         "viewer": reader,
         "client": [*reader, "submit", "client_announce", "poke"],

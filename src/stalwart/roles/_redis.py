@@ -40,6 +40,7 @@ _READ = [
     "+zrange",
     "+zrevrange",
     "+zrangebyscore",
+    "+zrevrangebyscore",
     "+zscore",
     "+smembers",
     "+sismember",
