@@ -367,3 +367,18 @@ async def test_retry_command_prints_the_new_run(client: Client, settings) -> Non
     record = await client.handle("again-1").status()
     assert record.agent == "nobody" and record.decode_input() == [1, 2]
     assert record.status == "accepted"
+
+
+def test_pages_never_parse_data_as_markup() -> None:
+    """The front end builds DOM from data with textContent only, and loads nothing foreign."""
+    from stalwart.console._app import STATIC
+
+    sources = {p.name: p.read_text() for p in STATIC.rglob("*") if p.is_file()}
+    assert {"index.html", "app.js", "dom.js", "runs.js", "run.js"} <= set(sources)
+    for name, text in sources.items():
+        for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+            assert sink not in text, f"{name} uses {sink}"
+        assert "http://" not in text and "https://" not in text, f"{name} loads from elsewhere"
+    index = sources["index.html"]
+    assert re.findall(r"<script[^>]*>", index) == ['<script type="module" src="/static/app.js">']
+    assert re.search(r"\son[a-z]+\s*=", index) is None  # no inline event handlers
