@@ -102,7 +102,12 @@ function waitsAndSignals(d) {
 function actions(d, runId, status, afterAction) {
   if (session.readOnly) return null;
   const say = (text, ok = true) => { status.textContent = text; status.className = ok ? "ok" : "error"; };
+  let busy = false;
   const act = async (what, body, then) => {
+    // One action at a time: a double click must not retry or fork a run twice.
+    if (busy) return;
+    busy = true;
+    say(`${what}…`);
     try {
       const res = await post(`/api/runs/${encodeURIComponent(runId)}/${what}`, body);
       say(`${what}: ${res.outcome || res.run_id}`);
@@ -110,6 +115,8 @@ function actions(d, runId, status, afterAction) {
       afterAction();
     } catch (err) {
       say(`${what} refused: ${err.message}`, false);
+    } finally {
+      busy = false;
     }
   };
   const ended = TERMINAL.has(d.run.status);
