@@ -359,6 +359,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "run_detail",
         "workers",
     ],
+    "stalwart.console": ["Guard", "create_app", "new_token", "serve"],
     "stalwart.adapters.openai_agents": [
         "DurableAgentRunner",
         "DurableModel",

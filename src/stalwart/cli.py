@@ -36,6 +36,9 @@ from stalwart._cli_commands import (
 )
 from stalwart._cli_completion import add_parser as add_completion_parser
 from stalwart._cli_completion import cmd_completion
+from stalwart._cli_console import COMMANDS as CONSOLE_COMMANDS
+from stalwart._cli_console import add_parsers as add_console_parsers
+from stalwart._cli_console import dispatch as dispatch_console
 from stalwart._cli_ops import READ_COMMANDS, add_output, cmd_agents, cmd_runs, cmd_workers
 from stalwart._cli_ops import add_parsers as add_ops_parsers
 from stalwart._cli_security import add_parsers as add_security_parsers
@@ -86,6 +89,7 @@ log = structlog.get_logger("stalwart.cli")
 
 _CLIENT_COMMANDS = (
     "submit", "status", "events", "cancel", "signal", "approve", "history", *READ_COMMANDS,
+    *CONSOLE_COMMANDS,
 )  # fmt: skip
 _ROLES: dict[str, Role] = {"worker": "worker", "supervisor": "supervisor"}
 
@@ -334,6 +338,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_security_parsers(sub, common)
     add_completion_parser(sub)
+    add_console_parsers(sub, common)
 
     d = sub.add_parser("dev", parents=[leases], help="servers + supervisor + workers, locally")
     d.add_argument("app")
@@ -395,6 +400,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.command == "provision":
         return await cmd_provision(args, settings)
+    if args.command in CONSOLE_COMMANDS:
+        return await dispatch_console(args, settings, _client_call)
     if args.command == "worker":
         app = load_app(args.app)
         await _serve(settings, lambda s: Worker(app, s))

@@ -290,6 +290,52 @@ class Client:
             )
         return RunHandle(self, dst, record.agent)
 
+    async def retry(self, run_id: str, *, new_id: str | None = None) -> RunHandle:
+        """Start ``run_id`` again from the beginning, as a new run with the same input.
+
+        For a run that ended without a result: dead-lettered (its request was never
+        delivered), rejected (no worker served it), failed or cancelled. The new run
+        (``new_id``, random by default) has the same agent, lane and input and an empty
+        journal; the ended run keeps its record, journal and events as they are (a terminal
+        run never changes, so whoever read its end is never contradicted). Raises
+        :class:`RunNotFoundError` for an unknown run and :class:`InvalidRequestError` for a
+        run that completed or has not ended yet (cancel it first), or for a taken ``new_id``.
+        Use :meth:`fork` to keep the steps a run already did.
+        """
+        run_id = check_run_id(run_id)
+        dst = check_run_id(new_id) if new_id is not None else new_run_id()
+        record = await self.store.get_run(run_id)
+        if record is None:
+            raise RunNotFoundError(run_id)
+        if not record.terminal or record.status == "completed":
+            what = "completed" if record.status == "completed" else f"is still {record.status}"
+            raise InvalidRequestError(
+                f"run {run_id!r} {what}: only a failed, cancelled, rejected or dead-lettered "
+                "run can be retried (cancel a live run first, or fork it from a step)"
+            )
+        subject = self.broker.names.runs_subject(record.agent, record.lane)
+        attrs = {"stalwart.retried_from": run_id}
+        with obs.producer_span("retry", record.agent, dst, subject, **attrs) as trace:
+            # The stored input is passed on as stored (sealed or not): retrying needs no key.
+            raw = record.input if record.input is not None else msgspec.Raw(encode_value(None))
+            existing = await self.store.create_run(
+                dst, record.agent, raw, trace=carrier_json(trace), lane=record.lane
+            )
+            if existing is not None:
+                raise InvalidRequestError(f"run id {dst!r} is taken (by a run of {existing[1]!r})")
+            await self.broker.announce_accepted(dst, record.agent)
+            await self._publish_new(
+                RunRequest(
+                    run_id=dst,
+                    agent=record.agent,
+                    input=raw if is_sealed(raw) else record.decode_input(),
+                    submitted_at=time.time(),
+                    trace=trace,
+                ),
+                record.lane,
+            )
+        return RunHandle(self, dst, record.agent)
+
     async def _step_key(self, run_id: str, at: str) -> str:
         """``at`` as a journaled step key of ``run_id`` (``plan`` finds ``step:plan``)."""
         if ":" in at:
