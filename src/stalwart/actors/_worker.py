@@ -22,6 +22,7 @@ from stalwart.actors._actor import RunActor
 from stalwart.actors._generation import LeaseGenerations
 from stalwart.actors._intake import Intake
 from stalwart.actors._placement import ActorDeps, Placement
+from stalwart.api import ApiServer, serve_api
 from stalwart.broker import Broker, WorkerInfo
 from stalwart.broker._pull import PullFeed, allot
 from stalwart.checkpoints import CheckpointStore, encode_value
@@ -86,6 +87,8 @@ class Worker:
         self._subs: list[PullFeed] = []
         self._returning: set[asyncio.Future[None]] = set()
         self._alive_sub: Subscription | None = None
+        self._api: ApiServer | None = None
+        """The control API (``<ns>.api.*``), served by every worker (stalwart.api)."""
         """The subscription that answers the supervisor's liveness probes (see :meth:`start`)."""
         self.breakers = Breakers(self.settings.breaker_threshold, self.settings.breaker_cooldown)
         self._tasks: list[asyncio.Task[None]] = []
@@ -124,6 +127,7 @@ class Worker:
         )
         agents = sorted(self.app.agents)
         await self.broker.register_agents(agents, self.app.name)
+        self._api = await serve_api(self.broker, self.store, self.settings, self.log)
         await self._open_feeds(agents)
         self._tasks.append(asyncio.create_task(self._keepalive_loop()))
         # Everything alive now (modules, the app, the frameworks an adapter imported, the
@@ -169,6 +173,8 @@ class Worker:
             await asyncio.wait(self._fetchers, timeout=_FETCH_WAIT + 5)
         await self._release_undelivered()
         self.fetch_closed.set()
+        if self._api is not None:
+            await self._api.stop()
         await self._drain_runs(budget_end)
         for t in [*self._tasks, *self._fetchers]:
             t.cancel()

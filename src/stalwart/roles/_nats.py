@@ -82,6 +82,9 @@ def _pieces(n: Names) -> dict[str, list[str]]:
             f"$JS.FC.{workers}.>",
         ],
         "submit": [n.runs_wildcard],
+        # The control API (stalwart.api): clients ask for everything, viewers only read.
+        "api": [n.api_wildcard],
+        "api_read": [n.api_subject("status"), n.api_subject("result")],
         # Workers' and supervisors' events, and clients' announcements, on separate
         # subjects: a client cannot publish where workers do.
         "announce": [n.events_from("sys")],
@@ -152,10 +155,12 @@ def nats_permissions(role: RoleName, namespace: str) -> NatsPermissions:
     # server cannot check); one answering for a dead peer only delays that peer's failover
     # to its lease TTL, and workers are trusted with the leases anyway.
     alive = [n.alive_wildcard]
+    # Workers and supervisors serve the control API in one queue group (stalwart.api).
+    api = [n.api_wildcard]
     reader = ["lookup", "read_events", "follow_events", "read_agents", "read_workers"]
     pub: dict[RoleName, list[str]] = {
-        "viewer": reader,
-        "client": [*reader, "submit", "client_announce", "poke"],
+        "viewer": [*reader, "api_read"],
+        "client": [*reader, "submit", "client_announce", "poke", "api"],
         "worker": [
             "lookup",
             "read_events",
@@ -163,6 +168,7 @@ def nats_permissions(role: RoleName, namespace: str) -> NatsPermissions:
             "consume",
             "submit",
             "announce",
+            "client_announce",  # what the API serves announces as a client would
             "reject",
             "poke",
             "run_leases",
@@ -175,6 +181,7 @@ def nats_permissions(role: RoleName, namespace: str) -> NatsPermissions:
             "dead_letters",
             "submit",
             "announce",
+            "client_announce",
             "reject",
             "poke",
             "run_leases",
@@ -186,8 +193,8 @@ def nats_permissions(role: RoleName, namespace: str) -> NatsPermissions:
     sub: dict[RoleName, list[str]] = {
         "viewer": [*inbox, *live_events],
         "client": [*inbox, *live_events],
-        "worker": [*inbox, *signals, *alive],
-        "supervisor": [*inbox, *advisories],
+        "worker": [*inbox, *signals, *alive, *api],
+        "supervisor": [*inbox, *advisories, *api],
     }
     if role == "admin":
         groups = {g for r in pub.values() for g in r} | {"provision"}
@@ -200,7 +207,8 @@ def nats_permissions(role: RoleName, namespace: str) -> NatsPermissions:
     return NatsPermissions(
         publish=_unique(*(p[g] for g in pub[role])),
         subscribe=_unique(sub[role]),
-        allow_responses=role == "worker",
+        # Workers answer liveness probes; workers and supervisors answer API requests.
+        allow_responses=role in ("worker", "supervisor"),
     )
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import structlog
 from nats.js.errors import NotFoundError
 
+from stalwart.api import ApiServer, serve_api
 from stalwart.broker import Broker, LeaseManager
 from stalwart.checkpoints import CheckpointStore
 from stalwart.messages import (
@@ -129,6 +130,7 @@ class Supervisor:
         self._reported_stuck: set[tuple[str, int]] = set()
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
+        self._api: ApiServer | None = None
         self.log = log.bind(supervisor=self.supervisor_id)
 
     async def start(self) -> None:
@@ -149,6 +151,7 @@ class Supervisor:
             self.supervisor_id,
             prefix="supervisor.",
         )
+        self._api = await serve_api(self.broker, self.store, self.settings, self.log)
         obs.watch_supervisor(self)
 
     def stop(self) -> None:
@@ -254,6 +257,8 @@ class Supervisor:
 
     async def close(self) -> None:
         """Close both connections."""
+        if self._api is not None:
+            await self._api.stop()
         if self.broker is not None:
             await self.broker.close()
         if self.store is not None:
