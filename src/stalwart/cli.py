@@ -53,6 +53,7 @@ from stalwart._exit_codes import (
 from stalwart._health import HealthServer, connection_checks
 from stalwart._logging import configure_logging
 from stalwart.actors import Worker
+from stalwart.api import serve_api
 from stalwart.client import Client
 from stalwart.config import Role, Settings
 from stalwart.supervisor import Supervisor
@@ -402,10 +403,10 @@ async def _dispatch(args: argparse.Namespace) -> int:
         return await cmd_provision(args, settings)
     if args.command == "worker":
         app = load_app(args.app)
-        await _serve(settings, lambda s: Worker(app, s))
+        await _serve(settings, lambda s: Worker(app, s, services=[serve_api]))
         return EXIT_OK
     if args.command == "supervisor":
-        await _serve(settings, Supervisor)
+        await _serve(settings, lambda s: Supervisor(s, services=[serve_api]))
         return EXIT_OK
     if args.command == "dev":
         return await _local.dev(args.app, settings, workers=args.workers)

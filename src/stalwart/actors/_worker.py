@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import msgspec
 import structlog
 
+from stalwart._services import ServiceDeps, start_services, stop_services
 from stalwart._text import safe_text
 from stalwart._version import __version__
 from stalwart.actors import _telemetry as obs
@@ -22,7 +23,6 @@ from stalwart.actors._actor import RunActor
 from stalwart.actors._generation import LeaseGenerations
 from stalwart.actors._intake import Intake
 from stalwart.actors._placement import ActorDeps, Placement
-from stalwart.api import ApiServer, serve_api
 from stalwart.broker import Broker, WorkerInfo
 from stalwart.broker._pull import PullFeed, allot
 from stalwart.checkpoints import CheckpointStore, encode_value
@@ -31,9 +31,12 @@ from stalwart.checkpoints._runs import LeasePosition
 from stalwart.policies import Breakers
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+
     from nats.aio.msg import Msg
     from nats.aio.subscription import Subscription
 
+    from stalwart._services import Service
     from stalwart.actors._app import AgentSpec, App
     from stalwart.broker import Lease
     from stalwart.checkpoints import Claim
@@ -68,7 +71,15 @@ class Worker:
     responsible for the run if this worker dies.
     """
 
-    def __init__(self, app: App, settings: Settings) -> None:
+    def __init__(
+        self,
+        app: App,
+        settings: Settings,
+        *,
+        services: Sequence[Callable[[ServiceDeps], Awaitable[Service]]] = (),
+    ) -> None:
+        """``services``: started on the worker's connections once it serves (the
+        ``stalwart worker`` command passes the control API, ``stalwart.api``)."""
         self.app = app
         self.settings = settings.with_worker_id()
         self.worker_id = self.settings.worker_id
@@ -87,9 +98,9 @@ class Worker:
         self._subs: list[PullFeed] = []
         self._returning: set[asyncio.Future[None]] = set()
         self._alive_sub: Subscription | None = None
-        self._api: ApiServer | None = None
-        """The control API (``<ns>.api.*``), served by every worker (stalwart.api)."""
         """The subscription that answers the supervisor's liveness probes (see :meth:`start`)."""
+        self._service_factories = services
+        self._services: list[Service] = []
         self.breakers = Breakers(self.settings.breaker_threshold, self.settings.breaker_cooldown)
         self._tasks: list[asyncio.Task[None]] = []
         self._deps: ActorDeps | None = None
@@ -127,7 +138,8 @@ class Worker:
         )
         agents = sorted(self.app.agents)
         await self.broker.register_agents(agents, self.app.name)
-        self._api = await serve_api(self.broker, self.store, self.settings, self.log)
+        deps = ServiceDeps(self.broker, self.store, self.settings, self.log)
+        self._services = await start_services(self._service_factories, deps)
         await self._open_feeds(agents)
         self._tasks.append(asyncio.create_task(self._keepalive_loop()))
         # Everything alive now (modules, the app, the frameworks an adapter imported, the
@@ -173,8 +185,7 @@ class Worker:
             await asyncio.wait(self._fetchers, timeout=_FETCH_WAIT + 5)
         await self._release_undelivered()
         self.fetch_closed.set()
-        if self._api is not None:
-            await self._api.stop()
+        await stop_services(self._services)
         await self._drain_runs(budget_end)
         for t in [*self._tasks, *self._fetchers]:
             t.cancel()

@@ -53,6 +53,7 @@ from stalwart.checkpoints._codec import (
     sealed_marker,
 )
 from stalwart.checkpoints._envelope import envelope_key_id
+from stalwart.client import Client
 from stalwart.errors import (
     ApprovalRefusedError,
     InvalidRequestError,
@@ -70,10 +71,8 @@ if TYPE_CHECKING:
     from nats.aio.msg import Msg
     from nats.aio.subscription import Subscription
 
-    from stalwart.broker import Broker
-    from stalwart.checkpoints import CheckpointStore, RunRecord
-    from stalwart.client import Client
-    from stalwart.config import Settings
+    from stalwart._services import ServiceDeps
+    from stalwart.checkpoints import RunRecord
 
 QUEUE_GROUP: Final = "stalwart-api"
 """The queue group every serving process joins: each request reaches one of them."""
@@ -310,15 +309,10 @@ def _status(record: RunRecord) -> StatusReply:
     )
 
 
-async def serve_api(
-    broker: Broker,
-    store: CheckpointStore,
-    settings: Settings,
-    log: structlog.typing.FilteringBoundLogger,
-) -> ApiServer:
-    """Start answering the control API on a worker's or supervisor's connections."""
-    from stalwart.client import Client  # deferred: the client imports the actors package
-
-    server = ApiServer(Client(broker, store, settings), log.bind(component="api"))
+async def serve_api(deps: ServiceDeps) -> ApiServer:
+    """Start answering the control API on a worker's or supervisor's connections (a
+    service factory: ``Worker(app, settings, services=[serve_api])``)."""
+    client = Client(deps.broker, deps.store, deps.settings)
+    server = ApiServer(client, deps.log.bind(component="api"))
     await server.start()
     return server
