@@ -43,23 +43,22 @@ flight on the serving process, ask again; ``internal``: a bug (the message says 
 """
 
 
-class _Wire(
-    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True
-):
-    """Base of the API bodies: keyword fields, unset defaults left out, no unknown fields."""
+class _Wire(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Base of the API bodies: keyword fields, every field written (a reader in another
+    language finds each one), unknown fields refused (a misspelt field is an error)."""
 
 
 RunId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 
 
-class ApiError(_Wire, frozen=True, kw_only=True, omit_defaults=True):
+class ApiError(_Wire, frozen=True, kw_only=True):
     """The body of an error reply (with header ``Stalwart-Error: <code>``)."""
 
     code: ErrorCode
     message: str
 
 
-class SubmitRequest(_Wire, frozen=True, kw_only=True, omit_defaults=True):
+class SubmitRequest(_Wire, frozen=True, kw_only=True):
     """``submit``: start a run of ``agent`` (what ``Client.submit`` does).
 
     Submitting a ``run_id`` that is already known answers with that run and never starts a
@@ -73,7 +72,7 @@ class SubmitRequest(_Wire, frozen=True, kw_only=True, omit_defaults=True):
     require_registered: bool = True
 
 
-class SubmitReply(_Wire, frozen=True, kw_only=True, omit_defaults=True):
+class SubmitReply(_Wire, frozen=True, kw_only=True):
     """The run that was started (or already existed under ``run_id``)."""
 
     run_id: str
@@ -81,14 +80,14 @@ class SubmitReply(_Wire, frozen=True, kw_only=True, omit_defaults=True):
     lane: str = ""
 
 
-class CancelRequest(_Wire, frozen=True, kw_only=True, omit_defaults=True):
+class CancelRequest(_Wire, frozen=True, kw_only=True):
     """``cancel``: cancel a run, at once if no worker placed it, else at its next step."""
 
     run_id: RunId
     reason: str = "cancelled by client"
 
 
-class CancelReply(_Wire, frozen=True, kw_only=True, omit_defaults=True):
+class CancelReply(_Wire, frozen=True, kw_only=True):
     """``cancelled`` (ended now), ``requested`` (its owner stops at the next step) or
     ``terminal`` (it had already ended)."""
 
@@ -96,7 +95,7 @@ class CancelReply(_Wire, frozen=True, kw_only=True, omit_defaults=True):
     outcome: Literal["cancelled", "requested", "terminal"]
 
 
-class SignalRequest(_Wire, frozen=True, kw_only=True, omit_defaults=True):
+class SignalRequest(_Wire, frozen=True, kw_only=True):
     """``signal``: store signal ``name`` with ``payload`` in the run's inbox (never lost)."""
 
     run_id: RunId
@@ -104,14 +103,14 @@ class SignalRequest(_Wire, frozen=True, kw_only=True, omit_defaults=True):
     payload: Any = None
 
 
-class SignalReply(_Wire, frozen=True, kw_only=True, omit_defaults=True):
+class SignalReply(_Wire, frozen=True, kw_only=True):
     """``stored``, or ``woke`` (the run was passivated waiting for it and is placed again)."""
 
     run_id: str
     outcome: Literal["stored", "woke"]
 
 
-class ApproveRequest(_Wire, frozen=True, kw_only=True, omit_defaults=True):
+class ApproveRequest(_Wire, frozen=True, kw_only=True):
     """``approve``: approve (or, ``approved: false``, reject) a pending tool call.
 
     ``tool`` and ``args_hash``, when given, must match what the run asks for now.
@@ -125,13 +124,13 @@ class ApproveRequest(_Wire, frozen=True, kw_only=True, omit_defaults=True):
     message: str | None = None
 
 
-class StatusRequest(_Wire, frozen=True, kw_only=True, omit_defaults=True):
+class StatusRequest(_Wire, frozen=True, kw_only=True):
     """``status``: the run's record."""
 
     run_id: RunId
 
 
-class StatusReply(_Wire, frozen=True, kw_only=True, omit_defaults=True):
+class StatusReply(_Wire, frozen=True, kw_only=True):
     """A run's record: who owns it, in which epoch, how it ended (times in epoch seconds)."""
 
     run_id: str
@@ -150,7 +149,7 @@ class StatusReply(_Wire, frozen=True, kw_only=True, omit_defaults=True):
     terminal: bool = False
 
 
-class ResultRequest(_Wire, frozen=True, kw_only=True, omit_defaults=True):
+class ResultRequest(_Wire, frozen=True, kw_only=True):
     """``result``: one page of an ended run's result.
 
     The result is encoded in the request's encoding; the reply carries the bytes
@@ -166,7 +165,7 @@ class ResultRequest(_Wire, frozen=True, kw_only=True, omit_defaults=True):
     wait: Annotated[float, msgspec.Meta(ge=0, le=60)] = 0.0
 
 
-class ResultReply(_Wire, frozen=True, kw_only=True, omit_defaults=True):
+class ResultReply(_Wire, frozen=True, kw_only=True):
     """One page of a run's result, or how the run ended without one.
 
     ``status`` ``completed``: ``data`` holds bytes ``offset..offset+len(data)`` of the

@@ -80,6 +80,10 @@ QUEUE_GROUP: Final = "stalwart-api"
 MAX_IN_FLIGHT: Final = 64
 """Requests one process handles at once; beyond that it answers ``busy`` at once."""
 
+OPERATION_TIMEOUT: Final = 10.0
+"""Seconds an operation may take (on top of a result's ``wait``) before it is answered
+``unavailable``: the store retries through a Redis outage for longer than a caller waits."""
+
 _PAGE_OVERHEAD = 2048
 """Bytes of a result page's message kept for everything but the data (fields, headers)."""
 
@@ -136,8 +140,10 @@ class ApiServer:
         log: structlog.typing.FilteringBoundLogger,
         *,
         max_in_flight: int = MAX_IN_FLIGHT,
+        timeout: float = OPERATION_TIMEOUT,
     ) -> None:
         self._client = client
+        self._timeout = timeout
         self._log = log
         self._max = max_in_flight
         self._tasks: set[asyncio.Task[None]] = set()
@@ -192,7 +198,19 @@ class ApiServer:
                 what=f"{operation} request",
                 max_nesting=self._client.settings.max_nesting,
             )
-            reply = await self._dispatch(body, encoding, msg)
+            wait = body.wait if isinstance(body, ResultRequest) else 0.0
+            try:
+                async with asyncio.timeout(self._timeout + wait):
+                    reply = await self._dispatch(body, encoding, msg)
+            except TimeoutError:
+                # Submit, cancel and signal are safe to repeat: a submit with the same
+                # run_id starts nothing new, a stored signal or cancel is never lost.
+                raise _Refused(
+                    "unavailable",
+                    f"no answer from Redis or NATS within {self._timeout:g} s; the {operation} "
+                    "may or may not have happened: ask again (a submit with the same run_id "
+                    "starts nothing new)",
+                ) from None
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -309,10 +327,10 @@ def _status(record: RunRecord) -> StatusReply:
     )
 
 
-async def serve_api(deps: ServiceDeps) -> ApiServer:
+async def serve_api(deps: ServiceDeps, *, timeout: float = OPERATION_TIMEOUT) -> ApiServer:
     """Start answering the control API on a worker's or supervisor's connections (a
     service factory: ``Worker(app, settings, services=[serve_api])``)."""
     client = Client(deps.broker, deps.store, deps.settings)
-    server = ApiServer(client, deps.log.bind(component="api"))
+    server = ApiServer(client, deps.log.bind(component="api"), timeout=timeout)
     await server.start()
     return server
