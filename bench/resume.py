@@ -42,9 +42,7 @@ TARGETS = {1000: 0.05, 10000: 0.3}
 async def _last_event(cl: Cluster, run_id: str) -> RunEvent | None:
     names = cl.c.broker.names
     try:
-        msg = await cl.c.broker.js.get_msg(
-            names.events_stream, subject=names.events_subject(run_id)
-        )
+        msg = await cl.c.broker.js.get_msg(names.events_stream, subject=names.run_events(run_id))
     except NotFoundError:
         return None
     return decode_event(msg.data or b"")

@@ -266,7 +266,7 @@ async def test_garbage_on_the_event_subject_is_skipped_by_every_reader(
     handle = await client.submit("waiter", None)
     run_id = handle.run_id
     await eventually(lambda: status_is(client, run_id, "waiting"), timeout=20)
-    subject = client.broker.names.events_subject(run_id)
+    subject = client.broker.names.events_subject(run_id, agent="waiter")
     bad_types = json.dumps({"type": "run.completed", "run_id": run_id, "at": "x"}).encode()
     for payload in (b"\xff\x00 not json", b'{"type": 5}', b"[]", bad_types):
         await client.broker.js.publish(subject, payload, headers={"Stalwart-Jseq": "abc"})

@@ -270,7 +270,7 @@ async def test_each_role_with_only_its_rights_runs_runs_end_to_end(
             # publish is a forgery there: every reader skips it.
             forged = {"type": "run.failed", "run_id": done.run_id, "at": time.time()}
             await client.broker.js.publish(
-                client.broker.names.events_subject(done.run_id, "client"),
+                client.broker.names.events_subject(done.run_id, "client", agent="approval"),
                 json.dumps(forged).encode(),
             )
             types = [e.type async for e in client.handle(done.run_id).events(follow=False)]
@@ -368,7 +368,8 @@ async def test_a_client_cannot_write_leases_forge_advisories_or_touch_another_na
         await v.refused("subscribe", advisory)
         await v.refused("publish", f"{A}.rejected.ten")
         # Events only workers and supervisors publish (step.*, run.completed...).
-        await v.refused("publish", f"{A}.events.r1.sys")
+        await v.refused("publish", f"{A}.events.ten.r1.sys")
+        await v.refused("publish", f"{A}.events.r1.sys")  # the layout before the agent token
         await v.refused("publish", f"$JS.API.STREAM.DELETE.{A.upper()}_RUNS")
         await v.refused("publish", f"$JS.API.STREAM.CREATE.{A.upper()}_RUNS")
         await v.refused("publish", f"$JS.API.CONSUMER.DELETE.{A.upper()}_RUNS.agent_ten")
@@ -516,7 +517,9 @@ def test_clients_and_viewers_cannot_write_what_workers_write() -> None:
         ns.lease_subject("leader", prefix="supervisor."),
         ns.worker_subject("w1"),
         ns.kv_subject(ns.agents_bucket, "a"),
-        ns.events_subject("r1", "sys"),
+        ns.events_subject("r1", "sys", agent="a"),
+        ns.events_subject("r1", "sys", agent=""),
+        "acme.events.r1.sys",
         ns.rejected_subject("a"),
         ns.max_deliveries_advisories.replace("*", "agent_a"),
         f"$JS.ACK.{ns.runs_stream}.agent_a.1.1.1.1.0",

@@ -98,8 +98,10 @@ def step_started_data(kind: str, attempt: int) -> dict[str, Any]:
     return {"kind": kind, "attempt": attempt}
 
 
-def entry_event(run_id: str, je: JournalEntry, *, journaled_steps: int = 0) -> RunEvent:
-    """The event that announces journal entry ``je`` of run ``run_id``.
+def entry_event(
+    run_id: str, je: JournalEntry, *, journaled_steps: int = 0, agent: str = ""
+) -> RunEvent:
+    """The event that announces journal entry ``je`` of run ``run_id`` (of ``agent``).
 
     ``journaled_steps`` is what a ``run.resumed`` reports: the steps the new owner replays.
     The event's ``at`` is the entry's own time (a step's end for ``step.completed`` /
@@ -137,4 +139,5 @@ def entry_event(run_id: str, je: JournalEntry, *, journaled_steps: int = 0) -> R
         jseq=je.seq,
         step=step,
         data=data_dict(data) if data is not None else None,
+        agent=agent,
     )

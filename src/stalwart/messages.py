@@ -90,14 +90,20 @@ class RunRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 
 class RunEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """One event in a run's life, published to ``<namespace>.events.<run_id>.sys`` (by
-    workers and supervisors) or ``.client`` (what clients announce).
+    """One event in a run's life, published to ``<namespace>.events.<agent>.<run_id>.sys``
+    (by workers and supervisors) or ``.client`` (what clients announce).
 
     ``type`` is an :data:`EventType` (the ``EV_*`` constants below) or a type agent code
     passed to ``ctx.emit``; :func:`event_data` reads the ``data`` of Stalwart's own types as
     their typed structs (:data:`EventData`). ``jseq`` is the journal sequence the
     event reflects (0 for events that are not journaled, such as ``step.started``); a
     resumed actor uses it to publish whatever a crash kept from being published.
+
+    ``agent`` is the run's agent: every publisher sets it, and the subject carries it
+    (:data:`NO_AGENT_TOKEN` when unknown); readers take it from the subject, "" for events
+    stored before it existed. ``seq`` is the event's sequence in the events stream: 0 as
+    published, filled in by readers from the message's metadata (a value in the body is
+    never trusted), so a reader can resume after the last event it saw.
     """
 
     type: str
@@ -108,6 +114,8 @@ class RunEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     jseq: int = 0
     step: str = ""
     data: Any = None
+    agent: str = ""
+    seq: int = 0
 
 
 EventType = Literal[
@@ -411,23 +419,58 @@ _skipped_logged = False
 
 
 CLIENT_EVENTS = frozenset({EV_ACCEPTED, EV_REJECTED, EV_SIGNAL, EV_CANCELLED})
-"""The event types clients announce, on a run's ``client`` subject (``<ns>.events.<run>.client``)."""
+"""The event types clients announce, on a run's ``client`` subject
+(``<ns>.events.<agent>.<run>.client``)."""
+
+NO_AGENT_TOKEN: Final = "~"
+"""Agent token of an events subject whose event has no usable agent (see
+``Names.events_subject``). No agent name can be it: agent names are ``[A-Za-z0-9_-]`` only."""
 
 
-def read_event(data: bytes | None, subject: str = "") -> RunEvent | None:
+def split_events_subject(subject: str) -> tuple[str, str, str] | None:
+    """``(agent token, run id, source)`` of an events subject, agent token "" in the layout
+    before the agent token; None for a subject that is neither layout.
+
+    Namespaces are one token, so the layouts differ in their number of tokens:
+    ``<ns>.events.<agent>.<run>.<source>`` and ``<ns>.events.<run>.<source>``.
+    """
+    parts = subject.split(".")
+    if len(parts) == 5 and parts[1] == "events":
+        return parts[2], parts[3], parts[4]
+    if len(parts) == 4 and parts[1] == "events":
+        return "", parts[2], parts[3]
+    return None
+
+
+def read_event(data: bytes | None, subject: str = "", seq: int = 0) -> RunEvent | None:
     """Decode a run event, or None for anything that is not one.
 
     Anyone who can publish on a run's subject can put garbage there; every reader of event
     streams goes through this so that such a message is skipped, not fatal. The first one
     skipped in a process is logged (once: a flood of garbage must not flood the log too).
     An event on a run's ``client`` subject whose type clients never announce (a
-    ``step.completed``, a ``run.completed``) is a client's forgery and skipped too.
+    ``step.completed``, a ``run.completed``) is a client's forgery and skipped too, as is
+    an event on an events subject of another run. The event's ``agent`` is the subject's
+    agent token ("" for :data:`NO_AGENT_TOKEN` and the old layout) and its ``seq`` is
+    ``seq`` (the stream sequence the reader got with the message): what the body says of
+    either is not taken.
     """
     global _skipped_logged
     try:
         event = _event_decoder.decode(data or b"")
-        if subject.endswith(".client") and event.type not in CLIENT_EVENTS:
+        agent = event.agent
+        parts = split_events_subject(subject) if subject else None
+        if parts is not None:
+            token, run_id, source = parts
+            if run_id != event.run_id:
+                raise ValueError(f"an event of another run on {run_id!r}'s subject")
+            agent = "" if token == NO_AGENT_TOKEN else token
+        else:
+            source = "client" if subject.endswith(".client") else "sys"
+        if source == "client" and event.type not in CLIENT_EVENTS:
             raise ValueError(f"{event.type} is not a client event")
+        if event.seq != seq or event.agent != agent:
+            event = msgspec.structs.replace(event, seq=seq, agent=agent)
         return event
     except Exception as exc:
         if not _skipped_logged:

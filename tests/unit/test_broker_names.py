@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from stalwart.broker import Names, check_server_version
+from stalwart.broker._names import agent_token
 from stalwart.errors import (
     ConfigurationError,
     ServerVersionError,
@@ -49,9 +50,12 @@ def test_names_with_custom_namespace() -> None:
     assert n.workers_stream == "KV_ACME_PROD_WORKERS"
     assert n.runs_subject("research") == "acme_prod.runs.research"
     assert n.runs_wildcard == "acme_prod.runs.>"
-    assert n.events_subject("r1") == "acme_prod.events.r1.sys"
-    assert n.events_subject("r1", "client") == "acme_prod.events.r1.client"
-    assert n.run_events("r1") == "acme_prod.events.r1.*"
+    assert n.events_subject("r1", agent="research") == "acme_prod.events.research.r1.sys"
+    assert n.events_subject("r1", "client", agent="a") == "acme_prod.events.a.r1.client"
+    assert n.run_events("r1") == "acme_prod.events.*.r1.*"
+    assert n.legacy_run_events("r1") == "acme_prod.events.r1.*"
+    assert n.agent_events("research") == "acme_prod.events.research.*.*"
+    assert n.events_from("client") == "acme_prod.events.*.*.client"
     assert n.events_wildcard == "acme_prod.events.>"
     assert n.rejected_subject("research") == "acme_prod.rejected.research"
     assert n.rejected_wildcard == "acme_prod.rejected.>"
@@ -63,4 +67,12 @@ def test_names_with_custom_namespace() -> None:
 
 def test_names_default_namespace_differs() -> None:
     assert Names().runs_stream == "STALWART_RUNS"
-    assert Names().events_subject("r") != Names("other").events_subject("r")
+    assert Names().events_subject("r", agent="a") != Names("other").events_subject("r", agent="a")
+
+
+def test_agent_token_never_widens_or_splits_an_events_subject() -> None:
+    n = Names("acme")
+    for bad in ("", "a.b", "*", ">", "a b", "x" * 129, "~"):
+        assert n.events_subject("r1", agent=bad) == "acme.events.~.r1.sys", bad
+        assert n.agent_events(bad) == "acme.events.~.*.*", bad
+    assert agent_token("Research_2-b") == "Research_2-b"

@@ -105,7 +105,7 @@ class RunActor:
         """False once the lease was given up, so the worker stops renewing it."""
         self._wake = asyncio.Event()
         self.journal = RunJournal(deps.store, self.state, p.claim_seq + 1)
-        self.events = RunEvents(deps.broker, self.state, self.log)
+        self.events = RunEvents(deps.broker, self.state, self.log, agent=p.spec.name)
         self.owner = LeaseOwner(
             deps.broker.leases, p.lease, self.state, self.log, deps.confirm_retry
         )

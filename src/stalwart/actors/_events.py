@@ -23,8 +23,14 @@ class RunEvents:
     """The :class:`~stalwart.actors._ports.EventSink` of a live run: its NATS event stream."""
 
     def __init__(
-        self, broker: Broker, state: RunState, log: structlog.typing.FilteringBoundLogger
+        self,
+        broker: Broker,
+        state: RunState,
+        log: structlog.typing.FilteringBoundLogger,
+        *,
+        agent: str,
     ) -> None:
+        self._agent = agent
         self._broker = broker
         self._state = state
         self._log = log
@@ -40,6 +46,7 @@ class RunEvents:
             epoch=state.epoch,
             step=step,
             data=data,
+            agent=self._agent,
         )
 
     async def publish(self, event: RunEvent) -> None:
@@ -72,7 +79,10 @@ class RunEvents:
 
     async def journaled(self, je: JournalEntry) -> None:
         """Publish the event of journal entry ``je``."""
-        event = entry_event(self._state.run_id, je, journaled_steps=len(self._state.view.done))
+        state = self._state
+        event = entry_event(
+            state.run_id, je, journaled_steps=len(state.view.done), agent=self._agent
+        )
         try:
             await self._broker.events.publish(event)
         except Exception as exc:

@@ -94,6 +94,7 @@ class Intake:
             worker=self._worker_id,
             jseq=seq,
             data=data_dict(RequestRejectedData(reason=reason, agent=spec.name)),
+            agent=spec.name,
         )
         with contextlib.suppress(Exception):
             if run_id and outcome in ("missing", "rejected"):
@@ -176,6 +177,7 @@ class Intake:
                         at=claim.at,
                         worker=self._worker_id,
                         jseq=claim.seq,
+                        agent=spec.name,
                         data=data_dict(
                             RunEndedData(error=ErrorData(type=POISONED_ERROR, message=claim.status))
                         ),

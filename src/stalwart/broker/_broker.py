@@ -224,11 +224,11 @@ class Broker:
 
     # -- what a client announces ----------------------------------------------------------
 
-    async def _announce(self, run_id: str, type: str, data: dict[str, Any]) -> None:
+    async def _announce(self, run_id: str, agent: str, type: str, data: dict[str, Any]) -> None:
         # Acked: a client's event must be in the stream before anything it announces.
         # On the run's client subject: clients may not publish where workers do.
         await self.events.publish(
-            RunEvent(type=type, run_id=run_id, at=time.time(), data=data),
+            RunEvent(type=type, run_id=run_id, at=time.time(), data=data, agent=agent),
             acked=True,
             source="client",
         )
@@ -241,37 +241,53 @@ class Broker:
         data = RunAcceptedData(
             agent=agent, forked_from=forked_from or msgspec.UNSET, at=at or msgspec.UNSET
         )
-        await self._announce(run_id, EV_ACCEPTED, data_dict(data))
+        await self._announce(run_id, agent, EV_ACCEPTED, data_dict(data))
 
     async def announce_rejected(self, run_id: str, agent: str, reason: str) -> None:
         """``request.rejected``: a submission of ``run_id`` was refused."""
         await self._announce(
-            run_id, EV_REJECTED, data_dict(RequestRejectedData(reason=reason, agent=agent))
+            run_id, agent, EV_REJECTED, data_dict(RequestRejectedData(reason=reason, agent=agent))
         )
 
     async def signal_stored(
-        self, run_id: str, name: str, sid: str, wake: tuple[str, int, str] | None = None
+        self,
+        run_id: str,
+        name: str,
+        sid: str,
+        wake: tuple[str, int, str] | None = None,
+        *,
+        agent: str,
     ) -> None:
         """After a signal was stored: poke a live waiter, resume the run if ``wake`` (its
-        ``(agent, passivated epoch, lane)``), and announce ``signal.received``."""
+        ``(agent, passivated epoch, lane)``), and announce ``signal.received`` on the
+        subject of ``agent`` (the run's, from its record)."""
         # Poked first, before anything that could fail on the way (the event).
         await self.poke(run_id)
         if wake is not None:
             await self.request_resume(run_id, wake[0], wake[1], "signal", lane=wake[2])
-        await self._announce(run_id, EV_SIGNAL, data_dict(SignalReceivedData(name=name, sid=sid)))
+        data = data_dict(SignalReceivedData(name=name, sid=sid))
+        await self._announce(run_id, agent, EV_SIGNAL, data)
 
     async def cancel_stored(
-        self, run_id: str, reason: str, *, ended: bool, wake: tuple[str, int, str] | None = None
+        self,
+        run_id: str,
+        reason: str,
+        *,
+        ended: bool,
+        agent: str,
+        wake: tuple[str, int, str] | None = None,
     ) -> None:
         """After a cancel was stored: poke a live waiter so it notices now, resume a
         passivated run (``wake``: its agent, epoch and lane) so it can end, and announce
-        ``run.cancelled`` when the cancel ``ended`` a run nobody had placed."""
+        ``run.cancelled`` (on ``agent``'s subject) when the cancel ``ended`` a run nobody
+        had placed."""
         await self.poke(run_id)
         if wake is not None:
             await self.request_resume(run_id, wake[0], wake[1], "cancel", lane=wake[2])
         if ended:
             error = ErrorData(type="RunCancelled", message=reason)
-            await self._announce(run_id, EV_CANCELLED, data_dict(RunEndedData(error=error)))
+            data = data_dict(RunEndedData(error=error))
+            await self._announce(run_id, agent, EV_CANCELLED, data)
 
     async def pull_feed(
         self,

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
-from nats.js.api import DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from stalwart._text import SEALED_TEXT_PREFIX, clip, safe_text
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
     from nats.aio.msg import Msg
     from nats.js import JetStreamContext
+    from nats.js.api import RawStreamMsg
 
     from stalwart.broker._names import EventSource, Names
 
@@ -45,6 +46,11 @@ _STEP_ENDS = frozenset({EV_STEP_COMPLETED, EV_STEP_FAILED})
 
 _HEADER_ROOM = 4096
 """Bytes of a message's payload budget left for its headers (msg id, jseq, trace context)."""
+PENDING_EVENTS = 4096
+"""Events a follower's subscription buffers before the client drops (and the ordered
+consumer redelivers from the gap): what bounds a slow reader's memory."""
+PENDING_EVENT_BYTES = 64 * 1024 * 1024
+"""Bytes a follower's subscription buffers (see :data:`PENDING_EVENTS`)."""
 _MAX_DATA_DEPTH = 32
 """Nesting kept when an event's data is cut down; deeper values are replaced by a marker."""
 
@@ -114,6 +120,7 @@ def bounded_event(event: RunEvent, text_limit: int, max_bytes: int) -> bytes:
         epoch=event.epoch,
         jseq=event.jseq,
         step=clip(cut.step, 64),
+        agent=event.agent,
         data={"truncated": "event data too large or not encodable; see the run's journal"},
     )
     return encode_event(marker)
@@ -194,7 +201,7 @@ class EventPublisher:
         published by clients, which must be in the stream before the request they
         announce is published.
         """
-        subject = self._names.events_subject(event.run_id, source)
+        subject = self._names.events_subject(event.run_id, source, agent=event.agent)
         top = max(self._published_jseq.get(event.run_id, 0), event.jseq)
         # Subscribers can join the trace of the step or run that published the event.
         headers = inject_headers({JSEQ_HEADER: str(top)})
@@ -276,11 +283,11 @@ class EventPublisher:
 
     async def last_published_jseq(self, run_id: str) -> int:
         """The highest journal sequence whose event is in the stream (0 when none)."""
-        try:
-            msg = await self._js.get_msg(
-                self._names.events_stream, subject=self._names.events_subject(run_id)
-            )
-        except NotFoundError:
+        names = self._names
+        msg = await _last_msg(self._js, names, [_sys(names.run_events(run_id))])
+        if msg is None:  # none since the agent token: a run in flight over the upgrade
+            msg = await _last_msg(self._js, names, [_sys(names.legacy_run_events(run_id))])
+        if msg is None:
             return 0
         raw = (msg.headers or {}).get(JSEQ_HEADER, "0")
         try:
@@ -299,44 +306,75 @@ class EventPublisher:
         self._published_jseq.pop(run_id, None)
 
 
+def _sys(run_filter: str) -> str:
+    """The workers' (``sys``) subject within a run's events filter."""
+    return run_filter.removesuffix("*") + "sys"
+
+
+def _run_filters(names: Names, run_id: str) -> list[str]:
+    """Both layouts of a run's events: since the agent token, and before it."""
+    return [names.run_events(run_id), names.legacy_run_events(run_id)]
+
+
+async def _last_msg(js: JetStreamContext, names: Names, subjects: list[str]) -> RawStreamMsg | None:
+    """The newest stored message on any of ``subjects`` (one direct get each), or None."""
+    newest: RawStreamMsg | None = None
+    for subject in subjects:
+        try:
+            msg = await js.get_msg(names.events_stream, subject=subject)
+        except NotFoundError:
+            continue
+        if newest is None or int(msg.seq or 0) > int(newest.seq or 0):
+            newest = msg
+    return newest
+
+
 async def last_event(js: JetStreamContext, names: Names, run_id: str) -> RunEvent | None:
-    """The run's newest stored event (one direct get), or None when it has none."""
-    try:
-        msg = await js.get_msg(names.events_stream, subject=names.run_events(run_id))
-    except NotFoundError:
+    """The run's newest stored event (a direct get per subject layout), or None."""
+    msg = await _last_msg(js, names, _run_filters(names, run_id))
+    if msg is None:
         return None
-    return read_event(msg.data, msg.subject or "")
+    return read_event(msg.data, msg.subject or "", int(msg.seq or 0))
 
 
 async def _last_stream_seq(js: JetStreamContext, names: Names, run_id: str) -> int:
+    msg = await _last_msg(js, names, _run_filters(names, run_id))
+    return 0 if msg is None else int(msg.seq or 0)
+
+
+async def _next_msg(
+    js: JetStreamContext, names: Names, subject: str, cursor: int
+) -> RawStreamMsg | None:
     try:
-        msg = await js.get_msg(names.events_stream, subject=names.run_events(run_id))
+        return await js.get_msg(names.events_stream, seq=cursor, subject=subject, next=True)
     except NotFoundError:
-        return 0
-    return int(msg.seq or 0)
+        return None
 
 
 async def stored_events(js: JetStreamContext, names: Names, run_id: str) -> AsyncIterator[RunEvent]:
-    """Yield the events stored for a run now, oldest first, then stop.
+    """Yield the events stored for a run now, oldest first, each with its ``seq``, then stop.
 
     One direct get per event (``next_by_subj``): no consumer to create, nothing that can
-    stall, every request bounded by the client's timeout.
+    stall, every request bounded by the client's timeout. Events of both subject layouts
+    (before and since the agent token) are merged in stream order.
     """
     stop_at = await _last_stream_seq(js, names, run_id)
-    subject = names.run_events(run_id)
-    cursor = 1
-    while 0 < cursor <= stop_at:
-        try:
-            msg = await js.get_msg(names.events_stream, seq=cursor, subject=subject, next=True)
-        except NotFoundError:
+    if stop_at <= 0:
+        return
+    heads: dict[str, RawStreamMsg | None] = {}
+    for subject in _run_filters(names, run_id):
+        heads[subject] = await _next_msg(js, names, subject, 1)
+    while True:
+        live = [(int(m.seq or 0), s, m) for s, m in heads.items() if m is not None]
+        if not live:
             return
-        seq = int(msg.seq or 0)
-        if seq == 0 or seq > stop_at:
+        seq, subject, msg = min(live, key=lambda t: t[0])
+        if seq <= 0 or seq > stop_at:
             return
-        event = read_event(msg.data, msg.subject or subject)
+        event = read_event(msg.data, msg.subject or "", seq)
         if event is not None and event.run_id == run_id:
             yield event
-        cursor = seq + 1
+        heads[subject] = await _next_msg(js, names, subject, seq + 1)
 
 
 async def subscribe_events(
@@ -359,16 +397,20 @@ async def subscribe_events(
             yield stored
         return
     # The stream named: else nats-py asks for every stream name of the account (a right
-    # least-privilege roles do not have, and other tenants' names).
+    # least-privilege roles do not have, and other tenants' names). Both subject layouts:
+    # a run stored before the agent token still replays.
     sub = await js.subscribe(
-        names.run_events(run_id),
+        "",
         stream=names.events_stream,
         ordered_consumer=True,
         deliver_policy=DeliverPolicy.ALL,
+        config=ConsumerConfig(filter_subjects=_run_filters(names, run_id)),
+        pending_msgs_limit=PENDING_EVENTS,
+        pending_bytes_limit=PENDING_EVENT_BYTES,
     )
     try:
         async for msg in sub.messages:
-            live = read_event(msg.data, msg.subject)
+            live = read_event(msg.data, msg.subject, msg.metadata.sequence.stream)
             if live is None or live.run_id != run_id:
                 continue
             yield live

@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+from stalwart.messages import NO_AGENT_TOKEN
+
 ResumeCause = Literal["resume", "timer", "wake", "signal", "cancel"]
 """Why a resume request is published (see :func:`resume_msg_id`).
 
@@ -72,6 +74,13 @@ def worker_token(worker_id: str) -> str:
     if _TOKEN.fullmatch(worker_id):
         return worker_id
     return "~" + hashlib.sha256(worker_id.encode()).hexdigest()[:32]
+
+
+def agent_token(agent: str) -> str:
+    """``agent`` as the agent token of an events subject: itself, or
+    :data:`~stalwart.messages.NO_AGENT_TOKEN` when it is empty or not a usable agent name
+    (which must never widen or split a subject)."""
+    return agent if _TOKEN.fullmatch(agent) else NO_AGENT_TOKEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,23 +148,36 @@ class Names:
         """Subjects captured by the runs stream."""
         return f"{self.namespace}.runs.>"
 
-    def events_subject(self, run_id: str, source: EventSource = "sys") -> str:
-        """Subject of one run's events from ``source``: ``<ns>.events.<run_id>.<source>``.
+    def events_subject(self, run_id: str, source: EventSource = "sys", *, agent: str) -> str:
+        """Subject of one run's events from ``source``: ``<ns>.events.<agent>.<run_id>.<source>``.
 
-        Workers and supervisors publish on ``sys``, clients their announcements on
-        ``client``, so NATS permissions can keep clients off the subjects of the events
-        only workers publish (docs/security.md#least-privilege-roles), and readers skip an
-        event of another type on ``client`` (:func:`stalwart.messages.read_event`).
+        ``agent`` is the run's agent (:func:`agent_token`: a name that is not a usable
+        subject token, or none, becomes :data:`~stalwart.messages.NO_AGENT_TOKEN`), so a reader can follow one
+        agent's runs with one filter (:meth:`agent_events`). Workers and supervisors publish
+        on ``sys``, clients their announcements on ``client``, so NATS permissions can keep
+        clients off the subjects of the events only workers publish
+        (docs/security.md#least-privilege-roles), and readers skip an event of another type
+        on ``client`` (:func:`stalwart.messages.read_event`).
         """
-        return f"{self.namespace}.events.{run_id}.{source}"
+        return f"{self.namespace}.events.{agent_token(agent)}.{run_id}.{source}"
 
     def run_events(self, run_id: str) -> str:
-        """Filter subject of all of one run's events, whoever published them."""
+        """Filter subject of all of one run's events, whoever published them, whatever the
+        agent token: ``<ns>.events.*.<run_id>.*``."""
+        return f"{self.namespace}.events.*.{run_id}.*"
+
+    def legacy_run_events(self, run_id: str) -> str:
+        """Filter of one run's events in the layout before the agent token
+        (``<ns>.events.<run_id>.*``): still read, never written (see docs/observability.md)."""
         return f"{self.namespace}.events.{run_id}.*"
+
+    def agent_events(self, agent: str) -> str:
+        """Filter subject of every run's events of ``agent``: ``<ns>.events.<agent>.*.*``."""
+        return f"{self.namespace}.events.{agent_token(agent)}.*.*"
 
     def events_from(self, source: EventSource) -> str:
         """Subjects of every run's events from ``source`` (for permissions)."""
-        return f"{self.namespace}.events.*.{source}"
+        return f"{self.namespace}.events.*.*.{source}"
 
     @property
     def events_wildcard(self) -> str:

@@ -17,6 +17,7 @@ from stalwart._text import (
     type_name,
 )
 from stalwart.broker import Broker
+from stalwart.broker._all_events import all_events
 from stalwart.checkpoints import (
     CheckpointStore,
     RunRecord,
@@ -27,7 +28,7 @@ from stalwart.checkpoints import (
     seal_bytes,
 )
 from stalwart.checkpoints._codec import install_codec, is_sealed
-from stalwart.client._handle import RunHandle
+from stalwart.client._handle import RunHandle, opened_events
 from stalwart.config import Settings
 from stalwart.errors import (
     ConfigurationError,
@@ -35,10 +36,11 @@ from stalwart.errors import (
     RunNotFoundError,
     UnknownAgentError,
 )
-from stalwart.messages import RunRequest
+from stalwart.messages import RunEvent, RunRequest
 from stalwart.telemetry import carrier_json
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
     from types import TracebackType
 
 
@@ -305,3 +307,25 @@ class Client:
             # 0 used to list every run and -1 all but one (a slice bound).
             raise InvalidRequestError(f"limit must be a whole number >= 1, got {limit!r}")
         return await self.store.list_runs(limit)
+
+    def events(
+        self, *, agent: str | None = None, after: int = 0, follow: bool = True
+    ) -> AsyncIterator[RunEvent]:
+        """Every run's events (``agent``'s only, when given), in the order the events
+        stream stored them, each with its stream sequence in ``seq``.
+
+        Starts after stream sequence ``after`` (0: from the first event still retained), so
+        a reader that remembers the last ``seq`` it handled resumes where it left off. With
+        ``follow`` it goes on live until closed; without it, it ends at the event that was
+        last when it started. Messages that are not events are skipped; encrypted payloads
+        are opened as in :meth:`RunHandle.events`. Raises ``ValueError`` for a negative
+        ``after`` and :class:`~stalwart.errors.ConfigurationError` for an unusable agent
+        name.
+        """
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise ValueError(f"after must be a stream sequence >= 0, not {after!r}")
+        if agent is not None:
+            check_agent_name(agent)
+        broker = self.broker
+        found = all_events(broker.js, broker.names, agent=agent, after=after, follow=follow)
+        return opened_events(found)

@@ -91,7 +91,7 @@ class RunHandle:
         decrypted when this process has the key, else shown as ``<encrypted: key ...>``.
         """
         events = self.client.broker.subscribe(self.run_id, follow=follow, ends=self._has_ended)
-        return _opened(events)
+        return opened_events(events)
 
     async def _has_ended(self, event: RunEvent) -> bool:
         try:
@@ -177,11 +177,11 @@ class RunHandle:
                 f"run {self.run_id!r} already holds {epoch} unconsumed signals "
                 f"(signal_max_pending={settings.signal_max_pending}); signal {name!r} not stored"
             )
-        wake = None
-        if outcome == "wake":
-            record = await self.status()
-            wake = (record.agent, epoch, record.lane)  # resumed in the run's own lane
-        await self.client.broker.signal_stored(self.run_id, name, sid, wake)
+        # The record names the run's agent (for the event's subject) and, when the signal
+        # wakes it, the lane it resumes in: a handle's own agent is the caller's word.
+        record = await self.status()
+        wake = (record.agent, epoch, record.lane) if outcome == "wake" else None
+        await self.client.broker.signal_stored(self.run_id, name, sid, wake, agent=record.agent)
         return "woke" if outcome == "wake" else "stored"
 
     async def pending_approvals(self) -> list[ApprovalRequest]:
@@ -305,17 +305,20 @@ class RunHandle:
         # the record keeps up to ERROR_TEXT_LIMIT, events cut it further.
         reason = clip(safe_text(reason), ERROR_TEXT_LIMIT)
         outcome, wake_epoch = await self.client.store.cancel_run(self.run_id, reason)
-        wake = None
-        if wake_epoch is not None:
-            record = await self.status()
-            wake = (record.agent, wake_epoch, record.lane)
+        if outcome == "missing":
+            return outcome
+        # The record names the run's agent (the event's subject) and its lane; a handle's
+        # own agent is only the caller's word.
+        record = await self.client.store.get_run(self.run_id)
+        agent, lane = (record.agent, record.lane) if record is not None else ("", "")
+        wake = (agent, wake_epoch, lane) if wake_epoch is not None and agent else None
         await self.client.broker.cancel_stored(
-            self.run_id, reason, ended=outcome == "cancelled", wake=wake
+            self.run_id, reason, ended=outcome == "cancelled", agent=agent, wake=wake
         )
         return outcome
 
 
-async def _opened(events: AsyncIterator[RunEvent]) -> AsyncIterator[RunEvent]:
+async def opened_events(events: AsyncIterator[RunEvent]) -> AsyncIterator[RunEvent]:
     """``events`` with their encrypted payloads opened (a reader that stops early closes
     the subscription underneath too)."""
     try:

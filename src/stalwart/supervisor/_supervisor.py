@@ -434,6 +434,7 @@ class Supervisor:
                 at=time.time(),
                 worker=record.worker,
                 epoch=record.epoch,
+                agent=record.agent,
                 data=data_dict(RunStuckData(idle_seconds=round(idle, 3), action=action)),
             ),
             acked=True,
@@ -523,6 +524,7 @@ class Supervisor:
                     type=EV_FAILED,
                     run_id=req.run_id,
                     at=time.time(),
+                    agent=req.agent,
                     data=data_dict(
                         RunEndedData(error=ErrorData(type="DeadLettered", message=reason))
                     ),

@@ -89,6 +89,7 @@ async def _reject(
         run_id=run_id,
         at=time.time(),
         data=data_dict(RequestRejectedData(reason=reason, agent=agent, stream_seq=raw.seq)),
+        agent=agent,
     )
     if not run_id:
         log.warning("request.unserved_undecodable", agent=agent, stream_seq=raw.seq)
