@@ -56,6 +56,8 @@ from stalwart.actors import Worker
 from stalwart.api import serve_api
 from stalwart.client import Client
 from stalwart.config import Role, Settings
+from stalwart.contract._cli import add_parsers as add_contract_parsers
+from stalwart.contract._cli import cmd_contract
 from stalwart.supervisor import Supervisor
 
 if TYPE_CHECKING:
@@ -342,6 +344,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--tool", help="refuse unless the pending call is of this tool")
 
     add_security_parsers(sub, common)
+    add_contract_parsers(sub, common)
 
     d = sub.add_parser("dev", parents=[leases], help="servers + supervisor + workers, locally")
     d.add_argument("app")
@@ -398,6 +401,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "security":
         return cmd_security(args)
+    if args.command == "contract":
+        return cmd_contract(args)
     settings = _settings(args)
     if args.command == "provision":
         return await cmd_provision(args, settings)
