@@ -14,10 +14,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
+import nats
 import pytest
 
 from stalwart import Client, Settings
 from stalwart.api import ERROR_HEADER, serve_api
+from stalwart.checkpoints._codec import is_sealed
 from stalwart.servers import RedisServer
 from stalwart.supervisor import Supervisor
 from tests.conftest import Servers, WorkerFactory, worker_pool
@@ -184,8 +186,9 @@ async def test_redis_down_answers_unavailable(client: Client, settings: Settings
     )
     sup = Supervisor(own, services=[lambda deps: serve_api(deps, timeout=2)])
     await sup.start()
+    # A requester of that namespace: the default inbox (_INBOX.), as other languages use.
+    nc = await nats.connect(settings.nats_url)
     try:
-        nc = client.broker.nc
         subject = f"{own.namespace}.api.status"
         body = json.dumps({"run_id": "r1"}).encode()
         reply = await nc.request(subject, body, headers=JSON, timeout=10)
@@ -195,5 +198,42 @@ async def test_redis_down_answers_unavailable(client: Client, settings: Settings
         assert (reply.headers or {}).get(ERROR_HEADER) == "unavailable", reply.data
         assert "no answer from Redis or NATS within 2 s" in json.loads(reply.data)["message"]
     finally:
+        await nc.close()
         await asyncio.wait_for(sup.close(), 10)
         redis.stop()
+
+
+async def test_replies_go_only_to_inboxes(client: Client, wire_workers: WorkerFactory) -> None:
+    """A requester picks the reply subject; a worker must not publish with its rights
+    anywhere but an inbox (here: a subject of the namespace a viewer could name)."""
+    await wire_workers()
+    nc = client.broker.nc
+    trap = f"{client.settings.namespace}.trap"
+    caught = await nc.subscribe(trap)
+    body = json.dumps({"run_id": rid()}).encode()
+    await nc.publish(client.broker.names.api_subject("status"), body, reply=trap, headers=JSON)
+    # The same process answers requests in order of arrival: once a later request is
+    # answered, the trapped one was dropped (not merely pending).
+    for _ in range(3):
+        code, _ = await error_of(client, "status", {"run_id": rid()})
+        assert code == "unknown_run"
+    await nc.flush()
+    assert caught.pending_msgs == 0
+    await caught.unsubscribe()
+
+
+async def test_with_encryption_the_api_seals_inputs_and_never_opens_results(
+    client: Client, settings: Settings, servers: Servers, tmp_path: Any
+) -> None:
+    keys = tmp_path / "keys.json"
+    key = base64.b64encode(b"\x07" * 32).decode()
+    keys.write_text(json.dumps({"current": "k7", "keys": {"k7": key}}))
+    env = {"STALWART_ENCRYPTION_KEYS_FILE": str(keys)}
+    async with worker_pool("tests.apps_wire:app", settings, servers, client, **env) as start:
+        await start()
+        _, sub = await ask(client, "submit", {"agent": "big", "input": 5})
+        _, res = await ask(client, "result", {"run_id": sub["run_id"], "wait": 20}, timeout=25)
+    assert res["status"] == "completed" and res["data"] == "" and res["size"] == 0
+    assert res["error"] == {"type": "PayloadEncrypted", "message": "<encrypted: key k7>"}
+    record = await client.store.get_run(sub["run_id"])
+    assert record is not None and is_sealed(record.input) and is_sealed(record.result)

@@ -202,6 +202,22 @@ REPLIES: Final[dict[str, type[_Wire]]] = {
 """Each operation's reply body (an error reply is :class:`ApiError` instead)."""
 
 
+def reply_allowed(reply: str, inbox_prefix: str) -> bool:
+    """Whether a reply may be sent to ``reply``: only to an inbox (``_INBOX.<...>``, the NATS
+    libraries' default, or the namespace's ``<inbox_prefix>.<...>``).
+
+    The requester chooses the reply subject, and the server lets a responder publish one
+    reply there whatever its other rights (``allow_responses``). Answering anywhere else
+    would let a viewer make a worker publish into the runs stream, a lease key or the
+    JetStream API with the worker's rights.
+    """
+    for prefix in ("_INBOX.", f"{inbox_prefix}."):
+        rest = reply.removeprefix(prefix)
+        if rest != reply and rest and not any(c in rest for c in " \t\r\n*>"):
+            return True
+    return False
+
+
 def page_bounds(size: int, offset: int, room: int) -> tuple[int, int]:
     """``(start, end)`` of the page at ``offset`` of ``size`` bytes with ``room`` bytes.
 

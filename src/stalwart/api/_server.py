@@ -22,7 +22,6 @@ from stalwart._text import SEALED_TEXT_PREFIX, clip, safe_text
 from stalwart._wire import (
     CONTENT_TYPE,
     JSON,
-    MSGPACK,
     WireFormatError,
     decode,
     encode,
@@ -46,6 +45,7 @@ from stalwart.api._messages import (
     SubmitReply,
     SubmitRequest,
     page_bounds,
+    reply_allowed,
 )
 from stalwart.checkpoints._codec import (
     describe_sealed,
@@ -155,6 +155,8 @@ class ApiServer:
         self._sub = await self._client.broker.nc.subscribe(
             names.api_wildcard, queue=QUEUE_GROUP, cb=self._on_request
         )
+        # Once started, the server knows the subscription: a request sent now is answered.
+        await self._client.broker.nc.flush()
 
     async def stop(self) -> None:
         """Leave the queue group; requests being answered are finished (bounded by their
@@ -171,10 +173,16 @@ class ApiServer:
         # so a `result` that waits for a run does not hold up the others.
         if not msg.reply:
             return  # nobody to answer: a publish, not a request
+        if not reply_allowed(msg.reply, self._client.broker.names.inbox_prefix):
+            self._log.warning("api.reply_refused", subject=msg.subject, reply=clip(msg.reply, 200))
+            return
         if len(self._tasks) >= self._max:
-            await self._respond_error(
-                msg, MSGPACK, "busy", f"{self._max} requests in flight; ask again"
-            )
+            try:
+                encoding = encoding_of(msg.headers)
+            except WireFormatError:
+                encoding = JSON
+            busy = f"{self._max} requests in flight on this server; ask again"
+            await self._respond_error(msg, encoding, "busy", busy)
             return
         task = asyncio.create_task(self._serve(msg))
         self._tasks.add(task)
