@@ -193,8 +193,9 @@ def nats_permissions(role: RoleName, namespace: str) -> NatsPermissions:
     sub: dict[RoleName, list[str]] = {
         "viewer": [*inbox, *live_events],
         "client": [*inbox, *live_events],
-        "worker": [*inbox, *signals, *alive, *api],
-        "supervisor": [*inbox, *advisories, *api],
+        # Serving the API's `result` with `wait` watches the run's events (as a client).
+        "worker": [*inbox, *signals, *alive, *api, *live_events],
+        "supervisor": [*inbox, *advisories, *api, *live_events],
     }
     if role == "admin":
         groups = {g for r in pub.values() for g in r} | {"provision"}
