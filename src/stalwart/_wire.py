@@ -85,10 +85,10 @@ def decode(data: bytes, type_: type[T], encoding: str, *, what: str, max_nesting
 
 
 def _too_deep(value: Any, limit: int) -> bool:
+    # The body's own struct is not a level of the values it carries: each field (an input,
+    # a payload) is held to ``limit``, as the Python client holds them before sending.
     if isinstance(value, msgspec.Struct):
-        return any(
-            nesting_depth_exceeds(getattr(value, f), limit - 1) for f in value.__struct_fields__
-        )
+        return any(nesting_depth_exceeds(getattr(value, f), limit) for f in value.__struct_fields__)
     return nesting_depth_exceeds(value, limit)
 
 

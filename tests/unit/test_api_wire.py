@@ -42,6 +42,10 @@ def test_values_nested_past_max_nesting_are_refused_in_both_encodings() -> None:
         with pytest.raises(WireFormatError, match="max_nesting"):
             decode(data, SubmitRequest, encoding, what="submit request", max_nesting=5)
         assert decode(data, SubmitRequest, encoding, what="x", max_nesting=20).input == deep
+        # Exactly max_nesting levels pass, as the Python client lets them.
+        assert decode(data, SubmitRequest, encoding, what="x", max_nesting=10).input == deep
+        with pytest.raises(WireFormatError, match="max_nesting"):
+            decode(data, SubmitRequest, encoding, what="x", max_nesting=9)
     very_deep = b"[" * 100_000 + b"]" * 100_000
     with pytest.raises(WireFormatError, match="malformed"):
         decode(very_deep, SubmitRequest, JSON, what="submit request", max_nesting=64)
