@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +25,7 @@ from tests.conftest import Servers, worker_pool
 ROOT = Path(__file__).resolve().parents[1]
 NODE_DIR = ROOT / "tests" / "node"
 HINT = "install Node.js 18+ and run `npm ci --prefix tests/node`"
+CONTRACT = ROOT / "docs" / "contract" / "asyncapi.json"
 
 
 def _require(ok: bool, what: str) -> None:
@@ -49,7 +51,7 @@ async def test_a_node_client_submits_follows_signals_cancels_and_pages(
             **os.environ,
             "NATS_URL": settings.nats_url,
             "STALWART_NAMESPACE": settings.namespace,
-            "STALWART_CONTRACT": str(ROOT / "docs" / "contract" / "asyncapi.json"),
+            "STALWART_CONTRACT": str(CONTRACT),
         }
         proc = await asyncio.create_subprocess_exec(
             node,
@@ -98,3 +100,40 @@ async def test_a_node_client_submits_follows_signals_cancels_and_pages(
 
     assert summary["unknown"] == "unknown_run"
     assert summary["unknown_agent"] == "unknown_agent"
+
+
+async def _validate(node: str, path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    proc = await asyncio.create_subprocess_exec(
+        node,
+        "validate.mjs",
+        str(path),
+        cwd=NODE_DIR,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, err.decode()[-4000:]
+    lines = [json.loads(line) for line in out.decode().splitlines() if line.strip()]
+    return lines[:-1], lines[-1]
+
+
+async def test_the_contract_is_valid_asyncapi_3(tmp_path: Path) -> None:
+    """The AsyncAPI initiative's parser accepts the document with no error or warning, and
+    refuses a broken copy (so it really checks)."""
+    node = shutil.which("node")
+    _require(node is not None, "node")
+    _require(
+        (NODE_DIR / "node_modules" / "@asyncapi" / "parser" / "package.json").exists(),
+        "tests/node/node_modules",
+    )
+    assert node is not None
+    diagnostics, verdict = await _validate(node, CONTRACT)
+    assert verdict == {"valid": True, "errors": 0}, diagnostics
+    assert not [d for d in diagnostics if d["severity"] <= 1], diagnostics
+
+    broken = json.loads(CONTRACT.read_text())
+    broken["operations"]["api.submit"]["channel"] = {"$ref": "#/channels/nowhere"}
+    bad = tmp_path / "broken.json"
+    bad.write_text(json.dumps(broken))
+    _, verdict = await _validate(node, bad)
+    assert verdict["valid"] is False
