@@ -282,7 +282,7 @@ class ApiServer:
         record = await handle.status()
         if not record.terminal and body.wait > 0:
             with contextlib.suppress(TimeoutError):
-                record = await handle._wait_ended(body.wait)
+                record = await handle.wait(body.wait)
         if not record.terminal:
             raise _Refused(
                 "not_finished",
