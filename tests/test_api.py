@@ -172,6 +172,11 @@ async def test_every_refusal_is_a_structured_error(
         client, "signal", {"run_id": sub["run_id"], "name": "n", "payload": big}
     )
     assert code == "too_large" and "signal_max_bytes" in message
+    # An approval of a call the run never asked about sends nothing.
+    code, message = await error_of(client, "approve", {"run_id": sub["run_id"], "call_id": "c9"})
+    assert code == "refused" and "no pending approval request for call 'c9'" in message
+    code, _ = await error_of(client, "signal", {"run_id": sub["run_id"], "name": ""})
+    assert code == "refused"
     await ask(client, "cancel", {"run_id": sub["run_id"]})
 
 

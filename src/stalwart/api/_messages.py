@@ -202,6 +202,10 @@ REPLIES: Final[dict[str, type[_Wire]]] = {
 """Each operation's reply body (an error reply is :class:`ApiError` instead)."""
 
 
+DEFAULT_INBOX: Final = "_INBOX"
+"""The reply-subject prefix NATS libraries use unless told otherwise."""
+
+
 def reply_allowed(reply: str, inbox_prefix: str) -> bool:
     """Whether a reply may be sent to ``reply``: only to an inbox (``_INBOX.<...>``, the NATS
     libraries' default, or the namespace's ``<inbox_prefix>.<...>``).
@@ -211,7 +215,7 @@ def reply_allowed(reply: str, inbox_prefix: str) -> bool:
     would let a viewer make a worker publish into the runs stream, a lease key or the
     JetStream API with the worker's rights.
     """
-    for prefix in ("_INBOX.", f"{inbox_prefix}."):
+    for prefix in (f"{DEFAULT_INBOX}.", f"{inbox_prefix}."):
         rest = reply.removeprefix(prefix)
         if rest != reply and rest and not any(c in rest for c in " \t\r\n*>"):
             return True

@@ -15,7 +15,14 @@ from typing import Any, get_args
 import msgspec
 
 from stalwart._wire import CONTENT_TYPE, ENCODINGS, JSON, MSGPACK
-from stalwart.api._messages import ERROR_HEADER, OPERATIONS, REPLIES, ApiError, ErrorCode
+from stalwart.api._messages import (
+    DEFAULT_INBOX,
+    ERROR_HEADER,
+    OPERATIONS,
+    REPLIES,
+    ApiError,
+    ErrorCode,
+)
 from stalwart.api._server import OPERATION_TIMEOUT, QUEUE_GROUP
 from stalwart.broker._names import Names, submit_msg_id
 from stalwart.messages import EVENT_DATA, NO_AGENT_TOKEN, RunEvent, RunRequest
@@ -178,8 +185,9 @@ def build_contract() -> dict[str, Any]:
         "reply": {
             "address": None,
             "messages": {},
-            "description": "The requester's inbox "
-            f"(NATS request/reply; with role permissions, under `{_address(n.inbox_prefix)}.>`).",
+            "description": "The requester's inbox (NATS request/reply). Replies go only to "
+            f"`{DEFAULT_INBOX}.>` or `{_address(n.inbox_prefix)}.>` (the latter under role "
+            "permissions); a request with any other reply subject is dropped.",
         },
     }
     operations: dict[str, Any] = {
