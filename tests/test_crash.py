@@ -76,6 +76,12 @@ async def test_sigkill_after_step5_resumes_on_another_worker(
         len(resumed) == 1 and resumed[0].worker == "b" and resumed[0].data == {"journaled_steps": 5}
     )
     assert [ev.jseq for ev in events if ev.jseq] == [je.seq for je in entries]
+    # Both owners (and the client) put the run's agent on every event; each has its place
+    # in the stream, and the all-runs stream filtered on the agent is the same events.
+    assert {ev.agent for ev in events} == {"ten"}
+    seqs = [ev.seq for ev in events]
+    assert seqs == sorted(set(seqs)) and seqs[0] > 0
+    assert [ev async for ev in client.events(agent="ten", follow=False)] == events
     # Every event's data has the shape of its type's struct (raises where it does not).
     types = {ev.type for ev in events}
     assert {"run.accepted", "run.started", "run.resumed", "run.completed"} <= types

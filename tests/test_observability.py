@@ -637,11 +637,13 @@ def test_the_gauges_read_snapshots_while_their_owner_lives() -> None:
         worker_id = "gauge-w"
         hosted = ("r1", "r2")
         breakers = SimpleNamespace(states=lambda: {"tool:x": "open"})
+        capacity = 5
+        free_slots = 3
 
     class Supervisor:
         supervisor_id = "gauge-s"
         is_leader = True
-        pending_requests: ClassVar[dict[str, int]] = {"gauge-agent": 3}
+        pending_requests: ClassVar[dict[tuple[str, str], int]] = {("gauge-agent", ""): 3}
 
     worker, sup = Worker(), Supervisor()
     actor_telemetry.watch_worker(worker)
@@ -651,10 +653,10 @@ def test_the_gauges_read_snapshots_while_their_owner_lives() -> None:
     supervisor_telemetry.run_seen(sup, "r1", record)  # type: ignore[arg-type]
     supervisor_telemetry.run_seen(sup, "r2", None)
     workers = {w.worker_id: w for w in _metrics._worker_snapshots()}
-    assert workers["gauge-w"] == telemetry.WorkerSnapshot("gauge-w", 2, {"tool:x": "open"})
+    assert workers["gauge-w"] == telemetry.WorkerSnapshot("gauge-w", 2, {"tool:x": "open"}, 5, 3)
     sups = {s.supervisor_id: s for s in _metrics._supervisor_snapshots()}
     assert sups["gauge-s"].leader is True
-    assert sups["gauge-s"].pending == {"gauge-agent": 3}
+    assert sups["gauge-s"].pending == {("gauge-agent", "default"): 3}
     assert _metrics._run_status["gauge-s"] == {"r1": "waiting"}
     del worker, sup
     gc.collect()

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from nats.js.api import ConsumerConfig, ConsumerInfo
 
-from stalwart.broker import Broker
+from stalwart.broker import Broker, Names
 from stalwart.broker._setup import ensure_agent_consumer
 from stalwart.supervisor import _telemetry as supervisor_telemetry
 from stalwart.supervisor._pending import count_pending
@@ -38,23 +38,28 @@ def _info(name: str, pending: int, ack_pending: int, *subjects: str) -> Consumer
     )
 
 
-def test_pending_is_summed_per_agent_from_single_agent_consumers() -> None:
+def test_pending_is_summed_per_agent_and_lane_from_single_lane_consumers() -> None:
     infos = [
         _info("agent_a", 3, 2, "ns.runs.a"),
         _info("agent_b", 0, 0, "ns.runs.b"),
-        _info("lane_a", 1, 0, "ns.runs.a"),  # a second consumer of the same agent
+        _info("again_a", 1, 0, "ns.runs.a"),  # a second consumer of the same agent
+        _info("agent_a@hi", 4, 1, "ns.runs.a.hi"),  # a lane: its own series, never "a.hi"
         _info("two", 7, 0, "ns.runs.a", "ns.runs.b"),  # cannot be split: left out
+        _info("two_lanes", 7, 0, "ns.runs.a.hi", "ns.runs.a.lo"),
         _info("wild", 9, 0, "ns.runs.>"),
+        _info("wild_lane", 9, 0, "ns.runs.a.*"),
+        _info("deep", 9, 0, "ns.runs.a.hi.x"),
         _info("other", 9, 0, "elsewhere.x"),
     ]
-    assert count_pending(infos, "ns.runs.") == {"a": 6, "b": 0}
+    assert count_pending(infos, Names("ns")) == {("a", ""): 6, ("b", ""): 0, ("a", "hi"): 5}
 
 
 class _Sup:
     def __init__(self, supervisor_id: str, leader: bool) -> None:
         self.supervisor_id = supervisor_id
         self.is_leader = leader
-        self.pending_requests = {supervisor_id: 4}  # its id as agent: to tell them apart
+        # Its id as agent: to tell them apart.
+        self.pending_requests = {(supervisor_id, ""): 4, (supervisor_id, "hi"): 1}
 
 
 def test_only_the_leader_reports_pending() -> None:
@@ -68,7 +73,10 @@ def test_only_the_leader_reports_pending() -> None:
             for o in _metrics._pending_requests(None)  # type: ignore[arg-type]
             if str((o.attributes or {}).get("agent", "")).endswith(tag)
         ]
-        assert observed == [(4, {"agent": f"lead-{tag}"})]
+        assert observed == [
+            (4, {"agent": f"lead-{tag}", "lane": "default"}),
+            (1, {"agent": f"lead-{tag}", "lane": "hi"}),
+        ]
     finally:
         del leader, standby  # weak references: the gauges forget them
 
@@ -81,16 +89,22 @@ async def test_pending_requests_are_exported_and_fall_as_a_worker_takes_them(
     try:
         await broker.register_agents(["ten"], "tests.apps:app")
         await ensure_agent_consumer(broker.js, broker.names, settings, "ten")
+        await ensure_agent_consumer(broker.js, broker.names, settings, "ten", "hi")
     finally:
         await broker.close()
     for i in range(3):
         await client.submit("ten", {"block_in": 0}, run_id=f"pend-{settings.namespace}-{i}")
+    # A lane no worker has served yet (its consumer exists): its backlog is its own series.
+    hi = f"pend-{settings.namespace}-hi"
+    await client.submit("ten", {"block_in": 0}, run_id=hi, lane="hi", require_registered=False)
     port = free_port()
     sup = _supervisor_process(settings, port).start()
     try:
         await eventually(lambda: _serving(port), timeout=20, message=lambda: sup.log_text())
-        await reaches(port, "stalwart_requests_pending", 3, agent="ten")
+        await reaches(port, "stalwart_requests_pending", 3, agent="ten", lane="default")
+        await reaches(port, "stalwart_requests_pending", 1, agent="ten", lane="hi")
         await workers("p1")
-        await reaches(port, "stalwart_requests_pending", 0, agent="ten")
+        await reaches(port, "stalwart_requests_pending", 0, agent="ten", lane="default")
+        await reaches(port, "stalwart_requests_pending", 1, agent="ten", lane="hi")
     finally:
         sup.close()

@@ -99,6 +99,10 @@ class _Worker(Protocol):
     def hosted(self) -> Sized: ...
     @property
     def breakers(self) -> Breakers: ...
+    @property
+    def capacity(self) -> int: ...
+    @property
+    def free_slots(self) -> int: ...
 
 
 # -- the run ----------------------------------------------------------------------------------
@@ -220,6 +224,8 @@ def watch_worker(worker: _Worker) -> None:
         w = ref()
         if w is None:
             return None
-        return tm.WorkerSnapshot(w.worker_id, len(w.hosted), w.breakers.states())
+        return tm.WorkerSnapshot(
+            w.worker_id, len(w.hosted), w.breakers.states(), w.capacity, w.free_slots
+        )
 
     tm.watch_worker(snapshot)

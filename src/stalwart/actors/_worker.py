@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import msgspec
 import structlog
 
+from stalwart._ids import DEFAULT_LANE
 from stalwart._services import ServiceDeps, start_services, stop_services
 from stalwart._text import safe_text
 from stalwart._version import __version__
@@ -106,6 +107,7 @@ class Worker:
         self._deps: ActorDeps | None = None
         self._generations: LeaseGenerations | None = None
         self._intake: Intake  # once started: what happens to requests not hosted here
+        self.started_at = time.time()
         self.log = log.bind(worker=self.worker_id)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -171,6 +173,22 @@ class Worker:
         self._stopping.set()
         self._slot_freed.set()
 
+    @property
+    def draining(self) -> bool:
+        """:meth:`stop` was called: the worker takes no new runs."""
+        return self._stopping.is_set()
+
+    @property
+    def capacity(self) -> int:
+        """Runs this worker hosts at most (``concurrency``)."""
+        return self.settings.concurrency
+
+    @property
+    def free_slots(self) -> int:
+        """Runs this worker would take now: its capacity less the runs it hosts, 0 while
+        draining (the heartbeat's ``free`` and the ``stalwart.worker.free`` gauge)."""
+        return 0 if self.draining else max(0, self.settings.concurrency - len(self.hosted))
+
     async def _shutdown(self) -> None:
         assert self.broker is not None and self.store is not None
         # The budget counts from the signal, as the orchestrator's grace period does.
@@ -178,6 +196,8 @@ class Worker:
         self.log.info(
             "worker.draining", runs=sorted(self.hosted), drain_timeout=self.settings.drain_timeout
         )
+        with contextlib.suppress(Exception):  # operators see the drain now, not a beat later
+            await self._heartbeat()
         for hosted in list(self.hosted.values()):
             hosted.actor.drain()
         # Fetches end within their wait time; whatever they return is nak'ed for others.
@@ -488,12 +508,16 @@ class Worker:
         info = WorkerInfo(
             worker_id=self.worker_id,
             agents=sorted(self.app.agents),
-            capacity=self.settings.concurrency,
+            capacity=self.capacity,
             active=len(self.hosted),
             pid=os.getpid(),
             host=socket.gethostname(),
             version=__version__,
             at=time.time(),
             breakers=self.breakers.states(),
+            lanes=[lane or DEFAULT_LANE for lane in self.settings.lane_list],
+            started_at=self.started_at,
+            draining=self.draining,
+            free=self.free_slots,
         )
         await self.broker.heartbeat(info, ttl=self.settings.lease_ttl)

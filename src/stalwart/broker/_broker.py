@@ -62,6 +62,23 @@ class WorkerInfo(msgspec.Struct, frozen=True, kw_only=True):
     at: float
     breakers: dict[str, str] = {}
     """Circuit breakers that are not closed, by ``kind:name``: ``open`` or ``half_open``."""
+    # Added later, with defaults: a reader of either version decodes the other's heartbeat.
+    lanes: list[str] = []
+    """Lanes the worker serves (``default`` is the default lane); [] from an older worker."""
+    started_at: float = 0.0
+    """When the worker started (epoch seconds); 0 from an older worker."""
+    draining: bool = False
+    """The worker is shutting down: it takes no new runs and hands its runs over."""
+    free: int | None = None
+    """Runs the worker would take now: ``capacity - active``, 0 while draining; None from
+    an older worker (read :attr:`free_slots` instead)."""
+
+    @property
+    def free_slots(self) -> int:
+        """:attr:`free`, or ``capacity - active`` for a heartbeat that does not carry it."""
+        if self.free is not None:
+            return self.free
+        return 0 if self.draining else max(0, self.capacity - self.active)
 
 
 _json = msgspec.json.Encoder()

@@ -201,6 +201,8 @@ class EventPublisher:
         published by clients, which must be in the stream before the request they
         announce is published.
         """
+        if event.seq:  # a stream position is the reader's to fill in, never published
+            event = msgspec.structs.replace(event, seq=0)
         subject = self._names.events_subject(event.run_id, source, agent=event.agent)
         top = max(self._published_jseq.get(event.run_id, 0), event.jseq)
         # Subscribers can join the trace of the step or run that published the event.

@@ -5,6 +5,7 @@ Every NATS name and every ``Nats-Msg-Id`` Stalwart uses is spelled here and nowh
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -76,6 +77,7 @@ def worker_token(worker_id: str) -> str:
     return "~" + hashlib.sha256(worker_id.encode()).hexdigest()[:32]
 
 
+@functools.lru_cache(maxsize=1024)  # on every event's publish: one regex per agent name
 def agent_token(agent: str) -> str:
     """``agent`` as the agent token of an events subject: itself, or
     :data:`~stalwart.messages.NO_AGENT_TOKEN` when it is empty or not a usable agent name

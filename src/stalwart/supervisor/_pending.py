@@ -18,33 +18,45 @@ from stalwart.supervisor._unserved import _filters as filters
 if TYPE_CHECKING:
     from nats.js.api import ConsumerInfo
 
-    from stalwart.broker import Broker
+    from stalwart.broker import Broker, Names
+
+
+async def pending_by_lane(broker: Broker) -> dict[tuple[str, str], int]:
+    """``{(agent, lane): num_pending + num_ack_pending}`` over the consumers of the runs
+    stream; lane "" is the default lane."""
+    return count_pending(await consumers(broker), broker.names)
 
 
 async def pending_by_agent(broker: Broker) -> dict[str, int]:
-    """``{agent: num_pending + num_ack_pending}`` over the consumers of the runs stream."""
-    return count_pending(await consumers(broker), broker.names.runs_subject(""))
-
-
-def count_pending(infos: list[ConsumerInfo], subject_prefix: str) -> dict[str, int]:
-    """Sum each consumer's backlog under the agent its filter subject names. Pure.
-
-    A consumer whose filters name no single agent (no filter, a wildcard, several agents)
-    is left out: its backlog cannot be split between agents.
-    """
+    """``{agent: requests waiting}``, every lane of the agent summed."""
     out: dict[str, int] = {}
-    for info in infos:
-        agents = {_agent(f, subject_prefix) for f in filters(info)}
-        if len(agents) != 1 or "" in agents:
-            continue
-        agent = agents.pop()
-        out[agent] = out.get(agent, 0) + (info.num_pending or 0) + (info.num_ack_pending or 0)
+    for (agent, _), pending in (await pending_by_lane(broker)).items():
+        out[agent] = out.get(agent, 0) + pending
     return out
 
 
-def _agent(subject: str, prefix: str) -> str:
-    """The agent of a runs subject ``<ns>.runs.<agent>``; "" for anything else."""
-    if not subject.startswith(prefix):
-        return ""
-    rest = subject[len(prefix) :]
-    return "" if not rest or "*" in rest or ">" in rest else rest
+def count_pending(infos: list[ConsumerInfo], names: Names) -> dict[tuple[str, str], int]:
+    """Sum each consumer's backlog under the agent and lane its filter subject names. Pure.
+
+    A consumer whose filters name no single agent and lane (no filter, a wildcard, several
+    of them) is left out: its backlog cannot be split.
+    """
+    out: dict[tuple[str, str], int] = {}
+    for info in infos:
+        found = {_agent_lane(f, names) for f in filters(info)}
+        if len(found) != 1 or None in found:
+            continue
+        key = found.pop()
+        assert key is not None
+        out[key] = out.get(key, 0) + (info.num_pending or 0) + (info.num_ack_pending or 0)
+    return out
+
+
+def _agent_lane(subject: str, names: Names) -> tuple[str, str] | None:
+    """``(agent, lane)`` of a runs subject (``Names.runs_subject``); None for anything else."""
+    if not subject.startswith(names.runs_subject("")) or "*" in subject or ">" in subject:
+        return None
+    agent, lane = names.agent_lane(subject)
+    if not agent or "." in lane:
+        return None
+    return agent, lane

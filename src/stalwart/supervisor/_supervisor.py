@@ -34,7 +34,7 @@ from stalwart.messages import (
 from stalwart.supervisor import _telemetry as obs
 from stalwart.supervisor._advisories import Refused, verify_advisory
 from stalwart.supervisor._liveness import Liveness
-from stalwart.supervisor._pending import pending_by_agent
+from stalwart.supervisor._pending import pending_by_lane
 from stalwart.supervisor._unserved import reject_unserved
 
 if TYPE_CHECKING:
@@ -128,8 +128,9 @@ class Supervisor:
         """Max-deliveries advisories that did not check out (forged or stale)."""
         self.unserved_rejected = 0
         """Requests rejected because no consumer served their agent (``unserved_after``)."""
-        self.pending_requests: dict[str, int] = {}
-        """Run requests waiting per agent as of the last pass led here (see :mod:`._pending`)."""
+        self.pending_requests: dict[tuple[str, str], int] = {}
+        """Run requests waiting per (agent, lane) as of the last pass led here (see
+        :mod:`._pending`); lane "" is the default lane."""
         self.requeued = 0
         """Requests of ``accepted`` runs published again because theirs was lost."""
         self._runs_info: tuple[float, tuple[float, dict[str, int]]] | None = None
@@ -241,10 +242,11 @@ class Supervisor:
         self.unserved_rejected += count
         return count
 
-    async def read_pending(self) -> dict[str, int]:
-        """Read the run requests waiting per agent (the ``stalwart.requests.pending`` gauge)."""
+    async def read_pending(self) -> dict[tuple[str, str], int]:
+        """Read the run requests waiting per (agent, lane) (the ``stalwart.requests.pending``
+        gauge)."""
         assert self.broker is not None
-        self.pending_requests = await pending_by_agent(self.broker)
+        self.pending_requests = await pending_by_lane(self.broker)
         return self.pending_requests
 
     async def _elect(self) -> None:

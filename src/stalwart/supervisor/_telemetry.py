@@ -10,6 +10,7 @@ import weakref
 from typing import TYPE_CHECKING, Protocol
 
 from stalwart import telemetry as tm
+from stalwart._ids import DEFAULT_LANE
 from stalwart.telemetry import dead_lettered, failover
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ class _Supervisor(Protocol):
     @property
     def is_leader(self) -> bool: ...
     @property
-    def pending_requests(self) -> dict[str, int]: ...
+    def pending_requests(self) -> dict[tuple[str, str], int]: ...
 
 
 def watch_supervisor(supervisor: _Supervisor) -> None:
@@ -44,7 +45,8 @@ def watch_supervisor(supervisor: _Supervisor) -> None:
         s = ref()
         if s is None:
             return None
-        pending = dict(s.pending_requests) if s.is_leader else {}
+        lanes = s.pending_requests.items() if s.is_leader else ()
+        pending = {(agent, lane or DEFAULT_LANE): n for (agent, lane), n in lanes}
         return tm.SupervisorSnapshot(s.supervisor_id, s.is_leader, pending)
 
     tm.watch_supervisor(snapshot)

@@ -195,6 +195,16 @@ def _active_runs(_: CallbackOptions) -> Iterable[Observation]:
         yield Observation(w.active_runs, {"worker": w.worker_id})
 
 
+def _worker_capacity(_: CallbackOptions) -> Iterable[Observation]:
+    for w in _worker_snapshots():
+        yield Observation(w.capacity, {"worker": w.worker_id})
+
+
+def _worker_free(_: CallbackOptions) -> Iterable[Observation]:
+    for w in _worker_snapshots():
+        yield Observation(w.free, {"worker": w.worker_id})
+
+
 def _passivated_runs(_: CallbackOptions) -> Iterable[Observation]:
     for sup in _supervisor_snapshots():
         seen = _run_status.get(sup.supervisor_id, {})
@@ -220,22 +230,36 @@ def _pending_requests(_: CallbackOptions) -> Iterable[Observation]:
     # an HPA summing the metric does not count a standby's stale copy.
     for sup in _supervisor_snapshots():
         if sup.leader:
-            for agent, pending in sorted(sup.pending.items()):
-                yield Observation(pending, {"agent": agent})
+            for (agent, lane), pending in sorted(sup.pending.items()):
+                yield Observation(pending, {"agent": agent, "lane": lane})
 
 
 _meter.create_observable_gauge(
     "stalwart.requests.pending",
     callbacks=[_pending_requests],
     unit="{request}",
-    description="Run requests waiting for a worker per agent (num_pending + num_ack_pending of "
-    "the agent's consumer), as of the leading supervisor's last pass; for autoscaling",
+    description="Run requests waiting for a worker per agent and lane (num_pending + "
+    "num_ack_pending of the lane's consumer), as of the leading supervisor's last pass; for "
+    "autoscaling",
 )
 _meter.create_observable_gauge(
     "stalwart.runs.active",
     callbacks=[_active_runs],
     unit="{run}",
     description="Runs hosted by the worker now",
+)
+_meter.create_observable_gauge(
+    "stalwart.worker.capacity",
+    callbacks=[_worker_capacity],
+    unit="{run}",
+    description="Runs the worker hosts at most (its concurrency)",
+)
+_meter.create_observable_gauge(
+    "stalwart.worker.free",
+    callbacks=[_worker_free],
+    unit="{run}",
+    description="Runs the worker would take now: capacity less hosted runs, 0 while draining; "
+    "for autoscaling",
 )
 _meter.create_observable_gauge(
     "stalwart.runs.passivated",

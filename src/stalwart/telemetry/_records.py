@@ -154,6 +154,10 @@ class WorkerSnapshot(msgspec.Struct, frozen=True):
     active_runs: int
     breakers: Mapping[str, str] = msgspec.field(default_factory=dict)
     """Circuit breakers that are not closed, by ``kind:name``."""
+    capacity: int = 0
+    """Runs the worker hosts at most (its ``concurrency``)."""
+    free: int = 0
+    """Runs it would take now: ``capacity - active_runs``, 0 while draining."""
 
 
 class SupervisorSnapshot(msgspec.Struct, frozen=True):
@@ -161,6 +165,7 @@ class SupervisorSnapshot(msgspec.Struct, frozen=True):
 
     supervisor_id: str
     leader: bool
-    pending: dict[str, int] = msgspec.field(default_factory=dict)
-    """Run requests waiting per agent (``num_pending + num_ack_pending`` of its consumer),
-    as of the leader's last pass; empty on a standby, so the gauge is reported once."""
+    pending: dict[tuple[str, str], int] = msgspec.field(default_factory=dict)
+    """Run requests waiting per (agent, lane) (``num_pending + num_ack_pending`` of its
+    consumer; the default lane named ``default``), as of the leader's last pass; empty on
+    a standby, so the gauge is reported once."""
