@@ -31,13 +31,21 @@ TITLE = "Stalwart wire contract"
 CONTRACT_VERSION = "1.0.0"
 """The contract's own version: raised when a subject, header or shape changes."""
 
-# Placeholders Names accepts as plain tokens; written as AsyncAPI parameters.
+# Placeholders Names accepts as plain tokens (a brace would be refused or hashed by the
+# token rules); written as AsyncAPI parameters.
+_NS, _AGENT, _RUN, _LANE, _SOURCE = (
+    "NSxPLACEHOLDER",
+    "AGENTxPLACEHOLDER",
+    "RUNxPLACEHOLDER",
+    "LANExPLACEHOLDER",
+    "SOURCExPLACEHOLDER",
+)
 _PLACEHOLDERS = {
-    "NSxPLACEHOLDER": "{namespace}",
-    "AGENTxPLACEHOLDER": "{agent}",
-    "RUNxPLACEHOLDER": "{run_id}",
-    "LANExPLACEHOLDER": "{lane}",
-    "SOURCExPLACEHOLDER": "{source}",
+    _NS: "{namespace}",
+    _AGENT: "{agent}",
+    _RUN: "{run_id}",
+    _LANE: "{lane}",
+    _SOURCE: "{source}",
 }
 
 _REF = "#/components/schemas/{name}"
@@ -103,17 +111,9 @@ def _message(
     return out
 
 
-def build_contract() -> dict[str, Any]:
-    """The AsyncAPI 3.0 document, as plain JSON data."""
-    n = Names("NSxPLACEHOLDER")
-    agent, run, lane, source = (
-        "AGENTxPLACEHOLDER",
-        "RUNxPLACEHOLDER",
-        "LANExPLACEHOLDER",
-        "SOURCExPLACEHOLDER",
-    )
-    body_headers = _headers()
-    messages: dict[str, Any] = {
+def _core_messages() -> dict[str, Any]:
+    """The messages that are not the API's: run requests, events, pokes, the error reply."""
+    return {
         "RunRequest": _message(
             "RunRequest",
             "RunRequest",
@@ -150,7 +150,12 @@ def build_contract() -> dict[str, Any]:
             _headers((ERROR_HEADER, {"type": "string", "enum": list(get_args(ErrorCode))})),
         ),
     }
-    channels: dict[str, Any] = {
+
+
+def _core_channels(n: Names) -> dict[str, Any]:
+    """The subjects of the runs and events streams, pokes, and the requester's inbox."""
+    agent, run, lane, source = _AGENT, _RUN, _LANE, _SOURCE
+    return {
         "runs": {
             "address": n.runs_subject(agent),
             "messages": {"RunRequest": {"$ref": "#/components/messages/RunRequest"}},
@@ -190,7 +195,11 @@ def build_contract() -> dict[str, Any]:
             "permissions); a request with any other reply subject is dropped.",
         },
     }
-    operations: dict[str, Any] = {
+
+
+def _core_operations() -> dict[str, Any]:
+    """Publishing run requests, receiving events and rejections."""
+    return {
         "publishRunRequest": {
             "action": "send",
             "channel": {"$ref": "#/channels/runs"},
@@ -208,6 +217,13 @@ def build_contract() -> dict[str, Any]:
             "messages": [{"$ref": "#/channels/rejected/messages/RunEvent"}],
         },
     }
+
+
+def _add_api(
+    n: Names, messages: dict[str, Any], channels: dict[str, Any], operations: dict[str, Any]
+) -> None:
+    """Each API operation: its channel, request and reply messages, and the send operation."""
+    body_headers = _headers()
     reply_messages = channels["reply"]["messages"]
     reply_messages["ApiError"] = {"$ref": "#/components/messages/ApiError"}
     for op, request in OPERATIONS.items():
@@ -242,6 +258,13 @@ def build_contract() -> dict[str, Any]:
             },
             "x-stalwart-reply": reply_name,
         }
+
+
+def build_contract() -> dict[str, Any]:
+    """The AsyncAPI 3.0 document, as plain JSON data."""
+    n = Names(_NS)
+    messages, channels, operations = _core_messages(), _core_channels(n), _core_operations()
+    _add_api(n, messages, channels, operations)
     for channel in channels.values():
         if channel["address"] is not None:
             channel["address"] = _address(channel["address"])
@@ -282,5 +305,5 @@ def build_contract() -> dict[str, Any]:
 
 
 def render_contract() -> str:
-    """The document as the committed file holds it: sorted-free, indented JSON + newline."""
+    """The document as the committed file holds it: indented JSON and a final newline."""
     return json.dumps(build_contract(), indent=2, ensure_ascii=False) + "\n"
