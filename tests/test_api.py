@@ -242,3 +242,33 @@ async def test_with_encryption_the_api_seals_inputs_and_never_opens_results(
     assert res["error"] == {"type": "PayloadEncrypted", "message": "<encrypted: key k7>"}
     record = await client.store.get_run(sub["run_id"])
     assert record is not None and is_sealed(record.input) and is_sealed(record.result)
+
+
+async def test_a_full_server_answers_busy_and_a_stopping_one_unavailable(
+    client: Client, settings: Settings
+) -> None:
+    sup = Supervisor(settings, services=[lambda deps: serve_api(deps, max_in_flight=1)])
+    await sup.start()
+    nc = await nats.connect(settings.nats_url)
+    try:
+        queued = await client.submit("unserved", 1, require_registered=False)
+        api = f"{settings.namespace}.api"
+        # A result that waits for a run nobody serves fills the server's one slot. Sent and
+        # flushed before the status below: the server reads them in that order.
+        inbox = nc.new_inbox()
+        replies = await nc.subscribe(inbox)
+        body = json.dumps({"run_id": queued.run_id, "wait": 30}).encode()
+        await nc.publish(f"{api}.result", body, reply=inbox, headers=JSON)
+        await nc.flush()
+        status = json.dumps({"run_id": queued.run_id}).encode()
+        reply = await nc.request(f"{api}.status", status, headers=JSON, timeout=5)
+        assert (reply.headers or {}).get(ERROR_HEADER) == "busy", reply.data
+        assert "its maximum of 1 requests at once" in json.loads(reply.data)["message"]
+        # Stopping answers the waiting request instead of leaving it to time out.
+        await asyncio.wait_for(sup.close(), 15)
+        reply = await replies.next_msg(timeout=10)
+        assert (reply.headers or {}).get(ERROR_HEADER) == "unavailable"
+        assert json.loads(reply.data)["message"] == "the server is stopping: ask again"
+    finally:
+        await nc.close()
+        await asyncio.wait_for(sup.close(), 15)

@@ -84,6 +84,10 @@ OPERATION_TIMEOUT: Final = 10.0
 """Seconds an operation may take (on top of a result's ``wait``) before it is answered
 ``unavailable``: the store retries through a Redis outage for longer than a caller waits."""
 
+STOP_GRACE: Final = 1.0
+"""Seconds a stopping server lets requests in flight finish before answering them
+``unavailable``."""
+
 _PAGE_OVERHEAD = 2048
 """Bytes of a result page's message kept for everything but the data (fields, headers)."""
 
@@ -159,14 +163,21 @@ class ApiServer:
         await self._client.broker.nc.flush()
 
     async def stop(self) -> None:
-        """Leave the queue group; requests being answered are finished (bounded by their
-        own waits), so a draining process does not drop a reply half way."""
+        """Leave the queue group, give requests in flight :data:`STOP_GRACE` seconds to be
+        answered, then answer the rest (a ``result`` waiting for its run) ``unavailable``:
+        a draining worker must not spend its drain budget on them, and the requester asks
+        again and reaches another server."""
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
             self._sub = None
         if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=5.0)
+            await asyncio.wait(set(self._tasks), timeout=STOP_GRACE)
+        late = set(self._tasks)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late, timeout=STOP_GRACE)
 
     async def _on_request(self, msg: Msg) -> None:
         # The subscription's callbacks run one at a time: each request gets its own task,
@@ -181,7 +192,9 @@ class ApiServer:
                 encoding = encoding_of(msg.headers)
             except WireFormatError:
                 encoding = JSON
-            busy = f"{self._max} requests in flight on this server; ask again"
+            busy = (
+                f"this server is answering its maximum of {self._max} requests at once; ask again"
+            )
             await self._respond_error(msg, encoding, "busy", busy)
             return
         task = asyncio.create_task(self._serve(msg))
@@ -220,6 +233,10 @@ class ApiServer:
                     "starts nothing new)",
                 ) from None
         except asyncio.CancelledError:
+            if self._sub is None:  # stopping: say so rather than leave the requester waiting
+                await self._respond_error(
+                    msg, encoding, "unavailable", "the server is stopping: ask again"
+                )
             raise
         except Exception as exc:
             code = _code(exc)
@@ -335,10 +352,13 @@ def _status(record: RunRecord) -> StatusReply:
     )
 
 
-async def serve_api(deps: ServiceDeps, *, timeout: float = OPERATION_TIMEOUT) -> ApiServer:
+async def serve_api(
+    deps: ServiceDeps, *, timeout: float = OPERATION_TIMEOUT, max_in_flight: int = MAX_IN_FLIGHT
+) -> ApiServer:
     """Start answering the control API on a worker's or supervisor's connections (a
     service factory: ``Worker(app, settings, services=[serve_api])``)."""
     client = Client(deps.broker, deps.store, deps.settings)
-    server = ApiServer(client, deps.log.bind(component="api"), timeout=timeout)
+    log = deps.log.bind(component="api")
+    server = ApiServer(client, log, timeout=timeout, max_in_flight=max_in_flight)
     await server.start()
     return server
