@@ -63,8 +63,11 @@ from stalwart._health import HealthServer, connection_checks
 from stalwart._logging import configure_logging
 from stalwart._version import __version__
 from stalwart.actors import Worker
+from stalwart.api import serve_api
 from stalwart.client import Client
 from stalwart.config import Role, Settings
+from stalwart.contract._cli import add_parsers as add_contract_parsers
+from stalwart.contract._cli import cmd_contract
 from stalwart.supervisor import Supervisor
 
 if TYPE_CHECKING:
@@ -339,6 +342,7 @@ def _parser() -> argparse.ArgumentParser:
     add_security_parsers(sub, common)
     add_completion_parser(sub)
     add_console_parsers(sub, common)
+    add_contract_parsers(sub, common)
 
     d = sub.add_parser("dev", parents=[leases], help="servers + supervisor + workers, locally")
     d.add_argument("app")
@@ -397,6 +401,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
         return cmd_security(args)
     if args.command == "completion":
         return cmd_completion(args, _parser())
+    if args.command == "contract":
+        return cmd_contract(args)
     settings = _settings(args)
     if args.command == "provision":
         return await cmd_provision(args, settings)
@@ -404,10 +410,10 @@ async def _dispatch(args: argparse.Namespace) -> int:
         return await dispatch_console(args, settings, _client_call)
     if args.command == "worker":
         app = load_app(args.app)
-        await _serve(settings, lambda s: Worker(app, s))
+        await _serve(settings, lambda s: Worker(app, s, services=[serve_api]))
         return EXIT_OK
     if args.command == "supervisor":
-        await _serve(settings, Supervisor)
+        await _serve(settings, lambda s: Supervisor(s, services=[serve_api]))
         return EXIT_OK
     if args.command == "dev":
         return await _local.dev(args.app, settings, workers=args.workers)

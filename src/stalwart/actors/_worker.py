@@ -16,6 +16,7 @@ import msgspec
 import structlog
 
 from stalwart._ids import DEFAULT_LANE
+from stalwart._services import ServiceDeps, start_services, stop_services
 from stalwart._text import safe_text
 from stalwart._version import __version__
 from stalwart.actors import _telemetry as obs
@@ -31,9 +32,12 @@ from stalwart.checkpoints._runs import LeasePosition
 from stalwart.policies import Breakers
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+
     from nats.aio.msg import Msg
     from nats.aio.subscription import Subscription
 
+    from stalwart._services import Service
     from stalwart.actors._app import AgentSpec, App
     from stalwart.broker import Lease
     from stalwart.checkpoints import Claim
@@ -68,7 +72,15 @@ class Worker:
     responsible for the run if this worker dies.
     """
 
-    def __init__(self, app: App, settings: Settings) -> None:
+    def __init__(
+        self,
+        app: App,
+        settings: Settings,
+        *,
+        services: Sequence[Callable[[ServiceDeps], Awaitable[Service]]] = (),
+    ) -> None:
+        """``services``: started on the worker's connections once it serves (the
+        ``stalwart worker`` command passes the control API, ``stalwart.api``)."""
         self.app = app
         self.settings = settings.with_worker_id()
         self.worker_id = self.settings.worker_id
@@ -88,6 +100,8 @@ class Worker:
         self._returning: set[asyncio.Future[None]] = set()
         self._alive_sub: Subscription | None = None
         """The subscription that answers the supervisor's liveness probes (see :meth:`start`)."""
+        self._service_factories = services
+        self._services: list[Service] = []
         self.breakers = Breakers(self.settings.breaker_threshold, self.settings.breaker_cooldown)
         self._tasks: list[asyncio.Task[None]] = []
         self._deps: ActorDeps | None = None
@@ -126,6 +140,8 @@ class Worker:
         )
         agents = sorted(self.app.agents)
         await self.broker.register_agents(agents, self.app.name)
+        deps = ServiceDeps(self.broker, self.store, self.settings, self.log)
+        self._services = await start_services(self._service_factories, deps)
         await self._open_feeds(agents)
         self._tasks.append(asyncio.create_task(self._keepalive_loop()))
         # Everything alive now (modules, the app, the frameworks an adapter imported, the
@@ -189,6 +205,7 @@ class Worker:
             await asyncio.wait(self._fetchers, timeout=_FETCH_WAIT + 5)
         await self._release_undelivered()
         self.fetch_closed.set()
+        await stop_services(self._services)
         await self._drain_runs(budget_end)
         for t in [*self._tasks, *self._fetchers]:
             t.cancel()
