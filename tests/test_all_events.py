@@ -8,11 +8,13 @@ import json
 import time
 
 import pytest
+from msgspec.structs import replace as msgspec_replace
 
 from stalwart import Client, ConfigurationError, RunEvent
+from stalwart.broker import _all_events
 from stalwart.messages import encode_event
 from tests.conftest import WorkerFactory
-from tests.helpers import collect_events, rid
+from tests.helpers import collect_events, eventually, rid
 
 
 def _terminal_of(events: list[RunEvent], run_id: str) -> bool:
@@ -123,3 +125,40 @@ async def test_events_stored_before_the_agent_token_are_still_read(client: Clien
     everything = await collect_events(client.events(follow=False))
     assert [(e.type, e.seq, e.agent) for e in everything] == want
     assert await collect_events(client.events(agent="fast", follow=False)) == [stored[2]]
+
+
+async def test_a_slow_reader_gets_everything_in_batches_and_a_follower_is_woken(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches are asked for one at a time (what bounds a slow reader's memory: nothing is
+    pushed at it, so nothing overflows and is dropped), and a follower hears of a new event
+    from its wake-up subscription, not from the idle poll."""
+    monkeypatch.setattr(_all_events, "BATCH", 50)
+    monkeypatch.setattr(_all_events, "_IDLE_POLL", 60.0)  # only a wake-up can be in time
+    nc, names = client.broker.nc, client.broker.names
+    body = RunEvent(type="step.completed", run_id="r1", at=1.0, data={"x": "y" * 500})
+    for _ in range(1200):
+        await nc.publish(names.events_subject("r1", agent="a"), encode_event(body))
+    await nc.flush()
+
+    async def stored() -> bool:
+        return len(await collect_events(client.events(follow=False))) == 1200
+
+    await eventually(stored, timeout=20)
+    got: list[int] = []
+    follower = client.events(agent="a")
+    async for event in follower:
+        got.append(event.seq)
+        if len(got) % 100 == 0:
+            await asyncio.sleep(0.01)  # a slow reader
+        if len(got) == 1200:
+            break
+    assert got == list(range(got[0], got[0] + 1200))
+    late = asyncio.create_task(anext(follower))  # type: ignore[arg-type]
+    await asyncio.sleep(0.2)  # the follower is waiting now
+    ack = await client.broker.js.publish(
+        names.events_subject("r2", agent="a"), encode_event(msgspec_replace(body, run_id="r2"))
+    )
+    event = await asyncio.wait_for(late, 10)
+    assert (event.run_id, event.seq) == ("r2", ack.seq)
+    await follower.aclose()  # type: ignore[attr-defined]

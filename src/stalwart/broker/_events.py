@@ -46,11 +46,6 @@ _STEP_ENDS = frozenset({EV_STEP_COMPLETED, EV_STEP_FAILED})
 
 _HEADER_ROOM = 4096
 """Bytes of a message's payload budget left for its headers (msg id, jseq, trace context)."""
-PENDING_EVENTS = 4096
-"""Events a follower's subscription buffers before the client drops (and the ordered
-consumer redelivers from the gap): what bounds a slow reader's memory."""
-PENDING_EVENT_BYTES = 64 * 1024 * 1024
-"""Bytes a follower's subscription buffers (see :data:`PENDING_EVENTS`)."""
 _MAX_DATA_DEPTH = 32
 """Nesting kept when an event's data is cut down; deeper values are replaced by a marker."""
 
@@ -407,8 +402,6 @@ async def subscribe_events(
         ordered_consumer=True,
         deliver_policy=DeliverPolicy.ALL,
         config=ConsumerConfig(filter_subjects=_run_filters(names, run_id)),
-        pending_msgs_limit=PENDING_EVENTS,
-        pending_bytes_limit=PENDING_EVENT_BYTES,
     )
     try:
         async for msg in sub.messages:

@@ -17,7 +17,7 @@ from stalwart._text import (
     type_name,
 )
 from stalwart.broker import Broker
-from stalwart.broker._all_events import all_events
+from stalwart.broker._all_events import all_events, events_filter
 from stalwart.checkpoints import (
     CheckpointStore,
     RunRecord,
@@ -368,10 +368,9 @@ class Client:
         ``after`` and :class:`~stalwart.errors.ConfigurationError` for an unusable agent
         name.
         """
-        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
-            raise ValueError(f"after must be a stream sequence >= 0, not {after!r}")
-        if agent is not None:
-            check_agent_name(agent)
         broker = self.broker
-        found = all_events(broker.js, broker.names, agent=agent, after=after, follow=follow)
+        events_filter(broker.names, agent, after)  # raises now, not at the first event
+        found = all_events(
+            broker.nc, broker.js, broker.names, agent=agent, after=after, follow=follow
+        )
         return opened_events(found)
