@@ -172,6 +172,10 @@ class Worker:
         """Ask the worker to drain: stop fetching, hand runs over at their next step."""
         self._stopping.set()
         self._slot_freed.set()
+        # At once, in the signal handler's turn of the loop: a step that ends before the
+        # shutdown task runs must find its run draining, not start the next step.
+        for hosted in list(self.hosted.values()):
+            hosted.actor.drain()
 
     @property
     def draining(self) -> bool:
@@ -196,10 +200,12 @@ class Worker:
         self.log.info(
             "worker.draining", runs=sorted(self.hosted), drain_timeout=self.settings.drain_timeout
         )
-        with contextlib.suppress(Exception):  # operators see the drain now, not a beat later
-            await self._heartbeat()
+        # Runs first, before any await: a step that ends while the heartbeat is on the wire
+        # must find its run draining, not start the next step.
         for hosted in list(self.hosted.values()):
             hosted.actor.drain()
+        with contextlib.suppress(Exception):  # operators see the drain now, not a beat later
+            await self._heartbeat()
         # Fetches end within their wait time; whatever they return is nak'ed for others.
         if self._fetchers:
             await asyncio.wait(self._fetchers, timeout=_FETCH_WAIT + 5)
