@@ -31,7 +31,9 @@ from stalwart.flow import (
     FlowStore,
     Hold,
     Outcome,
+    publish_rules,
 )
+from stalwart.telemetry import _flow as metrics
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -41,7 +43,7 @@ if TYPE_CHECKING:
     from stalwart.actors._waits import Waits
     from stalwart.flow import RuleHandle
 
-__all__ = ["FlowPassivated", "Permit", "RunFlow", "flow_gate"]
+__all__ = ["FlowPassivated", "Permit", "RunFlow", "flow_gate", "publish_flow"]
 
 log = structlog.get_logger("stalwart.flow")
 
@@ -62,6 +64,13 @@ def flow_gate(app: Any, store: Any, passivate_after: float) -> FlowGate | None:
     return FlowGate(
         rules, FlowStore(store.redis, store.ns), wait_in_place=min(5.0, passivate_after)
     )
+
+
+async def publish_flow(deps: Any, app: str) -> None:
+    """Publish the worker's flow rules for ``stalwart flow`` (nothing without rules)."""
+    gate: FlowGate | None = deps.flow
+    if gate is not None:
+        await publish_rules(gate.store, gate.rules, app)
 
 
 class Permit:
@@ -129,6 +138,8 @@ class RunFlow:
                 elif self._fresh:
                     await self._woken(handles)
                 self._fresh = False
+                for h in handles:
+                    metrics.flow_admitted(h.rule.name)
                 return Permit(call, handles)
             if hold.overridable and hold.signal and await self._take_resume():
                 overridden.add(hold.rule)
@@ -143,6 +154,7 @@ class RunFlow:
                 waiting_on = hold.rule
                 await self.gate.store.mark_waiting(hold.rule, self.run_id, hold.until)
                 await self._emit_waiting(spec, hold, passivate)
+            metrics.flow_held(hold.rule, passivate)
             if passivate:
                 # Spread the wake-ups of runs held by one full window over a little time.
                 wake = (
@@ -152,7 +164,11 @@ class RunFlow:
                 )
                 raise FlowPassivated(RESUME_SIGNAL, wake)
             t0 = time.monotonic()
-            await self._pause(remaining)
+            metrics.flow_waiting(hold.rule, 1)
+            try:
+                await self._pause(remaining)
+            finally:
+                metrics.flow_waiting(hold.rule, -1)
             waited_in_place += time.monotonic() - t0
 
     async def _acquire(
