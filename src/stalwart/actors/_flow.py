@@ -156,9 +156,13 @@ class RunFlow:
                 await self._emit_waiting(spec, hold, passivate)
             metrics.flow_held(hold.rule, passivate)
             if passivate:
+                if not hold.signal:
+                    # A pending flow.resume would wake the passivated run at once, again and
+                    # again: for this hold it means "look again", which the run just did.
+                    await self._take_resume()
                 # Spread the wake-ups of runs held by one full window over a little time.
                 wake = (
-                    hold.until + random.uniform(0, 0.05 * max(remaining, 0.0))
+                    hold.until + random.uniform(0, min(0.05 * remaining, 2.0))
                     if hold.until
                     else 0.0
                 )

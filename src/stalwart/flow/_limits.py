@@ -214,7 +214,7 @@ class _SpendHandle:
         return Hold(
             r.name,
             call.resource,
-            f"${spent:.4f} of ${limit:.2f} per {r.period} ({scope})",
+            f"${spent:.6g} of ${limit:g} per {r.period} ({scope})",
             ends,
             signal="flow.resume",
             overridable=True,

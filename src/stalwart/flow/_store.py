@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any, cast
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
-__all__ = ["FlowStore"]
+__all__ = ["FlowStore", "flow_key"]
+
+
+def flow_key(ns: str, rule: str, part: str) -> str:
+    """``<ns>:{flow.<rule>}:<part>``: every key of one rule is in one hash slot."""
+    return f"{ns}:{{flow.{rule}}}:{part}"
+
 
 # Sliding-window log. An entry's score is when it stops counting toward "now": while the
 # call is in flight, admission + hold (a call whose worker died frees its place after hold);
@@ -41,7 +47,7 @@ while true do
   for i = 1, #toks do freed = freed + (tonumber(toks[i]) or 0) end
   redis.call('HDEL', KEYS[2], unpack(old))
   redis.call('ZREM', KEYS[1], unpack(old))
-  if freed ~= 0 then redis.call('HINCRBY', KEYS[2], '=total', -freed) end
+  if freed ~= 0 then redis.call('HINCRBY', KEYS[2], '=total', 0 - freed) end
 end
 local count = redis.call('ZCARD', KEYS[1])
 local maxreq = tonumber(ARGV[3])
@@ -88,7 +94,7 @@ if not old then return 0 end
 if ARGV[3] == '1' then
   redis.call('ZREM', KEYS[1], ARGV[1])
   redis.call('HDEL', KEYS[2], ARGV[1])
-  redis.call('HINCRBY', KEYS[2], '=total', -tonumber(old))
+  redis.call('HINCRBY', KEYS[2], '=total', 0 - tonumber(old))  -- never '-0'
   return 1
 end
 local t = redis.call('TIME')
@@ -117,8 +123,8 @@ class FlowStore:
         self._settle = client.register_script(SETTLE)
 
     def key(self, rule: str, part: str) -> str:
-        """``<ns>:{flow.<rule>}:<part>``: every key of one rule is in one hash slot."""
-        return f"{self.ns}:{{flow.{rule}}}:{part}"
+        """See :func:`flow_key`."""
+        return flow_key(self.ns, rule, part)
 
     # -- rate limits ----------------------------------------------------------------------
 
