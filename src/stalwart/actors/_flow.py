@@ -61,8 +61,12 @@ def flow_gate(app: Any, store: Any, passivate_after: float) -> FlowGate | None:
     rules = getattr(app, "flow", ())
     if not rules:
         return None
+    # The store's append pipe (private to checkpoints; None without one, e.g. Sentinel).
+    pipe = getattr(getattr(store, "_runner", None), "pipe", None)
     return FlowGate(
-        rules, FlowStore(store.redis, store.ns), wait_in_place=min(5.0, passivate_after)
+        rules,
+        FlowStore(store.redis, store.ns, pipe=pipe),
+        wait_in_place=min(5.0, passivate_after),
     )
 
 
