@@ -19,6 +19,7 @@ from stalwart.flow import RateLimit, SpendLimit
 RATE_N = int(os.environ.get("FLOW_RATE_N", "10"))
 RATE_PER = float(os.environ.get("FLOW_RATE_PER", "2.0"))
 SPEND_USD = float(os.environ.get("FLOW_SPEND_USD", "0.001"))
+RATE_HOLD = float(os.environ.get("FLOW_RATE_HOLD", "600"))
 
 
 class Chat(msgspec.Struct):
@@ -56,7 +57,9 @@ async def _complete(model: str, text: str) -> Any:
 app = App(
     "flowtests",
     flow=[
-        RateLimit(name="fake-rpm", resources="model:fake-*", requests=RATE_N, per=RATE_PER),
+        RateLimit(
+            name="fake-rpm", resources="model:fake-*", requests=RATE_N, per=RATE_PER, hold=RATE_HOLD
+        ),
         SpendLimit(
             name="spend",
             resources="model:gpt-4o*",
