@@ -321,3 +321,14 @@ async def test_limits_work_on_a_redis_cluster_through_the_gate_of_a_worker(
 class _StoreOnly:
     def __init__(self, store: CheckpointStore) -> None:
         self.store = store
+
+
+async def test_a_garbled_operator_limit_or_spend_counter_falls_back_instead_of_failing(
+    store: CheckpointStore,
+) -> None:
+    fs = FlowStore(store.redis, store.ns)
+    await store.redis.set(fs.key("s", "limit"), "lots")
+    await store.redis.hset(fs.key("s", "spend:2026-12"), mapping={"a": "nan", "b": "x"})
+    assert await fs.limit_override("s") is None
+    assert await fs.spent("s", "2026-12", "a") == 0.0
+    assert await fs.spend_table("s", "2026-12") == {"a": 0.0, "b": 0.0}
