@@ -111,7 +111,9 @@ class _RateHandle:
             if r.tokens:
                 metrics.flow_usage(r.name, "tokens", tokens, r.tokens)
             return ADMIT
-        return Hold(r.name, call.resource, f"{what}: {r.describe()}", time.time() + wait)
+        spread = r.per / r.requests if r.requests else 0.0
+        until = time.time() + wait
+        return Hold(r.name, call.resource, f"{what}: {r.describe()}", until, spread=spread)
 
     async def release(self, call: FlowCall, outcome: Outcome) -> None:
         member = call.reservations.pop(self.rule.name, None)

@@ -246,15 +246,18 @@ class FlowStore:
 
     # -- waiting runs -----------------------------------------------------------------------
 
-    async def mark_waiting(self, rule: str, run_id: str, until: float) -> None:
-        """``run_id`` waits on ``rule`` until ``until`` (0: a signal; kept a day)."""
+    async def mark_waiting(self, rule: str, run_id: str, until: float) -> int:
+        """``run_id`` waits on ``rule`` until ``until`` (0: a signal; kept a day); returns
+        how many runs wait on it now, this one included."""
         score = until if until else time.time() + 86400
         key = self.key(rule, "waiting")
         async with self.redis.pipeline(transaction=False) as pipe:
             # Runs cancelled while they waited never take themselves off: prune them here.
             pipe.zremrangebyscore(key, "-inf", time.time() - _WAITING_GRACE)
             pipe.zadd(key, {run_id: score})
-            await pipe.execute()
+            pipe.zcard(key)
+            *_, n = await pipe.execute()
+        return int(n)
 
     async def unmark_waiting(self, rule: str, run_id: str) -> bool:
         """``run_id`` no longer waits on ``rule`` (True: it did)."""
