@@ -76,8 +76,15 @@ async def chat(ctx: RunContext, inp: Chat) -> int:
     tokens = 0
     for i in range(inp.calls):
         key = ctx.next_key("model")
-        spec = StepSpec(key=f"model:{key}", kind="model", name=inp.model, fp=str(i), usage=_usage)
         text = f"{ctx.run_id} call {i} " + "x" * 400
+        spec = StepSpec(
+            key=f"model:{key}",
+            kind="model",
+            name=inp.model,
+            fp=str(i),
+            usage=_usage,
+            tokens_hint=len(text) // 4 + 100,  # the request's size, plus the reply's bound
+        )
         reply = await ctx.call(spec, lambda text=text: _complete(inp.model, text))
         tokens += int(reply["usage"]["prompt_tokens"])
     return tokens

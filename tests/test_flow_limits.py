@@ -8,6 +8,7 @@ import asyncio
 import json
 import re
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ import redis.asyncio as aioredis
 
 from stalwart import App
 from stalwart._cli_flow import cmd_flow
+from stalwart.actors import StepSpec
 from stalwart.actors._flow import flow_gate
 from stalwart.checkpoints import CheckpointStore
 from stalwart.errors import ConfigurationError
@@ -332,3 +334,15 @@ async def test_a_garbled_operator_limit_or_spend_counter_falls_back_instead_of_f
     assert await fs.limit_override("s") is None
     assert await fs.spent("s", "2026-12", "a") == 0.0
     assert await fs.spend_table("s", "2026-12") == {"a": 0.0, "b": 0.0}
+
+
+def test_the_token_estimate_is_the_rules_then_the_steps_hint_then_the_default() -> None:
+    spec = StepSpec(key="model:m", kind="model", name="m", fp="", tokens_hint=321)
+    assert RateLimit(name="r", tokens=10, estimate=7).want(spec) == 7
+    assert RateLimit(name="r", tokens=10, estimate=lambda s: s.tokens_hint * 2).want(spec) == 642
+    assert RateLimit(name="r", tokens=10).want(spec) == 321
+    assert (
+        RateLimit(name="r", tokens=10, default_estimate=5).want(replace(spec, tokens_hint=0)) == 5
+    )
+    assert RateLimit(name="r", tokens=10, estimate=lambda s: 1 / 0).want(spec) == 1000  # default
+    assert RateLimit(name="r", requests=10).want(spec) == 0  # no token limit: nothing reserved
