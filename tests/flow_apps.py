@@ -6,10 +6,13 @@ Each model step is a real HTTP call to the loopback fake OpenAI server of the te
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import urllib.error
+import urllib.request
 from typing import Any
 
-import httpx
 import msgspec
 
 from stalwart import App, RunContext
@@ -43,15 +46,23 @@ def _usage(value: Any) -> Usage | None:
     return Usage(str(value.get("model", "")), int(u["prompt_tokens"]), int(u["completion_tokens"]))
 
 
+def _post(model: str, text: str) -> Any:
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": text}]})
+    req = urllib.request.Request(
+        f"{os.environ['FAKE_LLM_URL']}/chat/completions",
+        data=body.encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        raise ProviderError(exc.code, exc.read().decode(errors="replace")) from None
+
+
 async def _complete(model: str, text: str) -> Any:
-    async with httpx.AsyncClient(timeout=30) as http:
-        r = await http.post(
-            f"{os.environ['FAKE_LLM_URL']}/chat/completions",
-            json={"model": model, "messages": [{"role": "user", "content": text}]},
-        )
-    if r.status_code != 200:
-        raise ProviderError(r.status_code, r.text)
-    return r.json()
+    # The standard library in a thread: no HTTP client dependency for the test suite.
+    return await asyncio.to_thread(_post, model, text)
 
 
 app = App(
