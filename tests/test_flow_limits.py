@@ -20,7 +20,7 @@ from stalwart._cli_flow import cmd_flow
 from stalwart.actors import StepSpec
 from stalwart.actors._flow import flow_gate
 from stalwart.checkpoints import CheckpointStore
-from stalwart.errors import ConfigurationError
+from stalwart.errors import ConfigurationError, RunCancelled
 from stalwart.flow import (
     EV_FLOW_WAITING,
     RESUME_SIGNAL,
@@ -346,3 +346,27 @@ def test_the_token_estimate_is_the_rules_then_the_steps_hint_then_the_default() 
     )
     assert RateLimit(name="r", tokens=10, estimate=lambda s: 1 / 0).want(spec) == 1000  # default
     assert RateLimit(name="r", requests=10).want(spec) == 0  # no token limit: nothing reserved
+
+
+async def test_agent_code_cannot_swallow_a_flow_wait_and_a_waiting_run_can_be_cancelled(
+    settings: Settings,
+    servers: Servers,
+    client: Client,
+    supervisor: Supervisor,
+    fake_llm: FakeLLM,  # noqa: F811
+) -> None:
+    fake_llm.route("gpt-4o", lambda r: Reply(text="ok"))
+    env = {"FAKE_LLM_URL": fake_llm.url, "FLOW_SPEND_USD": "0"}  # every call is held
+    async with worker_pool(APP, settings, servers, client, **env) as start:
+        proc = await start()
+        sw = await client.submit("swallow", {"model": "gpt-4o"})
+        cancelled = await client.submit("chat", {"model": "gpt-4o"})
+        for h in (sw, cancelled):
+            await eventually(lambda h=h: _waiting(h), timeout=30, message=proc.log_text)
+        # The wait is not an error the agent can catch and carry on from: the run waits.
+        await sw.signal(RESUME_SIGNAL)
+        assert await outcome(sw, proc) == "called"
+        await cancelled.cancel("no budget today")
+        with pytest.raises(RunCancelled):
+            await outcome(cancelled, proc)
+    assert len(fake_llm.requests("gpt-4o")) == 1
