@@ -6,6 +6,7 @@ See docs/flow-control.md.
 from __future__ import annotations
 
 import math
+import time
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -54,6 +55,9 @@ def _text(snaps: list[LimitSnapshot]) -> str:
     for s in snaps:
         limits = ", ".join(f"{k}={v:g}" for k, v in s.limit.items())
         lines.append(f"{s.name}  {s.kind}  {' '.join(s.resources)}  limit: {limits or '-'}")
+        if s.published_at:
+            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(s.published_at))
+            lines.append(f"  published by a worker of app {s.app!r} at {when}")
         if s.kind == "SpendLimit":
             lines.append(f"  period {s.period}")
             for scope, usd in sorted(s.used.items()):

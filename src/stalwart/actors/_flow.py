@@ -90,6 +90,9 @@ async def publish_flow(deps: Any, app: str) -> None:
     gate: FlowGate | None = deps.flow
     if gate is not None:
         await publish_rules(gate.store, gate.rules, app)
+    # (An app whose rules were all removed keeps its old ones listed: it has no gate, and
+    # no store of its own here to forget them with. `stalwart flow` shows when they were
+    # published.)
 
 
 def _wake_at(hold: Hold, remaining: float, ahead: int) -> float:
