@@ -41,6 +41,8 @@ from stalwart._cli_console import add_parsers as add_console_parsers
 from stalwart._cli_console import dispatch as dispatch_console
 from stalwart._cli_ops import READ_COMMANDS, add_output, cmd_agents, cmd_runs, cmd_workers
 from stalwart._cli_ops import add_parsers as add_ops_parsers
+from stalwart._cli_flow import add_parsers as add_flow_parsers
+from stalwart._cli_flow import cmd_flow
 from stalwart._cli_security import add_parsers as add_security_parsers
 from stalwart._cli_security import cmd_provision, cmd_security
 from stalwart._cli_types import non_negative_int as _non_negative_int
@@ -343,6 +345,7 @@ def _parser() -> argparse.ArgumentParser:
     add_completion_parser(sub)
     add_console_parsers(sub, common)
     add_contract_parsers(sub, common)
+    add_flow_parsers(sub, common)
 
     d = sub.add_parser("dev", parents=[leases], help="servers + supervisor + workers, locally")
     d.add_argument("app")
@@ -434,6 +437,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
         "history": cmd_history,
         "replay": cmd_replay,
         "fork": cmd_fork,
+        "flow": cmd_flow,
     }
     handler = handlers[args.command]
     return await _client_call(args, settings, lambda client: handler(args, client))

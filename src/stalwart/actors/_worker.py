@@ -21,6 +21,7 @@ from stalwart._text import safe_text
 from stalwart._version import __version__
 from stalwart.actors import _telemetry as obs
 from stalwart.actors._actor import RunActor
+from stalwart.actors._flow import flow_gate, publish_flow
 from stalwart.actors._generation import LeaseGenerations
 from stalwart.actors._intake import Intake
 from stalwart.actors._placement import ActorDeps, Placement
@@ -139,6 +140,7 @@ class Worker:
             self.broker.names.alive_subject(self.worker_id), cb=self._answer_alive
         )
         agents = sorted(self.app.agents)
+        await publish_flow(self._actor_deps(), self.app.name)
         await self.broker.register_agents(agents, self.app.name)
         deps = ServiceDeps(self.broker, self.store, self.settings, self.log)
         self._services = await start_services(self._service_factories, deps)
@@ -461,6 +463,7 @@ class Worker:
                 fetch_closed=self.fetch_closed,
                 passivate_after=self.settings.passivate_after,
                 confirm_retry=self.settings.lease_confirm_retry,
+                flow=flow_gate(self.app, self.store, self.settings.passivate_after),
             )
         return self._deps
 
