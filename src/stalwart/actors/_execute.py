@@ -44,6 +44,7 @@ from stalwart.checkpoints import (
 )
 from stalwart.checkpoints._codec import open_text
 from stalwart.errors import (
+    CircuitOpenError,
     LeaseLost,
     PayloadKeyError,
     StepFailed,
@@ -62,7 +63,7 @@ if TYPE_CHECKING:
     from stalwart.actors._ports import EventSink, Journal, Owner
     from stalwart.actors._rules import RunState
     from stalwart.actors._waits import Waits
-    from stalwart.policies import Breakers, CircuitBreaker
+    from stalwart.policies import Breakers, CircuitBreaker, RetryPolicy
 
 __all__ = ["Drained", "StepExecutor", "error_info"]
 
@@ -161,7 +162,7 @@ class StepExecutor(OnRun):
     async def _attempts(self, spec: StepSpec, run: Callable[[], Awaitable[Any]], d: Attempt) -> Any:
         state = self.state
         policy = d.policy
-        breaker: CircuitBreaker | None = self._breakers.get(d.breaker) if d.breaker else None
+        breaker = self._local_breaker(spec, d)
         attempt = d.attempt
         if d.resume_at:
             await self._pause(d.resume_at - time.time())
@@ -170,7 +171,7 @@ class StepExecutor(OnRun):
             if stop is not None:
                 raise stop
             # The one flow gate (rate limits, spend ...): a dict lookup when no rule matches.
-            permit = await self._admit(spec, attempt) if self.flow is not None else None
+            permit = await self._admit(spec, attempt, policy) if self.flow is not None else None
             started = time.time()
             t0 = time.perf_counter()
             token = _current.set(StepInfo(state.run_id, spec.key, attempt))
@@ -212,14 +213,26 @@ class StepExecutor(OnRun):
                 await self._settle(permit, spec, True, value)
             return await self._record_done(spec, value, started, time.perf_counter() - t0, attempt)
 
-    async def _admit(self, spec: StepSpec, attempt: int) -> Permit | None:
+    def _local_breaker(self, spec: StepSpec, d: Attempt) -> CircuitBreaker | None:
+        """This worker's breaker for the step, unless it has none or a shared breaker (a flow
+        rule) replaces it for the step's resource."""
+        if not d.breaker or (self.flow and self.flow.gate.shares_breaker(spec.kind, spec.name)):
+            return None
+        return self._breakers.get(d.breaker)
+
+    async def _admit(self, spec: StepSpec, attempt: int, policy: RetryPolicy) -> Permit | None:
         """Wait until the flow rules governing ``spec`` admit this attempt (None: none do)."""
         assert self.flow is not None
         rules = self.flow.match(spec.kind, spec.name)
         if not rules:
             return None
         try:
-            return await self.flow.admit(spec, attempt, rules)
+            return await self.flow.admit(spec, attempt, rules, policy)
+        except CircuitOpenError as exc:
+            # An open shared breaker the step's retry policy will not wait for: journaled
+            # as the step's outcome, like any failure the policy gives up on.
+            info = await self._record_error(spec, exc, time.time(), 0.0, attempt, False)
+            raise StepFailed(spec.key, info.type, info.message) from exc
         except FlowPassivated as exc:
             # Kept, so agent code that swallows it cannot run further steps.
             self.state.fatal = exc

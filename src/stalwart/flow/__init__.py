@@ -6,6 +6,8 @@ requests=500, tokens=200_000, per=60), SpendLimit(name="daily", limit_usd=50)])`
 ``docs/flow-control.md``.
 """
 
+from stalwart.flow._breakers import SharedBreaker
+from stalwart.flow._budget import RetryBudget
 from stalwart.flow._gate import EV_FLOW_RESUMED, EV_FLOW_WAITING, RESUME_SIGNAL, FlowGate
 from stalwart.flow._limits import RateLimit, SpendLimit
 from stalwart.flow._rules import ADMIT, FlowCall, FlowRule, Hold, Outcome, RuleHandle, check_rules
@@ -23,7 +25,9 @@ __all__ = [
     "Hold",
     "Outcome",
     "RateLimit",
+    "RetryBudget",
     "RuleHandle",
+    "SharedBreaker",
     "SpendLimit",
     "check_rules",
 ]

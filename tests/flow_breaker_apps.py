@@ -1,0 +1,57 @@
+"""Agents for the shared breaker and retry budget tests (``tests.flow_breaker_apps:app``).
+
+Each run makes one model step, a real HTTP call to the test's loopback fake OpenAI server
+(``FAKE_LLM_URL``). Retries are fast and many, so only the flow rules pace them: the tests
+measure at the provider what the rules let through.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import httpx
+
+from stalwart import App, Policies, RetryPolicy, RunContext
+from stalwart.actors import StepSpec
+from stalwart.flow import RetryBudget, SharedBreaker
+
+FAST = RetryPolicy(max_attempts=200, initial_interval=0.05, max_interval=0.1, jitter=0.2)
+
+
+class ProviderError(Exception):
+    """An HTTP error from the provider, shaped as ``policies.classify`` reads one."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"provider answered {status}")
+        self.status_code = status
+
+
+async def _complete(model: str, text: str) -> Any:
+    async with httpx.AsyncClient(timeout=30) as http:
+        r = await http.post(
+            f"{os.environ['FAKE_LLM_URL']}/chat/completions",
+            json={"model": model, "messages": [{"role": "user", "content": text}]},
+        )
+    if r.status_code != 200:
+        raise ProviderError(r.status_code)
+    return r.json()["choices"][0]["message"]["content"]
+
+
+app = App(
+    "flowbreakers",
+    policies=Policies(retry={"model": FAST}),
+    flow=[
+        RetryBudget(
+            name="budget", resources="model:fake-budget", ratio=0.5, min_per_second=2, window=1.0
+        ),
+        SharedBreaker(name="breaker", resources="model:fake-brk", threshold=3, cooldown=1.0),
+    ],
+)
+
+
+@app.agent("ask")
+async def ask(ctx: RunContext, model: str) -> str:
+    spec = StepSpec(key="model:1", kind="model", name=model, fp=model)
+    reply: str = await ctx.call(spec, lambda: _complete(model, ctx.run_id))
+    return reply

@@ -1,0 +1,170 @@
+"""Shared circuit breakers and retry budgets against a real Redis, one handle per "worker".
+
+Two handles bound to two stores on the same namespace stand for two workers: what one sees
+must hold for the other. The end-to-end tests with worker processes and a failing provider
+are in ``test_flow_breakers_e2e.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from stalwart import NO_RETRY, RetryPolicy, StepSpec
+from stalwart.errors import CircuitOpenError, ConfigurationError
+from stalwart.flow import ADMIT, FlowCall, FlowStore, Hold, Outcome, RetryBudget, SharedBreaker
+from stalwart.flow._breakers import counts_as_failure
+
+if TYPE_CHECKING:
+    from stalwart.checkpoints import CheckpointStore
+
+
+class Down(Exception):
+    status_code = 503
+
+
+class Declined(Exception):
+    status_code = 402
+
+
+def call(run: str, attempt: int = 1, name: str = "gpt", policy: Any = None) -> FlowCall:
+    spec = StepSpec(key="model:1", kind="model", name=name, fp="x")
+    c = FlowCall(run, "agent", f"model:{name}", spec, attempt)
+    if policy is not None:
+        c.policy = policy
+    return c
+
+
+def fleet(store: CheckpointStore, rule: Any, n: int = 2) -> list[Any]:
+    """``n`` handles of ``rule``, as ``n`` workers would bind it."""
+    return [rule.bind(FlowStore(store.redis, store.ns)) for _ in range(n)]
+
+
+async def fail(h: Any, c: FlowCall, exc: BaseException | None = None) -> None:
+    assert await h.acquire(c) is ADMIT
+    await h.release(c, Outcome(ok=False, error=exc or Down("503")))
+
+
+def test_rules_refuse_bad_settings_with_a_clear_error() -> None:
+    with pytest.raises(ConfigurationError, match="threshold must be a whole number"):
+        SharedBreaker(name="b", threshold=0)
+    with pytest.raises(ConfigurationError, match="cooldown must be"):
+        SharedBreaker(name="b", cooldown=float("nan"))
+    with pytest.raises(ConfigurationError, match="both 0"):
+        RetryBudget(name="r", ratio=0, min_per_second=0)
+    with pytest.raises(ConfigurationError, match="window must be"):
+        RetryBudget(name="r", window=0)
+    assert counts_as_failure(Down(), None) and not counts_as_failure(Declined(), None)
+    assert not counts_as_failure(Down(), RetryPolicy(non_retryable=(Down,)))
+
+
+async def test_failures_on_one_worker_open_the_breaker_on_the_other(store) -> None:
+    a, b = fleet(store, SharedBreaker(name="llm", threshold=3, cooldown=30))
+    await fail(a, call("r1"))
+    await fail(b, call("r2"))  # failures add up across workers
+    assert a.seen["model:gpt"].failures == 1 and b.seen["model:gpt"].failures == 2
+    await fail(a, call("r3"))
+    held = await b.acquire(call("r4"))
+    assert isinstance(held, Hold) and held.rule == "llm" and "circuit open" in held.limit
+    assert 29 < held.until - time.time() < 34  # the rest of the cooldown, jittered
+    assert b.seen["model:gpt"].state == "open"
+    # Another resource under the same rule has its own breaker.
+    assert await b.acquire(call("r5", name="other")) is ADMIT
+
+
+async def test_a_success_resets_the_count_across_workers(store) -> None:
+    a, b = fleet(store, SharedBreaker(name="llm", threshold=2, cooldown=30))
+    await fail(a, call("r1"))
+    c = call("r2")
+    assert await b.acquire(c) is ADMIT
+    await b.release(c, Outcome(ok=True))
+    await fail(a, call("r3"))  # one failure since the success: still closed
+    assert await b.acquire(call("r4")) is ADMIT
+
+
+async def test_answers_and_interruptions_do_not_count(store) -> None:
+    (a,) = fleet(store, SharedBreaker(name="llm", threshold=1, cooldown=30), 1)
+    await fail(a, call("r1"), Declined("card declined"))
+    c = call("r2")
+    assert await a.acquire(c) is ADMIT
+    await a.release(c, Outcome(ok=False, abandoned=True))
+    assert await a.acquire(call("r3")) is ADMIT
+
+
+async def test_half_open_lets_exactly_one_probe_through_the_fleet(store) -> None:
+    hs = fleet(store, SharedBreaker(name="llm", threshold=1, cooldown=0.2), 4)
+    await fail(hs[0], call("r0"))
+    await asyncio.sleep(0.25)  # the cooldown is Redis's clock: nothing to await but time
+    calls = [call(f"p{i}") for i in range(8)]
+    answers = await asyncio.gather(*(hs[i % 4].acquire(c) for i, c in enumerate(calls)))
+    admitted = [c for c, ans in zip(calls, answers, strict=True) if ans is ADMIT]
+    assert len(admitted) == 1  # one probe, whichever worker asked first
+    (probe,) = admitted
+    winner = hs[calls.index(probe) % 4]
+    # The probe fails: open again for a whole cooldown, for everyone.
+    await winner.release(probe, Outcome(ok=False, error=Down()))
+    assert isinstance(await hs[1].acquire(call("x")), Hold)
+    await asyncio.sleep(0.25)
+    probe2 = call("p2")
+    assert await hs[2].acquire(probe2) is ADMIT
+    assert isinstance(await hs[3].acquire(call("y")), Hold)  # its probe is in flight
+    await hs[2].release(probe2, Outcome(ok=True))  # closes for all
+    assert all([await h.acquire(call(f"z{i}")) is ADMIT for i, h in enumerate(hs)])
+
+
+async def test_an_abandoned_probe_hands_the_slot_on_and_a_dead_ones_times_out(store) -> None:
+    a, b = fleet(store, SharedBreaker(name="llm", threshold=1, cooldown=0.1, probe_timeout=0.4))
+    await fail(a, call("r0"))
+    await asyncio.sleep(0.15)
+    p = call("p")
+    assert await a.acquire(p) is ADMIT
+    assert isinstance(await b.acquire(call("q")), Hold)
+    await a.release(p, Outcome(ok=False, abandoned=True))  # drained mid-probe
+    dead = call("dead")
+    assert await b.acquire(dead) is ADMIT  # the slot is free at once
+    assert isinstance(await a.acquire(call("q2")), Hold)
+    await asyncio.sleep(0.45)  # b "died" holding the probe: it expires after probe_timeout
+    assert await a.acquire(call("q3")) is ADMIT
+
+
+async def test_a_policy_that_will_not_retry_an_open_circuit_fails_at_once(store) -> None:
+    (a,) = fleet(store, SharedBreaker(name="llm", threshold=1, cooldown=30), 1)
+    await fail(a, call("r0"))
+    assert isinstance(await a.acquire(call("r1", policy=NO_RETRY)), Hold)  # waiting is no retry
+    strict = RetryPolicy(non_retryable=(CircuitOpenError,))
+    with pytest.raises(CircuitOpenError, match="model:gpt"):
+        await a.acquire(call("r2", policy=strict))
+
+
+async def test_retries_draw_from_a_budget_shared_by_all_workers(store) -> None:
+    a, b = fleet(store, RetryBudget(name="rb", ratio=0.5, min_per_second=0.2, window=10), 2)
+    assert await a.acquire(call("first")) is ADMIT  # first attempts never draw
+    granted = [await h.acquire(call(f"r{i}", attempt=2)) for i, h in enumerate([a, b, a])]
+    assert granted[:2] == [ADMIT, ADMIT]  # the floor: 0.2/s x 10 s = 2 retries
+    held = granted[2]
+    assert isinstance(held, Hold) and "retry budget empty" in held.limit
+    assert 0 < held.until - time.time() <= 11
+    for i in range(4):  # 4 successes x 0.5 = 2 more retries
+        ok = call(f"s{i}")
+        assert await b.acquire(ok) is ADMIT
+        await b.release(ok, Outcome(ok=True))
+    await b.flush()
+    assert await a.acquire(call("x", attempt=3)) is ADMIT
+    give_back = call("y", attempt=2)
+    assert await a.acquire(give_back) is ADMIT
+    assert isinstance(await b.acquire(call("z", attempt=2)), Hold)
+    await a.release(give_back, Outcome(ok=False, abandoned=True))  # held by a later rule
+    assert await b.acquire(call("z", attempt=2)) is ADMIT
+    assert b.seen["model:gpt"].available == 0 and a.seen["model:gpt"].available == 1
+
+
+async def test_retries_leave_the_budget_with_the_window(store) -> None:
+    (a,) = fleet(store, RetryBudget(name="rb", ratio=0.0, min_per_second=1, window=0.5), 1)
+    assert await a.acquire(call("r0", attempt=2)) is ADMIT
+    held = await a.acquire(call("r1", attempt=2))
+    assert isinstance(held, Hold) and held.until - time.time() <= 0.6
+    await asyncio.sleep(max(held.until - time.time(), 0) + 0.05)
+    assert await a.acquire(call("r1", attempt=2)) is ADMIT
