@@ -45,7 +45,10 @@ app = App(
         RetryBudget(
             name="budget", resources="model:fake-budget", ratio=0.5, min_per_second=2, window=1.0
         ),
-        SharedBreaker(name="breaker", resources="model:fake-brk", threshold=3, cooldown=1.0),
+        # A probe whose worker is SIGKILLed hands the slot on after 2 s (default 60 s).
+        SharedBreaker(
+            name="breaker", resources="model:fake-brk", threshold=3, cooldown=1.0, probe_timeout=2
+        ),
     ],
 )
 

@@ -5,10 +5,12 @@ a loopback fake OpenAI server that fails on cue and records when each request ca
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from typing import TYPE_CHECKING
 
+from stalwart.flow import retry_budget_snapshot
 from tests.adapters.fake_llm import FakeLLM, Reply, Request, fake_llm  # noqa: F401  (a fixture)
 from tests.conftest import worker_pool
 from tests.helpers import eventually, outcome
@@ -74,6 +76,9 @@ async def test_an_outage_sees_a_trickle_within_the_retry_budget_and_every_run_co
         t1 = time.time()
         provider.down.clear()
         results = await asyncio.gather(*(outcome(h, *procs, timeout=40) for h in handles))
+        (level,) = await retry_budget_snapshot(client)
+    assert (level.rule, level.budget, level.window) == ("budget", "model:fake-budget", window)
+    assert level.allowed >= floor and level.available <= level.allowed
     assert results == ["ok"] * runs  # nobody failed: held retries waited, then ran
     during = provider.between(t0, t1)
     bound = runs + floor * (int(outage / window) + 1)
@@ -98,7 +103,7 @@ async def test_a_breaker_opened_on_one_worker_holds_the_other_and_probes_one_at_
     runs: B never calls the provider while the breaker is open, only one probe per cooldown
     (1 s) goes out, probes never overlap, and once the provider is back every run ends."""
     provider = Provider(fake_llm, "fake-brk", fail_for=0.3)
-    from stalwart.flow import FlowStore
+    from stalwart.flow import FlowStore, breaker_snapshot
     from stalwart.flow._breakers import breaker_key
 
     key = breaker_key(FlowStore(client.store.redis, client.store.ns), "breaker", "model:fake-brk")
@@ -115,6 +120,15 @@ async def test_a_breaker_opened_on_one_worker_holds_the_other_and_probes_one_at_
         b = await start("b")
         a.kill()  # its run moves to B, where the breaker it opened is open too
         later = [await client.submit("ask", "fake-brk") for _ in range(4)]
+        (shown,) = await breaker_snapshot(client)
+        assert shown.breaker == "model:fake-brk" and shown.failures >= 3  # A's probe may add one
+        assert shown.state in ("open", "half_open") and shown.opens == 1
+
+        async def b_reports_it() -> bool:  # B never failed a call, yet its heartbeat shows it
+            hb = {w.worker_id: w for w in await client.broker.workers()}.get("b")
+            return hb is not None and hb.breakers.get("model:fake-brk") in ("open", "half_open")
+
+        await eventually(b_reports_it, timeout=10)
         await asyncio.sleep(3.5)  # three cooldowns of outage: only time to await
         t_up = time.time()
         provider.down.clear()
@@ -124,6 +138,6 @@ async def test_a_breaker_opened_on_one_worker_holds_the_other_and_probes_one_at_
     # One probe per cooldown at most (plus one for the edge), none before the first cooldown.
     assert 1 <= len(after_open) <= 4, after_open
     assert after_open[0][0] >= opened + 1.0 - 0.05  # the Redis and test clocks are one host's
-    for (_, end), (nxt, _) in zip(after_open, after_open[1:], strict=False):
+    for (_, end), (nxt, _) in itertools.pairwise(after_open):
         assert nxt >= end  # never two probes at once, across the fleet
         assert nxt - end >= 0.9  # a failed probe opens it for another cooldown

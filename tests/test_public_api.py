@@ -255,6 +255,7 @@ PUBLIC_API: dict[str, list[str]] = {
     ],
     "stalwart.flow": [
         "ADMIT",
+        "BreakerStatus",
         "EV_FLOW_RESUMED",
         "EV_FLOW_WAITING",
         "FlowCall",
@@ -265,9 +266,14 @@ PUBLIC_API: dict[str, list[str]] = {
         "Outcome",
         "RESUME_SIGNAL",
         "RateLimit",
+        "RetryBudget",
+        "RetryBudgetStatus",
         "RuleHandle",
+        "SharedBreaker",
         "SpendLimit",
+        "breaker_snapshot",
         "check_rules",
+        "retry_budget_snapshot",
     ],
     "stalwart.approvals": [
         "APPROVAL_KIND",

@@ -6,6 +6,12 @@ requests=500, tokens=200_000, per=60), SpendLimit(name="daily", limit_usd=50)])`
 ``docs/flow-control.md``.
 """
 
+from stalwart.flow._breaker_view import (
+    BreakerStatus,
+    RetryBudgetStatus,
+    breaker_snapshot,
+    retry_budget_snapshot,
+)
 from stalwart.flow._breakers import SharedBreaker
 from stalwart.flow._budget import RetryBudget
 from stalwart.flow._gate import EV_FLOW_RESUMED, EV_FLOW_WAITING, RESUME_SIGNAL, FlowGate
@@ -18,6 +24,7 @@ __all__ = [
     "EV_FLOW_RESUMED",
     "EV_FLOW_WAITING",
     "RESUME_SIGNAL",
+    "BreakerStatus",
     "FlowCall",
     "FlowGate",
     "FlowRule",
@@ -26,8 +33,11 @@ __all__ = [
     "Outcome",
     "RateLimit",
     "RetryBudget",
+    "RetryBudgetStatus",
     "RuleHandle",
     "SharedBreaker",
     "SpendLimit",
+    "breaker_snapshot",
     "check_rules",
+    "retry_budget_snapshot",
 ]

@@ -13,6 +13,7 @@ the run passivated) until the next probe window. Only a retry policy that declar
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -25,6 +26,8 @@ from stalwart.flow._rules import ADMIT, FlowCall, FlowRule, Hold, Outcome
 from stalwart.policies import RetryPolicy, classify
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from stalwart.flow._store import FlowStore
 
 __all__ = ["BreakerView", "SharedBreaker", "breaker_key", "counts_as_failure"]
@@ -181,8 +184,60 @@ class SharedBreakerHandle:
         what, n = _text(reply[0]), int(reply[1])
         self._see(breaker, "open" if what in ("opened", "reopened", "open") else "closed", n)
         if what == "opened":
-            # The index of breakers the snapshot reads: written when one opens (rarely).
+            # The indexes the snapshot reads: written when a breaker opens (rarely).
             await self._store.redis.sadd(self._store.key(r.name, "breakers"), breaker)
+            await self._store.redis.hset(
+                registry_key(self._store.ns, "breaker"), r.name, f"{r.threshold},{r.cooldown!r}"
+            )
+
+    async def refresh(self) -> dict[str, str]:
+        """Re-read the breakers this worker last saw not closed; every one not closed now,
+        ``open`` or ``half_open`` (for the heartbeat)."""
+        out: dict[str, str] = {}
+        for breaker, view in list(self.seen.items()):
+            if view.state == "closed":
+                continue
+            key = breaker_key(self._store, self.rule.name, breaker)
+            raw = await self._store.redis.hmget(key, ["opened_at", "failures"])
+            opened = float(raw[0]) if raw[0] else 0.0
+            now = time.time()  # the host's clock against Redis's: a heartbeat's precision
+            state = (
+                "closed"
+                if not opened
+                else ("open" if now < opened + self.rule.cooldown else "half_open")
+            )
+            self._see(breaker, state, int(raw[1] or 0))
+            if state != "closed":
+                out[breaker] = state
+        return out
+
+
+def known_states(handles: Iterable[Any]) -> dict[str, str]:
+    """The shared breakers not closed as this worker last saw them, by resource (the gauges
+    read it when scraped; the heartbeat refreshes it)."""
+    return {
+        b: v.state
+        for h in handles
+        if isinstance(h, SharedBreakerHandle)
+        for b, v in h.seen.items()
+        if v.state != "closed"
+    }
+
+
+async def refreshed_states(handles: Iterable[Any]) -> dict[str, str]:
+    """:func:`known_states` after re-reading each one from Redis (for the heartbeat)."""
+    out: dict[str, str] = {}
+    for h in handles:
+        if isinstance(h, SharedBreakerHandle):
+            with contextlib.suppress(Exception):  # a heartbeat goes out regardless
+                out.update(await h.refresh())
+    return out
+
+
+def registry_key(namespace: str, kind: str) -> str:
+    """``<ns>:flow:<kind>-rules``: hash of the rules of ``kind`` in use, name -> settings, so
+    a snapshot finds them without the app's code."""
+    return f"{namespace}:flow:{kind}-rules"
 
 
 def classify_open(call: FlowCall, wait: float) -> bool:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from stalwart.errors import ConfigurationError
 from stalwart.flow._breaker_scripts import BUDGET
+from stalwart.flow._breakers import registry_key
 from stalwart.flow._rules import ADMIT, FlowCall, FlowRule, Hold, Outcome
 
 if TYPE_CHECKING:
@@ -120,6 +121,11 @@ class RetryBudgetHandle:
         if budget not in self._indexed:
             # The index the snapshot reads; once per budget and process.
             await self._store.redis.sadd(self._store.key(r.name, "budgets"), budget)
+            await self._store.redis.hset(
+                registry_key(self._store.ns, "budget"),
+                r.name,
+                f"{r.ratio!r},{r.floor!r},{r.window!r}",
+            )
             self._indexed.add(budget)
         reply: list[Any] = await self._script(
             keys=[budget_key(self._store, r.name, budget)],
