@@ -31,7 +31,9 @@ from stalwart.flow import (
     FlowStore,
     Hold,
     Outcome,
+    publish_rules,
 )
+from stalwart.telemetry import _flow as metrics
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -42,7 +44,7 @@ if TYPE_CHECKING:
     from stalwart.flow import RuleHandle
     from stalwart.policies import RetryPolicy
 
-__all__ = ["FlowPassivated", "Permit", "RunFlow", "flow_gate"]
+__all__ = ["FlowPassivated", "Permit", "RunFlow", "flow_gate", "publish_flow"]
 
 log = structlog.get_logger("stalwart.flow")
 
@@ -60,9 +62,20 @@ def flow_gate(app: Any, store: Any, passivate_after: float) -> FlowGate | None:
     rules = getattr(app, "flow", ())
     if not rules:
         return None
+    # The store's append pipe (private to checkpoints; None without one, e.g. Sentinel).
+    pipe = getattr(getattr(store, "_runner", None), "pipe", None)
     return FlowGate(
-        rules, FlowStore(store.redis, store.ns), wait_in_place=min(5.0, passivate_after)
+        rules,
+        FlowStore(store.redis, store.ns, pipe=pipe),
+        wait_in_place=min(5.0, passivate_after),
     )
+
+
+async def publish_flow(deps: Any, app: str) -> None:
+    """Publish the worker's flow rules for ``stalwart flow`` (nothing without rules)."""
+    gate: FlowGate | None = deps.flow
+    if gate is not None:
+        await publish_rules(gate.store, gate.rules, app)
 
 
 class Permit:
@@ -137,6 +150,8 @@ class RunFlow:
                 elif self._fresh:
                     await self._woken(handles)
                 self._fresh = False
+                for h in handles:
+                    metrics.flow_admitted(h.rule.name)
                 return Permit(call, handles)
             if hold.overridable and hold.signal and await self._take_resume():
                 overridden.add(hold.rule)
@@ -151,16 +166,25 @@ class RunFlow:
                 waiting_on = hold.rule
                 await self.gate.store.mark_waiting(hold.rule, self.run_id, hold.until)
                 await self._emit_waiting(spec, hold, passivate)
+            metrics.flow_held(hold.rule, passivate)
             if passivate:
+                if not hold.signal:
+                    # A pending flow.resume would wake the passivated run at once, again and
+                    # again: for this hold it means "look again", which the run just did.
+                    await self._take_resume()
                 # Spread the wake-ups of runs held by one full window over a little time.
                 wake = (
-                    hold.until + random.uniform(0, 0.05 * max(remaining, 0.0))
+                    hold.until + random.uniform(0, min(0.05 * remaining, 2.0))
                     if hold.until
                     else 0.0
                 )
                 raise FlowPassivated(RESUME_SIGNAL, wake)
             t0 = time.monotonic()
-            await self._pause(remaining)
+            metrics.flow_waiting(hold.rule, 1)
+            try:
+                await self._pause(remaining)
+            finally:
+                metrics.flow_waiting(hold.rule, -1)
             waited_in_place += time.monotonic() - t0
 
     async def _acquire(

@@ -17,6 +17,13 @@ from stalwart.flow._budget import RetryBudget
 from stalwart.flow._gate import EV_FLOW_RESUMED, EV_FLOW_WAITING, RESUME_SIGNAL, FlowGate
 from stalwart.flow._limits import RateLimit, SpendLimit
 from stalwart.flow._rules import ADMIT, FlowCall, FlowRule, Hold, Outcome, RuleHandle, check_rules
+from stalwart.flow._snapshot import (
+    LimitSnapshot,
+    RuleInfo,
+    flow_snapshot,
+    publish_rules,
+    rule_info,
+)
 from stalwart.flow._store import FlowStore
 
 __all__ = [
@@ -30,14 +37,19 @@ __all__ = [
     "FlowRule",
     "FlowStore",
     "Hold",
+    "LimitSnapshot",
     "Outcome",
     "RateLimit",
     "RetryBudget",
     "RetryBudgetStatus",
     "RuleHandle",
+    "RuleInfo",
     "SharedBreaker",
     "SpendLimit",
     "breaker_snapshot",
     "check_rules",
+    "flow_snapshot",
+    "publish_rules",
     "retry_budget_snapshot",
+    "rule_info",
 ]

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from stalwart.errors import ConfigurationError
 from stalwart.flow._rules import ADMIT, FlowCall, FlowRule, Hold, Outcome
+from stalwart.telemetry import _flow as metrics
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -100,11 +101,15 @@ class _RateHandle:
     async def acquire(self, call: FlowCall) -> Hold | Any:
         r = self.rule
         member = f"{call.run_id}:{call.spec.key}:{call.attempt}:{uuid.uuid4().hex[:8]}"
-        ok, wait, what = await self._store.acquire(
+        ok, wait, what, (n, tokens) = await self._store.acquire(
             r.name, member, r.per, r.requests or 0, r.tokens or 0, r.want(call.spec), r.hold
         )
         if ok:
             call.reservations[r.name] = member
+            if r.requests:
+                metrics.flow_usage(r.name, "requests", n, r.requests)
+            if r.tokens:
+                metrics.flow_usage(r.name, "tokens", tokens, r.tokens)
             return ADMIT
         return Hold(r.name, call.resource, f"{what}: {r.describe()}", time.time() + wait)
 
@@ -203,12 +208,13 @@ class _SpendHandle:
         scope = r.scope_key(call)
         spent = await self._store.spent(r.name, period, scope)
         limit = await self.limit()
+        metrics.flow_usage(r.name, "usd", spent, limit)
         if spent < limit:
             return ADMIT
         return Hold(
             r.name,
             call.resource,
-            f"${spent:.4f} of ${limit:.2f} per {r.period} ({scope})",
+            f"${spent:.6g} of ${limit:g} per {r.period} ({scope})",
             ends,
             signal="flow.resume",
             overridable=True,
@@ -220,3 +226,4 @@ class _SpendHandle:
             await self._store.add_spend(
                 self.rule.name, period, self.rule.scope_key(call), outcome.cost_usd
             )
+            metrics.flow_spent(self.rule.name, outcome.cost_usd)
