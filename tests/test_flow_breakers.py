@@ -168,3 +168,45 @@ async def test_retries_leave_the_budget_with_the_window(store) -> None:
     assert isinstance(held, Hold) and held.until - time.time() <= 0.6
     await asyncio.sleep(max(held.until - time.time(), 0) + 0.05)
     assert await a.acquire(call("r1", attempt=2)) is ADMIT
+
+
+async def test_snapshots_and_the_flow_command_show_breakers_and_budgets(store, capsys) -> None:
+    import argparse
+    import json
+    from types import SimpleNamespace
+
+    from stalwart._cli_flow import cmd_flow
+    from stalwart.flow import breaker_snapshot, publish_rules, retry_budget_snapshot
+
+    brk = SharedBreaker(name="llm", threshold=2, cooldown=30)
+    rb = RetryBudget(name="rb", ratio=0.5, min_per_second=0.3, window=10)
+    fs = FlowStore(store.redis, store.ns)
+    await publish_rules(fs, [brk, rb], "app")  # as a worker does when it starts
+    client = SimpleNamespace(store=store)
+    assert await breaker_snapshot(client) == [] and await retry_budget_snapshot(client) == []
+    (h,) = fleet(store, brk, 1)
+    await fail(h, call("r1"))
+    await fail(h, call("r2"))
+    (b,) = await breaker_snapshot(client)
+    assert (b.rule, b.breaker, b.state, b.failures, b.opens, b.probing) == (
+        "llm",
+        "model:gpt",
+        "open",
+        2,
+        1,
+        False,
+    )
+    assert 29 < b.retry_in <= 30
+    (r,) = fleet(store, rb, 1)
+    assert await r.acquire(call("x", attempt=2)) is ADMIT
+    (level,) = await retry_budget_snapshot(client)
+    assert (level.budget, level.retries, level.allowed, level.available) == ("model:gpt", 1, 3, 2)
+
+    await cmd_flow(argparse.Namespace(output="text", flow_command=None), client)  # type: ignore[arg-type]
+    text = capsys.readouterr().out
+    assert "model:gpt: open (2 failures, next probe in" in text
+    assert "model:gpt: 2 of 3 retries left (1 used, 0 successes in 10s)" in text
+    await cmd_flow(argparse.Namespace(output="json", flow_command=None), client)  # type: ignore[arg-type]
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["llm"]["details"][0]["state"] == "open"
+    assert rows["rb"]["details"][0]["available"] == 2

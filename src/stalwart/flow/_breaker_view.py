@@ -1,7 +1,8 @@
 """What the shared breakers and retry budgets look like now, for the CLI and the console.
 
-Read from Redis alone (the rules in use register themselves, ``registry_key``), so a client
-without the app's code sees them. Times are the Redis server's.
+Read from Redis alone (the rules the workers published, ``publish_rules``, and per rule the
+set of resources whose breaker opened or whose budget was used), so a client without the
+app's code sees them. Times are the Redis server's.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from stalwart.flow._breakers import breaker_key, registry_key
+from stalwart.flow._breakers import breaker_key
 from stalwart.flow._budget import BUCKETS, budget_key
+from stalwart.flow._snapshot import published_rules
 from stalwart.flow._store import FlowStore
 
 if TYPE_CHECKING:
-    from stalwart import Client
+    from stalwart.flow._snapshot import _HasStore
 
 __all__ = ["BreakerStatus", "RetryBudgetStatus", "breaker_snapshot", "retry_budget_snapshot"]
 
@@ -59,15 +61,19 @@ async def _now(redis: Any) -> float:
     return float(sec) + float(usec) / 1e6
 
 
-async def breaker_snapshot(client: Client) -> list[BreakerStatus]:
-    """Every shared breaker that has opened at least once (and not expired), by rule."""
+async def breaker_snapshot(client: _HasStore) -> list[BreakerStatus]:
+    """Every shared breaker that has opened at least once (and not expired), by rule.
+
+    ``client`` is a :class:`~stalwart.Client` (anything with a ``store``).
+    """
     store = FlowStore(client.store.redis, client.store.ns)
     redis = store.redis
-    rules = await redis.hgetall(registry_key(store.ns, "breaker"))
     now = await _now(redis)
     out: list[BreakerStatus] = []
-    for raw_name, raw_conf in sorted(rules.items()):
-        name, cooldown = _s(raw_name), float(_s(raw_conf).split(",")[1])
+    for info in await published_rules(redis, store.ns):
+        if info.kind != "SharedBreaker":
+            continue
+        name, cooldown = info.name, float(info.settings.get("cooldown", 30.0))
         for b in sorted(_s(m) for m in await redis.smembers(store.key(name, "breakers"))):
             f = await redis.hmget(
                 breaker_key(store, name, b), ["opened_at", "failures", "probe_until", "opens"]
@@ -89,16 +95,18 @@ async def breaker_snapshot(client: Client) -> list[BreakerStatus]:
     return out
 
 
-async def retry_budget_snapshot(client: Client) -> list[RetryBudgetStatus]:
+async def retry_budget_snapshot(client: _HasStore) -> list[RetryBudgetStatus]:
     """Every retry budget in use, with what it grants over its current window."""
     store = FlowStore(client.store.redis, client.store.ns)
     redis = store.redis
-    rules = await redis.hgetall(registry_key(store.ns, "budget"))
     now = await _now(redis)
     out: list[RetryBudgetStatus] = []
-    for raw_name, raw_conf in sorted(rules.items()):
-        name = _s(raw_name)
-        ratio, floor, window = (float(x) for x in _s(raw_conf).split(","))
+    for info in await published_rules(redis, store.ns):
+        if info.kind != "RetryBudget":
+            continue
+        name, conf = info.name, info.settings
+        ratio, window = float(conf.get("ratio", 0.1)), float(conf.get("window", 10.0))
+        floor = float(conf.get("min_per_second", 1.0)) * window
         oldest = math.floor(now / (window / BUCKETS)) - BUCKETS + 1
         for b in sorted(_s(m) for m in await redis.smembers(store.key(name, "budgets"))):
             counts = {"s": 0, "r": 0}
@@ -119,3 +127,26 @@ async def retry_budget_snapshot(client: Client) -> list[RetryBudgetStatus]:
                 )
             )
     return out
+
+
+async def breaker_details(client: _HasStore) -> dict[str, list[BreakerStatus | RetryBudgetStatus]]:
+    """Shared breakers and retry budgets by rule name (what ``stalwart flow`` shows under
+    each such rule)."""
+    out: dict[str, list[BreakerStatus | RetryBudgetStatus]] = {}
+    items: list[BreakerStatus | RetryBudgetStatus] = [*await breaker_snapshot(client)]
+    items += await retry_budget_snapshot(client)
+    for item in items:
+        out.setdefault(item.rule, []).append(item)
+    return out
+
+
+def detail_line(item: BreakerStatus | RetryBudgetStatus) -> str:
+    """One line for a breaker or a budget, for the text output of ``stalwart flow``."""
+    if isinstance(item, BreakerStatus):
+        extra = f", next probe in {item.retry_in:g}s" if item.state == "open" else ""
+        extra += ", probe in flight" if item.probing else ""
+        return f"{item.breaker}: {item.state} ({item.failures} failures{extra})"
+    return (
+        f"{item.budget}: {item.available} of {item.allowed} retries left "
+        f"({item.retries} used, {item.successes} successes in {item.window:g}s)"
+    )

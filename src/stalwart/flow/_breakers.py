@@ -184,11 +184,8 @@ class SharedBreakerHandle:
         what, n = _text(reply[0]), int(reply[1])
         self._see(breaker, "open" if what in ("opened", "reopened", "open") else "closed", n)
         if what == "opened":
-            # The indexes the snapshot reads: written when a breaker opens (rarely).
+            # The index the snapshot reads: written when a breaker opens (rarely).
             await self._store.redis.sadd(self._store.key(r.name, "breakers"), breaker)
-            await self._store.redis.hset(
-                registry_key(self._store.ns, "breaker"), r.name, f"{r.threshold},{r.cooldown!r}"
-            )
 
     async def refresh(self) -> dict[str, str]:
         """Re-read the breakers this worker last saw not closed; every one not closed now,
@@ -232,12 +229,6 @@ async def refreshed_states(handles: Iterable[Any]) -> dict[str, str]:
             with contextlib.suppress(Exception):  # a heartbeat goes out regardless
                 out.update(await h.refresh())
     return out
-
-
-def registry_key(namespace: str, kind: str) -> str:
-    """``<ns>:flow:<kind>-rules``: hash of the rules of ``kind`` in use, name -> settings, so
-    a snapshot finds them without the app's code."""
-    return f"{namespace}:flow:{kind}-rules"
 
 
 def classify_open(call: FlowCall, wait: float) -> bool:

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from stalwart.errors import ConfigurationError
 from stalwart.flow._breaker_scripts import BUDGET
-from stalwart.flow._breakers import registry_key
 from stalwart.flow._rules import ADMIT, FlowCall, FlowRule, Hold, Outcome
+from stalwart.telemetry import _flow as metrics
 
 if TYPE_CHECKING:
     from stalwart.flow._store import FlowStore
@@ -121,11 +121,6 @@ class RetryBudgetHandle:
         if budget not in self._indexed:
             # The index the snapshot reads; once per budget and process.
             await self._store.redis.sadd(self._store.key(r.name, "budgets"), budget)
-            await self._store.redis.hset(
-                registry_key(self._store.ns, "budget"),
-                r.name,
-                f"{r.ratio!r},{r.floor!r},{r.window!r}",
-            )
             self._indexed.add(budget)
         reply: list[Any] = await self._script(
             keys=[budget_key(self._store, r.name, budget)],
@@ -139,8 +134,11 @@ class RetryBudgetHandle:
                 refund,
             ],
         )
+        view = BudgetView(int(reply[1]), int(reply[2]), int(reply[3]), time.time())
         if budget in self.seen or len(self.seen) < 1000:
-            self.seen[budget] = BudgetView(int(reply[1]), int(reply[2]), int(reply[3]), time.time())
+            self.seen[budget] = view
+        # Per rule (bounded labels): the level of the budget this process used last.
+        metrics.flow_usage(r.name, "retries", view.retries, view.allowed)
         return reply
 
     async def acquire(self, call: FlowCall) -> Hold | Any:
