@@ -116,6 +116,8 @@ class SharedBreakerHandle:
     """The gate's sign that the worker's own breaker is off for this rule's resources."""
 
     def __init__(self, rule: SharedBreaker, store: FlowStore) -> None:
+        # Scripts go through ``store._script``: down the checkpoint store's pipe when there
+        # is one (a third of a step's cost, measured in bench/flow.py), else redis-py.
         self.rule = rule
         self._store = store
         self._before = store.redis.register_script(BEFORE)
@@ -137,9 +139,10 @@ class SharedBreakerHandle:
         r = self.rule
         breaker = r.breaker_of(call.resource)
         holder = f"{call.run_id}:{call.spec.key}:{call.attempt}"
-        reply = await self._before(
-            keys=[breaker_key(self._store, r.name, breaker)],
-            args=[repr(float(r.cooldown)), repr(float(r.probe_timeout)), holder, _KEEP],
+        reply = await self._store._script(
+            self._before,
+            [breaker_key(self._store, r.name, breaker)],
+            [repr(float(r.cooldown)), repr(float(r.probe_timeout)), holder, _KEEP],
         )
         state = _text(reply[0])
         failures = int(reply[2])
@@ -172,15 +175,15 @@ class SharedBreakerHandle:
         if outcome.ok:
             if failures == 0 and not probe:
                 return  # closed with no failures counted when it was asked: nothing to reset
-            await self._record(keys=[key], args=["1", holder, r.threshold, _KEEP])
+            await self._store._script(self._record, [key], ["1", holder, r.threshold, _KEEP])
             self._see(breaker, "closed", 0)
             return
         policy = getattr(call, "policy", None)
         if outcome.abandoned or error is None or not counts_as_failure(error, policy):
             if probe:
-                await self._abandon(keys=[key], args=[holder])
+                await self._store._script(self._abandon, [key], [holder])
             return
-        reply = await self._record(keys=[key], args=["0", holder, r.threshold, _KEEP])
+        reply = await self._store._script(self._record, [key], ["0", holder, r.threshold, _KEEP])
         what, n = _text(reply[0]), int(reply[1])
         self._see(breaker, "open" if what in ("opened", "reopened", "open") else "closed", n)
         if what == "opened":

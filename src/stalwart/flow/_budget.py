@@ -122,9 +122,10 @@ class RetryBudgetHandle:
             # The index the snapshot reads; once per budget and process.
             await self._store.redis.sadd(self._store.key(r.name, "budgets"), budget)
             self._indexed.add(budget)
-        reply: list[Any] = await self._script(
-            keys=[budget_key(self._store, r.name, budget)],
-            args=[
+        reply: list[Any] = await self._store._script(
+            self._script,
+            [budget_key(self._store, r.name, budget)],
+            [
                 repr(r.window / BUCKETS),
                 BUCKETS,
                 repr(float(r.ratio)),
