@@ -210,3 +210,48 @@ async def test_snapshots_and_the_flow_command_show_breakers_and_budgets(store, c
     rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
     assert rows["llm"]["details"][0]["state"] == "open"
     assert rows["rb"]["details"][0]["available"] == 2
+
+
+async def test_in_a_worker_the_shared_breaker_replaces_its_own_and_a_strict_policy_fails_fast(
+    settings, client
+) -> None:
+    """A worker whose app has a SharedBreaker for ``tool:flaky`` leaves its own breaker out of
+    it; a step whose policy will not retry an open circuit fails at once, journaled."""
+    from stalwart import App, Policies, RunFailed, Worker
+    from stalwart.checkpoints import StepError
+    from tests.helpers import entries_of
+
+    strict = RetryPolicy(max_attempts=3, initial_interval=0.01, non_retryable=(CircuitOpenError,))
+    app = App(
+        "sharedbrk",
+        policies=Policies(retry={"tool": strict}),
+        flow=[SharedBreaker(name="brk", resources="tool:flaky", threshold=2, cooldown=30)],
+    )
+    calls = 0
+
+    async def flaky() -> str:
+        nonlocal calls
+        calls += 1
+        raise ConnectionError("upstream down")
+
+    @app.agent("caller")
+    async def caller(ctx, _: None) -> str:
+        return await ctx.call(StepSpec(key="tool:1", kind="tool", name="flaky", fp="x"), flaky)
+
+    worker = Worker(app, settings)
+    await worker.start()
+    try:
+        h = await client.submit("caller", None)
+        with pytest.raises(RunFailed) as info:
+            await h.result(timeout=20)
+        # Attempt 1 and 2 reached the upstream and opened the shared breaker; attempt 3 was
+        # refused by it, and the policy does not retry CircuitOpenError.
+        assert info.value.error_type == "CircuitOpenError" and calls == 2
+        (err,) = await entries_of(client, h.run_id, StepError)
+        assert (err.error.type, err.attempt, err.error.retryable) == ("CircuitOpenError", 3, False)
+        assert worker.breakers.states() == {}  # the worker's own breaker never saw it
+        assert worker.breaker_states() == {"tool:flaky": "open"}
+        assert await worker._shared_breakers() == {"tool:flaky": "open"}
+    finally:
+        worker.stop()
+        await worker._shutdown()
