@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import re
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +17,10 @@ import redis.asyncio as aioredis
 
 from stalwart import App
 from stalwart._cli_flow import cmd_flow
-from stalwart.errors import ConfigurationError
+from stalwart.actors import StepSpec
+from stalwart.actors._flow import flow_gate
+from stalwart.checkpoints import CheckpointStore
+from stalwart.errors import ConfigurationError, RunCancelled
 from stalwart.flow import (
     EV_FLOW_WAITING,
     RESUME_SIGNAL,
@@ -24,16 +29,19 @@ from stalwart.flow import (
     RateLimit,
     SpendLimit,
     flow_snapshot,
+    publish_rules,
 )
 from stalwart.flow._limits import period_bounds
 from stalwart.flow._store import flow_key
+from stalwart.testing import RedisClusterServer
 from tests.adapters.fake_llm import FakeLLM, Reply, fake_llm  # noqa: F401  (a fixture)
 from tests.conftest import worker_pool
 from tests.helpers import eventually, outcome
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from stalwart import Client, RunHandle
-    from stalwart.checkpoints import CheckpointStore
     from stalwart.config import Settings
     from stalwart.supervisor import Supervisor
     from tests.conftest import Servers
@@ -88,6 +96,7 @@ async def test_spend_guard_pauses_durably_and_resumes_on_signal_and_on_a_raised_
     client: Client,
     supervisor: Supervisor,
     fake_llm: FakeLLM,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Each call costs $0.00021 (gpt-4o-mini, 1000 in / 100 out); the tenant's limit is
     $0.0005 a day: the 4th call waits, passivated, until a flow.resume signal lets it
@@ -130,6 +139,17 @@ async def test_spend_guard_pauses_durably_and_resumes_on_signal_and_on_a_raised_
         assert await outcome(late, proc) > 0
         [snap] = [s for s in await flow_snapshot(client) if s.name == "spend"]
         assert snap.limit == {"usd": 1.0} and snap.waiting == []
+
+    # The CLI: every published rule as JSON; clear errors for what cannot be done.
+    capsys.readouterr()
+    await cmd_flow(argparse.Namespace(flow_command=None, output="json"), client)
+    shown = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert shown["spend"]["used"]["tenant:acme"] == pytest.approx(6 * 0.00021)  # 5 + late
+    assert shown["fake-rpm"]["kind"] == "RateLimit" and shown["fake-rpm"]["limit"]["requests"]
+    for rule, says in (("fake-rpm", "is a RateLimit, not a SpendLimit"), ("nope", "no flow rule")):
+        bad = argparse.Namespace(flow_command="set-limit", rule=rule, usd=1.0, clear=False)
+        with pytest.raises(ConfigurationError, match=says):
+            await cmd_flow(bad, client)
 
 
 async def _waiting(h: RunHandle) -> bool:
@@ -230,3 +250,123 @@ def test_periods_are_utc_days_and_months() -> None:
     ts = datetime(2026, 12, 31, 23, 59, tzinfo=UTC).timestamp()
     assert period_bounds("day", ts) == ("2026-12-31", datetime(2027, 1, 1, tzinfo=UTC).timestamp())
     assert period_bounds("month", ts) == ("2026-12", datetime(2027, 1, 1, tzinfo=UTC).timestamp())
+
+
+async def test_a_call_in_flight_on_a_killed_worker_keeps_its_place_until_its_hold_ends(
+    settings: Settings,
+    servers: Servers,
+    client: Client,
+    supervisor: Supervisor,
+    fake_llm: FakeLLM,  # noqa: F811
+) -> None:
+    """1 request per second, hold 3 s: the worker dies (SIGKILL) with the call in flight at
+    the provider; the new owner's attempt waits until the dead call's place is free (hold
+    plus one window), then the run completes. The provider never sees two within a second."""
+    fake_llm.route("fake-crash", lambda r: Reply(text="ok"))
+    held = fake_llm.hold(lambda r: r.model == "fake-crash")
+    env = {
+        "FAKE_LLM_URL": fake_llm.url,
+        "FLOW_RATE_N": "1",
+        "FLOW_RATE_PER": "1.0",
+        "FLOW_RATE_HOLD": "3.0",
+    }
+    try:
+        async with worker_pool(APP, settings, servers, client, **env) as start:
+            first = await start()
+            h = await client.submit("chat", {"model": "fake-crash"})
+            await held.arrived()
+            first.kill()
+            second = await start()
+            assert await outcome(h, second, timeout=30) > 0
+    finally:
+        held.release()
+    arrivals = [r.at for r in fake_llm.requests("fake-crash")]
+    assert len(arrivals) == 2
+    assert arrivals[1] - arrivals[0] >= 3.0  # the dead call counted until its hold ended
+
+
+@pytest.fixture
+def cluster() -> Iterator[RedisClusterServer]:
+    with RedisClusterServer(masters=3, replicas=0) as c:  # sync fixture: it blocks to start
+        yield c
+
+
+async def test_limits_work_on_a_redis_cluster_through_the_gate_of_a_worker(
+    namespace: str, cluster: RedisClusterServer
+) -> None:
+    """A rule's keys share a slot: its scripts run (down the store's per-master pipe) on a
+    cluster, and the snapshot reads them back."""
+    cs = await CheckpointStore.connect(cluster.url, namespace, connect_timeout=10)
+    try:
+        rules = [
+            RateLimit(name=f"r{i}", resources="model:*", requests=2, tokens=100, per=5)
+            for i in range(6)  # spread over the masters
+        ] + [SpendLimit(name="s", limit_usd=0.5)]
+        gate = flow_gate(App("c", flow=rules), cs, 60.0)
+        assert gate is not None and gate.store.pipe is not None
+        fs = gate.store
+        for i in range(6):
+            assert (await fs.acquire(f"r{i}", "a", 5.0, 2, 100, 60, 600.0))[0]
+            assert not (await fs.acquire(f"r{i}", "b", 5.0, 2, 100, 60, 600.0))[0]
+            await fs.settle(f"r{i}", "a", 10)
+            assert (await fs.acquire(f"r{i}", "b", 5.0, 2, 100, 60, 600.0))[0]
+        await fs.add_spend("s", "2026-12-03", "agent:x", 0.25)
+        await fs.mark_waiting("s", "run-1", time.time() + 100)
+        await publish_rules(fs, rules, "c")
+        snaps = {s.name: s for s in await flow_snapshot(_StoreOnly(cs))}
+        assert snaps["r3"].used == {"requests": 2, "tokens": 70}
+        assert snaps["s"].waiting == ["run-1"] and snaps["s"].limit == {"usd": 0.5}
+    finally:
+        await cs.close()
+
+
+class _StoreOnly:
+    def __init__(self, store: CheckpointStore) -> None:
+        self.store = store
+
+
+async def test_a_garbled_operator_limit_or_spend_counter_falls_back_instead_of_failing(
+    store: CheckpointStore,
+) -> None:
+    fs = FlowStore(store.redis, store.ns)
+    await store.redis.set(fs.key("s", "limit"), "lots")
+    await store.redis.hset(fs.key("s", "spend:2026-12"), mapping={"a": "nan", "b": "x"})
+    assert await fs.limit_override("s") is None
+    assert await fs.spent("s", "2026-12", "a") == 0.0
+    assert await fs.spend_table("s", "2026-12") == {"a": 0.0, "b": 0.0}
+
+
+def test_the_token_estimate_is_the_rules_then_the_steps_hint_then_the_default() -> None:
+    spec = StepSpec(key="model:m", kind="model", name="m", fp="", tokens_hint=321)
+    assert RateLimit(name="r", tokens=10, estimate=7).want(spec) == 7
+    assert RateLimit(name="r", tokens=10, estimate=lambda s: s.tokens_hint * 2).want(spec) == 642
+    assert RateLimit(name="r", tokens=10).want(spec) == 321
+    assert (
+        RateLimit(name="r", tokens=10, default_estimate=5).want(replace(spec, tokens_hint=0)) == 5
+    )
+    assert RateLimit(name="r", tokens=10, estimate=lambda s: 1 / 0).want(spec) == 1000  # default
+    assert RateLimit(name="r", requests=10).want(spec) == 0  # no token limit: nothing reserved
+
+
+async def test_agent_code_cannot_swallow_a_flow_wait_and_a_waiting_run_can_be_cancelled(
+    settings: Settings,
+    servers: Servers,
+    client: Client,
+    supervisor: Supervisor,
+    fake_llm: FakeLLM,  # noqa: F811
+) -> None:
+    fake_llm.route("gpt-4o", lambda r: Reply(text="ok"))
+    env = {"FAKE_LLM_URL": fake_llm.url, "FLOW_SPEND_USD": "0"}  # every call is held
+    async with worker_pool(APP, settings, servers, client, **env) as start:
+        proc = await start()
+        sw = await client.submit("swallow", {"model": "gpt-4o"})
+        cancelled = await client.submit("chat", {"model": "gpt-4o"})
+        for h in (sw, cancelled):
+            await eventually(lambda h=h: _waiting(h), timeout=30, message=proc.log_text)
+        # The wait is not an error the agent can catch and carry on from: the run waits.
+        await sw.signal(RESUME_SIGNAL)
+        assert await outcome(sw, proc) == "called"
+        await cancelled.cancel("no budget today")
+        with pytest.raises(RunCancelled):
+            await outcome(cancelled, proc)
+    assert len(fake_llm.requests("gpt-4o")) == 1

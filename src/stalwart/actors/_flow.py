@@ -78,6 +78,20 @@ async def publish_flow(deps: Any, app: str) -> None:
         await publish_rules(gate.store, gate.rules, app)
 
 
+def _wake_at(hold: Hold, remaining: float, ahead: int) -> float:
+    """When a run passivated by ``hold`` asks again (0: only on a signal).
+
+    Runs held by one full window would all wake when it frees and all but a few be held
+    again (each wake-up a placement and a replay): a run that found ``ahead`` runs waiting
+    before it wakes ``ahead`` turns later (``hold.spread`` seconds a turn), with jitter.
+    """
+    if not hold.until:
+        return 0.0
+    if hold.spread > 0:
+        return hold.until + ahead * hold.spread + random.uniform(0, hold.spread)
+    return hold.until + random.uniform(0, min(0.05 * remaining, 2.0))
+
+
 class Permit:
     """What an admitted attempt holds; :meth:`settle` gives it back with the outcome."""
 
@@ -141,6 +155,7 @@ class RunFlow:
         overridden: set[str] = set()
         waited_in_place = 0.0
         waiting_on = ""
+        ahead = 0
         since = time.monotonic()
         while True:
             hold = await self._acquire(call, handles, overridden)
@@ -164,7 +179,7 @@ class RunFlow:
                     with contextlib.suppress(Exception):
                         await self.gate.store.unmark_waiting(waiting_on, self.run_id)
                 waiting_on = hold.rule
-                await self.gate.store.mark_waiting(hold.rule, self.run_id, hold.until)
+                ahead = await self.gate.store.mark_waiting(hold.rule, self.run_id, hold.until) - 1
                 await self._emit_waiting(spec, hold, passivate)
             metrics.flow_held(hold.rule, passivate)
             if passivate:
@@ -172,12 +187,9 @@ class RunFlow:
                     # A pending flow.resume would wake the passivated run at once, again and
                     # again: for this hold it means "look again", which the run just did.
                     await self._take_resume()
-                # Spread the wake-ups of runs held by one full window over a little time.
-                wake = (
-                    hold.until + random.uniform(0, min(0.05 * remaining, 2.0))
-                    if hold.until
-                    else 0.0
-                )
+                wake = _wake_at(hold, remaining, ahead)
+                if wake > hold.until > 0:  # listed as waiting until it wakes, not before
+                    await self.gate.store.mark_waiting(hold.rule, self.run_id, wake)
                 raise FlowPassivated(RESUME_SIGNAL, wake)
             t0 = time.monotonic()
             metrics.flow_waiting(hold.rule, 1)

@@ -38,7 +38,8 @@ class RateLimit(FlowRule):
     workers, for the resources the rule matches (together: one window for all of them).
 
     Every attempt counts (a retry is a request too). Before a call its token estimate is
-    reserved: ``estimate`` (a number, or a function of the :class:`StepSpec`), else
+    reserved: ``estimate`` (a number, or a function of the :class:`StepSpec`), else the
+    step's ``tokens_hint`` (set by the code that builds the step from the request), else
     ``default_estimate``; after it, the reservation is corrected to the tokens the model
     reported. A window is a sliding window on the Redis server's clock.
     """
@@ -85,8 +86,11 @@ class RateLimit(FlowRule):
                 n = int(est(spec))
             except Exception:  # a broken estimator must not stop the run: the default
                 n = self.default_estimate
+        elif est is not None:
+            n = est
         else:
-            n = est if est is not None else self.default_estimate
+            hint = getattr(spec, "tokens_hint", 0)
+            n = hint if isinstance(hint, int) and hint > 0 else self.default_estimate
         return max(n, 0)
 
     def bind(self, store: FlowStore) -> _RateHandle:
@@ -111,7 +115,9 @@ class _RateHandle:
             if r.tokens:
                 metrics.flow_usage(r.name, "tokens", tokens, r.tokens)
             return ADMIT
-        return Hold(r.name, call.resource, f"{what}: {r.describe()}", time.time() + wait)
+        spread = r.per / r.requests if r.requests else 0.0
+        until = time.time() + wait
+        return Hold(r.name, call.resource, f"{what}: {r.describe()}", until, spread=spread)
 
     async def release(self, call: FlowCall, outcome: Outcome) -> None:
         member = call.reservations.pop(self.rule.name, None)

@@ -11,6 +11,7 @@ Times are the Redis server's (``TIME``), so workers' clocks do not matter.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -123,6 +124,18 @@ _WAITING_GRACE = 60.0
 """Seconds past its wake-up time a waiting entry still counts (the wake-up takes a moment)."""
 
 
+def _number(raw: Any, default: float | None) -> float | None:
+    """A stored number; ``default`` for none or for something else (a hand-edited key must
+    not fail runs: the configured limit applies)."""
+    if not raw:
+        return default
+    try:
+        v = float(raw)
+    except (TypeError, ValueError):
+        return default
+    return v if math.isfinite(v) else default
+
+
 class FlowStore:
     """The Redis side of the flow rules of one namespace."""
 
@@ -201,7 +214,7 @@ class FlowStore:
     async def spent(self, rule: str, period: str, scope: str) -> float:
         """USD spent under ``rule`` by ``scope`` in ``period``."""
         raw = await self.redis.hget(self.key(rule, f"spend:{period}"), scope)
-        return float(raw) if raw else 0.0
+        return _number(raw, 0.0) or 0.0
 
     async def add_spend(self, rule: str, period: str, scope: str, usd: float) -> None:
         """Count ``usd`` more for ``scope`` in ``period``."""
@@ -217,12 +230,12 @@ class FlowStore:
             "dict[bytes, bytes]",
             await self.redis.hgetall(self.key(rule, f"spend:{period}")),
         )
-        return {k.decode(): float(v) for k, v in raw.items()}
+        return {k.decode(errors="replace"): _number(v, 0.0) or 0.0 for k, v in raw.items()}
 
     async def limit_override(self, rule: str) -> float | None:
         """The limit an operator set for ``rule`` (None: the configured one)."""
         raw = await self.redis.get(self.key(rule, "limit"))
-        return float(raw) if raw else None
+        return _number(raw, None)
 
     async def set_limit(self, rule: str, value: float | None) -> None:
         """Set (or with None, clear) the operator's limit for ``rule``."""
@@ -233,15 +246,18 @@ class FlowStore:
 
     # -- waiting runs -----------------------------------------------------------------------
 
-    async def mark_waiting(self, rule: str, run_id: str, until: float) -> None:
-        """``run_id`` waits on ``rule`` until ``until`` (0: a signal; kept a day)."""
+    async def mark_waiting(self, rule: str, run_id: str, until: float) -> int:
+        """``run_id`` waits on ``rule`` until ``until`` (0: a signal; kept a day); returns
+        how many runs wait on it now, this one included."""
         score = until if until else time.time() + 86400
         key = self.key(rule, "waiting")
         async with self.redis.pipeline(transaction=False) as pipe:
             # Runs cancelled while they waited never take themselves off: prune them here.
             pipe.zremrangebyscore(key, "-inf", time.time() - _WAITING_GRACE)
             pipe.zadd(key, {run_id: score})
-            await pipe.execute()
+            pipe.zcard(key)
+            *_, n = await pipe.execute()
+        return int(n)
 
     async def unmark_waiting(self, rule: str, run_id: str) -> bool:
         """``run_id`` no longer waits on ``rule`` (True: it did)."""
