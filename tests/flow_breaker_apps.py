@@ -7,35 +7,12 @@ measure at the provider what the rules let through.
 
 from __future__ import annotations
 
-import os
-from typing import Any
-
-import httpx
-
 from stalwart import App, Policies, RetryPolicy, RunContext
 from stalwart.actors import StepSpec
 from stalwart.flow import RetryBudget, SharedBreaker
+from tests.flow_apps import _complete  # one copy of the call to the fake provider
 
 FAST = RetryPolicy(max_attempts=200, initial_interval=0.05, max_interval=0.1, jitter=0.2)
-
-
-class ProviderError(Exception):
-    """An HTTP error from the provider, shaped as ``policies.classify`` reads one."""
-
-    def __init__(self, status: int) -> None:
-        super().__init__(f"provider answered {status}")
-        self.status_code = status
-
-
-async def _complete(model: str, text: str) -> Any:
-    async with httpx.AsyncClient(timeout=30) as http:
-        r = await http.post(
-            f"{os.environ['FAKE_LLM_URL']}/chat/completions",
-            json={"model": model, "messages": [{"role": "user", "content": text}]},
-        )
-    if r.status_code != 200:
-        raise ProviderError(r.status_code)
-    return r.json()["choices"][0]["message"]["content"]
 
 
 app = App(
@@ -56,5 +33,5 @@ app = App(
 @app.agent("ask")
 async def ask(ctx: RunContext, model: str) -> str:
     spec = StepSpec(key="model:1", kind="model", name=model, fp=model)
-    reply: str = await ctx.call(spec, lambda: _complete(model, ctx.run_id))
-    return reply
+    reply = await ctx.call(spec, lambda: _complete(model, ctx.run_id))
+    return str(reply["choices"][0]["message"]["content"])

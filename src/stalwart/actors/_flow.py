@@ -149,9 +149,14 @@ class RunFlow:
         """Return once every rule in ``handles`` admits the attempt (or raise
         :class:`Passivated` to wait without the worker slot)."""
         call = FlowCall(
-            self.run_id, self.agent, f"{spec.kind}:{spec.name}", spec, attempt, self.input
+            self.run_id,
+            self.agent,
+            f"{spec.kind}:{spec.name}",
+            spec,
+            attempt,
+            self.input,
+            policy=policy,
         )
-        call.policy = policy
         overridden: set[str] = set()
         waited_in_place = 0.0
         waiting_on = ""
