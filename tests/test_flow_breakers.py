@@ -17,8 +17,11 @@ from stalwart import NO_RETRY, RetryPolicy, StepSpec
 from stalwart.errors import CircuitOpenError, ConfigurationError
 from stalwart.flow import ADMIT, FlowCall, FlowStore, Hold, Outcome, RetryBudget, SharedBreaker
 from stalwart.flow._breakers import counts_as_failure
+from stalwart.testing import RedisClusterServer
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from stalwart.checkpoints import CheckpointStore
 
 
@@ -255,3 +258,48 @@ async def test_in_a_worker_the_shared_breaker_replaces_its_own_and_a_strict_poli
     finally:
         worker.stop()
         await worker._shutdown()
+
+
+@pytest.fixture
+def cluster() -> Iterator[RedisClusterServer]:
+    with RedisClusterServer(masters=3, replicas=0) as c:  # sync fixture: it blocks to start
+        yield c
+
+
+async def test_breakers_and_budgets_work_on_a_redis_cluster(
+    namespace: str, cluster: RedisClusterServer
+) -> None:
+    """Every script touches one key: on a cluster (down the store's per-master pipe) the
+    breakers and budgets of rules spread over the masters behave as on one Redis."""
+    from stalwart import App
+    from stalwart.actors._flow import flow_gate
+    from stalwart.checkpoints import CheckpointStore
+    from stalwart.flow import breaker_snapshot, publish_rules, retry_budget_snapshot
+
+    cs = await CheckpointStore.connect(cluster.url, namespace, connect_timeout=10)
+    try:
+        rules: list[Any] = [SharedBreaker(name=f"b{i}", threshold=1) for i in range(4)]
+        rules += [RetryBudget(name=f"rb{i}", ratio=0, min_per_second=0.1) for i in range(4)]
+        gate = flow_gate(App("c", flow=rules), cs, 60.0)
+        assert gate is not None and gate.store.pipe is not None
+        await publish_rules(gate.store, gate.rules, "c")
+        for h in gate.handles[:4]:
+            await fail(h, call("r"))
+            assert isinstance(await h.acquire(call("s")), Hold)
+        for h in gate.handles[4:]:
+            assert await h.acquire(call("r", attempt=2)) is ADMIT  # the floor: 1 per 10 s
+            assert isinstance(await h.acquire(call("s", attempt=2)), Hold)
+        client = _StoreOnly(cs)
+        assert [(b.rule, b.state) for b in await breaker_snapshot(client)] == [
+            (f"b{i}", "open") for i in range(4)
+        ]
+        assert [(r.rule, r.available) for r in await retry_budget_snapshot(client)] == [
+            (f"rb{i}", 0) for i in range(4)
+        ]
+    finally:
+        await cs.close()
+
+
+class _StoreOnly:
+    def __init__(self, store: CheckpointStore) -> None:
+        self.store = store
