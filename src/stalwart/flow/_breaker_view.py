@@ -2,12 +2,13 @@
 
 Read from Redis alone (the rules the workers published, ``publish_rules``, and per rule the
 set of resources whose breaker opened or whose budget was used), so a client without the
-app's code sees them. Times are the Redis server's.
+app's code sees them. Remaining times are read against this host's clock.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -56,9 +57,10 @@ def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-async def _now(redis: Any) -> float:
-    sec, usec = await redis.time()
-    return float(sec) + float(usec) / 1e6
+def _now() -> float:
+    # This host's clock against the Redis server's (the scripts' clock): a display's
+    # precision, and no TIME command, which the client and viewer ACLs do not grant.
+    return time.time()
 
 
 async def breaker_snapshot(client: _HasStore) -> list[BreakerStatus]:
@@ -68,7 +70,7 @@ async def breaker_snapshot(client: _HasStore) -> list[BreakerStatus]:
     """
     store = FlowStore(client.store.redis, client.store.ns)
     redis = store.redis
-    now = await _now(redis)
+    now = _now()
     out: list[BreakerStatus] = []
     for info in await published_rules(redis, store.ns):
         if info.kind != "SharedBreaker":
@@ -99,7 +101,7 @@ async def retry_budget_snapshot(client: _HasStore) -> list[RetryBudgetStatus]:
     """Every retry budget in use, with what it grants over its current window."""
     store = FlowStore(client.store.redis, client.store.ns)
     redis = store.redis
-    now = await _now(redis)
+    now = _now()
     out: list[RetryBudgetStatus] = []
     for info in await published_rules(redis, store.ns):
         if info.kind != "RetryBudget":
