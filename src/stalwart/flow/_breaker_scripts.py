@@ -1,7 +1,7 @@
 """Lua scripts of the shared circuit breakers and retry budgets (one key each).
 
-Every script touches exactly one key, so it is atomic on a single Redis and on a Redis
-Cluster alike (no hash tags needed). Times come from the Redis server's ``TIME``: every
+Every script touches one rule's keys only, which share the rule's hash tag
+(``<ns>:{flow.<rule>}:...``), so it is atomic on a single Redis and on a Redis Cluster alike. Times come from the Redis server's ``TIME``: every
 worker measures a cooldown or a window on the same clock, whatever their own clocks say.
 Numbers that may be fractional go back as strings (Redis truncates Lua numbers to integers).
 """
@@ -35,8 +35,8 @@ return {'probe', '0', f[4] or '0'}
 """
 )
 
-# After an attempt that reached the other side. ARGV: ok ('1'/'0'), holder, threshold,
-# keep. A success, whoever made it, closes the breaker: the far side answered. A failure
+# After an attempt that reached the other side. KEYS[2]: the rule's index of breakers that
+# opened (a set, read by the snapshot). ARGV: ok ('1'/'0'), holder, threshold, keep, breaker. A success, whoever made it, closes the breaker: the far side answered. A failure
 # counts; the threshold-th one since the last success opens the breaker; a failed probe
 # opens it for another cooldown. A failure of a call that started before the breaker opened
 # only counts (it says nothing new). Reply: {what, failures}.
@@ -62,6 +62,7 @@ end
 if n >= tonumber(ARGV[3]) then
   redis.call('HSET', KEYS[1], 'opened_at', tostring(now))
   redis.call('HINCRBY', KEYS[1], 'opens', 1)
+  redis.call('SADD', KEYS[2], ARGV[5])
   return {'opened', n}
 end
 return {'counting', n}

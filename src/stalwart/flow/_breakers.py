@@ -171,24 +171,25 @@ class SharedBreakerHandle:
             return
         breaker, holder, probe, failures = taken
         key = breaker_key(self._store, r.name, breaker)
+        index = self._store.key(r.name, "breakers")  # the script adds it there when it opens
         error = outcome.error
         if outcome.ok:
             if failures == 0 and not probe:
                 return  # closed with no failures counted when it was asked: nothing to reset
-            await self._store._script(self._record, [key], ["1", holder, r.threshold, _KEEP])
+            await self._store._script(
+                self._record, [key, index], ["1", holder, r.threshold, _KEEP, breaker]
+            )
             self._see(breaker, "closed", 0)
             return
-        policy = getattr(call, "policy", None)
-        if outcome.abandoned or error is None or not counts_as_failure(error, policy):
+        if outcome.abandoned or error is None or not counts_as_failure(error, call.policy):
             if probe:
                 await self._store._script(self._abandon, [key], [holder])
             return
-        reply = await self._store._script(self._record, [key], ["0", holder, r.threshold, _KEEP])
+        reply = await self._store._script(
+            self._record, [key, index], ["0", holder, r.threshold, _KEEP, breaker]
+        )
         what, n = _text(reply[0]), int(reply[1])
         self._see(breaker, "open" if what in ("opened", "reopened", "open") else "closed", n)
-        if what == "opened":
-            # The index the snapshot reads: written when a breaker opens (rarely).
-            await self._store.redis.sadd(self._store.key(r.name, "breakers"), breaker)
 
     async def refresh(self) -> dict[str, str]:
         """Re-read the breakers this worker last saw not closed; every one not closed now,
@@ -237,11 +238,10 @@ async def refreshed_states(handles: Iterable[Any]) -> dict[str, str]:
 def classify_open(call: FlowCall, wait: float) -> bool:
     """Whether an attempt held by an open breaker waits (True) or fails at once: it fails
     only when its retry policy declares :class:`CircuitOpenError` non-retryable."""
-    policy = getattr(call, "policy", None)
-    if policy is None:
+    if call.policy is None:
         return True
     try:
-        retryable, _ = classify(CircuitOpenError(call.resource, wait), policy)
+        retryable, _ = classify(CircuitOpenError(call.resource, wait), call.policy)
     except Exception:
         return True
     return retryable
