@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from stalwart.flow import RuleHandle
     from stalwart.policies import RetryPolicy
 
-__all__ = ["FlowPassivated", "Permit", "RunFlow", "flow_gate", "publish_flow"]
+__all__ = ["FlowPassivated", "Permit", "RunFlow", "flow_gate", "publish_flow", "run_flow"]
 
 log = structlog.get_logger("stalwart.flow")
 
@@ -68,6 +68,21 @@ def flow_gate(app: Any, store: Any, passivate_after: float) -> FlowGate | None:
         rules,
         FlowStore(store.redis, store.ns, pipe=pipe),
         wait_in_place=min(5.0, passivate_after),
+    )
+
+
+def run_flow(gate: FlowGate | None, actor: Any) -> RunFlow | None:
+    """The flow side of ``actor`` (a ``RunActor``), or None when its worker has no rules."""
+    if gate is None:
+        return None
+
+    async def pause(seconds: float) -> None:
+        # The step engine's backoff sleep: wakes for a drain, a cancel, a lost lease.
+        await actor.engine._pause(seconds)
+
+    spec = actor.spec
+    return RunFlow(
+        gate, actor.run_id, spec.name, actor.events, actor.waits, pause, spec.policies.limits.cost
     )
 
 
