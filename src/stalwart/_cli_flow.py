@@ -30,10 +30,11 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         "flow", parents=[common], help="flow rules: usage, waiting runs, operator limits"
     )
     fl.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    # Connection options go before the sub-command (``stalwart flow --namespace x resume r``):
+    # the same options on the sub-command's parser would reset them to their defaults.
     what = fl.add_subparsers(dest="flow_command")
     sl = what.add_parser(
         "set-limit",
-        parents=[common],
         help="set a spend limit's USD limit (all workers) and wake the runs waiting on it",
     )
     sl.add_argument("rule")
@@ -41,7 +42,6 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     sl.add_argument("--clear", action="store_true", help="back to the configured limit")
     rs = what.add_parser(
         "resume",
-        parents=[common],
         help="send flow.resume to the runs waiting on a rule (a held spend goes ahead once)",
     )
     rs.add_argument("rule")
