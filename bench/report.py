@@ -825,6 +825,29 @@ def _flow(r: dict[str, Any], img: str | None) -> tuple[str, list[list[str]]]:
     return "\n".join(text), targets
 
 
+def _flow_breakers(r: dict[str, Any], img: str | None) -> tuple[str, list[list[str]]]:
+    del img
+    rows: Table = [
+        ["no rule governs it", _us(r["free"]), "-"],
+        ["under a shared breaker (closed)", _us(r["breaker"]), _us(r["breaker_added"])],
+        ["under a retry budget (first attempt)", _us(r["budget"]), _us(r["budget_added"])],
+        ["fails once, then a retry: no rule", _us(r["retry_free"]), "-"],
+        ["fails once, then a retry: retry budget", _us(r["retry_budget"]), _us(r["retry_added"])],
+    ]
+    text = [
+        f"One run of {r['steps_per_round']} rounds of five trivial steps in a worker with "
+        "`--concurrency 1` against Redis with AOF everysec, interleaved and timed inside the "
+        "agent: a step no flow rule governs, one under a `SharedBreaker` that never opens, one "
+        "under a `RetryBudget` that never runs dry, and a step that fails once and is retried "
+        "at once, without and with the budget. The added cost is paired by repetition.",
+        "",
+        _table(["step", "median per step", "added by the rule"], rows),
+        "",
+    ]
+    targets = [["flow: shared breaker check per step", _us(r["breaker_added"]), ""]]
+    return "\n".join(text), targets
+
+
 SECTIONS = [
     ("overhead", "1. Step overhead", _overhead),
     ("failover", "2. Failover after SIGKILL", _failover),
@@ -834,6 +857,11 @@ SECTIONS = [
     ("memory", "6. Memory", _memory),
     ("redis_cluster", "7. Redis Cluster vs a single Redis", _redis_cluster),
     ("flow", "8. Flow control: the cost of a shared limit", _flow),
+    (
+        "flow_breakers",
+        "9. Flow control: the cost of shared breakers and retry budgets",
+        _flow_breakers,
+    ),
 ]
 
 

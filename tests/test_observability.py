@@ -636,9 +636,11 @@ def test_the_gauges_read_snapshots_while_their_owner_lives() -> None:
     class Worker:
         worker_id = "gauge-w"
         hosted = ("r1", "r2")
-        breakers = SimpleNamespace(states=lambda: {"tool:x": "open"})
         capacity = 5
         free_slots = 3
+
+        def breaker_states(self) -> dict[str, str]:  # its own and the shared ones
+            return {"tool:x": "open"}
 
     class Supervisor:
         supervisor_id = "gauge-s"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -15,6 +15,7 @@ from stalwart._exit_codes import EXIT_OK
 from stalwart._json import dumps
 from stalwart.errors import ConfigurationError
 from stalwart.flow import RESUME_SIGNAL, FlowStore, LimitSnapshot, flow_snapshot
+from stalwart.flow._breaker_view import breaker_details, detail_line
 
 if TYPE_CHECKING:
     import argparse
@@ -48,7 +49,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     rs.add_argument("--run", dest="runs", action="append", default=[], help="only this run")
 
 
-def _text(snaps: list[LimitSnapshot]) -> str:
+def _text(snaps: list[LimitSnapshot], details: dict[str, list[Any]] | None = None) -> str:
     if not snaps:
         return "no flow rules published (a worker publishes its app's rules when it starts)"
     lines = []
@@ -64,11 +65,19 @@ def _text(snaps: list[LimitSnapshot]) -> str:
                 lines.append(f"  {scope}: ${usd:.4f}")
         elif s.used:
             lines.append("  used: " + ", ".join(f"{k}={v:g}" for k, v in s.used.items()))
+        lines += [f"  {detail_line(d)}" for d in (details or {}).get(s.name, [])]
         lines.append(f"  waiting runs: {len(s.waiting)}")
         lines += [f"    {r}" for r in s.waiting[:20]]
         if len(s.waiting) > 20:
             lines.append(f"    ... and {len(s.waiting) - 20} more")
     return "\n".join(lines)
+
+
+def _json(snap: LimitSnapshot, details: list[Any] | None) -> Any:
+    out = msgspec.to_builtins(snap)
+    if details:
+        out["details"] = msgspec.to_builtins(details)
+    return out
 
 
 async def _resume(client: Client, runs: list[str]) -> int:
@@ -87,10 +96,12 @@ async def cmd_flow(args: argparse.Namespace, client: Client) -> int:
     snaps = {s.name: s for s in await flow_snapshot(client)}
     command = getattr(args, "flow_command", None)
     if command is None:
+        # Shared breakers and retry budgets: their state per resource, under their rule.
+        details = await breaker_details(client)
         if args.output == "json":
-            print(dumps([msgspec.to_builtins(s) for s in snaps.values()]))
+            print(dumps([_json(s, details.get(s.name)) for s in snaps.values()]))
         else:
-            print(_text(list(snaps.values())))
+            print(_text(list(snaps.values()), details))
         return EXIT_OK
     rule = snaps.get(args.rule)
     if rule is None:

@@ -39,10 +39,10 @@ from stalwart._cli_completion import cmd_completion
 from stalwart._cli_console import COMMANDS as CONSOLE_COMMANDS
 from stalwart._cli_console import add_parsers as add_console_parsers
 from stalwart._cli_console import dispatch as dispatch_console
-from stalwart._cli_ops import READ_COMMANDS, add_output, cmd_agents, cmd_runs, cmd_workers
-from stalwart._cli_ops import add_parsers as add_ops_parsers
 from stalwart._cli_flow import add_parsers as add_flow_parsers
 from stalwart._cli_flow import cmd_flow
+from stalwart._cli_ops import READ_COMMANDS, add_output, cmd_agents, cmd_runs, cmd_workers
+from stalwart._cli_ops import add_parsers as add_ops_parsers
 from stalwart._cli_security import add_parsers as add_security_parsers
 from stalwart._cli_security import cmd_provision, cmd_security
 from stalwart._cli_types import non_negative_int as _non_negative_int

@@ -44,6 +44,7 @@ from stalwart.checkpoints import (
 )
 from stalwart.checkpoints._codec import open_text
 from stalwart.errors import (
+    CircuitOpenError,
     LeaseLost,
     PayloadKeyError,
     StepFailed,
@@ -63,7 +64,7 @@ if TYPE_CHECKING:
     from stalwart.actors._rules import RunState
     from stalwart.actors._waits import Waits
     from stalwart.flow import RuleHandle
-    from stalwart.policies import Breakers, CircuitBreaker
+    from stalwart.policies import Breakers, CircuitBreaker, RetryPolicy
 
 __all__ = ["Drained", "StepExecutor", "error_info"]
 
@@ -162,7 +163,7 @@ class StepExecutor(OnRun):
     async def _attempts(self, spec: StepSpec, run: Callable[[], Awaitable[Any]], d: Attempt) -> Any:
         state = self.state
         policy = d.policy
-        breaker: CircuitBreaker | None = self._breakers.get(d.breaker) if d.breaker else None
+        breaker = self._local_breaker(spec, d)
         attempt = d.attempt
         if d.resume_at:
             await self._pause(d.resume_at - time.time())
@@ -172,7 +173,7 @@ class StepExecutor(OnRun):
                 raise stop
             # The one flow gate (rate limits, spend ...): a dict lookup when no rule matches.
             rules = self.flow.match(spec.kind, spec.name) if self.flow is not None else ()
-            permit = await self._admit(spec, attempt, rules) if rules else None
+            permit = await self._admit(spec, attempt, rules, policy) if rules else None
             started = time.time()
             t0 = time.perf_counter()
             token = _current.set(StepInfo(state.run_id, spec.key, attempt))
@@ -214,11 +215,25 @@ class StepExecutor(OnRun):
                 await self._settle(permit, spec, True, value)
             return await self._record_done(spec, value, started, time.perf_counter() - t0, attempt)
 
-    async def _admit(self, spec: StepSpec, attempt: int, rules: tuple[RuleHandle, ...]) -> Permit:
+    def _local_breaker(self, spec: StepSpec, d: Attempt) -> CircuitBreaker | None:
+        """This worker's breaker for the step, unless it has none or a shared breaker (a flow
+        rule) replaces it for the step's resource."""
+        if not d.breaker or (self.flow and self.flow.gate.shares_breaker(spec.kind, spec.name)):
+            return None
+        return self._breakers.get(d.breaker)
+
+    async def _admit(
+        self, spec: StepSpec, attempt: int, rules: tuple[RuleHandle, ...], policy: RetryPolicy
+    ) -> Permit:
         """Wait until the flow rules governing ``spec`` (``rules``) admit this attempt."""
         assert self.flow is not None
         try:
-            return await self.flow.admit(spec, attempt, rules)
+            return await self.flow.admit(spec, attempt, rules, policy)
+        except CircuitOpenError as exc:
+            # An open shared breaker the step's retry policy will not wait for: journaled
+            # as the step's outcome, like any failure the policy gives up on.
+            info = await self._record_error(spec, exc, time.time(), 0.0, attempt, False)
+            raise StepFailed(spec.key, info.type, info.message) from exc
         except FlowPassivated as exc:
             # Kept, so agent code that swallows it cannot run further steps.
             self.state.fatal = exc

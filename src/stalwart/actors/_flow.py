@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from stalwart.actors._ports import EventSink
     from stalwart.actors._waits import Waits
     from stalwart.flow import RuleHandle
+    from stalwart.policies import RetryPolicy
 
 __all__ = ["FlowPassivated", "Permit", "RunFlow", "flow_gate", "publish_flow", "run_flow"]
 
@@ -156,11 +157,23 @@ class RunFlow:
         """See :meth:`FlowGate.match`."""
         return self.gate.match(kind, name)
 
-    async def admit(self, spec: StepSpec, attempt: int, handles: tuple[RuleHandle, ...]) -> Permit:
+    async def admit(
+        self,
+        spec: StepSpec,
+        attempt: int,
+        handles: tuple[RuleHandle, ...],
+        policy: RetryPolicy | None = None,
+    ) -> Permit:
         """Return once every rule in ``handles`` admits the attempt (or raise
         :class:`Passivated` to wait without the worker slot)."""
         call = FlowCall(
-            self.run_id, self.agent, f"{spec.kind}:{spec.name}", spec, attempt, self.input
+            self.run_id,
+            self.agent,
+            f"{spec.kind}:{spec.name}",
+            spec,
+            attempt,
+            self.input,
+            policy=policy,
         )
         overridden: set[str] = set()
         waited_in_place = 0.0
@@ -216,7 +229,13 @@ class RunFlow:
         for h in handles:
             if h.rule.name in overridden:
                 continue
-            answer = await h.acquire(call)
+            try:
+                answer = await h.acquire(call)
+            except BaseException:
+                # A rule that refuses outright (an open circuit the policy will not wait
+                # for): the earlier rules' grants go back too.
+                await Permit(call, tuple(taken)).settle(Outcome(ok=False, abandoned=True))
+                raise
             if isinstance(answer, Hold):
                 # Give back what the earlier rules gave: this attempt does not run now.
                 await Permit(call, tuple(taken)).settle(Outcome(ok=False, abandoned=True))

@@ -30,6 +30,7 @@ from stalwart.broker._pull import PullFeed, allot
 from stalwart.checkpoints import CheckpointStore, encode_value
 from stalwart.checkpoints._codec import install_codec
 from stalwart.checkpoints._runs import LeasePosition
+from stalwart.flow._breakers import known_states, refreshed_states
 from stalwart.policies import Breakers
 
 if TYPE_CHECKING:
@@ -512,6 +513,17 @@ class Worker:
             hosted.actor.stop_lost()
             hosted.task.cancel()
 
+    def breaker_states(self) -> dict[str, str]:
+        """Breakers not closed: this worker's own and the shared ones as last seen."""
+        gate = self._deps.flow if self._deps is not None else None
+        shared = known_states(gate.handles) if gate is not None else {}
+        return {**self.breakers.states(), **shared}
+
+    async def _shared_breakers(self) -> dict[str, str]:
+        """The shared breakers (flow rules) this worker saw not closed, re-read from Redis."""
+        gate = self._deps.flow if self._deps is not None else None
+        return await refreshed_states(gate.handles) if gate is not None else {}
+
     async def _heartbeat(self) -> None:
         assert self.broker is not None
         info = WorkerInfo(
@@ -523,7 +535,7 @@ class Worker:
             host=socket.gethostname(),
             version=__version__,
             at=time.time(),
-            breakers=self.breakers.states(),
+            breakers={**self.breakers.states(), **await self._shared_breakers()},
             lanes=[lane or DEFAULT_LANE for lane in self.settings.lane_list],
             started_at=self.started_at,
             draining=self.draining,

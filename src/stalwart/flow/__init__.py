@@ -6,6 +6,14 @@ requests=500, tokens=200_000, per=60), SpendLimit(name="daily", limit_usd=50)])`
 ``docs/flow-control.md``.
 """
 
+from stalwart.flow._breaker_view import (
+    BreakerStatus,
+    RetryBudgetStatus,
+    breaker_snapshot,
+    retry_budget_snapshot,
+)
+from stalwart.flow._breakers import SharedBreaker
+from stalwart.flow._budget import RetryBudget
 from stalwart.flow._gate import EV_FLOW_RESUMED, EV_FLOW_WAITING, RESUME_SIGNAL, FlowGate
 from stalwart.flow._limits import RateLimit, SpendLimit
 from stalwart.flow._rules import ADMIT, FlowCall, FlowRule, Hold, Outcome, RuleHandle, check_rules
@@ -23,6 +31,7 @@ __all__ = [
     "EV_FLOW_RESUMED",
     "EV_FLOW_WAITING",
     "RESUME_SIGNAL",
+    "BreakerStatus",
     "FlowCall",
     "FlowGate",
     "FlowRule",
@@ -31,11 +40,16 @@ __all__ = [
     "LimitSnapshot",
     "Outcome",
     "RateLimit",
+    "RetryBudget",
+    "RetryBudgetStatus",
     "RuleHandle",
     "RuleInfo",
+    "SharedBreaker",
     "SpendLimit",
+    "breaker_snapshot",
     "check_rules",
     "flow_snapshot",
     "publish_rules",
+    "retry_budget_snapshot",
     "rule_info",
 ]

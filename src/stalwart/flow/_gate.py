@@ -36,6 +36,7 @@ class FlowGate:
         self.wait_in_place = wait_in_place
         """Seconds a step waits in place, in all, before its run passivates instead."""
         self._by_resource: dict[tuple[str, str], tuple[RuleHandle, ...]] = {}
+        self._shared: dict[tuple[str, str], bool] = {}
 
     def match(self, kind: str, name: str) -> tuple[RuleHandle, ...]:
         """The handles of the rules governing ``kind:name`` (empty: none)."""
@@ -46,4 +47,15 @@ class FlowGate:
             found = tuple(h for h in self.handles if h.rule.matches(resource))
             if len(self._by_resource) < 10_000:  # names from hostile input must not grow it
                 self._by_resource[key] = found
+        return found
+
+    def shares_breaker(self, kind: str, name: str) -> bool:
+        """Whether a shared breaker rule governs ``kind:name`` (it then replaces the
+        worker's own breaker for it)."""
+        key = (kind, name)
+        found = self._shared.get(key)
+        if found is None:
+            found = any(getattr(h, "replaces_local_breaker", False) for h in self.match(kind, name))
+            if len(self._shared) < 10_000:
+                self._shared[key] = found
         return found

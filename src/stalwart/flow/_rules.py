@@ -23,6 +23,7 @@ from stalwart.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from stalwart.flow._store import FlowStore
+    from stalwart.policies import RetryPolicy
 
 __all__ = [
     "ADMIT",
@@ -55,6 +56,8 @@ class FlowCall:
     input: Any = None
     """The run's decoded input (for rules keyed by tenant or customer)."""
     reservations: dict[str, Any] = field(default_factory=dict)
+    policy: RetryPolicy | None = None
+    """The step's retry policy (shared breakers ask it whether an open circuit may wait)."""
 
 
 @dataclass(frozen=True, slots=True)
