@@ -19,6 +19,7 @@ from stalwart._text import safe_text
 from stalwart._version import __version__
 from stalwart.actors import _telemetry as obs
 from stalwart.actors._actor import RunActor
+from stalwart.actors._gate import PlacementGate
 from stalwart.actors._generation import LeaseGenerations
 from stalwart.actors._intake import Intake
 from stalwart.actors._placement import ActorDeps, Placement
@@ -92,6 +93,7 @@ class Worker:
         self._deps: ActorDeps | None = None
         self._generations: LeaseGenerations | None = None
         self._intake: Intake  # once started: what happens to requests not hosted here
+        self._gate: PlacementGate  # once started: concurrency limits at placement
         self.log = log.bind(worker=self.worker_id)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -114,6 +116,14 @@ class Worker:
         )
         # Before the first fetch: a placement may need it at once.
         self._intake = Intake(self.broker, self.store, self.settings, self.worker_id, self.log)
+        self._gate = PlacementGate(
+            getattr(self.app, "flow", ()),
+            self.store,
+            self.broker,
+            self.settings,
+            self.worker_id,
+            self.log,
+        )
         # Answer liveness probes before taking any lease: the subscription is sent ahead of
         # the JetStream requests below on the one connection, so the server knows it before
         # this worker can hold a lease. It lives exactly as long as the connection: a killed
@@ -174,6 +184,7 @@ class Worker:
             t.cancel()
         with contextlib.suppress(Exception):
             await self.broker.remove_heartbeat(self.worker_id)
+        await self._gate.close()
         await self.broker.close()
         await self.store.close()
         self.log.info("worker.stopped")
@@ -329,9 +340,28 @@ class Worker:
         # would hand the run to a second worker while this one starts it.
         self._placing_leases.append(lease)
         try:
-            await self._claim_and_host(spec, req, msg, lease)
+            if await self._admit(req, msg, lease):
+                await self._claim_and_host(spec, req, msg, lease)
         finally:
             self._placing_leases = [x for x in self._placing_leases if x is not lease]
+            hosted = self.hosted.get(req.run_id)
+            if hosted is None or hosted.actor.lease is not lease:
+                self._gate.left(req.run_id, lease)  # not hosted: its slots go to others
+
+    async def _admit(self, req: RunRequest, msg: Msg, lease: Lease) -> bool:
+        """Concurrency limits: False when the run was parked to wait for a slot."""
+        assert self.broker is not None
+        try:
+            lane = self.broker.names.agent_lane(msg.subject)[1]
+            if await self._gate.admit(req, msg, lease, lane):
+                return True
+        except Exception:
+            with contextlib.suppress(Exception):
+                await self.broker.leases.release(lease)
+            await self._intake.retry_later(msg)
+            raise
+        await self.broker.leases.release(lease)
+        return False
 
     async def _claim_and_host(
         self, spec: AgentSpec, req: RunRequest, msg: Msg, lease: Lease
@@ -431,6 +461,7 @@ class Worker:
             hosted = self.hosted.get(actor.run_id)
             if hosted is not None and hosted.actor is actor:
                 del self.hosted[actor.run_id]
+            self._gate.left(actor.run_id, actor.lease)
             self._slot_freed.set()
 
         task.add_done_callback(done)
@@ -444,6 +475,8 @@ class Worker:
             try:
                 await self._renew()
                 await self._heartbeat()
+                placing = {lease.run_id for lease in self._placing_leases}
+                await self._gate.keep_alive(set(self.hosted) | placing)
             except Exception as exc:
                 self.log.warning("keepalive.failed", error=repr(exc))
 

@@ -146,7 +146,9 @@ class ConcurrencySlots:
             dispatched=_dispatches(raw[3:]),
         )
 
-    async def release(self, rule: ConcurrencyLimit, run_id: str, token: str) -> tuple[Dispatch, ...]:
+    async def release(
+        self, rule: ConcurrencyLimit, run_id: str, token: str
+    ) -> tuple[Dispatch, ...]:
         """Give up ``run_id``'s slot if ``token`` still holds it; the runs handed the freed
         slots."""
         raw = await self._release(
