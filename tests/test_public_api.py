@@ -187,10 +187,12 @@ PUBLIC_API: dict[str, list[str]] = {
         "UnknownAgentError",
     ],
     "stalwart.messages": [
+        "ConcurrencyWaitingData",
         "EVENT_DATA",
         "EV_ACCEPTED",
         "EV_CANCELLED",
         "EV_COMPLETED",
+        "EV_CONCURRENCY_WAITING",
         "EV_FAILED",
         "EV_LEASE_LOST",
         "EV_OUTCOME_UNKNOWN",

@@ -96,7 +96,6 @@ class PlacementGate:
         value = await self._input(req) if any(r.needs_input for r in rules) else None
         token = str(lease.acquired)
         taken: list[tuple[ConcurrencyLimit, str]] = []
-        waited = False
         try:
             for i, rule in enumerate(rules):
                 try:
@@ -123,7 +122,6 @@ class PlacementGate:
                 self.publish(rule, got.dispatched)
                 if got.outcome == "ok":
                     taken.append((rule, token))
-                    waited = waited or got.waited
                     continue
                 await self._parked(req, rule, key, got.position, got.outcome == "parked")
                 # A run waits on one limit at a time: what it took or was reserved on the
@@ -138,11 +136,8 @@ class PlacementGate:
             with contextlib.suppress(Exception):
                 await self.give_back(req.run_id, taken)
             raise
-        if taken:
+        if taken:  # (the claim clears the record's queued_for)
             self.held[req.run_id] = (token, taken)
-        if waited:
-            with contextlib.suppress(Exception):
-                await self._store.redis.hdel(self._store.record_key(req.run_id), "queued_for")
         return True
 
     async def _parked(
@@ -156,7 +151,7 @@ class PlacementGate:
         record = self._store.record_key(req.run_id)
         hold = self.slots.keys(rule.name)[0]
         # Written after the park: a slot handed on meanwhile is seen by the ZSCORE, and the
-        # placement that took it clears the field (see admit).
+        # claim of the placement that took it clears the field.
         with contextlib.suppress(Exception):
             async with self._store.redis.pipeline(transaction=False) as pipe:
                 pipe.hset(record, "queued_for", f"concurrency {rule.name} key {key}")
