@@ -16,6 +16,7 @@ from stalwart._journal_events import step_started_data
 from stalwart._text import ERROR_TEXT_LIMIT, clip, exception_text, safe_text, type_name
 from stalwart.actors import _telemetry as obs
 from stalwart.actors._context import StepInfo, _current
+from stalwart.actors._flow import FlowPassivated
 from stalwart.actors._rules import (
     Attempt,
     Diverged,
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
     import structlog
 
     from stalwart.actors._context import StepSpec
+    from stalwart.actors._flow import Permit, RunFlow
     from stalwart.actors._ports import EventSink, Journal, Owner
     from stalwart.actors._rules import RunState
     from stalwart.actors._waits import Waits
@@ -109,6 +111,8 @@ class StepExecutor(OnRun):
         wake: asyncio.Event,
         log: structlog.typing.FilteringBoundLogger,
         unjournaled: Callable[[str, str], BaseException] | None = None,
+        *,
+        flow: RunFlow | None = None,
     ) -> None:
         self.state = state
         self._journal = journal
@@ -120,6 +124,8 @@ class StepExecutor(OnRun):
         self._log = log
         self._unjournaled = unjournaled
         self._live = unjournaled is None
+        self.flow = flow if unjournaled is None else None
+        """The run's flow gate (None: the app has no flow rules, or this is a replay)."""
 
     # -- the step -------------------------------------------------------------------------
 
@@ -163,6 +169,8 @@ class StepExecutor(OnRun):
             stop = boundary_error(state)
             if stop is not None:
                 raise stop
+            # The one flow gate (rate limits, spend ...): a dict lookup when no rule matches.
+            permit = await self._admit(spec, attempt) if self.flow is not None else None
             started = time.time()
             t0 = time.perf_counter()
             token = _current.set(StepInfo(state.run_id, spec.key, attempt))
@@ -181,8 +189,10 @@ class StepExecutor(OnRun):
             except (LeaseLost, Drained, asyncio.CancelledError):
                 if breaker is not None:
                     breaker.abandon()  # an interrupted half-open trial must not wedge it
+                await self._settle(permit, spec, False, None)
                 raise
             except Exception as exc:
+                await self._settle(permit, spec, False, None, exc)
                 duration = time.perf_counter() - t0
                 after = decide_failure(exc, attempt, policy, breaker)
                 if isinstance(after, GiveUp):
@@ -198,7 +208,41 @@ class StepExecutor(OnRun):
                 _current.reset(token)
             if breaker is not None:
                 breaker.record(True)
+            if permit is not None:
+                await self._settle(permit, spec, True, value)
             return await self._record_done(spec, value, started, time.perf_counter() - t0, attempt)
+
+    async def _admit(self, spec: StepSpec, attempt: int) -> Permit | None:
+        """Wait until the flow rules governing ``spec`` admit this attempt (None: none do)."""
+        assert self.flow is not None
+        rules = self.flow.match(spec.kind, spec.name)
+        if not rules:
+            return None
+        try:
+            return await self.flow.admit(spec, attempt, rules)
+        except FlowPassivated as exc:
+            # Kept, so agent code that swallows it cannot run further steps.
+            self.state.fatal = exc
+            raise
+
+    async def _settle(
+        self,
+        permit: Permit | None,
+        spec: StepSpec,
+        ok: bool,
+        value: Any,
+        error: BaseException | None = None,
+    ) -> None:
+        """Tell the flow rules how the attempt ended (with a model step's usage)."""
+        if permit is None or self.flow is None:
+            return
+        usage = None
+        if ok and spec.usage is not None:
+            try:
+                usage = spec.usage(value)
+            except Exception:  # _record_done reports a broken extractor; flow only counts
+                usage = None
+        await permit.settle(self.flow.outcome(ok, usage, error))
 
     async def _call(
         self, spec: StepSpec, run: Callable[[], Awaitable[Any]], timeout: float | None

@@ -19,6 +19,7 @@ from stalwart._text import safe_text
 from stalwart._version import __version__
 from stalwart.actors import _telemetry as obs
 from stalwart.actors._actor import RunActor
+from stalwart.actors._flow import flow_gate
 from stalwart.actors._gate import PlacementGate
 from stalwart.actors._generation import LeaseGenerations
 from stalwart.actors._intake import Intake
@@ -448,6 +449,7 @@ class Worker:
                 fetch_closed=self.fetch_closed,
                 passivate_after=self.settings.passivate_after,
                 confirm_retry=self.settings.lease_confirm_retry,
+                flow=flow_gate(self.app, self.store, self.settings.passivate_after),
             )
         return self._deps
 

@@ -1,0 +1,29 @@
+"""Flow control across all workers: shared rate limits and spend limits (and the gate that
+further rules, such as shared breakers and concurrency keys, plug into).
+
+Configure rules on the app: ``App("shop", flow=[RateLimit(name="openai", resources="model:*",
+requests=500, tokens=200_000, per=60), SpendLimit(name="daily", limit_usd=50)])``. See
+``docs/flow-control.md``.
+"""
+
+from stalwart.flow._gate import EV_FLOW_RESUMED, EV_FLOW_WAITING, RESUME_SIGNAL, FlowGate
+from stalwart.flow._limits import RateLimit, SpendLimit
+from stalwart.flow._rules import ADMIT, FlowCall, FlowRule, Hold, Outcome, RuleHandle, check_rules
+from stalwart.flow._store import FlowStore
+
+__all__ = [
+    "ADMIT",
+    "EV_FLOW_RESUMED",
+    "EV_FLOW_WAITING",
+    "RESUME_SIGNAL",
+    "FlowCall",
+    "FlowGate",
+    "FlowRule",
+    "FlowStore",
+    "Hold",
+    "Outcome",
+    "RateLimit",
+    "RuleHandle",
+    "SpendLimit",
+    "check_rules",
+]
