@@ -13,14 +13,18 @@ import asyncio
 import msgspec
 
 from stalwart import App, RunContext
-from stalwart.flow._concurrency import ConcurrencyLimit
+from stalwart.flow import ConcurrencyLimit
 from tests.helpers import wait_gate
 
-app = App("flow-cc")
-app.flow = (  # type: ignore[attr-defined]
-    ConcurrencyLimit(name="per-tenant", key="tenant", limit=2, agents="work"),
-    ConcurrencyLimit(name="one-at-a-time", key="agent", limit=1, agents="solo"),
-    ConcurrencyLimit(name="shared", key=lambda i: i["tenant"], limit=10, total=2, agents="fair"),
+app = App(
+    "flow-cc",
+    flow=(
+        ConcurrencyLimit(name="per-tenant", key="tenant", limit=2, agents="work"),
+        ConcurrencyLimit(name="one-at-a-time", key="agent", limit=1, agents="solo"),
+        ConcurrencyLimit(
+            name="shared", key=lambda i: i["tenant"], limit=10, total=2, agents="fair"
+        ),
+    ),
 )
 
 

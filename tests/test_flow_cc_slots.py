@@ -4,11 +4,13 @@ expiry of holders nobody renews, reservations whose request was lost."""
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import pytest
 
 from stalwart.errors import ConfigurationError
+from stalwart.flow import concurrency_snapshot
 from stalwart.flow._cc_store import ConcurrencySlots
 from stalwart.flow._concurrency import ConcurrencyLimit, key_tag
 
@@ -42,8 +44,10 @@ async def test_limit_parks_and_release_hands_on(store: CheckpointStore) -> None:
     again = await take(s, rule, "a", "r3")
     assert again.outcome == "ok" and again.waited
     assert (await take(s, rule, "a", "r5")).outcome == "parked"  # r2 and r3 hold a's slots
-    snap = await s.snapshot(rule)
-    assert snap.running == 3
+    await s.register((rule,))
+    # What the CLI and the console read: the limits the workers registered.
+    (snap,) = await concurrency_snapshot(SimpleNamespace(store=store))
+    assert (snap.rule, snap.limit, snap.running, snap.waiting_keys) == ("per-tenant", 2, 3, 1)
     assert {(k.key, k.running, k.waiting) for k in snap.keys} == {("a", 2, 1), ("b", 1, 0)}
 
 
@@ -106,7 +110,7 @@ async def test_unrenewed_holders_expire_and_renewed_ones_stay(store: CheckpointS
     (d,) = await s.sweep(rule)  # "dead" was not renewed: its slot goes to "next"
     assert d.run_id == "next" and d.lane == ""
     assert await s.renew(rule.name, [("dead", "tok-dead")], 1.0) == ["dead"]
-    assert (await s.snapshot(rule)).running == 2
+    assert (await s.snapshot(rule.name, rule.limit, rule.total)).running == 2
 
 
 async def test_a_lost_reservation_is_published_again(store: CheckpointStore) -> None:

@@ -257,6 +257,9 @@ PUBLIC_API: dict[str, list[str]] = {
     ],
     "stalwart.flow": [
         "ADMIT",
+        "ConcurrencyKeyUsage",
+        "ConcurrencyLimit",
+        "ConcurrencyUsage",
         "EV_FLOW_RESUMED",
         "EV_FLOW_WAITING",
         "FlowCall",
@@ -270,6 +273,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "RuleHandle",
         "SpendLimit",
         "check_rules",
+        "concurrency_snapshot",
     ],
     "stalwart.approvals": [
         "APPROVAL_KIND",

@@ -69,6 +69,13 @@ class PlacementGate:
         self.held: dict[str, tuple[str, list[tuple[ConcurrencyLimit, str]]]] = {}
         """Per hosted run: its placement's token, and the rules whose slot it holds."""
         self._tasks: set[asyncio.Future[None]] = set()
+        self.usage: tuple[tuple[str, str, int, int], ...] = ()
+        """(rule, key, running, waiting) of the busiest keys as of the last keep-alive: what
+        the worker's gauges report."""
+
+    async def start(self) -> None:
+        """Register the rules' settings (for :func:`stalwart.flow.concurrency_snapshot`)."""
+        await self.slots.register(self.rules)
 
     def rules_for(self, agent: str) -> tuple[ConcurrencyLimit, ...]:
         """The limits that apply to ``agent``'s runs (cached)."""
@@ -225,10 +232,14 @@ class PlacementGate:
             if run_id in hosted:
                 for rule, token in taken:
                     by_rule.setdefault(rule.name, []).append((run_id, token))
+        usage: list[tuple[str, str, int, int]] = []
         for rule in self.rules:
             for run_id in await self.slots.renew(rule.name, by_rule.get(rule.name, []), self._ttl):
                 self._log.warning("concurrency.slot_lost", run_id=run_id, rule=rule.name)
             self.publish(rule, await self.slots.sweep(rule))
+            snap = await self.slots.snapshot(rule.name, rule.limit, rule.total)
+            usage += [(rule.name, k.key, k.running, k.waiting) for k in snap.keys]
+        self.usage = tuple(usage)
 
     async def close(self) -> None:
         """Wait (briefly) for releases and hand-ons still being sent."""

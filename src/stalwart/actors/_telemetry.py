@@ -99,6 +99,7 @@ class _Worker(Protocol):
     def hosted(self) -> Sized: ...
     @property
     def breakers(self) -> Breakers: ...
+    def concurrency_usage(self) -> tuple[tuple[str, str, int, int], ...]: ...
 
 
 # -- the run ----------------------------------------------------------------------------------
@@ -220,6 +221,8 @@ def watch_worker(worker: _Worker) -> None:
         w = ref()
         if w is None:
             return None
-        return tm.WorkerSnapshot(w.worker_id, len(w.hosted), w.breakers.states())
+        return tm.WorkerSnapshot(
+            w.worker_id, len(w.hosted), w.breakers.states(), w.concurrency_usage()
+        )
 
     tm.watch_worker(snapshot)

@@ -125,6 +125,7 @@ class Worker:
             self.worker_id,
             self.log,
         )
+        await self._gate.start()
         # Answer liveness probes before taking any lease: the subscription is sent ahead of
         # the JetStream requests below on the one connection, so the server knows it before
         # this worker can hold a lease. It lives exactly as long as the connection: a killed
@@ -467,6 +468,11 @@ class Worker:
             self._slot_freed.set()
 
         task.add_done_callback(done)
+
+    def concurrency_usage(self) -> tuple[tuple[str, str, int, int], ...]:
+        """Concurrency limits' busiest keys (rule, key, running, waiting), for the gauges."""
+        gate = getattr(self, "_gate", None)  # not before start
+        return gate.usage if gate is not None else ()
 
     # -- leases and heartbeats ---------------------------------------------------------------
 

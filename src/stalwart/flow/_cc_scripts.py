@@ -1,6 +1,6 @@
 """The Lua scripts of concurrency limits: one atomic script per acquire, release, renewal.
 
-Every key of one rule shares the hash tag ``{cc:<rule>}`` (``<ns>:flow:{cc:<rule>}:...``),
+Every key of one rule shares the hash tag ``{flow.<rule>}`` (``<ns>:{flow.<rule>}:cc:...``),
 so each script is atomic on Redis Cluster too. The declared keys are:
 
 - ``KEYS[1]`` ``...:hold``  zset: slot holders (run id -> expiry, ms, Redis clock)

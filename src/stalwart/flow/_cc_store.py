@@ -8,8 +8,9 @@ requests again, and until a worker places one, its slot is reserved for it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import msgspec
 
@@ -55,7 +56,7 @@ class Acquired:
     dispatched: tuple[Dispatch, ...]
 
 
-class KeyUsage(msgspec.Struct, frozen=True):
+class ConcurrencyKeyUsage(msgspec.Struct, frozen=True):
     """One key of a rule: runs executing and waiting."""
 
     key: str
@@ -63,7 +64,7 @@ class KeyUsage(msgspec.Struct, frozen=True):
     waiting: int
 
 
-class RuleUsage(msgspec.Struct, frozen=True):
+class ConcurrencyUsage(msgspec.Struct, frozen=True):
     """One concurrency limit's state (the busiest and the waiting keys, at most TOP_KEYS)."""
 
     rule: str
@@ -73,7 +74,7 @@ class RuleUsage(msgspec.Struct, frozen=True):
     """Slots held across all keys (reservations included)."""
     waiting_keys: int
     """Keys with waiting runs."""
-    keys: list[KeyUsage]
+    keys: list[ConcurrencyKeyUsage]
 
 
 def _dispatches(raw: list[bytes]) -> tuple[Dispatch, ...]:
@@ -98,8 +99,9 @@ class ConcurrencySlots:
         self._renew = redis.register_script(RENEW)
 
     def prefix(self, rule: str) -> str:
-        """``<ns>:flow:{cc:<rule>}``: every key of the rule (one hash slot)."""
-        return f"{self.namespace}:flow:{{cc:{rule}}}"
+        """``<ns>:{flow.<rule>}:cc``: every key of the rule (one hash slot, the one of the
+        rule's name like every flow rule's keys)."""
+        return f"{self.namespace}:{{flow.{rule}}}:cc"
 
     def keys(self, rule: str) -> list[str]:
         """The declared keys of the rule's scripts."""
@@ -174,9 +176,45 @@ class ConcurrencySlots:
         raw = await self._renew(keys=self.keys(rule)[:2], args=args)
         return [bytes(r).decode() for r in cast("list[bytes]", raw)]
 
-    async def snapshot(self, rule: ConcurrencyLimit) -> RuleUsage:
-        """The rule's slots in use and waiting runs, for the busiest keys."""
-        hold, meta, ring, _ = self.keys(rule.name)
+    @property
+    def registry(self) -> str:
+        """``<ns>:flow:concurrency``: hash, rule name -> its settings (JSON), written by
+        every worker at start, read by :func:`concurrency_snapshot`."""
+        return f"{self.namespace}:flow:concurrency"
+
+    async def register(self, rules: tuple[ConcurrencyLimit, ...]) -> None:
+        """Publish the settings of ``rules`` for readers that do not have the app."""
+        if rules:
+            await self.redis.hset(
+                self.registry,
+                mapping={
+                    r.name: json.dumps(
+                        {
+                            "limit": r.limit,
+                            "total": r.total,
+                            "describe": r.describe(),
+                            "agents": list(r.agent_patterns),
+                        }
+                    )
+                    for r in rules
+                },
+            )
+
+    async def registered(self) -> list[tuple[str, int, int]]:
+        """(name, limit, total) of every rule a worker registered, by name."""
+        raw = cast("dict[bytes, bytes]", await self.redis.hgetall(self.registry))
+        out = []
+        for name, value in sorted(raw.items()):
+            try:
+                cfg = json.loads(value)
+                out.append((name.decode(), int(cfg["limit"]), int(cfg.get("total", 0))))
+            except (ValueError, KeyError, TypeError):
+                continue  # written by another version: skip rather than fail the reader
+        return out
+
+    async def snapshot(self, name: str, limit: int, total: int) -> ConcurrencyUsage:
+        """Rule ``name``'s slots in use and waiting runs, for the busiest keys."""
+        hold, meta, ring, _ = self.keys(name)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zcard(hold)
             pipe.hgetall(meta)
@@ -186,26 +224,44 @@ class ConcurrencySlots:
         counts: dict[str, int] = {}
         names: dict[str, str] = {}
         for f, v in cast("dict[bytes, bytes]", fields).items():
-            name = f.decode()
-            if name.startswith("n:"):
-                counts[name[2:]] = int(v)
-            elif name.startswith("name:"):
-                names[name[5:]] = v.decode()
+            field = f.decode()
+            if field.startswith("n:"):
+                counts[field[2:]] = int(v)
+            elif field.startswith("name:"):
+                names[field[5:]] = v.decode()
         busiest = sorted(counts, key=lambda k: -counts[k])[:TOP_KEYS]
         shown = list(dict.fromkeys([*(k.decode() for k in ring_keys), *busiest]))[:TOP_KEYS]
         async with self.redis.pipeline(transaction=False) as pipe:
             for k in shown:
-                pipe.zcard(f"{self.prefix(rule.name)}:w:{k}")
+                pipe.zcard(f"{self.prefix(name)}:w:{k}")
             waits = await pipe.execute() if shown else []
         keys = [
-            KeyUsage(key=names.get(k, k), running=counts.get(k, 0), waiting=int(w))
+            ConcurrencyKeyUsage(key=names.get(k, k), running=counts.get(k, 0), waiting=int(w))
             for k, w in zip(shown, waits, strict=True)
         ]
-        return RuleUsage(
-            rule=rule.name,
-            limit=rule.limit,
-            total=rule.total,
+        return ConcurrencyUsage(
+            rule=name,
+            limit=limit,
+            total=total,
             running=int(running),
             waiting_keys=int(waiting_keys),
             keys=keys,
         )
+
+
+async def concurrency_snapshot(
+    client: Any, rules: tuple[ConcurrencyLimit, ...] | None = None
+) -> list[ConcurrencyUsage]:
+    """Every concurrency limit's slots in use and waiting runs (the busiest keys of each).
+
+    ``client`` is a connected :class:`~stalwart.Client`. Without ``rules`` (an app's
+    ``flow``), the limits are those the namespace's workers registered when they started.
+    For the CLI and the console; one Redis round trip or two per limit.
+    """
+    store = client.store
+    slots = ConcurrencySlots(store.redis, store.keys.namespace, reserve_ttl=0)
+    if rules is None:
+        known = await slots.registered()
+    else:
+        known = [(r.name, r.limit, r.total) for r in rules]
+    return [await slots.snapshot(name, limit, total) for name, limit, total in known]

@@ -21,16 +21,20 @@ import hashlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stalwart.errors import ConfigurationError
+from stalwart.flow._rules import ADMIT, FlowRule
+
+if TYPE_CHECKING:
+    from stalwart.flow._rules import FlowCall, Hold, Outcome
+    from stalwart.flow._store import FlowStore
 
 __all__ = ["MAX_PRIORITY", "ConcurrencyLimit", "key_tag", "priority_of"]
 
 MAX_PRIORITY = 1000
 """Priorities run from ``-MAX_PRIORITY`` to ``MAX_PRIORITY`` (higher goes first)."""
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,99}$")
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9_.@:\-]{1,100}$")
 _PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
@@ -68,7 +72,7 @@ def _lookup(value: Any, path: str) -> Any:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ConcurrencyLimit:
+class ConcurrencyLimit(FlowRule):
     """At most ``limit`` runs with the same key execute at once, across all workers.
 
     ``key`` is ``"agent"`` (one key per agent), a field path into the run's input
@@ -86,7 +90,8 @@ class ConcurrencyLimit:
     held back by this rule; the worker logs ``concurrency.key_failed`` once per placement.
     """
 
-    name: str
+    resources: str | tuple[str, ...] = ""
+    """Not for runs: concurrency limits apply to whole runs, at placement."""
     key: str | KeyFn = "agent"
     limit: int = 1
     agents: str | tuple[str, ...] = "*"
@@ -94,11 +99,12 @@ class ConcurrencyLimit:
     priority: int = 0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
+        if self.resources:
             raise ConfigurationError(
-                f"concurrency limit name {self.name!r} must be 1-100 characters of letters, "
-                "digits, '_', '.', ':' or '-' (it is part of Redis keys)"
+                f"concurrency limit {self.name!r}: limits per step resource are not supported "
+                "yet; a ConcurrencyLimit applies to whole runs (leave resources out)"
             )
+        FlowRule(name=self.name)  # checks the name (the base checks resources too)
         for what, n, low in (("limit", self.limit, 1), ("total", self.total, 0)):
             if isinstance(n, bool) or not isinstance(n, int) or n < low:
                 raise ConfigurationError(
@@ -112,7 +118,7 @@ class ConcurrencyLimit:
                 f"concurrency limit {self.name!r}: key must be 'agent', a field path such as "
                 f"'tenant' or 'customer.id', or a callable on the input, not {self.key!r}"
             )
-        pats = self.patterns
+        pats = self.agent_patterns
         if not pats or not all(isinstance(p, str) and p for p in pats):
             raise ConfigurationError(
                 f"concurrency limit {self.name!r}: agents must be a glob or a tuple of globs, "
@@ -121,14 +127,22 @@ class ConcurrencyLimit:
         priority_of(self.priority, f"concurrency limit {self.name!r}: priority")
 
     @property
-    def patterns(self) -> tuple[str, ...]:
+    def agent_patterns(self) -> tuple[str, ...]:
         """The agent glob patterns, always as a tuple."""
         a = self.agents
         return (a,) if isinstance(a, str) else tuple(a)
 
     def applies_to(self, agent: str) -> bool:
         """Whether runs of ``agent`` are limited by this rule."""
-        return any(fnmatch.fnmatchcase(agent, p) for p in self.patterns)
+        return any(fnmatch.fnmatchcase(agent, p) for p in self.agent_patterns)
+
+    def matches(self, resource: str) -> bool:
+        """No step resource: the limit is applied when a run is placed, not around steps."""
+        return False
+
+    def bind(self, store: FlowStore) -> _NoStep:
+        """A handle the step gate never asks (see :meth:`matches`)."""
+        return _NoStep(self)
 
     @property
     def needs_input(self) -> bool:
@@ -152,6 +166,19 @@ class ConcurrencyLimit:
         what = "agent" if self.key == "agent" else getattr(self.key, "__name__", str(self.key))
         total = f", {self.total} in all" if self.total else ""
         return f"{self.limit} per {what}{total}"
+
+
+class _NoStep:
+    """The step-gate handle of a run-level rule: admits everything (never asked)."""
+
+    def __init__(self, rule: ConcurrencyLimit) -> None:
+        self.rule = rule
+
+    async def acquire(self, call: FlowCall) -> Hold | Any:
+        return ADMIT
+
+    async def release(self, call: FlowCall, outcome: Outcome) -> None:
+        return None
 
 
 def concurrency_rules(rules: Any, agent: str) -> tuple[ConcurrencyLimit, ...]:

@@ -154,6 +154,8 @@ class WorkerSnapshot(msgspec.Struct, frozen=True):
     active_runs: int
     breakers: Mapping[str, str] = msgspec.field(default_factory=dict)
     """Circuit breakers that are not closed, by ``kind:name``."""
+    concurrency: tuple[tuple[str, str, int, int], ...] = ()
+    """Concurrency limits' busiest keys: (rule, key, running, waiting), namespace-wide."""
 
 
 class SupervisorSnapshot(msgspec.Struct, frozen=True):
