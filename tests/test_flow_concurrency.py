@@ -9,6 +9,7 @@ import time
 from typing import TYPE_CHECKING
 
 from stalwart.checkpoints import Finished, Started
+from stalwart.flow import concurrency_snapshot
 from stalwart.messages import EV_CONCURRENCY_WAITING
 from tests.conftest import worker_pool
 from tests.helpers import eventually, journal, open_gate, outcome, rid
@@ -94,6 +95,21 @@ async def test_status_shows_the_wait_and_priority_orders_it(
         assert (await last.status()).queued_for == ""
 
 
+async def test_a_run_whose_key_cannot_be_computed_is_refused(
+    settings: Settings, servers: Servers, client: Client
+) -> None:
+    # Left unlimited, an input without its tenant would escape the tenant's limit.
+    async with worker_pool(APP, settings, servers, client) as start:
+        await start()
+        h = await client.submit("work", {"hold": 0}, run_id=rid())
+        await eventually(lambda: _status(client, h.run_id, "failed"))
+        record = await h.status()
+        assert "concurrency limit 'per-tenant' cannot compute the run's key" in record.error
+        assert "tenant" in record.error
+        events = [e.type async for e in h.events()]
+        assert events[-1] == "request.rejected"
+
+
 async def test_sigkilled_workers_slots_come_free_with_its_leases(
     settings: Settings, servers: Servers, client: Client
 ) -> None:
@@ -142,6 +158,9 @@ async def test_a_burst_does_not_hold_back_another_tenant(
         await outcome(b, w, timeout=20)
         (placed, _), *_ = await spans(client, b.run_id)
         assert placed - submitted < 1.5, placed - submitted
+        # FIFO would have run A's burst first: most of it still waits.
+        (usage,) = [u for u in await concurrency_snapshot(client) if u.rule == "shared"]
+        assert {k.key: k.waiting for k in usage.keys}["A"] > burst // 2
 
 
 async def _status(client: Client, run_id: str, status: str) -> bool:

@@ -15,7 +15,7 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
-from stalwart._text import safe_text
+from stalwart._text import clip, safe_text
 from stalwart.flow._cc_store import ConcurrencySlots, Dispatch
 from stalwart.flow._concurrency import MAX_PRIORITY, ConcurrencyLimit, concurrency_rules
 from stalwart.messages import (
@@ -34,6 +34,14 @@ if TYPE_CHECKING:
     from stalwart.checkpoints import CheckpointStore
     from stalwart.config import Settings
     from stalwart.messages import RunRequest
+
+
+NO_KEY = "(no key)"
+"""The key of resumed runs whose key can no longer be computed: they share its slots."""
+
+
+class KeyUnavailable(Exception):
+    """A starting run's concurrency key cannot be computed from its input: refuse it."""
 
 
 def reserve_ttl(lease_ttl: float) -> float:
@@ -107,14 +115,8 @@ class PlacementGate:
             for i, rule in enumerate(rules):
                 try:
                     key = rule.key_of(req.agent, value)
-                except Exception as exc:  # a user callable or a missing field: not limited
-                    self._log.warning(
-                        "concurrency.key_failed",
-                        run_id=req.run_id,
-                        rule=rule.name,
-                        error=safe_text(exc),
-                    )
-                    continue
+                except Exception as exc:  # a user callable raised, a field is missing
+                    key = self._no_key(req, rule, exc)
                 priority = max(-MAX_PRIORITY, min(MAX_PRIORITY, req.priority + rule.priority))
                 got = await self.slots.acquire(
                     rule,
@@ -146,6 +148,20 @@ class PlacementGate:
         if taken:  # (the claim clears the record's queued_for)
             self.held[req.run_id] = (token, taken)
         return True
+
+    def _no_key(self, req: RunRequest, rule: ConcurrencyLimit, exc: Exception) -> str:
+        """A run whose key cannot be computed is refused when it starts (left unlimited, an
+        input without its tenant field would escape the tenant's limit). A resume (the rule
+        changed since the run started) waits under the shared key :data:`NO_KEY` instead:
+        refusing it would end a run whose steps are journaled."""
+        reason = (
+            f"concurrency limit {rule.name!r} cannot compute the run's key "
+            f"({rule.describe()}): {clip(safe_text(exc), 300)}"
+        )
+        if req.kind == "start":
+            raise KeyUnavailable(reason)
+        self._log.warning("concurrency.key_failed", run_id=req.run_id, reason=reason)
+        return NO_KEY
 
     async def _parked(
         self, req: RunRequest, rule: ConcurrencyLimit, key: str, ahead: int, new: bool

@@ -20,11 +20,12 @@ from stalwart._version import __version__
 from stalwart.actors import _telemetry as obs
 from stalwart.actors._actor import RunActor
 from stalwart.actors._flow import flow_gate
-from stalwart.actors._gate import PlacementGate
+from stalwart.actors._gate import KeyUnavailable, PlacementGate
 from stalwart.actors._generation import LeaseGenerations
 from stalwart.actors._intake import Intake
 from stalwart.actors._placement import ActorDeps, Placement
 from stalwart.broker import Broker, WorkerInfo
+from stalwart.broker._names import submit_msg_id
 from stalwart.broker._pull import PullFeed, allot
 from stalwart.checkpoints import CheckpointStore, encode_value
 from stalwart.checkpoints._codec import install_codec
@@ -357,6 +358,11 @@ class Worker:
             lane = self.broker.names.agent_lane(msg.subject)[1]
             if await self._gate.admit(req, msg, lease, lane):
                 return True
+        except KeyUnavailable as exc:
+            await self.broker.leases.release(lease)
+            own = (msg.headers or {}).get("Nats-Msg-Id") == submit_msg_id(req.run_id)
+            await self._intake.reject(self.app.get(req.agent), msg, req.run_id, str(exc), own=own)
+            return False
         except Exception:
             with contextlib.suppress(Exception):
                 await self.broker.leases.release(lease)
