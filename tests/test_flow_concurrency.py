@@ -105,7 +105,8 @@ async def test_a_run_whose_key_cannot_be_computed_is_refused(
         await eventually(lambda: _status(client, h.run_id, "failed"))
         record = await h.status()
         assert "concurrency limit 'per-tenant' cannot compute the run's key" in record.error
-        assert "tenant" in record.error
+        assert record.error.endswith("the input has no field 'tenant' (no 'tenant')")
+        assert record.error_type == "RequestRejected"
         events = [e.type async for e in h.events()]
         assert events[-1] == "request.rejected"
 

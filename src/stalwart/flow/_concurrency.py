@@ -62,12 +62,12 @@ def key_tag(key: str) -> str:
 
 def _lookup(value: Any, path: str) -> Any:
     for part in path.split("."):
-        if isinstance(value, Mapping):
-            if part not in value:
-                raise LookupError(part)
+        if isinstance(value, Mapping) and part in value:
             value = value[part]
-        else:
+        elif not isinstance(value, Mapping) and hasattr(value, part):
             value = getattr(value, part)
+        else:
+            raise LookupError(f"the input has no field {path!r} (no {part!r})")
     return value
 
 
