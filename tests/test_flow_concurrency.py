@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from stalwart.checkpoints import Finished, Started
 from stalwart.flow import concurrency_snapshot
@@ -131,10 +131,44 @@ async def test_sigkilled_workers_slots_come_free_with_its_leases(
         survivor = await start()
         await outcome(waiting, survivor, timeout=settings.lease_ttl * 4 + 10)
         took = time.monotonic() - killed_at
-        # Expiry after one lease TTL, noticed by the survivor's next sweep (every TTL / 3).
-        assert took < settings.lease_ttl * 2 + 3, took
+        # Expiry two lease TTLs after the last renewal, noticed by the survivor's next sweep
+        # (every TTL / 3).
+        assert took < settings.lease_ttl * 3 + 3, took
         for h in held:
             assert (await h.status()).status == "running"  # still orphaned: never re-placed
+
+
+async def test_runs_re_placed_after_a_crash_keep_their_slots(
+    settings: Settings, servers: Servers, client: Client, counters: aioredis.Redis, supervisor: Any
+) -> None:
+    # The supervisor re-places the killed worker's runs (within a lease TTL); their slots
+    # live two lease TTLs without renewal, so the runs take their own slots back (same
+    # runs, newer leases) and the third run of the key still waits.
+    async with worker_pool(APP, settings, servers, client) as start:
+        doomed, other = await start(), await start()
+        held = []
+        for _ in range(2):
+            h = await client.submit("work", {"tenant": "k", "gate": True}, run_id=rid())
+            await eventually(lambda h=h: _status(client, h.run_id, "running"))
+            held.append(h)
+        waiting = await client.submit("work", {"tenant": "k"}, run_id=rid())
+        await eventually(lambda: _queued(client, waiting.run_id))
+        owners = {(await h.status()).worker for h in held}
+        victim = doomed if doomed.name in owners else other
+        victim.kill()
+        survivor = other if victim is doomed else doomed
+        for h in held:
+            await eventually(
+                lambda h=h: _worker_is(client, h.run_id, survivor.name),
+                timeout=settings.lease_ttl * 4,
+            )
+        assert (await waiting.status()).status == "accepted"  # still parked
+        for h in held:
+            await open_gate(counters, h.run_id, "in")
+        for h in [*held, waiting]:
+            await outcome(h, survivor)
+        intervals = [s for h in [*held, waiting] for s in await spans(client, h.run_id)]
+        assert most_at_once(intervals) == 2
 
 
 async def test_a_burst_does_not_hold_back_another_tenant(
@@ -166,6 +200,11 @@ async def test_a_burst_does_not_hold_back_another_tenant(
 
 async def _status(client: Client, run_id: str, status: str) -> bool:
     return (await client.handle(run_id).status()).status == status
+
+
+async def _worker_is(client: Client, run_id: str, worker: str) -> bool:
+    record = await client.handle(run_id).status()
+    return record.status == "running" and record.worker == worker
 
 
 async def _queued(client: Client, run_id: str) -> bool:

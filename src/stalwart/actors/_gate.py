@@ -44,6 +44,11 @@ class KeyUnavailable(Exception):
     """A starting run's concurrency key cannot be computed from its input: refuse it."""
 
 
+def slot_ttl(lease_ttl: float) -> float:
+    """How long a slot stays held after its worker last renewed it."""
+    return 2.0 * lease_ttl
+
+
 def reserve_ttl(lease_ttl: float) -> float:
     """How long a slot handed to a waiting run stays reserved for its republished request
     before the request is taken for lost and published again."""
@@ -67,11 +72,14 @@ class PlacementGate:
         )
         self._store = store
         self._broker = broker
-        self._ttl = float(settings.lease_ttl)
+        # Two lease TTLs: a dead worker's runs are re-placed within one (lease expiry, or the
+        # supervisor's liveness probe sooner) and take their own slots back, ahead of the
+        # runs waiting for the key; a run nobody re-places frees its slot after two.
+        self._ttl = slot_ttl(settings.lease_ttl)
         self._worker_id = worker_id
         self._log = log
         self.slots = ConcurrencySlots(
-            store.redis, settings.namespace, reserve_ttl=reserve_ttl(self._ttl)
+            store.redis, settings.namespace, reserve_ttl=reserve_ttl(settings.lease_ttl)
         )
         self._by_agent: dict[str, tuple[ConcurrencyLimit, ...]] = {}
         self.held: dict[str, tuple[str, list[tuple[ConcurrencyLimit, str]]]] = {}
@@ -210,7 +218,7 @@ class PlacementGate:
     async def _release_logged(self, run_id: str, taken: list[tuple[ConcurrencyLimit, str]]) -> None:
         try:
             await self.give_back(run_id, taken)
-        except Exception as exc:  # the slots expire one lease TTL after their last renewal
+        except Exception as exc:  # the slots expire two lease TTLs after their last renewal
             self._log.warning("concurrency.release_failed", run_id=run_id, error=safe_text(exc))
 
     def publish(self, rule: ConcurrencyLimit, dispatched: tuple[Dispatch, ...]) -> None:

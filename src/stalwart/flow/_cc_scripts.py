@@ -60,13 +60,20 @@ end
 local function evict(rttl)
   local due = redis.call('ZRANGEBYSCORE', hold, '-inf', now, 'LIMIT', 0, 100)
   for _, rid in ipairs(due) do
-    if redis.call('HGET', meta, 'tok:' .. rid) == '' and redis.call('HEXISTS', req, rid) == 1 then
+    if redis.call('HGET', meta, 'tok:' .. rid) == '' and redis.call('HGET', req, rid) then
       redis.call('ZADD', hold, now + rttl, rid)
       dispatch(rid)
     else
       drop_holder(rid)
     end
   end
+end
+
+-- Runs of key k before run rid (ZCOUNT, not ZRANK: the worker's ACL has the former).
+local function ahead(k, rid)
+  local sc = redis.call('ZSCORE', wkey(k), rid)
+  if not sc then return 0 end
+  return redis.call('ZCOUNT', wkey(k), '-inf', '(' .. sc)
 end
 
 local function ring_score(k, turn)
@@ -120,7 +127,7 @@ if redis.call('ZSCORE', hold, rid) then
   redis.call('HDEL', req, rid)
 elseif redis.call('ZSCORE', wkey(k), rid) then
   result = 'queued'
-  pos = redis.call('ZRANK', wkey(k), rid)
+  pos = ahead(k, rid)
 elseif count(k) < limit and (total == 0 or redis.call('ZCARD', hold) < total) then
   redis.call('ZADD', hold, now + ttl, rid)
   redis.call('HSET', meta, 'tok:' .. rid, tok, 'key:' .. rid, k)
@@ -141,7 +148,7 @@ else
   end
   redis.call('ZADD', ring, ring_score(k, turn), k)
   fill(limit, total, rttl, scan)
-  pos = redis.call('ZRANK', wkey(k), rid) or 0
+  pos = ahead(k, rid)
 end
 local reply = {result, waited, pos}
 for _, v in ipairs(out) do reply[#reply + 1] = v end

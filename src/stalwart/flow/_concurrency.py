@@ -9,9 +9,9 @@ slot; its resume takes one again, or waits for one like a new run.
 A run whose key is full is parked in Redis (per key, ordered by priority then arrival) and
 its request is acknowledged only once it is parked, so no worker slot is held and nothing
 spins. A worker that releases a slot hands it on in the same script: the next waiting run is
-given the slot (a reservation) and its request published again. Slot holders expire one
-lease TTL after their worker last renewed them, so a SIGKILLed worker's slots come free with
-its leases. The key computation here is pure; the Redis side is :mod:`._cc_store`.
+given the slot (a reservation) and its request published again. Slot holders expire two
+lease TTLs after their worker last renewed them, so a SIGKILLed worker's slots come free
+after its leases (its runs, re-placed before that, take their own slots back). The key computation here is pure; the Redis side is :mod:`._cc_store`.
 """
 
 from __future__ import annotations
