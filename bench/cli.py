@@ -27,6 +27,7 @@ MEASUREMENTS = [
     "journal_size",
     "memory",
     "redis_cluster",
+    "flow",
 ]
 
 

@@ -36,6 +36,8 @@ from stalwart._cli_commands import (
     cmd_submit,
     load_app,
 )
+from stalwart._cli_flow import add_parsers as add_flow_parsers
+from stalwart._cli_flow import cmd_flow
 from stalwart._cli_security import add_parsers as add_security_parsers
 from stalwart._cli_security import cmd_provision, cmd_security
 from stalwart._exit_codes import (
@@ -341,6 +343,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--tool", help="refuse unless the pending call is of this tool")
 
     add_security_parsers(sub, common)
+    add_flow_parsers(sub, common)
 
     d = sub.add_parser("dev", parents=[leases], help="servers + supervisor + workers, locally")
     d.add_argument("app")
@@ -424,6 +427,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
         "history": cmd_history,
         "replay": cmd_replay,
         "fork": cmd_fork,
+        "flow": cmd_flow,
     }
     handler = handlers[args.command]
     return await _client_call(args, settings, lambda client: handler(args, client))

@@ -31,7 +31,9 @@ from stalwart.flow import (
     FlowStore,
     Hold,
     Outcome,
+    publish_rules,
 )
+from stalwart.telemetry import _flow as metrics
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -41,7 +43,7 @@ if TYPE_CHECKING:
     from stalwart.actors._waits import Waits
     from stalwart.flow import RuleHandle
 
-__all__ = ["FlowPassivated", "Permit", "RunFlow", "flow_gate"]
+__all__ = ["FlowPassivated", "Permit", "RunFlow", "flow_gate", "publish_flow"]
 
 log = structlog.get_logger("stalwart.flow")
 
@@ -59,9 +61,34 @@ def flow_gate(app: Any, store: Any, passivate_after: float) -> FlowGate | None:
     rules = getattr(app, "flow", ())
     if not rules:
         return None
+    # The store's append pipe (private to checkpoints; None without one, e.g. Sentinel).
+    pipe = getattr(getattr(store, "_runner", None), "pipe", None)
     return FlowGate(
-        rules, FlowStore(store.redis, store.ns), wait_in_place=min(5.0, passivate_after)
+        rules,
+        FlowStore(store.redis, store.ns, pipe=pipe),
+        wait_in_place=min(5.0, passivate_after),
     )
+
+
+async def publish_flow(deps: Any, app: str) -> None:
+    """Publish the worker's flow rules for ``stalwart flow`` (nothing without rules)."""
+    gate: FlowGate | None = deps.flow
+    if gate is not None:
+        await publish_rules(gate.store, gate.rules, app)
+
+
+def _wake_at(hold: Hold, remaining: float, ahead: int) -> float:
+    """When a run passivated by ``hold`` asks again (0: only on a signal).
+
+    Runs held by one full window would all wake when it frees and all but a few be held
+    again (each wake-up a placement and a replay): a run that found ``ahead`` runs waiting
+    before it wakes ``ahead`` turns later (``hold.spread`` seconds a turn), with jitter.
+    """
+    if not hold.until:
+        return 0.0
+    if hold.spread > 0:
+        return hold.until + ahead * hold.spread + random.uniform(0, hold.spread)
+    return hold.until + random.uniform(0, min(0.05 * remaining, 2.0))
 
 
 class Permit:
@@ -120,6 +147,7 @@ class RunFlow:
         overridden: set[str] = set()
         waited_in_place = 0.0
         waiting_on = ""
+        ahead = 0
         since = time.monotonic()
         while True:
             hold = await self._acquire(call, handles, overridden)
@@ -129,6 +157,8 @@ class RunFlow:
                 elif self._fresh:
                     await self._woken(handles)
                 self._fresh = False
+                for h in handles:
+                    metrics.flow_admitted(h.rule.name)
                 return Permit(call, handles)
             if hold.overridable and hold.signal and await self._take_resume():
                 overridden.add(hold.rule)
@@ -141,18 +171,24 @@ class RunFlow:
                     with contextlib.suppress(Exception):
                         await self.gate.store.unmark_waiting(waiting_on, self.run_id)
                 waiting_on = hold.rule
-                await self.gate.store.mark_waiting(hold.rule, self.run_id, hold.until)
+                ahead = await self.gate.store.mark_waiting(hold.rule, self.run_id, hold.until) - 1
                 await self._emit_waiting(spec, hold, passivate)
+            metrics.flow_held(hold.rule, passivate)
             if passivate:
-                # Spread the wake-ups of runs held by one full window over a little time.
-                wake = (
-                    hold.until + random.uniform(0, 0.05 * max(remaining, 0.0))
-                    if hold.until
-                    else 0.0
-                )
+                if not hold.signal:
+                    # A pending flow.resume would wake the passivated run at once, again and
+                    # again: for this hold it means "look again", which the run just did.
+                    await self._take_resume()
+                wake = _wake_at(hold, remaining, ahead)
+                if wake > hold.until > 0:  # listed as waiting until it wakes, not before
+                    await self.gate.store.mark_waiting(hold.rule, self.run_id, wake)
                 raise FlowPassivated(RESUME_SIGNAL, wake)
             t0 = time.monotonic()
-            await self._pause(remaining)
+            metrics.flow_waiting(hold.rule, 1)
+            try:
+                await self._pause(remaining)
+            finally:
+                metrics.flow_waiting(hold.rule, -1)
             waited_in_place += time.monotonic() - t0
 
     async def _acquire(

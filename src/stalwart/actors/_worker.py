@@ -19,7 +19,7 @@ from stalwart._text import safe_text
 from stalwart._version import __version__
 from stalwart.actors import _telemetry as obs
 from stalwart.actors._actor import RunActor
-from stalwart.actors._flow import flow_gate
+from stalwart.actors._flow import flow_gate, publish_flow
 from stalwart.actors._gate import KeyUnavailable, PlacementGate
 from stalwart.actors._generation import LeaseGenerations
 from stalwart.actors._intake import Intake
@@ -136,6 +136,7 @@ class Worker:
             self.broker.names.alive_subject(self.worker_id), cb=self._answer_alive
         )
         agents = sorted(self.app.agents)
+        await publish_flow(self._actor_deps(), self.app.name)
         await self.broker.register_agents(agents, self.app.name)
         await self._open_feeds(agents)
         self._tasks.append(asyncio.create_task(self._keepalive_loop()))

@@ -12,6 +12,13 @@ from stalwart.flow._concurrency import ConcurrencyLimit
 from stalwart.flow._gate import EV_FLOW_RESUMED, EV_FLOW_WAITING, RESUME_SIGNAL, FlowGate
 from stalwart.flow._limits import RateLimit, SpendLimit
 from stalwart.flow._rules import ADMIT, FlowCall, FlowRule, Hold, Outcome, RuleHandle, check_rules
+from stalwart.flow._snapshot import (
+    LimitSnapshot,
+    RuleInfo,
+    flow_snapshot,
+    publish_rules,
+    rule_info,
+)
 from stalwart.flow._store import FlowStore
 
 __all__ = [
@@ -27,10 +34,15 @@ __all__ = [
     "FlowRule",
     "FlowStore",
     "Hold",
+    "LimitSnapshot",
     "Outcome",
     "RateLimit",
     "RuleHandle",
+    "RuleInfo",
     "SpendLimit",
     "check_rules",
     "concurrency_snapshot",
+    "flow_snapshot",
+    "publish_rules",
+    "rule_info",
 ]

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from stalwart.errors import ConfigurationError
 from stalwart.flow._rules import ADMIT, FlowCall, FlowRule, Hold, Outcome
+from stalwart.telemetry import _flow as metrics
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -37,7 +38,8 @@ class RateLimit(FlowRule):
     workers, for the resources the rule matches (together: one window for all of them).
 
     Every attempt counts (a retry is a request too). Before a call its token estimate is
-    reserved: ``estimate`` (a number, or a function of the :class:`StepSpec`), else
+    reserved: ``estimate`` (a number, or a function of the :class:`StepSpec`), else the
+    step's ``tokens_hint`` (set by the code that builds the step from the request), else
     ``default_estimate``; after it, the reservation is corrected to the tokens the model
     reported. A window is a sliding window on the Redis server's clock.
     """
@@ -84,8 +86,11 @@ class RateLimit(FlowRule):
                 n = int(est(spec))
             except Exception:  # a broken estimator must not stop the run: the default
                 n = self.default_estimate
+        elif est is not None:
+            n = est
         else:
-            n = est if est is not None else self.default_estimate
+            hint = getattr(spec, "tokens_hint", 0)
+            n = hint if isinstance(hint, int) and hint > 0 else self.default_estimate
         return max(n, 0)
 
     def bind(self, store: FlowStore) -> _RateHandle:
@@ -100,13 +105,19 @@ class _RateHandle:
     async def acquire(self, call: FlowCall) -> Hold | Any:
         r = self.rule
         member = f"{call.run_id}:{call.spec.key}:{call.attempt}:{uuid.uuid4().hex[:8]}"
-        ok, wait, what = await self._store.acquire(
+        ok, wait, what, (n, tokens) = await self._store.acquire(
             r.name, member, r.per, r.requests or 0, r.tokens or 0, r.want(call.spec), r.hold
         )
         if ok:
             call.reservations[r.name] = member
+            if r.requests:
+                metrics.flow_usage(r.name, "requests", n, r.requests)
+            if r.tokens:
+                metrics.flow_usage(r.name, "tokens", tokens, r.tokens)
             return ADMIT
-        return Hold(r.name, call.resource, f"{what}: {r.describe()}", time.time() + wait)
+        spread = r.per / r.requests if r.requests else 0.0
+        until = time.time() + wait
+        return Hold(r.name, call.resource, f"{what}: {r.describe()}", until, spread=spread)
 
     async def release(self, call: FlowCall, outcome: Outcome) -> None:
         member = call.reservations.pop(self.rule.name, None)
@@ -203,12 +214,13 @@ class _SpendHandle:
         scope = r.scope_key(call)
         spent = await self._store.spent(r.name, period, scope)
         limit = await self.limit()
+        metrics.flow_usage(r.name, "usd", spent, limit)
         if spent < limit:
             return ADMIT
         return Hold(
             r.name,
             call.resource,
-            f"${spent:.4f} of ${limit:.2f} per {r.period} ({scope})",
+            f"${spent:.6g} of ${limit:g} per {r.period} ({scope})",
             ends,
             signal="flow.resume",
             overridable=True,
@@ -220,3 +232,4 @@ class _SpendHandle:
             await self._store.add_spend(
                 self.rule.name, period, self.rule.scope_key(call), outcome.cost_usd
             )
+            metrics.flow_spent(self.rule.name, outcome.cost_usd)

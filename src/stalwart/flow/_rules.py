@@ -74,6 +74,9 @@ class Hold:
     until: float
     signal: str = ""
     overridable: bool = False
+    spread: float = 0.0
+    """Seconds of capacity one waiting run's turn takes (a rate limit's ``per / requests``):
+    a run that passivates behind ``k`` waiting runs wakes ``k`` turns after ``until``."""
 
 
 class _Admit:

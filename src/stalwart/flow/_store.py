@@ -11,13 +11,30 @@ Times are the Redis server's (``TIME``), so workers' clocks do not matter.
 
 from __future__ import annotations
 
+import math
 import time
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 if TYPE_CHECKING:
+    import asyncio
+
     import redis.asyncio as aioredis
 
-__all__ = ["FlowStore"]
+    class _Pipe(Protocol):
+        def call(self, *args: bytes | str | int | float) -> asyncio.Future[Any]: ...
+
+
+__all__ = ["FlowStore", "flow_key"]
+
+
+def flow_key(ns: str, rule: str, part: str) -> str:
+    """``<ns>:{flow.<rule>}:<part>``: every key of one rule is in one hash slot."""
+    return f"{ns}:{{flow.{rule}}}:{part}"
+
 
 # Sliding-window log. An entry's score is when it stops counting toward "now": while the
 # call is in flight, admission + hold (a call whose worker died frees its place after hold);
@@ -26,7 +43,8 @@ __all__ = ["FlowStore"]
 # was admitted: requests arriving at the provider never exceed the limit in any window.
 # KEYS: log (zset id -> score us), tokens (hash id -> tokens, plus '=total')
 # ARGV: id, per_us, max_requests (0: none), max_tokens (0: none), tokens, hold_us
-# Reply: {1, 0} admitted, or {0, wait_us, 'requests'|'tokens'}
+# Reply: {1, 0, '', requests, tokens} admitted (the window after it), or
+# {0, wait_us, 'requests'|'tokens'}
 ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -40,7 +58,7 @@ while true do
   for i = 1, #toks do freed = freed + (tonumber(toks[i]) or 0) end
   redis.call('HDEL', KEYS[2], unpack(old))
   redis.call('ZREM', KEYS[1], unpack(old))
-  if freed ~= 0 then redis.call('HINCRBY', KEYS[2], '=total', -freed) end
+  if freed ~= 0 then redis.call('HINCRBY', KEYS[2], '=total', 0 - freed) end
 end
 local count = redis.call('ZCARD', KEYS[1])
 local maxreq = tonumber(ARGV[3])
@@ -75,7 +93,7 @@ redis.call('HINCRBY', KEYS[2], '=total', want)
 local ttl = math.floor((per + tonumber(ARGV[6])) / 1000) + 1000
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('PEXPIRE', KEYS[2], ttl)
-return {1, 0}
+return {1, 0, '', count + 1, tonumber(redis.call('HGET', KEYS[2], '=total'))}
 """
 
 # The call ended: it counts from now on for one window, with its actual tokens (-1: keep
@@ -87,7 +105,7 @@ if not old then return 0 end
 if ARGV[3] == '1' then
   redis.call('ZREM', KEYS[1], ARGV[1])
   redis.call('HDEL', KEYS[2], ARGV[1])
-  redis.call('HINCRBY', KEYS[2], '=total', -tonumber(old))
+  redis.call('HINCRBY', KEYS[2], '=total', 0 - tonumber(old))  -- never '-0'
   return 1
 end
 local t = redis.call('TIME')
@@ -100,31 +118,54 @@ end
 return 1
 """
 
-# Window usage now: {requests, tokens}. KEYS: log, tokens. ARGV: per_us
-USAGE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local n = redis.call('ZCOUNT', KEYS[1], '(' .. (now - tonumber(ARGV[1])), '+inf')
-return {n, tonumber(redis.call('HGET', KEYS[2], '=total') or '0')}
-"""
-
 _SPEND_TTL = 40 * 86400
 """A period's spend counters outlive a month, then go."""
+_WAITING_GRACE = 60.0
+"""Seconds past its wake-up time a waiting entry still counts (the wake-up takes a moment)."""
+
+
+def _number(raw: Any, default: float | None) -> float | None:
+    """A stored number; ``default`` for none or for something else (a hand-edited key must
+    not fail runs: the configured limit applies)."""
+    if not raw:
+        return default
+    try:
+        v = float(raw)
+    except (TypeError, ValueError):
+        return default
+    return v if math.isfinite(v) else default
 
 
 class FlowStore:
     """The Redis side of the flow rules of one namespace."""
 
-    def __init__(self, client: aioredis.Redis, namespace: str = "stalwart") -> None:
+    def __init__(
+        self, client: aioredis.Redis, namespace: str = "stalwart", *, pipe: _Pipe | None = None
+    ) -> None:
         self.redis = client
         self.ns = namespace
+        self.pipe = pipe
+        """The checkpoint store's auto-pipelined connection, when there is one: a script sent
+        there skips redis-py's pool (a third of a step's cost, measured in bench/flow.py)."""
         self._acquire = client.register_script(ACQUIRE)
         self._settle = client.register_script(SETTLE)
-        self._usage = client.register_script(USAGE)
 
     def key(self, rule: str, part: str) -> str:
-        """``<ns>:{flow.<rule>}:<part>``: every key of one rule is in one hash slot."""
-        return f"{self.ns}:{{flow.{rule}}}:{part}"
+        """See :func:`flow_key`."""
+        return flow_key(self.ns, rule, part)
+
+    async def _script(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """``script`` down the pipe; on an error reply (NOSCRIPT after a restart) or a lost
+        connection, through redis-py, which loads the script and retries."""
+        if self.pipe is not None:
+            try:
+                reply = await self.pipe.call("EVALSHA", script.sha, len(keys), *keys, *args)
+            except (RedisConnectionError, RedisTimeoutError):
+                pass
+            else:
+                if not isinstance(reply, ResponseError):
+                    return reply
+        return await script(keys=keys, args=args)
 
     # -- rate limits ----------------------------------------------------------------------
 
@@ -137,37 +178,43 @@ class FlowStore:
         tokens: int,
         want: int,
         hold: float,
-    ) -> tuple[bool, float, str]:
-        """Take a place in ``rule``'s window: (admitted, seconds to wait, what is full)."""
-        reply = await self._acquire(
-            keys=[self.key(rule, "log"), self.key(rule, "tokens")],
-            args=[member, int(per * 1e6), requests, tokens, want, int(hold * 1e6)],
+    ) -> tuple[bool, float, str, tuple[int, int]]:
+        """Take a place in ``rule``'s window: (admitted, seconds to wait, what is full,
+        (requests, tokens) in the window once admitted)."""
+        reply = await self._script(
+            self._acquire,
+            [self.key(rule, "log"), self.key(rule, "tokens")],
+            [member, int(per * 1e6), requests, tokens, want, int(hold * 1e6)],
         )
         if int(reply[0]) == 1:
-            return True, 0.0, ""
+            return True, 0.0, "", (int(reply[3]), int(reply[4]))
         what = reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])
-        return False, int(reply[1]) / 1e6, what
+        return False, int(reply[1]) / 1e6, what, (0, 0)
 
     async def settle(self, rule: str, member: str, tokens: int, *, drop: bool = False) -> None:
         """The call ``member`` ended (``tokens`` actual, -1 unknown), or never ran (drop)."""
-        await self._settle(
-            keys=[self.key(rule, "log"), self.key(rule, "tokens")],
-            args=[member, tokens, "1" if drop else "0"],
+        await self._script(
+            self._settle,
+            [self.key(rule, "log"), self.key(rule, "tokens")],
+            [member, tokens, "1" if drop else "0"],
         )
 
     async def window(self, rule: str, per: float) -> tuple[int, int]:
-        """(requests, tokens) in ``rule``'s window now."""
-        reply = await self._usage(
-            keys=[self.key(rule, "log"), self.key(rule, "tokens")], args=[int(per * 1e6)]
-        )
-        return int(reply[0]), int(reply[1])
+        """(requests, tokens) in ``rule``'s window now, for display: read-only commands
+        and this process's clock (the limit itself uses the Redis server's)."""
+        since = int((time.time() - per) * 1e6)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcount(self.key(rule, "log"), f"({since}", "+inf")
+            pipe.hget(self.key(rule, "tokens"), "=total")
+            n, total = await pipe.execute()
+        return int(n), int(total or 0)
 
     # -- spend ------------------------------------------------------------------------------
 
     async def spent(self, rule: str, period: str, scope: str) -> float:
         """USD spent under ``rule`` by ``scope`` in ``period``."""
         raw = await self.redis.hget(self.key(rule, f"spend:{period}"), scope)
-        return float(raw) if raw else 0.0
+        return _number(raw, 0.0) or 0.0
 
     async def add_spend(self, rule: str, period: str, scope: str, usd: float) -> None:
         """Count ``usd`` more for ``scope`` in ``period``."""
@@ -183,12 +230,12 @@ class FlowStore:
             "dict[bytes, bytes]",
             await self.redis.hgetall(self.key(rule, f"spend:{period}")),
         )
-        return {k.decode(): float(v) for k, v in raw.items()}
+        return {k.decode(errors="replace"): _number(v, 0.0) or 0.0 for k, v in raw.items()}
 
     async def limit_override(self, rule: str) -> float | None:
         """The limit an operator set for ``rule`` (None: the configured one)."""
         raw = await self.redis.get(self.key(rule, "limit"))
-        return float(raw) if raw else None
+        return _number(raw, None)
 
     async def set_limit(self, rule: str, value: float | None) -> None:
         """Set (or with None, clear) the operator's limit for ``rule``."""
@@ -199,19 +246,26 @@ class FlowStore:
 
     # -- waiting runs -----------------------------------------------------------------------
 
-    async def mark_waiting(self, rule: str, run_id: str, until: float) -> None:
-        """``run_id`` waits on ``rule`` until ``until`` (0: a signal; kept a day)."""
+    async def mark_waiting(self, rule: str, run_id: str, until: float) -> int:
+        """``run_id`` waits on ``rule`` until ``until`` (0: a signal; kept a day); returns
+        how many runs wait on it now, this one included."""
         score = until if until else time.time() + 86400
-        await self.redis.zadd(self.key(rule, "waiting"), {run_id: score})
+        key = self.key(rule, "waiting")
+        async with self.redis.pipeline(transaction=False) as pipe:
+            # Runs cancelled while they waited never take themselves off: prune them here.
+            pipe.zremrangebyscore(key, "-inf", time.time() - _WAITING_GRACE)
+            pipe.zadd(key, {run_id: score})
+            pipe.zcard(key)
+            *_, n = await pipe.execute()
+        return int(n)
 
     async def unmark_waiting(self, rule: str, run_id: str) -> bool:
         """``run_id`` no longer waits on ``rule`` (True: it did)."""
         return bool(await self.redis.zrem(self.key(rule, "waiting"), run_id))
 
-    async def waiting(self, rule: str, *, grace: float = 60.0) -> list[str]:
-        """Runs waiting on ``rule``; entries ``grace`` past their time are dropped (a run
+    async def waiting(self, rule: str) -> list[str]:
+        """Runs waiting on ``rule``, leaving out entries well past their time (a run
         cancelled while it waited never takes itself off)."""
         key = self.key(rule, "waiting")
-        await self.redis.zremrangebyscore(key, "-inf", time.time() - grace)
-        rows: list[Any] = await self.redis.zrange(key, 0, -1)
+        rows: list[Any] = await self.redis.zrangebyscore(key, time.time() - _WAITING_GRACE, "+inf")
         return [r.decode() if isinstance(r, bytes) else str(r) for r in rows]
