@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from stalwart.errors import ConfigurationError
-from stalwart.flow import concurrency_snapshot
+from stalwart.flow import FlowStore, concurrency_snapshot, flow_snapshot, publish_rules
 from stalwart.flow._cc_store import ConcurrencySlots
 from stalwart.flow._concurrency import ConcurrencyLimit, key_tag
 
@@ -44,10 +44,13 @@ async def test_limit_parks_and_release_hands_on(store: CheckpointStore) -> None:
     again = await take(s, rule, "a", "r3")
     assert again.outcome == "ok" and again.waited
     assert (await take(s, rule, "a", "r5")).outcome == "parked"  # r2 and r3 hold a's slots
-    await s.register((rule,))
-    # What the CLI and the console read: the limits the workers registered.
+    await publish_rules(FlowStore(store.redis, store.ns), (rule,), "app")
+    # What the CLI and the console read: the limits the workers published.
     (snap,) = await concurrency_snapshot(SimpleNamespace(store=store))
     assert (snap.rule, snap.limit, snap.running, snap.waiting_keys) == ("per-tenant", 2, 3, 1)
+    (flow,) = await flow_snapshot(SimpleNamespace(store=store))
+    assert (flow.kind, flow.resources, flow.waiting) == ("ConcurrencyLimit", [], ["r5"])
+    assert flow.used == {"running": 3, "waiting_keys": 1} and flow.limit == {"per_key": 2}
     assert {(k.key, k.running, k.waiting) for k in snap.keys} == {("a", 2, 1), ("b", 1, 0)}
 
 

@@ -89,10 +89,6 @@ class PlacementGate:
         """(rule, key, running, waiting) of the busiest keys as of the last keep-alive: what
         the worker's gauges report."""
 
-    async def start(self) -> None:
-        """Register the rules' settings (for :func:`stalwart.flow.concurrency_snapshot`)."""
-        await self.slots.register(self.rules)
-
     def rules_for(self, agent: str) -> tuple[ConcurrencyLimit, ...]:
         """The limits that apply to ``agent``'s runs (cached)."""
         found = self._by_agent.get(agent)

@@ -126,7 +126,6 @@ class Worker:
             self.worker_id,
             self.log,
         )
-        await self._gate.start()
         # Answer liveness probes before taking any lease: the subscription is sent ahead of
         # the JetStream requests below on the one connection, so the server knows it before
         # this worker can hold a lease. It lives exactly as long as the connection: a killed

@@ -8,7 +8,6 @@ requests again, and until a worker places one, its slot is reserved for it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -22,6 +21,7 @@ if TYPE_CHECKING:
     from stalwart.flow._concurrency import ConcurrencyLimit
 
 from stalwart.flow._cc_scripts import ACQUIRE, RELEASE, RENEW, SWEEP
+from stalwart.flow._snapshot import published_rules
 
 SCAN = 64
 """Keys of the ring looked at per freed slot: a waiting run whose key is full is skipped,
@@ -176,42 +176,6 @@ class ConcurrencySlots:
         raw = await self._renew(keys=self.keys(rule)[:2], args=args)
         return [bytes(r).decode() for r in cast("list[bytes]", raw)]
 
-    @property
-    def registry(self) -> str:
-        """``<ns>:flow:concurrency``: hash, rule name -> its settings (JSON), written by
-        every worker at start, read by :func:`concurrency_snapshot`."""
-        return f"{self.namespace}:flow:concurrency"
-
-    async def register(self, rules: tuple[ConcurrencyLimit, ...]) -> None:
-        """Publish the settings of ``rules`` for readers that do not have the app."""
-        if rules:
-            await self.redis.hset(
-                self.registry,
-                mapping={
-                    r.name: json.dumps(
-                        {
-                            "limit": r.limit,
-                            "total": r.total,
-                            "describe": r.describe(),
-                            "agents": list(r.agent_patterns),
-                        }
-                    )
-                    for r in rules
-                },
-            )
-
-    async def registered(self) -> list[tuple[str, int, int]]:
-        """(name, limit, total) of every rule a worker registered, by name."""
-        raw = cast("dict[bytes, bytes]", await self.redis.hgetall(self.registry))
-        out = []
-        for name, value in sorted(raw.items()):
-            try:
-                cfg = json.loads(value)
-                out.append((name.decode(), int(cfg["limit"]), int(cfg.get("total", 0))))
-            except (ValueError, KeyError, TypeError):
-                continue  # written by another version: skip rather than fail the reader
-        return out
-
     async def snapshot(self, name: str, limit: int, total: int) -> ConcurrencyUsage:
         """Rule ``name``'s slots in use and waiting runs, for the busiest keys."""
         hold, meta, ring, _ = self.keys(name)
@@ -255,13 +219,34 @@ async def concurrency_snapshot(
     """Every concurrency limit's slots in use and waiting runs (the busiest keys of each).
 
     ``client`` is a connected :class:`~stalwart.Client`. Without ``rules`` (an app's
-    ``flow``), the limits are those the namespace's workers registered when they started.
-    For the CLI and the console; one Redis round trip or two per limit.
+    ``flow``), the limits are those the namespace's workers published when they started
+    (``stalwart.flow.publish_rules``). For the CLI and the console; two Redis round trips
+    per limit.
     """
     store = client.store
     slots = ConcurrencySlots(store.redis, store.keys.namespace, reserve_ttl=0)
     if rules is None:
-        known = await slots.registered()
+        known = [
+            (info.name, int(info.settings.get("limit", 0)), int(info.settings.get("total", 0)))
+            for info in await published_rules(store.redis, store.keys.namespace)
+            if info.kind == "ConcurrencyLimit"
+        ]
     else:
         known = [(r.name, r.limit, r.total) for r in rules]
     return [await slots.snapshot(name, limit, total) for name, limit, total in known]
+
+
+async def waiting_runs(
+    redis: aioredis.Redis, namespace: str, rule: str, *, most: int = 100
+) -> list[str]:
+    """Run ids waiting under ``rule`` (the first keys of its ring, up to ``most`` ids)."""
+    slots = ConcurrencySlots(redis, namespace, reserve_ttl=0)
+    out: list[str] = []
+    ring = cast("list[bytes]", await redis.zrange(slots.keys(rule)[2], 0, TOP_KEYS - 1))
+    for k in ring:
+        wait = f"{slots.prefix(rule)}:w:{k.decode()}"
+        ids = cast("list[bytes]", await redis.zrange(wait, 0, most - len(out) - 1))
+        out += [i.decode() for i in ids]
+        if len(out) >= most:
+            break
+    return out

@@ -136,6 +136,11 @@ class ConcurrencyLimit(FlowRule):
         """Whether runs of ``agent`` are limited by this rule."""
         return any(fnmatch.fnmatchcase(agent, p) for p in self.agent_patterns)
 
+    @property
+    def patterns(self) -> tuple[str, ...]:
+        """No step resources (see :meth:`matches`)."""
+        return ()
+
     def matches(self, resource: str) -> bool:
         """No step resource: the limit is applied when a run is placed, not around steps."""
         return False
