@@ -28,6 +28,7 @@ MEASUREMENTS = [
     "memory",
     "redis_cluster",
     "flow",
+    "flow_concurrency",
 ]
 
 

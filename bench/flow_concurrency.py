@@ -1,4 +1,4 @@
-"""Cost of a concurrency limit on the placement path, measured in one run.
+"""9. Flow control: the cost of a concurrency limit on the placement path, in one run.
 
 1. The scripts alone: one acquire (a free slot) and its release against a loopback Redis,
    the two round trips a limit adds to every placement.
@@ -19,13 +19,17 @@ import asyncio
 import statistics
 import time
 import uuid
+from typing import TYPE_CHECKING, Any
 
-from bench._util import bench_env, log
+from bench._util import bench_env, log, summary
 from stalwart import Client, Settings
 from stalwart.checkpoints import CheckpointStore, Finished, Started
 from stalwart.flow import ConcurrencyLimit
 from stalwart.flow._cc_store import ConcurrencySlots
 from stalwart.testing import NatsServer, RedisServer, worker_process
+
+if TYPE_CHECKING:
+    from bench._context import Ctx
 
 
 def _ms(values: list[float]) -> str:
@@ -36,7 +40,7 @@ def _ms(values: list[float]) -> str:
     )
 
 
-async def scripts(redis_url: str, n: int) -> None:
+async def scripts(redis_url: str, n: int) -> tuple[list[float], list[float]]:
     store = await CheckpointStore.connect(redis_url, "benchcc")
     slots = ConcurrencySlots(store.redis, "benchcc", reserve_ttl=10)
     rule = ConcurrencyLimit(name="s", key="tenant", limit=1_000_000)
@@ -48,9 +52,8 @@ async def scripts(redis_url: str, n: int) -> None:
         await slots.release(rule, f"r{i}", "1")
         acquire.append(t1 - t0)
         release.append(time.perf_counter() - t1)
-    print(f"acquire (free slot): {_ms(acquire)}")
-    print(f"release:             {_ms(release)}")
     await store.close()
+    return acquire, release
 
 
 async def placement(
@@ -92,9 +95,11 @@ def hand_on(spans: list[tuple[float, float]], slots: int = 4) -> list[float]:
     return [starts[k] - ends[k - slots] for k in range(slots, len(starts))]
 
 
-async def main(runs: int, rounds: int) -> None:
+async def collect(runs: int, rounds: int, script_reps: int = 2000) -> dict[str, list[float]]:
+    """Every measurement of this module, as raw seconds."""
+    out: dict[str, list[float]] = {}
     with NatsServer() as nats, RedisServer() as redis:
-        await scripts(redis.url, 2000)
+        out["acquire"], out["release"] = await scripts(redis.url, script_reps)
         ns = "b" + uuid.uuid4().hex[:8]
         settings = Settings(nats_url=nats.url, redis_url=redis.url, namespace=ns, lease_ttl=2)
         proc = worker_process(
@@ -107,27 +112,39 @@ async def main(runs: int, rounds: int) -> None:
                 if "w1" in {w.worker_id for w in await client.broker.workers()}:
                     break
                 await asyncio.sleep(0.05)
-            results: dict[str, tuple[list[float], list[float]]] = {
-                "free": ([], []),
-                "limited": ([], []),
-            }
+            for k in ("free", "limited"):
+                out[f"{k}_placement"], out[f"{k}_run"] = [], []
             for r in range(rounds):
                 for agent in ("free", "limited") if r % 2 == 0 else ("limited", "free"):
                     p, t = await placement(client, agent, runs)
-                    results[agent][0].extend(p)
-                    results[agent][1].extend(t)
-                log(f"round {r + 1}/{rounds} done")
-            for agent, (p, t) in results.items():
-                print(f"{agent:8} placement: {_ms(p)}; submit to end: {_ms(t)}")
+                    out[f"{agent}_placement"] += p
+                    out[f"{agent}_run"] += t
+                log(f"flow_concurrency: round {r + 1}/{rounds} done")
             spans: list[tuple[float, float]] = []
-            p, t = await placement(client, "tight", runs, spans, burst=True)
-            print(f"tight    placement: {_ms(p)}; submit to end: {_ms(t)} (4 at once)")
-            print(
-                f"tight    hand-on (a slot's release to the next run's claim): {_ms(hand_on(spans))}"
+            out["tight_placement"], out["tight_run"] = await placement(
+                client, "tight", runs, spans, burst=True
             )
+            out["hand_on"] = hand_on(spans)
         finally:
             await client.close()
             proc.kill()
+    return out
+
+
+async def measure(ctx: Ctx) -> dict[str, Any]:
+    """Section 9 of the suite (``python -m bench --only flow_concurrency``)."""
+    raw = await collect(ctx.pick(20, 200), ctx.pick(2, 4), ctx.pick(200, 2000))
+    return {k: summary(v) for k, v in raw.items()} | {"runs": ctx.pick(20, 200)}
+
+
+async def main(runs: int, rounds: int) -> None:
+    raw = await collect(runs, rounds)
+    print(f"acquire (free slot): {_ms(raw['acquire'])}")
+    print(f"release:             {_ms(raw['release'])}")
+    for agent in ("free", "limited", "tight"):
+        p, t = raw[f"{agent}_placement"], raw[f"{agent}_run"]
+        print(f"{agent:8} placement: {_ms(p)}; submit to end: {_ms(t)}")
+    print(f"tight    hand-on (a slot's release to the next run's claim): {_ms(raw['hand_on'])}")
 
 
 if __name__ == "__main__":
