@@ -4,15 +4,19 @@ expiry of holders nobody renews, reservations whose request was lost."""
 from __future__ import annotations
 
 import asyncio
+import shlex
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import NoPermissionError
 
 from stalwart.errors import ConfigurationError
 from stalwart.flow import FlowStore, concurrency_snapshot, flow_snapshot, publish_rules
 from stalwart.flow._cc_store import ConcurrencySlots
 from stalwart.flow._concurrency import ConcurrencyLimit, key_tag
+from stalwart.roles._redis import render_redis_acl
 
 if TYPE_CHECKING:
     from stalwart.checkpoints import CheckpointStore
@@ -144,3 +148,37 @@ def test_rules_are_checked() -> None:
         rule.key_of("billing", {"customer": {}})
     assert key_tag("acme") == "acme"
     assert key_tag("a{b}c").startswith("#") and key_tag("a{b}c") == key_tag("a{b}c")
+
+
+async def test_the_scripts_run_with_the_worker_role_and_the_viewer_reads(
+    store: CheckpointStore,
+) -> None:
+    # Scripts run with their caller's ACL: every command in them must be a worker's.
+    ns = store.keys.namespace
+    admin = store.redis
+    for role in ("worker", "viewer"):
+        line = render_redis_acl(role, ns, f"{ns}-{role}")  # type: ignore[arg-type]
+        await admin.execute_command(*shlex.split(line), f">pw-{role}")
+    where = admin.connection_pool.connection_kwargs
+    at = {"host": where.get("host", "127.0.0.1"), "port": where.get("port", 6379)}
+    try:
+        worker = aioredis.Redis(**at, username=f"{ns}-worker", password="pw-worker")
+        viewer = aioredis.Redis(**at, username=f"{ns}-viewer", password="pw-viewer")
+        s = ConcurrencySlots(worker, ns, reserve_ttl=0.1)
+        rule = ConcurrencyLimit(name="acl", key="agent", limit=1)
+        assert (await take(s, rule, "k", "a")).outcome == "ok"
+        assert (await take(s, rule, "k", "b")).outcome == "parked"
+        assert (await take(s, rule, "k", "b")).outcome == "queued"
+        assert await s.renew(rule.name, [("a", "tok-a")], 5.0) == []
+        assert [d.run_id for d in await s.release(rule, "a", "tok-a")] == ["b"]
+        await asyncio.sleep(0.2)
+        assert [d.run_id for d in await s.sweep(rule)] == ["b"]  # the reservation lapsed
+        seen = ConcurrencySlots(viewer, ns, reserve_ttl=0)
+        assert (await seen.snapshot(rule.name, 1, 0)).running == 1
+        with pytest.raises(NoPermissionError):  # the roles are in force
+            await take(seen, rule, "k", "c")
+        await worker.aclose()
+        await viewer.aclose()
+    finally:
+        for role in ("worker", "viewer"):
+            await admin.execute_command("ACL", "DELUSER", f"{ns}-{role}")

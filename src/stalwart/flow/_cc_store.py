@@ -177,13 +177,15 @@ class ConcurrencySlots:
         return [bytes(r).decode() for r in cast("list[bytes]", raw)]
 
     async def snapshot(self, name: str, limit: int, total: int) -> ConcurrencyUsage:
-        """Rule ``name``'s slots in use and waiting runs, for the busiest keys."""
+        """Rule ``name``'s slots in use and waiting runs, for the busiest keys.
+
+        Only commands of the viewer's Redis role (ZCOUNT for a size: ZCARD is not one)."""
         hold, meta, ring, _ = self.keys(name)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zcard(hold)
+            pipe.zcount(hold, "-inf", "+inf")
             pipe.hgetall(meta)
             pipe.zrange(ring, 0, TOP_KEYS - 1)
-            pipe.zcard(ring)
+            pipe.zcount(ring, "-inf", "+inf")
             running, fields, ring_keys, waiting_keys = await pipe.execute()
         counts: dict[str, int] = {}
         names: dict[str, str] = {}
@@ -197,7 +199,7 @@ class ConcurrencySlots:
         shown = list(dict.fromkeys([*(k.decode() for k in ring_keys), *busiest]))[:TOP_KEYS]
         async with self.redis.pipeline(transaction=False) as pipe:
             for k in shown:
-                pipe.zcard(f"{self.prefix(name)}:w:{k}")
+                pipe.zcount(f"{self.prefix(name)}:w:{k}", "-inf", "+inf")
             waits = await pipe.execute() if shown else []
         keys = [
             ConcurrencyKeyUsage(key=names.get(k, k), running=counts.get(k, 0), waiting=int(w))
