@@ -8,17 +8,20 @@ import shlex
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import NoPermissionError
 
-from stalwart.errors import ConfigurationError
+from stalwart.errors import ConfigurationError, InvalidRequestError
 from stalwart.flow import FlowStore, concurrency_snapshot, flow_snapshot, publish_rules
 from stalwart.flow._cc_store import ConcurrencySlots
 from stalwart.flow._concurrency import ConcurrencyLimit, key_tag
+from stalwart.messages import decode_request
 from stalwart.roles._redis import render_redis_acl
 
 if TYPE_CHECKING:
+    from stalwart import Client
     from stalwart.checkpoints import CheckpointStore
 
 
@@ -182,3 +185,15 @@ async def test_the_scripts_run_with_the_worker_role_and_the_viewer_reads(
     finally:
         for role in ("worker", "viewer"):
             await admin.execute_command("ACL", "DELUSER", f"{ns}-{role}")
+
+
+async def test_a_priority_out_of_range_is_refused_before_anything_is_stored(
+    client: Client,
+) -> None:
+    for bad in (1001, -1001, 2.5, True):
+        with pytest.raises(InvalidRequestError, match="priority must be"):
+            await client.submit("any", {}, run_id=f"p-{bad!s}".replace(".", "-"), priority=bad)  # type: ignore[arg-type]
+    assert await client.store.get_run("p-1001") is None
+    # On the wire too: a forged request with a priority out of range does not decode.
+    with pytest.raises(msgspec.ValidationError, match="priority"):
+        decode_request(msgspec.msgpack.encode({"run_id": "r", "agent": "a", "priority": 10**6}))
