@@ -6,8 +6,9 @@
    ``limited`` (a limit that never parks), interleaved in rounds, one run at a time (an idle
    system: no queueing): placement latency (the record's creation to the claim's
    ``Started`` entry) and run latency (submit to the ``Finished`` entry).
-3. ``tight`` (4 at once, one tenant), submitted as a burst: runs park and are handed on;
-   the time from a slot's release (a run's ``Finished``) to the next run's claim.
+3. ``tight`` (4 at once, one tenant, each run holding its slot 50 ms), submitted as a burst:
+   runs park and are handed on; the time from a slot's release (a run's ``Finished``) to
+   the claim of the run it was handed to.
 
     python -m bench.flow_concurrency [--runs 200] [--rounds 4]
 """
@@ -64,14 +65,23 @@ async def placement(
     *,
     burst: bool = False,
 ) -> tuple[list[float], list[float]]:
-    # One at a time, so the latency is the placement path's, not a queue's.
     handles = []
-    for i in range(runs):
+    if burst:  # all at once (32 submits in flight), each run holding its slot 50 ms
+        sem = asyncio.Semaphore(32)
+
+        async def one(i: int) -> None:
+            async with sem:
+                submitted = time.time()
+                inp = {"tenant": 1, "i": i, "hold": 0.05}
+                handles.append((submitted, await client.submit(agent, inp, run_id=f"{agent}-{i}")))
+
+        await asyncio.gather(*(one(i) for i in range(runs)))
+    for i in range(runs if not burst else 0):
+        # One at a time, so the latency is the placement path's, not a queue's.
         run_id = f"{agent}-{uuid.uuid4().hex[:10]}"
         submitted = time.time()
         h = await client.submit(agent, {"tenant": 1, "i": i}, run_id=run_id)
-        if not burst:
-            await h.result(timeout=60)
+        await h.result(timeout=60)
         handles.append((submitted, h))
     placed, total = [], []
     for submitted, h in handles:
