@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import NoPermissionError
 
+from stalwart.actors._handed import HandedRequest
 from stalwart.errors import ConfigurationError, InvalidRequestError
 from stalwart.flow import FlowStore, concurrency_snapshot, flow_snapshot, publish_rules
 from stalwart.flow._cc_store import ConcurrencySlots
@@ -197,3 +198,20 @@ async def test_a_priority_out_of_range_is_refused_before_anything_is_stored(
     # On the wire too: a forged request with a priority out of range does not decode.
     with pytest.raises(msgspec.ValidationError, match="priority"):
         decode_request(msgspec.msgpack.encode({"run_id": "r", "agent": "a", "priority": 10**6}))
+
+
+async def test_a_handed_request_goes_to_nats_only_when_given_back() -> None:
+    sent: list[str] = []
+
+    async def to_nats() -> None:
+        sent.append("published")
+
+    placed = HandedRequest("ns.runs.a", b"req", "r:flow:x:1", to_nats)
+    await placed.ack()
+    await placed.nak(delay=2.0)  # after an ack: nothing to give back
+    assert (placed.outcome, sent) == ("ack", [])
+    busy = HandedRequest("ns.runs.a", b"req", "r:flow:x:2", to_nats)
+    await busy.nak(delay=2.0)  # a busy lease or a server error: any worker may take it
+    await busy.nak()
+    assert (busy.outcome, sent) == ("nak", ["published"])
+    assert busy.headers == {"Nats-Msg-Id": "r:flow:x:2"} and busy.metadata.num_delivered == 1

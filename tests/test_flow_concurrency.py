@@ -92,6 +92,9 @@ async def test_status_shows_the_wait_and_priority_orders_it(
         firsts = {r: (await spans(client, r))[0][0] for r in order}
         started = sorted(order, key=firsts.__getitem__)
         assert [order[r] for r in started] == [9, 5, 1, 0, -3]
+        # Handed on by the worker that released the slot, without a trip through NATS.
+        handed = [line for line in w.log_text().splitlines() if "concurrency.handed_on" in line]
+        assert len(handed) == 5 and all('"here": true' in line for line in handed), handed
         assert (await last.status()).queued_for == ""
 
 

@@ -27,6 +27,8 @@ from stalwart.messages import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     import structlog
     from nats.aio.msg import Msg
 
@@ -85,6 +87,10 @@ class PlacementGate:
         self.held: dict[str, tuple[str, list[tuple[ConcurrencyLimit, str]]]] = {}
         """Per hosted run: its placement's token, and the rules whose slot it holds."""
         self._tasks: set[asyncio.Future[None]] = set()
+        self.place_here: Callable[[Dispatch, str, Callable[[], Awaitable[None]]], bool] | None = (
+            None
+        )
+        """Set by the worker: place a handed-on run on this worker (False: cannot now)."""
         self.usage: tuple[tuple[str, str, int, int], ...] = ()
         """(rule, key, running, waiting) of the busiest keys as of the last keep-alive: what
         the worker's gauges report."""
@@ -218,9 +224,20 @@ class PlacementGate:
             self._log.warning("concurrency.release_failed", run_id=run_id, error=safe_text(exc))
 
     def publish(self, rule: ConcurrencyLimit, dispatched: tuple[Dispatch, ...]) -> None:
-        """Publish the requests of runs just handed a slot (in the background)."""
+        """Start the runs just handed a slot: here when the worker can place them (see
+        :attr:`place_here`), else by publishing their requests (in the background)."""
         for d in dispatched:
+            msg_id = f"{d.run_id}:flow:{rule.name}:{d.number}"
+            if self.place_here is not None and self.place_here(d, msg_id, self._to_nats(rule, d)):
+                self._log.info("concurrency.handed_on", run_id=d.run_id, rule=rule.name, here=True)
+                continue
             self._spawn(self._republish(rule, d))
+
+    def _to_nats(self, rule: ConcurrencyLimit, d: Dispatch) -> Callable[[], Awaitable[None]]:
+        async def send() -> None:
+            await self._republish(rule, d)
+
+        return send
 
     async def _republish(self, rule: ConcurrencyLimit, d: Dispatch) -> None:
         try:

@@ -22,6 +22,7 @@ from stalwart.actors._actor import RunActor
 from stalwart.actors._flow import flow_gate, publish_flow
 from stalwart.actors._gate import KeyUnavailable, PlacementGate
 from stalwart.actors._generation import LeaseGenerations
+from stalwart.actors._handed import HandedRequest
 from stalwart.actors._intake import Intake
 from stalwart.actors._placement import ActorDeps, Placement
 from stalwart.broker import Broker, WorkerInfo
@@ -30,9 +31,12 @@ from stalwart.broker._pull import PullFeed, allot
 from stalwart.checkpoints import CheckpointStore, encode_value
 from stalwart.checkpoints._codec import install_codec
 from stalwart.checkpoints._runs import LeasePosition
+from stalwart.messages import decode_request
 from stalwart.policies import Breakers
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from nats.aio.msg import Msg
     from nats.aio.subscription import Subscription
 
@@ -40,6 +44,7 @@ if TYPE_CHECKING:
     from stalwart.broker import Lease
     from stalwart.checkpoints import Claim
     from stalwart.config import Settings
+    from stalwart.flow._cc_store import Dispatch
     from stalwart.messages import RunRequest
 
 log = structlog.get_logger("stalwart.worker")
@@ -126,6 +131,7 @@ class Worker:
             self.worker_id,
             self.log,
         )
+        self._gate.place_here = self._place_handed
         # Answer liveness probes before taking any lease: the subscription is sent ahead of
         # the JetStream requests below on the one connection, so the server knows it before
         # this worker can hold a lease. It lives exactly as long as the connection: a killed
@@ -310,6 +316,26 @@ class Worker:
         self._placing += 1
         task = asyncio.create_task(self._place(spec, msg))
         task.add_done_callback(self._placed)
+
+    def _place_handed(
+        self, d: Dispatch, msg_id: str, to_nats: Callable[[], Awaitable[None]]
+    ) -> bool:
+        """Place a run just handed a concurrency slot here, from its parked request, when
+        this worker serves its agent and lane and has a free slot (see ``_handed.py``)."""
+        assert self.broker is not None
+        try:
+            spec = self.app.get(decode_request(d.request).agent)
+        except Exception:
+            return False  # another app's agent, or unreadable: NATS takes it to its worker
+        if self._stopping.is_set() or self._free() <= 0 or d.lane not in self.settings.lane_list:
+            return False
+        handed = HandedRequest(
+            self.broker.names.runs_subject(spec.name, d.lane), d.request, msg_id, to_nats
+        )
+        self._placing += 1
+        task = asyncio.create_task(self._place(spec, handed))  # type: ignore[arg-type]
+        task.add_done_callback(self._placed)
+        return True
 
     async def _give_back(self, spec: AgentSpec, msg: Msg) -> None:
         try:
