@@ -370,3 +370,31 @@ async def test_agent_code_cannot_swallow_a_flow_wait_and_a_waiting_run_can_be_ca
         with pytest.raises(RunCancelled):
             await outcome(cancelled, proc)
     assert len(fake_llm.requests("gpt-4o")) == 1
+
+
+def test_the_flow_command_line_keeps_connection_options_given_before_the_sub_command() -> None:
+    from stalwart.cli import _parser
+
+    ns = _parser().parse_args(
+        ["flow", "--namespace", "x", "-o", "json", "resume", "r", "--run", "a"]
+    )
+    assert (ns.namespace, ns.output, ns.flow_command, ns.rule, ns.runs) == (
+        "x",
+        "json",
+        "resume",
+        "r",
+        ["a"],
+    )
+    ns = _parser().parse_args(["flow", "set-limit", "daily", "2.5"])
+    assert (ns.flow_command, ns.rule, ns.usd, ns.clear) == ("set-limit", "daily", 2.5, False)
+
+
+async def test_an_app_that_drops_a_rule_stops_publishing_it(store: CheckpointStore) -> None:
+    fs = FlowStore(store.redis, store.ns)
+    a, b = RateLimit(name="a", requests=1), RateLimit(name="b", requests=1)
+    await publish_rules(fs, [a, b], "shop")
+    await publish_rules(fs, [SpendLimit(name="x", limit_usd=1)], "other")
+    await publish_rules(fs, [a], "shop")  # redeployed without b
+    snaps = await flow_snapshot(_StoreOnly(store))
+    assert sorted(s.name for s in snaps) == ["a", "x"]
+    assert all(s.published_at > time.time() - 60 for s in snaps)

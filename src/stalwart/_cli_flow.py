@@ -6,6 +6,7 @@ See docs/flow-control.md.
 from __future__ import annotations
 
 import math
+import time
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -29,10 +30,11 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         "flow", parents=[common], help="flow rules: usage, waiting runs, operator limits"
     )
     fl.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    # Connection options go before the sub-command (``stalwart flow --namespace x resume r``):
+    # the same options on the sub-command's parser would reset them to their defaults.
     what = fl.add_subparsers(dest="flow_command")
     sl = what.add_parser(
         "set-limit",
-        parents=[common],
         help="set a spend limit's USD limit (all workers) and wake the runs waiting on it",
     )
     sl.add_argument("rule")
@@ -40,7 +42,6 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     sl.add_argument("--clear", action="store_true", help="back to the configured limit")
     rs = what.add_parser(
         "resume",
-        parents=[common],
         help="send flow.resume to the runs waiting on a rule (a held spend goes ahead once)",
     )
     rs.add_argument("rule")
@@ -54,6 +55,9 @@ def _text(snaps: list[LimitSnapshot]) -> str:
     for s in snaps:
         limits = ", ".join(f"{k}={v:g}" for k, v in s.limit.items())
         lines.append(f"{s.name}  {s.kind}  {' '.join(s.resources)}  limit: {limits or '-'}")
+        if s.published_at:
+            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(s.published_at))
+            lines.append(f"  published by a worker of app {s.app!r} at {when}")
         if s.kind == "SpendLimit":
             lines.append(f"  period {s.period}")
             for scope, usd in sorted(s.used.items()):

@@ -25,7 +25,7 @@ from stalwart.actors import _telemetry as obs
 from stalwart.actors._context import RunContext
 from stalwart.actors._events import RunEvents
 from stalwart.actors._execute import StepExecutor, error_info
-from stalwart.actors._flow import RunFlow
+from stalwart.actors._flow import run_flow
 from stalwart.actors._journal import RunJournal
 from stalwart.actors._owner import LeaseOwner
 from stalwart.actors._rules import (
@@ -129,28 +129,11 @@ class RunActor:
             self.waits,
             self._wake,
             self.log,
-            flow=self._run_flow(deps),
+            flow=run_flow(deps.flow, self),
         )
         # Bound once: RunContext calls these for every step, through no extra frame.
         self.execute = self.engine.execute
         self.wait = self.waits.wait
-
-    def _run_flow(self, deps: ActorDeps) -> RunFlow | None:
-        if deps.flow is None:
-            return None
-        return RunFlow(
-            deps.flow,
-            self.run_id,
-            self.spec.name,
-            self.events,
-            self.waits,
-            self.engine_pause,
-            self.spec.policies.limits.cost,
-        )
-
-    async def engine_pause(self, seconds: float) -> None:
-        """A flow wait in place: the step engine's backoff sleep (wakes for a drain)."""
-        await self.engine._pause(seconds)
 
     # -- what RunContext and the telemetry read -------------------------------------------
 

@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from stalwart.actors._ports import EventSink, Journal, Owner
     from stalwart.actors._rules import RunState
     from stalwart.actors._waits import Waits
+    from stalwart.flow import RuleHandle
     from stalwart.policies import Breakers, CircuitBreaker
 
 __all__ = ["Drained", "StepExecutor", "error_info"]
@@ -170,7 +171,8 @@ class StepExecutor(OnRun):
             if stop is not None:
                 raise stop
             # The one flow gate (rate limits, spend ...): a dict lookup when no rule matches.
-            permit = await self._admit(spec, attempt) if self.flow is not None else None
+            rules = self.flow.match(spec.kind, spec.name) if self.flow is not None else ()
+            permit = await self._admit(spec, attempt, rules) if rules else None
             started = time.time()
             t0 = time.perf_counter()
             token = _current.set(StepInfo(state.run_id, spec.key, attempt))
@@ -212,12 +214,9 @@ class StepExecutor(OnRun):
                 await self._settle(permit, spec, True, value)
             return await self._record_done(spec, value, started, time.perf_counter() - t0, attempt)
 
-    async def _admit(self, spec: StepSpec, attempt: int) -> Permit | None:
-        """Wait until the flow rules governing ``spec`` admit this attempt (None: none do)."""
+    async def _admit(self, spec: StepSpec, attempt: int, rules: tuple[RuleHandle, ...]) -> Permit:
+        """Wait until the flow rules governing ``spec`` (``rules``) admit this attempt."""
         assert self.flow is not None
-        rules = self.flow.match(spec.kind, spec.name)
-        if not rules:
-            return None
         try:
             return await self.flow.admit(spec, attempt, rules)
         except FlowPassivated as exc:

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from stalwart.actors._waits import Waits
     from stalwart.flow import RuleHandle
 
-__all__ = ["FlowPassivated", "Permit", "RunFlow", "flow_gate", "publish_flow"]
+__all__ = ["FlowPassivated", "Permit", "RunFlow", "flow_gate", "publish_flow", "run_flow"]
 
 log = structlog.get_logger("stalwart.flow")
 
@@ -70,11 +70,29 @@ def flow_gate(app: Any, store: Any, passivate_after: float) -> FlowGate | None:
     )
 
 
+def run_flow(gate: FlowGate | None, actor: Any) -> RunFlow | None:
+    """The flow side of ``actor`` (a ``RunActor``), or None when its worker has no rules."""
+    if gate is None:
+        return None
+
+    async def pause(seconds: float) -> None:
+        # The step engine's backoff sleep: wakes for a drain, a cancel, a lost lease.
+        await actor.engine._pause(seconds)
+
+    spec = actor.spec
+    return RunFlow(
+        gate, actor.run_id, spec.name, actor.events, actor.waits, pause, spec.policies.limits.cost
+    )
+
+
 async def publish_flow(deps: Any, app: str) -> None:
     """Publish the worker's flow rules for ``stalwart flow`` (nothing without rules)."""
     gate: FlowGate | None = deps.flow
     if gate is not None:
         await publish_rules(gate.store, gate.rules, app)
+    # (An app whose rules were all removed keeps its old ones listed: it has no gate, and
+    # no store of its own here to forget them with. `stalwart flow` shows when they were
+    # published.)
 
 
 def _wake_at(hold: Hold, remaining: float, ahead: int) -> float:

@@ -35,6 +35,8 @@ class RuleInfo(msgspec.Struct, frozen=True, kw_only=True):
     resources: list[str] = msgspec.field(default_factory=list)
     settings: dict[str, Any] = msgspec.field(default_factory=dict)
     """The rule's settings that are plain data (functions, such as estimators, are left out)."""
+    at: float = 0.0
+    """When a worker last published it (its start)."""
 
 
 class LimitSnapshot(msgspec.Struct, frozen=True, kw_only=True):
@@ -54,6 +56,8 @@ class LimitSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     """Spend limits: the current period (``2026-12-03``, ``2026-12``)."""
     waiting: list[str] = msgspec.field(default_factory=list)
     """Ids of the runs waiting on the rule now (in place or passivated)."""
+    published_at: float = 0.0
+    """When a worker last published the rule (a worker publishes its app's rules at start)."""
 
 
 class _HasStore(Protocol):
@@ -80,6 +84,7 @@ def rule_info(rule: FlowRule, app: str = "") -> RuleInfo:
         app=app,
         resources=list(rule.patterns),
         settings=settings,
+        at=time.time(),
     )
 
 
@@ -88,11 +93,17 @@ def _rules_key(ns: str) -> str:
 
 
 async def publish_rules(store: FlowStore, rules: Sequence[FlowRule], app: str = "") -> None:
-    """Record ``rules`` (a worker does at start; the last worker to start wins a name)."""
+    """Record ``rules`` (a worker does at start; the last worker to start wins a name), and
+    forget rules this app published before but no longer has."""
+    key = _rules_key(store.ns)
+    names = {r.name for r in rules}
+    gone = [i.name for i in await published_rules(store.redis, store.ns) if i.app == app]
+    gone = [n for n in gone if n not in names]
+    if gone:
+        await store.redis.hdel(key, *gone)
     if rules:
         await store.redis.hset(
-            _rules_key(store.ns),
-            mapping={r.name: msgspec.json.encode(rule_info(r, app)) for r in rules},
+            key, mapping={r.name: msgspec.json.encode(rule_info(r, app)) for r in rules}
         )
 
 
@@ -153,6 +164,7 @@ async def flow_snapshot(client: _HasStore) -> list[LimitSnapshot]:
                 limit=limit,
                 period=period,
                 waiting=waiting if waiting is not None else await fs.waiting(info.name),
+                published_at=info.at,
             )
         )
     return out
