@@ -29,6 +29,7 @@ MEASUREMENTS = [
     "redis_cluster",
     "flow",
     "flow_breakers",
+    "flow_concurrency",
 ]
 
 

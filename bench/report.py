@@ -848,6 +848,29 @@ def _flow_breakers(r: dict[str, Any], img: str | None) -> tuple[str, list[list[s
     return "\n".join(text), targets
 
 
+def _flow_concurrency(r: dict[str, Any], img: str | None) -> tuple[str, list[list[str]]]:
+    del img
+    rows: Table = [
+        ["no limit", _ms(r["free_placement"], 2), _ms(r["free_run"], 2)],
+        ["a limit that never parks", _ms(r["limited_placement"], 2), _ms(r["limited_run"], 2)],
+    ]
+    text = [
+        f"A worker process (`--concurrency 16`) runs the same trivial agent with and without a "
+        f"`ConcurrencyLimit`, {r['runs']} runs per round one at a time (no queueing), rounds "
+        "interleaved. Placement: the record's creation to the claim's `Started` entry; run: "
+        "submit to `Finished`.",
+        "",
+        _table(["agent", "placement", "run"], rows),
+        "",
+        f"The scripts alone: acquire of a free slot {_us(r['acquire'])}, release "
+        f"{_us(r['release'])}. Under a limit of 4 with a burst of {r['runs']} runs, a slot's "
+        f"release to the next run's claim (hand-on) took {_ms(r['hand_on'], 2)}.",
+        "",
+    ]
+    targets = [["flow: concurrency acquire of a free slot", _us(r["acquire"]), ""]]
+    return "\n".join(text), targets
+
+
 SECTIONS = [
     ("overhead", "1. Step overhead", _overhead),
     ("failover", "2. Failover after SIGKILL", _failover),
@@ -862,6 +885,7 @@ SECTIONS = [
         "9. Flow control: the cost of shared breakers and retry budgets",
         _flow_breakers,
     ),
+    ("flow_concurrency", "9. Flow control: the cost of a concurrency limit", _flow_concurrency),
 ]
 
 

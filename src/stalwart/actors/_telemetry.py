@@ -102,6 +102,7 @@ class _Worker(Protocol):
     def capacity(self) -> int: ...
     @property
     def free_slots(self) -> int: ...
+    def concurrency_usage(self) -> tuple[tuple[str, str, int, int], ...]: ...
 
 
 # -- the run ----------------------------------------------------------------------------------
@@ -224,7 +225,12 @@ def watch_worker(worker: _Worker) -> None:
         if w is None:
             return None
         return tm.WorkerSnapshot(
-            w.worker_id, len(w.hosted), w.breaker_states(), w.capacity, w.free_slots
+            w.worker_id,
+            len(w.hosted),
+            w.breaker_states(),
+            w.capacity,
+            w.free_slots,
+            w.concurrency_usage(),
         )
 
     tm.watch_worker(snapshot)

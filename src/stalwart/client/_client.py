@@ -36,6 +36,7 @@ from stalwart.errors import (
     RunNotFoundError,
     UnknownAgentError,
 )
+from stalwart.flow._concurrency import priority_of
 from stalwart.messages import RunEvent, RunRequest
 from stalwart.telemetry import carrier_json
 
@@ -135,8 +136,13 @@ class Client:
         run_id: str | None = None,
         require_registered: bool = True,
         lane: str = "",
+        priority: int = 0,
     ) -> RunHandle:
         """Start a run of ``agent`` with ``input`` and return its handle at once.
+
+        ``priority`` (-1000 to 1000, higher first) orders the run among runs waiting for a
+        slot of a concurrency limit (``stalwart.flow.ConcurrencyLimit``); it is added to the
+        limit's own priority. It changes nothing for runs that do not wait.
 
         ``lane`` (a-z 0-9 _ -, up to 32 characters; "" is the default lane) sends the run to
         the workers started with that lane in ``--lanes`` (a priority, build or region
@@ -153,10 +159,16 @@ class Client:
         check_agent_name(agent)
         check_lane(lane)
         run_id = check_run_id(run_id) if run_id is not None else new_run_id()
+        try:
+            priority_of(priority, f"run {run_id!r}: priority")
+        except ConfigurationError as exc:
+            raise InvalidRequestError(str(exc)) from None
         subject = self.broker.names.runs_subject(agent, lane)
         # The submit span is the parent of the run's spans on every worker that places it.
         with obs.producer_span("submit", agent, run_id, subject) as trace:
-            return await self._submit(agent, input, run_id, require_registered, trace, lane)
+            return await self._submit(
+                agent, input, run_id, require_registered, trace, lane, priority
+            )
 
     def _encode_checked(self, value: Any, what: str) -> Any:
         """``value`` encoded for the wire, or :class:`InvalidRequestError` saying why not.
@@ -194,6 +206,7 @@ class Client:
         require_registered: bool,
         trace: dict[str, str],
         lane: str = "",
+        priority: int = 0,
     ) -> RunHandle:
         if require_registered and not await self.broker.agent_known(agent):
             known = ", ".join(await self.broker.known_agents()) or "none"
@@ -211,7 +224,12 @@ class Client:
         sealed = seal_bytes(plain)
         wire_input = input if sealed is plain else msgspec.Raw(sealed)
         request = RunRequest(
-            run_id=run_id, agent=agent, input=wire_input, submitted_at=time.time(), trace=trace
+            run_id=run_id,
+            agent=agent,
+            input=wire_input,
+            submitted_at=time.time(),
+            trace=trace,
+            priority=priority,
         )
         try:
             self.broker.encode_request(request)

@@ -142,6 +142,17 @@ async def flow_snapshot(client: _HasStore) -> list[LimitSnapshot]:
             used = await fs.spend_table(info.name, period)
             override = await fs.limit_override(info.name)
             limit = {"usd": override if override is not None else float(s.get("limit_usd", 0))}
+        waiting: list[str] | None = None
+        if info.kind == "ConcurrencyLimit":
+            # Runs parked for a slot (stalwart.flow._cc_store), not the step gate's waiters.
+            from stalwart.flow._cc_store import ConcurrencySlots, waiting_runs
+
+            slots = ConcurrencySlots(cs.redis, cs.ns, reserve_ttl=0)
+            cap, total = int(s.get("limit", 0)), int(s.get("total", 0))
+            usage = await slots.snapshot(info.name, cap, total)
+            used = {"running": usage.running, "waiting_keys": usage.waiting_keys}
+            limit = {"per_key": cap, **({"total": total} if total else {})}
+            waiting = await waiting_runs(cs.redis, cs.ns, info.name)
         out.append(
             LimitSnapshot(
                 name=info.name,
@@ -152,7 +163,7 @@ async def flow_snapshot(client: _HasStore) -> list[LimitSnapshot]:
                 used=used,
                 limit=limit,
                 period=period,
-                waiting=await fs.waiting(info.name),
+                waiting=waiting if waiting is not None else await fs.waiting(info.name),
                 published_at=info.at,
             )
         )
