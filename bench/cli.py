@@ -27,6 +27,9 @@ MEASUREMENTS = [
     "journal_size",
     "memory",
     "redis_cluster",
+    "flow",
+    "flow_breakers",
+    "flow_concurrency",
 ]
 
 

@@ -636,9 +636,14 @@ def test_the_gauges_read_snapshots_while_their_owner_lives() -> None:
     class Worker:
         worker_id = "gauge-w"
         hosted = ("r1", "r2")
-        breakers = SimpleNamespace(states=lambda: {"tool:x": "open"})
         capacity = 5
         free_slots = 3
+
+        def breaker_states(self) -> dict[str, str]:  # its own and the shared ones
+            return {"tool:x": "open"}
+
+        def concurrency_usage(self) -> tuple[tuple[str, str, int, int], ...]:
+            return (("per-tenant", "acme", 2, 5),)
 
     class Supervisor:
         supervisor_id = "gauge-s"
@@ -653,7 +658,11 @@ def test_the_gauges_read_snapshots_while_their_owner_lives() -> None:
     supervisor_telemetry.run_seen(sup, "r1", record)  # type: ignore[arg-type]
     supervisor_telemetry.run_seen(sup, "r2", None)
     workers = {w.worker_id: w for w in _metrics._worker_snapshots()}
-    assert workers["gauge-w"] == telemetry.WorkerSnapshot("gauge-w", 2, {"tool:x": "open"}, 5, 3)
+    assert workers["gauge-w"] == telemetry.WorkerSnapshot(
+        "gauge-w", 2, {"tool:x": "open"}, 5, 3, (("per-tenant", "acme", 2, 5),)
+    )
+    waiting = [o for o in _metrics._concurrency(3)(None) if o.attributes["worker"] == "gauge-w"]  # type: ignore[arg-type]
+    assert [(o.value, o.attributes["key"]) for o in waiting] == [(5, "acme")]
     sups = {s.supervisor_id: s for s in _metrics._supervisor_snapshots()}
     assert sups["gauge-s"].leader is True
     assert sups["gauge-s"].pending == {("gauge-agent", "default"): 3}

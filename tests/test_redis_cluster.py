@@ -413,6 +413,33 @@ async def test_a_client_role_user_works_on_a_cluster(
         await s.close()
 
 
+async def test_runs_are_paged_across_the_index_shards(
+    cluster: RedisClusterServer, servers: Servers, namespace: str
+) -> None:
+    """stalwart.operations.list_runs merges the 16 index shards newest first and its cursor
+    goes on across them (each shard its own slot)."""
+    from stalwart.operations import RunQuery, list_runs
+
+    client = await Client.connect(settings=_settings(servers, cluster.url, namespace))
+    try:
+        ids = [rid() for _ in range(11)]
+        for i, run_id in enumerate(ids):
+            await client.submit("a" if i % 2 else "b", i, run_id=run_id, require_registered=False)
+        seen: list[str] = []
+        cursor = None
+        for _ in range(5):
+            page = await list_runs(client, RunQuery(limit=3, cursor=cursor))
+            seen += [r.run_id for r in page.runs]
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        assert seen == list(reversed(ids))
+        odd = await list_runs(client, RunQuery(agent="a", limit=100))
+        assert [r.run_id for r in odd.runs] == list(reversed(ids[1::2]))
+    finally:
+        await client.close()
+
+
 async def test_a_cluster_url_that_cannot_be_used_says_why(servers: Servers, namespace: str) -> None:
     dead = f"redis+cluster://127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
     with pytest.raises(ServerUnavailableError, match="connection refused"):

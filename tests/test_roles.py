@@ -13,6 +13,7 @@ tried and asserted: by the server (a permissions violation, ``NOPERM``), not by 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -28,7 +29,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import NoPermissionError
 
-from stalwart import Client, Settings, Supervisor
+from stalwart import Client, Settings, Supervisor, operations
+from stalwart.api import OPERATIONS
 from stalwart.broker import Names
 from stalwart.checkpoints import _scripts
 from stalwart.errors import ConfigurationError, RunCancelled, RunNotFoundError
@@ -301,6 +303,12 @@ async def test_each_role_with_only_its_rights_runs_runs_end_to_end(
                 assert supervisor.liveness is not None and supervisor.liveness.dead == [first.name]
                 await survivor.signal("approve", "after the kill")
                 assert (await survivor.result(timeout=30))["decision"] == "after the kill"
+                # The control API with the same rights: the client submits over NATS
+                # alone, the viewer reads the result (the worker answers both).
+                via_api = await _api(client, "submit", {"agent": "ten", "input": {}})
+                page = await _api(viewer, "result", {"run_id": via_api["run_id"], "wait": 30})
+                assert page["status"] == "completed"
+                assert json.loads(base64.b64decode(page["data"])) == TEN
             counters = aioredis.Redis.from_url(servers[1].url)
             try:
                 assert await execs(counters, survivor.run_id, "step:quote") == 1
@@ -313,6 +321,7 @@ async def test_each_role_with_only_its_rights_runs_runs_end_to_end(
             assert len((await seen.history()).steps) == 10
             assert [e.type async for e in seen.events(follow=True)][-1] == "run.completed"
             assert done.run_id in {r.run_id for r in await viewer.runs()}
+            # ...every run's events, and one agent's followed from a position...
             everything = [e async for e in viewer.events(follow=False)]
             assert {e.run_id for e in everything} >= {done.run_id, survivor.run_id}
             last_ten = [e for e in everything if e.agent == "ten"][-1]
@@ -320,6 +329,12 @@ async def test_each_role_with_only_its_rights_runs_runs_end_to_end(
             first = await asyncio.wait_for(anext(followed), 10)  # type: ignore[arg-type]
             assert first == last_ten
             await followed.aclose()  # type: ignore[attr-defined]
+            # ...the operations read model too (owners from the leases, consumers' backlog)
+            page = await operations.list_runs(viewer, operations.RunQuery(limit=100))
+            assert done.run_id in {r.run_id for r in page.runs}
+            assert (await operations.run_detail(viewer, done.run_id)).result == TEN
+            assert {"ten", "approval"} <= {a.agent for a in await operations.agents(viewer)}
+            await operations.workers(viewer)
             # ...and changes nothing: Redis refuses its writes.
             with pytest.raises(NoPermissionError):
                 await viewer.submit("ten", {})
@@ -335,6 +350,17 @@ async def test_each_role_with_only_its_rights_runs_runs_end_to_end(
     # Nobody was refused anything along the way: the roles' permissions are enough.
     refused = [line for line in _nats_log(servers[0])[log_before:] if "violation" in line.lower()]
     assert not refused, refused
+
+
+async def _api(client: Client, op: str, body: dict[str, Any]) -> Any:
+    reply = await client.broker.nc.request(
+        client.broker.names.api_subject(op),
+        json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        timeout=40,
+    )
+    assert "Stalwart-Error" not in (reply.headers or {}), reply.data
+    return json.loads(reply.data)
 
 
 def _nats_log(server: NatsServer) -> list[str]:
@@ -548,6 +574,22 @@ def test_clients_and_viewers_cannot_write_what_workers_write() -> None:
         for p in nats_permissions("viewer", "acme").publish
     )
     assert "+evalsha" not in redis_acl_rules("viewer", "acme")
+    # The control API: clients ask everything, viewers only read, workers and supervisors
+    # serve it (and may answer).
+    for role in ROLES:
+        perms = nats_permissions(role, "acme")
+        may = {
+            op for op in OPERATIONS if any(_matches(p, ns.api_subject(op)) for p in perms.publish)
+        }
+        serves = any(_matches(p, ns.api_subject("submit")) for p in perms.subscribe)
+        expected = {
+            "client": set(OPERATIONS),
+            "viewer": {"status", "result"},
+            "admin": set(OPERATIONS),
+        }.get(role, set())
+        assert may == expected, role
+        assert serves == (role in ("worker", "supervisor", "admin")), role
+        assert perms.allow_responses == (role in ("worker", "supervisor", "admin")), role
 
 
 async def test_the_security_commands_print_the_sets_and_refuse_bad_names(tmp_path: Path) -> None:

@@ -1,6 +1,8 @@
-"""The client commands of ``stalwart`` (submit, status, events, runs, history, replay, fork,
-signal, cancel): each turns parsed arguments into one :class:`~stalwart.client.Client` call and
-prints its answer as JSON (or text). Argument parsing and dispatch stay in :mod:`stalwart.cli`.
+"""The client commands of ``stalwart`` (submit, status, events, history, replay, fork,
+signal, approve, cancel): each turns parsed arguments into one :class:`~stalwart.client.Client`
+call and prints its answer; the read commands as ``-o table|json|jsonl``
+(:mod:`stalwart._cli_output`). Argument parsing and dispatch stay in :mod:`stalwart.cli`;
+the operator commands (runs, workers, agents) are in :mod:`stalwart._cli_ops`.
 """
 
 from __future__ import annotations
@@ -8,17 +10,20 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from stalwart import observability
+from stalwart._cli_output import Cell, ago, emit, iso, paint, plain, table, use_color
 from stalwart._exit_codes import EXIT_DIVERGED, EXIT_NOT_FOUND, EXIT_OK
 from stalwart._json import dumps
 from stalwart.actors import App
 from stalwart.checkpoints._codec import describe_sealed, open_text
 from stalwart.checkpoints._runs import describe_epoch
 from stalwart.errors import ConfigurationError, InvalidRequestError, PayloadKeyError
+from stalwart.operations._owners import lease_holders, placement_of
 
 if TYPE_CHECKING:
     import argparse
@@ -94,36 +99,81 @@ async def _wait_and_print(handle: Any, timeout: float | None) -> int:
 
 
 async def cmd_status(args: argparse.Namespace, client: Client) -> int:
-    """``stalwart status RUN_ID``."""
-    _print(_record_view(await client.handle(args.run_id).status()))
+    """``stalwart status RUN_ID [-o FORMAT]``: the record, and who owns the run now.
+
+    ``owner`` is the worker holding the run's lease now ("" for nobody), ``placement``
+    where the run stands (see :data:`stalwart.operations.RunPlacement`): a run whose
+    record says ``running`` while nobody holds its lease shows ``awaiting_worker``.
+    """
+    record = await client.handle(args.run_id).status()
+    view = _record_view(record)
+    owners = {} if record.terminal else await lease_holders(client.broker, [record.run_id])
+    view["owner"] = owners.get(record.run_id, "")
+    view["placement"] = placement_of(record, view["owner"])
+    if args.output == "table":
+        now = time.time()
+        color = use_color()
+        rows: list[list[Cell]] = []
+        for key, value in view.items():
+            text = value if isinstance(value, str) else dumps(value)
+            if key.endswith("_at") or key in ("deadline", "wake_at"):
+                text = f"{iso(value)} ({ago(value, now)})" if value else "-"
+            elif key == "epoch":
+                text = f"{describe_epoch(value)} ({value})"
+            rows.append([key, (text, record.status if key == "status" else "")])
+        print(table(["FIELD", "VALUE"], rows, color=color))
+    else:  # json and jsonl alike: one object on one line, as status always printed it
+        print(dumps(plain(view)))
     return EXIT_OK
 
 
 async def cmd_events(args: argparse.Namespace, client: Client) -> int:
-    """``stalwart events RUN_ID [--follow]``."""
-    handle = client.handle(args.run_id)
-    await handle.status()  # an unknown run is an error, not an empty (or endless) stream
-    async for event in handle.events(follow=args.follow):
-        _print(event)
+    """``stalwart events RUN_ID [--follow]`` or ``stalwart events --all [--agent A]
+    [--after SEQ] [--follow]``: one event a line (JSON for json and jsonl: a stream has
+    no end to close a JSON array at; aligned columns for table)."""
+    if args.all == (args.run_id is not None):
+        raise InvalidRequestError("give a RUN_ID or --all (not both)")
+    if not args.all and (args.agent is not None or args.after):
+        raise InvalidRequestError("--agent and --after go with --all")
+    if args.all:
+        stream = client.events(agent=args.agent, after=args.after, follow=args.follow)
+    else:
+        handle = client.handle(args.run_id)
+        await handle.status()  # an unknown run is an error, not an empty (or endless) stream
+        stream = handle.events(follow=args.follow)
+    color = use_color()
+    async for event in stream:
+        if args.output == "table":
+            print(_event_line(event, color), flush=True)
+        else:
+            print(dumps(event), flush=True)
     return EXIT_OK
 
 
-async def cmd_runs(args: argparse.Namespace, client: Client) -> int:
-    """``stalwart runs``."""
-    for r in await client.runs(args.limit):
-        print(
-            f"{r.run_id}  {r.agent:<20} {r.status:<10} epoch={describe_epoch(r.epoch)} worker={r.worker}"
-        )
-    return EXIT_OK
+def _event_line(event: Any, color: bool) -> str:
+    # A stream cannot size its columns from content it has not seen: fixed widths, wide
+    # enough for the usual values, and a longer value simply pushes the line on.
+    kind = event.type.rsplit(".", 1)[-1]
+    seq = getattr(event, "seq", 0)
+    cells = [
+        f"{seq:>8}" if seq else "",
+        iso(event.at),
+        paint(f"{event.type:<16}", kind, color),
+        f"{getattr(event, 'agent', '') or '':<12}",
+        event.run_id,
+        event.step or "",
+        event.worker or "",
+    ]
+    return "  ".join(c for c in cells if c).rstrip()
 
 
 async def cmd_history(args: argparse.Namespace, client: Client) -> int:
-    """``stalwart history RUN_ID [--json]``."""
+    """``stalwart history RUN_ID [-o FORMAT | --json]``."""
     history = await client.handle(args.run_id).history()
-    if args.json:
-        print(dumps(observability.history_json(history)))
-    else:
+    if args.output == "table":
         print(observability.format_history(history))
+    else:
+        print(dumps(observability.history_json(history)))
     return EXIT_OK
 
 
@@ -131,7 +181,7 @@ async def cmd_replay(args: argparse.Namespace, client: Client) -> int:
     """``stalwart replay RUN_ID APP``: exit 0 when the code matches the journal, 1 if not."""
     app = load_app(args.app)
     report = await client.handle(args.run_id).replay(app, timeout=args.timeout)
-    print(dumps(report) if args.json else report.render())
+    print(report.render() if args.output == "table" else dumps(report))
     return EXIT_OK if report.matched else EXIT_DIVERGED
 
 
@@ -161,8 +211,7 @@ async def cmd_approve(args: argparse.Namespace, client: Client) -> int:
     """
     handle = client.handle(args.run_id)
     if args.call_id is None:
-        for request in await handle.pending_approvals():
-            print(dumps(request))
+        emit(await handle.pending_approvals(), args.output, _render_approvals)
         return EXIT_OK
     answer = handle.reject if args.reject else handle.approve
     print(
@@ -176,3 +225,18 @@ async def cmd_cancel(args: argparse.Namespace, client: Client) -> int:
     outcome = await client.handle(args.run_id).cancel(args.reason)
     print(outcome)
     return EXIT_NOT_FOUND if outcome == "missing" else EXIT_OK
+
+
+def _render_approvals(requests: list[Any]) -> str:
+    now = time.time()
+    rows: list[list[Cell]] = [
+        [
+            r.call_id,
+            r.tool,
+            r.args_hash,
+            r.signal,
+            ago(r.expires_at, now) if r.expires_at else "never",
+        ]
+        for r in requests
+    ]
+    return table(["CALL ID", "TOOL", "ARGS HASH", "SIGNAL", "EXPIRES"], rows, color=use_color())

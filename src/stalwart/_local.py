@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from stalwart._secrets import mask_urls
+from stalwart.api import serve_api
 from stalwart.checkpoints._runs import describe_epoch
 from stalwart.client import Client
 from stalwart.config import PATH_FIELDS
@@ -142,7 +143,7 @@ async def dev(app: str, settings: Settings, *, workers: int = 2) -> int:
             ).start()
             for i in range(workers)
         ]
-        supervisor = Supervisor(s)
+        supervisor = Supervisor(s, services=[serve_api])
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -204,7 +205,7 @@ async def demo(settings: Settings, *, kill_after: int = 4, lease_ttl_given: bool
             ).start()
             for wid in ("worker-a", "worker-b")
         }
-        supervisor = Supervisor(s)
+        supervisor = Supervisor(s, services=[serve_api])
         sup_task = asyncio.create_task(supervisor.run())
         client = await Client.connect(settings=s)
         try:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import math
 import os
 import signal
 import sys
@@ -30,14 +29,26 @@ from stalwart._cli_commands import (
     cmd_fork,
     cmd_history,
     cmd_replay,
-    cmd_runs,
     cmd_signal,
     cmd_status,
     cmd_submit,
     load_app,
 )
+from stalwart._cli_completion import add_parser as add_completion_parser
+from stalwart._cli_completion import cmd_completion
+from stalwart._cli_console import COMMANDS as CONSOLE_COMMANDS
+from stalwart._cli_console import add_parsers as add_console_parsers
+from stalwart._cli_console import dispatch as dispatch_console
+from stalwart._cli_flow import add_parsers as add_flow_parsers
+from stalwart._cli_flow import cmd_flow
+from stalwart._cli_ops import READ_COMMANDS, add_output, cmd_agents, cmd_runs, cmd_workers
+from stalwart._cli_ops import add_parsers as add_ops_parsers
 from stalwart._cli_security import add_parsers as add_security_parsers
 from stalwart._cli_security import cmd_provision, cmd_security
+from stalwart._cli_types import non_negative_int as _non_negative_int
+from stalwart._cli_types import port as _port
+from stalwart._cli_types import positive_int as _positive_int
+from stalwart._cli_types import seconds as _seconds
 from stalwart._exit_codes import (
     EXIT_DIVERGED,
     EXIT_INTERRUPTED,
@@ -52,9 +63,13 @@ from stalwart._exit_codes import (
 )
 from stalwart._health import HealthServer, connection_checks
 from stalwart._logging import configure_logging
+from stalwart._version import __version__
 from stalwart.actors import Worker
+from stalwart.api import serve_api
 from stalwart.client import Client
 from stalwart.config import Role, Settings
+from stalwart.contract._cli import add_parsers as add_contract_parsers
+from stalwart.contract._cli import cmd_contract
 from stalwart.supervisor import Supervisor
 
 if TYPE_CHECKING:
@@ -78,39 +93,10 @@ __all__ = [
 log = structlog.get_logger("stalwart.cli")
 
 _CLIENT_COMMANDS = (
-    "submit", "status", "events", "runs", "cancel", "signal", "approve", "history",
+    "submit", "status", "events", "cancel", "signal", "approve", "history", *READ_COMMANDS,
+    *CONSOLE_COMMANDS,
 )  # fmt: skip
 _ROLES: dict[str, Role] = {"worker": "worker", "supervisor": "supervisor"}
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port 0-65535 (0: off), got {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
-    return value
 
 
 _TRANSPORT_FLAGS = {
@@ -230,6 +216,7 @@ async def _client_call(
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stalwart", description=__doc__)
+    p.add_argument("--version", action="version", version=f"stalwart {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--nats-url", help="NATS URL (env STALWART_NATS_URL)")
     common.add_argument("--redis-url", help="Redis URL (env STALWART_REDIS_URL)")
@@ -295,24 +282,37 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=_seconds, default=None, help="seconds --wait waits")
     st = sub.add_parser("status", parents=[common], help="show a run's record")
     st.add_argument("run_id")
-    ev = sub.add_parser("events", parents=[common], help="print a run's events")
-    ev.add_argument("run_id")
-    ev.add_argument("--follow", action="store_true", help="keep following until the run ends")
-    r = sub.add_parser("runs", parents=[common], help="list runs, newest first")
-    r.add_argument("--limit", type=_positive_int, default=50, help="runs listed (default 50)")
+    add_output(st, "json")
+    ev = sub.add_parser(
+        "events", parents=[common], help="print a run's events, or every run's (--all)"
+    )
+    ev.add_argument("run_id", nargs="?", help="the run (omit with --all)")
+    ev.add_argument("--follow", action="store_true", help="keep following (a run's: until it ends)")
+    ev.add_argument("--all", action="store_true", help="every run's events, in stream order")
+    ev.add_argument("--agent", help="with --all: only this agent's runs")
+    ev.add_argument(
+        "--after",
+        type=_non_negative_int,
+        default=0,
+        help="with --all: start after this stream sequence (an event's seq; default 0)",
+    )
+    add_output(ev, "jsonl")
+    add_ops_parsers(sub, common)
     c = sub.add_parser("cancel", parents=[common], help="cancel a run")
     c.add_argument("run_id")
     c.add_argument("--reason", default="cancelled from the CLI")
 
     h = sub.add_parser("history", parents=[common], help="a run's timeline from its journal")
     h.add_argument("run_id")
-    h.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_output(h, "table")
+    h.add_argument("--json", action="store_const", const="json", dest="output", help="-o json")
     rp = sub.add_parser(
         "replay", parents=[common], help="check new agent code against a run's journal, offline"
     )
     rp.add_argument("run_id")
     rp.add_argument("app", help="module:attribute of a stalwart.App (the code to check)")
-    rp.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_output(rp, "table")
+    rp.add_argument("--json", action="store_const", const="json", dest="output", help="-o json")
     rp.add_argument("--timeout", type=_seconds, default=60.0, help="seconds the replay may take")
     fk = sub.add_parser(
         "fork", parents=[common], help="start a new run from a run's journal up to a step"
@@ -339,8 +339,13 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--message", help="what the model is told (on a rejection)")
     ap.add_argument("--args-hash", help="refuse unless the pending call has this args_hash")
     ap.add_argument("--tool", help="refuse unless the pending call is of this tool")
+    add_output(ap, "jsonl")
 
     add_security_parsers(sub, common)
+    add_completion_parser(sub)
+    add_console_parsers(sub, common)
+    add_contract_parsers(sub, common)
+    add_flow_parsers(sub, common)
 
     d = sub.add_parser("dev", parents=[leases], help="servers + supervisor + workers, locally")
     d.add_argument("app")
@@ -397,15 +402,21 @@ async def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "security":
         return cmd_security(args)
+    if args.command == "completion":
+        return cmd_completion(args, _parser())
+    if args.command == "contract":
+        return cmd_contract(args)
     settings = _settings(args)
     if args.command == "provision":
         return await cmd_provision(args, settings)
+    if args.command in CONSOLE_COMMANDS:
+        return await dispatch_console(args, settings, _client_call)
     if args.command == "worker":
         app = load_app(args.app)
-        await _serve(settings, lambda s: Worker(app, s))
+        await _serve(settings, lambda s: Worker(app, s, services=[serve_api]))
         return EXIT_OK
     if args.command == "supervisor":
-        await _serve(settings, Supervisor)
+        await _serve(settings, lambda s: Supervisor(s, services=[serve_api]))
         return EXIT_OK
     if args.command == "dev":
         return await _local.dev(args.app, settings, workers=args.workers)
@@ -418,12 +429,15 @@ async def _dispatch(args: argparse.Namespace) -> int:
         "status": cmd_status,
         "events": cmd_events,
         "runs": cmd_runs,
+        "workers": cmd_workers,
+        "agents": cmd_agents,
         "cancel": cmd_cancel,
         "signal": cmd_signal,
         "approve": cmd_approve,
         "history": cmd_history,
         "replay": cmd_replay,
         "fork": cmd_fork,
+        "flow": cmd_flow,
     }
     handler = handlers[args.command]
     return await _client_call(args, settings, lambda client: handler(args, client))

@@ -22,6 +22,7 @@ __all__ = [
     "EV_ACCEPTED",
     "EV_CANCELLED",
     "EV_COMPLETED",
+    "EV_CONCURRENCY_WAITING",
     "EV_FAILED",
     "EV_LEASE_LOST",
     "EV_OUTCOME_UNKNOWN",
@@ -39,6 +40,7 @@ __all__ = [
     "EV_STUCK",
     "EV_WAIT_STARTED",
     "TERMINAL_EVENTS",
+    "ConcurrencyWaitingData",
     "ErrorData",
     "EventData",
     "EventType",
@@ -87,6 +89,8 @@ class RunRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     submitted_at: float = 0.0
     trace: dict[str, str] = {}
     """W3C trace-context carrier of the submitter, so the run joins the caller's trace."""
+    priority: Annotated[int, msgspec.Meta(ge=-1000, le=1000)] = 0
+    """Orders the run among runs waiting for a concurrency slot (higher first)."""
 
 
 class RunEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -138,6 +142,7 @@ EventType = Literal[
     "request.rejected",
     "run.lease_lost",
     "run.released",
+    "concurrency.waiting",
 ]
 """The event types Stalwart publishes; ``ctx.emit`` may publish any other type."""
 
@@ -160,6 +165,7 @@ EV_CANCELLED: Final = "run.cancelled"
 EV_REJECTED: Final = "request.rejected"
 EV_LEASE_LOST: Final = "run.lease_lost"
 EV_RELEASED: Final = "run.released"
+EV_CONCURRENCY_WAITING: Final = "concurrency.waiting"
 
 StepKind = Literal["step", "model", "tool", "signal", "sleep"]
 """The step kinds Stalwart journals itself: ``ctx.step``, model and tool calls, and the two
@@ -291,6 +297,16 @@ class ReasonData(_Data, frozen=True, kw_only=True, omit_defaults=True):
     reason: str
 
 
+class ConcurrencyWaitingData(_Data, frozen=True, kw_only=True, omit_defaults=True):
+    """``concurrency.waiting``: the run waits for a slot of concurrency ``key`` under
+    ``rule`` (``limit`` runs of a key at once); ``ahead`` runs of the key wait before it."""
+
+    rule: str
+    key: str
+    limit: int
+    ahead: int = 0
+
+
 EventData = (
     RunAcceptedData
     | RunResumedData
@@ -306,6 +322,7 @@ EventData = (
     | RunEndedData
     | RequestRejectedData
     | ReasonData
+    | ConcurrencyWaitingData
 )
 """The typed data of Stalwart's events, told apart by the event's ``type``."""
 
@@ -329,6 +346,7 @@ EVENT_DATA: Mapping[str, type[EventData] | None] = {
     EV_REJECTED: RequestRejectedData,
     EV_LEASE_LOST: ReasonData,
     EV_RELEASED: ReasonData,
+    EV_CONCURRENCY_WAITING: ConcurrencyWaitingData,
 }
 """The data struct of each :data:`EventType` (None: the event carries no data)."""
 

@@ -26,6 +26,7 @@ from stalwart.checkpoints import (
 from stalwart.messages import (
     EVENT_DATA,
     TERMINAL_EVENTS,
+    ConcurrencyWaitingData,
     ErrorData,
     EventData,
     EventType,
@@ -277,6 +278,11 @@ BUILT: list[tuple[str, EventData, dict[str, Any]]] = [
         {"signal": "outcome:step:pay", "idempotency_key": "r:step:pay"},
     ),
     ("step.started", StepStartedData(kind="tool", attempt=1), {"kind": "tool", "attempt": 1}),
+    (
+        "concurrency.waiting",
+        ConcurrencyWaitingData(rule="per-tenant", key="acme", limit=2, ahead=3),
+        {"rule": "per-tenant", "key": "acme", "limit": 2, "ahead": 3},
+    ),
 ]
 
 

@@ -25,6 +25,7 @@ from stalwart.actors import _telemetry as obs
 from stalwart.actors._context import RunContext
 from stalwart.actors._events import RunEvents
 from stalwart.actors._execute import StepExecutor, error_info
+from stalwart.actors._flow import run_flow
 from stalwart.actors._journal import RunJournal
 from stalwart.actors._owner import LeaseOwner
 from stalwart.actors._rules import (
@@ -128,6 +129,7 @@ class RunActor:
             self.waits,
             self._wake,
             self.log,
+            flow=run_flow(deps.flow, self),
         )
         # Bound once: RunContext calls these for every step, through no extra frame.
         self.execute = self.engine.execute
@@ -323,6 +325,8 @@ class RunActor:
                     retryable=False,
                 )
             ) from None
+        if self.engine.flow is not None:
+            self.engine.flow.input = value
         result = await self._run_agent(value)
         if result is _DEADLINE:
             raise _Fail(self._deadline_error())

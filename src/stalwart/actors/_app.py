@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from stalwart._ids import check_agent_name
 from stalwart.errors import ConfigurationError, UnknownAgentError
+from stalwart.flow import check_rules
 from stalwart.policies import Policies
 
 if TYPE_CHECKING:
     from stalwart.actors._context import RunContext
+    from stalwart.flow import FlowRule
 
 AgentFn = Callable[["RunContext", Any], Awaitable[Any]]
 F = TypeVar("F", bound=AgentFn)
@@ -47,10 +49,18 @@ def _io_types(fn: AgentFn) -> tuple[Any, Any]:
 class App:
     """A named set of agents that ``stalwart worker module:app`` serves."""
 
-    def __init__(self, name: str = "stalwart", *, policies: Policies | None = None) -> None:
+    def __init__(
+        self,
+        name: str = "stalwart",
+        *,
+        policies: Policies | None = None,
+        flow: Sequence[FlowRule] = (),
+    ) -> None:
         self.name = name
         self.policies = policies or Policies()
         """Default failure handling for the app's agents (retries, timeouts, limits)."""
+        self.flow: tuple[FlowRule, ...] = check_rules(flow)
+        """Flow rules shared by every worker of the app (rate limits, spend limits ...)."""
         self.agents: dict[str, AgentSpec] = {}
 
     def agent(

@@ -52,6 +52,9 @@ class StepSpec:
     """Retry policy, timeout and at-most-once marking for this step (see ``durable``)."""
     reconcile: Callable[[], Awaitable[Any]] | None = None
     """For at-most-once steps: asked for the outcome after a crash mid-call."""
+    tokens_hint: int = 0
+    """For model steps: the tokens the call is expected to use (its request's size plus the
+    output it may produce), which token rate limits reserve before it; 0: unknown."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from stalwart._journal_events import step_started_data
 from stalwart._text import ERROR_TEXT_LIMIT, clip, exception_text, safe_text, type_name
 from stalwart.actors import _telemetry as obs
 from stalwart.actors._context import StepInfo, _current
+from stalwart.actors._flow import FlowPassivated
 from stalwart.actors._rules import (
     Attempt,
     Diverged,
@@ -43,6 +44,7 @@ from stalwart.checkpoints import (
 )
 from stalwart.checkpoints._codec import open_text
 from stalwart.errors import (
+    CircuitOpenError,
     LeaseLost,
     PayloadKeyError,
     StepFailed,
@@ -57,10 +59,12 @@ if TYPE_CHECKING:
     import structlog
 
     from stalwart.actors._context import StepSpec
+    from stalwart.actors._flow import Permit, RunFlow
     from stalwart.actors._ports import EventSink, Journal, Owner
     from stalwart.actors._rules import RunState
     from stalwart.actors._waits import Waits
-    from stalwart.policies import Breakers, CircuitBreaker
+    from stalwart.flow import RuleHandle
+    from stalwart.policies import Breakers, CircuitBreaker, RetryPolicy
 
 __all__ = ["Drained", "StepExecutor", "error_info"]
 
@@ -109,6 +113,8 @@ class StepExecutor(OnRun):
         wake: asyncio.Event,
         log: structlog.typing.FilteringBoundLogger,
         unjournaled: Callable[[str, str], BaseException] | None = None,
+        *,
+        flow: RunFlow | None = None,
     ) -> None:
         self.state = state
         self._journal = journal
@@ -120,6 +126,8 @@ class StepExecutor(OnRun):
         self._log = log
         self._unjournaled = unjournaled
         self._live = unjournaled is None
+        self.flow = flow if unjournaled is None else None
+        """The run's flow gate (None: the app has no flow rules, or this is a replay)."""
 
     # -- the step -------------------------------------------------------------------------
 
@@ -155,7 +163,7 @@ class StepExecutor(OnRun):
     async def _attempts(self, spec: StepSpec, run: Callable[[], Awaitable[Any]], d: Attempt) -> Any:
         state = self.state
         policy = d.policy
-        breaker: CircuitBreaker | None = self._breakers.get(d.breaker) if d.breaker else None
+        breaker = self._local_breaker(spec, d)
         attempt = d.attempt
         if d.resume_at:
             await self._pause(d.resume_at - time.time())
@@ -163,6 +171,9 @@ class StepExecutor(OnRun):
             stop = boundary_error(state)
             if stop is not None:
                 raise stop
+            # The one flow gate (rate limits, spend ...): a dict lookup when no rule matches.
+            rules = self.flow.match(spec.kind, spec.name) if self.flow is not None else ()
+            permit = await self._admit(spec, attempt, rules, policy) if rules else None
             started = time.time()
             t0 = time.perf_counter()
             token = _current.set(StepInfo(state.run_id, spec.key, attempt))
@@ -181,8 +192,10 @@ class StepExecutor(OnRun):
             except (LeaseLost, Drained, asyncio.CancelledError):
                 if breaker is not None:
                     breaker.abandon()  # an interrupted half-open trial must not wedge it
+                await self._settle(permit, spec, False, None)
                 raise
             except Exception as exc:
+                await self._settle(permit, spec, False, None, exc)
                 duration = time.perf_counter() - t0
                 after = decide_failure(exc, attempt, policy, breaker)
                 if isinstance(after, GiveUp):
@@ -198,7 +211,52 @@ class StepExecutor(OnRun):
                 _current.reset(token)
             if breaker is not None:
                 breaker.record(True)
+            if permit is not None:
+                await self._settle(permit, spec, True, value)
             return await self._record_done(spec, value, started, time.perf_counter() - t0, attempt)
+
+    def _local_breaker(self, spec: StepSpec, d: Attempt) -> CircuitBreaker | None:
+        """This worker's breaker for the step, unless it has none or a shared breaker (a flow
+        rule) replaces it for the step's resource."""
+        if not d.breaker or (self.flow and self.flow.gate.shares_breaker(spec.kind, spec.name)):
+            return None
+        return self._breakers.get(d.breaker)
+
+    async def _admit(
+        self, spec: StepSpec, attempt: int, rules: tuple[RuleHandle, ...], policy: RetryPolicy
+    ) -> Permit:
+        """Wait until the flow rules governing ``spec`` (``rules``) admit this attempt."""
+        assert self.flow is not None
+        try:
+            return await self.flow.admit(spec, attempt, rules, policy)
+        except CircuitOpenError as exc:
+            # An open shared breaker the step's retry policy will not wait for: journaled
+            # as the step's outcome, like any failure the policy gives up on.
+            info = await self._record_error(spec, exc, time.time(), 0.0, attempt, False)
+            raise StepFailed(spec.key, info.type, info.message) from exc
+        except FlowPassivated as exc:
+            # Kept, so agent code that swallows it cannot run further steps.
+            self.state.fatal = exc
+            raise
+
+    async def _settle(
+        self,
+        permit: Permit | None,
+        spec: StepSpec,
+        ok: bool,
+        value: Any,
+        error: BaseException | None = None,
+    ) -> None:
+        """Tell the flow rules how the attempt ended (with a model step's usage)."""
+        if permit is None or self.flow is None:
+            return
+        usage = None
+        if ok and spec.usage is not None:
+            try:
+                usage = spec.usage(value)
+            except Exception:  # _record_done reports a broken extractor; flow only counts
+                usage = None
+        await permit.settle(self.flow.outcome(ok, usage, error))
 
     async def _call(
         self, spec: StepSpec, run: Callable[[], Awaitable[Any]], timeout: float | None

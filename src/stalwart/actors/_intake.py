@@ -12,7 +12,8 @@ import time
 from typing import TYPE_CHECKING
 
 from stalwart._ids import check_run_id
-from stalwart._text import clip, msgpack_may_nest_deeper, nesting_depth_exceeds, safe_text
+from stalwart._text import clip, safe_text
+from stalwart._wire import WireFormatError, decode, encoding_of
 from stalwart.broker._names import msg_id_run, submit_msg_id
 from stalwart.checkpoints._store import POISONED_ERROR
 from stalwart.errors import InvalidRequestError
@@ -25,7 +26,6 @@ from stalwart.messages import (
     RunEvent,
     RunRequest,
     data_dict,
-    decode_request,
 )
 
 if TYPE_CHECKING:
@@ -104,12 +104,22 @@ class Intake:
         with contextlib.suppress(Exception):
             await msg.term()
 
+    def _read(self, msg: Msg) -> RunRequest:
+        """The request in the encoding its ``Content-Type`` names (msgpack without one)."""
+        return decode(
+            msg.data,
+            RunRequest,
+            encoding_of(msg.headers),
+            what="run request",
+            max_nesting=self._settings.max_nesting,
+        )
+
     def decode(self, spec: AgentSpec, msg: Msg) -> RunRequest | str:
         """The request, or the reason it is unusable. Never raises: whatever the bytes."""
         try:
-            req = decode_request(msg.data)
-        except RecursionError:
-            return f"malformed run request ({len(msg.data)} bytes): nested too deeply to decode"
+            req = self._read(msg)
+        except WireFormatError as exc:
+            return str(exc)
         except Exception as exc:
             return f"malformed run request ({len(msg.data)} bytes): {clip(safe_text(exc), 500)}"
         try:
@@ -123,16 +133,13 @@ class Intake:
             return f"request for run {req.run_id!r} carries message id of run {header_id!r}"
         if req.kind == "start" and req.epoch:
             return f"a start request carries no epoch (got {req.epoch})"
-        limit = self._settings.max_nesting
-        if msgpack_may_nest_deeper(msg.data, limit) and nesting_depth_exceeds(req.input, limit):
-            return f"input nested deeper than max_nesting ({limit} levels)"
         return req
 
     async def refuse(self, spec: AgentSpec, msg: Msg, reason: str) -> None:
         """Reject an undecodable or invalid request (see :meth:`reject` for whose end it is)."""
         header_id = _header_run_id(msg)
         try:
-            req: RunRequest | None = decode_request(msg.data)
+            req: RunRequest | None = self._read(msg)
         except Exception:
             req = None
         run_id = header_id or (req.run_id if req is not None else "")

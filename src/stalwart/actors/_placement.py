@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from stalwart.actors._app import AgentSpec
     from stalwart.broker import Broker, Lease
     from stalwart.checkpoints import CheckpointStore
+    from stalwart.flow import FlowGate
     from stalwart.policies import Breakers
 
 
@@ -52,3 +53,5 @@ class ActorDeps:
     """Set once the worker has no fetch outstanding (a hand-over publishes after it)."""
     passivate_after: float = 60.0
     confirm_retry: float = 0.25
+    flow: FlowGate | None = None
+    """The app's flow rules bound to the store (None: the app has none)."""

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
     from stalwart.checkpoints import Finished, JournalEntry, StepAttempt, StepError
-    from stalwart.policies import Breakers, Policies
+    from stalwart.policies import Policies
 
 __all__ = [
     "NO_PARENT",
@@ -97,12 +97,12 @@ class _Worker(Protocol):
     def worker_id(self) -> str: ...
     @property
     def hosted(self) -> Sized: ...
-    @property
-    def breakers(self) -> Breakers: ...
+    def breaker_states(self) -> dict[str, str]: ...
     @property
     def capacity(self) -> int: ...
     @property
     def free_slots(self) -> int: ...
+    def concurrency_usage(self) -> tuple[tuple[str, str, int, int], ...]: ...
 
 
 # -- the run ----------------------------------------------------------------------------------
@@ -225,7 +225,12 @@ def watch_worker(worker: _Worker) -> None:
         if w is None:
             return None
         return tm.WorkerSnapshot(
-            w.worker_id, len(w.hosted), w.breakers.states(), w.capacity, w.free_slots
+            w.worker_id,
+            len(w.hosted),
+            w.breaker_states(),
+            w.capacity,
+            w.free_slots,
+            w.concurrency_usage(),
         )
 
     tm.watch_worker(snapshot)

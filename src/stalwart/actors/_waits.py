@@ -197,6 +197,10 @@ class Waits(OnRun):
         # Incremental: a poke costs one short read when nothing new has arrived.
         return await self._signal_inbox().take(name, self.state.consumed_signals)
 
+    async def drop_signal(self, name: str, sid: str) -> None:
+        """Delete signal ``sid`` from the inbox: consumed outside a journaled wait."""
+        await self._signal_inbox().consumed(name, sid)
+
     async def _refresh_cancel(self) -> None:
         assert self._store is not None
         # One field, not the whole record (which carries the run's input): pokes are cheap.

@@ -16,28 +16,39 @@ import msgspec
 import structlog
 
 from stalwart._ids import DEFAULT_LANE
+from stalwart._services import ServiceDeps, start_services, stop_services
 from stalwart._text import safe_text
 from stalwart._version import __version__
 from stalwart.actors import _telemetry as obs
 from stalwart.actors._actor import RunActor
+from stalwart.actors._flow import flow_gate, publish_flow
+from stalwart.actors._gate import KeyUnavailable, PlacementGate
 from stalwart.actors._generation import LeaseGenerations
+from stalwart.actors._handed import HandedRequest
 from stalwart.actors._intake import Intake
 from stalwart.actors._placement import ActorDeps, Placement
 from stalwart.broker import Broker, WorkerInfo
+from stalwart.broker._names import submit_msg_id
 from stalwart.broker._pull import PullFeed, allot
 from stalwart.checkpoints import CheckpointStore, encode_value
 from stalwart.checkpoints._codec import install_codec
 from stalwart.checkpoints._runs import LeasePosition
+from stalwart.flow._breakers import known_states, refreshed_states
+from stalwart.messages import decode_request
 from stalwart.policies import Breakers
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+
     from nats.aio.msg import Msg
     from nats.aio.subscription import Subscription
 
+    from stalwart._services import Service
     from stalwart.actors._app import AgentSpec, App
     from stalwart.broker import Lease
     from stalwart.checkpoints import Claim
     from stalwart.config import Settings
+    from stalwart.flow._cc_store import Dispatch
     from stalwart.messages import RunRequest
 
 log = structlog.get_logger("stalwart.worker")
@@ -68,7 +79,15 @@ class Worker:
     responsible for the run if this worker dies.
     """
 
-    def __init__(self, app: App, settings: Settings) -> None:
+    def __init__(
+        self,
+        app: App,
+        settings: Settings,
+        *,
+        services: Sequence[Callable[[ServiceDeps], Awaitable[Service]]] = (),
+    ) -> None:
+        """``services``: started on the worker's connections once it serves (the
+        ``stalwart worker`` command passes the control API, ``stalwart.api``)."""
         self.app = app
         self.settings = settings.with_worker_id()
         self.worker_id = self.settings.worker_id
@@ -88,12 +107,15 @@ class Worker:
         self._returning: set[asyncio.Future[None]] = set()
         self._alive_sub: Subscription | None = None
         """The subscription that answers the supervisor's liveness probes (see :meth:`start`)."""
+        self._service_factories = services
+        self._services: list[Service] = []
         self.breakers = Breakers(self.settings.breaker_threshold, self.settings.breaker_cooldown)
         self._tasks: list[asyncio.Task[None]] = []
         self._deps: ActorDeps | None = None
         self._generations: LeaseGenerations | None = None
         self._intake: Intake  # once started: what happens to requests not hosted here
         self.started_at = time.time()
+        self._gate: PlacementGate  # once started: concurrency limits at placement
         self.log = log.bind(worker=self.worker_id)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -116,6 +138,15 @@ class Worker:
         )
         # Before the first fetch: a placement may need it at once.
         self._intake = Intake(self.broker, self.store, self.settings, self.worker_id, self.log)
+        self._gate = PlacementGate(
+            getattr(self.app, "flow", ()),
+            self.store,
+            self.broker,
+            self.settings,
+            self.worker_id,
+            self.log,
+        )
+        self._gate.place_here = self._place_handed
         # Answer liveness probes before taking any lease: the subscription is sent ahead of
         # the JetStream requests below on the one connection, so the server knows it before
         # this worker can hold a lease. It lives exactly as long as the connection: a killed
@@ -125,7 +156,10 @@ class Worker:
             self.broker.names.alive_subject(self.worker_id), cb=self._answer_alive
         )
         agents = sorted(self.app.agents)
+        await publish_flow(self._actor_deps(), self.app.name)
         await self.broker.register_agents(agents, self.app.name)
+        deps = ServiceDeps(self.broker, self.store, self.settings, self.log)
+        self._services = await start_services(self._service_factories, deps)
         await self._open_feeds(agents)
         self._tasks.append(asyncio.create_task(self._keepalive_loop()))
         # Everything alive now (modules, the app, the frameworks an adapter imported, the
@@ -156,6 +190,10 @@ class Worker:
         """Ask the worker to drain: stop fetching, hand runs over at their next step."""
         self._stopping.set()
         self._slot_freed.set()
+        # At once, in the signal handler's turn of the loop: a step that ends before the
+        # shutdown task runs must find its run draining, not start the next step.
+        for hosted in list(self.hosted.values()):
+            hosted.actor.drain()
 
     @property
     def draining(self) -> bool:
@@ -180,20 +218,24 @@ class Worker:
         self.log.info(
             "worker.draining", runs=sorted(self.hosted), drain_timeout=self.settings.drain_timeout
         )
-        with contextlib.suppress(Exception):  # operators see the drain now, not a beat later
-            await self._heartbeat()
+        # Runs first, before any await: a step that ends while the heartbeat is on the wire
+        # must find its run draining, not start the next step.
         for hosted in list(self.hosted.values()):
             hosted.actor.drain()
+        with contextlib.suppress(Exception):  # operators see the drain now, not a beat later
+            await self._heartbeat()
         # Fetches end within their wait time; whatever they return is nak'ed for others.
         if self._fetchers:
             await asyncio.wait(self._fetchers, timeout=_FETCH_WAIT + 5)
         await self._release_undelivered()
         self.fetch_closed.set()
+        await stop_services(self._services)
         await self._drain_runs(budget_end)
         for t in [*self._tasks, *self._fetchers]:
             t.cancel()
         with contextlib.suppress(Exception):
             await self.broker.remove_heartbeat(self.worker_id)
+        await self._gate.close()
         await self.broker.close()
         await self.store.close()
         self.log.info("worker.stopped")
@@ -317,6 +359,26 @@ class Worker:
         task = asyncio.create_task(self._place(spec, msg))
         task.add_done_callback(self._placed)
 
+    def _place_handed(
+        self, d: Dispatch, msg_id: str, to_nats: Callable[[], Awaitable[None]]
+    ) -> bool:
+        """Place a run just handed a concurrency slot here, from its parked request, when
+        this worker serves its agent and lane and has a free slot (see ``_handed.py``)."""
+        assert self.broker is not None
+        try:
+            spec = self.app.get(decode_request(d.request).agent)
+        except Exception:
+            return False  # another app's agent, or unreadable: NATS takes it to its worker
+        if self._stopping.is_set() or self._free() <= 0 or d.lane not in self.settings.lane_list:
+            return False
+        handed = HandedRequest(
+            self.broker.names.runs_subject(spec.name, d.lane), d.request, msg_id, to_nats
+        )
+        self._placing += 1
+        task = asyncio.create_task(self._place(spec, handed))  # type: ignore[arg-type]
+        task.add_done_callback(self._placed)
+        return True
+
     async def _give_back(self, spec: AgentSpec, msg: Msg) -> None:
         try:
             await msg.nak()
@@ -349,9 +411,33 @@ class Worker:
         # would hand the run to a second worker while this one starts it.
         self._placing_leases.append(lease)
         try:
-            await self._claim_and_host(spec, req, msg, lease)
+            if await self._admit(req, msg, lease):
+                await self._claim_and_host(spec, req, msg, lease)
         finally:
             self._placing_leases = [x for x in self._placing_leases if x is not lease]
+            hosted = self.hosted.get(req.run_id)
+            if hosted is None or hosted.actor.lease is not lease:
+                self._gate.left(req.run_id, lease)  # not hosted: its slots go to others
+
+    async def _admit(self, req: RunRequest, msg: Msg, lease: Lease) -> bool:
+        """Concurrency limits: False when the run was parked to wait for a slot."""
+        assert self.broker is not None
+        try:
+            lane = self.broker.names.agent_lane(msg.subject)[1]
+            if await self._gate.admit(req, msg, lease, lane):
+                return True
+        except KeyUnavailable as exc:
+            await self.broker.leases.release(lease)
+            own = (msg.headers or {}).get("Nats-Msg-Id") == submit_msg_id(req.run_id)
+            await self._intake.reject(self.app.get(req.agent), msg, req.run_id, str(exc), own=own)
+            return False
+        except Exception:
+            with contextlib.suppress(Exception):
+                await self.broker.leases.release(lease)
+            await self._intake.retry_later(msg)
+            raise
+        await self.broker.leases.release(lease)
+        return False
 
     async def _claim_and_host(
         self, spec: AgentSpec, req: RunRequest, msg: Msg, lease: Lease
@@ -438,6 +524,7 @@ class Worker:
                 fetch_closed=self.fetch_closed,
                 passivate_after=self.settings.passivate_after,
                 confirm_retry=self.settings.lease_confirm_retry,
+                flow=flow_gate(self.app, self.store, self.settings.passivate_after),
             )
         return self._deps
 
@@ -451,9 +538,15 @@ class Worker:
             hosted = self.hosted.get(actor.run_id)
             if hosted is not None and hosted.actor is actor:
                 del self.hosted[actor.run_id]
+            self._gate.left(actor.run_id, actor.lease)
             self._slot_freed.set()
 
         task.add_done_callback(done)
+
+    def concurrency_usage(self) -> tuple[tuple[str, str, int, int], ...]:
+        """Concurrency limits' busiest keys (rule, key, running, waiting), for the gauges."""
+        gate = getattr(self, "_gate", None)  # not before start
+        return gate.usage if gate is not None else ()
 
     # -- leases and heartbeats ---------------------------------------------------------------
 
@@ -464,6 +557,8 @@ class Worker:
             try:
                 await self._renew()
                 await self._heartbeat()
+                placing = {lease.run_id for lease in self._placing_leases}
+                await self._gate.keep_alive(set(self.hosted) | placing)
             except Exception as exc:
                 self.log.warning("keepalive.failed", error=repr(exc))
 
@@ -486,6 +581,17 @@ class Worker:
             hosted.actor.stop_lost()
             hosted.task.cancel()
 
+    def breaker_states(self) -> dict[str, str]:
+        """Breakers not closed: this worker's own and the shared ones as last seen."""
+        gate = self._deps.flow if self._deps is not None else None
+        shared = known_states(gate.handles) if gate is not None else {}
+        return {**self.breakers.states(), **shared}
+
+    async def _shared_breakers(self) -> dict[str, str]:
+        """The shared breakers (flow rules) this worker saw not closed, re-read from Redis."""
+        gate = self._deps.flow if self._deps is not None else None
+        return await refreshed_states(gate.handles) if gate is not None else {}
+
     async def _heartbeat(self) -> None:
         assert self.broker is not None
         info = WorkerInfo(
@@ -497,7 +603,7 @@ class Worker:
             host=socket.gethostname(),
             version=__version__,
             at=time.time(),
-            breakers=self.breakers.states(),
+            breakers={**self.breakers.states(), **await self._shared_breakers()},
             lanes=[lane or DEFAULT_LANE for lane in self.settings.lane_list],
             started_at=self.started_at,
             draining=self.draining,

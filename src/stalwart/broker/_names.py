@@ -233,6 +233,17 @@ class Names:
         """
         return f"{self.namespace}.alive.{worker_token(worker_id)}"
 
+    def api_subject(self, operation: str) -> str:
+        """Request/reply subject of one control operation: ``<ns>.api.<operation>``
+        (``submit``, ``cancel``, ``signal``, ``approve``, ``status``, ``result``; see
+        ``stalwart.api``)."""
+        return f"{self.namespace}.api.{operation}"
+
+    @property
+    def api_wildcard(self) -> str:
+        """Every control operation's subject (what workers and supervisors serve)."""
+        return f"{self.namespace}.api.*"
+
     @property
     def alive_wildcard(self) -> str:
         """Every worker's alive subject (for permissions)."""

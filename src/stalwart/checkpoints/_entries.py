@@ -165,6 +165,8 @@ class RunRecord(msgspec.Struct, frozen=True, kw_only=True):
     lane: str = ""
     """The lane the run was submitted to ("": the default lane); its resume requests go
     there too."""
+    queued_for: str = ""
+    """What a run waiting to be placed waits for (``concurrency <rule> key <key>``)."""
 
     @property
     def terminal(self) -> bool:
@@ -298,4 +300,5 @@ def _record(raw: dict[bytes, bytes]) -> RunRecord:
         wake_at=_number(raw, "wake_at", float),
         waiting_for=text("waiting_for"),
         lane=text("lane"),
+        queued_for=text("queued_for"),
     )

@@ -70,7 +70,7 @@ if not status then
     'created_at', ARGV[3], 'trace', ARGV[7])
 end
 redis.call('HSET', KEYS[1], 'status', 'running', 'epoch', ARGV[1], 'worker', ARGV[2],
-  'updated_at', ARGV[3], 'waiting_for', '', 'wake_at', '0')
+  'updated_at', ARGV[3], 'waiting_for', '', 'wake_at', '0', 'queued_for', '')
 local deadline = redis.call('HGET', KEYS[1], 'deadline')
 if (not deadline or deadline == '') and tonumber(ARGV[10]) > 0 then
   local created = tonumber(redis.call('HGET', KEYS[1], 'created_at') or ARGV[3])

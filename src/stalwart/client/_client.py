@@ -36,6 +36,7 @@ from stalwart.errors import (
     RunNotFoundError,
     UnknownAgentError,
 )
+from stalwart.flow._concurrency import priority_of
 from stalwart.messages import RunEvent, RunRequest
 from stalwart.telemetry import carrier_json
 
@@ -135,8 +136,13 @@ class Client:
         run_id: str | None = None,
         require_registered: bool = True,
         lane: str = "",
+        priority: int = 0,
     ) -> RunHandle:
         """Start a run of ``agent`` with ``input`` and return its handle at once.
+
+        ``priority`` (-1000 to 1000, higher first) orders the run among runs waiting for a
+        slot of a concurrency limit (``stalwart.flow.ConcurrencyLimit``); it is added to the
+        limit's own priority. It changes nothing for runs that do not wait.
 
         ``lane`` (a-z 0-9 _ -, up to 32 characters; "" is the default lane) sends the run to
         the workers started with that lane in ``--lanes`` (a priority, build or region
@@ -153,10 +159,16 @@ class Client:
         check_agent_name(agent)
         check_lane(lane)
         run_id = check_run_id(run_id) if run_id is not None else new_run_id()
+        try:
+            priority_of(priority, f"run {run_id!r}: priority")
+        except ConfigurationError as exc:
+            raise InvalidRequestError(str(exc)) from None
         subject = self.broker.names.runs_subject(agent, lane)
         # The submit span is the parent of the run's spans on every worker that places it.
         with obs.producer_span("submit", agent, run_id, subject) as trace:
-            return await self._submit(agent, input, run_id, require_registered, trace, lane)
+            return await self._submit(
+                agent, input, run_id, require_registered, trace, lane, priority
+            )
 
     def _encode_checked(self, value: Any, what: str) -> Any:
         """``value`` encoded for the wire, or :class:`InvalidRequestError` saying why not.
@@ -194,6 +206,7 @@ class Client:
         require_registered: bool,
         trace: dict[str, str],
         lane: str = "",
+        priority: int = 0,
     ) -> RunHandle:
         if require_registered and not await self.broker.agent_known(agent):
             known = ", ".join(await self.broker.known_agents()) or "none"
@@ -211,7 +224,12 @@ class Client:
         sealed = seal_bytes(plain)
         wire_input = input if sealed is plain else msgspec.Raw(sealed)
         request = RunRequest(
-            run_id=run_id, agent=agent, input=wire_input, submitted_at=time.time(), trace=trace
+            run_id=run_id,
+            agent=agent,
+            input=wire_input,
+            submitted_at=time.time(),
+            trace=trace,
+            priority=priority,
         )
         try:
             self.broker.encode_request(request)
@@ -287,6 +305,52 @@ class Client:
                     submitted_at=time.time(),
                     trace=trace,
                 )
+            )
+        return RunHandle(self, dst, record.agent)
+
+    async def retry(self, run_id: str, *, new_id: str | None = None) -> RunHandle:
+        """Start ``run_id`` again from the beginning, as a new run with the same input.
+
+        For a run that ended without a result: dead-lettered (its request was never
+        delivered), rejected (no worker served it), failed or cancelled. The new run
+        (``new_id``, random by default) has the same agent, lane and input and an empty
+        journal; the ended run keeps its record, journal and events as they are (a terminal
+        run never changes, so whoever read its end is never contradicted). Raises
+        :class:`RunNotFoundError` for an unknown run and :class:`InvalidRequestError` for a
+        run that completed or has not ended yet (cancel it first), or for a taken ``new_id``.
+        Use :meth:`fork` to keep the steps a run already did.
+        """
+        run_id = check_run_id(run_id)
+        dst = check_run_id(new_id) if new_id is not None else new_run_id()
+        record = await self.store.get_run(run_id)
+        if record is None:
+            raise RunNotFoundError(run_id)
+        if not record.terminal or record.status == "completed":
+            what = "completed" if record.status == "completed" else f"is still {record.status}"
+            raise InvalidRequestError(
+                f"run {run_id!r} {what}: only a failed, cancelled, rejected or dead-lettered "
+                "run can be retried (cancel a live run first, or fork it from a step)"
+            )
+        subject = self.broker.names.runs_subject(record.agent, record.lane)
+        attrs = {"stalwart.retried_from": run_id}
+        with obs.producer_span("retry", record.agent, dst, subject, **attrs) as trace:
+            # The stored input is passed on as stored (sealed or not): retrying needs no key.
+            raw = record.input if record.input is not None else msgspec.Raw(encode_value(None))
+            existing = await self.store.create_run(
+                dst, record.agent, raw, trace=carrier_json(trace), lane=record.lane
+            )
+            if existing is not None:
+                raise InvalidRequestError(f"run id {dst!r} is taken (by a run of {existing[1]!r})")
+            await self.broker.announce_accepted(dst, record.agent)
+            await self._publish_new(
+                RunRequest(
+                    run_id=dst,
+                    agent=record.agent,
+                    input=raw if is_sealed(raw) else record.decode_input(),
+                    submitted_at=time.time(),
+                    trace=trace,
+                ),
+                record.lane,
             )
         return RunHandle(self, dst, record.agent)
 

@@ -106,7 +106,7 @@ class RunHandle:
         Raises :class:`RunFailed`, :class:`RunCancelled` or :class:`RunRejected` when the run
         did not complete, and ``TimeoutError`` when ``timeout`` passes first.
         """
-        record = await self._wait_ended(timeout)
+        record = await self.wait(timeout)
         if record.status == "completed":
             return record.decode_result(type)
         error = open_text(record.error)  # an encrypted message, or its key's marker
@@ -116,7 +116,13 @@ class RunHandle:
             raise RunRejected(self.run_id, error)
         raise RunFailed(self.run_id, record.error_type, error)
 
-    async def _wait_ended(self, timeout: float | None) -> RunRecord:
+    async def wait(self, timeout: float | None = None) -> RunRecord:
+        """Wait for the run to end and return its record, however it ended.
+
+        Like :meth:`result` without raising for a failed or cancelled run (``TimeoutError``
+        when ``timeout`` passes first; :class:`RunRejected` for a run refused before it was
+        stored).
+        """
         # A plain subscription (no JetStream consumer): the terminal event only wakes us,
         # the record is the truth. Subscribed before the first look, so nothing slips by.
         watch = _EndWatch()

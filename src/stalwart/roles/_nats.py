@@ -81,7 +81,19 @@ def _pieces(n: Names) -> dict[str, list[str]]:
             f"{_API}.CONSUMER.DELETE.{workers}.*",
             f"$JS.FC.{workers}.>",
         ],
+        # Who owns each run now and how many requests wait per agent (stalwart.operations):
+        # reads of the lease keys and of the runs stream's consumers, nothing written.
+        "read_fleet": [
+            f"{_API}.STREAM.MSG.GET.{leases}",
+            f"{_API}.DIRECT.GET.{leases}.>",
+            f"{_API}.CONSUMER.INFO.{runs}.*",
+            f"{_API}.CONSUMER.LIST.{runs}",
+            f"{_API}.CONSUMER.NAMES.{runs}",
+        ],
         "submit": [n.runs_wildcard],
+        # The control API (stalwart.api): clients ask for everything, viewers only read.
+        "api": [n.api_wildcard],
+        "api_read": [n.api_subject("status"), n.api_subject("result")],
         # Workers' and supervisors' events, and clients' announcements, on separate
         # subjects: a client cannot publish where workers do.
         "announce": [n.events_from("sys")],
@@ -152,10 +164,12 @@ def nats_permissions(role: RoleName, namespace: str) -> NatsPermissions:
     # server cannot check); one answering for a dead peer only delays that peer's failover
     # to its lease TTL, and workers are trusted with the leases anyway.
     alive = [n.alive_wildcard]
-    reader = ["lookup", "read_events", "follow_events", "read_agents", "read_workers"]
+    # Workers and supervisors serve the control API in one queue group (stalwart.api).
+    api = [n.api_wildcard]
+    reader = ["lookup", "read_events", "follow_events", "read_agents", "read_workers", "read_fleet"]
     pub: dict[RoleName, list[str]] = {
-        "viewer": reader,
-        "client": [*reader, "submit", "client_announce", "poke"],
+        "viewer": [*reader, "api_read"],
+        "client": [*reader, "submit", "client_announce", "poke", "api"],
         "worker": [
             "lookup",
             "read_events",
@@ -163,6 +177,7 @@ def nats_permissions(role: RoleName, namespace: str) -> NatsPermissions:
             "consume",
             "submit",
             "announce",
+            "client_announce",  # what the API serves announces as a client would
             "reject",
             "poke",
             "run_leases",
@@ -175,6 +190,7 @@ def nats_permissions(role: RoleName, namespace: str) -> NatsPermissions:
             "dead_letters",
             "submit",
             "announce",
+            "client_announce",
             "reject",
             "poke",
             "run_leases",
@@ -186,8 +202,9 @@ def nats_permissions(role: RoleName, namespace: str) -> NatsPermissions:
     sub: dict[RoleName, list[str]] = {
         "viewer": [*inbox, *live_events],
         "client": [*inbox, *live_events],
-        "worker": [*inbox, *signals, *alive],
-        "supervisor": [*inbox, *advisories],
+        # Serving the API's `result` with `wait` watches the run's events (as a client).
+        "worker": [*inbox, *signals, *alive, *api, *live_events],
+        "supervisor": [*inbox, *advisories, *api, *live_events],
     }
     if role == "admin":
         groups = {g for r in pub.values() for g in r} | {"provision"}
@@ -200,7 +217,8 @@ def nats_permissions(role: RoleName, namespace: str) -> NatsPermissions:
     return NatsPermissions(
         publish=_unique(*(p[g] for g in pub[role])),
         subscribe=_unique(sub[role]),
-        allow_responses=role == "worker",
+        # Workers answer liveness probes; workers and supervisors answer API requests.
+        allow_responses=role in ("worker", "supervisor"),
     )
 
 

@@ -40,11 +40,14 @@ _READ = [
     "+zrange",
     "+zrevrange",
     "+zrangebyscore",
+    "+zrevrangebyscore",
     "+zscore",
     "+smembers",
     "+sismember",
+    "+zcount",
+    "+get",
 ]
-"""Reading records, journals, signal inboxes and the indexes. No SCAN or KEYS: they list
+"""Reading records, journals, signal inboxes and the indexes (and flow rules' state). No SCAN or KEYS: they list
 the key names of every namespace."""
 
 
@@ -70,10 +73,21 @@ def _writes(role: RoleName, ns: str) -> tuple[list[str], list[str]]:
         # saver's scripts also use HSETNX, RPUSH and ZREVRANGEBYLEX).
         commands = ["+hset", "+hdel", "+xadd", "+xdel", "+zadd", "+zrem", "+sadd", "+srem"]
         langgraph = ["+hsetnx", "+rpush", "+zrevrangebylex"]
-        return [f"{ns}:*"], [*commands, *langgraph, "+del", "+unlink", "+pexpire", "+expire"]
+        # Flow rules' windows, spend counters and waiting sets (stalwart.flow._store).
+        flow = ["+hincrby", "+hincrbyfloat", "+zcard", "+zremrangebyscore", "+time"]
+        return [f"{ns}:*"], [
+            *commands,
+            *langgraph,
+            *flow,
+            "+del",
+            "+unlink",
+            "+pexpire",
+            "+expire",
+        ]
     if role == "admin":
         commands = ["+hset", "+hdel", "+xadd", "+xdel", "+xtrim", "+zadd", "+zrem", "+sadd"]
-        return [f"{ns}:*"], [*commands, "+srem", "+del", "+unlink", "+pexpire", "+expire"]
+        # "+set": an operator's spend limit (``stalwart flow set-limit``).
+        return [f"{ns}:*"], [*commands, "+srem", "+del", "+unlink", "+pexpire", "+expire", "+set"]
     return [], []
 
 

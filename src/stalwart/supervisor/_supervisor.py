@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import structlog
 from nats.js.errors import NotFoundError
 
+from stalwart._services import ServiceDeps, start_services, stop_services
 from stalwart.broker import Broker, LeaseManager
 from stalwart.checkpoints import CheckpointStore
 from stalwart.messages import (
@@ -37,6 +38,9 @@ from stalwart.supervisor._pending import pending_by_lane
 from stalwart.supervisor._unserved import reject_unserved
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+
+    from stalwart._services import Service
     from stalwart.broker import Lease
     from stalwart.checkpoints import RunRecord
     from stalwart.config import Settings
@@ -102,7 +106,15 @@ class Supervisor:
     supervisors, and a draining worker that released the run itself, publish it once.
     """
 
-    def __init__(self, settings: Settings, *, supervisor_id: str = "") -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        supervisor_id: str = "",
+        services: Sequence[Callable[[ServiceDeps], Awaitable[Service]]] = (),
+    ) -> None:
+        """``services``: started on the supervisor's connections (the ``stalwart
+        supervisor`` command passes the control API, ``stalwart.api``)."""
         self.settings = settings
         self.supervisor_id = (
             supervisor_id
@@ -130,6 +142,8 @@ class Supervisor:
         self._reported_stuck: set[tuple[str, int]] = set()
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
+        self._service_factories = services
+        self._services: list[Service] = []
         self.log = log.bind(supervisor=self.supervisor_id)
 
     async def start(self) -> None:
@@ -150,6 +164,8 @@ class Supervisor:
             self.supervisor_id,
             prefix="supervisor.",
         )
+        deps = ServiceDeps(self.broker, self.store, self.settings, self.log)
+        self._services = await start_services(self._service_factories, deps)
         obs.watch_supervisor(self)
 
     def stop(self) -> None:
@@ -256,6 +272,8 @@ class Supervisor:
 
     async def close(self) -> None:
         """Close both connections."""
+        await stop_services(self._services)
+        self._services = []
         if self.broker is not None:
             await self.broker.close()
         if self.store is not None:

@@ -220,6 +220,16 @@ def _breaker_state(_: CallbackOptions) -> Iterable[Observation]:
             yield Observation(value, {"worker": w.worker_id, "breaker": name})
 
 
+def _concurrency(index: int) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def observe(_: CallbackOptions) -> Iterable[Observation]:
+        for w in _worker_snapshots():
+            for rule, key, running, waiting in w.concurrency:
+                labels = {"worker": w.worker_id, "rule": rule, "key": key}
+                yield Observation(running if index == 2 else waiting, labels)
+
+    return observe
+
+
 def _leader(_: CallbackOptions) -> Iterable[Observation]:
     for sup in _supervisor_snapshots():
         yield Observation(1 if sup.leader else 0, {"supervisor": sup.supervisor_id})
@@ -271,6 +281,19 @@ _meter.create_observable_gauge(
     "stalwart.breaker.state",
     callbacks=[_breaker_state],
     description="Circuit breaker state per kind:name: 0 closed, 1 half-open, 2 open",
+)
+_meter.create_observable_gauge(
+    "stalwart.concurrency.running",
+    callbacks=[_concurrency(2)],
+    unit="{run}",
+    description="Runs holding a slot of a concurrency limit, per rule and key (the 20 busiest "
+    "keys and those with waiting runs; every worker reports the same namespace-wide value)",
+)
+_meter.create_observable_gauge(
+    "stalwart.concurrency.waiting",
+    callbacks=[_concurrency(3)],
+    unit="{run}",
+    description="Runs parked until a slot of their concurrency key frees, per rule and key",
 )
 _meter.create_observable_gauge(
     "stalwart.supervisor.leader",

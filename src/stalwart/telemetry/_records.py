@@ -158,6 +158,8 @@ class WorkerSnapshot(msgspec.Struct, frozen=True):
     """Runs the worker hosts at most (its ``concurrency``)."""
     free: int = 0
     """Runs it would take now: ``capacity - active_runs``, 0 while draining."""
+    concurrency: tuple[tuple[str, str, int, int], ...] = ()
+    """Concurrency limits' busiest keys: (rule, key, running, waiting), namespace-wide."""
 
 
 class SupervisorSnapshot(msgspec.Struct, frozen=True):
