@@ -329,7 +329,9 @@ class Worker:
             self._slot_freed.clear()
             for feed in feeds:
                 feed.check()
-            asks = allot(self._free(), [f.outstanding for f in feeds], threshold)
+            asks = allot(
+                self._free(), [f.outstanding for f in feeds], threshold, [f.busy for f in feeds]
+            )
             try:
                 for feed, ask in zip(feeds, asks, strict=True):
                     await feed.pull(ask)

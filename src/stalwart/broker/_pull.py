@@ -65,16 +65,44 @@ def heartbeat_for(expires: float) -> float:
     return 5.0 if expires >= 20 else 0.0
 
 
-def allot(free: int, outstanding: list[int], threshold: int) -> list[int]:
-    """How many credits to ask for on each feed, given ``free`` slots and each feed's
-    ``outstanding`` credits.
+def allot(
+    free: int, outstanding: list[int], threshold: int, busy: list[bool] | None = None
+) -> list[int]:
+    """How many credits to ask for on each feed, given ``free`` slots, each feed's
+    ``outstanding`` credits and whether it is ``busy`` (see :attr:`PullFeed.busy`).
 
     Credits in total stay at or below ``free``, with one exception: a feed with no credits
     left gets one whenever a slot is free, so every agent a worker serves stays reachable
     (at most one request per such feed can then find no slot, and it is given back at once).
     Beyond that, unclaimed slots are asked for only once at least ``threshold`` of them have
     gathered, split evenly, so slots freed one by one do not each cost a pull request.
+
+    The slots beyond that one credit go to busy feeds only, when some are: a credit is a
+    promise the server keeps until the request expires, and credits split evenly over idle
+    feeds (other agents, other lanes) left a busy agent's feed a handful of slots while the
+    rest of the worker sat unused (issue #19). With no busy feed (or ``busy`` not given)
+    every feed counts as busy.
     """
+    n = len(outstanding)
+    if busy is None or len(busy) != n or not any(busy) or n == 1:
+        return _split(free, outstanding, threshold)
+    asks = [0] * n
+    if free <= 0:
+        return asks
+    hungry = [i for i in range(n) if busy[i]]
+    for i in range(n):
+        if not busy[i] and outstanding[i] == 0:
+            asks[i] = 1  # reachable, and no more: nothing showed demand there
+    # What the busy feeds may hold in all; at least one, so an empty one stays reachable.
+    theirs = max(free - sum(outstanding) - sum(asks) + sum(outstanding[i] for i in hungry), 1)
+    split = _split(theirs, [outstanding[i] for i in hungry], threshold)
+    for i, ask in zip(hungry, split, strict=True):
+        asks[i] = ask
+    return asks
+
+
+def _split(free: int, outstanding: list[int], threshold: int) -> list[int]:
+    """:func:`allot` among feeds that all count as busy."""
     asks = [0] * len(outstanding)
     if free <= 0 or not outstanding:
         return asks
@@ -139,6 +167,8 @@ class PullFeed:
         self._reconnects = self._reconnect_count()
         self._quiet_until = 0.0
         self.closed = False
+        self.busy = False
+        """Whether requests arrived since a pull request last expired unfilled (demand)."""
         self.pulls = 0
         """Pull requests sent (for tests and metrics)."""
 
@@ -216,13 +246,16 @@ class PullFeed:
         if not status:
             if msg.reply:  # a run request (with its ack subject)
                 self._spend()
+                self.busy = True
                 self._deliver(msg)
             return
         if status == _HEARTBEAT:
             return
         if status == _EXPIRED and "Nats-Pending-Messages" in headers:
-            # Requests are all open for the same time, so the oldest expires first.
+            # Requests are all open for the same time, so the oldest expires first. It found
+            # nothing to deliver for its whole life: the feed is idle.
             self._end_oldest()
+            self.busy = False
         else:
             # Refused or cut off (409: consumer deleted, leader changed, too many waiting
             # requests; 404/503: no consumer or no JetStream): maybe every request is gone.
