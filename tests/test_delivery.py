@@ -126,6 +126,22 @@ def test_allot_asks_only_for_free_slots_and_keeps_every_feed_reachable() -> None
     assert sum(allot(16, [0, 0, 0], 4)) == 16
 
 
+def test_allot_gives_the_slots_to_busy_feeds() -> None:
+    """Issue #19: with credits split evenly over idle feeds, a busy agent's feed got a few
+    slots and then one credit (a pull request) per run, one run in flight at a time."""
+    busy = [False, True, False]
+    assert allot(12, [0, 0, 0], 4, [False] * 3) == [1, 1, 1]  # no demand seen: reachable
+    assert allot(11, [0, 0, 0], 4, busy) == [1, 9, 1]  # idle feeds: one credit, reachable
+    assert allot(9, [1, 0, 1], 4, busy) == [0, 7, 0]
+    assert allot(9, [1, 5, 1], 4, busy) == [0, 0, 0]  # the busy feed still has credits
+    # Idle feeds holding more than the free slots: the busy feed still gets one.
+    assert allot(2, [4, 0, 4], 4, busy) == [0, 1, 0]
+    assert allot(2, [4, 3, 4], 4, busy) == [0, 0, 0]
+    assert allot(0, [0, 0, 0], 4, busy) == [0, 0, 0]
+    assert allot(5, [0], 2, [False]) == [5]  # one feed: nothing to leave idle
+    assert allot(6, [0, 0], 2, [True, True]) == [3, 3]
+
+
 def test_pull_expires_is_bounded_and_sets_the_heartbeat() -> None:
     assert heartbeat_for(30.0) == 5.0
     assert heartbeat_for(2.5) == 0.0  # lapses before a lost request would be noticed
@@ -223,10 +239,35 @@ async def test_an_idle_worker_sends_one_pull_request_per_expiry(
         before = [f.pulls for f in w._subs]
         await asyncio.sleep(2.0)  # nothing to await: the point is that nothing happens
         assert [f.pulls for f in w._subs] == before == [1] * len(app.agents)
-        credits = [f.outstanding for f in w._subs]
-        assert sum(credits) == 5 and min(credits) >= 1  # 5 slots over the agents
+        # One credit per agent: the other slots go to a feed once it shows demand.
+        assert [f.outstanding for f in w._subs] == [1] * len(app.agents)
         run, took = await start_time(client, "hold")  # and it still answers at once
         assert took < 0.5 and run in w.hosted
+
+
+async def test_a_busy_agent_gets_the_slots_idle_agents_do_not_use(
+    settings: Settings, client: Client
+) -> None:
+    """Issue #19: idle, every feed holds one credit; a burst of `hold` runs makes its feed
+    busy, and it then asks for all the free slots the idle feeds do not hold: the burst is
+    placed from two pull requests, not one per run (credits split evenly, the other agents'
+    feeds held most of the slots), and once its request expired unused it is idle again."""
+    async with in_process(settings, 12, pull_expires=1.0) as (w,):
+        first, _ = await start_time(client, "hold")
+        hold = next(f for f in w._subs if f.durable == client.broker.names.consumer("hold"))
+        idle = lambda: asyncio.sleep(0, all(f.outstanding == 1 and not f.busy for f in w._subs))  # noqa: E731
+        await eventually(idle, timeout=10, message="the feeds did not go back to one credit")
+        pulls = hold.pulls
+        handles = [await client.submit("hold", 0) for _ in range(8)]
+        await eventually(
+            lambda: asyncio.sleep(0, all(h.run_id in w.hosted for h in handles)),
+            timeout=10,
+            message="the burst was not placed",
+        )
+        assert hold.busy
+        assert hold.pulls - pulls <= 2, f"{hold.pulls - pulls} pull requests for 8 runs"
+        assert first in w.hosted
+        await eventually(idle, timeout=10, message="the busy feed did not go back to idle")
 
 
 async def test_a_draining_worker_takes_no_request_published_after_it_stopped_pulling(

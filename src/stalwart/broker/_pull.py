@@ -77,14 +77,15 @@ def allot(
     Beyond that, unclaimed slots are asked for only once at least ``threshold`` of them have
     gathered, split evenly, so slots freed one by one do not each cost a pull request.
 
-    The slots beyond that one credit go to busy feeds only, when some are: a credit is a
-    promise the server keeps until the request expires, and credits split evenly over idle
-    feeds (other agents, other lanes) left a busy agent's feed a handful of slots while the
-    rest of the worker sat unused (issue #19). With no busy feed (or ``busy`` not given)
-    every feed counts as busy.
+    With ``busy`` given and more than one feed, an idle feed gets that one credit and no
+    more, and the other slots go to busy feeds only: a credit is a promise the server keeps
+    until the request expires, and credits split evenly over idle feeds (other agents, other
+    lanes) left a busy agent's feed a handful of slots and a pull request per run placed,
+    while the rest of the worker sat unused (issue #19). An idle feed's first request
+    makes it busy, and its next pull asks for the free slots.
     """
     n = len(outstanding)
-    if busy is None or len(busy) != n or not any(busy) or n == 1:
+    if busy is None or len(busy) != n or n == 1:
         return _split(free, outstanding, threshold)
     asks = [0] * n
     if free <= 0:
