@@ -19,6 +19,10 @@ function usage(s) {
     if (!scopes.length) return `nothing spent in ${s.period} (limit $${num(limit)})`;
     return scopes.map(([scope, usd]) => `${scope}: $${num(usd)} of $${num(limit)} (${s.period})`).join("\n");
   }
+  if (s.kind === "ConcurrencyLimit") {
+    const total = s.limit.total ? `, ${num(s.used.running ?? 0)} / ${num(s.limit.total)} in all` : "";
+    return `${num(s.used.running ?? 0)} running (${num(s.limit.per_key)} per key${total})\n${num(s.used.waiting_keys ?? 0)} key(s) with waiting runs`;
+  }
   const keys = Object.keys({ ...s.used, ...s.limit });
   if (!keys.length) return "-";
   return keys
@@ -89,7 +93,7 @@ function limits(view, say, afterAction) {
     ["Kind", (s) => s.kind],
     ["Resources", (s) => h("span", { class: "mono" }, s.resources.join(" ") || "-")],
     ["Usage / limit", (s) => h("span", { class: "usage pre-line" }, usage(s))],
-    ["Waiting runs", (s) => [h("span", { class: "count" }, `${s.waiting.length} `), runLinks(s.waiting)]],
+    ["Waiting runs", (s) => [h("span", { class: "count" }, `${s.waiting.length}: `), runLinks(s.waiting)]],
     ["Published", (s) => (s.app ? `${s.app}, ${ago(s.published_at)}` : ago(s.published_at))],
   ];
   if (!session.readOnly) cols.push(["Actions", (s) => ruleActions(s, say, afterAction)]);
