@@ -150,6 +150,13 @@ async def test_set_limit_and_resume_do_what_the_cli_does(console, client: Client
         ]:
             r = await http.post(f"/api/flow/{rule}/set-limit", json=body, headers=ok)
             assert r.status_code == 400 and says in r.json()["error"], (rule, body, r.text)
+        for rule, body, says in [
+            ("per-agent", {}, "is a ConcurrencyLimit: its runs wait for a slot"),
+            ("nope", {}, "no flow rule 'nope' is published"),
+            ("daily", {"runs": "x"}, "bad request body"),
+        ]:
+            r = await http.post(f"/api/flow/{rule}/resume", json=body, headers=ok)
+            assert r.status_code == 400 and says in r.json()["error"], (rule, body, r.text)
 
         r = await http.post("/api/flow/daily/resume", json={}, headers=ok)
         assert r.status_code == 200 and r.json() == {"resumed": [held.run_id], "refused": {}}

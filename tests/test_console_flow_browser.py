@@ -96,7 +96,7 @@ async def test_flow_page_shows_limits_and_waiting_runs_and_acts(
         ):
             browser = await pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
             try:
-                page = await browser.new_page(viewport={"width": 1280, "height": 860})
+                page = await browser.new_page(viewport={"width": 1280, "height": 1000})
                 page.set_default_timeout(WAIT_MS)
                 errors: list[str] = []
                 page.on("pageerror", lambda e: errors.append(str(e)))
@@ -120,6 +120,10 @@ async def test_flow_page_shows_limits_and_waiting_runs_and_acts(
                 await expect(key).to_contain_text("1 / 1")
                 breaker = page.locator('tr[data-breaker="llm-breaker/model:gpt-4o"]')
                 await expect(breaker.locator(".badge")).to_have_text("open")
+                await expect(page.locator('tr[data-rule="llm-breaker"]')).to_contain_text(
+                    "1 breaker(s) seen, 1 not closed"
+                )
+                assert await cc.locator("button").count() == 0  # a slot is not resumed
                 await _shot(page, "flow")
 
                 # The waiting run's page says what it waits for.

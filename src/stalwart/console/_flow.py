@@ -138,6 +138,14 @@ class FlowActions:
         """Send ``flow.resume`` to the runs waiting on the rule (or to ``runs``): a held
         call goes ahead once. A run that ended meanwhile is reported, the others resumed."""
         rule = await self._rule(name)
+        if rule.kind == "ConcurrencyLimit":
+            # Its runs are not placed yet: a stored flow.resume would let a later flow hold
+            # of theirs through once. A slot comes free when a running run ends.
+            raise InvalidRequestError(
+                f"flow rule {name!r} is a ConcurrencyLimit: its runs wait for a slot, which "
+                "comes free when one of its running runs ends (or cancel one); resume is for "
+                "runs held by a rate limit, spend limit or breaker"
+            )
         runs = [r for r in rule.waiting if not body.runs or r in body.runs]
         runs += [r for r in body.runs if r not in rule.waiting]
         resumed: list[str] = []

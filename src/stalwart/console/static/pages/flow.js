@@ -12,7 +12,13 @@ function num(v) {
   return typeof v === "number" ? (Number.isInteger(v) ? String(v) : v.toFixed(4)) : String(v);
 }
 
-function usage(s) {
+function usage(s, view) {
+  if (s.kind === "SharedBreaker" || s.kind === "RetryBudget") {
+    const mine = (s.kind === "SharedBreaker" ? view.breakers : view.budgets).filter((b) => b.rule === s.name);
+    if (s.kind === "RetryBudget") return mine.length ? mine.map((b) => `${b.budget}: ${b.available} of ${b.allowed} retries left`).join("\n") : "not used yet";
+    const open = mine.filter((b) => b.state !== "closed").length;
+    return `${mine.length} breaker(s) seen, ${open} not closed (threshold ${num(s.settings.threshold ?? "?")})`;
+  }
   if (s.kind === "SpendLimit") {
     const limit = s.limit.usd;
     const scopes = Object.entries(s.used);
@@ -28,6 +34,13 @@ function usage(s) {
   return keys
     .map((k) => (k in s.limit ? `${k}: ${num(s.used[k] ?? 0)} / ${num(s.limit[k])}` : `${k}: ${num(s.used[k])}`))
     .join("\n");
+}
+
+function resources(s) {
+  if (s.kind !== "ConcurrencyLimit") return s.resources.join(" ") || "-";
+  const agents = Array.isArray(s.settings.agents) ? s.settings.agents.join(" ") : s.settings.agents;
+  const key = typeof s.settings.key === "string" ? s.settings.key : "a function of the input";
+  return `agents ${agents || "*"}, key: ${key}`;
 }
 
 function runLinks(ids) {
@@ -60,7 +73,8 @@ function ruleActions(s, say, afterAction) {
       busy = false;
     }
   };
-  const parts = [
+  // A run waiting for a concurrency slot is not placed: only a freed slot lets it go.
+  const parts = s.kind === "ConcurrencyLimit" ? [] : [
     h("button", {
       class: "resume", disabled: !s.waiting.length,
       onclick: () => confirm(`Let the ${s.waiting.length} run(s) waiting on ${s.name} go ahead once?`) && act("resume", {}),
@@ -91,8 +105,8 @@ function limits(view, say, afterAction) {
   const cols = [
     ["Rule", (s) => h("strong", {}, s.name)],
     ["Kind", (s) => s.kind],
-    ["Resources", (s) => h("span", { class: "mono" }, s.resources.join(" ") || "-")],
-    ["Usage / limit", (s) => h("span", { class: "usage pre-line" }, usage(s))],
+    ["Resources", (s) => h("span", { class: "mono" }, resources(s))],
+    ["Usage / limit", (s) => h("span", { class: "usage pre-line" }, usage(s, view))],
     ["Waiting runs", (s) => [h("span", { class: "count" }, `${s.waiting.length}: `), runLinks(s.waiting)]],
     ["Published", (s) => (s.app ? `${s.app}, ${ago(s.published_at)}` : ago(s.published_at))],
   ];
@@ -135,24 +149,26 @@ function budgets(view) {
 
 function concurrency(view) {
   if (!view.concurrency.length) return h("p", { class: "muted" }, "No concurrency limit published.");
-  return view.concurrency.map((c) =>
-    h(
+  return view.concurrency.map((c) => {
+    const line = `${c.limit} per key${c.total ? `, ${c.total} in all` : ""} · ${c.running} running · `;
+    if (!c.keys.length) {
+      return h("p", { class: "cc", "data-cc": c.rule }, h("strong", {}, c.rule), ` · ${line}no key holds a slot`);
+    }
+    return h(
       "div",
       { class: "cc", "data-cc": c.rule },
-      h("p", {}, h("strong", {}, c.rule), ` · ${c.limit} per key${c.total ? `, ${c.total} in all` : ""} · ${c.running} running · ${c.waiting_keys} key(s) with waiting runs`),
-      c.keys.length
-        ? table(
-            [
-              ["Key", (k) => h("span", { class: "mono" }, k.key)],
-              ["Running", (k) => `${k.running} / ${c.limit}`],
-              ["Waiting", (k) => k.waiting],
-            ],
-            c.keys,
-            (k) => ({ "data-key": k.key }),
-          )
-        : h("p", { class: "muted" }, "No key holds a slot."),
-    ),
-  );
+      h("p", {}, h("strong", {}, c.rule), ` · ${line}${c.waiting_keys} key(s) with waiting runs`),
+      table(
+        [
+          ["Key", (k) => h("span", { class: "mono" }, k.key)],
+          ["Running", (k) => `${k.running} / ${c.limit}`],
+          ["Waiting", (k) => k.waiting],
+        ],
+        c.keys,
+        (k) => ({ "data-key": k.key }),
+      ),
+    );
+  });
 }
 
 export async function render(main, params) {
@@ -170,9 +186,9 @@ export async function render(main, params) {
     replace(
       body,
       h("section", { id: "limits" }, h("h2", {}, "Rules"), limits(view, say, () => refresh().catch(() => {}))),
-      h("section", { id: "concurrency" }, h("h2", {}, "Concurrency keys"), concurrency(view)),
       h("section", { id: "breakers" }, h("h2", {}, "Shared breakers"), breakers(view)),
       h("section", { id: "budgets" }, h("h2", {}, "Retry budgets"), budgets(view)),
+      h("section", { id: "concurrency" }, h("h2", {}, "Concurrency keys"), concurrency(view)),
     );
   }
   body.addEventListener("focusin", (e) => { editing = e.target.tagName === "INPUT"; });
