@@ -8,11 +8,15 @@ workers and a run waiting on a concurrency limit is ``test_console_browser.py``.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import httpx
+import msgspec
 import pytest
+import redis.asyncio as aioredis
 import structlog
 
 from stalwart import Client, StepSpec
@@ -29,6 +33,11 @@ from stalwart.flow import (
     SpendLimit,
     publish_rules,
 )
+from stalwart.roles import render_redis_acl
+
+if TYPE_CHECKING:
+    from stalwart import Settings
+    from tests.conftest import Servers
 
 TOKEN = "flow-console-token-0123456789abcdef"
 ORIGIN = "http://127.0.0.1:8750"
@@ -167,3 +176,27 @@ async def test_set_limit_and_resume_do_what_the_cli_does(console, client: Client
         await held.cancel()
         gone = await http.post("/api/flow/daily/resume", json={}, headers=ok)
         assert gone.status_code == 200 and list(gone.json()["refused"]) == [held.run_id]
+
+
+async def test_set_limit_without_the_admin_rights_says_which_role_it_needs(
+    settings: Settings, servers: Servers, namespace: str, client: Client
+) -> None:
+    await _published(client)
+    admin = aioredis.Redis.from_url(servers.redis_url)
+    try:
+        line = render_redis_acl("client", namespace, "console-client")
+        await admin.execute_command(*shlex.split(line), ">pw-console-client")
+    finally:
+        await admin.aclose()
+    url = servers.redis_url.replace("redis://", "redis://console-client:pw-console-client@")
+    limited = await Client.connect(settings=msgspec.structs.replace(settings, redis_url=url))
+    try:
+        g = Guard(token=TOKEN, bind="127.0.0.1")
+        transport = httpx.ASGITransport(app=create_app(limited, g))
+        async with httpx.AsyncClient(transport=transport, base_url=ORIGIN) as http:
+            ok = {**BEARER, "origin": ORIGIN, "x-stalwart-csrf": g.csrf_token}
+            r = await http.post("/api/flow/daily/set-limit", json={"usd": 3}, headers=ok)
+            assert r.status_code == 400 and "admin role" in r.json()["error"], r.text
+            assert (await http.get("/api/flow", headers=BEARER)).status_code == 200
+    finally:
+        await limited.close()

@@ -15,9 +15,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+from redis.exceptions import NoPermissionError
 
 from stalwart._ids import check_run_id
-from stalwart.errors import InvalidRequestError
+from stalwart.errors import ConfigurationError, InvalidRequestError
 from stalwart.flow import (
     RESUME_SIGNAL,
     BreakerStatus,
@@ -121,18 +122,30 @@ class FlowActions:
         if body.usd is not None and not (0 <= body.usd < math.inf):
             raise InvalidRequestError(f"the limit must be a non-negative number, not {body.usd}")
         store = FlowStore(self.client.store.redis, self.client.store.ns)
-        await store.set_limit(name, None if body.clear else body.usd)
-        woken = 0
+        try:
+            await store.set_limit(name, None if body.clear else body.usd)
+        except NoPermissionError:
+            raise ConfigurationError(
+                "the console's Redis user may not set a spend limit: an operator's limit "
+                "needs the admin role's rights (docs/security.md, least-privilege roles)"
+            ) from None
+        woken, failed = 0, {}
         for run_id in rule.waiting:
-            record = await self.client.store.get_run(run_id)
-            if record is None or record.status != "waiting":
-                continue  # running: it asks again when its in-place wait ends
             # A wake, not flow.resume: under the new limit the held call goes ahead or not.
-            await self.client.broker.request_resume(
-                run_id, record.agent, record.epoch, "wake", lane=record.lane
-            )
-            woken += 1
-        return {"limit": None if body.clear else body.usd, "woken": woken}
+            try:
+                record = await self.client.store.get_run(run_id)
+                if record is None or record.status != "waiting":
+                    continue  # running: it asks again when its in-place wait ends
+                await self.client.broker.request_resume(
+                    run_id, record.agent, record.epoch, "wake", lane=record.lane
+                )
+                woken += 1
+            except Exception as exc:  # the limit is set: report the run, wake the others
+                failed[run_id] = f"{type(exc).__name__}: {str(exc)[:200]}"
+        out: dict[str, Any] = {"limit": None if body.clear else body.usd, "woken": woken}
+        if failed:
+            out["not_woken"] = failed
+        return out
 
     async def resume(self, name: str, body: FlowBody) -> dict[str, Any]:
         """Send ``flow.resume`` to the runs waiting on the rule (or to ``runs``): a held
