@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from stalwart.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 _BUILD = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _lock = threading.Lock()

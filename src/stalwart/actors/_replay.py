@@ -17,6 +17,7 @@ import structlog
 
 from stalwart.actors._context import RunContext
 from stalwart.actors._execute import StepExecutor, error_info
+from stalwart.actors._patches import PATCH_KIND
 from stalwart.actors._rules import Diverged, RunState, divergence_error
 from stalwart.actors._view import JournalView
 from stalwart.actors._waits import Waits
@@ -58,11 +59,15 @@ class ReplayReport(msgspec.Struct, kw_only=True):
     partial: bool = False
     """The original run has not finished (or was stopped from outside): checked up to where
     its journal ends."""
+    patches: list[str] = msgspec.field(default_factory=list)
+    """The change ids whose patch marker the run journaled (it took their new code path)."""
 
     def render(self) -> str:
         """A human-readable report."""
         head = f"run {self.run_id} (agent {self.agent}, {self.status}): "
         counts = f"{self.steps_replayed} of {self.steps_journaled} journaled step(s) replayed"
+        if self.patches:
+            counts += f"; patched: {', '.join(self.patches)}"
         if self.matched:
             extra = " (the journal ends there: the run has not finished)" if self.partial else ""
             return f"{head}MATCH: {counts}, ended {self.replayed}{extra}"
@@ -245,6 +250,7 @@ class ReplayActor:
             original=original,
             replayed=replayed,
             partial=self.stops_early,
+            patches=sorted(e.name for e in self.state.view.done.values() if e.kind == PATCH_KIND),
         )
         verdict = self._verdict(ended, value, info)
         if verdict is None:
