@@ -185,9 +185,9 @@ async def test_patched_answers_from_evidence_and_keeps_its_answer() -> None:
     assert await ctx.patched("check-facts") is False
     # Live from here: another change journals its marker (a replay stops there); a scoped
     # context's marker has a key of its own.
-    with pytest.raises(Exception, match="^patch:other$"):
+    with pytest.raises(Exception, match=r"^patch:other$"):
         await ctx.patched("other")
-    with pytest.raises(Exception, match="^sub/patch:check-facts$"):
+    with pytest.raises(Exception, match=r"^sub/patch:check-facts$"):
         await ctx.scoped("sub").patched("check-facts")
 
 
