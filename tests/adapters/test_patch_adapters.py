@@ -24,7 +24,6 @@ from tests.adapters.patch_apps import PROMPTS
 from tests.conftest import Servers, worker_pool
 from tests.helpers import (
     eventually,
-    execs,
     journaled,
     mark_gated,
     open_gate,
