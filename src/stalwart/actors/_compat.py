@@ -20,7 +20,7 @@ from stalwart.errors import ConfigurationError
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-_BUILD = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_BUILD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _lock = threading.Lock()
 _declared: dict[str, set[str]] = {}
 """worker build -> the older builds whose runs it may resume."""
@@ -33,12 +33,12 @@ class _HasCompat(Protocol):
 def check_build(build: object) -> str:
     """``build`` if it is a usable build id, else a clear :class:`ConfigurationError`.
 
-    1-64 characters of letters, digits and ``. _ -``, starting with a letter or digit: build
-    ids name routing subjects and consumers.
+    1-64 characters of letters, digits, ``_`` and ``-``, starting with a letter or digit:
+    build ids are part of NATS subject tokens and consumer names (no ``.``).
     """
     if not isinstance(build, str) or not _BUILD.fullmatch(build):
         raise ConfigurationError(
-            "a build id must be 1-64 characters of letters, digits and . _ - starting with a "
+            "a build id must be 1-64 characters of letters, digits, _ and - starting with a "
             f"letter or digit; got {build!r}"
         )
     return build
@@ -79,9 +79,9 @@ def compatible(run_build: str, worker_build: str) -> bool:
 
 
 def compatible_builds(worker_build: str) -> set[str]:
-    """The run builds a worker of ``worker_build`` may resume: its own and those declared."""
+    """The builds other than its own whose runs a worker of ``worker_build`` may resume."""
     with _lock:
-        return {worker_build, *_declared.get(worker_build, ())}
+        return set(_declared.get(worker_build, ())) - {worker_build}
 
 
 def reset() -> None:
