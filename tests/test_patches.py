@@ -267,3 +267,46 @@ def test_compatible_with_takes_a_list() -> None:
     with pytest.raises(ConfigurationError, match="list of build ids"):
         App("x", compatible_with="v1")
     assert App("x", compatible_with=["v1", "v1", "v0"]).compatible_with == ("v1", "v0")
+
+
+# --------------------------------------------------------------------------- kit.Patched
+
+
+class _Owner:
+    def __init__(self, source: Any) -> None:
+        self.agent = source
+
+
+async def test_patched_factories_are_decided_per_run() -> None:
+    from stalwart.kit import Patched
+    from stalwart.kit._versions import decide_patched, reset_patched
+
+    factory: Patched[str] = Patched("prompt-v2", new=lambda: "v2", old=lambda: "v1")
+    assert factory() == "v2"  # outside a run: the new version
+    # A run that journaled steps without the marker keeps the old version...
+    actor = ReplayActor(patch_v2.app.get("support"), record("running"), journal(*v1_steps()[:2]))
+    token = await decide_patched(RunContext(actor), _Owner(factory))
+    try:
+        assert factory() == "v1"
+    finally:
+        reset_patched(token)
+    assert factory() == "v2"
+    # ...a run with the marker the new one, and a deprecated patch refuses the old path.
+    marked = journal(marker("prompt-v2"), step("fetch", (Q,), FACTS))
+    actor = ReplayActor(patch_v2.app.get("support"), record("running"), marked)
+    token = await decide_patched(RunContext(actor), _Owner(factory))
+    assert factory() == "v2"
+    reset_patched(token)
+    deprecated: Patched[str] = Patched("prompt-v2", new=lambda: "v2", old=None)
+    actor = ReplayActor(patch_v2.app.get("support"), record("running"), journal(*v1_steps()[:2]))
+    with pytest.raises(NonDeterminismError, match="prompt-v2"):
+        await decide_patched(RunContext(actor), _Owner(deprecated))
+
+
+def test_patched_refuses_what_it_cannot_call() -> None:
+    from stalwart.kit import Patched
+
+    with pytest.raises(ConfigurationError, match="zero-argument functions"):
+        Patched("x", new="agent", old=lambda: "a")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="change id"):
+        Patched("a b", new=lambda: 1, old=lambda: 0)

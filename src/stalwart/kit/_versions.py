@@ -43,12 +43,15 @@ class Patched(Generic[T]):
     runs with the marker may still be resumed (see docs/deploys.md).
     """
 
-    def __init__(self, change_id: str, *, new: Callable[[], T], old: Callable[[], T]) -> None:
+    def __init__(
+        self, change_id: str, *, new: Callable[[], T], old: Callable[[], T] | None
+    ) -> None:
         self.change_id = check_change_id(change_id)
-        if not (callable(new) and callable(old)):
+        if not (callable(new) and (old is None or callable(old))):
             raise ConfigurationError(
                 "Patched(new=..., old=...) takes zero-argument functions that build the "
-                "framework object (lambda: agent for an object built once)"
+                "framework object (lambda: agent for an object built once); old=None "
+                "deprecates the patch"
             )
         self.new = new
         self.old = old
@@ -57,7 +60,9 @@ class Patched(Generic[T]):
         """The object this run works on (``new`` outside a run)."""
         decided = _decided.get()
         taken = True if decided is None else decided.get(self.change_id, True)
-        return self.new() if taken else self.old()
+        if taken or self.old is None:
+            return self.new()
+        return self.old()
 
 
 async def decide_patched(ctx: RunContext, owner: Any) -> contextvars.Token[dict[str, bool] | None]:
@@ -69,7 +74,11 @@ async def decide_patched(ctx: RunContext, owner: Any) -> contextvars.Token[dict[
     factories = [v for v in vars(owner).values() if isinstance(v, Patched)]
     decided: dict[str, bool] = {}
     for factory in factories:
-        decided[factory.change_id] = await ctx.patched(factory.change_id)
+        if factory.old is None:
+            await ctx.deprecate_patch(factory.change_id)
+            decided[factory.change_id] = True
+        else:
+            decided[factory.change_id] = await ctx.patched(factory.change_id)
     return _decided.set(decided)
 
 
