@@ -149,6 +149,10 @@ async def test_a_finished_v1_run_replays_on_patched_code_and_not_on_unpatched() 
     assert not bad.matched
     assert bad.step == "step:check"
     assert "never executed" in bad.divergence, bad.render()
+    # The step sequences side by side, from the first difference.
+    assert "journal: step:fetch > step:draft step:hold step:answer" in bad.render()
+    assert "code:    step:fetch > step:check" in bad.render()
+    assert bad.journal_steps == ["step:fetch", "step:draft", "step:hold", "step:answer"]
 
 
 async def test_a_run_on_the_new_path_replays_on_patched_code_only() -> None:
