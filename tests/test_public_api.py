@@ -302,6 +302,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "DurableRunner",
         "DurableScope",
         "Outcome",
+        "Patched",
         "SETTLE_SECONDS",
         "ScopeVar",
         "StepCall",
@@ -378,6 +379,7 @@ PUBLIC_API: dict[str, list[str]] = {
     "stalwart.operations": [
         "AgentView",
         "EpochView",
+        "GateReport",
         "RunDetail",
         "RunPage",
         "RunPlacement",
@@ -389,6 +391,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "WorkerView",
         "agents",
         "list_runs",
+        "replay_recent",
         "run_detail",
         "workers",
     ],
