@@ -244,6 +244,10 @@ def test_rules_match_resources_by_glob_and_the_gate_caches_what_matches() -> Non
     assert [h.rule.name for h in gate.match("model", "o3")] == ["s"]
     assert gate.match("step", "plan") == ()
     assert App("a").flow == () and App("a", flow=[rate]).flow == (rate,)
+    # A rule on everything still leaves ctx.patched's markers alone (they call no resource).
+    every = FlowGate([RateLimit(name="all", resources="*", requests=1)], gate.store)
+    assert [h.rule.name for h in every.match("step", "plan")] == ["all"]
+    assert every.match("patch", "new-prompt") == ()
 
 
 def test_periods_are_utc_days_and_months() -> None:

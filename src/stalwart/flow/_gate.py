@@ -24,6 +24,12 @@ RESUME_SIGNAL = "flow.resume"
 """The signal that wakes a run waiting for a flow rule (and lets a held spend through)."""
 
 
+UNGOVERNED_KINDS = frozenset({"patch"})
+"""Step kinds no flow rule governs, whatever its globs say: a ``ctx.patched`` marker is a
+journal entry Stalwart writes, not a call to any resource (a rule on ``"*"`` would otherwise
+make a deploy's markers wait for capacity)."""
+
+
 class FlowGate:
     """The flow rules of one worker, bound to its store."""
 
@@ -40,6 +46,8 @@ class FlowGate:
 
     def match(self, kind: str, name: str) -> tuple[RuleHandle, ...]:
         """The handles of the rules governing ``kind:name`` (empty: none)."""
+        if kind in UNGOVERNED_KINDS:
+            return ()
         key = (kind, name)
         found = self._by_resource.get(key)
         if found is None:
