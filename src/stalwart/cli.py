@@ -126,6 +126,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         lease_ttl=getattr(args, "lease_ttl", None),
         concurrency=getattr(args, "concurrency", None),
         lanes=getattr(args, "lanes", None),
+        build=getattr(args, "build", None),
         worker_id=getattr(args, "worker_id", None),
         health_port=getattr(args, "health_port", None),
         health_addr=getattr(args, "health_addr", None),
@@ -255,6 +256,7 @@ def _parser() -> argparse.ArgumentParser:
         help="lanes served, comma-separated: 'default' and/or names given to "
         "submit(..., lane=...) (default: 'default')",
     )
+    w.add_argument("--build", help="build id (default: derived from the app's code)")
     sv = sub.add_parser("supervisor", parents=[leases], help="re-place runs whose worker died")
     for service in (w, sv):
         service.add_argument(

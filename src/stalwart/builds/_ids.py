@@ -1,0 +1,43 @@
+"""Build ids and the per-build lanes that route a run's resumes to workers of its build."""
+
+from __future__ import annotations
+
+import re
+
+from stalwart._ids import DEFAULT_LANE
+from stalwart.errors import ConfigurationError
+
+_BUILD = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+BUILD_SEP = "="
+"""Between a lane and a build in a build lane: never in a lane or build name, allowed in a
+subject token, a consumer name and a KV key."""
+
+
+def check_build(build: str) -> str:
+    """Return ``build`` if it is a usable build id ("" derives one from the app), else raise
+    a :class:`ConfigurationError` that says what is allowed."""
+    if build == "" or (isinstance(build, str) and _BUILD.fullmatch(build)):
+        return build
+    raise ConfigurationError(
+        f"invalid build {build!r}: use 1-64 characters from A-Z a-z 0-9 _ - "
+        "(or leave it empty to derive it from the app's code)"
+    )
+
+
+def routing_lane(lane: str, build: str) -> str:
+    """The lane a run's resume requests go to: ``lane`` itself for a run without a build
+    (older runs, never placed yet), else ``<lane>=<build>`` (``default=<build>`` for the
+    default lane), a lane only workers of a compatible build pull."""
+    if not build:
+        return lane
+    return f"{lane or DEFAULT_LANE}{BUILD_SEP}{build}"
+
+
+def split_lane(lane: str) -> tuple[str, str]:
+    """``(lane, build)`` of a lane made by :func:`routing_lane` (build "" for a plain lane;
+    lane "" for the default lane)."""
+    head, sep, build = lane.partition(BUILD_SEP)
+    if not sep:
+        return lane, ""
+    return ("" if head == DEFAULT_LANE else head), build
