@@ -663,5 +663,6 @@ class Worker:
             draining=self.draining,
             free=self.free_slots,
             build=self.builds.build,
+            new_runs=self.builds.takes_new,
         )
         await self.broker.heartbeat(info, ttl=self.settings.lease_ttl)

@@ -74,6 +74,8 @@ class WorkerInfo(msgspec.Struct, frozen=True, kw_only=True):
     an older worker (read :attr:`free_slots` instead)."""
     build: str = ""
     """The worker's build id (docs/deploys.md); "" from an older worker."""
+    new_runs: bool = True
+    """The worker pulls new runs (its build is the newest active one alive)."""
 
     @property
     def free_slots(self) -> int:

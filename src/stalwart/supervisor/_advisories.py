@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from stalwart._ids import check_agent_name, check_lane
-from stalwart.builds import check_build, split_lane
 from stalwart.broker._names import Names
+from stalwart.builds import check_build, split_lane
 from stalwart.messages import RunRequest, decode_request
 
 if TYPE_CHECKING:
