@@ -28,12 +28,17 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         description="Without an action: list builds, newest first. docs/deploys.md",
     )
     b.add_argument("-o", "--output", choices=OUTPUTS, default="table", help="output format")
-    actions = b.add_subparsers(dest="builds_action")
-    d = actions.add_parser("drain", help="no new runs go to BUILD (its runs go on)")
-    d.add_argument("build")
-    r = actions.add_parser("retire", help="retire BUILD (refused while runs of it are in flight)")
-    r.add_argument("build")
-    r.add_argument(
+    b.add_argument(
+        "builds_action",
+        nargs="?",
+        choices=("list", "drain", "retire"),
+        default="list",
+        metavar="ACTION",
+        help="list (default); drain BUILD: no new runs go to it (its runs go on); retire "
+        "BUILD: refused while runs of it are in flight",
+    )
+    b.add_argument("build", nargs="?", help="the build to drain or retire")
+    b.add_argument(
         "--force",
         action="store_true",
         help="retire with runs in flight: the newest build's workers resume them "
@@ -62,10 +67,13 @@ def render_builds(views: list[BuildView]) -> str:
 
 async def cmd_builds(args: argparse.Namespace, client: Client) -> int:
     """``stalwart builds [-o FORMAT]``, ``... drain BUILD``, ``... retire BUILD [--force]``."""
-    action = getattr(args, "builds_action", None)
-    if action is None:
+    action = args.builds_action
+    if action == "list":
         emit(await builds(client), args.output, render_builds)
         return EXIT_OK
+    if not args.build:
+        print(f"stalwart builds {action}: name the BUILD (see stalwart builds)", file=sys.stderr)
+        return EXIT_USAGE
     try:
         if action == "drain":
             entry = await drain(client, args.build)
