@@ -10,7 +10,14 @@ import pytest
 
 from stalwart import Client
 from stalwart.actors._app import App
-from stalwart.builds import check_build, derive_build, routing_lane, split_lane
+from stalwart.builds import (
+    check_build,
+    compatible,
+    declare_compatible,
+    derive_build,
+    routing_lane,
+    split_lane,
+)
 from stalwart.checkpoints import Started, StepDone
 from stalwart.errors import ConfigurationError
 from tests import deploy_v1, deploy_v2
@@ -42,6 +49,13 @@ def test_build_ids_and_lanes() -> None:
     assert routing_lane("", "b1") == "default=b1" and routing_lane("hi", "b1") == "hi=b1"
     assert routing_lane("hi", "") == "hi"
     assert split_lane("default=b1") == ("", "b1") and split_lane("hi") == ("hi", "")
+    # An id that is not a subject token (read back from a record) cannot split a subject.
+    dotted = routing_lane("", "v1.2.3")
+    assert dotted.startswith("default=h-") and "." not in dotted
+    assert dotted == routing_lane("", "v1.2.3") != routing_lane("", "v1.2.4")
+    declare_compatible("t-old", "t-new")
+    assert compatible("t-old", "t-new") and compatible("", "t-x") and compatible("t-x", "t-x")
+    assert not compatible("t-old", "t-other") and not compatible("t-new", "t-old")
     for bad in ("a.b", "a b", "x=y", "*", "a" * 65):
         with pytest.raises(ConfigurationError, match="invalid build"):
             check_build(bad)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from stalwart.builds._compat import compatible, compatible_builds, declare_compatible
 from stalwart.builds._derive import derive_build
 from stalwart.builds._ids import check_build, routing_lane, split_lane
-from stalwart.builds._registry import BuildEntry, BuildRegistry, BuildState, newest
+from stalwart.builds._registry import BuildEntry, BuildRegistry, BuildState
 
 __all__ = [
     "BuildEntry",
@@ -22,7 +22,6 @@ __all__ = [
     "compatible_builds",
     "declare_compatible",
     "derive_build",
-    "newest",
     "routing_lane",
     "split_lane",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from stalwart._ids import DEFAULT_LANE
@@ -31,7 +32,16 @@ def routing_lane(lane: str, build: str) -> str:
     default lane), a lane only workers of a compatible build pull."""
     if not build:
         return lane
-    return f"{lane or DEFAULT_LANE}{BUILD_SEP}{build}"
+    return f"{lane or DEFAULT_LANE}{BUILD_SEP}{build_token(build)}"
+
+
+def build_token(build: str) -> str:
+    """``build`` as it appears in a lane: itself when it is a usable build id, else a hash
+    (``h-<hex>``), so that no id (one with dots, read back from a record) can split or widen
+    a subject or a consumer name."""
+    if _BUILD.fullmatch(build):
+        return build
+    return "h-" + hashlib.blake2b(build.encode(), digest_size=10).hexdigest()
 
 
 def split_lane(lane: str) -> tuple[str, str]:
