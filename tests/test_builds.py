@@ -163,6 +163,10 @@ async def test_runs_wait_for_their_build_then_drain_and_retire(
         assert views[B2]["new_runs"] is True
         refused = await cli("builds", "retire", B1)
         assert refused.code == 2 and "2 run(s) in flight" in refused.err, refused
+        runs = json.loads((await cli("runs", "-o", "json", "--agent", "assistant")).out)["runs"]
+        assert {(r["placement"], r["build"]) for r in runs} == {("awaiting_worker", B1)}
+        table = (await cli("runs", "--agent", "assistant")).out
+        assert f"(awaiting build {B1})" in table, table
         for h in olds:  # waiting, not failed, and v2 never touched them
             record = await h.status()
             assert not record.terminal and record.build == B1
