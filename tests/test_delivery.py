@@ -222,9 +222,12 @@ async def test_an_idle_worker_sends_one_pull_request_per_expiry(
     async with in_process(settings, 5, pull_expires=30.0) as (w,):
         before = [f.pulls for f in w._subs]
         await asyncio.sleep(2.0)  # nothing to await: the point is that nothing happens
-        assert [f.pulls for f in w._subs] == before == [1] * len(app.agents)
+        # Two feeds per agent: new runs, and resumes of runs of this worker's build.
+        assert len(w._subs) == 2 * len(app.agents)
+        assert [f.pulls for f in w._subs] == before == [1] * len(w._subs)
         credits = [f.outstanding for f in w._subs]
-        assert sum(credits) == 5 and min(credits) >= 1  # 5 slots over the agents
+        # 5 slots over the feeds, each kept reachable (one credit beyond the slots at most).
+        assert 5 <= sum(credits) <= 6 and min(credits) >= 1
         run, took = await start_time(client, "hold")  # and it still answers at once
         assert took < 0.5 and run in w.hosted
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
     from stalwart.actors._app import App
-    from stalwart.broker import Broker, WorkerInfo
+    from stalwart.broker import Broker
     from stalwart.checkpoints import CheckpointStore
     from stalwart.config import Settings
 
@@ -55,16 +55,20 @@ class WorkerBuilds:
         self._registry = BuildRegistry(store.redis, namespace)
         await self._registry.register(self.build)
 
-    async def refresh(self, workers: list[WorkerInfo]) -> set[str]:
-        """Re-read the registry against the live ``workers``; return builds newly resumed
+    async def refresh(self, serving: bool, max_age: float) -> set[str]:
+        """Say this build is served (when ``serving``: not draining), re-read the registry
+        and which builds are alive (seen within ``max_age`` s); return builds newly resumed
         here (whose lanes the worker must start pulling)."""
         assert self._registry is not None
+        if serving:
+            await self._registry.seen(self.build, sorted(self.agents))
         entries: dict[str, BuildEntry] = await self._registry.entries()
         mine = entries.get(self.build)
         self.state = mine.state if mine is not None else "active"
-        live = {
-            w.build for w in workers if w.build and not w.draining and self.agents & set(w.agents)
-        }
+        # Only builds serving one of this worker's agents count: another app's deploy in
+        # the namespace must not stop this one taking new runs.
+        alive = await self._registry.live(max_age)
+        live = {b for b, agents in alive.items() if agents & self.agents}
         best = newest(entries, live | {self.build})
         self.takes_new = self.state == "active" and best in ("", self.build)
         moved = {b for b, e in entries.items() if e.state == "retired" and e.moved_to == self.build}

@@ -165,7 +165,7 @@ class Worker:
         deps = ServiceDeps(self.broker, self.store, self.settings, self.log)
         self._services = await start_services(self._service_factories, deps)
         await self.builds.start(self.store, self.settings.namespace)
-        await self.builds.refresh(await self.broker.workers())
+        await self._sync_builds(opening=True)
         await self._open_feeds(agents)
         self._tasks.append(asyncio.create_task(self._keepalive_loop()))
         # Everything alive now (modules, the app, the frameworks an adapter imported, the
@@ -332,15 +332,18 @@ class Worker:
                 if plain:
                     self._plain.append(feed)
 
-    async def _sync_builds(self) -> None:
+    async def _sync_builds(self, opening: bool = False) -> None:
         """Follow the builds registry: pull newly resumable build lanes; stop pulling new
         runs once a newer build is alive or this one is drained (closing a feed drops its
         open pull requests at the server), start again when it is the newest again."""
         assert self.broker is not None
         agents = sorted(self.app.agents)
-        added = await self.builds.refresh(await self.broker.workers())
-        if self._stopping.is_set():
-            return
+        # A build is alive while its workers say so (each heartbeat); a dead one's last
+        # word counts for three lease TTLs.
+        serving = not self._stopping.is_set()
+        added = await self.builds.refresh(serving, 3 * self.settings.lease_ttl)
+        if opening or not serving:
+            return  # _open_feeds opens them all
         for build in sorted(added):
             await self._open_lanes(agents, self._build_lanes(build))
         if not self.builds.takes_new and self._plain:
@@ -610,7 +613,10 @@ class Worker:
             try:
                 await self._renew()
                 await self._heartbeat()
-                await self._sync_builds()
+                try:  # on its own: a failed read must not skip the keep-alive below
+                    await self._sync_builds()
+                except Exception as exc:
+                    self.log.warning("builds.sync_failed", error=repr(exc))
                 placing = {lease.run_id for lease in self._placing_leases}
                 await self._gate.keep_alive(set(self.hosted) | placing)
             except Exception as exc:

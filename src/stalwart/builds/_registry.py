@@ -37,17 +37,46 @@ def builds_key(namespace: str) -> str:
     return f"{namespace}:builds"
 
 
+class Seen(msgspec.Struct, frozen=True):
+    """When a worker of a build last said it serves, and which agents."""
+
+    at: float
+    agents: list[str]
+
+
+_decode_seen = msgspec.json.Decoder(Seen)
+
+
 class BuildRegistry:
     """Read and mark builds (``redis`` is an asyncio Redis client)."""
 
     def __init__(self, redis: Any, namespace: str) -> None:
         self.redis = redis
         self.key = builds_key(namespace)
+        self.seen_key = f"{self.key}:seen"
 
     async def register(self, build: str) -> None:
         """Record ``build`` as first seen now, unless it is known already."""
         entry = BuildEntry(build=build, first_seen=time.time())
         await self.redis.hsetnx(self.key, build, msgspec.json.encode(entry))
+
+    async def seen(self, build: str, agents: list[str]) -> None:
+        """Say a worker of ``build`` serves ``agents`` now (every worker on every heartbeat:
+        one write, instead of every worker reading every other's heartbeat)."""
+        await self.redis.hset(self.seen_key, build, msgspec.json.encode(Seen(time.time(), agents)))
+
+    async def live(self, max_age: float) -> dict[str, set[str]]:
+        """``{build: agents}`` of the builds a worker said it serves within ``max_age`` s."""
+        raw = cast("dict[bytes, bytes]", await self.redis.hgetall(self.seen_key))
+        now, out = time.time(), {}
+        for field, value in raw.items():
+            try:
+                seen = _decode_seen.decode(value)
+            except msgspec.DecodeError:
+                continue
+            if now - seen.at <= max_age:
+                out[field.decode()] = set(seen.agents)
+        return out
 
     async def entries(self) -> dict[str, BuildEntry]:
         """Every known build (entries that do not decode are skipped)."""
