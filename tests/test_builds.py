@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from stalwart import Client
+from stalwart import Client, RunFailed
 from stalwart.actors._app import App
 from stalwart.builds import (
     check_build,
@@ -194,3 +194,40 @@ async def test_runs_wait_for_their_build_then_drain_and_retire(
         res = await cli("builds", "-o", "json")
         views = {v["build"]: v for v in json.loads(res.out)}
         assert views[B1]["state"] == "retired" and views[B2]["state"] == "draining"
+
+
+async def test_retire_force_moves_waiting_runs_to_the_newest_build(
+    settings: Settings,
+    servers: Servers,
+    client: Client,
+    supervisor: Supervisor,
+    counters: aioredis.Redis,
+    cli: Any,  # noqa: F811
+) -> None:
+    """The operator's override: a run of a build with no worker left is resumed by the newest
+    build once its build is retired with --force (and fails there, since v2 does not replay
+    v1's journal: the choice is the operator's, and it is loud, not silent)."""
+    async with (
+        worker_pool(V1, settings, servers, client) as v1,
+        worker_pool(V2, settings, servers, client) as v2,
+    ):
+        first = await v1("v1a")
+        old = await client.submit("assistant", "old")
+        await eventually(lambda: journaled(client, old.run_id, "step:render"))
+        await v2("v2a")
+        first.kill()
+        await _open(counters, old.run_id)
+        record = await old.status()
+        assert not record.terminal and record.build == B1
+        res = await cli("builds", "retire", B1, "--force", "-o", "json")
+        assert res.code == 0, res
+        assert json.loads(res.out)[0]["moved_to"] == B2
+        with pytest.raises(RunFailed) as failed:
+            await old.result(timeout=45)
+        assert failed.value.error_type == "NonDeterminismError"
+        starts = [
+            je.entry.worker
+            for je in await journal(client, old.run_id)
+            if isinstance(je.entry, Started)
+        ]
+        assert starts[-1] == "v2a"
