@@ -85,18 +85,21 @@ class WorkerBuilds:
         raw = await store.redis.hget(store.record_key(run_id), "build")
         return raw.decode() if isinstance(raw, bytes) else (raw or "")
 
-    async def stamp(self, store: CheckpointStore, run_id: str) -> str:
-        """Record this build on a run just claimed here unless it has one; return the
-        run's build (the first placement's build wins, atomically)."""
-        key = store.record_key(run_id)
-        await store.redis.hsetnx(key, "build", self.build)
+    async def stamp(self, store: CheckpointStore, run_id: str, known: str) -> str:
+        """The run's build after its claim here: ``known`` (read before the claim) when it
+        had one, else this build, recorded unless another placement raced it there (the
+        first placement's build wins, atomically)."""
+        if known:
+            return known
+        if await store.redis.hsetnx(store.record_key(run_id), "build", self.build):
+            return self.build
         return await self.run_build(store, run_id)
 
     async def reroute(self, broker: Broker, agent: str, msg: Msg, run_build: str) -> None:
         """Send a request for a run of another build to that build's lane (and drop it
         here): the run waits there for a worker of its build."""
         lane = split_lane(broker.names.agent_lane(msg.subject)[1])[0]
-        headers: dict[str, Any] = dict(msg.headers or {})
+        headers: dict[str, Any] = dict(getattr(msg, "headers", None) or {})
         msg_id = str(headers.get("Nats-Msg-Id", "")) or "request"
         headers["Nats-Msg-Id"] = f"{msg_id}={run_build}"
         subject = broker.names.runs_subject(agent, routing_lane(lane, run_build))

@@ -466,7 +466,7 @@ class Worker:
         self._placing_leases.append(lease)
         try:
             if await self._admit(req, msg, lease):
-                await self._claim_and_host(spec, req, msg, lease)
+                await self._claim_and_host(spec, req, msg, lease, run_build)
         finally:
             self._placing_leases = [x for x in self._placing_leases if x is not lease]
             hosted = self.hosted.get(req.run_id)
@@ -494,7 +494,7 @@ class Worker:
         return False
 
     async def _claim_and_host(
-        self, spec: AgentSpec, req: RunRequest, msg: Msg, lease: Lease
+        self, spec: AgentSpec, req: RunRequest, msg: Msg, lease: Lease, known: str
     ) -> None:
         assert self.broker is not None and self.store is not None
         try:
@@ -526,7 +526,7 @@ class Worker:
             self.log.warning("place.lease_lost", run_id=req.run_id, epoch=claim.epoch)
             await msg.nak()
             return
-        run_build = await self.builds.stamp(self.store, req.run_id)
+        run_build = await self.builds.stamp(self.store, req.run_id, known)
         await msg.ack()
         lane = split_lane(self.broker.names.agent_lane(msg.subject)[1])[0]
         placement = Placement(
