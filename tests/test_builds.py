@@ -56,7 +56,7 @@ def test_build_ids_and_lanes() -> None:
     declare_compatible("t-old", "t-new")
     assert compatible("t-old", "t-new") and compatible("", "t-x") and compatible("t-x", "t-x")
     assert not compatible("t-old", "t-other") and not compatible("t-new", "t-old")
-    for bad in ("a.b", "a b", "x=y", "*", "a" * 65):
+    for bad in ("a.b", "a b", "x=y", "*", "-x", "a" * 65):
         with pytest.raises(ConfigurationError, match="invalid build"):
             check_build(bad)
 

@@ -154,7 +154,10 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "ack_wait": (lambda v: v > 0, _POSITIVE),
     "max_deliver": (lambda v: v >= 1, "a whole number >= 1"),
     "redis_index_shards": (lambda v: 0 <= v <= 1024, "a whole number from 0 to 1024"),
-    "build": (_build_ok, "1-64 characters from A-Z a-z 0-9 _ - (empty: derived from the app)"),
+    "build": (
+        _build_ok,
+        "1-64 characters from A-Z a-z 0-9 _ - starting with a letter or digit (empty: derived from the app)",
+    ),
     "lanes": (_lanes_ok, "comma-separated lane names (a-z 0-9 _ -; 'default': the default lane)"),
     "pull_expires": (
         lambda v: v == 0 or 1 <= v <= 300,

@@ -8,7 +8,7 @@ import re
 from stalwart._ids import DEFAULT_LANE
 from stalwart.errors import ConfigurationError
 
-_BUILD = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_BUILD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 BUILD_SEP = "="
 """Between a lane and a build in a build lane: never in a lane or build name, allowed in a
@@ -21,7 +21,7 @@ def check_build(build: str) -> str:
     if build == "" or (isinstance(build, str) and _BUILD.fullmatch(build)):
         return build
     raise ConfigurationError(
-        f"invalid build {build!r}: use 1-64 characters from A-Z a-z 0-9 _ - "
+        f"invalid build {build!r}: use 1-64 characters from A-Z a-z 0-9 _ -, starting with a letter or digit "
         "(or leave it empty to derive it from the app's code)"
     )
 
