@@ -413,6 +413,8 @@ class Worker:
             return False  # another app's agent, or unreadable: NATS takes it to its worker
         if self._stopping.is_set() or self._free() <= 0 or d.lane not in self.settings.lane_list:
             return False
+        if not self.builds.takes_new:
+            return False  # a new run: NATS takes it to a worker of the newest build
         handed = HandedRequest(
             self.broker.names.runs_subject(spec.name, d.lane), d.request, msg_id, to_nats
         )
