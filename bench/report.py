@@ -885,7 +885,7 @@ SECTIONS = [
         "9. Flow control: the cost of shared breakers and retry budgets",
         _flow_breakers,
     ),
-    ("flow_concurrency", "9. Flow control: the cost of a concurrency limit", _flow_concurrency),
+    ("flow_concurrency", "10. Flow control: the cost of a concurrency limit", _flow_concurrency),
 ]
 
 

@@ -177,13 +177,13 @@ async def test_runs_re_placed_after_a_crash_keep_their_slots(
 async def test_a_burst_does_not_hold_back_another_tenant(
     settings: Settings, servers: Servers, client: Client
 ) -> None:
-    # "shared": 2 runs at once in all, round-robin between tenants. Tenant A submits 300 runs
+    # "shared": 2 runs at once in all, round-robin between tenants. Tenant A submits 500 runs (the burst)
     # of 0.2 s; B's single run, submitted after them, must start within one slot release per
     # tenant with waiting runs (2 here) once its request is parked: about 2 * 0.2 s / 2 slots,
-    # bounded below at 1.5 s for a loaded machine, where FIFO would take 300 * 0.2 / 2 = 30 s.
+    # bounded below at 1.5 s for a loaded machine, where FIFO would take 500 * 0.2 / 2 = 50 s.
     async with worker_pool(APP, settings, servers, client) as start:
         w = await start()
-        burst = 300
+        burst = 500
         sem = asyncio.Semaphore(32)
 
         async def submit_a(i: int) -> None:

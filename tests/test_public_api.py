@@ -314,6 +314,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "DurableRunner",
         "DurableScope",
         "Outcome",
+        "Patched",
         "SETTLE_SECONDS",
         "ScopeVar",
         "StepCall",
@@ -390,6 +391,7 @@ PUBLIC_API: dict[str, list[str]] = {
     "stalwart.operations": [
         "AgentView",
         "EpochView",
+        "GateReport",
         "RunDetail",
         "RunPage",
         "RunPlacement",
@@ -401,6 +403,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "WorkerView",
         "agents",
         "list_runs",
+        "replay_recent",
         "run_detail",
         "workers",
     ],

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from stalwart import observability
+from stalwart._cli_gate import cmd_gate, gate_targets
 from stalwart._cli_output import Cell, ago, emit, iso, paint, plain, table, use_color
 from stalwart._exit_codes import EXIT_DIVERGED, EXIT_NOT_FOUND, EXIT_OK
 from stalwart._json import dumps
@@ -178,7 +179,13 @@ async def cmd_history(args: argparse.Namespace, client: Client) -> int:
 
 
 async def cmd_replay(args: argparse.Namespace, client: Client) -> int:
-    """``stalwart replay RUN_ID APP``: exit 0 when the code matches the journal, 1 if not."""
+    """``stalwart replay RUN_ID APP``: exit 0 when the code matches the journal, 1 if not.
+
+    With ``--recent N --agent A APP``: the deploy gate (:mod:`stalwart._cli_gate`).
+    """
+    gate_app = gate_targets(args)
+    if gate_app is not None:
+        return await cmd_gate(args, client, load_app(gate_app))
     app = load_app(args.app)
     report = await client.handle(args.run_id).replay(app, timeout=args.timeout)
     print(report.render() if args.output == "table" else dumps(report))

@@ -43,6 +43,7 @@ from stalwart._cli_console import add_parsers as add_console_parsers
 from stalwart._cli_console import dispatch as dispatch_console
 from stalwart._cli_flow import add_parsers as add_flow_parsers
 from stalwart._cli_flow import cmd_flow
+from stalwart._cli_gate import add_gate_arguments
 from stalwart._cli_ops import READ_COMMANDS, add_output, cmd_agents, cmd_runs, cmd_workers
 from stalwart._cli_ops import add_parsers as add_ops_parsers
 from stalwart._cli_security import add_parsers as add_security_parsers
@@ -313,8 +314,9 @@ def _parser() -> argparse.ArgumentParser:
     rp = sub.add_parser(
         "replay", parents=[common], help="check new agent code against a run's journal, offline"
     )
-    rp.add_argument("run_id")
-    rp.add_argument("app", help="module:attribute of a stalwart.App (the code to check)")
+    rp.add_argument("run_id", nargs="?", help="the run to replay (not with --recent)")
+    rp.add_argument("app", nargs="?", help="module:attribute of a stalwart.App (the code to check)")
+    add_gate_arguments(rp)
     add_output(rp, "table")
     rp.add_argument("--json", action="store_const", const="json", dest="output", help="-o json")
     rp.add_argument("--timeout", type=_seconds, default=60.0, help="seconds the replay may take")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from stalwart._ids import check_agent_name
+from stalwart.actors._compat import check_builds
 from stalwart.errors import ConfigurationError, UnknownAgentError
 from stalwart.flow import check_rules
 from stalwart.policies import Policies
@@ -55,12 +56,16 @@ class App:
         *,
         policies: Policies | None = None,
         flow: Sequence[FlowRule] = (),
+        compatible_with: Sequence[str] = (),
     ) -> None:
         self.name = name
         self.policies = policies or Policies()
         """Default failure handling for the app's agents (retries, timeouts, limits)."""
         self.flow: tuple[FlowRule, ...] = check_rules(flow)
         """Flow rules shared by every worker of the app (rate limits, spend limits ...)."""
+        self.compatible_with: tuple[str, ...] = check_builds(compatible_with)
+        """Older builds whose runs this app's workers may resume (their journals replay on
+        this code, e.g. behind ``ctx.patched``); see :mod:`stalwart.builds._compat`."""
         self.agents: dict[str, AgentSpec] = {}
 
     def agent(

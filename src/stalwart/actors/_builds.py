@@ -16,11 +16,11 @@ from stalwart.builds import (
     BuildRegistry,
     compatible,
     compatible_builds,
-    declare_compatible,
     derive_build,
     routing_lane,
     split_lane,
 )
+from stalwart.builds._compat import declare_app
 from stalwart.builds._registry import newest
 
 if TYPE_CHECKING:
@@ -40,8 +40,7 @@ class WorkerBuilds:
             (name, spec.fn) for name, spec in app.agents.items()
         )
         self.agents = set(app.agents)
-        for old in getattr(app, "compatible_with", ()):  # App(compatible_with=[...])
-            declare_compatible(old, self.build)
+        declare_app(app, self.build)  # App(compatible_with=[...])
         self.takes_new = True
         """Whether this worker pulls new runs (its build is the newest active one alive)."""
         self.resumes: set[str] = {self.build} | compatible_builds(self.build)

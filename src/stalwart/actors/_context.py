@@ -14,6 +14,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio.to_thread
 
 from stalwart.actors._fingerprint import fingerprint
+from stalwart.actors._patches import (
+    DEPRECATED_SUFFIX,
+    PATCH_KIND,
+    check_change_id,
+    patch_fp,
+    patch_key,
+    went_past,
+)
+from stalwart.actors._rules import Diverged, divergence_error
 from stalwart.checkpoints import RunStore
 from stalwart.policies import StepOptions, options_of
 
@@ -137,6 +146,10 @@ async def invoke(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str
     return result
 
 
+async def _taken() -> bool:
+    return True
+
+
 class RunContext:
     """Handed to every agent function: identifies the run and makes calls durable.
 
@@ -145,10 +158,15 @@ class RunContext:
     each completed step returns its journaled result instead of running again.
     """
 
-    def __init__(self, actor: RunHost, scope: str = "") -> None:
+    def __init__(
+        self, actor: RunHost, scope: str = "", patches: dict[str, bool] | None = None
+    ) -> None:
         self._actor = actor
         self._scope = scope
         self._counts: dict[str, int] = {}
+        # Patch decisions of this execution, shared with scoped children: a change id
+        # answers the same all through a run, even where the evidence would now differ.
+        self._patches: dict[str, bool] = {} if patches is None else patches
 
     @property
     def run_id(self) -> str:
@@ -204,7 +222,7 @@ class RunContext:
         For nested agents and sub-tasks: their steps replay inside the outer run.
         """
         # Through next_key, so a second scope of the same name gets its own keys.
-        return RunContext(self._actor, f"{self.next_key(name)}/")
+        return RunContext(self._actor, f"{self.next_key(name)}/", self._patches)
 
     def next_key(self, base: str) -> str:
         """A step key for ``base`` that is stable on replay: ``base``, ``base#2``, ``base#3``..."""
@@ -236,6 +254,55 @@ class RunContext:
             reconcile=reconcile,
         )
         return await self._actor.execute(spec, partial(invoke, fn, args, kwargs))
+
+    async def patched(self, change_id: str) -> bool:
+        """Whether this run takes the new code path of change ``change_id`` (a patch marker).
+
+        ``if await ctx.patched("tool-search"): <new code> else: <old code>`` lets code with
+        the change resume runs that started without it: a run whose journal goes past this
+        point without the marker (it ran the old code here) gets False, every time; a run
+        that reaches this point live journals the marker and gets True, and so do its
+        replays. The answer is fixed for the rest of the run once given. See docs/deploys.md.
+        """
+        key = patch_key(self._scope, check_change_id(change_id))
+        known = self._patches.get(key)
+        if known is not None:
+            return known
+        view = self._actor.state.view
+        taken = key in view.done or not went_past(view)
+        if taken:  # replays the journaled marker (checking it), or journals it now
+            await self._marker(key, change_id, change_id)
+        self._patches[key] = taken
+        return taken
+
+    async def deprecate_patch(self, change_id: str) -> None:
+        """Where ``ctx.patched(change_id)`` was, once no run on the old path is left.
+
+        The new path is now the only one: runs that journaled the marker replay it, new runs
+        journal a marker that code without any call for ``change_id`` may leave unasked, and
+        a run that went past this point on the old path fails with
+        :class:`~stalwart.errors.NonDeterminismError` (``stalwart replay`` reports it).
+        """
+        key = patch_key(self._scope, check_change_id(change_id))
+        if self._patches.get(key) is not None:
+            return
+        view = self._actor.state.view
+        if key not in view.done and went_past(view):
+            raise divergence_error(
+                self._actor.state,
+                Diverged(
+                    key,
+                    f"run {self.run_id!r}, step {key!r}: the run went past this point on the "
+                    f"old code path of change {change_id!r}, which the code no longer has "
+                    "(ctx.deprecate_patch); keep ctx.patched until such runs have ended",
+                ),
+            )
+        await self._marker(key, change_id, change_id + DEPRECATED_SUFFIX)
+        self._patches[key] = True
+
+    async def _marker(self, key: str, change_id: str, name: str) -> None:
+        spec = StepSpec(key=key, kind=PATCH_KIND, name=name, fp=patch_fp(change_id))
+        await self._actor.execute(spec, _taken)
 
     async def emit(
         self, type: str, data: Any = None, *, step: str = "", always: bool = False

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from stalwart.actors._context import StepSpec
+    from stalwart.actors._rules import RunState
     from stalwart.checkpoints import CheckpointStore, Entry, Finished, JournalEntry
 
 
@@ -58,6 +59,9 @@ class Owner(Protocol):
 
 class RunHost(Protocol):
     """What a :class:`~stalwart.actors.RunContext` needs from the run it serves."""
+
+    state: RunState
+    """The step rules' view of the run (``ctx.patched`` reads its journal view)."""
 
     @property
     def run_id(self) -> str: ...

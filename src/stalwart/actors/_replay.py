@@ -17,10 +17,11 @@ import structlog
 
 from stalwart.actors._context import RunContext
 from stalwart.actors._execute import StepExecutor, error_info
+from stalwart.actors._patches import PATCH_KIND
 from stalwart.actors._rules import Diverged, RunState, divergence_error
 from stalwart.actors._view import JournalView
 from stalwart.actors._waits import Waits
-from stalwart.checkpoints import ErrorInfo, decode_value, encode_value
+from stalwart.checkpoints import ErrorInfo, StepDone, StepError, decode_value, encode_value
 from stalwart.checkpoints._codec import open_text
 from stalwart.policies import Breakers, RunUsage
 
@@ -58,22 +59,60 @@ class ReplayReport(msgspec.Struct, kw_only=True):
     partial: bool = False
     """The original run has not finished (or was stopped from outside): checked up to where
     its journal ends."""
+    patches: list[str] = msgspec.field(default_factory=list)
+    """The change ids whose patch marker the run journaled (it took their new code path)."""
+    journal_steps: list[str] = msgspec.field(default_factory=list)
+    """On divergence: the step keys the journal holds, in journal order."""
+    code_steps: list[str] = msgspec.field(default_factory=list)
+    """On divergence: the step keys the code asked for on replay, in order."""
 
     def render(self) -> str:
         """A human-readable report."""
         head = f"run {self.run_id} (agent {self.agent}, {self.status}): "
         counts = f"{self.steps_replayed} of {self.steps_journaled} journaled step(s) replayed"
+        if self.patches:
+            counts += f"; patched: {', '.join(self.patches)}"
         if self.matched:
             extra = " (the journal ends there: the run has not finished)" if self.partial else ""
             return f"{head}MATCH: {counts}, ended {self.replayed}{extra}"
         where = f" at step {self.step}" if self.step else ""
-        return "\n".join(
-            [
-                f"{head}DIVERGED{where}",
-                f"  {self.divergence}",
-                f"  original: {self.original}; replay: {self.replayed}; {counts}",
-            ]
+        lines = [
+            f"{head}DIVERGED{where}",
+            f"  {self.divergence}",
+            f"  original: {self.original}; replay: {self.replayed}; {counts}",
+        ]
+        if self.journal_steps or self.code_steps:
+            lines += _step_diff(self.journal_steps, self.code_steps)
+        return "\n".join(lines)
+
+
+_DIFF_STEPS = 12
+"""Step keys shown on each side of a divergence, from the first difference."""
+
+
+def _step_diff(journal: list[str], code: list[str]) -> list[str]:
+    """The two step sequences side by side from where they first differ."""
+    first = next(
+        (i for i, (a, b) in enumerate(zip(journal, code, strict=False)) if a != b),
+        min(len(journal), len(code)),
+    )
+    start = max(first - 2, 0)
+
+    def show(keys: list[str]) -> str:
+        part = keys[start : first + _DIFF_STEPS]
+        more = len(keys) - (first + _DIFF_STEPS)
+        text = " ".join(("> " if start + i == first else "") + k for i, k in enumerate(part))
+        return (
+            ("... " if start else "")
+            + (text or "(nothing)")
+            + (f" ... (+{more})" if more > 0 else "")
         )
+
+    return [
+        f"  steps from #{first + 1} (> marks the first difference):",
+        f"    journal: {show(journal)}",
+        f"    code:    {show(code)}",
+    ]
 
 
 class _Stop(Exception):
@@ -151,6 +190,9 @@ class ReplayActor:
             unjournaled=self._missing,
         )
         self.stopped_at = ""
+        self.asked: list[str] = []
+        """Step keys the code asked for, in order (for the divergence's step diff)."""
+        self._order = [je.entry.key for je in entries if isinstance(je.entry, StepDone | StepError)]
 
     @property
     def agent(self) -> str:
@@ -194,10 +236,12 @@ class ReplayActor:
 
     async def execute(self, spec: StepSpec, run: Callable[[], Awaitable[Any]]) -> Any:
         """The journaled outcome of ``spec``; ``run`` is never called."""
+        self.asked.append(spec.key)
         return await self.engine.execute(spec, run)
 
     async def wait(self, key: str, signal: str, timeout: float | None) -> Any:
         """The journaled outcome of a durable wait."""
+        self.asked.append(key)
         return await self.waits.wait(key, signal, timeout)
 
     def signal_id(self, key: str) -> str | None:
@@ -245,12 +289,14 @@ class ReplayActor:
             original=original,
             replayed=replayed,
             partial=self.stops_early,
+            patches=sorted(e.name for e in self.state.view.done.values() if e.kind == PATCH_KIND),
         )
         verdict = self._verdict(ended, value, info)
         if verdict is None:
             out.matched = True
         else:
             out.divergence, out.step = verdict
+            out.journal_steps, out.code_steps = self._order, self.asked
         return out
 
     def _verdict(self, ended: str, value: Any, info: ErrorInfo | None) -> tuple[str, str] | None:

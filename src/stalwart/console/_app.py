@@ -20,8 +20,9 @@ from starlette.staticfiles import StaticFiles
 from stalwart._ids import check_agent_name, check_run_id
 from stalwart._version import __version__
 from stalwart.console._auth import COOKIE, CSRF_HEADER, Guard
+from stalwart.console._flow import FlowActions, check_rule_name, decode_flow_body, flow_view
 from stalwart.console._http import MAX_BODY, SecurityHeaders, error, error_for, json_response
-from stalwart.console._routes import Actions, Body, Reads, decode_body, number
+from stalwart.console._routes import Actions, Reads, decode_body, number
 from stalwart.console._stream import EventStreams
 from stalwart.errors import InvalidRequestError, RunNotFoundError
 
@@ -87,10 +88,16 @@ def create_app(client: Client, guard: Guard) -> Starlette:
         Route("/api/runs/{run_id}/events", _reader(guard, run_events)),
         Route("/api/workers", _reader(guard, lambda r: reads.workers())),
         Route("/api/agents", _reader(guard, lambda r: reads.agents())),
+        Route("/api/flow", _reader(guard, lambda r: flow_view(client))),
     ]
     for name in Actions.NAMES:
         route = _action(guard, name, getattr(actions, name))
         routes.append(Route(f"/api/runs/{{run_id}}/{name}", route, methods=["POST"]))
+    flow = FlowActions(client)
+    for name in FlowActions.NAMES:
+        fn = getattr(flow, name.replace("-", "_"))
+        route = _action(guard, f"flow.{name}", fn, "rule", check_rule_name, decode_flow_body)
+        routes.append(Route(f"/api/flow/{{rule}}/{name}", route, methods=["POST"]))
     routes.append(Mount("/static", StaticFiles(directory=STATIC)))
 
     @contextlib.asynccontextmanager
@@ -116,7 +123,16 @@ def _reader(guard: Guard, fn: Callable[[Request], Awaitable[Any]]) -> Handler:
     return route
 
 
-def _action(guard: Guard, name: str, fn: Callable[[str, Body], Awaitable[Any]]) -> Handler:
+def _action(
+    guard: Guard,
+    name: str,
+    fn: Callable[[str, Any], Awaitable[Any]],
+    param: str = "run_id",
+    check: Callable[[str], str] = check_run_id,
+    decode: Callable[[bytes], Any] = decode_body,
+) -> Handler:
+    """A mutating route on the path parameter ``param`` (a run id, a flow rule's name)."""
+
     async def route(request: Request) -> Response:
         if not _authenticated(guard, request):
             return error(401, _UNAUTHENTICATED)
@@ -125,15 +141,15 @@ def _action(guard: Guard, name: str, fn: Callable[[str, Body], Awaitable[Any]]) 
         if not _csrf_ok(guard, request):
             return error(403, "cross-site request refused (missing or wrong CSRF token)")
         try:
-            run_id = check_run_id(request.path_params["run_id"])
-            result = await fn(run_id, decode_body(await _read_body(request)))
+            target = check(request.path_params[param])
+            result = await fn(target, decode(await _read_body(request)))
         except Exception as exc:
             return error_for(exc)
         # Who did what, for the audit trail (the SSO proxy's user header when there is one).
         log.info(
             "console.action",
             action=name,
-            run_id=run_id,
+            **{param: target},
             client=request.client.host if request.client else "",
             user=request.headers.get("x-forwarded-user", ""),
         )

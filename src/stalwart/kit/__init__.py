@@ -24,6 +24,8 @@ adapter (Stalwart's five, and yours) is built the same way and imports only this
   its tool and the hash of its arguments (:func:`args_hash`), with an expiry, under an
   :class:`ApprovalPolicy`; it returns an :class:`ApprovalDecision` (:func:`request_approval`
   and :func:`decide_approval` are its two halves, for several calls at once).
+- **Versions.** :class:`Patched`: a runner's factory that builds the new framework object
+  (prompt, tools) for new runs and the old one for runs already under way (a patch marker).
 - **Allow-lists.** :func:`type_path`, :func:`allow_map`, :func:`loaded_class`: how codecs
   rebuild classes a journal names without importing anything.
 """
@@ -56,6 +58,7 @@ from stalwart.kit._runner import (
 )
 from stalwart.kit._scope import DurableScope, ScopeVar, in_step
 from stalwart.kit._steps import SETTLE_SECONDS, StepCall, call_step, stream_step
+from stalwart.kit._versions import Patched
 
 __all__ = [
     "DIGEST_FIELDS",
@@ -65,6 +68,7 @@ __all__ = [
     "DurableRunner",
     "DurableScope",
     "Outcome",
+    "Patched",
     "ScopeVar",
     "StepCall",
     "ToolCallFailed",

@@ -11,6 +11,7 @@ from stalwart.actors import App, RunContext
 from stalwart.client import Client
 from stalwart.config import Settings
 from stalwart.errors import ConfigurationError
+from stalwart.kit._versions import decide_patched, reset_patched
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -75,7 +76,11 @@ class DurableRunner:
         self._owns_client = False
 
         async def agent(ctx: RunContext, input: Any) -> Any:
-            return await self.execute(ctx, input)
+            token = await decide_patched(ctx, self)  # Patched factories: old or new, per run
+            try:
+                return await self.execute(ctx, input)
+            finally:
+                reset_patched(token)
 
         agent.__name__ = name
         self.app.register(name, agent, policies=policies)

@@ -8,6 +8,8 @@ scripts. Every result is a msgspec Struct that encodes to JSON as it is
 - :func:`run_detail`: one run's record, step timeline, epochs (owners, failovers and their
   gaps), waits, pending signals and approvals, and result.
 - :func:`workers`: live workers from their heartbeats (capacity, active, free, breakers).
+- :func:`replay_recent`: the deploy gate, the recent runs of an agent replayed offline
+  against new code (``stalwart replay --recent``).
 - :func:`agents`: per agent and lane, pending requests, consumers, workers, runs in flight
   and recent throughput.
 
@@ -17,6 +19,7 @@ Actions (cancel, signal, approve, fork) are :class:`~stalwart.client.Client` /
 
 from __future__ import annotations
 
+from stalwart.operations._deploy_gate import GateReport, replay_recent
 from stalwart.operations._detail import (
     EpochView,
     RunDetail,
@@ -32,6 +35,7 @@ from stalwart.operations._runs import RunPage, RunQuery, RunSummary, list_runs
 __all__ = [
     "AgentView",
     "EpochView",
+    "GateReport",
     "RunDetail",
     "RunPage",
     "RunPlacement",
@@ -43,6 +47,7 @@ __all__ = [
     "WorkerView",
     "agents",
     "list_runs",
+    "replay_recent",
     "run_detail",
     "workers",
 ]

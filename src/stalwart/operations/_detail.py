@@ -131,6 +131,8 @@ class RunDetail(msgspec.Struct, kw_only=True):
     cost_usd: float = 0.0
     retries: int = 0
     finished_at: float = 0.0
+    queued_for: str = ""
+    """What a run not placed yet waits for (``concurrency <rule> key <key>``; "" for none)."""
 
 
 async def run_detail(
@@ -183,6 +185,7 @@ async def run_detail(
         cost_usd=history.cost_usd,
         retries=history.retries,
         finished_at=history.finished_at,
+        queued_for=record.queued_for,
     )
 
 

@@ -1,9 +1,10 @@
 // The console's router: URL-addressable pages in the hash (#/runs?status=failed,
-// #/runs/<id>, #/workers, #/agents), a log-in form when the API asks for the token.
+// #/runs/<id>, #/workers, #/agents, #/flow), a log-in form when the API asks for the token.
 
 import { ApiError, loadSession, login, session } from "./api.js";
 import { h, replace } from "./dom.js";
 import * as agents from "./pages/agents.js";
+import * as flow from "./pages/flow.js";
 import * as run from "./pages/run.js";
 import * as runs from "./pages/runs.js";
 import * as workers from "./pages/workers.js";
@@ -56,6 +57,7 @@ async function route() {
     if (page === "runs" && parts[1]) cleanup = await run.render(main, parts[1], params);
     else if (page === "workers") cleanup = await workers.render(main, params);
     else if (page === "agents") cleanup = await agents.render(main, params);
+    else if (page === "flow") cleanup = await flow.render(main, params);
     else cleanup = await runs.render(main, params);
   } catch (err) {
     if (err instanceof ApiError && err.status === 401) showLogin();

@@ -5,6 +5,21 @@ import { get, post, session } from "../api.js";
 import { ago, badge, h, iso, json, replace, secs, table } from "../dom.js";
 
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
+const FLOW_SIGNAL = "flow.resume";
+// After one of these, the run is no longer held by the flow event before it.
+const FLOW_CLEARS = new Set(["flow.resumed", "step.completed", "step.failed", "run.started", "run.resumed",
+  "run.completed", "run.failed", "run.cancelled"]);
+
+// What a flow.waiting / concurrency.waiting event says, as one line of text.
+function flowLine(ev) {
+  const d = ev.data || {};
+  if (ev.type === "concurrency.waiting") {
+    return `Waiting for a slot of concurrency limit ${d.rule} (key ${d.key}, ${d.limit} at once, ${d.ahead || 0} ahead)`;
+  }
+  const until = d.until ? ` until ${iso(d.until)}` : "";
+  const how = d.passivate ? "passivated" : "waiting in place";
+  return `Held by flow rule ${d.rule} on ${d.resource || "?"}${d.limit ? ` (${d.limit})` : ""}${until}, ${how}`;
+}
 
 function section(title, id, ...content) {
   return h("section", { id }, h("h2", {}, title), ...content);
@@ -24,7 +39,11 @@ function summary(d) {
     ["Cost", d.cost_usd ? `$${d.cost_usd.toFixed(4)}` : "-"],
     ["Retries", d.retries],
   ];
-  if (d.waiting_for) rows.push(["Waiting for", d.waiting_for]);
+  if (d.waiting_for) {
+    const flow = d.waiting_for === FLOW_SIGNAL;
+    rows.push(["Waiting for", flow ? [d.waiting_for, " (flow control: ", h("a", { href: "#/flow" }, "Flow"), ")"] : d.waiting_for]);
+  }
+  if (d.queued_for) rows.push(["Queued for", [h("span", { id: "queued-for" }, d.queued_for), " (", h("a", { href: "#/flow" }, "Flow"), ")"]]);
   if (d.cancel_requested) rows.push(["Cancel requested", d.cancel_requested]);
   const record = h("dl", { class: "record" }, rows.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
   if (!d.error) return record;
@@ -180,7 +199,8 @@ export async function render(main, runId, params) {
   const body = h("div", { id: "run" });
   const status = h("p", { id: "action-status" });
   const eventList = h("ol", { id: "events", class: "events" });
-  replace(main, h("p", {}, h("a", { href: "#/runs" }, "‹ Runs")), head, status, body,
+  const flowNote = h("p", { id: "flow-note", class: "flow-note", hidden: true });
+  replace(main, h("p", {}, h("a", { href: "#/runs" }, "‹ Runs")), head, status, flowNote, body,
     section("Events", "event-section", eventList));
   let source = null;
   let pending = null;
@@ -220,6 +240,10 @@ export async function render(main, runId, params) {
       if (seen.has(ev.seq)) return;
       seen.add(ev.seq);
     }
+    if (ev.type === "flow.waiting" || ev.type === "concurrency.waiting") {
+      replace(flowNote, flowLine(ev), " · ", h("a", { href: "#/flow" }, "Flow page"));
+      flowNote.hidden = false;
+    } else if (FLOW_CLEARS.has(ev.type)) flowNote.hidden = true;
     eventList.append(
       h("li", { "data-type": ev.type }, h("span", { class: "mono" }, iso(ev.at)), " ", h("strong", {}, ev.type),
         ev.step ? ` ${ev.step}` : "", ev.worker ? ` @${ev.worker}` : "", ev.data ? h("code", {}, " " + json(ev.data)) : ""),
