@@ -3,6 +3,7 @@ runs of the old code are in flight, on real servers and worker processes."""
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,10 @@ B1, B2 = build_of(deploy_v1.app), build_of(deploy_v2.app)
 
 def test_build_ids_and_lanes() -> None:
     assert B1 != B2 and B1 == build_of(deploy_v1.app)  # stable for unchanged code
+    # Wrapped or opaque agent callables hash stably too (no memory address in the id).
+    fn = deploy_v1.app.agents["assistant"].fn
+    assert derive_build([("assistant", functools.partial(fn))]) == B1
+    assert derive_build([("x", object())]) == derive_build([("x", object())])
     assert routing_lane("", "b1") == "default=b1" and routing_lane("hi", "b1") == "hi=b1"
     assert routing_lane("hi", "") == "hi"
     assert split_lane("default=b1") == ("", "b1") and split_lane("hi") == ("hi", "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import sys
@@ -23,17 +24,32 @@ def _code_bytes(code: types.CodeType) -> bytes:
     return b"\0".join(parts)
 
 
+def _unwrap(fn: Any) -> Any:
+    """The function behind partials and decorators (``functools.wraps``)."""
+    for _ in range(32):  # a cycle of __wrapped__ must not hang a worker's start
+        inner = getattr(fn, "func", None) if isinstance(fn, functools.partial) else None
+        inner = inner or getattr(fn, "__wrapped__", None)
+        if inner is None:
+            return fn
+        fn = inner
+    return fn
+
+
 def _module_text(fn: Any) -> bytes:
     """The source of the module that defines ``fn`` (prompts and steps beside the agent
-    function count), or its bytecode when the source is not available."""
-    module = sys.modules.get(getattr(fn, "__module__", "") or "")
+    function count), else its bytecode, else its type's name: never anything that differs
+    between processes running the same code (such as a repr with a memory address)."""
+    fn = _unwrap(fn)
+    module = sys.modules.get(getattr(fn, "__module__", None) or "")
     try:
         if module is not None:
             return inspect.getsource(module).encode()
     except (OSError, TypeError):
         pass
     code = getattr(fn, "__code__", None)
-    return _code_bytes(code) if isinstance(code, types.CodeType) else repr(fn).encode()
+    if isinstance(code, types.CodeType):
+        return _code_bytes(code)
+    return f"{type(fn).__module__}.{type(fn).__qualname__}".encode()
 
 
 def derive_build(agents: Iterable[tuple[str, Any]]) -> str:
