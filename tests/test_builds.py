@@ -157,13 +157,14 @@ async def test_runs_wait_for_their_build_then_drain_and_retire(
         await eventually(waiting, timeout=30)
 
         async def gone() -> bool:  # its heartbeat lives out its TTL (lease_ttl)
-            return "v1a" not in {w.worker_id for w in await client.broker.workers()}
+            # v2a listed too: an empty listing (a KV read that failed) proves nothing.
+            return {w.worker_id for w in await client.broker.workers()} == {"v2a"}
 
         await eventually(gone, timeout=20)
         res = await cli("builds", "-o", "json")
         assert res.code == 0, res
         views = {v["build"]: v for v in json.loads(res.out)}
-        assert views[B1]["in_flight"] == 2 and views[B1]["awaiting"] is True
+        assert views[B1]["in_flight"] == 2 and views[B1]["awaiting"] is True, res.out
         assert views[B1]["workers"] == [] and views[B2]["workers"] == ["v2a"]
         assert views[B2]["new_runs"] is True
         refused = await cli("builds", "retire", B1)
