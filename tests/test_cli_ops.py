@@ -278,7 +278,7 @@ async def test_a_drained_run_is_not_shown_on_its_old_worker(
         cli("runs"), cli("runs", "--placement", "awaiting_worker", "-o", "jsonl")
     )
     (line,) = [row for row in table.out.splitlines() if run_id in row]
-    assert "- (awaiting worker)" in line, table
+    assert status["build"] and f"- (awaiting build {status['build']})" in line, table
     assert [r["run_id"] for r in _json_lines(stuck.out)] == [run_id], stuck
 
     await workers("b")

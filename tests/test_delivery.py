@@ -238,9 +238,11 @@ async def test_an_idle_worker_sends_one_pull_request_per_expiry(
     async with in_process(settings, 5, pull_expires=30.0) as (w,):
         before = [f.pulls for f in w._subs]
         await asyncio.sleep(2.0)  # nothing to await: the point is that nothing happens
-        assert [f.pulls for f in w._subs] == before == [1] * len(app.agents)
-        # One credit per agent: the other slots go to a feed once it shows demand.
-        assert [f.outstanding for f in w._subs] == [1] * len(app.agents)
+        # Two feeds per agent: new runs, and resumes of runs of this worker's build.
+        assert len(w._subs) == 2 * len(app.agents)
+        assert [f.pulls for f in w._subs] == before == [1] * len(w._subs)
+        # One credit per feed: the other slots go to a feed once it shows demand.
+        assert [f.outstanding for f in w._subs] == [1] * len(w._subs)
         run, took = await start_time(client, "hold")  # and it still answers at once
         assert took < 0.5 and run in w.hosted
 

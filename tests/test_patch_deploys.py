@@ -61,12 +61,13 @@ async def test_v1_runs_in_flight_finish_on_v2_through_patch_markers(
         worker_pool("tests.patch_v1:app", settings, servers, client) as v1,
         worker_pool("tests.patch_v2:app", settings, servers, client) as v2,
     ):
-        a = await v1("v1")
+        # Build ids as the apps name them (v2 declares compatible_with=["patch-v1"]).
+        a = await v1("v1", STALWART_BUILD="patch-v1")
         handles = [await client.submit("support", f"q{i}", run_id=r) for i, r in enumerate(old)]
         for run_id in old:  # each is inside hold, past draft (the first patch point)
             await eventually(lambda r=run_id: execs(counters, r, "step:hold"), timeout=20)
         a.kill()  # SIGKILL with the runs in flight
-        await v2("v2")
+        await v2("v2", STALWART_BUILD="patch-v2")
         await asyncio.gather(*(open_gate(counters, r, "step:hold") for r in old))
         results = await asyncio.gather(*(h.result(timeout=30) for h in handles))
         fresh = await client.submit("support", "new")

@@ -286,6 +286,18 @@ PUBLIC_API: dict[str, list[str]] = {
         "retry_budget_snapshot",
         "rule_info",
     ],
+    "stalwart.builds": [
+        "BuildEntry",
+        "BuildRegistry",
+        "BuildState",
+        "check_build",
+        "compatible",
+        "compatible_builds",
+        "declare_compatible",
+        "derive_build",
+        "routing_lane",
+        "split_lane",
+    ],
     "stalwart.approvals": [
         "APPROVAL_KIND",
         "ApprovalRequest",

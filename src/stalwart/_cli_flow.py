@@ -135,7 +135,7 @@ async def _wake(client: Client, runs: list[str]) -> int:
         if record is None or record.status != "waiting":
             continue  # running: it asks again when its in-place wait ends
         await client.broker.request_resume(
-            run_id, record.agent, record.epoch, "wake", lane=record.lane
+            run_id, record.agent, record.epoch, "wake", lane=record.route_lane
         )
         woken += 1
     return woken

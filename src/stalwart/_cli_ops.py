@@ -91,7 +91,8 @@ def _time(text: str) -> float:
 def _owner(r: RunSummary) -> tuple[str, str]:
     if r.owner:
         return r.owner, ""
-    shown = {"awaiting_worker": "- (awaiting worker)", "queued": "- (queued)"}
+    awaiting = f"- (awaiting build {r.build})" if r.build else "- (awaiting worker)"
+    shown = {"awaiting_worker": awaiting, "queued": "- (queued)"}
     text = shown.get(r.placement, "- (passivated)" if r.placement == "passivated" else "-")
     return text, "warn" if r.placement == "awaiting_worker" else "dim"
 

@@ -31,6 +31,11 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         help="an agent whose workers' consumer to create (repeatable)",
     )
     pv.add_argument("--app", help="module:attribute of a stalwart.App: provision all its agents")
+    pv.add_argument(
+        "--build",
+        help="with --app: the workers' build id, whose build lanes to provision too "
+        "(default: derived from the app's code, as the workers derive it)",
+    )
     sec = sub.add_parser("security", help="print NATS permissions and Redis ACL rules per role")
     what = sec.add_subparsers(dest="security_command", required=True)
     np = what.add_parser("nats-permissions", help="a nats-server permissions block for a role")
@@ -69,10 +74,14 @@ async def cmd_provision(args: argparse.Namespace, settings: Settings) -> int:
     from stalwart.broker._connect import connect
     from stalwart.broker._names import Names
     from stalwart.broker._provision import provision
+    from stalwart.builds import derive_build
 
-    agents = list(args.agent)
+    agents, builds = list(args.agent), []
     if args.app:
-        agents += [a for a in load_app(args.app).agents if a not in agents]
+        app = load_app(args.app)
+        agents += [a for a in app.agents if a not in agents]
+        # The consumer of the build lane the workers of this build pull (docs/deploys.md).
+        builds = [settings.build or derive_build((n, s.fn) for n, s in app.agents.items())]
     if not settings.nats_url:
         settings = resolve_client_settings(settings)
     names = Names(settings.namespace)
@@ -85,7 +94,7 @@ async def cmd_provision(args: argparse.Namespace, settings: Settings) -> int:
         inbox_prefix=names.inbox_prefix,
     )
     try:
-        for line in await provision(nc.jetstream(), names, settings, agents):
+        for line in await provision(nc.jetstream(), names, settings, agents, builds):
             print(line, flush=True)
     finally:
         await nc.close()

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from stalwart import observability
+from stalwart._cli_builds import BUILDS_COMMANDS, cmd_builds
+from stalwart._cli_builds import add_parsers as add_builds_parsers
 from stalwart._cli_commands import (
     cmd_approve,
     cmd_cancel,
@@ -95,7 +97,7 @@ log = structlog.get_logger("stalwart.cli")
 
 _CLIENT_COMMANDS = (
     "submit", "status", "events", "cancel", "signal", "approve", "history", *READ_COMMANDS,
-    *CONSOLE_COMMANDS,
+    *CONSOLE_COMMANDS, *BUILDS_COMMANDS,
 )  # fmt: skip
 _ROLES: dict[str, Role] = {"worker": "worker", "supervisor": "supervisor"}
 
@@ -127,6 +129,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         lease_ttl=getattr(args, "lease_ttl", None),
         concurrency=getattr(args, "concurrency", None),
         lanes=getattr(args, "lanes", None),
+        build=getattr(args, "build", None),
         worker_id=getattr(args, "worker_id", None),
         health_port=getattr(args, "health_port", None),
         health_addr=getattr(args, "health_addr", None),
@@ -256,6 +259,7 @@ def _parser() -> argparse.ArgumentParser:
         help="lanes served, comma-separated: 'default' and/or names given to "
         "submit(..., lane=...) (default: 'default')",
     )
+    w.add_argument("--build", help="build id (default: derived from the app's code)")
     sv = sub.add_parser("supervisor", parents=[leases], help="re-place runs whose worker died")
     for service in (w, sv):
         service.add_argument(
@@ -348,6 +352,7 @@ def _parser() -> argparse.ArgumentParser:
     add_console_parsers(sub, common)
     add_contract_parsers(sub, common)
     add_flow_parsers(sub, common)
+    add_builds_parsers(sub, common)
 
     d = sub.add_parser("dev", parents=[leases], help="servers + supervisor + workers, locally")
     d.add_argument("app")
@@ -440,6 +445,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
         "replay": cmd_replay,
         "fork": cmd_fork,
         "flow": cmd_flow,
+        "builds": cmd_builds,
     }
     handler = handlers[args.command]
     return await _client_call(args, settings, lambda client: handler(args, client))

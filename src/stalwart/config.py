@@ -15,6 +15,7 @@ import msgspec
 import structlog
 
 from stalwart._ids import check_namespace, parse_lanes
+from stalwart.builds._ids import check_build
 from stalwart.errors import ConfigurationError
 
 ENV_PREFIX = "STALWART_"
@@ -48,6 +49,7 @@ FIELD_ROLES: dict[str, frozenset[Role]] = {
     "max_deliver": _WORKER,
     "pull_expires": _WORKER,
     "lanes": _WORKER,
+    "build": _WORKER,
     # Any process may be the first of a namespace and create the streams with these.
     "duplicate_window": _ALL,
     "event_max_age": _ALL,
@@ -126,6 +128,14 @@ _NON_NEGATIVE = "a number of seconds >= 0"
 _STREAM_LIMIT = "-1 (no limit) or a whole number >= 1"
 
 
+def _build_ok(v: str) -> bool:
+    try:
+        check_build(v)
+    except ConfigurationError:
+        return False
+    return True
+
+
 def _lanes_ok(v: str) -> bool:
     try:
         parse_lanes(v)
@@ -144,6 +154,10 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "ack_wait": (lambda v: v > 0, _POSITIVE),
     "max_deliver": (lambda v: v >= 1, "a whole number >= 1"),
     "redis_index_shards": (lambda v: 0 <= v <= 1024, "a whole number from 0 to 1024"),
+    "build": (
+        _build_ok,
+        "1-64 characters from A-Z a-z 0-9 _ - starting with a letter or digit (empty: derived from the app)",
+    ),
     "lanes": (_lanes_ok, "comma-separated lane names (a-z 0-9 _ -; 'default': the default lane)"),
     "pull_expires": (
         lambda v: v == 0 or 1 <= v <= 300,
@@ -263,6 +277,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Lanes this worker serves, comma-separated: ``default`` (runs submitted without a
     lane) and/or named lanes (``Client.submit(..., lane="hi")``). Each lane of each agent
     is its own consumer, so workers of one lane never take another lane's runs."""
+
+    build: str = ""
+    """This worker's build id (docs/deploys.md): runs it starts are resumed only by workers
+    of a compatible build. Empty: derived from the app's code, so an unchanged deploy keeps
+    its build."""
 
     @property
     def lane_list(self) -> list[str]:

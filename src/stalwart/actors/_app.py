@@ -65,7 +65,7 @@ class App:
         """Flow rules shared by every worker of the app (rate limits, spend limits ...)."""
         self.compatible_with: tuple[str, ...] = check_builds(compatible_with)
         """Older builds whose runs this app's workers may resume (their journals replay on
-        this code, e.g. behind ``ctx.patched``); see :mod:`stalwart.actors._compat`."""
+        this code, e.g. behind ``ctx.patched``); see :mod:`stalwart.builds._compat`."""
         self.agents: dict[str, AgentSpec] = {}
 
     def agent(

@@ -21,6 +21,7 @@ from stalwart._text import safe_text
 from stalwart._version import __version__
 from stalwart.actors import _telemetry as obs
 from stalwart.actors._actor import RunActor
+from stalwart.actors._builds import WorkerBuilds
 from stalwart.actors._flow import flow_gate, publish_flow
 from stalwart.actors._gate import KeyUnavailable, PlacementGate
 from stalwart.actors._generation import LeaseGenerations
@@ -30,6 +31,7 @@ from stalwart.actors._placement import ActorDeps, Placement
 from stalwart.broker import Broker, WorkerInfo
 from stalwart.broker._names import submit_msg_id
 from stalwart.broker._pull import PullFeed, allot
+from stalwart.builds import routing_lane, split_lane
 from stalwart.checkpoints import CheckpointStore, encode_value
 from stalwart.checkpoints._codec import install_codec
 from stalwart.checkpoints._runs import LeasePosition
@@ -117,6 +119,8 @@ class Worker:
         self.started_at = time.time()
         self._gate: PlacementGate  # once started: concurrency limits at placement
         self.log = log.bind(worker=self.worker_id)
+        self.builds = WorkerBuilds(app, self.settings)
+        self._plain: list[PullFeed] = []  # the feeds of new runs (not of a build lane)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -160,6 +164,8 @@ class Worker:
         await self.broker.register_agents(agents, self.app.name)
         deps = ServiceDeps(self.broker, self.store, self.settings, self.log)
         self._services = await start_services(self._service_factories, deps)
+        await self.builds.start(self.store, self.settings.namespace)
+        await self._sync_builds(opening=True)
         await self._open_feeds(agents)
         self._tasks.append(asyncio.create_task(self._keepalive_loop()))
         # Everything alive now (modules, the app, the frameworks an adapter imported, the
@@ -302,10 +308,20 @@ class Worker:
     async def _open_feeds(self, agents: list[str]) -> None:
         """One pull feed per agent and lane, and the loop that keeps them asking for free
         slots (shared by all: a lane is a way in, not a reservation)."""
+        if self.builds.takes_new:
+            await self._open_lanes(agents, self.settings.lane_list, plain=True)
+        for build in sorted(self.builds.resumes):
+            await self._open_lanes(agents, self._build_lanes(build))
+        self._fetchers.append(asyncio.create_task(self._fetch_loop()))
+
+    def _build_lanes(self, build: str) -> list[str]:
+        return [routing_lane(lane, build) for lane in self.settings.lane_list]
+
+    async def _open_lanes(self, agents: list[str], lanes: list[str], plain: bool = False) -> None:
         assert self.broker is not None
         for name in agents:
             spec = self.app.get(name)
-            for lane in self.settings.lane_list:
+            for lane in lanes:
                 feed = await self.broker.pull_feed(
                     name,
                     deliver=functools.partial(self._deliver, spec),
@@ -313,7 +329,33 @@ class Worker:
                     lane=lane,
                 )
                 self._subs.append(feed)
-        self._fetchers.append(asyncio.create_task(self._fetch_loop()))
+                if plain:
+                    self._plain.append(feed)
+
+    async def _sync_builds(self, opening: bool = False) -> None:
+        """Follow the builds registry: pull newly resumable build lanes; stop pulling new
+        runs once a newer build is alive or this one is drained (closing a feed drops its
+        open pull requests at the server), start again when it is the newest again."""
+        assert self.broker is not None
+        agents = sorted(self.app.agents)
+        # A build is alive while its workers say so (each heartbeat); a dead one's last
+        # word counts for three lease TTLs.
+        serving = not self._stopping.is_set()
+        added = await self.builds.refresh(serving, 3 * self.settings.lease_ttl)
+        if opening or not serving:
+            return  # _open_feeds opens them all
+        for build in sorted(added):
+            await self._open_lanes(agents, self._build_lanes(build))
+        if not self.builds.takes_new and self._plain:
+            closing, self._plain = self._plain, []
+            self._subs[:] = [f for f in self._subs if not any(f is c for c in closing)]
+            for feed in closing:
+                await feed.close()
+            self.log.info("build.new_runs_stopped", build=self.builds.build)
+        elif self.builds.takes_new and not self._plain:
+            await self._open_lanes(agents, self.settings.lane_list, plain=True)
+            self.log.info("build.new_runs_resumed", build=self.builds.build)
+        self._slot_freed.set()
 
     async def _fetch_loop(self) -> None:
         """Keep pull requests open for the free slots (see :func:`allot`), until stopped.
@@ -321,9 +363,9 @@ class Worker:
         Woken when a slot frees or a feed's request ended; once a second anyway, so feeds
         notice requests lost with the server (:meth:`PullFeed.check`).
         """
-        feeds: list[PullFeed] = self._subs
         threshold = max(1, self.settings.concurrency // 4)
         while not self._stopping.is_set():
+            feeds = list(self._subs)  # the builds sync adds and removes feeds
             # Cleared before looking: a slot freed while the pulls below are sent wakes the
             # wait at once instead of a second later.
             self._slot_freed.clear()
@@ -373,6 +415,8 @@ class Worker:
             return False  # another app's agent, or unreadable: NATS takes it to its worker
         if self._stopping.is_set() or self._free() <= 0 or d.lane not in self.settings.lane_list:
             return False
+        if not self.builds.takes_new:
+            return False  # a new run: NATS takes it to a worker of the newest build
         handed = HandedRequest(
             self.broker.names.runs_subject(spec.name, d.lane), d.request, msg_id, to_nats
         )
@@ -408,13 +452,25 @@ class Worker:
         if lease is None:
             await self._intake.lease_busy(req, msg)
             return
+        try:
+            run_build = await self.builds.run_build(self.store, req.run_id)
+            if not self.builds.may_resume(run_build):
+                await self.builds.reroute(self.broker, spec.name, msg, run_build)
+                await self.broker.leases.release(lease)
+                self.log.info("build.rerouted", run_id=req.run_id, build=run_build)
+                return
+        except Exception:
+            with contextlib.suppress(Exception):
+                await self.broker.leases.release(lease)
+            await self._intake.retry_later(msg)
+            raise
         # From here the keep-alive loop renews the lease too: a claim can outlast the TTL
         # (it rides out a Redis restart for up to 30 s), and a lease that ran out meanwhile
         # would hand the run to a second worker while this one starts it.
         self._placing_leases.append(lease)
         try:
             if await self._admit(req, msg, lease):
-                await self._claim_and_host(spec, req, msg, lease)
+                await self._claim_and_host(spec, req, msg, lease, run_build)
         finally:
             self._placing_leases = [x for x in self._placing_leases if x is not lease]
             hosted = self.hosted.get(req.run_id)
@@ -442,7 +498,7 @@ class Worker:
         return False
 
     async def _claim_and_host(
-        self, spec: AgentSpec, req: RunRequest, msg: Msg, lease: Lease
+        self, spec: AgentSpec, req: RunRequest, msg: Msg, lease: Lease, known: str
     ) -> None:
         assert self.broker is not None and self.store is not None
         try:
@@ -474,7 +530,9 @@ class Worker:
             self.log.warning("place.lease_lost", run_id=req.run_id, epoch=claim.epoch)
             await msg.nak()
             return
+        run_build = await self.builds.stamp(self.store, req.run_id, known)
         await msg.ack()
+        lane = split_lane(self.broker.names.agent_lane(msg.subject)[1])[0]
         placement = Placement(
             spec=spec,
             run_id=req.run_id,
@@ -486,7 +544,7 @@ class Worker:
             deadline=claim.deadline,
             claimed_at=claim.at,
             trace_parent=obs.trace_parent(claim.trace, msg.headers),
-            lane=self.broker.names.agent_lane(msg.subject)[1],
+            lane=routing_lane(lane, run_build),  # its resumes go to its build's workers
         )
         actor = RunActor(placement, self._actor_deps())
         self._host(actor)
@@ -559,6 +617,10 @@ class Worker:
             try:
                 await self._renew()
                 await self._heartbeat()
+                try:  # on its own: a failed read must not skip the keep-alive below
+                    await self._sync_builds()
+                except Exception as exc:
+                    self.log.warning("builds.sync_failed", error=repr(exc))
                 placing = {lease.run_id for lease in self._placing_leases}
                 await self._gate.keep_alive(set(self.hosted) | placing)
             except Exception as exc:
@@ -610,5 +672,7 @@ class Worker:
             started_at=self.started_at,
             draining=self.draining,
             free=self.free_slots,
+            build=self.builds.build,
+            new_runs=self.builds.takes_new,
         )
         await self.broker.heartbeat(info, ttl=self.settings.lease_ttl)

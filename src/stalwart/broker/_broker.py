@@ -72,6 +72,10 @@ class WorkerInfo(msgspec.Struct, frozen=True, kw_only=True):
     free: int | None = None
     """Runs the worker would take now: ``capacity - active``, 0 while draining; None from
     an older worker (read :attr:`free_slots` instead)."""
+    build: str = ""
+    """The worker's build id (docs/deploys.md); "" from an older worker."""
+    new_runs: bool = True
+    """The worker pulls new runs (its build is the newest active one alive)."""
 
     @property
     def free_slots(self) -> int:

@@ -21,8 +21,11 @@ from stalwart.broker._setup import (
     stream_configs,
     wait_ready,
 )
+from stalwart.builds._ids import routing_lane
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from nats.js import JetStreamContext
     from nats.js.api import StreamConfig
 
@@ -117,11 +120,15 @@ async def _consumer(
 
 
 async def provision(
-    js: JetStreamContext, names: Names, settings: Settings, agents: list[str]
+    js: JetStreamContext,
+    names: Names,
+    settings: Settings,
+    agents: list[str],
+    builds: Sequence[str] = (),
 ) -> list[str]:
     """Create or update every stream, KV bucket and (for ``agents``, in each of
-    ``settings.lanes``) consumer of the namespace with ``settings``' limits; one line per
-    object saying what was done."""
+    ``settings.lanes``, and in each lane's build lane of ``builds``) consumer of the
+    namespace with ``settings``' limits; one line per object saying what was done."""
     for agent in agents:
         check_agent_name(agent)
     lines: list[str] = []
@@ -159,4 +166,6 @@ async def provision(
     for agent in agents:
         for lane in settings.lane_list:
             lines += await _consumer(js, names, settings, agent, lane)
+            for build in builds:  # the resumes of the build's runs (docs/deploys.md)
+                lines += await _consumer(js, names, settings, agent, routing_lane(lane, build))
     return lines

@@ -11,6 +11,7 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
+from stalwart.builds._ids import routing_lane
 from stalwart.checkpoints._codec import (
     SEALED_HEADS,
     open_bytes,
@@ -167,6 +168,14 @@ class RunRecord(msgspec.Struct, frozen=True, kw_only=True):
     there too."""
     queued_for: str = ""
     """What a run waiting to be placed waits for (``concurrency <rule> key <key>``)."""
+    build: str = ""
+    """The build that first placed the run ("": not placed yet, or placed before builds)."""
+
+    @property
+    def route_lane(self) -> str:
+        """The lane the run's resume requests go to: its lane, for its build's workers
+        (:func:`stalwart.builds.routing_lane`)."""
+        return routing_lane(self.lane, self.build)
 
     @property
     def terminal(self) -> bool:
@@ -301,4 +310,5 @@ def _record(raw: dict[bytes, bytes]) -> RunRecord:
         waiting_for=text("waiting_for"),
         lane=text("lane"),
         queued_for=text("queued_for"),
+        build=text("build"),
     )

@@ -186,7 +186,7 @@ class RunHandle:
         # The record names the run's agent (for the event's subject) and, when the signal
         # wakes it, the lane it resumes in: a handle's own agent is the caller's word.
         record = await self.status()
-        wake = (record.agent, epoch, record.lane) if outcome == "wake" else None
+        wake = (record.agent, epoch, record.route_lane) if outcome == "wake" else None
         await self.client.broker.signal_stored(self.run_id, name, sid, wake, agent=record.agent)
         return "woke" if outcome == "wake" else "stored"
 
@@ -316,7 +316,7 @@ class RunHandle:
         # The record names the run's agent (the event's subject) and its lane; a handle's
         # own agent is only the caller's word.
         record = await self.client.store.get_run(self.run_id)
-        agent, lane = (record.agent, record.lane) if record is not None else ("", "")
+        agent, lane = (record.agent, record.route_lane) if record is not None else ("", "")
         wake = (agent, wake_epoch, lane) if wake_epoch is not None and agent else None
         await self.client.broker.cancel_stored(
             self.run_id, reason, ended=outcome == "cancelled", agent=agent, wake=wake

@@ -84,6 +84,9 @@ class RunSummary(msgspec.Struct, kw_only=True):
     error_type: str = ""
     error: str = ""
     """The first characters of the error message (decrypted when this process can)."""
+    build: str = ""
+    """The build that started it (docs/deploys.md): an ``awaiting_worker`` run waits for a
+    worker of this build; "" for a run not placed yet or older than builds."""
 
 
 class RunPage(msgspec.Struct, kw_only=True):
@@ -232,6 +235,7 @@ def summary(record: RunRecord, owner: str, journal_entries: int, now: float) -> 
         run_id=record.run_id,
         agent=record.agent,
         lane=record.lane,
+        build=record.build,
         status=record.status,
         placement=placement_of(record, owner),
         owner=owner,

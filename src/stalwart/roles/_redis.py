@@ -70,7 +70,8 @@ def _writes(role: RoleName, ns: str) -> tuple[list[str], list[str]]:
         return keys, ["+hset", "+xadd", "+zadd", "+zrem", "+sadd", "+srem"]
     if role == "worker":
         # Everything of the runs it hosts, adapters' own keys included (the LangGraph
-        # saver's scripts also use HSETNX, RPUSH and ZREVRANGEBYLEX).
+        # saver's scripts also use HSETNX, RPUSH and ZREVRANGEBYLEX; the builds registry and
+        # a run's build are set with HSETNX too: stalwart.builds).
         commands = ["+hset", "+hdel", "+xadd", "+xdel", "+zadd", "+zrem", "+sadd", "+srem"]
         langgraph = ["+hsetnx", "+rpush", "+zrevrangebylex"]
         # Flow rules' windows, spend counters and waiting sets (stalwart.flow._store).

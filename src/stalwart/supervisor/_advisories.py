@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from stalwart._ids import check_agent_name, check_lane
 from stalwart.broker._names import Names
+from stalwart.builds import check_build, split_lane
 from stalwart.messages import RunRequest, decode_request
 
 if TYPE_CHECKING:
@@ -87,8 +88,10 @@ def _parse(broker: Broker, advisory: Any) -> tuple[str, str, int, int]:
 
 
 def _lane_ok(lane: str) -> bool:
+    lane, build = split_lane(lane)  # a build lane (``<lane>=<build>``) is a lane too
     try:
         check_lane(lane)
+        check_build(build)
     except Exception:
         return False
     return True

@@ -332,7 +332,7 @@ class Supervisor:
             # Same message id as the timer's own wake-up: dropped while that one is still
             # in the stream's duplicate window, published when it was lost with its stream.
             fresh = await self.broker.request_resume(
-                run_id, record.agent, record.epoch, "timer", lane=record.lane
+                run_id, record.agent, record.epoch, "timer", lane=record.route_lane
             )
             if fresh:
                 self.requeued += 1
@@ -346,10 +346,10 @@ class Supervisor:
             return False
         if verdict.action != "replace" or record is None:
             return False
-        subject = self.broker.names.runs_subject(record.agent, record.lane)
+        subject = self.broker.names.runs_subject(record.agent, record.route_lane)
         with obs.resume_span(record, subject, verdict.epoch):
             fresh = await self.broker.request_resume(
-                run_id, record.agent, verdict.epoch, "resume", lane=record.lane
+                run_id, record.agent, verdict.epoch, "resume", lane=record.route_lane
             )
         if fresh:
             obs.failover(record.agent)
@@ -375,12 +375,12 @@ class Supervisor:
         if runs is None:
             return False
         created, queued = runs
-        subject = self.broker.names.runs_subject(record.agent, record.lane)
+        subject = self.broker.names.runs_subject(record.agent, record.route_lane)
         younger = created > record.created_at
         if not younger and queued.get(subject, 0) > 0:
             return False
         fresh = await self.broker.request_resume(
-            record.run_id, record.agent, record.epoch, "resume", lane=record.lane
+            record.run_id, record.agent, record.epoch, "resume", lane=record.route_lane
         )
         if fresh:
             self.requeued += 1
@@ -457,7 +457,7 @@ class Supervisor:
                 continue
             if record is not None and record.status == "waiting":
                 await self.broker.request_resume(
-                    run_id, record.agent, record.epoch, "timer", lane=record.lane
+                    run_id, record.agent, record.epoch, "timer", lane=record.route_lane
                 )
                 woken += 1
             await self.store.remove_timer(run_id)
