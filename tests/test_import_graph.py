@@ -57,6 +57,8 @@ FOUNDATION = frozenset(
         "_version",
         "_pricing",
         "_transport",
+        # Build ids, lanes and compatibility (issue #18): used by the broker and the store.
+        "builds",
     }
 )
 """Top-level modules that import no Stalwart package: anything may use them."""

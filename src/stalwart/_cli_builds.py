@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from stalwart._cli_output import OUTPUTS, Cell, ago, emit, table, use_color
 from stalwart._exit_codes import EXIT_OK, EXIT_USAGE
-from stalwart.builds._view import BuildView, Refused, builds, drain, retire
+from stalwart.operations._builds import BuildView, Refused, builds, drain, retire
 
 if TYPE_CHECKING:
     import argparse
