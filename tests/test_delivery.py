@@ -254,7 +254,9 @@ async def test_a_busy_agent_gets_the_slots_idle_agents_do_not_use(
     busy, and it then asks for all the free slots the idle feeds do not hold: the burst is
     placed from two pull requests, not one per run (credits split evenly, the other agents'
     feeds held most of the slots), and once its request expired unused it is idle again."""
-    async with in_process(settings, 12, pull_expires=1.0) as (w,):
+    # 16 slots: one held by the first run, one reachability credit on each of the 5 other
+    # feeds (two per agent: new runs and this build's resumes), 10 left for the busy feed.
+    async with in_process(settings, 16, pull_expires=1.0) as (w,):
         first, _ = await start_time(client, "hold")
         hold = next(f for f in w._subs if f.durable == client.broker.names.consumer("hold"))
         idle = lambda: asyncio.sleep(0, all(f.outstanding == 1 and not f.busy for f in w._subs))  # noqa: E731
