@@ -452,23 +452,23 @@ class Worker:
         if lease is None:
             await self._intake.lease_busy(req, msg)
             return
-        try:
-            run_build = await self.builds.run_build(self.store, req.run_id)
-            if not self.builds.may_resume(run_build):
-                await self.builds.reroute(self.broker, spec.name, msg, run_build)
-                await self.broker.leases.release(lease)
-                self.log.info("build.rerouted", run_id=req.run_id, build=run_build)
-                return
-        except Exception:
-            with contextlib.suppress(Exception):
-                await self.broker.leases.release(lease)
-            await self._intake.retry_later(msg)
-            raise
-        # From here the keep-alive loop renews the lease too: a claim can outlast the TTL
-        # (it rides out a Redis restart for up to 30 s), and a lease that ran out meanwhile
-        # would hand the run to a second worker while this one starts it.
+        # From here the keep-alive loop renews the lease too: the build read and the claim
+        # can outlast the TTL (they ride out a Redis restart for up to 30 s), and a lease that
+        # ran out meanwhile would hand the run to a second worker while this one starts it.
         self._placing_leases.append(lease)
         try:
+            try:
+                run_build = await self.builds.run_build(self.store, req.run_id)
+                if not self.builds.may_resume(run_build):
+                    await self.builds.reroute(self.broker, spec.name, msg, run_build)
+                    await self.broker.leases.release(lease)
+                    self.log.info("build.rerouted", run_id=req.run_id, build=run_build)
+                    return
+            except Exception:
+                with contextlib.suppress(Exception):
+                    await self.broker.leases.release(lease)
+                await self._intake.retry_later(msg)
+                raise
             if await self._admit(req, msg, lease):
                 await self._claim_and_host(spec, req, msg, lease, run_build)
         finally:
@@ -612,10 +612,27 @@ class Worker:
 
     async def _keepalive_loop(self) -> None:
         interval = self.settings.lease_ttl / 3
+        # Lease renewals in a loop of their own: they need only NATS, and the rest below
+        # reads and writes Redis (shared breakers, builds, concurrency slots). A Redis that
+        # stops answering must not stop the renewals, or every run loses its lease with it.
+        renewals = asyncio.create_task(self._renew_loop(interval))
+        try:
+            await self._upkeep_loop(interval)
+        finally:
+            renewals.cancel()
+
+    async def _renew_loop(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
             try:
                 await self._renew()
+            except Exception as exc:
+                self.log.warning("keepalive.failed", error=repr(exc))
+
+    async def _upkeep_loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
                 await self._heartbeat()
                 try:  # on its own: a failed read must not skip the keep-alive below
                     await self._sync_builds()
@@ -652,9 +669,18 @@ class Worker:
         return {**self.breakers.states(), **shared}
 
     async def _shared_breakers(self) -> dict[str, str]:
-        """The shared breakers (flow rules) this worker saw not closed, re-read from Redis."""
+        """The shared breakers (flow rules) this worker saw not closed, re-read from Redis;
+        as last seen when Redis does not answer within a third of the TTL (the heartbeat,
+        which needs only NATS, must not wait out a Redis outage)."""
         gate = self._deps.flow if self._deps is not None else None
-        return await refreshed_states(gate.handles) if gate is not None else {}
+        if gate is None:
+            return {}
+        try:
+            return await asyncio.wait_for(
+                refreshed_states(gate.handles), self.settings.lease_ttl / 3
+            )
+        except Exception:
+            return known_states(gate.handles)
 
     async def _heartbeat(self) -> None:
         assert self.broker is not None
