@@ -423,7 +423,7 @@ async def test_run_stream_sends_parts_with_resets_applied(
             async def attached() -> bool:  # the stream's consumer exists: it reads from here
                 return (await js.stream_info(stream)).state.consumer_count > consumers
 
-            await eventually(attached)
+            await eventually(attached, timeout=60)
             await counters.delete(gated_key(run_id, "step:model1"))  # attempt 2 goes through
             await open_gate(counters, run_id, "step:model1")  # then model1's attempt 1 fails
             r = await asyncio.wait_for(reading, 20)
