@@ -257,3 +257,21 @@ async def test_the_stream_command_prints_the_text_and_marks_the_reset(
         "--- reset step:model1 (attempt 2, retry): its text starts over ---\n"
         f"{text_of('model1')}\n"
     ), res
+
+
+async def test_a_runner_streams_parts_of_a_new_run_and_of_an_existing_one(
+    client: Client, stream_workers: WorkerFactory
+) -> None:
+    from stalwart import App
+    from tests.stream_apps import StreamRunner
+
+    await stream_workers("a")
+    # Registered into an app of its own here; the workers serve tests.stream_apps' runner.
+    runner = StreamRunner("stream_runner", app=App("local"), client=client)
+    run_id = rid()
+    parts = [p async for p in runner.stream_parts({"steps": 2}, run_id=run_id, chunks=3)]
+    expected = text_of("model0", 3) + text_of("model1", 3)
+    assert rendered(parts).text == expected
+    assert parts[-1] == StreamEnd("completed", expected)
+    again = [p async for p in runner.stream_handle(run_id)]
+    assert again[-1] == StreamEnd("completed", expected) and len(again) == 3
