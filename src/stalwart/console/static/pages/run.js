@@ -196,7 +196,7 @@ function result(d) {
 
 // The run's streamed output (/api/runs/<id>/stream, resets applied by the server): per step,
 // the text of its model.delta chunks; a reset empties the step and leaves a visible marker.
-function streamView(box) {
+function streamView(box, show) {
   const steps = new Map();
   const stepOf = (key) => {
     let s = steps.get(key);
@@ -207,11 +207,12 @@ function streamView(box) {
       s = { el, text, notes, value: "" };
       steps.set(key, s);
       box.append(el);
+      show(true);
     }
     return s;
   };
   return {
-    clear() { steps.clear(); replace(box); },
+    clear() { steps.clear(); replace(box); show(false); },
     apply(p) {
       if (p.part === "chunk" && p.type === "model.delta" && p.data && typeof p.data.text === "string") {
         const s = stepOf(p.step);
@@ -222,8 +223,14 @@ function streamView(box) {
         s.value = "";
         s.text.textContent = "";
         s.notes.append(h("div", { class: "stream-reset", "data-reason": p.reason }, `reset (attempt ${p.attempt}, ${p.reason})`));
-      } else if (p.part === "step_done" && steps.has(p.step)) {
-        steps.get(p.step).el.classList.add("done");
+      } else if (p.part === "step_done") {
+        if (steps.has(p.step)) steps.get(p.step).el.classList.add("done");
+        else if (!p.streamed && p.kind === "model") {
+          // A model call completed before this page attached: its text is in the timeline.
+          const s = stepOf(p.step);
+          s.el.classList.add("done");
+          s.notes.append(h("div", { class: "stream-note" }, "completed before this page attached"));
+        }
       }
     },
   };
@@ -236,10 +243,12 @@ export async function render(main, runId, params) {
   const eventList = h("ol", { id: "events", class: "events" });
   const flowNote = h("p", { id: "flow-note", class: "flow-note", hidden: true });
   const streamBox = h("div", { id: "stream" });
-  replace(main, h("p", {}, h("a", { href: "#/runs" }, "‹ Runs")), head, status, flowNote, body,
-    section("Streamed output", "stream-section", streamBox),
-    section("Events", "event-section", eventList));
-  const view = streamView(streamBox);
+  // Shown once a step streams (most runs never do): above the record, where it is read live.
+  const streamSection = section("Streamed output", "stream-section", streamBox);
+  streamSection.hidden = true;
+  replace(main, h("p", {}, h("a", { href: "#/runs" }, "‹ Runs")), head, status, flowNote,
+    streamSection, body, section("Events", "event-section", eventList));
+  const view = streamView(streamBox, (shown) => { streamSection.hidden = !shown; });
   const parts = new EventSource(`/api/runs/${encodeURIComponent(runId)}/stream`);
   // A reconnecting EventSource gets the whole stream again: start over.
   parts.onopen = () => view.clear();
