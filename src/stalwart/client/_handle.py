@@ -12,6 +12,7 @@ from stalwart._text import ERROR_TEXT_LIMIT, clip, safe_text
 from stalwart.approvals import ApprovalRequest, approval_payload, pending_approvals
 from stalwart.checkpoints._codec import open_event_data, open_text
 from stalwart.checkpoints._store import REJECTED_ERROR
+from stalwart.conversations import release_ended
 from stalwart.errors import (
     ApprovalRefusedError,
     InvalidRequestError,
@@ -321,6 +322,9 @@ class RunHandle:
         await self.client.broker.cancel_stored(
             self.run_id, reason, ended=outcome == "cancelled", agent=agent, wake=wake
         )
+        if outcome == "cancelled" and record is not None and record.conversation:
+            # Ended before any worker placed it: its place in the conversation goes now.
+            await release_ended(self.client.store, self.client.broker, self.run_id)
         return outcome
 
 
