@@ -40,6 +40,8 @@ async def chat(ctx: RunContext, inp: dict[str, Any]) -> dict[str, Any]:
     )
     if inp.get("hold_after"):  # held after the append, before the end
         await wait_gate(ctx.run_id, "after")
+    if inp.get("wait_after"):  # a durable wait after the append (a cancel wakes it)
+        await ctx.wait_for_signal("go")
     return {"turn": conv.turn, "seen": len(seen), "reply": reply, "history": seen}
 
 
