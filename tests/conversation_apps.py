@@ -1,4 +1,5 @@
-"""Agents of the conversation tests (``tests.conversation_apps:app``): plain App agents.
+"""Agents of the conversation and long-wait tests (``tests.conversation_apps:app``): plain
+App agents.
 
 ``chat`` is one turn of a conversation: it reads the history, calls a scripted "model"
 step that logs how many history items it was shown, appends the user's message and the
@@ -49,3 +50,18 @@ async def chat(ctx: RunContext, inp: dict[str, Any]) -> dict[str, Any]:
 async def solo(ctx: RunContext, inp: Any) -> Any:
     """No conversation: ctx.conversation is None."""
     return ctx.conversation is None
+
+
+@app.agent("approve_by")
+async def approve_by(ctx: RunContext, timeout: float) -> Any:
+    """A human approval with a deadline: the decision, or "expired"."""
+    await ctx.step("ask", quick_ask)
+    try:
+        return await ctx.wait_for_signal("approve", timeout=timeout)
+    except TimeoutError:
+        return "expired"
+
+
+async def quick_ask() -> str:
+    await count_execution()
+    return "asked"

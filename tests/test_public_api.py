@@ -407,6 +407,7 @@ PUBLIC_API: dict[str, list[str]] = {
     ],
     "stalwart.operations": [
         "AgentView",
+        "ConversationView",
         "EpochView",
         "GateReport",
         "RunDetail",
@@ -419,6 +420,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "WaitView",
         "WorkerView",
         "agents",
+        "conversation_view",
         "list_runs",
         "replay_recent",
         "run_detail",
