@@ -6,7 +6,9 @@ scripted step that logs how much history it was shown.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -14,8 +16,10 @@ import redis.asyncio as aioredis
 from stalwart import Client
 from stalwart.checkpoints import ConversationFenced, StepDone, decode_value
 from stalwart.errors import ConversationBusyError, InvalidRequestError
+from stalwart.operations import run_detail
 from tests.conftest import Servers, WorkerFactory, worker_pool
 from tests.helpers import eventually, journal, model_log, open_gate, rid
+from tests.test_cli import cli  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -282,3 +286,33 @@ async def test_a_lost_hand_off_is_repaired_by_the_waiters_recheck(
         if isinstance(je.entry, StepDone)
     ]
     assert "conversation:claim#2" in keys  # taken at the re-check, not by a wake
+
+
+async def test_operators_see_the_conversation(
+    client: Client,
+    conv_workers: WorkerFactory,
+    counters: aioredis.Redis,
+    cli: Any,  # noqa: F811  (the fixture imported above)
+) -> None:
+    await conv_workers()
+    conv = "c-" + rid()
+    first = await client.submit("chat", turn("a", hold=True), conversation=conv)
+    await eventually(lambda: holder_is(client, conv, first.run_id))
+    waiting = await client.submit("chat", turn("b"), conversation=conv)
+    shown = await cli("conversations", "show", conv, "-o", "json")
+    assert shown.code == 0, shown
+    info = json.loads(shown.out)
+    assert (info["holder"], info["queue"], info["turns"]) == (first.run_id, [waiting.run_id], 0)
+    table = await cli("conversations", "show", conv)
+    assert first.run_id in table.out and waiting.run_id in table.out
+    missing = await cli("conversations", "show", "c-never-used")
+    assert missing.code == 4 and "no conversation" in missing.err
+    detail = await run_detail(client, waiting.run_id)
+    assert detail.run.conversation == conv
+    assert detail.conversation is not None and detail.conversation.holder == first.run_id
+    status = json.loads((await cli("status", first.run_id, "-o", "json")).out)
+    assert status["conversation"] == conv
+    await open_gate(counters, first.run_id, "hold")
+    await waiting.result(timeout=30)
+    done = json.loads((await cli("conversations", "show", conv, "-o", "json")).out)
+    assert (done["holder"], done["turns"], done["items"]) == ("", 2, 4)
