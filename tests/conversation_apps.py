@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stalwart import App, RunContext, current_step
+from stalwart import App, Policies, RunContext, current_step
 from tests.helpers import calls_key, count_execution, counters, wait_gate
 
 app = App("tests-conversations")
@@ -44,6 +44,12 @@ async def chat(ctx: RunContext, inp: dict[str, Any]) -> dict[str, Any]:
     if inp.get("wait_after"):  # a durable wait after the append (a cancel wakes it)
         await ctx.wait_for_signal("go")
     return {"turn": conv.turn, "seen": len(seen), "reply": reply, "history": seen}
+
+
+@app.agent("chat_deadline", policies=Policies(run_timeout=3.0))
+async def chat_deadline(ctx: RunContext, inp: dict[str, Any]) -> dict[str, Any]:
+    """``chat`` with a run deadline of 3 s (which a turn waiting for its turn counts too)."""
+    return await chat(ctx, inp)
 
 
 @app.agent("solo")

@@ -316,3 +316,21 @@ async def test_operators_see_the_conversation(
     await waiting.result(timeout=30)
     done = json.loads((await cli("conversations", "show", conv, "-o", "json")).out)
     assert (done["holder"], done["turns"], done["items"]) == ("", 2, 4)
+
+
+async def test_a_queued_turn_fails_at_its_deadline_and_leaves_the_queue(
+    client: Client, conv_workers: WorkerFactory, supervisor, counters: aioredis.Redis
+) -> None:
+    await conv_workers("a", STALWART_PASSIVATE_AFTER="0.5")
+    conv = "c-" + rid()
+    first = await client.submit("chat", turn("a", hold=True), conversation=conv)
+    await eventually(lambda: holder_is(client, conv, first.run_id))
+    late = await client.submit("chat_deadline", turn("b"), conversation=conv)
+    record = await late.wait(timeout=30)  # passivated in the queue, woken by its deadline
+    assert (record.status, record.error_type) == ("failed", "RunDeadlineExceeded")
+    info = await client.store.conversations.info(conv)
+    assert info is not None and info.queue == [] and info.holder == first.run_id
+    await open_gate(counters, first.run_id, "hold")
+    await first.result(timeout=30)
+    after = await client.submit("chat", turn("c"), conversation=conv)
+    assert (await after.result(timeout=30))["turn"] == 1
