@@ -17,6 +17,7 @@ from stalwart import Client
 from stalwart.checkpoints import ConversationFenced, StepDone, decode_value
 from stalwart.errors import ConversationBusyError, InvalidRequestError
 from stalwart.operations import run_detail
+from tests import conversation_apps
 from tests.conftest import Servers, WorkerFactory, worker_pool
 from tests.helpers import eventually, journal, model_log, open_gate, rid
 from tests.test_cli import cli  # noqa: F401  (the fixture)
@@ -209,6 +210,11 @@ async def test_three_turns_across_two_workers_with_a_sigkill(
     third = await three.result(timeout=40)
     assert third["turn"] == 2 and third["seen"] == 4
     assert [m["content"] for m in third["history"] if m["role"] == "user"] == ["one", "two"]
+    # Offline replay reads the same prefix the run read (the count is journaled), although the
+    # conversation has more items now (turn two holds at a gate: not replayable offline).
+    for handle in (one, three):
+        report = await handle.replay(conversation_apps.app)
+        assert report.matched, report.render()
     # The journal holds the count history() read, never the items.
     entries = await journal(client, two.run_id)
     (hist,) = [

@@ -383,7 +383,14 @@ class RunActor:
             check_on_busy(on_busy)
         except InvalidRequestError as exc:
             raise _Fail(ErrorInfo("InvalidRequest", str(exc), retryable=False)) from None
-        self.turn = TurnBinding(self, conv, on_busy, created or self._claimed_at)
+        self.turn = TurnBinding(
+            self,
+            conv,
+            on_busy,
+            created or self._claimed_at,
+            store=self.store,
+            broker=self.broker,
+        )
         try:
             await self.turn.claim(self._deps.conversation_recheck)
         except ConversationBusy as exc:
