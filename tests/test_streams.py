@@ -59,6 +59,18 @@ def chunks(parts: list[StreamPart], step: str) -> list[Chunk]:
     return [p for p in parts if isinstance(p, Chunk) and p.step == step]
 
 
+async def attached(counters: aioredis.Redis, run_id: str, parts: list[StreamPart]) -> None:
+    """Wait until the consumer filling ``parts`` has model0's first chunks (the step holds on
+    its gate, so they reach it live or from the stream's store), then let model0 go on: the
+    consumer is attached before any step completes, however slow the machine."""
+
+    async def held() -> bool:
+        return len(chunks(parts, "step:model0")) == 3
+
+    await eventually(held, timeout=60)
+    await open_gate(counters, run_id, "step:model0")
+
+
 def rendered(parts: list[StreamPart]) -> StreamText:
     view = StreamText()
     for part in parts:
@@ -79,10 +91,11 @@ async def test_sigkill_mid_stream_resets_the_step_and_shows_the_text_once(
 ) -> None:
     a = await stream_workers("a")
     run_id = rid()
-    await mark_gated(counters, run_id, "step:model1")
+    await mark_gated(counters, run_id, "step:model0", "step:model1")
     handle = await client.submit("streamer", {"steps": 2}, run_id=run_id)
     parts: list[StreamPart] = []
     consumer = asyncio.create_task(consume(handle, parts))
+    await attached(counters, run_id, parts)
 
     async def mid_stream() -> bool:
         return len(chunks(parts, "step:model1")) == 3  # chunks 0..2, then the gate
@@ -116,8 +129,13 @@ async def test_a_retried_attempt_is_reset_with_reason_retry(
     client: Client, stream_workers: WorkerFactory, counters: aioredis.Redis
 ) -> None:
     await stream_workers("a")
-    handle = await client.submit("streamer", {"steps": 2, "fail_once": "model1"}, run_id=rid())
-    parts = [p async for p in handle.stream()]
+    run_id = rid()
+    await mark_gated(counters, run_id, "step:model0")
+    handle = await client.submit("streamer", {"steps": 2, "fail_once": "model1"}, run_id=run_id)
+    parts: list[StreamPart] = []
+    consumer = asyncio.create_task(consume(handle, parts))
+    await attached(counters, run_id, parts)
+    await asyncio.wait_for(consumer, 60)
     result = await handle.result(timeout=10)
 
     assert rendered(parts).text == result == text_of("model0") + text_of("model1")
@@ -260,7 +278,7 @@ async def test_the_stream_command_prints_the_text_and_marks_the_reset(
 
 
 async def test_a_runner_streams_parts_of_a_new_run_and_of_an_existing_one(
-    client: Client, stream_workers: WorkerFactory
+    client: Client, stream_workers: WorkerFactory, counters: aioredis.Redis
 ) -> None:
     from stalwart import App
     from tests.stream_apps import StreamRunner
@@ -269,7 +287,16 @@ async def test_a_runner_streams_parts_of_a_new_run_and_of_an_existing_one(
     # Registered into an app of its own here; the workers serve tests.stream_apps' runner.
     runner = StreamRunner("stream_runner", app=App("local"), client=client)
     run_id = rid()
-    parts = [p async for p in runner.stream_parts({"steps": 2}, run_id=run_id, chunks=3)]
+    await mark_gated(counters, run_id, "step:model0")
+    parts: list[StreamPart] = []
+
+    async def consume_runner() -> None:
+        async for part in runner.stream_parts({"steps": 2}, run_id=run_id, chunks=3):
+            parts.append(part)
+
+    consumer = asyncio.create_task(consume_runner())
+    await attached(counters, run_id, parts)
+    await asyncio.wait_for(consumer, 60)
     expected = text_of("model0", 3) + text_of("model1", 3)
     assert rendered(parts).text == expected
     assert parts[-1] == StreamEnd("completed", expected)
