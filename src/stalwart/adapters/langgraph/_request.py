@@ -125,14 +125,12 @@ def _command(cmd: Command[Any]) -> dict[str, Any]:
     }
 
 
-def with_thread(
-    config: Mapping[str, Any] | None, conversation: str | None
-) -> Mapping[str, Any] | None:
+def with_thread(config: Mapping[str, Any] | None, conversation: str) -> Mapping[str, Any] | None:
     """``config`` with the conversation's thread (a conversation is a LangGraph thread)."""
-    if conversation is None:
+    if not conversation:
         return config
-    if not isinstance(conversation, str) or not conversation:
-        raise ValueError(f"conversation must be a non-empty string, got {conversation!r}")
+    if not isinstance(conversation, str):
+        raise TypeError(f"conversation must be a string, got {type(conversation).__name__}")
     out = dict(config or {})
     configurable = dict(out.get("configurable") or {})
     named = configurable.get("thread_id")

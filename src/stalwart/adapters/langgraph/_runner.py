@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from stalwart import Policies
     from stalwart.actors import App, RunContext
     from stalwart.adapters.langgraph._tools import InterruptHandler
-    from stalwart.client import Client, RunHandle, StreamPart
+    from stalwart.client import Client, RunHandle
 
 
 _RUN_KEY = "stalwart_run_id"
@@ -192,8 +192,8 @@ class DurableGraphRunner(DurableRunner):
         *,
         run_id: str | None = None,
         config: RunnableConfig | Mapping[str, Any] | None = None,
-        conversation: str | None = None,
-        on_busy: str | None = None,
+        conversation: str = "",
+        on_busy: str = "queue",
         **options: Any,
     ) -> RunHandle:
         """Start a run (see :meth:`request`) and return its handle at once.
@@ -221,8 +221,8 @@ class DurableGraphRunner(DurableRunner):
         input: Any,
         run_id: str | None,
         config: RunnableConfig | Mapping[str, Any] | None,
-        conversation: str | None,
-        on_busy: str | None,
+        conversation: str,
+        on_busy: str,
         *,
         stream: bool,
         options: Mapping[str, Any],
@@ -240,12 +240,9 @@ class DurableGraphRunner(DurableRunner):
                 for interrupt_id, value in _request.answers_for(input.resume, found[1]).items():
                     await handle.signal(f"interrupt:{interrupt_id}", to_builtins(value))
                 return handle
-        busy: dict[str, Any] = {}
-        if conversation is not None:
-            busy["conversation"] = conversation
-        if on_busy is not None:
-            busy["on_busy"] = on_busy
-        return await client.submit(self.name, payload, run_id=run_id, **busy)
+        return await client.submit(
+            self.name, payload, run_id=run_id, conversation=conversation, on_busy=on_busy
+        )
 
     def decode_result(self, data: Any) -> Any:
         """What ``graph.invoke`` returns: the final state, LangChain messages as message
@@ -280,8 +277,8 @@ class DurableGraphRunner(DurableRunner):
         stream_mode: str | Sequence[str] = "values",
         subgraphs: bool = False,
         run_id: str | None = None,
-        conversation: str | None = None,
-        on_busy: str | None = None,
+        conversation: str = "",
+        on_busy: str = "queue",
         **options: Any,
     ) -> AsyncIterator[Any]:
         """``graph.astream(input, config, stream_mode=..., subgraphs=...)`` as a durable run.
@@ -372,12 +369,6 @@ class DurableGraphRunner(DurableRunner):
             keys=[channels] if isinstance(channels, str) else list(channels),
             resumes=resumes,
         )
-
-    if TYPE_CHECKING:  # the kit's stream, as the adapter uses it
-
-        def stream_handle(
-            self, run: RunHandle | str, *, follow: bool = True
-        ) -> AsyncIterator[StreamPart]: ...
 
     def _run_config(
         self,
