@@ -3,6 +3,7 @@ late attach, conversations (threads) across workers, and equal to a plain ``grap
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,7 +16,7 @@ import redis.asyncio as aioredis
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langgraph.checkpoint.memory import InMemorySaver
 
-from stalwart import App, Client, Settings
+from stalwart import App, Client, ConversationBusyError, RunCancelled, Settings
 from stalwart.adapters import StreamReset
 from stalwart.adapters.langgraph import DurableGraphRunner
 from tests.adapters import langgraph_stream_apps as apps
@@ -201,3 +202,52 @@ async def test_astream_yields_what_a_plain_graph_astream_yields(
     assert all(isinstance(m, BaseMessage) and isinstance(meta, dict) for m, meta in single)
     values = [i async for i in _runner(client).astream(question)]  # stream_mode="values"
     assert [len(v["messages"]) for v in values] == [1, 2]
+
+
+@pytest.mark.slow
+async def test_double_texting_a_thread_rejects_or_interrupts_the_running_turn(
+    client: Client, workers: WorkerFactory, counters: aioredis.Redis
+) -> None:
+    await workers("a")
+    runner = _runner(client, "lg-chat-always")  # a submitted run streams (and gates) too
+    conversation = f"conv-{rid()}"
+    first = rid()
+    await mark_gated(counters, first, "model")
+    running = await runner.submit(_question("one"), run_id=first, conversation=conversation)
+
+    async def holding() -> bool:
+        return len(await seen(counters, first)) == 1
+
+    await eventually(holding, timeout=30)
+    with pytest.raises(ConversationBusyError):
+        await runner.submit(_question("two"), conversation=conversation, on_busy="reject")
+
+    # interrupt: the running turn is cancelled at its next step boundary (after its model
+    # call, held at the gate, ends), then the new turn runs on the thread.
+    second = rid()
+
+    async def consume() -> list[Any]:
+        stream = runner.astream(
+            _question("three"),
+            stream_mode=MODES,
+            run_id=second,
+            conversation=conversation,
+            on_busy="interrupt",
+        )
+        return [item async for item in stream]
+
+    consumer = asyncio.create_task(consume())
+
+    async def cancel_asked() -> bool:
+        record = await client.store.get_run(first)
+        return record is not None and bool(record.cancel)
+
+    await eventually(cancel_asked, timeout=30)
+    await open_gate(counters, first, "model")
+    items = await consumer
+    with pytest.raises(RunCancelled):
+        await running.result(timeout=30)
+    requests = await seen(counters, second)
+    assert len(requests) == 1 and requests[0][0] == "one" and requests[0][-1] == "three"
+    said = [text for text in requests[0] if not text.startswith("turn ")]
+    assert shown_text(items) == "turn 2: you said " + " then ".join(said)
