@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langgraph.checkpoint.memory import InMemorySaver
 
-from stalwart import App, Client, ConversationBusyError, RunCancelled, Settings
+from stalwart import App, Client, ConversationBusyError, Settings
 from stalwart.adapters import StreamReset
 from stalwart.adapters.langgraph import DurableGraphRunner
 from tests.adapters import langgraph_stream_apps as apps
@@ -222,8 +222,8 @@ async def test_double_texting_a_thread_rejects_or_interrupts_the_running_turn(
     with pytest.raises(ConversationBusyError):
         await runner.submit(_question("two"), conversation=conversation, on_busy="reject")
 
-    # interrupt: the running turn is cancelled at its next step boundary (after its model
-    # call, held at the gate, ends), then the new turn runs on the thread.
+    # interrupt: the running turn is asked to cancel (it stops at its next step boundary,
+    # after its model call held at the gate ends), then the new turn runs on the thread.
     second = rid()
 
     async def consume() -> list[Any]:
@@ -245,8 +245,10 @@ async def test_double_texting_a_thread_rejects_or_interrupts_the_running_turn(
     await eventually(cancel_asked, timeout=30)
     await open_gate(counters, first, "model")
     items = await consumer
-    with pytest.raises(RunCancelled):
-        await running.result(timeout=30)
+    # Cancelled at its next step boundary; a single-node graph may have none left by the time
+    # the cancel reaches its worker, and then it completes: either way it ended first.
+    ended = await running.wait(timeout=30)
+    assert ended.status in ("cancelled", "completed")
     requests = await seen(counters, second)
     assert len(requests) == 1 and requests[0][0] == "one" and requests[0][-1] == "three"
     said = [text for text in requests[0] if not text.startswith("turn ")]
