@@ -10,10 +10,12 @@ makes a step's first attempt raise after streaming (a retry).
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import msgspec
 
 from stalwart import App, RunContext, current_step
+from stalwart.adapters import DurableRunner
 from stalwart.policies import RetryPolicy, durable
 from tests.helpers import count_execution, counters, exec_key, wait_if_gated
 
@@ -64,3 +66,17 @@ async def streamer(ctx: RunContext, inp: StreamIn) -> str:
     for s in range(inp.steps):
         out += await ctx.step(f"model{s}", model_call, f"model{s}")
     return out
+
+
+class StreamRunner(DurableRunner):
+    """A framework-less runner over :func:`stream_text`: what adapters' runners build on."""
+
+    def request(self, input: Any, **options: Any) -> Any:
+        return msgspec.to_builtins(StreamIn(**input, **options))
+
+    async def execute(self, ctx: RunContext, input: Any) -> Any:
+        inp = msgspec.convert(input, StreamIn)
+        return await streamer(ctx, inp)
+
+
+runner = StreamRunner("stream_runner", app=app)

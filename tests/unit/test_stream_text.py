@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from stalwart import Chunk, Reset, StepDone, StreamEnd, StreamText
+from stalwart.checkpoints import JournalEntry, Started
 from stalwart.client._stream import _Parts
 from stalwart.messages import RunEvent
+from tests.helpers import step_done
 
 
 def chunk(
@@ -85,3 +87,33 @@ def test_chunks_of_an_older_owner_epoch_are_dropped() -> None:
     parts = _Parts()
     parts.event(ev("run.resumed", "", 3, 0))
     assert parts.event(ev("model.delta", "s", 2, 1, "zombie")) == []
+
+
+def test_a_journal_read_ahead_of_the_events_does_not_void_the_old_owners_journaled_steps() -> None:
+    # A lagging reader reads the journal at a step's end and finds what came after: step C
+    # journaled by epoch 1, then epoch 2's start. C's chunks (epoch 1) are still to come.
+    parts = _Parts()
+    parts.take(
+        [
+            JournalEntry(seq=5, entry=step_done("c", "C", epoch=1)),
+            JournalEntry(seq=6, entry=Started(epoch=2, worker="w2", at=1.0, resumed=True)),
+        ]
+    )
+    assert [type(p) for p in parts.event(ev("model.delta", "c", 1, 1, "C"))] == [Chunk]
+    done = parts.step_done("c")
+    assert done is not None and done.streamed and done.result == "C"
+
+
+def test_the_journal_read_at_attach_fences_older_epochs() -> None:
+    parts = _Parts()
+    parts.take([JournalEntry(seq=1, entry=Started(epoch=3, worker="w", at=1.0))], attach=True)
+    assert parts.event(ev("model.delta", "s", 2, 1, "zombie")) == []
+
+
+def test_a_reset_for_the_attempt_already_shown_keeps_it_shown() -> None:
+    parts = _Parts()
+    parts.take([JournalEntry(seq=1, entry=step_done("s", "x", epoch=2))])
+    parts.event(ev("model.delta", "s", 2, 1, "x"))
+    assert parts.event(ev("step.reset", "s", 2, 1, reason="failover")) == []
+    done = parts.step_done("s")
+    assert done is not None and done.streamed

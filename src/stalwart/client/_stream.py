@@ -204,13 +204,19 @@ class _Parts:
         self.cursor = 0
         """The journal sequence read up to."""
 
-    def take(self, entries: list[JournalEntry]) -> None:
+    def take(self, entries: list[JournalEntry], *, attach: bool = False) -> None:
+        """Journal entries read; ``attach``: the read made before any event, whose newest
+        epoch fences the chunks stored so far (every step not done is in flight for it).
+
+        Later reads may run ahead of the events: a newer epoch found there must not void
+        chunks still to come of steps the older owner journaled.
+        """
         for je in entries:
             self.cursor = max(self.cursor, je.seq)
             e = je.entry
             if isinstance(e, _DoneEntry | _ErrorEntry):
                 self.done[e.key] = e
-            if getattr(e, "epoch", 0) > self.owner_epoch:
+            if attach and e.epoch > self.owner_epoch:
                 self.owner_epoch = e.epoch
 
     def reset(self, ev: RunEvent) -> Reset | None:
@@ -218,9 +224,10 @@ class _Parts:
         if step in self.reported or new < self.gen.get(step, (0, 0)):
             return None
         self.gen[step] = new
-        shown = self.shown.pop(step, None)
+        shown = self.shown.get(step)
         if shown is None or shown >= new:
             return None
+        del self.shown[step]
         reason = ev.data.get("reason", "") if isinstance(ev.data, dict) else ""
         return Reset(step, ev.epoch, ev.attempt, str(reason), ev.seq)
 
@@ -285,7 +292,7 @@ async def stream_parts(handle: RunHandle, *, follow: bool = True) -> AsyncIterat
     if record is None and not entries:
         raise RunNotFoundError(run_id)
     parts = _Parts()
-    parts.take(entries)
+    parts.take(entries, attach=True)
     for done in parts.unreported():  # completed before we attached: from the journal
         yield done
     if any(isinstance(je.entry, Finished) for je in entries):
