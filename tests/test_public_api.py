@@ -417,6 +417,7 @@ PUBLIC_API: dict[str, list[str]] = {
     ],
     "stalwart.operations": [
         "AgentView",
+        "ConversationView",
         "EpochView",
         "GateReport",
         "RunDetail",
@@ -429,6 +430,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "WaitView",
         "WorkerView",
         "agents",
+        "conversation_view",
         "list_runs",
         "replay_recent",
         "run_detail",

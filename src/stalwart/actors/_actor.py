@@ -362,7 +362,6 @@ class RunActor:
             ) from None
         if self.engine.flow is not None:
             self.engine.flow.input = value
-        await self._claim_conversation()
         result = await self._run_agent(value)
         if result is _DEADLINE:
             raise _Fail(self._deadline_error())
@@ -374,6 +373,12 @@ class RunActor:
         if state.lost or state.abandoned:
             raise LeaseLost(f"run {self.run_id!r}: not finishing, the run was given up")
         await self._finish_completed(result)
+
+    async def _turn(self, value: Any) -> Any:
+        """The agent function, after the run's conversation is held (within the run's
+        deadline: a turn waiting for its conversation fails at the deadline too)."""
+        await self._claim_conversation()
+        return await self.spec.fn(RunContext(self), value)
 
     async def _claim_conversation(self) -> None:
         """Hold the run's conversation (if it has one) before the agent runs."""
@@ -390,7 +395,14 @@ class RunActor:
             check_on_busy(on_busy)
         except InvalidRequestError as exc:
             raise _Fail(ErrorInfo("InvalidRequest", str(exc), retryable=False)) from None
-        self.turn = TurnBinding(self, conv, on_busy, created or self._claimed_at)
+        self.turn = TurnBinding(
+            self,
+            conv,
+            on_busy,
+            created or self._claimed_at,
+            store=self.store,
+            broker=self.broker,
+        )
         try:
             await self.turn.claim(self._deps.conversation_recheck)
         except ConversationBusy as exc:
@@ -412,14 +424,14 @@ class RunActor:
         """Run the agent function, bounded by the run's deadline (which survives resumes)."""
         await self.owner.confirm()  # the agent function is user code too
         if not self.deadline:
-            return await self.spec.fn(RunContext(self), value)
+            return await self._turn(value)
         remaining = self.deadline - time.time()
         if remaining <= 0:
             return _DEADLINE
         scope = asyncio.timeout(remaining)
         try:
             async with scope:
-                return await self.spec.fn(RunContext(self), value)
+                return await self._turn(value)
         except TimeoutError:
             if scope.expired():
                 return _DEADLINE

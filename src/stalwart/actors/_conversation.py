@@ -12,7 +12,7 @@ again on replay; ``append()`` is a fenced step, at most once per key.
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from stalwart.actors._context import StepSpec
 from stalwart.actors._fingerprint import fingerprint
@@ -22,9 +22,28 @@ from stalwart.conversations import WAKE_SIGNAL, interrupt, recover, release
 from stalwart.errors import ConversationBusyError, InvalidRequestError, LeaseLost
 
 if TYPE_CHECKING:
-    from stalwart.actors._actor import RunActor
+    from collections.abc import Awaitable, Callable
 
-__all__ = ["BUSY_ERROR", "Conversation", "ConversationBusy", "TurnBinding"]
+    from stalwart.broker import Broker
+    from stalwart.checkpoints import CheckpointStore
+
+
+class TurnHost(Protocol):
+    """What a turn needs of its run: the live actor, or offline replay (which answers every
+    step and wait from the journal and never runs a body)."""
+
+    @property
+    def run_id(self) -> str: ...
+
+    @property
+    def epoch(self) -> int: ...
+
+    async def execute(self, spec: StepSpec, run: Callable[[], Awaitable[Any]]) -> Any: ...
+
+    async def wait(self, key: str, signal: str, timeout: float | None) -> Any: ...
+
+
+__all__ = ["BUSY_ERROR", "Conversation", "ConversationBusy", "TurnBinding", "TurnHost"]
 
 BUSY_ERROR = ConversationBusyError.error_type
 """The error type of a run whose claim lost a race under ``on_busy="reject"``."""
@@ -70,7 +89,7 @@ class Conversation:
         spec = StepSpec(
             key=key, kind=_KIND, name="history", fp=fingerprint("history", (), {}), result_type=int
         )
-        convs = b.actor.store.conversations
+        convs = b.store.conversations
 
         async def count() -> int:
             return await convs.count(b.conversation)
@@ -90,7 +109,7 @@ class Conversation:
             )
         b = self._b
         key = self._key("append")
-        convs = b.actor.store.conversations
+        convs = b.store.conversations
 
         async def put() -> int:
             assert b.fence is not None  # a Conversation exists only once held
@@ -116,8 +135,21 @@ class Conversation:
 class TurnBinding:
     """One placement's part in a run's conversation: the claim, the fence, the release."""
 
-    def __init__(self, actor: RunActor, conversation: str, on_busy: str, created_at: float) -> None:
+    def __init__(
+        self,
+        actor: TurnHost,
+        conversation: str,
+        on_busy: str,
+        created_at: float,
+        *,
+        store: CheckpointStore,
+        broker: Broker | None,
+    ) -> None:
         self.actor = actor
+        self.store = store
+        """Where the items are read (offline replay reads them too, and writes nothing)."""
+        self.broker = broker
+        """None in offline replay, which never runs a claim's body."""
         self.conversation = conversation
         self.on_busy = on_busy
         self.created_at = created_at
@@ -146,7 +178,7 @@ class TurnBinding:
             got: dict[str, Any] = await actor.execute(spec, partial(self._claim_once, n > 1))
             outcome = got["outcome"]
             if outcome == "held":
-                if not self._claimed_live:
+                if not self._claimed_live and self.broker is not None:  # live, resumed
                     await self._reassert()
                 self.fence = int(got["fence"])
                 self.view = Conversation(self, int(got["turns"]))
@@ -164,7 +196,8 @@ class TurnBinding:
         """The body of a claim step (live only): claim, interrupt the holder if that is the
         policy; on a re-check first repair a hand-off a dead worker never made."""
         actor = self.actor
-        store, broker = actor.store, actor.broker
+        store, broker = self.store, self.broker
+        assert broker is not None  # a claim's body runs live only
         self._claimed_live = True
         if recheck:
             await recover(store, broker, self.conversation)
@@ -187,7 +220,7 @@ class TurnBinding:
         """A resumed holder: make the hold name this placement's epoch (an older owner of the
         run is fenced from then on)."""
         actor = self.actor
-        c = await actor.store.conversations.claim(
+        c = await self.store.conversations.claim(
             self.conversation,
             actor.run_id,
             on_busy="queue",
@@ -202,9 +235,10 @@ class TurnBinding:
 
     async def release(self, status: str) -> None:
         """The run ended (``status``): give the hold up and wake the next run."""
+        assert self.broker is not None
         await release(
-            self.actor.store,
-            self.actor.broker,
+            self.store,
+            self.broker,
             self.conversation,
             self.actor.run_id,
             fence=self.fence,

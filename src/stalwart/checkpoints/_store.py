@@ -373,6 +373,15 @@ class CheckpointStore(RunControl):
             self.record_key(run_id), mapping={"conversation": conversation, "on_busy": on_busy}
         )
 
+    async def note_wait(self, run_id: str, signal: str, deadline: float) -> None:
+        """Show the durable wait the run is in on its record (``wait_signal``,
+        ``wait_deadline``); ``note_wait(run_id, "", 0)`` when it has ended. Informational:
+        callers write it only after the fenced journal write of the wait's start or end."""
+        await self.redis.hset(
+            self.record_key(run_id),
+            mapping={"wait_signal": signal, "wait_deadline": repr(deadline)},
+        )
+
     async def run_conversation(self, run_id: str) -> tuple[str, str, float]:
         """``(conversation, on_busy, created_at)`` of the run ("", "queue" when it has no
         conversation)."""

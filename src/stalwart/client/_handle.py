@@ -308,7 +308,7 @@ class RunHandle:
         """
         record = await self.status()
         entries = await self.client.store.read_journal(self.run_id)
-        return await replay_run(app, record, entries, timeout=timeout)
+        return await replay_run(app, record, entries, timeout=timeout, store=self.client.store)
 
     async def cancel(self, reason: str = "cancelled by client") -> CancelOutcome:
         """Cancel the run: at once if no worker placed it yet, else at its next step.
