@@ -118,7 +118,6 @@ def test_langgraph_max_iterations_is_the_recursion_limit_under_its_older_name_to
 @pytest.mark.parametrize(
     ("module", "name"),
     [
-        ("stalwart.adapters.langgraph", "DurableGraphRunner"),
         ("stalwart.adapters.crewai", "DurableCrewRunner"),
         ("stalwart.adapters.crewai", "DurableAgentRunner"),
     ],
@@ -137,4 +136,7 @@ def test_defaults_keep_each_adapters_behaviour() -> None:
     assert oa("sig", lambda: None, app=app()).stream is False
     assert pyd("sig", lambda: None, app=app()).stream is True
     assert st("sig", lambda: None, app=app()).stream is True
+    lg: Any = runner_class("stalwart.adapters.langgraph", "DurableGraphRunner")
+    assert lg("sig", lambda: None, app=app()).stream is None  # streams runs astream starts
+    assert lg("sig", lambda: None, app=app(), stream=True).stream is True
     assert pyd("sig", lambda: None, app=app()).usage_limits.request_limit == 50

@@ -31,6 +31,11 @@ which is what the run's ``step.completed`` events show and where cancel, drain a
 lease stop the graph; answers to ``interrupt()`` are steps ``lg:resume:<digest>`` (kind
 ``interrupt``). Subgraphs must not get a checkpointer of their own (the default inherits).
 
+Streaming: ``runner.astream(input, stream_mode=...)`` is ``graph.astream`` for a durable run
+(``values``, ``updates``, ``messages`` with token chunks, ``custom``; a list of modes;
+``subgraphs``), resets yielded as :class:`~stalwart.adapters.StreamReset`; each task of a
+streamed run streams from inside its own step (``_live``). ``conversation=`` is the thread.
+
 :class:`StalwartSaver` also works on its own (``StalwartSaver.from_url(url)``, sync and
 async, unfenced) and passes the ``langgraph-checkpoint-conformance`` suite, extended
 capabilities included. It stores each channel version once and a list channel that grew

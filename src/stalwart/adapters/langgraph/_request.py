@@ -63,6 +63,8 @@ class Request:
     input: Any = None
     command: Command[Any] | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    stream: bool = False
+    """Stream the run's live items (tokens, custom writes): asked by ``runner.astream``."""
 
     @property
     def thread_id(self) -> str | None:
@@ -123,11 +125,33 @@ def _command(cmd: Command[Any]) -> dict[str, Any]:
     }
 
 
-def encode(input: Any, config: Mapping[str, Any] | None) -> Any:
-    """The wire form of a run's input (or ``Command``) and per-run ``config``."""
-    if config is None and not isinstance(input, Command):
+def with_thread(config: Mapping[str, Any] | None, conversation: str) -> Mapping[str, Any] | None:
+    """``config`` with the conversation's thread (a conversation is a LangGraph thread)."""
+    if not conversation:
+        return config
+    if not isinstance(conversation, str):
+        raise TypeError(f"conversation must be a string, got {type(conversation).__name__}")
+    out = dict(config or {})
+    configurable = dict(out.get("configurable") or {})
+    named = configurable.get("thread_id")
+    if named is not None and str(named) != conversation:
+        raise ValueError(
+            f"conversation={conversation!r} is the LangGraph thread the run continues, but "
+            f"config names thread_id {named!r}: give one of them (or the same id in both)"
+        )
+    configurable["thread_id"] = conversation
+    out["configurable"] = configurable
+    return out
+
+
+def encode(input: Any, config: Mapping[str, Any] | None, *, stream: bool = False) -> Any:
+    """The wire form of a run's input (or ``Command``), per-run ``config`` and whether the
+    run streams its live items."""
+    if config is None and not isinstance(input, Command) and not stream:
         return to_builtins(input, strict=True)
     out: dict[str, Any] = {MARK: 1, "config": _check_config(config or {})}
+    if stream:
+        out["stream"] = True
     if isinstance(input, Command):
         out["command"] = _command(input)
     else:
@@ -140,16 +164,17 @@ def decode(data: Any) -> Request:
     if not (isinstance(data, Mapping) and data.get(MARK) == 1):
         return Request(input=data)
     config = dict(data.get("config") or {})
+    stream = bool(data.get("stream"))
     cmd = data.get("command")
     if cmd is None:
-        return Request(input=data.get("input"), config=config)
+        return Request(input=data.get("input"), config=config, stream=stream)
     goto = tuple(cmd.get("goto") or ())
     command: Command[Any] = Command(
         resume=cmd.get("resume"),
         update=cmd.get("update"),
         goto=goto[0] if len(goto) == 1 else goto,
     )
-    return Request(command=command, config=config)
+    return Request(command=command, config=config, stream=stream)
 
 
 def is_resume_map(resume: Any) -> bool:

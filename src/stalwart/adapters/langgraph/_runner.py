@@ -32,10 +32,14 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, cast
 
+from langgraph._internal._constants import CONFIG_KEY_RUNTIME, CONFIG_KEY_STREAM
 from langgraph.pregel import Pregel
+from langgraph.pregel.protocol import StreamProtocol
+from langgraph.runtime import DEFAULT_RUNTIME
 from langgraph.types import Command
 
 from stalwart.adapters.langgraph import _codec, _request, _stream
+from stalwart.adapters.langgraph._live import LiveTasks
 from stalwart.adapters.langgraph._model import ModelCalls
 from stalwart.adapters.langgraph._saver import StalwartSaver
 from stalwart.adapters.langgraph._serde import AllowedType, declared_types, type_key
@@ -46,7 +50,7 @@ from stalwart.errors import ConfigurationError, NonDeterminismError
 from stalwart.kit import DurableRunner, build, check_max_iterations, check_source
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+    from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 
     from langchain_core.runnables import RunnableConfig
     from langgraph.types import StateSnapshot
@@ -76,15 +80,19 @@ class DurableGraphRunner(DurableRunner):
     ``create_react_agent(...)`` or langchain's ``create_agent(...)``, an ``@entrypoint``
     function; or a zero-argument function building one (called once per run).
     ``max_iterations`` is LangGraph's ``recursion_limit`` (supersteps per invocation; None:
-    LangGraph's default; ``recursion_limit=`` is accepted as its older name). ``stream``
-    must stay unset: streaming graph runs are not supported yet. Registered as agent
+    LangGraph's default; ``recursion_limit=`` is accepted as its older name). ``stream``:
+    ``None`` (the default) streams a run's tokens and custom writes live when it was started
+    by :meth:`astream` (as a plain graph streams when asked to), ``True`` streams every run
+    (a consumer attaching with :meth:`astream_run` gets tokens), ``False`` none (``astream``
+    then gives states, updates and whole messages only). Registered as agent
     ``name`` in ``app``. A run's input is the graph's input (``input_fn`` converts it first)
     or a ``Command``, with LangGraph's per-run ``config`` (``runner.run(input,
     config={"configurable": {"thread_id": "t1"}})``; see :meth:`request`). Its result is
     the final state (``output_fn`` picks something else from the state first), which
     :meth:`run` returns as ``graph.invoke`` would (:meth:`decode_result`); :meth:`astream`
-    is ``graph.astream(..., stream_mode="values")`` and :meth:`aget_state` is
-    ``graph.aget_state(config)`` for durable runs.
+    is ``graph.astream(...)`` with its stream modes and :meth:`aget_state` is
+    ``graph.aget_state(config)`` for durable runs. ``conversation=`` on ``run``/``submit``/
+    ``astream`` is the LangGraph thread the run continues (see :meth:`submit`).
 
     Every task's writes and every superstep's checkpoint go to Redis before the graph goes
     on (``durability="sync"``), fenced by the run's epoch. When the worker dies, another one
@@ -125,15 +133,12 @@ class DurableGraphRunner(DurableRunner):
         allowed_types: Iterable[AllowedType] = (),
     ) -> None:
         check_source(graph, Pregel, "compiled LangGraph graph")
-        if stream:
-            raise ConfigurationError(
-                f"runner {name!r}: stream=True is not supported for LangGraph yet; leave it unset"
-            )
         if max_iterations is not None and recursion_limit is not None:
             raise ConfigurationError(
                 "give max_iterations or recursion_limit (its older name), not both"
             )
         self.graph = graph
+        self.stream = stream
         self._extra_types = frozenset(type_key(t) for t in allowed_types)
         self.allowed_types: frozenset[tuple[str, str]] = (
             self._extra_types | declared_types(graph)
@@ -187,9 +192,18 @@ class DurableGraphRunner(DurableRunner):
         *,
         run_id: str | None = None,
         config: RunnableConfig | Mapping[str, Any] | None = None,
+        conversation: str = "",
+        on_busy: str = "queue",
         **options: Any,
     ) -> RunHandle:
         """Start a run (see :meth:`request`) and return its handle at once.
+
+        ``conversation``: the LangGraph thread the run continues (its ``thread_id``; a
+        ``config`` naming another thread is refused). The thread's checkpoints are the
+        conversation's history, stored once in Redis: the next run of the conversation
+        starts from the state the previous one ended with. ``on_busy`` says what happens
+        when a run of the conversation is still going (``"queue"``, ``"reject"``,
+        ``"interrupt"``, Stalwart's conversation policies).
 
         ``Command(resume=...)`` with the ``config`` of a thread whose run waits on
         interrupts (``interrupts="signal"``) answers that run instead: each interrupt's
@@ -198,7 +212,25 @@ class DurableGraphRunner(DurableRunner):
         returned, so ``runner.run(Command(resume=...), config=config)`` returns the state
         the graph ends with, as in LangGraph's own loop.
         """
-        payload = self.request(input, config=config, **options)
+        return await self._submit(
+            input, run_id, config, conversation, on_busy, stream=False, options=options
+        )
+
+    async def _submit(
+        self,
+        input: Any,
+        run_id: str | None,
+        config: RunnableConfig | Mapping[str, Any] | None,
+        conversation: str,
+        on_busy: str,
+        *,
+        stream: bool,
+        options: Mapping[str, Any],
+    ) -> RunHandle:
+        config = _request.with_thread(config, conversation)
+        if options:
+            self.request(input, config=config, **options)  # raises: says what to do instead
+        payload = _request.encode(input, config, stream=stream)
         client = await self.client()
         thread_id = _request.decode(payload).thread_id
         if isinstance(input, Command) and input.resume is not None and thread_id is not None:
@@ -208,7 +240,9 @@ class DurableGraphRunner(DurableRunner):
                 for interrupt_id, value in _request.answers_for(input.resume, found[1]).items():
                     await handle.signal(f"interrupt:{interrupt_id}", to_builtins(value))
                 return handle
-        return await client.submit(self.name, payload, run_id=run_id)
+        return await client.submit(
+            self.name, payload, run_id=run_id, conversation=conversation, on_busy=on_busy
+        )
 
     def decode_result(self, data: Any) -> Any:
         """What ``graph.invoke`` returns: the final state, LangChain messages as message
@@ -240,22 +274,85 @@ class DurableGraphRunner(DurableRunner):
         input: Any,
         *,
         config: RunnableConfig | Mapping[str, Any] | None = None,
-        stream_mode: str = "values",
+        stream_mode: str | Sequence[str] = "values",
+        subgraphs: bool = False,
         run_id: str | None = None,
-    ) -> AsyncIterator[dict[str, Any]]:
-        """``graph.astream(input, config, stream_mode="values")`` as a durable run.
+        conversation: str = "",
+        on_busy: str = "queue",
+        **options: Any,
+    ) -> AsyncIterator[Any]:
+        """``graph.astream(input, config, stream_mode=..., subgraphs=...)`` as a durable run.
 
-        Submits the run (as :meth:`submit`) and yields the state after each superstep the
-        run stores, then, when the graph stops at an interrupt, the state with
-        ``__interrupt__``: the tutorial's ``for event in graph.stream(...)`` loop. Values
-        come from the stored checkpoints, once each is stored. Only ``"values"`` is offered.
+        Submits the run (as :meth:`submit`) and yields what LangGraph's own stream yields:
+        ``"values"`` the state after each superstep the run stores (then the state with
+        ``__interrupt__`` when the graph stops at one), ``"updates"`` ``{node: update}`` per
+        finished task, ``"messages"`` ``(AIMessageChunk, metadata)`` per model token (the
+        model streams inside the run, as it does under ``stream_mode="messages"``) and the
+        other messages nodes wrote, ``"custom"`` what nodes wrote with
+        ``get_stream_writer()``. One mode yields items, a list of modes ``(mode, item)``,
+        ``subgraphs=True`` ``(namespace, ...)``.
+
+        When a task's attempt dies (its worker is lost, it is retried) the stream yields a
+        :class:`~stalwart.adapters.StreamReset` before that task streams again (for a list
+        of modes as ``("stalwart.reset", reset)``): drop what you showed of the task
+        (``reset.step``). States, updates and whole messages come from stored checkpoints,
+        so they are never void.
         """
-        if stream_mode != "values":
-            raise ValueError(
-                f"stream_mode={stream_mode!r}: a durable run streams its stored states only "
-                "(stream_mode='values'); token and update streams are not journaled"
-            )
-        handle = await self.submit(input, run_id=run_id, config=config)
+        modes, single = _stream.check_modes(stream_mode)
+        live = self.stream is not False and bool({"messages", "custom"} & set(modes))
+        config = _request.with_thread(config, conversation)
+        handle = await self._submit(
+            input, run_id, config, conversation, on_busy, stream=live, options=options
+        )
+        thread_id = _request.decode(_request.encode(None, config)).thread_id
+        view = await self._view(
+            thread_id or handle.run_id,
+            handle.run_id,
+            modes,
+            single=single,
+            subgraphs=subgraphs,
+            resumes=isinstance(input, Command),
+        )
+        async for item in _stream.stream(handle, self.stream_handle(handle), view):
+            yield item
+
+    async def astream_run(
+        self,
+        run: RunHandle | str,
+        *,
+        stream_mode: str | Sequence[str] = "values",
+        subgraphs: bool = False,
+        config: RunnableConfig | Mapping[str, Any] | None = None,
+    ) -> AsyncIterator[Any]:
+        """:meth:`astream` for a run already submitted (a handle or a run id), from any
+        process, at any time: what the run stored before is yielded first (whole messages
+        for the model calls that completed), then the live items of the task in flight.
+        ``config`` names the run's thread when it was given one."""
+        modes, single = _stream.check_modes(stream_mode)
+        client = await self.client()
+        handle = run if not isinstance(run, str) else client.handle(run, self.name)
+        thread_id = _request.decode(_request.encode(None, config)).thread_id
+        view = await self._view(
+            thread_id or handle.run_id,
+            handle.run_id,
+            modes,
+            single=single,
+            subgraphs=subgraphs,
+            resumes=False,
+        )
+        async for item in _stream.stream(handle, self.stream_handle(handle), view):
+            yield item
+
+    async def _view(
+        self,
+        thread_id: str,
+        run_id: str,
+        modes: list[str],
+        *,
+        single: bool,
+        subgraphs: bool,
+        resumes: bool,
+    ) -> _stream.GraphStream:
         client = await self.client()
         source = build(self.graph, Pregel, "compiled LangGraph graph")
         saver = StalwartSaver(
@@ -264,17 +361,14 @@ class DurableGraphRunner(DurableRunner):
             allowed_types=self.allowed_types | declared_types(source),
         )
         channels = source.output_channels
-        keys = [channels] if isinstance(channels, str) else list(channels)
-        thread_id = _request.decode(self.request(input, config=config)).thread_id
-        async for state in _stream.values(
-            handle,
-            saver,
-            thread_id or handle.run_id,
-            _RUN_KEY,
-            resumes=isinstance(input, Command),
-            keys=keys,
-        ):
-            yield state
+        return _stream.GraphStream(
+            _stream.Checkpoints(saver, thread_id, _RUN_KEY, run_id),
+            modes=modes,
+            single=single,
+            subgraphs=subgraphs,
+            keys=[channels] if isinstance(channels, str) else list(channels),
+            resumes=resumes,
+        )
 
     def _run_config(
         self,
@@ -334,6 +428,8 @@ class DurableGraphRunner(DurableRunner):
         models = ModelCalls(self.app.get(self.name).policies.limits)
         on_waiting = partial(fence.waiting, store.redis) if fence is not None else None
         journal = TaskJournal(ctx, names, models, on_waiting)
+        if self.stream is True or (req.stream and self.stream is None):
+            journal.live = LiveTasks(ctx, names)
         saver = StalwartSaver(
             store.redis,
             namespace=store.ns,
@@ -364,7 +460,8 @@ class DurableGraphRunner(DurableRunner):
     ) -> Any:
         await journal.replay(_store_of(ctx), saver, thread_id)
         graph = source.copy(update={"checkpointer": saver})
-        config = self._run_config(ctx.run_id, [journal.names, journal.models], thread_id, req)
+        live = journal.live
+        config = _relay(self._run_config(ctx.run_id, journal.handlers(), thread_id, req), live)
         resume = req.command.resume if req.command is not None else None
         if isinstance(resume, dict) and _request.is_resume_map(resume):
             journal.answers.update(resume)
@@ -379,7 +476,7 @@ class DurableGraphRunner(DurableRunner):
             payload = self.input_fn(req.input) if self.input_fn is not None else req.input
         try:
             while True:
-                out = await graph.ainvoke(payload, config, durability="sync", version="v2")
+                out = await _ainvoke(graph, payload, config, live)
                 if saver.stop_reason is not None:
                     raise saver.stop_reason
                 if not out.interrupts or self.interrupts == "return":
@@ -420,3 +517,32 @@ class DurableGraphRunner(DurableRunner):
         if thread_id == run_id:
             return True  # the run's own thread: any checkpoint is this run's
         return bool(head.metadata.get(_RUN_KEY) == run_id)
+
+
+def _nowhere(chunk: Any) -> None:
+    """LangGraph's own stream of the run's graph: nothing reads it (see ``_live``)."""
+
+
+async def _ainvoke(
+    graph: Pregel[Any, Any, Any, Any], payload: Any, config: RunnableConfig, live: LiveTasks | None
+) -> Any:
+    try:
+        return await graph.ainvoke(payload, config, durability="sync", version="v2")
+    finally:
+        if live is not None:
+            await live.give_up_all()  # the steps of tasks that did not finish
+
+
+def _relay(config: RunnableConfig, live: LiveTasks | None) -> RunnableConfig:
+    """For a streamed run: make ``live`` the graph's custom stream writer
+    (``get_stream_writer()`` in a node).
+
+    LangGraph hands a parent's writer down when the config carries a stream, as it does for
+    a subgraph; here the parent is the run, which relays the writes from each task's step.
+    """
+    if live is None:
+        return config
+    configurable = config["configurable"]
+    configurable[CONFIG_KEY_STREAM] = StreamProtocol(_nowhere, set())
+    configurable[CONFIG_KEY_RUNTIME] = DEFAULT_RUNTIME.override(stream_writer=live.write)
+    return config

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from uuid import UUID
 
     from stalwart.actors import RunContext
+    from stalwart.adapters.langgraph._live import LiveTasks
     from stalwart.adapters.langgraph._saver import StalwartSaver, TaskWritten
     from stalwart.checkpoints import RunStore
 
@@ -157,6 +158,13 @@ class TaskJournal:
         self.on_waiting = on_waiting
         """Told which interrupts the run waits on for a signal (``[]`` once answered)."""
         self.answers: dict[str, Any] = {}
+        self.live: LiveTasks | None = None
+        """A streamed run's open task steps (the task's step is then closed, not called)."""
+
+    def handlers(self) -> list[Any]:
+        """The LangChain callback handlers the run's graph gets."""
+        handlers: list[Any] = [self.names, self.models]
+        return handlers if self.live is None else [*handlers, self.live]
 
     async def replay(self, store: RunStore, saver: StalwartSaver, thread_id: str) -> None:
         """Account for the tasks earlier owners stored, before the graph runs again.
@@ -189,7 +197,7 @@ class TaskJournal:
                 elif e.kind == KIND_INTERRUPT and isinstance(value, dict):
                     self.answers.update(value)
         for task_id, name, ns, models in await saver.astored_tasks(thread_id):
-            key = _task_key(name, task_id)
+            key = task_key(name, task_id)
             if key not in journaled:
                 calls = [ModelCall(*m) for m in models]
                 await self._models(key, task_id, calls, skip=journaled)
@@ -232,18 +240,21 @@ class TaskJournal:
         after one model step per chat model call the task made (their usage)."""
         started = self.names.started.pop(written.task_id, None)
         calls = self.models.done.pop(written.task_id, [])
-        await self._models(_task_key(written.name, written.task_id), written.task_id, calls)
+        await self._models(task_key(written.name, written.task_id), written.task_id, calls)
         summary = {
             "node": written.name,
             "ns": written.checkpoint_ns,
+            "cp": written.checkpoint_id,  # where a stream reads the task's writes back
             "writes": list(written.channels),
             "seconds": round(time.monotonic() - started, 6) if started is not None else None,
         }
         await self._mirror(written.task_id, written.name, summary)
 
     async def _mirror(self, task_id: str, name: str, summary: dict[str, Any]) -> None:
+        if self.live is not None and await self.live.close(task_id, summary):
+            return  # a streamed task's step, open since the task started
         spec = StepSpec(
-            key=_task_key(name, task_id),
+            key=task_key(name, task_id),
             kind=KIND_NODE,
             name=name,
             fp=canonical_fp("langgraph.task", task_id),
@@ -328,7 +339,8 @@ def _text(raw: Any) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
-def _task_key(name: str, task_id: str) -> str:
+def task_key(name: str, task_id: str) -> str:
+    """The journal key of a mirrored task."""
     return f"lg:{name}:{task_id}"
 
 
