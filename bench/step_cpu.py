@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from bench import profile
@@ -42,8 +43,7 @@ async def _record(pid: int, seconds: float) -> dict[str, Any]:
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     await proc.wait()
-    with open(raw) as f:
-        return profile.summarise(f.read())
+    return profile.summarise(await asyncio.to_thread(Path(raw).read_text))
 
 
 async def main(reps: int, profile_seconds: float) -> dict[str, Any]:
