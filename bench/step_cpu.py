@@ -6,11 +6,13 @@ A/B work on the step path (issue #19). One ``stalwart worker`` process with
 SIGSTOPped and released together (``bench.throughput._Batch``); the figure is the worker's
 user+system CPU over the batch divided by the steps journaled. Run it per tree::
 
-    PYTHONPATH=<tree>/src:<tree> python -m bench.step_cpu [REPS] [--profile SECONDS]
+    PYTHONPATH=<tree>/src:<tree> python -m bench.step_cpu [REPS] [--profile SECONDS] [--calls]
 
 and interleave trees (base/after/base/after): the machine is shared, so compare within a
 round. ``--profile`` adds a ``py-spy`` profile of the worker during a longer batch (py-spy
-next to this Python or on PATH).
+next to this Python or on PATH). ``--calls`` has the worker count its function calls
+(Python and C, main thread) instead: a figure the machine's load does not move, though
+the counting slows the worker several-fold (its CPU figures then mean nothing).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 
 from bench import profile
 from bench._stalwart import Cluster
+from bench._util import bench_env
 from bench.throughput import CONCURRENCY, _Batch
 from stalwart.testing import EmbeddedServers
 
@@ -46,17 +49,48 @@ async def _record(pid: int, seconds: float) -> dict[str, Any]:
     return profile.summarise(await asyncio.to_thread(Path(raw).read_text))
 
 
-async def main(reps: int, profile_seconds: float) -> dict[str, Any]:
+CALLS_DIR = str(Path(__file__).parent / "_calls")
+
+
+def _calls(path: str) -> int:
+    try:
+        return int(Path(path).read_text() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+async def _settled_calls(path: str) -> int:
+    """The worker's call count once it stopped moving (the count file lags 0.2 s)."""
+    last = -1
+    while True:
+        await asyncio.sleep(0.5)
+        now = _calls(path)
+        if now == last:
+            return now
+        last = now
+
+
+async def main(reps: int, profile_seconds: float, calls: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {"batches": []}
+    count_file = f"/tmp/step-calls-{os.getpid()}"
+    env = {}
+    if calls:  # the worker counts its function calls (bench/_calls/sitecustomize.py)
+        env = {
+            "STEP_CALLS_OUT": count_file,
+            "PYTHONPATH": CALLS_DIR + os.pathsep + bench_env()["PYTHONPATH"],
+        }
     async with EmbeddedServers(redis_appendonly=True, redis_appendfsync="everysec") as srv:
         pids = {"redis": srv.redis.pid or 0, "nats": srv.nats.pid or 0}
         async with Cluster(srv.nats_url, srv.redis_url, "stepcpu", lease_ttl=5) as cl:
-            [proc] = await cl.start_workers(["stepcpu-0"], concurrency=CONCURRENCY)
+            [proc] = await cl.start_workers(["stepcpu-0"], concurrency=CONCURRENCY, env=env)
             batch = _Batch(cl, pids)
             await batch.run("load", 8, 4)  # warm-up: connections, scripts, consumers
             for _ in range(reps):
+                c0 = await _settled_calls(count_file) if calls else 0
                 r = await batch.run("load", RUNS, STEPS)
+                c1 = await _settled_calls(count_file) if calls else 0
                 row = {
+                    "calls_per_step": (c1 - c0) / r["steps"],
                     "worker_us_per_step": r["cpu"]["workers"] / r["steps"] * 1e6,
                     "redis_us_per_step": r["cpu"]["redis"] / r["steps"] * 1e6,
                     "nats_us_per_step": r["cpu"]["nats"] / r["steps"] * 1e6,
@@ -85,7 +119,10 @@ if __name__ == "__main__":
         i = args.index("--profile")
         prof = float(args[i + 1])
         del args[i : i + 2]
-    res = asyncio.run(main(int(args[0]) if args else 5, prof))
+    calls = "--calls" in args
+    if calls:
+        args.remove("--calls")
+    res = asyncio.run(main(int(args[0]) if args else 5, prof, calls))
     print(f"worker CPU per step, median: {res['worker_us_per_step_median']:.1f} us")
     if "profile" in res:
         path = os.environ.get("STEP_CPU_PROFILE", "/tmp/step_cpu_profile.json")
