@@ -30,8 +30,10 @@ from bench._util import bench_env
 from bench.throughput import CONCURRENCY, _Batch
 from stalwart.testing import EmbeddedServers
 
-RUNS, STEPS = 256, 40
-"""The steps batch of ``bench/run --only throughput`` (256 runs of 40 steps)."""
+RUNS = int(os.environ.get("STEP_CPU_RUNS", "256"))
+STEPS = int(os.environ.get("STEP_CPU_STEPS", "40"))
+"""The steps batch of ``bench/run --only throughput`` (256 runs of 40 steps) unless
+``STEP_CPU_RUNS`` / ``STEP_CPU_STEPS`` say otherwise (a smaller one for ``--calls``)."""
 
 
 async def _record(pid: int, seconds: float) -> dict[str, Any]:
