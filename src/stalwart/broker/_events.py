@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 import structlog
@@ -14,6 +14,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from stalwart._text import SEALED_TEXT_PREFIX, clip, safe_text
+from stalwart.broker._wire import hand_to_connection, hpub_command
 from stalwart.messages import (
     EV_STEP_COMPLETED,
     EV_STEP_FAILED,
@@ -121,6 +122,18 @@ def bounded_event(event: RunEvent, text_limit: int, max_bytes: int) -> bytes:
     return encode_event(marker)
 
 
+class _Queued(NamedTuple):
+    """An event waiting in the batch, with what :meth:`EventPublisher.publish` decided."""
+
+    event: RunEvent
+    subject: str
+    top: int
+    """The ``Stalwart-Jseq`` header: the highest journal sequence published with it."""
+    reply: str
+    trace: dict[str, str] | None
+    """Trace context headers of the publisher (tracing on), else None."""
+
+
 class EventPublisher:
     """Publishes run events without putting a round trip, or a socket write, on the step path.
 
@@ -160,7 +173,7 @@ class EventPublisher:
         self._reply_prefix = ""
         self._next = 0
         self._next_ack_at = 0.0
-        self._batch: list[tuple[str, bytes, dict[str, str], str] | None] = []
+        self._batch: list[_Queued | None] = []
         self._started: dict[tuple[str, str], int] = {}
         """Queued ``step.started`` events by (run, step): their place in the batch."""
         self._batch_task: asyncio.Task[None] | None = None
@@ -200,17 +213,15 @@ class EventPublisher:
             event = msgspec.structs.replace(event, seq=0)
         subject = self._names.events_subject(event.run_id, source, agent=event.agent)
         top = max(self._published_jseq.get(event.run_id, 0), event.jseq)
-        # Subscribers can join the trace of the step or run that published the event.
-        headers = inject_headers({JSEQ_HEADER: str(top)})
-        data = self.encode(event)
         if acked:
+            # Subscribers can join the trace of the step or run that published the event.
+            headers = inject_headers({JSEQ_HEADER: str(top)})
             await self.send_queued()
-            await self._js.publish(subject, data, headers=headers)
+            await self._js.publish(subject, self.encode(event), headers=headers)
             return
         reply = ""
         if event.jseq:
             self._published_jseq[event.run_id] = top
-            headers["Nats-Msg-Id"] = f"{event.run_id}:j{event.jseq}"
             terminal = event.type in TERMINAL_EVENTS
             now = time.monotonic()
             if terminal or (not self._unacked and now >= self._next_ack_at):
@@ -230,7 +241,10 @@ class EventPublisher:
             i = self._started.pop((event.run_id, event.step), None)
             if i is not None:
                 self._batch[i] = None
-        self._batch.append((subject, data, headers, reply))
+        # Encoded when the batch leaves, so a dropped step.started is never encoded; the
+        # trace context is the publisher's now, so it is taken now (when tracing is on).
+        trace = inject_headers({}) or None
+        self._batch.append(_Queued(event, subject, top, reply, trace))
         if self._batch_task is None:
             self._batch_task = asyncio.get_running_loop().create_task(self._send_later())
 
@@ -246,14 +260,40 @@ class EventPublisher:
         async with self._send_lock:  # a batch that suspends must not be overtaken
             batch, self._batch = self._batch, []
             self._started.clear()
+            nc = self._nc
+            fast = nc.is_connected and not nc.is_draining_pubs
+            wire: list[bytes] = []  # HPUB commands built here, sent together, in order
             for item in batch:
                 if item is None:
                     continue
-                subject, data, headers, reply = item
+                event, subject, top, reply, trace = item
+                data = self.encode(event)
+                cmd = hpub_command(subject, reply, top, event, data) if fast and not trace else b""
+                if cmd:
+                    wire.append(cmd)
+                    continue
+                headers = {JSEQ_HEADER: str(top)}
+                if event.jseq:
+                    headers["Nats-Msg-Id"] = f"{event.run_id}:j{event.jseq}"
+                if trace:
+                    headers.update(trace)
+                if wire:  # what came before goes first
+                    await self._send_wire(wire)
+                    wire = []
                 try:
-                    await self._nc.publish(subject, data, reply=reply, headers=headers)
+                    await nc.publish(subject, data, reply=reply, headers=headers)
                 except Exception as exc:  # best effort: the journal is the truth
                     log.warning("event.publish_failed", subject=subject, error=repr(exc))
+            if wire:
+                await self._send_wire(wire)
+
+    async def _send_wire(self, wire: list[bytes]) -> None:
+        """Queue prebuilt HPUB commands on the connection as one write (see
+        :func:`hpub_command`): nats-py's ``publish`` would validate and build each again."""
+        try:
+            await hand_to_connection(self._nc, wire)
+        except Exception as exc:  # best effort: the journal is the truth
+            log.warning("event.publish_failed", events=len(wire), error=repr(exc))
 
     def encode(self, event: RunEvent) -> bytes:
         """``event`` encoded within the text limit and the server's payload limit."""

@@ -78,6 +78,7 @@ def worker_token(worker_id: str) -> str:
 
 
 @functools.lru_cache(maxsize=1024)  # on every event's publish: one regex per agent name
+@functools.lru_cache(maxsize=1024)  # once per event published: a regex match per agent is enough
 def agent_token(agent: str) -> str:
     """``agent`` as the agent token of an events subject: itself, or
     :data:`~stalwart.messages.NO_AGENT_TOKEN` when it is empty or not a usable agent name

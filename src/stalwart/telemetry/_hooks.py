@@ -17,6 +17,7 @@ telemetry lives here and nothing here knows the runtime's classes. Spans:
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from contextlib import contextmanager
@@ -360,14 +361,55 @@ class StepScope:
             structlog.contextvars.reset_contextvars(**self._log_tokens)
 
 
+_DURATION_ATTRS: dict[tuple[str, bool], dict[str, str]] = {}
+"""The step duration histogram's attributes by (kind, ok): built once, not once per step."""
+
+
+def _duration_attrs(kind: str, ok: bool) -> dict[str, str]:
+    attrs = _DURATION_ATTRS.get((kind, ok))
+    if attrs is None:
+        attrs = {"kind": kind, "outcome": "ok" if ok else "error"}
+        if len(_DURATION_ATTRS) < 256:  # kinds are few; a flood of odd ones is not cached
+            _DURATION_ATTRS[(kind, ok)] = attrs
+    return attrs
+
+
+def _debug_logged() -> bool:
+    """Whether ``log.debug`` writes anything: structlog is configured (unconfigured, it
+    prints every level: no per-step noise) and its level lets debug lines through."""
+    if not structlog.is_configured():
+        return False
+    enabled = getattr(log, "is_enabled_for", None)  # the filtering loggers Stalwart configures
+    return enabled is None or bool(enabled(logging.DEBUG))
+
+
 def step_journaled(event: StepJournaled) -> None:
-    """A live step's outcome is journaled: its latency, tokens and outcome."""
-    ok = event.ok
-    m.step_duration.record(event.duration, {"kind": event.kind, "outcome": "ok" if ok else "error"})
-    if event.kind in ("model", "tool"):
-        m.breaker_used(f"{event.kind}:{event.name}")
+    """A live step's outcome is journaled: its latency, tokens and outcome.
+
+    The metrics are recorded always; the span attributes and the debug log line are built
+    only when a span records or debug lines are written (most steps: neither).
+    """
+    ok, kind = event.ok, event.kind
+    m.step_duration.record(event.duration, _duration_attrs(kind, ok))
+    if kind in ("model", "tool"):
+        m.breaker_used(f"{kind}:{event.name}")
+    tokens = (
+        ok and kind == "model" and bool(event.model or event.input_tokens or event.output_tokens)
+    )
+    model = event.model or event.name
+    if tokens:
+        m.model_tokens.add(event.input_tokens, {"model": model, "type": "input"})
+        m.model_tokens.add(event.output_tokens, {"model": model, "type": "output"})
+    state = _step.get()
+    if state is not None:
+        state.outcome = "completed" if ok else "failed"
+    span = trace.get_current_span() if tracing_active() else trace.INVALID_SPAN
+    recording = span.is_recording()
+    logged = _debug_logged()
+    if not (recording or logged):
+        return
     fields: dict[str, Any] = {
-        "kind": event.kind,
+        "kind": kind,
         "name": event.name,
         "attempt": event.attempt,
         "duration": round(event.duration, 6),
@@ -375,10 +417,7 @@ def step_journaled(event: StepJournaled) -> None:
     attrs: dict[str, Any] = {"stalwart.attempt": event.attempt}
     if ok:
         attrs["stalwart.outcome"] = "completed"
-        if event.kind == "model" and (event.model or event.input_tokens or event.output_tokens):
-            model = event.model or event.name
-            m.model_tokens.add(event.input_tokens, {"model": model, "type": "input"})
-            m.model_tokens.add(event.output_tokens, {"model": model, "type": "output"})
+        if tokens:
             attrs.update(
                 {
                     "gen_ai.response.model": model,
@@ -394,17 +433,13 @@ def step_journaled(event: StepJournaled) -> None:
     else:
         attrs.update({"stalwart.outcome": "failed", "error.type": event.error_type})
         fields["error"] = f"{event.error_type}: {preview(event.error_message, 200)}"
-    state = _step.get()
-    if state is not None:
-        state.outcome = attrs["stalwart.outcome"]
-    span = trace.get_current_span() if tracing_active() else trace.INVALID_SPAN
-    if span.is_recording():
+    if recording:
         span.set_attributes(attrs)
         if not ok:
             span.set_status(
                 Status(StatusCode.ERROR, f"{event.error_type}: {preview(event.error_message)}")
             )
-    if structlog.is_configured():  # unconfigured structlog prints every level: no per-step noise
+    if logged:
         log.debug("step.completed" if ok else "step.failed", **fields)
 
 

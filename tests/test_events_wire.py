@@ -1,0 +1,93 @@
+"""Events sent as prebuilt HPUB bytes (``broker/_wire.py``) arrive exactly as nats-py's
+``publish`` would have sent them: subject, reply, headers, payload, order, dedup ids."""
+
+from __future__ import annotations
+
+import time
+
+from nats.aio.client import Client as NATS
+
+from stalwart import Client, RunEvent
+from stalwart.broker._wire import hand_to_connection, hpub_command
+from stalwart.messages import encode_event
+from tests.helpers import eventually, rid
+
+
+def _event(run_id: str, jseq: int, step: str = "step:a") -> RunEvent:
+    return RunEvent(type="step.completed", run_id=run_id, at=time.time(), step=step, jseq=jseq)
+
+
+def test_nats_py_internals_the_fast_path_uses_are_there() -> None:
+    # hand_to_connection queues on nats-py's pending buffer; a nats-py upgrade that renames
+    # these must fail here, not silently drop events.
+    for name in ("_send_command", "_flush_pending", "_flush_queue", "_pending_data_size"):
+        assert hasattr(NATS(), name), name
+    assert "out_msgs" in NATS().stats
+
+
+async def test_prebuilt_commands_arrive_like_publish(client: Client) -> None:
+    nc = client.broker.nc
+    run_id = rid()
+    subject = f"wiretest.{run_id}"
+    got: list[tuple[str, str, dict[str, str] | None, bytes]] = []
+
+    async def on(msg: object) -> None:
+        m = msg  # nats.aio.msg.Msg
+        got.append((m.subject, m.reply, m.headers, m.data))  # type: ignore[attr-defined]
+
+    sub = await nc.subscribe(subject, cb=on)
+    try:
+        plain, journaled = _event(run_id, 0), _event(run_id, 7)
+        data0, data7 = encode_event(plain), encode_event(journaled)
+        # Through nats-py, as before the fast path:
+        await nc.publish(subject, data0, headers={"Stalwart-Jseq": "5"})
+        await nc.publish(
+            subject,
+            data7,
+            reply="_INBOX.x.1",
+            headers={"Stalwart-Jseq": "7", "Nats-Msg-Id": f"{run_id}:j7"},
+        )
+        # Prebuilt, in one write:
+        await hand_to_connection(
+            nc,
+            [
+                hpub_command(subject, "", 5, plain, data0),
+                hpub_command(subject, "_INBOX.x.1", 7, journaled, data7),
+            ],
+        )
+
+        async def all_in() -> bool:
+            return len(got) == 4
+
+        await eventually(all_in)
+        assert got[2:] == got[:2]
+        assert got[1][2] == {"Stalwart-Jseq": "7", "Nats-Msg-Id": f"{run_id}:j7"}
+    finally:
+        await sub.unsubscribe()
+
+
+def test_a_subject_of_another_shape_is_left_to_nats_py() -> None:
+    ev = _event(rid(), 1)
+    assert hpub_command("a b", "", 1, ev, b"{}") == b""
+    assert hpub_command("a.b", "r\r\n", 1, ev, b"{}") == b""
+    assert hpub_command("a.b", "", 1, _event("x y", 1), b"{}") == b""
+    assert hpub_command("a.b", "", 1, ev, b"{}").startswith(b"HPUB a.b  ")
+
+
+async def test_journaled_events_keep_their_dedup_ids_and_order(client: Client) -> None:
+    events = client.broker.events
+    run_id = rid()
+    for jseq in (1, 2, 3):
+        await events.publish(_event(run_id, jseq, f"step:{jseq}"))
+    await events.send_queued()
+    # A resumed owner republishes: the stream drops what it has by Nats-Msg-Id.
+    for jseq in (2, 3, 4):
+        await events.publish(_event(run_id, jseq, f"step:{jseq}"))
+    await events.flush()
+
+    async def stored() -> bool:
+        steps = [e.step async for e in client.handle(run_id).events(follow=False)]
+        return steps == ["step:1", "step:2", "step:3", "step:4"]
+
+    await eventually(stored)
+    assert await events.last_published_jseq(run_id) == 4
