@@ -14,7 +14,7 @@ timestamps; worker CPU from ``/proc`` over the batch divided by its steps):
   the time between new steps at that length;
 - **agents**: 1, 10, 50 agents served by the same 2 workers (1 in ``--quick``): a batch spread over all of
   them (steps/s, CPU per step), and the idle NATS traffic with nothing running (``/varz``
-  message counts over a window that covers a whole pull-request expiry).
+  message counts over a window of several pull-request expiries, default settings).
 """
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ async def _agents(ctx: Ctx) -> dict[str, Any]:
     counts = ctx.pick([1, 10], [1, 10, 50])
     workers = ctx.pick(1, 2)
     runs, steps = ctx.pick((20, 5), (128, 20))
-    window = ctx.pick(1.0, 31.0)  # a pull request expires after 30 s: cover one
+    window = ctx.pick(1.0, 15.0)  # pull requests expire after half a lease TTL (2.5 s)
     out: dict[str, Any] = {"counts": counts, "workers": workers, "window": window, "points": {}}
     for a in counts:  # servers of its own per point: /varz counts the whole server
         env = {"BENCH_GROWTH_AGENTS": str(a), "BENCH_GROWTH_WAIT": "0"}

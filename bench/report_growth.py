@@ -244,8 +244,9 @@ def growth(r: dict[str, Any], img: str | None) -> tuple[str, list[list[str]]]:
     text += [
         f"**Agents on the same {w} workers.** A batch spread round-robin over A agents "
         "(each its own pull feed on each worker), then nothing running: NATS messages per "
-        f"second through the server (`/varz` in + out) over {ag['window']:.0f} s, which "
-        "covers a whole pull-request expiry, and the workers' CPU while idle.",
+        f"second through the server (`/varz` in + out) over {ag['window']:.0f} s (a "
+        "worker's pull requests expire after half the lease TTL, 2.5 s by default, so the "
+        "window holds several re-pulls), and the workers' CPU while idle.",
         "",
         _table(
             [
