@@ -333,7 +333,11 @@ def draw_extra(results: dict[str, Any], out_dir: Path, done: dict[str, str]) -> 
         plt.close("all")
     for key, (name, fn) in _EXTRA.items():
         section = results.get(key)
-        if section and "error" not in section:
+        if (
+            section
+            and "error" not in section
+            and not any(isinstance(v, dict) and "error" in v for v in section.values())
+        ):
             import matplotlib.pyplot as plt
 
             fn(plt, section, out_dir / name)

@@ -622,6 +622,13 @@ def _bottleneck(r: dict[str, Any]) -> list[str]:
         out += _profile_tables(prof.get(name) or {}, f"during a {name} batch (1 worker)")
     out += _rounds()
     probe = r.get("pool_probe")
+    if probe and "error" in probe:
+        last = str(probe["error"]).strip().splitlines()[-1]
+        out += [
+            f"High concurrency (`--concurrency 512`, a supervisor): the probe failed: `{last}`.",
+            "",
+        ]
+        probe = None
     if probe:
         clean = not (probe["place_crashed"] or probe.get("abandoned", 0))
         out += [

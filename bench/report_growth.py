@@ -155,7 +155,17 @@ def floor_columns(c: dict[str, Any]) -> list[str]:
     return [fmt(c["floor_per_s"], 1, 0), _x(c.get("over_floor"), 2)]
 
 
+def _failed(curve: dict[str, Any]) -> str:
+    return "failed: `" + str(curve["error"]).strip().splitlines()[-1] + "`"
+
+
 def growth(r: dict[str, Any], img: str | None) -> tuple[str, list[list[str]]]:
+    bad = {k: _failed(r[k]) for k in ("inflight", "journal", "agents") if "error" in r[k]}
+    if bad:  # a failed curve is reported as such; the others as usual
+        ok = {k: v for k, v in r.items() if k not in bad}
+        parts = [f"- {k}: {v}" for k, v in bad.items()]
+        if not all(k in ok for k in ("inflight", "journal", "agents")):
+            return "\n".join(["Curves that failed in this run:", "", *parts, ""]), []
     inf, jr, ag = r["inflight"], r["journal"], r["agents"]
     n_steps, (ld_runs, ld_steps) = inf["steps_per_run"], inf["active_load"]
     rows: Table = []

@@ -270,6 +270,9 @@ async def measure(ctx: Any) -> dict[str, Any]:
         out["side_by_side"] = {"error": traceback.format_exc()}
         print(out["side_by_side"]["error"], file=sys.stderr)
     if not ctx.quick:  # it waits out JetStream's 30 s ack_wait
-        out["pool_probe"] = await _pool_probe(ctx)
+        try:  # a failure here must not lose the figures above
+            out["pool_probe"] = await _pool_probe(ctx)
+        except Exception:
+            out["pool_probe"] = {"error": traceback.format_exc()}
         log(f"throughput: pool probe {out['pool_probe']}")
     return out
