@@ -153,19 +153,27 @@ async def _inflight(ctx: Ctx) -> dict[str, Any]:
     env = {"STALWART_PASSIVATE_AFTER": PASSIVATE_AFTER}
     async with _servers() as srv:  # a namespace (streams, keys) per point
         for c in sizes:
-            async with _cluster(srv, f"ga{c}") as cl:
-                await cl.start_workers([f"ga{c}-0"], concurrency=c, env=env, app=APP)
-                await _batch(cl, [("a000", 2)] * 4)  # warm-up
-                out["active"][str(c)] = res = await _batch(cl, [("a000", steps)] * c)
-                log(f"growth: {c} active runs: {res}")
-            async with _cluster(srv, f"gp{c}") as cl:
-                await cl.start_workers([f"gp{c}-0"], concurrency=64, env=env, app=APP)
-                await _batch(cl, [("a000", 2)] * 4)
-                parked = await _submit(cl, [("waiter", None)] * c)
-                await _wait_status(cl, [h.run_id for h in parked], b"waiting", timeout=300)
-                runs, n = active_load
-                out["passivated"][str(c)] = res = await _batch(cl, [("a000", n)] * runs)
-                log(f"growth: {c} passivated runs + {runs} active: {res}")
+            try:  # a point that fails (runs stuck past the timeout) keeps the others
+                async with _cluster(srv, f"ga{c}") as cl:
+                    await cl.start_workers([f"ga{c}-0"], concurrency=c, env=env, app=APP)
+                    await _batch(cl, [("a000", 2)] * 4)  # warm-up
+                    out["active"][str(c)] = res = await _batch(cl, [("a000", steps)] * c)
+                    log(f"growth: {c} active runs: {res}")
+            except Exception as exc:
+                out["active"][str(c)] = {"error": f"{type(exc).__name__}: {exc}"}
+                log(f"growth: {c} active runs FAILED: {exc}")
+            try:
+                async with _cluster(srv, f"gp{c}") as cl:
+                    await cl.start_workers([f"gp{c}-0"], concurrency=64, env=env, app=APP)
+                    await _batch(cl, [("a000", 2)] * 4)
+                    parked = await _submit(cl, [("waiter", None)] * c)
+                    await _wait_status(cl, [h.run_id for h in parked], b"waiting", timeout=300)
+                    runs, n = active_load
+                    out["passivated"][str(c)] = res = await _batch(cl, [("a000", n)] * runs)
+                    log(f"growth: {c} passivated runs + {runs} active: {res}")
+            except Exception as exc:
+                out["passivated"][str(c)] = {"error": f"{type(exc).__name__}: {exc}"}
+                log(f"growth: {c} passivated runs FAILED: {exc}")
     return out
 
 

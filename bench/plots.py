@@ -262,7 +262,7 @@ def _growth(plt: Any, r: dict[str, Any], path: Path) -> None:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
     for key, style, label in (("active", "o-", "active runs"),
                               ("passivated", "s--", "passivated runs + fixed active load")):  # fmt: skip
-        xs = [c for c in inf["sizes"] if str(c) in inf[key]]
+        xs = [c for c in inf["sizes"] if "steps_per_s" in inf[key].get(str(c), {})]
         a1.plot(xs, [inf[key][str(c)]["steps_per_s"] for c in xs], style, label=label,
                 color=COLORS["stalwart"])  # fmt: skip
         a2.plot(xs, [inf[key][str(c)]["cpu_us_per_step"] for c in xs], style, label=label,

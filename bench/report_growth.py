@@ -155,6 +155,11 @@ def floor_columns(c: dict[str, Any]) -> list[str]:
     return [fmt(c["floor_per_s"], 1, 0), _x(c.get("over_floor"), 2)]
 
 
+def _ok(point: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A point of a curve, or None when it is missing or failed."""
+    return None if point is None or "error" in point else point
+
+
 def _failed(curve: dict[str, Any]) -> str:
     return "failed: `" + str(curve["error"]).strip().splitlines()[-1] + "`"
 
@@ -170,14 +175,14 @@ def growth(r: dict[str, Any], img: str | None) -> tuple[str, list[list[str]]]:
     n_steps, (ld_runs, ld_steps) = inf["steps_per_run"], inf["active_load"]
     rows: Table = []
     for c in (str(s) for s in inf["sizes"]):
-        a, p = inf["active"].get(c), inf["passivated"].get(c)
+        a, p = _ok(inf["active"].get(c)), _ok(inf["passivated"].get(c))
         rows.append(
             [
                 c,
-                f"{a['steps_per_s']:,.0f}" if a else "n/a",
-                f"{a['cpu_us_per_step']:.0f} µs" if a else "n/a",
-                f"{p['steps_per_s']:,.0f}" if p else "n/a",
-                f"{p['cpu_us_per_step']:.0f} µs" if p else "n/a",
+                f"{a['steps_per_s']:,.0f}" if a else "failed",
+                f"{a['cpu_us_per_step']:.0f} µs" if a else "failed",
+                f"{p['steps_per_s']:,.0f}" if p else "failed",
+                f"{p['cpu_us_per_step']:.0f} µs" if p else "failed",
             ]
         )
     jrows: Table = []
@@ -278,7 +283,7 @@ def growth(r: dict[str, Any], img: str | None) -> tuple[str, list[list[str]]]:
 
 
 def _ratio(points: dict[str, Any], lo: str, hi: str, key: str) -> float | None:
-    a, b = points.get(lo), points.get(hi)
+    a, b = _ok(points.get(lo)), _ok(points.get(hi))
     if not a or not b or not a.get(key):
         return None
     return float(b[key] / a[key])
