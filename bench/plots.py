@@ -257,8 +257,17 @@ def _side_by_side(plt: Any, r: dict[str, Any], path: Path) -> None:
 
 
 def _growth(plt: Any, r: dict[str, Any], path: Path) -> None:
-    """Three files: bench-growth-inflight.png (``path``), -journal.png and -agents.png."""
-    inf = r["inflight"]
+    """Three files: bench-growth-inflight.png (``path``), -journal.png and -agents.png; a
+    curve that failed in the run is not drawn."""
+    if "error" not in r["inflight"]:
+        _growth_inflight(plt, r["inflight"], path)
+    if "error" not in r["journal"]:
+        _growth_journal(plt, r["journal"], path)
+    if "error" not in r["agents"]:
+        _growth_agents(plt, r["agents"], path)
+
+
+def _growth_inflight(plt: Any, inf: dict[str, Any], path: Path) -> None:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
     for key, style, label in (("active", "o-", "active runs"),
                               ("passivated", "s--", "passivated runs + fixed active load")):  # fmt: skip
@@ -279,7 +288,8 @@ def _growth(plt: Any, r: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
     plt.close("all")
 
-    jr = r["journal"]
+
+def _growth_journal(plt: Any, jr: dict[str, Any], path: Path) -> None:
     ls = jr["lengths"]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
     a1.plot(ls, [jr["points"][str(n)]["resume"]["median"] * 1e3 for n in ls], "o-",
@@ -300,7 +310,8 @@ def _growth(plt: Any, r: dict[str, Any], path: Path) -> None:
     fig.savefig(str(path).replace("inflight", "journal"), dpi=110)
     plt.close("all")
 
-    ag = r["agents"]
+
+def _growth_agents(plt: Any, ag: dict[str, Any], path: Path) -> None:
     cs = ag["counts"]
     fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(12, 3.6))
     a1.plot(cs, [ag["points"][str(a)]["steps_per_s"] for a in cs], "o-", color=COLORS["stalwart"])
@@ -333,11 +344,7 @@ def draw_extra(results: dict[str, Any], out_dir: Path, done: dict[str, str]) -> 
         plt.close("all")
     for key, (name, fn) in _EXTRA.items():
         section = results.get(key)
-        if (
-            section
-            and "error" not in section
-            and not any(isinstance(v, dict) and "error" in v for v in section.values())
-        ):
+        if section and "error" not in section:
             import matplotlib.pyplot as plt
 
             fn(plt, section, out_dir / name)

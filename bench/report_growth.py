@@ -165,13 +165,29 @@ def _failed(curve: dict[str, Any]) -> str:
 
 
 def growth(r: dict[str, Any], img: str | None) -> tuple[str, list[list[str]]]:
-    bad = {k: _failed(r[k]) for k in ("inflight", "journal", "agents") if "error" in r[k]}
-    if bad:  # a failed curve is reported as such; the others as usual
-        ok = {k: v for k, v in r.items() if k not in bad}
-        parts = [f"- {k}: {v}" for k, v in bad.items()]
-        if not all(k in ok for k in ("inflight", "journal", "agents")):
-            return "\n".join(["Curves that failed in this run:", "", *parts, ""]), []
-    inf, jr, ag = r["inflight"], r["journal"], r["agents"]
+    """Section 11: the three curves; a curve that failed in the run is named as such."""
+    text = [
+        "How steps/s and CPU per step change as the load grows, each point one batch on "
+        "this shared machine (rates over the middle 80 % of the journal's step timestamps; "
+        "worker CPU from `/proc` over the batch divided by its steps, ramp-up included). "
+        "Compare along a curve, within this run.",
+        "",
+    ]
+    for key, fn, title in (
+        ("inflight", _inflight_text, "Runs in flight per worker"),
+        ("journal", _journal_text, "Journal length"),
+        ("agents", _agents_text, "Agents"),
+    ):
+        curve = r.get(key)
+        if not curve or "error" in curve:
+            text += [f"**{title}.** " + (_failed(curve) if curve else "not run"), ""]
+            continue
+        text += fn(curve, img.replace("inflight", key) if img else None)
+    text += _growth_reading(r)
+    return "\n".join(text), []
+
+
+def _inflight_text(inf: dict[str, Any], img: str | None) -> list[str]:
     n_steps, (ld_runs, ld_steps) = inf["steps_per_run"], inf["active_load"]
     rows: Table = []
     for c in (str(s) for s in inf["sizes"]):
@@ -185,37 +201,7 @@ def growth(r: dict[str, Any], img: str | None) -> tuple[str, list[list[str]]]:
                 f"{p['cpu_us_per_step']:.0f} µs" if p else "failed",
             ]
         )
-    jrows: Table = []
-    for n in (str(x) for x in jr["lengths"]):
-        d = jr["points"][n]
-        jrows.append(
-            [
-                f"{int(n):,}",
-                fmt(d["resume"], 1e3, 0, " ms"),
-                f"{d['step_gap_us']:.0f} µs",
-                f"{d['cpu_us_per_step']:.0f} µs",
-            ]
-        )
-    arows: Table = []
-    w = ag["workers"]
-    for a in (str(x) for x in ag["counts"]):
-        d = ag["points"][a]
-        arows.append(
-            [
-                a,
-                f"{d['steps_per_s']:,.0f}",
-                f"{d['cpu_us_per_step']:.0f} µs",
-                f"{d['idle_msgs_per_s']:.1f}",
-                f"{d['idle_msgs_per_s'] / (int(a) * w):.2f}",
-                f"{d['idle_worker_cpu'] * 100:.1f} %",
-            ]
-        )
     text = [
-        "How steps/s and CPU per step change as the load grows, each point one batch on "
-        "this shared machine (rates over the middle 80 % of the journal's step timestamps; "
-        "worker CPU from `/proc` over the batch divided by its steps, ramp-up included). "
-        "Compare along a curve, within this run.",
-        "",
         "**Runs in flight per worker.** Active: one worker with `--concurrency` C and a "
         f"batch of C runs of {n_steps} trivial steps, all stepping at once. Passivated: P "
         "runs parked in a signal wait (passivated after 0.05 s, out of the worker's memory) "
@@ -236,7 +222,22 @@ def growth(r: dict[str, Any], img: str | None) -> tuple[str, list[list[str]]]:
     ]
     if img:
         text += [f"![growth: runs in flight]({img})", ""]
-    text += [
+    return text
+
+
+def _journal_text(jr: dict[str, Any], img: str | None) -> list[str]:
+    jrows: Table = []
+    for n in (str(x) for x in jr["lengths"]):
+        d = jr["points"][n]
+        jrows.append(
+            [
+                f"{int(n):,}",
+                fmt(d["resume"], 1e3, 0, " ms"),
+                f"{d['step_gap_us']:.0f} µs",
+                f"{d['cpu_us_per_step']:.0f} µs",
+            ]
+        )
+    text = [
         f"**Journal length.** {jr['runs']} runs with L steps in their journal passivate, "
         f"are woken by a signal and take {jr['after']} new steps each (one worker): resume "
         "is signal to the first new step's start (placement, journal read and replay "
@@ -255,8 +256,26 @@ def growth(r: dict[str, Any], img: str | None) -> tuple[str, list[list[str]]]:
         "",
     ]
     if img:
-        text += [f"![growth: journal length]({img.replace('inflight', 'journal')})", ""]
-    text += [
+        text += [f"![growth: journal length]({img})", ""]
+    return text
+
+
+def _agents_text(ag: dict[str, Any], img: str | None) -> list[str]:
+    arows: Table = []
+    w = ag["workers"]
+    for a in (str(x) for x in ag["counts"]):
+        d = ag["points"][a]
+        arows.append(
+            [
+                a,
+                f"{d['steps_per_s']:,.0f}",
+                f"{d['cpu_us_per_step']:.0f} µs",
+                f"{d['idle_msgs_per_s']:.1f}",
+                f"{d['idle_msgs_per_s'] / (int(a) * w):.2f}",
+                f"{d['idle_worker_cpu'] * 100:.1f} %",
+            ]
+        )
+    text = [
         f"**Agents on the same {w} workers.** A batch spread round-robin over A agents "
         "(each its own pull feed on each worker), then nothing running: NATS messages per "
         f"second through the server (`/varz` in + out) over {ag['window']:.0f} s (a "
@@ -277,9 +296,8 @@ def growth(r: dict[str, Any], img: str | None) -> tuple[str, list[list[str]]]:
         "",
     ]
     if img:
-        text += [f"![growth: agents]({img.replace('inflight', 'agents')})", ""]
-    text += _growth_reading(r)
-    return "\n".join(text), []
+        text += [f"![growth: agents]({img})", ""]
+    return text
 
 
 def _ratio(points: dict[str, Any], lo: str, hi: str, key: str) -> float | None:
@@ -290,7 +308,9 @@ def _ratio(points: dict[str, Any], lo: str, hi: str, key: str) -> float | None:
 
 
 def _growth_reading(r: dict[str, Any]) -> list[str]:
-    inf, jr, ag = r["inflight"], r["journal"], r["agents"]
+    empty: dict[str, Any] = {"sizes": [0], "active": {}, "passivated": {}, "lengths": [0],
+                             "points": {}, "counts": [0], "workers": 0}  # fmt: skip
+    inf, jr, ag = (_ok(r.get(k)) or empty for k in ("inflight", "journal", "agents"))
     lo, hi = str(inf["sizes"][0]), str(inf["sizes"][-1])
     parts = []
     sa = _ratio(inf["active"], lo, hi, "steps_per_s")
