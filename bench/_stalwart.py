@@ -62,9 +62,10 @@ class Cluster:
         concurrency: int = 16,
         lease_ttl: int | None = None,
         env: dict[str, str] | None = None,
+        app: str = APP,
     ) -> StalwartProcess:
         proc = worker_process(
-            APP,
+            app,
             nats_url=self.nats_url,
             redis_url=self.redis_url,
             worker_id=worker_id,
@@ -98,9 +99,11 @@ class Cluster:
         concurrency: int = 16,
         lease_ttl: int | None = None,
         env: dict[str, str] | None = None,
+        app: str = APP,
     ) -> list[StalwartProcess]:
         procs = [
-            self.start_worker(w, concurrency=concurrency, lease_ttl=lease_ttl, env=env) for w in ids
+            self.start_worker(w, concurrency=concurrency, lease_ttl=lease_ttl, env=env, app=app)
+            for w in ids
         ]
         await self.wait_workers(ids)
         return procs

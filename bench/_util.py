@@ -163,3 +163,24 @@ def bench_env() -> dict[str, str]:
     """Environment for child processes: ``bench`` importable, logs quiet."""
     path = os.environ.get("PYTHONPATH", "")
     return {"PYTHONPATH": ROOT + (os.pathsep + path if path else "")}
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and every live descendant (PostgreSQL forks a backend per
+    connection). Descendants that already exited are not counted."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += cpu_seconds(p)
+        todo += children.get(p, [])
+    return total

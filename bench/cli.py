@@ -31,6 +31,7 @@ MEASUREMENTS = [
     "flow_breakers",
     "flow_concurrency",
     "streaming",
+    "growth",
 ]
 
 

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from bench import plots
+from bench import plots, report_growth
 from bench._util import DASH, ROOT, fmt
 
 Table = list[list[str]]
@@ -461,6 +461,7 @@ def _throughput(r: dict[str, Any], img: str | None) -> tuple[str, list[list[str]
                 _cpu(cpu, "nats"),
                 fmt(c["cpu_util_steps"], 100, 0, " %"),
                 fmt(c["others_util"], 100, 0, " %"),
+                *report_growth.floor_columns(c),
             ]
         )
     text = [
@@ -484,13 +485,23 @@ def _throughput(r: dict[str, Any], img: str | None) -> tuple[str, list[list[str]
                 "NATS CPU / step",
                 "machine used",
                 "others",
+                "floor appends/s",
+                "x floor",
             ],
             rows,
         ),
         "",
+        "Floor: fenced journal appends from as many concurrent callers as the workers have "
+        "slots (one process of 64 callers per worker), as many appends as the steps batch "
+        "has steps, on the same Redis, through `CheckpointStore.append`; measured right "
+        "after each steps batch, and 'x floor' pairs them by round.",
+        "",
     ]
     if img:
         text += [f"![throughput]({img})", ""]
+    if r.get("side_by_side") and "error" not in r["side_by_side"]:
+        peers_img = img.replace(".png", "-peers.png") if img else None
+        text += report_growth.side_by_side(r["side_by_side"], peers_img)
     text += _bottleneck(r)
     return "\n".join(text), []
 
@@ -611,6 +622,13 @@ def _bottleneck(r: dict[str, Any]) -> list[str]:
         out += _profile_tables(prof.get(name) or {}, f"during a {name} batch (1 worker)")
     out += _rounds()
     probe = r.get("pool_probe")
+    if probe and "error" in probe:
+        last = str(probe["error"]).strip().splitlines()[-1]
+        out += [
+            f"High concurrency (`--concurrency 512`, a supervisor): the probe failed: `{last}`.",
+            "",
+        ]
+        probe = None
     if probe:
         clean = not (probe["place_crashed"] or probe.get("abandoned", 0))
         out += [
@@ -922,6 +940,7 @@ SECTIONS = [
     ),
     ("flow_concurrency", "10. Flow control: the cost of a concurrency limit", _flow_concurrency),
     ("streaming", "11. Streaming latency: a model's chunk to the client", _streaming),
+    ("growth", "12. Growth: runs in flight, journal length, agents", report_growth.growth),
 ]
 
 

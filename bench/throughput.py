@@ -15,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
+import traceback
 from typing import TYPE_CHECKING, Any, cast
 
 from bench import profile
 from bench._stalwart import Cluster, supervisor_process
-from bench._util import cpu_seconds, log, machine_cpu, percentile, summary
+from bench._util import cpu_seconds, log, machine_cpu, percentile, ratio_summary, summary
 from stalwart.checkpoints import Started, StepDone, decode_entry
 from stalwart.testing import EmbeddedServers
 
@@ -135,7 +137,7 @@ CONCURRENCY = 64
 async def _config(ctx: Any, workers: int, reps: int, with_profile: bool) -> dict[str, Any]:
     runs_a, steps_a = ctx.pick((20, 10), (256, 40))
     runs_b = ctx.pick(40, 1000)
-    raw: dict[str, list[dict[str, Any]]] = {"steps": [], "runs": []}
+    raw: dict[str, list[Any]] = {"steps": [], "runs": [], "floor": []}
     async with EmbeddedServers(redis_appendonly=True, redis_appendfsync="everysec") as srv:
         pids = {"redis": srv.redis.pid or 0, "nats": srv.nats.pid or 0, "harness": os.getpid()}
         async with Cluster(srv.nats_url, srv.redis_url, f"tp{workers}", lease_ttl=5) as cl:
@@ -149,10 +151,12 @@ async def _config(ctx: Any, workers: int, reps: int, with_profile: bool) -> dict
                 b = await batch.run("load", runs_b, 1)
                 raw["steps"].append(a)
                 raw["runs"].append(b)
+                raw["floor"].append(await _floor(srv.redis_url, workers, runs_a * steps_a))
                 log(
                     f"throughput workers={workers} rep {rep + 1}/{reps}: "
                     f"{a['steps_per_s']:.0f} steps/s, {b['runs_per_s']:.0f} runs/s, "
-                    f"CPU {a['cpu_util'] * 100:.0f}% of the machine"
+                    f"CPU {a['cpu_util'] * 100:.0f}% of the machine; floor "
+                    f"{raw['floor'][-1]:.0f} appends/s"
                 )
             prof = await _profiles(cl, batch) if with_profile else None
     a_s, b_s = raw["steps"], raw["runs"]
@@ -162,6 +166,8 @@ async def _config(ctx: Any, workers: int, reps: int, with_profile: bool) -> dict
         "batch_steps": {"runs": runs_a, "steps_per_run": steps_a},
         "batch_runs": {"runs": runs_b, "steps_per_run": 1},
         "steps_per_s": summary([a["steps_per_s"] for a in a_s]),
+        "floor_per_s": summary(raw["floor"]),
+        "over_floor": ratio_summary([a["steps_per_s"] for a in a_s], raw["floor"]),
         "runs_per_s": summary([b["runs_per_s"] for b in b_s]),
         "cpu_us_per_step": {
             role: summary([a["cpu"][role] / n * 1e6 for a, n in zip(a_s, steps_total, strict=True)])
@@ -175,6 +181,15 @@ async def _config(ctx: Any, workers: int, reps: int, with_profile: bool) -> dict
         "others_util": summary([x["others_util"] for x in a_s + b_s]),
         "profile": prof,
     }
+
+
+async def _floor(url: str, workers: int, appends: int) -> float:
+    """Appends/s of the floor with the batch's callers (one process of ``CONCURRENCY``
+    callers per worker) and as many appends as the batch has steps, on the same Redis."""
+    from bench.floor_load import floor
+
+    res = await floor(url, workers, CONCURRENCY, max(appends // (CONCURRENCY * workers), 1))
+    return _rate(res["stamps"])
 
 
 async def _profiles(cl: Cluster, batch: _Batch) -> dict[str, Any]:
@@ -246,7 +261,18 @@ async def measure(ctx: Any) -> dict[str, Any]:
         out["configs"][str(w)] = await _config(
             ctx, w, reps, with_profile=(w == 1 and not ctx.quick)
         )
+    from bench import side_by_side
+
+    try:  # the peers can fail on their own: keep Stalwart's figures
+        out["side_by_side"] = await side_by_side.measure(ctx)
+    except Exception:
+        log("throughput: side by side FAILED")
+        out["side_by_side"] = {"error": traceback.format_exc()}
+        print(out["side_by_side"]["error"], file=sys.stderr)
     if not ctx.quick:  # it waits out JetStream's 30 s ack_wait
-        out["pool_probe"] = await _pool_probe(ctx)
+        try:  # a failure here must not lose the figures above
+            out["pool_probe"] = await _pool_probe(ctx)
+        except Exception:
+            out["pool_probe"] = {"error": traceback.format_exc()}
         log(f"throughput: pool probe {out['pool_probe']}")
     return out

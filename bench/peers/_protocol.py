@@ -29,9 +29,14 @@ class PeerError(RuntimeError):
     """The peer answered a command with an error (its traceback is in the message)."""
 
 
+_REPLIES = sys.stdout
+"""Where replies go: :func:`serve` points ``sys.stdout`` at stderr, so that a library's
+print or log line cannot end up in the command channel."""
+
+
 def _reply(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
+    _REPLIES.write(json.dumps(obj) + "\n")
+    _REPLIES.flush()
 
 
 def serve(handlers: dict[str, Handler]) -> None:
@@ -41,6 +46,7 @@ def serve(handlers: dict[str, Handler]) -> None:
     is read in a thread), so background tasks such as a Temporal worker keep polling.
     Plain handlers run in a thread.
     """
+    sys.stdout = sys.stderr
     asyncio.run(_serve(handlers))
 
 
@@ -93,9 +99,14 @@ class PeerProcess:
         assert self.proc is not None and self.proc.stdin and self.proc.stdout
         self.proc.stdin.write((json.dumps({"cmd": cmd, **args}) + "\n").encode())
         await self.proc.stdin.drain()
-        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
-        if not line:
-            raise PeerError(f"{self.name} exited during {cmd!r}:\n{self.log_tail()}")
+        while True:  # a line that is not a reply (a library writing to fd 1) is skipped
+            line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+            if not line:
+                raise PeerError(f"{self.name} exited during {cmd!r}:\n{self.log_tail()}")
+            if line.startswith(b'{"ok"') or line.startswith(b'{"error"'):
+                break
+            with self.log_path.open("ab") as f:
+                f.write(b"stdout: " + line)
         reply = json.loads(line)
         if "error" in reply:
             raise PeerError(f"{self.name} {cmd!r} failed:\n{reply['error']}")

@@ -16,6 +16,7 @@ from typing import Any
 
 from dbos import DBOS, DBOSConfig, SetWorkflowID
 
+from bench.peers import _load
 from bench.peers._protocol import serve
 
 _gate = threading.Event()
@@ -61,6 +62,47 @@ def history_wf(n: int) -> int:
         noop(i)
     gate()
     return n
+
+
+@DBOS.step()
+def stamp(i: int) -> float:
+    """A trivial step that returns when it ran (the throughput section's unit of work)."""
+    return time.time()
+
+
+@DBOS.workflow()
+def load_wf(n: int) -> list[float]:
+    """``n`` trivial steps; returns [body start, each step's time] for the harness's rates."""
+    out = [time.time()]  # not a step: on a recovery it would run again (none here)
+    for i in range(n):
+        out.append(stamp(i))
+    return out
+
+
+QUEUE_POLL = 0.1
+"""Queue polling interval (DBOS's default is 1 s: it would dominate the start latency)."""
+
+
+def _queue(concurrency: int) -> Any:
+    return DBOS.register_queue(
+        f"bench-{concurrency}", worker_concurrency=concurrency, polling_interval_sec=QUEUE_POLL
+    )
+
+
+def throughput(runs: int, steps: int, concurrency: int) -> dict[str, Any]:
+    """``runs`` workflows of ``steps`` steps through a queue with ``worker_concurrency``.
+
+    Enqueued from 16 threads while the queue already runs them (DBOS has no way to hold a
+    queue), so the enqueue rate can bound the workflows started per second."""
+    queue = _queue(concurrency)
+    return _load.run_batch(lambda: queue.enqueue(load_wf, steps), runs, lambda h: h.get_result())
+
+
+def latency(rate: float, runs: int, steps: int, concurrency: int) -> dict[str, Any]:
+    """Enqueue ``runs`` workflows at ``rate``/s; (enqueue time, first step time) per run."""
+    queue = _queue(concurrency)
+    return _load.run_paced(lambda: queue.enqueue(load_wf, steps), rate, runs,
+                           lambda h: h.get_result())  # fmt: skip
 
 
 def init(url: str, launch: bool = True) -> dict[str, Any]:
@@ -119,6 +161,8 @@ def main() -> None:
             "wait_gate": wait_gate,
             "cancel": cancel,
             "steps_recorded": steps_recorded,
+            "throughput": throughput,
+            "latency": latency,
         }
     )
 

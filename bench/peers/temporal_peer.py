@@ -20,6 +20,7 @@ from temporalio.worker import Replayer, Worker
 
 with workflow.unsafe.imports_passed_through():
     from bench._text import message
+    from bench.peers import _load
     from bench.peers._protocol import serve
 
 TASK_QUEUE = "bench"
@@ -43,6 +44,22 @@ class StepsWf:
     @workflow.run
     async def run(self, n: int, local: bool) -> list[float]:
         out: list[float] = []
+        for i in range(n):
+            if local:
+                t = await workflow.execute_local_activity(stamp, i, start_to_close_timeout=_TIMEOUT)
+            else:
+                t = await workflow.execute_activity(stamp, i, start_to_close_timeout=_TIMEOUT)
+            out.append(t)
+        return out
+
+
+@workflow.defn
+class LoadWf:
+    """``n`` trivial activities (local or regular); returns [workflow start, each one's time]."""
+
+    @workflow.run
+    async def run(self, n: int, local: bool) -> list[float]:
+        out = [workflow.now().timestamp()]  # the workflow task's start: its placement
         for i in range(n):
             if local:
                 t = await workflow.execute_local_activity(stamp, i, start_to_close_timeout=_TIMEOUT)
@@ -168,7 +185,7 @@ class Peer:
         self.worker = Worker(
             self.client,
             task_queue=TASK_QUEUE,
-            workflows=[StepsWf, HistoryWf, ChatWf],
+            workflows=[StepsWf, HistoryWf, ChatWf, LoadWf],
             activities=[stamp, model],
         )
         self.task = asyncio.create_task(self.worker.run())
@@ -218,6 +235,24 @@ class Peer:
     async def terminate(self, key: str) -> None:
         await self.c.get_workflow_handle(key).terminate("benchmark done")
 
+    async def _start_load(self, steps: int, local: bool) -> Any:
+        return await self.c.start_workflow(
+            LoadWf.run, args=[steps, local], id=self._id("load"), task_queue=TASK_QUEUE
+        )
+
+    async def throughput(self, runs: int, steps: int, local: bool) -> dict[str, Any]:
+        """``runs`` concurrent ``LoadWf`` workflows of ``steps`` activities (the worker's
+        default slots: 100 workflow tasks, 100 activities); their stamp lists."""
+        return await _load.run_batch_async(
+            lambda: self._start_load(steps, local), runs, lambda h: h.result()
+        )
+
+    async def latency(self, rate: float, runs: int, steps: int, local: bool) -> dict[str, Any]:
+        """Start ``runs`` workflows at ``rate``/s; (start time, stamps) per workflow."""
+        return await _load.run_paced_async(
+            lambda: self._start_load(steps, local), rate, runs, lambda h: h.result()
+        )
+
     async def chat(self, calls: int, prompt: str) -> dict[str, Any]:
         """Run the model-call loop; return the size of its stored history."""
         wf_id = self._id("chat")
@@ -242,6 +277,8 @@ def main() -> None:
             "replay": peer.replay,
             "terminate": peer.terminate,
             "chat": peer.chat,
+            "throughput": peer.throughput,
+            "latency": peer.latency,
         }
     )
 
