@@ -216,7 +216,9 @@ async def test_a_conversation_of_three_turns_across_a_sigkill_keeps_its_history(
     assert "".join(consumer.shown.values()) == replies[2]
     # What the model was sent each turn (logged in Redis by the model itself): everything.
     expected: list[tuple[str, str]] = []
-    for run_id, prompt, answer in zip(turns, ["hello", "and then", "finally"], replies):
+    for run_id, prompt, answer in zip(
+        turns, ["hello", "and then", "finally"], replies, strict=True
+    ):
         expected.append(("user", prompt))
         seen = [json.loads(x) for x in await counters.lrange(seen_key(run_id), 0, -1)]
         assert [_texts(s) for s in seen] == [expected], f"turn {run_id}"
