@@ -75,6 +75,9 @@ class StrandsEvents:
         if isinstance(part, Chunk):
             yield from self._chunk(part)
         elif isinstance(part, Reset):
+            node, _ = _split(part.step)
+            if node != "":
+                yield from self._flush(node)  # the tool results came before the voided call
             reset = StreamReset(
                 step=part.step, epoch=part.epoch, attempt=part.attempt, reason=part.reason
             )
