@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import uuid
+import warnings
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,7 +19,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from stalwart import App, Client, Settings
-from tests.conftest import Servers, WorkerFactory, worker_pool
+from stalwart.testing import StalwartProcess
+from tests.conftest import Servers, WorkerFactory, _registered, worker_pool
 from tests.helpers import eventually, execs, mark_gated, open_gate, rid
 
 APP = "tests.adapters.crewai_stream_apps:app"
@@ -27,8 +29,15 @@ QUIET = {
     "OTEL_SDK_DISABLED": "true",
     "CREWAI_TRACING_ENABLED": "false",
 }
+# Only where CrewAI is installed (its own environment): elsewhere this module is skipped and
+# must not switch OpenTelemetry off for the other tests in the process.
 if importlib.util.find_spec("crewai") is not None:
     os.environ.update(QUIET)
+
+with warnings.catch_warnings():  # CrewAI's own import-time noise
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="crewai")
+    warnings.filterwarnings("ignore", "Cannot set an attribute on 'crewai", ImportWarning)
+    pytest.importorskip("crewai")
     from crewai.types.streaming import StreamChunk, StreamChunkType
 
     from stalwart.adapters import StreamReset
@@ -43,8 +52,6 @@ if importlib.util.find_spec("crewai") is not None:
         seen_key,
         stream_crew,
     )
-else:
-    pytest.importorskip("crewai")
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning:crewai"),
@@ -58,7 +65,19 @@ LAST = "task:1/model:2"  # the summary's final answer, after its tool call
 async def cw(settings: Settings, servers: Servers, client: Client) -> AsyncIterator[WorkerFactory]:
     """Worker processes serving ``tests.adapters.crewai_stream_apps:app``."""
     async with worker_pool(APP, settings, servers, client, **QUIET) as start:
-        yield start
+
+        async def patient(worker_id: str = "", **env: str) -> StalwartProcess:
+            # Importing CrewAI takes a worker tens of seconds on a loaded machine: wait longer
+            # than the pool's 30 s for it to register.
+            proc = await start(worker_id, wait=False, **env)
+            await eventually(
+                lambda: _registered(client, proc.name),
+                timeout=180,
+                message=lambda: f"worker {proc.name} did not start:\n{proc.log_text()[-3000:]}",
+            )
+            return proc
+
+        yield patient  # type: ignore[misc]
 
 
 def crew_runner(name: str, client: Client, build: Any = None) -> DurableCrewRunner:
@@ -160,7 +179,7 @@ async def test_the_durable_stream_yields_what_the_plain_crew_yields(
     client: Client, cw: WorkerFactory
 ) -> None:
     plain_stream = stream_crew().kickoff(inputs={"topic": "pricing"})
-    plain = list(plain_stream)
+    plain = await asyncio.to_thread(list, plain_stream)  # CrewAI's sync iteration blocks
     await cw("a")
     streaming = await crew_runner("crew-stream", client).kickoff_streaming(
         inputs={"topic": "pricing"}
