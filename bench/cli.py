@@ -30,6 +30,7 @@ MEASUREMENTS = [
     "flow",
     "flow_breakers",
     "flow_concurrency",
+    "streaming",
 ]
 
 

@@ -382,3 +382,63 @@ def test_pages_never_parse_data_as_markup() -> None:
     index = sources["index.html"]
     assert re.findall(r"<script[^>]*>", index) == ['<script type="module" src="/static/app.js">']
     assert re.search(r"\son[a-z]+\s*=", index) is None  # no inline event handlers
+
+
+def sse_data(body: str) -> list[dict[str, object]]:
+    """The JSON data of a server-sent event stream's messages (not its named events)."""
+    import json
+
+    out = []
+    for frame in body.split("\n\n"):
+        lines = frame.splitlines()
+        data = [line[6:] for line in lines if line.startswith("data: ")]
+        if data and not any(line.startswith("event:") for line in lines):
+            out.append(json.loads("\n".join(data)))
+    return out
+
+
+async def test_run_stream_sends_parts_with_resets_applied(
+    client: Client, settings, servers, console, counters
+) -> None:
+    import asyncio
+
+    from tests.conftest import worker_pool
+    from tests.helpers import eventually, gated_key, mark_gated, open_gate
+
+    async with worker_pool("tests.stream_apps:app", settings, servers, client) as start:
+        await start("w1")
+        run_id = rid()
+        await mark_gated(counters, run_id, "step:model1")
+        handle = await client.submit("streamer", {"steps": 2, "fail_once": "model1"}, run_id=run_id)
+        js, stream = client.broker.js, client.broker.names.events_stream
+        consumers = (await js.stream_info(stream)).state.consumer_count
+        async with console() as (http, _):
+            unknown = await http.get(f"/api/runs/{rid()}/stream", headers=bearer())
+            assert unknown.status_code == 404
+            assert (await http.get(f"/api/runs/{run_id}/stream")).status_code == 401
+            reading = asyncio.create_task(
+                http.get(f"/api/runs/{run_id}/stream", headers=bearer(), timeout=60)
+            )
+
+            async def attached() -> bool:  # the stream's consumer exists: it reads from here
+                return (await js.stream_info(stream)).state.consumer_count > consumers
+
+            await eventually(attached, timeout=60)
+            await counters.delete(gated_key(run_id, "step:model1"))  # attempt 2 goes through
+            await open_gate(counters, run_id, "step:model1")  # then model1's attempt 1 fails
+            r = await asyncio.wait_for(reading, 20)
+        result = await handle.result(timeout=10)
+
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    parts = sse_data(r.text)
+    assert parts[-1] == {"part": "end", "status": "completed", "result": result, "error": ""}
+    resets = [p for p in parts if p["part"] == "reset"]
+    assert [(p["step"], p["attempt"], p["reason"]) for p in resets] == [("step:model1", 2, "retry")]
+    text: dict[object, str] = {}
+    for p in parts:  # the browser's recipe: append chunks, empty a step on its reset
+        if p["part"] == "chunk" and p["type"] == "model.delta":
+            text[p["step"]] = text.get(p["step"], "") + p["data"]["text"]  # type: ignore[index]
+        elif p["part"] == "reset":
+            text[p["step"]] = ""
+    assert "".join(text.values()) == result
+    assert r.text.rstrip().endswith("event: end\ndata: {}")

@@ -48,6 +48,9 @@ from stalwart._cli_ops import READ_COMMANDS, add_output, cmd_agents, cmd_runs, c
 from stalwart._cli_ops import add_parsers as add_ops_parsers
 from stalwart._cli_security import add_parsers as add_security_parsers
 from stalwart._cli_security import cmd_provision, cmd_security
+from stalwart._cli_stream import COMMANDS as STREAM_COMMANDS
+from stalwart._cli_stream import add_parsers as add_stream_parsers
+from stalwart._cli_stream import dispatch as dispatch_stream
 from stalwart._cli_types import non_negative_int as _non_negative_int
 from stalwart._cli_types import port as _port
 from stalwart._cli_types import positive_int as _positive_int
@@ -97,7 +100,7 @@ log = structlog.get_logger("stalwart.cli")
 
 _CLIENT_COMMANDS = (
     "submit", "status", "events", "cancel", "signal", "approve", "history", *READ_COMMANDS,
-    *CONSOLE_COMMANDS, *BUILDS_COMMANDS,
+    *CONSOLE_COMMANDS, *BUILDS_COMMANDS, *STREAM_COMMANDS,
 )  # fmt: skip
 _ROLES: dict[str, Role] = {"worker": "worker", "supervisor": "supervisor"}
 
@@ -350,6 +353,7 @@ def _parser() -> argparse.ArgumentParser:
     add_security_parsers(sub, common)
     add_completion_parser(sub)
     add_console_parsers(sub, common)
+    add_stream_parsers(sub, common)
     add_contract_parsers(sub, common)
     add_flow_parsers(sub, common)
     add_builds_parsers(sub, common)
@@ -418,6 +422,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
         return await cmd_provision(args, settings)
     if args.command in CONSOLE_COMMANDS:
         return await dispatch_console(args, settings, _client_call)
+    if args.command in STREAM_COMMANDS:
+        return await dispatch_stream(args, settings, _client_call)
     if args.command == "worker":
         app = load_app(args.app)
         await _serve(settings, lambda s: Worker(app, s, services=[serve_api]))

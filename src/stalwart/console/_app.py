@@ -54,12 +54,12 @@ def create_app(client: Client, guard: Guard) -> Starlette:
             "namespace": client.settings.namespace,
         }
 
-    async def run_events(request: Request) -> Response:
+    async def run_feed(request: Request, open_: Callable[[str], Response]) -> Response:
         rid = run_id(request)
         # An unknown id would hold a stream open waiting for a run that never comes.
         if await client.store.get_run(rid) is None:
             raise RunNotFoundError(rid)
-        return streams.run(rid)
+        return open_(rid)
 
     async def all_events(request: Request) -> Response:
         # EventSource sends the last ``id:`` it saw when it reconnects: resume there.
@@ -85,7 +85,8 @@ def create_app(client: Client, guard: Guard) -> Starlette:
         Route("/api/runs", _reader(guard, lambda r: reads.runs(r.query_params))),
         Route("/api/events", _reader(guard, all_events)),
         Route("/api/runs/{run_id}", _reader(guard, lambda r: reads.run(run_id(r)))),
-        Route("/api/runs/{run_id}/events", _reader(guard, run_events)),
+        Route("/api/runs/{run_id}/events", _reader(guard, lambda r: run_feed(r, streams.run))),
+        Route("/api/runs/{run_id}/stream", _reader(guard, lambda r: run_feed(r, streams.parts))),
         Route("/api/workers", _reader(guard, lambda r: reads.workers())),
         Route("/api/agents", _reader(guard, lambda r: reads.agents())),
         Route("/api/flow", _reader(guard, lambda r: flow_view(client))),

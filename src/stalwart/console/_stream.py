@@ -38,6 +38,11 @@ class EventStreams:
         """The events of ``run_id`` from its first one, live until it ends."""
         return self._respond(lambda: self.client.handle(run_id).events(follow=True))
 
+    def parts(self, run_id: str) -> Response:
+        """The streamed output of ``run_id`` with resets applied (``RunHandle.stream``), each
+        part as its ``to_dict()``: a reconnecting page starts over from the first part."""
+        return self._respond(lambda: _parts(self.client, run_id))
+
     def all(self, agent: str | None, after: int | None) -> Response:
         """Every run's events (of ``agent`` when given) after stream sequence ``after``;
         from now on when ``after`` is None (a page wants what happens next, not history)."""
@@ -70,6 +75,11 @@ async def _live(client: Client, agent: str | None, after: int | None) -> AsyncIt
         after = int((await broker.js.stream_info(broker.names.events_stream)).state.last_seq)
     async for event in client.events(agent=agent, after=after, follow=True):
         yield event
+
+
+async def _parts(client: Client, run_id: str) -> AsyncIterator[Any]:
+    async for part in client.handle(run_id).stream(follow=True):
+        yield part.to_dict()
 
 
 async def _pump(open_events: Any, queue: asyncio.Queue[Any]) -> None:

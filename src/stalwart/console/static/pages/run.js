@@ -194,14 +194,64 @@ function result(d) {
   return h("pre", { id: "result" }, json(d.result));
 }
 
+// The run's streamed output (/api/runs/<id>/stream, resets applied by the server): per step,
+// the text of its model.delta chunks; a reset empties the step and leaves a visible marker.
+function streamView(box) {
+  const steps = new Map();
+  const stepOf = (key) => {
+    let s = steps.get(key);
+    if (!s) {
+      const text = h("pre", { class: "stream-text" });
+      const notes = h("div", { class: "stream-notes" });
+      const el = h("div", { class: "stream-step", "data-step": key }, h("div", { class: "mono" }, key), notes, text);
+      s = { el, text, notes, value: "" };
+      steps.set(key, s);
+      box.append(el);
+    }
+    return s;
+  };
+  return {
+    clear() { steps.clear(); replace(box); },
+    apply(p) {
+      if (p.part === "chunk" && p.type === "model.delta" && p.data && typeof p.data.text === "string") {
+        const s = stepOf(p.step);
+        s.value += p.data.text;
+        s.text.textContent = s.value;
+      } else if (p.part === "reset") {
+        const s = stepOf(p.step);
+        s.value = "";
+        s.text.textContent = "";
+        s.notes.append(h("div", { class: "stream-reset", "data-reason": p.reason }, `reset (attempt ${p.attempt}, ${p.reason})`));
+      } else if (p.part === "step_done" && steps.has(p.step)) {
+        steps.get(p.step).el.classList.add("done");
+      }
+    },
+  };
+}
+
 export async function render(main, runId, params) {
   const head = h("h1", {}, "Run ", h("span", { class: "mono", id: "run-id" }, runId));
   const body = h("div", { id: "run" });
   const status = h("p", { id: "action-status" });
   const eventList = h("ol", { id: "events", class: "events" });
   const flowNote = h("p", { id: "flow-note", class: "flow-note", hidden: true });
+  const streamBox = h("div", { id: "stream" });
   replace(main, h("p", {}, h("a", { href: "#/runs" }, "‹ Runs")), head, status, flowNote, body,
+    section("Streamed output", "stream-section", streamBox),
     section("Events", "event-section", eventList));
+  const view = streamView(streamBox);
+  const parts = new EventSource(`/api/runs/${encodeURIComponent(runId)}/stream`);
+  // A reconnecting EventSource gets the whole stream again: start over.
+  parts.onopen = () => view.clear();
+  parts.onmessage = (msg) => {
+    try {
+      view.apply(JSON.parse(msg.data));
+    } catch {
+      /* not a part */
+    }
+  };
+  parts.addEventListener("end", () => parts.close());
+  parts.addEventListener("failure", () => parts.close());
   let source = null;
   let pending = null;
   let ended = false;
@@ -258,6 +308,7 @@ export async function render(main, runId, params) {
   // A run that ends while the stream is down still shows its end: poll until it ends.
   const timer = setInterval(() => { if (!ended) refresh().catch(() => {}); }, 2000);
   return () => {
+    parts.close();
     if (source) source.close();
     clearInterval(timer);
     if (pending) clearTimeout(pending);
