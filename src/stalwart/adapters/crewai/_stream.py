@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from crewai.crews.crew_output import CrewOutput
+    from crewai.events.base_events import BaseEvent
 
     from stalwart.client import StreamPart
 
@@ -48,8 +49,10 @@ _lock = threading.Lock()
 _installed = False
 
 
-def _relay(source: Any, event: LLMStreamChunkEvent) -> None:
+def _relay(source: Any, event: BaseEvent) -> None:
     """Publish ``event`` when a durable model step of a streaming run is running here."""
+    if not isinstance(event, LLMStreamChunkEvent):
+        return
     run = current_run()
     info = current_step()
     if run is None or info is None or not run.streaming:
@@ -113,12 +116,6 @@ def _task_index(step: str) -> int:
 def chunk_of(part: Chunk) -> DurableStreamChunk | None:
     """The ``StreamChunk`` a live chunk stands for (None: not one CrewAI streams)."""
     data = part.data if isinstance(part.data, dict) else {}
-    origin = {
-        "step": part.step,
-        "epoch": part.epoch,
-        "attempt": part.attempt,
-        "worker": part.worker,
-    }
     if part.type == "model.delta" and isinstance(data.get("text"), str):
         return DurableStreamChunk(
             content=data["text"],
@@ -127,7 +124,10 @@ def chunk_of(part: Chunk) -> DurableStreamChunk | None:
             task_id=str(data.get("task_id") or ""),
             agent_role=str(data.get("agent_role") or ""),
             agent_id=str(data.get("agent_id") or ""),
-            **origin,
+            step=part.step,
+            epoch=part.epoch,
+            attempt=part.attempt,
+            worker=part.worker,
         )
     chunk = data.get("chunk")
     if part.type == "stream.item" and data.get("mode") == "tool_call" and isinstance(chunk, dict):
@@ -145,7 +145,10 @@ def chunk_of(part: Chunk) -> DurableStreamChunk | None:
                 arguments=str(chunk.get("arguments") or ""),
                 index=int(chunk.get("index") or 0),
             ),
-            **origin,
+            step=part.step,
+            epoch=part.epoch,
+            attempt=part.attempt,
+            worker=part.worker,
         )
     return None
 
