@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 
 from stalwart import App, Client, Settings
 from stalwart.testing import StalwartProcess
-from tests.conftest import Servers, WorkerFactory, worker_pool
+from tests.conftest import Servers, WorkerFactory, _registered, worker_pool
 from tests.helpers import eventually, execs, mark_gated, open_gate, rid
 
 APP = "tests.adapters.crewai_stream_apps:app"
@@ -67,10 +67,18 @@ async def cw(settings: Settings, servers: Servers, client: Client) -> AsyncItera
     """Worker processes serving ``tests.adapters.crewai_stream_apps:app``."""
     async with worker_pool(APP, settings, servers, client, **QUIET) as start:
 
-        async def started(worker_id: str = "", **env: str) -> StalwartProcess:
-            # Not waiting for the worker's heartbeat: importing CrewAI takes a worker tens of
-            # seconds on a loaded machine. The runs wait for a worker to take them.
-            return await start(worker_id, wait=False, **env)
+        async def started(worker_id: str = "", *, wait: bool = True, **env: str) -> StalwartProcess:
+            # Importing CrewAI takes a worker tens of seconds on a loaded machine: wait longer
+            # than the pool's 30 s for it to register (a worker that takes over a run already
+            # submitted is not waited for: the run waits for it).
+            proc = await start(worker_id, wait=False, **env)
+            if wait:
+                await eventually(
+                    lambda: _registered(client, proc.name),
+                    timeout=300,
+                    message=lambda: f"worker {proc.name} did not start:\n{proc.log_text()[-3000:]}",
+                )
+            return proc
 
         yield started  # type: ignore[misc]
 
@@ -123,7 +131,7 @@ async def test_crew_stream_through_a_sigkill_mid_stream_shows_the_answer_once(
     follow = asyncio.create_task(shown.follow(streaming))
     await eventually(lambda: asyncio.sleep(0, len(shown.chunks(LAST)) >= 2), timeout=240)
     a.kill()  # SIGKILL while the final answer is streaming
-    await cw("b")
+    await cw("b", wait=False)
     await open_gate(counters, run_id, f"{LAST}/mid")
     await asyncio.wait_for(follow, timeout=240)
 
