@@ -144,8 +144,9 @@ chat = DurableCrewRunner("crew-chat", chat_crew, app=app)
 
 
 def agent_chat_script(messages: list[dict[str, Any]], tools: list[str]) -> str:
+    # CrewAI wraps the last prompt in its own task text; the earlier ones come as they were.
     users = [str(m.get("content")) for m in messages if m.get("role") == "user"]
-    return f"agent answer to {users[-1]} after {len(users) - 1} earlier questions"
+    return f"agent answer after {len(users) - 1} earlier questions: {' | '.join(users[:-1])}"
 
 
 def chat_agent() -> Agent:

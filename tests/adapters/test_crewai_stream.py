@@ -41,9 +41,10 @@ with warnings.catch_warnings():  # CrewAI's own import-time noise
     from crewai.types.streaming import StreamChunk, StreamChunkType
 
     from stalwart.adapters import StreamReset
-    from stalwart.adapters.crewai import DurableAgentRunner, DurableCrewRunner
+    from stalwart.adapters.crewai import DurableAgentRunner, DurableCrewRunner, _conversation
     from stalwart.adapters.crewai._stream import DurableCrewStreamingOutput, crew_chunks
     from stalwart.client import Chunk, Reset, StepDone
+    from stalwart.errors import ConfigurationError
     from tests.adapters.crewai_stream_apps import (
         FINAL,
         FIRST_TASK,
@@ -236,20 +237,24 @@ async def test_an_agent_conversation_puts_the_history_before_the_prompt(
     conv = f"c-{uuid.uuid4().hex[:12]}"
     one = await agent.run("first?", conversation=conv)
     two = await agent.run("second?", conversation=conv)
-    assert one.raw == "agent answer to first? after 0 earlier questions"
-    assert two.raw == "agent answer to second? after 1 earlier questions"
+    assert one.raw == "agent answer after 0 earlier questions: "
+    assert two.raw == "agent answer after 1 earlier questions: first?"
 
 
-async def test_a_conversation_and_crew_chat_messages_together_are_refused(
-    client: Client, cw: WorkerFactory
-) -> None:
-    await cw("a")
-    chat = crew_runner("crew-chat", client, chat_crew)
-    with pytest.raises(Exception, match="crew_chat_messages"):
-        await chat.run(
-            inputs={"question": "q", "crew_chat_messages": "[]"},
-            conversation=f"c-{uuid.uuid4().hex[:8]}",
-        )
+async def test_a_conversation_and_crew_chat_messages_together_are_refused() -> None:
+    class Conv:  # a run's conversation, as far as the refusal looks
+        async def history(self) -> list[Any]:
+            return []
+
+    class Ctx:
+        conversation = Conv()
+
+    with pytest.raises(ConfigurationError, match="crew_chat_messages"):
+        await _conversation.crew_inputs(Ctx(), {"question": "q", "crew_chat_messages": "[]"})  # type: ignore[arg-type]
+    inputs, history = await _conversation.crew_inputs(Ctx(), {"question": "q"})  # type: ignore[arg-type]
+    assert (inputs, history) == ({"question": "q"}, [])
+    assert _conversation.user_message({"question": "q"}) == {"role": "user", "content": "q"}
+    assert _conversation.user_message({"a": 1, "b": 2})["content"] == "a: 1\nb: 2"
 
 
 def test_parts_become_crewai_stream_chunks() -> None:
