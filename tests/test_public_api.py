@@ -509,6 +509,8 @@ PUBLIC_API: dict[str, list[str]] = {
         "CrewResult",
         "DurableAgentRunner",
         "DurableCrewRunner",
+        "DurableCrewStreamingOutput",
+        "DurableStreamChunk",
         "ScriptedLLM",
         "TaskResult",
         "ToolCallFailed",

@@ -569,6 +569,8 @@ def test_exports() -> None:
         "CrewResult",
         "DurableAgentRunner",
         "DurableCrewRunner",
+        "DurableCrewStreamingOutput",
+        "DurableStreamChunk",
         "ScriptedLLM",
         "TaskResult",
         "ToolCallFailed",

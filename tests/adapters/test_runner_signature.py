@@ -115,18 +115,13 @@ def test_langgraph_max_iterations_is_the_recursion_limit_under_its_older_name_to
         cls("sig", graph, app=app(), max_iterations=7, recursion_limit=7)
 
 
-@pytest.mark.parametrize(
-    ("module", "name"),
-    [
-        ("stalwart.adapters.crewai", "DurableCrewRunner"),
-        ("stalwart.adapters.crewai", "DurableAgentRunner"),
-    ],
-)
-def test_stream_true_is_refused_where_the_adapter_cannot_stream(module: str, name: str) -> None:
-    cls = runner_class(module, name)
-    cls("sig", lambda: None, app=app(), stream=False)
-    with pytest.raises(ConfigurationError, match="stream=True is not supported"):
-        cls("sig", lambda: None, app=app(), stream=True)
+def test_crewai_streams_as_the_crew_says_unless_told() -> None:
+    crew: Any = runner_class("stalwart.adapters.crewai", "DurableCrewRunner")
+    agent: Any = runner_class("stalwart.adapters.crewai", "DurableAgentRunner")
+    assert crew("sig", lambda: None, app=app()).stream is None  # Crew(stream=...) decides
+    assert crew("sig", lambda: None, app=app(), stream=True).stream is True
+    assert agent("sig", lambda: None, app=app()).stream is False
+    assert agent("sig", lambda: None, app=app(), stream=True).stream is True
 
 
 def test_defaults_keep_each_adapters_behaviour() -> None:

@@ -50,7 +50,15 @@ Semantics and limits:
   ``kickoff(inputs=...)``.
 - Only model calls, tool calls and human feedback are journaled: CrewAI memory and
   knowledge, task callbacks and output files run again on a resume.
-- Runs use the sync ``kickoff``; ``akickoff`` and streaming crews are not supported. A crew
+- Streaming: a ``Crew(stream=True)`` (or ``stream=True`` on the runner) makes the agents'
+  models stream; each chunk is published live from its model step (CrewAI's
+  ``LLMStreamChunkEvent``, not journaled). ``await runner.kickoff_streaming(inputs=...)``
+  returns CrewAI's ``CrewStreamingOutput`` of the durable run: ``StreamChunk``s, a
+  :class:`~stalwart.adapters.StreamReset` where a dead attempt's chunks became void, and
+  ``.result``; see ``_stream``.
+- Conversations: ``run(..., conversation="id")`` continues a conversation as CrewAI's crew
+  chat does (the history as the ``crew_chat_messages`` input); see ``_conversation``.
+- Runs use the sync ``kickoff`` (in a thread); ``akickoff`` is not supported. A crew
   that runs one agent object twice at once (parallel delegations to the same coworker) races
   in CrewAI itself and may not replay.
 """
@@ -59,6 +67,7 @@ from stalwart.adapters.crewai._install import install
 from stalwart.adapters.crewai._results import AgentResult, CrewResult, TaskResult, crew_result
 from stalwart.adapters.crewai._runner import DurableAgentRunner, DurableCrewRunner
 from stalwart.adapters.crewai._scripted import ScriptedLLM, text, tool_call, tool_results
+from stalwart.adapters.crewai._stream import DurableCrewStreamingOutput, DurableStreamChunk
 from stalwart.kit import ToolCallFailed
 
 __all__ = [
@@ -66,6 +75,8 @@ __all__ = [
     "CrewResult",
     "DurableAgentRunner",
     "DurableCrewRunner",
+    "DurableCrewStreamingOutput",
+    "DurableStreamChunk",
     "ScriptedLLM",
     "TaskResult",
     "ToolCallFailed",

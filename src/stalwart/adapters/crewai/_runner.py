@@ -8,9 +8,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 from crewai import Agent, Crew
+from crewai.crews.utils import enable_agent_streaming
 from crewai.llms.base_llm import BaseLLM
 from crewai.types.streaming import CrewStreamingOutput
 
+from stalwart.adapters.crewai import _conversation
 from stalwart.adapters.crewai._codec import returned_models
 from stalwart.adapters.crewai._install import install
 from stalwart.adapters.crewai._results import (
@@ -19,12 +21,18 @@ from stalwart.adapters.crewai._results import (
     agent_result,
     crew_result,
 )
+from stalwart.adapters.crewai._stream import (
+    DurableCrewStreamingOutput,
+    crew_chunks,
+    install_relay,
+)
 from stalwart.adapters.crewai._threads import CrewRun
+from stalwart.client import StreamEnd
 from stalwart.errors import ConfigurationError
 from stalwart.kit import DurableRunner, allow_map, check_max_iterations, check_source
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import AsyncIterator, Callable, Iterable
 
     from crewai.crews.crew_output import CrewOutput
     from crewai.lite_agent_output import LiteAgentOutput
@@ -76,12 +84,11 @@ def _copy_agent(agent: Agent) -> Agent:
     return copied
 
 
-def _refuse_stream(name: str, stream: bool | None) -> None:
-    if stream:
-        raise ConfigurationError(
-            f"runner {name!r}: stream=True is not supported for CrewAI (runs use the sync "
-            "kickoff); leave stream unset"
-        )
+def _stream_llms(agents: list[Any]) -> None:
+    # What Crew.kickoff does for a streaming crew: the agents' models stream, and CrewAI's
+    # event bus carries their chunks (the relay publishes them from the step bodies).
+    enable_agent_streaming(a for a in agents if a is not None)
+    install_relay()
 
 
 def _cap_iterations(agents: list[Any], max_iterations: int | None) -> None:
@@ -105,8 +112,13 @@ class DurableCrewRunner(DurableRunner):
     tool results are fed back without calling anything, and the run goes live at the first
     call that had not completed, inside whatever task or delegation it was in.
 
-    ``max_iterations`` sets every agent's ``max_iter`` (None: as the agents say). ``stream``
-    must stay unset (or False): streaming crews are not supported.
+    ``max_iterations`` sets every agent's ``max_iter`` (None: as the agents say).
+    ``stream``: whether the agents' models stream, each chunk published live from the model
+    step as CrewAI's event bus delivers it (``model.delta`` events; not journaled). None (the
+    default) follows the crew's own ``Crew(stream=...)``. Read a run's stream with
+    :meth:`kickoff_streaming` (CrewAI's ``CrewStreamingOutput``, durable) or
+    ``stream_parts``; ``conversation="id"`` on a run continues a conversation the way
+    CrewAI's crew chat does (``crew_chat_messages``; see ``_conversation``).
 
     Per run, ``run(inputs={...})`` (or ``submit``/``run_sync``) takes the crew's kickoff
     ``inputs``, interpolated into agents and tasks as ``crew.kickoff(inputs=...)`` does (a dict
@@ -144,7 +156,7 @@ class DurableCrewRunner(DurableRunner):
     ) -> None:
         check_source(crew, Crew, "crewai Crew")
         self.approvals = approvals
-        _refuse_stream(name, stream)
+        self.stream = stream
         self.crew = crew
         self.max_iterations = check_max_iterations(max_iterations)
         self.allowed_types = tuple(allowed_types)
@@ -219,9 +231,12 @@ class DurableCrewRunner(DurableRunner):
                 f"not {type(input).__name__}"
             )
         crew = self.build()
-        if crew.stream:
-            raise ConfigurationError(f"crew {self.name!r}: stream=True is not supported")
+        streaming = crew.stream if self.stream is None else self.stream
+        crew.stream = False  # as CrewAI's own streaming kickoff: the chunks come off the bus
         agents = [*crew.agents, crew.manager_agent]
+        if streaming:
+            _stream_llms(agents)
+        inputs, history = await _conversation.crew_inputs(ctx, input)
         tools = [t for a in agents if a is not None for t in a.tools or []]
         tools += [t for task in crew.tasks for t in task.tools or []]
         allowed = (*self.allowed_types, *returned_models(tools))
@@ -232,11 +247,59 @@ class DurableCrewRunner(DurableRunner):
             allowed,
             partial(_llms, crew),
             approvals=self.approvals,
+            streaming=bool(streaming),
         )
-        output = await run.drive(partial(crew.kickoff, inputs=input))
-        if isinstance(output, CrewStreamingOutput):  # pragma: no cover - refused above
-            raise ConfigurationError(f"crew {self.name!r}: stream=True is not supported")
+        output = await run.drive(partial(crew.kickoff, inputs=inputs))
+        if isinstance(output, CrewStreamingOutput):  # pragma: no cover - stream is off above
+            raise ConfigurationError(f"crew {self.name!r}: the kickoff returned a stream")
+        if history is not None:
+            asked = [_conversation.user_message(input)]
+            await _conversation.append_turn(ctx, asked, output.raw)
         return crew_result(output)
+
+    # -- streaming: CrewAI's own ``CrewStreamingOutput``, durable --------------------------
+
+    async def kickoff_streaming(
+        self, input: Any = None, *, run_id: str | None = None, **options: Any
+    ) -> DurableCrewStreamingOutput:
+        """Submit a run and return its stream, as a streaming crew's ``kickoff`` does.
+
+        Takes what :meth:`run` takes (``inputs=``, ``run_id=``, ``conversation=``...). The
+        crew streams when the runner's ``stream`` (or the crew's) is on; otherwise each model
+        call's text comes whole when the call completes. ``async for chunk in streaming``
+        yields CrewAI ``StreamChunk``s (:class:`DurableStreamChunk`) and, when a worker died
+        or a call is retried after part of its text was yielded, a
+        :class:`~stalwart.adapters.StreamReset`: drop what was shown of ``reset.step``
+        (``chunk.step`` names each chunk's); the call then streams again from its start.
+        ``streaming.result`` is the ``CrewOutput`` afterwards; ``get_full_text()`` the
+        text with resets applied.
+        """
+        handle = await self.submit(input, run_id=run_id, **options)
+        return self.attach_streaming(handle)
+
+    def attach_streaming(self, run: RunHandle | str) -> DurableCrewStreamingOutput:
+        """:meth:`kickoff_streaming`'s stream of a run already submitted (handle or run id).
+
+        Model calls completed before it attached come whole, then the call in flight live.
+        """
+        output: DurableCrewStreamingOutput | None = None
+
+        async def chunks() -> AsyncIterator[Any]:
+            handle = run
+            if isinstance(handle, str):
+                handle = (await self.client()).handle(handle, self.name)
+            async for part in self.stream_handle(handle):
+                item = crew_chunks(part)
+                if item is not None:
+                    yield item
+                if isinstance(part, StreamEnd):
+                    result = await self.result(handle)  # a failed run raises here, as CrewAI
+                    assert output is not None
+                    output.finish(result)
+                    return
+
+        output = DurableCrewStreamingOutput(chunks())
+        return output
 
 
 class DurableAgentRunner(DurableRunner):
@@ -248,6 +311,10 @@ class DurableAgentRunner(DurableRunner):
     string or a list of messages; :meth:`run` returns CrewAI's ``LiteAgentOutput`` (``raw``,
     ``pydantic``, ``agent_role``, ``usage_metrics``), rebuilt from the run's
     :class:`AgentResult`. ``allowed_types``: as for :class:`DurableCrewRunner`.
+    ``stream=True`` makes the agent's model stream, its chunks published live as for a
+    crew (read them with ``stream_parts``; CrewAI has no streaming output for
+    ``Agent.kickoff``). With ``conversation="id"``, the conversation's messages go in front
+    of the run's and the turn (its messages and the answer) is appended when it completes.
     """
 
     def __init__(
@@ -266,7 +333,7 @@ class DurableAgentRunner(DurableRunner):
     ) -> None:
         check_source(agent, Agent, "crewai Agent")
         self.approvals = approvals
-        _refuse_stream(name, stream)
+        self.stream = bool(stream)
         self.agent = agent
         self.max_iterations = check_max_iterations(max_iterations)
         self.response_format = response_format
@@ -288,6 +355,9 @@ class DurableAgentRunner(DurableRunner):
                 f"not {type(input).__name__}"
             )
         agent = self.build()
+        if self.stream:
+            _stream_llms([agent])
+        prompt, asked = await _conversation.agent_messages(ctx, input)
         allowed = (*self.allowed_types, *returned_models(agent.tools or []))
         run = CrewRun(
             ctx,
@@ -296,10 +366,13 @@ class DurableAgentRunner(DurableRunner):
             allowed,
             lambda: [agent.llm],
             approvals=self.approvals,
+            streaming=self.stream,
         )
         output: LiteAgentOutput = await run.drive(
-            partial(agent.kickoff, input, response_format=self.response_format)
+            partial(agent.kickoff, prompt, response_format=self.response_format)
         )
+        if asked is not None:
+            await _conversation.append_turn(ctx, asked, output.raw)
         return agent_result(output)
 
     def decode_result(self, data: Any) -> LiteAgentOutput:

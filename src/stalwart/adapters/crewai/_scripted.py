@@ -9,10 +9,12 @@ the conversation: a crash-test's worker dies, so a counter in the process would 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from crewai.llms.base_llm import BaseLLM
+from crewai.events.types.llm_events import LLMCallType
+from crewai.llms.base_llm import BaseLLM, llm_call_context
 from pydantic import Field
 
 if TYPE_CHECKING:
@@ -48,7 +50,9 @@ class ScriptedLLM(BaseLLM):
     """A ``BaseLLM`` answering with ``script(messages, tool_names)``; no network.
 
     It reports token usage as a provider would (about four characters a token), so usage
-    metrics and token budgets can be exercised offline.
+    metrics and token budgets can be exercised offline. With ``stream=True`` (set by a
+    streaming crew) it streams as a provider does, through CrewAI's event bus: a text reply
+    a word at a time, each tool call's arguments in one chunk.
     """
 
     script: Script = Field(exclude=True)
@@ -75,6 +79,8 @@ class ScriptedLLM(BaseLLM):
         offered: list[Any] = list(tools or [])
         names = [str(t.get("function", {}).get("name", "")) for t in offered]
         reply = self.script(list(msgs), names)
+        if self.stream and response_model is None:
+            self._stream_reply(reply, from_task, from_agent)
         # Usage as a provider would report it (about four characters a token).
         prompt = sum(len(str(m.get("content") or "")) for m in msgs)
         self._track_token_usage_internal(
@@ -98,6 +104,28 @@ class ScriptedLLM(BaseLLM):
         return self.call(
             messages, tools, callbacks, available_functions, from_task, from_agent, response_model
         )
+
+    def _stream_reply(self, reply: Any, from_task: Any, from_agent: Any) -> None:
+        with llm_call_context() as call_id:
+            if isinstance(reply, str):
+                for word in re.findall(r"\S+\s*", reply):
+                    self._emit_stream_chunk_event(
+                        word,
+                        from_task=from_task,
+                        from_agent=from_agent,
+                        call_type=LLMCallType.LLM_CALL,
+                        response_id=call_id,
+                    )
+                return
+            for index, call in enumerate(reply):
+                self._emit_stream_chunk_event(
+                    call["function"]["arguments"],
+                    from_task=from_task,
+                    from_agent=from_agent,
+                    tool_call={**call, "index": index},
+                    call_type=LLMCallType.TOOL_CALL,
+                    response_id=call_id,
+                )
 
     def supports_function_calling(self) -> bool:
         """Whether tools are offered natively (``function_calling``)."""

@@ -157,8 +157,11 @@ class CrewRun:
         allowed_types: Iterable[type] = (),
         llms: Callable[[], Sequence[Any]] = tuple,
         approvals: ApprovalPolicy | None = None,
+        streaming: bool = False,
     ):
         self.ctx = ctx
+        self.streaming = streaming
+        """Publish the models' stream chunks live (see ``_stream``)."""
         self.approvals = approvals
         """Bind tool-hook approvals to their call (None: free-text answers, as CrewAI's)."""
         self._llms = llms
@@ -381,6 +384,24 @@ class CrewRun:
         """Publish a live-only event from a CrewAI thread, without waiting for it."""
         with contextlib.suppress(RuntimeError):  # the loop is closing: events are best effort
             asyncio.run_coroutine_threadsafe(self.ctx.emit(type, data, step=step), self.loop)
+
+    def stream(self, type: str, data: Any, step: str) -> None:
+        """Publish a model's stream chunk from the thread running its step body.
+
+        Waits until the event is queued for publishing (not sent): chunks keep their order,
+        and every chunk of a call is out before the call's result is journaled. The step
+        attempt it is stamped with is this thread's (``current_step()``), which
+        ``run_coroutine_threadsafe`` hands to the emitting task with the thread's context.
+        """
+        if self.fatal is not None:
+            return
+        try:
+            future = asyncio.run_coroutine_threadsafe(
+                self.ctx.emit(type, data, step=step), self.loop
+            )
+            future.result(timeout=10)
+        except Exception:  # a live chunk is best effort; the journal is the truth
+            pass
 
     @property
     def fatal(self) -> BaseException | None:

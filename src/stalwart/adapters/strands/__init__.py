@@ -10,6 +10,8 @@ def build() -> Agent:  # called once per run
 runner = DurableAgentRunner("research", build, max_iterations=10)
 result = await runner.run("Analyze Q4 market trends")  # an AgentResult; or runner.submit(...)
 later = await runner.run("And Q1?", messages=result.messages)  # the next turn
+async for event in runner.stream_async("Analyze Q2", conversation="c-1"):  # Strands' events
+    ...
 ```
 
 Serve it with ``stalwart worker <module>:<app>`` (``<module>:default_app`` unless an
@@ -41,6 +43,13 @@ A lone agent's run takes Strands' per-call options (``messages=``, ``state=``,
 Strands interrupt pauses the run durably: it publishes ``agent.interrupted`` and waits for the
 signal ``interrupt:<id>`` (the answer); a run resumed after the answer asks nobody again. An
 agent used as a tool has its calls journaled under ``tool:<toolUseId>/``.
+
+Streaming: ``runner.stream_async(prompt, **options)`` (or ``attach_async(run_id)``) yields
+Strands' ``stream_async`` event dicts for a durable run, rebuilt from its stream: live text
+deltas from whichever worker runs the model call, tool-use, message and result events from
+the journal, and ``{"stalwart_reset": StreamReset}`` where a dead attempt's text became void
+(see ``_stream``). Conversations: ``conversation="id"`` on a run starts the agent from the
+conversation's messages and appends the messages the run added (see ``_conversation``).
 
 Not supported yet: interrupts in a graph or swarm, background tool tasks, and graph nodes
 that are neither ``Agent``, ``Graph`` nor ``Swarm``.

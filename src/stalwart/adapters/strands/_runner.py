@@ -14,6 +14,7 @@ from strands.multiagent import MultiAgentBase, MultiAgentResult, Swarm
 from strands.multiagent.graph import Graph, GraphEdge
 from strands.types.agent import Limits
 
+from stalwart.adapters.strands import _conversation
 from stalwart.adapters.strands._interrupts import wait_for_answers
 from stalwart.adapters.strands._model import POLICIES, SCOPE, STREAM, model_middleware
 from stalwart.adapters.strands._result import (
@@ -23,8 +24,10 @@ from stalwart.adapters.strands._result import (
     rebuild_result,
     result_data,
 )
+from stalwart.adapters.strands._stream import StrandsEvents
 from stalwart.adapters.strands._tools import MARK as _MARK
 from stalwart.adapters.strands._tools import agent_of_tool, tool_middleware
+from stalwart.client import StreamEnd
 from stalwart.errors import ConfigurationError
 from stalwart.kit import (
     ApprovalPolicy,
@@ -38,14 +41,14 @@ from stalwart.kit import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 
     from strands.middleware import ExecuteToolContext
     from strands.types._snapshot import Snapshot
 
     from stalwart import Policies
     from stalwart.actors import App, RunContext
-    from stalwart.client import Client
+    from stalwart.client import Client, RunHandle
 
 Target = Agent | MultiAgentBase
 """What a runner serves: an ``Agent``, a ``Graph`` or a ``Swarm`` (nested ones included)."""
@@ -290,6 +293,51 @@ class DurableAgentRunner(DurableRunner):
         """A lone agent's :class:`DurableAgentResult`; a graph's or swarm's ``MultiAgentResult``."""
         return rebuild_result(data, _Models(self._models, self._factory))
 
+    # -- streaming: Strands' own ``stream_async``, durable ---------------------------------
+
+    async def stream_async(
+        self, prompt: Any = None, *, run_id: str | None = None, **options: Any
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Submit a run and yield its events as Strands' ``Agent.stream_async`` does.
+
+        Takes what :meth:`run` takes (a prompt, Strands' per-call options, ``run_id=``,
+        ``conversation=``...). Yields Strands' event dicts: ``{"data": text, "delta": ...}``
+        for each text delta (live, from whichever worker runs the model call), a
+        ``tool_use_stream`` event per tool call, ``{"message": ...}`` for each message the
+        agent adds, and ``{"result": DurableAgentResult}`` last (a graph or swarm:
+        ``{"type": "multiagent_result", "result": MultiAgentResult}``, its nodes' events
+        wrapped as ``multiagent_node_stream``). A failed run raises as :meth:`run` does.
+
+        When a worker dies (or a model call is retried) after part of a call's text was
+        yielded, ``{"stalwart_reset": StreamReset}`` comes before the call streams again
+        from its start: drop the text shown for ``reset.step`` (every text event names its
+        step in ``event["stalwart"]["step"]``; in a lone agent, the reset is always of the
+        call in flight: the text since the last ``message`` event). See
+        ``docs/adapters.md`` (Strands, streaming) for the loop.
+        """
+        handle = await self.submit(prompt, run_id=run_id, **options)
+        async for event in self.attach_async(handle):
+            yield event
+
+    async def attach_async(self, run: RunHandle | str) -> AsyncIterator[dict[str, Any]]:
+        """:meth:`stream_async`'s events for a run already submitted (a handle or a run id).
+
+        Attached late, the model calls completed before it attached yield their whole text
+        once, then the call in flight streams live.
+        """
+        handle = run if not isinstance(run, str) else (await self.client()).handle(run, self.name)
+        events = StrandsEvents()
+        async for part in self.stream_handle(handle):
+            for event in events.feed(part):
+                yield event
+            if isinstance(part, StreamEnd):
+                result = await self.result(handle)  # the run's error raised as run() raises it
+                if isinstance(result, MultiAgentResult):
+                    yield {"type": "multiagent_result", "result": result}
+                else:
+                    yield {"result": result}
+                return
+
     # -- the run -------------------------------------------------------------------------
 
     async def execute(self, ctx: RunContext, input: Any) -> Any:
@@ -319,6 +367,7 @@ class DurableAgentRunner(DurableRunner):
     async def _invoke(self, ctx: RunContext, target: Target, request: RunRequest) -> Any:
         if isinstance(target, Agent):
             return await self._invoke_agent(ctx, target, request)
+        _conversation.refuse(ctx, type(target).__name__)
         if (
             request.messages is not None
             or request.state is not None
@@ -337,6 +386,15 @@ class DurableAgentRunner(DurableRunner):
         return multi_output(multi)
 
     async def _invoke_agent(self, ctx: RunContext, agent: Agent, request: RunRequest) -> Any:
+        added: list[dict[str, Any]] = []
+        conversation = await _conversation.load(ctx, agent, request.messages)
+        with _conversation.ADDED.using(added if conversation is not None else None):
+            result = await self._converse(ctx, agent, request)
+        if conversation is not None:
+            await conversation.append(added)  # the turn's messages, once the turn completed
+        return result
+
+    async def _converse(self, ctx: RunContext, agent: Agent, request: RunRequest) -> Any:
         if request.messages is not None:
             agent.messages = [dict(m) for m in request.messages]  # type: ignore[misc]
         if request.state is not None:
