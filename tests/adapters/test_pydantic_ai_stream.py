@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from stalwart import App, Client, Settings
 from stalwart.adapters import StreamReset
 from stalwart.adapters.pydantic_ai import DurableAgentRunner
+from stalwart.adapters.pydantic_ai._request import _result_adapter
 from stalwart.adapters.pydantic_ai._request import result_data as runner_result_data
 from stalwart.adapters.pydantic_ai._stream import DurableStreamedRunResult
 from stalwart.client import Chunk, Reset, StreamEnd
@@ -40,6 +41,11 @@ from tests.helpers import eventually, journal, model_log, open_gate, owners, rid
 
 APP = "tests.adapters.pydantic_apps:app"
 ANSWER = "".join(STORY)
+
+# PydanticAI's result types take about a second each to build on a loaded machine: built here,
+# at import, rather than inside a test's event loop (the loop watchdog would see it blocked).
+for _output in (Any, str, Resolution):
+    _result_adapter(_output)
 
 WorkerFactory = Callable[..., Awaitable[StalwartProcess]]
 
@@ -135,6 +141,46 @@ async def test_parts_become_pydantic_ais_stream_with_resets_and_journal_fill_in(
     nested = _delta("tool:x/specialist/model:1", "a", 1, "inner")
     other = DurableStreamedRunResult(runner, _Handle(), _parts(nested, *parts[-2:]))  # type: ignore[arg-type]
     assert [t async for t in other.stream_text(delta=True)] == [ANSWER]
+
+
+async def _event_kinds(events: Any) -> list[str]:
+    return [type(e).__name__ async for e in events]
+
+
+@pytest.mark.slow
+async def test_run_stream_events_yields_pydantic_ais_own_events(
+    client: Client, pyd_workers: WorkerFactory
+) -> None:
+    await pyd_workers("a")
+    runner = DurableAgentRunner("story", story_agent, app=App("client-side"), client=client)
+    async with story_agent.run_stream_events("tell a story") as plain:
+        plain_events = [e async for e in plain]
+    async with runner.run_stream_events("tell a story") as durable:
+        durable_events = [e async for e in durable]
+        assert durable.result is not None and durable.usage.requests == 2
+    # The same loop sees the same events: kinds, text chunks, tool calls and results.
+    assert [type(e) for e in durable_events] == [type(e) for e in plain_events]
+    for ours, theirs in zip(durable_events, plain_events, strict=True):
+        if hasattr(theirs, "delta"):
+            assert ours.delta.content_delta == theirs.delta.content_delta
+        if hasattr(theirs, "part") and hasattr(theirs.part, "content"):
+            assert ours.part.content == theirs.part.content
+        if hasattr(theirs, "part") and hasattr(theirs.part, "args"):
+            assert ours.part.args_as_dict() == theirs.part.args_as_dict()
+    assert durable_events[-1].result.output == plain_events[-1].result.output == ANSWER
+
+    # Attached after the end: the journal's steps as PydanticAI replays completed responses.
+    async with runner.attach_events(durable.handle) as late:
+        kinds = await _event_kinds(late)
+    assert kinds == [
+        "PartStartEvent",
+        "PartEndEvent",
+        "FunctionToolCallEvent",
+        "FunctionToolResultEvent",
+        "PartStartEvent",
+        "PartEndEvent",
+        "AgentRunResultEvent",
+    ]
 
 
 @pytest.mark.slow

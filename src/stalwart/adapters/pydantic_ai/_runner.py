@@ -13,6 +13,7 @@ from pydantic_ai.usage import UsageLimits
 from stalwart.adapters.pydantic_ai import _scope
 from stalwart.adapters.pydantic_ai._capability import StalwartDurability
 from stalwart.adapters.pydantic_ai._conversation import conversation_history, keep_turn
+from stalwart.adapters.pydantic_ai._events import DurableRunEvents
 from stalwart.adapters.pydantic_ai._request import (
     adapter,
     decode_request,
@@ -216,6 +217,38 @@ class DurableAgentRunner(DurableRunner):
         parts = self.stream_handle(handle)
         try:
             yield DurableStreamedRunResult(self, handle, parts)
+        finally:
+            close = getattr(parts, "aclose", None)
+            if close is not None:
+                await close()
+
+    @asynccontextmanager
+    async def run_stream_events(
+        self, input: Any = None, *, run_id: str | None = None, **options: Any
+    ) -> AsyncIterator[DurableRunEvents[Any]]:
+        """``agent.run_stream_events``, durably: PydanticAI's own events of a submitted run.
+
+        ``async with runner.run_stream_events("...") as events: async for event in events:``
+        yields ``PartStartEvent``, ``PartDeltaEvent``, ``FinalResultEvent``,
+        ``FunctionToolCallEvent``, ``FunctionToolResultEvent``... then one
+        ``AgentRunResultEvent``; a :class:`~stalwart.adapters.StreamReset` where a model
+        call's events became void (see :class:`DurableRunEvents`).
+        """
+        handle = await self.submit(input, run_id=run_id, **options)
+        async with self.attach_events(handle) as events:
+            yield events
+
+    @asynccontextmanager
+    async def attach_events(self, run: RunHandle | str) -> AsyncIterator[DurableRunEvents[Any]]:
+        """:meth:`run_stream_events` for a run already submitted (a handle or a run id).
+
+        Steps completed before attaching come from the journal: a model call as the start and
+        end event of each part of its response, a tool call as its call and result events.
+        """
+        handle = run if not isinstance(run, str) else (await self.client()).handle(run, self.name)
+        parts = self.stream_handle(handle)
+        try:
+            yield DurableRunEvents(self, handle, parts)
         finally:
             close = getattr(parts, "aclose", None)
             if close is not None:

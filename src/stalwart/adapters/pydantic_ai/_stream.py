@@ -193,6 +193,8 @@ class DurableStreamedRunResult(Generic[OutputT]):
         # The journaled response is the truth: fill in text a late subscriber (or a lost
         # event) missed, or replace text that differs.
         parts = _journaled_parts(part.result)
+        if not parts:
+            return []  # no response in the record: keep what streamed
         journaled = "".join(
             str(p.get("content") or "") for p in parts if p.get("part_kind") == "text"
         )
