@@ -262,7 +262,9 @@ async def _consume(
             delta = getattr(event, "delta", None)
             if isinstance(delta, str) and delta:
                 # Live only: a replayed response does not emit its deltas again.
-                await scope.ctx.emit("model.delta", {"type": kind, "delta": delta}, step=key)
+                await scope.ctx.emit(
+                    "model.delta", {"type": kind, "delta": delta, "text": delta}, step=key
+                )
             forward(event)
     finally:
         aclose = getattr(events, "aclose", None)
