@@ -170,6 +170,8 @@ class RunRecord(msgspec.Struct, frozen=True, kw_only=True):
     """What a run waiting to be placed waits for (``concurrency <rule> key <key>``)."""
     build: str = ""
     """The build that first placed the run ("": not placed yet, or placed before builds)."""
+    conversation: str = ""
+    """The conversation the run is a turn of ("": none; see docs/conversations.md)."""
 
     @property
     def route_lane(self) -> str:
@@ -311,4 +313,5 @@ def _record(raw: dict[bytes, bytes]) -> RunRecord:
         lane=text("lane"),
         queued_for=text("queued_for"),
         build=text("build"),
+        conversation=text("conversation"),
     )
