@@ -208,13 +208,13 @@ async def test_run_stream_shows_the_answer_once_across_a_sigkill(
                 deltas.append(delta)
 
         consumer = asyncio.create_task(consume())
-        await eventually(lambda: _ready(deltas, before), timeout=30)
+        await eventually(lambda: _ready(deltas, before), timeout=90)
         a.kill()
         await open_gate(counters, run_id, hold)
-        await pyd_workers("b")
-        await asyncio.wait_for(consumer, timeout=60)
+        await pyd_workers("b", wait=False)  # its run shows it took over
+        await asyncio.wait_for(consumer, timeout=120)
         output = await result.get_output()
-        await asyncio.wait_for(follower, timeout=30)
+        await asyncio.wait_for(follower, timeout=90)
 
     # The final text once, equal to the model's output.
     assert output == ANSWER
@@ -258,7 +258,7 @@ async def test_late_attach_gets_completed_calls_from_the_journal(
     handle = await runner.submit("tell a story hold:mid", run_id=run_id)
     raw: list[Any] = []
     follower = asyncio.create_task(raw_chunks(handle, raw))
-    await eventually(lambda: _ready_raw(raw, 3), timeout=30)  # three chunks out, held
+    await eventually(lambda: _ready_raw(raw, 3), timeout=90)  # three chunks out, held
 
     # Attached now: the tool-call request is journaled, the answer in flight (half missed).
     views: list[str] = []
@@ -270,10 +270,10 @@ async def test_late_attach_gets_completed_calls_from_the_journal(
 
         consumer = asyncio.create_task(consume())
         await open_gate(counters, run_id, "mid")
-        await asyncio.wait_for(consumer, timeout=30)
+        await asyncio.wait_for(consumer, timeout=90)
         assert await result.get_output() == ANSWER
     assert views[-1] == ANSWER
-    await asyncio.wait_for(follower, timeout=30)
+    await asyncio.wait_for(follower, timeout=90)
 
     # Attached after the end: every model call from the journal, the answer whole.
     async with runner.attach_stream(handle) as done:
@@ -337,11 +337,11 @@ async def test_a_conversation_of_three_turns_across_two_workers(
     conversation = f"c-{rid()[:12]}"
     ids = [rid() for _ in range(3)]
 
-    first = await runner.run("hello", run_id=ids[0], conversation=conversation, timeout=30)
+    first = await runner.run("hello", run_id=ids[0], conversation=conversation, timeout=90)
     assert first.output == "turn 1: you said hello"
     a.kill()  # between turns: the next turns run on another worker
-    await pyd_workers("b")
-    second = await runner.run("and again", run_id=ids[1], conversation=conversation, timeout=60)
+    await pyd_workers("b", wait=False)
+    second = await runner.run("and again", run_id=ids[1], conversation=conversation, timeout=120)
     assert second.output == "turn 2: you said and again"
     async with runner.run_stream("bye", run_id=ids[2], conversation=conversation) as third:
         views = [t async for t in third.stream_text()]
@@ -362,7 +362,7 @@ async def test_a_conversation_and_message_history_together_are_refused(
 ) -> None:
     await pyd_workers("a")
     runner = DurableAgentRunner("turns", turns_agent, app=App("client-side"), client=client)
-    first = await runner.run("hello", timeout=30)
+    first = await runner.run("hello", timeout=90)
     from stalwart import RunFailed
 
     with pytest.raises(RunFailed) as failed:
@@ -370,7 +370,7 @@ async def test_a_conversation_and_message_history_together_are_refused(
             "again",
             conversation=f"c-{rid()[:12]}",
             message_history=first.all_messages(),
-            timeout=30,
+            timeout=90,
         )
     assert failed.value.error_type == "HistoryConflict"
     assert "pass one of them" in failed.value.message
