@@ -54,8 +54,24 @@ WorkerFactory = Callable[..., Awaitable[StalwartProcess]]
 async def pyd_workers(
     settings: Settings, servers: Servers, client: Client
 ) -> AsyncIterator[WorkerFactory]:
+    """Worker processes serving ``APP``, started (and registered) within two minutes.
+
+    (The pool's own wait for the heartbeat is 30 s, which a 2-core machine running several
+    suites at once has exceeded while the worker had started normally: it logs
+    ``worker.started`` once it has registered its agents, opened its feeds and beaten.)
+    """
     async with worker_pool(APP, settings, servers, client) as start:
-        yield start
+
+        async def registered(worker_id: str, **env: str) -> StalwartProcess:
+            proc = await start(worker_id, wait=False, **env)
+
+            async def serving() -> bool:
+                return '"worker.started"' in proc.log_text()
+
+            await eventually(serving, timeout=120, interval=0.2, message=proc.log_text)
+            return proc
+
+        yield registered
 
 
 def shown(deltas: list[Any]) -> str:
@@ -148,6 +164,7 @@ async def _event_kinds(events: Any) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # worker processes on a loaded 2-core machine
 async def test_run_stream_events_yields_pydantic_ais_own_events(
     client: Client, pyd_workers: WorkerFactory
 ) -> None:
@@ -184,6 +201,7 @@ async def test_run_stream_events_yields_pydantic_ais_own_events(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # worker processes on a loaded 2-core machine
 @pytest.mark.parametrize("hold", ["mid", "end"])
 async def test_run_stream_shows_the_answer_once_across_a_sigkill(
     client: Client,
@@ -211,7 +229,7 @@ async def test_run_stream_shows_the_answer_once_across_a_sigkill(
         await eventually(lambda: _ready(deltas, before), timeout=90)
         a.kill()
         await open_gate(counters, run_id, hold)
-        await pyd_workers("b", wait=False)  # its run shows it took over
+        await pyd_workers("b")
         await asyncio.wait_for(consumer, timeout=120)
         output = await result.get_output()
         await asyncio.wait_for(follower, timeout=90)
@@ -249,6 +267,7 @@ async def _ready(deltas: list[Any], n: int) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # worker processes on a loaded 2-core machine
 async def test_late_attach_gets_completed_calls_from_the_journal(
     client: Client, pyd_workers: WorkerFactory, counters: aioredis.Redis
 ) -> None:
@@ -287,6 +306,7 @@ async def _ready_raw(raw: list[Any], n: int) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # worker processes on a loaded 2-core machine
 async def test_the_same_loop_without_stalwart_yields_the_same(
     client: Client, pyd_workers: WorkerFactory
 ) -> None:
@@ -311,6 +331,7 @@ async def test_the_same_loop_without_stalwart_yields_the_same(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # worker processes on a loaded 2-core machine
 async def test_structured_output_streams_partial_outputs(
     client: Client, pyd_workers: WorkerFactory
 ) -> None:
@@ -329,6 +350,7 @@ async def test_structured_output_streams_partial_outputs(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # worker processes on a loaded 2-core machine
 async def test_a_conversation_of_three_turns_across_two_workers(
     client: Client, pyd_workers: WorkerFactory, supervisor: Any, counters: aioredis.Redis
 ) -> None:
@@ -340,7 +362,7 @@ async def test_a_conversation_of_three_turns_across_two_workers(
     first = await runner.run("hello", run_id=ids[0], conversation=conversation, timeout=90)
     assert first.output == "turn 1: you said hello"
     a.kill()  # between turns: the next turns run on another worker
-    await pyd_workers("b", wait=False)
+    await pyd_workers("b")
     second = await runner.run("and again", run_id=ids[1], conversation=conversation, timeout=120)
     assert second.output == "turn 2: you said and again"
     async with runner.run_stream("bye", run_id=ids[2], conversation=conversation) as third:
@@ -353,10 +375,13 @@ async def test_a_conversation_of_three_turns_across_two_workers(
     # PydanticAI's result continues the conversation: earlier turns' messages, then this one's.
     assert len(third.all_messages()) == 6 and len(third.new_messages()) == 2
     assert third.conversation_id == conversation
-    assert owners(await journal(client, ids[0])) == ["a"]
-    assert owners(await journal(client, ids[1])) == ["b"]
+    # (A turn can take more than one epoch on its worker: the conversation's claim.)
+    assert set(owners(await journal(client, ids[0]))) == {"a"}
+    assert set(owners(await journal(client, ids[1]))) == {"b"}
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)  # worker processes on a loaded 2-core machine
 async def test_a_conversation_and_message_history_together_are_refused(
     client: Client, pyd_workers: WorkerFactory
 ) -> None:
