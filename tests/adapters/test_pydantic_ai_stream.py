@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 
 from stalwart import App, Client, Settings
 from stalwart.adapters import StreamReset
-from stalwart.adapters.pydantic_ai import DurableAgentRunner
+from stalwart.adapters.pydantic_ai import DurableAgentRunner, DurableRunEvents
 from stalwart.adapters.pydantic_ai._request import _result_adapter
 from stalwart.adapters.pydantic_ai._request import result_data as runner_result_data
 from stalwart.adapters.pydantic_ai._stream import DurableStreamedRunResult
@@ -157,6 +157,35 @@ async def test_parts_become_pydantic_ais_stream_with_resets_and_journal_fill_in(
     nested = _delta("tool:x/specialist/model:1", "a", 1, "inner")
     other = DurableStreamedRunResult(runner, _Handle(), _parts(nested, *parts[-2:]))  # type: ignore[arg-type]
     assert [t async for t in other.stream_text(delta=True)] == [ANSWER]
+
+
+async def test_parts_become_pydantic_ais_events_with_a_reset_among_them() -> None:
+    runner = DurableAgentRunner("story", story_agent, app=App("client-side"))
+    data = await _plain_result_data()
+
+    def delta(worker: str, text: str, epoch: int) -> Chunk:
+        event = {"index": 0, "delta": {"content_delta": text, "part_delta_kind": "text"}}
+        chunk = _delta("model:2", worker, 1, text, epoch=epoch)
+        chunk.data["event"] = {**event, "event_kind": "part_delta"}
+        return chunk
+
+    parts = [
+        delta("a", "Once ", 1),
+        Reset(step="model:2", epoch=2, attempt=1, reason="failover", seq=0),
+        delta("b", "Once ", 2),
+        StreamEnd(status="completed", result=data),
+    ]
+    events = DurableRunEvents(runner, _Handle(), _parts(*parts))  # type: ignore[arg-type]
+    got = [e async for e in events]
+    assert [type(e).__name__ for e in got] == [
+        "PartDeltaEvent",
+        "StreamReset",
+        "PartDeltaEvent",
+        "AgentRunResultEvent",
+    ]
+    assert got[0].delta.content_delta == "Once " and got[1].reason == "failover"
+    assert events.result is not None and events.result.output == ANSWER
+    assert events.resets == [got[1]] and len(events.all_messages()) == 4
 
 
 async def _event_kinds(events: Any) -> list[str]:
