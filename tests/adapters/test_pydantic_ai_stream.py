@@ -383,7 +383,10 @@ async def test_structured_output_streams_partial_outputs(
 async def test_a_conversation_of_three_turns_across_two_workers(
     client: Client, pyd_workers: WorkerFactory, supervisor: Any, counters: aioredis.Redis
 ) -> None:
-    a = await pyd_workers("a")
+    # A worker killed right after its turn completed can die before it handed the conversation
+    # on; the waiting turn repairs that at its re-check (300 s by default), short here.
+    recheck = {"STALWART_CONVERSATION_RECHECK": "2"}
+    a = await pyd_workers("a", **recheck)
     runner = DurableAgentRunner("turns", turns_agent, app=App("client-side"), client=client)
     conversation = f"c-{rid()[:12]}"
     ids = [rid() for _ in range(3)]
@@ -391,7 +394,7 @@ async def test_a_conversation_of_three_turns_across_two_workers(
     first = await runner.run("hello", run_id=ids[0], conversation=conversation, timeout=90)
     assert first.output == "turn 1: you said hello"
     a.kill()  # between turns: the next turns run on another worker
-    await pyd_workers("b")
+    await pyd_workers("b", **recheck)
     second = await runner.run("and again", run_id=ids[1], conversation=conversation, timeout=120)
     assert second.output == "turn 2: you said and again"
     async with runner.run_stream("bye", run_id=ids[2], conversation=conversation) as third:
