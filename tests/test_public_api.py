@@ -478,6 +478,9 @@ PUBLIC_API: dict[str, list[str]] = {
     "stalwart.adapters.pydantic_ai": [
         "AgentRequest",
         "DurableAgentRunner",
+        "DurableRunEvents",
+        "DurableStreamedRunResult",
+        "HistoryConflict",
         "OutputNotSerializable",
         "StalwartDurability",
         "ToolResultNotSerializable",

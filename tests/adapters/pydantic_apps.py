@@ -382,3 +382,94 @@ errors_agent = Agent(
 )
 
 errors = DurableAgentRunner("errors", errors_agent, app=app, stream=False)
+
+
+# -- story: a streamed answer the tests hold mid-stream or after its last chunk ---------------------
+
+STORY = ["Once ", "upon ", "a ", "time ", "a ", "durable ", "agent."]
+"""The answer's seven text chunks (the audit's case: seven deltas, streamed by each worker)."""
+
+
+def user_prompts(messages: list[ModelMessage]) -> list[str]:
+    return [
+        str(p.content)
+        for m in messages
+        for p in getattr(m, "parts", [])
+        if getattr(p, "part_kind", "") == "user-prompt"
+    ]
+
+
+async def story_stream(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[object]:
+    """Call ``lookup`` first; then stream STORY, held on the gate the prompt names.
+
+    ``hold:mid`` waits on gate ``mid`` after three chunks; ``hold:end`` waits on gate ``end``
+    after the last chunk, before the response completes (so before the step is journaled).
+    Outside a worker (a plain run in the test process) nothing is logged nor held.
+    """
+    step = current_step()
+    if step is not None:
+        await log_model_call("story", messages)
+    if responses(messages) == 0:
+        yield {0: DeltaToolCall(name="lookup", json_args='{"topic": "agents"}')}
+        return
+    prompt = user_prompts(messages)[-1]
+    for i, chunk in enumerate(STORY):
+        if step is not None and i == 3 and "hold:mid" in prompt:
+            await wait_gate(step.run_id, "mid")
+        yield chunk
+    if step is not None and "hold:end" in prompt:
+        await wait_gate(step.run_id, "end")
+
+
+async def story_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    if responses(messages) == 0:
+        return ModelResponse(parts=[ToolCallPart("lookup", {"topic": "agents"})])
+    return ModelResponse(parts=[TextPart("".join(STORY))])
+
+
+async def lookup(topic: str) -> str:
+    return f"{topic} survive crashes"
+
+
+story_agent = Agent(
+    FunctionModel(story_model, stream_function=story_stream, model_name="story-model"),
+    name="story",
+    tools=[lookup],
+)
+
+story = DurableAgentRunner("story", story_agent, app=app)
+
+
+# -- turns: a conversation; the model records the prompts it was given -----------------------------
+
+
+def seen_key(run_id: str) -> str:
+    """The user prompts the ``turns`` model saw in a run (a JSON list)."""
+    return f"seen:{run_id}"
+
+
+def turns_reply(messages: list[ModelMessage]) -> str:
+    prompts = user_prompts(messages)
+    return f"turn {len(prompts)}: you said {prompts[-1]}"
+
+
+async def turns_stream(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str]:
+    step = current_step()
+    if step is not None:
+        await counters().rpush(seen_key(step.run_id), json.dumps(user_prompts(messages)))
+    reply = turns_reply(messages)
+    half = len(reply) // 2
+    yield reply[:half]
+    yield reply[half:]
+
+
+async def turns_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    return ModelResponse(parts=[TextPart(turns_reply(messages))])
+
+
+turns_agent = Agent(
+    FunctionModel(turns_model, stream_function=turns_stream, model_name="turns-model"),
+    name="turns",
+)
+
+turns = DurableAgentRunner("turns", turns_agent, app=app)

@@ -26,9 +26,17 @@ tool (delegation) whose agent carries :class:`StalwartDurability` runs in the sc
 ``tool:<tool_call_id>/<agent name>/``, so its steps replay inside the outer run.
 
 Live events (not journaled, published from inside the live step only): ``model.part_start``,
-``model.delta`` (text and argument chunks), ``model.part_end``, ``model.final_result`` when
-streaming, ``model.response`` (tool calls and text of a response), ``tool.call`` and
-``tool.result``; each carries the step key.
+``model.delta`` (text and argument chunks; ``data["text"]`` the answer text), ``model.part_end``,
+``model.final_result`` when streaming, ``model.response`` (tool calls and text of a response),
+``tool.call`` and ``tool.result``; each carries the step key and attempt.
+
+PydanticAI's own streaming APIs work durably on the runner: ``async with
+runner.run_stream(prompt) as result: async for text in result.stream_text(): ...``
+(:class:`DurableStreamedRunResult`) and ``runner.run_stream_events(prompt)``
+(:class:`DurableRunEvents`), with a :class:`~stalwart.adapters.StreamReset` where a model
+call's streamed text became void (its worker died, or it is retried). ``conversation="c-1"``
+on ``run``/``submit``/``run_stream`` continues a conversation: its earlier turns' messages are
+the run's ``message_history``, its new messages are appended.
 
 Code that runs outside steps runs again on every resume and must be deterministic: dynamic
 instructions and system prompts, history processors, output validators and output
@@ -37,13 +45,19 @@ run with a :class:`~stalwart.NonDeterminismError` that says what changed.
 """
 
 from stalwart.adapters.pydantic_ai._capability import StalwartDurability
+from stalwart.adapters.pydantic_ai._conversation import HistoryConflict
+from stalwart.adapters.pydantic_ai._events import DurableRunEvents
 from stalwart.adapters.pydantic_ai._request import AgentRequest, OutputNotSerializable
 from stalwart.adapters.pydantic_ai._runner import DurableAgentRunner
+from stalwart.adapters.pydantic_ai._stream import DurableStreamedRunResult
 from stalwart.adapters.pydantic_ai._tools import ToolResultNotSerializable
 
 __all__ = [
     "AgentRequest",
     "DurableAgentRunner",
+    "DurableRunEvents",
+    "DurableStreamedRunResult",
+    "HistoryConflict",
     "OutputNotSerializable",
     "StalwartDurability",
     "ToolResultNotSerializable",

@@ -113,8 +113,11 @@ def event_data(event: AgentStreamEvent) -> list[tuple[str, Any]]:
 
     A chunk of text, thinking or tool arguments is a ``model.delta`` (as the other adapters
     publish them), including the first chunk, which pydantic-ai puts in the part's start
-    event. Other events keep pydantic-ai's kind: ``model.part_start``, ``model.part_end``,
-    ``model.final_result``.
+    event. Its data: ``text`` (the chunk of answer text; "" for thinking and tool arguments),
+    ``type`` (the part kind), ``index``, ``delta`` (the chunk of any kind), ``event``
+    (PydanticAI's ``PartDeltaEvent`` as JSON data) or ``start`` (the chunk came in the part's
+    start event). Other events keep pydantic-ai's kind and are the event as JSON data:
+    ``model.part_start``, ``model.part_end``, ``model.final_result``.
     """
     if isinstance(event, PartDeltaEvent):
         delta = event.delta
@@ -122,6 +125,8 @@ def event_data(event: AgentStreamEvent) -> list[tuple[str, Any]]:
         data = _delta(delta.part_delta_kind, event.index, chunk)
         if tool_name := getattr(delta, "tool_name_delta", None):
             data["tool_name"] = tool_name
+        # PydanticAI's own event, for a client that rebuilds it (``run_stream_events``).
+        data["event"] = to_jsonable_python(event, fallback=repr)
         return [("model.delta", data)]
     out: list[tuple[str, Any]] = [
         (f"model.{event.event_kind}", to_jsonable_python(event, fallback=repr))
@@ -130,14 +135,19 @@ def event_data(event: AgentStreamEvent) -> list[tuple[str, Any]]:
         kind = event.part.part_kind.replace("-", "_")
         attr = {"text": "content", "thinking": "content", "tool_call": "args"}.get(kind)
         if attr and (chunk := getattr(event.part, attr, None)):
-            out.append(("model.delta", _delta(kind, event.index, chunk)))
+            # Marked: a client rebuilding PydanticAI's events finds this chunk in the start.
+            out.append(("model.delta", {**_delta(kind, event.index, chunk), "start": True}))
     return out
 
 
 def _delta(kind: str, index: int, chunk: Any) -> dict[str, Any]:
-    data: dict[str, Any] = {"type": kind, "index": index}
+    # "text" is the answer text of the chunk (the stream contract: every model.delta has it),
+    # "" for thinking and tool-call arguments, which "delta" carries for every kind.
+    data: dict[str, Any] = {"type": kind, "index": index, "text": ""}
     if chunk:
         data["delta"] = chunk if isinstance(chunk, str) else json.dumps(to_jsonable_python(chunk))
+        if kind == "text":
+            data["text"] = data["delta"]
     return data
 
 

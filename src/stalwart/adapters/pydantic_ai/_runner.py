@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from pydantic_ai.agent import AbstractAgent
@@ -11,6 +12,8 @@ from pydantic_ai.usage import UsageLimits
 
 from stalwart.adapters.pydantic_ai import _scope
 from stalwart.adapters.pydantic_ai._capability import StalwartDurability
+from stalwart.adapters.pydantic_ai._conversation import conversation_history, keep_turn
+from stalwart.adapters.pydantic_ai._events import DurableRunEvents
 from stalwart.adapters.pydantic_ai._request import (
     adapter,
     decode_request,
@@ -20,16 +23,17 @@ from stalwart.adapters.pydantic_ai._request import (
     result_data,
     run_options,
 )
+from stalwart.adapters.pydantic_ai._stream import DurableStreamedRunResult
 from stalwart.kit import DurableRunner, build, check_max_iterations, check_source, default_app
 from stalwart.policies import DEFAULT_RETRY
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import AsyncIterator, Callable
 
     from pydantic_ai.capabilities import AbstractCapability
 
     from stalwart.actors import App, RunContext
-    from stalwart.client import Client
+    from stalwart.client import Client, RunHandle
     from stalwart.policies import Policies
 
 
@@ -121,11 +125,15 @@ class DurableAgentRunner(DurableRunner):
         request = decode_request(input)
         deps = await self._deps(request.deps)
         options = run_options(request, self.usage_limits)
+        options["message_history"] = await conversation_history(ctx, request)
+        if ctx.conversation is not None:
+            options["conversation_id"] = ctx.conversation.id  # the same id on every turn
         agent = build(self.agent, AbstractAgent, "pydantic_ai Agent")
         with _scope.FRAME.using(_scope.root(ctx)):
             result = await agent.run(
                 request.prompt, deps=deps, capabilities=self._capabilities(agent), **options
             )
+        await keep_turn(ctx, result)
         return result_data(result)
 
     async def _deps(self, data: Any) -> Any:
@@ -172,3 +180,76 @@ class DurableAgentRunner(DurableRunner):
         if isinstance(output_type, type) and output_type not in (str, object):
             return adapter(output_type).validate_python(result)
         return result
+
+    @asynccontextmanager
+    async def run_stream(
+        self, input: Any = None, *, run_id: str | None = None, **options: Any
+    ) -> AsyncIterator[DurableStreamedRunResult[Any]]:
+        """``agent.run_stream``, durably: submit a run and stream it as PydanticAI does.
+
+        ``async with runner.run_stream("Tell me a story", deps=...) as result:`` then the loop
+        written for PydanticAI: ``async for text in result.stream_text(): ...``,
+        ``await result.get_output()``, ``result.usage``, ``result.all_messages()`` (see
+        :class:`DurableStreamedRunResult`). ``options`` are :meth:`submit`'s (the per-run
+        inputs of :meth:`request`, ``conversation=``...). A crash of the worker in the middle
+        of a model call resets that call's text; ``stream_text()`` starts it again and
+        ``stream_text(delta=True)`` yields a :class:`~stalwart.adapters.StreamReset` first.
+
+        Unlike ``agent.run_stream`` the worker runs the agent's whole loop (``agent.run``):
+        tool calls of the response that carries the final result run as under ``agent.run``.
+        Leaving the block early stops following; the run goes on (``result.handle.cancel()``).
+        """
+        handle = await self.submit(input, run_id=run_id, **options)
+        async with self.attach_stream(handle) as result:
+            yield result
+
+    @asynccontextmanager
+    async def attach_stream(
+        self, run: RunHandle | str
+    ) -> AsyncIterator[DurableStreamedRunResult[Any]]:
+        """:meth:`run_stream` for a run already submitted (a handle or a run id), at any time.
+
+        Model calls completed before attaching yield their whole text at once (from the
+        journal); the call in flight streams on from the chunk the subscription gets first,
+        its missed start filled in when the call completes.
+        """
+        handle = run if not isinstance(run, str) else (await self.client()).handle(run, self.name)
+        parts = self.stream_handle(handle)
+        try:
+            yield DurableStreamedRunResult(self, handle, parts)
+        finally:
+            close = getattr(parts, "aclose", None)
+            if close is not None:
+                await close()
+
+    @asynccontextmanager
+    async def run_stream_events(
+        self, input: Any = None, *, run_id: str | None = None, **options: Any
+    ) -> AsyncIterator[DurableRunEvents[Any]]:
+        """``agent.run_stream_events``, durably: PydanticAI's own events of a submitted run.
+
+        ``async with runner.run_stream_events("...") as events: async for event in events:``
+        yields ``PartStartEvent``, ``PartDeltaEvent``, ``FinalResultEvent``,
+        ``FunctionToolCallEvent``, ``FunctionToolResultEvent``... then one
+        ``AgentRunResultEvent``; a :class:`~stalwart.adapters.StreamReset` where a model
+        call's events became void (see :class:`DurableRunEvents`).
+        """
+        handle = await self.submit(input, run_id=run_id, **options)
+        async with self.attach_events(handle) as events:
+            yield events
+
+    @asynccontextmanager
+    async def attach_events(self, run: RunHandle | str) -> AsyncIterator[DurableRunEvents[Any]]:
+        """:meth:`run_stream_events` for a run already submitted (a handle or a run id).
+
+        Steps completed before attaching come from the journal: a model call as the start and
+        end event of each part of its response, a tool call as its call and result events.
+        """
+        handle = run if not isinstance(run, str) else (await self.client()).handle(run, self.name)
+        parts = self.stream_handle(handle)
+        try:
+            yield DurableRunEvents(self, handle, parts)
+        finally:
+            close = getattr(parts, "aclose", None)
+            if close is not None:
+                await close()
