@@ -270,28 +270,71 @@ async def test_a_passivated_waiter_is_woken_by_the_hand_off(
     assert (await waiter.result(timeout=30))["seen"] == 2
 
 
-async def test_a_lost_hand_off_is_repaired_by_the_waiters_recheck(
-    client: Client, conv_workers: WorkerFactory
-) -> None:
-    await conv_workers("a", STALWART_CONVERSATION_RECHECK="1")
-    conv = "c-" + rid()
-    # A run that ended without releasing its hold (as if its worker died right after the
-    # end was journaled): nobody will ever hand the conversation on.
+async def _held_by_an_ended_run(client: Client, conv: str) -> str:
+    """A conversation held by a run that ended without releasing it (as if its worker died
+    right after the end was journaled): nobody will ever hand the conversation on."""
     ended = await client.submit("solo", None)
     await ended.result(timeout=30)
     convs = client.store.conversations
     assert (
         await convs.claim(conv, ended.run_id, on_busy="queue", submitted_at=0, epoch=1)
     ).outcome == "held"
+    return ended.run_id
+
+
+async def _claims(client: Client, run_id: str) -> list[str]:
+    return [
+        je.entry.key
+        for je in await journal(client, run_id)
+        if isinstance(je.entry, StepDone) and je.entry.key.startswith("conversation:claim")
+    ]
+
+
+async def test_a_lost_hand_off_is_repaired_by_the_next_runs_claim(
+    client: Client, conv_workers: WorkerFactory
+) -> None:
+    await conv_workers("a")  # the default re-check (60 s) would fail the timeout below
+    conv = "c-" + rid()
+    await _held_by_an_ended_run(client, conv)
     waiter = await client.submit("chat", turn("b"), conversation=conv)
     result = await waiter.result(timeout=30)
     assert result["turn"] == 1  # the ended run's turn counted (it completed)
-    keys = [
-        je.entry.key
-        for je in await journal(client, waiter.run_id)
-        if isinstance(je.entry, StepDone)
-    ]
-    assert "conversation:claim#2" in keys  # taken at the re-check, not by a wake
+    assert await _claims(client, waiter.run_id) == ["conversation:claim"]  # at once
+
+
+async def test_reject_is_not_refused_because_of_an_ended_holder(
+    client: Client, conv_workers: WorkerFactory
+) -> None:
+    await conv_workers("a")
+    conv = "c-" + rid()
+    await _held_by_an_ended_run(client, conv)
+    run = await client.submit("chat", turn("b"), conversation=conv, on_busy="reject")
+    assert (await run.result(timeout=30))["turn"] == 1
+
+
+async def test_a_lost_hand_off_is_repaired_by_the_waiters_recheck(
+    client: Client, conv_workers: WorkerFactory, counters: aioredis.Redis
+) -> None:
+    await conv_workers("a", STALWART_CONVERSATION_RECHECK="1")
+    conv = "c-" + rid()
+    first = await client.submit("chat", turn("a", hold=True), conversation=conv)
+    await eventually(lambda: holder_is(client, conv, first.run_id))
+    waiter = await client.submit("chat", turn("b"), conversation=conv)
+
+    async def queued() -> bool:
+        info = await client.store.conversations.info(conv)
+        return info is not None and info.queue == [waiter.run_id]
+
+    await eventually(queued)
+    # The waiter is queued behind a live holder; now the hold passes to a run that has
+    # ended without releasing (the lost hand-off), which only the waiter's re-check sees.
+    gone = await client.submit("solo", None)
+    await gone.result(timeout=30)
+    await client.store.redis.hset(client.store.conversations.keys(conv).meta, "holder", gone.run_id)
+    result = await waiter.result(timeout=30)
+    assert result["turn"] == 1  # the ended holder's turn counted (it completed)
+    assert len(await _claims(client, waiter.run_id)) >= 2  # taken at a re-check, not a wake
+    await open_gate(counters, first.run_id, "hold")
 
 
 async def test_operators_see_the_conversation(

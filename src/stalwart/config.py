@@ -339,7 +339,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ``terminationGracePeriodSeconds``, 30 s by default) at least 10 s above it."""
     passivate_after: float = 60.0
     """A durable wait longer than this gives up its worker slot and lease until woken."""
-    conversation_recheck: float = 300.0
+    conversation_recheck: float = 60.0
     """How often a run waiting for its conversation's turn looks again without being woken
     (a durable wait's timeout: it repairs a hand-off lost with a worker that died)."""
     stuck_after: float = 900.0

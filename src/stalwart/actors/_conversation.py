@@ -208,6 +208,20 @@ class TurnBinding:
             submitted_at=self.created_at,
             epoch=actor.epoch,
         )
+        if (
+            c.outcome in ("queued", "busy")
+            and not recheck
+            and await recover(store, broker, self.conversation)
+        ):
+            # The holder had ended without handing on (its worker died in between): the
+            # repair may have made this run the holder, or freed the conversation.
+            c = await store.conversations.claim(
+                self.conversation,
+                actor.run_id,
+                on_busy=self.on_busy,
+                submitted_at=self.created_at,
+                epoch=actor.epoch,
+            )
         if c.outcome == "stale":
             raise LeaseLost(
                 f"run {actor.run_id!r}: a newer owner holds conversation {self.conversation!r}"

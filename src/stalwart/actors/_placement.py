@@ -56,7 +56,7 @@ class ActorDeps:
     fetch_closed: asyncio.Event
     """Set once the worker has no fetch outstanding (a hand-over publishes after it)."""
     passivate_after: float = 60.0
-    conversation_recheck: float = 300.0
+    conversation_recheck: float = 60.0
     confirm_retry: float = 0.25
     flow: FlowGate | None = None
     """The app's flow rules bound to the store (None: the app has none)."""

@@ -32,7 +32,7 @@ from stalwart.checkpoints import (
 from stalwart.checkpoints._codec import install_codec, is_sealed
 from stalwart.client._handle import RunHandle, opened_events
 from stalwart.config import Settings
-from stalwart.conversations import release_ended
+from stalwart.conversations import recover, release_ended
 from stalwart.errors import (
     ConfigurationError,
     ConversationBusyError,
@@ -222,6 +222,24 @@ class Client:
             )
         return raw
 
+    async def _refuse_if_busy(self, request: RunRequest) -> None:
+        """``on_busy="reject"``: refuse the run (:class:`ConversationBusyError`, and a
+        rejected record) when its conversation is visibly busy. A check, not a reservation:
+        the worker's claim decides a race."""
+        conversation, run_id = request.conversation, request.run_id
+        convs = self.store.conversations
+        at = request.submitted_at
+        busy, blocker = await convs.enqueue(conversation, run_id, on_busy="reject", submitted_at=at)
+        if busy == "busy" and await recover(self.store, self.broker, conversation):
+            # The holder had ended without handing on (its worker died in between).
+            busy, blocker = await convs.enqueue(
+                conversation, run_id, on_busy="reject", submitted_at=at
+            )
+        if busy == "busy":
+            error = ConversationBusyError(conversation, blocker)
+            await self._reject(run_id, request.agent, str(error))
+            raise error
+
     async def _submit(
         self,
         agent: str,
@@ -269,13 +287,7 @@ class Client:
                 f"run {run_id!r}: the request cannot be encoded ({clip(safe_text(exc), 300)})"
             ) from None
         if conversation and on_busy == "reject" and await self.store.get_run(run_id) is None:
-            busy, blocker = await self.store.conversations.enqueue(
-                conversation, run_id, on_busy="reject", submitted_at=request.submitted_at
-            )
-            if busy == "busy":
-                error = ConversationBusyError(conversation, blocker)
-                await self._reject(run_id, agent, str(error))
-                raise error
+            await self._refuse_if_busy(request)
         existing = await self.store.create_run(
             run_id, agent, msgspec.Raw(sealed), trace=carrier_json(trace), lane=lane
         )

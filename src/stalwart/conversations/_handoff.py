@@ -95,22 +95,27 @@ async def interrupt(store: CheckpointStore, broker: Broker, holder: str, by: str
         await release_ended(store, broker, holder)
 
 
-async def recover(store: CheckpointStore, broker: Broker, conversation: str) -> None:
+async def recover(store: CheckpointStore, broker: Broker, conversation: str) -> bool:
     """Repair a conversation whose hand-off got lost: held by a run that has ended (its
     worker died between ending the run and releasing), or free with a run at the head of
-    its queue that has ended. Safe to call any time, from any process."""
+    its queue that has ended. Safe to call any time, from any process. True when it
+    repaired something."""
     info = await store.conversations.info(conversation)
     if info is None:
-        return
+        return False
     if info.holder:
         record = await store.get_run(info.holder)
         if record is None or record.terminal:
             done = record is not None and record.status == "completed"
             _log.warning("conversation.recovered", conversation=conversation, run=info.holder)
             await release(store, broker, conversation, info.holder, fence=None, completed=done)
-        return
+            return True
+        return False
+    dropped = False
     for head in info.queue[:_MAX_SKIPS]:
         record = await store.get_run(head)
         if record is not None and not record.terminal:
-            return
+            break
         await store.conversations.drop_queued(conversation, head)
+        dropped = True
+    return dropped
