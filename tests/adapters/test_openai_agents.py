@@ -554,6 +554,10 @@ def test_exports() -> None:
         "DurableAgentRunner",
         "DurableModel",
         "DurableModelProvider",
+        "DurableRunResultStreaming",
+        "SessionHistoryError",
+        "StalwartSession",
+        "StepRawResponsesStreamEvent",
         "durable_run_config",
     ]
 

@@ -1,0 +1,274 @@
+"""OpenAI Agents SDK: ``run_streamed`` and conversations through Stalwart (issue #17).
+
+Real servers, real worker processes, real SIGKILLs. The agents (``oa-chat``,
+``oa-lookup-chat``) are in ``tests/adapters/openai_apps.py``: their model streams each text
+in word-sized deltas, records the user texts it was given (``inputs_key``), and can be held
+after its second delta (gate ``<step>:mid``) so a test kills the worker mid-stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("agents")
+
+import redis.asyncio as aioredis
+from agents import Runner
+from agents.stream_events import RawResponsesStreamEvent
+from openai.types.responses import ResponseTextDeltaEvent
+
+from stalwart import Client, Settings
+from stalwart.adapters import StreamReset
+from stalwart.adapters.openai_agents import DurableAgentRunner, StepRawResponsesStreamEvent
+from tests.adapters import openai_apps as apps
+from tests.conftest import Servers, WorkerFactory, worker_pool
+from tests.helpers import (
+    COUNTER_ENV,
+    eventually,
+    has_all,
+    mark_gated,
+    model_log,
+    open_gate,
+    rid,
+)
+
+APP = "tests.adapters.openai_apps:app"
+
+
+@pytest.fixture
+async def oa_workers(
+    settings: Settings, servers: Servers, client: Client
+) -> AsyncIterator[WorkerFactory]:
+    async with worker_pool(
+        APP, settings, servers, client, OPENAI_AGENTS_DISABLE_TRACING="1"
+    ) as start:
+        yield start
+
+
+@pytest.fixture
+def runners(client: Client) -> AsyncIterator[None] | Any:
+    """The app's runners, submitting through the test's client."""
+    mine = (apps.chat, apps.lookup_chat)
+    for r in mine:
+        r._client = client
+    yield
+    for r in mine:
+        r._client = None
+
+
+def is_text(event: Any) -> bool:
+    return isinstance(event, RawResponsesStreamEvent) and isinstance(
+        event.data, ResponseTextDeltaEvent
+    )
+
+
+def render(events: list[Any]) -> str:
+    """What a loop that honours resets shows: text per model call, a reset empties its call."""
+    shown: dict[str, str] = {}
+    for event in events:
+        if event.type == "stalwart.reset":
+            shown[event.step] = ""
+        elif is_text(event):
+            shown[event.step] = shown.get(event.step, "") + event.data.delta
+    return "".join(shown.values())
+
+
+def naive(events: list[Any]) -> str:
+    """What a loop written for the plain SDK shows if it ignores resets."""
+    return "".join(e.data.delta for e in events if is_text(e))
+
+
+async def consume(result: Any, into: list[Any]) -> None:
+    async for event in result.stream_events():
+        into.append(event)
+
+
+async def seen_inputs(counters: aioredis.Redis, run_id: str) -> list[list[str]]:
+    return [json.loads(x) for x in await counters.lrange(apps.inputs_key(run_id), 0, -1)]
+
+
+def shape(events: list[Any]) -> list[tuple[str, str]]:
+    """Event types with their kind (raw event type, run item name, agent name)."""
+    out = []
+    for e in events:
+        if isinstance(e, RawResponsesStreamEvent):
+            out.append((e.type, e.data.type))
+        elif e.type == "run_item_stream_event":
+            out.append((e.type, e.name))
+        elif e.type == "agent_updated_stream_event":
+            out.append((e.type, e.new_agent.name))
+        else:
+            out.append((e.type, ""))
+    return out
+
+
+# -- (a) the Done-when test: SIGKILL in the middle of a streamed model call ---------------
+
+
+@pytest.mark.slow
+async def test_run_streamed_through_a_sigkill_mid_stream_shows_the_answer_once(
+    oa_workers: WorkerFactory, supervisor: Any, counters: aioredis.Redis, runners: None
+) -> None:
+    a = await oa_workers("a")
+    run_id = rid()
+    await mark_gated(counters, run_id, "model:1:mid")  # hold model:1 after two deltas
+    result = apps.chat.run_streamed("hello there my friend", run_id=run_id)
+    events: list[Any] = []
+    consumer = asyncio.create_task(consume(result, events))
+
+    async def two_deltas() -> bool:
+        return sum(map(is_text, events)) >= 2
+
+    await eventually(two_deltas, timeout=30)
+    a.kill()
+    await oa_workers("b")
+    await open_gate(counters, run_id, "model:1:mid")
+    await asyncio.wait_for(consumer, timeout=60)
+
+    expected = "turn 1 heard hello there my friend"
+    assert result.is_complete and result.final_output == expected
+    assert render(events) == expected  # exactly once, with the reset honoured
+    assert naive(events) == "turn 1 " + expected  # ...which the dead attempt's text needed
+    resets = [e for e in events if isinstance(e, StreamReset)]
+    assert [(r.step, r.reason, r.type) for r in resets] == [
+        ("model:1", "failover", "stalwart.reset")
+    ]
+    cut = events.index(resets[0])
+    dead = [e for e in events[:cut] if is_text(e)]
+    assert [e.data.delta for e in dead] == ["turn ", "1 "]
+    assert {(e.worker, e.step) for e in dead} == {("a", "model:1")}
+    live = [e for e in events[cut:] if is_text(e)]
+    assert {e.worker for e in live} == {"b"} and live[0].attempt >= 1
+    assert "".join(e.data.delta for e in live) == expected
+    assert await model_log(counters, run_id) == ["model:1", "model:1"]  # a, then b
+    assert result.new_items[-1].raw_item.content[0].text == expected  # the SDK's RunResult
+
+
+# -- (b) a conversation of three turns across two workers, a SIGKILL between turns -------
+
+
+@pytest.mark.slow
+async def test_a_conversation_continues_across_workers_and_a_sigkill(
+    client: Client,
+    oa_workers: WorkerFactory,
+    supervisor: Any,
+    counters: aioredis.Redis,
+    runners: None,
+) -> None:
+    conv = f"chat-{rid()}"
+    a = await oa_workers("a")
+    turns = [("one", "a"), ("two", "b"), ("three", "c")]
+    outputs, inputs = [], []
+    for n, (text, worker) in enumerate(turns):
+        if n == 1:
+            a.kill()  # between turn 1 and 2: the conversation lives in Redis, not on a
+            b = await oa_workers("b")
+        if n == 2:
+            await oa_workers("c")
+            b.kill()
+        run_id = rid()
+        if n == 1:  # one turn through the plain run(), the others streamed
+            result = await apps.chat.run(text, conversation=conv, run_id=run_id, timeout=60)
+        else:
+            streamed = apps.chat.run_streamed(text, conversation=conv, run_id=run_id)
+            events: list[Any] = []
+            await asyncio.wait_for(consume(streamed, events), timeout=60)
+            assert render(events) == streamed.final_output
+            result = streamed
+        outputs.append(result.final_output)
+        inputs.append(await seen_inputs(counters, run_id))
+        record = await client.handle(run_id).status()
+        assert record.conversation == conv and record.worker == worker
+
+    assert outputs == [
+        "turn 1 heard one",
+        "turn 2 heard one then two",
+        "turn 3 heard one then two then three",
+    ]
+    # The model saw the whole history each turn (one model call per turn).
+    assert inputs == [[["one"]], [["one", "two"]], [["one", "two", "three"]]]
+
+
+# -- (c) late attach: completed calls from the journal, then the live ones -----------------
+
+
+@pytest.mark.slow
+async def test_attach_late_gets_completed_calls_whole_then_live_deltas(
+    client: Client, oa_workers: WorkerFactory, counters: aioredis.Redis, runners: None
+) -> None:
+    await oa_workers("a")
+    run_id = rid()
+    await mark_gated(counters, run_id, "tool:L1")  # hold the run after model:1
+    await apps.lookup_chat.submit("hi", run_id=run_id, stream=True)
+
+    await eventually(lambda: has_all(client, run_id, "model:1"), timeout=30)
+    attached = apps.lookup_chat.attach_streamed(run_id)
+    events: list[Any] = []
+    consumer = asyncio.create_task(consume(attached, events))
+    await open_gate(counters, run_id, "tool:L1")
+    await asyncio.wait_for(consumer, timeout=60)
+
+    expected = "the answer is hi (a greeting) for you"
+    assert attached.final_output == expected and render(events) == expected
+    kinds = shape(events)
+    assert ("run_item_stream_event", "tool_called") in kinds  # model:1, from the journal
+    assert kinds.index(("run_item_stream_event", "tool_called")) < kinds.index(
+        ("run_item_stream_event", "tool_output")
+    )
+    model2 = [e for e in events if is_text(e) and e.step == "model:2"]
+    assert len(model2) == len(apps.pieces(expected)) and {e.worker for e in model2} == {"a"}
+
+    # Attaching after the end: every call from the journal, each message's text whole.
+    after = apps.lookup_chat.attach_streamed(run_id)
+    late: list[Any] = []
+    await asyncio.wait_for(consume(after, late), timeout=30)
+    assert after.final_output == expected
+    assert [e.data.delta for e in late if is_text(e)] == [expected]
+    assert not any(isinstance(e, StreamReset) for e in late)
+
+
+# -- (d) the same loop without Stalwart yields the same events ----------------------------
+
+
+@pytest.mark.slow
+async def test_the_same_loop_without_stalwart_yields_the_same_events(
+    oa_workers: WorkerFactory,
+    counters: aioredis.Redis,
+    servers: Servers,
+    runners: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(COUNTER_ENV, servers.redis_url)  # the scripted model logs its calls
+    await oa_workers("a")
+
+    plain = Runner.run_streamed(apps.lookup_chat_agent(), "hi", run_config=apps.CONFIG)
+    plain_events = [e async for e in plain.stream_events()]
+    durable = apps.lookup_chat.run_streamed("hi")
+    durable_events: list[Any] = []
+    await asyncio.wait_for(consume(durable, durable_events), timeout=60)
+
+    assert shape(durable_events) == shape(plain_events)
+    assert naive(durable_events) == naive(plain_events) == plain.final_output
+    assert durable.final_output == plain.final_output
+    assert all(
+        isinstance(e, StepRawResponsesStreamEvent)
+        for e in durable_events
+        if isinstance(e, RawResponsesStreamEvent)
+    )
+    outputs = [e.item.output for e in durable_events if getattr(e, "name", "") == "tool_output"]
+    assert outputs == [
+        e.item.output for e in plain_events if getattr(e, "name", "") == "tool_output"
+    ]
+
+
+def test_run_streamed_refuses_what_it_cannot_send_at_once() -> None:
+    runner = DurableAgentRunner("oa-check", apps.chat_agent, app=apps.App("check"))
+    with pytest.raises(TypeError, match="session= keeps a history"):
+        runner.run_streamed("hi", session=object())
+    with pytest.raises(TypeError, match="no per-run option"):
+        runner.run_streamed("hi", colour="red")
