@@ -7,7 +7,16 @@ whose worker dies resumes on another worker at the step where it stopped.
 from stalwart._version import __version__
 from stalwart.actors import App, RunContext, StepInfo, StepSpec, Worker, current_step
 from stalwart.checkpoints import RunRecord
-from stalwart.client import Client, RunHandle
+from stalwart.client import (
+    Chunk,
+    Client,
+    Reset,
+    RunHandle,
+    StepDone,
+    StreamEnd,
+    StreamPart,
+    StreamText,
+)
 from stalwart.config import Settings
 from stalwart.errors import (
     BudgetExceeded,
@@ -42,6 +51,7 @@ __all__ = [
     "NO_RETRY",
     "App",
     "BudgetExceeded",
+    "Chunk",
     "CircuitOpenError",
     "Client",
     "ConfigurationError",
@@ -54,6 +64,7 @@ __all__ = [
     "PayloadTooLargeError",
     "Policies",
     "QueueFullError",
+    "Reset",
     "RetryPolicy",
     "RunCancelled",
     "RunContext",
@@ -70,10 +81,14 @@ __all__ = [
     "Settings",
     "SignalRefusedError",
     "StalwartError",
+    "StepDone",
     "StepFailed",
     "StepInfo",
     "StepSpec",
     "StepTimeoutError",
+    "StreamEnd",
+    "StreamPart",
+    "StreamText",
     "Supervisor",
     "ToolOutcomeUnknown",
     "UnknownAgentError",

@@ -35,6 +35,7 @@ __all__ = [
     "EV_STEP_COMPLETED",
     "EV_STEP_FAILED",
     "EV_STEP_INTENT",
+    "EV_STEP_RESET",
     "EV_STEP_RETRYING",
     "EV_STEP_STARTED",
     "EV_STUCK",
@@ -59,6 +60,7 @@ __all__ = [
     "StepEndedData",
     "StepIntentData",
     "StepKind",
+    "StepResetData",
     "StepRetryingData",
     "StepStartedData",
     "WaitStartedData",
@@ -120,6 +122,10 @@ class RunEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     data: Any = None
     agent: str = ""
     seq: int = 0
+    attempt: int = 0
+    """The attempt of ``step`` during whose body a live event was emitted (``ctx.emit``
+    inside a step), 0 for events emitted outside a step attempt. With ``epoch`` it tells
+    which attempt a streamed chunk belongs to (see ``step.reset``, docs/streaming.md)."""
 
 
 EventType = Literal[
@@ -143,6 +149,7 @@ EventType = Literal[
     "run.lease_lost",
     "run.released",
     "concurrency.waiting",
+    "step.reset",
 ]
 """The event types Stalwart publishes; ``ctx.emit`` may publish any other type."""
 
@@ -166,6 +173,7 @@ EV_REJECTED: Final = "request.rejected"
 EV_LEASE_LOST: Final = "run.lease_lost"
 EV_RELEASED: Final = "run.released"
 EV_CONCURRENCY_WAITING: Final = "concurrency.waiting"
+EV_STEP_RESET: Final = "step.reset"
 
 StepKind = Literal["step", "model", "tool", "signal", "sleep"]
 """The step kinds Stalwart journals itself: ``ctx.step``, model and tool calls, and the two
@@ -307,6 +315,15 @@ class ConcurrencyWaitingData(_Data, frozen=True, kw_only=True, omit_defaults=Tru
     ahead: int = 0
 
 
+class StepResetData(_Data, frozen=True, kw_only=True, omit_defaults=True):
+    """``step.reset``: attempt ``attempt`` of the step begins where an earlier attempt may
+    have streamed live events (``reason`` ``retry``: it failed; ``failover``: its owner was
+    lost). Every live event of the step from an earlier (epoch, attempt) is void."""
+
+    attempt: int
+    reason: str
+
+
 EventData = (
     RunAcceptedData
     | RunResumedData
@@ -323,6 +340,7 @@ EventData = (
     | RequestRejectedData
     | ReasonData
     | ConcurrencyWaitingData
+    | StepResetData
 )
 """The typed data of Stalwart's events, told apart by the event's ``type``."""
 
@@ -347,6 +365,7 @@ EVENT_DATA: Mapping[str, type[EventData] | None] = {
     EV_LEASE_LOST: ReasonData,
     EV_RELEASED: ReasonData,
     EV_CONCURRENCY_WAITING: ConcurrencyWaitingData,
+    EV_STEP_RESET: StepResetData,
 }
 """The data struct of each :data:`EventType` (None: the event carries no data)."""
 

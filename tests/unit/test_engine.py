@@ -487,6 +487,7 @@ class _Memory:
     entries: list[Entry] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
     confirmed: int = 0
+    resets: list[tuple[str, int, str]] = field(default_factory=list)
     appended: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def append(self, entry: Entry) -> JournalEntry:
@@ -500,8 +501,10 @@ class _Memory:
     async def read(self) -> list[JournalEntry]:
         return [JournalEntry(seq=i + 1, entry=e) for i, e in enumerate(self.entries)]
 
-    async def emit(self, type: str, *, step: str = "", data: Any = None) -> None:
+    async def emit(self, type: str, *, step: str = "", data: Any = None, attempt: int = 0) -> None:
         self.events.append(type)
+        if type == "step.reset":
+            self.resets.append((step, attempt, data["reason"]))
 
     async def journaled(self, je: JournalEntry) -> None:
         self.events.append(type(je.entry).__name__)
@@ -540,6 +543,38 @@ async def test_executor_retries_then_journals_the_result() -> None:
     assert [type(e).__name__ for e in mem.entries] == ["StepAttempt", "StepAttempt", "StepDone"]
     assert mem.confirmed == 3  # the lease is confirmed before every attempt's body
     assert not st.replaying and st.steps_live == 1
+
+
+async def test_a_retry_is_announced_by_a_reset_before_its_start() -> None:
+    st, mem = state_of(policies=FAST), _Memory()
+    tries: list[int] = []
+
+    async def body() -> int:
+        tries.append(1)
+        if len(tries) < 3:
+            raise ValueError("flaky")
+        return 1
+
+    await _executor(st, mem).execute(spec(), body)
+    starts = [e for e in mem.events if e in ("step.reset", "step.started")]
+    assert starts == ["step.started", "step.reset", "step.started", "step.reset", "step.started"]
+    assert mem.resets == [("step:a", 2, "retry"), ("step:a", 3, "retry")]
+
+
+async def test_a_resumed_run_resets_the_steps_until_its_first_live_step_completes() -> None:
+    st, mem = state_of(policies=FAST), _Memory()
+    st.resumed = True  # an earlier epoch may have been streaming the step this one redoes
+
+    async def body() -> int:
+        return 1
+
+    ex = _executor(st, mem)
+    await ex.execute(spec("step:a"), body)
+    await ex.execute(spec("step:b", name="b"), body)
+    assert mem.resets == [("step:a", 1, "failover")]
+    fresh, mem2 = state_of(policies=FAST), _Memory()
+    await _executor(fresh, mem2).execute(spec(), body)
+    assert mem2.resets == []  # a first placement streams nothing twice
 
 
 async def test_executor_after_a_crash_continues_at_the_next_attempt() -> None:

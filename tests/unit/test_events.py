@@ -40,6 +40,7 @@ from stalwart.messages import (
     RunStuckData,
     SignalReceivedData,
     StepEndedData,
+    StepResetData,
     StepRetryingData,
     StepStartedData,
     data_dict,
@@ -278,6 +279,11 @@ BUILT: list[tuple[str, EventData, dict[str, Any]]] = [
         {"signal": "outcome:step:pay", "idempotency_key": "r:step:pay"},
     ),
     ("step.started", StepStartedData(kind="tool", attempt=1), {"kind": "tool", "attempt": 1}),
+    (
+        "step.reset",
+        StepResetData(attempt=2, reason="failover"),
+        {"attempt": 2, "reason": "failover"},
+    ),
     (
         "concurrency.waiting",
         ConcurrencyWaitingData(rule="per-tenant", key="acme", limit=2, ahead=3),

@@ -22,7 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stalwart._text import ERROR_TEXT_LIMIT, clip, exception_text, safe_text, type_name
 from stalwart.actors import _telemetry as obs
-from stalwart.actors._context import RunContext
+from stalwart.actors._context import RunContext, _current
 from stalwart.actors._events import RunEvents
 from stalwart.actors._execute import StepExecutor, error_info
 from stalwart.actors._flow import run_flow
@@ -202,7 +202,17 @@ class RunActor:
         return self.waits.signal_ids.get(key)
 
     async def emit_live(self, type: str, data: Any, step: str = "") -> None:
-        """Publish a non-journaled event for this run (see :meth:`RunContext.emit`)."""
+        """Publish a non-journaled event for this run (see :meth:`RunContext.emit`).
+
+        Inside a step body it carries that step's attempt (and its key, unless ``step`` is
+        given), so a stream consumer can tell a void attempt's chunks (docs/streaming.md).
+        """
+        info = _current.get()
+        if info is not None and info.run_id == self.run_id:
+            await self.events.emit_user(
+                type, step=step or info.key, data=data, attempt=info.attempt
+            )
+            return
         await self.events.emit_user(type, step=step, data=data)
 
     # -- what the worker asks ---------------------------------------------------------------
@@ -276,6 +286,8 @@ class RunActor:
 
     async def _load(self) -> None:
         state = self.state
+        # An earlier epoch may have been streaming the step this one runs first: reset it.
+        state.resumed = self._placement.claim_seq > 1
         if self._placement.claim_seq == 1:
             # A first placement: the journal holds just the Started entry the claim wrote,
             # and no journaled event can be in the stream yet. Two round trips saved.

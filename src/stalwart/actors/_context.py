@@ -312,6 +312,9 @@ class RunContext:
         Not journaled: a subscriber sees it live, a replay does not repeat it. Skipped
         while replaying, so a resumed run does not emit its history twice, unless
         ``always`` (for state a resumed run announces again, such as "waiting for input").
+        Inside a step body the event carries the step's key (unless ``step`` is given) and
+        attempt, so :meth:`RunHandle.stream` can void a dead attempt's chunks; model token
+        deltas are ``emit("model.delta", {"text": ...})`` (docs/streaming.md).
         """
         if always or not self._actor.replaying:
             await self._actor.emit_live(type, data, step)

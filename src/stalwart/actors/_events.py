@@ -35,7 +35,7 @@ class RunEvents:
         self._state = state
         self._log = log
 
-    def event(self, type: str, *, step: str = "", data: Any = None) -> RunEvent:
+    def event(self, type: str, *, step: str = "", data: Any = None, attempt: int = 0) -> RunEvent:
         """A non-journaled event of the run, stamped now."""
         state = self._state
         return RunEvent(
@@ -47,6 +47,7 @@ class RunEvents:
             step=step,
             data=data,
             agent=self._agent,
+            attempt=attempt,
         )
 
     async def publish(self, event: RunEvent) -> None:
@@ -59,15 +60,17 @@ class RunEvents:
     # emit and journaled publish directly rather than through publish(): they run several
     # times per step, and a coroutine level costs more than these few repeated lines.
 
-    async def emit(self, type: str, *, step: str = "", data: Any = None) -> None:
+    async def emit(self, type: str, *, step: str = "", data: Any = None, attempt: int = 0) -> None:
         """Publish a non-journaled event of the run."""
-        event = self.event(type, step=step, data=data)
+        event = self.event(type, step=step, data=data, attempt=attempt)
         try:
             await self._broker.events.publish(event)
         except Exception as exc:
             self._log.warning("event.publish_failed", type=event.type, error=repr(exc))
 
-    async def emit_user(self, type: str, *, step: str = "", data: Any = None) -> None:
+    async def emit_user(
+        self, type: str, *, step: str = "", data: Any = None, attempt: int = 0
+    ) -> None:
         """Publish an event agent code emitted (``ctx.emit``): its data is the agent's, so
         with a payload codec it is sealed whole (an encrypted text in place of ``data``)."""
         if data is not None and payload_codec() is not None:
@@ -75,7 +78,7 @@ class RunEvents:
                 data = seal_value_text(bytes(encode_value(data)))
             except Exception:  # not msgpack-encodable: never send it in the clear instead
                 data = "<event data could not be encrypted>"
-        await self.emit(type, step=step, data=data)
+        await self.emit(type, step=step, data=data, attempt=attempt)
 
     async def journaled(self, je: JournalEntry) -> None:
         """Publish the event of journal entry ``je``."""

@@ -51,7 +51,14 @@ from stalwart.errors import (
     StepTimeoutError,
     ToolOutcomeUnknown,
 )
-from stalwart.messages import EV_OUTCOME_UNKNOWN, EV_STEP_STARTED, OutcomeUnknownData, data_dict
+from stalwart.messages import (
+    EV_OUTCOME_UNKNOWN,
+    EV_STEP_RESET,
+    EV_STEP_STARTED,
+    OutcomeUnknownData,
+    StepResetData,
+    data_dict,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -182,9 +189,7 @@ class StepExecutor(OnRun):
                     raise shut
                 if d.at_most_once:
                     await self._journal.append(self._intent(spec, attempt, started))
-                await self._events.emit(
-                    EV_STEP_STARTED, step=spec.key, data=step_started_data(spec.kind, attempt)
-                )
+                await self._started(spec, attempt, d.attempt)
                 # Last thing before the body: the lease must still be ours (a frozen worker's
                 # flags say nothing). Costs one clock read while renewals are on time.
                 await self._owner.confirm()
@@ -214,6 +219,31 @@ class StepExecutor(OnRun):
             if permit is not None:
                 await self._settle(permit, spec, True, value)
             return await self._record_done(spec, value, started, time.perf_counter() - t0, attempt)
+
+    async def _started(self, spec: StepSpec, attempt: int, first: int) -> None:
+        """Announce an attempt of ``spec``; first, when an earlier attempt may have streamed
+        live events, a ``step.reset`` voiding them.
+
+        A reset goes before a retry (``attempt`` > 1), and before the attempts of a resumed
+        run until its first live step completes (the lost owner may have been streaming any
+        of them): ``failover`` for this epoch's ``first`` attempt then, else ``retry``. It is
+        never dropped by the event batch, unlike a ``step.started`` (see EventPublisher).
+        """
+        state = self.state
+        window = state.resumed and not state.steps_live
+        if attempt > 1 or window:
+            await self._reset(spec, attempt, "failover" if window and attempt == first else "retry")
+        await self._events.emit(
+            EV_STEP_STARTED, step=spec.key, data=step_started_data(spec.kind, attempt)
+        )
+
+    async def _reset(self, spec: StepSpec, attempt: int, reason: str) -> None:
+        await self._events.emit(
+            EV_STEP_RESET,
+            step=spec.key,
+            attempt=attempt,
+            data=data_dict(StepResetData(attempt=attempt, reason=reason)),
+        )
 
     def _local_breaker(self, spec: StepSpec, d: Attempt) -> CircuitBreaker | None:
         """This worker's breaker for the step, unless it has none or a shared breaker (a flow

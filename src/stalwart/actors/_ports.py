@@ -36,8 +36,8 @@ class Journal(Protocol):
 class EventSink(Protocol):
     """Where a run's events go (best effort: the journal is the truth)."""
 
-    async def emit(self, type: str, *, step: str = "", data: Any = None) -> None:
-        """Publish a non-journaled event of the run."""
+    async def emit(self, type: str, *, step: str = "", data: Any = None, attempt: int = 0) -> None:
+        """Publish a non-journaled event of the run (``attempt``: see ``RunEvent.attempt``)."""
         ...
 
     async def journaled(self, je: JournalEntry) -> None:

@@ -145,7 +145,7 @@ class _ReadOnly:
         """The journal as it was read."""
         return self._entries
 
-    async def emit(self, type: str, *, step: str = "", data: Any = None) -> None:
+    async def emit(self, type: str, *, step: str = "", data: Any = None, attempt: int = 0) -> None:
         """Events are not replayed."""
 
     async def journaled(self, je: JournalEntry) -> None:

@@ -57,6 +57,7 @@ class RunState:
         "lost",
         "policies",
         "replaying",
+        "resumed",
         "run_id",
         "steps_live",
         "steps_replayed",
@@ -81,6 +82,8 @@ class RunState:
         self.usage = usage
         self.view = view if view is not None else JournalView()
         self.replaying = True
+        self.resumed = False
+        """The run had an earlier epoch (its journal held more than this claim's start)."""
         self.first_live_step_at: float | None = None
         self.steps_replayed = 0
         self.steps_live = 0

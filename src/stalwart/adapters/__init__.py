@@ -8,6 +8,6 @@ with the matching extra. Every package has the same modules: ``_runner`` (the ru
 translations between the framework's objects and journaled data), plus framework extras.
 """
 
-from stalwart.kit import DurableRunner, canonical_fp, default_app, text_digest
+from stalwart.kit import DurableRunner, StreamReset, canonical_fp, default_app, text_digest
 
-__all__ = ["DurableRunner", "canonical_fp", "default_app", "text_digest"]
+__all__ = ["DurableRunner", "StreamReset", "canonical_fp", "default_app", "text_digest"]

@@ -6,5 +6,15 @@ one on the broker (who must hear of it); see ``docs/architecture.md``.
 
 from stalwart.client._client import Client
 from stalwart.client._handle import RunHandle
+from stalwart.client._stream import Chunk, Reset, StepDone, StreamEnd, StreamPart, StreamText
 
-__all__ = ["Client", "RunHandle"]
+__all__ = [
+    "Chunk",
+    "Client",
+    "Reset",
+    "RunHandle",
+    "StepDone",
+    "StreamEnd",
+    "StreamPart",
+    "StreamText",
+]

@@ -12,6 +12,7 @@ from stalwart._text import ERROR_TEXT_LIMIT, clip, safe_text
 from stalwart.approvals import ApprovalRequest, approval_payload, pending_approvals
 from stalwart.checkpoints._codec import open_event_data, open_text
 from stalwart.checkpoints._store import REJECTED_ERROR
+from stalwart.client._stream import StreamPart, stream_parts
 from stalwart.errors import (
     ApprovalRefusedError,
     InvalidRequestError,
@@ -92,6 +93,20 @@ class RunHandle:
         """
         events = self.client.broker.subscribe(self.run_id, follow=follow, ends=self._has_ended)
         return opened_events(events)
+
+    def stream(self, *, follow: bool = True) -> AsyncIterator[StreamPart]:
+        """The run's streamed output with resets applied (see ``docs/streaming.md``).
+
+        Yields :class:`~stalwart.client.Chunk` (a live event emitted inside a step attempt,
+        such as a ``model.delta`` with ``data["text"]``), :class:`~stalwart.client.Reset`
+        (drop what was shown of a step: its attempt died), :class:`~stalwart.client.StepDone`
+        (a step was journaled, with its result) and, last, :class:`~stalwart.client.StreamEnd`.
+        Steps completed before the call come from the journal; chunks of a void attempt are
+        dropped. Without ``follow`` it stops at the events stored now (a :class:`StreamEnd`
+        only if the run has ended). Feed the parts to a :class:`~stalwart.client.StreamText`
+        to get the text exactly once.
+        """
+        return stream_parts(self, follow=follow)
 
     async def _has_ended(self, event: RunEvent) -> bool:
         try:

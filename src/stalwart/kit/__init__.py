@@ -26,6 +26,9 @@ adapter (Stalwart's five, and yours) is built the same way and imports only this
   and :func:`decide_approval` are its two halves, for several calls at once).
 - **Versions.** :class:`Patched`: a runner's factory that builds the new framework object
   (prompt, tools) for new runs and the old one for runs already under way (a patch marker).
+- **Streams.** :meth:`DurableRunner.stream_parts` / :meth:`DurableRunner.stream_handle`
+  give a run's attempt-aware stream; :class:`StreamReset` is what an adapter yields in its
+  framework's own stream when a step's attempt died (docs/streaming.md).
 - **Allow-lists.** :func:`type_path`, :func:`allow_map`, :func:`loaded_class`: how codecs
   rebuild classes a journal names without importing anything.
 """
@@ -58,6 +61,7 @@ from stalwart.kit._runner import (
 )
 from stalwart.kit._scope import DurableScope, ScopeVar, in_step
 from stalwart.kit._steps import SETTLE_SECONDS, StepCall, call_step, stream_step
+from stalwart.kit._streams import StreamReset
 from stalwart.kit._versions import Patched
 
 __all__ = [
@@ -71,6 +75,7 @@ __all__ = [
     "Patched",
     "ScopeVar",
     "StepCall",
+    "StreamReset",
     "ToolCallFailed",
     "allow_map",
     "args_hash",

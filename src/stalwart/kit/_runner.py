@@ -14,9 +14,9 @@ from stalwart.errors import ConfigurationError
 from stalwart.kit._versions import decide_patched, reset_patched
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import AsyncIterator, Callable
 
-    from stalwart.client import RunHandle
+    from stalwart.client import RunHandle, StreamPart
     from stalwart.policies import Policies
 
 T = TypeVar("T")
@@ -142,6 +142,33 @@ class DurableRunner:
         """Submit a run, wait for it, and return its result (see :meth:`decode_result`)."""
         handle = await self.submit(input, run_id=run_id, **options)
         return await self.result(handle, timeout=timeout)
+
+    async def stream_parts(
+        self, input: Any, *, run_id: str | None = None, **options: Any
+    ) -> AsyncIterator[StreamPart]:
+        """Submit a run and yield its stream parts with resets applied, until it ends.
+
+        The framework-neutral stream every adapter's own streaming API is built on: chunks
+        (``model.delta`` with ``data["text"]``, ``stream.item``), resets, step completions
+        and the run's end (see :meth:`~stalwart.client.RunHandle.stream`).
+        """
+        handle = await self.submit(input, run_id=run_id, **options)
+        async for part in self.stream_handle(handle):
+            yield part
+
+    async def stream_handle(
+        self, run: RunHandle | str, *, follow: bool = True
+    ) -> AsyncIterator[StreamPart]:
+        """The stream parts of an existing run of this agent (a handle or a run id)."""
+        handle = run if not isinstance(run, str) else (await self.client()).handle(run, self.name)
+        stream = handle.stream(follow=follow)
+        try:
+            async for part in stream:
+                yield part
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     def run_sync(
         self,
