@@ -25,7 +25,7 @@ the SDK leaves the nested run's events out of the outer stream.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from agents import Agent
 from agents.handoffs import Handoff
@@ -37,6 +37,7 @@ from agents.items import (
     ReasoningItem,
     RunItem,
     ToolCallItem,
+    TResponseInputItem,
     ToolCallOutputItem,
 )
 from agents.stream_events import (
@@ -123,6 +124,7 @@ class EventRebuilder:
         self._started = False
         self._opened: set[str] = set()  # model steps whose response.created was yielded
         self._shown: set[str] = set()  # model steps with raw events yielded
+        self._handoff_call = ""  # the call id of the last handoff the model asked for
 
     def apply(self, part: StreamPart) -> list[Any]:
         """The events ``part`` gives, in order (often none or one)."""
@@ -213,6 +215,7 @@ class EventRebuilder:
             if isinstance(item, ResponseOutputMessage):
                 items.append(("message_output_created", MessageOutputItem(agent, item)))
             elif isinstance(item, ResponseFunctionToolCall) and item.name in handoffs:
+                self._handoff_call = item.call_id
                 items.append(("handoff_requested", HandoffCallItem(agent, item)))
             elif isinstance(item, ResponseFunctionToolCall):
                 items.append(("tool_called", ToolCallItem(agent, item)))
@@ -232,11 +235,14 @@ class EventRebuilder:
         if target is None:
             return []
         source, self.agent = self.agent, target
-        raw = {
-            "call_id": "",
-            "output": f'{{"assistant": "{target.name}"}}',
-            "type": "function_call_output",
-        }
+        raw = cast(
+            "TResponseInputItem",
+            {
+                "call_id": self._handoff_call,
+                "output": f'{{"assistant": "{target.name}"}}',
+                "type": "function_call_output",
+            },
+        )
         item = HandoffOutputItem(
             agent=source, raw_item=raw, source_agent=source, target_agent=target
         )
