@@ -80,7 +80,13 @@ def _record_view(record: Any) -> dict[str, Any]:
 async def cmd_submit(args: argparse.Namespace, client: Client) -> int:
     """``stalwart submit AGENT INPUT_JSON``."""
     value = _parse_json(args.input, "INPUT_JSON")
-    handle = await client.submit(args.agent, value, run_id=args.run_id)
+    handle = await client.submit(
+        args.agent,
+        value,
+        run_id=args.run_id,
+        conversation=getattr(args, "conversation", ""),
+        on_busy=getattr(args, "on_busy", "queue"),
+    )
     if not args.wait:
         print(handle.run_id)
         return EXIT_OK
@@ -117,7 +123,7 @@ async def cmd_status(args: argparse.Namespace, client: Client) -> int:
         rows: list[list[Cell]] = []
         for key, value in view.items():
             text = value if isinstance(value, str) else dumps(value)
-            if key.endswith("_at") or key in ("deadline", "wake_at"):
+            if key.endswith("_at") or key in ("deadline", "wake_at", "wait_deadline"):
                 text = f"{iso(value)} ({ago(value, now)})" if value else "-"
             elif key == "epoch":
                 text = f"{describe_epoch(value)} ({value})"

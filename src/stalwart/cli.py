@@ -41,6 +41,8 @@ from stalwart._cli_completion import cmd_completion
 from stalwart._cli_console import COMMANDS as CONSOLE_COMMANDS
 from stalwart._cli_console import add_parsers as add_console_parsers
 from stalwart._cli_console import dispatch as dispatch_console
+from stalwart._cli_conversations import CONVERSATIONS_COMMANDS, cmd_conversations
+from stalwart._cli_conversations import add_parsers as add_conversations_parsers
 from stalwart._cli_flow import add_parsers as add_flow_parsers
 from stalwart._cli_flow import cmd_flow
 from stalwart._cli_gate import add_gate_arguments
@@ -97,7 +99,7 @@ log = structlog.get_logger("stalwart.cli")
 
 _CLIENT_COMMANDS = (
     "submit", "status", "events", "cancel", "signal", "approve", "history", *READ_COMMANDS,
-    *CONSOLE_COMMANDS, *BUILDS_COMMANDS,
+    *CONSOLE_COMMANDS, *BUILDS_COMMANDS, *CONVERSATIONS_COMMANDS,
 )  # fmt: skip
 _ROLES: dict[str, Role] = {"worker": "worker", "supervisor": "supervisor"}
 
@@ -283,6 +285,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("agent")
     s.add_argument("input", help="input as JSON")
     s.add_argument("--run-id")
+    s.add_argument("--conversation", default="", help="make the run a turn of this conversation")
+    s.add_argument(
+        "--on-busy",
+        choices=("queue", "reject", "interrupt"),
+        default="queue",
+        help="while another run of the conversation is going (docs/conversations.md)",
+    )
     s.add_argument("--wait", action="store_true", help="wait for the result and print it")
     s.add_argument("--timeout", type=_seconds, default=None, help="seconds --wait waits")
     st = sub.add_parser("status", parents=[common], help="show a run's record")
@@ -353,6 +362,7 @@ def _parser() -> argparse.ArgumentParser:
     add_contract_parsers(sub, common)
     add_flow_parsers(sub, common)
     add_builds_parsers(sub, common)
+    add_conversations_parsers(sub, common)
 
     d = sub.add_parser("dev", parents=[leases], help="servers + supervisor + workers, locally")
     d.add_argument("app")
@@ -446,6 +456,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
         "fork": cmd_fork,
         "flow": cmd_flow,
         "builds": cmd_builds,
+        "conversations": cmd_conversations,
     }
     handler = handlers[args.command]
     return await _client_call(args, settings, lambda client: handler(args, client))

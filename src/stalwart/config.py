@@ -63,6 +63,7 @@ FIELD_ROLES: dict[str, frozenset[Role]] = {
     "liveness_interval": _SUPERVISOR,
     "drain_timeout": _WORKER,
     "passivate_after": _WORKER,
+    "conversation_recheck": _WORKER,
     "stuck_after": _SUPERVISOR,
     "stuck_action": _SUPERVISOR,
     "breaker_threshold": _WORKER,
@@ -172,6 +173,7 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     ),
     "drain_timeout": (lambda v: v >= 0, _NON_NEGATIVE),
     "passivate_after": (lambda v: v > 0, _POSITIVE),
+    "conversation_recheck": (lambda v: v > 0, _POSITIVE),
     "stuck_after": (lambda v: v >= 0, _NON_NEGATIVE + " (0: never)"),
     "stuck_action": (lambda v: v in ("report", "replace"), "'report' or 'replace'"),
     "provision": (lambda v: v in ("auto", "off"), "'auto' or 'off'"),
@@ -337,6 +339,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ``terminationGracePeriodSeconds``, 30 s by default) at least 10 s above it."""
     passivate_after: float = 60.0
     """A durable wait longer than this gives up its worker slot and lease until woken."""
+    conversation_recheck: float = 300.0
+    """How often a run waiting for its conversation's turn looks again without being woken
+    (a durable wait's timeout: it repairs a hand-off lost with a worker that died)."""
     stuck_after: float = 900.0
     """A running run whose journal has not moved for this long is reported stuck (0: never)."""
     stuck_action: str = "report"

@@ -13,6 +13,7 @@ __all__ = [
     "BudgetExceeded",
     "CircuitOpenError",
     "ConfigurationError",
+    "ConversationBusyError",
     "CorruptRecordError",
     "DisallowedTypeError",
     "InvalidRequestError",
@@ -201,6 +202,26 @@ class QueueFullError(InvalidRequestError):
 
 class SignalRefusedError(InvalidRequestError):
     """A signal broke a limit (payload size, name length, pending count): nothing was stored."""
+
+
+class ConversationBusyError(InvalidRequestError):
+    """A run of a conversation with ``on_busy="reject"`` found another run of it going.
+
+    Raised by ``Client.submit`` when the conversation is visibly busy (nothing is stored
+    then), and the terminal error of a run (error type ``conversation.busy``) whose claim on
+    a worker lost a race. ``holder`` is the run in the way ("" when unknown).
+    """
+
+    error_type = "conversation.busy"
+
+    def __init__(self, conversation: str, holder: str = "") -> None:
+        by = f" by run {holder!r}" if holder else ""
+        super().__init__(
+            f"conversation {conversation!r} is busy{by} (on_busy='reject'); submit again "
+            "when it has ended, or use on_busy='queue' or 'interrupt'"
+        )
+        self.conversation = conversation
+        self.holder = holder
 
 
 class ApprovalRefusedError(InvalidRequestError):

@@ -93,6 +93,11 @@ class RunRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """W3C trace-context carrier of the submitter, so the run joins the caller's trace."""
     priority: Annotated[int, msgspec.Meta(ge=-1000, le=1000)] = 0
     """Orders the run among runs waiting for a concurrency slot (higher first)."""
+    conversation: str = ""
+    """The conversation this run is a turn of ("": none; see docs/conversations.md)."""
+    on_busy: Literal["queue", "reject", "interrupt"] = "queue"
+    """What the run does while another run of its conversation is going: wait its turn,
+    fail with ``conversation.busy``, or cancel the running one and take over."""
 
 
 class RunEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

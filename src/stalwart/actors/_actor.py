@@ -23,6 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from stalwart._text import ERROR_TEXT_LIMIT, clip, exception_text, safe_text, type_name
 from stalwart.actors import _telemetry as obs
 from stalwart.actors._context import RunContext, _current
+from stalwart.actors._conversation import Conversation, ConversationBusy, TurnBinding
 from stalwart.actors._events import RunEvents
 from stalwart.actors._execute import StepExecutor, error_info
 from stalwart.actors._flow import run_flow
@@ -43,10 +44,19 @@ from stalwart.checkpoints import (
     JournalEntry,
     JournalGap,
     Started,
+    check_conversation_id,
+    check_on_busy,
     decode_value,
     encode_value,
 )
-from stalwart.errors import LeaseLost, PayloadKeyError, RunCancelled, ServerUnavailableError
+from stalwart.conversations import release_ended
+from stalwart.errors import (
+    InvalidRequestError,
+    LeaseLost,
+    PayloadKeyError,
+    RunCancelled,
+    ServerUnavailableError,
+)
 from stalwart.messages import (
     EV_LEASE_LOST,
     EV_PASSIVATED,
@@ -59,6 +69,7 @@ from stalwart.policies import RunUsage
 
 if TYPE_CHECKING:
     from stalwart.actors._placement import ActorDeps, Placement
+    from stalwart.broker import Broker
     from stalwart.checkpoints import CheckpointStore
     from stalwart.policies import Policies
 
@@ -131,6 +142,8 @@ class RunActor:
             self.log,
             flow=run_flow(deps.flow, self),
         )
+        self.turn: TurnBinding | None = None
+        """This run's turn of its conversation (None: it has none, or not claimed yet)."""
         # Bound once: RunContext calls these for every step, through no extra frame.
         self.execute = self.engine.execute
         self.wait = self.waits.wait
@@ -186,6 +199,16 @@ class RunActor:
     def store(self) -> CheckpointStore:
         """The checkpoint store this run journals into."""
         return self._deps.store
+
+    @property
+    def broker(self) -> Broker:
+        """The broker this run publishes through."""
+        return self._deps.broker
+
+    @property
+    def conversation(self) -> Conversation | None:
+        """The run's conversation once held (``ctx.conversation``), else None."""
+        return self.turn.view if self.turn is not None else None
 
     def check_boundary(self) -> None:
         """Raise if the run must stop now (see RunContext.check_boundary)."""
@@ -351,18 +374,64 @@ class RunActor:
             raise LeaseLost(f"run {self.run_id!r}: not finishing, the run was given up")
         await self._finish_completed(result)
 
+    async def _turn(self, value: Any) -> Any:
+        """The agent function, after the run's conversation is held (within the run's
+        deadline: a turn waiting for its conversation fails at the deadline too)."""
+        await self._claim_conversation()
+        return await self.spec.fn(RunContext(self), value)
+
+    async def _claim_conversation(self) -> None:
+        """Hold the run's conversation (if it has one) before the agent runs."""
+        p = self._placement
+        conv, on_busy, created = p.conversation, p.on_busy, p.submitted_at
+        if p.claim_seq != 1:  # a resume request carries none: the record knows
+            conv, on_busy, created = await self.store.run_conversation(self.run_id)
+        elif conv:
+            await self.store.set_conversation(self.run_id, conv, on_busy)
+        if not conv:
+            return
+        try:
+            check_conversation_id(conv)
+            check_on_busy(on_busy)
+        except InvalidRequestError as exc:
+            raise _Fail(ErrorInfo("InvalidRequest", str(exc), retryable=False)) from None
+        self.turn = TurnBinding(
+            self,
+            conv,
+            on_busy,
+            created or self._claimed_at,
+            store=self.store,
+            broker=self.broker,
+        )
+        try:
+            await self.turn.claim(self._deps.conversation_recheck)
+        except ConversationBusy as exc:
+            raise _Fail(exc.info) from None
+
+    async def _release_conversation(self, status: str) -> None:
+        """The run ended: hand its conversation on (best effort: a waiting run's re-check
+        repairs a hand-off that fails here)."""
+        p = self._placement
+        try:
+            if self.turn is not None:
+                await self.turn.release(status)
+            elif p.conversation or p.claim_seq != 1:
+                await release_ended(self.store, self.broker, self.run_id)
+        except Exception as exc:
+            self.log.warning("conversation.release_failed", error=safe_text(exc))
+
     async def _run_agent(self, value: Any) -> Any:
         """Run the agent function, bounded by the run's deadline (which survives resumes)."""
         await self.owner.confirm()  # the agent function is user code too
         if not self.deadline:
-            return await self.spec.fn(RunContext(self), value)
+            return await self._turn(value)
         remaining = self.deadline - time.time()
         if remaining <= 0:
             return _DEADLINE
         scope = asyncio.timeout(remaining)
         try:
             async with scope:
-                return await self.spec.fn(RunContext(self), value)
+                return await self._turn(value)
         except TimeoutError:
             if scope.expired():
                 return _DEADLINE
@@ -428,6 +497,7 @@ class RunActor:
         self.holds_lease = False
         with contextlib.suppress(Exception):  # the lease runs out by itself otherwise
             await broker.leases.release_nowait(self.lease)
+        await self._release_conversation(entry.status)
         self.log.info(
             "run.finished", status=entry.status, live=self.steps_live, replayed=self.steps_replayed
         )

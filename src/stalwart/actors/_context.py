@@ -27,6 +27,7 @@ from stalwart.checkpoints import RunStore
 from stalwart.policies import StepOptions, options_of
 
 if TYPE_CHECKING:
+    from stalwart.actors._conversation import Conversation
     from stalwart.actors._ports import RunHost
 
 T = TypeVar("T")
@@ -198,6 +199,13 @@ class RunContext:
         """The run's part of the Redis store (its journal, its keys, its epoch fence), for
         adapters that keep their own fenced data by the run."""
         return RunStore(self._actor.store, self.run_id, self.epoch)
+
+    @property
+    def conversation(self) -> Conversation | None:
+        """The conversation this run is a turn of (``submit(..., conversation=...)``), or
+        None when it has none. See docs/conversations.md."""
+        conv: Conversation | None = getattr(self._actor, "conversation", None)
+        return conv
 
     def check_boundary(self) -> None:
         """Raise if the run must stop now (lease lost, cancelled, worker draining).

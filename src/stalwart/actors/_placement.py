@@ -39,6 +39,10 @@ class Placement:
     lane: str = ""
     """The lane the request came through ("": default): where this worker's own resume
     requests for the run go."""
+    conversation: str = ""
+    """The conversation of the request ("" for none, and in resume requests: the record's)."""
+    on_busy: str = "queue"
+    submitted_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +56,7 @@ class ActorDeps:
     fetch_closed: asyncio.Event
     """Set once the worker has no fetch outstanding (a hand-over publishes after it)."""
     passivate_after: float = 60.0
+    conversation_recheck: float = 300.0
     confirm_retry: float = 0.25
     flow: FlowGate | None = None
     """The app's flow rules bound to the store (None: the app has none)."""

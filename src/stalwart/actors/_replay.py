@@ -16,6 +16,7 @@ import msgspec
 import structlog
 
 from stalwart.actors._context import RunContext
+from stalwart.actors._conversation import Conversation, ConversationBusy, TurnBinding
 from stalwart.actors._execute import StepExecutor, error_info
 from stalwart.actors._patches import PATCH_KIND
 from stalwart.actors._rules import Diverged, RunState, divergence_error
@@ -190,6 +191,8 @@ class ReplayActor:
             unjournaled=self._missing,
         )
         self.stopped_at = ""
+        self.turn: TurnBinding | None = None
+        """The run's turn of its conversation, replayed (None: none, or no store given)."""
         self.asked: list[str] = []
         """Step keys the code asked for, in order (for the divergence's step diff)."""
         self._order = [je.entry.key for je in entries if isinstance(je.entry, StepDone | StepError)]
@@ -198,6 +201,11 @@ class ReplayActor:
     def agent(self) -> str:
         """The agent's registered name."""
         return self.spec.name
+
+    @property
+    def conversation(self) -> Conversation | None:
+        """``ctx.conversation``: the run's conversation once its claim is replayed."""
+        return self.turn.view if self.turn is not None else None
 
     @property
     def replaying(self) -> bool:
@@ -339,12 +347,19 @@ class ReplayActor:
 
 
 async def replay_run(
-    app: App, record: RunRecord, entries: list[JournalEntry], *, timeout: float = 60.0
+    app: App,
+    record: RunRecord,
+    entries: list[JournalEntry],
+    *,
+    timeout: float = 60.0,
+    store: CheckpointStore | None = None,
 ) -> ReplayReport:
     """Run ``record``'s agent from ``app`` against the run's journal ``entries``, offline.
 
     No step body, model or tool is called and nothing is written. Raises
     :class:`~stalwart.errors.UnknownAgentError` if ``app`` has no agent of the run's name.
+    With ``store``, a turn of a conversation reads the items its journal says it read
+    (``ctx.conversation``, read-only); without one, ``ctx.conversation`` is None.
     """
     spec = app.get(record.agent)
     actor = ReplayActor(spec, record, entries)
@@ -360,7 +375,14 @@ async def replay_run(
     scope = asyncio.timeout(timeout)
     try:
         async with scope:
+            if record.conversation and store is not None:
+                actor.turn = TurnBinding(
+                    actor, record.conversation, "queue", record.created_at, store=store, broker=None
+                )
+                await actor.turn.claim(1.0)  # answered from the journal, waits included
             result = await spec.fn(ctx, value)
+    except ConversationBusy as busy:
+        return actor.report("failed", None, busy.info)
     except Exception as exc:
         if actor.stopped_at:  # _Stop, or whatever the agent turned it into
             return actor.report("stopped", None, None)

@@ -144,6 +144,7 @@ class Waits(OnRun):
             self._broker.names.signals_subject(self.state.run_id), cb=on_poke
         )
         waited_since = time.monotonic()
+        await self._note(started.signal, started.until)
         # A cancel stored after this run's last step but before the subscription above
         # poked nobody: read the flag once now (any later cancel pokes the subscription).
         await self._refresh_cancel()
@@ -225,6 +226,15 @@ class Waits(OnRun):
         state.view.done[key] = entry
         obs.step_journaled(self, entry)
         await self._events.journaled(je)
+        await self._note("", 0.0)
+
+    async def _note(self, signal: str, deadline: float) -> None:
+        """Show the wait on the run's record (``stalwart status``, the console): best effort,
+        the journal is the truth."""
+        if self._store is None:
+            return
+        with contextlib.suppress(Exception):
+            await self._store.note_wait(self.state.run_id, signal, deadline)
 
 
 async def _first(a: asyncio.Event, b: asyncio.Event) -> None:

@@ -545,6 +545,9 @@ class Worker:
             claimed_at=claim.at,
             trace_parent=obs.trace_parent(claim.trace, msg.headers),
             lane=routing_lane(lane, run_build),  # its resumes go to its build's workers
+            conversation=req.conversation,
+            on_busy=req.on_busy,
+            submitted_at=req.submitted_at,
         )
         actor = RunActor(placement, self._actor_deps())
         self._host(actor)
@@ -583,6 +586,7 @@ class Worker:
                 breakers=self.breakers,
                 fetch_closed=self.fetch_closed,
                 passivate_after=self.settings.passivate_after,
+                conversation_recheck=self.settings.conversation_recheck,
                 confirm_retry=self.settings.lease_confirm_retry,
                 flow=flow_gate(self.app, self.store, self.settings.passivate_after),
             )

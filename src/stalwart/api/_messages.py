@@ -147,6 +147,9 @@ class StatusReply(_Wire, frozen=True, kw_only=True):
     wake_at: float = 0.0
     deadline: float = 0.0
     terminal: bool = False
+    conversation: str = ""
+    wait_signal: str = ""
+    wait_deadline: float = 0.0
 
 
 class ResultRequest(_Wire, frozen=True, kw_only=True):

@@ -349,6 +349,9 @@ def _status(record: RunRecord) -> StatusReply:
         wake_at=record.wake_at,
         deadline=record.deadline,
         terminal=record.terminal,
+        conversation=record.conversation,
+        wait_signal=record.wait_signal,
+        wait_deadline=record.wait_deadline,
     )
 
 

@@ -12,6 +12,15 @@ Also the Redis key schema (:class:`KeySchema`, :class:`RunKeys`) and the epoch f
 from stalwart.checkpoints._aesgcm import AesGcmCodec
 from stalwart.checkpoints._cluster import redis_clients
 from stalwart.checkpoints._codec import open_bytes, payload_codec, seal_bytes, set_payload_codec
+from stalwart.checkpoints._conversations import (
+    ConversationClaim,
+    ConversationFenced,
+    ConversationInfo,
+    ConversationStore,
+    OnBusy,
+    check_conversation_id,
+    check_on_busy,
+)
 from stalwart.checkpoints._entries import (
     TERMINAL_STATUSES,
     Entry,
@@ -50,6 +59,10 @@ __all__ = [
     "CancelOutcome",
     "CheckpointStore",
     "Claim",
+    "ConversationClaim",
+    "ConversationFenced",
+    "ConversationInfo",
+    "ConversationStore",
     "Entry",
     "ErrorInfo",
     "Fence",
@@ -58,6 +71,7 @@ __all__ = [
     "JournalEntry",
     "JournalGap",
     "KeySchema",
+    "OnBusy",
     "PayloadCodec",
     "RunKeys",
     "RunRecord",
@@ -69,6 +83,8 @@ __all__ = [
     "StepError",
     "StepIntent",
     "WaitStarted",
+    "check_conversation_id",
+    "check_on_busy",
     "decode_entry",
     "decode_value",
     "encode_entry",

@@ -170,6 +170,14 @@ class RunRecord(msgspec.Struct, frozen=True, kw_only=True):
     """What a run waiting to be placed waits for (``concurrency <rule> key <key>``)."""
     build: str = ""
     """The build that first placed the run ("": not placed yet, or placed before builds)."""
+    conversation: str = ""
+    """The conversation the run is a turn of ("": none; see docs/conversations.md)."""
+    wait_signal: str = ""
+    """The signal the durable wait the run is in waits for ("": none, or a sleep), whether
+    the run is hosted or passivated. Empty once the run has ended."""
+    wait_deadline: float = 0.0
+    """When the durable wait the run is in gives up (a sleep: ends); 0 for no wait or no
+    timeout. Unlike ``wake_at`` it is the wait's own deadline, set while hosted too."""
 
     @property
     def route_lane(self) -> str:
@@ -311,4 +319,9 @@ def _record(raw: dict[bytes, bytes]) -> RunRecord:
         lane=text("lane"),
         queued_for=text("queued_for"),
         build=text("build"),
+        conversation=text("conversation"),
+        # Noted when a wait starts and cleared when it ends: a run that ended in a wait
+        # (cancelled, failed) waits for nothing any more.
+        wait_signal="" if status in TERMINAL_STATUSES else text("wait_signal"),
+        wait_deadline=0.0 if status in TERMINAL_STATUSES else _number(raw, "wait_deadline", float),
     )

@@ -35,6 +35,7 @@ from stalwart.checkpoints._cluster import (
 from stalwart.checkpoints._cluster_pipe import ClusterPipe
 from stalwart.checkpoints._codec import seal_bytes
 from stalwart.checkpoints._control import RunControl
+from stalwart.checkpoints._conversations import ConversationStore
 from stalwart.checkpoints._entries import (
     Entry,
     ErrorInfo,
@@ -141,6 +142,14 @@ class CheckpointStore(RunControl):
         self._finish = client.register_script(_scripts.FINISH)
         self._fork = client.register_script(_scripts.FORK_RUN)
         self._sentinel: Sentinel | None = None
+        self._conversations: ConversationStore | None = None
+
+    @property
+    def conversations(self) -> ConversationStore:
+        """The conversations of this namespace (``_conversations``), in the same Redis."""
+        if self._conversations is None:
+            self._conversations = ConversationStore(self.redis, self.ns)
+        return self._conversations
 
     @property
     def retry_for(self) -> float:
@@ -356,6 +365,35 @@ class CheckpointStore(RunControl):
             return existing[0].decode(), existing[1].decode()
         await self._runner.index(run_id, now)
         return None
+
+    async def set_conversation(self, run_id: str, conversation: str, on_busy: str) -> None:
+        """Note in the run's record which conversation it is a turn of, and its policy (a
+        resumed run reads them back: resume requests do not carry them)."""
+        await self.redis.hset(
+            self.record_key(run_id), mapping={"conversation": conversation, "on_busy": on_busy}
+        )
+
+    async def note_wait(self, run_id: str, signal: str, deadline: float) -> None:
+        """Show the durable wait the run is in on its record (``wait_signal``,
+        ``wait_deadline``); ``note_wait(run_id, "", 0)`` when it has ended. Informational:
+        callers write it only after the fenced journal write of the wait's start or end."""
+        await self.redis.hset(
+            self.record_key(run_id),
+            mapping={"wait_signal": signal, "wait_deadline": repr(deadline)},
+        )
+
+    async def run_conversation(self, run_id: str) -> tuple[str, str, float]:
+        """``(conversation, on_busy, created_at)`` of the run ("", "queue" when it has no
+        conversation)."""
+        raw = cast(
+            "list[bytes | None]",
+            await self.redis.hmget(
+                self.record_key(run_id), ["conversation", "on_busy", "created_at"]
+            ),
+        )
+        conv = raw[0].decode() if raw[0] else ""
+        created = float(raw[2]) if raw[2] else 0.0
+        return conv, (raw[1].decode() if raw[1] else "queue"), created
 
     async def fork_run(self, src: str, dst: str, upto_key: str, *, trace: str = "") -> RunRecord:
         """Create run ``dst`` from ``src``'s journal up to and including step ``upto_key``.

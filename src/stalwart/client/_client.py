@@ -23,6 +23,8 @@ from stalwart.checkpoints import (
     RunRecord,
     StepDone,
     StepError,
+    check_conversation_id,
+    check_on_busy,
     decode_value,
     encode_value,
     seal_bytes,
@@ -30,8 +32,10 @@ from stalwart.checkpoints import (
 from stalwart.checkpoints._codec import install_codec, is_sealed
 from stalwart.client._handle import RunHandle, opened_events
 from stalwart.config import Settings
+from stalwart.conversations import release_ended
 from stalwart.errors import (
     ConfigurationError,
+    ConversationBusyError,
     InvalidRequestError,
     RunNotFoundError,
     UnknownAgentError,
@@ -137,8 +141,18 @@ class Client:
         require_registered: bool = True,
         lane: str = "",
         priority: int = 0,
+        conversation: str = "",
+        on_busy: str = "queue",
     ) -> RunHandle:
         """Start a run of ``agent`` with ``input`` and return its handle at once.
+
+        ``conversation`` (1-128 characters from A-Z a-z 0-9 _ -) makes the run a turn of that
+        conversation: it sees the items earlier turns appended (``ctx.conversation``).
+        ``on_busy`` says what happens while another run of the conversation is going:
+        ``queue`` (wait, in submit order), ``reject`` (raise
+        :class:`~stalwart.errors.ConversationBusyError` now, storing nothing; a run that
+        loses a race on its worker fails with ``conversation.busy``) or ``interrupt``
+        (cancel the running one and take over). See docs/conversations.md.
 
         ``priority`` (-1000 to 1000, higher first) orders the run among runs waiting for a
         slot of a concurrency limit (``stalwart.flow.ConcurrencyLimit``); it is added to the
@@ -159,6 +173,8 @@ class Client:
         check_agent_name(agent)
         check_lane(lane)
         run_id = check_run_id(run_id) if run_id is not None else new_run_id()
+        check_conversation_id(conversation)
+        check_on_busy(on_busy)
         try:
             priority_of(priority, f"run {run_id!r}: priority")
         except ConfigurationError as exc:
@@ -167,7 +183,15 @@ class Client:
         # The submit span is the parent of the run's spans on every worker that places it.
         with obs.producer_span("submit", agent, run_id, subject) as trace:
             return await self._submit(
-                agent, input, run_id, require_registered, trace, lane, priority
+                agent,
+                input,
+                run_id,
+                require_registered,
+                trace,
+                lane,
+                priority,
+                conversation,
+                on_busy,
             )
 
     def _encode_checked(self, value: Any, what: str) -> Any:
@@ -207,6 +231,8 @@ class Client:
         trace: dict[str, str],
         lane: str = "",
         priority: int = 0,
+        conversation: str = "",
+        on_busy: str = "queue",
     ) -> RunHandle:
         if require_registered and not await self.broker.agent_known(agent):
             known = ", ".join(await self.broker.known_agents()) or "none"
@@ -230,6 +256,8 @@ class Client:
             submitted_at=time.time(),
             trace=trace,
             priority=priority,
+            conversation=conversation,
+            on_busy=check_on_busy(on_busy),
         )
         try:
             self.broker.encode_request(request)
@@ -240,9 +268,23 @@ class Client:
             raise InvalidRequestError(
                 f"run {run_id!r}: the request cannot be encoded ({clip(safe_text(exc), 300)})"
             ) from None
+        if conversation and on_busy == "reject" and await self.store.get_run(run_id) is None:
+            busy, blocker = await self.store.conversations.enqueue(
+                conversation, run_id, on_busy="reject", submitted_at=request.submitted_at
+            )
+            if busy == "busy":
+                error = ConversationBusyError(conversation, blocker)
+                await self._reject(run_id, agent, str(error))
+                raise error
         existing = await self.store.create_run(
             run_id, agent, msgspec.Raw(sealed), trace=carrier_json(trace), lane=lane
         )
+        if conversation and existing is None:
+            await self.store.set_conversation(run_id, conversation, on_busy)
+            if on_busy == "queue":  # its place in line is its submit time
+                await self.store.conversations.enqueue(
+                    conversation, run_id, on_busy="queue", submitted_at=request.submitted_at
+                )
         if existing is not None:
             status, known_agent = existing
             if known_agent and known_agent != agent:
@@ -267,6 +309,8 @@ class Client:
             await self.broker.submit(request, lane)
         except InvalidRequestError as exc:  # the runs stream refused it (full, too large)
             outcome = await self.store.reject(request.run_id, request.agent, str(exc))
+            if request.conversation:
+                await release_ended(self.store, self.broker, request.run_id)
             if outcome != "skipped":
                 await self._reject(
                     request.run_id, request.agent, str(exc), ended=outcome == "rejected"

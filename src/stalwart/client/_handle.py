@@ -13,6 +13,7 @@ from stalwart.approvals import ApprovalRequest, approval_payload, pending_approv
 from stalwart.checkpoints._codec import open_event_data, open_text
 from stalwart.checkpoints._store import REJECTED_ERROR
 from stalwart.client._stream import StreamPart, stream_parts
+from stalwart.conversations import release_ended
 from stalwart.errors import (
     ApprovalRefusedError,
     InvalidRequestError,
@@ -307,7 +308,7 @@ class RunHandle:
         """
         record = await self.status()
         entries = await self.client.store.read_journal(self.run_id)
-        return await replay_run(app, record, entries, timeout=timeout)
+        return await replay_run(app, record, entries, timeout=timeout, store=self.client.store)
 
     async def cancel(self, reason: str = "cancelled by client") -> CancelOutcome:
         """Cancel the run: at once if no worker placed it yet, else at its next step.
@@ -336,6 +337,9 @@ class RunHandle:
         await self.client.broker.cancel_stored(
             self.run_id, reason, ended=outcome == "cancelled", agent=agent, wake=wake
         )
+        if outcome == "cancelled" and record is not None and record.conversation:
+            # Ended before any worker placed it: its place in the conversation goes now.
+            await release_ended(self.client.store, self.client.broker, self.run_id)
         return outcome
 
 

@@ -117,14 +117,26 @@ class DurableRunner:
         """
         return data
 
-    async def submit(self, input: Any, *, run_id: str | None = None, **options: Any) -> RunHandle:
+    async def submit(
+        self,
+        input: Any,
+        *,
+        run_id: str | None = None,
+        conversation: str = "",
+        on_busy: str = "queue",
+        **options: Any,
+    ) -> RunHandle:
         """Start a durable run of this agent and return its handle at once.
 
-        ``options`` are the adapter's per-run inputs (see :meth:`request`).
+        ``options`` are the adapter's per-run inputs (see :meth:`request`). ``conversation``
+        and ``on_busy`` make the run a turn of a conversation (see ``Client.submit`` and
+        docs/conversations.md).
         """
         payload = self.request(input, **options)
         client = await self.client()
-        return await client.submit(self.name, payload, run_id=run_id)
+        return await client.submit(
+            self.name, payload, run_id=run_id, conversation=conversation, on_busy=on_busy
+        )
 
     async def result(self, run: RunHandle | str, *, timeout: float | None = None) -> Any:
         """Wait for a run of this agent (a handle or a run id) and return its decoded result."""
@@ -137,10 +149,16 @@ class DurableRunner:
         *,
         run_id: str | None = None,
         timeout: float | None = None,
+        conversation: str = "",
+        on_busy: str = "queue",
         **options: Any,
     ) -> Any:
-        """Submit a run, wait for it, and return its result (see :meth:`decode_result`)."""
-        handle = await self.submit(input, run_id=run_id, **options)
+        """Submit a run, wait for it, and return its result (see :meth:`decode_result`).
+
+        ``conversation`` / ``on_busy``: see :meth:`submit`."""
+        handle = await self.submit(
+            input, run_id=run_id, conversation=conversation, on_busy=on_busy, **options
+        )
         return await self.result(handle, timeout=timeout)
 
     async def stream_parts(

@@ -7,6 +7,7 @@ scripts. Every result is a msgspec Struct that encodes to JSON as it is
   the lease bucket (a run whose worker is gone shows ``placement="awaiting_worker"``).
 - :func:`run_detail`: one run's record, step timeline, epochs (owners, failovers and their
   gaps), waits, pending signals and approvals, and result.
+- :func:`conversation_view`: a conversation now (holder, turns, items, queue).
 - :func:`workers`: live workers from their heartbeats (capacity, active, free, breakers).
 - :func:`replay_recent`: the deploy gate, the recent runs of an agent replayed offline
   against new code (``stalwart replay --recent``).
@@ -21,11 +22,13 @@ from __future__ import annotations
 
 from stalwart.operations._deploy_gate import GateReport, replay_recent
 from stalwart.operations._detail import (
+    ConversationView,
     EpochView,
     RunDetail,
     SignalView,
     TimelineStep,
     WaitView,
+    conversation_view,
     run_detail,
 )
 from stalwart.operations._fleet import AgentView, WorkerView, agents, workers
@@ -34,6 +37,7 @@ from stalwart.operations._runs import RunPage, RunQuery, RunSummary, list_runs
 
 __all__ = [
     "AgentView",
+    "ConversationView",
     "EpochView",
     "GateReport",
     "RunDetail",
@@ -46,6 +50,7 @@ __all__ = [
     "WaitView",
     "WorkerView",
     "agents",
+    "conversation_view",
     "list_runs",
     "replay_recent",
     "run_detail",

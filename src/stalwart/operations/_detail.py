@@ -104,6 +104,35 @@ class SignalView(msgspec.Struct, kw_only=True):
     payload_bytes: int
 
 
+class ConversationView(msgspec.Struct, kw_only=True):
+    """The conversation a run is a turn of, as it stands now (docs/conversations.md)."""
+
+    id: str
+    holder: str
+    """The run holding it now ("" when free)."""
+    turns: int
+    """Completed turns."""
+    items: int
+    queue: list[str]
+    """Runs waiting for their turn, next first."""
+
+
+async def conversation_view(client: Client, conversation: str) -> ConversationView | None:
+    """Conversation ``conversation`` now (None for "" or one never used)."""
+    if not conversation:
+        return None
+    info = await client.store.conversations.info(conversation)
+    if info is None:
+        return ConversationView(id=conversation, holder="", turns=0, items=0, queue=[])
+    return ConversationView(
+        id=conversation,
+        holder=info.holder,
+        turns=info.turns,
+        items=info.items,
+        queue=info.queue,
+    )
+
+
 class RunDetail(msgspec.Struct, kw_only=True):
     """Everything :func:`run_detail` knows about one run."""
 
@@ -133,6 +162,12 @@ class RunDetail(msgspec.Struct, kw_only=True):
     finished_at: float = 0.0
     queued_for: str = ""
     """What a run not placed yet waits for (``concurrency <rule> key <key>``; "" for none)."""
+    wait_signal: str = ""
+    """The signal of the durable wait the run is in ("": none, or a sleep)."""
+    wait_deadline: float = 0.0
+    """When that wait gives up (a sleep: ends); 0 for no wait or no timeout."""
+    conversation: ConversationView | None = None
+    """The conversation the run is a turn of (None: none)."""
 
 
 async def run_detail(
@@ -186,6 +221,9 @@ async def run_detail(
         retries=history.retries,
         finished_at=history.finished_at,
         queued_for=record.queued_for,
+        wait_signal=record.wait_signal,
+        wait_deadline=record.wait_deadline,
+        conversation=await conversation_view(client, record.conversation),
     )
 
 

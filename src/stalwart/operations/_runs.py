@@ -87,6 +87,8 @@ class RunSummary(msgspec.Struct, kw_only=True):
     build: str = ""
     """The build that started it (docs/deploys.md): an ``awaiting_worker`` run waits for a
     worker of this build; "" for a run not placed yet or older than builds."""
+    conversation: str = ""
+    """The conversation the run is a turn of ("": none; docs/conversations.md)."""
 
 
 class RunPage(msgspec.Struct, kw_only=True):
@@ -249,4 +251,5 @@ def summary(record: RunRecord, owner: str, journal_entries: int, now: float) -> 
         journal_entries=journal_entries,
         error_type=record.error_type,
         error=clip(open_text(record.error), ERROR_SUMMARY_CHARS),
+        conversation=record.conversation,
     )

@@ -22,6 +22,7 @@ from nats.js.errors import NotFoundError
 from stalwart._services import ServiceDeps, start_services, stop_services
 from stalwart.broker import Broker, LeaseManager
 from stalwart.checkpoints import CheckpointStore
+from stalwart.conversations import release_ended
 from stalwart.messages import (
     EV_FAILED,
     EV_STUCK,
@@ -521,6 +522,8 @@ class Supervisor:
             obs.dead_lettered(req.agent)
             self.dead_lettered += 1
             self.log.warning("run.dead_lettered", run_id=req.run_id, deliveries=deliveries)
+            with contextlib.suppress(Exception):  # else a waiting run's re-check repairs it
+                await release_ended(self.store, self.broker, req.run_id)
             await self.broker.events.publish(
                 RunEvent(
                     type=EV_FAILED,

@@ -10,6 +10,7 @@ placed it) ended rejected (``RequestRejected``; ``result()`` raises ``RunRejecte
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ import structlog
 from nats.js.errors import NotFoundError
 
 from stalwart._ids import check_run_id
+from stalwart.conversations import release_ended
 from stalwart.messages import (
     EV_REJECTED,
     RequestRejectedData,
@@ -98,6 +100,8 @@ async def _reject(
     if await store.reject(run_id, agent, reason) == "skipped":
         return True  # a worker placed it after all, or it ended: nothing to reject
     log.warning("request.unserved", run_id=run_id, agent=agent, reason=reason)
+    with contextlib.suppress(Exception):  # else a waiting run's re-check repairs it
+        await release_ended(store, broker, run_id)
     await broker.events.publish(event, acked=True)
     return True
 

@@ -387,7 +387,7 @@ class DurableAgentRunner(DurableRunner):
             previous_response_id=options.get("previous_response_id"),
             conversation_id=options.get("conversation_id"),
             stream=bool(self.stream or (self.stream is None and options.get("stream"))),
-            session=StalwartSession(conv) if (conv := getattr(ctx, "conversation", None)) is not None else None,
+            session=StalwartSession(conv) if (conv := ctx.conversation) is not None else None,
         )
         # One scope for the whole run: a run resumed after approvals continues its counters.
         journal_token = CONTEXTS.set(ContextJournal())

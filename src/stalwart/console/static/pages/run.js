@@ -43,6 +43,19 @@ function summary(d) {
     const flow = d.waiting_for === FLOW_SIGNAL;
     rows.push(["Waiting for", flow ? [d.waiting_for, " (flow control: ", h("a", { href: "#/flow" }, "Flow"), ")"] : d.waiting_for]);
   }
+  if (d.wait_signal || d.wait_deadline) {
+    const what = d.wait_signal ? `signal ${d.wait_signal}` : "sleep";
+    const left = d.wait_deadline - Date.now() / 1000;
+    const when = left > 0 ? `in ${secs(left)}` : "passed";
+    const until = d.wait_deadline ? ` until ${iso(d.wait_deadline)} (${when})` : " (no deadline)";
+    rows.push(["Wait", h("span", { id: "wait-deadline" }, what + until)]);
+  }
+  if (d.conversation) {
+    const c = d.conversation;
+    const held = c.holder ? (c.holder === r.run_id ? "held by this run" : `held by ${c.holder}`) : "free";
+    const queue = c.queue.length ? `, ${c.queue.length} queued: ${c.queue.join(", ")}` : "";
+    rows.push(["Conversation", h("span", { id: "conversation" }, `${c.id}: ${c.turns} turns, ${c.items} items, ${held}${queue}`)]);
+  }
   if (d.queued_for) rows.push(["Queued for", [h("span", { id: "queued-for" }, d.queued_for), " (", h("a", { href: "#/flow" }, "Flow"), ")"]]);
   if (d.cancel_requested) rows.push(["Cancel requested", d.cancel_requested]);
   const record = h("dl", { class: "record" }, rows.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));

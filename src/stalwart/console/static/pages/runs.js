@@ -83,7 +83,7 @@ export async function render(main, params) {
         ? table(
             [
               ["Run", (r) => h("a", { href: `#/runs/${encodeURIComponent(r.run_id)}`, class: "mono" }, r.run_id)],
-              ["Agent", (r) => r.agent + (r.lane ? ` (${r.lane})` : "")],
+              ["Agent", (r) => r.agent + (r.lane ? ` (${r.lane})` : "") + (r.conversation ? ` · conversation ${r.conversation}` : "")],
               ["Status", (r) => badge(r.status)],
               ["Owner", (r) => r.owner || (r.placement === "ended" ? "-" : `- (${r.placement})`)],
               ["Epoch", (r) => r.epoch_text || r.epoch],
