@@ -227,7 +227,11 @@ async def test_attach_late_gets_completed_calls_whole_then_live_deltas(
     events: list[Any] = []
     consumer = asyncio.create_task(consume(attached, events))
     await open_gate(counters, run_id, "tool:L1")
-    await asyncio.wait_for(consumer, timeout=120)
+    try:
+        await asyncio.wait_for(consumer, timeout=120)
+    except TimeoutError:
+        status = await client.handle(run_id).status()
+        raise AssertionError(f"consumer stuck; run {status.status}; {shape(events)}") from None
 
     expected = "the answer is hi (a greeting) for you"
     assert attached.final_output == expected and render(events) == expected
