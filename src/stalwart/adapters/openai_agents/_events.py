@@ -37,8 +37,8 @@ from agents.items import (
     ReasoningItem,
     RunItem,
     ToolCallItem,
-    TResponseInputItem,
     ToolCallOutputItem,
+    TResponseInputItem,
 )
 from agents.stream_events import (
     AgentUpdatedStreamEvent,
