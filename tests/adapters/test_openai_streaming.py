@@ -292,3 +292,90 @@ def test_run_streamed_refuses_what_it_cannot_send_at_once() -> None:
         runner.run_streamed("hi", session=object())
     with pytest.raises(TypeError, match="no per-run option"):
         runner.run_streamed("hi", colour="red")
+
+
+# -- pure parts: the session over a conversation, the event rebuild ------------------------
+
+
+class _Conversation:
+    """An in-memory conversation with the shape of ``ctx.conversation``."""
+
+    def __init__(self, earlier: list[Any]) -> None:
+        self.id = "c-1"
+        self.items = list(earlier)
+        self.appends: list[list[Any]] = []
+
+    async def history(self) -> list[Any]:
+        return list(self.items)
+
+    async def append(self, items: list[Any]) -> None:
+        self.appends.append(items)
+        self.items.extend(items)
+
+
+async def test_the_session_reads_earlier_turns_and_appends_this_turn_once() -> None:
+    from stalwart.adapters.openai_agents import SessionHistoryError, StalwartSession
+
+    conv = _Conversation([{"role": "user", "content": "one"}])
+    session = StalwartSession(conv)  # type: ignore[arg-type]
+    assert session.session_id == "c-1"
+    await session.add_items([{"role": "user", "content": "two"}])
+    await session.add_items([{"role": "assistant", "content": "x"}])
+    assert [i["content"] for i in await session.get_items()] == ["one", "two", "x"]
+    assert [i["content"] for i in await session.get_items(limit=1)] == ["x"]
+    assert (await session.pop_item()) == {"role": "assistant", "content": "x"}  # this turn's
+    await session.pop_item()
+    with pytest.raises(SessionHistoryError, match="earlier turns cannot be popped"):
+        await session.pop_item()
+    with pytest.raises(SessionHistoryError, match="cannot be cleared"):
+        await session.clear_session()
+    await session.add_items([{"role": "user", "content": "three"}])
+    await session.commit()
+    await session.commit()
+    assert conv.appends == [[{"role": "user", "content": "three"}]]
+
+
+def test_stream_parts_become_the_sdks_events() -> None:
+    from agents.stream_events import AgentUpdatedStreamEvent
+
+    from stalwart.adapters.openai_agents._codec import dump_response
+    from stalwart.adapters.openai_agents._events import EventRebuilder
+    from stalwart.client import Chunk, Reset, StepDone
+    from stalwart.kit import model_record
+
+    agent = apps.chat_agent()
+    rebuild = EventRebuilder(agent)
+    delta = {
+        "type": "response.output_text.delta",
+        "delta": "hi ",
+        "item_id": "m",
+        "output_index": 0,
+        "content_index": 0,
+        "logprobs": [],
+        "sequence_number": 4,
+    }
+    first = rebuild.apply(Chunk("model:1", 5, 1, "a", "model.delta", {"text": "hi ", **delta}, 1))
+    assert isinstance(first[0], AgentUpdatedStreamEvent) and first[0].new_agent is agent
+    assert is_text(first[1]) and first[1].data.delta == "hi " and first[1].worker == "a"
+    reset = rebuild.apply(Reset("model:1", 6, 1, "failover", 2))
+    assert [(r.type, r.step, r.reason) for r in reset] == [
+        ("stalwart.reset", "model:1", "failover")
+    ]
+    assert rebuild.apply(Chunk("tool:x/model:1", 6, 1, "b", "model.delta", {"text": "n"}, 3)) == []
+
+    from agents.items import ModelResponse
+    from agents.usage import Usage
+
+    response = ModelResponse(
+        output=[apps.assistant_message("hi there")], usage=Usage(), response_id="r1"
+    )
+    record = model_record(dump_response(response), {"model": "m"})
+    done = rebuild.apply(StepDone("model:1", "model", "m", False, record))
+    kinds = shape(done)
+    assert kinds == [
+        ("raw_response_event", "response.output_text.delta"),
+        ("raw_response_event", "response.output_item.done"),
+        ("raw_response_event", "response.completed"),
+        ("run_item_stream_event", "message_output_created"),
+    ]
+    assert done[0].data.delta == "hi there"
