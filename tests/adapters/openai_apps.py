@@ -517,9 +517,8 @@ class StreamingScriptedModel(RedisScriptedModel):
     mid-stream, with text already streamed.
     """
 
-    async def stream_response(
-        self, system_instructions: Any, input: Any, *args: Any, **kwargs: Any
-    ) -> AsyncIterator[TResponseStreamEvent]:
+    @staticmethod
+    async def _record(input: Any) -> None:
         info = current_step()
         run_id = info.run_id if info is not None else "none"
         items = input if isinstance(input, list) else [{"role": "user", "content": input}]
@@ -527,6 +526,19 @@ class StreamingScriptedModel(RedisScriptedModel):
             str(i.get("content")) for i in items if isinstance(i, dict) and i.get("role") == "user"
         ]
         await counters().rpush(inputs_key(run_id), json.dumps(users))
+
+    async def get_response(
+        self, system_instructions: Any, input: Any, *args: Any, **kwargs: Any
+    ) -> ModelResponse:
+        await self._record(input)
+        return await super().get_response(system_instructions, input, *args, **kwargs)
+
+    async def stream_response(
+        self, system_instructions: Any, input: Any, *args: Any, **kwargs: Any
+    ) -> AsyncIterator[TResponseStreamEvent]:
+        info = current_step()
+        run_id = info.run_id if info is not None else "none"
+        await self._record(input)
         async for event in super().stream_response(system_instructions, input, *args, **kwargs):
             if not isinstance(event, ResponseTextDeltaEvent):
                 yield event
