@@ -473,6 +473,10 @@ PUBLIC_API: dict[str, list[str]] = {
         "DurableAgentRunner",
         "DurableModel",
         "DurableModelProvider",
+        "DurableRunResultStreaming",
+        "SessionHistoryError",
+        "StalwartSession",
+        "StepRawResponsesStreamEvent",
         "durable_run_config",
     ],
     "stalwart.adapters.pydantic_ai": [

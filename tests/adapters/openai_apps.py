@@ -40,12 +40,13 @@ from agents.items import ModelResponse, TResponseOutputItem, TResponseStreamEven
 from agents.models.interface import Model, ModelProvider
 from agents.testing import ScriptedModel, assistant_message, function_call
 from openai import AsyncOpenAI
+from openai.types.responses import ResponseTextDeltaEvent
 from pydantic import BaseModel
 
 from stalwart import App, current_step
 from stalwart.adapters.openai_agents import DurableAgentRunner
 from stalwart.kit import ApprovalPolicy
-from tests.helpers import calls_key, counters, exec_key, wait_if_gated
+from tests.helpers import calls_key, counters, exec_key, gated_key, wait_gate, wait_if_gated
 
 app = App("openai-tests")
 
@@ -492,3 +493,103 @@ prices_agent = Agent(
     model=RedisScriptedModel(prices_script),
 )
 prices = DurableAgentRunner("oa-prices", prices_agent, run_config=CONFIG, app=app)
+
+
+# -- streaming and conversations (issue #17) ---------------------------------------------
+
+
+def inputs_key(run_id: str) -> str:
+    """List of what the chat model was given in ``run_id``: the user texts, one JSON per call."""
+    return f"modelinputs:{run_id}"
+
+
+def pieces(text: str) -> list[str]:
+    """``text`` as the word-sized deltas a real model streams (they join back to ``text``)."""
+    words = text.split(" ")
+    return [w + " " for w in words[:-1]] + [words[-1]]
+
+
+class StreamingScriptedModel(RedisScriptedModel):
+    """:class:`RedisScriptedModel` streaming each text in word-sized deltas.
+
+    It records the user texts it was given (``inputs_key``), and after the second delta of
+    a call whose ``<step key>:mid`` is gated it waits on that gate: the test holds the call
+    mid-stream, with text already streamed.
+    """
+
+    @staticmethod
+    async def _record(input: Any) -> None:
+        info = current_step()
+        run_id = info.run_id if info is not None else "none"
+        items = input if isinstance(input, list) else [{"role": "user", "content": input}]
+        users = [
+            str(i.get("content")) for i in items if isinstance(i, dict) and i.get("role") == "user"
+        ]
+        await counters().rpush(inputs_key(run_id), json.dumps(users))
+
+    async def get_response(
+        self, system_instructions: Any, input: Any, *args: Any, **kwargs: Any
+    ) -> ModelResponse:
+        await self._record(input)
+        return await super().get_response(system_instructions, input, *args, **kwargs)
+
+    async def stream_response(
+        self, system_instructions: Any, input: Any, *args: Any, **kwargs: Any
+    ) -> AsyncIterator[TResponseStreamEvent]:
+        info = current_step()
+        run_id = info.run_id if info is not None else "none"
+        await self._record(input)
+        async for event in super().stream_response(system_instructions, input, *args, **kwargs):
+            if not isinstance(event, ResponseTextDeltaEvent):
+                yield event
+                continue
+            for n, piece in enumerate(pieces(event.delta)):
+                yield event.model_copy(update={"delta": piece})
+                gate = f"{info.key}:mid" if info is not None else ""
+                if n == 1 and info is not None and await counters().exists(gated_key(run_id, gate)):
+                    # Long: the test starts another worker meanwhile, slow on a loaded machine.
+                    await wait_gate(run_id, gate, timeout=600)
+
+
+def chat_script(items: list[Any]) -> list[TResponseOutputItem]:
+    """Answers with every user text it was given, so the answer shows the history it saw."""
+    users = [
+        str(i.get("content")) for i in items if isinstance(i, dict) and i.get("role") == "user"
+    ]
+    return [assistant_message(f"turn {len(users)} heard " + " then ".join(users))]
+
+
+def chat_agent() -> Agent[Any]:
+    return Agent(name="chat", instructions="Chat.", model=StreamingScriptedModel(chat_script))
+
+
+# stream=None (the default): runs started by run_streamed stream, others do not.
+chat = DurableAgentRunner("oa-chat", chat_agent, run_config=CONFIG, app=app)
+
+
+@function_tool
+async def define(word: str) -> str:
+    """Define a word (held by its gate when the test marks it; runs outside Stalwart too)."""
+    info = current_step()
+    if info is not None and await counters().exists(gated_key(info.run_id, info.key)):
+        await wait_gate(info.run_id, info.key, timeout=600)  # long: a loaded machine
+    return f"{word} (a greeting)"
+
+
+def lookup_chat_script(items: list[Any]) -> list[TResponseOutputItem]:
+    outputs = tool_outputs(items)
+    if not outputs:
+        return [function_call("define", {"word": user_text(items)}, call_id="L1")]
+    return [assistant_message(f"the answer is {outputs[0]} for you")]
+
+
+def lookup_chat_agent() -> Agent[Any]:
+    return Agent(
+        name="looker",
+        instructions="Look up, then answer.",
+        tools=[define],
+        model=StreamingScriptedModel(lookup_chat_script),
+    )
+
+
+lookup_chat = DurableAgentRunner("oa-lookup-chat", lookup_chat_agent, run_config=CONFIG, app=app)

@@ -172,14 +172,20 @@ async def test_streamed_run_events_followed_across_a_crash(
     # Deltas are live only: each model call's deltas come from the worker that made the call,
     # and the replay on b did not stream model:1 and model:2 again.
     step_worker = {ev.step: ev.worker for ev in events if ev.type == "step.completed"}
+    # Answer text as model.delta (with "text"), the other raw model events as stream.item.
     deltas = [ev for ev in events if ev.type == "model.delta"]
-    assert {ev.step for ev in deltas} == {"model:1", "model:2", "model:3"}
-    assert all(ev.worker == step_worker[ev.step] for ev in deltas)
-    assert Counter(ev.step for ev in deltas) == Counter(
-        {"model:1": 2, "model:2": 3, "model:3": 1}  # one delta per call argument / message
+    items = [ev for ev in events if ev.type == "stream.item"]
+    assert {ev.step for ev in deltas} == {"model:3"}
+    assert {ev.step for ev in items} == {"model:1", "model:2", "model:3"}
+    assert all(ev.worker == step_worker[ev.step] for ev in deltas + items)
+    assert all(ev.data["mode"] == "raw_response_event" for ev in items)
+    arguments = [
+        ev for ev in items if ev.data["chunk"]["type"] == "response.function_call_arguments.delta"
+    ]
+    assert Counter(ev.step for ev in arguments) == Counter(
+        {"model:1": 2, "model:2": 3}  # one delta per call's arguments
     )
-    last = next(ev for ev in deltas if ev.step == "model:3")
-    assert last.data["delta"] == result
+    assert [ev.data["text"] for ev in deltas] == [result]  # one delta: the message
     assert events[-1].type == "run.completed"
     assert events.index(resumed[0]) > max(
         events.index(ev) for ev in events if ev.worker == "a" and ev.type == "step.completed"
@@ -554,6 +560,10 @@ def test_exports() -> None:
         "DurableAgentRunner",
         "DurableModel",
         "DurableModelProvider",
+        "DurableRunResultStreaming",
+        "SessionHistoryError",
+        "StalwartSession",
+        "StepRawResponsesStreamEvent",
         "durable_run_config",
     ]
 

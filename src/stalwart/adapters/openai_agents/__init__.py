@@ -14,6 +14,18 @@ dict), ``agent=`` (where to start), ``session=``, ``max_turns=``. Each run has a
 own, whose state is journaled with every tool, handoff and guardrail step, so a resumed run
 sees the context the crashed one had.
 
+Streaming keeps the SDK's loop (``result.stream_events()``, ``result.final_output``)::
+
+    result = runner.run_streamed("Analyze Q4 market trends", conversation="chat-42")
+    async for event in result.stream_events():
+        if event.type == "stalwart.reset":  # a model call's attempt died: drop its text
+            ...
+        elif event.type == "raw_response_event" and event.data.type == "response.output_text.delta":
+            print(event.data.delta, end="")
+
+``conversation=`` continues a durable conversation: each run of it sees the earlier turns
+(the SDK's session protocol, :class:`StalwartSession`, over the run's conversation).
+
 Serve it with ``stalwart worker <module>:<app>`` (``<module>:default_app`` unless
 an ``app=`` was given). Needs the ``stalwart[openai-agents]`` extra.
 
@@ -25,7 +37,19 @@ durably for an approval bound to it on the signal ``approval:<tool_call_id>`` (s
 :mod:`stalwart.approvals`; ``RunHandle.approve`` / ``reject``).
 """
 
+from stalwart.adapters.openai_agents._events import StepRawResponsesStreamEvent
 from stalwart.adapters.openai_agents._model import DurableModel, DurableModelProvider
 from stalwart.adapters.openai_agents._runner import DurableAgentRunner, durable_run_config
+from stalwart.adapters.openai_agents._session import SessionHistoryError, StalwartSession
+from stalwart.adapters.openai_agents._streaming import DurableRunResultStreaming
 
-__all__ = ["DurableAgentRunner", "DurableModel", "DurableModelProvider", "durable_run_config"]
+__all__ = [
+    "DurableAgentRunner",
+    "DurableModel",
+    "DurableModelProvider",
+    "DurableRunResultStreaming",
+    "SessionHistoryError",
+    "StalwartSession",
+    "StepRawResponsesStreamEvent",
+    "durable_run_config",
+]

@@ -259,12 +259,8 @@ async def _consume(
                 raise ModelBehaviorError(f"the model stream ended with {kind!r}")
             if isinstance(event, ResponseOutputItemDoneEvent):
                 done_items.append(event.item)
-            delta = getattr(event, "delta", None)
-            if isinstance(delta, str) and delta:
-                # Live only: a replayed response does not emit its deltas again.
-                await scope.ctx.emit(
-                    "model.delta", {"type": kind, "delta": delta, "text": delta}, step=key
-                )
+            # Live only: a replayed response does not emit its events again.
+            await scope.ctx.emit(*live_event(event), step=key)
             forward(event)
     finally:
         aclose = getattr(events, "aclose", None)
@@ -290,6 +286,25 @@ async def _consume(
         response_id=final.id,
         request_id=getattr(final, "_request_id", None),
     )
+
+
+TEXT_DELTA = "response.output_text.delta"
+"""The one raw event kind whose ``delta`` is text of the answer (``model.delta``)."""
+
+
+def live_event(event: TResponseStreamEvent) -> tuple[str, dict[str, Any]]:
+    """The run event that carries one raw model stream event to stream consumers.
+
+    An answer's text delta is ``model.delta`` with ``text`` (the delta) next to the SDK
+    event's own fields; every other raw event (item added, argument deltas, part done...)
+    is ``stream.item`` with ``mode`` ``raw_response_event`` and the event's fields as the
+    chunk. A streaming client rebuilds the SDK's own event from either. The
+    ``response.completed`` event is not sent: the journaled response makes it.
+    """
+    raw = event.model_dump(mode="json", exclude_unset=True)
+    if raw.get("type") == TEXT_DELTA:
+        return "model.delta", {"text": str(raw.get("delta") or ""), **raw}
+    return "stream.item", {"mode": "raw_response_event", "chunk": raw}
 
 
 def replay_events(

@@ -23,7 +23,9 @@ from stalwart.adapters.openai_agents._context import (
 )
 from stalwart.adapters.openai_agents._model import SCOPE, DurableModel, DurableModelProvider
 from stalwart.adapters.openai_agents._result import rebuild_result, result_data, sdk_error
+from stalwart.adapters.openai_agents._session import StalwartSession
 from stalwart.adapters.openai_agents._stepdata import install_usage_counter
+from stalwart.adapters.openai_agents._streaming import DurableRunResultStreaming
 from stalwart.adapters.openai_agents._tools import (
     AgentGraph,
     durable_input_guardrail,
@@ -89,7 +91,7 @@ class DurableAgentRunner(DurableRunner):
     """Serves ``agent`` as the Stalwart agent ``name``: every model and tool call a step.
 
     The agent stays as written; the runner keeps the SDK's own loop (``Runner.run``, or
-    ``Runner.run_streamed`` with ``stream=True``) and runs it on a durable twin of the agent
+    ``Runner.run_streamed`` for a streamed run) and runs it on a durable twin of the agent
     graph whose model calls, tool calls, handoffs and guardrails are journaled. A worker that
     resumes the run after a crash re-runs that loop from the top, fed from the journal, and
     continues live at the first call that had not completed.
@@ -97,9 +99,24 @@ class DurableAgentRunner(DurableRunner):
     ``agent`` is the agent, or a zero-argument function building one (called once per run).
     ``max_iterations`` is the SDK's ``max_turns`` (None: the SDK's default, 10). ``run_config``
     is used as given, with its model provider (default: the SDK's ``MultiProvider``) wrapped in
-    a :class:`DurableModelProvider`. With ``stream=True``, text and argument deltas are
-    published live to the run's events as ``model.delta`` (not journaled); ``stream=None``
-    (the default) is ``False`` here.
+    a :class:`DurableModelProvider`.
+
+    **Streaming.** A streamed run calls the model through its streaming API and publishes
+    each raw model event live to the run's events, inside the model step (an answer's text
+    delta as ``model.delta`` with ``text``, the other raw events as ``stream.item``; not
+    journaled: the completed call is). ``stream=None`` (the default): runs started by
+    :meth:`run_streamed` (or given ``stream=True``) stream, others do not; ``stream=True``:
+    every run streams; ``stream=False``: none does (:meth:`run_streamed` then gets each model
+    call's text whole, when the call is journaled). :meth:`run_streamed` gives the SDK's
+    ``stream_events()`` loop for a durable run, :meth:`attach_streamed` the same for a run
+    already under way.
+
+    **Conversations.** A run submitted with ``conversation="<id>"`` continues that
+    conversation: on the worker the SDK's loop gets a :class:`StalwartSession` over the
+    run's durable conversation, so the model sees every earlier turn's items before the new
+    input, and this turn's items are added when the run ends (stored once, in Redis; see
+    :mod:`stalwart.adapters.openai_agents._session`). ``on_busy=`` says what happens when a
+    run of the conversation is still going (``"queue"``, ``"reject"``, ``"interrupt"``).
 
     **Context.** Every run gets a run context of its own, as every plain ``Runner.run`` does:
     the ``context=`` given to :meth:`run` / :meth:`submit` (it travels to the worker as data
@@ -151,7 +168,7 @@ class DurableAgentRunner(DurableRunner):
         check_source(agent, Agent, "agents.Agent")
         self.agent = agent
         self.max_iterations = check_max_iterations(max_iterations)
-        self.stream = bool(stream)
+        self.stream = stream
         self.approvals = approval_policy(approvals, approval_timeout)
         self.context = context
         self.context_type = context_type_of(context, context_type)
@@ -175,8 +192,10 @@ class DurableAgentRunner(DurableRunner):
         ``context=`` (a pydantic model, a dataclass or a dict: sent as data, rebuilt on the
         worker as ``context_type``), ``agent=`` (the agent to start at, e.g. the previous
         result's ``last_agent``: one reachable from the runner's agent, sent by name),
-        ``max_turns=``, ``previous_response_id=``, ``conversation_id=``. ``session=`` is taken by :meth:`run` only; run ``hooks`` are
-        given to the runner.
+        ``max_turns=``, ``previous_response_id=``, ``conversation_id=`` (the OpenAI
+        server-side conversation; Stalwart's own is ``conversation=``), ``stream=True`` (this
+        run streams: see the class docs). ``session=`` is taken by :meth:`run` only; run
+        ``hooks`` are given to the runner.
         """
         if "hooks" in options:
             raise TypeError(
@@ -199,6 +218,8 @@ class DurableAgentRunner(DurableRunner):
         if not options:
             return plain_input
         wire: dict[str, Any] = {"input": plain_input}
+        if options.get("stream"):
+            wire["stream"] = True
         for key in ("max_turns", "previous_response_id", "conversation_id"):
             if options.get(key) is not None:
                 wire[key] = options[key]
@@ -244,9 +265,7 @@ class DurableAgentRunner(DurableRunner):
         """
         if not (isinstance(data, dict) and "state" in data):
             return data  # not written by this runner's execute (an older run): as it is
-        if self._client_agent is None:
-            self._client_agent = build(self.agent, Agent, "agents.Agent")
-        return rebuild_result(self._client_agent, data, self.context_type)
+        return rebuild_result(self._caller_agent(), data, self.context_type)
 
     async def result(self, run: RunHandle | str, *, timeout: float | None = None) -> Any:
         """Wait for a run and return its ``RunResult``; a run that failed with one of the SDK's
@@ -277,6 +296,11 @@ class DurableAgentRunner(DurableRunner):
         with a plain run), and the new input and the run's new items are added to it after
         the run, as the SDK does. Other options: see :meth:`request`.
         """
+        if session is not None and options.get("conversation"):
+            raise TypeError(
+                "give session= (a history kept in this process) or conversation= (a durable "
+                "conversation the workers keep), not both"
+            )
         history = await session.get_items() if session is not None else []
         if session is not None:  # as the SDK does: the history, then the new input, as a list
             input = [*history, *ItemHelpers.input_to_new_input_list(input)]
@@ -289,6 +313,50 @@ class DurableAgentRunner(DurableRunner):
             restore_in_place(given, dump_context(result.context_wrapper.context))
             result.context_wrapper.context = given
         return result
+
+    def run_streamed(
+        self, input: Any, *, run_id: str | None = None, **options: Any
+    ) -> DurableRunResultStreaming:
+        """``Runner.run_streamed`` for a durable run: the same result shape, the same loop.
+
+        Returns at once; the run is submitted when ``stream_events()`` is first iterated,
+        and streams live (unless the runner has ``stream=False``). Options: as
+        :meth:`submit` (``context=``, ``agent=``, ``max_turns=``, ``conversation=``,
+        ``on_busy=``...). See :class:`DurableRunResultStreaming` for the events, resets and
+        the final result.
+        """
+        if "session" in options:
+            raise TypeError(
+                "session= keeps a history in this process and is taken by run(); a streamed "
+                "run continues a durable conversation with conversation='<id>'"
+            )
+        if self.stream is None:
+            options = {**options, "stream": True}
+        self.request(input, **_own(options))  # bad input is refused now, not at first iteration
+
+        async def start() -> RunHandle:
+            return await self.submit(input, run_id=run_id, **options)
+
+        return DurableRunResultStreaming(self, self._caller_agent(), start)
+
+    def attach_streamed(self, run: RunHandle | str) -> DurableRunResultStreaming:
+        """The streaming result of a run already under way (or ended), by handle or id.
+
+        Model calls completed before attaching come first (each message's whole text as one
+        delta), then the live events of the call in flight and of the rest of the run.
+        """
+
+        async def start() -> RunHandle:
+            if isinstance(run, str):
+                return (await self.client()).handle(run, self.name)
+            return run
+
+        return DurableRunResultStreaming(self, self._caller_agent(), start)
+
+    def _caller_agent(self) -> Agent[Any]:
+        if self._client_agent is None:
+            self._client_agent = build(self.agent, Agent, "agents.Agent")
+        return self._client_agent
 
     # -- the worker's side -------------------------------------------------------------
 
@@ -318,6 +386,8 @@ class DurableAgentRunner(DurableRunner):
             max_turns=options.get("max_turns") or self.max_iterations or DEFAULT_MAX_TURNS,
             previous_response_id=options.get("previous_response_id"),
             conversation_id=options.get("conversation_id"),
+            stream=bool(self.stream or (self.stream is None and options.get("stream"))),
+            session=StalwartSession(conv) if (conv := ctx.conversation) is not None else None,
         )
         # One scope for the whole run: a run resumed after approvals continues its counters.
         journal_token = CONTEXTS.set(ContextJournal())
@@ -333,6 +403,8 @@ class DurableAgentRunner(DurableRunner):
                 # not a sign of changed code.
                 ctx.mark_replayed("approval:")
                 ctx.mark_replayed("signal:approval:")
+                if run.session is not None:  # this turn's items, once the loop has ended
+                    await run.session.commit()
         finally:
             CONTEXTS.reset(journal_token)
         del graph  # kept alive until here
@@ -341,7 +413,7 @@ class DurableAgentRunner(DurableRunner):
     async def _loop(
         self, ctx: RunContext, agent: Agent[Any], input: Any, run: _RunInputs
     ) -> RunResult | RunResultStreaming:
-        if self.stream:
+        if run.stream:
             return await self._streamed(ctx, agent, input, run)
         return await Runner.run(
             agent,
@@ -352,6 +424,7 @@ class DurableAgentRunner(DurableRunner):
             max_turns=run.max_turns,
             previous_response_id=run.previous_response_id,
             conversation_id=run.conversation_id,
+            session=run.session,
         )
 
     async def _decide(
@@ -391,6 +464,7 @@ class DurableAgentRunner(DurableRunner):
             max_turns=run.max_turns,
             previous_response_id=run.previous_response_id,
             conversation_id=run.conversation_id,
+            session=run.session,
         )
         async for event in result.stream_events():
             if isinstance(event, AgentUpdatedStreamEvent):
@@ -399,7 +473,7 @@ class DurableAgentRunner(DurableRunner):
 
 
 _RUN_OPTIONS = frozenset(
-    {"agent", "context", "max_turns", "previous_response_id", "conversation_id"}
+    {"agent", "context", "max_turns", "previous_response_id", "conversation_id", "stream"}
 )
 
 
@@ -411,6 +485,13 @@ class _RunInputs:
     max_turns: int
     previous_response_id: str | None
     conversation_id: str | None
+    stream: bool = False
+    session: StalwartSession | None = None
+
+
+def _own(options: dict[str, Any]) -> dict[str, Any]:
+    """The options :meth:`DurableAgentRunner.request` checks (the kit base takes the others)."""
+    return {k: v for k, v in options.items() if k not in ("conversation", "on_busy")}
 
 
 def approval_policy(policy: ApprovalPolicy | None, timeout: float | None) -> ApprovalPolicy:
