@@ -128,7 +128,7 @@ def test_defaults_keep_each_adapters_behaviour() -> None:
     oa: Any = runner_class("stalwart.adapters.openai_agents", "DurableAgentRunner")
     pyd: Any = runner_class("stalwart.adapters.pydantic_ai", "DurableAgentRunner")
     st: Any = runner_class("stalwart.adapters.strands", "DurableAgentRunner")
-    assert oa("sig", lambda: None, app=app()).stream is False
+    assert oa("sig", lambda: None, app=app()).stream is None  # per run: run_streamed streams
     assert pyd("sig", lambda: None, app=app()).stream is True
     assert st("sig", lambda: None, app=app()).stream is True
     lg: Any = runner_class("stalwart.adapters.langgraph", "DurableGraphRunner")
