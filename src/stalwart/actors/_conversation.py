@@ -5,19 +5,18 @@ the conversation keeps it (the claim is answered from the journal, then re-asser
 for the new epoch). A run that has to wait for its turn waits durably for
 :data:`~stalwart.conversations.WAKE_SIGNAL` (passivated after ``passivate_after`` like any
 wait), with a timeout of ``conversation_recheck`` after which it repairs a lost hand-off and
-claims again. ``history()`` journals only the number of items it read and reads that prefix
+claims again (a claim that finds the conversation busy makes the same repair at once). ``history()`` journals only the number of items it read and reads that prefix
 again on replay; ``append()`` is a fenced step, at most once per key.
 """
 
 from __future__ import annotations
 
-from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from stalwart.actors._context import StepSpec
 from stalwart.actors._fingerprint import fingerprint
 from stalwart.actors._waits import WaitTimeout
-from stalwart.checkpoints import ConversationFenced, ErrorInfo
+from stalwart.checkpoints import ConversationClaim, ConversationFenced, ErrorInfo
 from stalwart.conversations import WAKE_SIGNAL, interrupt, recover, release
 from stalwart.errors import ConversationBusyError, InvalidRequestError, LeaseLost
 
@@ -175,7 +174,7 @@ class TurnBinding:
                 fp=fingerprint("claim", (self.conversation, self.on_busy), {}),
                 result_type=dict,
             )
-            got: dict[str, Any] = await actor.execute(spec, partial(self._claim_once, n > 1))
+            got: dict[str, Any] = await actor.execute(spec, self._claim_once)
             outcome = got["outcome"]
             if outcome == "held":
                 if not self._claimed_live and self.broker is not None:  # live, resumed
@@ -192,36 +191,28 @@ class TurnBinding:
             except WaitTimeout:
                 pass  # claim again: the re-check
 
-    async def _claim_once(self, recheck: bool) -> dict[str, Any]:
+    async def _claim_once(self) -> dict[str, Any]:
         """The body of a claim step (live only): claim, interrupt the holder if that is the
-        policy; on a re-check first repair a hand-off a dead worker never made."""
+        policy. A conversation that looks busy is first checked for a hand-off a dead worker
+        never made (its holder ended, or ended runs head its queue) and claimed again if that
+        repaired anything: at a first claim as at a re-check."""
         actor = self.actor
         store, broker = self.store, self.broker
         assert broker is not None  # a claim's body runs live only
         self._claimed_live = True
-        if recheck:
-            await recover(store, broker, self.conversation)
-        c = await store.conversations.claim(
-            self.conversation,
-            actor.run_id,
-            on_busy=self.on_busy,
-            submitted_at=self.created_at,
-            epoch=actor.epoch,
-        )
-        if (
-            c.outcome in ("queued", "busy")
-            and not recheck
-            and await recover(store, broker, self.conversation)
-        ):
-            # The holder had ended without handing on (its worker died in between): the
-            # repair may have made this run the holder, or freed the conversation.
-            c = await store.conversations.claim(
+
+        async def claim() -> ConversationClaim:
+            return await store.conversations.claim(
                 self.conversation,
                 actor.run_id,
                 on_busy=self.on_busy,
                 submitted_at=self.created_at,
                 epoch=actor.epoch,
             )
+
+        c = await claim()
+        if c.outcome in ("queued", "busy") and await recover(store, broker, self.conversation):
+            c = await claim()
         if c.outcome == "stale":
             raise LeaseLost(
                 f"run {actor.run_id!r}: a newer owner holds conversation {self.conversation!r}"
