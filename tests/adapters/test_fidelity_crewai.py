@@ -30,7 +30,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from stalwart import Client, RunHandle, Settings
-from stalwart.checkpoints import StepDone, WaitStarted
+from stalwart.checkpoints import StepDone, StepError, WaitStarted
 from stalwart.testing import StalwartProcess
 from tests.adapters.fake_llm import FakeLLM, Request, comparable
 from tests.adapters.fake_llm import fake_llm as fake_llm  # the fixture the tests use
@@ -253,6 +253,16 @@ async def test_a_hierarchical_crew_killed_while_its_manager_and_a_coworker_work_
     await hold_at(counters, search)
     runner, handle = await submit(client, "briefing")
     await reached(counters, search)
+
+    async def pricing_journaled() -> bool:  # search's sibling in the parallel batch
+        return any(
+            isinstance(je.entry, StepDone | StepError) and "pricing" in je.entry.name.lower()
+            for je in await journal(client, handle.run_id)
+        )
+
+    # Only the held search may be in flight at the kill (a pricing call still running
+    # would rightly run again: at-least-once), so the counts below are exact.
+    await eventually(pricing_journaled, timeout=60)
     second = fake.hold(model_call("fake-manager", lambda r: len(r.tool_results()) == 1))
     await pool.kill_owner(handle.run_id)
     held = await second.arrived(timeout=90)
