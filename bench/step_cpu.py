@@ -61,6 +61,24 @@ def _calls(path: str) -> int:
         return 0
 
 
+def _calls_by() -> dict[str, int] | None:
+    """The worker's call count per function, when ``STEP_CALLS_BY`` names its file."""
+    path = os.environ.get("STEP_CALLS_BY")
+    if not path:
+        return None
+    try:
+        return {name: n for name, n in json.loads(Path(path).read_text())}
+    except (OSError, ValueError):
+        return {}
+
+
+def _by_delta(before: dict[str, int], after: dict[str, int], steps: int) -> list[Any]:
+    """Calls per step of each function over one batch, the most called first."""
+    delta = {k: (v - before.get(k, 0)) / steps for k, v in after.items()}
+    rows = ([k, round(v, 2)] for k, v in delta.items() if v >= 0.05)
+    return sorted(rows, key=lambda kv: -kv[1])
+
+
 async def _settled_calls(path: str) -> int:
     """The worker's call count once it stopped moving (the count file lags 0.2 s)."""
     last = -1
@@ -79,6 +97,7 @@ async def main(reps: int, profile_seconds: float, calls: bool = False) -> dict[s
     if calls:  # the worker counts its function calls (bench/_calls/sitecustomize.py)
         env = {
             "STEP_CALLS_OUT": count_file,
+            "STEP_CALLS_BY": os.environ.get("STEP_CALLS_BY", ""),
             "PYTHONPATH": CALLS_DIR + os.pathsep + bench_env()["PYTHONPATH"],
         }
     async with EmbeddedServers(redis_appendonly=True, redis_appendfsync="everysec") as srv:
@@ -89,8 +108,11 @@ async def main(reps: int, profile_seconds: float, calls: bool = False) -> dict[s
             await batch.run("load", 8, 4)  # warm-up: connections, scripts, consumers
             for _ in range(reps):
                 c0 = await _settled_calls(count_file) if calls else 0
+                by0 = _calls_by()
                 r = await batch.run("load", RUNS, STEPS)
                 c1 = await _settled_calls(count_file) if calls else 0
+                if by0 is not None:
+                    out["calls_by"] = _by_delta(by0, _calls_by() or {}, r["steps"])
                 row = {
                     "calls_per_step": (c1 - c0) / r["steps"],
                     "worker_us_per_step": r["cpu"]["workers"] / r["steps"] * 1e6,
@@ -126,6 +148,8 @@ if __name__ == "__main__":
         args.remove("--calls")
     res = asyncio.run(main(int(args[0]) if args else 5, prof, calls))
     print(f"worker CPU per step, median: {res['worker_us_per_step_median']:.1f} us")
+    for name, n in res.get("calls_by", [])[:400]:
+        print(f"{n:8.2f}  {name}")
     if "profile" in res:
         path = os.environ.get("STEP_CPU_PROFILE", "/tmp/step_cpu_profile.json")
         with open(path, "w") as f:

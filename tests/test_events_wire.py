@@ -91,3 +91,69 @@ async def test_journaled_events_keep_their_dedup_ids_and_order(client: Client) -
 
     await eventually(stored)
     assert await events.last_published_jseq(run_id) == 4
+
+
+def _live(type_: str, run_id: str, step: str) -> RunEvent:
+    return RunEvent(type=type_, run_id=run_id, at=time.time(), step=step)
+
+
+async def _stored(client: Client, run_id: str, n: int) -> list[tuple[str, str]]:
+    """The run's first ``n`` stored events as (type, step), once there are ``n``."""
+    got: list[tuple[str, str]] = []
+
+    async def enough() -> bool:
+        got[:] = [(e.type, e.step) async for e in client.handle(run_id).events(follow=False)]
+        return len(got) >= n
+
+    await eventually(enough)
+    return got
+
+
+async def test_a_quick_steps_start_is_never_sent(client: Client) -> None:
+    """A start whose step ends within START_HOLD is dropped, even across batch sends."""
+    events = client.broker.events
+    run_id = rid()
+    await events.publish(_live("step.started", run_id, "step:a"))
+    await events.send_queued(hold=True)  # a batch leaves while the step runs: start held
+    await events.publish(_event(run_id, 1, "step:a"))
+    await events.publish(_live("run.marker", run_id, ""))
+    await events.flush()
+    assert await _stored(client, run_id, 2) == [("step.completed", "step:a"), ("run.marker", "")]
+
+
+async def test_a_later_event_of_the_run_releases_a_held_start_in_order(client: Client) -> None:
+    """A token delta the step streams must not reach the stream before the step's start."""
+    events = client.broker.events
+    run_id, other = rid(), rid()
+    await events.publish(_live("step.started", run_id, "step:a"))
+    await events.publish(_live("step.started", other, "step:b"))
+    await events.send_queued(hold=True)  # both held
+    await events.publish(_live("model.delta", run_id, "step:a"))
+    await events.send_queued(hold=True)  # the delta released step:a's start; step:b waits
+    assert await _stored(client, run_id, 2) == [
+        ("step.started", "step:a"),
+        ("model.delta", "step:a"),
+    ]
+    assert [e async for e in client.handle(other).events(follow=False)] == []
+    await events.publish(_event(other, 1, "step:b"))
+    await events.flush()
+    assert await _stored(client, other, 1) == [("step.completed", "step:b")]
+
+
+async def test_a_long_steps_start_is_sent_once_held_long_enough(client: Client) -> None:
+    """No other event needed: the batch timer sends a start older than START_HOLD."""
+    events = client.broker.events
+    run_id = rid()
+    t0 = time.monotonic()
+    await events.publish(_live("step.started", run_id, "step:slow"))
+    assert await _stored(client, run_id, 1) == [("step.started", "step:slow")]
+    assert time.monotonic() - t0 >= events.START_HOLD
+
+
+async def test_flush_sends_held_starts(client: Client) -> None:
+    """A drain or a run's end flushes: a held start goes out rather than being lost."""
+    events = client.broker.events
+    run_id = rid()
+    await events.publish(_live("step.started", run_id, "step:a"))
+    await events.flush()
+    assert await _stored(client, run_id, 1) == [("step.started", "step:a")]

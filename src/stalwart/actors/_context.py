@@ -133,13 +133,25 @@ def _resolve_result_type(target: Callable[..., Any]) -> Any:
     return hint
 
 
+def _is_coroutine_fn(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "func", None))
+
+
+_is_coroutine_fn_cached = functools.lru_cache(maxsize=4096)(_is_coroutine_fn)
+"""Per step otherwise: five Python calls into ``inspect`` for the same few functions."""
+
+
 async def invoke(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Call ``fn``: coroutine functions on the loop, plain functions in a thread.
 
     Blocking code on the event loop would stall lease renewal for every run in the worker,
     so synchronous step bodies run in a worker thread (the context variables go along).
     """
-    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "func", None)):
+    try:
+        coro = _is_coroutine_fn_cached(fn)
+    except TypeError:  # unhashable callable: look every time
+        coro = _is_coroutine_fn(fn)
+    if coro:
         return await fn(*args, **kwargs)
     result = await anyio.to_thread.run_sync(partial(fn, *args, **kwargs))
     if inspect.isawaitable(result):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -30,11 +31,10 @@ async def _uncancellable(write: Coroutine[Any, Any, T] | asyncio.Future[T]) -> T
     its outcome is accounted for before the cancellation goes on. A write that is already a
     future (``CheckpointStore.append_future``) needs no task of its own.
     """
-    fut = asyncio.ensure_future(write)
+    settling = type(write) is SettlingFuture  # refuses cancellation itself: no shield needed
+    fut: asyncio.Future[T] = write if settling else asyncio.ensure_future(write)  # type: ignore[assignment]
     try:
-        if isinstance(fut, SettlingFuture):  # refuses cancellation itself: no shield needed
-            return await fut
-        return await asyncio.shield(fut)
+        return await fut if settling else await asyncio.shield(fut)
     except asyncio.CancelledError:
         if not fut.done():
             await asyncio.wait({fut})
@@ -64,14 +64,44 @@ class RunJournal:
         self._state = state
         self.next_seq = next_seq
         """Where the next entry goes (the claim wrote the one before)."""
-        self._lock = asyncio.Lock()
+        # One append at a time (parallel steps of a run append in turn, FIFO). Not an
+        # asyncio.Lock: the uncontended case, nearly every append, costs a flag here.
+        self._busy = False
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def _take_turn(self) -> None:
+        if not self._busy:
+            self._busy = True
+            return
+        turn = asyncio.get_running_loop().create_future()
+        self._waiting.append(turn)
+        try:
+            await turn  # settled by _pass_turn, which hands the turn over (busy stays set)
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self._pass_turn()  # handed over just as this waiter was cancelled
+            else:
+                self._waiting.remove(turn)
+            raise
+
+    def _pass_turn(self) -> None:
+        while self._waiting:
+            turn = self._waiting.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self._busy = False
 
     async def append(self, entry: Entry) -> JournalEntry:
         """Fenced append at the next position; raises LeaseLost if a newer epoch owns the run."""
         state = self._state
         if state.lost:
             raise LeaseLost(f"run {state.run_id!r}: epoch {state.epoch} lost its lease")
-        async with self._lock:
+        if self._busy:
+            await self._take_turn()
+        else:
+            self._busy = True
+        try:
             seq = self.next_seq
             t0 = time.perf_counter()
             try:
@@ -93,6 +123,8 @@ class RunJournal:
                 raise
             self.next_seq = seq + 1
             obs.journal_appended(time.perf_counter() - t0)
+        finally:
+            self._pass_turn()
         if cancel and not state.cancel_reason:
             state.cancel_reason = cancel
         return JournalEntry(seq=seq, entry=entry)
@@ -100,7 +132,8 @@ class RunJournal:
     async def finish(self, entry: Finished) -> JournalEntry:
         """Journal the run's end and end its record (fenced like :meth:`append`)."""
         state = self._state
-        async with self._lock:
+        await self._take_turn()
+        try:
             seq = self.next_seq
             try:
                 await _uncancellable(self._store.finish(state.run_id, state.epoch, seq, entry))
@@ -108,6 +141,8 @@ class RunJournal:
                 self.next_seq = seq + 1
                 raise
             self.next_seq = seq + 1
+        finally:
+            self._pass_turn()
         return JournalEntry(seq=seq, entry=entry)
 
     async def read(self) -> list[JournalEntry]:

@@ -132,6 +132,8 @@ class _Queued(NamedTuple):
     reply: str
     trace: dict[str, str] | None
     """Trace context headers of the publisher (tracing on), else None."""
+    queued: float
+    """When it was queued (monotonic): a ``step.started`` is held until ``START_HOLD``."""
 
 
 class EventPublisher:
@@ -148,16 +150,22 @@ class EventPublisher:
     step. (nats-py's own ``publish_async`` is not used: in 2.16 a rejected publish never
     resolves its future.) No event needs its ack for correctness: the journal is the
     truth, and a resumed actor republishes what the stream lacks (``Stalwart-Jseq``).
-    Live-only events (token deltas, ``step.started``) are plain publishes, and a
-    ``step.started`` whose ``step.completed`` (or ``step.failed``) is queued before the
-    batch leaves is not sent at all: a step that took under ``BATCH_DELAY`` shows up as
-    its end alone, which halves the messages of runs made of quick steps.
+    Live-only events (token deltas, ``step.started``) are plain publishes. A
+    ``step.started`` is held back for up to ``START_HOLD``: if the step's
+    ``step.completed`` (or ``step.failed``) is queued meanwhile, the start is not sent (nor
+    even encoded), so a step quicker than that shows up as its end alone, which halves the
+    messages of runs made of quick steps. Any other event of the run queued after the start
+    (a token delta the step streams, a wait) releases it first, so a run's events still
+    reach the stream in the order they were published.
     """
 
     ACK_INTERVAL = 0.1
     """Seconds between sampled acks of ordinary journaled events."""
     BATCH_DELAY = 0.002
     """Seconds a queued event waits for company before the batch goes to the connection."""
+    START_HOLD = 0.05
+    """Seconds a ``step.started`` waits for its step's end before it is sent after all: a
+    watcher learns of a longer step that late, and of a quicker one only by its end."""
 
     def __init__(
         self, nc: NATS, js: JetStreamContext, names: Names, *, text_limit: int = 4096
@@ -176,6 +184,9 @@ class EventPublisher:
         self._batch: list[_Queued | None] = []
         self._started: dict[tuple[str, str], int] = {}
         """Queued ``step.started`` events by (run, step): their place in the batch."""
+        self._holding: dict[str, int] = {}
+        """Runs with queued ``step.started`` events: how many each."""
+        self._batch_due = 0.0
         self._batch_task: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
 
@@ -234,39 +245,83 @@ class EventPublisher:
                 reply = self._reply_prefix + token
             if terminal:
                 self._published_jseq.pop(event.run_id, None)
+        now = time.monotonic()
         if event.type == EV_STEP_STARTED:
-            self._started[(event.run_id, event.step)] = len(self._batch)
-        elif event.type in _STEP_ENDS:
-            # The step ended before its start left: the end says both (see class docstring).
-            i = self._started.pop((event.run_id, event.step), None)
-            if i is not None:
-                self._batch[i] = None
+            self._hold(event.run_id, event.step, len(self._batch))
+        elif event.run_id in self._holding:
+            if event.type in _STEP_ENDS:
+                # The step ended before its start left: the end says both (class docstring).
+                i = self._unhold(event.run_id, event.step)
+                if i is not None:
+                    self._batch[i] = None
+            if event.run_id in self._holding:
+                self._release(event.run_id)
         # Encoded when the batch leaves, so a dropped step.started is never encoded; the
         # trace context is the publisher's now, so it is taken now (when tracing is on).
         trace = inject_headers({}) or None
-        self._batch.append(_Queued(event, subject, top, reply, trace))
-        if self._batch_task is None:
-            self._batch_task = asyncio.get_running_loop().create_task(self._send_later())
+        self._batch.append(_Queued(event, subject, top, reply, trace, now))
+        if self._batch_task is None or self._batch_due > now + self.BATCH_DELAY:
+            self._schedule(now, self.BATCH_DELAY)
 
-    async def _send_later(self) -> None:
+    def _hold(self, run_id: str, step: str, index: int) -> None:
+        self._started[(run_id, step)] = index
+        self._holding[run_id] = self._holding.get(run_id, 0) + 1
+
+    def _unhold(self, run_id: str, step: str) -> int | None:
+        i = self._started.pop((run_id, step), None)
+        if i is not None:
+            left = self._holding[run_id] - 1
+            if left:
+                self._holding[run_id] = left
+            else:
+                del self._holding[run_id]
+        return i
+
+    def _release(self, run_id: str) -> None:
+        """Send the run's queued starts with the next batch: a later event of the run
+        (other than their steps' ends) must not reach the stream before them."""
+        del self._holding[run_id]
+        for key in [k for k in self._started if k[0] == run_id]:
+            i = self._started.pop(key)
+            item = self._batch[i]
+            if item is not None:
+                self._batch[i] = item._replace(queued=-self.START_HOLD)
+
+    def _schedule(self, now: float, delay: float) -> None:
+        """Send the batch ``delay`` from ``now`` (instead of later, if a send was due then)."""
+        if self._batch_task is not None:
+            self._batch_task.cancel()
+        self._batch_due = now + delay
+        self._batch_task = asyncio.get_running_loop().create_task(self._send_later(delay))
+
+    async def _send_later(self, delay: float) -> None:
         try:
-            await asyncio.sleep(self.BATCH_DELAY)
-        finally:
-            self._batch_task = None
-        await self.send_queued()
+            await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            return  # replaced by an earlier send (see _schedule), or the publisher closed
+        self._batch_task = None
+        await self.send_queued(hold=True)
 
-    async def send_queued(self) -> None:
-        """Hand every queued event to the connection now (before a message that must follow)."""
+    async def send_queued(self, *, hold: bool = False) -> None:
+        """Hand every queued event to the connection now (before a message that must follow).
+
+        With ``hold`` (the batch timer), a ``step.started`` younger than ``START_HOLD`` stays
+        queued for the next batch (see the class docstring).
+        """
         async with self._send_lock:  # a batch that suspends must not be overtaken
             batch, self._batch = self._batch, []
             self._started.clear()
+            self._holding.clear()
+            now = time.monotonic()
+            if hold:  # before any await, so what is published meanwhile queues behind them
+                batch = self._keep_young_starts(batch, now)
             nc = self._nc
             fast = nc.is_connected and not nc.is_draining_pubs
             wire: list[bytes] = []  # HPUB commands built here, sent together, in order
             for item in batch:
                 if item is None:
                     continue
-                event, subject, top, reply, trace = item
+                event, subject, top, reply, trace, _ = item
                 data = self.encode(event)
                 cmd = hpub_command(subject, reply, top, event, data) if fast and not trace else b""
                 if cmd:
@@ -286,6 +341,28 @@ class EventPublisher:
                     log.warning("event.publish_failed", subject=subject, error=repr(exc))
             if wire:
                 await self._send_wire(wire)
+            if self._batch and self._batch_task is None:
+                # Held starts (and whatever was queued while this batch suspended).
+                oldest = min((item.queued for item in self._batch if item), default=now)
+                self._schedule(now, max(oldest + self.START_HOLD - now, self.BATCH_DELAY))
+
+    def _keep_young_starts(self, batch: list[_Queued | None], now: float) -> list[_Queued | None]:
+        """Requeue the ``step.started`` events younger than ``START_HOLD``; the rest to send.
+
+        Nothing of a held start's run follows it in ``batch`` (that would have released
+        it), so it may wait at the head of the next batch without reordering its run.
+        """
+        out: list[_Queued | None] = []
+        for item in batch:
+            if item is None:
+                continue
+            event = item.event
+            if event.type == EV_STEP_STARTED and now - item.queued < self.START_HOLD:
+                self._hold(event.run_id, event.step, len(self._batch))
+                self._batch.append(item)
+            else:
+                out.append(item)
+        return out
 
     async def _send_wire(self, wire: list[bytes]) -> None:
         """Queue prebuilt HPUB commands on the connection as one write (see

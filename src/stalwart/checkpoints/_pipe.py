@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 from urllib.parse import urlparse
 
 import hiredis
@@ -48,7 +48,19 @@ if TYPE_CHECKING:
 
 _SCHEMES = frozenset({"redis", "rediss", "unix"})
 
-_Pending: TypeAlias = tuple["asyncio.Future[Any] | None", float, bool]
+
+class Settle(Protocol):
+    """What a reply settles: an ``asyncio.Future``, or an object that acts on the reply at
+    once (``ScriptRunner.write_future``: no second future and loop callback per write)."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: Any, /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
+_Pending: TypeAlias = tuple["Settle | None", float, bool]
 """An outstanding reply: its future (None: the WAIT closing a write), when it was sent, and
 whether its reply is held until that WAIT answers."""
 
@@ -66,21 +78,20 @@ def is_readonly(reply: object) -> bool:
     )
 
 
-def _encode(arg: bytes | str | int | float) -> bytes:
-    if isinstance(arg, bytes):
-        return arg
-    return str(arg).encode()  # str() of a float is its shortest round-trip repr
+def pack_args(args: tuple[object, ...] | list[object]) -> bytes:
+    """``args`` as RESP bulk strings, without the array header (see :func:`pack`)."""
+    # Inlined: this runs for every argument of every journal write.
+    return b"".join(
+        [
+            b"$%d\r\n%s\r\n" % (len(b), b)
+            for b in [a if isinstance(a, bytes) else str(a).encode() for a in args]
+        ]
+    )  # str() of a float is its shortest round-trip repr
 
 
-def pack(args: tuple[bytes | str | int | float, ...]) -> bytes:
+def pack(args: tuple[object, ...]) -> bytes:
     """One command in RESP."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        b = _encode(arg)
-        parts.append(b"$%d\r\n" % len(b))
-        parts.append(b)
-        parts.append(b"\r\n")
-    return b"".join(parts)
+    return b"*%d\r\n%s" % (len(args), pack_args(args))
 
 
 class _Protocol(asyncio.Protocol):
@@ -179,8 +190,8 @@ class ScriptPipe:
         """How long each WAIT waits for them, in milliseconds (0 would wait for ever)."""
         self._wait_cmd = pack(("WAIT", wait_replicas, wait_timeout_ms)) if wait_replicas else b""
         self._pending: collections.deque[_Pending] = collections.deque()
-        self._held: list[tuple[asyncio.Future[Any], Any]] = []
-        self._queued: list[tuple[bytes, asyncio.Future[Any]]] = []
+        self._held: list[tuple[Settle, Any]] = []
+        self._queued: list[tuple[bytes, Settle]] = []
         self._out: list[bytes] = []
         self._flush_at_turn_end = False
         self._connecting: asyncio.Task[None] | None = None
@@ -202,19 +213,22 @@ class ScriptPipe:
 
     def call(self, *args: bytes | str | int | float) -> asyncio.Future[Any]:
         """Send one command; the future resolves with its reply (see the class docstring)."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.send(pack(args), fut)
+        return fut
+
+    def send(self, data: bytes, fut: Settle) -> None:
+        """Send one command already in RESP (:func:`pack`); its reply settles ``fut``."""
         if self._closed:
             fut.set_exception(RedisConnectionError("the Redis pipe is closed"))
-            return fut
-        data = pack(args)
+            return
         transport = self._transport
         if transport is None or self._connecting is not None:
             # Not connected, or AUTH/SELECT still under way: wait behind them.
             self._queued.append((data, fut))
             if self._connecting is None:
-                self._connecting = loop.create_task(self._connect())
-            return fut
+                self._connecting = asyncio.get_running_loop().create_task(self._connect())
+            return
         self._pending.append((fut, time.monotonic(), bool(self.wait_replicas)))
         if len(self._pending) == 1 and not self._out:
             # Nothing outstanding: no reason to wait for company.
@@ -228,8 +242,7 @@ class ScriptPipe:
             self._out.append(data)
             if not self._flush_at_turn_end:
                 self._flush_at_turn_end = True
-                loop.call_soon(self._flush)
-        return fut
+                asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_at_turn_end = False

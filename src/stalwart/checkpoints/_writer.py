@@ -29,7 +29,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stalwart.checkpoints._fence import stale_error
-from stalwart.checkpoints._pipe import NotReplicated
+from stalwart.checkpoints._pipe import NotReplicated, ScriptPipe, pack_args
 from stalwart.errors import LeaseLost, ServerUnavailableError, StalwartError
 
 if TYPE_CHECKING:
@@ -110,6 +110,72 @@ class SettlingFuture(asyncio.Future[Any]):
         return False
 
 
+_HEADS_MAX = 4096
+
+
+class _FirstTry:
+    """The first try of :meth:`ScriptRunner.write_future` down a :class:`ScriptPipe`: the
+    pipe settles it with the reply as soon as the reply is read, and it settles the
+    caller's future (``out``) from it, or starts the retrying path. One object per write
+    instead of a second future and a loop callback."""
+
+    __slots__ = ("args", "data", "out", "run_id", "runner", "script", "seq", "tracked")
+
+    def __init__(
+        self,
+        runner: ScriptRunner,
+        out: asyncio.Future[str],
+        script: object,
+        run_id: str,
+        args: list[object],
+        seq: int,
+        data: bytes,
+    ) -> None:
+        self.runner = runner
+        self.out = out
+        self.script = script
+        self.run_id = run_id
+        self.args = args
+        self.seq = seq
+        self.data = data
+        self.tracked = False
+
+    def done(self) -> bool:
+        return self.out.done()
+
+    def set_result(self, reply: Any) -> None:
+        if isinstance(reply, list) and reply[0] in (b"ok", b"stale"):
+            self._untrack()
+            try:
+                self.out.set_result(self.runner.reply(self.run_id, self.args, reply))
+            except (LeaseLost, JournalGap) as exc:
+                self.out.set_exception(exc)
+            return
+        self._slow()
+
+    def set_exception(self, exception: BaseException) -> None:
+        self._slow()
+
+    def _slow(self) -> None:
+        # Lost connection, error reply (NOSCRIPT after a restart, READONLY), a taken
+        # position or a gap: the redis-py path, without trying the pipe a second time.
+        slow = asyncio.get_running_loop().create_task(
+            self.runner.write(
+                self.script, self.run_id, self.args, self.seq, self.data, via_pipe=False
+            )
+        )
+        slow.add_done_callback(self._chained)
+
+    def _chained(self, slow: asyncio.Future[Any]) -> None:
+        self._untrack()
+        _chain(slow, self.out)
+
+    def _untrack(self) -> None:
+        if self.tracked:
+            self.tracked = False
+            self.runner._untrack(self.run_id, self.seq)
+
+
 def _chain(src: asyncio.Future[Any], dst: asyncio.Future[Any]) -> None:
     if dst.done():
         return
@@ -153,10 +219,24 @@ class ScriptRunner:
         # Journal writes under way, per run and position: a gap behind one of them is not a
         # hole (see the module docstring).
         self._unsettled: dict[str, dict[int, asyncio.Future[Any]]] = {}
+        self._heads: dict[tuple[str, str], bytes] = {}
+        """``EVALSHA <sha> 2 <record> <journal>`` in RESP by (sha, run): the part of every
+        journal write to a run that does not change (see :meth:`_packed`)."""
 
     def run_keys(self, run_id: str) -> list[str]:
         """The two keys every run script takes: the record, the journal."""
         return self.keys.script_keys(run_id)
+
+    def _packed(self, sha: str, run_id: str, args: list[object]) -> bytes:
+        """``EVALSHA`` of ``sha`` on the run's keys with ``args``, in RESP, its head cached."""
+        head = self._heads.get((sha, run_id))
+        if head is None:
+            if len(self._heads) >= _HEADS_MAX:  # runs come and go; a few thousand suffice
+                self._heads.clear()
+            head = self._heads[(sha, run_id)] = pack_args(
+                ["EVALSHA", sha, 2, *self.run_keys(run_id)]
+            )
+        return b"*%d\r\n%s%s" % (5 + len(args), head, pack_args(args))
 
     def evalsha(self, script: object, run_id: str, args: list[object]) -> asyncio.Future[Any]:
         """``script`` on the run's two keys, sent down the shared pipe."""
@@ -306,6 +386,12 @@ class ScriptRunner:
             return asyncio.ensure_future(self.write(script, run_id, args, seq, data))
         loop = asyncio.get_running_loop()
         out: asyncio.Future[str] = SettlingFuture(loop=loop)
+        if type(self.pipe) is ScriptPipe:  # the common case, without a future per reply
+            attempt = _FirstTry(self, out, script, run_id, args, seq, data)
+            attempt.tracked = self._track(run_id, seq, out)
+            sha: str = script.sha  # type: ignore[attr-defined]
+            self.pipe.send(self._packed(sha, run_id, args), attempt)
+            return out
         if self._track(run_id, seq, out):
             out.add_done_callback(lambda _: self._untrack(run_id, seq))
         first = self.evalsha(script, run_id, args)
