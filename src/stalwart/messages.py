@@ -431,6 +431,11 @@ _STALWART_DATA = frozenset(EVENT_DATA) - {EV_COMPLETED}
 """Event types whose data Stalwart builds itself (no user value inside; see encode_event)."""
 
 
+_CLOCK_DATA = frozenset({EV_STEP_COMPLETED, EV_STEP_STARTED})
+"""Event types whose data Stalwart builds from a step's kind, name, attempt and duration:
+only the duration is looked at (these are published for every step)."""
+
+
 def encode_event(ev: RunEvent) -> bytes:
     """Encode a run event as JSON; NaN and infinities become ``"NaN"``, ``"Infinity"``...
 
@@ -439,7 +444,12 @@ def encode_event(ev: RunEvent) -> bytes:
     data = ev.data
     if data is None:
         return _event_encoder.encode(ev)
-    if ev.type in _STALWART_DATA and isinstance(data, dict):
+    if ev.type in _CLOCK_DATA and type(data) is dict and len(data) <= 3:
+        # One per step: the only float is the duration (kind, name, attempt are not).
+        duration = data.get("duration")
+        if type(duration) is float and not math.isfinite(duration):
+            ev = msgspec.structs.replace(ev, data=json_safe(data))
+    elif ev.type in _STALWART_DATA and isinstance(data, dict):
         # Built by Stalwart from journal metadata: only top-level numbers, no user values.
         # A shallow look instead of a walk keeps this off the per-step cost.
         if any(isinstance(v, float) and not math.isfinite(v) for v in data.values()):

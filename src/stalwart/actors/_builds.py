@@ -81,8 +81,7 @@ class WorkerBuilds:
 
     async def run_build(self, store: CheckpointStore, run_id: str) -> str:
         """The build recorded on ``run_id``'s record ("" for none yet)."""
-        raw = await store.redis.hget(store.record_key(run_id), "build")
-        return raw.decode() if isinstance(raw, bytes) else (raw or "")
+        return await store.record_field(run_id, "build")
 
     async def stamp(self, store: CheckpointStore, run_id: str, known: str) -> str:
         """The run's build after its claim here: ``known`` (read before the claim) when it
@@ -90,7 +89,7 @@ class WorkerBuilds:
         first placement's build wins, atomically)."""
         if known:
             return known
-        if await store.redis.hsetnx(store.record_key(run_id), "build", self.build):
+        if await store.set_record_field_once(run_id, "build", self.build):
             return self.build
         return await self.run_build(store, run_id)
 

@@ -12,6 +12,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio.to_thread
+import msgspec
 
 from stalwart.actors._fingerprint import fingerprint
 from stalwart.actors._patches import (
@@ -42,8 +43,7 @@ class Usage:
     output_tokens: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class StepSpec:
+class StepSpec(msgspec.Struct, frozen=True):
     """How a step is journaled: the hook adapters use to turn framework calls into steps.
 
     ``key`` must be stable across replays (``model:3``, ``tool:<call id>``); ``fp`` is a
@@ -67,8 +67,7 @@ class StepSpec:
     output it may produce), which token rate limits reserve before it; 0: unknown."""
 
 
-@dataclass(frozen=True, slots=True)
-class StepInfo:
+class StepInfo(msgspec.Struct, frozen=True):
     """The step being executed, readable from inside its body via :func:`current_step`."""
 
     run_id: str

@@ -46,6 +46,7 @@ JSEQ_HEADER = "Stalwart-Jseq"
 _STEP_ENDS = frozenset({EV_STEP_COMPLETED, EV_STEP_FAILED})
 
 _HEADER_ROOM = 4096
+_SUBJECTS_MAX = 8192
 """Bytes of a message's payload budget left for its headers (msg id, jseq, trace context)."""
 _MAX_DATA_DEPTH = 32
 """Nesting kept when an event's data is cut down; deeper values are replaced by a marker."""
@@ -184,6 +185,8 @@ class EventPublisher:
         self._batch: list[_Queued | None] = []
         self._started: dict[tuple[str, str], int] = {}
         """Queued ``step.started`` events by (run, step): their place in the batch."""
+        self._subjects: dict[tuple[str, str, str], str] = {}
+        """Events subjects by (run, agent, source)."""
         self._holding: dict[str, int] = {}
         """Runs with queued ``step.started`` events: how many each."""
         self._batch_due = 0.0
@@ -222,7 +225,9 @@ class EventPublisher:
         """
         if event.seq:  # a stream position is the reader's to fill in, never published
             event = msgspec.structs.replace(event, seq=0)
-        subject = self._names.events_subject(event.run_id, source, agent=event.agent)
+        subject = self._subjects.get((event.run_id, event.agent, source)) or self._subject(
+            event, source
+        )
         top = max(self._published_jseq.get(event.run_id, 0), event.jseq)
         if acked:
             # Subscribers can join the trace of the step or run that published the event.
@@ -262,6 +267,15 @@ class EventPublisher:
         self._batch.append(_Queued(event, subject, top, reply, trace, now))
         if self._batch_task is None or self._batch_due > now + self.BATCH_DELAY:
             self._schedule(now, self.BATCH_DELAY)
+
+    def _subject(self, event: RunEvent, source: EventSource) -> str:
+        """The run's events subject, remembered: building it matches the agent name against
+        a pattern, once per run rather than per event."""
+        if len(self._subjects) >= _SUBJECTS_MAX:
+            self._subjects.clear()
+        subject = self._names.events_subject(event.run_id, source, agent=event.agent)
+        self._subjects[(event.run_id, event.agent, source)] = subject
+        return subject
 
     def _hold(self, run_id: str, step: str, index: int) -> None:
         self._started[(run_id, step)] = index

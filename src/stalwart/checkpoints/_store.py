@@ -322,6 +322,17 @@ class CheckpointStore(RunControl):
         """Key of the run record hash."""
         return self.keys.run(run_id).record
 
+    async def record_field(self, run_id: str, field: str) -> str:
+        """One field of the run's record ("" when it or the record is missing); down the
+        append pipe, as it is read at every placement."""
+        raw = await self._runner.command("HGET", self.record_key(run_id), field)
+        return raw.decode() if isinstance(raw, bytes) else (raw or "")
+
+    async def set_record_field_once(self, run_id: str, field: str, value: str) -> bool:
+        """Set a field of the run's record unless it is set (``HSETNX``): whether this set it.
+        Sent again after a lost reply, it answers False for its own first write."""
+        return bool(await self._runner.command("HSETNX", self.record_key(run_id), field, value))
+
     def journal_key(self, run_id: str) -> str:
         """Key of the run's journal stream."""
         return self.keys.run(run_id).journal

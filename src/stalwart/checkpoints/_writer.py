@@ -434,6 +434,20 @@ class ScriptRunner:
             )
         raise stale_error(run_id, args[0], current)
 
+    async def command(self, *args: bytes | str | int | float) -> Any:
+        """One plain command, down the shared pipe when there is one; through redis-py's
+        pool (which reconnects and retries) when not, or when the pipe lost the connection
+        or got an error reply. For commands that are safe to send twice."""
+        if self.pipe is not None:
+            try:
+                reply = await self.pipe.call(*args)
+            except (RedisConnectionError, RedisTimeoutError):
+                pass
+            else:
+                if not isinstance(reply, ResponseError):
+                    return reply
+        return await self.redis.execute_command(*args)  # type: ignore[no-untyped-call]
+
     async def index(self, run_id: str, now: float) -> None:
         """Add a run to the runs index and the active set."""
         if self.pipe is not None:

@@ -374,13 +374,28 @@ def _duration_attrs(kind: str, ok: bool) -> dict[str, str]:
     return attrs
 
 
+_debug_on = False
+_debug_checked_at = float("-inf")
+
+
 def _debug_logged() -> bool:
     """Whether ``log.debug`` writes anything: structlog is configured (unconfigured, it
-    prints every level: no per-step noise) and its level lets debug lines through."""
+    prints every level: no per-step noise) and its level lets debug lines through.
+
+    Asked once per step; looked up at most once a second (a level set at run time, or a
+    configuration made after start-up, applies within a second).
+    """
+    global _debug_on, _debug_checked_at
+    now = time.monotonic()
+    if now - _debug_checked_at < 1.0:
+        return _debug_on
     if not structlog.is_configured():
-        return False
-    enabled = getattr(log, "is_enabled_for", None)  # the filtering loggers Stalwart configures
-    return enabled is None or bool(enabled(logging.DEBUG))
+        _debug_on = False
+    else:
+        enabled = getattr(log, "is_enabled_for", None)  # the filtering loggers Stalwart sets
+        _debug_on = enabled is None or bool(enabled(logging.DEBUG))
+    _debug_checked_at = now
+    return _debug_on
 
 
 def step_journaled(event: StepJournaled) -> None:
