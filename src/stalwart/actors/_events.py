@@ -62,7 +62,18 @@ class RunEvents:
 
     async def emit(self, type: str, *, step: str = "", data: Any = None, attempt: int = 0) -> None:
         """Publish a non-journaled event of the run."""
-        event = self.event(type, step=step, data=data, attempt=attempt)
+        state = self._state  # self.event(...) spelled out: several times per step
+        event = RunEvent(
+            type=type,
+            run_id=state.run_id,
+            at=time.time(),
+            worker=state.worker_id,
+            epoch=state.epoch,
+            step=step,
+            data=data,
+            agent=self._agent,
+            attempt=attempt,
+        )
         try:
             await self._broker.events.publish(event)
         except Exception as exc:

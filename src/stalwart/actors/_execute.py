@@ -170,7 +170,7 @@ class StepExecutor(OnRun):
     async def _attempts(self, spec: StepSpec, run: Callable[[], Awaitable[Any]], d: Attempt) -> Any:
         state = self.state
         policy = d.policy
-        breaker = self._local_breaker(spec, d)
+        breaker = self._local_breaker(spec, d) if d.breaker else None
         attempt = d.attempt
         if d.resume_at:
             await self._pause(d.resume_at - time.time())

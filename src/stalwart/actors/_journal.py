@@ -104,12 +104,19 @@ class RunJournal:
         try:
             seq = self.next_seq
             t0 = time.perf_counter()
+            write = self._store.append_future(state.run_id, state.epoch, seq, entry)
             try:
-                cancel = await _uncancellable(
-                    self._store.append_future(state.run_id, state.epoch, seq, entry)
-                )
+                # A SettlingFuture refuses cancellation itself: awaited directly, without
+                # _uncancellable's coroutine (this is once per step).
+                cancel = await (write if type(write) is SettlingFuture else _uncancellable(write))
             except _WrittenThenCancelled:
                 self.next_seq = seq + 1
+                raise
+            except asyncio.CancelledError:
+                if write.done() and not write.cancelled() and write.exception() is None:
+                    # Landed: the position moves before the cancellation goes on.
+                    self.next_seq = seq + 1
+                    raise _WrittenThenCancelled(write.result()) from None
                 raise
             except LeaseLost:
                 state.lost = True

@@ -49,7 +49,13 @@ def hpub_command(subject: str, reply: str, top: int, event: RunEvent, data: byte
     sends for an event, with headers ``Stalwart-Jseq: <top>`` and, for a journaled event,
     ``Nats-Msg-Id: <run_id>:j<jseq>``; ``b""`` when the subjects are not of the plain form
     this is for (the caller then publishes through nats-py)."""
-    if not _plain(subject) or (reply and not _plain(reply)) or not _plain(event.run_id):
+    known = _checked.get  # a hit needs no Python call: this runs for every event
+    run_id = event.run_id
+    if (
+        not (known(subject) or _plain(subject))
+        or (reply and not (known(reply) or _plain(reply)))
+        or not (known(run_id) or _plain(run_id))
+    ):
         return b""
     if event.jseq:
         hdr = b"NATS/1.0\r\nStalwart-Jseq: %d\r\nNats-Msg-Id: %s:j%d\r\n\r\n" % (
