@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from nats.aio.client import Client as NATS
 
 from stalwart import Client, RunEvent
@@ -109,9 +110,12 @@ async def _stored(client: Client, run_id: str, n: int) -> list[tuple[str, str]]:
     return got
 
 
-async def test_a_quick_steps_start_is_never_sent(client: Client) -> None:
+async def test_a_quick_steps_start_is_never_sent(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A start whose step ends within START_HOLD is dropped, even across batch sends."""
     events = client.broker.events
+    monkeypatch.setattr(events, "START_HOLD", 60.0)  # however slow this machine is now
     run_id = rid()
     await events.publish(_live("step.started", run_id, "step:a"))
     await events.send_queued(hold=True)  # a batch leaves while the step runs: start held
@@ -121,9 +125,12 @@ async def test_a_quick_steps_start_is_never_sent(client: Client) -> None:
     assert await _stored(client, run_id, 2) == [("step.completed", "step:a"), ("run.marker", "")]
 
 
-async def test_a_later_event_of_the_run_releases_a_held_start_in_order(client: Client) -> None:
+async def test_a_later_event_of_the_run_releases_a_held_start_in_order(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A token delta the step streams must not reach the stream before the step's start."""
     events = client.broker.events
+    monkeypatch.setattr(events, "START_HOLD", 60.0)
     run_id, other = rid(), rid()
     await events.publish(_live("step.started", run_id, "step:a"))
     await events.publish(_live("step.started", other, "step:b"))
@@ -157,3 +164,19 @@ async def test_flush_sends_held_starts(client: Client) -> None:
     await events.publish(_live("step.started", run_id, "step:a"))
     await events.flush()
     assert await _stored(client, run_id, 1) == [("step.started", "step:a")]
+
+
+async def test_a_start_after_its_reset_is_not_held(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry or a failover's re-run is announced with the next batch, not held back."""
+    events = client.broker.events
+    monkeypatch.setattr(events, "START_HOLD", 60.0)
+    run_id = rid()
+    await events.publish(_live("step.reset", run_id, "step:a"))
+    await events.publish(_live("step.started", run_id, "step:a"))
+    await events.send_queued(hold=True)  # the batch timer's send: nothing held
+    assert await _stored(client, run_id, 2) == [
+        ("step.reset", "step:a"),
+        ("step.started", "step:a"),
+    ]

@@ -18,6 +18,7 @@ from stalwart.broker._wire import hand_to_connection, hpub_command
 from stalwart.messages import (
     EV_STEP_COMPLETED,
     EV_STEP_FAILED,
+    EV_STEP_RESET,
     EV_STEP_STARTED,
     TERMINAL_EVENTS,
     RunEvent,
@@ -155,7 +156,8 @@ class EventPublisher:
     ``step.started`` is held back for up to ``START_HOLD``: if the step's
     ``step.completed`` (or ``step.failed``) is queued meanwhile, the start is not sent (nor
     even encoded), so a step quicker than that shows up as its end alone, which halves the
-    messages of runs made of quick steps. Any other event of the run queued after the start
+    messages of runs made of quick steps. A start right after its step's ``step.reset`` (a
+    retry, a step run again after a failover) is not held: it goes with the next batch. Any other event of the run queued after the start
     (a token delta the step streams, a wait) releases it first, so a run's events still
     reach the stream in the order they were published.
     """
@@ -190,6 +192,8 @@ class EventPublisher:
         self._holding: dict[str, int] = {}
         """Runs with queued ``step.started`` events: how many each."""
         self._batch_due = 0.0
+        self._reset_step: tuple[str, str] | None = None
+        """(run, step) of the ``step.reset`` just queued: the start that follows is not held."""
         self._batch_task: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
 
@@ -251,20 +255,11 @@ class EventPublisher:
             if terminal:
                 self._published_jseq.pop(event.run_id, None)
         now = time.monotonic()
-        if event.type == EV_STEP_STARTED:
-            self._hold(event.run_id, event.step, len(self._batch))
-        elif event.run_id in self._holding:
-            if event.type in _STEP_ENDS:
-                # The step ended before its start left: the end says both (class docstring).
-                i = self._unhold(event.run_id, event.step)
-                if i is not None:
-                    self._batch[i] = None
-            if event.run_id in self._holding:
-                self._release(event.run_id)
+        queued = self._order(event, now)
         # Encoded when the batch leaves, so a dropped step.started is never encoded; the
         # trace context is the publisher's now, so it is taken now (when tracing is on).
         trace = inject_headers({}) or None
-        self._batch.append(_Queued(event, subject, top, reply, trace, now))
+        self._batch.append(_Queued(event, subject, top, reply, trace, queued))
         if self._batch_task is None or self._batch_due > now + self.BATCH_DELAY:
             self._schedule(now, self.BATCH_DELAY)
 
@@ -276,6 +271,27 @@ class EventPublisher:
         subject = self._names.events_subject(event.run_id, source, agent=event.agent)
         self._subjects[(event.run_id, event.agent, source)] = subject
         return subject
+
+    def _order(self, event: RunEvent, now: float) -> float:
+        """Hold, drop or release queued starts for ``event`` (see the class docstring);
+        returns when ``event`` counts as queued (a start after a reset: long ago)."""
+        queued = now
+        if event.type == EV_STEP_STARTED:
+            self._hold(event.run_id, event.step, len(self._batch))
+            if self._reset_step == (event.run_id, event.step):
+                # A retry, or a step run again after a failover: watchers learn of it with
+                # the next batch (still dropped if the step ends before that batch leaves).
+                queued = -self.START_HOLD
+        elif event.run_id in self._holding:
+            if event.type in _STEP_ENDS:
+                # The step ended before its start left: the end says both.
+                i = self._unhold(event.run_id, event.step)
+                if i is not None:
+                    self._batch[i] = None
+            if event.run_id in self._holding:
+                self._release(event.run_id)
+        self._reset_step = (event.run_id, event.step) if event.type == EV_STEP_RESET else None
+        return queued
 
     def _hold(self, run_id: str, step: str, index: int) -> None:
         self._started[(run_id, step)] = index
