@@ -25,6 +25,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import msgspec
 import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -70,8 +71,9 @@ class _RunState:
     outcome: str = ""
 
 
-@dataclass(slots=True)
-class _StepState:
+class _StepState(msgspec.Struct, gc=False):
+    """A live step's outcome for its span (a Struct: one is built per step)."""
+
     outcome: str = ""
 
 
