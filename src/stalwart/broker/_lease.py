@@ -10,6 +10,7 @@ see ``stalwart.checkpoints.LeasePosition``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -17,6 +18,8 @@ from typing import TYPE_CHECKING
 from nats.js.errors import APIError, NotFoundError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from nats.js import JetStreamContext
 
     from stalwart.broker._names import Names
@@ -25,19 +28,17 @@ _WRONG_LAST_SEQUENCE = 10071
 _CAS = "Nats-Expected-Last-Subject-Sequence"
 
 
-def lease_clock() -> float:
-    """Seconds on the clock lease ages are measured with.
-
-    Monotonic, and on Linux ``CLOCK_BOOTTIME``, which also advances while the machine is
-    suspended (``CLOCK_MONOTONIC`` does not): a worker whose whole VM was frozen must see its
-    lease as old when it wakes, as it must after a SIGSTOP (which both clocks count).
-    """
-    if _BOOTTIME is not None:
-        return time.clock_gettime(_BOOTTIME)
-    return time.monotonic()
-
-
 _BOOTTIME: int | None = getattr(time, "CLOCK_BOOTTIME", None)
+
+lease_clock: Callable[[], float] = (
+    functools.partial(time.clock_gettime, _BOOTTIME) if _BOOTTIME is not None else time.monotonic
+)
+"""Seconds on the clock lease ages are measured with.
+
+Monotonic, and on Linux ``CLOCK_BOOTTIME``, which also advances while the machine is
+suspended (``CLOCK_MONOTONIC`` does not): a worker whose whole VM was frozen must see its
+lease as old when it wakes, as it must after a SIGSTOP (which both clocks count). A partial
+of the C call, not a function around it: it is read before every step body."""
 
 
 @dataclass(slots=True)
