@@ -28,7 +28,7 @@ demo: $(BIN)/stalwart
 # processes (pytest-xdist), each with its own NATS and Redis (the session `servers` fixture)
 # and namespaces. --dist loadfile keeps a module's tests, and its module-scoped servers, in
 # one process. TEST_WORKERS=0 runs it in this process alone.
-TEST_WORKERS ?= 3
+TEST_WORKERS ?= 2
 
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
