@@ -24,8 +24,14 @@ install: $(VENV)/.dev-installed
 demo: $(BIN)/stalwart
 	$(BIN)/stalwart demo
 
+# The suite mostly waits (worker start-up, leases, failovers), so it runs in parallel
+# processes (pytest-xdist), each with its own NATS and Redis (the session `servers` fixture)
+# and namespaces. --dist loadfile keeps a module's tests, and its module-scoped servers, in
+# one process. TEST_WORKERS=0 runs it in this process alone.
+TEST_WORKERS ?= 2
+
 test: $(VENV)/.dev-installed
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	$(BIN)/ruff check src tests bench

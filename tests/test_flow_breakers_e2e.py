@@ -135,8 +135,10 @@ async def test_a_breaker_opened_on_one_worker_holds_the_other_and_probes_one_at_
         results = await asyncio.gather(*(outcome(h, b, timeout=30) for h in [first, *later]))
     assert results == ["ok"] * 5
     after_open = provider.between(opened + 0.35, t_up)  # calls in flight when it opened aside
-    # One probe per cooldown at most (plus one for the edge), none before the first cooldown.
-    assert 1 <= len(after_open) <= 4, after_open
+    # One probe per cooldown (1 s) at most (plus one for the edge), none before the first
+    # cooldown. The outage lasts from the opening to t_up: 3.5 s after B reported the breaker,
+    # but B's start and report take longer on a loaded machine, so the bound is that span's.
+    assert 1 <= len(after_open) <= max(4, int(t_up - opened - 1.0) + 1), after_open
     assert after_open[0][0] >= opened + 1.0 - 0.05  # the Redis and test clocks are one host's
     for (_, end), (nxt, _) in itertools.pairwise(after_open):
         assert nxt >= end  # never two probes at once, across the fleet

@@ -13,7 +13,11 @@ from stalwart.errors import (
 )
 
 
-@pytest.mark.parametrize("rid", ["a", "run-1", "Run_2-x", "0" * 128, uuid.uuid4().hex])
+@pytest.mark.parametrize(
+    # A fixed id for the random one: parallel (xdist) processes must collect the same names.
+    "rid",
+    ["a", "run-1", "Run_2-x", "0" * 128, pytest.param(uuid.uuid4().hex, id="uuid4-hex")],
+)
 def test_check_run_id_accepts(rid: str) -> None:
     assert check_run_id(rid) == rid
 
