@@ -24,10 +24,11 @@ install: $(VENV)/.dev-installed
 demo: $(BIN)/stalwart
 	$(BIN)/stalwart demo
 
-# The suite mostly waits (worker start-up, leases, failovers), so it runs in parallel
-# processes (pytest-xdist), each with its own NATS and Redis (the session `servers` fixture)
-# and namespaces. --dist loadfile keeps a module's tests, and its module-scoped servers, in
-# one process. TEST_WORKERS=0 runs it in this process alone.
+# The suite runs in two processes (pytest-xdist), each with its own NATS and Redis (the
+# session `servers` fixture) and namespaces: 18 min instead of 28 on 2 cores. More would
+# starve the lease- and rate-timed tests (most of the suite's CPU goes on starting worker
+# and CLI processes). --dist loadfile keeps a module's tests, and its module-scoped servers,
+# in one process. TEST_WORKERS=0 runs it in this process alone.
 TEST_WORKERS ?= 2
 
 test: $(VENV)/.dev-installed
