@@ -8,12 +8,12 @@ import asyncio
 import json
 import re
 import time
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis.asyncio as aioredis
+from msgspec.structs import replace
 
 from stalwart import App
 from stalwart._cli_flow import cmd_flow
