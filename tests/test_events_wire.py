@@ -180,3 +180,23 @@ async def test_a_start_after_its_reset_is_not_held(
         ("step.reset", "step:a"),
         ("step.started", "step:a"),
     ]
+
+
+async def test_queued_events_sample_acks_only_once_the_publisher_is_ready(
+    client: Client,
+) -> None:
+    """A run's own events are queued by a plain call (``queue``): it cannot subscribe to
+    acks itself, so before ``ready()`` a terminal event is sent without asking for one
+    (and ``flush`` waits on nothing), and after it the terminal event's ack is awaited."""
+    events = client.broker.events  # a fresh client's publisher: not subscribed to acks yet
+    early, late = rid(), rid()
+    events.queue(RunEvent(type="run.completed", run_id=early, at=time.time(), jseq=2))
+    assert events.unacked == 0
+    await events.flush()
+    assert await _stored(client, early, 1) == [("run.completed", "")]
+    await events.ready()
+    events.queue(RunEvent(type="run.completed", run_id=late, at=time.time(), jseq=2))
+    assert events.unacked == 1  # terminal events always ask
+    await events.flush()  # returns once the stream acknowledged it
+    assert events.unacked == 0
+    assert await _stored(client, late, 1) == [("run.completed", "")]

@@ -218,3 +218,64 @@ async def test_a_silent_server_loses_no_lease(namespace: str) -> None:
         if nats.pid is not None:
             os.kill(nats.pid, signal.SIGCONT)
         await asyncio.to_thread(nats.stop)
+
+
+@pytest.mark.parametrize("pipelined", [True, False], ids=["prebuilt-commands", "nats-py"])
+async def test_a_renewal_pass_settles_each_lease_on_its_own(
+    broker: Broker, pipelined: bool
+) -> None:
+    """Both write paths (prebuilt HPUB commands on one reply subscription, and one
+    ``js.publish`` per lease) renew the held leases of a pass and report exactly the ones
+    another owner took over as lost."""
+    ttl = broker.settings.lease_ttl
+    mgr = LeaseManager(broker.js, broker.names, ttl, "w1", nc=broker.nc if pipelined else None)
+    w2 = LeaseManager(broker.js, broker.names, ttl, "w2")
+    leases = [await mgr.acquire(uuid.uuid4().hex) for _ in range(40)]
+    assert all(lease is not None for lease in leases)
+    held = [lease for lease in leases if lease is not None]
+    taken = {held[3].run_id, held[17].run_id}
+    for lease in held:
+        if lease.run_id in taken:
+            await w2._cas(lease.run_id, lease.revision)
+    before = {lease.run_id: lease.revision for lease in held}
+    lost = await _renew(mgr, held)
+    assert {lease.run_id for lease in lost} == taken
+    for lease in held:
+        state = await mgr.state(lease.run_id)
+        if lease.run_id in taken:
+            assert lease.lost and state.holder == "w2"
+        else:
+            assert not lease.lost and lease.revision > before[lease.run_id]
+            assert (state.holder, state.revision) == ("w1", lease.revision)
+
+
+async def test_confirms_asked_together_share_one_write_pass(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a burst of work many runs find their lease unconfirmed at once: their confirms
+    go to the server as one pipelined pass, not one write each in turn (which outlasted
+    the TTL with thousands of runs), and each still gets its own answer."""
+    mgr = broker.leases
+    leases = [await mgr.acquire(uuid.uuid4().hex) for _ in range(60)]
+    held = [lease for lease in leases if lease is not None]
+    assert len(held) == 60
+    for lease in held:
+        lease.renewed_at -= mgr.ttl  # not fresh: confirming must ask the server
+    w2 = LeaseManager(broker.js, broker.names, mgr.ttl, "w2")
+    await w2._cas(held[5].run_id, held[5].revision)  # taken over meanwhile
+    passes: list[int] = []
+    real_pass = mgr._cas_pass
+
+    async def counted(todo: list[Lease]) -> list[bool | BaseException]:
+        passes.append(len(todo))
+        return await real_pass(todo)
+
+    monkeypatch.setattr(mgr, "_cas_pass", counted)
+    answers = await asyncio.wait_for(asyncio.gather(*(mgr.confirm(x) for x in held)), 5)
+    assert passes == [60]
+    assert answers == [i != 5 for i in range(60)]
+    assert held[5].lost
+    assert all(mgr.fresh(lease) for i, lease in enumerate(held) if i != 5)
+    # Fresh leases are answered without a pass.
+    assert await mgr.confirm(held[0]) is True
+    assert passes == [60]

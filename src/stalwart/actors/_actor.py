@@ -273,7 +273,7 @@ class RunActor:
         except LeaseLost as exc:
             self.state.lost = True
             self.log.warning("run.lease_lost", error=str(exc))
-            await self.events.emit(EV_LEASE_LOST, data=data_dict(ReasonData(reason=str(exc))))
+            self.events.emit(EV_LEASE_LOST, data=data_dict(ReasonData(reason=str(exc))))
         except Drained:
             await self._release_for_resume("released")
         except Passivated as exc:
@@ -317,7 +317,7 @@ class RunActor:
             started = Started(epoch=self.epoch, worker=self.worker_id, at=self._claimed_at)
             entries = [JournalEntry(seq=1, entry=started)]
             obs.run_loaded(self, entries)
-            await self.events.journaled(entries[0])
+            self.events.journaled(entries[0])
             return
         entries = await self.journal.read()
         obs.run_loaded(self, entries)
@@ -329,7 +329,7 @@ class RunActor:
             published = 0
         for je in entries:
             if je.seq > published:
-                await self.events.journaled(je)
+                self.events.journaled(je)
 
     async def _drive(self) -> None:
         try:
@@ -490,10 +490,10 @@ class RunActor:
         except LeaseLost as exc:
             self.state.lost = True
             self.log.warning("run.finish_fenced", error=str(exc))
-            await self.events.emit(EV_LEASE_LOST, data=data_dict(ReasonData(reason=str(exc))))
+            self.events.emit(EV_LEASE_LOST, data=data_dict(ReasonData(reason=str(exc))))
             return
         obs.run_finished(self, entry)
-        await self.events.journaled(je)
+        self.events.journaled(je)
         self.holds_lease = False
         with contextlib.suppress(Exception):  # the lease runs out by itself otherwise
             await broker.leases.release_nowait(self.lease)
@@ -526,7 +526,7 @@ class RunActor:
         self.holds_lease = False
         obs.run_passivated(self)
         await broker.leases.release(self.lease)
-        await self.events.emit(
+        self.events.emit(
             EV_PASSIVATED,
             data=data_dict(RunPassivatedData(signal=exc.waiting_for, wake_at=exc.wake_at)),
         )
@@ -550,7 +550,7 @@ class RunActor:
         self.holds_lease = False
         reason = f"payload key unavailable on this worker: {safe_text(exc)}"
         self.log.error("run.payload_key_missing", key_id=exc.key_id, error=safe_text(exc))
-        await self.events.emit(EV_RELEASED, data=data_dict(ReasonData(reason=reason)))
+        self.events.emit(EV_RELEASED, data=data_dict(ReasonData(reason=reason)))
 
     async def _release_for_resume(self, how: str) -> None:
         """Give the run up during a graceful shutdown so another worker resumes it at once.
@@ -568,7 +568,7 @@ class RunActor:
         reason = "worker shutting down"
         if how == "cancelled":
             reason += ": drain budget ended inside a step, which runs again on the next owner"
-        await self.events.emit(EV_RELEASED, data=data_dict(ReasonData(reason=reason)))
+        self.events.emit(EV_RELEASED, data=data_dict(ReasonData(reason=reason)))
         await self._deps.fetch_closed.wait()
         await broker.request_resume(
             self.run_id, self.spec.name, self.epoch, "resume", lane=self._placement.lane

@@ -57,11 +57,11 @@ class RunEvents:
         except Exception as exc:  # events are best effort; the journal is the truth
             self._log.warning("event.publish_failed", type=event.type, error=repr(exc))
 
-    # emit and journaled publish directly rather than through publish(): they run several
+    # emit and journaled queue directly rather than through publish(): they run several
     # times per step, and a coroutine level costs more than these few repeated lines.
 
-    async def emit(self, type: str, *, step: str = "", data: Any = None, attempt: int = 0) -> None:
-        """Publish a non-journaled event of the run."""
+    def emit(self, type: str, *, step: str = "", data: Any = None, attempt: int = 0) -> None:
+        """Queue a non-journaled event of the run (sent with the next batch)."""
         state = self._state  # self.event(...) spelled out: several times per step
         event = RunEvent(
             type=type,
@@ -75,7 +75,7 @@ class RunEvents:
             attempt=attempt,
         )
         try:
-            await self._broker.events.publish(event)
+            self._broker.events.queue(event)
         except Exception as exc:
             self._log.warning("event.publish_failed", type=event.type, error=repr(exc))
 
@@ -89,15 +89,15 @@ class RunEvents:
                 data = seal_value_text(bytes(encode_value(data)))
             except Exception:  # not msgpack-encodable: never send it in the clear instead
                 data = "<event data could not be encrypted>"
-        await self.emit(type, step=step, data=data, attempt=attempt)
+        self.emit(type, step=step, data=data, attempt=attempt)
 
-    async def journaled(self, je: JournalEntry) -> None:
-        """Publish the event of journal entry ``je``."""
+    def journaled(self, je: JournalEntry) -> None:
+        """Queue the event of journal entry ``je`` (sent with the next batch)."""
         state = self._state
         event = entry_event(
             state.run_id, je, journaled_steps=len(state.view.done), agent=self._agent
         )
         try:
-            await self._broker.events.publish(event)
+            self._broker.events.queue(event)
         except Exception as exc:
             self._log.warning("event.publish_failed", type=event.type, error=repr(exc))

@@ -175,9 +175,8 @@ class StepExecutor(OnRun):
         if d.resume_at:
             await self._pause(d.resume_at - time.time())
         while True:
-            stop = boundary_error(state)
-            if stop is not None:
-                raise stop
+            # No boundary check here: decide_step made it just before (nothing awaited
+            # since), and _pause makes it after every wait (the backoff, a resumed one).
             # The one flow gate (rate limits, spend ...): a dict lookup when no rule matches.
             rules = self.flow.match(spec.kind, spec.name) if self.flow is not None else ()
             permit = await self._admit(spec, attempt, rules, policy) if rules else None
@@ -189,10 +188,11 @@ class StepExecutor(OnRun):
                     raise shut
                 if d.at_most_once:
                     await self._journal.append(self._intent(spec, attempt, started))
-                await self._started(spec, attempt, d.attempt)
+                self._started(spec, attempt, d.attempt)
                 # Last thing before the body: the lease must still be ours (a frozen worker's
                 # flags say nothing). Costs one clock read while renewals are on time.
-                await self._owner.confirm()
+                if not self._owner.holds():
+                    await self._owner.confirm()
                 value = await self._call(spec, run, d.timeout)
             except (LeaseLost, Drained, asyncio.CancelledError):
                 if breaker is not None:
@@ -220,7 +220,7 @@ class StepExecutor(OnRun):
                 await self._settle(permit, spec, True, value)
             return await self._record_done(spec, value, started, time.perf_counter() - t0, attempt)
 
-    async def _started(self, spec: StepSpec, attempt: int, first: int) -> None:
+    def _started(self, spec: StepSpec, attempt: int, first: int) -> None:
         """Announce an attempt of ``spec``; first, when an earlier attempt may have streamed
         live events, a ``step.reset`` voiding them.
 
@@ -232,13 +232,13 @@ class StepExecutor(OnRun):
         state = self.state
         window = state.resumed and not state.steps_live
         if attempt > 1 or window:
-            await self._reset(spec, attempt, "failover" if window and attempt == first else "retry")
-        await self._events.emit(
+            self._reset(spec, attempt, "failover" if window and attempt == first else "retry")
+        self._events.emit(
             EV_STEP_STARTED, step=spec.key, data=step_started_data(spec.kind, attempt)
         )
 
-    async def _reset(self, spec: StepSpec, attempt: int, reason: str) -> None:
-        await self._events.emit(
+    def _reset(self, spec: StepSpec, attempt: int, reason: str) -> None:
+        self._events.emit(
             EV_STEP_RESET,
             step=spec.key,
             attempt=attempt,
@@ -361,7 +361,7 @@ class StepExecutor(OnRun):
         state.steps_live += 1
         account(state, entry)
         obs.step_journaled(self, entry)
-        await self._events.journaled(je)
+        self._events.journaled(je)
         # Decode what was journaled so the live path returns exactly what a replay would.
         return decode_value(raw, spec.result_type)
 
@@ -400,7 +400,7 @@ class StepExecutor(OnRun):
         )
         # The journaled event (with its jseq): a new owner that republishes it after a
         # crash publishes the same message, which the stream drops as a duplicate.
-        await self._events.journaled(je)
+        self._events.journaled(je)
 
     async def _record_error(
         self,
@@ -427,7 +427,7 @@ class StepExecutor(OnRun):
         je = await self._journal.append(entry)
         self.state.view.done[spec.key] = entry
         obs.step_journaled(self, entry)
-        await self._events.journaled(je)
+        self._events.journaled(je)
         return info
 
     async def _unknown_outcome(self, spec: StepSpec, d: Unknown) -> Any:
@@ -436,7 +436,7 @@ class StepExecutor(OnRun):
         run_id, intent = self.state.run_id, d.intent
         if d.how == "signal":
             signal = f"outcome:{spec.key}"
-            await self._events.emit(
+            self._events.emit(
                 EV_OUTCOME_UNKNOWN,
                 step=spec.key,
                 data=data_dict(

@@ -263,7 +263,7 @@ class RunFlow:
             "passivate": passivate,
         }
         log.info("flow.waiting", run_id=self.run_id, step=spec.key, **data)
-        await self._events.emit(EV_FLOW_WAITING, step=spec.key, data=data)
+        self._events.emit(EV_FLOW_WAITING, step=spec.key, data=data)
 
     async def _woken(self, handles: tuple[RuleHandle, ...]) -> None:
         # The first admitted step of a placement: the run may have passivated on a rule
@@ -271,14 +271,14 @@ class RunFlow:
         for h in handles:
             with contextlib.suppress(Exception):
                 if await self.gate.store.unmark_waiting(h.rule.name, self.run_id):
-                    await self._events.emit(
+                    self._events.emit(
                         EV_FLOW_RESUMED, data={"rule": h.rule.name, "override": False}
                     )
 
     async def _end_wait(self, rule: str, since: float, override: bool) -> None:
         with contextlib.suppress(Exception):
             await self.gate.store.unmark_waiting(rule, self.run_id)
-        await self._events.emit(
+        self._events.emit(
             EV_FLOW_RESUMED,
             data={"rule": rule, "waited": round(time.monotonic() - since, 3), "override": override},
         )

@@ -41,6 +41,10 @@ class LeaseOwner:
             raise stop
         await self.confirm()
 
+    def holds(self) -> bool:
+        """Whether the lease is ours without asking: not lost, and renewed recently."""
+        return not self._state.lost and self._leases.fresh(self._lease)
+
     async def confirm(self) -> None:
         """Return only once the lease is known to be ours; raise :class:`LeaseLost` if not.
 

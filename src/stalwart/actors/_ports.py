@@ -36,17 +36,25 @@ class Journal(Protocol):
 class EventSink(Protocol):
     """Where a run's events go (best effort: the journal is the truth)."""
 
-    async def emit(self, type: str, *, step: str = "", data: Any = None, attempt: int = 0) -> None:
-        """Publish a non-journaled event of the run (``attempt``: see ``RunEvent.attempt``)."""
+    def emit(self, type: str, *, step: str = "", data: Any = None, attempt: int = 0) -> None:
+        """Queue a non-journaled event of the run (``attempt``: see ``RunEvent.attempt``).
+
+        A plain call, like :meth:`journaled`: events never wait (they are batched and sent
+        a moment later), and the step path calls these several times per step."""
         ...
 
-    async def journaled(self, je: JournalEntry) -> None:
-        """Publish the event that tells of journal entry ``je``."""
+    def journaled(self, je: JournalEntry) -> None:
+        """Queue the event that tells of journal entry ``je``."""
         ...
 
 
 class Owner(Protocol):
     """The run's claim to go on: user code starts only while it holds."""
+
+    def holds(self) -> bool:
+        """Whether the lease is known to be ours without asking (a recent renewal): then
+        :meth:`confirm` would return at once, and the step path skips awaiting it."""
+        ...
 
     async def confirm(self) -> None:
         """Return once the lease is known to be ours; raise ``LeaseLost`` if it is not."""

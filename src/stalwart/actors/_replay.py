@@ -146,11 +146,15 @@ class _ReadOnly:
         """The journal as it was read."""
         return self._entries
 
-    async def emit(self, type: str, *, step: str = "", data: Any = None, attempt: int = 0) -> None:
+    def emit(self, type: str, *, step: str = "", data: Any = None, attempt: int = 0) -> None:
         """Events are not replayed."""
 
-    async def journaled(self, je: JournalEntry) -> None:
+    def journaled(self, je: JournalEntry) -> None:
         """Events are not replayed."""
+
+    def holds(self) -> bool:
+        """Nothing to own: a replay holds no lease, and needs none."""
+        return True
 
     async def confirm(self) -> None:
         """Nothing to own: a replay holds no lease."""

@@ -113,7 +113,7 @@ class Waits(OnRun):
             )
             je = await self._journal.append(started)
             state.view.waits[key] = started
-            await self._events.journaled(je)
+            self._events.journaled(je)
         with obs.wait_scope(self, key, signal):
             return await self._wait_live(key, "signal" if signal else "sleep", started)
 
@@ -225,7 +225,7 @@ class Waits(OnRun):
         je = await self._journal.append(entry)
         state.view.done[key] = entry
         obs.step_journaled(self, entry)
-        await self._events.journaled(je)
+        self._events.journaled(je)
         await self._note("", 0.0)
 
     async def _note(self, signal: str, deadline: float) -> None:

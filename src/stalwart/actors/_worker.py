@@ -159,6 +159,9 @@ class Worker:
         self._alive_sub = await self.broker.nc.subscribe(
             self.broker.names.alive_subject(self.worker_id), cb=self._answer_alive
         )
+        # Before any run's event: runs queue their events without awaiting, and sample
+        # acks only once the publisher listens for them.
+        await self.broker.events.ready()
         agents = sorted(self.app.agents)
         await publish_flow(self._actor_deps(), self.app.name)
         await self.broker.register_agents(agents, self.app.name)
@@ -626,12 +629,16 @@ class Worker:
             renewals.cancel()
 
     async def _renew_loop(self, interval: float) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(interval)
+            started = loop.time()
             try:
                 await self._renew()
             except Exception as exc:
                 self.log.warning("keepalive.failed", error=repr(exc))
+            # Every ``interval`` from one pass's start to the next: a pass that took long
+            # (thousands of leases on a busy loop) must not push the next one later.
+            await asyncio.sleep(max(interval - (loop.time() - started), 0.0))
 
     async def _upkeep_loop(self, interval: float) -> None:
         while True:

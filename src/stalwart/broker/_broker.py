@@ -114,7 +114,7 @@ class Broker:
         self.settings = settings
         self.names = Names(settings.namespace)
         self.owner = owner
-        self.leases = LeaseManager(self.js, self.names, settings.lease_ttl, owner)
+        self.leases = LeaseManager(self.js, self.names, settings.lease_ttl, owner, nc=nc)
         self.leases.margin = settings.effective_lease_margin
         self.events = EventPublisher(nc, self.js, self.names, text_limit=settings.event_text_limit)
         self._agents_kv: KeyValue | None = None

@@ -197,6 +197,11 @@ class EventPublisher:
         self._batch_task: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
 
+    async def ready(self) -> None:
+        """Subscribe to this publisher's ack replies, once: :meth:`queue` samples acks only
+        after this (a live run calls it before its first event)."""
+        await self._ensure_reply_sub()
+
     async def _ensure_reply_sub(self) -> None:
         if not self._reply_prefix:
             prefix = f"{self._nc.new_inbox()}."
@@ -227,34 +232,48 @@ class EventPublisher:
         published by clients, which must be in the stream before the request they
         announce is published.
         """
-        if event.seq:  # a stream position is the reader's to fill in, never published
-            event = msgspec.structs.replace(event, seq=0)
-        subject = self._subjects.get((event.run_id, event.agent, source)) or self._subject(
-            event, source
-        )
-        top = max(self._published_jseq.get(event.run_id, 0), event.jseq)
         if acked:
+            if event.seq:  # a stream position is the reader's to fill in, never published
+                event = msgspec.structs.replace(event, seq=0)
+            subject = self._subjects.get((event.run_id, event.agent, source)) or self._subject(
+                event, source
+            )
+            top = max(self._published_jseq.get(event.run_id, 0), event.jseq)
             # Subscribers can join the trace of the step or run that published the event.
             headers = inject_headers({JSEQ_HEADER: str(top)})
             await self.send_queued()
             await self._js.publish(subject, self.encode(event), headers=headers)
             return
+        await self._ensure_reply_sub()
+        self.queue(event, source)
+
+    def queue(self, event: RunEvent, source: EventSource = "sys") -> None:
+        """:meth:`publish` without ``acked``, as a plain call: a run's own events go this way
+        (several per step; a coroutine each would cost more than the queueing). Acks are
+        sampled only once :meth:`ready` has subscribed to them."""
+        if event.seq:  # a stream position is the reader's to fill in, never published
+            event = msgspec.structs.replace(event, seq=0)
+        run_id = event.run_id
+        subject = self._subjects.get((run_id, event.agent, source)) or self._subject(event, source)
+        top = self._published_jseq.get(run_id, 0)
         reply = ""
-        if event.jseq:
-            self._published_jseq[event.run_id] = top
+        now = time.monotonic()
+        jseq = event.jseq
+        if jseq:
+            if jseq > top:
+                top = self._published_jseq[run_id] = jseq
             terminal = event.type in TERMINAL_EVENTS
-            now = time.monotonic()
-            if terminal or (not self._unacked and now >= self._next_ack_at):
+            if self._reply_prefix and (
+                terminal or (not self._unacked and now >= self._next_ack_at)
+            ):
                 self._next_ack_at = now + self.ACK_INTERVAL
-                await self._ensure_reply_sub()
                 self._next += 1
                 token = str(self._next)
-                self._unacked[token] = (event.run_id, event.jseq)
+                self._unacked[token] = (run_id, jseq)
                 self._acked.clear()
                 reply = self._reply_prefix + token
             if terminal:
-                self._published_jseq.pop(event.run_id, None)
-        now = time.monotonic()
+                self._published_jseq.pop(run_id, None)
         queued = self._order(event, now)
         # Encoded when the batch leaves, so a dropped step.started is never encoded; the
         # trace context is the publisher's now, so it is taken now (when tracing is on).

@@ -17,9 +17,12 @@ from typing import TYPE_CHECKING
 
 from nats.js.errors import APIError, NotFoundError
 
+from stalwart.broker._cas import CasWriter
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from nats.aio.client import Client as NATS
     from nats.js import JetStreamContext
 
     from stalwart.broker._names import Names
@@ -102,9 +105,19 @@ class LeaseManager:
     """Acquire, renew, release and inspect run leases for one worker."""
 
     def __init__(
-        self, js: JetStreamContext, names: Names, ttl: int, owner: str, *, prefix: str = "run."
+        self,
+        js: JetStreamContext,
+        names: Names,
+        ttl: int,
+        owner: str,
+        *,
+        prefix: str = "run.",
+        nc: NATS | None = None,
     ) -> None:
         self._js = js
+        self._cas_writer = CasWriter(nc, timeout=float(max(ttl, 1))) if nc is not None else None
+        """Renewals as one pipelined write per pass (see ``_cas.py``); without a connection
+        handed over, each is a ``JetStreamContext.publish``."""
         self._names = names
         self.ttl = ttl
         self.owner = owner
@@ -114,6 +127,9 @@ class LeaseManager:
         # Renewals of one lease must not overlap: two CAS writes against the same revision
         # would see the second refused, and a lease that is ours would look lost.
         self._renewing = asyncio.Lock()
+        self._to_confirm: dict[int, tuple[Lease, asyncio.Future[bool | BaseException]]] = {}
+        """Leases a step is waiting to see confirmed (by id): confirmed together, one pass."""
+        self._confirming: asyncio.Task[None] | None = None
 
     def _subject(self, name: str) -> str:
         # Run leases are keys run.<run_id>; other users (supervisor election) pick a prefix.
@@ -173,35 +189,57 @@ class LeaseManager:
         if not leases:
             return []
         async with self._renewing:
-            sent = lease_clock()
-            # Concurrent requests are pipelined on the one connection. (Not publish_async:
-            # in nats-py 2.16 a rejected async publish never resolves its future.)
-            results = await asyncio.gather(
-                *(
-                    self._js.publish(
-                        self._subject(lease.run_id),
-                        self.owner.encode(),
-                        headers={_CAS: str(lease.revision)},
-                        msg_ttl=self.ttl,
-                    )
-                    for lease in leases
-                ),
-                return_exceptions=True,
-            )
-            lost: list[Lease] = []
-            for lease, res in zip(leases, results, strict=True):
-                if not isinstance(res, BaseException):
-                    lease.revision = int(res.seq)
-                    lease.renewed_at = sent
-                    lease.unsure = False
-                elif isinstance(res, APIError) and res.err_code == _WRONG_LAST_SEQUENCE:
-                    if not await self._adopt_unsure(lease):
-                        lease.lost = True
-                        lost.append(lease)
-                elif not isinstance(res, APIError):
+            outcomes = await self._cas_pass(leases)
+        return [lease for lease, ok in zip(leases, outcomes, strict=True) if ok is False]
+
+    async def _cas_pass(self, leases: list[Lease]) -> list[bool | BaseException]:
+        """One CAS write per lease, pipelined (hold ``_renewing``). Per lease: True when it
+        is renewed, False when the server refused it (``lost`` set), or the error when there
+        was no answer (``unsure`` set: it may have been stored; see :meth:`_adopt_unsure`)
+        or another error (the lease is kept)."""
+        sent = lease_clock()
+        results = await self._publish_many(leases)
+        out: list[bool | BaseException] = []
+        for lease, res in zip(leases, results, strict=True):
+            if not isinstance(res, BaseException):
+                lease.revision = res
+                lease.renewed_at = sent
+                lease.unsure = False
+                out.append(True)
+            elif isinstance(res, APIError) and res.err_code == _WRONG_LAST_SEQUENCE:
+                if not await self._adopt_unsure(lease):
+                    lease.lost = True
+                    out.append(False)
+                elif lease.unsure:  # the check itself got no answer: ask again later
+                    out.append(TimeoutError("no answer while checking an unanswered renewal"))
+                else:
+                    out.append(True)
+            else:
+                if not isinstance(res, APIError):
                     # No answer: the write may have been stored (see _adopt_unsure).
                     lease.unsure = True
-            return lost
+                out.append(res)
+        return out
+
+    async def _publish_many(self, leases: list[Lease]) -> list[int | BaseException]:
+        value = self.owner.encode()
+        subjects = [self._subject(lease.run_id) for lease in leases]
+        writer = self._cas_writer
+        if writer is not None and all(writer.plain(s) for s in subjects):
+            return await writer.write(
+                [(s, value, lease.revision) for s, lease in zip(subjects, leases, strict=True)],
+                self.ttl,
+            )
+        # Concurrent requests are pipelined on the one connection. (Not publish_async:
+        # in nats-py 2.16 a rejected async publish never resolves its future.)
+        acks = await asyncio.gather(
+            *(
+                self._js.publish(s, value, headers={_CAS: str(lease.revision)}, msg_ttl=self.ttl)
+                for s, lease in zip(subjects, leases, strict=True)
+            ),
+            return_exceptions=True,
+        )
+        return [a if isinstance(a, BaseException) else int(a.seq) for a in acks]
 
     async def _adopt_unsure(self, lease: Lease) -> bool:
         """After a refused CAS: whether the key's last write is our own unanswered renewal.
@@ -260,32 +298,52 @@ class LeaseManager:
         """
         if lease.lost:
             return False
-        # One attempt waits at most a TTL (for a batch renewal holding the lock, or for the
-        # server); the caller decides how long to keep trying.
-        async with asyncio.timeout(max(float(self.ttl), 1.0)), self._renewing:
-            if self.fresh(lease):  # a batch renewal landed while we waited for it
-                return True
-            sent = lease_clock()
-            try:
-                seq = await self._cas(lease.run_id, lease.revision)
-            except APIError as exc:
-                if exc.err_code == _WRONG_LAST_SEQUENCE:
-                    if await self._adopt_unsure(lease):
-                        if lease.unsure:  # the check itself got no answer: ask again
-                            raise TimeoutError(
-                                "no answer while checking an unanswered renewal"
-                            ) from exc
-                        return True
-                    lease.lost = True
-                    return False
-                raise
-            except BaseException:
-                lease.unsure = True  # it may have been stored (see _adopt_unsure)
-                raise
-            lease.revision = seq
-            lease.renewed_at = sent
-            lease.unsure = False
+        if self.fresh(lease):
             return True
+        loop = asyncio.get_running_loop()
+        waiter = self._to_confirm.get(id(lease))
+        if waiter is None:
+            waiter = self._to_confirm[id(lease)] = (lease, loop.create_future())
+            if self._confirming is None:
+                self._confirming = loop.create_task(self._confirm_queued())
+        # One attempt waits at most a TTL (for a batch renewal holding the lock, or for the
+        # server); the caller decides how long to keep trying. Shielded: the pass goes on
+        # for the other leases in it.
+        async with asyncio.timeout(max(float(self.ttl), 1.0)):
+            outcome = await asyncio.shield(waiter[1])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    async def _confirm_queued(self) -> None:
+        """Confirm every lease queued by :meth:`confirm` in one pass: after a burst of
+        work, many runs find their lease unconfirmed at once, and one write each, taking
+        turns, would outlast the TTL (each waits for the one before)."""
+        waiters: list[tuple[Lease, asyncio.Future[bool | BaseException]]] = []
+        try:
+            async with self._renewing:
+                self._confirming = None  # confirms from now on start the next pass
+                waiters = list(self._to_confirm.values())
+                self._to_confirm.clear()
+                todo: list[Lease] = []
+                for lease, fut in waiters:
+                    if lease.lost or self.fresh(lease):  # a renewal pass settled it
+                        fut.set_result(not lease.lost)
+                    else:
+                        todo.append(lease)
+                outcomes = await self._cas_pass(todo)
+                settled = {id(lease): ok for lease, ok in zip(todo, outcomes, strict=True)}
+                for lease, fut in waiters:
+                    if not fut.done():
+                        fut.set_result(settled[id(lease)])
+        except BaseException as exc:
+            for _, fut in waiters:
+                if not fut.done():
+                    fut.set_result(exc if isinstance(exc, Exception) else TimeoutError(repr(exc)))
+            raise
+        finally:
+            if self._confirming is asyncio.current_task():
+                self._confirming = None
 
     async def revoke(self, run_id: str) -> None:
         """Take a lease away from whoever holds it (its next renewal fails: it stops)."""

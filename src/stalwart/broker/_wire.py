@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from stalwart.messages import RunEvent
 
-__all__ = ["hand_to_connection", "hpub_command"]
+__all__ = ["hand_to_connection", "hpub_command", "plain_subject"]
 
 _SUBJECT = re.compile(r"[A-Za-z0-9_.*>$-]{1,512}")
 """What an event or reply subject Stalwart builds consists of (no spaces, no line breaks);
@@ -33,6 +33,11 @@ anything else is left to nats-py, which validates it and raises its own error.""
 _checked: dict[str, bool] = {}
 """Subjects already matched against ``_SUBJECT`` (a run publishes on a few, many times)."""
 _CHECKED_MAX = 65536
+
+
+def plain_subject(subject: str) -> bool:
+    """Whether ``subject`` is of the plain form a prebuilt command may carry."""
+    return _checked.get(subject) or _plain(subject)
 
 
 def _plain(subject: str) -> bool:
