@@ -30,6 +30,11 @@ from bench._util import bench_env
 from bench.throughput import CONCURRENCY, _Batch
 from stalwart.testing import EmbeddedServers
 
+WORKER_CONCURRENCY = int(os.environ.get("STEP_CPU_CONCURRENCY", str(CONCURRENCY)))
+"""The worker's ``--concurrency`` (64, as ``bench/run --only throughput``, unless
+``STEP_CPU_CONCURRENCY`` says otherwise: ``STEP_CPU_CONCURRENCY=4096 STEP_CPU_RUNS=4096
+STEP_CPU_STEPS=150`` is the load that lost every lease before leases were renewed in
+one pipelined write; see docs/benchmarks.md, "Leases under load")."""
 RUNS = int(os.environ.get("STEP_CPU_RUNS", "256"))
 STEPS = int(os.environ.get("STEP_CPU_STEPS", "40"))
 """The steps batch of ``bench/run --only throughput`` (256 runs of 40 steps) unless
@@ -103,7 +108,7 @@ async def main(reps: int, profile_seconds: float, calls: bool = False) -> dict[s
     async with EmbeddedServers(redis_appendonly=True, redis_appendfsync="everysec") as srv:
         pids = {"redis": srv.redis.pid or 0, "nats": srv.nats.pid or 0}
         async with Cluster(srv.nats_url, srv.redis_url, "stepcpu", lease_ttl=5) as cl:
-            [proc] = await cl.start_workers(["stepcpu-0"], concurrency=CONCURRENCY, env=env)
+            [proc] = await cl.start_workers(["stepcpu-0"], concurrency=WORKER_CONCURRENCY, env=env)
             batch = _Batch(cl, pids)
             await batch.run("load", 8, 4)  # warm-up: connections, scripts, consumers
             for _ in range(reps):

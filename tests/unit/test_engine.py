@@ -501,13 +501,16 @@ class _Memory:
     async def read(self) -> list[JournalEntry]:
         return [JournalEntry(seq=i + 1, entry=e) for i, e in enumerate(self.entries)]
 
-    async def emit(self, type: str, *, step: str = "", data: Any = None, attempt: int = 0) -> None:
+    def emit(self, type: str, *, step: str = "", data: Any = None, attempt: int = 0) -> None:
         self.events.append(type)
         if type == "step.reset":
             self.resets.append((step, attempt, data["reason"]))
 
-    async def journaled(self, je: JournalEntry) -> None:
+    def journaled(self, je: JournalEntry) -> None:
         self.events.append(type(je.entry).__name__)
+
+    def holds(self) -> bool:
+        return False  # never known without asking: every step awaits confirm()
 
     async def confirm(self) -> None:
         self.confirmed += 1
