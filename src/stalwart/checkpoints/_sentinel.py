@@ -83,7 +83,11 @@ class SentinelURL:
             skw["password"] = self.sentinel_password
             if self.sentinel_username:
                 skw["username"] = self.sentinel_username
-        return Sentinel(list(self.sentinels), sentinel_kwargs=skw, **connection_kwargs)  # type: ignore[no-untyped-call]
+        # Through an Any: redis-py < 8.2 leaves Sentinel's constructor untyped, 8.2 types it,
+        # and a "type: ignore" that one of them needs the other reports as unused.
+        sentinel: Any = Sentinel
+        result: Sentinel = sentinel(list(self.sentinels), sentinel_kwargs=skw, **connection_kwargs)
+        return result
 
     def node_kwargs(self) -> dict[str, Any]:
         """Connection options of the data nodes (credentials, db) for a redis-py pool."""
