@@ -328,12 +328,19 @@ async def test_a_lease_nats_cannot_confirm_starts_no_step_body(
                 # server was stopped, but whether the server expired it (renewal refused:
                 # the run is given up, s4 never started here) or took the queued renewal
                 # first (nobody else could have taken the key: the run goes on, s4 runs
-                # once) is the server's race. Either way one answer, never both.
+                # once) is the server's race. Either way one answer, never both. A refusal
+                # is seen by the step's confirm (run.lease_lost) or by the renewal pass
+                # queued with it (the worker stops the run: run.stopped_lease_lost).
+                async def given_up() -> bool:
+                    return await _logged(a, "run.lease_lost") or await _logged(
+                        a, "run.stopped_lease_lost"
+                    )
+
                 async def decided() -> bool:
-                    return await _logged(a, "run.lease_lost") or await _logged(a, "run.finished")
+                    return await given_up() or await _logged(a, "run.finished")
 
                 await eventually(decided, timeout=15, message=lambda: a.log_text()[-3000:])
-                lost = await _logged(a, "run.lease_lost")
+                lost = await given_up()
                 assert await execs(counters, run_id, "step:s4") == (0 if lost else 1)
                 assert a.alive()
         finally:

@@ -163,13 +163,27 @@ async def test_a_late_attach_gets_completed_calls_whole_then_the_live_one(
 
 @pytest.mark.slow
 async def test_stream_async_yields_what_the_plain_agent_yields(
-    client: Client, sw: WorkerFactory
+    client: Client, sw: WorkerFactory, counters: aioredis.Redis
 ) -> None:
     # Read as a loop reads them, when yielded (Strands fills in a tool use's parsed input
     # in the same dict later).
     plain = [x async for e in build_streamer().stream_async("Q") for x in shape([e])]
     await sw("a")
-    durable = [x async for e in runner("st-stream", client).stream_async("Q") for x in shape([e])]
+    # The first call holds mid-stream until this reader is attached: a call that completed
+    # before a reader attached comes whole from the journal, by design (attach_async), and
+    # on a loaded machine the worker can finish it before the submit returns here.
+    run_id = rid()
+    await mark_gated(counters, run_id, "model:1/mid")
+    durable: list[Any] = []
+
+    async def read() -> None:
+        async for e in runner("st-stream", client).stream_async("Q", run_id=run_id):
+            durable.extend(shape([e]))
+
+    reading = asyncio.create_task(read())
+    await eventually(lambda: asyncio.sleep(0, bool(durable)), timeout=30)
+    await open_gate(counters, run_id, "model:1/mid")
+    await asyncio.wait_for(reading, timeout=60)
     assert durable == plain
     assert [x[1] for x in durable if x[0] == "data"] == [*_words(FIRST), *_words(FINAL)]
     assert durable[-1] == ("result", FINAL, "end_turn")
