@@ -186,6 +186,15 @@ async def test_an_unanswered_renewal_that_was_stored_is_adopted_not_lost(broker:
     assert old.lost and (await w1.state(run)).revision == new.revision
 
 
+def _all_threads_stopped(pid: int) -> bool:
+    """Whether every thread of process ``pid`` is in the stopped state (``T``)."""
+    states = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/stat") as f:
+            states.append(f.read().rsplit(")", 1)[1].split()[0])
+    return bool(states) and all(state in ("T", "t") for state in states)
+
+
 @pytest.mark.timeout(60)
 async def test_a_silent_server_loses_no_lease(namespace: str) -> None:
     """NATS stops answering (SIGSTOP) for longer than a renewal waits: the renewal fails
@@ -204,6 +213,9 @@ async def test_a_silent_server_loses_no_lease(namespace: str) -> None:
         assert nats.pid is not None
         os.kill(nats.pid, signal.SIGSTOP)
         try:
+            # Every thread of the server stopped before the renewal is sent: a thread still
+            # running on a loaded machine could answer it (nats-server is multi-threaded).
+            await eventually(lambda: asyncio.to_thread(_all_threads_stopped, nats.pid or 0))
             # nats-py gives a JetStream publish 5 s: the renewal ends without an answer.
             assert await asyncio.wait_for(leases.renew([lease]), timeout=15) == []
             assert not lease.lost and lease.unsure and lease.renewed_at == before
