@@ -291,3 +291,25 @@ async def test_confirms_asked_together_share_one_write_pass(
     # Fresh leases are answered without a pass.
     assert await mgr.confirm(held[0]) is True
     assert passes == [60]
+
+
+async def test_a_confirm_whose_pass_was_cancelled_is_sent_by_the_next_call(
+    broker: Broker,
+) -> None:
+    """A confirm's pass cancelled before it ran (the worker shutting down, say) must not
+    strand the lease's waiter: the caller's next confirm starts a pass for it."""
+    mgr = broker.leases
+    lease = await mgr.acquire(uuid.uuid4().hex)
+    assert lease is not None
+    lease.renewed_at -= mgr.ttl  # not fresh: confirming must ask the server
+    async with mgr._renewing:  # a pass in flight: the confirm's own pass waits for it
+        first = asyncio.create_task(mgr.confirm(lease))
+        await eventually(lambda: asyncio.sleep(0, mgr._confirming is not None))
+        stranded = mgr._confirming
+        assert stranded is not None
+        stranded.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stranded
+    assert await asyncio.wait_for(mgr.confirm(lease), 5) is True
+    assert await asyncio.wait_for(first, 5) is True  # the same waiter, answered by that pass
+    assert mgr.fresh(lease)

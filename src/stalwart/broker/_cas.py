@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from nats.js.errors import APIError, NoStreamResponseError
 
-from stalwart.broker._wire import hand_to_connection, plain_subject
+from stalwart.broker._wire import hand_to_connection, reply_inbox
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
@@ -63,19 +63,12 @@ class CasWriter:
 
     async def _ready(self) -> None:
         if not self._prefix:
-            prefix = f"{self._nc.new_inbox()}."
-            await self._nc.subscribe(prefix + "*", cb=self._on_ack)
-            self._prefix = prefix
+            self._prefix = await reply_inbox(self._nc, self._on_ack)
 
     async def _on_ack(self, msg: Msg) -> None:
         fut = self._waiting.pop(msg.subject[len(self._prefix) :], None)
         if fut is not None and not fut.done():
             fut.set_result(_outcome(msg))
-
-    @staticmethod
-    def plain(subject: str) -> bool:
-        """Whether ``subject`` can go out as a prebuilt command (else: nats-py's publish)."""
-        return plain_subject(subject)
 
     async def write(
         self, writes: list[tuple[str, bytes, int]], ttl: int
@@ -84,7 +77,7 @@ class CasWriter:
         seconds, all in one go; per write, in order: the new sequence or the error
         (``APIError`` for a refusal, ``TimeoutError`` / a NATS error for no answer).
 
-        Subjects must pass :meth:`plain`.
+        Subjects must pass ``_wire.plain_subject``.
         """
         if not writes:
             return []

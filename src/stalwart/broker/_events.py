@@ -14,7 +14,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from stalwart._text import SEALED_TEXT_PREFIX, clip, safe_text
-from stalwart.broker._wire import hand_to_connection, hpub_command
+from stalwart.broker._wire import hand_to_connection, hpub_command, reply_inbox
 from stalwart.messages import (
     EV_STEP_COMPLETED,
     EV_STEP_FAILED,
@@ -204,9 +204,7 @@ class EventPublisher:
 
     async def _ensure_reply_sub(self) -> None:
         if not self._reply_prefix:
-            prefix = f"{self._nc.new_inbox()}."
-            await self._nc.subscribe(prefix + "*", cb=self._on_ack)
-            self._reply_prefix = prefix
+            self._reply_prefix = await reply_inbox(self._nc, self._on_ack)
 
     async def _on_ack(self, msg: Msg) -> None:
         token = msg.subject[len(self._reply_prefix) :]
@@ -233,11 +231,7 @@ class EventPublisher:
         announce is published.
         """
         if acked:
-            if event.seq:  # a stream position is the reader's to fill in, never published
-                event = msgspec.structs.replace(event, seq=0)
-            subject = self._subjects.get((event.run_id, event.agent, source)) or self._subject(
-                event, source
-            )
+            event, subject = self._addressed(event, source)
             top = max(self._published_jseq.get(event.run_id, 0), event.jseq)
             # Subscribers can join the trace of the step or run that published the event.
             headers = inject_headers({JSEQ_HEADER: str(top)})
@@ -251,10 +245,8 @@ class EventPublisher:
         """:meth:`publish` without ``acked``, as a plain call: a run's own events go this way
         (several per step; a coroutine each would cost more than the queueing). Acks are
         sampled only once :meth:`ready` has subscribed to them."""
-        if event.seq:  # a stream position is the reader's to fill in, never published
-            event = msgspec.structs.replace(event, seq=0)
+        event, subject = self._addressed(event, source)
         run_id = event.run_id
-        subject = self._subjects.get((run_id, event.agent, source)) or self._subject(event, source)
         top = self._published_jseq.get(run_id, 0)
         reply = ""
         now = time.monotonic()
@@ -281,6 +273,14 @@ class EventPublisher:
         self._batch.append(_Queued(event, subject, top, reply, trace, queued))
         if self._batch_task is None or self._batch_due > now + self.BATCH_DELAY:
             self._schedule(now, self.BATCH_DELAY)
+
+    def _addressed(self, event: RunEvent, source: EventSource) -> tuple[RunEvent, str]:
+        """``event`` as it is published (no stream position: that is the reader's to fill
+        in) and the run's events subject it goes to."""
+        if event.seq:
+            event = msgspec.structs.replace(event, seq=0)
+        subject = self._subjects.get((event.run_id, event.agent, source))
+        return event, subject or self._subject(event, source)
 
     def _subject(self, event: RunEvent, source: EventSource) -> str:
         """The run's events subject, remembered: building it matches the agent name against

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from nats.js.errors import APIError, NotFoundError
 
 from stalwart.broker._cas import CasWriter
+from stalwart.broker._wire import plain_subject
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -225,7 +226,7 @@ class LeaseManager:
         value = self.owner.encode()
         subjects = [self._subject(lease.run_id) for lease in leases]
         writer = self._cas_writer
-        if writer is not None and all(writer.plain(s) for s in subjects):
+        if writer is not None and all(plain_subject(s) for s in subjects):
             return await writer.write(
                 [(s, value, lease.revision) for s, lease in zip(subjects, leases, strict=True)],
                 self.ttl,
@@ -288,7 +289,8 @@ class LeaseManager:
         return lease.lost or lease_clock() - lease.renewed_at >= self.ttl
 
     async def confirm(self, lease: Lease) -> bool:
-        """Prove ``lease`` is still ours by renewing it now (one CAS write).
+        """Prove ``lease`` is still ours by renewing it now, unless it is fresh: one CAS
+        write, sent with the other leases confirmed at the same time as one pass.
 
         True: it is ours and extended by a TTL. False: it moved (someone took it over, or it
         expired and its marker sits on the key). Raises ``TimeoutError`` (or a NATS error)
@@ -304,8 +306,8 @@ class LeaseManager:
         waiter = self._to_confirm.get(id(lease))
         if waiter is None:
             waiter = self._to_confirm[id(lease)] = (lease, loop.create_future())
-            if self._confirming is None:
-                self._confirming = loop.create_task(self._confirm_queued())
+        if self._confirming is None:  # also for a waiter whose pass never started
+            self._confirming = loop.create_task(self._confirm_queued())
         # One attempt waits at most a TTL (for a batch renewal holding the lock, or for the
         # server); the caller decides how long to keep trying. Shielded: the pass goes on
         # for the other leases in it.

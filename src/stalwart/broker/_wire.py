@@ -20,11 +20,14 @@ from typing import TYPE_CHECKING
 from nats.errors import ConnectionClosedError, OutboundBufferLimitError
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from nats.aio.client import Client as NATS
+    from nats.aio.msg import Msg
 
     from stalwart.messages import RunEvent
 
-__all__ = ["hand_to_connection", "hpub_command", "plain_subject"]
+__all__ = ["hand_to_connection", "hpub_command", "plain_subject", "reply_inbox"]
 
 _SUBJECT = re.compile(r"[A-Za-z0-9_.*>$-]{1,512}")
 """What an event or reply subject Stalwart builds consists of (no spaces, no line breaks);
@@ -36,11 +39,7 @@ _CHECKED_MAX = 65536
 
 
 def plain_subject(subject: str) -> bool:
-    """Whether ``subject`` is of the plain form a prebuilt command may carry."""
-    return _checked.get(subject) or _plain(subject)
-
-
-def _plain(subject: str) -> bool:
+    """Whether ``subject`` is of the plain form a prebuilt command may carry (remembered)."""
     ok = _checked.get(subject)
     if ok is None:
         if len(_checked) >= _CHECKED_MAX:
@@ -57,9 +56,9 @@ def hpub_command(subject: str, reply: str, top: int, event: RunEvent, data: byte
     known = _checked.get  # a hit needs no Python call: this runs for every event
     run_id = event.run_id
     if (
-        not (known(subject) or _plain(subject))
-        or (reply and not (known(reply) or _plain(reply)))
-        or not (known(run_id) or _plain(run_id))
+        not (known(subject) or plain_subject(subject))
+        or (reply and not (known(reply) or plain_subject(reply)))
+        or not (known(run_id) or plain_subject(run_id))
     ):
         return b""
     if event.jseq:
@@ -78,6 +77,15 @@ def hpub_command(subject: str, reply: str, top: int, event: RunEvent, data: byte
         hdr,
         data,
     )
+
+
+async def reply_inbox(nc: NATS, cb: Callable[[Msg], Awaitable[None]]) -> str:
+    """Subscribe ``cb`` to a fresh wildcard inbox and return its prefix (``<inbox>.``): a
+    publisher that asks for many replies names each ``<prefix><token>`` and tells them
+    apart by the token, with one subscription instead of one per request."""
+    prefix = f"{nc.new_inbox()}."
+    await nc.subscribe(prefix + "*", cb=cb)
+    return prefix
 
 
 async def hand_to_connection(nc: NATS, commands: list[bytes]) -> None:
