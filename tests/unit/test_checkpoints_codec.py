@@ -152,3 +152,20 @@ def test_step_done_result_decodes_into_a_type() -> None:
     )
     assert isinstance(entry, StepDone)
     assert decode_value(entry.result, Out) == Out(answer=42, items=["a", "b"])
+
+
+def test_an_appends_arguments_are_packed_as_pack_args_packs_them() -> None:
+    # The journal append builds its RESP arguments in one format (once per step); they must
+    # be byte for byte what the generic packer gives, binary data and all.
+    import time
+
+    from stalwart.checkpoints._pipe import pack_args
+    from stalwart.checkpoints._store import _append_args
+
+    for epoch, seq, data in [
+        (1, 1, b""),
+        (7, 12, b"\x00ab\r\n$3\r\n"),
+        (2**40, 10**9, b"x" * 5000),
+    ]:
+        at = repr(time.time())
+        assert _append_args(epoch, seq, data, at) == pack_args([epoch, f"{seq}-0", data, at])

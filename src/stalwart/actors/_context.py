@@ -140,17 +140,30 @@ _is_coroutine_fn_cached = functools.lru_cache(maxsize=4096)(_is_coroutine_fn)
 """Per step otherwise: five Python calls into ``inspect`` for the same few functions."""
 
 
+def _is_async(fn: Callable[..., Any]) -> bool:
+    try:
+        return _is_coroutine_fn_cached(fn)
+    except TypeError:  # unhashable callable: look every time
+        return _is_coroutine_fn(fn)
+
+
+def body(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Callable[[], Awaitable[Any]]:
+    """What runs a step's body: ``fn`` itself for a coroutine function (its coroutine is
+    awaited by the executor, a coroutine level less per step), else :func:`invoke`."""
+    if _is_async(fn):
+        return partial(fn, *args, **kwargs)
+    return partial(invoke, fn, args, kwargs)
+
+
 async def invoke(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Call ``fn``: coroutine functions on the loop, plain functions in a thread.
 
     Blocking code on the event loop would stall lease renewal for every run in the worker,
     so synchronous step bodies run in a worker thread (the context variables go along).
     """
-    try:
-        coro = _is_coroutine_fn_cached(fn)
-    except TypeError:  # unhashable callable: look every time
-        coro = _is_coroutine_fn(fn)
-    if coro:
+    if _is_async(fn):
         return await fn(*args, **kwargs)
     result = await anyio.to_thread.run_sync(partial(fn, *args, **kwargs))
     if inspect.isawaitable(result):
@@ -272,7 +285,7 @@ class RunContext:
             options=opts,
             reconcile=reconcile,
         )
-        return await self._actor.execute(spec, partial(invoke, fn, args, kwargs))
+        return await self._actor.execute(spec, body(fn, args, kwargs))
 
     async def patched(self, change_id: str) -> bool:
         """Whether this run takes the new code path of change ``change_id`` (a patch marker).

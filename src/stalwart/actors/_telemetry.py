@@ -159,15 +159,21 @@ def run_passivated(actor: _Actor) -> None:
 
 def step_scope(actor: _Placed, spec: _Step) -> tm.StepScope:
     """Around a live step (all its attempts)."""
+    key = spec.key
     return tm.StepScope(
-        tm.StepStarted(actor.run_id, actor.worker_id, actor.epoch, spec.key, spec.kind, spec.name)
+        key,
+        lambda: tm.StepStarted(
+            actor.run_id, actor.worker_id, actor.epoch, key, spec.kind, spec.name
+        ),
     )
 
 
 def wait_scope(actor: _Placed, key: str, signal: str) -> tm.StepScope:
     """Around a live durable wait (for ``signal``; empty: a durable sleep)."""
     kind, name = ("signal", signal) if signal else ("sleep", "sleep")
-    return tm.StepScope(tm.StepStarted(actor.run_id, actor.worker_id, actor.epoch, key, kind, name))
+    return tm.StepScope(
+        key, lambda: tm.StepStarted(actor.run_id, actor.worker_id, actor.epoch, key, kind, name)
+    )
 
 
 def step_journaled(actor: _Stepping, entry: StepDone | StepError) -> None:

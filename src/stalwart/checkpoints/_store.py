@@ -111,6 +111,17 @@ if TYPE_CHECKING:
     from stalwart.checkpoints._cluster import ClusterTarget
 
 
+def _append_args(epoch: int, seq: int, data: bytes, at: str) -> bytes:
+    """An append's arguments (``epoch``, ``<seq>-0``, ``data``, ``at``) in RESP, as
+    ``pack_args`` gives them, in one format: this runs for every step."""
+    e = b"%d" % epoch
+    s = b"%d-0" % seq
+    t = at.encode()
+    return b"$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+        len(e), e, len(s), s, len(data), data, len(t), t,
+    )  # fmt: skip
+
+
 class CheckpointStore(RunControl):
     """Journal and run record of every run, in one Redis primary or a Redis Cluster.
 
@@ -589,8 +600,11 @@ class CheckpointStore(RunControl):
         task is created on the fast path (see :meth:`ScriptRunner.write_future`).
         """
         data = encode_entry(seal_entry(entry))
-        args: list[object] = [epoch, f"{seq}-0", data, repr(time.time())]
-        return self._runner.write_future(self._append, run_id, args, seq, data)
+        at = repr(time.time())
+        args: list[object] = [epoch, f"{seq}-0", data, at]
+        return self._runner.write_future(
+            self._append, run_id, args, seq, data, _append_args(epoch, seq, data, at)
+        )
 
     async def finish(self, run_id: str, epoch: int, seq: int, entry: Finished) -> None:
         """Append the final entry and set the record's end state, fenced by ``epoch``."""

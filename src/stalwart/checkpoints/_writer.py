@@ -227,8 +227,11 @@ class ScriptRunner:
         """The two keys every run script takes: the record, the journal."""
         return self.keys.script_keys(run_id)
 
-    def _packed(self, sha: str, run_id: str, args: list[object]) -> bytes:
-        """``EVALSHA`` of ``sha`` on the run's keys with ``args``, in RESP, its head cached."""
+    def _packed(
+        self, sha: str, run_id: str, args: list[object], packed: bytes | None = None
+    ) -> bytes:
+        """``EVALSHA`` of ``sha`` on the run's keys with ``args``, in RESP, its head cached
+        (``packed``: ``args`` already in RESP, as :func:`pack_args` would give them)."""
         head = self._heads.get((sha, run_id))
         if head is None:
             if len(self._heads) >= _HEADS_MAX:  # runs come and go; a few thousand suffice
@@ -236,7 +239,7 @@ class ScriptRunner:
             head = self._heads[(sha, run_id)] = pack_args(
                 ["EVALSHA", sha, 2, *self.run_keys(run_id)]
             )
-        return b"*%d\r\n%s%s" % (5 + len(args), head, pack_args(args))
+        return b"*%d\r\n%s%s" % (5 + len(args), head, packed or pack_args(args))
 
     def evalsha(self, script: object, run_id: str, args: list[object]) -> asyncio.Future[Any]:
         """``script`` on the run's two keys, sent down the shared pipe."""
@@ -373,14 +376,21 @@ class ScriptRunner:
         return {f for s, f in by_seq.items() if s < seq and not f.done()}
 
     def write_future(
-        self, script: object, run_id: str, args: list[object], seq: int, data: bytes
+        self,
+        script: object,
+        run_id: str,
+        args: list[object],
+        seq: int,
+        data: bytes,
+        packed: bytes | None = None,
     ) -> asyncio.Future[str]:
         """:meth:`write` as a future that is already under way and settles on its own.
 
         The caller can stop waiting (be cancelled) without abandoning the write, and no
         task is created on the fast path: the write goes down the shared pipe, and only a
         lost connection, an error reply or a taken position falls back to :meth:`write`'s
-        retrying path (which recognises an entry the first try already wrote).
+        retrying path (which recognises an entry the first try already wrote). ``packed``
+        is ``args`` in RESP when the caller built it (see :meth:`_packed`).
         """
         if self.pipe is None:
             return asyncio.ensure_future(self.write(script, run_id, args, seq, data))
@@ -390,7 +400,7 @@ class ScriptRunner:
             attempt = _FirstTry(self, out, script, run_id, args, seq, data)
             attempt.tracked = self._track(run_id, seq, out)
             sha: str = script.sha  # type: ignore[attr-defined]
-            self.pipe.send(self._packed(sha, run_id, args), attempt)
+            self.pipe.send(self._packed(sha, run_id, args, packed), attempt)
             return out
         if self._track(run_id, seq, out):
             out.add_done_callback(lambda _: self._untrack(run_id, seq))

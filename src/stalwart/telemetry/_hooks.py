@@ -317,25 +317,46 @@ def _step_attributes(step: StepStarted) -> dict[str, Any]:
     return attrs
 
 
+def _log_step_var() -> ContextVar[Any]:
+    """structlog's own context variable for the ``step`` key of log lines.
+
+    Looked up once, through the token :func:`structlog.contextvars.bind_contextvars` returns
+    (so it is the very variable ``merge_contextvars`` reads, without structlog's private
+    registry): setting it directly costs a third of a bind and reset per step.
+    """
+    global _LOG_STEP
+    if _LOG_STEP is None:
+        token = structlog.contextvars.bind_contextvars(step=...)["step"]
+        _LOG_STEP = token.var
+        _LOG_STEP.reset(token)
+    return _LOG_STEP
+
+
+_LOG_STEP: ContextVar[Any] | None = None
+
+
 class StepScope:
     """Around a live step (all its attempts) or durable wait: its span and its log context.
 
-    A class rather than a generator: it is entered for every step, and with tracing off it
-    only binds the step key for the log lines.
+    A class rather than a generator: it is entered for every step. With tracing off it only
+    sets the step key of the log lines: the span and the outcome it is told of are built
+    only when a span records.
     """
 
-    __slots__ = ("_ctx_token", "_log_tokens", "_span", "_state", "_state_token", "_step")
+    __slots__ = ("_ctx_token", "_describe", "_key", "_log_token", "_span", "_state", "_state_token")
 
-    def __init__(self, step: StepStarted) -> None:
-        self._step = step
+    def __init__(self, key: str, describe: Callable[[], StepStarted]) -> None:
+        """``describe`` tells the span what the step is (asked only when a span records)."""
+        self._key = key
+        self._describe = describe
         self._span: trace.Span | None = None
 
     def __enter__(self) -> None:
-        step = self._step
-        self._log_tokens = structlog.contextvars.bind_contextvars(step=step.key)
-        self._state = _StepState()
-        self._state_token = _step.set(self._state)
+        self._log_token = (_LOG_STEP or _log_step_var()).set(self._key)
         if tracing_active():
+            step = self._describe()
+            self._state = _StepState()
+            self._state_token = _step.set(self._state)
             self._span = tracer().start_span(
                 _step_span_name(step.kind, step.name),
                 kind=SpanKind.CLIENT if step.kind == "model" else SpanKind.INTERNAL,
@@ -352,15 +373,18 @@ class StepScope:
         try:
             span = self._span
             if span is not None:
-                # A journaled failure was described by step_journaled; this is the rest: the
-                # run stopping under the step (lease lost, drain, cancellation, passivation).
-                if exc_type is not None and not self._state.outcome and span.is_recording():
-                    span.set_attribute("stalwart.outcome", f"interrupted:{exc_type.__name__}")
-                otel_context.detach(self._ctx_token)
-                span.end()
+                try:
+                    # A journaled failure was described by step_journaled; this is the rest:
+                    # the run stopping under the step (lease lost, drain, cancellation,
+                    # passivation).
+                    if exc_type is not None and not self._state.outcome and span.is_recording():
+                        span.set_attribute("stalwart.outcome", f"interrupted:{exc_type.__name__}")
+                    otel_context.detach(self._ctx_token)
+                    span.end()
+                finally:
+                    _step.reset(self._state_token)
         finally:
-            _step.reset(self._state_token)
-            structlog.contextvars.reset_contextvars(**self._log_tokens)
+            self._log_token.var.reset(self._log_token)
 
 
 _DURATION_ATTRS: dict[tuple[str, bool], dict[str, str]] = {}
