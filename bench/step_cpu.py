@@ -56,6 +56,12 @@ async def _record(pid: int, seconds: float) -> dict[str, Any]:
     return profile.summarise(await asyncio.to_thread(Path(raw).read_text))
 
 
+PROFILE_RUNS = int(os.environ.get("STEP_CPU_PROFILE_RUNS", str(RUNS)))
+PROFILE_STEPS = int(os.environ.get("STEP_CPU_PROFILE_STEPS", "150"))
+"""The batch profiled by ``--profile``: ``RUNS`` runs of 150 steps, unless these say otherwise
+(``STEP_CPU_PROFILE_RUNS=4096 STEP_CPU_PROFILE_STEPS=1`` profiles what a run costs beside
+its steps: placement, claim, lease, start and finish)."""
+
 CALLS_DIR = str(Path(__file__).parent / "_calls")
 
 
@@ -134,7 +140,7 @@ async def main(reps: int, profile_seconds: float, calls: bool = False) -> dict[s
                     await asyncio.sleep(0.3)
                     return await _record(proc.pid, profile_seconds)
 
-                r = await batch.run("load", RUNS, 150, during=sample)
+                r = await batch.run("load", PROFILE_RUNS, PROFILE_STEPS, during=sample)
                 out["profile"] = r["profile"]
     worker = sorted(b["worker_us_per_step"] for b in out["batches"])
     out["worker_us_per_step_median"] = worker[len(worker) // 2]

@@ -232,6 +232,39 @@ async def test_a_silent_server_loses_no_lease(namespace: str) -> None:
         await asyncio.to_thread(nats.stop)
 
 
+@pytest.mark.timeout(60)
+async def test_an_unanswered_acquire_fails_within_its_timeout(namespace: str) -> None:
+    """A placement's lease write (a prebuilt command, one future and a timer) that NATS
+    never answers raises ``TimeoutError`` after the writer's timeout rather than hanging;
+    once NATS answers, the same run's lease is taken (the unanswered write, if stored, was
+    this worker's own and has expired)."""
+    nats = NatsServer()
+    await start_server(nats)
+    b = await Broker.connect(
+        Settings(nats_url=nats.url, redis_url="redis://unused", namespace=namespace)
+    )
+    try:
+        leases = LeaseManager(b.js, b.names, 2, "w1", nc=b.nc)
+        assert (await leases.acquire(uuid.uuid4().hex)) is not None  # the reply inbox is up
+        assert nats.pid is not None
+        os.kill(nats.pid, signal.SIGSTOP)
+        try:
+            await eventually(lambda: asyncio.to_thread(_all_threads_stopped, nats.pid or 0))
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(leases.acquire(uuid.uuid4().hex), timeout=15)
+            assert loop.time() - t0 < 10
+        finally:
+            os.kill(nats.pid, signal.SIGCONT)
+        assert (await leases.acquire(uuid.uuid4().hex)) is not None
+    finally:
+        await b.close()
+        if nats.pid is not None:
+            os.kill(nats.pid, signal.SIGCONT)
+        await asyncio.to_thread(nats.stop)
+
+
 @pytest.mark.parametrize("pipelined", [True, False], ids=["prebuilt-commands", "nats-py"])
 async def test_a_renewal_pass_settles_each_lease_on_its_own(
     broker: Broker, pipelined: bool

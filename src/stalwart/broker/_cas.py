@@ -49,6 +49,11 @@ def _outcome(msg: Msg) -> int | BaseException:
     return APIError(description=str(err))  # pragma: no cover - from_error always raises
 
 
+def _expire(fut: asyncio.Future[int | BaseException], timeout: float) -> None:
+    if not fut.done():
+        fut.set_result(TimeoutError(f"no publish ack within {timeout:g}s"))
+
+
 class CasWriter:
     """Pipelined ``Nats-Expected-Last-Subject-Sequence`` writes with a ``Nats-TTL``."""
 
@@ -70,6 +75,46 @@ class CasWriter:
         if fut is not None and not fut.done():
             fut.set_result(_outcome(msg))
 
+    async def write_one(self, subject: str, value: bytes, expected: int, ttl: int) -> int:
+        """One CAS write (a placement's lease): the new sequence; raises ``APIError`` for a
+        refusal, ``TimeoutError`` or a NATS error for no answer.
+
+        Without :meth:`write`'s ``asyncio.wait``: a timer settles the one future instead.
+        """
+        await self._ready()
+        loop = asyncio.get_running_loop()
+        self._next += 1
+        token = str(self._next)
+        fut: asyncio.Future[int | BaseException] = loop.create_future()
+        self._waiting[token] = fut
+        timer = loop.call_later(self.timeout, _expire, fut, self.timeout)
+        try:
+            await hand_to_connection(
+                self._nc, [self._command(subject, value, expected, ttl, token)]
+            )
+            res = await fut
+        finally:
+            timer.cancel()
+            self._waiting.pop(token, None)
+        if isinstance(res, BaseException):
+            raise res
+        return res
+
+    def _command(self, subject: str, value: bytes, expected: int, ttl: int, token: str) -> bytes:
+        hdr = b"NATS/1.0\r\nNats-Expected-Last-Subject-Sequence: %d\r\nNats-TTL: %d\r\n\r\n" % (
+            expected,
+            ttl,
+        )
+        return b"HPUB %s %s%s %d %d\r\n%s%s\r\n" % (
+            subject.encode(),
+            self._prefix.encode(),
+            token.encode(),
+            len(hdr),
+            len(hdr) + len(value),
+            hdr,
+            value,
+        )
+
     async def write(
         self, writes: list[tuple[str, bytes, int]], ttl: int
     ) -> list[int | BaseException]:
@@ -86,7 +131,6 @@ class CasWriter:
         tokens: list[str] = []
         futs: list[asyncio.Future[int | BaseException]] = []
         commands: list[bytes] = []
-        prefix = self._prefix.encode()
         for subject, value, expected in writes:
             self._next += 1
             token = str(self._next)
@@ -94,22 +138,7 @@ class CasWriter:
             self._waiting[token] = fut
             tokens.append(token)
             futs.append(fut)
-            hdr = b"NATS/1.0\r\nNats-Expected-Last-Subject-Sequence: %d\r\nNats-TTL: %d\r\n\r\n" % (
-                expected,
-                ttl,
-            )
-            commands.append(
-                b"HPUB %s %s%s %d %d\r\n%s%s\r\n"
-                % (
-                    subject.encode(),
-                    prefix,
-                    token.encode(),
-                    len(hdr),
-                    len(hdr) + len(value),
-                    hdr,
-                    value,
-                )
-            )
+            commands.append(self._command(subject, value, expected, ttl, token))
         try:
             await hand_to_connection(self._nc, commands)
             await asyncio.wait(futs, timeout=self.timeout)

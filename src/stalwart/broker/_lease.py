@@ -137,6 +137,12 @@ class LeaseManager:
         return self._names.lease_subject(name, self._prefix)
 
     async def _cas(self, run_id: str, expected: int) -> int:
+        subject = self._subject(run_id)
+        writer = self._cas_writer
+        if writer is not None and plain_subject(subject):
+            # Once per placement: nats-py's request path (a reply inbox and future, header
+            # validation, a PubAck parsed) costs the worker several times this write.
+            return await writer.write_one(subject, self.owner.encode(), expected, self.ttl)
         ack = await self._js.publish(
             self._subject(run_id),
             self.owner.encode(),
