@@ -437,6 +437,36 @@ async def test_metrics_endpoints_move_as_runs_complete(
 # --------------------------------------------------------------------------- logs
 
 
+def test_a_logged_tracebacks_url_credentials_are_masked(capsys: pytest.CaptureFixture[str]) -> None:
+    """Through the configured chain: the traceback is rendered after ``redact`` ran, and the
+    pass after the renderer masks what the exception's message carries; secret keys and
+    payloads bound on the line are handled by ``redact`` as ever."""
+    import logging
+
+    import structlog
+
+    from stalwart._logging import configure_logging
+
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        configure_logging("info", "json")
+        log = structlog.get_logger("test.redact")
+        try:
+            raise ConnectionError("cannot reach redis://app:hunter2@cache:6379/0")
+        except ConnectionError:
+            log.exception("store.failed", api_key="sk-123", result={"card": "4242"})
+        line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    finally:
+        structlog.configure(**saved)
+        root.handlers, root.level = handlers, level
+    text = json.dumps(line)
+    assert "hunter2" not in text and "redis://app:***@cache:6379/0" in text
+    assert line["api_key"] == "***" and "4242" not in text
+    assert line["exception"], line  # the traceback is there, only masked
+
+
 def test_redact_masks_secrets_and_hides_payloads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(telemetry.PAYLOADS_ENV, raising=False)
     event = {

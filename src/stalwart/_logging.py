@@ -17,6 +17,7 @@ import structlog
 
 from stalwart.errors import ConfigurationError
 from stalwart.telemetry import add_trace_ids, redact
+from stalwart.telemetry._logs import redact_rendered
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "console")
@@ -72,7 +73,7 @@ def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
                 if fmt == "json"
                 else []
             ),
-            redact,  # again: a rendered traceback's messages may carry URLs with passwords
+            redact_rendered,  # a rendered traceback's messages may carry URLs with passwords
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),

@@ -38,9 +38,21 @@ def mask_urls(text: str) -> str:
     return _QUERY_SECRET.sub(rf"\1={MASK}", text)
 
 
+_KEYS_SEEN: dict[str, bool] = {}
+"""Answers of :func:`is_secret_key` by key: log lines and records use the same few keys."""
+_KEYS_SEEN_MAX = 4096
+
+
 def is_secret_key(key: object) -> bool:
     """Whether a mapping key names a secret (``password``, ``api_key``, ``Authorization``...)."""
-    return isinstance(key, str) and _SECRET_KEY.search(key) is not None
+    if type(key) is not str:
+        return isinstance(key, str) and _SECRET_KEY.search(key) is not None
+    known = _KEYS_SEEN.get(key)
+    if known is None:
+        if len(_KEYS_SEEN) >= _KEYS_SEEN_MAX:  # keys of user data can be many: start over
+            _KEYS_SEEN.clear()
+        known = _KEYS_SEEN[key] = _SECRET_KEY.search(key) is not None
+    return known
 
 
 def mask_secrets(value: Any, *, _depth: int = 0, _path: frozenset[int] = frozenset()) -> Any:

@@ -51,14 +51,21 @@ def redact(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     Secret-looking keys are masked at any depth of the logged values (a payload's nested
     ``api_key``, a header list's ``Authorization``), and URL credentials in every string.
     """
-    show_payloads = payloads_enabled()
     for key, value in list(event_dict.items()):
         if is_secret_key(key):
             event_dict[key] = MASK
-        elif key in PAYLOAD_KEYS and not show_payloads:
+        elif key in PAYLOAD_KEYS and not payloads_enabled():  # (read only for such a key)
             event_dict[key] = _HIDDEN
         else:
             event_dict[key] = mask_secrets(value)
+    return event_dict
+
+
+def redact_rendered(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """structlog processor after the exception renderer: mask the rendered traceback (its
+    messages may carry URLs with passwords). Everything else went through :func:`redact`."""
+    if "exception" in event_dict:
+        event_dict["exception"] = mask_secrets(event_dict["exception"])
     return event_dict
 
 
