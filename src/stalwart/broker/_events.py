@@ -26,6 +26,7 @@ from stalwart.messages import (
     read_event,
 )
 from stalwart.telemetry import inject_headers
+from stalwart.telemetry._tracing import tracing_active
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -245,8 +246,11 @@ class EventPublisher:
         """:meth:`publish` without ``acked``, as a plain call: a run's own events go this way
         (several per step; a coroutine each would cost more than the queueing). Acks are
         sampled only once :meth:`ready` has subscribed to them."""
-        event, subject = self._addressed(event, source)
+        # _addressed, spelled out: this runs for every event of every step.
+        if event.seq:
+            event = msgspec.structs.replace(event, seq=0)
         run_id = event.run_id
+        subject = self._subjects.get((run_id, event.agent, source)) or self._subject(event, source)
         top = self._published_jseq.get(run_id, 0)
         reply = ""
         now = time.monotonic()
@@ -269,7 +273,7 @@ class EventPublisher:
         queued = self._order(event, now)
         # Encoded when the batch leaves, so a dropped step.started is never encoded; the
         # trace context is the publisher's now, so it is taken now (when tracing is on).
-        trace = inject_headers({}) or None
+        trace = (inject_headers({}) or None) if tracing_active() else None
         self._batch.append(_Queued(event, subject, top, reply, trace, queued))
         if self._batch_task is None or self._batch_due > now + self.BATCH_DELAY:
             self._schedule(now, self.BATCH_DELAY)
