@@ -152,6 +152,9 @@ class _ReadOnly:
     def journaled(self, je: JournalEntry) -> None:
         """Events are not replayed."""
 
+    def started(self, step: str, kind: str, attempt: int) -> None:
+        """Events are not replayed."""
+
     def holds(self) -> bool:
         """Nothing to own: a replay holds no lease, and needs none."""
         return True
