@@ -9,7 +9,6 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from stalwart import Client, RunEvent
-from stalwart.broker._events import StartOf
 from stalwart.broker._wire import hand_to_connection, hpub_command
 from stalwart.messages import encode_event
 from tests.helpers import eventually, rid
@@ -99,22 +98,6 @@ def _live(type_: str, run_id: str, step: str) -> RunEvent:
     return RunEvent(type=type_, run_id=run_id, at=time.time(), step=step)
 
 
-@pytest.fixture(params=["event", "held"], ids=["start-as-event", "start-built-when-sent"])
-def via(request: pytest.FixtureRequest) -> str:
-    """How a ``step.started`` is queued: as a built event (``publish``), or as the step
-    path queues it (``queue_start``: built only if it is sent)."""
-    return str(request.param)
-
-
-async def _start(client: Client, run_id: str, step: str, via: str) -> None:
-    if via == "event":
-        await client.broker.events.publish(_live("step.started", run_id, step))
-    else:
-        client.broker.events.queue_start(
-            StartOf(run_id, "", step, "w-1", 1, "step", 1, time.time())
-        )
-
-
 async def _stored(client: Client, run_id: str, n: int) -> list[tuple[str, str]]:
     """The run's first ``n`` stored events as (type, step), once there are ``n``."""
     got: list[tuple[str, str]] = []
@@ -128,13 +111,13 @@ async def _stored(client: Client, run_id: str, n: int) -> list[tuple[str, str]]:
 
 
 async def test_a_quick_steps_start_is_never_sent(
-    client: Client, monkeypatch: pytest.MonkeyPatch, via: str
+    client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A start whose step ends within START_HOLD is dropped, even across batch sends."""
     events = client.broker.events
     monkeypatch.setattr(events, "START_HOLD", 60.0)  # however slow this machine is now
     run_id = rid()
-    await _start(client, run_id, "step:a", via)
+    await events.publish(_live("step.started", run_id, "step:a"))
     await events.send_queued(hold=True)  # a batch leaves while the step runs: start held
     await events.publish(_event(run_id, 1, "step:a"))
     await events.publish(_live("run.marker", run_id, ""))
@@ -143,14 +126,14 @@ async def test_a_quick_steps_start_is_never_sent(
 
 
 async def test_a_later_event_of_the_run_releases_a_held_start_in_order(
-    client: Client, monkeypatch: pytest.MonkeyPatch, via: str
+    client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A token delta the step streams must not reach the stream before the step's start."""
     events = client.broker.events
     monkeypatch.setattr(events, "START_HOLD", 60.0)
     run_id, other = rid(), rid()
-    await _start(client, run_id, "step:a", via)
-    await _start(client, other, "step:b", via)
+    await events.publish(_live("step.started", run_id, "step:a"))
+    await events.publish(_live("step.started", other, "step:b"))
     await events.send_queued(hold=True)  # both held
     await events.publish(_live("model.delta", run_id, "step:a"))
     await events.send_queued(hold=True)  # the delta released step:a's start; step:b waits
@@ -164,37 +147,34 @@ async def test_a_later_event_of_the_run_releases_a_held_start_in_order(
     assert await _stored(client, other, 1) == [("step.completed", "step:b")]
 
 
-async def test_a_long_steps_start_is_sent_once_held_long_enough(client: Client, via: str) -> None:
+async def test_a_long_steps_start_is_sent_once_held_long_enough(client: Client) -> None:
     """No other event needed: the batch timer sends a start older than START_HOLD."""
     events = client.broker.events
     run_id = rid()
     t0 = time.monotonic()
-    await _start(client, run_id, "step:slow", via)
+    await events.publish(_live("step.started", run_id, "step:slow"))
     assert await _stored(client, run_id, 1) == [("step.started", "step:slow")]
     assert time.monotonic() - t0 >= events.START_HOLD
-    [ev] = [e async for e in client.handle(run_id).events(follow=False)]
-    if via == "held":  # built when sent: what emit would have queued
-        assert ev.data == {"kind": "step", "attempt": 1} and ev.worker == "w-1" and ev.epoch == 1
 
 
-async def test_flush_sends_held_starts(client: Client, via: str) -> None:
+async def test_flush_sends_held_starts(client: Client) -> None:
     """A drain or a run's end flushes: a held start goes out rather than being lost."""
     events = client.broker.events
     run_id = rid()
-    await _start(client, run_id, "step:a", via)
+    await events.publish(_live("step.started", run_id, "step:a"))
     await events.flush()
     assert await _stored(client, run_id, 1) == [("step.started", "step:a")]
 
 
 async def test_a_start_after_its_reset_is_not_held(
-    client: Client, monkeypatch: pytest.MonkeyPatch, via: str
+    client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A retry or a failover's re-run is announced with the next batch, not held back."""
     events = client.broker.events
     monkeypatch.setattr(events, "START_HOLD", 60.0)
     run_id = rid()
     await events.publish(_live("step.reset", run_id, "step:a"))
-    await _start(client, run_id, "step:a", via)
+    await events.publish(_live("step.started", run_id, "step:a"))
     await events.send_queued(hold=True)  # the batch timer's send: nothing held
     assert await _stored(client, run_id, 2) == [
         ("step.reset", "step:a"),

@@ -509,9 +509,6 @@ class _Memory:
     def journaled(self, je: JournalEntry) -> None:
         self.events.append(type(je.entry).__name__)
 
-    def started(self, step: str, kind: str, attempt: int) -> None:
-        self.events.append("step.started")
-
     def holds(self) -> bool:
         return False  # never known without asking: every step awaits confirm()
 

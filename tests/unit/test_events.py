@@ -9,8 +9,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from stalwart._journal_events import MAX_EVENT_RESULT, entry_event
-from stalwart.broker._events import StartOf
+from stalwart._journal_events import MAX_EVENT_RESULT, entry_event, step_started_data
 from stalwart.checkpoints import (
     Entry,
     ErrorInfo,
@@ -311,12 +310,7 @@ def test_every_event_type_not_from_a_journal_entry_is_covered() -> None:
 
 
 @pytest.mark.parametrize(("kind", "attempt"), [("tool", 1), ("model", 3), ("", 0), ("k", 99)])
-def test_a_held_step_start_builds_the_event_its_struct_gives(kind: str, attempt: int) -> None:
-    # Built only if sent (EventPublisher.queue_start): it must be the event emit would queue.
-    ev = StartOf("run-1", "agent-a", "step:x", "w-1", 7, kind, attempt, 123.5).as_event()
-    assert ev.data == data_dict(StepStartedData(kind=kind, attempt=attempt))
-    assert list(ev.data) == list(StepStartedData.__struct_fields__)  # same keys, same order
-    assert (ev.type, ev.run_id, ev.agent, ev.step, ev.worker, ev.epoch, ev.at) == (
-        "step.started", "run-1", "agent-a", "step:x", "w-1", 7, 123.5,
-    )  # fmt: skip
-    assert ev.jseq == 0 and ev.seq == 0 and ev.attempt == 0
+def test_step_started_data_is_its_struct_as_a_dict(kind: str, attempt: int) -> None:
+    got = step_started_data(kind, attempt)
+    assert got == data_dict(StepStartedData(kind=kind, attempt=attempt))
+    assert list(got) == list(StepStartedData.__struct_fields__)  # same keys, same order

@@ -7,7 +7,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from stalwart._journal_events import entry_event
-from stalwart.broker._events import StartOf
 from stalwart.checkpoints import encode_value, payload_codec
 from stalwart.checkpoints._codec import seal_value_text
 from stalwart.messages import RunEvent
@@ -91,25 +90,6 @@ class RunEvents:
             except Exception:  # not msgpack-encodable: never send it in the clear instead
                 data = "<event data could not be encrypted>"
         self.emit(type, step=step, data=data, attempt=attempt)
-
-    def started(self, step: str, kind: str, attempt: int) -> None:
-        """Queue ``step.started`` for an attempt of ``step`` (see ``EventPublisher.queue_start``)."""
-        state = self._state
-        try:
-            self._broker.events.queue_start(
-                StartOf(
-                    state.run_id,
-                    self._agent,
-                    step,
-                    state.worker_id,
-                    state.epoch,
-                    kind,
-                    attempt,
-                    time.time(),
-                )
-            )
-        except Exception as exc:
-            self._log.warning("event.publish_failed", type="step.started", error=repr(exc))
 
     def journaled(self, je: JournalEntry) -> None:
         """Queue the event of journal entry ``je`` (sent with the next batch)."""

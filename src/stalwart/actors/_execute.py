@@ -12,6 +12,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
+from stalwart._journal_events import step_started_data
 from stalwart._text import ERROR_TEXT_LIMIT, clip, exception_text, safe_text, type_name
 from stalwart.actors import _telemetry as obs
 from stalwart.actors._context import StepInfo, _current
@@ -53,6 +54,7 @@ from stalwart.errors import (
 from stalwart.messages import (
     EV_OUTCOME_UNKNOWN,
     EV_STEP_RESET,
+    EV_STEP_STARTED,
     OutcomeUnknownData,
     StepResetData,
     data_dict,
@@ -233,7 +235,9 @@ class StepExecutor(OnRun):
         window = state.resumed and not state.steps_live
         if attempt > 1 or window:
             self._reset(spec, attempt, "failover" if window and attempt == first else "retry")
-        self._events.started(spec.key, spec.kind, attempt)
+        self._events.emit(
+            EV_STEP_STARTED, step=spec.key, data=step_started_data(spec.kind, attempt)
+        )
 
     def _reset(self, spec: StepSpec, attempt: int, reason: str) -> None:
         self._events.emit(

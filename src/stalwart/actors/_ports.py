@@ -47,11 +47,6 @@ class EventSink(Protocol):
         """Queue the event that tells of journal entry ``je``."""
         ...
 
-    def started(self, step: str, kind: str, attempt: int) -> None:
-        """Queue ``step.started`` for an attempt of ``step`` (what ``emit`` would queue, but
-        built only if it is sent: most steps end before their start would leave)."""
-        ...
-
 
 class Owner(Protocol):
     """The run's claim to go on: user code starts only while it holds."""

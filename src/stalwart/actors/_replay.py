@@ -152,9 +152,6 @@ class _ReadOnly:
     def journaled(self, je: JournalEntry) -> None:
         """Events are not replayed."""
 
-    def started(self, step: str, kind: str, attempt: int) -> None:
-        """Events are not replayed."""
-
     def holds(self) -> bool:
         """Nothing to own: a replay holds no lease, and needs none."""
         return True

@@ -33,7 +33,7 @@ from stalwart.policies import RetryPolicy, classify
 if TYPE_CHECKING:
     from stalwart.actors._context import StepSpec
     from stalwart.checkpoints import WaitStarted
-    from stalwart.policies import CircuitBreaker, Policies, RunUsage, StepOptions
+    from stalwart.policies import CircuitBreaker, Policies, RunUsage
 
 _BREAKER_KINDS = frozenset({"model", "tool"})
 
@@ -55,7 +55,6 @@ class RunState:
         "fatal",
         "first_live_step_at",
         "lost",
-        "plans",
         "policies",
         "replaying",
         "resumed",
@@ -98,9 +97,6 @@ class RunState:
         self.divergence: tuple[str, str] | None = None
         """The first non-determinism found: (step key, message)."""
         self.consumed_signals: set[str] = set()
-        self.plans: dict[tuple[str, str, StepOptions | None, bool], Attempt] = {}
-        """First attempts decided so far, by (kind, name, options, at-most-once): a run calls
-        the same few steps many times, and the policies of one do not change."""
 
 
 class OnRun:
@@ -322,47 +318,18 @@ def decide_step(state: RunState, spec: StepSpec, *, live: bool = True) -> StepDe
             if opts is not None and opts.on_unknown == "signal":
                 return Unknown(intent, "signal")
             return Unknown(intent, "reconcile" if spec.reconcile is not None else "fail")
-    if not tried:
-        return _first_attempt(state, spec.kind, spec.name, opts, at_most_once)
-    last = tried[-1]  # resumed inside a backoff: wait out what is left of it
-    resume_at = last.at + last.duration + last.delay
+    resume_at = 0.0
+    if tried:  # resumed inside a backoff: wait out what is left of it
+        last = tried[-1]
+        resume_at = last.at + last.duration + last.delay
     return Attempt(
-        attempt=len(tried) + 1,
+        attempt=len(tried) + 1 if tried else 1,
         resume_at=resume_at,
         policy=policies.retry_for(spec.kind, spec.name, opts, at_most_once=at_most_once),
         timeout=policies.timeout_for(spec.kind, opts),
         at_most_once=at_most_once,
         breaker=f"{spec.kind}:{spec.name}" if spec.kind in _BREAKER_KINDS else "",
     )
-
-
-def _first_attempt(
-    state: RunState, kind: str, name: str, opts: StepOptions | None, at_most_once: bool
-) -> Attempt:
-    """The first attempt of a step never tried before, as the run's policies make it
-    (remembered per run: the same inputs decide the same attempt)."""
-    key = (kind, name, opts, at_most_once)
-    try:
-        plan, kept = state.plans.get(key), True
-    except TypeError:  # options that do not hash: decided every time
-        plan, kept = None, False
-    if plan is None:
-        policies = state.policies
-        plan = Attempt(
-            attempt=1,
-            resume_at=0.0,
-            policy=policies.retry_for(kind, name, opts, at_most_once=at_most_once),
-            timeout=policies.timeout_for(kind, opts),
-            at_most_once=at_most_once,
-            breaker=f"{kind}:{name}" if kind in _BREAKER_KINDS else "",
-        )
-        if kept and len(state.plans) < _PLANS_MAX:
-            state.plans[key] = plan
-    return plan
-
-
-_PLANS_MAX = 256
-"""First-attempt plans a run remembers (step names are few; generated ones stop here)."""
 
 
 def breaker_gate(

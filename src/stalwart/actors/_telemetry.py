@@ -20,7 +20,6 @@ from stalwart.telemetry import (
     timed_renewal,
     trace_parent,
 )
-from stalwart.telemetry._hooks import step_done
 
 if TYPE_CHECKING:
     from collections.abc import Sized
@@ -180,9 +179,6 @@ def wait_scope(actor: _Placed, key: str, signal: str) -> tm.StepScope:
 def step_journaled(actor: _Stepping, entry: StepDone | StepError) -> None:
     """A live step's outcome is journaled."""
     if isinstance(entry, StepDone):
-        if entry.kind != "model" and not tm.LOG_PAYLOADS:  # nearly every step
-            step_done(entry.kind, entry.name, entry.attempt, entry.duration)
-            return
         model, cost = "", 0.0
         if entry.kind == "model":
             model = entry.model

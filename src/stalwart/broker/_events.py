@@ -125,39 +125,10 @@ def bounded_event(event: RunEvent, text_limit: int, max_bytes: int) -> bytes:
     return encode_event(marker)
 
 
-class StartOf(NamedTuple):
-    """A ``step.started`` not built yet (see :meth:`EventPublisher.queue_start`): most are
-    dropped unbuilt, their steps ending before they would leave."""
-
-    run_id: str
-    agent: str
-    step: str
-    worker: str
-    epoch: int
-    kind: str
-    attempt: int
-    at: float
-    """When the attempt started (wall clock): the event's ``at``."""
-
-    def as_event(self) -> RunEvent:
-        """The event itself (``data`` as ``StepStartedData`` gives it)."""
-        return RunEvent(
-            type=EV_STEP_STARTED,
-            run_id=self.run_id,
-            at=self.at,
-            worker=self.worker,
-            epoch=self.epoch,
-            step=self.step,
-            data={"kind": self.kind, "attempt": self.attempt},
-            agent=self.agent,
-        )
-
-
 class _Queued(NamedTuple):
     """An event waiting in the batch, with what :meth:`EventPublisher.publish` decided."""
 
-    event: RunEvent | StartOf
-    """The event, or a ``step.started`` to build if it is sent."""
+    event: RunEvent
     subject: str
     top: int
     """The ``Stalwart-Jseq`` header: the highest journal sequence published with it."""
@@ -279,9 +250,7 @@ class EventPublisher:
         if event.seq:
             event = msgspec.structs.replace(event, seq=0)
         run_id = event.run_id
-        subject = self._subjects.get((run_id, event.agent, source)) or self._subject(
-            run_id, event.agent, source
-        )
+        subject = self._subjects.get((run_id, event.agent, source)) or self._subject(event, source)
         top = self._published_jseq.get(run_id, 0)
         reply = ""
         now = time.monotonic()
@@ -315,34 +284,15 @@ class EventPublisher:
         if event.seq:
             event = msgspec.structs.replace(event, seq=0)
         subject = self._subjects.get((event.run_id, event.agent, source))
-        return event, subject or self._subject(event.run_id, event.agent, source)
+        return event, subject or self._subject(event, source)
 
-    def queue_start(self, start: StartOf, source: EventSource = "sys") -> None:
-        """:meth:`queue` for a ``step.started``, held as :class:`StartOf` and built into an
-        event only if it is sent (most are dropped when their step's end is queued while
-        they are held; see the class docstring). Once per step attempt."""
-        run_id = start.run_id
-        subject = self._subjects.get((run_id, start.agent, source)) or self._subject(
-            run_id, start.agent, source
-        )
-        now = time.monotonic()
-        self._hold(run_id, start.step, len(self._batch))
-        # After its step's reset, not held: it goes with the next batch (see _order).
-        queued = -self.START_HOLD if self._reset_step == (run_id, start.step) else now
-        self._reset_step = None
-        trace = (inject_headers({}) or None) if tracing_active() else None
-        top = self._published_jseq.get(run_id, 0)
-        self._batch.append(_Queued(start, subject, top, "", trace, queued))
-        if self._batch_task is None or self._batch_due > now + self.BATCH_DELAY:
-            self._schedule(now, self.BATCH_DELAY)
-
-    def _subject(self, run_id: str, agent: str, source: EventSource) -> str:
+    def _subject(self, event: RunEvent, source: EventSource) -> str:
         """The run's events subject, remembered: building it matches the agent name against
         a pattern, once per run rather than per event."""
         if len(self._subjects) >= _SUBJECTS_MAX:
             self._subjects.clear()
-        subject = self._names.events_subject(run_id, source, agent=agent)
-        self._subjects[(run_id, agent, source)] = subject
+        subject = self._names.events_subject(event.run_id, source, agent=event.agent)
+        self._subjects[(event.run_id, event.agent, source)] = subject
         return subject
 
     def _order(self, event: RunEvent, now: float) -> float:
@@ -424,10 +374,7 @@ class EventPublisher:
             for item in batch:
                 if item is None:
                     continue
-                queued_event, subject, top, reply, trace, _ = item
-                event = (
-                    queued_event.as_event() if isinstance(queued_event, StartOf) else queued_event
-                )
+                event, subject, top, reply, trace, _ = item
                 data = self.encode(event)
                 cmd = hpub_command(subject, reply, top, event, data) if fast and not trace else b""
                 if cmd:
@@ -463,8 +410,7 @@ class EventPublisher:
             if item is None:
                 continue
             event = item.event
-            start = isinstance(event, StartOf) or event.type == EV_STEP_STARTED
-            if start and now - item.queued < self.START_HOLD:
+            if event.type == EV_STEP_STARTED and now - item.queued < self.START_HOLD:
                 self._hold(event.run_id, event.step, len(self._batch))
                 self._batch.append(item)
             else:

@@ -33,7 +33,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from stalwart.telemetry import _metrics as m
 from stalwart.telemetry._logs import payloads_enabled, preview
-from stalwart.telemetry._records import NO_PARENT, StepJournaled, TraceParent
+from stalwart.telemetry._records import NO_PARENT, TraceParent
 from stalwart.telemetry._tracing import context_from, current_carrier, tracer, tracing_active
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
         RunPlaced,
         RunResumed,
         RunSeen,
+        StepJournaled,
         StepRetried,
         StepStarted,
         SupervisorSnapshot,
@@ -440,23 +441,6 @@ def step_journaled(event: StepJournaled) -> None:
     if tokens:
         m.model_tokens.add(event.input_tokens, {"model": model, "type": "input"})
         m.model_tokens.add(event.output_tokens, {"model": model, "type": "output"})
-    _described(event, tokens, model)
-
-
-def step_done(kind: str, name: str, attempt: int, duration: float) -> None:
-    """:func:`step_journaled` for a completed step that is not a model call (no tokens, no
-    cost: nearly every step), without building its record unless a span or a debug line
-    will describe it."""
-    m.step_duration.record(duration, _duration_attrs(kind, True))
-    if kind == "tool":
-        m.breaker_used(f"tool:{name}")
-    if tracing_active() or _debug_logged():
-        _described(StepJournaled(kind, name, attempt, duration, ok=True), False, name)
-
-
-def _described(event: StepJournaled, tokens: bool, model: str) -> None:
-    """A journaled step's outcome on its span and in the debug log (when either is on)."""
-    ok, kind = event.ok, event.kind
     state = _step.get()
     if state is not None:
         state.outcome = "completed" if ok else "failed"
