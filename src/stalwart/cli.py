@@ -71,6 +71,7 @@ from stalwart._exit_codes import (
 )
 from stalwart._health import HealthServer, connection_checks
 from stalwart._logging import configure_logging
+from stalwart._loop import install_event_loop
 from stalwart._version import __version__
 from stalwart.actors import Worker
 from stalwart.api import serve_api
@@ -387,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         configure_logging()
         _configure_observability(args)
+        install_event_loop()
         return asyncio.run(_dispatch(args))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

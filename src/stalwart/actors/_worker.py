@@ -179,7 +179,13 @@ class Worker:
         gc.freeze()
         obs.watch_worker(self)
         await self._heartbeat()
-        self.log.info("worker.started", agents=agents, concurrency=self.settings.concurrency)
+        self.log.info(
+            "worker.started",
+            agents=agents,
+            concurrency=self.settings.concurrency,
+            # "asyncio" or "uvloop" (STALWART_EVENT_LOOP): the loop its CPU figures are for.
+            event_loop=type(asyncio.get_running_loop()).__module__.partition(".")[0],
+        )
 
     async def _answer_alive(self, msg: Msg) -> None:
         # Empty: the answer itself is the news. Answered from the event loop, so a loop
