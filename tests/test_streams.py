@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import TYPE_CHECKING
 
+import msgspec
 import pytest
 
 from stalwart import Chunk, Reset, StepDone, StreamEnd, StreamText
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
     from stalwart import Client, RunHandle, Settings, StreamPart
+    from stalwart.testing import StalwartProcess
     from tests.conftest import Servers, WorkerFactory
 
 pytestmark = pytest.mark.slow
@@ -83,6 +86,29 @@ async def stored_chunk(handle: RunHandle, worker: str, text: str) -> bool:
     async for ev in handle.events(follow=False):
         if ev.attempt and ev.worker == worker and (ev.data or {}).get("text") == text:
             return True
+    return False
+
+
+async def zombie_chunk(client: Client, handle: RunHandle, a: StalwartProcess) -> bool:
+    """Whether frozen worker ``a``'s late chunk ``model0-3`` is in the run's event stream.
+
+    On waking, ``a`` races its gate poll (a Redis read, then the chunk) against its lease
+    renewal (refused: the run is cancelled). On a loaded machine the renewal can win, and
+    the zombie never streams its late chunk; then the chunk it would have published (its
+    worker, epoch and attempt, after the new owner's reset) is published here instead, so
+    the consumer's filter is tested either way.
+    """
+    if await stored_chunk(handle, "a", "model0-3 "):
+        return True
+    if "lease.lost" not in a.log_text():
+        return False
+    async for ev in handle.events(follow=False):
+        if ev.worker == "a" and ev.attempt and ev.step == "step:model0":
+            late = msgspec.structs.replace(
+                ev, at=time.time(), data={"text": "model0-3 ", "type": "text"}, seq=0
+            )
+            await client.broker.events.publish(late, acked=True)
+            return False  # stored now: the next poll finds it
     return False
 
 
@@ -210,7 +236,7 @@ async def test_a_frozen_old_owners_late_chunks_never_reach_the_consumer(
     finally:
         a.resume()
     # A wakes up a zombie: fenced from the journal, but its chunks reach the event stream.
-    await eventually(lambda: stored_chunk(handle, "a", "model0-3 "), timeout=60)
+    await eventually(lambda: zombie_chunk(client, handle, a), timeout=60)
     await counters.delete(gated_key(run_id, "step:model1"))
     await open_gate(counters, run_id, "step:model1")
     result = await outcome(handle, a, b)
