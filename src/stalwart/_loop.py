@@ -1,8 +1,9 @@
 """Which event loop a ``stalwart`` process runs on: asyncio's own, or uvloop if asked for.
 
-uvloop lowers the worker's CPU per durable step by about a tenth on this workload
-(docs/benchmarks.md, "Appendix: worker CPU per step, round 5"). It is opt-in: it is not
-built for Windows, and asyncio's loop is the one the test suite runs every process on.
+uvloop lowers the worker's CPU per durable step by a few per cent on this workload (0.94x
+over 28 rounds; docs/benchmarks.md, "uvloop, opt-in"). It is opt-in: the gain is within one
+round's spread, it is not built for Windows, and asyncio's loop is the one the test suite
+runs every process on.
 """
 
 from __future__ import annotations

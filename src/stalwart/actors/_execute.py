@@ -290,11 +290,8 @@ class StepExecutor(OnRun):
                 usage = None
         await permit.settle(self.flow.outcome(ok, usage, error))
 
-    async def _call(
-        self, spec: StepSpec, run: Callable[[], Awaitable[Any]], timeout: float | None
-    ) -> Any:
-        if timeout is None:
-            return await run()
+    async def _call(self, spec: StepSpec, run: Callable[[], Awaitable[Any]], timeout: float) -> Any:
+        """The body under its start-to-close timeout (without one it is awaited directly)."""
         try:
             async with asyncio.timeout(timeout):
                 return await run()
@@ -361,8 +358,7 @@ class StepExecutor(OnRun):
         je = await self._journal.append(entry)
         state.view.done[spec.key] = entry
         state.steps_live += 1
-        if entry.kind == "model":  # (account's test, without its call for every step)
-            account(state, entry)
+        account(state, entry)
         obs.step_journaled(self, entry)
         self._events.journaled(je)
         # Decode what was journaled so the live path returns exactly what a replay would.

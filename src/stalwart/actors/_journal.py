@@ -131,10 +131,7 @@ class RunJournal:
             self.next_seq = seq + 1
             obs.journal_appended(time.perf_counter() - t0)
         finally:
-            if self._waiting:
-                self._pass_turn()
-            else:  # nobody waits for a turn (nearly every append): no call for it
-                self._busy = False
+            self._pass_turn()
         if cancel and not state.cancel_reason:
             state.cancel_reason = cancel
         return JournalEntry(seq=seq, entry=entry)

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 from nats.errors import Error as NatsError
 
 from stalwart.actors._rules import boundary_error
-from stalwart.broker._lease import lease_clock, lease_fresh
 from stalwart.errors import LeaseLost
 
 if TYPE_CHECKING:
@@ -44,13 +43,7 @@ class LeaseOwner:
 
     def holds(self) -> bool:
         """Whether the lease is ours without asking: not lost, and renewed recently."""
-        lease = self._lease
-        # LeaseManager.fresh, spelled out (once per step): one clock read.
-        return (
-            not self._state.lost
-            and not lease.lost
-            and lease_fresh(lease.renewed_at, lease_clock(), self._leases.ttl, self._leases.margin)
-        )
+        return not self._state.lost and self._leases.fresh(self._lease)
 
     async def confirm(self) -> None:
         """Return only once the lease is known to be ours; raise :class:`LeaseLost` if not.

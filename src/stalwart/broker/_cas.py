@@ -49,9 +49,13 @@ def _outcome(msg: Msg) -> int | BaseException:
     return APIError(description=str(err))  # pragma: no cover - from_error always raises
 
 
+def _no_ack(timeout: float) -> TimeoutError:
+    return TimeoutError(f"no publish ack within {timeout:g}s")
+
+
 def _expire(fut: asyncio.Future[int | BaseException], timeout: float) -> None:
     if not fut.done():
-        fut.set_result(TimeoutError(f"no publish ack within {timeout:g}s"))
+        fut.set_result(_no_ack(timeout))
 
 
 class CasWriter:
@@ -62,13 +66,14 @@ class CasWriter:
         self.timeout = timeout
         """Seconds a pass waits for its acks; a write unanswered by then is reported as a
         ``TimeoutError`` (it may still have been stored)."""
-        self._prefix = ""
+        self._prefix = b""
+        """The reply subjects' prefix (ASCII), as the commands carry it."""
         self._next = 0
         self._waiting: dict[str, asyncio.Future[int | BaseException]] = {}
 
     async def _ready(self) -> None:
         if not self._prefix:
-            self._prefix = await reply_inbox(self._nc, self._on_ack)
+            self._prefix = (await reply_inbox(self._nc, self._on_ack)).encode()
 
     async def _on_ack(self, msg: Msg) -> None:
         fut = self._waiting.pop(msg.subject[len(self._prefix) :], None)
@@ -107,7 +112,7 @@ class CasWriter:
         )
         return b"HPUB %s %s%s %d %d\r\n%s%s\r\n" % (
             subject.encode(),
-            self._prefix.encode(),
+            self._prefix,
             token.encode(),
             len(hdr),
             len(hdr) + len(value),
@@ -149,7 +154,4 @@ class CasWriter:
         finally:
             for token in tokens:
                 self._waiting.pop(token, None)
-        return [
-            fut.result() if fut.done() else TimeoutError(f"no publish ack within {self.timeout:g}s")
-            for fut in futs
-        ]
+        return [fut.result() if fut.done() else _no_ack(self.timeout) for fut in futs]

@@ -246,11 +246,8 @@ class EventPublisher:
         """:meth:`publish` without ``acked``, as a plain call: a run's own events go this way
         (several per step; a coroutine each would cost more than the queueing). Acks are
         sampled only once :meth:`ready` has subscribed to them."""
-        # _addressed, spelled out: this runs for every event of every step.
-        if event.seq:
-            event = msgspec.structs.replace(event, seq=0)
+        event, subject = self._addressed(event, source)
         run_id = event.run_id
-        subject = self._subjects.get((run_id, event.agent, source)) or self._subject(event, source)
         top = self._published_jseq.get(run_id, 0)
         reply = ""
         now = time.monotonic()

@@ -144,7 +144,7 @@ class LeaseManager:
             # validation, a PubAck parsed) costs the worker several times this write.
             return await writer.write_one(subject, self.owner.encode(), expected, self.ttl)
         ack = await self._js.publish(
-            self._subject(run_id),
+            subject,
             self.owner.encode(),
             headers={_CAS: str(expected)},
             msg_ttl=self.ttl,
