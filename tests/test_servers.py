@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -16,11 +17,14 @@ import pytest
 import redis.asyncio as aioredis
 
 import stalwart.servers as servers_module
+import stalwart.servers._nats_cluster as nats_cluster_module
 from stalwart.servers import (
     MIN_NATS_VERSION,
     EmbeddedServers,
+    NatsCluster,
     NatsServer,
     RedisServer,
+    RoutePortTaken,
     ServerNotFound,
     ServerStartError,
     find_nats_server,
@@ -177,6 +181,57 @@ def test_start_failure_reports_log() -> None:
             server.start(timeout=10.0)
         assert server.pid is None
         server.stop()
+
+
+def _blocking(port: int) -> socket.socket:
+    """A listener on ``port``: what another process that took it looks like."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen()
+    return sock
+
+
+async def test_cluster_started_after_its_route_port_was_taken_moves_every_route() -> None:
+    cluster = NatsCluster(3)
+    taken = cluster.nodes[1].cluster
+    assert taken is not None
+    with _blocking(taken.port):
+        try:
+            await cluster.astart()
+            ports = [n.cluster.port for n in cluster.nodes if n.cluster is not None]
+            assert taken.port not in ports and len(set(ports)) == 3
+            # Every node routes to the others' new ports: the meta leader counts all three.
+            assert cluster.meta_ready() is not None
+            for node in cluster.nodes:
+                assert node.cluster is not None
+                assert not any(f":{taken.port}" in r for r in node.cluster.routes)
+        finally:
+            await asyncio.to_thread(cluster.stop)
+
+
+def test_cluster_that_fails_to_start_leaves_no_node_running(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(nats_cluster_module, "_ROUTE_ATTEMPTS", 1)
+    cluster = NatsCluster(3)
+    spawned: list[int] = []
+    first = cluster.nodes[0]
+    real_start = first.start
+
+    def start_and_note(timeout: float = 10.0) -> None:
+        real_start(timeout)
+        spawned.append(first.pid or 0)
+
+    monkeypatch.setattr(first, "start", start_and_note)
+    taken = cluster.nodes[2].cluster
+    assert taken is not None
+    with _blocking(taken.port), pytest.raises(RoutePortTaken, match=str(taken.port)):
+        cluster.start(timeout=20.0)
+    # The first node had started before the third failed; it was stopped, not orphaned.
+    assert spawned and spawned[0] > 0
+    assert _wait_gone(spawned, 5.0) == []
+    assert not any(node.running for node in cluster.nodes)
 
 
 async def test_embedded_servers_async_context_manager() -> None:

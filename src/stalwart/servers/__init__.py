@@ -21,7 +21,12 @@ from stalwart.servers._binaries import (
     nats_server_version,
 )
 from stalwart.servers._embedded import EmbeddedServers
-from stalwart.servers._errors import ServerError, ServerNotFound, ServerStartError
+from stalwart.servers._errors import (
+    RoutePortTaken,
+    ServerError,
+    ServerNotFound,
+    ServerStartError,
+)
 from stalwart.servers._nats import NatsServer
 from stalwart.servers._nats_cluster import NatsCluster
 from stalwart.servers._process import free_port
@@ -38,6 +43,7 @@ __all__ = [
     "RedisClusterServer",
     "RedisHA",
     "RedisServer",
+    "RoutePortTaken",
     "SentinelServer",
     "ServerError",
     "ServerNotFound",

@@ -13,3 +13,9 @@ class ServerNotFound(ServerError):
 
 class ServerStartError(ServerError):
     """The server process exited or did not become healthy in time; the message has its log."""
+
+
+class RoutePortTaken(ServerStartError):
+    """A cluster node's route port was taken before it could bind it. Its peers name that
+    port, so the node cannot pick another alone: the cluster picks new route ports for every
+    node (see ``NatsCluster.start``)."""

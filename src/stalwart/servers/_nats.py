@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stalwart.servers._binaries import find_nats_server
+from stalwart.servers._errors import RoutePortTaken
 from stalwart.servers._process import LOOPBACK, _ServerProcess, free_port
 
 if TYPE_CHECKING:
@@ -118,6 +119,16 @@ class NatsServer(_ServerProcess):
 
     def _repick_ports(self) -> None:
         self.monitor_port = free_port()
+
+    def _after_bind_failure(self, attempt: int) -> None:
+        cluster = self.cluster
+        # Go's listen error names the address: "listen tcp 127.0.0.1:<port>: bind: ...".
+        if cluster is not None and f"{LOOPBACK}:{cluster.port}: bind" in self._new_log_text():
+            raise RoutePortTaken(
+                f"nats-server could not bind its route port {cluster.port} "
+                f"({self._describe()})\n{self._log_tail()}"
+            )
+        super()._after_bind_failure(attempt)
 
     def _command(self) -> list[str]:
         # The config file first: the flags below win over whatever it says.

@@ -8,11 +8,17 @@ from typing import Any
 
 import anyio.to_thread
 
-from stalwart.servers._errors import ServerError, ServerStartError
+from stalwart.servers._errors import RoutePortTaken, ServerError, ServerStartError
 from stalwart.servers._nats import ClusterRoutes, NatsServer
 from stalwart.servers._process import LOOPBACK, Managed, free_port
 
 _POLL = 0.05
+_ROUTE_ATTEMPTS = 5
+"""Starts of a new cluster, each on new route ports, before a route port race is an error."""
+
+
+def _left(deadline: float) -> float:
+    return max(deadline - time.monotonic(), 1.0)
 
 
 class NatsCluster(Managed):
@@ -37,19 +43,26 @@ class NatsCluster(Managed):
         if size < 1:
             raise ValueError(f"a cluster needs at least 1 node, got size={size}")
         self.name = name or f"stalwart-{secrets.token_hex(4)}"
+        self._binary = binary
+        self.nodes: list[NatsServer] = self._build(size)
+
+    def _build(self, size: int) -> list[NatsServer]:
+        """``size`` nodes on free route ports, each routed to the others."""
         route_ports = [free_port() for _ in range(size)]
-        self.nodes: list[NatsServer] = []
-        for i, port in enumerate(route_ports):
-            routes = tuple(
-                f"nats-route://{LOOPBACK}:{p}" for j, p in enumerate(route_ports) if j != i
+        return [
+            NatsServer(
+                binary=self._binary,
+                cluster=ClusterRoutes(
+                    self.name,
+                    port,
+                    tuple(
+                        f"nats-route://{LOOPBACK}:{p}" for j, p in enumerate(route_ports) if j != i
+                    ),
+                ),
+                server_name=f"{self.name}-n{i}",
             )
-            self.nodes.append(
-                NatsServer(
-                    binary=binary,
-                    cluster=ClusterRoutes(self.name, port, routes),
-                    server_name=f"{self.name}-n{i}",
-                )
-            )
+            for i, port in enumerate(route_ports)
+        ]
 
     @property
     def urls(self) -> str:
@@ -62,19 +75,52 @@ class NatsCluster(Managed):
     # -- lifecycle
 
     def start(self, timeout: float = 30.0) -> None:
-        """Start every node, then wait (up to ``timeout`` in all) for :meth:`meta_ready`."""
+        """Start every node, then wait (up to ``timeout`` in all) for :meth:`meta_ready`.
+
+        A cluster started from nothing is stopped again if it fails to start, so nothing is
+        left running; if another process took a route port between choosing and binding it,
+        every node gets new route ports and the start is tried again.
+        """
         deadline = time.monotonic() + timeout
-        for node in self.nodes:
-            # Pinned ports (the routes name them) never move, so a bind race is an error.
-            node.start(timeout=max(deadline - time.monotonic(), 1.0))
-        self.wait_meta_ready(max(deadline - time.monotonic(), 1.0))
+        fresh = not any(node.running for node in self.nodes)
+        for attempt in range(_ROUTE_ATTEMPTS):
+            try:
+                for node in self.nodes:
+                    node.start(timeout=_left(deadline))
+                self.wait_meta_ready(_left(deadline))
+                return
+            except BaseException as exc:
+                if not fresh:
+                    raise  # its running nodes name the route ports: they cannot move
+                self.stop()  # the caller never got it, so would never stop it
+                if not self._new_routes(exc, attempt):
+                    raise
 
     async def astart(self, timeout: float = 30.0) -> None:
         """:meth:`start` for an event loop: spawns on this thread, waits in a worker thread."""
         deadline = time.monotonic() + timeout
-        for node in self.nodes:
-            await node._start_async(max(deadline - time.monotonic(), 1.0))
-        await anyio.to_thread.run_sync(self.wait_meta_ready, max(deadline - time.monotonic(), 1.0))
+        fresh = not any(node.running for node in self.nodes)
+        for attempt in range(_ROUTE_ATTEMPTS):
+            try:
+                for node in self.nodes:
+                    await node._start_async(_left(deadline))
+                await anyio.to_thread.run_sync(self.wait_meta_ready, _left(deadline))
+                return
+            except BaseException as exc:
+                if not fresh:
+                    raise
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self.stop)
+                if not self._new_routes(exc, attempt):
+                    raise
+
+    def _new_routes(self, exc: BaseException, attempt: int) -> bool:
+        """After a stopped failed start: new nodes on new route ports, if ``exc`` was a route
+        port race and attempts are left (then True: start again)."""
+        if isinstance(exc, RoutePortTaken) and attempt + 1 < _ROUTE_ATTEMPTS:
+            self.nodes = self._build(len(self.nodes))
+            return True
+        return False
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop every node and remove their temp dirs (idempotent)."""
