@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import nats
@@ -183,20 +185,26 @@ def test_start_failure_reports_log() -> None:
         server.stop()
 
 
-def _blocking(port: int) -> socket.socket:
-    """A listener on ``port``: what another process that took it looks like."""
+@contextlib.contextmanager
+def _taken(port: int) -> Iterator[None]:
+    """``port`` held by a listener: what another process that took it looks like."""
     sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    sock.listen()
-    return sock
+    try:
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+    except OSError:
+        pass  # another process holds it already: taken either way
+    try:
+        yield
+    finally:
+        sock.close()
 
 
 async def test_cluster_started_after_its_route_port_was_taken_moves_every_route() -> None:
     cluster = NatsCluster(3)
     taken = cluster.nodes[1].cluster
     assert taken is not None
-    with _blocking(taken.port):
+    with _taken(taken.port):
         try:
             await cluster.astart()
             ports = [n.cluster.port for n in cluster.nodes if n.cluster is not None]
@@ -226,7 +234,7 @@ def test_cluster_that_fails_to_start_leaves_no_node_running(
     monkeypatch.setattr(first, "start", start_and_note)
     taken = cluster.nodes[2].cluster
     assert taken is not None
-    with _blocking(taken.port), pytest.raises(RoutePortTaken, match=str(taken.port)):
+    with _taken(taken.port), pytest.raises(RoutePortTaken, match=str(taken.port)):
         cluster.start(timeout=20.0)
     # The first node had started before the third failed; it was stopped, not orphaned.
     assert spawned and spawned[0] > 0
