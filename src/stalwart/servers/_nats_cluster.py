@@ -10,15 +10,11 @@ import anyio.to_thread
 
 from stalwart.servers._errors import RoutePortTaken, ServerError, ServerStartError
 from stalwart.servers._nats import ClusterRoutes, NatsServer
-from stalwart.servers._process import LOOPBACK, Managed, free_port
+from stalwart.servers._process import LOOPBACK, Managed, free_port, time_left
 
 _POLL = 0.05
 _ROUTE_ATTEMPTS = 5
 """Starts of a new cluster, each on new route ports, before a route port race is an error."""
-
-
-def _left(deadline: float) -> float:
-    return max(deadline - time.monotonic(), 1.0)
 
 
 class NatsCluster(Managed):
@@ -86,8 +82,8 @@ class NatsCluster(Managed):
         for attempt in range(_ROUTE_ATTEMPTS):
             try:
                 for node in self.nodes:
-                    node.start(timeout=_left(deadline))
-                self.wait_meta_ready(_left(deadline))
+                    node.start(timeout=time_left(deadline))
+                self.wait_meta_ready(time_left(deadline))
                 return
             except BaseException as exc:
                 if not fresh:
@@ -103,8 +99,8 @@ class NatsCluster(Managed):
         for attempt in range(_ROUTE_ATTEMPTS):
             try:
                 for node in self.nodes:
-                    await node._start_async(_left(deadline))
-                await anyio.to_thread.run_sync(self.wait_meta_ready, _left(deadline))
+                    await node._start_async(time_left(deadline))
+                await anyio.to_thread.run_sync(self.wait_meta_ready, time_left(deadline))
                 return
             except BaseException as exc:
                 if not fresh:

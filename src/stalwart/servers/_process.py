@@ -43,6 +43,12 @@ _BIND_ATTEMPTS = 5
 _LOG_TAIL_LINES = 30
 
 
+def time_left(deadline: float) -> float:
+    """Seconds from now to ``deadline`` (a ``time.monotonic()`` value), at least 1: each
+    stage of a multi-stage start gets a moment even when the earlier ones used the budget."""
+    return max(deadline - time.monotonic(), 1.0)
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that was free a moment ago.
 

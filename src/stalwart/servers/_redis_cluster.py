@@ -23,7 +23,7 @@ import anyio.to_thread
 from redis.crc import key_slot
 
 from stalwart.servers._errors import ServerStartError
-from stalwart.servers._process import LOOPBACK, Managed, free_port
+from stalwart.servers._process import LOOPBACK, Managed, free_port, time_left
 from stalwart.servers._redis import RedisServer, _read_reply
 
 if TYPE_CHECKING:
@@ -193,7 +193,7 @@ class RedisClusterServer(Managed):
         deadline = time.monotonic() + timeout
         try:
             for node in self.nodes:
-                node.start(max(1.0, deadline - time.monotonic()))
+                node.start(time_left(deadline))
             self._create(deadline)
         except BaseException:
             self.stop()
@@ -206,7 +206,7 @@ class RedisClusterServer(Managed):
         deadline = time.monotonic() + timeout
         try:
             for node in self.nodes:
-                await node._start_async(max(1.0, deadline - time.monotonic()))
+                await node._start_async(time_left(deadline))
             await anyio.to_thread.run_sync(self._create, deadline)
         except BaseException:
             await anyio.to_thread.run_sync(self.stop)
@@ -233,7 +233,7 @@ class RedisClusterServer(Managed):
         for k, replica in enumerate(self.nodes[self.masters :]):
             master = masters[k % self.masters]
             self._ok(replica, "CLUSTER", "REPLICATE", ids[master.port])
-        self.wait_ok(max(1.0, deadline - time.monotonic()))
+        self.wait_ok(time_left(deadline))
 
     @staticmethod
     def _ok(node: ClusterNode, *args: str) -> None:
@@ -344,7 +344,7 @@ class RedisClusterServer(Managed):
             live = {n.port for n in self._live()}
             for v in self.view():
                 if v.master and v.port in live and v.port != killed.port and slots[0] in v.slots:
-                    self.wait_ok(max(1.0, deadline - time.monotonic()))
+                    self.wait_ok(time_left(deadline))
                     return self.node_at(v.port)
             time.sleep(0.05)
         raise ServerStartError(f"no replica took over from port {killed.port} in {timeout:g}s")

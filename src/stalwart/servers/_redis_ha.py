@@ -22,7 +22,7 @@ import anyio.to_thread
 import redis
 
 from stalwart.servers._errors import ServerStartError
-from stalwart.servers._process import LOOPBACK, Managed, free_port
+from stalwart.servers._process import LOOPBACK, Managed, free_port, time_left
 from stalwart.servers._redis import RedisServer
 
 if TYPE_CHECKING:
@@ -141,10 +141,10 @@ class RedisHA(Managed):
         deadline = time.monotonic() + timeout
         try:
             for node in self.nodes:
-                node.start(timeout=max(1.0, deadline - time.monotonic()))
-            self.wait_in_sync(timeout=max(1.0, deadline - time.monotonic()))
+                node.start(timeout=time_left(deadline))
+            self.wait_in_sync(timeout=time_left(deadline))
             for s in self.sentinels:
-                s.start(timeout=max(1.0, deadline - time.monotonic()))
+                s.start(timeout=time_left(deadline))
             self._wait_sentinels_ready(deadline)
         except BaseException:
             self.stop()
@@ -156,12 +156,10 @@ class RedisHA(Managed):
         deadline = time.monotonic() + timeout
         try:
             for node in self.nodes:
-                await node._start_async(max(1.0, deadline - time.monotonic()))
-            await anyio.to_thread.run_sync(
-                lambda: self.wait_in_sync(timeout=max(1.0, deadline - time.monotonic()))
-            )
+                await node._start_async(time_left(deadline))
+            await anyio.to_thread.run_sync(lambda: self.wait_in_sync(timeout=time_left(deadline)))
             for s in self.sentinels:
-                await s._start_async(max(1.0, deadline - time.monotonic()))
+                await s._start_async(time_left(deadline))
             await anyio.to_thread.run_sync(self._wait_sentinels_ready, deadline)
         except BaseException:
             await anyio.to_thread.run_sync(self.stop)
