@@ -27,22 +27,24 @@ def policy_restored() -> Iterator[None]:
         asyncio.set_event_loop_policy(None)
 
 
-@pytest.mark.parametrize("value", ["", "asyncio", " AsyncIO "])
-def test_asyncios_loop_is_the_default(
-    monkeypatch: pytest.MonkeyPatch, policy_restored: None, value: str
+@pytest.mark.parametrize(
+    ("value", "chosen"),
+    [
+        ("", "asyncio"),  # the default
+        ("asyncio", "asyncio"),
+        (" AsyncIO ", "asyncio"),
+        ("uvloop", "uvloop"),
+        ("auto", "uvloop"),  # uvloop is installed here
+        ("UVLOOP", "uvloop"),
+    ],
+)
+def test_the_loop_asked_for_is_installed(
+    monkeypatch: pytest.MonkeyPatch, policy_restored: None, value: str, chosen: str
 ) -> None:
     monkeypatch.setenv(EVENT_LOOP_ENV, value)
-    assert install_event_loop() == "asyncio"
-    assert not isinstance(asyncio.get_event_loop_policy(), uvloop.EventLoopPolicy)
-
-
-@pytest.mark.parametrize("value", ["uvloop", "auto", "UVLOOP"])
-def test_uvloop_when_asked_for(
-    monkeypatch: pytest.MonkeyPatch, policy_restored: None, value: str
-) -> None:
-    monkeypatch.setenv(EVENT_LOOP_ENV, value)
-    assert install_event_loop() == "uvloop"
-    assert isinstance(asyncio.get_event_loop_policy(), uvloop.EventLoopPolicy)
+    assert install_event_loop() == chosen
+    on_uvloop = isinstance(asyncio.get_event_loop_policy(), uvloop.EventLoopPolicy)
+    assert on_uvloop == (chosen == "uvloop")
 
 
 @pytest.mark.parametrize("value", ["uv", "trio", "uvloop,asyncio", "1"])
