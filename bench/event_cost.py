@@ -7,9 +7,9 @@ Two measurements, in one run on the same embedded ``nats-server``:
    counters and CPU give, by difference, the messages, bytes and server CPU one more step
    adds (the run's own traffic cancels out).
 2. **Per stored message, alone.** A plain client sends ``MESSAGES`` messages of the size a
-   step's event has, the way the worker does (prebuilt ``HPUB`` commands, 28 to a write,
-   one ack asked per 1,400, 256 subjects that each take 40 messages and then give way to a
-   new one), into a stream configured like the events stream, then again with its options
+   step's event has, the way the worker does (its ``hpub_command`` and
+   ``hand_to_connection``, 28 to a write, one ack asked per 1,400, 256 subjects that each
+   take 40 messages and then give way to a new one), into a stream configured like the events stream, then again with its options
    changed one at a time: no ``Nats-Msg-Id`` header (no duplicate tracking), memory storage.
    Then paced as a worker sends them (a write of 20 every 2 ms: 10k steps/s) and in writes
    five times larger and rarer: the server's CPU per message depends on how they arrive.
@@ -37,6 +37,8 @@ from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from bench._stalwart import Cluster
 from bench._util import cpu_seconds
 from bench.throughput import _Batch
+from stalwart.broker._wire import hand_to_connection, hpub_command
+from stalwart.messages import EV_STEP_COMPLETED, RunEvent
 from stalwart.testing import EmbeddedServers, NatsServer
 
 STEPS = int(os.environ.get("EVENT_COST_STEPS", "40"))
@@ -85,20 +87,6 @@ async def per_step(srv: EmbeddedServers) -> dict[str, Any]:
     }
 
 
-def _hpub(subject: bytes, reply: bytes, header: bytes, payload: bytes) -> bytes:
-    size = len(header) + len(payload)
-    if reply:
-        return b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
-            subject,
-            reply,
-            len(header),
-            size,
-            header,
-            payload,
-        )
-    return b"HPUB %s %d %d\r\n%s%s\r\n" % (subject, len(header), size, header, payload)
-
-
 async def per_message(
     srv: EmbeddedServers,
     name: str,
@@ -124,7 +112,7 @@ async def per_message(
         )
         inbox = nc.new_inbox()
         await nc.subscribe(inbox + ".>", cb=_ignore)
-        payload = b"x" * max(size - 80, 1)  # the headers below make up the rest
+        payload = b"x" * max(size - 80, 1)  # the headers make up the rest
         pid = srv.nats.pid or 0
         total = MESSAGES // 4 if pace else MESSAGES  # paced: 2.5 s at 10k messages/s
         await nc.flush()
@@ -133,16 +121,16 @@ async def per_message(
             wire = []
             for i in range(first, min(first + per_write, total)):
                 slot, generation = i % _RUNS, i // (_RUNS * _RUN_LEN)
-                run = generation * _RUNS + slot
+                run_id = f"run{generation * _RUNS + slot:08d}"
                 jseq = (i // _RUNS) % _RUN_LEN + 1
-                header = b"NATS/1.0\r\nStalwart-Jseq: %d\r\n" % jseq
-                if msg_id:
-                    header += b"Nats-Msg-Id: run%08d:j%d\r\n" % (run, jseq)
-                reply = b"%s.%d" % (inbox.encode(), i) if i % _ACK_EVERY == 0 else b""
-                subject = b"%s.run%08d.sys" % (name.encode(), run)
-                wire.append(_hpub(subject, reply, header + b"\r\n", payload))
-            await nc._send_command(b"".join(wire))  # as the worker's hand_to_connection
-            await nc._flush_pending()
+                # The worker's own command: a journaled event carries a Nats-Msg-Id; without
+                # one (jseq 0) the headers are the same but for it.
+                event = RunEvent(
+                    type=EV_STEP_COMPLETED, run_id=run_id, at=0.0, jseq=jseq if msg_id else 0
+                )
+                reply = f"{inbox}.{i}" if i % _ACK_EVERY == 0 else ""
+                wire.append(hpub_command(f"{name}.{run_id}.sys", reply, jseq, event, payload))
+            await hand_to_connection(nc, wire)
             if pace:
                 await asyncio.sleep(pace)
             elif first % (per_write * 32) == 0:
