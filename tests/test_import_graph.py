@@ -57,6 +57,7 @@ FOUNDATION = frozenset(
         "_version",
         "_pricing",
         "_transport",
+        "_tasks",
         # Build ids, lanes and compatibility (issue #18): used by the broker and the store.
         "builds",
     }

@@ -72,6 +72,7 @@ from stalwart._exit_codes import (
 from stalwart._health import HealthServer, connection_checks
 from stalwart._logging import configure_logging
 from stalwart._loop import install_event_loop
+from stalwart._tasks import cancel_and_wait
 from stalwart._version import __version__
 from stalwart.actors import Worker
 from stalwart.api import serve_api
@@ -178,9 +179,7 @@ async def _run_service(service: Any, health: HealthServer | None) -> None:
     await asyncio.wait({start, stopping}, return_when=asyncio.FIRST_COMPLETED)
     stopping.cancel()
     if not start.done():
-        start.cancel()
-        with contextlib.suppress(BaseException):
-            await asyncio.wait_for(start, 5.0)
+        await cancel_and_wait([start], 5.0)
         # Whatever start() had opened before it was cancelled.
         for opened in (getattr(service, "broker", None), getattr(service, "store", None)):
             if opened is not None:

@@ -26,6 +26,8 @@ from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from stalwart._tasks import cancel_and_wait
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -193,9 +195,7 @@ class ClusterPipe:
         """Close every node's pipe; outstanding calls fail with ``ConnectionError``."""
         self._closed = True
         if self._refreshing is not None:
-            self._refreshing.cancel()
-            with contextlib.suppress(BaseException):
-                await self._refreshing
+            await cancel_and_wait([self._refreshing])
         for pipe in self._pipes.values():
             await pipe.close()
 

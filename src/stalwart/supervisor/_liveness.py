@@ -24,12 +24,13 @@ journal write is refused because the new owner claimed a higher epoch.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import TYPE_CHECKING, Literal
 
 import structlog
 from nats.errors import NoRespondersError
+
+from stalwart._tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from stalwart.broker import Broker
@@ -110,12 +111,7 @@ class Liveness:
                     self.log.warning("liveness.round_failed", error=repr(exc))
                 await asyncio.sleep(max(self.interval - (time.monotonic() - started), 0.0))
         finally:
-            tasks = [watch, *self._unseen_probes.values()]
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            await cancel_and_wait([watch, *self._unseen_probes.values()])
 
     # -- who holds what ---------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ import structlog
 from nats.js.errors import NotFoundError
 
 from stalwart._services import ServiceDeps, start_services, stop_services
+from stalwart._tasks import cancel_and_wait
 from stalwart.broker import Broker, LeaseManager
 from stalwart.checkpoints import CheckpointStore
 from stalwart.conversations import release_ended
@@ -211,7 +212,7 @@ class Supervisor:
                             self.liveness = Liveness(self, self.settings.liveness_interval)
                             leading.append(asyncio.create_task(self.liveness.run()))
                     elif not self.is_leader and leading:
-                        await _cancel(leading)
+                        await cancel_and_wait(leading)
                         leading = []
                     if self.is_leader:
                         await self._maybe_reconcile()
@@ -221,7 +222,7 @@ class Supervisor:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), tick)
         finally:
-            await _cancel(leading)
+            await cancel_and_wait(leading)
 
     _last_reconcile = 0.0
 
@@ -541,11 +542,3 @@ class Supervisor:
 
 _STOP_TIMEOUT = 10.0
 """Seconds each step of a supervisor's shutdown may take."""
-
-
-async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
-    for t in tasks:
-        t.cancel()
-    for t in tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await t

@@ -1,0 +1,50 @@
+"""cancel_and_wait: stopping background tasks hands the stopper's own cancellation on."""
+
+from __future__ import annotations
+
+import asyncio
+
+from stalwart._tasks import cancel_and_wait
+
+
+async def _slow_to_stop(stopping: asyncio.Event, release: asyncio.Event) -> None:
+    try:
+        await asyncio.Event().wait()
+    finally:
+        stopping.set()
+        await release.wait()  # cleanup that takes a while once cancelled
+
+
+async def test_a_stopper_cancelled_while_it_waits_is_cancelled() -> None:
+    stopping, release = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(_slow_to_stop(stopping, release))
+    await asyncio.sleep(0)  # let it start
+    stopper = asyncio.create_task(cancel_and_wait([task]))
+    await stopping.wait()
+    stopper.cancel()
+    # With "cancel; suppress(CancelledError); await task" the stopper's cancellation went
+    # on to the task, which raised it, and the suppress ate it: the stopper returned None.
+    done, _ = await asyncio.wait({stopper}, timeout=5)
+    assert done and stopper.cancelled()
+    assert not task.done()  # the task was not cancelled a second time
+    release.set()
+    await asyncio.wait({task})
+    assert task.cancelled()
+
+
+async def test_errors_of_stopped_tasks_are_retrieved_and_a_timeout_is_reported() -> None:
+    async def fails() -> None:
+        raise RuntimeError("boom")
+
+    failed = asyncio.create_task(fails())
+    await asyncio.wait({failed})
+    stopping, release = asyncio.Event(), asyncio.Event()
+    slow = asyncio.create_task(_slow_to_stop(stopping, release))
+    await asyncio.sleep(0)
+    assert await cancel_and_wait([failed, slow], timeout=0.05) is False
+    assert stopping.is_set() and not slow.done()
+    release.set()
+    assert await cancel_and_wait([failed, slow]) is True
+    assert slow.cancelled()
+    # Retrieved: the loop's handler would otherwise log "exception was never retrieved".
+    assert failed._log_traceback is False  # type: ignore[attr-defined]
