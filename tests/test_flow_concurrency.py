@@ -179,28 +179,37 @@ async def test_a_burst_does_not_hold_back_another_tenant(
 ) -> None:
     # "shared": 2 runs at once in all, round-robin between tenants. Tenant A submits 500 runs
     # (the burst) of 0.2 s; B's single run, submitted after them, must start within
-    # one slot release per tenant with waiting runs (2 here) once its request is parked:
-    # about 2 * 0.2 s / 2 slots, bounded at 1.5 s for a loaded machine, where FIFO would take
-    # 500 * 0.2 / 2 = 50 s. The bound counts from B's concurrency.waiting event, not from
-    # its submit: before parking B the worker drains A's requests ahead of it in the NATS
-    # queue, which takes seconds on a loaded CI machine and says nothing about fairness.
+    # one slot release per other tenant with waiting runs once its request is parked
+    # (docs/flow-control.md, "The bound"), where FIFO would run all 500 of A's first. The
+    # bound is counted in A's runs started between B's concurrency.waiting event and B's
+    # start, not in seconds: how long a slot release takes, and how long the worker takes to
+    # drain A's requests ahead of B's in the NATS queue, depend on the machine's load (2.4 s
+    # from submit and 2.0 s from parking on loaded runs), the order does not.
     async with worker_pool(APP, settings, servers, client) as start:
         w = await start()
         burst = 500
         sem = asyncio.Semaphore(32)
+        a_runs = [f"a{i}-{rid()}" for i in range(burst)]
 
-        async def submit_a(i: int) -> None:
+        async def submit_a(run_id: str) -> None:
             async with sem:
-                await client.submit("fair", {"tenant": "A", "hold": 0.2}, run_id=f"a{i}-{rid()}")
+                await client.submit("fair", {"tenant": "A", "hold": 0.2}, run_id=run_id)
 
-        await asyncio.gather(*(submit_a(i) for i in range(burst)))
+        async def started(run_id: str) -> float:
+            async with sem:
+                return next((a for a, _ in await spans(client, run_id)), 0.0)
+
+        await asyncio.gather(*(submit_a(r) for r in a_runs))
         b = await client.submit("fair", {"tenant": "B", "hold": 0.2}, run_id=rid())
-        submitted = time.time()
-        await outcome(b, w, timeout=30)
+        await outcome(b, w, timeout=60)
         (parked,) = [e.at async for e in b.events() if e.type == EV_CONCURRENCY_WAITING]
         (placed, _), *_ = await spans(client, b.run_id)
-        assert placed - parked < 1.5, placed - parked
-        assert placed - submitted < 25, placed - submitted  # FIFO: about 50 s
+        a_started = await asyncio.gather(*(started(r) for r in a_runs))
+        between = sum(1 for at in a_started if parked < at < placed)
+        # One of A's runs is handed the first slot freed after B parked (A's key was ahead in
+        # the ring); up to 2 more may start after the event although they took their slots
+        # before it (a run's Started entry follows its slot claim).
+        assert between <= 3, (between, placed - parked)
         # FIFO would have run A's burst first: most of it still waits.
         (usage,) = [u for u in await concurrency_snapshot(client) if u.rule == "shared"]
         assert {k.key: k.waiting for k in usage.keys}["A"] > burst // 2
