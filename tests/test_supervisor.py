@@ -306,3 +306,45 @@ async def test_a_corrupt_run_record_does_not_stop_the_others_being_supervised(
     assert orphan in listed and corrupt not in listed
     with pytest.raises(CorruptRecordError, match="epoch"):
         await client.handle(corrupt).status()
+
+
+async def test_a_supervisor_that_lost_leadership_leads_again_when_a_task_ignores_a_cancel(
+    settings: Settings, client: Client
+) -> None:
+    # A leader that loses its lease stops its leader tasks and stands by; it must get back to
+    # electing even if a task lost the cancellation (asyncio.wait_for on Python 3.11 drops
+    # one that arrives as its result lands, and nats-py's requests use it): before, the
+    # supervisor waited for that task forever and never fired a timer again.
+    sup = Supervisor(settings)
+    await sup.start()
+    watches = 0
+    swallowed = asyncio.Event()
+
+    async def watch() -> None:
+        nonlocal watches
+        watches += 1
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            swallowed.set()  # lost, as in the race above
+        await asyncio.Event().wait()
+
+    sup._watch = watch  # type: ignore[method-assign]
+    task = asyncio.create_task(sup.run())
+    try:
+        await eventually(lambda: asyncio.sleep(0, sup.is_leader and watches == 1))
+        assert sup._lease is not None
+        revoker = LeaseManager(
+            client.broker.js,
+            client.broker.names,
+            settings.lease_ttl,
+            "revoker",
+            prefix="supervisor.",
+        )
+        assert await revoker.release(sup._lease)  # the leader's lease is gone: it must notice
+        await eventually(lambda: asyncio.sleep(0, watches == 2), timeout=15)
+        assert swallowed.is_set() and sup.is_leader
+    finally:
+        sup.stop()
+        done, _ = await asyncio.wait({task}, timeout=30)
+    assert done  # the second watch swallows its cancel too: the stop still ends

@@ -48,3 +48,21 @@ async def test_errors_of_stopped_tasks_are_retrieved_and_a_timeout_is_reported()
     assert slow.cancelled()
     # Retrieved: the loop's handler would otherwise log "exception was never retrieved".
     assert failed._log_traceback is False  # type: ignore[attr-defined]
+
+
+async def test_a_task_that_swallows_its_cancellation_is_cancelled_again() -> None:
+    # What asyncio.wait_for does on Python 3.11 when a cancellation arrives as the awaited
+    # result lands (nats-py's requests use it): the task goes on to its next await.
+    swallowed = asyncio.Event()
+
+    async def swallows_once() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            swallowed.set()
+        await asyncio.Event().wait()
+
+    task = asyncio.create_task(swallows_once())
+    await asyncio.sleep(0)
+    assert await cancel_and_wait([task], timeout=5) is True
+    assert swallowed.is_set() and task.cancelled()

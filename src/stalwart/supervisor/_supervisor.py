@@ -186,9 +186,7 @@ class Supervisor:
         finally:
             # A pass in flight is cancelled, not waited for, and every step of the shutdown
             # is bounded: a slow or silent server must not keep a stopping supervisor alive.
-            work.cancel()
-            stopped.cancel()
-            await asyncio.wait({work, stopped}, timeout=_STOP_TIMEOUT)
+            await cancel_and_wait([work, stopped], _STOP_TIMEOUT)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._resign(), _STOP_TIMEOUT)
             with contextlib.suppress(Exception):
