@@ -66,3 +66,30 @@ async def test_a_task_that_swallows_its_cancellation_is_cancelled_again() -> Non
     await asyncio.sleep(0)
     assert await cancel_and_wait([task], timeout=5) is True
     assert swallowed.is_set() and task.cancelled()
+
+
+async def test_a_task_stopping_its_own_tasks_is_not_interrupted_by_a_second_cancel() -> None:
+    # The supervisor stops _supervise, which stops its leader tasks, one of which (Liveness)
+    # stops its own. Cancelling the middle task again would cut its cleanup short and leave
+    # a child that swallowed its first cancel running.
+    swallowed = asyncio.Event()
+
+    async def child() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            swallowed.set()
+        await asyncio.Event().wait()
+
+    kid = asyncio.create_task(child())
+
+    async def parent() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await cancel_and_wait([kid])
+
+    mid = asyncio.create_task(parent())
+    await asyncio.sleep(0)
+    assert await cancel_and_wait([mid], timeout=5) is True
+    assert swallowed.is_set() and kid.cancelled() and mid.cancelled()
