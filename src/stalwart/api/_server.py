@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 import redis.exceptions
 
+from stalwart._tasks import cancel_and_wait
 from stalwart._text import SEALED_TEXT_PREFIX, clip, safe_text
 from stalwart._wire import (
     CONTENT_TYPE,
@@ -173,11 +174,7 @@ class ApiServer:
             self._sub = None
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=STOP_GRACE)
-        late = set(self._tasks)
-        for task in late:
-            task.cancel()
-        if late:
-            await asyncio.wait(late, timeout=STOP_GRACE)
+        await cancel_and_wait(set(self._tasks), STOP_GRACE)
 
     async def _on_request(self, msg: Msg) -> None:
         # The subscription's callbacks run one at a time: each request gets its own task,

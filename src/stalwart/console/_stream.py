@@ -9,11 +9,11 @@ are open at once: a page left open in many tabs must not take every NATS consume
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import TYPE_CHECKING, Any
 
 from starlette.responses import Response, StreamingResponse
 
+from stalwart._tasks import cancel_and_wait
 from stalwart._text import clip, safe_text
 from stalwart.console._http import encode, error
 
@@ -62,11 +62,7 @@ class EventStreams:
 
     async def close(self) -> None:
         """Stop every open stream (server shutdown)."""
-        for task in list(self._open):
-            task.cancel()
-        for task in list(self._open):
-            with contextlib.suppress(BaseException):
-                await task
+        await cancel_and_wait(list(self._open))
 
 
 async def _live(client: Client, agent: str | None, after: int | None) -> AsyncIterator[Any]:
